@@ -1,0 +1,140 @@
+"""Alias, numeric alias and alias-ID generation, and finding alias-ID tokens in meeting bodies.
+
+Aliases are dialled by strangers, so their digits come from a CSPRNG (`secrets`); tests inject a
+seeded source instead so that runs are repeatable.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+ALIAS_ID_PREFIX = "PXPS:-"
+PLACEHOLDER_PREFIX = "TOK:-"
+TOKEN_SUFFIX = "#"
+
+TokenKind = Literal["PXPS", "TOK"]
+
+# A token is the prefix, a UUID (case-insensitive, hyphens optional) and '#'. Whitespace or markup
+# that mail clients insert inside the token is removed before matching (see `find_token`).
+_TOKEN_RE = re.compile(
+    r"(PXPS|TOK):-([0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12})#"
+)
+_TAG_RE = re.compile(r"<[^>]*>")
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
+
+
+class RandomSource(Protocol):
+    """What generation needs from a random source; `secrets.SystemRandom()` and
+    `random.Random(seed)` both fit."""
+
+    def randrange(self, start: int, stop: int = ..., step: int = ...) -> int: ...
+
+    def getrandbits(self, k: int, /) -> int: ...
+
+
+_SYSTEM_RANDOM: RandomSource = secrets.SystemRandom()
+
+
+class AliasExhaustedError(RuntimeError):
+    """No free alias was found within the retry budget: the digit space is (nearly) full."""
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    alias: str
+    numeric_alias: str
+    alias_id: str  # the bare UUID; the token form is `alias_id_token(alias_id)`
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    kind: TokenKind
+    id: str  # canonical lower-case hyphenated UUID
+
+    @property
+    def text(self) -> str:
+        prefix = ALIAS_ID_PREFIX if self.kind == "PXPS" else PLACEHOLDER_PREFIX
+        return f"{prefix}{self.id}{TOKEN_SUFFIX}"
+
+
+def new_uuid(rng: RandomSource | None = None) -> str:
+    """A version-4 UUID drawn from `rng` (the system CSPRNG by default)."""
+    source = rng or _SYSTEM_RANDOM
+    return str(uuid.UUID(int=source.getrandbits(128), version=4))
+
+
+def alias_id_token(alias_id: str) -> str:
+    return f"{ALIAS_ID_PREFIX}{alias_id}{TOKEN_SUFFIX}"
+
+
+def placeholder_token(rng: RandomSource | None = None) -> str:
+    return f"{PLACEHOLDER_PREFIX}{new_uuid(rng)}{TOKEN_SUFFIX}"
+
+
+def random_digits(length: int, rng: RandomSource | None = None) -> str:
+    source = rng or _SYSTEM_RANDOM
+    return str(source.randrange(0, 10**length)).zfill(length)
+
+
+def generate_alias(
+    prefix: str,
+    suffix_length: int,
+    domain: str,
+    is_taken: Callable[[str], bool],
+    rng: RandomSource | None = None,
+    attempts: int = 64,
+) -> Alias:
+    """Draw aliases until `is_taken(numeric_alias)` says no; the numeric alias is the identity
+    because both the alias (prefix+digits@domain) and the numeric alias (prefix+digits) must be
+    unique and the former is derived from the latter."""
+    if not 1 <= len(prefix) <= 8:
+        raise ValueError("alias prefix must be 1-8 characters")
+    if not 6 <= suffix_length <= 15:
+        raise ValueError("alias suffix length must be 6-15")
+    for _ in range(attempts):
+        numeric = prefix + random_digits(suffix_length, rng)
+        if not is_taken(numeric):
+            alias = f"{numeric}@{domain}" if domain else numeric
+            return Alias(alias=alias, numeric_alias=numeric, alias_id=new_uuid(rng))
+    raise AliasExhaustedError(f"no free alias after {attempts} attempts with prefix {prefix!r}")
+
+
+def _canonical(raw_id: str) -> str:
+    return str(uuid.UUID(hex=raw_id.replace("-", "")))
+
+
+def _search(text: str) -> Token | None:
+    match = _TOKEN_RE.search(text)
+    if match is None:
+        return None
+    kind: TokenKind = "PXPS" if match.group(1) == "PXPS" else "TOK"
+    return Token(kind=kind, id=_canonical(match.group(2)))
+
+
+def html_to_text(body: str) -> str:
+    """Visible text of an HTML body: tags dropped, entities decoded, invisible characters gone."""
+    return html.unescape(_TAG_RE.sub("", body)).translate(_INVISIBLE)
+
+
+def find_token(body: str) -> Token | None:
+    """The first alias-ID (`PXPS:-…#`) or placeholder (`TOK:-…#`) token in a text or HTML body.
+
+    Mail clients re-wrap HTML, so a token may arrive split by tags (`PXPS:-<span>…</span>#`),
+    entity-encoded or with zero-width characters; the visible text is searched as a fallback.
+    """
+    if not body:
+        return None
+    found = _search(body)
+    if found is not None:
+        return found
+    visible = html_to_text(body)
+    found = _search(visible)
+    if found is not None:
+        return found
+    return _search(re.sub(r"\s+", "", visible))

@@ -1,0 +1,676 @@
+"""TOML configuration: frozen dataclasses, defaults, and validation that reports every problem.
+
+Admins fix configs in one pass only if they see all problems at once, each with the key path
+that names it (`integrations[0].single_use.alias_prefix: …`), so loading never stops at the first
+error. Field rules (ranges, lengths, choices) live in the dataclass field metadata, so the type,
+default and rule of a key are written in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import struct
+import tomllib
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from vmrsched import templating
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+ICON_SIZE = 80
+
+
+def _rule(
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    max_len: int | None = None,
+    min_len: int | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in {
+            "minimum": minimum,
+            "maximum": maximum,
+            "max_len": max_len,
+            "min_len": min_len,
+            "choices": choices,
+        }.items()
+        if v is not None
+    }
+
+
+def _f(default: Any, **rule: Any) -> Any:
+    return field(default=default, metadata=_rule(**rule))
+
+
+class Secret:
+    """A secret's value, read from an environment variable or a file; never printed."""
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str) -> None:
+        self._value = value
+        self.source = source
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret(from {self.source})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self.source)
+
+
+# Keys whose value is secret: given only as `<key>_env` or `<key>_file`.
+SECRET_KEYS = frozenset(
+    {
+        "service_account_password",
+        "oauth_client_secret",
+        "azure_client_secret",
+        "admin_token",
+        "policy_password",
+    }
+)
+
+_TEXT = 250
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = _f("127.0.0.1:8080")
+    public_url: str = _f("")
+    data_dir: str = _f("./data")
+    log_format: str = _f("text", choices=("text", "json"))
+    log_level: str = _f("info", choices=("debug", "info", "warning", "error"))
+    demo: bool = _f(False)
+    admin_token: Secret | None = _f(None)
+    policy_username: str = _f("")
+    policy_password: Secret | None = _f(None)
+    max_body_bytes: int = _f(65536, minimum=1024, maximum=10 * 1024 * 1024)
+    rate_limit_per_minute: int = _f(60, minimum=1, maximum=100000)
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1]
+
+    @property
+    def on_loopback(self) -> bool:
+        host = self.host
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url.rstrip("/") or f"http://{self.listen}"
+
+
+@dataclass(frozen=True)
+class ExchangeConfig:
+    ews_url: str = _f("")
+    authentication: str = _f("basic", choices=("basic", "ntlm", "oauth_delegated", "oauth_app"))
+    service_account_username: str = _f("")
+    service_account_password: Secret | None = _f(None)
+    oauth_client_id: str = _f("")
+    oauth_client_secret: Secret | None = _f(None)
+    oauth_redirect_uri: str = _f("")
+    oauth_authorization_endpoint: str = _f("")
+    oauth_token_endpoint: str = _f("")
+    mailbox_name: str = _f("", max_len=_TEXT)
+    mailbox_email: str = _f("")
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    directory: str = _f("")  # default: <data_dir>/spool/<integration name>
+    poll_interval_seconds: float = _f(0.5)
+
+
+@dataclass(frozen=True)
+class SingleUseConfig:
+    conference_name_template: str = _f(templating.TEMPLATES["conference_name_template"].default)
+    conference_description_template: str = _f(
+        templating.TEMPLATES["conference_description_template"].default
+    )
+    conference_subject_template: str = _f(
+        templating.TEMPLATES["conference_subject_template"].default
+    )
+    alias_prefix: str = _f("vmr", min_len=1, max_len=8)
+    alias_suffix_length: int = _f(6, minimum=6, maximum=15)
+    alias_domain: str = _f("video.example.com", max_len=_TEXT)
+    identity_provider_group: str = _f("", max_len=_TEXT)
+    other_participants: str = _f(
+        "disallow_all", choices=("disallow_all", "allow_if_trusted", "allow_all")
+    )
+    join_before_minutes: int = _f(30, minimum=0, maximum=180)
+    join_after_minutes: int = _f(60, minimum=0, maximum=180)
+    theme: str = _f("", max_len=_TEXT)
+
+
+@dataclass(frozen=True)
+class PersonalConfig:
+    allow_new_users: bool = _f(False)
+    authentication_provider: str = _f("azure", choices=("azure", "adfs"))
+    user_oauth_authorization_uri: str = _f("")
+    user_oauth_token_uri: str = _f("")
+    user_oauth_client_id: str = _f("")
+    adfs_resource_identifier: str = _f("")
+    azure_client_secret: Secret | None = _f(None)
+    directory_file: str = _f("")
+    joining_instructions_template: str = _f(
+        templating.TEMPLATES["joining_instructions_template"].default
+    )
+    location_template: str = _f(templating.TEMPLATES["location_template"].default)
+    name_template: str = _f(templating.TEMPLATES["name_template"].default)
+    description_template: str = _f(templating.TEMPLATES["description_template"].default)
+
+
+@dataclass(frozen=True)
+class AddinConfig:
+    server_fqdn: str = _f("", max_len=_TEXT)
+    token_validation: str = _f("exchange", choices=("exchange", "entra", "none"))
+    entra_tenant_id: str = _f("")
+    entra_client_id: str = _f("")
+    provider_name: str = _f("Video meeting rooms", max_len=_TEXT)
+    display_name: str = _f("Video meeting", max_len=125)
+    description: str = _f("Adds a video meeting room to your meeting.", max_len=_TEXT)
+    group_label: str = _f("Video meeting", max_len=125)
+    button_label: str = _f("Add video room", max_len=125)
+    supertip_title: str = _f("Add a video meeting room", max_len=125)
+    supertip_text: str = _f(
+        "Books a video meeting room and adds its joining details to this meeting.", max_len=_TEXT
+    )
+    pane_title: str = _f("Video meeting", max_len=_TEXT)
+    pane_description: str = _f(
+        "Add a video meeting room to this meeting. Its joining details go into the "
+        "meeting body and location.",
+        max_len=_TEXT,
+    )
+    single_use_button_label: str = _f("Add a one-time video room", max_len=_TEXT)
+    personal_button_label: str = _f("Use my personal room", max_len=_TEXT)
+    sign_in_button_label: str = _f("Sign in", max_len=_TEXT)
+    success_heading: str = _f("Video room added", max_len=_TEXT)
+    success_message: str = _f(
+        "The joining details are in the meeting body. Send the invitation to book the room.",
+        max_len=_TEXT,
+    )
+    already_assigned_heading: str = _f("Video room already added", max_len=_TEXT)
+    already_assigned_message: str = _f(
+        "This meeting already has video joining details; nothing was changed.", max_len=_TEXT
+    )
+    unavailable_heading: str = _f("Booking service unavailable", max_len=_TEXT)
+    unavailable_message: str = _f(
+        "The booking service could not be reached. A reference was added to the meeting; the "
+        "joining details will be sent to you shortly after you send the invitation.",
+        max_len=_TEXT,
+    )
+    error_heading: str = _f("Something went wrong", max_len=_TEXT)
+    error_inserting_single_use_message: str = _f(
+        "The video room could not be added to this meeting. Please try again.", max_len=_TEXT
+    )
+    select_personal_vmr_message: str = _f("Choose one of your rooms:", max_len=_TEXT)
+    no_personal_vmr_message: str = _f("You have no personal video rooms yet.", max_len=_TEXT)
+    error_getting_personal_vmrs_message: str = _f(
+        "Your personal rooms could not be loaded. Please try again later.", max_len=_TEXT
+    )
+    error_signing_in_message: str = _f("Signing in did not work. Please try again.", max_len=_TEXT)
+    error_inserting_personal_vmr_message: str = _f(
+        "Your personal room could not be added to this meeting. Please try again.", max_len=_TEXT
+    )
+    icon: str = _f("")  # path to an 80x80 PNG; empty = the built-in icon
+
+
+@dataclass(frozen=True)
+class EmailConfig:
+    single_use_joining_instructions_template: str = _f(
+        templating.TEMPLATES["single_use_joining_instructions_template"].default
+    )
+    placeholder_instructions_text: str = _f(
+        templating.TEMPLATES["placeholder_instructions_text"].default
+    )
+    accept_new_single_meeting_template: str = _f(
+        templating.TEMPLATES["accept_new_single_meeting_template"].default
+    )
+    accept_edited_single_meeting_template: str = _f(
+        templating.TEMPLATES["accept_edited_single_meeting_template"].default
+    )
+    accept_new_recurring_meeting_template: str = _f(
+        templating.TEMPLATES["accept_new_recurring_meeting_template"].default
+    )
+    accept_edited_occurrence_template: str = _f(
+        templating.TEMPLATES["accept_edited_occurrence_template"].default
+    )
+    accept_edited_recurring_meeting_template: str = _f(
+        templating.TEMPLATES["accept_edited_recurring_meeting_template"].default
+    )
+    reject_invalid_alias_id_text: str = _f(
+        templating.TEMPLATES["reject_invalid_alias_id_text"].default
+    )
+    reject_alias_conflict_template: str = _f(
+        templating.TEMPLATES["reject_alias_conflict_template"].default
+    )
+    reject_alias_deleted_text: str = _f(templating.TEMPLATES["reject_alias_deleted_text"].default)
+    reject_recurring_series_in_past_text: str = _f(
+        templating.TEMPLATES["reject_recurring_series_in_past_text"].default
+    )
+    reject_single_meeting_in_past_text: str = _f(
+        templating.TEMPLATES["reject_single_meeting_in_past_text"].default
+    )
+    reject_general_error_template: str = _f(
+        templating.TEMPLATES["reject_general_error_template"].default
+    )
+
+
+@dataclass(frozen=True)
+class AdvancedConfig:
+    disable_web_proxy: bool = _f(False)
+    enable_addin_debug_logs: bool = _f(False)
+    use_custom_addin_sources: bool = _f(False)
+    office_js_url: str = _f("https://appsforoffice.microsoft.com/lib/1/hosted/office.js")
+    fabric_css_url: str = _f("")
+    fabric_components_css_url: str = _f("")
+    additional_script_sources: tuple[str, ...] = _f(())
+
+
+@dataclass(frozen=True)
+class MetadataConfig:
+    exchange_metadata_urls: tuple[str, ...] = _f(())
+
+
+@dataclass(frozen=True)
+class IntegrationConfig:
+    name: str = _f("")
+    description: str = _f("", max_len=_TEXT)
+    backend: str = _f("spool", choices=("spool", "ews"))
+    timezone: str = _f("UTC")
+    reservation_ttl_days: int = _f(30, minimum=1, maximum=3650)
+    enable_single_use_vmrs: bool = _f(True)
+    enable_personal_vmrs: bool = _f(False)
+    exchange: ExchangeConfig = field(default_factory=ExchangeConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    single_use: SingleUseConfig = field(default_factory=SingleUseConfig)
+    personal: PersonalConfig = field(default_factory=PersonalConfig)
+    addin: AddinConfig = field(default_factory=AddinConfig)
+    email: EmailConfig = field(default_factory=EmailConfig)
+    advanced: AdvancedConfig = field(default_factory=AdvancedConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
+
+    def template_sources(self) -> dict[str, str]:
+        """Every template of this integration by name, as `templating.Renderer` wants them."""
+        out: dict[str, str] = {}
+        for group in (self.single_use, self.personal, self.email):
+            for f in dataclasses.fields(group):
+                if f.name in templating.TEMPLATES:
+                    out[f.name] = getattr(group, f.name)
+        return out
+
+    def spool_dir(self, data_dir: Path) -> Path:
+        return (
+            Path(self.spool.directory) if self.spool.directory else data_dir / "spool" / self.name
+        )
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig
+    integrations: tuple[IntegrationConfig, ...]
+    path: Path | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.server.data_dir)
+
+    def integration(self, name: str) -> IntegrationConfig | None:
+        return next((i for i in self.integrations if i.name == name), None)
+
+
+class ConfigError(Exception):
+    """Every problem found in a config file, each prefixed with its key path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected host:port, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+class _Loader:
+    def __init__(self, base_dir: Path, environ: Mapping[str, str]) -> None:
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+        self.base_dir = base_dir
+        self.environ = environ
+
+    def error(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def secret(self, path: str, key: str, table: Mapping[str, Any]) -> Secret | None:
+        env_key, file_key = f"{key}_env", f"{key}_file"
+        if env_key in table and file_key in table:
+            self.error(f"{path}.{key}", f"give either {env_key} or {file_key}, not both")
+            return None
+        if env_key in table:
+            var = table[env_key]
+            if not isinstance(var, str) or not var:
+                self.error(f"{path}.{env_key}", "must name an environment variable")
+                return None
+            value = self.environ.get(var)
+            if value is None:
+                self.error(f"{path}.{env_key}", f"environment variable {var} is not set")
+                return None
+            return Secret(value, f"environment variable {var}")
+        if file_key in table:
+            name = table[file_key]
+            if not isinstance(name, str) or not name:
+                self.error(f"{path}.{file_key}", "must name a file")
+                return None
+            file_path = self.base_dir / name
+            try:
+                return Secret(file_path.read_text().strip(), f"file {name}")
+            except OSError as exc:
+                self.error(f"{path}.{file_key}", f"cannot read {file_path}: {exc.strerror}")
+                return None
+        return None
+
+    def build(self, cls: type[Any], table: Any, path: str) -> Any:
+        """Instantiate dataclass `cls` from a TOML table, recording every problem under `path`."""
+        if not isinstance(table, dict):
+            self.error(path, f"must be a table, got {type(table).__name__}")
+            return cls()
+        hints = get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        known = set(fields)
+        for key in fields:
+            if key in SECRET_KEYS:
+                known |= {f"{key}_env", f"{key}_file"}
+        values: dict[str, Any] = {}
+        for key in table:
+            if key not in known:
+                if key in SECRET_KEYS:
+                    self.error(
+                        f"{path}.{key}",
+                        f"secrets may not be written in the file; use {key}_env or {key}_file",
+                    )
+                else:
+                    self.error(f"{path}.{key}", "unknown key")
+        for name, f in fields.items():
+            key_path = f"{path}.{name}"
+            hint = hints[name]
+            if name in SECRET_KEYS:
+                if name not in table:
+                    values[name] = self.secret(path, name, table)
+                continue
+            if name not in table:
+                continue
+            raw = table[name]
+            if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+                values[name] = self.build(hint, raw, key_path)
+                continue
+            value = self.convert(hint, raw, key_path)
+            if value is not _INVALID and self.check_rule(f.metadata, value, key_path):
+                values[name] = value
+        return cls(**values)
+
+    def convert(self, hint: Any, raw: Any, path: str) -> Any:
+        origin = get_origin(hint)
+        if origin in (Union, types.UnionType):
+            hint = next(a for a in get_args(hint) if a is not type(None))
+            origin = get_origin(hint)
+        if origin is tuple:
+            if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+                self.error(path, "must be a list of strings")
+                return _INVALID
+            return tuple(raw)
+        expected = {str: "a string", int: "an integer", bool: "true or false", float: "a number"}
+        if hint is float and isinstance(raw, int) and not isinstance(raw, bool):
+            return float(raw)
+        if hint is int and isinstance(raw, bool):
+            self.error(path, "must be an integer, got a boolean")
+            return _INVALID
+        if not isinstance(raw, hint):
+            self.error(path, f"must be {expected.get(hint, hint)}, got {type(raw).__name__}")
+            return _INVALID
+        return raw
+
+    def check_rule(self, rule: Mapping[str, Any], value: Any, path: str) -> bool:
+        ok = True
+        if "choices" in rule and value not in rule["choices"]:
+            self.error(path, f"must be one of {', '.join(rule['choices'])}, got {value!r}")
+            ok = False
+        lo, hi = rule.get("minimum"), rule.get("maximum")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            self.error(path, f"must be {lo}-{hi}, got {value!r}")
+            ok = False
+        min_len, max_len = rule.get("min_len"), rule.get("max_len")
+        if min_len is not None and max_len is not None and not min_len <= len(value) <= max_len:
+            self.error(path, f"must be {min_len}-{max_len} characters, got {value!r}")
+            ok = False
+        elif max_len is not None and len(value) > max_len:
+            self.error(path, f"must be at most {max_len} characters, got {len(value)}")
+            ok = False
+        return ok
+
+
+_INVALID = object()
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height of a PNG, or None if `data` is not one."""
+    if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return int(width), int(height)
+
+
+def _check_integration(loader: _Loader, integ: IntegrationConfig, path: str) -> None:
+    err = loader.error
+    if not NAME_RE.match(integ.name):
+        err(f"{path}.name", f"must match {NAME_RE.pattern}, got {integ.name!r}")
+    if not (integ.enable_single_use_vmrs or integ.enable_personal_vmrs):
+        err(path, "enable at least one of enable_single_use_vmrs, enable_personal_vmrs")
+    try:
+        ZoneInfo(integ.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        err(f"{path}.timezone", f"unknown IANA time zone {integ.timezone!r}")
+    ex = integ.exchange
+    if integ.enable_single_use_vmrs:
+        if not EMAIL_RE.match(ex.mailbox_email):
+            err(f"{path}.exchange.mailbox_email", "single-use VMRs need the equipment mailbox")
+        if not ex.mailbox_name:
+            err(f"{path}.exchange.mailbox_name", "single-use VMRs need the mailbox name")
+        if not integ.single_use.alias_domain:
+            err(f"{path}.single_use.alias_domain", "must not be empty")
+        if integ.backend == "ews":
+            _check_ews(loader, ex, f"{path}.exchange")
+        if "alias_uuid" not in integ.email.single_use_joining_instructions_template:
+            err(
+                f"{path}.email.single_use_joining_instructions_template",
+                "must contain {{alias_uuid}} (the alias ID the service recognises meetings by)",
+            )
+    if integ.enable_personal_vmrs:
+        _check_personal(loader, integ.personal, f"{path}.personal")
+    for group_name in ("single_use", "personal", "email"):
+        group = getattr(integ, group_name)
+        for f in dataclasses.fields(group):
+            if f.name in templating.TEMPLATES:
+                for problem in templating.check(f.name, getattr(group, f.name)):
+                    err(f"{path}.{group_name}.{f.name}", problem)
+    if integ.addin.icon:
+        icon = loader.base_dir / integ.addin.icon
+        try:
+            size = png_size(icon.read_bytes())
+        except OSError as exc:
+            err(f"{path}.addin.icon", f"cannot read {icon}: {exc.strerror}")
+        else:
+            if size is None:
+                err(f"{path}.addin.icon", "is not a PNG file")
+            elif size != (ICON_SIZE, ICON_SIZE):
+                err(f"{path}.addin.icon", f"must be 80x80 pixels, got {size[0]}x{size[1]}")
+    ad = integ.addin
+    if ad.token_validation == "entra" and not (ad.entra_tenant_id and ad.entra_client_id):
+        err(f"{path}.addin", "token_validation 'entra' needs entra_tenant_id and entra_client_id")
+    if ad.token_validation == "exchange" and not integ.metadata.exchange_metadata_urls:
+        err(
+            f"{path}.metadata.exchange_metadata_urls",
+            "token_validation 'exchange' needs at least one trusted metadata host",
+        )
+    adv = integ.advanced
+    if adv.use_custom_addin_sources and not adv.office_js_url.startswith("https://"):
+        err(f"{path}.advanced.office_js_url", "custom add-in sources must be https URLs")
+
+
+def _check_ews(loader: _Loader, ex: ExchangeConfig, path: str) -> None:
+    err = loader.error
+    if not ex.ews_url.startswith(("https://", "http://")):
+        err(f"{path}.ews_url", "the ews backend needs the EWS URL (https://…/EWS/Exchange.asmx)")
+    needs_user = ex.authentication in ("basic", "ntlm", "oauth_delegated")
+    if needs_user and not ex.service_account_username:
+        err(f"{path}.service_account_username", f"needed for {ex.authentication}")
+    if ex.authentication in ("basic", "ntlm") and ex.service_account_password is None:
+        err(
+            f"{path}.service_account_password_env",
+            f"{ex.authentication} needs the password (service_account_password_env or _file)",
+        )
+    if ex.authentication.startswith("oauth"):
+        for key in ("oauth_client_id", "oauth_token_endpoint"):
+            if not getattr(ex, key):
+                err(f"{path}.{key}", f"needed for {ex.authentication}")
+        if ex.authentication == "oauth_app" and ex.oauth_client_secret is None:
+            err(f"{path}.oauth_client_secret_env", "oauth_app needs the client secret")
+        if ex.authentication == "oauth_delegated":
+            for key in ("oauth_authorization_endpoint", "oauth_redirect_uri"):
+                if not getattr(ex, key):
+                    err(f"{path}.{key}", "needed for oauth_delegated")
+            suffix = "/admin/platform/msexchangeconnector/oauth_redirect/"
+            if ex.oauth_redirect_uri and not ex.oauth_redirect_uri.endswith(suffix):
+                err(f"{path}.oauth_redirect_uri", f"must end with {suffix}")
+
+
+def _check_personal(loader: _Loader, p: PersonalConfig, path: str) -> None:
+    for key in ("user_oauth_authorization_uri", "user_oauth_token_uri", "user_oauth_client_id"):
+        if not getattr(p, key):
+            loader.error(f"{path}.{key}", "personal VMRs need single sign-on settings")
+    if p.authentication_provider == "adfs" and not p.adfs_resource_identifier:
+        loader.error(f"{path}.adfs_resource_identifier", "needed for AD FS")
+    if p.authentication_provider == "azure" and p.azure_client_secret is None:
+        loader.error(
+            f"{path}.azure_client_secret_env", "needed for Azure (or azure_client_secret_file)"
+        )
+
+
+def parse(
+    document: Mapping[str, Any],
+    base_dir: Path = Path("."),
+    environ: Mapping[str, str] | None = None,
+    path: Path | None = None,
+) -> Config:
+    """Validate a parsed TOML document. Raises ConfigError listing every problem."""
+    loader = _Loader(base_dir, os.environ if environ is None else environ)
+    for key in document:
+        if key not in ("server", "integrations"):
+            loader.error(key, "unknown key")
+    server = loader.build(ServerConfig, document.get("server", {}), "server")
+    try:
+        split_listen(server.listen)
+    except ValueError as exc:
+        loader.error("server.listen", str(exc))
+    raw_integrations = document.get("integrations", [])
+    integrations: list[IntegrationConfig] = []
+    if not isinstance(raw_integrations, list) or not raw_integrations:
+        loader.error("integrations", "define at least one [[integrations]] table")
+        raw_integrations = []
+    for index, raw in enumerate(raw_integrations):
+        ipath = f"integrations[{index}]"
+        integ = loader.build(IntegrationConfig, raw, ipath)
+        _check_integration(loader, integ, ipath)
+        integrations.append(integ)
+    _check_unique(loader, integrations)
+    if server.demo and not _safe_on_loopback(server):
+        loader.error("server.demo", "demo mode is allowed only when listening on loopback")
+    for index, integ in enumerate(integrations):
+        if integ.addin.token_validation == "none":
+            if not _safe_on_loopback(server):
+                loader.error(
+                    f"integrations[{index}].addin.token_validation",
+                    "'none' is allowed only when the server listens on loopback",
+                )
+            else:
+                loader.warnings.append(
+                    f"integrations[{index}].addin.token_validation: 'none' accepts unverified "
+                    "add-in requests (loopback only; do not expose this server)"
+                )
+    if server.demo:
+        loader.warnings.append("server.demo: demo mode is on (loopback only)")
+    if loader.problems:
+        raise ConfigError(loader.problems)
+    return Config(server, tuple(integrations), path, tuple(loader.warnings))
+
+
+def _safe_on_loopback(server: ServerConfig) -> bool:
+    try:
+        return server.on_loopback
+    except ValueError:
+        return False
+
+
+def _check_unique(loader: _Loader, integrations: list[IntegrationConfig]) -> None:
+    names: dict[str, int] = {}
+    mailboxes: dict[str, int] = {}
+    for index, integ in enumerate(integrations):
+        if integ.name in names:
+            loader.error(
+                f"integrations[{index}].name",
+                f"{integ.name!r} is already used by integrations[{names[integ.name]}]",
+            )
+        names.setdefault(integ.name, index)
+        mailbox = integ.exchange.mailbox_email.lower()
+        if mailbox and mailbox in mailboxes:
+            loader.error(
+                f"integrations[{index}].exchange.mailbox_email",
+                f"{mailbox} is already used by integrations[{mailboxes[mailbox]}]; "
+                "a mailbox belongs to one integration",
+            )
+        mailboxes.setdefault(mailbox, index)
+
+
+def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a TOML config file; relative file paths in it are relative to it."""
+    file_path = Path(path)
+    try:
+        document = tomllib.loads(file_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{file_path}: cannot read: {exc.strerror}"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{file_path}: not valid TOML: {exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{file_path}: not UTF-8: {exc}"]) from exc
+    return parse(document, file_path.parent, environ, file_path)

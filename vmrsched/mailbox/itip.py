@@ -1,0 +1,348 @@
+"""iTIP/iMIP translation: meeting requests in (.ics or .eml bytes) to `Meeting`s, replies out.
+
+Real clients send broken calendars (BOMs, Windows zone names, floating times, folded or
+unfolded lines, missing UIDs, several VEVENTs per UID); this module absorbs that so the rules
+never see it. It holds no rules of its own: it only translates.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import email.utils
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from email.message import EmailMessage, Message
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import icalendar
+from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
+
+from vmrsched.meetings import Meeting, Method
+
+BOM = b"\xef\xbb\xbf"
+_MAILTO = re.compile(r"^mailto:", re.IGNORECASE)
+
+
+class ParseError(ValueError):
+    """The input cannot be turned into a meeting. `organizer` is set when we know whom to tell."""
+
+    def __init__(
+        self,
+        reason: str,
+        organizer_email: str = "",
+        organizer_name: str = "",
+        subject: str = "",
+        uid: str = "",
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.organizer_email = organizer_email
+        self.organizer_name = organizer_name
+        self.subject = subject
+        self.uid = uid
+
+
+@dataclass(frozen=True)
+class Parsed:
+    meetings: tuple[Meeting, ...]
+    method: str
+
+
+def _zone_for(value: datetime, default_tz: tzinfo) -> datetime:
+    """Give every datetime a zone we can store: IANA keys stay, Windows names map to IANA,
+    floating times take the integration's zone."""
+    tz = value.tzinfo
+    if tz is None:
+        return value.replace(tzinfo=default_tz)
+    if isinstance(getattr(tz, "key", None), str):
+        return value
+    name = str(getattr(tz, "_tzid", "") or getattr(tz, "zone", "") or "")
+    olson = WINDOWS_TO_OLSON.get(name.strip('"'))
+    for candidate in (olson, name):
+        if candidate:
+            try:
+                return value.replace(tzinfo=ZoneInfo(candidate))
+            except (ZoneInfoNotFoundError, ValueError):
+                continue
+    return value
+
+
+def _as_datetime(raw: Any, default_tz: tzinfo) -> datetime:
+    value = getattr(raw, "dt", raw)
+    if isinstance(value, datetime):
+        return _zone_for(value, default_tz)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=default_tz)
+    raise ParseError(f"not a date or time: {raw!r}")
+
+
+def _date_list(component: Any, key: str, default_tz: tzinfo) -> tuple[datetime, ...]:
+    raw = component.get(key)
+    if raw is None:
+        return ()
+    items = raw if isinstance(raw, list) else [raw]
+    out: list[datetime] = []
+    for item in items:
+        for entry in getattr(item, "dts", [item]):
+            value = getattr(entry, "dt", entry)
+            if isinstance(value, tuple):  # RDATE;VALUE=PERIOD
+                value = value[0]
+            out.append(_as_datetime(value, default_tz))
+    return tuple(out)
+
+
+def _text(component: Any, key: str) -> str:
+    value = component.get(key)
+    return "" if value is None else str(value)
+
+
+def _address(value: Any) -> tuple[str, str]:
+    if value is None:
+        return "", ""
+    addr = _MAILTO.sub("", str(value)).strip()
+    params = getattr(value, "params", {})
+    name = str(params.get("CN", "")).strip('"')
+    if not addr and "EMAIL" in params:
+        addr = str(params["EMAIL"])
+    return name, addr
+
+
+def _rrule(component: Any) -> str | None:
+    raw = component.get("RRULE")
+    if raw is None:
+        return None
+    if isinstance(raw, list):
+        raw = raw[0]
+    text = raw.to_ical().decode() if hasattr(raw, "to_ical") else str(raw)
+    return text.replace("\\;", ";").replace("\\,", ",")
+
+
+# A cancellation need not say when the meeting was (Thunderbird omits DTSTART); the UID and
+# RECURRENCE-ID identify what is cancelled, so such a cancellation gets this placeholder time.
+UNKNOWN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _times(component: Any, default_tz: tzinfo, cancel: bool = False) -> tuple[datetime, datetime]:
+    start_raw = component.get("DTSTART")
+    if start_raw is None:
+        rid = component.get("RECURRENCE-ID")
+        if rid is None:
+            if cancel:
+                return UNKNOWN_TIME, UNKNOWN_TIME
+            raise ParseError("meeting has no DTSTART")
+        start_raw = rid
+    all_day = not isinstance(start_raw.dt, datetime)
+    start = _as_datetime(start_raw, default_tz)
+    if component.get("DTEND") is not None:
+        end = _as_datetime(component.get("DTEND"), default_tz)
+    elif component.get("DURATION") is not None:
+        end = start + component.get("DURATION").dt
+    else:
+        end = start + (timedelta(days=1) if all_day else timedelta(0))
+    if end < start:
+        end = start
+    return start, end
+
+
+def _sequence(component: Any) -> int:
+    for key in ("SEQUENCE", "X-MICROSOFT-CDO-APPT-SEQUENCE"):
+        raw = component.get(key)
+        if raw is not None:
+            try:
+                return int(str(raw).strip())
+            except ValueError:
+                continue
+    return 0
+
+
+def _body(component: Any) -> str:
+    alt = component.get("X-ALT-DESC")
+    if alt is not None:
+        params = getattr(alt, "params", {})
+        if str(params.get("FMTTYPE", "")).lower() == "text/html":
+            return str(alt)
+    return _text(component, "DESCRIPTION")
+
+
+def _fallback_tz(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return UTC
+
+
+def parse_calendar(
+    data: bytes,
+    default_timezone: str = "UTC",
+    html_body: str | None = None,
+    method_hint: str | None = None,
+    correlation_id: str = "",
+) -> Parsed:
+    """Meetings in one iCalendar object. A master VEVENT and its RECURRENCE-ID exceptions become
+    one series meeting (exceptions as overrides, cancelled ones as EXDATEs); exceptions without
+    a master become occurrence meetings."""
+    default_tz = _fallback_tz(default_timezone)
+    if data.startswith(BOM):
+        data = data[len(BOM) :]
+    try:
+        cal = icalendar.Calendar.from_ical(data)
+    except Exception as exc:  # icalendar raises ValueError and friends on garbage
+        raise ParseError(f"not an iCalendar object: {exc}") from exc
+    method = str(cal.get("METHOD") or method_hint or "REQUEST").upper()
+    events = [c for c in cal.walk("VEVENT")]
+    if not events:
+        raise ParseError("calendar holds no VEVENT")
+    organizer_name, organizer_email = _address(events[0].get("ORGANIZER"))
+    subject = _text(events[0], "SUMMARY")
+    if method not in ("REQUEST", "CANCEL", "PUBLISH"):
+        raise ParseError(
+            f"unsupported iTIP method {method}", organizer_email, organizer_name, subject
+        )
+    meeting_method: Method = "CANCEL" if method == "CANCEL" else "REQUEST"
+    by_uid: dict[str, list[Any]] = {}
+    for event in events:
+        uid = _text(event, "UID").strip()
+        if not uid:
+            raise ParseError("meeting has no UID", organizer_email, organizer_name, subject)
+        by_uid.setdefault(uid, []).append(event)
+    meetings: list[Meeting] = []
+    for uid, group in by_uid.items():
+        masters = [e for e in group if e.get("RECURRENCE-ID") is None]
+        exceptions = [e for e in group if e.get("RECURRENCE-ID") is not None]
+        if masters:
+            # Several masters for one UID is invalid iTIP (seen from iCloud); the last wins.
+            meetings.append(
+                _meeting(
+                    masters[-1],
+                    uid,
+                    meeting_method,
+                    default_tz,
+                    exceptions,
+                    html_body,
+                    correlation_id,
+                )
+            )
+        else:
+            for exc_event in exceptions:
+                meetings.append(
+                    _meeting(
+                        exc_event, uid, meeting_method, default_tz, [], html_body, correlation_id
+                    )
+                )
+    return Parsed(tuple(meetings), method)
+
+
+def _meeting(
+    event: Any,
+    uid: str,
+    method: Method,
+    default_tz: tzinfo,
+    exceptions: Iterable[Any],
+    html_body: str | None,
+    correlation_id: str,
+) -> Meeting:
+    name, addr = _address(event.get("ORGANIZER"))
+    subject = _text(event, "SUMMARY")
+    try:
+        start, end = _times(event, default_tz, cancel=(method == "CANCEL"))
+        rid_raw = event.get("RECURRENCE-ID")
+        recurrence_id = _as_datetime(rid_raw, default_tz) if rid_raw is not None else None
+        exdates = list(_date_list(event, "EXDATE", default_tz))
+        overrides: list[tuple[datetime, datetime, datetime]] = []
+        for exc_event in exceptions:
+            rid = _as_datetime(exc_event.get("RECURRENCE-ID"), default_tz)
+            if _text(exc_event, "STATUS").upper() == "CANCELLED":
+                exdates.append(rid)
+            else:
+                o_start, o_end = _times(exc_event, default_tz, cancel=(method == "CANCEL"))
+                overrides.append((rid, o_start, o_end))
+        rdates = _date_list(event, "RDATE", default_tz)
+        attendees_raw = event.get("ATTENDEE") or []
+        if not isinstance(attendees_raw, list):
+            attendees_raw = [attendees_raw]
+        attendees = tuple(a for a in (_address(x)[1] for x in attendees_raw) if a)
+    except ParseError as exc:
+        raise ParseError(exc.reason, addr, name, subject, uid) from exc
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ParseError(f"unreadable meeting times: {exc}", addr, name, subject, uid) from exc
+    if recurrence_id is not None and rdates and len(rdates) == 1:
+        rdates = ()  # Notes repeats a rescheduled instance as a one-period RDATE
+    return Meeting(
+        uid=uid,
+        method=method,
+        start=start,
+        end=end,
+        sequence=_sequence(event),
+        recurrence_id=recurrence_id,
+        rrule=_rrule(event) if recurrence_id is None else None,
+        rdates=rdates if recurrence_id is None else (),
+        exdates=tuple(exdates),
+        overrides=tuple(overrides),
+        organizer_name=name,
+        organizer_email=addr,
+        subject=subject,
+        html_body=html_body if html_body is not None else _body(event),
+        attendees=attendees,
+        correlation_id=correlation_id,
+    )
+
+
+def _calendar_part(message: Message) -> Message | None:
+    for part in message.walk():
+        ctype = part.get_content_type()
+        if ctype in ("text/calendar", "application/ics"):
+            return part
+    return None
+
+
+def _html_part(message: Message) -> str | None:
+    for part in message.walk():
+        if part.get_content_type() == "text/html" and not part.get_filename():
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes):
+                charset = part.get_content_charset() or "utf-8"
+                try:
+                    return payload.decode(charset, errors="replace")
+                except LookupError:
+                    return payload.decode("utf-8", errors="replace")
+    return None
+
+
+def parse_mail(data: bytes, default_timezone: str = "UTC", correlation_id: str = "") -> Parsed:
+    """Meetings in an iMIP mail: the text/calendar part, with the text/html part as body."""
+    if data.startswith(BOM):
+        data = data[len(BOM) :]
+    message = email.message_from_bytes(data, policy=email.policy.compat32)
+    part = _calendar_part(message)
+    if part is None:
+        sender = email.utils.parseaddr(str(message.get("From", "")))
+        raise ParseError(
+            "mail has no text/calendar part", sender[1], sender[0], str(message.get("Subject", ""))
+        )
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        raise ParseError("calendar part is empty")
+    method_hint = part.get_param("method")
+    html = _html_part(message)
+    return parse_calendar(
+        payload,
+        default_timezone,
+        html_body=html,
+        method_hint=str(method_hint) if isinstance(method_hint, str) else None,
+        correlation_id=correlation_id,
+    )
+
+
+def parse_file(
+    name: str, data: bytes, default_timezone: str = "UTC", correlation_id: str = ""
+) -> Parsed:
+    if name.lower().endswith(".eml"):
+        return parse_mail(data, default_timezone, correlation_id)
+    return parse_calendar(data, default_timezone, correlation_id=correlation_id)
+
+
+__all__ = ["EmailMessage", "ParseError", "Parsed", "parse_calendar", "parse_file", "parse_mail"]

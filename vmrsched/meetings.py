@@ -1,0 +1,291 @@
+"""The meeting model and the decision rules (DESIGN.md, "Meeting processing rules").
+
+`decide` is pure: it gets the message, a snapshot of what the store knows about the message's
+token and UID, and the current time, and returns what to answer and what to change. All I/O
+(reading mailboxes, allocating aliases, writing the store, sending replies) happens around it,
+which is what lets every rule be tested exhaustively and the service reprocess a message
+idempotently after a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from vmrsched import aliases, recurrence
+from vmrsched.recurrence import Occurrence, Schedule
+
+Method = Literal["REQUEST", "CANCEL"]
+Outcome = Literal["accepted", "declined", "ignored"]
+Status = Literal["reserved", "bound", "deleted"]
+ActionKind = Literal["bind", "bind_placeholder", "cancel", "cancel_occurrence", "none"]
+
+# reason -> template, as in the rules table
+TEMPLATE_FOR_REASON: dict[str, str | None] = {
+    "invalid_alias_id": "reject_invalid_alias_id_text",
+    "alias_deleted": "reject_alias_deleted_text",
+    "alias_conflict": "reject_alias_conflict_template",
+    "single_in_past": "reject_single_meeting_in_past_text",
+    "recurring_in_past": "reject_recurring_series_in_past_text",
+    "new_single": "accept_new_single_meeting_template",
+    "new_recurring": "accept_new_recurring_meeting_template",
+    "edited_single": "accept_edited_single_meeting_template",
+    "edited_occurrence": "accept_edited_occurrence_template",
+    "edited_recurring": "accept_edited_recurring_meeting_template",
+    "cancelled": None,
+    "outdated": None,
+    "general_error": "reject_general_error_template",
+}
+REASONS = tuple(TEMPLATE_FOR_REASON)
+
+
+@dataclass(frozen=True)
+class Meeting:
+    """One meeting request or cancellation, as read from any mailbox backend."""
+
+    uid: str
+    method: Method
+    start: datetime
+    end: datetime
+    sequence: int = 0
+    recurrence_id: datetime | None = None
+    rrule: str | None = None
+    rdates: tuple[datetime, ...] = ()
+    exdates: tuple[datetime, ...] = ()
+    overrides: tuple[tuple[datetime, datetime, datetime], ...] = ()
+    organizer_name: str = ""
+    organizer_email: str = ""
+    subject: str = ""
+    html_body: str = ""
+    attendees: tuple[str, ...] = ()
+    correlation_id: str = ""
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(
+            start=self.start,
+            end=self.end,
+            rrule=self.rrule,
+            rdates=self.rdates,
+            exdates=self.exdates,
+            overrides=self.overrides,
+        )
+
+    @property
+    def is_series(self) -> bool:
+        return self.recurrence_id is None and bool(self.rrule or self.rdates)
+
+
+@dataclass(frozen=True)
+class AliasRecord:
+    """What the store knows about one alias (a single-use VMR)."""
+
+    alias_id: str
+    alias: str
+    numeric_alias: str
+    status: Status
+    meeting_uid: str | None = None
+    sequence: int = -1
+    occurrence_sequences: Mapping[str, int] = field(default_factory=dict)
+    schedule: Schedule | None = None
+    placeholder_id: str | None = None
+
+
+@dataclass(frozen=True)
+class MeetingState:
+    """The store's answer to two lookups: the record behind the body's token, and the record
+    already bound to the message's UID (often the same record)."""
+
+    token_record: AliasRecord | None = None
+    uid_record: AliasRecord | None = None
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    alias_id: str | None = None
+    placeholder_id: str | None = None
+    meeting_uid: str | None = None
+    sequence: int = 0
+    occurrence_key: str | None = None
+    schedule: Schedule | None = None
+    release_alias_id: str | None = None  # an older alias this meeting no longer uses
+
+
+NO_ACTION = Action("none")
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    reason: str
+    correlation_id: str
+    action: Action = NO_ACTION
+    record: AliasRecord | None = None  # the alias the reply talks about, when known
+    occurrence: Occurrence | None = None  # the occurrence the reply talks about
+    organizer_update: bool = False  # replace the placeholder in the organizer's meeting
+    detail: str = ""
+
+    @property
+    def template(self) -> str | None:
+        return TEMPLATE_FOR_REASON[self.reason]
+
+    @property
+    def replies(self) -> bool:
+        return self.outcome != "ignored"
+
+
+def occurrence_key(recurrence_id: datetime) -> str:
+    return recurrence_id.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def general_error(correlation_id: str, detail: str = "") -> Decision:
+    return Decision("declined", "general_error", correlation_id, detail=detail)
+
+
+def decide(message: Meeting, state: MeetingState, now: datetime) -> Decision:
+    """Apply the rules table to one message. Never raises: anything unexpected becomes a
+    general_error decline carrying the message's correlation id."""
+    try:
+        if message.method == "CANCEL":
+            return _decide_cancel(message, state)
+        return _decide_request(message, state, now)
+    except Exception as exc:  # the rules table's last row: answer, never crash the worker
+        return general_error(message.correlation_id, f"{type(exc).__name__}: {exc}")
+
+
+def _declined(message: Meeting, reason: str, record: AliasRecord | None = None) -> Decision:
+    return Decision("declined", reason, message.correlation_id, record=record)
+
+
+def _is_outdated(message: Meeting, record: AliasRecord | None) -> bool:
+    if record is None or record.meeting_uid != message.uid:
+        return False
+    if message.recurrence_id is not None:
+        seen = record.occurrence_sequences.get(occurrence_key(message.recurrence_id), -1)
+        return message.sequence < seen
+    return message.sequence < record.sequence
+
+
+def _decide_cancel(message: Meeting, state: MeetingState) -> Decision:
+    record = state.uid_record
+    cid = message.correlation_id
+    if record is None or record.status != "bound":
+        return Decision("ignored", "cancelled", cid, record=record, detail="meeting not bound")
+    if _is_outdated(message, record):
+        return Decision("ignored", "outdated", cid, record=record)
+    schedule = record.schedule
+    if message.recurrence_id is not None and schedule is not None and schedule.recurring:
+        action = Action(
+            "cancel_occurrence",
+            alias_id=record.alias_id,
+            meeting_uid=message.uid,
+            sequence=message.sequence,
+            occurrence_key=occurrence_key(message.recurrence_id),
+            schedule=schedule.with_exdate(message.recurrence_id),
+        )
+        return Decision("ignored", "cancelled", cid, action=action, record=record)
+    action = Action(
+        "cancel", alias_id=record.alias_id, meeting_uid=message.uid, sequence=message.sequence
+    )
+    return Decision("ignored", "cancelled", cid, action=action, record=record)
+
+
+def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Decision:
+    bound = state.uid_record if state.uid_record and state.uid_record.status == "bound" else None
+    if _is_outdated(message, bound):
+        return Decision("ignored", "outdated", message.correlation_id, record=bound)
+
+    token = aliases.find_token(message.html_body)
+    if token is None:
+        return _declined(message, "invalid_alias_id")
+    record = state.token_record
+    if record is None and token.kind == "PXPS":
+        return _declined(message, "invalid_alias_id")
+    if record is not None:
+        if record.status == "deleted":
+            return _declined(message, "alias_deleted", record)
+        if record.status == "bound" and record.meeting_uid != message.uid:
+            return _declined(message, "alias_conflict", record)
+
+    # The schedule this meeting will have once the message is applied.
+    schedule, occurrence = _resulting_schedule(message, bound, now)
+    if occurrence is None:
+        if message.recurrence_id is not None or not message.is_series:
+            return _declined(message, "single_in_past", record or bound)
+        return _declined(message, "recurring_in_past", record or bound)
+
+    key = occurrence_key(message.recurrence_id) if message.recurrence_id else None
+    target = record or bound
+    if target is None:
+        # TOK path: the add-in could not reach us; allocate now and fix the organizer's copy.
+        assert token.kind == "TOK"
+        action = Action(
+            "bind_placeholder",
+            placeholder_id=token.id,
+            meeting_uid=message.uid,
+            sequence=message.sequence,
+            occurrence_key=key,
+            schedule=schedule,
+        )
+        reason = "new_recurring" if schedule.recurring else "new_single"
+        return Decision(
+            "accepted",
+            reason,
+            message.correlation_id,
+            action=action,
+            occurrence=occurrence,
+            organizer_update=True,
+        )
+
+    was_bound = target.status == "bound" and target.meeting_uid == message.uid
+    if (
+        message.recurrence_id is not None
+        and was_bound
+        and target.schedule is not None
+        and target.schedule.recurring
+    ):
+        reason = "edited_occurrence"
+    elif was_bound or bound is not None:
+        reason = "edited_recurring" if schedule.recurring else "edited_single"
+    else:
+        reason = "new_recurring" if schedule.recurring else "new_single"
+    release = bound.alias_id if bound is not None and bound.alias_id != target.alias_id else None
+    action = Action(
+        "bind",
+        alias_id=target.alias_id,
+        meeting_uid=message.uid,
+        sequence=message.sequence,
+        occurrence_key=key,
+        schedule=schedule,
+        release_alias_id=release,
+    )
+    return Decision(
+        "accepted",
+        reason,
+        message.correlation_id,
+        action=action,
+        record=target,
+        occurrence=occurrence,
+    )
+
+
+def _resulting_schedule(
+    message: Meeting, bound: AliasRecord | None, now: datetime
+) -> tuple[Schedule, Occurrence | None]:
+    """The schedule after applying `message`, and the occurrence a reply should talk about (None
+    when nothing relevant is left in the future)."""
+    if message.recurrence_id is not None:
+        # One occurrence changed. Its own end decides past/future (rules table).
+        moved = Occurrence(message.recurrence_id, message.start, message.end)
+        if message.end <= now:
+            return message.schedule, None
+        if bound is not None and bound.schedule is not None and bound.schedule.recurring:
+            return bound.schedule.with_override(
+                message.recurrence_id, message.start, message.end
+            ), moved
+        return Schedule(message.start, message.end), moved
+    schedule = message.schedule
+    return schedule, recurrence.next_occurrence(schedule, now)

@@ -1,0 +1,452 @@
+"""One integration's aliases and conferences: tinydb snapshot + journal, in-memory indexes, archive.
+
+Layout under the integration's directory:
+  store.json          tinydb database (table `aliases`): the snapshot, rewritten atomically
+  journal.<gen>.log   writes since the snapshot, one checksummed JSON line each
+  archive.json        tinydb database (table `archive`): finished, cancelled and expired aliases
+
+Every journal entry is a whole-record upsert or an archive move, so replaying a journal onto a
+snapshot that already contains it changes nothing: a crash at any point of a compaction loads
+correctly. Writes become durable at `commit()` (one fsync for the whole group); callers must not
+acknowledge anything before it returns. Not thread-safe: only the integration's AliasAllocator
+actor uses a Store.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from vmrsched import aliases, recurrence
+from vmrsched.aliases import RandomSource
+from vmrsched.journal import AtomicJSONStorage, Journal, atomic_write, read_entries
+from vmrsched.meetings import Action, AliasRecord, MeetingState, Status
+
+Record = dict[str, Any]
+Clock = Callable[[], datetime]
+
+SNAPSHOT = "store.json"
+ARCHIVE = "archive.json"
+_JOURNAL_RE = re.compile(r"^journal\.(\d+)\.log$")
+# Archive finished conferences this long after their last window closes: late updates to a
+# just-finished meeting still find it without a trip to the archive file.
+ARCHIVE_GRACE = timedelta(days=7)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def normalise_alias(alias: str) -> str:
+    """Dialled aliases arrive as `sip:VMR123@Example.com` or `h323:…`; compare without the scheme
+    and case-insensitively."""
+    text = alias.strip()
+    if ":" in text.split("@", 1)[0]:
+        text = text.split(":", 1)[1]
+    return text.lower()
+
+
+@dataclass(frozen=True)
+class ArchivedInfo:
+    status: str
+    meeting_uid: str | None
+    reason: str
+
+
+@dataclass
+class StoreStats:
+    active: int
+    bound: int
+    reserved: int
+    archived: int
+    journal_entries: int
+
+
+class Store:
+    def __init__(
+        self,
+        directory: Path,
+        clock: Clock = utc_now,
+        rng: RandomSource | None = None,
+        reservation_ttl: timedelta = timedelta(days=30),
+        compact_after: int = 200_000,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.clock = clock
+        self.rng = rng
+        self.reservation_ttl = reservation_ttl
+        self.compact_after = compact_after
+        self._records: dict[str, Record] = {}
+        self._by_numeric: dict[str, str] = {}
+        self._by_alias: dict[str, str] = {}
+        self._by_uid: dict[str, str] = {}
+        self._by_placeholder: dict[str, str] = {}
+        self._names: dict[str, str] = {}
+        self._archived: dict[str, ArchivedInfo] = {}
+        self._archived_numeric: set[str] = set()
+        self._archived_placeholder: dict[str, str] = {}
+        self._compactor: threading.Thread | None = None
+        self._load()
+        self._generation = self._last_generation() + 1
+        self._journal = Journal(self._journal_path(self._generation))
+
+    # --- loading ------------------------------------------------------------------------------
+
+    def _journal_path(self, generation: int) -> Path:
+        return self.directory / f"journal.{generation}.log"
+
+    def _journal_generations(self) -> list[int]:
+        gens = []
+        for path in self.directory.iterdir():
+            match = _JOURNAL_RE.match(path.name)
+            if match:
+                gens.append(int(match.group(1)))
+        return sorted(gens)
+
+    def _last_generation(self) -> int:
+        gens = self._journal_generations()
+        return gens[-1] if gens else 0
+
+    def _load(self) -> None:
+        snapshot = AtomicJSONStorage(self.directory / SNAPSHOT).read() or {}
+        for record in snapshot.get("aliases", {}).values():
+            self._index(record)
+        archive = AtomicJSONStorage(self.directory / ARCHIVE).read() or {}
+        for record in archive.get("archive", {}).values():
+            self._note_archived(record)
+        for gen in self._journal_generations():
+            for entry in read_entries(self._journal_path(gen)):
+                self._replay(entry)
+
+    def _replay(self, entry: Mapping[str, Any]) -> None:
+        op = entry.get("op")
+        if op == "put":
+            self._index(entry["r"])
+        elif op == "archive":
+            for record in entry["records"]:
+                self._note_archived(record)
+
+    def _note_archived(self, record: Record) -> None:
+        self._unindex(record["alias_id"])
+        self._archived[record["alias_id"]] = ArchivedInfo(
+            record.get("status", "deleted"), record.get("meeting_uid"), record.get("reason", "")
+        )
+        self._archived_numeric.add(record["numeric_alias"].lower())
+        if record.get("placeholder_id"):
+            self._archived_placeholder[record["placeholder_id"]] = record["alias_id"]
+
+    def _index(self, record: Record) -> None:
+        alias_id = record["alias_id"]
+        old = self._records.get(alias_id)
+        if old is not None:
+            self._drop_secondary(old)
+        self._records[alias_id] = record
+        self._by_numeric[record["numeric_alias"].lower()] = alias_id
+        self._by_alias[record["alias"].lower()] = alias_id
+        if record.get("meeting_uid") and record["status"] == "bound":
+            self._by_uid[record["meeting_uid"]] = alias_id
+        if record.get("placeholder_id"):
+            self._by_placeholder[record["placeholder_id"]] = alias_id
+        if record.get("name"):
+            self._names[record["name"].lower()] = alias_id
+
+    def _drop_secondary(self, record: Record) -> None:
+        alias_id = record["alias_id"]
+        uid = record.get("meeting_uid")
+        if uid and self._by_uid.get(uid) == alias_id:
+            del self._by_uid[uid]
+        name = (record.get("name") or "").lower()
+        if name and self._names.get(name) == alias_id:
+            del self._names[name]
+
+    def _unindex(self, alias_id: str) -> None:
+        record = self._records.pop(alias_id, None)
+        if record is None:
+            return
+        self._drop_secondary(record)
+        self._by_numeric.pop(record["numeric_alias"].lower(), None)
+        self._by_alias.pop(record["alias"].lower(), None)
+        if record.get("placeholder_id"):
+            self._by_placeholder.pop(record["placeholder_id"], None)
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def get(self, alias_id: str) -> Record | None:
+        return self._records.get(alias_id)
+
+    def by_meeting_uid(self, uid: str) -> Record | None:
+        alias_id = self._by_uid.get(uid)
+        return self._records.get(alias_id) if alias_id else None
+
+    def by_alias(self, alias: str) -> Record | None:
+        key = normalise_alias(alias)
+        alias_id = self._by_alias.get(key) or self._by_numeric.get(key)
+        return self._records.get(alias_id) if alias_id else None
+
+    def by_placeholder(self, placeholder_id: str) -> Record | None:
+        alias_id = self._by_placeholder.get(placeholder_id)
+        return self._records.get(alias_id) if alias_id else None
+
+    def archived(self, alias_id: str) -> ArchivedInfo | None:
+        return self._archived.get(alias_id)
+
+    def numeric_taken(self, numeric_alias: str) -> bool:
+        key = numeric_alias.lower()
+        return key in self._by_numeric or key in self._archived_numeric
+
+    def records(self) -> Iterator[Record]:
+        return iter(list(self._records.values()))
+
+    def stats(self) -> StoreStats:
+        bound = sum(1 for r in self._records.values() if r["status"] == "bound")
+        reserved = sum(1 for r in self._records.values() if r["status"] == "reserved")
+        return StoreStats(
+            len(self._records), bound, reserved, len(self._archived), self._journal.entries
+        )
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def alias_record(self, alias_id: str | None) -> AliasRecord | None:
+        """The decision view of an alias, active or archived."""
+        if alias_id is None:
+            return None
+        record = self._records.get(alias_id)
+        if record is not None:
+            return to_alias_record(record)
+        info = self._archived.get(alias_id)
+        if info is None:
+            return None
+        status: Status = "bound" if info.status == "bound" else "deleted"
+        return AliasRecord(alias_id, "", "", status, meeting_uid=info.meeting_uid)
+
+    def state_for(self, token: aliases.Token | None, meeting_uid: str) -> MeetingState:
+        token_record: AliasRecord | None = None
+        if token is not None:
+            if token.kind == "PXPS":
+                token_record = self.alias_record(token.id)
+            else:
+                alias_id = self._by_placeholder.get(token.id) or self._archived_placeholder.get(
+                    token.id
+                )
+                token_record = self.alias_record(alias_id)
+        return MeetingState(token_record, self.alias_record(self._by_uid.get(meeting_uid)))
+
+    # --- writes (durable only after commit) ----------------------------------------------------
+
+    def _put(self, record: Record) -> Record:
+        self._index(record)
+        self._journal.append({"op": "put", "r": record})
+        return record
+
+    def reserve(self, prefix: str, suffix_length: int, domain: str, **extra: Any) -> Record:
+        """A new alias in state `reserved`, expiring after the reservation TTL unless bound."""
+        alias = aliases.generate_alias(prefix, suffix_length, domain, self.numeric_taken, self.rng)
+        now = self.clock()
+        record: Record = {
+            "alias_id": alias.alias_id,
+            "alias": alias.alias,
+            "numeric_alias": alias.numeric_alias,
+            "status": "reserved",
+            "created": _ts(now),
+            "expires": _ts(now + self.reservation_ttl),
+            "meeting_uid": None,
+            "sequence": -1,
+            "occ_seq": {},
+            "schedule": None,
+            "valid_until": None,
+            "name": None,
+        }
+        record.update(extra)
+        return self._put(record)
+
+    def unique_name(self, base: str) -> str:
+        """`base`, or `base` plus a random number when another conference has that name."""
+        name = base.strip() or "Meeting"
+        while name.lower() in self._names:
+            name = f"{base.strip() or 'Meeting'} {aliases.random_digits(6, self.rng)}"
+        return name
+
+    def apply(self, action: Action, fields: Mapping[str, Any] | None = None) -> Record | None:
+        """Carry out a decision's action; returns the record the meeting is now bound to."""
+        extra = dict(fields or {})
+        if action.kind == "none":
+            return None
+        if action.kind in ("cancel", "cancel_occurrence", "bind") and action.alias_id:
+            self._restore(action.alias_id)
+        if action.kind == "cancel":
+            assert action.alias_id is not None
+            return self.delete(action.alias_id, "cancelled", sequence=action.sequence)
+        if action.kind == "bind_placeholder":
+            assert action.placeholder_id is not None
+            existing = self.by_placeholder(action.placeholder_id)
+            if existing is None:
+                prefix, length, domain = extra.pop("alias_spec")
+                existing = self.reserve(
+                    prefix, length, domain, placeholder_id=action.placeholder_id
+                )
+            extra.pop("alias_spec", None)
+            return self._bind(existing, action, extra)
+        if action.alias_id is None:
+            raise ValueError(f"{action.kind} needs an alias id")
+        record = self._records.get(action.alias_id)
+        if record is None:
+            raise KeyError(f"alias {action.alias_id} is not in the store")
+        if action.kind == "cancel_occurrence":
+            return self._bind(record, action, {})
+        if action.release_alias_id and action.release_alias_id in self._records:
+            self.delete(action.release_alias_id, "replaced")
+        extra.pop("alias_spec", None)
+        return self._bind(record, action, extra)
+
+    def _bind(self, record: Record, action: Action, extra: Mapping[str, Any]) -> Record:
+        assert action.schedule is not None
+        occ_seq = dict(record.get("occ_seq") or {})
+        sequence = record.get("sequence", -1)
+        if action.occurrence_key is not None:
+            occ_seq[action.occurrence_key] = max(
+                action.sequence, occ_seq.get(action.occurrence_key, -1)
+            )
+        else:
+            sequence = max(sequence, action.sequence)
+        last = recurrence.last_end(action.schedule)
+        new = dict(record)
+        new.update(extra)
+        wanted = extra.get("name")
+        if wanted:  # a conference keeps its first (unique) name across meeting edits
+            new["name"] = record.get("name") or self.unique_name(wanted)
+        new.update(
+            status="bound",
+            meeting_uid=action.meeting_uid,
+            sequence=sequence,
+            occ_seq=occ_seq,
+            schedule=recurrence.to_json(action.schedule),
+            valid_until=_ts(last) if last is not None else None,
+            expires=None,
+        )
+        return self._put(new)
+
+    def delete(self, alias_id: str, reason: str, sequence: int | None = None) -> Record | None:
+        record = self._records.get(alias_id)
+        if record is None:
+            return None
+        new = dict(record, status="deleted", reason=reason, deleted=_ts(self.clock()))
+        if sequence is not None:
+            new["sequence"] = max(record.get("sequence", -1), sequence)
+        return self._put(new)
+
+    def commit(self) -> None:
+        """Make every write so far durable (one fsync). Acknowledge only after this returns."""
+        self._journal.sync()
+        if self._journal.entries >= self.compact_after:
+            self.compact(background=True)
+
+    # --- housekeeping -------------------------------------------------------------------------
+
+    def sweep(self, join_after: timedelta = timedelta(0)) -> int:
+        """Expire old reservations and move deleted and finished aliases to the archive.
+        Returns how many records moved. Commits."""
+        now = self.clock()
+        now_ts = _ts(now)
+        grace_ts = _ts(now - ARCHIVE_GRACE - join_after)
+        for record in list(self._records.values()):
+            if (
+                record["status"] == "reserved"
+                and record.get("expires")
+                and (record["expires"] <= now_ts)
+            ):
+                self.delete(record["alias_id"], "expired")
+        moving = [
+            r
+            for r in self._records.values()
+            if r["status"] == "deleted"
+            or (r["status"] == "bound" and r.get("valid_until") and r["valid_until"] < grace_ts)
+        ]
+        if not moving:
+            self.commit()
+            return 0
+        storage = AtomicJSONStorage(self.directory / ARCHIVE)
+        data = storage.read() or {}
+        table = data.setdefault("archive", {})
+        next_id = max((int(k) for k in table), default=0) + 1
+        for offset, record in enumerate(moving):
+            table[str(next_id + offset)] = record
+        storage.write(data)  # archive first: a crash before the journal entry only duplicates
+        for record in moving:
+            self._note_archived(record)
+        self._journal.append({"op": "archive", "records": moving})
+        self.commit()
+        return len(moving)
+
+    def _restore(self, alias_id: str) -> None:
+        """Bring an archived alias back (a finished meeting moved into the future)."""
+        if alias_id in self._records or alias_id not in self._archived:
+            return
+        data = AtomicJSONStorage(self.directory / ARCHIVE).read() or {}
+        for record in data.get("archive", {}).values():
+            if record["alias_id"] == alias_id:
+                self._archived.pop(alias_id, None)
+                self._put(dict(record))
+                return
+
+    def compact(self, background: bool = False) -> None:
+        """Write the snapshot and drop the journals it covers. With `background`, the snapshot is
+        serialised in a thread while writes go on into a fresh journal."""
+        self.wait_for_compaction()
+        self._journal.close()
+        covered = self._journal_generations()
+        self._generation = (covered[-1] if covered else self._generation) + 1
+        self._journal = Journal(self._journal_path(self._generation))
+        snapshot = list(self._records.values())  # records are replaced, never mutated
+
+        def write() -> None:
+            tables = {"aliases": {str(i): r for i, r in enumerate(snapshot, 1)}}
+            atomic_write(
+                self.directory / SNAPSHOT, json.dumps(tables, separators=(",", ":")).encode()
+            )
+            for gen in covered:
+                self._journal_path(gen).unlink(missing_ok=True)
+
+        if background:
+            self._compactor = threading.Thread(target=write, name="store-compact", daemon=True)
+            self._compactor.start()
+        else:
+            write()
+
+    def wait_for_compaction(self) -> None:
+        if self._compactor is not None:
+            self._compactor.join()
+            self._compactor = None
+
+    def close(self, compact: bool = True) -> None:
+        self._journal.sync()
+        if compact:
+            self.compact()
+        self.wait_for_compaction()
+        self._journal.close()
+
+
+def _ts(value: datetime) -> float:
+    return round(value.timestamp(), 3)
+
+
+def to_alias_record(record: Mapping[str, Any]) -> AliasRecord:
+    schedule = record.get("schedule")
+    return AliasRecord(
+        alias_id=record["alias_id"],
+        alias=record["alias"],
+        numeric_alias=record["numeric_alias"],
+        status=record["status"],
+        meeting_uid=record.get("meeting_uid"),
+        sequence=record.get("sequence", -1),
+        occurrence_sequences=record.get("occ_seq") or {},
+        schedule=recurrence.from_json(schedule) if schedule else None,
+        placeholder_id=record.get("placeholder_id"),
+    )

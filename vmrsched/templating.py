@@ -1,0 +1,264 @@
+"""Admin-editable templates: sandboxed jinja2, the variables each template may use, default texts.
+
+Subjects and organizer names come from meeting requests and are attacker-controlled, so every
+template renders in a SandboxedEnvironment and HTML templates autoescape. StrictUndefined turns a
+typo in an admin's template into an error at config-check time instead of an empty string in a
+customer's mail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+import jinja2
+from jinja2 import meta
+from jinja2.sandbox import SandboxedEnvironment
+
+TIME_FORMAT = "%H:%M on %d/%m/%Y"
+
+Kind = Literal["html", "text"]
+
+MEETING_VARS = frozenset({"organizer_email", "organizer_name", "subject", "start_time", "end_time"})
+SINGLE_USE_VARS = frozenset(
+    {"addin_server_domain", "alias", "alias_uuid", "numeric_alias"} | MEETING_VARS
+)
+PERSONAL_VARS = frozenset(
+    {
+        "addin_server_domain",
+        "aliases",
+        "allow_guests",
+        "description",
+        "domain_aliases",
+        "guest_pin",
+        "name",
+        "numeric_aliases",
+        "other_aliases",
+        "owners_email",
+        "pin",
+        "service_type",
+    }
+)
+TEXT_VARS = frozenset({"addin_server_domain"} | MEETING_VARS)
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateSpec:
+    group: str
+    kind: Kind
+    variables: frozenset[str]
+    default: str
+    one_line: bool = False
+
+
+_JOINING = """<div class="vmr-joining">
+<p><strong>Join the video meeting</strong></p>
+<p>From a video system or app, call: <a href="sip:{{alias}}">{{alias}}</a></p>
+<p>In a browser: <a href="https://{{addin_server_domain}}/webapp/#/?conference={{alias}}">https://{{addin_server_domain}}/webapp/#/?conference={{alias}}</a></p>
+<p>With the desktop or mobile app: <a href="pexip://{{alias}}">pexip://{{alias}}</a></p>
+<p>From a phone: dial your organisation's video gateway number and enter {{numeric_alias}} followed by #</p>
+<p style="color:#888888;font-size:8pt">Meeting reference, please keep: {{alias_uuid}}</p>
+</div>"""
+
+_PERSONAL_JOINING = """{% set dial = (domain_aliases or other_aliases or numeric_aliases or aliases) | first %}<div class="vmr-joining">
+<p><strong>Join {{name}}</strong></p>
+<p>From a video system or app, call: {{dial}}</p>
+<p>In a browser: <a href="https://{{addin_server_domain}}/webapp/#/?conference={{dial}}">https://{{addin_server_domain}}/webapp/#/?conference={{dial}}</a></p>
+{% if numeric_aliases %}<p>From a phone: enter {{numeric_aliases | first}} followed by #</p>{% endif %}
+{% if allow_guests and guest_pin %}<p>Guest PIN: {{guest_pin}}</p>{% elif pin %}<p>PIN: {{pin}}</p>{% endif %}
+</div>"""
+
+_ACCEPT_TAIL = "<p>Video address: {{alias}} (phone: {{numeric_alias}}).</p>"
+
+# Group "email": sent to organizers; group "single_use"/"personal": conference data and add-in output.
+TEMPLATES: dict[str, TemplateSpec] = {
+    "conference_name_template": TemplateSpec(
+        "single_use", "text", SINGLE_USE_VARS, "{{subject}} ({{organizer_name}})", one_line=True
+    ),
+    "conference_description_template": TemplateSpec(
+        "single_use",
+        "text",
+        SINGLE_USE_VARS,
+        "Booked by {{organizer_email}} for {{start_time}}",
+        one_line=True,
+    ),
+    "conference_subject_template": TemplateSpec(
+        "single_use", "text", SINGLE_USE_VARS, "{{subject}}", one_line=True
+    ),
+    "joining_instructions_template": TemplateSpec(
+        "personal", "html", PERSONAL_VARS, _PERSONAL_JOINING
+    ),
+    "location_template": TemplateSpec(
+        "personal",
+        "text",
+        PERSONAL_VARS,
+        "{{ ((domain_aliases or other_aliases or numeric_aliases or aliases) | first) }}",
+        one_line=True,
+    ),
+    "name_template": TemplateSpec("personal", "text", PERSONAL_VARS, "{{name}}", one_line=True),
+    "description_template": TemplateSpec(
+        "personal", "text", PERSONAL_VARS, "{{description or name}}", one_line=True
+    ),
+    "single_use_joining_instructions_template": TemplateSpec(
+        "email", "html", SINGLE_USE_VARS, _JOINING
+    ),
+    "placeholder_instructions_text": TemplateSpec(
+        "email",
+        "html",
+        frozenset({"addin_server_domain"}),
+        "<p><strong>Video meeting details will follow.</strong> The booking service could not be "
+        "reached just now; you will receive an update with the joining details shortly. "
+        "Please do not remove the reference below.</p>",
+    ),
+    "accept_new_single_meeting_template": TemplateSpec(
+        "email",
+        "html",
+        SINGLE_USE_VARS,
+        "<p>Your video meeting <em>{{subject}}</em> at {{start_time}} is booked.</p>"
+        + _ACCEPT_TAIL,
+    ),
+    "accept_edited_single_meeting_template": TemplateSpec(
+        "email",
+        "html",
+        SINGLE_USE_VARS,
+        "<p>The changes to your video meeting <em>{{subject}}</em> are saved; it now starts at "
+        "{{start_time}}.</p>" + _ACCEPT_TAIL,
+    ),
+    "accept_new_recurring_meeting_template": TemplateSpec(
+        "email",
+        "html",
+        SINGLE_USE_VARS,
+        "<p>Your recurring video meeting <em>{{subject}}</em> is booked; the first occurrence "
+        "starts at {{start_time}}.</p>" + _ACCEPT_TAIL,
+    ),
+    "accept_edited_occurrence_template": TemplateSpec(
+        "email",
+        "html",
+        SINGLE_USE_VARS,
+        "<p>The change to one occurrence of <em>{{subject}}</em> is saved; it now starts at "
+        "{{start_time}}.</p>" + _ACCEPT_TAIL,
+    ),
+    "accept_edited_recurring_meeting_template": TemplateSpec(
+        "email",
+        "html",
+        SINGLE_USE_VARS,
+        "<p>The changes to your recurring video meeting <em>{{subject}}</em> are saved.</p>"
+        + _ACCEPT_TAIL,
+    ),
+    "reject_invalid_alias_id_text": TemplateSpec(
+        "email",
+        "html",
+        TEXT_VARS,
+        "<p>This meeting has no valid video meeting reference, so the video room cannot be "
+        "booked. Use the add-in button in your meeting window to add a video room, then send "
+        "the invitation again.</p>",
+    ),
+    "reject_alias_conflict_template": TemplateSpec(
+        "email",
+        "html",
+        SINGLE_USE_VARS,
+        "<p>The video address {{alias}} already belongs to another meeting. Each meeting needs "
+        "its own video room: remove the copied joining details, add a new video room with the "
+        "add-in, and send the invitation again.</p>",
+    ),
+    "reject_alias_deleted_text": TemplateSpec(
+        "email",
+        "html",
+        TEXT_VARS,
+        "<p>The video room in this meeting is no longer available (its meeting was cancelled or "
+        "the reservation expired). Add a new video room with the add-in and send the invitation "
+        "again.</p>",
+    ),
+    "reject_recurring_series_in_past_text": TemplateSpec(
+        "email",
+        "html",
+        TEXT_VARS,
+        "<p>Every occurrence of this recurring meeting is in the past, so no video room was "
+        "booked.</p>",
+    ),
+    "reject_single_meeting_in_past_text": TemplateSpec(
+        "email",
+        "html",
+        TEXT_VARS,
+        "<p>This meeting has already ended, so no video room was booked.</p>",
+    ),
+    "reject_general_error_template": TemplateSpec(
+        "email",
+        "html",
+        SINGLE_USE_VARS | {"correlation_id"},
+        "<p>Something went wrong while booking the video room for this meeting. Please try "
+        "again later; if it keeps happening, contact your help desk and quote reference "
+        "{{correlation_id}}.</p>",
+    ),
+}
+
+
+class TemplateError(ValueError):
+    """A template does not compile or uses a variable it may not use."""
+
+
+def _finalize(value: Any) -> Any:
+    return "" if value is None else value
+
+
+@lru_cache(maxsize=2)
+def environment(kind: Kind) -> SandboxedEnvironment:
+    return SandboxedEnvironment(
+        autoescape=(kind == "html"),
+        undefined=jinja2.StrictUndefined,
+        finalize=_finalize,
+        keep_trailing_newline=False,
+    )
+
+
+def check(name: str, source: str) -> list[str]:
+    """Problems with an admin's template: syntax errors and variables outside its allowed set."""
+    spec = TEMPLATES[name]
+    env = environment(spec.kind)
+    try:
+        ast = env.parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        return [f"does not compile: {exc.message} (line {exc.lineno})"]
+    unknown = sorted(meta.find_undeclared_variables(ast) - spec.variables)
+    if unknown:
+        allowed = ", ".join(sorted(spec.variables))
+        return [f"uses unknown variable(s) {', '.join(unknown)}; allowed: {allowed}"]
+    return []
+
+
+class Renderer:
+    """Compiled templates of one integration. Build it once per config; rendering is hot."""
+
+    def __init__(self, sources: Mapping[str, str], timezone: str = "UTC") -> None:
+        self.tz = ZoneInfo(timezone)
+        self._compiled: dict[str, jinja2.Template] = {}
+        for name, spec in TEMPLATES.items():
+            source = sources.get(name, spec.default)
+            problems = check(name, source)
+            if problems:
+                raise TemplateError(f"{name}: {problems[0]}")
+            self._compiled[name] = environment(spec.kind).from_string(source)
+
+    def format_time(self, value: datetime | None) -> str:
+        if value is None:
+            return ""
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to format_time")
+        return value.astimezone(self.tz).strftime(TIME_FORMAT)
+
+    def render(self, name: str, variables: Mapping[str, Any]) -> str:
+        spec = TEMPLATES[name]
+        values = {k: v for k, v in variables.items() if k in spec.variables}
+        for key in ("start_time", "end_time"):
+            if isinstance(values.get(key), datetime):
+                values[key] = self.format_time(values[key])
+        for key in spec.variables - values.keys():
+            values[key] = ""
+        out = self._compiled[name].render(values)
+        if spec.one_line:
+            out = " ".join(out.split())
+        return out
