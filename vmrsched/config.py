@@ -414,14 +414,13 @@ class _Loader:
                 known |= {f"{key}_env", f"{key}_file"}
         values: dict[str, Any] = {}
         for key in table:
-            if key not in known:
-                if key in SECRET_KEYS:
-                    self.error(
-                        f"{path}.{key}",
-                        f"secrets may not be written in the file; use {key}_env or {key}_file",
-                    )
-                else:
-                    self.error(f"{path}.{key}", "unknown key")
+            if key in SECRET_KEYS:
+                self.error(
+                    f"{path}.{key}",
+                    f"secrets may not be written in the file; use {key}_env or {key}_file",
+                )
+            elif key not in known:
+                self.error(f"{path}.{key}", "unknown key")
         for name, f in fields.items():
             key_path = f"{path}.{name}"
             hint = hints[name]

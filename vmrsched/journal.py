@@ -7,13 +7,13 @@ that arrive together) and the tinydb file is rewritten only when the journal is 
 
 from __future__ import annotations
 
-import json
 import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import orjson
 from tinydb.storages import Storage
 
 
@@ -50,20 +50,20 @@ class AtomicJSONStorage(Storage):
             return None
         if not raw.strip():
             return None
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         if not isinstance(data, dict):
             raise ValueError(f"{self.path} is not a tinydb database")
         return data
 
     def write(self, data: dict[str, dict[str, Any]]) -> None:
-        atomic_write(self.path, json.dumps(data, separators=(",", ":")).encode())
+        atomic_write(self.path, orjson.dumps(data))
 
     def close(self) -> None:
         pass
 
 
 def encode_entry(entry: dict[str, Any]) -> bytes:
-    body = json.dumps(entry, separators=(",", ":")).encode()
+    body = orjson.dumps(entry)
     return b"%08x " % zlib.crc32(body) + body + b"\n"
 
 
@@ -81,8 +81,8 @@ def read_entries(path: Path) -> Iterator[dict[str, Any]]:
         try:
             if int(line[:8], 16) != zlib.crc32(body):
                 return
-            entry = json.loads(body)
-        except ValueError:
+            entry = orjson.loads(body)
+        except (ValueError, orjson.JSONDecodeError):
             return
         yield entry
 

@@ -220,7 +220,8 @@ def last_end(schedule: Schedule) -> datetime | None:
 def live_at(schedule: Schedule, moment: datetime, before: timedelta, after: timedelta) -> bool:
     """Whether `moment` lies in some occurrence's validity window
     [start - before, end + after]."""
-    for occ in occurrences_after(schedule, moment - after):
+    # windows are closed intervals: an occurrence whose window ends exactly at `moment` counts
+    for occ in occurrences_after(schedule, moment - after - timedelta(microseconds=1)):
         if occ.start - before <= moment <= occ.end + after:
             return True
         if not schedule.overrides and occ.start - before > moment:

@@ -25,7 +25,7 @@ from typing import Any
 
 from vmrsched import aliases, recurrence
 from vmrsched.aliases import RandomSource
-from vmrsched.journal import AtomicJSONStorage, Journal, atomic_write, read_entries
+from vmrsched.journal import AtomicJSONStorage, Journal, read_entries
 from vmrsched.meetings import Action, AliasRecord, MeetingState, Status
 
 Record = dict[str, Any]
@@ -242,6 +242,7 @@ class Store:
     # --- writes (durable only after commit) ----------------------------------------------------
 
     def _put(self, record: Record) -> Record:
+        record = {k: v for k, v in record.items() if v is not None and v != {}}
         self._index(record)
         self._journal.append({"op": "put", "r": record})
         return record
@@ -257,12 +258,6 @@ class Store:
             "status": "reserved",
             "created": _ts(now),
             "expires": _ts(now + self.reservation_ttl),
-            "meeting_uid": None,
-            "sequence": -1,
-            "occ_seq": {},
-            "schedule": None,
-            "valid_until": None,
-            "name": None,
         }
         record.update(extra)
         return self._put(record)
@@ -327,7 +322,7 @@ class Store:
             meeting_uid=action.meeting_uid,
             sequence=sequence,
             occ_seq=occ_seq,
-            schedule=recurrence.to_json(action.schedule),
+            schedule=encode_schedule(action.schedule),
             valid_until=_ts(last) if last is not None else None,
             expires=None,
         )
@@ -408,9 +403,7 @@ class Store:
 
         def write() -> None:
             tables = {"aliases": {str(i): r for i, r in enumerate(snapshot, 1)}}
-            atomic_write(
-                self.directory / SNAPSHOT, json.dumps(tables, separators=(",", ":")).encode()
-            )
+            AtomicJSONStorage(self.directory / SNAPSHOT).write(tables)
             for gen in covered:
                 self._journal_path(gen).unlink(missing_ok=True)
 
@@ -433,6 +426,17 @@ class Store:
         self._journal.close()
 
 
+def encode_schedule(schedule: recurrence.Schedule) -> str:
+    """Schedules are kept as one compact JSON string per record: a reload then creates one string
+    instead of a dozen nested objects per conference (reload time is dominated by object
+    creation), and a schedule is decoded only when a decision needs it."""
+    return json.dumps(recurrence.to_json(schedule), separators=(",", ":"))
+
+
+def decode_schedule(raw: str | dict[str, Any]) -> recurrence.Schedule:
+    return recurrence.from_json(json.loads(raw) if isinstance(raw, str) else raw)
+
+
 def _ts(value: datetime) -> float:
     return round(value.timestamp(), 3)
 
@@ -447,6 +451,6 @@ def to_alias_record(record: Mapping[str, Any]) -> AliasRecord:
         meeting_uid=record.get("meeting_uid"),
         sequence=record.get("sequence", -1),
         occurrence_sequences=record.get("occ_seq") or {},
-        schedule=recurrence.from_json(schedule) if schedule else None,
+        schedule=decode_schedule(schedule) if schedule else None,
         placeholder_id=record.get("placeholder_id"),
     )

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import random
+import uuid
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vmrsched import aliases
+
+PREFIX = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=8)
+
+
+@given(prefix=PREFIX, length=st.integers(6, 15), seed=st.integers(0, 2**32))
+def test_generated_alias_shape(prefix: str, length: int, seed: int) -> None:
+    rng = random.Random(seed)
+    a = aliases.generate_alias(prefix, length, "video.example.com", lambda _: False, rng)
+    assert a.numeric_alias.startswith(prefix)
+    digits = a.numeric_alias[len(prefix) :]
+    assert len(digits) == length and digits.isdigit()
+    assert a.alias == f"{a.numeric_alias}@video.example.com"
+    parsed = uuid.UUID(a.alias_id)
+    assert parsed.version == 4 and str(parsed) == a.alias_id
+
+
+@given(seed=st.integers(0, 2**32))
+def test_collisions_are_retried_until_free(seed: int) -> None:
+    rng = random.Random(seed)
+    taken: set[str] = set()
+    for _ in range(50):
+        a = aliases.generate_alias("v", 6, "d.example", taken.__contains__, rng)
+        assert a.numeric_alias not in taken
+        taken.add(a.numeric_alias)
+
+
+def test_full_space_raises_instead_of_reusing() -> None:
+    with pytest.raises(aliases.AliasExhaustedError):
+        aliases.generate_alias("v", 6, "d", lambda _: True, random.Random(1), attempts=5)
+
+
+def test_same_seed_same_alias() -> None:
+    a = aliases.generate_alias("v", 8, "d", lambda _: False, random.Random(7))
+    b = aliases.generate_alias("v", 8, "d", lambda _: False, random.Random(7))
+    assert a == b
+
+
+@pytest.mark.parametrize("prefix,length", [("", 6), ("123456789", 6), ("v", 5), ("v", 16)])
+def test_out_of_range_generation_is_refused(prefix: str, length: int) -> None:
+    with pytest.raises(ValueError):
+        aliases.generate_alias(prefix, length, "d", lambda _: False)
+
+
+noise = st.text(alphabet=st.characters(blacklist_characters="#:"), max_size=40)
+
+
+@given(u=st.uuids(version=4), before=noise, after=noise, kind=st.sampled_from(["PXPS", "TOK"]))
+def test_token_is_found_in_any_surrounding_text(
+    u: uuid.UUID, before: str, after: str, kind: str
+) -> None:
+    body = f"{before}{kind}:-{u}#{after}"
+    token = aliases.find_token(body)
+    assert token is not None and token.kind == kind and token.id == str(u)
+
+
+@given(u=st.uuids(version=4), tag=st.sampled_from(["<span>", "<b >", "<font color=red>"]))
+def test_token_split_by_markup_or_entities_is_found(u: uuid.UUID, tag: str) -> None:
+    text = str(u)
+    body = f"<p>PXPS:-{text[:8]}{tag}{text[8:]}</span>&#35;</p>"
+    token = aliases.find_token(body)
+    assert token is not None and token.id == text
+
+
+@given(u=st.uuids(version=4))
+def test_token_text_round_trips(u: uuid.UUID) -> None:
+    tok = aliases.Token("PXPS", str(u))
+    assert aliases.find_token(tok.text) == tok
+
+
+@given(st.text(max_size=200))
+def test_arbitrary_text_never_crashes(body: str) -> None:
+    token = aliases.find_token(body)
+    if token is not None:
+        assert str(uuid.UUID(token.id)) == token.id
+
+
+def test_first_token_wins() -> None:
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    assert aliases.find_token(f"PXPS:-{a}# PXPS:-{b}#") == aliases.Token("PXPS", a)
+
+
+def test_malformed_tokens_are_not_tokens() -> None:
+    assert aliases.find_token("PXPS:-not-a-uuid#") is None
+    assert aliases.find_token("PXPS-1b4e28ba-2fa1-41d2-883f-0016d3cca427#") is None
+    assert aliases.find_token("") is None

@@ -1,0 +1,309 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmrsched import config
+from vmrsched.config import ConfigError
+
+DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).parent.parent
+
+
+def minimal(**integration: Any) -> dict[str, Any]:
+    integ: dict[str, Any] = {
+        "name": "alpha",
+        "exchange": {"mailbox_name": "VMR", "mailbox_email": "vmr@example.com"},
+        "addin": {"token_validation": "none"},
+    }
+    integ.update(integration)
+    return {"server": {"listen": "127.0.0.1:8080"}, "integrations": [integ]}
+
+
+def problems(
+    doc: dict[str, Any], environ: dict[str, str] | None = None, base: Path = DATA
+) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config.parse(doc, base, environ or {})
+    return info.value.problems
+
+
+def test_shipped_default_config_is_valid_and_warns_about_none() -> None:
+    cfg = config.load(ROOT / "config" / "vmrsched.toml", environ={})
+    assert cfg.integrations[0].backend == "spool"
+    assert any("token_validation" in w for w in cfg.warnings)
+
+
+def test_shipped_full_example_is_valid() -> None:
+    env = {"VMRSCHED_EWS_PASSWORD": "pw", "VMRSCHED_ADMIN_TOKEN": "t" * 32}
+    cfg = config.load(ROOT / "config" / "examples" / "full.toml", environ=env)
+    assert len(cfg.integrations) == 2
+
+
+def test_defaults_match_the_reference() -> None:
+    cfg = config.parse(minimal(), DATA, {})
+    su = cfg.integrations[0].single_use
+    assert su.alias_suffix_length == 6
+    assert (su.join_before_minutes, su.join_after_minutes) == (30, 60)
+    assert su.other_participants == "disallow_all"
+    assert cfg.integrations[0].reservation_ttl_days == 30
+    assert cfg.integrations[0].timezone == "UTC"
+
+
+def test_alias_prefix_too_long_names_its_key_path() -> None:
+    doc = minimal(single_use={"alias_prefix": "ABCDEFGHI"})
+    assert problems(doc) == [
+        "integrations[0].single_use.alias_prefix: must be 1-8 characters, got 'ABCDEFGHI'"
+    ]
+
+
+def test_a_bad_file_yields_all_its_errors_not_the_first() -> None:
+    doc = minimal(
+        name="Bad Name!",
+        timezone="Mars/Olympus",
+        single_use={
+            "alias_prefix": "",
+            "alias_suffix_length": 5,
+            "join_before_minutes": 181,
+            "join_after_minutes": -1,
+        },
+        addin={"token_validation": "none", "description": "x" * 251, "bogus": 1},
+        email={"reject_invalid_alias_id_text": "{{ alias }}"},
+    )
+    found = problems(doc)
+    expected_paths = [
+        "integrations[0].name:",
+        "integrations[0].timezone:",
+        "integrations[0].single_use.alias_prefix:",
+        "integrations[0].single_use.alias_suffix_length:",
+        "integrations[0].single_use.join_before_minutes:",
+        "integrations[0].single_use.join_after_minutes:",
+        "integrations[0].addin.description:",
+        "integrations[0].addin.bogus: unknown key",
+        "integrations[0].email.reject_invalid_alias_id_text:",
+    ]
+    for prefix in expected_paths:
+        assert any(p.startswith(prefix) for p in found), (prefix, found)
+    assert len(found) == len(expected_paths)
+
+
+def test_names_must_be_unique_and_mailboxes_used_once() -> None:
+    doc = minimal()
+    second = dict(doc["integrations"][0])
+    doc["integrations"].append(second)
+    found = problems(doc)
+    assert any(p.startswith("integrations[1].name: 'alpha' is already used") for p in found)
+    assert any(p.startswith("integrations[1].exchange.mailbox_email:") for p in found)
+
+
+def test_mailbox_comparison_ignores_case() -> None:
+    doc = minimal()
+    other = {
+        "name": "beta",
+        "exchange": {"mailbox_name": "x", "mailbox_email": "VMR@example.com"},
+        "addin": {"token_validation": "none"},
+    }
+    doc["integrations"].append(other)
+    assert any("mailbox_email" in p for p in problems(doc))
+
+
+def test_at_least_one_vmr_kind() -> None:
+    doc = minimal(enable_single_use_vmrs=False, enable_personal_vmrs=False)
+    assert any("enable at least one" in p for p in problems(doc))
+
+
+def test_single_use_needs_exchange_settings() -> None:
+    doc = minimal(exchange={}, backend="ews")
+    found = problems(doc)
+    assert any(p.startswith("integrations[0].exchange.mailbox_email:") for p in found)
+    assert any(p.startswith("integrations[0].exchange.ews_url:") for p in found)
+    assert any(p.startswith("integrations[0].exchange.service_account_username:") for p in found)
+    assert any(
+        p.startswith("integrations[0].exchange.service_account_password_env:") for p in found
+    )
+
+
+def test_personal_needs_sso_settings() -> None:
+    doc = minimal(enable_personal_vmrs=True)
+    found = problems(doc)
+    for key in (
+        "user_oauth_authorization_uri",
+        "user_oauth_token_uri",
+        "user_oauth_client_id",
+        "azure_client_secret_env",
+    ):
+        assert any(p.startswith(f"integrations[0].personal.{key}:") for p in found), key
+    adfs = minimal(enable_personal_vmrs=True, personal={"authentication_provider": "adfs"})
+    assert any("adfs_resource_identifier" in p for p in problems(adfs))
+
+
+def test_literal_secret_is_an_error_and_env_secret_is_read() -> None:
+    doc = minimal(
+        backend="ews",
+        exchange={
+            "mailbox_name": "VMR",
+            "mailbox_email": "vmr@example.com",
+            "ews_url": "https://mail.example.com/EWS/Exchange.asmx",
+            "service_account_username": "svc",
+            "service_account_password": "hunter2",
+        },
+    )
+    found = problems(doc)
+    assert any("secrets may not be written in the file" in p for p in found)
+    assert not any("hunter2" in p for p in found)
+    doc["integrations"][0]["exchange"].pop("service_account_password")
+    doc["integrations"][0]["exchange"]["service_account_password_env"] = "PW"
+    cfg = config.parse(doc, DATA, {"PW": "hunter2"})
+    secret = cfg.integrations[0].exchange.service_account_password
+    assert secret is not None and secret.reveal() == "hunter2"
+    assert "hunter2" not in repr(cfg)
+
+
+def test_missing_secret_env_and_file_are_reported(tmp_path: Path) -> None:
+    doc = minimal(
+        backend="ews",
+        exchange={
+            "mailbox_name": "VMR",
+            "mailbox_email": "vmr@example.com",
+            "ews_url": "https://mail.example.com/EWS/Exchange.asmx",
+            "service_account_username": "svc",
+            "service_account_password_env": "NOPE",
+        },
+    )
+    assert any("environment variable NOPE is not set" in p for p in problems(doc))
+    doc["integrations"][0]["exchange"].pop("service_account_password_env")
+    doc["integrations"][0]["exchange"]["service_account_password_file"] = "missing.txt"
+    assert any("cannot read" in p for p in problems(doc, base=tmp_path))
+    (tmp_path / "pw.txt").write_text("s3cret\n")
+    doc["integrations"][0]["exchange"]["service_account_password_file"] = "pw.txt"
+    cfg = config.parse(doc, tmp_path, {})
+    assert cfg.integrations[0].exchange.service_account_password.reveal() == "s3cret"  # type: ignore[union-attr]
+
+
+def test_icon_must_be_an_80x80_png(tmp_path: Path) -> None:
+    assert config.parse(
+        minimal(addin={"token_validation": "none", "icon": "icon-80.png"}), DATA, {}
+    )
+    found = problems(minimal(addin={"token_validation": "none", "icon": "icon-64.png"}))
+    assert found == ["integrations[0].addin.icon: must be 80x80 pixels, got 64x64"]
+    (tmp_path / "fake.png").write_bytes(b"GIF89a....")
+    found = problems(minimal(addin={"token_validation": "none", "icon": "fake.png"}), base=tmp_path)
+    assert found == ["integrations[0].addin.icon: is not a PNG file"]
+
+
+def test_templates_must_compile_and_joining_needs_alias_uuid() -> None:
+    doc = minimal(
+        email={
+            "single_use_joining_instructions_template": "Call {{alias}}",
+            "accept_new_single_meeting_template": "{% if %}",
+        }
+    )
+    found = problems(doc)
+    assert any("must contain {{alias_uuid}}" in p for p in found)
+    assert any(
+        p.startswith("integrations[0].email.accept_new_single_meeting_template: does not compile")
+        for p in found
+    )
+
+
+def test_type_errors_are_reported() -> None:
+    doc = minimal(enable_single_use_vmrs="yes", single_use={"alias_suffix_length": True})
+    found = problems(doc)
+    assert "integrations[0].enable_single_use_vmrs: must be true or false, got str" in found
+    assert any("alias_suffix_length: must be an integer" in p for p in found)
+
+
+def test_none_validation_and_demo_refused_off_loopback() -> None:
+    doc = minimal()
+    doc["server"] = {"listen": "0.0.0.0:8080", "demo": True}
+    found = problems(doc)
+    assert any(p.startswith("server.demo:") for p in found)
+    assert any(p.startswith("integrations[0].addin.token_validation:") for p in found)
+
+
+def test_exchange_validation_needs_metadata_hosts_and_entra_needs_tenant() -> None:
+    found = problems(minimal(addin={"token_validation": "exchange"}))
+    assert any("exchange_metadata_urls" in p for p in found)
+    found = problems(minimal(addin={"token_validation": "entra"}))
+    assert any("entra_tenant_id" in p for p in found)
+
+
+def test_oauth_delegated_redirect_path() -> None:
+    doc = minimal(
+        backend="ews",
+        exchange={
+            "mailbox_name": "VMR",
+            "mailbox_email": "vmr@example.com",
+            "ews_url": "https://mail.example.com/EWS/Exchange.asmx",
+            "authentication": "oauth_delegated",
+            "service_account_username": "svc",
+            "oauth_client_id": "c",
+            "oauth_token_endpoint": "https://login/t",
+            "oauth_authorization_endpoint": "https://login/a",
+            "oauth_redirect_uri": "https://vmr.example.com/wrong/",
+        },
+    )
+    assert any(
+        "must end with /admin/platform/msexchangeconnector/oauth_redirect/" in p
+        for p in problems(doc)
+    )
+
+
+def test_not_toml_and_no_integrations(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\nlisten=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(bad)
+    assert problems({"server": {}}) == ["integrations: define at least one [[integrations]] table"]
+
+
+def test_check_config_command_exit_codes(tmp_path: Path) -> None:
+    good = subprocess.run(
+        [sys.executable, "-m", "vmrsched", "check-config", str(ROOT / "config" / "vmrsched.toml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert good.returncode == 0 and "OK" in good.stdout and "warning:" in good.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[[integrations]]\nname = "X"\n[integrations.single_use]\nalias_prefix = "ABCDEFGHI"\n'
+    )
+    shutil.copy(DATA / "icon-80.png", tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "vmrsched", "check-config", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 1
+    assert (
+        "integrations[0].single_use.alias_prefix: must be 1-8 characters, got 'ABCDEFGHI'"
+        in out.stderr
+    )
+    assert "integrations[0].name:" in out.stderr
+
+
+def test_full_example_documents_every_key() -> None:
+    import dataclasses
+
+    text = (ROOT / "config" / "examples" / "full.toml").read_text()
+    for cls in (
+        config.ServerConfig,
+        config.IntegrationConfig,
+        config.ExchangeConfig,
+        config.SpoolConfig,
+        config.SingleUseConfig,
+        config.PersonalConfig,
+        config.AddinConfig,
+        config.EmailConfig,
+        config.AdvancedConfig,
+        config.MetadataConfig,
+    ):
+        for f in dataclasses.fields(cls):
+            assert f"{f.name}" in text, f"{cls.__name__}.{f.name} missing from full.toml"

@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from tinydb import TinyDB
+
+from vmrsched import aliases
+from vmrsched.journal import read_entries
+from vmrsched.meetings import Action
+from vmrsched.recurrence import Schedule
+from vmrsched.store import Store, normalise_alias
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+HERE = Path(__file__).parent
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def make(tmp_path: Path, clock: Clock | None = None, **kw: object) -> Store:
+    return Store(tmp_path, clock=clock or Clock(), rng=random.Random(3), **kw)  # type: ignore[arg-type]
+
+
+def bind(store: Store, alias_id: str, uid: str = "uid-1", days: int = 1, seq: int = 0) -> None:
+    start = NOW + timedelta(days=days)
+    store.apply(
+        Action(
+            "bind",
+            alias_id=alias_id,
+            meeting_uid=uid,
+            sequence=seq,
+            schedule=Schedule(start, start + timedelta(hours=1)),
+        ),
+        {"name": "Standup"},
+    )
+
+
+def test_reserve_indexes_and_survives_reopen(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    rec = store.reserve("vmr", 6, "video.example.com")
+    store.commit()
+    store.close(compact=False)
+    again = make(tmp_path)
+    assert again.get(rec["alias_id"]) == rec
+    assert again.by_alias(rec["alias"].upper()) == rec
+    assert again.by_alias("sip:" + rec["alias"]) == rec
+    assert again.by_alias(rec["numeric_alias"]) == rec
+    assert again.numeric_taken(rec["numeric_alias"])
+
+
+def test_bind_and_lookups_by_uid_and_token(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    rec = store.reserve("vmr", 6, "d")
+    bind(store, rec["alias_id"], "meeting-1")
+    state = store.state_for(aliases.Token("PXPS", rec["alias_id"]), "meeting-1")
+    assert state.token_record is not None and state.token_record.status == "bound"
+    assert state.uid_record == state.token_record
+    assert store.by_meeting_uid("meeting-1")["name"] == "Standup"  # type: ignore[index]
+
+
+def test_conference_names_are_unique(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    a, b = store.reserve("v", 6, "d"), store.reserve("v", 6, "d")
+    bind(store, a["alias_id"], "m1")
+    bind(store, b["alias_id"], "m2")
+    name_a, name_b = store.get(a["alias_id"])["name"], store.get(b["alias_id"])["name"]  # type: ignore[index]
+    assert name_a == "Standup" and name_b.startswith("Standup ") and name_a != name_b
+    bind(store, a["alias_id"], "m1", seq=1)  # an edit keeps the name
+    assert store.get(a["alias_id"])["name"] == "Standup"  # type: ignore[index]
+
+
+def test_cancel_makes_the_alias_deleted_even_after_archiving(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    rec = store.reserve("v", 6, "d")
+    bind(store, rec["alias_id"])
+    store.apply(Action("cancel", alias_id=rec["alias_id"], meeting_uid="uid-1", sequence=1))
+    assert store.sweep() == 1
+    assert store.get(rec["alias_id"]) is None
+    state = store.state_for(aliases.Token("PXPS", rec["alias_id"]), "other")
+    assert state.token_record is not None and state.token_record.status == "deleted"
+    assert store.numeric_taken(rec["numeric_alias"])  # never handed out again
+    store.close()
+    again = make(tmp_path)
+    assert again.archived(rec["alias_id"]) is not None
+    assert again.numeric_taken(rec["numeric_alias"])
+    archive = TinyDB(tmp_path / "archive.json").table("archive").all()
+    assert [d["alias_id"] for d in archive] == [rec["alias_id"]]
+
+
+def test_reservations_expire_after_the_ttl(tmp_path: Path) -> None:
+    clock = Clock()
+    store = make(tmp_path, clock, reservation_ttl=timedelta(days=30))
+    rec = store.reserve("v", 6, "d")
+    clock.now = NOW + timedelta(days=29)
+    assert store.sweep() == 0
+    clock.now = NOW + timedelta(days=30, seconds=1)
+    assert store.sweep() == 1
+    state = store.state_for(aliases.Token("PXPS", rec["alias_id"]), "u")
+    assert state.token_record is not None and state.token_record.status == "deleted"
+
+
+def test_finished_conferences_move_to_the_archive_after_grace(tmp_path: Path) -> None:
+    clock = Clock()
+    store = make(tmp_path, clock)
+    rec = store.reserve("v", 6, "d")
+    bind(store, rec["alias_id"], days=1)
+    clock.now = NOW + timedelta(days=3)
+    assert store.sweep() == 0  # still within the grace period
+    clock.now = NOW + timedelta(days=10)
+    assert store.sweep() == 1
+    state = store.state_for(aliases.Token("PXPS", rec["alias_id"]), "someone-else")
+    assert state.token_record is not None and state.token_record.meeting_uid == "uid-1"
+    # the same meeting moved into the future brings the alias back
+    bind(store, rec["alias_id"], "uid-1", days=20, seq=2)
+    assert store.get(rec["alias_id"])["status"] == "bound"  # type: ignore[index]
+
+
+def test_snapshot_is_a_tinydb_database_and_journals_are_dropped(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    ids = [store.reserve("v", 6, "d")["alias_id"] for _ in range(10)]
+    store.commit()
+    store.compact()
+    assert sorted(p.name for p in tmp_path.glob("journal.*.log")) == ["journal.2.log"]
+    docs = TinyDB(tmp_path / "store.json").table("aliases").all()
+    assert sorted(d["alias_id"] for d in docs) == sorted(ids)
+    store.close()
+    assert len(make(tmp_path)) == 10
+
+
+def test_background_compaction_keeps_concurrent_writes(tmp_path: Path) -> None:
+    store = make(tmp_path, compact_after=50)
+    ids = []
+    for _ in range(20):
+        for _ in range(10):
+            ids.append(store.reserve("v", 8, "d")["alias_id"])
+        store.commit()
+    store.close(compact=False)
+    again = make(tmp_path)
+    assert sorted(r["alias_id"] for r in again.records()) == sorted(ids)
+
+
+def test_torn_journal_tail_is_ignored(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    keep = store.reserve("v", 6, "d")
+    store.commit()
+    store.close(compact=False)
+    journal = next(tmp_path.glob("journal.*.log"))
+    with open(journal, "ab") as handle:
+        handle.write(b'1234abcd {"op":"put","r":{"alias_id":"torn"')  # crash mid-line
+    again = make(tmp_path)
+    assert again.get(keep["alias_id"]) is not None and len(again) == 1
+
+
+def test_corrupt_line_stops_replay_of_that_file(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    store.reserve("v", 6, "d")
+    store.commit()
+    store.close(compact=False)
+    journal = next(tmp_path.glob("journal.*.log"))
+    data = journal.read_bytes()
+    journal.write_bytes(data[:12] + b"X" + data[13:])
+    assert list(read_entries(journal)) == []
+
+
+def test_replaying_a_journal_twice_is_harmless(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    rec = store.reserve("v", 6, "d")
+    bind(store, rec["alias_id"])
+    store.commit()
+    store.close(compact=False)
+    journal = next(tmp_path.glob("journal.*.log"))
+    (tmp_path / "journal.0.log").write_bytes(journal.read_bytes())  # as if compaction died
+    again = make(tmp_path)
+    assert len(again) == 1 and again.get(rec["alias_id"])["status"] == "bound"  # type: ignore[index]
+
+
+def test_normalise_alias() -> None:
+    assert normalise_alias("SIP:Vmr1@Example.COM") == "vmr1@example.com"
+    assert normalise_alias("h323:vmr1") == "vmr1"
+    assert normalise_alias(" vmr1@d ") == "vmr1@d"
+
+
+@pytest.mark.slow
+def test_sigkill_mid_write_never_loses_an_acknowledged_write(tmp_path: Path) -> None:
+    """Kill a writer with SIGKILL at random points, many times; after each kill the store loads
+    and holds every write the writer acknowledged (printed after commit)."""
+    rng = random.Random(11)
+    acknowledged: dict[str, str] = {}
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+    for round_no in range(25):
+        child = subprocess.Popen(
+            [sys.executable, str(HERE / "store_writer.py"), str(tmp_path), str(round_no)],
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        time.sleep(rng.uniform(0.15, 0.5))
+        child.send_signal(signal.SIGKILL)
+        out, _ = child.communicate()
+        for line in out.decode().splitlines():
+            if line.count(" ") == 1:
+                alias_id, status = line.split()
+                acknowledged[alias_id] = status
+        store = Store(tmp_path)
+        for alias_id, status in acknowledged.items():
+            record = store.get(alias_id)
+            assert record is not None, f"round {round_no}: lost {alias_id}"
+            assert record["status"] == status
+        store.close(compact=round_no % 5 == 4)
+    assert len(acknowledged) > 100
+    numerics = [json.dumps(r["numeric_alias"]) for r in Store(tmp_path).records()]
+    assert len(numerics) == len(set(numerics))  # no alias handed out twice
