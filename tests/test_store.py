@@ -15,7 +15,7 @@ from tinydb import TinyDB
 
 from vmrsched import aliases
 from vmrsched.journal import read_entries
-from vmrsched.meetings import Action
+from vmrsched.meetings import Action, Decision, Meeting
 from vmrsched.recurrence import Schedule
 from vmrsched.store import Store, normalise_alias
 
@@ -223,3 +223,53 @@ def test_sigkill_mid_write_never_loses_an_acknowledged_write(tmp_path: Path) -> 
     assert len(acknowledged) > 100
     numerics = [json.dumps(r["numeric_alias"]) for r in Store(tmp_path).records()]
     assert len(numerics) == len(set(numerics))  # no alias handed out twice
+
+
+def _decide_and_apply(store: Store, meeting: Meeting) -> Decision:
+    from vmrsched.meetings import decide
+
+    state = store.state_for(aliases.find_token(meeting.html_body), meeting.uid)
+    decision = decide(meeting, state, NOW)
+    if decision.action.kind != "none":
+        store.apply(decision.action, {"name": "n", "alias_spec": ("v", 6, "d")})
+        store.commit()
+    return decision
+
+
+def test_redelivered_messages_get_the_same_answer(tmp_path: Path) -> None:
+    """Reprocessing after a crash is idempotent: same UID and SEQUENCE, same answer, same
+    binding, including the organizer update of the placeholder path."""
+
+    store = make(tmp_path)
+    start = NOW + timedelta(days=1)
+    tok = Meeting(
+        uid="m-tok",
+        method="REQUEST",
+        start=start,
+        end=start + timedelta(hours=1),
+        html_body="TOK:-00000000-0000-4000-8000-0000000000aa#",
+        correlation_id="c",
+    )
+    first = _decide_and_apply(store, tok)
+    again = _decide_and_apply(store, tok)
+    assert (first.reason, first.organizer_update) == ("new_single", True)
+    assert (again.reason, again.organizer_update) == ("new_single", True)
+    bound = store.by_meeting_uid("m-tok")
+    assert bound is not None and len(store) == 1
+
+    rec = store.reserve("v", 6, "d")
+    plain = Meeting(
+        uid="m-plain",
+        method="REQUEST",
+        start=start,
+        end=start + timedelta(hours=1),
+        html_body=f"PXPS:-{rec['alias_id']}#",
+        correlation_id="c",
+    )
+    assert _decide_and_apply(store, plain).reason == "new_single"
+    assert _decide_and_apply(store, plain).reason == "new_single"
+    from dataclasses import replace
+
+    assert _decide_and_apply(store, replace(plain, sequence=1)).reason == "edited_single"
+    assert _decide_and_apply(store, replace(plain, sequence=1)).reason == "edited_single"
+    assert _decide_and_apply(store, plain).reason == "outdated"

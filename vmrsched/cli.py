@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path", nargs="?", type=Path, help="TOML file")
     _add_config(check)
     check.set_defaults(func=cmd_check_config)
+    _register_service_commands(sub)
     return parser
 
 
@@ -67,3 +68,124 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover - `python -m vmrsched.cli`
     sys.exit(main())
+
+
+# --- serve ------------------------------------------------------------------------------------
+
+
+async def _serve(cfg: config.Config) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from aiohttp import web
+
+    from vmrsched import service as service_mod
+    from vmrsched.http.app import create_app
+
+    log = logging.getLogger("vmrsched")
+    service = service_mod.start(cfg)
+    runner = web.AppRunner(create_app(service), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.server.host, cfg.server.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("cannot listen on %s: %s", cfg.server.listen, exc)
+        await runner.cleanup()
+        service.stop()
+        return 1
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    reloads: set[asyncio.Task[object]] = set()
+
+    def reload() -> None:
+        task: asyncio.Task[object] = loop.create_task(service.reload_async())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGINT, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    log.info(
+        "vmrsched listening on http://%s (integrations: %s)",
+        cfg.server.listen,
+        ", ".join(service.integration_names()),
+    )
+    await stopping.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+    service.stop()  # nothing else runs on the loop any more; flushes queues and stores
+    log.info("stopped")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from vmrsched import logs
+
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as exc:
+        print(f"{args.config}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    logs.setup(args.log_format or cfg.server.log_format, cfg.server.log_level)
+    for warning in cfg.warnings:
+        import logging
+
+        logging.getLogger("vmrsched").warning("%s", warning)
+    return asyncio.run(_serve(cfg))
+
+
+# --- invite -----------------------------------------------------------------------------------
+
+
+def cmd_invite(args: argparse.Namespace) -> int:
+    from vmrsched import invites
+
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as exc:
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    integ = cfg.integration(args.integration)
+    if integ is None:
+        print(f"no integration named {args.integration!r}", file=sys.stderr)
+        return 1
+    if integ.backend != "spool":
+        print(f"{integ.name} uses the {integ.backend} backend; invite needs spool", file=sys.stderr)
+        return 1
+    try:
+        path, uid = invites.drop(integ, cfg.data_dir, invites.InviteOptions.from_args(args))
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(f"queued {path} (UID {uid})")
+    return 0
+
+
+def _register_service_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    serve = sub.add_parser("serve", help="run the service")
+    _add_config(serve)
+    serve.add_argument("--log-format", choices=("text", "json"), help="override [server]")
+    serve.set_defaults(func=cmd_serve)
+
+    invite = sub.add_parser("invite", help="drop a meeting request into a spool inbox")
+    _add_config(invite)
+    invite.add_argument("--integration", required=True)
+    invite.add_argument("--subject", default="Video meeting")
+    invite.add_argument("--start", help="ISO time, e.g. 2026-12-01T10:00+01:00 (default: in 1 h)")
+    invite.add_argument("--duration", type=int, default=30, help="minutes (default 30)")
+    invite.add_argument("--rrule", help="e.g. FREQ=WEEKLY;COUNT=10")
+    invite.add_argument("--token", help="PXPS:-…# or TOK:-…# (default: a fresh TOK placeholder)")
+    invite.add_argument("--no-token", action="store_true", help="send a body without a token")
+    invite.add_argument("--organizer", default="Organizer <organizer@example.com>")
+    invite.add_argument("--attendee", action="append", default=[], help="more attendees")
+    invite.add_argument("--uid", help="meeting UID (default: random)")
+    invite.add_argument("--sequence", type=int, default=0)
+    invite.add_argument("--cancel", action="store_true", help="send METHOD:CANCEL instead")
+    invite.set_defaults(func=cmd_invite)

@@ -91,6 +91,9 @@ class AliasRecord:
     occurrence_sequences: Mapping[str, int] = field(default_factory=dict)
     schedule: Schedule | None = None
     placeholder_id: str | None = None
+    # answer_key(message) -> reason (with "+update" when the organizer was updated): lets a
+    # redelivered message get exactly the answer it got the first time
+    answered: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class Action:
     occurrence_key: str | None = None
     schedule: Schedule | None = None
     release_alias_id: str | None = None  # an older alias this meeting no longer uses
+    answer: tuple[str, str] | None = None  # (answer_key, reason) to remember for redelivery
 
 
 NO_ACTION = Action("none")
@@ -139,6 +143,11 @@ class Decision:
 
 def occurrence_key(recurrence_id: datetime) -> str:
     return recurrence_id.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def answer_key(message: Meeting) -> str:
+    scope = occurrence_key(message.recurrence_id) if message.recurrence_id else "series"
+    return f"{scope}@{message.sequence}"
 
 
 def general_error(correlation_id: str, detail: str = "") -> Decision:
@@ -219,9 +228,11 @@ def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Dec
 
     key = occurrence_key(message.recurrence_id) if message.recurrence_id else None
     target = record or bound
+    remembered = _remembered(message, target)
     if target is None:
         # TOK path: the add-in could not reach us; allocate now and fix the organizer's copy.
         assert token.kind == "TOK"
+        reason = "new_recurring" if schedule.recurring else "new_single"
         action = Action(
             "bind_placeholder",
             placeholder_id=token.id,
@@ -229,8 +240,8 @@ def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Dec
             sequence=message.sequence,
             occurrence_key=key,
             schedule=schedule,
+            answer=(answer_key(message), f"{reason}+update"),
         )
-        reason = "new_recurring" if schedule.recurring else "new_single"
         return Decision(
             "accepted",
             reason,
@@ -252,6 +263,10 @@ def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Dec
         reason = "edited_recurring" if schedule.recurring else "edited_single"
     else:
         reason = "new_recurring" if schedule.recurring else "new_single"
+    update = False
+    if remembered is not None:  # the same message again (redelivery after a crash)
+        reason, _, flag = remembered.partition("+")
+        update = flag == "update"
     release = bound.alias_id if bound is not None and bound.alias_id != target.alias_id else None
     action = Action(
         "bind",
@@ -261,6 +276,7 @@ def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Dec
         occurrence_key=key,
         schedule=schedule,
         release_alias_id=release,
+        answer=(answer_key(message), f"{reason}+update" if update else reason),
     )
     return Decision(
         "accepted",
@@ -269,7 +285,14 @@ def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Dec
         action=action,
         record=target,
         occurrence=occurrence,
+        organizer_update=update,
     )
+
+
+def _remembered(message: Meeting, target: AliasRecord | None) -> str | None:
+    if target is None or target.status != "bound" or target.meeting_uid != message.uid:
+        return None
+    return target.answered.get(answer_key(message))
 
 
 def _resulting_schedule(

@@ -37,6 +37,7 @@ _JOURNAL_RE = re.compile(r"^journal\.(\d+)\.log$")
 # Archive finished conferences this long after their last window closes: late updates to a
 # just-finished meeting still find it without a trip to the archive file.
 ARCHIVE_GRACE = timedelta(days=7)
+MAX_ANSWERS = 16
 
 
 def utc_now() -> datetime:
@@ -311,6 +312,11 @@ class Store:
             )
         else:
             sequence = max(sequence, action.sequence)
+        answered = dict(record.get("answered") or {})
+        if action.answer is not None:
+            answered[action.answer[0]] = action.answer[1]
+            while len(answered) > MAX_ANSWERS:  # keep the most recent
+                del answered[next(iter(answered))]
         last = recurrence.last_end(action.schedule)
         new = dict(record)
         new.update(extra)
@@ -322,6 +328,7 @@ class Store:
             meeting_uid=action.meeting_uid,
             sequence=sequence,
             occ_seq=occ_seq,
+            answered=answered,
             schedule=encode_schedule(action.schedule),
             valid_until=_ts(last) if last is not None else None,
             expires=None,
@@ -453,4 +460,5 @@ def to_alias_record(record: Mapping[str, Any]) -> AliasRecord:
         occurrence_sequences=record.get("occ_seq") or {},
         schedule=decode_schedule(schedule) if schedule else None,
         placeholder_id=record.get("placeholder_id"),
+        answered=record.get("answered") or {},
     )

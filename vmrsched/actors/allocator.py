@@ -1,0 +1,165 @@
+"""AliasAllocator: the sole owner of an integration's store. Every state change (reserving an
+alias, binding it to a meeting, cancelling) happens in this actor's thread, one at a time, and is
+committed (fsynced) before anyone is told about it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from vmrsched import aliases, answers
+from vmrsched.actors.child import SupervisedChild
+from vmrsched.actors.messages import Request, Sweep
+from vmrsched.meetings import Decision, Meeting, decide, general_error
+from vmrsched.store import Record, Store
+from vmrsched.templating import Renderer
+
+log = logging.getLogger("vmrsched.allocator")
+
+
+@dataclass(frozen=True)
+class Processed:
+    meeting: Meeting
+    decision: Decision
+    record: Record | None  # the alias the answer is about (bound, conflicting or deleted)
+
+
+@dataclass(frozen=True)
+class Reserve:
+    """Payload of a Request from the add-in API: reserve one alias."""
+
+
+class AliasAllocator(SupervisedChild):
+    role = "allocator"
+
+    def setup(self) -> None:
+        self.renderer = Renderer(self.integ.template_sources(), self.integ.timezone)
+        self.store = Store(
+            self.ctx.store_dir(self.integ.name),
+            clock=self.ctx.clock,
+            rng=self.ctx.rng,
+            reservation_ttl=timedelta(days=self.integ.reservation_ttl_days),
+        )
+        self._pending_replies: list[tuple[Request, Any]] = []
+        self._publish()
+        self.ctx.scheduler.call_later(self.ctx.sweep_interval, self._tell_sweep)
+
+    def teardown(self) -> None:
+        store = getattr(self, "store", None)
+        if store is not None:
+            self._flush_replies()
+            store.close()
+            self.store = None  # type: ignore[assignment]
+
+    def _tell_sweep(self) -> None:
+        self.actor_ref.tell(Sweep())
+
+    def _publish(self) -> None:
+        stats = self.store.stats()
+        self.ctx.metrics.scheduled_conferences.labels(self.integ.name).set(stats.bound)
+
+    # --- meeting processing (asked by the poller, in the poller's thread) ---------------------
+
+    def process(self, meetings: list[Meeting], now: datetime) -> list[Processed]:
+        """Decide and apply a batch of meetings; one fsync for the whole batch."""
+        results = [self._process_one(m, now) for m in meetings]
+        self.store.commit()
+        self._publish()
+        return results
+
+    def _process_one(self, meeting: Meeting, now: datetime) -> Processed:
+        token = aliases.find_token(meeting.html_body)
+        state = self.store.state_for(token, meeting.uid)
+        decision = decide(meeting, state, now)
+        record: Record | None = None
+        try:
+            if decision.action.kind != "none":
+                fields = answers.conference_fields(self.integ, self.renderer, meeting, decision)
+                record = self.store.apply(decision.action, fields)
+                if decision.action.kind == "bind_placeholder":
+                    self.ctx.metrics.aliases_allocated.labels(self.integ.name).inc()
+        except Exception as exc:  # a store refusal becomes a general_error, never a crash loop
+            log.exception("applying %s failed", decision.action.kind)
+            decision = general_error(meeting.correlation_id, f"{type(exc).__name__}: {exc}")
+            record = None
+        if record is None and decision.record is not None:
+            record = self.store.get(decision.record.alias_id) or {
+                "alias_id": decision.record.alias_id,
+                "alias": decision.record.alias,
+                "numeric_alias": decision.record.numeric_alias,
+            }
+        return Processed(meeting, decision, record)
+
+    # --- add-in reservations and housekeeping ----------------------------------------------------
+
+    def reserve(self) -> Record:
+        record = self.store.reserve(
+            self.integ.single_use.alias_prefix,
+            self.integ.single_use.alias_suffix_length,
+            self.integ.single_use.alias_domain,
+        )
+        self.store.commit()
+        self.ctx.metrics.aliases_allocated.labels(self.integ.name).inc()
+        return record
+
+    def lookup(self, alias: str) -> Record | None:
+        return self.store.by_alias(alias)
+
+    def get(self, alias_id: str) -> Record | None:
+        return self.store.get(alias_id)
+
+    def delete(self, alias_id: str, reason: str = "deleted_by_admin") -> Record | None:
+        record = self.store.delete(alias_id, reason)
+        self.store.commit()
+        self._publish()
+        return record
+
+    def records(self) -> list[Record]:
+        return list(self.store.records())
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Sweep):
+            moved = self.store.sweep(timedelta(minutes=self.integ.single_use.join_after_minutes))
+            if moved:
+                log.info("archived %d aliases", moved, extra={"integration": self.integ.name})
+            self._publish()
+            self.ctx.scheduler.call_later(self.ctx.sweep_interval, self._tell_sweep)
+            return None
+        if isinstance(message, Request):
+            self._handle_request(message)
+            return None
+        return None
+
+    def _handle_request(self, request: Request) -> None:
+        """Group commit for requests from the event loop: reserve now, answer after the fsync
+        that covers every request waiting in the inbox."""
+        try:
+            if isinstance(request.payload, Reserve):
+                record = self.store.reserve(
+                    self.integ.single_use.alias_prefix,
+                    self.integ.single_use.alias_suffix_length,
+                    self.integ.single_use.alias_domain,
+                )
+                self.ctx.metrics.aliases_allocated.labels(self.integ.name).inc()
+                self._pending_replies.append((request, record))
+            else:
+                request.reply(None, ValueError(f"unknown request {request.payload!r}"))
+        except Exception as exc:
+            request.reply(None, exc)
+        if self.actor_inbox.empty():
+            self._flush_replies()
+
+    def _flush_replies(self) -> None:
+        pending, self._pending_replies = self._pending_replies, []
+        if not pending:
+            return
+        try:
+            self.store.commit()
+        except Exception as exc:
+            for request, _ in pending:
+                request.reply(None, exc)
+            raise
+        for request, result in pending:
+            request.reply(result, None)

@@ -1,0 +1,74 @@
+"""What every actor of one service shares: config, metrics, alarms, the registry of child refs,
+the timer, the clock and where data lives."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from vmrsched.actors.registry import Registry
+from vmrsched.actors.supervision import RestartPolicy
+from vmrsched.actors.timer import Scheduler
+from vmrsched.aliases import RandomSource
+from vmrsched.config import IntegrationConfig, ServerConfig
+from vmrsched.mailbox.base import Gateway
+from vmrsched.telemetry import Alarms, Metrics
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class StatusBoard:
+    """Each integration's state, readable from the event loop without asking an actor."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[str, dict[str, Any]] = {}
+
+    def set(self, name: str, **values: Any) -> None:
+        with self._lock:
+            self._states.setdefault(name, {}).update(values)
+
+    def drop(self, name: str) -> None:
+        with self._lock:
+            self._states.pop(name, None)
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {k: dict(v) for k, v in self._states.items()}
+
+
+def default_gateway(integ: IntegrationConfig, data_dir: Path) -> Gateway:
+    if integ.backend == "spool":
+        from vmrsched.mailbox.spool import SpoolMailbox
+
+        return SpoolMailbox(integ.spool_dir(data_dir), integ.name, integ.timezone)
+    raise RuntimeError(f"backend {integ.backend!r} is not available in this version")
+
+
+@dataclass
+class Context:
+    server: ServerConfig
+    data_dir: Path
+    metrics: Metrics
+    alarms: Alarms
+    registry: Registry = field(default_factory=Registry)
+    status: StatusBoard = field(default_factory=StatusBoard)
+    scheduler: Scheduler = field(default_factory=Scheduler)
+    clock: Callable[[], datetime] = utc_now
+    rng: RandomSource | None = None
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    gateway_factory: Callable[[IntegrationConfig, Path], Gateway] = default_gateway
+    poll_batch: int = 100
+    sweep_interval: float = 3600.0
+
+    def store_dir(self, name: str) -> Path:
+        return self.data_dir / "store" / name
+
+    def queue_dir(self, name: str) -> Path:
+        return self.data_dir / "queue" / name

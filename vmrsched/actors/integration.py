@@ -1,0 +1,136 @@
+"""IntegrationSupervisor: starts one integration's children and restarts them one_for_one.
+More than `max_restarts` restarts within `within_seconds` marks the integration failed, raises
+the `integration_failed` alarm and retries the whole integration with exponential backoff."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import pykka
+
+from vmrsched.actors.allocator import AliasAllocator
+from vmrsched.actors.context import Context
+from vmrsched.actors.messages import ChildFailed, RestartChild, RetryIntegration
+from vmrsched.actors.notifier import Notifier
+from vmrsched.actors.poller import MailboxPoller
+from vmrsched.actors.supervision import RestartIntensity
+from vmrsched.config import IntegrationConfig
+from vmrsched.mailbox.base import Gateway
+
+log = logging.getLogger("vmrsched.supervisor")
+ROLES = ("allocator", "notifier", "poller")  # start order; stop in reverse
+ALARM = "integration_failed"
+STOP_TIMEOUT = 30.0
+
+
+class IntegrationSupervisor(pykka.ThreadingActor):
+    use_daemon_thread = True
+
+    def __init__(self, integ: IntegrationConfig, ctx: Context) -> None:
+        super().__init__()
+        self.integ = integ
+        self.ctx = ctx
+        self.name = integ.name
+        self.children: dict[str, pykka.ActorRef[Any]] = {}
+        self.generation: dict[str, int] = dict.fromkeys(ROLES, 0)
+        self.intensity = RestartIntensity(ctx.policy)
+        self.gateway: Gateway | None = None
+        self.state = "starting"
+
+    def on_start(self) -> None:
+        self.ctx.status.set(self.name, state="starting", restarts=0, error="")
+        self._start_all()
+
+    def _start_all(self) -> None:
+        try:
+            if self.gateway is None:
+                self.gateway = self.ctx.gateway_factory(self.integ, self.ctx.data_dir)
+            for role in ROLES:
+                self._start_child(role)
+        except Exception as exc:
+            log.exception("integration %s could not start", self.name)
+            self._enter_failed(repr(exc))
+            return
+        self._set_state("running")
+
+    def _start_child(self, role: str) -> None:
+        self.generation[role] += 1
+        args = (self.integ, self.ctx, self.actor_ref, self.generation[role])
+        ref: pykka.ActorRef[Any]
+        if role == "allocator":
+            ref = AliasAllocator.start(*args)
+        elif role == "notifier":
+            ref = Notifier.start(*args, gateway=self.gateway)
+        else:
+            ref = MailboxPoller.start(*args, gateway=self.gateway)
+        self.children[role] = ref
+        self.ctx.registry.set(self.name, role, ref)
+
+    def _stop_children(self) -> None:
+        for role in reversed(ROLES):
+            ref = self.children.pop(role, None)
+            self.ctx.registry.set(self.name, role, None)
+            if ref is not None:
+                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                    ref.stop(block=True, timeout=STOP_TIMEOUT)
+
+    def _set_state(self, state: str, error: str = "") -> None:
+        self.state = state
+        self.ctx.status.set(self.name, state=state, error=error)
+        self.ctx.metrics.integration_up.labels(self.name).set(1 if state == "running" else 0)
+        if state == "running":
+            self.ctx.alarms.clear(self.name, ALARM)
+
+    def _enter_failed(self, error: str) -> None:
+        self._stop_children()
+        delay = self.intensity.next_backoff()
+        self._set_state("failed", error)
+        self.ctx.alarms.raise_(self.name, ALARM, error)
+        log.error("integration %s failed (%s); retrying in %.0fs", self.name, error, delay)
+        self.ctx.scheduler.call_later(delay, self._tell_retry)
+
+    def _tell_retry(self) -> None:
+        self.actor_ref.tell(RetryIntegration())
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, ChildFailed):
+            self._child_failed(message)
+        elif isinstance(message, RestartChild):
+            if self.state == "running" and message.role not in self.children:
+                try:
+                    self._start_child(message.role)
+                except Exception as exc:
+                    self._enter_failed(repr(exc))
+        elif isinstance(message, RetryIntegration) and self.state == "failed":
+            self.intensity.reset_window()
+            self._start_all()
+        return None
+
+    def _child_failed(self, message: ChildFailed) -> None:
+        if message.generation != self.generation.get(message.role) or self.state != "running":
+            return  # a report from a child already replaced or stopped
+        self.children.pop(message.role, None)
+        self.ctx.registry.set(self.name, message.role, None)
+        self.ctx.metrics.actor_restarts.labels(self.name, message.role).inc()
+        restarts = int(self.ctx.status.snapshot().get(self.name, {}).get("restarts", 0)) + 1
+        self.ctx.status.set(self.name, restarts=restarts)
+        if self.intensity.record():
+            self._enter_failed(f"{message.role} restarted too often: {message.error}")
+            return
+        log.warning("restarting %s of %s after: %s", message.role, self.name, message.error)
+        self.ctx.scheduler.call_later(
+            self.ctx.policy.restart_delay,
+            lambda: self.actor_ref.tell(RestartChild(message.role)),
+        )
+
+    def on_stop(self) -> None:
+        self._stop_children()
+        if self.gateway is not None:
+            self.gateway.close()
+        self.ctx.registry.drop(self.name)
+        self.ctx.metrics.integration_up.labels(self.name).set(0)
+
+    def child(self, role: str) -> pykka.ActorRef[Any] | None:
+        return self.children.get(role)

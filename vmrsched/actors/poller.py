@@ -1,0 +1,182 @@
+"""MailboxPoller: reads the equipment mailbox, has the allocator decide and apply each meeting,
+hands the answers to the notifier, and only then marks the items handled."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from vmrsched import answers
+from vmrsched.actors.allocator import Processed
+from vmrsched.actors.child import SupervisedChild
+from vmrsched.actors.messages import Poll
+from vmrsched.mailbox.base import Gateway, GatewayError, InboxItem, Outgoing
+from vmrsched.meetings import Meeting
+from vmrsched.templating import Renderer
+
+log = logging.getLogger("vmrsched.decisions")
+ASK_TIMEOUT = 60.0
+ALARM = "mailbox_unreachable"
+
+
+class MailboxPoller(SupervisedChild):
+    role = "poller"
+
+    def __init__(self, *args: Any, gateway: Gateway, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gateway = gateway
+        self.interval = self.integ.spool.poll_interval_seconds
+        self._failures = 0
+
+    def setup(self) -> None:
+        self.renderer = Renderer(self.integ.template_sources(), self.integ.timezone)
+        self.actor_ref.tell(Poll())
+
+    def _tell_poll(self) -> None:
+        self.actor_ref.tell(Poll())
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Poll):
+            try:
+                handled = self.poll_once()
+            except GatewayError as exc:
+                self._failures += 1
+                delay = min(60.0, self.interval * 2 ** min(self._failures, 7))
+                self.ctx.alarms.raise_(self.integ.name, ALARM, str(exc))
+                self.ctx.scheduler.call_later(delay, self._tell_poll)
+                return None
+            if self._failures:
+                self._failures = 0
+                self.ctx.alarms.clear(self.integ.name, ALARM)
+            if handled >= self.ctx.poll_batch:
+                self.actor_ref.tell(Poll())  # more waiting: go on at once
+            else:
+                self.ctx.scheduler.call_later(self.interval, self._tell_poll)
+        return None
+
+    def poll_once(self) -> int:
+        items = self.gateway.fetch(self.ctx.poll_batch)
+        if not items:
+            self.ctx.metrics.mailbox_lag.labels(self.integ.name).set(0)
+            return 0
+        started = time.perf_counter()
+        now = self.ctx.clock()
+        name = self.integ.name
+        oldest = min(item.received for item in items)
+        self.ctx.metrics.mailbox_lag.labels(name).set(max(0.0, (now - oldest).total_seconds()))
+
+        readable = [item for item in items if item.error is None]
+        unreadable = [item for item in items if item.error is not None]
+        meetings: list[Meeting] = []
+        owner: list[str] = []
+        for item in readable:
+            for meeting in item.meetings:
+                meetings.append(_with_correlation(meeting))
+                owner.append(item.id)
+
+        allocator = self.ctx.registry.get(name, "allocator")
+        results: list[Processed] = allocator.proxy().process(meetings, now).get(timeout=ASK_TIMEOUT)
+
+        outgoing: list[Outgoing] = []
+        accepted: list[Meeting] = []
+        for result in results:
+            outgoing.extend(self._answers(result))
+            if result.decision.outcome == "accepted":
+                accepted.append(result.meeting)
+        quarantined: list[tuple[InboxItem, str]] = []
+        for item in unreadable:
+            correlation_id = str(uuid.uuid4())
+            reason = item.error or "unreadable"
+            if item.sender_email:
+                outgoing.append(
+                    answers.unreadable_reply(
+                        self.integ,
+                        self.renderer,
+                        correlation_id,
+                        item.sender_email,
+                        item.sender_name,
+                        item.subject,
+                        item.uid,
+                    )
+                )
+            quarantined.append((item, f"{reason} (correlation id {correlation_id})"))
+            self._log_decision(
+                item.uid,
+                "declined" if item.sender_email else "quarantined",
+                "general_error",
+                correlation_id,
+                reason,
+                item.id,
+            )
+            self.ctx.metrics.meeting_requests.labels(name, "declined", "general_error").inc()
+
+        notifier = self.ctx.registry.get(name, "notifier")
+        notifier.proxy().enqueue(outgoing).get(timeout=ASK_TIMEOUT)  # durable before handled
+
+        for meeting in accepted:
+            self.gateway.record_accepted(meeting)
+        for item in readable:
+            self.gateway.mark_handled(item.id)
+        for item, reason in quarantined:
+            self.gateway.quarantine(item.id, reason)
+        sync = getattr(self.gateway, "sync", None)
+        if sync is not None:
+            sync()
+
+        for result, item_id in zip(results, owner, strict=True):
+            d = result.decision
+            self.ctx.metrics.meeting_requests.labels(name, d.outcome, d.reason).inc()
+            self._log_decision(
+                result.meeting.uid, d.outcome, d.reason, d.correlation_id, d.detail, item_id
+            )
+        elapsed = time.perf_counter() - started
+        per_item = elapsed / max(1, len(items))
+        for _ in items:
+            self.ctx.metrics.meeting_processing.labels(name).observe(per_item)
+        return len(items)
+
+    def _answers(self, result: Processed) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        reply = answers.reply(
+            self.integ, self.renderer, result.meeting, result.decision, result.record
+        )
+        if reply is not None:
+            out.append(reply)
+        if result.decision.organizer_update and result.record is not None:
+            out.append(
+                answers.organizer_update(
+                    self.integ, self.renderer, result.meeting, result.decision, result.record
+                )
+            )
+        return out
+
+    def _log_decision(
+        self, uid: str, outcome: str, reason: str, correlation_id: str, detail: str, item_id: str
+    ) -> None:
+        level = logging.ERROR if reason == "general_error" else logging.INFO
+        log.log(
+            level,
+            "%s %s %s",
+            outcome,
+            reason,
+            uid,
+            extra={
+                "integration": self.integ.name,
+                "meeting_uid": uid,
+                "outcome": outcome,
+                "reason": reason,
+                "correlation_id": correlation_id,
+                "detail": detail,
+                "item": item_id,
+            },
+        )
+
+
+def _with_correlation(meeting: Meeting) -> Meeting:
+    if meeting.correlation_id:
+        return meeting
+    from dataclasses import replace
+
+    return replace(meeting, correlation_id=str(uuid.uuid4()))

@@ -1,0 +1,161 @@
+"""From a decision to the messages that carry it: the templated reply to the organizer and, on
+the placeholder path, the organizer update. Pure: rendering and composing, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from vmrsched import aliases
+from vmrsched.config import IntegrationConfig
+from vmrsched.mailbox import compose
+from vmrsched.mailbox.base import Outgoing
+from vmrsched.meetings import Decision, Meeting
+from vmrsched.templating import Renderer
+
+
+def variables(
+    integ: IntegrationConfig,
+    meeting: Meeting | None,
+    record: Mapping[str, Any] | None,
+    decision: Decision | None = None,
+) -> dict[str, Any]:
+    """Template variables of the single-use set for one meeting and alias."""
+    values: dict[str, Any] = {"addin_server_domain": integ.addin.server_fqdn}
+    if meeting is not None:
+        occurrence = decision.occurrence if decision is not None else None
+        values.update(
+            subject=meeting.subject,
+            organizer_name=meeting.organizer_name or meeting.organizer_email,
+            organizer_email=meeting.organizer_email,
+            start_time=occurrence.start if occurrence else meeting.start,
+            end_time=occurrence.end if occurrence else meeting.end,
+        )
+    if record is not None:
+        values.update(
+            alias=record.get("alias", ""),
+            numeric_alias=record.get("numeric_alias", ""),
+            alias_uuid=aliases.alias_id_token(record["alias_id"]) if record.get("alias_id") else "",
+        )
+    if decision is not None:
+        values["correlation_id"] = decision.correlation_id
+    return values
+
+
+def conference_fields(
+    integ: IntegrationConfig, renderer: Renderer, meeting: Meeting, decision: Decision
+) -> dict[str, Any]:
+    """What the store keeps about the conference besides its schedule."""
+    values = variables(integ, meeting, None, decision)
+    return {
+        "name": renderer.render("conference_name_template", values),
+        "description": renderer.render("conference_description_template", values),
+        "conference_subject": renderer.render("conference_subject_template", values),
+        "organizer_email": meeting.organizer_email,
+        "organizer_name": meeting.organizer_name,
+        "subject": meeting.subject,
+        "alias_spec": (
+            integ.single_use.alias_prefix,
+            integ.single_use.alias_suffix_length,
+            integ.single_use.alias_domain,
+        ),
+    }
+
+
+def reply(
+    integ: IntegrationConfig,
+    renderer: Renderer,
+    meeting: Meeting,
+    decision: Decision,
+    record: Mapping[str, Any] | None,
+) -> Outgoing | None:
+    """The accept/decline message for a decision, or None when the rules say no reply."""
+    template = decision.template
+    if not decision.replies or template is None:
+        return None
+    body = renderer.render(template, variables(integ, meeting, record, decision))
+    accepted = decision.outcome == "accepted"
+    prefix = "Accepted" if accepted else "Declined"
+    room = integ.exchange
+    return Outgoing(
+        id=compose.message_id(integ.name, meeting, "reply", decision.outcome),
+        kind="reply",
+        sender=room.mailbox_email,
+        sender_name=room.mailbox_name,
+        recipients=(meeting.organizer_email,),
+        subject=f"{prefix}: {meeting.subject}" if meeting.subject else prefix,
+        html_body=body,
+        outcome=decision.outcome,
+        reason=decision.reason,
+        correlation_id=decision.correlation_id,
+        meeting_uid=meeting.uid,
+        calendar=compose.reply_calendar(meeting, accepted, room.mailbox_email, room.mailbox_name),
+    )
+
+
+def organizer_update(
+    integ: IntegrationConfig,
+    renderer: Renderer,
+    meeting: Meeting,
+    decision: Decision,
+    record: Mapping[str, Any],
+) -> Outgoing:
+    """The organizer's meeting with the placeholder replaced by real joining instructions, sent
+    on the organizer's behalf to the attendees."""
+    values = variables(integ, meeting, record, decision)
+    instructions = renderer.render("single_use_joining_instructions_template", values)
+    placeholder = renderer.render("placeholder_instructions_text", values)
+    token = aliases.find_token(meeting.html_body)
+    token_text = token.text if token is not None else ""
+    body = compose.replace_placeholder(meeting.html_body, token_text, placeholder, instructions)
+    recipients = tuple(
+        a for a in meeting.attendees if a.lower() != integ.exchange.mailbox_email.lower()
+    )
+    return Outgoing(
+        id=compose.message_id(integ.name, meeting, "update", "updated"),
+        kind="update",
+        sender=meeting.organizer_email,
+        sender_name=meeting.organizer_name,
+        recipients=recipients or (meeting.organizer_email,),
+        subject=meeting.subject,
+        html_body=body,
+        outcome="updated",
+        reason="placeholder_replaced",
+        correlation_id=decision.correlation_id,
+        meeting_uid=meeting.uid,
+        calendar=compose.update_calendar(meeting, body, aliases.html_to_text(body)),
+        extra={"alias_id": record["alias_id"]},
+    )
+
+
+def unreadable_reply(
+    integ: IntegrationConfig,
+    renderer: Renderer,
+    correlation_id: str,
+    recipient: str,
+    recipient_name: str,
+    subject: str,
+    uid: str,
+) -> Outgoing:
+    """A general_error decline for a request we could not read but whose sender we know."""
+    values: dict[str, Any] = {
+        "addin_server_domain": integ.addin.server_fqdn,
+        "correlation_id": correlation_id,
+        "subject": subject,
+        "organizer_name": recipient_name or recipient,
+        "organizer_email": recipient,
+    }
+    body = renderer.render("reject_general_error_template", values)
+    return Outgoing(
+        id=f"unreadable-{correlation_id}",
+        kind="reply",
+        sender=integ.exchange.mailbox_email,
+        sender_name=integ.exchange.mailbox_name,
+        recipients=(recipient,),
+        subject=f"Declined: {subject}" if subject else "Declined",
+        html_body=body,
+        outcome="declined",
+        reason="general_error",
+        correlation_id=correlation_id,
+        meeting_uid=uid,
+    )

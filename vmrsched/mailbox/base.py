@@ -1,0 +1,134 @@
+"""The gateway protocol every mailbox backend implements (spool, EWS, Microsoft Graph).
+
+The actors speak only this protocol, so a backend is chosen per integration without changing
+them. Backends translate; they hold no rules. Methods are blocking and are called only from the
+poller and notifier actor threads, never from the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from vmrsched.meetings import Meeting
+
+OutgoingKind = Literal["reply", "update"]
+
+
+class GatewayError(Exception):
+    """The mailbox could not be reached or refused the call; worth retrying later."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    """One item in the equipment mailbox: the meetings it carries, or why it cannot be read."""
+
+    id: str
+    received: datetime
+    meetings: tuple[Meeting, ...] = ()
+    error: str | None = None
+    # who to tell when the item cannot be read but its sender is known (for a general_error)
+    sender_email: str = ""
+    sender_name: str = ""
+    subject: str = ""
+    uid: str = ""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message the notifier must deliver: a reply to an organizer or an organizer update.
+    `id` is stable for the same meeting, sequence and outcome, so a resend after a crash
+    replaces rather than duplicates where the backend allows it."""
+
+    id: str
+    kind: OutgoingKind
+    sender: str
+    sender_name: str
+    recipients: tuple[str, ...]
+    subject: str
+    html_body: str
+    outcome: str
+    reason: str
+    correlation_id: str
+    meeting_uid: str
+    calendar: str = ""  # text/calendar part (METHOD:REPLY or METHOD:REQUEST), may be empty
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "sender": self.sender,
+            "sender_name": self.sender_name,
+            "recipients": list(self.recipients),
+            "subject": self.subject,
+            "html_body": self.html_body,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "correlation_id": self.correlation_id,
+            "meeting_uid": self.meeting_uid,
+            "calendar": self.calendar,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Outgoing:
+        return cls(
+            id=raw["id"],
+            kind=raw["kind"],
+            sender=raw["sender"],
+            sender_name=raw.get("sender_name", ""),
+            recipients=tuple(raw["recipients"]),
+            subject=raw["subject"],
+            html_body=raw["html_body"],
+            outcome=raw["outcome"],
+            reason=raw["reason"],
+            correlation_id=raw["correlation_id"],
+            meeting_uid=raw["meeting_uid"],
+            calendar=raw.get("calendar", ""),
+            extra=raw.get("extra", {}),
+        )
+
+
+@dataclass(frozen=True)
+class CalendarEntry:
+    """An accepted meeting in the resource calendar (for the recovery tool)."""
+
+    meeting: Meeting
+    item_id: str
+
+
+class Gateway(Protocol):
+    name: str
+
+    def fetch(self, limit: int) -> Sequence[InboxItem]:
+        """Up to `limit` unhandled items, oldest first. Items stay until marked handled."""
+        ...
+
+    def mark_handled(self, item_id: str) -> None:
+        """Remove a processed item from the inbox (only after its reply is durably queued)."""
+        ...
+
+    def quarantine(self, item_id: str, reason: str) -> None:
+        """Set aside an item that cannot be processed, keeping it with the reason."""
+        ...
+
+    def send(self, message: Outgoing) -> None:
+        """Deliver a reply or organizer update. Raises GatewayError to be retried."""
+        ...
+
+    def record_accepted(self, meeting: Meeting) -> None:
+        """Keep an accepted meeting in the resource calendar."""
+        ...
+
+    def calendar(self, start: datetime, end: datetime) -> Sequence[CalendarEntry]:
+        """Accepted meetings in the resource calendar between `start` and `end`."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,137 @@
+"""Metrics (DESIGN.md names, prefix vmrsched_) and alarms, shared by actors and HTTP handlers.
+
+Each service gets its own CollectorRegistry so that tests can run services side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+log = logging.getLogger("vmrsched.alarms")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.meeting_requests = Counter(
+            "vmrsched_meeting_requests_total",
+            "Meeting requests processed, by outcome and reason",
+            ["integration", "outcome", "reason"],
+            registry=r,
+        )
+        self.meeting_processing = Histogram(
+            "vmrsched_meeting_processing_seconds",
+            "Time from reading a mailbox item to its reply being durably queued",
+            ["integration"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.mailbox_lag = Gauge(
+            "vmrsched_mailbox_lag_seconds",
+            "Age of the oldest item handled in the last poll",
+            ["integration"],
+            registry=r,
+        )
+        self.exchange_requests = Counter(
+            "vmrsched_exchange_requests_total",
+            "Calls to Exchange (EWS or Graph)",
+            ["integration", "operation", "result"],
+            registry=r,
+        )
+        self.aliases_allocated = Counter(
+            "vmrsched_aliases_allocated_total", "Aliases handed out", ["integration"], registry=r
+        )
+        self.scheduled_conferences = Gauge(
+            "vmrsched_scheduled_conferences",
+            "Conferences bound to a meeting",
+            ["integration"],
+            registry=r,
+        )
+        self.addin_requests = Counter(
+            "vmrsched_addin_requests_total",
+            "Add-in API requests",
+            ["integration", "route", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "vmrsched_http_request_duration_seconds", "HTTP request duration", ["route"], registry=r
+        )
+        self.actor_restarts = Counter(
+            "vmrsched_actor_restarts_total",
+            "Actors restarted by their supervisor",
+            ["integration", "actor"],
+            registry=r,
+        )
+        self.integration_up = Gauge(
+            "vmrsched_integration_up",
+            "1 when the integration is running",
+            ["integration"],
+            registry=r,
+        )
+        self.alarm_active = Gauge(
+            "vmrsched_alarm_active",
+            "1 while an alarm is raised",
+            ["integration", "alarm"],
+            registry=r,
+        )
+        self.policy_requests = Counter(
+            "vmrsched_policy_requests_total", "External policy requests", ["result"], registry=r
+        )
+        self.config_reloads = Counter(
+            "vmrsched_config_reloads_total", "Configuration reloads", ["result"], registry=r
+        )
+
+    def forget_integration(self, name: str) -> None:
+        """Drop the per-integration gauges of a removed integration."""
+        for gauge in (self.integration_up, self.scheduled_conferences, self.mailbox_lag):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name)
+
+
+@dataclass(frozen=True)
+class Alarm:
+    integration: str
+    name: str
+    message: str
+    raised_at: float
+
+
+class Alarms:
+    """Raised conditions that need an admin. Thread-safe; mirrored in vmrsched_alarm_active."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._active: dict[tuple[str, str], Alarm] = {}
+
+    def raise_(self, integration: str, name: str, message: str) -> None:
+        with self._lock:
+            if (integration, name) in self._active:
+                return
+            self._active[(integration, name)] = Alarm(integration, name, message, time.time())
+        self._metrics.alarm_active.labels(integration, name).set(1)
+        log.warning(
+            "alarm raised", extra={"integration": integration, "alarm": name, "detail": message}
+        )
+
+    def clear(self, integration: str, name: str) -> None:
+        with self._lock:
+            if self._active.pop((integration, name), None) is None:
+                return
+        self._metrics.alarm_active.labels(integration, name).set(0)
+        log.info("alarm cleared", extra={"integration": integration, "alarm": name})
+
+    def active(self, integration: str | None = None) -> list[Alarm]:
+        with self._lock:
+            return [
+                a
+                for a in self._active.values()
+                if integration is None or a.integration == integration
+            ]
