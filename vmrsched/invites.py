@@ -4,6 +4,7 @@ can try the whole flow without Outlook."""
 from __future__ import annotations
 
 import argparse
+import html
 import os
 import uuid
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ def build(
     event.add("attendee", room)
     for attendee in options.attendees:
         event.add("attendee", icalendar.vCalAddress(f"mailto:{parseaddr(attendee)[1]}"))
-    body = f"<p>{options.subject}</p>" + (f"<p>{token}</p>" if token else "")
+    body = f"<p>{html.escape(options.subject)}</p>" + (f"<p>{token}</p>" if token else "")
     event.add("description", aliases.html_to_text(body))
     event.add("x-alt-desc", icalendar.vText(body), parameters={"FMTTYPE": "text/html"})
     if options.cancel:

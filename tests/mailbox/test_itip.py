@@ -105,3 +105,14 @@ def test_unsupported_method_is_refused() -> None:
     )
     with pytest.raises(itip.ParseError, match="unsupported iTIP method REPLY"):
         itip.parse_calendar(cal)
+
+
+def test_x_alt_desc_text_escapes_are_undone() -> None:
+    cal = (
+        b"BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nBEGIN:VEVENT\r\nUID:u1\r\n"
+        b"DTSTART:20300101T100000Z\r\n"
+        b"X-ALT-DESC;FMTTYPE=text/html:<p>a\\;b\\,c</p>\\n<p>d\\\\e</p>\r\n"
+        b"END:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+    m = itip.parse_calendar(cal).meetings[0]
+    assert m.html_body == "<p>a;b,c</p>\n<p>d\\e</p>"

@@ -164,8 +164,16 @@ def _body(component: Any) -> str:
     if alt is not None:
         params = getattr(alt, "params", {})
         if str(params.get("FMTTYPE", "")).lower() == "text/html":
-            return str(alt)
+            return _unescape_text(str(alt))
     return _text(component, "DESCRIPTION")
+
+
+_TEXT_ESCAPE = re.compile(r"\\([\\;,nN])")
+
+
+def _unescape_text(value: str) -> str:
+    """RFC 5545 TEXT unescaping, for X- properties icalendar leaves raw (Outlook's X-ALT-DESC)."""
+    return _TEXT_ESCAPE.sub(lambda m: "\n" if m.group(1) in "nN" else m.group(1), value)
 
 
 def _fallback_tz(name: str) -> tzinfo:

@@ -1,0 +1,116 @@
+"""Config reload: only changed integrations restart, added ones start, removed ones stop, and an
+invalid file keeps the old config running with every problem logged and an alarm raised."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from tests import spoolkit
+from vmrsched import config, service
+
+
+def integration(name: str, mailbox: str, description: str = "") -> str:
+    return f"""
+[[integrations]]
+name = "{name}"
+description = "{description}"
+[integrations.exchange]
+mailbox_name = "Room {name}"
+mailbox_email = "{mailbox}"
+[integrations.addin]
+token_validation = "none"
+[integrations.spool]
+poll_interval_seconds = 0.05
+"""
+
+
+def write(path: Path, *integrations: str) -> None:
+    data_dir = path.parent / "data"
+    path.write_text(
+        f'[server]\nlisten = "127.0.0.1:0"\ndata_dir = "{data_dir}"\n' + "".join(integrations)
+    )
+
+
+def running(svc: service.Service, name: str) -> bool:
+    return svc.ctx.status.snapshot().get(name, {}).get("state") == "running"
+
+
+def test_reload_changed_added_removed_and_invalid(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "vmrsched.toml"
+    write(path, integration("alpha", "a@example.com"), integration("beta", "b@example.com"))
+    svc = service.start(config.load(path))
+    try:
+        spoolkit.wait_for(lambda: running(svc, "alpha") and running(svc, "beta"))
+        alpha_before = svc.ctx.registry.get("alpha", "allocator")
+        beta_before = svc.ctx.registry.get("beta", "allocator")
+
+        # beta changes, alpha does not, gamma is added
+        write(
+            path,
+            integration("alpha", "a@example.com"),
+            integration("beta", "b@example.com", description="changed"),
+            integration("gamma", "c@example.com"),
+        )
+        result = svc.reload()
+        assert result is not None
+        assert (result.changed, result.added, result.removed) == (["beta"], ["gamma"], [])
+        spoolkit.wait_for(lambda: running(svc, "beta") and running(svc, "gamma"))
+        assert svc.ctx.registry.get("alpha", "allocator") is alpha_before
+        assert svc.ctx.registry.get("beta", "allocator") is not beta_before
+
+        # gamma answers requests at once
+        gamma = tmp_path / "data" / "spool" / "gamma"
+        data, uid = spoolkit.request(body="no token")
+        spoolkit.drop(gamma / "inbox", data)
+        spoolkit.wait_for(lambda: bool(spoolkit.answers_for(gamma, uid)))
+
+        # alpha is removed
+        write(
+            path,
+            integration("beta", "b@example.com", description="changed"),
+            integration("gamma", "c@example.com"),
+        )
+        result = svc.reload()
+        assert result is not None and result.removed == ["alpha"]
+        assert "alpha" not in svc.ctx.status.snapshot()
+        assert svc.integration_names() == ["beta", "gamma"]
+
+        # an invalid file changes nothing, logs every problem and raises an alarm
+        path.write_text(
+            '[server]\nlisten = "127.0.0.1:0"\n[[integrations]]\nname = "BAD"\n'
+            '[integrations.single_use]\nalias_prefix = "ABCDEFGHIJ"\n'
+        )
+        with caplog.at_level(logging.ERROR):
+            assert svc.reload() is None
+        logged = caplog.text
+        assert (
+            "integrations[0].name" in logged and "integrations[0].single_use.alias_prefix" in logged
+        )
+        assert ("service", "config_invalid") in {
+            (a.integration, a.name) for a in svc.ctx.alarms.active()
+        }
+        assert svc.integration_names() == ["beta", "gamma"] and running(svc, "gamma")
+        registry = svc.ctx.metrics.registry
+        assert (
+            registry.get_sample_value("vmrsched_config_reloads_total", {"result": "invalid"}) == 1.0
+        )
+        assert (
+            registry.get_sample_value("vmrsched_config_reloads_total", {"result": "applied"}) == 2.0
+        )
+
+        # fixing the file clears the alarm
+        write(
+            path,
+            integration("beta", "b@example.com", description="changed"),
+            integration("gamma", "c@example.com"),
+        )
+        result = svc.reload()
+        assert result is not None and not (result.changed or result.added or result.removed)
+        assert not svc.ctx.alarms.active("service")
+    finally:
+        svc.stop()

@@ -1,0 +1,228 @@
+"""`vmrsched serve` as a real process: the HTTP endpoints, invite, SIGHUP reload, SIGTERM
+shutdown, and SIGKILL in the middle of 500 requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import spoolkit
+from vmrsched.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def count(folder: Path, pattern: str = "*") -> int:
+    return len(list(folder.glob(pattern))) if folder.exists() else 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(path: Path, port: int, extra: str = "") -> None:
+    path.write_text(f"""
+[server]
+listen = "127.0.0.1:{port}"
+data_dir = "{path.parent / "data"}"
+log_format = "json"
+
+[[integrations]]
+name = "default"
+[integrations.exchange]
+mailbox_name = "Video Room"
+mailbox_email = "vmr@example.com"
+[integrations.addin]
+token_validation = "none"
+[integrations.spool]
+poll_interval_seconds = 0.05
+{extra}""")
+
+
+def start(config: Path) -> subprocess.Popen[bytes]:
+    """Start the server logging to server.log beside the config (a pipe nobody reads would fill
+    up and block the server)."""
+    log = open(config.parent / "server.log", "ab")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        [sys.executable, "-m", "vmrsched", "serve", "--config", str(config)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_ready(port: int, timeout: float = 20) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status, body = get(port, "/readyz")
+            if status == 200:
+                return dict(json.loads(body))
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server did not become ready")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    port = free_port()
+    config = tmp_path / "vmrsched.toml"
+    write_config(config, port)
+    proc = start(config)
+    try:
+        yield proc, port, config
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_serve_invite_metrics_reload_and_sigterm(
+    server: tuple[subprocess.Popen[bytes], int, Path],
+) -> None:
+    proc, port, config = server
+    ready = wait_ready(port)
+    assert ready["integrations"] == {
+        "default": {"state": "running", "restarts": 0, "error": "", "alarms": []}
+    }
+    assert get(port, "/healthz") == (200, b'{"status": "ok"}')
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vmrsched",
+            "invite",
+            "--config",
+            str(config),
+            "--integration",
+            "default",
+            "--subject",
+            "Board meeting",
+            "--attendee",
+            "bob@example.com",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    uid = out.stdout.split("(UID ")[1].rstrip(")\n")
+    spool = config.parent / "data" / "spool" / "default"
+    spoolkit.wait_for(lambda: len(spoolkit.answers_for(spool, uid)) == 2)
+    mails = {m.outcome: m for m in spoolkit.answers_for(spool, uid)}
+    assert mails["accepted"].reason == "new_single"
+    assert mails["updated"].reason == "placeholder_replaced"
+
+    status, body = get(port, "/metrics")
+    text = body.decode()
+    assert status == 200
+    assert (
+        'vmrsched_meeting_requests_total{integration="default",outcome="accepted",'
+        'reason="new_single"} 1.0'
+    ) in text
+    assert 'vmrsched_integration_up{integration="default"} 1.0' in text
+    assert 'vmrsched_aliases_allocated_total{integration="default"} 1.0' in text
+
+    # SIGHUP with a second integration added
+    config.write_text(
+        config.read_text()
+        + """
+[[integrations]]
+name = "second"
+[integrations.exchange]
+mailbox_name = "Room 2"
+mailbox_email = "vmr2@example.com"
+[integrations.addin]
+token_validation = "none"
+"""
+    )
+    proc.send_signal(signal.SIGHUP)
+    spoolkit.wait_for(lambda: "second" in json.loads(get(port, "/readyz")[1])["integrations"])
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    text = (config.parent / "server.log").read_text()
+    logs = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    decision = next(entry for entry in logs if entry.get("meeting_uid") == uid)
+    assert decision["outcome"] == "accepted" and decision["reason"] == "new_single"
+    assert decision["integration"] == "default" and decision["correlation_id"]
+    assert any(entry["message"] == "stopped" for entry in logs)
+
+
+def test_sigkill_mid_way_through_500_requests_loses_nothing(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "vmrsched.toml"
+    write_config(config, port)
+    spool = tmp_path / "data" / "spool" / "default"
+    uids = []
+    for i in range(500):
+        token = f"TOK:-00000000-0000-4000-8000-{i:012d}#"
+        data, uid = spoolkit.request(body=f"<p>{token}</p>", subject=f"Meeting {i}")
+        spoolkit.drop(spool / "inbox", data, name=f"req-{i:04d}.ics")
+        uids.append(uid)
+
+    proc = start(config)
+    try:
+        spoolkit.wait_for(lambda: count(spool / "processed") >= 120, timeout=60)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done_before = count(spool / "processed")
+        assert done_before < 500, "the kill came too late to test anything"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    proc = start(config)
+    try:
+        spoolkit.wait_for(lambda: not any((spool / "inbox").iterdir()), timeout=120)
+        wait_ready(port)
+        spoolkit.wait_for(lambda: count(spool / "outbox", "*.eml") >= 1000, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    mails = spoolkit.outbox(spool)
+    by_uid: dict[str, list[spoolkit.Mail]] = {}
+    for mail in mails:
+        by_uid.setdefault(mail.headers["X-Vmrsched-Meeting-Uid"], []).append(mail)
+    for uid in uids:
+        outcomes = sorted(m.outcome for m in by_uid.get(uid, []))
+        assert outcomes == ["accepted", "updated"], (uid, outcomes)
+    assert len(mails) == 1000  # stable message ids: a repeated send replaced, never duplicated
+    assert not any((spool / "failed").iterdir())
+
+    store = Store(tmp_path / "data" / "store" / "default")
+    records = list(store.records())
+    bound = [r for r in records if r["status"] == "bound"]
+    assert len(bound) == 500
+    assert len({r["meeting_uid"] for r in bound}) == 500  # one alias per meeting
+    assert len({r["numeric_alias"] for r in records}) == len(records)  # no alias twice
+    aliases_in_updates = {
+        m.html.split("PXPS:-")[1].split("#")[0] for m in mails if m.outcome == "updated"
+    }
+    assert aliases_in_updates == {r["alias_id"] for r in bound}
+    os.sync()
