@@ -312,3 +312,53 @@ def _resulting_schedule(
         return Schedule(message.start, message.end), moved
     schedule = message.schedule
     return schedule, recurrence.next_occurrence(schedule, now)
+
+
+def meeting_to_json(meeting: Meeting) -> dict[str, object]:
+    """A JSON-ready form of a meeting (the spool's resource calendar keeps these)."""
+    return {
+        "uid": meeting.uid,
+        "method": meeting.method,
+        "sequence": meeting.sequence,
+        "schedule": recurrence.to_json(meeting.schedule),
+        "recurrence_id": recurrence.to_json(Schedule(meeting.recurrence_id, meeting.recurrence_id))[
+            "start"
+        ]
+        if meeting.recurrence_id
+        else None,
+        "organizer_name": meeting.organizer_name,
+        "organizer_email": meeting.organizer_email,
+        "subject": meeting.subject,
+        "html_body": meeting.html_body,
+        "attendees": list(meeting.attendees),
+    }
+
+
+def meeting_from_json(raw: Mapping[str, object]) -> Meeting:
+    schedule_raw = raw["schedule"]
+    assert isinstance(schedule_raw, dict)
+    schedule = recurrence.from_json(schedule_raw)
+    rid_raw = raw.get("recurrence_id")
+    recurrence_id = None
+    if isinstance(rid_raw, list):
+        recurrence_id = recurrence.from_json({"start": rid_raw, "end": rid_raw}).start
+    method = raw.get("method")
+    attendees = raw.get("attendees") or []
+    assert isinstance(attendees, list)
+    return Meeting(
+        uid=str(raw["uid"]),
+        method="CANCEL" if method == "CANCEL" else "REQUEST",
+        start=schedule.start,
+        end=schedule.end,
+        sequence=int(str(raw.get("sequence", 0))),
+        recurrence_id=recurrence_id,
+        rrule=schedule.rrule,
+        rdates=schedule.rdates,
+        exdates=schedule.exdates,
+        overrides=schedule.overrides,
+        organizer_name=str(raw.get("organizer_name", "")),
+        organizer_email=str(raw.get("organizer_email", "")),
+        subject=str(raw.get("subject", "")),
+        html_body=str(raw.get("html_body", "")),
+        attendees=tuple(str(a) for a in attendees),
+    )

@@ -116,3 +116,59 @@ def test_x_alt_desc_text_escapes_are_undone() -> None:
     )
     m = itip.parse_calendar(cal).meetings[0]
     assert m.html_body == "<p>a;b,c</p>\n<p>d\\e</p>"
+
+
+def test_reply_calendar_round_trips_through_the_parser() -> None:
+    from datetime import timedelta
+
+    from vmrsched.mailbox import compose
+    from vmrsched.meetings import Meeting
+
+    start = datetime(2030, 5, 6, 9, 30, tzinfo=UTC)
+    meeting = Meeting(
+        uid="u;1,2",
+        method="REQUEST",
+        start=start,
+        end=start + timedelta(hours=1),
+        sequence=4,
+        recurrence_id=start,
+        subject="Ünïcode; commas, and a very long subject " * 4,
+        organizer_email="o@example.com",
+        organizer_name="O, Rg",
+    )
+    text = compose.reply_calendar(meeting, True, "room@example.com", "Room: A")
+    assert all(len(line.encode()) <= 75 for line in text.split("\r\n"))
+    import icalendar
+
+    event = icalendar.Calendar.from_ical(text).walk("VEVENT")[0]
+    assert str(event["UID"]) == "u;1,2" and int(event["SEQUENCE"]) == 4
+    assert str(event["SUMMARY"]) == meeting.subject
+    assert event["ATTENDEE"].params["PARTSTAT"] == "ACCEPTED"
+    assert event["ATTENDEE"].params["CN"] == "Room: A"
+    assert event["RECURRENCE-ID"].dt == start
+
+
+def test_non_ascii_subjects_survive_the_mail() -> None:
+    import email
+    import email.policy
+
+    from vmrsched.mailbox import compose
+    from vmrsched.mailbox.base import Outgoing
+
+    out = Outgoing(
+        id="x",
+        kind="reply",
+        sender="r@example.com",
+        sender_name="Переговорная",
+        recipients=("o@example.com",),
+        subject="Accepted: Встреча",
+        html_body="<p>é</p>",
+        outcome="accepted",
+        reason="new_single",
+        correlation_id="c",
+        meeting_uid="u",
+    )
+    msg = email.message_from_bytes(compose.to_eml(out), policy=email.policy.default)
+    assert msg["Subject"] == "Accepted: Встреча"
+    assert "Переговорная" in str(msg["From"])
+    assert msg.get_body(("html",)).get_content() == "<p>é</p>"  # type: ignore[union-attr]

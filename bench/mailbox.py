@@ -1,0 +1,140 @@
+"""Meetings answered per second for 5,000 queued requests through the running service (actors,
+store, durable queue, spool), and in the same run the raw rate of parse + decide + render +
+write without actors or store, and their ratio.
+
+Prints one JSON line: {"meetings_per_s": …, "raw_per_s": …, "ratio": …, …}
+Usage: python bench/mailbox.py [--meetings 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests import spoolkit
+from vmrsched import answers, config, service
+from vmrsched.mailbox import itip
+from vmrsched.mailbox.spool import SpoolMailbox
+from vmrsched.meetings import AliasRecord, MeetingState, decide
+from vmrsched.templating import Renderer
+
+
+def make_config(data_dir: Path) -> config.Config:
+    doc = {
+        "server": {"listen": "127.0.0.1:0", "data_dir": str(data_dir)},
+        "integrations": [
+            {
+                "name": "bench",
+                "exchange": {"mailbox_name": "Video Room", "mailbox_email": "vmr@example.com"},
+                "addin": {"token_validation": "none", "server_fqdn": "vc.example.com"},
+                "spool": {"poll_interval_seconds": 0.02},
+            }
+        ],
+    }
+    return config.parse(doc, data_dir, {})
+
+
+def requests(alias_ids: list[str]) -> list[bytes]:
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    return [
+        spoolkit.request(
+            body=f"<p>Agenda</p><p>PXPS:-{alias_id}#</p>",
+            start=start + timedelta(minutes=i),
+            subject=f"Meeting {i}",
+        )[0]
+        for i, alias_id in enumerate(alias_ids)
+    ]
+
+
+def measure_service(count: int, root: Path) -> tuple[float, int]:
+    cfg = make_config(root / "svc")
+    svc = service.start(cfg)
+    try:
+        spoolkit.wait_for(
+            lambda: svc.ctx.status.snapshot().get("bench", {}).get("state") == "running"
+        )
+        allocator = svc.ctx.registry.get("bench", "allocator").proxy()
+        alias_ids = [allocator.reserve().get(timeout=10)["alias_id"] for _ in range(count)]
+        data = requests(alias_ids)
+        spool = cfg.integrations[0].spool_dir(cfg.data_dir)
+        staging = spool / "staging"
+        staging.mkdir()
+        for i, item in enumerate(data):
+            (staging / f"req-{i:05d}.ics").write_bytes(item)
+        outbox = spool / "outbox"
+        started = time.perf_counter()
+        for path in sorted(staging.iterdir()):  # queue them all at once (rename in)
+            path.rename(spool / "inbox" / path.name)
+        spoolkit.wait_for(
+            lambda: sum(1 for _ in outbox.glob("*.eml")) >= count, timeout=600, interval=0.02
+        )
+        elapsed = time.perf_counter() - started
+        accepted = sum(
+            1 for p in outbox.glob("*.eml") if b"X-Vmrsched-Outcome: accepted" in p.read_bytes()
+        )
+        return elapsed, accepted
+    finally:
+        svc.stop()
+
+
+def measure_raw(count: int, root: Path) -> float:
+    """The same work without actors or store: parse, decide (against an in-memory record),
+    render, and write the reply through the same spool send."""
+    cfg = make_config(root / "raw")
+    integ = cfg.integrations[0]
+    renderer = Renderer(integ.template_sources(), integ.timezone)
+    gateway = SpoolMailbox(integ.spool_dir(cfg.data_dir), integ.name)
+    alias_ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(count)]
+    data = requests(alias_ids)
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    for item, alias_id in zip(data, alias_ids, strict=True):
+        meeting = itip.parse_calendar(item, correlation_id="c").meetings[0]
+        record = AliasRecord(alias_id, "vmr1@vc.example.com", "vmr1", "reserved")
+        decision = decide(meeting, MeetingState(token_record=record), now)
+        reply = answers.reply(
+            integ,
+            renderer,
+            meeting,
+            decision,
+            {"alias_id": alias_id, "alias": "vmr1@vc", "numeric_alias": "1"},
+        )
+        assert reply is not None and decision.outcome == "accepted"
+        gateway.send(reply)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--meetings", type=int, default=5000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
+        root = Path(tmp)
+        elapsed, accepted = measure_service(args.meetings, root)
+        raw = measure_raw(args.meetings, root)
+    meetings_per_s = args.meetings / elapsed
+    raw_per_s = args.meetings / raw
+    print(
+        json.dumps(
+            {
+                "meetings_per_s": round(meetings_per_s, 1),
+                "raw_per_s": round(raw_per_s, 1),
+                "ratio": round(meetings_per_s / raw_per_s, 3),
+                "meetings": args.meetings,
+                "accepted": accepted,
+                "service_s": round(elapsed, 2),
+                "raw_s": round(raw, 2),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
