@@ -215,19 +215,30 @@ def environment(kind: Kind) -> SandboxedEnvironment:
     )
 
 
+@lru_cache(maxsize=4096)
+def _compile(kind: Kind, source: str) -> jinja2.Template:
+    """Compiled templates are immutable and safe to share between threads; integrations with
+    the same texts (most of them, with the defaults) share one compilation."""
+    return environment(kind).from_string(source)
+
+
 def check(name: str, source: str) -> list[str]:
     """Problems with an admin's template: syntax errors and variables outside its allowed set."""
     spec = TEMPLATES[name]
-    env = environment(spec.kind)
     try:
-        ast = env.parse(source)
+        undeclared = _undeclared(spec.kind, source)
     except jinja2.TemplateSyntaxError as exc:
         return [f"does not compile: {exc.message} (line {exc.lineno})"]
-    unknown = sorted(meta.find_undeclared_variables(ast) - spec.variables)
+    unknown = sorted(undeclared - spec.variables)
     if unknown:
         allowed = ", ".join(sorted(spec.variables))
         return [f"uses unknown variable(s) {', '.join(unknown)}; allowed: {allowed}"]
     return []
+
+
+@lru_cache(maxsize=4096)
+def _undeclared(kind: Kind, source: str) -> frozenset[str]:
+    return frozenset(meta.find_undeclared_variables(environment(kind).parse(source)))
 
 
 class Renderer:
@@ -241,7 +252,7 @@ class Renderer:
             problems = check(name, source)
             if problems:
                 raise TemplateError(f"{name}: {problems[0]}")
-            self._compiled[name] = environment(spec.kind).from_string(source)
+            self._compiled[name] = _compile(spec.kind, source)
 
     def format_time(self, value: datetime | None) -> str:
         if value is None:
