@@ -9,6 +9,7 @@ idempotently after a crash.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -161,8 +162,8 @@ def decide(message: Meeting, state: MeetingState, now: datetime) -> Decision:
         if message.method == "CANCEL":
             return _decide_cancel(message, state)
         return _decide_request(message, state, now)
-    except Exception as exc:  # the rules table's last row: answer, never crash the worker
-        return general_error(message.correlation_id, f"{type(exc).__name__}: {exc}")
+    except Exception:  # the rules table's last row: answer, never crash the worker
+        return general_error(message.correlation_id, traceback.format_exc())
 
 
 def _declined(message: Meeting, reason: str, record: AliasRecord | None = None) -> Decision:

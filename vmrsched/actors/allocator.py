@@ -5,6 +5,7 @@ committed (fsynced) before anyone is told about it."""
 from __future__ import annotations
 
 import logging
+import traceback
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -80,9 +81,9 @@ class AliasAllocator(SupervisedChild):
                 record = self.store.apply(decision.action, fields)
                 if decision.action.kind == "bind_placeholder":
                     self.ctx.metrics.aliases_allocated.labels(self.integ.name).inc()
-        except Exception as exc:  # a store refusal becomes a general_error, never a crash loop
+        except Exception:  # a store refusal becomes a general_error, never a crash loop
             log.exception("applying %s failed", decision.action.kind)
-            decision = general_error(meeting.correlation_id, f"{type(exc).__name__}: {exc}")
+            decision = general_error(meeting.correlation_id, traceback.format_exc())
             record = None
         if record is None and decision.record is not None:
             record = self.store.get(decision.record.alias_id) or {
