@@ -168,6 +168,30 @@ def cmd_invite(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from vmrsched.http import manifest
+
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as exc:
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    integ = cfg.integration(args.name)
+    if integ is None:
+        print(f"no integration named {args.name!r}", file=sys.stderr)
+        return 1
+    base = args.base_url or cfg.server.base_url
+    if not base.startswith("https://"):
+        print(
+            f"warning: {base} is not https; Outlook installs add-ins from https only "
+            "(set [server] public_url)",
+            file=sys.stderr,
+        )
+    sys.stdout.buffer.write(manifest.build(integ, base))
+    return 0
+
+
 def _register_service_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve = sub.add_parser("serve", help="run the service")
     _add_config(serve)
@@ -189,3 +213,9 @@ def _register_service_commands(sub: argparse._SubParsersAction) -> None:  # type
     invite.add_argument("--sequence", type=int, default=0)
     invite.add_argument("--cancel", action="store_true", help="send METHOD:CANCEL instead")
     invite.set_defaults(func=cmd_invite)
+
+    man = sub.add_parser("manifest", help="print an integration's Outlook add-in manifest")
+    man.add_argument("name", help="integration name")
+    _add_config(man)
+    man.add_argument("--base-url", help="public https URL of this server (default: public_url)")
+    man.set_defaults(func=cmd_manifest)

@@ -194,6 +194,7 @@ class AddinConfig:
     token_validation: str = _f("exchange", choices=("exchange", "entra", "none"))
     entra_tenant_id: str = _f("")
     entra_client_id: str = _f("")
+    entra_authority: str = _f("https://login.microsoftonline.com")
     provider_name: str = _f("Video meeting rooms", max_len=_TEXT)
     display_name: str = _f("Video meeting", max_len=125)
     description: str = _f("Adds a video meeting room to your meeting.", max_len=_TEXT)

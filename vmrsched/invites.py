@@ -31,6 +31,7 @@ class InviteOptions:
     uid: str | None = None
     sequence: int = 0
     cancel: bool = False
+    html_body: str | None = None  # the meeting body as the organizer wrote it (demo pane)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> InviteOptions:
@@ -92,7 +93,10 @@ def build(
     event.add("attendee", room)
     for attendee in options.attendees:
         event.add("attendee", icalendar.vCalAddress(f"mailto:{parseaddr(attendee)[1]}"))
-    body = f"<p>{html.escape(options.subject)}</p>" + (f"<p>{token}</p>" if token else "")
+    if options.html_body is not None:
+        body = options.html_body
+    else:
+        body = f"<p>{html.escape(options.subject)}</p>" + (f"<p>{token}</p>" if token else "")
     event.add("description", aliases.html_to_text(body))
     event.add("x-alt-desc", icalendar.vText(body), parameters={"FMTTYPE": "text/html"})
     if options.cancel:

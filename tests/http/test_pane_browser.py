@@ -1,0 +1,170 @@
+"""The task pane in a real browser (Debian's headless Chromium driven by Playwright), against
+`vmrsched serve` as a real process in demo mode: preview mode, a single-use VMR inserted, the
+meeting sent and the room's answer shown; and the unreachable path (placeholder + TOK token)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.test_serve import free_port, wait_ready
+
+ROOT = Path(__file__).resolve().parents[2]
+OUTPUT = ROOT / "test-output"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.slow
+
+CONFIG = """
+[server]
+listen = "127.0.0.1:{port}"
+data_dir = "{data}"
+demo = true
+
+[[integrations]]
+name = "default"
+[integrations.exchange]
+mailbox_name = "Video Room"
+mailbox_email = "vmr@example.com"
+[integrations.addin]
+token_validation = "none"
+server_fqdn = "vc.example.com"
+success_heading = "Room added!"
+unavailable_heading = "Offline, placeholder added"
+already_assigned_heading = "Already has a room"
+[integrations.advanced]
+enable_addin_debug_logs = true
+[integrations.spool]
+poll_interval_seconds = 0.05
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("pane")
+    port = free_port()
+    config = tmp / "vmrsched.toml"
+    config.write_text(CONFIG.format(port=port, data=tmp / "data"))
+    log = open(tmp / "server.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vmrsched", "serve", "--config", str(config)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_ready(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert Path(CHROMIUM).exists(), "Debian's chromium is needed (.ci/run installs it)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+def open_pane(browser: Browser, server: str) -> Page:
+    page = browser.new_page(viewport={"width": 520, "height": 1100})
+    # No Office host here (and no network): Office.js does not load, the pane uses preview mode.
+    page.route(re.compile(r"https://appsforoffice\.microsoft\.com/.*"), lambda r: r.abort())
+    page.goto(f"{server}/addin/default/taskpane.html")
+    expect(page.locator("#vmr-app")).to_have_attribute("data-ready", "preview")
+    return page
+
+
+def shot(page: Page, name: str) -> None:
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / name), full_page=True)
+
+
+def test_preview_add_room_send_and_see_the_answer(browser: Browser, server: str) -> None:
+    page = open_pane(browser, server)
+    page.fill("#vmr-subject", "Quarterly <b>review</b>")
+    page.get_by_role("button", name="Add a one-time video room").click()
+    expect(page.locator("#vmr-status-heading")).to_have_text("Room added!")
+    expect(page.locator("#vmr-status-heading")).to_be_focused()
+    body = page.locator("#vmr-body")
+    expect(body).to_contain_text(re.compile(r"PXPS:-[0-9a-f-]{36}#"))
+    expect(body).to_contain_text("Join the video meeting")
+    expect(page.locator("#vmr-location")).to_have_value(
+        re.compile(r"^vmr\d{6}@video\.example\.com$")
+    )
+
+    # a second click finds the token and inserts nothing
+    before = body.inner_html()
+    page.get_by_role("button", name="Add a one-time video room").click()
+    expect(page.locator("#vmr-status-heading")).to_have_text("Already has a room")
+    assert body.inner_html() == before
+
+    page.get_by_role("button", name="Send the meeting (demo)").click()
+    title = page.locator(".vmr-reply-title").first
+    expect(title).to_contain_text(
+        "Accepted: Quarterly <b>review</b> (accepted, new_single)", timeout=20000
+    )
+    frame = page.frame_locator("#vmr-reply-list iframe").first
+    expect(frame.locator("body")).to_contain_text("is booked")
+    expect(frame.locator("em")).to_have_text("Quarterly <b>review</b>")  # escaped, not markup
+    expect(page.locator("#vmr-log")).to_contain_text("API answered 201")
+    shot(page, "pane-accepted.png")
+
+
+def test_unreachable_service_inserts_placeholder_and_tok(browser: Browser, server: str) -> None:
+    page = open_pane(browser, server)
+    page.route(re.compile(r".*/api/addin/v1/.*"), lambda r: r.abort("connectionrefused"))
+    page.get_by_role("button", name="Add a one-time video room").click()
+    expect(page.locator("#vmr-status-heading")).to_have_text("Offline, placeholder added")
+    body = page.locator("#vmr-body")
+    expect(body).to_contain_text(re.compile(r"TOK:-[0-9a-f-]{36}#"))
+    expect(body).to_contain_text("Video meeting details will follow.")
+    expect(page.locator("#vmr-location")).to_have_value("")
+    shot(page, "pane-unavailable.png")
+
+    # sending it anyway: the service allocates a room and updates the organizer's meeting
+    page.unroute(re.compile(r".*/api/addin/v1/.*"))
+    page.get_by_role("button", name="Send the meeting (demo)").click()
+    expect(page.locator(".vmr-reply-title")).to_have_count(2, timeout=20000)
+    titles = page.locator(".vmr-reply-title").all_inner_texts()
+    assert any("(accepted, new_single)" in t for t in titles)
+    assert any("(updated, placeholder_replaced)" in t for t in titles)
+    shot(page, "pane-placeholder-replaced.png")
+
+
+def test_service_answering_503_also_takes_the_placeholder_path(
+    browser: Browser, server: str
+) -> None:
+    page = open_pane(browser, server)
+    page.route(
+        re.compile(r".*/api/addin/v1/.*"),
+        lambda r: r.fulfill(
+            status=503,
+            content_type="application/json",
+            body='{"error": {"code": "unavailable", "message": "down"}}',
+        ),
+    )
+    page.get_by_role("button", name="Add a one-time video room").click()
+    expect(page.locator("#vmr-status-heading")).to_have_text("Offline, placeholder added")
+    expect(page.locator("#vmr-body")).to_contain_text(re.compile(r"TOK:-[0-9a-f-]{36}#"))

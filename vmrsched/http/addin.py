@@ -1,0 +1,307 @@
+"""What Outlook talks to: the manifest, the task pane and its assets, and the add-in API.
+
+The API never blocks the event loop: a reservation is a `tell` to the integration's allocator
+carrying a reply that resolves an asyncio future (actors/bridge.py). The allocator answers only
+after the alias is on disk.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import aiohttp
+import jinja2
+from aiohttp import web
+
+from vmrsched import aliases, answers, identity
+from vmrsched.actors.allocator import Reserve
+from vmrsched.actors.bridge import ask_async
+from vmrsched.actors.registry import ActorUnavailable
+from vmrsched.config import IntegrationConfig, png_size
+from vmrsched.http import manifest
+from vmrsched.http.common import SERVICE, error, integration_or_404
+from vmrsched.http.ratelimit import RateLimiter
+from vmrsched.templating import Renderer
+
+RESERVE_TIMEOUT = 10.0
+STATIC = resources.files("vmrsched.http") / "static"
+SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+LIMITER = web.AppKey("rate_limiter", RateLimiter)
+VERIFIERS = web.AppKey("verifiers", dict)
+
+_pages = jinja2.Environment(
+    loader=jinja2.PackageLoader("vmrsched.http", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+PANE_TEXTS = (
+    "pane_title",
+    "pane_description",
+    "single_use_button_label",
+    "personal_button_label",
+    "sign_in_button_label",
+    "success_heading",
+    "success_message",
+    "already_assigned_heading",
+    "already_assigned_message",
+    "unavailable_heading",
+    "unavailable_message",
+    "error_heading",
+    "error_inserting_single_use_message",
+    "select_personal_vmr_message",
+    "no_personal_vmr_message",
+    "error_getting_personal_vmrs_message",
+    "error_signing_in_message",
+    "error_inserting_personal_vmr_message",
+)
+
+
+@lru_cache(maxsize=1024)
+def renderer_for(integ: IntegrationConfig) -> Renderer:
+    return Renderer(integ.template_sources(), integ.timezone)
+
+
+def _origin(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def content_security_policy(integ: IntegrationConfig) -> str:
+    """Scripts only from us and the configured Office.js origin(s); nothing inline; the pane may
+    be framed by Outlook on the web and the desktop clients only."""
+    adv = integ.advanced
+    scripts = {"'self'", _origin(adv.office_js_url)}
+    scripts |= {_origin(u) for u in adv.additional_script_sources}
+    styles = {"'self'"} | {
+        _origin(u) for u in (adv.fabric_css_url, adv.fabric_components_css_url) if u
+    }
+    connect = {"'self'"}
+    if integ.addin.token_validation == "entra":
+        connect.add(_origin(integ.addin.entra_authority))
+    return "; ".join(
+        [
+            "default-src 'self'",
+            f"script-src {' '.join(sorted(scripts))}",
+            f"style-src {' '.join(sorted(styles))}",
+            f"connect-src {' '.join(sorted(connect))}",
+            "img-src 'self' data:",
+            "frame-src 'self'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'self' https://*.office.com https://*.office365.com "
+            "https://*.outlook.com https://outlook.live.com https://*.microsoft.com",
+        ]
+    )
+
+
+async def manifest_xml(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    integ = integration_or_404(request)
+    body = manifest.build(integ, service.config.server.base_url)
+    return web.Response(body=body, content_type="application/xml", charset="utf-8")
+
+
+async def icon(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    integ = integration_or_404(request)
+    if integ.addin.icon and service.config.path is not None:
+        data = (service.config.path.parent / integ.addin.icon).read_bytes()
+    else:
+        data = (STATIC / "icon-80.png").read_bytes()
+    assert png_size(data) is not None
+    return web.Response(
+        body=data, content_type="image/png", headers={"Cache-Control": "public, max-age=3600"}
+    )
+
+
+async def support(request: web.Request) -> web.Response:
+    integ = integration_or_404(request)
+    page = _pages.get_template("support.html").render(integ=integ)
+    return web.Response(text=page, content_type="text/html")
+
+
+def pane_settings(request: web.Request, integ: IntegrationConfig) -> dict[str, Any]:
+    service = request.app[SERVICE]
+    renderer = renderer_for(integ)
+    placeholder = renderer.render(
+        "placeholder_instructions_text", {"addin_server_domain": integ.addin.server_fqdn}
+    )
+    demo = service.config.server.demo and integ.backend == "spool"
+    return {
+        "integration": integ.name,
+        "texts": {key: getattr(integ.addin, key) for key in PANE_TEXTS},
+        "api": f"/api/addin/v1/{integ.name}/single-use-vmrs",
+        "demo": f"/api/demo/v1/{integ.name}" if demo else "",
+        "tokenValidation": integ.addin.token_validation,
+        "entra": {
+            "tenantId": integ.addin.entra_tenant_id,
+            "clientId": integ.addin.entra_client_id,
+            "authority": integ.addin.entra_authority,
+        },
+        "debug": integ.advanced.enable_addin_debug_logs,
+        "placeholderHtml": placeholder,
+        "singleUse": integ.enable_single_use_vmrs,
+    }
+
+
+async def taskpane(request: web.Request) -> web.Response:
+    integ = integration_or_404(request)
+    adv = integ.advanced
+    office_js = adv.office_js_url
+    styles = [
+        u
+        for u in (adv.fabric_css_url, adv.fabric_components_css_url)
+        if adv.use_custom_addin_sources and u
+    ]
+    scripts = list(adv.additional_script_sources) if adv.use_custom_addin_sources else []
+    page = _pages.get_template("taskpane.html").render(
+        integ=integ,
+        texts=integ.addin,
+        settings=json.dumps(pane_settings(request, integ)),
+        office_js=office_js,
+        styles=styles,
+        scripts=scripts,
+    )
+    return web.Response(
+        text=page,
+        content_type="text/html",
+        headers={
+            "Content-Security-Policy": content_security_policy(integ),
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def verifier_for(request: web.Request, integ: IntegrationConfig) -> identity.Verifier:
+    cache: dict[IntegrationConfig, identity.Verifier] = request.app[VERIFIERS]
+    verifier = cache.get(integ)
+    if verifier is None:
+        app = request.app
+        verifier = identity.verifier_for(
+            integ, app[SERVICE].config.server.base_url, lambda: app[SESSION]
+        )
+        cache[integ] = verifier
+    return verifier
+
+
+def _optional_time(body: dict[str, Any], key: str) -> datetime | None:
+    if key not in body:
+        return None
+    value = body[key]
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be an ISO 8601 string")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"{key} is not an ISO 8601 time") from exc
+    if moment.tzinfo is None:
+        raise ValueError(f"{key} needs a time zone offset")
+    return moment
+
+
+async def _meeting_fields(request: web.Request) -> dict[str, Any]:
+    """Optional meeting details the pane may send, for templates that use them."""
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError("body is not JSON") from exc
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    fields: dict[str, Any] = {}
+    for key in ("subject", "organizer_name", "organizer_email"):
+        if key in body:
+            value = body[key]
+            if not isinstance(value, str):
+                raise ValueError(f"{key} must be a string")
+            fields[key] = value[:1000]
+    for key, name in (("start", "start_time"), ("end", "end_time")):
+        moment = _optional_time(body, key)
+        if moment is not None:
+            fields[name] = moment
+    return fields
+
+
+async def single_use_vmrs(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    integ = integration_or_404(request)
+    route = "single-use-vmrs"
+    metrics = service.ctx.metrics
+
+    def reply(status: int, response: web.Response) -> web.Response:
+        metrics.addin_requests.labels(integ.name, route, str(status)).inc()
+        return response
+
+    try:
+        who = await verifier_for(request, integ).verify(_bearer(request))
+    except identity.TokenError as exc:
+        return reply(401, error(401, exc.code, str(exc)))
+    wait = request.app[LIMITER].allow(f"{integ.name}\0{who.user}")
+    if wait:
+        response = error(429, "rate_limited", "too many requests; try again shortly")
+        response.headers["Retry-After"] = str(max(1, round(wait)))
+        return reply(429, response)
+    if not integ.enable_single_use_vmrs:
+        return reply(403, error(403, "feature_disabled", "single-use VMRs are not enabled"))
+    try:
+        fields = await _meeting_fields(request)
+    except ValueError as exc:
+        return reply(400, error(400, "bad_request", str(exc)))
+    state = service.ctx.status.snapshot().get(integ.name, {}).get("state")
+    try:
+        if state != "running":
+            raise ActorUnavailable(f"integration {integ.name} is {state or 'not running'}")
+        allocator = service.ctx.registry.get(integ.name, "allocator")
+        record = await ask_async(allocator, Reserve(), timeout=RESERVE_TIMEOUT)
+    except (ActorUnavailable, TimeoutError):
+        return reply(
+            503, error(503, "unavailable", "the booking service cannot take requests right now")
+        )
+    values = answers.variables(integ, None, record)
+    values.update(fields)
+    instructions = renderer_for(integ).render("single_use_joining_instructions_template", values)
+    body = {
+        "alias": record["alias"],
+        "numeric_alias": record["numeric_alias"],
+        "alias_id": aliases.alias_id_token(record["alias_id"]),
+        "joining_instructions": instructions,
+        "room_name": integ.exchange.mailbox_name,
+        "room_email": integ.exchange.mailbox_email,
+    }
+    return reply(201, web.json_response(body, status=201))
+
+
+async def _session_context(app: web.Application) -> Any:
+    app[SESSION] = aiohttp.ClientSession()
+    yield
+    await app[SESSION].close()
+
+
+def setup(app: web.Application) -> None:
+    service = app[SERVICE]
+    app[LIMITER] = RateLimiter(service.config.server.rate_limit_per_minute)
+    app[VERIFIERS] = {}
+    app.cleanup_ctx.append(_session_context)
+    app.router.add_get("/addin/{integration}/manifest.xml", manifest_xml)
+    app.router.add_get("/addin/{integration}/taskpane.html", taskpane)
+    app.router.add_get("/addin/{integration}/icon.png", icon)
+    app.router.add_get("/addin/{integration}/support", support)
+    app.router.add_static("/addin/static/", str(STATIC), append_version=False)
+    app.router.add_post("/api/addin/v1/{integration}/single-use-vmrs", single_use_vmrs)

@@ -1,0 +1,111 @@
+"""Demo mode (loopback only, `[server] demo = true`, spool integrations): the preview pane's Send
+button drops the simulated meeting into the spool inbox and reads the answer from the outbox,
+so a newcomer sees the whole product work in a browser."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from vmrsched import invites
+from vmrsched.config import IntegrationConfig
+from vmrsched.http.common import SERVICE, error, integration_or_404
+
+MAX_SUBJECT = 255
+
+
+def _demo_integration(request: web.Request) -> IntegrationConfig:
+    service = request.app[SERVICE]
+    integ = integration_or_404(request)
+    if not service.config.server.demo or integ.backend != "spool":
+        raise web.HTTPForbidden(reason="demo mode is off")
+    return integ
+
+
+def _time(body: dict[str, Any], key: str) -> datetime:
+    value = body.get(key)
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be an ISO 8601 string")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"{key} is not an ISO 8601 time") from exc
+    if moment.tzinfo is None:
+        raise ValueError(f"{key} needs a time zone offset")
+    return moment
+
+
+async def send(request: web.Request) -> web.Response:
+    integ = _demo_integration(request)
+    service = request.app[SERVICE]
+    try:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise ValueError("body must be a JSON object")
+        subject = body.get("subject", "")
+        html_body = body.get("body", "")  # an end at or before the start: a 1-minute meeting
+        if not isinstance(subject, str) or not isinstance(html_body, str):
+            raise ValueError("subject and body must be strings")
+        start, end = _time(body, "start"), _time(body, "end")
+    except (ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return error(400, "bad_request", str(exc))
+    options = invites.InviteOptions(
+        subject=subject[:MAX_SUBJECT] or "Video meeting",
+        start=start,
+        duration_minutes=max(1, int((end - start).total_seconds() // 60)),
+        token="",
+        organizer="Demo Organizer <organizer@example.com>",
+        attendees=("guest@example.com",),
+        html_body=html_body,
+    )
+    try:
+        path, uid = await asyncio.to_thread(invites.drop, integ, service.config.data_dir, options)
+    except ValueError as exc:
+        return error(400, "bad_request", str(exc))
+    return web.json_response({"uid": uid, "queued": path.name}, status=202)
+
+
+def _read_outbox(outbox: Path, uid: str) -> list[dict[str, str]]:
+    found = []
+    for path in sorted(outbox.glob("*.eml"), key=lambda p: p.stat().st_mtime_ns):
+        raw = path.read_bytes()
+        if uid.encode() not in raw:
+            continue
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        if msg.get("X-Vmrsched-Meeting-Uid") != uid:
+            continue
+        body = msg.get_body(("html",))
+        found.append(
+            {
+                "subject": str(msg.get("Subject", "")),
+                "from": str(msg.get("From", "")),
+                "to": str(msg.get("To", "")),
+                "outcome": str(msg.get("X-Vmrsched-Outcome", "")),
+                "reason": str(msg.get("X-Vmrsched-Reason", "")),
+                "correlation_id": str(msg.get("X-Vmrsched-Correlation-Id", "")),
+                "html": body.get_content() if body is not None else "",
+            }
+        )
+    return found
+
+
+async def replies(request: web.Request) -> web.Response:
+    integ = _demo_integration(request)
+    uid = request.query.get("uid", "")
+    if not uid or len(uid) > 512:
+        return error(400, "bad_request", "uid is required")
+    outbox = integ.spool_dir(request.app[SERVICE].config.data_dir) / "outbox"
+    found = await asyncio.to_thread(_read_outbox, outbox, uid)
+    return web.json_response({"uid": uid, "replies": found})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/api/demo/v1/{integration}/send", send)
+    app.router.add_get("/api/demo/v1/{integration}/replies", replies)

@@ -1,0 +1,248 @@
+// vmrsched task pane: adds a single-use video room to the meeting being composed.
+// Runs inside Outlook (Office.js) or, opened in an ordinary browser, on a simulated meeting
+// (preview mode). Every text comes from the integration's configuration.
+"use strict";
+
+(function () {
+  const app = document.getElementById("vmr-app");
+  const settings = JSON.parse(app.dataset.settings);
+  const texts = settings.texts;
+  const TOKEN_RE = /(PXPS|TOK):-[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}#/;
+  const $ = (id) => document.getElementById(id);
+
+  // --- debug log ---------------------------------------------------------------------------
+  function log(...parts) {
+    if (!settings.debug) return;
+    const line = new Date().toISOString() + " " + parts.map((p) =>
+      typeof p === "string" ? p : JSON.stringify(p)).join(" ");
+    $("vmr-log").textContent += line + "\n";
+  }
+
+  // --- status ------------------------------------------------------------------------------
+  function show(kind, heading, message) {
+    const status = $("vmr-status");
+    status.className = "vmr-" + kind;
+    const h = $("vmr-status-heading");
+    const p = $("vmr-status-message");
+    h.textContent = heading;
+    p.textContent = message;
+    h.hidden = !heading;
+    p.hidden = !message;
+    if (heading) h.focus();
+  }
+
+  function uuid4() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    const b = crypto.getRandomValues(new Uint8Array(16));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  }
+
+  function visibleText(html) {
+    const doc = new DOMParser().parseFromString(html, "text/html");
+    return (doc.body.textContent || "").replace(/[\u200b-\u200d\u2060\ufeff\u00ad]/g, "");
+  }
+
+  // --- hosts: Outlook, or the simulated meeting of preview mode ------------------------------
+  function officeCall(fn) {
+    return new Promise((resolve, reject) => fn((result) => {
+      if (result.status === Office.AsyncResultStatus.Succeeded) resolve(result.value);
+      else reject(result.error || new Error("Office call failed"));
+    }));
+  }
+
+  function outlookHost() {
+    const mailbox = Office.context.mailbox;
+    const item = mailbox.item;
+    return {
+      name: "outlook",
+      getBody: () => officeCall((cb) => item.body.getAsync(Office.CoercionType.Html, cb)),
+      appendBody: async (html) => {
+        const body = await officeCall((cb) => item.body.getAsync(Office.CoercionType.Html, cb));
+        if (item.body.setAsync) {
+          return officeCall((cb) => item.body.setAsync(body + html,
+            { coercionType: Office.CoercionType.Html }, cb));
+        }
+        return officeCall((cb) => item.body.prependAsync(html,
+          { coercionType: Office.CoercionType.Html }, cb));
+      },
+      setLocation: (text) => officeCall((cb) => item.location.setAsync(text, cb)),
+      meeting: async () => {
+        const fields = {};
+        try { fields.subject = await officeCall((cb) => item.subject.getAsync(cb)); } catch (e) { log("subject", String(e)); }
+        try { fields.start = (await officeCall((cb) => item.start.getAsync(cb))).toISOString(); } catch (e) { log("start", String(e)); }
+        try { fields.end = (await officeCall((cb) => item.end.getAsync(cb))).toISOString(); } catch (e) { log("end", String(e)); }
+        return fields;
+      },
+      token: async () => {
+        if (settings.tokenValidation === "exchange") {
+          return officeCall((cb) => mailbox.getUserIdentityTokenAsync(cb));
+        }
+        if (settings.tokenValidation === "entra") {
+          // Nested app authentication where the host offers it, else Office SSO.
+          if (window.vmrschedNaa) return window.vmrschedNaa(settings.entra);
+          return Office.auth.getAccessToken({ allowSignInPrompt: true, allowConsentPrompt: true });
+        }
+        return null;
+      },
+    };
+  }
+
+  function previewHost() {
+    $("vmr-preview").hidden = false;
+    const pad = (n) => String(n).padStart(2, "0");
+    const local = (d) => `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+    const start = new Date(Date.now() + 24 * 3600 * 1000);
+    start.setMinutes(0, 0, 0);
+    $("vmr-start").value = local(start);
+    $("vmr-end").value = local(new Date(start.getTime() + 30 * 60 * 1000));
+    const iso = (id) => new Date($(id).value).toISOString();
+    return {
+      name: "preview",
+      getBody: async () => $("vmr-body").innerHTML,
+      appendBody: async (html) => { $("vmr-body").insertAdjacentHTML("beforeend", html); },
+      setLocation: async (text) => { $("vmr-location").value = text; },
+      meeting: async () => ({ subject: $("vmr-subject").value, start: iso("vmr-start"), end: iso("vmr-end") }),
+      token: async () => null,
+    };
+  }
+
+  // --- the single-use flow -------------------------------------------------------------------
+  async function insertPlaceholder(host) {
+    const token = `TOK:-${uuid4()}#`;
+    await host.appendBody(`${settings.placeholderHtml}<p>${token}</p>`);
+    log("inserted placeholder", token);
+    show("warning", texts.unavailable_heading, texts.unavailable_message);
+  }
+
+  async function addSingleUse(host) {
+    const body = await host.getBody();
+    if (TOKEN_RE.test(body) || TOKEN_RE.test(visibleText(body))) {
+      log("body already holds a token");
+      show("success", texts.already_assigned_heading, texts.already_assigned_message);
+      return;
+    }
+    let token = null;
+    try {
+      token = await host.token();
+    } catch (e) {
+      log("token failed", String(e && (e.message || e.code) || e));
+      show("error", texts.error_heading, texts.error_signing_in_message);
+      return;
+    }
+    const headers = { "Content-Type": "application/json" };
+    if (token) headers.Authorization = "Bearer " + token;
+    let response;
+    try {
+      response = await fetch(settings.api, {
+        method: "POST", headers, body: JSON.stringify(await host.meeting()),
+        credentials: "same-origin",
+      });
+    } catch (e) {
+      log("network error", String(e));
+      await insertPlaceholder(host);
+      return;
+    }
+    log("API answered", response.status);
+    if (response.status === 503) {
+      await insertPlaceholder(host);
+      return;
+    }
+    if (response.status !== 201) {
+      let detail = "";
+      try { detail = (await response.json()).error.code; } catch (e) { /* not JSON */ }
+      log("API error", detail);
+      show("error", texts.error_heading, texts.error_inserting_single_use_message);
+      return;
+    }
+    const vmr = await response.json();
+    await host.appendBody(vmr.joining_instructions);
+    await host.setLocation(vmr.alias);
+    log("inserted", vmr.alias, vmr.alias_id);
+    show("success", texts.success_heading, texts.success_message);
+  }
+
+  // --- demo mode: send the simulated meeting and show the room's answers --------------------
+  function renderReplies(replies) {
+    const list = $("vmr-reply-list");
+    list.textContent = "";
+    for (const reply of replies) {
+      const li = document.createElement("li");
+      const title = document.createElement("p");
+      title.className = "vmr-reply-title";
+      title.textContent = `${reply.subject} (${reply.outcome}, ${reply.reason})`;
+      const frame = document.createElement("iframe");
+      frame.setAttribute("sandbox", "");
+      frame.setAttribute("title", reply.subject);
+      frame.srcdoc = reply.html;
+      li.append(title, frame);
+      list.append(li);
+    }
+    $("vmr-replies").hidden = replies.length === 0;
+  }
+
+  async function sendDemo(host) {
+    const meeting = await host.meeting();
+    meeting.body = await host.getBody();
+    const response = await fetch(`${settings.demo}/send`, {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(meeting), credentials: "same-origin",
+    });
+    if (response.status !== 202) {
+      log("demo send failed", response.status);
+      show("error", texts.error_heading, "The meeting could not be sent.");
+      return;
+    }
+    const { uid } = await response.json();
+    log("sent", uid);
+    const deadline = Date.now() + 30000;
+    let seen = 0;
+    while (Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 400));
+      const answer = await (await fetch(`${settings.demo}/replies?uid=${encodeURIComponent(uid)}`,
+        { credentials: "same-origin" })).json();
+      if (answer.replies.length > seen) {
+        seen = answer.replies.length;
+        renderReplies(answer.replies);
+      }
+      const first = answer.replies.find((r) => r.outcome !== "updated");
+      const waitingForUpdate = /TOK:-/.test(meeting.body) && !answer.replies.some((r) => r.outcome === "updated");
+      if (first && !waitingForUpdate) return;
+    }
+  }
+
+  function wire(host) {
+    log("host", host.name);
+    $("vmr-debug").hidden = !settings.debug;
+    const button = $("vmr-single-use");
+    button.hidden = !settings.singleUse;
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        await addSingleUse(host);
+      } catch (e) {
+        log("unexpected", String(e));
+        show("error", texts.error_heading, texts.error_inserting_single_use_message);
+      } finally {
+        button.disabled = false;
+      }
+    });
+    if (host.name === "preview" && settings.demo) {
+      const send = $("vmr-send");
+      send.hidden = false;
+      send.addEventListener("click", async () => {
+        send.disabled = true;
+        try { await sendDemo(host); } finally { send.disabled = false; }
+      });
+    }
+    app.dataset.ready = host.name;
+  }
+
+  if (window.Office && Office.onReady) {
+    Office.onReady((info) => wire(info && info.host ? outlookHost() : previewHost()));
+  } else {
+    wire(previewHost());
+  }
+})();
