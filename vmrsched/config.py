@@ -9,6 +9,7 @@ default and rule of a key are written in one place.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import os
 import re
@@ -346,7 +347,11 @@ class Config:
         return Path(self.server.data_dir)
 
     def integration(self, name: str) -> IntegrationConfig | None:
-        return next((i for i in self.integrations if i.name == name), None)
+        return self._by_name.get(name)
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, IntegrationConfig]:
+        return {i.name: i for i in self.integrations}
 
 
 class ConfigError(Exception):

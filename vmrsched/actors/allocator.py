@@ -4,6 +4,7 @@ committed (fsynced) before anyone is told about it."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import traceback
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from vmrsched import aliases, answers
+from vmrsched.actors.bridge import deliver
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Request, Sweep
 from vmrsched.meetings import Decision, Meeting, decide, general_error
@@ -44,6 +46,9 @@ class AliasAllocator(SupervisedChild):
             reservation_ttl=timedelta(days=self.integ.reservation_ttl_days),
         )
         self._pending_replies: list[tuple[Request, Any]] = []
+        # The loaded store is millions of long-lived objects; left in the collected
+        # generations, every full GC pass walks them all (tens of ms, on a hot path).
+        gc.freeze()
         self._publish()
         self.ctx.scheduler.call_later(self.ctx.sweep_interval, self._tell_sweep)
 
@@ -159,8 +164,6 @@ class AliasAllocator(SupervisedChild):
         try:
             self.store.commit()
         except Exception as exc:
-            for request, _ in pending:
-                request.reply(None, exc)
+            deliver((request, None, exc) for request, _ in pending)
             raise
-        for request, result in pending:
-            request.reply(result, None)
+        deliver((request, result, None) for request, result in pending)

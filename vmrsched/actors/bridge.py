@@ -1,14 +1,32 @@
 """From the event loop to an actor without blocking: tell a Request whose reply resolves an
-asyncio future through loop.call_soon_threadsafe (never future.get() on the loop)."""
+asyncio future through loop.call_soon_threadsafe (never future.get() on the loop).
+
+Actors that answer many requests at once (the allocator's group commit) hand all replies to
+`deliver`, which wakes each event loop once for the whole batch instead of once per reply.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 import pykka
 
 from vmrsched.actors.messages import Request
+
+
+class LoopReply:
+    """The reply of a Request made by `ask_async`: resolves a future on its event loop."""
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
+        self.loop = loop
+        self.future = future
+
+    def __call__(self, result: Any, error: BaseException | None) -> None:
+        self.loop.call_soon_threadsafe(_resolve, self.future, result, error)
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -20,12 +38,29 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
         future.set_result(result)
 
 
+def _resolve_many(batch: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in batch:
+        _resolve(future, result, error)
+
+
+def deliver(replies: Iterable[tuple[Request, Any, BaseException | None]]) -> None:
+    """Answer many requests: one wake-up per event loop, plain calls for other replies."""
+    by_loop: dict[
+        asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+    ] = {}
+    for request, result, error in replies:
+        reply = request.reply
+        if isinstance(reply, LoopReply):
+            by_loop.setdefault(reply.loop, []).append((reply.future, result, error))
+        else:
+            reply(result, error)
+    for loop, batch in by_loop.items():
+        loop.call_soon_threadsafe(_resolve_many, batch)
+
+
 async def ask_async(ref: pykka.ActorRef[Any], payload: Any, timeout: float = 10.0) -> Any:
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
-
-    def reply(result: Any, error: BaseException | None) -> None:
-        loop.call_soon_threadsafe(_resolve, future, result, error)
-
-    ref.tell(Request(payload, reply))
-    return await asyncio.wait_for(future, timeout)
+    ref.tell(Request(payload, LoopReply(loop, future)))
+    async with asyncio.timeout(timeout):
+        return await future

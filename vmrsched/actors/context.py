@@ -34,6 +34,11 @@ class StatusBoard:
         with self._lock:
             self._states.setdefault(name, {}).update(values)
 
+    def state(self, name: str) -> str | None:
+        with self._lock:
+            entry = self._states.get(name)
+            return None if entry is None else entry.get("state")
+
     def drop(self, name: str) -> None:
         with self._lock:
             self._states.pop(name, None)

@@ -8,13 +8,14 @@ after the alias is on disk.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
-from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 import jinja2
+import orjson
 from aiohttp import web
 
 from vmrsched import aliases, answers, identity
@@ -27,11 +28,11 @@ from vmrsched.http.common import SERVICE, error, integration_or_404
 from vmrsched.http.ratelimit import RateLimiter
 from vmrsched.templating import Renderer
 
+T = TypeVar("T")
 RESERVE_TIMEOUT = 10.0
 STATIC = resources.files("vmrsched.http") / "static"
 SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 LIMITER = web.AppKey("rate_limiter", RateLimiter)
-VERIFIERS = web.AppKey("verifiers", dict)
 
 _pages = jinja2.Environment(
     loader=jinja2.PackageLoader("vmrsched.http", "templates"),
@@ -61,9 +62,28 @@ PANE_TEXTS = (
 )
 
 
-@lru_cache(maxsize=1024)
-def renderer_for(integ: IntegrationConfig) -> Renderer:
-    return Renderer(integ.template_sources(), integ.timezone)
+class PerConfig(Generic[T]):
+    """A value derived from one integration's config, rebuilt when a reload replaces the config
+    object. Looked up by identity: hashing the (large, frozen) config on every request costs
+    more than the work it saves."""
+
+    def __init__(self, build: Callable[[IntegrationConfig], T]) -> None:
+        self.build = build
+        self._values: dict[str, tuple[IntegrationConfig, T]] = {}
+
+    def __call__(self, integ: IntegrationConfig) -> T:
+        entry = self._values.get(integ.name)
+        if entry is None or entry[0] is not integ:
+            entry = (integ, self.build(integ))
+            self._values[integ.name] = entry
+        return entry[1]
+
+
+VERIFIERS = web.AppKey("verifiers", PerConfig)
+COUNTERS = web.AppKey("addin_counters", dict)
+renderer_for: PerConfig[Renderer] = PerConfig(
+    lambda integ: Renderer(integ.template_sources(), integ.timezone)
+)
 
 
 def _origin(url: str) -> str:
@@ -189,15 +209,8 @@ def _bearer(request: web.Request) -> str | None:
 
 
 def verifier_for(request: web.Request, integ: IntegrationConfig) -> identity.Verifier:
-    cache: dict[IntegrationConfig, identity.Verifier] = request.app[VERIFIERS]
-    verifier = cache.get(integ)
-    if verifier is None:
-        app = request.app
-        verifier = identity.verifier_for(
-            integ, app[SERVICE].config.server.base_url, lambda: app[SESSION]
-        )
-        cache[integ] = verifier
-    return verifier
+    verifiers: PerConfig[identity.Verifier] = request.app[VERIFIERS]
+    return verifiers(integ)
 
 
 def _optional_time(body: dict[str, Any], key: str) -> datetime | None:
@@ -219,9 +232,12 @@ async def _meeting_fields(request: web.Request) -> dict[str, Any]:
     """Optional meeting details the pane may send, for templates that use them."""
     if not request.can_read_body:
         return {}
+    raw = await request.read()
+    if not raw.strip():
+        return {}
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise ValueError("body is not JSON") from exc
     if not isinstance(body, dict):
         raise ValueError("body must be a JSON object")
@@ -246,7 +262,12 @@ async def single_use_vmrs(request: web.Request) -> web.Response:
     metrics = service.ctx.metrics
 
     def reply(status: int, response: web.Response) -> web.Response:
-        metrics.addin_requests.labels(integ.name, route, str(status)).inc()
+        counters = request.app[COUNTERS]
+        key = (integ.name, route, status)
+        counter = counters.get(key)
+        if counter is None:
+            counter = counters[key] = metrics.addin_requests.labels(integ.name, route, str(status))
+        counter.inc()
         return response
 
     try:
@@ -264,7 +285,7 @@ async def single_use_vmrs(request: web.Request) -> web.Response:
         fields = await _meeting_fields(request)
     except ValueError as exc:
         return reply(400, error(400, "bad_request", str(exc)))
-    state = service.ctx.status.snapshot().get(integ.name, {}).get("state")
+    state = service.ctx.status.state(integ.name)
     try:
         if state != "running":
             raise ActorUnavailable(f"integration {integ.name} is {state or 'not running'}")
@@ -285,7 +306,9 @@ async def single_use_vmrs(request: web.Request) -> web.Response:
         "room_name": integ.exchange.mailbox_name,
         "room_email": integ.exchange.mailbox_email,
     }
-    return reply(201, web.json_response(body, status=201))
+    return reply(
+        201, web.Response(body=orjson.dumps(body), status=201, content_type="application/json")
+    )
 
 
 async def _session_context(app: web.Application) -> Any:
@@ -297,7 +320,12 @@ async def _session_context(app: web.Application) -> Any:
 def setup(app: web.Application) -> None:
     service = app[SERVICE]
     app[LIMITER] = RateLimiter(service.config.server.rate_limit_per_minute)
-    app[VERIFIERS] = {}
+    app[COUNTERS] = {}
+    app[VERIFIERS] = PerConfig(
+        lambda integ: identity.verifier_for(
+            integ, service.config.server.base_url, lambda: app[SESSION]
+        )
+    )
     app.cleanup_ctx.append(_session_context)
     app.router.add_get("/addin/{integration}/manifest.xml", manifest_xml)
     app.router.add_get("/addin/{integration}/taskpane.html", taskpane)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
+from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
 from vmrsched.http import addin, demo
 from vmrsched.http.common import SERVICE, error
@@ -15,6 +16,23 @@ from vmrsched.service import Service
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPENAPI = resources.files("vmrsched.http") / "openapi.yaml"
+
+
+class RouteTimers:
+    """The per-route children of the request-duration histogram, looked up once per route."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._histogram = histogram
+        self._children: dict[str, Any] = {}
+
+    def __call__(self, route: str) -> Any:
+        child = self._children.get(route)
+        if child is None:
+            child = self._children[route] = self._histogram.labels(route)
+        return child
+
+
+TIMERS = web.AppKey("route_timers", RouteTimers)
 
 __all__ = ["SERVICE", "create_app"]
 
@@ -25,42 +43,27 @@ def _origin(url: str) -> str:
 
 
 @web.middleware
-async def timing(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One middleware (each layer costs a coroutine per request): API guards (our own origin
+    only, no CORS for anyone else; bounded bodies), JSON errors, and request timing."""
     started = time.perf_counter()
-    resource = request.match_info.route.resource
-    name = resource.canonical if resource is not None else "unmatched"
+    app = request.app
+    server = app[SERVICE].config.server
     try:
-        return await handler(request)
-    finally:
-        metrics = request.app[SERVICE].ctx.metrics
-        metrics.http_duration.labels(name).observe(time.perf_counter() - started)
-
-
-@web.middleware
-async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """API requests: our own origin only (no CORS for anyone else) and bounded bodies."""
-    if request.path.startswith("/api/"):
-        origin = request.headers.get("Origin")
-        if origin is not None:
-            ours = {
-                _origin(request.app[SERVICE].config.server.base_url),
+        if request.path.startswith("/api/"):
+            origin = request.headers.get("Origin")
+            if origin is not None and origin.lower() not in {
+                _origin(server.base_url),
                 f"{request.scheme}://{request.host}".lower(),
-            }
-            if origin.lower() not in ours:
+            }:
                 return error(403, "origin_not_allowed", "cross-origin requests are not allowed")
-        limit = request.app[SERVICE].config.server.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return error(413, "payload_too_large", f"request bodies are limited to {limit} bytes")
-    return await handler(request)
-
-
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
+            if request.content_length is not None and request.content_length > (
+                server.max_body_bytes
+            ):
+                return _too_large(server.max_body_bytes)
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[SERVICE].config.server.max_body_bytes
-        return error(413, "payload_too_large", f"request bodies are limited to {limit} bytes")
+        return _too_large(server.max_body_bytes)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -69,6 +72,14 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if "Allow" in exc.headers:  # RFC 9110: a 405 lists the methods that are allowed
             response.headers["Allow"] = exc.headers["Allow"]
         return response
+    finally:
+        resource = request.match_info.route.resource
+        name = resource.canonical if resource is not None else "unmatched"
+        app[TIMERS](name).observe(time.perf_counter() - started)
+
+
+def _too_large(limit: int) -> web.Response:
+    return error(413, "payload_too_large", f"request bodies are limited to {limit} bytes")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -109,10 +120,10 @@ async def openapi(request: web.Request) -> web.Response:
 
 def create_app(service: Service) -> web.Application:
     app = web.Application(
-        middlewares=[timing, json_errors, guard],
-        client_max_size=service.config.server.max_body_bytes,
+        middlewares=[pipeline], client_max_size=service.config.server.max_body_bytes
     )
     app[SERVICE] = service
+    app[TIMERS] = RouteTimers(service.ctx.metrics.http_duration)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
