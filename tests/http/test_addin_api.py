@@ -382,3 +382,20 @@ async def test_manifest_cli(tmp_path: Path) -> None:
     )
     schema = etree.XMLSchema(etree.parse(str(SCHEMAS / "OfficeAppManifestV1_1.xsd")))
     assert schema.validate(etree.fromstring(out.stdout)), schema.error_log
+
+
+async def test_static_files_are_a_whitelist(client: TestClient[Any, Any]) -> None:
+    for path, kind in (
+        ("/addin/static/pane.js", "text/javascript"),
+        ("/addin/static/pane.css", "text/css"),
+        ("/addin/static/vendor/msal-browser.min.js", "text/javascript"),
+    ):
+        response = await client.get(path)
+        assert response.status == 200, path
+        assert response.content_type == kind
+    for path in (
+        "/addin/static/vendor/package.json",
+        "/addin/static/../../config.py",
+        "/addin/static/vendor/node_modules/@azure/msal-browser/package.json",
+    ):
+        assert (await client.get(path)).status == 404, path

@@ -42,6 +42,17 @@ already_assigned_heading = "Already has a room"
 enable_addin_debug_logs = true
 [integrations.spool]
 poll_interval_seconds = 0.05
+
+[[integrations]]
+name = "online"
+[integrations.exchange]
+mailbox_name = "Online Room"
+mailbox_email = "vmr-online@example.com"
+[integrations.addin]
+token_validation = "entra"
+entra_tenant_id = "11111111-2222-3333-4444-555555555555"
+entra_client_id = "22222222-3333-4444-5555-666666666666"
+server_fqdn = "vc.example.com"
 """
 
 
@@ -168,3 +179,17 @@ def test_service_answering_503_also_takes_the_placeholder_path(
     page.get_by_role("button", name="Add a one-time video room").click()
     expect(page.locator("#vmr-status-heading")).to_have_text("Offline, placeholder added")
     expect(page.locator("#vmr-body")).to_contain_text(re.compile(r"TOK:-[0-9a-f-]{36}#"))
+
+
+def test_entra_pane_loads_msal_from_our_origin_under_the_csp(browser: Browser, server: str) -> None:
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.route(re.compile(r"https://appsforoffice\.microsoft\.com/.*"), lambda r: r.abort())
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.goto(f"{server}/addin/online/taskpane.html")
+    expect(page.locator("#vmr-app")).to_have_attribute("data-ready", "preview")
+    assert page.evaluate("typeof msal.createNestablePublicClientApplication") == "function"
+    assert f"{server}/addin/static/vendor/msal-browser.min.js" in requested
+    assert not [p for p in problems if "Content Security Policy" in p], problems

@@ -185,6 +185,7 @@ async def taskpane(request: web.Request) -> web.Response:
         texts=integ.addin,
         settings=json.dumps(pane_settings(request, integ)),
         office_js=office_js,
+        msal=integ.addin.token_validation == "entra",
         styles=styles,
         scripts=scripts,
     )
@@ -311,6 +312,43 @@ async def single_use_vmrs(request: web.Request) -> web.Response:
     )
 
 
+STATIC_FILES = {"pane.js": "text/javascript", "pane.css": "text/css", "icon-80.png": "image/png"}
+# Libraries from the npm registry (vmrsched/http/static/vendor/package.json, installed by
+# `npm ci`), served from our own origin: the pane never loads code from a CDN.
+VENDOR = STATIC / "vendor" / "node_modules"
+VENDOR_FILES = {"msal-browser.min.js": ("@azure", "msal-browser", "lib", "msal-browser.min.js")}
+
+
+def msal_available() -> bool:
+    parts = VENDOR_FILES["msal-browser.min.js"]
+    return VENDOR.joinpath(*parts).is_file()
+
+
+async def static_file(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in STATIC_FILES:
+        raise web.HTTPNotFound(reason="no such file")
+    return web.Response(
+        body=(STATIC / name).read_bytes(),
+        content_type=STATIC_FILES[name],
+        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+async def vendor_file(request: web.Request) -> web.Response:
+    parts = VENDOR_FILES.get(request.match_info["name"])
+    path = VENDOR.joinpath(*parts) if parts else None
+    if path is None or not path.is_file():
+        raise web.HTTPNotFound(
+            reason="no such file (run: npm ci --prefix vmrsched/http/static/vendor)"
+        )
+    return web.Response(
+        body=path.read_bytes(),
+        content_type="text/javascript",
+        headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"},
+    )
+
+
 async def _session_context(app: web.Application) -> Any:
     app[SESSION] = aiohttp.ClientSession()
     yield
@@ -331,5 +369,6 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/addin/{integration}/taskpane.html", taskpane)
     app.router.add_get("/addin/{integration}/icon.png", icon)
     app.router.add_get("/addin/{integration}/support", support)
-    app.router.add_static("/addin/static/", str(STATIC), append_version=False)
+    app.router.add_get("/addin/static/{name}", static_file)
+    app.router.add_get("/addin/static/vendor/{name}", vendor_file)
     app.router.add_post("/api/addin/v1/{integration}/single-use-vmrs", single_use_vmrs)

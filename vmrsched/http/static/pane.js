@@ -53,6 +53,27 @@
     }));
   }
 
+  // Entra ID token through nested app authentication (MSAL.js, served from our origin): the
+  // Outlook host brokers the sign-in, no popups or redirects of our own.
+  let naaClient = null;
+  async function naaToken(entra) {
+    if (!window.msal || !msal.createNestablePublicClientApplication) {
+      throw new Error("MSAL.js is not available");
+    }
+    if (!naaClient) {
+      naaClient = await msal.createNestablePublicClientApplication({
+        auth: { clientId: entra.clientId, authority: `${entra.authority}/${entra.tenantId}` },
+      });
+    }
+    const request = { scopes: [entra.scope] };
+    try {
+      return (await naaClient.acquireTokenSilent(request)).accessToken;
+    } catch (e) {
+      log("silent token failed, asking interactively", String(e && e.errorCode || e));
+      return (await naaClient.acquireTokenPopup(request)).accessToken;
+    }
+  }
+
   function outlookHost() {
     const mailbox = Office.context.mailbox;
     const item = mailbox.item;
@@ -80,11 +101,7 @@
         if (settings.tokenValidation === "exchange") {
           return officeCall((cb) => mailbox.getUserIdentityTokenAsync(cb));
         }
-        if (settings.tokenValidation === "entra") {
-          // Nested app authentication where the host offers it, else Office SSO.
-          if (window.vmrschedNaa) return window.vmrschedNaa(settings.entra);
-          return Office.auth.getAccessToken({ allowSignInPrompt: true, allowConsentPrompt: true });
-        }
+        if (settings.tokenValidation === "entra") return naaToken(settings.entra);
         return null;
       },
     };
