@@ -18,14 +18,29 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
-    path = args.path or args.config
+def _load(path: Path) -> config.Config | None:
+    """The config, or None after printing every problem with its key path."""
     try:
-        cfg = config.load(path)
+        return config.load(path)
     except config.ConfigError as exc:
         print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _integration(cfg: config.Config, name: str) -> config.IntegrationConfig | None:
+    integ = cfg.integration(name)
+    if integ is None:
+        known = ", ".join(i.name for i in cfg.integrations)
+        print(f"no integration named {name!r} (configured: {known})", file=sys.stderr)
+    return integ
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = args.path or args.config
+    cfg = _load(path)
+    if cfg is None:
         return 1
     for warning in cfg.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -125,12 +140,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from vmrsched import logs
 
-    try:
-        cfg = config.load(args.config)
-    except config.ConfigError as exc:
-        print(f"{args.config}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+    cfg = _load(args.config)
+    if cfg is None:
         return 1
     logs.setup(args.log_format or cfg.server.log_format, cfg.server.log_level)
     for warning in cfg.warnings:
@@ -146,15 +157,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_invite(args: argparse.Namespace) -> int:
     from vmrsched import invites
 
-    try:
-        cfg = config.load(args.config)
-    except config.ConfigError as exc:
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
-    integ = cfg.integration(args.integration)
-    if integ is None:
-        print(f"no integration named {args.integration!r}", file=sys.stderr)
+    cfg = _load(args.config)
+    integ = _integration(cfg, args.integration) if cfg else None
+    if cfg is None or integ is None:
         return 1
     if integ.backend != "spool":
         print(f"{integ.name} uses the {integ.backend} backend; invite needs spool", file=sys.stderr)
@@ -171,15 +176,9 @@ def cmd_invite(args: argparse.Namespace) -> int:
 def cmd_manifest(args: argparse.Namespace) -> int:
     from vmrsched.http import manifest
 
-    try:
-        cfg = config.load(args.config)
-    except config.ConfigError as exc:
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
-    integ = cfg.integration(args.name)
-    if integ is None:
-        print(f"no integration named {args.name!r}", file=sys.stderr)
+    cfg = _load(args.config)
+    integ = _integration(cfg, args.name) if cfg else None
+    if cfg is None or integ is None:
         return 1
     base = args.base_url or cfg.server.base_url
     if not base.startswith("https://"):

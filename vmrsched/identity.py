@@ -90,6 +90,20 @@ def _header(token: str) -> dict[str, Any]:
     return header
 
 
+async def _get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    """A JSON document from a key host; any failure is a 401 for the caller, never a 5xx."""
+    try:
+        async with session.get(url, timeout=FETCH_TIMEOUT, allow_redirects=False) as response:
+            if response.status != 200:
+                raise TokenError(f"{url} answered {response.status}", "metadata_unavailable")
+            data = await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise TokenError(f"{url} unavailable: {exc}", "metadata_unavailable") from exc
+    if not isinstance(data, dict):
+        raise TokenError(f"{url} is not a JSON object", "metadata_unavailable")
+    return data
+
+
 def trusted_origins(urls: tuple[str, ...]) -> set[str]:
     """Configured metadata entries as origins: a bare FQDN means https on the default port."""
     origins = set()
@@ -150,19 +164,7 @@ class ExchangeIdentityVerifier:
             if latest is not cached and latest is not None:
                 return latest  # another request refreshed while we waited
             keys = _KeySet(fetched=self.clock(), missed=self.clock() if refresh else float("-inf"))
-            try:
-                async with self.session().get(
-                    amurl, timeout=FETCH_TIMEOUT, allow_redirects=False
-                ) as response:
-                    if response.status != 200:
-                        raise TokenError(
-                            f"metadata {amurl} answered {response.status}", "metadata_unavailable"
-                        )
-                    document = await response.json(content_type=None)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                raise TokenError(
-                    f"metadata {amurl} unavailable: {exc}", "metadata_unavailable"
-                ) from exc
+            document = await _get_json(self.session(), amurl)
             for entry in document.get("keys", []):
                 try:
                     x5t = entry["keyinfo"]["x5t"]
@@ -241,18 +243,6 @@ class EntraVerifier:
         self._keys = _KeySet()
         self._lock = asyncio.Lock()
 
-    async def _fetch_json(self, url: str) -> dict[str, Any]:
-        try:
-            async with self.session().get(
-                url, timeout=FETCH_TIMEOUT, allow_redirects=False
-            ) as response:
-                if response.status != 200:
-                    raise TokenError(f"{url} answered {response.status}", "metadata_unavailable")
-                data: dict[str, Any] = await response.json(content_type=None)
-                return data
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise TokenError(f"{url} unavailable: {exc}", "metadata_unavailable") from exc
-
     async def _keyset(self, refresh: bool) -> _KeySet:
         now = self.clock()
         current = self._keys
@@ -265,8 +255,8 @@ class EntraVerifier:
         async with self._lock:
             if self._keys is not current:
                 return self._keys  # another request refreshed while we waited
-            discovery = await self._fetch_json(self.discovery_url)
-            jwks = await self._fetch_json(str(discovery["jwks_uri"]))
+            discovery = await _get_json(self.session(), self.discovery_url)
+            jwks = await _get_json(self.session(), str(discovery["jwks_uri"]))
             keys = _KeySet(
                 fetched=self.clock(),
                 extra={"issuer": discovery.get("issuer")},

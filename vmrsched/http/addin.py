@@ -24,7 +24,7 @@ from vmrsched.actors.bridge import ask_async
 from vmrsched.actors.registry import ActorUnavailable
 from vmrsched.config import IntegrationConfig, png_size
 from vmrsched.http import manifest
-from vmrsched.http.common import SERVICE, error, integration_or_404
+from vmrsched.http.common import SERVICE, error, integration_or_404, parse_time
 from vmrsched.http.ratelimit import RateLimiter
 from vmrsched.templating import Renderer
 
@@ -215,18 +215,7 @@ def verifier_for(request: web.Request, integ: IntegrationConfig) -> identity.Ver
 
 
 def _optional_time(body: dict[str, Any], key: str) -> datetime | None:
-    if key not in body:
-        return None
-    value = body[key]
-    if not isinstance(value, str):
-        raise ValueError(f"{key} must be an ISO 8601 string")
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ValueError(f"{key} is not an ISO 8601 time") from exc
-    if moment.tzinfo is None:
-        raise ValueError(f"{key} needs a time zone offset")
-    return moment
+    return parse_time(body[key], key) if key in body else None
 
 
 async def _meeting_fields(request: web.Request) -> dict[str, Any]:

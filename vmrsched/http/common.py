@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from aiohttp import web
 
 from vmrsched.config import IntegrationConfig
@@ -24,3 +26,16 @@ def integration_or_404(request: web.Request) -> IntegrationConfig:
     if integ is None:
         raise web.HTTPNotFound(reason="unknown integration")
     return integ
+
+
+def parse_time(value: object, key: str) -> datetime:
+    """An ISO 8601 time with a zone offset from a JSON body, or ValueError naming the key."""
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be an ISO 8601 string")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"{key} is not an ISO 8601 time") from exc
+    if moment.tzinfo is None:
+        raise ValueError(f"{key} needs a time zone offset")
+    return moment

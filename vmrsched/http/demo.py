@@ -8,15 +8,13 @@ import asyncio
 import email
 import email.policy
 import json
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
 from vmrsched import invites
 from vmrsched.config import IntegrationConfig
-from vmrsched.http.common import SERVICE, error, integration_or_404
+from vmrsched.http.common import SERVICE, error, integration_or_404, parse_time
 
 MAX_SUBJECT = 255
 
@@ -27,19 +25,6 @@ def _demo_integration(request: web.Request) -> IntegrationConfig:
     if not service.config.server.demo or integ.backend != "spool":
         raise web.HTTPForbidden(reason="demo mode is off")
     return integ
-
-
-def _time(body: dict[str, Any], key: str) -> datetime:
-    value = body.get(key)
-    if not isinstance(value, str):
-        raise ValueError(f"{key} must be an ISO 8601 string")
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ValueError(f"{key} is not an ISO 8601 time") from exc
-    if moment.tzinfo is None:
-        raise ValueError(f"{key} needs a time zone offset")
-    return moment
 
 
 async def send(request: web.Request) -> web.Response:
@@ -53,7 +38,7 @@ async def send(request: web.Request) -> web.Response:
         html_body = body.get("body", "")  # an end at or before the start: a 1-minute meeting
         if not isinstance(subject, str) or not isinstance(html_body, str):
             raise ValueError("subject and body must be strings")
-        start, end = _time(body, "start"), _time(body, "end")
+        start, end = parse_time(body.get("start"), "start"), parse_time(body.get("end"), "end")
     except (ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         return error(400, "bad_request", str(exc))
     options = invites.InviteOptions(

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import orjson
 
-from vmrsched.journal import fsync_dir
+from vmrsched.journal import atomic_write, fsync_dir
 from vmrsched.mailbox import compose, itip
 from vmrsched.mailbox.base import CalendarEntry, GatewayError, InboxItem, Outgoing
 from vmrsched.meetings import Meeting, meeting_from_json, meeting_to_json
@@ -27,15 +27,6 @@ from vmrsched.meetings import Meeting, meeting_from_json, meeting_to_json
 SUFFIXES = (".ics", ".eml")
 CALENDAR_FILE = "accepted.jsonl"
 MAX_ITEM_BYTES = 10 * 1024 * 1024
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _syncfs_function() -> Callable[[int], int] | None:
@@ -114,7 +105,7 @@ class SpoolMailbox:
         self._move(item_id, self.processed)
 
     def quarantine(self, item_id: str, reason: str) -> None:
-        _write_durably(self.failed / f"{item_id}.error.txt", (reason + "\n").encode())
+        atomic_write(self.failed / f"{item_id}.error.txt", (reason + "\n").encode())
         self._move(item_id, self.failed)
 
     def send(self, message: Outgoing) -> None:
@@ -125,7 +116,7 @@ class SpoolMailbox:
         try:
             data = compose.to_eml(message)
             if _SYNCFS is None:
-                _write_durably(path, data)
+                atomic_write(path, data)
                 return
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_bytes(data)
