@@ -191,6 +191,45 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recover(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from vmrsched.actors.context import make_gateway
+    from vmrsched.recovery import Recovered, recover
+    from vmrsched.store import Store, StoreInUseError
+    from vmrsched.telemetry import Metrics
+
+    cfg = _load(args.config)
+    integ = _integration(cfg, args.name) if cfg else None
+    if cfg is None or integ is None:
+        return 1
+    try:
+        store = Store(cfg.data_dir / "store" / integ.name)
+    except StoreInUseError as exc:
+        print(f"{exc}: stop the service first", file=sys.stderr)
+        return 1
+    gateway = make_gateway(integ, cfg.data_dir, Metrics())
+
+    def report(entry: Recovered) -> None:
+        alias = f" -> {entry.alias}" if entry.alias else ""
+        detail = f" ({entry.detail})" if entry.detail else ""
+        print(
+            f"{entry.action:13} {entry.uid}  {entry.subject!r} by {entry.organizer}{alias}{detail}"
+        )
+
+    try:
+        done = recover(integ, gateway, store, datetime.now(UTC), args.dry_run, report)
+    finally:
+        gateway.close()
+        store.close()
+    counts: dict[str, int] = {}
+    for entry in done:
+        counts[entry.action] = counts.get(entry.action, 0) + 1
+    summary = ", ".join(f"{n} {action}" for action, n in sorted(counts.items())) or "nothing"
+    print(f"{integ.name}: {summary}{' (dry run)' if args.dry_run else ''}")
+    return 1 if counts.get("failed") else 0
+
+
 def _register_service_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve = sub.add_parser("serve", help="run the service")
     _add_config(serve)
@@ -218,3 +257,9 @@ def _register_service_commands(sub: argparse._SubParsersAction) -> None:  # type
     _add_config(man)
     man.add_argument("--base-url", help="public https URL of this server (default: public_url)")
     man.set_defaults(func=cmd_manifest)
+
+    rec = sub.add_parser("recover", help="re-bind accepted meetings missing from the store")
+    rec.add_argument("name", help="integration name")
+    _add_config(rec)
+    rec.add_argument("--dry-run", action="store_true", help="only list what would be done")
+    rec.set_defaults(func=cmd_recover)

@@ -142,6 +142,7 @@ class ExchangeConfig:
     oauth_token_endpoint: str = _f("")
     mailbox_name: str = _f("", max_len=_TEXT)
     mailbox_email: str = _f("")
+    poll_interval_seconds: float = _f(10.0)
 
 
 @dataclass(frozen=True)

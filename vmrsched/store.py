@@ -14,6 +14,7 @@ actor uses a Store.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import threading
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from vmrsched import aliases, recurrence
 from vmrsched.aliases import RandomSource
@@ -38,6 +39,22 @@ _JOURNAL_RE = re.compile(r"^journal\.(\d+)\.log$")
 # just-finished meeting still find it without a trip to the archive file.
 ARCHIVE_GRACE = timedelta(days=7)
 MAX_ANSWERS = 16
+
+
+class StoreInUseError(RuntimeError):
+    """Another process (a running service, most likely) has the store open."""
+
+
+def _lock(directory: Path) -> IO[bytes]:
+    """An exclusive lock for the life of the Store: only one allocator may own a store, and a
+    second process (say `vmrsched recover` beside a running service) must not fork it."""
+    handle = open(directory / "lock", "ab")  # noqa: SIM115 - held until close()
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        handle.close()
+        raise StoreInUseError(f"{directory} is in use by another process") from exc
+    return handle
 
 
 def utc_now() -> datetime:
@@ -94,6 +111,7 @@ class Store:
         self._archived_numeric: set[str] = set()
         self._archived_placeholder: dict[str, str] = {}
         self._compactor: threading.Thread | None = None
+        self._lock_file = _lock(self.directory)
         self._load()
         self._generation = self._last_generation() + 1
         self._journal = Journal(self._journal_path(self._generation))
@@ -431,6 +449,7 @@ class Store:
             self.compact()
         self.wait_for_compaction()
         self._journal.close()
+        self._lock_file.close()  # releases the lock
 
 
 def encode_schedule(schedule: recurrence.Schedule) -> str:

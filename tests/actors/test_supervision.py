@@ -10,6 +10,7 @@ from pathlib import Path
 from tests import spoolkit
 from tests.actors.test_service_e2e import make_config
 from vmrsched import service
+from vmrsched.actors.context import Context
 from vmrsched.actors.supervision import RestartIntensity, RestartPolicy
 from vmrsched.config import IntegrationConfig
 from vmrsched.mailbox.spool import SpoolMailbox
@@ -33,8 +34,8 @@ class CrashingSpool(SpoolMailbox):
 
 
 def factory(plan: dict[str, int]):  # type: ignore[no-untyped-def]
-    def make(integ: IntegrationConfig, data_dir: Path) -> SpoolMailbox:
-        return CrashingSpool(integ.spool_dir(data_dir), integ.name, integ.timezone, plan=plan)
+    def make(integ: IntegrationConfig, ctx: Context) -> SpoolMailbox:
+        return CrashingSpool(integ.spool_dir(ctx.data_dir), integ.name, integ.timezone, plan=plan)
 
     return make
 
@@ -124,10 +125,10 @@ def test_crash_storm_fails_one_integration_only_and_it_recovers(tmp_path: Path) 
 def test_an_integration_that_cannot_start_is_failed_not_fatal(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, names=("alpha", "beta"))
 
-    def broken(integ: IntegrationConfig, data_dir: Path) -> SpoolMailbox:
+    def broken(integ: IntegrationConfig, ctx: Context) -> SpoolMailbox:
         if integ.name == "alpha":
             raise OSError("mailbox directory on a dead disk")
-        return SpoolMailbox(integ.spool_dir(data_dir), integ.name)
+        return SpoolMailbox(integ.spool_dir(ctx.data_dir), integ.name)
 
     svc = service.start(cfg, gateway_factory=broken)
     try:

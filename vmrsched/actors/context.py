@@ -48,12 +48,21 @@ class StatusBoard:
             return {k: dict(v) for k, v in self._states.items()}
 
 
-def default_gateway(integ: IntegrationConfig, data_dir: Path) -> Gateway:
+def make_gateway(integ: IntegrationConfig, data_dir: Path, metrics: Metrics) -> Gateway:
+    """The mailbox backend an integration is configured with."""
     if integ.backend == "spool":
         from vmrsched.mailbox.spool import SpoolMailbox
 
         return SpoolMailbox(integ.spool_dir(data_dir), integ.name, integ.timezone)
+    if integ.backend == "ews":
+        from vmrsched.mailbox.ews import EwsMailbox
+
+        return EwsMailbox(integ, metrics)
     raise RuntimeError(f"backend {integ.backend!r} is not available in this version")
+
+
+def default_gateway(integ: IntegrationConfig, ctx: Context) -> Gateway:
+    return make_gateway(integ, ctx.data_dir, ctx.metrics)
 
 
 @dataclass
@@ -68,7 +77,7 @@ class Context:
     clock: Callable[[], datetime] = utc_now
     rng: RandomSource | None = None
     policy: RestartPolicy = field(default_factory=RestartPolicy)
-    gateway_factory: Callable[[IntegrationConfig, Path], Gateway] = default_gateway
+    gateway_factory: Callable[[IntegrationConfig, Context], Gateway] = default_gateway
     poll_batch: int = 100
     sweep_interval: float = 3600.0
 

@@ -46,7 +46,7 @@ class IntegrationSupervisor(pykka.ThreadingActor):
     def _start_all(self) -> None:
         try:
             if self.gateway is None:
-                self.gateway = self.ctx.gateway_factory(self.integ, self.ctx.data_dir)
+                self.gateway = self.ctx.gateway_factory(self.integ, self.ctx)
             for role in ROLES:
                 self._start_child(role)
         except Exception as exc:

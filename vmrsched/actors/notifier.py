@@ -24,6 +24,7 @@ class Notifier(SupervisedChild):
     def __init__(self, *args: Any, gateway: Gateway, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gateway = gateway
+        self.alarm: str = getattr(gateway, "alarm", ALARM)
         self._flush_queued = False
         self._backoff = 0.0
 
@@ -72,7 +73,7 @@ class Notifier(SupervisedChild):
             self._record(sent)
             delay = exc.retry_after or min(60.0, max(0.5, self._backoff * 2))
             self._backoff = delay
-            self.ctx.alarms.raise_(self.integ.name, ALARM, str(exc))
+            self.ctx.alarms.raise_(self.integ.name, self.alarm, str(exc))
             log.warning(
                 "sending failed, retrying in %.1fs: %s",
                 delay,
@@ -85,7 +86,7 @@ class Notifier(SupervisedChild):
         self._record(sent)
         if self._backoff:
             self._backoff = 0.0
-            self.ctx.alarms.clear(self.integ.name, ALARM)
+            self.ctx.alarms.clear(self.integ.name, self.alarm)
         if len(self.queue):
             self._request_flush()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from vmrsched import answers
@@ -27,7 +28,12 @@ class MailboxPoller(SupervisedChild):
     def __init__(self, *args: Any, gateway: Gateway, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gateway = gateway
-        self.interval = self.integ.spool.poll_interval_seconds
+        self.interval = (
+            self.integ.spool.poll_interval_seconds
+            if self.integ.backend == "spool"
+            else self.integ.exchange.poll_interval_seconds
+        )
+        self.alarm: str = getattr(gateway, "alarm", ALARM)
         self._failures = 0
 
     def setup(self) -> None:
@@ -43,13 +49,13 @@ class MailboxPoller(SupervisedChild):
                 handled = self.poll_once()
             except GatewayError as exc:
                 self._failures += 1
-                delay = min(60.0, self.interval * 2 ** min(self._failures, 7))
-                self.ctx.alarms.raise_(self.integ.name, ALARM, str(exc))
+                delay = exc.retry_after or min(60.0, self.interval * 2 ** min(self._failures, 7))
+                self.ctx.alarms.raise_(self.integ.name, self.alarm, str(exc))
                 self.ctx.scheduler.call_later(delay, self._tell_poll)
                 return None
             if self._failures:
                 self._failures = 0
-                self.ctx.alarms.clear(self.integ.name, ALARM)
+                self.ctx.alarms.clear(self.integ.name, self.alarm)
             if handled >= self.ctx.poll_batch:
                 self.actor_ref.tell(Poll())  # more waiting: go on at once
             else:
@@ -81,8 +87,12 @@ class MailboxPoller(SupervisedChild):
 
         outgoing: list[Outgoing] = []
         accepted: list[Meeting] = []
-        for result in results:
-            outgoing.extend(self._answers(result))
+        replied: set[str] = set()
+        for result, item_id in zip(results, owner, strict=True):
+            answers_for_item = self._answers(result, item_id)
+            if any(a.kind == "reply" for a in answers_for_item):
+                replied.add(item_id)
+            outgoing.extend(answers_for_item)
             if result.decision.outcome == "accepted":
                 accepted.append(result.meeting)
         quarantined: list[tuple[InboxItem, str]] = []
@@ -118,7 +128,7 @@ class MailboxPoller(SupervisedChild):
         for meeting in accepted:
             self.gateway.record_accepted(meeting)
         for item in readable:
-            self.gateway.mark_handled(item.id)
+            self.gateway.mark_handled(item.id, replied=item.id in replied)
         for item, reason in quarantined:
             self.gateway.quarantine(item.id, reason)
         sync = getattr(self.gateway, "sync", None)
@@ -137,13 +147,14 @@ class MailboxPoller(SupervisedChild):
             self.ctx.metrics.meeting_processing.labels(name).observe(per_item)
         return len(items)
 
-    def _answers(self, result: Processed) -> list[Outgoing]:
+    def _answers(self, result: Processed, item_id: str) -> list[Outgoing]:
         out: list[Outgoing] = []
         reply = answers.reply(
             self.integ, self.renderer, result.meeting, result.decision, result.record
         )
         if reply is not None:
-            out.append(reply)
+            # the mailbox answers the request item itself where it can (EWS AcceptItem)
+            out.append(replace(reply, extra={**reply.extra, "item_id": item_id}))
         if result.decision.organizer_update and result.record is not None:
             out.append(
                 answers.organizer_update(
@@ -177,6 +188,4 @@ class MailboxPoller(SupervisedChild):
 def _with_correlation(meeting: Meeting) -> Meeting:
     if meeting.correlation_id:
         return meeting
-    from dataclasses import replace
-
     return replace(meeting, correlation_id=str(uuid.uuid4()))

@@ -111,8 +111,9 @@ class Gateway(Protocol):
         """Up to `limit` unhandled items, oldest first. Items stay until marked handled."""
         ...
 
-    def mark_handled(self, item_id: str) -> None:
-        """Remove a processed item from the inbox (only after its reply is durably queued)."""
+    def mark_handled(self, item_id: str, replied: bool = False) -> None:
+        """Done with an item (called only after its replies are durably queued). `replied`: a
+        queued reply refers to the item (EWS responds to the request itself)."""
         ...
 
     def quarantine(self, item_id: str, reason: str) -> None:

@@ -101,8 +101,10 @@ class SpoolMailbox:
         except OSError as exc:
             raise GatewayError(f"cannot move {item_id}: {exc}") from exc
 
-    def mark_handled(self, item_id: str) -> None:
+    def mark_handled(self, item_id: str, replied: bool = False) -> None:
         self._move(item_id, self.processed)
+
+    alarm = "mailbox_unreachable"
 
     def quarantine(self, item_id: str, reason: str) -> None:
         atomic_write(self.failed / f"{item_id}.error.txt", (reason + "\n").encode())

@@ -1,0 +1,617 @@
+"""A fake Exchange Web Services endpoint that exchangelib talks to over real HTTP.
+
+It speaks SOAP as the recordings in shared/corpus/ews show (ServerVersionInfo header, message
+and type namespaces, ResponseClass/ResponseCode, ErrorServerBusy faults with BackOffMilliseconds)
+and keeps in-memory mailboxes: the equipment mailbox's inbox and calendar, and organizers'
+calendars (reached through ExchangeImpersonation). Tests put meeting requests in, run the
+service, and read the answers and calendar changes back from this state.
+
+Operations: GetFolder, FindItem (inbox paging and CalendarView), GetItem, CreateItem (AcceptItem,
+DeclineItem, RemoveItem, Message), UpdateItem (body, SendToAllAndSaveCopy), DeleteItem.
+Faults on demand: HTTP 503, ErrorServerBusy, or the whole server stopped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import itertools
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import formataddr
+from typing import Any
+
+import icalendar
+from aiohttp import web
+from lxml import etree
+
+from vmrsched.meetings import Meeting
+
+S = "http://schemas.xmlsoap.org/soap/envelope/"
+M = "http://schemas.microsoft.com/exchange/services/2006/messages"
+T = "http://schemas.microsoft.com/exchange/services/2006/types"
+NS = {"s": S, "m": M, "t": T}
+VERSION = (
+    '<h:ServerVersionInfo MajorVersion="15" MinorVersion="1" MajorBuildNumber="2507" '
+    'MinorBuildNumber="6" Version="V2017_07_11" xmlns:h="' + T + '" '
+    'xmlns:xsd="http://www.w3.org/2001/XMLSchema" '
+    'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"/>'
+)
+
+
+def _ts(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+@dataclass
+class FakeItem:
+    id: str
+    kind: str  # MeetingRequest | MeetingCancellation | Message | CalendarItem
+    meeting: Meeting | None = None
+    subject: str = ""
+    body: str = ""
+    sender: str = ""
+    recipients: tuple[str, ...] = ()
+    received: datetime = field(default_factory=lambda: datetime.now(UTC))
+    changekey: str = "CK1"
+    response: str = ""  # for CalendarItem in the room's calendar: Accept/Decline
+    updates_sent: int = 0  # organizer updates sent to all attendees
+
+
+@dataclass
+class Mailbox:
+    address: str
+    inbox: dict[str, FakeItem] = field(default_factory=dict)
+    calendar: dict[str, FakeItem] = field(default_factory=dict)
+    sent: list[FakeItem] = field(default_factory=list)
+    deleted: list[FakeItem] = field(default_factory=list)
+
+
+class FakeExchange:
+    def __init__(self, username: str = "svc-vmr", password: str = "s3cret") -> None:
+        self.username = username
+        self.password = password
+        self.mailboxes: dict[str, Mailbox] = {}
+        self.lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self.requests: list[str] = []  # operation names, in order
+        self.impersonated: list[str] = []
+        self.fail_next: list[str] = []  # "503" | "busy" | "invalid"
+        self.down = False
+
+    # --- state helpers for tests ----------------------------------------------------------
+    def mailbox(self, address: str) -> Mailbox:
+        key = address.lower()
+        if key not in self.mailboxes:
+            self.mailboxes[key] = Mailbox(address)
+        return self.mailboxes[key]
+
+    def new_id(self, prefix: str) -> str:
+        raw = f"{prefix}-{next(self._ids):08d}".encode()
+        return base64.b64encode(raw).decode()
+
+    def deliver(self, room: str, meeting: Meeting) -> FakeItem:
+        """A meeting request (or cancellation) arriving in the room's inbox; the organizer's
+        own copy goes to their calendar."""
+        kind = "MeetingCancellation" if meeting.method == "CANCEL" else "MeetingRequest"
+        with self.lock:
+            item = FakeItem(
+                self.new_id("in"),
+                kind,
+                meeting,
+                meeting.subject,
+                meeting.html_body,
+                meeting.organizer_email,
+            )
+            self.mailbox(room).inbox[item.id] = item
+            if meeting.method == "REQUEST" and meeting.organizer_email:
+                calendar = self.mailbox(meeting.organizer_email).calendar
+                existing = next(
+                    (
+                        i
+                        for i in calendar.values()
+                        if i.meeting
+                        and i.meeting.uid == meeting.uid
+                        and i.meeting.recurrence_id == meeting.recurrence_id
+                    ),
+                    None,
+                )
+                if existing is None:
+                    own = FakeItem(
+                        self.new_id("cal"),
+                        "CalendarItem",
+                        meeting,
+                        meeting.subject,
+                        meeting.html_body,
+                        meeting.organizer_email,
+                    )
+                    calendar[own.id] = own
+                else:
+                    existing.meeting, existing.body = meeting, meeting.html_body
+            return item
+
+    def replies(self, room: str) -> list[FakeItem]:
+        return list(self.mailbox(room).sent)
+
+    # --- HTTP ------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=20 * 1024 * 1024)
+        app.router.add_post("/EWS/Exchange.asmx", self.handle)
+        return app
+
+    def _authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Basic "):
+            return False
+        user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        return user.split("\\")[-1] == self.username and password == self.password
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.down:
+            raise ConnectionResetError("server is down")
+        if not self._authorized(request):
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="EWS"'})
+        document = etree.fromstring(await request.read())
+        body = document.find("s:Body", NS)
+        assert body is not None and len(body)
+        operation = etree.QName(body[0]).localname
+        with self.lock:
+            self.requests.append(operation)
+            if self.fail_next:
+                fault = self.fail_next.pop(0)
+                if fault == "503":
+                    return web.Response(status=503, text="Service Unavailable")
+                if fault == "busy":
+                    return self._server_busy()
+            header = document.find("s:Header", NS)
+            acting = self._impersonated(header)
+            handler = getattr(self, f"_op_{operation}", None)
+            if handler is None:
+                return self._fault("ErrorInvalidRequest", f"{operation} is not supported")
+            payload = handler(body[0], acting)
+        return self._envelope(payload)
+
+    def _impersonated(self, header: Any) -> str | None:
+        if header is None:
+            return None
+        smtp = header.find("t:ExchangeImpersonation/t:ConnectingSID/t:PrimarySmtpAddress", NS)
+        if smtp is None:
+            smtp = header.find("t:ExchangeImpersonation/t:ConnectingSID/t:SmtpAddress", NS)
+        if smtp is not None and smtp.text:
+            self.impersonated.append(smtp.text)
+            return smtp.text
+        return None
+
+    def _envelope(self, payload: str) -> web.Response:
+        text = (
+            f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{S}"><s:Header>'
+            f'{VERSION}</s:Header><s:Body xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
+            f' xmlns:xsd="http://www.w3.org/2001/XMLSchema">{payload}</s:Body></s:Envelope>'
+        )
+        return web.Response(text=text, content_type="text/xml", charset="utf-8")
+
+    def _server_busy(self) -> web.Response:
+        text = (
+            f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{S}"><s:Body>'
+            '<s:Fault><faultcode xmlns:a="http://schemas.microsoft.com/exchange/services/'
+            '2006/types">a:ErrorServerBusy</faultcode><faultstring xml:lang="en-US">The '
+            "server cannot service this request right now. Try again later.</faultstring>"
+            '<detail><e:ResponseCode xmlns:e="http://schemas.microsoft.com/exchange/services/'
+            '2006/errors">ErrorServerBusy</e:ResponseCode><e:Message xmlns:e="http://schemas.'
+            'microsoft.com/exchange/services/2006/errors">The server cannot service this '
+            'request right now. Try again later.</e:Message><t:MessageXml xmlns:t="http://'
+            'schemas.microsoft.com/exchange/services/2006/types"><t:Value Name="BackOff'
+            'Milliseconds">300</t:Value></t:MessageXml></detail></s:Fault></s:Body>'
+            "</s:Envelope>"
+        )
+        return web.Response(status=500, text=text, content_type="text/xml", charset="utf-8")
+
+    def _fault(self, code: str, message: str) -> web.Response:
+        return self._envelope(
+            f'<m:ResponseMessages xmlns:m="{M}"><m:Error ResponseClass="Error"><m:MessageText>'
+            f"{_e(message)}</m:MessageText><m:ResponseCode>{code}</m:ResponseCode></m:Error>"
+            "</m:ResponseMessages>"
+        )
+
+    # --- folder and item lookups -----------------------------------------------------------
+    def _folder_owner(self, element: Any, acting: str | None) -> tuple[str, str]:
+        """(mailbox address, folder name) for a DistinguishedFolderId or FolderId."""
+        distinguished = element.find(".//t:DistinguishedFolderId", NS)
+        if distinguished is not None:
+            address = distinguished.findtext("t:Mailbox/t:EmailAddress", namespaces=NS)
+            return (address or acting or "", distinguished.get("Id"))
+        folder = element.find(".//t:FolderId", NS)
+        assert folder is not None
+        address, _, name = base64.b64decode(folder.get("Id")).decode().partition("|")
+        return address, name
+
+    def _folder_id(self, address: str, name: str) -> str:
+        return base64.b64encode(f"{address}|{name}".encode()).decode()
+
+    def _find(self, item_id: str) -> tuple[Mailbox, dict[str, FakeItem], FakeItem] | None:
+        for box in self.mailboxes.values():
+            for folder in (box.inbox, box.calendar):
+                if item_id in folder:
+                    return box, folder, folder[item_id]
+        return None
+
+    def _response(self, operation: str, messages: Iterable[str]) -> str:
+        return (
+            f'<m:{operation}Response xmlns:m="{M}" xmlns:t="{T}"><m:ResponseMessages>'
+            + "".join(messages)
+            + f"</m:ResponseMessages></m:{operation}Response>"
+        )
+
+    @staticmethod
+    def _ok(operation: str, inner: str = "") -> str:
+        return (
+            f'<m:{operation}ResponseMessage ResponseClass="Success"><m:ResponseCode>NoError'
+            f"</m:ResponseCode>{inner}</m:{operation}ResponseMessage>"
+        )
+
+    @staticmethod
+    def _error(operation: str, code: str, text: str) -> str:
+        return (
+            f'<m:{operation}ResponseMessage ResponseClass="Error"><m:MessageText>{_e(text)}'
+            f"</m:MessageText><m:ResponseCode>{code}</m:ResponseCode><m:DescriptiveLinkKey>0"
+            f"</m:DescriptiveLinkKey></m:{operation}ResponseMessage>"
+        )
+
+    # --- operations ---------------------------------------------------------------------------
+    def _op_GetFolder(self, request: Any, acting: str | None) -> str:
+        messages = []
+        for folder in request.find("m:FolderIds", NS):
+            address, name = self._folder_owner(_wrap(folder), acting)
+            tag = "CalendarFolder" if name == "calendar" else "Folder"
+            self.mailbox(address)
+            messages.append(
+                self._ok(
+                    "GetFolder",
+                    (
+                        f'<m:Folders><t:{tag}><t:FolderId Id="{self._folder_id(address, name)}" '
+                        f'ChangeKey="AQAAAA=="/><t:DisplayName>{name.title()}</t:DisplayName>'
+                        f"<t:TotalCount>0</t:TotalCount><t:ChildFolderCount>0</t:ChildFolderCount>"
+                        f"</t:{tag}></m:Folders>"
+                    ),
+                )
+            )
+        return self._response("GetFolder", messages)
+
+    def _op_FindItem(self, request: Any, acting: str | None) -> str:
+        address, name = self._folder_owner(request.find("m:ParentFolderIds", NS), acting)
+        box = self.mailbox(address)
+        view = request.find("m:CalendarView", NS)
+        if view is not None:
+            start = datetime.fromisoformat(view.get("StartDate").replace("Z", "+00:00"))
+            end = datetime.fromisoformat(view.get("EndDate").replace("Z", "+00:00"))
+            items = [i for i in box.calendar.values() if _overlaps(i.meeting, start, end)]
+            inner = "".join(_calendar_summary(i) for i in items)
+            return self._response(
+                "FindItem",
+                [
+                    self._ok(
+                        "FindItem",
+                        (
+                            f'<m:RootFolder TotalItemsInView="{len(items)}" IncludesLastItemInRange="true">'
+                            f"<t:Items>{inner}</t:Items></m:RootFolder>"
+                        ),
+                    )
+                ],
+            )
+        folder = box.inbox if name == "inbox" else box.calendar
+        paging = request.find("m:IndexedPageItemView", NS)
+        offset = int(paging.get("Offset", "0")) if paging is not None else 0
+        limit = int(paging.get("MaxEntriesReturned", "1000")) if paging is not None else 1000
+        everything = sorted(folder.values(), key=lambda i: i.received)
+        page = everything[offset : offset + limit]
+        last = offset + len(page) >= len(everything)
+        inner = "".join(
+            f'<t:{_tag(i)}><t:ItemId Id="{i.id}" ChangeKey="{i.changekey}"/></t:{_tag(i)}>'
+            for i in page
+        )
+        return self._response(
+            "FindItem",
+            [
+                self._ok(
+                    "FindItem",
+                    (
+                        f'<m:RootFolder IndexedPagingOffset="{offset + len(page)}" TotalItemsInView='
+                        f'"{len(everything)}" IncludesLastItemInRange="{str(last).lower()}"><t:Items>{inner}'
+                        "</t:Items></m:RootFolder>"
+                    ),
+                )
+            ],
+        )
+
+    def _op_GetItem(self, request: Any, acting: str | None) -> str:
+        messages = []
+        for item_id in request.find("m:ItemIds", NS):
+            found = self._find(item_id.get("Id"))
+            if found is None:
+                messages.append(
+                    self._error(
+                        "GetItem",
+                        "ErrorItemNotFound",
+                        "The specified object was not found in the store.",
+                    )
+                )
+                continue
+            box, _, item = found
+            messages.append(
+                self._ok("GetItem", f"<m:Items>{_item_xml(item, box.address)}</m:Items>")
+            )
+        return self._response("GetItem", messages)
+
+    def _op_CreateItem(self, request: Any, acting: str | None) -> str:
+        saved_in = request.findtext("m:SavedItemFolderId//t:EmailAddress", namespaces=NS)
+        sender = acting or saved_in or ""
+        messages = []
+        for element in request.find("m:Items", NS):
+            kind = etree.QName(element).localname
+            if kind == "Message":
+                to = tuple(a.text for a in element.findall(".//t:ToRecipients//t:EmailAddress", NS))
+                body = element.findtext("t:Body", default="", namespaces=NS)
+                subject = element.findtext("t:Subject", default="", namespaces=NS)
+                mailbox = element.findtext("t:From//t:EmailAddress", namespaces=NS) or sender
+                self.mailbox(mailbox or "unknown").sent.append(
+                    FakeItem(self.new_id("msg"), "Message", None, subject, body, mailbox, to)
+                )
+                messages.append(self._ok("CreateItem", "<m:Items/>"))
+                continue
+            ref = element.find("t:ReferenceItemId", NS)
+            found = self._find(ref.get("Id")) if ref is not None else None
+            if found is None:
+                messages.append(
+                    self._error(
+                        "CreateItem",
+                        "ErrorItemNotFound",
+                        "The specified object was not found in the store.",
+                    )
+                )
+                continue
+            box, folder, item = found
+            body = element.findtext("t:Body", default="", namespaces=NS)
+            assert item.meeting is not None
+            if kind in ("AcceptItem", "DeclineItem"):
+                response = "Accept" if kind == "AcceptItem" else "Decline"
+                reply = FakeItem(
+                    self.new_id("sent"),
+                    "Message",
+                    item.meeting,
+                    f"{'Accepted' if response == 'Accept' else 'Declined'}: {item.subject}",
+                    body,
+                    box.address,
+                    (item.sender,),
+                    response=response,
+                )
+                box.sent.append(reply)
+                if response == "Accept":
+                    self._put_on_calendar(box, item.meeting)
+            elif kind == "RemoveItem":
+                self._remove_from_calendar(box, item.meeting)
+            else:
+                messages.append(self._error("CreateItem", "ErrorInvalidRequest", kind))
+                continue
+            folder.pop(item.id, None)  # a responded-to request leaves the inbox
+            box.deleted.append(item)
+            messages.append(self._ok("CreateItem", "<m:Items/>"))
+        return self._response("CreateItem", messages)
+
+    def _put_on_calendar(self, box: Mailbox, meeting: Meeting) -> None:
+        for existing in list(box.calendar.values()):
+            same = existing.meeting and existing.meeting.uid == meeting.uid
+            if same and (
+                meeting.recurrence_id is None
+                or existing.meeting.recurrence_id == meeting.recurrence_id
+            ):
+                del box.calendar[existing.id]
+        item = FakeItem(
+            self.new_id("cal"),
+            "CalendarItem",
+            meeting,
+            meeting.subject,
+            meeting.html_body,
+            meeting.organizer_email,
+            response="Accept",
+        )
+        box.calendar[item.id] = item
+
+    def _remove_from_calendar(self, box: Mailbox, meeting: Meeting) -> None:
+        for existing in list(box.calendar.values()):
+            if existing.meeting is None or existing.meeting.uid != meeting.uid:
+                continue
+            if meeting.recurrence_id is None:
+                del box.calendar[existing.id]
+            else:
+                existing.meeting = replace(
+                    existing.meeting, exdates=(*existing.meeting.exdates, meeting.recurrence_id)
+                )
+
+    def _op_UpdateItem(self, request: Any, acting: str | None) -> str:
+        messages = []
+        send = request.get("SendMeetingInvitationsOrCancellations", "")
+        for change in request.find("m:ItemChanges", NS):
+            item_id = change.find("t:ItemId", NS)
+            found = self._find(item_id.get("Id"))
+            if found is None:
+                messages.append(
+                    self._error(
+                        "UpdateItem",
+                        "ErrorItemNotFound",
+                        "The specified object was not found in the store.",
+                    )
+                )
+                continue
+            _, _, item = found
+            if item_id.get("ChangeKey") not in (None, item.changekey):
+                messages.append(
+                    self._error(
+                        "UpdateItem",
+                        "ErrorIrresolvableConflict",
+                        "The send or update operation could not be performed "
+                        "because the change key passed in the request does "
+                        "not match the current change key for the item.",
+                    )
+                )
+                continue
+            body = change.find(".//t:SetItemField//t:Body", NS)
+            if body is not None:
+                item.body = body.text or ""
+                if item.meeting is not None:
+                    item.meeting = replace(
+                        item.meeting, html_body=item.body, sequence=item.meeting.sequence + 1
+                    )
+            item.changekey = f"CK{int(item.changekey[2:]) + 1}"
+            if send.startswith("SendToAll"):
+                item.updates_sent += 1
+            messages.append(
+                self._ok(
+                    "UpdateItem",
+                    (
+                        f'<m:Items><t:CalendarItem><t:ItemId Id="{item.id}" ChangeKey="{item.changekey}"/>'
+                        "</t:CalendarItem></m:Items><m:ConflictResults><t:Count>0</t:Count>"
+                        "</m:ConflictResults>"
+                    ),
+                )
+            )
+        return self._response("UpdateItem", messages)
+
+    def _op_DeleteItem(self, request: Any, acting: str | None) -> str:
+        messages = []
+        for item_id in request.find("m:ItemIds", NS):
+            found = self._find(item_id.get("Id"))
+            if found is None:
+                messages.append(
+                    self._error(
+                        "DeleteItem",
+                        "ErrorItemNotFound",
+                        "The specified object was not found in the store.",
+                    )
+                )
+                continue
+            box, folder, item = found
+            del folder[item.id]
+            box.deleted.append(item)
+            messages.append(self._ok("DeleteItem"))
+        return self._response("DeleteItem", messages)
+
+
+def _wrap(element: Any) -> Any:
+    holder = etree.Element("holder")
+    holder.append(etree.fromstring(etree.tostring(element)))
+    return holder
+
+
+def _tag(item: FakeItem) -> str:
+    return item.kind if item.kind != "Message" else "Message"
+
+
+def _overlaps(meeting: Meeting | None, start: datetime, end: datetime) -> bool:
+    if meeting is None:
+        return False
+    if meeting.rrule:
+        return meeting.start < end
+    return meeting.start < end and meeting.end > start
+
+
+def _mailbox_xml(name: str, address: str) -> str:
+    return (
+        f"<t:Mailbox><t:Name>{_e(name)}</t:Name><t:EmailAddress>{_e(address)}"
+        "</t:EmailAddress><t:RoutingType>SMTP</t:RoutingType></t:Mailbox>"
+    )
+
+
+def _calendar_summary(item: FakeItem) -> str:
+    meeting = item.meeting
+    assert meeting is not None
+    return (
+        f'<t:CalendarItem><t:ItemId Id="{item.id}" ChangeKey="{item.changekey}"/>'
+        f"<t:Subject>{_e(item.subject)}</t:Subject><t:Start>{_ts(meeting.start)}</t:Start>"
+        f"<t:End>{_ts(meeting.end)}</t:End><t:UID>{_e(meeting.uid)}</t:UID>"
+        f"</t:CalendarItem>"
+    )
+
+
+def meeting_to_imip(meeting: Meeting, room: str) -> bytes:
+    """The MIME content Exchange keeps for a meeting message: an iMIP mail with the HTML body
+    and the text/calendar part (REQUEST or CANCEL)."""
+    cal = icalendar.Calendar()
+    cal.add("prodid", "-//Microsoft Corporation//Outlook 16.0 MIMEDIR//EN")
+    cal.add("version", "2.0")
+    cal.add("method", meeting.method)
+    event = icalendar.Event()
+    event.add("uid", meeting.uid)
+    event.add("sequence", meeting.sequence)
+    event.add("dtstamp", datetime.now(UTC))
+    event.add("dtstart", meeting.start)
+    event.add("dtend", meeting.end)
+    event.add("summary", meeting.subject)
+    if meeting.recurrence_id is not None:
+        event.add("recurrence-id", meeting.recurrence_id)
+    if meeting.rrule:
+        event.add("rrule", icalendar.vRecur.from_ical(meeting.rrule))
+    for exdate in meeting.exdates:
+        event.add("exdate", exdate)
+    organizer = icalendar.vCalAddress(f"mailto:{meeting.organizer_email}")
+    organizer.params["CN"] = meeting.organizer_name
+    event.add("organizer", organizer)
+    for attendee in (room, *meeting.attendees):
+        event.add("attendee", icalendar.vCalAddress(f"mailto:{attendee}"))
+    if meeting.method == "CANCEL":
+        event.add("status", "CANCELLED")
+    cal.add_component(event)
+    mail = MIMEMultipart("alternative")
+    mail["From"] = formataddr((meeting.organizer_name, meeting.organizer_email))
+    mail["To"] = room
+    mail["Subject"] = meeting.subject
+    mail.attach(MIMEText(meeting.html_body or "<p></p>", "html", "utf-8"))
+    part = MIMEText(cal.to_ical().decode(), "calendar", "utf-8")
+    part.set_param("method", meeting.method)
+    mail.attach(part)
+    return mail.as_bytes()
+
+
+def _item_xml(item: FakeItem, room: str) -> str:
+    meeting = item.meeting
+    tag = item.kind
+    item_class = {
+        "MeetingRequest": "IPM.Schedule.Meeting.Request",
+        "MeetingCancellation": "IPM.Schedule.Meeting.Canceled",
+        "CalendarItem": "IPM.Appointment",
+        "Message": "IPM.Note",
+    }[tag]
+    parts = [f'<t:ItemId Id="{item.id}" ChangeKey="{item.changekey}"/>']
+    if meeting is not None:
+        mime = base64.b64encode(meeting_to_imip(meeting, room)).decode()
+        parts.insert(0, f'<t:MimeContent CharacterSet="UTF-8">{mime}</t:MimeContent>')
+    parts.append(f"<t:ItemClass>{item_class}</t:ItemClass>")
+    parts.append(f"<t:Subject>{_e(item.subject)}</t:Subject>")
+    parts.append(f'<t:Body BodyType="HTML">{_e(item.body)}</t:Body>')
+    parts.append(f"<t:DateTimeReceived>{_ts(item.received)}</t:DateTimeReceived>")
+    sender = (
+        (meeting.organizer_name, meeting.organizer_email) if meeting else (item.sender, item.sender)
+    )
+    if tag != "CalendarItem":  # Exchange sets both on messages
+        parts.append(f"<t:Sender>{_mailbox_xml(*sender)}</t:Sender>")
+        parts.append(f"<t:From>{_mailbox_xml(*sender)}</t:From>")
+    if meeting is not None and tag == "CalendarItem":
+        parts.append(f"<t:Start>{_ts(meeting.start)}</t:Start><t:End>{_ts(meeting.end)}</t:End>")
+        parts.append(f"<t:UID>{_e(meeting.uid)}</t:UID>")
+        if meeting.recurrence_id is not None:
+            parts.append(f"<t:RecurrenceId>{_ts(meeting.recurrence_id)}</t:RecurrenceId>")
+        parts.append(
+            f"<t:AppointmentSequenceNumber>{meeting.sequence}</t:AppointmentSequenceNumber>"
+        )
+        parts.append(
+            f"<t:Organizer>{_mailbox_xml(meeting.organizer_name, meeting.organizer_email)}"
+            "</t:Organizer>"
+        )
+    return f"<t:{tag}>{''.join(parts)}</t:{tag}>"

@@ -1,0 +1,343 @@
+"""The EWS backend, through the running service, against the fake Exchange over real HTTP:
+the rules-table cases reach the same outcomes as with the spool, organizer updates go through
+impersonation, cancellations take meetings off the room's calendar, faults raise
+exchange_unreachable and lose nothing, and the recovery tool re-binds lost meetings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import spoolkit
+from tests.fakes.ews_server import FakeExchange, FakeItem
+from tests.fakes.threaded import ThreadedServer
+from vmrsched import config, recovery, service
+from vmrsched.actors.context import make_gateway
+from vmrsched.meetings import Meeting
+from vmrsched.store import Store
+from vmrsched.telemetry import Metrics
+
+ROOM = "room@example.com"
+ROOT = Path(__file__).resolve().parents[2]
+PW = {"VMRSCHED_EWS_PASSWORD": "s3cret"}
+
+
+def make_config(tmp_path: Path, url: str) -> config.Config:
+    doc = {
+        "server": {"listen": "127.0.0.1:0", "data_dir": str(tmp_path / "data")},
+        "integrations": [
+            {
+                "name": "onprem",
+                "backend": "ews",
+                "timezone": "Europe/London",
+                "exchange": {
+                    "ews_url": f"{url}/EWS/Exchange.asmx",
+                    "authentication": "basic",
+                    "service_account_username": "CONTOSO\\svc-vmr",
+                    "service_account_password_env": "VMRSCHED_EWS_PASSWORD",
+                    "mailbox_name": "Video Room",
+                    "mailbox_email": ROOM,
+                    "poll_interval_seconds": 0.05,
+                },
+                "addin": {"token_validation": "none", "server_fqdn": "vc.example.com"},
+            }
+        ],
+    }
+    return config.parse(doc, tmp_path, PW)
+
+
+@dataclass
+class Env:
+    fake: FakeExchange
+    server: ThreadedServer
+    svc: service.Service
+    cfg: config.Config
+
+    def count(self, outcome: str, reason: str) -> float:
+        value = self.svc.ctx.metrics.registry.get_sample_value(
+            "vmrsched_meeting_requests_total",
+            {"integration": "onprem", "outcome": outcome, "reason": reason},
+        )
+        return value or 0.0
+
+    def reserve(self) -> dict[str, Any]:
+        spoolkit.wait_for(lambda: self.svc.ctx.status.state("onprem") == "running")
+        ref = self.svc.ctx.registry.get("onprem", "allocator")
+        record: dict[str, Any] = ref.proxy().reserve().get(timeout=10)
+        return record
+
+    def send(self, meeting: Meeting) -> FakeItem:
+        item = self.fake.deliver(ROOM, meeting)
+        spoolkit.wait_for(lambda: item.id not in self.fake.mailbox(ROOM).inbox, timeout=20)
+        notifier = self.svc.ctx.registry.get("onprem", "notifier")
+        spoolkit.wait_for(lambda: notifier.proxy().pending().get(timeout=5) == 0)
+        return item
+
+    def replies(self, uid: str) -> list[FakeItem]:
+        return [r for r in self.fake.replies(ROOM) if r.meeting and r.meeting.uid == uid]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    fake = FakeExchange()
+    server = ThreadedServer(fake.app()).start()
+    cfg = make_config(tmp_path, server.url)
+    svc = service.start(cfg)
+    try:
+        yield Env(fake, server, svc, cfg)
+    finally:
+        svc.stop()
+        server.stop()
+
+
+def meeting(
+    uid: str,
+    body: str,
+    *,
+    days: float = 1,
+    sequence: int = 0,
+    method: str = "REQUEST",
+    rrule: str | None = None,
+    recurrence_id: datetime | None = None,
+    start: datetime | None = None,
+) -> Meeting:
+    start = start or datetime.now(UTC).replace(microsecond=0) + timedelta(days=days)
+    return Meeting(
+        uid=uid,
+        method=method,
+        start=start,
+        end=start + timedelta(minutes=30),  # type: ignore[arg-type]
+        sequence=sequence,
+        rrule=rrule,
+        recurrence_id=recurrence_id,
+        organizer_name="Olga Organizer",
+        organizer_email="olga@example.com",
+        subject="Weekly sync",
+        html_body=body,
+        attendees=("bob@example.com",),
+    )
+
+
+def pxps(record: dict[str, Any]) -> str:
+    return f"<p>Join</p><p>PXPS:-{record['alias_id']}#</p>"
+
+
+def test_rules_through_ews_match_the_spool_outcomes(env: Env) -> None:
+    env.send(meeting("no-token", "<p>nothing</p>"))
+    [reply] = env.replies("no-token")
+    assert reply.response == "Decline" and "no valid video meeting reference" in reply.body
+    assert env.count("declined", "invalid_alias_id") == 1
+
+    rec = env.reserve()
+    env.send(meeting("single", pxps(rec)))
+    [reply] = env.replies("single")
+    assert reply.response == "Accept" and rec["alias"] in reply.body
+    assert env.count("accepted", "new_single") == 1
+    calendar = env.fake.mailbox(ROOM).calendar.values()
+    assert any(i.meeting and i.meeting.uid == "single" for i in calendar)
+
+    env.send(meeting("single", pxps(rec), days=2, sequence=1))
+    assert env.count("accepted", "edited_single") == 1
+    env.send(meeting("single", pxps(rec), sequence=0))  # outdated: removed, no reply
+    assert env.count("ignored", "outdated") == 1 and len(env.replies("single")) == 2
+
+    env.send(meeting("copy", pxps(rec)))
+    assert env.count("declined", "alias_conflict") == 1
+
+    rec2 = env.reserve()
+    env.send(meeting("series", pxps(rec2), rrule="FREQ=WEEKLY;COUNT=6"))
+    assert env.count("accepted", "new_recurring") == 1
+    env.send(meeting("past", pxps(env.reserve()), days=-3))
+    assert env.count("declined", "single_in_past") == 1
+    env.send(meeting("past-series", pxps(env.reserve()), days=-30, rrule="FREQ=DAILY;COUNT=2"))
+    assert env.count("declined", "recurring_in_past") == 1
+
+
+def test_cancellation_removes_the_meeting_and_the_alias(env: Env) -> None:
+    rec = env.reserve()
+    env.send(meeting("to-cancel", pxps(rec)))
+    assert any(
+        i.meeting and i.meeting.uid == "to-cancel" for i in env.fake.mailbox(ROOM).calendar.values()
+    )
+    env.send(meeting("to-cancel", pxps(rec), sequence=1, method="CANCEL"))
+    assert env.count("ignored", "cancelled") == 1
+    assert not any(
+        i.meeting and i.meeting.uid == "to-cancel" for i in env.fake.mailbox(ROOM).calendar.values()
+    )
+    assert "RemoveItem" not in env.fake.requests  # (counted by element, not operation)
+    env.send(meeting("reuse", pxps(rec)))
+    assert env.count("declined", "alias_deleted") == 1
+
+
+def test_placeholder_meeting_gets_an_organizer_update_by_impersonation(env: Env) -> None:
+    token = "TOK:-00000000-0000-4000-8000-0000000000ee#"
+    env.send(meeting("tok", f"<p>Agenda</p><p>{token}</p>"))
+    [reply] = env.replies("tok")
+    assert reply.response == "Accept", reply.body
+    spoolkit.wait_for(
+        lambda: any(i.updates_sent for i in env.fake.mailbox("olga@example.com").calendar.values())
+    )
+    [own] = env.fake.mailbox("olga@example.com").calendar.values()
+    assert own.updates_sent == 1 and "PXPS:-" in own.body and token not in own.body
+    assert "Agenda" in own.body
+    assert "olga@example.com" in env.fake.impersonated
+
+
+def test_a_plain_message_is_declined_and_removed(env: Env) -> None:
+    with env.fake.lock:
+        item = FakeItem(
+            env.fake.new_id("in"), "Message", None, "hello", "<p>hi</p>", "ann@example.com"
+        )
+        env.fake.mailbox(ROOM).inbox[item.id] = item
+    spoolkit.wait_for(lambda: item.id not in env.fake.mailbox(ROOM).inbox)
+    spoolkit.wait_for(
+        lambda: any(m.recipients == ("ann@example.com",) for m in env.fake.replies(ROOM))
+    )
+    decline = next(m for m in env.fake.replies(ROOM) if m.recipients == ("ann@example.com",))
+    assert "help desk" in decline.body and decline.subject == "Declined: hello"
+
+
+def test_every_ews_request_is_counted(env: Env) -> None:
+    env.send(meeting("counted", "<p>no token</p>"))
+    registry = env.svc.ctx.metrics.registry
+    total = sum(
+        registry.get_sample_value(
+            "vmrsched_exchange_requests_total",
+            {"integration": "onprem", "operation": op, "result": "ok"},
+        )
+        or 0
+        for op in set(env.fake.requests)
+    )
+    assert total == len(env.fake.requests)
+
+
+def test_faults_raise_the_alarm_and_lose_nothing(env: Env) -> None:
+    env.send(meeting("warm", "<p>warm up</p>"))
+    env.fake.fail_next = ["503", "busy", "503"]
+    first = env.fake.deliver(ROOM, meeting("during-faults", "<p>x</p>"))
+    spoolkit.wait_for(lambda: first.id not in env.fake.mailbox(ROOM).inbox, timeout=30)
+    # now Exchange goes away entirely
+    env.server.stop()
+    spoolkit.wait_for(
+        lambda: (
+            ("onprem", "exchange_unreachable")
+            in {(a.integration, a.name) for a in env.svc.ctx.alarms.active()}
+        ),
+        timeout=20,
+    )
+    waiting = [env.fake.deliver(ROOM, meeting(f"while-down-{i}", "<p>y</p>")) for i in range(3)]
+    assert env.svc.ctx.status.state("onprem") == "running"  # backing off, not crashing
+    env.server = ThreadedServer(env.fake.app(), port=env.server.port).start()
+    spoolkit.wait_for(lambda: not env.fake.mailbox(ROOM).inbox, timeout=90)
+    spoolkit.wait_for(
+        lambda: (
+            ("onprem", "exchange_unreachable")
+            not in {(a.integration, a.name) for a in env.svc.ctx.alarms.active()}
+        ),
+        timeout=90,
+    )
+    for item in (first, *waiting):
+        assert item.meeting is not None
+        spoolkit.wait_for(lambda item=item: bool(env.replies(item.meeting.uid)), timeout=30)
+
+
+def test_recovery_rebinds_meetings_missing_from_the_store(tmp_path: Path) -> None:
+    fake = FakeExchange()
+    server = ThreadedServer(fake.app()).start()
+    cfg = make_config(tmp_path, server.url)
+    svc = service.start(cfg)
+    try:
+        env = Env(fake, server, svc, cfg)
+        env.send(meeting("kept", pxps(env.reserve())))
+        env.send(
+            meeting(
+                "lost",
+                "<p>TOK:-00000000-0000-4000-8000-0000000000aa#</p>",
+                days=3,
+                rrule="FREQ=WEEKLY;COUNT=4",
+            )
+        )
+    finally:
+        svc.stop()
+    try:
+        integ = cfg.integrations[0]
+        store_dir = cfg.data_dir / "store" / "onprem"
+        store = Store(store_dir)
+        lost = store.by_meeting_uid("lost")
+        assert lost is not None
+        store.delete(lost["alias_id"], "lost in a test")  # as if restored from an old backup
+        store.sweep()
+        store.close()
+
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vmrsched",
+                "recover",
+                "onprem",
+                "--dry-run",
+                "--config",
+                str(_write_toml(tmp_path, cfg, server.url)),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=_env(),
+        )
+        assert out.returncode == 0, out.stderr
+        assert "would_bind" in out.stdout and "lost" in out.stdout
+        assert "already_bound" in out.stdout
+
+        store = Store(store_dir)
+        gateway = make_gateway(integ, cfg.data_dir, Metrics())
+        updates_before = sum(
+            i.updates_sent for i in fake.mailbox("olga@example.com").calendar.values()
+        )
+        done = recovery.recover(integ, gateway, store, datetime.now(UTC))
+        gateway.close()
+        actions = {d.uid: d.action for d in done}
+        assert actions == {"kept": "already_bound", "lost": "bound"}
+        rebound = store.by_meeting_uid("lost")
+        assert rebound is not None and rebound["alias_id"] != lost["alias_id"]
+        schedule = rebound["schedule"]
+        assert "WEEKLY" in schedule  # the series came back as a series
+        store.close()
+        after = sum(i.updates_sent for i in fake.mailbox("olga@example.com").calendar.values())
+        assert after == updates_before + 1
+    finally:
+        server.stop()
+
+
+def _write_toml(tmp_path: Path, cfg: config.Config, url: str) -> Path:
+    path = tmp_path / "vmrsched.toml"
+    path.write_text(f"""
+[server]
+data_dir = "{cfg.data_dir}"
+[[integrations]]
+name = "onprem"
+backend = "ews"
+[integrations.exchange]
+ews_url = "{url}/EWS/Exchange.asmx"
+authentication = "basic"
+service_account_username = "svc-vmr"
+service_account_password_env = "VMRSCHED_EWS_PASSWORD"
+mailbox_name = "Video Room"
+mailbox_email = "{ROOM}"
+[integrations.addin]
+token_validation = "none"
+""")
+    return path
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, **PW}

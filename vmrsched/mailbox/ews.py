@@ -1,0 +1,372 @@
+"""Exchange Server (2016/2019/SE) through EWS, with exchangelib: the equipment mailbox's inbox
+in, accept/decline/remove responses and organizer updates (by impersonation) out.
+
+Meeting messages are read through their MIME content: Exchange keeps the iCalendar it sent
+(UID, SEQUENCE, recurrence rule, exceptions, time zones, organizer, HTML body), and the same
+iTIP translator as the spool backend turns it into meetings, so both backends reach identical
+decisions. Every EWS request is counted in vmrsched_exchange_requests_total. Blocking: called
+only from the poller and notifier actor threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import requests
+from exchangelib import (
+    BASIC,
+    DELEGATE,
+    IMPERSONATION,
+    NTLM,
+    Account,
+    Configuration,
+    Credentials,
+    EWSDateTime,
+    FailFast,
+    HTMLBody,
+    Mailbox,
+    Message,
+)
+from exchangelib.errors import (
+    ErrorItemNotFound,
+    ErrorServerBusy,
+    EWSError,
+    RateLimitError,
+    TransportError,
+    UnauthorizedError,
+)
+from exchangelib.ewsdatetime import UTC as EWS_UTC
+from exchangelib.items import AcceptItem, CalendarItem, DeclineItem
+from exchangelib.items.base import BaseReplyItem
+from exchangelib.properties import Fields, ReferenceItemId
+from exchangelib.protocol import BaseProtocol
+from exchangelib.version import Build, Version
+
+from vmrsched.config import IntegrationConfig
+from vmrsched.mailbox import itip
+from vmrsched.mailbox.base import CalendarEntry, GatewayError, InboxItem, Outgoing
+from vmrsched.meetings import Meeting
+from vmrsched.telemetry import Metrics
+
+log = logging.getLogger("vmrsched.ews")
+
+# Exchange 2013 SP1 schema: understood by every supported on-premises version, so no request is
+# spent guessing the server version.
+REQUEST_VERSION = Version(build=Build(15, 0, 847))
+MEETING_CLASSES = ("IPM.Schedule.Meeting.Request", "IPM.Schedule.Meeting.Canceled")
+FETCH_FIELDS = ("mime_content", "item_class", "datetime_received", "subject", "sender")
+_OPERATION = re.compile(rb"<(?:\w+:)?Body[^>]*>\s*<(?:\w+:)?(\w+)")
+_current = threading.local()
+
+
+class RemoveItem(BaseReplyItem):  # type: ignore[misc]
+    """EWS RemoveItem: takes a cancelled meeting off the room's calendar and removes the
+    cancellation. exchangelib has the other response objects but not this one."""
+
+    ELEMENT_NAME = "RemoveItem"
+    FIELDS = Fields(BaseReplyItem.FIELDS[BaseReplyItem.FIELDS.index_by_name("reference_item_id")])
+
+
+class CountingAdapter(requests.adapters.HTTPAdapter):
+    """Counts every EWS request by operation and result, for the integration the calling
+    thread works for (set by `EwsMailbox._calling`)."""
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
+        body = request.body if isinstance(request.body, bytes) else b""
+        match = _OPERATION.search(body[:4000])
+        operation = match.group(1).decode() if match else "unknown"
+        counter = getattr(_current, "counter", None)
+        try:
+            response = super().send(request, *args, **kwargs)
+        except Exception:
+            if counter is not None:
+                counter(operation, "error")
+            raise
+        if counter is not None:
+            counter(operation, "ok" if response.status_code < 400 else str(response.status_code))
+        return response
+
+
+BaseProtocol.HTTP_ADAPTER_CLS = CountingAdapter
+
+
+def _translate(exc: Exception) -> GatewayError:
+    """exchangelib's failures as the gateway error the actors back off on."""
+    if isinstance(exc, ErrorServerBusy):
+        delay = getattr(exc, "back_off", None)
+        return GatewayError(f"Exchange is throttling: {exc}", retry_after=delay or 5.0)
+    if isinstance(exc, RateLimitError):
+        return GatewayError(f"Exchange is throttling: {exc}", retry_after=30.0)
+    if isinstance(exc, UnauthorizedError):
+        return GatewayError(f"Exchange refused the service account: {exc}")
+    return GatewayError(f"Exchange unreachable: {type(exc).__name__}: {exc}")
+
+
+RETRYABLE = (TransportError, EWSError, requests.RequestException, OSError)
+
+
+class EwsMailbox:
+    alarm = "exchange_unreachable"
+
+    def __init__(self, integ: IntegrationConfig, metrics: Metrics | None = None) -> None:
+        self.integ = integ
+        self.name = integ.name
+        self.metrics = metrics
+        self.room = integ.exchange.mailbox_email
+        self._account: Account | None = None
+        self._impersonated: dict[str, Account] = {}
+        self._handed_off: set[str] = set()
+        self._classes: dict[str, str] = {}
+
+    # --- plumbing ---------------------------------------------------------------------------
+    def _count(self, operation: str, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.exchange_requests.labels(self.name, operation, result).inc()
+
+    @contextmanager
+    def _calling(self) -> Iterator[None]:
+        previous = getattr(_current, "counter", None)
+        _current.counter = self._count
+        try:
+            yield
+        except GatewayError:
+            raise
+        except ErrorItemNotFound:
+            raise
+        except RETRYABLE as exc:
+            raise _translate(exc) from exc
+        finally:
+            _current.counter = previous
+
+    def _configuration(self) -> Configuration:
+        ex = self.integ.exchange
+        if ex.authentication not in ("basic", "ntlm"):
+            raise GatewayError(
+                f"authentication {ex.authentication!r} is not available in this version "
+                "(basic and ntlm are)"
+            )
+        if ex.service_account_password is None:
+            raise GatewayError("no service account password configured")
+        credentials = Credentials(ex.service_account_username, ex.service_account_password.reveal())
+        return Configuration(
+            service_endpoint=ex.ews_url,
+            credentials=credentials,
+            auth_type=BASIC if ex.authentication == "basic" else NTLM,
+            version=REQUEST_VERSION,
+            retry_policy=FailFast(),
+            max_connections=4,
+        )
+
+    def account(self) -> Account:
+        """The equipment mailbox's account, built once."""
+        if self._account is None:
+            with self._calling():
+                self._account = Account(
+                    self.room,
+                    config=self._configuration(),
+                    autodiscover=False,
+                    access_type=DELEGATE,
+                    default_timezone=EWS_UTC,
+                )
+        return self._account
+
+    def _as(self, address: str) -> Account:
+        """An organizer's mailbox through ApplicationImpersonation (built once per organizer)."""
+        key = address.lower()
+        if key not in self._impersonated:
+            self._impersonated[key] = Account(
+                address,
+                config=self.account().protocol.config,
+                autodiscover=False,
+                access_type=IMPERSONATION,
+                default_timezone=EWS_UTC,
+            )
+        return self._impersonated[key]
+
+    # --- reading ----------------------------------------------------------------------------
+    def fetch(self, limit: int) -> Sequence[InboxItem]:
+        account = self.account()
+        with self._calling():
+            wanted = limit + len(self._handed_off)
+            ids = [
+                (i, c)
+                for i, c in account.inbox.all()
+                .order_by("datetime_received")
+                .values_list("id", "changekey")[:wanted]
+                if i not in self._handed_off
+            ][:limit]
+            if not ids:
+                return []
+            fetched = list(account.fetch(ids=ids, only_fields=FETCH_FIELDS))
+        items: list[InboxItem] = []
+        for (item_id, _), item in zip(ids, fetched, strict=True):
+            if isinstance(item, Exception):
+                continue  # gone since the listing (someone else moved it)
+            items.append(self._to_inbox_item(item_id, item))
+        return items
+
+    def _to_inbox_item(self, item_id: str, item: Any) -> InboxItem:
+        received = item.datetime_received or datetime.now(UTC)
+        item_class = item.item_class or ""
+        self._classes[item_id] = item_class
+        sender = getattr(item, "sender", None)
+        sender_email = getattr(sender, "email_address", "") or ""
+        sender_name = getattr(sender, "name", "") or ""
+        if not item_class.startswith(MEETING_CLASSES):
+            return InboxItem(
+                item_id,
+                received,
+                error=f"not a meeting request ({item_class})",
+                sender_email=sender_email,
+                sender_name=sender_name,
+                subject=item.subject or "",
+            )
+        if not item.mime_content:
+            return InboxItem(item_id, received, error="meeting message without MIME content")
+        try:
+            parsed = itip.parse_mail(item.mime_content, self.integ.timezone)
+        except itip.ParseError as exc:
+            return InboxItem(
+                item_id,
+                received,
+                error=exc.reason,
+                sender_email=exc.organizer_email or sender_email,
+                sender_name=exc.organizer_name or sender_name,
+                subject=exc.subject or item.subject or "",
+                uid=exc.uid,
+            )
+        return InboxItem(item_id, received, meetings=parsed.meetings)
+
+    # --- handling ---------------------------------------------------------------------------
+    def mark_handled(self, item_id: str, replied: bool = False) -> None:
+        """A reply will respond to (and so remove) the item: keep it out of later fetches until
+        then. Otherwise remove it now: a cancellation with RemoveItem (the room's calendar loses
+        the meeting), anything else to Deleted Items."""
+        if replied:
+            self._handed_off.add(item_id)
+            return
+        account = self.account()
+        with self._calling():
+            try:
+                if self._classes.get(item_id, "").startswith(MEETING_CLASSES[1]):
+                    RemoveItem(account=account, reference_item_id=ReferenceItemId(id=item_id)).send(
+                        save_copy=False
+                    )
+                else:
+                    account.bulk_delete(ids=[(item_id, None)])
+            except ErrorItemNotFound:
+                pass  # already gone (reprocessing after a crash)
+        self._classes.pop(item_id, None)
+
+    def quarantine(self, item_id: str, reason: str) -> None:
+        log.warning(
+            "moving unreadable item to Deleted Items: %s",
+            reason,
+            extra={"integration": self.name, "item": item_id},
+        )
+        self.mark_handled(item_id, replied=False)
+
+    def record_accepted(self, meeting: Meeting) -> None:
+        """Nothing to do: accepting a meeting request puts it on the room's calendar."""
+
+    def sync(self) -> None:
+        """Nothing to do: Exchange's writes are durable when it answers."""
+
+    # --- sending ----------------------------------------------------------------------------
+    def send(self, message: Outgoing) -> None:
+        with self._calling():
+            if message.kind == "update":
+                self._update_organizer(message)
+            elif message.extra.get("item_id"):
+                self._respond(message)
+            else:
+                self._mail(message)
+
+    def _respond(self, message: Outgoing) -> None:
+        item_id = str(message.extra["item_id"])
+        response = AcceptItem if message.outcome == "accepted" else DeclineItem
+        try:
+            response(
+                account=self.account(),
+                reference_item_id=ReferenceItemId(id=item_id),
+                body=HTMLBody(message.html_body),
+            ).send()
+        except ErrorItemNotFound:
+            # Already responded to (a resend after a crash) or removed by someone: the organizer
+            # still gets the answer, as a plain mail.
+            self._mail(message)
+        self._handed_off.discard(item_id)
+        self._classes.pop(item_id, None)
+
+    def _mail(self, message: Outgoing) -> None:
+        Message(
+            account=self.account(),
+            subject=message.subject,
+            body=HTMLBody(message.html_body),
+            to_recipients=[Mailbox(email_address=r) for r in message.recipients],
+        ).send()
+
+    def _update_organizer(self, message: Outgoing) -> None:
+        """Find the organizer's meeting by UID and replace its body, sending the update to all
+        attendees as the organizer."""
+        organizer = self._as(message.sender)
+        start = datetime.fromisoformat(str(message.extra["start"]))
+        window = (
+            EWSDateTime.from_datetime(start - timedelta(days=1)),
+            EWSDateTime.from_datetime(start + timedelta(days=1)),
+        )
+        found = [
+            i
+            for i in organizer.calendar.view(*window).only("id", "changekey", "uid")
+            if i.uid == message.meeting_uid
+        ]
+        if not found:
+            raise GatewayError(f"organizer {message.sender} has no meeting {message.meeting_uid}")
+        item = found[0]
+        CalendarItem(
+            account=organizer,
+            folder=organizer.calendar,
+            id=item.id,
+            changekey=item.changekey,
+            body=HTMLBody(message.html_body),
+        ).save(update_fields=["body"], send_meeting_invitations="SendToAllAndSaveCopy")
+
+    # --- the resource calendar (recovery) -----------------------------------------------------
+    def calendar(self, start: datetime, end: datetime) -> Sequence[CalendarEntry]:
+        """Meetings on the room's calendar, read like requests: through their MIME content."""
+        account = self.account()
+        with self._calling():
+            view = account.calendar.view(
+                EWSDateTime.from_datetime(start), EWSDateTime.from_datetime(end)
+            )
+            ids = [(i.id, i.changekey) for i in view.only("id", "changekey")]
+            items = list(account.fetch(ids=ids, only_fields=("mime_content",))) if ids else []
+        entries = []
+        seen: set[str] = set()
+        for (item_id, _), item in zip(ids, items, strict=True):
+            if isinstance(item, Exception) or not item.mime_content:
+                continue
+            try:
+                parsed = itip.parse_mail(item.mime_content, self.integ.timezone)
+            except itip.ParseError as exc:
+                log.warning(
+                    "unreadable calendar item: %s",
+                    exc.reason,
+                    extra={"integration": self.name, "item": item_id},
+                )
+                continue
+            for meeting in parsed.meetings:
+                if meeting.uid not in seen:  # a series' occurrences share one UID
+                    seen.add(meeting.uid)
+                    entries.append(CalendarEntry(meeting, item_id))
+        return entries
+
+    def close(self) -> None:
+        if self._account is not None:
+            self._account.protocol.close()

@@ -1,0 +1,99 @@
+"""Recovery: when the store was lost or restored from an old backup, meetings on the room's
+calendar may have aliases nobody knows any more. For each accepted future meeting missing from
+the store, give it a new alias, bind it, and send the organizer an update with the new joining
+instructions (as the organizer, through the mailbox backend)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from vmrsched import answers, recurrence
+from vmrsched.config import IntegrationConfig
+from vmrsched.mailbox.base import Gateway, GatewayError
+from vmrsched.meetings import Action, Decision, answer_key
+from vmrsched.store import Store
+from vmrsched.templating import Renderer
+
+HORIZON = timedelta(days=366)
+
+
+@dataclass(frozen=True)
+class Recovered:
+    uid: str
+    subject: str
+    organizer: str
+    action: str  # bound | would_bind | already_bound | past | failed
+    alias: str = ""
+    detail: str = ""
+
+
+def recover(
+    integ: IntegrationConfig,
+    gateway: Gateway,
+    store: Store,
+    now: datetime,
+    dry_run: bool = False,
+    report: Callable[[Recovered], None] = lambda _: None,
+) -> list[Recovered]:
+    renderer = Renderer(integ.template_sources(), integ.timezone)
+    done: list[Recovered] = []
+
+    def note(entry: Recovered) -> None:
+        done.append(entry)
+        report(entry)
+
+    for entry in gateway.calendar(now, now + HORIZON):
+        meeting = entry.meeting
+        who = meeting.organizer_email
+        if store.by_meeting_uid(meeting.uid) is not None:
+            note(Recovered(meeting.uid, meeting.subject, who, "already_bound"))
+            continue
+        occurrence = recurrence.next_occurrence(meeting.schedule, now)
+        if occurrence is None:
+            note(Recovered(meeting.uid, meeting.subject, who, "past"))
+            continue
+        if dry_run:
+            note(Recovered(meeting.uid, meeting.subject, who, "would_bind"))
+            continue
+        spec = integ.single_use
+        record = store.reserve(spec.alias_prefix, spec.alias_suffix_length, spec.alias_domain)
+        reason = "new_recurring" if meeting.schedule.recurring else "new_single"
+        decision = Decision(
+            "accepted",
+            reason,
+            str(uuid.uuid4()),
+            action=Action(
+                "bind",
+                alias_id=record["alias_id"],
+                meeting_uid=meeting.uid,
+                sequence=meeting.sequence,
+                schedule=meeting.schedule,
+                answer=(answer_key(meeting), f"{reason}+update"),
+            ),
+            occurrence=occurrence,
+            organizer_update=True,
+        )
+        fields = answers.conference_fields(integ, renderer, meeting, decision)
+        bound = store.apply(decision.action, fields)
+        store.commit()  # the alias is on disk before anyone is told about it
+        assert bound is not None
+        update = answers.organizer_update(integ, renderer, meeting, decision, bound)
+        try:
+            gateway.send(update)
+        except GatewayError as exc:
+            note(
+                Recovered(
+                    meeting.uid,
+                    meeting.subject,
+                    who,
+                    "failed",
+                    bound["alias"],
+                    f"alias bound, organizer update not sent: {exc}",
+                )
+            )
+            continue
+        note(Recovered(meeting.uid, meeting.subject, who, "bound", bound["alias"]))
+    return done
