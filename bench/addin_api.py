@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from store import fill  # noqa: E402 - bench/store.py
+from store import fill
 
-from vmrsched.store import Store  # noqa: E402
+from vmrsched.store import Store
 
 BARE = """
 import sys

@@ -140,6 +140,8 @@ class ExchangeConfig:
     oauth_redirect_uri: str = _f("")
     oauth_authorization_endpoint: str = _f("")
     oauth_token_endpoint: str = _f("")
+    oauth_scope: str = _f("")  # default: https://<EWS host>/.default (app), …/EWS.AccessAsUser.All
+    tls_ca_file: str = _f("")  # CA bundle for EWS and the token endpoints (internal CAs)
     mailbox_name: str = _f("", max_len=_TEXT)
     mailbox_email: str = _f("")
     poll_interval_seconds: float = _f(10.0)
@@ -570,8 +572,8 @@ def _check_ews(loader: _Loader, ex: ExchangeConfig, path: str) -> None:
         for key in ("oauth_client_id", "oauth_token_endpoint"):
             if not getattr(ex, key):
                 err(f"{path}.{key}", f"needed for {ex.authentication}")
-        if ex.authentication == "oauth_app" and ex.oauth_client_secret is None:
-            err(f"{path}.oauth_client_secret_env", "oauth_app needs the client secret")
+        if ex.oauth_client_secret is None:
+            err(f"{path}.oauth_client_secret_env", f"{ex.authentication} needs the client secret")
         if ex.authentication == "oauth_delegated":
             for key in ("oauth_authorization_endpoint", "oauth_redirect_uri"):
                 if not getattr(ex, key):

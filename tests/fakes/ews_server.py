@@ -17,7 +17,7 @@ import base64
 import html
 import itertools
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.mime.multipart import MIMEMultipart
@@ -76,9 +76,16 @@ class Mailbox:
 
 
 class FakeExchange:
-    def __init__(self, username: str = "svc-vmr", password: str = "s3cret") -> None:
+    def __init__(
+        self,
+        username: str = "svc-vmr",
+        password: str = "s3cret",
+        bearer: Callable[[str], bool] | None = None,
+    ) -> None:
         self.username = username
         self.password = password
+        self.bearer = bearer  # accepts OAuth access tokens when set
+        self.auth_seen: list[str] = []
         self.mailboxes: dict[str, Mailbox] = {}
         self.lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -149,6 +156,9 @@ class FakeExchange:
 
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
+        self.auth_seen.append(header.split(" ", 1)[0])
+        if header.startswith("Bearer ") and self.bearer is not None:
+            return self.bearer(header[7:])
         if not header.startswith("Basic "):
             return False
         user, _, password = base64.b64decode(header[6:]).decode().partition(":")
@@ -158,7 +168,8 @@ class FakeExchange:
         if self.down:
             raise ConnectionResetError("server is down")
         if not self._authorized(request):
-            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="EWS"'})
+            challenge = 'Bearer error="invalid_token"' if self.bearer else 'Basic realm="EWS"'
+            return web.Response(status=401, headers={"WWW-Authenticate": challenge})
         document = etree.fromstring(await request.read())
         body = document.find("s:Body", NS)
         assert body is not None and len(body)

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 
 from aiohttp import web
 
 
 class ThreadedServer:
-    def __init__(self, app: web.Application, port: int = 0) -> None:
+    def __init__(
+        self, app: web.Application, port: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.app = app
+        self.ssl_context = ssl_context
         if port == 0:
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
@@ -24,7 +28,8 @@ class ThreadedServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> ThreadedServer:
         ready = threading.Event()
@@ -35,7 +40,9 @@ class ThreadedServer:
             runner = web.AppRunner(self.app, access_log=None)
             self._runner = runner
             loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True)
+            site = web.TCPSite(
+                runner, "127.0.0.1", self.port, reuse_address=True, ssl_context=self.ssl_context
+            )
             loop.run_until_complete(site.start())
             ready.set()
             loop.run_forever()

@@ -341,3 +341,175 @@ def _env() -> dict[str, str]:
     import os
 
     return {**os.environ, **PW}
+
+
+# --- OAuth (msal against a fake identity platform over TLS) -----------------------------------
+
+
+@dataclass
+class OAuthEnv:
+    platform: Any
+    platform_server: ThreadedServer
+    fake: FakeExchange
+    server: ThreadedServer
+    ca_file: Path
+
+
+@pytest.fixture
+def oauth(tmp_path: Path) -> Iterator[OAuthEnv]:
+    from tests.fakes.identity_platform import IdentityPlatform, server_context, tls_files
+
+    cert, key = tls_files(tmp_path)
+    platform = IdentityPlatform()
+    platform_server = ThreadedServer(platform.app(), ssl_context=server_context(cert, key))
+    platform_server.start()
+    platform.base = platform_server.url
+    fake = FakeExchange(bearer=platform.valid)
+    server = ThreadedServer(fake.app()).start()
+    try:
+        yield OAuthEnv(platform, platform_server, fake, server, cert)
+    finally:
+        server.stop()
+        platform_server.stop()
+
+
+def oauth_config(tmp_path: Path, env: OAuthEnv, mode: str, admin: bool = False) -> config.Config:
+    base = make_config(tmp_path, env.server.url)
+    authority = env.platform.authority
+    redirect = "http://127.0.0.1:8080/admin/platform/msexchangeconnector/oauth_redirect/"
+    doc: dict[str, Any] = {
+        "server": {
+            "listen": "127.0.0.1:0",
+            "data_dir": str(tmp_path / "data"),
+            **({"admin_token_env": "VMRSCHED_ADMIN_TOKEN"} if admin else {}),
+        },
+        "integrations": [
+            {
+                "name": "onprem",
+                "backend": "ews",
+                "timezone": "Europe/London",
+                "exchange": {
+                    "ews_url": base.integrations[0].exchange.ews_url,
+                    "authentication": mode,
+                    "service_account_username": "svc-vmr@contoso.example",
+                    "oauth_client_id": env.platform.client_id,
+                    "oauth_client_secret_env": "VMRSCHED_OAUTH_SECRET",
+                    "oauth_token_endpoint": f"{authority}/oauth2/v2.0/token",
+                    "oauth_authorization_endpoint": f"{authority}/oauth2/v2.0/authorize",
+                    "oauth_redirect_uri": redirect,
+                    "tls_ca_file": str(env.ca_file),
+                    "mailbox_name": "Video Room",
+                    "mailbox_email": ROOM,
+                    "poll_interval_seconds": 0.05,
+                },
+                "addin": {"token_validation": "none"},
+            }
+        ],
+    }
+    environ = {
+        "VMRSCHED_OAUTH_SECRET": env.platform.client_secret,
+        "VMRSCHED_ADMIN_TOKEN": "a" * 40,
+    }
+    return config.parse(doc, tmp_path, environ)
+
+
+def test_oauth_app_uses_client_credentials_and_retries_once_on_expiry(
+    tmp_path: Path, oauth: OAuthEnv
+) -> None:
+    cfg = oauth_config(tmp_path, oauth, "oauth_app")
+    svc = service.start(cfg)
+    try:
+        env = Env(oauth.fake, oauth.server, svc, cfg)
+        env.send(meeting("oauth-1", "<p>no token</p>"))
+        assert env.replies("oauth-1")
+        assert oauth.platform.grants.count("client_credentials") == 1
+        assert "Bearer" in oauth.fake.auth_seen and "Basic" not in oauth.fake.auth_seen
+        oauth.platform.expire_all()  # Exchange now refuses the cached token
+        env.send(meeting("oauth-2", "<p>no token</p>"))
+        assert env.replies("oauth-2")
+        assert oauth.platform.grants.count("client_credentials") == 2  # one refresh, no more
+        assert not svc.ctx.alarms.active("onprem")
+    finally:
+        svc.stop()
+
+
+async def test_oauth_delegated_browser_sign_in_then_refresh_failure_alarm(
+    tmp_path: Path, oauth: OAuthEnv
+) -> None:
+    import asyncio
+    import os
+    import stat
+    from urllib.parse import urlsplit
+
+    import requests
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from vmrsched.http.app import create_app
+
+    cfg = oauth_config(tmp_path, oauth, "oauth_delegated", admin=True)
+    svc = service.start(cfg)
+    try:
+        # Before the sign-in: the integration runs but cannot reach Exchange, and says why.
+        await asyncio.to_thread(
+            spoolkit.wait_for,
+            lambda: (
+                ("onprem", SIGN_IN) in {(a.integration, a.name) for a in svc.ctx.alarms.active()}
+            ),
+        )
+        async with TestClient(TestServer(create_app(svc))) as client:
+            sign_in = "/admin/integrations/onprem/sign-in"
+            assert (await client.get(sign_in, allow_redirects=False)).status == 401
+            login = await client.post(
+                "/admin/login", data={"token": "b" * 40, "next": sign_in}, allow_redirects=False
+            )
+            assert login.status == 401  # wrong token
+            login = await client.post(
+                "/admin/login", data={"token": "a" * 40, "next": sign_in}, allow_redirects=False
+            )
+            assert login.status == 303 and login.headers["Location"] == sign_in
+            start = await client.get(sign_in, allow_redirects=False)
+            assert start.status == 302
+            authorize = start.headers["Location"]
+            assert authorize.startswith(f"{oauth.platform.authority}/oauth2/v2.0/authorize?")
+            # the admin's browser at the identity provider, which sends it back with a code
+            answer = await asyncio.to_thread(
+                requests.get,
+                authorize,
+                verify=str(oauth.ca_file),
+                allow_redirects=False,
+                timeout=10,
+            )
+            back = urlsplit(answer.headers["Location"])
+            assert back.path == "/admin/platform/msexchangeconnector/oauth_redirect/"
+            done = await client.get(f"{back.path}?{back.query}")
+            page = await done.text()
+            assert done.status == 200 and "svc-vmr@contoso.example" in page, page
+        cache = cfg.data_dir / "oauth" / "onprem.json"
+        assert stat.S_IMODE(os.stat(cache).st_mode) == 0o600
+        assert "authorization_code" in oauth.platform.grants
+
+        env = Env(oauth.fake, oauth.server, svc, cfg)
+        await asyncio.to_thread(env.send, meeting("delegated", "<p>no token</p>"))
+        assert env.replies("delegated") and "Bearer" in oauth.fake.auth_seen
+        await asyncio.to_thread(
+            spoolkit.wait_for,
+            lambda: (
+                ("onprem", SIGN_IN)
+                not in {(a.integration, a.name) for a in svc.ctx.alarms.active()}
+            ),
+        )
+
+        # The refresh token stops working (revoked, expired): the alarm asks for a new sign-in.
+        oauth.platform.refuse_refresh = True
+        oauth.platform.expire_all()
+        await asyncio.to_thread(
+            spoolkit.wait_for,
+            lambda: (
+                ("onprem", SIGN_IN) in {(a.integration, a.name) for a in svc.ctx.alarms.active()}
+            ),
+        )
+    finally:
+        svc.stop()
+
+
+SIGN_IN = "service_account_sign_in_required"

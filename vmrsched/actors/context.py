@@ -48,7 +48,9 @@ class StatusBoard:
             return {k: dict(v) for k, v in self._states.items()}
 
 
-def make_gateway(integ: IntegrationConfig, data_dir: Path, metrics: Metrics) -> Gateway:
+def make_gateway(
+    integ: IntegrationConfig, data_dir: Path, metrics: Metrics, tokens: TokenSources | None = None
+) -> Gateway:
     """The mailbox backend an integration is configured with."""
     if integ.backend == "spool":
         from vmrsched.mailbox.spool import SpoolMailbox
@@ -57,12 +59,33 @@ def make_gateway(integ: IntegrationConfig, data_dir: Path, metrics: Metrics) -> 
     if integ.backend == "ews":
         from vmrsched.mailbox.ews import EwsMailbox
 
-        return EwsMailbox(integ, metrics)
+        source = (tokens or TokenSources(data_dir)).get(integ)
+        return EwsMailbox(integ, metrics, source)
     raise RuntimeError(f"backend {integ.backend!r} is not available in this version")
 
 
+class TokenSources:
+    """One OAuth token source per integration, shared by its EWS gateway (actor threads) and
+    the admin sign-in pages (event loop); rebuilt when a reload changes the integration."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._lock = threading.Lock()
+        self._sources: dict[str, tuple[IntegrationConfig, Any]] = {}
+
+    def get(self, integ: IntegrationConfig) -> Any:
+        from vmrsched.mailbox.ews_auth import token_source
+
+        with self._lock:
+            entry = self._sources.get(integ.name)
+            if entry is None or entry[0] is not integ:
+                entry = (integ, token_source(integ.exchange, self.data_dir, integ.name))
+                self._sources[integ.name] = entry
+            return entry[1]
+
+
 def default_gateway(integ: IntegrationConfig, ctx: Context) -> Gateway:
-    return make_gateway(integ, ctx.data_dir, ctx.metrics)
+    return make_gateway(integ, ctx.data_dir, ctx.metrics, ctx.tokens)
 
 
 @dataclass
@@ -78,8 +101,12 @@ class Context:
     rng: RandomSource | None = None
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     gateway_factory: Callable[[IntegrationConfig, Context], Gateway] = default_gateway
+    tokens: TokenSources = field(init=False)
     poll_batch: int = 100
     sweep_interval: float = 3600.0
+
+    def __post_init__(self) -> None:
+        self.tokens = TokenSources(self.data_dir)
 
     def store_dir(self, name: str) -> Path:
         return self.data_dir / "store" / name

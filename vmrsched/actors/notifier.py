@@ -27,6 +27,7 @@ class Notifier(SupervisedChild):
         self.alarm: str = getattr(gateway, "alarm", ALARM)
         self._flush_queued = False
         self._backoff = 0.0
+        self._raised = self.alarm
 
     def setup(self) -> None:
         self.queue = OutQueue(self.ctx.queue_dir(self.integ.name))
@@ -73,7 +74,8 @@ class Notifier(SupervisedChild):
             self._record(sent)
             delay = exc.retry_after or min(60.0, max(0.5, self._backoff * 2))
             self._backoff = delay
-            self.ctx.alarms.raise_(self.integ.name, self.alarm, str(exc))
+            self._raised = exc.alarm or self.alarm
+            self.ctx.alarms.raise_(self.integ.name, self._raised, str(exc))
             log.warning(
                 "sending failed, retrying in %.1fs: %s",
                 delay,
@@ -86,7 +88,7 @@ class Notifier(SupervisedChild):
         self._record(sent)
         if self._backoff:
             self._backoff = 0.0
-            self.ctx.alarms.clear(self.integ.name, self.alarm)
+            self.ctx.alarms.clear(self.integ.name, self._raised)
         if len(self.queue):
             self._request_flush()
 

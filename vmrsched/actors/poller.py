@@ -35,6 +35,7 @@ class MailboxPoller(SupervisedChild):
         )
         self.alarm: str = getattr(gateway, "alarm", ALARM)
         self._failures = 0
+        self._raised = self.alarm
 
     def setup(self) -> None:
         self.renderer = Renderer(self.integ.template_sources(), self.integ.timezone)
@@ -50,12 +51,13 @@ class MailboxPoller(SupervisedChild):
             except GatewayError as exc:
                 self._failures += 1
                 delay = exc.retry_after or min(60.0, self.interval * 2 ** min(self._failures, 7))
-                self.ctx.alarms.raise_(self.integ.name, self.alarm, str(exc))
+                self._raised = exc.alarm or self.alarm
+                self.ctx.alarms.raise_(self.integ.name, self._raised, str(exc))
                 self.ctx.scheduler.call_later(delay, self._tell_poll)
                 return None
             if self._failures:
                 self._failures = 0
-                self.ctx.alarms.clear(self.integ.name, self.alarm)
+                self.ctx.alarms.clear(self.integ.name, self._raised)
             if handled >= self.ctx.poll_batch:
                 self.actor_ref.tell(Poll())  # more waiting: go on at once
             else:
@@ -85,6 +87,13 @@ class MailboxPoller(SupervisedChild):
         allocator = self.ctx.registry.get(name, "allocator")
         results: list[Processed] = allocator.proxy().process(meetings, now).get(timeout=ASK_TIMEOUT)
 
+        # Count and log each decision as it is made, before any of its effects can be seen.
+        for result, item_id in zip(results, owner, strict=True):
+            d = result.decision
+            self.ctx.metrics.meeting_requests.labels(name, d.outcome, d.reason).inc()
+            self._log_decision(
+                result.meeting.uid, d.outcome, d.reason, d.correlation_id, d.detail, item_id
+            )
         outgoing: list[Outgoing] = []
         accepted: list[Meeting] = []
         replied: set[str] = set()
@@ -135,12 +144,6 @@ class MailboxPoller(SupervisedChild):
         if sync is not None:
             sync()
 
-        for result, item_id in zip(results, owner, strict=True):
-            d = result.decision
-            self.ctx.metrics.meeting_requests.labels(name, d.outcome, d.reason).inc()
-            self._log_decision(
-                result.meeting.uid, d.outcome, d.reason, d.correlation_id, d.detail, item_id
-            )
         elapsed = time.perf_counter() - started
         per_item = elapsed / max(1, len(items))
         for _ in items:

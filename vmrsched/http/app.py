@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
-from vmrsched.http import addin, demo
+from vmrsched.http import addin, admin, demo
 from vmrsched.http.common import SERVICE, error
 from vmrsched.service import Service
 
@@ -130,4 +130,5 @@ def create_app(service: Service) -> web.Application:
     app.router.add_get("/api/openapi.yaml", openapi)
     addin.setup(app)
     demo.setup(app)
+    admin.setup(app)
     return app

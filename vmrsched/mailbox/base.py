@@ -20,9 +20,12 @@ OutgoingKind = Literal["reply", "update"]
 class GatewayError(Exception):
     """The mailbox could not be reached or refused the call; worth retrying later."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after: float | None = None, alarm: str | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.alarm = alarm  # the alarm to raise, when not the backend's usual one
 
 
 @dataclass(frozen=True)

@@ -46,11 +46,13 @@ from exchangelib.items import AcceptItem, CalendarItem, DeclineItem
 from exchangelib.items.base import BaseReplyItem
 from exchangelib.properties import Fields, ReferenceItemId
 from exchangelib.protocol import BaseProtocol
+from exchangelib.transport import NOAUTH
 from exchangelib.version import Build, Version
 
 from vmrsched.config import IntegrationConfig
 from vmrsched.mailbox import itip
 from vmrsched.mailbox.base import CalendarEntry, GatewayError, InboxItem, Outgoing
+from vmrsched.mailbox.ews_auth import TokenSource
 from vmrsched.meetings import Meeting
 from vmrsched.telemetry import Metrics
 
@@ -74,23 +76,36 @@ class RemoveItem(BaseReplyItem):  # type: ignore[misc]
 
 
 class CountingAdapter(requests.adapters.HTTPAdapter):
-    """Counts every EWS request by operation and result, for the integration the calling
-    thread works for (set by `EwsMailbox._calling`)."""
+    """Every EWS request passes here: it is counted by operation and result for the integration
+    the calling thread works for, gets that integration's OAuth bearer token, and is retried
+    once with a fresh token when Exchange says the token expired (401)."""
 
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
         body = request.body if isinstance(request.body, bytes) else b""
         match = _OPERATION.search(body[:4000])
         operation = match.group(1).decode() if match else "unknown"
         counter = getattr(_current, "counter", None)
-        try:
-            response = super().send(request, *args, **kwargs)
-        except Exception:
+        tokens = getattr(_current, "tokens", None)
+        ca_file = getattr(_current, "ca_file", None)
+        if ca_file:
+            kwargs["verify"] = ca_file
+        attempts = 2 if tokens is not None else 1
+        for attempt in range(attempts):
+            if tokens is not None:
+                request.headers["Authorization"] = f"Bearer {tokens.get(force=attempt > 0)}"
+            try:
+                response = super().send(request, *args, **kwargs)
+            except Exception:
+                if counter is not None:
+                    counter(operation, "error")
+                raise
+            result = "ok" if response.status_code < 400 else str(response.status_code)
             if counter is not None:
-                counter(operation, "error")
-            raise
-        if counter is not None:
-            counter(operation, "ok" if response.status_code < 400 else str(response.status_code))
-        return response
+                counter(operation, result)
+            if response.status_code != 401 or attempt + 1 == attempts:
+                return response
+            response.close()  # give the connection back to the pool before the retry
+        raise AssertionError("unreachable")
 
 
 BaseProtocol.HTTP_ADAPTER_CLS = CountingAdapter
@@ -114,8 +129,14 @@ RETRYABLE = (TransportError, EWSError, requests.RequestException, OSError)
 class EwsMailbox:
     alarm = "exchange_unreachable"
 
-    def __init__(self, integ: IntegrationConfig, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        integ: IntegrationConfig,
+        metrics: Metrics | None = None,
+        tokens: TokenSource | None = None,
+    ) -> None:
         self.integ = integ
+        self.tokens = tokens
         self.name = integ.name
         self.metrics = metrics
         self.room = integ.exchange.mailbox_email
@@ -131,8 +152,13 @@ class EwsMailbox:
 
     @contextmanager
     def _calling(self) -> Iterator[None]:
-        previous = getattr(_current, "counter", None)
-        _current.counter = self._count
+        saved = (
+            getattr(_current, "counter", None),
+            getattr(_current, "tokens", None),
+            getattr(_current, "ca_file", None),
+        )
+        _current.counter, _current.tokens = self._count, self.tokens
+        _current.ca_file = self.integ.exchange.tls_ca_file or None
         try:
             yield
         except GatewayError:
@@ -142,25 +168,28 @@ class EwsMailbox:
         except RETRYABLE as exc:
             raise _translate(exc) from exc
         finally:
-            _current.counter = previous
+            _current.counter, _current.tokens, _current.ca_file = saved
 
     def _configuration(self) -> Configuration:
         ex = self.integ.exchange
-        if ex.authentication not in ("basic", "ntlm"):
-            raise GatewayError(
-                f"authentication {ex.authentication!r} is not available in this version "
-                "(basic and ntlm are)"
-            )
+        common: dict[str, Any] = {
+            "service_endpoint": ex.ews_url,
+            "version": REQUEST_VERSION,
+            "retry_policy": FailFast(),
+            "max_connections": 4,
+        }
+        if ex.authentication.startswith("oauth"):
+            if self.tokens is None:
+                raise GatewayError(f"{ex.authentication}: no token source")
+            # the bearer token is added per request by CountingAdapter (msal keeps it fresh)
+            return Configuration(auth_type=NOAUTH, **common)
         if ex.service_account_password is None:
             raise GatewayError("no service account password configured")
         credentials = Credentials(ex.service_account_username, ex.service_account_password.reveal())
         return Configuration(
-            service_endpoint=ex.ews_url,
             credentials=credentials,
             auth_type=BASIC if ex.authentication == "basic" else NTLM,
-            version=REQUEST_VERSION,
-            retry_policy=FailFast(),
-            max_connections=4,
+            **common,
         )
 
     def account(self) -> Account:

@@ -1,0 +1,192 @@
+"""A fake Microsoft identity platform (OAuth 2.0 / OIDC) for the EWS service account: OIDC
+discovery, an authorize endpoint that signs the (test) admin in at once, and a token endpoint
+for the client_credentials, authorization_code and refresh_token grants. Served over real TLS
+(msal insists on https) with a certificate minted here. Access tokens it issues are what the
+fake Exchange accepts as Bearer tokens."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import json
+import secrets
+import ssl
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+
+def tls_files(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (the certificate is its own CA)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def _unsigned_jwt(claims: dict[str, object]) -> str:
+    def part(data: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+
+@dataclass
+class IdentityPlatform:
+    client_id: str = "ews-client"
+    client_secret: str = "app-secret"
+    tenant: str = "contoso.example"
+    user: str = "svc-vmr@contoso.example"
+    token_lifetime: int = 3600
+    base: str = ""
+    tokens: dict[str, float] = field(default_factory=dict)  # access token -> expiry
+    refresh_tokens: set[str] = field(default_factory=set)
+    codes: dict[str, tuple[str, str]] = field(default_factory=dict)  # code -> (scope, nonce)
+    grants: list[str] = field(default_factory=list)
+    refuse_refresh: bool = False
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        prefix = f"/{self.tenant}"
+        app.router.add_get(prefix + "/v2.0/.well-known/openid-configuration", self._discovery)
+        app.router.add_get(prefix + "/oauth2/v2.0/authorize", self._authorize)
+        app.router.add_post(prefix + "/oauth2/v2.0/token", self._token)
+        return app
+
+    @property
+    def authority(self) -> str:
+        return f"{self.base}/{self.tenant}"
+
+    def valid(self, token: str) -> bool:
+        expiry = self.tokens.get(token)
+        return expiry is not None and expiry > time.time()
+
+    def expire_all(self) -> None:
+        for token in self.tokens:
+            self.tokens[token] = 0.0
+
+    async def _discovery(self, request: web.Request) -> web.Response:
+        base = self.authority
+        return web.json_response(
+            {
+                "issuer": f"{base}/v2.0",
+                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                "token_endpoint": f"{base}/oauth2/v2.0/token",
+                "jwks_uri": f"{base}/discovery/v2.0/keys",
+                "response_types_supported": ["code"],
+            }
+        )
+
+    async def _authorize(self, request: web.Request) -> web.Response:
+        """The admin signs in and consents at once; back to the redirect URI with a code."""
+        query = request.query
+        if query.get("client_id") != self.client_id:
+            return web.Response(status=400, text="unknown client")
+        code = secrets.token_urlsafe(16)
+        self.codes[code] = (query.get("scope", ""), query.get("nonce", ""))
+        target = f"{query['redirect_uri']}?{urlencode({'code': code, 'state': query['state']})}"
+        raise web.HTTPFound(target)
+
+    def _issue(self, scope: str, with_refresh: bool, nonce: str = "") -> dict[str, object]:
+        access = secrets.token_urlsafe(24)
+        self.tokens[access] = time.time() + self.token_lifetime
+        body: dict[str, object] = {
+            "token_type": "Bearer",
+            "access_token": access,
+            "expires_in": self.token_lifetime,
+            "scope": scope,
+        }
+        if with_refresh:
+            refresh = secrets.token_urlsafe(24)
+            self.refresh_tokens.add(refresh)
+            body["refresh_token"] = refresh
+            body["id_token"] = _unsigned_jwt(
+                {
+                    "iss": f"{self.authority}/v2.0",
+                    "aud": self.client_id,
+                    "tid": self.tenant,
+                    "oid": "00000000-0000-0000-0000-00000000abcd",
+                    "sub": "svc",
+                    "preferred_username": self.user,
+                    "iat": int(time.time()),
+                    "exp": int(time.time()) + 3600,
+                    "ver": "2.0",
+                    **({"nonce": nonce} if nonce else {}),
+                }
+            )
+            body["client_info"] = (
+                base64.urlsafe_b64encode(
+                    json.dumps(
+                        {"uid": "00000000-0000-0000-0000-00000000abcd", "utid": self.tenant}
+                    ).encode()
+                )
+                .decode()
+                .rstrip("=")
+            )
+        return body
+
+    async def _token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        grant = str(form.get("grant_type"))
+        self.grants.append(grant)
+        if (
+            form.get("client_id") != self.client_id
+            or form.get("client_secret") != self.client_secret
+        ):
+            return web.json_response({"error": "invalid_client"}, status=401)
+        scope = str(form.get("scope", ""))
+        if grant == "client_credentials":
+            return web.json_response(self._issue(scope, with_refresh=False))
+        if grant == "authorization_code":
+            issued = self.codes.pop(str(form.get("code")), None)
+            if issued is None:
+                return web.json_response({"error": "invalid_grant"}, status=400)
+            return web.json_response(self._issue(scope, with_refresh=True, nonce=issued[1]))
+        if grant == "refresh_token":
+            refresh = str(form.get("refresh_token"))
+            if self.refuse_refresh or refresh not in self.refresh_tokens:
+                return web.json_response(
+                    {"error": "invalid_grant", "error_description": "AADSTS70043: expired"},
+                    status=400,
+                )
+            self.refresh_tokens.discard(refresh)
+            return web.json_response(self._issue(scope, with_refresh=True))
+        return web.json_response({"error": "unsupported_grant_type"}, status=400)

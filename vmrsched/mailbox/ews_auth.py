@@ -1,0 +1,203 @@
+"""OAuth tokens for EWS, through msal.
+
+- oauth_app: the client credentials grant; msal caches the token until it nearly expires.
+- oauth_delegated: the service account signs in once in a browser (authorization code flow,
+  started from the admin page); msal's token cache, with the refresh token, is kept under
+  data_dir with file mode 0600 and refreshes the access token on its own. When the refresh
+  fails the service needs a new sign-in: `SignInRequired` carries the alarm name for that.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import msal
+import requests
+
+from vmrsched.config import ExchangeConfig
+from vmrsched.mailbox.base import GatewayError
+
+SIGN_IN_ALARM = "service_account_sign_in_required"
+
+
+class SignInRequired(GatewayError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, alarm=SIGN_IN_ALARM)
+
+
+class TokenSource(Protocol):
+    def get(self, force: bool = False) -> str:
+        """A current access token; `force` asks for a new one (the last was refused)."""
+        ...
+
+
+def authority_of(token_endpoint: str) -> str:
+    """msal wants the authority; admins configure endpoints. Entra: …/<tenant>/oauth2/v2.0/token
+    -> …/<tenant>; AD FS: …/adfs/oauth2/token -> …/adfs."""
+    for suffix in ("/oauth2/v2.0/token", "/oauth2/token"):
+        if token_endpoint.endswith(suffix):
+            return token_endpoint[: -len(suffix)]
+    raise ValueError(f"cannot tell the authority from token endpoint {token_endpoint!r}")
+
+
+def default_scope(ex: ExchangeConfig, delegated: bool) -> str:
+    if ex.oauth_scope:
+        return ex.oauth_scope
+    parts = urlsplit(ex.ews_url)
+    origin = f"https://{parts.hostname}"
+    return f"{origin}/EWS.AccessAsUser.All" if delegated else f"{origin}/.default"
+
+
+class _CaSession(requests.Session):
+    """A session that keeps the configured CA bundle (internal CAs: AD FS, hybrid Exchange):
+    plain requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override `Session.verify`."""
+
+    def __init__(self, ca_file: str) -> None:
+        super().__init__()
+        self.ca_file = ca_file
+
+    def merge_environment_settings(self, *args: Any, **kwargs: Any) -> Any:
+        settings = super().merge_environment_settings(*args, **kwargs)
+        if self.ca_file:
+            settings["verify"] = self.ca_file
+        return settings
+
+
+def _msal_app(ex: ExchangeConfig, cache: msal.TokenCache | None = None) -> Any:
+    """An msal client for the configured token endpoint. Creating one fetches the authority's
+    OIDC document, so it happens on first use, in an actor thread, never while starting."""
+    secret = ex.oauth_client_secret.reveal() if ex.oauth_client_secret else None
+    session = _CaSession(ex.tls_ca_file)
+    try:
+        return msal.ConfidentialClientApplication(
+            ex.oauth_client_id,
+            client_credential=secret,
+            authority=authority_of(ex.oauth_token_endpoint),
+            validate_authority=False,
+            instance_discovery=False,
+            token_cache=cache,
+            http_client=session,
+            timeout=10,
+        )
+    except (ValueError, OSError, requests.RequestException) as exc:
+        raise GatewayError(f"token endpoint unreachable: {exc}") from exc
+
+
+def _token(result: dict[str, Any] | None, what: str) -> str:
+    if not result or "access_token" not in result:
+        detail = (result or {}).get("error_description") or (result or {}).get("error") or "none"
+        raise GatewayError(f"{what}: no access token ({detail})")
+    return str(result["access_token"])
+
+
+class AppTokens:
+    def __init__(self, ex: ExchangeConfig) -> None:
+        self.ex = ex
+        self.scope = default_scope(ex, delegated=False)
+        self._lock = threading.Lock()
+        self._app: Any = None
+
+    def get(self, force: bool = False) -> str:
+        with self._lock:
+            if force or self._app is None:
+                self._app = _msal_app(self.ex)  # a fresh cache: msal would reuse the old token
+            try:
+                result = self._app.acquire_token_for_client(scopes=[self.scope])
+            except (ValueError, OSError, requests.RequestException) as exc:
+                raise GatewayError(f"token endpoint unreachable: {exc}") from exc
+            return _token(result, "client credentials grant")
+
+
+class DelegatedTokens:
+    def __init__(self, ex: ExchangeConfig, cache_path: Path) -> None:
+        self.ex = ex
+        self.scope = default_scope(ex, delegated=True)
+        self.cache_path = cache_path
+        self._lock = threading.Lock()
+        self._cache = msal.SerializableTokenCache()
+        if cache_path.exists():
+            self._cache.deserialize(cache_path.read_text())
+        self._client: Any = None
+        self._flows: dict[str, dict[str, Any]] = {}
+
+    @property
+    def _app(self) -> Any:
+        if self._client is None:
+            self._client = _msal_app(self.ex, self._cache)
+        return self._client
+
+    def _persist(self) -> None:
+        if not self._cache.has_state_changed:
+            return
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.cache_path.with_name(f".{self.cache_path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self._cache.serialize())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.cache_path)
+        os.chmod(self.cache_path, 0o600)
+
+    # --- the browser sign-in --------------------------------------------------------------
+    def start_sign_in(self, redirect_uri: str) -> str:
+        """Begin the authorization code flow; returns where to send the admin's browser."""
+        with self._lock:
+            flow = self._app.initiate_auth_code_flow(
+                scopes=[self.scope],
+                redirect_uri=redirect_uri,
+                login_hint=self.ex.service_account_username or None,
+            )
+            self._flows[flow["state"]] = flow
+            return str(flow["auth_uri"])
+
+    def finish_sign_in(self, query: dict[str, str]) -> str:
+        """Complete the flow with the redirect's query; returns the signed-in account."""
+        with self._lock:
+            flow = self._flows.pop(query.get("state", ""), None)
+            if flow is None:
+                raise SignInRequired("unknown or expired sign-in attempt; start again")
+            try:
+                result = self._app.acquire_token_by_auth_code_flow(flow, query)
+            except (ValueError, RuntimeError, OSError, requests.RequestException) as exc:
+                raise SignInRequired(f"sign-in failed: {exc}") from exc  # state, nonce, network
+            _token(result, "authorization code grant")
+            self._persist()
+            claims = result.get("id_token_claims") or {}
+            return str(claims.get("preferred_username") or self.ex.service_account_username)
+
+    def pending_states(self) -> set[str]:
+        with self._lock:
+            return set(self._flows)
+
+    def signed_in(self) -> bool:
+        return bool(self._app.get_accounts())
+
+    def get(self, force: bool = False) -> str:
+        with self._lock:
+            accounts = self._app.get_accounts()
+            if not accounts:
+                raise SignInRequired("the service account has not signed in yet")
+            try:
+                result = self._app.acquire_token_silent_with_error(
+                    [self.scope], account=accounts[0], force_refresh=force
+                )
+            except (ValueError, OSError, requests.RequestException) as exc:
+                raise GatewayError(f"token endpoint unreachable: {exc}") from exc
+            self._persist()
+            if not result or "access_token" not in result:
+                detail = (result or {}).get("error_description", "refresh failed")
+                raise SignInRequired(f"the service account must sign in again: {detail}")
+            return str(result["access_token"])
+
+
+def token_source(ex: ExchangeConfig, data_dir: Path, name: str) -> TokenSource | None:
+    if ex.authentication == "oauth_app":
+        return AppTokens(ex)
+    if ex.authentication == "oauth_delegated":
+        return DelegatedTokens(ex, data_dir / "oauth" / f"{name}.json")
+    return None
