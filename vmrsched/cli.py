@@ -44,6 +44,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     for warning in cfg.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if args.online:
+        return _check_online(cfg)
     print(f"{path}: OK, listening on {cfg.server.listen}, data in {cfg.server.data_dir}")
     for integ in cfg.integrations:
         kinds = [
@@ -62,12 +64,38 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_online(cfg: config.Config) -> int:
+    """Connect to every integration's mailbox and report what works."""
+    from vmrsched.actors.context import make_gateway
+    from vmrsched.telemetry import Metrics
+
+    failed = False
+    for integ in cfg.integrations:
+        print(f"{integ.name} ({integ.backend}):")
+        try:
+            gateway = make_gateway(integ, cfg.data_dir, Metrics())
+        except Exception as exc:
+            print(f"  FAIL  {exc}")
+            failed = True
+            continue
+        try:
+            for ok, text in getattr(gateway, "probe", lambda: [])():
+                print(f"  {'ok  ' if ok else 'FAIL'}  {text}")
+                failed = failed or not ok
+        finally:
+            gateway.close()
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmrsched", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     check = sub.add_parser("check-config", help="validate a config file and list every problem")
     check.add_argument("path", nargs="?", type=Path, help="TOML file")
+    check.add_argument(
+        "--online", action="store_true", help="also connect to each mailbox and report what works"
+    )
     _add_config(check)
     check.set_defaults(func=cmd_check_config)
     _register_service_commands(sub)

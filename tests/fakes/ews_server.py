@@ -29,6 +29,7 @@ import icalendar
 from aiohttp import web
 from lxml import etree
 
+from tests.fakes import ntlm
 from vmrsched.meetings import Meeting
 
 S = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -81,10 +82,15 @@ class FakeExchange:
         username: str = "svc-vmr",
         password: str = "s3cret",
         bearer: Callable[[str], bool] | None = None,
+        ntlm: bool = False,
     ) -> None:
         self.username = username
         self.password = password
         self.bearer = bearer  # accepts OAuth access tokens when set
+        self.ntlm = ntlm  # NTLM instead of Basic for the service account
+        self._challenges: dict[int, bytes] = {}
+        self._ntlm_ok: set[int] = set()
+        self.ntlm_users: list[str] = []
         self.auth_seen: list[str] = []
         self.mailboxes: dict[str, Mailbox] = {}
         self.lock = threading.Lock()
@@ -92,6 +98,7 @@ class FakeExchange:
         self.requests: list[str] = []  # operation names, in order
         self.impersonated: list[str] = []
         self.fail_next: list[str] = []  # "503" | "busy" | "invalid"
+        self.allow_impersonation = True
         self.down = False
 
     # --- state helpers for tests ----------------------------------------------------------
@@ -164,10 +171,37 @@ class FakeExchange:
         user, _, password = base64.b64decode(header[6:]).decode().partition(":")
         return user.split("\\")[-1] == self.username and password == self.password
 
+    def _ntlm(self, request: web.Request) -> web.Response | None:
+        """None when the connection is authenticated; else the next 401 of the handshake."""
+        connection = id(request.transport)
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("NTLM "):
+            if connection in self._ntlm_ok:
+                return None
+            return web.Response(status=401, headers={"WWW-Authenticate": "NTLM"})
+        data = base64.b64decode(header[5:])
+        kind = ntlm.message_type(data)
+        if kind == 1:
+            challenge = ntlm.new_challenge()
+            self._challenges[connection] = challenge
+            token = base64.b64encode(ntlm.challenge_message(challenge)).decode()
+            return web.Response(status=401, headers={"WWW-Authenticate": f"NTLM {token}"})
+        challenge = self._challenges.pop(connection, b"")
+        user = ntlm.verify_authenticate(data, challenge, self.password) if challenge else None
+        if kind == 3 and user is not None and user.split("\\")[-1] == self.username:
+            self._ntlm_ok.add(connection)
+            self.ntlm_users.append(user)
+            return None
+        return web.Response(status=401, headers={"WWW-Authenticate": "NTLM"})
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if self.down:
             raise ConnectionResetError("server is down")
-        if not self._authorized(request):
+        if self.ntlm:
+            refused = self._ntlm(request)
+            if refused is not None:
+                return refused
+        elif not self._authorized(request):
             challenge = 'Bearer error="invalid_token"' if self.bearer else 'Basic realm="EWS"'
             return web.Response(status=401, headers={"WWW-Authenticate": challenge})
         document = etree.fromstring(await request.read())
@@ -184,6 +218,8 @@ class FakeExchange:
                     return self._server_busy()
             header = document.find("s:Header", NS)
             acting = self._impersonated(header)
+            if acting is not None and not self.allow_impersonation:
+                return self._impersonation_denied()
             handler = getattr(self, f"_op_{operation}", None)
             if handler is None:
                 return self._fault("ErrorInvalidRequest", f"{operation} is not supported")
@@ -222,6 +258,20 @@ class FakeExchange:
             'schemas.microsoft.com/exchange/services/2006/types"><t:Value Name="BackOff'
             'Milliseconds">300</t:Value></t:MessageXml></detail></s:Fault></s:Body>'
             "</s:Envelope>"
+        )
+        return web.Response(status=500, text=text, content_type="text/xml", charset="utf-8")
+
+    def _impersonation_denied(self) -> web.Response:
+        text = (
+            f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{S}"><s:Body>'
+            '<s:Fault><faultcode xmlns:a="http://schemas.microsoft.com/exchange/services/'
+            '2006/types">a:ErrorImpersonateUserDenied</faultcode><faultstring xml:lang='
+            '"en-US">The account does not have permission to impersonate the requested user.'
+            '</faultstring><detail><e:ResponseCode xmlns:e="http://schemas.microsoft.com/'
+            'exchange/services/2006/errors">ErrorImpersonateUserDenied</e:ResponseCode>'
+            '<e:Message xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">'
+            "The account does not have permission to impersonate the requested user."
+            "</e:Message></detail></s:Fault></s:Body></s:Envelope>"
         )
         return web.Response(status=500, text=text, content_type="text/xml", charset="utf-8")
 

@@ -513,3 +513,87 @@ async def test_oauth_delegated_browser_sign_in_then_refresh_failure_alarm(
 
 
 SIGN_IN = "service_account_sign_in_required"
+
+
+@pytest.mark.parametrize("password, answered", [("s3cret", True), ("wrong", False)])
+def test_ntlm_service_account(tmp_path: Path, password: str, answered: bool) -> None:
+    fake = FakeExchange(ntlm=True)
+    server = ThreadedServer(fake.app()).start()
+    base = make_config(tmp_path, server.url)
+    integ = base.integrations[0]
+    doc = {
+        "server": {"listen": "127.0.0.1:0", "data_dir": str(tmp_path / "data")},
+        "integrations": [
+            {
+                "name": "onprem",
+                "backend": "ews",
+                "exchange": {
+                    "ews_url": integ.exchange.ews_url,
+                    "authentication": "ntlm",
+                    "service_account_username": "CONTOSO\\\\svc-vmr",
+                    "service_account_password_env": "PW",
+                    "mailbox_name": "Room",
+                    "mailbox_email": ROOM,
+                    "poll_interval_seconds": 0.05,
+                },
+                "addin": {"token_validation": "none"},
+            }
+        ],
+    }
+    cfg = config.parse(doc, tmp_path, {"PW": password})
+    svc = service.start(cfg)
+    try:
+        item = fake.deliver(ROOM, meeting("ntlm", "<p>no token</p>"))
+        if answered:
+            spoolkit.wait_for(lambda: item.id not in fake.mailbox(ROOM).inbox)
+            assert fake.ntlm_users and fake.ntlm_users[0].lower() == "contoso\\\\svc-vmr"
+        else:
+            spoolkit.wait_for(
+                lambda: (
+                    ("onprem", "exchange_unreachable")
+                    in {(a.integration, a.name) for a in svc.ctx.alarms.active()}
+                )
+            )
+            assert item.id in fake.mailbox(ROOM).inbox and not fake.ntlm_users
+    finally:
+        svc.stop()
+        server.stop()
+
+
+@pytest.mark.parametrize("impersonation", [True, False])
+def test_check_config_online(tmp_path: Path, impersonation: bool) -> None:
+    fake = FakeExchange()
+    fake.allow_impersonation = impersonation
+    server = ThreadedServer(fake.app()).start()
+    try:
+        path = _write_toml(tmp_path, make_config(tmp_path, server.url), server.url)
+        out = subprocess.run(
+            [sys.executable, "-m", "vmrsched", "check-config", "--online", str(path)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=_env(),
+        )
+        assert f"ok    mailbox {ROOM}: inbox has 0 item(s)" in out.stdout, out
+        assert "AutomateProcessing None" in out.stdout
+        if impersonation:
+            assert out.returncode == 0 and "ApplicationImpersonation works" in out.stdout
+        else:
+            assert out.returncode == 1
+            assert "FAIL  impersonation refused" in out.stdout
+    finally:
+        server.stop()
+    wrong = FakeExchange(password="other")
+    server = ThreadedServer(wrong.app()).start()
+    try:
+        path = _write_toml(tmp_path, make_config(tmp_path, server.url), server.url)
+        out = subprocess.run(
+            [sys.executable, "-m", "vmrsched", "check-config", "--online", str(path)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=_env(),
+        )
+        assert out.returncode == 1 and f"FAIL  cannot use mailbox {ROOM}" in out.stdout, out
+    finally:
+        server.stop()

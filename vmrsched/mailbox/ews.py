@@ -396,6 +396,40 @@ class EwsMailbox:
                     entries.append(CalendarEntry(meeting, item_id))
         return entries
 
+    def probe(self) -> list[tuple[bool, str]]:
+        """What works and what does not, for `check-config --online`."""
+        results: list[tuple[bool, str]] = []
+        try:
+            with self._calling():
+                inbox = self.account().inbox
+                results.append(
+                    (
+                        True,
+                        f"signed in to {self.integ.exchange.ews_url} "
+                        f"({self.integ.exchange.authentication})",
+                    )
+                )
+                results.append(
+                    (True, f"mailbox {self.room}: inbox has {inbox.total_count} item(s)")
+                )
+        except (GatewayError, ErrorItemNotFound) as exc:
+            return [(False, f"cannot use mailbox {self.room}: {exc}")]
+        try:
+            with self._calling():
+                self._as(self.room).calendar.refresh()
+            results.append((True, "ApplicationImpersonation works (organizer updates possible)"))
+        except (GatewayError, EWSError) as exc:
+            results.append((False, f"impersonation refused, organizer updates will fail: {exc}"))
+        results.append(
+            (
+                True,
+                "calendar processing cannot be read over EWS: check that "
+                "Get-CalendarProcessing shows AutomateProcessing None and "
+                "AllowConflicts True for the room",
+            )
+        )
+        return results
+
     def close(self) -> None:
         if self._account is not None:
             self._account.protocol.close()

@@ -170,6 +170,14 @@ class SpoolMailbox:
                 entries.append(CalendarEntry(meeting, f"{uid}#{rid}"))
         return entries
 
+    def probe(self) -> list[tuple[bool, str]]:
+        """What works and what does not, for `check-config --online`."""
+        results = []
+        for folder in (self.inbox, self.outbox, self.processed, self.failed, self.calendar_dir):
+            ok = os.access(folder, os.W_OK)
+            results.append((ok, f"{folder} is {'writable' if ok else 'not writable'}"))
+        return results
+
     def close(self) -> None:
         if self._calendar is not None:
             self._calendar.close()
