@@ -50,6 +50,7 @@ def main() -> None:
                     when = start + timedelta(minutes=15 * i)
                     item = _request(fake, i, when, alias_id)
                     fake.mailbox(ROOM).inbox[item.id] = item
+                    fake.mailbox(ROOM).events.append(item.id)
             started = time.perf_counter()
             spoolkit.wait_for(
                 lambda: len(fake.replies(ROOM)) >= args.meetings, timeout=600, interval=0.02

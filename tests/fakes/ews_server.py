@@ -74,6 +74,7 @@ class Mailbox:
     calendar: dict[str, FakeItem] = field(default_factory=dict)
     sent: list[FakeItem] = field(default_factory=list)
     deleted: list[FakeItem] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)  # ids of items that arrived in the inbox
 
 
 class FakeExchange:
@@ -99,6 +100,8 @@ class FakeExchange:
         self.impersonated: list[str] = []
         self.fail_next: list[str] = []  # "503" | "busy" | "invalid"
         self.allow_impersonation = True
+        self.subscriptions: dict[str, str] = {}  # subscription id -> mailbox address
+        self.subscribe_supported = True
         self.down = False
 
     # --- state helpers for tests ----------------------------------------------------------
@@ -107,6 +110,12 @@ class FakeExchange:
         if key not in self.mailboxes:
             self.mailboxes[key] = Mailbox(address)
         return self.mailboxes[key]
+
+    def put_in_inbox(self, room: str, item: FakeItem) -> None:
+        """An item arriving in the room's inbox (with its new-mail event)."""
+        with self.lock:
+            self.mailbox(room).inbox[item.id] = item
+            self.mailbox(room).events.append(item.id)
 
     def new_id(self, prefix: str) -> str:
         raw = f"{prefix}-{next(self._ids):08d}".encode()
@@ -126,6 +135,7 @@ class FakeExchange:
                 meeting.organizer_email,
             )
             self.mailbox(room).inbox[item.id] = item
+            self.mailbox(room).events.append(item.id)
             if meeting.method == "REQUEST" and meeting.organizer_email:
                 calendar = self.mailbox(meeting.organizer_email).calendar
                 existing = next(
@@ -326,7 +336,81 @@ class FakeExchange:
             f"</m:DescriptiveLinkKey></m:{operation}ResponseMessage>"
         )
 
+    def drop_subscriptions(self) -> None:
+        """As after a server restart: every subscription is gone."""
+        with self.lock:
+            self.subscriptions.clear()
+
     # --- operations ---------------------------------------------------------------------------
+    def _op_Subscribe(self, request: Any, acting: str | None) -> str:
+        if not self.subscribe_supported:
+            return self._response(
+                "Subscribe",
+                [
+                    self._error(
+                        "Subscribe",
+                        "ErrorInvalidSubscriptionRequest",
+                        "Subscriptions are disabled.",
+                    )
+                ],
+            )
+        pull = request.find("m:PullSubscriptionRequest", NS)
+        address, _ = self._folder_owner(pull.find("t:FolderIds", NS), acting)
+        subscription = base64.b64encode(self.new_id("sub").encode()).decode()
+        self.subscriptions[subscription] = address
+        watermark = str(len(self.mailbox(address).events))
+        return self._response(
+            "Subscribe",
+            [
+                self._ok(
+                    "Subscribe",
+                    (
+                        f"<m:SubscriptionId>{subscription}</m:SubscriptionId>"
+                        f"<m:Watermark>{base64.b64encode(watermark.encode()).decode()}</m:Watermark>"
+                    ),
+                )
+            ],
+        )
+
+    def _op_GetEvents(self, request: Any, acting: str | None) -> str:
+        subscription = request.findtext("m:SubscriptionId", namespaces=NS)
+        address = self.subscriptions.get(subscription or "")
+        if address is None:
+            return self._response(
+                "GetEvents",
+                [
+                    self._error(
+                        "GetEvents",
+                        "ErrorSubscriptionNotFound",
+                        "The specified subscription was not found.",
+                    )
+                ],
+            )
+        watermark = int(
+            base64.b64decode(request.findtext("m:Watermark", namespaces=NS) or "MA==").decode()
+        )
+        events = self.mailbox(address).events
+        inner = [
+            f"<t:SubscriptionId>{subscription}</t:SubscriptionId><t:PreviousWatermark>"
+            f"{base64.b64encode(str(watermark).encode()).decode()}</t:PreviousWatermark>"
+            "<t:MoreEvents>false</t:MoreEvents>"
+        ]
+        for index in range(watermark, len(events)):
+            mark = base64.b64encode(str(index + 1).encode()).decode()
+            inner.append(
+                f"<t:NewMailEvent><t:Watermark>{mark}</t:Watermark><t:TimeStamp>"
+                f'{_ts(datetime.now(UTC))}</t:TimeStamp><t:ItemId Id="{events[index]}"'
+                f' ChangeKey="CK1"/><t:ParentFolderId Id="{self._folder_id(address, "inbox")}"'
+                "/></t:NewMailEvent>"
+            )
+        if len(inner) == 1:  # nothing new: a status event carries the current watermark
+            mark = base64.b64encode(str(len(events)).encode()).decode()
+            inner.append(f"<t:StatusEvent><t:Watermark>{mark}</t:Watermark></t:StatusEvent>")
+        return self._response(
+            "GetEvents",
+            [self._ok("GetEvents", (f"<m:Notification>{''.join(inner)}</m:Notification>"))],
+        )
+
     def _op_GetFolder(self, request: Any, acting: str | None) -> str:
         messages = []
         for folder in request.find("m:FolderIds", NS):

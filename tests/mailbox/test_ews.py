@@ -191,11 +191,9 @@ def test_placeholder_meeting_gets_an_organizer_update_by_impersonation(env: Env)
 
 
 def test_a_plain_message_is_declined_and_removed(env: Env) -> None:
-    with env.fake.lock:
-        item = FakeItem(
-            env.fake.new_id("in"), "Message", None, "hello", "<p>hi</p>", "ann@example.com"
-        )
-        env.fake.mailbox(ROOM).inbox[item.id] = item
+    env.send(meeting("first", "<p>x</p>"))  # the subscription is up and caught up
+    item = FakeItem(env.fake.new_id("in"), "Message", None, "hello", "<p>hi</p>", "ann@example.com")
+    env.fake.put_in_inbox(ROOM, item)  # announced by a new-mail event
     spoolkit.wait_for(lambda: item.id not in env.fake.mailbox(ROOM).inbox)
     spoolkit.wait_for(
         lambda: any(m.recipients == ("ann@example.com",) for m in env.fake.replies(ROOM))
@@ -597,3 +595,47 @@ def test_check_config_online(tmp_path: Path, impersonation: bool) -> None:
         assert out.returncode == 1 and f"FAIL  cannot use mailbox {ROOM}" in out.stdout, out
     finally:
         server.stop()
+
+
+def test_subscription_drives_listing_and_survives_expiry(env: Env) -> None:
+    env.send(meeting("one", "<p>x</p>"))
+    spoolkit.wait_for(lambda: env.fake.requests.count("GetEvents") >= 5)
+    listed = env.fake.requests.count("FindItem")
+    polls = env.fake.requests.count("GetEvents")
+    spoolkit.wait_for(lambda: env.fake.requests.count("GetEvents") >= polls + 10)
+    assert env.fake.requests.count("FindItem") == listed  # idle: events only, no listing
+    env.fake.drop_subscriptions()  # as after an Exchange restart
+    env.send(meeting("two", "<p>x</p>"))
+    assert env.replies("two")
+    assert env.fake.requests.count("Subscribe") == 2
+
+
+def test_without_subscriptions_the_inbox_is_polled(env: Env) -> None:
+    env.fake.subscribe_supported = False
+    env.fake.drop_subscriptions()
+    env.send(meeting("polled", "<p>x</p>"))
+    assert env.replies("polled")
+
+
+def test_more_than_one_batch_at_once_is_all_answered(env: Env) -> None:
+    """Regression: answered items leave the inbox while the next listing runs; paging by offset
+    used to skip the items at the page boundary."""
+    env.send(meeting("warm-up", "<p>x</p>"))
+    items = [
+        FakeItem(
+            env.fake.new_id("in"),
+            "MeetingRequest",
+            meeting(f"bulk-{i}", "<p>no token</p>"),
+            "Bulk",
+            "",
+            "olga@example.com",
+        )
+        for i in range(250)
+    ]
+    with env.fake.lock:
+        for item in items:
+            env.fake.mailbox(ROOM).inbox[item.id] = item
+            env.fake.mailbox(ROOM).events.append(item.id)
+    spoolkit.wait_for(lambda: not env.fake.mailbox(ROOM).inbox, timeout=60)
+    answered = {r.meeting.uid for r in env.fake.replies(ROOM) if r.meeting}
+    assert {f"bulk-{i}" for i in range(250)} <= answered

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -34,8 +35,13 @@ from exchangelib import (
     Message,
 )
 from exchangelib.errors import (
+    ErrorInvalidRequest,
+    ErrorInvalidSubscription,
+    ErrorInvalidSubscriptionRequest,
+    ErrorInvalidWatermark,
     ErrorItemNotFound,
     ErrorServerBusy,
+    ErrorSubscriptionNotFound,
     EWSError,
     RateLimitError,
     TransportError,
@@ -62,6 +68,8 @@ log = logging.getLogger("vmrsched.ews")
 # spent guessing the server version.
 REQUEST_VERSION = Version(build=Build(15, 0, 847))
 MEETING_CLASSES = ("IPM.Schedule.Meeting.Request", "IPM.Schedule.Meeting.Canceled")
+MAX_PAGE = 1000  # EWS returns at most 1,000 items per FindItem
+CATCH_UP_SECONDS = 60.0  # list the inbox at least this often, events or not
 FETCH_FIELDS = ("mime_content", "item_class", "datetime_received", "subject", "sender")
 _OPERATION = re.compile(rb"<(?:\w+:)?Body[^>]*>\s*<(?:\w+:)?(\w+)")
 _current = threading.local()
@@ -144,6 +152,12 @@ class EwsMailbox:
         self._impersonated: dict[str, Account] = {}
         self._handed_off: set[str] = set()
         self._classes: dict[str, str] = {}
+        # change detection: a pull subscription on the inbox (None: (re)subscribe, and list the
+        # inbox as catch-up); refused: the server offers none, so poll by listing
+        self._subscription: tuple[str, str] | None = None
+        self._subscriptions_refused = False
+        self._backlog = False  # the last listing was cut at the batch limit
+        self._listed_at = 0.0
 
     # --- plumbing ---------------------------------------------------------------------------
     def _count(self, operation: str, result: str) -> None:
@@ -220,16 +234,23 @@ class EwsMailbox:
 
     # --- reading ----------------------------------------------------------------------------
     def fetch(self, limit: int) -> Sequence[InboxItem]:
+        """New items, oldest first. The inbox is listed (FindItem) only when the subscription
+        reports new mail, when it had to be (re)created (catch-up for anything that arrived
+        meanwhile), when the last listing left a backlog, or when subscriptions are refused."""
         account = self.account()
         with self._calling():
-            wanted = limit + len(self._handed_off)
-            ids = [
-                (i, c)
-                for i, c in account.inbox.all()
-                .order_by("datetime_received")
-                .values_list("id", "changekey")[:wanted]
-                if i not in self._handed_off
-            ][:limit]
+            due = time.monotonic() - self._listed_at >= CATCH_UP_SECONDS
+            if not (self._changed(account) or self._backlog or due):
+                return []
+            self._listed_at = time.monotonic()
+            # One FindItem for the whole listing: paging by offset would skip items while the
+            # notifier removes answered ones between pages.
+            wanted = min(MAX_PAGE, limit + len(self._handed_off))
+            query = account.inbox.all().order_by("datetime_received")
+            query.page_size = wanted
+            listed = list(query.values_list("id", "changekey")[:wanted])
+            ids = [(i, c) for i, c in listed if i not in self._handed_off][:limit]
+            self._backlog = len(listed) >= wanted
             if not ids:
                 return []
             fetched = list(account.fetch(ids=ids, only_fields=FETCH_FIELDS))
@@ -239,6 +260,38 @@ class EwsMailbox:
                 continue  # gone since the listing (someone else moved it)
             items.append(self._to_inbox_item(item_id, item))
         return items
+
+    def _changed(self, account: Account) -> bool:
+        if self._subscriptions_refused:
+            return True  # no subscriptions on this server: list every time
+        if self._subscription is None:
+            try:
+                subscription_id, watermark = account.inbox.subscribe_to_pull(
+                    event_types=("NewMailEvent", "CreatedEvent", "MovedEvent", "CopiedEvent"),
+                    timeout=30,
+                )
+            except (ErrorInvalidSubscriptionRequest, ErrorInvalidRequest) as exc:
+                log.info(
+                    "no subscriptions (%s); polling the inbox instead",
+                    exc,
+                    extra={"integration": self.name},
+                )
+                self._subscriptions_refused = True
+                return True
+            self._subscription = (subscription_id, watermark)
+            return True  # catch up with whatever arrived before the subscription
+        subscription_id, watermark = self._subscription
+        try:
+            changed = False
+            for notification in account.inbox.get_events(subscription_id, watermark):
+                for event in notification.events:
+                    watermark = getattr(event, "watermark", None) or watermark
+                    changed = changed or type(event).__name__ != "StatusEvent"
+            self._subscription = (subscription_id, watermark)
+            return changed
+        except (ErrorSubscriptionNotFound, ErrorInvalidSubscription, ErrorInvalidWatermark):
+            self._subscription = None  # expired (30 min unpolled) or the server restarted
+            return self._changed(account)
 
     def _to_inbox_item(self, item_id: str, item: Any) -> InboxItem:
         received = item.datetime_received or datetime.now(UTC)
