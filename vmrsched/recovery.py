@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from vmrsched import answers, recurrence
 from vmrsched.config import IntegrationConfig
+from vmrsched.mailbox import compose
 from vmrsched.mailbox.base import Gateway, GatewayError
 from vmrsched.meetings import Action, Decision, answer_key
 from vmrsched.store import Store
@@ -81,6 +82,11 @@ def recover(
         store.commit()  # the alias is on disk before anyone is told about it
         assert bound is not None
         update = answers.organizer_update(integ, renderer, meeting, decision, bound)
+        # a new message (new alias), not a resend of the original update
+        update = replace(
+            update,
+            id=compose.message_id(integ.name, meeting, "update", f"recovered-{bound['alias_id']}"),
+        )
         try:
             gateway.send(update)
         except GatewayError as exc:

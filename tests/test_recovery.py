@@ -1,0 +1,77 @@
+"""`vmrsched recover` on the spool backend: accepted meetings (the spool's resource calendar)
+that the store no longer knows get a new alias and an organizer update in the outbox."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import spoolkit
+from tests.actors.test_service_e2e import make_config
+from vmrsched import service
+from vmrsched.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def test_recover_on_the_spool(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    spool = cfg.integrations[0].spool_dir(cfg.data_dir)
+    svc = service.start(cfg)
+    try:
+        data, uid = spoolkit.request(
+            body="<p>TOK:-00000000-0000-4000-8000-00000000beef#</p>", rrule="FREQ=WEEKLY;COUNT=3"
+        )
+        name = spoolkit.drop(spool / "inbox", data)
+        spoolkit.wait_handled(spool, name)
+        spoolkit.wait_for(lambda: len(spoolkit.answers_for(spool, uid)) == 2)
+    finally:
+        svc.stop()
+    store = Store(cfg.data_dir / "store" / "alpha")
+    lost = store.by_meeting_uid(uid)
+    assert lost is not None
+    store.delete(lost["alias_id"], "lost in a test")
+    store.sweep()
+    store.close()
+
+    config_file = tmp_path / "vmrsched.toml"
+    config_file.write_text(f"""
+[server]
+data_dir = "{cfg.data_dir}"
+[[integrations]]
+name = "alpha"
+[integrations.exchange]
+mailbox_name = "Video Room"
+mailbox_email = "vmr@example.com"
+[integrations.addin]
+token_validation = "none"
+""")
+    holder = Store(cfg.data_dir / "store" / "alpha")  # as if the service were running
+    busy = subprocess.run(
+        [sys.executable, "-m", "vmrsched", "recover", "alpha", "--config", str(config_file)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    holder.close()
+    assert busy.returncode == 1 and "stop the service first" in busy.stderr
+
+    out = subprocess.run(
+        [sys.executable, "-m", "vmrsched", "recover", "alpha", "--config", str(config_file)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"bound         {uid}" in out.stdout and "alpha: 1 bound" in out.stdout
+    store = Store(cfg.data_dir / "store" / "alpha")
+    rebound = store.by_meeting_uid(uid)
+    assert rebound is not None and rebound["alias_id"] != lost["alias_id"]
+    store.close()
+    updates = [m for m in spoolkit.answers_for(spool, uid) if m.outcome == "updated"]
+    assert len(updates) == 2  # the original placeholder update and the recovery update
+    assert any(rebound["alias_id"] in m.html for m in updates)
