@@ -328,6 +328,11 @@ class FakeExchange:
             f"</m:ResponseCode>{inner}</m:{operation}ResponseMessage>"
         )
 
+    def _not_found(self, operation: str) -> str:
+        return self._error(
+            operation, "ErrorItemNotFound", "The specified object was not found in the store."
+        )
+
     @staticmethod
     def _error(operation: str, code: str, text: str) -> str:
         return (
@@ -481,13 +486,7 @@ class FakeExchange:
         for item_id in request.find("m:ItemIds", NS):
             found = self._find(item_id.get("Id"))
             if found is None:
-                messages.append(
-                    self._error(
-                        "GetItem",
-                        "ErrorItemNotFound",
-                        "The specified object was not found in the store.",
-                    )
-                )
+                messages.append(self._not_found("GetItem"))
                 continue
             box, _, item = found
             messages.append(
@@ -514,13 +513,7 @@ class FakeExchange:
             ref = element.find("t:ReferenceItemId", NS)
             found = self._find(ref.get("Id")) if ref is not None else None
             if found is None:
-                messages.append(
-                    self._error(
-                        "CreateItem",
-                        "ErrorItemNotFound",
-                        "The specified object was not found in the store.",
-                    )
-                )
+                messages.append(self._not_found("CreateItem"))
                 continue
             box, folder, item = found
             body = element.findtext("t:Body", default="", namespaces=NS)
@@ -587,13 +580,7 @@ class FakeExchange:
             item_id = change.find("t:ItemId", NS)
             found = self._find(item_id.get("Id"))
             if found is None:
-                messages.append(
-                    self._error(
-                        "UpdateItem",
-                        "ErrorItemNotFound",
-                        "The specified object was not found in the store.",
-                    )
-                )
+                messages.append(self._not_found("UpdateItem"))
                 continue
             _, _, item = found
             if item_id.get("ChangeKey") not in (None, item.changekey):
@@ -634,13 +621,7 @@ class FakeExchange:
         for item_id in request.find("m:ItemIds", NS):
             found = self._find(item_id.get("Id"))
             if found is None:
-                messages.append(
-                    self._error(
-                        "DeleteItem",
-                        "ErrorItemNotFound",
-                        "The specified object was not found in the store.",
-                    )
-                )
+                messages.append(self._not_found("DeleteItem"))
                 continue
             box, folder, item = found
             del folder[item.id]

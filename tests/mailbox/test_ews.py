@@ -152,8 +152,18 @@ def test_rules_through_ews_match_the_spool_outcomes(env: Env) -> None:
     assert env.count("declined", "alias_conflict") == 1
 
     rec2 = env.reserve()
-    env.send(meeting("series", pxps(rec2), rrule="FREQ=WEEKLY;COUNT=6"))
+    first = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    env.send(meeting("series", pxps(rec2), rrule="FREQ=WEEKLY;COUNT=6", start=first))
     assert env.count("accepted", "new_recurring") == 1
+    moved = first + timedelta(weeks=2)
+    env.send(
+        meeting(
+            "series", pxps(rec2), start=moved + timedelta(hours=2), recurrence_id=moved, sequence=1
+        )
+    )
+    assert env.count("accepted", "edited_occurrence") == 1
+    env.send(meeting("series", pxps(rec2), rrule="FREQ=WEEKLY;COUNT=10", start=first, sequence=2))
+    assert env.count("accepted", "edited_recurring") == 1
     env.send(meeting("past", pxps(env.reserve()), days=-3))
     assert env.count("declined", "single_in_past") == 1
     env.send(meeting("past-series", pxps(env.reserve()), days=-30, rrule="FREQ=DAILY;COUNT=2"))
