@@ -399,3 +399,21 @@ async def test_static_files_are_a_whitelist(client: TestClient[Any, Any]) -> Non
         "/addin/static/vendor/node_modules/@azure/msal-browser/package.json",
     ):
         assert (await client.get(path)).status == 404, path
+
+
+async def test_concurrent_reservations_are_distinct_and_durable(
+    client: TestClient[Any, Any], running_service: service.Service
+) -> None:
+    import asyncio
+
+    from vmrsched.store import Store
+
+    results = await asyncio.gather(*(post(client, "open") for _ in range(50)))
+    assert all(status == 201 for status, _ in results)
+    aliases = [body["alias"] for _, body in results]
+    assert len(set(aliases)) == 50
+    running_service.stop()  # closes the store; everything acknowledged must be on disk
+    store = Store(running_service.config.data_dir / "store" / "open")
+    on_disk = {record["alias"] for record in store.records()}
+    store.close()
+    assert set(aliases) <= on_disk

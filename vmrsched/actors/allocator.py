@@ -31,7 +31,10 @@ class Processed:
 
 @dataclass(frozen=True)
 class Reserve:
-    """Payload of a Request from the add-in API: reserve one alias."""
+    """Payload of a Request from the add-in API: reserve `count` aliases (the requests that
+    arrived together); the reply is the list of records."""
+
+    count: int = 1
 
 
 class AliasAllocator(SupervisedChild):
@@ -46,6 +49,7 @@ class AliasAllocator(SupervisedChild):
             reservation_ttl=timedelta(days=self.integ.reservation_ttl_days),
         )
         self._pending_replies: list[tuple[Request, Any]] = []
+        self._allocated = self.ctx.metrics.aliases_allocated.labels(self.integ.name)
         # The loaded store is millions of long-lived objects; left in the collected
         # generations, every full GC pass walks them all (tens of ms, on a hot path).
         gc.freeze()
@@ -143,13 +147,16 @@ class AliasAllocator(SupervisedChild):
         that covers every request waiting in the inbox."""
         try:
             if isinstance(request.payload, Reserve):
-                record = self.store.reserve(
-                    self.integ.single_use.alias_prefix,
-                    self.integ.single_use.alias_suffix_length,
-                    self.integ.single_use.alias_domain,
-                )
-                self.ctx.metrics.aliases_allocated.labels(self.integ.name).inc()
-                self._pending_replies.append((request, record))
+                spec = self.integ.single_use
+                records = [
+                    self.store.reserve(
+                        spec.alias_prefix, spec.alias_suffix_length, spec.alias_domain
+                    )
+                    for _ in range(max(1, request.payload.count))
+                ]
+                self._allocated.inc(len(records))
+                self._pending_replies.append((request, records))
+
             else:
                 request.reply(None, ValueError(f"unknown request {request.payload!r}"))
         except Exception as exc:

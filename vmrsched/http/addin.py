@@ -7,6 +7,7 @@ after the alias is on disk.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from datetime import datetime
@@ -16,11 +17,13 @@ from typing import Any, Generic, TypeVar
 import aiohttp
 import jinja2
 import orjson
+import pykka
 from aiohttp import web
 
 from vmrsched import aliases, answers, identity
 from vmrsched.actors.allocator import Reserve
-from vmrsched.actors.bridge import ask_async
+from vmrsched.actors.bridge import LoopReply
+from vmrsched.actors.messages import Request
 from vmrsched.actors.registry import ActorUnavailable
 from vmrsched.config import IntegrationConfig, png_size
 from vmrsched.http import manifest
@@ -81,6 +84,7 @@ class PerConfig(Generic[T]):
 
 VERIFIERS = web.AppKey("verifiers", PerConfig)
 COUNTERS = web.AppKey("addin_counters", dict)
+BATCHERS = web.AppKey("reservation_batchers", dict)
 renderer_for: PerConfig[Renderer] = PerConfig(
     lambda integ: Renderer(integ.template_sources(), integ.timezone)
 )
@@ -280,7 +284,11 @@ async def single_use_vmrs(request: web.Request) -> web.Response:
         if state != "running":
             raise ActorUnavailable(f"integration {integ.name} is {state or 'not running'}")
         allocator = service.ctx.registry.get(integ.name, "allocator")
-        record = await ask_async(allocator, Reserve(), timeout=RESERVE_TIMEOUT)
+        record = (
+            await request.app[BATCHERS]
+            .setdefault(integ.name, ReservationBatcher())
+            .reserve(allocator, RESERVE_TIMEOUT)
+        )
     except (ActorUnavailable, TimeoutError):
         return reply(
             503, error(503, "unavailable", "the booking service cannot take requests right now")
@@ -338,6 +346,48 @@ async def vendor_file(request: web.Request) -> web.Response:
     )
 
 
+class ReservationBatcher:
+    """Coalesces the reservations of one event-loop iteration into one message to the
+    allocator: one tell, one actor turn and one fsync for the lot, instead of one per request.
+    The reply resolves every waiting request's future (never blocking the loop)."""
+
+    def __init__(self) -> None:
+        self._waiting: list[asyncio.Future[Any]] = []
+        self._scheduled = False
+
+    async def reserve(self, allocator: Any, timeout: float) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._waiting.append(future)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._send, allocator, loop)
+        async with asyncio.timeout(timeout):
+            return await future
+
+    def _send(self, allocator: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = False
+        waiting, self._waiting = self._waiting, []
+        batch: asyncio.Future[Any] = loop.create_future()
+
+        def settle(done: asyncio.Future[Any]) -> None:
+            error = done.exception()
+            results = done.result() if error is None else [None] * len(waiting)
+            for future, result in zip(waiting, results, strict=True):
+                if future.done():
+                    continue  # timed out meanwhile; its alias simply expires unused
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+
+        batch.add_done_callback(settle)
+        try:
+            allocator.tell(Request(Reserve(len(waiting)), LoopReply(loop, batch)))
+        except pykka.ActorDeadError:
+            batch.set_exception(ActorUnavailable("the allocator stopped"))
+
+
 async def _session_context(app: web.Application) -> Any:
     app[SESSION] = aiohttp.ClientSession()
     yield
@@ -348,6 +398,7 @@ def setup(app: web.Application) -> None:
     service = app[SERVICE]
     app[LIMITER] = RateLimiter(service.config.server.rate_limit_per_minute)
     app[COUNTERS] = {}
+    app[BATCHERS] = {}
     app[VERIFIERS] = PerConfig(
         lambda integ: identity.verifier_for(
             integ, service.config.server.base_url, lambda: app[SESSION]
