@@ -402,18 +402,25 @@ async def test_static_files_are_a_whitelist(client: TestClient[Any, Any]) -> Non
 
 
 async def test_concurrent_reservations_are_distinct_and_durable(
-    client: TestClient[Any, Any], running_service: service.Service
+    tmp_path: Path, idp: IdentityProvider
 ) -> None:
     import asyncio
 
     from vmrsched.store import Store
 
-    results = await asyncio.gather(*(post(client, "open") for _ in range(50)))
-    assert all(status == 201 for status, _ in results)
+    svc = service.start(make_config(tmp_path, idp, rate_limit_per_minute=1000))
+    try:
+        await asyncio.to_thread(
+            spoolkit.wait_for, lambda: svc.ctx.status.state("open") == "running"
+        )
+        async with TestClient(TestServer(create_app(svc))) as test_client:
+            results = await asyncio.gather(*(post(test_client, "open") for _ in range(50)))
+    finally:
+        svc.stop()  # closes the store: everything acknowledged must be on disk
+    assert all(status == 201 for status, _ in results), results[:3]
     aliases = [body["alias"] for _, body in results]
     assert len(set(aliases)) == 50
-    running_service.stop()  # closes the store; everything acknowledged must be on disk
-    store = Store(running_service.config.data_dir / "store" / "open")
+    store = Store(tmp_path / "data" / "store" / "open")
     on_disk = {record["alias"] for record in store.records()}
     store.close()
     assert set(aliases) <= on_disk
