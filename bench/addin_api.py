@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from store import fill
 
+from tests.configs import spool_toml
 from vmrsched.store import Store
 
 BARE = """
@@ -39,21 +40,6 @@ app = web.Application()
 app.router.add_post("/api/addin/v1/default/single-use-vmrs", handler)
 app.router.add_get("/readyz", lambda r: web.json_response({}))
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
-"""
-
-CONFIG = """
-[server]
-listen = "127.0.0.1:{port}"
-data_dir = "{data}"
-rate_limit_per_minute = 100000
-
-[[integrations]]
-name = "default"
-[integrations.exchange]
-mailbox_name = "Video Room"
-mailbox_email = "vmr@example.com"
-[integrations.addin]
-token_validation = "none"
 """
 
 
@@ -117,7 +103,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, float]:
         store.close()
         port, bare_port = free_port(), free_port()
         config = Path(tmp) / "vmrsched.toml"
-        config.write_text(CONFIG.format(port=port, data=data))
+        config.write_text(spool_toml(data, port=port, server="rate_limit_per_minute = 100000"))
         log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115
         server = subprocess.Popen(
             [sys.executable, "-m", "vmrsched", "serve", "--config", str(config)],

@@ -11,6 +11,7 @@ import pytest
 
 from tests import spoolkit
 from tests.actors.test_service_e2e import make_config
+from tests.configs import spool_toml
 from vmrsched import service
 from vmrsched.store import Store
 
@@ -39,17 +40,7 @@ def test_recover_on_the_spool(tmp_path: Path) -> None:
     store.close()
 
     config_file = tmp_path / "vmrsched.toml"
-    config_file.write_text(f"""
-[server]
-data_dir = "{cfg.data_dir}"
-[[integrations]]
-name = "alpha"
-[integrations.exchange]
-mailbox_name = "Video Room"
-mailbox_email = "vmr@example.com"
-[integrations.addin]
-token_validation = "none"
-""")
+    config_file.write_text(spool_toml(cfg.data_dir, name="alpha"))
     holder = Store(cfg.data_dir / "store" / "alpha")  # as if the service were running
     busy = subprocess.run(
         [sys.executable, "-m", "vmrsched", "recover", "alpha", "--config", str(config_file)],

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests import spoolkit
+from tests.configs import spool_toml
 from vmrsched.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,22 +35,14 @@ def free_port() -> int:
 
 
 def write_config(path: Path, port: int, extra: str = "") -> None:
-    path.write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-data_dir = "{path.parent / "data"}"
-log_format = "json"
-
-[[integrations]]
-name = "default"
-[integrations.exchange]
-mailbox_name = "Video Room"
-mailbox_email = "vmr@example.com"
-[integrations.addin]
-token_validation = "none"
-[integrations.spool]
-poll_interval_seconds = 0.05
-{extra}""")
+    path.write_text(
+        spool_toml(
+            path.parent / "data",
+            port=port,
+            server='log_format = "json"',
+            integration="[integrations.spool]\npoll_interval_seconds = 0.05\n" + extra,
+        )
+    )
 
 
 def start(config: Path) -> subprocess.Popen[bytes]:

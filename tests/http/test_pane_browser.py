@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from tests.configs import spool_toml
 from tests.test_serve import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,20 +22,7 @@ OUTPUT = ROOT / "test-output"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.slow
 
-CONFIG = """
-[server]
-listen = "127.0.0.1:{port}"
-data_dir = "{data}"
-demo = true
-
-[[integrations]]
-name = "default"
-[integrations.exchange]
-mailbox_name = "Video Room"
-mailbox_email = "vmr@example.com"
-[integrations.addin]
-token_validation = "none"
-server_fqdn = "vc.example.com"
+DEFAULT_ADDIN = """server_fqdn = "vc.example.com"
 success_heading = "Room added!"
 unavailable_heading = "Offline, placeholder added"
 already_assigned_heading = "Already has a room"
@@ -42,7 +30,8 @@ already_assigned_heading = "Already has a room"
 enable_addin_debug_logs = true
 [integrations.spool]
 poll_interval_seconds = 0.05
-
+"""
+ONLINE = """
 [[integrations]]
 name = "online"
 [integrations.exchange]
@@ -61,7 +50,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("pane")
     port = free_port()
     config = tmp / "vmrsched.toml"
-    config.write_text(CONFIG.format(port=port, data=tmp / "data"))
+    config.write_text(
+        spool_toml(tmp / "data", port=port, server="demo = true", integration=DEFAULT_ADDIN)
+        + ONLINE
+    )
     log = open(tmp / "server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "vmrsched", "serve", "--config", str(config)],

@@ -568,20 +568,24 @@ def test_ntlm_service_account(tmp_path: Path, password: str, answered: bool) -> 
         server.stop()
 
 
+def _check_online(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
+    path = _write_toml(tmp_path, make_config(tmp_path, url), url)
+    return subprocess.run(
+        [sys.executable, "-m", "vmrsched", "check-config", "--online", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=_env(),
+    )
+
+
 @pytest.mark.parametrize("impersonation", [True, False])
 def test_check_config_online(tmp_path: Path, impersonation: bool) -> None:
     fake = FakeExchange()
     fake.allow_impersonation = impersonation
     server = ThreadedServer(fake.app()).start()
     try:
-        path = _write_toml(tmp_path, make_config(tmp_path, server.url), server.url)
-        out = subprocess.run(
-            [sys.executable, "-m", "vmrsched", "check-config", "--online", str(path)],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env=_env(),
-        )
+        out = _check_online(tmp_path, server.url)
         assert f"ok    mailbox {ROOM}: inbox has 0 item(s)" in out.stdout, out
         assert "AutomateProcessing None" in out.stdout
         if impersonation:
@@ -594,14 +598,7 @@ def test_check_config_online(tmp_path: Path, impersonation: bool) -> None:
     wrong = FakeExchange(password="other")
     server = ThreadedServer(wrong.app()).start()
     try:
-        path = _write_toml(tmp_path, make_config(tmp_path, server.url), server.url)
-        out = subprocess.run(
-            [sys.executable, "-m", "vmrsched", "check-config", "--online", str(path)],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env=_env(),
-        )
+        out = _check_online(tmp_path, server.url)
         assert out.returncode == 1 and f"FAIL  cannot use mailbox {ROOM}" in out.stdout, out
     finally:
         server.stop()
