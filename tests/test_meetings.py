@@ -13,6 +13,7 @@ from vmrsched.meetings import (
     AliasRecord,
     Meeting,
     MeetingState,
+    answer_key,
     decide,
     occurrence_key,
 )
@@ -205,10 +206,15 @@ def test_update_of_a_bound_single_meeting() -> None:
 
 
 def test_same_sequence_again_is_reprocessed_idempotently() -> None:
-    rec = bound(sequence=3)
-    first = decide(meeting(sequence=3), MeetingState(rec, rec), NOW)
-    second = decide(meeting(sequence=3), MeetingState(rec, rec), NOW)
-    assert first == second and first.outcome == "accepted"
+    """A message the store remembers answering gets the same answer again (same message ids,
+    which the notifier's queue sends once); without that memory it changes nothing."""
+    m = meeting(sequence=3)
+    rec = replace(bound(sequence=3), answered={answer_key(m): "edited_single"})
+    first = decide(m, MeetingState(rec, rec), NOW)
+    second = decide(m, MeetingState(rec, rec), NOW)
+    assert first == second and (first.outcome, first.reason) == ("accepted", "edited_single")
+    forgotten = decide(m, MeetingState(bound(sequence=3), bound(sequence=3)), NOW)
+    assert (forgotten.outcome, forgotten.reason) == ("ignored", "unchanged")
 
 
 def test_update_of_a_bound_series() -> None:
@@ -262,8 +268,9 @@ def test_outdated_occurrence_edit_compares_with_that_occurrence() -> None:
     rec = replace(bound(schedule=series, sequence=1), occurrence_sequences={occurrence_key(rid): 4})
     old = meeting(recurrence_id=rid, start=rid, end=rid + timedelta(hours=1), sequence=3)
     assert decide(old, MeetingState(rec, rec), NOW).reason == "outdated"
-    newer = replace(old, sequence=4)
+    newer = replace(old, sequence=4, start=rid + timedelta(hours=1), end=rid + timedelta(hours=2))
     assert decide(newer, MeetingState(rec, rec), NOW).reason == "edited_occurrence"
+    assert decide(replace(old, sequence=4), MeetingState(rec, rec), NOW).reason == "unchanged"
 
 
 # --- the TOK placeholder path -----------------------------------------------------------------
@@ -285,7 +292,8 @@ def test_placeholder_token_on_a_series() -> None:
 
 def test_placeholder_already_bound_to_this_meeting_is_an_edit() -> None:
     rec = replace(bound(sequence=0), placeholder_id=TOK)
-    m = meeting(html_body=f"TOK:-{TOK}#", sequence=1)
+    later = NOW + timedelta(days=2)
+    m = meeting(html_body=f"TOK:-{TOK}#", sequence=1, start=later, end=later + timedelta(hours=1))
     d = decide(m, MeetingState(rec, rec), NOW)
     assert (d.outcome, d.reason) == ("accepted", "edited_single")
     assert not d.organizer_update

@@ -270,6 +270,11 @@ def test_redelivered_messages_get_the_same_answer(tmp_path: Path) -> None:
     assert _decide_and_apply(store, plain).reason == "new_single"
     from dataclasses import replace
 
-    assert _decide_and_apply(store, replace(plain, sequence=1)).reason == "edited_single"
-    assert _decide_and_apply(store, replace(plain, sequence=1)).reason == "edited_single"
+    moved = replace(
+        plain, sequence=1, start=start + timedelta(hours=2), end=start + timedelta(hours=3)
+    )
+    assert _decide_and_apply(store, moved).reason == "edited_single"
+    assert _decide_and_apply(store, moved).reason == "edited_single"
+    # the same times again under a new SEQUENCE (an informational update): nothing to answer
+    assert _decide_and_apply(store, replace(moved, sequence=2)).reason == "unchanged"
     assert _decide_and_apply(store, plain).reason == "outdated"

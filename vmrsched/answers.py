@@ -124,7 +124,11 @@ def organizer_update(
         correlation_id=decision.correlation_id,
         meeting_uid=meeting.uid,
         calendar=compose.update_calendar(meeting, body, aliases.html_to_text(body)),
-        extra={"alias_id": record["alias_id"], "start": meeting.start.isoformat()},
+        extra={
+            "alias_id": record["alias_id"],
+            "start": meeting.start.isoformat(),
+            "instructions": instructions,  # mailed to the organizer if the update fails
+        },
     )
 
 

@@ -312,6 +312,8 @@ class IntegrationConfig:
     backend: str = _f("spool", choices=("spool", "ews"))
     timezone: str = _f("UTC")
     reservation_ttl_days: int = _f(30, minimum=1, maximum=3650)
+    # how far ahead a series is walked to find its end; beyond it a series counts as open-ended
+    booking_horizon_days: int = _f(730, minimum=30, maximum=3650)
     enable_single_use_vmrs: bool = _f(True)
     enable_personal_vmrs: bool = _f(False)
     exchange: ExchangeConfig = field(default_factory=ExchangeConfig)

@@ -37,6 +37,7 @@ TEMPLATE_FOR_REASON: dict[str, str | None] = {
     "edited_recurring": "accept_edited_recurring_meeting_template",
     "cancelled": None,
     "outdated": None,
+    "unchanged": None,
     "general_error": "reject_general_error_template",
 }
 REASONS = tuple(TEMPLATE_FOR_REASON)
@@ -162,6 +163,8 @@ def decide(message: Meeting, state: MeetingState, now: datetime) -> Decision:
         if message.method == "CANCEL":
             return _decide_cancel(message, state)
         return _decide_request(message, state, now)
+    except recurrence.RecurrenceError as exc:  # a series the service will not walk
+        return general_error(message.correlation_id, str(exc))
     except Exception:  # the rules table's last row: answer, never crash the worker
         return general_error(message.correlation_id, traceback.format_exc())
 
@@ -253,6 +256,11 @@ def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Dec
         )
 
     was_bound = target.status == "bound" and target.meeting_uid == message.uid
+    if remembered is None and was_bound and bound is not None and _unchanged(message, bound):
+        # An informational update that changes nothing the rules care about (time,
+        # recurrence, token): above all the organizer update this service sent, which
+        # Exchange delivers to every attendee, the room included. No reply, no update.
+        return Decision("ignored", "unchanged", message.correlation_id, record=bound)
     if (
         message.recurrence_id is not None
         and was_bound
@@ -267,7 +275,8 @@ def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Dec
     update = False
     if remembered is not None:  # the same message again (redelivery after a crash)
         reason, _, flag = remembered.partition("+")
-        update = flag == "update"
+        # the placeholder is replaced once: a body that carries our token has nothing to replace
+        update = flag == "update" and token.kind == "TOK"
     release = bound.alias_id if bound is not None and bound.alias_id != target.alias_id else None
     action = Action(
         "bind",
@@ -287,6 +296,21 @@ def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Dec
         record=target,
         occurrence=occurrence,
         organizer_update=update,
+    )
+
+
+def _unchanged(message: Meeting, bound: AliasRecord) -> bool:
+    """Whether applying `message` to the meeting bound to its UID would change nothing: the same
+    times and recurrence (its token has already been checked to name the bound alias)."""
+    if bound.schedule is None:
+        return False
+    if message.recurrence_id is None:
+        return recurrence.same_schedule(message.schedule, bound.schedule)
+    occurrence = recurrence.occurrence_of(bound.schedule, message.recurrence_id)
+    return (
+        occurrence is not None
+        and occurrence.start == message.start
+        and occurrence.end == message.end
     )
 
 

@@ -1,45 +1,110 @@
-"""The notifier's durable queue of outgoing messages (a journal of adds and dones).
+"""The notifier's durable queue of outgoing messages: a journal of adds, deliveries and failures.
 
-A meeting's inbox item is marked handled only after its reply is in this queue and fsynced, so a
-crash can at worst send a reply twice, never lose one.
+Exactly-once rests on three facts kept here:
+- a message id is stable for one (meeting, occurrence, sequence, kind, outcome), and an id the
+  queue has seen (pending, delivered or failed) is never queued again, so re-reading an item
+  after a crash, or the room's own organizer update coming back, cannot send a second answer;
+- `add` returns only after fsync, and the poller marks an inbox item handled only after that;
+- `done` and `fail` are fsynced before the notifier goes on, so a restart never resends what
+  was delivered (the one window left is a crash between the mailbox accepting a message and
+  that fsync; backends make that resend harmless where they can).
+Seen ids are kept for SEEN_DAYS (and at most SEEN_MAX of them) across journal rotations.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from vmrsched.journal import Journal, read_entries
 from vmrsched.mailbox.base import Outgoing
 
 _NAME = re.compile(r"^outgoing\.(\d+)\.log$")
+SEEN_DAYS = 30
+SEEN_MAX = 200_000
+FAILED_MAX = 1_000
+ROTATE_AFTER = 10_000
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A message that could not be delivered and will not be retried."""
+
+    message: Outgoing
+    reason: str
+    at: float  # unix time
 
 
 class OutQueue:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, clock: Callable[[], float] = time.time) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.clock = clock
         self._pending: dict[str, Outgoing] = {}
+        self._seen: dict[str, float] = {}  # id -> when first queued (insertion ordered)
+        self._failed: dict[str, Failed] = {}
         gens = sorted(
             int(m.group(1)) for p in self.directory.iterdir() if (m := _NAME.match(p.name))
         )
         for gen in gens:
             for entry in read_entries(self._path(gen)):
-                if entry["op"] == "add":
-                    message = Outgoing.from_json(entry["m"])
-                    self._pending[message.id] = message
-                elif entry["op"] == "done":
-                    self._pending.pop(entry["id"], None)
+                self._replay(entry)
         self._old = gens
         self._gen = (gens[-1] if gens else 0) + 1
         self._journal = Journal(self._path(self._gen))
-        if self._pending:
-            # carry what is still pending into the new journal so old ones can go
-            for message in self._pending.values():
-                self._journal.append({"op": "add", "m": message.to_json()})
+        self._carry_over()
         self._journal.sync()
         self._drop_old()
+
+    def _replay(self, entry: dict[str, object]) -> None:
+        op = entry.get("op")
+        if op == "add":
+            raw_add = entry["m"]
+            assert isinstance(raw_add, dict)
+            added = Outgoing.from_json(raw_add)
+            self._pending[added.id] = added
+            self._seen.setdefault(added.id, float(str(entry.get("t", self.clock()))))
+        elif op == "seen":
+            self._seen.setdefault(str(entry["id"]), float(str(entry["t"])))
+        elif op == "done":
+            self._pending.pop(str(entry["id"]), None)
+        elif op == "fail":
+            message_id = str(entry["id"])
+            message: Outgoing | None = self._pending.pop(message_id, None)
+            raw = entry.get("m")
+            if message is None and isinstance(raw, dict):
+                message = Outgoing.from_json(raw)
+            if message is not None:
+                at = float(str(entry.get("t", 0)))
+                self._failed[message_id] = Failed(message, str(entry.get("reason", "")), at)
+
+    def _carry_over(self) -> None:
+        """Write what must outlive the old journals into the new one, so they can go."""
+        horizon = self.clock() - SEEN_DAYS * 86400
+        recent = [(i, t) for i, t in self._seen.items() if t >= horizon][-SEEN_MAX:]
+        self._seen = dict(recent)
+        for message_id, at in recent:
+            if message_id not in self._pending:
+                self._journal.append({"op": "seen", "id": message_id, "t": at})
+        for message in self._pending.values():
+            self._journal.append(
+                {"op": "add", "m": message.to_json(), "t": self._seen.get(message.id, 0)}
+            )
+        failed = list(self._failed.values())[-FAILED_MAX:]
+        self._failed = {f.message.id: f for f in failed}
+        for item in failed:
+            self._journal.append(
+                {
+                    "op": "fail",
+                    "id": item.message.id,
+                    "m": item.message.to_json(),
+                    "reason": item.reason,
+                    "t": item.at,
+                }
+            )
 
     def _path(self, gen: int) -> Path:
         return self.directory / f"outgoing.{gen}.log"
@@ -49,34 +114,91 @@ class OutQueue:
             self._path(gen).unlink(missing_ok=True)
         self._old = []
 
-    def add(self, messages: Iterable[Outgoing]) -> None:
-        """Queue messages durably (returns after fsync)."""
+    def add(self, messages: Iterable[Outgoing]) -> set[str]:
+        """Queue durably (returns after fsync) the messages whose id was never seen. Returns the
+        ids of the given messages that are pending now, each with the same inbox item as the
+        pending copy (so the caller knows which items a queued reply will answer)."""
+        now = self.clock()
+        pending: set[str] = set()
         for message in messages:
-            self._pending[message.id] = message
-            self._journal.append({"op": "add", "m": message.to_json()})
+            if message.id not in self._seen:
+                self._seen[message.id] = now
+                self._pending[message.id] = message
+                self._journal.append({"op": "add", "m": message.to_json(), "t": now})
+            queued = self._pending.get(message.id)
+            if queued is not None and queued.extra.get("item_id") == message.extra.get("item_id"):
+                pending.add(message.id)
         self._journal.sync()
+        if len(self._seen) > SEEN_MAX + SEEN_MAX // 10:
+            self._rotate()
+        return pending
+
+    def seen(self, message_id: str) -> bool:
+        return message_id in self._seen
 
     def done(self, ids: Iterable[str]) -> None:
-        """Forget delivered messages. Not fsynced: losing a 'done' only repeats a delivery."""
+        """Forget delivered messages, durably (one fsync for all of them)."""
         for message_id in ids:
             if self._pending.pop(message_id, None) is not None:
                 self._journal.append({"op": "done", "id": message_id})
-        if not self._pending and self._journal.entries > 10_000:
+        self._journal.sync()
+        if not self._pending and self._journal.entries > ROTATE_AFTER:
             self._rotate()
+
+    def fail(self, message_id: str, reason: str, replacement: Outgoing | None = None) -> None:
+        """Give up on a message for good, keeping it with its reason; `replacement` (say, the
+        joining instructions by mail when the organizer's meeting cannot be updated) is queued
+        in the same fsync."""
+        message = self._pending.pop(message_id, None)
+        if message is None:
+            return
+        now = self.clock()
+        self._failed[message_id] = Failed(message, reason, now)
+        while len(self._failed) > FAILED_MAX:
+            del self._failed[next(iter(self._failed))]
+        self._journal.append(
+            {"op": "fail", "id": message_id, "m": message.to_json(), "reason": reason, "t": now}
+        )
+        if replacement is not None and replacement.id not in self._seen:
+            self._seen[replacement.id] = now
+            self._pending[replacement.id] = replacement
+            self._journal.append({"op": "add", "m": replacement.to_json(), "t": now})
+        self._journal.sync()
 
     def _rotate(self) -> None:
         self._journal.close()
         self._old = [self._gen]
         self._gen += 1
         self._journal = Journal(self._path(self._gen))
+        self._carry_over()
         self._journal.sync()
         self._drop_old()
 
     def pending(self) -> list[Outgoing]:
         return list(self._pending.values())
 
+    def failed(self) -> list[Failed]:
+        return list(self._failed.values())
+
     def __len__(self) -> int:
         return len(self._pending)
 
     def close(self) -> None:
         self._journal.close()
+
+
+def read_failed(directory: Path) -> list[Failed]:
+    """Failed messages of a queue directory, read without opening the queue for writing (for
+    `vmrsched failed` beside a running service)."""
+    failed: dict[str, Failed] = {}
+    if not directory.is_dir():
+        return []
+    gens = sorted(int(m.group(1)) for p in directory.iterdir() if (m := _NAME.match(p.name)))
+    for gen in gens:
+        for entry in read_entries(directory / f"outgoing.{gen}.log"):
+            if entry.get("op") == "fail" and isinstance(entry.get("m"), dict):
+                message = Outgoing.from_json(entry["m"])
+                failed[message.id] = Failed(
+                    message, str(entry.get("reason", "")), float(entry.get("t", 0))
+                )
+    return list(failed.values())

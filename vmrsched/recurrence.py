@@ -19,6 +19,14 @@ from dateutil import rrule as du_rrule
 # Safety cap for series that never yield an occurrence matching a question (e.g. every
 # occurrence EXDATEd): stop stepping after this many candidates.
 MAX_STEPS = 10_000
+# Every walk over a rule starts at DTSTART (that is how RRULEs are defined) and takes at most
+# this many steps; a series that needs more to answer a question is refused (SECONDLY rules,
+# COUNT=1000000000, a daily series started centuries ago). Each walk is linear: dateutil's
+# iterator is advanced, never restarted.
+MAX_WALK = 20_000
+# How far ahead the service looks for the end of a series (`last_end`); beyond it a series is
+# treated as open-ended. Integrations set their own (booking_horizon_days).
+DEFAULT_HORIZON = timedelta(days=730)
 
 
 class RecurrenceError(ValueError):
@@ -112,6 +120,10 @@ def _rule(schedule: Schedule) -> du_rrule.rrule | None:
         raise RecurrenceError(f"cannot read RRULE {schedule.rrule!r}: {exc}") from exc
     if not isinstance(parsed, du_rrule.rrule):
         raise RecurrenceError(f"unsupported RRULE {schedule.rrule!r}")
+    if getattr(parsed, "_freq", None) in (du_rrule.SECONDLY, du_rrule.MINUTELY):
+        # no meeting repeats by the second or minute, and dateutil may search such a rule's
+        # filters for a very long time between two results
+        raise RecurrenceError(f"RRULE {schedule.rrule[:80]!r}: meetings do not repeat this often")
     return parsed
 
 
@@ -141,11 +153,20 @@ def _starts_from(schedule: Schedule, after: datetime) -> Iterator[datetime]:
         yield value
 
 
+class SeriesTooLongError(RecurrenceError):
+    """A series that would take more than MAX_WALK steps to walk."""
+
+
 def _rule_after(rule: du_rrule.rrule, after: datetime) -> Iterator[datetime]:
-    current = rule.after(after, inc=False)
-    while current is not None:
-        yield current
-        current = rule.after(current, inc=False)
+    """The rule's starts after `after`, from one pass over the rule (linear, capped)."""
+    for steps, current in enumerate(rule, 1):
+        if steps > MAX_WALK:
+            raise SeriesTooLongError(
+                f"the series has more than {MAX_WALK} occurrences to walk through; "
+                "the service does not book series this long"
+            )
+        if current > after:
+            yield current
 
 
 def occurrences_after(schedule: Schedule, moment: datetime) -> Iterator[Occurrence]:
@@ -170,7 +191,10 @@ def occurrences_after(schedule: Schedule, moment: datetime) -> Iterator[Occurren
     for rid in _starts_from(schedule, moment - longest - timedelta(seconds=1)):
         steps += 1
         if steps > MAX_STEPS:
-            return
+            raise SeriesTooLongError(
+                f"no answer within {MAX_STEPS} occurrences of the series; "
+                "the service does not book series like this"
+            )
         key = _utc(rid)
         if key in excluded or key in overrides:
             continue
@@ -193,10 +217,14 @@ def next_occurrence(schedule: Schedule, now: datetime) -> Occurrence | None:
     return best
 
 
-def last_end(schedule: Schedule) -> datetime | None:
-    """When the last occurrence ends, or None for a series with no end (or too long to walk)."""
+def last_end(
+    schedule: Schedule, now: datetime | None = None, horizon: timedelta = DEFAULT_HORIZON
+) -> datetime | None:
+    """When the last occurrence ends, or None for a series with no end, or one that goes on
+    past `now + horizon`, or one too long to walk."""
     if not schedule.recurring:
         return schedule.end
+    limit = (now or datetime.now(UTC)) + horizon
     rule = _rule(schedule)
     if (
         rule is not None
@@ -209,12 +237,49 @@ def last_end(schedule: Schedule) -> datetime | None:
         [schedule.start, *schedule.rdates, *(o[1] for o in schedule.overrides)], key=_utc
     )
     floor = earliest - schedule.duration - timedelta(days=1)
-    for steps, occ in enumerate(occurrences_after(schedule, floor), 1):
-        if steps > MAX_STEPS:
-            return None
-        if latest is None or _utc(occ.end) > _utc(latest):
-            latest = occ.end
+    try:
+        for steps, occ in enumerate(occurrences_after(schedule, floor), 1):
+            if steps > MAX_STEPS or occ.start > limit:
+                return None
+            if latest is None or _utc(occ.end) > _utc(latest):
+                latest = occ.end
+    except SeriesTooLongError:
+        return None
     return latest
+
+
+def same_schedule(a: Schedule, b: Schedule) -> bool:
+    """Whether two schedules describe the same occurrences (instants compared, not zones)."""
+    if _utc(a.start) != _utc(b.start) or _utc(a.end) != _utc(b.end):
+        return False
+    rule_a = normalise_rrule(a.rrule, a.start) if a.rrule else None
+    rule_b = normalise_rrule(b.rrule, b.start) if b.rrule else None
+    if (rule_a or "").upper() != (rule_b or "").upper():
+        return False
+    if {_utc(d) for d in a.rdates} != {_utc(d) for d in b.rdates}:
+        return False
+    if {_utc(d) for d in a.exdates} != {_utc(d) for d in b.exdates}:
+        return False
+    moved_a = {(_utc(r), _utc(s), _utc(e)) for r, s, e in a.overrides}
+    moved_b = {(_utc(r), _utc(s), _utc(e)) for r, s, e in b.overrides}
+    return moved_a == moved_b
+
+
+def occurrence_of(schedule: Schedule, recurrence_id: datetime) -> Occurrence | None:
+    """The occurrence a RECURRENCE-ID names, as the schedule has it now (moved or not), or
+    None when the schedule has no such occurrence (or it was cancelled)."""
+    key = _utc(recurrence_id)
+    if key in {_utc(d) for d in schedule.exdates}:
+        return None
+    for rid, start, end in schedule.overrides:
+        if _utc(rid) == key:
+            return Occurrence(rid, start, end)
+    for rid in _starts_from(schedule, recurrence_id - timedelta(seconds=1)):
+        if _utc(rid) == key:
+            return Occurrence(rid, rid, rid + schedule.duration)
+        if _utc(rid) > key:
+            break
+    return None
 
 
 def live_at(schedule: Schedule, moment: datetime, before: timedelta, after: timedelta) -> bool:

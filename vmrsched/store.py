@@ -94,6 +94,7 @@ class Store:
         rng: RandomSource | None = None,
         reservation_ttl: timedelta = timedelta(days=30),
         compact_after: int = 200_000,
+        horizon: timedelta = recurrence.DEFAULT_HORIZON,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -101,6 +102,7 @@ class Store:
         self.rng = rng
         self.reservation_ttl = reservation_ttl
         self.compact_after = compact_after
+        self.horizon = horizon
         self._records: dict[str, Record] = {}
         self._by_numeric: dict[str, str] = {}
         self._by_alias: dict[str, str] = {}
@@ -335,7 +337,7 @@ class Store:
             answered[action.answer[0]] = action.answer[1]
             while len(answered) > MAX_ANSWERS:  # keep the most recent
                 del answered[next(iter(answered))]
-        last = recurrence.last_end(action.schedule)
+        last = recurrence.last_end(action.schedule, self.clock(), self.horizon)
         new = dict(record)
         new.update(extra)
         wanted = extra.get("name")

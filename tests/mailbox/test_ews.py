@@ -200,16 +200,18 @@ def test_placeholder_meeting_gets_an_organizer_update_by_impersonation(env: Env)
     assert "olga@example.com" in env.fake.impersonated
 
 
-def test_a_plain_message_is_declined_and_removed(env: Env) -> None:
+def test_a_plain_message_is_set_aside_without_a_reply(env: Env) -> None:
     env.send(meeting("first", "<p>x</p>"))  # the subscription is up and caught up
-    item = FakeItem(env.fake.new_id("in"), "Message", None, "hello", "<p>hi</p>", "ann@example.com")
+    before = len(env.fake.replies(ROOM))
+    item = FakeItem(
+        env.fake.new_id("in"), "Message", None, "Out of office", "<p>away</p>", "ann@example.com"
+    )
     env.fake.put_in_inbox(ROOM, item)  # announced by a new-mail event
     spoolkit.wait_for(lambda: item.id not in env.fake.mailbox(ROOM).inbox)
-    spoolkit.wait_for(
-        lambda: any(m.recipients == ("ann@example.com",) for m in env.fake.replies(ROOM))
-    )
-    decline = next(m for m in env.fake.replies(ROOM) if m.recipients == ("ann@example.com",))
-    assert "help desk" in decline.body and decline.subject == "Declined: hello"
+    assert item in env.fake.mailbox(ROOM).deleted  # moved aside to Deleted Items
+    env.send(meeting("after", "<p>y</p>"))  # processed in order after the plain mail
+    assert len(env.fake.replies(ROOM)) == before + 1  # only the meeting was answered
+    assert not any(m.recipients == ("ann@example.com",) for m in env.fake.replies(ROOM))
 
 
 def test_every_ews_request_is_counted(env: Env) -> None:

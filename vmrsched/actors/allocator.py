@@ -47,6 +47,7 @@ class AliasAllocator(SupervisedChild):
             clock=self.ctx.clock,
             rng=self.ctx.rng,
             reservation_ttl=timedelta(days=self.integ.reservation_ttl_days),
+            horizon=timedelta(days=self.integ.booking_horizon_days),
         )
         self._pending_replies: list[tuple[Request, Any]] = []
         self._allocated = self.ctx.metrics.aliases_allocated.labels(self.integ.name)
@@ -80,8 +81,14 @@ class AliasAllocator(SupervisedChild):
         return results
 
     def _process_one(self, meeting: Meeting, now: datetime) -> Processed:
-        token = aliases.find_token(meeting.html_body)
-        state = self.store.state_for(token, meeting.uid)
+        try:
+            token = aliases.find_token(meeting.html_body)
+            state = self.store.state_for(token, meeting.uid)
+        except Exception:  # say, a stored schedule that no longer reads: this meeting's error
+            log.exception("reading the store for %s failed", meeting.uid[:200])
+            return Processed(
+                meeting, general_error(meeting.correlation_id, traceback.format_exc()), None
+            )
         decision = decide(meeting, state, now)
         record: Record | None = None
         try:

@@ -1,10 +1,25 @@
-"""Notifier: the sole sender of replies and organizer updates. Messages arrive in a durable
-queue (fsynced before `enqueue` returns) and leave it only after the gateway accepted them;
-failures are retried with exponential backoff and raise `mailbox_unreachable`."""
+"""Notifier: the sole sender of replies and organizer updates.
+
+Messages arrive in a durable queue (fsynced before `enqueue` returns) and leave it only after the
+gateway accepted them, with the delivery mark fsynced once per batch. Each message fails or
+succeeds on its own:
+- the mailbox unreachable or throttling (a transient error without a per-message code): the
+  whole batch waits with exponential backoff and `mailbox_unreachable`/`exchange_unreachable`;
+- a transient refusal of one message: that message waits (its own backoff) while the others go
+  on; after MAX_ATTEMPTS it is failed;
+- a permanent refusal, or a message that cannot even be composed (poison): failed at once,
+  kept with its reason in the queue (`vmrsched failed` lists them), alarm `delivery_failed`;
+  a failed organizer update is replaced by a mail to the organizer with the joining
+  instructions, so nobody is left without them.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import html
 import logging
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from vmrsched.actors.child import SupervisedChild
@@ -16,6 +31,15 @@ log = logging.getLogger("vmrsched.notifier")
 
 CHUNK = 200
 ALARM = "mailbox_unreachable"
+FAILED_ALARM = "delivery_failed"
+MAX_ATTEMPTS = 8
+MAX_BACKOFF = 60.0
+
+
+@dataclass
+class _Retry:
+    attempts: int
+    not_before: float  # monotonic
 
 
 class Notifier(SupervisedChild):
@@ -28,9 +52,21 @@ class Notifier(SupervisedChild):
         self._flush_queued = False
         self._backoff = 0.0
         self._raised = self.alarm
+        self._retries: dict[str, _Retry] = {}
+        self._wake_at: float | None = None
 
     def setup(self) -> None:
         self.queue = OutQueue(self.ctx.queue_dir(self.integ.name))
+        # queued before a restart: may have reached the mailbox just before the crash
+        self._resumed = {m.id for m in self.queue.pending()}
+        self._idempotent = bool(getattr(self.gateway, "idempotent_send", False))
+        failed = self.queue.failed()
+        if failed:
+            self.ctx.alarms.raise_(
+                self.integ.name,
+                FAILED_ALARM,
+                f"{len(failed)} message(s) could not be delivered; `vmrsched failed` lists them",
+            )
         self._request_flush()
 
     def teardown(self) -> None:
@@ -39,15 +75,19 @@ class Notifier(SupervisedChild):
             queue.close()
             self.queue = None  # type: ignore[assignment]
 
-    def enqueue(self, messages: list[Outgoing]) -> int:
-        """Queue durably; returns once fsynced. Delivery happens afterwards."""
-        if messages:
-            self.queue.add(messages)
+    def enqueue(self, messages: list[Outgoing]) -> set[str]:
+        """Queue durably the messages never queued before; returns once fsynced, with the ids
+        of the given messages now pending (see OutQueue.add). Delivery happens afterwards."""
+        pending = self.queue.add(messages) if messages else set()
+        if pending:
             self._request_flush()
-        return len(self.queue)
+        return pending
 
     def pending(self) -> int:
         return len(self.queue)
+
+    def failed(self) -> int:
+        return len(self.queue.failed())
 
     def _request_flush(self) -> None:
         if not self._flush_queued and self._backoff == 0.0:
@@ -56,6 +96,7 @@ class Notifier(SupervisedChild):
 
     def _retry_later(self) -> None:
         self._flush_queued = False
+        self._wake_at = None
         self.actor_ref.tell(Flush())
 
     def on_receive(self, message: Any) -> Any:
@@ -65,14 +106,45 @@ class Notifier(SupervisedChild):
         return None
 
     def _flush(self) -> None:
-        sent: list[str] = []
+        now = time.monotonic()
+        sent: list[Outgoing] = []
+        waiting: list[float] = []
         try:
-            for outgoing in self.queue.pending()[:CHUNK]:
-                self.gateway.send(outgoing)
-                sent.append(outgoing.id)
+            attempted = 0
+            for outgoing in self.queue.pending():
+                if attempted >= CHUNK:
+                    break
+                retry = self._retries.get(outgoing.id)
+                if retry is not None and retry.not_before > now:
+                    waiting.append(retry.not_before)
+                    continue
+                attempted += 1
+                try:
+                    if not self._already_delivered(outgoing):
+                        self.gateway.send(outgoing)
+                except GatewayError as exc:
+                    if exc.permanent:
+                        self._give_up(outgoing, str(exc))
+                    elif exc.code and not exc.retry_after:
+                        self._retry_one(outgoing, exc, now, waiting)
+                    else:
+                        raise  # the mailbox itself is unreachable or throttling us
+                except Exception as exc:  # a poison message: never retried, never blocking
+                    log.exception(
+                        "cannot send message %s",
+                        outgoing.id,
+                        extra={"integration": self.integ.name},
+                    )
+                    self._give_up(outgoing, f"cannot be sent: {type(exc).__name__}: {exc}")
+                else:
+                    self._retries.pop(outgoing.id, None)
+                    if self._idempotent:
+                        sent.append(outgoing)  # one delivery mark for the batch
+                    else:
+                        self._record([outgoing])  # durable before the next send
         except GatewayError as exc:
             self._record(sent)
-            delay = exc.retry_after or min(60.0, max(0.5, self._backoff * 2))
+            delay = exc.retry_after or min(MAX_BACKOFF, max(0.5, self._backoff * 2))
             self._backoff = delay
             self._raised = exc.alarm or self.alarm
             self.ctx.alarms.raise_(self.integ.name, self._raised, str(exc))
@@ -89,13 +161,121 @@ class Notifier(SupervisedChild):
         if self._backoff:
             self._backoff = 0.0
             self.ctx.alarms.clear(self.integ.name, self._raised)
-        if len(self.queue):
+        if attempted >= CHUNK:
             self._request_flush()
+        elif waiting:
+            self._wake(min(waiting) - time.monotonic())
 
-    def _record(self, sent: list[str]) -> None:
+    def _already_delivered(self, outgoing: Outgoing) -> bool:
+        if outgoing.id not in self._resumed:
+            return False
+        self._resumed.discard(outgoing.id)
+        check = getattr(self.gateway, "delivered", None)
+        if check is None or not check(outgoing):
+            return False
+        log.info(
+            "%s %s reached the mailbox before the restart; not sent again",
+            outgoing.kind,
+            outgoing.id,
+            extra={"integration": self.integ.name, "meeting_uid": outgoing.meeting_uid},
+        )
+        return True
+
+    def _wake(self, delay: float) -> None:
+        """Come back for the messages waiting on their own backoff."""
+        at = time.monotonic() + max(0.05, delay)
+        if self._wake_at is not None and self._wake_at <= at:
+            return
+        self._wake_at = at
+        self.ctx.scheduler.call_later(max(0.05, delay), self._retry_later)
+
+    def _retry_one(
+        self, outgoing: Outgoing, exc: GatewayError, now: float, waiting: list[float]
+    ) -> None:
+        retry = self._retries.get(outgoing.id) or _Retry(0, now)
+        retry.attempts += 1
+        if retry.attempts >= MAX_ATTEMPTS:
+            self._retries.pop(outgoing.id, None)
+            self._give_up(outgoing, f"{exc} (after {retry.attempts} attempts)")
+            return
+        retry.not_before = now + min(MAX_BACKOFF, 0.5 * 2**retry.attempts)
+        self._retries[outgoing.id] = retry
+        waiting.append(retry.not_before)
+        log.warning(
+            "message %s refused, retrying in %.1fs: %s",
+            outgoing.id,
+            retry.not_before - now,
+            exc,
+            extra={"integration": self.integ.name, "meeting_uid": outgoing.meeting_uid},
+        )
+
+    def _give_up(self, outgoing: Outgoing, reason: str) -> None:
+        replacement = self._instructions_by_mail(outgoing) if outgoing.kind == "update" else None
+        self.queue.fail(outgoing.id, reason, replacement)
+        self._retries.pop(outgoing.id, None)
+        log.error(
+            "%s %s failed for good: %s%s",
+            outgoing.kind,
+            outgoing.id,
+            reason,
+            "; the organizer gets the joining instructions by mail" if replacement else "",
+            extra={
+                "integration": self.integ.name,
+                "meeting_uid": outgoing.meeting_uid,
+                "correlation_id": outgoing.correlation_id,
+            },
+        )
+        self.ctx.alarms.raise_(
+            self.integ.name,
+            FAILED_ALARM,
+            f"{len(self.queue.failed())} message(s) could not be delivered; "
+            f"latest: {outgoing.kind} for {outgoing.meeting_uid}: {reason}",
+        )
+
+    def _instructions_by_mail(self, update: Outgoing) -> Outgoing:
+        """The organizer's meeting could not be updated: tell the organizer, from the room,
+        what to paste into it."""
+        instructions = str(update.extra.get("instructions") or update.html_body)
+        subject = update.subject or "your meeting"
+        body = (
+            f"<p>The video meeting details could not be added to your meeting "
+            f"&quot;{html.escape(subject)}&quot; automatically. Please add them to the meeting "
+            f"and send the update to its attendees:</p>\n{instructions}"
+        )
+        room = self.integ.exchange
+        digest = hashlib.sha256(f"{update.id}\0notice".encode()).hexdigest()[:32]
+        return Outgoing(
+            id=digest,
+            kind="notice",
+            sender=room.mailbox_email,
+            sender_name=room.mailbox_name,
+            recipients=(update.sender,),
+            subject=f"Joining details: {update.subject}" if update.subject else "Joining details",
+            html_body=body,
+            outcome="instructions",
+            reason="update_failed",
+            correlation_id=update.correlation_id,
+            meeting_uid=update.meeting_uid,
+        )
+
+    def _record(self, sent: list[Outgoing]) -> None:
         if not sent:
             return
         sync = getattr(self.gateway, "sync", None)
         if sync is not None:
             sync()
-        self.queue.done(sent)
+        self.queue.done(m.id for m in sent)
+        for message in sent:
+            log.info(
+                "sent %s %s %s to %s",
+                message.kind,
+                message.outcome,
+                message.reason,
+                ", ".join(message.recipients),
+                extra={
+                    "integration": self.integ.name,
+                    "meeting_uid": message.meeting_uid,
+                    "message_id": message.id,
+                    "correlation_id": message.correlation_id,
+                },
+            )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -14,7 +15,7 @@ from vmrsched.actors.allocator import Processed
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Poll
 from vmrsched.mailbox.base import Gateway, GatewayError, InboxItem, Outgoing
-from vmrsched.meetings import Meeting
+from vmrsched.meetings import Meeting, general_error
 from vmrsched.templating import Renderer
 
 log = logging.getLogger("vmrsched.decisions")
@@ -75,8 +76,8 @@ class MailboxPoller(SupervisedChild):
         oldest = min(item.received for item in items)
         self.ctx.metrics.mailbox_lag.labels(name).set(max(0.0, (now - oldest).total_seconds()))
 
-        readable = [item for item in items if item.error is None]
-        unreadable = [item for item in items if item.error is not None]
+        items = [_answerable(item) for item in items]
+        readable = [item for item in items if item.error is None and not item.not_meeting]
         meetings: list[Meeting] = []
         owner: list[str] = []
         for item in readable:
@@ -92,52 +93,41 @@ class MailboxPoller(SupervisedChild):
             d = result.decision
             self.ctx.metrics.meeting_requests.labels(name, d.outcome, d.reason).inc()
             self._log_decision(
-                result.meeting.uid, d.outcome, d.reason, d.correlation_id, d.detail, item_id
+                result.meeting, d.outcome, d.reason, d.correlation_id, d.detail, item_id
             )
         outgoing: list[Outgoing] = []
         accepted: list[Meeting] = []
-        replied: set[str] = set()
+        replies: dict[str, list[str]] = {}  # item id -> ids of replies that answer it
         for result, item_id in zip(results, owner, strict=True):
             answers_for_item = self._answers(result, item_id)
-            if any(a.kind == "reply" for a in answers_for_item):
-                replied.add(item_id)
+            replies.setdefault(item_id, []).extend(
+                a.id for a in answers_for_item if a.kind == "reply"
+            )
             outgoing.extend(answers_for_item)
             if result.decision.outcome == "accepted":
                 accepted.append(result.meeting)
         quarantined: list[tuple[InboxItem, str]] = []
-        for item in unreadable:
-            correlation_id = str(uuid.uuid4())
-            reason = item.error or "unreadable"
-            if item.sender_email:
-                outgoing.append(
-                    answers.unreadable_reply(
-                        self.integ,
-                        self.renderer,
-                        correlation_id,
-                        item.sender_email,
-                        item.sender_name,
-                        item.subject,
-                        item.uid,
-                    )
+        for item in items:
+            if item.not_meeting:
+                quarantined.append((item, item.error or "not a meeting message"))
+                log.info(
+                    "not a meeting message from %s (%r): set aside without a reply",
+                    item.sender_email or "an unknown sender",
+                    item.subject,
+                    extra={"integration": name, "item": item.id, "detail": item.error or ""},
                 )
-            quarantined.append((item, f"{reason} (correlation id {correlation_id})"))
-            self._log_decision(
-                item.uid,
-                "declined" if item.sender_email else "quarantined",
-                "general_error",
-                correlation_id,
-                reason,
-                item.id,
-            )
-            self.ctx.metrics.meeting_requests.labels(name, "declined", "general_error").inc()
+            elif item.error is not None:
+                quarantined.append((item, self._unreadable(item, outgoing)))
 
         notifier = self.ctx.registry.get(name, "notifier")
-        notifier.proxy().enqueue(outgoing).get(timeout=ASK_TIMEOUT)  # durable before handled
+        # durable before handled; ids already queued once (a re-read, an echo) are not queued again
+        pending: set[str] = notifier.proxy().enqueue(outgoing).get(timeout=ASK_TIMEOUT)
 
         for meeting in accepted:
             self.gateway.record_accepted(meeting)
         for item in readable:
-            self.gateway.mark_handled(item.id, replied=item.id in replied)
+            replied = any(i in pending for i in replies.get(item.id, ()))
+            self.gateway.mark_handled(item.id, replied=replied)
         for item, reason in quarantined:
             self.gateway.quarantine(item.id, reason)
         sync = getattr(self.gateway, "sync", None)
@@ -150,7 +140,57 @@ class MailboxPoller(SupervisedChild):
             self.ctx.metrics.meeting_processing.labels(name).observe(per_item)
         return len(items)
 
+    def _unreadable(self, item: InboxItem, outgoing: list[Outgoing]) -> str:
+        """Quarantine reason for an item that cannot be read; its sender, when known and not an
+        automatic mail, gets a general_error decline (one per item, however often it is read)."""
+        reason = item.error or "unreadable"
+        key = f"{self.integ.name}\0{item.id}\0{item.received.isoformat()}\0{reason}"
+        correlation_id = str(uuid.uuid5(uuid.NAMESPACE_URL, key))
+        outcome = "quarantined"
+        if item.sender_email and not item.auto_submitted:
+            try:
+                outgoing.append(
+                    answers.unreadable_reply(
+                        self.integ,
+                        self.renderer,
+                        correlation_id,
+                        item.sender_email,
+                        item.sender_name,
+                        item.subject,
+                        item.uid,
+                    )
+                )
+                outcome = "declined"
+            except Exception:
+                log.exception("cannot answer unreadable item %s", item.id)
+        self._log_decision(None, outcome, "general_error", correlation_id, reason, item.id, item)
+        self.ctx.metrics.meeting_requests.labels(self.integ.name, outcome, "general_error").inc()
+        return f"{reason} (correlation id {correlation_id})"
+
     def _answers(self, result: Processed, item_id: str) -> list[Outgoing]:
+        """The messages a decision sends. Rendering cannot take the poller down: a failure
+        becomes the meeting's general_error decline, or nothing when even that cannot be made."""
+        try:
+            return self._render(result, item_id)
+        except Exception:
+            detail = traceback.format_exc()
+            log.error(
+                "cannot render the answer to %s: %s",
+                result.meeting.uid,
+                detail,
+                extra={
+                    "integration": self.integ.name,
+                    "correlation_id": result.decision.correlation_id,
+                },
+            )
+            fallback = general_error(result.decision.correlation_id, detail)
+            try:
+                return self._render(Processed(result.meeting, fallback, None), item_id)
+            except Exception:
+                log.exception("cannot render a general_error decline either")
+                return []
+
+    def _render(self, result: Processed, item_id: str) -> list[Outgoing]:
         out: list[Outgoing] = []
         reply = answers.reply(
             self.integ, self.renderer, result.meeting, result.decision, result.record
@@ -167,15 +207,30 @@ class MailboxPoller(SupervisedChild):
         return out
 
     def _log_decision(
-        self, uid: str, outcome: str, reason: str, correlation_id: str, detail: str, item_id: str
+        self,
+        meeting: Meeting | None,
+        outcome: str,
+        reason: str,
+        correlation_id: str,
+        detail: str,
+        item_id: str,
+        item: InboxItem | None = None,
     ) -> None:
-        level = logging.ERROR if reason == "general_error" else logging.INFO
+        uid = meeting.uid if meeting is not None else (item.uid if item is not None else "")
+        if reason == "unchanged":
+            level = logging.DEBUG  # the room's own organizer update coming back, and the like
+        elif reason == "general_error":
+            level = logging.WARNING
+        else:
+            level = logging.INFO
+        subject = meeting.subject if meeting is not None else (item.subject if item else "")
         log.log(
             level,
-            "%s %s %s",
+            "%s %s %r %s",
             outcome,
             reason,
-            uid,
+            subject[:200],
+            uid[:200],
             extra={
                 "integration": self.integ.name,
                 "meeting_uid": uid,
@@ -184,8 +239,26 @@ class MailboxPoller(SupervisedChild):
                 "correlation_id": correlation_id,
                 "detail": detail,
                 "item": item_id,
+                "organizer": meeting.organizer_email if meeting is not None else "",
             },
         )
+
+
+def _answerable(item: InboxItem) -> InboxItem:
+    """A meeting request needs an organizer to answer; without one the item is unreadable
+    (quarantined: there is nobody to decline to either)."""
+    if item.error is None and any(
+        m.method == "REQUEST" and not m.organizer_email for m in item.meetings
+    ):
+        first = item.meetings[0]
+        return replace(
+            item,
+            meetings=(),
+            error="meeting request has no ORGANIZER: nobody to answer",
+            subject=first.subject,
+            uid=first.uid,
+        )
+    return item
 
 
 def _with_correlation(meeting: Meeting) -> Meeting:

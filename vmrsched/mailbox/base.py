@@ -14,18 +14,30 @@ from typing import Any, Literal, Protocol
 
 from vmrsched.meetings import Meeting
 
-OutgoingKind = Literal["reply", "update"]
+# reply: the room's accept/decline; update: the organizer's meeting with the real joining
+# instructions (sent as the organizer); notice: a plain mail from the room to the organizer
+# (the joining instructions when their meeting could not be updated)
+OutgoingKind = Literal["reply", "update", "notice"]
 
 
 class GatewayError(Exception):
-    """The mailbox could not be reached or refused the call; worth retrying later."""
+    """The mailbox could not be reached or refused the call. Transient unless `permanent`: a
+    permanent refusal (the organizer's meeting is gone, impersonation is denied, a message the
+    backend cannot carry) fails that one message and is never retried."""
 
     def __init__(
-        self, message: str, retry_after: float | None = None, alarm: str | None = None
+        self,
+        message: str,
+        retry_after: float | None = None,
+        alarm: str | None = None,
+        permanent: bool = False,
+        code: str = "",
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.alarm = alarm  # the alarm to raise, when not the backend's usual one
+        self.permanent = permanent
+        self.code = code  # the backend's own error code, when it gave one
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,11 @@ class InboxItem:
     sender_name: str = ""
     subject: str = ""
     uid: str = ""
+    # not a meeting message at all (an out-of-office, a newsletter, a bounce): set aside,
+    # never answered
+    not_meeting: bool = False
+    # the mail asks not to be answered (RFC 3834 Auto-Submitted other than "no")
+    auto_submitted: bool = False
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import re
 from datetime import UTC, datetime
 from email.header import Header
 from email.mime.multipart import MIMEMultipart
@@ -146,8 +147,19 @@ def replace_placeholder(
     return body + instructions_html
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+MAX_HEADER = 900  # characters of one header value (RFC 5322 allows 998 octets a line)
+
+
+def clean_header(value: str) -> str:
+    """A header value on one line: newlines and other control characters (attacker-controlled
+    SUMMARY, UID or CN) become spaces, and very long values are cut."""
+    return _CONTROL.sub(" ", value).strip()[:MAX_HEADER]
+
+
 def _header(value: str) -> str:
     """Non-ASCII header values as RFC 2047 encoded words."""
+    value = clean_header(value)
     return value if value.isascii() else Header(value, "utf-8").encode()
 
 
@@ -156,14 +168,16 @@ def to_eml(message: Outgoing) -> bytes:
     Built with the compat32 classes: the header registry of `EmailMessage` costs milliseconds
     per message, which is most of the time spent answering a meeting."""
     mail = MIMEMultipart("alternative")
-    mail["From"] = formataddr((message.sender_name, message.sender), charset="utf-8")
-    mail["To"] = ", ".join(message.recipients)
+    mail["From"] = formataddr(
+        (clean_header(message.sender_name), clean_header(message.sender)), charset="utf-8"
+    )
+    mail["To"] = ", ".join(clean_header(r) for r in message.recipients)
     mail["Subject"] = _header(message.subject)
     mail["Date"] = format_datetime(datetime.now(UTC))
     mail["Message-ID"] = f"<{message.id}@vmrsched.invalid>"
-    mail["X-Vmrsched-Outcome"] = message.outcome
-    mail["X-Vmrsched-Reason"] = message.reason
-    mail["X-Vmrsched-Correlation-Id"] = message.correlation_id
+    mail["X-Vmrsched-Outcome"] = clean_header(message.outcome)
+    mail["X-Vmrsched-Reason"] = clean_header(message.reason)
+    mail["X-Vmrsched-Correlation-Id"] = clean_header(message.correlation_id)
     mail["X-Vmrsched-Meeting-Uid"] = _header(message.meeting_uid)
     mail.attach(MIMEText(message.html_body, "html", "utf-8"))
     if message.calendar:

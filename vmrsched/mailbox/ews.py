@@ -44,6 +44,7 @@ from exchangelib.errors import (
     ErrorSubscriptionNotFound,
     EWSError,
     RateLimitError,
+    ResponseMessageError,
     TransportError,
     UnauthorizedError,
 )
@@ -119,8 +120,44 @@ class CountingAdapter(requests.adapters.HTTPAdapter):
 BaseProtocol.HTTP_ADAPTER_CLS = CountingAdapter
 
 
+# Response codes that will not change on a retry (Microsoft's EWS response code reference):
+# the message fails alone, is kept with its reason, and the queue goes on.
+PERMANENT_CODES = frozenset(
+    {
+        "ErrorImpersonateUserDenied",
+        "ErrorImpersonationDenied",
+        "ErrorAccessDenied",
+        "ErrorSendAsDenied",
+        "ErrorNonExistentMailbox",
+        "ErrorMailRecipientNotFound",
+        "ErrorInvalidRecipients",
+        "ErrorInvalidSmtpAddress",
+        "ErrorMessageSizeExceeded",
+        "ErrorItemNotFound",
+        "ErrorInvalidIdMalformed",
+        "ErrorCalendarIsCancelledForAccept",
+        "ErrorCalendarIsCancelledForDecline",
+        "ErrorCalendarIsCancelledForRemove",
+        "ErrorCalendarIsOrganizerForAccept",
+        "ErrorCalendarIsOrganizerForDecline",
+        "ErrorCalendarIsOrganizerForRemove",
+        "ErrorCalendarIsDelegatedForAccept",
+        "ErrorCalendarIsDelegatedForDecline",
+        "ErrorCalendarIsDelegatedForRemove",
+        "ErrorSchemaValidation",
+        "ErrorInvalidRequest",
+        "ErrorInvalidPropertySet",
+        "ErrorCorruptData",
+        "ErrorInvalidSid",
+        "ErrorQuotaExceeded",
+    }
+)
+
+
 def _translate(exc: Exception) -> GatewayError:
-    """exchangelib's failures as the gateway error the actors back off on."""
+    """exchangelib's failures as the gateway error the actors act on: throttling and outages
+    back the whole mailbox off; a response code about one message fails or retries it alone."""
+    code = type(exc).__name__ if type(exc).__name__.startswith("Error") else ""
     if isinstance(exc, ErrorServerBusy):
         delay = getattr(exc, "back_off", None)
         return GatewayError(f"Exchange is throttling: {exc}", retry_after=delay or 5.0)
@@ -128,6 +165,10 @@ def _translate(exc: Exception) -> GatewayError:
         return GatewayError(f"Exchange is throttling: {exc}", retry_after=30.0)
     if isinstance(exc, UnauthorizedError):
         return GatewayError(f"Exchange refused the service account: {exc}")
+    if code in PERMANENT_CODES:
+        return GatewayError(f"Exchange refused: {code}: {exc}", permanent=True, code=code)
+    if isinstance(exc, ResponseMessageError) and code:
+        return GatewayError(f"Exchange refused, for now: {code}: {exc}", code=code)
     return GatewayError(f"Exchange unreachable: {type(exc).__name__}: {exc}")
 
 
@@ -136,6 +177,9 @@ RETRYABLE = (TransportError, EWSError, requests.RequestException, OSError)
 
 class EwsMailbox:
     alarm = "exchange_unreachable"
+    # a resend is not harmless (a second reply or organizer update): the notifier marks each
+    # message delivered as soon as Exchange took it
+    idempotent_send = False
 
     def __init__(
         self,
@@ -178,7 +222,7 @@ class EwsMailbox:
         except GatewayError:
             raise
         except ErrorItemNotFound:
-            raise
+            raise  # the caller knows what a missing item means where it asked
         except RETRYABLE as exc:
             raise _translate(exc) from exc
         finally:
@@ -301,6 +345,7 @@ class EwsMailbox:
         sender_email = getattr(sender, "email_address", "") or ""
         sender_name = getattr(sender, "name", "") or ""
         if not item_class.startswith(MEETING_CLASSES):
+            # an out-of-office, a bounce, a newsletter, a meeting response: never answered
             return InboxItem(
                 item_id,
                 received,
@@ -308,6 +353,7 @@ class EwsMailbox:
                 sender_email=sender_email,
                 sender_name=sender_name,
                 subject=item.subject or "",
+                not_meeting=True,
             )
         if not item.mime_content:
             return InboxItem(item_id, received, error="meeting message without MIME content")
@@ -322,6 +368,8 @@ class EwsMailbox:
                 sender_name=exc.organizer_name or sender_name,
                 subject=exc.subject or item.subject or "",
                 uid=exc.uid,
+                not_meeting=exc.not_meeting,
+                auto_submitted=exc.auto_submitted,
             )
         return InboxItem(item_id, received, meetings=parsed.meetings)
 
@@ -347,8 +395,8 @@ class EwsMailbox:
         self._classes.pop(item_id, None)
 
     def quarantine(self, item_id: str, reason: str) -> None:
-        log.warning(
-            "moving unreadable item to Deleted Items: %s",
+        log.info(
+            "moving item to Deleted Items: %s",
             reason,
             extra={"integration": self.name, "item": item_id},
         )
@@ -365,10 +413,24 @@ class EwsMailbox:
         with self._calling():
             if message.kind == "update":
                 self._update_organizer(message)
-            elif message.extra.get("item_id"):
+            elif message.kind == "reply" and message.extra.get("item_id"):
                 self._respond(message)
             else:
                 self._mail(message)
+
+    def delivered(self, message: Outgoing) -> bool:
+        """Whether a message queued before a restart already reached Exchange (the crash came
+        between Exchange's answer and the queue's delivery mark): an organizer update is there
+        when the organizer's meeting already carries the new alias."""
+        if message.kind != "update" or not message.extra.get("alias_id"):
+            return False
+        with self._calling():
+            item = self._organizer_item(message)
+            if item is None:
+                return False
+            [full] = list(self._as(message.sender).fetch(ids=[item], only_fields=("body",)))
+        body = "" if isinstance(full, Exception) else str(full.body or "")
+        return f"PXPS:-{message.extra['alias_id']}#" in body
 
     def _respond(self, message: Outgoing) -> None:
         item_id = str(message.extra["item_id"])
@@ -380,9 +442,14 @@ class EwsMailbox:
                 body=HTMLBody(message.html_body),
             ).send()
         except ErrorItemNotFound:
-            # Already responded to (a resend after a crash) or removed by someone: the organizer
-            # still gets the answer, as a plain mail.
-            self._mail(message)
+            # The request is no longer in the inbox: only a response removes it, so it was
+            # answered before a restart (or removed by hand). A second answer would be a
+            # duplicate; nothing is sent.
+            log.info(
+                "meeting request %s is gone; answered before a restart, not answered again",
+                item_id,
+                extra={"integration": self.name, "meeting_uid": message.meeting_uid},
+            )
         self._handed_off.discard(item_id)
         self._classes.pop(item_id, None)
 
@@ -394,9 +461,8 @@ class EwsMailbox:
             to_recipients=[Mailbox(email_address=r) for r in message.recipients],
         ).send()
 
-    def _update_organizer(self, message: Outgoing) -> None:
-        """Find the organizer's meeting by UID and replace its body, sending the update to all
-        attendees as the organizer."""
+    def _organizer_item(self, message: Outgoing) -> Any:
+        """The organizer's own calendar item of the meeting (by UID, near its start)."""
         organizer = self._as(message.sender)
         start = datetime.fromisoformat(str(message.extra["start"]))
         window = (
@@ -408,9 +474,21 @@ class EwsMailbox:
             for i in organizer.calendar.view(*window).only("id", "changekey", "uid")
             if i.uid == message.meeting_uid
         ]
-        if not found:
-            raise GatewayError(f"organizer {message.sender} has no meeting {message.meeting_uid}")
-        item = found[0]
+        return found[0] if found else None
+
+    def _update_organizer(self, message: Outgoing) -> None:
+        """Find the organizer's meeting by UID and replace its body, sending the update to all
+        attendees as the organizer. Exchange delivers that update to the room too; the rules
+        recognise it (nothing they care about changed) and leave it unanswered."""
+        item = self._organizer_item(message)
+        if item is None:
+            raise GatewayError(
+                f"the organizer's meeting no longer exists ({message.sender}, "
+                f"UID {message.meeting_uid[:100]})",
+                permanent=True,
+                code="ErrorItemNotFound",
+            )
+        organizer = self._as(message.sender)
         CalendarItem(
             account=organizer,
             folder=organizer.calendar,

@@ -26,6 +26,20 @@ from vmrsched.meetings import Meeting, Method
 BOM = b"\xef\xbb\xbf"
 _MAILTO = re.compile(r"^mailto:", re.IGNORECASE)
 
+# Limits on one item's work: a meeting request is a few kilobytes; these leave generous room for
+# real ones (Outlook's HTML bodies, large attendee lists) and refuse what only an attack or a
+# broken generator sends.
+MAX_CALENDAR_BYTES = 1024 * 1024
+MAX_EVENTS = 50  # VEVENTs in one calendar (a series and its exceptions)
+MAX_SUBJECT = 1000  # characters
+MAX_BODY = 512 * 1024  # characters of HTML body
+MAX_ATTENDEES = 1000
+MAX_DATES = 1000  # RDATEs or EXDATEs of one event
+MAX_UID = 1000  # characters
+# Dates the rules can use: anything else is refused with a reason, never stored.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2999, 12, 31, tzinfo=UTC)
+
 
 class ParseError(ValueError):
     """The input cannot be turned into a meeting. `organizer` is set when we know whom to tell."""
@@ -37,6 +51,8 @@ class ParseError(ValueError):
         organizer_name: str = "",
         subject: str = "",
         uid: str = "",
+        not_meeting: bool = False,
+        auto_submitted: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -44,6 +60,8 @@ class ParseError(ValueError):
         self.organizer_name = organizer_name
         self.subject = subject
         self.uid = uid
+        self.not_meeting = not_meeting  # a mail with no meeting in it: set aside, never answered
+        self.auto_submitted = auto_submitted  # RFC 3834: never answer it
 
 
 @dataclass(frozen=True)
@@ -74,10 +92,25 @@ def _zone_for(value: datetime, default_tz: tzinfo) -> datetime:
 def _as_datetime(raw: Any, default_tz: tzinfo) -> datetime:
     value = getattr(raw, "dt", raw)
     if isinstance(value, datetime):
-        return _zone_for(value, default_tz)
+        tzid = str(getattr(raw, "params", {}).get("TZID", "") or "")
+        if value.tzinfo is None and tzid:
+            # icalendar leaves a time naive when neither a VTIMEZONE nor a known name defines
+            # its zone; reading it in some default zone would move the meeting silently
+            raise ParseError(f"unknown time zone {tzid[:80]!r} (no VTIMEZONE defines it)")
+        return _checked(_zone_for(value, default_tz))
     if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=default_tz)
-    raise ParseError(f"not a date or time: {raw!r}")
+        return _checked(datetime(value.year, value.month, value.day, tzinfo=default_tz))
+    raise ParseError(f"not a date or time: {str(raw)[:80]!r}")
+
+
+def _checked(value: datetime) -> datetime:
+    try:
+        inside = EARLIEST <= value <= LATEST
+    except (OverflowError, ValueError):
+        inside = False
+    if not inside:
+        raise ParseError(f"date {value.isoformat()[:40]} is outside 1900-2999")
+    return value
 
 
 def _date_list(component: Any, key: str, default_tz: tzinfo) -> tuple[datetime, ...]:
@@ -87,7 +120,10 @@ def _date_list(component: Any, key: str, default_tz: tzinfo) -> tuple[datetime, 
     items = raw if isinstance(raw, list) else [raw]
     out: list[datetime] = []
     for item in items:
-        for entry in getattr(item, "dts", [item]):
+        entries = getattr(item, "dts", [item])
+        if len(out) + len(entries) > MAX_DATES:
+            raise ParseError(f"more than {MAX_DATES} {key} values")
+        for entry in entries:
             value = getattr(entry, "dt", entry)
             if isinstance(value, tuple):  # RDATE;VALUE=PERIOD
                 value = value[0]
@@ -140,7 +176,10 @@ def _times(component: Any, default_tz: tzinfo, cancel: bool = False) -> tuple[da
     if component.get("DTEND") is not None:
         end = _as_datetime(component.get("DTEND"), default_tz)
     elif component.get("DURATION") is not None:
-        end = start + component.get("DURATION").dt
+        try:
+            end = _checked(start + component.get("DURATION").dt)
+        except (OverflowError, TypeError, AttributeError) as exc:
+            raise ParseError(f"unusable DURATION: {exc}") from exc
     else:
         end = start + (timedelta(days=1) if all_day else timedelta(0))
     if end < start:
@@ -196,19 +235,53 @@ def parse_calendar(
     default_tz = _fallback_tz(default_timezone)
     if data.startswith(BOM):
         data = data[len(BOM) :]
+    if len(data) > MAX_CALENDAR_BYTES:
+        raise ParseError(f"calendar larger than {MAX_CALENDAR_BYTES} bytes")
+    if data.upper().count(b"BEGIN:VEVENT") > MAX_EVENTS:
+        raise ParseError(f"more than {MAX_EVENTS} VEVENTs in one calendar")
+    try:
+        return _parse_calendar(data, default_tz, html_body, method_hint, correlation_id)
+    except ParseError:
+        raise
+    except Exception as exc:  # whatever a library raises on hostile input is this item's error
+        raise ParseError(f"unreadable calendar: {type(exc).__name__}: {str(exc)[:200]}") from exc
+
+
+def _incomplete(data: bytes) -> bool:
+    return b"END:VCALENDAR" not in data.rstrip()[-40:].upper()
+
+
+def _parse_calendar(
+    data: bytes,
+    default_tz: tzinfo,
+    html_body: str | None,
+    method_hint: str | None,
+    correlation_id: str,
+) -> Parsed:
     try:
         cal = icalendar.Calendar.from_ical(data)
     except Exception as exc:  # icalendar raises ValueError and friends on garbage
-        raise ParseError(f"not an iCalendar object: {exc}") from exc
+        hint = (
+            " (the file looks incomplete: write it elsewhere, then rename it into the inbox)"
+            if _incomplete(data)
+            else ""
+        )
+        raise ParseError(f"not an iCalendar object: {str(exc)[:200]}{hint}") from exc
     method = str(cal.get("METHOD") or method_hint or "REQUEST").upper()
     events = [c for c in cal.walk("VEVENT")]
     if not events:
         raise ParseError("calendar holds no VEVENT")
     organizer_name, organizer_email = _address(events[0].get("ORGANIZER"))
     subject = _text(events[0], "SUMMARY")
+    if len(subject) > MAX_SUBJECT:
+        raise ParseError(f"subject longer than {MAX_SUBJECT} characters", organizer_email)
     if method not in ("REQUEST", "CANCEL", "PUBLISH"):
         raise ParseError(
             f"unsupported iTIP method {method}", organizer_email, organizer_name, subject
+        )
+    if html_body is not None and len(html_body) > MAX_BODY:
+        raise ParseError(
+            f"body longer than {MAX_BODY} characters", organizer_email, organizer_name, subject
         )
     meeting_method: Method = "CANCEL" if method == "CANCEL" else "REQUEST"
     by_uid: dict[str, list[Any]] = {}
@@ -216,6 +289,10 @@ def parse_calendar(
         uid = _text(event, "UID").strip()
         if not uid:
             raise ParseError("meeting has no UID", organizer_email, organizer_name, subject)
+        if len(uid) > MAX_UID:
+            raise ParseError(
+                f"UID longer than {MAX_UID} characters", organizer_email, organizer_name, subject
+            )
         by_uid.setdefault(uid, []).append(event)
     meetings: list[Meeting] = []
     for uid, group in by_uid.items():
@@ -272,10 +349,15 @@ def _meeting(
         attendees_raw = event.get("ATTENDEE") or []
         if not isinstance(attendees_raw, list):
             attendees_raw = [attendees_raw]
+        if len(attendees_raw) > MAX_ATTENDEES:
+            raise ParseError(f"more than {MAX_ATTENDEES} attendees")
+        body = html_body if html_body is not None else _body(event)
+        if len(body) > MAX_BODY:
+            raise ParseError(f"body longer than {MAX_BODY} characters")
         attendees = tuple(a for a in (_address(x)[1] for x in attendees_raw) if a)
     except ParseError as exc:
         raise ParseError(exc.reason, addr, name, subject, uid) from exc
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
         raise ParseError(f"unreadable meeting times: {exc}", addr, name, subject, uid) from exc
     if recurrence_id is not None and rdates and len(rdates) == 1:
         rdates = ()  # Notes repeats a rescheduled instance as a one-period RDATE
@@ -293,7 +375,7 @@ def _meeting(
         organizer_name=name,
         organizer_email=addr,
         subject=subject,
-        html_body=html_body if html_body is not None else _body(event),
+        html_body=body,
         attendees=attendees,
         correlation_id=correlation_id,
     )
@@ -320,29 +402,74 @@ def _html_part(message: Message) -> str | None:
     return None
 
 
+def auto_submitted(message: Message) -> bool:
+    """RFC 3834: automatic mail (out-of-office, bounces, lists) must not be answered."""
+    value = str(message.get("Auto-Submitted", "no")).strip().lower()
+    precedence = str(message.get("Precedence", "")).strip().lower()
+    return (
+        not value.startswith("no")
+        or precedence in ("bulk", "junk", "list", "auto_reply")
+        or message.get("X-Autoreply") is not None
+        or message.get("List-Id") is not None
+        or str(message.get("Content-Type", "")).lower().startswith("multipart/report")
+    )
+
+
 def parse_mail(data: bytes, default_timezone: str = "UTC", correlation_id: str = "") -> Parsed:
     """Meetings in an iMIP mail: the text/calendar part, with the text/html part as body."""
     if data.startswith(BOM):
         data = data[len(BOM) :]
-    message = email.message_from_bytes(data, policy=email.policy.compat32)
-    part = _calendar_part(message)
+    try:
+        message = email.message_from_bytes(data, policy=email.policy.compat32)
+        automatic = auto_submitted(message)
+        sender = email.utils.parseaddr(_clean(str(message.get("From", ""))))
+        subject = _clean(str(message.get("Subject", "")))[:MAX_SUBJECT]
+        part = _calendar_part(message)
+    except Exception as exc:  # the email package is lenient, but not about everything
+        raise ParseError(f"unreadable mail: {type(exc).__name__}: {str(exc)[:200]}") from exc
     if part is None:
-        sender = email.utils.parseaddr(str(message.get("From", "")))
         raise ParseError(
-            "mail has no text/calendar part", sender[1], sender[0], str(message.get("Subject", ""))
+            "not a meeting message (no text/calendar part)",
+            sender[1],
+            sender[0],
+            subject,
+            not_meeting=True,
+            auto_submitted=automatic,
         )
-    payload = part.get_payload(decode=True)
-    if not isinstance(payload, bytes):
-        raise ParseError("calendar part is empty")
-    method_hint = part.get_param("method")
-    html = _html_part(message)
-    return parse_calendar(
-        payload,
-        default_timezone,
-        html_body=html,
-        method_hint=str(method_hint) if isinstance(method_hint, str) else None,
-        correlation_id=correlation_id,
-    )
+    try:
+        payload = part.get_payload(decode=True)
+        method_hint = part.get_param("method")
+        html = _html_part(message)
+    except Exception as exc:
+        raise ParseError(
+            f"unreadable mail: {type(exc).__name__}: {str(exc)[:200]}",
+            sender[1],
+            sender[0],
+            subject,
+            auto_submitted=automatic,
+        ) from exc
+    if not isinstance(payload, bytes) or not payload.strip():
+        raise ParseError(
+            "calendar part is empty", sender[1], sender[0], subject, auto_submitted=automatic
+        )
+    try:
+        return parse_calendar(
+            payload,
+            default_timezone,
+            html_body=html,
+            method_hint=str(method_hint) if isinstance(method_hint, str) else None,
+            correlation_id=correlation_id,
+        )
+    except ParseError as exc:
+        exc.auto_submitted = automatic
+        if not exc.organizer_email and sender[1]:
+            exc.organizer_email, exc.organizer_name = sender[1], exc.organizer_name or sender[0]
+        raise
+
+
+def _clean(value: str) -> str:
+    """A header value on one line."""
+    return " ".join(value.split())
 
 
 def parse_file(

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
+import hashlib
 import os
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from stat import S_ISLNK, S_ISREG
 from typing import BinaryIO
 
 import orjson
@@ -27,6 +31,19 @@ from vmrsched.meetings import Meeting, meeting_from_json, meeting_to_json
 SUFFIXES = (".ics", ".eml")
 CALENDAR_FILE = "accepted.jsonl"
 MAX_ITEM_BYTES = 10 * 1024 * 1024
+NAME_MAX = 255  # bytes in one file name (Linux)
+
+
+def _read_regular(path: str) -> bytes:
+    """The file's bytes, refusing to follow a link swapped in since it was listed."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(MAX_ITEM_BYTES + 1)[: MAX_ITEM_BYTES + 1]
+    finally:
+        os.close(fd)
 
 
 def _syncfs_function() -> Callable[[int], int] | None:
@@ -60,23 +77,25 @@ class SpoolMailbox:
 
     def fetch(self, limit: int) -> Sequence[InboxItem]:
         try:
-            entries = [
-                e for e in os.scandir(self.inbox) if e.is_file() and not e.name.startswith(".")
-            ]
+            entries = [e for e in os.scandir(self.inbox) if not e.name.startswith(".")]
+            stats = [(e, e.stat(follow_symlinks=False)) for e in entries]
         except OSError as exc:
             raise GatewayError(f"cannot list {self.inbox}: {exc}") from exc
-        entries.sort(key=lambda e: (e.stat().st_mtime_ns, e.name))
-        return [self._read(entry) for entry in entries[:limit]]
+        stats.sort(key=lambda pair: (pair[1].st_mtime_ns, pair[0].name))
+        return [self._read(entry, stat) for entry, stat in stats[:limit]]
 
-    def _read(self, entry: os.DirEntry[str]) -> InboxItem:
-        stat = entry.stat()
+    def _read(self, entry: os.DirEntry[str], stat: os.stat_result) -> InboxItem:
         received = datetime.fromtimestamp(stat.st_mtime, UTC)
+        if not S_ISREG(stat.st_mode):
+            # never followed: a link could point at secrets (/proc/self/environ) or loop
+            kind = "a symbolic link" if S_ISLNK(stat.st_mode) else "not a regular file"
+            return InboxItem(entry.name, received, error=f"{kind}: not read")
         if not entry.name.lower().endswith(SUFFIXES):
             return InboxItem(entry.name, received, error="not a .ics or .eml file")
         if stat.st_size > MAX_ITEM_BYTES:
             return InboxItem(entry.name, received, error=f"larger than {MAX_ITEM_BYTES} bytes")
         try:
-            data = Path(entry.path).read_bytes()
+            data = _read_regular(entry.path)
         except OSError as exc:
             return InboxItem(entry.name, received, error=f"cannot read: {exc.strerror}")
         try:
@@ -90,6 +109,8 @@ class SpoolMailbox:
                 sender_name=exc.organizer_name,
                 subject=exc.subject,
                 uid=exc.uid,
+                not_meeting=exc.not_meeting,
+                auto_submitted=exc.auto_submitted,
             )
         return InboxItem(entry.name, received, meetings=parsed.meetings)
 
@@ -99,15 +120,33 @@ class SpoolMailbox:
         except FileNotFoundError:
             return  # already moved (reprocessing after a crash)
         except OSError as exc:
-            raise GatewayError(f"cannot move {item_id}: {exc}") from exc
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+                raise GatewayError(f"cannot move {item_id}: {exc}") from exc
+            # something of that name is there already and cannot be replaced (a directory)
+            try:
+                os.replace(self.inbox / item_id, folder / f"{item_id[:200]}.{time.time_ns()}")
+            except OSError as again:
+                raise GatewayError(f"cannot move {item_id}: {again}") from again
 
     def mark_handled(self, item_id: str, replied: bool = False) -> None:
         self._move(item_id, self.processed)
 
     alarm = "mailbox_unreachable"
+    # a message written again under its id replaces nothing and sends nothing twice
+    idempotent_send = True
 
     def quarantine(self, item_id: str, reason: str) -> None:
-        atomic_write(self.failed / f"{item_id}.error.txt", (reason + "\n").encode())
+        """Move the item to failed/ with `<name>.error.txt` beside it. A name too long for
+        the suffix gets a shortened error file name, which the file itself names."""
+        note = f"{item_id}.error.txt"
+        if len(note.encode()) > NAME_MAX:
+            digest = hashlib.sha256(item_id.encode()).hexdigest()[:16]
+            note = f"{item_id.encode()[:100].decode(errors='ignore')}-{digest}.error.txt"
+            reason = f"{reason}\nitem: {item_id}"
+        try:
+            atomic_write(self.failed / note, (reason + "\n").encode())
+        except OSError as exc:
+            raise GatewayError(f"cannot write {note} in {self.failed}: {exc}") from exc
         self._move(item_id, self.failed)
 
     def send(self, message: Outgoing) -> None:
@@ -115,8 +154,13 @@ class SpoolMailbox:
         `sync`, which the notifier calls before it forgets the message; elsewhere each file is
         fsynced as it is written."""
         path = self.outbox / f"{message.id}.eml"
+        if path.exists():
+            return  # delivered before a restart: the same id is the same message
         try:
             data = compose.to_eml(message)
+        except Exception as exc:  # a message that cannot be composed never will be
+            raise GatewayError(f"cannot compose the mail: {exc}", permanent=True) from exc
+        try:
             if _SYNCFS is None:
                 atomic_write(path, data)
                 return
