@@ -1,4 +1,4 @@
-"""Command line: `vmrsched serve | check-config | invite | manifest | recover`."""
+"""Command line: `vmrsched serve | check-config | invite | manifest | recover | failed`."""
 
 from __future__ import annotations
 
@@ -107,10 +107,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result
-
-
-if __name__ == "__main__":  # pragma: no cover - `python -m vmrsched.cli`
-    sys.exit(main())
 
 
 # --- serve ------------------------------------------------------------------------------------
@@ -291,3 +287,47 @@ def _register_service_commands(sub: argparse._SubParsersAction) -> None:  # type
     _add_config(rec)
     rec.add_argument("--dry-run", action="store_true", help="only list what would be done")
     rec.set_defaults(func=cmd_recover)
+
+    failed = sub.add_parser(
+        "failed", help="list the messages that could not be delivered (kept with their reason)"
+    )
+    _add_config(failed)
+    failed.add_argument(
+        "--data-dir", type=Path, help="read this data directory instead of the config's"
+    )
+    failed.add_argument("--integration", help="only this integration")
+    failed.set_defaults(func=cmd_failed)
+
+
+def cmd_failed(args: argparse.Namespace) -> int:
+    """Read-only: safe beside a running service."""
+    from datetime import UTC, datetime
+
+    from vmrsched.outqueue import read_failed
+
+    data_dir: Path | None = args.data_dir
+    if data_dir is None:
+        cfg = _load(args.config)
+        if cfg is None:
+            return 1
+        data_dir = cfg.data_dir
+    queues = data_dir / "queue"
+    names = sorted(p.name for p in queues.iterdir() if p.is_dir()) if queues.is_dir() else []
+    if args.integration:
+        names = [n for n in names if n == args.integration]
+    total = 0
+    for name in names:
+        for item in sorted(read_failed(queues / name), key=lambda f: f.at):
+            total += 1
+            when = datetime.fromtimestamp(item.at, UTC).isoformat(timespec="seconds")
+            m = item.message
+            print(
+                f"{when}  {name}  {m.kind} {m.outcome}  meeting {m.meeting_uid}  "
+                f"to {', '.join(m.recipients)}  correlation {m.correlation_id}\n    {item.reason}"
+            )
+    print(f"{total} failed message(s)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m vmrsched.cli`
+    sys.exit(main())

@@ -17,6 +17,8 @@ FIELDS = (
     "alarm",
     "detail",
     "item",
+    "organizer",
+    "message_id",
 )
 
 

@@ -233,6 +233,10 @@ def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Dec
     key = occurrence_key(message.recurrence_id) if message.recurrence_id else None
     target = record or bound
     remembered = _remembered(message, target)
+    if remembered is not None and remembered.endswith("+update") and token.kind != "TOK":
+        # answered with an organizer update, and now the body carries our token instead of
+        # the placeholder: this is that update coming back, not the request read again
+        remembered = None
     if target is None:
         # TOK path: the add-in could not reach us; allocate now and fix the organizer's copy.
         assert token.kind == "TOK"

@@ -65,6 +65,9 @@ class FakeItem:
     changekey: str = "CK1"
     response: str = ""  # for CalendarItem in the room's calendar: Accept/Decline
     updates_sent: int = 0  # organizer updates sent to all attendees
+    # for an organizer's CalendarItem: the mailboxes (rooms) the meeting was delivered to
+    delivered_to: set[str] = field(default_factory=set)
+    request_type: str = ""  # MeetingRequest: "" (new or full update) or InformationalUpdate
 
 
 @dataclass
@@ -103,6 +106,9 @@ class FakeExchange:
         self.subscriptions: dict[str, str] = {}  # subscription id -> mailbox address
         self.subscribe_supported = True
         self.down = False
+        # Exchange keeps the SEQUENCE when only the body of a meeting changes (an
+        # informational update); some versions and clients bump it anyway
+        self.update_bumps_sequence = False
 
     # --- state helpers for tests ----------------------------------------------------------
     def mailbox(self, address: str) -> Mailbox:
@@ -121,9 +127,9 @@ class FakeExchange:
         raw = f"{prefix}-{next(self._ids):08d}".encode()
         return base64.b64encode(raw).decode()
 
-    def deliver(self, room: str, meeting: Meeting) -> FakeItem:
+    def deliver(self, room: str, meeting: Meeting, organizer_copy: bool = True) -> FakeItem:
         """A meeting request (or cancellation) arriving in the room's inbox; the organizer's
-        own copy goes to their calendar."""
+        own copy goes to their calendar (unless the organizer has deleted it since)."""
         kind = "MeetingCancellation" if meeting.method == "CANCEL" else "MeetingRequest"
         with self.lock:
             item = FakeItem(
@@ -136,7 +142,7 @@ class FakeExchange:
             )
             self.mailbox(room).inbox[item.id] = item
             self.mailbox(room).events.append(item.id)
-            if meeting.method == "REQUEST" and meeting.organizer_email:
+            if meeting.method == "REQUEST" and meeting.organizer_email and organizer_copy:
                 calendar = self.mailbox(meeting.organizer_email).calendar
                 existing = next(
                     (
@@ -158,9 +164,39 @@ class FakeExchange:
                         meeting.organizer_email,
                     )
                     calendar[own.id] = own
+                    existing = own
                 else:
                     existing.meeting, existing.body = meeting, meeting.html_body
+                existing.delivered_to.add(room.lower())
             return item
+
+    def remove_organizer_meeting(self, organizer: str, uid: str) -> None:
+        """The organizer deleted the meeting from their calendar (without cancelling)."""
+        with self.lock:
+            calendar = self.mailbox(organizer).calendar
+            for item_id in [i.id for i in calendar.values() if i.meeting and i.meeting.uid == uid]:
+                del calendar[item_id]
+
+    def _send_to_all(self, item: FakeItem) -> None:
+        """What Exchange does with an organizer's update sent with SendToAll…: every attendee,
+        resources included, gets a meeting request in their inbox; a change of the body only
+        is an informational update."""
+        assert item.meeting is not None
+        recipients = {a.lower() for a in item.meeting.attendees} | item.delivered_to
+        recipients.discard(item.meeting.organizer_email.lower())
+        for address in sorted(recipients):
+            copy = FakeItem(
+                self.new_id("in"),
+                "MeetingRequest",
+                item.meeting,
+                item.meeting.subject,
+                item.body,
+                item.meeting.organizer_email,
+                request_type="InformationalUpdate",
+            )
+            box = self.mailbox(address)
+            box.inbox[copy.id] = copy
+            box.events.append(copy.id)
 
     def replies(self, room: str) -> list[FakeItem]:
         return list(self.mailbox(room).sent)
@@ -598,12 +634,14 @@ class FakeExchange:
             if body is not None:
                 item.body = body.text or ""
                 if item.meeting is not None:
+                    bump = 1 if self.update_bumps_sequence else 0
                     item.meeting = replace(
-                        item.meeting, html_body=item.body, sequence=item.meeting.sequence + 1
+                        item.meeting, html_body=item.body, sequence=item.meeting.sequence + bump
                     )
             item.changekey = f"CK{int(item.changekey[2:]) + 1}"
-            if send.startswith("SendToAll"):
+            if send.startswith("SendToAll") and item.meeting is not None:
                 item.updates_sent += 1
+                self._send_to_all(item)
             messages.append(
                 self._ok(
                     "UpdateItem",
@@ -728,6 +766,8 @@ def _item_xml(item: FakeItem, room: str) -> str:
     if tag != "CalendarItem":  # Exchange sets both on messages
         parts.append(f"<t:Sender>{_mailbox_xml(*sender)}</t:Sender>")
         parts.append(f"<t:From>{_mailbox_xml(*sender)}</t:From>")
+    if tag == "MeetingRequest" and item.request_type:
+        parts.append(f"<t:MeetingRequestType>{item.request_type}</t:MeetingRequestType>")
     if meeting is not None and tag == "CalendarItem":
         parts.append(f"<t:Start>{_ts(meeting.start)}</t:Start><t:End>{_ts(meeting.end)}</t:End>")
         parts.append(f"<t:UID>{_e(meeting.uid)}</t:UID>")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -648,3 +649,79 @@ def test_more_than_one_batch_at_once_is_all_answered(env: Env) -> None:
     spoolkit.wait_for(lambda: not env.fake.mailbox(ROOM).inbox, timeout=60)
     answered = {r.meeting.uid for r in env.fake.replies(ROOM) if r.meeting}
     assert {f"bulk-{i}" for i in range(250)} <= answered
+
+
+# --- exactly once against Exchange as it behaves -----------------------------------------------
+
+TOK = "TOK:-00000000-0000-4000-8000-0000000000{:02d}#"
+
+
+def settle(env: Env, seconds: float = 1.0) -> None:
+    """Let the service see whatever Exchange delivered meanwhile (many poll intervals)."""
+    spoolkit.wait_for(lambda: not env.fake.mailbox(ROOM).inbox, timeout=20)
+    time.sleep(seconds)
+    spoolkit.wait_for(lambda: not env.fake.mailbox(ROOM).inbox, timeout=20)
+    notifier = env.svc.ctx.registry.get("onprem", "notifier")
+    spoolkit.wait_for(lambda: notifier.proxy().pending().get(timeout=5) == 0)
+
+
+@pytest.mark.parametrize("bumps_sequence", [False, True])
+def test_the_rooms_own_organizer_update_coming_back_gets_no_reply(
+    env: Env, bumps_sequence: bool
+) -> None:
+    env.fake.update_bumps_sequence = bumps_sequence
+    env.send(meeting("echo", f"<p>Agenda</p><p>{TOK.format(1)}</p>"))
+    spoolkit.wait_for(
+        lambda: any(i.updates_sent for i in env.fake.mailbox("olga@example.com").calendar.values())
+    )
+    settle(env)
+    [own] = env.fake.mailbox("olga@example.com").calendar.values()
+    assert own.updates_sent == 1  # one organizer update, never a second
+    assert [r.response for r in env.replies("echo")] == ["Accept"]  # one answer
+    # the update reached every attendee, the room included, and the room set it aside
+    echoes = [i for i in env.fake.mailbox(ROOM).deleted if i.request_type == "InformationalUpdate"]
+    assert len(echoes) == 1
+    assert any(i.request_type for i in env.fake.mailbox("bob@example.com").inbox.values())
+    assert own.body.count("PXPS:-") == 1 and "Agenda" in own.body  # instructions once
+    assert env.count("ignored", "unchanged") == 1
+
+
+def test_a_refused_organizer_update_fails_alone_and_the_organizer_gets_the_instructions(
+    env: Env,
+) -> None:
+    env.send(meeting("warm", "<p>x</p>"))
+    env.fake.allow_impersonation = False  # ErrorImpersonateUserDenied, for good
+    env.fake.deliver(ROOM, meeting("denied", f"<p>{TOK.format(2)}</p>"))
+    started = time.monotonic()
+    later = [env.fake.deliver(ROOM, meeting(f"after-{i}", pxps(env.reserve()))) for i in range(5)]
+    for item in later:
+        assert item.meeting is not None
+        spoolkit.wait_for(lambda item=item: bool(env.replies(item.meeting.uid)), timeout=10)
+    assert time.monotonic() - started < 10  # not held up behind the refused update
+    notifier = env.svc.ctx.registry.get("onprem", "notifier")
+    spoolkit.wait_for(lambda: notifier.proxy().failed().get(timeout=5) == 1)
+    spoolkit.wait_for(lambda: notifier.proxy().pending().get(timeout=5) == 0)
+    alarms = {(a.integration, a.name) for a in env.svc.ctx.alarms.active()}
+    assert ("onprem", "delivery_failed") in alarms
+    [notice] = [m for m in env.fake.replies(ROOM) if m.subject.startswith("Joining details")]
+    assert notice.recipients == ("olga@example.com",) and "PXPS:-" in notice.body
+    assert [r.response for r in env.replies("denied")] == ["Accept"]
+    failed = subprocess.run(
+        [sys.executable, "-m", "vmrsched", "failed", "--data-dir", str(env.cfg.data_dir)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    assert "denied" in failed.stdout and "ErrorImpersonateUserDenied" in failed.stdout
+
+
+def test_an_organizer_meeting_that_no_longer_exists_is_failed_not_retried(env: Env) -> None:
+    env.send(meeting("warm", "<p>x</p>"))
+    env.fake.deliver(ROOM, meeting("gone", f"<p>{TOK.format(3)}</p>"), organizer_copy=False)
+    spoolkit.wait_for(lambda: bool(env.replies("gone")))
+    notifier = env.svc.ctx.registry.get("onprem", "notifier")
+    spoolkit.wait_for(lambda: notifier.proxy().failed().get(timeout=5) == 1)
+    env.send(meeting("next", pxps(env.reserve())))
+    assert [r.response for r in env.replies("next")] == ["Accept"]
+    assert any(m.subject.startswith("Joining details") for m in env.fake.replies(ROOM))

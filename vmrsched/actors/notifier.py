@@ -54,6 +54,7 @@ class Notifier(SupervisedChild):
         self._raised = self.alarm
         self._retries: dict[str, _Retry] = {}
         self._wake_at: float | None = None
+        self._replaced = False  # a failed message was replaced: flush again for the new one
 
     def setup(self) -> None:
         self.queue = OutQueue(self.ctx.queue_dir(self.integ.name))
@@ -161,7 +162,8 @@ class Notifier(SupervisedChild):
         if self._backoff:
             self._backoff = 0.0
             self.ctx.alarms.clear(self.integ.name, self._raised)
-        if attempted >= CHUNK:
+        if attempted >= CHUNK or self._replaced:
+            self._replaced = False
             self._request_flush()
         elif waiting:
             self._wake(min(waiting) - time.monotonic())
@@ -212,6 +214,7 @@ class Notifier(SupervisedChild):
     def _give_up(self, outgoing: Outgoing, reason: str) -> None:
         replacement = self._instructions_by_mail(outgoing) if outgoing.kind == "update" else None
         self.queue.fail(outgoing.id, reason, replacement)
+        self._replaced = self._replaced or replacement is not None
         self._retries.pop(outgoing.id, None)
         log.error(
             "%s %s failed for good: %s%s",
@@ -277,5 +280,7 @@ class Notifier(SupervisedChild):
                     "meeting_uid": message.meeting_uid,
                     "message_id": message.id,
                     "correlation_id": message.correlation_id,
+                    "outcome": message.outcome,
+                    "reason": message.reason,
                 },
             )
