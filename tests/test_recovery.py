@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from tests import spoolkit
-from tests.actors.test_service_e2e import make_config
+from tests.actors.test_service_e2e import Running, make_config
 from tests.configs import spool_toml
-from vmrsched import service
+from vmrsched import answers, recovery, service
+from vmrsched.mailbox.spool import SpoolMailbox
 from vmrsched.store import Store
+from vmrsched.templating import Renderer
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -66,3 +69,52 @@ def test_recover_on_the_spool(tmp_path: Path) -> None:
     updates = [m for m in spoolkit.answers_for(spool, uid) if m.outcome == "updated"]
     assert len(updates) == 2  # the original placeholder update and the recovery update
     assert any(rebound["alias_id"] in m.html for m in updates)
+
+
+def test_recover_a_pxps_booking_on_the_spool(tmp_path: Path) -> None:
+    """The update holds only the new instructions, and the update coming back to the room (as
+    Exchange would deliver it) gets no reply."""
+    cfg = make_config(tmp_path)
+    integ = cfg.integrations[0]
+    spool = integ.spool_dir(cfg.data_dir)
+    renderer = Renderer(integ.template_sources(), integ.timezone)
+    svc = service.start(cfg)
+    try:
+        running = Running(svc, cfg)
+        old = running.reserve()
+        pasted = renderer.render(
+            "single_use_joining_instructions_template", answers.variables(integ, None, old)
+        )
+        data, uid = spoolkit.request(body=f"<p>Agenda</p>{pasted}")
+        running.send(data)
+    finally:
+        svc.stop()
+    store = Store(cfg.data_dir / "store" / "alpha")
+    store.delete(old["alias_id"], "lost in a test")
+    store.sweep()
+    gateway = SpoolMailbox(spool, "alpha", integ.timezone)
+    done = recovery.recover(integ, gateway, store, datetime.now(UTC))
+    gateway.close()
+    store.close()
+    assert [d.action for d in done] == ["bound"]
+    [update] = [m for m in spoolkit.answers_for(spool, uid) if m.outcome == "updated"]
+    for value in (old["alias"], old["numeric_alias"], old["alias_id"]):
+        assert value not in update.html
+    assert update.html.count("PXPS:-") == 1 and update.html.startswith("<p>Agenda</p>")
+
+    svc = service.start(cfg)
+    try:
+        running = Running(svc, cfg)
+        # the update delivered to the room as well
+        name = spoolkit.drop(spool / "inbox", update.path.read_bytes(), suffix=".eml")
+        spoolkit.wait_handled(spool, name)
+        running.settle()
+        assert (spool / "processed" / name).exists()  # read as a meeting, not quarantined
+        assert len(spoolkit.answers_for(spool, uid)) == 2  # the accept and the one update
+        count = svc.ctx.metrics.registry.get_sample_value(
+            "vmrsched_meeting_requests_total",
+            {"integration": "alpha", "outcome": "ignored", "reason": "unchanged"},
+        )
+        assert count == 1
+    finally:
+        svc.stop()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +56,19 @@ def start(config: Path) -> subprocess.Popen[bytes]:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+
+
+def sends(config: Path) -> Counter[tuple[str, str]]:
+    """(meeting uid, kind) -> how many times the service handed such a message to the mailbox,
+    over every run, from its JSON log."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for line in (config.parent / "server.log").read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        entry = json.loads(line)
+        if entry.get("logger") == "vmrsched.notifier" and entry["message"].startswith("sent "):
+            counts[(entry["meeting_uid"], entry["message"].split()[1])] += 1
+    return counts
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -205,7 +219,10 @@ def test_sigkill_mid_way_through_500_requests_loses_nothing(tmp_path: Path) -> N
     for uid in uids:
         outcomes = sorted(m.outcome for m in by_uid.get(uid, []))
         assert outcomes == ["accepted", "updated"], (uid, outcomes)
-    assert len(mails) == 1000  # stable message ids: a repeated send replaced, never duplicated
+    assert len(mails) == 1000
+    counts = sends(config)  # every hand-over to the mailbox, over both runs
+    for uid in uids:
+        assert (counts[(uid, "reply")], counts[(uid, "update")]) == (1, 1), uid
     assert not any((spool / "failed").iterdir())
 
     store = Store(tmp_path / "data" / "store" / "default")

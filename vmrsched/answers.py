@@ -14,6 +14,11 @@ from vmrsched.meetings import Decision, Meeting
 from vmrsched.templating import Renderer
 
 
+# the alias values of the joining instructions, and stand-ins that find them in a body
+_ALIAS_VARS = ("alias", "numeric_alias", "alias_uuid")
+_SENTINELS = ("VMRSCHED0ALIAS0", "VMRSCHED0NUMERIC0", "VMRSCHED0UUID0")
+
+
 def variables(
     integ: IntegrationConfig,
     meeting: Meeting | None,
@@ -104,10 +109,20 @@ def organizer_update(
     on the organizer's behalf to the attendees."""
     values = variables(integ, meeting, record, decision)
     instructions = renderer.render("single_use_joining_instructions_template", values)
-    placeholder = renderer.render("placeholder_instructions_text", values)
     token = aliases.find_token(meeting.html_body)
     token_text = token.text if token is not None else ""
-    body = compose.replace_placeholder(meeting.html_body, token_text, placeholder, instructions)
+    if token is not None and token.kind == "PXPS":
+        # recovery: the body holds instructions for an alias that no longer exists
+        skeleton = renderer.render(
+            "single_use_joining_instructions_template",
+            {**variables(integ, None, None), **dict(zip(_ALIAS_VARS, _SENTINELS, strict=True))},
+        )
+        body = compose.replace_instructions(
+            meeting.html_body, token_text, skeleton, _SENTINELS, instructions
+        )
+    else:
+        placeholder = renderer.render("placeholder_instructions_text", values)
+        body = compose.replace_placeholder(meeting.html_body, token_text, placeholder, instructions)
     recipients = tuple(
         a for a in meeting.attendees if a.lower() != integ.exchange.mailbox_email.lower()
     )

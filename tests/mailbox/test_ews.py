@@ -19,11 +19,12 @@ import pytest
 from tests import spoolkit
 from tests.fakes.ews_server import FakeExchange, FakeItem
 from tests.fakes.threaded import ThreadedServer
-from vmrsched import config, recovery, service
+from vmrsched import answers, config, recovery, service
 from vmrsched.actors.context import make_gateway
 from vmrsched.meetings import Meeting
 from vmrsched.store import Store
 from vmrsched.telemetry import Metrics
+from vmrsched.templating import Renderer
 
 ROOM = "room@example.com"
 ROOT = Path(__file__).resolve().parents[2]
@@ -725,3 +726,57 @@ def test_an_organizer_meeting_that_no_longer_exists_is_failed_not_retried(env: E
     env.send(meeting("next", pxps(env.reserve())))
     assert [r.response for r in env.replies("next")] == ["Accept"]
     assert any(m.subject.startswith("Joining details") for m in env.fake.replies(ROOM))
+
+
+def test_recovery_of_a_pxps_booking_replaces_the_dead_instructions_and_its_echo_is_ignored(
+    tmp_path: Path,
+) -> None:
+    fake = FakeExchange()
+    server = ThreadedServer(fake.app()).start()
+    cfg = make_config(tmp_path, server.url)
+    integ = cfg.integrations[0]
+    renderer = Renderer(integ.template_sources(), integ.timezone)
+    svc = service.start(cfg)
+    try:
+        env = Env(fake, server, svc, cfg)
+        old = env.reserve()
+        # the body as the add-in leaves it: the instructions our API rendered for the alias
+        pasted = renderer.render(
+            "single_use_joining_instructions_template", answers.variables(integ, None, old)
+        )
+        env.send(meeting("pxps-lost", f"<p>Agenda</p>{pasted}<p>See you</p>"))
+        assert [r.response for r in env.replies("pxps-lost")] == ["Accept"]
+    finally:
+        svc.stop()
+    try:
+        store = Store(cfg.data_dir / "store" / "onprem")
+        store.delete(old["alias_id"], "lost in a test")
+        store.sweep()
+        gateway = make_gateway(integ, cfg.data_dir, Metrics())
+        done = recovery.recover(integ, gateway, store, datetime.now(UTC))
+        gateway.close()
+        assert [d.action for d in done] == ["bound"]
+        new = store.by_meeting_uid("pxps-lost")
+        store.close()
+        assert new is not None
+        [own] = fake.mailbox("olga@example.com").calendar.values()
+        assert own.updates_sent == 1
+        for value in (old["alias"], old["numeric_alias"], old["alias_id"]):
+            assert value not in own.body  # every trace of the dead instructions is gone
+        assert own.body.count(f"PXPS:-{new['alias_id']}#") == 1
+        assert own.body.count(new["alias"]) == pasted.count(old["alias"])  # one copy
+        assert own.body.startswith("<p>Agenda</p>") and own.body.endswith("<p>See you</p>")
+        assert fake.mailbox(ROOM).inbox  # Exchange delivered the update to the room too
+
+        svc = service.start(cfg)  # the service comes back and reads that echo
+        try:
+            env = Env(fake, server, svc, cfg)
+            spoolkit.wait_for(lambda: not fake.mailbox(ROOM).inbox, timeout=20)
+            settle(env)
+            assert [r.response for r in env.replies("pxps-lost")] == ["Accept"]
+            assert own.updates_sent == 1
+            assert env.count("ignored", "unchanged") == 1
+        finally:
+            svc.stop()
+    finally:
+        server.stop()

@@ -157,6 +157,45 @@ def clean_header(value: str) -> str:
     return _CONTROL.sub(" ", value).strip()[:MAX_HEADER]
 
 
+_BLOCK = re.compile(r"<(p|div|li|td|span)\b[^>]*>", re.IGNORECASE)
+
+
+def replace_instructions(
+    body: str, token_text: str, skeleton: str, sentinels: tuple[str, ...], instructions_html: str
+) -> str:
+    """The organizer's body with every trace of earlier joining instructions (for an alias that
+    no longer exists: recovery) removed and the new instructions in their place, once.
+
+    `skeleton` is the instructions template rendered with `sentinels` standing for the alias
+    values: every copy of it with any values is cut out. Where a client re-formatted the HTML so
+    that the skeleton no longer matches, the blocks that name the dead token go instead."""
+    pattern = re.escape(skeleton)
+    for sentinel in sentinels:
+        pattern = pattern.replace(re.escape(sentinel), r"[^<>\"]{0,300}?")
+    first: int | None = None
+    if skeleton.strip():
+        matches = list(re.finditer(pattern, body))
+        for match in reversed(matches):
+            body = body[: match.start()] + body[match.end() :]
+            first = match.start()
+    while token_text and token_text in body:
+        at = body.index(token_text)
+        opening = None
+        for opening in _BLOCK.finditer(body, 0, at):
+            pass
+        if opening is None:
+            start, end = at, at + len(token_text)
+        else:
+            closing = re.compile(rf"</{opening.group(1)}\s*>", re.IGNORECASE).search(body, at)
+            start = opening.start()
+            end = closing.end() if closing else at + len(token_text)
+        body = body[:start] + body[end:]
+        first = start if first is None else min(first, start)
+    if first is None:
+        return body + instructions_html
+    return body[:first] + instructions_html + body[first:]
+
+
 def _header(value: str) -> str:
     """Non-ASCII header values as RFC 2047 encoded words."""
     value = clean_header(value)

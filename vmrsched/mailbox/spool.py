@@ -170,6 +170,10 @@ class SpoolMailbox:
         except OSError as exc:
             raise GatewayError(f"cannot write to {self.outbox}: {exc}") from exc
 
+    def delivered(self, message: Outgoing) -> bool:
+        """Whether a message queued before a restart was already written to the outbox."""
+        return (self.outbox / f"{message.id}.eml").exists()
+
     def sync(self) -> None:
         """Make every write and rename in the spool durable: one syncfs(2) where Linux has it,
         else the calendar file and the directory entries."""

@@ -1,0 +1,184 @@
+"""Exactly once across SIGKILL, with the service as a real process: nothing that was answered is
+answered again after a restart, and a kill in the middle of a burst leaves every meeting with one
+answer and one organizer update, on the spool and against the fake Exchange over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests import spoolkit
+from tests.fakes.ews_server import FakeExchange
+from tests.fakes.threaded import ThreadedServer
+from tests.test_serve import free_port, sends, wait_ready, write_config
+from vmrsched.meetings import Meeting
+
+ROOT = Path(__file__).resolve().parent.parent
+ROOM = "room@example.com"
+pytestmark = pytest.mark.slow
+
+
+def start(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    log = open(config.parent / "server.log", "ab")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        [sys.executable, "-m", "vmrsched", "serve", "--config", str(config)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+
+
+def tok(i: int) -> str:
+    return f"TOK:-00000000-0000-4000-8000-{i:012d}#"
+
+
+# --- spool -------------------------------------------------------------------------------------
+
+
+def test_spool_sigkill_when_idle_resends_nothing(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "vmrsched.toml"
+    write_config(config, port)
+    spool = tmp_path / "data" / "spool" / "default"
+    proc = start(config)
+    uids = []
+    try:
+        wait_ready(port)
+        for i in range(3):
+            data, uid = spoolkit.request(body=f"<p>{tok(i)}</p>")
+            spoolkit.drop(spool / "inbox", data)
+            uids.append(uid)
+        spoolkit.wait_for(lambda: len(spoolkit.outbox(spool)) == 6, timeout=30)
+        time.sleep(0.5)  # idle
+        kill(proc)
+        proc = start(config)
+        wait_ready(port)
+        time.sleep(1.5)
+        stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    counts = sends(config)
+    for uid in uids:
+        assert counts[(uid, "reply")] == 1 and counts[(uid, "update")] == 1, counts
+    assert sum(counts.values()) == 6
+
+
+# --- Exchange (the fake, over HTTP) -----------------------------------------------------------
+
+
+def ews_config(tmp_path: Path, url: str, port: int) -> Path:
+    path = tmp_path / "vmrsched.toml"
+    path.write_text(f"""
+[server]
+listen = "127.0.0.1:{port}"
+data_dir = "{tmp_path / "data"}"
+log_format = "json"
+[[integrations]]
+name = "onprem"
+backend = "ews"
+[integrations.exchange]
+ews_url = "{url}/EWS/Exchange.asmx"
+authentication = "basic"
+service_account_username = "svc-vmr"
+service_account_password_env = "VMRSCHED_EWS_PASSWORD"
+mailbox_name = "Video Room"
+mailbox_email = "{ROOM}"
+poll_interval_seconds = 0.05
+[integrations.addin]
+token_validation = "none"
+""")
+    return path
+
+
+def meeting(i: int) -> Meeting:
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1, minutes=i)
+    return Meeting(
+        uid=f"burst-{i}",
+        method="REQUEST",
+        start=start,
+        end=start + timedelta(minutes=30),
+        organizer_name="Olga Organizer",
+        organizer_email=f"olga{i % 5}@example.com",
+        subject=f"Meeting {i}",
+        html_body=f"<p>Agenda {i}</p><p>{tok(i)}</p>",
+        attendees=("bob@example.com",),
+    )
+
+
+def answered(fake: FakeExchange, uid: str) -> int:
+    return sum(1 for r in fake.replies(ROOM) if r.meeting is not None and r.meeting.uid == uid)
+
+
+def updates(fake: FakeExchange, uid: str) -> int:
+    return sum(
+        item.updates_sent
+        for box in list(fake.mailboxes.values())
+        for item in list(box.calendar.values())
+        if item.meeting is not None and item.meeting.uid == uid and box.address != ROOM
+    )
+
+
+@pytest.mark.parametrize("kill_after", [0, 15])
+def test_ews_sigkill_idle_or_mid_burst_answers_each_meeting_once(
+    tmp_path: Path, kill_after: int
+) -> None:
+    """kill_after 0: all 50 answered, then SIGKILL while idle; 15: SIGKILL once 15 of the 50
+    have been answered, while the rest are being worked on."""
+    fake = FakeExchange()
+    server = ThreadedServer(fake.app()).start()
+    port = free_port()
+    config = ews_config(tmp_path, server.url, port)
+    env = {"VMRSCHED_EWS_PASSWORD": "s3cret"}
+    proc = start(config, env)
+    items = []
+    try:
+        wait_ready(port)
+        items = [fake.deliver(ROOM, meeting(i)) for i in range(50)]
+        count = kill_after or 50
+        spoolkit.wait_for(
+            lambda: sum(1 for i in range(50) if answered(fake, f"burst-{i}")) >= count, timeout=60
+        )
+        if not kill_after:
+            spoolkit.wait_for(lambda: not fake.mailbox(ROOM).inbox, timeout=60)
+            time.sleep(0.5)
+        kill(proc)
+        proc = start(config, env)
+        wait_ready(port)
+        spoolkit.wait_for(
+            lambda: (
+                all(updates(fake, f"burst-{i}") for i in range(50)) and not fake.mailbox(ROOM).inbox
+            ),
+            timeout=120,
+        )
+        time.sleep(1.5)  # the echoes of the organizer updates have come and gone
+        stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
+    assert len(items) == 50
+    for i in range(50):
+        uid = f"burst-{i}"
+        assert answered(fake, uid) == 1, (uid, answered(fake, uid))
+        assert updates(fake, uid) == 1, (uid, updates(fake, uid))
+    # no plain-mail fallbacks: every answer went out as the response to its request
+    assert not [r for r in fake.replies(ROOM) if r.meeting is None]
