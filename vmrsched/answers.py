@@ -13,7 +13,6 @@ from vmrsched.mailbox.base import Outgoing
 from vmrsched.meetings import Decision, Meeting
 from vmrsched.templating import Renderer
 
-
 # the alias values of the joining instructions, and stand-ins that find them in a body
 _ALIAS_VARS = ("alias", "numeric_alias", "alias_uuid")
 _SENTINELS = ("VMRSCHED0ALIAS0", "VMRSCHED0NUMERIC0", "VMRSCHED0UUID0")

@@ -180,9 +180,8 @@ def replace_instructions(
             first = match.start()
     while token_text and token_text in body:
         at = body.index(token_text)
-        opening = None
-        for opening in _BLOCK.finditer(body, 0, at):
-            pass
+        openings = list(_BLOCK.finditer(body, 0, at))
+        opening = openings[-1] if openings else None
         if opening is None:
             start, end = at, at + len(token_text)
         else:
