@@ -139,7 +139,7 @@ class Notifier(SupervisedChild):
                     self._give_up(outgoing, f"cannot be sent: {type(exc).__name__}: {exc}")
                 else:
                     self._retries.pop(outgoing.id, None)
-                    if self._idempotent:
+                    if self._idempotent or self._checkable(outgoing):
                         sent.append(outgoing)  # one delivery mark for the batch
                     else:
                         self._record([outgoing])  # durable before the next send
@@ -167,6 +167,15 @@ class Notifier(SupervisedChild):
             self._request_flush()
         elif waiting:
             self._wake(min(waiting) - time.monotonic())
+
+    def _checkable(self, outgoing: Outgoing) -> bool:
+        """Whether a resend after a crash can be recognised by the mailbox itself: a response
+        to a request item (gone once answered) or an organizer update (the meeting already
+        carries the alias). Those share one delivery mark per batch; plain mails get their own
+        fsync before the next send."""
+        return outgoing.kind == "update" or bool(
+            outgoing.kind == "reply" and outgoing.extra.get("item_id")
+        )
 
     def _already_delivered(self, outgoing: Outgoing) -> bool:
         if outgoing.id not in self._resumed:
