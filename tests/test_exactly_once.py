@@ -4,10 +4,8 @@ answer and one organizer update, on the spool and against the fake Exchange over
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,23 +15,13 @@ import pytest
 from tests import spoolkit
 from tests.fakes.ews_server import FakeExchange
 from tests.fakes.threaded import ThreadedServer
-from tests.test_serve import free_port, sends, wait_ready, write_config
+from tests.mailbox.test_ews import write_toml
+from tests.test_serve import free_port, sends, start, wait_ready, write_config
 from vmrsched.meetings import Meeting
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOM = "room@example.com"
 pytestmark = pytest.mark.slow
-
-
-def start(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    log = open(config.parent / "server.log", "ab")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(
-        [sys.executable, "-m", "vmrsched", "serve", "--config", str(config)],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def kill(proc: subprocess.Popen[bytes]) -> None:
@@ -86,27 +74,12 @@ def test_spool_sigkill_when_idle_resends_nothing(tmp_path: Path) -> None:
 
 
 def ews_config(tmp_path: Path, url: str, port: int) -> Path:
-    path = tmp_path / "vmrsched.toml"
-    path.write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-data_dir = "{tmp_path / "data"}"
-log_format = "json"
-[[integrations]]
-name = "onprem"
-backend = "ews"
-[integrations.exchange]
-ews_url = "{url}/EWS/Exchange.asmx"
-authentication = "basic"
-service_account_username = "svc-vmr"
-service_account_password_env = "VMRSCHED_EWS_PASSWORD"
-mailbox_name = "Video Room"
-mailbox_email = "{ROOM}"
-poll_interval_seconds = 0.05
-[integrations.addin]
-token_validation = "none"
-""")
-    return path
+    return write_toml(
+        tmp_path / "data",
+        url,
+        server=f'listen = "127.0.0.1:{port}"\nlog_format = "json"',
+        exchange="poll_interval_seconds = 0.05",
+    )
 
 
 def meeting(i: int) -> Meeting:

@@ -46,15 +46,16 @@ def write_config(path: Path, port: int, extra: str = "") -> None:
     )
 
 
-def start(config: Path) -> subprocess.Popen[bytes]:
+def start(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start the server logging to server.log beside the config (a pipe nobody reads would fill
-    up and block the server)."""
+    up and block the server); `env` adds variables (secrets) to the inherited environment."""
     log = open(config.parent / "server.log", "ab")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
         [sys.executable, "-m", "vmrsched", "serve", "--config", str(config)],
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
 
 

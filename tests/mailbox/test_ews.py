@@ -329,10 +329,16 @@ def test_recovery_rebinds_meetings_missing_from_the_store(tmp_path: Path) -> Non
 
 
 def _write_toml(tmp_path: Path, cfg: config.Config, url: str) -> Path:
-    path = tmp_path / "vmrsched.toml"
+    return write_toml(cfg.data_dir, url)
+
+
+def write_toml(data_dir: Path, url: str, server: str = "", exchange: str = "") -> Path:
+    """The config file of one EWS integration against the fake at `url`, beside `data_dir`."""
+    path = data_dir.parent / "vmrsched.toml"
     path.write_text(f"""
 [server]
-data_dir = "{cfg.data_dir}"
+data_dir = "{data_dir}"
+{server}
 [[integrations]]
 name = "onprem"
 backend = "ews"
@@ -343,6 +349,7 @@ service_account_username = "svc-vmr"
 service_account_password_env = "VMRSCHED_EWS_PASSWORD"
 mailbox_name = "Video Room"
 mailbox_email = "{ROOM}"
+{exchange}
 [integrations.addin]
 token_validation = "none"
 """)
