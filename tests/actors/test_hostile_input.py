@@ -6,27 +6,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from tests import spoolkit
-from tests.actors.test_service_e2e import Running, make_config
-from vmrsched import service
+from tests.actors.test_service_e2e import Running
 
 TOK = "TOK:-00000000-0000-4000-8000-{:012d}#"
-
-
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[Running]:
-    cfg = make_config(tmp_path)
-    svc = service.start(cfg)
-    try:
-        yield Running(svc, cfg)
-    finally:
-        svc.stop()
 
 
 def ics(event: str, *, organizer: bool = True, extra: str = "") -> bytes:

@@ -3,12 +3,9 @@ real mails out (headers and HTML body checked)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests import spoolkit
 from tests.spoolkit import answers_for, drop, request, wait_handled
@@ -69,16 +66,6 @@ class Running:
 
     def answers(self, uid: str) -> list[spoolkit.Mail]:
         return answers_for(self.spool, uid)
-
-
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[Running]:
-    cfg = make_config(tmp_path)
-    svc = service.start(cfg)
-    try:
-        yield Running(svc, cfg)
-    finally:
-        svc.stop()
 
 
 def pxps(record: Record) -> str:

@@ -1,0 +1,22 @@
+"""Fixtures of the actor-level tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.actors.test_service_e2e import Running, make_config
+from vmrsched import service
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    """The service running one spool integration ("alpha")."""
+    cfg = make_config(tmp_path)
+    svc = service.start(cfg)
+    try:
+        yield Running(svc, cfg)
+    finally:
+        svc.stop()
