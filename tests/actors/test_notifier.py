@@ -1,0 +1,94 @@
+"""The notifier's queue: each message succeeds or fails on its own. A poison message (one the
+mailbox cannot even take) and a permanent refusal are failed at once and kept; a transient
+refusal of one message is retried on its own; none of them holds up the messages behind it or
+crashes the notifier."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from tests import spoolkit
+from tests.actors.test_service_e2e import Running, make_config
+from vmrsched import config, service
+from vmrsched.actors.context import Context
+from vmrsched.mailbox.base import GatewayError, Outgoing
+from vmrsched.mailbox.spool import SpoolMailbox
+from vmrsched.outqueue import OutQueue
+
+
+class PickyMailbox(SpoolMailbox):
+    """The spool, refusing messages by their subject."""
+
+    flaky_left = 2
+
+    def send(self, message: Outgoing) -> None:
+        if "poison" in message.subject:
+            raise ValueError("cannot encode this")  # a bug or a hostile value: never retried
+        if "refused" in message.subject:
+            raise GatewayError(
+                "ErrorInvalidRecipients", permanent=True, code="ErrorInvalidRecipients"
+            )
+        if "flaky" in message.subject and PickyMailbox.flaky_left > 0:
+            PickyMailbox.flaky_left -= 1
+            raise GatewayError("ErrorMailboxStoreUnavailable", code="ErrorMailboxStoreUnavailable")
+        super().send(message)
+
+
+def picky(integ: config.IntegrationConfig, ctx: Context) -> Any:
+    return PickyMailbox(integ.spool_dir(ctx.data_dir), integ.name, integ.timezone)
+
+
+def test_each_message_fails_or_succeeds_alone(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    svc = service.start(cfg, gateway_factory=picky)
+    try:
+        running = Running(svc, cfg)
+        spool = running.spool
+        uids = {}
+        for subject in ("poison", "refused", "flaky"):
+            data, uids[subject] = spoolkit.request(body="<p>no token</p>", subject=subject)
+            spoolkit.drop(running.inbox, data)
+        time.sleep(0.2)
+        started = time.monotonic()
+        normal = []
+        for i in range(5):
+            data, uid = spoolkit.request(body="<p>no token</p>", subject=f"normal {i}")
+            spoolkit.drop(running.inbox, data)
+            normal.append(uid)
+        for uid in normal:
+            spoolkit.wait_for(lambda uid=uid: bool(spoolkit.answers_for(spool, uid)), timeout=5)
+        assert time.monotonic() - started < 2  # nothing waited behind the refused ones
+        spoolkit.wait_for(lambda: bool(spoolkit.answers_for(spool, uids["flaky"])), timeout=20)
+        running.settle()
+        notifier = svc.ctx.registry.get("alpha", "notifier")
+        assert notifier.proxy().failed().get(timeout=5) == 2
+        assert not spoolkit.answers_for(spool, uids["poison"])
+        assert not spoolkit.answers_for(spool, uids["refused"])
+        alarms = {(a.integration, a.name) for a in svc.ctx.alarms.active()}
+        assert ("alpha", "delivery_failed") in alarms
+        restarts = svc.ctx.metrics.registry.get_sample_value(
+            "vmrsched_actor_restarts_total", {"integration": "alpha", "actor": "notifier"}
+        )
+        assert not restarts  # failed messages, not a crashed notifier
+    finally:
+        svc.stop()
+    # kept across a restart with their reasons, and never sent again
+    queue = OutQueue(cfg.data_dir / "queue" / "alpha")
+    reasons = sorted(f.reason for f in queue.failed())
+    queue.close()
+    assert "ErrorInvalidRecipients" in reasons[0] and "ValueError" in reasons[1]
+    svc = service.start(cfg)
+    try:
+        spoolkit.wait_for(lambda: svc.ctx.status.state("alpha") == "running")
+        spoolkit.wait_for(
+            lambda: (
+                ("alpha", "delivery_failed")
+                in {(a.integration, a.name) for a in svc.ctx.alarms.active()}
+            )
+        )
+        time.sleep(0.3)
+        assert not spoolkit.answers_for(spool, uids["poison"])
+    finally:
+        svc.stop()
