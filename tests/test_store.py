@@ -14,10 +14,16 @@ import pytest
 from tinydb import TinyDB
 
 from vmrsched import aliases
-from vmrsched.journal import read_entries
 from vmrsched.meetings import Action, Decision, Meeting
 from vmrsched.recurrence import Schedule
-from vmrsched.store import Store, normalise_alias
+from vmrsched.store import (
+    Store,
+    StoreBrokenError,
+    StoreCorruptError,
+    StoreInUseError,
+    normalise_alias,
+)
+from vmrsched.store_repair import check, repair
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 HERE = Path(__file__).parent
@@ -165,15 +171,131 @@ def test_torn_journal_tail_is_ignored(tmp_path: Path) -> None:
     assert again.get(keep["alias_id"]) is not None and len(again) == 1
 
 
-def test_corrupt_line_stops_replay_of_that_file(tmp_path: Path) -> None:
+def _hundred(tmp_path: Path) -> tuple[Store, list[str]]:
+    """A store with 100 reservations, each committed (acknowledged) on its own."""
     store = make(tmp_path)
-    store.reserve("v", 6, "d")
-    store.commit()
+    ids = []
+    for _ in range(100):
+        ids.append(store.reserve("v", 8, "d")["alias_id"])
+        store.commit()
+    return store, ids
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_a_damaged_line_in_the_middle_refuses_to_open_and_repair_salvages(
+    tmp_path: Path,
+) -> None:
+    store, ids = _hundred(tmp_path)
     store.close(compact=False)
-    journal = next(tmp_path.glob("journal.*.log"))
-    data = journal.read_bytes()
-    journal.write_bytes(data[:12] + b"X" + data[13:])
-    assert list(read_entries(journal)) == []
+    [journal] = tmp_path.glob("journal.*.log")
+    lines = journal.read_bytes().split(b"\n")
+    lines[29] = lines[29][:20] + (b"X" if lines[29][20:21] != b"X" else b"Y") + lines[29][21:]
+    journal.write_bytes(b"\n".join(lines))
+    before = _files(tmp_path)
+    with pytest.raises(StoreCorruptError, match="damaged line"):
+        make(tmp_path)
+    assert _files(tmp_path) == before  # nothing dropped, nothing rewritten
+    assert check(tmp_path).damaged
+    report = repair(tmp_path)
+    assert report.damaged
+    again = make(tmp_path)
+    kept = {r["alias_id"] for r in again.records()}
+    assert kept == set(ids) - {ids[29]}  # every record but the one on the damaged line
+    assert list(tmp_path.glob("damaged-*/journal.*.log"))  # the evidence is kept
+
+
+def test_junk_appended_to_the_live_journal_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    store, ids = _hundred(tmp_path)
+    [journal] = tmp_path.glob("journal.*.log")
+    with open(journal, "ab") as handle:
+        handle.write(b"some junk a clumsy admin appended")  # no newline
+    later = []
+    for _ in range(50):
+        later.append(store.reserve("v", 8, "d")["alias_id"])
+        store.commit()  # acknowledged
+    os.close(store._lock_fd)  # a crash: the process is gone, nothing is closed or compacted
+    with pytest.raises(StoreCorruptError):
+        Store(tmp_path)
+    repair(tmp_path)
+    again = make(tmp_path)
+    assert {r["alias_id"] for r in again.records()} == set(ids) | set(later)
+
+
+def test_an_empty_or_damaged_snapshot_is_never_read_as_an_empty_store(tmp_path: Path) -> None:
+    store, ids = _hundred(tmp_path)
+    store.close()  # compacts into store.json
+    snapshot = tmp_path / "store.json"
+    good = snapshot.read_bytes()
+    snapshot.write_bytes(b"")
+    with pytest.raises(StoreCorruptError, match="empty or not JSON"):
+        make(tmp_path)
+    assert snapshot.read_bytes() == b""  # not overwritten
+    # one byte changed inside one record: it parses, but its checksum names it
+    at = good.index(ids[10].encode()) + 3
+    snapshot.write_bytes(
+        good[:at] + b"0" + good[at + 1 :]
+        if good[at : at + 1] != b"0"
+        else good[:at] + b"1" + good[at + 1 :]
+    )
+    with pytest.raises(StoreCorruptError, match="fail their checksum"):
+        make(tmp_path)
+    repair(tmp_path)
+    again = make(tmp_path)
+    assert {r["alias_id"] for r in again.records()} == set(ids) - {ids[10]}
+
+
+def test_the_lock_is_on_the_directory_not_a_file(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    for path in tmp_path.iterdir():
+        if path.name == "lock":
+            path.unlink()
+    with pytest.raises(StoreInUseError):
+        make(tmp_path)
+    store.close()
+    make(tmp_path).close()
+
+
+def test_close_releases_the_lock_when_the_disk_fails(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    store.reserve("v", 8, "d")
+
+    def full() -> None:
+        raise OSError(28, "No space left on device")
+
+    store._journal.sync = full  # type: ignore[method-assign]
+    with pytest.raises(StoreBrokenError):
+        store.commit()
+    with pytest.raises(StoreBrokenError):
+        store.reserve("v", 8, "d")  # memory may be ahead of disk: no more use
+    store.close()  # does not raise, releases the lock
+    again = make(tmp_path)  # not "in use by another process"
+    assert len(again) <= 1  # never acknowledged: it may or may not have reached the disk
+
+
+def test_a_write_that_cannot_be_encoded_changes_nothing(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    rec = store.reserve("v", 8, "d")
+    store.commit()
+    with pytest.raises(TypeError):
+        bind(store, rec["alias_id"], seq=10**30)  # JSON cannot hold it
+    assert store.get(rec["alias_id"])["status"] == "reserved"  # type: ignore[index]
+    bind(store, rec["alias_id"], seq=1)
+    store.commit()
+    assert store.get(rec["alias_id"])["sequence"] == 1  # type: ignore[index]
+
+
+def test_a_journal_cut_short_after_it_was_sealed_is_refused(tmp_path: Path) -> None:
+    store, _ = _hundred(tmp_path)
+    store.close(compact=False)
+    make(tmp_path).close(compact=False)  # the second open seals the first journal
+    first = tmp_path / "journal.1.log"
+    data = first.read_bytes()
+    first.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StoreCorruptError, match="cut short"):
+        make(tmp_path)
 
 
 def test_replaying_a_journal_twice_is_harmless(tmp_path: Path) -> None:

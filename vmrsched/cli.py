@@ -1,4 +1,4 @@
-"""Command line: `vmrsched serve | check-config | invite | manifest | recover | failed`."""
+"""Command line: `vmrsched serve | check-config | invite | manifest | recover | store | failed`."""
 
 from __future__ import annotations
 
@@ -121,9 +121,14 @@ async def _serve(cfg: config.Config) -> int:
 
     from vmrsched import service as service_mod
     from vmrsched.http.app import create_app
+    from vmrsched.store import StoreInUseError
 
     log = logging.getLogger("vmrsched")
-    service = service_mod.start(cfg)
+    try:
+        service = service_mod.start(cfg)
+    except StoreInUseError as exc:
+        log.error("%s: is another vmrsched serving it?", exc)
+        return 1
     runner = web.AppRunner(create_app(service), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port)
@@ -288,6 +293,16 @@ def _register_service_commands(sub: argparse._SubParsersAction) -> None:  # type
     rec.add_argument("--dry-run", action="store_true", help="only list what would be done")
     rec.set_defaults(func=cmd_recover)
 
+    store = sub.add_parser(
+        "store",
+        help="check a store for damage, or repair it from every valid record (store_corrupt)",
+    )
+    store.add_argument("action", choices=("check", "repair"), help="check reads; repair rewrites")
+    store.add_argument("name", nargs="?", help="integration name (default: all)")
+    _add_config(store)
+    store.add_argument("--data-dir", type=Path, help="this data directory instead of the config's")
+    store.set_defaults(func=cmd_store)
+
     failed = sub.add_parser(
         "failed", help="list the messages that could not be delivered (kept with their reason)"
     )
@@ -297,6 +312,44 @@ def _register_service_commands(sub: argparse._SubParsersAction) -> None:  # type
     )
     failed.add_argument("--integration", help="only this integration")
     failed.set_defaults(func=cmd_failed)
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    """check: read-only, safe beside a running service; repair: needs the service stopped."""
+    from vmrsched.store import StoreInUseError
+    from vmrsched.store_repair import check, repair
+
+    data_dir: Path | None = args.data_dir
+    if data_dir is None:
+        cfg = _load(args.config)
+        if cfg is None:
+            return 1
+        data_dir = cfg.data_dir
+    stores = data_dir / "store"
+    names = sorted(p.name for p in stores.iterdir() if p.is_dir()) if stores.is_dir() else []
+    if args.name:
+        if args.name not in names:
+            print(f"no store for integration {args.name!r} under {stores}", file=sys.stderr)
+            return 1
+        names = [args.name]
+    damaged = False
+    for name in names:
+        if args.action == "check":
+            report = check(stores / name)
+        else:
+            try:
+                report = repair(stores / name)
+            except StoreInUseError as exc:
+                print(f"{exc}: stop the service first", file=sys.stderr)
+                return 1
+        damaged = damaged or report.damaged
+        print("\n".join(report.lines()))
+        if args.action == "repair" and report.damaged:
+            print(f"  repaired: the damaged files are kept in {stores / name}/damaged-*/")
+    if args.action == "check" and damaged:
+        print("damage found: stop the service, then run `vmrsched store repair`")
+        return 1
+    return 0
 
 
 def cmd_failed(args: argparse.Namespace) -> int:

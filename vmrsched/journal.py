@@ -7,9 +7,12 @@ that arrive together) and the tinydb file is rewritten only when the journal is 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -36,30 +39,78 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+CRC_TABLE = "_crc"  # table -> document id -> crc32 of the document as written
+TABLE_KEY = "*"  # in a table's checksums: the crc32 of the whole table
+
+
+def document_crc(document: Any) -> int:
+    return zlib.crc32(orjson.dumps(document))
+
+
 class AtomicJSONStorage(Storage):
     """tinydb storage whose writes are atomic (temp file, fsync, rename): a crash never leaves a
-    half-written database. The file format is tinydb's own JSON."""
+    half-written database. The file format is tinydb's own JSON, plus a table `_crc` with a
+    checksum per document, so that damage to one record is found and named, never read as
+    data (files written before it existed are read without the check)."""
 
     def __init__(self, path: str | Path, **_: Any) -> None:
         self.path = Path(path)
 
     def read(self) -> dict[str, dict[str, Any]] | None:
+        """The database, or None when the file does not exist. An existing file that is empty
+        or does not parse is never read as an empty database: writes are atomic, so such a file
+        is damage, and trusting it would lose every record in it."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return None
-        if not raw.strip():
-            return None
-        data = orjson.loads(raw)
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise CorruptError(f"{self.path} is empty or not JSON: {exc}") from exc
         if not isinstance(data, dict):
-            raise ValueError(f"{self.path} is not a tinydb database")
+            raise CorruptError(f"{self.path} is not a tinydb database")
+        bad = damaged_documents(data)
+        if bad:
+            raise CorruptError(
+                f"{self.path}: {len(bad)} document(s) fail their checksum: "
+                + ", ".join(f"{table} #{doc_id}" for table, doc_id in bad[:5])
+            )
+        data.pop(CRC_TABLE, None)
         return data
 
     def write(self, data: dict[str, dict[str, Any]]) -> None:
-        atomic_write(self.path, orjson.dumps(data))
+        crcs: dict[str, dict[str, int]] = {}
+        for name, table in data.items():
+            if not name.startswith("_"):
+                crcs[name] = {doc_id: document_crc(doc) for doc_id, doc in table.items()}
+                crcs[name][TABLE_KEY] = document_crc(table)
+        atomic_write(self.path, orjson.dumps({**data, CRC_TABLE: crcs}))
 
     def close(self) -> None:
         pass
+
+
+def damaged_documents(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """(table, document id) of every document whose checksum does not match ("*" when the
+    table as a whole does not, say because documents were added)."""
+    crcs = data.get(CRC_TABLE)
+    if not isinstance(crcs, dict):
+        return []  # written before checksums were kept
+    bad: list[tuple[str, str]] = []
+    for name, table in data.items():
+        if name == CRC_TABLE or not isinstance(table, dict):
+            continue
+        expected = crcs.get(name)
+        if not isinstance(expected, dict):
+            bad.append((name, "*"))
+            continue
+        if expected.get(TABLE_KEY) == document_crc(table):
+            continue  # one pass over the whole table; documents only when it fails
+        found = [d for d, doc in table.items() if expected.get(d) != document_crc(doc)]
+        found += sorted(expected.keys() - table.keys() - {TABLE_KEY})
+        bad.extend((name, d) for d in found or ["*"])
+    return bad
 
 
 def encode_entry(entry: dict[str, Any]) -> bytes:
@@ -67,24 +118,91 @@ def encode_entry(entry: dict[str, Any]) -> bytes:
     return b"%08x " % zlib.crc32(body) + body + b"\n"
 
 
-def read_entries(path: Path) -> Iterator[dict[str, Any]]:
-    """Entries of one journal file, stopping at the first torn or corrupt line (a crash can only
-    tear the tail, and nothing after a torn line was ever acknowledged)."""
+class CorruptError(RuntimeError):
+    """A file that must not be trusted: damage that a crash cannot cause (a bad line with good
+    lines after it, an empty or unparsable snapshot). Nothing is dropped or rewritten; the admin
+    runs `vmrsched store check|repair`."""
+
+
+@dataclass
+class Scan:
+    """One journal file read line by line: the good entries, and what was wrong."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    bad_lines: list[int] = field(default_factory=list)  # 1-based numbers of damaged lines
+    torn_tail: bool = False  # the last line is incomplete or damaged: a crash mid-write
+    # entries found inside damaged lines (an entry appended after junk without a newline)
+    salvaged: list[dict[str, Any]] = field(default_factory=list)
+    ordered: list[dict[str, Any]] = field(default_factory=list)  # good and salvaged, in order
+
+    @property
+    def corrupt(self) -> bool:
+        return bool(self.bad_lines)
+
+
+def _decode(line: bytes) -> dict[str, Any] | None:
+    if len(line) < 10 or line[8:9] != b" ":
+        return None
+    body = line[9:]
+    try:
+        if int(line[:8], 16) != zlib.crc32(body):
+            return None
+        entry = orjson.loads(body)
+    except (ValueError, orjson.JSONDecodeError):
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
+_ENTRY_START = re.compile(rb"[0-9a-f]{8} [{]")
+
+
+def scan(path: Path) -> Scan:
+    """Read a journal, telling a torn tail (an incomplete last line: what a crash in the middle
+    of a write leaves, never acknowledged) from corruption (a complete line that fails its
+    checksum: no crash does that, so the file cannot be trusted to be whole)."""
+    result = Scan()
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return
-    for line in data.split(b"\n")[:-1]:  # the last piece lacks its newline: incomplete
-        if len(line) < 10 or line[8:9] != b" ":
-            return
-        body = line[9:]
-        try:
-            if int(line[:8], 16) != zlib.crc32(body):
-                return
-            entry = orjson.loads(body)
-        except (ValueError, orjson.JSONDecodeError):
-            return
-        yield entry
+        return result
+    lines = data.split(b"\n")
+    complete, last = lines[:-1], lines[-1]
+    bad: list[int] = []
+    for number, line in enumerate(complete, 1):
+        entry = _decode(line)
+        if entry is not None:
+            result.entries.append(entry)
+            result.ordered.append(entry)
+            continue
+        # a complete line (its newline was written after it) that fails its checksum: no
+        # crash does that, so it is damage, wherever it is
+        bad.append(number)
+        for match in _ENTRY_START.finditer(line, 1):  # a good entry behind junk on its line
+            inner = _decode(line[match.start() :])
+            if inner is not None:
+                result.salvaged.append(inner)
+                result.ordered.append(inner)
+                break
+    if last:
+        # no newline at the end: the last write did not finish (a crash mid-write), unless
+        # the piece is a whole entry (only its newline missing or damaged): then keep it
+        entry = _decode(last) or _decode(last[:-1])
+        if entry is not None:
+            result.entries.append(entry)
+            result.ordered.append(entry)
+        else:
+            result.torn_tail = True
+    result.bad_lines = bad
+    return result
+
+
+def read_entries(path: Path) -> Iterator[dict[str, Any]]:
+    """The entries of a journal whose damage a crash can explain (a torn tail, dropped);
+    raises CorruptError for anything else."""
+    result = scan(path)
+    if result.corrupt:
+        raise CorruptError(f"{path}: damaged line(s) {', '.join(map(str, result.bad_lines[:5]))}")
+    return iter(result.entries)
 
 
 class Journal:
@@ -109,5 +227,12 @@ class Journal:
             self.pending = 0
 
     def close(self) -> None:
-        self.sync()
-        self._file.close()
+        try:
+            self.sync()
+        finally:
+            self._file.close()
+
+    def close_quietly(self) -> None:
+        """Close without raising (after a failed write, on the way out)."""
+        with contextlib.suppress(OSError):
+            self._file.close()

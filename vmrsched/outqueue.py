@@ -13,15 +13,17 @@ Seen ids are kept for SEEN_DAYS (and at most SEEN_MAX of them) across journal ro
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmrsched.journal import Journal, read_entries
+from vmrsched.journal import Journal, scan
 from vmrsched.mailbox.base import Outgoing
 
+log = logging.getLogger("vmrsched.outqueue")
 _NAME = re.compile(r"^outgoing\.(\d+)\.log$")
 SEEN_DAYS = 30
 SEEN_MAX = 200_000
@@ -50,7 +52,15 @@ class OutQueue:
             int(m.group(1)) for p in self.directory.iterdir() if (m := _NAME.match(p.name))
         )
         for gen in gens:
-            for entry in read_entries(self._path(gen)):
+            result = scan(self._path(gen))
+            if result.corrupt:  # keep every readable entry: losing one could lose a reply
+                log.error(
+                    "%s: damaged line(s) %s; kept %d readable entries",
+                    self._path(gen),
+                    result.bad_lines[:5],
+                    len(result.ordered),
+                )
+            for entry in result.ordered:
                 self._replay(entry)
         self._old = gens
         self._gen = (gens[-1] if gens else 0) + 1
@@ -195,7 +205,7 @@ def read_failed(directory: Path) -> list[Failed]:
         return []
     gens = sorted(int(m.group(1)) for p in directory.iterdir() if (m := _NAME.match(p.name)))
     for gen in gens:
-        for entry in read_entries(directory / f"outgoing.{gen}.log"):
+        for entry in scan(directory / f"outgoing.{gen}.log").ordered:
             if entry.get("op") == "fail" and isinstance(entry.get("m"), dict):
                 message = Outgoing.from_json(entry["m"])
                 failed[message.id] = Failed(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from vmrsched.actors.bridge import ask_async
 from vmrsched.actors.context import Context
 from vmrsched.actors.service import ReloadResult, ServiceSupervisor
 from vmrsched.config import Config
+from vmrsched.store import lock_directory
 from vmrsched.telemetry import Alarms, Metrics
 
 log = logging.getLogger("vmrsched.service")
@@ -28,6 +30,7 @@ class Service:
     config: Config
     ctx: Context
     supervisor: pykka.ActorRef[ServiceSupervisor]
+    lock_fd: int = -1  # the data directory's lock, held while the service runs
 
     def _load_for_reload(self, path: Path | None) -> Config | None:
         source = path or self.config.path
@@ -77,12 +80,21 @@ class Service:
         return [i.name for i in self.config.integrations]
 
     def stop(self) -> None:
-        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-            self.supervisor.stop(block=True, timeout=120)
-        self.ctx.scheduler.stop()
+        try:
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                self.supervisor.stop(block=True, timeout=120)
+            self.ctx.scheduler.stop()
+        finally:
+            if self.lock_fd >= 0:
+                os.close(self.lock_fd)
+                self.lock_fd = -1
 
 
 def start(config: Config, **context: Any) -> Service:
+    data_dir = Path(config.server.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # one service per data directory, for the life of the process (StoreInUseError otherwise)
+    lock_fd = lock_directory(data_dir, f"the data directory {data_dir}")
     threading.stack_size(THREAD_STACK)
     metrics = context.pop("metrics", None) or Metrics()
     ctx = Context(
@@ -93,4 +105,4 @@ def start(config: Config, **context: Any) -> Service:
         **context,
     )
     ref = ServiceSupervisor.start(config, ctx)
-    return Service(config, ctx, ref)
+    return Service(config, ctx, ref, lock_fd)

@@ -15,19 +15,24 @@ actor uses a Store.
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
+import logging
+import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from vmrsched import aliases, recurrence
 from vmrsched.aliases import RandomSource
-from vmrsched.journal import AtomicJSONStorage, Journal, read_entries
+from vmrsched.journal import AtomicJSONStorage, CorruptError, Journal, scan
 from vmrsched.meetings import Action, AliasRecord, MeetingState, Status
+
+log = logging.getLogger("vmrsched.store")
 
 Record = dict[str, Any]
 Clock = Callable[[], datetime]
@@ -45,16 +50,27 @@ class StoreInUseError(RuntimeError):
     """Another process (a running service, most likely) has the store open."""
 
 
-def _lock(directory: Path) -> IO[bytes]:
-    """An exclusive lock for the life of the Store: only one allocator may own a store, and a
-    second process (say `vmrsched recover` beside a running service) must not fork it."""
-    handle = open(directory / "lock", "ab")  # noqa: SIM115 - held until close()
+class StoreCorruptError(CorruptError):
+    """The store's files hold damage a crash cannot explain; the store refuses to open and
+    changes nothing, so `vmrsched store repair` can salvage every valid record."""
+
+
+class StoreBrokenError(RuntimeError):
+    """A write could not be made durable (disk full, I/O error): memory may be ahead of disk,
+    so this Store refuses further use; reopening it reloads what is on disk."""
+
+
+def lock_directory(directory: Path, what: str = "") -> int:
+    """An exclusive advisory lock on the directory itself (flock on an open descriptor of it),
+    held until the descriptor is closed. Deleting or recreating any file inside cannot break it,
+    and it goes away with the process, crash or not. Returns the descriptor."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
-        handle.close()
-        raise StoreInUseError(f"{directory} is in use by another process") from exc
-    return handle
+        os.close(fd)
+        raise StoreInUseError(f"{what or directory} is in use by another process") from exc
+    return fd
 
 
 def utc_now() -> datetime:
@@ -113,10 +129,24 @@ class Store:
         self._archived_numeric: set[str] = set()
         self._archived_placeholder: dict[str, str] = {}
         self._compactor: threading.Thread | None = None
-        self._lock_file = _lock(self.directory)
-        self._load()
-        self._generation = self._last_generation() + 1
-        self._journal = Journal(self._journal_path(self._generation))
+        self._broken: BaseException | None = None
+        self._lock_fd = lock_directory(self.directory)
+        collecting = gc.isenabled()
+        gc.disable()  # loading creates millions of objects and no cycles: skip the GC passes
+        try:
+            self._load()
+            self._generation = self._last_generation() + 1
+            self._journal = Journal(self._journal_path(self._generation))
+            # what each earlier journal holds, so that cutting one short later is noticed
+            for gen, entries in self._seals:
+                self._journal.append({"op": "seal", "gen": gen, "entries": entries})
+            self._journal.sync()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        finally:
+            if collecting:
+                gc.enable()
 
     # --- loading ------------------------------------------------------------------------------
 
@@ -136,14 +166,44 @@ class Store:
         return gens[-1] if gens else 0
 
     def _load(self) -> None:
-        snapshot = AtomicJSONStorage(self.directory / SNAPSHOT).read() or {}
+        """Load snapshot, archive and journals, or refuse (StoreCorruptError) without changing
+        a byte when any of them holds damage a crash cannot explain."""
+        hint = f"run `vmrsched store check` and `vmrsched store repair` on {self.directory}"
+        try:
+            snapshot = AtomicJSONStorage(self.directory / SNAPSHOT).read() or {}
+            archive = AtomicJSONStorage(self.directory / ARCHIVE).read() or {}
+        except CorruptError as exc:
+            raise StoreCorruptError(f"{exc}; {hint}") from exc
+        scans = [(gen, scan(self._journal_path(gen))) for gen in self._journal_generations()]
+        sealed: dict[int, int] = {}
+        for _, result in scans:
+            for entry in result.entries:
+                if entry.get("op") == "seal":
+                    sealed[int(entry["gen"])] = int(entry["entries"])
+        for gen, result in scans:
+            if result.corrupt:
+                raise StoreCorruptError(
+                    f"{self._journal_path(gen)}: damaged line(s) "
+                    f"{', '.join(map(str, result.bad_lines[:5]))}; {hint}"
+                )
+            if len(result.entries) < sealed.get(gen, 0):
+                raise StoreCorruptError(
+                    f"{self._journal_path(gen)} holds {len(result.entries)} entries but had "
+                    f"{sealed[gen]} when it was closed: it was cut short; {hint}"
+                )
+        self._seals = [(gen, len(result.entries)) for gen, result in scans]
         for record in snapshot.get("aliases", {}).values():
             self._index(record)
-        archive = AtomicJSONStorage(self.directory / ARCHIVE).read() or {}
         for record in archive.get("archive", {}).values():
             self._note_archived(record)
-        for gen in self._journal_generations():
-            for entry in read_entries(self._journal_path(gen)):
+        for gen, result in scans:
+            if result.torn_tail:
+                log.warning(
+                    "%s: dropped an incomplete last write (a crash in the middle of it; it was "
+                    "never acknowledged)",
+                    self._journal_path(gen),
+                )
+            for entry in result.entries:
                 self._replay(entry)
 
     def _replay(self, entry: Mapping[str, Any]) -> None:
@@ -263,10 +323,19 @@ class Store:
     # --- writes (durable only after commit) ----------------------------------------------------
 
     def _put(self, record: Record) -> Record:
+        self._check()
         record = {k: v for k, v in record.items() if v is not None and v != {}}
-        self._index(record)
+        # journal first: a record that cannot be written (say, a value JSON cannot hold) must
+        # not change what this process believes
         self._journal.append({"op": "put", "r": record})
+        self._index(record)
         return record
+
+    def _check(self) -> None:
+        if self._broken is not None:
+            raise StoreBrokenError(
+                f"{self.directory}: a write failed earlier ({self._broken}); reopen the store"
+            )
 
     def reserve(self, prefix: str, suffix_length: int, domain: str, **extra: Any) -> Record:
         """A new alias in state `reserved`, expiring after the reservation TTL unless bound."""
@@ -365,10 +434,20 @@ class Store:
         return self._put(new)
 
     def commit(self) -> None:
-        """Make every write so far durable (one fsync). Acknowledge only after this returns."""
-        self._journal.sync()
+        """Make every write so far durable (one fsync). Acknowledge only after this returns.
+        A failure leaves memory ahead of disk: the store then refuses every further use."""
+        self._check()
+        try:
+            self._journal.sync()
+        except BaseException as exc:
+            self._broken = exc
+            raise StoreBrokenError(f"{self.directory}: cannot write the journal: {exc}") from exc
         if self._journal.entries >= self.compact_after:
             self.compact(background=True)
+
+    @property
+    def broken(self) -> bool:
+        return self._broken is not None
 
     # --- housekeeping -------------------------------------------------------------------------
 
@@ -446,12 +525,21 @@ class Store:
             self._compactor = None
 
     def close(self, compact: bool = True) -> None:
-        self._journal.sync()
-        if compact:
-            self.compact()
-        self.wait_for_compaction()
-        self._journal.close()
-        self._lock_file.close()  # releases the lock
+        """Sync, compact (unless the store is broken) and release the lock, which is released
+        whatever fails on the way."""
+        try:
+            if self._broken is None:
+                self._journal.sync()
+                if compact:
+                    self.compact()
+            self.wait_for_compaction()
+        finally:
+            try:
+                self._journal.close_quietly()
+            finally:
+                if self._lock_fd >= 0:
+                    os.close(self._lock_fd)  # releases the lock
+                    self._lock_fd = -1
 
 
 def encode_schedule(schedule: recurrence.Schedule) -> str:

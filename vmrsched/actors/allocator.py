@@ -14,12 +14,13 @@ from typing import Any
 from vmrsched import aliases, answers
 from vmrsched.actors.bridge import deliver
 from vmrsched.actors.child import SupervisedChild
-from vmrsched.actors.messages import Request, Sweep
+from vmrsched.actors.messages import Crash, Request, Sweep
 from vmrsched.meetings import Decision, Meeting, decide, general_error
-from vmrsched.store import Record, Store
+from vmrsched.store import Record, Store, StoreBrokenError, StoreCorruptError
 from vmrsched.templating import Renderer
 
 log = logging.getLogger("vmrsched.allocator")
+CORRUPT_ALARM = "store_corrupt"
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,19 @@ class AliasAllocator(SupervisedChild):
 
     def setup(self) -> None:
         self.renderer = Renderer(self.integ.template_sources(), self.integ.timezone)
-        self.store = Store(
-            self.ctx.store_dir(self.integ.name),
-            clock=self.ctx.clock,
-            rng=self.ctx.rng,
-            reservation_ttl=timedelta(days=self.integ.reservation_ttl_days),
-            horizon=timedelta(days=self.integ.booking_horizon_days),
-        )
+        try:
+            self.store = Store(
+                self.ctx.store_dir(self.integ.name),
+                clock=self.ctx.clock,
+                rng=self.ctx.rng,
+                reservation_ttl=timedelta(days=self.integ.reservation_ttl_days),
+                horizon=timedelta(days=self.integ.booking_horizon_days),
+            )
+        except StoreCorruptError as exc:
+            # refuse to run on it, change nothing, and tell the admin what to do
+            self.ctx.alarms.raise_(self.integ.name, CORRUPT_ALARM, str(exc))
+            raise
+        self.ctx.alarms.clear(self.integ.name, CORRUPT_ALARM)
         self._pending_replies: list[tuple[Request, Any]] = []
         self._allocated = self.ctx.metrics.aliases_allocated.labels(self.integ.name)
         # The loaded store is millions of long-lived objects; left in the collected
@@ -76,9 +83,18 @@ class AliasAllocator(SupervisedChild):
     def process(self, meetings: list[Meeting], now: datetime) -> list[Processed]:
         """Decide and apply a batch of meetings; one fsync for the whole batch."""
         results = [self._process_one(m, now) for m in meetings]
-        self.store.commit()
+        self._commit()
         self._publish()
         return results
+
+    def _commit(self) -> None:
+        """Commit, or, when the disk refuses, restart from what is on disk: memory may be
+        ahead of it, and nothing may be acknowledged from memory alone."""
+        try:
+            self.store.commit()
+        except StoreBrokenError:
+            self.actor_ref.tell(Crash())
+            raise
 
     def _process_one(self, meeting: Meeting, now: datetime) -> Processed:
         try:
@@ -117,7 +133,7 @@ class AliasAllocator(SupervisedChild):
             self.integ.single_use.alias_suffix_length,
             self.integ.single_use.alias_domain,
         )
-        self.store.commit()
+        self._commit()
         self.ctx.metrics.aliases_allocated.labels(self.integ.name).inc()
         return record
 
@@ -129,7 +145,7 @@ class AliasAllocator(SupervisedChild):
 
     def delete(self, alias_id: str, reason: str = "deleted_by_admin") -> Record | None:
         record = self.store.delete(alias_id, reason)
-        self.store.commit()
+        self._commit()
         self._publish()
         return record
 
@@ -137,6 +153,8 @@ class AliasAllocator(SupervisedChild):
         return list(self.store.records())
 
     def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Crash):
+            raise StoreBrokenError("the store failed a write; restarting to reload it")
         if isinstance(message, Sweep):
             moved = self.store.sweep(timedelta(minutes=self.integ.single_use.join_after_minutes))
             if moved:

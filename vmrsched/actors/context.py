@@ -49,13 +49,18 @@ class StatusBoard:
 
 
 def make_gateway(
-    integ: IntegrationConfig, data_dir: Path, metrics: Metrics, tokens: TokenSources | None = None
+    integ: IntegrationConfig,
+    data_dir: Path,
+    metrics: Metrics,
+    tokens: TokenSources | None = None,
+    exclusive: bool = False,
 ) -> Gateway:
-    """The mailbox backend an integration is configured with."""
+    """The mailbox backend an integration is configured with (`exclusive`: the running
+    service's own, locked against a second process)."""
     if integ.backend == "spool":
         from vmrsched.mailbox.spool import SpoolMailbox
 
-        return SpoolMailbox(integ.spool_dir(data_dir), integ.name, integ.timezone)
+        return SpoolMailbox(integ.spool_dir(data_dir), integ.name, integ.timezone, exclusive)
     if integ.backend == "ews":
         from vmrsched.mailbox.ews import EwsMailbox
 
@@ -85,7 +90,7 @@ class TokenSources:
 
 
 def default_gateway(integ: IntegrationConfig, ctx: Context) -> Gateway:
-    return make_gateway(integ, ctx.data_dir, ctx.metrics, ctx.tokens)
+    return make_gateway(integ, ctx.data_dir, ctx.metrics, ctx.tokens, exclusive=True)
 
 
 @dataclass

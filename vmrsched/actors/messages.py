@@ -23,6 +23,12 @@ class Sweep:
 
 
 @dataclass(frozen=True)
+class Crash:
+    """Told to itself by an actor whose state can no longer be trusted: the handler raises, so
+    the actor stops and its supervisor starts a fresh one."""
+
+
+@dataclass(frozen=True)
 class ChildFailed:
     role: str
     generation: int

@@ -187,14 +187,20 @@ def _times(component: Any, default_tz: tzinfo, cancel: bool = False) -> tuple[da
     return start, end
 
 
+MAX_SEQUENCE = 2**31 - 1  # RFC 5545 says "integer": a signed 32-bit value
+
+
 def _sequence(component: Any) -> int:
     for key in ("SEQUENCE", "X-MICROSOFT-CDO-APPT-SEQUENCE"):
         raw = component.get(key)
         if raw is not None:
             try:
-                return int(str(raw).strip())
+                value = int(str(raw).strip()[:20])
             except ValueError:
                 continue
+            if not 0 <= value <= MAX_SEQUENCE:
+                raise ParseError(f"SEQUENCE {str(raw)[:30]} is outside 0-{MAX_SEQUENCE}")
+            return value
     return 0
 
 

@@ -27,6 +27,7 @@ from vmrsched.journal import atomic_write, fsync_dir
 from vmrsched.mailbox import compose, itip
 from vmrsched.mailbox.base import CalendarEntry, GatewayError, InboxItem, Outgoing
 from vmrsched.meetings import Meeting, meeting_from_json, meeting_to_json
+from vmrsched.store import lock_directory
 
 SUFFIXES = (".ics", ".eml")
 CALENDAR_FILE = "accepted.jsonl"
@@ -61,7 +62,13 @@ _SYNCFS = _syncfs_function()
 
 
 class SpoolMailbox:
-    def __init__(self, directory: Path, name: str = "", default_timezone: str = "UTC") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        name: str = "",
+        default_timezone: str = "UTC",
+        exclusive: bool = False,
+    ) -> None:
         self.name = name
         self.root = Path(directory)
         self.default_timezone = default_timezone
@@ -74,6 +81,9 @@ class SpoolMailbox:
             folder.mkdir(parents=True, exist_ok=True)
         self._calendar: BinaryIO | None = None
         self._fd: int | None = None
+        # the service owns its spool alone: a second process reading the same inbox would
+        # answer its meetings twice (tools that only look, like check-config, do not lock)
+        self._lock_fd = lock_directory(self.root, f"the spool {self.root}") if exclusive else None
 
     def fetch(self, limit: int) -> Sequence[InboxItem]:
         try:
@@ -227,9 +237,14 @@ class SpoolMailbox:
         return results
 
     def close(self) -> None:
-        if self._calendar is not None:
-            self._calendar.close()
-            self._calendar = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        try:
+            if self._calendar is not None:
+                self._calendar.close()
+                self._calendar = None
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
