@@ -502,9 +502,13 @@ class Store:
         serialised in a thread while writes go on into a fresh journal."""
         self.wait_for_compaction()
         self._journal.close()
+        closed = (self._generation, self._journal.entries)
         covered = self._journal_generations()
         self._generation = (covered[-1] if covered else self._generation) + 1
         self._journal = Journal(self._journal_path(self._generation))
+        # until the snapshot replaces it, the closed journal may be needed: seal it
+        self._journal.append({"op": "seal", "gen": closed[0], "entries": closed[1]})
+        self._journal.sync()
         snapshot = list(self._records.values())  # records are replaced, never mutated
 
         def write() -> None:

@@ -140,11 +140,22 @@ def _analyse(directory: Path) -> tuple[Report, dict[str, Any], dict[str, Any]]:
     for doc in _read_table(directory, ARCHIVE, "archive", report).values():
         archived[doc["alias_id"]] = doc
     gens = sorted(int(m.group(1)) for p in directory.iterdir() if (m := _JOURNAL.match(p.name)))
-    for gen in gens:
+    scans = [(gen, scan(directory / f"journal.{gen}.log")) for gen in gens]
+    sealed = {
+        int(e["gen"]): int(e["entries"])
+        for _, result in scans
+        for e in result.entries
+        if e.get("op") == "seal"
+    }
+    for gen, result in scans:
         name = f"journal.{gen}.log"
-        result = scan(directory / name)
         entry = FileReport(name, records=len(result.entries) + len(result.salvaged))
         report.files.append(entry)
+        if len(result.entries) < sealed.get(gen, 0):
+            entry.problems.append(
+                f"cut short: holds {len(result.entries)} of the {sealed[gen]} entries it had"
+            )
+            entry.lost = sealed[gen] - len(result.entries)
         if result.bad_lines:
             entry.problems.append(
                 f"damaged line(s) {', '.join(map(str, result.bad_lines[:10]))}"
@@ -184,6 +195,10 @@ def repair(directory: Path, now: datetime | None = None) -> Report:
             return report  # nothing to repair; nothing is touched
         stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
         aside = directory / f"damaged-{stamp}"
+        suffix = 1
+        while aside.exists():
+            suffix += 1
+            aside = directory / f"damaged-{stamp}-{suffix}"
         aside.mkdir()
         for path in list(directory.iterdir()):
             if path.is_file() and (path.name in (SNAPSHOT, ARCHIVE) or _JOURNAL.match(path.name)):
