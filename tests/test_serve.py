@@ -237,3 +237,22 @@ def test_sigkill_mid_way_through_500_requests_loses_nothing(tmp_path: Path) -> N
     }
     assert aliases_in_updates == {r["alias_id"] for r in bound}
     os.sync()
+
+
+def test_a_second_serve_on_the_same_data_dir_refuses_to_start(
+    server: tuple[subprocess.Popen[bytes], int, Path],
+) -> None:
+    proc, port, config = server
+    wait_ready(port)
+    second_config = config.parent / "second.toml"
+    write_config(second_config, free_port())
+    second = subprocess.run(
+        [sys.executable, "-m", "vmrsched", "serve", "--config", str(second_config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1
+    assert "in use by another process" in second.stderr
+    assert proc.poll() is None and wait_ready(port)["status"] == "ready"

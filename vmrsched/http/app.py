@@ -98,7 +98,10 @@ async def readyz(request: web.Request) -> web.Response:
         }
         for name in service.integration_names()
     }
-    ready = bool(integrations) and all(i["state"] == "running" for i in integrations.values())
+    ready = bool(integrations) and all(
+        i["state"] == "running" and "store_corrupt" not in i["alarms"]
+        for i in integrations.values()
+    )
     body = {
         "status": "ready" if ready else "not_ready",
         "integrations": integrations,
