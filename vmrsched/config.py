@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from vmrsched import templating
@@ -626,12 +627,19 @@ def parse(
     _check_unique(loader, integrations)
     if server.demo and not _safe_on_loopback(server):
         loader.error("server.demo", "demo mode is allowed only when listening on loopback")
+    if server.admin_token is not None and len(server.admin_token.reveal()) < MIN_ADMIN_TOKEN:
+        loader.error(
+            "server.admin_token",
+            f"too short to resist guessing: use at least {MIN_ADMIN_TOKEN} random characters "
+            "(e.g. `openssl rand -base64 32`)",
+        )
     for index, integ in enumerate(integrations):
         if integ.addin.token_validation == "none":
-            if not _safe_on_loopback(server):
+            if not _safe_on_loopback(server) or not _loopback_url(server.public_url):
                 loader.error(
                     f"integrations[{index}].addin.token_validation",
-                    "'none' is allowed only when the server listens on loopback",
+                    "'none' is allowed only when the server listens on loopback and public_url "
+                    "(if set) is a loopback address too",
                 )
             else:
                 loader.warnings.append(
@@ -643,6 +651,22 @@ def parse(
     if loader.problems:
         raise ConfigError(loader.problems)
     return Config(server, tuple(integrations), path, tuple(loader.warnings))
+
+
+MIN_ADMIN_TOKEN = 24
+
+
+def _loopback_url(url: str) -> bool:
+    """Whether a URL (empty: none) names this machine only."""
+    if not url:
+        return True
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _safe_on_loopback(server: ServerConfig) -> bool:

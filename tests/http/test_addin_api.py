@@ -19,7 +19,7 @@ from vmrsched.http.app import create_app
 from vmrsched.http.manifest import addin_id
 
 SCHEMAS = Path(__file__).resolve().parents[3] / "shared" / "schemas" / "office-addin-manifest"
-PUBLIC = "https://vmr.example.com"
+PUBLIC = "https://localhost:8443"  # loopback: the test config has token_validation none
 PANE = f"{PUBLIC}/addin/onprem/taskpane.html"
 API = "/api/addin/v1/{}/single-use-vmrs"
 
@@ -356,9 +356,9 @@ async def test_manifest_id_is_stable_and_per_integration(
     first = await (await client.get("/addin/onprem/manifest.xml")).read()
     second = await (await client.get("/addin/onprem/manifest.xml")).read()
     assert first == second
-    ids = {addin_id(i, "vmr.example.com") for i in running_service.config.integrations}
+    ids = {addin_id(i, "localhost:8443") for i in running_service.config.integrations}
     assert len(ids) == 4
-    assert addin_id(running_service.config.integrations[0], "vmr.example.com").encode() in first
+    assert addin_id(running_service.config.integrations[0], "localhost:8443").encode() in first
 
 
 async def test_manifest_cli(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from importlib import resources
@@ -27,7 +28,7 @@ from vmrsched.actors.messages import Request
 from vmrsched.actors.registry import ActorUnavailable
 from vmrsched.config import IntegrationConfig, png_size
 from vmrsched.http import manifest
-from vmrsched.http.common import SERVICE, error, integration_or_404, parse_time
+from vmrsched.http.common import SERVICE, error, integration_or_404, page_headers, parse_time
 from vmrsched.http.ratelimit import RateLimiter
 from vmrsched.templating import Renderer
 
@@ -63,6 +64,8 @@ PANE_TEXTS = (
     "error_signing_in_message",
     "error_inserting_personal_vmr_message",
 )
+
+log = logging.getLogger("vmrsched.addin")
 
 
 class PerConfig(Generic[T]):
@@ -147,7 +150,12 @@ async def icon(request: web.Request) -> web.Response:
 async def support(request: web.Request) -> web.Response:
     integ = integration_or_404(request)
     page = _pages.get_template("support.html").render(integ=integ)
-    return web.Response(text=page, content_type="text/html")
+    csp = (
+        "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'self' https://*.office.com "
+        "https://*.office365.com https://*.outlook.com https://outlook.live.com"
+    )
+    return web.Response(text=page, content_type="text/html", headers=page_headers(csp))
 
 
 def pane_settings(request: web.Request, integ: IntegrationConfig) -> dict[str, Any]:
@@ -249,6 +257,13 @@ async def _meeting_fields(request: web.Request) -> dict[str, Any]:
     return fields
 
 
+_SAMPLE_RECORD = {
+    "alias_id": "00000000-0000-4000-8000-000000000000",
+    "alias": "vmr0@example.com",
+    "numeric_alias": "0",
+}
+
+
 async def single_use_vmrs(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     integ = integration_or_404(request)
@@ -277,8 +292,19 @@ async def single_use_vmrs(request: web.Request) -> web.Response:
         return reply(403, error(403, "feature_disabled", "single-use VMRs are not enabled"))
     try:
         fields = await _meeting_fields(request)
+        # validated and rendered before an alias is reserved: a request that cannot be
+        # answered must not leave an alias reserved behind it
+        renderer_for(integ).render(
+            "single_use_joining_instructions_template",
+            {**answers.variables(integ, None, _SAMPLE_RECORD), **fields},
+        )
     except ValueError as exc:
         return reply(400, error(400, "bad_request", str(exc)))
+    except Exception:
+        log.exception("cannot render joining instructions for %s", integ.name)
+        return reply(
+            400, error(400, "bad_request", "the meeting details cannot be used in the instructions")
+        )
     state = service.ctx.status.state(integ.name)
     try:
         if state != "running":

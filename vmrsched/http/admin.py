@@ -2,8 +2,9 @@
 (oauth_delegated) with its redirect endpoint.
 
 The admin token comes from [server] admin_token_env/_file; without one, admin pages are off.
-It is accepted as `Authorization: Bearer …` or as the HttpOnly cookie the login form sets
-(SameSite=Lax: the identity provider's redirect back to us is a cross-site navigation).
+It is accepted as `Authorization: Bearer …`; browsers log in once and then carry a session
+cookie (a random id, never the token; HttpOnly, Secure, SameSite=Lax: the identity provider's
+redirect back to us is a cross-site navigation). Login attempts are rate-limited and logged.
 Comparisons are constant-time.
 """
 
@@ -11,6 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
 from typing import Any
 
 import jinja2
@@ -18,9 +24,11 @@ from aiohttp import web
 
 from vmrsched.config import IntegrationConfig
 from vmrsched.http.common import SERVICE, error
+from vmrsched.http.ratelimit import RateLimiter
 from vmrsched.mailbox.base import GatewayError
 from vmrsched.mailbox.ews_auth import SIGN_IN_ALARM, DelegatedTokens
 
+log = logging.getLogger("vmrsched.admin")
 COOKIE = "vmrsched_admin"
 REDIRECT_PATH = "/admin/platform/msexchangeconnector/oauth_redirect/"
 
@@ -31,19 +39,48 @@ _pages = jinja2.Environment(
 )
 
 
+SESSION_SECONDS = 8 * 3600
+MAX_SESSIONS = 1000
+LOGIN_ATTEMPTS_PER_MINUTE = 5  # per client address
+LOGIN_ATTEMPTS_PER_MINUTE_ALL = 30  # across all addresses: no distributed guessing either
+
+
+class AdminSessions:
+    """Admin browser sessions: a random id in the cookie (never the admin token itself),
+    expiring after SESSION_SECONDS; kept in memory, so a restart logs everyone out."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._expires: dict[str, float] = {}
+
+    def create(self) -> str:
+        now = self.clock()
+        for sid, expires in list(self._expires.items()):
+            if expires <= now:
+                del self._expires[sid]
+        while len(self._expires) >= MAX_SESSIONS:
+            del self._expires[next(iter(self._expires))]  # the oldest
+        sid = secrets.token_urlsafe(32)
+        self._expires[sid] = now + SESSION_SECONDS
+        return sid
+
+    def valid(self, sid: str) -> bool:
+        expires = self._expires.get(sid)
+        return expires is not None and expires > self.clock()
+
+
+SESSIONS = web.AppKey("admin_sessions", AdminSessions)
+LOGIN_LIMITS = web.AppKey("admin_login_limits", tuple)
+
+
 def _expected(request: web.Request) -> str | None:
     secret = request.app[SERVICE].config.server.admin_token
     return secret.reveal() if secret is not None else None
 
 
-def _presented(request: web.Request) -> str:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token:
-        return token.strip()
-    return request.cookies.get(COOKIE, "")
-
-
 def require_admin(request: web.Request) -> web.Response | None:
+    """None when the request is an admin's: `Authorization: Bearer <admin token>` (scripts,
+    compared in constant time) or a live session cookie from /admin/login (browsers)."""
     expected = _expected(request)
     if expected is None:
         return error(
@@ -51,10 +88,13 @@ def require_admin(request: web.Request) -> web.Response | None:
             "admin_disabled",
             "admin pages are off: set [server] admin_token_env or admin_token_file",
         )
-    presented = _presented(request)
-    if not presented or not hmac.compare_digest(presented.encode(), expected.encode()):
-        return error(401, "admin_token_required", "log in at /admin/login with the admin token")
-    return None
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        if hmac.compare_digest(token.strip().encode(), expected.encode()):
+            return None
+    elif request.app[SESSIONS].valid(request.cookies.get(COOKIE, "")):
+        return None
+    return error(401, "admin_token_required", "log in at /admin/login with the admin token")
 
 
 def _page(name: str, status: int = 200, **values: Any) -> web.Response:
@@ -75,24 +115,45 @@ async def login_form(request: web.Request) -> web.Response:
 
 
 async def login(request: web.Request) -> web.Response:
+    per_client, everyone = request.app[LOGIN_LIMITS]
+    client = request.remote or "unknown"
+    wait = max(per_client.allow(client), everyone.allow("*"))
+    if wait:
+        log.warning("admin login refused: too many attempts from %s", client)
+        response = error(429, "rate_limited", "too many login attempts; try again shortly")
+        response.headers["Retry-After"] = str(max(1, round(wait)))
+        return response
     form = await request.post()
     expected = _expected(request)
     token = str(form.get("token", ""))
-    target = str(form.get("next", "/readyz"))
-    if not target.startswith("/") or target.startswith("//"):
-        target = "/readyz"  # only local targets: no open redirect
+    target = local_target(str(form.get("next", "/readyz")))
     if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
+        log.warning("admin login failed from %s", client)
         return _page("admin_login.html", status=401, next=target, failed=True)
+    log.info("admin login from %s", client)
+    server = request.app[SERVICE].config.server
     response = web.HTTPSeeOther(target)
     response.set_cookie(
         COOKIE,
-        token,
+        request.app[SESSIONS].create(),
         httponly=True,
         samesite="Lax",
         path="/admin",
-        secure=request.app[SERVICE].config.server.base_url.startswith("https"),
+        max_age=SESSION_SECONDS,
+        # Secure, except for a plain-http server on loopback (a browser would drop it there)
+        secure=not (server.base_url.startswith("http://") and server.on_loopback),
     )
     raise response
+
+
+_LOCAL_PATH = re.compile(r"^/(?![/\\])[A-Za-z0-9._~!$&'()*+,;=:@%/?#-]*$")
+
+
+def local_target(target: str, default: str = "/readyz") -> str:
+    """A path on this server to go to after login, or `default`. Browsers drop tabs and
+    newlines and read a backslash as a slash, so `/\t/evil.example` and `/\\evil.example` would
+    leave the site: only plain printable paths that stay here are accepted."""
+    return target if _LOCAL_PATH.match(target) else default
 
 
 def _delegated(request: web.Request, integ: IntegrationConfig) -> DelegatedTokens | None:
@@ -167,6 +228,11 @@ async def redirect(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
+    app[SESSIONS] = AdminSessions()
+    app[LOGIN_LIMITS] = (
+        RateLimiter(LOGIN_ATTEMPTS_PER_MINUTE),
+        RateLimiter(LOGIN_ATTEMPTS_PER_MINUTE_ALL),
+    )
     app.router.add_get("/admin/login", login_form)
     app.router.add_post("/admin/login", login)
     app.router.add_get("/admin/integrations/{integration}/sign-in", sign_in)

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
 from vmrsched.http import addin, admin, demo
 from vmrsched.http.common import SERVICE, error
+from vmrsched.http.hosts import allowed_hosts, hostname
 from vmrsched.service import Service
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -50,6 +51,10 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     app = request.app
     server = app[SERVICE].config.server
     try:
+        if request.path.startswith(GUARDED):
+            hosts = _hosts(app)
+            if hosts is not None and hostname(request.host) not in hosts:
+                return error(421, "host_not_allowed", "this server does not answer to that name")
         if request.path.startswith("/api/"):
             origin = request.headers.get("Origin")
             if origin is not None and origin.lower() not in {
@@ -78,8 +83,28 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         app[TIMERS](name).observe(time.perf_counter() - started)
 
 
+# what a page under a hostile name must not reach (health and metrics answer to any name)
+GUARDED = ("/api/", "/addin/", "/admin")
+HOSTS = web.AppKey("allowed_hosts", dict)
+
+
+def _hosts(app: web.Application) -> frozenset[str] | None:
+    """Allowed Host names, computed once per configuration (reloads replace it)."""
+    config = app[SERVICE].config
+    cache = app[HOSTS]
+    if cache.get("config") is not config:
+        cache["config"], cache["hosts"] = config, allowed_hosts(config)
+    hosts: frozenset[str] | None = cache["hosts"]
+    return hosts
+
+
 def _too_large(limit: int) -> web.Response:
     return error(413, "payload_too_large", f"request bodies are limited to {limit} bytes")
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """No versions in the Server header (aiohttp names itself and Python)."""
+    response.headers["Server"] = "vmrsched"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -127,7 +152,9 @@ def create_app(service: Service) -> web.Application:
     )
     app[SERVICE] = service
     app[TIMERS] = RouteTimers(service.ctx.metrics.http_duration)
+    app[HOSTS] = {}
     app.router.add_get("/healthz", healthz)
+    app.on_response_prepare.append(_server_header)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/openapi.yaml", openapi)

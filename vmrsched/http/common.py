@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -38,4 +38,22 @@ def parse_time(value: object, key: str) -> datetime:
         raise ValueError(f"{key} is not an ISO 8601 time") from exc
     if moment.tzinfo is None:
         raise ValueError(f"{key} needs a time zone offset")
+    try:
+        utc = moment.astimezone(UTC)
+    except (OverflowError, ValueError) as exc:
+        raise ValueError(f"{key} is outside the years 1900-2999") from exc
+    if not 1900 <= utc.year <= 2999:
+        raise ValueError(f"{key} is outside the years 1900-2999")
     return moment
+
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def page_headers(csp: str) -> dict[str, str]:
+    """Headers of every HTML page we serve: a strict CSP and the usual hardening."""
+    return {"Content-Security-Policy": csp, **SECURITY_HEADERS}

@@ -7,6 +7,7 @@ restarts (Outlook identifies installed add-ins by it) and differs between integr
 
 from __future__ import annotations
 
+import re
 import uuid
 import xml.etree.ElementTree as ET
 
@@ -45,10 +46,19 @@ def _xsi_type(element: ET.Element, value: str) -> None:
 def _sub(
     parent: ET.Element, ns: str, tag: str, text: str | None = None, **attrs: str
 ) -> ET.Element:
-    element = ET.SubElement(parent, _q(ns, tag), attrs)
+    element = ET.SubElement(parent, _q(ns, tag), {k: xml_text(v) for k, v in attrs.items()})
     if text is not None:
-        element.text = text
+        element.text = xml_text(text)
     return element
+
+
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def xml_text(value: str) -> str:
+    """Text XML 1.0 can hold: ElementTree writes control characters as they are, which makes
+    the document ill-formed (Outlook then refuses the manifest)."""
+    return _NOT_XML.sub("", value)
 
 
 def build(integ: IntegrationConfig, base_url: str) -> bytes:

@@ -201,14 +201,21 @@ def _header(value: str) -> str:
     return value if value.isascii() else Header(value, "utf-8").encode()
 
 
+def _address(name: str, address: str) -> str:
+    """A From value; an internationalised address (RFC 6532), which formataddr refuses, is
+    written as one encoded header rather than failing the message."""
+    try:
+        return formataddr((name, address), charset="utf-8")
+    except UnicodeError:
+        return _header(f"{name} <{address}>" if name else address)
+
+
 def to_eml(message: Outgoing) -> bytes:
     """An RFC 5322 mail: multipart/alternative with the HTML body and the text/calendar part.
     Built with the compat32 classes: the header registry of `EmailMessage` costs milliseconds
     per message, which is most of the time spent answering a meeting."""
     mail = MIMEMultipart("alternative")
-    mail["From"] = formataddr(
-        (clean_header(message.sender_name), clean_header(message.sender)), charset="utf-8"
-    )
+    mail["From"] = _address(clean_header(message.sender_name), clean_header(message.sender))
     mail["To"] = ", ".join(clean_header(r) for r in message.recipients)
     mail["Subject"] = _header(message.subject)
     mail["Date"] = format_datetime(datetime.now(UTC))
