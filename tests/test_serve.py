@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -46,7 +47,9 @@ def write_config(path: Path, port: int, extra: str = "") -> None:
     )
 
 
-def start(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start(
+    config: Path, env: dict[str, str] | None = None, fd_limit: int | None = None
+) -> subprocess.Popen[bytes]:
     """Start the server logging to server.log beside the config (a pipe nobody reads would fill
     up and block the server); `env` adds variables (secrets) to the inherited environment."""
     log = open(config.parent / "server.log", "ab")  # noqa: SIM115 - closed with the process
@@ -56,6 +59,9 @@ def start(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[b
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
+        preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit)))
+        if fd_limit
+        else None,
     )
 
 
@@ -256,3 +262,49 @@ def test_a_second_serve_on_the_same_data_dir_refuses_to_start(
     assert second.returncode == 1
     assert "in use by another process" in second.stderr
     assert proc.poll() is None and wait_ready(port)["status"] == "ready"
+
+
+def test_idle_connections_cannot_starve_health_checks_or_the_mailbox(tmp_path: Path) -> None:
+    """1,500 connections that never send a byte, to a server allowed 1,024 descriptors, with a
+    cap of 100 and a 1 s header deadline: health checks answer, meetings are answered, and the
+    log stays small."""
+    port = free_port()
+    config = tmp_path / "vmrsched.toml"
+    write_config(config, port)
+    text = config.read_text().replace(
+        "[server]\n", "[server]\nmax_connections = 100\nheader_timeout_seconds = 1.0\n", 1
+    )
+    config.write_text(text)
+    proc = start(config, fd_limit=1024)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    idle: list[socket.socket] = []
+    try:
+        wait_ready(port)
+        deadline = time.monotonic() + 20
+        for _ in range(1500):
+            if time.monotonic() > deadline:
+                break  # bounded: a server that stopped accepting fails below
+            sock = socket.socket()
+            sock.settimeout(1)
+            try:
+                sock.connect(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
+            idle.append(sock)
+        spool = tmp_path / "data" / "spool" / "default"
+        data, uid = spoolkit.request(body="<p>TOK:-00000000-0000-4000-8000-000000000777#</p>")
+        spoolkit.drop(spool / "inbox", data)
+        started = time.monotonic()
+        wait_ready(port, timeout=10)  # the silent ones are closed after a second
+        assert time.monotonic() - started < 5
+        spoolkit.wait_for(lambda: len(spoolkit.answers_for(spool, uid)) == 2, timeout=10)
+        open_fds = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        assert open_fds < 100 + 200, open_fds
+    finally:
+        for sock in idle:
+            sock.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert (tmp_path / "server.log").stat().st_size < 200_000

@@ -121,6 +121,13 @@ async def _serve(cfg: config.Config) -> int:
 
     from vmrsched import service as service_mod
     from vmrsched.http.app import create_app
+    from vmrsched.http.guard import (
+        Limits,
+        RateLimitedLog,
+        connection_cap,
+        guarded,
+        raise_fd_limit,
+    )
     from vmrsched.store import StoreInUseError
 
     log = logging.getLogger("vmrsched")
@@ -129,17 +136,33 @@ async def _serve(cfg: config.Config) -> int:
     except StoreInUseError as exc:
         log.error("%s: is another vmrsched serving it?", exc)
         return 1
-    runner = web.AppRunner(create_app(service), access_log=None, handle_signals=False)
+    server = cfg.server
+    limits = Limits(
+        connection_cap(server.max_connections, raise_fd_limit()), server.header_timeout_seconds
+    )
+    for name in ("asyncio", "aiohttp.server", "aiohttp.web"):
+        logging.getLogger(name).addFilter(RateLimitedLog())
+    runner = web.AppRunner(
+        create_app(service),
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=server.keepalive_timeout_seconds,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, cfg.server.host, cfg.server.port)
+    loop = asyncio.get_running_loop()
     try:
-        await site.start()
+        listener = await loop.create_server(
+            guarded(runner.server, limits),  # type: ignore[arg-type]
+            server.host,
+            server.port,
+            reuse_address=True,
+            backlog=512,
+        )
     except OSError as exc:
-        log.error("cannot listen on %s: %s", cfg.server.listen, exc)
+        log.error("cannot listen on %s: %s", server.listen, exc)
         await runner.cleanup()
         service.stop()
         return 1
-    loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     reloads: set[asyncio.Task[object]] = set()
 
@@ -158,6 +181,7 @@ async def _serve(cfg: config.Config) -> int:
     )
     await stopping.wait()
     log.info("shutting down")
+    listener.close()
     await runner.cleanup()
     service.stop()  # nothing else runs on the loop any more; flushes queues and stores
     log.info("stopped")

@@ -106,6 +106,11 @@ class ServerConfig:
     policy_password: Secret | None = _f(None)
     max_body_bytes: int = _f(65536, minimum=1024, maximum=10 * 1024 * 1024)
     rate_limit_per_minute: int = _f(60, minimum=1, maximum=100000)
+    # open HTTP connections at most (lowered to leave file descriptors for the mailbox side)
+    max_connections: int = _f(1000, minimum=16, maximum=100000)
+    # a new connection's first request must have sent its headers by then
+    header_timeout_seconds: float = _f(10.0, minimum=0.5, maximum=300.0)
+    keepalive_timeout_seconds: float = _f(15.0, minimum=1.0, maximum=3600.0)
 
     @property
     def host(self) -> str:

@@ -1,0 +1,164 @@
+"""Connection limits in front of aiohttp: a cap on open connections, a deadline for the first
+request's headers, and a reserve of file descriptors the mailbox side can always use.
+
+aiohttp closes idle keep-alive connections (keepalive_timeout) but waits for a new connection's
+first request without limit, so 20,000 silent connections used to exhaust the process's file
+descriptors: health checks timed out and the mailbox could not open its files. Here each
+connection is accepted only while fewer than the cap are open (else closed at once), and closed
+when its first request's headers have not arrived by the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("vmrsched.http")
+FD_RESERVE = 512  # descriptors kept for stores, spool files, Exchange connections, logs
+HEADER_LIMIT = 16 * 1024  # bytes of the first request's head looked at for its end
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one; returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def connection_cap(configured: int, fd_limit: int) -> int:
+    """The configured cap, lowered so that FD_RESERVE descriptors always stay free."""
+    return max(16, min(configured, fd_limit - FD_RESERVE))
+
+
+class Limits:
+    def __init__(self, cap: int, header_timeout: float) -> None:
+        self.cap = cap
+        self.header_timeout = header_timeout
+        self.active = 0
+        self.refused = 0
+        self.timed_out = 0
+        self._last_report = 0.0
+
+    def report(self) -> None:
+        """At most one log line per 10 s however many connections are refused."""
+        now = time.monotonic()
+        if now - self._last_report >= 10.0:
+            self._last_report = now
+            log.warning(
+                "connection limits: %d open (cap %d); refused %d, closed %d without a request "
+                "in %.0f s so far",
+                self.active,
+                self.cap,
+                self.refused,
+                self.timed_out,
+                self.header_timeout,
+            )
+
+
+class _Guard(asyncio.Protocol):
+    """Stands between the transport and aiohttp's request handler."""
+
+    def __init__(self, inner: Any, limits: Limits, loop: asyncio.AbstractEventLoop) -> None:
+        self.inner = inner
+        self.limits = limits
+        self.loop = loop
+        self.counted = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.head = b""
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.limits.active >= self.limits.cap:
+            self.limits.refused += 1
+            self.limits.report()
+            _abort(transport)
+            return
+        self.limits.active += 1
+        self.counted = True
+        self.transport = transport
+        self.timer = self.loop.call_later(self.limits.header_timeout, self._too_slow)
+        self.inner.connection_made(transport)
+
+    def _too_slow(self) -> None:
+        self.timer = None
+        if self.transport is not None:
+            self.limits.timed_out += 1
+            self.limits.report()
+            _abort(self.transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.timer is not None:
+            self.head = (self.head + data)[-HEADER_LIMIT:]
+            if b"\r\n\r\n" in self.head:  # the first request's headers are complete
+                self.timer.cancel()
+                self.timer = None
+                self.head = b""
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        result: bool | None = self.inner.eof_received()
+        return result
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.counted:
+            return
+        self.counted = False
+        self.limits.active -= 1
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.transport = None
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+def _abort(transport: asyncio.BaseTransport) -> None:
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.abort()  # no lingering close for a connection we do not want
+    else:
+        transport.close()
+
+
+def guarded(factory: Callable[[], Any], limits: Limits) -> Callable[[], asyncio.Protocol]:
+    """A protocol factory for loop.create_server that applies `limits` around `factory`."""
+    loop = asyncio.get_running_loop()
+
+    def make() -> asyncio.Protocol:
+        return _Guard(factory(), limits, loop)
+
+    return make
+
+
+class RateLimitedLog(logging.Filter):
+    """Lets the same message through at most once per `seconds` (asyncio logs every failed
+    accept() when descriptors run out: hundreds of megabytes a minute otherwise)."""
+
+    def __init__(self, seconds: float = 10.0) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self._seen: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = f"{record.name}:{record.msg}"
+        now = time.monotonic()
+        if now - self._seen.get(key, -self.seconds) < self.seconds:
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[key] = now
+        return True
