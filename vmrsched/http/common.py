@@ -38,12 +38,12 @@ def parse_time(value: object, key: str) -> datetime:
         raise ValueError(f"{key} is not an ISO 8601 time") from exc
     if moment.tzinfo is None:
         raise ValueError(f"{key} needs a time zone offset")
-    try:
-        utc = moment.astimezone(UTC)
-    except (OverflowError, ValueError) as exc:
-        raise ValueError(f"{key} is outside the years 1900-2999") from exc
-    if not 1900 <= utc.year <= 2999:
+    if not 1900 <= moment.year <= 2999:  # as written; the API spec says the same
         raise ValueError(f"{key} is outside the years 1900-2999")
+    try:
+        moment.astimezone(UTC)
+    except (OverflowError, ValueError) as exc:
+        raise ValueError(f"{key} cannot be converted to UTC") from exc
     return moment
 
 
