@@ -7,7 +7,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests import spoolkit
+from tests.shared import CORPUS, FIXTURES, needs_corpus
 from tests.spoolkit import answers_for, drop, request, wait_handled
 from vmrsched import config, service
 from vmrsched.store import Record
@@ -223,8 +226,14 @@ def test_unreadable_requests_are_quarantined_or_declined(running: Running) -> No
     assert decline.headers["X-Vmrsched-Correlation-Id"] in reason
 
 
-def test_every_corpus_file_is_answered_or_quarantined(running: Running) -> None:
-    corpus = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "ics"
+@pytest.mark.parametrize(
+    "corpus",
+    [
+        pytest.param(FIXTURES, id="own-fixtures"),
+        pytest.param(CORPUS, id="shared-corpus", marks=needs_corpus),
+    ],
+)
+def test_every_corpus_file_is_answered_or_quarantined(running: Running, corpus: Path) -> None:
     names = []
     for path in sorted(corpus.glob("*")):
         if path.suffix in (".ics", ".eml"):

@@ -14,11 +14,11 @@ from lxml import etree
 
 from tests import spoolkit
 from tests.fakes.identity_provider import IdentityProvider, SigningKey
+from tests.shared import SCHEMAS, needs_schemas
 from vmrsched import config, service
 from vmrsched.http.app import create_app
 from vmrsched.http.manifest import addin_id
 
-SCHEMAS = Path(__file__).resolve().parents[3] / "shared" / "schemas" / "office-addin-manifest"
 PUBLIC = "https://localhost:8443"  # loopback: the test config has token_validation none
 PANE = f"{PUBLIC}/addin/onprem/taskpane.html"
 API = "/api/addin/v1/{}/single-use-vmrs"
@@ -335,6 +335,7 @@ def manifest_schema() -> etree.XMLSchema:
     return etree.XMLSchema(etree.parse(str(SCHEMAS / "OfficeAppManifestV1_1.xsd")))
 
 
+@needs_schemas
 async def test_manifest_validates_against_the_xsd(
     client: TestClient[Any, Any], manifest_schema: etree.XMLSchema
 ) -> None:
@@ -380,8 +381,11 @@ async def test_manifest_cli(tmp_path: Path) -> None:
         cwd=root,
         check=True,
     )
-    schema = etree.XMLSchema(etree.parse(str(SCHEMAS / "OfficeAppManifestV1_1.xsd")))
-    assert schema.validate(etree.fromstring(out.stdout)), schema.error_log
+    document = etree.fromstring(out.stdout)  # well-formed, with or without ../shared
+    assert document.find("{*}DisplayName") is not None
+    if SCHEMAS.is_dir():
+        schema = etree.XMLSchema(etree.parse(str(SCHEMAS / "OfficeAppManifestV1_1.xsd")))
+        assert schema.validate(document), schema.error_log
 
 
 async def test_static_files_are_a_whitelist(client: TestClient[Any, Any]) -> None:

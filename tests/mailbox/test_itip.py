@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.shared import CORPUS, needs_corpus
 from vmrsched import recurrence
 from vmrsched.mailbox import itip
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "ics"
 FILES = sorted(p for p in CORPUS.glob("*") if p.suffix in (".ics", ".eml"))
 
 REFUSED = {
@@ -22,10 +22,12 @@ REFUSED = {
 }
 
 
+@needs_corpus
 def test_corpus_is_present() -> None:
     assert len(FILES) >= 27, CORPUS
 
 
+@needs_corpus
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name[:40])
 def test_every_corpus_file_parses_or_is_refused_with_a_reason(path: Path) -> None:
     if path.name in REFUSED:
@@ -46,6 +48,7 @@ def read(name: str) -> itip.Parsed:
     return itip.parse_file(path.name, path.read_bytes(), "Europe/London")
 
 
+@needs_corpus
 def test_windows_zone_names_map_to_iana() -> None:
     m = read("03-exchange-online-request-fle-standard-time.eml").meetings[0]
     assert getattr(m.start.tzinfo, "key", None) in ("Europe/Kiev", "Europe/Kyiv")
@@ -53,6 +56,7 @@ def test_windows_zone_names_map_to_iana() -> None:
     assert getattr(m.start.tzinfo, "key", None) == "America/New_York" and m.sequence == 2
 
 
+@needs_corpus
 def test_bom_mail_parses_and_html_part_is_the_body() -> None:
     m = read("02-outlook2007-request-x-alt-desc-cyrillic.eml").meetings[0]
     assert m.method == "REQUEST" and m.organizer_email
@@ -60,11 +64,13 @@ def test_bom_mail_parses_and_html_part_is_the_body() -> None:
     assert "<" in m.html_body
 
 
+@needs_corpus
 def test_cancel_without_dtstart_still_names_the_series() -> None:
     m = read("11-thunderbird-fixture-cancel-recurring-exdate-no-dtstart.eml").meetings[0]
     assert m.method == "CANCEL" and m.uid
 
 
+@needs_corpus
 def test_occurrence_only_request_and_series_with_exceptions() -> None:
     m = read("09-thunderbird-fixture-request-single-occurrence-recurrence-id.eml").meetings[0]
     assert m.recurrence_id is not None and m.sequence == 2
@@ -74,11 +80,13 @@ def test_occurrence_only_request_and_series_with_exceptions() -> None:
     assert len(cancelled.exdates) == 1
 
 
+@needs_corpus
 def test_notes_rdate_period_series() -> None:
     m = read("28-lotus-notes6-request-update-seq1-rdate-period.ics").meetings[0]
     assert len(m.rdates) == 5 and m.sequence == 1 and m.is_series
 
 
+@needs_corpus
 def test_refusal_keeps_the_organizer_for_a_decline() -> None:
     with pytest.raises(itip.ParseError) as info:
         read("15-exchange2010-request-biweekly-seq7-broken-folding.ics")
