@@ -307,3 +307,36 @@ def test_full_example_documents_every_key() -> None:
     ):
         for f in dataclasses.fields(cls):
             assert f"{f.name}" in text, f"{cls.__name__}.{f.name} missing from full.toml"
+
+
+def test_newcomer_mistakes_are_named() -> None:
+    doc = minimal(
+        addin={"token_validation": "none", "server_fqdn": "https://vc.example.com/addin"},
+        single_use={"alias_domain": "video example.com"},
+        exchange={"mailbox_name": "VMR", "mailbox_email": "vmr.example.com"},
+    )
+    found = "\n".join(problems(doc))
+    assert "integrations[0].addin.server_fqdn: must be a host name" in found
+    assert "integrations[0].single_use.alias_domain: must be a domain name" in found
+    assert "integrations[0].exchange.mailbox_email: 'vmr.example.com' is not an email address" in (
+        found
+    )
+
+
+def test_warnings_for_plain_http_ews_and_a_prefix_phones_cannot_dial() -> None:
+    doc = minimal(
+        backend="ews",
+        single_use={"alias_prefix": "vmr"},
+        exchange={
+            "mailbox_name": "VMR",
+            "mailbox_email": "vmr@example.com",
+            "ews_url": "http://mail.example.com/EWS/Exchange.asmx",
+            "service_account_username": "svc",
+            "service_account_password_env": "PW",
+        },
+    )
+    warnings = "\n".join(config.parse(doc, DATA, {"PW": "x"}).warnings)
+    assert "exchange.ews_url: plain http" in warnings
+    assert "single_use.alias_prefix: 'vmr' is not numeric" in warnings
+    numeric = config.parse(minimal(single_use={"alias_prefix": "81"}), DATA, {})
+    assert not any("alias_prefix" in w for w in numeric.warnings)

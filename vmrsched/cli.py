@@ -87,8 +87,18 @@ def _check_online(cfg: config.Config) -> int:
     return 1 if failed else 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vmrsched")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmrsched", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     check = sub.add_parser("check-config", help="validate a config file and list every problem")
@@ -158,7 +168,7 @@ async def _serve(cfg: config.Config) -> int:
             reuse_address=True,
             backlog=512,
         )
-    except OSError as exc:
+    except (OSError, OverflowError, ValueError) as exc:
         log.error("cannot listen on %s: %s", server.listen, exc)
         await runner.cleanup()
         service.stop()
@@ -291,17 +301,21 @@ def _register_service_commands(sub: argparse._SubParsersAction) -> None:  # type
 
     invite = sub.add_parser("invite", help="drop a meeting request into a spool inbox")
     _add_config(invite)
-    invite.add_argument("--integration", required=True)
-    invite.add_argument("--subject", default="Video meeting")
+    invite.add_argument("--integration", required=True, help="integration (spool backend)")
+    invite.add_argument("--subject", default="Video meeting", help="SUMMARY (default: %(default)s)")
     invite.add_argument("--start", help="ISO time, e.g. 2026-12-01T10:00+01:00 (default: in 1 h)")
     invite.add_argument("--duration", type=int, default=30, help="minutes (default 30)")
     invite.add_argument("--rrule", help="e.g. FREQ=WEEKLY;COUNT=10")
     invite.add_argument("--token", help="PXPS:-…# or TOK:-…# (default: a fresh TOK placeholder)")
     invite.add_argument("--no-token", action="store_true", help="send a body without a token")
-    invite.add_argument("--organizer", default="Organizer <organizer@example.com>")
+    invite.add_argument(
+        "--organizer",
+        default="Organizer <organizer@example.com>",
+        help="ORGANIZER as 'Name <address>' (default: %(default)s)",
+    )
     invite.add_argument("--attendee", action="append", default=[], help="more attendees")
     invite.add_argument("--uid", help="meeting UID (default: random)")
-    invite.add_argument("--sequence", type=int, default=0)
+    invite.add_argument("--sequence", type=int, default=0, help="SEQUENCE (default: 0)")
     invite.add_argument("--cancel", action="store_true", help="send METHOD:CANCEL instead")
     invite.set_defaults(func=cmd_invite)
 

@@ -373,10 +373,16 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+HOST_PORT_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?$")
+DOMAIN_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+
 def split_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"expected host:port, got {listen!r}")
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"port {port} is outside 0-65535 (0: any free port)")
     return host.strip("[]"), int(port)
 
 
@@ -518,13 +524,37 @@ def _check_integration(loader: _Loader, integ: IntegrationConfig, path: str) -> 
     except (ZoneInfoNotFoundError, ValueError):
         err(f"{path}.timezone", f"unknown IANA time zone {integ.timezone!r}")
     ex = integ.exchange
+    fqdn = integ.addin.server_fqdn
+    if fqdn and (not HOST_PORT_RE.match(fqdn)):
+        err(
+            f"{path}.addin.server_fqdn",
+            f"must be a host name (with an optional :port), without scheme or path; got {fqdn!r}",
+        )
     if integ.enable_single_use_vmrs:
-        if not EMAIL_RE.match(ex.mailbox_email):
+        if not ex.mailbox_email:
             err(f"{path}.exchange.mailbox_email", "single-use VMRs need the equipment mailbox")
+        elif not EMAIL_RE.match(ex.mailbox_email):
+            err(
+                f"{path}.exchange.mailbox_email",
+                f"{ex.mailbox_email!r} is not an email address (name@domain)",
+            )
         if not ex.mailbox_name:
             err(f"{path}.exchange.mailbox_name", "single-use VMRs need the mailbox name")
-        if not integ.single_use.alias_domain:
+        domain = integ.single_use.alias_domain
+        if not domain:
             err(f"{path}.single_use.alias_domain", "must not be empty")
+        elif not DOMAIN_RE.match(domain):
+            err(
+                f"{path}.single_use.alias_domain",
+                f"must be a domain name (letters, digits, dots, hyphens), got {domain!r}",
+            )
+        phone = "numeric_alias" in integ.email.single_use_joining_instructions_template
+        if phone and not integ.single_use.alias_prefix.isdigit():
+            loader.warnings.append(
+                f"{path}.single_use.alias_prefix: {integ.single_use.alias_prefix!r} is not "
+                "numeric, but the joining instructions offer phone dial-in, and the numeric "
+                "alias is prefix + digits: use a numeric prefix so phones can dial it"
+            )
         if integ.backend == "ews":
             _check_ews(loader, ex, f"{path}.exchange")
         if "alias_uuid" not in integ.email.single_use_joining_instructions_template:
@@ -568,6 +598,10 @@ def _check_ews(loader: _Loader, ex: ExchangeConfig, path: str) -> None:
     err = loader.error
     if not ex.ews_url.startswith(("https://", "http://")):
         err(f"{path}.ews_url", "the ews backend needs the EWS URL (https://…/EWS/Exchange.asmx)")
+    elif ex.ews_url.startswith("http://"):
+        loader.warnings.append(
+            f"{path}.ews_url: plain http sends the service account's credentials unencrypted"
+        )
     needs_user = ex.authentication in ("basic", "ntlm", "oauth_delegated")
     if needs_user and not ex.service_account_username:
         err(f"{path}.service_account_username", f"needed for {ex.authentication}")

@@ -1,0 +1,49 @@
+"""The command line as a newcomer meets it: a version, help for every option, both ways of
+running it, and a clear refusal of a port that cannot exist."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from vmrsched.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+
+
+def test_version_both_ways() -> None:
+    for module in ("vmrsched", "vmrsched.cli"):
+        out = run("-m", module, "--version")
+        assert out.returncode == 0 and out.stdout.startswith("vmrsched "), out.stderr
+
+
+def test_every_subcommand_and_option_has_help() -> None:
+    parser = build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    helps = {c.dest: c.help for c in commands._choices_actions}
+    for name, sub in commands.choices.items():
+        assert helps.get(name), name
+        for action in sub._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, (name, action.option_strings or action.dest)
+
+
+def test_an_impossible_port_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        '[server]\nlisten = "127.0.0.1:99999"\n[[integrations]]\nname = "x"\n'
+        '[integrations.exchange]\nmailbox_name = "R"\nmailbox_email = "r@example.com"\n'
+    )
+    out = run("-m", "vmrsched", "check-config", str(config))
+    assert out.returncode == 1
+    assert "server.listen: port 99999 is outside 0-65535" in out.stderr
+    served = run("-m", "vmrsched", "serve", "--config", str(config))
+    assert served.returncode == 1 and "port 99999" in served.stderr
