@@ -23,7 +23,6 @@ from vmrsched import answers, config, service
 from vmrsched.mailbox import itip
 from vmrsched.mailbox.spool import SpoolMailbox
 from vmrsched.meetings import AliasRecord, MeetingState, decide
-from vmrsched.templating import Renderer
 
 
 def make_config(data_dir: Path) -> config.Config:
@@ -89,7 +88,7 @@ def measure_raw(count: int, root: Path) -> float:
     render, and write the reply through the same spool send."""
     cfg = make_config(root / "raw")
     integ = cfg.integrations[0]
-    renderer = Renderer(integ.template_sources(), integ.timezone)
+    renderer = integ.renderer()
     gateway = SpoolMailbox(integ.spool_dir(cfg.data_dir), integ.name)
     alias_ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(count)]
     data = requests(alias_ids)

@@ -12,7 +12,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vmrsched import answers, config, templating
+from vmrsched import answers, config
 from vmrsched.mailbox import compose, itip
 from vmrsched.meetings import AliasRecord, MeetingState, decide
 from vmrsched.recurrence import Schedule
@@ -56,7 +56,7 @@ CFG = config.parse(
     {},
 )
 INTEG = CFG.integrations[0]
-RENDERER = templating.Renderer(INTEG.template_sources(), INTEG.timezone)
+RENDERER = INTEG.renderer()
 
 # values real clients and attackers put into properties
 VALUES = st.one_of(

@@ -16,7 +16,6 @@ from tests.configs import spool_toml
 from vmrsched import answers, recovery, service
 from vmrsched.mailbox.spool import SpoolMailbox
 from vmrsched.store import Store
-from vmrsched.templating import Renderer
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -77,7 +76,7 @@ def test_recover_a_pxps_booking_on_the_spool(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
     integ = cfg.integrations[0]
     spool = integ.spool_dir(cfg.data_dir)
-    renderer = Renderer(integ.template_sources(), integ.timezone)
+    renderer = integ.renderer()
     svc = service.start(cfg)
     try:
         running = Running(svc, cfg)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -31,11 +32,35 @@ def test_text_templates_are_one_line_and_not_escaped() -> None:
     assert out == "R&D by Ann"
 
 
-def test_times_render_in_the_integration_zone() -> None:
+def test_a_utc_time_renders_in_the_integration_zone_with_the_zone_named() -> None:
     r = Renderer({}, timezone="Europe/Helsinki")
-    assert r.format_time(START) == "11:05 on 23/11/2026"
+    assert r.format_time(START) == "11:05 on 23/11/2026 (Eastern European Standard Time)"
     out = r.render("accept_new_single_meeting_template", {"start_time": START, "subject": "x"})
-    assert "11:05 on 23/11/2026" in out
+    assert "11:05 on 23/11/2026 (Eastern European Standard Time)" in out
+
+
+def test_the_organizers_zone_wins_and_the_language_and_format_are_the_admins() -> None:
+    berlin = datetime(2026, 12, 15, 14, 0, tzinfo=ZoneInfo("Europe/Berlin"))
+    english = Renderer({}, timezone="Europe/London")
+    assert english.format_time(berlin) == "14:00 on 15/12/2026 (Central European Standard Time)"
+    german = Renderer({}, "UTC", locale="de_DE", time_format="EEEE, d. MMMM y, HH:mm 'Uhr'")
+    assert german.format_time(berlin) == (
+        "Dienstag, 15. Dezember 2026, 14:00 Uhr (Mitteleuropäische Normalzeit)"
+    )
+    new_york = datetime(2026, 7, 1, 9, 30, tzinfo=ZoneInfo("America/New_York"))
+    us = Renderer({}, locale="en_US", time_format="h:mm a 'on' MMM d, y")
+    assert us.format_time(new_york) == "9:30\u202fAM on Jul 1, 2026 (Eastern Daylight Time)" or (
+        us.format_time(new_york) == "9:30 AM on Jul 1, 2026 (Eastern Daylight Time)"
+    )
+    custom = datetime(2026, 12, 15, 14, 0, tzinfo=timezone(timedelta(hours=5, minutes=30)))
+    assert english.format_time(custom).endswith("(UTC+05:30)")  # a zone with no name
+
+
+def test_locale_and_time_format_are_checked() -> None:
+    assert templating.check_time_format("xx_YY", "HH:mm")
+    assert templating.check_time_format("en_GB", "bbbbbbbb")
+    assert "strftime" in templating.check_time_format("en_GB", "%H:%M")[0]
+    assert templating.check_time_format("en_GB", "HH:mm") == []
 
 
 def test_unknown_variable_is_rejected() -> None:

@@ -256,6 +256,9 @@ class AddinConfig:
 
 @dataclass(frozen=True)
 class EmailConfig:
+    # language and Babel (CLDR) pattern of {{start_time}}/{{end_time}}; the zone is named after
+    locale: str = _f(templating.DEFAULT_LOCALE)
+    time_format: str = _f(templating.TIME_FORMAT)
     single_use_joining_instructions_template: str = _f(
         templating.TEMPLATES["single_use_joining_instructions_template"].default
     )
@@ -330,6 +333,12 @@ class IntegrationConfig:
     email: EmailConfig = field(default_factory=EmailConfig)
     advanced: AdvancedConfig = field(default_factory=AdvancedConfig)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
+
+    def renderer(self) -> templating.Renderer:
+        """This integration's compiled templates, in its zone, language and time format."""
+        return templating.Renderer(
+            self.template_sources(), self.timezone, self.email.locale, self.email.time_format
+        )
 
     def template_sources(self) -> dict[str, str]:
         """Every template of this integration by name, as `templating.Renderer` wants them."""
@@ -564,6 +573,8 @@ def _check_integration(loader: _Loader, integ: IntegrationConfig, path: str) -> 
             )
     if integ.enable_personal_vmrs:
         _check_personal(loader, integ.personal, f"{path}.personal")
+    for problem in templating.check_time_format(integ.email.locale, integ.email.time_format):
+        err(f"{path}.email.{'locale' if 'locale' in problem else 'time_format'}", problem)
     for group_name in ("single_use", "personal", "email"):
         group = getattr(integ, group_name)
         for f in dataclasses.fields(group):

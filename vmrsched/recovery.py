@@ -16,7 +16,6 @@ from vmrsched.mailbox import compose
 from vmrsched.mailbox.base import Gateway, GatewayError
 from vmrsched.meetings import Action, Decision, answer_key
 from vmrsched.store import Store
-from vmrsched.templating import Renderer
 
 HORIZON = timedelta(days=366)
 
@@ -39,7 +38,7 @@ def recover(
     dry_run: bool = False,
     report: Callable[[Recovered], None] = lambda _: None,
 ) -> list[Recovered]:
-    renderer = Renderer(integ.template_sources(), integ.timezone)
+    renderer = integ.renderer()
     done: list[Recovered] = []
 
     def note(entry: Recovered) -> None:

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+import babel
+import babel.dates
 import jinja2
 from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
 
-TIME_FORMAT = "%H:%M on %d/%m/%Y"
+# Babel (CLDR) date pattern of {{start_time}}/{{end_time}}; the zone's name is added after it
+TIME_FORMAT = "HH:mm 'on' dd/MM/yyyy"
+DEFAULT_LOCALE = "en_GB"
 
 Kind = Literal["html", "text"]
 
@@ -241,11 +245,43 @@ def _undeclared(kind: Kind, source: str) -> frozenset[str]:
     return frozenset(meta.find_undeclared_variables(environment(kind).parse(source)))
 
 
+def _names_a_zone(value: datetime) -> bool:
+    """Whether a time carries the organizer's own zone: any zone but UTC (a request in UTC,
+    as Google sends them, says nothing about where its organizer is)."""
+    key = getattr(value.tzinfo, "key", None)
+    if isinstance(key, str):
+        return key not in ("UTC", "Etc/UTC", "Etc/GMT", "GMT", "Zulu")
+    return value.utcoffset() != timedelta(0)
+
+
+def check_time_format(locale: str, time_format: str) -> list[str]:
+    """Problems with a locale and a time pattern, for check-config."""
+    try:
+        parsed = babel.Locale.parse(locale)
+    except (ValueError, babel.UnknownLocaleError) as exc:
+        return [f"unknown locale {locale!r}: {exc}"]
+    if "%" in time_format:
+        return ["looks like a strftime format; use a CLDR pattern such as HH:mm 'on' dd/MM/yyyy"]
+    try:
+        babel.dates.format_datetime(datetime(2030, 1, 2, 3, 4), time_format, locale=parsed)
+    except (ValueError, KeyError, AttributeError) as exc:
+        return [f"not a date pattern Babel understands: {exc}"]
+    return []
+
+
 class Renderer:
     """Compiled templates of one integration. Build it once per config; rendering is hot."""
 
-    def __init__(self, sources: Mapping[str, str], timezone: str = "UTC") -> None:
+    def __init__(
+        self,
+        sources: Mapping[str, str],
+        timezone: str = "UTC",
+        locale: str = DEFAULT_LOCALE,
+        time_format: str = TIME_FORMAT,
+    ) -> None:
         self.tz = ZoneInfo(timezone)
+        self.locale = babel.Locale.parse(locale)
+        self.time_format = time_format
         self._compiled: dict[str, jinja2.Template] = {}
         for name, spec in TEMPLATES.items():
             source = sources.get(name, spec.default)
@@ -255,11 +291,29 @@ class Renderer:
             self._compiled[name] = _compile(spec.kind, source)
 
     def format_time(self, value: datetime | None) -> str:
+        """A time in the organizer's zone where the request names one (else the
+        integration's), in the integration's format and language, with the zone named: the
+        reader may live elsewhere."""
         if value is None:
             return ""
         if value.tzinfo is None:
             raise ValueError("naive datetime given to format_time")
-        return value.astimezone(self.tz).strftime(TIME_FORMAT)
+        zone = value.tzinfo if _names_a_zone(value) else self.tz
+        local = value.astimezone(zone)
+        text = babel.dates.format_datetime(local, self.time_format, locale=self.locale)
+        return f"{text} ({self.zone_name(local)})"
+
+    def zone_name(self, local: datetime) -> str:
+        key = getattr(local.tzinfo, "key", None)
+        if isinstance(key, str):
+            try:
+                return str(babel.dates.get_timezone_name(local, width="long", locale=self.locale))
+            except (LookupError, ValueError, AttributeError):
+                return key
+        offset = local.utcoffset() or timedelta(0)
+        minutes = int(offset.total_seconds() // 60)
+        sign = "+" if minutes >= 0 else "-"
+        return f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
     def render(self, name: str, variables: Mapping[str, Any]) -> str:
         spec = TEMPLATES[name]

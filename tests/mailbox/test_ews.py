@@ -24,7 +24,6 @@ from vmrsched.actors.context import make_gateway
 from vmrsched.meetings import Meeting
 from vmrsched.store import Store
 from vmrsched.telemetry import Metrics
-from vmrsched.templating import Renderer
 
 ROOM = "room@example.com"
 ROOT = Path(__file__).resolve().parents[2]
@@ -742,7 +741,7 @@ def test_recovery_of_a_pxps_booking_replaces_the_dead_instructions_and_its_echo_
     server = ThreadedServer(fake.app()).start()
     cfg = make_config(tmp_path, server.url)
     integ = cfg.integrations[0]
-    renderer = Renderer(integ.template_sources(), integ.timezone)
+    renderer = integ.renderer()
     svc = service.start(cfg)
     try:
         env = Env(fake, server, svc, cfg)

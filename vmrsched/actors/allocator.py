@@ -17,7 +17,6 @@ from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Crash, Request, Sweep
 from vmrsched.meetings import Decision, Meeting, decide, general_error
 from vmrsched.store import Record, Store, StoreBrokenError, StoreCorruptError
-from vmrsched.templating import Renderer
 
 log = logging.getLogger("vmrsched.allocator")
 CORRUPT_ALARM = "store_corrupt"
@@ -42,7 +41,7 @@ class AliasAllocator(SupervisedChild):
     role = "allocator"
 
     def setup(self) -> None:
-        self.renderer = Renderer(self.integ.template_sources(), self.integ.timezone)
+        self.renderer = self.integ.renderer()
         try:
             self.store = Store(
                 self.ctx.store_dir(self.integ.name),

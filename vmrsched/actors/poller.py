@@ -16,7 +16,6 @@ from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Poll
 from vmrsched.mailbox.base import Gateway, GatewayError, InboxItem, Outgoing
 from vmrsched.meetings import Meeting, general_error
-from vmrsched.templating import Renderer
 
 log = logging.getLogger("vmrsched.decisions")
 ASK_TIMEOUT = 60.0
@@ -39,7 +38,7 @@ class MailboxPoller(SupervisedChild):
         self._raised = self.alarm
 
     def setup(self) -> None:
-        self.renderer = Renderer(self.integ.template_sources(), self.integ.timezone)
+        self.renderer = self.integ.renderer()
         self.actor_ref.tell(Poll())
 
     def _tell_poll(self) -> None:

@@ -88,9 +88,7 @@ class PerConfig(Generic[T]):
 VERIFIERS = web.AppKey("verifiers", PerConfig)
 COUNTERS = web.AppKey("addin_counters", dict)
 BATCHERS = web.AppKey("reservation_batchers", dict)
-renderer_for: PerConfig[Renderer] = PerConfig(
-    lambda integ: Renderer(integ.template_sources(), integ.timezone)
-)
+renderer_for: PerConfig[Renderer] = PerConfig(lambda integ: integ.renderer())
 
 
 def _origin(url: str) -> str:
