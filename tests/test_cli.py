@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from vmrsched.cli import build_parser
@@ -47,3 +48,17 @@ def test_an_impossible_port_is_a_config_error(tmp_path: Path) -> None:
     assert "server.listen: port 99999 is outside 0-65535" in out.stderr
     served = run("-m", "vmrsched", "serve", "--config", str(config))
     assert served.returncode == 1 and "port 99999" in served.stderr
+
+
+def test_invite_keeps_the_offset_it_was_given(tmp_path: Path) -> None:
+    from vmrsched import config, invites
+    from vmrsched.mailbox import itip
+
+    cfg = config.load(ROOT / "config" / "vmrsched.toml", environ={})
+    parser = build_parser()
+    args = parser.parse_args(
+        ["invite", "--integration", "default", "--start", "2026-12-01T10:00+01:00"]
+    )
+    data, _ = invites.build(cfg.integrations[0], invites.InviteOptions.from_args(args))
+    [meeting] = itip.parse_calendar(data).meetings
+    assert meeting.start.astimezone(UTC) == datetime(2026, 12, 1, 9, 0, tzinfo=UTC)

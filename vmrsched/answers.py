@@ -3,6 +3,7 @@ the placeholder path, the organizer update. Pure: rendering and composing, no I/
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -165,7 +166,7 @@ def unreadable_reply(
     }
     body = renderer.render("reject_general_error_template", values)
     return Outgoing(
-        id=f"unreadable-{correlation_id}",
+        id=hashlib.sha256(f"unreadable\0{correlation_id}".encode()).hexdigest()[:32],
         kind="reply",
         sender=integ.exchange.mailbox_email,
         sender_name=integ.exchange.mailbox_name,

@@ -63,6 +63,9 @@ def build(
     """An iCalendar REQUEST (or CANCEL) for the integration's equipment mailbox."""
     now = now or datetime.now(UTC)
     start = options.start or (now + timedelta(hours=1)).replace(second=0, microsecond=0)
+    if getattr(start.tzinfo, "key", None) is None:
+        # a bare offset (+01:00) has no zone name a calendar can resolve: write UTC instead
+        start = start.astimezone(UTC)
     uid = options.uid or f"{uuid.uuid4()}@vmrsched-invite"
     name, email = parseaddr(options.organizer)
     if not email:

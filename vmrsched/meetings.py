@@ -63,6 +63,10 @@ class Meeting:
     html_body: str = ""
     attendees: tuple[str, ...] = ()
     correlation_id: str = ""
+    # what an organizer update must carry on unchanged: each ATTENDEE's parameters (CUTYPE, CN,
+    # ROLE, PARTSTAT, RSVP, …) and the request's own VTIMEZONE definitions (iCalendar text)
+    attendee_params: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    vtimezones: tuple[str, ...] = ()
 
     @property
     def schedule(self) -> Schedule:
@@ -360,6 +364,10 @@ def meeting_to_json(meeting: Meeting) -> dict[str, object]:
         "subject": meeting.subject,
         "html_body": meeting.html_body,
         "attendees": list(meeting.attendees),
+        "attendee_params": [
+            [a, [list(p) for p in params]] for a, params in meeting.attendee_params
+        ],
+        "vtimezones": list(meeting.vtimezones),
     }
 
 
@@ -390,4 +398,21 @@ def meeting_from_json(raw: Mapping[str, object]) -> Meeting:
         subject=str(raw.get("subject", "")),
         html_body=str(raw.get("html_body", "")),
         attendees=tuple(str(a) for a in attendees),
+        attendee_params=_attendee_params(raw.get("attendee_params")),
+        vtimezones=_strings(raw.get("vtimezones")),
     )
+
+
+def _strings(raw: object) -> tuple[str, ...]:
+    return tuple(v for v in raw if isinstance(v, str)) if isinstance(raw, list) else ()
+
+
+def _attendee_params(raw: object) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    if not isinstance(raw, list):
+        return ()
+    out = []
+    for entry in raw:
+        if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], list):
+            params = tuple((str(k), str(v)) for k, v in entry[1])
+            out.append((str(entry[0]), params))
+    return tuple(out)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html
 import re
 from datetime import UTC, datetime
+from email.charset import QP, Charset
 from email.header import Header
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -117,6 +119,12 @@ def update_calendar(meeting: Meeting, html_body: str, text_body: str) -> str:
     cal.add("prodid", PRODID)
     cal.add("version", "2.0")
     cal.add("method", "REQUEST")
+    for text in meeting.vtimezones:  # the request's own zone definitions, carried unchanged
+        try:
+            zone = icalendar.Timezone.from_ical(text)
+        except (ValueError, KeyError):
+            continue
+        cal.add_component(zone)
     event = _event_base(meeting, meeting.sequence + 1)
     if meeting.rrule:
         event.add("rrule", icalendar.vRecur.from_ical(meeting.rrule))
@@ -125,9 +133,15 @@ def update_calendar(meeting: Meeting, html_body: str, text_body: str) -> str:
     event.add("description", text_body)
     alt = icalendar.vText(html_body)
     event.add("x-alt-desc", alt, parameters={"FMTTYPE": "text/html"})
+    params = dict(meeting.attendee_params)
     for attendee in meeting.attendees:
-        event.add("attendee", icalendar.vCalAddress(f"mailto:{attendee}"))
+        address = icalendar.vCalAddress(f"mailto:{attendee}")
+        for key, value in params.get(attendee, ()):
+            address.params[key] = value  # CUTYPE, CN, ROLE, PARTSTAT, RSVP, … as the request had
+        event.add("attendee", address)
     cal.add_component(event)
+    with contextlib.suppress(Exception):  # an unusual zone: its TZID still names it
+        cal.add_missing_timezones()  # a VTIMEZONE for every IANA zone the times use
     return str(cal.to_ical().decode())
 
 
@@ -139,12 +153,30 @@ def replace_placeholder(
     placeholder text is no longer found verbatim only the token is replaced."""
     if placeholder_html and placeholder_html in body:
         body = body.replace(placeholder_html, "", 1)
-    if token_text in body:
-        return body.replace(token_text, instructions_html, 1)
-    escaped = html.escape(token_text)
-    if escaped in body:
-        return body.replace(escaped, instructions_html, 1)
+    for text in (token_text, html.escape(token_text)):
+        if text and text in body:
+            return _put_in_place_of(body, body.index(text), len(text), instructions_html)
     return body + instructions_html
+
+
+_P_OPEN = re.compile(r"<p(?:\s[^>]*)?>", re.IGNORECASE)
+_P_CLOSE = re.compile(r"</p\s*>", re.IGNORECASE)
+
+
+def _put_in_place_of(body: str, at: int, length: int, block: str) -> str:
+    """`block` (block-level HTML) in place of body[at:at+length]. A paragraph cannot hold a
+    block: a paragraph with nothing else in it is replaced whole, otherwise it is closed
+    before the block and reopened after it."""
+    openings = [m for m in _P_OPEN.finditer(body, 0, at)]
+    opening = openings[-1] if openings else None
+    if opening is not None and _P_CLOSE.search(body, opening.end(), at) is None:
+        closing = _P_CLOSE.search(body, at + length)
+        if closing is not None:
+            inside = body[opening.end() : at] + body[at + length : closing.start()]
+            if not re.sub(r"<[^>]*>|&nbsp;|\s", "", inside):
+                return body[: opening.start()] + block + body[closing.end() :]
+            return body[:at] + "</p>" + block + opening.group(0) + body[at + length :]
+    return body[:at] + block + body[at + length :]
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -210,6 +242,41 @@ def _address(name: str, address: str) -> str:
         return _header(f"{name} <{address}>" if name else address)
 
 
+_QP = Charset("utf-8")
+_QP.body_encoding = QP  # readable with `cat`, unlike base64
+
+
+def _text_part(text: str, subtype: str) -> MIMEText:
+    """A text part: 7bit when it is ASCII with short lines, else quoted-printable."""
+    if text.isascii() and all(len(line) <= 900 for line in text.splitlines()):
+        return MIMEText(text, subtype, "us-ascii")
+    return MIMEText(text, subtype, _QP)  # type: ignore[arg-type]  # a Charset is accepted
+
+
+_BREAKS = re.compile(r"<br\s*/?>|</(?:p|div|li|tr|h[1-6]|table|ul|ol)\s*>", re.IGNORECASE)
+_LINK = re.compile(r'<a\s[^>]*href="([^"]*)"[^>]*>(.*?)</a\s*>', re.IGNORECASE | re.DOTALL)
+_TAGS = re.compile(r"<[^>]+>")
+
+
+def text_of(body: str) -> str:
+    """The text/plain alternative of an HTML body: block ends become line breaks, a link shows
+    its address where its text does not."""
+
+    def link(match: re.Match[str]) -> str:
+        href, label = html.unescape(match.group(1)), _TAGS.sub("", match.group(2)).strip()
+        return label if href in (label, f"mailto:{label}") or not href else f"{label} <{href}>"
+
+    text = _LINK.sub(link, body)
+    text = _BREAKS.sub("\n", text)
+    text = html.unescape(_TAGS.sub("", text))
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out).strip() + "\n"
+
+
 def to_eml(message: Outgoing) -> bytes:
     """An RFC 5322 mail: multipart/alternative with the HTML body and the text/calendar part.
     Built with the compat32 classes: the header registry of `EmailMessage` costs milliseconds
@@ -224,9 +291,10 @@ def to_eml(message: Outgoing) -> bytes:
     mail["X-Vmrsched-Reason"] = clean_header(message.reason)
     mail["X-Vmrsched-Correlation-Id"] = clean_header(message.correlation_id)
     mail["X-Vmrsched-Meeting-Uid"] = _header(message.meeting_uid)
-    mail.attach(MIMEText(message.html_body, "html", "utf-8"))
+    mail.attach(_text_part(text_of(message.html_body), "plain"))
+    mail.attach(_text_part(message.html_body, "html"))
     if message.calendar:
-        part = MIMEText(message.calendar, "calendar", "utf-8")
+        part = _text_part(message.calendar, "calendar")
         part.set_param("method", "REQUEST" if message.kind == "update" else "REPLY")
         mail.attach(part)
     return mail.as_bytes()

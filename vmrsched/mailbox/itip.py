@@ -275,6 +275,9 @@ def _parse_calendar(
         raise ParseError(f"not an iCalendar object: {str(exc)[:200]}{hint}") from exc
     method = str(cal.get("METHOD") or method_hint or "REQUEST").upper()
     events = [c for c in cal.walk("VEVENT")]
+    vtimezones = tuple(
+        tz.to_ical().decode("utf-8", errors="replace") for tz in cal.walk("VTIMEZONE")
+    )
     if not events:
         raise ParseError("calendar holds no VEVENT")
     organizer_name, organizer_email = _address(events[0].get("ORGANIZER"))
@@ -315,13 +318,21 @@ def _parse_calendar(
                     exceptions,
                     html_body,
                     correlation_id,
+                    vtimezones,
                 )
             )
         else:
             for exc_event in exceptions:
                 meetings.append(
                     _meeting(
-                        exc_event, uid, meeting_method, default_tz, [], html_body, correlation_id
+                        exc_event,
+                        uid,
+                        meeting_method,
+                        default_tz,
+                        [],
+                        html_body,
+                        correlation_id,
+                        vtimezones,
                     )
                 )
     return Parsed(tuple(meetings), method)
@@ -335,6 +346,7 @@ def _meeting(
     exceptions: Iterable[Any],
     html_body: str | None,
     correlation_id: str,
+    vtimezones: tuple[str, ...] = (),
 ) -> Meeting:
     name, addr = _address(event.get("ORGANIZER"))
     subject = _text(event, "SUMMARY")
@@ -361,6 +373,11 @@ def _meeting(
         if len(body) > MAX_BODY:
             raise ParseError(f"body longer than {MAX_BODY} characters")
         attendees = tuple(a for a in (_address(x)[1] for x in attendees_raw) if a)
+        attendee_params = tuple(
+            (_address(x)[1], tuple((str(k), str(v)) for k, v in getattr(x, "params", {}).items()))
+            for x in attendees_raw
+            if _address(x)[1]
+        )
     except ParseError as exc:
         raise ParseError(exc.reason, addr, name, subject, uid) from exc
     except (ValueError, TypeError, AttributeError, OverflowError) as exc:
@@ -384,6 +401,8 @@ def _meeting(
         html_body=body,
         attendees=attendees,
         correlation_id=correlation_id,
+        attendee_params=attendee_params,
+        vtimezones=vtimezones,
     )
 
 

@@ -14,6 +14,7 @@ import ctypes.util
 import errno
 import hashlib
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -33,6 +34,18 @@ SUFFIXES = (".ics", ".eml")
 CALENDAR_FILE = "accepted.jsonl"
 MAX_ITEM_BYTES = 10 * 1024 * 1024
 NAME_MAX = 255  # bytes in one file name (Linux)
+
+
+_OUT_ID = re.compile(r"-([0-9a-f]{32})\.eml$")
+_SLUG = re.compile(r"[^A-Za-z0-9]+")
+
+
+def outbox_name(message: Outgoing, now: datetime) -> str:
+    """`20261130T091503.123456Z-accepted-weekly-sync-<id>.eml`: sorts by time, says what it is;
+    the id at the end makes a resend recognisable."""
+    slug = _SLUG.sub("-", message.subject).strip("-").lower()[:40].strip("-") or "meeting"
+    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{stamp}-{message.outcome}-{slug}-{message.id}.eml"
 
 
 def _read_regular(path: str) -> bytes:
@@ -81,6 +94,7 @@ class SpoolMailbox:
             folder.mkdir(parents=True, exist_ok=True)
         self._calendar: BinaryIO | None = None
         self._fd: int | None = None
+        self._sent_ids: set[str] | None = None
         # the service owns its spool alone: a second process reading the same inbox would
         # answer its meetings twice (tools that only look, like check-config, do not lock)
         self._lock_fd = lock_directory(self.root, f"the spool {self.root}") if exclusive else None
@@ -160,29 +174,41 @@ class SpoolMailbox:
         self._move(item_id, self.failed)
 
     def send(self, message: Outgoing) -> None:
-        """Write the mail (temp file, rename). Where syncfs exists it becomes durable at the next
-        `sync`, which the notifier calls before it forgets the message; elsewhere each file is
-        fsynced as it is written."""
-        path = self.outbox / f"{message.id}.eml"
-        if path.exists():
-            return  # delivered before a restart: the same id is the same message
+        """Write the mail (temp file, rename) as `<time>-<outcome>-<subject>-<id>.eml`, names
+        that sort by time and say what they are. Where syncfs exists it becomes durable at the
+        next `sync`, which the notifier calls before it forgets the message; elsewhere each
+        file is fsynced as it is written. A message id already in the outbox is not written
+        again (a resend after a restart)."""
+        sent = self._sent()
+        if message.id in sent:
+            return
         try:
             data = compose.to_eml(message)
         except Exception as exc:  # a message that cannot be composed never will be
             raise GatewayError(f"cannot compose the mail: {exc}", permanent=True) from exc
+        path = self.outbox / outbox_name(message, datetime.now(UTC))
         try:
             if _SYNCFS is None:
                 atomic_write(path, data)
-                return
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            else:
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
         except OSError as exc:
             raise GatewayError(f"cannot write to {self.outbox}: {exc}") from exc
+        sent.add(message.id)
+
+    def _sent(self) -> set[str]:
+        """Ids of the messages in the outbox (listed once, then kept up to date)."""
+        if self._sent_ids is None:
+            self._sent_ids = {
+                m.group(1) for name in os.listdir(self.outbox) if (m := _OUT_ID.search(name))
+            }
+        return self._sent_ids
 
     def delivered(self, message: Outgoing) -> bool:
         """Whether a message queued before a restart was already written to the outbox."""
-        return (self.outbox / f"{message.id}.eml").exists()
+        return message.id in self._sent()
 
     def sync(self) -> None:
         """Make every write and rename in the spool durable: one syncfs(2) where Linux has it,

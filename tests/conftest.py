@@ -1,4 +1,4 @@
-"""Fixtures of the actor-level tests."""
+"""Fixtures shared by the tests: the service running one spool integration."""
 
 from __future__ import annotations
 

@@ -1,0 +1,117 @@
+"""What an organizer receives: every mail has a text/plain alternative, readable parts (no
+base64), valid HTML (no block inside a paragraph), names that sort by time, and organizer
+updates that keep the request's zone definitions and attendee parameters."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from html.parser import HTMLParser
+from pathlib import Path
+
+import icalendar
+
+from tests import spoolkit
+from tests.actors.test_service_e2e import Running
+from tests.shared import FIXTURES
+from vmrsched.mailbox import itip
+from vmrsched.mailbox.compose import replace_placeholder
+
+BLOCKS = {"p", "div", "table", "ul", "ol", "li", "h1", "h2", "h3", "h4", "blockquote", "pre"}
+
+
+class ParagraphCheck(HTMLParser):
+    """Finds block elements opened inside an open <p> (which HTML does not allow)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open_p = 0
+        self.problems: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in BLOCKS and self.open_p:
+            self.problems.append(f"<{tag}> inside <p>")
+        if tag == "p":
+            self.open_p += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "p" and self.open_p:
+            self.open_p -= 1
+
+
+def valid_html(text: str) -> list[str]:
+    checker = ParagraphCheck()
+    checker.feed(text)
+    return checker.problems
+
+
+def test_the_placeholder_paragraph_is_replaced_not_filled_with_a_block() -> None:
+    block = "<div><p>Join</p></div>"
+    alone = replace_placeholder("<p>Agenda</p><p>TOK:-x#</p>", "TOK:-x#", "", block)
+    assert alone == "<p>Agenda</p><div><p>Join</p></div>" and not valid_html(alone)
+    inline = replace_placeholder("<p>Agenda TOK:-x# end</p>", "TOK:-x#", "", block)
+    assert not valid_html(inline) and "Agenda" in inline and "end" in inline
+
+
+def test_every_mail_has_readable_parts_valid_html_and_a_sortable_name(running: Running) -> None:
+    for name in (
+        "outlook-windows-zone-weekly-exdate.eml",
+        "outlook-customized-zone-bom-exception.ics",
+    ):
+        suffix = Path(name).suffix
+        data = (FIXTURES / name).read_bytes()  # a TOK request, and an alias never issued here
+        spoolkit.drop(running.inbox, data, suffix=suffix)
+    data, _ = spoolkit.request(
+        body="<p>Agenda</p><p>TOK:-00000000-0000-4000-8000-00000000c001#</p>"
+    )
+    spoolkit.drop(running.inbox, data)
+    data, _ = spoolkit.request(body="<p>no token</p>", subject="Café ☕")
+    spoolkit.drop(running.inbox, data)
+    spoolkit.wait_for(lambda: len(list((running.spool / "outbox").glob("*.eml"))) >= 6, timeout=20)
+    running.settle()
+    paths = sorted((running.spool / "outbox").glob("*.eml"))
+    assert [p.name for p in paths] == sorted(p.name for p in paths)
+    for path in paths:
+        stamp, outcome = path.name.split("-")[:2]
+        assert stamp.endswith("Z") and outcome in ("accepted", "declined", "updated")
+        raw = path.read_bytes()
+        assert b"Content-Transfer-Encoding: base64" not in raw  # readable with cat
+        mail = email.message_from_bytes(raw, policy=email.policy.default)
+        types = [part.get_content_type() for part in mail.iter_parts()]
+        assert types[:2] == ["text/plain", "text/html"], (path.name, types)
+        plain = mail.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        html = mail.get_body(("html",)).get_content()  # type: ignore[union-attr]
+        assert plain.strip() and "<" not in plain
+        assert not valid_html(html), (path.name, valid_html(html))
+
+
+def test_an_organizer_update_keeps_zone_definitions_and_attendee_parameters(
+    running: Running,
+) -> None:
+    source = (FIXTURES / "outlook-customized-zone-bom-exception.ics").read_bytes()
+    source = source.replace(
+        b"PXPS:-1b4e28ba-2fa1-41d2-883f-0016d3cca427#",
+        b"TOK:-00000000-0000-4000-8000-00000000c002#",
+    )
+    source = source.replace(
+        b"ATTENDEE;CN=Video Room;RSVP=TRUE:mailto:vmr@example.com",
+        b"ATTENDEE;CN=Video Room;RSVP=TRUE:mailto:vmr@example.com\r\n"
+        b"ATTENDEE;CUTYPE=INDIVIDUAL;ROLE=OPT-PARTICIPANT;PARTSTAT=TENTATIVE;RSVP=FALSE;CN=Ola"
+        b" Optional:mailto:ola@example.com",
+    )
+    [meeting] = itip.parse_calendar(source).meetings
+    running.send(source)
+    [update] = [m for m in running.answers(meeting.uid) if m.outcome == "updated"]
+    cal = icalendar.Calendar.from_ical(update.calendar)
+    [zone] = cal.walk("VTIMEZONE")
+    assert str(zone["TZID"]) == "Customized Time Zone"
+    event = cal.walk("VEVENT")[0]
+    assert event["DTSTART"].params["TZID"] == "Customized Time Zone"
+    ola = next(a for a in event["ATTENDEE"] if "ola@example.com" in str(a))
+    assert dict(ola.params) == {
+        "CUTYPE": "INDIVIDUAL",
+        "ROLE": "OPT-PARTICIPANT",
+        "PARTSTAT": "TENTATIVE",
+        "RSVP": "FALSE",
+        "CN": "Ola Optional",
+    }
