@@ -18,6 +18,7 @@ FIELDS = (
     "detail",
     "item",
     "organizer",
+    "alias",
     "message_id",
 )
 

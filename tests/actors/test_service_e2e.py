@@ -258,3 +258,20 @@ def test_metrics_count_decisions(running: Running) -> None:
     )
     assert value == 1.0
     assert registry.get_sample_value("vmrsched_integration_up", {"integration": "alpha"}) == 1.0
+
+
+def test_one_log_line_per_decision_names_meeting_organizer_alias_and_reason(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="vmrsched.decisions")
+    rec = running.reserve()
+    data, uid = request(body=pxps(rec), subject="Budget review")
+    running.send(data)
+    cancel, _ = request(uid, method="CANCEL", sequence=1, subject="Budget review")
+    running.send(cancel)
+    lines = [r for r in caplog.records if r.name == "vmrsched.decisions"]
+    assert [r.getMessage() for r in lines] == [
+        f"accepted (new_single), alias {rec['alias']}: 'Budget review' from olga@example.com",
+        f"released {rec['alias']}: meeting cancelled: 'Budget review' from olga@example.com",
+    ]
+    assert all(uid not in r.getMessage() and r.meeting_uid == uid for r in lines)  # type: ignore[attr-defined]

@@ -91,8 +91,16 @@ class MailboxPoller(SupervisedChild):
         for result, item_id in zip(results, owner, strict=True):
             d = result.decision
             self.ctx.metrics.meeting_requests.labels(name, d.outcome, d.reason).inc()
+            alias = str(result.record.get("alias", "")) if result.record else ""
             self._log_decision(
-                result.meeting, d.outcome, d.reason, d.correlation_id, d.detail, item_id
+                result.meeting,
+                d.outcome,
+                d.reason,
+                d.correlation_id,
+                d.detail,
+                item_id,
+                None,
+                alias,
             )
         outgoing: list[Outgoing] = []
         accepted: list[Meeting] = []
@@ -214,7 +222,10 @@ class MailboxPoller(SupervisedChild):
         detail: str,
         item_id: str,
         item: InboxItem | None = None,
+        alias: str = "",
     ) -> None:
+        """One line per decision: what, why, which meeting (by subject; the UID is a field of
+        its own), who organised it and which alias it is about."""
         uid = meeting.uid if meeting is not None else (item.uid if item is not None else "")
         if reason == "unchanged":
             level = logging.DEBUG  # the room's own organizer update coming back, and the like
@@ -223,13 +234,19 @@ class MailboxPoller(SupervisedChild):
         else:
             level = logging.INFO
         subject = meeting.subject if meeting is not None else (item.subject if item else "")
+        organizer = meeting.organizer_email if meeting is not None else ""
+        if item is not None and not organizer:
+            organizer = item.sender_email
+        if reason == "cancelled" and alias:
+            what = f"released {alias}: meeting cancelled"
+        else:
+            what = f"{outcome} ({reason})" + (f", alias {alias}" if alias else "")
         log.log(
             level,
-            "%s %s %r %s",
-            outcome,
-            reason,
+            "%s: %r from %s",
+            what,
             subject[:200],
-            uid[:200],
+            organizer or "nobody",
             extra={
                 "integration": self.integ.name,
                 "meeting_uid": uid,
@@ -238,7 +255,8 @@ class MailboxPoller(SupervisedChild):
                 "correlation_id": correlation_id,
                 "detail": detail,
                 "item": item_id,
-                "organizer": meeting.organizer_email if meeting is not None else "",
+                "organizer": organizer,
+                "alias": alias,
             },
         )
 

@@ -317,6 +317,12 @@ async def single_use_vmrs(request: web.Request) -> web.Response:
         return reply(
             503, error(503, "unavailable", "the booking service cannot take requests right now")
         )
+    log.info(
+        "reserved %s for %s",
+        record["alias"],
+        who.user,
+        extra={"integration": integ.name, "alias": record["alias"]},
+    )
     values = answers.variables(integ, None, record)
     values.update(fields)
     instructions = renderer_for(integ).render("single_use_joining_instructions_template", values)

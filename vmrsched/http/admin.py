@@ -176,6 +176,12 @@ async def sign_in(request: web.Request) -> web.Response:
             "not_delegated",
             f"{integ.name} does not use exchange.authentication = oauth_delegated",
         )
+    log.info(
+        "admin started the service account's sign-in for %s (from %s)",
+        integ.name,
+        request.remote,
+        extra={"integration": integ.name},
+    )
     try:
         target = await asyncio.to_thread(tokens.start_sign_in, integ.exchange.oauth_redirect_uri)
     except GatewayError as exc:
