@@ -242,6 +242,13 @@ class AddinConfig:
     error_inserting_single_use_message: str = _f(
         "The video room could not be added to this meeting. Please try again.", max_len=_TEXT
     )
+    meeting_ends_before_start_message: str = _f(
+        "This meeting ends before it starts. Correct its times, then add the video room.",
+        max_len=_TEXT,
+    )
+    meeting_in_past_message: str = _f(
+        "This meeting is in the past, so no video room was added.", max_len=_TEXT
+    )
     select_personal_vmr_message: str = _f("Choose one of your rooms:", max_len=_TEXT)
     no_personal_vmr_message: str = _f("You have no personal video rooms yet.", max_len=_TEXT)
     error_getting_personal_vmrs_message: str = _f(

@@ -185,3 +185,49 @@ def test_entra_pane_loads_msal_from_our_origin_under_the_csp(browser: Browser, s
     assert page.evaluate("typeof msal.createNestablePublicClientApplication") == "function"
     assert f"{server}/addin/static/vendor/msal-browser.min.js" in requested
     assert not [p for p in problems if "Content Security Policy" in p], problems
+
+
+OVERFLOW = """() => {
+  const width = document.documentElement.clientWidth;
+  const wide = [...document.querySelectorAll("body *")].filter((e) => {
+    const box = e.getBoundingClientRect();
+    return box.width > 0 && box.right > width + 0.5;
+  });
+  return { scroll: document.documentElement.scrollWidth, width,
+           wide: wide.map((e) => e.tagName + (e.id ? "#" + e.id : "")) };
+}"""
+
+
+def test_the_pane_fits_outlooks_360_px(browser: Browser, server: str) -> None:
+    page = browser.new_page(viewport={"width": 360, "height": 900})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
+    page.route(re.compile(r"https://appsforoffice\.microsoft\.com/.*"), lambda r: r.abort())
+    page.goto(f"{server}/addin/default/taskpane.html")
+    expect(page.locator("#vmr-app")).to_have_attribute("data-ready", "preview")
+
+    # an impossible meeting is refused before anything is reserved
+    page.fill("#vmr-end", "2020-01-01T10:00")
+    page.get_by_role("button", name="Add a one-time video room").click()
+    expect(page.locator("#vmr-status-message")).to_contain_text("ends before it starts")
+    expect(page.locator("#vmr-body")).not_to_contain_text("PXPS:-")
+    page.reload()
+    expect(page.locator("#vmr-app")).to_have_attribute("data-ready", "preview")
+
+    page.fill("#vmr-subject", "A subject long enough to wrap " * 4)
+    page.get_by_role("button", name="Add a one-time video room").click()
+    expect(page.locator("#vmr-status-heading")).to_have_text("Room added!")
+    page.get_by_role("button", name="Add a one-time video room").click()
+    expect(page.locator("#vmr-status-heading")).to_have_text("Already has a room")
+    color = page.eval_on_selector("#vmr-status-heading", "e => getComputedStyle(e).color")
+    assert color != "rgb(16, 124, 16)"  # not the success green: nothing was added
+    page.get_by_role("button", name="Send the meeting (demo)").click()
+    expect(page.locator(".vmr-reply-title").first).to_contain_text("accepted", timeout=20000)
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "pane-360px.png"), full_page=True)
+    layout = page.evaluate(OVERFLOW)
+    assert layout["scroll"] <= layout["width"] and not layout["wide"], layout
+    assert not [p for p in problems if "Content Security Policy" in p], problems
+    assert not [u for u in failed if "favicon" in u or u.endswith(".png")], failed

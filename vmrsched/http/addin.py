@@ -58,6 +58,8 @@ PANE_TEXTS = (
     "unavailable_message",
     "error_heading",
     "error_inserting_single_use_message",
+    "meeting_ends_before_start_message",
+    "meeting_in_past_message",
     "select_personal_vmr_message",
     "no_personal_vmr_message",
     "error_getting_personal_vmrs_message",
@@ -113,6 +115,9 @@ def content_security_policy(integ: IntegrationConfig) -> str:
             "default-src 'self'",
             f"script-src {' '.join(sorted(scripts))}",
             f"style-src {' '.join(sorted(styles))}",
+            # joining instructions are e-mail HTML and carry style attributes (never <style>
+            # elements or scripts): allowed on attributes only
+            "style-src-attr 'unsafe-inline'",
             f"connect-src {' '.join(sorted(connect))}",
             "img-src 'self' data:",
             "frame-src 'self'",
@@ -140,6 +145,15 @@ async def icon(request: web.Request) -> web.Response:
     else:
         data = (STATIC / "icon-80.png").read_bytes()
     assert png_size(data) is not None
+    return web.Response(
+        body=data, content_type="image/png", headers={"Cache-Control": "public, max-age=3600"}
+    )
+
+
+async def small_icon(request: web.Request) -> web.Response:
+    """The ribbon button's 16 and 32 px icons (the configured icon is 80 px; these are ours)."""
+    integration_or_404(request)
+    data = (STATIC / f"icon-{request.match_info['size']}.png").read_bytes()
     return web.Response(
         body=data, content_type="image/png", headers={"Cache-Control": "public, max-age=3600"}
     )
@@ -438,6 +452,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/addin/{integration}/manifest.xml", manifest_xml)
     app.router.add_get("/addin/{integration}/taskpane.html", taskpane)
     app.router.add_get("/addin/{integration}/icon.png", icon)
+    app.router.add_get("/addin/{integration}/icon-{size:16|32}.png", small_icon)
     app.router.add_get("/addin/{integration}/support", support)
     app.router.add_get("/addin/static/{name}", static_file)
     app.router.add_get("/addin/static/vendor/{name}", vendor_file)

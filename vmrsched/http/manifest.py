@@ -142,8 +142,9 @@ def _overrides_body(
 
     resources = _sub(parent, ns, "Resources")
     images = _sub(resources, NS_BT, "Images")
-    for size in ("16", "32", "80"):
-        _sub(images, NS_BT, "Image", id=f"icon{size}", DefaultValue=icon)
+    for size in ("16", "32", "80"):  # each size Outlook asks for, drawn at that size
+        sized = icon if size == "80" else icon.replace("/icon.png", f"/icon-{size}.png")
+        _sub(images, NS_BT, "Image", id=f"icon{size}", DefaultValue=sized)
     urls = _sub(resources, NS_BT, "Urls")
     _sub(urls, NS_BT, "Url", id="paneUrl", DefaultValue=pane)
     short = _sub(resources, NS_BT, "ShortStrings")

@@ -127,6 +127,16 @@
   }
 
   // --- the single-use flow -------------------------------------------------------------------
+  // A room for a meeting that cannot happen would be reserved for nothing: say so first.
+  function impossible(meeting) {
+    const start = Date.parse(meeting.start || "");
+    const end = Date.parse(meeting.end || "");
+    if (Number.isNaN(start) || Number.isNaN(end)) return null;  // the host did not say
+    if (end <= start) return texts.meeting_ends_before_start_message;
+    if (end <= Date.now()) return texts.meeting_in_past_message;
+    return null;
+  }
+
   async function insertPlaceholder(host) {
     const token = `TOK:-${uuid4()}#`;
     await host.appendBody(`${settings.placeholderHtml}<p>${token}</p>`);
@@ -138,7 +148,14 @@
     const body = await host.getBody();
     if (TOKEN_RE.test(body) || TOKEN_RE.test(visibleText(body))) {
       log("body already holds a token");
-      show("success", texts.already_assigned_heading, texts.already_assigned_message);
+      show("info", texts.already_assigned_heading, texts.already_assigned_message);
+      return;
+    }
+    const meeting = await host.meeting();
+    const problem = impossible(meeting);
+    if (problem) {
+      log("impossible meeting", problem);
+      show("error", texts.error_heading, problem);
       return;
     }
     let token = null;
@@ -154,7 +171,7 @@
     let response;
     try {
       response = await fetch(settings.api, {
-        method: "POST", headers, body: JSON.stringify(await host.meeting()),
+        method: "POST", headers, body: JSON.stringify(meeting),
         credentials: "same-origin",
       });
     } catch (e) {
