@@ -96,7 +96,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, float]:
-    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
+    with tempfile.TemporaryDirectory(prefix="vmrsched-bench-") as tmp:
         data = Path(tmp) / "data"
         store = Store(data / "store" / "default", rng=random.Random(5))
         fill(store, args.conferences)

@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     fake = FakeExchange()
     server = ThreadedServer(fake.app()).start()
-    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
+    with tempfile.TemporaryDirectory(prefix="vmrsched-bench-") as tmp:
         cfg = make_config(Path(tmp), server.url)
         svc = service.start(cfg)
         try:

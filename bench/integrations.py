@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--integrations", type=int, default=200)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
+    with tempfile.TemporaryDirectory(prefix="vmrsched-bench-") as tmp:
         doc = {
             "server": {"listen": "127.0.0.1:0", "data_dir": str(Path(tmp) / "data")},
             "integrations": [

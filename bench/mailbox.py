@@ -114,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--meetings", type=int, default=5000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
+    with tempfile.TemporaryDirectory(prefix="vmrsched-bench-") as tmp:
         root = Path(tmp)
         elapsed, accepted = measure_service(args.meetings, root)
         raw = measure_raw(args.meetings, root)

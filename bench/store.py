@@ -52,7 +52,7 @@ def fill(store: Store, count: int) -> None:
 
 
 def run(conferences: int, requesters: int, seconds: float) -> dict[str, float]:
-    with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
+    with tempfile.TemporaryDirectory(prefix="vmrsched-bench-") as tmp:
         directory = Path(tmp)
         store = Store(directory, rng=random.Random(1))
         t0 = time.perf_counter()
