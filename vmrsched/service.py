@@ -80,9 +80,13 @@ class Service:
         return [i.name for i in self.config.integrations]
 
     def stop(self) -> None:
+        """Stop every actor this service started, whether or not its root is still alive."""
         try:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 self.supervisor.stop(block=True, timeout=120)
+            for ref in list(self.ctx.supervisors.values()):
+                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                    ref.stop(block=True, timeout=60)
             self.ctx.scheduler.stop()
         finally:
             if self.lock_fd >= 0:

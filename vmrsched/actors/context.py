@@ -107,6 +107,8 @@ class Context:
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     gateway_factory: Callable[[IntegrationConfig, Context], Gateway] = default_gateway
     tokens: TokenSources = field(init=False)
+    # every running integration supervisor by name (for Service.stop when the root is gone)
+    supervisors: dict[str, Any] = field(default_factory=dict)
     poll_batch: int = 100
     sweep_interval: float = 3600.0
 

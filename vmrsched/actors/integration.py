@@ -12,7 +12,7 @@ import pykka
 
 from vmrsched.actors.allocator import AliasAllocator
 from vmrsched.actors.context import Context
-from vmrsched.actors.messages import ChildFailed, RestartChild, RetryIntegration
+from vmrsched.actors.messages import ChildFailed, Crash, RestartChild, RetryIntegration
 from vmrsched.actors.notifier import Notifier
 from vmrsched.actors.poller import MailboxPoller
 from vmrsched.actors.supervision import RestartIntensity
@@ -28,10 +28,18 @@ STOP_TIMEOUT = 30.0
 class IntegrationSupervisor(pykka.ThreadingActor):
     use_daemon_thread = True
 
-    def __init__(self, integ: IntegrationConfig, ctx: Context) -> None:
+    def __init__(
+        self,
+        integ: IntegrationConfig,
+        ctx: Context,
+        parent: pykka.ActorRef[Any] | None = None,
+        generation: int = 0,
+    ) -> None:
         super().__init__()
         self.integ = integ
         self.ctx = ctx
+        self.parent = parent  # the ServiceSupervisor, told when this supervisor dies
+        self.own_generation = generation
         self.name = integ.name
         self.children: dict[str, pykka.ActorRef[Any]] = {}
         self.generation: dict[str, int] = dict.fromkeys(ROLES, 0)
@@ -95,6 +103,8 @@ class IntegrationSupervisor(pykka.ThreadingActor):
         self.actor_ref.tell(RetryIntegration())
 
     def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Crash):
+            raise RuntimeError(f"integration supervisor of {self.name} told to crash")
         if isinstance(message, ChildFailed):
             self._child_failed(message)
         elif isinstance(message, RestartChild):
@@ -126,11 +136,30 @@ class IntegrationSupervisor(pykka.ThreadingActor):
         )
 
     def on_stop(self) -> None:
-        self._stop_children()
-        if self.gateway is not None:
-            self.gateway.close()
-        self.ctx.registry.drop(self.name)
-        self.ctx.metrics.integration_up.labels(self.name).set(0)
+        self._shut_down()
+
+    def on_failure(self, *exc_info: Any) -> None:
+        """A supervisor that dies takes its children with it (a closed tree), says so on the
+        status board and tells its own supervisor, which restarts it."""
+        error = repr(exc_info[1]) if len(exc_info) > 1 else "crashed"
+        log.error("integration supervisor of %s crashed: %s", self.name, error)
+        try:
+            self._shut_down()
+            self._set_state("failed", f"supervisor crashed: {error}")
+        finally:
+            if self.parent is not None:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    self.parent.tell(ChildFailed(self.name, self.own_generation, error))
+
+    def _shut_down(self) -> None:
+        try:
+            self._stop_children()
+        finally:
+            if self.gateway is not None:
+                gateway, self.gateway = self.gateway, None
+                gateway.close()
+            self.ctx.registry.drop(self.name)
+            self.ctx.metrics.integration_up.labels(self.name).set(0)
 
     def child(self, role: str) -> pykka.ActorRef[Any] | None:
         return self.children.get(role)

@@ -13,7 +13,8 @@ import pykka
 
 from vmrsched.actors.context import Context
 from vmrsched.actors.integration import IntegrationSupervisor
-from vmrsched.actors.messages import Request
+from vmrsched.actors.messages import ChildFailed, Crash, Request, RestartChild
+from vmrsched.actors.supervision import RestartIntensity
 from vmrsched.config import Config, IntegrationConfig
 
 log = logging.getLogger("vmrsched.service")
@@ -33,6 +34,8 @@ class ServiceSupervisor(pykka.ThreadingActor):
         self.ctx = ctx
         self.integrations: dict[str, pykka.ActorRef[Any]] = {}
         self.configs: dict[str, IntegrationConfig] = {}
+        self.generations: dict[str, int] = {}
+        self.intensity: dict[str, RestartIntensity] = {}
 
     def on_start(self) -> None:
         for integ in self.config.integrations:
@@ -40,10 +43,15 @@ class ServiceSupervisor(pykka.ThreadingActor):
 
     def _start_integration(self, integ: IntegrationConfig) -> None:
         self.configs[integ.name] = integ
-        self.integrations[integ.name] = IntegrationSupervisor.start(integ, self.ctx)
+        generation = self.generations.get(integ.name, 0) + 1
+        self.generations[integ.name] = generation
+        ref = IntegrationSupervisor.start(integ, self.ctx, self.actor_ref, generation)
+        self.integrations[integ.name] = ref
+        self.ctx.supervisors[integ.name] = ref
 
     def _stop_integration(self, name: str) -> None:
         ref = self.integrations.pop(name, None)
+        self.ctx.supervisors.pop(name, None)
         self.configs.pop(name, None)
         if ref is not None:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
@@ -72,6 +80,16 @@ class ServiceSupervisor(pykka.ThreadingActor):
         return result
 
     def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Crash):
+            raise RuntimeError("service supervisor told to crash")
+        if isinstance(message, ChildFailed):
+            self._integration_failed(message)
+            return None
+        if isinstance(message, RestartChild):
+            integ = self.configs.get(message.role)
+            if integ is not None and message.role not in self.integrations:
+                self._start_integration(integ)
+            return None
         if isinstance(message, Request) and isinstance(message.payload, Config):
             try:
                 result = self.reload(message.payload)
@@ -81,8 +99,30 @@ class ServiceSupervisor(pykka.ThreadingActor):
             message.reply(result, None)
         return None
 
-    def names(self) -> list[str]:
-        return sorted(self.integrations)
+    def _integration_failed(self, message: ChildFailed) -> None:
+        """An integration supervisor died (its children with it): start it again, within the
+        same restart intensity as children; past it, after a backoff."""
+        name = message.role
+        if message.generation != self.generations.get(name) or name not in self.configs:
+            return  # an integration replaced or removed meanwhile
+        self.integrations.pop(name, None)
+        self.ctx.supervisors.pop(name, None)
+        self.ctx.metrics.actor_restarts.labels(name, "supervisor").inc()
+        intensity = self.intensity.setdefault(name, RestartIntensity(self.ctx.policy))
+        delay = intensity.next_backoff() if intensity.record() else self.ctx.policy.restart_delay
+        log.warning("restarting integration %s in %.1fs after: %s", name, delay, message.error)
+        ref = self.actor_ref
+        self.ctx.scheduler.call_later(delay, lambda: ref.tell(RestartChild(name)))
+
+    def on_failure(self, *exc_info: Any) -> None:
+        """The root died: stop everything under it (nothing runs unsupervised) and say so;
+        readiness then reports every integration stopped."""
+        error = repr(exc_info[1]) if len(exc_info) > 1 else "crashed"
+        log.error("service supervisor crashed: %s; stopping every integration", error)
+        self.ctx.alarms.raise_("service", "supervisor_failed", error)
+        for name in list(self.integrations):
+            self._stop_integration(name)
+            self.ctx.status.set(name, state="stopped", error=f"service supervisor crashed: {error}")
 
     def on_stop(self) -> None:
         for name in list(self.integrations):
