@@ -109,6 +109,8 @@ class FakeExchange:
         # Exchange keeps the SEQUENCE when only the body of a meeting changes (an
         # informational update); some versions and clients bump it anyway
         self.update_bumps_sequence = False
+        # item id -> response code CreateItem answers for a response to that item
+        self.refuse_responses: dict[str, str] = {}
 
     # --- state helpers for tests ----------------------------------------------------------
     def mailbox(self, address: str) -> Mailbox:
@@ -552,6 +554,10 @@ class FakeExchange:
                 messages.append(self._not_found("CreateItem"))
                 continue
             box, folder, item = found
+            if item.id in self.refuse_responses:
+                code = self.refuse_responses[item.id]
+                messages.append(self._error("CreateItem", code, f"{code} (refused by the test)"))
+                continue
             body = element.findtext("t:Body", default="", namespaces=NS)
             assert item.meeting is not None
             if kind in ("AcceptItem", "DeclineItem"):

@@ -786,3 +786,17 @@ def test_recovery_of_a_pxps_booking_replaces_the_dead_instructions_and_its_echo_
             svc.stop()
     finally:
         server.stop()
+
+
+def test_a_polls_answers_go_out_in_one_create_item_and_a_refused_one_fails_alone(
+    env: Env,
+) -> None:
+    env.send(meeting("warm", "<p>x</p>"))
+    before = env.fake.requests.count("CreateItem")
+    items = [env.fake.deliver(ROOM, meeting(f"batch-{i}", "<p>no token</p>")) for i in range(6)]
+    env.fake.refuse_responses[items[2].id] = "ErrorMessageSizeExceeded"
+    spoolkit.wait_for(lambda: all(bool(env.replies(f"batch-{i}")) for i in (0, 1, 3, 4, 5)))
+    notifier = env.svc.ctx.registry.get("onprem", "notifier")
+    spoolkit.wait_for(lambda: notifier.proxy().failed().get(timeout=5) == 1)
+    assert not env.replies("batch-2")
+    assert env.fake.requests.count("CreateItem") - before <= 3  # not one per answer

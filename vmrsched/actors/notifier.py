@@ -111,38 +111,33 @@ class Notifier(SupervisedChild):
         sent: list[Outgoing] = []
         waiting: list[float] = []
         try:
-            attempted = 0
+            ready: list[Outgoing] = []
             for outgoing in self.queue.pending():
-                if attempted >= CHUNK:
+                if len(ready) >= CHUNK:
                     break
                 retry = self._retries.get(outgoing.id)
                 if retry is not None and retry.not_before > now:
                     waiting.append(retry.not_before)
                     continue
-                attempted += 1
+                ready.append(outgoing)
+            attempted = len(ready)
+            send_many = getattr(self.gateway, "send_many", None)
+            if send_many is not None:
+                # responses to request items go out together (one EWS request for the lot)
+                bulk = [m for m in ready if self._bulk(m)]
+                if bulk:
+                    bulk_ids = {m.id for m in bulk}
+                    ready = [m for m in ready if m.id not in bulk_ids]
+                    for outgoing, outcome in zip(bulk, send_many(bulk), strict=True):
+                        self._settle(outgoing, outcome, now, waiting, sent)
+            for outgoing in ready:
+                error: BaseException | None = None
                 try:
                     if not self._already_delivered(outgoing):
                         self.gateway.send(outgoing)
-                except GatewayError as exc:
-                    if exc.permanent:
-                        self._give_up(outgoing, str(exc))
-                    elif exc.code and not exc.retry_after:
-                        self._retry_one(outgoing, exc, now, waiting)
-                    else:
-                        raise  # the mailbox itself is unreachable or throttling us
-                except Exception as exc:  # a poison message: never retried, never blocking
-                    log.exception(
-                        "cannot send message %s",
-                        outgoing.id,
-                        extra={"integration": self.integ.name},
-                    )
-                    self._give_up(outgoing, f"cannot be sent: {type(exc).__name__}: {exc}")
-                else:
-                    self._retries.pop(outgoing.id, None)
-                    if self._idempotent or self._checkable(outgoing):
-                        sent.append(outgoing)  # one delivery mark for the batch
-                    else:
-                        self._record([outgoing])  # durable before the next send
+                except Exception as exc:
+                    error = exc
+                self._settle(outgoing, error, now, waiting, sent)
         except GatewayError as exc:
             self._record(sent)
             delay = exc.retry_after or min(MAX_BACKOFF, max(0.5, self._backoff * 2))
@@ -167,6 +162,45 @@ class Notifier(SupervisedChild):
             self._request_flush()
         elif waiting:
             self._wake(min(waiting) - time.monotonic())
+
+    def _bulk(self, outgoing: Outgoing) -> bool:
+        return (
+            outgoing.kind == "reply"
+            and bool(outgoing.extra.get("item_id"))
+            and outgoing.id not in self._resumed
+        )
+
+    def _settle(
+        self,
+        outgoing: Outgoing,
+        error: BaseException | None,
+        now: float,
+        waiting: list[float],
+        sent: list[Outgoing],
+    ) -> None:
+        """What one message's attempt means: delivered, retried alone, failed for good, or (by
+        raising the GatewayError) the whole mailbox backing off."""
+        if error is None:
+            self._retries.pop(outgoing.id, None)
+            if self._idempotent or self._checkable(outgoing):
+                sent.append(outgoing)  # one delivery mark for the batch
+            else:
+                self._record([outgoing])  # durable before the next send
+        elif isinstance(error, GatewayError):
+            if error.permanent:
+                self._give_up(outgoing, str(error))
+            elif error.code and not error.retry_after:
+                self._retry_one(outgoing, error, now, waiting)
+            else:
+                raise error  # the mailbox itself is unreachable or throttling us
+        else:  # a poison message: never retried, never blocking
+            log.error(
+                "cannot send message %s: %r",
+                outgoing.id,
+                error,
+                extra={"integration": self.integ.name},
+            )
+            self._give_up(outgoing, f"cannot be sent: {type(error).__name__}: {error}")
 
     def _checkable(self, outgoing: Outgoing) -> bool:
         """Whether a resend after a crash can be recognised by the mailbox itself: a response

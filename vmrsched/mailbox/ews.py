@@ -49,10 +49,17 @@ from exchangelib.errors import (
     UnauthorizedError,
 )
 from exchangelib.ewsdatetime import UTC as EWS_UTC
-from exchangelib.items import AcceptItem, CalendarItem, DeclineItem
+from exchangelib.items import (
+    SEND_AND_SAVE_COPY,
+    SEND_TO_NONE,
+    AcceptItem,
+    CalendarItem,
+    DeclineItem,
+)
 from exchangelib.items.base import BaseReplyItem
 from exchangelib.properties import Fields, ReferenceItemId
 from exchangelib.protocol import BaseProtocol
+from exchangelib.services import CreateItem
 from exchangelib.transport import NOAUTH
 from exchangelib.version import Build, Version
 
@@ -417,6 +424,59 @@ class EwsMailbox:
                 self._respond(message)
             else:
                 self._mail(message)
+
+    def send_many(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        """Responses to request items, all in one CreateItem (exchangelib chunks it): one EWS
+        request for a poll's worth of answers instead of one each. Returns each message's
+        outcome (None: delivered). A refusal Exchange gives for the batch as a whole makes each
+        message go on its own, so one bad item cannot fail the others."""
+        account = self.account()
+        items = [
+            (AcceptItem if m.outcome == "accepted" else DeclineItem)(
+                account=account,
+                reference_item_id=ReferenceItemId(id=str(m.extra["item_id"])),
+                body=HTMLBody(m.html_body),
+            )
+            for m in messages
+        ]
+        try:
+            with self._calling():
+                results = list(
+                    CreateItem(account=account).call(
+                        items=items,
+                        folder=None,
+                        message_disposition=SEND_AND_SAVE_COPY,
+                        send_meeting_invitations=SEND_TO_NONE,
+                    )
+                )
+        except GatewayError as exc:
+            if exc.code and not exc.retry_after:  # about some item, not the mailbox
+                return [self._send_one(m) for m in messages]
+            raise
+        outcomes: list[BaseException | None] = []
+        for message, result in zip(messages, results, strict=True):
+            item_id = str(message.extra["item_id"])
+            self._handed_off.discard(item_id)
+            self._classes.pop(item_id, None)
+            if isinstance(result, ErrorItemNotFound):
+                log.info(
+                    "meeting request %s is gone; answered before a restart, not answered again",
+                    item_id,
+                    extra={"integration": self.name, "meeting_uid": message.meeting_uid},
+                )
+                outcomes.append(None)
+            elif isinstance(result, Exception):
+                outcomes.append(_translate(result))
+            else:
+                outcomes.append(None)
+        return outcomes
+
+    def _send_one(self, message: Outgoing) -> BaseException | None:
+        try:
+            self.send(message)
+        except Exception as exc:
+            return exc
+        return None
 
     def delivered(self, message: Outgoing) -> bool:
         """Whether a message queued before a restart already reached Exchange (the crash came
