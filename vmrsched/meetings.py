@@ -40,7 +40,6 @@ TEMPLATE_FOR_REASON: dict[str, str | None] = {
     "unchanged": None,
     "general_error": "reject_general_error_template",
 }
-REASONS = tuple(TEMPLATE_FOR_REASON)
 
 
 @dataclass(frozen=True)

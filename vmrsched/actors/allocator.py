@@ -136,20 +136,9 @@ class AliasAllocator(SupervisedChild):
         self.ctx.metrics.aliases_allocated.labels(self.integ.name).inc()
         return record
 
-    def lookup(self, alias: str) -> Record | None:
-        return self.store.by_alias(alias)
-
     def get(self, alias_id: str) -> Record | None:
+        """An alias's record (asked from actor threads and tests; never from the loop)."""
         return self.store.get(alias_id)
-
-    def delete(self, alias_id: str, reason: str = "deleted_by_admin") -> Record | None:
-        record = self.store.delete(alias_id, reason)
-        self._commit()
-        self._publish()
-        return record
-
-    def records(self) -> list[Record]:
-        return list(self.store.records())
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Crash):

@@ -160,6 +160,3 @@ class IntegrationSupervisor(pykka.ThreadingActor):
                 gateway.close()
             self.ctx.registry.drop(self.name)
             self.ctx.metrics.integration_up.labels(self.name).set(0)
-
-    def child(self, role: str) -> pykka.ActorRef[Any] | None:
-        return self.children.get(role)

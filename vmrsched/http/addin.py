@@ -360,11 +360,6 @@ VENDOR = STATIC / "vendor" / "node_modules"
 VENDOR_FILES = {"msal-browser.min.js": ("@azure", "msal-browser", "lib", "msal-browser.min.js")}
 
 
-def msal_available() -> bool:
-    parts = VENDOR_FILES["msal-browser.min.js"]
-    return VENDOR.joinpath(*parts).is_file()
-
-
 async def static_file(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name not in STATIC_FILES:

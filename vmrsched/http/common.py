@@ -16,10 +16,6 @@ def error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
-class NotFoundError(web.HTTPNotFound):
-    pass
-
-
 def integration_or_404(request: web.Request) -> IntegrationConfig:
     name = request.match_info["integration"]
     integ = request.app[SERVICE].config.integration(name)

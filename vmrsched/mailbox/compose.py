@@ -289,7 +289,7 @@ def to_eml(message: Outgoing) -> bytes:
     boundary = f"=_vmrsched_{message.id}"  # "=_" never occurs in quoted-printable text
     headers = [
         ("From", _address(clean_header(message.sender_name), clean_header(message.sender))),
-        ("To", ", ".join(clean_header(r) for r in message.recipients)),
+        ("To", ", ".join(_address("", clean_header(r)) for r in message.recipients)),
         ("Subject", _header(message.subject)),
         ("Date", format_datetime(datetime.now(UTC))),
         ("Message-ID", f"<{message.id}@vmrsched.invalid>"),

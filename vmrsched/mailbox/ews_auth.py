@@ -174,9 +174,6 @@ class DelegatedTokens:
         with self._lock:
             return set(self._flows)
 
-    def signed_in(self) -> bool:
-        return bool(self._app.get_accounts())
-
     def get(self, force: bool = False) -> str:
         with self._lock:
             accounts = self._app.get_accounts()
