@@ -59,7 +59,7 @@ def test_each_message_fails_or_succeeds_alone(tmp_path: Path) -> None:
             normal.append(uid)
         for uid in normal:
             spoolkit.wait_for(lambda uid=uid: bool(spoolkit.answers_for(spool, uid)), timeout=5)
-        assert time.monotonic() - started < 2  # nothing waited behind the refused ones
+        assert time.monotonic() - started < 5  # nothing waited behind the refused ones
         spoolkit.wait_for(lambda: bool(spoolkit.answers_for(spool, uids["flaky"])), timeout=20)
         running.settle()
         notifier = svc.ctx.registry.get("alpha", "notifier")
