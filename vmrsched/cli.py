@@ -352,19 +352,28 @@ def _register_service_commands(sub: argparse._SubParsersAction) -> None:  # type
     failed.set_defaults(func=cmd_failed)
 
 
+def _data_dir(args: argparse.Namespace) -> Path | None:
+    """--data-dir, else the config's data_dir (None after printing the config's problems)."""
+    if args.data_dir is not None:
+        return Path(args.data_dir)
+    cfg = _load(args.config)
+    return cfg.data_dir if cfg is not None else None
+
+
+def _subdirs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
 def cmd_store(args: argparse.Namespace) -> int:
     """check: read-only, safe beside a running service; repair: needs the service stopped."""
     from vmrsched.store import StoreInUseError
     from vmrsched.store_repair import check, repair
 
-    data_dir: Path | None = args.data_dir
+    data_dir = _data_dir(args)
     if data_dir is None:
-        cfg = _load(args.config)
-        if cfg is None:
-            return 1
-        data_dir = cfg.data_dir
+        return 1
     stores = data_dir / "store"
-    names = sorted(p.name for p in stores.iterdir() if p.is_dir()) if stores.is_dir() else []
+    names = _subdirs(stores)
     if args.name:
         if args.name not in names:
             print(f"no store for integration {args.name!r} under {stores}", file=sys.stderr)
@@ -396,14 +405,11 @@ def cmd_failed(args: argparse.Namespace) -> int:
 
     from vmrsched.outqueue import read_failed
 
-    data_dir: Path | None = args.data_dir
+    data_dir = _data_dir(args)
     if data_dir is None:
-        cfg = _load(args.config)
-        if cfg is None:
-            return 1
-        data_dir = cfg.data_dir
+        return 1
     queues = data_dir / "queue"
-    names = sorted(p.name for p in queues.iterdir() if p.is_dir()) if queues.is_dir() else []
+    names = _subdirs(queues)
     if args.integration:
         names = [n for n in names if n == args.integration]
     total = 0

@@ -122,13 +122,7 @@ class ServerConfig:
 
     @property
     def on_loopback(self) -> bool:
-        host = self.host
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback_host(self.host)
 
     @property
     def base_url(self) -> str:
@@ -713,17 +707,22 @@ def parse(
 MIN_ADMIN_TOKEN = 24
 
 
-def _loopback_url(url: str) -> bool:
-    """Whether a URL (empty: none) names this machine only."""
-    if not url:
-        return True
-    host = (urlsplit(url).hostname or "").lower()
+def is_loopback_host(host: str) -> bool:
+    """Whether a host name or address names this machine only."""
+    host = host.strip("[]").lower()
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _loopback_url(url: str) -> bool:
+    """Whether a URL (empty: none) names this machine only."""
+    if not url:
+        return True
+    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 def _safe_on_loopback(server: ServerConfig) -> bool:

@@ -3,10 +3,9 @@ to this server must not reach the add-in API, the demo or the admin pages under 
 
 from __future__ import annotations
 
-import ipaddress
 from urllib.parse import urlsplit
 
-from vmrsched.config import Config
+from vmrsched.config import Config, is_loopback_host
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _WILDCARD = frozenset({"0.0.0.0", "::", ""})
@@ -28,19 +27,10 @@ def allowed_hosts(config: Config) -> frozenset[str] | None:
             return None
     else:
         names.add(host)
-    if _is_loopback(host) or host in _WILDCARD:
+    if is_loopback_host(host) or host in _WILDCARD:
         names |= LOOPBACK_NAMES
     names.discard("")
     return frozenset(names)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def hostname(host_header: str) -> str:

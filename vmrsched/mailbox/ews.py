@@ -300,8 +300,11 @@ class EwsMailbox:
             query = account.inbox.all().order_by("datetime_received")
             query.page_size = wanted
             listed = list(query.values_list("id", "changekey")[:wanted])
-            ids = [(i, c) for i, c in listed if i not in self._handed_off][:limit]
-            self._backlog = len(listed) >= wanted
+            fresh = [(i, c) for i, c in listed if i not in self._handed_off]
+            ids = fresh[:limit]
+            # more may be waiting: the listing was full, or this batch was (items handed off
+            # may have left the inbox meanwhile, so a short listing proves nothing)
+            self._backlog = len(listed) >= wanted or len(fresh) >= limit
             if not ids:
                 return []
             fetched = list(account.fetch(ids=ids, only_fields=FETCH_FIELDS))
