@@ -11,7 +11,7 @@ import contextlib
 import os
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -196,13 +196,15 @@ def scan(path: Path) -> Scan:
     return result
 
 
-def read_entries(path: Path) -> Iterator[dict[str, Any]]:
-    """The entries of a journal whose damage a crash can explain (a torn tail, dropped);
-    raises CorruptError for anything else."""
-    result = scan(path)
-    if result.corrupt:
-        raise CorruptError(f"{path}: damaged line(s) {', '.join(map(str, result.bad_lines[:5]))}")
-    return iter(result.entries)
+def sealed_lengths(scans: Iterable[Scan]) -> dict[int, int]:
+    """Journal generation -> how many entries it held when closed, from the seal entries a
+    later journal carries (a journal shorter than that was cut short, not torn by a crash)."""
+    return {
+        int(entry["gen"]): int(entry["entries"])
+        for result in scans
+        for entry in result.entries
+        if entry.get("op") == "seal"
+    }
 
 
 class Journal:

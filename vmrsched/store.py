@@ -29,7 +29,7 @@ from typing import Any
 
 from vmrsched import aliases, recurrence
 from vmrsched.aliases import RandomSource
-from vmrsched.journal import AtomicJSONStorage, CorruptError, Journal, scan
+from vmrsched.journal import AtomicJSONStorage, CorruptError, Journal, scan, sealed_lengths
 from vmrsched.meetings import Action, AliasRecord, MeetingState, Status
 
 log = logging.getLogger("vmrsched.store")
@@ -39,7 +39,7 @@ Clock = Callable[[], datetime]
 
 SNAPSHOT = "store.json"
 ARCHIVE = "archive.json"
-_JOURNAL_RE = re.compile(r"^journal\.(\d+)\.log$")
+JOURNAL_RE = re.compile(r"^journal\.(\d+)\.log$")
 # Archive finished conferences this long after their last window closes: late updates to a
 # just-finished meeting still find it without a trip to the archive file.
 ARCHIVE_GRACE = timedelta(days=7)
@@ -156,7 +156,7 @@ class Store:
     def _journal_generations(self) -> list[int]:
         gens = []
         for path in self.directory.iterdir():
-            match = _JOURNAL_RE.match(path.name)
+            match = JOURNAL_RE.match(path.name)
             if match:
                 gens.append(int(match.group(1)))
         return sorted(gens)
@@ -175,11 +175,7 @@ class Store:
         except CorruptError as exc:
             raise StoreCorruptError(f"{exc}; {hint}") from exc
         scans = [(gen, scan(self._journal_path(gen))) for gen in self._journal_generations()]
-        sealed: dict[int, int] = {}
-        for _, result in scans:
-            for entry in result.entries:
-                if entry.get("op") == "seal":
-                    sealed[int(entry["gen"])] = int(entry["entries"])
+        sealed = sealed_lengths(result for _, result in scans)
         for gen, result in scans:
             if result.corrupt:
                 raise StoreCorruptError(

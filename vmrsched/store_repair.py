@@ -29,10 +29,10 @@ from vmrsched.journal import (
     document_crc,
     fsync_dir,
     scan,
+    sealed_lengths,
 )
-from vmrsched.store import ARCHIVE, SNAPSHOT, lock_directory
+from vmrsched.store import ARCHIVE, JOURNAL_RE, SNAPSHOT, lock_directory
 
-_JOURNAL = re.compile(r"^journal\.(\d+)\.log$")
 _RECORD_START = re.compile(r'\{"alias_id":')
 
 
@@ -139,14 +139,9 @@ def _analyse(directory: Path) -> tuple[Report, dict[str, Any], dict[str, Any]]:
         active[doc["alias_id"]] = doc
     for doc in _read_table(directory, ARCHIVE, "archive", report).values():
         archived[doc["alias_id"]] = doc
-    gens = sorted(int(m.group(1)) for p in directory.iterdir() if (m := _JOURNAL.match(p.name)))
+    gens = sorted(int(m.group(1)) for p in directory.iterdir() if (m := JOURNAL_RE.match(p.name)))
     scans = [(gen, scan(directory / f"journal.{gen}.log")) for gen in gens]
-    sealed = {
-        int(e["gen"]): int(e["entries"])
-        for _, result in scans
-        for e in result.entries
-        if e.get("op") == "seal"
-    }
+    sealed = sealed_lengths(result for _, result in scans)
     for gen, result in scans:
         name = f"journal.{gen}.log"
         entry = FileReport(name, records=len(result.entries) + len(result.salvaged))
@@ -201,7 +196,7 @@ def repair(directory: Path, now: datetime | None = None) -> Report:
             aside = directory / f"damaged-{stamp}-{suffix}"
         aside.mkdir()
         for path in list(directory.iterdir()):
-            if path.is_file() and (path.name in (SNAPSHOT, ARCHIVE) or _JOURNAL.match(path.name)):
+            if path.is_file() and (path.name in (SNAPSHOT, ARCHIVE) or JOURNAL_RE.match(path.name)):
                 shutil.move(str(path), aside / path.name)
         fsync_dir(aside)
         AtomicJSONStorage(directory / ARCHIVE).write(
