@@ -164,11 +164,9 @@ class Notifier(SupervisedChild):
             self._wake(min(waiting) - time.monotonic())
 
     def _bulk(self, outgoing: Outgoing) -> bool:
-        return (
-            outgoing.kind == "reply"
-            and bool(outgoing.extra.get("item_id"))
-            and outgoing.id not in self._resumed
-        )
+        """Sent with others: a response to a request item, unless it may have gone out before a
+        restart (those are checked one by one first)."""
+        return _responds(outgoing) and outgoing.id not in self._resumed
 
     def _settle(
         self,
@@ -207,9 +205,7 @@ class Notifier(SupervisedChild):
         to a request item (gone once answered) or an organizer update (the meeting already
         carries the alias). Those share one delivery mark per batch; plain mails get their own
         fsync before the next send."""
-        return outgoing.kind == "update" or bool(
-            outgoing.kind == "reply" and outgoing.extra.get("item_id")
-        )
+        return outgoing.kind == "update" or _responds(outgoing)
 
     def _already_delivered(self, outgoing: Outgoing) -> bool:
         if outgoing.id not in self._resumed:
@@ -327,3 +323,8 @@ class Notifier(SupervisedChild):
                     "reason": message.reason,
                 },
             )
+
+
+def _responds(outgoing: Outgoing) -> bool:
+    """A reply that answers the request item itself (EWS AcceptItem/DeclineItem)."""
+    return outgoing.kind == "reply" and bool(outgoing.extra.get("item_id"))

@@ -433,6 +433,17 @@ class EwsMailbox:
         request for a poll's worth of answers instead of one each. Returns each message's
         outcome (None: delivered). A refusal Exchange gives for the batch as a whole makes each
         message go on its own, so one bad item cannot fail the others."""
+        try:
+            return self._responses(messages)
+        except GatewayError as exc:
+            if exc.code and not exc.retry_after and len(messages) > 1:  # about some item
+                return [self._send_one(m) for m in messages]
+            raise
+
+    def _responses(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        """AcceptItem/DeclineItem for each message's request item, in one CreateItem. A request
+        no longer in the inbox was answered before a restart (only a response removes it, or
+        someone by hand): a second answer would be a duplicate, so nothing is sent for it."""
         account = self.account()
         items = [
             (AcceptItem if m.outcome == "accepted" else DeclineItem)(
@@ -442,20 +453,15 @@ class EwsMailbox:
             )
             for m in messages
         ]
-        try:
-            with self._calling():
-                results = list(
-                    CreateItem(account=account).call(
-                        items=items,
-                        folder=None,
-                        message_disposition=SEND_AND_SAVE_COPY,
-                        send_meeting_invitations=SEND_TO_NONE,
-                    )
+        with self._calling():
+            results = list(
+                CreateItem(account=account).call(
+                    items=items,
+                    folder=None,
+                    message_disposition=SEND_AND_SAVE_COPY,
+                    send_meeting_invitations=SEND_TO_NONE,
                 )
-        except GatewayError as exc:
-            if exc.code and not exc.retry_after:  # about some item, not the mailbox
-                return [self._send_one(m) for m in messages]
-            raise
+            )
         outcomes: list[BaseException | None] = []
         for message, result in zip(messages, results, strict=True):
             item_id = str(message.extra["item_id"])
@@ -496,25 +502,9 @@ class EwsMailbox:
         return f"PXPS:-{message.extra['alias_id']}#" in body
 
     def _respond(self, message: Outgoing) -> None:
-        item_id = str(message.extra["item_id"])
-        response = AcceptItem if message.outcome == "accepted" else DeclineItem
-        try:
-            response(
-                account=self.account(),
-                reference_item_id=ReferenceItemId(id=item_id),
-                body=HTMLBody(message.html_body),
-            ).send()
-        except ErrorItemNotFound:
-            # The request is no longer in the inbox: only a response removes it, so it was
-            # answered before a restart (or removed by hand). A second answer would be a
-            # duplicate; nothing is sent.
-            log.info(
-                "meeting request %s is gone; answered before a restart, not answered again",
-                item_id,
-                extra={"integration": self.name, "meeting_uid": message.meeting_uid},
-            )
-        self._handed_off.discard(item_id)
-        self._classes.pop(item_id, None)
+        [outcome] = self._responses([message])
+        if outcome is not None:
+            raise outcome
 
     def _mail(self, message: Outgoing) -> None:
         Message(
