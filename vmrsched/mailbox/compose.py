@@ -157,23 +157,33 @@ def replace_placeholder(
     return body + instructions_html
 
 
-_P_OPEN = re.compile(r"<p(?:\s[^>]*)?>", re.IGNORECASE)
-_P_CLOSE = re.compile(r"</p\s*>", re.IGNORECASE)
+_P_OPEN = re.compile(r"<(p)(?:\s[^>]*)?>", re.IGNORECASE)
+_BLOCK = re.compile(r"<(p|div|li|td|span)\b[^>]*>", re.IGNORECASE)
+
+
+def _enclosing(
+    body: str, at: int, openings: re.Pattern[str]
+) -> tuple[re.Match[str], re.Match[str] | None] | None:
+    """The innermost element (of those `openings` finds) still open at `at`, with its closing
+    tag when there is one."""
+    for opening in reversed(list(openings.finditer(body, 0, at))):
+        closing_tag = re.compile(rf"</{opening.group(1)}\s*>", re.IGNORECASE)
+        if closing_tag.search(body, opening.end(), at) is None:
+            return opening, closing_tag.search(body, at)
+    return None
 
 
 def _put_in_place_of(body: str, at: int, length: int, block: str) -> str:
     """`block` (block-level HTML) in place of body[at:at+length]. A paragraph cannot hold a
     block: a paragraph with nothing else in it is replaced whole, otherwise it is closed
     before the block and reopened after it."""
-    openings = [m for m in _P_OPEN.finditer(body, 0, at)]
-    opening = openings[-1] if openings else None
-    if opening is not None and _P_CLOSE.search(body, opening.end(), at) is None:
-        closing = _P_CLOSE.search(body, at + length)
-        if closing is not None:
-            inside = body[opening.end() : at] + body[at + length : closing.start()]
-            if not re.sub(r"<[^>]*>|&nbsp;|\s", "", inside):
-                return body[: opening.start()] + block + body[closing.end() :]
-            return body[:at] + "</p>" + block + opening.group(0) + body[at + length :]
+    found = _enclosing(body, at, _P_OPEN)
+    if found is not None and found[1] is not None:
+        opening, closing = found
+        inside = body[opening.end() : at] + body[at + length : closing.start()]
+        if not re.sub(r"<[^>]*>|&nbsp;|\s", "", inside):
+            return body[: opening.start()] + block + body[closing.end() :]
+        return body[:at] + "</p>" + block + opening.group(0) + body[at + length :]
     return body[:at] + block + body[at + length :]
 
 
@@ -185,9 +195,6 @@ def clean_header(value: str) -> str:
     """A header value on one line: newlines and other control characters (attacker-controlled
     SUMMARY, UID or CN) become spaces, and very long values are cut."""
     return _CONTROL.sub(" ", value).strip()[:MAX_HEADER]
-
-
-_BLOCK = re.compile(r"<(p|div|li|td|span)\b[^>]*>", re.IGNORECASE)
 
 
 def replace_instructions(
@@ -210,14 +217,11 @@ def replace_instructions(
             first = match.start()
     while token_text and token_text in body:
         at = body.index(token_text)
-        openings = list(_BLOCK.finditer(body, 0, at))
-        opening = openings[-1] if openings else None
-        if opening is None:
-            start, end = at, at + len(token_text)
-        else:
-            closing = re.compile(rf"</{opening.group(1)}\s*>", re.IGNORECASE).search(body, at)
-            start = opening.start()
-            end = closing.end() if closing else at + len(token_text)
+        found = _enclosing(body, at, _BLOCK)
+        start, end = at, at + len(token_text)
+        if found is not None:
+            start = found[0].start()
+            end = found[1].end() if found[1] is not None else end
         body = body[:start] + body[end:]
         first = start if first is None else min(first, start)
     if first is None:
