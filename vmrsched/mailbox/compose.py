@@ -177,9 +177,8 @@ def _put_in_place_of(body: str, at: int, length: int, block: str) -> str:
     """`block` (block-level HTML) in place of body[at:at+length]. A paragraph cannot hold a
     block: a paragraph with nothing else in it is replaced whole, otherwise it is closed
     before the block and reopened after it."""
-    found = _enclosing(body, at, _P_OPEN)
-    if found is not None and found[1] is not None:
-        opening, closing = found
+    opening, closing = _enclosing(body, at, _P_OPEN) or (None, None)
+    if opening is not None and closing is not None:
         inside = body[opening.end() : at] + body[at + length : closing.start()]
         if not re.sub(r"<[^>]*>|&nbsp;|\s", "", inside):
             return body[: opening.start()] + block + body[closing.end() :]
