@@ -55,7 +55,7 @@ def _read_regular(path: str) -> bytes:
         if not S_ISREG(os.fstat(fd).st_mode):
             raise OSError(0, "not a regular file")
         with os.fdopen(fd, "rb", closefd=False) as handle:
-            return handle.read(MAX_ITEM_BYTES + 1)[: MAX_ITEM_BYTES + 1]
+            return handle.read(MAX_ITEM_BYTES + 1)  # bounded even if the file grew
     finally:
         os.close(fd)
 
