@@ -400,3 +400,19 @@ def test_redelivered_messages_get_the_same_answer(tmp_path: Path) -> None:
     # the same times again under a new SEQUENCE (an informational update): nothing to answer
     assert _decide_and_apply(store, replace(moved, sequence=2)).reason == "unchanged"
     assert _decide_and_apply(store, plain).reason == "outdated"
+
+
+def test_a_damaged_document_key_loses_only_that_document(tmp_path: Path) -> None:
+    """A flipped digit can give a document the key of another one; parsing keeps only the
+    later of the two, so repair reads the documents from the text, one by one."""
+    store, ids = _hundred(tmp_path)
+    store.close()
+    snapshot = tmp_path / "store.json"
+    raw = snapshot.read_bytes()
+    raw = raw.replace(b'"12":{"alias_id"', b'"11":{"alias_id"', 1)  # a key now used twice
+    snapshot.write_bytes(raw)
+    with pytest.raises(StoreCorruptError):
+        make(tmp_path)
+    repair(tmp_path)
+    again = make(tmp_path)
+    assert {r["alias_id"] for r in again.records()} == set(ids)  # the record itself was intact

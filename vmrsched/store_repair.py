@@ -124,9 +124,12 @@ def _read_table(directory: Path, name: str, table: str, report: Report) -> dict[
         entry.problems.append(
             f"{len(bad)} document(s) fail their checksum ({', '.join(d for _, d in bad[:5])})"
         )
-        for _, doc_id in bad:
-            docs.pop(doc_id, None)
-        entry.lost = len(bad)
+        # read the documents one by one from the text, not from the parsed table: a damaged
+        # key can make two documents share one, and parsing keeps only the later of them
+        docs, problems = _salvage_documents(raw, table)
+        entry.problems.extend(problems)
+        crcs = data.get(CRC_TABLE, {}).get(table, {})
+        entry.lost = max(0, len([k for k in crcs if k != "*"]) - len(docs))
     entry.records = len(docs)
     return docs
 
