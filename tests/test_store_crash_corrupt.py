@@ -113,9 +113,12 @@ def test_fifty_rounds_of_sigkill_and_damage(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             env=env,
         )
-        time.sleep(rng.uniform(0.3, 0.6))
+        assert child.stdout is not None
+        first = child.stdout.readline()  # writing under load, however slowly the child started
+        time.sleep(rng.uniform(0.1, 0.4))
         child.send_signal(signal.SIGKILL)
         out, _ = child.communicate()
+        out = first + out
         for line in out.decode().splitlines():
             if line.count(" ") == 1:
                 acknowledged.add(line.split()[0])
