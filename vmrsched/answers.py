@@ -7,11 +7,10 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from vmrsched import aliases
+from vmrsched import aliases, calendars
 from vmrsched.config import IntegrationConfig
-from vmrsched.mailbox import compose
-from vmrsched.mailbox.base import Outgoing
 from vmrsched.meetings import Decision, Meeting
+from vmrsched.outgoing import Outgoing
 from vmrsched.templating import Renderer
 
 # the alias values of the joining instructions, and stand-ins that find them in a body
@@ -83,7 +82,7 @@ def reply(
     prefix = "Accepted" if accepted else "Declined"
     room = integ.exchange
     return Outgoing(
-        id=compose.message_id(integ.name, meeting, "reply", decision.outcome),
+        id=calendars.message_id(integ.name, meeting, "reply", decision.outcome),
         kind="reply",
         sender=room.mailbox_email,
         sender_name=room.mailbox_name,
@@ -94,7 +93,7 @@ def reply(
         reason=decision.reason,
         correlation_id=decision.correlation_id,
         meeting_uid=meeting.uid,
-        calendar=compose.reply_calendar(meeting, accepted, room.mailbox_email, room.mailbox_name),
+        calendar=calendars.reply_calendar(meeting, accepted, room.mailbox_email, room.mailbox_name),
     )
 
 
@@ -117,17 +116,19 @@ def organizer_update(
             "single_use_joining_instructions_template",
             {**variables(integ, None, None), **dict(zip(_ALIAS_VARS, _SENTINELS, strict=True))},
         )
-        body = compose.replace_instructions(
+        body = calendars.replace_instructions(
             meeting.html_body, token_text, skeleton, _SENTINELS, instructions
         )
     else:
         placeholder = renderer.render("placeholder_instructions_text", values)
-        body = compose.replace_placeholder(meeting.html_body, token_text, placeholder, instructions)
+        body = calendars.replace_placeholder(
+            meeting.html_body, token_text, placeholder, instructions
+        )
     recipients = tuple(
         a for a in meeting.attendees if a.lower() != integ.exchange.mailbox_email.lower()
     )
     return Outgoing(
-        id=compose.message_id(integ.name, meeting, "update", "updated"),
+        id=calendars.message_id(integ.name, meeting, "update", "updated"),
         kind="update",
         sender=meeting.organizer_email,
         sender_name=meeting.organizer_name,
@@ -138,7 +139,7 @@ def organizer_update(
         reason="placeholder_replaced",
         correlation_id=decision.correlation_id,
         meeting_uid=meeting.uid,
-        calendar=compose.update_calendar(meeting, body, aliases.html_to_text(body)),
+        calendar=calendars.update_calendar(meeting, body, aliases.html_to_text(body)),
         extra={
             "alias_id": record["alias_id"],
             "start": meeting.start.isoformat(),

@@ -66,24 +66,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def _check_online(cfg: config.Config) -> int:
     """Connect to every integration's mailbox and report what works."""
-    from vmrsched.actors.context import make_gateway
-    from vmrsched.telemetry import Metrics
+    from vmrsched.service import check_online
 
     failed = False
     for integ in cfg.integrations:
         print(f"{integ.name} ({integ.backend}):")
-        try:
-            gateway = make_gateway(integ, cfg.data_dir, Metrics())
-        except Exception as exc:
-            print(f"  FAIL  {exc}")
-            failed = True
-            continue
-        try:
-            for ok, text in getattr(gateway, "probe", lambda: [])():
-                print(f"  {'ok  ' if ok else 'FAIL'}  {text}")
-                failed = failed or not ok
-        finally:
-            gateway.close()
+        for ok, text in check_online(cfg, integ):
+            print(f"  {'ok  ' if ok else 'FAIL'}  {text}")
+            failed = failed or not ok
     return 1 if failed else 0
 
 
@@ -257,21 +247,13 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 def cmd_recover(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from vmrsched.actors.context import make_gateway
-    from vmrsched.recovery import Recovered, recover
-    from vmrsched.store import Store, StoreInUseError
-    from vmrsched.telemetry import Metrics
+    from vmrsched.service import Recovered, recover_integration
+    from vmrsched.store import StoreInUseError
 
     cfg = _load(args.config)
     integ = _integration(cfg, args.name) if cfg else None
     if cfg is None or integ is None:
         return 1
-    try:
-        store = Store(cfg.data_dir / "store" / integ.name)
-    except StoreInUseError as exc:
-        print(f"{exc}: stop the service first", file=sys.stderr)
-        return 1
-    gateway = make_gateway(integ, cfg.data_dir, Metrics())
 
     def report(entry: Recovered) -> None:
         alias = f" -> {entry.alias}" if entry.alias else ""
@@ -281,10 +263,10 @@ def cmd_recover(args: argparse.Namespace) -> int:
         )
 
     try:
-        done = recover(integ, gateway, store, datetime.now(UTC), args.dry_run, report)
-    finally:
-        gateway.close()
-        store.close()
+        done = recover_integration(cfg, integ, datetime.now(UTC), args.dry_run, report)
+    except StoreInUseError as exc:
+        print(f"{exc}: stop the service first", file=sys.stderr)
+        return 1
     counts: dict[str, int] = {}
     for entry in done:
         counts[entry.action] = counts.get(entry.action, 0) + 1

@@ -16,10 +16,10 @@ import re
 import struct
 import tomllib
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Generic, TypeVar, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -764,3 +764,23 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{file_path}: not UTF-8: {exc}"]) from exc
     return parse(document, file_path.parent, environ, file_path)
+
+
+T = TypeVar("T")
+
+
+class PerConfig(Generic[T]):
+    """A value derived from one integration's config, rebuilt when a reload replaces the config
+    object. Looked up by identity: hashing the (large, frozen) config on every request costs
+    more than the work it saves."""
+
+    def __init__(self, build: Callable[[IntegrationConfig], T]) -> None:
+        self.build = build
+        self._values: dict[str, tuple[IntegrationConfig, T]] = {}
+
+    def __call__(self, integ: IntegrationConfig) -> T:
+        entry = self._values.get(integ.name)
+        if entry is None or entry[0] is not integ:
+            entry = (integ, self.build(integ))
+            self._values[integ.name] = entry
+        return entry[1]

@@ -28,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from vmrsched.config import IntegrationConfig
+from vmrsched.errors import Unauthorized
 
 LEEWAY_SECONDS = 60
 CACHE_SECONDS = 24 * 3600
@@ -36,12 +37,10 @@ FETCH_TIMEOUT = aiohttp.ClientTimeout(total=5)
 METADATA_PATH = "/autodiscover/metadata/json/1"
 
 
-class TokenError(Exception):
-    """The request's token is missing or not acceptable (HTTP 401)."""
+class TokenError(Unauthorized):
+    """The request's token is missing or not acceptable."""
 
-    def __init__(self, message: str, code: str = "invalid_token") -> None:
-        super().__init__(message)
-        self.code = code
+    default_code = "invalid_token"
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from pathlib import Path
 import icalendar
 
 from vmrsched import aliases
+from vmrsched.calendars import PRODID
 from vmrsched.config import IntegrationConfig
-from vmrsched.mailbox.compose import PRODID
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmrsched.journal import Journal, scan
-from vmrsched.mailbox.base import Outgoing
+from vmrsched.outgoing import Outgoing
 
 log = logging.getLogger("vmrsched.outqueue")
 _NAME = re.compile(r"^outgoing\.(\d+)\.log$")

@@ -10,9 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from vmrsched import answers, recurrence
+from vmrsched import answers, calendars, recurrence
 from vmrsched.config import IntegrationConfig
-from vmrsched.mailbox import compose
 from vmrsched.mailbox.base import Gateway, GatewayError
 from vmrsched.meetings import Action, Decision, answer_key
 from vmrsched.store import Store
@@ -84,7 +83,9 @@ def recover(
         # a new message (new alias), not a resend of the original update
         update = replace(
             update,
-            id=compose.message_id(integ.name, meeting, "update", f"recovered-{bound['alias_id']}"),
+            id=calendars.message_id(
+                integ.name, meeting, "update", f"recovered-{bound['alias_id']}"
+            ),
         )
         try:
             gateway.send(update)

@@ -1,4 +1,7 @@
-"""Starting and stopping the actor tree of one vmrsched process."""
+"""The one facade the front ends (http/, cli.py) use: start and stop the actor tree, reload,
+reserve aliases, readiness, admin actions, and the offline tools (check online, recover).
+Front ends import this module and core modules, never an actor or a gateway, so what an actor
+or a backend looks like can change without touching them."""
 
 from __future__ import annotations
 
@@ -7,21 +10,54 @@ import contextlib
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pykka
 
 from vmrsched import config as config_mod
-from vmrsched.actors.bridge import ask_async
+from vmrsched import identity
+from vmrsched.actors.bridge import ReservationBatcher, ask_async
 from vmrsched.actors.context import Context
+from vmrsched.actors.messages import Reload
+from vmrsched.actors.registry import ActorUnavailable
 from vmrsched.actors.service import ReloadResult, ServiceSupervisor
-from vmrsched.config import Config
-from vmrsched.store import lock_directory
+from vmrsched.config import Config, IntegrationConfig, PerConfig
+from vmrsched.errors import BadRequest, NotFound, Unavailable, UpstreamError
+from vmrsched.mailbox.backends import make_gateway
+from vmrsched.mailbox.base import GatewayError
+from vmrsched.mailbox.ews_auth import SIGN_IN_ALARM, DelegatedTokens
+from vmrsched.recovery import Recovered, recover
+from vmrsched.store import Record, Store, lock_directory
 from vmrsched.telemetry import Alarms, Metrics
 
+__all__ = [
+    "Recovered",
+    "ReloadResult",
+    "Service",
+    "SignInRefused",
+    "check_online",
+    "recover_integration",
+    "start",
+]
+
 log = logging.getLogger("vmrsched.service")
+
+
+class SignInRefused(BadRequest):
+    """The identity provider's answer to a sign-in cannot be used (`integration`: whose)."""
+
+    default_code = "sign_in_refused"
+
+    def __init__(self, message: str, integration: str = "") -> None:
+        super().__init__(message)
+        self.integration = integration
+
+
 THREAD_STACK = 512 * 1024  # hundreds of integrations x 3 children must fit
 
 
@@ -31,6 +67,24 @@ class Service:
     ctx: Context
     supervisor: pykka.ActorRef[ServiceSupervisor]
     lock_fd: int = -1  # the data directory's lock, held while the service runs
+    _batchers: dict[str, ReservationBatcher] = field(default_factory=dict)
+    _verifiers: PerConfig[identity.Verifier] | None = None
+
+    def use_http_client(self, session: Callable[[], aiohttp.ClientSession]) -> None:
+        """The HTTP client token verifiers fetch signing keys with: the front end's own, on
+        its event loop."""
+        self._verifiers = PerConfig(
+            lambda integ: identity.verifier_for(integ, self.config.server.base_url, session)
+        )
+
+    async def verify_addin_token(
+        self, integ: IntegrationConfig, token: str | None
+    ) -> identity.Identity:
+        """Who sent an add-in request, from its bearer token (TokenError, an Unauthorized,
+        otherwise). The verifier follows the integration's config across reloads."""
+        if self._verifiers is None:
+            raise Unavailable("token verification is not set up", "unavailable")
+        return await self._verifiers(integ).verify(token)
 
     def _load_for_reload(self, path: Path | None) -> Config | None:
         source = path or self.config.path
@@ -62,7 +116,7 @@ class Service:
         new = await asyncio.to_thread(self._load_for_reload, path)
         if new is None:
             return None
-        result: ReloadResult = await ask_async(self.supervisor, new, timeout=300)
+        result: ReloadResult = await ask_async(self.supervisor, Reload(new), timeout=300)
         return self._applied(new, result)
 
     def _applied(self, new: Config, result: ReloadResult) -> ReloadResult:
@@ -78,6 +132,88 @@ class Service:
 
     def integration_names(self) -> list[str]:
         return [i.name for i in self.config.integrations]
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.ctx.metrics
+
+    def integration(self, name: str) -> IntegrationConfig:
+        integ = self.config.integration(name)
+        if integ is None:
+            raise NotFound("unknown integration", "unknown_integration")
+        return integ
+
+    async def reserve(self, name: str, timeout: float) -> Record:
+        """Reserve one single-use alias, durable before it returns. Reservations arriving in
+        the same event-loop turn share one message and one fsync (ReservationBatcher)."""
+        state = self.ctx.status.state(name)
+        try:
+            if state != "running":
+                raise ActorUnavailable(f"integration {name} is {state or 'not running'}")
+            allocator = self.ctx.registry.get(name, "allocator")
+            batcher = self._batchers.get(name)
+            if batcher is None:
+                batcher = self._batchers[name] = ReservationBatcher()
+            record: Record = await batcher.reserve(allocator, timeout)
+        except (ActorUnavailable, TimeoutError) as exc:
+            raise Unavailable("the booking service cannot take requests right now") from exc
+        return record
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether every integration runs with a sound store, and the state of each."""
+        states = self.ctx.status.snapshot()
+        integrations = {
+            name: {
+                "state": states.get(name, {}).get("state", "starting"),
+                "restarts": states.get(name, {}).get("restarts", 0),
+                "error": states.get(name, {}).get("error", ""),
+                "alarms": [a.name for a in self.ctx.alarms.active(name)],
+            }
+            for name in self.integration_names()
+        }
+        ready = bool(integrations) and all(
+            i["state"] == "running" and "store_corrupt" not in i["alarms"]
+            for i in integrations.values()
+        )
+        body = {
+            "status": "ready" if ready else "not_ready",
+            "integrations": integrations,
+            "alarms": [a.name for a in self.ctx.alarms.active("service")],
+        }
+        return ready, body
+
+    def _delegated(self, integ: IntegrationConfig) -> DelegatedTokens | None:
+        source = self.ctx.tokens.get(integ)
+        return source if isinstance(source, DelegatedTokens) else None
+
+    async def start_sign_in(self, name: str) -> str:
+        """The identity provider's URL where the service account signs in (oauth_delegated)."""
+        integ = self.integration(name)
+        tokens = self._delegated(integ)
+        if tokens is None:
+            raise BadRequest(
+                f"{integ.name} does not use exchange.authentication = oauth_delegated",
+                "not_delegated",
+            )
+        try:
+            return await asyncio.to_thread(tokens.start_sign_in, integ.exchange.oauth_redirect_uri)
+        except GatewayError as exc:
+            raise UpstreamError(str(exc), "identity_provider_unreachable") from exc
+
+    async def finish_sign_in(self, query: dict[str, str]) -> tuple[str, str]:
+        """Complete the sign-in the identity provider redirected back from: (integration,
+        account). BadRequest for an unknown or expired attempt or a refused code."""
+        for integ in self.config.integrations:
+            tokens = self._delegated(integ)
+            if tokens is None or query.get("state") not in tokens.pending_states():
+                continue
+            try:
+                account = await asyncio.to_thread(tokens.finish_sign_in, query)
+            except GatewayError as exc:
+                raise SignInRefused(str(exc), integ.name) from exc
+            self.ctx.alarms.clear(integ.name, SIGN_IN_ALARM)
+            return integ.name, account
+        raise SignInRefused("unknown or expired sign-in attempt; start again")
 
     def stop(self) -> None:
         """Stop every actor this service started, whether or not its root is still alive."""
@@ -110,3 +246,36 @@ def start(config: Config, **context: Any) -> Service:
     )
     ref = ServiceSupervisor.start(config, ctx)
     return Service(config, ctx, ref, lock_fd)
+
+
+def check_online(cfg: Config, integ: IntegrationConfig) -> list[tuple[bool, str]]:
+    """Connect to an integration's mailbox: (ok, what was tried) per check, printed as they
+    come by the caller (a slow server should not hide the checks that already ran)."""
+    try:
+        gateway = make_gateway(integ, cfg.data_dir, Metrics())
+    except Exception as exc:
+        return [(False, str(exc))]
+    try:
+        return list(getattr(gateway, "probe", lambda: [])())
+    finally:
+        gateway.close()
+
+
+def recover_integration(
+    cfg: Config,
+    integ: IntegrationConfig,
+    now: datetime,
+    dry_run: bool,
+    report: Callable[[Recovered], None],
+) -> list[Recovered]:
+    """Run recovery against the store and mailbox of a stopped service (StoreInUseError
+    while it runs)."""
+    store = Store(cfg.data_dir / "store" / integ.name)
+    try:
+        gateway = make_gateway(integ, cfg.data_dir, Metrics())
+        try:
+            return recover(integ, gateway, store, now, dry_run, report)
+        finally:
+            gateway.close()
+    finally:
+        store.close()

@@ -14,8 +14,8 @@ import icalendar
 from tests import spoolkit
 from tests.actors.test_service_e2e import Running
 from tests.shared import FIXTURES
+from vmrsched.calendars import replace_placeholder
 from vmrsched.mailbox import itip
-from vmrsched.mailbox.compose import replace_placeholder
 
 BLOCKS = {"p", "div", "table", "ul", "ol", "li", "h1", "h2", "h3", "h4", "blockquote", "pre"}
 

@@ -20,7 +20,7 @@ from tests import spoolkit
 from tests.fakes.ews_server import FakeExchange, FakeItem
 from tests.fakes.threaded import ThreadedServer
 from vmrsched import answers, config, recovery, service
-from vmrsched.actors.context import make_gateway
+from vmrsched.mailbox.backends import make_gateway
 from vmrsched.meetings import Meeting
 from vmrsched.store import Store
 from vmrsched.telemetry import Metrics

@@ -131,7 +131,7 @@ def test_x_alt_desc_text_escapes_are_undone() -> None:
 def test_reply_calendar_round_trips_through_the_parser() -> None:
     from datetime import timedelta
 
-    from vmrsched.mailbox import compose
+    from vmrsched import calendars
     from vmrsched.meetings import Meeting
 
     start = datetime(2030, 5, 6, 9, 30, tzinfo=UTC)
@@ -146,7 +146,7 @@ def test_reply_calendar_round_trips_through_the_parser() -> None:
         organizer_email="o@example.com",
         organizer_name="O, Rg",
     )
-    text = compose.reply_calendar(meeting, True, "room@example.com", "Room: A")
+    text = calendars.reply_calendar(meeting, True, "room@example.com", "Room: A")
     assert all(len(line.encode()) <= 75 for line in text.split("\r\n"))
     import icalendar
 

@@ -7,34 +7,18 @@ from __future__ import annotations
 import gc
 import logging
 import traceback
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from vmrsched import aliases, answers
 from vmrsched.actors.bridge import deliver
 from vmrsched.actors.child import SupervisedChild
-from vmrsched.actors.messages import Crash, Request, Sweep
-from vmrsched.meetings import Decision, Meeting, decide, general_error
+from vmrsched.actors.messages import Crash, Processed, Request, Reserve, Sweep
+from vmrsched.meetings import Meeting, decide, general_error
 from vmrsched.store import Record, Store, StoreBrokenError, StoreCorruptError
 
 log = logging.getLogger("vmrsched.allocator")
 CORRUPT_ALARM = "store_corrupt"
-
-
-@dataclass(frozen=True)
-class Processed:
-    meeting: Meeting
-    decision: Decision
-    record: Record | None  # the alias the answer is about (bound, conflicting or deleted)
-
-
-@dataclass(frozen=True)
-class Reserve:
-    """Payload of a Request from the add-in API: reserve `count` aliases (the requests that
-    arrived together); the reply is the list of records."""
-
-    count: int = 1
 
 
 class AliasAllocator(SupervisedChild):

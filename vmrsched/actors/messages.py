@@ -1,10 +1,14 @@
-"""Messages actors tell each other (besides proxy calls)."""
+"""Every message actors tell each other and the front ends tell actors: typed, immutable."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from vmrsched.config import Config
+from vmrsched.meetings import Decision, Meeting
+from vmrsched.store import Record
 
 
 @dataclass(frozen=True)
@@ -46,9 +50,32 @@ class RetryIntegration:
 
 
 @dataclass(frozen=True)
+class Processed:
+    meeting: Meeting
+    decision: Decision
+    record: Record | None  # the alias the answer is about (bound, conflicting or deleted)
+
+
+@dataclass(frozen=True)
+class Reserve:
+    """Payload of a Request from the add-in API: reserve `count` aliases (the requests that
+    arrived together); the reply is the list of records."""
+
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class Reload:
+    """Payload of a Request to the service supervisor: apply this (validated) configuration;
+    the reply is a ReloadResult."""
+
+    config: Config
+
+
+@dataclass(frozen=True)
 class Request:
     """A request from the event loop: `payload` is handled by the actor and `reply` is called with
     (result, error) from the actor's thread; see bridge.py."""
 
-    payload: Any
+    payload: Reserve | Reload
     reply: Callable[[Any, BaseException | None], None]

@@ -11,9 +11,8 @@ from dataclasses import replace
 from typing import Any
 
 from vmrsched import answers
-from vmrsched.actors.allocator import Processed
 from vmrsched.actors.child import SupervisedChild
-from vmrsched.actors.messages import Poll
+from vmrsched.actors.messages import Poll, Processed
 from vmrsched.mailbox.base import Gateway, GatewayError, InboxItem, Outgoing
 from vmrsched.meetings import Meeting, general_error
 

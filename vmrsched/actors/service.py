@@ -13,7 +13,7 @@ import pykka
 
 from vmrsched.actors.context import Context
 from vmrsched.actors.integration import IntegrationSupervisor
-from vmrsched.actors.messages import ChildFailed, Crash, Request, RestartChild
+from vmrsched.actors.messages import ChildFailed, Crash, Reload, Request, RestartChild
 from vmrsched.actors.supervision import RestartIntensity
 from vmrsched.config import Config, IntegrationConfig
 
@@ -90,9 +90,9 @@ class ServiceSupervisor(pykka.ThreadingActor):
             if integ is not None and message.role not in self.integrations:
                 self._start_integration(integ)
             return None
-        if isinstance(message, Request) and isinstance(message.payload, Config):
+        if isinstance(message, Request) and isinstance(message.payload, Reload):
             try:
-                result = self.reload(message.payload)
+                result = self.reload(message.payload.config)
             except Exception as exc:
                 message.reply(None, exc)
                 raise

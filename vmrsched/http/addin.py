@@ -7,32 +7,33 @@ after the alias is on disk.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import Callable
 from datetime import datetime
 from importlib import resources
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import aiohttp
 import jinja2
 import orjson
-import pykka
 from aiohttp import web
 
-from vmrsched import aliases, answers, identity
-from vmrsched.actors.allocator import Reserve
-from vmrsched.actors.bridge import LoopReply
-from vmrsched.actors.messages import Request
-from vmrsched.actors.registry import ActorUnavailable
-from vmrsched.config import IntegrationConfig, png_size
+from vmrsched import aliases, answers
+from vmrsched.config import IntegrationConfig, PerConfig, png_size
+from vmrsched.errors import BadRequest, Forbidden, RateLimited, ServiceError
 from vmrsched.http import manifest
-from vmrsched.http.common import SERVICE, error, integration_or_404, page_headers, parse_time
+from vmrsched.http.common import (
+    SERVICE,
+    integration_or_404,
+    origin_of,
+    page_headers,
+    parse_time,
+    status_of,
+)
 from vmrsched.http.ratelimit import RateLimiter
+from vmrsched.service import Service
 from vmrsched.templating import Renderer
 
-T = TypeVar("T")
 RESERVE_TIMEOUT = 10.0
 STATIC = resources.files("vmrsched.http") / "static"
 SESSION = web.AppKey("http_session", aiohttp.ClientSession)
@@ -70,46 +71,22 @@ PANE_TEXTS = (
 log = logging.getLogger("vmrsched.addin")
 
 
-class PerConfig(Generic[T]):
-    """A value derived from one integration's config, rebuilt when a reload replaces the config
-    object. Looked up by identity: hashing the (large, frozen) config on every request costs
-    more than the work it saves."""
-
-    def __init__(self, build: Callable[[IntegrationConfig], T]) -> None:
-        self.build = build
-        self._values: dict[str, tuple[IntegrationConfig, T]] = {}
-
-    def __call__(self, integ: IntegrationConfig) -> T:
-        entry = self._values.get(integ.name)
-        if entry is None or entry[0] is not integ:
-            entry = (integ, self.build(integ))
-            self._values[integ.name] = entry
-        return entry[1]
-
-
-VERIFIERS = web.AppKey("verifiers", PerConfig)
 COUNTERS = web.AppKey("addin_counters", dict)
-BATCHERS = web.AppKey("reservation_batchers", dict)
 renderer_for: PerConfig[Renderer] = PerConfig(lambda integ: integ.renderer())
-
-
-def _origin(url: str) -> str:
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.split('/', 1)[0]}"
 
 
 def content_security_policy(integ: IntegrationConfig) -> str:
     """Scripts only from us and the configured Office.js origin(s); nothing inline; the pane may
     be framed by Outlook on the web and the desktop clients only."""
     adv = integ.advanced
-    scripts = {"'self'", _origin(adv.office_js_url)}
-    scripts |= {_origin(u) for u in adv.additional_script_sources}
+    scripts = {"'self'", origin_of(adv.office_js_url)}
+    scripts |= {origin_of(u) for u in adv.additional_script_sources}
     styles = {"'self'"} | {
-        _origin(u) for u in (adv.fabric_css_url, adv.fabric_components_css_url) if u
+        origin_of(u) for u in (adv.fabric_css_url, adv.fabric_components_css_url) if u
     }
     connect = {"'self'"}
     if integ.addin.token_validation == "entra":
-        connect.add(_origin(integ.addin.entra_authority))
+        connect.add(origin_of(integ.addin.entra_authority))
     return "; ".join(
         [
             "default-src 'self'",
@@ -233,11 +210,6 @@ def _bearer(request: web.Request) -> str | None:
     return token.strip()
 
 
-def verifier_for(request: web.Request, integ: IntegrationConfig) -> identity.Verifier:
-    verifiers: PerConfig[identity.Verifier] = request.app[VERIFIERS]
-    return verifiers(integ)
-
-
 def _optional_time(body: dict[str, Any], key: str) -> datetime | None:
     return parse_time(body[key], key) if key in body else None
 
@@ -277,31 +249,38 @@ _SAMPLE_RECORD = {
 
 
 async def single_use_vmrs(request: web.Request) -> web.Response:
+    """Reserve a single-use VMR and render its joining instructions. Every answer, an error
+    included, is counted by status in vmrsched_addin_requests_total."""
     service = request.app[SERVICE]
     integ = integration_or_404(request)
-    route = "single-use-vmrs"
-    metrics = service.ctx.metrics
-
-    def reply(status: int, response: web.Response) -> web.Response:
+    status = 500
+    try:
+        response = await _single_use_vmr(request, service, integ)
+        status = response.status
+        return response
+    except ServiceError as exc:
+        status = status_of(exc)
+        raise
+    finally:
         counters = request.app[COUNTERS]
-        key = (integ.name, route, status)
+        key = (integ.name, "single-use-vmrs", status)
         counter = counters.get(key)
         if counter is None:
-            counter = counters[key] = metrics.addin_requests.labels(integ.name, route, str(status))
+            counter = counters[key] = service.metrics.addin_requests.labels(
+                integ.name, "single-use-vmrs", str(status)
+            )
         counter.inc()
-        return response
 
-    try:
-        who = await verifier_for(request, integ).verify(_bearer(request))
-    except identity.TokenError as exc:
-        return reply(401, error(401, exc.code, str(exc)))
+
+async def _single_use_vmr(
+    request: web.Request, service: Service, integ: IntegrationConfig
+) -> web.Response:
+    who = await service.verify_addin_token(integ, _bearer(request))
     wait = request.app[LIMITER].allow(f"{integ.name}\0{who.user}")
     if wait:
-        response = error(429, "rate_limited", "too many requests; try again shortly")
-        response.headers["Retry-After"] = str(max(1, round(wait)))
-        return reply(429, response)
+        raise RateLimited("too many requests; try again shortly", wait)
     if not integ.enable_single_use_vmrs:
-        return reply(403, error(403, "feature_disabled", "single-use VMRs are not enabled"))
+        raise Forbidden("single-use VMRs are not enabled", "feature_disabled")
     try:
         fields = await _meeting_fields(request)
         # validated and rendered before an alias is reserved: a request that cannot be
@@ -311,26 +290,11 @@ async def single_use_vmrs(request: web.Request) -> web.Response:
             {**answers.variables(integ, None, _SAMPLE_RECORD), **fields},
         )
     except ValueError as exc:
-        return reply(400, error(400, "bad_request", str(exc)))
-    except Exception:
+        raise BadRequest(str(exc)) from exc
+    except Exception as exc:
         log.exception("cannot render joining instructions for %s", integ.name)
-        return reply(
-            400, error(400, "bad_request", "the meeting details cannot be used in the instructions")
-        )
-    state = service.ctx.status.state(integ.name)
-    try:
-        if state != "running":
-            raise ActorUnavailable(f"integration {integ.name} is {state or 'not running'}")
-        allocator = service.ctx.registry.get(integ.name, "allocator")
-        record = (
-            await request.app[BATCHERS]
-            .setdefault(integ.name, ReservationBatcher())
-            .reserve(allocator, RESERVE_TIMEOUT)
-        )
-    except (ActorUnavailable, TimeoutError):
-        return reply(
-            503, error(503, "unavailable", "the booking service cannot take requests right now")
-        )
+        raise BadRequest("the meeting details cannot be used in the instructions") from exc
+    record = await service.reserve(integ.name, RESERVE_TIMEOUT)
     log.info(
         "reserved %s for %s",
         record["alias"],
@@ -348,9 +312,7 @@ async def single_use_vmrs(request: web.Request) -> web.Response:
         "room_name": integ.exchange.mailbox_name,
         "room_email": integ.exchange.mailbox_email,
     }
-    return reply(
-        201, web.Response(body=orjson.dumps(body), status=201, content_type="application/json")
-    )
+    return web.Response(body=orjson.dumps(body), status=201, content_type="application/json")
 
 
 STATIC_FILES = {"pane.js": "text/javascript", "pane.css": "text/css", "icon-80.png": "image/png"}
@@ -385,48 +347,6 @@ async def vendor_file(request: web.Request) -> web.Response:
     )
 
 
-class ReservationBatcher:
-    """Coalesces the reservations of one event-loop iteration into one message to the
-    allocator: one tell, one actor turn and one fsync for the lot, instead of one per request.
-    The reply resolves every waiting request's future (never blocking the loop)."""
-
-    def __init__(self) -> None:
-        self._waiting: list[asyncio.Future[Any]] = []
-        self._scheduled = False
-
-    async def reserve(self, allocator: Any, timeout: float) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._waiting.append(future)
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._send, allocator, loop)
-        async with asyncio.timeout(timeout):
-            return await future
-
-    def _send(self, allocator: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self._scheduled = False
-        waiting, self._waiting = self._waiting, []
-        batch: asyncio.Future[Any] = loop.create_future()
-
-        def settle(done: asyncio.Future[Any]) -> None:
-            error = done.exception()
-            results = done.result() if error is None else [None] * len(waiting)
-            for future, result in zip(waiting, results, strict=True):
-                if future.done():
-                    continue  # timed out meanwhile; its alias simply expires unused
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(result)
-
-        batch.add_done_callback(settle)
-        try:
-            allocator.tell(Request(Reserve(len(waiting)), LoopReply(loop, batch)))
-        except pykka.ActorDeadError:
-            batch.set_exception(ActorUnavailable("the allocator stopped"))
-
-
 async def _session_context(app: web.Application) -> Any:
     app[SESSION] = aiohttp.ClientSession()
     yield
@@ -437,12 +357,7 @@ def setup(app: web.Application) -> None:
     service = app[SERVICE]
     app[LIMITER] = RateLimiter(service.config.server.rate_limit_per_minute)
     app[COUNTERS] = {}
-    app[BATCHERS] = {}
-    app[VERIFIERS] = PerConfig(
-        lambda integ: identity.verifier_for(
-            integ, service.config.server.base_url, lambda: app[SESSION]
-        )
-    )
+    service.use_http_client(lambda: app[SESSION])
     app.cleanup_ctx.append(_session_context)
     app.router.add_get("/addin/{integration}/manifest.xml", manifest_xml)
     app.router.add_get("/addin/{integration}/taskpane.html", taskpane)

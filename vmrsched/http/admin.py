@@ -10,23 +10,22 @@ Comparisons are constant-time.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import hmac
 import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jinja2
 from aiohttp import web
 
-from vmrsched.config import IntegrationConfig
-from vmrsched.http.common import SERVICE, error
+from vmrsched.errors import Forbidden, RateLimited, Unauthorized
+from vmrsched.http.common import SERVICE
 from vmrsched.http.ratelimit import RateLimiter
-from vmrsched.mailbox.base import GatewayError
-from vmrsched.mailbox.ews_auth import SIGN_IN_ALARM, DelegatedTokens
+from vmrsched.service import SignInRefused
 
 log = logging.getLogger("vmrsched.admin")
 COOKIE = "vmrsched_admin"
@@ -39,6 +38,7 @@ _pages = jinja2.Environment(
 )
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SESSION_SECONDS = 8 * 3600
 MAX_SESSIONS = 1000
 LOGIN_ATTEMPTS_PER_MINUTE = 5  # per client address
@@ -78,23 +78,33 @@ def _expected(request: web.Request) -> str | None:
     return secret.reveal() if secret is not None else None
 
 
-def require_admin(request: web.Request) -> web.Response | None:
-    """None when the request is an admin's: `Authorization: Bearer <admin token>` (scripts,
+def check_admin(request: web.Request) -> None:
+    """Passes when the request is an admin's: `Authorization: Bearer <admin token>` (scripts,
     compared in constant time) or a live session cookie from /admin/login (browsers)."""
     expected = _expected(request)
     if expected is None:
-        return error(
-            403,
-            "admin_disabled",
+        raise Forbidden(
             "admin pages are off: set [server] admin_token_env or admin_token_file",
+            "admin_disabled",
         )
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         if hmac.compare_digest(token.strip().encode(), expected.encode()):
-            return None
+            return
     elif request.app[SESSIONS].valid(request.cookies.get(COOKIE, "")):
-        return None
-    return error(401, "admin_token_required", "log in at /admin/login with the admin token")
+        return
+    raise Unauthorized("log in at /admin/login with the admin token", "admin_token_required")
+
+
+def admin_only(handler: Handler) -> Handler:
+    """The one place admin routes are guarded: every route that acts as an admin wears it."""
+
+    @functools.wraps(handler)
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        check_admin(request)
+        return await handler(request)
+
+    return guarded
 
 
 def _page(name: str, status: int = 200, **values: Any) -> web.Response:
@@ -120,9 +130,7 @@ async def login(request: web.Request) -> web.Response:
     wait = max(per_client.allow(client), everyone.allow("*"))
     if wait:
         log.warning("admin login refused: too many attempts from %s", client)
-        response = error(429, "rate_limited", "too many login attempts; try again shortly")
-        response.headers["Retry-After"] = str(max(1, round(wait)))
-        return response
+        raise RateLimited("too many login attempts; try again shortly", wait)
     form = await request.post()
     expected = _expected(request)
     token = str(form.get("token", ""))
@@ -156,81 +164,36 @@ def local_target(target: str, default: str = "/readyz") -> str:
     return target if _LOCAL_PATH.match(target) else default
 
 
-def _delegated(request: web.Request, integ: IntegrationConfig) -> DelegatedTokens | None:
-    source = request.app[SERVICE].ctx.tokens.get(integ)
-    return source if isinstance(source, DelegatedTokens) else None
-
-
-async def sign_in(request: web.Request) -> web.Response:
-    denied = require_admin(request)
-    if denied is not None:
-        return denied
-    service = request.app[SERVICE]
-    integ = service.config.integration(request.match_info["integration"])
-    if integ is None:
-        return error(404, "unknown_integration", "unknown integration")
-    tokens = _delegated(request, integ)
-    if tokens is None:
-        return error(
-            400,
-            "not_delegated",
-            f"{integ.name} does not use exchange.authentication = oauth_delegated",
-        )
+@admin_only
+async def sign_in(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["integration"]
+    target = await request.app[SERVICE].start_sign_in(name)
     log.info(
         "admin started the service account's sign-in for %s (from %s)",
-        integ.name,
+        name,
         request.remote,
-        extra={"integration": integ.name},
+        extra={"integration": name},
     )
-    try:
-        target = await asyncio.to_thread(tokens.start_sign_in, integ.exchange.oauth_redirect_uri)
-    except GatewayError as exc:
-        return error(502, "identity_provider_unreachable", str(exc))
     raise web.HTTPFound(target)
 
 
-async def redirect(request: web.Request) -> web.Response:
-    denied = require_admin(request)
-    if denied is not None:
-        return denied
-    service = request.app[SERVICE]
+@admin_only
+async def redirect(request: web.Request) -> web.StreamResponse:
     query = dict(request.query)
     if "error" in query:
+        detail = query.get("error_description") or query["error"]
+        return _page("admin_signed_in.html", status=400, ok=False, integration="", detail=detail)
+    try:
+        name, account = await request.app[SERVICE].finish_sign_in(query)
+    except SignInRefused as exc:
         return _page(
             "admin_signed_in.html",
             status=400,
             ok=False,
-            integration="",
-            detail=query.get("error_description") or query["error"],
-            account="",
+            integration=exc.integration,
+            detail=exc.message,
         )
-    for integ in service.config.integrations:
-        tokens = _delegated(request, integ)
-        if tokens is None or query.get("state") not in tokens.pending_states():
-            continue
-        try:
-            account = await asyncio.to_thread(tokens.finish_sign_in, query)
-        except GatewayError as exc:
-            return _page(
-                "admin_signed_in.html",
-                status=400,
-                ok=False,
-                integration=integ.name,
-                detail=str(exc),
-                account="",
-            )
-        service.ctx.alarms.clear(integ.name, SIGN_IN_ALARM)
-        return _page(
-            "admin_signed_in.html", ok=True, integration=integ.name, detail="", account=account
-        )
-    return _page(
-        "admin_signed_in.html",
-        status=400,
-        ok=False,
-        integration="",
-        detail="unknown or expired sign-in attempt; start again",
-        account="",
-    )
+    return _page("admin_signed_in.html", ok=True, integration=name, detail="", account=account)
 
 
 def setup(app: web.Application) -> None:

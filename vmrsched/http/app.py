@@ -10,8 +10,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
+from vmrsched.errors import ServiceError
 from vmrsched.http import addin, admin, demo
-from vmrsched.http.common import SERVICE, error
+from vmrsched.http.common import SERVICE, error, http_error, origin_of, service_error
 from vmrsched.http.hosts import allowed_hosts, hostname
 from vmrsched.service import Service
 
@@ -38,11 +39,6 @@ TIMERS = web.AppKey("route_timers", RouteTimers)
 __all__ = ["SERVICE", "create_app"]
 
 
-def _origin(url: str) -> str:
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.split('/', 1)[0]}".lower()
-
-
 @web.middleware
 async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One middleware (each layer costs a coroutine per request): API guards (our own origin
@@ -58,7 +54,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         if request.path.startswith("/api/"):
             origin = request.headers.get("Origin")
             if origin is not None and origin.lower() not in {
-                _origin(server.base_url),
+                origin_of(server.base_url),
                 f"{request.scheme}://{request.host}".lower(),
             }:
                 return error(403, "origin_not_allowed", "cross-origin requests are not allowed")
@@ -69,14 +65,12 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
         return _too_large(server.max_body_bytes)
+    except ServiceError as exc:
+        return service_error(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = (exc.reason or "error").lower().replace(" ", "_")
-        response = error(exc.status, code, exc.reason or "error")
-        if "Allow" in exc.headers:  # RFC 9110: a 405 lists the methods that are allowed
-            response.headers["Allow"] = exc.headers["Allow"]
-        return response
+        return http_error(exc)
     finally:
         resource = request.match_info.route.resource
         name = resource.canonical if resource is not None else "unmatched"
@@ -112,31 +106,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    states = service.ctx.status.snapshot()
-    integrations = {
-        name: {
-            "state": states.get(name, {}).get("state", "starting"),
-            "restarts": states.get(name, {}).get("restarts", 0),
-            "error": states.get(name, {}).get("error", ""),
-            "alarms": [a.name for a in service.ctx.alarms.active(name)],
-        }
-        for name in service.integration_names()
-    }
-    ready = bool(integrations) and all(
-        i["state"] == "running" and "store_corrupt" not in i["alarms"]
-        for i in integrations.values()
-    )
-    body = {
-        "status": "ready" if ready else "not_ready",
-        "integrations": integrations,
-        "alarms": [a.name for a in service.ctx.alarms.active("service")],
-    }
+    ready, body = request.app[SERVICE].readiness()
     return web.json_response(body, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    registry = request.app[SERVICE].ctx.metrics.registry
+    registry = request.app[SERVICE].metrics.registry
     response = web.Response(body=generate_latest(registry))
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return response
@@ -151,7 +126,7 @@ def create_app(service: Service) -> web.Application:
         middlewares=[pipeline], client_max_size=service.config.server.max_body_bytes
     )
     app[SERVICE] = service
-    app[TIMERS] = RouteTimers(service.ctx.metrics.http_duration)
+    app[TIMERS] = RouteTimers(service.metrics.http_duration)
     app[HOSTS] = {}
     app.router.add_get("/healthz", healthz)
     app.on_response_prepare.append(_server_header)

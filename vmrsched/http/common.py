@@ -1,4 +1,5 @@
-"""What every route module shares: the service key, JSON errors, the integration lookup."""
+"""What every route module shares: the service key, the one error map (domain errors and HTTP
+statuses to JSON errors), the integration lookup."""
 
 from __future__ import annotations
 
@@ -7,6 +8,16 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from vmrsched.config import IntegrationConfig
+from vmrsched.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    ServiceError,
+    Unauthorized,
+    Unavailable,
+    UpstreamError,
+)
 from vmrsched.service import Service
 
 SERVICE = web.AppKey("service", Service)
@@ -16,12 +27,63 @@ def error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
+# The one error map: each kind of domain error has one HTTP status; its code comes with it.
+STATUS: dict[type[ServiceError], int] = {
+    BadRequest: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    RateLimited: 429,
+    UpstreamError: 502,
+    Unavailable: 503,
+}
+# Errors aiohttp raises itself (routing, body limits) carry only a status: their code.
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    421: "host_not_allowed",
+    429: "rate_limited",
+    431: "headers_too_large",
+}
+
+
+def status_of(exc: ServiceError) -> int:
+    for kind in type(exc).__mro__:
+        status = STATUS.get(kind)
+        if status is not None:
+            return status
+    return 500
+
+
+def service_error(exc: ServiceError) -> web.Response:
+    response = error(status_of(exc), exc.code, exc.message)
+    if isinstance(exc, RateLimited):
+        response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return response
+
+
+def http_error(exc: web.HTTPException) -> web.Response:
+    code = HTTP_CODES.get(exc.status, "server_error" if exc.status >= 500 else "error")
+    response = error(exc.status, code, exc.reason or code.replace("_", " "))
+    if "Allow" in exc.headers:  # RFC 9110: a 405 lists the methods that are allowed
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
+
+
+def origin_of(url: str) -> str:
+    """The origin (scheme://host[:port]) of a URL, lower-cased as browsers send it."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}".lower()
+
+
 def integration_or_404(request: web.Request) -> IntegrationConfig:
-    name = request.match_info["integration"]
-    integ = request.app[SERVICE].config.integration(name)
-    if integ is None:
-        raise web.HTTPNotFound(reason="unknown integration")
-    return integ
+    return request.app[SERVICE].integration(request.match_info["integration"])
 
 
 def parse_time(value: object, key: str) -> datetime:

@@ -14,7 +14,8 @@ from aiohttp import web
 
 from vmrsched import invites
 from vmrsched.config import IntegrationConfig
-from vmrsched.http.common import SERVICE, error, integration_or_404, parse_time
+from vmrsched.errors import BadRequest, Forbidden
+from vmrsched.http.common import SERVICE, integration_or_404, parse_time
 
 MAX_SUBJECT = 255
 
@@ -23,7 +24,7 @@ def _demo_integration(request: web.Request) -> IntegrationConfig:
     service = request.app[SERVICE]
     integ = integration_or_404(request)
     if not service.config.server.demo or integ.backend != "spool":
-        raise web.HTTPForbidden(reason="demo mode is off")
+        raise Forbidden("demo mode is off", "demo_off")
     return integ
 
 
@@ -40,7 +41,7 @@ async def send(request: web.Request) -> web.Response:
             raise ValueError("subject and body must be strings")
         start, end = parse_time(body.get("start"), "start"), parse_time(body.get("end"), "end")
     except (ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return error(400, "bad_request", str(exc))
+        raise BadRequest(str(exc)) from exc
     options = invites.InviteOptions(
         subject=subject[:MAX_SUBJECT] or "Video meeting",
         start=start,
@@ -53,7 +54,7 @@ async def send(request: web.Request) -> web.Response:
     try:
         path, uid = await asyncio.to_thread(invites.drop, integ, service.config.data_dir, options)
     except ValueError as exc:
-        return error(400, "bad_request", str(exc))
+        raise BadRequest(str(exc)) from exc
     return web.json_response({"uid": uid, "queued": path.name}, status=202)
 
 
@@ -85,7 +86,7 @@ async def replies(request: web.Request) -> web.Response:
     integ = _demo_integration(request)
     uid = request.query.get("uid", "")
     if not uid or len(uid) > 512:
-        return error(400, "bad_request", "uid is required")
+        raise BadRequest("uid is required")
     outbox = integ.spool_dir(request.app[SERVICE].config.data_dir) / "outbox"
     found = await asyncio.to_thread(_read_outbox, outbox, uid)
     return web.json_response({"uid": uid, "replies": found})

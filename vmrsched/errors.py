@@ -1,0 +1,56 @@
+"""What can go wrong for a caller of the service, by kind. Front ends map the kind to their own
+terms in one place (http/app.py: one table of HTTP statuses); the code is the stable word a
+client program can switch on, the message is for people."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """A request the service cannot carry out; `code` is a stable snake_case word."""
+
+    default_code = "error"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code or self.default_code
+        self.message = message
+
+
+class BadRequest(ServiceError):
+    default_code = "bad_request"
+
+
+class Unauthorized(ServiceError):
+    """No credentials, or credentials that are not acceptable."""
+
+    default_code = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    """Credentials are fine but the thing is switched off or not allowed."""
+
+    default_code = "forbidden"
+
+
+class NotFound(ServiceError):
+    default_code = "not_found"
+
+
+class RateLimited(ServiceError):
+    default_code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float, code: str | None = None) -> None:
+        super().__init__(message, code)
+        self.retry_after = retry_after
+
+
+class Unavailable(ServiceError):
+    """The integration cannot take requests now (starting, restarting, failed, or slow)."""
+
+    default_code = "unavailable"
+
+
+class UpstreamError(ServiceError):
+    """A system we depend on (identity provider, mailbox, Pexip) did not answer usefully."""
+
+    default_code = "upstream_error"

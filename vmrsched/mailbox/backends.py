@@ -1,0 +1,52 @@
+"""Which mailbox backend an integration uses, and the OAuth token sources EWS backends share."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from vmrsched.config import IntegrationConfig
+from vmrsched.mailbox.base import Gateway
+from vmrsched.telemetry import Metrics
+
+
+def make_gateway(
+    integ: IntegrationConfig,
+    data_dir: Path,
+    metrics: Metrics,
+    tokens: TokenSources | None = None,
+    exclusive: bool = False,
+) -> Gateway:
+    """The mailbox backend an integration is configured with (`exclusive`: the running
+    service's own, locked against a second process)."""
+    if integ.backend == "spool":
+        from vmrsched.mailbox.spool import SpoolMailbox
+
+        return SpoolMailbox(integ.spool_dir(data_dir), integ.name, integ.timezone, exclusive)
+    if integ.backend == "ews":
+        from vmrsched.mailbox.ews import EwsMailbox
+
+        source = (tokens or TokenSources(data_dir)).get(integ)
+        return EwsMailbox(integ, metrics, source)
+    raise RuntimeError(f"backend {integ.backend!r} is not available in this version")
+
+
+class TokenSources:
+    """One OAuth token source per integration, shared by its EWS gateway (actor threads) and
+    the admin sign-in pages (event loop); rebuilt when a reload changes the integration."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._lock = threading.Lock()
+        self._sources: dict[str, tuple[IntegrationConfig, Any]] = {}
+
+    def get(self, integ: IntegrationConfig) -> Any:
+        from vmrsched.mailbox.ews_auth import token_source
+
+        with self._lock:
+            entry = self._sources.get(integ.name)
+            if entry is None or entry[0] is not integ:
+                entry = (integ, token_source(integ.exchange, self.data_dir, integ.name))
+                self._sources[integ.name] = entry
+            return entry[1]
