@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests import spoolkit
+from tests.configs import ROOM, ews_config
 from tests.fakes.ews_server import FakeExchange
 from tests.fakes.threaded import ThreadedServer
-from tests.mailbox.test_ews import ROOM, make_config
 from vmrsched import service
 from vmrsched.meetings import Meeting
 
@@ -35,7 +35,7 @@ def main() -> None:
     fake = FakeExchange()
     server = ThreadedServer(fake.app()).start()
     with tempfile.TemporaryDirectory(prefix="vmrsched-bench-") as tmp:
-        cfg = make_config(Path(tmp), server.url)
+        cfg = ews_config(Path(tmp), server.url)
         svc = service.start(cfg)
         try:
             spoolkit.wait_for(lambda: svc.ctx.status.state("onprem") == "running")

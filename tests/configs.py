@@ -1,9 +1,17 @@
-"""The smallest config file that runs: one spool integration on loopback, with token
-validation off. Tests and benchmarks add what they need around it."""
+"""Configurations the tests run the service with: the smallest config file that runs (one spool
+integration on loopback, token validation off), parsed configs for spool and EWS integrations,
+and a handle on a running spool service. Shared helpers live here, not in test modules, so no
+test module imports another; tests and benchmarks add what they need around them."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from tests import spoolkit
+from tests.spoolkit import answers_for, drop, wait_handled
+from vmrsched import config, service
+from vmrsched.store import Record
 
 
 def spool_toml(
@@ -27,3 +35,116 @@ mailbox_email = "vmr@example.com"
 [integrations.addin]
 token_validation = "none"
 {integration}"""
+
+
+ROOM = "room@example.com"
+
+
+PW = {"VMRSCHED_EWS_PASSWORD": "s3cret"}
+
+
+def spool_config(
+    tmp_path: Path, names: tuple[str, ...] = ("alpha",), **extra: Any
+) -> config.Config:
+    integrations = []
+    for index, name in enumerate(names):
+        integ: dict[str, Any] = {
+            "name": name,
+            "exchange": {
+                "mailbox_name": "Video Room",
+                "mailbox_email": f"vmr{index or ''}@example.com",
+            },
+            "addin": {"token_validation": "none", "server_fqdn": "vc.example.com"},
+            "spool": {"poll_interval_seconds": 0.05},
+            "timezone": "Europe/London",
+        }
+        integ.update(extra)
+        integrations.append(integ)
+    doc = {
+        "server": {"listen": "127.0.0.1:0", "data_dir": str(tmp_path / "data")},
+        "integrations": integrations,
+    }
+    return config.parse(doc, tmp_path, {})
+
+
+class Running:
+    def __init__(self, svc: service.Service, cfg: config.Config) -> None:
+        self.svc = svc
+        self.cfg = cfg
+        self.spool = cfg.integrations[0].spool_dir(cfg.data_dir)
+        self.inbox = self.spool / "inbox"
+
+    def reserve(self, name: str = "alpha") -> Record:
+        spoolkit.wait_for(
+            lambda: self.svc.ctx.status.snapshot().get(name, {}).get("state") == "running"
+        )
+        ref = self.svc.ctx.registry.get(name, "allocator")
+        record: Record = ref.proxy().reserve().get(timeout=10)
+        return record
+
+    def send(self, data: bytes) -> str:
+        name = drop(self.inbox, data)
+        wait_handled(self.spool, name)
+        self.settle()
+        return name
+
+    def settle(self, name: str = "alpha") -> None:
+        """Wait until the notifier has delivered everything queued (handled items' replies are
+        queued durably first and delivered right after)."""
+        notifier = self.svc.ctx.registry.get(name, "notifier")
+        spoolkit.wait_for(lambda: notifier.proxy().pending().get(timeout=5) == 0)
+
+    def answers(self, uid: str) -> list[spoolkit.Mail]:
+        return answers_for(self.spool, uid)
+
+
+def pxps(record: Record) -> str:
+    return f"<p>Join us</p><p>PXPS:-{record['alias_id']}#</p>"
+
+
+def ews_config(tmp_path: Path, url: str) -> config.Config:
+    doc = {
+        "server": {"listen": "127.0.0.1:0", "data_dir": str(tmp_path / "data")},
+        "integrations": [
+            {
+                "name": "onprem",
+                "backend": "ews",
+                "timezone": "Europe/London",
+                "exchange": {
+                    "ews_url": f"{url}/EWS/Exchange.asmx",
+                    "authentication": "basic",
+                    "service_account_username": "CONTOSO\\svc-vmr",
+                    "service_account_password_env": "VMRSCHED_EWS_PASSWORD",
+                    "mailbox_name": "Video Room",
+                    "mailbox_email": ROOM,
+                    "poll_interval_seconds": 0.05,
+                },
+                "addin": {"token_validation": "none", "server_fqdn": "vc.example.com"},
+            }
+        ],
+    }
+    return config.parse(doc, tmp_path, PW)
+
+
+def write_toml(data_dir: Path, url: str, server: str = "", exchange: str = "") -> Path:
+    """The config file of one EWS integration against the fake at `url`, beside `data_dir`."""
+    path = data_dir.parent / "vmrsched.toml"
+    path.write_text(f"""
+[server]
+data_dir = "{data_dir}"
+{server}
+[[integrations]]
+name = "onprem"
+backend = "ews"
+[integrations.exchange]
+ews_url = "{url}/EWS/Exchange.asmx"
+authentication = "basic"
+service_account_username = "svc-vmr"
+service_account_password_env = "VMRSCHED_EWS_PASSWORD"
+mailbox_name = "Video Room"
+mailbox_email = "{ROOM}"
+{exchange}
+[integrations.addin]
+token_validation = "none"
+""")
+    return path

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.actors.test_service_e2e import Running, make_config
+from tests.configs import Running, spool_config
 from vmrsched import service
 
 
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[Running]:
     """The service running one spool integration ("alpha")."""
-    cfg = make_config(tmp_path)
+    cfg = spool_config(tmp_path)
     svc = service.start(cfg)
     try:
         yield Running(svc, cfg)

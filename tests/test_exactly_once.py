@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests import spoolkit
+from tests.configs import write_toml
 from tests.fakes.ews_server import FakeExchange
 from tests.fakes.threaded import ThreadedServer
-from tests.mailbox.test_ews import write_toml
-from tests.test_serve import free_port, sends, start, wait_ready, write_config
+from tests.serving import free_port, sends, start, wait_ready, write_config
 from vmrsched.meetings import Meeting
 
 ROOT = Path(__file__).resolve().parent.parent

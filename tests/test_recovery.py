@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests import spoolkit
-from tests.actors.test_service_e2e import Running, make_config
-from tests.configs import spool_toml
+from tests.configs import Running, spool_config, spool_toml
 from vmrsched import answers, recovery, service
 from vmrsched.mailbox.spool import SpoolMailbox
 from vmrsched.store import Store
@@ -22,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_recover_on_the_spool(tmp_path: Path) -> None:
-    cfg = make_config(tmp_path)
+    cfg = spool_config(tmp_path)
     spool = cfg.integrations[0].spool_dir(cfg.data_dir)
     svc = service.start(cfg)
     try:
@@ -73,7 +72,7 @@ def test_recover_on_the_spool(tmp_path: Path) -> None:
 def test_recover_a_pxps_booking_on_the_spool(tmp_path: Path) -> None:
     """The update holds only the new instructions, and the update coming back to the room (as
     Exchange would deliver it) gets no reply."""
-    cfg = make_config(tmp_path)
+    cfg = spool_config(tmp_path)
     integ = cfg.integrations[0]
     spool = integ.spool_dir(cfg.data_dir)
     renderer = integ.renderer()

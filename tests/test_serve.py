@@ -11,92 +11,20 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests import spoolkit
-from tests.configs import spool_toml
+from tests.serving import ROOT, free_port, get, sends, start, wait_ready, write_config
 from vmrsched.store import Store
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
 def count(folder: Path, pattern: str = "*") -> int:
     return len(list(folder.glob(pattern))) if folder.exists() else 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def write_config(path: Path, port: int, extra: str = "") -> None:
-    path.write_text(
-        spool_toml(
-            path.parent / "data",
-            port=port,
-            server='log_format = "json"',
-            integration="[integrations.spool]\npoll_interval_seconds = 0.05\n" + extra,
-        )
-    )
-
-
-def start(
-    config: Path, env: dict[str, str] | None = None, fd_limit: int | None = None
-) -> subprocess.Popen[bytes]:
-    """Start the server logging to server.log beside the config (a pipe nobody reads would fill
-    up and block the server); `env` adds variables (secrets) to the inherited environment."""
-    log = open(config.parent / "server.log", "ab")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(
-        [sys.executable, "-m", "vmrsched", "serve", "--config", str(config)],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-        preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit)))
-        if fd_limit
-        else None,
-    )
-
-
-def sends(config: Path) -> Counter[tuple[str, str]]:
-    """(meeting uid, kind) -> how many times the service handed such a message to the mailbox,
-    over every run, from its JSON log."""
-    counts: Counter[tuple[str, str]] = Counter()
-    for line in (config.parent / "server.log").read_text().splitlines():
-        if not line.startswith("{"):
-            continue
-        entry = json.loads(line)
-        if entry.get("logger") == "vmrsched.notifier" and entry["message"].startswith("sent "):
-            counts[(entry["meeting_uid"], entry["message"].split()[1])] += 1
-    return counts
-
-
-def get(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def wait_ready(port: int, timeout: float = 20) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            status, body = get(port, "/readyz")
-            if status == 200:
-                return dict(json.loads(body))
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server did not become ready")
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from vmrsched.mailbox.base import GatewayError
 from vmrsched.mailbox.ews_auth import SIGN_IN_ALARM, DelegatedTokens
 from vmrsched.recovery import Recovered, recover
 from vmrsched.store import Record, Store, lock_directory
-from vmrsched.telemetry import Alarms, Metrics
+from vmrsched.telemetry import CONFIG_INVALID, STORE_CORRUPT, Alarms, Metrics
 
 __all__ = [
     "Recovered",
@@ -95,10 +95,10 @@ class Service:
         except config_mod.ConfigError as exc:
             for problem in exc.problems:
                 log.error("config reload refused: %s", problem)
-            self.ctx.alarms.raise_("service", "config_invalid", "; ".join(exc.problems))
+            self.ctx.alarms.raise_("service", CONFIG_INVALID, "; ".join(exc.problems))
             self.ctx.metrics.config_reloads.labels("invalid").inc()
             return None
-        self.ctx.alarms.clear("service", "config_invalid")
+        self.ctx.alarms.clear("service", CONFIG_INVALID)
         return new
 
     def reload(self, path: Path | None = None) -> ReloadResult | None:
@@ -172,7 +172,7 @@ class Service:
             for name in self.integration_names()
         }
         ready = bool(integrations) and all(
-            i["state"] == "running" and "store_corrupt" not in i["alarms"]
+            i["state"] == "running" and STORE_CORRUPT not in i["alarms"]
             for i in integrations.values()
         )
         body = {

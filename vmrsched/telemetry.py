@@ -103,6 +103,17 @@ class Alarm:
     raised_at: float
 
 
+# Every alarm the service raises, by name: alerting rules and the admin pages rely on these.
+INTEGRATION_FAILED = "integration_failed"  # restarted too often; retried with backoff
+SUPERVISOR_FAILED = "supervisor_failed"  # the root supervisor died; the service is stopping
+CONFIG_INVALID = "config_invalid"  # a reload was refused; the old config runs on
+MAILBOX_UNREACHABLE = "mailbox_unreachable"  # the spool (or any mailbox) cannot be read or written
+EXCHANGE_UNREACHABLE = "exchange_unreachable"  # Exchange (EWS or Graph) does not answer
+DELIVERY_FAILED = "delivery_failed"  # a message was given up on; `vmrsched failed` lists it
+STORE_CORRUPT = "store_corrupt"  # damage found in a store; `vmrsched store repair`
+SIGN_IN_REQUIRED = "service_account_sign_in_required"  # oauth_delegated needs an admin sign-in
+
+
 class Alarms:
     """Raised conditions that need an admin. Thread-safe; mirrored in vmrsched_alarm_active."""
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests import spoolkit
-from tests.actors.test_service_e2e import Running
+from tests.configs import Running
 
 TOK = "TOK:-00000000-0000-4000-8000-{:012d}#"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests import spoolkit
-from tests.actors.test_service_e2e import Running, make_config
+from tests.configs import Running, spool_config
 from vmrsched import config, service
 from vmrsched.actors.context import Context
 from vmrsched.mailbox.base import GatewayError, Outgoing
@@ -41,7 +41,7 @@ def picky(integ: config.IntegrationConfig, ctx: Context) -> Any:
 
 
 def test_each_message_fails_or_succeeds_alone(tmp_path: Path) -> None:
-    cfg = make_config(tmp_path)
+    cfg = spool_config(tmp_path)
     svc = service.start(cfg, gateway_factory=picky)
     try:
         running = Running(svc, cfg)

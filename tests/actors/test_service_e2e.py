@@ -5,74 +5,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests import spoolkit
+from tests.configs import Running, pxps
 from tests.shared import CORPUS, FIXTURES, needs_corpus
-from tests.spoolkit import answers_for, drop, request, wait_handled
-from vmrsched import config, service
-from vmrsched.store import Record
+from tests.spoolkit import drop, request, wait_handled
 
 TOK = "TOK:-{}#"
-
-
-def make_config(tmp_path: Path, names: tuple[str, ...] = ("alpha",), **extra: Any) -> config.Config:
-    integrations = []
-    for index, name in enumerate(names):
-        integ: dict[str, Any] = {
-            "name": name,
-            "exchange": {
-                "mailbox_name": "Video Room",
-                "mailbox_email": f"vmr{index or ''}@example.com",
-            },
-            "addin": {"token_validation": "none", "server_fqdn": "vc.example.com"},
-            "spool": {"poll_interval_seconds": 0.05},
-            "timezone": "Europe/London",
-        }
-        integ.update(extra)
-        integrations.append(integ)
-    doc = {
-        "server": {"listen": "127.0.0.1:0", "data_dir": str(tmp_path / "data")},
-        "integrations": integrations,
-    }
-    return config.parse(doc, tmp_path, {})
-
-
-class Running:
-    def __init__(self, svc: service.Service, cfg: config.Config) -> None:
-        self.svc = svc
-        self.cfg = cfg
-        self.spool = cfg.integrations[0].spool_dir(cfg.data_dir)
-        self.inbox = self.spool / "inbox"
-
-    def reserve(self, name: str = "alpha") -> Record:
-        spoolkit.wait_for(
-            lambda: self.svc.ctx.status.snapshot().get(name, {}).get("state") == "running"
-        )
-        ref = self.svc.ctx.registry.get(name, "allocator")
-        record: Record = ref.proxy().reserve().get(timeout=10)
-        return record
-
-    def send(self, data: bytes) -> str:
-        name = drop(self.inbox, data)
-        wait_handled(self.spool, name)
-        self.settle()
-        return name
-
-    def settle(self, name: str = "alpha") -> None:
-        """Wait until the notifier has delivered everything queued (handled items' replies are
-        queued durably first and delivered right after)."""
-        notifier = self.svc.ctx.registry.get(name, "notifier")
-        spoolkit.wait_for(lambda: notifier.proxy().pending().get(timeout=5) == 0)
-
-    def answers(self, uid: str) -> list[spoolkit.Mail]:
-        return answers_for(self.spool, uid)
-
-
-def pxps(record: Record) -> str:
-    return f"<p>Join us</p><p>PXPS:-{record['alias_id']}#</p>"
 
 
 def only(mails: list[spoolkit.Mail]) -> spoolkit.Mail:

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from tests import spoolkit
-from tests.actors.test_service_e2e import Running, make_config
+from tests.configs import Running, spool_config
 from vmrsched import service
 from vmrsched.store import Store, StoreInUseError
 
 
 def test_a_damaged_store_raises_store_corrupt_and_changes_nothing(tmp_path: Path) -> None:
-    cfg = make_config(tmp_path, names=("alpha", "beta"))
+    cfg = spool_config(tmp_path, names=("alpha", "beta"))
     store_dir = cfg.data_dir / "store" / "alpha"
     store = Store(store_dir)
     for _ in range(20):
@@ -47,7 +47,7 @@ def test_a_damaged_store_raises_store_corrupt_and_changes_nothing(tmp_path: Path
 
 
 def test_one_service_per_data_directory(tmp_path: Path) -> None:
-    cfg = make_config(tmp_path)
+    cfg = spool_config(tmp_path)
     svc = service.start(cfg)
     try:
         for lock in cfg.data_dir.rglob("lock"):

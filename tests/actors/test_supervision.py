@@ -8,10 +8,10 @@ import threading
 from pathlib import Path
 
 from tests import spoolkit
-from tests.actors.test_service_e2e import make_config
+from tests.configs import spool_config
 from vmrsched import service
 from vmrsched.actors.context import Context
-from vmrsched.actors.supervision import RestartIntensity, RestartPolicy
+from vmrsched.actors.supervision import Backoff, RestartIntensity, RestartPolicy
 from vmrsched.config import IntegrationConfig
 from vmrsched.mailbox.spool import SpoolMailbox
 
@@ -55,7 +55,7 @@ def test_restart_intensity_window() -> None:
 
 
 def test_crashed_poller_is_restarted_and_loses_no_item(tmp_path: Path) -> None:
-    cfg = make_config(tmp_path)
+    cfg = spool_config(tmp_path)
     plan = {"alpha": 0}
     svc = service.start(cfg, gateway_factory=factory(plan))
     try:
@@ -79,10 +79,13 @@ def test_crashed_poller_is_restarted_and_loses_no_item(tmp_path: Path) -> None:
 
 
 def test_crash_storm_fails_one_integration_only_and_it_recovers(tmp_path: Path) -> None:
-    cfg = make_config(tmp_path, names=("alpha", "beta"))
+    cfg = spool_config(tmp_path, names=("alpha", "beta"))
     plan = {"alpha": -1, "beta": 0}  # alpha crashes on every poll
     policy = RestartPolicy(
-        max_restarts=5, within_seconds=60, restart_delay=0.01, backoff_initial=0.5
+        max_restarts=5,
+        within_seconds=60,
+        restart_delay=0.01,
+        integration=Backoff(0.5, 300.0),
     )
     svc = service.start(cfg, gateway_factory=factory(plan), policy=policy)
     try:
@@ -123,7 +126,7 @@ def test_crash_storm_fails_one_integration_only_and_it_recovers(tmp_path: Path) 
 
 
 def test_an_integration_that_cannot_start_is_failed_not_fatal(tmp_path: Path) -> None:
-    cfg = make_config(tmp_path, names=("alpha", "beta"))
+    cfg = spool_config(tmp_path, names=("alpha", "beta"))
 
     def broken(integ: IntegrationConfig, ctx: Context) -> SpoolMailbox:
         if integ.name == "alpha":

@@ -11,7 +11,7 @@ from typing import Any
 import pykka
 
 from tests import spoolkit
-from tests.actors.test_service_e2e import make_config
+from tests.configs import spool_config
 from vmrsched import service
 from vmrsched.actors.messages import Crash
 from vmrsched.actors.registry import ActorUnavailable
@@ -28,7 +28,7 @@ def children(svc: service.Service, name: str) -> list[pykka.ActorRef[Any]]:
 def test_a_crashed_integration_supervisor_takes_its_children_and_comes_back(
     tmp_path: Path,
 ) -> None:
-    cfg = make_config(tmp_path, names=("alpha", "beta"))
+    cfg = spool_config(tmp_path, names=("alpha", "beta"))
     svc = service.start(cfg)
     try:
         spoolkit.wait_for(lambda: svc.ctx.status.state("alpha") == "running")
@@ -56,7 +56,7 @@ def test_a_crashed_integration_supervisor_takes_its_children_and_comes_back(
 def test_when_the_root_dies_nothing_runs_on_and_stop_still_ends_everything(
     tmp_path: Path,
 ) -> None:
-    cfg = make_config(tmp_path, names=("alpha", "beta"))
+    cfg = spool_config(tmp_path, names=("alpha", "beta"))
     svc = service.start(cfg)
     started: list[pykka.ActorRef[Any]] = []
     try:

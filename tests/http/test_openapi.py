@@ -12,14 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.http.test_pane_browser import server  # noqa: F401 - the running demo server
-
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "vmrsched" / "http" / "openapi.yaml"
 pytestmark = pytest.mark.slow
 
 
-def test_spec_is_served_and_is_the_file(server: str) -> None:  # noqa: F811
+def test_spec_is_served_and_is_the_file(server: str) -> None:
     with urllib.request.urlopen(f"{server}/api/openapi.yaml", timeout=5) as response:
         served = response.read()
     assert served == SPEC.read_bytes()
@@ -27,7 +25,7 @@ def test_spec_is_served_and_is_the_file(server: str) -> None:  # noqa: F811
 
 
 def test_schemathesis_finds_no_5xx_and_no_spec_violation(
-    server: str,  # noqa: F811
+    server: str,
     tmp_path: Path,
 ) -> None:
     binary = shutil.which("schemathesis", path=str(Path(sys.executable).parent))

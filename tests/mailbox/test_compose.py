@@ -12,7 +12,7 @@ from pathlib import Path
 import icalendar
 
 from tests import spoolkit
-from tests.actors.test_service_e2e import Running
+from tests.configs import Running
 from tests.shared import FIXTURES
 from vmrsched.calendars import replace_placeholder
 from vmrsched.mailbox import itip

@@ -17,41 +17,17 @@ from typing import Any
 import pytest
 
 from tests import spoolkit
+from tests.configs import PW, ROOM, ews_config, write_toml
 from tests.fakes.ews_server import FakeExchange, FakeItem
 from tests.fakes.threaded import ThreadedServer
 from vmrsched import answers, config, recovery, service
+from vmrsched.actors.supervision import RestartPolicy
 from vmrsched.mailbox.backends import make_gateway
 from vmrsched.meetings import Meeting
 from vmrsched.store import Store
 from vmrsched.telemetry import Metrics
 
-ROOM = "room@example.com"
 ROOT = Path(__file__).resolve().parents[2]
-PW = {"VMRSCHED_EWS_PASSWORD": "s3cret"}
-
-
-def make_config(tmp_path: Path, url: str) -> config.Config:
-    doc = {
-        "server": {"listen": "127.0.0.1:0", "data_dir": str(tmp_path / "data")},
-        "integrations": [
-            {
-                "name": "onprem",
-                "backend": "ews",
-                "timezone": "Europe/London",
-                "exchange": {
-                    "ews_url": f"{url}/EWS/Exchange.asmx",
-                    "authentication": "basic",
-                    "service_account_username": "CONTOSO\\svc-vmr",
-                    "service_account_password_env": "VMRSCHED_EWS_PASSWORD",
-                    "mailbox_name": "Video Room",
-                    "mailbox_email": ROOM,
-                    "poll_interval_seconds": 0.05,
-                },
-                "addin": {"token_validation": "none", "server_fqdn": "vc.example.com"},
-            }
-        ],
-    }
-    return config.parse(doc, tmp_path, PW)
 
 
 @dataclass
@@ -89,8 +65,9 @@ class Env:
 def env(tmp_path: Path) -> Iterator[Env]:
     fake = FakeExchange()
     server = ThreadedServer(fake.app()).start()
-    cfg = make_config(tmp_path, server.url)
-    svc = service.start(cfg)
+    cfg = ews_config(tmp_path, server.url)
+    # outages back off for at most a second here: no test waits on production backoff
+    svc = service.start(cfg, policy=RestartPolicy(mailbox_max=1.0))
     try:
         yield Env(fake, server, svc, cfg)
     finally:
@@ -262,7 +239,7 @@ def test_faults_raise_the_alarm_and_lose_nothing(env: Env) -> None:
 def test_recovery_rebinds_meetings_missing_from_the_store(tmp_path: Path) -> None:
     fake = FakeExchange()
     server = ThreadedServer(fake.app()).start()
-    cfg = make_config(tmp_path, server.url)
+    cfg = ews_config(tmp_path, server.url)
     svc = service.start(cfg)
     try:
         env = Env(fake, server, svc, cfg)
@@ -331,30 +308,6 @@ def _write_toml(tmp_path: Path, cfg: config.Config, url: str) -> Path:
     return write_toml(cfg.data_dir, url)
 
 
-def write_toml(data_dir: Path, url: str, server: str = "", exchange: str = "") -> Path:
-    """The config file of one EWS integration against the fake at `url`, beside `data_dir`."""
-    path = data_dir.parent / "vmrsched.toml"
-    path.write_text(f"""
-[server]
-data_dir = "{data_dir}"
-{server}
-[[integrations]]
-name = "onprem"
-backend = "ews"
-[integrations.exchange]
-ews_url = "{url}/EWS/Exchange.asmx"
-authentication = "basic"
-service_account_username = "svc-vmr"
-service_account_password_env = "VMRSCHED_EWS_PASSWORD"
-mailbox_name = "Video Room"
-mailbox_email = "{ROOM}"
-{exchange}
-[integrations.addin]
-token_validation = "none"
-""")
-    return path
-
-
 def _env() -> dict[str, str]:
     import os
 
@@ -392,7 +345,7 @@ def oauth(tmp_path: Path) -> Iterator[OAuthEnv]:
 
 
 def oauth_config(tmp_path: Path, env: OAuthEnv, mode: str, admin: bool = False) -> config.Config:
-    base = make_config(tmp_path, env.server.url)
+    base = ews_config(tmp_path, env.server.url)
     authority = env.platform.authority
     redirect = "http://127.0.0.1:8080/admin/platform/msexchangeconnector/oauth_redirect/"
     doc: dict[str, Any] = {
@@ -537,7 +490,7 @@ SIGN_IN = "service_account_sign_in_required"
 def test_ntlm_service_account(tmp_path: Path, password: str, answered: bool) -> None:
     fake = FakeExchange(ntlm=True)
     server = ThreadedServer(fake.app()).start()
-    base = make_config(tmp_path, server.url)
+    base = ews_config(tmp_path, server.url)
     integ = base.integrations[0]
     doc = {
         "server": {"listen": "127.0.0.1:0", "data_dir": str(tmp_path / "data")},
@@ -579,7 +532,7 @@ def test_ntlm_service_account(tmp_path: Path, password: str, answered: bool) -> 
 
 
 def _check_online(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
-    path = _write_toml(tmp_path, make_config(tmp_path, url), url)
+    path = _write_toml(tmp_path, ews_config(tmp_path, url), url)
     return subprocess.run(
         [sys.executable, "-m", "vmrsched", "check-config", "--online", str(path)],
         capture_output=True,
@@ -739,7 +692,7 @@ def test_recovery_of_a_pxps_booking_replaces_the_dead_instructions_and_its_echo_
 ) -> None:
     fake = FakeExchange()
     server = ThreadedServer(fake.app()).start()
-    cfg = make_config(tmp_path, server.url)
+    cfg = ews_config(tmp_path, server.url)
     integ = cfg.integrations[0]
     renderer = integ.renderer()
     svc = service.start(cfg)

@@ -16,9 +16,10 @@ from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Crash, Processed, Request, Reserve, Sweep
 from vmrsched.meetings import Meeting, decide, general_error
 from vmrsched.store import Record, Store, StoreBrokenError, StoreCorruptError
+from vmrsched.telemetry import STORE_CORRUPT
 
 log = logging.getLogger("vmrsched.allocator")
-CORRUPT_ALARM = "store_corrupt"
+CORRUPT_ALARM = STORE_CORRUPT
 
 
 class AliasAllocator(SupervisedChild):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,8 @@ from vmrsched.aliases import RandomSource
 from vmrsched.config import IntegrationConfig, ServerConfig
 from vmrsched.mailbox.backends import TokenSources, make_gateway
 from vmrsched.mailbox.base import Gateway
+from vmrsched.store import utc_now
 from vmrsched.telemetry import Alarms, Metrics
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class StatusBoard:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import pykka
 
 from vmrsched.actors.allocator import AliasAllocator
+from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.context import Context
 from vmrsched.actors.messages import ChildFailed, Crash, RestartChild, RetryIntegration
 from vmrsched.actors.notifier import Notifier
@@ -18,10 +20,30 @@ from vmrsched.actors.poller import MailboxPoller
 from vmrsched.actors.supervision import RestartIntensity
 from vmrsched.config import IntegrationConfig
 from vmrsched.mailbox.base import Gateway
+from vmrsched.telemetry import INTEGRATION_FAILED
 
 log = logging.getLogger("vmrsched.supervisor")
-ROLES = ("allocator", "notifier", "poller")  # start order; stop in reverse
-ALARM = "integration_failed"
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """How to start one child (OTP's child specification): its role, its actor class and
+    whether it shares the integration's mailbox gateway."""
+
+    role: str
+    actor: type[SupervisedChild]
+    uses_gateway: bool = False
+
+
+# in start order; stopped in reverse
+CHILDREN = (
+    ChildSpec("allocator", AliasAllocator),
+    ChildSpec("notifier", Notifier, uses_gateway=True),
+    ChildSpec("poller", MailboxPoller, uses_gateway=True),
+)
+SPECS = {spec.role: spec for spec in CHILDREN}
+ROLES = tuple(spec.role for spec in CHILDREN)
+ALARM = INTEGRATION_FAILED
 STOP_TIMEOUT = 30.0
 
 
@@ -66,13 +88,9 @@ class IntegrationSupervisor(pykka.ThreadingActor):
     def _start_child(self, role: str) -> None:
         self.generation[role] += 1
         args = (self.integ, self.ctx, self.actor_ref, self.generation[role])
-        ref: pykka.ActorRef[Any]
-        if role == "allocator":
-            ref = AliasAllocator.start(*args)
-        elif role == "notifier":
-            ref = Notifier.start(*args, gateway=self.gateway)
-        else:
-            ref = MailboxPoller.start(*args, gateway=self.gateway)
+        spec = SPECS[role]
+        extra = {"gateway": self.gateway} if spec.uses_gateway else {}
+        ref: pykka.ActorRef[Any] = spec.actor.start(*args, **extra)
         self.children[role] = ref
         self.ctx.registry.set(self.name, role, ref)
 

@@ -24,16 +24,17 @@ from typing import Any
 
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Flush
+from vmrsched.actors.supervision import Backoff
 from vmrsched.mailbox.base import Gateway, GatewayError, Outgoing
 from vmrsched.outqueue import OutQueue
+from vmrsched.telemetry import DELIVERY_FAILED, MAILBOX_UNREACHABLE
 
 log = logging.getLogger("vmrsched.notifier")
 
 CHUNK = 200
-ALARM = "mailbox_unreachable"
-FAILED_ALARM = "delivery_failed"
+ALARM = MAILBOX_UNREACHABLE
+FAILED_ALARM = DELIVERY_FAILED
 MAX_ATTEMPTS = 8
-MAX_BACKOFF = 60.0
 
 
 @dataclass
@@ -50,7 +51,9 @@ class Notifier(SupervisedChild):
         self.gateway = gateway
         self.alarm: str = getattr(gateway, "alarm", ALARM)
         self._flush_queued = False
-        self._backoff = 0.0
+        self._backoff = 0.0  # the wait of a mailbox outage now; 0.0 when sending works
+        self._failures = 0
+        self._outage = Backoff(0.5, self.ctx.policy.mailbox_max)
         self._raised = self.alarm
         self._retries: dict[str, _Retry] = {}
         self._wake_at: float | None = None
@@ -140,7 +143,8 @@ class Notifier(SupervisedChild):
                 self._settle(outgoing, error, now, waiting, sent)
         except GatewayError as exc:
             self._record(sent)
-            delay = exc.retry_after or min(MAX_BACKOFF, max(0.5, self._backoff * 2))
+            self._failures += 1
+            delay = exc.retry_after or self._outage.delay(self._failures)
             self._backoff = delay
             self._raised = exc.alarm or self.alarm
             self.ctx.alarms.raise_(self.integ.name, self._raised, str(exc))
@@ -156,6 +160,7 @@ class Notifier(SupervisedChild):
         self._record(sent)
         if self._backoff:
             self._backoff = 0.0
+            self._failures = 0
             self.ctx.alarms.clear(self.integ.name, self._raised)
         if attempted >= CHUNK or self._replaced:
             self._replaced = False
@@ -239,7 +244,7 @@ class Notifier(SupervisedChild):
             self._retries.pop(outgoing.id, None)
             self._give_up(outgoing, f"{exc} (after {retry.attempts} attempts)")
             return
-        retry.not_before = now + min(MAX_BACKOFF, 0.5 * 2**retry.attempts)
+        retry.not_before = now + self.ctx.policy.message.delay(retry.attempts)
         self._retries[outgoing.id] = retry
         waiting.append(retry.not_before)
         log.warning(

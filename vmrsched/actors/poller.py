@@ -13,12 +13,14 @@ from typing import Any
 from vmrsched import answers
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Poll, Processed
+from vmrsched.actors.supervision import Backoff
 from vmrsched.mailbox.base import Gateway, GatewayError, InboxItem, Outgoing
 from vmrsched.meetings import Meeting, general_error
+from vmrsched.telemetry import MAILBOX_UNREACHABLE
 
 log = logging.getLogger("vmrsched.decisions")
 ASK_TIMEOUT = 60.0
-ALARM = "mailbox_unreachable"
+ALARM = MAILBOX_UNREACHABLE
 
 
 class MailboxPoller(SupervisedChild):
@@ -34,6 +36,7 @@ class MailboxPoller(SupervisedChild):
         )
         self.alarm: str = getattr(gateway, "alarm", ALARM)
         self._failures = 0
+        self._backoff = Backoff(self.interval * 2, self.ctx.policy.mailbox_max)
         self._raised = self.alarm
 
     def setup(self) -> None:
@@ -49,7 +52,7 @@ class MailboxPoller(SupervisedChild):
                 handled = self.poll_once()
             except GatewayError as exc:
                 self._failures += 1
-                delay = exc.retry_after or min(60.0, self.interval * 2 ** min(self._failures, 7))
+                delay = exc.retry_after or self._backoff.delay(self._failures)
                 self._raised = exc.alarm or self.alarm
                 self.ctx.alarms.raise_(self.integ.name, self._raised, str(exc))
                 self.ctx.scheduler.call_later(delay, self._tell_poll)

@@ -16,6 +16,7 @@ from vmrsched.actors.integration import IntegrationSupervisor
 from vmrsched.actors.messages import ChildFailed, Crash, Reload, Request, RestartChild
 from vmrsched.actors.supervision import RestartIntensity
 from vmrsched.config import Config, IntegrationConfig
+from vmrsched.telemetry import SUPERVISOR_FAILED
 
 log = logging.getLogger("vmrsched.service")
 
@@ -119,7 +120,7 @@ class ServiceSupervisor(pykka.ThreadingActor):
         readiness then reports every integration stopped."""
         error = repr(exc_info[1]) if len(exc_info) > 1 else "crashed"
         log.error("service supervisor crashed: %s; stopping every integration", error)
-        self.ctx.alarms.raise_("service", "supervisor_failed", error)
+        self.ctx.alarms.raise_("service", SUPERVISOR_FAILED, error)
         for name in list(self.integrations):
             self._stop_integration(name)
             self.ctx.status.set(name, state="stopped", error=f"service supervisor crashed: {error}")

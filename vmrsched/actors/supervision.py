@@ -10,12 +10,27 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff, the one formula every retry in the service uses: the delay after
+    the n-th consecutive failure doubles from `initial` up to `maximum`."""
+
+    initial: float
+    maximum: float
+
+    def delay(self, failures: int) -> float:
+        return min(self.maximum, self.initial * 2.0 ** min(max(failures - 1, 0), 32))
+
+
+@dataclass(frozen=True)
 class RestartPolicy:
+    """Every timing of supervision and retries, in one injectable place (tests shorten it)."""
+
     max_restarts: int = 5  # more than this many restarts ...
     within_seconds: float = 60.0  # ... within this window marks the integration failed
     restart_delay: float = 0.1  # under the 1 s the design allows
-    backoff_initial: float = 5.0
-    backoff_max: float = 300.0
+    integration: Backoff = Backoff(5.0, 300.0)  # a failed integration's retries
+    mailbox_max: float = 60.0  # a mailbox outage (polling and sending): the longest wait
+    message: Backoff = Backoff(1.0, 60.0)  # one message the mailbox refused for now
 
 
 class RestartIntensity:
@@ -39,7 +54,5 @@ class RestartIntensity:
         self._times.clear()
 
     def next_backoff(self) -> float:
-        growth = 2.0 ** min(self.failures, 16)
-        delay = min(self.policy.backoff_max, self.policy.backoff_initial * growth)
         self.failures += 1
-        return delay
+        return self.policy.integration.delay(self.failures)

@@ -14,7 +14,6 @@ from importlib import resources
 from typing import Any
 
 import aiohttp
-import jinja2
 import orjson
 from aiohttp import web
 
@@ -23,6 +22,7 @@ from vmrsched.config import IntegrationConfig, PerConfig, png_size
 from vmrsched.errors import BadRequest, Forbidden, RateLimited, ServiceError
 from vmrsched.http import manifest
 from vmrsched.http.common import (
+    PAGES,
     SERVICE,
     integration_or_404,
     origin_of,
@@ -39,11 +39,6 @@ STATIC = resources.files("vmrsched.http") / "static"
 SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 LIMITER = web.AppKey("rate_limiter", RateLimiter)
 
-_pages = jinja2.Environment(
-    loader=jinja2.PackageLoader("vmrsched.http", "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-)
 
 PANE_TEXTS = (
     "pane_title",
@@ -138,7 +133,7 @@ async def small_icon(request: web.Request) -> web.Response:
 
 async def support(request: web.Request) -> web.Response:
     integ = integration_or_404(request)
-    page = _pages.get_template("support.html").render(integ=integ)
+    page = PAGES.get_template("support.html").render(integ=integ)
     csp = (
         "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; "
         "form-action 'none'; frame-ancestors 'self' https://*.office.com "
@@ -181,7 +176,7 @@ async def taskpane(request: web.Request) -> web.Response:
         if adv.use_custom_addin_sources and u
     ]
     scripts = list(adv.additional_script_sources) if adv.use_custom_addin_sources else []
-    page = _pages.get_template("taskpane.html").render(
+    page = PAGES.get_template("taskpane.html").render(
         integ=integ,
         texts=integ.addin,
         settings=json.dumps(pane_settings(request, integ)),

@@ -19,23 +19,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import jinja2
 from aiohttp import web
 
 from vmrsched.errors import Forbidden, RateLimited, Unauthorized
-from vmrsched.http.common import SERVICE
+from vmrsched.http.common import PAGES, SERVICE
 from vmrsched.http.ratelimit import RateLimiter
 from vmrsched.service import SignInRefused
 
 log = logging.getLogger("vmrsched.admin")
 COOKIE = "vmrsched_admin"
 REDIRECT_PATH = "/admin/platform/msexchangeconnector/oauth_redirect/"
-
-_pages = jinja2.Environment(
-    loader=jinja2.PackageLoader("vmrsched.http", "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -109,7 +102,7 @@ def admin_only(handler: Handler) -> Handler:
 
 def _page(name: str, status: int = 200, **values: Any) -> web.Response:
     return web.Response(
-        text=_pages.get_template(name).render(**values),
+        text=PAGES.get_template(name).render(**values),
         status=status,
         content_type="text/html",
         headers={

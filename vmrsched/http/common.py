@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import jinja2
 from aiohttp import web
 
 from vmrsched.config import IntegrationConfig
@@ -21,6 +22,12 @@ from vmrsched.errors import (
 from vmrsched.service import Service
 
 SERVICE = web.AppKey("service", Service)
+# our own HTML pages (the pane, admin login): autoescaped, and a missing value is an error
+PAGES = jinja2.Environment(
+    loader=jinja2.PackageLoader("vmrsched.http", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
 
 
 def error(status: int, code: str, message: str) -> web.Response:

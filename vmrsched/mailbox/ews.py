@@ -68,7 +68,7 @@ from vmrsched.mailbox import itip
 from vmrsched.mailbox.base import CalendarEntry, GatewayError, InboxItem, Outgoing
 from vmrsched.mailbox.ews_auth import TokenSource
 from vmrsched.meetings import Meeting
-from vmrsched.telemetry import Metrics
+from vmrsched.telemetry import EXCHANGE_UNREACHABLE, Metrics
 
 log = logging.getLogger("vmrsched.ews")
 
@@ -166,10 +166,14 @@ def _translate(exc: Exception) -> GatewayError:
     back the whole mailbox off; a response code about one message fails or retries it alone."""
     code = type(exc).__name__ if type(exc).__name__.startswith("Error") else ""
     if isinstance(exc, ErrorServerBusy):
-        delay = getattr(exc, "back_off", None)
-        return GatewayError(f"Exchange is throttling: {exc}", retry_after=delay or 5.0)
+        # the server's own BackOffMilliseconds (or Retry-After) when it gave one, else the
+        # caller's backoff: for a transient error without either (a bare 503), exchangelib
+        # "re-raises" it as busy with a guess of its own (10 s and doubling), which is not ours
+        delay = None if str(exc).startswith("Reraised from") else getattr(exc, "back_off", None)
+        return GatewayError(f"Exchange is throttling: {exc}", retry_after=delay or None)
     if isinstance(exc, RateLimitError):
-        return GatewayError(f"Exchange is throttling: {exc}", retry_after=30.0)
+        wait = getattr(exc, "wait", None)
+        return GatewayError(f"Exchange is throttling: {exc}", retry_after=wait or None)
     if isinstance(exc, UnauthorizedError):
         return GatewayError(f"Exchange refused the service account: {exc}")
     if code in PERMANENT_CODES:
@@ -183,7 +187,7 @@ RETRYABLE = (TransportError, EWSError, requests.RequestException, OSError)
 
 
 class EwsMailbox:
-    alarm = "exchange_unreachable"
+    alarm = EXCHANGE_UNREACHABLE
     # a resend is not harmless (a second reply or organizer update): the notifier marks each
     # message delivered as soon as Exchange took it
     idempotent_send = False

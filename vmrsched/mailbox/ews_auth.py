@@ -20,8 +20,9 @@ import requests
 
 from vmrsched.config import ExchangeConfig
 from vmrsched.mailbox.base import GatewayError
+from vmrsched.telemetry import SIGN_IN_REQUIRED
 
-SIGN_IN_ALARM = "service_account_sign_in_required"
+SIGN_IN_ALARM = SIGN_IN_REQUIRED
 
 
 class SignInRequired(GatewayError):

@@ -29,6 +29,7 @@ from vmrsched.mailbox import compose, itip
 from vmrsched.mailbox.base import CalendarEntry, GatewayError, InboxItem, Outgoing
 from vmrsched.meetings import Meeting, meeting_from_json, meeting_to_json
 from vmrsched.store import lock_directory
+from vmrsched.telemetry import MAILBOX_UNREACHABLE
 
 SUFFIXES = (".ics", ".eml")
 CALENDAR_FILE = "accepted.jsonl"
@@ -155,7 +156,7 @@ class SpoolMailbox:
     def mark_handled(self, item_id: str, replied: bool = False) -> None:
         self._move(item_id, self.processed)
 
-    alarm = "mailbox_unreachable"
+    alarm = MAILBOX_UNREACHABLE
     # a message written again under its id replaces nothing and sends nothing twice
     idempotent_send = True
 
