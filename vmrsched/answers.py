@@ -4,12 +4,14 @@ the placeholder path, the organizer update. Pure: rendering and composing, no I/
 from __future__ import annotations
 
 import hashlib
+import traceback
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from vmrsched import aliases, calendars
 from vmrsched.config import IntegrationConfig
-from vmrsched.meetings import Decision, Meeting
+from vmrsched.meetings import Decision, Meeting, general_error
 from vmrsched.outgoing import Outgoing
 from vmrsched.templating import Renderer
 
@@ -108,7 +110,7 @@ def organizer_update(
     on the organizer's behalf to the attendees."""
     values = variables(integ, meeting, record, decision)
     instructions = renderer.render("single_use_joining_instructions_template", values)
-    token = aliases.find_token(meeting.html_body)
+    token = meeting.token
     token_text = token.text if token is not None else ""
     if token is not None and token.kind == "PXPS":
         # recovery: the body holds instructions for an alias that no longer exists
@@ -179,3 +181,40 @@ def unreadable_reply(
         correlation_id=correlation_id,
         meeting_uid=uid,
     )
+
+
+def respond(
+    integ: IntegrationConfig,
+    renderer: Renderer,
+    meeting: Meeting,
+    decision: Decision,
+    record: Mapping[str, Any] | None,
+    item_id: str = "",
+) -> tuple[Decision, list[Outgoing]]:
+    """Every message one decision sends: the reply (answering inbox item `item_id` where the
+    mailbox can) and the organizer update. A decision whose messages cannot be rendered becomes
+    the meeting's general_error decline (returned, so it is counted and logged as what was
+    sent); when even that cannot be rendered, nothing is sent and the error propagates."""
+    try:
+        return decision, _messages(integ, renderer, meeting, decision, record, item_id)
+    except Exception:
+        fallback = general_error(decision.correlation_id, traceback.format_exc())
+        return fallback, _messages(integ, renderer, meeting, fallback, None, item_id)
+
+
+def _messages(
+    integ: IntegrationConfig,
+    renderer: Renderer,
+    meeting: Meeting,
+    decision: Decision,
+    record: Mapping[str, Any] | None,
+    item_id: str,
+) -> list[Outgoing]:
+    out: list[Outgoing] = []
+    answer = reply(integ, renderer, meeting, decision, record)
+    if answer is not None:
+        extra = {**answer.extra, "item_id": item_id} if item_id else answer.extra
+        out.append(replace(answer, extra=extra))
+    if decision.organizer_update and record is not None:
+        out.append(organizer_update(integ, renderer, meeting, decision, record))
+    return out

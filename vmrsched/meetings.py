@@ -9,6 +9,7 @@ idempotently after a crash.
 
 from __future__ import annotations
 
+import functools
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -66,6 +67,12 @@ class Meeting:
     # ROLE, PARTSTAT, RSVP, …) and the request's own VTIMEZONE definitions (iCalendar text)
     attendee_params: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     vtimezones: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def token(self) -> aliases.Token | None:
+        """The PXPS/TOK token in the body, parsed once for everyone who asks (the store
+        lookup, the decision, the organizer update)."""
+        return aliases.find_token(self.html_body)
 
     @property
     def schedule(self) -> Schedule:
@@ -159,6 +166,29 @@ def general_error(correlation_id: str, detail: str = "") -> Decision:
     return Decision("declined", "general_error", correlation_id, detail=detail)
 
 
+def recovered(
+    meeting: Meeting, alias_id: str, occurrence: Occurrence, correlation_id: str
+) -> Decision:
+    """Recovery's rule: an accepted meeting the store lost gets a fresh alias bound, as a new
+    booking would, and its organizer the new joining instructions."""
+    reason = "new_recurring" if meeting.schedule.recurring else "new_single"
+    return Decision(
+        "accepted",
+        reason,
+        correlation_id,
+        action=Action(
+            "bind",
+            alias_id=alias_id,
+            meeting_uid=meeting.uid,
+            sequence=meeting.sequence,
+            schedule=meeting.schedule,
+            answer=(answer_key(meeting), f"{reason}+update"),
+        ),
+        occurrence=occurrence,
+        organizer_update=True,
+    )
+
+
 def decide(message: Meeting, state: MeetingState, now: datetime) -> Decision:
     """Apply the rules table to one message. Never raises: anything unexpected becomes a
     general_error decline carrying the message's correlation id."""
@@ -214,7 +244,7 @@ def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Dec
     if _is_outdated(message, bound):
         return Decision("ignored", "outdated", message.correlation_id, record=bound)
 
-    token = aliases.find_token(message.html_body)
+    token = message.token
     if token is None:
         return _declined(message, "invalid_alias_id")
     record = state.token_record

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from vmrsched import answers, calendars, recurrence
 from vmrsched.config import IntegrationConfig
 from vmrsched.mailbox.base import Gateway, GatewayError
-from vmrsched.meetings import Action, Decision, answer_key
+from vmrsched.meetings import recovered
 from vmrsched.store import Store
 
 HORIZON = timedelta(days=366)
@@ -59,22 +59,7 @@ def recover(
             continue
         spec = integ.single_use
         record = store.reserve(spec.alias_prefix, spec.alias_suffix_length, spec.alias_domain)
-        reason = "new_recurring" if meeting.schedule.recurring else "new_single"
-        decision = Decision(
-            "accepted",
-            reason,
-            str(uuid.uuid4()),
-            action=Action(
-                "bind",
-                alias_id=record["alias_id"],
-                meeting_uid=meeting.uid,
-                sequence=meeting.sequence,
-                schedule=meeting.schedule,
-                answer=(answer_key(meeting), f"{reason}+update"),
-            ),
-            occurrence=occurrence,
-            organizer_update=True,
-        )
+        decision = recovered(meeting, record["alias_id"], occurrence, str(uuid.uuid4()))
         fields = answers.conference_fields(integ, renderer, meeting, decision)
         bound = store.apply(decision.action, fields)
         store.commit()  # the alias is on disk before anyone is told about it

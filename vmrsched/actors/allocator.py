@@ -10,7 +10,7 @@ import traceback
 from datetime import datetime, timedelta
 from typing import Any
 
-from vmrsched import aliases, answers
+from vmrsched import answers
 from vmrsched.actors.bridge import deliver
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Crash, Processed, Request, Reserve, Sweep
@@ -82,8 +82,7 @@ class AliasAllocator(SupervisedChild):
 
     def _process_one(self, meeting: Meeting, now: datetime) -> Processed:
         try:
-            token = aliases.find_token(meeting.html_body)
-            state = self.store.state_for(token, meeting.uid)
+            state = self.store.state_for(meeting.token, meeting.uid)
         except Exception:  # say, a stored schedule that no longer reads: this meeting's error
             log.exception("reading the store for %s failed", meeting.uid[:200])
             return Processed(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -15,7 +14,7 @@ from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Poll, Processed
 from vmrsched.actors.supervision import Backoff
 from vmrsched.mailbox.base import Gateway, GatewayError, InboxItem, Outgoing
-from vmrsched.meetings import Meeting, general_error
+from vmrsched.meetings import Meeting
 from vmrsched.telemetry import MAILBOX_UNREACHABLE
 
 log = logging.getLogger("vmrsched.decisions")
@@ -177,43 +176,24 @@ class MailboxPoller(SupervisedChild):
         return f"{reason} (correlation id {correlation_id})"
 
     def _answers(self, result: Processed, item_id: str) -> list[Outgoing]:
-        """The messages a decision sends. Rendering cannot take the poller down: a failure
-        becomes the meeting's general_error decline, or nothing when even that cannot be made."""
+        """The messages a decision sends (answers.respond). Rendering cannot take the poller
+        down: a failure becomes the meeting's general_error decline, or nothing when even
+        that cannot be made."""
         try:
-            return self._render(result, item_id)
+            decision, messages = answers.respond(
+                self.integ, self.renderer, result.meeting, result.decision, result.record, item_id
+            )
         except Exception:
-            detail = traceback.format_exc()
+            log.exception("cannot render a general_error decline either")
+            return []
+        if decision is not result.decision:
             log.error(
                 "cannot render the answer to %s: %s",
                 result.meeting.uid,
-                detail,
-                extra={
-                    "integration": self.integ.name,
-                    "correlation_id": result.decision.correlation_id,
-                },
+                decision.detail,
+                extra={"integration": self.integ.name, "correlation_id": decision.correlation_id},
             )
-            fallback = general_error(result.decision.correlation_id, detail)
-            try:
-                return self._render(Processed(result.meeting, fallback, None), item_id)
-            except Exception:
-                log.exception("cannot render a general_error decline either")
-                return []
-
-    def _render(self, result: Processed, item_id: str) -> list[Outgoing]:
-        out: list[Outgoing] = []
-        reply = answers.reply(
-            self.integ, self.renderer, result.meeting, result.decision, result.record
-        )
-        if reply is not None:
-            # the mailbox answers the request item itself where it can (EWS AcceptItem)
-            out.append(replace(reply, extra={**reply.extra, "item_id": item_id}))
-        if result.decision.organizer_update and result.record is not None:
-            out.append(
-                answers.organizer_update(
-                    self.integ, self.renderer, result.meeting, result.decision, result.record
-                )
-            )
-        return out
+        return messages
 
     def _log_decision(
         self,
