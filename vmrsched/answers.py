@@ -20,6 +20,13 @@ _ALIAS_VARS = ("alias", "numeric_alias", "alias_uuid")
 _SENTINELS = ("VMRSCHED0ALIAS0", "VMRSCHED0NUMERIC0", "VMRSCHED0UUID0")
 
 
+def joining_domain(integ: IntegrationConfig) -> str:
+    """What {{addin_server_domain}} stands for in joining instructions: the host serving Pexip's
+    web app when configured. In Pexip's own product the add-in is served by that host, so
+    templates copied from it (`https://{{addin_server_domain}}/webapp/…`) link to Pexip."""
+    return integ.pexip.webapp_fqdn or integ.addin.server_fqdn
+
+
 def variables(
     integ: IntegrationConfig,
     meeting: Meeting | None,
@@ -27,7 +34,7 @@ def variables(
     decision: Decision | None = None,
 ) -> dict[str, Any]:
     """Template variables of the single-use set for one meeting and alias."""
-    values: dict[str, Any] = {"addin_server_domain": integ.addin.server_fqdn}
+    values: dict[str, Any] = {"addin_server_domain": joining_domain(integ)}
     if meeting is not None:
         occurrence = decision.occurrence if decision is not None else None
         values.update(
@@ -161,7 +168,7 @@ def unreadable_reply(
 ) -> Outgoing:
     """A general_error decline for a request we could not read but whose sender we know."""
     values: dict[str, Any] = {
-        "addin_server_domain": integ.addin.server_fqdn,
+        "addin_server_domain": joining_domain(integ),
         "correlation_id": correlation_id,
         "subject": subject,
         "organizer_name": recipient_name or recipient,

@@ -87,6 +87,7 @@ SECRET_KEYS = frozenset(
         "azure_client_secret",
         "admin_token",
         "policy_password",
+        "management_password",
     }
 )
 
@@ -172,6 +173,24 @@ class SingleUseConfig:
     join_before_minutes: int = _f(30, minimum=0, maximum=180)
     join_after_minutes: int = _f(60, minimum=0, maximum=180)
     theme: str = _f("", max_len=_TEXT)
+
+
+@dataclass(frozen=True)
+class PexipConfig:
+    """How the aliases handed out become rooms on Pexip Infinity (DESIGN "Pexip Infinity")."""
+
+    # policy: nodes ask our external policy endpoint; management_api: we create conferences
+    mode: str = _f("policy", choices=("policy", "management_api"))
+    # the Conferencing Node (or reverse proxy) serving Pexip's web app: joining links point there
+    webapp_fqdn: str = _f("", max_len=_TEXT)
+    # the Management Node, e.g. https://pexmgr.example.com (management_api mode)
+    management_url: str = _f("")
+    management_username: str = _f("")
+    management_password: Secret | None = _f(None)
+    tls_ca_file: str = _f("")  # CA bundle for the Management Node (internal CAs)
+    # create a conference this long before its first window opens (replication takes ~1 min)
+    provision_lead_minutes: int = _f(10, minimum=2, maximum=1440)
+    request_timeout_seconds: float = _f(10.0, minimum=1.0, maximum=120.0)
 
 
 @dataclass(frozen=True)
@@ -330,6 +349,7 @@ class IntegrationConfig:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     single_use: SingleUseConfig = field(default_factory=SingleUseConfig)
     personal: PersonalConfig = field(default_factory=PersonalConfig)
+    pexip: PexipConfig = field(default_factory=PexipConfig)
     addin: AddinConfig = field(default_factory=AddinConfig)
     email: EmailConfig = field(default_factory=EmailConfig)
     advanced: AdvancedConfig = field(default_factory=AdvancedConfig)
@@ -523,6 +543,37 @@ def png_size(data: bytes) -> tuple[int, int] | None:
     return int(width), int(height)
 
 
+def _check_pexip(loader: _Loader, px: PexipConfig, path: str) -> None:
+    err = loader.error
+    if px.webapp_fqdn and not HOST_PORT_RE.match(px.webapp_fqdn):
+        err(
+            f"{path}.webapp_fqdn",
+            "must be a host name (with an optional :port), without scheme or path; "
+            f"got {px.webapp_fqdn!r}",
+        )
+    if px.mode != "management_api":
+        return
+    if not px.management_url:
+        err(f"{path}.management_url", "mode 'management_api' needs the Management Node's URL")
+    elif not re.match(r"^https?://[^/\s]+/?$", px.management_url):
+        err(
+            f"{path}.management_url",
+            f"must be http(s)://host[:port] without a path, got {px.management_url!r}",
+        )
+    elif px.management_url.startswith("http://"):
+        loader.warnings.append(
+            f"{path}.management_url: plain http sends the management password unencrypted"
+        )
+    if not px.management_username or px.management_password is None:
+        err(
+            path,
+            "mode 'management_api' needs management_username and management_password_env "
+            "(or management_password_file)",
+        )
+    if px.tls_ca_file and not (loader.base_dir / px.tls_ca_file).is_file():
+        err(f"{path}.tls_ca_file", f"no such file: {px.tls_ca_file}")
+
+
 def _check_integration(loader: _Loader, integ: IntegrationConfig, path: str) -> None:
     err = loader.error
     if not NAME_RE.match(integ.name):
@@ -574,6 +625,7 @@ def _check_integration(loader: _Loader, integ: IntegrationConfig, path: str) -> 
             )
     if integ.enable_personal_vmrs:
         _check_personal(loader, integ.personal, f"{path}.personal")
+    _check_pexip(loader, integ.pexip, f"{path}.pexip")
     for problem in templating.check_time_format(integ.email.locale, integ.email.time_format):
         err(f"{path}.email.{'locale' if 'locale' in problem else 'time_format'}", problem)
     for group_name in ("single_use", "personal", "email"):

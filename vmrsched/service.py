@@ -31,6 +31,7 @@ from vmrsched.errors import BadRequest, NotFound, Unavailable, UpstreamError
 from vmrsched.mailbox.backends import make_gateway
 from vmrsched.mailbox.base import GatewayError
 from vmrsched.mailbox.ews_auth import SIGN_IN_ALARM, DelegatedTokens
+from vmrsched.pexip import policy
 from vmrsched.recovery import Recovered, recover
 from vmrsched.store import Record, Store, lock_directory
 from vmrsched.telemetry import CONFIG_INVALID, STORE_CORRUPT, Alarms, Metrics
@@ -181,6 +182,11 @@ class Service:
             "alarms": [a.name for a in self.ctx.alarms.active("service")],
         }
         return ready, body
+
+    def policy_answer(self, local_alias: str) -> tuple[str, dict[str, Any]]:
+        """What a Pexip node gets for a dialled alias: (result label, JSON answer). Reads the
+        published alias index only; never waits on an actor."""
+        return policy.answer(local_alias, self.ctx.clock(), self.ctx.alias_index)
 
     def _delegated(self, integ: IntegrationConfig) -> DelegatedTokens | None:
         source = self.ctx.tokens.get(integ)

@@ -91,6 +91,8 @@ class ArchivedInfo:
     status: str
     meeting_uid: str | None
     reason: str
+    alias: str = ""
+    numeric_alias: str = ""
 
 
 @dataclass
@@ -127,6 +129,10 @@ class Store:
         self._names: dict[str, str] = {}
         self._archived: dict[str, ArchivedInfo] = {}
         self._archived_numeric: set[str] = set()
+        # records changed since take_changes (archived ones with status "archived"): what the
+        # allocator publishes to the policy index after a commit
+        self._changed: dict[str, Record] = {}
+        self._loaded = False
         self._archived_placeholder: dict[str, str] = {}
         self._compactor: threading.Thread | None = None
         self._broken: BaseException | None = None
@@ -135,6 +141,7 @@ class Store:
         gc.disable()  # loading creates millions of objects and no cycles: skip the GC passes
         try:
             self._load()
+            self._loaded = True  # from here on changes are noted for publishing
             self._generation = self._last_generation() + 1
             self._journal = Journal(self._journal_path(self._generation))
             # what each earlier journal holds, so that cutting one short later is noticed
@@ -213,8 +220,14 @@ class Store:
     def _note_archived(self, record: Record) -> None:
         self._unindex(record["alias_id"])
         self._archived[record["alias_id"]] = ArchivedInfo(
-            record.get("status", "deleted"), record.get("meeting_uid"), record.get("reason", "")
+            record.get("status", "deleted"),
+            record.get("meeting_uid"),
+            record.get("reason", ""),
+            record.get("alias", ""),
+            record.get("numeric_alias", ""),
         )
+        if self._loaded:
+            self._changed[record["alias_id"]] = {**record, "status": "archived"}
         self._archived_numeric.add(record["numeric_alias"].lower())
         if record.get("placeholder_id"):
             self._archived_placeholder[record["placeholder_id"]] = record["alias_id"]
@@ -225,6 +238,8 @@ class Store:
         if old is not None:
             self._drop_secondary(old)
         self._records[alias_id] = record
+        if self._loaded:
+            self._changed[alias_id] = record
         self._by_numeric[record["numeric_alias"].lower()] = alias_id
         self._by_alias[record["alias"].lower()] = alias_id
         if record.get("meeting_uid") and record["status"] == "bound":
@@ -273,6 +288,14 @@ class Store:
 
     def archived(self, alias_id: str) -> ArchivedInfo | None:
         return self._archived.get(alias_id)
+
+    def take_changes(self) -> list[Record]:
+        """The records changed since the last call (once committed: what may be published)."""
+        changed, self._changed = self._changed, {}
+        return list(changed.values())
+
+    def archived_aliases(self) -> Iterator[tuple[str, ArchivedInfo]]:
+        return iter(list(self._archived.items()))
 
     def numeric_taken(self, numeric_alias: str) -> bool:
         key = numeric_alias.lower()

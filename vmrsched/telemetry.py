@@ -63,6 +63,25 @@ class Metrics:
         self.http_duration = Histogram(
             "vmrsched_http_request_duration_seconds", "HTTP request duration", ["route"], registry=r
         )
+        self.policy_requests = Counter(
+            "vmrsched_policy_requests_total",
+            "Pexip policy requests by answer: conference, rejected, not_ours, unauthorized, "
+            "bad_request",
+            ["result"],
+            registry=r,
+        )
+        self.policy_duration = Histogram(
+            "vmrsched_policy_request_duration_seconds",
+            "Time to answer a Pexip policy request",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.pexip_requests = Counter(
+            "vmrsched_pexip_requests_total",
+            "Pexip management API requests",
+            ["integration", "operation", "result"],
+            registry=r,
+        )
         self.actor_restarts = Counter(
             "vmrsched_actor_restarts_total",
             "Actors restarted by their supervisor",
@@ -80,9 +99,6 @@ class Metrics:
             "1 while an alarm is raised",
             ["integration", "alarm"],
             registry=r,
-        )
-        self.policy_requests = Counter(
-            "vmrsched_policy_requests_total", "External policy requests", ["result"], registry=r
         )
         self.config_reloads = Counter(
             "vmrsched_config_reloads_total", "Configuration reloads", ["result"], registry=r
@@ -112,6 +128,8 @@ EXCHANGE_UNREACHABLE = "exchange_unreachable"  # Exchange (EWS or Graph) does no
 DELIVERY_FAILED = "delivery_failed"  # a message was given up on; `vmrsched failed` lists it
 STORE_CORRUPT = "store_corrupt"  # damage found in a store; `vmrsched store repair`
 SIGN_IN_REQUIRED = "service_account_sign_in_required"  # oauth_delegated needs an admin sign-in
+PEXIP_UNREACHABLE = "pexip_unreachable"  # the Management Node does not answer
+PEXIP_REFUSED = "pexip_refused"  # the Management Node refused a conference (4xx); see the log
 
 
 class Alarms:

@@ -15,7 +15,8 @@ from vmrsched.actors.bridge import deliver
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Crash, Processed, Request, Reserve, Sweep
 from vmrsched.meetings import Meeting, decide, general_error
-from vmrsched.store import Record, Store, StoreBrokenError, StoreCorruptError
+from vmrsched.pexip.policy import Room, RoomSettings
+from vmrsched.store import Record, Store, StoreBrokenError, StoreCorruptError, decode_schedule
 from vmrsched.telemetry import STORE_CORRUPT
 
 log = logging.getLogger("vmrsched.allocator")
@@ -45,6 +46,15 @@ class AliasAllocator(SupervisedChild):
         # The loaded store is millions of long-lived objects; left in the collected
         # generations, every full GC pass walks them all (tens of ms, on a hot path).
         gc.freeze()
+        self._settings = RoomSettings(
+            self.integ.name,
+            timedelta(minutes=self.integ.single_use.join_before_minutes),
+            timedelta(minutes=self.integ.single_use.join_after_minutes),
+            self.integ.single_use.theme,
+            self.integ.single_use.identity_provider_group,
+            self.integ.single_use.other_participants,
+        )
+        self._publish_all()
         self._publish()
         self.ctx.scheduler.call_later(self.ctx.sweep_interval, self._tell_sweep)
 
@@ -57,6 +67,38 @@ class AliasAllocator(SupervisedChild):
 
     def _tell_sweep(self) -> None:
         self.actor_ref.tell(Sweep())
+
+    def _publish_all(self) -> None:
+        """Every alias this integration ever handed out, to the policy index: the active ones
+        as they are, the archived ones as refused."""
+        rooms = [self._room(record) for record in self.store.records()]
+        rooms.extend(
+            Room(alias_id, info.alias, info.numeric_alias, "archived", self._settings)
+            for alias_id, info in self.store.archived_aliases()
+            if info.alias or info.numeric_alias
+        )
+        self.store.take_changes()
+        self.ctx.alias_index.publish(rooms)
+
+    def _publish_changes(self) -> None:
+        """What the last commit made durable, to the policy index (never before the commit)."""
+        changed = self.store.take_changes()
+        if changed:
+            self.ctx.alias_index.publish(self._room(record) for record in changed)
+
+    def _room(self, record: Record) -> Room:
+        status = record["status"]
+        raw = record.get("schedule") if status == "bound" else None
+        return Room(
+            record["alias_id"],
+            record.get("alias", ""),
+            record.get("numeric_alias", ""),
+            status,
+            self._settings,
+            decode_schedule(raw) if raw else None,
+            record.get("name", ""),
+            record.get("description", ""),
+        )
 
     def _publish(self) -> None:
         stats = self.store.stats()
@@ -79,6 +121,7 @@ class AliasAllocator(SupervisedChild):
         except StoreBrokenError:
             self.actor_ref.tell(Crash())
             raise
+        self._publish_changes()
 
     def _process_one(self, meeting: Meeting, now: datetime) -> Processed:
         try:
@@ -129,6 +172,7 @@ class AliasAllocator(SupervisedChild):
             raise StoreBrokenError("the store failed a write; restarting to reload it")
         if isinstance(message, Sweep):
             moved = self.store.sweep(timedelta(minutes=self.integ.single_use.join_after_minutes))
+            self._publish_changes()
             if moved:
                 log.info("archived %d aliases", moved, extra={"integration": self.integ.name})
             self._publish()
@@ -171,3 +215,4 @@ class AliasAllocator(SupervisedChild):
             deliver((request, None, exc) for request, _ in pending)
             raise
         deliver((request, result, None) for request, result in pending)
+        self._publish_changes()

@@ -17,6 +17,7 @@ from vmrsched.aliases import RandomSource
 from vmrsched.config import IntegrationConfig, ServerConfig
 from vmrsched.mailbox.backends import TokenSources, make_gateway
 from vmrsched.mailbox.base import Gateway
+from vmrsched.pexip.policy import AliasIndex
 from vmrsched.store import utc_now
 from vmrsched.telemetry import Alarms, Metrics
 
@@ -64,6 +65,8 @@ class Context:
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     gateway_factory: Callable[[IntegrationConfig, Context], Gateway] = default_gateway
     tokens: TokenSources = field(init=False)
+    # every integration's aliases for the Pexip policy answer, published by the allocators
+    alias_index: AliasIndex = field(default_factory=AliasIndex)
     # every running integration supervisor by name (for Service.stop when the root is gone)
     supervisors: dict[str, Any] = field(default_factory=dict)
     poll_batch: int = 100

@@ -66,6 +66,7 @@ class ServiceSupervisor(pykka.ThreadingActor):
             self._stop_integration(name)
             self.ctx.status.drop(name)
             self.ctx.metrics.forget_integration(name)
+            self.ctx.alias_index.drop(name)
             result.removed.append(name)
         for name, integ in new_by_name.items():
             if name not in old_names:
