@@ -43,9 +43,6 @@ class AliasAllocator(SupervisedChild):
         self.ctx.alarms.clear(self.integ.name, CORRUPT_ALARM)
         self._pending_replies: list[tuple[Request, Any]] = []
         self._allocated = self.ctx.metrics.aliases_allocated.labels(self.integ.name)
-        # The loaded store is millions of long-lived objects; left in the collected
-        # generations, every full GC pass walks them all (tens of ms, on a hot path).
-        gc.freeze()
         self._settings = RoomSettings(
             self.integ.name,
             timedelta(minutes=self.integ.single_use.join_before_minutes),
@@ -55,6 +52,10 @@ class AliasAllocator(SupervisedChild):
             self.integ.single_use.other_participants,
         )
         self._publish_all()
+        # The loaded store and its published index are millions of long-lived objects; left in
+        # the collected generations, every full GC pass walks them all (tens of ms, on the
+        # event loop's hot paths too).
+        gc.freeze()
         self._publish()
         self.ctx.scheduler.call_later(self.ctx.sweep_interval, self._tell_sweep)
 

@@ -12,7 +12,7 @@ from typing import Any
 import pykka
 
 from vmrsched.actors.context import Context
-from vmrsched.actors.messages import ChildFailed
+from vmrsched.actors.messages import ChildFailed, ChildReady
 from vmrsched.config import IntegrationConfig
 
 log = logging.getLogger("vmrsched.actors")
@@ -42,6 +42,8 @@ class SupervisedChild(pykka.ThreadingActor):
             log.exception("%s of %s failed to start", self.role, self.integ.name)
             self._report(exc)
             raise
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.supervisor.tell(ChildReady(self.role, self.generation))
 
     def setup(self) -> None:
         """Start-up work; override."""

@@ -14,7 +14,13 @@ import pykka
 from vmrsched.actors.allocator import AliasAllocator
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.context import Context
-from vmrsched.actors.messages import ChildFailed, Crash, RestartChild, RetryIntegration
+from vmrsched.actors.messages import (
+    ChildFailed,
+    ChildReady,
+    Crash,
+    RestartChild,
+    RetryIntegration,
+)
 from vmrsched.actors.notifier import Notifier
 from vmrsched.actors.poller import MailboxPoller
 from vmrsched.actors.supervision import RestartIntensity
@@ -67,6 +73,7 @@ class IntegrationSupervisor(pykka.ThreadingActor):
         self.generation: dict[str, int] = dict.fromkeys(ROLES, 0)
         self.intensity = RestartIntensity(ctx.policy)
         self.gateway: Gateway | None = None
+        self._starting: set[str] = set()  # children whose start-up is not done yet
         self.state = "starting"
 
     def on_start(self) -> None:
@@ -77,13 +84,15 @@ class IntegrationSupervisor(pykka.ThreadingActor):
         try:
             if self.gateway is None:
                 self.gateway = self.ctx.gateway_factory(self.integ, self.ctx)
+            self._set_state("starting")
+            self._starting = set(ROLES)
             for role in ROLES:
                 self._start_child(role)
         except Exception as exc:
             log.exception("integration %s could not start", self.name)
             self._enter_failed(repr(exc))
             return
-        self._set_state("running")
+        # running (and ready) once every child has finished its start-up (ChildReady)
 
     def _start_child(self, role: str) -> None:
         self.generation[role] += 1
@@ -123,10 +132,15 @@ class IntegrationSupervisor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Crash):
             raise RuntimeError(f"integration supervisor of {self.name} told to crash")
-        if isinstance(message, ChildFailed):
+        if isinstance(message, ChildReady):
+            if message.generation == self.generation.get(message.role) and self._starting:
+                self._starting.discard(message.role)
+                if not self._starting and self.state == "starting":
+                    self._set_state("running")
+        elif isinstance(message, ChildFailed):
             self._child_failed(message)
         elif isinstance(message, RestartChild):
-            if self.state == "running" and message.role not in self.children:
+            if self.state in ("running", "starting") and message.role not in self.children:
                 try:
                     self._start_child(message.role)
                 except Exception as exc:
@@ -137,7 +151,10 @@ class IntegrationSupervisor(pykka.ThreadingActor):
         return None
 
     def _child_failed(self, message: ChildFailed) -> None:
-        if message.generation != self.generation.get(message.role) or self.state != "running":
+        if message.generation != self.generation.get(message.role) or self.state not in (
+            "running",
+            "starting",
+        ):
             return  # a report from a child already replaced or stopped
         self.children.pop(message.role, None)
         self.ctx.registry.set(self.name, message.role, None)

@@ -40,6 +40,15 @@ class ChildFailed:
 
 
 @dataclass(frozen=True)
+class ChildReady:
+    """Told by a child once its start-up work is done (the allocator: its store loaded and its
+    aliases published): the integration is running when every child has said so."""
+
+    role: str
+    generation: int
+
+
+@dataclass(frozen=True)
 class RestartChild:
     role: str
 

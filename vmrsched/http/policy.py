@@ -51,26 +51,44 @@ def _json(
     )
 
 
+class Counters:
+    """The policy counters by result, looked up once (nodes ask on every call)."""
+
+    def __init__(self, counter: Any) -> None:
+        self._counter = counter
+        self._children: dict[str, Any] = {}
+
+    def inc(self, result: str) -> None:
+        child = self._children.get(result)
+        if child is None:
+            child = self._children[result] = self._counter.labels(result)
+        child.inc()
+
+
+COUNTERS = web.AppKey("policy_counters", Counters)
+
+
 async def service_configuration(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    metrics = service.metrics
+    counters = request.app[COUNTERS]
     started = time.perf_counter()
     try:
         if not _authorised(request, _expected(request)):
-            metrics.policy_requests.labels("unauthorized").inc()
+            counters.inc("unauthorized")
             body = {"error": {"code": "unauthorized", "message": "policy credentials required"}}
             return _json(body, 401, CHALLENGE)
         local_alias = request.query.get("local_alias", "")
         if not local_alias or len(local_alias) > MAX_ALIAS:
             # nothing we could serve: let the node decide from its own configuration
-            metrics.policy_requests.labels("bad_request").inc()
+            counters.inc("bad_request")
             return _json({"status": "success", "action": "continue", "result": {}})
         result, answer = service.policy_answer(local_alias)
-        metrics.policy_requests.labels(result).inc()
+        counters.inc(result)
         return _json(answer)
     finally:
-        metrics.policy_duration.observe(time.perf_counter() - started)
+        service.metrics.policy_duration.observe(time.perf_counter() - started)
 
 
 def setup(app: web.Application) -> None:
+    app[COUNTERS] = Counters(app[SERVICE].metrics.policy_requests)
     app.router.add_get("/policy/v1/service/configuration", service_configuration)
