@@ -300,6 +300,7 @@ def test_full_example_documents_every_key() -> None:
         config.SpoolConfig,
         config.SingleUseConfig,
         config.PersonalConfig,
+        config.PexipConfig,
         config.AddinConfig,
         config.EmailConfig,
         config.AdvancedConfig,
@@ -340,3 +341,17 @@ def test_warnings_for_plain_http_ews_and_a_prefix_phones_cannot_dial() -> None:
     assert "single_use.alias_prefix: 'vmr' is not numeric" in warnings
     numeric = config.parse(minimal(single_use={"alias_prefix": "81"}), DATA, {})
     assert not any("alias_prefix" in w for w in numeric.warnings)
+
+
+def test_pexip_section_is_checked_with_key_paths() -> None:
+    doc = minimal(
+        pexip={"webapp_fqdn": "https://join.example.com/webapp", "mode": "management_api"}
+    )
+    found = "\n".join(problems(doc))
+    assert "integrations[0].pexip.webapp_fqdn: must be a host name" in found
+    assert "integrations[0].pexip.mode: 'management_api'" in found
+    assert "integrations[0].pexip.management_url: mode 'management_api' needs" in found
+    bad_mode = "\n".join(problems(minimal(pexip={"mode": "provision"})))
+    assert "integrations[0].pexip.mode" in bad_mode
+    ok = config.parse(minimal(pexip={"webapp_fqdn": "join.example.com:8443"}), DATA, {})
+    assert ok.integrations[0].pexip.webapp_fqdn == "join.example.com:8443"

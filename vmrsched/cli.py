@@ -61,7 +61,33 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             f"{integ.exchange.mailbox_email or '-'}, VMRs: {', '.join(kinds)}, "
             f"add-in tokens: {integ.addin.token_validation}"
         )
+    _print_pexip(cfg)
     return 0
+
+
+def _print_pexip(cfg: config.Config) -> None:
+    """How Pexip Infinity finds the rooms: what to enter in its policy profile."""
+    policy = [i.name for i in cfg.integrations if i.pexip.mode == "policy"]
+    if not policy:
+        return
+    auth = (
+        f"username {cfg.server.policy_username!r} and the password from policy_password_env"
+        if cfg.server.policy_username
+        else "no credentials (set [server] policy_username and policy_password_env)"
+    )
+    print(
+        f"Pexip: integrations {', '.join(policy)} are served by external policy. In Pexip "
+        "Infinity: Call control > Policy profiles, add a profile with 'Apply external policy "
+        f"to service configuration' on, external policy server URI {cfg.server.base_url} (the "
+        f"node appends /policy/v1/service/configuration), {auth}; then use the profile on the "
+        "system locations of the Conferencing Nodes."
+    )
+    if cfg.server.base_url.startswith("http://") and not cfg.server.on_loopback:
+        print(
+            "warning: the policy URL is plain http: set [server] public_url to the https URL "
+            "nodes reach this service at",
+            file=sys.stderr,
+        )
 
 
 def _check_online(cfg: config.Config) -> int:
