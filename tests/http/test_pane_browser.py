@@ -4,8 +4,11 @@ meeting sent and the room's answer shown; and the unreachable path (placeholder 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,3 +182,48 @@ def test_the_pane_fits_outlooks_360_px(browser: Browser, server: str) -> None:
     assert layout["scroll"] <= layout["width"] and not layout["wide"], layout
     assert not [p for p in problems if "Content Security Policy" in p], problems
     assert not [u for u in failed if "favicon" in u or u.endswith(".png")], failed
+
+
+def _policy(server: str, alias: str) -> dict[str, object]:
+    """Ask the policy endpoint as a Conferencing Node does for a dial-in call."""
+    query = urllib.parse.urlencode(
+        {"local_alias": f"sip:{alias}", "call_direction": "dial_in", "protocol": "sip"}
+    )
+    with urllib.request.urlopen(f"{server}/policy/v1/service/configuration?{query}") as r:
+        answer: dict[str, object] = json.loads(r.read())
+    return answer
+
+
+LOCAL_IN = """(minutes) => {
+  const d = new Date(Date.now() + minutes * 60000);
+  const p = (n) => String(n).padStart(2, "0");
+  const day = `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}`;
+  return `${day}T${p(d.getHours())}:${p(d.getMinutes())}`;
+}"""
+
+
+def test_a_room_booked_in_the_pane_is_a_conference_for_pexip_only_in_its_window(
+    browser: Browser, server: str
+) -> None:
+    booked: dict[str, str] = {}
+    for name, minutes in (("soon", 5), ("tomorrow", 24 * 60)):
+        page = open_pane(browser, server)
+        page.fill("#vmr-subject", f"Policy check {name}")
+        page.fill("#vmr-start", page.evaluate(LOCAL_IN, minutes))
+        page.fill("#vmr-end", page.evaluate(LOCAL_IN, minutes + 60))
+        page.get_by_role("button", name="Add a one-time video room").click()
+        expect(page.locator("#vmr-status-heading")).to_have_text("Room added!")
+        booked[name] = page.locator("#vmr-location").input_value()
+        page.get_by_role("button", name="Send the meeting (demo)").click()
+        expect(page.locator(".vmr-reply-title").first).to_contain_text(
+            f"Accepted: Policy check {name}", timeout=20000
+        )
+        page.close()
+    live = _policy(server, booked["soon"])
+    assert live["action"] == "continue"
+    assert isinstance(live["result"], dict) and live["result"]["service_type"] == "conference"
+    assert _policy(server, booked["tomorrow"]) == {
+        "status": "success",
+        "action": "reject",
+        "result": {},
+    }
