@@ -13,8 +13,6 @@ import argparse
 import asyncio
 import json
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from harness import free_port, pct, servers
 from store import fill
 
 from tests.configs import spool_toml
@@ -41,26 +40,6 @@ app.router.add_post("/api/addin/v1/default/single-use-vmrs", handler)
 app.router.add_get("/readyz", lambda r: web.json_response({}))
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_ready(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            try:
-                async with session.get(f"{url}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise SystemExit(f"{url} did not become ready")
 
 
 async def load(url: str, clients: int, seconds: float) -> tuple[int, list[float]]:
@@ -91,40 +70,19 @@ async def load(url: str, clients: int, seconds: float) -> tuple[int, list[float]
     return int(len(latencies) / elapsed), sorted(latencies)
 
 
-def pct(values: list[float], q: float) -> float:
-    return round(values[max(0, int(len(values) * q) - 1)] * 1000, 2)
-
-
 async def main_async(args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="vmrsched-bench-") as tmp:
         data = Path(tmp) / "data"
         store = Store(data / "store" / "default", rng=random.Random(5))
         fill(store, args.conferences)
         store.close()
-        port, bare_port = free_port(), free_port()
+        port = free_port()
         config = Path(tmp) / "vmrsched.toml"
         config.write_text(spool_toml(data, port=port, server="rate_limit_per_minute = 100000"))
-        log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115
-        server = subprocess.Popen(
-            [sys.executable, "-m", "vmrsched", "serve", "--config", str(config)],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        bare = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)])
-        try:
-            url, bare_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{bare_port}"
-            await wait_ready(url)
-            await wait_ready(bare_url)
+        async with servers(config, port, BARE) as (url, bare_url):
             await load(url, args.clients, 1.0)  # warm up
             rate, latencies = await load(url, args.clients, args.seconds)
             bare_rate, bare_latencies = await load(bare_url, args.clients, args.seconds)
-        finally:
-            server.terminate()
-            bare.terminate()
-            server.wait(timeout=60)
-            bare.wait(timeout=10)
-            log.close()
     return {
         "reservations_per_s": rate,
         "p50_ms": pct(latencies, 0.50),

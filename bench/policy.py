@@ -17,9 +17,7 @@ import asyncio
 import base64
 import itertools
 import json
-import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from addin_api import free_port, pct, wait_ready
+from harness import free_port, pct, servers
 
 from tests.configs import spool_toml
 from vmrsched.meetings import Action
@@ -149,32 +147,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         live, later = fill(store, args.aliases, datetime.now(UTC))
         store.close()
         asked = queries(live, later, random.Random(7))
-        port, bare_port = free_port(), free_port()
+        port = free_port()
         config = Path(tmp) / "vmrsched.toml"
         server_keys = 'policy_username = "node"\npolicy_password_env = "BENCH_POLICY_PW"'
         config.write_text(spool_toml(data, port=port, server=server_keys))
-        log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115
-        server = subprocess.Popen(
-            [sys.executable, "-m", "vmrsched", "serve", "--config", str(config)],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "BENCH_POLICY_PW": PASSWORD},
-        )
-        bare = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)])
-        try:
-            url, bare_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{bare_port}"
-            await wait_ready(url, timeout=120)
-            await wait_ready(bare_url)
+        async with servers(config, port, BARE, {"BENCH_POLICY_PW": PASSWORD}) as (url, bare_url):
             await load(url, args.clients, 1.0, asked)  # warm up
             rate, latencies, actions = await load(url, args.clients, args.seconds, asked)
             bare_rate, bare_latencies, _ = await load(bare_url, args.clients, args.seconds, asked)
-        finally:
-            server.terminate()
-            bare.terminate()
-            server.wait(timeout=60)
-            bare.wait(timeout=10)
-            log.close()
     p99, bare_p99 = pct(latencies, 0.99), pct(bare_latencies, 0.99)
     return {
         "answers_per_s": rate,
