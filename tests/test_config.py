@@ -349,7 +349,6 @@ def test_pexip_section_is_checked_with_key_paths() -> None:
     )
     found = "\n".join(problems(doc))
     assert "integrations[0].pexip.webapp_fqdn: must be a host name" in found
-    assert "integrations[0].pexip.mode: 'management_api'" in found
     assert "integrations[0].pexip.management_url: mode 'management_api' needs" in found
     bad_mode = "\n".join(problems(minimal(pexip={"mode": "provision"})))
     assert "integrations[0].pexip.mode" in bad_mode

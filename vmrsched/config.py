@@ -553,12 +553,6 @@ def _check_pexip(loader: _Loader, px: PexipConfig, path: str) -> None:
         )
     if px.mode != "management_api":
         return
-    err(
-        f"{path}.mode",
-        "'management_api' (the service creating conferences on the Management Node) is not "
-        "available in this version; use 'policy' and point a Pexip policy profile at this "
-        "service (README, Connecting Pexip Infinity)",
-    )
     if not px.management_url:
         err(f"{path}.management_url", "mode 'management_api' needs the Management Node's URL")
     elif not re.match(r"^https?://[^/\s]+/?$", px.management_url):

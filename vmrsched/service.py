@@ -32,6 +32,7 @@ from vmrsched.mailbox.backends import make_gateway
 from vmrsched.mailbox.base import GatewayError
 from vmrsched.mailbox.ews_auth import SIGN_IN_ALARM, DelegatedTokens
 from vmrsched.pexip import policy
+from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnavailable
 from vmrsched.recovery import Recovered, recover
 from vmrsched.store import Record, Store, lock_directory
 from vmrsched.telemetry import CONFIG_INVALID, STORE_CORRUPT, Alarms, Metrics
@@ -255,16 +256,37 @@ def start(config: Config, **context: Any) -> Service:
 
 
 def check_online(cfg: Config, integ: IntegrationConfig) -> list[tuple[bool, str]]:
-    """Connect to an integration's mailbox: (ok, what was tried) per check, printed as they
-    come by the caller (a slow server should not hide the checks that already ran)."""
+    """Connect to an integration's mailbox (and Pexip's Management Node where the service
+    creates conferences): (ok, what was tried) per check."""
+    checks: list[tuple[bool, str]] = []
     try:
         gateway = make_gateway(integ, cfg.data_dir, Metrics())
     except Exception as exc:
-        return [(False, str(exc))]
+        checks.append((False, str(exc)))
+    else:
+        try:
+            checks.extend(getattr(gateway, "probe", lambda: [])())
+        finally:
+            gateway.close()
+    if integ.pexip.mode == "management_api":
+        checks.append(_probe_pexip(integ))
+    return checks
+
+
+def _probe_pexip(integ: IntegrationConfig) -> tuple[bool, str]:
+    px = integ.pexip
+    password = px.management_password.reveal() if px.management_password else ""
+    client = ManagementClient(px, password)
     try:
-        return list(getattr(gateway, "probe", lambda: [])())
+        count = sum(1 for _ in client.list("conference", name="vmrsched connectivity check"))
+    except (PexipUnavailable, PexipRefused) as exc:
+        return False, f"Pexip management API at {px.management_url}: {exc}"
     finally:
-        gateway.close()
+        client.close()
+    return True, (
+        f"Pexip management API at {px.management_url} answers as {px.management_username!r} "
+        f"(read conferences: {count} match a test name)"
+    )
 
 
 def recover_integration(

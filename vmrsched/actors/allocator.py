@@ -4,16 +4,20 @@ committed (fsynced) before anyone is told about it."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import traceback
 from datetime import datetime, timedelta
 from typing import Any
 
+import pykka
+
 from vmrsched import answers
 from vmrsched.actors.bridge import deliver
 from vmrsched.actors.child import SupervisedChild
-from vmrsched.actors.messages import Crash, Processed, Request, Reserve, Sweep
+from vmrsched.actors.messages import Crash, Poke, Processed, Request, Reserve, Sweep
+from vmrsched.actors.registry import ActorUnavailable
 from vmrsched.meetings import Meeting, decide, general_error
 from vmrsched.pexip.policy import Room, RoomSettings
 from vmrsched.store import Record, Store, StoreBrokenError, StoreCorruptError, decode_schedule
@@ -86,6 +90,14 @@ class AliasAllocator(SupervisedChild):
         changed = self.store.take_changes()
         if changed:
             self.ctx.alias_index.publish(self._room(record) for record in changed)
+            if self.integ.pexip.mode == "management_api":
+                self._poke_provisioner()
+
+    def _poke_provisioner(self) -> None:
+        """Conferences follow the store soon after a change (the provisioner coalesces)."""
+        # starting or restarting: its first pass reads everything anyway
+        with contextlib.suppress(ActorUnavailable, pykka.ActorDeadError):
+            self.ctx.registry.get(self.integ.name, "provisioner").tell(Poke())
 
     def _room(self, record: Record) -> Room:
         status = record["status"]

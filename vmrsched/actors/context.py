@@ -71,6 +71,7 @@ class Context:
     supervisors: dict[str, Any] = field(default_factory=dict)
     poll_batch: int = 100
     sweep_interval: float = 3600.0
+    provision_interval: float = 30.0  # seconds between the provisioner's passes
 
     def __post_init__(self) -> None:
         self.tokens = TokenSources(self.data_dir)

@@ -23,6 +23,7 @@ from vmrsched.actors.messages import (
 )
 from vmrsched.actors.notifier import Notifier
 from vmrsched.actors.poller import MailboxPoller
+from vmrsched.actors.provisioner import Provisioner
 from vmrsched.actors.supervision import RestartIntensity
 from vmrsched.config import IntegrationConfig
 from vmrsched.mailbox.base import Gateway
@@ -47,8 +48,16 @@ CHILDREN = (
     ChildSpec("notifier", Notifier, uses_gateway=True),
     ChildSpec("poller", MailboxPoller, uses_gateway=True),
 )
-SPECS = {spec.role: spec for spec in CHILDREN}
-ROLES = tuple(spec.role for spec in CHILDREN)
+PROVISIONER = ChildSpec("provisioner", Provisioner)
+
+
+def child_specs(integ: IntegrationConfig) -> tuple[ChildSpec, ...]:
+    """An integration's children: the provisioner only where the service creates conferences."""
+    if integ.pexip.mode == "management_api":
+        return (*CHILDREN, PROVISIONER)
+    return CHILDREN
+
+
 ALARM = INTEGRATION_FAILED
 STOP_TIMEOUT = 30.0
 
@@ -70,7 +79,8 @@ class IntegrationSupervisor(pykka.ThreadingActor):
         self.own_generation = generation
         self.name = integ.name
         self.children: dict[str, pykka.ActorRef[Any]] = {}
-        self.generation: dict[str, int] = dict.fromkeys(ROLES, 0)
+        self.specs = {spec.role: spec for spec in child_specs(integ)}  # in start order
+        self.generation: dict[str, int] = dict.fromkeys(self.specs, 0)
         self.intensity = RestartIntensity(ctx.policy)
         self.gateway: Gateway | None = None
         self._starting: set[str] = set()  # children whose start-up is not done yet
@@ -85,8 +95,8 @@ class IntegrationSupervisor(pykka.ThreadingActor):
             if self.gateway is None:
                 self.gateway = self.ctx.gateway_factory(self.integ, self.ctx)
             self._set_state("starting")
-            self._starting = set(ROLES)
-            for role in ROLES:
+            self._starting = set(self.specs)
+            for role in self.specs:
                 self._start_child(role)
         except Exception as exc:
             log.exception("integration %s could not start", self.name)
@@ -97,14 +107,14 @@ class IntegrationSupervisor(pykka.ThreadingActor):
     def _start_child(self, role: str) -> None:
         self.generation[role] += 1
         args = (self.integ, self.ctx, self.actor_ref, self.generation[role])
-        spec = SPECS[role]
+        spec = self.specs[role]
         extra = {"gateway": self.gateway} if spec.uses_gateway else {}
         ref: pykka.ActorRef[Any] = spec.actor.start(*args, **extra)
         self.children[role] = ref
         self.ctx.registry.set(self.name, role, ref)
 
     def _stop_children(self) -> None:
-        for role in reversed(ROLES):
+        for role in reversed(self.specs):
             ref = self.children.pop(role, None)
             self.ctx.registry.set(self.name, role, None)
             if ref is not None:

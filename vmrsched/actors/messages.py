@@ -27,6 +27,19 @@ class Sweep:
 
 
 @dataclass(frozen=True)
+class Reconcile:
+    """Provisioner: bring Pexip in line with the store; `full` re-reads Pexip's conferences
+    instead of trusting what was last seen there."""
+
+    full: bool = False
+
+
+@dataclass(frozen=True)
+class Poke:
+    """Provisioner: the allocator committed changes; reconcile soon (bursts coalesce)."""
+
+
+@dataclass(frozen=True)
 class Crash:
     """Told to itself by an actor whose state can no longer be trusted: the handler raises, so
     the actor stops and its supervisor starts a fresh one."""

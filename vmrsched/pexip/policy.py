@@ -92,6 +92,16 @@ class AliasIndex:
                 del self._owner[key]
                 self._rooms.pop(key, None)
 
+    def rooms(self, integration: str) -> list[Room]:
+        """One integration's rooms (each once), for the provisioner."""
+        with self._write:
+            values = list(self._rooms.values())
+        seen: dict[str, Room] = {}
+        for room in values:
+            if room.settings.integration == integration:
+                seen[room.alias_id] = room
+        return list(seen.values())
+
     def lookup(self, key: str) -> Room | None:
         room = self._rooms.get(key)
         if room is None and "@" in key:

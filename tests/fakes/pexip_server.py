@@ -1,0 +1,181 @@
+"""A fake Pexip Infinity Management Node, from Pexip's documented management API (configuration
+resources under /api/admin/configuration/v1/): Basic auth (401 otherwise); tastypie lists with a
+`meta` envelope (limit, offset, next, previous, total_count) and `objects`, paged (default limit
+20); exact filters on the fields it knows and unknown filters silently ignored, as Pexip does;
+POST answers 201 with an empty body and the new object's URL in Location; PATCH 202; DELETE 204;
+400 with per-field errors on a duplicate conference name or alias; 404 for unknown objects.
+`down` answers 503 to everything (an outage); `fail_next` fails the next requests with a status."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import threading
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+API = "/api/admin/configuration/v1/"
+FILTERS = {"conference": {"name", "tag", "service_type"}, "ivr_theme": {"name"}}
+
+
+class FakePexip:
+    def __init__(self, username: str = "admin", password: str = "pexip-secret") -> None:
+        self.username, self.password = username, password
+        self.lock = threading.Lock()
+        self.ids = itertools.count(1)
+        self.conferences: dict[int, dict[str, Any]] = {}
+        self.themes: dict[int, dict[str, Any]] = {}
+        self.down = False
+        self.fail_next: list[int] = []
+        self.requests: list[tuple[str, str]] = []  # (method, path)
+
+    # --- test helpers ----------------------------------------------------------------------
+
+    def add_theme(self, name: str) -> str:
+        theme_id = next(self.ids)
+        uri = f"{API}ivr_theme/{theme_id}/"
+        self.themes[theme_id] = {"id": theme_id, "name": name, "resource_uri": uri}
+        return uri
+
+    def add_conference(self, name: str, aliases: list[str], tag: str = "") -> dict[str, Any]:
+        with self.lock:
+            return self._store_conference({"name": name, "aliases": aliases, "tag": tag})
+
+    def by_tag(self, prefix: str) -> dict[str, dict[str, Any]]:
+        with self.lock:
+            return {c["tag"]: c for c in self.conferences.values() if c["tag"].startswith(prefix)}
+
+    def alias_set(self) -> set[str]:
+        with self.lock:
+            return {a["alias"] for c in self.conferences.values() for a in c["aliases"]}
+
+    # --- the API --------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", API + "{resource}/", self._collection)
+        app.router.add_route("*", API + "{resource}/{id:\\d+}/", self._item)
+        return app
+
+    def _check(self, request: web.Request) -> web.Response | None:
+        self.requests.append((request.method, request.path))
+        if self.down:
+            return web.Response(status=503, text="Service Unavailable")
+        if self.fail_next:
+            return web.Response(status=self.fail_next.pop(0), text="injected failure")
+        expected = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        if request.headers.get("Authorization", "") != f"Basic {expected}":
+            return web.Response(status=401, text="Authorization Required")
+        return None
+
+    def _table(self, resource: str) -> dict[int, dict[str, Any]] | None:
+        return {"conference": self.conferences, "ivr_theme": self.themes}.get(resource)
+
+    async def _collection(self, request: web.Request) -> web.StreamResponse:
+        refused = self._check(request)
+        if refused is not None:
+            return refused
+        resource = request.match_info["resource"]
+        table = self._table(resource)
+        if table is None:
+            return web.Response(status=404)
+        if request.method == "GET":
+            return self._list(request, resource, table)
+        if request.method == "POST" and resource == "conference":
+            body = await request.json()
+            with self.lock:
+                errors = self._validate(body)
+                if errors:
+                    return web.json_response({"conference": errors}, status=400)
+                conference = self._store_conference(body)
+            location = f"{request.scheme}://{request.host}{conference['resource_uri']}"
+            return web.Response(status=201, headers={"Location": location})
+        return web.Response(status=405)
+
+    def _list(
+        self, request: web.Request, resource: str, table: dict[int, dict[str, Any]]
+    ) -> web.Response:
+        known = FILTERS.get(resource, set())
+        filters = {k: v for k, v in request.query.items() if k in known}  # others ignored
+        limit = int(request.query.get("limit", "20"))
+        offset = int(request.query.get("offset", "0"))
+        with self.lock:
+            matching = [
+                dict(obj)
+                for _, obj in sorted(table.items())
+                if all(str(obj.get(k, "")) == v for k, v in filters.items())
+            ]
+        page = matching[offset : offset + limit]
+        more = offset + limit < len(matching)
+
+        def link(at: int) -> str:
+            query = {**request.query, "limit": str(limit), "offset": str(at)}
+            return f"{API}{resource}/?{urlencode(query)}"
+
+        meta = {
+            "limit": limit,
+            "offset": offset,
+            "total_count": len(matching),
+            "next": link(offset + limit) if more else None,
+            "previous": link(max(0, offset - limit)) if offset else None,
+        }
+        return web.json_response({"meta": meta, "objects": page})
+
+    async def _item(self, request: web.Request) -> web.StreamResponse:
+        refused = self._check(request)
+        if refused is not None:
+            return refused
+        table = self._table(request.match_info["resource"])
+        item_id = int(request.match_info["id"])
+        if table is None or item_id not in table:
+            return web.Response(status=404)
+        if request.method == "GET":
+            return web.json_response(table[item_id])
+        if request.method == "DELETE":
+            with self.lock:
+                del table[item_id]
+            return web.Response(status=204)
+        if request.method == "PATCH":
+            body = await request.json()
+            with self.lock:
+                table[item_id].update({k: v for k, v in body.items() if k != "aliases"})
+            return web.Response(status=202)
+        return web.Response(status=405)
+
+    def _validate(self, body: dict[str, Any]) -> dict[str, Any]:
+        errors: dict[str, Any] = {}
+        name = str(body.get("name", ""))
+        if not name:
+            errors["name"] = ["This field is required."]
+        elif any(c["name"].lower() == name.lower() for c in self.conferences.values()):
+            errors["name"] = ["Conference with this Name already exists."]
+        taken = {a["alias"].lower() for c in self.conferences.values() for a in c["aliases"]}
+        wanted = [a.get("alias", "") if isinstance(a, dict) else a for a in body.get("aliases", [])]
+        if any(a.lower() in taken for a in wanted):
+            errors["aliases"] = [{"alias": ["Conference alias with this Alias already exists."]}]
+        theme = body.get("ivr_theme")
+        if theme and not any(t["resource_uri"] == theme for t in self.themes.values()):
+            errors["ivr_theme"] = ["Could not find the theme."]
+        return errors
+
+    def _store_conference(self, body: dict[str, Any]) -> dict[str, Any]:
+        conference_id = next(self.ids)
+        uri = f"{API}conference/{conference_id}/"
+        aliases = [a.get("alias", "") if isinstance(a, dict) else a for a in body["aliases"]]
+        conference = {
+            "id": conference_id,
+            "name": body["name"],
+            "service_type": body.get("service_type", "conference"),
+            "description": body.get("description", ""),
+            "tag": body.get("tag", ""),
+            "ivr_theme": body.get("ivr_theme"),
+            "aliases": [
+                {"alias": a, "conference": uri, "description": "", "id": next(self.ids)}
+                for a in aliases
+            ],
+            "resource_uri": uri,
+        }
+        self.conferences[conference_id] = conference
+        return conference

@@ -1,0 +1,78 @@
+"""The management API client against the fake Management Node over real HTTP: paging through
+tastypie lists, Location on 201, Pexip's error shapes, wrong credentials, outages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fakes.pexip_server import API, FakePexip
+from tests.fakes.threaded import ThreadedServer
+from vmrsched.config import PexipConfig
+from vmrsched.pexip import management
+from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnavailable
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[FakePexip, ThreadedServer]]:
+    pexip = FakePexip(password="pw")
+    server = ThreadedServer(pexip.app()).start()
+    yield pexip, server
+    server.stop()
+
+
+def client(url: str, password: str = "pw") -> ManagementClient:
+    settings = PexipConfig(mode="management_api", management_url=url, management_username="admin")
+    return ManagementClient(settings, password)
+
+
+def test_lists_are_read_page_by_page(
+    fake: tuple[FakePexip, ThreadedServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pexip, server = fake
+    for i in range(45):
+        pexip.add_conference(f"Room {i}", [f"room{i}@example.com"], tag=f"t{i % 2}")
+    monkeypatch.setattr(management, "PAGE", 20)
+    names = [c["name"] for c in client(server.url).list("conference")]
+    assert names == [f"Room {i}" for i in range(45)]
+    assert sum(1 for m, p in pexip.requests if m == "GET") == 3
+    # a filter Pexip knows narrows the list; one it does not know is ignored (all come back)
+    assert len(list(client(server.url).list("conference", tag="t1"))) == 22
+    assert len(list(client(server.url).list("conference", tag__startswith="t1"))) == 45
+
+
+def test_create_update_delete_and_refusals(fake: tuple[FakePexip, ThreadedServer]) -> None:
+    pexip, server = fake
+    api = client(server.url)
+    uri = api.create("conference", {"name": "A", "aliases": [{"alias": "a@example.com"}]})
+    assert uri.startswith(API + "conference/") and uri.endswith("/")
+    api.update(uri, {"description": "changed"})
+    assert next(iter(pexip.conferences.values()))["description"] == "changed"
+    with pytest.raises(PexipRefused) as duplicate:
+        api.create("conference", {"name": "a", "aliases": [{"alias": "b@example.com"}]})
+    assert duplicate.value.status == 400 and duplicate.value.about("name")
+    with pytest.raises(PexipRefused) as alias_taken:
+        api.create("conference", {"name": "B", "aliases": [{"alias": "a@example.com"}]})
+    assert alias_taken.value.about("aliases") and not alias_taken.value.about("name")
+    api.delete(uri)
+    api.delete(uri)  # already gone: fine
+    assert not pexip.conferences
+    assert api.find_uri("ivr_theme", "Corporate") is None
+    theme = pexip.add_theme("Corporate")
+    assert api.find_uri("ivr_theme", "Corporate") == theme
+
+
+def test_wrong_credentials_and_outages_are_unavailable(
+    fake: tuple[FakePexip, ThreadedServer],
+) -> None:
+    pexip, server = fake
+    with pytest.raises(PexipUnavailable, match="401"):
+        list(client(server.url, password="wrong").list("conference"))
+    pexip.fail_next = [503]
+    with pytest.raises(PexipUnavailable, match="503"):
+        list(client(server.url).list("conference"))
+    url = server.url
+    server.stop()
+    with pytest.raises(PexipUnavailable, match="cannot be reached"):
+        list(client(url).list("conference"))

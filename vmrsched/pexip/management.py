@@ -1,0 +1,149 @@
+"""A small client of the Pexip Infinity management API (configuration resources on the Management
+Node): Basic auth, tastypie lists with paging, POST/PATCH/DELETE, and Pexip's error shapes turned
+into two kinds of failure: the node is unreachable or busy (retry later, whole integration) or it
+refused one request (a 4xx with field errors: that conference only). Synchronous, for the
+provisioner's actor thread."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+from vmrsched.config import PexipConfig
+
+log = logging.getLogger("vmrsched.pexip")
+API = "/api/admin/configuration/v1/"
+PAGE = 500  # objects per list page (Pexip's default is 20)
+
+
+class PexipUnavailable(Exception):
+    """The Management Node did not answer usefully (connection, timeout, 5xx, 401/403): try again
+    later. `retry_after` when it said how long to wait."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PexipRefused(Exception):
+    """The Management Node refused one request (400/404/409): `fields` holds its per-field
+    errors (e.g. {"name": ["Conference with this Name already exists."]})."""
+
+    def __init__(self, message: str, status: int, fields: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.fields = fields or {}
+
+    def about(self, field: str) -> bool:
+        return field in self.fields
+
+
+class ManagementClient:
+    def __init__(
+        self,
+        settings: PexipConfig,
+        password: str,
+        session: requests.Session | None = None,
+        on_request: Any = None,
+    ) -> None:
+        self.base = settings.management_url.rstrip("/") + API
+        self.timeout = settings.request_timeout_seconds
+        self.session = session or requests.Session()
+        self.session.auth = (settings.management_username, password)
+        self.session.headers["Accept"] = "application/json"
+        if settings.tls_ca_file:
+            self.session.verify = str(settings.tls_ca_file)
+        self.on_request = on_request  # (operation, result) -> None, for the metrics
+
+    def close(self) -> None:
+        self.session.close()
+
+    # --- the verbs -------------------------------------------------------------------------
+
+    def list(self, resource: str, **filters: str) -> Iterator[dict[str, Any]]:
+        """Every object of a resource, page by page. Pexip ignores filters it does not know,
+        so callers check what they get rather than trust the filter."""
+        url: str | None = urljoin(self.base, f"{resource}/")
+        params: dict[str, Any] | None = {**filters, "limit": PAGE, "offset": 0}
+        while url is not None:
+            body = self._call("GET", url, f"list_{resource}", params=params).json()
+            yield from body.get("objects", [])
+            following = (body.get("meta") or {}).get("next")
+            url = urljoin(self.base, following) if following else None
+            params = None  # `next` carries the query
+
+    def create(self, resource: str, fields: dict[str, Any]) -> str:
+        """POST; the new object's URI path (from Location, as Pexip answers 201)."""
+        url = urljoin(self.base, f"{resource}/")
+        response = self._call("POST", url, f"create_{resource}", json=fields)
+        location = response.headers.get("Location", "")
+        if not location:
+            raise PexipUnavailable(f"created a {resource} but got no Location")
+        return urlsplit(location).path
+
+    def update(self, uri: str, fields: dict[str, Any]) -> None:
+        self._call("PATCH", self._absolute(uri), "update", json=fields)
+
+    def delete(self, uri: str) -> None:
+        try:
+            self._call("DELETE", self._absolute(uri), "delete")
+        except PexipRefused as exc:
+            if exc.status != 404:  # already gone is what we wanted
+                raise
+
+    def find_uri(self, resource: str, name: str) -> str | None:
+        """The resource URI of the object with this exact name (themes, identity provider
+        groups are referred to by URI in a conference)."""
+        for obj in self.list(resource, name=name):
+            if obj.get("name") == name:
+                return str(obj["resource_uri"])
+        return None
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _absolute(self, uri: str) -> str:
+        return urljoin(self.base, uri)
+
+    def _call(self, method: str, url: str, operation: str, **kwargs: Any) -> requests.Response:
+        try:
+            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            self._count(operation, "unreachable")
+            raise PexipUnavailable(f"the Management Node cannot be reached: {exc}") from exc
+        status = response.status_code
+        if status < 300:
+            self._count(operation, "ok")
+            return response
+        if status in (401, 403) or status >= 500 or status == 429:
+            self._count(operation, f"http_{status}")
+            retry = response.headers.get("Retry-After", "")
+            raise PexipUnavailable(
+                f"the Management Node answered {status} to {method} {url}: {response.text[:300]}",
+                float(retry) if retry.isdigit() else None,
+            )
+        self._count(operation, f"http_{status}")
+        fields: dict[str, Any] = {}
+        try:
+            body = response.json()
+            if isinstance(body, dict):
+                # {"conference": {"name": [...]}} or {"name": [...]}: flattened to fields
+                for key, value in body.items():
+                    if isinstance(value, dict):
+                        fields.update(value)
+                    else:
+                        fields[key] = value
+        except ValueError:
+            pass
+        raise PexipRefused(
+            f"the Management Node refused {method} {url} ({status}): {response.text[:300]}",
+            status,
+            fields,
+        )
+
+    def _count(self, operation: str, result: str) -> None:
+        if self.on_request is not None:
+            self.on_request(operation, result)
