@@ -211,6 +211,9 @@ class EwsMailbox:
         # inbox as catch-up); refused: the server offers none, so poll by listing
         self._subscription: tuple[str, str] | None = None
         self._subscriptions_refused = False
+        # what the poller's and the notifier's threads both change: the accounts built once,
+        # the items handed off to a reply, the item classes
+        self._state = threading.Lock()
         self._backlog = False  # the last listing was cut at the batch limit
         self._listed_at = 0.0
 
@@ -262,30 +265,33 @@ class EwsMailbox:
         )
 
     def account(self) -> Account:
-        """The equipment mailbox's account, built once."""
-        if self._account is None:
-            with self._calling():
-                self._account = Account(
-                    self.room,
-                    config=self._configuration(),
-                    autodiscover=False,
-                    access_type=DELEGATE,
-                    default_timezone=EWS_UTC,
-                )
-        return self._account
+        """The equipment mailbox's account, built once (by whichever thread asks first)."""
+        with self._state:
+            if self._account is None:
+                with self._calling():
+                    self._account = Account(
+                        self.room,
+                        config=self._configuration(),
+                        autodiscover=False,
+                        access_type=DELEGATE,
+                        default_timezone=EWS_UTC,
+                    )
+            return self._account
 
     def _as(self, address: str) -> Account:
         """An organizer's mailbox through ApplicationImpersonation (built once per organizer)."""
         key = address.lower()
-        if key not in self._impersonated:
-            self._impersonated[key] = Account(
-                address,
-                config=self.account().protocol.config,
-                autodiscover=False,
-                access_type=IMPERSONATION,
-                default_timezone=EWS_UTC,
-            )
-        return self._impersonated[key]
+        config = self.account().protocol.config
+        with self._state:
+            if key not in self._impersonated:
+                self._impersonated[key] = Account(
+                    address,
+                    config=config,
+                    autodiscover=False,
+                    access_type=IMPERSONATION,
+                    default_timezone=EWS_UTC,
+                )
+            return self._impersonated[key]
 
     # --- reading ----------------------------------------------------------------------------
     def fetch(self, limit: int) -> Sequence[InboxItem]:
@@ -300,11 +306,13 @@ class EwsMailbox:
             self._listed_at = time.monotonic()
             # One FindItem for the whole listing: paging by offset would skip items while the
             # notifier removes answered ones between pages.
-            wanted = min(MAX_PAGE, limit + len(self._handed_off))
+            with self._state:
+                handed_off = set(self._handed_off)
+            wanted = min(MAX_PAGE, limit + len(handed_off))
             query = account.inbox.all().order_by("datetime_received")
             query.page_size = wanted
             listed = list(query.values_list("id", "changekey")[:wanted])
-            fresh = [(i, c) for i, c in listed if i not in self._handed_off]
+            fresh = [(i, c) for i, c in listed if i not in handed_off]
             ids = fresh[:limit]
             # more may be waiting: the listing was full, or this batch was (items handed off
             # may have left the inbox meanwhile, so a short listing proves nothing)
@@ -354,7 +362,8 @@ class EwsMailbox:
     def _to_inbox_item(self, item_id: str, item: Any) -> InboxItem:
         received = item.datetime_received or datetime.now(UTC)
         item_class = item.item_class or ""
-        self._classes[item_id] = item_class
+        with self._state:
+            self._classes[item_id] = item_class
         sender = getattr(item, "sender", None)
         sender_email = getattr(sender, "email_address", "") or ""
         sender_name = getattr(sender, "name", "") or ""
@@ -393,12 +402,15 @@ class EwsMailbox:
         then. Otherwise remove it now: a cancellation with RemoveItem (the room's calendar loses
         the meeting), anything else to Deleted Items."""
         if replied:
-            self._handed_off.add(item_id)
+            with self._state:
+                self._handed_off.add(item_id)
             return
         account = self.account()
+        with self._state:
+            item_class = self._classes.get(item_id, "")
         with self._calling():
             try:
-                if self._classes.get(item_id, "").startswith(MEETING_CLASSES[1]):
+                if item_class.startswith(MEETING_CLASSES[1]):
                     RemoveItem(account=account, reference_item_id=ReferenceItemId(id=item_id)).send(
                         save_copy=False
                     )
@@ -406,7 +418,8 @@ class EwsMailbox:
                     account.bulk_delete(ids=[(item_id, None)])
             except ErrorItemNotFound:
                 pass  # already gone (reprocessing after a crash)
-        self._classes.pop(item_id, None)
+        with self._state:
+            self._classes.pop(item_id, None)
 
     def quarantine(self, item_id: str, reason: str) -> None:
         log.info(
@@ -469,8 +482,9 @@ class EwsMailbox:
         outcomes: list[BaseException | None] = []
         for message, result in zip(messages, results, strict=True):
             item_id = str(message.extra["item_id"])
-            self._handed_off.discard(item_id)
-            self._classes.pop(item_id, None)
+            with self._state:
+                self._handed_off.discard(item_id)
+                self._classes.pop(item_id, None)
             if isinstance(result, ErrorItemNotFound):
                 log.info(
                     "meeting request %s is gone; answered before a restart, not answered again",
