@@ -88,6 +88,7 @@ SECRET_KEYS = frozenset(
         "admin_token",
         "policy_password",
         "management_password",
+        "client_secret",
     }
 )
 
@@ -146,6 +147,22 @@ class ExchangeConfig:
     mailbox_name: str = _f("", max_len=_TEXT)
     mailbox_email: str = _f("")
     poll_interval_seconds: float = _f(10.0)
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """Exchange Online through Microsoft Graph: an app registration with application
+    permissions, scoped to the room and the organizers (README, Exchange Online)."""
+
+    tenant_id: str = _f("")
+    client_id: str = _f("")
+    client_secret: Secret | None = _f(None)
+    # national clouds: e.g. https://login.microsoftonline.us and https://graph.microsoft.us
+    authority: str = _f("https://login.microsoftonline.com")
+    graph_url: str = _f("https://graph.microsoft.com")
+    tls_ca_file: str = _f("")  # CA bundle for Graph and the token endpoint (inspecting proxies)
+    poll_interval_seconds: float = _f(10.0, minimum=0.01, maximum=3600.0)
+    max_concurrent_requests: int = _f(4, minimum=1, maximum=4)  # Graph allows 4 per mailbox
 
 
 @dataclass(frozen=True)
@@ -338,7 +355,7 @@ class MetadataConfig:
 class IntegrationConfig:
     name: str = _f("")
     description: str = _f("", max_len=_TEXT)
-    backend: str = _f("spool", choices=("spool", "ews"))
+    backend: str = _f("spool", choices=("spool", "ews", "graph"))
     timezone: str = _f("UTC")
     reservation_ttl_days: int = _f(30, minimum=1, maximum=3650)
     # how far ahead a series is walked to find its end; beyond it a series counts as open-ended
@@ -347,6 +364,7 @@ class IntegrationConfig:
     enable_personal_vmrs: bool = _f(False)
     exchange: ExchangeConfig = field(default_factory=ExchangeConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
     single_use: SingleUseConfig = field(default_factory=SingleUseConfig)
     personal: PersonalConfig = field(default_factory=PersonalConfig)
     pexip: PexipConfig = field(default_factory=PexipConfig)
@@ -618,6 +636,8 @@ def _check_integration(loader: _Loader, integ: IntegrationConfig, path: str) -> 
             )
         if integ.backend == "ews":
             _check_ews(loader, ex, f"{path}.exchange")
+        if integ.backend == "graph":
+            _check_graph(loader, integ.graph, f"{path}.graph")
         if "alias_uuid" not in integ.email.single_use_joining_instructions_template:
             err(
                 f"{path}.email.single_use_joining_instructions_template",
@@ -656,6 +676,25 @@ def _check_integration(loader: _Loader, integ: IntegrationConfig, path: str) -> 
     adv = integ.advanced
     if adv.use_custom_addin_sources and not adv.office_js_url.startswith("https://"):
         err(f"{path}.advanced.office_js_url", "custom add-in sources must be https URLs")
+
+
+def _check_graph(loader: _Loader, graph: GraphConfig, path: str) -> None:
+    err = loader.error
+    for key in ("tenant_id", "client_id"):
+        if not getattr(graph, key):
+            err(f"{path}.{key}", "the graph backend needs the app registration's " + key)
+    if graph.client_secret is None:
+        err(
+            f"{path}.client_secret_env", "the graph backend needs the client secret (_env or _file)"
+        )
+    for key in ("authority", "graph_url"):
+        value = getattr(graph, key)
+        if not re.match(r"^https?://[^/\s]+/?$", value):
+            err(f"{path}.{key}", f"must be https://host without a path, got {value!r}")
+        elif value.startswith("http://"):
+            loader.warnings.append(f"{path}.{key}: plain http carries tokens unencrypted")
+    if graph.tls_ca_file and not (loader.base_dir / graph.tls_ca_file).is_file():
+        err(f"{path}.tls_ca_file", f"no such file: {graph.tls_ca_file}")
 
 
 def _check_ews(loader: _Loader, ex: ExchangeConfig, path: str) -> None:

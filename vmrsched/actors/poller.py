@@ -28,11 +28,10 @@ class MailboxPoller(SupervisedChild):
     def __init__(self, *args: Any, gateway: Gateway, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gateway = gateway
-        self.interval = (
-            self.integ.spool.poll_interval_seconds
-            if self.integ.backend == "spool"
-            else self.integ.exchange.poll_interval_seconds
-        )
+        self.interval = {
+            "spool": self.integ.spool.poll_interval_seconds,
+            "graph": self.integ.graph.poll_interval_seconds,
+        }.get(self.integ.backend, self.integ.exchange.poll_interval_seconds)
         self.alarm: str = getattr(gateway, "alarm", ALARM)
         self._failures = 0
         self._backoff = Backoff(self.interval * 2, self.ctx.policy.mailbox_max)

@@ -29,6 +29,10 @@ def make_gateway(
 
         source = (tokens or TokenSources(data_dir)).get(integ)
         return EwsMailbox(integ, metrics, source)
+    if integ.backend == "graph":
+        from vmrsched.mailbox.graph import GraphMailbox
+
+        return GraphMailbox(integ, metrics)
     raise RuntimeError(f"backend {integ.backend!r} is not available in this version")
 
 

@@ -1,0 +1,371 @@
+"""A fake Microsoft Graph v1.0 for mailboxes and calendars, from Microsoft's documentation, over
+real HTTP so the service's own Graph client runs unmodified:
+
+- Bearer tokens issued by the fake identity platform (tests/fakes/identity_platform.py); an
+  expired or unknown one is answered 401 InvalidAuthenticationToken.
+- A meeting request delivered to a room arrives in its inbox as an eventMessageRequest and,
+  as the Calendar Attendant does with AutomateProcessing AutoUpdate, puts a tentative event in
+  the room's calendar (the same event for later updates of the meeting); the organizer's own
+  calendar holds the organizer's event. A cancellation arrives as an eventMessage with
+  meetingMessageType meetingCancelled.
+- GET messages (with $top, $expand of the eventMessage's event, @odata.type per message),
+  GET messages/{id}/$value (the MIME content), DELETE messages/{id}, POST messages/{id}/move,
+  POST events/{id}/accept|decline (202; with sendResponse the organizer gets the response),
+  DELETE events/{id}, GET events?$filter=iCalUId eq '…', PATCH events/{id}, POST sendMail (202).
+- The organizer's PATCH of an event reaches every attendee, the room included, as an update
+  (same SEQUENCE: an informational update), as Exchange does.
+- Organizers outside the application access policy (`scope`) get 403 ErrorAccessDenied.
+- Throttling: `throttle_next` requests answered 429 TooManyRequests with Retry-After; more than
+  4 concurrent requests for one mailbox are answered 429 too (Graph's limit), and counted.
+- Unknown items: 404 ErrorItemNotFound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from tests.fakes.ews_server import meeting_to_imip
+from vmrsched.meetings import Meeting
+
+
+def new_id(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(24)
+
+
+@dataclass
+class Message:
+    id: str
+    meeting: Meeting | None
+    kind: str  # meetingRequest | meetingCancelled | mail
+    received: datetime
+    event_id: str | None = None
+    subject: str = ""
+    sender: str = ""
+    sender_name: str = ""
+    mime: bytes = b""
+
+
+@dataclass
+class Event:
+    id: str
+    uid: str
+    meeting: Meeting
+    organizer: bool = False
+    response: str = "tentativelyAccepted"
+    cancelled: bool = False
+
+
+@dataclass
+class Mailbox:
+    address: str
+    inbox: dict[str, Message] = field(default_factory=dict)
+    events: dict[str, Event] = field(default_factory=dict)
+    deleted: list[Message] = field(default_factory=list)
+
+
+@dataclass
+class Response:
+    """What the room answered: to whom, for which meeting, accept or decline, with what text."""
+
+    room: str
+    uid: str
+    action: str
+    comment: str
+
+
+class FakeGraph:
+    def __init__(self, valid_token: Callable[[str], bool]) -> None:
+        self.valid_token = valid_token
+        self.lock = threading.Lock()
+        self.mailboxes: dict[str, Mailbox] = {}
+        self.responses: list[Response] = []
+        self.mails: list[dict[str, Any]] = []  # sendMail bodies, with "from"
+        self.patches: list[tuple[str, str]] = []  # (organizer, uid) patched
+        self.scope: set[str] | None = None  # organizers the app may write to; None = all
+        self.throttle_next = 0
+        self.requests: list[tuple[str, str]] = []
+        self.concurrent: dict[str, int] = {}
+        self.max_concurrent = 0
+        self.over_limit = 0
+
+    # --- the world ---------------------------------------------------------------------------
+
+    def mailbox(self, address: str) -> Mailbox:
+        key = address.lower()
+        if key not in self.mailboxes:
+            self.mailboxes[key] = Mailbox(address)
+        return self.mailboxes[key]
+
+    def deliver(self, room: str, meeting: Meeting, organizer_copy: bool = True) -> Message:
+        """The organizer sends a meeting request or a cancellation to the room (and others)."""
+        with self.lock:
+            return self._deliver(room, meeting, organizer_copy)
+
+    def _deliver(self, room: str, meeting: Meeting, organizer_copy: bool) -> Message:
+        box = self.mailbox(room)
+        cancel = meeting.method == "CANCEL"
+        event = next((e for e in box.events.values() if e.uid == meeting.uid), None)
+        if event is None and not cancel:
+            event = Event(new_id("AAMkEv"), meeting.uid, meeting)
+            box.events[event.id] = event
+        elif event is not None:
+            if cancel:
+                event.cancelled = True
+            else:
+                event.meeting = meeting
+        message = Message(
+            new_id("AAMkMsg"),
+            meeting,
+            "meetingCancelled" if cancel else "meetingRequest",
+            datetime.now(UTC),
+            event.id if event else None,
+            meeting.subject,
+            meeting.organizer_email,
+            meeting.organizer_name,
+            meeting_to_imip(meeting, room),
+        )
+        box.inbox[message.id] = message
+        if organizer_copy and not cancel and meeting.organizer_email:
+            own = self.mailbox(meeting.organizer_email)
+            mine = next((e for e in own.events.values() if e.uid == meeting.uid), None)
+            if mine is None:
+                mine = Event(new_id("AAMkOrg"), meeting.uid, meeting, organizer=True)
+                own.events[mine.id] = mine
+            else:
+                mine.meeting = meeting
+        return message
+
+    def deliver_mail(self, room: str, sender: str, subject: str) -> Message:
+        with self.lock:
+            message = Message(
+                new_id("AAMkMail"), None, "mail", datetime.now(UTC), None, subject, sender
+            )
+            self.mailbox(room).inbox[message.id] = message
+            return message
+
+    def responses_for(self, uid: str) -> list[Response]:
+        with self.lock:
+            return [r for r in self.responses if r.uid == uid]
+
+    def organizer_event(self, organizer: str, uid: str) -> Event | None:
+        with self.lock:
+            box = self.mailbox(organizer)
+            return next((e for e in box.events.values() if e.uid == uid), None)
+
+    # --- HTTP ----------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard])
+        users = "/v1.0/users/{user}"
+        app.router.add_get(users + "/mailFolders/inbox", self._inbox_folder)
+        app.router.add_get(users + "/mailFolders/inbox/messages", self._list)
+        app.router.add_get(users + "/messages/{id}/$value", self._mime)
+        app.router.add_get(users + "/messages/{id}", self._get_message)
+        app.router.add_delete(users + "/messages/{id}", self._delete_message)
+        app.router.add_post(users + "/messages/{id}/move", self._move)
+        app.router.add_post(users + "/events/{id}/{action:accept|decline}", self._respond)
+        app.router.add_delete(users + "/events/{id}", self._delete_event)
+        app.router.add_get(users + "/events", self._find_events)
+        app.router.add_patch(users + "/events/{id}", self._patch_event)
+        app.router.add_post(users + "/sendMail", self._send_mail)
+        return app
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.requests.append((request.method, request.path))
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "Bearer" or not self.valid_token(token):
+            return _error(
+                401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid."
+            )
+        if self.throttle_next > 0:
+            self.throttle_next -= 1
+            return _error(429, "TooManyRequests", "Too many requests.", {"Retry-After": "1"})
+        user = unquote(request.match_info.get("user", "")).lower()
+        with self.lock:
+            running = self.concurrent.get(user, 0) + 1
+            self.concurrent[user] = running
+            self.max_concurrent = max(self.max_concurrent, running)
+        try:
+            if running > 4:
+                self.over_limit += 1
+                return _error(
+                    429,
+                    "ApplicationThrottled",
+                    "MailboxConcurrency limit exceeded.",
+                    {"Retry-After": "1"},
+                )
+            await asyncio.sleep(0.002)  # a real call takes time: concurrency shows
+            return await handler(request)
+        finally:
+            with self.lock:
+                self.concurrent[user] -= 1
+
+    def _box(self, request: web.Request) -> Mailbox:
+        return self.mailbox(unquote(request.match_info["user"]))
+
+    def _message_json(self, box: Mailbox, message: Message, expand: bool) -> dict[str, Any]:
+        kind = {
+            "meetingRequest": "#microsoft.graph.eventMessageRequest",
+            "meetingCancelled": "#microsoft.graph.eventMessage",
+        }.get(message.kind, "#microsoft.graph.message")
+        body: dict[str, Any] = {
+            "@odata.type": kind,
+            "id": message.id,
+            "receivedDateTime": message.received.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "subject": message.subject,
+            "from": {"emailAddress": {"address": message.sender, "name": message.sender_name}},
+        }
+        if message.kind != "mail":
+            body["meetingMessageType"] = message.kind
+            if expand and message.event_id and message.event_id in box.events:
+                body["event"] = {"id": message.event_id}
+        return body
+
+    async def _inbox_folder(self, request: web.Request) -> web.Response:
+        return web.json_response({"id": "AAMkInbox", "displayName": "Inbox"})
+
+    async def _list(self, request: web.Request) -> web.Response:
+        top = int(request.query.get("$top", "10"))
+        expand = "event" in request.query.get("$expand", "")
+        with self.lock:
+            box = self._box(request)
+            ordered = sorted(box.inbox.values(), key=lambda m: m.received)
+            value = [self._message_json(box, m, expand) for m in ordered[:top]]
+        return web.json_response({"value": value})
+
+    def _find(self, request: web.Request) -> tuple[Mailbox, Message | None]:
+        box = self._box(request)
+        return box, box.inbox.get(request.match_info["id"])
+
+    async def _mime(self, request: web.Request) -> web.Response:
+        with self.lock:
+            _, message = self._find(request)
+        if message is None:
+            return _not_found()
+        return web.Response(body=message.mime, content_type="text/plain")
+
+    async def _get_message(self, request: web.Request) -> web.Response:
+        with self.lock:
+            box, message = self._find(request)
+            if message is None:
+                return _not_found()
+            body = self._message_json(box, message, "event" in request.query.get("$expand", ""))
+        return web.json_response(body)
+
+    async def _delete_message(self, request: web.Request) -> web.Response:
+        with self.lock:
+            box, message = self._find(request)
+            if message is None:
+                return _not_found()
+            box.deleted.append(box.inbox.pop(message.id))
+        return web.Response(status=204)
+
+    async def _move(self, request: web.Request) -> web.Response:
+        destination = (await request.json()).get("destinationId")
+        with self.lock:
+            box, message = self._find(request)
+            if message is None:
+                return _not_found()
+            if destination != "deleteditems":
+                return _error(400, "ErrorInvalidIdMalformed", "unknown folder")
+            box.deleted.append(box.inbox.pop(message.id))
+        return web.json_response({"id": message.id}, status=201)
+
+    async def _respond(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        action = request.match_info["action"]
+        with self.lock:
+            box = self._box(request)
+            event = box.events.get(request.match_info["id"])
+            if event is None:
+                return _not_found()
+            event.response = "accepted" if action == "accept" else "declined"
+            if action == "decline":
+                del box.events[event.id]  # a declined meeting leaves the room's calendar
+            if body.get("sendResponse", True):
+                self.responses.append(
+                    Response(box.address, event.uid, action, str(body.get("comment", "")))
+                )
+        return web.Response(status=202)
+
+    async def _delete_event(self, request: web.Request) -> web.Response:
+        with self.lock:
+            box = self._box(request)
+            if box.events.pop(request.match_info["id"], None) is None:
+                return _not_found()
+        return web.Response(status=204)
+
+    async def _find_events(self, request: web.Request) -> web.Response:
+        match = re.fullmatch(r"iCalUId eq '(.*)'", request.query.get("$filter", ""))
+        with self.lock:
+            box = self._box(request)
+            if self.scope is not None and box.address.lower() not in self.scope:
+                return _error(
+                    403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
+                )
+            uid = match.group(1).replace("''", "'") if match else None
+            value = [
+                {"id": e.id, "iCalUId": e.uid}
+                for e in box.events.values()
+                if uid is None or e.uid == uid
+            ]
+        return web.json_response({"value": value})
+
+    async def _patch_event(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        with self.lock:
+            box = self._box(request)
+            if self.scope is not None and box.address.lower() not in self.scope:
+                return _error(
+                    403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
+                )
+            event = box.events.get(request.match_info["id"])
+            if event is None:
+                return _not_found()
+            content = (body.get("body") or {}).get("content")
+            if content is not None:
+                event.meeting = replace(event.meeting, html_body=content)
+            self.patches.append((box.address, event.uid))
+            if event.organizer:
+                # the organizer's change goes out to every attendee, the room included
+                rooms = [
+                    m
+                    for m in self.mailboxes.values()
+                    if any(e.uid == event.uid and not e.organizer for e in m.events.values())
+                ]
+                for room in rooms:
+                    self._deliver(room.address, event.meeting, organizer_copy=False)
+        return web.json_response({"id": event.id, "iCalUId": event.uid})
+
+    async def _send_mail(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        with self.lock:
+            self.mails.append(
+                {**body.get("message", {}), "from": unquote(request.match_info["user"])}
+            )
+        return web.Response(status=202)
+
+
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message, "innerError": {"request-id": new_id("")}}},
+        status=status,
+        headers=headers,
+    )
+
+
+def _not_found() -> web.Response:
+    return _error(404, "ErrorItemNotFound", "The specified object was not found in the store.")

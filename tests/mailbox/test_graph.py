@@ -1,0 +1,186 @@
+"""The Graph backend end to end: the service against a fake Microsoft Graph and a fake identity
+platform over real HTTP(S), msal and our Graph client unmodified. The rules decide as on the other
+backends; accept/decline go to the room's event with the rendered comment; the organizer's
+meeting is PATCHed (and its echo to the room is not answered again), or, outside the app's
+scope, the organizer gets the instructions by mail; cancellations remove the room's event;
+throttling and an expired token are survived; nothing is answered twice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import spoolkit
+from tests.fakes.graph_server import FakeGraph, Message
+from tests.fakes.identity_platform import IdentityPlatform, server_context, tls_files
+from tests.fakes.threaded import ThreadedServer
+from vmrsched import config, service
+from vmrsched.actors.supervision import RestartPolicy
+from vmrsched.meetings import Meeting
+
+ROOM = "room@contoso.example"
+ORGANIZER = "olga@contoso.example"
+
+
+@dataclass
+class Env:
+    platform: IdentityPlatform
+    fake: FakeGraph
+    svc: service.Service
+
+    def count(self, outcome: str, reason: str) -> float:
+        value = self.svc.ctx.metrics.registry.get_sample_value(
+            "vmrsched_meeting_requests_total",
+            {"integration": "online", "outcome": outcome, "reason": reason},
+        )
+        return value or 0.0
+
+    def reserve(self) -> dict[str, Any]:
+        spoolkit.wait_for(lambda: self.svc.ctx.status.state("online") == "running")
+        ref = self.svc.ctx.registry.get("online", "allocator")
+        record: dict[str, Any] = ref.proxy().reserve().get(timeout=10)
+        return record
+
+    def settle(self) -> None:
+        notifier = self.svc.ctx.registry.get("online", "notifier")
+        spoolkit.wait_for(lambda: notifier.proxy().pending().get(timeout=5) == 0, timeout=20)
+
+    def send(self, meeting: Meeting) -> Message:
+        message = self.fake.deliver(ROOM, meeting)
+        spoolkit.wait_for(lambda: not self.fake.mailbox(ROOM).inbox, timeout=20)
+        self.settle()
+        return message
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    cert, key = tls_files(tmp_path)
+    platform = IdentityPlatform(client_id="graph-app", client_secret="graph-secret")
+    platform_server = ThreadedServer(platform.app(), ssl_context=server_context(cert, key))
+    platform_server.start()
+    platform.base = platform_server.url
+    fake = FakeGraph(platform.valid)
+    graph_server = ThreadedServer(fake.app()).start()
+    doc = {
+        "server": {"data_dir": str(tmp_path / "data")},
+        "integrations": [
+            {
+                "name": "online",
+                "backend": "graph",
+                "timezone": "Europe/London",
+                "exchange": {"mailbox_name": "Video Room", "mailbox_email": ROOM},
+                "graph": {
+                    "tenant_id": platform.tenant,
+                    "client_id": "graph-app",
+                    "client_secret_env": "GRAPH_SECRET",
+                    "authority": platform.base,
+                    "graph_url": graph_server.url,
+                    "tls_ca_file": str(cert),
+                    "poll_interval_seconds": 0.05,
+                },
+                "addin": {"token_validation": "none", "server_fqdn": "vc.example.com"},
+            }
+        ],
+    }
+    cfg = config.parse(doc, tmp_path, {"GRAPH_SECRET": "graph-secret"})
+    svc = service.start(cfg, policy=RestartPolicy(mailbox_max=1.0))
+    try:
+        yield Env(platform, fake, svc)
+    finally:
+        svc.stop()
+        graph_server.stop()
+        platform_server.stop()
+
+
+def meeting(
+    uid: str, body: str, *, days: float = 1, sequence: int = 0, method: str = "REQUEST"
+) -> Meeting:
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=days)
+    return Meeting(
+        uid=uid,
+        method=method,
+        start=start,
+        end=start + timedelta(minutes=30),
+        sequence=sequence,
+        organizer_name="Olga Organizer",
+        organizer_email=ORGANIZER,
+        subject="Weekly sync",
+        html_body=body,
+        attendees=("bob@contoso.example",),
+    )
+
+
+def pxps(record: dict[str, Any]) -> str:
+    return f"<p>Join</p><p>PXPS:-{record['alias_id']}#</p>"
+
+
+def test_the_rules_through_graph(env: Env) -> None:
+    env.send(meeting("no-token", "<p>nothing</p>"))
+    [declined] = env.fake.responses_for("no-token")
+    assert declined.action == "decline" and "no valid video meeting reference" in declined.comment
+    assert env.count("declined", "invalid_alias_id") == 1
+
+    rec = env.reserve()
+    env.send(meeting("single", pxps(rec)))
+    [accepted] = env.fake.responses_for("single")
+    assert accepted.action == "accept" and rec["alias"] in accepted.comment
+    assert "<p>" not in accepted.comment  # the comment is text
+    room_events = env.fake.mailbox(ROOM).events.values()
+    assert any(e.uid == "single" and e.response == "accepted" for e in room_events)
+
+    env.send(meeting("single", pxps(rec), days=2, sequence=1))
+    assert env.count("accepted", "edited_single") == 1
+    env.send(meeting("copy", pxps(rec)))
+    assert env.count("declined", "alias_conflict") == 1
+
+    env.send(meeting("single", pxps(rec), days=2, sequence=2, method="CANCEL"))
+    assert env.count("ignored", "cancelled") == 1
+    assert not any(e.uid == "single" for e in env.fake.mailbox(ROOM).events.values())
+    env.send(meeting("reuse", pxps(rec)))
+    assert env.count("declined", "alias_deleted") == 1
+
+    # an out-of-office in the room's inbox: set aside, never answered
+    mail = env.fake.deliver_mail(ROOM, "bob@contoso.example", "Out of office")
+    spoolkit.wait_for(lambda: mail.id not in env.fake.mailbox(ROOM).inbox)
+    assert any(m.id == mail.id for m in env.fake.mailbox(ROOM).deleted)
+    assert env.fake.max_concurrent <= 4 and env.fake.over_limit == 0
+
+
+def test_placeholder_meeting_is_patched_and_its_echo_is_not_answered(env: Env) -> None:
+    body = "<p>Agenda</p><p>TOK:-00000000-0000-4000-8000-0000000000aa#</p>"
+    env.send(meeting("tok", body))
+    spoolkit.wait_for(lambda: (ORGANIZER, "tok") in env.fake.patches)
+    spoolkit.wait_for(lambda: not env.fake.mailbox(ROOM).inbox)  # the echo, handled
+    env.settle()
+    event = env.fake.organizer_event(ORGANIZER, "tok")
+    assert event is not None and "TOK:-" not in event.meeting.html_body
+    assert "PXPS:-" in event.meeting.html_body
+    assert len(env.fake.responses_for("tok")) == 1  # the echo got no second answer
+    assert env.count("ignored", "unchanged") == 1
+
+
+def test_outside_the_apps_scope_the_organizer_gets_the_instructions_by_mail(env: Env) -> None:
+    env.fake.scope = {ROOM}  # the application access policy covers the room only
+    env.send(meeting("scoped", "<p>TOK:-00000000-0000-4000-8000-0000000000bb#</p>"))
+    spoolkit.wait_for(lambda: any(ORGANIZER in str(m.get("toRecipients")) for m in env.fake.mails))
+    [mail] = [m for m in env.fake.mails if ORGANIZER in str(m.get("toRecipients"))]
+    assert mail["from"] == ROOM and "PXPS:-" in mail["body"]["content"]
+    assert not env.fake.patches
+
+
+def test_throttling_and_an_expired_token_are_survived(env: Env) -> None:
+    rec = env.reserve()
+    env.fake.throttle_next = 3
+    env.send(meeting("throttled", pxps(rec)))
+    assert [r.action for r in env.fake.responses_for("throttled")] == ["accept"]
+    env.platform.expire_all()
+    rec2 = env.reserve()
+    env.send(meeting("after-expiry", pxps(rec2)))
+    assert [r.action for r in env.fake.responses_for("after-expiry")] == ["accept"]
+    alarms = {a.name for a in env.svc.ctx.alarms.active("online")}
+    assert "exchange_unreachable" not in alarms

@@ -1,0 +1,439 @@
+"""The Exchange Online backend: the room mailbox through Microsoft Graph v1.0, app-only (client
+credentials through msal), plain HTTPS calls on one pooled session per integration.
+
+Reading: the room inbox's messages, oldest first; a meeting message is read from its MIME content
+(`$value`) with the same iTIP parser as the other backends, so every backend decides alike.
+Answering: accept or decline on the room's event (the Calendar Attendant placed it tentatively,
+AutomateProcessing AutoUpdate) with the rendered text as comment and sendResponse; the answered
+message then leaves the inbox. A cancellation removes the room's event. Organizer updates: a PATCH
+of the organizer's event body, found by its iCalUId; where the application's scope refuses it
+(403) the update fails for good and the notifier mails the organizer the joining instructions
+instead. Throttling: Retry-After on 429/503/504 backs the mailbox off; at most
+`max_concurrent_requests` calls at once; an expired token is refreshed once and the call retried.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import msal
+import requests
+
+from vmrsched.config import GraphConfig, IntegrationConfig
+from vmrsched.mailbox import itip
+from vmrsched.mailbox.base import CalendarEntry, GatewayError, InboxItem, Outgoing
+from vmrsched.meetings import Meeting
+from vmrsched.telemetry import EXCHANGE_UNREACHABLE, Metrics
+
+log = logging.getLogger("vmrsched.graph")
+MAX_PAGE = 100
+MEETING_TYPES = ("#microsoft.graph.eventMessage", "#microsoft.graph.eventMessageRequest")
+_TAGS = re.compile(r"<[^>]+>")
+
+
+class _CaSession(requests.Session):
+    """Keeps the configured CA bundle even when REQUESTS_CA_BUNDLE is set."""
+
+    def __init__(self, ca_file: str) -> None:
+        super().__init__()
+        self.ca_file = ca_file
+
+    def merge_environment_settings(self, *args: Any, **kwargs: Any) -> Any:
+        settings = super().merge_environment_settings(*args, **kwargs)
+        if self.ca_file:
+            settings["verify"] = self.ca_file
+        return settings
+
+
+class GraphTokens:
+    """App-only tokens for Graph (client credentials); msal caches and renews them."""
+
+    def __init__(self, graph: GraphConfig, session: requests.Session) -> None:
+        self.graph = graph
+        self.session = session
+        self.scope = graph.graph_url.rstrip("/") + "/.default"
+        self._lock = threading.Lock()
+        self._app: Any = None
+
+    def get(self, force: bool = False) -> str:
+        with self._lock:
+            try:
+                if force or self._app is None:
+                    secret = self.graph.client_secret
+                    self._app = msal.ConfidentialClientApplication(
+                        self.graph.client_id,
+                        client_credential=secret.reveal() if secret else None,
+                        authority=f"{self.graph.authority.rstrip('/')}/{self.graph.tenant_id}",
+                        validate_authority=False,
+                        instance_discovery=False,
+                        http_client=self.session,
+                        timeout=10,
+                    )
+                result = self._app.acquire_token_for_client(scopes=[self.scope])
+            except (ValueError, OSError, requests.RequestException) as exc:
+                raise GatewayError(f"the token endpoint cannot be reached: {exc}") from exc
+        if not result or "access_token" not in result:
+            detail = (result or {}).get("error_description") or (result or {}).get("error")
+            raise GatewayError(f"no Graph token for the app registration ({detail})")
+        return str(result["access_token"])
+
+
+class GraphMailbox:
+    alarm = EXCHANGE_UNREACHABLE
+
+    def __init__(self, integ: IntegrationConfig, metrics: Metrics) -> None:
+        self.integ = integ
+        self.name = integ.name
+        self.room = integ.exchange.mailbox_email
+        self.metrics = metrics
+        graph = integ.graph
+        self.api = graph.graph_url.rstrip("/") + "/v1.0"
+        self.base = f"{self.api}/users/{quote(self.room)}"
+        self.session = _CaSession(graph.tls_ca_file)
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=graph.max_concurrent_requests)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        self.tokens = GraphTokens(graph, self.session)
+        self._slots = threading.BoundedSemaphore(graph.max_concurrent_requests)
+        self._state = threading.Lock()
+        self._events: dict[str, str] = {}  # message id -> the room's event id
+        self._handed_off: set[str] = set()  # answered by a queued reply: not fetched again
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _count(self, operation: str, result: str) -> None:
+        self.metrics.exchange_requests.labels(self.name, operation, result).inc()
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        with self._slots:
+            yield
+
+    def call(
+        self, method: str, url: str, operation: str, json: Any = None, **kwargs: Any
+    ) -> requests.Response:
+        """One Graph call: a fresh token once on 401, throttling and outages as retryable
+        GatewayErrors, 403/404/400 as permanent ones carrying Graph's error code."""
+        for attempt in range(2):
+            token = self.tokens.get(force=attempt > 0)
+            headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
+            try:
+                with self._slot():
+                    response = self.session.request(
+                        method, url, json=json, headers=headers, timeout=30, **kwargs
+                    )
+            except requests.RequestException as exc:
+                self._count(operation, "unreachable")
+                raise GatewayError(f"Microsoft Graph cannot be reached: {exc}") from exc
+            status = response.status_code
+            self._count(operation, str(status))
+            if status == 401 and attempt == 0:
+                continue  # the token expired or was revoked: one fresh token, one retry
+            if status < 300:
+                return response
+            return self._failed(response, method, url)
+        raise AssertionError("unreachable")
+
+    def _failed(self, response: requests.Response, method: str, url: str) -> requests.Response:
+        status = response.status_code
+        code, message = _graph_error(response)
+        what = f"Graph {method} {url.removeprefix(self.api)} answered {status} {code}: {message}"
+        if status in (429, 503, 504):
+            retry = response.headers.get("Retry-After", "")
+            raise GatewayError(
+                f"Microsoft Graph is throttling or busy: {what}",
+                retry_after=float(retry) if retry.isdigit() else None,
+            )
+        if status >= 500:
+            raise GatewayError(what)
+        if status == 401:
+            raise GatewayError(f"the app registration is not accepted: {what}")
+        # 400, 403, 404, 409: about this one call (a message, an organizer outside the scope)
+        raise GatewayError(what, permanent=True, code=code or f"http_{status}")
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def fetch(self, limit: int) -> Sequence[InboxItem]:
+        with self._state:
+            handed_off = set(self._handed_off)
+        top = min(MAX_PAGE, limit + len(handed_off))
+        listing = self.call(
+            "GET",
+            f"{self.base}/mailFolders/inbox/messages",
+            "list_inbox",
+            params={
+                "$select": "id,receivedDateTime,subject,from",
+                "$orderby": "receivedDateTime",
+                "$top": str(top),
+                "$expand": "microsoft.graph.eventMessage/event($select=id)",
+            },
+        ).json()
+        items: list[InboxItem] = []
+        for message in listing.get("value", []):
+            if message["id"] in handed_off:
+                continue
+            if len(items) >= limit:
+                break
+            items.append(self._to_inbox_item(message))
+        return items
+
+    def _to_inbox_item(self, message: dict[str, Any]) -> InboxItem:
+        message_id = str(message["id"])
+        received = _when(message.get("receivedDateTime"))
+        sender = (message.get("from") or {}).get("emailAddress") or {}
+        sender_email, sender_name = sender.get("address", ""), sender.get("name", "")
+        subject = message.get("subject") or ""
+        kind = message.get("@odata.type", "")
+        if kind not in MEETING_TYPES and not str(kind).startswith("#microsoft.graph.eventMessage"):
+            return InboxItem(
+                message_id,
+                received,
+                error=f"not a meeting message ({kind or 'a mail'})",
+                sender_email=sender_email,
+                sender_name=sender_name,
+                subject=subject,
+                not_meeting=True,
+            )
+        event = message.get("event") or {}
+        if event.get("id"):
+            with self._state:
+                self._events[message_id] = str(event["id"])
+        raw = self.call("GET", f"{self.base}/messages/{message_id}/$value", "get_mime").content
+        try:
+            parsed = itip.parse_mail(raw, self.integ.timezone)
+        except itip.ParseError as exc:
+            return InboxItem(
+                message_id,
+                received,
+                error=exc.reason,
+                sender_email=exc.organizer_email or sender_email,
+                sender_name=exc.organizer_name or sender_name,
+                subject=exc.subject or subject,
+                uid=exc.uid,
+                not_meeting=exc.not_meeting,
+                auto_submitted=exc.auto_submitted,
+            )
+        return InboxItem(message_id, received, meetings=parsed.meetings)
+
+    # --- handling ------------------------------------------------------------------------------
+
+    def mark_handled(self, item_id: str, replied: bool = False) -> None:
+        """Replied: the reply removes the message once it is sent. Otherwise the message leaves
+        the inbox now; a cancellation also takes the room's event with it."""
+        if replied:
+            with self._state:
+                self._handed_off.add(item_id)
+            return
+        with self._state:
+            event_id = self._events.pop(item_id, None)
+        if event_id is not None and self._is_cancellation(item_id):
+            self._ignore_gone(
+                lambda: self.call("DELETE", f"{self.base}/events/{event_id}", "delete_event")
+            )
+        self._ignore_gone(
+            lambda: self.call("DELETE", f"{self.base}/messages/{item_id}", "delete_message")
+        )
+
+    def _is_cancellation(self, item_id: str) -> bool:
+        try:
+            message = self.call(
+                "GET",
+                f"{self.base}/messages/{item_id}",
+                "get_message",
+                params={"$select": "meetingMessageType"},
+            ).json()
+        except GatewayError as exc:
+            if exc.permanent:
+                return False
+            raise
+        return bool(message.get("meetingMessageType") == "meetingCancelled")
+
+    def quarantine(self, item_id: str, reason: str) -> None:
+        log.info(
+            "moving message to Deleted Items: %s",
+            reason,
+            extra={"integration": self.name, "item": item_id},
+        )
+        self._ignore_gone(
+            lambda: self.call(
+                "POST",
+                f"{self.base}/messages/{item_id}/move",
+                "move_message",
+                json={"destinationId": "deleteditems"},
+            )
+        )
+
+    def record_accepted(self, meeting: Meeting) -> None:
+        """Accepting the room's event is what puts it in the calendar: nothing more to do."""
+
+    def sync(self) -> None:
+        """Every change is made in Graph as it happens: nothing is buffered."""
+
+    @staticmethod
+    def _ignore_gone(call: Any) -> None:
+        try:
+            call()
+        except GatewayError as exc:
+            if not (exc.permanent and exc.code in ("ErrorItemNotFound", "http_404")):
+                raise
+
+    # --- sending -------------------------------------------------------------------------------
+
+    def send(self, message: Outgoing) -> None:
+        if message.kind == "reply" and message.extra.get("item_id"):
+            self._respond(message)
+        elif message.kind == "update":
+            self._update_organizer(message)
+        else:
+            self._mail(message)
+
+    def _respond(self, message: Outgoing) -> None:
+        item_id = str(message.extra["item_id"])
+        with self._state:
+            event_id = self._events.get(item_id)
+        try:
+            if event_id is None:
+                event_id = self._event_of(item_id)
+            action = "accept" if message.outcome == "accepted" else "decline"
+            self.call(
+                "POST",
+                f"{self.base}/events/{event_id}/{action}",
+                action,
+                json={"comment": _text_of(message.html_body), "sendResponse": True},
+            )
+        except GatewayError as exc:
+            if exc.permanent and exc.code in ("ErrorItemNotFound", "http_404"):
+                log.info(
+                    "meeting message %s is gone; answered before a restart, not answered again",
+                    item_id,
+                    extra={"integration": self.name, "meeting_uid": message.meeting_uid},
+                )
+                self._forget(item_id)
+                return
+            raise
+        self._ignore_gone(
+            lambda: self.call("DELETE", f"{self.base}/messages/{item_id}", "delete_message")
+        )
+        self._forget(item_id)
+
+    def _forget(self, item_id: str) -> None:
+        with self._state:
+            self._handed_off.discard(item_id)
+            self._events.pop(item_id, None)
+
+    def _event_of(self, item_id: str) -> str:
+        message = self.call(
+            "GET",
+            f"{self.base}/messages/{item_id}",
+            "get_message",
+            params={"$expand": "microsoft.graph.eventMessage/event($select=id)"},
+        ).json()
+        event = message.get("event") or {}
+        if not event.get("id"):
+            raise GatewayError(
+                "the meeting message has no event in the room's calendar (is the room's "
+                "AutomateProcessing AutoUpdate?)",
+                permanent=True,
+                code="NoRoomEvent",
+            )
+        return str(event["id"])
+
+    def _update_organizer(self, message: Outgoing) -> None:
+        organizer = message.sender
+        uid = message.meeting_uid.replace("'", "''")
+        found = self.call(
+            "GET",
+            f"{self.api}/users/{quote(organizer)}/events",
+            "find_organizer_event",
+            params={"$filter": f"iCalUId eq '{uid}'", "$select": "id"},
+        ).json()
+        events = found.get("value", [])
+        if not events:
+            raise GatewayError(
+                f"the organizer's meeting {message.meeting_uid} is not in {organizer}'s calendar",
+                permanent=True,
+                code="ErrorItemNotFound",
+            )
+        for event in events:
+            self.call(
+                "PATCH",
+                f"{self.api}/users/{quote(organizer)}/events/{event['id']}",
+                "update_organizer_event",
+                json={"body": {"contentType": "html", "content": message.html_body}},
+            )
+
+    def _mail(self, message: Outgoing) -> None:
+        self.call(
+            "POST",
+            f"{self.base}/sendMail",
+            "send_mail",
+            json={
+                "message": {
+                    "subject": message.subject,
+                    "body": {"contentType": "html", "content": message.html_body},
+                    "toRecipients": [
+                        {"emailAddress": {"address": address}} for address in message.recipients
+                    ],
+                    "internetMessageHeaders": [
+                        {"name": "X-Vmrsched-Outcome", "value": message.outcome},
+                        {"name": "X-Vmrsched-Correlation-Id", "value": message.correlation_id},
+                    ],
+                },
+                "saveToSentItems": True,
+            },
+        )
+
+    # --- the rest ----------------------------------------------------------------------------
+
+    def calendar(self, start: datetime, end: datetime) -> Sequence[CalendarEntry]:
+        raise GatewayError("recovery from the room's calendar is not available for Graph yet")
+
+    def probe(self) -> list[tuple[bool, str]]:
+        """What check-config --online reports: a token, and the room's inbox readable."""
+        out: list[tuple[bool, str]] = []
+        try:
+            self.tokens.get()
+        except GatewayError as exc:
+            return [(False, f"token for app {self.integ.graph.client_id}: {exc}")]
+        out.append((True, f"token for app {self.integ.graph.client_id} from the identity platform"))
+        try:
+            self.call("GET", f"{self.base}/mailFolders/inbox", "probe", params={"$select": "id"})
+            out.append((True, f"room mailbox {self.room} is readable"))
+        except GatewayError as exc:
+            out.append((False, f"cannot read the inbox of {self.room}: {exc}"))
+        return out
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _graph_error(response: requests.Response) -> tuple[str, str]:
+    try:
+        error = response.json().get("error") or {}
+        return str(error.get("code", "")), str(error.get("message", ""))[:300]
+    except ValueError:
+        return "", response.text[:300]
+
+
+def _when(value: Any) -> datetime:
+    if not value:
+        return datetime.now(UTC)
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.now(UTC)
+
+
+def _text_of(body: str) -> str:
+    """The response comment: Graph takes text, our templates are HTML."""
+    text = re.sub(r"<br\s*/?>|</p>|</div>|</li>", "\n", body, flags=re.IGNORECASE)
+    text = html.unescape(_TAGS.sub("", text))
+    return "\n".join(line.strip() for line in text.splitlines() if line.strip())
