@@ -298,6 +298,7 @@ def test_full_example_documents_every_key() -> None:
         config.IntegrationConfig,
         config.ExchangeConfig,
         config.SpoolConfig,
+        config.GraphConfig,
         config.SingleUseConfig,
         config.PersonalConfig,
         config.PexipConfig,
