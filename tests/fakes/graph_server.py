@@ -175,6 +175,7 @@ class FakeGraph:
         app.router.add_post(users + "/messages/{id}/move", self._move)
         app.router.add_post(users + "/events/{id}/{action:accept|decline}", self._respond)
         app.router.add_delete(users + "/events/{id}", self._delete_event)
+        app.router.add_get(users + "/events/{id}", self._get_event)
         app.router.add_get(users + "/events", self._find_events)
         app.router.add_patch(users + "/events/{id}", self._patch_event)
         app.router.add_post(users + "/sendMail", self._send_mail)
@@ -306,6 +307,24 @@ class FakeGraph:
                 return _not_found()
         return web.Response(status=204)
 
+    async def _get_event(self, request: web.Request) -> web.Response:
+        with self.lock:
+            event = self._box(request).events.get(request.match_info["id"])
+            if event is None:
+                return _not_found()
+            body = self._event_json(event)
+        return web.json_response(body)
+
+    @staticmethod
+    def _event_json(event: Event) -> dict[str, Any]:
+        return {
+            "id": event.id,
+            "iCalUId": event.uid,
+            "isCancelled": event.cancelled,
+            "responseStatus": {"response": "organizer" if event.organizer else event.response},
+            "body": {"contentType": "html", "content": event.meeting.html_body},
+        }
+
     async def _find_events(self, request: web.Request) -> web.Response:
         match = re.fullmatch(r"iCalUId eq '(.*)'", request.query.get("$filter", ""))
         with self.lock:
@@ -316,9 +335,7 @@ class FakeGraph:
                 )
             uid = match.group(1).replace("''", "'") if match else None
             value = [
-                {"id": e.id, "iCalUId": e.uid}
-                for e in box.events.values()
-                if uid is None or e.uid == uid
+                self._event_json(e) for e in box.events.values() if uid is None or e.uid == uid
             ]
         return web.json_response({"value": value})
 

@@ -184,3 +184,91 @@ def test_throttling_and_an_expired_token_are_survived(env: Env) -> None:
     assert [r.action for r in env.fake.responses_for("after-expiry")] == ["accept"]
     alarms = {a.name for a in env.svc.ctx.alarms.active("online")}
     assert "exchange_unreachable" not in alarms
+
+
+def test_after_a_crash_a_reply_or_update_that_reached_graph_is_not_sent_again(
+    tmp_path: Path,
+) -> None:
+    """The crash comes between Graph's answer and the queue's delivery mark: on restart the
+    notifier asks `delivered` before sending a resumed message again."""
+    from vmrsched.mailbox.graph import GraphMailbox
+    from vmrsched.outgoing import Outgoing
+    from vmrsched.telemetry import Metrics
+
+    cert, key = tls_files(tmp_path)
+    platform = IdentityPlatform(client_id="graph-app", client_secret="graph-secret")
+    platform_server = ThreadedServer(platform.app(), ssl_context=server_context(cert, key))
+    platform_server.start()
+    platform.base = platform_server.url
+    fake = FakeGraph(platform.valid)
+    graph_server = ThreadedServer(fake.app()).start()
+    doc = {
+        "server": {"data_dir": str(tmp_path / "data")},
+        "integrations": [
+            {
+                "name": "online",
+                "backend": "graph",
+                "exchange": {"mailbox_name": "Video Room", "mailbox_email": ROOM},
+                "graph": {
+                    "tenant_id": platform.tenant,
+                    "client_id": "graph-app",
+                    "client_secret_env": "S",
+                    "authority": platform.base,
+                    "graph_url": graph_server.url,
+                    "tls_ca_file": str(cert),
+                },
+                "addin": {"token_validation": "none"},
+            }
+        ],
+    }
+    integ = config.parse(doc, tmp_path, {"S": "graph-secret"}).integrations[0]
+    gateway = GraphMailbox(integ, Metrics())
+    try:
+        request = fake.deliver(ROOM, meeting("crash", "<p>PXPS:-x#</p>"))
+        reply = Outgoing(
+            id="r1",
+            kind="reply",
+            sender=ROOM,
+            sender_name="Video Room",
+            recipients=(ORGANIZER,),
+            subject="Accepted: Weekly sync",
+            html_body="<p>Booked</p>",
+            outcome="accepted",
+            reason="new_single",
+            correlation_id="c1",
+            meeting_uid="crash",
+            extra={"item_id": request.id},
+        )
+        assert not gateway.delivered(reply)  # not answered yet: it must be sent
+        [item] = gateway.fetch(10)
+        gateway.send(reply)
+        assert len(fake.responses_for("crash")) == 1
+        # as if the message had survived the crash (accepted, not yet removed)
+        with fake.lock:
+            fake.mailbox(ROOM).inbox[request.id] = request
+        assert gateway.delivered(reply)  # answered: only the message is removed
+        assert request.id not in fake.mailbox(ROOM).inbox
+        assert len(fake.responses_for("crash")) == 1
+
+        update = Outgoing(
+            id="u1",
+            kind="update",
+            sender=ORGANIZER,
+            sender_name="Olga",
+            recipients=("bob@contoso.example",),
+            subject="Weekly sync",
+            html_body="<p>PXPS:-alias-1#</p>",
+            outcome="updated",
+            reason="new_single",
+            correlation_id="c1",
+            meeting_uid="crash",
+            extra={"alias_id": "alias-1"},
+        )
+        assert not gateway.delivered(update)
+        gateway.send(update)
+        assert gateway.delivered(update)
+        assert item.meetings[0].uid == "crash"
+    finally:
+        gateway.close()
+        graph_server.stop()
+        platform_server.stop()

@@ -324,6 +324,40 @@ class GraphMailbox:
         )
         self._forget(item_id)
 
+    def delivered(self, message: Outgoing) -> bool:
+        """Whether a message queued before a restart already reached Exchange (the crash came
+        between Graph's answer and the queue's delivery mark). A reply: the room's event already
+        carries that response (then only the message is left to remove). An organizer update:
+        the organizer's meeting already carries the new alias."""
+        if message.kind == "reply" and message.extra.get("item_id"):
+            item_id = str(message.extra["item_id"])
+            try:
+                event_id = self._event_of(item_id)
+                event = self.call(
+                    "GET",
+                    f"{self.base}/events/{event_id}",
+                    "get_event",
+                    params={"$select": "responseStatus"},
+                ).json()
+            except GatewayError as exc:
+                if exc.permanent:
+                    return False  # gone or unknown: sending finds out and says so
+                raise
+            wanted = "accepted" if message.outcome == "accepted" else "declined"
+            if (event.get("responseStatus") or {}).get("response") != wanted:
+                return False
+            self._ignore_gone(
+                lambda: self.call("DELETE", f"{self.base}/messages/{item_id}", "delete_message")
+            )
+            self._forget(item_id)
+            return True
+        if message.kind == "update" and message.extra.get("alias_id"):
+            for event in self._organizer_events(message, "id,body"):
+                content = str((event.get("body") or {}).get("content", ""))
+                if f"PXPS:-{message.extra['alias_id']}#" in content:
+                    return True
+        return False
+
     def _forget(self, item_id: str) -> None:
         with self._state:
             self._handed_off.discard(item_id)
@@ -346,16 +380,19 @@ class GraphMailbox:
             )
         return str(event["id"])
 
-    def _update_organizer(self, message: Outgoing) -> None:
-        organizer = message.sender
+    def _organizer_events(self, message: Outgoing, select: str) -> list[dict[str, Any]]:
         uid = message.meeting_uid.replace("'", "''")
         found = self.call(
             "GET",
-            f"{self.api}/users/{quote(organizer)}/events",
+            f"{self.api}/users/{quote(message.sender)}/events",
             "find_organizer_event",
-            params={"$filter": f"iCalUId eq '{uid}'", "$select": "id"},
+            params={"$filter": f"iCalUId eq '{uid}'", "$select": select},
         ).json()
-        events = found.get("value", [])
+        return list(found.get("value", []))
+
+    def _update_organizer(self, message: Outgoing) -> None:
+        organizer = message.sender
+        events = self._organizer_events(message, "id")
         if not events:
             raise GatewayError(
                 f"the organizer's meeting {message.meeting_uid} is not in {organizer}'s calendar",
