@@ -97,6 +97,7 @@ def main() -> None:
                 "accepted": accepted,
                 "requests": total,
                 "by_method": dict(during),
+                "calls_inside_batches": fake.batched,
                 "max_concurrent": fake.max_concurrent,
                 "seconds": round(elapsed, 2),
             }

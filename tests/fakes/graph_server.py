@@ -23,6 +23,8 @@ real HTTP so the service's own Graph client runs unmodified:
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import re
 import secrets
 import threading
@@ -32,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
+import aiohttp
 from aiohttp import web
 
 from tests.fakes.ews_server import meeting_to_imip
@@ -93,7 +96,8 @@ class FakeGraph:
         self.patches: list[tuple[str, str]] = []  # (organizer, uid) patched
         self.scope: set[str] | None = None  # organizers the app may write to; None = all
         self.throttle_next = 0
-        self.requests: list[tuple[str, str]] = []
+        self.requests: list[tuple[str, str]] = []  # HTTP requests made to Graph
+        self.batched = 0  # sub-requests that arrived inside a $batch
         self.concurrent: dict[str, int] = {}
         self.max_concurrent = 0
         self.over_limit = 0
@@ -179,11 +183,15 @@ class FakeGraph:
         app.router.add_get(users + "/events", self._find_events)
         app.router.add_patch(users + "/events/{id}", self._patch_event)
         app.router.add_post(users + "/sendMail", self._send_mail)
+        app.router.add_post("/v1.0/$batch", self._batch)
         return app
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        self.requests.append((request.method, request.path))
+        if "X-Fake-Batch" in request.headers:
+            self.batched += 1  # a sub-request of a $batch: not a request of its own
+        else:
+            self.requests.append((request.method, request.path))
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme != "Bearer" or not self.valid_token(token):
             return _error(
@@ -364,6 +372,36 @@ class FakeGraph:
                 for room in rooms:
                     self._deliver(room.address, event.meeting, organizer_copy=False)
         return web.json_response({"id": event.id, "iCalUId": event.uid})
+
+    async def _batch(self, request: web.Request) -> web.Response:
+        """JSON batching: up to 20 sub-requests, run concurrently (each counts against the
+        mailbox's concurrency and throttling as on its own); non-JSON bodies come back base64."""
+        body = await request.json()
+        parts = body.get("requests", [])
+        if not 0 < len(parts) <= 20:
+            return _error(400, "BadRequest", "A batch holds 1 to 20 requests.")
+        auth = {"Authorization": request.headers.get("Authorization", ""), "X-Fake-Batch": "1"}
+        base = f"{request.scheme}://{request.host}/v1.0"
+
+        async def run(session: aiohttp.ClientSession, part: dict[str, Any]) -> dict[str, Any]:
+            async with session.request(
+                part["method"], base + part["url"], json=part.get("body"), headers=auth
+            ) as sub:
+                raw = await sub.read()
+                headers = {
+                    k: v for k, v in sub.headers.items() if k in ("Retry-After", "Content-Type")
+                }
+                if sub.content_type == "application/json" and raw:
+                    payload: Any = json.loads(raw)
+                elif raw:
+                    payload = base64.b64encode(raw).decode()
+                else:
+                    payload = None
+                return {"id": part["id"], "status": sub.status, "headers": headers, "body": payload}
+
+        async with aiohttp.ClientSession() as session:
+            answers = await asyncio.gather(*(run(session, part) for part in parts))
+        return web.json_response({"responses": list(answers)})
 
     async def _send_mail(self, request: web.Request) -> web.Response:
         body = await request.json()

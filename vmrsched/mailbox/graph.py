@@ -14,6 +14,8 @@ instead. Throttling: Retry-After on 429/503/504 backs the mailbox off; at most
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import html
 import logging
 import re
@@ -35,7 +37,6 @@ from vmrsched.telemetry import EXCHANGE_UNREACHABLE, Metrics
 
 log = logging.getLogger("vmrsched.graph")
 MAX_PAGE = 100
-MEETING_TYPES = ("#microsoft.graph.eventMessage", "#microsoft.graph.eventMessageRequest")
 _TAGS = re.compile(r"<[^>]+>")
 
 
@@ -51,6 +52,30 @@ class _CaSession(requests.Session):
         if self.ca_file:
             settings["verify"] = self.ca_file
         return settings
+
+
+class Slots:
+    """At most `size` requests in flight for the mailbox, a $batch counting as its parts (Graph
+    applies the mailbox's concurrency limit to each sub-request). Taken all at once, so two
+    threads can never each hold part of what both need."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free = size
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def take(self, n: int = 1) -> Iterator[None]:
+        n = min(n, self.size)
+        with self._cond:
+            self._cond.wait_for(lambda: self._free >= n)
+            self._free -= n
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._free += n
+                self._cond.notify_all()
 
 
 class GraphTokens:
@@ -102,7 +127,9 @@ class GraphMailbox:
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.tokens = GraphTokens(graph, self.session)
-        self._slots = threading.BoundedSemaphore(graph.max_concurrent_requests)
+        self._slots = Slots(graph.max_concurrent_requests)
+        self._cancels: set[str] = set()  # messages that are cancellations
+        self._pending: list[tuple[str, str]] = []  # deletions for sync(): (operation, url)
         self._state = threading.Lock()
         self._events: dict[str, str] = {}  # message id -> the room's event id
         self._handed_off: set[str] = set()  # answered by a queued reply: not fetched again
@@ -112,13 +139,14 @@ class GraphMailbox:
     def _count(self, operation: str, result: str) -> None:
         self.metrics.exchange_requests.labels(self.name, operation, result).inc()
 
-    @contextmanager
-    def _slot(self) -> Iterator[None]:
-        with self._slots:
-            yield
-
     def call(
-        self, method: str, url: str, operation: str, json: Any = None, **kwargs: Any
+        self,
+        method: str,
+        url: str,
+        operation: str,
+        json: Any = None,
+        parts: int = 1,
+        **kwargs: Any,
     ) -> requests.Response:
         """One Graph call: a fresh token once on 401, throttling and outages as retryable
         GatewayErrors, 403/404/400 as permanent ones carrying Graph's error code."""
@@ -126,7 +154,7 @@ class GraphMailbox:
             token = self.tokens.get(force=attempt > 0)
             headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
             try:
-                with self._slot():
+                with self._slots.take(parts):
                     response = self.session.request(
                         method, url, json=json, headers=headers, timeout=30, **kwargs
                     )
@@ -159,6 +187,60 @@ class GraphMailbox:
         # 400, 403, 404, 409: about this one call (a message, an organizer outside the scope)
         raise GatewayError(what, permanent=True, code=code or f"http_{status}")
 
+    def batch(
+        self, requests_: Sequence[tuple[str, str, Any]], operation: str
+    ) -> list[tuple[int, Any, dict[str, str]]]:
+        """Several calls in $batch requests: (method, URL, JSON body) each, answered with
+        (status, body, headers) in the same order. A batch holds at most as many parts as the
+        mailbox may have in flight (Graph counts each part), so parts are not throttled for
+        concurrency; non-JSON bodies ($value) arrive base64-encoded and are decoded here."""
+        out: list[tuple[int, Any, dict[str, str]]] = []
+        size = self.integ.graph.max_concurrent_requests
+        for start in range(0, len(requests_), size):
+            chunk = requests_[start : start + size]
+            body = {
+                "requests": [
+                    {
+                        "id": str(i),
+                        "method": method,
+                        "url": url.removeprefix(self.api),
+                        **(
+                            {"body": payload, "headers": {"Content-Type": "application/json"}}
+                            if payload is not None
+                            else {}
+                        ),
+                    }
+                    for i, (method, url, payload) in enumerate(chunk)
+                ]
+            }
+            answer = self.call(
+                "POST", f"{self.api}/$batch", operation, json=body, parts=len(chunk)
+            ).json()
+            by_id = {str(r.get("id")): r for r in answer.get("responses", [])}
+            for i in range(len(chunk)):
+                part = by_id.get(str(i), {"status": 500, "body": None})
+                status = int(part.get("status", 500))
+                self._count(operation, str(status))
+                out.append((status, part.get("body"), dict(part.get("headers") or {})))
+        return out
+
+    def _part_error(
+        self, status: int, body: Any, headers: dict[str, str], what: str
+    ) -> GatewayError:
+        """A failed part of a batch as the GatewayError the same call alone would give."""
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        code, message = str(error.get("code", "")), str(error.get("message", ""))
+        text = f"Graph {what} answered {status} {code}: {message}"
+        if status in (429, 503, 504):
+            retry = str(headers.get("Retry-After", ""))
+            return GatewayError(
+                f"Microsoft Graph is throttling or busy: {text}",
+                retry_after=float(retry) if retry.isdigit() else None,
+            )
+        if status >= 500 or status == 401:
+            return GatewayError(text)
+        return GatewayError(text, permanent=True, code=code or f"http_{status}")
+
     # --- reading -------------------------------------------------------------------------------
 
     def fetch(self, limit: int) -> Sequence[InboxItem]:
@@ -176,23 +258,35 @@ class GraphMailbox:
                 "$expand": "microsoft.graph.eventMessage/event($select=id)",
             },
         ).json()
+        chosen = [m for m in listing.get("value", []) if m["id"] not in handed_off][:limit]
+        meetings = [m for m in chosen if _is_meeting(m)]
+        # the meeting messages' MIME content, a batch at a time instead of a call each
+        contents = self.batch(
+            [("GET", f"{self.base}/messages/{m['id']}/$value", None) for m in meetings],
+            "get_mime",
+        )
+        raw: dict[str, bytes] = {}
+        for message, (status, body, headers) in zip(meetings, contents, strict=True):
+            if status == 404:
+                continue  # gone since the listing (someone else moved it)
+            if status >= 300:
+                raise self._part_error(status, body, headers, "GET $value")
+            raw[message["id"]] = base64.b64decode(body or "")
         items: list[InboxItem] = []
-        for message in listing.get("value", []):
-            if message["id"] in handed_off:
+        for message in chosen:
+            if _is_meeting(message) and message["id"] not in raw:
                 continue
-            if len(items) >= limit:
-                break
-            items.append(self._to_inbox_item(message))
+            items.append(self._to_inbox_item(message, raw.get(message["id"], b"")))
         return items
 
-    def _to_inbox_item(self, message: dict[str, Any]) -> InboxItem:
+    def _to_inbox_item(self, message: dict[str, Any], raw: bytes) -> InboxItem:
         message_id = str(message["id"])
         received = _when(message.get("receivedDateTime"))
         sender = (message.get("from") or {}).get("emailAddress") or {}
         sender_email, sender_name = sender.get("address", ""), sender.get("name", "")
         subject = message.get("subject") or ""
         kind = message.get("@odata.type", "")
-        if kind not in MEETING_TYPES and not str(kind).startswith("#microsoft.graph.eventMessage"):
+        if not _is_meeting(message):
             return InboxItem(
                 message_id,
                 received,
@@ -206,7 +300,6 @@ class GraphMailbox:
         if event.get("id"):
             with self._state:
                 self._events[message_id] = str(event["id"])
-        raw = self.call("GET", f"{self.base}/messages/{message_id}/$value", "get_mime").content
         try:
             parsed = itip.parse_mail(raw, self.integ.timezone)
         except itip.ParseError as exc:
@@ -221,40 +314,26 @@ class GraphMailbox:
                 not_meeting=exc.not_meeting,
                 auto_submitted=exc.auto_submitted,
             )
+        if parsed.method == "CANCEL":
+            with self._state:
+                self._cancels.add(message_id)
         return InboxItem(message_id, received, meetings=parsed.meetings)
 
     # --- handling ------------------------------------------------------------------------------
 
     def mark_handled(self, item_id: str, replied: bool = False) -> None:
         """Replied: the reply removes the message once it is sent. Otherwise the message leaves
-        the inbox now; a cancellation also takes the room's event with it."""
-        if replied:
-            with self._state:
-                self._handed_off.add(item_id)
-            return
+        the inbox at the next sync (a batch for the poll); a cancellation also takes the room's
+        event with it."""
         with self._state:
+            if replied:
+                self._handed_off.add(item_id)
+                return
             event_id = self._events.pop(item_id, None)
-        if event_id is not None and self._is_cancellation(item_id):
-            self._ignore_gone(
-                lambda: self.call("DELETE", f"{self.base}/events/{event_id}", "delete_event")
-            )
-        self._ignore_gone(
-            lambda: self.call("DELETE", f"{self.base}/messages/{item_id}", "delete_message")
-        )
-
-    def _is_cancellation(self, item_id: str) -> bool:
-        try:
-            message = self.call(
-                "GET",
-                f"{self.base}/messages/{item_id}",
-                "get_message",
-                params={"$select": "meetingMessageType"},
-            ).json()
-        except GatewayError as exc:
-            if exc.permanent:
-                return False
-            raise
-        return bool(message.get("meetingMessageType") == "meetingCancelled")
+            if event_id is not None and item_id in self._cancels:
+                self._pending.append(("delete_event", f"{self.base}/events/{event_id}"))
+            self._cancels.discard(item_id)
+            self._pending.append(("delete_message", f"{self.base}/messages/{item_id}"))
 
     def quarantine(self, item_id: str, reason: str) -> None:
         log.info(
@@ -275,7 +354,27 @@ class GraphMailbox:
         """Accepting the room's event is what puts it in the calendar: nothing more to do."""
 
     def sync(self) -> None:
-        """Every change is made in Graph as it happens: nothing is buffered."""
+        """The removals marked since the last sync, in batches. Items already gone are fine
+        (reprocessing after a crash); anything else is retried with the next poll."""
+        with self._state:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        try:
+            results = self.batch([("DELETE", url, None) for _, url in pending], "delete")
+        except GatewayError:
+            with self._state:
+                self._pending[:0] = pending
+            raise
+        failed = [
+            entry
+            for entry, (status, _, _) in zip(pending, results, strict=True)
+            if status >= 300 and status != 404
+        ]
+        if failed:
+            with self._state:
+                self._pending[:0] = failed
+            raise GatewayError(f"{len(failed)} handled messages could not be removed yet")
 
     @staticmethod
     def _ignore_gone(call: Any) -> None:
@@ -294,6 +393,56 @@ class GraphMailbox:
             self._update_organizer(message)
         else:
             self._mail(message)
+
+    def send_many(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        """Responses to meeting messages together: the accepts and declines in $batch requests,
+        then the answered messages' removal in more. Each message's outcome on its own (None:
+        delivered): a throttled part waits and is sent again alone, a refused one fails alone;
+        a message already gone was answered before a restart and is not answered again."""
+        outcomes: list[BaseException | None] = [None] * len(messages)
+        calls: list[tuple[int, tuple[str, str, Any]]] = []
+        for index, message in enumerate(messages):
+            item_id = str(message.extra["item_id"])
+            with self._state:
+                event_id = self._events.get(item_id)
+            if event_id is None:  # not read by this process: the careful way, alone
+                outcomes[index] = self._send_one(message)
+                continue
+            action = "accept" if message.outcome == "accepted" else "decline"
+            comment = {"comment": _text_of(message.html_body), "sendResponse": True}
+            calls.append((index, ("POST", f"{self.base}/events/{event_id}/{action}", comment)))
+        answered: list[str] = []
+        results = self.batch([call for _, call in calls], "respond") if calls else []
+        for (index, (_, url, _)), (status, body, headers) in zip(calls, results, strict=True):
+            message = messages[index]
+            item_id = str(message.extra["item_id"])
+            if status < 300 or status == 404:
+                if status == 404:
+                    log.info(
+                        "the room's event for %s is gone; not answered again",
+                        item_id,
+                        extra={"integration": self.name, "meeting_uid": message.meeting_uid},
+                    )
+                answered.append(item_id)
+            else:
+                outcomes[index] = self._part_error(status, body, headers, f"POST {url}")
+        if answered:
+            with self._state:
+                self._pending.extend(
+                    ("delete_message", f"{self.base}/messages/{item_id}") for item_id in answered
+                )
+            for item_id in answered:
+                self._forget(item_id)
+            with contextlib.suppress(GatewayError):  # left for the next sync
+                self.sync()
+        return outcomes
+
+    def _send_one(self, message: Outgoing) -> BaseException | None:
+        try:
+            self.send(message)
+        except GatewayError as exc:
+            return exc
+        return None
 
     def _respond(self, message: Outgoing) -> None:
         item_id = str(message.extra["item_id"])
@@ -450,6 +599,10 @@ class GraphMailbox:
 
     def close(self) -> None:
         self.session.close()
+
+
+def _is_meeting(message: dict[str, Any]) -> bool:
+    return str(message.get("@odata.type", "")).startswith("#microsoft.graph.eventMessage")
 
 
 def _graph_error(response: requests.Response) -> tuple[str, str]:
