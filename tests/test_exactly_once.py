@@ -155,3 +155,87 @@ def test_ews_sigkill_idle_or_mid_burst_answers_each_meeting_once(
         assert updates(fake, uid) == 1, (uid, updates(fake, uid))
     # no plain-mail fallbacks: every answer went out as the response to its request
     assert not [r for r in fake.replies(ROOM) if r.meeting is None]
+
+
+# --- Exchange Online (the fake Graph, over HTTP) ----------------------------------------------
+
+
+@pytest.mark.parametrize("kill_after", [0, 15])
+def test_graph_sigkill_idle_or_mid_burst_answers_each_meeting_once(
+    tmp_path: Path, kill_after: int
+) -> None:
+    from tests.fakes.graph_server import FakeGraph
+    from tests.fakes.identity_platform import IdentityPlatform, server_context, tls_files
+
+    cert, key = tls_files(tmp_path)
+    platform = IdentityPlatform(client_id="graph-app", client_secret="graph-secret")
+    platform_server = ThreadedServer(platform.app(), ssl_context=server_context(cert, key))
+    platform_server.start()
+    platform.base = platform_server.url
+    fake = FakeGraph(platform.valid)
+    server = ThreadedServer(fake.app()).start()
+    port = free_port()
+    config = tmp_path / "vmrsched.toml"
+    config.write_text(f"""
+[server]
+listen = "127.0.0.1:{port}"
+data_dir = "{tmp_path / "data"}"
+log_format = "json"
+[[integrations]]
+name = "online"
+backend = "graph"
+[integrations.exchange]
+mailbox_name = "Video Room"
+mailbox_email = "{ROOM}"
+[integrations.graph]
+tenant_id = "{platform.tenant}"
+client_id = "graph-app"
+client_secret_env = "GRAPH_SECRET"
+authority = "{platform.base}"
+graph_url = "{server.url}"
+tls_ca_file = "{cert}"
+poll_interval_seconds = 0.05
+[integrations.addin]
+token_validation = "none"
+""")
+    env = {"GRAPH_SECRET": "graph-secret"}
+
+    def answered(uid: str) -> int:
+        return len(fake.responses_for(uid))
+
+    def updates(uid: str) -> int:
+        with fake.lock:
+            return sum(1 for _, patched in fake.patches if patched == uid)
+
+    proc = start(config, env)
+    try:
+        wait_ready(port)
+        for i in range(50):
+            fake.deliver(ROOM, meeting(i))
+        count = kill_after or 50
+        spoolkit.wait_for(
+            lambda: sum(1 for i in range(50) if answered(f"burst-{i}")) >= count, timeout=60
+        )
+        if not kill_after:
+            spoolkit.wait_for(lambda: not fake.mailbox(ROOM).inbox, timeout=60)
+            time.sleep(0.5)
+        kill(proc)
+        proc = start(config, env)
+        wait_ready(port)
+        spoolkit.wait_for(
+            lambda: all(updates(f"burst-{i}") for i in range(50)) and not fake.mailbox(ROOM).inbox,
+            timeout=120,
+        )
+        time.sleep(1.5)  # the echoes of the organizer updates have come and gone
+        stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
+        platform_server.stop()
+    for i in range(50):
+        uid = f"burst-{i}"
+        assert answered(uid) == 1, (uid, answered(uid))
+        assert updates(uid) == 1, (uid, updates(uid))
+    assert not fake.mails  # every answer went out as the response on the room's event
+    assert fake.max_concurrent <= 4
