@@ -36,6 +36,7 @@ from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
+from dateutil.rrule import rrulestr
 
 from tests.fakes.ews_server import meeting_to_imip
 from vmrsched.meetings import Meeting
@@ -180,6 +181,7 @@ class FakeGraph:
         app.router.add_post(users + "/events/{id}/{action:accept|decline}", self._respond)
         app.router.add_delete(users + "/events/{id}", self._delete_event)
         app.router.add_get(users + "/events/{id}", self._get_event)
+        app.router.add_get(users + "/calendarView", self._calendar_view)
         app.router.add_get(users + "/events", self._find_events)
         app.router.add_patch(users + "/events/{id}", self._patch_event)
         app.router.add_post(users + "/sendMail", self._send_mail)
@@ -325,13 +327,63 @@ class FakeGraph:
 
     @staticmethod
     def _event_json(event: Event) -> dict[str, Any]:
+        meeting = event.meeting
+
+        def when(moment: datetime) -> dict[str, str]:
+            utc = moment.astimezone(UTC)
+            return {"dateTime": utc.strftime("%Y-%m-%dT%H:%M:%S.0000000"), "timeZone": "UTC"}
+
         return {
             "id": event.id,
             "iCalUId": event.uid,
+            "type": "seriesMaster" if meeting.rrule else "singleInstance",
             "isCancelled": event.cancelled,
             "responseStatus": {"response": "organizer" if event.organizer else event.response},
-            "body": {"contentType": "html", "content": event.meeting.html_body},
+            "subject": meeting.subject,
+            "body": {"contentType": "html", "content": meeting.html_body},
+            "start": when(meeting.start),
+            "end": when(meeting.end),
+            "organizer": {
+                "emailAddress": {"address": meeting.organizer_email, "name": meeting.organizer_name}
+            },
+            "attendees": [
+                {"type": "required", "emailAddress": {"address": a, "name": ""}}
+                for a in meeting.attendees
+            ],
+            "recurrence": _recurrence(meeting),
         }
+
+    async def _calendar_view(self, request: web.Request) -> web.Response:
+        """Single meetings and the occurrences of series between the two times (occurrences
+        carry their series master's id), as Graph expands them."""
+        start = datetime.fromisoformat(request.query["startDateTime"].replace("Z", "+00:00"))
+        end = datetime.fromisoformat(request.query["endDateTime"].replace("Z", "+00:00"))
+        value: list[dict[str, Any]] = []
+        with self.lock:
+            for event in self._box(request).events.values():
+                meeting = event.meeting
+                length = meeting.end - meeting.start
+                starts = (
+                    rrulestr(meeting.rrule, dtstart=meeting.start).between(start - length, end)
+                    if meeting.rrule
+                    else [meeting.start]
+                    if start - length < meeting.start < end
+                    else []
+                )
+                for number, moment in enumerate(starts):
+                    entry = self._event_json(event)
+                    entry.pop("recurrence")
+                    if meeting.rrule:
+                        entry.update(
+                            id=f"{event.id}-occ{number}",
+                            type="occurrence",
+                            seriesMasterId=event.id,
+                        )
+                    entry["start"]["dateTime"] = moment.astimezone(UTC).strftime(
+                        "%Y-%m-%dT%H:%M:%S.0000000"
+                    )
+                    value.append(entry)
+        return web.json_response({"value": value})
 
     async def _find_events(self, request: web.Request) -> web.Response:
         match = re.fullmatch(r"iCalUId eq '(.*)'", request.query.get("$filter", ""))
@@ -424,3 +476,23 @@ def _error(
 
 def _not_found() -> web.Response:
     return _error(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+
+
+_WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+
+
+def _recurrence(meeting: Meeting) -> dict[str, Any] | None:
+    """A series' RRULE as Graph's patternedRecurrence (the daily and weekly rules tests use)."""
+    if not meeting.rrule:
+        return None
+    rule = dict(part.split("=", 1) for part in meeting.rrule.split(";"))
+    day = _WEEKDAYS[meeting.start.weekday()]
+    pattern: dict[str, Any] = {
+        "type": {"DAILY": "daily", "WEEKLY": "weekly"}[rule["FREQ"]],
+        "interval": int(rule.get("INTERVAL", "1")),
+        "daysOfWeek": [day] if rule["FREQ"] == "WEEKLY" else [],
+    }
+    span: dict[str, Any] = {"type": "noEnd", "startDate": meeting.start.date().isoformat()}
+    if "COUNT" in rule:
+        span.update(type="numbered", numberOfOccurrences=int(rule["COUNT"]))
+    return {"pattern": pattern, "range": span}

@@ -272,3 +272,55 @@ def test_after_a_crash_a_reply_or_update_that_reached_graph_is_not_sent_again(
         gateway.close()
         graph_server.stop()
         platform_server.stop()
+
+
+def test_recovery_rebinds_meetings_the_store_lost(env: Env) -> None:
+    from vmrsched.mailbox.graph import rrule_of
+    from vmrsched.store import Store
+
+    kept = env.reserve()
+    env.send(meeting("kept", pxps(kept)))
+    series = meeting("lost", "<p>TOK:-00000000-0000-4000-8000-0000000000cc#</p>", days=3)
+    series = Meeting(**{**series.__dict__, "rrule": "FREQ=WEEKLY;COUNT=4"})
+    env.send(series)
+    spoolkit.wait_for(lambda: (ORGANIZER, "lost") in env.fake.patches)
+    spoolkit.wait_for(lambda: not env.fake.mailbox(ROOM).inbox)
+    env.settle()
+    cfg, integ = env.svc.config, env.svc.config.integrations[0]
+    env.svc.stop()
+    store = Store(cfg.data_dir / "store" / "online")
+    lost = store.by_meeting_uid("lost")
+    assert lost is not None
+    store.delete(lost["alias_id"], "lost in a test")  # as if restored from an old backup
+    store.sweep()
+    store.close()
+    patches_before = len(env.fake.patches)
+
+    done = service.recover_integration(cfg, integ, datetime.now(UTC), False, lambda _: None)
+    assert {d.uid: d.action for d in done} == {"kept": "already_bound", "lost": "bound"}
+    store = Store(cfg.data_dir / "store" / "online")
+    try:
+        rebound = store.by_meeting_uid("lost")
+        assert rebound is not None and rebound["alias_id"] != lost["alias_id"]
+        assert "WEEKLY" in str(rebound["schedule"])  # the series came back as a series
+    finally:
+        store.close()
+    assert len(env.fake.patches) == patches_before + 1
+    event = env.fake.organizer_event(ORGANIZER, "lost")
+    assert event is not None and f"PXPS:-{rebound['alias_id']}#" in event.meeting.html_body
+
+    weekly = {
+        "pattern": {"type": "weekly", "interval": 2, "daysOfWeek": ["monday", "Friday"]},
+        "range": {"type": "endDate", "endDate": "2027-03-31"},
+    }
+    assert rrule_of(weekly) == "FREQ=WEEKLY;INTERVAL=2;BYDAY=MO,FR;UNTIL=20270331T235959Z"
+    monthly = {
+        "pattern": {
+            "type": "relativeMonthly",
+            "interval": 1,
+            "daysOfWeek": ["tuesday"],
+            "index": "last",
+        },
+        "range": {"type": "numbered", "numberOfOccurrences": 5},
+    }
+    assert rrule_of(monthly) == "FREQ=MONTHLY;INTERVAL=1;BYDAY=-1TU;COUNT=5"

@@ -204,11 +204,12 @@ class GraphMailbox:
                         "id": str(i),
                         "method": method,
                         "url": url.removeprefix(self.api),
-                        **(
-                            {"body": payload, "headers": {"Content-Type": "application/json"}}
-                            if payload is not None
-                            else {}
-                        ),
+                        # times in UTC wherever an answer carries them
+                        "headers": {
+                            "Prefer": 'outlook.timezone="UTC"',
+                            **({"Content-Type": "application/json"} if payload is not None else {}),
+                        },
+                        **({"body": payload} if payload is not None else {}),
                     }
                     for i, (method, url, payload) in enumerate(chunk)
                 ]
@@ -580,7 +581,47 @@ class GraphMailbox:
     # --- the rest ----------------------------------------------------------------------------
 
     def calendar(self, start: datetime, end: datetime) -> Sequence[CalendarEntry]:
-        raise GatewayError("recovery from the room's calendar is not available for Graph yet")
+        """Accepted meetings on the room's calendar between `start` and `end`, one entry per
+        meeting (a series once, from its master), for the recovery tool."""
+        view = self.call(
+            "GET",
+            f"{self.base}/calendarView",
+            "calendar_view",
+            params={
+                "startDateTime": start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "endDateTime": end.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "$select": "id,iCalUId,seriesMasterId,isCancelled,responseStatus",
+                "$top": "1000",
+            },
+            headers={"Prefer": 'outlook.timezone="UTC"'},
+        ).json()
+        wanted: dict[str, str] = {}  # event id (a series' master) -> iCalUId
+        for event in view.get("value", []):
+            response = (event.get("responseStatus") or {}).get("response")
+            if event.get("isCancelled") or response not in ("accepted", "organizer"):
+                continue
+            wanted.setdefault(str(event.get("seriesMasterId") or event["id"]), event["iCalUId"])
+        fields = "id,iCalUId,subject,body,start,end,organizer,attendees,recurrence"
+        results = self.batch(
+            [
+                ("GET", f"{self.base}/events/{event_id}?$select={fields}", None)
+                for event_id in wanted
+            ],
+            "get_event",
+        )
+        entries: list[CalendarEntry] = []
+        for event_id, (status, body, headers) in zip(wanted, results, strict=True):
+            if status >= 300:
+                raise self._part_error(status, body, headers, f"GET event {event_id}")
+            try:
+                entries.append(CalendarEntry(_meeting_of(body, self.room), event_id))
+            except (KeyError, ValueError) as exc:
+                log.warning(
+                    "unreadable calendar event: %r",
+                    exc,
+                    extra={"integration": self.name, "item": event_id},
+                )
+        return entries
 
     def probe(self) -> list[tuple[bool, str]]:
         """What check-config --online reports: a token, and the room's inbox readable."""
@@ -599,6 +640,86 @@ class GraphMailbox:
 
     def close(self) -> None:
         self.session.close()
+
+
+_DAYS = {
+    "sunday": "SU",
+    "monday": "MO",
+    "tuesday": "TU",
+    "wednesday": "WE",
+    "thursday": "TH",
+    "friday": "FR",
+    "saturday": "SA",
+}
+_INDEX = {"first": "1", "second": "2", "third": "3", "fourth": "4", "last": "-1"}
+
+
+def rrule_of(recurrence: dict[str, Any] | None) -> str | None:
+    """Graph's patternedRecurrence as an RFC 5545 RRULE (the form the rules work with)."""
+    if not recurrence:
+        return None
+    pattern, span = recurrence.get("pattern") or {}, recurrence.get("range") or {}
+    kind = pattern.get("type", "")
+    parts = [f"INTERVAL={int(pattern.get('interval') or 1)}"]
+    days = ",".join(_DAYS[d.lower()] for d in pattern.get("daysOfWeek") or [])
+    relative = _INDEX.get(str(pattern.get("index", "first")).lower(), "1")
+    if kind == "daily":
+        parts.insert(0, "FREQ=DAILY")
+    elif kind == "weekly":
+        parts[:0] = ["FREQ=WEEKLY"]
+        parts.append(f"BYDAY={days}")
+    elif kind == "absoluteMonthly":
+        parts[:0] = ["FREQ=MONTHLY"]
+        parts.append(f"BYMONTHDAY={int(pattern['dayOfMonth'])}")
+    elif kind == "relativeMonthly":
+        parts[:0] = ["FREQ=MONTHLY"]
+        parts.append("BYDAY=" + ",".join(relative + d for d in days.split(",")))
+    elif kind == "absoluteYearly":
+        parts[:0] = ["FREQ=YEARLY"]
+        parts += [f"BYMONTH={int(pattern['month'])}", f"BYMONTHDAY={int(pattern['dayOfMonth'])}"]
+    elif kind == "relativeYearly":
+        parts[:0] = ["FREQ=YEARLY"]
+        parts.append(f"BYMONTH={int(pattern['month'])}")
+        parts.append("BYDAY=" + ",".join(relative + d for d in days.split(",")))
+    else:
+        raise ValueError(f"unknown recurrence pattern {kind!r}")
+    if span.get("type") == "numbered":
+        parts.append(f"COUNT={int(span['numberOfOccurrences'])}")
+    elif span.get("type") == "endDate" and span.get("endDate"):
+        parts.append(f"UNTIL={span['endDate'].replace('-', '')}T235959Z")
+    return ";".join(parts)
+
+
+def _meeting_of(event: dict[str, Any], room: str) -> Meeting:
+    """A meeting on the room's calendar (a single one, or a series' master) as a Meeting."""
+    organizer = (event.get("organizer") or {}).get("emailAddress") or {}
+    attendees = tuple(
+        str(a["emailAddress"]["address"])
+        for a in event.get("attendees") or []
+        if (a.get("emailAddress") or {}).get("address")
+        and a["emailAddress"]["address"].lower() != room.lower()
+    )
+    return Meeting(
+        uid=str(event["iCalUId"]),
+        method="REQUEST",
+        start=_utc_of(event["start"]),
+        end=_utc_of(event["end"]),
+        rrule=rrule_of(event.get("recurrence")),
+        organizer_email=str(organizer.get("address", "")),
+        organizer_name=str(organizer.get("name", "")),
+        subject=str(event.get("subject") or ""),
+        html_body=str((event.get("body") or {}).get("content", "")),
+        attendees=attendees,
+    )
+
+
+def _utc_of(value: dict[str, Any]) -> datetime:
+    """Graph's dateTimeTimeZone, asked for in UTC (Prefer: outlook.timezone)."""
+    if str(value.get("timeZone", "UTC")).upper() not in ("UTC", "ETC/UTC"):
+        raise ValueError(f"expected UTC times, got {value.get('timeZone')!r}")
+    text = str(value["dateTime"]).rstrip("Z")
+    moment = datetime.fromisoformat(text[:26] if "." in text else text)
+    return moment.replace(tzinfo=UTC)
 
 
 def _is_meeting(message: dict[str, Any]) -> bool:
