@@ -163,6 +163,9 @@ class GraphConfig:
     tls_ca_file: str = _f("")  # CA bundle for Graph and the token endpoint (inspecting proxies)
     poll_interval_seconds: float = _f(10.0, minimum=0.01, maximum=3600.0)
     max_concurrent_requests: int = _f(4, minimum=1, maximum=4)  # Graph allows 4 per mailbox
+    # this service's public https base URL as Graph reaches it: change notifications arrive at
+    # <notification_url>/graph/notifications/<integration>; empty: poll the inbox
+    notification_url: str = _f("")
 
 
 @dataclass(frozen=True)
@@ -695,6 +698,14 @@ def _check_graph(loader: _Loader, graph: GraphConfig, path: str) -> None:
             loader.warnings.append(f"{path}.{key}: plain http carries tokens unencrypted")
     if graph.tls_ca_file and not (loader.base_dir / graph.tls_ca_file).is_file():
         err(f"{path}.tls_ca_file", f"no such file: {graph.tls_ca_file}")
+    if graph.notification_url:
+        if not re.match(r"^https?://[^/\s]+(/[^\s]*)?$", graph.notification_url):
+            err(f"{path}.notification_url", f"must be an https URL, got {graph.notification_url!r}")
+        elif graph.notification_url.startswith("http://"):
+            loader.warnings.append(
+                f"{path}.notification_url: Microsoft Graph delivers notifications to https "
+                "URLs only"
+            )
 
 
 def _check_ews(loader: _Loader, ex: ExchangeConfig, path: str) -> None:

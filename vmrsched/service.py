@@ -23,7 +23,7 @@ from vmrsched import config as config_mod
 from vmrsched import identity
 from vmrsched.actors.bridge import ReservationBatcher, ask_async
 from vmrsched.actors.context import Context
-from vmrsched.actors.messages import Reload
+from vmrsched.actors.messages import Poll, Reload
 from vmrsched.actors.registry import ActorUnavailable
 from vmrsched.actors.service import ReloadResult, ServiceSupervisor
 from vmrsched.config import Config, IntegrationConfig, PerConfig
@@ -31,6 +31,7 @@ from vmrsched.errors import BadRequest, NotFound, Unavailable, UpstreamError
 from vmrsched.mailbox.backends import make_gateway
 from vmrsched.mailbox.base import GatewayError
 from vmrsched.mailbox.ews_auth import SIGN_IN_ALARM, DelegatedTokens
+from vmrsched.mailbox.graph import GraphMailbox
 from vmrsched.pexip import policy
 from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnavailable
 from vmrsched.recovery import Recovered, recover
@@ -188,6 +189,33 @@ class Service:
         """What a Pexip node gets for a dialled alias: (result label, JSON answer). Reads the
         published alias index only; never waits on an actor."""
         return policy.answer(local_alias, self.ctx.clock(), self.ctx.alias_index)
+
+    def graph_validation(self, name: str) -> bool:
+        """Whether `name` is a Graph integration expecting change notifications (only those
+        echo Graph's validation token)."""
+        integ = self.config.integration(name)
+        return integ is not None and integ.backend == "graph" and bool(integ.graph.notification_url)
+
+    def graph_notification(self, name: str, notifications: list[dict[str, Any]]) -> None:
+        """Change or lifecycle notifications for a Graph integration: its gateway checks the
+        clientState and notes what happened; the poller is told to look now. Never waits."""
+        gateway = self.ctx.mailboxes.get(name)
+        counter = self.ctx.metrics.graph_notifications
+        if not isinstance(gateway, GraphMailbox):
+            counter.labels(name[:64], "unknown").inc(len(notifications))
+            return
+        accepted, refused = gateway.notified(notifications)
+        counter.labels(name, "accepted").inc(accepted)
+        if refused:
+            counter.labels(name, "refused").inc(refused)
+            log.warning(
+                "ignored %d Graph notifications with a wrong clientState",
+                refused,
+                extra={"integration": name},
+            )
+        if accepted:
+            with contextlib.suppress(ActorUnavailable, pykka.ActorDeadError):
+                self.ctx.registry.get(name, "poller").tell(Poll())
 
     def _delegated(self, integ: IntegrationConfig) -> DelegatedTokens | None:
         source = self.ctx.tokens.get(integ)

@@ -82,6 +82,13 @@ class Metrics:
             ["integration", "operation", "result"],
             registry=r,
         )
+        self.graph_notifications = Counter(
+            "vmrsched_graph_notifications_total",
+            "Microsoft Graph change and lifecycle notifications received: accepted, refused "
+            "(wrong clientState), unknown (no such Graph integration)",
+            ["integration", "result"],
+            registry=r,
+        )
         self.actor_restarts = Counter(
             "vmrsched_actor_restarts_total",
             "Actors restarted by their supervisor",

@@ -30,11 +30,12 @@ import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
 import aiohttp
+import requests
 from aiohttp import web
 from dateutil.rrule import rrulestr
 
@@ -99,6 +100,10 @@ class FakeGraph:
         self.throttle_next = 0
         self.requests: list[tuple[str, str]] = []  # HTTP requests made to Graph
         self.batched = 0  # sub-requests that arrived inside a $batch
+        self.subscriptions: dict[str, dict[str, Any]] = {}
+        self.subscription_minutes = 4230  # the longest Graph grants here for messages
+        self.validations: list[str] = []  # notification URLs validated
+        self.notified: list[tuple[str, int]] = []  # (url, HTTP status of our POST)
         self.concurrent: dict[str, int] = {}
         self.max_concurrent = 0
         self.over_limit = 0
@@ -140,6 +145,7 @@ class FakeGraph:
             meeting_to_imip(meeting, room),
         )
         box.inbox[message.id] = message
+        self._notify(box, message)
         if organizer_copy and not cancel and meeting.organizer_email:
             own = self.mailbox(meeting.organizer_email)
             mine = next((e for e in own.events.values() if e.uid == meeting.uid), None)
@@ -149,6 +155,52 @@ class FakeGraph:
             else:
                 mine.meeting = meeting
         return message
+
+    def _notify(self, box: Mailbox, message: Message) -> None:
+        """Change notifications for a new message in a subscribed inbox, posted from another
+        thread as Graph does (a moment after the change, never inside the request)."""
+        for subscription in self.subscriptions.values():
+            if box.address.lower() not in subscription["resource"].lower():
+                continue
+            note = {
+                "subscriptionId": subscription["id"],
+                "clientState": subscription.get("clientState", ""),
+                "changeType": "created",
+                "resource": f"Users/{box.address}/Messages/{message.id}",
+                "subscriptionExpirationDateTime": subscription["expirationDateTime"],
+                "resourceData": {"@odata.type": "#Microsoft.Graph.Message", "id": message.id},
+            }
+            self._post_later(subscription["notificationUrl"], [note])
+
+    def lifecycle(self, event: str, client_state: str | None = None) -> None:
+        """A lifecycle notification for every subscription (reauthorizationRequired,
+        subscriptionRemoved, missed); subscriptionRemoved also removes it here."""
+        with self.lock:
+            for subscription in list(self.subscriptions.values()):
+                note = {
+                    "subscriptionId": subscription["id"],
+                    "clientState": subscription.get("clientState", "")
+                    if client_state is None
+                    else client_state,
+                    "lifecycleEvent": event,
+                }
+                if event == "subscriptionRemoved":
+                    del self.subscriptions[subscription["id"]]
+                url = (
+                    subscription.get("lifecycleNotificationUrl") or subscription["notificationUrl"]
+                )
+                self._post_later(url, [note])
+
+    def _post_later(self, url: str, notes: list[dict[str, Any]]) -> None:
+        def post() -> None:
+            try:
+                response = requests.post(url, json={"value": notes}, timeout=3)
+                status = response.status_code
+            except requests.RequestException:
+                status = 0
+            self.notified.append((url, status))
+
+        threading.Thread(target=post, daemon=True).start()
 
     def deliver_mail(self, room: str, sender: str, subject: str) -> Message:
         with self.lock:
@@ -186,6 +238,9 @@ class FakeGraph:
         app.router.add_patch(users + "/events/{id}", self._patch_event)
         app.router.add_post(users + "/sendMail", self._send_mail)
         app.router.add_post("/v1.0/$batch", self._batch)
+        app.router.add_post("/v1.0/subscriptions", self._subscribe)
+        app.router.add_patch("/v1.0/subscriptions/{id}", self._renew)
+        app.router.add_delete("/v1.0/subscriptions/{id}", self._unsubscribe)
         return app
 
     @web.middleware
@@ -455,6 +510,62 @@ class FakeGraph:
             answers = await asyncio.gather(*(run(session, part) for part in parts))
         return web.json_response({"responses": list(answers)})
 
+    async def _subscribe(self, request: web.Request) -> web.Response:
+        """Create a subscription: the notification URL must answer a validation request with
+        the token, as text/plain, within 10 s, or the subscription is refused."""
+        body = await request.json()
+        url = str(body.get("notificationUrl", ""))
+        token = new_id("validation-")
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(
+                    url, params={"validationToken": token}, timeout=aiohttp.ClientTimeout(total=10)
+                ) as answer,
+            ):
+                text = await answer.text()
+                valid = (
+                    answer.status == 200 and text == token and answer.content_type == "text/plain"
+                )
+        except (aiohttp.ClientError, TimeoutError):
+            valid = False
+        if not valid:
+            return _error(
+                400,
+                "InvalidRequest",
+                "Subscription validation request failed. "
+                "Notification endpoint must respond with 200 OK to validation request.",
+            )
+        self.validations.append(url)
+        minutes = min(self.subscription_minutes, 10080)
+        subscription = {
+            "id": new_id("sub-"),
+            "resource": str(body.get("resource", "")),
+            "changeType": body.get("changeType", "created"),
+            "notificationUrl": url,
+            "lifecycleNotificationUrl": body.get("lifecycleNotificationUrl"),
+            "clientState": body.get("clientState"),
+            "expirationDateTime": _expiry(minutes),
+        }
+        with self.lock:
+            self.subscriptions[subscription["id"]] = subscription
+        return web.json_response(subscription, status=201)
+
+    async def _renew(self, request: web.Request) -> web.Response:
+        with self.lock:
+            subscription = self.subscriptions.get(request.match_info["id"])
+            if subscription is None:
+                return _error(404, "ResourceNotFound", "The object was not found.")
+            subscription["expirationDateTime"] = _expiry(self.subscription_minutes)
+            self.renewals = getattr(self, "renewals", 0) + 1
+            return web.json_response(dict(subscription))
+
+    async def _unsubscribe(self, request: web.Request) -> web.Response:
+        with self.lock:
+            if self.subscriptions.pop(request.match_info["id"], None) is None:
+                return _error(404, "ResourceNotFound", "The object was not found.")
+        return web.Response(status=204)
+
     async def _send_mail(self, request: web.Request) -> web.Response:
         body = await request.json()
         with self.lock:
@@ -496,3 +607,7 @@ def _recurrence(meeting: Meeting) -> dict[str, Any] | None:
     if "COUNT" in rule:
         span.update(type="numbered", numberOfOccurrences=int(rule["COUNT"]))
     return {"pattern": pattern, "range": span}
+
+
+def _expiry(minutes: float) -> str:
+    return (datetime.now(UTC) + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")

@@ -67,6 +67,8 @@ class Context:
     tokens: TokenSources = field(init=False)
     # every integration's aliases for the Pexip policy answer, published by the allocators
     alias_index: AliasIndex = field(default_factory=AliasIndex)
+    # every running integration's mailbox gateway by name (change notifications reach it)
+    mailboxes: dict[str, Any] = field(default_factory=dict)
     # every running integration supervisor by name (for Service.stop when the root is gone)
     supervisors: dict[str, Any] = field(default_factory=dict)
     poll_batch: int = 100

@@ -94,6 +94,7 @@ class IntegrationSupervisor(pykka.ThreadingActor):
         try:
             if self.gateway is None:
                 self.gateway = self.ctx.gateway_factory(self.integ, self.ctx)
+                self.ctx.mailboxes[self.name] = self.gateway
             self._set_state("starting")
             self._starting = set(self.specs)
             for role in self.specs:
@@ -202,6 +203,8 @@ class IntegrationSupervisor(pykka.ThreadingActor):
         finally:
             if self.gateway is not None:
                 gateway, self.gateway = self.gateway, None
+                if self.ctx.mailboxes.get(self.name) is gateway:
+                    del self.ctx.mailboxes[self.name]
                 gateway.close()
             self.ctx.registry.drop(self.name)
             self.ctx.metrics.integration_up.labels(self.name).set(0)

@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
 from vmrsched.errors import ServiceError
-from vmrsched.http import addin, admin, demo, policy
+from vmrsched.http import addin, admin, demo, graph, policy
 from vmrsched.http.common import SERVICE, error, http_error, origin_of, service_error
 from vmrsched.http.hosts import allowed_hosts, hostname
 from vmrsched.service import Service
@@ -137,4 +137,5 @@ def create_app(service: Service) -> web.Application:
     demo.setup(app)
     admin.setup(app)
     policy.setup(app)
+    graph.setup(app)
     return app

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hmac
 import html
 import logging
 import re
+import secrets
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -37,6 +40,10 @@ from vmrsched.telemetry import EXCHANGE_UNREACHABLE, Metrics
 
 log = logging.getLogger("vmrsched.graph")
 MAX_PAGE = 100
+CATCH_UP_SECONDS = 60.0  # with change notifications: list the inbox at least this often
+SUBSCRIPTION_MINUTES = 4200  # asked for (Graph allows up to 10,080 for messages)
+RENEW_BEFORE = 0.5  # renew once less than this share of the lifetime is left
+SUBSCRIBE_RETRY = 60.0  # seconds before trying again to subscribe after a refusal
 _TAGS = re.compile(r"<[^>]+>")
 
 
@@ -132,6 +139,19 @@ class GraphMailbox:
         self._pending: list[tuple[str, str]] = []  # deletions for sync(): (operation, url)
         self._state = threading.Lock()
         self._events: dict[str, str] = {}  # message id -> the room's event id
+        # change notifications (when graph.notification_url is set)
+        self.notification_url = (
+            f"{graph.notification_url.rstrip('/')}/graph/notifications/{integ.name}"
+            if graph.notification_url
+            else ""
+        )
+        self.client_state = secrets.token_urlsafe(32)
+        self._subscription: tuple[str, datetime, datetime] | None = None  # id, from, until
+        self._subscribe_after = 0.0  # monotonic: not before this after a refusal
+        self._notified = threading.Event()  # something arrived: list the inbox now
+        self._renew = threading.Event()  # Graph asked for reauthorization
+        self._listed_at = 0.0
+        self._backlog = False
         self._handed_off: set[str] = set()  # answered by a queued reply: not fetched again
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -245,6 +265,14 @@ class GraphMailbox:
     # --- reading -------------------------------------------------------------------------------
 
     def fetch(self, limit: int) -> Sequence[InboxItem]:
+        """New items, oldest first. With change notifications the inbox is listed only when a
+        notification came, when the last listing was full, or every CATCH_UP_SECONDS."""
+        if self.notification_url and self._subscribed():
+            due = time.monotonic() - self._listed_at >= CATCH_UP_SECONDS
+            if not (self._notified.is_set() or self._backlog or due):
+                return []
+        self._notified.clear()
+        self._listed_at = time.monotonic()
         with self._state:
             handed_off = set(self._handed_off)
         top = min(MAX_PAGE, limit + len(handed_off))
@@ -259,7 +287,9 @@ class GraphMailbox:
                 "$expand": "microsoft.graph.eventMessage/event($select=id)",
             },
         ).json()
-        chosen = [m for m in listing.get("value", []) if m["id"] not in handed_off][:limit]
+        fresh = [m for m in listing.get("value", []) if m["id"] not in handed_off]
+        self._backlog = len(listing.get("value", [])) >= top or len(fresh) > limit
+        chosen = fresh[:limit]
         meetings = [m for m in chosen if _is_meeting(m)]
         # the meeting messages' MIME content, a batch at a time instead of a call each
         contents = self.batch(
@@ -622,6 +652,97 @@ class GraphMailbox:
                     extra={"integration": self.name, "item": event_id},
                 )
         return entries
+
+    # --- change notifications ----------------------------------------------------------------
+
+    def _subscribed(self) -> bool:
+        """Whether a subscription delivers notifications now: created, renewed or re-created
+        as needed. A refusal (the URL cannot be validated, say) falls back to polling and is
+        tried again after SUBSCRIBE_RETRY seconds."""
+        now = datetime.now(UTC)
+        current = self._subscription
+        try:
+            if current is not None:
+                subscription_id, since, until = current
+                if self._renew.is_set() or now >= until - (until - since) * RENEW_BEFORE:
+                    self._renew.clear()
+                    self._subscription = self._renew_subscription(subscription_id, now)
+                return self._subscription is not None
+            if time.monotonic() < self._subscribe_after:
+                return False
+            self._subscription = self._subscribe(now)
+            self._notified.set()  # catch up on what arrived without notifications
+            return True
+        except GatewayError as exc:
+            if not exc.permanent:
+                raise
+            self._subscription = None
+            self._subscribe_after = time.monotonic() + SUBSCRIBE_RETRY
+            log.warning(
+                "change notifications unavailable, polling the inbox instead: %s",
+                exc,
+                extra={"integration": self.name},
+            )
+            return False
+
+    def _subscribe(self, now: datetime) -> tuple[str, datetime, datetime]:
+        until = now + timedelta(minutes=SUBSCRIPTION_MINUTES)
+        created = self.call(
+            "POST",
+            f"{self.api}/subscriptions",
+            "subscribe",
+            json={
+                "changeType": "created",
+                "notificationUrl": self.notification_url,
+                "lifecycleNotificationUrl": self.notification_url,
+                "resource": f"users/{self.room}/mailFolders('inbox')/messages",
+                "expirationDateTime": until.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "clientState": self.client_state,
+            },
+        ).json()
+        log.info(
+            "subscribed to the inbox of %s until %s",
+            self.room,
+            created.get("expirationDateTime"),
+            extra={"integration": self.name},
+        )
+        return str(created["id"]), now, _when(created.get("expirationDateTime")) or until
+
+    def _renew_subscription(
+        self, subscription_id: str, now: datetime
+    ) -> tuple[str, datetime, datetime] | None:
+        until = now + timedelta(minutes=SUBSCRIPTION_MINUTES)
+        try:
+            renewed = self.call(
+                "PATCH",
+                f"{self.api}/subscriptions/{subscription_id}",
+                "renew_subscription",
+                json={"expirationDateTime": until.strftime("%Y-%m-%dT%H:%M:%SZ")},
+            ).json()
+        except GatewayError as exc:
+            if exc.permanent and exc.code in ("ResourceNotFound", "ErrorItemNotFound", "http_404"):
+                return self._subscribe(now)  # gone (expired, removed): a new one
+            raise
+        return subscription_id, now, _when(renewed.get("expirationDateTime")) or until
+
+    def notified(self, notifications: Sequence[dict[str, Any]]) -> tuple[int, int]:
+        """Change and lifecycle notifications posted to our notification URL: (accepted,
+        refused). Any thread; quick (Graph wants an answer within 3 s). One whose clientState
+        is not ours is refused: someone else posting to the URL."""
+        accepted = refused = 0
+        for notification in notifications:
+            state = str(notification.get("clientState", ""))
+            if not hmac.compare_digest(state.encode(), self.client_state.encode()):
+                refused += 1
+                continue
+            accepted += 1
+            event = notification.get("lifecycleEvent")
+            if event == "reauthorizationRequired":
+                self._renew.set()
+            elif event == "subscriptionRemoved":
+                self._subscription = None
+            self._notified.set()  # new mail, or possibly missed mail: list the inbox
+        return accepted, refused
 
     def probe(self) -> list[tuple[bool, str]]:
         """What check-config --online reports: a token, and the room's inbox readable."""
