@@ -355,3 +355,24 @@ def test_pexip_section_is_checked_with_key_paths() -> None:
     assert "integrations[0].pexip.mode" in bad_mode
     ok = config.parse(minimal(pexip={"webapp_fqdn": "join.example.com:8443"}), DATA, {})
     assert ok.integrations[0].pexip.webapp_fqdn == "join.example.com:8443"
+
+
+def test_graph_needs_exactly_one_credential_and_a_usable_certificate(tmp_path: Path) -> None:
+    graph = {"tenant_id": "contoso.example", "client_id": "app"}
+    neither = "\n".join(problems(minimal(backend="graph", graph=graph)))
+    assert (
+        "integrations[0].graph.client_secret_env: the graph backend needs one credential" in neither
+    )
+    bad = tmp_path / "key-only.pem"
+    bad.write_text("-----BEGIN PRIVATE KEY-----\nMII\n-----END PRIVATE KEY-----\n")
+    doc = minimal(backend="graph", graph={**graph, "client_certificate_file": str(bad)})
+    assert "must hold the private key and the certificate" in "\n".join(problems(doc))
+    both = minimal(
+        backend="graph",
+        graph={**graph, "client_secret_env": "S", "client_certificate_file": str(bad)},
+    )
+    assert "needs one credential" in "\n".join(problems(both, {"S": "x"}))
+    ok = config.parse(
+        minimal(backend="graph", graph={**graph, "client_secret_env": "S"}), DATA, {"S": "x"}
+    )
+    assert ok.integrations[0].graph.client_id == "app"

@@ -45,7 +45,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for warning in cfg.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.online:
-        return _check_online(cfg)
+        return _check_online(cfg, args.organizer or "")
     print(f"{path}: OK, listening on {cfg.server.listen}, data in {cfg.server.data_dir}")
     for integ in cfg.integrations:
         kinds = [
@@ -90,14 +90,14 @@ def _print_pexip(cfg: config.Config) -> None:
         )
 
 
-def _check_online(cfg: config.Config) -> int:
+def _check_online(cfg: config.Config, organizer: str = "") -> int:
     """Connect to every integration's mailbox and report what works."""
     from vmrsched.service import check_online
 
     failed = False
     for integ in cfg.integrations:
         print(f"{integ.name} ({integ.backend}):")
-        for ok, text in check_online(cfg, integ):
+        for ok, text in check_online(cfg, integ, organizer):
             print(f"  {'ok  ' if ok else 'FAIL'}  {text}")
             failed = failed or not ok
     return 1 if failed else 0
@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path", nargs="?", type=Path, help="TOML file")
     check.add_argument(
         "--online", action="store_true", help="also connect to each mailbox and report what works"
+    )
+    check.add_argument(
+        "--organizer",
+        help="with --online, Graph: whether this organizer's meetings can be updated (the scope)",
     )
     _add_config(check)
     check.set_defaults(func=cmd_check_config)

@@ -157,6 +157,9 @@ class GraphConfig:
     tenant_id: str = _f("")
     client_id: str = _f("")
     client_secret: Secret | None = _f(None)
+    # or a certificate: a PEM file with the private key and the certificate uploaded to the app
+    # registration (readable by the service only)
+    client_certificate_file: str = _f("")
     # national clouds: e.g. https://login.microsoftonline.us and https://graph.microsoft.us
     authority: str = _f("https://login.microsoftonline.com")
     graph_url: str = _f("https://graph.microsoft.com")
@@ -681,15 +684,32 @@ def _check_integration(loader: _Loader, integ: IntegrationConfig, path: str) -> 
         err(f"{path}.advanced.office_js_url", "custom add-in sources must be https URLs")
 
 
+def certificate_problem(path: Path) -> str:
+    """Why a PEM file cannot serve as a client certificate credential, or ""."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"cannot read {path}: {exc}"
+    if "PRIVATE KEY-----" not in text or "BEGIN CERTIFICATE-----" not in text:
+        return f"{path} must hold the private key and the certificate (PEM)"
+    return ""
+
+
 def _check_graph(loader: _Loader, graph: GraphConfig, path: str) -> None:
     err = loader.error
     for key in ("tenant_id", "client_id"):
         if not getattr(graph, key):
             err(f"{path}.{key}", "the graph backend needs the app registration's " + key)
-    if graph.client_secret is None:
+    if (graph.client_secret is None) == (not graph.client_certificate_file):
         err(
-            f"{path}.client_secret_env", "the graph backend needs the client secret (_env or _file)"
+            f"{path}.client_secret_env",
+            "the graph backend needs one credential: client_secret_env (or _file), or "
+            "client_certificate_file",
         )
+    if graph.client_certificate_file:
+        problem = certificate_problem(loader.base_dir / graph.client_certificate_file)
+        if problem:
+            err(f"{path}.client_certificate_file", problem)
     for key in ("authority", "graph_url"):
         value = getattr(graph, key)
         if not re.match(r"^https?://[^/\s]+/?$", value):

@@ -283,7 +283,9 @@ def start(config: Config, **context: Any) -> Service:
     return Service(config, ctx, ref, lock_fd)
 
 
-def check_online(cfg: Config, integ: IntegrationConfig) -> list[tuple[bool, str]]:
+def check_online(
+    cfg: Config, integ: IntegrationConfig, organizer: str = ""
+) -> list[tuple[bool, str]]:
     """Connect to an integration's mailbox (and Pexip's Management Node where the service
     creates conferences): (ok, what was tried) per check."""
     checks: list[tuple[bool, str]] = []
@@ -293,7 +295,11 @@ def check_online(cfg: Config, integ: IntegrationConfig) -> list[tuple[bool, str]
         checks.append((False, str(exc)))
     else:
         try:
-            checks.extend(getattr(gateway, "probe", lambda: [])())
+            probe = getattr(gateway, "probe", None)
+            if probe is not None:
+                checks.extend(
+                    probe(organizer) if organizer and integ.backend == "graph" else probe()
+                )
         finally:
             gateway.close()
     if integ.pexip.mode == "management_api":

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
 import aiohttp
 import requests
@@ -74,6 +74,7 @@ class Event:
 class Mailbox:
     address: str
     inbox: dict[str, Message] = field(default_factory=dict)
+    changes: list[tuple[str, str]] = field(default_factory=list)  # (created|removed, id)
     events: dict[str, Event] = field(default_factory=dict)
     deleted: list[Message] = field(default_factory=list)
 
@@ -101,6 +102,9 @@ class FakeGraph:
         self.requests: list[tuple[str, str]] = []  # HTTP requests made to Graph
         self.batched = 0  # sub-requests that arrived inside a $batch
         self.subscriptions: dict[str, dict[str, Any]] = {}
+        self.delta_epoch = 1  # bumped by expire_delta_tokens: older tokens answer 410
+        self.delta_calls = 0
+        self.silent = False  # True: no change notifications are sent (they got lost)
         self.subscription_minutes = 4230  # the longest Graph grants here for messages
         self.validations: list[str] = []  # notification URLs validated
         self.notified: list[tuple[str, int]] = []  # (url, HTTP status of our POST)
@@ -145,6 +149,7 @@ class FakeGraph:
             meeting_to_imip(meeting, room),
         )
         box.inbox[message.id] = message
+        box.changes.append(("created", message.id))
         self._notify(box, message)
         if organizer_copy and not cancel and meeting.organizer_email:
             own = self.mailbox(meeting.organizer_email)
@@ -159,6 +164,8 @@ class FakeGraph:
     def _notify(self, box: Mailbox, message: Message) -> None:
         """Change notifications for a new message in a subscribed inbox, posted from another
         thread as Graph does (a moment after the change, never inside the request)."""
+        if self.silent:
+            return  # notifications get lost: the subscriber must catch up by itself
         for subscription in self.subscriptions.values():
             if box.address.lower() not in subscription["resource"].lower():
                 continue
@@ -202,6 +209,10 @@ class FakeGraph:
 
         threading.Thread(target=post, daemon=True).start()
 
+    def expire_delta_tokens(self) -> None:
+        with self.lock:
+            self.delta_epoch += 1
+
     def deliver_mail(self, room: str, sender: str, subject: str) -> Message:
         with self.lock:
             message = Message(
@@ -226,6 +237,7 @@ class FakeGraph:
         users = "/v1.0/users/{user}"
         app.router.add_get(users + "/mailFolders/inbox", self._inbox_folder)
         app.router.add_get(users + "/mailFolders/inbox/messages", self._list)
+        app.router.add_get(users + "/mailFolders/inbox/messages/delta", self._delta)
         app.router.add_get(users + "/messages/{id}/$value", self._mime)
         app.router.add_get(users + "/messages/{id}", self._get_message)
         app.router.add_delete(users + "/messages/{id}", self._delete_message)
@@ -310,6 +322,43 @@ class FakeGraph:
             value = [self._message_json(box, m, expand) for m in ordered[:top]]
         return web.json_response({"value": value})
 
+    async def _delta(self, request: web.Request) -> web.Response:
+        """Delta query on the inbox's messages: without a token, every message and a delta link;
+        with one, what was created or removed since, paged by 10 with @odata.nextLink; a token
+        from before expire_delta_tokens answers 410 SyncStateNotFound."""
+        self.delta_calls += 1
+        token = request.query.get("$deltatoken")
+        with self.lock:
+            box = self._box(request)
+            if token is None:
+                since = None
+            else:
+                epoch, _, position = token.partition(".")
+                if int(epoch) != self.delta_epoch:
+                    return _error(410, "SyncStateNotFound", "The sync state generation is old.")
+                since = int(position)
+            if since is None:
+                items = [self._message_json(box, m, False) for m in box.inbox.values()]
+            else:
+                items = []
+                for kind, message_id in box.changes[since:]:
+                    if kind == "removed":
+                        items.append({"id": message_id, "@removed": {"reason": "deleted"}})
+                    elif message_id in box.inbox:
+                        items.append(self._message_json(box, box.inbox[message_id], False))
+            position = len(box.changes)
+        skip = int(request.query.get("$skip", "0"))
+        page, rest = items[skip : skip + 10], items[skip + 10 :]
+        base = f"{request.scheme}://{request.host}{request.path}"
+        body: dict[str, Any] = {"value": page}
+        if rest:
+            query = {k: v for k, v in request.query.items() if k != "$skip"}
+            query["$skip"] = str(skip + 10)
+            body["@odata.nextLink"] = f"{base}?{urlencode(query)}"
+        else:
+            body["@odata.deltaLink"] = f"{base}?$deltatoken={self.delta_epoch}.{position}"
+        return web.json_response(body)
+
     def _find(self, request: web.Request) -> tuple[Mailbox, Message | None]:
         box = self._box(request)
         return box, box.inbox.get(request.match_info["id"])
@@ -335,6 +384,7 @@ class FakeGraph:
             if message is None:
                 return _not_found()
             box.deleted.append(box.inbox.pop(message.id))
+            box.changes.append(("removed", message.id))
         return web.Response(status=204)
 
     async def _move(self, request: web.Request) -> web.Response:
@@ -346,6 +396,7 @@ class FakeGraph:
             if destination != "deleteditems":
                 return _error(400, "ErrorInvalidIdMalformed", "unknown folder")
             box.deleted.append(box.inbox.pop(message.id))
+            box.changes.append(("removed", message.id))
         return web.json_response({"id": message.id}, status=201)
 
     async def _respond(self, request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import ipaddress
 import json
 import secrets
@@ -15,8 +16,10 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
+import jwt
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -82,6 +85,7 @@ class IdentityPlatform:
     codes: dict[str, tuple[str, str]] = field(default_factory=dict)  # code -> (scope, nonce)
     grants: list[str] = field(default_factory=list)
     refuse_refresh: bool = False
+    client_certificate: x509.Certificate | None = None  # registered for certificate credentials
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -163,13 +167,46 @@ class IdentityPlatform:
             )
         return body
 
+    def _client_authenticated(self, form: Any, token_url: str) -> bool:
+        """A client secret, or a client assertion: a JWT signed with the key of the certificate
+        registered for the app (RS256/PS256, x5t or x5t#S256 naming it, aud the token URL,
+        iss and sub the client id, not expired)."""
+        if form.get("client_secret") is not None:
+            return form.get("client_secret") == self.client_secret
+        assertion = form.get("client_assertion")
+        if (
+            self.client_certificate is None
+            or form.get("client_assertion_type")
+            != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+            or not assertion
+        ):
+            return False
+        cert = self.client_certificate
+        der = cert.public_bytes(serialization.Encoding.DER)
+        names = {
+            "x5t": base64.urlsafe_b64encode(hashlib.sha1(der).digest()).decode().rstrip("="),
+            "x5t#S256": base64.urlsafe_b64encode(hashlib.sha256(der).digest()).decode().rstrip("="),
+        }
+        header = jwt.get_unverified_header(str(assertion))
+        if not any(str(header.get(k, "")).rstrip("=") == v for k, v in names.items()):
+            return False
+        try:
+            claims = jwt.decode(
+                str(assertion),
+                cert.public_key(),
+                algorithms=["RS256", "PS256"],
+                audience=token_url,
+            )
+        except jwt.PyJWTError:
+            return False
+        return claims.get("iss") == claims.get("sub") == self.client_id
+
     async def _token(self, request: web.Request) -> web.Response:
         form = await request.post()
         grant = str(form.get("grant_type"))
         self.grants.append(grant)
-        if (
-            form.get("client_id") != self.client_id
-            or form.get("client_secret") != self.client_secret
+        if form.get("client_id") != self.client_id or not self._client_authenticated(
+            form, f"{request.scheme}://{request.host}{request.path}"
         ):
             return web.json_response({"error": "invalid_client"}, status=401)
         scope = str(form.get("scope", ""))

@@ -32,6 +32,7 @@ class Env:
     platform: IdentityPlatform
     fake: FakeGraph
     svc: service.Service
+    graph_server: ThreadedServer
 
     def count(self, outcome: str, reason: str) -> float:
         value = self.svc.ctx.metrics.registry.get_sample_value(
@@ -89,11 +90,12 @@ def env(tmp_path: Path) -> Iterator[Env]:
     }
     cfg = config.parse(doc, tmp_path, {"GRAPH_SECRET": "graph-secret"})
     svc = service.start(cfg, policy=RestartPolicy(mailbox_max=1.0))
+    env = Env(platform, fake, svc, graph_server)
     try:
-        yield Env(platform, fake, svc)
+        yield env
     finally:
         svc.stop()
-        graph_server.stop()
+        env.graph_server.stop()
         platform_server.stop()
 
 
@@ -222,7 +224,7 @@ def test_after_a_crash_a_reply_or_update_that_reached_graph_is_not_sent_again(
         ],
     }
     integ = config.parse(doc, tmp_path, {"S": "graph-secret"}).integrations[0]
-    gateway = GraphMailbox(integ, Metrics())
+    gateway = GraphMailbox(integ, Metrics(), tmp_path / "graph-state")
     try:
         request = fake.deliver(ROOM, meeting("crash", "<p>PXPS:-x#</p>"))
         reply = Outgoing(
@@ -324,3 +326,138 @@ def test_recovery_rebinds_meetings_the_store_lost(env: Env) -> None:
         "range": {"type": "numbered", "numberOfOccurrences": 5},
     }
     assert rrule_of(monthly) == "FREQ=MONTHLY;INTERVAL=1;BYDAY=-1TU;COUNT=5"
+
+
+def test_the_rest_of_the_rules_table_through_graph(env: Env) -> None:
+    def at(uid: str, body: str, start: datetime, **extra: Any) -> Meeting:
+        base = meeting(uid, body)
+        return Meeting(
+            **{**base.__dict__, "start": start, "end": start + timedelta(minutes=30), **extra}
+        )
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    env.send(meeting("unknown", "<p>PXPS:-00000000-0000-4000-8000-000000000099#</p>"))
+    assert env.count("declined", "invalid_alias_id") == 1
+
+    env.send(at("past", pxps(env.reserve()), now - timedelta(days=2)))
+    assert env.count("declined", "single_in_past") == 1
+    old = "FREQ=DAILY;COUNT=2"
+    env.send(at("old-series", pxps(env.reserve()), now - timedelta(days=10), rrule=old))
+    assert env.count("declined", "recurring_in_past") == 1
+
+    first = now + timedelta(days=1)
+    rec = env.reserve()
+    weekly = "FREQ=WEEKLY;COUNT=6"
+    env.send(at("series", pxps(rec), first, rrule=weekly))
+    assert env.count("accepted", "new_recurring") == 1
+    moved = first + timedelta(days=7)
+    env.send(at("series", pxps(rec), moved + timedelta(hours=2), sequence=1, recurrence_id=moved))
+    assert env.count("accepted", "edited_occurrence") == 1
+    env.send(at("series", pxps(rec), first + timedelta(hours=1), rrule=weekly, sequence=2))
+    assert env.count("accepted", "edited_recurring") == 1
+    env.send(at("series", pxps(rec), first, rrule=weekly, sequence=1))  # older than processed
+    assert env.count("ignored", "outdated") == 1
+    assert [r.action for r in env.fake.responses_for("series")] == ["accept"] * 3
+
+
+def test_an_unreadable_meeting_message_is_declined_with_a_correlation_id(env: Env) -> None:
+    with env.fake.lock:
+        message = env.fake._deliver(ROOM, meeting("broken", "<p>x</p>"), True)
+        message.mime = b"Content-Type: text/calendar\r\n\r\nBEGIN:VCALENDAR\r\nnot a calendar"
+    spoolkit.wait_for(lambda: not env.fake.mailbox(ROOM).inbox)
+    env.settle()
+    assert any(m.id == message.id for m in env.fake.mailbox(ROOM).deleted)  # set aside
+    [mail] = [m for m in env.fake.mails if ORGANIZER in str(m.get("toRecipients"))]
+    headers = {h["name"]: h["value"] for h in mail["internetMessageHeaders"]}
+    assert headers["X-Vmrsched-Outcome"] == "declined"
+    assert headers["X-Vmrsched-Correlation-Id"] in mail["body"]["content"]
+    assert env.count("declined", "general_error") == 1
+
+
+def test_check_online_reports_the_token_the_room_and_an_organizers_scope(env: Env) -> None:
+    cfg, integ = env.svc.config, env.svc.config.integrations[0]
+    env.fake.scope = {ROOM, "in.scope@contoso.example"}
+    inside = service.check_online(cfg, integ, "in.scope@contoso.example")
+    assert [ok for ok, _ in inside] == [True, True, True]
+    outside = service.check_online(cfg, integ, ORGANIZER)
+    assert [ok for ok, _ in outside] == [True, True, False]
+    assert "outside the app's scope" in outside[2][1] and "403" in outside[2][1]
+    env.platform.client_secret = "rotated"  # the secret we have is no longer accepted
+    env.platform.expire_all()
+    [(ok, text)] = service.check_online(cfg, integ)
+    assert not ok and "token" in text
+
+
+def test_an_outage_backs_off_with_the_alarm_and_loses_nothing(env: Env) -> None:
+    rec = env.reserve()
+    env.send(meeting("before", pxps(rec)))
+    port = env.graph_server.port
+    env.graph_server.stop()
+    spoolkit.wait_for(
+        lambda: "exchange_unreachable" in {a.name for a in env.svc.ctx.alarms.active("online")},
+        timeout=20,
+    )
+    waiting = env.fake.deliver(ROOM, meeting("during", pxps(env.reserve())))
+    assert env.svc.ctx.status.state("online") == "running"  # backing off, not crashing
+    env.graph_server = ThreadedServer(env.fake.app(), port=port).start()
+    spoolkit.wait_for(lambda: waiting.id not in env.fake.mailbox(ROOM).inbox, timeout=30)
+    env.settle()
+    assert [r.action for r in env.fake.responses_for("during")] == ["accept"]
+    spoolkit.wait_for(
+        lambda: "exchange_unreachable" not in {a.name for a in env.svc.ctx.alarms.active("online")}
+    )
+
+
+def test_a_certificate_credential_signs_in_instead_of_a_secret(tmp_path: Path) -> None:
+    """msal signs a client assertion with the certificate's key; the identity platform checks
+    it against the certificate registered for the app, and refuses another one."""
+    from cryptography import x509
+
+    from vmrsched.mailbox.graph import GraphMailbox
+    from vmrsched.telemetry import Metrics
+
+    cert, key = tls_files(tmp_path)
+    credential = tmp_path / "graph-app.pem"
+    credential.write_bytes(key.read_bytes() + cert.read_bytes())
+    platform = IdentityPlatform(client_id="graph-app", client_secret="unused")
+    platform_server = ThreadedServer(platform.app(), ssl_context=server_context(cert, key))
+    platform_server.start()
+    platform.base = platform_server.url
+    fake = FakeGraph(platform.valid)
+    graph_server = ThreadedServer(fake.app()).start()
+    doc = {
+        "server": {"data_dir": str(tmp_path / "data")},
+        "integrations": [
+            {
+                "name": "online",
+                "backend": "graph",
+                "exchange": {"mailbox_name": "Video Room", "mailbox_email": ROOM},
+                "graph": {
+                    "tenant_id": platform.tenant,
+                    "client_id": "graph-app",
+                    "client_certificate_file": str(credential),
+                    "authority": platform.base,
+                    "graph_url": graph_server.url,
+                    "tls_ca_file": str(cert),
+                },
+                "addin": {"token_validation": "none"},
+            }
+        ],
+    }
+    integ = config.parse(doc, tmp_path, {}).integrations[0]
+    try:
+        platform.client_certificate = x509.load_pem_x509_certificate(cert.read_bytes())
+        gateway = GraphMailbox(integ, Metrics(), tmp_path / "state")
+        assert [ok for ok, _ in gateway.probe()] == [True, True]
+        assert platform.grants == ["client_credentials"]
+        gateway.close()
+        (tmp_path / "other").mkdir()
+        other, _ = tls_files(tmp_path / "other")
+        platform.client_certificate = x509.load_pem_x509_certificate(other.read_bytes())
+        gateway = GraphMailbox(integ, Metrics(), tmp_path / "state")
+        [(ok, text)] = gateway.probe()
+        assert not ok and "invalid_client" in text
+        gateway.close()
+    finally:
+        graph_server.stop()
+        platform_server.stop()

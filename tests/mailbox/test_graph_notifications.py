@@ -155,3 +155,29 @@ def test_a_subscription_is_renewed_before_it_expires(
         spoolkit.wait_for(lambda env=env: len(env.fake.subscriptions) == 1)
         spoolkit.wait_for(lambda env=env: getattr(env.fake, "renewals", 0) >= 2, timeout=10)
         assert len(env.fake.subscriptions) == 1
+
+
+def test_the_catch_up_is_a_delta_query_kept_across_restarts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(graph, "SUBSCRIBE_RETRY", 0.2)
+    monkeypatch.setattr(graph, "CATCH_UP_SECONDS", 0.3)
+    for env in start(tmp_path, minutes=4230):
+        spoolkit.wait_for(lambda env=env: len(env.fake.subscriptions) == 1)
+        spoolkit.wait_for(lambda env=env: env.fake.delta_calls >= 2)
+        state = tmp_path / "data" / "graph" / "online" / "inbox-delta.json"
+        assert "$deltatoken=" in state.read_text()  # kept on disk
+        listings, deltas = env.listings(), env.fake.delta_calls
+        time.sleep(1.0)  # idle: catch-ups ask for the delta only, and list nothing
+        assert env.listings() == listings and env.fake.delta_calls > deltas
+
+        env.fake.silent = True  # this notification gets lost: the catch-up finds the mail
+        record = reserve(env)
+        env.fake.deliver(ROOM, meeting("unnotified", pxps(record)))
+        spoolkit.wait_for(lambda env=env: len(env.fake.responses_for("unnotified")) == 1)
+
+        env.fake.expire_delta_tokens()  # a dead delta token: a full resync
+        record = reserve(env)
+        env.fake.deliver(ROOM, meeting("after-resync", pxps(record)))
+        spoolkit.wait_for(lambda env=env: len(env.fake.responses_for("after-resync")) == 1)
+        spoolkit.wait_for(lambda state=state: "$deltatoken=2." in state.read_text())

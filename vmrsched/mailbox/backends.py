@@ -32,7 +32,7 @@ def make_gateway(
     if integ.backend == "graph":
         from vmrsched.mailbox.graph import GraphMailbox
 
-        return GraphMailbox(integ, metrics)
+        return GraphMailbox(integ, metrics, data_dir / "graph" / integ.name)
     raise RuntimeError(f"backend {integ.backend!r} is not available in this version")
 
 

@@ -18,7 +18,9 @@ import base64
 import contextlib
 import hmac
 import html
+import json
 import logging
+import os
 import re
 import secrets
 import threading
@@ -26,11 +28,14 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import msal
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from vmrsched.config import GraphConfig, IntegrationConfig
 from vmrsched.mailbox import itip
@@ -95,14 +100,24 @@ class GraphTokens:
         self._lock = threading.Lock()
         self._app: Any = None
 
+    def _credential(self) -> Any:
+        """The client secret, or the certificate: msal signs a client assertion with its key
+        and names the certificate by its SHA-1 thumbprint."""
+        if not self.graph.client_certificate_file:
+            secret = self.graph.client_secret
+            return secret.reveal() if secret else None
+        pem = Path(self.graph.client_certificate_file).read_bytes()
+        certificate = x509.load_pem_x509_certificate(pem)
+        thumbprint = certificate.fingerprint(hashes.SHA1()).hex()
+        return {"private_key": pem.decode(), "thumbprint": thumbprint}
+
     def get(self, force: bool = False) -> str:
         with self._lock:
             try:
                 if force or self._app is None:
-                    secret = self.graph.client_secret
                     self._app = msal.ConfidentialClientApplication(
                         self.graph.client_id,
-                        client_credential=secret.reveal() if secret else None,
+                        client_credential=self._credential(),
                         authority=f"{self.graph.authority.rstrip('/')}/{self.graph.tenant_id}",
                         validate_authority=False,
                         instance_discovery=False,
@@ -121,7 +136,7 @@ class GraphTokens:
 class GraphMailbox:
     alarm = EXCHANGE_UNREACHABLE
 
-    def __init__(self, integ: IntegrationConfig, metrics: Metrics) -> None:
+    def __init__(self, integ: IntegrationConfig, metrics: Metrics, state_dir: Path) -> None:
         self.integ = integ
         self.name = integ.name
         self.room = integ.exchange.mailbox_email
@@ -152,6 +167,9 @@ class GraphMailbox:
         self._renew = threading.Event()  # Graph asked for reauthorization
         self._listed_at = 0.0
         self._backlog = False
+        # the inbox's delta link, kept across restarts: the catch-up asks only what changed
+        self._delta_file = state_dir / "inbox-delta.json"
+        self._delta_link: str | None = self._read_delta_link()
         self._handed_off: set[str] = set()  # answered by a queued reply: not fetched again
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -271,6 +289,9 @@ class GraphMailbox:
             due = time.monotonic() - self._listed_at >= CATCH_UP_SECONDS
             if not (self._notified.is_set() or self._backlog or due):
                 return []
+            if due and not (self._notified.is_set() or self._backlog) and not self._caught_up():
+                self._listed_at = time.monotonic()
+                return []  # the catch-up found nothing new
         self._notified.clear()
         self._listed_at = time.monotonic()
         with self._state:
@@ -725,6 +746,50 @@ class GraphMailbox:
             raise
         return subscription_id, now, _when(renewed.get("expirationDateTime")) or until
 
+    def _caught_up(self) -> bool:
+        """The catch-up: a delta query on the inbox from the kept delta link. True when
+        something arrived that no notification told of (or the link was dead: a full resync
+        lists the inbox)."""
+        link = self._delta_link or (
+            f"{self.base}/mailFolders/inbox/messages/delta?$select=id,receivedDateTime"
+        )
+        added = False
+        try:
+            while True:
+                page = self.call("GET", link, "inbox_delta").json()
+                added = added or any("@removed" not in m for m in page.get("value", []))
+                following = page.get("@odata.nextLink")
+                if not following:
+                    break
+                link = following
+        except GatewayError as exc:
+            if exc.permanent and exc.code in ("SyncStateNotFound", "syncStateNotFound", "http_410"):
+                log.info(
+                    "the inbox's delta link expired: full resync", extra={"integration": self.name}
+                )
+                self._save_delta_link(None)
+                return True
+            raise
+        self._save_delta_link(page.get("@odata.deltaLink"))
+        return added or self._delta_link is None
+
+    def _read_delta_link(self) -> str | None:
+        try:
+            link = json.loads(self._delta_file.read_text()).get("delta_link")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return str(link) if link else None
+
+    def _save_delta_link(self, link: str | None) -> None:
+        self._delta_link = link
+        self._delta_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self._delta_file.with_suffix(".tmp")
+        with open(temporary, "w") as out:
+            json.dump({"delta_link": link}, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, self._delta_file)
+
     def notified(self, notifications: Sequence[dict[str, Any]]) -> tuple[int, int]:
         """Change and lifecycle notifications posted to our notification URL: (accepted,
         refused). Any thread; quick (Graph wants an answer within 3 s). One whose clientState
@@ -744,8 +809,10 @@ class GraphMailbox:
             self._notified.set()  # new mail, or possibly missed mail: list the inbox
         return accepted, refused
 
-    def probe(self) -> list[tuple[bool, str]]:
-        """What check-config --online reports: a token, and the room's inbox readable."""
+    def probe(self, organizer: str = "") -> list[tuple[bool, str]]:
+        """What check-config --online reports: a token, the room's inbox readable, and, given
+        an organizer's address, whether the app's scope lets it update that organizer's
+        meetings (the scope itself cannot be listed through Graph)."""
         out: list[tuple[bool, str]] = []
         try:
             self.tokens.get()
@@ -757,6 +824,23 @@ class GraphMailbox:
             out.append((True, f"room mailbox {self.room} is readable"))
         except GatewayError as exc:
             out.append((False, f"cannot read the inbox of {self.room}: {exc}"))
+        if organizer:
+            try:
+                self.call(
+                    "GET",
+                    f"{self.api}/users/{quote(organizer)}/events",
+                    "probe_organizer",
+                    params={"$top": "1", "$select": "id"},
+                )
+                out.append((True, f"organizer {organizer}: meetings can be updated"))
+            except GatewayError as exc:
+                out.append(
+                    (
+                        False,
+                        f"organizer {organizer} is outside the app's scope ({exc}); their "
+                        "meetings get the joining instructions by mail instead",
+                    )
+                )
         return out
 
     def close(self) -> None:
