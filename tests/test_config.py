@@ -128,18 +128,36 @@ def test_single_use_needs_exchange_settings() -> None:
     )
 
 
-def test_personal_needs_sso_settings() -> None:
-    doc = minimal(enable_personal_vmrs=True)
-    found = problems(doc)
-    for key in (
-        "user_oauth_authorization_uri",
-        "user_oauth_token_uri",
-        "user_oauth_client_id",
-        "azure_client_secret_env",
-    ):
+def test_personal_sign_in_settings_come_all_together_and_the_directory_must_exist() -> None:
+    """The verified token's email is enough to know the user: the explicit sign-in settings
+    are optional, but all or none of them."""
+    shipped = str(Path(__file__).resolve().parent.parent / "config" / "vmrs.toml")
+    ok = minimal(enable_personal_vmrs=True, personal={"directory_file": shipped})
+    assert config.parse(ok, DATA, {}).integrations[0].enable_personal_vmrs
+    partial = minimal(
+        enable_personal_vmrs=True,
+        personal={"directory_file": shipped, "user_oauth_client_id": "c"},
+    )
+    found = problems(partial)
+    for key in ("user_oauth_authorization_uri", "user_oauth_token_uri", "azure_client_secret_env"):
         assert any(p.startswith(f"integrations[0].personal.{key}:") for p in found), key
-    adfs = minimal(enable_personal_vmrs=True, personal={"authentication_provider": "adfs"})
+    adfs = minimal(
+        enable_personal_vmrs=True,
+        personal={
+            "directory_file": shipped,
+            "authentication_provider": "adfs",
+            "user_oauth_client_id": "c",
+            "user_oauth_authorization_uri": "https://adfs/a",
+            "user_oauth_token_uri": "https://adfs/t",
+        },
+    )
     assert any("adfs_resource_identifier" in p for p in problems(adfs))
+    missing = problems(minimal(enable_personal_vmrs=True, personal={"directory_file": "nope.toml"}))
+    assert any(
+        p.startswith("integrations[0].personal.directory_file: no such file") for p in missing
+    )
+    pexip = problems(minimal(enable_personal_vmrs=True, personal={"source": "pexip"}))
+    assert any(p.startswith("integrations[0].personal.source: 'pexip'") for p in pexip)
 
 
 def test_literal_secret_is_an_error_and_env_secret_is_read() -> None:

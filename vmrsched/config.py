@@ -225,7 +225,10 @@ class PersonalConfig:
     user_oauth_client_id: str = _f("")
     adfs_resource_identifier: str = _f("")
     azure_client_secret: Secret | None = _f(None)
-    directory_file: str = _f("")
+    # where a user's VMRs come from: file (directory_file, TOML) or pexip (the management API,
+    # with [integrations.pexip] management_url and credentials)
+    source: str = _f("file", choices=("file", "pexip"))
+    directory_file: str = _f("vmrs.toml")  # relative to the config file's directory
     joining_instructions_template: str = _f(
         templating.TEMPLATES["joining_instructions_template"].default
     )
@@ -650,7 +653,7 @@ def _check_integration(loader: _Loader, integ: IntegrationConfig, path: str) -> 
                 "must contain {{alias_uuid}} (the alias ID the service recognises meetings by)",
             )
     if integ.enable_personal_vmrs:
-        _check_personal(loader, integ.personal, f"{path}.personal")
+        _check_personal(loader, integ, f"{path}.personal")
     _check_pexip(loader, integ.pexip, f"{path}.pexip")
     for problem in templating.check_time_format(integ.email.locale, integ.email.time_format):
         err(f"{path}.email.{'locale' if 'locale' in problem else 'time_format'}", problem)
@@ -759,15 +762,29 @@ def _check_ews(loader: _Loader, ex: ExchangeConfig, path: str) -> None:
                 err(f"{path}.oauth_redirect_uri", f"must end with {suffix}")
 
 
-def _check_personal(loader: _Loader, p: PersonalConfig, path: str) -> None:
-    for key in ("user_oauth_authorization_uri", "user_oauth_token_uri", "user_oauth_client_id"):
-        if not getattr(p, key):
-            loader.error(f"{path}.{key}", "personal VMRs need single sign-on settings")
-    if p.authentication_provider == "adfs" and not p.adfs_resource_identifier:
-        loader.error(f"{path}.adfs_resource_identifier", "needed for AD FS")
-    if p.authentication_provider == "azure" and p.azure_client_secret is None:
+def _check_personal(loader: _Loader, integ: IntegrationConfig, path: str) -> None:
+    p = integ.personal
+    sso = ("user_oauth_authorization_uri", "user_oauth_token_uri", "user_oauth_client_id")
+    if any(getattr(p, key) for key in sso):  # an explicit sign-in: all of it or none
+        for key in sso:
+            if not getattr(p, key):
+                loader.error(f"{path}.{key}", "the personal sign-in needs all of " + ", ".join(sso))
+        if p.authentication_provider == "adfs" and not p.adfs_resource_identifier:
+            loader.error(f"{path}.adfs_resource_identifier", "needed for AD FS")
+        if p.authentication_provider == "azure" and p.azure_client_secret is None:
+            loader.error(
+                f"{path}.azure_client_secret_env", "needed for Azure (or azure_client_secret_file)"
+            )
+    if p.source == "file":
+        directory = Path(p.directory_file)
+        directory = directory if directory.is_absolute() else loader.base_dir / directory
+        if not directory.is_file():
+            loader.error(f"{path}.directory_file", f"no such file: {directory}")
+    elif not integ.pexip.management_url or integ.pexip.management_password is None:
         loader.error(
-            f"{path}.azure_client_secret_env", "needed for Azure (or azure_client_secret_file)"
+            f"{path}.source",
+            "'pexip' reads the Management Node: set [integrations.pexip] management_url, "
+            "management_username and management_password_env",
         )
 
 

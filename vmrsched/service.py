@@ -19,15 +19,22 @@ from typing import Any
 import aiohttp
 import pykka
 
+from vmrsched import answers, directory, identity
 from vmrsched import config as config_mod
-from vmrsched import identity
 from vmrsched.actors.bridge import ReservationBatcher, ask_async
 from vmrsched.actors.context import Context
 from vmrsched.actors.messages import Poll, Reload
 from vmrsched.actors.registry import ActorUnavailable
 from vmrsched.actors.service import ReloadResult, ServiceSupervisor
 from vmrsched.config import Config, IntegrationConfig, PerConfig
-from vmrsched.errors import BadRequest, NotFound, Unavailable, UpstreamError
+from vmrsched.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+    UpstreamError,
+)
 from vmrsched.mailbox.backends import make_gateway
 from vmrsched.mailbox.base import GatewayError
 from vmrsched.mailbox.ews_auth import SIGN_IN_ALARM, DelegatedTokens
@@ -72,6 +79,8 @@ class Service:
     lock_fd: int = -1  # the data directory's lock, held while the service runs
     _batchers: dict[str, ReservationBatcher] = field(default_factory=dict)
     _verifiers: PerConfig[identity.Verifier] | None = None
+    _directories: PerConfig[directory.Directory] | None = None
+    _renderers: PerConfig[Any] = field(default_factory=lambda: PerConfig(lambda i: i.renderer()))
 
     def use_http_client(self, session: Callable[[], aiohttp.ClientSession]) -> None:
         """The HTTP client token verifiers fetch signing keys with: the front end's own, on
@@ -184,6 +193,50 @@ class Service:
             "alarms": [a.name for a in self.ctx.alarms.active("service")],
         }
         return ready, body
+
+    async def personal_vmrs(
+        self, integ: IntegrationConfig, who: identity.Identity, demo_user: str = ""
+    ) -> list[dict[str, Any]]:
+        """The signed-in user's personal VMRs, rendered with the personal templates.
+        Forbidden when personal VMRs are off; Unauthorized (sign_in_required) when the token
+        names no email; NotFound (user_unknown); Unavailable (directory_unavailable)."""
+        if not integ.enable_personal_vmrs:
+            raise Forbidden("personal VMRs are not enabled", "feature_disabled")
+        email = who.email or (demo_user if who.kind == "none" else "")
+        if not email:
+            raise Unauthorized(
+                integ.addin.error_signing_in_message
+                + " (the add-in token does not name the user's email)",
+                "sign_in_required",
+            )
+        if self._directories is None:
+            base = self.config.path.parent if self.config.path else Path(".")
+            self._directories = PerConfig(lambda i: directory.directory_for(i, base))
+        try:
+            vmrs = await asyncio.to_thread(self._directories(integ).vmrs_of, email)
+        except directory.UserUnknown as exc:
+            raise NotFound(integ.addin.error_getting_personal_vmrs_message, "user_unknown") from exc
+        except directory.DirectoryUnavailable as exc:
+            log.warning("personal VMRs of %s: %s", email, exc, extra={"integration": integ.name})
+            raise Unavailable(
+                integ.addin.error_getting_personal_vmrs_message, "directory_unavailable"
+            ) from exc
+        renderer = self._renderers(integ)
+        out = []
+        for vmr in vmrs:
+            values = directory.template_values(vmr, answers.joining_domain(integ))
+            out.append(
+                {
+                    "name": renderer.render("name_template", values),
+                    "description": renderer.render("description_template", values),
+                    "joining_instructions": renderer.render(
+                        "joining_instructions_template", values
+                    ),
+                    "location": renderer.render("location_template", values),
+                    "aliases": list(vmr.aliases),
+                }
+            )
+        return out
 
     def policy_answer(self, local_alias: str) -> tuple[str, dict[str, Any]]:
         """What a Pexip node gets for a dialled alias: (result label, JSON answer). Reads the

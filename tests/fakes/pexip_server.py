@@ -17,7 +17,11 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 API = "/api/admin/configuration/v1/"
-FILTERS = {"conference": {"name", "tag", "service_type"}, "ivr_theme": {"name"}}
+FILTERS = {
+    "conference": {"name", "tag", "service_type"},
+    "ivr_theme": {"name"},
+    "end_user": {"primary_email_address"},
+}
 
 
 class FakePexip:
@@ -27,6 +31,7 @@ class FakePexip:
         self.ids = itertools.count(1)
         self.conferences: dict[int, dict[str, Any]] = {}
         self.themes: dict[int, dict[str, Any]] = {}
+        self.end_users: dict[int, dict[str, Any]] = {}
         self.down = False
         self.fail_next: list[int] = []
         self.requests: list[tuple[str, str]] = []  # (method, path)
@@ -39,9 +44,25 @@ class FakePexip:
         self.themes[theme_id] = {"id": theme_id, "name": name, "resource_uri": uri}
         return uri
 
-    def add_conference(self, name: str, aliases: list[str], tag: str = "") -> dict[str, Any]:
+    def add_conference(
+        self, name: str, aliases: list[str], tag: str = "", **fields: Any
+    ) -> dict[str, Any]:
         with self.lock:
-            return self._store_conference({"name": name, "aliases": aliases, "tag": tag})
+            return self._store_conference({"name": name, "aliases": aliases, "tag": tag, **fields})
+
+    def add_end_user(self, email: str) -> dict[str, Any]:
+        with self.lock:
+            return self._store_end_user(email)
+
+    def _store_end_user(self, email: str) -> dict[str, Any]:
+        user_id = next(self.ids)
+        user = {
+            "id": user_id,
+            "primary_email_address": email,
+            "resource_uri": f"{API}end_user/{user_id}/",
+        }
+        self.end_users[user_id] = user
+        return user
 
     def by_tag(self, prefix: str) -> dict[str, dict[str, Any]]:
         with self.lock:
@@ -71,7 +92,11 @@ class FakePexip:
         return None
 
     def _table(self, resource: str) -> dict[int, dict[str, Any]] | None:
-        return {"conference": self.conferences, "ivr_theme": self.themes}.get(resource)
+        return {
+            "conference": self.conferences,
+            "ivr_theme": self.themes,
+            "end_user": self.end_users,
+        }.get(resource)
 
     async def _collection(self, request: web.Request) -> web.StreamResponse:
         refused = self._check(request)
@@ -83,6 +108,12 @@ class FakePexip:
             return web.Response(status=404)
         if request.method == "GET":
             return self._list(request, resource, table)
+        if request.method == "POST" and resource == "end_user":
+            body = await request.json()
+            with self.lock:
+                user = self._store_end_user(str(body.get("primary_email_address", "")))
+            location = f"{request.scheme}://{request.host}{user['resource_uri']}"
+            return web.Response(status=201, headers={"Location": location})
         if request.method == "POST" and resource == "conference":
             body = await request.json()
             with self.lock:
@@ -171,6 +202,10 @@ class FakePexip:
             "description": body.get("description", ""),
             "tag": body.get("tag", ""),
             "ivr_theme": body.get("ivr_theme"),
+            "primary_owner_email_address": body.get("primary_owner_email_address", ""),
+            "pin": body.get("pin", ""),
+            "guest_pin": body.get("guest_pin", ""),
+            "allow_guests": body.get("allow_guests", False),
             "aliases": [
                 {"alias": a, "conference": uri, "description": "", "id": next(self.ids)}
                 for a in aliases

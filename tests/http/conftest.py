@@ -1,15 +1,18 @@
-"""The demo server the browser and OpenAPI tests share: `vmrsched serve` as a real process in
-demo mode, with a second integration that validates Entra ID tokens."""
+"""What the HTTP tests share: the fake identity provider (Exchange identity and Entra ID
+tokens), and the demo server the browser and OpenAPI tests use: `vmrsched serve` as a real
+process in demo mode, with a second integration that validates Entra ID tokens."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from aiohttp.test_utils import TestServer
 
 from tests.configs import spool_toml
+from tests.fakes.identity_provider import IdentityProvider
 from tests.serving import ROOT, free_port, wait_ready
 
 DEFAULT_ADDIN = """server_fqdn = "vc.example.com"
@@ -59,3 +62,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture
+async def idp() -> AsyncIterator[IdentityProvider]:
+    provider = IdentityProvider()
+    server = TestServer(provider.app())
+    await server.start_server()
+    provider.base = str(server.make_url("")).rstrip("/")
+    yield provider
+    await server.close()

@@ -24,16 +24,6 @@ PANE = f"{PUBLIC}/addin/onprem/taskpane.html"
 API = "/api/addin/v1/{}/single-use-vmrs"
 
 
-@pytest.fixture
-async def idp() -> AsyncIterator[IdentityProvider]:
-    provider = IdentityProvider()
-    server = TestServer(provider.app())
-    await server.start_server()
-    provider.base = str(server.make_url("")).rstrip("/")
-    yield provider
-    await server.close()
-
-
 def make_config(tmp_path: Path, idp: IdentityProvider, **server: Any) -> config.Config:
     def integ(name: str, mailbox: str, addin: dict[str, Any], **extra: Any) -> dict[str, Any]:
         out = {
@@ -77,6 +67,7 @@ def make_config(tmp_path: Path, idp: IdentityProvider, **server: Any) -> config.
                     "user_oauth_client_id": "c",
                     "authentication_provider": "adfs",
                     "adfs_resource_identifier": "urn:x",
+                    "directory_file": str(Path(__file__).parents[2] / "config" / "vmrs.toml"),
                 },
             ),
         ],

@@ -243,6 +243,40 @@ _SAMPLE_RECORD = {
 }
 
 
+def _count(request: web.Request, integ: IntegrationConfig, route: str, status: int) -> None:
+    counters = request.app[COUNTERS]
+    key = (integ.name, route, status)
+    counter = counters.get(key)
+    if counter is None:
+        counter = counters[key] = request.app[SERVICE].metrics.addin_requests.labels(
+            integ.name, route, str(status)
+        )
+    counter.inc()
+
+
+async def personal_vmrs(request: web.Request) -> web.Response:
+    """The signed-in user's personal VMRs, each rendered (name, description, joining
+    instructions, location) with its aliases."""
+    service = request.app[SERVICE]
+    integ = integration_or_404(request)
+    status = 500
+    try:
+        who = await service.verify_addin_token(integ, _bearer(request))
+        wait = request.app[LIMITER].allow(f"{integ.name}\0{who.user}")
+        if wait:
+            raise RateLimited("too many requests; try again shortly", wait)
+        # token validation "none" (loopback trials only): the preview pane names its user
+        demo_user = request.query.get("user", "")[:254] if who.kind == "none" else ""
+        vmrs = await service.personal_vmrs(integ, who, demo_user)
+        status = 200
+        return web.Response(body=orjson.dumps({"vmrs": vmrs}), content_type="application/json")
+    except ServiceError as exc:
+        status = status_of(exc)
+        raise
+    finally:
+        _count(request, integ, "personal-vmrs", status)
+
+
 async def single_use_vmrs(request: web.Request) -> web.Response:
     """Reserve a single-use VMR and render its joining instructions. Every answer, an error
     included, is counted by status in vmrsched_addin_requests_total."""
@@ -362,3 +396,4 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/addin/static/{name}", static_file)
     app.router.add_get("/addin/static/vendor/{name}", vendor_file)
     app.router.add_post("/api/addin/v1/{integration}/single-use-vmrs", single_use_vmrs)
+    app.router.add_get("/api/addin/v1/{integration}/personal-vmrs", personal_vmrs)
