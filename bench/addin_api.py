@@ -2,9 +2,14 @@
 for 10 s against `vmrsched serve` (a real process) whose store holds 100,000 conferences; in the
 same run the same load against a bare aiohttp handler in its own process, and the ratio.
 
+Then the personal-VMR case: the same clients asking for the personal VMRs of random users of a
+10,000-user directory file.
+
 Prints one JSON line:
-{"reservations_per_s": …, "p50_ms": …, "p99_ms": …, "bare_per_s": …, "ratio": …, …}
-Usage: python bench/addin_api.py [--conferences 100000] [--clients 64] [--seconds 10]
+{"reservations_per_s": …, "p50_ms": …, "p99_ms": …, "bare_per_s": …, "ratio": …,
+ "personal_per_s": …, "personal_p99_ms": …, …}
+Usage: python bench/addin_api.py [--conferences 100000] [--users 10000] [--clients 64]
+       [--seconds 10]
 """
 
 from __future__ import annotations
@@ -42,7 +47,10 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
 """
 
 
-async def load(url: str, clients: int, seconds: float) -> tuple[int, list[float]]:
+async def load(
+    url: str, clients: int, seconds: float, personal: list[str] | None = None
+) -> tuple[int, list[float]]:
+    """`personal`: ask for these users' personal VMRs (GET) instead of reserving (POST)."""
     latencies: list[float] = []
     errors = 0
     connector = aiohttp.TCPConnector(limit=clients)
@@ -53,11 +61,20 @@ async def load(url: str, clients: int, seconds: float) -> tuple[int, list[float]
             nonlocal errors
             while time.perf_counter() < stop:
                 started = time.perf_counter()
-                async with session.post(
-                    f"{url}/api/addin/v1/default/single-use-vmrs", json={"subject": "Bench"}
-                ) as response:
+                if personal:
+                    request = session.get(
+                        f"{url}/api/addin/v1/default/personal-vmrs",
+                        params={"user": random.choice(personal)},
+                    )
+                    expected = 200
+                else:
+                    request = session.post(
+                        f"{url}/api/addin/v1/default/single-use-vmrs", json={"subject": "Bench"}
+                    )
+                    expected = 201
+                async with request as response:
                     await response.read()
-                    if response.status != 201:
+                    if response.status != expected:
                         errors += 1
                         continue
                 latencies.append(time.perf_counter() - started)
@@ -78,11 +95,22 @@ async def main_async(args: argparse.Namespace) -> dict[str, float]:
         store.close()
         port = free_port()
         config = Path(tmp) / "vmrsched.toml"
-        config.write_text(spool_toml(data, port=port, server="rate_limit_per_minute = 100000"))
+        users = directory(Path(tmp) / "vmrs.toml", args.users)
+        text = spool_toml(
+            data,
+            port=port,
+            server="rate_limit_per_minute = 100000",
+            integration=f'[integrations.personal]\ndirectory_file = "{Path(tmp) / "vmrs.toml"}"\n',
+        )
+        config.write_text(
+            text.replace('name = "default"', 'name = "default"\nenable_personal_vmrs = true', 1)
+        )
         async with servers(config, port, BARE) as (url, bare_url):
             await load(url, args.clients, 1.0)  # warm up
             rate, latencies = await load(url, args.clients, args.seconds)
             bare_rate, bare_latencies = await load(bare_url, args.clients, args.seconds)
+            await load(url, args.clients, 1.0, users)  # warm up
+            personal_rate, personal = await load(url, args.clients, args.seconds, users)
     return {
         "reservations_per_s": rate,
         "p50_ms": pct(latencies, 0.50),
@@ -90,14 +118,37 @@ async def main_async(args: argparse.Namespace) -> dict[str, float]:
         "bare_per_s": bare_rate,
         "ratio": round(rate / bare_rate, 3),
         "bare_p99_ms": pct(bare_latencies, 0.99),
+        "personal_per_s": personal_rate,
+        "personal_p50_ms": pct(personal, 0.50),
+        "personal_p99_ms": pct(personal, 0.99),
+        "directory_users": args.users,
         "conferences": args.conferences,
         "clients": args.clients,
         "seconds": args.seconds,
     }
 
 
+def directory(path: Path, count: int) -> list[str]:
+    """A directory file of `count` users with one to three rooms each; their emails."""
+    rng = random.Random(11)
+    lines, emails = [], []
+    for i in range(count):
+        email = f"user{i}@example.com"
+        emails.append(email)
+        lines.append(f'[[users]]\nemail = "{email}"')
+        for j in range(rng.randint(1, 3)):
+            lines.append(
+                f'[[users.vmrs]]\nname = "Room {i}.{j}"\ndescription = "Room {j} of user {i}"\n'
+                f'aliases = ["room{i}.{j}@video.example.com", "8{i:06d}{j}", "room{i}.{j}"]\n'
+                f'pin = "{rng.randint(1000, 9999)}"\nallow_guests = {str(j == 0).lower()}'
+            )
+    path.write_text("\n".join(lines) + "\n")
+    return emails
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--conferences", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)

@@ -47,6 +47,11 @@ class Directory(Protocol):
         """The user's VMRs (may be empty); UserUnknown or DirectoryUnavailable otherwise."""
         ...
 
+    def peek(self, email: str) -> list[PersonalVmr] | None:
+        """The answer when it is at hand without waiting (cached or unchanged), else None:
+        callers on the event loop ask this first and `vmrs_of` in a thread otherwise."""
+        ...
+
 
 def _vmr(raw: dict[str, Any], owner: str) -> PersonalVmr | None:
     aliases = tuple(str(a) for a in raw.get("aliases") or [] if str(a).strip())
@@ -96,6 +101,19 @@ class FileDirectory:
             self._stamp, self._users = stamp, users
         return users
 
+    def peek(self, email: str) -> list[PersonalVmr] | None:
+        try:
+            stat = self.path.stat()  # one stat: cheap enough for the loop
+        except OSError:
+            return None
+        with self._lock:
+            if (stat.st_mtime, stat.st_size) != self._stamp:
+                return None
+            found = self._users.get(email.strip().lower())
+        if found is None:
+            return None if not self.allow_new_users else []  # unknown: vmrs_of says why
+        return list(found)
+
     def vmrs_of(self, email: str) -> list[PersonalVmr]:
         users = self._load()
         found = users.get(email.strip().lower())
@@ -114,6 +132,13 @@ class PexipDirectory:
         self.allow_new_users = allow_new_users
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, list[PersonalVmr] | None]] = {}
+
+    def peek(self, email: str) -> list[PersonalVmr] | None:
+        with self._lock:
+            cached = self._cache.get(email.strip().lower())
+        if cached is None or cached[1] is None or time.monotonic() - cached[0] >= CACHE_SECONDS:
+            return None
+        return list(cached[1])
 
     def vmrs_of(self, email: str) -> list[PersonalVmr]:
         key = email.strip().lower()

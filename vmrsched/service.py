@@ -81,6 +81,9 @@ class Service:
     _verifiers: PerConfig[identity.Verifier] | None = None
     _directories: PerConfig[directory.Directory] | None = None
     _renderers: PerConfig[Any] = field(default_factory=lambda: PerConfig(lambda i: i.renderer()))
+    _rendered: dict[tuple[int, Any], tuple[IntegrationConfig, dict[str, Any]]] = field(
+        default_factory=dict
+    )
 
     def use_http_client(self, session: Callable[[], aiohttp.ClientSession]) -> None:
         """The HTTP client token verifiers fetch signing keys with: the front end's own, on
@@ -212,8 +215,11 @@ class Service:
         if self._directories is None:
             base = self.config.path.parent if self.config.path else Path(".")
             self._directories = PerConfig(lambda i: directory.directory_for(i, base))
+        source = self._directories(integ)
         try:
-            vmrs = await asyncio.to_thread(self._directories(integ).vmrs_of, email)
+            vmrs = source.peek(email)
+            if vmrs is None:
+                vmrs = await asyncio.to_thread(source.vmrs_of, email)
         except directory.UserUnknown as exc:
             raise NotFound(integ.addin.error_getting_personal_vmrs_message, "user_unknown") from exc
         except directory.DirectoryUnavailable as exc:
@@ -221,22 +227,29 @@ class Service:
             raise Unavailable(
                 integ.addin.error_getting_personal_vmrs_message, "directory_unavailable"
             ) from exc
+        return [self._rendered_vmr(integ, vmr) for vmr in vmrs]
+
+    def _rendered_vmr(self, integ: IntegrationConfig, vmr: directory.PersonalVmr) -> dict[str, Any]:
+        """A VMR rendered with the integration's personal templates, remembered (the same VMR
+        and config render the same; a reload brings a new config object, a changed VMR is a
+        new key)."""
+        key = (id(integ), vmr)
+        done = self._rendered.get(key)
+        if done is not None and done[0] is integ:
+            return done[1]
         renderer = self._renderers(integ)
-        out = []
-        for vmr in vmrs:
-            values = directory.template_values(vmr, answers.joining_domain(integ))
-            out.append(
-                {
-                    "name": renderer.render("name_template", values),
-                    "description": renderer.render("description_template", values),
-                    "joining_instructions": renderer.render(
-                        "joining_instructions_template", values
-                    ),
-                    "location": renderer.render("location_template", values),
-                    "aliases": list(vmr.aliases),
-                }
-            )
-        return out
+        values = directory.template_values(vmr, answers.joining_domain(integ))
+        rendered = {
+            "name": renderer.render("name_template", values),
+            "description": renderer.render("description_template", values),
+            "joining_instructions": renderer.render("joining_instructions_template", values),
+            "location": renderer.render("location_template", values),
+            "aliases": list(vmr.aliases),
+        }
+        if len(self._rendered) >= 50_000:
+            self._rendered.clear()
+        self._rendered[key] = (integ, rendered)
+        return rendered
 
     def policy_answer(self, local_alias: str) -> tuple[str, dict[str, Any]]:
         """What a Pexip node gets for a dialled alias: (result label, JSON answer). Reads the
