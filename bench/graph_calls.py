@@ -21,48 +21,25 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests import spoolkit
-from tests.fakes.graph_server import FakeGraph
-from tests.fakes.identity_platform import IdentityPlatform, server_context, tls_files
-from tests.fakes.threaded import ThreadedServer
+from tests.graphkit import ROOM, SECRET, graph_world
 from vmrsched import config, service
 from vmrsched.meetings import Meeting
-
-ROOM = "room@contoso.example"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--meetings", type=int, default=500)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="vmrsched-bench-") as tmp:
-        cert, key = tls_files(Path(tmp))
-        platform = IdentityPlatform(client_id="graph-app", client_secret="graph-secret")
-        platform_server = ThreadedServer(platform.app(), ssl_context=server_context(cert, key))
-        platform_server.start()
-        platform.base = platform_server.url
-        fake = FakeGraph(platform.valid)
-        graph_server = ThreadedServer(fake.app()).start()
+    with (
+        tempfile.TemporaryDirectory(prefix="vmrsched-bench-") as tmp,
+        graph_world(Path(tmp)) as world,
+    ):
+        fake = world.fake
         doc = {
             "server": {"data_dir": str(Path(tmp) / "data")},
-            "integrations": [
-                {
-                    "name": "online",
-                    "backend": "graph",
-                    "exchange": {"mailbox_name": "Video Room", "mailbox_email": ROOM},
-                    "graph": {
-                        "tenant_id": platform.tenant,
-                        "client_id": "graph-app",
-                        "client_secret_env": "GRAPH_SECRET",
-                        "authority": platform.base,
-                        "graph_url": graph_server.url,
-                        "tls_ca_file": str(cert),
-                        "poll_interval_seconds": 0.05,
-                    },
-                    "addin": {"token_validation": "none", "server_fqdn": "vc.example.com"},
-                }
-            ],
+            "integrations": [world.integration(poll_interval_seconds=0.05)],
         }
-        cfg = config.parse(doc, Path(tmp), {"GRAPH_SECRET": "graph-secret"})
+        cfg = config.parse(doc, Path(tmp), {"GRAPH_SECRET": SECRET})
         svc = service.start(cfg)
         try:
             spoolkit.wait_for(lambda: svc.ctx.status.state("online") == "running")
@@ -85,8 +62,6 @@ def main() -> None:
             accepted = sum(1 for r in fake.responses if r.action == "accept")
         finally:
             svc.stop()
-            graph_server.stop()
-            platform_server.stop()
     total = sum(during.values())
     print(
         json.dumps(

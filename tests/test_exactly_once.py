@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from tests import spoolkit
 from tests.configs import write_toml
 from tests.fakes.ews_server import FakeExchange
 from tests.fakes.threaded import ThreadedServer
+from tests.graphkit import ROOM as GRAPH_ROOM
+from tests.graphkit import SECRET, graph_world
 from tests.serving import free_port, sends, start, wait_ready, write_config
 from vmrsched.meetings import Meeting
 
@@ -164,41 +167,13 @@ def test_ews_sigkill_idle_or_mid_burst_answers_each_meeting_once(
 def test_graph_sigkill_idle_or_mid_burst_answers_each_meeting_once(
     tmp_path: Path, kill_after: int
 ) -> None:
-    from tests.fakes.graph_server import FakeGraph
-    from tests.fakes.identity_platform import IdentityPlatform, server_context, tls_files
-
-    cert, key = tls_files(tmp_path)
-    platform = IdentityPlatform(client_id="graph-app", client_secret="graph-secret")
-    platform_server = ThreadedServer(platform.app(), ssl_context=server_context(cert, key))
-    platform_server.start()
-    platform.base = platform_server.url
-    fake = FakeGraph(platform.valid)
-    server = ThreadedServer(fake.app()).start()
+    stack = ExitStack()
+    world = stack.enter_context(graph_world(tmp_path))
+    fake = world.fake
     port = free_port()
     config = tmp_path / "vmrsched.toml"
-    config.write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-data_dir = "{tmp_path / "data"}"
-log_format = "json"
-[[integrations]]
-name = "online"
-backend = "graph"
-[integrations.exchange]
-mailbox_name = "Video Room"
-mailbox_email = "{ROOM}"
-[integrations.graph]
-tenant_id = "{platform.tenant}"
-client_id = "graph-app"
-client_secret_env = "GRAPH_SECRET"
-authority = "{platform.base}"
-graph_url = "{server.url}"
-tls_ca_file = "{cert}"
-poll_interval_seconds = 0.05
-[integrations.addin]
-token_validation = "none"
-""")
-    env = {"GRAPH_SECRET": "graph-secret"}
+    config.write_text(world.toml(tmp_path / "data", port, poll_interval_seconds=0.05))
+    env = {"GRAPH_SECRET": SECRET}
 
     def answered(uid: str) -> int:
         return len(fake.responses_for(uid))
@@ -211,19 +186,21 @@ token_validation = "none"
     try:
         wait_ready(port)
         for i in range(50):
-            fake.deliver(ROOM, meeting(i))
+            fake.deliver(GRAPH_ROOM, meeting(i))
         count = kill_after or 50
         spoolkit.wait_for(
             lambda: sum(1 for i in range(50) if answered(f"burst-{i}")) >= count, timeout=60
         )
         if not kill_after:
-            spoolkit.wait_for(lambda: not fake.mailbox(ROOM).inbox, timeout=60)
+            spoolkit.wait_for(lambda: not fake.mailbox(GRAPH_ROOM).inbox, timeout=60)
             time.sleep(0.5)
         kill(proc)
         proc = start(config, env)
         wait_ready(port)
         spoolkit.wait_for(
-            lambda: all(updates(f"burst-{i}") for i in range(50)) and not fake.mailbox(ROOM).inbox,
+            lambda: (
+                all(updates(f"burst-{i}") for i in range(50)) and not fake.mailbox(GRAPH_ROOM).inbox
+            ),
             timeout=120,
         )
         time.sleep(1.5)  # the echoes of the organizer updates have come and gone
@@ -231,8 +208,7 @@ token_validation = "none"
     finally:
         if proc.poll() is None:
             proc.kill()
-        server.stop()
-        platform_server.stop()
+        stack.close()
     for i in range(50):
         uid = f"burst-{i}"
         assert answered(uid) == 1, (uid, answered(uid))

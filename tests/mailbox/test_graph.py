@@ -8,6 +8,7 @@ throttling and an expired token are survived; nothing is answered twice."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,22 +18,26 @@ import pytest
 
 from tests import spoolkit
 from tests.fakes.graph_server import FakeGraph, Message
-from tests.fakes.identity_platform import IdentityPlatform, server_context, tls_files
+from tests.fakes.identity_platform import IdentityPlatform, tls_files
 from tests.fakes.threaded import ThreadedServer
+from tests.graphkit import ORGANIZER, ROOM, SECRET, GraphWorld, graph_world, meeting, pxps
 from vmrsched import config, service
 from vmrsched.actors.supervision import RestartPolicy
 from vmrsched.meetings import Meeting
 
-ROOM = "room@contoso.example"
-ORGANIZER = "olga@contoso.example"
-
 
 @dataclass
 class Env:
-    platform: IdentityPlatform
-    fake: FakeGraph
+    world: GraphWorld
     svc: service.Service
-    graph_server: ThreadedServer
+
+    @property
+    def platform(self) -> IdentityPlatform:
+        return self.world.platform
+
+    @property
+    def fake(self) -> FakeGraph:
+        return self.world.fake
 
     def count(self, outcome: str, reason: str) -> float:
         value = self.svc.ctx.metrics.registry.get_sample_value(
@@ -60,65 +65,17 @@ class Env:
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
-    cert, key = tls_files(tmp_path)
-    platform = IdentityPlatform(client_id="graph-app", client_secret="graph-secret")
-    platform_server = ThreadedServer(platform.app(), ssl_context=server_context(cert, key))
-    platform_server.start()
-    platform.base = platform_server.url
-    fake = FakeGraph(platform.valid)
-    graph_server = ThreadedServer(fake.app()).start()
-    doc = {
-        "server": {"data_dir": str(tmp_path / "data")},
-        "integrations": [
-            {
-                "name": "online",
-                "backend": "graph",
-                "timezone": "Europe/London",
-                "exchange": {"mailbox_name": "Video Room", "mailbox_email": ROOM},
-                "graph": {
-                    "tenant_id": platform.tenant,
-                    "client_id": "graph-app",
-                    "client_secret_env": "GRAPH_SECRET",
-                    "authority": platform.base,
-                    "graph_url": graph_server.url,
-                    "tls_ca_file": str(cert),
-                    "poll_interval_seconds": 0.05,
-                },
-                "addin": {"token_validation": "none", "server_fqdn": "vc.example.com"},
-            }
-        ],
-    }
-    cfg = config.parse(doc, tmp_path, {"GRAPH_SECRET": "graph-secret"})
-    svc = service.start(cfg, policy=RestartPolicy(mailbox_max=1.0))
-    env = Env(platform, fake, svc, graph_server)
-    try:
-        yield env
-    finally:
-        svc.stop()
-        env.graph_server.stop()
-        platform_server.stop()
-
-
-def meeting(
-    uid: str, body: str, *, days: float = 1, sequence: int = 0, method: str = "REQUEST"
-) -> Meeting:
-    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=days)
-    return Meeting(
-        uid=uid,
-        method=method,
-        start=start,
-        end=start + timedelta(minutes=30),
-        sequence=sequence,
-        organizer_name="Olga Organizer",
-        organizer_email=ORGANIZER,
-        subject="Weekly sync",
-        html_body=body,
-        attendees=("bob@contoso.example",),
-    )
-
-
-def pxps(record: dict[str, Any]) -> str:
-    return f"<p>Join</p><p>PXPS:-{record['alias_id']}#</p>"
+    with graph_world(tmp_path) as world:
+        doc = {
+            "server": {"data_dir": str(tmp_path / "data")},
+            "integrations": [world.integration(poll_interval_seconds=0.05)],
+        }
+        cfg = config.parse(doc, tmp_path, {"GRAPH_SECRET": SECRET})
+        svc = service.start(cfg, policy=RestartPolicy(mailbox_max=1.0))
+        try:
+            yield Env(world, svc)
+        finally:
+            svc.stop()
 
 
 def test_the_rules_through_graph(env: Env) -> None:
@@ -197,33 +154,11 @@ def test_after_a_crash_a_reply_or_update_that_reached_graph_is_not_sent_again(
     from vmrsched.outgoing import Outgoing
     from vmrsched.telemetry import Metrics
 
-    cert, key = tls_files(tmp_path)
-    platform = IdentityPlatform(client_id="graph-app", client_secret="graph-secret")
-    platform_server = ThreadedServer(platform.app(), ssl_context=server_context(cert, key))
-    platform_server.start()
-    platform.base = platform_server.url
-    fake = FakeGraph(platform.valid)
-    graph_server = ThreadedServer(fake.app()).start()
-    doc = {
-        "server": {"data_dir": str(tmp_path / "data")},
-        "integrations": [
-            {
-                "name": "online",
-                "backend": "graph",
-                "exchange": {"mailbox_name": "Video Room", "mailbox_email": ROOM},
-                "graph": {
-                    "tenant_id": platform.tenant,
-                    "client_id": "graph-app",
-                    "client_secret_env": "S",
-                    "authority": platform.base,
-                    "graph_url": graph_server.url,
-                    "tls_ca_file": str(cert),
-                },
-                "addin": {"token_validation": "none"},
-            }
-        ],
-    }
-    integ = config.parse(doc, tmp_path, {"S": "graph-secret"}).integrations[0]
+    stack = ExitStack()
+    world = stack.enter_context(graph_world(tmp_path))
+    fake = world.fake
+    doc = {"server": {"data_dir": str(tmp_path / "data")}, "integrations": [world.integration()]}
+    integ = config.parse(doc, tmp_path, {"GRAPH_SECRET": SECRET}).integrations[0]
     gateway = GraphMailbox(integ, Metrics(), tmp_path / "graph-state")
     try:
         request = fake.deliver(ROOM, meeting("crash", "<p>PXPS:-x#</p>"))
@@ -272,8 +207,7 @@ def test_after_a_crash_a_reply_or_update_that_reached_graph_is_not_sent_again(
         assert item.meetings[0].uid == "crash"
     finally:
         gateway.close()
-        graph_server.stop()
-        platform_server.stop()
+        stack.close()
 
 
 def test_recovery_rebinds_meetings_the_store_lost(env: Env) -> None:
@@ -391,15 +325,15 @@ def test_check_online_reports_the_token_the_room_and_an_organizers_scope(env: En
 def test_an_outage_backs_off_with_the_alarm_and_loses_nothing(env: Env) -> None:
     rec = env.reserve()
     env.send(meeting("before", pxps(rec)))
-    port = env.graph_server.port
-    env.graph_server.stop()
+    port = env.world.graph_server.port
+    env.world.graph_server.stop()
     spoolkit.wait_for(
         lambda: "exchange_unreachable" in {a.name for a in env.svc.ctx.alarms.active("online")},
         timeout=20,
     )
     waiting = env.fake.deliver(ROOM, meeting("during", pxps(env.reserve())))
     assert env.svc.ctx.status.state("online") == "running"  # backing off, not crashing
-    env.graph_server = ThreadedServer(env.fake.app(), port=port).start()
+    env.world.graph_server = ThreadedServer(env.fake.app(), port=port).start()
     spoolkit.wait_for(lambda: waiting.id not in env.fake.mailbox(ROOM).inbox, timeout=30)
     env.settle()
     assert [r.action for r in env.fake.responses_for("during")] == ["accept"]
@@ -416,34 +350,14 @@ def test_a_certificate_credential_signs_in_instead_of_a_secret(tmp_path: Path) -
     from vmrsched.mailbox.graph import GraphMailbox
     from vmrsched.telemetry import Metrics
 
-    cert, key = tls_files(tmp_path)
+    stack = ExitStack()
+    world = stack.enter_context(graph_world(tmp_path))
+    platform, cert = world.platform, world.cert
     credential = tmp_path / "graph-app.pem"
-    credential.write_bytes(key.read_bytes() + cert.read_bytes())
-    platform = IdentityPlatform(client_id="graph-app", client_secret="unused")
-    platform_server = ThreadedServer(platform.app(), ssl_context=server_context(cert, key))
-    platform_server.start()
-    platform.base = platform_server.url
-    fake = FakeGraph(platform.valid)
-    graph_server = ThreadedServer(fake.app()).start()
-    doc = {
-        "server": {"data_dir": str(tmp_path / "data")},
-        "integrations": [
-            {
-                "name": "online",
-                "backend": "graph",
-                "exchange": {"mailbox_name": "Video Room", "mailbox_email": ROOM},
-                "graph": {
-                    "tenant_id": platform.tenant,
-                    "client_id": "graph-app",
-                    "client_certificate_file": str(credential),
-                    "authority": platform.base,
-                    "graph_url": graph_server.url,
-                    "tls_ca_file": str(cert),
-                },
-                "addin": {"token_validation": "none"},
-            }
-        ],
-    }
+    credential.write_bytes(world.key.read_bytes() + cert.read_bytes())
+    graph = world.integration(client_certificate_file=str(credential))
+    del graph["graph"]["client_secret_env"]
+    doc = {"server": {"data_dir": str(tmp_path / "data")}, "integrations": [graph]}
     integ = config.parse(doc, tmp_path, {}).integrations[0]
     try:
         platform.client_certificate = x509.load_pem_x509_certificate(cert.read_bytes())
@@ -459,5 +373,4 @@ def test_a_certificate_credential_signs_in_instead_of_a_secret(tmp_path: Path) -
         assert not ok and "invalid_client" in text
         gateway.close()
     finally:
-        graph_server.stop()
-        platform_server.stop()
+        stack.close()

@@ -16,9 +16,8 @@ import requests
 
 from tests import spoolkit
 from tests.fakes.graph_server import FakeGraph
-from tests.fakes.identity_platform import IdentityPlatform, server_context, tls_files
 from tests.fakes.threaded import ThreadedServer
-from tests.mailbox.test_graph import ROOM, meeting, pxps
+from tests.graphkit import ROOM, SECRET, graph_world, meeting, pxps
 from tests.serving import free_port
 from vmrsched import config, service
 from vmrsched.actors.supervision import RestartPolicy
@@ -43,46 +42,24 @@ class Env:
 
 
 def start(tmp_path: Path, minutes: float) -> Iterator[Env]:
-    cert, key = tls_files(tmp_path)
-    platform = IdentityPlatform(client_id="graph-app", client_secret="graph-secret")
-    platform_server = ThreadedServer(platform.app(), ssl_context=server_context(cert, key))
-    platform_server.start()
-    platform.base = platform_server.url
-    fake = FakeGraph(platform.valid)
-    fake.subscription_minutes = minutes
-    graph_server = ThreadedServer(fake.app()).start()
-    port = free_port()
-    doc = {
-        "server": {"data_dir": str(tmp_path / "data"), "listen": f"127.0.0.1:{port}"},
-        "integrations": [
-            {
-                "name": "online",
-                "backend": "graph",
-                "exchange": {"mailbox_name": "Video Room", "mailbox_email": ROOM},
-                "graph": {
-                    "tenant_id": platform.tenant,
-                    "client_id": "graph-app",
-                    "client_secret_env": "S",
-                    "authority": platform.base,
-                    "graph_url": graph_server.url,
-                    "tls_ca_file": str(cert),
-                    "poll_interval_seconds": 0.05,
-                    "notification_url": f"http://127.0.0.1:{port}",
-                },
-                "addin": {"token_validation": "none"},
-            }
-        ],
-    }
-    cfg = config.parse(doc, tmp_path, {"S": "graph-secret"})
-    svc = service.start(cfg, policy=RestartPolicy(mailbox_max=1.0))
-    ours = ThreadedServer(create_app(svc), port=port).start()
-    try:
-        yield Env(fake, svc, f"http://127.0.0.1:{port}/graph/notifications/online")
-    finally:
-        svc.stop()
-        ours.stop()
-        graph_server.stop()
-        platform_server.stop()
+    with graph_world(tmp_path) as world:
+        world.fake.subscription_minutes = minutes
+        port = free_port()
+        graph = world.integration(
+            poll_interval_seconds=0.05, notification_url=f"http://127.0.0.1:{port}"
+        )
+        doc = {
+            "server": {"data_dir": str(tmp_path / "data"), "listen": f"127.0.0.1:{port}"},
+            "integrations": [graph],
+        }
+        cfg = config.parse(doc, tmp_path, {"GRAPH_SECRET": SECRET})
+        svc = service.start(cfg, policy=RestartPolicy(mailbox_max=1.0))
+        ours = ThreadedServer(create_app(svc), port=port).start()
+        try:
+            yield Env(world.fake, svc, f"http://127.0.0.1:{port}/graph/notifications/online")
+        finally:
+            svc.stop()
+            ours.stop()
 
 
 @pytest.fixture
