@@ -416,3 +416,24 @@ def test_a_damaged_document_key_loses_only_that_document(tmp_path: Path) -> None
     repair(tmp_path)
     again = make(tmp_path)
     assert {r["alias_id"] for r in again.records()} == set(ids)  # the record itself was intact
+
+
+def test_a_new_journal_is_born_with_the_seals_of_the_ones_before_it(tmp_path: Path) -> None:
+    """The seal is written with the file (temporary file, fsync, rename): a kill can no longer
+    leave an empty new journal beside an unsealed one whose later cut would go unnoticed."""
+    from vmrsched.journal import Journal, scan
+
+    path = tmp_path / "journal.7.log"
+    journal = Journal(path, [{"op": "seal", "gen": 6, "entries": 3}])
+    assert journal.entries == 1 and journal.pending == 0
+    journal.close()
+    assert [e["op"] for e in scan(path).entries] == ["seal"]
+    assert not list(tmp_path.glob("*.new"))
+    store = Store(tmp_path / "store")
+    store.reserve("81", 6, "video.example.com")
+    store.commit()
+    store.close(compact=False)
+    store = Store(tmp_path / "store")  # a new journal, sealing the first
+    store.close(compact=False)
+    journals = sorted((tmp_path / "store").glob("journal.*.log"))
+    assert scan(journals[-1]).entries[0]["op"] == "seal"

@@ -11,7 +11,7 @@ import contextlib
 import os
 import re
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -210,12 +210,28 @@ def sealed_lengths(scans: Iterable[Scan]) -> dict[int, int]:
 class Journal:
     """An open journal file: `append` buffers, `sync` makes everything appended so far durable."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, header: Sequence[dict[str, Any]] = ()) -> None:
+        """`header`: the first entries of a new journal (the seals of the journals before it),
+        written with the file itself: a journal never exists without them, so a crash between
+        creating it and sealing the previous one cannot leave that one unsealed (and a later
+        cut of it undetectable)."""
         self.path = path
+        fresh = bool(header) and not path.exists()
+        if fresh:
+            temporary = path.with_name(path.name + ".new")
+            with open(temporary, "wb") as out:
+                out.write(b"".join(encode_entry(entry) for entry in header))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, path)
         self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 - lives as long as the journal
         fsync_dir(path.parent)
         self.pending = 0
-        self.entries = 0
+        self.entries = len(header) if fresh else 0
+        if header and not fresh:
+            for entry in header:
+                self.append(entry)
+            self.sync()
 
     def append(self, entry: dict[str, Any]) -> None:
         self._file.write(encode_entry(entry))

@@ -143,11 +143,11 @@ class Store:
             self._load()
             self._loaded = True  # from here on changes are noted for publishing
             self._generation = self._last_generation() + 1
-            self._journal = Journal(self._journal_path(self._generation))
             # what each earlier journal holds, so that cutting one short later is noticed
-            for gen, entries in self._seals:
-                self._journal.append({"op": "seal", "gen": gen, "entries": entries})
-            self._journal.sync()
+            self._journal = Journal(
+                self._journal_path(self._generation),
+                [{"op": "seal", "gen": gen, "entries": entries} for gen, entries in self._seals],
+            )
         except BaseException:
             os.close(self._lock_fd)
             raise
@@ -524,10 +524,11 @@ class Store:
         closed = (self._generation, self._journal.entries)
         covered = self._journal_generations()
         self._generation = (covered[-1] if covered else self._generation) + 1
-        self._journal = Journal(self._journal_path(self._generation))
         # until the snapshot replaces it, the closed journal may be needed: seal it
-        self._journal.append({"op": "seal", "gen": closed[0], "entries": closed[1]})
-        self._journal.sync()
+        self._journal = Journal(
+            self._journal_path(self._generation),
+            [{"op": "seal", "gen": closed[0], "entries": closed[1]}],
+        )
         snapshot = list(self._records.values())  # records are replaced, never mutated
 
         def write() -> None:
