@@ -291,14 +291,7 @@ async def single_use_vmrs(request: web.Request) -> web.Response:
         status = status_of(exc)
         raise
     finally:
-        counters = request.app[COUNTERS]
-        key = (integ.name, "single-use-vmrs", status)
-        counter = counters.get(key)
-        if counter is None:
-            counter = counters[key] = service.metrics.addin_requests.labels(
-                integ.name, "single-use-vmrs", str(status)
-            )
-        counter.inc()
+        _count(request, integ, "single-use-vmrs", status)
 
 
 async def _single_use_vmr(

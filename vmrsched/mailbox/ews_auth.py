@@ -20,6 +20,7 @@ import requests
 
 from vmrsched.config import ExchangeConfig
 from vmrsched.mailbox.base import GatewayError
+from vmrsched.mailbox.sessions import CaSession
 from vmrsched.telemetry import SIGN_IN_REQUIRED
 
 SIGN_IN_ALARM = SIGN_IN_REQUIRED
@@ -53,26 +54,11 @@ def default_scope(ex: ExchangeConfig, delegated: bool) -> str:
     return f"{origin}/EWS.AccessAsUser.All" if delegated else f"{origin}/.default"
 
 
-class _CaSession(requests.Session):
-    """A session that keeps the configured CA bundle (internal CAs: AD FS, hybrid Exchange):
-    plain requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override `Session.verify`."""
-
-    def __init__(self, ca_file: str) -> None:
-        super().__init__()
-        self.ca_file = ca_file
-
-    def merge_environment_settings(self, *args: Any, **kwargs: Any) -> Any:
-        settings = super().merge_environment_settings(*args, **kwargs)
-        if self.ca_file:
-            settings["verify"] = self.ca_file
-        return settings
-
-
 def _msal_app(ex: ExchangeConfig, cache: msal.TokenCache | None = None) -> Any:
     """An msal client for the configured token endpoint. Creating one fetches the authority's
     OIDC document, so it happens on first use, in an actor thread, never while starting."""
     secret = ex.oauth_client_secret.reveal() if ex.oauth_client_secret else None
-    session = _CaSession(ex.tls_ca_file)
+    session = CaSession(ex.tls_ca_file)
     try:
         return msal.ConfidentialClientApplication(
             ex.oauth_client_id,

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import hashes
 from vmrsched.config import GraphConfig, IntegrationConfig
 from vmrsched.mailbox import itip
 from vmrsched.mailbox.base import CalendarEntry, GatewayError, InboxItem, Outgoing
+from vmrsched.mailbox.sessions import CaSession
 from vmrsched.meetings import Meeting
 from vmrsched.telemetry import EXCHANGE_UNREACHABLE, Metrics
 
@@ -50,20 +51,6 @@ SUBSCRIPTION_MINUTES = 4200  # asked for (Graph allows up to 10,080 for messages
 RENEW_BEFORE = 0.5  # renew once less than this share of the lifetime is left
 SUBSCRIBE_RETRY = 60.0  # seconds before trying again to subscribe after a refusal
 _TAGS = re.compile(r"<[^>]+>")
-
-
-class _CaSession(requests.Session):
-    """Keeps the configured CA bundle even when REQUESTS_CA_BUNDLE is set."""
-
-    def __init__(self, ca_file: str) -> None:
-        super().__init__()
-        self.ca_file = ca_file
-
-    def merge_environment_settings(self, *args: Any, **kwargs: Any) -> Any:
-        settings = super().merge_environment_settings(*args, **kwargs)
-        if self.ca_file:
-            settings["verify"] = self.ca_file
-        return settings
 
 
 class Slots:
@@ -144,7 +131,7 @@ class GraphMailbox:
         graph = integ.graph
         self.api = graph.graph_url.rstrip("/") + "/v1.0"
         self.base = f"{self.api}/users/{quote(self.room)}"
-        self.session = _CaSession(graph.tls_ca_file)
+        self.session = CaSession(graph.tls_ca_file)
         adapter = requests.adapters.HTTPAdapter(pool_maxsize=graph.max_concurrent_requests)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
