@@ -1,5 +1,6 @@
-"""answers.respond: the messages each decision sends, and what happens when they cannot be
-rendered (a general_error decline with the same correlation id, never an exception)."""
+"""answers.plan: one meeting and the store's view of it to the decision, its store action and
+every message it sends; what happens when they cannot be rendered (a general_error decline with
+the same correlation id and no store action, never an exception)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from vmrsched import answers, config
-from vmrsched.meetings import Action, Decision, Meeting, general_error
+from vmrsched.meetings import AliasRecord, Meeting, MeetingState, recovered
 from vmrsched.templating import Renderer
 
 START = datetime(2030, 3, 4, 10, tzinfo=UTC)
@@ -51,14 +52,8 @@ def meeting(body: str = "<p>TOK:-1d6f1c8e-0000-4000-8000-000000000001#</p>") -> 
     )
 
 
-def accepted() -> Decision:
-    return Decision(
-        "accepted",
-        "new_single",
-        "c-1",
-        action=Action("bind", alias_id=RECORD["alias_id"], meeting_uid="uid-1"),
-        organizer_update=True,
-    )
+FRESH = AliasRecord(RECORD["alias_id"], RECORD["alias"], RECORD["numeric_alias"], "reserved")
+NOW = START - timedelta(days=1)
 
 
 class Broken(Renderer):
@@ -77,39 +72,72 @@ class Broken(Renderer):
 def test_an_accepted_placeholder_meeting_sends_the_reply_and_the_organizer_update(
     integ: config.IntegrationConfig,
 ) -> None:
-    decision, messages = answers.respond(
-        integ, integ.renderer(), meeting(), accepted(), RECORD, "item-7"
+    step = answers.plan(
+        integ, integ.renderer(), meeting(), MeetingState(fresh=FRESH), NOW, "item-7"
     )
-    assert decision == accepted()
-    assert [m.kind for m in messages] == ["reply", "update"]
-    reply, update = messages
+    decision = step.decision
+    assert (decision.outcome, decision.reason) == ("accepted", "new_single")
+    assert decision.action.kind == "bind_new" and decision.action.alias_id == FRESH.alias_id
+    assert step.fields["name"] and step.fields["organizer_email"] == "olga@example.com"
+    assert [m.kind for m in step.messages] == ["reply", "update"]
+    reply, update = step.messages
     assert reply.outcome == "accepted" and reply.extra["item_id"] == "item-7"
     assert reply.recipients == ("olga@example.com",)
+    assert "8100001" in reply.html_body
     assert "8100001" in update.html_body and "TOK:-" not in update.html_body
     assert "vmr@example.com" not in update.recipients and "bob@example.com" in update.recipients
+    assert update.extra["alias_id"] == FRESH.alias_id
+
+
+def test_a_decline_has_no_store_action_and_one_message(integ: config.IntegrationConfig) -> None:
+    step = answers.plan(integ, integ.renderer(), meeting("<p>no token</p>"), MeetingState(), NOW)
+    assert (step.decision.reason, step.decision.action.kind, dict(step.fields)) == (
+        "invalid_alias_id",
+        "none",
+        {},
+    )
+    assert [(m.kind, m.outcome) for m in step.messages] == [("reply", "declined")]
+
+
+def test_recovery_sends_the_organizer_update_only(integ: config.IntegrationConfig) -> None:
+    step = answers.plan(
+        integ, integ.renderer(), meeting(), MeetingState(fresh=FRESH), NOW, rule=recovered
+    )
+    assert step.decision.action.kind == "bind_new"
+    assert [m.kind for m in step.messages] == ["update"]
+    again = answers.plan(
+        integ, integ.renderer(), meeting(), MeetingState(fresh=FRESH), NOW, rule=recovered
+    )
+    assert again.messages[0].id == step.messages[0].id  # stable for the same alias
+    other = AliasRecord("2d6f1c8e-0000-4000-8000-000000000002", "8100002", "8100002", "reserved")
+    elsewhere = answers.plan(
+        integ, integ.renderer(), meeting(), MeetingState(fresh=other), NOW, rule=recovered
+    )
+    assert elsewhere.messages[0].id != step.messages[0].id  # a new alias is a new message
 
 
 def test_an_answer_that_cannot_be_rendered_becomes_a_general_error_decline(
     integ: config.IntegrationConfig,
 ) -> None:
     broken = Broken(integ.renderer(), "single_use_joining_instructions_template")
-    decision, messages = answers.respond(integ, broken, meeting(), accepted(), RECORD)
+    step = answers.plan(integ, broken, meeting(), MeetingState(fresh=FRESH), NOW)
+    decision = step.decision
     assert (decision.outcome, decision.reason, decision.correlation_id) == (
         "declined",
         "general_error",
         "c-1",
     )
+    assert decision.action.kind == "none" and not step.fields  # nothing is stored
     assert "cannot be rendered" in decision.detail
-    assert [(m.kind, m.outcome, m.reason) for m in messages] == [
+    assert [(m.kind, m.outcome, m.reason) for m in step.messages] == [
         ("reply", "declined", "general_error")
     ]
-    assert "c-1" in messages[0].html_body  # the organizer can quote it
+    assert "c-1" in step.messages[0].html_body  # the organizer can quote it
 
 
 def test_when_even_the_decline_cannot_be_rendered_the_error_propagates(
     integ: config.IntegrationConfig,
 ) -> None:
     broken = Broken(integ.renderer(), "reject_general_error_template")
-    decision = general_error("c-2", "x")
     with pytest.raises(RuntimeError):
-        answers.respond(integ, broken, meeting(), decision, None)
+        answers.plan(integ, broken, meeting(), MeetingState(), NOW)  # no alias drawn

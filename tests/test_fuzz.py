@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from vmrsched import answers, config
 from vmrsched.mailbox import compose, itip
-from vmrsched.meetings import AliasRecord, MeetingState, decide
+from vmrsched.meetings import AliasRecord, MeetingState
 from vmrsched.recurrence import Schedule
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -128,7 +128,7 @@ def mutated(draw: st.DrawFn) -> bytes:
 
 STATES = st.sampled_from(
     [
-        MeetingState(),
+        MeetingState(fresh=AliasRecord(AID, "vmr1@example.com", "81", "reserved")),
         MeetingState(token_record=AliasRecord(AID, "vmr1@example.com", "81", "reserved")),
         MeetingState(
             uid_record=AliasRecord(
@@ -158,14 +158,10 @@ def work(data: bytes, state: MeetingState) -> None:
         SEEN["refused"] += 1
         return
     for meeting in parsed.meetings:
-        decision = decide(meeting, state, NOW)
-        SEEN[decision.reason] += 1
-        record = {"alias_id": AID, "alias": "vmr1@example.com", "numeric_alias": "81"}
-        reply = answers.reply(INTEG, RENDERER, meeting, decision, record)
-        if reply is not None:
-            compose.to_eml(reply)
-        if decision.organizer_update:
-            compose.to_eml(answers.organizer_update(INTEG, RENDERER, meeting, decision, record))
+        step = answers.plan(INTEG, RENDERER, meeting, state, NOW)
+        SEEN[step.decision.reason] += 1
+        for message in step.messages:
+            compose.to_eml(message)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -16,6 +16,7 @@ from vmrsched.meetings import (
     answer_key,
     decide,
     occurrence_key,
+    recovered,
 )
 from vmrsched.recurrence import Schedule
 
@@ -276,18 +277,36 @@ def test_outdated_occurrence_edit_compares_with_that_occurrence() -> None:
 # --- the TOK placeholder path -----------------------------------------------------------------
 
 
-def test_placeholder_token_not_yet_bound_allocates_and_updates_the_organizer() -> None:
+def test_placeholder_token_not_yet_bound_binds_the_drawn_alias_and_updates_the_organizer() -> None:
     m = meeting(html_body=f"<p>Details will follow</p><p>TOK:-{TOK}#</p>")
-    d = decide(m, MeetingState(), NOW)
+    fresh = reserved()
+    d = decide(m, MeetingState(fresh=fresh), NOW)
     assert (d.outcome, d.reason) == ("accepted", "new_single")
-    assert d.organizer_update
-    assert d.action.kind == "bind_placeholder" and d.action.placeholder_id == TOK
+    assert d.organizer_update and d.replies and d.record == fresh
+    assert d.action.kind == "bind_new" and d.action.placeholder_id == TOK
+    assert d.action.alias_id == fresh.alias_id
+
+
+def test_placeholder_token_without_a_drawn_alias_is_a_general_error() -> None:
+    m = meeting(html_body=f"TOK:-{TOK}#")
+    d = decide(m, MeetingState(), NOW)
+    assert (d.outcome, d.reason, d.action.kind) == ("declined", "general_error", "none")
 
 
 def test_placeholder_token_on_a_series() -> None:
     m = meeting(html_body=f"TOK:-{TOK}#", rrule="FREQ=WEEKLY")
-    d = decide(m, MeetingState(), NOW)
+    d = decide(m, MeetingState(fresh=reserved()), NOW)
     assert d.reason == "new_recurring" and d.organizer_update
+
+
+def test_recovery_binds_the_drawn_alias_without_a_reply() -> None:
+    fresh = reserved()
+    d = recovered(meeting(), MeetingState(fresh=fresh), NOW)
+    assert (d.outcome, d.reason, d.action.kind) == ("accepted", "new_single", "bind_new")
+    assert d.organizer_update and not d.replies and d.action.alias_id == fresh.alias_id
+    past = meeting(start=NOW - timedelta(days=2), end=NOW - timedelta(days=2, hours=-1))
+    assert recovered(past, MeetingState(fresh=fresh), NOW).action.kind == "none"
+    assert recovered(meeting(), MeetingState(), NOW).reason == "general_error"
 
 
 def test_placeholder_already_bound_to_this_meeting_is_an_edit() -> None:

@@ -350,10 +350,10 @@ def test_sigkill_mid_write_never_loses_an_acknowledged_write(tmp_path: Path) -> 
 def _decide_and_apply(store: Store, meeting: Meeting) -> Decision:
     from vmrsched.meetings import decide
 
-    state = store.state_for(aliases.find_token(meeting.html_body), meeting.uid)
+    state = store.state_for(aliases.find_token(meeting.html_body), meeting.uid, ("v", 6, "d"))
     decision = decide(meeting, state, NOW)
     if decision.action.kind != "none":
-        store.apply(decision.action, {"name": "n", "alias_spec": ("v", 6, "d")})
+        store.apply(decision.action, {"name": "n"})
         store.commit()
     return decision
 

@@ -1,19 +1,93 @@
-"""From a decision to the messages that carry it: the templated reply to the organizer and, on
-the placeholder path, the organizer update. Pure: rendering and composing, no I/O."""
+"""One meeting, handled: from the meeting and the store's view of it to the store action and
+every message that carries the decision (the templated reply to the organizer and, on the
+placeholder path, the organizer update). Pure: deciding, rendering and composing, no I/O; the
+allocator, the poller (through the allocator) and recovery all go through `plan`."""
 
 from __future__ import annotations
 
 import hashlib
 import traceback
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from vmrsched import aliases, calendars
 from vmrsched.config import IntegrationConfig
-from vmrsched.meetings import Decision, Meeting, general_error
+from vmrsched.meetings import AliasRecord, Decision, Meeting, MeetingState, decide, general_error
 from vmrsched.outgoing import Outgoing
 from vmrsched.templating import Renderer
+
+Rule = Callable[[Meeting, MeetingState, datetime], Decision]
+
+
+@dataclass(frozen=True)
+class Step:
+    """What handling one meeting comes to: the decision (its action is the store's part, with
+    the conference fields to keep) and the messages to send once the action is durable."""
+
+    meeting: Meeting
+    decision: Decision
+    fields: Mapping[str, Any]
+    messages: tuple[Outgoing, ...]
+
+    @property
+    def alias(self) -> str:
+        record = self.decision.record
+        return record.alias if record is not None else ""
+
+
+def plan(
+    integ: IntegrationConfig,
+    renderer: Renderer,
+    meeting: Meeting,
+    state: MeetingState,
+    now: datetime,
+    item_id: str = "",
+    rule: Rule = decide,
+) -> Step:
+    """Decide (by the rules table, or recovery's rule) and render everything the decision sends;
+    the reply answers inbox item `item_id` where the mailbox can. Never raises for a meeting: a
+    decision whose conference fields or messages cannot be rendered becomes the meeting's
+    general_error decline. Only a general_error that cannot be rendered either propagates."""
+    decision = rule(meeting, state, now)
+    try:
+        fields = (
+            conference_fields(integ, renderer, meeting, decision)
+            if decision.action.kind != "none"
+            else {}
+        )
+        messages = _messages(integ, renderer, meeting, decision, _values(decision.record), item_id)
+    except Exception:
+        return failed(integ, renderer, meeting, traceback.format_exc(), item_id, decision)
+    return Step(meeting, decision, fields, tuple(messages))
+
+
+def failed(
+    integ: IntegrationConfig,
+    renderer: Renderer,
+    meeting: Meeting,
+    detail: str,
+    item_id: str = "",
+    attempted: Decision | None = None,
+) -> Step:
+    """The general_error step for a meeting whose handling failed (`detail` says how): no store
+    action, a decline carrying the meeting's correlation id."""
+    cid = attempted.correlation_id if attempted is not None else meeting.correlation_id
+    decision = general_error(cid, detail)
+    messages = _messages(integ, renderer, meeting, decision, None, item_id)
+    return Step(meeting, decision, {}, tuple(messages))
+
+
+def _values(record: AliasRecord | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {
+        "alias_id": record.alias_id,
+        "alias": record.alias,
+        "numeric_alias": record.numeric_alias,
+    }
+
 
 # the alias values of the joining instructions, and stand-ins that find them in a body
 _ALIAS_VARS = ("alias", "numeric_alias", "alias_uuid")
@@ -67,11 +141,6 @@ def conference_fields(
         "organizer_email": meeting.organizer_email,
         "organizer_name": meeting.organizer_name,
         "subject": meeting.subject,
-        "alias_spec": (
-            integ.single_use.alias_prefix,
-            integ.single_use.alias_suffix_length,
-            integ.single_use.alias_domain,
-        ),
     }
 
 
@@ -137,7 +206,8 @@ def organizer_update(
         a for a in meeting.attendees if a.lower() != integ.exchange.mailbox_email.lower()
     )
     return Outgoing(
-        id=calendars.message_id(integ.name, meeting, "update", "updated"),
+        # per alias: recovery's update for a new alias is a new message, not a resend
+        id=calendars.message_id(integ.name, meeting, "update", f"updated-{record['alias_id']}"),
         kind="update",
         sender=meeting.organizer_email,
         sender_name=meeting.organizer_name,
@@ -188,25 +258,6 @@ def unreadable_reply(
         correlation_id=correlation_id,
         meeting_uid=uid,
     )
-
-
-def respond(
-    integ: IntegrationConfig,
-    renderer: Renderer,
-    meeting: Meeting,
-    decision: Decision,
-    record: Mapping[str, Any] | None,
-    item_id: str = "",
-) -> tuple[Decision, list[Outgoing]]:
-    """Every message one decision sends: the reply (answering inbox item `item_id` where the
-    mailbox can) and the organizer update. A decision whose messages cannot be rendered becomes
-    the meeting's general_error decline (returned, so it is counted and logged as what was
-    sent); when even that cannot be rendered, nothing is sent and the error propagates."""
-    try:
-        return decision, _messages(integ, renderer, meeting, decision, record, item_id)
-    except Exception:
-        fallback = general_error(decision.correlation_id, traceback.format_exc())
-        return fallback, _messages(integ, renderer, meeting, fallback, None, item_id)
 
 
 def _messages(

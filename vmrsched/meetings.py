@@ -22,7 +22,7 @@ from vmrsched.recurrence import Occurrence, Schedule
 Method = Literal["REQUEST", "CANCEL"]
 Outcome = Literal["accepted", "declined", "ignored"]
 Status = Literal["reserved", "bound", "deleted"]
-ActionKind = Literal["bind", "bind_placeholder", "cancel", "cancel_occurrence", "none"]
+ActionKind = Literal["bind", "bind_new", "cancel", "cancel_occurrence", "none"]
 
 # reason -> template, as in the rules table
 TEMPLATE_FOR_REASON: dict[str, str | None] = {
@@ -115,6 +115,10 @@ class MeetingState:
 
     token_record: AliasRecord | None = None
     uid_record: AliasRecord | None = None
+    # An alias drawn for a meeting that has none yet (the placeholder path, recovery): known
+    # before the decision so its answer can be rendered in the same pure step; stored only if
+    # the decision binds it.
+    fresh: AliasRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,7 @@ class Decision:
     occurrence: Occurrence | None = None  # the occurrence the reply talks about
     organizer_update: bool = False  # replace the placeholder in the organizer's meeting
     detail: str = ""
+    reply: bool = True  # whether the organizer gets an accept/decline (never for "ignored")
 
     @property
     def template(self) -> str | None:
@@ -150,7 +155,7 @@ class Decision:
 
     @property
     def replies(self) -> bool:
-        return self.outcome != "ignored"
+        return self.reply and self.outcome != "ignored"
 
 
 def occurrence_key(recurrence_id: datetime) -> str:
@@ -166,26 +171,34 @@ def general_error(correlation_id: str, detail: str = "") -> Decision:
     return Decision("declined", "general_error", correlation_id, detail=detail)
 
 
-def recovered(
-    meeting: Meeting, alias_id: str, occurrence: Occurrence, correlation_id: str
-) -> Decision:
-    """Recovery's rule: an accepted meeting the store lost gets a fresh alias bound, as a new
-    booking would, and its organizer the new joining instructions."""
+def recovered(meeting: Meeting, state: MeetingState, now: datetime) -> Decision:
+    """Recovery's rule, with decide's shape: an accepted meeting the store lost gets the fresh
+    alias bound, as a new booking would, and its organizer the new joining instructions (no
+    accept: the room accepted the meeting long ago)."""
+    cid = meeting.correlation_id
+    fresh = state.fresh
+    if fresh is None:
+        return general_error(cid, "no alias was drawn for the recovered meeting")
+    occurrence = recurrence.next_occurrence(meeting.schedule, now)
+    if occurrence is None:
+        return Decision("ignored", "single_in_past", cid, reply=False)
     reason = "new_recurring" if meeting.schedule.recurring else "new_single"
     return Decision(
         "accepted",
         reason,
-        correlation_id,
+        cid,
         action=Action(
-            "bind",
-            alias_id=alias_id,
+            "bind_new",
+            alias_id=fresh.alias_id,
             meeting_uid=meeting.uid,
             sequence=meeting.sequence,
             schedule=meeting.schedule,
             answer=(answer_key(meeting), f"{reason}+update"),
         ),
+        record=fresh,
         occurrence=occurrence,
         organizer_update=True,
+        reply=False,
     )
 
 
@@ -273,9 +286,13 @@ def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Dec
     if target is None:
         # TOK path: the add-in could not reach us; allocate now and fix the organizer's copy.
         assert token.kind == "TOK"
+        fresh = state.fresh
+        if fresh is None:
+            return general_error(message.correlation_id, "no alias was drawn for the placeholder")
         reason = "new_recurring" if schedule.recurring else "new_single"
         action = Action(
-            "bind_placeholder",
+            "bind_new",
+            alias_id=fresh.alias_id,
             placeholder_id=token.id,
             meeting_uid=message.uid,
             sequence=message.sequence,
@@ -288,6 +305,7 @@ def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Dec
             reason,
             message.correlation_id,
             action=action,
+            record=fresh,
             occurrence=occurrence,
             organizer_update=True,
         )

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from vmrsched import answers, calendars, recurrence
+from vmrsched import answers, recurrence
 from vmrsched.config import IntegrationConfig
 from vmrsched.mailbox.base import Gateway, GatewayError
-from vmrsched.meetings import recovered
+from vmrsched.meetings import MeetingState, recovered
 from vmrsched.store import Store
 
 HORIZON = timedelta(days=366)
@@ -44,36 +44,31 @@ def recover(
         done.append(entry)
         report(entry)
 
+    spec = integ.single_use
     for entry in gateway.calendar(now, now + HORIZON):
-        meeting = entry.meeting
+        meeting = replace(entry.meeting, correlation_id=str(uuid.uuid4()))
         who = meeting.organizer_email
         if store.by_meeting_uid(meeting.uid) is not None:
             note(Recovered(meeting.uid, meeting.subject, who, "already_bound"))
             continue
-        occurrence = recurrence.next_occurrence(meeting.schedule, now)
-        if occurrence is None:
+        if recurrence.next_occurrence(meeting.schedule, now) is None:
             note(Recovered(meeting.uid, meeting.subject, who, "past"))
             continue
         if dry_run:
             note(Recovered(meeting.uid, meeting.subject, who, "would_bind"))
             continue
-        spec = integ.single_use
-        record = store.reserve(spec.alias_prefix, spec.alias_suffix_length, spec.alias_domain)
-        decision = recovered(meeting, record["alias_id"], occurrence, str(uuid.uuid4()))
-        fields = answers.conference_fields(integ, renderer, meeting, decision)
-        bound = store.apply(decision.action, fields)
-        store.commit()  # the alias is on disk before anyone is told about it
-        assert bound is not None
-        update = answers.organizer_update(integ, renderer, meeting, decision, bound)
-        # a new message (new alias), not a resend of the original update
-        update = replace(
-            update,
-            id=calendars.message_id(
-                integ.name, meeting, "update", f"recovered-{bound['alias_id']}"
-            ),
+        fresh = store.draw(spec.alias_prefix, spec.alias_suffix_length, spec.alias_domain)
+        step = answers.plan(
+            integ, renderer, meeting, MeetingState(fresh=fresh), now, rule=recovered
         )
+        if step.decision.action.kind == "none":
+            note(Recovered(meeting.uid, meeting.subject, who, "failed", "", step.decision.detail))
+            continue
+        store.apply(step.decision.action, step.fields)
+        store.commit()  # the alias is on disk before anyone is told about it
         try:
-            gateway.send(update)
+            for message in step.messages:
+                gateway.send(message)
         except GatewayError as exc:
             note(
                 Recovered(
@@ -81,10 +76,10 @@ def recover(
                     meeting.subject,
                     who,
                     "failed",
-                    bound["alias"],
+                    fresh.alias,
                     f"alias bound, organizer update not sent: {exc}",
                 )
             )
             continue
-        note(Recovered(meeting.uid, meeting.subject, who, "bound", bound["alias"]))
+        note(Recovered(meeting.uid, meeting.subject, who, "bound", fresh.alias))
     return done

@@ -25,7 +25,7 @@ from vmrsched.actors.bridge import ReservationBatcher, ask_async
 from vmrsched.actors.context import Context
 from vmrsched.actors.messages import Poll, Reload
 from vmrsched.actors.registry import ActorUnavailable
-from vmrsched.actors.service import ReloadResult, ServiceSupervisor
+from vmrsched.actors.service import ReloadResult, ServiceSupervisor, supervisor_proxy
 from vmrsched.config import Config, IntegrationConfig, PerConfig
 from vmrsched.errors import (
     BadRequest,
@@ -122,7 +122,7 @@ class Service:
         new = self._load_for_reload(path)
         if new is None:
             return None
-        result: ReloadResult = self.supervisor.proxy().reload(new).get(timeout=300)
+        result: ReloadResult = supervisor_proxy(self.supervisor).reload(new).get(timeout=300)
         return self._applied(new, result)
 
     async def reload_async(self, path: Path | None = None) -> ReloadResult | None:

@@ -134,6 +134,8 @@ class Store:
         self._changed: dict[str, Record] = {}
         self._loaded = False
         self._archived_placeholder: dict[str, str] = {}
+        # aliases drawn for a decision and not stored yet (by alias id; forgotten at commit)
+        self._drawn: dict[str, aliases.Alias] = {}
         self._compactor: threading.Thread | None = None
         self._broken: BaseException | None = None
         self._lock_fd = lock_directory(self.directory)
@@ -327,8 +329,17 @@ class Store:
         status: Status = "bound" if info.status == "bound" else "deleted"
         return AliasRecord(alias_id, "", "", status, meeting_uid=info.meeting_uid)
 
-    def state_for(self, token: aliases.Token | None, meeting_uid: str) -> MeetingState:
+    def state_for(
+        self,
+        token: aliases.Token | None,
+        meeting_uid: str,
+        spec: tuple[str, int, str] | None = None,
+    ) -> MeetingState:
+        """The decision view of one meeting. With `spec` (prefix, suffix length, domain), a
+        placeholder that has no alias yet gets one drawn (`fresh`), so the decision and its
+        answer are made before anything is written."""
         token_record: AliasRecord | None = None
+        fresh: AliasRecord | None = None
         if token is not None:
             if token.kind == "PXPS":
                 token_record = self.alias_record(token.id)
@@ -337,7 +348,23 @@ class Store:
                     token.id
                 )
                 token_record = self.alias_record(alias_id)
-        return MeetingState(token_record, self.alias_record(self._by_uid.get(meeting_uid)))
+                if token_record is None and spec is not None:
+                    fresh = self.draw(*spec)
+        uid_record = self.alias_record(self._by_uid.get(meeting_uid))
+        return MeetingState(token_record, uid_record, fresh)
+
+    def draw(self, prefix: str, suffix_length: int, domain: str) -> AliasRecord:
+        """A new alias, unique among stored and drawn ones, not stored: an action `bind_new`
+        naming it stores it (until the next commit)."""
+        alias = aliases.generate_alias(prefix, suffix_length, domain, self._drawn_taken, self.rng)
+        self._drawn[alias.alias_id] = alias
+        return AliasRecord(alias.alias_id, alias.alias, alias.numeric_alias, "reserved")
+
+    def _drawn_taken(self, numeric_alias: str) -> bool:
+        key = numeric_alias.lower()
+        return self.numeric_taken(key) or any(
+            a.numeric_alias.lower() == key for a in self._drawn.values()
+        )
 
     # --- writes (durable only after commit) ----------------------------------------------------
 
@@ -388,16 +415,8 @@ class Store:
         if action.kind == "cancel":
             assert action.alias_id is not None
             return self.delete(action.alias_id, "cancelled", sequence=action.sequence)
-        if action.kind == "bind_placeholder":
-            assert action.placeholder_id is not None
-            existing = self.by_placeholder(action.placeholder_id)
-            if existing is None:
-                prefix, length, domain = extra.pop("alias_spec")
-                existing = self.reserve(
-                    prefix, length, domain, placeholder_id=action.placeholder_id
-                )
-            extra.pop("alias_spec", None)
-            return self._bind(existing, action, extra)
+        if action.kind == "bind_new":
+            return self._bind(self._store_drawn(action), action, extra)
         if action.alias_id is None:
             raise ValueError(f"{action.kind} needs an alias id")
         record = self._records.get(action.alias_id)
@@ -407,8 +426,25 @@ class Store:
             return self._bind(record, action, {})
         if action.release_alias_id and action.release_alias_id in self._records:
             self.delete(action.release_alias_id, "replaced")
-        extra.pop("alias_spec", None)
         return self._bind(record, action, extra)
+
+    def _store_drawn(self, action: Action) -> Record:
+        alias = self._drawn.pop(action.alias_id or "", None)
+        if alias is None:
+            raise KeyError(f"alias {action.alias_id} was not drawn by this store")
+        if self.numeric_taken(alias.numeric_alias):
+            raise ValueError(f"drawn alias {alias.numeric_alias} was taken since")
+        now = self.clock()
+        record: Record = {
+            "alias_id": alias.alias_id,
+            "alias": alias.alias,
+            "numeric_alias": alias.numeric_alias,
+            "status": "reserved",
+            "created": _ts(now),
+        }
+        if action.placeholder_id:
+            record["placeholder_id"] = action.placeholder_id
+        return self._put(record)
 
     def _bind(self, record: Record, action: Action, extra: Mapping[str, Any]) -> Record:
         assert action.schedule is not None
@@ -456,6 +492,7 @@ class Store:
         """Make every write so far durable (one fsync). Acknowledge only after this returns.
         A failure leaves memory ahead of disk: the store then refuses every further use."""
         self._check()
+        self._drawn.clear()
         try:
             self._journal.sync()
         except BaseException as exc:

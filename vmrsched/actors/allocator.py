@@ -8,17 +8,20 @@ import contextlib
 import gc
 import logging
 import traceback
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pykka
+from pykka.typing import ActorMemberMixin, proxy_method
 
 from vmrsched import answers
 from vmrsched.actors.bridge import deliver
 from vmrsched.actors.child import SupervisedChild
-from vmrsched.actors.messages import Crash, Poke, Processed, Request, Reserve, Sweep
+from vmrsched.actors.messages import Crash, Poke, Request, Reserve, Sweep
 from vmrsched.actors.registry import ActorUnavailable
-from vmrsched.meetings import Meeting, decide, general_error
+from vmrsched.answers import Step
+from vmrsched.meetings import Meeting, general_error
 from vmrsched.pexip.policy import Room, RoomSettings
 from vmrsched.store import Record, Store, StoreBrokenError, StoreCorruptError, decode_schedule
 from vmrsched.telemetry import STORE_CORRUPT
@@ -47,6 +50,8 @@ class AliasAllocator(SupervisedChild):
         self.ctx.alarms.clear(self.integ.name, CORRUPT_ALARM)
         self._pending_replies: list[tuple[Request, Any]] = []
         self._allocated = self.ctx.metrics.aliases_allocated.labels(self.integ.name)
+        spec = self.integ.single_use
+        self._spec = (spec.alias_prefix, spec.alias_suffix_length, spec.alias_domain)
         self._settings = RoomSettings(
             self.integ.name,
             timedelta(minutes=self.integ.single_use.join_before_minutes),
@@ -119,12 +124,13 @@ class AliasAllocator(SupervisedChild):
 
     # --- meeting processing (asked by the poller, in the poller's thread) ---------------------
 
-    def process(self, meetings: list[Meeting], now: datetime) -> list[Processed]:
-        """Decide and apply a batch of meetings; one fsync for the whole batch."""
-        results = [self._process_one(m, now) for m in meetings]
+    def process(self, meetings: Sequence[tuple[Meeting, str]], now: datetime) -> list[Step]:
+        """Handle a batch of (meeting, inbox item id): each planned by answers.plan on the
+        store's view and its action applied before the next is planned; one fsync for all."""
+        steps = [self._process_one(meeting, item_id, now) for meeting, item_id in meetings]
         self._commit()
         self._publish()
-        return results
+        return steps
 
     def _commit(self) -> None:
         """Commit, or, when the disk refuses, restart from what is on disk: memory may be
@@ -136,33 +142,34 @@ class AliasAllocator(SupervisedChild):
             raise
         self._publish_changes()
 
-    def _process_one(self, meeting: Meeting, now: datetime) -> Processed:
+    def _process_one(self, meeting: Meeting, item_id: str, now: datetime) -> Step:
         try:
-            state = self.store.state_for(meeting.token, meeting.uid)
+            state = self.store.state_for(meeting.token, meeting.uid, self._spec)
+            step = answers.plan(self.integ, self.renderer, meeting, state, now, item_id)
         except Exception:  # say, a stored schedule that no longer reads: this meeting's error
-            log.exception("reading the store for %s failed", meeting.uid[:200])
-            return Processed(
-                meeting, general_error(meeting.correlation_id, traceback.format_exc()), None
-            )
-        decision = decide(meeting, state, now)
-        record: Record | None = None
+            log.exception("handling %s failed", meeting.uid[:200])
+            return self._failed(meeting, item_id)
+        action = step.decision.action
+        if action.kind == "none":
+            return step
         try:
-            if decision.action.kind != "none":
-                fields = answers.conference_fields(self.integ, self.renderer, meeting, decision)
-                record = self.store.apply(decision.action, fields)
-                if decision.action.kind == "bind_placeholder":
-                    self.ctx.metrics.aliases_allocated.labels(self.integ.name).inc()
+            self.store.apply(action, step.fields)
         except Exception:  # a store refusal becomes a general_error, never a crash loop
-            log.exception("applying %s failed", decision.action.kind)
-            decision = general_error(meeting.correlation_id, traceback.format_exc())
-            record = None
-        if record is None and decision.record is not None:
-            record = self.store.get(decision.record.alias_id) or {
-                "alias_id": decision.record.alias_id,
-                "alias": decision.record.alias,
-                "numeric_alias": decision.record.numeric_alias,
-            }
-        return Processed(meeting, decision, record)
+            log.exception("applying %s failed", action.kind)
+            return self._failed(meeting, item_id)
+        if action.kind == "bind_new":
+            self._allocated.inc()
+        return step
+
+    def _failed(self, meeting: Meeting, item_id: str) -> Step:
+        """The general_error step; when even its decline cannot be rendered, the decision
+        without messages (counted and logged; nothing is sent)."""
+        detail = traceback.format_exc()
+        try:
+            return answers.failed(self.integ, self.renderer, meeting, detail, item_id)
+        except Exception:
+            log.exception("cannot render a general_error decline either")
+            return Step(meeting, general_error(meeting.correlation_id, detail), {}, ())
 
     # --- add-in reservations and housekeeping ----------------------------------------------------
 
@@ -229,3 +236,15 @@ class AliasAllocator(SupervisedChild):
             raise
         deliver((request, result, None) for request, result in pending)
         self._publish_changes()
+
+
+class AliasAllocatorProxy(ActorMemberMixin, pykka.ActorProxy[AliasAllocator]):
+    """The typed proxy: what may be asked of the actor from another actor's thread."""
+
+    process = proxy_method(AliasAllocator.process)
+    reserve = proxy_method(AliasAllocator.reserve)
+    get = proxy_method(AliasAllocator.get)
+
+
+def allocator_proxy(ref: pykka.ActorRef[Any]) -> AliasAllocatorProxy:
+    return cast(AliasAllocatorProxy, ref.proxy())

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmrsched.config import Config
-from vmrsched.meetings import Decision, Meeting
-from vmrsched.store import Record
 
 
 @dataclass(frozen=True)
@@ -69,13 +67,6 @@ class RestartChild:
 @dataclass(frozen=True)
 class RetryIntegration:
     pass
-
-
-@dataclass(frozen=True)
-class Processed:
-    meeting: Meeting
-    decision: Decision
-    record: Record | None  # the alias the answer is about (bound, conflicting or deleted)
 
 
 @dataclass(frozen=True)

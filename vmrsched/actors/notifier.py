@@ -20,7 +20,10 @@ import html
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
+
+import pykka
+from pykka.typing import ActorMemberMixin, proxy_method
 
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Flush
@@ -333,3 +336,13 @@ class Notifier(SupervisedChild):
 def _responds(outgoing: Outgoing) -> bool:
     """A reply that answers the request item itself (EWS AcceptItem/DeclineItem)."""
     return outgoing.kind == "reply" and bool(outgoing.extra.get("item_id"))
+
+
+class NotifierProxy(ActorMemberMixin, pykka.ActorProxy[Notifier]):
+    """The typed proxy: what may be asked of the actor from another actor's thread."""
+
+    enqueue = proxy_method(Notifier.enqueue)
+
+
+def notifier_proxy(ref: pykka.ActorRef[Any]) -> NotifierProxy:
+    return cast(NotifierProxy, ref.proxy())

@@ -10,9 +10,12 @@ from dataclasses import replace
 from typing import Any
 
 from vmrsched import answers
+from vmrsched.actors.allocator import allocator_proxy
 from vmrsched.actors.child import SupervisedChild
-from vmrsched.actors.messages import Poll, Processed
+from vmrsched.actors.messages import Poll
+from vmrsched.actors.notifier import notifier_proxy
 from vmrsched.actors.supervision import Backoff
+from vmrsched.answers import Step
 from vmrsched.mailbox.base import Gateway, GatewayError, InboxItem, Outgoing
 from vmrsched.meetings import Meeting
 from vmrsched.telemetry import MAILBOX_UNREACHABLE
@@ -77,42 +80,32 @@ class MailboxPoller(SupervisedChild):
 
         items = [_answerable(item) for item in items]
         readable = [item for item in items if item.error is None and not item.not_meeting]
-        meetings: list[Meeting] = []
-        owner: list[str] = []
-        for item in readable:
-            for meeting in item.meetings:
-                meetings.append(_with_correlation(meeting))
-                owner.append(item.id)
+        batch = [(_with_correlation(m), item.id) for item in readable for m in item.meetings]
 
         allocator = self.ctx.registry.get(name, "allocator")
-        results: list[Processed] = allocator.proxy().process(meetings, now).get(timeout=ASK_TIMEOUT)
+        steps: list[Step] = allocator_proxy(allocator).process(batch, now).get(timeout=ASK_TIMEOUT)
 
         # Count and log each decision as it is made, before any of its effects can be seen.
-        for result, item_id in zip(results, owner, strict=True):
-            d = result.decision
+        outgoing: list[Outgoing] = []
+        accepted: list[Meeting] = []
+        replies: dict[str, list[str]] = {}  # item id -> ids of replies that answer it
+        for step, (_, item_id) in zip(steps, batch, strict=True):
+            d = step.decision
             self.ctx.metrics.meeting_requests.labels(name, d.outcome, d.reason).inc()
-            alias = str(result.record.get("alias", "")) if result.record else ""
             self._log_decision(
-                result.meeting,
+                step.meeting,
                 d.outcome,
                 d.reason,
                 d.correlation_id,
                 d.detail,
                 item_id,
                 None,
-                alias,
+                step.alias,
             )
-        outgoing: list[Outgoing] = []
-        accepted: list[Meeting] = []
-        replies: dict[str, list[str]] = {}  # item id -> ids of replies that answer it
-        for result, item_id in zip(results, owner, strict=True):
-            answers_for_item = self._answers(result, item_id)
-            replies.setdefault(item_id, []).extend(
-                a.id for a in answers_for_item if a.kind == "reply"
-            )
-            outgoing.extend(answers_for_item)
-            if result.decision.outcome == "accepted":
-                accepted.append(result.meeting)
+            replies.setdefault(item_id, []).extend(m.id for m in step.messages if m.kind == "reply")
+            outgoing.extend(step.messages)
+            if d.outcome == "accepted":
+                accepted.append(step.meeting)
         quarantined: list[tuple[InboxItem, str]] = []
         for item in items:
             if item.not_meeting:
@@ -128,7 +121,7 @@ class MailboxPoller(SupervisedChild):
 
         notifier = self.ctx.registry.get(name, "notifier")
         # durable before handled; ids already queued once (a re-read, an echo) are not queued again
-        pending: set[str] = notifier.proxy().enqueue(outgoing).get(timeout=ASK_TIMEOUT)
+        pending: set[str] = notifier_proxy(notifier).enqueue(outgoing).get(timeout=ASK_TIMEOUT)
 
         for meeting in accepted:
             self.gateway.record_accepted(meeting)
@@ -173,26 +166,6 @@ class MailboxPoller(SupervisedChild):
         self._log_decision(None, outcome, "general_error", correlation_id, reason, item.id, item)
         self.ctx.metrics.meeting_requests.labels(self.integ.name, outcome, "general_error").inc()
         return f"{reason} (correlation id {correlation_id})"
-
-    def _answers(self, result: Processed, item_id: str) -> list[Outgoing]:
-        """The messages a decision sends (answers.respond). Rendering cannot take the poller
-        down: a failure becomes the meeting's general_error decline, or nothing when even
-        that cannot be made."""
-        try:
-            decision, messages = answers.respond(
-                self.integ, self.renderer, result.meeting, result.decision, result.record, item_id
-            )
-        except Exception:
-            log.exception("cannot render a general_error decline either")
-            return []
-        if decision is not result.decision:
-            log.error(
-                "cannot render the answer to %s: %s",
-                result.meeting.uid,
-                decision.detail,
-                extra={"integration": self.integ.name, "correlation_id": decision.correlation_id},
-            )
-        return messages
 
     def _log_decision(
         self,

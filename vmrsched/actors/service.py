@@ -7,9 +7,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pykka
+from pykka.typing import ActorMemberMixin, proxy_method
 
 from vmrsched.actors.context import Context
 from vmrsched.actors.integration import IntegrationSupervisor
@@ -129,3 +130,13 @@ class ServiceSupervisor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         for name in list(self.integrations):
             self._stop_integration(name)
+
+
+class ServiceSupervisorProxy(ActorMemberMixin, pykka.ActorProxy[ServiceSupervisor]):
+    """The typed proxy: what may be asked of the actor from another actor's thread."""
+
+    reload = proxy_method(ServiceSupervisor.reload)
+
+
+def supervisor_proxy(ref: pykka.ActorRef[Any]) -> ServiceSupervisorProxy:
+    return cast(ServiceSupervisorProxy, ref.proxy())

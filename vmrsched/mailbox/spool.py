@@ -96,18 +96,32 @@ class SpoolMailbox:
         self._calendar: BinaryIO | None = None
         self._fd: int | None = None
         self._sent_ids: set[str] | None = None
+        # inbox name -> (mtime ns, inode) when first listed: the arrival order, without a stat
+        # of every waiting file on every poll (a backlog of n files cost n stats per poll)
+        self._arrived: dict[str, tuple[int, int]] = {}
         # the service owns its spool alone: a second process reading the same inbox would
         # answer its meetings twice (tools that only look, like check-config, do not lock)
         self._lock_fd = lock_directory(self.root, f"the spool {self.root}") if exclusive else None
 
     def fetch(self, limit: int) -> Sequence[InboxItem]:
+        """The `limit` oldest items (by the time they were first seen waiting, then name)."""
         try:
-            entries = [e for e in os.scandir(self.inbox) if not e.name.startswith(".")]
-            stats = [(e, e.stat(follow_symlinks=False)) for e in entries]
+            entries = {e.name: e for e in os.scandir(self.inbox) if not e.name.startswith(".")}
+            known = self._arrived
+            arrived = {}
+            for name, entry in entries.items():
+                seen = known.get(name)
+                if seen is None or seen[1] != entry.inode():  # new, or replaced under its name
+                    seen = (entry.stat(follow_symlinks=False).st_mtime_ns, entry.inode())
+                arrived[name] = seen
+            self._arrived = arrived
+            oldest = sorted(arrived, key=lambda name: (arrived[name][0], name))[:limit]
+            stats = [(entries[n], entries[n].stat(follow_symlinks=False)) for n in oldest]
+        except FileNotFoundError:
+            return []  # an item moved away by hand between listing and stat: next poll
         except OSError as exc:
             raise GatewayError(f"cannot list {self.inbox}: {exc}") from exc
-        stats.sort(key=lambda pair: (pair[1].st_mtime_ns, pair[0].name))
-        return [self._read(entry, stat) for entry, stat in stats[:limit]]
+        return [self._read(entry, stat) for entry, stat in stats]
 
     def _read(self, entry: os.DirEntry[str], stat: os.stat_result) -> InboxItem:
         received = datetime.fromtimestamp(stat.st_mtime, UTC)
