@@ -21,7 +21,10 @@ def spool_toml(
     port: int | None = None,
     server: str = "",
     integration: str = "",
+    head: str = "",
 ) -> str:
+    """A spool integration's TOML: `head` goes into the integration's table, `integration`
+    after [integrations.addin] (addin keys, then any further tables)."""
     listen = f'listen = "127.0.0.1:{port}"\n' if port is not None else ""
     return f"""
 [server]
@@ -29,6 +32,7 @@ def spool_toml(
 {server}
 [[integrations]]
 name = "{name}"
+{head}
 [integrations.exchange]
 mailbox_name = "Video Room"
 mailbox_email = "vmr@example.com"

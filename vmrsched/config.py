@@ -225,6 +225,7 @@ class PersonalConfig:
     user_oauth_client_id: str = _f("")
     adfs_resource_identifier: str = _f("")
     azure_client_secret: Secret | None = _f(None)
+    tls_ca_file: str = _f("")  # CA bundle for the sign-in token endpoint (AD FS: internal CAs)
     # where a user's VMRs come from: file (directory_file, TOML) or pexip (the management API,
     # with [integrations.pexip] management_url and credentials)
     source: str = _f("file", choices=("file", "pexip"))
@@ -235,6 +236,15 @@ class PersonalConfig:
     location_template: str = _f(templating.TEMPLATES["location_template"].default)
     name_template: str = _f(templating.TEMPLATES["name_template"].default)
     description_template: str = _f(templating.TEMPLATES["description_template"].default)
+
+    @property
+    def sign_in(self) -> bool:
+        """Whether the explicit sign-in (OAuth code flow with PKCE) is configured."""
+        return bool(
+            self.user_oauth_authorization_uri
+            and self.user_oauth_token_uri
+            and self.user_oauth_client_id
+        )
 
 
 @dataclass(frozen=True)
@@ -775,6 +785,8 @@ def _check_personal(loader: _Loader, integ: IntegrationConfig, path: str) -> Non
             loader.error(
                 f"{path}.azure_client_secret_env", "needed for Azure (or azure_client_secret_file)"
             )
+    if p.tls_ca_file and not (loader.base_dir / p.tls_ca_file).is_file():
+        loader.error(f"{path}.tls_ca_file", f"no such file: {p.tls_ca_file}")
     if p.source == "file":
         directory = Path(p.directory_file)
         directory = directory if directory.is_absolute() else loader.base_dir / directory

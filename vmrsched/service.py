@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pykka
 
-from vmrsched import answers, directory, identity
+from vmrsched import answers, directory, identity, user_sign_in
 from vmrsched import config as config_mod
 from vmrsched.actors.bridge import ReservationBatcher, ask_async
 from vmrsched.actors.context import Context
@@ -39,6 +39,7 @@ from vmrsched.mailbox.backends import make_gateway
 from vmrsched.mailbox.base import GatewayError
 from vmrsched.mailbox.ews_auth import SIGN_IN_ALARM, DelegatedTokens
 from vmrsched.mailbox.graph import GraphMailbox
+from vmrsched.mailbox.sessions import CaSession
 from vmrsched.pexip import policy
 from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnavailable
 from vmrsched.recovery import Recovered, recover
@@ -84,6 +85,7 @@ class Service:
     _rendered: dict[tuple[int, Any], tuple[IntegrationConfig, dict[str, Any]]] = field(
         default_factory=dict
     )
+    _user_sign_in: user_sign_in.UserSignIn | None = None
 
     def use_http_client(self, session: Callable[[], aiohttp.ClientSession]) -> None:
         """The HTTP client token verifiers fetch signing keys with: the front end's own, on
@@ -100,6 +102,64 @@ class Service:
         if self._verifiers is None:
             raise Unavailable("token verification is not set up", "unavailable")
         return await self._verifiers(integ).verify(token)
+
+    async def personal_identity(
+        self, integ: IntegrationConfig, token: str | None
+    ) -> identity.Identity:
+        """Who asks for personal VMRs: a session of the explicit sign-in (its token starts
+        `vms1.`), else the host's add-in token as for every add-in request."""
+        if token is None or not token.startswith(user_sign_in.TOKEN_PREFIX):
+            return await self.verify_addin_token(integ, token)
+        sessions = self.user_sessions()
+        if sessions.needs_refresh(integ, token):
+            email = await asyncio.to_thread(sessions.email, integ, token)
+        else:
+            email = sessions.email(integ, token)
+        return identity.Identity(f"session:{email}", email, kind="session")
+
+    def user_sessions(self) -> user_sign_in.UserSignIn:
+        if self._user_sign_in is None:
+            base = self.config.path.parent if self.config.path else Path(".")
+
+            def session(integ: IntegrationConfig) -> CaSession:
+                ca = integ.personal.tls_ca_file
+                return CaSession(str(base / ca) if ca else "")
+
+            self._user_sign_in = user_sign_in.UserSignIn(
+                self.config.data_dir, http_for=PerConfig(session)
+            )
+        return self._user_sign_in
+
+    def _sign_in_integration(self, name: str) -> IntegrationConfig:
+        integ = self.integration(name)
+        if not integ.enable_personal_vmrs or not integ.personal.sign_in:
+            raise Forbidden(
+                f"{integ.name} has no personal VMR sign-in configured", "feature_disabled"
+            )
+        return integ
+
+    def personal_redirect_uri(self, integ: IntegrationConfig) -> str:
+        return f"{self.config.server.base_url}/addin/{integ.name}/sign-in/callback"
+
+    def start_personal_sign_in(self, name: str) -> str:
+        """Where the pane's sign-in dialog goes (the provider's authorization URL)."""
+        integ = self._sign_in_integration(name)
+        return self.user_sessions().start(integ, self.personal_redirect_uri(integ))
+
+    async def finish_personal_sign_in(
+        self, name: str, query: dict[str, str]
+    ) -> user_sign_in.Session:
+        """The provider redirected back: state and PKCE checked, code redeemed, session made
+        (user_sign_in.SignInRefused, a BadRequest, otherwise)."""
+        integ = self._sign_in_integration(name)
+        return await asyncio.to_thread(
+            self.user_sessions().finish, integ, query, self.personal_redirect_uri(integ)
+        )
+
+    async def personal_sign_out(self, name: str, token: str | None) -> None:
+        integ = self.integration(name)
+        if token and token.startswith(user_sign_in.TOKEN_PREFIX):
+            await asyncio.to_thread(self.user_sessions().sign_out, integ, token)
 
     def _load_for_reload(self, path: Path | None) -> Config | None:
         source = path or self.config.path

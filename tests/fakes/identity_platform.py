@@ -82,10 +82,13 @@ class IdentityPlatform:
     base: str = ""
     tokens: dict[str, float] = field(default_factory=dict)  # access token -> expiry
     refresh_tokens: set[str] = field(default_factory=set)
-    codes: dict[str, tuple[str, str]] = field(default_factory=dict)  # code -> (scope, nonce)
+    # code -> (scope, nonce, redirect_uri, code_challenge, method)
+    codes: dict[str, tuple[str, str, str, str, str]] = field(default_factory=dict)
     grants: list[str] = field(default_factory=list)
     refuse_refresh: bool = False
     client_certificate: x509.Certificate | None = None  # registered for certificate credentials
+    public_clients: set[str] = field(default_factory=set)  # may redeem codes without a secret
+    email: str = ""  # the signed-in user's email claim, when set
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -124,10 +127,32 @@ class IdentityPlatform:
         query = request.query
         if query.get("client_id") != self.client_id:
             return web.Response(status=400, text="unknown client")
+        method = query.get("code_challenge_method", "plain" if "code_challenge" in query else "")
+        if method not in ("", "plain", "S256"):
+            return web.Response(status=400, text="unsupported code_challenge_method")
         code = secrets.token_urlsafe(16)
-        self.codes[code] = (query.get("scope", ""), query.get("nonce", ""))
+        self.codes[code] = (
+            query.get("scope", ""),
+            query.get("nonce", ""),
+            query.get("redirect_uri", ""),
+            query.get("code_challenge", ""),
+            method,
+        )
         target = f"{query['redirect_uri']}?{urlencode({'code': code, 'state': query['state']})}"
         raise web.HTTPFound(target)
+
+    @staticmethod
+    def _pkce_ok(form: Any, challenge: str, method: str) -> bool:
+        """RFC 7636 4.6: the verifier must match the challenge of the authorization request."""
+        if not method:
+            return True
+        verifier = str(form.get("code_verifier", ""))
+        if not 43 <= len(verifier) <= 128:
+            return False
+        if method == "plain":
+            return secrets.compare_digest(verifier, challenge)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode()
+        return secrets.compare_digest(digest.rstrip("="), challenge)
 
     def _issue(self, scope: str, with_refresh: bool, nonce: str = "") -> dict[str, object]:
         access = secrets.token_urlsafe(24)
@@ -150,6 +175,7 @@ class IdentityPlatform:
                     "oid": "00000000-0000-0000-0000-00000000abcd",
                     "sub": "svc",
                     "preferred_username": self.user,
+                    **({"email": self.email} if self.email else {}),
                     "iat": int(time.time()),
                     "exp": int(time.time()) + 3600,
                     "ver": "2.0",
@@ -170,7 +196,9 @@ class IdentityPlatform:
     def _client_authenticated(self, form: Any, token_url: str) -> bool:
         """A client secret, or a client assertion: a JWT signed with the key of the certificate
         registered for the app (RS256/PS256, x5t or x5t#S256 naming it, aud the token URL,
-        iss and sub the client id, not expired)."""
+        iss and sub the client id, not expired); nothing for a registered public client."""
+        if form.get("client_id") in self.public_clients and not form.get("client_secret"):
+            return True
         if form.get("client_secret") is not None:
             return form.get("client_secret") == self.client_secret
         assertion = form.get("client_assertion")
@@ -216,7 +244,18 @@ class IdentityPlatform:
             issued = self.codes.pop(str(form.get("code")), None)
             if issued is None:
                 return web.json_response({"error": "invalid_grant"}, status=400)
-            return web.json_response(self._issue(scope, with_refresh=True, nonce=issued[1]))
+            _, nonce, redirect_uri, challenge, method = issued
+            if redirect_uri and form.get("redirect_uri") != redirect_uri:
+                return web.json_response(
+                    {"error": "invalid_grant", "error_description": "redirect_uri mismatch"},
+                    status=400,
+                )
+            if not self._pkce_ok(form, challenge, method):
+                return web.json_response(
+                    {"error": "invalid_grant", "error_description": "PKCE verification failed"},
+                    status=400,
+                )
+            return web.json_response(self._issue(scope, with_refresh=True, nonce=nonce))
         if grant == "refresh_token":
             refresh = str(form.get("refresh_token"))
             if self.refuse_refresh or refresh not in self.refresh_tokens:

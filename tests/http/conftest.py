@@ -1,18 +1,25 @@
 """What the HTTP tests share: the fake identity provider (Exchange identity and Entra ID
 tokens), and the demo server the browser and OpenAPI tests use: `vmrsched serve` as a real
-process in demo mode, with a second integration that validates Entra ID tokens."""
+process in demo mode (personal VMRs from the demo directory on), with a second integration that
+validates Entra ID tokens and a third whose users sign in explicitly at the fake identity
+platform (real TLS)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.configs import spool_toml
+from tests.fakes.identity_platform import IdentityPlatform, server_context, tls_files
 from tests.fakes.identity_provider import IdentityProvider
+from tests.fakes.threaded import ThreadedServer
 from tests.serving import ROOT, free_port, wait_ready
 
 DEFAULT_ADDIN = """server_fqdn = "vc.example.com"
@@ -23,7 +30,9 @@ already_assigned_heading = "Already has a room"
 enable_addin_debug_logs = true
 [integrations.spool]
 poll_interval_seconds = 0.05
-"""
+[integrations.personal]
+directory_file = "{directory}"
+""".format(directory=ROOT / "config" / "vmrs.toml")
 
 ONLINE = """
 [[integrations]]
@@ -39,14 +48,71 @@ server_fqdn = "vc.example.com"
 """
 
 
+SSO = """
+[[integrations]]
+name = "sso"
+enable_personal_vmrs = true
+[integrations.exchange]
+mailbox_name = "On-premises Room"
+mailbox_email = "vmr-sso@example.com"
+[integrations.addin]
+token_validation = "exchange"
+server_fqdn = "vc.example.com"
+sign_in_button_label = "Sign in to see your rooms"
+[integrations.advanced]
+enable_addin_debug_logs = true
+[integrations.metadata]
+exchange_metadata_urls = ["https://mail.example.com/"]
+[integrations.personal]
+directory_file = "{directory}"
+user_oauth_authorization_uri = "{authority}/oauth2/v2.0/authorize"
+user_oauth_token_uri = "{authority}/oauth2/v2.0/token"
+user_oauth_client_id = "pane-client"
+azure_client_secret_env = "VMRSCHED_PANE_SECRET"
+tls_ca_file = "{ca}"
+"""
+
+
+@dataclass
+class Platform:
+    idp: IdentityPlatform
+    ca_file: Path
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """The identity platform users of the `sso` integration sign in at; its user is Olga."""
+    cert, key = tls_files(tmp_path_factory.mktemp("idp"))
+    idp = IdentityPlatform(client_id="pane-client", client_secret="pane-secret")
+    idp.email = "olga@example.com"
+    server = ThreadedServer(idp.app(), ssl_context=server_context(cert, key)).start()
+    idp.base = server.url
+    try:
+        yield Platform(idp, cert)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, platform: Platform) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("pane")
     port = free_port()
     config = tmp / "vmrsched.toml"
+    sso = SSO.format(
+        directory=ROOT / "config" / "vmrs.toml",
+        authority=platform.idp.authority,
+        ca=platform.ca_file,
+    )
     config.write_text(
-        spool_toml(tmp / "data", port=port, server="demo = true", integration=DEFAULT_ADDIN)
+        spool_toml(
+            tmp / "data",
+            port=port,
+            server="demo = true",
+            head="enable_personal_vmrs = true",
+            integration=DEFAULT_ADDIN,
+        )
         + ONLINE
+        + sso
     )
     log = open(tmp / "server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -54,6 +120,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
+        env={**os.environ, "VMRSCHED_PANE_SECRET": "pane-secret"},
     )
     try:
         wait_ready(port)

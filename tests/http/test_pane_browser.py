@@ -227,3 +227,105 @@ def test_a_room_booked_in_the_pane_is_a_conference_for_pexip_only_in_its_window(
         "action": "reject",
         "result": {},
     }
+
+
+def test_preview_lists_the_demo_users_personal_rooms_and_inserts_one(
+    browser: Browser, server: str
+) -> None:
+    page = open_pane(browser, server)
+    expect(page.locator("#vmr-user")).to_have_value("olga@example.com")
+    # both kinds side by side
+    expect(page.get_by_role("button", name="Add a one-time video room")).to_be_visible()
+    page.get_by_role("button", name="Use my personal room").click()
+    expect(page.locator("#vmr-personal-heading")).to_have_text("Choose one of your rooms:")
+    rooms = page.locator("#vmr-vmrs button")
+    expect(rooms).to_have_text(["Olga's room", "Team stand-up"])
+    expect(rooms.first).to_have_attribute("title", "Olga Organizer's personal meeting room")
+    rooms.first.hover()
+    shot(page, "pane-personal-list.png")
+
+    rooms.first.click()
+    expect(page.locator("#vmr-status-heading")).to_have_text("Room added!")
+    expect(page.locator("#vmr-location")).to_have_value("meet.olga@video.example.com")
+    body = page.locator("#vmr-body")
+    expect(body).to_contain_text("meet.olga@video.example.com")
+    expect(body).to_contain_text("5678")  # guests allowed: the guest PIN applies
+    expect(body).to_contain_text("Agenda: quarterly numbers.")  # appended, nothing replaced
+    expect(page.locator("#vmr-personal-list")).to_be_hidden()
+    expect(page.locator("#vmr-log")).to_contain_text("personal VMRs answered 200")
+    shot(page, "pane-personal-inserted.png")
+
+
+def test_preview_personal_error_states_show_their_messages(browser: Browser, server: str) -> None:
+    page = open_pane(browser, server)
+    button = page.get_by_role("button", name="Use my personal room")
+    status = page.locator("#vmr-status-message")
+
+    page.fill("#vmr-user", "new.starter@example.com")
+    button.click()
+    expect(status).to_have_text("You have no personal video rooms yet.")
+    expect(page.locator("#vmr-personal-list")).to_be_hidden()
+
+    page.fill("#vmr-user", "stranger@example.com")
+    button.click()  # no record, and new users are not created: 404 user_unknown
+    expect(status).to_have_text(re.compile("could not be loaded"))
+    expect(page.locator("#vmr-status-heading")).to_be_visible()
+
+    page.route(re.compile(r".*/personal-vmrs.*"), lambda r: r.abort("connectionrefused"))
+    page.fill("#vmr-user", "olga@example.com")
+    button.click()
+    expect(status).to_have_text(re.compile("could not be loaded"))
+    shot(page, "pane-personal-error.png")
+
+    # the service up again, but inserting fails (the host refuses the body): its own message
+    page.unroute(re.compile(r".*/personal-vmrs.*"))
+    button.click()
+    page.evaluate(
+        "() => { document.getElementById('vmr-body').insertAdjacentHTML = () => {"
+        " throw new Error('the host refused'); }; }"
+    )
+    page.locator("#vmr-vmrs button").first.click()
+    expect(status).to_have_text(re.compile("could not be added to this meeting"))
+
+
+def test_sign_in_in_a_dialog_then_pick_a_room_then_sign_out(browser: Browser, server: str) -> None:
+    """The `sso` integration's host token names nobody (Exchange identity token): the pane
+    offers the sign-in, which runs at the identity platform in a popup (Office's dialog in
+    Outlook) and hands the pane a session."""
+    context = browser.new_context(viewport={"width": 520, "height": 1100}, ignore_https_errors=True)
+    page = context.new_page()
+    page.route(re.compile(r"https://appsforoffice\.microsoft\.com/.*"), lambda r: r.abort())
+    context.route(re.compile(r"https://appsforoffice\.microsoft\.com/.*"), lambda r: r.abort())
+    page.goto(f"{server}/addin/sso/taskpane.html")
+    expect(page.locator("#vmr-app")).to_have_attribute("data-ready", "preview")
+    expect(page.locator("#vmr-user")).to_be_hidden()  # real tokens here: no made-up user
+    sign_in = page.get_by_role("button", name="Sign in to see your rooms")
+    expect(sign_in).to_be_visible()
+
+    page.get_by_role("button", name="Use my personal room").click()
+    expect(sign_in).to_be_focused()  # not signed in: the sign-in is what to do next
+    shot(page, "pane-sign-in-needed.png")
+
+    with page.expect_popup() as popup_info:
+        sign_in.click()
+    popup = popup_info.value
+    popup.wait_for_event("close", timeout=15000)
+    expect(page.locator("#vmr-signed-in-as")).to_have_text("olga@example.com")
+    expect(page.locator("#vmr-vmrs button")).to_have_text(["Olga's room", "Team stand-up"])
+    expect(sign_in).to_be_hidden()
+    shot(page, "pane-signed-in-list.png")
+
+    page.locator("#vmr-vmrs button").nth(1).click()
+    expect(page.locator("#vmr-location")).to_have_value("standup@video.example.com")
+
+    # the session is remembered across a reload of the pane
+    page.reload()
+    expect(page.locator("#vmr-app")).to_have_attribute("data-ready", "preview")
+    expect(sign_in).to_be_hidden()
+    page.get_by_role("button", name="Use my personal room").click()
+    expect(page.locator("#vmr-vmrs button")).to_have_count(2)
+    page.get_by_role("button", name="Sign out").click()
+    expect(sign_in).to_be_visible()
+    page.get_by_role("button", name="Use my personal room").click()
+    expect(sign_in).to_be_focused()
+    context.close()

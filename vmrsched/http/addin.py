@@ -163,6 +163,14 @@ def pane_settings(request: web.Request, integ: IntegrationConfig) -> dict[str, A
         "debug": integ.advanced.enable_addin_debug_logs,
         "placeholderHtml": placeholder,
         "singleUse": integ.enable_single_use_vmrs,
+        "personal": integ.enable_personal_vmrs,
+        "personalApi": f"/api/addin/v1/{integ.name}/personal-vmrs",
+        "sessionApi": f"/api/addin/v1/{integ.name}/session",
+        "signIn": (
+            f"/addin/{integ.name}/sign-in"
+            if integ.enable_personal_vmrs and integ.personal.sign_in
+            else ""
+        ),
     }
 
 
@@ -254,29 +262,6 @@ def _count(request: web.Request, integ: IntegrationConfig, route: str, status: i
     counter.inc()
 
 
-async def personal_vmrs(request: web.Request) -> web.Response:
-    """The signed-in user's personal VMRs, each rendered (name, description, joining
-    instructions, location) with its aliases."""
-    service = request.app[SERVICE]
-    integ = integration_or_404(request)
-    status = 500
-    try:
-        who = await service.verify_addin_token(integ, _bearer(request))
-        wait = request.app[LIMITER].allow(f"{integ.name}\0{who.user}")
-        if wait:
-            raise RateLimited("too many requests; try again shortly", wait)
-        # token validation "none" (loopback trials only): the preview pane names its user
-        demo_user = request.query.get("user", "")[:254] if who.kind == "none" else ""
-        vmrs = await service.personal_vmrs(integ, who, demo_user)
-        status = 200
-        return web.Response(body=orjson.dumps({"vmrs": vmrs}), content_type="application/json")
-    except ServiceError as exc:
-        status = status_of(exc)
-        raise
-    finally:
-        _count(request, integ, "personal-vmrs", status)
-
-
 async def single_use_vmrs(request: web.Request) -> web.Response:
     """Reserve a single-use VMR and render its joining instructions. Every answer, an error
     included, is counted by status in vmrsched_addin_requests_total."""
@@ -337,7 +322,12 @@ async def _single_use_vmr(
     return web.Response(body=orjson.dumps(body), status=201, content_type="application/json")
 
 
-STATIC_FILES = {"pane.js": "text/javascript", "pane.css": "text/css", "icon-80.png": "image/png"}
+STATIC_FILES = {
+    "pane.js": "text/javascript",
+    "signed-in.js": "text/javascript",
+    "pane.css": "text/css",
+    "icon-80.png": "image/png",
+}
 # Libraries from the npm registry (vmrsched/http/static/vendor/package.json, installed by
 # `npm ci`), served from our own origin: the pane never loads code from a CDN.
 VENDOR = STATIC / "vendor" / "node_modules"
@@ -389,4 +379,3 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/addin/static/{name}", static_file)
     app.router.add_get("/addin/static/vendor/{name}", vendor_file)
     app.router.add_post("/api/addin/v1/{integration}/single-use-vmrs", single_use_vmrs)
-    app.router.add_get("/api/addin/v1/{integration}/personal-vmrs", personal_vmrs)

@@ -1,4 +1,5 @@
-// vmrsched task pane: adds a single-use video room to the meeting being composed.
+// vmrsched task pane: adds a single-use video room, or one of the user's personal rooms, to the
+// meeting being composed.
 // Runs inside Outlook (Office.js) or, opened in an ordinary browser, on a simulated meeting
 // (preview mode). Every text comes from the integration's configuration.
 "use strict";
@@ -97,6 +98,7 @@
         try { fields.end = (await officeCall((cb) => item.end.getAsync(cb))).toISOString(); } catch (e) { log("end", String(e)); }
         return fields;
       },
+      user: () => "",
       token: async () => {
         if (settings.tokenValidation === "exchange") {
           return officeCall((cb) => mailbox.getUserIdentityTokenAsync(cb));
@@ -123,6 +125,7 @@
       setLocation: async (text) => { $("vmr-location").value = text; },
       meeting: async () => ({ subject: $("vmr-subject").value, start: iso("vmr-start"), end: iso("vmr-end") }),
       token: async () => null,
+      user: () => $("vmr-user").value.trim(),
     };
   }
 
@@ -198,6 +201,182 @@
     show("success", texts.success_heading, texts.success_message);
   }
 
+  // --- personal VMRs ---------------------------------------------------------------------------
+  // A session of the explicit sign-in, when the host's own token does not name the user; kept
+  // until the user signs out or the service says it can no longer be refreshed.
+  const SESSION_KEY = `vmrsched.session.${settings.integration}`;
+  const storedSession = () => { try { return localStorage.getItem(SESSION_KEY) || ""; } catch (e) { return ""; } };
+  const storeSession = (value) => {
+    try { if (value) localStorage.setItem(SESSION_KEY, value); else localStorage.removeItem(SESSION_KEY); } catch (e) { log("no storage", String(e)); }
+  };
+
+  async function personalToken(host) {
+    const session = storedSession();
+    if (session) return session;
+    return host.token();
+  }
+
+  function hidePersonal() {
+    $("vmr-personal-list").hidden = true;
+    $("vmr-vmrs").textContent = "";
+  }
+
+  function renderVmrs(host, vmrs) {
+    const list = $("vmr-vmrs");
+    list.textContent = "";
+    for (const vmr of vmrs) {
+      const li = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "vmr-vmr";
+      button.textContent = vmr.name;
+      if (vmr.description) button.title = vmr.description;
+      button.addEventListener("click", async () => {
+        button.disabled = true;
+        try {
+          await host.appendBody(vmr.joining_instructions);
+          await host.setLocation(vmr.location);
+          log("inserted personal VMR", vmr.name);
+          hidePersonal();
+          show("success", texts.success_heading, texts.success_message);
+        } catch (e) {
+          log("insert failed", String(e && (e.message || e.code) || e));
+          show("error", texts.error_heading, texts.error_inserting_personal_vmr_message);
+        } finally {
+          button.disabled = false;
+        }
+      });
+      li.append(button);
+      list.append(li);
+    }
+    const session = storedSession();
+    $("vmr-sign-out").hidden = !session;
+    $("vmr-personal-list").hidden = false;
+    $("vmr-personal-heading").focus();
+  }
+
+  async function listPersonal(host) {
+    hidePersonal();
+    show("info", "", "");
+    let token = null;
+    try {
+      token = await personalToken(host);
+    } catch (e) {
+      log("token failed", String(e && (e.message || e.code) || e));
+      if (settings.signIn) $("vmr-sign-in").hidden = false;
+      show("error", texts.error_heading, texts.error_signing_in_message);
+      return;
+    }
+    const headers = {};
+    if (token) headers.Authorization = "Bearer " + token;
+    const user = host.user();
+    const url = settings.personalApi + (user ? `?user=${encodeURIComponent(user)}` : "");
+    let response;
+    try {
+      response = await fetch(url, { headers, credentials: "same-origin" });
+    } catch (e) {
+      log("network error", String(e));
+      show("error", texts.error_heading, texts.error_getting_personal_vmrs_message);
+      return;
+    }
+    log("personal VMRs answered", response.status);
+    if (response.status === 401) {
+      if (storedSession()) storeSession("");  // signed out or expired on the service's side
+      if (settings.signIn) {  // the host's token does not name the user: sign in explicitly
+        const button = $("vmr-sign-in");
+        button.hidden = false;
+        show("info", "", "");
+        button.focus();
+      } else {
+        show("error", texts.error_heading, texts.error_signing_in_message);
+      }
+      return;
+    }
+    if (response.status !== 200) {
+      show("error", texts.error_heading, texts.error_getting_personal_vmrs_message);
+      return;
+    }
+    const { vmrs } = await response.json();
+    $("vmr-sign-in").hidden = true;
+    if (!vmrs.length) {
+      show("info", "", texts.no_personal_vmr_message);
+      return;
+    }
+    renderVmrs(host, vmrs);
+  }
+
+  // The sign-in runs in an Office dialog (a browser popup in preview); its last page sends back
+  // {"session", "email"} or {"error", "message"}.
+  function signInDialog() {
+    const url = new URL(settings.signIn, window.location.href).href;
+    return new Promise((resolve, reject) => {
+      const ui = window.Office && Office.context && Office.context.ui;
+      if (ui && ui.displayDialogAsync) {
+        ui.displayDialogAsync(url, { height: 60, width: 30, promptBeforeOpen: false }, (result) => {
+          if (result.status !== Office.AsyncResultStatus.Succeeded) {
+            reject(result.error);
+            return;
+          }
+          const dialog = result.value;
+          dialog.addEventHandler(Office.EventType.DialogMessageReceived, (arg) => {
+            dialog.close();
+            resolve(arg.message);
+          });
+          dialog.addEventHandler(Office.EventType.DialogEventReceived, (arg) => {
+            reject(new Error(`dialog closed (${arg.error})`));
+          });
+        });
+        return;
+      }
+      const popup = window.open(url, "vmrsched-sign-in", "width=520,height=640");
+      if (!popup) { reject(new Error("popup blocked")); return; }
+      const onMessage = (event) => {
+        if (event.origin !== window.location.origin || event.source !== popup) return;
+        window.removeEventListener("message", onMessage);
+        resolve(event.data);
+      };
+      window.addEventListener("message", onMessage);
+    });
+  }
+
+  async function signIn(host) {
+    let result;
+    try {
+      result = JSON.parse(await signInDialog());
+    } catch (e) {
+      log("sign-in failed", String(e && (e.message || e.code) || e));
+      show("error", texts.error_heading, texts.error_signing_in_message);
+      return;
+    }
+    if (!result.session) {
+      log("sign-in refused", result.error, result.message);
+      show("error", texts.error_heading, texts.error_signing_in_message);
+      return;
+    }
+    storeSession(result.session);
+    log("signed in as", result.email);
+    $("vmr-signed-in-as").textContent = result.email;
+    $("vmr-signed-in-as").hidden = false;
+    await listPersonal(host);
+  }
+
+  async function signOut(host) {
+    const session = storedSession();
+    storeSession("");
+    hidePersonal();
+    $("vmr-signed-in-as").hidden = true;
+    if (session) {
+      try {
+        await fetch(settings.sessionApi, {
+          method: "DELETE", headers: { Authorization: "Bearer " + session }, credentials: "same-origin",
+        });
+      } catch (e) { log("sign-out", String(e)); }
+    }
+    if (settings.signIn) $("vmr-sign-in").hidden = false;
+    show("info", "", "");
+    log("signed out", host.name);
+  }
+
   // --- demo mode: send the simulated meeting and show the room's answers --------------------
   function renderReplies(replies) {
     const list = $("vmr-reply-list");
@@ -263,6 +442,27 @@
         button.disabled = false;
       }
     });
+    if (settings.personal) {
+      const personal = $("vmr-personal");
+      personal.hidden = false;
+      if (!settings.singleUse) personal.classList.add("vmr-primary");
+      $("vmr-preview-user").hidden = !(host.name === "preview" && settings.tokenValidation === "none");
+      const guard = (el, fn) => el.addEventListener("click", async () => {
+        el.disabled = true;
+        try {
+          await fn(host);
+        } catch (e) {
+          log("unexpected", String(e));
+          show("error", texts.error_heading, texts.error_getting_personal_vmrs_message);
+        } finally {
+          el.disabled = false;
+        }
+      });
+      guard(personal, listPersonal);
+      guard($("vmr-sign-in"), signIn);
+      guard($("vmr-sign-out"), signOut);
+      $("vmr-sign-in").hidden = !settings.signIn || Boolean(storedSession()) || settings.tokenValidation === "entra";
+    }
     if (host.name === "preview" && settings.demo) {
       const send = $("vmr-send");
       send.hidden = false;

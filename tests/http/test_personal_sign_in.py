@@ -1,0 +1,153 @@
+"""The pane's explicit sign-in over real HTTP, against the fake identity platform (real TLS): the
+dialog's start redirects to the provider with our callback, the callback page hands over a
+session, the session lists the user's personal VMRs, a wrong state gets an error page, signing
+out ends the session, and integrations without a sign-in refuse to start one."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import urllib.parse
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from aiohttp.test_utils import TestClient, TestServer
+
+from tests import spoolkit
+from tests.fakes.identity_platform import IdentityPlatform, server_context, tls_files
+from tests.fakes.threaded import ThreadedServer
+from vmrsched import config, service
+from vmrsched.http.app import create_app
+
+PUBLIC = "https://localhost:8443"
+DIRECTORY = Path(__file__).resolve().parents[2] / "config" / "vmrs.toml"
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[tuple[IdentityPlatform, Path]]:
+    cert, key = tls_files(tmp_path)
+    idp = IdentityPlatform(client_id="pane-client", client_secret="pane-secret")
+    idp.email = "olga@example.com"
+    server = ThreadedServer(idp.app(), ssl_context=server_context(cert, key)).start()
+    idp.base = server.url
+    try:
+        yield idp, cert
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def svc(tmp_path: Path, platform: tuple[IdentityPlatform, Path]) -> Iterator[service.Service]:
+    idp, ca = platform
+
+    def integ(name: str, personal: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "name": name,
+            "exchange": {"mailbox_name": f"Room {name}", "mailbox_email": f"{name}@example.com"},
+            "addin": {"token_validation": "exchange", "server_fqdn": "vmr.example.com"},
+            "metadata": {"exchange_metadata_urls": ["https://mail.example.com/"]},
+            "enable_personal_vmrs": True,
+            "personal": {"directory_file": str(DIRECTORY), **personal},
+        }
+
+    sso = {
+        "user_oauth_authorization_uri": f"{idp.authority}/oauth2/v2.0/authorize",
+        "user_oauth_token_uri": f"{idp.authority}/oauth2/v2.0/token",
+        "user_oauth_client_id": "pane-client",
+        "azure_client_secret_env": "PANE_SECRET",
+        "tls_ca_file": str(ca),
+    }
+    doc = {
+        "server": {"data_dir": str(tmp_path / "data"), "public_url": PUBLIC},
+        "integrations": [integ("onprem", sso), integ("nosso", {})],
+    }
+    running = service.start(config.parse(doc, tmp_path, {"PANE_SECRET": "pane-secret"}))
+    spoolkit.wait_for(lambda: running.ctx.status.state("onprem") == "running")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def client(svc: service.Service) -> AsyncIterator[TestClient[Any, Any]]:
+    async with TestClient(TestServer(create_app(svc))) as test_client:
+        yield test_client
+
+
+def result_of(page: str) -> dict[str, Any]:
+    match = re.search(r'data-result="([^"]*)"', page)
+    assert match, page
+    parsed: dict[str, Any] = json.loads(html.unescape(match.group(1)))
+    return parsed
+
+
+async def sign_in(
+    client: TestClient[Any, Any], ca: Path, tamper: bool = False
+) -> tuple[int, dict[str, Any]]:
+    start = await client.get("/addin/onprem/sign-in", allow_redirects=False)
+    assert start.status == 302
+    assert start.headers["Cache-Control"] == "no-store"
+    authorize = start.headers["Location"]
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(authorize).query))
+    assert query["redirect_uri"] == f"{PUBLIC}/addin/onprem/sign-in/callback"
+    # the user signs in at the provider, which sends the browser back to our callback
+    back = requests.get(authorize, allow_redirects=False, verify=str(ca), timeout=10)
+    callback = urllib.parse.urlsplit(back.headers["Location"])
+    assert callback.path == "/addin/onprem/sign-in/callback"
+    params = dict(urllib.parse.parse_qsl(callback.query))
+    if tamper:
+        params["state"] = "not-the-state-we-sent"
+    page = await client.get(callback.path, params=params)
+    assert "Content-Security-Policy" in page.headers
+    return page.status, result_of(await page.text())
+
+
+async def personal(client: TestClient[Any, Any], token: str) -> tuple[int, dict[str, Any]]:
+    response = await client.get(
+        "/api/addin/v1/onprem/personal-vmrs", headers={"Authorization": f"Bearer {token}"}
+    )
+    return response.status, await response.json()
+
+
+async def test_sign_in_then_list_then_sign_out(
+    client: TestClient[Any, Any], platform: tuple[IdentityPlatform, Path]
+) -> None:
+    status, result = await sign_in(client, platform[1])
+    assert status == 200 and result["email"] == "olga@example.com"
+    token = result["session"]
+
+    status, body = await personal(client, token)
+    assert status == 200
+    assert [v["name"] for v in body["vmrs"]] == ["Olga's room", "Team stand-up"]
+
+    signed_out = await client.delete(
+        "/api/addin/v1/onprem/session", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert signed_out.status == 204
+    status, body = await personal(client, token)
+    assert (status, body["error"]["code"]) == (401, "sign_in_required")
+
+
+async def test_a_callback_with_a_wrong_state_is_refused(
+    client: TestClient[Any, Any], platform: tuple[IdentityPlatform, Path]
+) -> None:
+    status, result = await sign_in(client, platform[1], tamper=True)
+    assert status == 400 and result["error"] == "sign_in_refused"
+    assert "unknown or expired" in result["message"]
+    assert platform[0].grants == []  # the code was never redeemed
+
+
+async def test_a_made_up_session_token_is_not_signed_in(client: TestClient[Any, Any]) -> None:
+    status, body = await personal(client, "vms1.made-up")
+    assert (status, body["error"]["code"]) == (401, "sign_in_required")
+
+
+async def test_without_a_configured_sign_in_there_is_none(client: TestClient[Any, Any]) -> None:
+    response = await client.get("/addin/nosso/sign-in", allow_redirects=False)
+    assert response.status == 403
+    assert (await response.json())["error"]["code"] == "feature_disabled"
+    response = await client.get("/addin/nowhere/sign-in", allow_redirects=False)
+    assert response.status == 404

@@ -1,0 +1,81 @@
+"""Personal VMRs in the add-in: the list for the signed-in user, and the explicit sign-in that
+names the user when the Outlook host cannot (the pane opens /addin/{integration}/sign-in in an
+Office dialog; the provider redirects back to the callback, whose page hands the session token
+to the pane)."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+from aiohttp import web
+
+from vmrsched.errors import RateLimited, ServiceError
+from vmrsched.http.addin import LIMITER, _bearer, _count, content_security_policy
+from vmrsched.http.common import PAGES, SERVICE, integration_or_404, page_headers, status_of
+
+
+async def personal_vmrs(request: web.Request) -> web.Response:
+    """The signed-in user's personal VMRs, each rendered (name, description, joining
+    instructions, location) with its aliases."""
+    service = request.app[SERVICE]
+    integ = integration_or_404(request)
+    status = 500
+    try:
+        who = await service.personal_identity(integ, _bearer(request))
+        wait = request.app[LIMITER].allow(f"{integ.name}\0{who.user}")
+        if wait:
+            raise RateLimited("too many requests; try again shortly", wait)
+        # token validation "none" (loopback trials only): the preview pane names its user
+        demo_user = request.query.get("user", "")[:254] if who.kind == "none" else ""
+        vmrs = await service.personal_vmrs(integ, who, demo_user)
+        status = 200
+        return web.Response(body=orjson.dumps({"vmrs": vmrs}), content_type="application/json")
+    except ServiceError as exc:
+        status = status_of(exc)
+        raise
+    finally:
+        _count(request, integ, "personal-vmrs", status)
+
+
+async def sign_out(request: web.Request) -> web.Response:
+    """Forget the session (its refresh token with it); the pane forgets its copy."""
+    service = request.app[SERVICE]
+    await service.personal_sign_out(request.match_info["integration"], _bearer(request))
+    return web.Response(status=204)
+
+
+async def sign_in(request: web.Request) -> web.Response:
+    """The dialog's first page: off to the identity provider."""
+    service = request.app[SERVICE]
+    url = service.start_personal_sign_in(request.match_info["integration"])
+    raise web.HTTPFound(
+        url, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+    )
+
+
+async def sign_in_callback(request: web.Request) -> web.Response:
+    """Back from the identity provider: a page that hands the result to the pane (through
+    Office's messageParent in a dialog, postMessage to our own origin in a browser)."""
+    service = request.app[SERVICE]
+    integ = integration_or_404(request)
+    try:
+        session = await service.finish_personal_sign_in(integ.name, dict(request.query))
+        result = {"session": session.token, "email": session.email}
+        status = 200
+    except ServiceError as exc:
+        result = {"error": exc.code, "message": exc.message}
+        status = status_of(exc)
+    page = PAGES.get_template("user_signed_in.html").render(
+        integ=integ, result=json.dumps(result), ok=status == 200, detail=result.get("message", "")
+    )
+    headers = page_headers(content_security_policy(integ))
+    headers["Cache-Control"] = "no-store"
+    return web.Response(text=page, content_type="text/html", status=status, headers=headers)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/api/addin/v1/{integration}/personal-vmrs", personal_vmrs)
+    app.router.add_delete("/api/addin/v1/{integration}/session", sign_out)
+    app.router.add_get("/addin/{integration}/sign-in", sign_in)
+    app.router.add_get("/addin/{integration}/sign-in/callback", sign_in_callback)
