@@ -6,13 +6,14 @@ allocator, the poller (through the allocator) and recovery all go through `plan`
 from __future__ import annotations
 
 import hashlib
+import json
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from vmrsched import aliases, calendars
+from vmrsched import aliases, calendars, recurrence
 from vmrsched.config import IntegrationConfig
 from vmrsched.meetings import AliasRecord, Decision, Meeting, MeetingState, decide, general_error
 from vmrsched.outgoing import Outgoing
@@ -276,3 +277,67 @@ def _messages(
     if decision.organizer_update and record is not None:
         out.append(organizer_update(integ, renderer, meeting, decision, record))
     return out
+
+
+def _booked_values(
+    integ: IntegrationConfig, record: Mapping[str, Any], now: datetime
+) -> dict[str, Any]:
+    """The single-use variables of a stored booking (no meeting at hand: the store keeps the
+    subject, organizer and schedule; the times are those of the next occurrence)."""
+    values = variables(integ, None, record)
+    schedule = record.get("schedule")
+    occurrence = None
+    if schedule:
+        decoded = recurrence.from_json(
+            json.loads(schedule) if isinstance(schedule, str) else schedule
+        )
+        occurrence = recurrence.next_occurrence(decoded, now) or recurrence.Occurrence(
+            decoded.start, decoded.start, decoded.end
+        )
+    values.update(
+        subject=str(record.get("subject", "")),
+        organizer_name=str(record.get("organizer_name") or record.get("organizer_email", "")),
+        organizer_email=str(record.get("organizer_email", "")),
+        start_time=occurrence.start if occurrence else "",
+        end_time=occurrence.end if occurrence else "",
+    )
+    return values
+
+
+def admin_notice(
+    integ: IntegrationConfig,
+    renderer: Renderer,
+    record: Mapping[str, Any],
+    kind: str,
+    now: datetime,
+    serial: str,
+) -> Outgoing | None:
+    """A mail from the room to a booking's organizer about an admin's act: `deleted` (the
+    alias_deleted_notice_template) or `resent` (the joining instructions again). None when the
+    booking names no organizer. `serial` makes each act its own message."""
+    organizer = str(record.get("organizer_email", ""))
+    if not organizer:
+        return None
+    values = _booked_values(integ, record, now)
+    subject = values["subject"] or "your meeting"
+    if kind == "deleted":
+        body = renderer.render("alias_deleted_notice_template", values)
+        title = f"Video room removed: {subject}"
+    else:
+        body = renderer.render("single_use_joining_instructions_template", values)
+        title = f"Joining details: {subject}"
+    room = integ.exchange
+    key = f"{integ.name}\0{record.get('alias_id')}\0{kind}\0{serial}"
+    return Outgoing(
+        id=hashlib.sha256(key.encode()).hexdigest()[:32],
+        kind="notice",
+        sender=room.mailbox_email,
+        sender_name=room.mailbox_name,
+        recipients=(organizer,),
+        subject=title,
+        html_body=body,
+        outcome=kind,
+        reason="admin",
+        correlation_id=serial,
+        meeting_uid=str(record.get("meeting_uid", "")),
+    )

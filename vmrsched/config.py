@@ -343,6 +343,9 @@ class EmailConfig:
         templating.TEMPLATES["reject_alias_conflict_template"].default
     )
     reject_alias_deleted_text: str = _f(templating.TEMPLATES["reject_alias_deleted_text"].default)
+    alias_deleted_notice_template: str = _f(
+        templating.TEMPLATES["alias_deleted_notice_template"].default
+    )
     reject_recurring_series_in_past_text: str = _f(
         templating.TEMPLATES["reject_recurring_series_in_past_text"].default
     )

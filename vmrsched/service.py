@@ -7,23 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pykka
 
-from vmrsched import answers, directory, identity, user_sign_in
+from vmrsched import answers, decisions, directory, identity, recurrence, user_sign_in
 from vmrsched import config as config_mod
 from vmrsched.actors.bridge import ReservationBatcher, ask_async
 from vmrsched.actors.context import Context
-from vmrsched.actors.messages import Poll, Reload
+from vmrsched.actors.messages import DeleteAlias, FindAliases, Poll, Reload, ResendInstructions
 from vmrsched.actors.registry import ActorUnavailable
 from vmrsched.actors.service import ReloadResult, ServiceSupervisor, supervisor_proxy
 from vmrsched.config import Config, IntegrationConfig, PerConfig
@@ -43,7 +44,7 @@ from vmrsched.mailbox.sessions import CaSession
 from vmrsched.pexip import policy
 from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnavailable
 from vmrsched.recovery import Recovered, recover
-from vmrsched.store import Record, Store, lock_directory
+from vmrsched.store import Record, Store, decode_schedule, lock_directory
 from vmrsched.telemetry import CONFIG_INVALID, STORE_CORRUPT, Alarms, Metrics
 
 __all__ = [
@@ -376,6 +377,79 @@ class Service:
             return integ.name, account
         raise SignInRefused("unknown or expired sign-in attempt; start again")
 
+    # --- admin ------------------------------------------------------------------------------------
+
+    def admin_overview(self) -> list[dict[str, Any]]:
+        """Each integration with its state, alarms (since when, why) and mailbox lag."""
+        states = self.ctx.status.snapshot()
+        overview = []
+        for integ in self.config.integrations:
+            state = states.get(integ.name, {})
+            overview.append(
+                {
+                    "name": integ.name,
+                    "backend": integ.backend,
+                    "state": state.get("state", "starting"),
+                    "restarts": state.get("restarts", 0),
+                    "error": state.get("error", ""),
+                    "mailbox_lag_seconds": state.get("lag"),
+                    "last_poll": state.get("polled"),
+                    "alarms": [
+                        {
+                            "name": a.name,
+                            "message": a.message,
+                            "since": datetime.fromtimestamp(a.raised_at, UTC).isoformat(),
+                        }
+                        for a in self.ctx.alarms.active(integ.name)
+                    ],
+                }
+            )
+        return overview
+
+    async def admin_decisions(self, name: str, query: str, limit: int) -> list[dict[str, Any]]:
+        integ = self.integration(name)
+        path = decisions.log_path(self.config.data_dir, integ.name)
+        return await asyncio.to_thread(decisions.search, path, query, limit)
+
+    async def _ask_allocator(self, name: str, payload: Any) -> Any:
+        self.integration(name)
+        state = self.ctx.status.state(name)
+        try:
+            if state != "running":
+                raise ActorUnavailable(f"integration {name} is {state or 'not running'}")
+            allocator = self.ctx.registry.get(name, "allocator")
+            return await ask_async(allocator, payload, timeout=60)
+        except (ActorUnavailable, TimeoutError) as exc:
+            raise Unavailable(f"integration {name} cannot take requests right now") from exc
+
+    async def admin_find_aliases(
+        self, name: str, query: str = "", day: str = "", limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Conferences and reservations matching `query` (and touching `day`), with windows."""
+        if day:
+            try:
+                date.fromisoformat(day)
+            except ValueError as exc:
+                raise BadRequest("day must be YYYY-MM-DD", "bad_day") from exc
+        integ = self.integration(name)
+        found = await self._ask_allocator(name, FindAliases(query, day, max(1, min(limit, 1000))))
+        return [admin_view(integ, record, self.ctx.clock()) for record in found]
+
+    async def admin_delete_alias(self, name: str, alias: str, by: str) -> dict[str, Any]:
+        integ = self.integration(name)
+        record = await self._ask_allocator(name, DeleteAlias(alias, by))
+        if record is None:
+            raise NotFound(f"no alias {alias} in {name}", "unknown_alias")
+        return admin_view(integ, record, self.ctx.clock())
+
+    async def admin_resend(self, name: str, alias: str, by: str) -> str:
+        message_id = await self._ask_allocator(name, ResendInstructions(alias, by))
+        if message_id is None:
+            raise NotFound(
+                f"{alias} is not booked for a meeting with an organizer in {name}", "not_booked"
+            )
+        return str(message_id)
+
     def stop(self) -> None:
         """Stop every actor this service started, whether or not its root is still alive."""
         try:
@@ -467,3 +541,45 @@ def recover_integration(
             gateway.close()
     finally:
         store.close()
+
+
+def admin_view(integ: IntegrationConfig, record: Record, now: datetime) -> dict[str, Any]:
+    """A stored alias as the admin sees it: who booked it for what, and when it can be joined
+    (the next occurrences, each widened by the join window)."""
+
+    def iso(value: Any) -> str | None:
+        return datetime.fromtimestamp(float(value), UTC).isoformat() if value else None
+
+    before = timedelta(minutes=integ.single_use.join_before_minutes)
+    after = timedelta(minutes=integ.single_use.join_after_minutes)
+    windows: list[dict[str, str]] = []
+    raw = record.get("schedule")
+    if raw and record.get("status") == "bound":
+        try:
+            upcoming = recurrence.occurrences_after(decode_schedule(raw), now - after)
+            for occurrence in itertools.islice(upcoming, 5):
+                windows.append(
+                    {
+                        "start": occurrence.start.isoformat(),
+                        "end": occurrence.end.isoformat(),
+                        "joinable_from": (occurrence.start - before).isoformat(),
+                        "joinable_until": (occurrence.end + after).isoformat(),
+                    }
+                )
+        except recurrence.RecurrenceError:
+            pass
+    return {
+        "alias": record.get("alias", ""),
+        "numeric_alias": record.get("numeric_alias", ""),
+        "alias_id": record.get("alias_id", ""),
+        "status": record.get("status", ""),
+        "reason": record.get("reason", ""),
+        "organizer_email": record.get("organizer_email", ""),
+        "subject": record.get("subject", ""),
+        "meeting_uid": record.get("meeting_uid", ""),
+        "conference_name": record.get("name", ""),
+        "created": iso(record.get("created")),
+        "expires": iso(record.get("expires")),
+        "deleted": iso(record.get("deleted")),
+        "windows": windows,
+    }

@@ -177,6 +177,15 @@ TEMPLATES: dict[str, TemplateSpec] = {
         "the reservation expired). Add a new video room with the add-in and send the invitation "
         "again.</p>",
     ),
+    "alias_deleted_notice_template": TemplateSpec(
+        "email",
+        "html",
+        SINGLE_USE_VARS,
+        "<p>The video room {{alias}} of your meeting &quot;{{subject}}&quot; on {{start_time}} "
+        "was removed by an administrator and can no longer be joined. To meet by video, add a "
+        "new video room to the meeting with the add-in and send the update to its "
+        "attendees.</p>",
+    ),
     "reject_recurring_series_in_past_text": TemplateSpec(
         "email",
         "html",

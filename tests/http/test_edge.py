@@ -118,7 +118,7 @@ async def test_no_open_redirect_after_login(client: TestClient[Any, Any], target
     response = await client.post(
         "/admin/login", data={"token": TOKEN, "next": target}, allow_redirects=False
     )
-    assert response.status == 303 and response.headers["Location"] == "/readyz"
+    assert response.status == 303 and response.headers["Location"] == "/admin"
 
 
 async def test_a_foreign_host_name_is_refused(client: TestClient[Any, Any]) -> None:

@@ -6,22 +6,34 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import logging
 import traceback
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
-from vmrsched import answers
+from vmrsched import answers, recurrence
 from vmrsched.actors.bridge import deliver
 from vmrsched.actors.child import SupervisedChild
-from vmrsched.actors.messages import Crash, Poke, Request, Reserve, Sweep
+from vmrsched.actors.messages import (
+    Crash,
+    DeleteAlias,
+    FindAliases,
+    Poke,
+    Request,
+    ResendInstructions,
+    Reserve,
+    Sweep,
+)
+from vmrsched.actors.notifier import notifier_proxy
 from vmrsched.actors.registry import ActorUnavailable
 from vmrsched.answers import Step
 from vmrsched.meetings import Meeting, general_error
+from vmrsched.outgoing import Outgoing
 from vmrsched.pexip.policy import Room, RoomSettings
 from vmrsched.store import Record, Store, StoreBrokenError, StoreCorruptError, decode_schedule
 from vmrsched.telemetry import STORE_CORRUPT
@@ -218,12 +230,85 @@ class AliasAllocator(SupervisedChild):
                 self._allocated.inc(len(records))
                 self._pending_replies.append((request, records))
 
+            elif isinstance(request.payload, FindAliases):
+                request.reply(self._find(request.payload), None)
+            elif isinstance(request.payload, DeleteAlias):
+                request.reply(self._delete(request.payload), None)
+            elif isinstance(request.payload, ResendInstructions):
+                request.reply(self._resend(request.payload), None)
             else:
                 request.reply(None, ValueError(f"unknown request {request.payload!r}"))
         except Exception as exc:
             request.reply(None, exc)
         if self.actor_inbox.empty():
             self._flush_replies()
+
+    # --- admin acts (asked from the event loop through the bridge) ------------------------------
+
+    def _find(self, ask: FindAliases) -> list[Record]:
+        words = ask.query.lower().split()
+        found: list[Record] = []
+        for record in self.store.records():
+            text = " ".join(
+                str(record.get(key, ""))
+                for key in ("alias", "numeric_alias", "organizer_email", "subject", "meeting_uid")
+            ).lower()
+            if all(word in text for word in words) and _on_day(record, ask.day):
+                found.append(record)
+        found.sort(key=lambda r: r.get("created", 0), reverse=True)
+        return found[: ask.limit]
+
+    def _delete(self, ask: DeleteAlias) -> Record | None:
+        """Deleted and durable first, then published (the policy endpoint refuses it, the
+        provisioner removes its conference), then the organizer's notice queued."""
+        record = self.store.by_alias(ask.alias)
+        if record is None:
+            return None
+        before = dict(record)
+        if record["status"] != "deleted":
+            self.store.delete(record["alias_id"], f"deleted by {ask.by}")
+            self._commit()
+            self._publish()
+        deleted = self.store.get(record["alias_id"]) or record
+        if before["status"] == "bound":
+            serial = str(deleted.get("deleted", ""))
+            notice = answers.admin_notice(
+                self.integ, self.renderer, before, "deleted", self.ctx.clock(), serial
+            )
+            if notice is not None:
+                self._queue(notice)
+        log.warning(
+            "alias %s deleted by %s",
+            record.get("alias"),
+            ask.by,
+            extra={"integration": self.integ.name, "alias": record.get("alias"), "by": ask.by},
+        )
+        return deleted
+
+    def _resend(self, ask: ResendInstructions) -> str | None:
+        record = self.store.by_alias(ask.alias)
+        if record is None or record["status"] != "bound":
+            return None
+        now = self.ctx.clock()
+        notice = answers.admin_notice(
+            self.integ, self.renderer, record, "resent", now, now.isoformat()
+        )
+        if notice is None:
+            return None
+        self._queue(notice)
+        log.info(
+            "joining instructions of %s resent to %s by %s",
+            record.get("alias"),
+            record.get("organizer_email"),
+            ask.by,
+            extra={"integration": self.integ.name, "alias": record.get("alias"), "by": ask.by},
+        )
+        return notice.id
+
+    def _queue(self, message: Outgoing) -> None:
+        """Durably queued with the notifier before the admin is told it is done."""
+        notifier = self.ctx.registry.get(self.integ.name, "notifier")
+        notifier_proxy(notifier).enqueue([message]).get(timeout=30)
 
     def _flush_replies(self) -> None:
         pending, self._pending_replies = self._pending_replies, []
@@ -248,3 +333,25 @@ class AliasAllocatorProxy(ActorMemberMixin, pykka.ActorProxy[AliasAllocator]):
 
 def allocator_proxy(ref: pykka.ActorRef[Any]) -> AliasAllocatorProxy:
     return cast(AliasAllocatorProxy, ref.proxy())
+
+
+def _on_day(record: Record, day: str) -> bool:
+    """Whether a booking's schedule has an occurrence on `day` (YYYY-MM-DD, UTC), or its
+    reservation was made that day; any record when `day` is empty."""
+    if not day:
+        return True
+    try:
+        start = datetime.fromisoformat(day).replace(tzinfo=UTC)
+    except ValueError:
+        return False
+    end = start + timedelta(days=1)
+    raw = record.get("schedule")
+    if raw:
+        schedule = decode_schedule(raw)
+        try:
+            upcoming = itertools.islice(recurrence.occurrences_after(schedule, start), 1000)
+            return any(o.start < end for o in upcoming)
+        except recurrence.RecurrenceError:
+            return False
+    created = record.get("created")
+    return created is not None and start.timestamp() <= float(created) < end.timestamp()

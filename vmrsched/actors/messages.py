@@ -78,6 +78,36 @@ class Reserve:
 
 
 @dataclass(frozen=True)
+class FindAliases:
+    """Payload of a Request to an allocator from the admin API: the records matching `query`
+    (every word in the alias, numeric alias, organizer, subject or meeting UID) whose schedule
+    touches `day` (ISO date, optional); the reply is a list of records, newest first."""
+
+    query: str = ""
+    day: str = ""
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class DeleteAlias:
+    """Payload: delete an alias (an admin's act: `by`). Declined from then on, refused by the
+    policy endpoint, its conference removed where provisioned; the organizer of a booked
+    meeting is told. The reply is the deleted record, or None when no such alias exists."""
+
+    alias: str
+    by: str
+
+
+@dataclass(frozen=True)
+class ResendInstructions:
+    """Payload: mail a booked meeting's joining instructions to its organizer again; the reply
+    is the queued message's id, or None when the alias is not booked."""
+
+    alias: str
+    by: str
+
+
+@dataclass(frozen=True)
 class Reload:
     """Payload of a Request to the service supervisor: apply this (validated) configuration;
     the reply is a ReloadResult."""
@@ -90,5 +120,5 @@ class Request:
     """A request from the event loop: `payload` is handled by the actor and `reply` is called with
     (result, error) from the actor's thread; see bridge.py."""
 
-    payload: Reserve | Reload
+    payload: Reserve | Reload | FindAliases | DeleteAlias | ResendInstructions
     reply: Callable[[Any, BaseException | None], None]

@@ -9,13 +9,14 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-from vmrsched import answers
+from vmrsched import answers, decisions
 from vmrsched.actors.allocator import allocator_proxy
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Poll
 from vmrsched.actors.notifier import notifier_proxy
 from vmrsched.actors.supervision import Backoff
 from vmrsched.answers import Step
+from vmrsched.decisions import DecisionLog
 from vmrsched.mailbox.base import Gateway, GatewayError, InboxItem, Outgoing
 from vmrsched.meetings import Meeting
 from vmrsched.telemetry import MAILBOX_UNREACHABLE
@@ -42,7 +43,14 @@ class MailboxPoller(SupervisedChild):
 
     def setup(self) -> None:
         self.renderer = self.integ.renderer()
+        self.decisions = DecisionLog(decisions.log_path(self.ctx.data_dir, self.integ.name))
+        self._entries: list[dict[str, Any]] = []
         self.actor_ref.tell(Poll())
+
+    def teardown(self) -> None:
+        log_ = getattr(self, "decisions", None)
+        if log_ is not None:
+            log_.close()
 
     def _tell_poll(self) -> None:
         self.actor_ref.tell(Poll())
@@ -71,12 +79,15 @@ class MailboxPoller(SupervisedChild):
         items = self.gateway.fetch(self.ctx.poll_batch)
         if not items:
             self.ctx.metrics.mailbox_lag.labels(self.integ.name).set(0)
+            self.ctx.status.set(self.integ.name, lag=0.0, polled=self.ctx.clock().isoformat())
             return 0
         started = time.perf_counter()
         now = self.ctx.clock()
         name = self.integ.name
         oldest = min(item.received for item in items)
-        self.ctx.metrics.mailbox_lag.labels(name).set(max(0.0, (now - oldest).total_seconds()))
+        lag = max(0.0, (now - oldest).total_seconds())
+        self.ctx.metrics.mailbox_lag.labels(name).set(lag)
+        self.ctx.status.set(name, lag=lag, polled=now.isoformat())
 
         items = [_answerable(item) for item in items]
         readable = [item for item in items if item.error is None and not item.not_meeting]
@@ -118,6 +129,10 @@ class MailboxPoller(SupervisedChild):
                 )
             elif item.error is not None:
                 quarantined.append((item, self._unreadable(item, outgoing)))
+
+        # the decisions log (for admins) is durable before the items count as handled
+        entries, self._entries = self._entries, []
+        self.decisions.append(entries)
 
         notifier = self.ctx.registry.get(name, "notifier")
         # durable before handled; ids already queued once (a re-read, an echo) are not queued again
@@ -195,6 +210,20 @@ class MailboxPoller(SupervisedChild):
             what = f"released {alias}: meeting cancelled"
         else:
             what = f"{outcome} ({reason})" + (f", alias {alias}" if alias else "")
+        self._entries.append(
+            {
+                "time": self.ctx.clock().isoformat(),
+                "subject": subject[:300],
+                "organizer": organizer,
+                "outcome": outcome,
+                "reason": reason,
+                "correlation_id": correlation_id,
+                "alias": alias,
+                "meeting_uid": uid[:300],
+                "item": item_id[:300],
+                "detail": detail[:500],
+            }
+        )
         log.log(
             level,
             "%s: %r from %s",

@@ -17,16 +17,19 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
-from vmrsched.errors import Forbidden, RateLimited, Unauthorized
+from vmrsched.errors import Forbidden, RateLimited, ServiceError, Unauthorized
 from vmrsched.http.common import PAGES, SERVICE
 from vmrsched.http.ratelimit import RateLimiter
 from vmrsched.service import SignInRefused
 
 log = logging.getLogger("vmrsched.admin")
+STATIC = resources.files("vmrsched.http") / "static"
 COOKIE = "vmrsched_admin"
 REDIRECT_PATH = "/admin/platform/msexchangeconnector/oauth_redirect/"
 
@@ -45,6 +48,7 @@ class AdminSessions:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._expires: dict[str, float] = {}
+        self._key = secrets.token_bytes(32)
 
     def create(self) -> str:
         now = self.clock()
@@ -61,8 +65,14 @@ class AdminSessions:
         expires = self._expires.get(sid)
         return expires is not None and expires > self.clock()
 
+    def csrf(self, sid: str) -> str:
+        """The CSRF token of a session: every form and every cookie-authenticated change must
+        carry it (a bearer token cannot be sent by another site, a cookie can)."""
+        return hmac.new(self._key, sid.encode(), "sha256").hexdigest()
+
 
 SESSIONS = web.AppKey("admin_sessions", AdminSessions)
+WHO = web.RequestKey("admin_who", str)
 LOGIN_LIMITS = web.AppKey("admin_login_limits", tuple)
 
 
@@ -71,9 +81,11 @@ def _expected(request: web.Request) -> str | None:
     return secret.reveal() if secret is not None else None
 
 
-def check_admin(request: web.Request) -> None:
+def check_admin(request: web.Request, csrf: str | None = None) -> str:
     """Passes when the request is an admin's: `Authorization: Bearer <admin token>` (scripts,
-    compared in constant time) or a live session cookie from /admin/login (browsers)."""
+    compared in constant time) or a live session cookie from /admin/login (browsers); a change
+    (not GET/HEAD) made with the cookie must carry the session's CSRF token (`X-CSRF-Token` or
+    the form's `csrf` field, checked by the handler for forms). Returns who: for the log."""
     expected = _expected(request)
     if expected is None:
         raise Forbidden(
@@ -81,11 +93,18 @@ def check_admin(request: web.Request) -> None:
             "admin_disabled",
         )
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    client = request.remote or "unknown"
     if scheme.lower() == "bearer" and token.strip():
         if hmac.compare_digest(token.strip().encode(), expected.encode()):
-            return
-    elif request.app[SESSIONS].valid(request.cookies.get(COOKIE, "")):
-        return
+            return f"admin token from {client}"
+    else:
+        sid = request.cookies.get(COOKIE, "")
+        if request.app[SESSIONS].valid(sid):
+            if request.method not in ("GET", "HEAD"):
+                sent = csrf if csrf is not None else request.headers.get("X-CSRF-Token", "")
+                if not hmac.compare_digest(sent.encode(), request.app[SESSIONS].csrf(sid).encode()):
+                    raise Forbidden("missing or wrong CSRF token", "csrf_failed")
+            return f"admin session {sid[:6]}… from {client}"
     raise Unauthorized("log in at /admin/login with the admin token", "admin_token_required")
 
 
@@ -94,7 +113,7 @@ def admin_only(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def guarded(request: web.Request) -> web.StreamResponse:
-        check_admin(request)
+        request[WHO] = check_admin(request)
         return await handler(request)
 
     return guarded
@@ -114,7 +133,7 @@ def _page(name: str, status: int = 200, **values: Any) -> web.Response:
 
 
 async def login_form(request: web.Request) -> web.Response:
-    return _page("admin_login.html", next=request.query.get("next", "/readyz"), failed=False)
+    return _page("admin_login.html", next=request.query.get("next", "/admin"), failed=False)
 
 
 async def login(request: web.Request) -> web.Response:
@@ -127,7 +146,7 @@ async def login(request: web.Request) -> web.Response:
     form = await request.post()
     expected = _expected(request)
     token = str(form.get("token", ""))
-    target = local_target(str(form.get("next", "/readyz")))
+    target = local_target(str(form.get("next", "/admin")), "/admin")
     if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
         log.warning("admin login failed from %s", client)
         return _page("admin_login.html", status=401, next=target, failed=True)
@@ -189,12 +208,106 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     return _page("admin_signed_in.html", ok=True, integration=name, detail="", account=account)
 
 
+def _who_or_login(request: web.Request, csrf: str | None = None) -> str:
+    """An admin's request, or (for a browser without a session) off to the login page."""
+    try:
+        return check_admin(request, csrf)
+    except Unauthorized:
+        raise web.HTTPSeeOther("/admin/login?next=/admin") from None
+
+
+async def console(request: web.Request) -> web.Response:
+    """The admin console: integrations, alarms and lag; a search over conferences,
+    reservations and decisions; delete, resend and reload as forms with the CSRF token. Plain
+    HTML, no scripts."""
+    _who_or_login(request)
+    service = request.app[SERVICE]
+    overview = service.admin_overview()
+    names = [i["name"] for i in overview]
+    integration = request.query.get("integration", names[0] if names else "")
+    q = request.query.get("q", "")[:500]
+    day = request.query.get("day", "")[:10]
+    aliases: list[dict[str, Any]] = []
+    decisions: list[dict[str, Any]] = []
+    notice = request.query.get("done", "")[:300]
+    if integration in names:
+        try:
+            aliases = await service.admin_find_aliases(integration, q, day, 200)
+        except ServiceError as exc:
+            notice = notice or exc.message
+        decisions = await service.admin_decisions(integration, q, 200)
+    sid = request.cookies.get(COOKIE, "")
+    csrf = request.app[SESSIONS].csrf(sid) if request.app[SESSIONS].valid(sid) else ""
+    return _page(
+        "admin.html",
+        integrations=overview,
+        integration=integration,
+        q=q,
+        day=day,
+        aliases=aliases,
+        decisions=decisions,
+        csrf=csrf,
+        notice=notice,
+    )
+
+
+async def _form_act(request: web.Request) -> str:
+    form = await request.post()
+    return _who_or_login(request, csrf=str(form.get("csrf", "")))
+
+
+def _back(integration: str, done: str) -> web.HTTPSeeOther:
+    return web.HTTPSeeOther(f"/admin?{urlencode({'integration': integration, 'done': done})}")
+
+
+async def console_delete(request: web.Request) -> web.Response:
+    who = await _form_act(request)
+    name, alias = request.match_info["integration"], request.match_info["alias"]
+    await request.app[SERVICE].admin_delete_alias(name, alias, who)
+    log.warning("%s deleted alias %s", who, alias, extra={"integration": name, "by": who})
+    raise _back(name, f"{alias} deleted; its organizer is told.")
+
+
+async def console_resend(request: web.Request) -> web.Response:
+    who = await _form_act(request)
+    name, alias = request.match_info["integration"], request.match_info["alias"]
+    await request.app[SERVICE].admin_resend(name, alias, who)
+    log.info("%s resent the instructions of %s", who, alias, extra={"integration": name})
+    raise _back(name, f"The joining instructions of {alias} are on their way to its organizer.")
+
+
+async def console_reload(request: web.Request) -> web.Response:
+    who = await _form_act(request)
+    log.info("%s asked for a config reload", who)
+    service = request.app[SERVICE]
+    try:
+        result = await service.reload_async()
+    except ValueError as exc:
+        raise _back("", f"Not reloaded: {exc}") from exc
+    if result is None:
+        raise _back("", "Not reloaded: the config file is invalid (see the config_invalid alarm).")
+    raise _back("", "Configuration reloaded.")
+
+
+async def console_css(request: web.Request) -> web.Response:
+    return web.Response(
+        body=(STATIC / "admin.css").read_bytes(),
+        content_type="text/css",
+        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+    )
+
+
 def setup(app: web.Application) -> None:
     app[SESSIONS] = AdminSessions()
     app[LOGIN_LIMITS] = (
         RateLimiter(LOGIN_ATTEMPTS_PER_MINUTE),
         RateLimiter(LOGIN_ATTEMPTS_PER_MINUTE_ALL),
     )
+    app.router.add_get("/admin", console)
+    app.router.add_get("/admin/static/admin.css", console_css)
+    app.router.add_post("/admin/integrations/{integration}/aliases/{alias}/delete", console_delete)
+    app.router.add_post("/admin/integrations/{integration}/aliases/{alias}/resend", console_resend)
+    app.router.add_post("/admin/reload", console_reload)
     app.router.add_get("/admin/login", login_form)
     app.router.add_post("/admin/login", login)
     app.router.add_get("/admin/integrations/{integration}/sign-in", sign_in)

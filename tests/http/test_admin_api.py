@@ -1,0 +1,233 @@
+"""The admin API over real HTTP against the running service (spool mailbox): integrations with
+state, alarms and lag; the decisions log; conferences and reservations with their windows;
+resending joining instructions; deleting an alias (a meeting carrying it is declined
+alias_deleted from then on, the policy endpoint rejects it, the organizer is told); reload; and
+the auth cases (no token, wrong token, cookie without CSRF token, login rate limit)."""
+
+from __future__ import annotations
+
+import base64
+import urllib.parse
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from tests import spoolkit
+from vmrsched import config, service
+from vmrsched.http.app import create_app
+
+ADMIN = "admin-token-for-tests-0123456789abcdef"
+BEARER = {"Authorization": f"Bearer {ADMIN}"}
+NODE = {"Authorization": "Basic " + base64.b64encode(b"pexip-node:node-password-42").decode()}
+
+
+@pytest.fixture
+def svc(tmp_path: Path) -> Iterator[service.Service]:
+    doc = {
+        "server": {
+            "data_dir": str(tmp_path / "data"),
+            "admin_token_env": "ADMIN",
+            "policy_username": "pexip-node",
+            "policy_password_env": "POLICY_PW",
+        },
+        "integrations": [
+            {
+                "name": "hq",
+                "exchange": {"mailbox_name": "Video Room", "mailbox_email": "vmr@example.com"},
+                "addin": {"token_validation": "none", "server_fqdn": "vmr.example.com"},
+                "spool": {"poll_interval_seconds": 0.05},
+            }
+        ],
+    }
+    env = {"ADMIN": ADMIN, "POLICY_PW": "node-password-42"}
+    running = service.start(config.parse(doc, tmp_path, env))
+    spoolkit.wait_for(lambda: running.ctx.status.state("hq") == "running")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def client(svc: service.Service) -> AsyncIterator[TestClient[Any, Any]]:
+    async with TestClient(TestServer(create_app(svc))) as test_client:
+        yield test_client
+
+
+def spool_of(svc: service.Service) -> Path:
+    return svc.config.integrations[0].spool_dir(svc.config.data_dir)
+
+
+async def book(
+    client: TestClient[Any, Any], svc: service.Service, start: datetime, subject: str
+) -> tuple[dict[str, Any], str]:
+    vmr = await (await client.post("/api/addin/v1/hq/single-use-vmrs", json={})).json()
+    data, uid = spoolkit.request(
+        body=vmr["joining_instructions"], start=start, minutes=60, subject=subject
+    )
+    spoolkit.wait_handled(spool_of(svc), spoolkit.drop(spool_of(svc) / "inbox", data))
+    spoolkit.wait_for(lambda: bool(spoolkit.answers_for(spool_of(svc), uid)))
+    return vmr, uid
+
+
+async def get(client: TestClient[Any, Any], path: str, **params: str) -> Any:
+    response = await client.get(f"/api/admin/v1{path}", headers=BEARER, params=params)
+    assert response.status == 200, await response.text()
+    return await response.json()
+
+
+async def test_overview_decisions_and_aliases(
+    client: TestClient[Any, Any], svc: service.Service
+) -> None:
+    start = (datetime.now(UTC) + timedelta(days=2)).replace(
+        hour=9, minute=0, second=0, microsecond=0
+    )
+    vmr, uid = await book(client, svc, start, "Budget review")
+    spoolkit.drop(spool_of(svc) / "inbox", spoolkit.request(body="<p>no token</p>")[0])
+    spoolkit.wait_for(lambda: len(spoolkit.outbox(spool_of(svc))) >= 2)
+
+    overview = (await get(client, "/integrations"))["integrations"]
+    assert [(i["name"], i["state"], i["alarms"]) for i in overview] == [("hq", "running", [])]
+    assert overview[0]["mailbox_lag_seconds"] is not None
+
+    found = (await get(client, "/integrations/hq/decisions", q="budget"))["decisions"]
+    assert len(found) == 1
+    entry = found[0]
+    assert (entry["outcome"], entry["reason"], entry["alias"]) == (
+        "accepted",
+        "new_single",
+        vmr["alias"],
+    )
+    assert entry["organizer"] == "olga@example.com" and entry["correlation_id"]
+    assert entry["meeting_uid"] == uid and entry["time"]
+    declined = await get(client, "/integrations/hq/decisions", q="invalid_alias_id")
+    assert [d["outcome"] for d in declined["decisions"]] == ["declined"]
+
+    aliases = (await get(client, "/integrations/hq/aliases", q="budget olga"))["aliases"]
+    assert [a["alias"] for a in aliases] == [vmr["alias"]]
+    booked = aliases[0]
+    assert booked["status"] == "bound" and booked["subject"] == "Budget review"
+    window = booked["windows"][0]
+    assert window["start"] == start.isoformat()
+    assert window["joinable_from"] < window["start"] < window["end"] < window["joinable_until"]
+
+    day = start.date().isoformat()
+    other_day = (start + timedelta(days=1)).date().isoformat()
+    assert len((await get(client, "/integrations/hq/aliases", day=day))["aliases"]) == 1
+    assert (await get(client, "/integrations/hq/aliases", day=other_day))["aliases"] == []
+    bad = await client.get("/api/admin/v1/integrations/hq/aliases?day=monday", headers=BEARER)
+    assert (bad.status, (await bad.json())["error"]["code"]) == (400, "bad_day")
+
+
+async def test_resend_then_delete_an_alias(
+    client: TestClient[Any, Any], svc: service.Service
+) -> None:
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=5)
+    vmr, uid = await book(client, svc, start, "Board call")
+    alias = vmr["alias"]
+    spool = spool_of(svc)
+
+    resent = await client.post(
+        f"/api/admin/v1/integrations/hq/aliases/{alias}/resend", headers=BEARER
+    )
+    assert resent.status == 202
+    spoolkit.wait_for(lambda: any(m.outcome == "resent" for m in spoolkit.outbox(spool)))
+    mail = next(m for m in spoolkit.outbox(spool) if m.outcome == "resent")
+    assert mail.headers["To"] == "olga@example.com" and alias in mail.html
+    assert "Board call" in mail.headers["Subject"]
+
+    policy = {"local_alias": alias, "protocol": "sip", "call_direction": "dial_in"}
+    live = await client.get("/policy/v1/service/configuration", params=policy, headers=NODE)
+    assert (await live.json())["action"] == "continue"
+
+    deleted = await client.delete(f"/api/admin/v1/integrations/hq/aliases/{alias}", headers=BEARER)
+    assert deleted.status == 200
+    assert (await deleted.json())["alias"]["status"] == "deleted"
+    spoolkit.wait_for(lambda: any(m.outcome == "deleted" for m in spoolkit.outbox(spool)))
+    notice = next(m for m in spoolkit.outbox(spool) if m.outcome == "deleted")
+    assert "removed by an administrator" in notice.html and alias in notice.html
+
+    refused = await client.get("/policy/v1/service/configuration", params=policy, headers=NODE)
+    assert (await refused.json())["action"] == "reject"
+
+    # the organizer edits the meeting, which still carries the alias: declined alias_deleted
+    data, _ = spoolkit.request(
+        uid, body=vmr["joining_instructions"], start=start + timedelta(hours=1), sequence=1
+    )
+    spoolkit.wait_handled(spool, spoolkit.drop(spool / "inbox", data))
+    spoolkit.wait_for(
+        lambda: any(m.reason == "alias_deleted" for m in spoolkit.answers_for(spool, uid))
+    )
+
+    again = await client.post(
+        f"/api/admin/v1/integrations/hq/aliases/{alias}/resend", headers=BEARER
+    )
+    assert (again.status, (await again.json())["error"]["code"]) == (404, "not_booked")
+    gone = await client.delete("/api/admin/v1/integrations/hq/aliases/nothing@x", headers=BEARER)
+    assert (gone.status, (await gone.json())["error"]["code"]) == (404, "unknown_alias")
+
+
+async def test_reload_through_the_api(client: TestClient[Any, Any]) -> None:
+    response = await client.post("/api/admin/v1/reload", headers=BEARER)
+    # this service was started from a config object, not a file: said plainly
+    assert (response.status, (await response.json())["error"]["code"]) == (400, "no_config_file")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/integrations"),
+        ("GET", "/integrations/hq/decisions"),
+        ("GET", "/integrations/hq/aliases"),
+        ("DELETE", "/integrations/hq/aliases/x"),
+        ("POST", "/integrations/hq/aliases/x/resend"),
+        ("POST", "/reload"),
+    ],
+)
+async def test_every_route_needs_the_admin_token(
+    client: TestClient[Any, Any], method: str, path: str
+) -> None:
+    url = f"/api/admin/v1{path}"
+    for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": ADMIN}):
+        response = await client.request(method, url, headers=headers)
+        assert response.status == 401, (headers, await response.text())
+        assert (await response.json())["error"]["code"] == "admin_token_required"
+
+
+async def test_the_console_needs_a_login_and_its_forms_the_csrf_token(
+    client: TestClient[Any, Any], svc: service.Service
+) -> None:
+    anonymous = await client.get("/admin", allow_redirects=False)
+    assert (anonymous.status, anonymous.headers["Location"]) == (303, "/admin/login?next=/admin")
+    vmr, _ = await book(client, svc, datetime.now(UTC) + timedelta(days=1), "Console test")
+    login = await client.post(
+        "/admin/login", data={"token": ADMIN, "next": "/admin"}, allow_redirects=False
+    )
+    assert (login.status, login.headers["Location"]) == (303, "/admin")
+    cookie = login.cookies["vmrsched_admin"]
+    assert cookie["httponly"] and cookie["samesite"] == "Lax" and cookie["path"] == "/admin"
+    # the cookie is for the console only: the API wants the bearer token
+    assert (await client.get("/api/admin/v1/integrations")).status == 401
+
+    page = await (await client.get("/admin", params={"q": "console"})).text()
+    assert vmr["alias"] in page and "Console test" in page
+    token = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    action = f"/admin/integrations/hq/aliases/{vmr['alias']}/delete"
+    for form in ({}, {"csrf": "0" * 64}):
+        refused = await client.post(action, data=form, allow_redirects=False)
+        assert (refused.status, (await refused.json())["error"]["code"]) == (403, "csrf_failed")
+    done = await client.post(action, data={"csrf": token}, allow_redirects=False)
+    assert done.status == 303 and "deleted" in urllib.parse.unquote_plus(done.headers["Location"])
+    aliases = (await get(client, "/integrations/hq/aliases", q="console"))["aliases"]
+    assert aliases[0]["status"] == "deleted"
+    assert aliases[0]["reason"].startswith("deleted by admin session")
+
+
+async def test_login_attempts_are_rate_limited(client: TestClient[Any, Any]) -> None:
+    statuses = [
+        (await client.post("/admin/login", data={"token": "guess"}, allow_redirects=False)).status
+        for _ in range(7)
+    ]
+    assert statuses[:5] == [401] * 5 and statuses[-1] == 429

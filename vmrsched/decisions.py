@@ -1,0 +1,93 @@
+"""The decisions log of one integration: every answer the service gave a meeting (time, subject,
+organizer, outcome, reason, correlation id, alias), for admins asking "why was my meeting
+declined?". One JSON line per decision in `<data_dir>/decisions/<integration>.jsonl`, written by
+the poller once per batch with one fsync, bounded: when it holds twice `keep` entries it is
+rewritten (atomically) with the newest `keep`. Readers (the admin API, the CLI) only read."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from vmrsched.journal import atomic_write
+
+KEEP = 20_000
+FIELDS = ("subject", "organizer", "outcome", "reason", "correlation_id", "alias", "meeting_uid")
+
+
+def log_path(data_dir: Path, integration: str) -> Path:
+    return Path(data_dir) / "decisions" / f"{integration}.jsonl"
+
+
+class DecisionLog:
+    def __init__(self, path: Path, keep: int = KEEP) -> None:
+        self.path = Path(path)
+        self.keep = keep
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            with open(self.path, "rb") as handle:
+                self._lines = sum(1 for _ in handle)
+        except FileNotFoundError:
+            self._lines = 0
+        self._handle = open(self.path, "ab")  # noqa: SIM115 (kept open; closed in close())
+
+    def append(self, entries: Iterable[Mapping[str, Any]]) -> None:
+        """Write a batch and make it durable (one fsync)."""
+        data = b"".join(
+            json.dumps(dict(entry), ensure_ascii=False, default=str).encode() + b"\n"
+            for entry in entries
+        )
+        if not data:
+            return
+        with self._lock:
+            self._handle.write(data)
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._lines += data.count(b"\n")
+            if self._lines >= 2 * self.keep:
+                self._trim()
+
+    def _trim(self) -> None:
+        newest = self.path.read_bytes().splitlines(keepends=True)[-self.keep :]
+        self._handle.close()
+        atomic_write(self.path, b"".join(newest))
+        self._handle = open(self.path, "ab")  # noqa: SIM115
+        self._lines = len(newest)
+
+    def close(self) -> None:
+        with self._lock:
+            self._handle.close()
+
+
+def read(path: Path) -> Iterator[dict[str, Any]]:
+    """Newest first. A torn last line (a crash mid-write) is skipped."""
+    try:
+        lines = Path(path).read_bytes().splitlines()
+    except FileNotFoundError:
+        return
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            yield entry
+
+
+def search(path: Path, query: str = "", limit: int = 100) -> list[dict[str, Any]]:
+    """The newest `limit` decisions whose subject, organizer, outcome, reason, correlation id,
+    alias or meeting UID contains every word of `query` (case-insensitive)."""
+    words = query.lower().split()
+    found: list[dict[str, Any]] = []
+    for entry in read(path):
+        text = " ".join(str(entry.get(key, "")) for key in FIELDS).lower()
+        if all(word in text for word in words):
+            found.append(entry)
+            if len(found) >= limit:
+                break
+    return found

@@ -1,0 +1,103 @@
+"""The admin API (/api/admin/v1, JSON; the admin token as a bearer token, or an admin session
+cookie plus its CSRF token for changes): integrations with state, alarms and lag; the decisions
+log; conferences and reservations; deleting an alias; resending joining instructions; reloading
+the configuration. Every change is logged with who made it."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from vmrsched.errors import BadRequest, Unavailable
+from vmrsched.http.admin import WHO, admin_only
+from vmrsched.http.common import SERVICE
+
+log = logging.getLogger("vmrsched.admin")
+MAX_LIMIT = 1000
+
+
+def _limit(request: web.Request, default: int = 100) -> int:
+    raw = request.query.get("limit", str(default))
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise BadRequest("limit must be a whole number", "bad_limit") from exc
+    return max(1, min(value, MAX_LIMIT))
+
+
+@admin_only
+async def integrations(request: web.Request) -> web.Response:
+    return web.json_response({"integrations": request.app[SERVICE].admin_overview()})
+
+
+@admin_only
+async def decisions(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    found = await service.admin_decisions(
+        request.match_info["integration"], request.query.get("q", "")[:500], _limit(request)
+    )
+    return web.json_response({"decisions": found})
+
+
+@admin_only
+async def aliases(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    found = await service.admin_find_aliases(
+        request.match_info["integration"],
+        request.query.get("q", "")[:500],
+        request.query.get("day", "")[:10],
+        _limit(request),
+    )
+    return web.json_response({"aliases": found})
+
+
+@admin_only
+async def delete_alias(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    name, alias = request.match_info["integration"], request.match_info["alias"]
+    who = request[WHO]
+    record = await service.admin_delete_alias(name, alias, who)
+    log.warning("%s deleted alias %s", who, alias, extra={"integration": name, "by": who})
+    return web.json_response({"alias": record})
+
+
+@admin_only
+async def resend(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    name, alias = request.match_info["integration"], request.match_info["alias"]
+    who = request[WHO]
+    message_id = await service.admin_resend(name, alias, who)
+    log.info("%s resent the instructions of %s", who, alias, extra={"integration": name})
+    return web.json_response({"queued": message_id}, status=202)
+
+
+@admin_only
+async def reload(request: web.Request) -> web.Response:
+    """The same as SIGHUP: an invalid file keeps the running config and says why."""
+    service = request.app[SERVICE]
+    who = request[WHO]
+    log.info("%s asked for a config reload", who)
+    try:
+        result = await service.reload_async()
+    except ValueError as exc:  # no config file (started from a config object)
+        raise BadRequest(str(exc), "no_config_file") from exc
+    if result is None:
+        alarms = [a.message for a in service.ctx.alarms.active("service")]
+        raise Unavailable(
+            "the config file is invalid; the running config stays: " + "; ".join(alarms),
+            "config_invalid",
+        )
+    return web.json_response(
+        {"changed": result.changed, "added": result.added, "removed": result.removed}
+    )
+
+
+def setup(app: web.Application) -> None:
+    base = "/api/admin/v1"
+    app.router.add_get(f"{base}/integrations", integrations)
+    app.router.add_get(f"{base}/integrations/{{integration}}/decisions", decisions)
+    app.router.add_get(f"{base}/integrations/{{integration}}/aliases", aliases)
+    app.router.add_delete(f"{base}/integrations/{{integration}}/aliases/{{alias}}", delete_alias)
+    app.router.add_post(f"{base}/integrations/{{integration}}/aliases/{{alias}}/resend", resend)
+    app.router.add_post(f"{base}/reload", reload)
