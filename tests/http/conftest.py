@@ -48,6 +48,8 @@ server_fqdn = "vc.example.com"
 """
 
 
+ADMIN_TOKEN = "demo-admin-token-0123456789abcdef01"
+
 SSO = """
 [[integrations]]
 name = "sso"
@@ -107,7 +109,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, platform: Platform) -> Iter
         spool_toml(
             tmp / "data",
             port=port,
-            server="demo = true",
+            server='demo = true\nadmin_token_env = "VMRSCHED_ADMIN_TOKEN"',
             head="enable_personal_vmrs = true",
             integration=DEFAULT_ADDIN,
         )
@@ -120,7 +122,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, platform: Platform) -> Iter
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "VMRSCHED_PANE_SECRET": "pane-secret"},
+        env={
+            **os.environ,
+            "VMRSCHED_PANE_SECRET": "pane-secret",
+            "VMRSCHED_ADMIN_TOKEN": ADMIN_TOKEN,
+        },
     )
     try:
         wait_ready(port)

@@ -10,6 +10,7 @@ import shutil
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -329,3 +330,66 @@ def test_sign_in_in_a_dialog_then_pick_a_room_then_sign_out(browser: Browser, se
     page.get_by_role("button", name="Use my personal room").click()
     expect(sign_in).to_be_focused()
     context.close()
+
+
+def test_admin_console_login_search_resend_delete(browser: Browser, server: str) -> None:
+    from tests.http.conftest import ADMIN_TOKEN
+
+    # a booking to find: reserved in the add-in API, sent to the room in demo mode
+    def post(path: str, body: dict[str, str]) -> dict[str, str]:
+        request = urllib.request.Request(
+            f"{server}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer: dict[str, str] = json.loads(response.read())
+            return answer
+
+    vmr = post("/api/addin/v1/default/single-use-vmrs", {})
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    post(
+        "/api/demo/v1/default/send",
+        {
+            "subject": "Console <i>check</i>",
+            "start": start.isoformat(),
+            "end": (start + timedelta(hours=1)).isoformat(),
+            "body": vmr["joining_instructions"],
+        },
+    )
+
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(f"{server}/admin")
+    expect(page).to_have_url(re.compile(r"/admin/login\?next=/admin$"))
+    page.fill("#token", "not the token")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("alert")).to_have_text("That token is not right.")
+    page.fill("#token", ADMIN_TOKEN)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="vmrsched administration")).to_be_visible()
+    expect(page.locator("td.state-running").first).to_be_visible()
+
+    page.fill("#q", "console")
+    for _ in range(40):  # until the room has answered the meeting
+        page.get_by_role("button", name="Search").click()
+        if page.get_by_role("cell", name="bound").count():
+            break
+        page.wait_for_timeout(250)
+    row = page.locator("#aliases-heading + table tr", has_text=vmr["alias"])
+    expect(row).to_contain_text("Console <i>check</i>")  # escaped, not markup
+    expect(page.locator("#decisions-heading + table")).to_contain_text("new_single")
+    shot(page, "admin-search.png")
+
+    page.get_by_role("button", name=f"Resend the joining instructions of {vmr['alias']}").click()
+    expect(page.get_by_role("status")).to_contain_text("on their way")
+    page.fill("#q", "console")
+    page.get_by_role("button", name="Search").click()
+    page.get_by_role("button", name=f"Delete {vmr['alias']}").click()
+    expect(page.get_by_role("status")).to_contain_text(f"{vmr['alias']} deleted")
+    page.fill("#q", "console")
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator("#aliases-heading + table tr", has_text=vmr["alias"])).to_contain_text(
+        "deleted"
+    )
+    shot(page, "admin-deleted.png")
+    page.close()

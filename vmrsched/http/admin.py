@@ -11,6 +11,7 @@ Comparisons are constant-time.
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import logging
 import re
@@ -104,7 +105,8 @@ def check_admin(request: web.Request, csrf: str | None = None) -> str:
                 sent = csrf if csrf is not None else request.headers.get("X-CSRF-Token", "")
                 if not hmac.compare_digest(sent.encode(), request.app[SESSIONS].csrf(sid).encode()):
                     raise Forbidden("missing or wrong CSRF token", "csrf_failed")
-            return f"admin session {sid[:6]}… from {client}"
+            session = hashlib.sha256(sid.encode()).hexdigest()[:8]
+            return f"admin session {session} from {client}"
     raise Unauthorized("log in at /admin/login with the admin token", "admin_token_required")
 
 
