@@ -387,14 +387,8 @@ class Store:
         """A new alias in state `reserved`, expiring after the reservation TTL unless bound."""
         alias = aliases.generate_alias(prefix, suffix_length, domain, self.numeric_taken, self.rng)
         now = self.clock()
-        record: Record = {
-            "alias_id": alias.alias_id,
-            "alias": alias.alias,
-            "numeric_alias": alias.numeric_alias,
-            "status": "reserved",
-            "created": _ts(now),
-            "expires": _ts(now + self.reservation_ttl),
-        }
+        record = _reserved(alias, now)
+        record["expires"] = _ts(now + self.reservation_ttl)
         record.update(extra)
         return self._put(record)
 
@@ -434,14 +428,7 @@ class Store:
             raise KeyError(f"alias {action.alias_id} was not drawn by this store")
         if self.numeric_taken(alias.numeric_alias):
             raise ValueError(f"drawn alias {alias.numeric_alias} was taken since")
-        now = self.clock()
-        record: Record = {
-            "alias_id": alias.alias_id,
-            "alias": alias.alias,
-            "numeric_alias": alias.numeric_alias,
-            "status": "reserved",
-            "created": _ts(now),
-        }
+        record = _reserved(alias, self.clock())
         if action.placeholder_id:
             record["placeholder_id"] = action.placeholder_id
         return self._put(record)
@@ -612,6 +599,16 @@ def encode_schedule(schedule: recurrence.Schedule) -> str:
 
 def decode_schedule(raw: str | dict[str, Any]) -> recurrence.Schedule:
     return recurrence.from_json(json.loads(raw) if isinstance(raw, str) else raw)
+
+
+def _reserved(alias: aliases.Alias, now: datetime) -> Record:
+    return {
+        "alias_id": alias.alias_id,
+        "alias": alias.alias,
+        "numeric_alias": alias.numeric_alias,
+        "status": "reserved",
+        "created": _ts(now),
+    }
 
 
 def _ts(value: datetime) -> float:
