@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.fakes.identity_platform import IdentityPlatform, server_context, tls_files
-from tests.fakes.threaded import ThreadedServer
+from tests.fakes import identity_platform
+from tests.fakes.identity_platform import IdentityPlatform
 from vmrsched import config
 from vmrsched.errors import Unauthorized
 from vmrsched.mailbox.sessions import CaSession
@@ -35,15 +35,10 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    cert, key = tls_files(tmp_path)
-    platform = IdentityPlatform(client_id="pane-client", client_secret="pane-secret")
-    platform.email = "Olga@Example.com"
-    server = ThreadedServer(platform.app(), ssl_context=server_context(cert, key)).start()
-    platform.base = server.url
-    try:
-        yield World(platform, cert, tmp_path)
-    finally:
-        server.stop()
+    with identity_platform.running(
+        tmp_path, "Olga@Example.com", client_id="pane-client", client_secret="pane-secret"
+    ) as (platform, ca):
+        yield World(platform, ca, tmp_path)
 
 
 def integration(world: World, name: str = "room", **personal: Any) -> config.IntegrationConfig:

@@ -108,6 +108,9 @@ class UserSignIn:
         plain = requests.Session()
         self.http_for = http_for or (lambda integ: plain)
         self._pending: dict[str, _Pending] = {}
+        # each integration's sessions, read from disk once: this process is the only writer
+        # (the data directory is locked), and every personal-VMR request looks one up
+        self._sessions: dict[str, dict[str, dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self._fernet: Fernet | None = None
 
@@ -269,6 +272,12 @@ class UserSignIn:
         return self.directory / f"{name}.json"
 
     def _load(self, name: str) -> dict[str, dict[str, Any]]:
+        sessions = self._sessions.get(name)
+        if sessions is None:
+            sessions = self._sessions[name] = self._read(name)
+        return sessions
+
+    def _read(self, name: str) -> dict[str, dict[str, Any]]:
         try:
             data = json.loads(self._path(name).read_bytes())
         except FileNotFoundError:
@@ -280,7 +289,7 @@ class UserSignIn:
 
     def _save(self, name: str, token: str, email: str, refresh: str) -> None:
         with self._lock:
-            sessions = self._load(name)
+            sessions = dict(self._load(name))
             sessions[_digest(token)] = {
                 "email": email,
                 "refresh": self._encrypt(refresh) if refresh else "",
@@ -290,14 +299,17 @@ class UserSignIn:
 
     def _forget(self, name: str, token: str) -> None:
         with self._lock:
-            sessions = self._load(name)
+            sessions = dict(self._load(name))
             if sessions.pop(_digest(token), None) is not None:
                 self._write(name, sessions)
 
     def _write(self, name: str, sessions: dict[str, dict[str, Any]]) -> None:
+        """Durable first, then what lookups see (a copy replaces the dict: readers on other
+        threads never see one half-changed)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write(self._path(name), json.dumps(sessions, sort_keys=True).encode())
         os.chmod(self._path(name), 0o600)
+        self._sessions[name] = sessions
 
     def _cipher(self) -> Fernet:
         if self._fernet is None:

@@ -14,6 +14,8 @@ import json
 import secrets
 import ssl
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from tests.fakes.threaded import ThreadedServer
 
 
 def tls_files(directory: Path) -> tuple[Path, Path]:
@@ -266,3 +270,21 @@ class IdentityPlatform:
             self.refresh_tokens.discard(refresh)
             return web.json_response(self._issue(scope, with_refresh=True))
         return web.json_response({"error": "unsupported_grant_type"}, status=400)
+
+
+@contextmanager
+def running(
+    directory: Path, email: str = "", **fields: Any
+) -> Iterator[tuple[IdentityPlatform, Path]]:
+    """A platform served over real TLS (its certificate written to `directory`), with the given
+    fields (`client_id`, `client_secret`, …) and user email; yields it and the CA file to
+    trust."""
+    cert, key = tls_files(directory)
+    platform = IdentityPlatform(**fields)
+    platform.email = email
+    server = ThreadedServer(platform.app(), ssl_context=server_context(cert, key)).start()
+    platform.base = server.url
+    try:
+        yield platform, cert
+    finally:
+        server.stop()

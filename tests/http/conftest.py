@@ -12,15 +12,18 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
 
 from tests.configs import spool_toml
-from tests.fakes.identity_platform import IdentityPlatform, server_context, tls_files
+from tests.fakes import identity_platform
+from tests.fakes.identity_platform import IdentityPlatform
 from tests.fakes.identity_provider import IdentityProvider
-from tests.fakes.threaded import ThreadedServer
 from tests.serving import ROOT, free_port, wait_ready
+from vmrsched import service
+from vmrsched.http.app import create_app
 
 DEFAULT_ADDIN = """server_fqdn = "vc.example.com"
 success_heading = "Room added!"
@@ -84,15 +87,13 @@ class Platform:
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """The identity platform users of the `sso` integration sign in at; its user is Olga."""
-    cert, key = tls_files(tmp_path_factory.mktemp("idp"))
-    idp = IdentityPlatform(client_id="pane-client", client_secret="pane-secret")
-    idp.email = "olga@example.com"
-    server = ThreadedServer(idp.app(), ssl_context=server_context(cert, key)).start()
-    idp.base = server.url
-    try:
-        yield Platform(idp, cert)
-    finally:
-        server.stop()
+    with identity_platform.running(
+        tmp_path_factory.mktemp("idp"),
+        "olga@example.com",
+        client_id="pane-client",
+        client_secret="pane-secret",
+    ) as (idp, ca):
+        yield Platform(idp, ca)
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +136,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, platform: Platform) -> Iter
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture
+async def client(svc: service.Service) -> AsyncIterator[TestClient[Any, Any]]:
+    """The app of the test module's `svc` fixture (a started service) over real HTTP."""
+    async with TestClient(TestServer(create_app(svc))) as test_client:
+        yield test_client
 
 
 @pytest.fixture

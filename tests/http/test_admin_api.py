@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import base64
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from tests import spoolkit
 from vmrsched import config, service
-from vmrsched.http.app import create_app
 
 ADMIN = "admin-token-for-tests-0123456789abcdef"
 BEARER = {"Authorization": f"Bearer {ADMIN}"}
@@ -48,12 +47,6 @@ def svc(tmp_path: Path) -> Iterator[service.Service]:
     spoolkit.wait_for(lambda: running.ctx.status.state("hq") == "running")
     yield running
     running.stop()
-
-
-@pytest.fixture
-async def client(svc: service.Service) -> AsyncIterator[TestClient[Any, Any]]:
-    async with TestClient(TestServer(create_app(svc))) as test_client:
-        yield test_client
 
 
 def spool_of(svc: service.Service) -> Path:

@@ -3,7 +3,7 @@ impossible dates, control characters in the manifest, version banners, unhardene
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -46,12 +46,6 @@ def svc(tmp_path: Path) -> Iterator[service.Service]:
     spoolkit.wait_for(lambda: running.ctx.status.state("default") == "running")
     yield running
     running.stop()
-
-
-@pytest.fixture
-async def client(svc: service.Service) -> AsyncIterator[TestClient[Any, Any]]:
-    async with TestClient(TestServer(create_app(svc))) as test_client:
-        yield test_client
 
 
 def test_a_short_admin_token_and_none_with_a_public_url_are_refused(tmp_path: Path) -> None:

@@ -9,19 +9,18 @@ import html
 import json
 import re
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from tests import spoolkit
-from tests.fakes.identity_platform import IdentityPlatform, server_context, tls_files
-from tests.fakes.threaded import ThreadedServer
+from tests.fakes import identity_platform
+from tests.fakes.identity_platform import IdentityPlatform
 from vmrsched import config, service
-from vmrsched.http.app import create_app
 
 PUBLIC = "https://localhost:8443"
 DIRECTORY = Path(__file__).resolve().parents[2] / "config" / "vmrs.toml"
@@ -29,15 +28,10 @@ DIRECTORY = Path(__file__).resolve().parents[2] / "config" / "vmrs.toml"
 
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[tuple[IdentityPlatform, Path]]:
-    cert, key = tls_files(tmp_path)
-    idp = IdentityPlatform(client_id="pane-client", client_secret="pane-secret")
-    idp.email = "olga@example.com"
-    server = ThreadedServer(idp.app(), ssl_context=server_context(cert, key)).start()
-    idp.base = server.url
-    try:
-        yield idp, cert
-    finally:
-        server.stop()
+    with identity_platform.running(
+        tmp_path, "olga@example.com", client_id="pane-client", client_secret="pane-secret"
+    ) as running:
+        yield running
 
 
 @pytest.fixture
@@ -69,12 +63,6 @@ def svc(tmp_path: Path, platform: tuple[IdentityPlatform, Path]) -> Iterator[ser
     spoolkit.wait_for(lambda: running.ctx.status.state("onprem") == "running")
     yield running
     running.stop()
-
-
-@pytest.fixture
-async def client(svc: service.Service) -> AsyncIterator[TestClient[Any, Any]]:
-    async with TestClient(TestServer(create_app(svc))) as test_client:
-        yield test_client
 
 
 def result_of(page: str) -> dict[str, Any]:

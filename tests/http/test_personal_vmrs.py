@@ -5,17 +5,16 @@ message, no token 401, personal VMRs off 403."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from tests import spoolkit
 from tests.fakes.identity_provider import IdentityProvider
 from vmrsched import config, service
-from vmrsched.http.app import create_app
 
 PUBLIC = "https://localhost:8443"
 TEMPLATE = (
@@ -85,12 +84,6 @@ def svc(tmp_path: Path, idp: IdentityProvider, directory: Path) -> Iterator[serv
     )
     yield running
     running.stop()
-
-
-@pytest.fixture
-async def client(svc: service.Service) -> AsyncIterator[TestClient[Any, Any]]:
-    async with TestClient(TestServer(create_app(svc))) as test_client:
-        yield test_client
 
 
 async def get(

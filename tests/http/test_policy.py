@@ -6,17 +6,16 @@ refused outside it; the node's credentials are checked; answers are counted."""
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from tests import spoolkit
 from vmrsched import config, service
-from vmrsched.http.app import create_app
 
 POLICY = "/policy/v1/service/configuration"
 NODE_PASSWORD = "node-policy-secret-42"
@@ -75,12 +74,6 @@ def svc(tmp_path: Path) -> Iterator[service.Service]:
     spoolkit.wait_for(lambda: running.ctx.status.state("hq") == "running")
     yield running
     running.stop()
-
-
-@pytest.fixture
-async def client(svc: service.Service) -> AsyncIterator[TestClient[Any, Any]]:
-    async with TestClient(TestServer(create_app(svc))) as test_client:
-        yield test_client
 
 
 async def book(

@@ -266,7 +266,6 @@ async def console_delete(request: web.Request) -> web.Response:
     who = await _form_act(request)
     name, alias = request.match_info["integration"], request.match_info["alias"]
     await request.app[SERVICE].admin_delete_alias(name, alias, who)
-    log.warning("%s deleted alias %s", who, alias, extra={"integration": name, "by": who})
     raise _back(name, f"{alias} deleted; its organizer is told.")
 
 
@@ -274,7 +273,6 @@ async def console_resend(request: web.Request) -> web.Response:
     who = await _form_act(request)
     name, alias = request.match_info["integration"], request.match_info["alias"]
     await request.app[SERVICE].admin_resend(name, alias, who)
-    log.info("%s resent the instructions of %s", who, alias, extra={"integration": name})
     raise _back(name, f"The joining instructions of {alias} are on their way to its organizer.")
 
 

@@ -58,7 +58,6 @@ async def delete_alias(request: web.Request) -> web.Response:
     name, alias = request.match_info["integration"], request.match_info["alias"]
     who = request[WHO]
     record = await service.admin_delete_alias(name, alias, who)
-    log.warning("%s deleted alias %s", who, alias, extra={"integration": name, "by": who})
     return web.json_response({"alias": record})
 
 
@@ -68,7 +67,6 @@ async def resend(request: web.Request) -> web.Response:
     name, alias = request.match_info["integration"], request.match_info["alias"]
     who = request[WHO]
     message_id = await service.admin_resend(name, alias, who)
-    log.info("%s resent the instructions of %s", who, alias, extra={"integration": name})
     return web.json_response({"queued": message_id}, status=202)
 
 

@@ -426,41 +426,36 @@
     }
   }
 
+  // A button that does one thing at a time; anything unexpected shows `failure`.
+  function onClick(button, failure, action) {
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        await action();
+      } catch (e) {
+        log("unexpected", String(e));
+        show("error", texts.error_heading, failure);
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+
   function wire(host) {
     log("host", host.name);
     $("vmr-debug").hidden = !settings.debug;
     const button = $("vmr-single-use");
     button.hidden = !settings.singleUse;
-    button.addEventListener("click", async () => {
-      button.disabled = true;
-      try {
-        await addSingleUse(host);
-      } catch (e) {
-        log("unexpected", String(e));
-        show("error", texts.error_heading, texts.error_inserting_single_use_message);
-      } finally {
-        button.disabled = false;
-      }
-    });
+    onClick(button, texts.error_inserting_single_use_message, () => addSingleUse(host));
     if (settings.personal) {
       const personal = $("vmr-personal");
       personal.hidden = false;
       if (!settings.singleUse) personal.classList.add("vmr-primary");
       $("vmr-preview-user").hidden = !(host.name === "preview" && settings.tokenValidation === "none");
-      const guard = (el, fn) => el.addEventListener("click", async () => {
-        el.disabled = true;
-        try {
-          await fn(host);
-        } catch (e) {
-          log("unexpected", String(e));
-          show("error", texts.error_heading, texts.error_getting_personal_vmrs_message);
-        } finally {
-          el.disabled = false;
-        }
-      });
-      guard(personal, listPersonal);
-      guard($("vmr-sign-in"), signIn);
-      guard($("vmr-sign-out"), signOut);
+      const failure = texts.error_getting_personal_vmrs_message;
+      onClick(personal, failure, () => listPersonal(host));
+      onClick($("vmr-sign-in"), failure, () => signIn(host));
+      onClick($("vmr-sign-out"), failure, () => signOut(host));
       $("vmr-sign-in").hidden = !settings.signIn || Boolean(storedSession()) || settings.tokenValidation === "entra";
     }
     if (host.name === "preview" && settings.demo) {
