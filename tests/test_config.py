@@ -313,6 +313,7 @@ def test_full_example_documents_every_key() -> None:
     text = (ROOT / "config" / "examples" / "full.toml").read_text()
     for cls in (
         config.ServerConfig,
+        config.AdminSignInConfig,
         config.IntegrationConfig,
         config.ExchangeConfig,
         config.SpoolConfig,

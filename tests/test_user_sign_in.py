@@ -6,6 +6,7 @@ day, forgotten when the provider refuses the refresh or the user signs out)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.parse
 from collections.abc import Iterator
@@ -170,9 +171,8 @@ def test_the_provider_checks_the_pkce_verifier(world: World) -> None:
     sign_in = sign_in_for(world)
     query = authorize(world, sign_in.start(integ, REDIRECT))
     state = query["state"]
-    pending = sign_in._pending[state]
-    sign_in._pending[state] = type(pending)(pending.integration, "x" * 64, pending.nonce, 0.0)
-    sign_in.clock = lambda: 1.0
+    attempts = sign_in._attempts._pending
+    attempts[state] = dataclasses.replace(attempts[state], verifier="x" * 64)
     with pytest.raises(SignInRefused, match="PKCE verification failed"):
         sign_in.finish(integ, query, REDIRECT)
 

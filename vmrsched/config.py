@@ -96,6 +96,27 @@ _TEXT = 250
 
 
 @dataclass(frozen=True)
+class AdminSignInConfig:
+    """OpenID Connect sign-in to /admin for the members of one group (Entra ID: the group's
+    object id in the `groups` claim; AD FS: a group claim rule's value)."""
+
+    authorization_uri: str = _f("")
+    token_uri: str = _f("")
+    client_id: str = _f("")
+    client_secret: Secret | None = _f(None)  # none: a public client (PKCE only)
+    issuer: str = _f("")  # when set, the ID token's iss must equal it
+    admin_group: str = _f("")
+    groups_claim: str = _f("groups", min_len=1, max_len=100)
+    scope: str = _f("openid email profile", min_len=6, max_len=_TEXT)
+    resource: str = _f("")  # AD FS: the relying party identifier
+    tls_ca_file: str = _f("")  # CA bundle for the token endpoint (AD FS: internal CAs)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.authorization_uri or self.token_uri or self.client_id)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     listen: str = _f("127.0.0.1:8080")
     public_url: str = _f("")
@@ -113,6 +134,12 @@ class ServerConfig:
     # a new connection's first request must have sent its headers by then
     header_timeout_seconds: float = _f(10.0, minimum=0.5, maximum=300.0)
     keepalive_timeout_seconds: float = _f(15.0, minimum=1.0, maximum=3600.0)
+    admin_sign_in: AdminSignInConfig = field(default_factory=AdminSignInConfig)
+
+    @property
+    def admin_enabled(self) -> bool:
+        """Whether /admin is on: an admin token, an OpenID Connect sign-in, or both."""
+        return self.admin_token is not None or self.admin_sign_in.enabled
 
     @property
     def host(self) -> str:
@@ -803,6 +830,30 @@ def _check_personal(loader: _Loader, integ: IntegrationConfig, path: str) -> Non
         )
 
 
+def _check_admin_sign_in(loader: _Loader, server: ServerConfig) -> None:
+    s = server.admin_sign_in
+    path = "server.admin_sign_in"
+    if not s.enabled:
+        return
+    for key in ("authorization_uri", "token_uri", "client_id", "admin_group"):
+        if not getattr(s, key):
+            loader.error(f"{path}.{key}", "needed for the admin sign-in")
+    for key in ("authorization_uri", "token_uri", "issuer"):
+        value = getattr(s, key)
+        if value and not value.startswith("https://"):
+            loader.error(f"{path}.{key}", f"must be an https URL, got {value!r}")
+    if "openid" not in s.scope.split():
+        loader.error(f"{path}.scope", "must include openid (the ID token names the admin)")
+    if s.tls_ca_file and not (loader.base_dir / s.tls_ca_file).is_file():
+        loader.error(f"{path}.tls_ca_file", f"no such file: {s.tls_ca_file}")
+    if not server.public_url.startswith("https://") and not _safe_on_loopback(server):
+        loader.error(
+            f"{path}",
+            "the identity provider redirects admins back to public_url: set [server] "
+            "public_url to this server's https URL",
+        )
+
+
 def parse(
     document: Mapping[str, Any],
     base_dir: Path = Path("."),
@@ -838,6 +889,7 @@ def parse(
             f"too short to resist guessing: use at least {MIN_ADMIN_TOKEN} random characters "
             "(e.g. `openssl rand -base64 32`)",
         )
+    _check_admin_sign_in(loader, server)
     for index, integ in enumerate(integrations):
         if integ.addin.token_validation == "none":
             if not _safe_on_loopback(server) or not _loopback_url(server.public_url):

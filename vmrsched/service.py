@@ -20,7 +20,15 @@ from typing import Any
 import aiohttp
 import pykka
 
-from vmrsched import answers, decisions, directory, identity, recurrence, user_sign_in
+from vmrsched import (
+    admin_sign_in,
+    answers,
+    decisions,
+    directory,
+    identity,
+    recurrence,
+    user_sign_in,
+)
 from vmrsched import config as config_mod
 from vmrsched.actors.bridge import ReservationBatcher, ask_async
 from vmrsched.actors.context import Context
@@ -87,6 +95,7 @@ class Service:
         default_factory=dict
     )
     _user_sign_in: user_sign_in.UserSignIn | None = None
+    _admin_sign_in: admin_sign_in.AdminSignIn | None = None
 
     def use_http_client(self, session: Callable[[], aiohttp.ClientSession]) -> None:
         """The HTTP client token verifiers fetch signing keys with: the front end's own, on
@@ -161,6 +170,40 @@ class Service:
         integ = self.integration(name)
         if token and token.startswith(user_sign_in.TOKEN_PREFIX):
             await asyncio.to_thread(self.user_sessions().sign_out, integ, token)
+
+    def admin_sign_in_enabled(self) -> bool:
+        return self.config.server.admin_sign_in.enabled
+
+    def admin_redirect_uri(self) -> str:
+        return f"{self.config.server.base_url}/admin/sign-in/callback"
+
+    def _admin_sign_ins(self) -> admin_sign_in.AdminSignIn:
+        if not self.admin_sign_in_enabled():
+            raise Forbidden("no admin sign-in is configured", "feature_disabled")
+        if self._admin_sign_in is None:
+            base = self.config.path.parent if self.config.path else Path(".")
+            sessions: dict[str, CaSession] = {}
+
+            def session(cfg: config_mod.AdminSignInConfig) -> CaSession:
+                ca = str(base / cfg.tls_ca_file) if cfg.tls_ca_file else ""
+                return sessions.setdefault(ca, CaSession(ca))
+
+            self._admin_sign_in = admin_sign_in.AdminSignIn(session)
+        return self._admin_sign_in
+
+    def start_admin_sign_in(self) -> str:
+        """Where an admin's browser goes to sign in (the provider's authorization URL)."""
+        return self._admin_sign_ins().start(
+            self.config.server.admin_sign_in, self.admin_redirect_uri()
+        )
+
+    async def finish_admin_sign_in(self, query: dict[str, str]) -> str:
+        """Who signed in, when a member of the admin group (SignInRefused, a BadRequest, for
+        a bad answer; admin_sign_in.NotAnAdmin, a Forbidden, for anyone else)."""
+        sign_ins = self._admin_sign_ins()
+        return await asyncio.to_thread(
+            sign_ins.finish, self.config.server.admin_sign_in, query, self.admin_redirect_uri()
+        )
 
     def _load_for_reload(self, path: Path | None) -> Config | None:
         source = path or self.config.path

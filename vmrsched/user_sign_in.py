@@ -10,7 +10,6 @@ reader could present as a bearer token."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -22,35 +21,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import requests
 from cryptography.fernet import Fernet, InvalidToken
 
+from vmrsched import oidc
 from vmrsched.config import IntegrationConfig
-from vmrsched.errors import BadRequest, Unauthorized, Unavailable
+from vmrsched.errors import Unauthorized
 from vmrsched.journal import atomic_write
+from vmrsched.oidc import SignInRefused
 
 log = logging.getLogger("vmrsched.sign_in")
 
 TOKEN_PREFIX = "vms1."  # tells a session token from a host's JWT
-PENDING_SECONDS = 600  # an attempt must come back within ten minutes
-MAX_PENDING = 10_000
 REVERIFY_SECONDS = 24 * 3600  # a session older than this is refreshed before it is trusted
 KEY_ENV = "VMRSCHED_SESSION_KEY"
-HTTP_TIMEOUT = 15.0
-
-
-class SignInRefused(BadRequest):
-    default_code = "sign_in_refused"
-
-
-@dataclass(frozen=True)
-class _Pending:
-    integration: str
-    verifier: str
-    nonce: str
-    created: float
 
 
 @dataclass(frozen=True)
@@ -59,35 +44,26 @@ class Session:
     email: str
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _claims(jwt_text: str) -> dict[str, Any]:
-    """The claims of an ID token received directly from the token endpoint over TLS (OpenID
-    Connect Core 3.1.3.7: the TLS server validation stands in for the signature check)."""
-    try:
-        payload = jwt_text.split(".")[1]
-        data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError) as exc:
-        raise SignInRefused("the identity provider's ID token cannot be read") from exc
-    if not isinstance(data, dict):
-        raise SignInRefused("the identity provider's ID token cannot be read")
-    return data
-
-
-def email_of(claims: Mapping[str, Any]) -> str:
-    """The user's email: Entra ID puts it in `email` or `preferred_username`, AD FS in `upn`,
-    `email` or `unique_name`."""
-    for key in ("email", "preferred_username", "upn", "unique_name"):
-        value = claims.get(key)
-        if isinstance(value, str) and "@" in value:
-            return value.strip().lower()
-    return ""
+def client_of(integ: IntegrationConfig) -> oidc.Client:
+    """The integration's registration for the sign-in (AD FS: its resource identifier rides
+    on both requests and is an accepted audience)."""
+    p = integ.personal
+    adfs = p.authentication_provider == "adfs"
+    resource = {"resource": p.adfs_resource_identifier} if adfs else {}
+    return oidc.Client(
+        authorization_uri=p.user_oauth_authorization_uri,
+        token_uri=p.user_oauth_token_uri,
+        client_id=p.user_oauth_client_id,
+        client_secret=p.azure_client_secret.reveal() if p.azure_client_secret else None,
+        scope="openid email profile allatclaims" if adfs else "openid email profile offline_access",
+        authorize_extra={**resource, "prompt": "select_account"},
+        token_extra=resource,
+        audiences=frozenset({p.adfs_resource_identifier} - {""}),
+    )
 
 
 class UserSignIn:
@@ -107,7 +83,7 @@ class UserSignIn:
         self.clock = clock
         plain = requests.Session()
         self.http_for = http_for or (lambda integ: plain)
-        self._pending: dict[str, _Pending] = {}
+        self._attempts = oidc.Attempts(clock)
         # each integration's sessions, read from disk once: this process is the only writer
         # (the data directory is locked), and every personal-VMR request looks one up
         self._sessions: dict[str, dict[str, dict[str, Any]]] = {}
@@ -117,40 +93,8 @@ class UserSignIn:
     # --- the attempt ---------------------------------------------------------------------------
 
     def start(self, integ: IntegrationConfig, redirect_uri: str) -> str:
-        """Where the dialog goes: the provider's authorization endpoint with state, nonce and
-        an S256 code challenge (the verifier stays here)."""
-        p = integ.personal
-        verifier = _b64(secrets.token_bytes(48))
-        state = _b64(secrets.token_bytes(24))
-        nonce = _b64(secrets.token_bytes(16))
-        now = self.clock()
-        with self._lock:
-            self._expire(now)
-            if len(self._pending) >= MAX_PENDING:
-                raise Unavailable("too many sign-ins in progress; try again shortly", "busy")
-            self._pending[state] = _Pending(integ.name, verifier, nonce, now)
-        query = {
-            "client_id": p.user_oauth_client_id,
-            "response_type": "code",
-            "redirect_uri": redirect_uri,
-            "response_mode": "query",
-            "scope": "openid email profile offline_access",
-            "state": state,
-            "nonce": nonce,
-            "code_challenge": _b64(hashlib.sha256(verifier.encode()).digest()),
-            "code_challenge_method": "S256",
-            "prompt": "select_account",
-        }
-        if p.authentication_provider == "adfs":
-            query["resource"] = p.adfs_resource_identifier
-            query["scope"] = "openid email profile allatclaims"
-        separator = "&" if "?" in p.user_oauth_authorization_uri else "?"
-        return f"{p.user_oauth_authorization_uri}{separator}{urlencode(query)}"
-
-    def _expire(self, now: float) -> None:
-        stale = [s for s, p in self._pending.items() if now - p.created > PENDING_SECONDS]
-        for state in stale:
-            del self._pending[state]
+        """Where the dialog goes: the provider's authorization URL for a new attempt."""
+        return self._attempts.start(client_of(integ), redirect_uri, integ.name)
 
     def finish(
         self, integ: IntegrationConfig, query: Mapping[str, str], redirect_uri: str
@@ -158,76 +102,17 @@ class UserSignIn:
         """Check the state (one use, not expired, this integration's), redeem the code with
         the PKCE verifier, read the user's email, open a session. Blocking (HTTP): call it
         from a worker thread."""
-        if query.get("error"):
-            detail = query.get("error_description") or query["error"]
-            raise SignInRefused(f"the identity provider refused the sign-in: {detail[:300]}")
-        state = query.get("state", "")
-        with self._lock:
-            self._expire(self.clock())
-            pending = self._pending.pop(state, None) if state else None
-        if pending is None or pending.integration != integ.name:
-            raise SignInRefused("unknown or expired sign-in attempt; start again")
-        code = query.get("code", "")
-        if not code:
-            raise SignInRefused("the identity provider sent no code")
-        form = {
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": redirect_uri,
-            "code_verifier": pending.verifier,
-        }
-        answer = self._token_request(integ, form)
-        claims = _claims(str(answer.get("id_token", ""))) if answer.get("id_token") else {}
-        if not claims and answer.get("access_token"):  # AD FS without openid: the access token
-            claims = _claims(str(answer["access_token"]))
-        audience = claims.get("aud")
-        audiences = audience if isinstance(audience, list) else [audience]
-        p = integ.personal
-        expected = {p.user_oauth_client_id, p.adfs_resource_identifier} - {""}
-        if "id_token" in answer and not expected.intersection(map(str, audiences)):
-            raise SignInRefused("the ID token is for another application")
-        if "nonce" in claims and claims["nonce"] != pending.nonce:
-            raise SignInRefused("the ID token answers another sign-in (nonce)")
-        email = email_of(claims)
+        attempt, code = self._attempts.take(query, integ.name)
+        client = client_of(integ)
+        answer = oidc.redeem(self.http_for(integ), client, attempt, code, redirect_uri)
+        claims = oidc.id_token_claims(client, answer, attempt, time.time())
+        email = oidc.email_of(claims)
         if not email:
             raise SignInRefused("the identity provider did not say who signed in (no email)")
-        token = TOKEN_PREFIX + _b64(secrets.token_bytes(32))
+        token = TOKEN_PREFIX + oidc.b64(secrets.token_bytes(32))
         self._save(integ.name, token, email, str(answer.get("refresh_token", "")))
         log.info("%s signed in for personal VMRs", email, extra={"integration": integ.name})
         return Session(token, email)
-
-    def _token_request(self, integ: IntegrationConfig, form: dict[str, str]) -> dict[str, Any]:
-        p = integ.personal
-        form = {**form, "client_id": p.user_oauth_client_id}
-        if p.authentication_provider == "adfs":
-            form["resource"] = p.adfs_resource_identifier
-        if p.azure_client_secret is not None:
-            form["client_secret"] = p.azure_client_secret.reveal()
-        try:
-            response = self.http_for(integ).post(
-                p.user_oauth_token_uri, data=form, timeout=HTTP_TIMEOUT
-            )
-        except requests.RequestException as exc:
-            raise Unavailable(
-                f"the identity provider cannot be reached: {exc}", "identity_provider_unreachable"
-            ) from exc
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = {}
-        if response.status_code >= 500:
-            raise Unavailable(
-                f"the identity provider answered {response.status_code}",
-                "identity_provider_unreachable",
-            )
-        if response.status_code != 200 or not isinstance(answer, dict):
-            why = ""
-            if isinstance(answer, dict):
-                why = ": ".join(
-                    str(answer[k])[:300] for k in ("error", "error_description") if answer.get(k)
-                )
-            raise SignInRefused(f"the identity provider refused the code ({why or 'no reason'})")
-        return answer
 
     # --- sessions --------------------------------------------------------------------------------
 
@@ -246,8 +131,10 @@ class UserSignIn:
             self._forget(integ.name, token)
             raise Unauthorized("the sign-in has expired; sign in again", "sign_in_required")
         try:
-            answer = self._token_request(
-                integ, {"grant_type": "refresh_token", "refresh_token": refresh}
+            answer = oidc.token_request(
+                self.http_for(integ),
+                client_of(integ),
+                {"grant_type": "refresh_token", "refresh_token": refresh},
             )
         except SignInRefused as exc:
             self._forget(integ.name, token)

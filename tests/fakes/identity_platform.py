@@ -69,6 +69,9 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
+GROUPS_IN_JWT = 200  # Entra's overage limit for a JWT
+
+
 def _unsigned_jwt(claims: dict[str, object]) -> str:
     def part(data: dict[str, object]) -> str:
         return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
@@ -93,6 +96,9 @@ class IdentityPlatform:
     client_certificate: x509.Certificate | None = None  # registered for certificate credentials
     public_clients: set[str] = field(default_factory=set)  # may redeem codes without a secret
     email: str = ""  # the signed-in user's email claim, when set
+    # the signed-in user's group object ids, sent in the ID token's `groups` claim; past
+    # Entra's limit for a JWT (200) only a pointer to Graph is sent instead (groups overage)
+    groups: list[str] = field(default_factory=list)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -180,6 +186,7 @@ class IdentityPlatform:
                     "sub": "svc",
                     "preferred_username": self.user,
                     **({"email": self.email} if self.email else {}),
+                    **self._groups_claim(),
                     "iat": int(time.time()),
                     "exp": int(time.time()) + 3600,
                     "ver": "2.0",
@@ -196,6 +203,19 @@ class IdentityPlatform:
                 .rstrip("=")
             )
         return body
+
+    def _groups_claim(self) -> dict[str, object]:
+        if len(self.groups) > GROUPS_IN_JWT:
+            return {
+                "_claim_names": {"groups": "src1"},
+                "_claim_sources": {
+                    "src1": {
+                        "endpoint": "https://graph.microsoft.com/v1.0/users/"
+                        "00000000-0000-0000-0000-00000000abcd/getMemberObjects"
+                    }
+                },
+            }
+        return {"groups": list(self.groups)} if self.groups else {}
 
     def _client_authenticated(self, form: Any, token_url: str) -> bool:
         """A client secret, or a client assertion: a JWT signed with the key of the certificate

@@ -52,6 +52,18 @@ server_fqdn = "vc.example.com"
 
 
 ADMIN_TOKEN = "demo-admin-token-0123456789abcdef01"
+ADMIN_GROUP = "6f1c2d1e-0000-4000-8000-00000000ad01"
+
+ADMIN_SIGN_IN = """
+[server.admin_sign_in]
+authorization_uri = "{authority}/oauth2/v2.0/authorize"
+token_uri = "{authority}/oauth2/v2.0/token"
+client_id = "pane-client"
+client_secret_env = "VMRSCHED_PANE_SECRET"
+issuer = "{authority}/v2.0"
+admin_group = "{group}"
+tls_ca_file = "{ca}"
+"""
 
 SSO = """
 [[integrations]]
@@ -86,12 +98,14 @@ class Platform:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    """The identity platform users of the `sso` integration sign in at; its user is Olga."""
+    """The identity platform users of the `sso` integration and admins sign in at; its user
+    is Olga, a member of the admin group."""
     with identity_platform.running(
         tmp_path_factory.mktemp("idp"),
         "olga@example.com",
         client_id="pane-client",
         client_secret="pane-secret",
+        groups=[ADMIN_GROUP],
     ) as (idp, ca):
         yield Platform(idp, ca)
 
@@ -116,6 +130,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, platform: Platform) -> Iter
         )
         + ONLINE
         + sso
+        + ADMIN_SIGN_IN.format(
+            authority=platform.idp.authority, group=ADMIN_GROUP, ca=platform.ca_file
+        )
     )
     log = open(tmp / "server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(

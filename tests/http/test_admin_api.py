@@ -215,7 +215,7 @@ async def test_the_console_needs_a_login_and_its_forms_the_csrf_token(
     assert done.status == 303 and "deleted" in urllib.parse.unquote_plus(done.headers["Location"])
     aliases = (await get(client, "/integrations/hq/aliases", q="console"))["aliases"]
     assert aliases[0]["status"] == "deleted"
-    assert aliases[0]["reason"].startswith("deleted by admin session")
+    assert aliases[0]["reason"].startswith("deleted by admin token (session ")
 
 
 async def test_login_attempts_are_rate_limited(client: TestClient[Any, Any]) -> None:

@@ -393,3 +393,21 @@ def test_admin_console_login_search_resend_delete(browser: Browser, server: str)
     )
     shot(page, "admin-deleted.png")
     page.close()
+
+
+def test_admin_signs_in_with_the_organisation_account(browser: Browser, server: str) -> None:
+    """The OpenID Connect sign-in: the provider (the fake platform, over TLS) signs Olga in at
+    once; she is in the admin group, so the console opens and names her; logging out ends it."""
+    context = browser.new_context(ignore_https_errors=True)  # the platform's own certificate
+    page = context.new_page()
+    page.goto(f"{server}/admin")
+    page.get_by_role("link", name="Sign in with your organisation account").click()
+    expect(page).to_have_url(f"{server}/admin")
+    expect(page.get_by_text("Signed in: olga@example.com")).to_be_visible()
+    expect(page.locator("td.state-running").first).to_be_visible()
+    shot(page, "admin-signed-in.png")
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(f"{server}/admin/login")
+    page.goto(f"{server}/admin")
+    expect(page).to_have_url(re.compile(r"/admin/login"))
+    context.close()

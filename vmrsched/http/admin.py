@@ -1,11 +1,13 @@
-"""Admin pages: log in with the admin token, and the EWS service account's browser sign-in
-(oauth_delegated) with its redirect endpoint.
+"""Admin pages: log in with the admin token or by OpenID Connect as a member of the admin
+group, and the EWS service account's browser sign-in (oauth_delegated) with its redirect
+endpoint.
 
-The admin token comes from [server] admin_token_env/_file; without one, admin pages are off.
-It is accepted as `Authorization: Bearer …`; browsers log in once and then carry a session
-cookie (a random id, never the token; HttpOnly, Secure, SameSite=Lax: the identity provider's
-redirect back to us is a cross-site navigation). Login attempts are rate-limited and logged.
-Comparisons are constant-time.
+The admin token comes from [server] admin_token_env/_file, the sign-in from
+[server.admin_sign_in]; with neither, admin pages are off. The token is accepted as
+`Authorization: Bearer …`; browsers log in once and then carry a session cookie (a random id,
+never the token; HttpOnly, Secure, SameSite=Lax: the identity provider's redirect back to us is
+a cross-site navigation) that remembers who logged in. Login attempts, by token or sign-in,
+are rate-limited and logged. Comparisons are constant-time.
 """
 
 from __future__ import annotations
@@ -24,8 +26,16 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from vmrsched.errors import Forbidden, RateLimited, ServiceError, Unauthorized
-from vmrsched.http.common import PAGES, SERVICE
+from vmrsched.errors import (
+    BadRequest,
+    Forbidden,
+    RateLimited,
+    ServiceError,
+    Unauthorized,
+    Unavailable,
+    UpstreamError,
+)
+from vmrsched.http.common import PAGES, SERVICE, status_of
 from vmrsched.http.ratelimit import RateLimiter
 from vmrsched.service import SignInRefused
 
@@ -48,23 +58,30 @@ class AdminSessions:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self._expires: dict[str, float] = {}
+        self._sessions: dict[str, tuple[float, str]] = {}  # id -> (expiry, who)
         self._key = secrets.token_bytes(32)
 
-    def create(self) -> str:
+    def create(self, who: str) -> str:
         now = self.clock()
-        for sid, expires in list(self._expires.items()):
+        for sid, (expires, _) in list(self._sessions.items()):
             if expires <= now:
-                del self._expires[sid]
-        while len(self._expires) >= MAX_SESSIONS:
-            del self._expires[next(iter(self._expires))]  # the oldest
+                del self._sessions[sid]
+        while len(self._sessions) >= MAX_SESSIONS:
+            del self._sessions[next(iter(self._sessions))]  # the oldest
         sid = secrets.token_urlsafe(32)
-        self._expires[sid] = now + SESSION_SECONDS
+        self._sessions[sid] = (now + SESSION_SECONDS, who)
         return sid
 
+    def who(self, sid: str) -> str | None:
+        """Who logged in with this session, while it lives."""
+        entry = self._sessions.get(sid)
+        return entry[1] if entry is not None and entry[0] > self.clock() else None
+
     def valid(self, sid: str) -> bool:
-        expires = self._expires.get(sid)
-        return expires is not None and expires > self.clock()
+        return self.who(sid) is not None
+
+    def end(self, sid: str) -> None:
+        self._sessions.pop(sid, None)
 
     def csrf(self, sid: str) -> str:
         """The CSRF token of a session: every form and every cookie-authenticated change must
@@ -87,26 +104,28 @@ def check_admin(request: web.Request, csrf: str | None = None) -> str:
     compared in constant time) or a live session cookie from /admin/login (browsers); a change
     (not GET/HEAD) made with the cookie must carry the session's CSRF token (`X-CSRF-Token` or
     the form's `csrf` field, checked by the handler for forms). Returns who: for the log."""
-    expected = _expected(request)
-    if expected is None:
+    if not request.app[SERVICE].config.server.admin_enabled:
         raise Forbidden(
-            "admin pages are off: set [server] admin_token_env or admin_token_file",
+            "admin pages are off: set [server] admin_token_env or admin_token_file, or "
+            "[server.admin_sign_in]",
             "admin_disabled",
         )
+    expected = _expected(request)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     client = request.remote or "unknown"
     if scheme.lower() == "bearer" and token.strip():
-        if hmac.compare_digest(token.strip().encode(), expected.encode()):
+        if expected is not None and hmac.compare_digest(token.strip().encode(), expected.encode()):
             return f"admin token from {client}"
     else:
         sid = request.cookies.get(COOKIE, "")
-        if request.app[SESSIONS].valid(sid):
+        who = request.app[SESSIONS].who(sid)
+        if who is not None:
             if request.method not in ("GET", "HEAD"):
                 sent = csrf if csrf is not None else request.headers.get("X-CSRF-Token", "")
                 if not hmac.compare_digest(sent.encode(), request.app[SESSIONS].csrf(sid).encode()):
                     raise Forbidden("missing or wrong CSRF token", "csrf_failed")
             session = hashlib.sha256(sid.encode()).hexdigest()[:8]
-            return f"admin session {session} from {client}"
+            return f"{who} (session {session}) from {client}"
     raise Unauthorized("log in at /admin/login with the admin token", "admin_token_required")
 
 
@@ -134,30 +153,40 @@ def _page(name: str, status: int = 200, **values: Any) -> web.Response:
     )
 
 
+def _login_page(
+    request: web.Request, target: str, status: int = 200, problem: str = ""
+) -> web.Response:
+    service = request.app[SERVICE]
+    return _page(
+        "admin_login.html",
+        status=status,
+        next=target,
+        problem=problem,
+        with_token=service.config.server.admin_token is not None,
+        with_sign_in=service.admin_sign_in_enabled(),
+    )
+
+
 async def login_form(request: web.Request) -> web.Response:
-    return _page("admin_login.html", next=request.query.get("next", "/admin"), failed=False)
+    return _login_page(request, local_target(request.query.get("next", "/admin"), "/admin"))
 
 
-async def login(request: web.Request) -> web.Response:
+def _count_attempt(request: web.Request) -> None:
+    """Every login attempt (a token, a sign-in started or finished) counts against the limits."""
     per_client, everyone = request.app[LOGIN_LIMITS]
     client = request.remote or "unknown"
     wait = max(per_client.allow(client), everyone.allow("*"))
     if wait:
         log.warning("admin login refused: too many attempts from %s", client)
         raise RateLimited("too many login attempts; try again shortly", wait)
-    form = await request.post()
-    expected = _expected(request)
-    token = str(form.get("token", ""))
-    target = local_target(str(form.get("next", "/admin")), "/admin")
-    if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
-        log.warning("admin login failed from %s", client)
-        return _page("admin_login.html", status=401, next=target, failed=True)
-    log.info("admin login from %s", client)
+
+
+def _open_session(request: web.Request, who: str, target: str) -> web.HTTPSeeOther:
     server = request.app[SERVICE].config.server
     response = web.HTTPSeeOther(target)
     response.set_cookie(
         COOKIE,
-        request.app[SESSIONS].create(),
+        request.app[SESSIONS].create(who),
         httponly=True,
         samesite="Lax",
         path="/admin",
@@ -165,7 +194,43 @@ async def login(request: web.Request) -> web.Response:
         # Secure, except for a plain-http server on loopback (a browser would drop it there)
         secure=not (server.base_url.startswith("http://") and server.on_loopback),
     )
-    raise response
+    return response
+
+
+async def login(request: web.Request) -> web.Response:
+    _count_attempt(request)
+    client = request.remote or "unknown"
+    form = await request.post()
+    expected = _expected(request)
+    token = str(form.get("token", ""))
+    target = local_target(str(form.get("next", "/admin")), "/admin")
+    if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
+        log.warning("admin login failed from %s", client)
+        return _login_page(request, target, 401, "That token is not right.")
+    log.info("admin login with the admin token from %s", client)
+    raise _open_session(request, "admin token", target)
+
+
+async def oidc_start(request: web.Request) -> web.Response:
+    """Off to the identity provider; it comes back to oidc_callback."""
+    _count_attempt(request)
+    target = request.app[SERVICE].start_admin_sign_in()
+    log.info("admin sign-in started from %s", request.remote)
+    raise web.HTTPFound(target)
+
+
+async def oidc_callback(request: web.Request) -> web.Response:
+    """The provider's answer: a session for a member of the admin group, else the login page
+    saying why (and the log saying who tried)."""
+    _count_attempt(request)
+    client = request.remote or "unknown"
+    try:
+        who = await request.app[SERVICE].finish_admin_sign_in(dict(request.query))
+    except (BadRequest, Forbidden, Unavailable, UpstreamError) as exc:
+        log.warning("admin sign-in refused from %s: %s", client, exc.message)
+        return _login_page(request, "/admin", status_of(exc), exc.message)
+    log.info("admin sign-in by %s from %s", who, client)
+    raise _open_session(request, who, "/admin")
 
 
 _LOCAL_PATH = re.compile(r"^/(?![/\\])[A-Za-z0-9._~!$&'()*+,;=:@%/?#-]*$")
@@ -222,7 +287,7 @@ async def console(request: web.Request) -> web.Response:
     """The admin console: integrations, alarms and lag; a search over conferences,
     reservations and decisions; delete, resend and reload as forms with the CSRF token. Plain
     HTML, no scripts."""
-    _who_or_login(request)
+    who = _who_or_login(request)
     service = request.app[SERVICE]
     overview = service.admin_overview()
     names = [i["name"] for i in overview]
@@ -250,6 +315,7 @@ async def console(request: web.Request) -> web.Response:
         decisions=decisions,
         csrf=csrf,
         notice=notice,
+        who=who,
     )
 
 
@@ -289,6 +355,15 @@ async def console_reload(request: web.Request) -> web.Response:
     raise _back("", "Configuration reloaded.")
 
 
+async def console_logout(request: web.Request) -> web.Response:
+    who = await _form_act(request)
+    request.app[SESSIONS].end(request.cookies.get(COOKIE, ""))
+    log.info("%s logged out", who)
+    response = web.HTTPSeeOther("/admin/login")
+    response.del_cookie(COOKIE, path="/admin")
+    raise response
+
+
 async def console_css(request: web.Request) -> web.Response:
     return web.Response(
         body=(STATIC / "admin.css").read_bytes(),
@@ -308,7 +383,10 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/admin/integrations/{integration}/aliases/{alias}/delete", console_delete)
     app.router.add_post("/admin/integrations/{integration}/aliases/{alias}/resend", console_resend)
     app.router.add_post("/admin/reload", console_reload)
+    app.router.add_post("/admin/logout", console_logout)
     app.router.add_get("/admin/login", login_form)
     app.router.add_post("/admin/login", login)
+    app.router.add_get("/admin/sign-in", oidc_start)
+    app.router.add_get("/admin/sign-in/callback", oidc_callback)
     app.router.add_get("/admin/integrations/{integration}/sign-in", sign_in)
     app.router.add_get(REDIRECT_PATH, redirect)
