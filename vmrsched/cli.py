@@ -1,4 +1,5 @@
-"""Command line: `vmrsched serve | check-config | invite | manifest | recover | store | failed`."""
+"""Command line: `vmrsched serve | check-config | invite | manifest | recover | store | failed |
+aliases | decisions`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from vmrsched import config
+from vmrsched import cli_admin, config
 
 DEFAULT_CONFIG = Path("config/vmrsched.toml")
 
@@ -129,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(check)
     check.set_defaults(func=cmd_check_config)
     _register_service_commands(sub)
+    cli_admin.register(sub, _add_config)
+    for name in ("aliases", "decisions"):
+        sub.choices[name].set_defaults(func=cmd_admin)
     return parser
 
 
@@ -409,6 +413,11 @@ def cmd_store(args: argparse.Namespace) -> int:
         print("damage found: stop the service, then run `vmrsched store repair`")
         return 1
     return 0
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    return 1 if cfg is None else cli_admin.run(args, cfg)
 
 
 def cmd_failed(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -22,6 +22,7 @@ import pykka
 
 from vmrsched import (
     admin_sign_in,
+    alias_admin,
     answers,
     decisions,
     directory,
@@ -49,6 +50,8 @@ from vmrsched.mailbox.base import GatewayError
 from vmrsched.mailbox.ews_auth import SIGN_IN_ALARM, DelegatedTokens
 from vmrsched.mailbox.graph import GraphMailbox
 from vmrsched.mailbox.sessions import CaSession
+from vmrsched.outgoing import Outgoing
+from vmrsched.outqueue import OutQueue
 from vmrsched.pexip import policy
 from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnavailable
 from vmrsched.recovery import Recovered, recover
@@ -56,6 +59,7 @@ from vmrsched.store import Record, Store, decode_schedule, lock_directory
 from vmrsched.telemetry import CONFIG_INVALID, STORE_CORRUPT, Alarms, Metrics
 
 __all__ = [
+    "OfflineAdmin",
     "Recovered",
     "ReloadResult",
     "Service",
@@ -584,6 +588,94 @@ def recover_integration(
             gateway.close()
     finally:
         store.close()
+
+
+class OfflineAdmin:
+    """The admin's acts on the data directory of a stopped service (the CLI uses them when no
+    service runs). It holds the data directory's lock while open, so the service cannot start
+    meanwhile (StoreInUseError while the service runs). A deletion is committed to the store;
+    the organizer's notice waits in the integration's queue and goes out when the service next
+    starts, which also publishes the deletion to the policy index and the provisioner."""
+
+    def __init__(self, cfg: Config, clock: Callable[[], datetime] | None = None) -> None:
+        self.config = cfg
+        self.clock = clock or (lambda: datetime.now(UTC))
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = lock_directory(cfg.data_dir, f"the data directory {cfg.data_dir}")
+
+    def close(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def __enter__(self) -> OfflineAdmin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _integration(self, name: str) -> IntegrationConfig:
+        integ = self.config.integration(name)
+        if integ is None:
+            raise NotFound(f"no integration named {name}", "unknown_integration")
+        return integ
+
+    @contextlib.contextmanager
+    def _store(self, integ: IntegrationConfig) -> Iterator[Store]:
+        store = Store(
+            self.config.data_dir / "store" / integ.name,
+            clock=self.clock,
+            reservation_ttl=timedelta(days=integ.reservation_ttl_days),
+            horizon=timedelta(days=integ.booking_horizon_days),
+        )
+        try:
+            yield store
+        finally:
+            store.close(compact=False)
+
+    def _queue(self, integ: IntegrationConfig, message: Outgoing) -> None:
+        queue = OutQueue(self.config.data_dir / "queue" / integ.name)
+        try:
+            queue.add([message])
+        finally:
+            queue.close()
+
+    def find_aliases(
+        self, name: str, query: str = "", day: str = "", limit: int = 100
+    ) -> list[dict[str, Any]]:
+        integ = self._integration(name)
+        with self._store(integ) as store:
+            found = alias_admin.search(store.records(), query, day, max(1, min(limit, 1000)))
+        return [admin_view(integ, record, self.clock()) for record in found]
+
+    def delete_alias(self, name: str, alias: str, by: str) -> dict[str, Any]:
+        integ = self._integration(name)
+        with self._store(integ) as store:
+            done = alias_admin.delete(store, integ, integ.renderer(), alias, by, self.clock())
+            if done is None:
+                raise NotFound(f"no alias {alias} in {name}", "unknown_alias")
+            if done.changed:
+                store.commit()
+        if done.notice is not None:
+            self._queue(integ, done.notice)
+        log.warning("alias %s of %s deleted by %s (offline)", alias, name, by)
+        return admin_view(integ, done.record, self.clock())
+
+    def resend(self, name: str, alias: str, by: str) -> str:
+        integ = self._integration(name)
+        with self._store(integ) as store:
+            found = alias_admin.resend(store, integ, integ.renderer(), alias, self.clock())
+        if found is None:
+            raise NotFound(
+                f"{alias} is not booked for a meeting with an organizer in {name}", "not_booked"
+            )
+        self._queue(integ, found[1])
+        log.info("joining instructions of %s in %s queued again by %s (offline)", alias, name, by)
+        return found[1].id
+
+    def decisions(self, name: str, query: str = "", limit: int = 100) -> list[dict[str, Any]]:
+        integ = self._integration(name)
+        return decisions.search(decisions.log_path(self.config.data_dir, integ.name), query, limit)
 
 
 def admin_view(integ: IntegrationConfig, record: Record, now: datetime) -> dict[str, Any]:

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import itertools
 import logging
 import traceback
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
-from vmrsched import answers, recurrence
+from vmrsched import alias_admin, answers
 from vmrsched.actors.bridge import deliver
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import (
@@ -246,55 +245,37 @@ class AliasAllocator(SupervisedChild):
     # --- admin acts (asked from the event loop through the bridge) ------------------------------
 
     def _find(self, ask: FindAliases) -> list[Record]:
-        words = ask.query.lower().split()
-        found: list[Record] = []
-        for record in self.store.records():
-            text = " ".join(
-                str(record.get(key, ""))
-                for key in ("alias", "numeric_alias", "organizer_email", "subject", "meeting_uid")
-            ).lower()
-            if all(word in text for word in words) and _on_day(record, ask.day):
-                found.append(record)
-        found.sort(key=lambda r: r.get("created", 0), reverse=True)
-        return found[: ask.limit]
+        return alias_admin.search(self.store.records(), ask.query, ask.day, ask.limit)
 
     def _delete(self, ask: DeleteAlias) -> Record | None:
         """Deleted and durable first, then published (the policy endpoint refuses it, the
         provisioner removes its conference), then the organizer's notice queued."""
-        record = self.store.by_alias(ask.alias)
-        if record is None:
+        done = alias_admin.delete(
+            self.store, self.integ, self.renderer, ask.alias, ask.by, self.ctx.clock()
+        )
+        if done is None:
             return None
-        before = dict(record)
-        if record["status"] != "deleted":
-            self.store.delete(record["alias_id"], f"deleted by {ask.by}")
+        if done.changed:
             self._commit()
             self._publish()
-        deleted = self.store.get(record["alias_id"]) or record
-        if before["status"] == "bound":
-            serial = str(deleted.get("deleted", ""))
-            notice = answers.admin_notice(
-                self.integ, self.renderer, before, "deleted", self.ctx.clock(), serial
-            )
-            if notice is not None:
-                self._queue(notice)
+        if done.notice is not None:
+            self._queue(done.notice)
+        alias = done.record.get("alias")
         log.warning(
             "alias %s deleted by %s",
-            record.get("alias"),
+            alias,
             ask.by,
-            extra={"integration": self.integ.name, "alias": record.get("alias"), "by": ask.by},
+            extra={"integration": self.integ.name, "alias": alias, "by": ask.by},
         )
-        return deleted
+        return done.record
 
     def _resend(self, ask: ResendInstructions) -> str | None:
-        record = self.store.by_alias(ask.alias)
-        if record is None or record["status"] != "bound":
-            return None
-        now = self.ctx.clock()
-        notice = answers.admin_notice(
-            self.integ, self.renderer, record, "resent", now, now.isoformat()
+        found = alias_admin.resend(
+            self.store, self.integ, self.renderer, ask.alias, self.ctx.clock()
         )
-        if notice is None:
+        if found is None:
             return None
+        record, notice = found
         self._queue(notice)
         log.info(
             "joining instructions of %s resent to %s by %s",
@@ -333,25 +314,3 @@ class AliasAllocatorProxy(ActorMemberMixin, pykka.ActorProxy[AliasAllocator]):
 
 def allocator_proxy(ref: pykka.ActorRef[Any]) -> AliasAllocatorProxy:
     return cast(AliasAllocatorProxy, ref.proxy())
-
-
-def _on_day(record: Record, day: str) -> bool:
-    """Whether a booking's schedule has an occurrence on `day` (YYYY-MM-DD, UTC), or its
-    reservation was made that day; any record when `day` is empty."""
-    if not day:
-        return True
-    try:
-        start = datetime.fromisoformat(day).replace(tzinfo=UTC)
-    except ValueError:
-        return False
-    end = start + timedelta(days=1)
-    raw = record.get("schedule")
-    if raw:
-        schedule = decode_schedule(raw)
-        try:
-            upcoming = itertools.islice(recurrence.occurrences_after(schedule, start), 1000)
-            return any(o.start < end for o in upcoming)
-        except recurrence.RecurrenceError:
-            return False
-    created = record.get("created")
-    return created is not None and start.timestamp() <= float(created) < end.timestamp()

@@ -1,0 +1,173 @@
+"""`vmrsched aliases` and `vmrsched decisions` as an admin runs them: real processes for the
+service and for every command. While the service runs the commands go through its admin API;
+once it is stopped they work on the data directory, and what they queued (an organizer's
+notice) goes out when the service starts again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests import spoolkit
+from tests.configs import spool_toml
+from tests.serving import ROOT, free_port, start, wait_ready
+from vmrsched import cli_admin, config
+from vmrsched.errors import ServiceError
+from vmrsched.service import OfflineAdmin
+
+TOKEN = "cli-admin-token-0123456789abcdef012345"
+
+
+def write(tmp_path: Path, port: int, token: bool = True) -> Path:
+    path = tmp_path / "vmrsched.toml"
+    path.write_text(
+        spool_toml(
+            tmp_path / "data",
+            port=port,
+            server='admin_token_env = "VMRSCHED_ADMIN_TOKEN"' if token else "",
+            integration="[integrations.spool]\npoll_interval_seconds = 0.05\n",
+        )
+    )
+    return path
+
+
+def cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vmrsched", *args, "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, "VMRSCHED_ADMIN_TOKEN": TOKEN},
+    )
+
+
+def book(port: int, spool: Path, subject: str, days: int) -> tuple[str, str]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/addin/v1/default/single-use-vmrs",
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        vmr = json.loads(response.read())
+    start_at = datetime.now(UTC).replace(microsecond=0, second=0, minute=0) + timedelta(days=days)
+    data, uid = spoolkit.request(
+        body=vmr["joining_instructions"], start=start_at, minutes=60, subject=subject
+    )
+    spoolkit.drop(spool / "inbox", data)
+    spoolkit.wait_for(lambda: bool(spoolkit.answers_for(spool, uid)))
+    return vmr["alias"], start_at.isoformat()
+
+
+def subjects(spool: Path) -> list[str]:
+    return [m.headers["Subject"] for m in spoolkit.outbox(spool)]
+
+
+@pytest.mark.slow
+def test_aliases_and_decisions_through_the_api_then_offline(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = write(tmp_path, port)
+    spool = tmp_path / "data" / "spool" / "default"
+    server = start(cfg, {"VMRSCHED_ADMIN_TOKEN": TOKEN})
+    try:
+        wait_ready(port)
+        budget, budget_start = book(port, spool, "Budget review", 2)
+        retro, _ = book(port, spool, "Sprint retro", 3)
+
+        listed = cli(cfg, "aliases", "list")
+        assert listed.returncode == 0, listed.stderr
+        assert "through the admin API at http://127.0.0.1:" in listed.stderr
+        assert budget in listed.stdout and retro in listed.stdout
+        assert "Budget review" in listed.stdout and budget_start in listed.stdout
+        day = cli(cfg, "aliases", "list", "--day", budget_start[:10], "--json")
+        assert [a["alias"] for a in json.loads(day.stdout)] == [budget]
+
+        shown = cli(cfg, "aliases", "show", budget)
+        assert shown.returncode == 0, shown.stderr
+        assert "status:           bound" in shown.stdout
+        assert "organizer_email:  olga@example.com" in shown.stdout
+        assert f"window:           {budget_start}" in shown.stdout
+        assert "decision:" in shown.stdout and "accepted (new_single)" in shown.stdout
+
+        found = cli(cfg, "decisions", "-q", "budget")
+        assert "accepted (new_single) " + budget in found.stdout
+        assert "1 decision(s) in default" in found.stderr
+
+        resent = cli(cfg, "aliases", "resend", budget)
+        assert resent.returncode == 0 and "queued as" in resent.stdout, resent.stderr
+        spoolkit.wait_for(lambda: "Joining details: Budget review" in subjects(spool))
+
+        unsure = cli(cfg, "aliases", "delete", budget)
+        assert unsure.returncode == 1 and "add --yes" in unsure.stderr
+        deleted = cli(cfg, "aliases", "delete", budget, "--yes")
+        assert deleted.returncode == 0 and f"{budget} deleted (through" in deleted.stdout
+        spoolkit.wait_for(lambda: "Video room removed: Budget review" in subjects(spool))
+        unknown = cli(cfg, "aliases", "show", "nobody@video.example.com")
+        assert unknown.returncode == 1 and "(unknown_alias)" in unknown.stderr
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+    # stopped: the same commands on the data directory
+    listed = cli(cfg, "aliases", "list", "-q", "budget")
+    assert listed.returncode == 0 and "offline, on " in listed.stderr, listed.stderr
+    assert "deleted" in listed.stdout
+    assert "deleted by" in cli(cfg, "aliases", "show", budget).stdout
+    deleted = cli(cfg, "aliases", "delete", retro, "--yes")
+    assert deleted.returncode == 0 and "(offline, on " in deleted.stdout, deleted.stderr
+    assert "deleted by " in cli(cfg, "aliases", "show", retro).stdout
+    assert "vmrsched CLI" in cli(cfg, "aliases", "show", retro).stdout
+    assert "Sprint retro" in cli(cfg, "decisions").stdout
+    assert "Video room removed: Sprint retro" not in subjects(spool)
+
+    # started again: the notice queued offline goes out, the alias is refused from then on
+    server = start(cfg, {"VMRSCHED_ADMIN_TOKEN": TOKEN})
+    try:
+        wait_ready(port)
+        spoolkit.wait_for(lambda: "Video room removed: Sprint retro" in subjects(spool))
+        assert "deleted" in cli(cfg, "aliases", "show", retro).stdout
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_a_running_service_without_an_admin_token_is_named(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, free_port(), token=False), environ={})
+    refused = pytest.raises(ServiceError, match=r"set \[server\] admin_token_env")
+    # the OfflineAdmin stands for the running service: it holds the data directory
+    with OfflineAdmin(cfg), refused, cli_admin.admin_for(cfg, None):
+        pass
+    with cli_admin.admin_for(cfg, None) as (_, how):  # released: offline
+        assert how.startswith("offline")
+
+
+def test_an_unreachable_service_is_a_clear_error(tmp_path: Path) -> None:
+    path = write(tmp_path, free_port())
+    cfg = config.load(path, environ={"VMRSCHED_ADMIN_TOKEN": TOKEN})
+    with cli_admin.admin_for(cfg, f"http://127.0.0.1:{free_port()}") as (admin, how):
+        assert how.startswith("through the admin API")
+        with pytest.raises(ServiceError, match="cannot be reached"):
+            admin.find_aliases("default")
+
+
+def test_several_integrations_need_one_named(tmp_path: Path) -> None:
+    path = write(tmp_path, free_port())
+    path.write_text(
+        path.read_text() + '\n[[integrations]]\nname = "other"\n[integrations.exchange]\n'
+        'mailbox_name = "Other"\nmailbox_email = "other@example.com"\n'
+        '[integrations.addin]\ntoken_validation = "none"\n'
+    )
+    out = cli(path, "decisions")
+    assert out.returncode == 1 and "name the integration with --integration" in out.stderr
+    out = cli(path, "decisions", "--integration", "nope")
+    assert out.returncode == 1 and "no integration named 'nope'" in out.stderr
+    out = cli(path, "decisions", "--integration", "other")
+    assert out.returncode == 0 and "0 decision(s) in other (offline" in out.stderr

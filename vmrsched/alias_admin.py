@@ -1,0 +1,102 @@
+"""An admin's acts on one integration's stored aliases: search, delete and resend. The same
+code serves the running service (inside the allocator, which owns the store) and the CLI on a
+stopped service's data directory; the caller commits and sends what these return."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from vmrsched import answers, recurrence
+from vmrsched.config import IntegrationConfig
+from vmrsched.outgoing import Outgoing
+from vmrsched.store import Record, Store, decode_schedule
+from vmrsched.templating import Renderer
+
+SEARCHED_KEYS = ("alias", "numeric_alias", "organizer_email", "subject", "meeting_uid")
+
+
+def search(records: Iterable[Record], query: str, day: str, limit: int) -> list[Record]:
+    """Records whose alias, organizer, subject or UID hold every word of `query` and that
+    touch `day`, newest first."""
+    words = query.lower().split()
+    found = [
+        record
+        for record in records
+        if all(
+            word in " ".join(str(record.get(key, "")) for key in SEARCHED_KEYS).lower()
+            for word in words
+        )
+        and on_day(record, day)
+    ]
+    found.sort(key=lambda r: r.get("created", 0), reverse=True)
+    return found[:limit]
+
+
+def on_day(record: Record, day: str) -> bool:
+    """Whether a booking's schedule has an occurrence on `day` (YYYY-MM-DD, UTC), or its
+    reservation was made that day; any record when `day` is empty."""
+    if not day:
+        return True
+    try:
+        start = datetime.fromisoformat(day).replace(tzinfo=UTC)
+    except ValueError:
+        return False
+    end = start + timedelta(days=1)
+    raw = record.get("schedule")
+    if raw:
+        try:
+            upcoming = itertools.islice(
+                recurrence.occurrences_after(decode_schedule(raw), start), 1000
+            )
+            return any(o.start < end for o in upcoming)
+        except recurrence.RecurrenceError:
+            return False
+    created = record.get("created")
+    return created is not None and start.timestamp() <= float(created) < end.timestamp()
+
+
+@dataclass(frozen=True)
+class Deleted:
+    record: Record  # as it is now
+    changed: bool  # False when it was deleted already: nothing to commit or publish
+    notice: Outgoing | None  # to the organizer of a booked meeting
+
+
+def delete(
+    store: Store,
+    integ: IntegrationConfig,
+    renderer: Renderer,
+    alias: str,
+    by: str,
+    now: datetime,
+) -> Deleted | None:
+    """Mark `alias` deleted (not yet committed) and write its organizer's notice; None when
+    the store has no such alias."""
+    record = store.by_alias(alias)
+    if record is None:
+        return None
+    before = dict(record)
+    changed = record["status"] != "deleted"
+    if changed:
+        store.delete(record["alias_id"], f"deleted by {by}")
+    deleted = store.get(record["alias_id"]) or record
+    notice = None
+    if before["status"] == "bound":
+        serial = str(deleted.get("deleted", ""))
+        notice = answers.admin_notice(integ, renderer, before, "deleted", now, serial)
+    return Deleted(deleted, changed, notice)
+
+
+def resend(
+    store: Store, integ: IntegrationConfig, renderer: Renderer, alias: str, now: datetime
+) -> tuple[Record, Outgoing] | None:
+    """The joining instructions of a booked alias again, for its organizer; None when the
+    alias is not booked for a meeting with an organizer."""
+    record = store.by_alias(alias)
+    if record is None or record["status"] != "bound":
+        return None
+    notice = answers.admin_notice(integ, renderer, record, "resent", now, now.isoformat())
+    return (record, notice) if notice is not None else None
