@@ -1,8 +1,9 @@
 """The admin's OpenID Connect sign-in over real HTTP: our server, the fake identity platform
 over TLS (it signs its user in at once and lists the user's groups in the ID token, or past 200
 groups only a pointer to Graph, as Entra ID does). A member of the admin group gets a console
-session that names them in every logged act; anyone else, a replayed or forged state, a token
-from another issuer, and too many attempts are refused, and nobody gets a session."""
+session that names them in every logged act; anyone else, a replayed, forged or forwarded answer
+(finished in a browser that did not start it), a token from another issuer, and too many
+attempts are refused, and none of them gets a session."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import requests
 from aiohttp.test_utils import TestClient
+from yarl import URL
 
 from tests import spoolkit
 from tests.fakes import identity_platform
@@ -133,7 +135,7 @@ async def test_only_the_admin_group_is_let_in(
     assert (await client.get("/api/admin/v1/integrations")).status == 401
 
 
-async def test_a_replayed_or_forged_answer_is_refused(
+async def test_a_replayed_forged_or_forwarded_answer_is_refused(
     client: TestClient[Any, Any], platform: tuple[IdentityPlatform, Path]
 ) -> None:
     idp, ca = platform
@@ -142,10 +144,25 @@ async def test_a_replayed_or_forged_answer_is_refused(
         started.headers["Location"], allow_redirects=False, verify=str(ca), timeout=10
     )
     back = urllib.parse.urlsplit(at_provider.headers["Location"])
-    first = await client.get(f"{back.path}?{back.query}", allow_redirects=False)
-    assert first.status == 303
+    callback = f"{back.path}?{back.query}"
+    state = dict(urllib.parse.parse_qsl(back.query))["state"]
+
+    def started_in_this_browser() -> None:
+        client.session.cookie_jar.update_cookies(
+            {"vmrsched_admin_sign_in": state}, URL(str(client.make_url(back.path)))
+        )
+
+    # the callback URL taken to another browser (say, sent to an admin): nothing redeemed
     client.session.cookie_jar.clear()
-    replayed = await client.get(f"{back.path}?{back.query}", allow_redirects=False)
+    forwarded = await client.get(callback, allow_redirects=False)
+    assert forwarded.status == 400 and "not started in this browser" in await forwarded.text()
+    assert "vmrsched_admin" not in forwarded.cookies and idp.grants == []
+
+    started_in_this_browser()
+    first = await client.get(callback, allow_redirects=False)
+    assert first.status == 303 and "vmrsched_admin" in first.cookies
+    started_in_this_browser()  # even with the state cookie kept: each attempt is used once
+    replayed = await client.get(callback, allow_redirects=False)
     assert replayed.status == 400 and "unknown or expired sign-in attempt" in await replayed.text()
     forged = await client.get(
         "/admin/sign-in/callback", params={"code": "x", "state": "made-up"}, allow_redirects=False
@@ -179,14 +196,17 @@ async def test_a_token_from_another_issuer_is_refused(
 
 
 async def test_sign_in_attempts_count_against_the_login_limit(
-    client: TestClient[Any, Any],
+    client: TestClient[Any, Any], platform: tuple[IdentityPlatform, Path]
 ) -> None:
     statuses = [
         (await client.get("/admin/sign-in", allow_redirects=False)).status for _ in range(7)
     ]
     assert statuses[:5] == [302] * 5 and statuses[5:] == [429, 429]
-    limited = await client.get("/admin/sign-in/callback", params={"code": "c", "state": "s"})
+    limited = await client.get("/admin/sign-in", allow_redirects=False)
     assert limited.status == 429 and int(limited.headers["Retry-After"]) >= 1
+    # a made-up answer is refused without a word to the provider
+    forged = await client.get("/admin/sign-in/callback", params={"code": "c", "state": "s"})
+    assert forged.status == 400 and platform[0].grants == []
 
 
 def test_the_sign_in_config_is_checked_with_key_paths(

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from aiohttp import web
 
@@ -42,6 +42,7 @@ from vmrsched.service import SignInRefused
 log = logging.getLogger("vmrsched.admin")
 STATIC = resources.files("vmrsched.http") / "static"
 COOKIE = "vmrsched_admin"
+STATE_COOKIE = "vmrsched_admin_sign_in"
 REDIRECT_PATH = "/admin/platform/msexchangeconnector/oauth_redirect/"
 
 
@@ -172,7 +173,7 @@ async def login_form(request: web.Request) -> web.Response:
 
 
 def _count_attempt(request: web.Request) -> None:
-    """Every login attempt (a token, a sign-in started or finished) counts against the limits."""
+    """Every login attempt (a token, a sign-in started) counts against the limits."""
     per_client, everyone = request.app[LOGIN_LIMITS]
     client = request.remote or "unknown"
     wait = max(per_client.allow(client), everyone.allow("*"))
@@ -181,8 +182,13 @@ def _count_attempt(request: web.Request) -> None:
         raise RateLimited("too many login attempts; try again shortly", wait)
 
 
-def _open_session(request: web.Request, who: str, target: str) -> web.HTTPSeeOther:
+def _secure_cookies(request: web.Request) -> bool:
+    """Secure, except for a plain-http server on loopback (a browser would drop it there)."""
     server = request.app[SERVICE].config.server
+    return not (server.base_url.startswith("http://") and server.on_loopback)
+
+
+def _open_session(request: web.Request, who: str, target: str) -> web.HTTPSeeOther:
     response = web.HTTPSeeOther(target)
     response.set_cookie(
         COOKIE,
@@ -191,8 +197,7 @@ def _open_session(request: web.Request, who: str, target: str) -> web.HTTPSeeOth
         samesite="Lax",
         path="/admin",
         max_age=SESSION_SECONDS,
-        # Secure, except for a plain-http server on loopback (a browser would drop it there)
-        secure=not (server.base_url.startswith("http://") and server.on_loopback),
+        secure=_secure_cookies(request),
     )
     return response
 
@@ -212,25 +217,50 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def oidc_start(request: web.Request) -> web.Response:
-    """Off to the identity provider; it comes back to oidc_callback."""
+    """Off to the identity provider; it comes back to oidc_callback. The attempt's state also
+    goes into a short-lived cookie, so only the browser that started a sign-in can finish it
+    (a callback URL sent to someone else would log them in as its sender)."""
     _count_attempt(request)
     target = request.app[SERVICE].start_admin_sign_in()
+    state = parse_qs(urlsplit(target).query).get("state", [""])[0]
     log.info("admin sign-in started from %s", request.remote)
-    raise web.HTTPFound(target)
+    response = web.HTTPFound(target)
+    response.set_cookie(
+        STATE_COOKIE,
+        state,
+        httponly=True,
+        samesite="Lax",  # sent on the provider's top-level redirect back to us
+        path="/admin/sign-in",
+        max_age=600,
+        secure=_secure_cookies(request),
+    )
+    raise response
 
 
 async def oidc_callback(request: web.Request) -> web.Response:
     """The provider's answer: a session for a member of the admin group, else the login page
-    saying why (and the log saying who tried)."""
-    _count_attempt(request)
+    saying why (and the log saying who tried). Not counted against the login limits: only a
+    state from oidc_start (which is counted) gets as far as the provider, and a refused one
+    costs no more than a lookup."""
     client = request.remote or "unknown"
+    started_here = request.cookies.get(STATE_COOKIE, "")
+    state = request.query.get("state", "")
+    if "error" not in request.query and not (
+        started_here and hmac.compare_digest(started_here.encode(), state.encode())
+    ):
+        log.warning("admin sign-in refused from %s: not started in this browser", client)
+        return _login_page(
+            request, "/admin", 400, "This sign-in was not started in this browser; start again."
+        )
     try:
         who = await request.app[SERVICE].finish_admin_sign_in(dict(request.query))
     except (BadRequest, Forbidden, Unavailable, UpstreamError) as exc:
         log.warning("admin sign-in refused from %s: %s", client, exc.message)
         return _login_page(request, "/admin", status_of(exc), exc.message)
     log.info("admin sign-in by %s from %s", who, client)
-    raise _open_session(request, who, "/admin")
+    response = _open_session(request, who, "/admin")
+    response.del_cookie(STATE_COOKIE, path="/admin/sign-in")
+    raise response
 
 
 _LOCAL_PATH = re.compile(r"^/(?![/\\])[A-Za-z0-9._~!$&'()*+,;=:@%/?#-]*$")
