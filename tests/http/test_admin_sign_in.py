@@ -149,7 +149,7 @@ async def test_a_replayed_forged_or_forwarded_answer_is_refused(
 
     def started_in_this_browser() -> None:
         client.session.cookie_jar.update_cookies(
-            {"vmrsched_admin_sign_in": state}, URL(str(client.make_url(back.path)))
+            {"vmrsched_sign_in_state": state}, URL(str(client.make_url(back.path)))
         )
 
     # the callback URL taken to another browser (say, sent to an admin): nothing redeemed

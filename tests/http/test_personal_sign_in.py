@@ -73,11 +73,15 @@ def result_of(page: str) -> dict[str, Any]:
 
 
 async def sign_in(
-    client: TestClient[Any, Any], ca: Path, tamper: bool = False
+    client: TestClient[Any, Any], ca: Path, tamper: bool = False, elsewhere: bool = False
 ) -> tuple[int, dict[str, Any]]:
+    """Through the provider and back; `elsewhere`: the callback URL opened in another
+    browser (without the state cookie the start set)."""
     start = await client.get("/addin/onprem/sign-in", allow_redirects=False)
     assert start.status == 302
     assert start.headers["Cache-Control"] == "no-store"
+    bound = start.cookies["vmrsched_sign_in_state"]
+    assert bound["secure"] and bound["httponly"] and bound["path"] == "/addin/onprem/sign-in"
     authorize = start.headers["Location"]
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(authorize).query))
     assert query["redirect_uri"] == f"{PUBLIC}/addin/onprem/sign-in/callback"
@@ -86,9 +90,12 @@ async def sign_in(
     callback = urllib.parse.urlsplit(back.headers["Location"])
     assert callback.path == "/addin/onprem/sign-in/callback"
     params = dict(urllib.parse.parse_qsl(callback.query))
-    if tamper:
-        params["state"] = "not-the-state-we-sent"
-    page = await client.get(callback.path, params=params)
+    state = bound.value
+    if tamper:  # in the URL and the cookie alike: only the service's own record can tell
+        params["state"] = state = "not-the-state-we-sent"
+    # the https browser sends the Secure cookie back (this test client speaks plain http)
+    cookie = {} if elsewhere else {"Cookie": f"vmrsched_sign_in_state={state}"}
+    page = await client.get(callback.path, params=params, headers=cookie)
     assert "Content-Security-Policy" in page.headers
     return page.status, result_of(await page.text())
 
@@ -126,6 +133,16 @@ async def test_a_callback_with_a_wrong_state_is_refused(
     assert status == 400 and result["error"] == "sign_in_refused"
     assert "unknown or expired" in result["message"]
     assert platform[0].grants == []  # the code was never redeemed
+
+
+async def test_a_callback_opened_in_another_window_is_refused(
+    client: TestClient[Any, Any], platform: tuple[IdentityPlatform, Path]
+) -> None:
+    """A forwarded callback URL must not sign its receiver in as its sender."""
+    status, result = await sign_in(client, platform[1], elsewhere=True)
+    assert status == 400 and result["error"] == "sign_in_refused"
+    assert "not started in this window" in result["message"]
+    assert platform[0].grants == []
 
 
 async def test_a_made_up_session_token_is_not_signed_in(client: TestClient[Any, Any]) -> None:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -35,6 +35,7 @@ from vmrsched.errors import (
     Unavailable,
     UpstreamError,
 )
+from vmrsched.http import sign_in_state
 from vmrsched.http.common import PAGES, SERVICE, status_of
 from vmrsched.http.ratelimit import RateLimiter
 from vmrsched.service import SignInRefused
@@ -42,7 +43,7 @@ from vmrsched.service import SignInRefused
 log = logging.getLogger("vmrsched.admin")
 STATIC = resources.files("vmrsched.http") / "static"
 COOKIE = "vmrsched_admin"
-STATE_COOKIE = "vmrsched_admin_sign_in"
+SIGN_IN_PATH = "/admin/sign-in"
 REDIRECT_PATH = "/admin/platform/msexchangeconnector/oauth_redirect/"
 
 
@@ -182,12 +183,6 @@ def _count_attempt(request: web.Request) -> None:
         raise RateLimited("too many login attempts; try again shortly", wait)
 
 
-def _secure_cookies(request: web.Request) -> bool:
-    """Secure, except for a plain-http server on loopback (a browser would drop it there)."""
-    server = request.app[SERVICE].config.server
-    return not (server.base_url.startswith("http://") and server.on_loopback)
-
-
 def _open_session(request: web.Request, who: str, target: str) -> web.HTTPSeeOther:
     response = web.HTTPSeeOther(target)
     response.set_cookie(
@@ -197,7 +192,7 @@ def _open_session(request: web.Request, who: str, target: str) -> web.HTTPSeeOth
         samesite="Lax",
         path="/admin",
         max_age=SESSION_SECONDS,
-        secure=_secure_cookies(request),
+        secure=sign_in_state.secure_cookies(request),
     )
     return response
 
@@ -217,24 +212,11 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def oidc_start(request: web.Request) -> web.Response:
-    """Off to the identity provider; it comes back to oidc_callback. The attempt's state also
-    goes into a short-lived cookie, so only the browser that started a sign-in can finish it
-    (a callback URL sent to someone else would log them in as its sender)."""
+    """Off to the identity provider; it comes back to oidc_callback (in this browser only)."""
     _count_attempt(request)
     target = request.app[SERVICE].start_admin_sign_in()
-    state = parse_qs(urlsplit(target).query).get("state", [""])[0]
     log.info("admin sign-in started from %s", request.remote)
-    response = web.HTTPFound(target)
-    response.set_cookie(
-        STATE_COOKIE,
-        state,
-        httponly=True,
-        samesite="Lax",  # sent on the provider's top-level redirect back to us
-        path="/admin/sign-in",
-        max_age=600,
-        secure=_secure_cookies(request),
-    )
-    raise response
+    raise sign_in_state.redirect_bound(request, target, SIGN_IN_PATH)
 
 
 async def oidc_callback(request: web.Request) -> web.Response:
@@ -243,11 +225,7 @@ async def oidc_callback(request: web.Request) -> web.Response:
     state from oidc_start (which is counted) gets as far as the provider, and a refused one
     costs no more than a lookup."""
     client = request.remote or "unknown"
-    started_here = request.cookies.get(STATE_COOKIE, "")
-    state = request.query.get("state", "")
-    if "error" not in request.query and not (
-        started_here and hmac.compare_digest(started_here.encode(), state.encode())
-    ):
+    if not sign_in_state.started_here(request):
         log.warning("admin sign-in refused from %s: not started in this browser", client)
         return _login_page(
             request, "/admin", 400, "This sign-in was not started in this browser; start again."
@@ -259,7 +237,7 @@ async def oidc_callback(request: web.Request) -> web.Response:
         return _login_page(request, "/admin", status_of(exc), exc.message)
     log.info("admin sign-in by %s from %s", who, client)
     response = _open_session(request, who, "/admin")
-    response.del_cookie(STATE_COOKIE, path="/admin/sign-in")
+    sign_in_state.forget(response, SIGN_IN_PATH)
     raise response
 
 
@@ -416,7 +394,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/admin/logout", console_logout)
     app.router.add_get("/admin/login", login_form)
     app.router.add_post("/admin/login", login)
-    app.router.add_get("/admin/sign-in", oidc_start)
-    app.router.add_get("/admin/sign-in/callback", oidc_callback)
+    app.router.add_get(SIGN_IN_PATH, oidc_start)
+    app.router.add_get(f"{SIGN_IN_PATH}/callback", oidc_callback)
     app.router.add_get("/admin/integrations/{integration}/sign-in", sign_in)
     app.router.add_get(REDIRECT_PATH, redirect)

@@ -10,7 +10,8 @@ import json
 import orjson
 from aiohttp import web
 
-from vmrsched.errors import RateLimited, ServiceError
+from vmrsched.errors import BadRequest, RateLimited, ServiceError
+from vmrsched.http import sign_in_state
 from vmrsched.http.addin import LIMITER, _bearer, _count, content_security_policy
 from vmrsched.http.common import PAGES, SERVICE, integration_or_404, page_headers, status_of
 
@@ -45,13 +46,16 @@ async def sign_out(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+def _sign_in_path(name: str) -> str:
+    return f"/addin/{name}/sign-in"
+
+
 async def sign_in(request: web.Request) -> web.Response:
-    """The dialog's first page: off to the identity provider."""
+    """The dialog's first page: off to the identity provider (back in this dialog only)."""
     service = request.app[SERVICE]
-    url = service.start_personal_sign_in(request.match_info["integration"])
-    raise web.HTTPFound(
-        url, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
-    )
+    name = request.match_info["integration"]
+    url = service.start_personal_sign_in(name)
+    raise sign_in_state.redirect_bound(request, url, _sign_in_path(name))
 
 
 async def sign_in_callback(request: web.Request) -> web.Response:
@@ -60,6 +64,10 @@ async def sign_in_callback(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     integ = integration_or_404(request)
     try:
+        if not sign_in_state.started_here(request):
+            raise BadRequest(
+                "this sign-in was not started in this window; start again", "sign_in_refused"
+            )
         session = await service.finish_personal_sign_in(integ.name, dict(request.query))
         result = {"session": session.token, "email": session.email}
         status = 200
@@ -71,7 +79,9 @@ async def sign_in_callback(request: web.Request) -> web.Response:
     )
     headers = page_headers(content_security_policy(integ))
     headers["Cache-Control"] = "no-store"
-    return web.Response(text=page, content_type="text/html", status=status, headers=headers)
+    response = web.Response(text=page, content_type="text/html", status=status, headers=headers)
+    sign_in_state.forget(response, _sign_in_path(integ.name))
+    return response
 
 
 def setup(app: web.Application) -> None:
