@@ -85,7 +85,7 @@ class AdminSignIn:
         answer = oidc.redeem(self.http_for(cfg), client, attempt, code, redirect_uri)
         if not answer.get("id_token"):
             raise SignInRefused("the identity provider sent no ID token (is openid in scope?)")
-        claims = oidc.id_token_claims(client, answer, attempt, time.time())
+        claims = oidc.id_token_claims(client, answer, attempt)
         who = oidc.email_of(claims) or str(claims.get("sub", ""))
         if not who:
             raise SignInRefused("the identity provider did not say who signed in")

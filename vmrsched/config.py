@@ -443,6 +443,16 @@ class IntegrationConfig:
         )
 
 
+def store_dir(data_dir: Path, integration: str) -> Path:
+    """Where an integration's store lives (the allocator's, recovery's, the offline admin's)."""
+    return Path(data_dir) / "store" / integration
+
+
+def queue_dir(data_dir: Path, integration: str) -> Path:
+    """Where an integration's outgoing queue lives (the notifier's, the offline admin's)."""
+    return Path(data_dir) / "queue" / integration
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig

@@ -184,13 +184,11 @@ def read_claims(jwt_text: str) -> dict[str, Any]:
     return data
 
 
-def id_token_claims(
-    client: Client, answer: Mapping[str, Any], attempt: Attempt, now: float
-) -> dict[str, Any]:
+def id_token_claims(client: Client, answer: Mapping[str, Any], attempt: Attempt) -> dict[str, Any]:
     """The checked claims of the answer's ID token: for this client, from the configured
     issuer, not expired, answering this attempt's nonce. A provider that sends no ID token
-    (AD FS without `openid`) gives the access token's claims, unchecked. `now` is the real
-    time: the provider wrote `exp` by its clock, not by an injected one."""
+    (AD FS without `openid`) gives the access token's claims, unchecked. Expiry is judged by
+    the real time: the provider wrote `exp` by its clock, not by an injected one."""
     id_token = answer.get("id_token")
     if not id_token:
         access = answer.get("access_token")
@@ -203,7 +201,7 @@ def id_token_claims(
     if client.issuer and claims.get("iss") != client.issuer:
         raise SignInRefused(f"the ID token comes from another issuer ({claims.get('iss')!r})")
     expires = claims.get("exp")
-    if isinstance(expires, int | float) and expires + CLOCK_SKEW_SECONDS < now:
+    if isinstance(expires, int | float) and expires + CLOCK_SKEW_SECONDS < time.time():
         raise SignInRefused("the ID token has expired (is this server's clock right?)")
     if "nonce" in claims and claims["nonce"] != attempt.nonce:
         raise SignInRefused("the ID token answers another sign-in (nonce)")

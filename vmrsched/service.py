@@ -579,7 +579,7 @@ def recover_integration(
 ) -> list[Recovered]:
     """Run recovery against the store and mailbox of a stopped service (StoreInUseError
     while it runs)."""
-    store = Store(cfg.data_dir / "store" / integ.name)
+    store = Store(config_mod.store_dir(cfg.data_dir, integ.name))
     try:
         gateway = make_gateway(integ, cfg.data_dir, Metrics())
         try:
@@ -623,7 +623,7 @@ class OfflineAdmin:
     @contextlib.contextmanager
     def _store(self, integ: IntegrationConfig) -> Iterator[Store]:
         store = Store(
-            self.config.data_dir / "store" / integ.name,
+            config_mod.store_dir(self.config.data_dir, integ.name),
             clock=self.clock,
             reservation_ttl=timedelta(days=integ.reservation_ttl_days),
             horizon=timedelta(days=integ.booking_horizon_days),
@@ -634,7 +634,7 @@ class OfflineAdmin:
             store.close(compact=False)
 
     def _queue(self, integ: IntegrationConfig, message: Outgoing) -> None:
-        queue = OutQueue(self.config.data_dir / "queue" / integ.name)
+        queue = OutQueue(config_mod.queue_dir(self.config.data_dir, integ.name))
         try:
             queue.add([message])
         finally:

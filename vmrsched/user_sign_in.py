@@ -105,7 +105,7 @@ class UserSignIn:
         attempt, code = self._attempts.take(query, integ.name)
         client = client_of(integ)
         answer = oidc.redeem(self.http_for(integ), client, attempt, code, redirect_uri)
-        claims = oidc.id_token_claims(client, answer, attempt, time.time())
+        claims = oidc.id_token_claims(client, answer, attempt)
         email = oidc.email_of(claims)
         if not email:
             raise SignInRefused("the identity provider did not say who signed in (no email)")

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from vmrsched import config
 from vmrsched.actors.registry import Registry
 from vmrsched.actors.supervision import RestartPolicy
 from vmrsched.actors.timer import Scheduler
@@ -79,7 +80,7 @@ class Context:
         self.tokens = TokenSources(self.data_dir)
 
     def store_dir(self, name: str) -> Path:
-        return self.data_dir / "store" / name
+        return config.store_dir(self.data_dir, name)
 
     def queue_dir(self, name: str) -> Path:
-        return self.data_dir / "queue" / name
+        return config.queue_dir(self.data_dir, name)
