@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fcntl
 import gc
-import json
 import logging
 import os
 import re
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from vmrsched import aliases, recurrence
 from vmrsched.aliases import RandomSource
@@ -594,11 +595,42 @@ def encode_schedule(schedule: recurrence.Schedule) -> str:
     """Schedules are kept as one compact JSON string per record: a reload then creates one string
     instead of a dozen nested objects per conference (reload time is dominated by object
     creation), and a schedule is decoded only when a decision needs it."""
-    return json.dumps(recurrence.to_json(schedule), separators=(",", ":"))
+    raw = orjson.dumps(recurrence.to_json(schedule)).decode()
+    _RECENT.put(raw, schedule)
+    return raw
 
 
 def decode_schedule(raw: str | dict[str, Any]) -> recurrence.Schedule:
-    return recurrence.from_json(json.loads(raw) if isinstance(raw, str) else raw)
+    if not isinstance(raw, str):
+        return recurrence.from_json(raw)
+    schedule = _RECENT.get(raw)
+    if schedule is None:
+        schedule = recurrence.from_json(orjson.loads(raw))
+        _RECENT.put(raw, schedule)
+    return schedule
+
+
+class _RecentSchedules:
+    """The schedules last encoded or decoded, by their JSON: a meeting just bound is published
+    to the policy index and asked about by its next update, and decoding it again each time
+    cost as much as the rest of binding it (schedules are frozen, so sharing one is safe)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: dict[str, recurrence.Schedule] = {}
+        self._lock = threading.Lock()
+
+    def get(self, raw: str) -> recurrence.Schedule | None:
+        return self._items.get(raw)
+
+    def put(self, raw: str, schedule: recurrence.Schedule) -> None:
+        with self._lock:
+            self._items[raw] = schedule
+            if len(self._items) > self.size:
+                del self._items[next(iter(self._items))]  # the oldest (dicts keep order)
+
+
+_RECENT = _RecentSchedules(4096)
 
 
 def _reserved(alias: aliases.Alias, now: datetime) -> Record:

@@ -1,5 +1,6 @@
 """The spool inbox's order: oldest first by the time an item was first seen waiting, without a
-stat of the whole backlog on every poll, and an item replaced under its name read afresh."""
+stat of the whole backlog on every poll, an item replaced under its name read afresh, and a long
+backlog drained from one listing (listed again after relist_seconds or near its end)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,36 @@ def test_oldest_first_by_first_sight_and_a_replaced_item_is_read_afresh(tmp_path
     items = spool.fetch(3)
     assert [item.id for item in items] == ["a.ics", "c.ics", "d.ics"]
     assert items[2].meetings[0].uid == "uid-d2"
+
+
+def test_a_backlog_is_drained_from_its_listing_and_listed_again_in_time(tmp_path: Path) -> None:
+    now = [0.0]
+    spool = SpoolMailbox(tmp_path, "room", relist_seconds=1.0, monotonic=lambda: now[0])
+    base = 1_700_000_000 * 10**9
+    for i in range(10):
+        _put(spool.inbox, f"{i:02d}.ics", base + i * 10**9, f"uid-{i}")
+    assert [item.id for item in spool.fetch(2)] == ["00.ics", "01.ics"]
+    spool.mark_handled("00.ics")
+    spool.quarantine("01.ics", "test")
+
+    # more than two batches left: the next batch comes from the listing, not a new one
+    _put(spool.inbox, "new.ics", base - 10**9, "uid-new")  # older time, arrived later
+    (spool.inbox / "03.ics").unlink()  # taken away by hand since it was listed
+    items = spool.fetch(2)
+    assert [item.id for item in items] == ["02.ics", "04.ics"]
+    assert items[0].meetings[0].uid == "uid-2"
+    for item in items:
+        spool.mark_handled(item.id)
+
+    now[0] = 1.0  # time to look again: the newcomer is the oldest waiting
+    assert [item.id for item in spool.fetch(2)] == ["new.ics", "05.ics"]
+
+
+def test_a_short_backlog_is_listed_on_every_fetch(tmp_path: Path) -> None:
+    spool = SpoolMailbox(tmp_path, "room", relist_seconds=3600, monotonic=lambda: 0.0)
+    base = 1_700_000_000 * 10**9
+    for i in range(3):
+        _put(spool.inbox, f"{i}.ics", base + i * 10**9, f"uid-{i}")
+    assert [item.id for item in spool.fetch(2)] == ["0.ics", "1.ics"]
+    _put(spool.inbox, "new.ics", base - 10**9, "uid-new")
+    assert [item.id for item in spool.fetch(2)] == ["new.ics", "0.ics"]

@@ -50,13 +50,22 @@ def outbox_name(message: Outgoing, now: datetime) -> str:
 
 
 def _read_regular(path: str) -> bytes:
-    """The file's bytes, refusing to follow a link swapped in since it was listed."""
+    """The file's bytes, refusing to follow a link swapped in since it was listed; plain
+    read(2)s into one buffer (a buffered file object around them cost a fifth of the read)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
     try:
-        if not S_ISREG(os.fstat(fd).st_mode):
+        stat = os.fstat(fd)
+        if not S_ISREG(stat.st_mode):
             raise OSError(0, "not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            return handle.read(MAX_ITEM_BYTES + 1)  # bounded even if the file grew
+        chunks: list[bytes] = []
+        left = MAX_ITEM_BYTES + 1  # bounded even if the file grew
+        while left > 0:
+            chunk = os.read(fd, min(left, stat.st_size + 1 if not chunks else 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     finally:
         os.close(fd)
 
@@ -82,6 +91,8 @@ class SpoolMailbox:
         name: str = "",
         default_timezone: str = "UTC",
         exclusive: bool = False,
+        relist_seconds: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self.root = Path(directory)
@@ -99,49 +110,77 @@ class SpoolMailbox:
         # inbox name -> (mtime ns, inode) when first listed: the arrival order, without a stat
         # of every waiting file on every poll (a backlog of n files cost n stats per poll)
         self._arrived: dict[str, tuple[int, int]] = {}
+        # the names of the last listing, oldest first, less those handled since
+        self._backlog: dict[str, None] = {}
+        self.relist_seconds = relist_seconds
+        self._monotonic = monotonic
+        self._relist_at = monotonic()
         # the service owns its spool alone: a second process reading the same inbox would
         # answer its meetings twice (tools that only look, like check-config, do not lock)
         self._lock_fd = lock_directory(self.root, f"the spool {self.root}") if exclusive else None
 
     def fetch(self, limit: int) -> Sequence[InboxItem]:
-        """The `limit` oldest items (by the time they were first seen waiting, then name)."""
+        """The `limit` oldest items (by the time they were first seen waiting, then name).
+        A backlog of n files is listed again only when fewer than two batches of it are left
+        or `relist_seconds` have passed: listing it for every batch cost n/limit listings of
+        up to n entries each (5,000 waiting: 50 listings, 125,000 entries)."""
         try:
-            entries = {e.name: e for e in os.scandir(self.inbox) if not e.name.startswith(".")}
-            known = self._arrived
-            arrived = {}
-            for name, entry in entries.items():
-                seen = known.get(name)
-                if seen is None or seen[1] != entry.inode():  # new, or replaced under its name
-                    seen = (entry.stat(follow_symlinks=False).st_mtime_ns, entry.inode())
-                arrived[name] = seen
-            self._arrived = arrived
-            oldest = sorted(arrived, key=lambda name: (arrived[name][0], name))[:limit]
-            stats = [(entries[n], entries[n].stat(follow_symlinks=False)) for n in oldest]
-        except FileNotFoundError:
-            return []  # an item moved away by hand between listing and stat: next poll
+            if len(self._backlog) < 2 * limit or self._monotonic() >= self._relist_at:
+                self._relist()
+            taken: list[tuple[str, os.stat_result]] = []
+            for name in list(self._backlog):
+                if len(taken) >= limit:
+                    break
+                try:
+                    path = os.path.join(self.inbox, name)
+                    taken.append((name, os.stat(path, follow_symlinks=False)))
+                except FileNotFoundError:  # moved away by hand since it was listed
+                    self._forget(name)
         except OSError as exc:
             raise GatewayError(f"cannot list {self.inbox}: {exc}") from exc
-        return [self._read(entry, stat) for entry, stat in stats]
+        return [self._read(name, stat) for name, stat in taken]
 
-    def _read(self, entry: os.DirEntry[str], stat: os.stat_result) -> InboxItem:
+    def _relist(self) -> None:
+        known = self._arrived
+        arrived = {}
+        for entry in os.scandir(self.inbox):
+            name = entry.name
+            if name.startswith("."):
+                continue
+            seen = known.get(name)
+            if seen is None or seen[1] != entry.inode():  # new, or replaced under its name
+                try:
+                    seen = (entry.stat(follow_symlinks=False).st_mtime_ns, entry.inode())
+                except FileNotFoundError:
+                    continue  # gone between listing and stat
+            arrived[name] = seen
+        self._arrived = arrived
+        self._backlog = dict.fromkeys(sorted(arrived, key=lambda name: (arrived[name][0], name)))
+        self._relist_at = self._monotonic() + self.relist_seconds
+
+    def _forget(self, name: str) -> None:
+        self._backlog.pop(name, None)
+        self._arrived.pop(name, None)
+
+    def _read(self, name: str, stat: os.stat_result) -> InboxItem:
         received = datetime.fromtimestamp(stat.st_mtime, UTC)
         if not S_ISREG(stat.st_mode):
             # never followed: a link could point at secrets (/proc/self/environ) or loop
             kind = "a symbolic link" if S_ISLNK(stat.st_mode) else "not a regular file"
-            return InboxItem(entry.name, received, error=f"{kind}: not read")
-        if not entry.name.lower().endswith(SUFFIXES):
-            return InboxItem(entry.name, received, error="not a .ics or .eml file")
+            return InboxItem(name, received, error=f"{kind}: not read")
+        if not name.lower().endswith(SUFFIXES):
+            return InboxItem(name, received, error="not a .ics or .eml file")
         if stat.st_size > MAX_ITEM_BYTES:
-            return InboxItem(entry.name, received, error=f"larger than {MAX_ITEM_BYTES} bytes")
+            return InboxItem(name, received, error=f"larger than {MAX_ITEM_BYTES} bytes")
         try:
-            data = _read_regular(entry.path)
+            data = _read_regular(os.path.join(self.inbox, name))
         except OSError as exc:
-            return InboxItem(entry.name, received, error=f"cannot read: {exc.strerror}")
+            return InboxItem(name, received, error=f"cannot read: {exc.strerror}")
         try:
-            parsed = itip.parse_file(entry.name, data, self.default_timezone)
+            parsed = itip.parse_file(name, data, self.default_timezone)
         except itip.ParseError as exc:
             return InboxItem(
-                entry.name,
+                name,
                 received,
                 error=exc.reason,
                 sender_email=exc.organizer_email,
@@ -151,9 +190,10 @@ class SpoolMailbox:
                 not_meeting=exc.not_meeting,
                 auto_submitted=exc.auto_submitted,
             )
-        return InboxItem(entry.name, received, meetings=parsed.meetings)
+        return InboxItem(name, received, meetings=parsed.meetings)
 
     def _move(self, item_id: str, folder: Path) -> None:
+        self._forget(item_id)
         try:
             os.replace(self.inbox / item_id, folder / item_id)
         except FileNotFoundError:
