@@ -21,6 +21,8 @@ from vmrsched.store import (
     StoreBrokenError,
     StoreCorruptError,
     StoreInUseError,
+    decode_schedule,
+    encode_schedule,
     normalise_alias,
 )
 from vmrsched.store_repair import check, repair
@@ -437,3 +439,17 @@ def test_a_new_journal_is_born_with_the_seals_of_the_ones_before_it(tmp_path: Pa
     store.close(compact=False)
     journals = sorted((tmp_path / "store").glob("journal.*.log"))
     assert scan(journals[-1]).entries[0]["op"] == "seal"
+
+
+def test_a_schedule_reads_back_the_same_whether_just_encoded_or_long_ago() -> None:
+    start = datetime(2026, 12, 1, 9, tzinfo=UTC)
+    first = Schedule(start, start + timedelta(hours=1), "FREQ=WEEKLY;COUNT=3")
+    raw = encode_schedule(first)
+    assert decode_schedule(raw) is first  # just encoded: not decoded again
+    for i in range(5000):  # more than the memo keeps
+        encode_schedule(
+            Schedule(start + timedelta(minutes=i), start + timedelta(hours=1, minutes=i))
+        )
+    again = decode_schedule(raw)
+    assert again == first and again is not first
+    assert decode_schedule(json.loads(raw)) == first

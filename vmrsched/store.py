@@ -604,16 +604,14 @@ def decode_schedule(raw: str | dict[str, Any]) -> recurrence.Schedule:
     if not isinstance(raw, str):
         return recurrence.from_json(raw)
     schedule = _RECENT.get(raw)
-    if schedule is None:
-        schedule = recurrence.from_json(orjson.loads(raw))
-        _RECENT.put(raw, schedule)
-    return schedule
+    return schedule if schedule is not None else recurrence.from_json(orjson.loads(raw))
 
 
 class _RecentSchedules:
-    """The schedules last encoded or decoded, by their JSON: a meeting just bound is published
-    to the policy index and asked about by its next update, and decoding it again each time
-    cost as much as the rest of binding it (schedules are frozen, so sharing one is safe)."""
+    """The schedules last encoded, by their JSON: a meeting just bound is published to the
+    policy index at once, and decoding what was just encoded cost as much as the rest of
+    binding it (schedules are frozen, so sharing one is safe). Decoding adds nothing here, so
+    publishing a whole store at start-up does not churn it."""
 
     def __init__(self, size: int) -> None:
         self.size = size
