@@ -453,3 +453,40 @@ def test_a_schedule_reads_back_the_same_whether_just_encoded_or_long_ago() -> No
     again = decode_schedule(raw)
     assert again == first and again is not first
     assert decode_schedule(json.loads(raw)) == first
+
+
+def test_the_collector_stays_off_while_any_store_loads_and_comes_back_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+    import threading
+
+    release = {name: threading.Event() for name in ("a", "b")}
+    loading = {name: threading.Event() for name in ("a", "b")}
+    load = Store._load
+
+    def held_load(self: Store) -> None:
+        loading[self.directory.name].set()
+        release[self.directory.name].wait(10)
+        load(self)
+
+    monkeypatch.setattr(Store, "_load", held_load)
+    opened: list[Store] = []
+    threads = [
+        threading.Thread(target=lambda n=name: opened.append(Store(tmp_path / n)))
+        for name in ("a", "b")
+    ]
+    assert gc.isenabled()
+    for thread in threads:
+        thread.start()
+    for event in loading.values():
+        assert event.wait(10)
+    assert not gc.isenabled()
+    release["a"].set()
+    threads[0].join(10)
+    assert not gc.isenabled()  # b still loading
+    release["b"].set()
+    threads[1].join(10)
+    assert gc.isenabled() and len(opened) == 2
+    for store in opened:
+        store.close()

@@ -105,6 +105,34 @@ class StoreStats:
     journal_entries: int
 
 
+class _GcPause:
+    """The cyclic GC off while any store loads. Stores of many integrations load at once in
+    their own threads, and the collector's switch is one for the process: each load turning it
+    off and back on by itself could leave it off for good (one thread reads "off" from
+    another's load, then turns it off after that one turned it back on)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loading = 0
+        self._was_enabled = False
+
+    def enter(self) -> None:
+        with self._lock:
+            if self._loading == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._loading += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._loading -= 1
+            if self._loading == 0 and self._was_enabled:
+                gc.enable()
+
+
+_GC_PAUSE = _GcPause()
+
+
 class Store:
     def __init__(
         self,
@@ -140,8 +168,7 @@ class Store:
         self._compactor: threading.Thread | None = None
         self._broken: BaseException | None = None
         self._lock_fd = lock_directory(self.directory)
-        collecting = gc.isenabled()
-        gc.disable()  # loading creates millions of objects and no cycles: skip the GC passes
+        _GC_PAUSE.enter()  # loading creates millions of objects and no cycles: skip GC passes
         try:
             self._load()
             self._loaded = True  # from here on changes are noted for publishing
@@ -155,8 +182,7 @@ class Store:
             os.close(self._lock_fd)
             raise
         finally:
-            if collecting:
-                gc.enable()
+            _GC_PAUSE.leave()
 
     # --- loading ------------------------------------------------------------------------------
 
