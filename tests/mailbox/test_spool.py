@@ -67,3 +67,15 @@ def test_a_short_backlog_is_listed_on_every_fetch(tmp_path: Path) -> None:
     assert [item.id for item in spool.fetch(2)] == ["0.ics", "1.ics"]
     _put(spool.inbox, "new.ics", base - 10**9, "uid-new")
     assert [item.id for item in spool.fetch(2)] == ["new.ics", "0.ics"]
+
+
+def test_items_of_every_size_are_read_whole(tmp_path: Path) -> None:
+    from vmrsched.mailbox.spool import MAX_ITEM_BYTES, _read_regular
+
+    for size in (0, 1, 4095, 4096, 65537, 3 * (1 << 20) + 7, MAX_ITEM_BYTES):
+        path = tmp_path / f"{size}.ics"
+        data = os.urandom(size)
+        path.write_bytes(data)
+        assert _read_regular(str(path)) == data
+    path.write_bytes(b"x" * (MAX_ITEM_BYTES + 100))  # grew past the limit: bounded
+    assert len(_read_regular(str(path))) == MAX_ITEM_BYTES + 1

@@ -59,12 +59,17 @@ def _read_regular(path: str) -> bytes:
             raise OSError(0, "not a regular file")
         chunks: list[bytes] = []
         left = MAX_ITEM_BYTES + 1  # bounded even if the file grew
+        got = 0
         while left > 0:
-            chunk = os.read(fd, min(left, stat.st_size + 1 if not chunks else 1 << 20))
+            wanted = min(left, stat.st_size + 1 if not chunks else 1 << 20)
+            chunk = os.read(fd, wanted)
             if not chunk:
                 break
             chunks.append(chunk)
             left -= len(chunk)
+            got += len(chunk)
+            if got >= stat.st_size and len(chunk) < wanted:
+                break  # all it held and nothing more waiting: no read(2) just to see the end
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     finally:
         os.close(fd)
