@@ -636,8 +636,9 @@ def decode_schedule(raw: str | dict[str, Any]) -> recurrence.Schedule:
 class _RecentSchedules:
     """The schedules last encoded, by their JSON: a meeting just bound is published to the
     policy index at once, and decoding what was just encoded cost as much as the rest of
-    binding it (schedules are frozen, so sharing one is safe). Decoding adds nothing here, so
-    publishing a whole store at start-up does not churn it."""
+    binding it (schedules are frozen, so sharing one is safe; they come from calendars, in
+    whole seconds and named zones, which is all the JSON keeps). Decoding adds nothing here,
+    so publishing a whole store at start-up does not churn it."""
 
     def __init__(self, size: int) -> None:
         self.size = size
