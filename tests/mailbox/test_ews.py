@@ -452,6 +452,13 @@ async def test_oauth_delegated_browser_sign_in_then_refresh_failure_alarm(
             )
             back = urlsplit(answer.headers["Location"])
             assert back.path == "/admin/platform/msexchangeconnector/oauth_redirect/"
+            # the callback forwarded to another admin's browser: refused, nothing redeemed
+            async with TestClient(TestServer(create_app(svc))) as other:
+                await other.post("/admin/login", data={"token": "a" * 40}, allow_redirects=False)
+                refused = await other.get(f"{back.path}?{back.query}")
+                assert refused.status == 400
+                assert "not started in this browser" in await refused.text()
+            assert "authorization_code" not in oauth.platform.grants
             done = await client.get(f"{back.path}?{back.query}")
             page = await done.text()
             assert done.status == 200 and "svc-vmr@contoso.example" in page, page

@@ -261,12 +261,21 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         request.remote,
         extra={"integration": name},
     )
-    raise web.HTTPFound(target)
+    raise sign_in_state.redirect_bound(request, target, REDIRECT_PATH)
 
 
 @admin_only
 async def redirect(request: web.Request) -> web.StreamResponse:
+    """The service account's sign-in coming back: finished only in the browser that started it
+    (another admin opening a forwarded link would otherwise bind the sender's account)."""
     query = dict(request.query)
+    if not sign_in_state.started_here(request):
+        log.warning(
+            "service account sign-in refused from %s: not started in this browser",
+            request.remote,
+        )
+        detail = "This sign-in was not started in this browser; start it again."
+        return _page("admin_signed_in.html", status=400, ok=False, integration="", detail=detail)
     if "error" in query:
         detail = query.get("error_description") or query["error"]
         return _page("admin_signed_in.html", status=400, ok=False, integration="", detail=detail)
@@ -280,7 +289,9 @@ async def redirect(request: web.Request) -> web.StreamResponse:
             integration=exc.integration,
             detail=exc.message,
         )
-    return _page("admin_signed_in.html", ok=True, integration=name, detail="", account=account)
+    response = _page("admin_signed_in.html", ok=True, integration=name, detail="", account=account)
+    sign_in_state.forget(response, REDIRECT_PATH)
+    return response
 
 
 def _who_or_login(request: web.Request, csrf: str | None = None) -> str:
