@@ -80,6 +80,62 @@ def test_sandbox_blocks_attribute_escape() -> None:
         r.render("conference_name_template", {"subject": "x"})
 
 
+def test_sandbox_globals_stay_usable_and_unshared_between_renders() -> None:
+    """The globals are copied flat into each template once; what a render sets (a namespace,
+    a loop) must not leak into the next one, and the sandbox's `range` limit still holds."""
+    source = (
+        "{% set ns = namespace(n=0) %}{% for i in range(3) %}{% set ns.n = ns.n + i %}"
+        "{% endfor %}{{ ns.n }} {{ dict(a=1)['a'] }} {{ subject }}"
+    )
+    r = Renderer({"conference_name_template": source})
+    assert r.render("conference_name_template", {"subject": "one"}) == "3 1 one"
+    assert r.render("conference_name_template", {"subject": "two"}) == "3 1 two"
+    huge = Renderer({"conference_name_template": "{% for i in range(10**9) %}{% endfor %}"})
+    with pytest.raises(OverflowError):
+        huge.render("conference_name_template", {})
+
+
+@pytest.mark.parametrize(
+    ("source", "plain"),
+    [
+        ("<p>{{alias}} and {{ subject }}</p>", True),
+        ("no variables at all", True),
+        ("{{ subject|upper }}", False),
+        ("{{ subject[0] }}", False),
+        ("{% if subject %}{{subject}}{% endif %}", False),
+        ("{{ subject ~ alias }}", False),
+    ],
+)
+def test_plain_templates_are_told_apart(source: str, plain: bool) -> None:
+    assert templating._plain("html", source) is plain
+
+
+def test_check_values_raises_what_render_would() -> None:
+    """The add-in's check before it reserves: for any template, it fails exactly where a
+    render with the same values fails."""
+    name = "single_use_joining_instructions_template"
+    naive = datetime(2026, 1, 1)  # format_time refuses a time without a zone
+    cases = [
+        ({}, "{{subject}} at {{start_time}}"),  # plain
+        ({}, "{{ subject[0] }}"),  # fails on an empty subject
+        ({"subject": "x"}, "{{ subject[0] }}"),
+        ({"start_time": naive}, "{{subject}} at {{start_time}}"),
+        ({"start_time": naive}, "{{ subject|upper }}"),  # the time is formatted anyway
+    ]
+    failed = 0
+    for values, source in cases:
+        r = Renderer({name: source})
+        try:
+            r.render(name, values)
+        except Exception as exc:
+            failed += 1
+            with pytest.raises(type(exc)):
+                r.check_values(name, values)
+        else:
+            r.check_values(name, values)
+    assert failed == 3  # the empty subject and both naive times
+
+
 def test_general_error_template_shows_the_correlation_id() -> None:
     out = Renderer({}).render("reject_general_error_template", {"correlation_id": "abc-123"})
     assert "abc-123" in out

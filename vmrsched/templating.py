@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import babel
 import babel.dates
 import jinja2
-from jinja2 import meta
+from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 # Babel (CLDR) date pattern of {{start_time}}/{{end_time}}; the zone's name is added after it
@@ -231,8 +231,16 @@ def environment(kind: Kind) -> SandboxedEnvironment:
 @lru_cache(maxsize=4096)
 def _compile(kind: Kind, source: str) -> jinja2.Template:
     """Compiled templates are immutable and safe to share between threads; integrations with
-    the same texts (most of them, with the defaults) share one compilation."""
-    return environment(kind).from_string(source)
+    the same texts (most of them, with the defaults) share one compilation.
+
+    Its globals (the sandbox's `range`, `dict`, `namespace`, ...) are flattened from jinja's
+    ChainMap into a plain dict: every render copies them into its context and lists their
+    names, and over a ChainMap that walk is Python code costing a third of a small render
+    (33 against 22 µs for the default joining instructions). The environment's globals never
+    change after start-up, so the copy cannot go stale."""
+    template = environment(kind).from_string(source)
+    template.globals = dict(template.globals)
+    return template
 
 
 def check(name: str, source: str) -> list[str]:
@@ -252,6 +260,20 @@ def check(name: str, source: str) -> list[str]:
 @lru_cache(maxsize=4096)
 def _undeclared(kind: Kind, source: str) -> frozenset[str]:
     return frozenset(meta.find_undeclared_variables(environment(kind).parse(source)))
+
+
+@lru_cache(maxsize=4096)
+def _plain(kind: Kind, source: str) -> bool:
+    """Whether the template only prints text and bare variables (`{{alias}}`: no filters,
+    tests, calls, lookups or statements), as the defaults and most admins' texts do. Such a
+    render cannot fail once the times are formatted: missing variables become "" and every
+    value prints (escaped, for HTML)."""
+    body = environment(kind).parse(source).body
+    return all(
+        isinstance(node, nodes.Output)
+        and all(isinstance(part, nodes.TemplateData | nodes.Name) for part in node.nodes)
+        for node in body
+    )
 
 
 def _names_a_zone(value: datetime) -> bool:
@@ -292,12 +314,14 @@ class Renderer:
         self.locale = babel.Locale.parse(locale)
         self.time_format = time_format
         self._compiled: dict[str, jinja2.Template] = {}
+        self._plain: dict[str, bool] = {}
         for name, spec in TEMPLATES.items():
             source = sources.get(name, spec.default)
             problems = check(name, source)
             if problems:
                 raise TemplateError(f"{name}: {problems[0]}")
             self._compiled[name] = _compile(spec.kind, source)
+            self._plain[name] = _plain(spec.kind, source)
 
     def format_time(self, value: datetime | None) -> str:
         """A time in the organizer's zone where the request names one (else the
@@ -323,6 +347,18 @@ class Renderer:
         minutes = int(offset.total_seconds() // 60)
         sign = "+" if minutes >= 0 else "-"
         return f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+    def check_values(self, name: str, variables: Mapping[str, Any]) -> None:
+        """Raise what `render` would raise for these variables, without rendering where
+        nothing but the times can fail (a plain template; see `_plain`). The add-in checks a
+        request's meeting details this way before it reserves an alias for them."""
+        if not self._plain[name]:
+            self.render(name, variables)
+            return
+        for key in ("start_time", "end_time"):
+            value = variables.get(key)
+            if key in TEMPLATES[name].variables and isinstance(value, datetime):
+                self.format_time(value)
 
     def render(self, name: str, variables: Mapping[str, Any]) -> str:
         spec = TEMPLATES[name]
