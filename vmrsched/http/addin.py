@@ -290,8 +290,8 @@ async def _single_use_vmr(
         raise Forbidden("single-use VMRs are not enabled", "feature_disabled")
     try:
         fields = await _meeting_fields(request)
-        # validated and rendered before an alias is reserved: a request that cannot be
-        # answered must not leave an alias reserved behind it
+        # checked as a render would check them, before an alias is reserved: a request that
+        # cannot be answered must not leave an alias reserved behind it
         renderer_for(integ).check_values(
             "single_use_joining_instructions_template",
             {**answers.variables(integ, None, _SAMPLE_RECORD), **fields},
