@@ -1,14 +1,20 @@
 """Start 200 integrations (each a supervisor with allocator, poller and notifier actors on the
 spool backend) and report how long until all are running, the process RSS and its threads.
 
+`--decisions N` starts them as after a long life instead: each integration's decisions log
+already holds N entries (a full one holds 40,000). The logs are hard links to one file, so the
+benchmark needs the disk for one log, not for one per integration; reading any of them would
+go through the page cache all the same.
+
 Prints one JSON line: {"integrations": 200, "start_s": …, "rss_mb": …, "threads": …}
-Usage: python bench/integrations.py [--integrations 200]
+Usage: python bench/integrations.py [--integrations 200] [--decisions 0]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -27,11 +33,35 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def prefill_decisions(data_dir: Path, integrations: int, entries: int) -> None:
+    folder = data_dir / "decisions"
+    folder.mkdir(parents=True)
+    one = folder / "one.jsonl"
+    entry = {
+        "time": "2026-11-30T12:00:00+00:00",
+        "subject": "Weekly planning of the video team",
+        "organizer": "alice@example.com",
+        "outcome": "accepted",
+        "reason": "new_meeting",
+        "correlation_id": "8d1c0c4e-5a0b-4a9e-9e3c-1f2d3e4f5a6b",
+        "alias": "vmr1234567@video.example.com",
+        "meeting_uid": "040000008200E00074C5B7101A82E00800000000",
+        "item": "req-00001.ics",
+        "detail": "",
+    }
+    one.write_bytes((json.dumps(entry) + "\n").encode() * entries)
+    for i in range(integrations):
+        os.link(one, folder / f"customer-{i:03d}.jsonl")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--integrations", type=int, default=200)
+    parser.add_argument("--decisions", type=int, default=0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vmrsched-bench-") as tmp:
+        if args.decisions:
+            prefill_decisions(Path(tmp) / "data", args.integrations, args.decisions)
         doc = {
             "server": {"listen": "127.0.0.1:0", "data_dir": str(Path(tmp) / "data")},
             "integrations": [
@@ -63,6 +93,7 @@ def main() -> None:
         time.sleep(1.0)  # let every poller run a few cycles
         result = {
             "integrations": args.integrations,
+            "decisions": args.decisions,
             "start_s": round(start_s, 2),
             "rss_mb": round(rss_mb(), 1),
             "threads": threading.active_count(),
