@@ -32,9 +32,12 @@ class DecisionLog:
         # Counted at the first append, not here: a full log is 40,000 lines (about 15 MB),
         # and reading every integration's at start-up delayed the service by 10 ms each.
         self._lines: int | None = None
-        self._handle = open(self.path, "ab")  # noqa: SIM115 (kept open; closed in close())
+        # appended to; opened for reading too, for its last byte only
+        self._handle = open(self.path, "a+b")  # noqa: SIM115 (kept open; closed in close())
         # a crash mid-write leaves a torn last line; the next entry must not be glued to it
-        self._torn = _ends_torn(self.path, os.fstat(self._handle.fileno()).st_size)
+        fd = self._handle.fileno()
+        size = os.fstat(fd).st_size
+        self._torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
 
     def append(self, entries: Iterable[Mapping[str, Any]]) -> None:
         """Write a batch and make it durable (one fsync)."""
@@ -62,20 +65,12 @@ class DecisionLog:
         newest = self.path.read_bytes().splitlines(keepends=True)[-self.keep :]
         self._handle.close()
         atomic_write(self.path, b"".join(newest))
-        self._handle = open(self.path, "ab")  # noqa: SIM115
+        self._handle = open(self.path, "a+b")  # noqa: SIM115
         self._lines = len(newest)
 
     def close(self) -> None:
         with self._lock:
             self._handle.close()
-
-
-def _ends_torn(path: Path, size: int) -> bool:
-    if size == 0:
-        return False
-    with open(path, "rb") as handle:
-        handle.seek(size - 1)
-        return handle.read(1) != b"\n"
 
 
 def _count_lines(path: Path) -> int:

@@ -58,8 +58,7 @@ def _read_regular(path: str) -> bytes:
         if not S_ISREG(stat.st_mode):
             raise OSError(0, "not a regular file")
         chunks: list[bytes] = []
-        left = MAX_ITEM_BYTES + 1  # bounded even if the file grew
-        got = 0
+        limit = left = MAX_ITEM_BYTES + 1  # bounded even if the file grew
         while left > 0:
             wanted = min(left, stat.st_size + 1 if not chunks else 1 << 20)
             chunk = os.read(fd, wanted)
@@ -67,10 +66,9 @@ def _read_regular(path: str) -> bytes:
                 break
             chunks.append(chunk)
             left -= len(chunk)
-            got += len(chunk)
-            if got >= stat.st_size and len(chunk) < wanted:
+            if limit - left >= stat.st_size and len(chunk) < wanted:
                 break  # all it held and nothing more waiting: no read(2) just to see the end
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return b"".join(chunks)  # one chunk is returned as it is, not copied
     finally:
         os.close(fd)
 
@@ -103,6 +101,7 @@ class SpoolMailbox:
         self.root = Path(directory)
         self.default_timezone = default_timezone
         self.inbox = self.root / "inbox"
+        self._inbox_path = str(self.inbox)  # joined with a name for every item read
         self.outbox = self.root / "outbox"
         self.processed = self.root / "processed"
         self.failed = self.root / "failed"
@@ -138,7 +137,7 @@ class SpoolMailbox:
                 if len(taken) >= limit:
                     break
                 try:
-                    path = os.path.join(self.inbox, name)
+                    path = os.path.join(self._inbox_path, name)
                     taken.append((name, os.stat(path, follow_symlinks=False)))
                 except FileNotFoundError:  # moved away by hand since it was listed
                     gone.append(name)
@@ -181,7 +180,7 @@ class SpoolMailbox:
         if stat.st_size > MAX_ITEM_BYTES:
             return InboxItem(name, received, error=f"larger than {MAX_ITEM_BYTES} bytes")
         try:
-            data = _read_regular(os.path.join(self.inbox, name))
+            data = _read_regular(os.path.join(self._inbox_path, name))
         except OSError as exc:
             return InboxItem(name, received, error=f"cannot read: {exc.strerror}")
         try:
