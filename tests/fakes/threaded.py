@@ -37,7 +37,10 @@ class ThreadedServer:
         def run() -> None:
             loop = asyncio.new_event_loop()
             self._loop = loop
-            runner = web.AppRunner(self.app, access_log=None)
+            # a server going down does not wait a minute for its clients (aiohttp's default
+            # graceful shutdown): a request caught by `stop` fails within a second, as it would
+            # against a real server that went away, instead of hanging the client meanwhile
+            runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
             self._runner = runner
             loop.run_until_complete(runner.setup())
             site = web.TCPSite(
