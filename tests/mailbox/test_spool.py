@@ -1,14 +1,20 @@
 """The spool inbox's order: oldest first by the time an item was first seen waiting, without a
 stat of the whole backlog on every poll, an item replaced under its name read afresh, and a long
-backlog drained from one listing (listed again after relist_seconds or near its end)."""
+backlog drained from one listing (listed again after relist_seconds or near its end), and an
+idle inbox not listed again while its timestamps say nothing changed."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests import spoolkit
-from vmrsched.mailbox.spool import SpoolMailbox
+from vmrsched.mailbox.spool import TRUST_UNCHANGED_SECONDS, SpoolMailbox
 
 
 def _put(inbox: Path, name: str, mtime_ns: int, uid: str) -> None:
@@ -79,3 +85,50 @@ def test_items_of_every_size_are_read_whole(tmp_path: Path) -> None:
         assert _read_regular(str(path)) == data
     path.write_bytes(b"x" * (MAX_ITEM_BYTES + 100))  # grew past the limit: bounded
     assert len(_read_regular(str(path))) == MAX_ITEM_BYTES + 1
+
+
+@pytest.fixture
+def listings(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The directories listed (os.scandir calls) during the test."""
+    seen: list[str] = []
+    scandir = os.scandir
+
+    def counting(path: Any) -> Any:
+        seen.append(str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counting)
+    yield seen
+
+
+def test_an_unchanged_inbox_is_not_listed_again_until_it_changes(
+    tmp_path: Path, listings: list[str]
+) -> None:
+    now = [0.0]
+    later = time.time_ns() + 3600 * 10**9  # an hour on: every change so far has settled
+    spool = SpoolMailbox(tmp_path, "room", monotonic=lambda: now[0], wall_ns=lambda: later)
+    assert spool.fetch(10) == []
+    assert spool.fetch(10) == []
+    assert len(listings) == 1
+
+    _put(spool.inbox, "a.ics", 1_700_000_000 * 10**9, "uid-a")  # older time, arrived now
+    assert [item.id for item in spool.fetch(10)] == ["a.ics"]
+    assert len(listings) == 2
+    spool.mark_handled("a.ics")  # the inbox changes by our own move, too
+    assert spool.fetch(10) == []
+    assert spool.fetch(10) == []
+    assert len(listings) == 3
+
+    now[0] = TRUST_UNCHANGED_SECONDS  # listed now and then all the same
+    assert spool.fetch(10) == []
+    assert len(listings) == 4
+
+
+def test_an_inbox_changed_within_the_settling_time_is_listed_on_every_fetch(
+    tmp_path: Path, listings: list[str]
+) -> None:
+    """Its timestamp could stay the same through a later change in the same tick."""
+    spool = SpoolMailbox(tmp_path, "room", monotonic=lambda: 0.0)  # created just now
+    for _ in range(3):
+        assert spool.fetch(10) == []
+    assert len(listings) == 3
