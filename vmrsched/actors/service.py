@@ -12,14 +12,22 @@ from typing import Any, cast
 import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
+from vmrsched.actors import futex
 from vmrsched.actors.context import Context
-from vmrsched.actors.integration import IntegrationSupervisor
+from vmrsched.actors.integration import IntegrationSupervisor, child_specs
 from vmrsched.actors.messages import ChildFailed, Crash, Reload, Request, RestartChild
 from vmrsched.actors.supervision import RestartIntensity
 from vmrsched.config import Config, IntegrationConfig
 from vmrsched.telemetry import SUPERVISOR_FAILED
 
 log = logging.getLogger("vmrsched.service")
+OTHER_THREADS = 64  # beside the actors: the event loop, the timer, worker pools
+
+
+def threads_for(config: Config) -> int:
+    """The threads the service runs with this config: each integration's supervisor and
+    children, and the rest."""
+    return OTHER_THREADS + sum(1 + len(child_specs(integ)) for integ in config.integrations)
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,7 @@ class ServiceSupervisor(pykka.ThreadingActor):
         self.intensity: dict[str, RestartIntensity] = {}
 
     def on_start(self) -> None:
+        futex.size_futex_hash(threads_for(self.config))
         for integ in self.config.integrations:
             self._start_integration(integ)
 
@@ -62,6 +71,7 @@ class ServiceSupervisor(pykka.ThreadingActor):
     def reload(self, new: Config) -> ReloadResult:
         old_names = set(self.configs)
         new_by_name = {i.name: i for i in new.integrations}
+        futex.size_futex_hash(threads_for(new))
         result = ReloadResult()
         for name in sorted(old_names - set(new_by_name)):
             self._stop_integration(name)
