@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import threading
+import time
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -144,3 +147,36 @@ def test_general_error_template_shows_the_correlation_id() -> None:
 def test_missing_known_variable_renders_empty() -> None:
     out = Renderer({}).render("conference_subject_template", {})
     assert out == ""
+
+
+def test_renderers_built_together_compile_a_text_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Integrations starting together share one compilation of the same text."""
+    real = templating.environment
+    compiled: list[str] = []
+
+    class Counting:
+        def __init__(self, env: object) -> None:
+            self.env = env
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.env, name)
+
+        def from_string(self, source: str) -> object:
+            compiled.append(source)
+            time.sleep(0.01)  # a slow compilation: the others arrive meanwhile
+            return self.env.from_string(source)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(templating, "environment", lambda kind: Counting(real(kind)))
+    source = f"{{{{alias}}}} {uuid.uuid4()}"  # new to the caches
+    start = threading.Barrier(8)
+
+    def build() -> None:
+        start.wait()
+        Renderer({"conference_name_template": source})
+
+    threads = [threading.Thread(target=build) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert compiled.count(source) == 1
