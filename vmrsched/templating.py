@@ -229,16 +229,9 @@ def environment(kind: Kind) -> SandboxedEnvironment:
     )
 
 
-# Held while a Renderer checks and compiles its texts: the caches below do not make a thread
-# wait for a compilation already under way, so integrations starting together compiled the
-# same defaults again and again (67 times for 200 integrations, milliseconds each).
-_COMPILING = threading.Lock()
-
-
-@lru_cache(maxsize=4096)
 def _compile(kind: Kind, source: str) -> jinja2.Template:
     """Compiled templates are immutable and safe to share between threads; integrations with
-    the same texts (most of them, with the defaults) share one compilation.
+    the same texts (most of them, with the defaults) share one compilation (`_prepared`).
 
     Its globals (the sandbox's `range`, `dict`, `namespace`, ...) are flattened from jinja's
     ChainMap into a plain dict: every render copies them into its context and lists their
@@ -269,7 +262,6 @@ def _undeclared(kind: Kind, source: str) -> frozenset[str]:
     return frozenset(meta.find_undeclared_variables(environment(kind).parse(source)))
 
 
-@lru_cache(maxsize=4096)
 def _plain(kind: Kind, source: str) -> bool:
     """Whether the template only prints text and bare variables (`{{alias}}`: no filters,
     tests, calls, lookups or statements), as the defaults and most admins' texts do. Such a
@@ -307,6 +299,35 @@ def check_time_format(locale: str, time_format: str) -> list[str]:
     return []
 
 
+# Every text checked and compiled so far, by template name and text. A text is prepared once
+# under the lock: lru_cache does not make a caller wait for a miss already being computed, so
+# integrations starting together compiled the same defaults again and again (67 times for 200
+# integrations, milliseconds each). Found texts are read without the lock, which 4,000 starting
+# threads would queue on.
+_PREPARED: dict[tuple[str, str], tuple[jinja2.Template, bool]] = {}
+_PREPARING = threading.Lock()
+MAX_PREPARED = 4096
+
+
+def _prepared(name: str, source: str) -> tuple[jinja2.Template, bool]:
+    """The text compiled, and whether it is plain; TemplateError if `check` finds problems."""
+    key = (name, source)
+    found = _PREPARED.get(key)
+    if found is not None:
+        return found
+    with _PREPARING:
+        found = _PREPARED.get(key)
+        if found is None:
+            problems = check(name, source)
+            if problems:
+                raise TemplateError(f"{name}: {problems[0]}")
+            kind = TEMPLATES[name].kind
+            if len(_PREPARED) >= MAX_PREPARED:  # texts of configs long reloaded away
+                _PREPARED.clear()
+            found = _PREPARED[key] = (_compile(kind, source), _plain(kind, source))
+    return found
+
+
 class Renderer:
     """Compiled templates of one integration. Build it once per config; rendering is hot."""
 
@@ -322,14 +343,10 @@ class Renderer:
         self.time_format = time_format
         self._compiled: dict[str, jinja2.Template] = {}
         self._plain: dict[str, bool] = {}
-        with _COMPILING:
-            for name, spec in TEMPLATES.items():
-                source = sources.get(name, spec.default)
-                problems = check(name, source)
-                if problems:
-                    raise TemplateError(f"{name}: {problems[0]}")
-                self._compiled[name] = _compile(spec.kind, source)
-                self._plain[name] = _plain(spec.kind, source)
+        for name, spec in TEMPLATES.items():
+            self._compiled[name], self._plain[name] = _prepared(
+                name, sources.get(name, spec.default)
+            )
 
     def format_time(self, value: datetime | None) -> str:
         """A time in the organizer's zone where the request names one (else the
