@@ -14,7 +14,8 @@ previous run's clean-up leaves by the ten thousand).
 
 Prints one JSON line: {"integrations": 200, "start_s": …, "start_cpu_s": …, "rss_mb": …,
 "threads": …}; start_cpu_s is the process's CPU time (all threads) until all are running, steadier
-than start_s on a noisy machine.
+than start_s on a noisy machine; idle_cpu is the CPU-seconds per second the running
+integrations then use with nothing to do (two seconds of it).
 Usage: python bench/integrations.py [--integrations 200] [--decisions 0] [--restart]
 """
 
@@ -111,12 +112,16 @@ def main() -> None:
         start_s = time.perf_counter() - started
         start_cpu_s = time.process_time() - cpu_before
         time.sleep(1.0)  # let every poller run a few cycles
+        idle_cpu, idle_wall = time.process_time(), time.perf_counter()
+        time.sleep(2.0)
+        idle = (time.process_time() - idle_cpu) / (time.perf_counter() - idle_wall)
         result = {
             "integrations": args.integrations,
             "decisions": args.decisions,
             "restart": args.restart,
             "start_s": round(start_s, 2),
             "start_cpu_s": round(start_cpu_s, 2),
+            "idle_cpu": round(idle, 3),
             "rss_mb": round(rss_mb(), 1),
             "threads": threading.active_count(),
             "rss_before_mb": round(rss_before, 1),
