@@ -26,9 +26,9 @@ def test_slots_are_a_power_of_two_near_four_per_thread() -> None:
         assert slots < max(8 * threads, 2 * futex.MIN_SLOTS)  # at most twice what is asked
 
 
-def run(script: str) -> list[int]:
+def run(script: str, *args: str) -> list[int]:
     done = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     return [int(word) for word in done.stdout.split()]
@@ -66,3 +66,42 @@ def test_the_service_sizes_the_hash_for_its_integrations(tmp_path: Path) -> None
     )
     assert wanted >= 1024  # 40 integrations of four threads, and the rest
     assert slots == wanted
+
+
+RELOAD = """
+import sys
+from pathlib import Path
+from tests import spoolkit
+from vmrsched import config, service
+from vmrsched.actors import futex
+from vmrsched.actors.service import threads_for
+
+path = Path(sys.argv[1])
+data = path.parent / "data"
+
+def write(count):
+    text = f'[server]\\nlisten = "127.0.0.1:0"\\ndata_dir = "{data}"\\n'
+    for n in range(count):
+        text += (
+            f'[[integrations]]\\nname = "i{n}"\\n[integrations.exchange]\\n'
+            f'mailbox_name = "Room {n}"\\nmailbox_email = "vmr{n}@example.com"\\n'
+            '[integrations.addin]\\ntoken_validation = "none"\\n'
+        )
+    path.write_text(text)
+
+write(1)
+svc = service.start(config.load(path))
+spoolkit.wait_for(lambda: svc.ctx.status.state("i0") == "running")
+small = futex.current_slots()
+write(100)
+svc.reload()
+print(small, futex.current_slots(), futex.slots_for(threads_for(config.load(path))))
+svc.stop()
+"""
+
+
+@needs_private_hash
+def test_a_reload_that_adds_integrations_grows_the_hash(tmp_path: Path) -> None:
+    small, grown, wanted = run(RELOAD, str(tmp_path / "vmrsched.toml"))
+    assert small < wanted  # what one integration needed
+    assert grown == wanted >= 1024  # 100 integrations of four threads, and the rest
