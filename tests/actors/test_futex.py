@@ -49,59 +49,39 @@ def test_the_hash_grows_for_the_threads_and_never_shrinks() -> None:
     assert grown == kept == now == 4096
 
 
-@needs_private_hash
-def test_the_service_sizes_the_hash_for_its_integrations(tmp_path: Path) -> None:
-    (slots, wanted) = run(
-        "from pathlib import Path\n"
-        "from tests import spoolkit\n"
-        "from tests.configs import spool_config\n"
-        "from vmrsched import service\n"
-        "from vmrsched.actors import futex\n"
-        "from vmrsched.actors.service import threads_for\n"
-        f"cfg = spool_config(Path({str(tmp_path)!r}), names=[f'i{{n}}' for n in range(40)])\n"
-        "svc = service.start(cfg)\n"
-        "spoolkit.wait_for(lambda: svc.ctx.status.state('i39') == 'running')\n"
-        "print(futex.current_slots(), futex.slots_for(threads_for(cfg)))\n"
-        "svc.stop()\n"
-    )
-    assert wanted >= 1024  # 40 integrations of four threads, and the rest
-    assert slots == wanted
-
-
-RELOAD = """
+SERVICE = """
 import sys
 from pathlib import Path
 from tests import spoolkit
-from vmrsched import config, service
+from tests.configs import spool_config
+from vmrsched import service
 from vmrsched.actors import futex
-from vmrsched.actors.service import threads_for
+from vmrsched.actors.service import supervisor_proxy, threads_for
 
-path = Path(sys.argv[1])
-data = path.parent / "data"
+def integrations(count):
+    return spool_config(Path(sys.argv[1]), names=tuple(f"i{n}" for n in range(count)))
 
-def write(count):
-    text = f'[server]\\nlisten = "127.0.0.1:0"\\ndata_dir = "{data}"\\n'
-    for n in range(count):
-        text += (
-            f'[[integrations]]\\nname = "i{n}"\\n[integrations.exchange]\\n'
-            f'mailbox_name = "Room {n}"\\nmailbox_email = "vmr{n}@example.com"\\n'
-            '[integrations.addin]\\ntoken_validation = "none"\\n'
-        )
-    path.write_text(text)
-
-write(1)
-svc = service.start(config.load(path))
-spoolkit.wait_for(lambda: svc.ctx.status.state("i0") == "running")
-small = futex.current_slots()
-write(100)
-svc.reload()
-print(small, futex.current_slots(), futex.slots_for(threads_for(config.load(path))))
+first = integrations(int(sys.argv[2]))
+svc = service.start(first)
+spoolkit.wait_for(lambda: svc.ctx.status.state(first.integrations[-1].name) == "running")
+print(futex.current_slots(), futex.slots_for(threads_for(first)))
+if len(sys.argv) > 3:
+    grown = integrations(int(sys.argv[3]))
+    supervisor_proxy(svc.supervisor).reload(grown).get(timeout=60)
+    print(futex.current_slots(), futex.slots_for(threads_for(grown)))
 svc.stop()
 """
 
 
 @needs_private_hash
+def test_the_service_sizes_the_hash_for_its_integrations(tmp_path: Path) -> None:
+    (slots, wanted) = run(SERVICE, str(tmp_path), "40")
+    assert wanted >= 1024  # 40 integrations of four threads, and the rest
+    assert slots == wanted
+
+
+@needs_private_hash
 def test_a_reload_that_adds_integrations_grows_the_hash(tmp_path: Path) -> None:
-    small, grown, wanted = run(RELOAD, str(tmp_path / "vmrsched.toml"))
+    small, _, grown, wanted = run(SERVICE, str(tmp_path), "1", "100")
     assert small < wanted  # what one integration needed
     assert grown == wanted >= 1024  # 100 integrations of four threads, and the rest
