@@ -441,6 +441,57 @@ def test_a_new_journal_is_born_with_the_seals_of_the_ones_before_it(tmp_path: Pa
     assert scan(journals[-1]).entries[0]["op"] == "seal"
 
 
+def _stats(directory: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Each file by name: inode, mtime and content (a rewrite in place changes the mtime)."""
+    found = {}
+    for path in sorted(directory.iterdir()):
+        if path.is_file():
+            info = path.stat()
+            found[path.name] = (info.st_ino, info.st_mtime_ns, path.read_bytes())
+    return found
+
+
+def test_a_restart_with_nothing_written_leaves_the_files_as_they_were(tmp_path: Path) -> None:
+    """A clean close leaves journals holding only seals: opening again creates no journal (the
+    next one waits for the first write, and is born with the seals), and closing again
+    compacts nothing."""
+    from vmrsched.journal import scan
+
+    store = make(tmp_path)
+    first = store.reserve("v", 8, "d")
+    store.commit()
+    store.close()
+    before = _stats(tmp_path)
+    for _ in range(3):
+        again = make(tmp_path)
+        assert again.get(first["alias_id"]) is not None
+        again.close()
+    assert _stats(tmp_path) == before
+    again = make(tmp_path)
+    second = again.reserve("v", 8, "d")
+    again.commit()
+    [live] = set(_stats(tmp_path)) - set(before)
+    sealed = {e["gen"] for e in scan(tmp_path / live).entries if e["op"] == "seal"}
+    assert {f"journal.{gen}.log" for gen in sealed} >= {
+        name for name in before if name.startswith("journal.")
+    }
+    os.close(again._lock_fd)  # a crash: nothing closed or compacted
+    crashed = make(tmp_path)
+    assert {r["alias_id"] for r in crashed.records()} == {first["alias_id"], second["alias_id"]}
+    crashed.close()
+
+
+def test_a_fresh_store_creates_no_journal_until_written(tmp_path: Path) -> None:
+    make(tmp_path).close()
+    assert not list(tmp_path.glob("journal.*")) and not (tmp_path / "store.json").exists()
+    store = make(tmp_path)
+    rec = store.reserve("v", 8, "d")
+    store.commit()
+    store.compact()  # then a journal sealing the first, and the snapshot
+    store.close()
+    assert make(tmp_path).get(rec["alias_id"]) is not None
+
+
 def test_a_schedule_reads_back_the_same_whether_just_encoded_or_long_ago() -> None:
     start = datetime(2026, 12, 1, 9, tzinfo=UTC)
     first = Schedule(start, start + timedelta(hours=1), "FREQ=WEEKLY;COUNT=3")

@@ -210,12 +210,30 @@ def sealed_lengths(scans: Iterable[Scan]) -> dict[int, int]:
 class Journal:
     """An open journal file: `append` buffers, `sync` makes everything appended so far durable."""
 
-    def __init__(self, path: Path, header: Sequence[dict[str, Any]] = ()) -> None:
+    def __init__(
+        self, path: Path, header: Sequence[dict[str, Any]] = (), *, lazy: bool = False
+    ) -> None:
         """`header`: the first entries of a new journal (the seals of the journals before it),
         written with the file itself: a journal never exists without them, so a crash between
         creating it and sealing the previous one cannot leave that one unsealed (and a later
-        cut of it undetectable)."""
+        cut of it undetectable). `lazy`: the file is created at the first append, so that
+        opening and closing with nothing written leaves the directory as it was (a restart
+        then creates no file and syncs no directory)."""
         self.path = path
+        self._header = list(header)
+        self._file: BinaryIO | None = None
+        self.pending = 0
+        self.entries = 0
+        if not lazy:
+            self._create()
+
+    @property
+    def created(self) -> bool:
+        """Whether this journal's file was created (false while a lazy one is unwritten)."""
+        return self._file is not None
+
+    def _create(self) -> None:
+        header, path = self._header, self.path
         fresh = bool(header) and not path.exists()
         if fresh:
             temporary = path.with_name(path.name + ".new")
@@ -224,9 +242,8 @@ class Journal:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(temporary, path)
-        self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 - lives as long as the journal
+        self._file = open(path, "ab")  # noqa: SIM115 - lives as long as the journal
         fsync_dir(path.parent)
-        self.pending = 0
         self.entries = len(header) if fresh else 0
         if header and not fresh:
             for entry in header:
@@ -234,17 +251,22 @@ class Journal:
             self.sync()
 
     def append(self, entry: dict[str, Any]) -> None:
+        if self._file is None:
+            self._create()
+        assert self._file is not None
         self._file.write(encode_entry(entry))
         self.pending += 1
         self.entries += 1
 
     def sync(self) -> None:
-        if self.pending:
+        if self.pending and self._file is not None:
             self._file.flush()
             os.fsync(self._file.fileno())
             self.pending = 0
 
     def close(self) -> None:
+        if self._file is None:
+            return
         try:
             self.sync()
         finally:
@@ -252,5 +274,6 @@ class Journal:
 
     def close_quietly(self) -> None:
         """Close without raising (after a failed write, on the way out)."""
-        with contextlib.suppress(OSError):
-            self._file.close()
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()

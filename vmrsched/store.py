@@ -173,10 +173,13 @@ class Store:
             self._load()
             self._loaded = True  # from here on changes are noted for publishing
             self._generation = self._last_generation() + 1
-            # what each earlier journal holds, so that cutting one short later is noticed
+            # what each earlier journal holds, so that cutting one short later is noticed;
+            # journals holding nothing but seals (as a clean close leaves them) have nothing
+            # to protect, so the next one waits for the first write
             self._journal = Journal(
                 self._journal_path(self._generation),
                 [{"op": "seal", "gen": gen, "entries": entries} for gen, entries in self._seals],
+                lazy=not self._unfolded,
             )
         except BaseException:
             os.close(self._lock_fd)
@@ -224,6 +227,12 @@ class Store:
                     f"{sealed[gen]} when it was closed: it was cut short; {hint}"
                 )
         self._seals = [(gen, len(result.entries)) for gen, result in scans]
+        # whether the journals hold anything the snapshot does not (or a torn write): then
+        # the next journal seals them at once, and closing compacts them
+        self._unfolded = any(
+            result.torn_tail or any(entry.get("op") != "seal" for entry in result.entries)
+            for _, result in scans
+        )
         for record in snapshot.get("aliases", {}).values():
             self._index(record)
         for record in archive.get("archive", {}).values():
@@ -572,13 +581,14 @@ class Store:
         serialised in a thread while writes go on into a fresh journal."""
         self.wait_for_compaction()
         self._journal.close()
-        closed = (self._generation, self._journal.entries)
+        # until the snapshot replaces it, the closed journal may be needed: seal it (one never
+        # created needs no seal, and its generation is taken again)
+        created = self._journal.created
+        seal = [{"op": "seal", "gen": self._generation, "entries": self._journal.entries}]
         covered = self._journal_generations()
-        self._generation = (covered[-1] if covered else self._generation) + 1
-        # until the snapshot replaces it, the closed journal may be needed: seal it
+        self._generation = (covered[-1] if covered else self._generation - 1) + 1
         self._journal = Journal(
-            self._journal_path(self._generation),
-            [{"op": "seal", "gen": closed[0], "entries": closed[1]}],
+            self._journal_path(self._generation), seal if created else [], lazy=not created
         )
         snapshot = list(self._records.values())  # records are replaced, never mutated
 
@@ -605,7 +615,8 @@ class Store:
         try:
             if self._broken is None:
                 self._journal.sync()
-                if compact:
+                # nothing written since a clean open: the files already say it all
+                if compact and (self._unfolded or self._journal.created):
                     self.compact()
             self.wait_for_compaction()
         finally:
