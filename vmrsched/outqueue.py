@@ -14,13 +14,14 @@ Seen ids are kept for SEEN_DAYS (and at most SEEN_MAX of them) across journal ro
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmrsched.journal import Journal, scan
+from vmrsched.journal import Journal, fsync_dir, scan
 from vmrsched.outgoing import Outgoing
 
 log = logging.getLogger("vmrsched.outqueue")
@@ -43,14 +44,11 @@ class Failed:
 class OutQueue:
     def __init__(self, directory: Path, clock: Callable[[], float] = time.time) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.clock = clock
         self._pending: dict[str, Outgoing] = {}
         self._seen: dict[str, float] = {}  # id -> when first queued (insertion ordered)
         self._failed: dict[str, Failed] = {}
-        gens = sorted(
-            int(m.group(1)) for p in self.directory.iterdir() if (m := _NAME.match(p.name))
-        )
+        gens = _generations(self.directory)
         for gen in gens:
             result = scan(self._path(gen))
             if result.corrupt:  # keep every readable entry: losing one could lose a reply
@@ -64,10 +62,10 @@ class OutQueue:
                 self._replay(entry)
         self._old = gens
         self._gen = (gens[-1] if gens else 0) + 1
-        self._journal = Journal(self._path(self._gen))
-        self._carry_over()
-        self._journal.sync()
-        self._drop_old()
+        self._prune()
+        # Started at the first change, never appended to an old one (its tail may be torn): a
+        # restart with nothing to send creates no file and leaves the old journals as they are.
+        self._journal: Journal | None = None
 
     def _replay(self, entry: dict[str, object]) -> None:
         op = entry.get("op")
@@ -91,22 +89,35 @@ class OutQueue:
                 at = float(str(entry.get("t", 0)))
                 self._failed[message_id] = Failed(message, str(entry.get("reason", "")), at)
 
-    def _carry_over(self) -> None:
-        """Write what must outlive the old journals into the new one, so they can go."""
+    def _prune(self) -> None:
+        """Forget seen ids past SEEN_DAYS or beyond SEEN_MAX, and failures beyond FAILED_MAX."""
         horizon = self.clock() - SEEN_DAYS * 86400
-        recent = [(i, t) for i, t in self._seen.items() if t >= horizon][-SEEN_MAX:]
-        self._seen = dict(recent)
-        for message_id, at in recent:
+        self._seen = dict([(i, t) for i, t in self._seen.items() if t >= horizon][-SEEN_MAX:])
+        self._failed = {f.message.id: f for f in list(self._failed.values())[-FAILED_MAX:]}
+
+    def _writable(self) -> Journal:
+        """This run's journal, started (before the first change is made) with what must
+        outlive the old journals, which then go."""
+        if self._journal is None:
+            if not self.directory.is_dir():
+                self.directory.mkdir(parents=True)
+                fsync_dir(self.directory.parent)
+            self._start_journal()
+        assert self._journal is not None
+        return self._journal
+
+    def _start_journal(self) -> None:
+        self._prune()
+        journal = self._journal = Journal(self._path(self._gen))
+        for message_id, at in self._seen.items():
             if message_id not in self._pending:
-                self._journal.append({"op": "seen", "id": message_id, "t": at})
+                journal.append({"op": "seen", "id": message_id, "t": at})
         for message in self._pending.values():
-            self._journal.append(
+            journal.append(
                 {"op": "add", "m": message.to_json(), "t": self._seen.get(message.id, 0)}
             )
-        failed = list(self._failed.values())[-FAILED_MAX:]
-        self._failed = {f.message.id: f for f in failed}
-        for item in failed:
-            self._journal.append(
+        for item in self._failed.values():
+            journal.append(
                 {
                     "op": "fail",
                     "id": item.message.id,
@@ -115,6 +126,8 @@ class OutQueue:
                     "t": item.at,
                 }
             )
+        journal.sync()
+        self._drop_old()
 
     def _path(self, gen: int) -> Path:
         return self.directory / f"outgoing.{gen}.log"
@@ -132,13 +145,15 @@ class OutQueue:
         pending: set[str] = set()
         for message in messages:
             if message.id not in self._seen:
+                journal = self._writable()
                 self._seen[message.id] = now
                 self._pending[message.id] = message
-                self._journal.append({"op": "add", "m": message.to_json(), "t": now})
+                journal.append({"op": "add", "m": message.to_json(), "t": now})
             queued = self._pending.get(message.id)
             if queued is not None and queued.extra.get("item_id") == message.extra.get("item_id"):
                 pending.add(message.id)
-        self._journal.sync()
+        if self._journal is not None:
+            self._journal.sync()
         if len(self._seen) > SEEN_MAX + SEEN_MAX // 10:
             self._rotate()
         return pending
@@ -148,41 +163,43 @@ class OutQueue:
 
     def done(self, ids: Iterable[str]) -> None:
         """Forget delivered messages, durably (one fsync for all of them)."""
-        for message_id in ids:
+        delivered = [i for i in ids if i in self._pending]
+        if not delivered:
+            return
+        journal = self._writable()
+        for message_id in delivered:
             if self._pending.pop(message_id, None) is not None:
-                self._journal.append({"op": "done", "id": message_id})
-        self._journal.sync()
-        if not self._pending and self._journal.entries > ROTATE_AFTER:
+                journal.append({"op": "done", "id": message_id})
+        journal.sync()
+        if not self._pending and journal.entries > ROTATE_AFTER:
             self._rotate()
 
     def fail(self, message_id: str, reason: str, replacement: Outgoing | None = None) -> None:
         """Give up on a message for good, keeping it with its reason; `replacement` (say, the
         joining instructions by mail when the organizer's meeting cannot be updated) is queued
         in the same fsync."""
-        message = self._pending.pop(message_id, None)
-        if message is None:
+        if message_id not in self._pending:
             return
+        journal = self._writable()
+        message = self._pending.pop(message_id)
         now = self.clock()
         self._failed[message_id] = Failed(message, reason, now)
         while len(self._failed) > FAILED_MAX:
             del self._failed[next(iter(self._failed))]
-        self._journal.append(
+        journal.append(
             {"op": "fail", "id": message_id, "m": message.to_json(), "reason": reason, "t": now}
         )
         if replacement is not None and replacement.id not in self._seen:
             self._seen[replacement.id] = now
             self._pending[replacement.id] = replacement
-            self._journal.append({"op": "add", "m": replacement.to_json(), "t": now})
-        self._journal.sync()
+            journal.append({"op": "add", "m": replacement.to_json(), "t": now})
+        journal.sync()
 
     def _rotate(self) -> None:
-        self._journal.close()
+        self._writable().close()
         self._old = [self._gen]
         self._gen += 1
-        self._journal = Journal(self._path(self._gen))
-        self._carry_over()
-        self._journal.sync()
-        self._drop_old()
+        self._start_journal()
 
     def pending(self) -> list[Outgoing]:
         return list(self._pending.values())
@@ -194,17 +211,15 @@ class OutQueue:
         return len(self._pending)
 
     def close(self) -> None:
-        self._journal.close()
+        if self._journal is not None:
+            self._journal.close()
 
 
 def read_failed(directory: Path) -> list[Failed]:
     """Failed messages of a queue directory, read without opening the queue for writing (for
     `vmrsched failed` beside a running service)."""
     failed: dict[str, Failed] = {}
-    if not directory.is_dir():
-        return []
-    gens = sorted(int(m.group(1)) for p in directory.iterdir() if (m := _NAME.match(p.name)))
-    for gen in gens:
+    for gen in _generations(directory):
         for entry in scan(directory / f"outgoing.{gen}.log").ordered:
             if entry.get("op") == "fail" and isinstance(entry.get("m"), dict):
                 message = Outgoing.from_json(entry["m"])
@@ -212,3 +227,12 @@ def read_failed(directory: Path) -> list[Failed]:
                     message, str(entry.get("reason", "")), float(entry.get("t", 0))
                 )
     return list(failed.values())
+
+
+def _generations(directory: Path) -> list[int]:
+    """The journal generations in a queue directory, oldest first (none before its first)."""
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(int(m.group(1)) for name in names if (m := _NAME.match(name)))
