@@ -67,3 +67,13 @@ def test_search_finds_every_word_newest_first(tmp_path: Path) -> None:
     assert [e["subject"] for e in found] == ["board MEETING again", "Board meeting"]
     assert decisions.search(path, "board", limit=1)[0]["subject"] == "board MEETING again"
     assert decisions.search(tmp_path / "none.jsonl") == []
+
+
+def test_an_integration_that_decides_nothing_creates_no_file(tmp_path: Path) -> None:
+    path = tmp_path / "decisions" / "alpha.jsonl"
+    DecisionLog(path).close()
+    assert not path.parent.exists()
+    log = DecisionLog(path)
+    log.append(entries(0, 1))
+    log.close()
+    assert subjects(path) == ["meeting 0"]

@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from vmrsched.journal import atomic_write
 
@@ -27,17 +27,25 @@ class DecisionLog:
     def __init__(self, path: Path, keep: int = KEEP) -> None:
         self.path = Path(path)
         self.keep = keep
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         # Counted at the first append, not here: a full log is 40,000 lines (about 15 MB),
         # and reading every integration's at start-up delayed the service by 10 ms each.
         self._lines: int | None = None
-        # appended to; opened for reading too, for its last byte only
-        self._handle = open(self.path, "a+b")  # noqa: SIM115 (kept open; closed in close())
-        # a crash mid-write leaves a torn last line; the next entry must not be glued to it
-        fd = self._handle.fileno()
-        size = os.fstat(fd).st_size
-        self._torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        # opened at the first append: an integration that decides nothing creates no file
+        self._handle: BinaryIO | None = None
+        self._torn = False
+
+    def _open(self) -> BinaryIO:
+        """The log, appended to; opened for reading too, for its last byte only."""
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a+b")  # noqa: SIM115 (kept open; closed in close())
+            # a crash mid-write leaves a torn last line; the next entry must not be glued to it
+            fd = handle.fileno()
+            size = os.fstat(fd).st_size
+            self._torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+            self._handle = handle
+        return self._handle
 
     def append(self, entries: Iterable[Mapping[str, Any]]) -> None:
         """Write a batch and make it durable (one fsync)."""
@@ -48,12 +56,13 @@ class DecisionLog:
         if not data:
             return
         with self._lock:
+            handle = self._open()
             if self._torn:
                 data = b"\n" + data
                 self._torn = False
-            self._handle.write(data)
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
             if self._lines is None:
                 self._lines = _count_lines(self.path)
             else:
@@ -63,14 +72,18 @@ class DecisionLog:
 
     def _trim(self) -> None:
         newest = self.path.read_bytes().splitlines(keepends=True)[-self.keep :]
-        self._handle.close()
+        self._close_file()
         atomic_write(self.path, b"".join(newest))
-        self._handle = open(self.path, "a+b")  # noqa: SIM115
         self._lines = len(newest)
 
     def close(self) -> None:
         with self._lock:
+            self._close_file()
+
+    def _close_file(self) -> None:
+        if self._handle is not None:
             self._handle.close()
+            self._handle = None
 
 
 def _count_lines(path: Path) -> int:
