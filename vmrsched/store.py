@@ -172,7 +172,7 @@ class Store:
         try:
             self._load()
             self._loaded = True  # from here on changes are noted for publishing
-            self._generation = self._last_generation() + 1
+            self._generation = (self._seals[-1][0] if self._seals else 0) + 1
             # what each earlier journal holds, so that cutting one short later is noticed;
             # journals holding nothing but seals (as a clean close leaves them) have nothing
             # to protect, so the next one waits for the first write
@@ -199,10 +199,6 @@ class Store:
             if match:
                 gens.append(int(match.group(1)))
         return sorted(gens)
-
-    def _last_generation(self) -> int:
-        gens = self._journal_generations()
-        return gens[-1] if gens else 0
 
     def _load(self) -> None:
         """Load snapshot, archive and journals, or refuse (StoreCorruptError) without changing
