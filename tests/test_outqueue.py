@@ -4,9 +4,9 @@ starts at the first change, carrying the state over, never appended to an old on
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from tests.filestate import snapshot
 from vmrsched.outgoing import Outgoing
 from vmrsched.outqueue import OutQueue
 
@@ -32,15 +32,6 @@ def message(message_id: str, item: str = "item-1") -> Outgoing:
 
 def opened(directory: Path) -> OutQueue:
     return OutQueue(directory, clock=lambda: NOW)
-
-
-def files(directory: Path) -> dict[str, tuple[int, int, bytes]]:
-    """Each file by name: inode, mtime and content (a rewrite in place changes the mtime)."""
-    found = {}
-    for name in sorted(os.listdir(directory)):
-        info = os.stat(directory / name)
-        found[name] = (info.st_ino, info.st_mtime_ns, (directory / name).read_bytes())
-    return found
 
 
 def queue_with_history(directory: Path) -> None:
@@ -75,7 +66,7 @@ def test_a_queue_that_never_queued_anything_creates_nothing(tmp_path: Path) -> N
 
 def test_a_restart_with_nothing_to_send_leaves_the_files_as_they_were(tmp_path: Path) -> None:
     queue_with_history(tmp_path)
-    before = files(tmp_path)
+    before = snapshot(tmp_path)
     for _ in range(3):
         queue = opened(tmp_path)
         assert state(queue) == (
@@ -85,15 +76,15 @@ def test_a_restart_with_nothing_to_send_leaves_the_files_as_they_were(tmp_path: 
         )
         queue.add([message("sent")])  # seen before: not queued again, nothing to write
         queue.close()
-    assert files(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 def test_the_first_change_after_a_restart_carries_everything_over(tmp_path: Path) -> None:
     queue_with_history(tmp_path)
-    [old] = files(tmp_path)
+    [old] = snapshot(tmp_path)
     queue = opened(tmp_path)
     assert queue.add([message("new")]) == {"new"}
-    [new] = files(tmp_path)
+    [new] = snapshot(tmp_path)
     assert new != old  # a journal of its own; the old one dropped once this one was durable
     queue.close()
     again = opened(tmp_path)
@@ -108,13 +99,13 @@ def test_the_first_change_after_a_restart_carries_everything_over(tmp_path: Path
 
 def test_an_old_journal_torn_by_a_crash_is_never_appended_to(tmp_path: Path) -> None:
     queue_with_history(tmp_path)
-    [old] = files(tmp_path)
+    [old] = snapshot(tmp_path)
     with open(tmp_path / old, "ab") as handle:
         handle.write(b'1234abcd {"op":"add","m":{"id":"to')  # a crash mid-write
     queue = opened(tmp_path)
     queue.done(["waiting"])
     queue.close()
-    assert old not in files(tmp_path)
+    assert old not in snapshot(tmp_path)
     again = opened(tmp_path)
     assert state(again) == (["notice"], [("refused", "ErrorInvalidRecipients")], True)
     again.close()

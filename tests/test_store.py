@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from tinydb import TinyDB
 
+from tests.filestate import snapshot
 from vmrsched import aliases
 from vmrsched.meetings import Action, Decision, Meeting
 from vmrsched.recurrence import Schedule
@@ -441,16 +442,6 @@ def test_a_new_journal_is_born_with_the_seals_of_the_ones_before_it(tmp_path: Pa
     assert scan(journals[-1]).entries[0]["op"] == "seal"
 
 
-def _stats(directory: Path) -> dict[str, tuple[int, int, bytes]]:
-    """Each file by name: inode, mtime and content (a rewrite in place changes the mtime)."""
-    found = {}
-    for path in sorted(directory.iterdir()):
-        if path.is_file():
-            info = path.stat()
-            found[path.name] = (info.st_ino, info.st_mtime_ns, path.read_bytes())
-    return found
-
-
 def test_a_restart_with_nothing_written_leaves_the_files_as_they_were(tmp_path: Path) -> None:
     """A clean close leaves journals holding only seals: opening again creates no journal (the
     next one waits for the first write, and is born with the seals), and closing again
@@ -461,16 +452,16 @@ def test_a_restart_with_nothing_written_leaves_the_files_as_they_were(tmp_path: 
     first = store.reserve("v", 8, "d")
     store.commit()
     store.close()
-    before = _stats(tmp_path)
+    before = snapshot(tmp_path)
     for _ in range(3):
         again = make(tmp_path)
         assert again.get(first["alias_id"]) is not None
         again.close()
-    assert _stats(tmp_path) == before
+    assert snapshot(tmp_path) == before
     again = make(tmp_path)
     second = again.reserve("v", 8, "d")
     again.commit()
-    [live] = set(_stats(tmp_path)) - set(before)
+    [live] = set(snapshot(tmp_path)) - set(before)
     sealed = {e["gen"] for e in scan(tmp_path / live).entries if e["op"] == "seal"}
     assert {f"journal.{gen}.log" for gen in sealed} >= {
         name for name in before if name.startswith("journal.")
