@@ -1,19 +1,22 @@
 """The spool inbox's order: oldest first by the time an item was first seen waiting, without a
 stat of the whole backlog on every poll, an item replaced under its name read afresh, and a long
 backlog drained from one listing (listed again after relist_seconds or near its end), and an
-idle inbox not listed again while its timestamps say nothing changed."""
+idle inbox not listed again while its timestamps say nothing changed; the calendar folder made
+with the first accepted meeting."""
 
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests import spoolkit
+from vmrsched.mailbox import itip
 from vmrsched.mailbox.spool import TRUST_UNCHANGED_SECONDS, SpoolMailbox
 
 
@@ -132,3 +135,20 @@ def test_an_inbox_changed_within_the_settling_time_is_listed_on_every_fetch(
     for _ in range(3):
         assert spool.fetch(10) == []
     assert len(listings) == 3
+
+
+def test_the_calendar_folder_is_made_with_the_first_accepted_meeting(tmp_path: Path) -> None:
+    spool = SpoolMailbox(tmp_path, "room")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["failed", "inbox", "outbox", "processed"]
+    assert all(ok for ok, _ in spool.probe())  # the calendar's place is writable
+    start = datetime(2026, 12, 1, 9, tzinfo=UTC)
+    day = (start - timedelta(hours=1), start + timedelta(days=1))
+    assert spool.calendar(*day) == []
+    data, uid = spoolkit.request(body="<p>PXPS:-x#</p>", start=start)
+    spool.record_accepted(itip.parse_calendar(data, correlation_id="c").meetings[0])
+    spool.sync()
+    spool.close()
+    again = SpoolMailbox(tmp_path, "room")
+    assert [entry.meeting.uid for entry in again.calendar(*day)] == [uid]
+    assert all(ok for ok, _ in again.probe())
+    again.close()

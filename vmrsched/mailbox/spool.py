@@ -113,7 +113,9 @@ class SpoolMailbox:
         self.processed = self.root / "processed"
         self.failed = self.root / "failed"
         self.calendar_dir = self.root / "calendar"
-        for folder in (self.inbox, self.outbox, self.processed, self.failed, self.calendar_dir):
+        # calendar/ is made with its file, at the first answer: one directory fewer to create
+        # for each integration that has answered nothing yet
+        for folder in (self.inbox, self.outbox, self.processed, self.failed):
             folder.mkdir(parents=True, exist_ok=True)
         self._calendar: BinaryIO | None = None
         self._fd: int | None = None
@@ -316,6 +318,7 @@ class SpoolMailbox:
 
     def _calendar_file(self) -> BinaryIO:
         if self._calendar is None:
+            self.calendar_dir.mkdir(exist_ok=True)
             self._calendar = open(self.calendar_dir / CALENDAR_FILE, "ab")  # noqa: SIM115
         return self._calendar
 
@@ -345,7 +348,9 @@ class SpoolMailbox:
     def probe(self) -> list[tuple[bool, str]]:
         """What works and what does not, for `check-config --online`."""
         results = []
-        for folder in (self.inbox, self.outbox, self.processed, self.failed, self.calendar_dir):
+        # calendar/ may not be made yet: then the spool's own directory must take it
+        calendar = self.calendar_dir if self.calendar_dir.exists() else self.root
+        for folder in (self.inbox, self.outbox, self.processed, self.failed, calendar):
             ok = os.access(folder, os.W_OK)
             results.append((ok, f"{folder} is {'writable' if ok else 'not writable'}"))
         return results
