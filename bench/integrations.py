@@ -7,10 +7,10 @@ benchmark needs the disk for one log, not for one per integration; reading any o
 go through the page cache all the same.
 
 `--restart` measures a restart: the integrations are started and stopped once first, so their
-directories and files exist, as on every start of a service but the first (a fresh start also
-creates ~11 directories and files per integration; on ext4 without a journal, as on the
-benchmark machine, each new inode skips every inode deleted in the last minute, which the
-previous run's clean-up leaves by the ten thousand).
+directories exist, as on every start of a service but the first (a fresh start also makes six
+directories per integration; on ext4 without a journal, as on the benchmark machine's /tmp,
+each new inode skips every inode deleted in the last minute, which the previous run's clean-up
+leaves by the thousand: compare with TMPDIR on tmpfs or a journaled file system).
 
 Prints one JSON line: {"integrations": 200, "start_s": …, "start_cpu_s": …, "rss_mb": …,
 "threads": …}; start_cpu_s is the process's CPU time (all threads) until all are running, steadier
