@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import sys
 from collections.abc import Callable
+
+from vmrsched import libc
 
 log = logging.getLogger("vmrsched.actors")
 
@@ -32,15 +33,13 @@ def slots_for(threads: int) -> int:
 
 
 def _prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
+    function = libc.function("prctl")  # Linux only
+    if function is None:
         return None
     function.argtypes = [ctypes.c_int, *[ctypes.c_ulong] * 4]
     function.restype = ctypes.c_int
-    return function
+    prctl: Callable[..., int] = function
+    return prctl
 
 
 _PRCTL = _prctl()

@@ -9,7 +9,6 @@ calendar/   accepted meetings (the resource calendar the recovery tool reads)
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import os
@@ -23,6 +22,7 @@ from typing import BinaryIO
 
 import orjson
 
+from vmrsched import libc
 from vmrsched.journal import atomic_write, fsync_dir
 from vmrsched.mailbox import compose, itip
 from vmrsched.mailbox.base import CalendarEntry, GatewayError, InboxItem, Outgoing
@@ -77,20 +77,9 @@ def _read_regular(path: str) -> bytes:
         os.close(fd)
 
 
-def _syncfs_function() -> Callable[[int], int] | None:
-    """Linux syncfs(2): one call makes every write on the file system durable, which lets a
-    batch of outbox files share one flush instead of paying an fsync each. Looked up in the C
-    library the interpreter runs on (ctypes.util.find_library would run ldconfig in a
-    subprocess, from the first integration's start)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        function: Callable[[int], int] = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    return function
-
-
-_SYNCFS = _syncfs_function()
+# Linux syncfs(2): one call makes every write on the file system durable, which lets a batch
+# of outbox files share one flush instead of paying an fsync each
+_SYNCFS: Callable[[int], int] | None = libc.function("syncfs")
 
 
 class SpoolMailbox:
