@@ -45,6 +45,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     for warning in cfg.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    from vmrsched.http.addin import missing_vendor_files
+
+    for missing in missing_vendor_files(cfg):
+        print(f"warning: {missing}", file=sys.stderr)
     if args.online:
         return _check_online(cfg, args.organizer or "")
     print(f"{path}: OK, listening on {cfg.server.listen}, data in {cfg.server.data_dir}")

@@ -336,7 +336,7 @@ def test_admin_console_login_search_resend_delete(browser: Browser, server: str)
     from tests.http.conftest import ADMIN_TOKEN
 
     # a booking to find: reserved in the add-in API, sent to the room in demo mode
-    def post(path: str, body: dict[str, str]) -> dict[str, str]:
+    def post(path: str, body: dict[str, object]) -> dict[str, str]:
         request = urllib.request.Request(
             f"{server}{path}",
             data=json.dumps(body).encode(),
@@ -355,6 +355,7 @@ def test_admin_console_login_search_resend_delete(browser: Browser, server: str)
             "start": start.isoformat(),
             "end": (start + timedelta(hours=1)).isoformat(),
             "body": vmr["joining_instructions"],
+            "attendees": [vmr["room_email"]],  # the room is invited, as the pane does
         },
     )
 

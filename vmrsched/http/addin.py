@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from vmrsched import aliases, answers
-from vmrsched.config import IntegrationConfig, PerConfig, png_size
+from vmrsched.config import Config, IntegrationConfig, PerConfig, png_size
 from vmrsched.errors import BadRequest, Forbidden, RateLimited, ServiceError
 from vmrsched.http import manifest
 from vmrsched.http.common import (
@@ -142,6 +142,20 @@ async def support(request: web.Request) -> web.Response:
     return web.Response(text=page, content_type="text/html", headers=page_headers(csp))
 
 
+def entra_settings(integ: IntegrationConfig) -> dict[str, str]:
+    """What MSAL.js needs to ask for a token the server's verifier accepts: the add-in API's
+    scope `api://<server_fqdn>/<client id>/<scope>` (an Entra ID access token for it carries that
+    application ID URI or the client id as audience, both of which identity.py accepts)."""
+    ad = integ.addin
+    return {
+        "tenantId": ad.entra_tenant_id,
+        "clientId": ad.entra_client_id,
+        "authority": ad.entra_authority,
+        "scope": f"api://{ad.server_fqdn}/{ad.entra_client_id}/{ad.entra_scope}",
+        "dialog": f"/addin/{integ.name}/entra-sign-in.html",
+    }
+
+
 def pane_settings(request: web.Request, integ: IntegrationConfig) -> dict[str, Any]:
     service = request.app[SERVICE]
     renderer = renderer_for(integ)
@@ -155,11 +169,10 @@ def pane_settings(request: web.Request, integ: IntegrationConfig) -> dict[str, A
         "api": f"/api/addin/v1/{integ.name}/single-use-vmrs",
         "demo": f"/api/demo/v1/{integ.name}" if demo else "",
         "tokenValidation": integ.addin.token_validation,
-        "entra": {
-            "tenantId": integ.addin.entra_tenant_id,
-            "clientId": integ.addin.entra_client_id,
-            "authority": integ.addin.entra_authority,
-        },
+        "entra": entra_settings(integ),
+        # Exchange delivers a meeting only to its attendees: the pane invites the room, online
+        # or offline, so the address comes with the page, not with the API's answer
+        "room": {"name": integ.exchange.mailbox_name, "email": integ.exchange.mailbox_email},
         "debug": integ.advanced.enable_addin_debug_logs,
         "placeholderHtml": placeholder,
         "singleUse": integ.enable_single_use_vmrs,
@@ -174,24 +187,19 @@ def pane_settings(request: web.Request, integ: IntegrationConfig) -> dict[str, A
     }
 
 
-async def taskpane(request: web.Request) -> web.Response:
-    integ = integration_or_404(request)
+def _page(integ: IntegrationConfig, template: str, **values: Any) -> web.Response:
+    """One of the add-in's pages (task pane, function file, Entra sign-in dialog): Office.js from
+    the configured origin, custom sources when the admin chose them, under the pane's CSP."""
     adv = integ.advanced
-    office_js = adv.office_js_url
-    styles = [
-        u
-        for u in (adv.fabric_css_url, adv.fabric_components_css_url)
-        if adv.use_custom_addin_sources and u
-    ]
-    scripts = list(adv.additional_script_sources) if adv.use_custom_addin_sources else []
-    page = PAGES.get_template("taskpane.html").render(
+    custom = adv.use_custom_addin_sources
+    page = PAGES.get_template(template).render(
         integ=integ,
         texts=integ.addin,
-        settings=json.dumps(pane_settings(request, integ)),
-        office_js=office_js,
+        office_js=adv.office_js_url,
         msal=integ.addin.token_validation == "entra",
-        styles=styles,
-        scripts=scripts,
+        styles=[u for u in (adv.fabric_css_url, adv.fabric_components_css_url) if custom and u],
+        scripts=list(adv.additional_script_sources) if custom else [],
+        **values,
     )
     return web.Response(
         text=page,
@@ -203,6 +211,25 @@ async def taskpane(request: web.Request) -> web.Response:
             "Cache-Control": "no-store",
         },
     )
+
+
+async def taskpane(request: web.Request) -> web.Response:
+    integ = integration_or_404(request)
+    return _page(integ, "taskpane.html", settings=json.dumps(pane_settings(request, integ)))
+
+
+async def commands(request: web.Request) -> web.Response:
+    """The function file: the send check (event-based activation) and the mobile button."""
+    integ = integration_or_404(request)
+    return _page(integ, "commands.html", settings=json.dumps(pane_settings(request, integ)))
+
+
+async def entra_sign_in(request: web.Request) -> web.Response:
+    """The Office dialog that signs a user in where the host has no nested app authentication."""
+    integ = integration_or_404(request)
+    if integ.addin.token_validation != "entra":
+        raise web.HTTPNotFound(reason="this integration does not use Entra ID")
+    return _page(integ, "entra_sign_in.html", settings=json.dumps(entra_settings(integ)))
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -323,6 +350,9 @@ async def _single_use_vmr(
 
 
 STATIC_FILES = {
+    "addin-core.js": "text/javascript",
+    "commands.js": "text/javascript",
+    "entra-sign-in.js": "text/javascript",
     "pane.js": "text/javascript",
     "signed-in.js": "text/javascript",
     "pane.css": "text/css",
@@ -332,6 +362,19 @@ STATIC_FILES = {
 # `npm ci`), served from our own origin: the pane never loads code from a CDN.
 VENDOR = STATIC / "vendor" / "node_modules"
 VENDOR_FILES = {"msal-browser.min.js": ("@azure", "msal-browser", "lib", "msal-browser.min.js")}
+
+
+def missing_vendor_files(cfg: Config) -> list[str]:
+    """The libraries some integration's pane needs that this install does not have (a wheel
+    built before `npm ci`, or a checkout where it never ran): check-config names them."""
+    if not any(i.addin.token_validation == "entra" for i in cfg.integrations):
+        return []
+    return [
+        f"{name}: not installed at {VENDOR.joinpath(*parts)}; the Entra ID sign-in in the add-in "
+        "cannot work (run: npm ci --prefix vmrsched/http/static/vendor, then install again)"
+        for name, parts in VENDOR_FILES.items()
+        if not VENDOR.joinpath(*parts).is_file()
+    ]
 
 
 async def static_file(request: web.Request) -> web.Response:
@@ -373,6 +416,8 @@ def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_session_context)
     app.router.add_get("/addin/{integration}/manifest.xml", manifest_xml)
     app.router.add_get("/addin/{integration}/taskpane.html", taskpane)
+    app.router.add_get("/addin/{integration}/commands.html", commands)
+    app.router.add_get("/addin/{integration}/entra-sign-in.html", entra_sign_in)
     app.router.add_get("/addin/{integration}/icon.png", icon)
     app.router.add_get("/addin/{integration}/icon-{size:16|32}.png", small_icon)
     app.router.add_get("/addin/{integration}/support", support)

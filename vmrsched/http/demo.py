@@ -1,6 +1,7 @@
 """Demo mode (loopback only, `[server] demo = true`, spool integrations): the preview pane's Send
 button drops the simulated meeting into the spool inbox and reads the answer from the outbox,
-so a newcomer sees the whole product work in a browser."""
+so a newcomer sees the whole product work in a browser. Send routes as Exchange does: the room
+gets the meeting only when it is one of the attendees the pane shows."""
 
 from __future__ import annotations
 
@@ -18,6 +19,17 @@ from vmrsched.errors import BadRequest, Forbidden
 from vmrsched.http.common import SERVICE, integration_or_404, parse_time
 
 MAX_SUBJECT = 255
+MAX_ATTENDEES = 100
+
+
+def _attendees(raw: object) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_ATTENDEES:
+        raise ValueError(f"attendees must be a list of at most {MAX_ATTENDEES} addresses")
+    if not all(isinstance(a, str) and 0 < len(a) <= 320 for a in raw):
+        raise ValueError("attendees must be addresses")
+    return tuple(a.strip() for a in raw)
 
 
 def _demo_integration(request: web.Request) -> IntegrationConfig:
@@ -40,22 +52,27 @@ async def send(request: web.Request) -> web.Response:
         if not isinstance(subject, str) or not isinstance(html_body, str):
             raise ValueError("subject and body must be strings")
         start, end = parse_time(body.get("start"), "start"), parse_time(body.get("end"), "end")
+        attendees = _attendees(body.get("attendees"))
     except (ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(str(exc)) from exc
+    room = integ.exchange.mailbox_email.lower()
+    if room not in {a.lower() for a in attendees}:
+        # as Exchange routes it: a meeting reaches only its attendees, so the room never sees it
+        return web.json_response({"uid": None, "delivered": False}, status=202)
     options = invites.InviteOptions(
         subject=subject[:MAX_SUBJECT] or "Video meeting",
         start=start,
         duration_minutes=max(1, int((end - start).total_seconds() // 60)),
         token="",
         organizer="Demo Organizer <organizer@example.com>",
-        attendees=("guest@example.com",),
+        attendees=tuple(a for a in attendees if a.lower() != room),
         html_body=html_body,
     )
     try:
         path, uid = await asyncio.to_thread(invites.drop, integ, service.config.data_dir, options)
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
-    return web.json_response({"uid": uid, "queued": path.name}, status=202)
+    return web.json_response({"uid": uid, "queued": path.name, "delivered": True}, status=202)
 
 
 def _read_outbox(outbox: Path, uid: str) -> list[dict[str, str]]:

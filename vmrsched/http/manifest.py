@@ -1,5 +1,7 @@
 """The Outlook add-in manifest of an integration (OfficeApp schema 1.1, MailApp, with
-VersionOverrides 1.0/1.1): a button on the appointment organizer surface that opens our pane.
+VersionOverrides 1.0/1.1): a button on the appointment organizer surface that opens our pane;
+in 1.1 also the send check (LaunchEvent OnAppointmentSend), shared calendars and the mobile
+online-meeting button.
 
 The add-in Id is a UUIDv5 of the integration name and server host, so it never changes across
 restarts (Outlook identifies installed add-ins by it) and differs between integrations.
@@ -101,10 +103,10 @@ def build(integ: IntegrationConfig, base_url: str) -> bytes:
 
     outer = _sub(root, NS_MO, "VersionOverrides")
     _xsi_type(outer, "mailappor:VersionOverridesV1_0")
-    _overrides_body(outer, NS_MO, integ, pane, icon)
+    _overrides_body(outer, NS_MO, integ, base, pane, icon)
     inner = _sub(outer, NS_MO11, "VersionOverrides")
     _xsi_type(inner, "mailappor11:VersionOverridesV1_1")
-    _overrides_body(inner, NS_MO11, integ, pane, icon)
+    _overrides_body(inner, NS_MO11, integ, base, pane, icon)
 
     ET.indent(root)
     data: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
@@ -112,16 +114,28 @@ def build(integ: IntegrationConfig, base_url: str) -> bytes:
 
 
 def _overrides_body(
-    parent: ET.Element, ns: str, integ: IntegrationConfig, pane: str, icon: str
+    parent: ET.Element, ns: str, integ: IntegrationConfig, base: str, pane: str, icon: str
 ) -> None:
+    """The ribbon button in both override versions; what only 1.1 can say is added there: the
+    send check (event-based activation, Mailbox 1.12 hosts), delegates' shared calendars and the
+    mobile online-meeting button. Hosts older than a feature ignore it and keep the button."""
     ad = integ.addin
+    v11 = ns == NS_MO11
     requirements = _sub(parent, ns, "Requirements")
     sets = _sub(requirements, NS_BT, "Sets", DefaultMinVersion="1.3")
     _sub(sets, NS_BT, "Set", Name="Mailbox")
     hosts = _sub(parent, ns, "Hosts")
     host = _sub(hosts, ns, "Host")
     _xsi_type(host, f"{PREFIX[ns]}:MailHost")
+    if v11:
+        # the send check runs in the browser runtime of commands.html, or (classic Outlook on
+        # Windows) in a JavaScript-only runtime that loads commands.js alone
+        runtime = _sub(_sub(host, ns, "Runtimes"), ns, "Runtime", resid="commandsUrl")
+        _sub(runtime, ns, "Override", type="javascript", resid="commandsJsUrl")
     form_factor = _sub(host, ns, "DesktopFormFactor")
+    if v11:
+        _sub(form_factor, ns, "SupportsSharedFolders", "true")
+        _sub(form_factor, ns, "FunctionFile", resid="commandsUrl")
     point = _sub(form_factor, ns, "ExtensionPoint")
     _xsi_type(point, f"{PREFIX[ns]}:AppointmentOrganizerCommandSurface")
     tab = _sub(point, ns, "OfficeTab", id="TabDefault")
@@ -139,6 +153,10 @@ def _overrides_body(
     action = _sub(control, ns, "Action")
     _xsi_type(action, f"{PREFIX[ns]}:ShowTaskpane")
     _sub(action, ns, "SourceLocation", resid="paneUrl")
+    if v11:
+        _launch_event(form_factor, ns)
+        if integ.enable_single_use_vmrs:
+            _mobile(host, ns)
 
     resources = _sub(parent, ns, "Resources")
     images = _sub(resources, NS_BT, "Images")
@@ -147,9 +165,48 @@ def _overrides_body(
         _sub(images, NS_BT, "Image", id=f"icon{size}", DefaultValue=sized)
     urls = _sub(resources, NS_BT, "Urls")
     _sub(urls, NS_BT, "Url", id="paneUrl", DefaultValue=pane)
+    if v11:
+        commands = f"{base}/addin/{integ.name}/commands.html"
+        script = f"{base}/addin/static/commands.js"
+        _sub(urls, NS_BT, "Url", id="commandsUrl", DefaultValue=commands)
+        _sub(urls, NS_BT, "Url", id="commandsJsUrl", DefaultValue=script)
     short = _sub(resources, NS_BT, "ShortStrings")
     _sub(short, NS_BT, "String", id="groupLabel", DefaultValue=ad.group_label)
     _sub(short, NS_BT, "String", id="buttonLabel", DefaultValue=ad.button_label)
     _sub(short, NS_BT, "String", id="supertipTitle", DefaultValue=ad.supertip_title)
     long_strings = _sub(resources, NS_BT, "LongStrings")
     _sub(long_strings, NS_BT, "String", id="supertipText", DefaultValue=ad.supertip_text)
+
+
+def _launch_event(form_factor: ET.Element, ns: str) -> None:
+    """OnAppointmentSend with a Smart Alert: PromptUser lets the organizer send anyway."""
+    point = _sub(form_factor, ns, "ExtensionPoint")
+    _xsi_type(point, f"{PREFIX[ns]}:LaunchEvent")
+    events = _sub(point, ns, "LaunchEvents")
+    _sub(
+        events,
+        ns,
+        "LaunchEvent",
+        Type="OnAppointmentSend",
+        FunctionName="onAppointmentSend",
+        SendMode="PromptUser",
+    )
+    _sub(point, ns, "SourceLocation", resid="commandsUrl")
+
+
+def _mobile(host: ET.Element, ns: str) -> None:
+    """Outlook on iOS and Android: the online-meeting button adds a single-use room."""
+    form_factor = _sub(host, ns, "MobileFormFactor")
+    _sub(form_factor, ns, "FunctionFile", resid="commandsUrl")
+    point = _sub(form_factor, ns, "ExtensionPoint")
+    _xsi_type(point, f"{PREFIX[ns]}:MobileOnlineMeetingCommandSurface")
+    control = _sub(point, ns, "Control", id="vmrschedMobileAdd")
+    _xsi_type(control, f"{PREFIX[ns]}:MobileButton")
+    _sub(control, ns, "Label", resid="buttonLabel")
+    icons = _sub(control, ns, "Icon")
+    for size, resid in (("25", "icon32"), ("32", "icon32"), ("48", "icon80")):
+        for scale in ("1", "2", "3"):
+            _sub(icons, NS_BT, "Image", size=size, scale=scale, resid=resid)
+    action = _sub(control, ns, "Action")
+    _xsi_type(action, f"{PREFIX[ns]}:ExecuteFunction")
+    _sub(action, ns, "FunctionName", "addSingleUseRoom")

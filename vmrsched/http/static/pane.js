@@ -8,7 +8,6 @@
   const app = document.getElementById("vmr-app");
   const settings = JSON.parse(app.dataset.settings);
   const texts = settings.texts;
-  const TOKEN_RE = /(PXPS|TOK):-[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}#/;
   const $ = (id) => document.getElementById(id);
 
   // --- debug log ---------------------------------------------------------------------------
@@ -32,82 +31,7 @@
     if (heading) h.focus();
   }
 
-  function uuid4() {
-    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
-    const b = crypto.getRandomValues(new Uint8Array(16));
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
-  }
-
-  function visibleText(html) {
-    const doc = new DOMParser().parseFromString(html, "text/html");
-    return (doc.body.textContent || "").replace(/[\u200b-\u200d\u2060\ufeff\u00ad]/g, "");
-  }
-
-  // --- hosts: Outlook, or the simulated meeting of preview mode ------------------------------
-  function officeCall(fn) {
-    return new Promise((resolve, reject) => fn((result) => {
-      if (result.status === Office.AsyncResultStatus.Succeeded) resolve(result.value);
-      else reject(result.error || new Error("Office call failed"));
-    }));
-  }
-
-  // Entra ID token through nested app authentication (MSAL.js, served from our origin): the
-  // Outlook host brokers the sign-in, no popups or redirects of our own.
-  let naaClient = null;
-  async function naaToken(entra) {
-    if (!window.msal || !msal.createNestablePublicClientApplication) {
-      throw new Error("MSAL.js is not available");
-    }
-    if (!naaClient) {
-      naaClient = await msal.createNestablePublicClientApplication({
-        auth: { clientId: entra.clientId, authority: `${entra.authority}/${entra.tenantId}` },
-      });
-    }
-    const request = { scopes: [entra.scope] };
-    try {
-      return (await naaClient.acquireTokenSilent(request)).accessToken;
-    } catch (e) {
-      log("silent token failed, asking interactively", String(e && e.errorCode || e));
-      return (await naaClient.acquireTokenPopup(request)).accessToken;
-    }
-  }
-
-  function outlookHost() {
-    const mailbox = Office.context.mailbox;
-    const item = mailbox.item;
-    return {
-      name: "outlook",
-      getBody: () => officeCall((cb) => item.body.getAsync(Office.CoercionType.Html, cb)),
-      appendBody: async (html) => {
-        const body = await officeCall((cb) => item.body.getAsync(Office.CoercionType.Html, cb));
-        if (item.body.setAsync) {
-          return officeCall((cb) => item.body.setAsync(body + html,
-            { coercionType: Office.CoercionType.Html }, cb));
-        }
-        return officeCall((cb) => item.body.prependAsync(html,
-          { coercionType: Office.CoercionType.Html }, cb));
-      },
-      setLocation: (text) => officeCall((cb) => item.location.setAsync(text, cb)),
-      meeting: async () => {
-        const fields = {};
-        try { fields.subject = await officeCall((cb) => item.subject.getAsync(cb)); } catch (e) { log("subject", String(e)); }
-        try { fields.start = (await officeCall((cb) => item.start.getAsync(cb))).toISOString(); } catch (e) { log("start", String(e)); }
-        try { fields.end = (await officeCall((cb) => item.end.getAsync(cb))).toISOString(); } catch (e) { log("end", String(e)); }
-        return fields;
-      },
-      user: () => "",
-      token: async () => {
-        if (settings.tokenValidation === "exchange") {
-          return officeCall((cb) => mailbox.getUserIdentityTokenAsync(cb));
-        }
-        if (settings.tokenValidation === "entra") return naaToken(settings.entra);
-        return null;
-      },
-    };
-  }
+  const core = window.vmrsched;
 
   function previewHost() {
     $("vmr-preview").hidden = false;
@@ -118,11 +42,27 @@
     $("vmr-start").value = local(start);
     $("vmr-end").value = local(new Date(start.getTime() + 30 * 60 * 1000));
     const iso = (id) => new Date($(id).value).toISOString();
+    const attendees = () => $("vmr-attendees").value.split(/[,;]/).map((a) => a.trim()).filter(Boolean)
+      .map((a) => {
+        const m = /^(.*)<([^>]+)>$/.exec(a);
+        return m ? { displayName: m[1].trim(), emailAddress: m[2].trim() } : { displayName: a, emailAddress: a };
+      });
+    let remembered = null;  // the item's custom property, in Outlook
     return {
       name: "preview",
+      platform: "preview",
       getBody: async () => $("vmr-body").innerHTML,
-      appendBody: async (html) => { $("vmr-body").insertAdjacentHTML("beforeend", html); },
-      setLocation: async (text) => { $("vmr-location").value = text; },
+      insert: async (html) => { $("vmr-body").insertAdjacentHTML("beforeend", html); },
+      setLocation: async (text) => { $("vmr-location").value = String(text).slice(0, core.MAX_LOCATION); },
+      attendees: async () => attendees(),
+      invite: async (room) => {
+        if (attendees().some((a) => core.sameAddress(a.emailAddress, room.email))) return false;
+        const list = $("vmr-attendees");
+        list.value = [list.value.trim(), `${room.name} <${room.email}>`].filter(Boolean).join(", ");
+        return true;
+      },
+      recall: async () => remembered,
+      remember: async (record) => { remembered = record; },
       meeting: async () => ({ subject: $("vmr-subject").value, start: iso("vmr-start"), end: iso("vmr-end") }),
       token: async () => null,
       user: () => $("vmr-user").value.trim(),
@@ -130,75 +70,12 @@
   }
 
   // --- the single-use flow -------------------------------------------------------------------
-  // A room for a meeting that cannot happen would be reserved for nothing: say so first.
-  function impossible(meeting) {
-    const start = Date.parse(meeting.start || "");
-    const end = Date.parse(meeting.end || "");
-    if (Number.isNaN(start) || Number.isNaN(end)) return null;  // the host did not say
-    if (end <= start) return texts.meeting_ends_before_start_message;
-    if (end <= Date.now()) return texts.meeting_in_past_message;
-    return null;
-  }
-
-  async function insertPlaceholder(host) {
-    const token = `TOK:-${uuid4()}#`;
-    await host.appendBody(`${settings.placeholderHtml}<p>${token}</p>`);
-    log("inserted placeholder", token);
-    show("warning", texts.unavailable_heading, texts.unavailable_message);
-  }
-
   async function addSingleUse(host) {
-    const body = await host.getBody();
-    if (TOKEN_RE.test(body) || TOKEN_RE.test(visibleText(body))) {
-      log("body already holds a token");
-      show("info", texts.already_assigned_heading, texts.already_assigned_message);
-      return;
-    }
-    const meeting = await host.meeting();
-    const problem = impossible(meeting);
-    if (problem) {
-      log("impossible meeting", problem);
-      show("error", texts.error_heading, problem);
-      return;
-    }
-    let token = null;
-    try {
-      token = await host.token();
-    } catch (e) {
-      log("token failed", String(e && (e.message || e.code) || e));
-      show("error", texts.error_heading, texts.error_signing_in_message);
-      return;
-    }
-    const headers = { "Content-Type": "application/json" };
-    if (token) headers.Authorization = "Bearer " + token;
-    let response;
-    try {
-      response = await fetch(settings.api, {
-        method: "POST", headers, body: JSON.stringify(meeting),
-        credentials: "same-origin",
-      });
-    } catch (e) {
-      log("network error", String(e));
-      await insertPlaceholder(host);
-      return;
-    }
-    log("API answered", response.status);
-    if (response.status === 503) {
-      await insertPlaceholder(host);
-      return;
-    }
-    if (response.status !== 201) {
-      let detail = "";
-      try { detail = (await response.json()).error.code; } catch (e) { /* not JSON */ }
-      log("API error", detail);
-      show("error", texts.error_heading, texts.error_inserting_single_use_message);
-      return;
-    }
-    const vmr = await response.json();
-    await host.appendBody(vmr.joining_instructions);
-    await host.setLocation(vmr.alias);
-    log("inserted", vmr.alias, vmr.alias_id);
-    show("success", texts.success_heading, texts.success_message);
+    const outcome = await core.addSingleUse(host, settings, log);
+    if (outcome.kind === "already") show("info", texts.already_assigned_heading, texts.already_assigned_message);
+    else if (outcome.kind === "placeholder") show("warning", texts.unavailable_heading, texts.unavailable_message);
+    else if (outcome.kind === "error") show("error", texts.error_heading, outcome.message);
+    else show("success", texts.success_heading, texts.success_message);
   }
 
   // --- personal VMRs ---------------------------------------------------------------------------
@@ -234,11 +111,13 @@
       button.addEventListener("click", async () => {
         button.disabled = true;
         try {
-          await host.appendBody(vmr.joining_instructions);
-          await host.setLocation(vmr.location);
-          log("inserted personal VMR", vmr.name);
+          const outcome = await core.addPersonal(host, vmr, log);
           hidePersonal();
-          show("success", texts.success_heading, texts.success_message);
+          if (outcome.kind === "already") {
+            show("info", texts.already_assigned_heading, texts.already_assigned_message);
+          } else {
+            show("success", texts.success_heading, texts.success_message);
+          }
         } catch (e) {
           log("insert failed", String(e && (e.message || e.code) || e));
           show("error", texts.error_heading, texts.error_inserting_personal_vmr_message);
@@ -399,6 +278,7 @@
   async function sendDemo(host) {
     const meeting = await host.meeting();
     meeting.body = await host.getBody();
+    meeting.attendees = (await host.attendees()).map((a) => a.emailAddress);
     const response = await fetch(`${settings.demo}/send`, {
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify(meeting), credentials: "same-origin",
@@ -408,8 +288,14 @@
       show("error", texts.error_heading, "The meeting could not be sent.");
       return;
     }
-    const { uid } = await response.json();
-    log("sent", uid);
+    const { uid, delivered } = await response.json();
+    log("sent", uid, delivered ? "to the room too" : "without the room");
+    if (!delivered) {
+      // Exchange delivers a meeting only to its attendees: without the room, nobody answers.
+      renderReplies([]);
+      show("info", "", "Sent. The room is not an attendee of this meeting, so it gets no request and sends no answer.");
+      return;
+    }
     const deadline = Date.now() + 30000;
     let seen = 0;
     while (Date.now() < deadline) {
@@ -467,10 +353,16 @@
       });
     }
     app.dataset.ready = host.name;
+    if (host.name === "outlook" && settings.singleUse) {
+      // opened from the send check's "Add the room back": the room this pane added is gone
+      core.repair(host, settings, log).then((invited) => {
+        if (invited) show("success", texts.success_heading, `${settings.room.name || settings.room.email} is invited again.`);
+      }).catch((e) => log("repair", String(e)));
+    }
   }
 
   if (window.Office && Office.onReady) {
-    Office.onReady((info) => wire(info && info.host ? outlookHost() : previewHost()));
+    Office.onReady((info) => wire(info && info.host ? core.outlookHost(settings, log) : previewHost()));
   } else {
     wire(previewHost());
   }
