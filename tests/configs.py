@@ -50,6 +50,8 @@ PW = {"VMRSCHED_EWS_PASSWORD": "s3cret"}
 def spool_config(
     tmp_path: Path, names: tuple[str, ...] = ("alpha",), **extra: Any
 ) -> config.Config:
+    """Spool integrations, each with `extra`; the first on the default alias range (prefix
+    `vmr`), the others on their own (`vmr1`, `vmr2`, …)."""
     integrations = []
     for index, name in enumerate(names):
         integ: dict[str, Any] = {
@@ -63,6 +65,8 @@ def spool_config(
             "timezone": "Europe/London",
         }
         integ.update(extra)
+        if index:  # aliases are unique across the service: each its own range
+            integ["single_use"] = {"alias_prefix": f"vmr{index}", **extra.get("single_use", {})}
         integrations.append(integ)
     doc = {
         "server": {"listen": "127.0.0.1:0", "data_dir": str(tmp_path / "data")},

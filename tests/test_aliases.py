@@ -93,3 +93,64 @@ def test_malformed_tokens_are_not_tokens() -> None:
     assert aliases.find_token("PXPS:-not-a-uuid#") is None
     assert aliases.find_token("PXPS-1b4e28ba-2fa1-41d2-883f-0016d3cca427#") is None
     assert aliases.find_token("") is None
+
+
+# --- alias spaces of two integrations ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "a,b,shared",
+    [
+        (("vmr", 6), ("vmr", 6), "vmr000000"),  # two integrations on the defaults
+        (("81", 7), ("811", 6), "811000000"),  # the numeric ranges
+        (("811", 6), ("81", 7), "811000000"),
+        (("VMR", 6), ("vmr", 6), "vmr000000"),  # dialled aliases are compared case-folded
+        (("8", 8), ("81234", 4), "812340000"),
+    ],
+)
+def test_spaces_that_can_produce_the_same_alias_meet(
+    a: tuple[str, int], b: tuple[str, int], shared: str
+) -> None:
+    found = aliases.shared_alias(aliases.AliasSpace(*a, "d"), aliases.AliasSpace(*b, "d"))
+    assert found is not None and found.casefold() == shared
+
+
+@pytest.mark.parametrize(
+    "a,b",
+    [
+        (("81", 7), ("82", 7)),
+        (("81", 7), ("81", 8)),  # lengths differ
+        (("81", 7), ("8a", 7)),  # the longer prefix goes on with a letter: digits never match
+        (("vmr", 6), ("mtg", 6)),
+        (("vmr", 6), ("vmr1", 6)),
+    ],
+)
+def test_disjoint_spaces_do_not_meet(a: tuple[str, int], b: tuple[str, int]) -> None:
+    assert aliases.shared_alias(aliases.AliasSpace(*a, "d"), aliases.AliasSpace(*b, "d")) is None
+
+
+SMALL_PREFIX = st.text(alphabet="ab0123", min_size=1, max_size=3)
+
+
+def _every(space: aliases.AliasSpace) -> set[str]:
+    return {f"{space.prefix}{n:0{space.digits}d}" for n in range(10**space.digits)}
+
+
+@given(pa=SMALL_PREFIX, na=st.integers(1, 3), pb=SMALL_PREFIX, nb=st.integers(1, 3))
+def test_shared_alias_agrees_with_enumerating_both_spaces(
+    pa: str, na: int, pb: str, nb: int
+) -> None:
+    a, b = aliases.AliasSpace(pa, na, "d"), aliases.AliasSpace(pb, nb, "d")
+    common = _every(a) & _every(b)
+    found = aliases.shared_alias(a, b)
+    assert (found is None) == (not common)
+    assert found is None or found in common
+    assert bool(aliases.overlapping_spaces([a, b])) == bool(common)
+
+
+def test_overlaps_are_found_among_many_spaces_without_comparing_every_pair() -> None:
+    spaces = [aliases.AliasSpace(f"v{i}", 6, "d") for i in range(2000)]
+    spaces.append(aliases.AliasSpace("v1", 7, "d"))  # meets v10 … v19 (6 digits)
+    pairs = aliases.overlapping_spaces(spaces)
+    assert {(i, j) for i, j, _ in pairs} == {(i, 2000) for i in range(10, 20)}
+    assert all(example.startswith(f"v{i}") for i, _, example in pairs)

@@ -395,3 +395,95 @@ def test_graph_needs_exactly_one_credential_and_a_usable_certificate(tmp_path: P
         minimal(backend="graph", graph={**graph, "client_secret_env": "S"}), DATA, {"S": "x"}
     )
     assert ok.integrations[0].graph.client_id == "app"
+
+
+# --- alias ranges of two integrations ---------------------------------------------------------
+
+
+def two(first: dict[str, Any], second: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """Two integrations (three with `third`), each with its own mailbox."""
+    doc = minimal(single_use=first)
+    extra = [("beta", second)] + ([("gamma", more["third"])] if "third" in more else [])
+    for index, (name, single_use) in enumerate(extra, 1):
+        doc["integrations"].append(
+            {
+                "name": name,
+                "exchange": {"mailbox_name": "VMR", "mailbox_email": f"vmr{index}@example.com"},
+                "addin": {"token_validation": "none"},
+                "single_use": single_use,
+            }
+        )
+    return doc
+
+
+def test_two_integrations_on_the_default_range_are_refused_naming_both() -> None:
+    found = problems(two({}, {}))
+    assert len(found) == 1
+    assert found[0].startswith("integrations[1].single_use: ")
+    assert "integrations[0].single_use" in found[0]
+    assert "'vmr000000'" in found[0] and "vmr000000@video.example.com" in found[0]
+
+
+def test_numeric_ranges_that_meet_are_refused_even_on_other_domains() -> None:
+    doc = two(
+        {"alias_prefix": "81", "alias_suffix_length": 7, "alias_domain": "a.example.com"},
+        {"alias_prefix": "811", "alias_suffix_length": 6, "alias_domain": "b.example.com"},
+    )
+    [found] = problems(doc)
+    assert found.startswith("integrations[1].single_use: ")
+    assert "integrations[0].single_use" in found and "'811000000'" in found
+    assert "alias_prefix '81'" in found and "alias_prefix '811'" in found
+
+
+def test_overlaps_are_reported_with_every_other_problem_at_once() -> None:
+    doc = two(
+        {"alias_prefix": "81", "alias_suffix_length": 7},
+        {"alias_prefix": "811", "alias_suffix_length": 6, "join_before_minutes": 999},
+        third={"alias_prefix": "81", "alias_suffix_length": 7},
+    )
+    found = "\n".join(problems(doc))
+    assert "integrations[1].single_use.join_before_minutes: must be 0-180" in found
+    assert "integrations[1].single_use: " in found and "integrations[2].single_use: " in found
+
+
+def test_disjoint_ranges_and_switched_off_single_use_are_accepted() -> None:
+    for first, second in [
+        ({"alias_prefix": "81", "alias_suffix_length": 7}, {"alias_prefix": "82"}),
+        ({"alias_prefix": "81", "alias_suffix_length": 7}, {"alias_prefix": "81"}),
+        ({}, {"alias_prefix": "mtg"}),
+    ]:
+        assert len(config.parse(two(first, second), DATA, {}).integrations) == 2
+    personal_only = two({}, {})
+    personal_only["integrations"][1].update(
+        enable_single_use_vmrs=False,
+        enable_personal_vmrs=True,
+        personal={"directory_file": str(ROOT / "config" / "vmrs.toml")},
+    )
+    assert len(config.parse(personal_only, DATA, {}).integrations) == 2
+
+
+def test_an_invalid_prefix_is_reported_once_not_again_as_an_overlap() -> None:
+    found = problems(two({}, {"alias_prefix": "ABCDEFGHI"}))
+    assert found == [
+        "integrations[1].single_use.alias_prefix: must be 1-8 characters, got 'ABCDEFGHI'"
+    ]
+
+
+def test_check_config_refuses_overlapping_ranges(tmp_path: Path) -> None:
+    path = tmp_path / "two.toml"
+    path.write_text(
+        '[server]\nlisten = "127.0.0.1:0"\n'
+        '[[integrations]]\nname = "a"\n[integrations.exchange]\nmailbox_name = "A"\n'
+        'mailbox_email = "a@example.com"\n[integrations.addin]\ntoken_validation = "none"\n'
+        '[[integrations]]\nname = "b"\n[integrations.exchange]\nmailbox_name = "B"\n'
+        'mailbox_email = "b@example.com"\n[integrations.addin]\ntoken_validation = "none"\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "vmrsched", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 1
+    assert "integrations[1].single_use: " in out.stderr
+    assert "integrations[0].single_use" in out.stderr

@@ -10,7 +10,7 @@ import html
 import re
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -103,6 +103,63 @@ def generate_alias(
             alias = f"{numeric}@{domain}" if domain else numeric
             return Alias(alias=alias, numeric_alias=numeric, alias_id=new_uuid(rng))
     raise AliasExhaustedError(f"no free alias after {attempts} attempts with prefix {prefix!r}")
+
+
+_DIGITS = "0123456789"
+
+
+@dataclass(frozen=True, slots=True)
+class AliasSpace:
+    """Every alias one integration can hand out: numeric aliases `prefix` + `digits` digits, and
+    aliases `<numeric alias>@domain`."""
+
+    prefix: str
+    digits: int
+    domain: str
+
+    @property
+    def size(self) -> int:
+        """How many numeric aliases (and so aliases) the space holds."""
+        return int(10**self.digits)
+
+    def _bucket(self) -> tuple[int, str]:
+        """Spaces that can meet share this: the numeric alias's length, and the prefix without
+        its trailing digits (case-folded). Whatever follows that part is digits in both."""
+        folded = self.prefix.casefold()
+        return len(folded) + self.digits, folded.rstrip(_DIGITS)
+
+
+def shared_alias(a: AliasSpace, b: AliasSpace) -> str | None:
+    """A numeric alias both spaces can produce, or None when they never meet.
+
+    Dialled aliases are compared case-folded, and a node may dial `<numeric alias>@<any
+    domain>`, so two spaces meet as soon as their numeric aliases can be equal, whatever their
+    domains: that is when they are as long, and the longer prefix is the shorter one followed
+    by digits only (`81` + 7 digits and `811` + 6 digits both give `811000000`)."""
+    fa, fb = a.prefix.casefold(), b.prefix.casefold()
+    if len(fa) + a.digits != len(fb) + b.digits:
+        return None
+    (short, _), (long, space) = sorted(((fa, a), (fb, b)), key=lambda pair: len(pair[0]))
+    if not long.startswith(short) or long[len(short) :].strip(_DIGITS):
+        return None
+    return space.prefix + "0" * space.digits
+
+
+def overlapping_spaces(spaces: Sequence[AliasSpace]) -> list[tuple[int, int, str]]:
+    """Every pair (i, j), i < j, of spaces that meet, with a numeric alias both can produce.
+    Only spaces of one bucket can meet, so hundreds of integrations are checked without
+    comparing each with each."""
+    buckets: dict[tuple[int, str], list[int]] = {}
+    for index, space in enumerate(spaces):
+        buckets.setdefault(space._bucket(), []).append(index)
+    pairs = []
+    for members in buckets.values():
+        for position, j in enumerate(members):
+            for i in members[:position]:
+                example = shared_alias(spaces[i], spaces[j])
+                if example is not None:
+                    pairs.append((i, j, example))
+    return sorted(pairs)
 
 
 def _canonical(raw_id: str) -> str:

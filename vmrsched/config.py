@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar, Union, get_args, get_origin, get_type_
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from vmrsched import templating
+from vmrsched import aliases, templating
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -891,6 +891,7 @@ def parse(
         _check_integration(loader, integ, ipath)
         integrations.append(integ)
     _check_unique(loader, integrations)
+    _check_alias_spaces(loader, integrations)
     if server.demo and not _safe_on_loopback(server):
         loader.error("server.demo", "demo mode is allowed only when listening on loopback")
     if server.admin_token is not None and len(server.admin_token.reveal()) < MIN_ADMIN_TOKEN:
@@ -966,6 +967,61 @@ def _check_unique(loader: _Loader, integrations: list[IntegrationConfig]) -> Non
                 "a mailbox belongs to one integration",
             )
         mailboxes.setdefault(mailbox, index)
+
+
+def alias_space(integ: IntegrationConfig) -> aliases.AliasSpace:
+    """The aliases an integration's allocator can hand out."""
+    su = integ.single_use
+    return aliases.AliasSpace(su.alias_prefix, su.alias_suffix_length, su.alias_domain)
+
+
+def _check_alias_spaces(loader: _Loader, integrations: list[IntegrationConfig]) -> None:
+    """An alias and a numeric alias are unique across the service: two integrations whose
+    ranges can produce the same one would accept two meetings on one room, and the policy
+    answer would be one integration's. Integrations whose range already has a problem (it
+    was left at its default) or that hand out no single-use aliases are not compared."""
+    indexes = [
+        index
+        for index, integ in enumerate(integrations)
+        if integ.enable_single_use_vmrs
+        and not any(
+            p.startswith(f"integrations[{index}].single_use.alias_") for p in loader.problems
+        )
+    ]
+    spaces = [alias_space(integrations[index]) for index in indexes]
+    met: dict[int, list[tuple[int, str]]] = {}
+    for i, j, example in aliases.overlapping_spaces(spaces):
+        met.setdefault(indexes[j], []).append((indexes[i], example))
+    for index, earlier in sorted(met.items()):
+        loader.error(f"integrations[{index}].single_use", _overlap(integrations, index, earlier))
+
+
+def _overlap(
+    integrations: list[IntegrationConfig], index: int, earlier: list[tuple[int, str]]
+) -> str:
+    """What an admin needs to fix an overlap: both ranges, an alias both can hand out, and
+    how many other integrations this one meets too."""
+
+    def described(i: int) -> str:
+        su = integrations[i].single_use
+        return (
+            f"integrations[{i}].single_use ({integrations[i].name!r}: alias_prefix "
+            f"{su.alias_prefix!r}, alias_suffix_length {su.alias_suffix_length})"
+        )
+
+    first, example = earlier[0]
+    mine, theirs = integrations[index].single_use, integrations[first].single_use
+    same_domain = mine.alias_domain.casefold() == theirs.alias_domain.casefold()
+    alias = f" and alias {example}@{mine.alias_domain}" if same_domain else ""
+    more = [f"integrations[{i}]" for i, _ in earlier[1:]]
+    others = f" (and {len(more)} more: {', '.join(more[:5])}{', …' if len(more) > 5 else ''})"
+    return (
+        f"{integrations[index].name!r} (alias_prefix {mine.alias_prefix!r}, alias_suffix_length "
+        f"{mine.alias_suffix_length}) can hand out the same aliases as {described(first)}"
+        f"{others if more else ''}, e.g. numeric alias {example!r}{alias}; aliases must be "
+        "unique across the service: give each integration its own alias_prefix (with one "
+        "alias_suffix_length for all, prefixes that differ other than in case never meet)"
+    )
 
 
 def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:

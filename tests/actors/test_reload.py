@@ -24,6 +24,8 @@ mailbox_email = "{mailbox}"
 token_validation = "none"
 [integrations.spool]
 poll_interval_seconds = 0.05
+[integrations.single_use]
+alias_prefix = "{name}"
 """
 
 

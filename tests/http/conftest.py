@@ -48,6 +48,8 @@ token_validation = "entra"
 entra_tenant_id = "11111111-2222-3333-4444-555555555555"
 entra_client_id = "22222222-3333-4444-5555-666666666666"
 server_fqdn = "vc.example.com"
+[integrations.single_use]
+alias_prefix = "online"  # aliases are unique across the service
 """
 
 
@@ -87,6 +89,8 @@ user_oauth_token_uri = "{authority}/oauth2/v2.0/token"
 user_oauth_client_id = "pane-client"
 azure_client_secret_env = "VMRSCHED_PANE_SECRET"
 tls_ca_file = "{ca}"
+[integrations.single_use]
+alias_prefix = "sso"
 """
 
 

@@ -31,6 +31,7 @@ def make_config(tmp_path: Path, idp: IdentityProvider, **server: Any) -> config.
             "exchange": {"mailbox_name": f"Room {name}", "mailbox_email": mailbox},
             "addin": {"server_fqdn": "vmr.example.com", **addin},
             "metadata": {"exchange_metadata_urls": [f"{idp.base}/autodiscover/metadata/json/1"]},
+            "single_use": {"alias_prefix": name[:8]},  # aliases are unique across the service
         }
         out.update(extra)
         return out

@@ -46,6 +46,7 @@ def svc(tmp_path: Path, platform: tuple[IdentityPlatform, Path]) -> Iterator[ser
             "metadata": {"exchange_metadata_urls": ["https://mail.example.com/"]},
             "enable_personal_vmrs": True,
             "personal": {"directory_file": str(DIRECTORY), **personal},
+            "single_use": {"alias_prefix": name},  # aliases are unique across the service
         }
 
     sso = {

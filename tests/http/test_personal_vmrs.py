@@ -61,6 +61,7 @@ def svc(tmp_path: Path, idp: IdentityProvider, directory: Path) -> Iterator[serv
                 "location_template": "{{(domain_aliases or aliases)|first}}",
             },
             "enable_personal_vmrs": True,
+            "single_use": {"alias_prefix": name[:8]},  # aliases are unique across the service
             **extra,
         }
 
