@@ -6,7 +6,9 @@ refused outside it; the node's credentials are checked; answers are counted."""
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from tests import spoolkit
 from vmrsched import config, service
+from vmrsched.pexip.policy import AliasIndex, Room, RoomSettings, normalise
 
 POLICY = "/policy/v1/service/configuration"
 NODE_PASSWORD = "node-policy-secret-42"
@@ -158,3 +161,47 @@ async def test_a_request_without_an_alias_is_left_to_the_node(
     response = await client.get(POLICY, headers=NODE)
     assert response.status == 200
     assert await response.json() == {"status": "success", "action": "continue", "result": {}}
+
+
+# --- one alias, one owner -------------------------------------------------------------------
+
+
+def room(integration: str, alias_id: str, numeric: str, status: str = "reserved") -> Room:
+    settings = RoomSettings(integration, timedelta(minutes=30), timedelta(minutes=60))
+    return Room(alias_id, f"{numeric}@video.example.com", numeric, status, settings)
+
+
+def test_the_index_keeps_the_first_integration_that_published_an_alias(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    index = AliasIndex()
+    index.publish([room("hq", "hq-1", "811000000")])
+    with caplog.at_level(logging.ERROR):
+        index.publish([room("branch", "branch-1", "811000000", "bound")])
+    for key in ("811000000", "811000000@video.example.com", "sip:811000000@gw.example.net"):
+        found = index.lookup(normalise(key))
+        assert found is not None and found.alias_id == "hq-1", key
+    assert "811000000" in caplog.text and "hq" in caplog.text and "branch" in caplog.text
+    assert {r.levelno for r in caplog.records} == {logging.ERROR}
+    # the owner's own changes land; the other's never do, whichever publishes last
+    index.publish([room("hq", "hq-1", "811000000", "deleted")])
+    index.publish([room("branch", "branch-1", "811000000", "bound")])
+    found = index.lookup("811000000")
+    assert found is not None and (found.alias_id, found.status) == ("hq-1", "deleted")
+    assert index.rooms("branch") == [] and len(index) == 2
+    # an integration removed from the config frees its aliases
+    index.drop("hq")
+    index.publish([room("branch", "branch-1", "811000000", "bound")])
+    found = index.lookup("811000000")
+    assert found is not None and found.alias_id == "branch-1"
+
+
+async def test_an_alias_another_integration_publishes_again_keeps_its_first_answer(
+    client: TestClient[Any, Any], svc: service.Service
+) -> None:
+    live = await book(client, svc, datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=5))
+    intruder = room("elsewhere", "x-1", live["numeric_alias"])
+    svc.ctx.alias_index.publish([intruder, replace(intruder, alias=live["alias"])])
+    for alias in (live["alias"], live["numeric_alias"]):
+        status, body = await ask(client, alias)
+        assert status == 200 and body["result"]["service_tag"] == "vmrsched/hq", alias

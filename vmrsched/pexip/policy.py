@@ -5,6 +5,7 @@ dictionary lookup and a window check, never a wait on an actor or a disk."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from vmrsched.recurrence import Schedule
 # Answers are shared objects: they are serialised, never changed.
 CONTINUE_ELSEWHERE: dict[str, Any] = {"status": "success", "action": "continue", "result": {}}
 REJECT: dict[str, Any] = {"status": "success", "action": "reject", "result": {}}
+
+log = logging.getLogger("vmrsched.policy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,19 +74,43 @@ class AliasIndex:
     """Every integration's aliases by normalised alias and numeric alias, published by the
     allocators after each commit (so a node never learns of an alias before it is on disk)
     and read by the event loop without a lock: a dict lookup is atomic, and rooms are
-    immutable, so a reader sees the old room or the new one, never half of either."""
+    immutable, so a reader sees the old room or the new one, never half of either. It never
+    holds one alias twice: each key has one owning integration."""
 
     def __init__(self) -> None:
         self._rooms: dict[str, Room] = {}
         self._owner: dict[str, str] = {}  # key -> integration that published it
         self._write = threading.Lock()  # writers only: several allocators publish at once
 
-    def publish(self, rooms: Iterable[Room]) -> None:
+    def publish(self, rooms: Iterable[Room]) -> list[tuple[str, str, str]]:
+        """Add or replace rooms. An alias belongs to the integration that published it first
+        (until that one is dropped): another integration's room with the same alias or numeric
+        alias is refused, logged as an error, and returned as (key, claimant, owner), so the
+        answer never depends on which integration published last. check-config keeps ranges
+        apart; this guards stores written before it did, and anything that slips past it."""
+        refused: list[tuple[str, str, str]] = []
         with self._write:
             for room in rooms:
+                claimant = room.settings.integration
                 for key in room.index_keys():
-                    self._rooms[key] = room
-                    self._owner[key] = room.settings.integration
+                    if not key:
+                        continue  # an archived alias known by one form only
+                    owner = self._owner.setdefault(key, claimant)
+                    if owner == claimant:
+                        self._rooms[key] = room
+                    else:
+                        refused.append((key, claimant, owner))
+        for key, claimant, owner in refused:
+            log.error(
+                "alias %s of integration %s is already %s's: %s's room is not served "
+                "(two integrations handed out one alias; give them ranges that cannot meet)",
+                key,
+                claimant,
+                owner,
+                claimant,
+                extra={"integration": claimant, "alias": key, "owner": owner},
+            )
+        return refused
 
     def drop(self, integration: str) -> None:
         """Forget an integration's aliases (it was removed from the config)."""
