@@ -150,7 +150,8 @@
         try { fields.end = (await officeCall((cb) => item.end.getAsync(cb))).toISOString(); } catch (e) { log("end", String(e)); }
         return fields;
       },
-      user: () => "",
+      // token validation "none" (loopback trials only): the host's own profile names the user
+      user: () => (settings.tokenValidation === "none" && mailbox.userProfile && mailbox.userProfile.emailAddress) || "",
       token: async () => {
         if (settings.tokenValidation === "exchange") {
           return officeCall((cb) => mailbox.getUserIdentityTokenAsync(cb));
