@@ -256,6 +256,29 @@ def test_preview_lists_the_demo_users_personal_rooms_and_inserts_one(
     expect(page.locator("#vmr-log")).to_contain_text("personal VMRs answered 200")
     shot(page, "pane-personal-inserted.png")
 
+    # a personal room invites nobody: sent, the meeting never reaches the room, so no decline
+    expect(page.locator("#vmr-attendees")).to_have_value("guest@example.com")
+    page.get_by_role("button", name="Send the meeting (demo)").click()
+    expect(page.locator("#vmr-status-message")).to_contain_text("not an attendee")
+    expect(page.locator(".vmr-reply-title")).to_have_count(0)
+
+
+def test_preview_single_use_invites_the_room_and_one_room_per_meeting(
+    browser: Browser, server: str
+) -> None:
+    page = open_pane(browser, server)
+    page.get_by_role("button", name="Add a one-time video room").click()
+    expect(page.locator("#vmr-status-heading")).to_have_text("Room added!")
+    expect(page.locator("#vmr-attendees")).to_have_value(
+        "guest@example.com, Video Room <vmr@example.com>"
+    )
+    page.get_by_role("button", name="Use my personal room").click()
+    page.locator("#vmr-vmrs button").first.click()
+    expect(page.locator("#vmr-status-heading")).to_have_text("Already has a room")
+    expect(page.locator("#vmr-location")).to_have_value(
+        re.compile(r"^vmr\d{6}@video\.example\.com$")
+    )
+
 
 def test_preview_personal_error_states_show_their_messages(browser: Browser, server: str) -> None:
     page = open_pane(browser, server)
