@@ -262,6 +262,21 @@ def test_web_single_use_appends_to_the_fragment(browser: Browser, service: Servi
     assert ROOM in addresses(outlook.state(page))
 
 
+def test_a_mailbox_1_1_host_gets_the_instructions_at_the_top(
+    browser: Browser, service: Service
+) -> None:
+    """Hosts before Mailbox 1.3 can neither read nor replace the body: the pane prepends."""
+    page = open_pane(browser, service, host_config("PC", requirementSets={"Mailbox": "1.1"}))
+    add_single_use(page)
+    expect(page.locator("#vmr-status-heading")).to_have_text("Room added!")
+    state = outlook.state(page)
+    body = state["bodyContent"]
+    assert body.index("Join the video meeting") < body.index("Agenda: quarterly numbers.")
+    assert ROOM in addresses(state)
+    add_single_use(page)  # the custom property remembers the room
+    expect(page.locator("#vmr-status-heading")).to_have_text("Already has a room")
+
+
 def test_offline_single_use_invites_the_room_and_the_organizer_gets_the_real_details(
     browser: Browser, service: Service
 ) -> None:

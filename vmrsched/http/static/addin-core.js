@@ -121,8 +121,13 @@
     return {
       name: "outlook",
       platform: String(Office.context.diagnostics && Office.context.diagnostics.platform || ""),
-      getBody: () => officeCall((cb) => item.body.getAsync(Office.CoercionType.Html, cb)),
+      // Mailbox 1.1 and 1.2 hosts cannot read the body: the custom property alone tells a room
+      getBody: async () => (item.body.getAsync ? officeCall((cb) => item.body.getAsync(Office.CoercionType.Html, cb)) : null),
       insert: async (fragment) => {
+        if (!item.body.setAsync) {
+          // Mailbox 1.1 and 1.2 hosts cannot replace the body: the instructions go at its top
+          return officeCall((cb) => item.body.prependAsync(fragment, html, cb));
+        }
         const body = await officeCall((cb) => item.body.getAsync(Office.CoercionType.Html, cb));
         return officeCall((cb) => item.body.setAsync(insertIntoBody(body, fragment), html, cb));
       },
@@ -167,10 +172,11 @@
   // named in the body, means there is one already.
   async function holdsRoom(host) {
     const body = await host.getBody();
+    const record = await host.recall();
+    if (body === null) return Boolean(record && record.kind);  // a host that cannot read it
     if (TOKEN_RE.test(body)) return true;
     const text = visibleText(body);
     if (TOKEN_RE.test(text)) return true;
-    const record = await host.recall();
     return Boolean(record && record.alias && text.includes(record.alias));
   }
 
