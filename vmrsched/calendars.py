@@ -25,8 +25,11 @@ def message_id(integration: str, meeting: Meeting, kind: str, outcome: str) -> s
 
 
 def _event_base(meeting: Meeting, sequence: int) -> icalendar.Event:
+    """The event's identity, times, subject and organizer. icalendar escapes TEXT values and
+    encodes parameter values (RFC 6868); what it would write raw (control characters other
+    than line breaks) is taken out first."""
     event = icalendar.Event()
-    event.add("uid", meeting.uid)
+    event.add("uid", _text(meeting.uid))
     event.add("sequence", sequence)
     event.add("dtstamp", datetime.now(UTC))
     event.add("dtstart", meeting.start)
@@ -34,28 +37,53 @@ def _event_base(meeting: Meeting, sequence: int) -> icalendar.Event:
     if meeting.recurrence_id is not None:
         event.add("recurrence-id", meeting.recurrence_id)
     if meeting.subject:
-        event.add("summary", meeting.subject)
+        event.add("summary", _text(meeting.subject))
     if meeting.organizer_email:
-        organizer = icalendar.vCalAddress(f"mailto:{meeting.organizer_email}")
+        organizer = icalendar.vCalAddress(f"mailto:{_address(meeting.organizer_email)}")
         if meeting.organizer_name:
-            organizer.params["CN"] = meeting.organizer_name
+            organizer.params["CN"] = _text(meeting.organizer_name)
         event.add("organizer", organizer)
     return event
 
 
+# Characters no iCalendar value may hold (RFC 5545 CONTROL: every C0 control but HTAB, and
+# DEL), with the C1 controls and Unicode's line and paragraph separators, which some readers
+# take for line breaks. Line breaks themselves are escaped (TEXT) or encoded (parameters).
+_UNWRITABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
+_LINE_BREAK = re.compile(r"\r\n?")
+
+
+def _text(value: str) -> str:
+    """`value` with every line break a plain LF (for escaping or encoding) and nothing else a
+    reader could break a line at."""
+    return _UNWRITABLE.sub("", _LINE_BREAK.sub("\n", value))
+
+
+def _address(value: str) -> str:
+    """An address as the value of a CAL-ADDRESS: nothing that could end the line."""
+    return _UNWRITABLE.sub("", value).replace("\r", "").replace("\n", "")
+
+
 def _escape(value: str) -> str:
+    """RFC 5545 TEXT: backslash, semicolon, comma and line breaks escaped."""
     return (
-        value.replace("\\", "\\\\")
+        _text(value)
+        .replace("\\", "\\\\")
         .replace(";", "\\;")
         .replace(",", "\\,")
-        .replace("\r\n", "\\n")
         .replace("\n", "\\n")
     )
 
 
 def _param(value: str) -> str:
-    clean = value.replace('"', "'")
+    """RFC 6868 parameter value: ^ as ^^, a line break as ^n, a double quote as ^' (so a name
+    that says "^n" or holds a newline can never start a line of its own); quoted when it holds
+    a character that would end it."""
+    clean = _text(value).replace("^", "^^").replace("\n", "^n").replace('"', "^'")
     return f'"{clean}"' if any(c in clean for c in ";:,") else clean
+
+
+_PARAM_NAME = re.compile(r"[A-Za-z0-9-]{1,100}")
 
 
 def _fold(line: str) -> str:
@@ -102,8 +130,8 @@ def reply_calendar(meeting: Meeting, accepted: bool, room_email: str, room_name:
         lines.append(f"SUMMARY:{_escape(meeting.subject)}")
     if meeting.organizer_email:
         org_cn = f";CN={_param(meeting.organizer_name)}" if meeting.organizer_name else ""
-        lines.append(f"ORGANIZER{org_cn}:mailto:{meeting.organizer_email}")
-    lines.append(f"ATTENDEE;PARTSTAT={partstat}{cn}:mailto:{room_email}")
+        lines.append(f"ORGANIZER{org_cn}:mailto:{_address(meeting.organizer_email)}")
+    lines.append(f"ATTENDEE;PARTSTAT={partstat}{cn}:mailto:{_address(room_email)}")
     lines += ["END:VEVENT", "END:VCALENDAR"]
     return "\r\n".join(_fold(line) for line in lines) + "\r\n"
 
@@ -125,14 +153,16 @@ def update_calendar(meeting: Meeting, html_body: str, text_body: str) -> str:
         event.add("rrule", icalendar.vRecur.from_ical(meeting.rrule))
     for exdate in meeting.exdates:
         event.add("exdate", exdate)
-    event.add("description", text_body)
-    alt = icalendar.vText(html_body)
+    event.add("description", _text(text_body))
+    alt = icalendar.vText(_text(html_body))
     event.add("x-alt-desc", alt, parameters={"FMTTYPE": "text/html"})
     params = dict(meeting.attendee_params)
     for attendee in meeting.attendees:
-        address = icalendar.vCalAddress(f"mailto:{attendee}")
+        address = icalendar.vCalAddress(f"mailto:{_address(attendee)}")
         for key, value in params.get(attendee, ()):
-            address.params[key] = value  # CUTYPE, CN, ROLE, PARTSTAT, RSVP, … as the request had
+            # CUTYPE, CN, ROLE, PARTSTAT, RSVP, … as the request had them (values encoded)
+            if _PARAM_NAME.fullmatch(key):
+                address.params[key] = _text(value)
         event.add("attendee", address)
     cal.add_component(event)
     with contextlib.suppress(Exception):  # an unusual zone: its TZID still names it
