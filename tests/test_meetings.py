@@ -15,6 +15,7 @@ from vmrsched.meetings import (
     MeetingState,
     answer_key,
     decide,
+    is_address,
     occurrence_key,
     recovered,
 )
@@ -402,3 +403,135 @@ def test_occurrence_edit_ending_exactly_now_has_ended() -> None:
     rid = series.start + timedelta(days=2)
     m = meeting(recurrence_id=rid, start=NOW - timedelta(hours=1), end=NOW, sequence=1)
     assert decide(m, MeetingState(rec, rec), NOW).reason == "single_in_past"
+
+
+# --- a booking belongs to its organizer --------------------------------------------------------
+
+OLGA = "olga@example.com"
+MALLORY = "mallory@evil.example"
+DELEGATE = "dan.delegate@example.com"
+
+
+def owned(**kw: object) -> MeetingState:
+    """Olga's bound meeting, as the store shows it to a message with its UID and token."""
+    rec = replace(bound(), **{"organizer": OLGA, **kw})  # type: ignore[arg-type]
+    return MeetingState(token_record=rec, uid_record=rec)
+
+
+def moved(**kw: object) -> Meeting:
+    """An update of Olga's meeting (a day later), with `kw` saying who sent it."""
+    return meeting(
+        sequence=1, start=NOW + timedelta(days=2), end=NOW + timedelta(days=2, hours=1), **kw
+    )
+
+
+def test_not_organizer_has_no_template_and_no_reply() -> None:
+    assert TEMPLATE_FOR_REASON["not_organizer"] is None
+    d = decide(moved(organizer_email=MALLORY), owned(), NOW)
+    assert (d.outcome, d.reason, d.replies) == ("ignored", "not_organizer", False)
+    assert d.action.kind == "none"
+
+
+def test_a_cancellation_from_someone_else_changes_nothing_and_names_both() -> None:
+    d = decide(meeting(method="CANCEL", sequence=1, organizer_email=MALLORY), owned(), NOW)
+    assert (d.reason, d.action.kind, d.replies) == ("not_organizer", "none", False)
+    assert MALLORY in d.detail and OLGA in d.detail
+
+
+def test_an_update_from_someone_else_changes_nothing() -> None:
+    d = decide(moved(organizer_email=MALLORY, organizer_name="Olga Organizer"), owned(), NOW)
+    assert (d.reason, d.action.kind) == ("not_organizer", "none")
+
+
+def test_someone_else_is_refused_before_being_outdated_or_unchanged() -> None:
+    state = owned(sequence=5)
+    assert decide(meeting(organizer_email=MALLORY), state, NOW).reason == "not_organizer"
+    assert decide(meeting(organizer_email=OLGA), state, NOW).reason == "outdated"
+
+
+def test_the_organizer_compares_without_case() -> None:
+    d = decide(
+        moved(organizer_email="Olga@EXAMPLE.com", mail_from="OLGA@example.com"), owned(), NOW
+    )
+    assert (d.outcome, d.reason) == ("accepted", "edited_single")
+
+
+def test_a_delegate_acting_for_the_organizer_may_update_and_cancel() -> None:
+    by_delegate = {"organizer_sent_by": DELEGATE, "mail_from": OLGA, "mail_sender": DELEGATE}
+    assert decide(moved(**by_delegate), owned(), NOW).reason == "edited_single"
+    cancel = meeting(method="CANCEL", sequence=1, **by_delegate)  # type: ignore[arg-type]
+    assert decide(cancel, owned(), NOW).action.kind == "cancel"
+
+
+def test_a_first_request_binds_whoever_sends_it() -> None:
+    d = decide(meeting(organizer_email=MALLORY), MeetingState(token_record=reserved()), NOW)
+    assert (d.outcome, d.reason) == ("accepted", "new_single")
+
+
+def test_a_meeting_handed_over_counts_only_when_sent_by_its_organizer() -> None:
+    new = "nina@example.com"
+    assert decide(moved(organizer_email=new), owned(), NOW).reason == "not_organizer"
+    handed = moved(organizer_email=new, organizer_sent_by=OLGA, mail_from=new, mail_sender=OLGA)
+    assert decide(handed, owned(), NOW).reason == "edited_single"
+
+
+@pytest.mark.parametrize(
+    ("mail_from", "mail_sender", "sent_by"),
+    [
+        pytest.param(MALLORY, "", "", id="from someone else"),
+        pytest.param(OLGA, MALLORY, "", id="sender someone else"),
+        pytest.param("", "", "", id="a mail without From"),
+        pytest.param("olga@example.com, mallory@evil.example", "", "", id="From a list"),
+        # a delegate is one Exchange lets send From the organizer: From the delegate is not
+        pytest.param(MALLORY, MALLORY, MALLORY, id="self-declared delegate"),
+    ],
+)
+def test_a_mail_counts_only_from_the_organizer_or_their_delegate(
+    mail_from: str, mail_sender: str, sent_by: str
+) -> None:
+    m = moved(mail_from=mail_from, mail_sender=mail_sender, organizer_sent_by=sent_by)
+    assert m.organizer_email == OLGA  # ORGANIZER says Olga: the mail says otherwise
+    d = decide(m, owned(), NOW)
+    assert d.reason == "not_organizer"
+    assert (mail_sender or mail_from or "mail From (none)") in d.detail
+
+
+def test_without_a_mail_only_organizer_and_sent_by_say_who_sent_it() -> None:
+    assert moved().mail_from is None  # a bare .ics
+    assert decide(moved(), owned(), NOW).reason == "edited_single"
+    assert decide(moved(organizer_sent_by=DELEGATE), owned(), NOW).reason == "edited_single"
+
+
+def test_a_booking_that_names_no_organizer_cannot_be_checked() -> None:
+    assert (
+        decide(moved(organizer_email=MALLORY), owned(organizer=""), NOW).reason == "edited_single"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "one"),
+    [
+        ("olga@example.com", True),
+        ("Olga.O+tag@sub.example.co.uk", True),
+        ("jörg@bücher.example", True),
+        ("", False),
+        ("olga", False),
+        ("olga@example.com,mallory@evil.example", False),
+        ("olga@example.com,mailto:mallory@evil.example", False),
+        ("olga@example.com;mallory@evil.example", False),
+        ("Olga <olga@example.com>", False),
+        ("olga@example.com mallory@evil.example", False),
+        ("olga@example.com\nBcc: mallory@evil.example", False),
+        ("olga@@example.com", False),
+        ("a@" + "b" * 400, False),
+    ],
+)
+def test_an_organizer_is_one_address(value: str, one: bool) -> None:
+    assert is_address(value) is one
+
+
+def test_a_finished_meeting_found_by_its_token_is_still_its_organizers() -> None:
+    archived = replace(bound(), organizer=OLGA, schedule=None)  # the store's archived view
+    state = MeetingState(token_record=archived)
+    assert decide(moved(organizer_email=MALLORY), state, NOW).reason == "not_organizer"
+    assert decide(moved(), state, NOW).reason == "edited_single"

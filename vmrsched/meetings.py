@@ -10,6 +10,7 @@ idempotently after a crash.
 from __future__ import annotations
 
 import functools
+import re
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,8 +40,21 @@ TEMPLATE_FOR_REASON: dict[str, str | None] = {
     "cancelled": None,
     "outdated": None,
     "unchanged": None,
+    "not_organizer": None,
     "general_error": "reject_general_error_template",
 }
+
+# One mail address and nothing else: no display name, no list, no white space or control
+# characters (an ORGANIZER of "a@x,mailto:b@x" would have every reply go to both).
+_ATOM = r"[^\s\x00-\x1f\x7f@,;:<>()\[\]\"\\]+"
+_ADDRESS = re.compile(f"{_ATOM}@{_ATOM}")
+MAX_ADDRESS = 320  # RFC 3696: 64 octets of local part, @, 255 of domain
+
+
+def is_address(value: str) -> bool:
+    """Whether `value` is exactly one mail address. An organizer is one address: a reply, an
+    update or a notice goes to one person, whatever a meeting request says."""
+    return len(value) <= MAX_ADDRESS and _ADDRESS.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,13 @@ class Meeting:
     overrides: tuple[tuple[datetime, datetime, datetime], ...] = ()
     organizer_name: str = ""
     organizer_email: str = ""
+    # ORGANIZER's SENT-BY: a delegate sending for the organizer (Outlook's "on behalf of")
+    organizer_sent_by: str = ""
+    # The mail that carried the message: its From and Sender (Sender empty when the mail names
+    # none: From sent it). mail_from is None when the message came without a mail (a bare .ics
+    # in the spool): then only ORGANIZER and SENT-BY say who sent it.
+    mail_from: str | None = None
+    mail_sender: str = ""
     subject: str = ""
     html_body: str = ""
     attendees: tuple[str, ...] = ()
@@ -89,6 +110,12 @@ class Meeting:
     def is_series(self) -> bool:
         return self.recurrence_id is None and bool(self.rrule or self.rdates)
 
+    @property
+    def sent_by(self) -> str:
+        """Who sent the message, as far as it tells: the mail's Sender or From, else the
+        delegate SENT-BY, else ORGANIZER (for logs: the admin asks who tried what)."""
+        return self.mail_sender or self.mail_from or self.organizer_sent_by or self.organizer_email
+
 
 @dataclass(frozen=True)
 class AliasRecord:
@@ -103,6 +130,9 @@ class AliasRecord:
     occurrence_sequences: Mapping[str, int] = field(default_factory=dict)
     schedule: Schedule | None = None
     placeholder_id: str | None = None
+    # the organizer of the meeting bound to the alias: the only one (with their delegates) who
+    # may change or cancel it ("" for a booking kept before organizers were)
+    organizer: str = ""
     # answer_key(message) -> reason (with "+update" when the organizer was updated): lets a
     # redelivered message get exactly the answer it got the first time
     answered: Mapping[str, str] = field(default_factory=dict)
@@ -219,6 +249,55 @@ def _declined(message: Meeting, reason: str, record: AliasRecord | None = None) 
     return Decision("declined", reason, message.correlation_id, record=record)
 
 
+def from_organizer(message: Meeting, organizer: str) -> bool:
+    """Whether `message` may change or cancel the meeting `organizer` booked (DESIGN.md: only
+    its organizer may). It may when its ORGANIZER is that organizer (sent by them, or SENT-BY
+    a delegate acting for them) or it comes SENT-BY that organizer (handing the meeting to the
+    new ORGANIZER); and, when it came in a mail, the mail is From that ORGANIZER and its
+    Sender, if any, is that ORGANIZER or that SENT-BY: the shape Exchange gives a message the
+    organizer or their delegate sent (and lets only them send from its own mailboxes), so a
+    delegate claimed by SENT-BY alone, From someone else, does not count. A bare .ics has no
+    mail around it: there ORGANIZER and SENT-BY are all there is. A booking that names no
+    organizer (kept before organizers were) cannot be checked."""
+    if not organizer:
+        return True
+    parties = {a.casefold() for a in (message.organizer_email, message.organizer_sent_by) if a}
+    if organizer.casefold() not in parties:
+        return False
+    if message.mail_from is None:
+        return True
+    sender = message.mail_sender or message.mail_from
+    return (
+        message.mail_from.casefold() == message.organizer_email.casefold()
+        and sender.casefold() in parties
+    )
+
+
+def _not_organizer(message: Meeting, record: AliasRecord) -> Decision:
+    """Someone other than the meeting's organizer tried to change or cancel it: nothing
+    changes and nobody is answered (a reply would confirm the booking exists to whoever
+    guessed its UID); the log names both addresses."""
+    claimed = f"ORGANIZER {message.organizer_email or '(none)'}"
+    if message.organizer_sent_by:
+        claimed += f" SENT-BY {message.organizer_sent_by}"
+    if message.mail_from is not None:
+        claimed += f", mail From {message.mail_from or '(none)'}"
+        if message.mail_sender:
+            claimed += f" Sender {message.mail_sender}"
+    detail = (
+        f"{message.method} from {message.sent_by or 'nobody'} ({claimed}); "
+        f"the meeting's organizer is {record.organizer}"
+    )
+    return Decision(
+        "ignored",
+        "not_organizer",
+        message.correlation_id,
+        record=record,
+        detail=detail,
+        reply=False,
+    )
+
+
 def _is_outdated(message: Meeting, record: AliasRecord | None) -> bool:
     if record is None or record.meeting_uid != message.uid:
         return False
@@ -233,6 +312,8 @@ def _decide_cancel(message: Meeting, state: MeetingState) -> Decision:
     cid = message.correlation_id
     if record is None or record.status != "bound":
         return Decision("ignored", "cancelled", cid, record=record, detail="meeting not bound")
+    if not from_organizer(message, record.organizer):
+        return _not_organizer(message, record)
     if _is_outdated(message, record):
         return Decision("ignored", "outdated", cid, record=record)
     schedule = record.schedule
@@ -254,6 +335,9 @@ def _decide_cancel(message: Meeting, state: MeetingState) -> Decision:
 
 def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Decision:
     bound = state.uid_record if state.uid_record and state.uid_record.status == "bound" else None
+    owned = bound or _bound_to(message, state.token_record)  # an archived one: by its token
+    if owned is not None and not from_organizer(message, owned.organizer):
+        return _not_organizer(message, owned)
     if _is_outdated(message, bound):
         return Decision("ignored", "outdated", message.correlation_id, record=bound)
 
@@ -352,6 +436,13 @@ def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Dec
         occurrence=occurrence,
         organizer_update=update,
     )
+
+
+def _bound_to(message: Meeting, record: AliasRecord | None) -> AliasRecord | None:
+    """`record` when it is bound to the message's meeting."""
+    if record is not None and record.status == "bound" and record.meeting_uid == message.uid:
+        return record
+    return None
 
 
 def _unchanged(message: Meeting, bound: AliasRecord) -> bool:
