@@ -138,6 +138,27 @@ def test_finished_conferences_move_to_the_archive_after_grace(tmp_path: Path) ->
     assert store.get(rec["alias_id"])["status"] == "bound"  # type: ignore[index]
 
 
+def test_a_bound_meetings_organizer_is_known_to_the_rules_live_and_archived(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    store = make(tmp_path, clock)
+    rec = store.reserve("v", 6, "d")
+    start = NOW + timedelta(days=1)
+    action = Action(
+        "bind", alias_id=rec["alias_id"], meeting_uid="uid-1", schedule=Schedule(start, start)
+    )
+    store.apply(action, {"name": "Standup", "organizer_email": "olga@example.com"})
+    assert store.state_for(None, "uid-1").uid_record.organizer == "olga@example.com"  # type: ignore[union-attr]
+    clock.now = NOW + timedelta(days=10)
+    assert store.sweep() == 1
+    store.close()
+    again = make(tmp_path, clock)
+    # a finished meeting is found by its token (moved into the future, it comes back)
+    token = aliases.Token("PXPS", rec["alias_id"])
+    assert again.state_for(token, "uid-1").token_record.organizer == "olga@example.com"  # type: ignore[union-attr]
+
+
 def test_snapshot_is_a_tinydb_database_and_journals_are_dropped(tmp_path: Path) -> None:
     store = make(tmp_path)
     ids = [store.reserve("v", 6, "d")["alias_id"] for _ in range(10)]

@@ -94,6 +94,7 @@ class ArchivedInfo:
     reason: str
     alias: str = ""
     numeric_alias: str = ""
+    organizer: str = ""  # of a bound meeting: who may still move it back into the future
 
 
 @dataclass
@@ -259,6 +260,7 @@ class Store:
             record.get("reason", ""),
             record.get("alias", ""),
             record.get("numeric_alias", ""),
+            record.get("organizer_email", "") if record.get("status") == "bound" else "",
         )
         if self._loaded:
             self._changed[record["alias_id"]] = {**record, "status": "archived"}
@@ -359,7 +361,9 @@ class Store:
         if info is None:
             return None
         status: Status = "bound" if info.status == "bound" else "deleted"
-        return AliasRecord(alias_id, "", "", status, meeting_uid=info.meeting_uid)
+        return AliasRecord(
+            alias_id, "", "", status, meeting_uid=info.meeting_uid, organizer=info.organizer
+        )
 
     def state_for(
         self,
@@ -691,5 +695,6 @@ def to_alias_record(record: Mapping[str, Any]) -> AliasRecord:
         occurrence_sequences=record.get("occ_seq") or {},
         schedule=decode_schedule(schedule) if schedule else None,
         placeholder_id=record.get("placeholder_id"),
+        organizer=record.get("organizer_email", ""),
         answered=record.get("answered") or {},
     )
