@@ -153,6 +153,11 @@ def test_a_wrong_reused_or_foreign_state_is_refused(world: World) -> None:
         sign_in.finish(integ, query, REDIRECT)
     with pytest.raises(SignInRefused, match="refused the sign-in"):
         sign_in.finish(integ, {"error": "access_denied", "state": "s"}, REDIRECT)
+    # the provider's words come through the address bar: never on our page
+    forged = {"error": "x", "error_description": "Call +1 555 0100 to unlock", "state": "s"}
+    with pytest.raises(SignInRefused) as refused:
+        sign_in.finish(integ, forged, REDIRECT)
+    assert "555" not in refused.value.message
 
 
 def test_an_attempt_expires_after_ten_minutes(world: World) -> None:

@@ -1,5 +1,5 @@
 """The decisions log of one integration: every answer the service gave a meeting (time, subject,
-organizer, outcome, reason, correlation id, alias), for admins asking "why was my meeting
+organizer, sender, outcome, reason, correlation id, alias), for admins asking "why was my meeting
 declined?". One JSON line per decision in `<data_dir>/decisions/<integration>.jsonl`, written by
 the poller once per batch with one fsync, bounded: when it holds twice `keep` entries it is
 rewritten (atomically) with the newest `keep`. Readers (the admin API, the CLI) only read."""
@@ -16,7 +16,21 @@ from typing import Any, BinaryIO
 from vmrsched.journal import atomic_write
 
 KEEP = 20_000
-FIELDS = ("subject", "organizer", "outcome", "reason", "correlation_id", "alias", "meeting_uid")
+# what a search looks in; `sender` is who sent the message (a mail's Sender or From, else SENT-BY
+# or ORGANIZER): for a not_organizer refusal, the one who tried to change someone else's meeting
+FIELDS = (
+    "subject",
+    "organizer",
+    "sender",
+    "outcome",
+    "reason",
+    "correlation_id",
+    "alias",
+    "meeting_uid",
+)
+
+
+EMPTY: dict[str, Any] = dict.fromkeys(("time", *FIELDS), "")
 
 
 def log_path(data_dir: Path, integration: str) -> Path:
@@ -95,7 +109,9 @@ def _count_lines(path: Path) -> int:
 
 
 def read(path: Path) -> Iterator[dict[str, Any]]:
-    """Newest first. A torn last line (a crash mid-write) is skipped."""
+    """Newest first. A torn last line (a crash mid-write) is skipped; a line missing a field
+    (written by an older version, or edited by hand) reads with that field empty, so no reader
+    (the console, the API, the CLI) trips over it."""
     try:
         lines = Path(path).read_bytes().splitlines()
     except FileNotFoundError:
@@ -106,12 +122,12 @@ def read(path: Path) -> Iterator[dict[str, Any]]:
         except ValueError:
             continue
         if isinstance(entry, dict):
-            yield entry
+            yield {**EMPTY, **entry}
 
 
 def search(path: Path, query: str = "", limit: int = 100) -> list[dict[str, Any]]:
-    """The newest `limit` decisions whose subject, organizer, outcome, reason, correlation id,
-    alias or meeting UID contains every word of `query` (case-insensitive)."""
+    """The newest `limit` decisions whose subject, organizer, sender, outcome, reason,
+    correlation id, alias or meeting UID contains every word of `query` (case-insensitive)."""
     words = query.lower().split()
     found: list[dict[str, Any]] = []
     for entry in read(path):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
+import re
 import secrets
 import threading
 import time
@@ -23,6 +25,21 @@ from urllib.parse import urlencode
 import requests
 
 from vmrsched.errors import BadRequest, Unavailable
+
+log = logging.getLogger("vmrsched.oidc")
+_ERROR_CODE = re.compile(r"[a-z_]{1,40}")
+_ENTRA_CODE = re.compile(r"AADSTS\d{1,9}")
+
+
+def _codes(query: Mapping[str, str]) -> str:
+    """What of a provider's refusal may be shown: the OAuth error code and an Entra ID
+    AADSTS number, when they have those shapes; words, never (the log keeps them)."""
+    codes = [query["error"]] if _ERROR_CODE.fullmatch(query.get("error", "")) else []
+    entra = _ENTRA_CODE.match(query.get("error_description", ""))
+    if entra:
+        codes.append(entra.group(0))
+    return f" ({', '.join(codes)}; the log says why)" if codes else " (the log says why)"
+
 
 PENDING_SECONDS = 600  # an attempt must come back within ten minutes
 MAX_PENDING = 10_000
@@ -104,8 +121,15 @@ class Attempts:
         """The attempt a redirect answers (removed: one use) and its code. SignInRefused for
         a provider's error, an unknown, expired or foreign state, or no code."""
         if query.get("error"):
-            detail = query.get("error_description") or query["error"]
-            raise SignInRefused(f"the identity provider refused the sign-in: {detail[:300]}")
+            # the provider's words arrive through the browser's address bar, where anyone can
+            # write them: logged for the admin, never put on our page
+            log.warning(
+                "the identity provider refused a sign-in (%s): %s: %s",
+                context,
+                query["error"][:100],
+                query.get("error_description", "")[:300],
+            )
+            raise SignInRefused(f"the identity provider refused the sign-in{_codes(query)}")
         state = query.get("state", "")
         with self._lock:
             self._expire(self.clock())

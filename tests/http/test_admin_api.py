@@ -224,3 +224,46 @@ async def test_login_attempts_are_rate_limited(client: TestClient[Any, Any]) -> 
         for _ in range(7)
     ]
     assert statuses[:5] == [401] * 5 and statuses[-1] == 429
+
+
+async def login(client: TestClient[Any, Any]) -> None:
+    response = await client.post(
+        "/admin/login", data={"token": ADMIN, "next": "/admin"}, allow_redirects=False
+    )
+    assert response.status == 303
+
+
+async def test_the_console_shows_only_its_own_notices(client: TestClient[Any, Any]) -> None:
+    """`/admin?done=…` comes from a link anyone can send an admin: only our texts are shown,
+    and an alias only when it has the shape of this integration's aliases."""
+    await login(client)
+    page = await (
+        await client.get("/admin", params={"done": "Your session expired: go to evil"})
+    ).text()
+    assert "evil" not in page
+    page = await (
+        await client.get("/admin", params={"done": "deleted", "alias": "call evil.example"})
+    ).text()
+    assert "evil" not in page and "Alias deleted; its organizer is told." in page
+    page = await (
+        await client.get(
+            "/admin", params={"done": "deleted", "alias": "vmr123456@video.example.com"}
+        )
+    ).text()
+    assert "vmr123456@video.example.com deleted" in page
+    page = await (await client.get("/admin", params={"done": "reload_invalid"})).text()
+    assert 'role="alert"' in page and "Not reloaded" in page  # a failed reload is an error
+
+
+async def test_a_decision_line_missing_a_field_does_not_break_the_console(
+    client: TestClient[Any, Any], svc: service.Service
+) -> None:
+    path = svc.config.data_dir / "decisions" / "hq.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as log:
+        log.write('{"subject": "Half a line", "outcome": "accepted"}\n')
+    await login(client)
+    response = await client.get("/admin")
+    assert response.status == 200
+    assert "Half a line" in await response.text()
+    assert (await get(client, "/integrations/hq/decisions"))["decisions"][0]["reason"] == ""

@@ -26,6 +26,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from vmrsched.config import IntegrationConfig
 from vmrsched.errors import (
     BadRequest,
     Forbidden,
@@ -277,7 +278,14 @@ async def redirect(request: web.Request) -> web.StreamResponse:
         detail = "This sign-in was not started in this browser; start it again."
         return _page("admin_signed_in.html", status=400, ok=False, integration="", detail=detail)
     if "error" in query:
-        detail = query.get("error_description") or query["error"]
+        # the identity provider's words come through the browser's address bar: logged, and the
+        # page says only what we know it means
+        log.warning(
+            "service account sign-in refused by the identity provider: %s: %s",
+            query["error"][:100],
+            query.get("error_description", "")[:300],
+        )
+        detail = "The identity provider refused the sign-in (see the log); start it again."
         return _page("admin_signed_in.html", status=400, ok=False, integration="", detail=detail)
     try:
         name, account = await request.app[SERVICE].finish_sign_in(query)
@@ -315,7 +323,7 @@ async def console(request: web.Request) -> web.Response:
     day = request.query.get("day", "")[:10]
     aliases: list[dict[str, Any]] = []
     decisions: list[dict[str, Any]] = []
-    notice = request.query.get("done", "")[:300]
+    notice, notice_level = _notice(request, service.config.integration(integration))
     if integration in names:
         try:
             aliases = await service.admin_find_aliases(integration, q, day, 200)
@@ -334,6 +342,7 @@ async def console(request: web.Request) -> web.Response:
         decisions=decisions,
         csrf=csrf,
         notice=notice,
+        notice_level=notice_level,
         who=who,
     )
 
@@ -343,22 +352,55 @@ async def _form_act(request: web.Request) -> str:
     return _who_or_login(request, csrf=str(form.get("csrf", "")))
 
 
-def _back(integration: str, done: str) -> web.HTTPSeeOther:
-    return web.HTTPSeeOther(f"/admin?{urlencode({'integration': integration, 'done': done})}")
+# What an admin act reports on the console: only these texts of ours are ever shown, so a link
+# someone sends an admin (`/admin?done=…`) cannot put words on our page.
+NOTICES: dict[str, tuple[str, str]] = {
+    "deleted": ("ok", "{alias} deleted; its organizer is told."),
+    "resent": ("ok", "The joining instructions of {alias} are on their way to its organizer."),
+    "reloaded": ("ok", "Configuration reloaded."),
+    "reload_invalid": (
+        "error",
+        "Not reloaded: the config file is invalid (see the config_invalid alarm).",
+    ),
+    "reload_failed": ("error", "Not reloaded: the reload could not run (see the log)."),
+}
+
+
+def _back(integration: str, done: str, alias: str = "") -> web.HTTPSeeOther:
+    query = {"integration": integration, "done": done} | ({"alias": alias} if alias else {})
+    return web.HTTPSeeOther(f"/admin?{urlencode(query)}")
+
+
+def _notice(request: web.Request, integ: IntegrationConfig | None) -> tuple[str, str]:
+    """The message of `done`, naming the alias only when it has the shape of this integration's
+    aliases (prefix, digits, domain): never text from the link itself."""
+    level, text = NOTICES.get(request.query.get("done", ""), ("", ""))
+    alias = request.query.get("alias", "")
+    if "{alias}" in text:
+        su = integ.single_use if integ is not None else None
+        shape = (
+            f"{re.escape(su.alias_prefix)}\\d{{{su.alias_suffix_length}}}"
+            f"@{re.escape(su.alias_domain)}"
+            if su is not None
+            else ""
+        )
+        ours = bool(shape) and re.fullmatch(shape, alias, re.IGNORECASE) is not None
+        text = text.format(alias=alias if ours else "Alias")
+    return text, level
 
 
 async def console_delete(request: web.Request) -> web.Response:
     who = await _form_act(request)
     name, alias = request.match_info["integration"], request.match_info["alias"]
     await request.app[SERVICE].admin_delete_alias(name, alias, who)
-    raise _back(name, f"{alias} deleted; its organizer is told.")
+    raise _back(name, "deleted", alias)
 
 
 async def console_resend(request: web.Request) -> web.Response:
     who = await _form_act(request)
     name, alias = request.match_info["integration"], request.match_info["alias"]
     await request.app[SERVICE].admin_resend(name, alias, who)
-    raise _back(name, f"The joining instructions of {alias} are on their way to its organizer.")
+    raise _back(name, "resent", alias)
 
 
 async def console_reload(request: web.Request) -> web.Response:
@@ -368,10 +410,11 @@ async def console_reload(request: web.Request) -> web.Response:
     try:
         result = await service.reload_async()
     except ValueError as exc:
-        raise _back("", f"Not reloaded: {exc}") from exc
+        log.warning("reload asked by %s did not run: %s", who, exc)
+        raise _back("", "reload_failed") from exc
     if result is None:
-        raise _back("", "Not reloaded: the config file is invalid (see the config_invalid alarm).")
-    raise _back("", "Configuration reloaded.")
+        raise _back("", "reload_invalid")
+    raise _back("", "reloaded")
 
 
 async def console_logout(request: web.Request) -> web.Response:
