@@ -105,6 +105,8 @@ def test_a_foreign_client_state_is_ignored(env: Env) -> None:
     time.sleep(0.5)
     assert env.listings() == before and env.metric("refused") == 1
     assert requests.post(env.url, data=b"not json", timeout=5).status_code == 400
+    deep = requests.post(env.url, data=b"[" * 30_000 + b"]" * 30_000, timeout=5)
+    assert deep.status_code == 400 and deep.json()["error"]["code"] == "bad_request"
     other = env.url.replace("/online", "/nobody")
     assert requests.post(other, params={"validationToken": "t"}, timeout=5).status_code == 404
 

@@ -30,6 +30,8 @@ async def notifications(request: web.Request) -> web.Response:
         batch = body["value"]
         if not isinstance(batch, list) or not all(isinstance(n, dict) for n in batch):
             raise TypeError("value must be a list of objects")
+    except RecursionError as exc:  # JSON nested deeper than any Graph notification is
+        raise BadRequest("not a Graph notification collection: nested too deep") from exc
     except (ValueError, KeyError, TypeError) as exc:
         raise BadRequest(f"not a Graph notification collection: {exc}") from exc
     service.graph_notification(name, batch)
