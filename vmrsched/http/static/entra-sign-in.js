@@ -24,6 +24,15 @@
       auth: {
         clientId: settings.clientId,
         authority: `${settings.authority}/${settings.tenantId}`,
+        // The authority is the administrator's configuration, so trust it as configured: MSAL
+        // then reads the tenant's OpenID configuration from it directly. Otherwise, for a host it
+        // carries no built-in metadata for (anything but Microsoft's own clouds: a stand-in of
+        // the identity platform in the tests, a proxy), it would first ask instance discovery at
+        // login.microsoftonline.com, which this page's CSP does not let it reach (connect-src is
+        // 'self' and the authority), and fail with untrusted_authority. For
+        // login.microsoftonline.com it only replaces MSAL's built-in aliases of the host
+        // (login.windows.net, ...) in its cache keys; this page's cache is its own sessionStorage.
+        knownAuthorities: [settings.authority],
         redirectUri: new URL(window.location.pathname, window.location.origin).href,
       },
       cache: { cacheLocation: "sessionStorage" },
