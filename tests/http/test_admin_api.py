@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from tests import spoolkit
 from vmrsched import config, service
+from vmrsched.http.app import create_app
 
 ADMIN = "admin-token-for-tests-0123456789abcdef"
 BEARER = {"Authorization": f"Bearer {ADMIN}"}
@@ -267,3 +268,52 @@ async def test_a_decision_line_missing_a_field_does_not_break_the_console(
     assert response.status == 200
     assert "Half a line" in await response.text()
     assert (await get(client, "/integrations/hq/decisions"))["decisions"][0]["reason"] == ""
+
+
+def _login_limits_service(tmp_path: Path, proxies: list[str]) -> service.Service:
+    doc = {
+        "server": {
+            "data_dir": str(tmp_path / "data"),
+            "admin_token_env": "ADMIN",
+            "trusted_proxies": proxies,
+        },
+        "integrations": [
+            {
+                "name": "hq",
+                "exchange": {"mailbox_name": "Video Room", "mailbox_email": "vmr@example.com"},
+                "addin": {"token_validation": "none", "server_fqdn": "vmr.example.com"},
+            }
+        ],
+    }
+    return service.start(config.parse(doc, tmp_path, {"ADMIN": ADMIN}))
+
+
+async def _attempt(client: TestClient[Any, Any], forwarded: str, token: str = "guess") -> int:
+    response = await client.post(
+        "/admin/login",
+        data={"token": token},
+        headers={"X-Forwarded-For": forwarded},
+        allow_redirects=False,
+    )
+    return response.status
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_login_limits_key_on_the_client_behind_a_trusted_proxy(
+    tmp_path: Path, trusted: bool
+) -> None:
+    """Behind the shipped nginx every request comes from 127.0.0.1: with it trusted, one client's
+    guesses lock out that client only; without, X-Forwarded-For is the client's own word and
+    changes nothing."""
+    svc = _login_limits_service(tmp_path, ["127.0.0.1"] if trusted else [])
+    try:
+        async with TestClient(TestServer(create_app(svc))) as client:
+            guesses = [await _attempt(client, "203.0.113.5") for _ in range(5)]
+            assert guesses == [401] * 5
+            assert await _attempt(client, "203.0.113.5") == 429
+            # a spoofed hop on the left is the client's own word: the proxy's hop counts
+            assert await _attempt(client, "198.51.100.7, 203.0.113.5") == 429
+            other = await _attempt(client, "203.0.113.6", ADMIN)
+            assert other == (303 if trusted else 429)
+    finally:
+        svc.stop()

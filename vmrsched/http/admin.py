@@ -37,7 +37,7 @@ from vmrsched.errors import (
     UpstreamError,
 )
 from vmrsched.http import sign_in_state
-from vmrsched.http.common import PAGES, SERVICE, status_of
+from vmrsched.http.common import PAGES, SERVICE, client_address, status_of
 from vmrsched.http.ratelimit import RateLimiter
 from vmrsched.service import SignInRefused
 
@@ -115,7 +115,7 @@ def check_admin(request: web.Request, csrf: str | None = None) -> str:
         )
     expected = _expected(request)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    client = request.remote or "unknown"
+    client = client_address(request)
     if scheme.lower() == "bearer" and token.strip():
         if expected is not None and hmac.compare_digest(token.strip().encode(), expected.encode()):
             return f"admin token from {client}"
@@ -177,7 +177,7 @@ async def login_form(request: web.Request) -> web.Response:
 def _count_attempt(request: web.Request) -> None:
     """Every login attempt (a token, a sign-in started) counts against the limits."""
     per_client, everyone = request.app[LOGIN_LIMITS]
-    client = request.remote or "unknown"
+    client = client_address(request)
     wait = max(per_client.allow(client), everyone.allow("*"))
     if wait:
         log.warning("admin login refused: too many attempts from %s", client)
@@ -200,7 +200,7 @@ def _open_session(request: web.Request, who: str, target: str) -> web.HTTPSeeOth
 
 async def login(request: web.Request) -> web.Response:
     _count_attempt(request)
-    client = request.remote or "unknown"
+    client = client_address(request)
     form = await request.post()
     expected = _expected(request)
     token = str(form.get("token", ""))
@@ -216,7 +216,7 @@ async def oidc_start(request: web.Request) -> web.Response:
     """Off to the identity provider; it comes back to oidc_callback (in this browser only)."""
     _count_attempt(request)
     target = request.app[SERVICE].start_admin_sign_in()
-    log.info("admin sign-in started from %s", request.remote)
+    log.info("admin sign-in started from %s", client_address(request))
     raise sign_in_state.redirect_bound(request, target, SIGN_IN_PATH)
 
 
@@ -225,7 +225,7 @@ async def oidc_callback(request: web.Request) -> web.Response:
     saying why (and the log saying who tried). Not counted against the login limits: only a
     state from oidc_start (which is counted) gets as far as the provider, and a refused one
     costs no more than a lookup."""
-    client = request.remote or "unknown"
+    client = client_address(request)
     if not sign_in_state.started_here(request):
         log.warning("admin sign-in refused from %s: not started in this browser", client)
         return _login_page(
@@ -259,7 +259,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     log.info(
         "admin started the service account's sign-in for %s (from %s)",
         name,
-        request.remote,
+        client_address(request),
         extra={"integration": name},
     )
     raise sign_in_state.redirect_bound(request, target, REDIRECT_PATH)
@@ -273,7 +273,7 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     if not sign_in_state.started_here(request):
         log.warning(
             "service account sign-in refused from %s: not started in this browser",
-            request.remote,
+            client_address(request),
         )
         detail = "This sign-in was not started in this browser; start it again."
         return _page("admin_signed_in.html", status=400, ok=False, integration="", detail=detail)

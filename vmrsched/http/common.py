@@ -3,6 +3,8 @@ statuses to JSON errors), the integration lookup."""
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from datetime import UTC, datetime
 
 import jinja2
@@ -13,6 +15,7 @@ from vmrsched.errors import (
     BadRequest,
     Forbidden,
     NotFound,
+    QuotaExceeded,
     RateLimited,
     ServiceError,
     Unauthorized,
@@ -30,6 +33,41 @@ PAGES = jinja2.Environment(
 )
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(proxies: tuple[str, ...]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(p, strict=False) for p in proxies)
+
+
+def _trusted(address: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def client_address(request: web.Request) -> str:
+    """Who is asking: the TCP peer, or, when that peer is one of `[server] trusted_proxies`, the
+    nearest address in X-Forwarded-For that is not a trusted proxy itself (read right to left:
+    the left part is whatever the client wrote). Behind the shipped nginx every peer is
+    127.0.0.1; without this, one client's login attempts would lock out every admin."""
+    peer = request.remote or "unknown"
+    networks = _networks(request.app[SERVICE].config.server.trusted_proxies)
+    if not networks or not _trusted(peer, networks):
+        return peer
+    hops = [h.strip() for h in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",")]
+    for hop in reversed([h for h in hops if h]):
+        if not _trusted(hop, networks):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # not an address: the chain cannot be trusted past here
+    return peer
+
+
 def error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
@@ -41,6 +79,7 @@ STATUS: dict[type[ServiceError], int] = {
     Forbidden: 403,
     NotFound: 404,
     RateLimited: 429,
+    QuotaExceeded: 429,
     UpstreamError: 502,
     Unavailable: 503,
 }
