@@ -4,6 +4,7 @@ the same correlation id and no store action, never an exception)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,31 @@ def test_when_even_the_decline_cannot_be_rendered_the_error_propagates(
     broken = Broken(integ.renderer(), "reject_general_error_template")
     with pytest.raises(RuntimeError):
         answers.plan(integ, broken, meeting(), MeetingState(), NOW)  # no alias drawn
+
+
+def test_a_refusal_of_someone_elses_change_sends_nothing(integ: config.IntegrationConfig) -> None:
+    rec = AliasRecord(
+        RECORD["alias_id"],
+        RECORD["alias"],
+        RECORD["numeric_alias"],
+        "bound",
+        meeting_uid="uid-1",
+        organizer="olga@example.com",
+    )
+    cancel = replace(meeting(), method="CANCEL", sequence=1, organizer_email="eve@evil.example")
+    step = answers.plan(integ, integ.renderer(), cancel, MeetingState(rec, rec), NOW)
+    assert (step.decision.reason, step.decision.action.kind) == ("not_organizer", "none")
+    assert step.messages == () and dict(step.fields) == {}
+    assert step.alias == RECORD["alias"]  # logged with the alias it was about
+
+
+def test_nothing_goes_to_an_organizer_that_is_not_one_address(
+    integ: config.IntegrationConfig,
+) -> None:
+    """The poller sets such a request aside; should one get here all the same, no reply or
+    update goes to a list of addresses."""
+    listed = replace(meeting(), organizer_email="a@example.com,mailto:b@example.com")
+    step = answers.plan(integ, integ.renderer(), listed, MeetingState(fresh=FRESH), NOW)
+    assert step.decision.reason == "new_single" and step.messages == ()
+    record = {**RECORD, "organizer_email": "a@example.com, b@example.com", "subject": "x"}
+    assert answers.admin_notice(integ, integ.renderer(), record, "resent", NOW, "1") is None

@@ -15,7 +15,15 @@ from typing import Any
 
 from vmrsched import aliases, calendars, recurrence
 from vmrsched.config import IntegrationConfig
-from vmrsched.meetings import AliasRecord, Decision, Meeting, MeetingState, decide, general_error
+from vmrsched.meetings import (
+    AliasRecord,
+    Decision,
+    Meeting,
+    MeetingState,
+    decide,
+    general_error,
+    is_address,
+)
 from vmrsched.outgoing import Outgoing
 from vmrsched.templating import Renderer
 
@@ -152,9 +160,11 @@ def reply(
     decision: Decision,
     record: Mapping[str, Any] | None,
 ) -> Outgoing | None:
-    """The accept/decline message for a decision, or None when the rules say no reply."""
+    """The accept/decline message for a decision, or None when the rules say no reply or
+    there is nobody to reply to: an organizer is one address (the poller sets a request with
+    anything else aside before it is decided), never a list that a reply would go to in full."""
     template = decision.template
-    if not decision.replies or template is None:
+    if not decision.replies or template is None or not is_address(meeting.organizer_email):
         return None
     body = renderer.render(template, variables(integ, meeting, record, decision))
     accepted = decision.outcome == "accepted"
@@ -204,7 +214,9 @@ def organizer_update(
             meeting.html_body, token_text, placeholder, instructions
         )
     recipients = tuple(
-        a for a in meeting.attendees if a.lower() != integ.exchange.mailbox_email.lower()
+        a
+        for a in meeting.attendees
+        if a.lower() != integ.exchange.mailbox_email.lower() and is_address(a)
     )
     return Outgoing(
         # per alias: recovery's update for a new alias is a new message, not a resend
@@ -274,7 +286,8 @@ def _messages(
     if answer is not None:
         extra = {**answer.extra, "item_id": item_id} if item_id else answer.extra
         out.append(replace(answer, extra=extra))
-    if decision.organizer_update and record is not None:
+    # sent as the organizer: an organizer that is not one address is nobody to send it as
+    if decision.organizer_update and record is not None and is_address(meeting.organizer_email):
         out.append(organizer_update(integ, renderer, meeting, decision, record))
     return out
 
@@ -316,7 +329,7 @@ def admin_notice(
     alias_deleted_notice_template) or `resent` (the joining instructions again). None when the
     booking names no organizer. `serial` makes each act its own message."""
     organizer = str(record.get("organizer_email", ""))
-    if not organizer:
+    if not is_address(organizer):
         return None
     values = _booked_values(integ, record, now)
     subject = values["subject"] or "your meeting"

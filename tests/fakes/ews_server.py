@@ -129,9 +129,13 @@ class FakeExchange:
         raw = f"{prefix}-{next(self._ids):08d}".encode()
         return base64.b64encode(raw).decode()
 
-    def deliver(self, room: str, meeting: Meeting, organizer_copy: bool = True) -> FakeItem:
+    def deliver(
+        self, room: str, meeting: Meeting, organizer_copy: bool = True, sender: str = ""
+    ) -> FakeItem:
         """A meeting request (or cancellation) arriving in the room's inbox; the organizer's
-        own copy goes to their calendar (unless the organizer has deleted it since)."""
+        own copy goes to their calendar (unless the organizer has deleted it since). `sender`:
+        the mail's From and Sender when not the organizer (someone else sending a meeting
+        message that names the organizer)."""
         kind = "MeetingCancellation" if meeting.method == "CANCEL" else "MeetingRequest"
         with self.lock:
             item = FakeItem(
@@ -140,7 +144,7 @@ class FakeExchange:
                 meeting,
                 meeting.subject,
                 meeting.html_body,
-                meeting.organizer_email,
+                sender or meeting.organizer_email,
             )
             self.mailbox(room).inbox[item.id] = item
             self.mailbox(room).events.append(item.id)
@@ -710,9 +714,10 @@ def _calendar_summary(item: FakeItem) -> str:
     )
 
 
-def meeting_to_imip(meeting: Meeting, room: str) -> bytes:
+def meeting_to_imip(meeting: Meeting, room: str, sender: str = "") -> bytes:
     """The MIME content Exchange keeps for a meeting message: an iMIP mail with the HTML body
-    and the text/calendar part (REQUEST or CANCEL)."""
+    and the text/calendar part (REQUEST or CANCEL), From the organizer unless `sender` says
+    who else sent it."""
     cal = icalendar.Calendar()
     cal.add("prodid", "-//Microsoft Corporation//Outlook 16.0 MIMEDIR//EN")
     cal.add("version", "2.0")
@@ -739,7 +744,10 @@ def meeting_to_imip(meeting: Meeting, room: str) -> bytes:
         event.add("status", "CANCELLED")
     cal.add_component(event)
     mail = MIMEMultipart("alternative")
-    mail["From"] = formataddr((meeting.organizer_name, meeting.organizer_email))
+    if sender and sender.lower() != meeting.organizer_email.lower():
+        mail["From"] = sender
+    else:
+        mail["From"] = formataddr((meeting.organizer_name, meeting.organizer_email))
     mail["To"] = room
     mail["Subject"] = meeting.subject
     mail.attach(MIMEText(meeting.html_body or "<p></p>", "html", "utf-8"))
@@ -760,14 +768,16 @@ def _item_xml(item: FakeItem, room: str) -> str:
     }[tag]
     parts = [f'<t:ItemId Id="{item.id}" ChangeKey="{item.changekey}"/>']
     if meeting is not None:
-        mime = base64.b64encode(meeting_to_imip(meeting, room)).decode()
+        mime = base64.b64encode(meeting_to_imip(meeting, room, item.sender)).decode()
         parts.insert(0, f'<t:MimeContent CharacterSet="UTF-8">{mime}</t:MimeContent>')
     parts.append(f"<t:ItemClass>{item_class}</t:ItemClass>")
     parts.append(f"<t:Subject>{_e(item.subject)}</t:Subject>")
     parts.append(f'<t:Body BodyType="HTML">{_e(item.body)}</t:Body>')
     parts.append(f"<t:DateTimeReceived>{_ts(item.received)}</t:DateTimeReceived>")
     sender = (
-        (meeting.organizer_name, meeting.organizer_email) if meeting else (item.sender, item.sender)
+        (meeting.organizer_name, meeting.organizer_email)
+        if meeting and item.sender.lower() in ("", meeting.organizer_email.lower())
+        else (item.sender, item.sender)
     )
     if tag != "CalendarItem":  # Exchange sets both on messages
         parts.append(f"<t:Sender>{_mailbox_xml(*sender)}</t:Sender>")

@@ -120,12 +120,18 @@ class FakeGraph:
             self.mailboxes[key] = Mailbox(address)
         return self.mailboxes[key]
 
-    def deliver(self, room: str, meeting: Meeting, organizer_copy: bool = True) -> Message:
-        """The organizer sends a meeting request or a cancellation to the room (and others)."""
+    def deliver(
+        self, room: str, meeting: Meeting, organizer_copy: bool = True, sender: str = ""
+    ) -> Message:
+        """The organizer sends a meeting request or a cancellation to the room (and others);
+        or, with `sender`, someone else sends one that names the organizer (the message's from
+        and sender are theirs)."""
         with self.lock:
-            return self._deliver(room, meeting, organizer_copy)
+            return self._deliver(room, meeting, organizer_copy, sender)
 
-    def _deliver(self, room: str, meeting: Meeting, organizer_copy: bool) -> Message:
+    def _deliver(
+        self, room: str, meeting: Meeting, organizer_copy: bool, sender: str = ""
+    ) -> Message:
         box = self.mailbox(room)
         cancel = meeting.method == "CANCEL"
         event = next((e for e in box.events.values() if e.uid == meeting.uid), None)
@@ -144,9 +150,9 @@ class FakeGraph:
             datetime.now(UTC),
             event.id if event else None,
             meeting.subject,
-            meeting.organizer_email,
-            meeting.organizer_name,
-            meeting_to_imip(meeting, room),
+            sender or meeting.organizer_email,
+            sender or meeting.organizer_name,
+            meeting_to_imip(meeting, room, sender),
         )
         box.inbox[message.id] = message
         box.changes.append(("created", message.id))
@@ -303,6 +309,7 @@ class FakeGraph:
             "receivedDateTime": message.received.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "subject": message.subject,
             "from": {"emailAddress": {"address": message.sender, "name": message.sender_name}},
+            "sender": {"emailAddress": {"address": message.sender, "name": message.sender_name}},
         }
         if message.kind != "mail":
             body["meetingMessageType"] = message.kind

@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import email
 import email.policy
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
 import icalendar
+import pytest
 
 from tests import spoolkit
 from tests.configs import Running
 from tests.shared import FIXTURES
 from vmrsched.calendars import replace_placeholder
-from vmrsched.mailbox import itip
+from vmrsched.mailbox import compose, itip
+from vmrsched.outgoing import Outgoing
 
 BLOCKS = {"p", "div", "table", "ul", "ol", "li", "h1", "h2", "h3", "h4", "blockquote", "pre"}
 
@@ -115,3 +118,23 @@ def test_an_organizer_update_keeps_zone_definitions_and_attendee_parameters(
         "RSVP": "FALSE",
         "CN": "Ola Optional",
     }
+
+
+def test_a_recipient_that_is_a_list_is_refused_not_sent_to_everyone_on_it() -> None:
+    message = Outgoing(
+        id="0" * 32,
+        kind="reply",
+        sender="vmr@example.com",
+        sender_name="Video Room",
+        recipients=("olga@example.com",),
+        subject="Accepted: Sync",
+        html_body="<p>ok</p>",
+        outcome="accepted",
+        reason="new_single",
+        correlation_id="c",
+        meeting_uid="u",
+    )
+    assert b"\r\nTo: olga@example.com\r\n" in compose.to_eml(message)
+    for listed in ("olga@example.com, eve@evil.example", "olga@example.com,mailto:e@evil.example"):
+        with pytest.raises(ValueError, match="not one address"):
+            compose.to_eml(replace(message, recipients=(listed,)))

@@ -164,6 +164,24 @@ def test_cancellation_removes_the_meeting_and_the_alias(env: Env) -> None:
     assert env.count("declined", "alias_deleted") == 1
 
 
+def test_a_cancellation_sent_by_someone_else_keeps_the_meeting_and_the_alias(env: Env) -> None:
+    rec = env.reserve()
+    env.send(meeting("owned", pxps(rec)))
+    cancel = meeting("owned", pxps(rec), sequence=1, method="CANCEL")
+    item = env.fake.deliver(ROOM, cancel, sender="mallory@evil.example")  # names Olga
+    spoolkit.wait_for(lambda: item.id not in env.fake.mailbox(ROOM).inbox, timeout=20)
+    assert env.count("ignored", "not_organizer") == 1
+    assert any(
+        i.meeting and i.meeting.uid == "owned" for i in env.fake.mailbox(ROOM).calendar.values()
+    )
+    ref = env.svc.ctx.registry.get("onprem", "allocator")
+    assert ref.proxy().get(rec["alias_id"]).get(timeout=5)["status"] == "bound"
+    assert len(env.replies("owned")) == 1  # the accept, and nothing for the refusal
+    env.send(cancel)  # Olga's own
+    assert env.count("ignored", "cancelled") == 1
+    assert ref.proxy().get(rec["alias_id"]).get(timeout=5)["status"] == "deleted"
+
+
 def test_placeholder_meeting_gets_an_organizer_update_by_impersonation(env: Env) -> None:
     token = "TOK:-00000000-0000-4000-8000-0000000000ee#"
     env.send(meeting("tok", f"<p>Agenda</p><p>{token}</p>"))

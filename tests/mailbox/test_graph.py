@@ -294,6 +294,31 @@ def test_the_rest_of_the_rules_table_through_graph(env: Env) -> None:
     assert [r.action for r in env.fake.responses_for("series")] == ["accept"] * 3
 
 
+def test_only_the_organizer_changes_a_booking_and_graphs_from_says_who_sent_it(
+    env: Env,
+) -> None:
+    rec = env.reserve()
+    env.send(meeting("owned", pxps(rec)))
+    assert env.count("accepted", "new_single") == 1
+    mallory = "mallory@evil.example"
+    # a cancellation naming Olga as ORGANIZER, from someone else's mailbox
+    message = env.fake.deliver(
+        ROOM, meeting("owned", pxps(rec), sequence=1, method="CANCEL"), sender=mallory
+    )
+    spoolkit.wait_for(lambda: message.id not in env.fake.mailbox(ROOM).inbox, timeout=20)
+    env.settle()
+    assert env.count("ignored", "not_organizer") == 1
+    assert env.count("ignored", "cancelled") == 0
+    # the room keeps the meeting (its event is not deleted) and the alias stays bound
+    assert any(e.uid == "owned" for e in env.fake.mailbox(ROOM).events.values())
+    ref = env.svc.ctx.registry.get("online", "allocator")
+    assert ref.proxy().get(rec["alias_id"]).get(timeout=5)["status"] == "bound"
+    assert [r.action for r in env.fake.responses_for("owned")] == ["accept"]
+    env.send(meeting("owned", pxps(rec), sequence=2, method="CANCEL"))  # Olga's own
+    assert env.count("ignored", "cancelled") == 1
+    assert ref.proxy().get(rec["alias_id"]).get(timeout=5)["status"] == "deleted"
+
+
 def test_an_unreadable_meeting_message_is_declined_with_a_correlation_id(env: Env) -> None:
     with env.fake.lock:
         message = env.fake._deliver(ROOM, meeting("broken", "<p>x</p>"), True)

@@ -18,7 +18,7 @@ from vmrsched.actors.supervision import Backoff
 from vmrsched.answers import Step
 from vmrsched.decisions import DecisionLog
 from vmrsched.mailbox.base import Gateway, GatewayError, InboxItem, Outgoing
-from vmrsched.meetings import Meeting
+from vmrsched.meetings import Meeting, is_address
 from vmrsched.telemetry import MAILBOX_UNREACHABLE
 
 log = logging.getLogger("vmrsched.decisions")
@@ -100,6 +100,7 @@ class MailboxPoller(SupervisedChild):
         outgoing: list[Outgoing] = []
         accepted: list[Meeting] = []
         replies: dict[str, list[str]] = {}  # item id -> ids of replies that answer it
+        refused: set[str] = set()  # items not from their meeting's organizer
         for step, (_, item_id) in zip(steps, batch, strict=True):
             d = step.decision
             self.ctx.metrics.meeting_requests.labels(name, d.outcome, d.reason).inc()
@@ -117,6 +118,8 @@ class MailboxPoller(SupervisedChild):
             outgoing.extend(step.messages)
             if d.outcome == "accepted":
                 accepted.append(step.meeting)
+            elif d.reason == "not_organizer":
+                refused.add(item_id)
         quarantined: list[tuple[InboxItem, str]] = []
         for item in items:
             if item.not_meeting:
@@ -142,7 +145,10 @@ class MailboxPoller(SupervisedChild):
             self.gateway.record_accepted(meeting)
         for item in readable:
             replied = any(i in pending for i in replies.get(item.id, ()))
-            self.gateway.mark_handled(item.id, replied=replied)
+            if item.id in refused:  # removed, and the room's calendar left as it is
+                self.gateway.mark_handled(item.id, replied=replied, refused=True)
+            else:
+                self.gateway.mark_handled(item.id, replied=replied)
         for item, reason in quarantined:
             self.gateway.quarantine(item.id, reason)
         sync = getattr(self.gateway, "sync", None)
@@ -162,7 +168,7 @@ class MailboxPoller(SupervisedChild):
         key = f"{self.integ.name}\0{item.id}\0{item.received.isoformat()}\0{reason}"
         correlation_id = str(uuid.uuid5(uuid.NAMESPACE_URL, key))
         outcome = "quarantined"
-        if item.sender_email and not item.auto_submitted:
+        if is_address(item.sender_email) and not item.auto_submitted:
             try:
                 outgoing.append(
                     answers.unreadable_reply(
@@ -206,6 +212,7 @@ class MailboxPoller(SupervisedChild):
         organizer = meeting.organizer_email if meeting is not None else ""
         if item is not None and not organizer:
             organizer = item.sender_email
+        sender = meeting.sent_by if meeting is not None else ""
         if reason == "cancelled" and alias:
             what = f"released {alias}: meeting cancelled"
         else:
@@ -214,7 +221,8 @@ class MailboxPoller(SupervisedChild):
             {
                 "time": self.ctx.clock().isoformat(),
                 "subject": subject[:300],
-                "organizer": organizer,
+                "organizer": organizer[:300],
+                "sender": sender[:300],
                 "outcome": outcome,
                 "reason": reason,
                 "correlation_id": correlation_id,
@@ -239,24 +247,32 @@ class MailboxPoller(SupervisedChild):
                 "detail": detail,
                 "item": item_id,
                 "organizer": organizer,
+                "sender": sender,
                 "alias": alias,
             },
         )
 
 
 def _answerable(item: InboxItem) -> InboxItem:
-    """A meeting request needs an organizer to answer; without one the item is unreadable
-    (quarantined: there is nobody to decline to either)."""
-    if item.error is None and any(
-        m.method == "REQUEST" and not m.organizer_email for m in item.meetings
-    ):
-        first = item.meetings[0]
+    """A meeting request needs an organizer to answer, and an organizer is one address; without
+    one, or with a list of them, the item is unreadable (quarantined: there is nobody to decline
+    to either, and a decline to a list would go to everyone on it)."""
+    if item.error is not None:
+        return item
+    for meeting in item.meetings:
+        if meeting.method != "REQUEST" or is_address(meeting.organizer_email):
+            continue
+        error = (
+            f"meeting request's ORGANIZER is not one address ({meeting.organizer_email[:200]!r})"
+            if meeting.organizer_email
+            else "meeting request has no ORGANIZER"
+        )
         return replace(
             item,
             meetings=(),
-            error="meeting request has no ORGANIZER: nobody to answer",
-            subject=first.subject,
-            uid=first.uid,
+            error=f"{error}: nobody to answer",
+            subject=item.meetings[0].subject,
+            uid=item.meetings[0].uid,
         )
     return item
 

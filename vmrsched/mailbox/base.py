@@ -73,9 +73,11 @@ class Gateway(Protocol):
         """Up to `limit` unhandled items, oldest first. Items stay until marked handled."""
         ...
 
-    def mark_handled(self, item_id: str, replied: bool = False) -> None:
+    def mark_handled(self, item_id: str, replied: bool = False, refused: bool = False) -> None:
         """Done with an item (called only after its replies are durably queued). `replied`: a
-        queued reply refers to the item (EWS responds to the request itself)."""
+        queued reply refers to the item (EWS responds to the request itself). `refused`: the
+        item was not from its meeting's organizer (not_organizer): it is removed without
+        touching the room's calendar, which a cancellation otherwise takes the meeting off."""
         ...
 
     def quarantine(self, item_id: str, reason: str) -> None:

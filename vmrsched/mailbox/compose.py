@@ -10,6 +10,7 @@ from email.header import Header
 from email.utils import format_datetime, formataddr
 
 from vmrsched.calendars import clean_header
+from vmrsched.meetings import is_address
 from vmrsched.outgoing import Outgoing
 
 
@@ -73,7 +74,12 @@ def text_of(body: str) -> str:
 def to_eml(message: Outgoing) -> bytes:
     """An RFC 5322 mail: multipart/alternative with a text/plain alternative, the HTML body and
     the text/calendar part. Written directly (a fixed shape on the hot path of every answer:
-    the email package's generator refolds every header of every part, most of the cost)."""
+    the email package's generator refolds every header of every part, most of the cost).
+    Each recipient is one address: a list in one of them ("a@x, b@x") would send the message
+    to everyone on it, so it is refused (ValueError) instead."""
+    for recipient in message.recipients:
+        if recipient and not is_address(clean_header(recipient)):
+            raise ValueError(f"recipient {recipient[:200]!r} is not one address")
     boundary = f"=_vmrsched_{message.id}"  # "=_" never occurs in quoted-printable text
     headers = [
         ("From", _address(clean_header(message.sender_name), clean_header(message.sender))),

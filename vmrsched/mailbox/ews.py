@@ -67,7 +67,7 @@ from vmrsched.config import IntegrationConfig
 from vmrsched.mailbox import itip
 from vmrsched.mailbox.base import CalendarEntry, GatewayError, InboxItem, Outgoing
 from vmrsched.mailbox.ews_auth import TokenSource
-from vmrsched.meetings import Meeting
+from vmrsched.meetings import Meeting, is_address
 from vmrsched.telemetry import EXCHANGE_UNREACHABLE, Metrics
 
 log = logging.getLogger("vmrsched.ews")
@@ -78,7 +78,7 @@ REQUEST_VERSION = Version(build=Build(15, 0, 847))
 MEETING_CLASSES = ("IPM.Schedule.Meeting.Request", "IPM.Schedule.Meeting.Canceled")
 MAX_PAGE = 1000  # EWS returns at most 1,000 items per FindItem
 CATCH_UP_SECONDS = 60.0  # list the inbox at least this often, events or not
-FETCH_FIELDS = ("mime_content", "item_class", "datetime_received", "subject", "sender")
+FETCH_FIELDS = ("mime_content", "item_class", "datetime_received", "subject", "sender", "author")
 _OPERATION = re.compile(rb"<(?:\w+:)?Body[^>]*>\s*<(?:\w+:)?(\w+)")
 _current = threading.local()
 
@@ -181,6 +181,13 @@ def _translate(exc: Exception) -> GatewayError:
     if isinstance(exc, ResponseMessageError) and code:
         return GatewayError(f"Exchange refused, for now: {code}: {exc}", code=code)
     return GatewayError(f"Exchange unreachable: {type(exc).__name__}: {exc}")
+
+
+def _smtp(mailbox: Any) -> str:
+    """The SMTP address of an EWS mailbox (Sender, From), or "" when Exchange gave another form
+    (an internal EX address) or none."""
+    address = str(getattr(mailbox, "email_address", "") or "").strip()
+    return address if is_address(address) else ""
 
 
 RETRYABLE = (TransportError, EWSError, requests.RequestException, OSError)
@@ -394,13 +401,18 @@ class EwsMailbox:
                 not_meeting=exc.not_meeting,
                 auto_submitted=exc.auto_submitted,
             )
+        # who sent it, as Exchange has it (From is EWS's "author"): it decides whether the
+        # message may change a booking; an address Exchange gives in another form than SMTP
+        # leaves the MIME headers' word
+        parsed = itip.sent_in_mail(parsed, _smtp(getattr(item, "author", None)), _smtp(sender))
         return InboxItem(item_id, received, meetings=parsed.meetings)
 
     # --- handling ---------------------------------------------------------------------------
-    def mark_handled(self, item_id: str, replied: bool = False) -> None:
+    def mark_handled(self, item_id: str, replied: bool = False, refused: bool = False) -> None:
         """A reply will respond to (and so remove) the item: keep it out of later fetches until
         then. Otherwise remove it now: a cancellation with RemoveItem (the room's calendar loses
-        the meeting), anything else to Deleted Items."""
+        the meeting), anything else, and a cancellation `refused` (not from the meeting's
+        organizer: the room keeps the meeting), to Deleted Items."""
         if replied:
             with self._state:
                 self._handed_off.add(item_id)
@@ -410,7 +422,7 @@ class EwsMailbox:
             item_class = self._classes.get(item_id, "")
         with self._calling():
             try:
-                if item_class.startswith(MEETING_CLASSES[1]):
+                if item_class.startswith(MEETING_CLASSES[1]) and not refused:
                     RemoveItem(account=account, reference_item_id=ReferenceItemId(id=item_id)).send(
                         save_copy=False
                     )

@@ -41,7 +41,7 @@ from vmrsched.config import GraphConfig, IntegrationConfig
 from vmrsched.mailbox import itip
 from vmrsched.mailbox.base import CalendarEntry, GatewayError, InboxItem, Outgoing
 from vmrsched.mailbox.sessions import CaSession
-from vmrsched.meetings import Meeting
+from vmrsched.meetings import Meeting, is_address
 from vmrsched.telemetry import EXCHANGE_UNREACHABLE, Metrics
 
 log = logging.getLogger("vmrsched.graph")
@@ -289,7 +289,7 @@ class GraphMailbox:
             f"{self.base}/mailFolders/inbox/messages",
             "list_inbox",
             params={
-                "$select": "id,receivedDateTime,subject,from",
+                "$select": "id,receivedDateTime,subject,from,sender",
                 "$orderby": "receivedDateTime",
                 "$top": str(top),
                 "$expand": "microsoft.graph.eventMessage/event($select=id)",
@@ -356,20 +356,24 @@ class GraphMailbox:
         if parsed.method == "CANCEL":
             with self._state:
                 self._cancels.add(message_id)
+        # who sent it, as Exchange has it: it decides whether the message may change a booking
+        parsed = itip.sent_in_mail(
+            parsed, _address_of(message, "from"), _address_of(message, "sender")
+        )
         return InboxItem(message_id, received, meetings=parsed.meetings)
 
     # --- handling ------------------------------------------------------------------------------
 
-    def mark_handled(self, item_id: str, replied: bool = False) -> None:
+    def mark_handled(self, item_id: str, replied: bool = False, refused: bool = False) -> None:
         """Replied: the reply removes the message once it is sent. Otherwise the message leaves
         the inbox at the next sync (a batch for the poll); a cancellation also takes the room's
-        event with it."""
+        event with it, unless `refused` (not from the meeting's organizer: the room keeps it)."""
         with self._state:
             if replied:
                 self._handed_off.add(item_id)
                 return
             event_id = self._events.pop(item_id, None)
-            if event_id is not None and item_id in self._cancels:
+            if event_id is not None and item_id in self._cancels and not refused:
                 self._pending.append(("delete_event", f"{self.base}/events/{event_id}"))
             self._cancels.discard(item_id)
             self._pending.append(("delete_message", f"{self.base}/messages/{item_id}"))
@@ -903,6 +907,12 @@ def _meeting_of(event: dict[str, Any], room: str) -> Meeting:
         html_body=str((event.get("body") or {}).get("content", "")),
         attendees=attendees,
     )
+
+
+def _address_of(message: dict[str, Any], key: str) -> str:
+    """An eventMessage's `from` or `sender` address, or "" when it gives none that is one."""
+    address = str(((message.get(key) or {}).get("emailAddress") or {}).get("address") or "")
+    return address.strip() if is_address(address.strip()) else ""
 
 
 def _utc_of(value: dict[str, Any]) -> datetime:

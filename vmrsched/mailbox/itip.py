@@ -12,7 +12,7 @@ import email.policy
 import email.utils
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from email.message import EmailMessage, Message
 from typing import Any
@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import icalendar
 from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
 
-from vmrsched.meetings import Meeting, Method
+from vmrsched.meetings import Meeting, Method, is_address
 
 BOM = b"\xef\xbb\xbf"
 _MAILTO = re.compile(r"^mailto:", re.IGNORECASE)
@@ -139,12 +139,34 @@ def _text(component: Any, key: str) -> str:
 def _address(value: Any) -> tuple[str, str]:
     if value is None:
         return "", ""
-    addr = _MAILTO.sub("", str(value)).strip()
+    if isinstance(value, list):  # the property given more than once: not one address
+        return "", ", ".join(_address(v)[1] for v in value)
+    addr = _mailto(str(value))
     params = getattr(value, "params", {})
     name = str(params.get("CN", "")).strip('"')
     if not addr and "EMAIL" in params:
         addr = str(params["EMAIL"])
     return name, addr
+
+
+def _mailto(value: str) -> str:
+    return _MAILTO.sub("", value.strip().strip('"')).strip()
+
+
+def _sent_by(value: Any) -> str:
+    """ORGANIZER's SENT-BY (a delegate sending for the organizer), when it is one address;
+    anything else is no delegate at all, which only narrows who may change the meeting."""
+    raw = getattr(value, "params", {}).get("SENT-BY") if value is not None else None
+    if raw is None or isinstance(value, list):
+        return ""
+    address = _mailto(str(raw))
+    return address if is_address(address) else ""
+
+
+def _answerable(address: str) -> str:
+    """`address` when a decline may go to it, else "" (a ParseError names whom to tell; a list
+    of addresses is nobody to tell)."""
+    return address if is_address(address) else ""
 
 
 def _rrule(component: Any) -> str | None:
@@ -281,6 +303,7 @@ def _parse_calendar(
     if not events:
         raise ParseError("calendar holds no VEVENT")
     organizer_name, organizer_email = _address(events[0].get("ORGANIZER"))
+    organizer_email = _answerable(organizer_email)
     subject = _text(events[0], "SUMMARY")
     if len(subject) > MAX_SUBJECT:
         raise ParseError(f"subject longer than {MAX_SUBJECT} characters", organizer_email)
@@ -349,6 +372,7 @@ def _meeting(
     vtimezones: tuple[str, ...] = (),
 ) -> Meeting:
     name, addr = _address(event.get("ORGANIZER"))
+    sent_by = _sent_by(event.get("ORGANIZER"))
     subject = _text(event, "SUMMARY")
     try:
         start, end = _times(event, default_tz, cancel=(method == "CANCEL"))
@@ -372,16 +396,19 @@ def _meeting(
         body = html_body if html_body is not None else _body(event)
         if len(body) > MAX_BODY:
             raise ParseError(f"body longer than {MAX_BODY} characters")
-        attendees = tuple(a for a in (_address(x)[1] for x in attendees_raw) if a)
+        # an attendee that is not one address is nobody an organizer update could go to
         attendee_params = tuple(
             (_address(x)[1], tuple((str(k), str(v)) for k, v in getattr(x, "params", {}).items()))
             for x in attendees_raw
-            if _address(x)[1]
+            if is_address(_address(x)[1])
         )
+        attendees = tuple(a for a, _ in attendee_params)
     except ParseError as exc:
-        raise ParseError(exc.reason, addr, name, subject, uid) from exc
+        raise ParseError(exc.reason, _answerable(addr), name, subject, uid) from exc
     except (ValueError, TypeError, AttributeError, OverflowError) as exc:
-        raise ParseError(f"unreadable meeting times: {exc}", addr, name, subject, uid) from exc
+        raise ParseError(
+            f"unreadable meeting times: {exc}", _answerable(addr), name, subject, uid
+        ) from exc
     if recurrence_id is not None and rdates and len(rdates) == 1:
         rdates = ()  # Notes repeats a rescheduled instance as a one-period RDATE
     return Meeting(
@@ -397,6 +424,7 @@ def _meeting(
         overrides=tuple(overrides),
         organizer_name=name,
         organizer_email=addr,
+        organizer_sent_by=sent_by,
         subject=subject,
         html_body=body,
         attendees=attendees,
@@ -448,6 +476,7 @@ def parse_mail(data: bytes, default_timezone: str = "UTC", correlation_id: str =
         message = email.message_from_bytes(data, policy=email.policy.compat32)
         automatic = auto_submitted(message)
         sender = email.utils.parseaddr(_clean(str(message.get("From", ""))))
+        mail_from, mail_sender = mail_senders(message)
         subject = _clean(str(message.get("Subject", "")))[:MAX_SUBJECT]
         part = _calendar_part(message)
     except Exception as exc:  # the email package is lenient, but not about everything
@@ -478,7 +507,7 @@ def parse_mail(data: bytes, default_timezone: str = "UTC", correlation_id: str =
             "calendar part is empty", sender[1], sender[0], subject, auto_submitted=automatic
         )
     try:
-        return parse_calendar(
+        parsed = parse_calendar(
             payload,
             default_timezone,
             html_body=html,
@@ -487,9 +516,42 @@ def parse_mail(data: bytes, default_timezone: str = "UTC", correlation_id: str =
         )
     except ParseError as exc:
         exc.auto_submitted = automatic
-        if not exc.organizer_email and sender[1]:
+        if not exc.organizer_email and is_address(sender[1]):
             exc.organizer_email, exc.organizer_name = sender[1], exc.organizer_name or sender[0]
         raise
+    return sent_in_mail(parsed, mail_from, mail_sender)
+
+
+def mail_senders(message: Message) -> tuple[str, str]:
+    """(From, Sender) of a mail, each one address, or the header as it stands when it is not
+    one (which then matches no organizer), or "" when absent: who sent the meeting message,
+    which decides whether it may change a booking (meetings.from_organizer)."""
+    found: list[str] = []
+    for header in ("From", "Sender"):
+        values = message.get_all(header) or []
+        text = _clean(" ".join(str(v) for v in values))
+        addresses = email.utils.getaddresses([text]) if text else []
+        one = addresses[0][1].strip() if len(addresses) == 1 else ""
+        found.append(one if is_address(one) else text[:MAX_HEADER_ADDRESS])
+    return found[0], found[1]
+
+
+MAX_HEADER_ADDRESS = 400  # characters of an unusable From or Sender kept for the log
+
+
+def sent_in_mail(parsed: Parsed, mail_from: str = "", mail_sender: str = "") -> Parsed:
+    """The meetings as carried by a mail From `mail_from` (Sender `mail_sender`). parse_mail
+    gives what the MIME headers say; backends that know a message's sender from the mailbox
+    itself (EWS's From and Sender, Graph's from and sender) call this again with what they
+    know, and what they do not know ("") stays as the headers said."""
+    meetings = []
+    for meeting in parsed.meetings:
+        sent_from = mail_from or meeting.mail_from or ""
+        sender = mail_sender or meeting.mail_sender
+        if sender.casefold() == sent_from.casefold():
+            sender = ""  # sent by the one it is from: nothing to tell apart
+        meetings.append(replace(meeting, mail_from=sent_from, mail_sender=sender))
+    return Parsed(tuple(meetings), parsed.method)
 
 
 def _clean(value: str) -> str:

@@ -187,6 +187,10 @@ class SpoolMailbox:
         self._arrived.pop(name, None)
 
     def _read(self, name: str, stat: os.stat_result) -> InboxItem:
+        """One inbox file as an item. An .eml carries its sender (the From and Sender headers),
+        which must be the organizer or their delegate for an update or cancellation to count;
+        a bare .ics has no sender, so there only ORGANIZER (and its SENT-BY) says who sent it
+        (meetings.from_organizer)."""
         received = datetime.fromtimestamp(stat.st_mtime, UTC)
         if not S_ISREG(stat.st_mode):
             # never followed: a link could point at secrets (/proc/self/environ) or loop
@@ -231,7 +235,7 @@ class SpoolMailbox:
             except OSError as again:
                 raise GatewayError(f"cannot move {item_id}: {again}") from again
 
-    def mark_handled(self, item_id: str, replied: bool = False) -> None:
+    def mark_handled(self, item_id: str, replied: bool = False, refused: bool = False) -> None:
         self._move(item_id, self.processed)
 
     alarm = MAILBOX_UNREACHABLE
