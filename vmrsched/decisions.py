@@ -30,6 +30,9 @@ FIELDS = (
 )
 
 
+EMPTY: dict[str, Any] = dict.fromkeys(("time", *FIELDS), "")
+
+
 def log_path(data_dir: Path, integration: str) -> Path:
     return Path(data_dir) / "decisions" / f"{integration}.jsonl"
 
@@ -106,7 +109,9 @@ def _count_lines(path: Path) -> int:
 
 
 def read(path: Path) -> Iterator[dict[str, Any]]:
-    """Newest first. A torn last line (a crash mid-write) is skipped."""
+    """Newest first. A torn last line (a crash mid-write) is skipped; a line missing a field
+    (written by an older version, or edited by hand) reads with that field empty, so no reader
+    (the console, the API, the CLI) trips over it."""
     try:
         lines = Path(path).read_bytes().splitlines()
     except FileNotFoundError:
@@ -117,7 +122,7 @@ def read(path: Path) -> Iterator[dict[str, Any]]:
         except ValueError:
             continue
         if isinstance(entry, dict):
-            yield entry
+            yield {**EMPTY, **entry}
 
 
 def search(path: Path, query: str = "", limit: int = 100) -> list[dict[str, Any]]:
