@@ -487,3 +487,53 @@ def test_check_config_refuses_overlapping_ranges(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "integrations[1].single_use: " in out.stderr
     assert "integrations[0].single_use" in out.stderr
+
+
+# --- reservation quota ------------------------------------------------------------------------
+
+
+def test_open_reservations_per_user_default_to_a_cap_and_zero_means_none() -> None:
+    assert config.parse(minimal(), DATA, {}).integrations[0].single_use == config.SingleUseConfig()
+    assert config.SingleUseConfig().max_open_reservations_per_user == 50
+    uncapped = minimal(single_use={"max_open_reservations_per_user": 0})
+    assert (
+        config.parse(uncapped, DATA, {}).integrations[0].single_use.max_open_reservations_per_user
+        == 0
+    )
+    assert problems(minimal(single_use={"max_open_reservations_per_user": -1})) == [
+        "integrations[0].single_use.max_open_reservations_per_user: must be 0-100000, got -1"
+    ]
+
+
+def test_a_relative_file_means_one_thing_relative_to_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check-config and the service read the same CA file, wherever the service is started
+    (the shipped systemd unit starts it in /)."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "ca.pem").write_text("not checked here")
+    (etc / "vmrs.toml").write_text("")
+    (etc / "vmrsched.toml").write_text(
+        f"""
+[server]
+data_dir = "{tmp_path / "data"}"
+[[integrations]]
+name = "hq"
+enable_personal_vmrs = true
+[integrations.exchange]
+mailbox_name = "Video Room"
+mailbox_email = "vmr@example.com"
+tls_ca_file = "ca.pem"
+[integrations.addin]
+token_validation = "none"
+[integrations.personal]
+tls_ca_file = "ca.pem"
+"""
+    )
+    monkeypatch.chdir(tmp_path)  # not the config's directory
+    cfg = config.load(Path("etc/vmrsched.toml"), environ={})
+    integ = cfg.integrations[0]
+    for named in (integ.exchange.tls_ca_file, integ.personal.tls_ca_file):
+        assert Path(named).is_absolute() and Path(named) == etc / "ca.pem"
+    assert Path(integ.personal.directory_file) == etc / "vmrs.toml"

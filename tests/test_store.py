@@ -553,3 +553,45 @@ def test_the_collector_stays_off_while_any_store_loads_and_comes_back_after(
     assert gc.isenabled() and len(opened) == 2
     for store in opened:
         store.close()
+
+
+def test_open_reservations_are_counted_per_user_and_rebuilt_at_open(tmp_path: Path) -> None:
+    """The allocator's quota asks the store how many reservations a user holds that are not in
+    a meeting yet: an index kept with every write, counted again from the files at open."""
+    clock = Clock()
+    store = make(tmp_path, clock, reservation_ttl=timedelta(days=30))
+    olga = [store.reserve("v", 6, "d", user="olga") for _ in range(4)]
+    store.reserve("v", 6, "d", user="ivan")
+    store.reserve("v", 6, "d")  # no user: not counted
+    assert [store.open_reservations(u) for u in ("olga", "ivan", "nobody")] == [4, 1, 0]
+    bind(store, olga[0]["alias_id"])  # in a meeting: no longer open
+    assert store.get(olga[0]["alias_id"])["user"] == "olga"  # type: ignore[index]
+    store.delete(olga[1]["alias_id"], "released")
+    assert store.open_reservations("olga") == 2
+    store.commit()
+    store.close(compact=False)  # read back from the journal
+    again = make(tmp_path, clock, reservation_ttl=timedelta(days=30))
+    assert [again.open_reservations(u) for u in ("olga", "ivan")] == [2, 1]
+    again.sweep()  # archives the released one: the count stays
+    again.close()  # and from the snapshot
+    again = make(tmp_path, clock, reservation_ttl=timedelta(days=30))
+    assert [again.open_reservations(u) for u in ("olga", "ivan")] == [2, 1]
+    clock.now = NOW + timedelta(days=31)
+    again.sweep()  # the unused ones expire
+    assert [again.open_reservations(u) for u in ("olga", "ivan")] == [0, 0]
+
+
+def test_aliases_taken_counts_archived_ones_that_are_never_drawn_again(tmp_path: Path) -> None:
+    clock = Clock()
+    store = make(tmp_path, clock)
+    records = [store.reserve("v", 6, "d") for _ in range(5)]
+    bind(store, records[0]["alias_id"], days=1)
+    store.delete(records[1]["alias_id"], "released")
+    assert store.aliases_taken() == 5
+    clock.now = NOW + timedelta(days=10)
+    assert store.sweep() == 2  # the released one, and the finished meeting
+    assert store.aliases_taken() == 5
+    bind(store, records[0]["alias_id"], days=20, seq=2)  # brought back from the archive
+    assert store.aliases_taken() == 5
+    store.close()
+    assert make(tmp_path, clock).aliases_taken() == 5

@@ -216,6 +216,9 @@ class SingleUseConfig:
     alias_prefix: str = _f("vmr", min_len=1, max_len=8)
     alias_suffix_length: int = _f(6, minimum=6, maximum=15)
     alias_domain: str = _f("video.example.com", max_len=_TEXT)
+    # reserved and not yet in a meeting, per add-in user (0: no cap); unused ones expire after
+    # reservation_ttl_days, so without a cap one user could fill the alias space
+    max_open_reservations_per_user: int = _f(50, minimum=0, maximum=100000)
     identity_provider_group: str = _f("", max_len=_TEXT)
     other_participants: str = _f(
         "disallow_all", choices=("disallow_all", "allow_if_trusted", "allow_all")

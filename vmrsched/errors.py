@@ -44,6 +44,13 @@ class RateLimited(ServiceError):
         self.retry_after = retry_after
 
 
+class QuotaExceeded(ServiceError):
+    """The caller holds as much as one user may (open reservations): waiting a little does not
+    help, using or releasing what they hold does."""
+
+    default_code = "quota_exceeded"
+
+
 class Unavailable(ServiceError):
     """The integration cannot take requests now (starting, restarting, failed, or slow)."""
 

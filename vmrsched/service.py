@@ -31,6 +31,7 @@ from vmrsched import (
     user_sign_in,
 )
 from vmrsched import config as config_mod
+from vmrsched.actors.allocator import QuotaReached
 from vmrsched.actors.bridge import ReservationBatcher, ask_async
 from vmrsched.actors.context import Context
 from vmrsched.actors.messages import DeleteAlias, FindAliases, Poll, Reload, ResendInstructions
@@ -41,6 +42,7 @@ from vmrsched.errors import (
     BadRequest,
     Forbidden,
     NotFound,
+    QuotaExceeded,
     Unauthorized,
     Unavailable,
     UpstreamError,
@@ -266,10 +268,16 @@ class Service:
             raise NotFound("unknown integration", "unknown_integration")
         return integ
 
-    async def reserve(self, name: str, timeout: float) -> Record:
-        """Reserve one single-use alias, durable before it returns. Reservations arriving in
-        the same event-loop turn share one message and one fsync (ReservationBatcher)."""
+    async def reserve(
+        self, name: str, timeout: float, who: identity.Identity | None = None
+    ) -> Record:
+        """Reserve one single-use alias for `who`, durable before it returns. Reservations
+        arriving in the same event-loop turn share one message and one fsync
+        (ReservationBatcher). A verified user holding the integration's cap of open
+        reservations gets QuotaExceeded; unverified callers (token validation "none": every
+        one of them is "anonymous", on loopback only) are not capped."""
         state = self.ctx.status.state(name)
+        user = who.user if who is not None and who.kind != "none" else ""
         try:
             if state != "running":
                 raise ActorUnavailable(f"integration {name} is {state or 'not running'}")
@@ -277,10 +285,23 @@ class Service:
             batcher = self._batchers.get(name)
             if batcher is None:
                 batcher = self._batchers[name] = ReservationBatcher()
-            record: Record = await batcher.reserve(allocator, timeout)
+            record: Record = await batcher.reserve(allocator, timeout, user)
         except (ActorUnavailable, TimeoutError) as exc:
             raise Unavailable("the booking service cannot take requests right now") from exc
+        except QuotaReached as exc:
+            raise self._quota_exceeded(name, exc) from exc
         return record
+
+    def _quota_exceeded(self, name: str, reached: QuotaReached) -> QuotaExceeded:
+        """What a user at the cap is told: how many they hold, and how slots come free."""
+        integ = self.config.integration(name)
+        days = integ.reservation_ttl_days if integ is not None else 30
+        return QuotaExceeded(
+            f"You have {reached.held} video rooms reserved that are not in a meeting yet, the "
+            f"most one person may hold ({reached.cap}). Use one of them in a meeting, or wait: "
+            f"unused reservations expire {days} days after they were made, and an "
+            "administrator can release them sooner."
+        )
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether every integration runs with a sound store, and the state of each."""

@@ -159,6 +159,11 @@ class Store:
         self._names: dict[str, str] = {}
         self._archived: dict[str, ArchivedInfo] = {}
         self._archived_numeric: set[str] = set()
+        # numeric aliases both active and archived (an archived alias brought back): so that
+        # aliases_taken counts each once without building the union
+        self._taken_twice = 0
+        # per user, how many reservations they hold that are in no meeting yet (the quota)
+        self._open_by_user: dict[str, int] = {}
         # records changed since take_changes (archived ones with status "archived"): what the
         # allocator publishes to the policy index after a commit
         self._changed: dict[str, Record] = {}
@@ -276,7 +281,11 @@ class Store:
         self._records[alias_id] = record
         if self._loaded:
             self._changed[alias_id] = record
-        self._by_numeric[record["numeric_alias"].lower()] = alias_id
+        numeric = record["numeric_alias"].lower()
+        if numeric not in self._by_numeric and numeric in self._archived_numeric:
+            self._taken_twice += 1
+        self._by_numeric[numeric] = alias_id
+        self._count_open(record, 1)
         self._by_alias[record["alias"].lower()] = alias_id
         if record.get("meeting_uid") and record["status"] == "bound":
             self._by_uid[record["meeting_uid"]] = alias_id
@@ -285,7 +294,20 @@ class Store:
         if record.get("name"):
             self._names[record["name"].lower()] = alias_id
 
+    def _count_open(self, record: Record, step: int) -> None:
+        """Keep the per-user count of open reservations with each record that enters or
+        leaves the index (a record is replaced whole when it is bound or deleted)."""
+        user = record.get("user")
+        if not user or record["status"] != "reserved":
+            return
+        held = self._open_by_user.get(user, 0) + step
+        if held > 0:
+            self._open_by_user[user] = held
+        else:
+            self._open_by_user.pop(user, None)
+
     def _drop_secondary(self, record: Record) -> None:
+        self._count_open(record, -1)
         alias_id = record["alias_id"]
         uid = record.get("meeting_uid")
         if uid and self._by_uid.get(uid) == alias_id:
@@ -299,7 +321,9 @@ class Store:
         if record is None:
             return
         self._drop_secondary(record)
-        self._by_numeric.pop(record["numeric_alias"].lower(), None)
+        numeric = record["numeric_alias"].lower()
+        if self._by_numeric.pop(numeric, None) is not None and numeric in self._archived_numeric:
+            self._taken_twice -= 1
         self._by_alias.pop(record["alias"].lower(), None)
         if record.get("placeholder_id"):
             self._by_placeholder.pop(record["placeholder_id"], None)
@@ -336,6 +360,16 @@ class Store:
     def numeric_taken(self, numeric_alias: str) -> bool:
         key = numeric_alias.lower()
         return key in self._by_numeric or key in self._archived_numeric
+
+    def open_reservations(self, user: str) -> int:
+        """How many reservations `user` holds that are in no meeting yet (expired ones count
+        until the sweep deletes them). O(1): the add-in API asks it on every reservation."""
+        return self._open_by_user.get(user, 0)
+
+    def aliases_taken(self) -> int:
+        """How many numeric aliases can no longer be drawn: every active one and every
+        archived one (never handed out again). O(1)."""
+        return len(self._by_numeric) + len(self._archived_numeric) - self._taken_twice
 
     def records(self) -> Iterator[Record]:
         return iter(list(self._records.values()))
@@ -420,7 +454,8 @@ class Store:
             )
 
     def reserve(self, prefix: str, suffix_length: int, domain: str, **extra: Any) -> Record:
-        """A new alias in state `reserved`, expiring after the reservation TTL unless bound."""
+        """A new alias in state `reserved`, expiring after the reservation TTL unless bound.
+        `user=` (who reserved it) counts it in `open_reservations` until then."""
         alias = aliases.generate_alias(prefix, suffix_length, domain, self.numeric_taken, self.rng)
         now = self.clock()
         record = _reserved(alias, now)

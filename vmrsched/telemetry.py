@@ -48,6 +48,13 @@ class Metrics:
         self.aliases_allocated = Counter(
             "vmrsched_aliases_allocated_total", "Aliases handed out", ["integration"], registry=r
         )
+        self.alias_space_used = Gauge(
+            "vmrsched_alias_space_used_ratio",
+            "Share of the aliases an integration's range can produce that can no longer be "
+            "handed out (active and archived: none is handed out twice)",
+            ["integration"],
+            registry=r,
+        )
         self.scheduled_conferences = Gauge(
             "vmrsched_scheduled_conferences",
             "Conferences bound to a meeting",
@@ -113,7 +120,12 @@ class Metrics:
 
     def forget_integration(self, name: str) -> None:
         """Drop the per-integration gauges of a removed integration."""
-        for gauge in (self.integration_up, self.scheduled_conferences, self.mailbox_lag):
+        for gauge in (
+            self.integration_up,
+            self.scheduled_conferences,
+            self.mailbox_lag,
+            self.alias_space_used,
+        ):
             with contextlib.suppress(KeyError):
                 gauge.remove(name)
 
@@ -137,6 +149,7 @@ STORE_CORRUPT = "store_corrupt"  # damage found in a store; `vmrsched store repa
 SIGN_IN_REQUIRED = "service_account_sign_in_required"  # oauth_delegated needs an admin sign-in
 PEXIP_UNREACHABLE = "pexip_unreachable"  # the Management Node does not answer
 PEXIP_REFUSED = "pexip_refused"  # the Management Node refused a conference (4xx); see the log
+ALIAS_SPACE_LOW = "alias_space_low"  # most of an integration's alias range is used up
 
 
 class Alarms:

@@ -35,10 +35,24 @@ from vmrsched.meetings import Meeting, general_error
 from vmrsched.outgoing import Outgoing
 from vmrsched.pexip.policy import Room, RoomSettings
 from vmrsched.store import Record, Store, StoreBrokenError, StoreCorruptError, decode_schedule
-from vmrsched.telemetry import STORE_CORRUPT
+from vmrsched.telemetry import ALIAS_SPACE_LOW, STORE_CORRUPT
 
 log = logging.getLogger("vmrsched.allocator")
 CORRUPT_ALARM = STORE_CORRUPT
+# alias_space_low is raised when this share of the range is used up, and cleared below it:
+# drawing a free alias takes ever more tries as the range fills, and fails when it is full
+ALIAS_SPACE_LOW_AT = 0.8
+
+
+class QuotaReached(Exception):
+    """A user holds as many open reservations (reserved, in no meeting yet) as the integration
+    allows; the reply to that user's reservation in place of a record."""
+
+    def __init__(self, user: str, held: int, cap: int) -> None:
+        super().__init__(f"{user} holds {held} open reservations (at most {cap})")
+        self.user = user
+        self.held = held
+        self.cap = cap
 
 
 class AliasAllocator(SupervisedChild):
@@ -63,6 +77,8 @@ class AliasAllocator(SupervisedChild):
         self._allocated = self.ctx.metrics.aliases_allocated.labels(self.integ.name)
         spec = self.integ.single_use
         self._spec = (spec.alias_prefix, spec.alias_suffix_length, spec.alias_domain)
+        self._space_used = self.ctx.metrics.alias_space_used.labels(self.integ.name)
+        self._space_low: bool | None = None  # unknown: the first look raises or clears
         self._settings = RoomSettings(
             self.integ.name,
             timedelta(minutes=self.integ.single_use.join_before_minutes),
@@ -77,6 +93,7 @@ class AliasAllocator(SupervisedChild):
         # event loop's hot paths too).
         gc.freeze()
         self._publish()
+        self._watch_space()
         self.ctx.scheduler.call_later(self.ctx.sweep_interval, self._tell_sweep)
 
     def teardown(self) -> None:
@@ -108,6 +125,29 @@ class AliasAllocator(SupervisedChild):
             self.ctx.alias_index.publish(self._room(record) for record in changed)
             if self.integ.pexip.mode == "management_api":
                 self._poke_provisioner()
+            self._watch_space()
+
+    def _watch_space(self) -> None:
+        """How full the alias range is, for the gauge and the alias_space_low alarm (O(1):
+        it follows every commit that adds aliases)."""
+        prefix, digits, _ = self._spec
+        size = 10**digits
+        ratio = self.store.aliases_taken() / size
+        self._space_used.set(ratio)
+        low = ratio >= ALIAS_SPACE_LOW_AT
+        if low == self._space_low:
+            return
+        self._space_low = low
+        if low:
+            self.ctx.alarms.raise_(
+                self.integ.name,
+                ALIAS_SPACE_LOW,
+                f"{ratio:.0%} of the {size:,} aliases {prefix!r} + {digits} digits can produce "
+                "are used up (archived ones are never handed out again): lengthen "
+                "[integrations.single_use] alias_suffix_length before reservations fail",
+            )
+        else:
+            self.ctx.alarms.clear(self.integ.name, ALIAS_SPACE_LOW)
 
     def _poke_provisioner(self) -> None:
         """Conferences follow the store soon after a change (the provisioner coalesces)."""
@@ -184,15 +224,29 @@ class AliasAllocator(SupervisedChild):
 
     # --- add-in reservations and housekeeping ----------------------------------------------------
 
-    def reserve(self) -> Record:
-        record = self.store.reserve(
-            self.integ.single_use.alias_prefix,
-            self.integ.single_use.alias_suffix_length,
-            self.integ.single_use.alias_domain,
-        )
+    def reserve(self, user: str = "") -> Record:
+        """One alias, durable before it returns (asked from actor threads and tests); raises
+        QuotaReached when `user` is at the cap."""
+        record = self._reserve_for(user)
+        if isinstance(record, QuotaReached):
+            raise record
         self._commit()
-        self.ctx.metrics.aliases_allocated.labels(self.integ.name).inc()
+        self._allocated.inc()
         return record
+
+    def _reserve_for(self, user: str) -> Record | QuotaReached:
+        """One alias for `user` ("": no quota applies), or QuotaReached when they already hold
+        as many open reservations as allowed: counted by the store's index, O(1) however
+        much it holds. Not durable until the next commit."""
+        spec = self.integ.single_use
+        cap = spec.max_open_reservations_per_user
+        if user and cap:
+            held = self.store.open_reservations(user)
+            if held >= cap:
+                return QuotaReached(user, held, cap)
+        return self.store.reserve(
+            spec.alias_prefix, spec.alias_suffix_length, spec.alias_domain, user=user or None
+        )
 
     def get(self, alias_id: str) -> Record | None:
         """An alias's record (asked from actor threads and tests; never from the loop)."""
@@ -219,15 +273,9 @@ class AliasAllocator(SupervisedChild):
         that covers every request waiting in the inbox."""
         try:
             if isinstance(request.payload, Reserve):
-                spec = self.integ.single_use
-                records = [
-                    self.store.reserve(
-                        spec.alias_prefix, spec.alias_suffix_length, spec.alias_domain
-                    )
-                    for _ in range(max(1, request.payload.count))
-                ]
-                self._allocated.inc(len(records))
-                self._pending_replies.append((request, records))
+                results = [self._reserve_for(user) for user in request.payload.users]
+                self._allocated.inc(sum(not isinstance(r, QuotaReached) for r in results))
+                self._pending_replies.append((request, results))
 
             elif isinstance(request.payload, FindAliases):
                 request.reply(self._find(request.payload), None)

@@ -70,16 +70,20 @@ async def ask_async(ref: pykka.ActorRef[Any], payload: Any, timeout: float = 10.
 class ReservationBatcher:
     """Coalesces the reservations of one event-loop iteration into one message to the
     allocator: one tell, one actor turn and one fsync for the lot, instead of one per request.
-    The reply resolves every waiting request's future (never blocking the loop)."""
+    The reply resolves every waiting request's future (never blocking the loop); an error in
+    the reply's place of one request (a user at the quota) fails that request only."""
 
     def __init__(self) -> None:
         self._waiting: list[asyncio.Future[Any]] = []
+        self._users: list[str] = []
         self._scheduled = False
 
-    async def reserve(self, allocator: Any, timeout: float) -> Any:
+    async def reserve(self, allocator: Any, timeout: float, user: str = "") -> Any:
+        """One alias for `user` ("" when no quota applies to the caller)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._waiting.append(future)
+        self._users.append(user)
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._send, allocator, loop)
@@ -89,6 +93,7 @@ class ReservationBatcher:
     def _send(self, allocator: Any, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = False
         waiting, self._waiting = self._waiting, []
+        users, self._users = tuple(self._users), []
         batch: asyncio.Future[Any] = loop.create_future()
 
         def settle(done: asyncio.Future[Any]) -> None:
@@ -99,11 +104,13 @@ class ReservationBatcher:
                     continue  # timed out meanwhile; its alias simply expires unused
                 if error is not None:
                     future.set_exception(error)
+                elif isinstance(result, BaseException):
+                    future.set_exception(result)
                 else:
                     future.set_result(result)
 
         batch.add_done_callback(settle)
         try:
-            allocator.tell(Request(Reserve(len(waiting)), LoopReply(loop, batch)))
+            allocator.tell(Request(Reserve(users), LoopReply(loop, batch)))
         except pykka.ActorDeadError:
             batch.set_exception(ActorUnavailable("the allocator stopped"))

@@ -71,10 +71,11 @@ class RetryIntegration:
 
 @dataclass(frozen=True)
 class Reserve:
-    """Payload of a Request from the add-in API: reserve `count` aliases (the requests that
-    arrived together); the reply is the list of records."""
+    """Payload of a Request from the add-in API: reserve an alias for each of `users` (the
+    requests that arrived together; "" for a caller no quota applies to); the reply lists, in
+    the same order, each one's record or the QuotaReached of a user at the cap."""
 
-    count: int = 1
+    users: tuple[str, ...] = ("",)
 
 
 @dataclass(frozen=True)

@@ -328,7 +328,7 @@ async def _single_use_vmr(
     except Exception as exc:
         log.exception("cannot render joining instructions for %s", integ.name)
         raise BadRequest("the meeting details cannot be used in the instructions") from exc
-    record = await service.reserve(integ.name, RESERVE_TIMEOUT)
+    record = await service.reserve(integ.name, RESERVE_TIMEOUT, who)
     log.info(
         "reserved %s for %s",
         record["alias"],
