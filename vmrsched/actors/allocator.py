@@ -340,6 +340,8 @@ class AliasAllocator(SupervisedChild):
         notifier_proxy(notifier).enqueue([message]).get(timeout=30)
 
     def _flush_replies(self) -> None:
+        """Commit, publish, then answer: a Pexip node asked about an alias right after the
+        add-in got it finds it in the policy index."""
         pending, self._pending_replies = self._pending_replies, []
         if not pending:
             return
@@ -348,8 +350,10 @@ class AliasAllocator(SupervisedChild):
         except Exception as exc:
             deliver((request, None, exc) for request, _ in pending)
             raise
-        deliver((request, result, None) for request, result in pending)
-        self._publish_changes()
+        try:
+            self._publish_changes()
+        finally:  # what is on disk is answered, whatever publishing did
+            deliver((request, result, None) for request, result in pending)
 
 
 class AliasAllocatorProxy(ActorMemberMixin, pykka.ActorProxy[AliasAllocator]):
