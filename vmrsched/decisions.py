@@ -109,9 +109,8 @@ def _count_lines(path: Path) -> int:
 
 
 def read(path: Path) -> Iterator[dict[str, Any]]:
-    """Newest first. A torn last line (a crash mid-write) is skipped; a line missing a field
-    (written by an older version, or edited by hand) reads with that field empty, so no reader
-    (the console, the API, the CLI) trips over it."""
+    """Newest first. A torn last line (a crash mid-write) is skipped. A line may lack fields
+    (written by an older version, or by hand): readers fill them in (`EMPTY`)."""
     try:
         lines = Path(path).read_bytes().splitlines()
     except FileNotFoundError:
@@ -122,7 +121,7 @@ def read(path: Path) -> Iterator[dict[str, Any]]:
         except ValueError:
             continue
         if isinstance(entry, dict):
-            yield {**EMPTY, **entry}
+            yield entry
 
 
 def search(path: Path, query: str = "", limit: int = 100) -> list[dict[str, Any]]:

@@ -267,7 +267,9 @@ async def test_a_decision_line_missing_a_field_does_not_break_the_console(
     response = await client.get("/admin")
     assert response.status == 200
     assert "Half a line" in await response.text()
-    assert (await get(client, "/integrations/hq/decisions"))["decisions"][0]["reason"] == ""
+    assert (await get(client, "/integrations/hq/decisions"))["decisions"][0][
+        "subject"
+    ] == "Half a line"
 
 
 def _login_limits_service(tmp_path: Path, proxies: list[str]) -> service.Service:

@@ -27,6 +27,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from vmrsched.config import IntegrationConfig
+from vmrsched.decisions import EMPTY as EMPTY_DECISION
 from vmrsched.errors import (
     BadRequest,
     Forbidden,
@@ -329,7 +330,9 @@ async def console(request: web.Request) -> web.Response:
             aliases = await service.admin_find_aliases(integration, q, day, 200)
         except ServiceError as exc:
             notice = notice or exc.message
-        decisions = await service.admin_decisions(integration, q, 200)
+        # a line missing a field (an older version's, or edited by hand) shows it empty
+        found = await service.admin_decisions(integration, q, 200)
+        decisions = [{**EMPTY_DECISION, **d} for d in found]
     sid = request.cookies.get(COOKIE, "")
     csrf = request.app[SESSIONS].csrf(sid) if request.app[SESSIONS].valid(sid) else ""
     return _page(
