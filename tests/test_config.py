@@ -537,3 +537,47 @@ tls_ca_file = "ca.pem"
     for named in (integ.exchange.tls_ca_file, integ.personal.tls_ca_file):
         assert Path(named).is_absolute() and Path(named) == etc / "ca.pem"
     assert Path(integ.personal.directory_file) == etc / "vmrs.toml"
+
+
+def test_policy_credentials_come_as_a_pair_and_are_required_off_loopback() -> None:
+    alone = minimal()
+    alone["server"]["policy_username"] = "pexip-node"
+    assert problems(alone) == [
+        "server.policy_password: policy_username needs a password: set policy_password_env "
+        "or policy_password_file"
+    ]
+    short = minimal()
+    short["server"].update(policy_username="pexip-node", policy_password_env="PW")
+    assert [p.split(":")[0] for p in problems(short, {"PW": "pexip"})] == ["server.policy_password"]
+    orphan = minimal()
+    orphan["server"]["policy_password_env"] = "PW"
+    assert problems(orphan, {"PW": "a-long-enough-password"}) == [
+        "server.policy_username: a policy password needs its username"
+    ]
+    exposed = minimal(
+        addin={"token_validation": "exchange"},
+        metadata={"exchange_metadata_urls": ["https://mail.example.com/"]},
+    )
+    exposed["server"]["listen"] = "0.0.0.0:8080"
+    assert any(
+        p.startswith("server.policy_username: listening on 0.0.0.0:8080") for p in problems(exposed)
+    )
+    exposed["server"].update(policy_username="pexip-node", policy_password_env="PW")
+    config.parse(exposed, DATA, {"PW": "a-long-enough-password"})
+
+
+def test_two_integrations_cannot_share_a_spool(tmp_path: Path) -> None:
+    doc = minimal(spool={"directory": str(tmp_path / "shared")})
+    second = {
+        "name": "beta",
+        "exchange": {"mailbox_name": "VMR 2", "mailbox_email": "vmr2@example.com"},
+        "addin": {"token_validation": "none"},
+        "single_use": {"alias_prefix": "beta"},
+        "spool": {"directory": str(tmp_path / "shared")},
+    }
+    doc["integrations"].append(second)
+    found = [p for p in problems(doc) if "spool" in p]
+    assert found == [
+        f"integrations[1].spool.directory: {tmp_path / 'shared'} is already the spool of "
+        "integrations[0] (alpha); give each integration its own"
+    ]

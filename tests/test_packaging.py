@@ -25,6 +25,8 @@ name = "online"
 [integrations.exchange]
 mailbox_name = "Online Room"
 mailbox_email = "vmr-online@example.com"
+[integrations.single_use]
+alias_prefix = "onl"
 [integrations.addin]
 token_validation = "entra"
 entra_tenant_id = "11111111-2222-3333-4444-555555555555"

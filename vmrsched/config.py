@@ -134,6 +134,9 @@ class ServerConfig:
     # a new connection's first request must have sent its headers by then
     header_timeout_seconds: float = _f(10.0, minimum=0.5, maximum=300.0)
     keepalive_timeout_seconds: float = _f(15.0, minimum=1.0, maximum=3600.0)
+    # reverse proxies (addresses or networks) whose X-Forwarded-For names the real client: the
+    # admin login limits and the logs then key on the client, not on the proxy
+    trusted_proxies: tuple[str, ...] = _f(())
     admin_sign_in: AdminSignInConfig = field(default_factory=AdminSignInConfig)
 
     @property
@@ -284,6 +287,8 @@ class AddinConfig:
     entra_tenant_id: str = _f("")
     entra_client_id: str = _f("")
     entra_authority: str = _f("https://login.microsoftonline.com")
+    # the scope the add-in API exposes in its app registration (Expose an API)
+    entra_scope: str = _f("access_as_user", max_len=100)
     provider_name: str = _f("Video meeting rooms", max_len=_TEXT)
     display_name: str = _f("Video meeting", max_len=125)
     description: str = _f("Adds a video meeting room to your meeting.", max_len=_TEXT)
@@ -496,6 +501,10 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+# keys naming a file the service reads: relative paths are relative to the config file
+PATH_KEYS = frozenset({"tls_ca_file", "client_certificate_file", "directory_file", "directory"})
+
+
 class _Loader:
     def __init__(self, base_dir: Path, environ: Mapping[str, str]) -> None:
         self.problems: list[str] = []
@@ -562,6 +571,8 @@ class _Loader:
                     values[name] = self.secret(path, name, table)
                 continue
             if name not in table:
+                if name in PATH_KEYS and f.default:  # a default file, e.g. vmrs.toml
+                    values[name] = self.resolve(str(f.default))
                 continue
             raw = table[name]
             if isinstance(hint, type) and dataclasses.is_dataclass(hint):
@@ -569,8 +580,13 @@ class _Loader:
                 continue
             value = self.convert(hint, raw, key_path)
             if value is not _INVALID and self.check_rule(f.metadata, value, key_path):
-                values[name] = value
+                values[name] = self.resolve(value) if name in PATH_KEYS else value
         return cls(**values)
+
+    def resolve(self, value: str) -> str:
+        """A file named in the config, relative to the config file's directory: read the same
+        by check-config and by the service whatever directory it runs in (systemd: /)."""
+        return str(self.base_dir / value) if value and not Path(value).is_absolute() else value
 
     def convert(self, hint: Any, raw: Any, path: str) -> Any:
         origin = get_origin(hint)
@@ -730,6 +746,11 @@ def _check_integration(loader: _Loader, integ: IntegrationConfig, path: str) -> 
     ad = integ.addin
     if ad.token_validation == "entra" and not (ad.entra_tenant_id and ad.entra_client_id):
         err(f"{path}.addin", "token_validation 'entra' needs entra_tenant_id and entra_client_id")
+    if ad.token_validation == "entra" and not re.fullmatch(r"[A-Za-z0-9._-]+", ad.entra_scope):
+        err(
+            f"{path}.addin.entra_scope",
+            f"must be the scope name exposed by the app registration, got {ad.entra_scope!r}",
+        )
     if ad.token_validation == "exchange" and not integ.metadata.exchange_metadata_urls:
         err(
             f"{path}.metadata.exchange_metadata_urls",
@@ -904,6 +925,16 @@ def parse(
             "(e.g. `openssl rand -base64 32`)",
         )
     _check_admin_sign_in(loader, server)
+    _check_policy_credentials(loader, server, integrations)
+    _check_spools(loader, server, integrations)
+    for index, proxy in enumerate(server.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            loader.error(
+                f"server.trusted_proxies[{index}]",
+                f"must be an IP address or network (e.g. 127.0.0.1, 10.0.0.0/8), got {proxy!r}",
+            )
     for index, integ in enumerate(integrations):
         if integ.addin.token_validation == "none":
             if not _safe_on_loopback(server) or not _loopback_url(server.public_url):
@@ -950,6 +981,59 @@ def _safe_on_loopback(server: ServerConfig) -> bool:
         return server.on_loopback
     except ValueError:
         return False
+
+
+MIN_POLICY_PASSWORD = 12
+
+
+def _check_policy_credentials(
+    loader: _Loader, server: ServerConfig, integrations: list[IntegrationConfig]
+) -> None:
+    """Pexip nodes' credentials come as a pair (a username alone would let the username in),
+    and off loopback they are required: the policy answer names meetings and organizers."""
+    password = server.policy_password.reveal() if server.policy_password is not None else ""
+    if server.policy_username and server.policy_password is None:
+        loader.error(
+            "server.policy_password",
+            "policy_username needs a password: set policy_password_env or policy_password_file",
+        )
+    elif server.policy_password is not None and not server.policy_username:
+        loader.error("server.policy_username", "a policy password needs its username")
+    elif server.policy_password is not None and len(password) < MIN_POLICY_PASSWORD:
+        loader.error(
+            "server.policy_password",
+            f"too short to resist guessing: use at least {MIN_POLICY_PASSWORD} characters",
+        )
+    served = [i.name for i in integrations if i.pexip.mode == "policy"]
+    try:
+        exposed = not server.on_loopback
+    except ValueError:  # an impossible listen address: reported on its own
+        exposed = False
+    if served and not server.policy_username and exposed:
+        loader.error(
+            "server.policy_username",
+            f"listening on {server.listen} serves the policy endpoint of {', '.join(served)} "
+            "(meeting names and organizer addresses) to anyone: set policy_username and "
+            "policy_password_env (or _file), as in Pexip's policy profile",
+        )
+
+
+def _check_spools(
+    loader: _Loader, server: ServerConfig, integrations: list[IntegrationConfig]
+) -> None:
+    """A spool directory belongs to one integration (each locks it for its life)."""
+    seen: dict[Path, int] = {}
+    for index, integ in enumerate(integrations):
+        if integ.backend != "spool":
+            continue
+        where = integ.spool_dir(Path(server.data_dir)).absolute()
+        if where in seen:
+            loader.error(
+                f"integrations[{index}].spool.directory",
+                f"{where} is already the spool of integrations[{seen[where]}] "
+                f"({integrations[seen[where]].name}); give each integration its own",
+            )
+        seen.setdefault(where, index)
 
 
 def _check_unique(loader: _Loader, integrations: list[IntegrationConfig]) -> None:
@@ -1038,7 +1122,7 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
         raise ConfigError([f"{file_path}: not valid TOML: {exc}"]) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{file_path}: not UTF-8: {exc}"]) from exc
-    return parse(document, file_path.parent, environ, file_path)
+    return parse(document, file_path.parent.absolute(), environ, file_path)
 
 
 T = TypeVar("T")
