@@ -163,6 +163,7 @@ def test_several_integrations_need_one_named(tmp_path: Path) -> None:
     path.write_text(
         path.read_text() + '\n[[integrations]]\nname = "other"\n[integrations.exchange]\n'
         'mailbox_name = "Other"\nmailbox_email = "other@example.com"\n'
+        '[integrations.single_use]\nalias_prefix = "oth"\n'
         '[integrations.addin]\ntoken_validation = "none"\n'
     )
     out = cli(path, "decisions")

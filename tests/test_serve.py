@@ -97,6 +97,8 @@ name = "second"
 [integrations.exchange]
 mailbox_name = "Room 2"
 mailbox_email = "vmr2@example.com"
+[integrations.single_use]
+alias_prefix = "two"
 [integrations.addin]
 token_validation = "none"
 """

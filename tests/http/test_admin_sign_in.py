@@ -229,6 +229,7 @@ def test_the_sign_in_config_is_checked_with_key_paths(
     assert "server.admin_sign_in.token_uri: must be an https URL" in problems
     assert "server.admin_sign_in.admin_group: needed for the admin sign-in" in problems
     assert "server.admin_sign_in.scope: must include openid" in problems
-    assert "server.admin_sign_in.tls_ca_file: no such file: missing.pem" in problems
+    # named as the service reads it: relative to the config file
+    assert f"server.admin_sign_in.tls_ca_file: no such file: {tmp_path / 'missing.pem'}" in problems
     doc_listen = configured(tmp_path, idp, ca).server
     assert doc_listen.admin_enabled and doc_listen.admin_token is None

@@ -23,8 +23,6 @@ MAX_ATTENDEES = 100
 
 
 def _attendees(raw: object) -> tuple[str, ...]:
-    if raw is None:
-        return ()
     if not isinstance(raw, list) or len(raw) > MAX_ATTENDEES:
         raise ValueError(f"attendees must be a list of at most {MAX_ATTENDEES} addresses")
     if not all(isinstance(a, str) and 0 < len(a) <= 320 for a in raw):
@@ -52,7 +50,7 @@ async def send(request: web.Request) -> web.Response:
         if not isinstance(subject, str) or not isinstance(html_body, str):
             raise ValueError("subject and body must be strings")
         start, end = parse_time(body.get("start"), "start"), parse_time(body.get("end"), "end")
-        attendees = _attendees(body.get("attendees"))
+        attendees = _attendees(body.get("attendees", []))
     except (ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(str(exc)) from exc
     room = integ.exchange.mailbox_email.lower()
