@@ -98,6 +98,8 @@ def main() -> None:
                         "mailbox_email": f"vmr{i}@example.com",
                     },
                     "addin": {"token_validation": "none"},
+                    # aliases are unique across the service: each its own range
+                    "single_use": {"alias_prefix": f"c{i:04d}"},
                 }
                 for i in range(args.integrations)
             ],
