@@ -2,7 +2,8 @@
 discovery, an authorize endpoint that signs the (test) admin in at once, and a token endpoint
 for the client_credentials, authorization_code and refresh_token grants. Served over real TLS
 (msal insists on https) with a certificate minted here. Access tokens it issues are what the
-fake Exchange accepts as Bearer tokens."""
+fake Exchange accepts as Bearer tokens. An outage on demand (`unavailable`): every endpoint
+answers 5xx (Retry-After when set), as the platform does when it cannot serve."""
 
 from __future__ import annotations
 
@@ -99,6 +100,12 @@ class IdentityPlatform:
     # the signed-in user's group object ids, sent in the ID token's `groups` claim; past
     # Entra's limit for a JWT (200) only a pointer to Graph is sent instead (groups overage)
     groups: list[str] = field(default_factory=list)
+    # an outage: while set, every endpoint (discovery, authorize, token) answers with this
+    # status (503, say) and a temporarily_unavailable error, with Retry-After when
+    # `retry_after` is set; `refused` counts the requests answered so
+    unavailable: int = 0
+    retry_after: str = ""
+    refused: int = 0
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -120,7 +127,25 @@ class IdentityPlatform:
         for token in self.tokens:
             self.tokens[token] = 0.0
 
+    def _down(self) -> web.Response | None:
+        """The platform's answer while it cannot serve (`unavailable`), else None."""
+        if not self.unavailable:
+            return None
+        self.refused += 1
+        return web.json_response(
+            {
+                "error": "temporarily_unavailable",
+                "error_description": "AADSTS90033: A transient error has occurred. "
+                "Please try again.",
+            },
+            status=self.unavailable,
+            headers={"Retry-After": self.retry_after} if self.retry_after else None,
+        )
+
     async def _discovery(self, request: web.Request) -> web.Response:
+        down = self._down()
+        if down is not None:
+            return down
         base = self.authority
         return web.json_response(
             {
@@ -134,6 +159,9 @@ class IdentityPlatform:
 
     async def _authorize(self, request: web.Request) -> web.Response:
         """The admin signs in and consents at once; back to the redirect URI with a code."""
+        down = self._down()
+        if down is not None:
+            return down
         query = request.query
         if query.get("client_id") != self.client_id:
             return web.Response(status=400, text="unknown client")
@@ -254,6 +282,9 @@ class IdentityPlatform:
         return claims.get("iss") == claims.get("sub") == self.client_id
 
     async def _token(self, request: web.Request) -> web.Response:
+        down = self._down()
+        if down is not None:
+            return down
         form = await request.post()
         grant = str(form.get("grant_type"))
         self.grants.append(grant)

@@ -778,3 +778,81 @@ def test_a_polls_answers_go_out_in_one_create_item_and_a_refused_one_fails_alone
     spoolkit.wait_for(lambda: notifier.proxy().failed().get(timeout=5) == 1)
     assert not env.replies("batch-2")
     assert env.fake.requests.count("CreateItem") - before <= 3  # not one per answer
+
+
+# --- issue 26: faults (an identity platform outage, answers lost in transit) ----------------
+
+
+def _restarts(svc: service.Service) -> float:
+    return sum(
+        svc.ctx.metrics.registry.get_sample_value(
+            "vmrsched_actor_restarts_total", {"integration": "onprem", "actor": actor}
+        )
+        or 0.0
+        for actor in ("poller", "notifier", "allocator")
+    )
+
+
+def _alarms(svc: service.Service) -> set[str]:
+    return {a.name for a in svc.ctx.alarms.active("onprem")}
+
+
+def test_an_identity_platform_outage_is_an_outage_for_oauth_app(
+    tmp_path: Path, oauth: OAuthEnv
+) -> None:
+    """The token endpoint (and its discovery document) answer 503, so msal raises
+    MsalServiceError: EWS backs off with exchange_unreachable instead of crash-looping, and
+    answers the waiting meeting a poll or two after the platform is back."""
+    cfg = oauth_config(tmp_path, oauth, "oauth_app")
+    svc = service.start(cfg, policy=RestartPolicy(mailbox_max=1.0))
+    try:
+        env = Env(oauth.fake, oauth.server, svc, cfg)
+        env.send(meeting("oauth-before", "<p>no token</p>"))
+        oauth.platform.unavailable = 503
+        oauth.platform.expire_all()  # Exchange refuses the token we hold: a new one is needed
+        spoolkit.wait_for(lambda: "exchange_unreachable" in _alarms(svc), timeout=10)
+        waiting = oauth.fake.deliver(ROOM, meeting("oauth-during", "<p>no token</p>"))
+        time.sleep(1.5)  # several polls' worth of refused sign-ins
+        assert oauth.platform.refused >= 2
+        assert waiting.id in oauth.fake.mailbox(ROOM).inbox
+        assert svc.ctx.status.state("onprem") == "running" and _restarts(svc) == 0
+        assert SIGN_IN not in _alarms(svc)  # an outage, not a lost sign-in
+        oauth.platform.unavailable = 0
+        back = time.monotonic()
+        spoolkit.wait_for(lambda: waiting.id not in oauth.fake.mailbox(ROOM).inbox, timeout=10)
+        assert time.monotonic() - back < 3.0
+        spoolkit.wait_for(lambda: bool(env.replies("oauth-during")))
+        spoolkit.wait_for(lambda: "exchange_unreachable" not in _alarms(svc))
+        assert _restarts(svc) == 0
+    finally:
+        svc.stop()
+
+
+def test_delegated_tokens_see_an_identity_outage_as_an_outage_not_a_lost_sign_in(
+    tmp_path: Path, oauth: OAuthEnv
+) -> None:
+    from urllib.parse import parse_qsl, urlsplit
+
+    import requests
+
+    from vmrsched.mailbox.base import GatewayError
+    from vmrsched.mailbox.ews_auth import DelegatedTokens, SignInRequired
+
+    ex = oauth_config(tmp_path, oauth, "oauth_delegated").integrations[0].exchange
+    tokens = DelegatedTokens(ex, tmp_path / "cache.json")
+    authorize = tokens.start_sign_in(ex.oauth_redirect_uri)
+    back = requests.get(authorize, verify=str(oauth.ca_file), allow_redirects=False, timeout=10)
+    tokens.finish_sign_in(dict(parse_qsl(urlsplit(back.headers["Location"]).query)))
+    assert tokens.get()
+
+    oauth.platform.unavailable, oauth.platform.retry_after = 503, "4"
+    with pytest.raises(GatewayError) as raised:
+        tokens.get(force=True)  # the refresh token grant answered 503
+    assert not isinstance(raised.value, SignInRequired) and raised.value.alarm is None
+    assert raised.value.retry_after == 4 and not raised.value.permanent
+    fresh = DelegatedTokens(ex, tmp_path / "cache.json")  # the admin's sign-in page meanwhile
+    with pytest.raises(GatewayError) as raised:
+        fresh.start_sign_in(ex.oauth_redirect_uri)
+    assert not isinstance(raised.value, SignInRequired)
+    oauth.platform.unavailable = 0
+    assert tokens.get(force=True)  # back at once: no refusal cached past the outage

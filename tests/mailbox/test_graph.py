@@ -7,6 +7,7 @@ throttling and an expired token are survived; nothing is answered twice."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -399,3 +400,77 @@ def test_a_certificate_credential_signs_in_instead_of_a_secret(tmp_path: Path) -
         gateway.close()
     finally:
         stack.close()
+
+
+# --- issue 26: Exchange Online faults ----------------------------------------------------------
+
+
+def _alarms(env: Env) -> set[str]:
+    return {a.name for a in env.svc.ctx.alarms.active("online")}
+
+
+def _restarts(env: Env) -> float:
+    return sum(
+        env.svc.ctx.metrics.registry.get_sample_value(
+            "vmrsched_actor_restarts_total", {"integration": "online", "actor": actor}
+        )
+        or 0.0
+        for actor in ("poller", "notifier", "allocator")
+    )
+
+
+def test_an_identity_platform_outage_backs_off_with_the_alarm_and_recovers_at_once(
+    env: Env,
+) -> None:
+    """The token endpoint answers 503 (msal raises MsalServiceError): an outage like any other,
+    not a crash loop. The poller backs off with exchange_unreachable, the integration stays
+    running (and ready), and once the platform is back the waiting meeting is answered within
+    a poll or two, not after msal's own throttling or an integration restart's backoff."""
+    rec = env.reserve()
+    env.send(meeting("before", pxps(rec)))
+    waiting_rec = env.reserve()
+    env.platform.unavailable = 503
+    env.platform.expire_all()  # Graph refuses the token we hold: a new one is needed
+    spoolkit.wait_for(lambda: "exchange_unreachable" in _alarms(env), timeout=10)
+    waiting = env.fake.deliver(ROOM, meeting("during", pxps(waiting_rec)))
+    time.sleep(1.5)  # several polls' worth of refused sign-ins
+    assert env.platform.refused >= 2
+    assert waiting.id in env.fake.mailbox(ROOM).inbox
+    assert env.svc.ctx.status.state("online") == "running"
+    assert "integration_failed" not in _alarms(env) and _restarts(env) == 0
+    assert env.svc.readiness()[0]
+
+    env.platform.unavailable = 0
+    back = time.monotonic()
+    spoolkit.wait_for(lambda: waiting.id not in env.fake.mailbox(ROOM).inbox, timeout=10)
+    assert time.monotonic() - back < 3.0  # mailbox_max is 1 s here: a poll or two
+    env.settle()
+    assert [r.action for r in env.fake.responses_for("during")] == ["accept"]
+    spoolkit.wait_for(lambda: "exchange_unreachable" not in _alarms(env))
+    assert _restarts(env) == 0
+
+
+def test_a_token_endpoint_outage_is_a_gateway_error_with_the_platforms_retry_after(
+    tmp_path: Path,
+) -> None:
+    from vmrsched.mailbox.base import GatewayError
+    from vmrsched.mailbox.graph import GraphMailbox
+    from vmrsched.telemetry import Metrics
+
+    with graph_world(tmp_path) as world:
+        doc = {
+            "server": {"data_dir": str(tmp_path / "data")},
+            "integrations": [world.integration()],
+        }
+        integ = config.parse(doc, tmp_path, {"GRAPH_SECRET": SECRET}).integrations[0]
+        gateway = GraphMailbox(integ, Metrics(), tmp_path / "state")
+        try:
+            world.platform.unavailable, world.platform.retry_after = 503, "7"
+            with pytest.raises(GatewayError) as raised:
+                gateway.tokens.get()
+            assert not raised.value.permanent and raised.value.retry_after == 7
+            assert "503" in str(raised.value)
+            world.platform.unavailable = 0
+            assert gateway.tokens.get()  # back: no cached refusal outlives the outage
+        finally:
+            gateway.close()

@@ -5,6 +5,12 @@
   started from the admin page); msal's token cache, with the refresh token, is kept under
   data_dir with file mode 0600 and refreshes the access token on its own. When the refresh
   fails the service needs a new sign-in: `SignInRequired` carries the alarm name for that.
+
+An identity platform that cannot serve (unreachable, answering 5xx) is an outage like Exchange's
+own, never a crash nor a lost sign-in: msal talks to it through `IdentityHttp`, which gives each
+call a timeout and turns a 5xx answer into the requests error msal treats as an outage (it then
+keeps using a still-valid token it holds, and caches no refusal), and every msal failure
+becomes a transient GatewayError carrying the platform's Retry-After.
 """
 
 from __future__ import annotations
@@ -24,6 +30,50 @@ from vmrsched.mailbox.sessions import CaSession
 from vmrsched.telemetry import SIGN_IN_REQUIRED
 
 SIGN_IN_ALARM = SIGN_IN_REQUIRED
+TOKEN_TIMEOUT = 10.0  # seconds to wait for the identity platform's answer
+# what an msal call raises when the identity platform cannot be used: unreachable, timed out,
+# answering 5xx (MsalServiceError, or our HTTPError), or with something that is not an answer
+IDENTITY_ERRORS = (ValueError, OSError, requests.RequestException, msal.exceptions.MsalError)
+
+
+class IdentityHttp:
+    """The HTTP client msal reaches the identity platform through: the given session, a timeout
+    on every call (msal sets none on a client it is handed), and a 5xx answer raised as the
+    requests.HTTPError msal handles as an outage instead of its own MsalServiceError (so a
+    still-valid cached token is used meanwhile, and no refusal is cached past the outage)."""
+
+    def __init__(self, session: requests.Session) -> None:
+        self.session = session
+
+    def get(self, *args: Any, **kwargs: Any) -> requests.Response:
+        return self._answered(self.session.get(*args, **self._timed(kwargs)))
+
+    def post(self, *args: Any, **kwargs: Any) -> requests.Response:
+        return self._answered(self.session.post(*args, **self._timed(kwargs)))
+
+    def close(self) -> None:
+        """The session is its owner's to close."""
+
+    @staticmethod
+    def _timed(kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {**kwargs, "timeout": kwargs.get("timeout") or TOKEN_TIMEOUT}
+
+    @staticmethod
+    def _answered(response: requests.Response) -> requests.Response:
+        if response.status_code >= 500:
+            raise requests.HTTPError(
+                f"the identity platform answered {response.status_code} {response.reason}",
+                response=response,
+            )
+        return response
+
+
+def identity_failure(exc: BaseException, what: str) -> GatewayError:
+    """An msal call that failed for want of the identity platform, as the outage it is (the
+    integration's usual alarm, its backoff), waiting as long as the platform asked."""
+    response = getattr(exc, "response", None)
+    value = str(response.headers.get("Retry-After", "")) if response is not None else ""
+    return GatewayError(f"{what}: {exc}", retry_after=float(value) if value.isdigit() else None)
 
 
 class SignInRequired(GatewayError):
@@ -58,7 +108,6 @@ def _msal_app(ex: ExchangeConfig, cache: msal.TokenCache | None = None) -> Any:
     """An msal client for the configured token endpoint. Creating one fetches the authority's
     OIDC document, so it happens on first use, in an actor thread, never while starting."""
     secret = ex.oauth_client_secret.reveal() if ex.oauth_client_secret else None
-    session = CaSession(ex.tls_ca_file)
     try:
         return msal.ConfidentialClientApplication(
             ex.oauth_client_id,
@@ -67,11 +116,10 @@ def _msal_app(ex: ExchangeConfig, cache: msal.TokenCache | None = None) -> Any:
             validate_authority=False,
             instance_discovery=False,
             token_cache=cache,
-            http_client=session,
-            timeout=10,
+            http_client=IdentityHttp(CaSession(ex.tls_ca_file)),
         )
-    except (ValueError, OSError, requests.RequestException) as exc:
-        raise GatewayError(f"token endpoint unreachable: {exc}") from exc
+    except IDENTITY_ERRORS as exc:
+        raise identity_failure(exc, "token endpoint unreachable") from exc
 
 
 def _token(result: dict[str, Any] | None, what: str) -> str:
@@ -91,11 +139,12 @@ class AppTokens:
     def get(self, force: bool = False) -> str:
         with self._lock:
             if force or self._app is None:
+                self._app = None  # rebuilt next time should this fail
                 self._app = _msal_app(self.ex)  # a fresh cache: msal would reuse the old token
             try:
                 result = self._app.acquire_token_for_client(scopes=[self.scope])
-            except (ValueError, OSError, requests.RequestException) as exc:
-                raise GatewayError(f"token endpoint unreachable: {exc}") from exc
+            except IDENTITY_ERRORS as exc:
+                raise identity_failure(exc, "token endpoint unreachable") from exc
             return _token(result, "client credentials grant")
 
 
@@ -150,7 +199,7 @@ class DelegatedTokens:
                 raise SignInRequired("unknown or expired sign-in attempt; start again")
             try:
                 result = self._app.acquire_token_by_auth_code_flow(flow, query)
-            except (ValueError, RuntimeError, OSError, requests.RequestException) as exc:
+            except (RuntimeError, *IDENTITY_ERRORS) as exc:
                 raise SignInRequired(f"sign-in failed: {exc}") from exc  # state, nonce, network
             _token(result, "authorization code grant")
             self._persist()
@@ -170,8 +219,8 @@ class DelegatedTokens:
                 result = self._app.acquire_token_silent_with_error(
                     [self.scope], account=accounts[0], force_refresh=force
                 )
-            except (ValueError, OSError, requests.RequestException) as exc:
-                raise GatewayError(f"token endpoint unreachable: {exc}") from exc
+            except IDENTITY_ERRORS as exc:  # an outage, not a refresh token refused
+                raise identity_failure(exc, "token endpoint unreachable") from exc
             self._persist()
             if not result or "access_token" not in result:
                 detail = (result or {}).get("error_description", "refresh failed")

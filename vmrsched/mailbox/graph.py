@@ -10,6 +10,8 @@ of the organizer's event body, found by its iCalUId; where the application's sco
 (403) the update fails for good and the notifier mails the organizer the joining instructions
 instead. Throttling: Retry-After on 429/503/504 backs the mailbox off; at most
 `max_concurrent_requests` calls at once; an expired token is refreshed once and the call retried.
+An identity platform that cannot issue tokens is an outage like Graph's own (backoff,
+exchange_unreachable).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from cryptography.hazmat.primitives import hashes
 from vmrsched.config import GraphConfig, IntegrationConfig
 from vmrsched.mailbox import itip
 from vmrsched.mailbox.base import CalendarEntry, GatewayError, InboxItem, Outgoing
+from vmrsched.mailbox.ews_auth import IDENTITY_ERRORS, IdentityHttp, identity_failure
 from vmrsched.mailbox.sessions import CaSession
 from vmrsched.meetings import Meeting, is_address
 from vmrsched.telemetry import EXCHANGE_UNREACHABLE, Metrics
@@ -83,6 +86,7 @@ class GraphTokens:
     def __init__(self, graph: GraphConfig, session: requests.Session) -> None:
         self.graph = graph
         self.session = session
+        self.http = IdentityHttp(session)  # timeouts; a 5xx answer is an outage
         self.scope = graph.graph_url.rstrip("/") + "/.default"
         self._lock = threading.Lock()
         self._app: Any = None
@@ -99,21 +103,23 @@ class GraphTokens:
         return {"private_key": pem.decode(), "thumbprint": thumbprint}
 
     def get(self, force: bool = False) -> str:
+        """A token for Graph; an identity platform that cannot serve (unreachable, 5xx) is an
+        outage (a transient GatewayError with its Retry-After), like Graph's own."""
         with self._lock:
             try:
                 if force or self._app is None:
+                    self._app = None  # rebuilt next time should this fail
                     self._app = msal.ConfidentialClientApplication(
                         self.graph.client_id,
                         client_credential=self._credential(),
                         authority=f"{self.graph.authority.rstrip('/')}/{self.graph.tenant_id}",
                         validate_authority=False,
                         instance_discovery=False,
-                        http_client=self.session,
-                        timeout=10,
+                        http_client=self.http,
                     )
                 result = self._app.acquire_token_for_client(scopes=[self.scope])
-            except (ValueError, OSError, requests.RequestException) as exc:
-                raise GatewayError(f"the token endpoint cannot be reached: {exc}") from exc
+            except IDENTITY_ERRORS as exc:
+                raise identity_failure(exc, "the token endpoint cannot be reached") from exc
         if not result or "access_token" not in result:
             detail = (result or {}).get("error_description") or (result or {}).get("error")
             raise GatewayError(f"no Graph token for the app registration ({detail})")
