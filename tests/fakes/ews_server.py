@@ -8,11 +8,14 @@ service, and read the answers and calendar changes back from this state.
 
 Operations: GetFolder, FindItem (inbox paging and CalendarView), GetItem, CreateItem (AcceptItem,
 DeclineItem, RemoveItem, Message), UpdateItem (body, SendToAllAndSaveCopy), DeleteItem.
-Faults on demand: HTTP 503, ErrorServerBusy, or the whole server stopped.
+Faults on demand: HTTP 503, ErrorServerBusy, or the whole server stopped; and an answer lost
+(`lose_answer`): the operation is carried out, then its answer held longer than the client waits
+or the connection closed without one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import html
 import itertools
@@ -111,6 +114,10 @@ class FakeExchange:
         self.update_bumps_sequence = False
         # item id -> response code CreateItem answers for a response to that item
         self.refuse_responses: dict[str, str] = {}
+        # answers to lose: (operation, "hold" | "drop"), each used once; see lose_answer
+        self.losing: list[tuple[str, str]] = []
+        self.hold_seconds = 2.0
+        self.lost: list[tuple[str, str]] = []  # (operation, how) of answers lost
 
     # --- state helpers for tests ----------------------------------------------------------
     def mailbox(self, address: str) -> Mailbox:
@@ -204,6 +211,14 @@ class FakeExchange:
             box.inbox[copy.id] = copy
             box.events.append(copy.id)
 
+    def lose_answer(self, operation: str, how: str = "hold", times: int = 1) -> None:
+        """The next `times` requests of `operation` (UpdateItem, CreateItem, …) are carried
+        out, and then their answer is lost: held for `hold_seconds` ("hold") or the connection
+        closed without one ("drop")."""
+        assert how in ("hold", "drop")
+        with self.lock:
+            self.losing.extend([(operation, how)] * times)
+
     def replies(self, room: str) -> list[FakeItem]:
         return list(self.mailbox(room).sent)
 
@@ -276,6 +291,14 @@ class FakeExchange:
             if handler is None:
                 return self._fault("ErrorInvalidRequest", f"{operation} is not supported")
             payload = handler(body[0], acting)
+            lose = next((how for op, how in self.losing if op == operation), None)
+            if lose is not None:
+                self.losing.remove((operation, lose))
+                self.lost.append((operation, lose))
+        if lose == "hold":  # carried out; the answer comes after the client gave up
+            await asyncio.sleep(self.hold_seconds)
+        elif lose == "drop" and request.transport is not None:  # carried out; no answer
+            request.transport.close()
         return self._envelope(payload)
 
     def _impersonated(self, header: Any) -> str | None:

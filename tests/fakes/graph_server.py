@@ -18,12 +18,16 @@ real HTTP so the service's own Graph client runs unmodified:
 - Throttling: `throttle_next` requests answered 429 TooManyRequests with Retry-After; more than
   4 concurrent requests for one mailbox are answered 429 too (Graph's limit), and counted.
 - Unknown items: 404 ErrorItemNotFound.
+- An answer lost on demand (`lose_answer`): the call is carried out, then its answer is held
+  longer than the client waits (`hold_seconds`), or the connection is dropped before any answer
+  (a $batch loses its answer when one of its parts matches).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import re
 import secrets
@@ -111,6 +115,10 @@ class FakeGraph:
         self.concurrent: dict[str, int] = {}
         self.max_concurrent = 0
         self.over_limit = 0
+        # answers to lose: (method, path pattern, "hold" | "drop"), each used once
+        self.losing: list[tuple[str, str, str]] = []
+        self.hold_seconds = 2.0
+        self.lost: list[tuple[str, str, str]] = []  # (method, path, how) of answers lost
 
     # --- the world ---------------------------------------------------------------------------
 
@@ -215,6 +223,34 @@ class FakeGraph:
 
         threading.Thread(target=post, daemon=True).start()
 
+    def lose_answer(self, method: str, path: str, how: str = "hold", times: int = 1) -> None:
+        """The next `times` calls of `method` on a path matching `path` (a regular expression
+        searched in it; a $batch holding such a part counts as one) are carried out, and then
+        their answer is lost: held for `hold_seconds` ("hold": Graph still working as far as
+        the client can tell) or the connection closed without one ("drop")."""
+        assert how in ("hold", "drop")
+        with self.lock:
+            self.losing.extend([(method.upper(), path, how)] * times)
+
+    async def _answer_to_lose(self, request: web.Request) -> str | None:
+        """Whether this request's answer is to be lost ("hold" or "drop"), using up the rule."""
+        if not self.losing or "X-Fake-Batch" in request.headers:
+            return None
+        calls = [(request.method, request.path)]
+        if request.path == "/v1.0/$batch":
+            with contextlib.suppress(ValueError):
+                calls += [
+                    (str(p.get("method", "")).upper(), "/v1.0" + str(p.get("url", "")))
+                    for p in (await request.json()).get("requests", [])
+                ]
+        with self.lock:
+            for index, (method, pattern, how) in enumerate(self.losing):
+                if any(m == method and re.search(pattern, path) for m, path in calls):
+                    del self.losing[index]
+                    self.lost.append((request.method, request.path, how))
+                    return how
+        return None
+
     def expire_delta_tokens(self) -> None:
         with self.lock:
             self.delta_epoch += 1
@@ -275,6 +311,7 @@ class FakeGraph:
         if self.throttle_next > 0:
             self.throttle_next -= 1
             return _error(429, "TooManyRequests", "Too many requests.", {"Retry-After": "1"})
+        lose: str | None = None
         user = unquote(request.match_info.get("user", "")).lower()
         with self.lock:
             running = self.concurrent.get(user, 0) + 1
@@ -289,11 +326,17 @@ class FakeGraph:
                     "MailboxConcurrency limit exceeded.",
                     {"Retry-After": "1"},
                 )
+            lose = await self._answer_to_lose(request)
             await asyncio.sleep(0.002)  # a real call takes time: concurrency shows
-            return await handler(request)
+            response: web.StreamResponse = await handler(request)
         finally:
             with self.lock:
                 self.concurrent[user] -= 1
+        if lose == "hold":  # carried out; the answer comes after the client gave up
+            await asyncio.sleep(self.hold_seconds)
+        elif lose == "drop" and request.transport is not None:  # carried out; no answer
+            request.transport.close()
+        return response
 
     def _box(self, request: web.Request) -> Mailbox:
         return self.mailbox(unquote(request.match_info["user"]))

@@ -856,3 +856,36 @@ def test_delegated_tokens_see_an_identity_outage_as_an_outage_not_a_lost_sign_in
     assert not isinstance(raised.value, SignInRequired)
     oauth.platform.unavailable = 0
     assert tokens.get(force=True)  # back at once: no refusal cached past the outage
+
+
+@pytest.mark.parametrize("how", ["hold", "drop"])
+def test_an_organizer_update_whose_answer_was_lost_is_checked_not_sent_again(
+    env: Env, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Exchange carries out the UpdateItem (the update goes to every attendee) and the accept,
+    but their answers are lost (held past the client's timeout, or the connection dropped).
+    Before sending again the notifier asks: the organizer's meeting already carries the alias,
+    and the request is gone from the inbox. One update, one reply."""
+    from exchangelib.protocol import BaseProtocol
+
+    monkeypatch.setattr(BaseProtocol, "TIMEOUT", 0.5)
+    env.fake.hold_seconds = 1.5
+    env.send(meeting("warm", "<p>x</p>"))
+    env.fake.lose_answer("CreateItem", how)
+    env.fake.lose_answer("UpdateItem", how)
+    env.fake.deliver(ROOM, meeting("lost", f"<p>{TOK.format(9)}</p>"))
+    own = env.fake.mailbox("olga@example.com").calendar
+
+    def updated() -> int:
+        return sum(i.updates_sent for i in list(own.values()) if i.meeting.uid == "lost")
+
+    spoolkit.wait_for(lambda: updated() >= 1, timeout=20)
+    spoolkit.wait_for(lambda: not env.fake.mailbox(ROOM).inbox, timeout=20)  # and the echo
+    notifier = env.svc.ctx.registry.get("onprem", "notifier")
+    spoolkit.wait_for(lambda: notifier.proxy().pending().get(timeout=5) == 0, timeout=20)
+    time.sleep(env.fake.hold_seconds)  # anything sent twice has arrived by now
+    assert env.fake.lost == [("CreateItem", how), ("UpdateItem", how)]
+    assert updated() == 1
+    assert [r.response for r in env.replies("lost")] == ["Accept"]
+    assert notifier.proxy().failed().get(timeout=5) == 0
+    spoolkit.wait_for(lambda: "exchange_unreachable" not in _alarms(env.svc))

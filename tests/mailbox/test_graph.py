@@ -474,3 +474,32 @@ def test_a_token_endpoint_outage_is_a_gateway_error_with_the_platforms_retry_aft
             assert gateway.tokens.get()  # back: no cached refusal outlives the outage
         finally:
             gateway.close()
+
+
+@pytest.mark.parametrize("how", ["hold", "drop"])
+def test_a_call_carried_out_whose_answer_was_lost_is_checked_not_sent_again(
+    env: Env, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Graph carries out the accept (in a $batch) and the organizer PATCH, but the answer never
+    arrives: held past the client's timeout, or the connection dropped. The notifier does not
+    know whether they took effect, so it asks (the room's event's response, the token in the
+    organizer's body) before sending again: one response, one update to every attendee."""
+    from vmrsched.mailbox import graph
+
+    monkeypatch.setattr(graph, "REQUEST_TIMEOUT", 0.5)
+    env.fake.hold_seconds = 1.5
+    env.send(meeting("warm", "<p>nothing</p>"))
+    env.fake.lose_answer("POST", r"/events/[^/]+/accept$", how)
+    env.fake.lose_answer("PATCH", r"/users/[^/]+/events/", how)
+    env.fake.deliver(ROOM, meeting("lost", "<p>TOK:-00000000-0000-4000-8000-0000000000dd#</p>"))
+    spoolkit.wait_for(lambda: (ORGANIZER, "lost") in env.fake.patches, timeout=20)
+    spoolkit.wait_for(lambda: not env.fake.mailbox(ROOM).inbox, timeout=20)  # and the echo
+    env.settle()
+    time.sleep(env.fake.hold_seconds)  # anything sent twice has arrived by now
+    assert [how for _, _, how in env.fake.lost] == [how, how]  # both answers were lost
+    assert [r.action for r in env.fake.responses_for("lost")] == ["accept"]
+    assert env.fake.patches.count((ORGANIZER, "lost")) == 1
+    event = env.fake.organizer_event(ORGANIZER, "lost")
+    assert event is not None and event.meeting.html_body.count("PXPS:-") == 1
+    spoolkit.wait_for(lambda: "exchange_unreachable" not in _alarms(env))
+    assert "delivery_failed" not in _alarms(env)

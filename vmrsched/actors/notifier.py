@@ -10,7 +10,10 @@ succeeds on its own:
 - a permanent refusal, or a message that cannot even be composed (poison): failed at once,
   kept with its reason in the queue (`vmrsched failed` lists them), alarm `delivery_failed`;
   a failed organizer update is replaced by a mail to the organizer with the joining
-  instructions, so nobody is left without them.
+  instructions, so nobody is left without them;
+- a message whose sending may have taken effect without our knowing (queued before a restart,
+  or its call got no answer: a timeout, a connection dropped) is checked with the gateway's
+  `delivered` before it is sent again, and marked delivered when it was.
 """
 
 from __future__ import annotations
@@ -64,8 +67,10 @@ class Notifier(SupervisedChild):
 
     def setup(self) -> None:
         self.queue = OutQueue(self.ctx.queue_dir(self.integ.name))
-        # queued before a restart: may have reached the mailbox just before the crash
-        self._resumed = {m.id for m in self.queue.pending()}
+        # Messages that may have reached the mailbox without our knowing: queued before a
+        # restart (the crash may have come just after the mailbox took them), and later any
+        # whose call got no answer. Each is checked (gateway.delivered) before it is sent again.
+        self._unsure = {m.id for m in self.queue.pending()}
         self._idempotent = bool(getattr(self.gateway, "idempotent_send", False))
         failed = self.queue.failed()
         if failed:
@@ -134,7 +139,13 @@ class Notifier(SupervisedChild):
                 if bulk:
                     bulk_ids = {m.id for m in bulk}
                     ready = [m for m in ready if m.id not in bulk_ids]
-                    for outgoing, outcome in zip(bulk, send_many(bulk), strict=True):
+                    try:
+                        outcomes = send_many(bulk)
+                    except GatewayError as exc:
+                        if exc.outcome_unknown:  # the lot may have gone out: ask first
+                            self._unsure |= bulk_ids
+                        raise
+                    for outgoing, outcome in zip(bulk, outcomes, strict=True):
                         self._settle(outgoing, outcome, now, waiting, sent)
             for outgoing in ready:
                 error: BaseException | None = None
@@ -172,9 +183,9 @@ class Notifier(SupervisedChild):
             self._wake(min(waiting) - time.monotonic())
 
     def _bulk(self, outgoing: Outgoing) -> bool:
-        """Sent with others: a response to a request item, unless it may have gone out before a
-        restart (those are checked one by one first)."""
-        return _responds(outgoing) and outgoing.id not in self._resumed
+        """Sent with others: a response to a request item, unless it may have gone out already
+        (those are checked one by one first)."""
+        return _responds(outgoing) and outgoing.id not in self._unsure
 
     def _settle(
         self,
@@ -186,6 +197,8 @@ class Notifier(SupervisedChild):
     ) -> None:
         """What one message's attempt means: delivered, retried alone, failed for good, or (by
         raising the GatewayError) the whole mailbox backing off."""
+        if isinstance(error, GatewayError) and error.outcome_unknown:
+            self._unsure.add(outgoing.id)  # it may have gone out: asked before the next try
         if error is None:
             self._retries.pop(outgoing.id, None)
             if self._idempotent or self._checkable(outgoing):
@@ -216,19 +229,22 @@ class Notifier(SupervisedChild):
         return outgoing.kind == "update" or _responds(outgoing)
 
     def _already_delivered(self, outgoing: Outgoing) -> bool:
-        if outgoing.id not in self._resumed:
+        """For a message that may have gone out already: whether the mailbox has it (then it is
+        not sent again). The question stays open until the gateway could answer it."""
+        if outgoing.id not in self._unsure:
             return False
-        self._resumed.discard(outgoing.id)
         check = getattr(self.gateway, "delivered", None)
-        if check is None or not check(outgoing):
-            return False
-        log.info(
-            "%s %s reached the mailbox before the restart; not sent again",
-            outgoing.kind,
-            outgoing.id,
-            extra={"integration": self.integ.name, "meeting_uid": outgoing.meeting_uid},
-        )
-        return True
+        done = check is not None and bool(check(outgoing))
+        self._unsure.discard(outgoing.id)
+        if done:
+            log.info(
+                "%s %s had reached the mailbox (after a restart, or an answer lost); "
+                "not sent again",
+                outgoing.kind,
+                outgoing.id,
+                extra={"integration": self.integ.name, "meeting_uid": outgoing.meeting_uid},
+            )
+        return done
 
     def _wake(self, delay: float) -> None:
         """Come back for the messages waiting on their own backoff."""
@@ -263,6 +279,7 @@ class Notifier(SupervisedChild):
         self.queue.fail(outgoing.id, reason, replacement)
         self._replaced = self._replaced or replacement is not None
         self._retries.pop(outgoing.id, None)
+        self._unsure.discard(outgoing.id)
         log.error(
             "%s %s failed for good: %s%s",
             outgoing.kind,

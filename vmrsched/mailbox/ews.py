@@ -35,6 +35,7 @@ from exchangelib import (
     Message,
 )
 from exchangelib.errors import (
+    ErrorInternalServerTransientError,
     ErrorInvalidRequest,
     ErrorInvalidSubscription,
     ErrorInvalidSubscriptionRequest,
@@ -42,6 +43,7 @@ from exchangelib.errors import (
     ErrorItemNotFound,
     ErrorServerBusy,
     ErrorSubscriptionNotFound,
+    ErrorTimeoutExpired,
     EWSError,
     RateLimitError,
     ResponseMessageError,
@@ -65,7 +67,13 @@ from exchangelib.version import Build, Version
 
 from vmrsched.config import IntegrationConfig
 from vmrsched.mailbox import itip
-from vmrsched.mailbox.base import CalendarEntry, GatewayError, InboxItem, Outgoing
+from vmrsched.mailbox.base import (
+    CalendarEntry,
+    GatewayError,
+    InboxItem,
+    Outgoing,
+    outcome_unknown,
+)
 from vmrsched.mailbox.ews_auth import TokenSource
 from vmrsched.meetings import Meeting, is_address
 from vmrsched.telemetry import EXCHANGE_UNREACHABLE, Metrics
@@ -163,8 +171,20 @@ PERMANENT_CODES = frozenset(
 
 def _translate(exc: Exception) -> GatewayError:
     """exchangelib's failures as the gateway error the actors act on: throttling and outages
-    back the whole mailbox off; a response code about one message fails or retries it alone."""
+    back the whole mailbox off; a response code about one message fails or retries it alone.
+    A request that went out and got no answer (exchangelib re-raises a read timeout or a
+    dropped connection as ErrorTimeoutExpired, or as ErrorServerBusy) is an outage, never one
+    message's refusal, and it may have been carried out (outcome_unknown)."""
     code = type(exc).__name__ if type(exc).__name__.startswith("Error") else ""
+    if str(exc).startswith("Reraised from") and isinstance(
+        exc, ErrorServerBusy | ErrorTimeoutExpired | ErrorInternalServerTransientError
+    ):
+        return GatewayError(f"Exchange did not answer: {exc}", outcome_unknown=outcome_unknown(exc))
+    if isinstance(exc, requests.RequestException | OSError):
+        return GatewayError(
+            f"Exchange unreachable: {type(exc).__name__}: {exc}",
+            outcome_unknown=outcome_unknown(exc),
+        )
     if isinstance(exc, ErrorServerBusy):
         # the server's own BackOffMilliseconds (or Retry-After) when it gave one, else the
         # caller's backoff: for a transient error without either (a bare 503), exchangelib
@@ -518,9 +538,11 @@ class EwsMailbox:
         return None
 
     def delivered(self, message: Outgoing) -> bool:
-        """Whether a message queued before a restart already reached Exchange (the crash came
-        between Exchange's answer and the queue's delivery mark): an organizer update is there
-        when the organizer's meeting already carries the new alias."""
+        """Whether a message whose sending may have taken effect already did (queued before a
+        restart, or its request got no answer): an organizer update is there when the
+        organizer's meeting already carries the new alias. A response needs no asking here:
+        sent again, it finds its request gone from the inbox (ErrorItemNotFound), which
+        counts as answered."""
         if message.kind != "update" or not message.extra.get("alias_id"):
             return False
         with self._calling():

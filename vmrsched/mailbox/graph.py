@@ -11,7 +11,9 @@ of the organizer's event body, found by its iCalUId; where the application's sco
 instead. Throttling: Retry-After on 429/503/504 backs the mailbox off; at most
 `max_concurrent_requests` calls at once; an expired token is refreshed once and the call retried.
 An identity platform that cannot issue tokens is an outage like Graph's own (backoff,
-exchange_unreachable).
+exchange_unreachable). A call that changes something and got no answer (REQUEST_TIMEOUT passed,
+the connection dropped) may have been carried out: the notifier asks `delivered` before sending
+it again.
 """
 
 from __future__ import annotations
@@ -41,7 +43,13 @@ from cryptography.hazmat.primitives import hashes
 
 from vmrsched.config import GraphConfig, IntegrationConfig
 from vmrsched.mailbox import itip
-from vmrsched.mailbox.base import CalendarEntry, GatewayError, InboxItem, Outgoing
+from vmrsched.mailbox.base import (
+    CalendarEntry,
+    GatewayError,
+    InboxItem,
+    Outgoing,
+    outcome_unknown,
+)
 from vmrsched.mailbox.ews_auth import IDENTITY_ERRORS, IdentityHttp, identity_failure
 from vmrsched.mailbox.sessions import CaSession
 from vmrsched.meetings import Meeting, is_address
@@ -49,6 +57,7 @@ from vmrsched.telemetry import EXCHANGE_UNREACHABLE, Metrics
 
 log = logging.getLogger("vmrsched.graph")
 MAX_PAGE = 100
+REQUEST_TIMEOUT = 30.0  # seconds to wait for Graph's answer to one call
 CATCH_UP_SECONDS = 60.0  # with change notifications: list the inbox at least this often
 SUBSCRIPTION_MINUTES = 4200  # asked for (Graph allows up to 10,080 for messages)
 RENEW_BEFORE = 0.5  # renew once less than this share of the lifetime is left
@@ -180,17 +189,25 @@ class GraphMailbox:
         **kwargs: Any,
     ) -> requests.Response:
         """One Graph call: a fresh token once on 401, throttling and outages as retryable
-        GatewayErrors, 403/404/400 as permanent ones carrying Graph's error code."""
+        GatewayErrors, 403/404/400 as permanent ones carrying Graph's error code. A call that
+        changes something and got no answer (a timeout, a connection dropped once it was sent)
+        may have been carried out: its GatewayError says so (outcome_unknown)."""
         for attempt in range(2):
             token = self.tokens.get(force=attempt > 0)
             headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
             try:
                 with self._slots.take(parts):
                     response = self.session.request(
-                        method, url, json=json, headers=headers, timeout=30, **kwargs
+                        method, url, json=json, headers=headers, timeout=REQUEST_TIMEOUT, **kwargs
                     )
             except requests.RequestException as exc:
                 self._count(operation, "unreachable")
+                if method != "GET" and outcome_unknown(exc):
+                    raise GatewayError(
+                        f"Microsoft Graph did not answer {operation} (it may have been carried "
+                        f"out): {exc}",
+                        outcome_unknown=True,
+                    ) from exc
                 raise GatewayError(f"Microsoft Graph cannot be reached: {exc}") from exc
             status = response.status_code
             self._count(operation, str(status))
@@ -523,14 +540,17 @@ class GraphMailbox:
         self._forget(item_id)
 
     def delivered(self, message: Outgoing) -> bool:
-        """Whether a message queued before a restart already reached Exchange (the crash came
-        between Graph's answer and the queue's delivery mark). A reply: the room's event already
-        carries that response (then only the message is left to remove). An organizer update:
-        the organizer's meeting already carries the new alias."""
+        """Whether a message whose sending may have taken effect already did: one queued before
+        a restart (the crash came between Graph's answer and the queue's delivery mark), or one
+        whose call got no answer (a timeout, a connection dropped). A reply: the room's event
+        already carries that response (then only the message is left to remove). An organizer
+        update: the organizer's meeting already carries the new alias."""
         if message.kind == "reply" and message.extra.get("item_id"):
             item_id = str(message.extra["item_id"])
+            with self._state:
+                known = self._events.get(item_id)
             try:
-                event_id = self._event_of(item_id)
+                event_id = known or self._event_of(item_id)
                 event = self.call(
                     "GET",
                     f"{self.base}/events/{event_id}",
