@@ -92,3 +92,70 @@ def test_each_message_fails_or_succeeds_alone(tmp_path: Path) -> None:
         assert not spoolkit.answers_for(spool, uids["poison"])
     finally:
         svc.stop()
+
+
+class OutOfScopeMailbox(SpoolMailbox):
+    """The spool, refusing every organizer update as Graph does for organizers outside the
+    application's scope, and the instructions by mail for meetings with "unmailable" in their
+    subject."""
+
+    def send(self, message: Outgoing) -> None:
+        if message.kind == "update":
+            raise GatewayError("403 ErrorAccessDenied", permanent=True, code="ErrorAccessDenied")
+        if message.kind == "notice" and "unmailable" in message.subject:
+            raise GatewayError(
+                "ErrorInvalidRecipients", permanent=True, code="ErrorInvalidRecipients"
+            )
+        super().send(message)
+
+
+def out_of_scope(integ: config.IntegrationConfig, ctx: Context) -> Any:
+    return OutOfScopeMailbox(integ.spool_dir(ctx.data_dir), integ.name, integ.timezone)
+
+
+def test_an_update_the_instructions_by_mail_stand_in_for_raises_no_alarm(tmp_path: Path) -> None:
+    """delivery_failed says what still needs an admin: an organizer outside the application's
+    scope (by design on some tenants) got the instructions by mail, so nothing does, during the
+    run or after a restart; when that mail is refused too, both failures count."""
+    cfg = spool_config(tmp_path)
+
+    def alarm(svc: service.Service) -> str | None:
+        return next(
+            (a.message for a in svc.ctx.alarms.active("alpha") if a.name == "delivery_failed"),
+            None,
+        )
+
+    svc = service.start(cfg, gateway_factory=out_of_scope)
+    try:
+        running = Running(svc, cfg)
+        data, uid = spoolkit.request(body=f"<p>{TOK}</p>", subject="Out of scope")
+        running.send(data)
+        spoolkit.wait_for(lambda: len(running.answers(uid)) == 2)  # the reply, the instructions
+        running.settle()
+        notifier = svc.ctx.registry.get("alpha", "notifier")
+        assert notifier.proxy().failed().get(timeout=5) == 1  # `vmrsched failed` lists it
+        assert alarm(svc) is None
+    finally:
+        svc.stop()
+    svc = service.start(cfg, gateway_factory=out_of_scope)
+    try:
+        running = Running(svc, cfg)
+        spoolkit.wait_for(lambda: svc.ctx.status.state("alpha") == "running")
+        time.sleep(0.3)
+        assert alarm(svc) is None
+        # the instructions cannot be mailed either: that needs an admin
+        data, uid = spoolkit.request(body=f"<p>{TOK.replace('aa', 'ab')}</p>", subject="unmailable")
+        running.send(data)
+        spoolkit.wait_for(lambda: alarm(svc) is not None)
+        assert str(alarm(svc)).startswith("2 message(s)")  # that update and its mail
+    finally:
+        svc.stop()
+    svc = service.start(cfg, gateway_factory=out_of_scope)
+    try:
+        spoolkit.wait_for(lambda: alarm(svc) is not None)
+        assert str(alarm(svc)).startswith("2 message(s)")
+    finally:
+        svc.stop()
+
+
+TOK = "TOK:-00000000-0000-4000-8000-0000000000aa#"

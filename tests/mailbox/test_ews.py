@@ -686,8 +686,10 @@ def test_a_refused_organizer_update_fails_alone_and_the_organizer_gets_the_instr
     notifier = env.svc.ctx.registry.get("onprem", "notifier")
     spoolkit.wait_for(lambda: notifier.proxy().failed().get(timeout=5) == 1)
     spoolkit.wait_for(lambda: notifier.proxy().pending().get(timeout=5) == 0)
+    # the organizer got the instructions by mail: nothing left for an admin (an organizer
+    # outside the impersonation scope may be so by design), though `vmrsched failed` lists it
     alarms = {(a.integration, a.name) for a in env.svc.ctx.alarms.active()}
-    assert ("onprem", "delivery_failed") in alarms
+    assert ("onprem", "delivery_failed") not in alarms
     [notice] = [m for m in env.fake.replies(ROOM) if m.subject.startswith("Joining details")]
     assert notice.recipients == ("olga@example.com",) and "PXPS:-" in notice.body
     assert [r.response for r in env.replies("denied")] == ["Accept"]

@@ -10,7 +10,8 @@ succeeds on its own:
 - a permanent refusal, or a message that cannot even be composed (poison): failed at once,
   kept with its reason in the queue (`vmrsched failed` lists them), alarm `delivery_failed`;
   a failed organizer update is replaced by a mail to the organizer with the joining
-  instructions, so nobody is left without them;
+  instructions, so nobody is left without them (and, as long as that mail is not refused too,
+  no admin is needed: the update alone raises no alarm, across restarts too);
 - a message whose sending may have taken effect without our knowing (queued before a restart,
   or its call got no answer: a timeout, a connection dropped) is checked with the gateway's
   `delivered` before it is sent again, and marked delivered when it was.
@@ -72,12 +73,12 @@ class Notifier(SupervisedChild):
         # whose call got no answer. Each is checked (gateway.delivered) before it is sent again.
         self._unsure = {m.id for m in self.queue.pending()}
         self._idempotent = bool(getattr(self.gateway, "idempotent_send", False))
-        failed = self.queue.failed()
-        if failed:
+        unresolved = self._unresolved()
+        if unresolved:
             self.ctx.alarms.raise_(
                 self.integ.name,
                 FAILED_ALARM,
-                f"{len(failed)} message(s) could not be delivered; `vmrsched failed` lists them",
+                f"{unresolved} message(s) could not be delivered; `vmrsched failed` lists them",
             )
         self._request_flush()
 
@@ -280,7 +281,10 @@ class Notifier(SupervisedChild):
         self._replaced = self._replaced or replacement is not None
         self._retries.pop(outgoing.id, None)
         self._unsure.discard(outgoing.id)
-        log.error(
+        log.log(
+            # an update the instructions by mail stand in for needs no admin (organizers outside
+            # the application's scope, by design on some tenants): the alarm waits for the mail
+            logging.WARNING if replacement else logging.ERROR,
             "%s %s failed for good: %s%s",
             outgoing.kind,
             outgoing.id,
@@ -292,12 +296,22 @@ class Notifier(SupervisedChild):
                 "correlation_id": outgoing.correlation_id,
             },
         )
-        self.ctx.alarms.raise_(
-            self.integ.name,
-            FAILED_ALARM,
-            f"{len(self.queue.failed())} message(s) could not be delivered; "
-            f"latest: {outgoing.kind} for {outgoing.meeting_uid}: {reason}",
-        )
+        unresolved = self._unresolved()
+        if unresolved:
+            self.ctx.alarms.raise_(
+                self.integ.name,
+                FAILED_ALARM,
+                f"{unresolved} message(s) could not be delivered; "
+                f"latest: {outgoing.kind} for {outgoing.meeting_uid}: {reason}",
+            )
+
+    def _unresolved(self) -> int:
+        """Failed messages that still need an admin: all but organizer updates whose joining
+        instructions by mail went out instead (or are on their way; if that mail fails too,
+        both count)."""
+        failed = self.queue.failed()
+        gone = {f.message.id for f in failed}
+        return sum(1 for f in failed if f.message.kind != "update" or _notice_id(f.message) in gone)
 
     def _instructions_by_mail(self, update: Outgoing) -> Outgoing:
         """The organizer's meeting could not be updated: tell the organizer, from the room,
@@ -310,9 +324,8 @@ class Notifier(SupervisedChild):
             f"and send the update to its attendees:</p>\n{instructions}"
         )
         room = self.integ.exchange
-        digest = hashlib.sha256(f"{update.id}\0notice".encode()).hexdigest()[:32]
         return Outgoing(
-            id=digest,
+            id=_notice_id(update),
             kind="notice",
             sender=room.mailbox_email,
             sender_name=room.mailbox_name,
@@ -348,6 +361,11 @@ class Notifier(SupervisedChild):
                     "reason": message.reason,
                 },
             )
+
+
+def _notice_id(update: Outgoing) -> str:
+    """The id of the mail with the joining instructions that replaces a failed update."""
+    return hashlib.sha256(f"{update.id}\0notice".encode()).hexdigest()[:32]
 
 
 def _responds(outgoing: Outgoing) -> bool:
