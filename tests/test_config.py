@@ -581,3 +581,26 @@ def test_two_integrations_cannot_share_a_spool(tmp_path: Path) -> None:
         f"integrations[1].spool.directory: {tmp_path / 'shared'} is already the spool of "
         "integrations[0] (alpha); give each integration its own"
     ]
+
+
+def test_identity_providers_and_key_hosts_are_reached_over_https_only() -> None:
+    """A stand-in token endpoint answering over plain http could name any user: the sign-in's
+    ID token is trusted on the strength of the token endpoint's TLS (loopback aside)."""
+    doc = minimal(
+        enable_personal_vmrs=True,
+        personal={
+            "user_oauth_authorization_uri": "http://idp.example.com/authorize",
+            "user_oauth_token_uri": "http://127.0.0.1:9/token",
+            "user_oauth_client_id": "pane",
+            "azure_client_secret_env": "S",
+            "directory_file": str(ROOT / "config" / "vmrs.toml"),
+        },
+        addin={"token_validation": "exchange"},
+        metadata={
+            "exchange_metadata_urls": ["http://mail.example.com/", "https://mail2.example.com/"]
+        },
+    )
+    assert sorted(p.split(":")[0] for p in problems(doc, {"S": "secret"})) == [
+        "integrations[0].metadata.exchange_metadata_urls[0]",
+        "integrations[0].personal.user_oauth_authorization_uri",
+    ]

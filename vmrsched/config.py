@@ -721,6 +721,7 @@ def _check_integration(loader: _Loader, integ: IntegrationConfig, path: str) -> 
                 f"{path}.email.single_use_joining_instructions_template",
                 "must contain {{alias_uuid}} (the alias ID the service recognises meetings by)",
             )
+    _check_identity_urls(loader, integ, path)
     if integ.enable_personal_vmrs:
         _check_personal(loader, integ, f"{path}.personal")
     _check_pexip(loader, integ.pexip, f"{path}.pexip")
@@ -974,6 +975,35 @@ def _loopback_url(url: str) -> bool:
     if not url:
         return True
     return is_loopback_host(urlsplit(url).hostname or "")
+
+
+def _secure_url(url: str) -> bool:
+    """https, or http to this machine only (a test or a sidecar): identity providers and the
+    hosts whose keys verify tokens are never reached in the clear."""
+    parts = urlsplit(url)
+    return parts.scheme == "https" or (parts.scheme == "http" and _loopback_url(url))
+
+
+def _check_identity_urls(loader: _Loader, integ: IntegrationConfig, path: str) -> None:
+    """Where tokens and ID tokens come from: the personal sign-in's endpoints (its ID token is
+    trusted on the strength of the token endpoint's TLS, OpenID Connect Core 3.1.3.7), the
+    Entra authority and the Exchange metadata hosts."""
+    p = integ.personal
+    named = [
+        (f"{path}.personal.{key}", getattr(p, key))
+        for key in ("user_oauth_authorization_uri", "user_oauth_token_uri")
+    ]
+    if integ.addin.token_validation == "entra":
+        named.append((f"{path}.addin.entra_authority", integ.addin.entra_authority))
+    named += [
+        (f"{path}.metadata.exchange_metadata_urls[{i}]", url)
+        for i, url in enumerate(integ.metadata.exchange_metadata_urls)
+    ]
+    for key, url in named:
+        if "://" not in url and key.startswith(f"{path}.metadata."):
+            continue  # a trusted host name: its metadata is fetched over https
+        if url and not _secure_url(url):
+            loader.error(key, f"must be an https URL (http only to loopback), got {url!r}")
 
 
 def _safe_on_loopback(server: ServerConfig) -> bool:
