@@ -170,3 +170,46 @@ def test_nothing_goes_to_an_organizer_that_is_not_one_address(
     assert step.decision.reason == "new_single" and step.messages == ()
     record = {**RECORD, "organizer_email": "a@example.com, b@example.com", "subject": "x"}
     assert answers.admin_notice(integ, integ.renderer(), record, "resent", NOW, "1") is None
+
+
+def exchange_rewrites(instructions: str) -> str:
+    """What Exchange and Outlook make of HTML they store (Word's editor): classes dropped, each
+    paragraph a MsoNormal with its text in styled spans, spaces as &nbsp; here and there, links
+    with spans inside, Office's empty o:p, line breaks inside tags; a whole document around."""
+    body = instructions.replace('<div class="vmr-joining">', "<div>")
+    body = body.replace("<p>", '<p class=MsoNormal><span style="font-family:Calibri">')
+    body = body.replace('<p style="color:#888888;font-size:8pt">', "<p class=MsoNormal><span>")
+    body = body.replace("</p>", "<o:p></o:p></span></p>\r\n")
+    body = body.replace("<strong>", "<b>").replace("</strong>", "</b>")
+    body = body.replace("From a phone: dial", "From a phone:&nbsp;dial")
+    body = body.replace("<a href=", "<a\r\nhref=").replace('">', '"><span style="color:blue">', 3)
+    return (
+        "<html><head><style>p.MsoNormal{margin:0}</style></head><body lang=EN-GB>"
+        "<div class=WordSection1><p class=MsoNormal>Agenda: numbers<o:p></o:p></p>"
+        f"{body}<p class=MsoNormal>See you there<o:p></o:p></p></div></body></html>"
+    )
+
+
+def test_recovery_removes_the_dead_instructions_whatever_exchange_made_of_their_markup(
+    integ: config.IntegrationConfig,
+) -> None:
+    dead = {
+        "alias_id": "9d6f1c8e-0000-4000-8000-000000000009",
+        "alias": "vmr424242@video.example.com",
+        "numeric_alias": "vmr424242",
+    }
+    renderer = integ.renderer()
+    old = renderer.render(
+        "single_use_joining_instructions_template", answers.variables(integ, None, dead)
+    )
+    body = exchange_rewrites(old)
+    step = answers.plan(
+        integ, renderer, meeting(body), MeetingState(fresh=FRESH), NOW, rule=recovered
+    )
+    [update] = step.messages
+    new = update.html_body
+    for value in (dead["alias"], dead["numeric_alias"], dead["alias_id"], "424242"):
+        assert value not in new
+    assert new.count("Join the video meeting") == 1 and RECORD["alias_id"] in new
+    assert new.index("Agenda: numbers") < new.index(RECORD["alias"]) < new.index("See you there")
+    assert new.endswith("</div></body></html>")  # the document stays whole

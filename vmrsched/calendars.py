@@ -241,6 +241,8 @@ def replace_instructions(
         for match in reversed(matches):
             body = body[: match.start()] + body[match.end() :]
             first = match.start()
+        if not matches:  # the markup was rewritten (Exchange, Outlook): match the words instead
+            body, first = _cut_by_text(body, token_text, skeleton, sentinels)
     while token_text and token_text in body:
         at = body.index(token_text)
         found = _enclosing(body, at, _BLOCK)
@@ -253,3 +255,86 @@ def replace_instructions(
     if first is None:
         return body + instructions_html
     return body[:first] + instructions_html + body[first:]
+
+
+_TOKEN = re.compile(r"<[^>]*>|&#?\w+;|[^<&]+|[<&]")
+_TAG = re.compile(r"<\s*(/?)\s*([a-zA-Z][\w:-]*)[^>]*?(/?)\s*>")
+# after the words: closing tags, and elements with nothing in them (Word's <o:p></o:p>)
+_CLOSING_OR_EMPTY = re.compile(r"\s*(?:</[^>]*>|<([\w:]+)[^>]*>\s*</\1\s*>)")
+_VOID = frozenset({"br", "hr", "img", "meta", "link", "input", "wbr", "col", "area", "base"})
+
+
+def _text_positions(body: str) -> tuple[str, list[int], list[int]]:
+    """The body's words with no markup and no white space, and where each character of them
+    starts and ends in the body (an entity is one character spanning its source)."""
+    chars: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    for piece in _TOKEN.finditer(body):
+        text = piece.group(0)
+        if text.startswith("<") and len(text) > 1:
+            continue
+        if text.startswith("&") and len(text) > 1:
+            decoded = html.unescape(text)
+            if not decoded.isspace():
+                chars.append(decoded)
+                starts.append(piece.start())
+                ends.append(piece.end())
+            continue
+        for offset, char in enumerate(text):
+            if not char.isspace():
+                chars.append(char)
+                starts.append(piece.start() + offset)
+                ends.append(piece.start() + offset + 1)
+    return "".join(chars), starts, ends
+
+
+def _unbalanced(region: str) -> str:
+    """The tags of `region` that open or close something outside it (kept, so what stays
+    around a cut is still well formed); text and pairs within it go."""
+    kept: list[tuple[str, str]] = []  # (name, tag) still open, or closings of outer elements
+    for tag in _TAG.finditer(region):
+        closing, name, self_closing = tag.group(1), tag.group(2).lower(), tag.group(3)
+        if name in _VOID or self_closing:
+            continue
+        if not closing:
+            kept.append((name, tag.group(0)))
+            continue
+        for index in range(len(kept) - 1, -1, -1):
+            if kept[index][0] == name and not kept[index][1].startswith("</"):
+                del kept[index:]  # the pair (and anything left open inside it) goes
+                break
+        else:
+            kept.append((name, tag.group(0)))
+    return "".join(tag for _, tag in kept)
+
+
+def _cut_by_text(
+    body: str, token_text: str, skeleton: str, sentinels: tuple[str, ...]
+) -> tuple[str, int | None]:
+    """Every stretch of the body whose words are the instructions' words (the alias values
+    being any), wherever markup, entities and white space were rewritten, cut out with the
+    markup around it that it alone filled. Only stretches that name the dead token count."""
+    words, _, _ = _text_positions(skeleton)
+    if not words or not token_text:
+        return body, None
+    wanted = "".join(token_text.split())
+    # a value is the dead token where it stands (tried first, so one at the very end is taken
+    # whole), else the fewest characters that let the words after it match
+    value = f"(?:{re.escape(wanted)}|.{{0,300}}?)"
+    pattern = re.escape(words)
+    for sentinel in sentinels:
+        pattern = pattern.replace(re.escape(sentinel), value)
+    text, starts, ends = _text_positions(body)
+    found = [m for m in re.finditer(pattern, text, re.DOTALL) if wanted in m.group(0)]
+    first: int | None = None
+    for match in reversed(found):
+        start, end = starts[match.start()], ends[match.end() - 1]
+        # widen over the tags right around the words: the elements the instructions filled
+        while (before := re.search(r"<[^/!][^>]*>\s*$", body[:start])) is not None:
+            start = before.start()
+        while (after := _CLOSING_OR_EMPTY.match(body, end)) is not None:
+            end = after.end()
+        body = body[:start] + _unbalanced(body[start:end]) + body[end:]
+        first = start
+    return body, first
