@@ -5,9 +5,14 @@ loads; the systemd unit runs unprivileged with the usual hardening."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
@@ -88,3 +93,121 @@ def test_the_dockerfile_runs_unprivileged_with_a_volume_and_a_health_check() -> 
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert "USER vmrsched" in dockerfile and "VOLUME" in dockerfile
     assert "HEALTHCHECK" in dockerfile and "/healthz" in dockerfile
+
+
+# --- as the real tools read them (Debian's nginx, promtool and systemd; scripts/test installs
+# them where it can, and CI always has them) -------------------------------------------------
+
+ROOT = DEPLOY.parent
+
+
+def needs(tool: str) -> str:
+    found = shutil.which(tool) or (
+        f"/usr/sbin/{tool}" if Path(f"/usr/sbin/{tool}").exists() else ""
+    )
+    if not found:
+        pytest.skip(f"{tool} is not installed (scripts/test installs it when run as root)")
+    return found
+
+
+def test_nginx_accepts_the_shipped_site(tmp_path: Path) -> None:
+    nginx = needs("nginx")
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=vmr.example.com", "-keyout", str(tmp_path / "key.pem")),
+            *("-out", str(tmp_path / "cert.pem")),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    site = (DEPLOY / "nginx.conf").read_text()
+    site = site.replace("/etc/ssl/vmr.example.com/fullchain.pem", str(tmp_path / "cert.pem"))
+    site = site.replace("/etc/ssl/vmr.example.com/privkey.pem", str(tmp_path / "key.pem"))
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n    include {tmp_path}/site.conf;\n}}\n"
+    )
+    out = subprocess.run(
+        [nginx, "-t", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "[warn]" not in out.stderr, out.stderr
+
+
+def test_promtool_loads_the_rules() -> None:
+    promtool = needs("promtool")
+    out = subprocess.run(
+        [promtool, "check", "rules", str(DEPLOY / "prometheus-rules.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
+
+
+def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
+    analyze = needs("systemd-analyze")
+    unit = (DEPLOY / "vmrsched.service").read_text()
+    # the installed program, which a test machine does not have at /opt: an executable stands in
+    (tmp_path / "vmrsched.service").write_text(
+        unit.replace("/opt/vmrsched/bin/vmrsched", "/bin/true")
+    )
+    out = subprocess.run(
+        [analyze, "verify", "--man=no", str(tmp_path / "vmrsched.service")],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def final_stage_copies() -> dict[str, str]:
+    """What the runtime image gets from the build context: destination -> source."""
+    stages = (DEPLOY / "Dockerfile").read_text().split("\nFROM ")
+    copies = {}
+    for line in stages[-1].splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(w.startswith("--from") for w in words):
+            *sources, destination = words[1:]
+            for source in sources:
+                copies[destination if len(sources) == 1 else destination + Path(source).name] = (
+                    source
+                )
+    return copies
+
+
+def test_the_image_starts_with_its_shipped_config(tmp_path: Path) -> None:
+    """The config the image runs when nobody mounts one passes check-config as the image would
+    run it (its files where the Dockerfile puts them, the secrets it documents given)."""
+    copies = final_stage_copies()
+    assert copies["/etc/vmrsched/vmrsched.toml"] == "deploy/container.toml"
+    for destination, source in copies.items():
+        target = tmp_path / destination.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / source, target)
+    env = {
+        **os.environ,
+        "VMRSCHED_ADMIN_TOKEN": "a" * 32,
+        "VMRSCHED_POLICY_PASSWORD": "p" * 16,
+    }
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vmrsched",
+            "check-config",
+            str(tmp_path / "etc/vmrsched/vmrsched.toml"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "listening on 0.0.0.0:8080, data in /var/lib/vmrsched" in out.stdout
+    build = (DEPLOY / "Dockerfile").read_text()
+    # what `pip install .` in the build stage reads is in the build context
+    assert "LICENSE" in build.split("\nFROM ")[1]  # the build stage
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".git", "data", "**/node_modules"} <= set(ignored)
