@@ -211,3 +211,18 @@ def test_the_image_starts_with_its_shipped_config(tmp_path: Path) -> None:
     assert "LICENSE" in build.split("\nFROM ")[1]  # the build stage
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".git", "data", "**/node_modules"} <= set(ignored)
+
+
+def test_the_scrape_job_is_the_one_the_rules_name(tmp_path: Path) -> None:
+    scrape = yaml.safe_load((DEPLOY / "prometheus-scrape.yml").read_text())
+    [job] = scrape["scrape_configs"]
+    rules = (DEPLOY / "prometheus-rules.yml").read_text()
+    assert f'job="{job["job_name"]}"' in rules
+    promtool = needs("promtool")
+    config = tmp_path / "prometheus.yml"
+    shutil.copy(DEPLOY / "prometheus-rules.yml", tmp_path / "prometheus-rules.yml")
+    config.write_text(
+        yaml.safe_dump({**scrape, "rule_files": ["prometheus-rules.yml"]}, sort_keys=False)
+    )
+    out = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
