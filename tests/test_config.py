@@ -604,3 +604,16 @@ def test_identity_providers_and_key_hosts_are_reached_over_https_only() -> None:
         "integrations[0].metadata.exchange_metadata_urls[0]",
         "integrations[0].personal.user_oauth_authorization_uri",
     ]
+
+
+def test_a_misspelt_key_is_named_with_the_key_it_may_mean() -> None:
+    doc = minimal(exchange={"mailbox_name": "VMR", "mailbox_emial": "vmr@example.com"})
+    doc["server"]["max_conections"] = 10
+    found = problems(doc)
+    assert "server.max_conections: unknown key (did you mean 'max_connections'?)" in found
+    assert (
+        "integrations[0].exchange.mailbox_emial: unknown key (did you mean 'mailbox_email'?)"
+        in found
+    )
+    assert problems({**minimal(), "sever": {}})[0] == "sever: unknown key (did you mean 'server'?)"
+    assert problems({**minimal(), "logging": {}})[0] == "logging: unknown key"

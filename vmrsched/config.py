@@ -9,6 +9,7 @@ default and rule of a key are written in one place.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import ipaddress
 import os
@@ -562,7 +563,9 @@ class _Loader:
                     f"secrets may not be written in the file; use {key}_env or {key}_file",
                 )
             elif key not in known:
-                self.error(f"{path}.{key}", "unknown key")
+                close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                self.error(f"{path}.{key}", f"unknown key{hint}")
         for name, f in fields.items():
             key_path = f"{path}.{name}"
             hint = hints[name]
@@ -899,7 +902,10 @@ def parse(
     loader = _Loader(base_dir, os.environ if environ is None else environ)
     for key in document:
         if key not in ("server", "integrations"):
-            loader.error(key, "unknown key")
+            close = difflib.get_close_matches(key, ["integrations", "server"], n=1, cutoff=0.75)
+            loader.error(
+                key, f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
+            )
     server = loader.build(ServerConfig, document.get("server", {}), "server")
     try:
         split_listen(server.listen)
