@@ -182,8 +182,8 @@ TEMPLATES: dict[str, TemplateSpec] = {
         "email",
         "html",
         SINGLE_USE_VARS,
-        "<p>The video room {{alias}} of your meeting &quot;{{subject}}&quot; on {{start_time}} "
-        "was removed by an administrator and can no longer be joined. To meet by video, add a "
+        "<p>The video room {{alias}} of your meeting &quot;{{subject}}&quot;, starting at "
+        "{{start_time}}, was removed by an administrator and can no longer be joined. To meet by video, add a "
         "new video room to the meeting with the add-in and send the update to its "
         "attendees.</p>",
     ),

@@ -17,7 +17,8 @@ import pytest
 
 from tests import spoolkit
 from vmrsched.mailbox import itip
-from vmrsched.mailbox.spool import TRUST_UNCHANGED_SECONDS, SpoolMailbox
+from vmrsched.mailbox.spool import TRUST_UNCHANGED_SECONDS, SpoolMailbox, outbox_name
+from vmrsched.outgoing import Outgoing
 
 
 def _put(inbox: Path, name: str, mtime_ns: int, uid: str) -> None:
@@ -152,3 +153,21 @@ def test_the_calendar_folder_is_made_with_the_first_accepted_meeting(tmp_path: P
     assert [entry.meeting.uid for entry in again.calendar(*day)] == [uid]
     assert all(ok for ok, _ in again.probe())
     again.close()
+
+
+def test_an_outbox_name_says_the_outcome_once() -> None:
+    message = Outgoing(
+        id="0" * 32,
+        kind="reply",
+        sender="vmr@example.com",
+        sender_name="Room",
+        recipients=("olga@example.com",),
+        subject="Accepted: Weekly sync",
+        html_body="",
+        outcome="accepted",
+        reason="new_single",
+        correlation_id="c",
+        meeting_uid="u",
+    )
+    name = outbox_name(message, datetime(2026, 12, 6, 9, 28, tzinfo=UTC))
+    assert name == f"20261206T092800.000000Z-accepted-weekly-sync-{'0' * 32}.eml"

@@ -48,7 +48,9 @@ _SLUG = re.compile(r"[^A-Za-z0-9]+")
 def outbox_name(message: Outgoing, now: datetime) -> str:
     """`20261130T091503.123456Z-accepted-weekly-sync-<id>.eml`: sorts by time, says what it is;
     the id at the end makes a resend recognisable."""
-    slug = _SLUG.sub("-", message.subject).strip("-").lower()[:40].strip("-") or "meeting"
+    slug = _SLUG.sub("-", message.subject).strip("-").lower()
+    slug = slug.removeprefix(f"{message.outcome}-")  # "Accepted: Weekly sync" says it once
+    slug = slug[:40].strip("-") or "meeting"
     stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     return f"{stamp}-{message.outcome}-{slug}-{message.id}.eml"
 
