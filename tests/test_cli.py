@@ -4,6 +4,7 @@ running it, and a clear refusal of a port that cannot exist."""
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -62,3 +63,18 @@ def test_invite_keeps_the_offset_it_was_given(tmp_path: Path) -> None:
     data, _ = invites.build(cfg.integrations[0], invites.InviteOptions.from_args(args))
     [meeting] = itip.parse_calendar(data).meetings
     assert meeting.start.astimezone(UTC) == datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+def test_a_data_directory_that_cannot_be_used_is_one_line_everywhere(tmp_path: Path) -> None:
+    """check-config says so with the key path; serve says so in one line, no traceback."""
+    (tmp_path / "file").write_text("")
+    config = tmp_path / "vmrsched.toml"
+    shutil.copy(ROOT / "config" / "vmrs.toml", tmp_path / "vmrs.toml")
+    text = (ROOT / "config" / "vmrsched.toml").read_text()
+    config.write_text(text.replace('data_dir = "./data"', f'data_dir = "{tmp_path}/file/data"'))
+    checked = run("-m", "vmrsched", "check-config", str(config))
+    assert checked.returncode == 1
+    assert f"server.data_dir: {tmp_path}/file/data cannot be made" in checked.stderr
+    served = run("-m", "vmrsched", "serve", "--config", str(config))
+    assert served.returncode == 1 and "Traceback" not in served.stderr
+    assert f"cannot keep state in {tmp_path}/file/data: Not a directory" in served.stderr

@@ -4,6 +4,7 @@ aliases | decisions`."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +50,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     for missing in missing_vendor_files(cfg):
         print(f"warning: {missing}", file=sys.stderr)
+    unusable = data_dir_problem(cfg.data_dir)
+    if unusable:
+        print(f"{path}: server.data_dir: {unusable}", file=sys.stderr)
+        return 1
     if args.online:
         return _check_online(cfg, args.organizer or "")
     print(f"{path}: OK, listening on {cfg.server.listen}, data in {cfg.server.data_dir}")
@@ -68,6 +73,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         )
     _print_pexip(cfg)
     return 0
+
+
+def data_dir_problem(data_dir: Path) -> str:
+    """Why the service could not keep its state in `data_dir` ("" when it can): the directory,
+    or the nearest existing one above it that it would be made in, must be a writable folder."""
+    here = data_dir.absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        return f"{data_dir} cannot be made: {here} is not a directory"
+    if not os.access(here, os.W_OK | os.X_OK):
+        return f"{data_dir} cannot be written: {here} is not writable by this user"
+    return ""
 
 
 def _print_pexip(cfg: config.Config) -> None:
@@ -173,6 +191,14 @@ async def _serve(cfg: config.Config) -> int:
         service = service_mod.start(cfg)
     except StoreInUseError as exc:
         log.error("%s: is another vmrsched serving it?", exc)
+        return 1
+    except OSError as exc:  # the data directory cannot be made or written: one line, not a trace
+        log.error(
+            "cannot keep state in %s: %s (%s)",
+            cfg.data_dir,
+            exc.strerror or exc,
+            exc.filename or cfg.data_dir,
+        )
         return 1
     server = cfg.server
     limits = Limits(
