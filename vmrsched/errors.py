@@ -57,6 +57,13 @@ class Unavailable(ServiceError):
     default_code = "unavailable"
 
 
+class StorageFull(Unavailable):
+    """The disk refused to take what the request needs written (no space, or the quota): a
+    503 at once, like any unavailability, and said so by its own code."""
+
+    default_code = "storage_full"
+
+
 class UpstreamError(ServiceError):
     """A system we depend on (identity provider, mailbox, Pexip) did not answer usefully."""
 

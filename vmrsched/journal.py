@@ -8,13 +8,14 @@ that arrive together) and the tinydb file is rewritten only when the journal is 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 from tinydb.storages import Storage
@@ -31,12 +32,21 @@ def fsync_dir(path: Path) -> None:
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so that a crash leaves either the old or the new file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk keeps no half-written copy
+        raise
     fsync_dir(path.parent)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether a write failed for want of space (the disk or the user's quota)."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 CRC_TABLE = "_crc"  # table -> document id -> crc32 of the document as written
@@ -208,7 +218,10 @@ def sealed_lengths(scans: Iterable[Scan]) -> dict[int, int]:
 
 
 class Journal:
-    """An open journal file: `append` buffers, `sync` makes everything appended so far durable."""
+    """An open journal file: `append` buffers, `sync` makes everything appended so far durable.
+    Nothing reaches the file before `sync`, and a `sync` that fails takes back what it wrote
+    (the file is cut back to its last durable length): a full disk leaves no half entry, and
+    the journal can be written again, with the entries still buffered or (`rollback`) not."""
 
     def __init__(
         self, path: Path, header: Sequence[dict[str, Any]] = (), *, lazy: bool = False
@@ -221,7 +234,12 @@ class Journal:
         then creates no file and syncs no directory)."""
         self.path = path
         self._header = list(header)
-        self._file: BinaryIO | None = None
+        self._fd = -1
+        self._made = False  # the file was created (it stays so once closed)
+        self._closed = False
+        self._buffer: list[bytes] = []
+        self._durable = 0  # the file's length after the last sync
+        self._usable = True  # false once a failed sync could not be taken back
         self.pending = 0
         self.entries = 0
         if not lazy:
@@ -230,20 +248,31 @@ class Journal:
     @property
     def created(self) -> bool:
         """Whether this journal's file was created (false while a lazy one is unwritten)."""
-        return self._file is not None
+        return self._made
 
     def _create(self) -> None:
         header, path = self._header, self.path
         fresh = bool(header) and not path.exists()
         if fresh:
             temporary = path.with_name(path.name + ".new")
-            with open(temporary, "wb") as out:
-                out.write(b"".join(encode_entry(entry) for entry in header))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, path)
-        self._file = open(path, "ab")  # noqa: SIM115 - lives as long as the journal
-        fsync_dir(path.parent)
+            try:
+                with open(temporary, "wb") as out:
+                    out.write(b"".join(encode_entry(entry) for entry in header))
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(temporary, path)
+            except BaseException:
+                temporary.unlink(missing_ok=True)
+                raise
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fsync_dir(path.parent)
+            self._durable = os.fstat(fd).st_size
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._made = True
         self.entries = len(header) if fresh else 0
         if header and not fresh:
             for entry in header:
@@ -251,29 +280,74 @@ class Journal:
             self.sync()
 
     def append(self, entry: dict[str, Any]) -> None:
-        if self._file is None:
+        if self._closed:
+            raise ValueError(f"{self.path}: the journal is closed")
+        if self._fd < 0:
             self._create()
-        assert self._file is not None
-        self._file.write(encode_entry(entry))
+        if not self._usable:
+            raise OSError(errno.EIO, f"{self.path}: a failed write could not be taken back")
+        self._buffer.append(encode_entry(entry))
         self.pending += 1
         self.entries += 1
 
     def sync(self) -> None:
-        if self.pending and self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self.pending = 0
+        """Make everything appended so far durable. When that fails, the file is cut back to
+        its last durable length (no half entry stays in it) and the entries stay buffered: the
+        next sync tries them again, unless `rollback` drops them."""
+        if not self.pending or self._fd < 0:
+            return
+        if not self._usable:
+            raise OSError(errno.EIO, f"{self.path}: a failed write could not be taken back")
+        data = b"".join(self._buffer)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        except BaseException:
+            self._cut_back()
+            raise
+        self._durable += len(data)
+        self._buffer.clear()
+        self.pending = 0
+
+    def rollback(self) -> None:
+        """Forget what was appended since the last sync, in the file too (a sync that failed
+        may have written part of it)."""
+        self.entries -= self.pending
+        self.pending = 0
+        self._buffer.clear()
+        self._cut_back()
+
+    def _cut_back(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            os.ftruncate(self._fd, self._durable)
+        except OSError:
+            self._usable = False  # appending behind what is left would read as damage
+
+    @property
+    def usable(self) -> bool:
+        """False when a failed sync left bytes that could not be taken back."""
+        return self._usable
 
     def close(self) -> None:
-        if self._file is None:
+        self._closed = True
+        if self._fd < 0:
             return
         try:
             self.sync()
         finally:
-            self._file.close()
+            self._close_fd()
 
     def close_quietly(self) -> None:
         """Close without raising (after a failed write, on the way out)."""
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.close()
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._close_fd()
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)

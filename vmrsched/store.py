@@ -30,7 +30,14 @@ import orjson
 
 from vmrsched import aliases, recurrence
 from vmrsched.aliases import RandomSource
-from vmrsched.journal import AtomicJSONStorage, CorruptError, Journal, scan, sealed_lengths
+from vmrsched.journal import (
+    AtomicJSONStorage,
+    CorruptError,
+    Journal,
+    disk_full,
+    scan,
+    sealed_lengths,
+)
 from vmrsched.meetings import Action, AliasRecord, MeetingState, Status
 
 log = logging.getLogger("vmrsched.store")
@@ -57,8 +64,14 @@ class StoreCorruptError(CorruptError):
 
 
 class StoreBrokenError(RuntimeError):
-    """A write could not be made durable (disk full, I/O error): memory may be ahead of disk,
-    so this Store refuses further use; reopening it reloads what is on disk."""
+    """A write could not be made durable (an I/O error): memory may be ahead of disk, so this
+    Store refuses further use; reopening it reloads what is on disk."""
+
+
+class StorageFullError(RuntimeError):
+    """The disk refused a write for want of space (ENOSPC, EDQUOT). Every write since the last
+    commit is taken back, in memory and in the journal, as if never asked for; the store goes
+    on, and the next commit tries the disk again."""
 
 
 def lock_directory(directory: Path, what: str = "") -> int:
@@ -173,6 +186,11 @@ class Store:
         self._drawn: dict[str, aliases.Alias] = {}
         self._compactor: threading.Thread | None = None
         self._broken: BaseException | None = None
+        # what the writes since the last commit replaced, to take them back when the disk
+        # refuses them: alias id -> its record before (None: there was none), and archived
+        # aliases brought back
+        self._undo: dict[str, Record | None] = {}
+        self._unarchived: dict[str, ArchivedInfo] = {}
         self._lock_fd = lock_directory(self.directory)
         _GC_PAUSE.enter()  # loading creates millions of objects and no cycles: skip GC passes
         try:
@@ -182,11 +200,16 @@ class Store:
             # what each earlier journal holds, so that cutting one short later is noticed;
             # journals holding nothing but seals (as a clean close leaves them) have nothing
             # to protect, so the next one waits for the first write
-            self._journal = Journal(
-                self._journal_path(self._generation),
-                [{"op": "seal", "gen": gen, "entries": entries} for gen, entries in self._seals],
-                lazy=not self._unfolded,
-            )
+            seals = [{"op": "seal", "gen": gen, "entries": e} for gen, e in self._seals]
+            path = self._journal_path(self._generation)
+            try:
+                self._journal = Journal(path, seals, lazy=not self._unfolded)
+            except OSError as exc:
+                if not disk_full(exc):
+                    raise
+                # open anyway: reading needs no space, and the first write says it is full
+                log.warning("%s: the disk is full (%s); writes wait for space", path, exc)
+                self._journal = Journal(path, seals, lazy=True)
         except BaseException:
             os.close(self._lock_fd)
             raise
@@ -443,9 +466,34 @@ class Store:
         record = {k: v for k, v in record.items() if v is not None and v != {}}
         # journal first: a record that cannot be written (say, a value JSON cannot hold) must
         # not change what this process believes
-        self._journal.append({"op": "put", "r": record})
+        try:
+            self._journal.append({"op": "put", "r": record})
+        except OSError as exc:  # the journal's file could not be created
+            if disk_full(exc):
+                self._take_back()
+                raise StorageFullError(f"{self.directory}: the disk is full: {exc}") from exc
+            raise
+        alias_id = record["alias_id"]
+        if alias_id not in self._undo:
+            self._undo[alias_id] = self._records.get(alias_id)
         self._index(record)
         return record
+
+    def _take_back(self) -> None:
+        """Forget every write since the last commit, in the journal and in memory: a group of
+        writes the disk refused is as if never asked for."""
+        self._journal.rollback()
+        undo, self._undo = self._undo, {}
+        for alias_id, before in undo.items():
+            if before is None:
+                self._unindex(alias_id)
+                self._changed.pop(alias_id, None)
+            else:
+                self._index(before)
+        for alias_id, info in self._unarchived.items():
+            self._archived[alias_id] = info
+        self._unarchived = {}
+        self._drawn.clear()
 
     def _check(self) -> None:
         if self._broken is not None:
@@ -554,8 +602,14 @@ class Store:
         try:
             self._journal.sync()
         except BaseException as exc:
+            if disk_full(exc) and self._journal.usable:  # the journal took its part back
+                self._take_back()
+                raise StorageFullError(f"{self.directory}: the disk is full: {exc}") from exc
             self._broken = exc
             raise StoreBrokenError(f"{self.directory}: cannot write the journal: {exc}") from exc
+        if self._undo:
+            self._undo = {}
+        self._unarchived = {}
         if self._journal.entries >= self.compact_after:
             self.compact(background=True)
 
@@ -563,11 +617,31 @@ class Store:
     def broken(self) -> bool:
         return self._broken is not None
 
+    def has_room(self, size: int = 65536) -> bool:
+        """Whether the store's disk takes `size` more bytes now (a probe file written, synced
+        and removed): after a StorageFullError, whether writes may work again."""
+        probe = self.directory / ".space-probe"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(bytes(size))
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            return False
+        finally:
+            probe.unlink(missing_ok=True)
+        return True
+
     # --- housekeeping -------------------------------------------------------------------------
 
     def sweep(self, join_after: timedelta = timedelta(0)) -> int:
         """Expire old reservations and move deleted and finished aliases to the archive.
-        Returns how many records moved. Commits."""
+        Returns how many records moved. Commits (StorageFullError when the disk is full:
+        the expiries are then taken back, and what moved to the archive file stays moved)."""
         now = self.clock()
         now_ts = _ts(now)
         grace_ts = _ts(now - ARCHIVE_GRACE - join_after)
@@ -578,6 +652,7 @@ class Store:
                 and (record["expires"] <= now_ts)
             ):
                 self.delete(record["alias_id"], "expired")
+        self.commit()
         moving = [
             r
             for r in self._records.values()
@@ -585,7 +660,6 @@ class Store:
             or (r["status"] == "bound" and r.get("valid_until") and r["valid_until"] < grace_ts)
         ]
         if not moving:
-            self.commit()
             return 0
         storage = AtomicJSONStorage(self.directory / ARCHIVE)
         data = storage.read() or {}
@@ -593,10 +667,21 @@ class Store:
         next_id = max((int(k) for k in table), default=0) + 1
         for offset, record in enumerate(moving):
             table[str(next_id + offset)] = record
-        storage.write(data)  # archive first: a crash before the journal entry only duplicates
+        try:
+            # archive first: a crash before the journal entry only duplicates
+            storage.write(data)
+        except OSError as exc:
+            if disk_full(exc):
+                raise StorageFullError(f"{self.directory}: the disk is full: {exc}") from exc
+            raise
         for record in moving:
             self._note_archived(record)
-        self._journal.append({"op": "archive", "records": moving})
+        try:
+            self._journal.append({"op": "archive", "records": moving})
+        except OSError as exc:
+            if disk_full(exc):
+                raise StorageFullError(f"{self.directory}: the disk is full: {exc}") from exc
+            raise
         self.commit()
         return len(moving)
 
@@ -607,8 +692,13 @@ class Store:
         data = AtomicJSONStorage(self.directory / ARCHIVE).read() or {}
         for record in data.get("archive", {}).values():
             if record["alias_id"] == alias_id:
-                self._archived.pop(alias_id, None)
-                self._put(dict(record))
+                info = self._archived.pop(alias_id)
+                try:
+                    self._put(dict(record))
+                except BaseException:
+                    self._archived[alias_id] = info
+                    raise
+                self._unarchived[alias_id] = info
                 return
 
     def compact(self, background: bool = False) -> None:
@@ -622,9 +712,13 @@ class Store:
         seal = [{"op": "seal", "gen": self._generation, "entries": self._journal.entries}]
         covered = self._journal_generations()
         self._generation = (covered[-1] if covered else self._generation - 1) + 1
-        self._journal = Journal(
-            self._journal_path(self._generation), seal if created else [], lazy=not created
-        )
+        path = self._journal_path(self._generation)
+        try:
+            self._journal = Journal(path, seal if created else [], lazy=not created)
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            self._journal = Journal(path, seal if created else [], lazy=True)  # sealed later
         snapshot = list(self._records.values())  # records are replaced, never mutated
 
         def write() -> None:
@@ -639,6 +733,15 @@ class Store:
         else:
             write()
 
+    def _compact_if_room(self) -> None:
+        try:
+            self.compact()
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            # the journals stay as they are: the next open reads them
+            log.warning("%s: not compacted, the disk is full (%s)", self.directory, exc)
+
     def wait_for_compaction(self) -> None:
         if self._compactor is not None:
             self._compactor.join()
@@ -652,7 +755,7 @@ class Store:
                 self._journal.sync()
                 # nothing written since a clean open: the files already say it all
                 if compact and (self._unfolded or self._journal.created):
-                    self.compact()
+                    self._compact_if_room()
             self.wait_for_compaction()
         finally:
             try:

@@ -150,6 +150,11 @@ SIGN_IN_REQUIRED = "service_account_sign_in_required"  # oauth_delegated needs a
 PEXIP_UNREACHABLE = "pexip_unreachable"  # the Management Node does not answer
 PEXIP_REFUSED = "pexip_refused"  # the Management Node refused a conference (4xx); see the log
 ALIAS_SPACE_LOW = "alias_space_low"  # most of an integration's alias range is used up
+STORAGE_FULL = "storage_full"  # the disk refused a write for want of space; 503 until it has room
+
+
+# Alarms that make the integration not ready (/readyz): its store cannot be trusted or written.
+NOT_READY = frozenset({STORE_CORRUPT, STORAGE_FULL})
 
 
 class Alarms:

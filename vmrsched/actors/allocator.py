@@ -1,6 +1,10 @@
 """AliasAllocator: the sole owner of an integration's store. Every state change (reserving an
 alias, binding it to a meeting, cancelling) happens in this actor's thread, one at a time, and is
-committed (fsynced) before anyone is told about it."""
+committed (fsynced) before anyone is told about it.
+
+A full disk (ENOSPC, EDQUOT) takes back the writes it refused (the store stays as on disk) and
+answers their requests at once with StorageFull (503 storage_full); the storage_full alarm stays
+until a probe write succeeds. No restart: the next write simply tries the disk again."""
 
 from __future__ import annotations
 
@@ -31,17 +35,31 @@ from vmrsched.actors.messages import (
 from vmrsched.actors.notifier import notifier_proxy
 from vmrsched.actors.registry import ActorUnavailable
 from vmrsched.answers import Step
+from vmrsched.errors import StorageFull
 from vmrsched.meetings import Meeting, general_error
 from vmrsched.outgoing import Outgoing
 from vmrsched.pexip.policy import Room, RoomSettings
-from vmrsched.store import Record, Store, StoreBrokenError, StoreCorruptError, decode_schedule
-from vmrsched.telemetry import ALIAS_SPACE_LOW, STORE_CORRUPT
+from vmrsched.store import (
+    Record,
+    StorageFullError,
+    Store,
+    StoreBrokenError,
+    StoreCorruptError,
+    decode_schedule,
+)
+from vmrsched.telemetry import ALIAS_SPACE_LOW, STORAGE_FULL, STORE_CORRUPT
 
 log = logging.getLogger("vmrsched.allocator")
 CORRUPT_ALARM = STORE_CORRUPT
 # alias_space_low is raised when this share of the range is used up, and cleared below it:
 # drawing a free alias takes ever more tries as the range fills, and fails when it is full
 ALIAS_SPACE_LOW_AT = 0.8
+# while the disk is full, how often a probe write asks whether there is room again
+SPACE_PROBE_SECONDS = 2.0
+
+
+class _ProbeSpace:
+    """Tell-message: is there room on the disk again?"""
 
 
 class QuotaReached(Exception):
@@ -94,6 +112,8 @@ class AliasAllocator(SupervisedChild):
         gc.freeze()
         self._publish()
         self._watch_space()
+        self._full = False  # the disk refused a write and no probe has found room since
+        self._probing = False
         self.ctx.scheduler.call_later(self.ctx.sweep_interval, self._tell_sweep)
 
     def teardown(self) -> None:
@@ -188,6 +208,8 @@ class AliasAllocator(SupervisedChild):
         ahead of it, and nothing may be acknowledged from memory alone."""
         try:
             self.store.commit()
+        except StorageFullError as exc:  # taken back: memory is what is on disk
+            raise self._storage_full(exc) from exc
         except StoreBrokenError:
             self.actor_ref.tell(Crash())
             raise
@@ -205,6 +227,8 @@ class AliasAllocator(SupervisedChild):
             return step
         try:
             self.store.apply(action, step.fields)
+        except StorageFullError as exc:  # the whole batch was taken back: it waits for room
+            raise self._storage_full(exc) from exc
         except Exception:  # a store refusal becomes a general_error, never a crash loop
             log.exception("applying %s failed", action.kind)
             return self._failed(meeting, item_id)
@@ -227,7 +251,10 @@ class AliasAllocator(SupervisedChild):
     def reserve(self, user: str = "") -> Record:
         """One alias, durable before it returns (asked from actor threads and tests); raises
         QuotaReached when `user` is at the cap."""
-        record = self._reserve_for(user)
+        try:
+            record = self._reserve_for(user)
+        except StorageFullError as exc:
+            raise self._storage_full(exc) from exc
         if isinstance(record, QuotaReached):
             raise record
         self._commit()
@@ -256,25 +283,77 @@ class AliasAllocator(SupervisedChild):
         if isinstance(message, Crash):
             raise StoreBrokenError("the store failed a write; restarting to reload it")
         if isinstance(message, Sweep):
-            moved = self.store.sweep(timedelta(minutes=self.integ.single_use.join_after_minutes))
-            self._publish_changes()
-            if moved:
-                log.info("archived %d aliases", moved, extra={"integration": self.integ.name})
-            self._publish()
+            self._sweep()
             self.ctx.scheduler.call_later(self.ctx.sweep_interval, self._tell_sweep)
+            return None
+        if isinstance(message, _ProbeSpace):
+            self._probe_space()
             return None
         if isinstance(message, Request):
             self._handle_request(message)
             return None
         return None
 
+    def _sweep(self) -> None:
+        """Expire and archive what is past."""
+        try:
+            moved = self.store.sweep(timedelta(minutes=self.integ.single_use.join_after_minutes))
+        except StorageFullError as exc:
+            self._storage_full(exc)
+            moved = 0
+        self._publish_changes()
+        if moved:
+            log.info("archived %d aliases", moved, extra={"integration": self.integ.name})
+        self._publish()
+
+    # --- a full disk -----------------------------------------------------------------------------
+
+    def _storage_full(self, exc: StorageFullError) -> StorageFull:
+        """The store took back every write since its last commit: so were the reservations
+        waiting for that commit, whose requests are answered now. The alarm stays until a
+        probe finds room."""
+        if not self._full:
+            self._full = True
+            self.ctx.alarms.raise_(
+                self.integ.name,
+                STORAGE_FULL,
+                f"the disk is full ({exc}): reservations are refused (503 storage_full) and "
+                "meetings wait until there is room again",
+            )
+        error = StorageFull("the booking service's disk is full; try again later")
+        waiting, self._pending_replies = self._pending_replies, []
+        deliver((request, None, error) for request, _ in waiting)
+        if not self._probing:
+            self._probing = True
+            self.ctx.scheduler.call_later(SPACE_PROBE_SECONDS, self._tell_probe)
+        return error
+
+    def _tell_probe(self) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(_ProbeSpace())
+
+    def _probe_space(self) -> None:
+        self._probing = False
+        if not self._full:
+            return
+        if not self.store.has_room():
+            self._probing = True
+            self.ctx.scheduler.call_later(SPACE_PROBE_SECONDS, self._tell_probe)
+            return
+        self._full = False
+        self.ctx.alarms.clear(self.integ.name, STORAGE_FULL)
+        log.info("the disk has room again", extra={"integration": self.integ.name})
+
     def _handle_request(self, request: Request) -> None:
         """Group commit for requests from the event loop: reserve now, answer after the fsync
         that covers every request waiting in the inbox."""
         try:
             if isinstance(request.payload, Reserve):
-                results = [self._reserve_for(user) for user in request.payload.users]
-                self._allocated.inc(sum(not isinstance(r, QuotaReached) for r in results))
+                try:
+                    results = [self._reserve_for(user) for user in request.payload.users]
+                except StorageFullError as exc:
+                    request.reply(None, self._storage_full(exc))
+                    return
                 self._pending_replies.append((request, results))
 
             elif isinstance(request.payload, FindAliases):
@@ -347,9 +426,16 @@ class AliasAllocator(SupervisedChild):
             return
         try:
             self.store.commit()
+        except StorageFullError as exc:  # taken back: none of them has an alias
+            self._pending_replies = pending
+            self._storage_full(exc)
+            return
         except Exception as exc:
             deliver((request, None, exc) for request, _ in pending)
             raise
+        self._allocated.inc(
+            sum(not isinstance(r, QuotaReached) for _, results in pending for r in results)
+        )
         try:
             self._publish_changes()
         finally:  # what is on disk is answered, whatever publishing did
