@@ -4,13 +4,19 @@ committed (fsynced) before anyone is told about it.
 
 A full disk (ENOSPC, EDQUOT) takes back the writes it refused (the store stays as on disk) and
 answers their requests at once with StorageFull (503 storage_full); the storage_full alarm stays
-until a probe write succeeds. No restart: the next write simply tries the disk again."""
+until a probe write succeeds. No restart: the next write simply tries the disk again.
+
+The hourly sweep expires reservations and archives finished meetings for good, so it runs only
+when the wall clock moved forward by no more than the time that really passed (the boot-time
+clock, which setting the time does not move) plus SWEEP_CLOCK_MARGIN since the last sweep: a
+clock set 40 days ahead would otherwise destroy next week's meetings."""
 
 from __future__ import annotations
 
 import contextlib
 import gc
 import logging
+import time
 import traceback
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -56,6 +62,15 @@ CORRUPT_ALARM = STORE_CORRUPT
 ALIAS_SPACE_LOW_AT = 0.8
 # while the disk is full, how often a probe write asks whether there is room again
 SPACE_PROBE_SECONDS = 2.0
+# how far the wall clock may run ahead of the time that really passed between two sweeps
+SWEEP_CLOCK_MARGIN = timedelta(days=1)
+
+
+def uptime() -> float:
+    """Seconds on a clock that setting the time does not move and that counts suspend."""
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.monotonic()
 
 
 class _ProbeSpace:
@@ -114,6 +129,7 @@ class AliasAllocator(SupervisedChild):
         self._watch_space()
         self._full = False  # the disk refused a write and no probe has found room since
         self._probing = False
+        self._swept = (self.ctx.clock(), uptime())  # when the last sweep ran (wall, boot time)
         self.ctx.scheduler.call_later(self.ctx.sweep_interval, self._tell_sweep)
 
     def teardown(self) -> None:
@@ -295,7 +311,23 @@ class AliasAllocator(SupervisedChild):
         return None
 
     def _sweep(self) -> None:
-        """Expire and archive what is past."""
+        """Expire and archive what is past, unless the wall clock ran ahead of the time that
+        really passed since the last sweep (then nothing, and the log says why)."""
+        now, up = self.ctx.clock(), uptime()
+        last, last_up = self._swept
+        ahead = (now - last) - timedelta(seconds=up - last_up)
+        if ahead > SWEEP_CLOCK_MARGIN:
+            log.warning(
+                "the clock moved %s further ahead than the time that passed since %s (the last "
+                "sweep, or the start): not sweeping, so that a wrong clock cannot expire "
+                "reservations or archive meetings the right one still needs; if the new time "
+                "is right, restart the service to accept it",
+                f"{ahead / timedelta(days=1):.1f}".removesuffix(".0") + " days",
+                last.isoformat(timespec="seconds"),
+                extra={"integration": self.integ.name},
+            )
+            return
+        self._swept = (now, up)
         try:
             moved = self.store.sweep(timedelta(minutes=self.integ.single_use.join_after_minutes))
         except StorageFullError as exc:
