@@ -180,3 +180,41 @@ def test_renderers_built_together_compile_a_text_once(monkeypatch: pytest.Monkey
     for thread in threads:
         thread.join()
     assert compiled.count(source) == 1
+
+
+def personal(**values: object) -> dict[str, object]:
+    """The personal variables of one VMR, as directory.template_values makes them."""
+    base: dict[str, object] = {
+        "addin_server_domain": "join.example.com",
+        "name": "Ann's room",
+        "aliases": ["meet.ann", "81100007", "meet.ann@video.example.com"],
+        "domain_aliases": ["meet.ann@video.example.com"],
+        "numeric_aliases": ["81100007"],
+        "other_aliases": ["meet.ann"],
+        "pin": "",
+        "guest_pin": "",
+        "allow_guests": False,
+    }
+    base.update(values)
+    return base
+
+
+def test_the_default_personal_instructions_show_the_pin_that_applies_to_the_invitees() -> None:
+    r = Renderer({})
+
+    def out(**values: object) -> str:
+        return r.render("joining_instructions_template", personal(**values))
+
+    # guests allowed: invitees are guests; a host PIN is the host's alone, even with no guest PIN
+    assert "1234" not in out(allow_guests=True, pin="1234")
+    guests = out(allow_guests=True, pin="1234", guest_pin="5678")
+    assert "5678" in guests and "1234" not in guests
+    # no guests: everyone joins as a host, with the host PIN
+    hosts = out(allow_guests=False, pin="1234", guest_pin="5678")
+    assert "1234" in hosts and "5678" not in hosts
+    assert "PIN" not in out(allow_guests=True)  # no PIN at all: none to show
+    # the first domain alias to dial, else the first other alias, else the first numeric one
+    assert "call: meet.ann@video.example.com" in out()
+    assert "call: meet.ann<" in out(domain_aliases=[])
+    assert "call: 81100007<" in out(domain_aliases=[], other_aliases=[])
+    assert "enter 81100007 followed by #" in out()

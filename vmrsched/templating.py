@@ -69,12 +69,14 @@ _JOINING = """<div class="vmr-joining">
 <p style="color:#888888;font-size:8pt">Meeting reference, please keep: {{alias_uuid}}</p>
 </div>"""
 
+# The invitees' PIN only: with guests allowed they join as guests (the guest PIN, or none when
+# there is none: the host PIN is the host's alone); without, everyone joins with the host PIN.
 _PERSONAL_JOINING = """{% set dial = (domain_aliases or other_aliases or numeric_aliases or aliases) | first %}<div class="vmr-joining">
 <p><strong>Join {{name}}</strong></p>
 <p>From a video system or app, call: {{dial}}</p>
 <p>In a browser: <a href="https://{{addin_server_domain}}/webapp/#/?conference={{dial}}">https://{{addin_server_domain}}/webapp/#/?conference={{dial}}</a></p>
 {% if numeric_aliases %}<p>From a phone: enter {{numeric_aliases | first}} followed by #</p>{% endif %}
-{% if allow_guests and guest_pin %}<p>Guest PIN: {{guest_pin}}</p>{% elif pin %}<p>PIN: {{pin}}</p>{% endif %}
+{% if allow_guests %}{% if guest_pin %}<p>PIN: {{guest_pin}}</p>{% endif %}{% elif pin %}<p>PIN: {{pin}}</p>{% endif %}
 </div>"""
 
 _ACCEPT_TAIL = "<p>Video address: {{alias}} (phone: {{numeric_alias}}).</p>"
