@@ -213,3 +213,37 @@ def test_recovery_removes_the_dead_instructions_whatever_exchange_made_of_their_
     assert new.count("Join the video meeting") == 1 and RECORD["alias_id"] in new
     assert new.index("Agenda: numbers") < new.index(RECORD["alias"]) < new.index("See you there")
     assert new.endswith("</div></body></html>")  # the document stays whole
+
+
+def test_the_conference_fields_render_the_alias_and_keep_the_subject_only_as_the_template_says(
+    tmp_path: Path,
+) -> None:
+    """The conference's name, description and subject may name the alias and its numeric alias;
+    a conference subject template that leaves the subject out (privacy) keeps it out of the
+    store: the raw subject is stored nowhere else."""
+    doc = {
+        "server": {"data_dir": str(tmp_path)},
+        "integrations": [
+            {
+                "name": "room",
+                "exchange": {"mailbox_name": "Video Room", "mailbox_email": "vmr@example.com"},
+                "addin": {"token_validation": "none"},
+                "single_use": {
+                    "conference_name_template": "Room {{alias}}",
+                    "conference_description_template": "Dial {{numeric_alias}}",
+                    "conference_subject_template": "Meeting in {{numeric_alias}}",
+                },
+            }
+        ],
+    }
+    integ = config.parse(doc, tmp_path, {}).integrations[0]
+    secret = replace(meeting(), subject="Secret merger talks")
+    step = answers.plan(integ, integ.renderer(), secret, MeetingState(fresh=FRESH), NOW)
+    assert step.decision.action.kind == "bind_new"
+    assert step.fields["name"] == "Room 8100001"
+    assert step.fields["description"] == "Dial 8100001"
+    assert step.fields["conference_subject"] == "Meeting in 8100001"
+    assert "Secret" not in repr(dict(step.fields))
+    assert answers.shown_subject(integ, integ.renderer(), secret, step.decision) == (
+        "Meeting in 8100001"
+    )

@@ -172,3 +172,67 @@ def test_several_integrations_need_one_named(tmp_path: Path) -> None:
     assert out.returncode == 1 and "no integration named 'nope'" in out.stderr
     out = cli(path, "decisions", "--integration", "other")
     assert out.returncode == 0 and "0 decision(s) in other (offline" in out.stderr
+
+
+def test_the_cli_shows_and_searches_the_conference_subject_of_records_and_logs_from_before(
+    tmp_path: Path,
+) -> None:
+    """Offline, on a data directory an older version wrote (its decisions log and its store
+    hold raw subjects): `decisions` and `aliases list` show the conference subject, rendered
+    with the template where nothing rendered was kept, and a search finds only what is shown."""
+    from vmrsched.meetings import Action
+    from vmrsched.recurrence import Schedule
+    from vmrsched.store import Store
+
+    cfg = tmp_path / "vmrsched.toml"
+    cfg.write_text(
+        spool_toml(
+            tmp_path / "data",
+            integration='[integrations.single_use]\nconference_subject_template = "Private"\n',
+        )
+    )
+    data = tmp_path / "data"
+    log = data / "decisions" / "default.jsonl"
+    log.parent.mkdir(parents=True)
+    entry = {
+        "time": "2026-01-01T09:00:00+00:00",
+        "subject": "Secret merger talks",
+        "organizer": "ann@example.com",
+        "outcome": "declined",
+        "reason": "invalid_alias_id",
+        "correlation_id": "c-legacy",
+    }
+    log.write_text(json.dumps(entry) + "\n")
+    store = Store(config.store_dir(data, "default"))
+    record = store.reserve("vmr", 6, "video.example.com")
+    start_at = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    store.apply(
+        Action(
+            "bind",
+            alias_id=record["alias_id"],
+            meeting_uid="uid-legacy",
+            schedule=Schedule(start_at, start_at + timedelta(hours=1)),
+        ),
+        {
+            "name": "Legacy",
+            "conference_subject": "Legacy conference subject",
+            "subject": "Secret merger talks",
+            "organizer_email": "ann@example.com",
+        },
+    )
+    store.commit()
+    store.close()
+
+    shown = cli(cfg, "decisions")
+    assert shown.returncode == 0, shown.stderr
+    assert "'Private' from ann@example.com" in shown.stdout and "Secret" not in shown.stdout
+    assert "1 decision(s)" in shown.stderr
+    assert "0 decision(s)" in cli(cfg, "decisions", "-q", "merger").stderr
+    assert "1 decision(s)" in cli(cfg, "decisions", "-q", "private").stderr
+
+    listed = cli(cfg, "aliases", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "Legacy conference subject" in listed.stdout and "Secret" not in listed.stdout
+    assert "0 alias(es)" in cli(cfg, "aliases", "list", "-q", "merger").stderr
+    shown_json = json.loads(cli(cfg, "aliases", "show", record["alias"], "--json").stdout)
+    assert shown_json["subject"] == "Legacy conference subject"

@@ -15,12 +15,13 @@ from vmrsched.outgoing import Outgoing
 from vmrsched.store import Record, Store, decode_schedule
 from vmrsched.templating import Renderer
 
-SEARCHED_KEYS = ("alias", "numeric_alias", "organizer_email", "subject", "meeting_uid")
+# the subject is the conference subject, what the admin sees (never the meeting's own)
+SEARCHED_KEYS = ("alias", "numeric_alias", "organizer_email", "conference_subject", "meeting_uid")
 
 
 def search(records: Iterable[Record], query: str, day: str, limit: int) -> list[Record]:
-    """Records whose alias, organizer, subject or UID hold every word of `query` and that
-    touch `day`, newest first."""
+    """Records whose alias, organizer, conference subject or UID hold every word of `query`
+    and that touch `day`, newest first."""
     words = query.lower().split()
     found = [
         record

@@ -141,16 +141,46 @@ def variables(
 def conference_fields(
     integ: IntegrationConfig, renderer: Renderer, meeting: Meeting, decision: Decision
 ) -> dict[str, Any]:
-    """What the store keeps about the conference besides its schedule."""
-    values = variables(integ, meeting, None, decision)
+    """What the store keeps about the conference besides its schedule: its name, description
+    and subject rendered for the alias it is bound to. The meeting's own subject is kept only
+    as the conference subject template renders it (the admins' privacy lever)."""
+    values = variables(integ, meeting, _values(decision.record), decision)
     return {
         "name": renderer.render("conference_name_template", values),
         "description": renderer.render("conference_description_template", values),
         "conference_subject": renderer.render("conference_subject_template", values),
         "organizer_email": meeting.organizer_email,
         "organizer_name": meeting.organizer_name,
-        "subject": meeting.subject,
     }
+
+
+def shown_subject(
+    integ: IntegrationConfig,
+    renderer: Renderer,
+    meeting: Meeting | None = None,
+    decision: Decision | None = None,
+    *,
+    subject: str = "",
+    organizer: str = "",
+) -> str:
+    """A meeting's subject as admins see it (the decisions log, the console, the admin API,
+    the CLI): the conference subject template rendered. Without a meeting, for what an older
+    version logged or an unreadable request: `subject` and `organizer` as far as they are
+    known. "" where the template cannot be rendered: the raw subject never stands in for it."""
+    if meeting is not None:
+        record = decision.record if decision is not None else None
+        values = variables(integ, meeting, _values(record), decision)
+    else:
+        values = {
+            "addin_server_domain": joining_domain(integ),
+            "subject": subject,
+            "organizer_email": organizer,
+            "organizer_name": organizer,
+        }
+    try:
+        return renderer.render("conference_subject_template", values)
+    except Exception:
+        return ""
 
 
 def reply(
@@ -296,7 +326,7 @@ def _booked_values(
     integ: IntegrationConfig, record: Mapping[str, Any], now: datetime
 ) -> dict[str, Any]:
     """The single-use variables of a stored booking (no meeting at hand: the store keeps the
-    subject, organizer and schedule; the times are those of the next occurrence)."""
+    conference subject, organizer and schedule; the times are those of the next occurrence)."""
     values = variables(integ, None, record)
     schedule = record.get("schedule")
     occurrence = None
@@ -308,7 +338,8 @@ def _booked_values(
             decoded.start, decoded.start, decoded.end
         )
     values.update(
-        subject=str(record.get("subject", "")),
+        # what the conference subject template kept (a booking of an older version: the subject)
+        subject=str(record.get("conference_subject", record.get("subject", ""))),
         organizer_name=str(record.get("organizer_name") or record.get("organizer_email", "")),
         organizer_email=str(record.get("organizer_email", "")),
         start_time=occurrence.start if occurrence else "",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -124,12 +124,20 @@ def read(path: Path) -> Iterator[dict[str, Any]]:
             yield entry
 
 
-def search(path: Path, query: str = "", limit: int = 100) -> list[dict[str, Any]]:
+def search(
+    path: Path,
+    query: str = "",
+    limit: int = 100,
+    view: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     """The newest `limit` decisions whose subject, organizer, sender, outcome, reason,
-    correlation id, alias or meeting UID contains every word of `query` (case-insensitive)."""
+    correlation id, alias or meeting UID contains every word of `query` (case-insensitive).
+    `view` makes each entry what the reader sees (the admins: the conference subject as the
+    subject), and the search looks in that."""
     words = query.lower().split()
     found: list[dict[str, Any]] = []
-    for entry in read(path):
+    for raw in read(path):
+        entry = view(raw) if view is not None else raw
         text = " ".join(str(entry.get(key, "")) for key in FIELDS).lower()
         if all(word in text for word in words):
             found.append(entry)

@@ -59,6 +59,7 @@ from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnava
 from vmrsched.recovery import Recovered, recover
 from vmrsched.store import Record, Store, decode_schedule, lock_directory
 from vmrsched.telemetry import CONFIG_INVALID, STORE_CORRUPT, Alarms, Metrics
+from vmrsched.templating import Renderer
 
 __all__ = [
     "OfflineAdmin",
@@ -477,7 +478,8 @@ class Service:
     async def admin_decisions(self, name: str, query: str, limit: int) -> list[dict[str, Any]]:
         integ = self.integration(name)
         path = decisions.log_path(self.config.data_dir, integ.name)
-        return await asyncio.to_thread(decisions.search, path, query, limit)
+        view = decision_view(integ, self._renderers(integ))
+        return await asyncio.to_thread(decisions.search, path, query, limit, view)
 
     async def _ask_allocator(self, name: str, payload: Any) -> Any:
         self.integration(name)
@@ -501,14 +503,16 @@ class Service:
                 raise BadRequest("day must be YYYY-MM-DD", "bad_day") from exc
         integ = self.integration(name)
         found = await self._ask_allocator(name, FindAliases(query, day, max(1, min(limit, 1000))))
-        return [admin_view(integ, record, self.ctx.clock()) for record in found]
+        now = self.ctx.clock()
+        renderer = self._renderers(integ)
+        return [admin_view(integ, record, now, renderer) for record in found]
 
     async def admin_delete_alias(self, name: str, alias: str, by: str) -> dict[str, Any]:
         integ = self.integration(name)
         record = await self._ask_allocator(name, DeleteAlias(alias, by))
         if record is None:
             raise NotFound(f"no alias {alias} in {name}", "unknown_alias")
-        return admin_view(integ, record, self.ctx.clock())
+        return admin_view(integ, record, self.ctx.clock(), self._renderers(integ))
 
     async def admin_resend(self, name: str, alias: str, by: str) -> str:
         message_id = await self._ask_allocator(name, ResendInstructions(alias, by))
@@ -696,12 +700,41 @@ class OfflineAdmin:
 
     def decisions(self, name: str, query: str = "", limit: int = 100) -> list[dict[str, Any]]:
         integ = self._integration(name)
-        return decisions.search(decisions.log_path(self.config.data_dir, integ.name), query, limit)
+        path = decisions.log_path(self.config.data_dir, integ.name)
+        return decisions.search(path, query, limit, decision_view(integ, integ.renderer()))
 
 
-def admin_view(integ: IntegrationConfig, record: Record, now: datetime) -> dict[str, Any]:
-    """A stored alias as the admin sees it: who booked it for what, and when it can be joined
-    (the next occurrences, each widened by the join window)."""
+def decision_view(
+    integ: IntegrationConfig, renderer: Renderer
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A decisions log entry as the admin sees it: its subject is the conference subject the
+    poller logged, or, for an entry an older version logged with the meeting's own subject,
+    that subject put through the conference subject template now (the privacy lever holds for
+    the past too)."""
+
+    def view(entry: dict[str, Any]) -> dict[str, Any]:
+        shown = dict(entry)
+        if "conference_subject" in shown:
+            shown["subject"] = shown.pop("conference_subject")
+        else:
+            shown["subject"] = answers.shown_subject(
+                integ,
+                renderer,
+                subject=str(entry.get("subject", "")),
+                organizer=str(entry.get("organizer", "")),
+            )
+        return shown
+
+    return view
+
+
+def admin_view(
+    integ: IntegrationConfig, record: Record, now: datetime, renderer: Renderer | None = None
+) -> dict[str, Any]:
+    """A stored alias as the admin sees it: who booked it for what (its subject is the
+    conference subject, rendered when it was bound; for a record without one, its subject put
+    through the template now), and when it can be joined (the next occurrences, each widened
+    by the join window)."""
 
     def iso(value: Any) -> str | None:
         return datetime.fromtimestamp(float(value), UTC).isoformat() if value else None
@@ -731,7 +764,7 @@ def admin_view(integ: IntegrationConfig, record: Record, now: datetime) -> dict[
         "status": record.get("status", ""),
         "reason": record.get("reason", ""),
         "organizer_email": record.get("organizer_email", ""),
-        "subject": record.get("subject", ""),
+        "subject": _conference_subject(integ, record, renderer),
         "meeting_uid": record.get("meeting_uid", ""),
         "conference_name": record.get("name", ""),
         "created": iso(record.get("created")),
@@ -739,3 +772,16 @@ def admin_view(integ: IntegrationConfig, record: Record, now: datetime) -> dict[
         "deleted": iso(record.get("deleted")),
         "windows": windows,
     }
+
+
+def _conference_subject(integ: IntegrationConfig, record: Record, renderer: Renderer | None) -> str:
+    if "conference_subject" in record:
+        return str(record["conference_subject"])
+    if not record.get("subject"):
+        return ""  # a reservation: no meeting yet
+    return answers.shown_subject(
+        integ,
+        renderer or integ.renderer(),
+        subject=str(record["subject"]),
+        organizer=str(record.get("organizer_name") or record.get("organizer_email", "")),
+    )

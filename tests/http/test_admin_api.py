@@ -7,6 +7,7 @@ the auth cases (no token, wrong token, cookie without CSRF token, login rate lim
 from __future__ import annotations
 
 import base64
+import json
 import urllib.parse
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -319,3 +320,73 @@ async def test_login_limits_key_on_the_client_behind_a_trusted_proxy(
             assert other == (303 if trusted else 429)
     finally:
         svc.stop()
+
+
+async def test_admins_see_the_conference_subject_never_the_meetings_own(tmp_path: Path) -> None:
+    """The conference subject template is the privacy lever: the decisions (the log on disk
+    too), the conferences, their search and the console show and search the rendered conference
+    subject, and the store keeps the meeting's subject only as the templates render it. A
+    decisions log written before (raw subjects) is shown through the template too."""
+    legacy = {
+        "time": "2026-01-01T09:00:00+00:00",
+        "subject": "Legacy secret plans",
+        "organizer": "ann@example.com",
+        "outcome": "declined",
+        "reason": "invalid_alias_id",
+        "correlation_id": "c-legacy",
+    }
+    log = tmp_path / "data" / "decisions" / "hq.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text(json.dumps(legacy) + "\n")
+    doc = {
+        "server": {"data_dir": str(tmp_path / "data"), "admin_token_env": "ADMIN"},
+        "integrations": [
+            {
+                "name": "hq",
+                "exchange": {"mailbox_name": "Video Room", "mailbox_email": "vmr@example.com"},
+                "addin": {"token_validation": "none", "server_fqdn": "vmr.example.com"},
+                "spool": {"poll_interval_seconds": 0.05},
+                "single_use": {
+                    "conference_subject_template": "Video meeting of {{organizer_name}}",
+                    # the name is the conference's on Pexip: kept without the subject too
+                    "conference_name_template": "{{organizer_name}} {{numeric_alias}}",
+                },
+            }
+        ],
+    }
+    svc = service.start(config.parse(doc, tmp_path, {"ADMIN": ADMIN}))
+    try:
+        spoolkit.wait_for(lambda: svc.ctx.status.state("hq") == "running")
+        async with TestClient(TestServer(create_app(svc))) as client:
+            start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+            vmr, _ = await book(client, svc, start, "Secret merger talks")
+
+            found = (await get(client, "/integrations/hq/decisions"))["decisions"]
+            assert [d["subject"] for d in found] == [
+                "Video meeting of Olga Organizer",
+                "Video meeting of ann@example.com",
+            ]
+            assert (await get(client, "/integrations/hq/decisions", q="secret"))["decisions"] == []
+            olga = await get(client, "/integrations/hq/decisions", q="meeting olga")
+            assert [d["alias"] for d in olga["decisions"]] == [vmr["alias"]]
+
+            aliases = (await get(client, "/integrations/hq/aliases"))["aliases"]
+            assert [a["subject"] for a in aliases] == ["Video meeting of Olga Organizer"]
+            assert (await get(client, "/integrations/hq/aliases", q="merger"))["aliases"] == []
+            assert (await get(client, "/integrations/hq/aliases", q="video olga"))["aliases"]
+
+            login = await client.post(
+                "/admin/login", data={"token": ADMIN, "next": "/admin"}, allow_redirects=False
+            )
+            assert login.status == 303
+            page = await (await client.get("/admin")).text()
+            assert "Video meeting of Olga Organizer" in page
+            assert "Secret" not in page and "secret" not in page
+    finally:
+        svc.stop()
+    on_disk = log.read_text()
+    assert "Secret merger" not in on_disk  # kept only as the template renders it
+    # nor in the store (the mails to the organizer carry it, as the organizer wrote it)
+    for path in config.store_dir(tmp_path / "data", "hq").rglob("*"):
+        if path.is_file():
+            assert b"Secret merger" not in path.read_bytes(), path

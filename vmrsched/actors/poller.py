@@ -104,6 +104,9 @@ class MailboxPoller(SupervisedChild):
         for step, (_, item_id) in zip(steps, batch, strict=True):
             d = step.decision
             self.ctx.metrics.meeting_requests.labels(name, d.outcome, d.reason).inc()
+            shown = step.fields.get("conference_subject")
+            if shown is None:
+                shown = answers.shown_subject(self.integ, self.renderer, step.meeting, d)
             self._log_decision(
                 step.meeting,
                 d.outcome,
@@ -113,6 +116,7 @@ class MailboxPoller(SupervisedChild):
                 item_id,
                 None,
                 step.alias,
+                shown,
             )
             replies.setdefault(item_id, []).extend(m.id for m in step.messages if m.kind == "reply")
             outgoing.extend(step.messages)
@@ -184,7 +188,12 @@ class MailboxPoller(SupervisedChild):
                 outcome = "declined"
             except Exception:
                 log.exception("cannot answer unreadable item %s", item.id)
-        self._log_decision(None, outcome, "general_error", correlation_id, reason, item.id, item)
+        shown = answers.shown_subject(
+            self.integ, self.renderer, subject=item.subject, organizer=item.sender_email
+        )
+        self._log_decision(
+            None, outcome, "general_error", correlation_id, reason, item.id, item, "", shown
+        )
         self.ctx.metrics.meeting_requests.labels(self.integ.name, outcome, "general_error").inc()
         return f"{reason} (correlation id {correlation_id})"
 
@@ -198,9 +207,11 @@ class MailboxPoller(SupervisedChild):
         item_id: str,
         item: InboxItem | None = None,
         alias: str = "",
+        subject: str = "",
     ) -> None:
-        """One line per decision: what, why, which meeting (by subject; the UID is a field of
-        its own), who organised it and which alias it is about."""
+        """One line per decision: what, why, which meeting (by its conference subject, the
+        subject as admins see it; the UID is a field of its own), who organised it and which
+        alias it is about."""
         uid = meeting.uid if meeting is not None else (item.uid if item is not None else "")
         if reason == "unchanged":
             level = logging.DEBUG  # the room's own organizer update coming back, and the like
@@ -208,7 +219,6 @@ class MailboxPoller(SupervisedChild):
             level = logging.WARNING
         else:
             level = logging.INFO
-        subject = meeting.subject if meeting is not None else (item.subject if item else "")
         organizer = meeting.organizer_email if meeting is not None else ""
         if item is not None and not organizer:
             organizer = item.sender_email
@@ -220,7 +230,7 @@ class MailboxPoller(SupervisedChild):
         self._entries.append(
             {
                 "time": self.ctx.clock().isoformat(),
-                "subject": subject[:300],
+                "conference_subject": subject[:300],
                 "organizer": organizer[:300],
                 "sender": sender[:300],
                 "outcome": outcome,
