@@ -3,10 +3,12 @@ an entry to a line torn by a crash."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from vmrsched import decisions
 from vmrsched.decisions import DecisionLog
+from vmrsched.telemetry import STATE_DAMAGED, Alarms, Metrics
 
 
 def entries(first: int, count: int) -> list[dict[str, object]]:
@@ -77,3 +79,30 @@ def test_an_integration_that_decides_nothing_creates_no_file(tmp_path: Path) -> 
     log.append(entries(0, 1))
     log.close()
     assert subjects(path) == ["meeting 0"]
+
+
+def test_a_torn_last_line_is_cut_off_before_the_next_entry(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"subject": "whole"}\n{"subject": "tor')  # a crash mid-write
+    log = DecisionLog(path)
+    log.append(entries(0, 1))
+    log.close()
+    assert (
+        path.read_bytes()
+        == b'{"subject": "whole"}\n' + json.dumps(entries(0, 1)[0]).encode() + b"\n"
+    )
+
+
+def test_a_damaged_line_is_skipped_and_raises_the_alarm(tmp_path: Path) -> None:
+    alarms = Alarms(Metrics())
+    path = tmp_path / "alpha.jsonl"
+    log = DecisionLog(path)
+    log.append(entries(0, 3))
+    log.close()
+    data = path.read_bytes()
+    second = data.index(b"\n") + 1
+    path.write_bytes(data[:second] + b"#" + data[second + 1 :])  # one damaged byte
+    assert subjects(path) == ["meeting 2", "meeting 0"]
+    [alarm] = alarms.active("alpha")
+    assert alarm.name == STATE_DAMAGED and str(path) in alarm.message
+    assert "line 2" in alarm.message

@@ -7,7 +7,9 @@ day, forgotten when the provider refuses the refresh or the user signs out)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import logging
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,12 +18,14 @@ from typing import Any
 
 import pytest
 import requests
+from cryptography.fernet import Fernet
 
 from tests.fakes import identity_platform
 from tests.fakes.identity_platform import IdentityPlatform
 from vmrsched import config
 from vmrsched.errors import Unauthorized
 from vmrsched.mailbox.sessions import CaSession
+from vmrsched.telemetry import STATE_DAMAGED, Alarms, Metrics
 from vmrsched.user_sign_in import SignInRefused, UserSignIn
 
 REDIRECT = "https://vmr.example.com/addin/room/sign-in/callback"
@@ -244,3 +248,59 @@ def test_a_session_key_from_the_environment_is_used_and_a_changed_key_loses_sess
     )
     with pytest.raises(Unauthorized):
         changed.email(integ, session.token)
+
+
+# --- damage (DESIGN "Storage": kept aside, alarm, nothing readable lost) ----------------------
+
+
+def damage_alarms(alarms: Alarms) -> dict[str, str]:
+    return {a.integration: a.message for a in alarms.active() if a.name == STATE_DAMAGED}
+
+
+def test_a_damaged_sign_in_key_is_replaced_kept_aside_and_said_plainly(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A garbage key file: a new key (sessions made with the old one must sign in again), the
+    old file kept, one clear log line, the alarm; never a 500 on every sign-in."""
+    alarms = Alarms(Metrics())
+    integ = integration(world)
+    folder = world.tmp / "data" / "sign-in"
+    folder.mkdir(parents=True)
+    (folder / "key").write_text("this is not a Fernet key\n")
+    sign_in = sign_in_for(world)
+    with caplog.at_level(logging.ERROR, "vmrsched"):
+        session = sign_in.finish(integ, authorize(world, sign_in.start(integ, REDIRECT)), REDIRECT)
+    assert sign_in.email(integ, session.token) == "olga@example.com"
+    [aside] = folder.glob("key.damaged-*")
+    assert aside.read_text() == "this is not a Fernet key\n"
+    Fernet((folder / "key").read_text().strip().encode())  # a usable key now
+    [line] = [r.getMessage() for r in caplog.records if "key" in r.getMessage()]
+    assert "new key" in line and "sign in again" in line
+    assert str(aside) in damage_alarms(alarms)["service"]
+
+
+def test_a_cut_sessions_file_keeps_every_readable_session(world: World) -> None:
+    alarms = Alarms(Metrics())
+    integ = integration(world)
+    clock = Clock()
+    sign_in = sign_in_for(world, clock)
+    sessions = [
+        sign_in.finish(integ, authorize(world, sign_in.start(integ, REDIRECT)), REDIRECT)
+        for _ in range(3)
+    ]
+    path = world.tmp / "data" / "sign-in" / "room.json"
+    original = path.read_bytes()
+    path.write_bytes(original[: len(original) - 20])  # the last session (by digest) is cut
+    last = max(sessions, key=lambda s: hashlib.sha256(s.token.encode()).hexdigest())
+
+    again = sign_in_for(world, clock)
+    for session in sessions:
+        if session is last:
+            with pytest.raises(Unauthorized):
+                again.email(integ, session.token)
+        else:
+            assert again.email(integ, session.token) == "olga@example.com"
+    [aside] = path.parent.glob("room.json.damaged-*")
+    assert aside.read_bytes() == original[: len(original) - 20]
+    assert len(json.loads(path.read_text())) == 2  # what was readable, written whole again
+    assert str(aside) in damage_alarms(alarms)["room"]

@@ -413,7 +413,7 @@ def _subdirs(folder: Path) -> list[str]:
 def cmd_store(args: argparse.Namespace) -> int:
     """check: read-only, safe beside a running service; repair: needs the service stopped."""
     from vmrsched.store import StoreInUseError
-    from vmrsched.store_repair import check, repair
+    from vmrsched.store_repair import check, check_state, repair
 
     data_dir = _data_dir(args)
     if data_dir is None:
@@ -439,10 +439,22 @@ def cmd_store(args: argparse.Namespace) -> int:
         print("\n".join(report.lines()))
         if args.action == "repair" and report.damaged:
             print(f"  repaired: the damaged files are kept in {stores / name}/damaged-*/")
-    if args.action == "check" and damaged:
+    if args.action != "check":
+        return 0
+    others = check_state(data_dir, args.name)
+    if others:
+        print(f"{data_dir}: queues, decisions, sign-in and token caches")
+        for item in others:
+            print(f"  {item.path}: {'DAMAGED: ' if item.damaged else ''}{item.detail}")
+    if damaged:
         print("damage found: stop the service, then run `vmrsched store repair`")
-        return 1
-    return 0
+    if any(item.damaged for item in others):
+        print(
+            "damage found in other files: the service keeps what they still hold and sets "
+            "them aside as <name>.damaged-<time> (alarm state_damaged); look at those, then "
+            "delete them"
+        )
+    return 1 if damaged or any(item.damaged for item in others) else 0
 
 
 def cmd_admin(args: argparse.Namespace) -> int:

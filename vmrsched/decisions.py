@@ -2,7 +2,12 @@
 organizer, sender, outcome, reason, correlation id, alias), for admins asking "why was my meeting
 declined?". One JSON line per decision in `<data_dir>/decisions/<integration>.jsonl`, written by
 the poller once per batch with one fsync, bounded: when it holds twice `keep` entries it is
-rewritten (atomically) with the newest `keep`. Readers (the admin API, the CLI) only read."""
+rewritten (atomically) with the newest `keep`. Readers (the admin API, the CLI) only read.
+
+A last line without its newline is a batch a crash cut short (never fsynced, so decided again):
+the writer cuts it off before appending. Any other line that does not read is damage: readers
+skip it and raise state_damaged, and `vmrsched store check` lists it; the line stays in the
+file as it is."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from vmrsched.journal import atomic_write
+from vmrsched.telemetry import report_damaged
 
 KEEP = 20_000
 # what a search looks in; `sender` is who sent the message (a mail's Sender or From, else SENT-BY
@@ -47,17 +53,19 @@ class DecisionLog:
         self._lines: int | None = None
         # opened at the first append: an integration that decides nothing creates no file
         self._handle: BinaryIO | None = None
-        self._torn = False
 
     def _open(self) -> BinaryIO:
-        """The log, appended to; opened for reading too, for its last byte only."""
+        """The log, appended to; opened for reading too, for its last line only."""
         if self._handle is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             handle = open(self.path, "a+b")  # noqa: SIM115 (kept open; closed in close())
-            # a crash mid-write leaves a torn last line; the next entry must not be glued to it
             fd = handle.fileno()
             size = os.fstat(fd).st_size
-            self._torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                # a crash mid-write left a torn last line: cut it off, so that no entry is
+                # glued to it and no line that does not read is anything but damage
+                os.ftruncate(fd, _last_line_end(fd, size))
+                os.fsync(fd)
             self._handle = handle
         return self._handle
 
@@ -71,9 +79,6 @@ class DecisionLog:
             return
         with self._lock:
             handle = self._open()
-            if self._torn:
-                data = b"\n" + data
-                self._torn = False
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -100,6 +105,18 @@ class DecisionLog:
             self._handle = None
 
 
+def _last_line_end(fd: int, size: int) -> int:
+    """Where the last complete line of a file ends (0: there is none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        end = start
+    return 0
+
+
 def _count_lines(path: Path) -> int:
     count = 0
     with open(path, "rb", buffering=0) as handle:
@@ -109,19 +126,30 @@ def _count_lines(path: Path) -> int:
 
 
 def read(path: Path) -> Iterator[dict[str, Any]]:
-    """Newest first. A torn last line (a crash mid-write) is skipped. A line may lack fields
+    """Newest first. A torn last line (a crash mid-write) is skipped; any other line that does
+    not read is damage: skipped too, and reported (state_damaged). A line may lack fields
     (written by an older version, or by hand): readers fill them in (`EMPTY`)."""
     try:
-        lines = Path(path).read_bytes().splitlines()
+        lines = Path(path).read_bytes().split(b"\n")
     except FileNotFoundError:
         return
-    for line in reversed(lines):
+    last = len(lines) - 1  # the piece after the last newline: empty, or a torn line
+    reported = False
+    for number in range(last, -1, -1):
+        line = lines[number]
         try:
-            entry = json.loads(line)
+            entry = json.loads(line) if line else None
         except ValueError:
-            continue
+            entry = None
         if isinstance(entry, dict):
             yield entry
+        elif number < last and not reported and (line or entry is not None):
+            reported = True
+            report_damaged(
+                Path(path).name.removesuffix(".jsonl"),
+                path,
+                f"line {number + 1} does not read (searches skip it)",
+            )
 
 
 def search(

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
+import json
 import os
 import re
+import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +50,46 @@ def atomic_write(path: Path, data: bytes) -> None:
 def disk_full(exc: BaseException) -> bool:
     """Whether a write failed for want of space (the disk or the user's quota)."""
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+DAMAGED_SUFFIX = re.compile(r"\.damaged-\d{8}T\d{6}Z(?:-\d+)?$")
+
+
+def set_aside(path: Path, now: float | None = None) -> Path:
+    """Move a damaged file out of its owner's way, every byte kept, as `<name>.damaged-<UTC
+    time>` beside it (`vmrsched store check` lists such files). Returns where it went."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    number = 1
+    while target.exists():
+        number += 1
+        target = path.with_name(f"{path.name}.damaged-{stamp}-{number}")
+    os.rename(path, target)
+    fsync_dir(path.parent)
+    return target
+
+
+_MEMBER_START = re.compile(r'"((?:[^"\\]|\\.)+)":\s*(?=\{)')
+
+
+def salvage_members(raw: bytes) -> dict[str, dict[str, Any]]:
+    """From a JSON object of objects that no longer parses as a whole (cut short, a damaged
+    byte): each member whose object still reads on its own, in order."""
+    text = raw.decode("utf-8", errors="replace")
+    decoder = json.JSONDecoder()
+    found: dict[str, dict[str, Any]] = {}
+    position = 0
+    for match in _MEMBER_START.finditer(text):
+        if match.start() < position:
+            continue  # inside a member already read
+        try:
+            value, position = decoder.raw_decode(text, match.end())
+            name = json.loads(f'"{match.group(1)}"')
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            found[name] = value
+    return found
 
 
 CRC_TABLE = "_crc"  # table -> document id -> crc32 of the document as written
@@ -141,9 +184,15 @@ class Scan:
     entries: list[dict[str, Any]] = field(default_factory=list)
     bad_lines: list[int] = field(default_factory=list)  # 1-based numbers of damaged lines
     torn_tail: bool = False  # the last line is incomplete or damaged: a crash mid-write
-    # entries found inside damaged lines (an entry appended after junk without a newline)
+    # entries found whole inside damaged lines: behind junk, glued to the next one by a
+    # damaged newline, or behind a checksum with one damaged character
     salvaged: list[dict[str, Any]] = field(default_factory=list)
     ordered: list[dict[str, Any]] = field(default_factory=list)  # good and salvaged, in order
+    # damaged lines with nothing whole in them (1-based)
+    unreadable: list[int] = field(default_factory=list)
+    # of those, the ones whose text still parses though it fails its checksum: (line, where it
+    # would stand in `ordered`, entry). Not data: what it says may have been changed.
+    unverified: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def corrupt(self) -> bool:
@@ -161,6 +210,54 @@ def _decode(line: bytes) -> dict[str, Any] | None:
     except (ValueError, orjson.JSONDecodeError):
         return None
     return entry if isinstance(entry, dict) else None
+
+
+def _decode_near(line: bytes) -> dict[str, Any] | None:
+    """A line whose checksum (or the space after it) differs from its text's in one character
+    only: the damage hit the checksum, the text is whole (a damaged text would change the
+    checksum in about every character)."""
+    if len(line) < 10:
+        return None
+    body = line[9:]
+    expected = b"%08x" % zlib.crc32(body)
+    differing = sum(a != b for a, b in zip(line[:8], expected, strict=True)) + (line[8] != 32)
+    if differing > 1:
+        return None
+    try:
+        entry = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
+def _whole(piece: bytes) -> dict[str, Any] | None:
+    """An entry from a piece of a damaged line, which may carry one damaged byte at its end
+    (a newline that was damaged) or in its checksum."""
+    return _decode(piece) or _decode(piece[:-1]) or _decode_near(piece) or _decode_near(piece[:-1])
+
+
+def _unverified(line: bytes) -> dict[str, Any] | None:
+    try:
+        entry = orjson.loads(line[9:])
+    except orjson.JSONDecodeError:
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
+def _recover(line: bytes) -> list[dict[str, Any]]:
+    """The whole entries in a damaged line, in order."""
+    entry = _decode_near(line)
+    if entry is not None:
+        return [entry]
+    starts = [0, *(m.start() for m in _ENTRY_START.finditer(line, 1)), len(line)]
+    found = []
+    for start, end in itertools.pairwise(starts):
+        entry = _whole(line[start:end])
+        if entry is None and start:
+            entry = _decode(line[start:])  # junk that merely looks like an entry's start
+        if entry is not None:
+            found.append(entry)
+    return found
 
 
 _ENTRY_START = re.compile(rb"[0-9a-f]{8} [{]")
@@ -187,12 +284,14 @@ def scan(path: Path) -> Scan:
         # a complete line (its newline was written after it) that fails its checksum: no
         # crash does that, so it is damage, wherever it is
         bad.append(number)
-        for match in _ENTRY_START.finditer(line, 1):  # a good entry behind junk on its line
-            inner = _decode(line[match.start() :])
-            if inner is not None:
-                result.salvaged.append(inner)
-                result.ordered.append(inner)
-                break
+        recovered = _recover(line)
+        result.salvaged.extend(recovered)
+        result.ordered.extend(recovered)
+        if not recovered:
+            result.unreadable.append(number)
+            unverified = _unverified(line)
+            if unverified is not None:
+                result.unverified.append((number, len(result.ordered), unverified))
     if last:
         # no newline at the end: the last write did not finish (a crash mid-write), unless
         # the piece is a whole entry (only its newline missing or damaged): then keep it

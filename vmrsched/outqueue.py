@@ -9,6 +9,12 @@ Exactly-once rests on three facts kept here:
   was delivered (the one window left is a crash between the mailbox accepting a message and
   that fsync; backends make that resend harmless where they can).
 Seen ids are kept for SEEN_DAYS (and at most SEEN_MAX of them) across journal rotations.
+
+A damaged journal (a complete line failing its checksum: no crash does that) loses nothing
+readable: every whole entry before and after the damage is kept, the journal is set aside as
+`<name>.damaged-<time>` (never deleted) once a fresh one holds what it held, and state_damaged
+is raised. A message whose line is damaged but still reads is kept as failed (`vmrsched failed`
+lists it with the reason): what it says may have been changed, so it is not sent as it is.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmrsched.journal import Journal, fsync_dir, scan
+from vmrsched.journal import Journal, Scan, fsync_dir, scan, set_aside
 from vmrsched.outgoing import Outgoing
+from vmrsched.telemetry import report_damaged
 
 log = logging.getLogger("vmrsched.outqueue")
 _NAME = re.compile(r"^outgoing\.(\d+)\.log$")
@@ -42,30 +49,91 @@ class Failed:
 
 
 class OutQueue:
-    def __init__(self, directory: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        clock: Callable[[], float] = time.time,
+        *,
+        read_only: bool = False,
+    ) -> None:
+        """`read_only`: read the queue beside the service that owns it (`vmrsched failed`):
+        nothing is written, moved or reported."""
         self.directory = Path(directory)
         self.clock = clock
         self._pending: dict[str, Outgoing] = {}
         self._seen: dict[str, float] = {}  # id -> when first queued (insertion ordered)
         self._failed: dict[str, Failed] = {}
+        self._suspect: set[str] = set()  # failed only because their line is damaged
+        self._damaged: dict[int, str] = {}  # generation -> what is wrong with it
         gens = _generations(self.directory)
         for gen in gens:
-            result = scan(self._path(gen))
-            if result.corrupt:  # keep every readable entry: losing one could lose a reply
-                log.error(
-                    "%s: damaged line(s) %s; kept %d readable entries",
-                    self._path(gen),
-                    result.bad_lines[:5],
-                    len(result.ordered),
-                )
-            for entry in result.ordered:
-                self._replay(entry)
+            self._read(gen, scan(self._path(gen)))
+        self._suspect.clear()
         self._old = gens
         self._gen = (gens[-1] if gens else 0) + 1
         self._prune()
         # Started at the first change, never appended to an old one (its tail may be torn): a
         # restart with nothing to send creates no file and leaves the old journals as they are.
         self._journal: Journal | None = None
+        if self._damaged and not read_only:
+            self._keep_aside()
+
+    def _read(self, gen: int, result: Scan) -> None:
+        if not result.unverified:
+            for entry in result.ordered:
+                self._replay(entry)
+        else:
+            self._read_with_damage(gen, result)
+        if result.corrupt:
+            lines = ", ".join(map(str, result.bad_lines[:10]))
+            lost = len(result.unreadable) - len(result.unverified)
+            self._damaged[gen] = f"damaged line(s) {lines}" + (
+                f", {lost} unreadable" if lost else ""
+            )
+
+    def _read_with_damage(self, gen: int, result: Scan) -> None:
+        """The entries in order, with those of damaged lines that still read in their place."""
+        unverified = iter(result.unverified)
+        waiting = next(unverified, None)
+        for position, entry in enumerate([*result.ordered, None]):
+            while waiting is not None and waiting[1] == position:
+                self._read_damaged(gen, *waiting[::2])
+                waiting = next(unverified, None)
+            if entry is not None:
+                self._replay(entry)
+
+    def _read_damaged(self, gen: int, line: int, entry: dict[str, object]) -> None:
+        """A line that fails its checksum but still reads: a message in it is kept as failed
+        (not sent: what it says may have been changed); anything else is read as it is."""
+        if entry.get("op") != "add" or not isinstance(entry.get("m"), dict):
+            self._replay(entry)
+            return
+        try:
+            message = Outgoing.from_json(entry["m"])  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError):
+            return
+        if message.id in self._pending:
+            return
+        at = float(str(entry.get("t", 0) or 0))
+        self._seen.setdefault(message.id, at)
+        self._suspect.add(message.id)
+        self._failed[message.id] = Failed(
+            message,
+            f"its line ({line}) in {self._path(gen).name} is damaged: not sent, as what it "
+            "says may have been changed; check it and send it by hand",
+            at,
+        )
+
+    def _keep_aside(self) -> None:
+        """Write what the damaged journals still hold into a fresh one, then set them aside
+        (the alarm names where); on a full disk that waits for the first change, and the
+        damaged journals stay where they are until then."""
+        try:
+            self._writable()
+        except OSError as exc:
+            log.error("%s: cannot write a fresh journal yet: %s", self.directory, exc)
+            for gen, what in self._damaged.items():
+                report_damaged(self.directory.name, self._path(gen), what)
 
     def _replay(self, entry: dict[str, object]) -> None:
         op = entry.get("op")
@@ -78,9 +146,14 @@ class OutQueue:
         elif op == "seen":
             self._seen.setdefault(str(entry["id"]), float(str(entry["t"])))
         elif op == "done":
-            self._pending.pop(str(entry["id"]), None)
+            message_id = str(entry["id"])
+            self._pending.pop(message_id, None)
+            if message_id in self._suspect:  # delivered after all
+                self._suspect.discard(message_id)
+                self._failed.pop(message_id, None)
         elif op == "fail":
             message_id = str(entry["id"])
+            self._suspect.discard(message_id)
             message: Outgoing | None = self._pending.pop(message_id, None)
             raw = entry.get("m")
             if message is None and isinstance(raw, dict):
@@ -133,8 +206,22 @@ class OutQueue:
         return self.directory / f"outgoing.{gen}.log"
 
     def _drop_old(self) -> None:
+        """The journals this one replaces go; damaged ones are set aside, never deleted."""
         for gen in self._old:
-            self._path(gen).unlink(missing_ok=True)
+            what = self._damaged.pop(gen, None)
+            if what is None:
+                self._path(gen).unlink(missing_ok=True)
+                continue
+            aside = set_aside(self._path(gen), self.clock())
+            log.error(
+                "%s: %s; every readable entry is kept in %s, the damaged journal as %s",
+                self._path(gen),
+                what,
+                self._path(self._gen).name,
+                aside.name,
+                extra={"integration": self.directory.name},
+            )
+            report_damaged(self.directory.name, aside, what)
         self._old = []
 
     def add(self, messages: Iterable[Outgoing]) -> set[str]:
@@ -218,15 +305,7 @@ class OutQueue:
 def read_failed(directory: Path) -> list[Failed]:
     """Failed messages of a queue directory, read without opening the queue for writing (for
     `vmrsched failed` beside a running service)."""
-    failed: dict[str, Failed] = {}
-    for gen in _generations(directory):
-        for entry in scan(directory / f"outgoing.{gen}.log").ordered:
-            if entry.get("op") == "fail" and isinstance(entry.get("m"), dict):
-                message = Outgoing.from_json(entry["m"])
-                failed[message.id] = Failed(
-                    message, str(entry.get("reason", "")), float(entry.get("t", 0))
-                )
-    return list(failed.values())
+    return OutQueue(directory, read_only=True).failed()
 
 
 def _generations(directory: Path) -> list[int]:

@@ -7,31 +7,44 @@ lock) moves the damaged files aside into `damaged-<time>/`, keeping every byte, 
 snapshot and archive from every record that can be read: the snapshot's documents that pass their
 checksum (or, when it no longer parses, each document that still decodes on its own), then every
 valid journal entry in order, including entries found behind junk on a damaged line.
+
+Check also reads every other file the service keeps (queue journals, decisions logs, sign-in key
+and sessions, token caches) and lists the ones that are damaged, and the damaged files the
+service set aside (`<name>.damaged-<time>`) once it had kept what they still held.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+from cryptography.fernet import Fernet
 
 from vmrsched.journal import (
     CRC_TABLE,
+    DAMAGED_SUFFIX,
     AtomicJSONStorage,
     damaged_documents,
     document_crc,
     fsync_dir,
+    salvage_members,
     scan,
     sealed_lengths,
+    set_aside,
 )
 from vmrsched.store import ARCHIVE, JOURNAL_RE, SNAPSHOT, lock_directory
+from vmrsched.telemetry import report_damaged
+
+log = logging.getLogger("vmrsched.storage")
 
 _RECORD_START = re.compile(r'\{"alias_id":')
 
@@ -212,3 +225,189 @@ def repair(directory: Path, now: datetime | None = None) -> Report:
         return report
     finally:
         os.close(fd)
+
+
+# --- the other files the service keeps ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateFile:
+    """One file of the service's state other than a store: `path` relative to the data
+    directory; `damaged` when it needs the admin (damaged, or set aside damaged)."""
+
+    path: str
+    detail: str
+    damaged: bool = False
+
+
+def read_or_set_aside(
+    path: Path, check: Callable[[bytes], object], integration: str, loss: str
+) -> bytes | None:
+    """A state file's bytes, when `check` accepts them (it raises ValueError when not); None
+    when there is no such file. A file `check` refuses is damage (state files are written
+    atomically): it is set aside (every byte kept), logged with `loss` (what going on without
+    it means), state_damaged is raised, and None returned: the owner starts afresh."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        check(raw)
+    except ValueError as exc:
+        aside = set_aside(path)
+        log.error("%s is damaged (%s), kept as %s: %s", path, exc, aside.name, loss)
+        report_damaged(integration, aside, f"{exc}; {loss}")
+        return None
+    return raw
+
+
+def usable_key(text: str) -> bool:
+    """Whether `text` is a sign-in key (a Fernet key: 32 url-safe base64-encoded bytes)."""
+    try:
+        Fernet(text.encode())
+    except ValueError:
+        return False
+    return True
+
+
+def check_state(data_dir: Path, integration: str | None = None) -> list[StateFile]:
+    """Every queue journal, decisions log, sign-in sessions file, token cache and the sign-in
+    key under `data_dir` (those of `integration` and the shared key, when named), and every
+    damaged file set aside beside them. Reads only (safe beside a running service)."""
+    data_dir = Path(data_dir)
+    found: list[StateFile] = []
+
+    def mine(name: str) -> bool:
+        return integration is None or name == integration
+
+    queues = data_dir / "queue"
+    for folder in sorted(p for p in _entries(queues) if p.is_dir() and mine(p.name)):
+        for path in sorted(_entries(folder), key=_generation):
+            if path.name.startswith("outgoing."):
+                found.append(_journal_state(data_dir, path))
+    for path in sorted(_entries(data_dir / "decisions")):
+        if path.name.endswith(".jsonl") and mine(path.name[: -len(".jsonl")]):
+            found.append(_decisions_state(data_dir, path))
+    for path in sorted(_entries(data_dir / "sign-in")):
+        if path.name == "key":
+            found.append(_key_state(data_dir, path))
+        elif path.name.endswith(".json") and mine(path.stem):
+            found.append(_sessions_state(data_dir, path))
+    for path in sorted(_entries(data_dir / "oauth")):
+        if path.name.endswith(".json") and mine(path.stem):
+            found.append(_cache_state(data_dir, path))
+    for folder in (data_dir / "sign-in", data_dir / "oauth", data_dir / "decisions"):
+        for path in sorted(_entries(folder)):
+            owner = DAMAGED_SUFFIX.sub("", path.name).split(".")[0]
+            if DAMAGED_SUFFIX.search(path.name) and (owner == "key" or mine(owner)):
+                found.append(_aside(data_dir, path))
+    return found
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _generation(path: Path) -> tuple[int, str]:
+    parts = path.name.split(".")
+    return (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0, path.name)
+
+
+def _aside(data_dir: Path, path: Path) -> StateFile:
+    return StateFile(
+        str(path.relative_to(data_dir)),
+        "kept aside, damaged (what it still held was kept): look at it, then delete it",
+        damaged=True,
+    )
+
+
+def _journal_state(data_dir: Path, path: Path) -> StateFile:
+    if DAMAGED_SUFFIX.search(path.name):
+        return _aside(data_dir, path)
+    result = scan(path)
+    name = str(path.relative_to(data_dir))
+    readable = len(result.entries) + len(result.salvaged)
+    if result.corrupt:
+        lines = ", ".join(map(str, result.bad_lines[:10]))
+        return StateFile(
+            name,
+            f"damaged line(s) {lines}: {readable} entries readable, "
+            f"{len(result.unreadable)} line(s) unreadable (the service keeps what reads and "
+            "sets the journal aside when it opens it)",
+            damaged=True,
+        )
+    torn = "; a torn last line (a crash mid-write: never acknowledged)" if result.torn_tail else ""
+    return StateFile(name, f"ok: {readable} entries{torn}")
+
+
+def _decisions_state(data_dir: Path, path: Path) -> StateFile:
+    name = str(path.relative_to(data_dir))
+    lines = path.read_bytes().split(b"\n")
+    complete, last = lines[:-1], lines[-1]
+    bad = []
+    for number, line in enumerate(complete, 1):
+        if not line:
+            continue
+        try:
+            if not isinstance(json.loads(line), dict):
+                bad.append(number)
+        except ValueError:
+            bad.append(number)
+    torn = "; a torn last line (a crash mid-write)" if last else ""
+    if bad:
+        return StateFile(
+            name,
+            f"unreadable line(s) {', '.join(map(str, bad[:10]))}: "
+            f"{sum(map(bool, complete)) - len(bad)} decisions readable (searches skip the "
+            "others)",
+            damaged=True,
+        )
+    return StateFile(name, f"ok: {sum(map(bool, complete))} decisions{torn}")
+
+
+def _sessions_state(data_dir: Path, path: Path) -> StateFile:
+    name = str(path.relative_to(data_dir))
+    raw = path.read_bytes()
+    try:
+        data = json.loads(raw)
+        if isinstance(data, dict) and all(isinstance(v, dict) for v in data.values()):
+            return StateFile(name, f"ok: {len(data)} session(s)")
+    except ValueError:
+        pass
+    readable = salvage_members(raw)
+    return StateFile(
+        name,
+        f"does not parse: {len(readable)} readable session(s) (the service keeps them and sets "
+        "the file aside when it reads it; the others sign in again)",
+        damaged=True,
+    )
+
+
+def _key_state(data_dir: Path, path: Path) -> StateFile:
+    text = path.read_bytes().decode("ascii", errors="replace").strip()
+    if usable_key(text):
+        return StateFile(str(path.relative_to(data_dir)), "ok")
+    return StateFile(
+        str(path.relative_to(data_dir)),
+        "not a usable key (the service sets it aside and makes a new one; personal-VMR "
+        "sign-ins made before sign in again)",
+        damaged=True,
+    )
+
+
+def _cache_state(data_dir: Path, path: Path) -> StateFile:
+    name = str(path.relative_to(data_dir))
+    try:
+        if isinstance(json.loads(path.read_bytes()), dict):
+            return StateFile(name, "ok")
+    except ValueError:
+        pass
+    return StateFile(
+        name,
+        "does not parse (the service account must sign in again: /admin/integrations/<name>/"
+        "sign-in)",
+        damaged=True,
+    )

@@ -9,7 +9,9 @@ import contextlib
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -150,6 +152,7 @@ SIGN_IN_REQUIRED = "service_account_sign_in_required"  # oauth_delegated needs a
 PEXIP_UNREACHABLE = "pexip_unreachable"  # the Management Node does not answer
 PEXIP_REFUSED = "pexip_refused"  # the Management Node refused a conference (4xx); see the log
 ALIAS_SPACE_LOW = "alias_space_low"  # most of an integration's alias range is used up
+STATE_DAMAGED = "state_damaged"  # a file the service keeps was damaged; kept aside, store check
 STORAGE_FULL = "storage_full"  # the disk refused a write for want of space; 503 until it has room
 
 
@@ -164,6 +167,9 @@ class Alarms:
         self._metrics = metrics
         self._lock = threading.Lock()
         self._active: dict[tuple[str, str], Alarm] = {}
+        self._damaged: dict[str, dict[str, str]] = {}  # integration -> damaged file -> what
+        with _LIVE_LOCK:
+            _LIVE.add(self)
 
     def raise_(self, integration: str, name: str, message: str) -> None:
         with self._lock:
@@ -175,8 +181,35 @@ class Alarms:
             "alarm raised", extra={"integration": integration, "alarm": name, "detail": message}
         )
 
+    def damaged(self, integration: str, path: Path | str, detail: str) -> None:
+        """state_damaged, naming every damaged file found so far (one alarm per integration;
+        "service" for files all integrations share)."""
+        with self._lock:
+            files = self._damaged.setdefault(integration, {})
+            files[str(path)] = detail
+            earlier = self._active.get((integration, STATE_DAMAGED))
+            message = (
+                "; ".join(f"{name}: {what}" for name, what in list(files.items())[-5:])
+                + (f" (and {len(files) - 5} more)" if len(files) > 5 else "")
+                + "; damaged files are kept aside as <name>.damaged-<time>, `vmrsched store "
+                "check` lists them"
+            )
+            self._active[(integration, STATE_DAMAGED)] = Alarm(
+                integration,
+                STATE_DAMAGED,
+                message,
+                earlier.raised_at if earlier is not None else time.time(),
+            )
+        self._metrics.alarm_active.labels(integration, STATE_DAMAGED).set(1)
+        log.warning(
+            "alarm raised",
+            extra={"integration": integration, "alarm": STATE_DAMAGED, "detail": message},
+        )
+
     def clear(self, integration: str, name: str) -> None:
         with self._lock:
+            if name == STATE_DAMAGED:
+                self._damaged.pop(integration, None)
             if self._active.pop((integration, name), None) is None:
                 return
         self._metrics.alarm_active.labels(integration, name).set(0)
@@ -189,3 +222,18 @@ class Alarms:
                 for a in self._active.values()
                 if integration is None or a.integration == integration
             ]
+
+
+_LIVE: weakref.WeakSet[Alarms] = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
+
+
+def report_damaged(integration: str, path: Path | str, detail: str) -> None:
+    """A file the service keeps (queue journal, sign-in key or sessions, token cache) was
+    found damaged: raise state_damaged. The files' owners are opened where no alarms are at
+    hand (the notifier's queue, the sign-in pages), and one service runs per process (its
+    data directory is locked), so this reaches the alarms of every service alive in it."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for alarms in live:
+        alarms.damaged(integration, path, detail)

@@ -6,7 +6,12 @@ the user's email and the provider's refresh token, encrypted at rest, and the se
 the user signs out or the refresh token is refused.
 
 Session tokens are random; only their SHA-256 is stored, so the sessions file holds nothing a
-reader could present as a bearer token."""
+reader could present as a bearer token.
+
+Damage (DESIGN "Storage") loses nothing readable: a sessions file that no longer parses keeps
+every session that still reads and is set aside as `<name>.damaged-<time>`; a key file that
+is not a key is set aside and replaced by a new key (the refresh tokens encrypted with the old
+one are lost: those users sign in again at their daily check). Both raise state_damaged."""
 
 from __future__ import annotations
 
@@ -28,8 +33,10 @@ from cryptography.fernet import Fernet, InvalidToken
 from vmrsched import oidc
 from vmrsched.config import IntegrationConfig
 from vmrsched.errors import Unauthorized
-from vmrsched.journal import atomic_write
+from vmrsched.journal import atomic_write, salvage_members, set_aside
 from vmrsched.oidc import SignInRefused
+from vmrsched.store_repair import usable_key
+from vmrsched.telemetry import report_damaged
 
 log = logging.getLogger("vmrsched.sign_in")
 
@@ -87,7 +94,7 @@ class UserSignIn:
         # each integration's sessions, read from disk once: this process is the only writer
         # (the data directory is locked), and every personal-VMR request looks one up
         self._sessions: dict[str, dict[str, dict[str, Any]]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # writes, and the first read of a file (it may repair)
         self._fernet: Fernet | None = None
 
     # --- the attempt ---------------------------------------------------------------------------
@@ -161,18 +168,37 @@ class UserSignIn:
     def _load(self, name: str) -> dict[str, dict[str, Any]]:
         sessions = self._sessions.get(name)
         if sessions is None:
-            sessions = self._sessions[name] = self._read(name)
+            with self._lock:
+                sessions = self._sessions.get(name)
+                if sessions is None:
+                    sessions = self._sessions[name] = self._read(name)
         return sessions
 
     def _read(self, name: str) -> dict[str, dict[str, Any]]:
+        path = self._path(name)
         try:
-            data = json.loads(self._path(name).read_bytes())
+            raw = path.read_bytes()
         except FileNotFoundError:
             return {}
+        try:
+            data = json.loads(raw)
         except ValueError:
-            log.error("%s cannot be read: every session of %s is lost", self._path(name), name)
-            return {}
-        return data if isinstance(data, dict) else {}
+            data = None
+        if isinstance(data, dict) and all(isinstance(v, dict) for v in data.values()):
+            return data
+        # damage (writes are atomic): keep what reads, set the file aside, say so
+        sessions = {
+            k: v for k, v in salvage_members(raw).items() if isinstance(v.get("email"), str)
+        }
+        aside = set_aside(path, self.clock())
+        if sessions:
+            self._write(name, sessions)
+        what = f"{len(sessions)} readable session(s) kept, the others must sign in again"
+        log.error(
+            "%s is damaged (kept as %s): %s", path, aside.name, what, extra={"integration": name}
+        )
+        report_damaged(name, aside, what)
+        return sessions
 
     def _save(self, name: str, token: str, email: str, refresh: str) -> None:
         with self._lock:
@@ -200,22 +226,46 @@ class UserSignIn:
 
     def _cipher(self) -> Fernet:
         if self._fernet is None:
-            key = self.environ.get(KEY_ENV, "").strip()
-            if not key:
-                path = self.directory / "key"
-                self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-                try:
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                except FileExistsError:
-                    key = path.read_text().strip()
-                else:
-                    key = Fernet.generate_key().decode()
-                    with os.fdopen(fd, "w") as handle:
-                        handle.write(key + "\n")
-                        handle.flush()
-                        os.fsync(handle.fileno())
-            self._fernet = Fernet(key.encode())
+            with self._lock:
+                if self._fernet is None:
+                    key = self.environ.get(KEY_ENV, "").strip() or self._key_file()
+                    self._fernet = Fernet(key.encode())
         return self._fernet
+
+    def _key_file(self) -> str:
+        """The key in `<data_dir>/sign-in/key`, made at the first need. One that is not a key
+        is set aside and replaced: what it encrypted is lost, and that is said plainly."""
+        path = self.directory / "key"
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            existing = path.read_bytes().decode("ascii", errors="replace").strip()
+        except FileNotFoundError:
+            existing = None
+        if existing is not None:
+            if usable_key(existing):
+                return existing
+            aside = set_aside(path, self.clock())
+            log.error(
+                "%s is not a usable key (kept as %s): a new key is made; every personal-VMR "
+                "sign-in made before it must sign in again (at its daily check, within 24 h)",
+                path,
+                aside.name,
+            )
+            report_damaged(
+                "service",
+                aside,
+                "not a usable key: a new one replaced it; sign-ins made before must sign in again",
+            )
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text().strip()
+        key = Fernet.generate_key().decode()
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        return key
 
     def _encrypt(self, text: str) -> str:
         return self._cipher().encrypt(text.encode()).decode()
