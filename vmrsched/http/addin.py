@@ -7,15 +7,19 @@ after the alias is on disk.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from typing import Any
 
 import aiohttp
+import nh3
 import orjson
 from aiohttp import web
+from markupsafe import Markup
 
 from vmrsched import aliases, answers
 from vmrsched.config import Config, IntegrationConfig, PerConfig, png_size
@@ -63,7 +67,65 @@ PANE_TEXTS = (
     "error_inserting_personal_vmr_message",
 )
 
+# The texts that may hold HTML (the product's texts may): the safe subset of links, emphasis and
+# paragraphs comes through the sanitiser, never a script, a style or an event handler. Titles,
+# headings and button labels stay text.
+HTML_TEXTS = frozenset(
+    {
+        "pane_description",
+        "success_message",
+        "already_assigned_message",
+        "unavailable_message",
+        "error_inserting_single_use_message",
+        "meeting_ends_before_start_message",
+        "meeting_in_past_message",
+        "no_personal_vmr_message",
+        "error_getting_personal_vmrs_message",
+        "error_signing_in_message",
+        "error_inserting_personal_vmr_message",
+    }
+)
+SAFE_TAGS = frozenset({"a", "b", "br", "em", "i", "p", "strong", "u", "span"})
+
 log = logging.getLogger("vmrsched.addin")
+
+
+def safe_html(text: str) -> str:
+    """An admin's text as HTML the pane may show: links (http, https, mailto; opening outside
+    the pane), emphasis and paragraphs; everything else dropped (scripts and styles with what
+    they hold), plain text escaped."""
+    return nh3.clean(
+        text,
+        tags=set(SAFE_TAGS),
+        clean_content_tags={"script", "style"},
+        attributes={"a": {"href", "title"}},
+        url_schemes={"http", "https", "mailto"},
+        link_rel="noopener noreferrer",
+        set_tag_attribute_values={"a": {"target": "_blank"}},
+    )
+
+
+def plain_text(text: str) -> str:
+    """A text that may hold HTML as the words it shows (for notifications and titles)."""
+    return " ".join(html.unescape(nh3.clean(text, tags=set())).split())
+
+
+@dataclass(frozen=True)
+class PaneTexts:
+    texts: dict[str, str]  # every text as plain text
+    html: dict[str, str]  # the texts that may hold HTML, sanitised
+
+
+def _pane_texts(integ: IntegrationConfig) -> PaneTexts:
+    raw = {key: str(getattr(integ.addin, key)) for key in PANE_TEXTS}
+    return PaneTexts(
+        texts={k: plain_text(v) if k in HTML_TEXTS else v for k, v in raw.items()},
+        html={k: safe_html(v) for k, v in raw.items() if k in HTML_TEXTS},
+    )
+
+
+# sanitised once per config (a reload brings new texts), never on the reservation path
+pane_texts_for: PerConfig[PaneTexts] = PerConfig(_pane_texts)
 
 
 COUNTERS = web.AppKey("addin_counters", dict)
@@ -74,11 +136,18 @@ def content_security_policy(integ: IntegrationConfig) -> str:
     """Scripts only from us and the configured Office.js origin(s); nothing inline; the pane may
     be framed by Outlook on the web and the desktop clients only."""
     adv = integ.advanced
+    custom = adv.use_custom_addin_sources
     scripts = {"'self'", origin_of(adv.office_js_url)}
-    scripts |= {origin_of(u) for u in adv.additional_script_sources}
-    styles = {"'self'"} | {
-        origin_of(u) for u in (adv.fabric_css_url, adv.fabric_components_css_url) if u
+    if custom:
+        scripts |= {origin_of(u) for u in adv.additional_script_sources}
+    # Fabric's style sheets load their fonts and icons from beside them (an offline deployment
+    # serves all three from its own host)
+    fabric = {
+        origin_of(u) for u in (adv.fabric_css_url, adv.fabric_components_css_url) if custom and u
     }
+    styles = {"'self'"} | fabric
+    images = {"'self'", "data:"} | fabric
+    fonts = ["font-src " + " ".join(sorted({"'self'"} | fabric))] if fabric else []
     connect = {"'self'"}
     if integ.addin.token_validation == "entra":
         connect.add(origin_of(integ.addin.entra_authority))
@@ -91,7 +160,8 @@ def content_security_policy(integ: IntegrationConfig) -> str:
             # elements or scripts): allowed on attributes only
             "style-src-attr 'unsafe-inline'",
             f"connect-src {' '.join(sorted(connect))}",
-            "img-src 'self' data:",
+            f"img-src {' '.join(sorted(images))}",
+            *fonts,
             "frame-src 'self'",
             "object-src 'none'",
             "base-uri 'none'",
@@ -165,7 +235,8 @@ def pane_settings(request: web.Request, integ: IntegrationConfig) -> dict[str, A
     demo = service.config.server.demo and integ.backend == "spool"
     return {
         "integration": integ.name,
-        "texts": {key: getattr(integ.addin, key) for key in PANE_TEXTS},
+        "texts": pane_texts_for(integ).texts,
+        "html": pane_texts_for(integ).html,
         "api": f"/api/addin/v1/{integ.name}/single-use-vmrs",
         "demo": f"/api/demo/v1/{integ.name}" if demo else "",
         "tokenValidation": integ.addin.token_validation,
@@ -195,6 +266,7 @@ def _page(integ: IntegrationConfig, template: str, **values: Any) -> web.Respons
     page = PAGES.get_template(template).render(
         integ=integ,
         texts=integ.addin,
+        description_html=Markup(pane_texts_for(integ).html["pane_description"]),
         office_js=adv.office_js_url,
         msal=integ.addin.token_validation == "entra",
         styles=[u for u in (adv.fabric_css_url, adv.fabric_components_css_url) if custom and u],

@@ -180,13 +180,14 @@
     return Boolean(record && record.alias && text.includes(record.alias));
   }
 
-  // A room for a meeting that cannot happen would be reserved for nothing: say so first.
-  function impossible(meeting, texts) {
+  // A room for a meeting that cannot happen would be reserved for nothing: say so first (the
+  // text's key, or null).
+  function impossible(meeting) {
     const start = Date.parse(meeting.start || "");
     const end = Date.parse(meeting.end || "");
     if (Number.isNaN(start) || Number.isNaN(end)) return null;  // the host did not say
-    if (end <= start) return texts.meeting_ends_before_start_message;
-    if (end <= Date.now()) return texts.meeting_in_past_message;
+    if (end <= start) return "meeting_ends_before_start_message";
+    if (end <= Date.now()) return "meeting_in_past_message";
     return null;
   }
 
@@ -199,7 +200,8 @@
     return { kind: "placeholder" };
   }
 
-  // Outcomes: added | placeholder | already | error (with the message to show).
+  // Outcomes: added | placeholder | already | error (with the message to show as text, and the
+  // key of the configured text it is, whose HTML the pane may show).
   async function addSingleUse(host, settings, log) {
     const texts = settings.texts;
     if (await holdsRoom(host)) {
@@ -207,17 +209,17 @@
       return { kind: "already" };
     }
     const meeting = await host.meeting();
-    const problem = impossible(meeting, texts);
+    const problem = impossible(meeting);
     if (problem) {
       log("impossible meeting", problem);
-      return { kind: "error", message: problem };
+      return { kind: "error", message: texts[problem], key: problem };
     }
     let token = null;
     try {
       token = await host.token();
     } catch (e) {
       log("token failed", String(e && (e.message || e.code) || e));
-      return { kind: "error", message: texts.error_signing_in_message };
+      return { kind: "error", message: texts.error_signing_in_message, key: "error_signing_in_message" };
     }
     const headers = { "Content-Type": "application/json" };
     if (token) headers.Authorization = "Bearer " + token;
@@ -236,7 +238,10 @@
       let detail = "";
       try { detail = (await response.json()).error.code; } catch (e) { /* not JSON */ }
       log("API error", detail);
-      return { kind: "error", message: texts.error_inserting_single_use_message, code: detail };
+      return {
+        kind: "error", message: texts.error_inserting_single_use_message,
+        key: "error_inserting_single_use_message", code: detail,
+      };
     }
     const vmr = await response.json();
     await host.insert(vmr.joining_instructions);

@@ -9,6 +9,9 @@
   const settings = JSON.parse(app.dataset.settings);
   const texts = settings.texts;
   const $ = (id) => document.getElementById(id);
+  // A text that may hold HTML, as the server sanitised it (links, emphasis, paragraphs); any
+  // other message is shown as text.
+  const rich = (key) => (settings.html && key in settings.html ? { html: settings.html[key] } : texts[key]);
 
   // --- debug log ---------------------------------------------------------------------------
   function log(...parts) {
@@ -19,15 +22,18 @@
   }
 
   // --- status ------------------------------------------------------------------------------
+  // `message`: text, or {html} from `rich` (sanitised on the server)
   function show(kind, heading, message) {
     const status = $("vmr-status");
     status.className = "vmr-" + kind;
     const h = $("vmr-status-heading");
     const p = $("vmr-status-message");
     h.textContent = heading;
-    p.textContent = message;
+    const isHtml = Boolean(message) && typeof message === "object";
+    if (isHtml) p.innerHTML = message.html;
+    else p.textContent = message || "";
     h.hidden = !heading;
-    p.hidden = !message;
+    p.hidden = !(isHtml ? message.html : message);
     if (heading) h.focus();
   }
 
@@ -72,10 +78,10 @@
   // --- the single-use flow -------------------------------------------------------------------
   async function addSingleUse(host) {
     const outcome = await core.addSingleUse(host, settings, log);
-    if (outcome.kind === "already") show("info", texts.already_assigned_heading, texts.already_assigned_message);
-    else if (outcome.kind === "placeholder") show("warning", texts.unavailable_heading, texts.unavailable_message);
-    else if (outcome.kind === "error") show("error", texts.error_heading, outcome.message);
-    else show("success", texts.success_heading, texts.success_message);
+    if (outcome.kind === "already") show("info", texts.already_assigned_heading, rich("already_assigned_message"));
+    else if (outcome.kind === "placeholder") show("warning", texts.unavailable_heading, rich("unavailable_message"));
+    else if (outcome.kind === "error") show("error", texts.error_heading, outcome.key ? rich(outcome.key) : outcome.message);
+    else show("success", texts.success_heading, rich("success_message"));
   }
 
   // --- personal VMRs ---------------------------------------------------------------------------
@@ -114,13 +120,13 @@
           const outcome = await core.addPersonal(host, vmr, log);
           hidePersonal();
           if (outcome.kind === "already") {
-            show("info", texts.already_assigned_heading, texts.already_assigned_message);
+            show("info", texts.already_assigned_heading, rich("already_assigned_message"));
           } else {
-            show("success", texts.success_heading, texts.success_message);
+            show("success", texts.success_heading, rich("success_message"));
           }
         } catch (e) {
           log("insert failed", String(e && (e.message || e.code) || e));
-          show("error", texts.error_heading, texts.error_inserting_personal_vmr_message);
+          show("error", texts.error_heading, rich("error_inserting_personal_vmr_message"));
         } finally {
           button.disabled = false;
         }
@@ -143,7 +149,7 @@
     } catch (e) {
       log("token failed", String(e && (e.message || e.code) || e));
       if (settings.signIn) $("vmr-sign-in").hidden = false;
-      show("error", texts.error_heading, texts.error_signing_in_message);
+      show("error", texts.error_heading, rich("error_signing_in_message"));
       return;
     }
     const headers = {};
@@ -155,7 +161,7 @@
       response = await fetch(url, { headers, credentials: "same-origin" });
     } catch (e) {
       log("network error", String(e));
-      show("error", texts.error_heading, texts.error_getting_personal_vmrs_message);
+      show("error", texts.error_heading, rich("error_getting_personal_vmrs_message"));
       return;
     }
     log("personal VMRs answered", response.status);
@@ -167,18 +173,18 @@
         show("info", "", "");
         button.focus();
       } else {
-        show("error", texts.error_heading, texts.error_signing_in_message);
+        show("error", texts.error_heading, rich("error_signing_in_message"));
       }
       return;
     }
     if (response.status !== 200) {
-      show("error", texts.error_heading, texts.error_getting_personal_vmrs_message);
+      show("error", texts.error_heading, rich("error_getting_personal_vmrs_message"));
       return;
     }
     const { vmrs } = await response.json();
     $("vmr-sign-in").hidden = true;
     if (!vmrs.length) {
-      show("info", "", texts.no_personal_vmr_message);
+      show("info", "", rich("no_personal_vmr_message"));
       return;
     }
     renderVmrs(host, vmrs);
@@ -224,12 +230,12 @@
       result = JSON.parse(await signInDialog());
     } catch (e) {
       log("sign-in failed", String(e && (e.message || e.code) || e));
-      show("error", texts.error_heading, texts.error_signing_in_message);
+      show("error", texts.error_heading, rich("error_signing_in_message"));
       return;
     }
     if (!result.session) {
       log("sign-in refused", result.error, result.message);
-      show("error", texts.error_heading, texts.error_signing_in_message);
+      show("error", texts.error_heading, rich("error_signing_in_message"));
       return;
     }
     storeSession(result.session);
@@ -332,13 +338,13 @@
     $("vmr-debug").hidden = !settings.debug;
     const button = $("vmr-single-use");
     button.hidden = !settings.singleUse;
-    onClick(button, texts.error_inserting_single_use_message, () => addSingleUse(host));
+    onClick(button, rich("error_inserting_single_use_message"), () => addSingleUse(host));
     if (settings.personal) {
       const personal = $("vmr-personal");
       personal.hidden = false;
       if (!settings.singleUse) personal.classList.add("vmr-primary");
       $("vmr-preview-user").hidden = !(host.name === "preview" && settings.tokenValidation === "none");
-      const failure = texts.error_getting_personal_vmrs_message;
+      const failure = rich("error_getting_personal_vmrs_message");
       onClick(personal, failure, () => listPersonal(host));
       onClick($("vmr-sign-in"), failure, () => signIn(host));
       onClick($("vmr-sign-out"), failure, () => signOut(host));
