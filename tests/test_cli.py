@@ -78,3 +78,10 @@ def test_a_data_directory_that_cannot_be_used_is_one_line_everywhere(tmp_path: P
     served = run("-m", "vmrsched", "serve", "--config", str(config))
     assert served.returncode == 1 and "Traceback" not in served.stderr
     assert f"cannot keep state in {tmp_path}/file/data: Not a directory" in served.stderr
+
+
+def test_check_config_online_takes_an_organizer_and_a_mailbox_out_of_scope() -> None:
+    args = build_parser().parse_args(
+        ["check-config", "--online", "--organizer", "a@example.com", "--outside", "b@example.com"]
+    )
+    assert (args.organizer, args.outside) == ("a@example.com", "b@example.com")

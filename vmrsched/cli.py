@@ -55,7 +55,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"{path}: server.data_dir: {unusable}", file=sys.stderr)
         return 1
     if args.online:
-        return _check_online(cfg, args.organizer or "")
+        return _check_online(cfg, args.organizer or "", args.outside or "")
     print(f"{path}: OK, listening on {cfg.server.listen}, data in {cfg.server.data_dir}")
     for integ in cfg.integrations:
         kinds = [
@@ -113,15 +113,16 @@ def _print_pexip(cfg: config.Config) -> None:
         )
 
 
-def _check_online(cfg: config.Config, organizer: str = "") -> int:
-    """Connect to every integration's mailbox and report what works."""
+def _check_online(cfg: config.Config, organizer: str = "", outside: str = "") -> int:
+    """Connect to every integration's mailbox and report what works; a warning (a mailbox
+    reached that should be out of reach) fails the check as a refusal does."""
     from vmrsched.service import check_online
 
     failed = False
     for integ in cfg.integrations:
         print(f"{integ.name} ({integ.backend}):")
-        for ok, text in check_online(cfg, integ, organizer):
-            print(f"  {'ok  ' if ok else 'FAIL'}  {text}")
+        for ok, text in check_online(cfg, integ, organizer, outside):
+            print(f"  {'ok  ' if ok else 'WARN' if ok is None else 'FAIL'}  {text}")
             failed = failed or not ok
     return 1 if failed else 0
 
@@ -147,7 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--organizer",
-        help="with --online, Graph: whether this organizer's meetings can be updated (the scope)",
+        metavar="ADDRESS",
+        help="with --online: whether this organizer's meetings can be updated (in the "
+        "impersonation or RBAC scope)",
+    )
+    check.add_argument(
+        "--outside",
+        metavar="ADDRESS",
+        help="with --online: a mailbox the service must not reach; reaching it is a warning "
+        "(an unscoped impersonation role, or tenant-wide consent on Graph)",
     )
     _add_config(check)
     check.set_defaults(func=cmd_check_config)

@@ -171,6 +171,7 @@ class ExchangeConfig:
     oauth_client_id: str = _f("")
     oauth_client_secret: Secret | None = _f(None)
     oauth_redirect_uri: str = _f("")
+    # oauth_delegated: where the admin signs in (default: the authority's, from its OIDC document)
     oauth_authorization_endpoint: str = _f("")
     oauth_token_endpoint: str = _f("")
     oauth_scope: str = _f("")  # default: https://<EWS host>/.default (app), …/EWS.AccessAsUser.All
@@ -395,6 +396,7 @@ class EmailConfig:
 
 @dataclass(frozen=True)
 class AdvancedConfig:
+    # every call this integration makes goes direct, whatever HTTPS_PROXY says (vmrsched.proxies)
     disable_web_proxy: bool = _f(False)
     enable_addin_debug_logs: bool = _f(False)
     use_custom_addin_sources: bool = _f(False)
@@ -832,9 +834,16 @@ def _check_ews(loader: _Loader, ex: ExchangeConfig, path: str) -> None:
         if ex.oauth_client_secret is None:
             err(f"{path}.oauth_client_secret_env", f"{ex.authentication} needs the client secret")
         if ex.authentication == "oauth_delegated":
-            for key in ("oauth_authorization_endpoint", "oauth_redirect_uri"):
-                if not getattr(ex, key):
-                    err(f"{path}.{key}", "needed for oauth_delegated")
+            # the authorization endpoint may be left out: msal finds it in the authority's
+            # OpenID Connect document (the token endpoint's); set, the sign-in goes there
+            if not ex.oauth_redirect_uri:
+                err(f"{path}.oauth_redirect_uri", "needed for oauth_delegated")
+            endpoint = ex.oauth_authorization_endpoint
+            if endpoint and not _secure_url(endpoint):
+                err(
+                    f"{path}.oauth_authorization_endpoint",
+                    f"must be an https URL (http only to loopback), got {endpoint!r}",
+                )
             suffix = "/admin/platform/msexchangeconnector/oauth_redirect/"
             if ex.oauth_redirect_uri and not ex.oauth_redirect_uri.endswith(suffix):
                 err(f"{path}.oauth_redirect_uri", f"must end with {suffix}")

@@ -2,13 +2,17 @@
 
 - Exchange identity tokens (Exchange Server on-premises): RS256 JWTs whose `appctx.amurl` names
   the metadata document holding the signing certificate (matched by the `x5t` header). Only
-  metadata URLs on configured hosts are ever fetched: a token cannot make us call out anywhere.
+  configured metadata documents are ever fetched (a host name, or a URL without a path: that
+  host's /autodiscover/metadata/json/1; a URL with a path: that document): a token cannot make
+  us call out anywhere.
 - Entra ID access tokens (Exchange Online, nested app authentication): verified against the
   configured tenant's OIDC discovery document and JWKS (issuer, audience, expiry, signature).
 - `none` (loopback only, refused by config validation elsewhere): every caller is "anonymous".
 
 Keys are cached; an unknown key id triggers one refresh (rate limited), so key rollover works and
-a stream of bogus tokens cannot make us hammer the metadata host.
+a stream of bogus tokens cannot make us hammer the metadata host. Every fetch follows the
+service's one proxy rule (vmrsched.proxies): aiohttp ignores the environment unless told, so
+each call is given its proxy, none for an integration with disable_web_proxy.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from vmrsched.config import IntegrationConfig
 from vmrsched.errors import Unauthorized
+from vmrsched.proxies import proxy_for
 
 LEEWAY_SECONDS = 60
 CACHE_SECONDS = 24 * 3600
@@ -89,10 +94,14 @@ def _header(token: str) -> dict[str, Any]:
     return header
 
 
-async def _get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+async def _get_json(
+    session: aiohttp.ClientSession, url: str, direct: bool = False
+) -> dict[str, Any]:
     """A JSON document from a key host; any failure is a 401 for the caller, never a 5xx."""
     try:
-        async with session.get(url, timeout=FETCH_TIMEOUT, allow_redirects=False) as response:
+        async with session.get(
+            url, timeout=FETCH_TIMEOUT, allow_redirects=False, proxy=proxy_for(url, direct)
+        ) as response:
             if response.status != 200:
                 raise TokenError(f"{url} answered {response.status}", "metadata_unavailable")
             data = await response.json(content_type=None)
@@ -103,16 +112,37 @@ async def _get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
     return data
 
 
-def trusted_origins(urls: tuple[str, ...]) -> set[str]:
-    """Configured metadata entries as origins: a bare FQDN means https on the default port."""
-    origins = set()
+def _origin(scheme: str, host: str, port: int | None) -> str:
+    default = {"https": 443, "http": 80}.get(scheme)
+    return f"{scheme}://{host}" if port in (None, default) else f"{scheme}://{host}:{port}"
+
+
+def _document(url: str) -> str | None:
+    """A metadata URL as compared: scheme and host in lower case, the default port left out
+    (Exchange writes https://host:443/…), the path as it is; None when it is not a URL."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.scheme or not parts.hostname:
+        return None
+    return _origin(parts.scheme.lower(), parts.hostname.lower(), port) + parts.path
+
+
+def trusted_documents(urls: tuple[str, ...]) -> set[str]:
+    """Configured metadata entries as the documents they allow: a bare FQDN, or a URL without
+    a path, means that host's /autodiscover/metadata/json/1 over https (the URL's scheme);
+    a URL with a path means that document."""
+    documents = set()
     for entry in urls:
-        if "://" not in entry:
-            origins.add(f"https://{entry.lower().rstrip('/')}")
-        else:
-            parts = urlsplit(entry)
-            origins.add(f"{parts.scheme.lower()}://{parts.netloc.lower()}")
-    return origins
+        url = entry if "://" in entry else f"https://{entry.rstrip('/')}"
+        if urlsplit(url).path in ("", "/"):
+            url = url.rstrip("/") + METADATA_PATH
+        document = _document(url)
+        if document is not None:
+            documents.add(document)
+    return documents
 
 
 class ExchangeIdentityVerifier:
@@ -122,10 +152,12 @@ class ExchangeIdentityVerifier:
         metadata_urls: tuple[str, ...],
         session: Callable[[], aiohttp.ClientSession],
         clock: Callable[[], float] = time.time,
+        direct: bool = False,
     ) -> None:
         self.audience = audience
-        self.trusted = trusted_origins(metadata_urls)
+        self.trusted = trusted_documents(metadata_urls)
         self.session = session
+        self.direct = direct  # the integration turned the web proxy off
         self.clock = clock
         self._cache: dict[str, _KeySet] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -142,9 +174,7 @@ class ExchangeIdentityVerifier:
         amurl = context.get("amurl")
         if not isinstance(amurl, str):
             raise TokenError("token has no appctx.amurl")
-        parts = urlsplit(amurl)
-        origin = f"{parts.scheme.lower()}://{parts.netloc.lower()}"
-        if origin not in self.trusted or parts.path != METADATA_PATH:
+        if urlsplit(amurl).query or _document(amurl) not in self.trusted:
             raise TokenError(f"metadata host of {amurl!r} is not configured", "untrusted_issuer")
         return amurl
 
@@ -163,7 +193,7 @@ class ExchangeIdentityVerifier:
             if latest is not cached and latest is not None:
                 return latest  # another request refreshed while we waited
             keys = _KeySet(fetched=self.clock(), missed=self.clock() if refresh else float("-inf"))
-            document = await _get_json(self.session(), amurl)
+            document = await _get_json(self.session(), amurl, self.direct)
             for entry in document.get("keys", []):
                 try:
                     x5t = entry["keyinfo"]["x5t"]
@@ -231,7 +261,9 @@ class EntraVerifier:
         authority: str,
         session: Callable[[], aiohttp.ClientSession],
         clock: Callable[[], float] = time.time,
+        direct: bool = False,
     ) -> None:
+        self.direct = direct  # the integration turned the web proxy off
         self.tenant_id = tenant_id
         self.audiences = audiences
         self.discovery_url = (
@@ -254,8 +286,8 @@ class EntraVerifier:
         async with self._lock:
             if self._keys is not current:
                 return self._keys  # another request refreshed while we waited
-            discovery = await _get_json(self.session(), self.discovery_url)
-            jwks = await _get_json(self.session(), str(discovery["jwks_uri"]))
+            discovery = await _get_json(self.session(), self.discovery_url, self.direct)
+            jwks = await _get_json(self.session(), str(discovery["jwks_uri"]), self.direct)
             keys = _KeySet(
                 fetched=self.clock(),
                 extra={"issuer": discovery.get("issuer")},
@@ -292,10 +324,15 @@ def verifier_for(
     integ: IntegrationConfig, base_url: str, session: Callable[[], aiohttp.ClientSession]
 ) -> Verifier:
     ad = integ.addin
+    direct = integ.advanced.disable_web_proxy
     if ad.token_validation == "exchange":
         audience = f"{base_url.rstrip('/')}/addin/{integ.name}/taskpane.html"
-        return ExchangeIdentityVerifier(audience, integ.metadata.exchange_metadata_urls, session)
+        return ExchangeIdentityVerifier(
+            audience, integ.metadata.exchange_metadata_urls, session, direct=direct
+        )
     if ad.token_validation == "entra":
         audiences = [ad.entra_client_id, f"api://{ad.server_fqdn}/{ad.entra_client_id}"]
-        return EntraVerifier(ad.entra_tenant_id, audiences, ad.entra_authority, session)
+        return EntraVerifier(
+            ad.entra_tenant_id, audiences, ad.entra_authority, session, direct=direct
+        )
     return AnonymousVerifier()

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pykka
+import requests
 
 from vmrsched import (
     admin_sign_in,
@@ -56,9 +57,10 @@ from vmrsched.outgoing import Outgoing
 from vmrsched.outqueue import OutQueue
 from vmrsched.pexip import policy
 from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnavailable
+from vmrsched.proxies import use_rule
 from vmrsched.recovery import Recovered, recover
 from vmrsched.store import Record, Store, decode_schedule, lock_directory
-from vmrsched.telemetry import CONFIG_INVALID, STORE_CORRUPT, Alarms, Metrics
+from vmrsched.telemetry import CONFIG_INVALID, NOT_READY, Alarms, Metrics
 from vmrsched.templating import Renderer
 
 __all__ = [
@@ -317,7 +319,7 @@ class Service:
             for name in self.integration_names()
         }
         ready = bool(integrations) and all(
-            i["state"] == "running" and STORE_CORRUPT not in i["alarms"]
+            i["state"] == "running" and not NOT_READY.intersection(i["alarms"])
             for i in integrations.values()
         )
         body = {
@@ -556,11 +558,13 @@ def start(config: Config, **context: Any) -> Service:
 
 
 def check_online(
-    cfg: Config, integ: IntegrationConfig, organizer: str = ""
-) -> list[tuple[bool, str]]:
+    cfg: Config, integ: IntegrationConfig, organizer: str = "", outside: str = ""
+) -> list[tuple[bool | None, str]]:
     """Connect to an integration's mailbox (and Pexip's Management Node where the service
-    creates conferences): (ok, what was tried) per check."""
-    checks: list[tuple[bool, str]] = []
+    creates conferences): (ok, what was tried) per check; ok None is a warning (it works, but
+    reaches further than it should). `organizer`: a mailbox that must be in the service's
+    scope; `outside`: one that must not be."""
+    checks: list[tuple[bool | None, str]] = []
     try:
         gateway = make_gateway(integ, cfg.data_dir, Metrics())
     except Exception as exc:
@@ -569,9 +573,9 @@ def check_online(
         try:
             probe = getattr(gateway, "probe", None)
             if probe is not None:
-                checks.extend(
-                    probe(organizer) if organizer and integ.backend == "graph" else probe()
-                )
+                wanted = {"organizer": organizer, "outside": outside}
+                exchange = integ.backend in ("ews", "graph")  # the spool has no scope
+                checks.extend(probe(**{k: v for k, v in wanted.items() if v and exchange}))
         finally:
             gateway.close()
     if integ.pexip.mode == "management_api":
@@ -582,7 +586,9 @@ def check_online(
 def _probe_pexip(integ: IntegrationConfig) -> tuple[bool, str]:
     px = integ.pexip
     password = px.management_password.reveal() if px.management_password else ""
-    client = ManagementClient(px, password)
+    # the service's one proxy rule, as for the integration's other calls
+    session = use_rule(requests.Session(), integ.advanced.disable_web_proxy)
+    client = ManagementClient(px, password, session=session)
     try:
         count = sum(1 for _ in client.list("conference", name="vmrsched connectivity check"))
     except (PexipUnavailable, PexipRefused) as exc:

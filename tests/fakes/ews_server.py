@@ -8,6 +8,15 @@ service, and read the answers and calendar changes back from this state.
 
 Operations: GetFolder, FindItem (inbox paging and CalendarView), GetItem, CreateItem (AcceptItem,
 DeclineItem, RemoveItem, Message), UpdateItem (body, SendToAllAndSaveCopy), DeleteItem.
+
+Mailbox rights as an admin grants them, refused as Exchange refuses them: the service account's
+ApplicationImpersonation role assignment and its management scope (`impersonation_scope`), its
+FullAccess on mailboxes (`full_access`), app-only OAuth tokens (`app_only`: every request must
+carry ExchangeImpersonation) and addresses without a mailbox (`missing`). A request that
+impersonates someone outside the scope is refused with the ErrorImpersonateUserDenied fault, one
+that impersonates an address without a mailbox with ErrorNonExistentMailbox, one without the
+header under an app-only token with ErrorInvalidExchangeImpersonationHeaderData; one that reaches
+into another mailbox without FullAccess (delegate access) gets ErrorAccessDenied for each item.
 Faults on demand: HTTP 503, ErrorServerBusy, or the whole server stopped; and an answer lost
 (`lose_answer`): the operation is carried out, then its answer held longer than the client waits
 or the connection closed without one.
@@ -38,7 +47,16 @@ from vmrsched.meetings import Meeting
 S = "http://schemas.xmlsoap.org/soap/envelope/"
 M = "http://schemas.microsoft.com/exchange/services/2006/messages"
 T = "http://schemas.microsoft.com/exchange/services/2006/types"
+E = "http://schemas.microsoft.com/exchange/services/2006/errors"
 NS = {"s": S, "m": M, "t": T}
+# where a request lists what it asks about: one response message each
+_LISTS = {
+    "GetFolder": "m:FolderIds",
+    "GetItem": "m:ItemIds",
+    "DeleteItem": "m:ItemIds",
+    "CreateItem": "m:Items",
+    "UpdateItem": "m:ItemChanges",
+}
 VERSION = (
     '<h:ServerVersionInfo MajorVersion="15" MinorVersion="1" MajorBuildNumber="2507" '
     'MinorBuildNumber="6" Version="V2017_07_11" xmlns:h="' + T + '" '
@@ -105,7 +123,13 @@ class FakeExchange:
         self.requests: list[str] = []  # operation names, in order
         self.impersonated: list[str] = []
         self.fail_next: list[str] = []  # "503" | "busy" | "invalid"
-        self.allow_impersonation = True
+        # the service account's rights. The documented set-up: ApplicationImpersonation over a
+        # scope holding the room and the organizers (None: an assignment without a scope, every
+        # mailbox; an empty set: no assignment), and no FullAccess anywhere.
+        self.impersonation_scope: set[str] | None = None
+        self.full_access: set[str] = set()  # Add-MailboxPermission -AccessRights FullAccess
+        self.app_only = False  # bearer tokens are app-only (client credentials)
+        self.missing: set[str] = set()  # addresses that have no mailbox
         self.subscriptions: dict[str, str] = {}  # subscription id -> mailbox address
         self.subscribe_supported = True
         self.down = False
@@ -285,8 +309,10 @@ class FakeExchange:
                     return self._server_busy()
             header = document.find("s:Header", NS)
             acting = self._impersonated(header)
-            if acting is not None and not self.allow_impersonation:
-                return self._impersonation_denied()
+            bearer = request.headers.get("Authorization", "").startswith("Bearer ")
+            refused = self._refusal(operation, body[0], acting, bearer)
+            if refused is not None:
+                return refused
             handler = getattr(self, f"_op_{operation}", None)
             if handler is None:
                 return self._fault("ErrorInvalidRequest", f"{operation} is not supported")
@@ -336,19 +362,84 @@ class FakeExchange:
         )
         return web.Response(status=500, text=text, content_type="text/xml", charset="utf-8")
 
-    def _impersonation_denied(self) -> web.Response:
+    def _soap_fault(self, code: str, message: str) -> web.Response:
+        """A request Exchange refuses as a whole (what its SOAP header asks for), as a fault."""
         text = (
             f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{S}"><s:Body>'
-            '<s:Fault><faultcode xmlns:a="http://schemas.microsoft.com/exchange/services/'
-            '2006/types">a:ErrorImpersonateUserDenied</faultcode><faultstring xml:lang='
-            '"en-US">The account does not have permission to impersonate the requested user.'
-            '</faultstring><detail><e:ResponseCode xmlns:e="http://schemas.microsoft.com/'
-            'exchange/services/2006/errors">ErrorImpersonateUserDenied</e:ResponseCode>'
-            '<e:Message xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">'
-            "The account does not have permission to impersonate the requested user."
-            "</e:Message></detail></s:Fault></s:Body></s:Envelope>"
+            f'<s:Fault><faultcode xmlns:a="{T}">a:{code}</faultcode><faultstring xml:lang='
+            f'"en-US">{_e(message)}</faultstring><detail><e:ResponseCode xmlns:e="{E}">{code}'
+            f'</e:ResponseCode><e:Message xmlns:e="{E}">{_e(message)}</e:Message></detail>'
+            "</s:Fault></s:Body></s:Envelope>"
         )
         return web.Response(status=500, text=text, content_type="text/xml", charset="utf-8")
+
+    # --- rights -----------------------------------------------------------------------------
+    def _may_impersonate(self, address: str) -> bool:
+        scope = self.impersonation_scope
+        return scope is None or address.lower() in {a.lower() for a in scope}
+
+    def _refusal(
+        self, operation: str, request: Any, acting: str | None, bearer: bool
+    ) -> web.Response | None:
+        """What Exchange answers a request the service account has no right to make (None:
+        it may)."""
+        if acting is None and bearer and self.app_only:
+            return self._soap_fault(
+                "ErrorInvalidExchangeImpersonationHeaderData",
+                "ExchangeImpersonation SOAP header must be present for this type of OAuth token.",
+            )
+        if acting is not None:
+            if acting.lower() in self.missing:
+                return self._soap_fault(
+                    "ErrorNonExistentMailbox", "The SMTP address has no mailbox associated with it."
+                )
+            if not self._may_impersonate(acting):
+                return self._soap_fault(
+                    "ErrorImpersonateUserDenied",
+                    "The account does not have permission to impersonate the requested user.",
+                )
+        others = {t for t in self._targets(request) if t != (acting or "").lower()}
+        if not others:
+            return None
+        if acting is None:
+            if others & self.missing:
+                code, text = "ErrorNonExistentMailbox", "The SMTP address has no mailbox."
+            elif others <= {a.lower() for a in self.full_access}:
+                return None  # delegate access with FullAccess
+            else:
+                code, text = (
+                    "ErrorAccessDenied",
+                    "Access is denied. Check credentials and try again.",
+                )
+        else:  # an impersonated user reaching into a mailbox not their own
+            code, text = "ErrorAccessDenied", "Access is denied. Check credentials and try again."
+        listed = request.find(_LISTS.get(operation, "m:None"), NS)
+        count = max(1, len(listed) if listed is not None else 1)
+        return self._envelope(
+            self._response(operation, [self._error(operation, code, text)] * count)
+        )
+
+    def _targets(self, request: Any) -> set[str]:
+        """The mailboxes a request reaches: named folders, folder ids, items, subscriptions."""
+        found: set[str] = set()
+        for smtp in request.iterfind(".//t:DistinguishedFolderId/t:Mailbox/t:EmailAddress", NS):
+            found.add((smtp.text or "").lower())
+        for folder in request.iterfind(".//t:FolderId", NS):
+            try:
+                address, _, _ = base64.b64decode(folder.get("Id")).decode().partition("|")
+            except (ValueError, TypeError):
+                continue
+            found.add(address.lower())
+        for tag in (".//t:ItemId", ".//t:ReferenceItemId"):
+            for item in request.iterfind(tag, NS):
+                hit = self._find(item.get("Id") or "")
+                if hit is not None:
+                    found.add(hit[0].address.lower())
+        subscription = request.findtext("m:SubscriptionId", namespaces=NS)
+        if subscription and subscription in self.subscriptions:
+            found.add(self.subscriptions[subscription].lower())
+        found.discard("")
+        return found
 
     def _fault(self, code: str, message: str) -> web.Response:
         return self._envelope(

@@ -14,7 +14,11 @@ real HTTP so the service's own Graph client runs unmodified:
   DELETE events/{id}, GET events?$filter=iCalUId eq '…', PATCH events/{id}, POST sendMail (202).
 - The organizer's PATCH of an event reaches every attendee, the room included, as an update
   (same SEQUENCE: an informational update), as Exchange does.
-- Organizers outside the application access policy (`scope`) get 403 ErrorAccessDenied.
+- Who the app may reach, as Microsoft adds up its grants: Exchange's RBAC for Applications
+  role assignments reach the mailboxes of their management scope (`scope`; None: assignments
+  without a scope, every mailbox), and tenant-wide admin consent to the Graph application
+  permissions in Entra (`tenant_wide_consent`) reaches every mailbox whatever the scope says.
+  A mailbox out of reach is answered 403 ErrorAccessDenied on every call.
 - Throttling: `throttle_next` requests answered 429 TooManyRequests with Retry-After; more than
   4 concurrent requests for one mailbox are answered 429 too (Graph's limit), and counted.
 - Unknown items: 404 ErrorItemNotFound.
@@ -101,7 +105,10 @@ class FakeGraph:
         self.responses: list[Response] = []
         self.mails: list[dict[str, Any]] = []  # sendMail bodies, with "from"
         self.patches: list[tuple[str, str]] = []  # (organizer, uid) patched
-        self.scope: set[str] | None = None  # organizers the app may write to; None = all
+        # the RBAC for Applications management scope: mailboxes the app's role assignments
+        # reach (None: every mailbox); tenant-wide consent in Entra reaches them all anyway
+        self.scope: set[str] | None = None
+        self.tenant_wide_consent = False
         self.throttle_next = 0
         self.requests: list[tuple[str, str]] = []  # HTTP requests made to Graph
         self.batched = 0  # sub-requests that arrived inside a $batch
@@ -313,6 +320,10 @@ class FakeGraph:
             return _error(429, "TooManyRequests", "Too many requests.", {"Retry-After": "1"})
         lose: str | None = None
         user = unquote(request.match_info.get("user", "")).lower()
+        if user and not self.reaches(user):
+            return _error(
+                403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
+            )
         with self.lock:
             running = self.concurrent.get(user, 0) + 1
             self.concurrent[user] = running
@@ -337,6 +348,11 @@ class FakeGraph:
         elif lose == "drop" and request.transport is not None:  # carried out; no answer
             request.transport.close()
         return response
+
+    def reaches(self, address: str) -> bool:
+        """Whether the app may use a mailbox: Entra consent and RBAC grants add up."""
+        scope = self.scope
+        return self.tenant_wide_consent or scope is None or address.lower() in scope
 
     def _box(self, request: web.Request) -> Mailbox:
         return self.mailbox(unquote(request.match_info["user"]))
@@ -545,10 +561,6 @@ class FakeGraph:
         match = re.fullmatch(r"iCalUId eq '(.*)'", request.query.get("$filter", ""))
         with self.lock:
             box = self._box(request)
-            if self.scope is not None and box.address.lower() not in self.scope:
-                return _error(
-                    403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
-                )
             uid = match.group(1).replace("''", "'") if match else None
             value = [
                 self._event_json(e) for e in box.events.values() if uid is None or e.uid == uid
@@ -559,10 +571,6 @@ class FakeGraph:
         body = await request.json()
         with self.lock:
             box = self._box(request)
-            if self.scope is not None and box.address.lower() not in self.scope:
-                return _error(
-                    403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
-                )
             event = box.events.get(request.match_info["id"])
             if event is None:
                 return _not_found()

@@ -362,7 +362,10 @@ def oauth(tmp_path: Path) -> Iterator[OAuthEnv]:
         platform_server.stop()
 
 
-def oauth_config(tmp_path: Path, env: OAuthEnv, mode: str, admin: bool = False) -> config.Config:
+def oauth_config(
+    tmp_path: Path, env: OAuthEnv, mode: str, admin: bool = False, **exchange: Any
+) -> config.Config:
+    """An OAuth EWS integration; `exchange` keys replace the defaults (None leaves one out)."""
     base = ews_config(tmp_path, env.server.url)
     authority = env.platform.authority
     redirect = "http://127.0.0.1:8080/admin/platform/msexchangeconnector/oauth_redirect/"
@@ -395,6 +398,10 @@ def oauth_config(tmp_path: Path, env: OAuthEnv, mode: str, admin: bool = False) 
             }
         ],
     }
+    settings = doc["integrations"][0]["exchange"]
+    settings.update(exchange)
+    for key in [k for k, v in exchange.items() if v is None]:
+        del settings[key]
     environ = {
         "VMRSCHED_OAUTH_SECRET": env.platform.client_secret,
         "VMRSCHED_ADMIN_TOKEN": "a" * 40,
@@ -406,11 +413,13 @@ def test_oauth_app_uses_client_credentials_and_retries_once_on_expiry(
     tmp_path: Path, oauth: OAuthEnv
 ) -> None:
     cfg = oauth_config(tmp_path, oauth, "oauth_app")
+    oauth.fake.app_only = True  # Exchange wants ExchangeImpersonation with such a token
     svc = service.start(cfg)
     try:
         env = Env(oauth.fake, oauth.server, svc, cfg)
         env.send(meeting("oauth-1", "<p>no token</p>"))
         assert env.replies("oauth-1")
+        assert len(oauth.fake.impersonated) == len(oauth.fake.requests)
         assert oauth.platform.grants.count("client_credentials") == 1
         assert "Bearer" in oauth.fake.auth_seen and "Basic" not in oauth.fake.auth_seen
         oauth.platform.expire_all()  # Exchange now refuses the cached token
@@ -420,6 +429,27 @@ def test_oauth_app_uses_client_credentials_and_retries_once_on_expiry(
         assert not svc.ctx.alarms.active("onprem")
     finally:
         svc.stop()
+
+
+def test_oauth_delegated_signs_in_at_the_configured_authorization_endpoint(
+    tmp_path: Path, oauth: OAuthEnv
+) -> None:
+    """oauth_authorization_endpoint is where the admin's browser goes (AD FS, a proxy in front
+    of the identity provider); left out, the authority's own endpoint is used."""
+    from vmrsched.mailbox.ews_auth import DelegatedTokens
+
+    redirect = "http://127.0.0.1:8080/admin/platform/msexchangeconnector/oauth_redirect/"
+    elsewhere = "https://sso.contoso.example/adfs/oauth2/authorize/"
+    cfg = oauth_config(tmp_path, oauth, "oauth_delegated", oauth_authorization_endpoint=elsewhere)
+    tokens = DelegatedTokens(cfg.integrations[0].exchange, tmp_path / "a.json")
+    url = tokens.start_sign_in(redirect)
+    assert url.startswith(f"{elsewhere}?"), url
+    assert "state=" in url and "code_challenge=" in url and "client_id=" in url
+    plain = oauth_config(tmp_path, oauth, "oauth_delegated", oauth_authorization_endpoint=None)
+    tokens = DelegatedTokens(plain.integrations[0].exchange, tmp_path / "b.json")
+    assert tokens.start_sign_in(redirect).startswith(
+        f"{oauth.platform.authority}/oauth2/v2.0/authorize?"
+    )
 
 
 async def test_oauth_delegated_browser_sign_in_then_refresh_failure_alarm(
@@ -556,10 +586,10 @@ def test_ntlm_service_account(tmp_path: Path, password: str, answered: bool) -> 
         server.stop()
 
 
-def _check_online(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
+def _check_online(tmp_path: Path, url: str, *flags: str) -> subprocess.CompletedProcess[str]:
     path = _write_toml(tmp_path, ews_config(tmp_path, url), url)
     return subprocess.run(
-        [sys.executable, "-m", "vmrsched", "check-config", "--online", str(path)],
+        [sys.executable, "-m", "vmrsched", "check-config", "--online", str(path), *flags],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -567,20 +597,98 @@ def _check_online(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("impersonation", [True, False])
-def test_check_config_online(tmp_path: Path, impersonation: bool) -> None:
+ORGANIZER = "olga@example.com"
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [None, {ROOM, ORGANIZER}],
+    ids=["role without a scope", "role scoped to the room and the organizers"],
+)
+def test_the_documented_rights_are_enough_and_no_more_is_used(
+    tmp_path: Path, scope: set[str] | None
+) -> None:
+    """ApplicationImpersonation over the room and the organizers, nothing else: the room is
+    opened by impersonation like the organizers' mailboxes, every request carries the header,
+    and FullAccess (which the set-up never grants) is never needed."""
     fake = FakeExchange()
-    fake.allow_impersonation = impersonation
+    fake.impersonation_scope = scope
+    server = ThreadedServer(fake.app()).start()
+    cfg = ews_config(tmp_path, server.url)
+    svc = service.start(cfg, policy=RestartPolicy(mailbox_max=1.0))
+    try:
+        env = Env(fake, server, svc, cfg)
+        env.send(meeting("rights", f"<p>{TOK.format(20)}</p>"))
+        assert [r.response for r in env.replies("rights")] == ["Accept"]
+        spoolkit.wait_for(
+            lambda: any(i.updates_sent for i in fake.mailbox(ORGANIZER).calendar.values())
+        )
+        assert not fake.full_access
+        assert len(fake.impersonated) == len(fake.requests)  # every request, the room's too
+        assert {a.lower() for a in fake.impersonated} == {ROOM, ORGANIZER}
+        assert not svc.ctx.alarms.active("onprem")
+    finally:
+        svc.stop()
+        server.stop()
+
+
+def test_full_access_without_impersonation_is_not_enough(tmp_path: Path) -> None:
+    """Delegate access is not the documented way: with FullAccess on the room but no
+    impersonation role, the room is not answered and the mailbox alarm says why."""
+    fake = FakeExchange()
+    fake.impersonation_scope = set()
+    fake.full_access = {ROOM}
+    server = ThreadedServer(fake.app()).start()
+    cfg = ews_config(tmp_path, server.url)
+    svc = service.start(cfg, policy=RestartPolicy(mailbox_max=1.0))
+    try:
+        item = fake.deliver(ROOM, meeting("no-role", "<p>x</p>"))
+        spoolkit.wait_for(
+            lambda: any(a.name == "exchange_unreachable" for a in svc.ctx.alarms.active("onprem"))
+        )
+        [alarm] = [a for a in svc.ctx.alarms.active("onprem") if a.name == "exchange_unreachable"]
+        assert "ErrorImpersonateUserDenied" in alarm.message, alarm
+        assert item.id in fake.mailbox(ROOM).inbox
+    finally:
+        svc.stop()
+        server.stop()
+
+
+def test_check_config_online_names_the_missing_right(tmp_path: Path) -> None:
+    fake = FakeExchange()
     server = ThreadedServer(fake.app()).start()
     try:
-        out = _check_online(tmp_path, server.url)
-        assert f"ok    mailbox {ROOM}: inbox has 0 item(s)" in out.stdout, out
+        out = _check_online(tmp_path, server.url, "--organizer", ORGANIZER)
+        assert out.returncode == 0, out
+        assert f"ok    mailbox {ROOM} opened by impersonation: inbox has 0 item(s)" in out.stdout
+        assert f"ok    organizer {ORGANIZER}: in the impersonation scope" in out.stdout
         assert "AutomateProcessing None" in out.stdout
-        if impersonation:
-            assert out.returncode == 0 and "ApplicationImpersonation works" in out.stdout
-        else:
-            assert out.returncode == 1
-            assert "FAIL  impersonation refused" in out.stdout
+
+        # the role's scope leaves out the organizer: updates go by mail instead
+        fake.impersonation_scope = {ROOM}
+        out = _check_online(tmp_path, server.url, "--organizer", ORGANIZER)
+        assert out.returncode == 1
+        assert f"ok    mailbox {ROOM} opened by impersonation" in out.stdout
+        assert f"FAIL  organizer {ORGANIZER} is outside the impersonation scope" in out.stdout
+        assert "ErrorImpersonateUserDenied" in out.stdout
+
+        # no role at all, FullAccess on the room (delegate access): the room is refused
+        fake.impersonation_scope = set()
+        fake.full_access = {ROOM}
+        out = _check_online(tmp_path, server.url)
+        assert out.returncode == 1
+        assert f"FAIL  the service account may not impersonate {ROOM}" in out.stdout, out
+        assert "ApplicationImpersonation" in out.stdout and "New-ManagementRoleAssignment" in (
+            out.stdout
+        )
+        assert "FullAccess" in out.stdout  # what it holds instead, and that it is not used
+
+        # the room's address has no mailbox
+        fake.impersonation_scope = None
+        fake.missing = {ROOM}
+        out = _check_online(tmp_path, server.url)
+        assert out.returncode == 1
+        assert f"FAIL  no mailbox {ROOM}" in out.stdout and "New-Mailbox" in out.stdout, out
     finally:
         server.stop()
     wrong = FakeExchange(password="other")
@@ -588,6 +696,23 @@ def test_check_config_online(tmp_path: Path, impersonation: bool) -> None:
     try:
         out = _check_online(tmp_path, server.url)
         assert out.returncode == 1 and f"FAIL  cannot use mailbox {ROOM}" in out.stdout, out
+    finally:
+        server.stop()
+
+
+def test_check_config_online_warns_of_reach_beyond_the_scope(tmp_path: Path) -> None:
+    """--outside names a mailbox the service must not reach: reaching it is a warning."""
+    fake = FakeExchange()
+    fake.impersonation_scope = {ROOM, ORGANIZER}
+    server = ThreadedServer(fake.app()).start()
+    try:
+        out = _check_online(tmp_path, server.url, "--outside", "ceo@example.com")
+        assert out.returncode == 0, out
+        assert "ok    ceo@example.com is out of reach" in out.stdout
+        fake.impersonation_scope = None  # a role assignment without a scope: everyone
+        out = _check_online(tmp_path, server.url, "--outside", "ceo@example.com")
+        assert out.returncode == 1
+        assert "WARN  the service account reaches ceo@example.com" in out.stdout, out
     finally:
         server.stop()
 
@@ -675,7 +800,7 @@ def test_a_refused_organizer_update_fails_alone_and_the_organizer_gets_the_instr
     env: Env,
 ) -> None:
     env.send(meeting("warm", "<p>x</p>"))
-    env.fake.allow_impersonation = False  # ErrorImpersonateUserDenied, for good
+    env.fake.impersonation_scope = {ROOM}  # ErrorImpersonateUserDenied for Olga, for good
     env.fake.deliver(ROOM, meeting("denied", f"<p>{TOK.format(2)}</p>"))
     started = time.monotonic()
     later = [env.fake.deliver(ROOM, meeting(f"after-{i}", pxps(env.reserve()))) for i in range(5)]

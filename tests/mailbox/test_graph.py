@@ -360,6 +360,27 @@ def test_check_online_reports_the_token_the_room_and_an_organizers_scope(env: En
     assert not ok and "token" in text
 
 
+def test_tenant_wide_consent_reaches_organizers_outside_the_rbac_scope(env: Env) -> None:
+    """Entra consent and RBAC grants add up: with admin consent the scope holds nobody back."""
+    env.fake.scope = {ROOM}
+    env.fake.tenant_wide_consent = True
+    env.send(meeting("consented", "<p>TOK:-00000000-0000-4000-8000-0000000000cc#</p>"))
+    spoolkit.wait_for(lambda: (ORGANIZER, "consented") in env.fake.patches)
+
+
+def test_check_online_warns_when_the_app_reaches_a_mailbox_outside_its_scope(env: Env) -> None:
+    cfg, integ = env.svc.config, env.svc.config.integrations[0]
+    env.fake.scope = {ROOM, ORGANIZER}  # RBAC for Applications: the room and its organizers
+    *_, (ok, text) = service.check_online(cfg, integ, outside="ceo@contoso.example")
+    assert ok is True and "ceo@contoso.example is out of reach" in text, text
+    env.fake.tenant_wide_consent = True  # admin consent granted in Entra as well
+    *_, (ok, text) = service.check_online(cfg, integ, outside="ceo@contoso.example")
+    assert ok is None, text  # a warning: it works, and reaches every mailbox
+    assert "tenant-wide" in text and "consent" in text and "ceo@contoso.example" in text
+    checks = service.check_online(cfg, integ, ORGANIZER, "ceo@contoso.example")
+    assert [ok for ok, _ in checks] == [True, True, True, None]
+
+
 def test_an_outage_backs_off_with_the_alarm_and_loses_nothing(env: Env) -> None:
     rec = env.reserve()
     env.send(meeting("before", pxps(rec)))

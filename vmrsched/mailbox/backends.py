@@ -51,6 +51,7 @@ class TokenSources:
         with self._lock:
             entry = self._sources.get(integ.name)
             if entry is None or entry[0] is not integ:
-                entry = (integ, token_source(integ.exchange, self.data_dir, integ.name))
+                direct = integ.advanced.disable_web_proxy
+                entry = (integ, token_source(integ.exchange, self.data_dir, integ.name, direct))
                 self._sources[integ.name] = entry
             return entry[1]

@@ -1,5 +1,10 @@
 """Exchange Server (2016/2019/SE) through EWS, with exchangelib: the equipment mailbox's inbox
-in, accept/decline/remove responses and organizer updates (by impersonation) out.
+in, accept/decline/remove responses and organizer updates out.
+
+Every mailbox, the room's included, is opened by impersonation (the ExchangeImpersonation
+header on every request): the documented set-up grants the service account ApplicationImpersonation
+over the room and the organizers, nothing else (no FullAccess on the room), and an app-only
+OAuth token (oauth_app) is refused by Exchange on any request without that header.
 
 Meeting messages are read through their MIME content: Exchange keeps the iCalendar it sent
 (UID, SEQUENCE, recurrence rule, exceptions, time zones, organizer, HTML body), and the same
@@ -102,7 +107,9 @@ class RemoveItem(BaseReplyItem):  # type: ignore[misc]
 class CountingAdapter(requests.adapters.HTTPAdapter):
     """Every EWS request passes here: it is counted by operation and result for the integration
     the calling thread works for, gets that integration's OAuth bearer token, and is retried
-    once with a fresh token when Exchange says the token expired (401)."""
+    once with a fresh token when Exchange says the token expired (401). The proxy follows the
+    service's one rule (vmrsched.proxies): the environment's, or none for an integration with
+    disable_web_proxy."""
 
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
         body = request.body if isinstance(request.body, bytes) else b""
@@ -113,6 +120,8 @@ class CountingAdapter(requests.adapters.HTTPAdapter):
         ca_file = getattr(_current, "ca_file", None)
         if ca_file:
             kwargs["verify"] = ca_file
+        if getattr(_current, "direct", False):  # the integration turned the web proxy off
+            kwargs["proxies"] = {}
         attempts = 2 if tokens is not None else 1
         for attempt in range(attempts):
             if tokens is not None:
@@ -255,9 +264,11 @@ class EwsMailbox:
             getattr(_current, "counter", None),
             getattr(_current, "tokens", None),
             getattr(_current, "ca_file", None),
+            getattr(_current, "direct", False),
         )
         _current.counter, _current.tokens = self._count, self.tokens
         _current.ca_file = self.integ.exchange.tls_ca_file or None
+        _current.direct = self.integ.advanced.disable_web_proxy
         try:
             yield
         except GatewayError:
@@ -267,7 +278,7 @@ class EwsMailbox:
         except RETRYABLE as exc:
             raise _translate(exc) from exc
         finally:
-            _current.counter, _current.tokens, _current.ca_file = saved
+            _current.counter, _current.tokens, _current.ca_file, _current.direct = saved
 
     def _configuration(self) -> Configuration:
         ex = self.integ.exchange
@@ -292,18 +303,23 @@ class EwsMailbox:
         )
 
     def account(self) -> Account:
-        """The equipment mailbox's account, built once (by whichever thread asks first)."""
+        """The equipment mailbox's account, opened by impersonation, built once (by whichever
+        thread asks first)."""
         with self._state:
             if self._account is None:
                 with self._calling():
-                    self._account = Account(
-                        self.room,
-                        config=self._configuration(),
-                        autodiscover=False,
-                        access_type=DELEGATE,
-                        default_timezone=EWS_UTC,
-                    )
+                    self._account = self._open(self.room, self._configuration())
             return self._account
+
+    @staticmethod
+    def _open(address: str, config: Configuration, access_type: str = IMPERSONATION) -> Account:
+        return Account(
+            address,
+            config=config,
+            autodiscover=False,
+            access_type=access_type,
+            default_timezone=EWS_UTC,
+        )
 
     def _as(self, address: str) -> Account:
         """An organizer's mailbox through ApplicationImpersonation (built once per organizer)."""
@@ -311,13 +327,7 @@ class EwsMailbox:
         config = self.account().protocol.config
         with self._state:
             if key not in self._impersonated:
-                self._impersonated[key] = Account(
-                    address,
-                    config=config,
-                    autodiscover=False,
-                    access_type=IMPERSONATION,
-                    default_timezone=EWS_UTC,
-                )
+                self._impersonated[key] = self._open(address, config)
             return self._impersonated[key]
 
     # --- reading ----------------------------------------------------------------------------
@@ -632,30 +642,49 @@ class EwsMailbox:
                     entries.append(CalendarEntry(meeting, item_id))
         return entries
 
-    def probe(self) -> list[tuple[bool, str]]:
-        """What works and what does not, for `check-config --online`."""
-        results: list[tuple[bool, str]] = []
+    def probe(self, organizer: str = "", outside: str = "") -> list[tuple[bool | None, str]]:
+        """What works and what does not, for `check-config --online`: the sign-in and the room
+        opened by impersonation (or which right is missing), an organizer's mailbox in the
+        impersonation scope, and a mailbox that should be out of reach (None: it is not, a
+        warning)."""
+        ex = self.integ.exchange
+        results: list[tuple[bool | None, str]] = []
         try:
             with self._calling():
-                inbox = self.account().inbox
-                results.append(
-                    (
-                        True,
-                        f"signed in to {self.integ.exchange.ews_url} "
-                        f"({self.integ.exchange.authentication})",
-                    )
-                )
-                results.append(
-                    (True, f"mailbox {self.room}: inbox has {inbox.total_count} item(s)")
-                )
-        except (GatewayError, ErrorItemNotFound) as exc:
-            return [(False, f"cannot use mailbox {self.room}: {exc}")]
-        try:
-            with self._calling():
-                self._as(self.room).calendar.refresh()
-            results.append((True, "ApplicationImpersonation works (organizer updates possible)"))
+                count = self.account().inbox.total_count
         except (GatewayError, EWSError) as exc:
-            results.append((False, f"impersonation refused, organizer updates will fail: {exc}"))
+            return [(False, self._room_refused(exc))]
+        results.append((True, f"signed in to {ex.ews_url} ({ex.authentication})"))
+        results.append(
+            (True, f"mailbox {self.room} opened by impersonation: inbox has {count} item(s)")
+        )
+        if organizer:
+            refused = self._try_impersonating(organizer)
+            results.append(
+                (
+                    True,
+                    f"organizer {organizer}: in the impersonation scope, meetings can be updated",
+                )
+                if refused is None
+                else (
+                    False,
+                    f"organizer {organizer} is outside the impersonation scope ({refused}); "
+                    "their meetings get the joining instructions by mail instead",
+                )
+            )
+        if outside:
+            refused = self._try_impersonating(outside)
+            results.append(
+                (
+                    None,
+                    f"the service account reaches {outside}, which should be out of reach: its "
+                    "ApplicationImpersonation role assignment has no management scope, or one "
+                    "that holds this mailbox (New-ManagementRoleAssignment "
+                    "-CustomRecipientWriteScope)",
+                )
+                if refused is None
+                else (True, f"{outside} is out of reach ({refused})")
+            )
         results.append(
             (
                 True,
@@ -665,6 +694,56 @@ class EwsMailbox:
             )
         )
         return results
+
+    def _try_impersonating(self, address: str) -> str | None:
+        """None when the service account may open `address` by impersonation, else why not."""
+        try:
+            with self._calling():
+                self._open(address, self.account().protocol.config).calendar.refresh()
+        except (GatewayError, EWSError) as exc:
+            return str(exc)
+        return None
+
+    def _room_refused(self, exc: Exception) -> str:
+        """Why the room cannot be used, as the right that is missing."""
+        text = f"cannot use mailbox {self.room}: {exc}"
+        code = getattr(exc, "code", None) or type(exc.__cause__ or exc).__name__
+        account = self.integ.exchange.service_account_username or "the service account"
+        if code in ("ErrorImpersonateUserDenied", "ErrorImpersonationDenied"):
+            text = (
+                f"the service account may not impersonate {self.room} ({code}): assign "
+                f"{account} the ApplicationImpersonation role over a management scope that "
+                "holds the room and the organizers (New-ManagementScope, "
+                "New-ManagementRoleAssignment -Role ApplicationImpersonation -User "
+                f"{account} -CustomRecipientWriteScope <scope>)"
+            )
+            if self._delegate_works():
+                text += (
+                    "; it holds FullAccess on the room instead, which the service does not "
+                    "use (it opens every mailbox by impersonation)"
+                )
+        elif code == "ErrorNonExistentMailbox":
+            text = (
+                f"no mailbox {self.room} ({code}): create the equipment mailbox "
+                "(New-Mailbox -Equipment) or correct mailbox_email"
+            )
+        elif code == "ErrorInvalidExchangeImpersonationHeaderData":
+            text = f"{text} (an app-only token needs impersonation on every request)"
+        return text
+
+    def _delegate_works(self) -> bool:
+        """Whether the service account reaches the room without impersonation (FullAccess):
+        said when impersonation is refused, so the admin knows which right is there instead.
+        An app-only token never works without impersonation, so it is not tried."""
+        if self.integ.exchange.authentication == "oauth_app" or self._account is None:
+            return False
+        try:
+            with self._calling():
+                config = self._account.protocol.config
+                self._open(self.room, config, DELEGATE).inbox.refresh()
+        except (GatewayError, EWSError):
+            return False
+        return True
 
     def close(self) -> None:
         if self._account is not None:

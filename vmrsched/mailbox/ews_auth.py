@@ -15,11 +15,12 @@ becomes a transient GatewayError carrying the platform's Retry-After.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import msal
 import requests
@@ -27,6 +28,8 @@ import requests
 from vmrsched.config import ExchangeConfig
 from vmrsched.mailbox.base import GatewayError
 from vmrsched.mailbox.sessions import CaSession
+from vmrsched.proxies import use_rule
+from vmrsched.store_repair import read_or_set_aside
 from vmrsched.telemetry import SIGN_IN_REQUIRED
 
 SIGN_IN_ALARM = SIGN_IN_REQUIRED
@@ -96,6 +99,16 @@ def authority_of(token_endpoint: str) -> str:
     raise ValueError(f"cannot tell the authority from token endpoint {token_endpoint!r}")
 
 
+def authorization_url(endpoint: str, auth_uri: str) -> str:
+    """msal's authorization request sent to the configured endpoint: its query (and the
+    endpoint's own, first) on the endpoint's address."""
+    if not endpoint:
+        return auth_uri
+    ours, theirs = urlsplit(endpoint), urlsplit(auth_uri)
+    query = "&".join(q for q in (ours.query, theirs.query) if q)
+    return urlunsplit((ours.scheme, ours.netloc, ours.path, query, ""))
+
+
 def default_scope(ex: ExchangeConfig, delegated: bool) -> str:
     if ex.oauth_scope:
         return ex.oauth_scope
@@ -104,9 +117,12 @@ def default_scope(ex: ExchangeConfig, delegated: bool) -> str:
     return f"{origin}/EWS.AccessAsUser.All" if delegated else f"{origin}/.default"
 
 
-def _msal_app(ex: ExchangeConfig, cache: msal.TokenCache | None = None) -> Any:
+def _msal_app(
+    ex: ExchangeConfig, cache: msal.TokenCache | None = None, direct: bool = False
+) -> Any:
     """An msal client for the configured token endpoint. Creating one fetches the authority's
-    OIDC document, so it happens on first use, in an actor thread, never while starting."""
+    OIDC document, so it happens on first use, in an actor thread, never while starting.
+    `direct`: the integration turned the web proxy off."""
     secret = ex.oauth_client_secret.reveal() if ex.oauth_client_secret else None
     try:
         return msal.ConfidentialClientApplication(
@@ -116,7 +132,7 @@ def _msal_app(ex: ExchangeConfig, cache: msal.TokenCache | None = None) -> Any:
             validate_authority=False,
             instance_discovery=False,
             token_cache=cache,
-            http_client=IdentityHttp(CaSession(ex.tls_ca_file)),
+            http_client=IdentityHttp(use_rule(CaSession(ex.tls_ca_file), direct)),
         )
     except IDENTITY_ERRORS as exc:
         raise identity_failure(exc, "token endpoint unreachable") from exc
@@ -130,8 +146,9 @@ def _token(result: dict[str, Any] | None, what: str) -> str:
 
 
 class AppTokens:
-    def __init__(self, ex: ExchangeConfig) -> None:
+    def __init__(self, ex: ExchangeConfig, direct: bool = False) -> None:
         self.ex = ex
+        self.direct = direct  # the integration turned the web proxy off
         self.scope = default_scope(ex, delegated=False)
         self._lock = threading.Lock()
         self._app: Any = None
@@ -140,7 +157,8 @@ class AppTokens:
         with self._lock:
             if force or self._app is None:
                 self._app = None  # rebuilt next time should this fail
-                self._app = _msal_app(self.ex)  # a fresh cache: msal would reuse the old token
+                # a fresh cache: msal would reuse the old token
+                self._app = _msal_app(self.ex, direct=self.direct)
             try:
                 result = self._app.acquire_token_for_client(scopes=[self.scope])
             except IDENTITY_ERRORS as exc:
@@ -149,21 +167,26 @@ class AppTokens:
 
 
 class DelegatedTokens:
-    def __init__(self, ex: ExchangeConfig, cache_path: Path) -> None:
+    def __init__(self, ex: ExchangeConfig, cache_path: Path, direct: bool = False) -> None:
         self.ex = ex
+        self.direct = direct
         self.scope = default_scope(ex, delegated=True)
         self.cache_path = cache_path
         self._lock = threading.Lock()
         self._cache = msal.SerializableTokenCache()
-        if cache_path.exists():
-            self._cache.deserialize(cache_path.read_text())
+        # a damaged cache is set aside (alarm state_damaged) and the account signs in again
+        raw = read_or_set_aside(
+            cache_path, json.loads, cache_path.stem, "the service account must sign in again"
+        )
+        if raw is not None:
+            self._cache.deserialize(raw.decode())
         self._client: Any = None
         self._flows: dict[str, dict[str, Any]] = {}
 
     @property
     def _app(self) -> Any:
         if self._client is None:
-            self._client = _msal_app(self.ex, self._cache)
+            self._client = _msal_app(self.ex, self._cache, self.direct)
         return self._client
 
     def _persist(self) -> None:
@@ -181,7 +204,9 @@ class DelegatedTokens:
 
     # --- the browser sign-in --------------------------------------------------------------
     def start_sign_in(self, redirect_uri: str) -> str:
-        """Begin the authorization code flow; returns where to send the admin's browser."""
+        """Begin the authorization code flow; returns where to send the admin's browser: the
+        configured authorization endpoint (msal's own, from the authority's OIDC document,
+        when none is configured) with the flow's query (state, nonce, PKCE challenge)."""
         with self._lock:
             flow = self._app.initiate_auth_code_flow(
                 scopes=[self.scope],
@@ -189,7 +214,7 @@ class DelegatedTokens:
                 login_hint=self.ex.service_account_username or None,
             )
             self._flows[flow["state"]] = flow
-            return str(flow["auth_uri"])
+            return authorization_url(self.ex.oauth_authorization_endpoint, str(flow["auth_uri"]))
 
     def finish_sign_in(self, query: dict[str, str]) -> str:
         """Complete the flow with the redirect's query; returns the signed-in account."""
@@ -228,9 +253,12 @@ class DelegatedTokens:
             return str(result["access_token"])
 
 
-def token_source(ex: ExchangeConfig, data_dir: Path, name: str) -> TokenSource | None:
+def token_source(
+    ex: ExchangeConfig, data_dir: Path, name: str, direct: bool = False
+) -> TokenSource | None:
+    """The integration's OAuth tokens; `direct`: its web proxy is turned off."""
     if ex.authentication == "oauth_app":
-        return AppTokens(ex)
+        return AppTokens(ex, direct)
     if ex.authentication == "oauth_delegated":
-        return DelegatedTokens(ex, data_dir / "oauth" / f"{name}.json")
+        return DelegatedTokens(ex, data_dir / "oauth" / f"{name}.json", direct)
     return None

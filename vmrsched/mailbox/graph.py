@@ -53,6 +53,7 @@ from vmrsched.mailbox.base import (
 from vmrsched.mailbox.ews_auth import IDENTITY_ERRORS, IdentityHttp, identity_failure
 from vmrsched.mailbox.sessions import CaSession
 from vmrsched.meetings import Meeting, is_address
+from vmrsched.proxies import use_rule
 from vmrsched.telemetry import EXCHANGE_UNREACHABLE, Metrics
 
 log = logging.getLogger("vmrsched.graph")
@@ -146,7 +147,8 @@ class GraphMailbox:
         graph = integ.graph
         self.api = graph.graph_url.rstrip("/") + "/v1.0"
         self.base = f"{self.api}/users/{quote(self.room)}"
-        self.session = CaSession(graph.tls_ca_file)
+        # Graph and its token endpoint under the service's one proxy rule
+        self.session = use_rule(CaSession(graph.tls_ca_file), integ.advanced.disable_web_proxy)
         adapter = requests.adapters.HTTPAdapter(pool_maxsize=graph.max_concurrent_requests)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
@@ -826,11 +828,13 @@ class GraphMailbox:
             self._notified.set()  # new mail, or possibly missed mail: list the inbox
         return accepted, refused
 
-    def probe(self, organizer: str = "") -> list[tuple[bool, str]]:
+    def probe(self, organizer: str = "", outside: str = "") -> list[tuple[bool | None, str]]:
         """What check-config --online reports: a token, the room's inbox readable, and, given
         an organizer's address, whether the app's scope lets it update that organizer's
-        meetings (the scope itself cannot be listed through Graph)."""
-        out: list[tuple[bool, str]] = []
+        meetings (the scope itself cannot be listed through Graph); given a mailbox that
+        should be out of reach, whether it is (None, a warning, when the app reads it:
+        tenant-wide consent reaches every mailbox whatever the RBAC scope says)."""
+        out: list[tuple[bool | None, str]] = []
         try:
             self.tokens.get()
         except GatewayError as exc:
@@ -840,7 +844,13 @@ class GraphMailbox:
             self.call("GET", f"{self.base}/mailFolders/inbox", "probe", params={"$select": "id"})
             out.append((True, f"room mailbox {self.room} is readable"))
         except GatewayError as exc:
-            out.append((False, f"cannot read the inbox of {self.room}: {exc}"))
+            out.append(
+                (
+                    False,
+                    f"cannot read the inbox of {self.room}: {exc} (the room must be in the "
+                    "management scope of the app's RBAC for Applications role assignments)",
+                )
+            )
         if organizer:
             try:
                 self.call(
@@ -858,7 +868,30 @@ class GraphMailbox:
                         "meetings get the joining instructions by mail instead",
                     )
                 )
+        if outside:
+            out.append(self._probe_outside(outside))
         return out
+
+    def _probe_outside(self, address: str) -> tuple[bool | None, str]:
+        try:
+            self.call(
+                "GET",
+                f"{self.api}/users/{quote(address)}/mailFolders/inbox",
+                "probe_outside",
+                params={"$select": "id"},
+            )
+        except GatewayError as exc:
+            if exc.code in ("ErrorAccessDenied", "http_403"):  # what an RBAC scope answers
+                return True, f"{address} is out of reach: the app's access ends at its scope"
+            return False, f"could not try {address}: {exc}"
+        return None, (
+            f"the app reads the mailbox of {address}, outside its RBAC for Applications "
+            "scope: it holds tenant-wide (admin) consent for Microsoft Graph application "
+            "permissions (Mail.*, Calendars.*), which reaches every mailbox in the tenant "
+            "whatever the scope says (Entra and RBAC grants add up). Remove that consent from "
+            "the app (Entra ID > Enterprise applications > the app > Permissions) and keep "
+            "only the scoped role assignments"
+        )
 
     def close(self) -> None:
         self.session.close()
