@@ -170,11 +170,6 @@ async def test_a_full_disk_is_a_503_storage_full_at_once_until_space_returns(
     assert full_service.ctx.status.state("alpha") == "running"  # never restarted
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Service.readiness (vmrsched/service.py, not this change's to edit) counts only "
-    "store_corrupt; it must count storage_full too (telemetry.NOT_READY)",
-)
 async def test_readyz_says_not_ready_while_the_disk_is_full(
     client: TestClient[Any, Any], full_service: service.Service
 ) -> None:
