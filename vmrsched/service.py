@@ -142,7 +142,9 @@ class Service:
 
             def session(integ: IntegrationConfig) -> CaSession:
                 ca = integ.personal.tls_ca_file
-                return CaSession(str(base / ca) if ca else "")
+                made = CaSession(str(base / ca) if ca else "")
+                use_rule(made, integ.advanced.disable_web_proxy)  # one proxy rule for all calls
+                return made
 
             self._user_sign_in = user_sign_in.UserSignIn(
                 self.config.data_dir, http_for=PerConfig(session)
