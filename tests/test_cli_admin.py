@@ -236,3 +236,42 @@ def test_the_cli_shows_and_searches_the_conference_subject_of_records_and_logs_f
     assert "0 alias(es)" in cli(cfg, "aliases", "list", "-q", "merger").stderr
     shown_json = json.loads(cli(cfg, "aliases", "show", record["alias"], "--json").stdout)
     assert shown_json["subject"] == "Legacy conference subject"
+
+
+def test_commands_that_use_no_secret_do_not_ask_for_one(tmp_path: Path) -> None:
+    """invite, failed and manifest read no secret: the variables the config names need not be
+    set in the shell that runs them (the service's own environment has them)."""
+    path = write(tmp_path, free_port())
+    env = {k: v for k, v in os.environ.items() if k != "VMRSCHED_ADMIN_TOKEN"}
+
+    def bare(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "vmrsched", *args, "--config", str(path)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            env=env,
+        )
+
+    invited = bare("invite", "--integration", "default", "--subject", "No secrets")
+    assert invited.returncode == 0, invited.stderr
+    assert bare("failed").returncode == 0
+    assert bare("manifest", "default").returncode == 0
+    refused = bare("aliases", "list")  # the admin API's token is a secret it does use
+    assert refused.returncode == 1 and "VMRSCHED_ADMIN_TOKEN" in refused.stderr
+
+
+def test_an_alias_may_follow_the_options(tmp_path: Path) -> None:
+    alias = "vmr000001@video.example.com"
+    path = write(tmp_path, free_port())
+    out = subprocess.run(
+        [*(sys.executable, "-m", "vmrsched", "aliases", "show"), "--config", str(path), alias],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, "VMRSCHED_ADMIN_TOKEN": TOKEN},
+    )
+    assert "unrecognized arguments" not in out.stderr
+    assert alias in out.stdout + out.stderr

@@ -20,10 +20,19 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(path: Path) -> config.Config | None:
-    """The config, or None after printing every problem with its key path."""
+class _Unused(dict[str, str]):
+    """The environment for a command that uses no secret (invite, failed, manifest): a variable
+    the config names but this shell does not set stands for a value nobody reads."""
+
+    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        return os.environ.get(key, "unused-by-this-command-" + "x" * 24)
+
+
+def _load(path: Path, secrets: bool = True) -> config.Config | None:
+    """The config, or None after printing every problem with its key path. `secrets=False`
+    for commands that read none: their variables need not be set."""
     try:
-        return config.load(path)
+        return config.load(path, environ=None if secrets else _Unused())
     except config.ConfigError as exc:
         print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
         for problem in exc.problems:
@@ -169,7 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `aliases show --config X ALIAS`: argparse gives up on a positional after an option
+        if getattr(args, "alias", "") is None and len(extra) == 1 and not extra[0].startswith("-"):
+            args.alias = extra[0]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     result: int = args.func(args)
     return result
 
@@ -283,7 +298,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_invite(args: argparse.Namespace) -> int:
     from vmrsched import invites
 
-    cfg = _load(args.config)
+    cfg = _load(args.config, secrets=False)
     integ = _integration(cfg, args.integration) if cfg else None
     if cfg is None or integ is None:
         return 1
@@ -302,7 +317,7 @@ def cmd_invite(args: argparse.Namespace) -> int:
 def cmd_manifest(args: argparse.Namespace) -> int:
     from vmrsched.http import manifest
 
-    cfg = _load(args.config)
+    cfg = _load(args.config, secrets=False)
     integ = _integration(cfg, args.name) if cfg else None
     if cfg is None or integ is None:
         return 1
@@ -411,7 +426,7 @@ def _data_dir(args: argparse.Namespace) -> Path | None:
     """--data-dir, else the config's data_dir (None after printing the config's problems)."""
     if args.data_dir is not None:
         return Path(args.data_dir)
-    cfg = _load(args.config)
+    cfg = _load(args.config, secrets=False)
     return cfg.data_dir if cfg is not None else None
 
 
