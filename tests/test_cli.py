@@ -85,3 +85,11 @@ def test_check_config_online_takes_an_organizer_and_a_mailbox_out_of_scope() -> 
         ["check-config", "--online", "--organizer", "a@example.com", "--outside", "b@example.com"]
     )
     assert (args.organizer, args.outside) == ("a@example.com", "b@example.com")
+
+
+def test_check_config_warns_that_a_node_cannot_reach_loopback() -> None:
+    out = run("-m", "vmrsched", "check-config", str(ROOT / "config" / "vmrsched.toml"))
+    assert out.returncode == 0
+    assert "http://127.0.0.1:8080 names this machine only: a Conferencing Node cannot reach it" in (
+        out.stderr
+    )

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from vmrsched import cli_admin, config
 
@@ -114,7 +115,13 @@ def _print_pexip(cfg: config.Config) -> None:
         f"node appends /policy/v1/service/configuration), {auth}; then use the profile on the "
         "system locations of the Conferencing Nodes."
     )
-    if cfg.server.base_url.startswith("http://") and not cfg.server.on_loopback:
+    if config.is_loopback_host(urlsplit(cfg.server.base_url).hostname or ""):
+        print(
+            f"warning: {cfg.server.base_url} names this machine only: a Conferencing Node "
+            "cannot reach it; set [server] public_url to the URL the nodes reach this service at",
+            file=sys.stderr,
+        )
+    elif cfg.server.base_url.startswith("http://") and not cfg.server.on_loopback:
         print(
             "warning: the policy URL is plain http: set [server] public_url to the https URL "
             "nodes reach this service at",
