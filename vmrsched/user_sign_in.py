@@ -49,6 +49,18 @@ KEY_ENV = "VMRSCHED_SESSION_KEY"
 class Session:
     token: str
     email: str
+    # who signed in as the add-in names an Entra ID user (`entra:<tenant>:<object id>`, from the
+    # ID token's tid and oid), so the reservations they made in Outlook are found as theirs; ""
+    # where the provider names no such user (AD FS)
+    user: str = ""
+
+
+def user_of(claims: Mapping[str, Any]) -> str:
+    """The add-in's name for the signed-in user (identity.py's for an Entra ID token), or ""."""
+    tid, oid = claims.get("tid"), claims.get("oid")
+    if isinstance(tid, str) and isinstance(oid, str) and tid and oid:
+        return f"entra:{tid}:{oid}"
+    return ""
 
 
 def _digest(token: str) -> str:
@@ -117,9 +129,10 @@ class UserSignIn:
         if not email:
             raise SignInRefused("the identity provider did not say who signed in (no email)")
         token = TOKEN_PREFIX + oidc.b64(secrets.token_bytes(32))
-        self._save(integ.name, token, email, str(answer.get("refresh_token", "")))
+        user = user_of(claims)
+        self._save(integ.name, token, email, str(answer.get("refresh_token", "")), user)
         log.info("%s signed in for personal VMRs", email, extra={"integration": integ.name})
-        return Session(token, email)
+        return Session(token, email, user)
 
     # --- sessions --------------------------------------------------------------------------------
 
@@ -149,8 +162,15 @@ class UserSignIn:
                 "the sign-in can no longer be refreshed; sign in again", "sign_in_required"
             ) from exc
         email = str(entry["email"])
-        self._save(integ.name, token, email, str(answer.get("refresh_token", "")) or refresh)
+        refreshed = str(answer.get("refresh_token", "")) or refresh
+        self._save(integ.name, token, email, refreshed, str(entry.get("user", "")))
         return email
+
+    def user(self, integ: IntegrationConfig, token: str) -> str:
+        """The add-in's name for a session's user (see Session.user); "" when unknown. Ask
+        `email` first: this one neither checks nor refreshes the session."""
+        entry = self._load(integ.name).get(_digest(token))
+        return str(entry.get("user", "")) if entry is not None else ""
 
     def needs_refresh(self, integ: IntegrationConfig, token: str) -> bool:
         """Whether `email` would talk to the provider (the caller then uses a worker thread)."""
@@ -200,13 +220,14 @@ class UserSignIn:
         report_damaged(name, aside, what)
         return sessions
 
-    def _save(self, name: str, token: str, email: str, refresh: str) -> None:
+    def _save(self, name: str, token: str, email: str, refresh: str, user: str = "") -> None:
         with self._lock:
             sessions = dict(self._load(name))
             sessions[_digest(token)] = {
                 "email": email,
                 "refresh": self._encrypt(refresh) if refresh else "",
                 "verified": self.clock(),
+                **({"user": user} if user else {}),
             }
             self._write(name, sessions)
 
