@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from vmrsched import aliases, calendars, recurrence
 from vmrsched.config import IntegrationConfig
@@ -110,14 +111,24 @@ def joining_domain(integ: IntegrationConfig) -> str:
     return integ.pexip.webapp_fqdn or integ.addin.server_fqdn
 
 
+def self_service_url(integ: IntegrationConfig) -> str:
+    """What {{self_service_url}} stands for in declines: the organizer page's public URL (the
+    service answers the add-in at server_fqdn; the page is /my/<integration> there)."""
+    return f"https://{integ.addin.server_fqdn}/my/{quote(integ.name, safe='')}"
+
+
 def variables(
     integ: IntegrationConfig,
     meeting: Meeting | None,
     record: Mapping[str, Any] | None,
     decision: Decision | None = None,
 ) -> dict[str, Any]:
-    """Template variables of the single-use set for one meeting and alias."""
-    values: dict[str, Any] = {"addin_server_domain": joining_domain(integ)}
+    """Template variables of the single-use set for one meeting and alias (and the declines'
+    {{self_service_url}}: templates that may not use it never see it)."""
+    values: dict[str, Any] = {
+        "addin_server_domain": joining_domain(integ),
+        "self_service_url": self_service_url(integ),
+    }
     if meeting is not None:
         occurrence = decision.occurrence if decision is not None else None
         values.update(
@@ -282,6 +293,7 @@ def unreadable_reply(
     """A general_error decline for a request we could not read but whose sender we know."""
     values: dict[str, Any] = {
         "addin_server_domain": joining_domain(integ),
+        "self_service_url": self_service_url(integ),
         "correlation_id": correlation_id,
         "subject": subject,
         "organizer_name": recipient_name or recipient,

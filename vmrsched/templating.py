@@ -49,6 +49,8 @@ PERSONAL_VARS = frozenset(
     }
 )
 TEXT_VARS = frozenset({"addin_server_domain"} | MEETING_VARS)
+# what every decline may add: the organizer page, where the organizer sees why and what to do
+DECLINE_VARS = frozenset({"self_service_url"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +161,7 @@ TEMPLATES: dict[str, TemplateSpec] = {
     "reject_invalid_alias_id_text": TemplateSpec(
         "email",
         "html",
-        TEXT_VARS,
+        TEXT_VARS | DECLINE_VARS,
         "<p>This meeting has no valid video meeting reference, so the video room cannot be "
         "booked. Use the add-in button in your meeting window to add a video room, then send "
         "the invitation again.</p>",
@@ -167,7 +169,7 @@ TEMPLATES: dict[str, TemplateSpec] = {
     "reject_alias_conflict_template": TemplateSpec(
         "email",
         "html",
-        SINGLE_USE_VARS,
+        SINGLE_USE_VARS | DECLINE_VARS,
         "<p>The video address {{alias}} already belongs to another meeting. Each meeting needs "
         "its own video room: remove the copied joining details, add a new video room with the "
         "add-in, and send the invitation again.</p>",
@@ -175,7 +177,7 @@ TEMPLATES: dict[str, TemplateSpec] = {
     "reject_alias_deleted_text": TemplateSpec(
         "email",
         "html",
-        TEXT_VARS,
+        TEXT_VARS | DECLINE_VARS,
         "<p>The video room in this meeting is no longer available (its meeting was cancelled or "
         "the reservation expired). Add a new video room with the add-in and send the invitation "
         "again.</p>",
@@ -192,20 +194,20 @@ TEMPLATES: dict[str, TemplateSpec] = {
     "reject_recurring_series_in_past_text": TemplateSpec(
         "email",
         "html",
-        TEXT_VARS,
+        TEXT_VARS | DECLINE_VARS,
         "<p>Every occurrence of this recurring meeting is in the past, so no video room was "
         "booked.</p>",
     ),
     "reject_single_meeting_in_past_text": TemplateSpec(
         "email",
         "html",
-        TEXT_VARS,
+        TEXT_VARS | DECLINE_VARS,
         "<p>This meeting has already ended, so no video room was booked.</p>",
     ),
     "reject_general_error_template": TemplateSpec(
         "email",
         "html",
-        SINGLE_USE_VARS | {"correlation_id"},
+        SINGLE_USE_VARS | {"correlation_id"} | DECLINE_VARS,
         "<p>Something went wrong while booking the video room for this meeting. Please try "
         "again later; if it keeps happening, contact your help desk and quote reference "
         "{{correlation_id}}.</p>",
