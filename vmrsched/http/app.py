@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
 from vmrsched.errors import ServiceError
-from vmrsched.http import addin, admin, admin_api, demo, graph, personal, policy
+from vmrsched.http import addin, admin, admin_api, demo, graph, organizer, personal, policy
 from vmrsched.http.common import SERVICE, error, http_error, origin_of, service_error
 from vmrsched.http.hosts import allowed_hosts, hostname
 from vmrsched.service import Service
@@ -78,7 +78,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 # what a page under a hostile name must not reach (health and metrics answer to any name)
-GUARDED = ("/api/", "/addin/", "/admin")
+GUARDED = ("/api/", "/addin/", "/admin", "/my/")
 HOSTS = web.AppKey("allowed_hosts", dict)
 
 
@@ -135,6 +135,7 @@ def create_app(service: Service) -> web.Application:
     app.router.add_get("/api/openapi.yaml", openapi)
     addin.setup(app)
     personal.setup(app)
+    organizer.setup(app)
     admin_api.setup(app)
     demo.setup(app)
     admin.setup(app)
