@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import traceback
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -394,6 +395,7 @@ def admin_notice(
         html_body=body,
         outcome=kind,
         reason="admin",
-        correlation_id=serial,
+        # one shape with the meetings' (a UUID), whichever act and clock made the serial
+        correlation_id=str(uuid.uuid5(uuid.NAMESPACE_OID, key)),
         meeting_uid=str(record.get("meeting_uid", "")),
     )

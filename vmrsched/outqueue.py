@@ -15,6 +15,10 @@ readable: every whole entry before and after the damage is kept, the journal is 
 `<name>.damaged-<time>` (never deleted) once a fresh one holds what it held, and state_damaged
 is raised. A message whose line is damaged but still reads is kept as failed (`vmrsched failed`
 lists it with the reason): what it says may have been changed, so it is not sent as it is.
+
+An admin may put a failed message back in the queue (`retry`) or drop a failed or queued one
+(`discard`); both are journalled like the rest. The notifier's proxy reaches the queue
+(`pykka_traversable`), so these run in the notifier's thread, never beside it.
 """
 
 from __future__ import annotations
@@ -48,7 +52,19 @@ class Failed:
     at: float  # unix time
 
 
+@dataclass(frozen=True)
+class Queued:
+    """A message waiting to be delivered, and since when."""
+
+    message: Outgoing
+    at: float  # unix time it was queued (or put back by an admin)
+
+
 class OutQueue:
+    # the notifier's proxy may call the queue's methods (in the notifier's thread): the admin
+    # pages list, retry and discard through it
+    pykka_traversable = True
+
     def __init__(
         self,
         directory: Path,
@@ -151,6 +167,21 @@ class OutQueue:
             if message_id in self._suspect:  # delivered after all
                 self._suspect.discard(message_id)
                 self._failed.pop(message_id, None)
+        elif op == "retry":
+            message_id = str(entry["id"])
+            raw_retry = entry.get("m")
+            failed = self._failed.pop(message_id, None)
+            self._suspect.discard(message_id)
+            retried = Outgoing.from_json(raw_retry) if isinstance(raw_retry, dict) else None
+            retried = retried or (failed.message if failed is not None else None)
+            if retried is not None:
+                self._pending[message_id] = retried
+                self._seen[message_id] = float(str(entry.get("t", self.clock())))
+        elif op == "discard":
+            message_id = str(entry["id"])
+            self._failed.pop(message_id, None)
+            self._pending.pop(message_id, None)
+            self._suspect.discard(message_id)
         elif op == "fail":
             message_id = str(entry["id"])
             self._suspect.discard(message_id)
@@ -282,6 +313,38 @@ class OutQueue:
             journal.append({"op": "add", "m": replacement.to_json(), "t": now})
         journal.sync()
 
+    def retry(self, message_id: str) -> bool:
+        """An admin's retry: a failed message goes back in the queue, durably (False when no
+        failed message has that id)."""
+        item = self._failed.get(message_id)
+        if item is None:
+            return False
+        journal = self._writable()
+        now = self.clock()
+        del self._failed[message_id]
+        self._pending[message_id] = item.message
+        self._seen[message_id] = now
+        journal.append({"op": "retry", "id": message_id, "m": item.message.to_json(), "t": now})
+        journal.sync()
+        return True
+
+    def discard(self, message_id: str) -> bool:
+        """An admin's discard: a failed or queued message is dropped for good, durably (its id
+        stays seen, so it is never queued again). False when there is no such message."""
+        if message_id not in self._failed and message_id not in self._pending:
+            return False
+        journal = self._writable()
+        self._failed.pop(message_id, None)
+        self._pending.pop(message_id, None)
+        journal.append({"op": "discard", "id": message_id, "t": self.clock()})
+        journal.sync()
+        return True
+
+    def contents(self) -> tuple[list[Queued], list[Failed]]:
+        """What is queued (oldest first, with since when) and what failed: for the admin pages."""
+        queued = [Queued(m, self._seen.get(m.id, 0.0)) for m in self._pending.values()]
+        return sorted(queued, key=lambda q: q.at), list(self._failed.values())
+
     def _rotate(self) -> None:
         self._writable().close()
         self._old = [self._gen]
@@ -300,6 +363,12 @@ class OutQueue:
     def close(self) -> None:
         if self._journal is not None:
             self._journal.close()
+
+
+def read_contents(directory: Path) -> tuple[list[Queued], list[Failed]]:
+    """`contents` of a queue directory read without opening the queue for writing (the admin
+    pages of an integration that is not running)."""
+    return OutQueue(directory, read_only=True).contents()
 
 
 def read_failed(directory: Path) -> list[Failed]:

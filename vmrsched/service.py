@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -35,7 +36,15 @@ from vmrsched import config as config_mod
 from vmrsched.actors.allocator import QuotaReached
 from vmrsched.actors.bridge import ReservationBatcher, ask_async
 from vmrsched.actors.context import Context
-from vmrsched.actors.messages import DeleteAlias, FindAliases, Poll, Reload, ResendInstructions
+from vmrsched.actors.messages import (
+    DeleteAlias,
+    FindAliases,
+    Flush,
+    Poll,
+    Reload,
+    ResendInstructions,
+)
+from vmrsched.actors.notifier import _notice_id as notice_id
 from vmrsched.actors.registry import ActorUnavailable
 from vmrsched.actors.service import ReloadResult, ServiceSupervisor, supervisor_proxy
 from vmrsched.config import Config, IntegrationConfig, PerConfig
@@ -55,13 +64,21 @@ from vmrsched.mailbox.graph import GraphMailbox
 from vmrsched.mailbox.sessions import CaSession
 from vmrsched.meetings import is_address
 from vmrsched.outgoing import Outgoing
-from vmrsched.outqueue import OutQueue
+from vmrsched.outqueue import Failed, OutQueue, Queued, read_contents
 from vmrsched.pexip import policy
 from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnavailable
 from vmrsched.proxies import use_rule
 from vmrsched.recovery import Recovered, recover
 from vmrsched.store import Record, Store, decode_schedule, lock_directory
-from vmrsched.telemetry import CONFIG_INVALID, NOT_READY, Alarms, Metrics
+from vmrsched.telemetry import (
+    CONFIG_INVALID,
+    DELIVERY_FAILED,
+    NOT_READY,
+    Alarm,
+    Alarms,
+    Metrics,
+    PolicyActivity,
+)
 from vmrsched.templating import Renderer
 
 __all__ = [
@@ -106,6 +123,8 @@ class Service:
     )
     _user_sign_in: user_sign_in.UserSignIn | None = None
     _admin_sign_in: admin_sign_in.AdminSignIn | None = None
+    started_at: float = field(default_factory=time.time)
+    policy_activity: PolicyActivity = field(default_factory=PolicyActivity)
 
     def use_http_client(self, session: Callable[[], aiohttp.ClientSession]) -> None:
         """The HTTP client token verifiers fetch signing keys with: the front end's own, on
@@ -389,7 +408,21 @@ class Service:
     def policy_answer(self, local_alias: str) -> tuple[str, dict[str, Any]]:
         """What a Pexip node gets for a dialled alias: (result label, JSON answer). Reads the
         published alias index only; never waits on an actor."""
-        return policy.answer(local_alias, self.ctx.clock(), self.ctx.alias_index)
+        result, answer = policy.answer(local_alias, self.ctx.clock(), self.ctx.alias_index)
+        self.policy_activity.answered(result)
+        if result == "rejected":
+            self.policy_activity.rejected(local_alias, self._reject_reason(local_alias))
+        return result, answer
+
+    def _reject_reason(self, local_alias: str) -> str:
+        """Why the policy endpoint rejected an alias, in words for the admin pages."""
+        room = self.ctx.alias_index.lookup(policy.normalise(local_alias))
+        if room is None:
+            return "not one of ours"
+        status = getattr(room, "status", "")
+        if status != "bound" or getattr(room, "schedule", None) is None:
+            return f"not booked for a meeting (it is {status or 'unknown'})"
+        return "outside its join window (too early or too late to join)"
 
     def graph_validation(self, name: str) -> bool:
         """Whether `name` is a Graph integration expecting change notifications (only those
@@ -454,31 +487,136 @@ class Service:
     # --- admin ------------------------------------------------------------------------------------
 
     def admin_overview(self) -> list[dict[str, Any]]:
-        """Each integration with its state, alarms (since when, why) and mailbox lag."""
+        """Each integration with its state, alarms (since when, why) and mailbox lag (the
+        incoming side: the oldest item of the last poll)."""
         states = self.ctx.status.snapshot()
         overview = []
         for integ in self.config.integrations:
             state = states.get(integ.name, {})
+            lag = state.get("lag")
             overview.append(
                 {
                     "name": integ.name,
                     "backend": integ.backend,
+                    "timezone": integ.timezone,
                     "state": state.get("state", "starting"),
                     "restarts": state.get("restarts", 0),
                     "error": state.get("error", ""),
-                    "mailbox_lag_seconds": state.get("lag"),
-                    "last_poll": state.get("polled"),
-                    "alarms": [
-                        {
-                            "name": a.name,
-                            "message": a.message,
-                            "since": datetime.fromtimestamp(a.raised_at, UTC).isoformat(),
-                        }
-                        for a in self.ctx.alarms.active(integ.name)
-                    ],
+                    "mailbox_lag_seconds": lag,
+                    "incoming_lag_seconds": lag,
+                    "last_poll": _iso_or_none(state.get("polled")),
+                    "alarms": [alarm_view(a) for a in self.ctx.alarms.active(integ.name)],
                 }
             )
         return overview
+
+    def admin_service(self) -> dict[str, Any]:
+        """The service itself: version, since when it runs, its own alarms (config_invalid
+        and the like: not any one integration's) and what the policy endpoint answered."""
+        now = time.time()
+        return {
+            "version": _version(),
+            "started": datetime.fromtimestamp(self.started_at, UTC).isoformat(),
+            "uptime_seconds": round(now - self.started_at, 1),
+            "alarms": [alarm_view(a) for a in self.ctx.alarms.active("service")],
+            "policy": self.policy_activity.summary(),
+        }
+
+    async def admin_status(self) -> list[dict[str, Any]]:
+        """admin_overview with each integration's outgoing side: how many messages are queued
+        and failed, the age of the oldest queued one, and a mailbox lag that counts it (a reply
+        that cannot be sent is lag too)."""
+        overview = self.admin_overview()
+        contents = await asyncio.gather(
+            *(self._queue_contents(i["name"]) for i in overview), return_exceptions=True
+        )
+        now = time.time()
+        for item, found in zip(overview, contents, strict=True):
+            if isinstance(found, BaseException):
+                log.warning("cannot read the queue of %s: %s", item["name"], found)
+                item["outgoing"] = {"queued": None, "failed": None, "oldest_queued": None}
+                continue
+            queued, failed = found
+            oldest = queued[0].at if queued else None
+            outgoing_lag = round(max(0.0, now - oldest), 1) if oldest else 0.0
+            item["outgoing"] = {
+                "queued": len(queued),
+                "failed": len(failed),
+                "oldest_queued": _iso_or_none(oldest),
+                "lag_seconds": outgoing_lag,
+            }
+            incoming = item["incoming_lag_seconds"]
+            item["mailbox_lag_seconds"] = max(incoming or 0.0, outgoing_lag)
+        return overview
+
+    async def _queue_contents(self, name: str) -> tuple[list[Queued], list[Failed]]:
+        """What the integration's notifier holds, asked in its thread when it runs; read from
+        its journal (without writing) when it does not."""
+        integ = self.integration(name)
+        try:
+            notifier = self.ctx.registry.get(name, "notifier")
+        except ActorUnavailable:
+            notifier = None
+        if notifier is not None:
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout, AttributeError):
+                found: tuple[list[Queued], list[Failed]] = await asyncio.to_thread(
+                    lambda: notifier.proxy().queue.contents().get(timeout=10)
+                )
+                return found
+        directory = config_mod.queue_dir(self.config.data_dir, integ.name)
+        return await asyncio.to_thread(read_contents, directory)
+
+    async def admin_messages(self, name: str, limit: int = 200) -> dict[str, Any]:
+        """The integration's failed messages (newest first) and queued ones (oldest first)."""
+        queued, failed = await self._queue_contents(name)
+        return {
+            "failed": [
+                message_view(f.message, "failed", f.at, f.reason)
+                for f in sorted(failed, key=lambda f: f.at, reverse=True)[:limit]
+            ],
+            "queued": [message_view(q.message, "queued", q.at) for q in queued[:limit]],
+        }
+
+    async def _notifier_act(self, name: str, act: str, message_id: str, by: str) -> None:
+        """Retry or discard one message in the notifier's own thread (it owns the queue)."""
+        self.integration(name)
+        try:
+            if self.ctx.status.state(name) != "running":
+                raise ActorUnavailable(name)
+            notifier = self.ctx.registry.get(name, "notifier")
+
+            def run() -> tuple[bool, list[Failed]]:
+                queue = notifier.proxy().queue
+                done = bool(getattr(queue, act)(message_id).get(timeout=30))
+                return done, queue.contents().get(timeout=30)[1]
+
+            done, failed = await asyncio.to_thread(run)
+        except (ActorUnavailable, pykka.ActorDeadError, pykka.Timeout) as exc:
+            raise Unavailable(f"integration {name} cannot take requests right now") from exc
+        if not done:
+            what = "failed message" if act == "retry" else "failed or queued message"
+            raise NotFound(f"no {what} {message_id} in {name}", "unknown_message")
+        log.warning(
+            "message %s of %s %s by %s",
+            message_id,
+            name,
+            "put back in the queue" if act == "retry" else "discarded",
+            by,
+            extra={"integration": name, "message_id": message_id},
+        )
+        if act == "retry":
+            notifier.tell(Flush())
+        # the alarm stays while a failed message still needs an admin (a failed organizer
+        # update whose joining instructions went out by mail does not)
+        gone = {f.message.id for f in failed}
+        if not any(f.message.kind != "update" or notice_id(f.message) in gone for f in failed):
+            self.ctx.alarms.clear(name, DELIVERY_FAILED)
+
+    async def admin_retry_message(self, name: str, message_id: str, by: str) -> None:
+        await self._notifier_act(name, "retry", message_id, by)
+
+    async def admin_discard_message(self, name: str, message_id: str, by: str) -> None:
+        await self._notifier_act(name, "discard", message_id, by)
 
     async def admin_decisions(self, name: str, query: str, limit: int) -> list[dict[str, Any]]:
         integ = self.integration(name)
@@ -861,6 +999,50 @@ class OfflineAdmin:
         return decisions.search(path, query, limit, decision_view(integ, integ.renderer()))
 
 
+def _iso_or_none(value: Any) -> str | None:
+    """A time as ISO 8601 in UTC: from unix seconds, or an ISO string as it is."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(float(value), UTC).isoformat()
+    return str(value)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vmrsched")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def alarm_view(alarm: Alarm) -> dict[str, Any]:
+    """An active alarm as the admin pages show it: what, why, since when."""
+    return {
+        "name": alarm.name,
+        "message": alarm.message,
+        "since": datetime.fromtimestamp(alarm.raised_at, UTC).isoformat(),
+    }
+
+
+def message_view(message: Outgoing, state: str, at: float, failure: str = "") -> dict[str, Any]:
+    """A queued or failed message as the admin sees it: never its subject or body (they carry
+    the meeting's own subject), only what it is, for whom, and why it failed."""
+    return {
+        "id": message.id,
+        "state": state,
+        "kind": message.kind,
+        "outcome": message.outcome,
+        "reason": message.reason,
+        "recipients": list(message.recipients),
+        "meeting_uid": message.meeting_uid,
+        "correlation_id": message.correlation_id,
+        "at": datetime.fromtimestamp(at, UTC).isoformat() if at else None,
+        "failure": failure,
+    }
+
+
 def decision_view(
     integ: IntegrationConfig, renderer: Renderer
 ) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -942,6 +1124,7 @@ def _conference_subject(integ: IntegrationConfig, record: Record, renderer: Rend
         subject=str(record["subject"]),
         organizer=str(record.get("organizer_name") or record.get("organizer_email", "")),
     )
+
 
 # --- organizer self-service ------------------------------------------------------------------
 

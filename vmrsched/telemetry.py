@@ -10,7 +10,9 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -237,3 +239,65 @@ def report_damaged(integration: str, path: Path | str, detail: str) -> None:
         live = list(_LIVE)
     for alarms in live:
         alarms.damaged(integration, path, detail)
+
+
+@dataclass(frozen=True)
+class Reject:
+    at: float
+    alias: str
+    why: str
+
+
+class PolicyActivity:
+    """What the policy endpoint answered lately, for the admin pages: answers per minute over
+    the last minutes (by result) and the last reject with why. Counted per minute, so a busy
+    endpoint costs a dictionary update per answer."""
+
+    MINUTES = 15
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._minutes: dict[int, dict[str, int]] = {}  # minute -> result -> answers
+        self.last_reject: Reject | None = None
+
+    def answered(self, result: str) -> None:
+        minute = int(self.clock() // 60)
+        with self._lock:
+            counts = self._minutes.get(minute)
+            if counts is None:
+                counts = self._minutes[minute] = {}
+                for old in [m for m in self._minutes if m <= minute - self.MINUTES]:
+                    del self._minutes[old]
+            counts[result] = counts.get(result, 0) + 1
+
+    def rejected(self, alias: str, why: str) -> None:
+        self.last_reject = Reject(self.clock(), alias[:200], why)
+
+    def summary(self, minutes: int = 5) -> dict[str, object]:
+        """Answers per minute over the last `minutes` whole minutes and the one running, by
+        result, and the last reject."""
+        now = self.clock()
+        current = int(now // 60)
+        with self._lock:
+            recent = [c for m, c in self._minutes.items() if m > current - minutes]
+        by_result: dict[str, int] = {}
+        for counts in recent:
+            for result, n in counts.items():
+                by_result[result] = by_result.get(result, 0) + n
+        span = (minutes - 1) + (now % 60) / 60  # minutes actually covered
+        total = sum(by_result.values())
+        reject = self.last_reject
+        return {
+            "minutes": minutes,
+            "answers": total,
+            "answers_per_minute": round(total / max(span, 1.0), 1),
+            "by_result": dict(sorted(by_result.items())),
+            "last_reject": None
+            if reject is None
+            else {"at": _iso(reject.at), "alias": reject.alias, "why": reject.why},
+        }
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat()

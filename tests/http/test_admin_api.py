@@ -213,8 +213,18 @@ async def test_the_console_needs_a_login_and_its_forms_the_csrf_token(
     for form in ({}, {"csrf": "0" * 64}):
         refused = await client.post(action, data=form, allow_redirects=False)
         assert (refused.status, (await refused.json())["error"]["code"]) == (403, "csrf_failed")
-    done = await client.post(action, data={"csrf": token}, allow_redirects=False)
+    # without the confirmation, a page asks first and nothing is deleted
+    asked = await client.post(action, data={"csrf": token}, allow_redirects=False)
+    assert asked.status == 200 and 'name="confirm" value="yes"' in await asked.text()
+    assert (await get(client, "/integrations/hq/aliases", q="console"))["aliases"][0][
+        "status"
+    ] != "deleted"
+    done = await client.post(
+        action, data={"csrf": token, "confirm": "yes", "q": "console"}, allow_redirects=False
+    )
     assert done.status == 303 and "deleted" in urllib.parse.unquote_plus(done.headers["Location"])
+    # back to the same view: the integration and the search stay
+    assert "integration=hq" in done.headers["Location"] and "q=console" in done.headers["Location"]
     aliases = (await get(client, "/integrations/hq/aliases", q="console"))["aliases"]
     assert aliases[0]["status"] == "deleted"
     assert aliases[0]["reason"].startswith("deleted by admin token (session ")

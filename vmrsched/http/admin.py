@@ -20,11 +20,14 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
+from markupsafe import Markup
 
 from vmrsched.config import IntegrationConfig
 from vmrsched.decisions import EMPTY as EMPTY_DECISION
@@ -303,6 +306,11 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def wants_html(request: web.Request) -> bool:
+    """A browser asking for a page (Accept names text/html), not a script asking for JSON."""
+    return "text/html" in request.headers.get("Accept", "")
+
+
 def _who_or_login(request: web.Request, csrf: str | None = None) -> str:
     """An admin's request, or (for a browser without a session) off to the login page."""
     try:
@@ -311,48 +319,168 @@ def _who_or_login(request: web.Request, csrf: str | None = None) -> str:
         raise web.HTTPSeeOther("/admin/login?next=/admin") from None
 
 
+# What each reason code of the decisions log means (DESIGN.md, "Meeting processing rules"),
+# in the words an admin passes on to an organizer.
+REASONS: dict[str, str] = {
+    "new_single": "Accepted: a new single meeting with a video room.",
+    "new_recurring": "Accepted: a new recurring series with a video room.",
+    "edited_single": "Accepted: the organizer changed a booked single meeting.",
+    "edited_occurrence": "Accepted: the organizer changed one occurrence of a series.",
+    "edited_recurring": "Accepted: the organizer changed a booked series.",
+    "placeholder_replaced": "The room was added while the service was unreachable; the "
+    "organizer's meeting got the real joining details.",
+    "invalid_alias_id": "Declined: the meeting carries no video room of ours (no token, or "
+    "one we never issued). Add the room with the add-in.",
+    "alias_deleted": "Declined: its video room was cancelled, released, expired or deleted by "
+    "an admin. Add a new room.",
+    "alias_conflict": "Declined: that video room is already used by another meeting.",
+    "single_in_past": "Declined: the meeting (or the changed occurrence) has already ended.",
+    "recurring_in_past": "Declined: no occurrence of the series ends in the future.",
+    "cancelled": "No reply: the organizer cancelled; the conference is removed.",
+    "outdated": "No reply: an older version of a request already handled.",
+    "not_organizer": "No reply, nothing changed: someone other than the organizer sent it.",
+    "unchanged": "No reply: nothing the rules care about changed (often the room's own "
+    "update coming back).",
+    "general_error": "Declined: something unexpected went wrong; the log has the details "
+    "under the correlation id.",
+    "update_failed": "The organizer's meeting could not be updated; the joining details "
+    "went out by mail instead.",
+}
+
+
+def time_shown(zone: ZoneInfo) -> Callable[[Any], Markup]:
+    """A time for the console: readable in the console's zone (`6 Dec 2026 09:28`), the exact
+    value on hover and in `datetime`. Accepts ISO 8601 text or unix seconds; anything else is
+    shown as it is."""
+
+    def shown(value: Any) -> Markup:
+        if value is None or value == "":
+            return Markup("–")
+        try:
+            if isinstance(value, int | float):
+                moment = datetime.fromtimestamp(float(value), UTC)
+            else:
+                moment = datetime.fromisoformat(str(value))
+                if moment.tzinfo is None:
+                    moment = moment.replace(tzinfo=UTC)
+        except (ValueError, OverflowError, OSError):
+            return Markup("{}").format(value)
+        local = moment.astimezone(zone)
+        exact = moment.astimezone(UTC).isoformat()
+        text = f"{local.day} {local:%b %Y %H:%M}"
+        title = f"{exact} ({local.isoformat()} {zone.key})"
+        return Markup('<time datetime="{}" title="{}">{}</time>').format(exact, title, text)
+
+    return shown
+
+
+def duration_shown(seconds: Any) -> str:
+    """A duration in words an admin reads at a glance: 42 s, 3 min, 2 h 5 min, 3 d 4 h."""
+    if seconds is None:
+        return "–"
+    total = int(float(seconds))
+    if total < 120:
+        return f"{float(seconds):.1f} s" if total < 10 else f"{total} s"
+    minutes, hours, days = total // 60, total // 3600, total // 86400
+    if hours < 2:
+        return f"{minutes} min"
+    if days < 2:
+        return f"{hours} h {minutes % 60} min"
+    return f"{days} d {hours % 24} h"
+
+
+def _zone(service: Any, integration: str) -> ZoneInfo:
+    """The console's zone: the shown integration's timezone (UTC without one)."""
+    integ = service.config.integration(integration)
+    try:
+        return ZoneInfo(integ.timezone if integ is not None else "UTC")
+    except (ValueError, KeyError):
+        return ZoneInfo("UTC")
+
+
+def _csrf(request: web.Request) -> str:
+    sid = request.cookies.get(COOKIE, "")
+    return request.app[SESSIONS].csrf(sid) if request.app[SESSIONS].valid(sid) else ""
+
+
+def _health(item: dict[str, Any]) -> tuple[str, str]:
+    """The state of an integration at a glance: running, degraded (and why), or failed."""
+    state = str(item.get("state", ""))
+    if state == "running":
+        if item["alarms"]:
+            return "degraded", "; ".join(a["name"] for a in item["alarms"])
+        return "running", ""
+    if state in ("failed", "stopped"):
+        return "failed", str(item.get("error") or state)
+    return "degraded", str(item.get("error") or state)
+
+
 async def console(request: web.Request) -> web.Response:
-    """The admin console: integrations, alarms and lag; a search over conferences,
-    reservations and decisions; delete, resend and reload as forms with the CSRF token. Plain
-    HTML, no scripts."""
-    who = _who_or_login(request)
+    """The admin console: the service (version, uptime, its alarms, the policy endpoint),
+    integrations with state, alarms and lag; failed and queued messages; a search over
+    conferences, reservations and decisions; delete, resend, retry, discard and reload as forms
+    with the CSRF token. Plain HTML, no scripts."""
     service = request.app[SERVICE]
-    overview = service.admin_overview()
+    if not service.config.server.admin_enabled and wants_html(request):
+        return _login_page(request, "/admin", 403)  # a page saying how to turn them on
+    who = _who_or_login(request)
+    overview = await service.admin_status()
     names = [i["name"] for i in overview]
-    integration = request.query.get("integration", names[0] if names else "")
+    integration = request.query.get("integration", "")
+    if integration not in names:
+        integration = names[0] if names else ""
     q = request.query.get("q", "")[:500]
     day = request.query.get("day", "")[:10]
     aliases: list[dict[str, Any]] = []
     decisions: list[dict[str, Any]] = []
+    messages: dict[str, list[dict[str, Any]]] = {"failed": [], "queued": []}
     notice, notice_level = _notice(request, service.config.integration(integration))
-    if integration in names:
+    if integration:
         try:
             aliases = await service.admin_find_aliases(integration, q, day, 200)
         except ServiceError as exc:
             notice = notice or exc.message
+            notice_level = notice_level or "error"
         # a line missing a field (an older version's, or edited by hand) shows it empty
         found = await service.admin_decisions(integration, q, 200)
         decisions = [{**EMPTY_DECISION, **d} for d in found]
-    sid = request.cookies.get(COOKIE, "")
-    csrf = request.app[SESSIONS].csrf(sid) if request.app[SESSIONS].valid(sid) else ""
+        messages = await service.admin_messages(integration, 200)
+    for item in overview:
+        item["health"], item["health_why"] = _health(item)
+    zone = _zone(service, integration)
     return _page(
         "admin.html",
+        service=service.admin_service(),
         integrations=overview,
         integration=integration,
         q=q,
         day=day,
         aliases=aliases,
         decisions=decisions,
-        csrf=csrf,
+        messages=messages,
+        reasons=REASONS,
+        csrf=_csrf(request),
         notice=notice,
         notice_level=notice_level,
         who=who,
+        when=time_shown(zone),
+        duration=duration_shown,
+        zone=zone.key,
     )
 
 
 async def _form_act(request: web.Request) -> str:
     form = await request.post()
     return _who_or_login(request, csrf=str(form.get("csrf", "")))
+
+
+async def _where(request: web.Request) -> dict[str, str]:
+    """Where the admin was (integration, search, day): forms carry it, so the console comes
+    back to the same view after an act."""
+    form = await request.post()
+    where = {key: str(form.get(key, ""))[:500] for key in ("integration", "q", "day")}
+    where["integration"] = request.match_info.get("integration", where["integration"])
+    return where
 
 
 # What an admin act reports on the console: only these texts of ours are ever shown, so a link
@@ -366,11 +494,15 @@ NOTICES: dict[str, tuple[str, str]] = {
         "Not reloaded: the config file is invalid (see the config_invalid alarm).",
     ),
     "reload_failed": ("error", "Not reloaded: the reload could not run (see the log)."),
+    "retried": ("ok", "The message is back in the queue; it goes out at once if it can."),
+    "discarded": ("ok", "The message is discarded: it will not be sent."),
+    "not_deleted": ("ok", "Nothing deleted."),
 }
 
 
-def _back(integration: str, done: str, alias: str = "") -> web.HTTPSeeOther:
-    query = {"integration": integration, "done": done} | ({"alias": alias} if alias else {})
+def _back(where: dict[str, str], done: str, alias: str = "") -> web.HTTPSeeOther:
+    kept = {key: value for key, value in where.items() if value}
+    query = kept | {"done": done} | ({"alias": alias} if alias else {})
     return web.HTTPSeeOther(f"/admin?{urlencode(query)}")
 
 
@@ -392,32 +524,71 @@ def _notice(request: web.Request, integ: IntegrationConfig | None) -> tuple[str,
     return text, level
 
 
+def _confirm_page(request: web.Request, where: dict[str, str], alias: str) -> web.Response:
+    """Deleting asks first (as the CLI's --yes does): a page that says what deleting does,
+    with the one button that does it. No script needed."""
+    return _page(
+        "admin_confirm.html",
+        integration=where["integration"],
+        alias=alias,
+        where=where,
+        csrf=_csrf(request),
+        back="/admin?" + urlencode({k: v for k, v in where.items() if v}),
+    )
+
+
+async def console_confirm_delete(request: web.Request) -> web.Response:
+    _who_or_login(request)
+    where = {key: request.query.get(key, "")[:500] for key in ("q", "day")}
+    where["integration"] = request.match_info["integration"]
+    request.app[SERVICE].integration(where["integration"])
+    return _confirm_page(request, where, request.match_info["alias"])
+
+
 async def console_delete(request: web.Request) -> web.Response:
     who = await _form_act(request)
+    where = await _where(request)
     name, alias = request.match_info["integration"], request.match_info["alias"]
+    if (await request.post()).get("confirm") != "yes":
+        return _confirm_page(request, where, alias)
     await request.app[SERVICE].admin_delete_alias(name, alias, who)
-    raise _back(name, "deleted", alias)
+    raise _back(where, "deleted", alias)
 
 
 async def console_resend(request: web.Request) -> web.Response:
     who = await _form_act(request)
     name, alias = request.match_info["integration"], request.match_info["alias"]
     await request.app[SERVICE].admin_resend(name, alias, who)
-    raise _back(name, "resent", alias)
+    raise _back(await _where(request), "resent", alias)
+
+
+async def console_retry(request: web.Request) -> web.Response:
+    who = await _form_act(request)
+    name, message_id = request.match_info["integration"], request.match_info["message_id"]
+    await request.app[SERVICE].admin_retry_message(name, message_id, who)
+    raise _back(await _where(request), "retried")
+
+
+async def console_discard(request: web.Request) -> web.Response:
+    who = await _form_act(request)
+    name, message_id = request.match_info["integration"], request.match_info["message_id"]
+    await request.app[SERVICE].admin_discard_message(name, message_id, who)
+    raise _back(await _where(request), "discarded")
 
 
 async def console_reload(request: web.Request) -> web.Response:
     who = await _form_act(request)
+    where = await _where(request)
     log.info("%s asked for a config reload", who)
     service = request.app[SERVICE]
     try:
         result = await service.reload_async()
     except ValueError as exc:
         log.warning("reload asked by %s did not run: %s", who, exc)
-        raise _back("", "reload_failed") from exc
+        raise _back(where, "reload_failed") from exc
     if result is None:
-        raise _back("", "reload_invalid")
-    raise _back("", "reloaded")
+        raise _back(where, "reload_invalid")
+    raise _back(where, "reloaded")
 
 
 async def console_logout(request: web.Request) -> web.Response:
@@ -445,7 +616,12 @@ def setup(app: web.Application) -> None:
     )
     app.router.add_get("/admin", console)
     app.router.add_get("/admin/static/admin.css", console_css)
-    app.router.add_post("/admin/integrations/{integration}/aliases/{alias}/delete", console_delete)
+    delete_path = "/admin/integrations/{integration}/aliases/{alias}/delete"
+    app.router.add_get(delete_path, console_confirm_delete)
+    app.router.add_post(delete_path, console_delete)
+    messages_path = "/admin/integrations/{integration}/messages/{message_id}"
+    app.router.add_post(f"{messages_path}/retry", console_retry)
+    app.router.add_post(f"{messages_path}/discard", console_discard)
     app.router.add_post("/admin/integrations/{integration}/aliases/{alias}/resend", console_resend)
     app.router.add_post("/admin/reload", console_reload)
     app.router.add_post("/admin/logout", console_logout)

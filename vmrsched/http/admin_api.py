@@ -1,7 +1,9 @@
 """The admin API (/api/admin/v1, JSON; the admin token as a bearer token, or an admin session
-cookie plus its CSRF token for changes): integrations with state, alarms and lag; the decisions
-log; conferences and reservations; deleting an alias; resending joining instructions; reloading
-the configuration. Every change is logged with who made it."""
+cookie plus its CSRF token for changes): the service (version, uptime, its own alarms, the
+policy endpoint's recent answers); integrations with state, alarms and lag; the decisions log;
+conferences and reservations; failed and queued messages, retried or discarded; deleting an
+alias; resending joining instructions; reloading the configuration. Every change is logged with
+who made it."""
 
 from __future__ import annotations
 
@@ -28,7 +30,41 @@ def _limit(request: web.Request, default: int = 100) -> int:
 
 @admin_only
 async def integrations(request: web.Request) -> web.Response:
-    return web.json_response({"integrations": request.app[SERVICE].admin_overview()})
+    """Each integration, and the service-level alarms beside them (config_invalid and the
+    like belong to no integration, and are shown all the same)."""
+    service = request.app[SERVICE]
+    return web.json_response(
+        {
+            "integrations": await service.admin_status(),
+            "alarms": service.admin_service()["alarms"],
+        }
+    )
+
+
+@admin_only
+async def service_status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SERVICE].admin_service())
+
+
+@admin_only
+async def messages(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    found = await service.admin_messages(request.match_info["integration"], _limit(request, 200))
+    return web.json_response(found)
+
+
+@admin_only
+async def retry_message(request: web.Request) -> web.Response:
+    name, message_id = request.match_info["integration"], request.match_info["message_id"]
+    await request.app[SERVICE].admin_retry_message(name, message_id, request[WHO])
+    return web.json_response({"queued": message_id}, status=202)
+
+
+@admin_only
+async def discard_message(request: web.Request) -> web.Response:
+    name, message_id = request.match_info["integration"], request.match_info["message_id"]
+    await request.app[SERVICE].admin_discard_message(name, message_id, request[WHO])
+    return web.json_response({"discarded": message_id})
 
 
 @admin_only
@@ -93,7 +129,12 @@ async def reload(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     base = "/api/admin/v1"
+    app.router.add_get(f"{base}/service", service_status)
     app.router.add_get(f"{base}/integrations", integrations)
+    messages_path = f"{base}/integrations/{{integration}}/messages"
+    app.router.add_get(messages_path, messages)
+    app.router.add_post(f"{messages_path}/{{message_id}}/retry", retry_message)
+    app.router.add_delete(f"{messages_path}/{{message_id}}", discard_message)
     app.router.add_get(f"{base}/integrations/{{integration}}/decisions", decisions)
     app.router.add_get(f"{base}/integrations/{{integration}}/aliases", aliases)
     app.router.add_delete(f"{base}/integrations/{{integration}}/aliases/{{alias}}", delete_alias)

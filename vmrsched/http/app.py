@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
 from vmrsched.errors import ServiceError
 from vmrsched.http import addin, admin, admin_api, demo, graph, organizer, personal, policy
-from vmrsched.http.common import SERVICE, error, http_error, origin_of, service_error
+from vmrsched.http.common import PAGES, SERVICE, error, http_error, origin_of, service_error
 from vmrsched.http.hosts import allowed_hosts, hostname
 from vmrsched.service import Service
 
@@ -101,6 +101,27 @@ async def _server_header(request: web.Request, response: web.StreamResponse) -> 
     response.headers["Server"] = "vmrsched"
 
 
+async def home(request: web.Request) -> web.Response:
+    """What answers at `/`: a page pointing to the console for a browser (one that accepts
+    text/html), where things are as JSON for anything else."""
+    links = {
+        "admin": "/admin",
+        "health": "/healthz",
+        "ready": "/readyz",
+        "api": "/api/openapi.yaml",
+    }
+    if "text/html" in request.headers.get("Accept", ""):
+        return web.Response(
+            text=PAGES.get_template("home.html").render(links=links),
+            content_type="text/html",
+            headers={
+                "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+                "Cache-Control": "no-store",
+            },
+        )
+    return web.json_response({"service": "vmrsched", "links": links})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -128,6 +149,7 @@ def create_app(service: Service) -> web.Application:
     app[SERVICE] = service
     app[TIMERS] = RouteTimers(service.metrics.http_duration)
     app[HOSTS] = {}
+    app.router.add_get("/", home)
     app.router.add_get("/healthz", healthz)
     app.on_response_prepare.append(_server_header)
     app.router.add_get("/readyz", readyz)
