@@ -179,3 +179,29 @@ async def test_readyz_says_not_ready_while_the_disk_is_full(
     assert (await client.get("/readyz")).status == 503
     filler.unlink()
     spoolkit.wait_for(lambda: full_service.readiness()[0])
+
+
+async def test_a_meeting_that_arrives_while_the_disk_is_full_waits_without_crashing_the_poller(
+    client: TestClient[Any, Any], full_service: service.Service
+) -> None:
+    """The allocator takes the batch back; the poller backs off instead of crashing, and the
+    meeting is answered once there is room again."""
+    reserved = await (await client.post(API, json={})).json()
+    filler = fill(full_service.config.data_dir)
+    await first_refusals(client, 0)
+    spool = full_service.config.integrations[0].spool_dir(full_service.config.data_dir)
+    restarts = full_service.ctx.metrics.registry.get_sample_value(
+        "vmrsched_actor_restarts_total", {"integration": "alpha", "actor": "poller"}
+    )
+    filler.unlink()  # room for the request file itself, then none for the store
+    data, uid = spoolkit.request(body=reserved["joining_instructions"])
+    spoolkit.drop(spool / "inbox", data)
+    filler = fill(full_service.config.data_dir)
+    time.sleep(1.0)  # polls while the disk is full
+    assert not spoolkit.answers_for(spool, uid)
+    filler.unlink()
+    spoolkit.wait_for(lambda: bool(spoolkit.answers_for(spool, uid)), timeout=20)
+    after = full_service.ctx.metrics.registry.get_sample_value(
+        "vmrsched_actor_restarts_total", {"integration": "alpha", "actor": "poller"}
+    )
+    assert (after or 0) == (restarts or 0)

@@ -17,6 +17,7 @@ from vmrsched.actors.notifier import notifier_proxy
 from vmrsched.actors.supervision import Backoff
 from vmrsched.answers import Step
 from vmrsched.decisions import DecisionLog
+from vmrsched.errors import StorageFull
 from vmrsched.mailbox.base import Gateway, GatewayError, InboxItem, Outgoing
 from vmrsched.meetings import Meeting, is_address
 from vmrsched.telemetry import MAILBOX_UNREACHABLE
@@ -38,6 +39,7 @@ class MailboxPoller(SupervisedChild):
         }.get(self.integ.backend, self.integ.exchange.poll_interval_seconds)
         self.alarm: str = getattr(gateway, "alarm", ALARM)
         self._failures = 0
+        self._full = 0  # polls in a row the disk was full for
         self._backoff = Backoff(self.interval * 2, self.ctx.policy.mailbox_max)
         self._raised = self.alarm
 
@@ -66,6 +68,13 @@ class MailboxPoller(SupervisedChild):
                 self.ctx.alarms.raise_(self.integ.name, self._raised, str(exc))
                 self.ctx.scheduler.call_later(delay, self._tell_poll)
                 return None
+            except StorageFull:
+                # the allocator took the batch back and holds the storage_full alarm: nothing
+                # was answered or marked, so the same items are read again once there is room
+                self._full += 1
+                self.ctx.scheduler.call_later(self._backoff.delay(self._full), self._tell_poll)
+                return None
+            self._full = 0
             if self._failures:
                 self._failures = 0
                 self.ctx.alarms.clear(self.integ.name, self._raised)
