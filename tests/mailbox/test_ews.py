@@ -1016,3 +1016,39 @@ def test_an_organizer_update_whose_answer_was_lost_is_checked_not_sent_again(
     assert [r.response for r in env.replies("lost")] == ["Accept"]
     assert notifier.proxy().failed().get(timeout=5) == 0
     spoolkit.wait_for(lambda: "exchange_unreachable" not in _alarms(env.svc))
+
+
+def test_a_changed_service_account_does_not_use_the_old_accounts_tokens(
+    tmp_path: Path, oauth: OAuthEnv
+) -> None:
+    """The token cache belongs to one app and one account: once the config names another
+    account (or app), the old sign-in's tokens are dropped and the new account signs in."""
+    from dataclasses import replace
+    from urllib.parse import parse_qsl, urlsplit
+
+    import requests
+
+    from vmrsched.mailbox.ews_auth import DelegatedTokens, SignInRequired
+
+    ex = oauth_config(tmp_path, oauth, "oauth_delegated").integrations[0].exchange
+    tokens = DelegatedTokens(ex, tmp_path / "cache.json")
+    authorize = tokens.start_sign_in(ex.oauth_redirect_uri)
+    back = requests.get(authorize, verify=str(oauth.ca_file), allow_redirects=False, timeout=10)
+    tokens.finish_sign_in(dict(parse_qsl(urlsplit(back.headers["Location"]).query)))
+    assert tokens.get()
+    assert DelegatedTokens(ex, tmp_path / "cache.json").get()  # same account: kept
+
+    other = replace(ex, service_account_username="someone.else@example.com")
+    with pytest.raises(SignInRequired):
+        DelegatedTokens(other, tmp_path / "cache.json").get()
+    assert not (tmp_path / "cache.json").exists()  # dropped, not kept for later
+
+    tokens = DelegatedTokens(ex, tmp_path / "cache.json")  # and back: the old one is gone too
+    with pytest.raises(SignInRequired):
+        tokens.get()
+    authorize = tokens.start_sign_in(ex.oauth_redirect_uri)
+    back = requests.get(authorize, verify=str(oauth.ca_file), allow_redirects=False, timeout=10)
+    tokens.finish_sign_in(dict(parse_qsl(urlsplit(back.headers["Location"]).query)))
+    assert (tmp_path / "cache.json").exists()
+    DelegatedTokens(replace(ex, oauth_client_id="another-app"), tmp_path / "cache.json")
+    assert not (tmp_path / "cache.json").exists()  # another app: the same account signs in again

@@ -16,6 +16,7 @@ becomes a transient GatewayError carrying the platform's Retry-After.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -31,6 +32,8 @@ from vmrsched.mailbox.sessions import CaSession
 from vmrsched.proxies import use_rule
 from vmrsched.store_repair import read_or_set_aside
 from vmrsched.telemetry import SIGN_IN_REQUIRED
+
+log = logging.getLogger("vmrsched.exchange")
 
 SIGN_IN_ALARM = SIGN_IN_REQUIRED
 TOKEN_TIMEOUT = 10.0  # seconds to wait for the identity platform's answer
@@ -180,8 +183,48 @@ class DelegatedTokens:
         )
         if raw is not None:
             self._cache.deserialize(raw.decode())
+        self._drop_another_identity()
         self._client: Any = None
         self._flows: dict[str, dict[str, Any]] = {}
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """Whose tokens the cache may hold: the app, where it gets them, and the account."""
+        return {
+            "client_id": self.ex.oauth_client_id,
+            "token_endpoint": self.ex.oauth_token_endpoint,
+            "username": self.ex.service_account_username.lower(),
+        }
+
+    @property
+    def _identity_path(self) -> Path:
+        return self.cache_path.with_name(f"{self.cache_path.stem}.identity.json")
+
+    def _drop_another_identity(self) -> None:
+        """A cache belongs to one service account: when the config names another app or account,
+        its tokens (which Exchange would accept for the old one) are dropped and the new account
+        signs in (the sign_in_required alarm says so)."""
+        try:
+            recorded = json.loads(self._identity_path.read_text())
+        except (OSError, ValueError):
+            recorded = None
+        if recorded is None:  # a cache from before identities were recorded: check its account
+            wanted = self.identity["username"]
+            names = {str(a.get("username", "")).lower() for a in _accounts(self._cache)}
+            changed = bool(wanted and names and wanted not in names)
+        else:
+            changed = recorded != self.identity
+        if changed:
+            log.warning(
+                "%s: the service account changed (%s): its cached sign-in is dropped; sign in "
+                "again as %s",
+                self.cache_path.stem,
+                recorded or "another account",
+                self.ex.service_account_username or "the new account",
+            )
+            self._cache = msal.SerializableTokenCache()
+            for path in (self.cache_path, self._identity_path):
+                path.unlink(missing_ok=True)
 
     @property
     def _app(self) -> Any:
@@ -201,6 +244,7 @@ class DelegatedTokens:
             os.fsync(handle.fileno())
         os.replace(tmp, self.cache_path)
         os.chmod(self.cache_path, 0o600)
+        self._identity_path.write_text(json.dumps(self.identity))
 
     # --- the browser sign-in --------------------------------------------------------------
     def start_sign_in(self, redirect_uri: str) -> str:
@@ -238,6 +282,9 @@ class DelegatedTokens:
     def get(self, force: bool = False) -> str:
         with self._lock:
             accounts = self._app.get_accounts()
+            wanted = self.identity["username"]
+            if wanted:  # the configured account's tokens, never another's left in the cache
+                accounts = [a for a in accounts if str(a.get("username", "")).lower() == wanted]
             if not accounts:
                 raise SignInRequired("the service account has not signed in yet")
             try:
@@ -251,6 +298,12 @@ class DelegatedTokens:
                 detail = (result or {}).get("error_description", "refresh failed")
                 raise SignInRequired(f"the service account must sign in again: {detail}")
             return str(result["access_token"])
+
+
+def _accounts(cache: Any) -> list[dict[str, Any]]:
+    """The accounts a token cache holds (what msal's get_accounts reads), without an app."""
+    found: list[dict[str, Any]] = cache.find(msal.TokenCache.CredentialType.ACCOUNT)
+    return found
 
 
 def token_source(
