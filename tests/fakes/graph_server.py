@@ -19,7 +19,10 @@ real HTTP so the service's own Graph client runs unmodified:
   without a scope, every mailbox), and tenant-wide admin consent to the Graph application
   permissions in Entra (`tenant_wide_consent`) reaches every mailbox whatever the scope says.
   A mailbox out of reach is answered 403 ErrorAccessDenied on every call.
-- Throttling: `throttle_next` requests answered 429 TooManyRequests with Retry-After; more than
+- $batch: up to 20 parts, run concurrently, or one after another when they name the parts they
+  depend on (dependsOn; a part after a failed one answered 424 Failed Dependency).
+- Throttling: `throttle_next` requests (or the calls given to `throttle`) answered 429
+  TooManyRequests with Retry-After; more than
   4 concurrent requests for one mailbox are answered 429 too (Graph's limit), and counted.
 - Unknown items: 404 ErrorItemNotFound.
 - An answer lost on demand (`lose_answer`): the call is carried out, then its answer is held
@@ -110,8 +113,10 @@ class FakeGraph:
         self.scope: set[str] | None = None
         self.tenant_wide_consent = False
         self.throttle_next = 0
+        self.throttling: list[tuple[str, str]] = []  # (method, path pattern): one 429 each
         self.requests: list[tuple[str, str]] = []  # HTTP requests made to Graph
         self.batched = 0  # sub-requests that arrived inside a $batch
+        self.batched_calls: list[tuple[str, str]] = []  # (method, path) of those sub-requests
         self.subscriptions: dict[str, dict[str, Any]] = {}
         self.delta_epoch = 1  # bumped by expire_delta_tokens: older tokens answer 410
         self.delta_calls = 0
@@ -258,6 +263,20 @@ class FakeGraph:
                     return how
         return None
 
+    def throttle(self, method: str, path: str, times: int = 1) -> None:
+        """The next `times` calls of `method` on a path matching `path` (a regular expression
+        searched in it), on their own or inside a $batch, are answered 429 with Retry-After."""
+        with self.lock:
+            self.throttling.extend([(method.upper(), path)] * times)
+
+    def _throttled(self, request: web.Request) -> bool:
+        with self.lock:
+            for index, (method, pattern) in enumerate(self.throttling):
+                if request.method == method and re.search(pattern, request.path):
+                    del self.throttling[index]
+                    return True
+        return False
+
     def expire_delta_tokens(self) -> None:
         with self.lock:
             self.delta_epoch += 1
@@ -308,6 +327,7 @@ class FakeGraph:
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if "X-Fake-Batch" in request.headers:
             self.batched += 1  # a sub-request of a $batch: not a request of its own
+            self.batched_calls.append((request.method, request.path))
         else:
             self.requests.append((request.method, request.path))
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -315,8 +335,8 @@ class FakeGraph:
             return _error(
                 401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid."
             )
-        if self.throttle_next > 0:
-            self.throttle_next -= 1
+        if self.throttle_next > 0 or self._throttled(request):
+            self.throttle_next = max(0, self.throttle_next - 1)
             return _error(429, "TooManyRequests", "Too many requests.", {"Retry-After": "1"})
         lose: str | None = None
         user = unquote(request.match_info.get("user", "")).lower()
@@ -590,12 +610,26 @@ class FakeGraph:
         return web.json_response({"id": event.id, "iCalUId": event.uid})
 
     async def _batch(self, request: web.Request) -> web.Response:
-        """JSON batching: up to 20 sub-requests, run concurrently (each counts against the
-        mailbox's concurrency and throttling as on its own); non-JSON bodies come back base64."""
+        """JSON batching: up to 20 sub-requests, each counted against the mailbox's concurrency
+        and throttling as on its own; non-JSON bodies come back base64. Without dependsOn they
+        run concurrently. With it the batch is sequential (every part after the first names
+        earlier parts in dependsOn; a batch must be fully parallel or fully sequential, and
+        names only parts before it): each part runs after the ones it depends on, and a part
+        whose dependency failed (not 2xx) is not run but answered 424 Failed Dependency."""
         body = await request.json()
         parts = body.get("requests", [])
         if not 0 < len(parts) <= 20:
             return _error(400, "BadRequest", "A batch holds 1 to 20 requests.")
+        ids = [str(part.get("id", "")) for part in parts]
+        if len(set(ids)) != len(ids) or not all(ids):
+            return _error(400, "BadRequest", "Every request in a batch needs its own id.")
+        depends = [[str(d) for d in part.get("dependsOn") or []] for part in parts]
+        sequential = any(depends)
+        if sequential and not all(depends[1:]):
+            return _error(400, "BadRequest", "Batch should be either fully sequential or parallel.")
+        for index, needs in enumerate(depends):
+            if any(need not in ids[:index] for need in needs):
+                return _error(400, "BadRequest", "dependsOn names a request not before it.")
         auth = {"Authorization": request.headers.get("Authorization", ""), "X-Fake-Batch": "1"}
         base = f"{request.scheme}://{request.host}/v1.0"
 
@@ -616,8 +650,28 @@ class FakeGraph:
                 return {"id": part["id"], "status": sub.status, "headers": headers, "body": payload}
 
         async with aiohttp.ClientSession() as session:
-            answers = await asyncio.gather(*(run(session, part) for part in parts))
-        return web.json_response({"responses": list(answers)})
+            if not sequential:
+                answers = list(await asyncio.gather(*(run(session, part) for part in parts)))
+            else:
+                answers, status = [], {}
+                for part, needs in zip(parts, depends, strict=True):
+                    if any(not 200 <= status[need] < 300 for need in needs):
+                        answer = {
+                            "id": part["id"],
+                            "status": 424,
+                            "headers": {"Content-Type": "application/json"},
+                            "body": {
+                                "error": {
+                                    "code": "FailedDependency",
+                                    "message": "A request it depends on failed.",
+                                }
+                            },
+                        }
+                    else:
+                        answer = await run(session, part)
+                    status[str(part["id"])] = int(answer["status"])
+                    answers.append(answer)
+        return web.json_response({"responses": answers})
 
     async def _subscribe(self, request: web.Request) -> web.Response:
         """Create a subscription: the notification URL must answer a validation request with

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hmac
 import html
 import json
@@ -29,8 +30,8 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,13 +52,22 @@ from vmrsched.mailbox.base import (
     outcome_unknown,
 )
 from vmrsched.mailbox.ews_auth import IDENTITY_ERRORS, IdentityHttp, identity_failure
+from vmrsched.mailbox.graph_batch import (
+    Answer,
+    Slots,
+    answers_of,
+    chain_body,
+    run_together,
+    settle,
+    split,
+)
 from vmrsched.mailbox.sessions import CaSession
 from vmrsched.meetings import Meeting, is_address
 from vmrsched.proxies import use_rule
 from vmrsched.telemetry import EXCHANGE_UNREACHABLE, Metrics
 
 log = logging.getLogger("vmrsched.graph")
-MAX_PAGE = 100
+MAX_PAGE = 1000  # messages in one listing (Graph: $top from 1 to 1000)
 REQUEST_TIMEOUT = 30.0  # seconds to wait for Graph's answer to one call
 CATCH_UP_SECONDS = 60.0  # with change notifications: list the inbox at least this often
 SUBSCRIPTION_MINUTES = 4200  # asked for (Graph allows up to 10,080 for messages)
@@ -66,28 +76,16 @@ SUBSCRIBE_RETRY = 60.0  # seconds before trying again to subscribe after a refus
 _TAGS = re.compile(r"<[^>]+>")
 
 
-class Slots:
-    """At most `size` requests in flight for the mailbox, a $batch counting as its parts (Graph
-    applies the mailbox's concurrency limit to each sub-request). Taken all at once, so two
-    threads can never each hold part of what both need."""
+@dataclass(frozen=True)
+class Removal:
+    """A removal for sync(): a message deleted or moved to Deleted Items, or a room's event
+    deleted; `item_id` names the inbox message it takes away."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._free = size
-        self._cond = threading.Condition()
-
-    @contextmanager
-    def take(self, n: int = 1) -> Iterator[None]:
-        n = min(n, self.size)
-        with self._cond:
-            self._cond.wait_for(lambda: self._free >= n)
-            self._free -= n
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._free += n
-                self._cond.notify_all()
+    operation: str  # the metrics label
+    method: str
+    url: str
+    item_id: str = ""
+    body: Any = None
 
 
 class GraphTokens:
@@ -155,7 +153,7 @@ class GraphMailbox:
         self.tokens = GraphTokens(graph, self.session)
         self._slots = Slots(graph.max_concurrent_requests)
         self._cancels: set[str] = set()  # messages that are cancellations
-        self._pending: list[tuple[str, str]] = []  # deletions for sync(): (operation, url)
+        self._pending: list[Removal] = []  # removals for sync()
         self._state = threading.Lock()
         self._events: dict[str, str] = {}  # message id -> the room's event id
         # change notifications (when graph.notification_url is set)
@@ -175,6 +173,7 @@ class GraphMailbox:
         self._delta_file = state_dir / "inbox-delta.json"
         self._delta_link: str | None = self._read_delta_link()
         self._handed_off: set[str] = set()  # answered by a queued reply: not fetched again
+        self._answered: set[str] = set()  # answered here; the message's removal still pending
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -238,47 +237,57 @@ class GraphMailbox:
         raise GatewayError(what, permanent=True, code=code or f"http_{status}")
 
     def batch(
-        self, requests_: Sequence[tuple[str, str, Any]], operation: str
-    ) -> list[tuple[int, Any, dict[str, str]]]:
-        """Several calls in $batch requests: (method, URL, JSON body) each, answered with
-        (status, body, headers) in the same order. A batch holds at most as many parts as the
-        mailbox may have in flight (Graph counts each part), so parts are not throttled for
-        concurrency; non-JSON bodies ($value) arrive base64-encoded and are decoded here."""
-        out: list[tuple[int, Any, dict[str, str]]] = []
-        size = self.integ.graph.max_concurrent_requests
-        for start in range(0, len(requests_), size):
-            chunk = requests_[start : start + size]
-            body = {
-                "requests": [
-                    {
-                        "id": str(i),
-                        "method": method,
-                        "url": url.removeprefix(self.api),
-                        # times in UTC wherever an answer carries them
-                        "headers": {
-                            "Prefer": 'outlook.timezone="UTC"',
-                            **({"Content-Type": "application/json"} if payload is not None else {}),
-                        },
-                        **({"body": payload} if payload is not None else {}),
-                    }
-                    for i, (method, url, payload) in enumerate(chunk)
+        self,
+        calls: Sequence[tuple[str, str, Any]],
+        operation: str,
+        operations: Sequence[str] | None = None,
+    ) -> list[Answer]:
+        """Several calls in $batch requests: (method, URL, JSON body) each, answered in the same
+        order, each as it would be alone (graph_batch: chains of up to 20, one call in flight
+        per chain, up to max_concurrent_requests chains at once). Non-JSON bodies ($value)
+        arrive base64-encoded. A chain whose $batch request failed gives its calls that error
+        (Answer.error); the others keep their answers. `operations`: a metrics label per call."""
+        labels = list(operations) if operations is not None else [operation] * len(calls)
+        final: dict[int, Answer] = {}
+        todo = list(range(len(calls)))
+        while todo:
+            chains = split(todo)
+            replies: list[list[Answer]] = [[] for _ in chains]
+            run_together(
+                [
+                    functools.partial(self._chain, [calls[i] for i in chain], operation, reply)
+                    for chain, reply in zip(chains, replies, strict=True)
                 ]
-            }
-            answer = self.call(
-                "POST", f"{self.api}/$batch", operation, json=body, parts=len(chunk)
-            ).json()
-            by_id = {str(r.get("id")): r for r in answer.get("responses", [])}
-            for i in range(len(chunk)):
-                part = by_id.get(str(i), {"status": 500, "body": None})
-                status = int(part.get("status", 500))
-                self._count(operation, str(status))
-                out.append((status, part.get("body"), dict(part.get("headers") or {})))
+            )
+            todo = sorted(
+                index
+                for chain, reply in zip(chains, replies, strict=True)
+                for index in settle(chain, reply, final)
+            )
+        out = [final[i] for i in range(len(calls))]
+        for label, answer in zip(labels, out, strict=True):
+            if answer.error is None:
+                self._count(label, str(answer.status))
         return out
 
-    def _part_error(
-        self, status: int, body: Any, headers: dict[str, str], what: str
-    ) -> GatewayError:
+    def _chain(
+        self, calls: Sequence[tuple[str, str, Any]], operation: str, out: list[Answer]
+    ) -> None:
+        """One chained $batch; its answers (or its failure, as each call's) go into `out`."""
+        try:
+            reply = self.call(
+                "POST", f"{self.api}/$batch", operation, json=chain_body(calls, self.api)
+            ).json()
+            out[:] = answers_of(reply, len(calls))
+        except GatewayError as exc:
+            out[:] = [Answer(400 if exc.permanent else 503, None, {}, exc)] * len(calls)
+
+    @staticmethod
+    def _part_error(answer: Answer, what: str) -> GatewayError:
         """A failed part of a batch as the GatewayError the same call alone would give."""
+        if answer.error is not None:
+            return answer.error
+        status, body, headers = answer.status, answer.body, answer.headers
         error = body.get("error", {}) if isinstance(body, dict) else {}
         code, message = str(error.get("code", "")), str(error.get("message", ""))
         text = f"Graph {what} answered {status} {code}: {message}"
@@ -330,12 +339,12 @@ class GraphMailbox:
             "get_mime",
         )
         raw: dict[str, bytes] = {}
-        for message, (status, body, headers) in zip(meetings, contents, strict=True):
-            if status == 404:
+        for message, answer in zip(meetings, contents, strict=True):
+            if answer.status == 404:
                 continue  # gone since the listing (someone else moved it)
-            if status >= 300:
-                raise self._part_error(status, body, headers, "GET $value")
-            raw[message["id"]] = base64.b64decode(body or "")
+            if answer.status >= 300:
+                raise self._part_error(answer, "GET $value")
+            raw[message["id"]] = base64.b64decode(answer.body or "")
         items: list[InboxItem] = []
         for message in chosen:
             if _is_meeting(message) and message["id"] not in raw:
@@ -399,50 +408,67 @@ class GraphMailbox:
                 return
             event_id = self._events.pop(item_id, None)
             if event_id is not None and item_id in self._cancels and not refused:
-                self._pending.append(("delete_event", f"{self.base}/events/{event_id}"))
+                self._pending.append(
+                    Removal("delete_event", "DELETE", f"{self.base}/events/{event_id}")
+                )
             self._cancels.discard(item_id)
-            self._pending.append(("delete_message", f"{self.base}/messages/{item_id}"))
+            self._pending.append(self._removal(item_id))
+
+    def _removal(self, item_id: str) -> Removal:
+        return Removal("delete_message", "DELETE", f"{self.base}/messages/{item_id}", item_id)
 
     def quarantine(self, item_id: str, reason: str) -> None:
+        """To Deleted Items at the next sync (with the poll's other removals)."""
         log.info(
             "moving message to Deleted Items: %s",
             reason,
             extra={"integration": self.name, "item": item_id},
         )
-        self._ignore_gone(
-            lambda: self.call(
-                "POST",
-                f"{self.base}/messages/{item_id}/move",
-                "move_message",
-                json={"destinationId": "deleteditems"},
+        with self._state:
+            self._pending.append(
+                Removal(
+                    "move_message",
+                    "POST",
+                    f"{self.base}/messages/{item_id}/move",
+                    item_id,
+                    {"destinationId": "deleteditems"},
+                )
             )
-        )
 
     def record_accepted(self, meeting: Meeting) -> None:
         """Accepting the room's event is what puts it in the calendar: nothing more to do."""
 
     def sync(self) -> None:
-        """The removals marked since the last sync, in batches. Items already gone are fine
-        (reprocessing after a crash); anything else is retried with the next poll."""
+        """The removals (and moves to Deleted Items) marked since the last sync, in batches.
+        Items already gone are fine (reprocessing after a crash); anything else is retried with
+        the next sync. A removed message is no longer skipped by the listing."""
         with self._state:
             pending, self._pending = self._pending, []
         if not pending:
             return
-        try:
-            results = self.batch([("DELETE", url, None) for _, url in pending], "delete")
-        except GatewayError:
-            with self._state:
-                self._pending[:0] = pending
-            raise
+        results = self.batch(
+            [(r.method, r.url, r.body) for r in pending],
+            "delete",
+            [r.operation for r in pending],
+        )
         failed = [
-            entry
-            for entry, (status, _, _) in zip(pending, results, strict=True)
-            if status >= 300 and status != 404
+            (removal, answer)
+            for removal, answer in zip(pending, results, strict=True)
+            if answer.status >= 300 and answer.status != 404
         ]
+        gone = {r.item_id for r in pending if r.item_id} - {r.item_id for r, _ in failed}
+        with self._state:
+            self._pending[:0] = [removal for removal, _ in failed]
+            self._handed_off -= gone
+            self._answered -= gone
         if failed:
-            with self._state:
-                self._pending[:0] = failed
-            raise GatewayError(f"{len(failed)} handled messages could not be removed yet")
+            removal, answer = failed[0]
+            first = self._part_error(answer, f"{removal.method} {removal.url}")
+            raise GatewayError(
+                f"{len(failed)} handled messages could not be removed yet: {first}",
+                retry_after=first.retry_after,
+                outcome_unknown=first.outcome_unknown,
+            )
 
     @staticmethod
     def _ignore_gone(call: Any) -> None:
@@ -473,6 +499,8 @@ class GraphMailbox:
             item_id = str(message.extra["item_id"])
             with self._state:
                 event_id = self._events.get(item_id)
+                if item_id in self._answered:
+                    continue  # answered already; only its removal is left (the next sync)
             if event_id is None:  # not read by this process: the careful way, alone
                 outcomes[index] = self._send_one(message)
                 continue
@@ -481,11 +509,12 @@ class GraphMailbox:
             calls.append((index, ("POST", f"{self.base}/events/{event_id}/{action}", comment)))
         answered: list[str] = []
         results = self.batch([call for _, call in calls], "respond") if calls else []
-        for (index, (_, url, _)), (status, body, headers) in zip(calls, results, strict=True):
+        unknown = next((a.error for a in results if a.error and a.error.outcome_unknown), None)
+        for (index, (_, url, _)), answer in zip(calls, results, strict=True):
             message = messages[index]
             item_id = str(message.extra["item_id"])
-            if status < 300 or status == 404:
-                if status == 404:
+            if answer.status < 300 or answer.status == 404:
+                if answer.status == 404:
                     log.info(
                         "the room's event for %s is gone; not answered again",
                         item_id,
@@ -493,16 +522,18 @@ class GraphMailbox:
                     )
                 answered.append(item_id)
             else:
-                outcomes[index] = self._part_error(status, body, headers, f"POST {url}")
+                outcomes[index] = self._part_error(answer, f"POST {url}")
         if answered:
             with self._state:
-                self._pending.extend(
-                    ("delete_message", f"{self.base}/messages/{item_id}") for item_id in answered
-                )
-            for item_id in answered:
-                self._forget(item_id)
+                # never answered again by this process; skipped by the listing until removed
+                self._answered.update(answered)
+                for item_id in answered:
+                    self._events.pop(item_id, None)
+                self._pending.extend(self._removal(item_id) for item_id in answered)
             with contextlib.suppress(GatewayError):  # left for the next sync
                 self.sync()
+        if unknown is not None:
+            raise unknown  # some of the lot may have gone out unseen: each is checked first
         return outcomes
 
     def _send_one(self, message: Outgoing) -> BaseException | None:
@@ -581,6 +612,7 @@ class GraphMailbox:
     def _forget(self, item_id: str) -> None:
         with self._state:
             self._handed_off.discard(item_id)
+            self._answered.discard(item_id)
             self._events.pop(item_id, None)
 
     def _event_of(self, item_id: str) -> str:
@@ -680,11 +712,11 @@ class GraphMailbox:
             "get_event",
         )
         entries: list[CalendarEntry] = []
-        for event_id, (status, body, headers) in zip(wanted, results, strict=True):
-            if status >= 300:
-                raise self._part_error(status, body, headers, f"GET event {event_id}")
+        for event_id, answer in zip(wanted, results, strict=True):
+            if answer.status >= 300:
+                raise self._part_error(answer, f"GET event {event_id}")
             try:
-                entries.append(CalendarEntry(_meeting_of(body, self.room), event_id))
+                entries.append(CalendarEntry(_meeting_of(answer.body, self.room), event_id))
             except (KeyError, ValueError) as exc:
                 log.warning(
                     "unreadable calendar event: %r",
