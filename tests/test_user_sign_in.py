@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.fakes import identity_platform
 from tests.fakes.identity_platform import IdentityPlatform
@@ -141,6 +142,19 @@ def test_a_sign_in_opens_a_session_naming_the_user(world: World) -> None:
     assert refresh not in stored  # encrypted at rest
     key = world.tmp / "data" / "sign-in" / "key"
     assert key.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_id_token_not_signed_by_the_providers_keys_opens_no_session(world: World) -> None:
+    """Whoever answers the token endpoint, the ID token must be signed with a key the
+    provider publishes: a forged one naming another user gets nobody's session."""
+    integ = integration(world)
+    sign_in = sign_in_for(world)
+    world.platform.forge_with = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with pytest.raises(SignInRefused, match="signature does not verify"):
+        sign_in.finish(integ, authorize(world, sign_in.start(integ, REDIRECT)), REDIRECT)
+    world.platform.forge_with = None
+    session = sign_in.finish(integ, authorize(world, sign_in.start(integ, REDIRECT)), REDIRECT)
+    assert session.email == "olga@example.com"
 
 
 def test_a_wrong_reused_or_foreign_state_is_refused(world: World) -> None:

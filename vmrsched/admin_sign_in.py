@@ -42,6 +42,7 @@ def client_of(cfg: AdminSignInConfig) -> oidc.Client:
         token_extra=resource,
         audiences=frozenset({cfg.resource} - {""}),
         issuer=cfg.issuer,
+        keys_uri=oidc.keys_uri_for(cfg.authorization_uri),
     )
 
 
@@ -85,7 +86,7 @@ class AdminSignIn:
         answer = oidc.redeem(self.http_for(cfg), client, attempt, code, redirect_uri)
         if not answer.get("id_token"):
             raise SignInRefused("the identity provider sent no ID token (is openid in scope?)")
-        claims = oidc.id_token_claims(client, answer, attempt)
+        claims = oidc.id_token_claims(client, answer, attempt, self.http_for(cfg))
         who = oidc.email_of(claims) or str(claims.get("sub", ""))
         if not who:
             raise SignInRefused("the identity provider did not say who signed in")

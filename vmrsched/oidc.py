@@ -3,9 +3,11 @@ personal VMRs (user_sign_in.py) and an admin's for the console (admin_sign_in.py
 the attempts in progress (state, nonce, verifier; in memory, ten minutes, one use each), builds
 the authorization URL, redeems the code and reads the ID token.
 
-The ID token comes straight from the token endpoint over TLS, so per OpenID Connect Core
-3.1.3.7 the server's certificate stands in for the token's signature; its audience, issuer
-(when configured), expiry and nonce are still checked here."""
+The ID token's signature is verified against the provider's published keys where they are
+known: Entra ID's and AD FS's key sets sit at a fixed place beside their authorization endpoint
+(`keys_uri_for`). For any other provider the token comes straight from the token endpoint over
+TLS (https is required), so per OpenID Connect Core 3.1.3.7 the server's certificate stands in
+for the signature. Audience, issuer (when configured), expiry and nonce are checked always."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+import jwt
 import requests
 
 from vmrsched.errors import BadRequest, Unavailable
@@ -65,6 +68,85 @@ class Client:
     token_extra: Mapping[str, str] = field(default_factory=dict)
     audiences: frozenset[str] = frozenset()  # also accepted as `aud` besides client_id
     issuer: str = ""  # when set, the ID token's `iss` must be exactly this
+    keys_uri: str = ""  # the provider's JSON Web Key Set: the ID token's signature is checked
+
+
+def keys_uri_for(authorization_uri: str) -> str:
+    """Where Entra ID (…/oauth2/v2.0/authorize → …/discovery/v2.0/keys) and AD FS
+    (…/adfs/oauth2/authorize → …/adfs/discovery/keys) publish the keys their ID tokens are
+    signed with; "" for a provider whose place we do not know."""
+    base, _, _ = authorization_uri.partition("?")
+    for tail, keys in (
+        ("/oauth2/v2.0/authorize", "/discovery/v2.0/keys"),
+        ("/adfs/oauth2/authorize", "/adfs/discovery/keys"),
+    ):
+        if base.endswith(tail):
+            return base[: -len(tail)] + keys
+    return ""
+
+
+SIGNING_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "ES256"]
+KEYS_TTL_SECONDS = 3600.0
+_keys_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+_keys_lock = threading.Lock()
+
+
+def _key_set(session: requests.Session, uri: str, refresh: bool = False) -> dict[str, Any]:
+    """The provider's keys, fetched at most once an hour (again at once for an unknown key id:
+    providers roll their keys)."""
+    with _keys_lock:
+        cached = _keys_cache.get(uri)
+    if cached is not None and not refresh and time.monotonic() - cached[0] < KEYS_TTL_SECONDS:
+        return cached[1]
+    try:
+        response = session.get(uri, timeout=10)
+        response.raise_for_status()
+        keys = response.json()
+    except (requests.RequestException, ValueError) as exc:
+        raise Unavailable(f"the identity provider's keys cannot be read: {exc}") from exc
+    if not isinstance(keys, dict) or not isinstance(keys.get("keys"), list):
+        raise SignInRefused("the identity provider's key set cannot be read")
+    with _keys_lock:
+        _keys_cache[uri] = (time.monotonic(), keys)
+    return keys
+
+
+def verify_signature(client: Client, id_token: str, session: requests.Session) -> None:
+    """SignInRefused unless the ID token is signed by one of the provider's keys."""
+    try:
+        header = jwt.get_unverified_header(id_token)
+    except jwt.PyJWTError as exc:
+        raise SignInRefused("the identity provider's ID token cannot be read") from exc
+    if header.get("alg") not in SIGNING_ALGORITHMS:
+        raise SignInRefused(f"the ID token is not signed ({header.get('alg')!r})")
+    kid = header.get("kid")
+    for refresh in (False, True):
+        found = [
+            k
+            for k in _key_set(session, client.keys_uri, refresh)["keys"]
+            if isinstance(k, dict) and (kid is None or k.get("kid") == kid)
+        ]
+        if found:
+            break
+    else:
+        raise SignInRefused(
+            "the ID token is signed with a key the identity provider does not publish"
+        )
+    if header.get("alg") not in SIGNING_ALGORITHMS:
+        raise SignInRefused(f"the ID token is not signed ({header.get('alg')!r})")
+    for jwk in found:
+        try:
+            key = jwt.PyJWK.from_dict(jwk).key
+            jwt.decode(
+                id_token,
+                key,
+                algorithms=SIGNING_ALGORITHMS,
+                options={"verify_aud": False, "verify_exp": False, "verify_iss": False},
+            )
+            return
+        except jwt.PyJWTError:
+            continue
+    raise SignInRefused("the ID token's signature does not verify with the provider's keys")
 
 
 @dataclass(frozen=True)
@@ -208,15 +290,23 @@ def read_claims(jwt_text: str) -> dict[str, Any]:
     return data
 
 
-def id_token_claims(client: Client, answer: Mapping[str, Any], attempt: Attempt) -> dict[str, Any]:
-    """The checked claims of the answer's ID token: for this client, from the configured
-    issuer, not expired, answering this attempt's nonce. A provider that sends no ID token
-    (AD FS without `openid`) gives the access token's claims, unchecked. Expiry is judged by
-    the real time: the provider wrote `exp` by its clock, not by an injected one."""
+def id_token_claims(
+    client: Client,
+    answer: Mapping[str, Any],
+    attempt: Attempt,
+    session: requests.Session | None = None,
+) -> dict[str, Any]:
+    """The checked claims of the answer's ID token: signed by the provider (where its keys are
+    known, fetched with `session`), for this client, from the configured issuer, not expired,
+    answering this attempt's nonce. A provider that sends no ID token (AD FS without `openid`)
+    gives the access token's claims, unchecked. Expiry is judged by the real time: the
+    provider wrote `exp` by its clock, not by an injected one."""
     id_token = answer.get("id_token")
     if not id_token:
         access = answer.get("access_token")
         return read_claims(str(access)) if access else {}
+    if client.keys_uri:
+        verify_signature(client, str(id_token), session or requests.Session())
     claims = read_claims(str(id_token))
     audience = claims.get("aud")
     audiences = {str(a) for a in (audience if isinstance(audience, list) else [audience])}

@@ -82,6 +82,7 @@ def client_of(integ: IntegrationConfig) -> oidc.Client:
         authorize_extra={**resource, "prompt": "select_account"},
         token_extra=resource,
         audiences=frozenset({p.adfs_resource_identifier} - {""}),
+        keys_uri=oidc.keys_uri_for(p.user_oauth_authorization_uri),
     )
 
 
@@ -124,7 +125,7 @@ class UserSignIn:
         attempt, code = self._attempts.take(query, integ.name)
         client = client_of(integ)
         answer = oidc.redeem(self.http_for(integ), client, attempt, code, redirect_uri)
-        claims = oidc.id_token_claims(client, answer, attempt)
+        claims = oidc.id_token_claims(client, answer, attempt, self.http_for(integ))
         email = oidc.email_of(claims)
         if not email:
             raise SignInRefused("the identity provider did not say who signed in (no email)")

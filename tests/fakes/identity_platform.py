@@ -73,13 +73,6 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
 GROUPS_IN_JWT = 200  # Entra's overage limit for a JWT
 
 
-def _unsigned_jwt(claims: dict[str, object]) -> str:
-    def part(data: dict[str, object]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
-
-    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
-
-
 @dataclass
 class IdentityPlatform:
     client_id: str = "ews-client"
@@ -106,6 +99,14 @@ class IdentityPlatform:
     unavailable: int = 0
     retry_after: str = ""
     refused: int = 0
+    # ID tokens are signed with this RSA key (RS256, its kid in the header) and the key is
+    # published at the jwks_uri, as Entra ID does; `forge_with` signs them with another key
+    # that is not published (a token endpoint someone else answers)
+    signing_key: rsa.RSAPrivateKey = field(
+        default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
+    kid: str = "platform-key-1"
+    forge_with: rsa.RSAPrivateKey | None = None
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -113,7 +114,19 @@ class IdentityPlatform:
         app.router.add_get(prefix + "/v2.0/.well-known/openid-configuration", self._discovery)
         app.router.add_get(prefix + "/oauth2/v2.0/authorize", self._authorize)
         app.router.add_post(prefix + "/oauth2/v2.0/token", self._token)
+        app.router.add_get(prefix + "/discovery/v2.0/keys", self._keys)
         return app
+
+    async def _keys(self, request: web.Request) -> web.Response:
+        down = self._down()
+        if down is not None:
+            return down
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.signing_key.public_key()))
+        return web.json_response({"keys": [{**jwk, "kid": self.kid, "use": "sig", "alg": "RS256"}]})
+
+    def _signed(self, claims: dict[str, object]) -> str:
+        key = self.forge_with or self.signing_key
+        return jwt.encode(claims, key, algorithm="RS256", headers={"kid": self.kid})
 
     @property
     def authority(self) -> str:
@@ -205,7 +218,7 @@ class IdentityPlatform:
             refresh = secrets.token_urlsafe(24)
             self.refresh_tokens.add(refresh)
             body["refresh_token"] = refresh
-            body["id_token"] = _unsigned_jwt(
+            body["id_token"] = self._signed(
                 {
                     "iss": f"{self.authority}/v2.0",
                     "aud": self.client_id,
