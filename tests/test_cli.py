@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -93,3 +94,18 @@ def test_check_config_warns_that_a_node_cannot_reach_loopback() -> None:
     assert "http://127.0.0.1:8080 names this machine only: a Conferencing Node cannot reach it" in (
         out.stderr
     )
+
+
+def test_a_port_in_use_leaves_nothing_behind(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "vmrsched.toml"
+        shutil.copy(ROOT / "config" / "vmrs.toml", tmp_path / "vmrs.toml")
+        text = (ROOT / "config" / "vmrsched.toml").read_text()
+        text = text.replace('data_dir = "./data"', f'data_dir = "{tmp_path}/data"')
+        config.write_text(text.replace('listen = "127.0.0.1:8080"', f'listen = "127.0.0.1:{port}"'))
+        served = run("-m", "vmrsched", "serve", "--config", str(config))
+    assert served.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in served.stderr
+    assert not (tmp_path / "data").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -218,12 +219,21 @@ async def _serve(cfg: config.Config) -> int:
     from vmrsched.store import StoreInUseError
 
     log = logging.getLogger("vmrsched")
+    server = cfg.server
+    # the address first: a port someone else holds must leave the data directory untouched
+    try:
+        sock = _listening_socket(server.host, server.port)
+    except (OSError, OverflowError, ValueError) as exc:
+        log.error("cannot listen on %s: %s", server.listen, exc)
+        return 1
     try:
         service = service_mod.start(cfg)
     except StoreInUseError as exc:
+        sock.close()
         log.error("%s: is another vmrsched serving it?", exc)
         return 1
     except OSError as exc:  # the data directory cannot be made or written: one line, not a trace
+        sock.close()
         log.error(
             "cannot keep state in %s: %s (%s)",
             cfg.data_dir,
@@ -231,7 +241,6 @@ async def _serve(cfg: config.Config) -> int:
             exc.filename or cfg.data_dir,
         )
         return 1
-    server = cfg.server
     limits = Limits(
         connection_cap(server.max_connections, raise_fd_limit()), server.header_timeout_seconds
     )
@@ -248,9 +257,7 @@ async def _serve(cfg: config.Config) -> int:
     try:
         listener = await loop.create_server(
             guarded(runner.server, limits),  # type: ignore[arg-type]
-            server.host,
-            server.port,
-            reuse_address=True,
+            sock=sock,
             backlog=512,
         )
     except (OSError, OverflowError, ValueError) as exc:
@@ -281,6 +288,21 @@ async def _serve(cfg: config.Config) -> int:
     service.stop()  # nothing else runs on the loop any more; flushes queues and stores
     log.info("stopped")
     return 0
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything else starts (SO_REUSEADDR, as
+    loop.create_server would set it; an IPv6 literal gets an IPv6 socket)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
