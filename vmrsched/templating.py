@@ -21,6 +21,7 @@ import babel.dates
 import jinja2
 from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import Markup, escape
 
 # Babel (CLDR) date pattern of {{start_time}}/{{end_time}}; the zone's name is added after it
 TIME_FORMAT = "HH:mm 'on' dd/MM/yyyy"
@@ -279,6 +280,76 @@ def _plain(kind: Kind, source: str) -> bool:
     )
 
 
+# what a plain template is rendered with once both ways, to confirm the pieces print as jinja
+_PROBES: tuple[Any, ...] = (
+    '<a href="x">&amp;\'é</a>\n  two  spaces {0}',
+    None,
+    7,
+    Markup("<b>b</b>"),
+)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A plain template as a format string: its text as written, a field for each variable
+    printed there (the distinct variables' values are printed once each, in `names` order)."""
+
+    form: str
+    names: tuple[str, ...]
+    html: bool
+
+    def render(self, values: Mapping[str, Any]) -> str:
+        """What jinja prints: each value (None or missing as "") escaped for HTML, as str
+        for text."""
+        printed = [values.get(name) for name in self.names]
+        if self.html:
+            return self.form.format(*["" if v is None else _escape(v) for v in printed])
+        return self.form.format(*["" if v is None else str(v) for v in printed])
+
+
+def _escape(value: Any) -> str:
+    """markupsafe's escape as a plain str (a Markup formats in Python, a str in C)."""
+    if type(value) is str:
+        return (
+            value.replace("&", "&amp;")
+            .replace(">", "&gt;")
+            .replace("<", "&lt;")
+            .replace("'", "&#39;")
+            .replace('"', "&#34;")
+        )
+    return str(escape(value))
+
+
+def _plain_parts(kind: Kind, source: str, template: jinja2.Template) -> Parts | None:
+    """A plain template (`_plain`) as Parts, which print it without jinja's context machinery
+    (a fraction of a small render's time); None when it is not plain, or when the Parts do not
+    print what jinja prints for every probe."""
+    if not _plain(kind, source):
+        return None
+    form: list[str] = []
+    names: list[str] = []
+    for node in environment(kind).parse(source).body:
+        assert isinstance(node, nodes.Output)  # so `_plain` found
+        for part in node.nodes:
+            if isinstance(part, nodes.TemplateData):
+                form.append(part.data.replace("{", "{{").replace("}", "}}"))
+            elif isinstance(part, nodes.Name):
+                if part.name not in names:
+                    names.append(part.name)
+                form.append(f"{{{names.index(part.name)}}}")
+            else:  # not plain after all
+                return None
+    found = Parts("".join(form), tuple(names), kind == "html")
+    for i in range(len(_PROBES)):
+        values = {n: _PROBES[(i + j) % len(_PROBES)] for j, n in enumerate(names)}
+        try:
+            if found.render(values) != template.render(values):
+                return None
+        except Exception:
+            return None
+    return found
+
+
 def _names_a_zone(value: datetime) -> bool:
     """Whether a time carries the organizer's own zone: any zone but UTC (a request in UTC,
     as Google sends them, says nothing about where its organizer is)."""
@@ -308,13 +379,14 @@ def check_time_format(locale: str, time_format: str) -> list[str]:
 # integrations starting together compiled the same defaults again and again (67 times for 200
 # integrations, milliseconds each). Found texts are read without the lock, which 4,000 starting
 # threads would queue on.
-_PREPARED: dict[tuple[str, str], tuple[jinja2.Template, bool]] = {}
+_PREPARED: dict[tuple[str, str], tuple[jinja2.Template, bool, Parts | None]] = {}
 _PREPARING = threading.Lock()
 MAX_PREPARED = 4096
 
 
-def _prepared(name: str, source: str) -> tuple[jinja2.Template, bool]:
-    """The text compiled, and whether it is plain; TemplateError if `check` finds problems."""
+def _prepared(name: str, source: str) -> tuple[jinja2.Template, bool, Parts | None]:
+    """The text compiled, whether it is plain, and its pieces when they print as jinja does
+    (`_plain_parts`); TemplateError if `check` finds problems."""
     key = (name, source)
     found = _PREPARED.get(key)
     if found is not None:
@@ -328,7 +400,12 @@ def _prepared(name: str, source: str) -> tuple[jinja2.Template, bool]:
             kind = TEMPLATES[name].kind
             if len(_PREPARED) >= MAX_PREPARED:  # texts of configs long reloaded away
                 _PREPARED.clear()
-            found = _PREPARED[key] = (_compile(kind, source), _plain(kind, source))
+            template = _compile(kind, source)
+            found = _PREPARED[key] = (
+                template,
+                _plain(kind, source),
+                _plain_parts(kind, source, template),
+            )
     return found
 
 
@@ -347,8 +424,9 @@ class Renderer:
         self.time_format = time_format
         self._compiled: dict[str, jinja2.Template] = {}
         self._plain: dict[str, bool] = {}
+        self._parts: dict[str, Parts | None] = {}
         for name, spec in TEMPLATES.items():
-            self._compiled[name], self._plain[name] = _prepared(
+            self._compiled[name], self._plain[name], self._parts[name] = _prepared(
                 name, sources.get(name, spec.default)
             )
 
@@ -391,13 +469,22 @@ class Renderer:
 
     def render(self, name: str, variables: Mapping[str, Any]) -> str:
         spec = TEMPLATES[name]
-        values = {k: v for k, v in variables.items() if k in spec.variables}
-        for key in ("start_time", "end_time"):
-            if isinstance(values.get(key), datetime):
-                values[key] = self.format_time(values[key])
-        for key in spec.variables - values.keys():
-            values[key] = ""
-        out = self._compiled[name].render(values)
+        parts = self._parts[name]
+        if parts is not None:  # plain: printed from its pieces, the same text as jinja's
+            values: Mapping[str, Any] = variables
+            for key in ("start_time", "end_time"):
+                value = variables.get(key)
+                if isinstance(value, datetime) and key in spec.variables:
+                    values = {**values, key: self.format_time(value)}
+            out = parts.render(values)
+        else:
+            values = {k: v for k, v in variables.items() if k in spec.variables}
+            for key in ("start_time", "end_time"):
+                if isinstance(values.get(key), datetime):
+                    values[key] = self.format_time(values[key])
+            for key in spec.variables - values.keys():
+                values[key] = ""
+            out = self._compiled[name].render(values)
         if spec.one_line:
             out = " ".join(out.split())
         return out
