@@ -3,6 +3,7 @@ to this server must not reach the add-in API, the demo or the admin pages under 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from vmrsched.config import Config, is_loopback_host
@@ -33,6 +34,7 @@ def allowed_hosts(config: Config) -> frozenset[str] | None:
     return frozenset(names)
 
 
+@lru_cache(maxsize=1024)  # asked on every request, with the few names clients use
 def hostname(host_header: str) -> str:
     """The name in a Host header, without port or brackets, lower case."""
     try:
