@@ -71,24 +71,29 @@ class ReservationBatcher:
     """Coalesces the reservations of one event-loop iteration into one message to the
     allocator: one tell, one actor turn and one fsync for the lot, instead of one per request.
     The reply resolves every waiting request's future (never blocking the loop); an error in
-    the reply's place of one request (a user at the quota) fails that request only."""
+    the reply's place of one request (a user at the quota) fails that request only. One timer
+    per batch bounds the wait (TimeoutError), not an asyncio.timeout per request."""
 
     def __init__(self) -> None:
         self._waiting: list[asyncio.Future[Any]] = []
         self._users: list[str] = []
+        self._timeout = 0.0
         self._scheduled = False
 
     async def reserve(self, allocator: Any, timeout: float, user: str = "") -> Any:
-        """One alias for `user` ("" when no quota applies to the caller)."""
+        """One alias for `user` ("" when no quota applies to the caller), or TimeoutError
+        after `timeout` seconds (the shortest of its batch's)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._waiting.append(future)
         self._users.append(user)
         if not self._scheduled:
             self._scheduled = True
+            self._timeout = timeout
             loop.call_soon(self._send, allocator, loop)
-        async with asyncio.timeout(timeout):
-            return await future
+        elif timeout < self._timeout:
+            self._timeout = timeout
+        return await future
 
     def _send(self, allocator: Any, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = False
@@ -96,12 +101,20 @@ class ReservationBatcher:
         users, self._users = tuple(self._users), []
         batch: asyncio.Future[Any] = loop.create_future()
 
+        def expire() -> None:
+            for future in waiting:
+                if not future.done():  # its alias, should one come, simply expires unused
+                    future.set_exception(TimeoutError())
+
+        timer = loop.call_later(self._timeout, expire)
+
         def settle(done: asyncio.Future[Any]) -> None:
+            timer.cancel()
             error = done.exception()
             results = done.result() if error is None else [None] * len(waiting)
             for future, result in zip(waiting, results, strict=True):
                 if future.done():
-                    continue  # timed out meanwhile; its alias simply expires unused
+                    continue  # timed out or cancelled meanwhile; its alias expires unused
                 if error is not None:
                     future.set_exception(error)
                 elif isinstance(result, BaseException):
