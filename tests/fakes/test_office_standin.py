@@ -8,7 +8,6 @@ from __future__ import annotations
 import email
 import email.policy
 import http.server
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -18,13 +17,13 @@ from typing import Any
 
 import pytest
 from icalendar import Calendar
-from playwright.sync_api import Browser, Page, Route, sync_playwright
+from playwright.sync_api import Browser, Page, Route
 
+from tests import browsing
 from tests.fakes import outlook
 
 ROOT = Path(__file__).resolve().parents[2]
 MSAL = ROOT / "vmrsched/http/static/vendor/node_modules/@azure/msal-browser/lib/msal-browser.min.js"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.slow
 
 OFFICE = '<script src="https://appsforoffice.microsoft.com/lib/1/hosted/office.js"></script>'
@@ -114,22 +113,8 @@ def server() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "Debian's chromium is needed (.ci/run installs it)"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        yield browser
-        browser.close()
+    with browsing.chromium() as launched:
+        yield launched
 
 
 Opener = Callable[..., Page]

@@ -16,12 +16,19 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests import spoolkit
+from tests import browsing, spoolkit
+from tests.browsing import OUTPUT
 from tests.configs import spool_toml
-from tests.http.test_pane_browser import OUTPUT, browser  # noqa: F401 - the fixture
 from tests.serving import free_port, start, wait_ready
 from vmrsched.outgoing import Outgoing
 from vmrsched.outqueue import OutQueue
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with browsing.chromium() as launched:
+        yield launched
+
 
 pytestmark = pytest.mark.slow
 TOKEN = "console-admin-token-0123456789abcdef"
@@ -112,7 +119,7 @@ def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(OUTPUT / name), full_page=True)
 
 
-def logged_in(browser: Browser, url: str, width: int) -> Page:  # noqa: F811
+def logged_in(browser: Browser, url: str, width: int) -> Page:
     page = browser.new_page(viewport={"width": width, "height": 900})
     page.goto(f"{url}/admin")
     expect(page).to_have_url(f"{url}/admin/login?next=/admin")
@@ -123,7 +130,7 @@ def logged_in(browser: Browser, url: str, width: int) -> Page:  # noqa: F811
 
 
 def test_failed_messages_are_listed_retried_and_discarded(
-    browser: Browser,  # noqa: F811
+    browser: Browser,
     console: Console,
 ) -> None:
     page = logged_in(browser, console.url, 1280)
@@ -155,7 +162,7 @@ def test_failed_messages_are_listed_retried_and_discarded(
     page.close()
 
 
-def test_delete_is_confirmed_first(browser: Browser, console: Console) -> None:  # noqa: F811
+def test_delete_is_confirmed_first(browser: Browser, console: Console) -> None:
     page = logged_in(browser, console.url, 1280)
     page.get_by_role("button", name=f"Delete {console.alias}").click()
     expect(page.get_by_role("heading", name=f"Delete {console.alias}?")).to_be_visible()
@@ -172,7 +179,7 @@ def test_delete_is_confirmed_first(browser: Browser, console: Console) -> None: 
 
 
 def test_a_failed_reload_is_an_error_and_its_alarm_shows_why(
-    browser: Browser,  # noqa: F811
+    browser: Browser,
     console: Console,
 ) -> None:
     good = console.config.read_text()
@@ -200,7 +207,7 @@ def test_a_failed_reload_is_an_error_and_its_alarm_shows_why(
 
 
 def test_the_login_page_and_the_home_page_are_pages(
-    browser: Browser,  # noqa: F811
+    browser: Browser,
     console: Console,
 ) -> None:
     page = browser.new_page(viewport={"width": 390, "height": 800})

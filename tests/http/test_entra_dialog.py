@@ -11,7 +11,6 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import ssl
 import subprocess
 import sys
@@ -26,14 +25,14 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Response, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Response, expect
 
+from tests import browsing
 from tests.fakes import entra_spa, outlook
 from tests.fakes.entra_spa import App, EntraTenant
 from tests.serving import ROOT, free_port, wait_ready
 
 pytestmark = pytest.mark.slow
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CLIENT_ID = "3f6a1c9e-7d2b-4e58-9a1f-5c0d8b2e4a71"  # the add-in's app registration
 APP_ID_URI = f"api://vc.example.com/{CLIENT_ID}"
 SCOPE = f"{APP_ID_URI}/access_as_user"
@@ -124,22 +123,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "Debian's chromium is needed (.ci/run installs it)"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        yield browser
-        browser.close()
+    with browsing.chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
+from tests import browsing
 from tests.configs import spool_toml
 from tests.fakes import outlook
 from tests.fakes.identity_provider import IdentityProvider
@@ -28,7 +28,6 @@ from tests.serving import ROOT, free_port, wait_ready
 from tests.spoolkit import Mail, answers_for, wait_for
 
 pytestmark = pytest.mark.slow
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 OUTPUT = ROOT / "test-output"
 ROOM = "vmr@example.com"
 ENTRA_ROOM = "vmr-entra@example.com"
@@ -117,22 +116,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "Debian's chromium is needed (.ci/run installs it)"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        yield browser
-        browser.close()
+    with browsing.chromium() as launched:
+        yield launched
 
 
 def host_config(platform: str = "PC", **overrides: Any) -> dict[str, Any]:

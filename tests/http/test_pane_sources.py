@@ -11,22 +11,20 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect
 
+from tests import browsing
 from tests.configs import spool_toml
 from tests.fakes import outlook
 from tests.serving import free_port, get, start, wait_ready
 
 pytestmark = pytest.mark.slow
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ROOM = "vmr@example.com"
 CDN = "https://addin-assets.example.org"
 SCRIPTS = "https://scripts.example.org"
@@ -90,14 +88,8 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "Debian's chromium is needed (.ci/run installs it)"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic"],
-        )
-        yield browser
-        browser.close()
+    with browsing.chromium() as launched:
+        yield launched
 
 
 def host_config() -> dict[str, Any]:
