@@ -296,9 +296,7 @@ def register(sub: argparse._SubParsersAction, add_config: Any) -> None:  # type:
     aliases.add_argument("alias", nargs="?", help="the alias (show, delete, resend)")
     common(aliases)
     aliases.add_argument("--query", "-q", help="list: words in alias, organizer, subject or UID")
-    aliases.add_argument(
-        "--day", help="list: meetings taking place on this day (YYYY-MM-DD, UTC)"
-    )
+    aliases.add_argument("--day", help="list: meetings taking place on this day (YYYY-MM-DD, UTC)")
     aliases.add_argument("--limit", type=int, default=100, help="list: at most (default 100)")
     aliases.add_argument("--yes", action="store_true", help="delete: no second thoughts")
     aliases.set_defaults(admin_command=cmd_aliases)
