@@ -675,6 +675,17 @@ def _check_pexip(loader: _Loader, px: PexipConfig, path: str) -> None:
         err(f"{path}.tls_ca_file", f"no such file: {px.tls_ca_file}")
 
 
+def _check_pexip_rooms(loader: _Loader, integ: IntegrationConfig, path: str) -> None:
+    """What Pexip makes of the room settings."""
+    su = integ.single_use
+    if su.other_participants == "allow_all" and su.identity_provider_group:
+        loader.warnings.append(
+            f"{path}.single_use.other_participants: Pexip lets devices that cannot use the "
+            "identity provider in only as disallow_all or allow_if_trusted; 'allow_all' is "
+            "sent as allow_if_trusted"
+        )
+
+
 def _check_integration(loader: _Loader, integ: IntegrationConfig, path: str) -> None:
     err = loader.error
     if not NAME_RE.match(integ.name):
@@ -730,6 +741,7 @@ def _check_integration(loader: _Loader, integ: IntegrationConfig, path: str) -> 
     if integ.enable_personal_vmrs:
         _check_personal(loader, integ, f"{path}.personal")
     _check_pexip(loader, integ.pexip, f"{path}.pexip")
+    _check_pexip_rooms(loader, integ, path)
     for problem in templating.check_time_format(integ.email.locale, integ.email.time_format):
         err(f"{path}.email.{'locale' if 'locale' in problem else 'time_format'}", problem)
     for group_name in ("single_use", "personal", "email"):
@@ -1050,6 +1062,14 @@ def _check_policy_credentials(
             f"too short to resist guessing: use at least {MIN_POLICY_PASSWORD} characters",
         )
     served = [i.name for i in integrations if i.pexip.mode == "policy"]
+    both = [i.name for i in integrations if i.pexip.mode == "management_api"]
+    if both and server.policy_username:
+        loader.warnings.append(
+            f"integrations {', '.join(both)} create conferences on Pexip (management_api) "
+            "from provision_lead_minutes before each window; Conferencing Nodes that also ask "
+            "this policy endpoint refuse their aliases outside the windows "
+            "(start - join_before_minutes ... end + join_after_minutes)"
+        )
     try:
         exposed = not server.on_loopback
     except ValueError:  # an impossible listen address: reported on its own

@@ -185,3 +185,103 @@ def test_normalise() -> None:
     assert normalise("<SIP:Room@Example.COM;x=y>") == "room@example.com"
     assert normalise("h323:1234") == "1234"
     assert normalise("1234:5") == "1234:5"  # not a scheme
+
+
+# --- issue 27: every answer a node can get is one Pexip takes -------------------------------
+
+# The service configuration response as Pexip's external policy documentation describes it:
+# status "success", action "continue" or "reject", result a service configuration (for a
+# Virtual Meeting Room or Virtual Auditorium: service_type and name required; text fields at
+# most 250 characters; PINs 4 to 20 digits, optionally ending in #; non_idp_participants one of
+# disallow_all and allow_if_trusted) or empty.
+TEXT = {"type": "string", "maxLength": 250}
+PIN = {"type": "string", "pattern": "^[0-9]{4,20}#?$"}
+SERVICE = {
+    "type": "object",
+    "required": ["service_type", "name"],
+    "additionalProperties": False,
+    "properties": {
+        "service_type": {"enum": ["conference", "lecture", "two_stage_dialing"]},
+        "name": {**TEXT, "minLength": 1},
+        "service_tag": TEXT,
+        "description": TEXT,
+        "pin": PIN,
+        "guest_pin": PIN,
+        "allow_guests": {"type": "boolean"},
+        "ivr_theme_name": TEXT,
+        "host_identity_provider_group": TEXT,
+        "guest_identity_provider_group": TEXT,
+        "non_idp_participants": {"enum": ["disallow_all", "allow_if_trusted"]},
+    },
+}
+POLICY_SCHEMA = {
+    "type": "object",
+    "required": ["status", "action", "result"],
+    "properties": {
+        "status": {"const": "success"},
+        "action": {"enum": ["continue", "reject"]},
+        "result": {"anyOf": [{"type": "object", "maxProperties": 0}, SERVICE]},
+    },
+}
+
+
+def every_answer() -> list[dict[str, object]]:
+    from vmrsched.pexip.policy import PersonalRoom
+
+    index = AliasIndex()
+    rooms = []
+    n = 100
+    for other in ("disallow_all", "allow_if_trusted", "allow_all"):
+        for group in ("", "Staff", "g" * 300):
+            for theme in ("", "Corporate", "t" * 300):
+                n += 1
+                settings = RoomSettings("i" * 240, timedelta(0), timedelta(0), theme, group, other)
+                rooms.append(room(n, settings=settings, name="n" * (n % 3) * 200))
+    rooms += [room(2, "reserved"), room(3, "deleted"), room(4, "archived")]
+    index.publish(rooms)
+    personal = [
+        PersonalRoom(
+            "hq", "Olga's room", ("meet.olga@x", "81100001"), "d" * 400, "1234", "5678#", True
+        ),
+        PersonalRoom("hq", "x" * 300, ("lecture@x",), service_type="lecture"),
+        PersonalRoom("hq", "Reception", ("two@x",), service_type="two_stage_dialing"),
+    ]
+    index.publish_personal("hq", personal)
+    aliases = [r.alias for r in rooms] + ["nobody@example.com", "meet.olga@x", "lecture@x", "two@x"]
+    return [answer(alias, START, index)[1] for alias in aliases]
+
+
+def test_every_answer_is_valid_against_pexips_policy_schema() -> None:
+    import jsonschema_rs
+
+    validator = jsonschema_rs.validator_for(POLICY_SCHEMA)
+    answers = every_answer()
+    assert len(answers) > 30
+    for body in answers:
+        errors = [e.message for e in validator.iter_errors(body)]
+        assert not errors, (body, errors)
+
+
+def test_allow_all_goes_out_as_a_value_pexip_takes() -> None:
+    settings = RoomSettings("hq", timedelta(0), timedelta(0), "", "Staff", "allow_all")
+    index = AliasIndex()
+    index.publish([room(9, settings=settings)])
+    body = answer("81000009", START, index)[1]
+    assert body["result"]["non_idp_participants"] == "allow_if_trusted"  # type: ignore[index]
+
+
+def test_a_long_name_goes_out_within_pexips_limit() -> None:
+    index = AliasIndex()
+    index.publish([room(9, name="n" * 400)])
+    body = answer("81000009", START, index)[1]
+    assert len(body["result"]["name"]) == 250  # type: ignore[index]
+
+
+def test_names_are_unique_across_integrations_and_pexips_own_services() -> None:
+    index = AliasIndex()
+    index.publish([room(1, name="Weekly sync (Olga)")])
+    assert index.name_taken("weekly SYNC (olga)", "branch", "other-id")
+    assert not index.name_taken("Weekly sync (Olga)", "hq", "id-1")  # its own
+    index.set_foreign("hq", ["The CEO's room"], ["ceo@example.com", "81555555@video.example.com"])
+    assert index.name_taken("the ceo's room", "hq")
+    assert index.alias_taken("81555555") and not index.alias_taken("81555556")
