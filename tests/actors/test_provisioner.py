@@ -234,3 +234,239 @@ def test_check_config_online_tries_the_management_api(tmp_path: Path, password: 
     else:
         assert out.returncode == 1
         assert "FAIL  Pexip management API" in out.stdout and "401" in out.stdout
+
+
+# --- issue 27: joinability per occurrence, restarts, strays, limits, outages, names ---------
+
+
+def test_each_occurrence_is_joinable_from_its_lead_until_its_window_closes(env: Env) -> None:
+    """A daily series of three, the second moved by an hour and the third cancelled: the
+    conference exists lead + join_before ahead of each window until end + join_after, and not
+    between occurrences."""
+    first = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
+    record = env.running.reserve()
+    series, uid = spoolkit.request(
+        body=pxps(record), start=first, minutes=60, rrule="FREQ=DAILY;COUNT=3"
+    )
+    env.running.send(series)
+    moved, _ = spoolkit.request(
+        uid,
+        body=pxps(record),
+        start=first + timedelta(days=1, hours=1),
+        minutes=60,
+        sequence=1,
+        recurrence_id=first + timedelta(days=1),
+    )
+    env.running.send(moved)
+    cancelled, _ = spoolkit.request(
+        uid,
+        method="CANCEL",
+        start=first + timedelta(days=2),
+        minutes=60,
+        sequence=2,
+        recurrence_id=first + timedelta(days=2),
+    )
+    env.running.send(cancelled)
+    alias_id = record["alias_id"]
+    lead = timedelta(minutes=10 + 30)  # provision_lead + join_before
+
+    def exists_at(offset: timedelta) -> bool:
+        env.clock.offset = offset
+        time_now = datetime.now(UTC)
+        spoolkit.wait_for(lambda: env.running.svc.ctx.clock() >= time_now + offset)
+        before = len(env.fake.requests)
+        spoolkit.wait_for(lambda: len(env.fake.requests) > before or True)
+        import time as _time
+
+        _time.sleep(0.6)  # a few passes
+        return alias_id in env.conferences()
+
+    base = first - datetime.now(UTC)
+    assert not exists_at(base - lead - timedelta(minutes=2))
+    assert exists_at(base - lead + timedelta(minutes=2))
+    assert exists_at(base + timedelta(minutes=60 + 59))  # join_after
+    assert not exists_at(base + timedelta(minutes=60 + 62))  # closed
+    assert not exists_at(base + timedelta(hours=12))  # between occurrences
+    moved_start = base + timedelta(days=1, hours=1)
+    assert not exists_at(moved_start - lead - timedelta(minutes=2))
+    assert exists_at(moved_start - lead + timedelta(minutes=2))
+    assert not exists_at(moved_start + timedelta(minutes=60 + 62))
+    assert not exists_at(base + timedelta(days=2, minutes=10))  # the cancelled occurrence
+
+
+def test_participant_authentication_reaches_pexip(tmp_path: Path) -> None:
+    fake = FakePexip(password=PASSWORD)
+    group = fake.add_group("Staff")
+    server = ThreadedServer(fake.app()).start()
+    clock = Clock()
+    running = start(
+        tmp_path,
+        fake,
+        server,
+        clock,
+        identity_provider_group="Staff",
+        other_participants="allow_if_trusted",
+    )
+    try:
+        env = Env(fake, server, clock, running, tmp_path)
+        alias_id, _ = env.book(datetime.now(UTC) + timedelta(minutes=20))
+        spoolkit.wait_for(lambda: alias_id in env.conferences())
+        conference = env.conferences()[alias_id]
+        assert conference["host_identity_provider_group"] == group
+        assert conference["non_idp_participants"] == "allow_if_trusted"
+    finally:
+        running.svc.stop()
+        server.stop()
+
+
+def test_names_of_pexip_services_are_not_handed_out_and_one_name_is_served(
+    tmp_path: Path,
+) -> None:
+    fake = FakePexip(password=PASSWORD)
+    fake.add_conference("Board meeting", ["board@example.com"])
+    server = ThreadedServer(fake.app()).start()
+    clock = Clock()
+    running = start(tmp_path, fake, server, clock, conference_name_template="Board meeting")
+    try:
+        env = Env(fake, server, clock, running, tmp_path)
+        index = running.svc.ctx.alias_index
+        spoolkit.wait_for(lambda: index.name_taken("Board meeting", "alpha"))
+        alias_id, _ = env.book(datetime.now(UTC) + timedelta(days=2))  # not provisioned yet
+        record = running.svc.ctx.registry.get("alpha", "allocator").proxy().get(alias_id)
+        stored = record.get(timeout=5)["name"]
+        assert stored.startswith("Board meeting ") and stored != "Board meeting"
+        # a name Pexip got since the last read: Pexip's copy gets a number, and the policy
+        # answer names the conference as Pexip does
+        fake.add_conference("Board meeting 2", ["board2@example.com"])
+        later, _ = env.book(datetime.now(UTC) + timedelta(minutes=20))
+        spoolkit.wait_for(lambda: later in env.conferences())
+        held = env.conferences()[later]["name"]
+        alias = env.conferences()[later]["aliases"][0]["alias"]
+        assert running.svc.policy_answer(alias)[1]["result"]["name"] == held
+    finally:
+        running.svc.stop()
+        server.stop()
+
+
+def test_a_restart_never_cuts_off_live_meetings(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    live = [env.book(datetime.now(UTC) + timedelta(minutes=5 + n))[0] for n in range(3)]
+    spoolkit.wait_for(lambda: set(live) <= set(env.conferences()))
+    env.running.svc.stop()
+    from vmrsched.actors import allocator
+
+    slow_publish = allocator.AliasAllocator._publish_all
+
+    def slowly(self: Any) -> None:  # a big store: the provisioner's first pass comes first
+        import time as _time
+
+        _time.sleep(1.5)
+        slow_publish(self)
+
+    monkeypatch.setattr(allocator.AliasAllocator, "_publish_all", slowly)
+    env.fake.requests.clear()
+    env.running = start(env.tmp, env.fake, env.server, env.clock)
+    spoolkit.wait_for(
+        lambda: ("GET", "/api/admin/configuration/v1/conference/") in env.fake.requests
+    )
+    import time as _time
+
+    _time.sleep(1.0)
+    assert not [r for r in env.fake.requests if r[0] == "DELETE"]
+    assert set(live) <= set(env.conferences())
+
+
+def test_a_second_conference_with_a_live_tag_is_removed_and_cancelling_unroutes(
+    tmp_path: Path,
+) -> None:
+    fake = FakePexip(password=PASSWORD)
+    server = ThreadedServer(fake.app()).start()
+    clock = Clock()
+    running = start(tmp_path, fake, server, clock)
+    env = Env(fake, server, clock, running, tmp_path)
+    try:
+        start_at = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=20)
+        alias_id, uid = env.book(start_at)
+        spoolkit.wait_for(lambda: alias_id in env.conferences())
+        running.svc.stop()
+        # while stopped, someone copies it by hand (another alias, the same tag)
+        fake.add_conference("Copy", ["copy-of-it@example.com"], tag=TAG + alias_id)
+        env.running = running = start(tmp_path, fake, server, clock)
+        spoolkit.wait_for(lambda: "Copy" not in {c["name"] for c in fake.conferences.values()})
+        assert alias_id in env.conferences()
+        cancel, _ = spoolkit.request(uid, method="CANCEL", sequence=1, start=start_at, minutes=60)
+        env.running.send(cancel)
+        spoolkit.wait_for(lambda: not fake.by_tag(TAG))
+    finally:
+        env.running.svc.stop()
+        server.stop()
+
+
+def test_a_long_name_is_shortened_to_pexips_limit(tmp_path: Path) -> None:
+    fake = FakePexip(password=PASSWORD)
+    server = ThreadedServer(fake.app()).start()
+    clock = Clock()
+    running = start(tmp_path, fake, server, clock, conference_name_template="x" * 300)
+    try:
+        env = Env(fake, server, clock, running, tmp_path)
+        alias_id, _ = env.book(datetime.now(UTC) + timedelta(minutes=20))
+        spoolkit.wait_for(lambda: alias_id in env.conferences())
+        name = env.conferences()[alias_id]["name"]
+        assert 0 < len(name) <= 250
+        alias = env.conferences()[alias_id]["aliases"][0]["alias"]
+        assert running.svc.policy_answer(alias)[1]["result"]["name"] == name
+    finally:
+        running.svc.stop()
+        server.stop()
+
+
+def test_a_refusal_is_logged_per_alias_and_not_retried_in_a_loop(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    env.fake.refuse = {"name": ["Enter a valid value."]}
+    alias_id, _ = env.book(datetime.now(UTC) + timedelta(minutes=20))
+    spoolkit.wait_for(lambda: "pexip_refused" in env.alarms())
+    import time as _time
+
+    _time.sleep(1.5)  # fifteen passes
+    posts = [
+        r for r in env.fake.requests if r == ("POST", "/api/admin/configuration/v1/conference/")
+    ]
+    assert len(posts) == 1
+    alias = env.running.svc.ctx.alias_index.rooms("alpha")[0].alias
+    assert any(alias in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+    assert alias_id not in env.conferences()
+
+
+def test_a_refused_list_never_takes_the_integration_down(env: Env) -> None:
+    env.running.svc.stop()
+    env.fake.fail_lists = 400  # a proxy's error page in front of the Management Node
+    env.running = start(env.tmp, env.fake, env.server, env.clock)
+    alias_id, _ = env.book(datetime.now(UTC) + timedelta(minutes=20))
+    spoolkit.wait_for(lambda: "pexip_unreachable" in env.alarms(), timeout=30)
+    import time as _time
+
+    _time.sleep(2.5)  # several failed passes: each was a restart before
+    snapshot = env.running.svc.ctx.status.snapshot()["alpha"]
+    assert snapshot["state"] == "running" and snapshot["restarts"] == 0
+    assert env.running.reserve()["alias"]  # bookings go on
+    env.fake.fail_lists = 0
+    spoolkit.wait_for(lambda: alias_id in env.conferences(), timeout=60)
+
+
+def test_after_an_outage_pexip_is_read_back_once(env: Env) -> None:
+    env.fake.down = True
+    booked = []
+    for n in range(6):  # changes made during the outage, each a poke
+        booked.append(env.book(datetime.now(UTC) + timedelta(minutes=20 + n))[0])
+        spoolkit.wait_for(lambda: "pexip_unreachable" in env.alarms())
+    import time as _time
+
+    _time.sleep(3.0)
+    env.fake.down = False
+    env.fake.requests.clear()
+    spoolkit.wait_for(lambda: set(booked) <= set(env.conferences()), timeout=60)
+    _time.sleep(8.0)  # the retries an outage used to leave behind
+    lists = [
+        r for r in env.fake.requests if r == ("GET", "/api/admin/configuration/v1/conference/")
+    ]
+    assert len(lists) == 1

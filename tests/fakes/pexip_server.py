@@ -3,11 +3,17 @@ resources under /api/admin/configuration/v1/): Basic auth (401 otherwise); tasty
 `meta` envelope (limit, offset, next, previous, total_count) and `objects`, paged (default limit
 20); exact filters on the fields it knows and unknown filters silently ignored, as Pexip does;
 POST answers 201 with an empty body and the new object's URL in Location; PATCH 202; DELETE 204;
-400 with per-field errors on a duplicate conference name or alias; 404 for unknown objects.
-`down` answers 503 to everything (an outage); `fail_next` fails the next requests with a status."""
+400 with per-field errors on a duplicate conference name or alias, on a field over its documented
+length (name, description, tag, alias: 250 characters), on a non_idp_participants value Pexip
+does not take (disallow_all, allow_if_trusted) and on an identity provider group or theme it does
+not hold; 400 on a second end user with one primary email address; 404 for unknown objects.
+`down` answers 503 to everything (an outage); `fail_next` fails the next requests with a status;
+`fail_lists` answers list requests with that status and an HTML page (a proxy in the way);
+`refuse` adds per-field refusals to every conference created (say, a rule Pexip enforces)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import threading
@@ -20,8 +26,15 @@ API = "/api/admin/configuration/v1/"
 FILTERS = {
     "conference": {"name", "tag", "service_type"},
     "ivr_theme": {"name"},
+    "identity_provider_group": {"name"},
     "end_user": {"primary_email_address"},
 }
+MAX_LENGTH = 250  # name, description, tag, alias
+NON_IDP = ("disallow_all", "allow_if_trusted")
+
+
+def _too_long(value: str) -> list[str]:
+    return [f"Ensure this value has at most {MAX_LENGTH} characters (it has {len(value)})."]
 
 
 class FakePexip:
@@ -31,9 +44,13 @@ class FakePexip:
         self.ids = itertools.count(1)
         self.conferences: dict[int, dict[str, Any]] = {}
         self.themes: dict[int, dict[str, Any]] = {}
+        self.groups: dict[int, dict[str, Any]] = {}
         self.end_users: dict[int, dict[str, Any]] = {}
         self.down = False
         self.fail_next: list[int] = []
+        self.fail_lists = 0  # a status for every list request (0: none)
+        self.refuse: dict[str, list[str]] = {}
+        self.latency = 0.0  # seconds each collection request takes (races show)
         self.requests: list[tuple[str, str]] = []  # (method, path)
 
     # --- test helpers ----------------------------------------------------------------------
@@ -42,6 +59,12 @@ class FakePexip:
         theme_id = next(self.ids)
         uri = f"{API}ivr_theme/{theme_id}/"
         self.themes[theme_id] = {"id": theme_id, "name": name, "resource_uri": uri}
+        return uri
+
+    def add_group(self, name: str) -> str:
+        group_id = next(self.ids)
+        uri = f"{API}identity_provider_group/{group_id}/"
+        self.groups[group_id] = {"id": group_id, "name": name, "resource_uri": uri}
         return uri
 
     def add_conference(
@@ -95,6 +118,7 @@ class FakePexip:
         return {
             "conference": self.conferences,
             "ivr_theme": self.themes,
+            "identity_provider_group": self.groups,
             "end_user": self.end_users,
         }.get(resource)
 
@@ -102,16 +126,31 @@ class FakePexip:
         refused = self._check(request)
         if refused is not None:
             return refused
+        if self.latency:
+            await asyncio.sleep(self.latency)
         resource = request.match_info["resource"]
         table = self._table(resource)
         if table is None:
             return web.Response(status=404)
         if request.method == "GET":
+            if self.fail_lists:
+                return web.Response(
+                    status=self.fail_lists, text="<html><body>Bad Request</body></html>"
+                )
             return self._list(request, resource, table)
         if request.method == "POST" and resource == "end_user":
             body = await request.json()
+            email = str(body.get("primary_email_address", ""))
             with self.lock:
-                user = self._store_end_user(str(body.get("primary_email_address", "")))
+                if any(
+                    u["primary_email_address"].lower() == email.lower()
+                    for u in self.end_users.values()
+                ):
+                    error = ["End user with this Primary email address already exists."]
+                    return web.json_response(
+                        {"end_user": {"primary_email_address": error}}, status=400
+                    )
+                user = self._store_end_user(email)
             location = f"{request.scheme}://{request.host}{user['resource_uri']}"
             return web.Response(status=201, headers={"Location": location})
         if request.method == "POST" and resource == "conference":
@@ -176,19 +215,35 @@ class FakePexip:
         return web.Response(status=405)
 
     def _validate(self, body: dict[str, Any]) -> dict[str, Any]:
-        errors: dict[str, Any] = {}
+        errors: dict[str, Any] = {k: list(v) for k, v in self.refuse.items()}
         name = str(body.get("name", ""))
         if not name:
             errors["name"] = ["This field is required."]
+        elif len(name) > MAX_LENGTH:
+            errors["name"] = _too_long(name)
         elif any(c["name"].lower() == name.lower() for c in self.conferences.values()):
             errors["name"] = ["Conference with this Name already exists."]
+        for key in ("description", "tag"):
+            if len(str(body.get(key, ""))) > MAX_LENGTH:
+                errors[key] = _too_long(str(body[key]))
         taken = {a["alias"].lower() for c in self.conferences.values() for a in c["aliases"]}
         wanted = [a.get("alias", "") if isinstance(a, dict) else a for a in body.get("aliases", [])]
         if any(a.lower() in taken for a in wanted):
             errors["aliases"] = [{"alias": ["Conference alias with this Alias already exists."]}]
+        elif any(len(a) > MAX_LENGTH for a in wanted):
+            errors["aliases"] = [{"alias": _too_long(max(wanted, key=len))}]
         theme = body.get("ivr_theme")
         if theme and not any(t["resource_uri"] == theme for t in self.themes.values()):
             errors["ivr_theme"] = ["Could not find the theme."]
+        for key in ("host_identity_provider_group", "guest_identity_provider_group"):
+            group = body.get(key)
+            if group and not any(g["resource_uri"] == group for g in self.groups.values()):
+                errors[key] = ["Could not find the identity provider group."]
+        non_idp = body.get("non_idp_participants", "disallow_all")
+        if non_idp not in NON_IDP:
+            errors["non_idp_participants"] = [
+                f"Select a valid choice. {non_idp} is not one of the available choices."
+            ]
         return errors
 
     def _store_conference(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -206,6 +261,9 @@ class FakePexip:
             "pin": body.get("pin", ""),
             "guest_pin": body.get("guest_pin", ""),
             "allow_guests": body.get("allow_guests", False),
+            "host_identity_provider_group": body.get("host_identity_provider_group"),
+            "guest_identity_provider_group": body.get("guest_identity_provider_group"),
+            "non_idp_participants": body.get("non_idp_participants", "disallow_all"),
             "aliases": [
                 {"alias": a, "conference": uri, "description": "", "id": next(self.ids)}
                 for a in aliases

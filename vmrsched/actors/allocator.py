@@ -16,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import random
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -44,7 +46,7 @@ from vmrsched.answers import Step
 from vmrsched.errors import StorageFull
 from vmrsched.meetings import Meeting, general_error
 from vmrsched.outgoing import Outgoing
-from vmrsched.pexip.policy import Room, RoomSettings
+from vmrsched.pexip.policy import FIELD_MAX, AliasIndex, Room, RoomSettings, clip
 from vmrsched.store import (
     Record,
     StorageFullError,
@@ -73,6 +75,22 @@ def uptime() -> float:
     return time.monotonic()
 
 
+class _ServiceStore(Store):
+    """The store, with the aliases Pexip's own services route counted as taken (the policy
+    index holds what a provisioner last read of them), so none is handed out."""
+
+    def __init__(self, *args: Any, index: AliasIndex, **kwargs: Any) -> None:
+        self._services = index  # set first: loading may ask numeric_taken
+        super().__init__(*args, **kwargs)
+
+    def numeric_taken(self, numeric_alias: str) -> bool:
+        return super().numeric_taken(numeric_alias) or self._services.alias_taken(numeric_alias)
+
+
+# room left in a name for the number appended when it is taken (" " + six digits)
+NAME_SUFFIX = 7
+
+
 class _ProbeSpace:
     """Tell-message: is there room on the disk again?"""
 
@@ -94,8 +112,9 @@ class AliasAllocator(SupervisedChild):
     def setup(self) -> None:
         self.renderer = self.integ.renderer()
         try:
-            self.store = Store(
+            self.store = _ServiceStore(
                 self.ctx.store_dir(self.integ.name),
+                index=self.ctx.alias_index,
                 clock=self.ctx.clock,
                 rng=self.ctx.rng,
                 reservation_ttl=timedelta(days=self.integ.reservation_ttl_days),
@@ -153,6 +172,7 @@ class AliasAllocator(SupervisedChild):
         )
         self.store.take_changes()
         self.ctx.alias_index.publish(rooms)
+        self.ctx.alias_index.mark_loaded(self.integ.name)
 
     def _publish_changes(self) -> None:
         """What the last commit made durable, to the policy index (never before the commit)."""
@@ -241,6 +261,8 @@ class AliasAllocator(SupervisedChild):
         action = step.decision.action
         if action.kind == "none":
             return step
+        if step.fields.get("name"):
+            step = replace(step, fields={**step.fields, "name": self._unique_name(step, action)})
         try:
             self.store.apply(action, step.fields)
         except StorageFullError as exc:  # the whole batch was taken back: it waits for room
@@ -251,6 +273,17 @@ class AliasAllocator(SupervisedChild):
         if action.kind == "bind_new":
             self._allocated.inc()
         return step
+
+    def _unique_name(self, step: Step, action: Any) -> str:
+        """The rendered name within Pexip's limit and used by no other conference of the
+        service or of Pexip's own services (a number appended, as Pexip does); the store
+        keeps an existing conference's first name and makes new ones unique within it."""
+        base = name = clip(str(step.fields["name"]), FIELD_MAX - NAME_SUFFIX)
+        alias_id = action.alias_id or ""
+        index = self.ctx.alias_index
+        while index.name_taken(name, self.integ.name, alias_id):
+            name = f"{base} {random.randrange(10**6):06d}"
+        return name
 
     def _failed(self, meeting: Meeting, item_id: str) -> Step:
         """The general_error step; when even its decline cannot be rendered, the decision

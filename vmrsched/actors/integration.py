@@ -52,8 +52,11 @@ PROVISIONER = ChildSpec("provisioner", Provisioner)
 
 
 def child_specs(integ: IntegrationConfig) -> tuple[ChildSpec, ...]:
-    """An integration's children: the provisioner only where the service creates conferences."""
-    if integ.pexip.mode == "management_api":
+    """An integration's children: the provisioner where the service creates conferences, or
+    reads Pexip's own services' names and aliases (the management API configured in policy
+    mode) so that it hands out none of them."""
+    px = integ.pexip
+    if px.mode == "management_api" or (px.management_url and px.management_password is not None):
         return (*CHILDREN, PROVISIONER)
     return CHILDREN
 

@@ -1,21 +1,35 @@
-"""Provisioner (mode "management_api"): makes the conferences on Pexip match the store. A bound
-meeting's conference is created `provision_lead_minutes` before its first window opens (Pexip
-replicates configuration to the Conferencing Nodes in about a minute) and deleted after its last
-window closes; a cancelled, released or deleted alias loses its conference.
+"""Provisioner: makes the conferences on Pexip match the store (mode "management_api"), and, in
+any mode where the management API is configured, reads the names and aliases of Pexip's own
+services so that none is handed out again.
+
+Joinability is exact per occurrence: a bound meeting's conference exists from
+`provision_lead_minutes` before each occurrence's window (start - join_before; Pexip replicates
+configuration to the Conferencing Nodes in about a minute) until that window closes
+(end + join_after), and not between occurrences; moved and cancelled occurrences count as the
+schedule says. The next pass is timed to the next opening or closing. A cancelled, released or
+deleted alias loses its conference.
 
 It reconciles rather than replays a queue: what should exist is derived from the store (durable
 before anything is acknowledged) through the published alias index, and what exists is read back
-from Pexip by tag, so a crash, a restart or an outage loses nothing: the next pass does what is
+from Pexip, so a crash, a restart or an outage loses nothing: the next pass does what is
 missing. Conferences are tagged `vmrsched/<integration>/<alias id>`; Pexip ignores filters it
-does not know, so every listed conference's tag is checked here before anything is deleted, and
-conferences without our tag are never touched."""
+does not know, so every listed conference's tag is checked here, and conferences without our
+tag are never touched. Nothing is deleted before the allocator has published its whole store
+(a restart, a reload or a takeover must not cut off calls in progress); a second conference
+carrying one alias's tag is removed like a stray.
+
+A Pexip problem never takes the integration down: unreachable, busy or refusing to list, the
+provisioner raises an alarm and tries again with backoff (one timer: changes made meanwhile
+are picked up by the one pass after recovery). A refused conference is logged with its alias
+and tried again only after REFUSED_RETRY."""
 
 from __future__ import annotations
 
 import logging
 import random
 import time
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from vmrsched import recurrence
@@ -23,13 +37,25 @@ from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Poke, Reconcile
 from vmrsched.actors.supervision import Backoff
 from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnavailable
-from vmrsched.pexip.policy import Room
+from vmrsched.pexip.policy import FIELD_MAX, Room, clip, non_idp
 from vmrsched.telemetry import PEXIP_REFUSED, PEXIP_UNREACHABLE
 
 log = logging.getLogger("vmrsched.provisioner")
 FULL_EVERY = 300.0  # seconds between full re-reads of Pexip's conferences
 REFUSED_RETRY = 600.0  # a refused conference is tried again after this long (config may change)
 POKE_DELAY = 1.0  # a burst of commits becomes one pass
+NOT_LOADED_RETRY = 1.0  # the allocator has not published its store yet: look again this soon
+OUR_TAGS = "vmrsched/"
+SUFFIX = 7  # " " + six digits appended to a name Pexip already has
+DUPLICATE = "already exists"  # how Pexip words a uniqueness refusal
+
+
+@dataclass(frozen=True)
+class _Tick:
+    """The provisioner's one timer fired; stale generations are ignored."""
+
+    generation: int
+    full: bool = False
 
 
 class Provisioner(SupervisedChild):
@@ -44,17 +70,21 @@ class Provisioner(SupervisedChild):
             requests_total.labels(self.integ.name, operation, result).inc()
 
         self.client = ManagementClient(px, password, on_request=count)
+        self.provisions = px.mode == "management_api"  # otherwise: only reads Pexip's names
         self.prefix = f"vmrsched/{self.integ.name}/"
         self.lead = timedelta(minutes=px.provision_lead_minutes)
         self.before = timedelta(minutes=self.integ.single_use.join_before_minutes)
         self.after = timedelta(minutes=self.integ.single_use.join_after_minutes)
         self.actual: dict[str, dict[str, Any]] | None = None  # alias id -> conference
+        self.extra: list[dict[str, Any]] = []  # more conferences with a tag already seen
         self.refused: dict[str, float] = {}  # alias id -> monotonic time to try again
         self.failures = 0
         self.backoff = Backoff(2.0, self.ctx.policy.mailbox_max)
         self.last_full = 0.0
         self.poked = False
+        self.armed = 0  # the one timer's generation (a newer arming cancels an older)
         self.theme_uri: str | None = None
+        self.group_uri: str | None = None
         self.rng = random.Random()
         self.actor_ref.tell(Reconcile(full=True))
 
@@ -65,24 +95,39 @@ class Provisioner(SupervisedChild):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Poke):
-            if not self.poked:
+            # while backing off, the retry already scheduled picks the change up
+            if not self.poked and not self.failures and self.provisions:
                 self.poked = True
                 self.ctx.scheduler.call_later(POKE_DELAY, self._tell_reconcile)
+        elif isinstance(message, _Tick):
+            if message.generation == self.armed:
+                self._pass(message.full)
         elif isinstance(message, Reconcile):
             self.poked = False
-            self._pass(message.full or time.monotonic() - self.last_full > FULL_EVERY)
+            if self.failures and not message.full:
+                return None  # the retry timer runs the next pass
+            self._pass(message.full)
         return None
 
-    def _tell_reconcile(self, full: bool = False) -> None:
-        self.actor_ref.tell(Reconcile(full))
+    def _tell_reconcile(self) -> None:
+        self.actor_ref.tell(Reconcile(False))
+
+    def _schedule(self, delay: float, full: bool = False) -> None:
+        """(Re)arm the one timer: an earlier arming no longer counts."""
+        self.armed += 1
+        tick = _Tick(self.armed, full)
+        self.ctx.scheduler.call_later(max(delay, 0.01), lambda: self.actor_ref.tell(tick))
 
     def _pass(self, full: bool) -> None:
+        full = full or self.actual is None or time.monotonic() - self.last_full > FULL_EVERY
         try:
-            done = self.reconcile(full or self.actual is None)
-        except PexipUnavailable as exc:
+            done = self.reconcile(full)
+        except (PexipUnavailable, PexipRefused) as exc:
+            # a refused list (say, a proxy's error page) is Pexip's problem too: never ours
             self.failures += 1
             self.actual = None  # read everything back once it answers again
-            delay = exc.retry_after or self.backoff.delay(self.failures)
+            retry = exc.retry_after if isinstance(exc, PexipUnavailable) else None
+            delay = retry or self.backoff.delay(self.failures)
             self.ctx.alarms.raise_(self.integ.name, PEXIP_UNREACHABLE, str(exc))
             log.warning(
                 "Pexip management API unavailable, retrying in %.0fs: %s",
@@ -90,7 +135,7 @@ class Provisioner(SupervisedChild):
                 exc,
                 extra={"integration": self.integ.name},
             )
-            self.ctx.scheduler.call_later(delay, lambda: self._tell_reconcile(True))
+            self._schedule(delay, full=True)
             return
         if self.failures:
             self.failures = 0
@@ -103,33 +148,49 @@ class Provisioner(SupervisedChild):
                 *done,
                 extra={"integration": self.integ.name},
             )
-        self.ctx.scheduler.call_later(self.ctx.provision_interval, self._tell_reconcile)
+        if not self.provisions:
+            self._schedule(FULL_EVERY, full=True)
+        elif not self.ctx.alias_index.loaded(self.integ.name):
+            self._schedule(NOT_LOADED_RETRY)
+        else:
+            self._schedule(self._next_delay())
 
     # --- one pass ----------------------------------------------------------------------------
 
     def reconcile(self, full: bool) -> tuple[int, int, int] | None:
-        """Create what is missing, delete what is over, update changed descriptions. Returns
-        the counts when something was done."""
+        """Create what is missing, delete what is over (once the whole store is published),
+        update changed descriptions. Returns the counts when something was done."""
         if full or self.actual is None:
             self.actual = self._read_back()
             self.last_full = time.monotonic()
+        if not self.provisions:
+            return None
         now = self.ctx.clock()
-        wanted = {
-            r.alias_id: r for r in self.ctx.alias_index.rooms(self.integ.name) if self._due(r, now)
-        }
+        index = self.ctx.alias_index
+        loaded = index.loaded(self.integ.name)
+        wanted = {r.alias_id: r for r in index.rooms(self.integ.name) if self._due(r, now)}
         created = deleted = updated = 0
-        for alias_id, conference in list(self.actual.items()):
-            if alias_id not in wanted:
+        if loaded:  # until then, what is missing from the index may be a live booking's
+            for conference in self.extra:
                 self.client.delete(conference["resource_uri"])
-                del self.actual[alias_id]
                 deleted += 1
+            self.extra = []
+            for alias_id, conference in list(self.actual.items()):
+                if alias_id not in wanted:
+                    self.client.delete(conference["resource_uri"])
+                    del self.actual[alias_id]
+                    deleted += 1
         clock = time.monotonic()
         for alias_id, room in wanted.items():
             existing = self.actual.get(alias_id)
             if existing is not None:
-                if existing.get("description", "") != room.description:
-                    self.client.update(existing["resource_uri"], {"description": room.description})
-                    existing["description"] = room.description
+                held = str(existing.get("name", ""))
+                if held and held != room.name:  # Pexip's name is the one name served
+                    index.set_pexip_name(self.integ.name, alias_id, held)
+                description = clip(room.description)
+                if existing.get("description", "") != description:
+                    self.client.update(existing["resource_uri"], {"description": description})
+                    existing["description"] = description
                     updated += 1
                 continue
             if self.refused.get(alias_id, 0.0) > clock:
@@ -138,7 +199,7 @@ class Provisioner(SupervisedChild):
                 created += 1
         return (created, deleted, updated) if created or deleted or updated else None
 
-    def _due(self, room: Room, now: Any) -> bool:
+    def _due(self, room: Room, now: datetime) -> bool:
         if room.status != "bound" or room.schedule is None:
             return False
         try:
@@ -146,53 +207,138 @@ class Provisioner(SupervisedChild):
         except recurrence.RecurrenceError:
             return False
 
+    def _next_delay(self) -> float:
+        """Seconds until the next pass: the provisioning interval, or sooner when some
+        occurrence's conference is due to be created or removed before that."""
+        interval = self.ctx.provision_interval
+        now = self.ctx.clock()
+        horizon = now + timedelta(seconds=interval)
+        soonest = horizon
+        opens = self.before + self.lead
+        for room in self.ctx.alias_index.rooms(self.integ.name):
+            if room.status != "bound" or room.schedule is None:
+                continue
+            moved = len(room.schedule.overrides)  # yielded first, in any order
+            try:
+                occurrences = recurrence.occurrences_after(room.schedule, now - self.after)
+                for n, occ in enumerate(occurrences):
+                    start, end = occ.start - opens, occ.end + self.after
+                    if now < start < soonest:
+                        soonest = start
+                    if now <= end < soonest:
+                        soonest = end + timedelta(microseconds=1)
+                    if start > horizon and n >= moved:
+                        break
+            except recurrence.RecurrenceError:
+                continue
+        return (soonest - now).total_seconds()
+
     def _read_back(self) -> dict[str, dict[str, Any]]:
+        """Pexip's conferences: ours by alias id (one each; more with one tag go to `extra`),
+        and the names and aliases of every service that is not one of ours, for the index."""
         found: dict[str, dict[str, Any]] = {}
-        for conference in self.client.list("conference", tag__startswith=self.prefix):
+        extra: list[dict[str, Any]] = []
+        names: list[str] = []
+        aliases: list[str] = []
+        for conference in self.client.list("conference"):
             tag = str(conference.get("tag") or "")
-            if tag.startswith(self.prefix):  # never trust a filter Pexip may have ignored
-                found[tag[len(self.prefix) :]] = conference
+            if not tag.startswith(OUR_TAGS):  # Pexip's own service
+                names.append(str(conference.get("name", "")))
+                aliases.extend(str(a.get("alias", "")) for a in conference.get("aliases") or [])
+                continue
+            if not tag.startswith(self.prefix):
+                continue
+            alias_id = tag[len(self.prefix) :]
+            kept = found.get(alias_id)
+            if kept is None:
+                found[alias_id] = conference
+            elif self._better(conference, kept, alias_id):
+                found[alias_id] = conference
+                extra.append(kept)
+            else:
+                extra.append(conference)
+        self.extra = extra
+        self.ctx.alias_index.set_foreign(self.integ.name, names, aliases)
         return found
+
+    def _better(self, one: dict[str, Any], other: dict[str, Any], alias_id: str) -> bool:
+        """Of two conferences with one tag, keep the one that routes the room's alias."""
+        room = next(
+            (r for r in self.ctx.alias_index.rooms(self.integ.name) if r.alias_id == alias_id),
+            None,
+        )
+        if room is None:
+            return False
+
+        def routes(conference: dict[str, Any]) -> bool:
+            held = {str(a.get("alias", "")).casefold() for a in conference.get("aliases") or []}
+            return room.alias.casefold() in held
+
+        return routes(one) and not routes(other)
 
     def _create(self, room: Room) -> bool:
         assert self.actual is not None
+        base = clip(room.name or room.alias)
         fields: dict[str, Any] = {
-            "name": room.name or room.alias,
+            "name": base,
             "service_type": "conference",
-            "description": room.description,
-            "tag": self.prefix + room.alias_id,
+            "description": clip(room.description),
+            "tag": clip(self.prefix + room.alias_id),
             "aliases": [{"alias": a} for a in dict.fromkeys((room.alias, room.numeric_alias)) if a],
         }
-        theme = self._theme()
+        theme = self._uri("ivr_theme", self.integ.single_use.theme)
         if theme:
             fields["ivr_theme"] = theme
+        group = self._uri("identity_provider_group", self.integ.single_use.identity_provider_group)
+        if group:
+            # as the policy answer: hosts authenticate with the group's identity providers,
+            # other devices are let in (or not) as configured
+            fields["host_identity_provider_group"] = group
+            fields["non_idp_participants"] = non_idp(self.integ.single_use.other_participants)
         for _ in range(5):
             try:
                 uri = self.client.create("conference", fields)
             except PexipRefused as exc:
-                if exc.about("name"):  # a duplicate name: append a random number, as Pexip's own
-                    fields["name"] = f"{room.name or room.alias} {self.rng.randrange(10**6):06d}"
+                if exc.about("name") and DUPLICATE in str(exc.fields.get("name")):
+                    # a name another service took since we checked: a number, as Pexip's own
+                    short = clip(base, FIELD_MAX - SUFFIX)
+                    fields["name"] = f"{short} {self.rng.randrange(10**6):06d}"
                     continue
-                self.refused[room.alias_id] = time.monotonic() + REFUSED_RETRY
-                self.ctx.alarms.raise_(self.integ.name, PEXIP_REFUSED, str(exc))
-                log.error(
-                    "Pexip refused the conference of %s: %s",
-                    room.alias,
-                    exc,
-                    extra={"integration": self.integ.name, "alias": room.alias},
-                )
+                self._refused(room, str(exc))
                 return False
             self.actual[room.alias_id] = {**fields, "resource_uri": uri}
             self.refused.pop(room.alias_id, None)
+            if fields["name"] != room.name:
+                self.ctx.alias_index.set_pexip_name(self.integ.name, room.alias_id, fields["name"])
             return True
+        self._refused(room, "every name tried is taken on Pexip")
         return False
 
-    def _theme(self) -> str | None:
-        name = self.integ.single_use.theme
+    def _refused(self, room: Room, why: str) -> None:
+        self.refused[room.alias_id] = time.monotonic() + REFUSED_RETRY
+        self.ctx.alarms.raise_(self.integ.name, PEXIP_REFUSED, f"{room.alias}: {why}")
+        log.error(
+            "Pexip refused the conference of %s (tried again in %.0f s): %s",
+            room.alias,
+            REFUSED_RETRY,
+            why,
+            extra={"integration": self.integ.name, "alias": room.alias},
+        )
+
+    def _uri(self, resource: str, name: str) -> str | None:
+        """The URI of a theme or identity provider group by name (looked up once)."""
         if not name:
             return None
-        if self.theme_uri is None:
-            self.theme_uri = self.client.find_uri("ivr_theme", name) or ""
-            if not self.theme_uri:
-                log.warning("Pexip has no theme named %r; conferences use the default", name)
-        return self.theme_uri or None
+        attr = "theme_uri" if resource == "ivr_theme" else "group_uri"
+        found: str | None = getattr(self, attr)
+        if found is None:
+            found = self.client.find_uri(resource, name) or ""
+            setattr(self, attr, found)
+            if not found:
+                log.warning(
+                    "Pexip has no %s named %r; conferences are created without it",
+                    resource.replace("_", " "),
+                    name,
+                    extra={"integration": self.integ.name},
+                )
+        return found or None
