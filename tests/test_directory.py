@@ -106,3 +106,22 @@ def test_pexip_directory_outage_is_unavailable_and_answers_are_cached(
     assert directory.vmrs_of("olga@example.com") == []  # from the cache
     with pytest.raises(DirectoryUnavailable):
         PexipDirectory(client, allow_new_users=False).vmrs_of("olga@example.com")
+
+
+def test_a_new_users_first_requests_together_create_one_end_user(
+    pexip: tuple[FakePexip, ManagementClient],
+) -> None:
+    """allow_new_users: the add-in asks several times at once for a new user; Pexip refuses a
+    second end user with one email, and that must not become directory_unavailable."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fake, client = pexip
+    fake.latency = 0.2
+    directory = PexipDirectory(client, allow_new_users=True)
+    other_instance = PexipDirectory(client, allow_new_users=True)
+    with ThreadPoolExecutor(8) as pool:
+        asks = [pool.submit(directory.vmrs_of, "New.Starter@example.com") for _ in range(6)]
+        asks.append(pool.submit(other_instance.vmrs_of, "new.starter@example.com"))
+        assert [a.result(timeout=30) for a in asks] == [[]] * 7
+    created = [u for u in fake.end_users.values() if u["primary_email_address"]]
+    assert len(created) == 1

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from vmrsched.config import IntegrationConfig
 from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnavailable
+from vmrsched.pexip.policy import PersonalRoom
 
 CACHE_SECONDS = 60.0
 SERVICE_TYPES = ("conference", "lecture", "two_stage_dialing")
@@ -80,6 +81,7 @@ class FileDirectory:
         self._lock = threading.Lock()
         self._stamp: tuple[float, int] | None = None
         self._users: dict[str, list[PersonalVmr]] = {}
+        self._published = False
 
     def _load(self) -> dict[str, list[PersonalVmr]]:
         try:
@@ -100,6 +102,16 @@ class FileDirectory:
         with self._lock:
             self._stamp, self._users = stamp, users
         return users
+
+    def rooms(self) -> list[PersonalVmr] | None:
+        """Every user's rooms, read again only when the file changed; None when unchanged
+        since the last call (for the policy index, which a timer keeps current)."""
+        before = self._stamp
+        users = self._load()
+        if self._stamp == before and self._published:
+            return None
+        self._published = True
+        return [vmr for vmrs in users.values() for vmr in vmrs]
 
     def peek(self, email: str) -> list[PersonalVmr] | None:
         try:
@@ -132,6 +144,9 @@ class PexipDirectory:
         self.allow_new_users = allow_new_users
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, list[PersonalVmr] | None]] = {}
+        # one read of Pexip per user at a time: a new user's first requests arrive together,
+        # and only one of them may create the end user (the others wait for its answer)
+        self._reading: dict[str, threading.Lock] = {}
 
     def peek(self, email: str) -> list[PersonalVmr] | None:
         with self._lock:
@@ -143,20 +158,21 @@ class PexipDirectory:
     def vmrs_of(self, email: str) -> list[PersonalVmr]:
         key = email.strip().lower()
         with self._lock:
-            cached = self._cache.get(key)
-        if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
-            if cached[1] is None:
-                raise UserUnknown(email)
-            return list(cached[1])
-        try:
-            vmrs = self._read(key)
-        except (PexipUnavailable, PexipRefused) as exc:
-            raise DirectoryUnavailable(f"Pexip cannot list personal VMRs: {exc}") from exc
-        with self._lock:
-            self._cache[key] = (time.monotonic(), vmrs)
-        if vmrs is None:
+            reading = self._reading.setdefault(key, threading.Lock())
+        with reading:
+            with self._lock:
+                cached = self._cache.get(key)
+            if cached is None or time.monotonic() - cached[0] >= CACHE_SECONDS:
+                try:
+                    cached = (time.monotonic(), self._read(key))
+                except (PexipUnavailable, PexipRefused) as exc:
+                    raise DirectoryUnavailable(f"Pexip cannot list personal VMRs: {exc}") from exc
+                with self._lock:
+                    self._cache[key] = cached
+                    self._reading.pop(key, None)  # later readers find the cache
+        if cached[1] is None:
             raise UserUnknown(email)
-        return list(vmrs)
+        return list(cached[1])
 
     def _read(self, email: str) -> list[PersonalVmr] | None:
         # Pexip ignores filters it does not know: every answer is checked here as well
@@ -168,7 +184,12 @@ class PexipDirectory:
         if not users:
             if not self.allow_new_users:
                 return None
-            self.client.create("end_user", {"primary_email_address": email})
+            try:
+                self.client.create("end_user", {"primary_email_address": email})
+            except PexipRefused as exc:
+                # created meanwhile (another instance, or Pexip's own sync): that is the user
+                if not exc.about("primary_email_address"):
+                    raise
         vmrs: list[PersonalVmr] = []
         for conference in self.client.list("conference", primary_owner_email_address__iexact=email):
             if str(conference.get("primary_owner_email_address", "")).lower() != email:
@@ -199,6 +220,20 @@ def directory_for(integ: IntegrationConfig, base_dir: Path) -> Directory:
         return PexipDirectory(ManagementClient(px, password), personal.allow_new_users)
     path = Path(personal.directory_file)
     return FileDirectory(path if path.is_absolute() else base_dir / path, personal.allow_new_users)
+
+
+def policy_room(integration: str, vmr: PersonalVmr) -> PersonalRoom:
+    """A personal VMR as the policy answer serves it."""
+    return PersonalRoom(
+        integration,
+        vmr.name,
+        vmr.aliases,
+        vmr.description,
+        vmr.pin,
+        vmr.guest_pin,
+        vmr.allow_guests,
+        vmr.service_type,
+    )
 
 
 def template_values(vmr: PersonalVmr, joining_domain: str) -> dict[str, Any]:

@@ -106,6 +106,7 @@ class SignInRefused(BadRequest):
 
 
 THREAD_STACK = 512 * 1024  # hundreds of integrations x 3 children must fit
+PERSONAL_REFRESH = 5.0  # seconds between looks at the personal directory files
 
 
 @dataclass
@@ -125,6 +126,7 @@ class Service:
     _admin_sign_in: admin_sign_in.AdminSignIn | None = None
     started_at: float = field(default_factory=time.time)
     policy_activity: PolicyActivity = field(default_factory=PolicyActivity)
+    _personal_served: set[str] = field(default_factory=set)
 
     def use_http_client(self, session: Callable[[], aiohttp.ClientSession]) -> None:
         """The HTTP client token verifiers fetch signing keys with: the front end's own, on
@@ -366,10 +368,7 @@ class Service:
                 + " (the add-in token does not name the user's email)",
                 "sign_in_required",
             )
-        if self._directories is None:
-            base = self.config.path.parent if self.config.path else Path(".")
-            self._directories = PerConfig(lambda i: directory.directory_for(i, base))
-        source = self._directories(integ)
+        source = self._directory(integ)
         try:
             vmrs = source.peek(email)
             if vmrs is None:
@@ -404,6 +403,39 @@ class Service:
             self._rendered.clear()
         self._rendered[key] = (integ, rendered)
         return rendered
+
+    def _directory(self, integ: IntegrationConfig) -> directory.Directory:
+        if self._directories is None:
+            base = self.config.path.parent if self.config.path else Path(".")
+            self._directories = PerConfig(lambda i: directory.directory_for(i, base))
+        return self._directories(integ)
+
+    def refresh_personal(self) -> None:
+        """The personal VMRs of file directories to the policy index, so that a node asking
+        for one gets its settings (a node cannot route a room its own database lacks); the
+        file is read again only when it changed. Rooms of the `pexip` source live on Pexip:
+        the node finds them there. Runs again every PERSONAL_REFRESH seconds."""
+        try:
+            served = set()
+            for integ in self.config.integrations:
+                if not integ.enable_personal_vmrs or integ.personal.source != "file":
+                    continue
+                served.add(integ.name)
+                source = self._directory(integ)
+                try:
+                    vmrs = source.rooms() if isinstance(source, directory.FileDirectory) else None
+                except directory.DirectoryUnavailable as exc:
+                    log.warning("personal VMRs: %s", exc, extra={"integration": integ.name})
+                    continue
+                if vmrs is not None:
+                    self.ctx.alias_index.publish_personal(
+                        integ.name, (directory.policy_room(integ.name, v) for v in vmrs)
+                    )
+            for name in self._personal_served - served:
+                self.ctx.alias_index.publish_personal(name, ())
+            self._personal_served = served
+        finally:
+            self.ctx.scheduler.call_later(PERSONAL_REFRESH, self.refresh_personal)
 
     def policy_answer(self, local_alias: str) -> tuple[str, dict[str, Any]]:
         """What a Pexip node gets for a dialled alias: (result label, JSON answer). Reads the
@@ -843,7 +875,9 @@ def start(config: Config, **context: Any) -> Service:
         **context,
     )
     ref = ServiceSupervisor.start(config, ctx)
-    return Service(config, ctx, ref, lock_fd)
+    svc = Service(config, ctx, ref, lock_fd)
+    svc.refresh_personal()
+    return svc
 
 
 def check_online(
@@ -867,7 +901,7 @@ def check_online(
                 checks.extend(probe(**{k: v for k, v in wanted.items() if v and exchange}))
         finally:
             gateway.close()
-    if integ.pexip.mode == "management_api":
+    if integ.pexip.mode == "management_api" or integ.pexip.management_url:
         checks.append(_probe_pexip(integ))
     return checks
 

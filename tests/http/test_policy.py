@@ -205,3 +205,85 @@ async def test_an_alias_another_integration_publishes_again_keeps_its_first_answ
     for alias in (live["alias"], live["numeric_alias"]):
         status, body = await ask(client, alias)
         assert status == 200 and body["result"]["service_tag"] == "vmrsched/hq", alias
+
+
+# --- issue 27 ---------------------------------------------------------------------------------
+
+
+def test_two_integrations_never_hand_out_one_conference_name(tmp_path: Path) -> None:
+    """One subject and organizer booked in two integrations: a node joins calls by conference
+    name, so the second gets another name."""
+
+    def integ(name: str, prefix: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "exchange": {"mailbox_name": f"Room {name}", "mailbox_email": f"{name}@example.com"},
+            "addin": {"token_validation": "none", "server_fqdn": "vmr.example.com"},
+            "single_use": {"alias_prefix": prefix},
+            "spool": {"poll_interval_seconds": 0.05},
+        }
+
+    doc = {
+        "server": {"data_dir": str(tmp_path / "data")},
+        "integrations": [integ("hq", "81"), integ("branch", "82")],
+    }
+    cfg = config.parse(doc, tmp_path, {})
+    running = service.start(cfg)
+    try:
+        names = []
+        for n, name in enumerate(("hq", "branch")):
+            spoolkit.wait_for(lambda name=name: running.ctx.status.state(name) == "running")
+            record = running.ctx.registry.get(name, "allocator").proxy().reserve().get(timeout=10)
+            body = f"<p>PXPS:-{record['alias_id']}#</p>"
+            start = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=5)
+            data, _ = spoolkit.request(body=body, start=start, minutes=60)
+            spool = cfg.integrations[n].spool_dir(cfg.data_dir)
+            spoolkit.wait_handled(spool, spoolkit.drop(spool / "inbox", data))
+            spoolkit.wait_for(lambda a=record["alias"]: running.policy_answer(a)[0] == "conference")
+            names.append(running.policy_answer(record["alias"])[1]["result"]["name"])
+        assert names[0] == "Weekly sync (Olga Organizer)"
+        assert names[1].casefold() != names[0].casefold()
+    finally:
+        running.stop()
+
+
+def test_a_personal_vmr_of_the_file_directory_is_served_with_its_settings(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "vmrs.toml"
+    directory.write_text(
+        '[[users]]\nemail = "ann@example.com"\n[[users.vmrs]]\nname = "Ann\'s room"\n'
+        'aliases = ["meet.ann@video.example.com", "81100007"]\npin = "1234"\n'
+        'guest_pin = "5678"\nallow_guests = true\n'
+    )
+    doc = {
+        "server": {"data_dir": str(tmp_path / "data")},
+        "integrations": [
+            {
+                "name": "hq",
+                "enable_personal_vmrs": True,
+                "exchange": {"mailbox_name": "Video Room", "mailbox_email": "vmr@example.com"},
+                "addin": {"token_validation": "none", "server_fqdn": "vmr.example.com"},
+                "personal": {"directory_file": str(directory)},
+                "spool": {"poll_interval_seconds": 0.05},
+            }
+        ],
+    }
+    running = service.start(config.parse(doc, tmp_path, {}))
+    try:
+        spoolkit.wait_for(
+            lambda: running.policy_answer("sip:Meet.Ann@video.example.com")[0] == "personal"
+        )
+        body = running.policy_answer("81100007")[1]
+        assert body["action"] == "continue"
+        assert body["result"] == {
+            "service_type": "conference",
+            "name": "Ann's room",
+            "service_tag": "vmrsched/hq/personal",
+            "description": "",
+            "allow_guests": True,
+            "pin": "1234",
+            "guest_pin": "5678",
+        }
+    finally:
+        running.stop()
