@@ -176,3 +176,35 @@ def test_metadata_entries_as_documents() -> None:
     ):
         with pytest.raises(TokenError):
             verifier._amurl(idp.exchange_token(AUDIENCE, amurl=other))
+
+
+def test_pexips_management_api_follows_the_switch_too(tmp_path: Path) -> None:
+    """The personal-room directory on Pexip (and the provisioner, built the same way) reach
+    the Management Node under the one rule: with the proxy off they ignore HTTPS_PROXY."""
+    from vmrsched.directory import directory_for
+
+    def pexip_integration(direct: bool) -> config.IntegrationConfig:
+        doc = {
+            "server": {"data_dir": str(tmp_path / "data")},
+            "integrations": [
+                {
+                    "name": "px",
+                    "enable_personal_vmrs": True,
+                    "exchange": {"mailbox_name": "Room", "mailbox_email": "vmr@example.com"},
+                    "addin": {"token_validation": "none"},
+                    "personal": {"source": "pexip"},
+                    "pexip": {
+                        "management_url": "https://pexip.example.com",
+                        "management_username": "admin",
+                        "management_password_env": "PX",
+                    },
+                    "advanced": {"disable_web_proxy": direct},
+                }
+            ],
+        }
+        return config.parse(doc, tmp_path, {"PX": "pexip-password"}).integrations[0]
+
+    direct = directory_for(pexip_integration(True), tmp_path)
+    proxied = directory_for(pexip_integration(False), tmp_path)
+    assert direct.client.session.trust_env is False  # type: ignore[attr-defined]
+    assert proxied.client.session.trust_env is True  # type: ignore[attr-defined]

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import requests
+
 from vmrsched.config import IntegrationConfig
 from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnavailable
 from vmrsched.pexip.policy import PersonalRoom
+from vmrsched.proxies import use_rule
 
 CACHE_SECONDS = 60.0
 SERVICE_TYPES = ("conference", "lecture", "two_stage_dialing")
@@ -217,7 +220,9 @@ def directory_for(integ: IntegrationConfig, base_dir: Path) -> Directory:
     if personal.source == "pexip":
         px = integ.pexip
         password = px.management_password.reveal() if px.management_password else ""
-        return PexipDirectory(ManagementClient(px, password), personal.allow_new_users)
+        session = use_rule(requests.Session(), integ.advanced.disable_web_proxy)
+        client = ManagementClient(px, password, session=session)
+        return PexipDirectory(client, personal.allow_new_users)
     path = Path(personal.directory_file)
     return FileDirectory(path if path.is_absolute() else base_dir / path, personal.allow_new_users)
 

@@ -32,12 +32,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import requests
+
 from vmrsched import recurrence
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Poke, Reconcile
 from vmrsched.actors.supervision import Backoff
 from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnavailable
 from vmrsched.pexip.policy import FIELD_MAX, Room, clip, non_idp
+from vmrsched.proxies import use_rule
 from vmrsched.telemetry import PEXIP_REFUSED, PEXIP_UNREACHABLE
 
 log = logging.getLogger("vmrsched.provisioner")
@@ -69,7 +72,8 @@ class Provisioner(SupervisedChild):
         def count(operation: str, result: str) -> None:
             requests_total.labels(self.integ.name, operation, result).inc()
 
-        self.client = ManagementClient(px, password, on_request=count)
+        session = use_rule(requests.Session(), self.integ.advanced.disable_web_proxy)
+        self.client = ManagementClient(px, password, session=session, on_request=count)
         self.provisions = px.mode == "management_api"  # otherwise: only reads Pexip's names
         self.prefix = f"vmrsched/{self.integ.name}/"
         self.lead = timedelta(minutes=px.provision_lead_minutes)
