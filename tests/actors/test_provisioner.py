@@ -94,11 +94,11 @@ def env(tmp_path: Path) -> Iterator[Env]:
     fake = FakePexip(password=PASSWORD)
     server = ThreadedServer(fake.app()).start()
     clock = Clock()
-    running = start(tmp_path, fake, server, clock)
+    env = Env(fake, server, clock, start(tmp_path, fake, server, clock), tmp_path)
     try:
-        yield Env(fake, server, clock, running, tmp_path)
+        yield env
     finally:
-        running.svc.stop()
+        env.running.svc.stop()  # the one running now: a test may have restarted it
         server.stop()
 
 
