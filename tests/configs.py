@@ -41,6 +41,20 @@ token_validation = "none"
 {integration}"""
 
 
+# the demo pane's integration settings the browser tests read their headings from
+PANE_ADDIN = """server_fqdn = "vc.example.com"
+success_heading = "Room added!"
+unavailable_heading = "Offline, placeholder added"
+already_assigned_heading = "Already has a room"
+[integrations.advanced]
+enable_addin_debug_logs = true
+[integrations.spool]
+poll_interval_seconds = 0.05
+[integrations.personal]
+directory_file = "{directory}"
+""".format(directory=Path(__file__).resolve().parent.parent / "config" / "vmrs.toml")
+
+
 ROOM = "room@example.com"
 
 

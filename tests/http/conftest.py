@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from tests.configs import spool_toml
+from tests.configs import PANE_ADDIN, spool_toml
 from tests.fakes import identity_platform
 from tests.fakes.identity_platform import IdentityPlatform
 from tests.fakes.identity_provider import IdentityProvider
@@ -25,17 +25,7 @@ from tests.serving import ROOT, free_port, wait_ready
 from vmrsched import service
 from vmrsched.http.app import create_app
 
-DEFAULT_ADDIN = """server_fqdn = "vc.example.com"
-success_heading = "Room added!"
-unavailable_heading = "Offline, placeholder added"
-already_assigned_heading = "Already has a room"
-[integrations.advanced]
-enable_addin_debug_logs = true
-[integrations.spool]
-poll_interval_seconds = 0.05
-[integrations.personal]
-directory_file = "{directory}"
-""".format(directory=ROOT / "config" / "vmrs.toml")
+DEFAULT_ADDIN = PANE_ADDIN
 
 ONLINE = """
 [[integrations]]

@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests import browsing
-from tests.configs import spool_toml
+from tests.configs import PANE_ADDIN, spool_toml
 from tests.fakes import outlook
 from tests.fakes.identity_provider import IdentityProvider
 from tests.fakes.threaded import ThreadedServer
@@ -38,17 +38,7 @@ OLGA = ("Olga Organizer", "olga@example.com")
 MAILBOX_114 = {"Mailbox": "1.14", "DialogApi": "1.2", "IdentityAPI": "1.3"}
 LAUNCH = {"OnAppointmentSend": "onAppointmentSend"}
 
-ADDIN = """server_fqdn = "vc.example.com"
-success_heading = "Room added!"
-unavailable_heading = "Offline, placeholder added"
-already_assigned_heading = "Already has a room"
-[integrations.advanced]
-enable_addin_debug_logs = true
-[integrations.spool]
-poll_interval_seconds = 0.05
-[integrations.personal]
-directory_file = "{directory}"
-""".format(directory=ROOT / "config" / "vmrs.toml")
+ADDIN = PANE_ADDIN
 
 ENTRA = """
 [[integrations]]
