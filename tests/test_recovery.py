@@ -116,3 +116,31 @@ def test_recover_a_pxps_booking_on_the_spool(tmp_path: Path) -> None:
         assert count == 1
     finally:
         svc.stop()
+
+
+def test_the_recovery_report_shows_the_conference_subject_not_the_raw_one(tmp_path: Path) -> None:
+    """An admin who blanks subjects for privacy (conference subject template) sees the blanked
+    subject in the recovery report too."""
+    cfg = spool_config(tmp_path, single_use={"conference_subject_template": "Private"})
+    integ = cfg.integrations[0]
+    spool = integ.spool_dir(cfg.data_dir)
+    svc = service.start(cfg)
+    try:
+        data, uid = spoolkit.request(
+            body="<p>TOK:-00000000-0000-4000-8000-00000000beef#</p>", subject="Secret merger"
+        )
+        name = spoolkit.drop(spool / "inbox", data)
+        spoolkit.wait_handled(spool, name)
+        spoolkit.wait_for(lambda: len(spoolkit.answers_for(spool, uid)) == 2)
+    finally:
+        svc.stop()
+    store = Store(cfg.data_dir / "store" / "alpha")
+    lost = store.by_meeting_uid(uid)
+    assert lost is not None
+    store.delete(lost["alias_id"], "lost in a test")
+    store.sweep()
+    gateway = SpoolMailbox(spool, "alpha", integ.timezone)
+    done = recovery.recover(integ, gateway, store, datetime.now(UTC), dry_run=True)
+    gateway.close()
+    store.close()
+    assert [(d.action, d.subject) for d in done] == [("would_bind", "Private")]

@@ -22,7 +22,7 @@ HORIZON = timedelta(days=366)
 @dataclass(frozen=True)
 class Recovered:
     uid: str
-    subject: str
+    subject: str  # as the conference subject template shows it, never the raw subject
     organizer: str
     action: str  # bound | would_bind | already_bound | past | failed
     alias: str = ""
@@ -48,21 +48,24 @@ def recover(
     for entry in gateway.calendar(now, now + HORIZON):
         meeting = replace(entry.meeting, correlation_id=str(uuid.uuid4()))
         who = meeting.organizer_email
+        # What the report shows is the subject as admins see it (the conference subject template),
+        # never the raw one: a template that blanks subjects for privacy blanks them here too.
+        shown = answers.shown_subject(integ, renderer, meeting)
         if store.by_meeting_uid(meeting.uid) is not None:
-            note(Recovered(meeting.uid, meeting.subject, who, "already_bound"))
+            note(Recovered(meeting.uid, shown, who, "already_bound"))
             continue
         if recurrence.next_occurrence(meeting.schedule, now) is None:
-            note(Recovered(meeting.uid, meeting.subject, who, "past"))
+            note(Recovered(meeting.uid, shown, who, "past"))
             continue
         if dry_run:
-            note(Recovered(meeting.uid, meeting.subject, who, "would_bind"))
+            note(Recovered(meeting.uid, shown, who, "would_bind"))
             continue
         fresh = store.draw(spec.alias_prefix, spec.alias_suffix_length, spec.alias_domain)
         step = answers.plan(
             integ, renderer, meeting, MeetingState(fresh=fresh), now, rule=recovered
         )
         if step.decision.action.kind == "none":
-            note(Recovered(meeting.uid, meeting.subject, who, "failed", "", step.decision.detail))
+            note(Recovered(meeting.uid, shown, who, "failed", "", step.decision.detail))
             continue
         store.apply(step.decision.action, step.fields)
         store.commit()  # the alias is on disk before anyone is told about it
@@ -73,7 +76,7 @@ def recover(
             note(
                 Recovered(
                     meeting.uid,
-                    meeting.subject,
+                    shown,
                     who,
                     "failed",
                     fresh.alias,
@@ -81,5 +84,5 @@ def recover(
                 )
             )
             continue
-        note(Recovered(meeting.uid, meeting.subject, who, "bound", fresh.alias))
+        note(Recovered(meeting.uid, shown, who, "bound", fresh.alias))
     return done
