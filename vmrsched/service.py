@@ -79,7 +79,7 @@ from vmrsched.telemetry import (
     Metrics,
     PolicyActivity,
 )
-from vmrsched.templating import Renderer
+from vmrsched.templating import Renderer, plain_text
 
 __all__ = [
     "OfflineAdmin",
@@ -364,7 +364,7 @@ class Service:
         email = who.email or (demo_user if who.kind == "none" else "")
         if not email:
             raise Unauthorized(
-                integ.addin.error_signing_in_message
+                plain_text(integ.addin.error_signing_in_message)
                 + " (the add-in token does not name the user's email)",
                 "sign_in_required",
             )
@@ -374,11 +374,14 @@ class Service:
             if vmrs is None:
                 vmrs = await asyncio.to_thread(source.vmrs_of, email)
         except directory.UserUnknown as exc:
-            raise NotFound(integ.addin.error_getting_personal_vmrs_message, "user_unknown") from exc
+            raise NotFound(
+                plain_text(integ.addin.error_getting_personal_vmrs_message), "user_unknown"
+            ) from exc
         except directory.DirectoryUnavailable as exc:
             log.warning("personal VMRs of %s: %s", email, exc, extra={"integration": integ.name})
             raise Unavailable(
-                integ.addin.error_getting_personal_vmrs_message, "directory_unavailable"
+                plain_text(integ.addin.error_getting_personal_vmrs_message),
+                "directory_unavailable",
             ) from exc
         return [self._rendered_vmr(integ, vmr) for vmr in vmrs]
 

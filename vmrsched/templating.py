@@ -8,6 +8,7 @@ customer's mail.
 
 from __future__ import annotations
 
+import html
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from zoneinfo import ZoneInfo
 import babel
 import babel.dates
 import jinja2
+import nh3
 from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup, escape
@@ -488,3 +490,9 @@ class Renderer:
         if spec.one_line:
             out = " ".join(out.split())
         return out
+
+
+def plain_text(text: str) -> str:
+    """An admin's text that may hold HTML (the add-in's texts may) as the words it shows: for
+    notifications, titles and the message of an API error, which a client may show as it is."""
+    return " ".join(html.unescape(nh3.clean(text, tags=set())).split())

@@ -76,7 +76,16 @@ def svc(tmp_path: Path, idp: IdentityProvider, directory: Path) -> Iterator[serv
         "integrations": [
             integ("online", entra),
             integ("single-only", entra, enable_personal_vmrs=False),
-            integ("trial", {"token_validation": "none"}),
+            integ(
+                "trial",
+                {
+                    "token_validation": "none",
+                    "error_getting_personal_vmrs_message": (
+                        "<p>No rooms: <a href='https://help.example.com'>ask us</a>"
+                        "<script>alert(1)</script></p>"
+                    ),
+                },
+            ),
         ],
     }
     running = service.start(config.parse(doc, tmp_path, {}))
@@ -122,6 +131,8 @@ async def test_the_error_cases(
     assert (status, body["error"]["code"]) == (403, "feature_disabled")
     status, body = await get(client, "trial", user="stranger@contoso.example")
     assert (status, body["error"]["code"]) == (404, "user_unknown")
+    # the admin's text may hold HTML for the pane; the API's message is its words only
+    assert body["error"]["message"] == "No rooms: ask us"
     assert await get(client, "trial", user="roomless@contoso.example") == (200, {"vmrs": []})
     status, body = await get(client, "trial")  # nobody named: the sign-in is needed
     assert (status, body["error"]["code"]) == (401, "sign_in_required")

@@ -8,7 +8,6 @@ after the alias is on disk.
 from __future__ import annotations
 
 import asyncio
-import html
 import json
 import logging
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from vmrsched.http.common import (
 )
 from vmrsched.http.ratelimit import RateLimiter
 from vmrsched.service import Service
-from vmrsched.templating import Renderer
+from vmrsched.templating import Renderer, plain_text
 
 RESERVE_TIMEOUT = 10.0
 STATIC = resources.files("vmrsched.http") / "static"
@@ -104,11 +103,6 @@ def safe_html(text: str) -> str:
         link_rel="noopener noreferrer",
         set_tag_attribute_values={"a": {"target": "_blank"}},
     )
-
-
-def plain_text(text: str) -> str:
-    """A text that may hold HTML as the words it shows (for notifications and titles)."""
-    return " ".join(html.unescape(nh3.clean(text, tags=set())).split())
 
 
 @dataclass(frozen=True)
