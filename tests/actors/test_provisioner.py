@@ -7,6 +7,7 @@ foreign ones left alone on start; a duplicate name gets a number; an outage rais
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from tests import spoolkit
 from tests.configs import Running, pxps, spool_toml
 from tests.fakes.pexip_server import FakePexip
 from tests.fakes.threaded import ThreadedServer
-from vmrsched import config, service
+from vmrsched import aliases, config, service
 
 PASSWORD = "pexip-secret"
 TAG = "vmrsched/alpha/"
@@ -470,3 +471,32 @@ def test_after_an_outage_pexip_is_read_back_once(env: Env) -> None:
         r for r in env.fake.requests if r == ("GET", "/api/admin/configuration/v1/conference/")
     ]
     assert len(lists) == 1
+
+
+def test_an_alias_a_registered_device_holds_is_not_handed_out(tmp_path: Path) -> None:
+    """A device registered to Pexip owns its alias (a call to it rings the device): the draw
+    that would give a room that alias draws another."""
+    first = "81" + aliases.random_digits(6, random.Random(7))
+
+    def first_reservation(tmp: Path, device: bool) -> str:
+        fake = FakePexip(password=PASSWORD)
+        if device:
+            fake.add_device(f"{first}@video.example.com")
+        server = ThreadedServer(fake.app()).start()
+        cfg = make_config(tmp, server.url)
+        svc = service.start(cfg, clock=Clock(), provision_interval=0.1, rng=random.Random(7))
+        try:
+            index = svc.ctx.alias_index
+            spoolkit.wait_for(lambda: svc.ctx.status.state("alpha") == "running")
+            if device:
+                spoolkit.wait_for(lambda: index.alias_taken(first))
+            else:
+                read = ("GET", "/api/admin/configuration/v1/device/")
+                spoolkit.wait_for(lambda: read in fake.requests)
+            return str(Running(svc, cfg).reserve()["numeric_alias"])
+        finally:
+            svc.stop()
+            server.stop()
+
+    assert first_reservation(tmp_path / "without", device=False) == first  # the draw is known
+    assert first_reservation(tmp_path / "with", device=True) != first

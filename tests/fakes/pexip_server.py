@@ -5,8 +5,9 @@ resources under /api/admin/configuration/v1/): Basic auth (401 otherwise); tasty
 POST answers 201 with an empty body and the new object's URL in Location; PATCH 202; DELETE 204;
 400 with per-field errors on a duplicate conference name or alias, on a field over its documented
 length (name, description, tag, alias: 250 characters), on a non_idp_participants value Pexip
-does not take (disallow_all, allow_if_trusted) and on an identity provider group or theme it does
-not hold; 400 on a second end user with one primary email address; 404 for unknown objects.
+does not take (disallow_all, allow_if_trusted), on an identity provider group or theme it does
+not hold and on an alias a registered device (configuration/v1/device) holds; 400 on a second
+end user with one primary email address; 404 for unknown objects.
 `down` answers 503 to everything (an outage); `fail_next` fails the next requests with a status;
 `fail_lists` answers list requests with that status and an HTML page (a proxy in the way);
 `refuse` adds per-field refusals to every conference created (say, a rule Pexip enforces)."""
@@ -28,6 +29,7 @@ FILTERS = {
     "ivr_theme": {"name"},
     "identity_provider_group": {"name"},
     "end_user": {"primary_email_address"},
+    "device": {"alias"},
 }
 MAX_LENGTH = 250  # name, description, tag, alias
 NON_IDP = ("disallow_all", "allow_if_trusted")
@@ -46,6 +48,7 @@ class FakePexip:
         self.themes: dict[int, dict[str, Any]] = {}
         self.groups: dict[int, dict[str, Any]] = {}
         self.end_users: dict[int, dict[str, Any]] = {}
+        self.devices: dict[int, dict[str, Any]] = {}
         self.down = False
         self.fail_next: list[int] = []
         self.fail_lists = 0  # a status for every list request (0: none)
@@ -72,6 +75,19 @@ class FakePexip:
     ) -> dict[str, Any]:
         with self.lock:
             return self._store_conference({"name": name, "aliases": aliases, "tag": tag, **fields})
+
+    def add_device(self, alias: str) -> dict[str, Any]:
+        """A device registered to Pexip (configuration/v1/device): its alias is taken."""
+        with self.lock:
+            device_id = next(self.ids)
+            device = {
+                "id": device_id,
+                "alias": alias,
+                "description": "",
+                "resource_uri": f"{API}device/{device_id}/",
+            }
+            self.devices[device_id] = device
+            return device
 
     def add_end_user(self, email: str) -> dict[str, Any]:
         with self.lock:
@@ -120,6 +136,7 @@ class FakePexip:
             "ivr_theme": self.themes,
             "identity_provider_group": self.groups,
             "end_user": self.end_users,
+            "device": self.devices,
         }.get(resource)
 
     async def _collection(self, request: web.Request) -> web.StreamResponse:
@@ -227,9 +244,12 @@ class FakePexip:
             if len(str(body.get(key, ""))) > MAX_LENGTH:
                 errors[key] = _too_long(str(body[key]))
         taken = {a["alias"].lower() for c in self.conferences.values() for a in c["aliases"]}
+        devices = {d["alias"].lower() for d in self.devices.values()}
         wanted = [a.get("alias", "") if isinstance(a, dict) else a for a in body.get("aliases", [])]
         if any(a.lower() in taken for a in wanted):
             errors["aliases"] = [{"alias": ["Conference alias with this Alias already exists."]}]
+        elif any(a.lower() in devices for a in wanted):
+            errors["aliases"] = [{"alias": ["This alias is already in use by a device."]}]
         elif any(len(a) > MAX_LENGTH for a in wanted):
             errors["aliases"] = [{"alias": _too_long(max(wanted, key=len))}]
         theme = body.get("ivr_theme")

@@ -239,7 +239,8 @@ class Provisioner(SupervisedChild):
 
     def _read_back(self) -> dict[str, dict[str, Any]]:
         """Pexip's conferences: ours by alias id (one each; more with one tag go to `extra`),
-        and the names and aliases of every service that is not one of ours, for the index."""
+        and the names and aliases of every service that is not one of ours and of every
+        registered device, for the index."""
         found: dict[str, dict[str, Any]] = {}
         extra: list[dict[str, Any]] = []
         names: list[str] = []
@@ -262,6 +263,9 @@ class Provisioner(SupervisedChild):
             else:
                 extra.append(conference)
         self.extra = extra
+        # a device registered to Pexip owns its alias too: a call to it rings the device, so a
+        # room handed out with that alias could never be joined
+        aliases.extend(str(d.get("alias", "")) for d in self.client.list("device"))
         self.ctx.alias_index.set_foreign(self.integ.name, names, aliases)
         return found
 
