@@ -66,6 +66,10 @@ class Deleted:
     notice: Outgoing | None  # to the organizer of a booked meeting
 
 
+class InUse(ValueError):
+    """The alias is booked for a meeting (or already gone): not cancellable as a reservation."""
+
+
 def delete(
     store: Store,
     integ: IntegrationConfig,
@@ -73,12 +77,16 @@ def delete(
     alias: str,
     by: str,
     now: datetime,
+    unused_only: bool = False,
 ) -> Deleted | None:
     """Mark `alias` deleted (not yet committed) and write its organizer's notice; None when
-    the store has no such alias."""
+    the store has no such alias. With `unused_only`, InUse for an alias a meeting holds and
+    nothing changes: the check and the delete are one step in the allocator's thread."""
     record = store.by_alias(alias)
     if record is None:
         return None
+    if unused_only and (record["status"] != "reserved" or record.get("organizer_email")):
+        raise InUse(f"{alias} is {record['status']}, not a reservation no meeting uses")
     before = dict(record)
     changed = record["status"] != "deleted"
     if changed:

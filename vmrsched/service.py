@@ -837,7 +837,14 @@ class Service:
                 "meeting, cancel the meeting in Outlook",
                 "not_cancellable",
             )
-        deleted = await self._ask_allocator(name, DeleteAlias(str(record["alias"]), by))
+        ask = DeleteAlias(str(record["alias"]), by, unused_only=True)
+        try:
+            deleted = await self._ask_allocator(name, ask)
+        except alias_admin.InUse as exc:  # a meeting bound it since it was read
+            raise BadRequest(
+                "a meeting now uses this video room; to end it, cancel the meeting in Outlook",
+                "not_cancellable",
+            ) from exc
         if deleted is None:
             raise NotFound("you have no booking with that video address", "unknown_booking")
         log.warning(

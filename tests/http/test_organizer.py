@@ -24,6 +24,7 @@ from tests.fakes import identity_platform
 from tests.fakes.identity_platform import IdentityPlatform
 from tests.fakes.identity_provider import IdentityProvider
 from vmrsched import config, service
+from vmrsched.actors.messages import FindAliases
 
 PUBLIC = "https://localhost:8443"
 API = "/api/self/v1/online"
@@ -297,3 +298,32 @@ async def test_the_page_signs_in_shows_ones_own_and_refuses_forms_without_the_cs
     )
     assert out.status == 303
     assert (await client.get("/my/online", headers=cookie)).status == 401
+
+
+async def test_a_reservation_a_meeting_bound_meanwhile_is_not_cancelled(
+    client: TestClient[Any, Any],
+    idp: IdentityProvider,
+    svc: service.Service,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The organizer's page showed a reservation; a meeting bound it before "cancel" reached
+    the allocator: the allocator checks again when it applies the cancel, and the meeting keeps
+    its room."""
+    olga = entra_token(idp, PLATFORM_OID, OLGA)
+    spare = await reserve(client, olga)
+    status, body = await call(client, "GET", "/bookings", olga)
+    [seen] = [b for b in body["bookings"] if b["alias"] == spare["alias"]]
+    assert seen["can_cancel"]
+    [stale] = await svc._ask_allocator("online", FindAliases(spare["alias"], "", 10))
+    assert book(svc, spare, OLGA) == "accepted"
+
+    async def as_read_before(*_: Any) -> dict[str, Any]:
+        return stale
+
+    monkeypatch.setattr(svc, "_own_record", as_read_before)
+    status, body = await call(client, "POST", f"/bookings/{spare['alias']}/cancel", olga)
+    assert (status, body["error"]["code"]) == (400, "not_cancellable")
+    monkeypatch.undo()
+    status, body = await call(client, "GET", "/bookings", olga)
+    [now] = [b for b in body["bookings"] if b["alias"] == spare["alias"]]
+    assert now["status"] == "bound"

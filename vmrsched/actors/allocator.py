@@ -443,7 +443,13 @@ class AliasAllocator(SupervisedChild):
         """Deleted and durable first, then published (the policy endpoint refuses it, the
         provisioner removes its conference), then the organizer's notice queued."""
         done = alias_admin.delete(
-            self.store, self.integ, self.renderer, ask.alias, ask.by, self.ctx.clock()
+            self.store,
+            self.integ,
+            self.renderer,
+            ask.alias,
+            ask.by,
+            self.ctx.clock(),
+            unused_only=ask.unused_only,
         )
         if done is None:
             return None

@@ -97,6 +97,9 @@ class DeleteAlias:
 
     alias: str
     by: str
+    # the organizer's cancel: only a reservation no meeting uses, checked when the allocator
+    # applies it (a meeting may have bound it since the organizer's page was read)
+    unused_only: bool = False
 
 
 @dataclass(frozen=True)
