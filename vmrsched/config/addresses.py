@@ -1,0 +1,49 @@
+"""Host names, listen addresses and URLs: their shapes, and which of them stay on this machine.
+
+The schema needs them (a server's host, port and whether it listens on loopback) as much as the
+checks do (what may go over plain http, what demo mode and unverified add-in requests are
+allowed on), so they sit below both.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from urllib.parse import urlsplit
+
+HOST_PORT_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?$")
+DOMAIN_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected host:port, got {listen!r}")
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"port {port} is outside 0-65535 (0: any free port)")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a host name or address names this machine only."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _loopback_url(url: str) -> bool:
+    """Whether a URL (empty: none) names this machine only."""
+    if not url:
+        return True
+    return is_loopback_host(urlsplit(url).hostname or "")
+
+
+def _secure_url(url: str) -> bool:
+    """https, or http to this machine only (a test or a sidecar): identity providers and the
+    hosts whose keys verify tokens are never reached in the clear."""
+    parts = urlsplit(url)
+    return parts.scheme == "https" or (parts.scheme == "http" and _loopback_url(url))
