@@ -1,0 +1,133 @@
+"""Versioned schema migrations, applied at start (or by `vmrsched store migrate-schema`), never
+by hand.
+
+Each migration is a number, a title and SQL; the database records which it has applied, with a
+checksum of the SQL, in `vmrsched_schema`. Several instances may start at once: a transaction-
+scoped advisory lock lets one of them migrate while the others wait and then find nothing to do.
+A database migrated by a newer release (a version this one does not know) is refused rather than
+written with an older idea of the schema; a migration whose SQL changed after it was applied is
+refused too (a release must add a migration, never edit one)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+# pg_advisory_xact_lock key: "vmrsched" as the first 8 bytes, so other applications' locks
+# on the same database do not collide with it
+LOCK_KEY = int.from_bytes(b"vmrsched", "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    title: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+class SchemaError(RuntimeError):
+    """The database's schema cannot be used by this release (newer, or edited)."""
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "leases, instances, records and the service-wide alias constraints",
+        """
+        CREATE TABLE vmrsched_instances (
+            instance text PRIMARY KEY,
+            seen timestamptz NOT NULL,
+            started timestamptz NOT NULL
+        );
+        CREATE TABLE vmrsched_leases (
+            integration text PRIMARY KEY,
+            owner text NOT NULL,
+            token bigint NOT NULL,
+            expires timestamptz NOT NULL,
+            acquired timestamptz NOT NULL
+        );
+        CREATE TABLE vmrsched_records (
+            integration text NOT NULL,
+            alias_id text NOT NULL,
+            alias text NOT NULL,
+            numeric_alias text NOT NULL,
+            archived boolean NOT NULL DEFAULT false,
+            record jsonb NOT NULL,
+            written bigint NOT NULL,
+            PRIMARY KEY (integration, alias_id)
+        );
+        CREATE UNIQUE INDEX vmrsched_records_alias ON vmrsched_records (lower(alias));
+        CREATE UNIQUE INDEX vmrsched_records_numeric ON vmrsched_records (numeric_alias);
+        CREATE INDEX vmrsched_records_live ON vmrsched_records (integration) WHERE NOT archived;
+        """,
+    ),
+)
+
+
+def known_version() -> int:
+    return MIGRATIONS[-1].version
+
+
+def _applied(cur: psycopg.Cursor[Any]) -> dict[int, str]:
+    cur.execute(
+        """
+        CREATE TABLE IF NOT EXISTS vmrsched_schema (
+            version integer PRIMARY KEY,
+            title text NOT NULL,
+            checksum text NOT NULL,
+            applied timestamptz NOT NULL DEFAULT now()
+        )
+        """
+    )
+    cur.execute("SELECT version, checksum FROM vmrsched_schema ORDER BY version")
+    return {int(version): str(checksum) for version, checksum in cur.fetchall()}
+
+
+def migrate(conn: psycopg.Connection[Any]) -> list[int]:
+    """Bring the schema to this release's version in one transaction; the versions applied.
+    SchemaError when the database is newer than this release or a migration was edited."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+        applied = _applied(cur)
+        newer = sorted(v for v in applied if v > known_version())
+        if newer:
+            raise SchemaError(
+                f"the database schema is at version {max(newer)}, newer than this release "
+                f"knows ({known_version()}): run the newer release, or restore the database"
+            )
+        done: list[int] = []
+        for migration in MIGRATIONS:
+            recorded = applied.get(migration.version)
+            if recorded is not None:
+                if recorded != migration.checksum:
+                    raise SchemaError(
+                        f"schema migration {migration.version} ({migration.title}) differs from "
+                        "the one applied to this database: migrations are never edited"
+                    )
+                continue
+            cur.execute(migration.sql.encode())  # our own constant SQL, no parameters
+            cur.execute(
+                "INSERT INTO vmrsched_schema (version, title, checksum) VALUES (%s, %s, %s)",
+                (migration.version, migration.title, migration.checksum),
+            )
+            done.append(migration.version)
+        return done
+
+
+def version(conn: psycopg.Connection[Any]) -> int:
+    """The schema version the database is at (0: never migrated)."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('vmrsched_schema') IS NOT NULL")
+        row = cur.fetchone()
+        if row is None or not row[0]:
+            return 0
+        cur.execute("SELECT coalesce(max(version), 0) FROM vmrsched_schema")
+        found = cur.fetchone()
+        return int(found[0]) if found else 0
