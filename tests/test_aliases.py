@@ -154,3 +154,54 @@ def test_overlaps_are_found_among_many_spaces_without_comparing_every_pair() -> 
     pairs = aliases.overlapping_spaces(spaces)
     assert {(i, j) for i, j, _ in pairs} == {(i, 2000) for i in range(10, 20)}
     assert all(example.startswith(f"v{i}") for i, _, example in pairs)
+
+
+# --- one normalisation for a node's dialled alias and an admin's typed one --------------------
+
+
+@pytest.mark.parametrize(
+    "typed,key",
+    [
+        # as an admin types it (the store's lookup)
+        ("SIP:Vmr1@Example.COM", "vmr1@example.com"),
+        ("h323:vmr1", "vmr1"),
+        (" vmr1@d ", "vmr1@d"),
+        # as a node dials it (the policy request's local_alias)
+        ("<SIP:Room@Example.COM;x=y>", "room@example.com"),
+        ("h323:1234", "1234"),
+        ("1234:5", "1234:5"),  # digits are no scheme
+        ("sips:vmr1@d", "vmr1@d"),
+        ("tel:+4412345", "+4412345"),
+        ("<sip:vmr1@d>", "vmr1@d"),
+        ("vmr1@d;transport=tls", "vmr1@d"),
+        ("vmr1@d:5061", "vmr1@d:5061"),  # a colon after the `@` is no scheme's
+        (":vmr1", ":vmr1"),  # nor is an empty head
+        ("Straße@d", "strasse@d"),  # case-folded, not only lower-cased
+    ],
+)
+def test_normalise_drops_scheme_brackets_and_parameters_and_folds_case(
+    typed: str, key: str
+) -> None:
+    assert aliases.normalise(typed) == key
+
+
+SCHEMES = st.sampled_from(["", "sip:", "SIP:", "sips:", "h323:", "H323:", "tel:"])
+PARAMS = st.sampled_from(["", ";transport=tls", ";user=phone", ";x=y;z"])
+
+
+@given(
+    prefix=PREFIX,
+    seed=st.integers(0, 2**32),
+    scheme=SCHEMES,
+    params=PARAMS,
+    bracket=st.booleans(),
+    upper=st.booleans(),
+)
+def test_every_form_of_one_of_our_aliases_normalises_to_the_alias(
+    prefix: str, seed: int, scheme: str, params: str, bracket: bool, upper: bool
+) -> None:
+    a = aliases.generate_alias(prefix, 6, "Video.Example.com", lambda _: False, random.Random(seed))
+    for plain in (a.alias, a.numeric_alias):
+        text = scheme + (plain.upper() if upper else plain) + params
+        form = f" <{text}> " if bracket else text
+        assert aliases.normalise(form) == plain.casefold()

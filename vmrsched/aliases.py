@@ -162,6 +162,26 @@ def overlapping_spaces(spaces: Sequence[AliasSpace]) -> list[tuple[int, int, str
     return sorted(pairs)
 
 
+# RFC 3986's scheme: a letter, then letters, digits, "+", "-" or "." (sip, sips, h323, tel, …)
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+
+def normalise(alias: str) -> str:
+    """An alias as every lookup keys it, whether a Pexip node dialled it (the policy request's
+    local_alias) or an admin typed it: without angle brackets (`<sip:…>`), a URI scheme
+    (`sip:`, `h323:`, `tel:`: a scheme-shaped part before the first colon, with no `@`, so
+    `1234:5` keeps its colon) and `;parameters`, trimmed and case-folded. So
+    `<SIP:VMR123@Example.COM;transport=tls>` is `vmr123@example.com`."""
+    text = alias.strip()
+    if text.startswith("<") and ">" in text:
+        text = text[1 : text.index(">")]
+    head, sep, rest = text.partition(":")
+    if sep and _SCHEME_RE.fullmatch(head):
+        text = rest
+    text = text.split(";", 1)[0].strip()
+    return text.casefold()
+
+
 def _canonical(raw_id: str) -> str:
     return str(uuid.UUID(hex=raw_id.replace("-", "")))
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from vmrsched import recurrence
+from vmrsched.aliases import normalise as normalise  # dialled aliases keyed as the store keys them
 from vmrsched.recurrence import Schedule
 
 # Answers are shared objects: they are serialised, never changed.
@@ -87,19 +88,6 @@ class PersonalRoom:
     guest_pin: str = ""
     allow_guests: bool = False
     service_type: str = "conference"
-
-
-def normalise(local_alias: str) -> str:
-    """A dialled alias as the index keys it: without a URI scheme (`sip:`, `h323:`, `tel:`),
-    angle brackets or `;parameters`, and case-folded."""
-    text = local_alias.strip()
-    if text.startswith("<") and ">" in text:
-        text = text[1 : text.index(">")]
-    head, sep, rest = text.partition(":")
-    if sep and "@" not in head and not head.isdigit():
-        text = rest
-    text = text.split(";", 1)[0].strip()
-    return text.casefold()
 
 
 class AliasIndex:
