@@ -16,6 +16,7 @@ from tinydb import TinyDB
 from tests.filestate import snapshot
 from vmrsched import aliases
 from vmrsched.meetings import Action, Decision, Meeting
+from vmrsched.pexip.policy import AliasIndex, Room, RoomSettings
 from vmrsched.recurrence import Schedule
 from vmrsched.store import (
     Store,
@@ -24,7 +25,6 @@ from vmrsched.store import (
     StoreInUseError,
     decode_schedule,
     encode_schedule,
-    normalise_alias,
 )
 from vmrsched.store_repair import check, repair
 
@@ -334,10 +334,26 @@ def test_replaying_a_journal_twice_is_harmless(tmp_path: Path) -> None:
     assert len(again) == 1 and again.get(rec["alias_id"])["status"] == "bound"  # type: ignore[index]
 
 
-def test_normalise_alias() -> None:
-    assert normalise_alias("SIP:Vmr1@Example.COM") == "vmr1@example.com"
-    assert normalise_alias("h323:vmr1") == "vmr1"
-    assert normalise_alias(" vmr1@d ") == "vmr1@d"
+def test_the_admin_lookup_finds_an_alias_in_every_form_a_node_dials_it(tmp_path: Path) -> None:
+    """One rule (aliases.normalise) for the admin's lookup and the policy index: whatever form
+    finds a room for a node finds the record for an admin."""
+    store = make(tmp_path)
+    rec = store.reserve("vmr", 6, "Video.Example.com")
+    index = AliasIndex()
+    settings = RoomSettings("alpha", timedelta(0), timedelta(0))
+    index.publish([Room(rec["alias_id"], rec["alias"], rec["numeric_alias"], "bound", settings)])
+    forms = [
+        "<SIP:" + rec["alias"].upper() + ";transport=tls>",
+        "sips:" + rec["alias"],
+        "h323:" + rec["numeric_alias"],
+        "tel:" + rec["numeric_alias"],
+        " " + rec["numeric_alias"].upper() + " ",
+    ]
+    for form in forms:
+        assert store.by_alias(form) == rec, form
+        room = index.lookup(aliases.normalise(form))
+        assert room is not None and room.alias_id == rec["alias_id"], form
+    assert store.by_alias("1234:" + rec["numeric_alias"]) is None  # digits are no scheme
 
 
 @pytest.mark.slow

@@ -87,7 +87,7 @@ def delete(
         return None
     if unused_only and (record["status"] != "reserved" or record.get("organizer_email")):
         raise InUse(f"{alias} is {record['status']}, not a reservation no meeting uses")
-    before = dict(record)
+    before = record.copy()
     changed = record["status"] != "deleted"
     if changed:
         store.delete(record["alias_id"], f"deleted by {by}")

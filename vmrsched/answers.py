@@ -27,6 +27,7 @@ from vmrsched.meetings import (
     is_address,
 )
 from vmrsched.outgoing import Outgoing
+from vmrsched.store import Record
 from vmrsched.templating import Renderer
 
 Rule = Callable[[Meeting, MeetingState, datetime], Decision]
@@ -335,9 +336,7 @@ def _messages(
     return out
 
 
-def _booked_values(
-    integ: IntegrationConfig, record: Mapping[str, Any], now: datetime
-) -> dict[str, Any]:
+def _booked_values(integ: IntegrationConfig, record: Record, now: datetime) -> dict[str, Any]:
     """The single-use variables of a stored booking (no meeting at hand: the store keeps the
     conference subject, organizer and schedule; the times are those of the next occurrence)."""
     values = variables(integ, None, record)
@@ -364,7 +363,7 @@ def _booked_values(
 def admin_notice(
     integ: IntegrationConfig,
     renderer: Renderer,
-    record: Mapping[str, Any],
+    record: Record,
     kind: str,
     now: datetime,
     serial: str,

@@ -1,0 +1,66 @@
+"""One integration's aliases and conferences: tinydb snapshot + journal, in-memory indexes, archive.
+
+Layout under the integration's directory:
+  store.json          tinydb database (table `aliases`): the snapshot, rewritten atomically
+  journal.<gen>.log   writes since the snapshot, one checksummed JSON line each
+  archive.json        tinydb database (table `archive`): finished, cancelled and expired aliases
+
+Every journal entry is a whole-record upsert or an archive move, so replaying a journal onto a
+snapshot that already contains it changes nothing: a crash at any point of a compaction loads
+correctly. Writes become durable at `commit()` (one fsync for the whole group); callers must not
+acknowledge anything before it returns. Not thread-safe: only the integration's AliasAllocator
+actor uses a Store.
+
+The package: `records.py` (the record and its schedule), `files.py` (file names, the directory
+lock, the errors), `index.py` (the indexes and queries), `archive.py` (the archive file) and
+`journaled.py` (Store: loading, writes, commits, compaction, the sweep). Import from here.
+"""
+
+from vmrsched.store.archive import ARCHIVE_GRACE
+from vmrsched.store.files import (
+    ARCHIVE,
+    JOURNAL_RE,
+    SNAPSHOT,
+    StorageFullError,
+    StoreBrokenError,
+    StoreCorruptError,
+    StoreInUseError,
+    lock_directory,
+)
+from vmrsched.store.journaled import MAX_ANSWERS, Store
+from vmrsched.store.records import (
+    ArchivedInfo,
+    Clock,
+    Record,
+    RecordStatus,
+    StoredRecord,
+    StoreStats,
+    decode_schedule,
+    encode_schedule,
+    to_alias_record,
+    utc_now,
+)
+
+__all__ = [
+    "ARCHIVE",
+    "ARCHIVE_GRACE",
+    "JOURNAL_RE",
+    "MAX_ANSWERS",
+    "SNAPSHOT",
+    "ArchivedInfo",
+    "Clock",
+    "Record",
+    "RecordStatus",
+    "StorageFullError",
+    "Store",
+    "StoreBrokenError",
+    "StoreCorruptError",
+    "StoreInUseError",
+    "StoreStats",
+    "StoredRecord",
+    "decode_schedule",
+    "encode_schedule",
+    "lock_directory",
+    "to_alias_record",
+    "utc_now",
+]
