@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests import spoolkit
-from tests.configs import ROOM, ews_config
+from tests.configs import ROOM, ews_config, reserve_alias
 from tests.fakes.ews_server import FakeExchange
 from tests.fakes.threaded import ThreadedServer
 from vmrsched import service
@@ -39,8 +39,8 @@ def main() -> None:
         svc = service.start(cfg)
         try:
             spoolkit.wait_for(lambda: svc.ctx.status.state("onprem") == "running")
-            allocator = svc.ctx.registry.get("onprem", "allocator").proxy()
-            tokens = [allocator.reserve().get(timeout=10)["alias_id"] for _ in range(args.meetings)]
+            allocator = svc.ctx.registry.get("onprem", "allocator")
+            tokens = [reserve_alias(allocator)["alias_id"] for _ in range(args.meetings)]
             time.sleep(0.3)  # let the poller settle into idle polling
             start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
             before = len(fake.requests)

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests import spoolkit
+from tests.configs import reserve_alias
 from tests.graphkit import ROOM, SECRET, graph_world
 from vmrsched import config, service
 from vmrsched.meetings import Meeting
@@ -43,8 +44,8 @@ def main() -> None:
         svc = service.start(cfg)
         try:
             spoolkit.wait_for(lambda: svc.ctx.status.state("online") == "running")
-            allocator = svc.ctx.registry.get("online", "allocator").proxy()
-            tokens = [allocator.reserve().get(timeout=10)["alias_id"] for _ in range(args.meetings)]
+            allocator = svc.ctx.registry.get("online", "allocator")
+            tokens = [reserve_alias(allocator)["alias_id"] for _ in range(args.meetings)]
             time.sleep(0.3)  # let the poller settle into idle polling
             start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
             before = len(fake.requests)

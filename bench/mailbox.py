@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests import spoolkit
+from tests.configs import reserve_alias
 from vmrsched import answers, config, service
 from vmrsched.mailbox import itip
 from vmrsched.mailbox.spool import SpoolMailbox
@@ -126,8 +127,8 @@ def measure_service(count: int, root: Path) -> tuple[float, float, int]:
         spoolkit.wait_for(
             lambda: svc.ctx.status.snapshot().get("bench", {}).get("state") == "running"
         )
-        allocator = svc.ctx.registry.get("bench", "allocator").proxy()
-        alias_ids = [allocator.reserve().get(timeout=10)["alias_id"] for _ in range(count)]
+        allocator = svc.ctx.registry.get("bench", "allocator")
+        alias_ids = [reserve_alias(allocator)["alias_id"] for _ in range(count)]
         data = requests(alias_ids)
         spool = cfg.integrations[0].spool_dir(cfg.data_dir)
         staging = spool / "staging"

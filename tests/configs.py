@@ -5,12 +5,16 @@ test module imports another; tests and benchmarks add what they need around them
 
 from __future__ import annotations
 
+import concurrent.futures
 from pathlib import Path
 from typing import Any
+
+import pykka
 
 from tests import spoolkit
 from tests.spoolkit import answers_for, drop, wait_handled
 from vmrsched import config, service
+from vmrsched.actors.messages import FindAliases, Request, Reserve
 from vmrsched.store import Record
 
 
@@ -89,6 +93,41 @@ def spool_config(
     return config.parse(doc, tmp_path, {})
 
 
+def ask_allocator(allocator: pykka.ActorRef[Any], payload: Any, timeout: float = 10.0) -> Any:
+    """An allocator's answer to `payload`, asked from a test's thread as the service asks from
+    the event loop: a Request told to the actor, answered from its thread (after the commit
+    that covers it, for a reservation)."""
+    answer: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def reply(result: Any, error: BaseException | None) -> None:
+        if error is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(result)
+
+    allocator.tell(Request(payload, reply))
+    return answer.result(timeout)
+
+
+def reserve_alias(allocator: pykka.ActorRef[Any], user: str = "") -> Record:
+    """One alias reserved as the add-in API reserves it (a Reserve request), durable; raises
+    the allocator's QuotaReached for a user at the cap."""
+    (result,) = ask_allocator(allocator, Reserve((user,)))
+    if isinstance(result, BaseException):
+        raise result
+    record: Record = result
+    return record
+
+
+def stored_record(allocator: pykka.ActorRef[Any], alias_id: str) -> Record:
+    """An alias's record (not archived) as the admin API reads it (FindAliases)."""
+    found: list[Record] = ask_allocator(allocator, FindAliases(limit=1_000_000))
+    for record in found:
+        if record["alias_id"] == alias_id:
+            return record
+    raise KeyError(f"alias {alias_id} is not in the store")
+
+
 class Running:
     def __init__(self, svc: service.Service, cfg: config.Config) -> None:
         self.svc = svc
@@ -100,9 +139,7 @@ class Running:
         spoolkit.wait_for(
             lambda: self.svc.ctx.status.snapshot().get(name, {}).get("state") == "running"
         )
-        ref = self.svc.ctx.registry.get(name, "allocator")
-        record: Record = ref.proxy().reserve().get(timeout=10)
-        return record
+        return reserve_alias(self.svc.ctx.registry.get(name, "allocator"))
 
     def send(self, data: bytes) -> str:
         name = drop(self.inbox, data)

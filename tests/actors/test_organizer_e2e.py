@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import icalendar
 
 from tests import spoolkit
-from tests.configs import Running, pxps
+from tests.configs import Running, pxps, stored_record
 from tests.spoolkit import drop, request, wait_handled
 from vmrsched import decisions
 from vmrsched.store import Record
@@ -41,8 +41,7 @@ def policy(running: Running, record: Record) -> str:
 
 def stored(running: Running, record: Record) -> Record:
     ref = running.svc.ctx.registry.get("alpha", "allocator")
-    found: Record = ref.proxy().get(record["alias_id"]).get(timeout=5)
-    return found
+    return stored_record(ref, record["alias_id"])
 
 
 def logged(running: Running, reason: str) -> list[dict[str, object]]:

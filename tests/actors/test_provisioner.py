@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests import spoolkit
-from tests.configs import Running, pxps, spool_toml
+from tests.configs import Running, pxps, spool_toml, stored_record
 from tests.fakes.pexip_server import FakePexip
 from tests.fakes.threaded import ThreadedServer
 from vmrsched import aliases, config, service
@@ -333,8 +333,8 @@ def test_names_of_pexip_services_are_not_handed_out_and_one_name_is_served(
         index = running.svc.ctx.alias_index
         spoolkit.wait_for(lambda: index.name_taken("Board meeting", "alpha"))
         alias_id, _ = env.book(datetime.now(UTC) + timedelta(days=2))  # not provisioned yet
-        record = running.svc.ctx.registry.get("alpha", "allocator").proxy().get(alias_id)
-        stored = record.get(timeout=5)["name"]
+        allocator = running.svc.ctx.registry.get("alpha", "allocator")
+        stored = stored_record(allocator, alias_id)["name"]
         assert stored.startswith("Board meeting ") and stored != "Board meeting"
         # a name Pexip got since the last read: Pexip's copy gets a number, and the policy
         # answer names the conference as Pexip does

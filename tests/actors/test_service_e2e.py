@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests import spoolkit
-from tests.configs import Running, pxps
+from tests.configs import Running, pxps, stored_record
 from tests.shared import CORPUS, FIXTURES, needs_corpus
 from tests.spoolkit import drop, request, wait_handled
 
@@ -113,12 +113,7 @@ def test_series_occurrence_edit_and_series_edit(running: Running) -> None:
         uid, body=pxps(rec), start=rid, recurrence_id=rid, sequence=3, method="CANCEL"
     )
     running.send(cancel_one)
-    record = (
-        running.svc.ctx.registry.get("alpha", "allocator")
-        .proxy()
-        .get(rec["alias_id"])
-        .get(timeout=5)
-    )
+    record = stored_record(running.svc.ctx.registry.get("alpha", "allocator"), rec["alias_id"])
     assert record["status"] == "bound"  # only the occurrence went
 
 

@@ -17,6 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests import spoolkit
+from tests.configs import reserve_alias
 from vmrsched import config, service
 from vmrsched.pexip.policy import AliasIndex, Room, RoomSettings, normalise
 
@@ -233,7 +234,7 @@ def test_two_integrations_never_hand_out_one_conference_name(tmp_path: Path) -> 
         names = []
         for n, name in enumerate(("hq", "branch")):
             spoolkit.wait_for(lambda name=name: running.ctx.status.state(name) == "running")
-            record = running.ctx.registry.get(name, "allocator").proxy().reserve().get(timeout=10)
+            record = reserve_alias(running.ctx.registry.get(name, "allocator"))
             body = f"<p>PXPS:-{record['alias_id']}#</p>"
             start = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=5)
             data, _ = spoolkit.request(body=body, start=start, minutes=60)

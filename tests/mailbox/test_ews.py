@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests import spoolkit
-from tests.configs import PW, ROOM, ews_config, write_toml
+from tests.configs import PW, ROOM, ews_config, reserve_alias, stored_record, write_toml
 from tests.fakes.ews_server import FakeExchange, FakeItem
 from tests.fakes.threaded import ThreadedServer
 from vmrsched import answers, config, recovery, service
@@ -47,7 +47,7 @@ class Env:
     def reserve(self) -> dict[str, Any]:
         spoolkit.wait_for(lambda: self.svc.ctx.status.state("onprem") == "running")
         ref = self.svc.ctx.registry.get("onprem", "allocator")
-        record: dict[str, Any] = ref.proxy().reserve().get(timeout=10)
+        record: dict[str, Any] = reserve_alias(ref)
         return record
 
     def send(self, meeting: Meeting) -> FakeItem:
@@ -175,11 +175,11 @@ def test_a_cancellation_sent_by_someone_else_keeps_the_meeting_and_the_alias(env
         i.meeting and i.meeting.uid == "owned" for i in env.fake.mailbox(ROOM).calendar.values()
     )
     ref = env.svc.ctx.registry.get("onprem", "allocator")
-    assert ref.proxy().get(rec["alias_id"]).get(timeout=5)["status"] == "bound"
+    assert stored_record(ref, rec["alias_id"])["status"] == "bound"
     assert len(env.replies("owned")) == 1  # the accept, and nothing for the refusal
     env.send(cancel)  # Olga's own
     assert env.count("ignored", "cancelled") == 1
-    assert ref.proxy().get(rec["alias_id"]).get(timeout=5)["status"] == "deleted"
+    assert stored_record(ref, rec["alias_id"])["status"] == "deleted"
 
 
 def test_placeholder_meeting_gets_an_organizer_update_by_impersonation(env: Env) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests import spoolkit
+from tests.configs import reserve_alias, stored_record
 from tests.fakes.graph_server import FakeGraph, Message
 from tests.fakes.identity_platform import IdentityPlatform, tls_files
 from tests.fakes.threaded import ThreadedServer
@@ -50,7 +51,7 @@ class Env:
     def reserve(self) -> dict[str, Any]:
         spoolkit.wait_for(lambda: self.svc.ctx.status.state("online") == "running")
         ref = self.svc.ctx.registry.get("online", "allocator")
-        record: dict[str, Any] = ref.proxy().reserve().get(timeout=10)
+        record: dict[str, Any] = reserve_alias(ref)
         return record
 
     def settle(self) -> None:
@@ -325,11 +326,11 @@ def test_only_the_organizer_changes_a_booking_and_graphs_from_says_who_sent_it(
     # the room keeps the meeting (its event is not deleted) and the alias stays bound
     assert any(e.uid == "owned" for e in env.fake.mailbox(ROOM).events.values())
     ref = env.svc.ctx.registry.get("online", "allocator")
-    assert ref.proxy().get(rec["alias_id"]).get(timeout=5)["status"] == "bound"
+    assert stored_record(ref, rec["alias_id"])["status"] == "bound"
     assert [r.action for r in env.fake.responses_for("owned")] == ["accept"]
     env.send(meeting("owned", pxps(rec), sequence=2, method="CANCEL"))  # Olga's own
     assert env.count("ignored", "cancelled") == 1
-    assert ref.proxy().get(rec["alias_id"]).get(timeout=5)["status"] == "deleted"
+    assert stored_record(ref, rec["alias_id"])["status"] == "deleted"
 
 
 def test_an_unreadable_meeting_message_is_declined_with_a_correlation_id(env: Env) -> None:

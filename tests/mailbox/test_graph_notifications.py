@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from tests import spoolkit
+from tests.configs import reserve_alias
 from tests.fakes.graph_server import FakeGraph
 from tests.fakes.threaded import ThreadedServer
 from tests.graphkit import ROOM, SECRET, graph_world, meeting, pxps
@@ -70,9 +71,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
 
 def reserve(env: Env) -> dict[str, object]:
     spoolkit.wait_for(lambda: env.svc.ctx.status.state("online") == "running")
-    record: dict[str, object] = (
-        env.svc.ctx.registry.get("online", "allocator").proxy().reserve().get(timeout=10)
-    )
+    record: dict[str, object] = reserve_alias(env.svc.ctx.registry.get("online", "allocator"))
     return record
 
 

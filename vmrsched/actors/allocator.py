@@ -297,19 +297,6 @@ class AliasAllocator(SupervisedChild):
 
     # --- add-in reservations and housekeeping ----------------------------------------------------
 
-    def reserve(self, user: str = "") -> Record:
-        """One alias, durable before it returns (asked from actor threads and tests); raises
-        QuotaReached when `user` is at the cap."""
-        try:
-            record = self._reserve_for(user)
-        except StorageFullError as exc:
-            raise self._storage_full(exc) from exc
-        if isinstance(record, QuotaReached):
-            raise record
-        self._commit()
-        self._allocated.inc()
-        return record
-
     def _reserve_for(self, user: str) -> Record | QuotaReached:
         """One alias for `user` ("": no quota applies), or QuotaReached when they already hold
         as many open reservations as allowed: counted by the store's index, O(1) however
@@ -323,10 +310,6 @@ class AliasAllocator(SupervisedChild):
         return self.store.reserve(
             spec.alias_prefix, spec.alias_suffix_length, spec.alias_domain, user=user or None
         )
-
-    def get(self, alias_id: str) -> Record | None:
-        """An alias's record (asked from actor threads and tests; never from the loop)."""
-        return self.store.get(alias_id)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Crash):
@@ -517,8 +500,6 @@ class AliasAllocatorProxy(ActorMemberMixin, pykka.ActorProxy[AliasAllocator]):
     """The typed proxy: what may be asked of the actor from another actor's thread."""
 
     process = proxy_method(AliasAllocator.process)
-    reserve = proxy_method(AliasAllocator.reserve)
-    get = proxy_method(AliasAllocator.get)
 
 
 def allocator_proxy(ref: pykka.ActorRef[Any]) -> AliasAllocatorProxy:
