@@ -518,9 +518,9 @@ def test_a_call_carried_out_whose_answer_was_lost_is_checked_not_sent_again(
     arrives: held past the client's timeout, or the connection dropped. The notifier does not
     know whether they took effect, so it asks (the room's event's response, the token in the
     organizer's body) before sending again: one response, one update to every attendee."""
-    from vmrsched.mailbox import graph
+    from vmrsched.mailbox import graph_http
 
-    monkeypatch.setattr(graph, "REQUEST_TIMEOUT", 0.5)
+    monkeypatch.setattr(graph_http, "REQUEST_TIMEOUT", 0.5)
     env.fake.hold_seconds = 1.5
     env.send(meeting("warm", "<p>nothing</p>"))
     env.fake.lose_answer("POST", r"/events/[^/]+/accept$", how)

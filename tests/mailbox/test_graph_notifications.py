@@ -23,7 +23,7 @@ from tests.serving import free_port
 from vmrsched import config, service
 from vmrsched.actors.supervision import RestartPolicy
 from vmrsched.http.app import create_app
-from vmrsched.mailbox import graph
+from vmrsched.mailbox import graph_notifications
 
 
 @dataclass
@@ -65,7 +65,8 @@ def start(tmp_path: Path, minutes: float) -> Iterator[Env]:
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
-    monkeypatch.setattr(graph, "SUBSCRIBE_RETRY", 0.2)  # our server may start after the poller
+    # our server may start after the poller
+    monkeypatch.setattr(graph_notifications, "SUBSCRIBE_RETRY", 0.2)
     yield from start(tmp_path, minutes=4230)
 
 
@@ -128,7 +129,7 @@ def test_lifecycle_events_keep_notifications_flowing(env: Env) -> None:
 def test_a_subscription_is_renewed_before_it_expires(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(graph, "SUBSCRIBE_RETRY", 0.2)
+    monkeypatch.setattr(graph_notifications, "SUBSCRIBE_RETRY", 0.2)
     for env in start(tmp_path, minutes=0.05):  # Graph grants 3 s
         spoolkit.wait_for(lambda env=env: len(env.fake.subscriptions) == 1)
         spoolkit.wait_for(lambda env=env: getattr(env.fake, "renewals", 0) >= 2, timeout=10)
@@ -138,8 +139,8 @@ def test_a_subscription_is_renewed_before_it_expires(
 def test_the_catch_up_is_a_delta_query_kept_across_restarts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(graph, "SUBSCRIBE_RETRY", 0.2)
-    monkeypatch.setattr(graph, "CATCH_UP_SECONDS", 0.3)
+    monkeypatch.setattr(graph_notifications, "SUBSCRIBE_RETRY", 0.2)
+    monkeypatch.setattr(graph_notifications, "CATCH_UP_SECONDS", 0.3)
     for env in start(tmp_path, minutes=4230):
         spoolkit.wait_for(lambda env=env: len(env.fake.subscriptions) == 1)
         spoolkit.wait_for(lambda env=env: env.fake.delta_calls >= 2)

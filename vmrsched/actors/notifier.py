@@ -32,14 +32,13 @@ from pykka.typing import ActorMemberMixin, proxy_method
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Flush
 from vmrsched.actors.supervision import Backoff
-from vmrsched.mailbox.base import Gateway, GatewayError, Outgoing
+from vmrsched.mailbox.base import GatewayError, Mailbox, Outgoing
 from vmrsched.outqueue import OutQueue
-from vmrsched.telemetry import DELIVERY_FAILED, MAILBOX_UNREACHABLE
+from vmrsched.telemetry import DELIVERY_FAILED
 
 log = logging.getLogger("vmrsched.notifier")
 
 CHUNK = 200
-ALARM = MAILBOX_UNREACHABLE
 FAILED_ALARM = DELIVERY_FAILED
 MAX_ATTEMPTS = 8
 
@@ -53,10 +52,10 @@ class _Retry:
 class Notifier(SupervisedChild):
     role = "notifier"
 
-    def __init__(self, *args: Any, gateway: Gateway, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, gateway: Mailbox, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gateway = gateway
-        self.alarm: str = getattr(gateway, "alarm", ALARM)
+        self.alarm: str = gateway.alarm
         self._flush_queued = False
         self._backoff = 0.0  # the wait of a mailbox outage now; 0.0 when sending works
         self._failures = 0
@@ -72,7 +71,7 @@ class Notifier(SupervisedChild):
         # restart (the crash may have come just after the mailbox took them), and later any
         # whose call got no answer. Each is checked (gateway.delivered) before it is sent again.
         self._unsure = {m.id for m in self.queue.pending()}
-        self._idempotent = bool(getattr(self.gateway, "idempotent_send", False))
+        self._idempotent = self.gateway.idempotent_send
         unresolved = self._unresolved()
         if unresolved:
             self.ctx.alarms.raise_(
@@ -133,15 +132,14 @@ class Notifier(SupervisedChild):
                     continue
                 ready.append(outgoing)
             attempted = len(ready)
-            send_many = getattr(self.gateway, "send_many", None)
-            if send_many is not None:
+            if self.gateway.bulk_send:
                 # responses to request items go out together (one EWS request for the lot)
                 bulk = [m for m in ready if self._bulk(m)]
                 if bulk:
                     bulk_ids = {m.id for m in bulk}
                     ready = [m for m in ready if m.id not in bulk_ids]
                     try:
-                        outcomes = send_many(bulk)
+                        outcomes = self.gateway.send_many(bulk)
                     except GatewayError as exc:
                         if exc.outcome_unknown:  # the lot may have gone out: ask first
                             self._unsure |= bulk_ids
@@ -234,8 +232,7 @@ class Notifier(SupervisedChild):
         not sent again). The question stays open until the gateway could answer it."""
         if outgoing.id not in self._unsure:
             return False
-        check = getattr(self.gateway, "delivered", None)
-        done = check is not None and bool(check(outgoing))
+        done = bool(self.gateway.delivered(outgoing))
         self._unsure.discard(outgoing.id)
         if done:
             log.info(
@@ -341,9 +338,7 @@ class Notifier(SupervisedChild):
     def _record(self, sent: list[Outgoing]) -> None:
         if not sent:
             return
-        sync = getattr(self.gateway, "sync", None)
-        if sync is not None:
-            sync()
+        self.gateway.sync()
         self.queue.done(m.id for m in sent)
         for message in sent:
             log.info(

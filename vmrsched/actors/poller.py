@@ -18,26 +18,21 @@ from vmrsched.actors.supervision import Backoff
 from vmrsched.answers import Step
 from vmrsched.decisions import DecisionLog
 from vmrsched.errors import StorageFull
-from vmrsched.mailbox.base import Gateway, GatewayError, InboxItem, Outgoing
+from vmrsched.mailbox.base import GatewayError, InboxItem, Mailbox, Outgoing
 from vmrsched.meetings import Meeting, is_address
-from vmrsched.telemetry import MAILBOX_UNREACHABLE
 
 log = logging.getLogger("vmrsched.decisions")
 ASK_TIMEOUT = 60.0
-ALARM = MAILBOX_UNREACHABLE
 
 
 class MailboxPoller(SupervisedChild):
     role = "poller"
 
-    def __init__(self, *args: Any, gateway: Gateway, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, gateway: Mailbox, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gateway = gateway
-        self.interval = {
-            "spool": self.integ.spool.poll_interval_seconds,
-            "graph": self.integ.graph.poll_interval_seconds,
-        }.get(self.integ.backend, self.integ.exchange.poll_interval_seconds)
-        self.alarm: str = getattr(gateway, "alarm", ALARM)
+        self.interval = gateway.poll_interval(self.integ)
+        self.alarm: str = gateway.alarm
         self._failures = 0
         self._full = 0  # polls in a row the disk was full for
         self._backoff = Backoff(self.interval * 2, self.ctx.policy.mailbox_max)
@@ -164,9 +159,7 @@ class MailboxPoller(SupervisedChild):
                 self.gateway.mark_handled(item.id, replied=replied)
         for item, reason in quarantined:
             self.gateway.quarantine(item.id, reason)
-        sync = getattr(self.gateway, "sync", None)
-        if sync is not None:
-            sync()
+        self.gateway.sync()
 
         elapsed = time.perf_counter() - started
         per_item = elapsed / max(1, len(items))

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vmrsched.config import IntegrationConfig
-from vmrsched.mailbox.base import Gateway
+from vmrsched.mailbox.base import Mailbox
 from vmrsched.telemetry import Metrics
 
 
@@ -17,9 +17,10 @@ def make_gateway(
     metrics: Metrics,
     tokens: TokenSources | None = None,
     exclusive: bool = False,
-) -> Gateway:
+) -> Mailbox:
     """The mailbox backend an integration is configured with (`exclusive`: the running
-    service's own, locked against a second process)."""
+    service's own, locked against a second process). The running service builds one per
+    integration and its poller and notifier share it from their two threads (see base)."""
     if integ.backend == "spool":
         from vmrsched.mailbox.spool import SpoolMailbox
 

@@ -1,61 +1,31 @@
 """Exchange Server (2016/2019/SE) through EWS, with exchangelib: the equipment mailbox's inbox
 in, accept/decline/remove responses and organizer updates out.
 
-Every mailbox, the room's included, is opened by impersonation (the ExchangeImpersonation
-header on every request): the documented set-up grants the service account ApplicationImpersonation
-over the room and the organizers, nothing else (no FullAccess on the room), and an app-only
-OAuth token (oauth_app) is refused by Exchange on any request without that header.
-
-Meeting messages are read through their MIME content: Exchange keeps the iCalendar it sent
-(UID, SEQUENCE, recurrence rule, exceptions, time zones, organizer, HTML body), and the same
-iTIP translator as the spool backend turns it into meetings, so both backends reach identical
-decisions. Every EWS request is counted in vmrsched_exchange_requests_total. Blocking: called
-only from the poller and notifier actor threads.
+Every mailbox, the room's included, is opened by impersonation (ews_calls says why and how each
+request goes out). Meeting messages are read through their MIME content with the same iTIP
+translator as the other backends (ews_convert), so every backend reaches identical decisions.
+Every EWS request is counted in vmrsched_exchange_requests_total.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
-import requests
-from exchangelib import (
-    BASIC,
-    DELEGATE,
-    IMPERSONATION,
-    NTLM,
-    Account,
-    Configuration,
-    Credentials,
-    EWSDateTime,
-    FailFast,
-    HTMLBody,
-    Mailbox,
-    Message,
-)
+from exchangelib import DELEGATE, Account, EWSDateTime, HTMLBody, Message
+from exchangelib import Mailbox as Recipient
 from exchangelib.errors import (
-    ErrorInternalServerTransientError,
     ErrorInvalidRequest,
     ErrorInvalidSubscription,
     ErrorInvalidSubscriptionRequest,
     ErrorInvalidWatermark,
     ErrorItemNotFound,
-    ErrorServerBusy,
     ErrorSubscriptionNotFound,
-    ErrorTimeoutExpired,
     EWSError,
-    RateLimitError,
-    ResponseMessageError,
-    TransportError,
-    UnauthorizedError,
 )
-from exchangelib.ewsdatetime import UTC as EWS_UTC
 from exchangelib.items import (
     SEND_AND_SAVE_COPY,
     SEND_TO_NONE,
@@ -63,170 +33,50 @@ from exchangelib.items import (
     CalendarItem,
     DeclineItem,
 )
-from exchangelib.items.base import BaseReplyItem
-from exchangelib.properties import Fields, ReferenceItemId
-from exchangelib.protocol import BaseProtocol
+from exchangelib.properties import ReferenceItemId
 from exchangelib.services import CreateItem
-from exchangelib.transport import NOAUTH
-from exchangelib.version import Build, Version
 
 from vmrsched.config import IntegrationConfig
-from vmrsched.mailbox import itip
 from vmrsched.mailbox.base import (
     CalendarEntry,
+    Check,
     GatewayError,
     InboxItem,
+    Mailbox,
     Outgoing,
-    outcome_unknown,
 )
 from vmrsched.mailbox.ews_auth import TokenSource
-from vmrsched.meetings import Meeting, is_address
+from vmrsched.mailbox.ews_calls import EwsClient, RemoveItem, translate
+from vmrsched.mailbox.ews_convert import (
+    FETCH_FIELDS,
+    MEETING_CLASSES,
+    calendar_entries,
+    inbox_item,
+)
+from vmrsched.meetings import Meeting
 from vmrsched.telemetry import EXCHANGE_UNREACHABLE, Metrics
 
 log = logging.getLogger("vmrsched.ews")
 
-# Exchange 2013 SP1 schema: understood by every supported on-premises version, so no request is
-# spent guessing the server version.
-REQUEST_VERSION = Version(build=Build(15, 0, 847))
-MEETING_CLASSES = ("IPM.Schedule.Meeting.Request", "IPM.Schedule.Meeting.Canceled")
 MAX_PAGE = 1000  # EWS returns at most 1,000 items per FindItem
 CATCH_UP_SECONDS = 60.0  # list the inbox at least this often, events or not
-FETCH_FIELDS = ("mime_content", "item_class", "datetime_received", "subject", "sender", "author")
-_OPERATION = re.compile(rb"<(?:\w+:)?Body[^>]*>\s*<(?:\w+:)?(\w+)")
-_current = threading.local()
 
 
-class RemoveItem(BaseReplyItem):  # type: ignore[misc]
-    """EWS RemoveItem: takes a cancelled meeting off the room's calendar and removes the
-    cancellation. exchangelib has the other response objects but not this one."""
+class EwsMailbox(EwsClient, Mailbox):
+    """The EWS gateway.
 
-    ELEMENT_NAME = "RemoveItem"
-    FIELDS = Fields(BaseReplyItem.FIELDS[BaseReplyItem.FIELDS.index_by_name("reference_item_id")])
+    Threads: what the poller's and the notifier's threads both change (the accounts built once,
+    the items handed off to a reply, the item classes) is guarded by `_state`, never held during
+    a call; the change detection (the pull subscription, the backlog, when the inbox was last
+    listed) is the poller's alone; each call's own context (metrics, token, CA file, proxy)
+    travels in a thread-local (ews_calls). `sync` has nothing to do."""
 
-
-class CountingAdapter(requests.adapters.HTTPAdapter):
-    """Every EWS request passes here: it is counted by operation and result for the integration
-    the calling thread works for, gets that integration's OAuth bearer token, and is retried
-    once with a fresh token when Exchange says the token expired (401). The proxy follows the
-    service's one rule (vmrsched.proxies): the environment's, or none for an integration with
-    disable_web_proxy."""
-
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
-        body = request.body if isinstance(request.body, bytes) else b""
-        match = _OPERATION.search(body[:4000])
-        operation = match.group(1).decode() if match else "unknown"
-        counter = getattr(_current, "counter", None)
-        tokens = getattr(_current, "tokens", None)
-        ca_file = getattr(_current, "ca_file", None)
-        if ca_file:
-            kwargs["verify"] = ca_file
-        if getattr(_current, "direct", False):  # the integration turned the web proxy off
-            kwargs["proxies"] = {}
-        attempts = 2 if tokens is not None else 1
-        for attempt in range(attempts):
-            if tokens is not None:
-                request.headers["Authorization"] = f"Bearer {tokens.get(force=attempt > 0)}"
-            try:
-                response = super().send(request, *args, **kwargs)
-            except Exception:
-                if counter is not None:
-                    counter(operation, "error")
-                raise
-            result = "ok" if response.status_code < 400 else str(response.status_code)
-            if counter is not None:
-                counter(operation, result)
-            if response.status_code != 401 or attempt + 1 == attempts:
-                return response
-            response.close()  # give the connection back to the pool before the retry
-        raise AssertionError("unreachable")
-
-
-BaseProtocol.HTTP_ADAPTER_CLS = CountingAdapter
-
-
-# Response codes that will not change on a retry (Microsoft's EWS response code reference):
-# the message fails alone, is kept with its reason, and the queue goes on.
-PERMANENT_CODES = frozenset(
-    {
-        "ErrorImpersonateUserDenied",
-        "ErrorImpersonationDenied",
-        "ErrorAccessDenied",
-        "ErrorSendAsDenied",
-        "ErrorNonExistentMailbox",
-        "ErrorMailRecipientNotFound",
-        "ErrorInvalidRecipients",
-        "ErrorInvalidSmtpAddress",
-        "ErrorMessageSizeExceeded",
-        "ErrorItemNotFound",
-        "ErrorInvalidIdMalformed",
-        "ErrorCalendarIsCancelledForAccept",
-        "ErrorCalendarIsCancelledForDecline",
-        "ErrorCalendarIsCancelledForRemove",
-        "ErrorCalendarIsOrganizerForAccept",
-        "ErrorCalendarIsOrganizerForDecline",
-        "ErrorCalendarIsOrganizerForRemove",
-        "ErrorCalendarIsDelegatedForAccept",
-        "ErrorCalendarIsDelegatedForDecline",
-        "ErrorCalendarIsDelegatedForRemove",
-        "ErrorSchemaValidation",
-        "ErrorInvalidRequest",
-        "ErrorInvalidPropertySet",
-        "ErrorCorruptData",
-        "ErrorInvalidSid",
-        "ErrorQuotaExceeded",
-    }
-)
-
-
-def _translate(exc: Exception) -> GatewayError:
-    """exchangelib's failures as the gateway error the actors act on: throttling and outages
-    back the whole mailbox off; a response code about one message fails or retries it alone.
-    A request that went out and got no answer (exchangelib re-raises a read timeout or a
-    dropped connection as ErrorTimeoutExpired, or as ErrorServerBusy) is an outage, never one
-    message's refusal, and it may have been carried out (outcome_unknown)."""
-    code = type(exc).__name__ if type(exc).__name__.startswith("Error") else ""
-    if str(exc).startswith("Reraised from") and isinstance(
-        exc, ErrorServerBusy | ErrorTimeoutExpired | ErrorInternalServerTransientError
-    ):
-        return GatewayError(f"Exchange did not answer: {exc}", outcome_unknown=outcome_unknown(exc))
-    if isinstance(exc, requests.RequestException | OSError):
-        return GatewayError(
-            f"Exchange unreachable: {type(exc).__name__}: {exc}",
-            outcome_unknown=outcome_unknown(exc),
-        )
-    if isinstance(exc, ErrorServerBusy):
-        # the server's own BackOffMilliseconds (or Retry-After) when it gave one, else the
-        # caller's backoff: for a transient error without either (a bare 503), exchangelib
-        # "re-raises" it as busy with a guess of its own (10 s and doubling), which is not ours
-        delay = None if str(exc).startswith("Reraised from") else getattr(exc, "back_off", None)
-        return GatewayError(f"Exchange is throttling: {exc}", retry_after=delay or None)
-    if isinstance(exc, RateLimitError):
-        wait = getattr(exc, "wait", None)
-        return GatewayError(f"Exchange is throttling: {exc}", retry_after=wait or None)
-    if isinstance(exc, UnauthorizedError):
-        return GatewayError(f"Exchange refused the service account: {exc}")
-    if code in PERMANENT_CODES:
-        return GatewayError(f"Exchange refused: {code}: {exc}", permanent=True, code=code)
-    if isinstance(exc, ResponseMessageError) and code:
-        return GatewayError(f"Exchange refused, for now: {code}: {exc}", code=code)
-    return GatewayError(f"Exchange unreachable: {type(exc).__name__}: {exc}")
-
-
-def _smtp(mailbox: Any) -> str:
-    """The SMTP address of an EWS mailbox (Sender, From), or "" when Exchange gave another form
-    (an internal EX address) or none."""
-    address = str(getattr(mailbox, "email_address", "") or "").strip()
-    return address if is_address(address) else ""
-
-
-RETRYABLE = (TransportError, EWSError, requests.RequestException, OSError)
-
-
-class EwsMailbox:
     alarm = EXCHANGE_UNREACHABLE
     # a resend is not harmless (a second reply or organizer update): the notifier marks each
     # message delivered as soon as Exchange took it
     idempotent_send = False
+    # responses to request items go out together, in one CreateItem
+    bulk_send = True
 
     def __init__(
         self,
@@ -234,101 +84,18 @@ class EwsMailbox:
         metrics: Metrics | None = None,
         tokens: TokenSource | None = None,
     ) -> None:
-        self.integ = integ
-        self.tokens = tokens
-        self.name = integ.name
-        self.metrics = metrics
-        self.room = integ.exchange.mailbox_email
-        self._account: Account | None = None
-        self._impersonated: dict[str, Account] = {}
+        super().__init__(integ, metrics, tokens)
         self._handed_off: set[str] = set()
         self._classes: dict[str, str] = {}
         # change detection: a pull subscription on the inbox (None: (re)subscribe, and list the
         # inbox as catch-up); refused: the server offers none, so poll by listing
         self._subscription: tuple[str, str] | None = None
         self._subscriptions_refused = False
-        # what the poller's and the notifier's threads both change: the accounts built once,
-        # the items handed off to a reply, the item classes
-        self._state = threading.Lock()
         self._backlog = False  # the last listing was cut at the batch limit
         self._listed_at = 0.0
 
-    # --- plumbing ---------------------------------------------------------------------------
-    def _count(self, operation: str, result: str) -> None:
-        if self.metrics is not None:
-            self.metrics.exchange_requests.labels(self.name, operation, result).inc()
-
-    @contextmanager
-    def _calling(self) -> Iterator[None]:
-        saved = (
-            getattr(_current, "counter", None),
-            getattr(_current, "tokens", None),
-            getattr(_current, "ca_file", None),
-            getattr(_current, "direct", False),
-        )
-        _current.counter, _current.tokens = self._count, self.tokens
-        _current.ca_file = self.integ.exchange.tls_ca_file or None
-        _current.direct = self.integ.advanced.disable_web_proxy
-        try:
-            yield
-        except GatewayError:
-            raise
-        except ErrorItemNotFound:
-            raise  # the caller knows what a missing item means where it asked
-        except RETRYABLE as exc:
-            raise _translate(exc) from exc
-        finally:
-            _current.counter, _current.tokens, _current.ca_file, _current.direct = saved
-
-    def _configuration(self) -> Configuration:
-        ex = self.integ.exchange
-        common: dict[str, Any] = {
-            "service_endpoint": ex.ews_url,
-            "version": REQUEST_VERSION,
-            "retry_policy": FailFast(),
-            "max_connections": 4,
-        }
-        if ex.authentication.startswith("oauth"):
-            if self.tokens is None:
-                raise GatewayError(f"{ex.authentication}: no token source")
-            # the bearer token is added per request by CountingAdapter (msal keeps it fresh)
-            return Configuration(auth_type=NOAUTH, **common)
-        if ex.service_account_password is None:
-            raise GatewayError("no service account password configured")
-        credentials = Credentials(ex.service_account_username, ex.service_account_password.reveal())
-        return Configuration(
-            credentials=credentials,
-            auth_type=BASIC if ex.authentication == "basic" else NTLM,
-            **common,
-        )
-
-    def account(self) -> Account:
-        """The equipment mailbox's account, opened by impersonation, built once (by whichever
-        thread asks first)."""
-        with self._state:
-            if self._account is None:
-                with self._calling():
-                    self._account = self._open(self.room, self._configuration())
-            return self._account
-
-    @staticmethod
-    def _open(address: str, config: Configuration, access_type: str = IMPERSONATION) -> Account:
-        return Account(
-            address,
-            config=config,
-            autodiscover=False,
-            access_type=access_type,
-            default_timezone=EWS_UTC,
-        )
-
-    def _as(self, address: str) -> Account:
-        """An organizer's mailbox through ApplicationImpersonation (built once per organizer)."""
-        key = address.lower()
-        config = self.account().protocol.config
-        with self._state:
-            if key not in self._impersonated:
-                self._impersonated[key] = self._open(address, config)
-            return self._impersonated[key]
+    def poll_interval(self, integ: IntegrationConfig) -> float:
+        return integ.exchange.poll_interval_seconds
 
     # --- reading ----------------------------------------------------------------------------
     def fetch(self, limit: int) -> Sequence[InboxItem]:
@@ -397,45 +164,9 @@ class EwsMailbox:
             return self._changed(account)
 
     def _to_inbox_item(self, item_id: str, item: Any) -> InboxItem:
-        received = item.datetime_received or datetime.now(UTC)
-        item_class = item.item_class or ""
         with self._state:
-            self._classes[item_id] = item_class
-        sender = getattr(item, "sender", None)
-        sender_email = getattr(sender, "email_address", "") or ""
-        sender_name = getattr(sender, "name", "") or ""
-        if not item_class.startswith(MEETING_CLASSES):
-            # an out-of-office, a bounce, a newsletter, a meeting response: never answered
-            return InboxItem(
-                item_id,
-                received,
-                error=f"not a meeting request ({item_class})",
-                sender_email=sender_email,
-                sender_name=sender_name,
-                subject=item.subject or "",
-                not_meeting=True,
-            )
-        if not item.mime_content:
-            return InboxItem(item_id, received, error="meeting message without MIME content")
-        try:
-            parsed = itip.parse_mail(item.mime_content, self.integ.timezone)
-        except itip.ParseError as exc:
-            return InboxItem(
-                item_id,
-                received,
-                error=exc.reason,
-                sender_email=exc.organizer_email or sender_email,
-                sender_name=exc.organizer_name or sender_name,
-                subject=exc.subject or item.subject or "",
-                uid=exc.uid,
-                not_meeting=exc.not_meeting,
-                auto_submitted=exc.auto_submitted,
-            )
-        # who sent it, as Exchange has it (From is EWS's "author"): it decides whether the
-        # message may change a booking; an address Exchange gives in another form than SMTP
-        # leaves the MIME headers' word
-        parsed = itip.sent_in_mail(parsed, _smtp(getattr(item, "author", None)), _smtp(sender))
-        return InboxItem(item_id, received, meetings=parsed.meetings)
+            self._classes[item_id] = item.item_class or ""
+        return inbox_item(item_id, item, self.integ.timezone)
 
     # --- handling ---------------------------------------------------------------------------
     def mark_handled(self, item_id: str, replied: bool = False, refused: bool = False) -> None:
@@ -535,7 +266,7 @@ class EwsMailbox:
                 )
                 outcomes.append(None)
             elif isinstance(result, Exception):
-                outcomes.append(_translate(result))
+                outcomes.append(translate(result))
             else:
                 outcomes.append(None)
         return outcomes
@@ -573,7 +304,7 @@ class EwsMailbox:
             account=self.account(),
             subject=message.subject,
             body=HTMLBody(message.html_body),
-            to_recipients=[Mailbox(email_address=r) for r in message.recipients],
+            to_recipients=[Recipient(email_address=r) for r in message.recipients],
         ).send()
 
     def _organizer_item(self, message: Outgoing) -> Any:
@@ -622,33 +353,17 @@ class EwsMailbox:
             )
             ids = [(i.id, i.changekey) for i in view.only("id", "changekey")]
             items = list(account.fetch(ids=ids, only_fields=("mime_content",))) if ids else []
-        entries = []
-        seen: set[str] = set()
-        for (item_id, _), item in zip(ids, items, strict=True):
-            if isinstance(item, Exception) or not item.mime_content:
-                continue
-            try:
-                parsed = itip.parse_mail(item.mime_content, self.integ.timezone)
-            except itip.ParseError as exc:
-                log.warning(
-                    "unreadable calendar item: %s",
-                    exc.reason,
-                    extra={"integration": self.name, "item": item_id},
-                )
-                continue
-            for meeting in parsed.meetings:
-                if meeting.uid not in seen:  # a series' occurrences share one UID
-                    seen.add(meeting.uid)
-                    entries.append(CalendarEntry(meeting, item_id))
-        return entries
+        pairs = [(item_id, item) for (item_id, _), item in zip(ids, items, strict=True)]
+        return calendar_entries(pairs, self.integ.timezone, self.name)
 
-    def probe(self, organizer: str = "", outside: str = "") -> list[tuple[bool | None, str]]:
+    # --- check-config --online --------------------------------------------------------------
+    def probe(self, organizer: str = "", outside: str = "") -> list[Check]:
         """What works and what does not, for `check-config --online`: the sign-in and the room
         opened by impersonation (or which right is missing), an organizer's mailbox in the
         impersonation scope, and a mailbox that should be out of reach (None: it is not, a
         warning)."""
         ex = self.integ.exchange
-        results: list[tuple[bool | None, str]] = []
+        results: list[Check] = []
         try:
             with self._calling():
                 count = self.account().inbox.total_count
@@ -744,7 +459,3 @@ class EwsMailbox:
         except (GatewayError, EWSError):
             return False
         return True
-
-    def close(self) -> None:
-        if self._account is not None:
-            self._account.protocol.close()

@@ -5,31 +5,50 @@ outbox/     one RFC 5322 .eml per reply or organizer update, named by its stable
 processed/  handled inbox files
 failed/     unreadable inbox files, each with <name>.error.txt saying why
 calendar/   accepted meetings (the resource calendar the recovery tool reads)
+
+What lies outside the gateway and touches the spool (`vmrsched invite`, the demo pane) goes
+through `deliver` (into the inbox) and `read_outbox` (the answers), so the folders stay this
+module's business.
 """
 
 from __future__ import annotations
 
+import email
+import email.policy
 import errno
 import hashlib
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from stat import S_ISLNK, S_ISREG
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import orjson
 
 from vmrsched import libc
 from vmrsched.journal import atomic_write, fsync_dir
 from vmrsched.mailbox import compose, itip
-from vmrsched.mailbox.base import CalendarEntry, GatewayError, InboxItem, Outgoing
+from vmrsched.mailbox.base import (
+    CalendarEntry,
+    Check,
+    GatewayError,
+    InboxItem,
+    Mailbox,
+    Outgoing,
+)
 from vmrsched.meetings import Meeting, meeting_from_json, meeting_to_json
 from vmrsched.store import lock_directory
 from vmrsched.telemetry import MAILBOX_UNREACHABLE
 
+if TYPE_CHECKING:
+    from vmrsched.config import IntegrationConfig
+
+INBOX = "inbox"
+OUTBOX = "outbox"
 SUFFIXES = (".ics", ".eml")
 CALENDAR_FILE = "accepted.jsonl"
 MAX_ITEM_BYTES = 10 * 1024 * 1024
@@ -53,6 +72,45 @@ def outbox_name(message: Outgoing, now: datetime) -> str:
     slug = slug[:40].strip("-") or "meeting"
     stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     return f"{stamp}-{message.outcome}-{slug}-{message.id}.eml"
+
+
+def deliver(spool_dir: Path, name: str, data: bytes) -> Path:
+    """Put a meeting request (`name`: a .ics or .eml file name) into the spool's inbox as the
+    spool contract asks: written next to it under a dot name the gateway skips, then renamed in,
+    so the gateway never reads half a file. Returns where it now lies."""
+    inbox = Path(spool_dir) / INBOX
+    inbox.mkdir(parents=True, exist_ok=True)
+    tmp = inbox / f".{name}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, inbox / name)
+    return inbox / name
+
+
+def read_outbox(spool_dir: Path, meeting_uid: str) -> list[dict[str, str]]:
+    """The mails the spool sent about one meeting (replies, updates), oldest first: subject,
+    from, to, outcome, reason, correlation_id and the HTML body of each."""
+    found = []
+    outbox = Path(spool_dir) / OUTBOX
+    for path in sorted(outbox.glob("*.eml"), key=lambda p: p.stat().st_mtime_ns):
+        raw = path.read_bytes()
+        if meeting_uid.encode() not in raw:
+            continue
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        if msg.get("X-Vmrsched-Meeting-Uid") != meeting_uid:
+            continue
+        body = msg.get_body(("html",))
+        found.append(
+            {
+                "subject": str(msg.get("Subject", "")),
+                "from": str(msg.get("From", "")),
+                "to": str(msg.get("To", "")),
+                "outcome": str(msg.get("X-Vmrsched-Outcome", "")),
+                "reason": str(msg.get("X-Vmrsched-Reason", "")),
+                "correlation_id": str(msg.get("X-Vmrsched-Correlation-Id", "")),
+                "html": str(body.get_content()) if body is not None else "",
+            }
+        )
+    return found
 
 
 def _read_regular(path: str) -> bytes:
@@ -84,7 +142,19 @@ def _read_regular(path: str) -> bytes:
 _SYNCFS: Callable[[int], int] | None = libc.function("syncfs")
 
 
-class SpoolMailbox:
+class SpoolMailbox(Mailbox):
+    """The spool directory as the equipment mailbox.
+
+    Threads: the poller's state (the inbox listing, arrival times, the backlog) is touched only
+    by fetch, mark_handled and quarantine, which only the poller calls; the notifier's (the ids
+    in the outbox) only by send and delivered. What both reach is the file system, whose
+    renames are atomic, and the calendar file and spool directory descriptor that `sync` (both
+    threads) and record_accepted use: they are opened once, under a lock."""
+
+    alarm = MAILBOX_UNREACHABLE
+    # a message written again under its id replaces nothing and sends nothing twice
+    idempotent_send = True
+
     def __init__(
         self,
         directory: Path,
@@ -98,9 +168,9 @@ class SpoolMailbox:
         self.name = name
         self.root = Path(directory)
         self.default_timezone = default_timezone
-        self.inbox = self.root / "inbox"
+        self.inbox = self.root / INBOX
         self._inbox_path = str(self.inbox)  # joined with a name for every item read
-        self.outbox = self.root / "outbox"
+        self.outbox = self.root / OUTBOX
         self.processed = self.root / "processed"
         self.failed = self.root / "failed"
         self.calendar_dir = self.root / "calendar"
@@ -110,6 +180,7 @@ class SpoolMailbox:
             folder.mkdir(parents=True, exist_ok=True)
         self._calendar: BinaryIO | None = None
         self._fd: int | None = None
+        self._opening = threading.Lock()  # the calendar file and self._fd: opened once
         self._sent_ids: set[str] | None = None
         # inbox name -> (mtime ns, inode) when first listed: the arrival order, without a stat
         # of every waiting file on every poll (a backlog of n files cost n stats per poll)
@@ -127,6 +198,9 @@ class SpoolMailbox:
         # the service owns its spool alone: a second process reading the same inbox would
         # answer its meetings twice (tools that only look, like check-config, do not lock)
         self._lock_fd = lock_directory(self.root, f"the spool {self.root}") if exclusive else None
+
+    def poll_interval(self, integ: IntegrationConfig) -> float:
+        return integ.spool.poll_interval_seconds
 
     def fetch(self, limit: int) -> Sequence[InboxItem]:
         """The `limit` oldest items (by the time they were first seen waiting, then name).
@@ -240,10 +314,6 @@ class SpoolMailbox:
     def mark_handled(self, item_id: str, replied: bool = False, refused: bool = False) -> None:
         self._move(item_id, self.processed)
 
-    alarm = MAILBOX_UNREACHABLE
-    # a message written again under its id replaces nothing and sends nothing twice
-    idempotent_send = True
-
     def quarantine(self, item_id: str, reason: str) -> None:
         """Move the item to failed/ with `<name>.error.txt` beside it. A name too long for
         the suffix gets a shortened error file name, which the file itself names."""
@@ -307,15 +377,23 @@ class SpoolMailbox:
             fsync_dir(folder)
 
     def _root_fd(self) -> int:
-        if self._fd is None:
-            self._fd = os.open(self.root, os.O_RDONLY)
-        return self._fd
+        fd = self._fd
+        if fd is None:
+            with self._opening:  # sync runs on both actor threads: one descriptor
+                if self._fd is None:
+                    self._fd = os.open(self.root, os.O_RDONLY)
+                fd = self._fd
+        return fd
 
     def _calendar_file(self) -> BinaryIO:
-        if self._calendar is None:
-            self.calendar_dir.mkdir(exist_ok=True)
-            self._calendar = open(self.calendar_dir / CALENDAR_FILE, "ab")  # noqa: SIM115
-        return self._calendar
+        calendar = self._calendar
+        if calendar is None:
+            with self._opening:  # sync (both threads) and record_accepted: one file object
+                if self._calendar is None:
+                    self.calendar_dir.mkdir(exist_ok=True)
+                    self._calendar = open(self.calendar_dir / CALENDAR_FILE, "ab")  # noqa: SIM115
+                calendar = self._calendar
+        return calendar
 
     def record_accepted(self, meeting: Meeting) -> None:
         """Keep the accepted meeting in the resource calendar: a JSON line per acceptance, the
@@ -340,9 +418,10 @@ class SpoolMailbox:
                 entries.append(CalendarEntry(meeting, f"{uid}#{rid}"))
         return entries
 
-    def probe(self) -> list[tuple[bool, str]]:
-        """What works and what does not, for `check-config --online`."""
-        results = []
+    def probe(self, organizer: str = "", outside: str = "") -> list[Check]:
+        """What works and what does not, for `check-config --online` (a spool has no scope:
+        `organizer` and `outside` are not checked)."""
+        results: list[Check] = []
         # calendar/ may not be made yet: then the spool's own directory must take it
         calendar = self.calendar_dir if self.calendar_dir.exists() else self.root
         for folder in (self.inbox, self.outbox, self.processed, self.failed, calendar):

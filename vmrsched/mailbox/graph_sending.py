@@ -1,0 +1,305 @@
+"""Answering through Microsoft Graph: accept or decline on the room's event (the Calendar
+Attendant placed it tentatively, AutomateProcessing AutoUpdate) with the rendered text as
+comment and sendResponse, many in $batch requests; organizer updates as a PATCH of the
+organizer's event body, found by its iCalUId (where the application's scope refuses it, 403,
+the update fails for good and the notifier mails the organizer the joining instructions
+instead); plain mails through sendMail; whether a message whose answer was lost took effect
+(`delivered`). An answered message then leaves the inbox, with the other removals the poller
+marked, at the next `sync`.
+
+`GraphSending` holds what reading and answering share about the inbox's messages; the gateway,
+`graph.GraphMailbox`, adds the reading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from vmrsched.config import IntegrationConfig
+from vmrsched.mailbox.base import GatewayError, Mailbox, Outgoing
+from vmrsched.mailbox.graph_convert import text_of
+from vmrsched.mailbox.graph_http import GraphClient
+from vmrsched.telemetry import Metrics
+
+log = logging.getLogger("vmrsched.graph")
+
+
+@dataclass(frozen=True)
+class Removal:
+    """A removal for sync(): a message deleted or moved to Deleted Items, or a room's event
+    deleted; `item_id` names the inbox message it takes away."""
+
+    operation: str  # the metrics label
+    method: str
+    url: str
+    item_id: str = ""
+    body: Any = None
+
+
+class GraphSending(GraphClient, Mailbox):
+    """The answering half of the Graph gateway, and the state both halves share.
+
+    Threads: the poller (reading, marking handled) and the notifier (answering) change the same
+    maps and sets: which room event a message is, which messages are handed off to a reply or
+    answered, the removals waiting for `sync`. All of it is guarded by `_state`, a lock never
+    held during a call to Graph. `sync` runs on both threads: each takes the removals pending
+    when it starts, so two never make the same call."""
+
+    # a resend is not harmless (a second response or organizer update): each message is marked
+    # delivered as soon as Graph took it
+    idempotent_send = False
+    # responses to meeting messages go out together, in $batch requests
+    bulk_send = True
+
+    def __init__(self, integ: IntegrationConfig, metrics: Metrics) -> None:
+        super().__init__(integ, metrics)
+        self._state = threading.Lock()
+        self._events: dict[str, str] = {}  # message id -> the room's event id
+        self._pending: list[Removal] = []  # removals for sync()
+        self._handed_off: set[str] = set()  # answered by a queued reply: not fetched again
+        self._answered: set[str] = set()  # answered here; the message's removal still pending
+
+    # --- removals ------------------------------------------------------------------------------
+
+    def _removal(self, item_id: str) -> Removal:
+        return Removal("delete_message", "DELETE", f"{self.base}/messages/{item_id}", item_id)
+
+    def sync(self) -> None:
+        """The removals (and moves to Deleted Items) marked since the last sync, in batches.
+        Items already gone are fine (reprocessing after a crash); anything else is retried with
+        the next sync. A removed message is no longer skipped by the listing."""
+        with self._state:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        results = self.batch(
+            [(r.method, r.url, r.body) for r in pending],
+            "delete",
+            [r.operation for r in pending],
+        )
+        failed = [
+            (removal, answer)
+            for removal, answer in zip(pending, results, strict=True)
+            if answer.status >= 300 and answer.status != 404
+        ]
+        gone = {r.item_id for r in pending if r.item_id} - {r.item_id for r, _ in failed}
+        with self._state:
+            self._pending[:0] = [removal for removal, _ in failed]
+            self._handed_off -= gone
+            self._answered -= gone
+        if failed:
+            removal, answer = failed[0]
+            first = self._part_error(answer, f"{removal.method} {removal.url}")
+            raise GatewayError(
+                f"{len(failed)} handled messages could not be removed yet: {first}",
+                retry_after=first.retry_after,
+                outcome_unknown=first.outcome_unknown,
+            )
+
+    # --- sending -------------------------------------------------------------------------------
+
+    def send(self, message: Outgoing) -> None:
+        if message.kind == "reply" and message.extra.get("item_id"):
+            self._respond(message)
+        elif message.kind == "update":
+            self._update_organizer(message)
+        else:
+            self._mail(message)
+
+    def send_many(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        """Responses to meeting messages together: the accepts and declines in $batch requests,
+        then the answered messages' removal in more. Each message's outcome on its own (None:
+        delivered): a throttled part waits and is sent again alone, a refused one fails alone;
+        a message already gone was answered before a restart and is not answered again."""
+        outcomes: list[BaseException | None] = [None] * len(messages)
+        calls: list[tuple[int, tuple[str, str, Any]]] = []
+        for index, message in enumerate(messages):
+            item_id = str(message.extra["item_id"])
+            with self._state:
+                event_id = self._events.get(item_id)
+                if item_id in self._answered:
+                    continue  # answered already; only its removal is left (the next sync)
+            if event_id is None:  # not read by this process: the careful way, alone
+                outcomes[index] = self._send_one(message)
+                continue
+            action = "accept" if message.outcome == "accepted" else "decline"
+            comment = {"comment": text_of(message.html_body), "sendResponse": True}
+            calls.append((index, ("POST", f"{self.base}/events/{event_id}/{action}", comment)))
+        answered: list[str] = []
+        results = self.batch([call for _, call in calls], "respond") if calls else []
+        unknown = next((a.error for a in results if a.error and a.error.outcome_unknown), None)
+        for (index, (_, url, _)), answer in zip(calls, results, strict=True):
+            message = messages[index]
+            item_id = str(message.extra["item_id"])
+            if answer.status < 300 or answer.status == 404:
+                if answer.status == 404:
+                    log.info(
+                        "the room's event for %s is gone; not answered again",
+                        item_id,
+                        extra={"integration": self.name, "meeting_uid": message.meeting_uid},
+                    )
+                answered.append(item_id)
+            else:
+                outcomes[index] = self._part_error(answer, f"POST {url}")
+        if answered:
+            with self._state:
+                # never answered again by this process; skipped by the listing until removed
+                self._answered.update(answered)
+                for item_id in answered:
+                    self._events.pop(item_id, None)
+                self._pending.extend(self._removal(item_id) for item_id in answered)
+            with contextlib.suppress(GatewayError):  # left for the next sync
+                self.sync()
+        if unknown is not None:
+            raise unknown  # some of the lot may have gone out unseen: each is checked first
+        return outcomes
+
+    def _send_one(self, message: Outgoing) -> BaseException | None:
+        try:
+            self.send(message)
+        except GatewayError as exc:
+            return exc
+        return None
+
+    def _respond(self, message: Outgoing) -> None:
+        item_id = str(message.extra["item_id"])
+        with self._state:
+            event_id = self._events.get(item_id)
+        try:
+            if event_id is None:
+                event_id = self._event_of(item_id)
+            action = "accept" if message.outcome == "accepted" else "decline"
+            self.call(
+                "POST",
+                f"{self.base}/events/{event_id}/{action}",
+                action,
+                json={"comment": text_of(message.html_body), "sendResponse": True},
+            )
+        except GatewayError as exc:
+            if exc.permanent and exc.code in ("ErrorItemNotFound", "http_404"):
+                log.info(
+                    "meeting message %s is gone; answered before a restart, not answered again",
+                    item_id,
+                    extra={"integration": self.name, "meeting_uid": message.meeting_uid},
+                )
+                self._forget(item_id)
+                return
+            raise
+        self._ignore_gone(
+            lambda: self.call("DELETE", f"{self.base}/messages/{item_id}", "delete_message")
+        )
+        self._forget(item_id)
+
+    def delivered(self, message: Outgoing) -> bool:
+        """Whether a message whose sending may have taken effect already did: one queued before
+        a restart (the crash came between Graph's answer and the queue's delivery mark), or one
+        whose call got no answer (a timeout, a connection dropped). A reply: the room's event
+        already carries that response (then only the message is left to remove). An organizer
+        update: the organizer's meeting already carries the new alias."""
+        if message.kind == "reply" and message.extra.get("item_id"):
+            item_id = str(message.extra["item_id"])
+            with self._state:
+                known = self._events.get(item_id)
+            try:
+                event_id = known or self._event_of(item_id)
+                event = self.call(
+                    "GET",
+                    f"{self.base}/events/{event_id}",
+                    "get_event",
+                    params={"$select": "responseStatus"},
+                ).json()
+            except GatewayError as exc:
+                if exc.permanent:
+                    return False  # gone or unknown: sending finds out and says so
+                raise
+            wanted = "accepted" if message.outcome == "accepted" else "declined"
+            if (event.get("responseStatus") or {}).get("response") != wanted:
+                return False
+            self._ignore_gone(
+                lambda: self.call("DELETE", f"{self.base}/messages/{item_id}", "delete_message")
+            )
+            self._forget(item_id)
+            return True
+        if message.kind == "update" and message.extra.get("alias_id"):
+            for event in self._organizer_events(message, "id,body"):
+                content = str((event.get("body") or {}).get("content", ""))
+                if f"PXPS:-{message.extra['alias_id']}#" in content:
+                    return True
+        return False
+
+    def _forget(self, item_id: str) -> None:
+        with self._state:
+            self._handed_off.discard(item_id)
+            self._answered.discard(item_id)
+            self._events.pop(item_id, None)
+
+    def _event_of(self, item_id: str) -> str:
+        message = self.call(
+            "GET",
+            f"{self.base}/messages/{item_id}",
+            "get_message",
+            params={"$expand": "microsoft.graph.eventMessage/event($select=id)"},
+        ).json()
+        event = message.get("event") or {}
+        if not event.get("id"):
+            raise GatewayError(
+                "the meeting message has no event in the room's calendar (is the room's "
+                "AutomateProcessing AutoUpdate?)",
+                permanent=True,
+                code="NoRoomEvent",
+            )
+        return str(event["id"])
+
+    def _organizer_events(self, message: Outgoing, select: str) -> list[dict[str, Any]]:
+        uid = message.meeting_uid.replace("'", "''")
+        found = self.call(
+            "GET",
+            f"{self.api}/users/{quote(message.sender)}/events",
+            "find_organizer_event",
+            params={"$filter": f"iCalUId eq '{uid}'", "$select": select},
+        ).json()
+        return list(found.get("value", []))
+
+    def _update_organizer(self, message: Outgoing) -> None:
+        organizer = message.sender
+        events = self._organizer_events(message, "id")
+        if not events:
+            raise GatewayError(
+                f"the organizer's meeting {message.meeting_uid} is not in {organizer}'s calendar",
+                permanent=True,
+                code="ErrorItemNotFound",
+            )
+        for event in events:
+            self.call(
+                "PATCH",
+                f"{self.api}/users/{quote(organizer)}/events/{event['id']}",
+                "update_organizer_event",
+                json={"body": {"contentType": "html", "content": message.html_body}},
+            )
+
+    def _mail(self, message: Outgoing) -> None:
+        self.call(
+            "POST",
+            f"{self.base}/sendMail",
+            "send_mail",
+            json={
+                "message": {
+                    "subject": message.subject,
+                    "body": {"contentType": "html", "content": message.html_body},
+                    "toRecipients": [
+                        {"emailAddress": {"address": address}} for address in message.recipients
+                    ],
+                    "internetMessageHeaders": [
+                        {"name": "X-Vmrsched-Outcome", "value": message.outcome},
+                        {"name": "X-Vmrsched-Correlation-Id", "value": message.correlation_id},
+                    ],
+                },
+                "saveToSentItems": True,
+            },
+        )
