@@ -18,5 +18,5 @@ def test_the_readme_names_every_module() -> None:
         if path.name not in ("__init__.py", "__main__.py") and f"`{path.name}`" not in layout
     ]
     assert not missing, f"README's layout does not name: {missing}"
-    for folder in ("http/", "actors/", "mailbox/", "pexip/"):
+    for folder in ("http/", "service/", "actors/", "mailbox/", "pexip/"):
         assert f"`{folder}`" in layout

@@ -4,6 +4,8 @@ manifest against Microsoft's XSDs."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -273,6 +275,34 @@ async def test_bad_json_is_400_and_unknown_integration_404(client: TestClient[An
 async def test_feature_off_is_403(client: TestClient[Any, Any]) -> None:
     status, body = await post(client, "personal-only")
     assert status == 403 and body["error"]["code"] == "feature_disabled"
+    # refused before the body is read: a bad body changes nothing
+    status, body = await post(
+        client, "personal-only", data=b"{nope", headers={"Content-Type": "application/json"}
+    )
+    assert status == 403 and body["error"]["code"] == "feature_disabled"
+
+
+async def test_the_answer_is_compact_json_in_the_documented_order(
+    client: TestClient[Any, Any],
+) -> None:
+    """The service's Reservation goes out as the API always answered, byte for byte: compact
+    JSON, the fields in openapi.yaml's order."""
+    response = await client.post(API.format("open"), json={"subject": "Order"})
+    assert response.status == 201
+    assert response.content_type == "application/json"
+    raw = await response.read()
+    body = json.loads(raw)
+    assert list(body) == [
+        "alias",
+        "numeric_alias",
+        "alias_id",
+        "joining_instructions",
+        "room_name",
+        "room_email",
+    ]
+    assert raw == json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    assert re.fullmatch(r"PXPS:-[0-9a-f-]{36}#", body["alias_id"])
+    assert (body["room_name"], body["room_email"]) == ("Room open", "c@example.com")
 
 
 async def test_foreign_origin_is_refused(client: TestClient[Any, Any]) -> None:

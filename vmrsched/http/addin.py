@@ -1,17 +1,16 @@
 """What Outlook talks to: the manifest, the task pane and its assets, and the add-in API.
 
-The API never blocks the event loop: a reservation is a `tell` to the integration's allocator
-carrying a reply that resolves an asyncio future (actors/bridge.py). The allocator answers only
-after the alias is on disk.
+The API only translates HTTP: a reservation is the service's add-in use case
+(service/addin.py: the meeting details checked, an alias reserved, its joining instructions
+rendered), answered as JSON. It never blocks the event loop: the reservation is a `tell` to the
+integration's allocator carrying a reply that resolves an asyncio future (actors/bridge.py),
+and the allocator answers only after the alias is on disk.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 from dataclasses import dataclass
-from datetime import datetime
 from importlib import resources
 from typing import Any
 
@@ -21,9 +20,8 @@ import orjson
 from aiohttp import web
 from markupsafe import Markup
 
-from vmrsched import aliases, answers
 from vmrsched.config import Config, IntegrationConfig, PerConfig, png_size
-from vmrsched.errors import BadRequest, Forbidden, RateLimited, ServiceError
+from vmrsched.errors import RateLimited, ServiceError
 from vmrsched.http import manifest
 from vmrsched.http.common import (
     PAGES,
@@ -31,14 +29,11 @@ from vmrsched.http.common import (
     integration_or_404,
     origin_of,
     page_headers,
-    parse_time,
     status_of,
 )
 from vmrsched.http.ratelimit import RateLimiter
-from vmrsched.service import Service
-from vmrsched.templating import Renderer, plain_text
+from vmrsched.templating import plain_text
 
-RESERVE_TIMEOUT = 10.0
 STATIC = resources.files("vmrsched.http") / "static"
 SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 LIMITER = web.AppKey("rate_limiter", RateLimiter)
@@ -87,8 +82,6 @@ HTML_TEXTS = frozenset(
 )
 SAFE_TAGS = frozenset({"a", "b", "br", "em", "i", "p", "strong", "u", "span"})
 
-log = logging.getLogger("vmrsched.addin")
-
 
 def safe_html(text: str) -> str:
     """An admin's text as HTML the pane may show: links (http, https, mailto; opening outside
@@ -124,7 +117,6 @@ pane_texts_for: PerConfig[PaneTexts] = PerConfig(_pane_texts)
 
 
 COUNTERS = web.AppKey("addin_counters", dict)
-renderer_for: PerConfig[Renderer] = PerConfig(lambda integ: integ.renderer())
 
 
 def content_security_policy(integ: IntegrationConfig) -> str:
@@ -223,10 +215,7 @@ def entra_settings(integ: IntegrationConfig) -> dict[str, str]:
 
 def pane_settings(request: web.Request, integ: IntegrationConfig) -> dict[str, Any]:
     service = request.app[SERVICE]
-    renderer = renderer_for(integ)
-    placeholder = renderer.render(
-        "placeholder_instructions_text", {"addin_server_domain": integ.addin.server_fqdn}
-    )
+    placeholder = service.placeholder_instructions(integ)
     demo = service.config.server.demo and integ.backend == "spool"
     return {
         "integration": integ.name,
@@ -307,91 +296,6 @@ def _bearer(request: web.Request) -> str | None:
     return token.strip()
 
 
-def _optional_time(body: dict[str, Any], key: str) -> datetime | None:
-    return parse_time(body[key], key) if key in body else None
-
-
-async def _meeting_fields(request: web.Request) -> dict[str, Any]:
-    """Optional meeting details the pane may send, for templates that use them."""
-    if not request.can_read_body:
-        return {}
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError("body is not JSON") from exc
-    if not isinstance(body, dict):
-        raise ValueError("body must be a JSON object")
-    fields: dict[str, Any] = {}
-    for key in ("subject", "organizer_name", "organizer_email"):
-        if key in body:
-            value = body[key]
-            if not isinstance(value, str):
-                raise ValueError(f"{key} must be a string")
-            fields[key] = value[:1000]
-    for key, name in (("start", "start_time"), ("end", "end_time")):
-        moment = _optional_time(body, key)
-        if moment is not None:
-            fields[name] = moment
-    return fields
-
-
-_SAMPLE_RECORD = {
-    "alias_id": "00000000-0000-4000-8000-000000000000",
-    "alias": "vmr0@example.com",
-    "numeric_alias": "0",
-}
-# the variables a request's meeting details are checked with, before there is an alias
-sample_variables_for: PerConfig[dict[str, Any]] = PerConfig(
-    lambda integ: answers.variables(integ, None, _SAMPLE_RECORD)
-)
-
-
-class ReservedLog:
-    """The log of the add-in's reservations: the ones answered in one event-loop turn (one
-    group commit's) go out as one line, each with its alias and user. A line per reservation
-    cost a sixth of the event loop's time under load."""
-
-    def __init__(self) -> None:
-        self._done: dict[str, list[tuple[str, str]]] = {}
-        self._scheduled = False
-
-    def add(self, integration: str, alias: str, user: str) -> None:
-        if not log.isEnabledFor(logging.INFO):
-            return
-        self._done.setdefault(integration, []).append((alias, user))
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._scheduled = False
-        done, self._done = self._done, {}
-        for name, reserved in done.items():
-            if len(reserved) == 1:
-                alias, user = reserved[0]
-                log.info(
-                    "reserved %s for %s", alias, user, extra={"integration": name, "alias": alias}
-                )
-            else:
-                log.info(
-                    "reserved %d aliases: %s",
-                    len(reserved),
-                    ", ".join(f"{alias} for {user}" for alias, user in reserved),
-                    extra={"integration": name},
-                )
-
-
-RESERVED_LOG = web.AppKey("reserved_log", ReservedLog)
-
-
-async def _flush_reserved_log(app: web.Application) -> None:
-    """What the last turn reserved is logged even when the server stops right after it."""
-    app[RESERVED_LOG].flush()
-
-
 def _count(request: web.Request, integ: IntegrationConfig, route: str, status: int) -> None:
     counters = request.app[COUNTERS]
     key = (integ.name, route, status)
@@ -404,13 +308,26 @@ def _count(request: web.Request, integ: IntegrationConfig, route: str, status: i
 
 
 async def single_use_vmrs(request: web.Request) -> web.Response:
-    """Reserve a single-use VMR and render its joining instructions. Every answer, an error
-    included, is counted by status in vmrsched_addin_requests_total."""
+    """Reserve a single-use VMR (service/addin.py: the meeting details checked, its joining
+    instructions rendered). Every answer, an error included, is counted by status in
+    vmrsched_addin_requests_total. One coroutine, not two: each frame of the chain is resumed
+    again whenever the reservation's await resumes."""
     service = request.app[SERVICE]
     integ = integration_or_404(request)
     status = 500
     try:
-        response = await _single_use_vmr(request, service, integ)
+        who = await service.verify_addin_token(integ, _bearer(request))
+        wait = request.app[LIMITER].allow(f"{integ.name}\0{who.user}")
+        if wait:
+            raise RateLimited("too many requests; try again shortly", wait)
+        # the use case reads the meeting details once it may serve the request
+        reservation = await service.single_use_vmr(
+            integ, who, request.read if request.can_read_body else None
+        )
+        # a frozen dataclass: orjson writes its fields in order, the API's JSON as it always was
+        response = web.Response(
+            body=orjson.dumps(reservation), status=201, content_type="application/json"
+        )
         status = response.status
         return response
     except ServiceError as exc:
@@ -418,43 +335,6 @@ async def single_use_vmrs(request: web.Request) -> web.Response:
         raise
     finally:
         _count(request, integ, "single-use-vmrs", status)
-
-
-async def _single_use_vmr(
-    request: web.Request, service: Service, integ: IntegrationConfig
-) -> web.Response:
-    who = await service.verify_addin_token(integ, _bearer(request))
-    wait = request.app[LIMITER].allow(f"{integ.name}\0{who.user}")
-    if wait:
-        raise RateLimited("too many requests; try again shortly", wait)
-    if not integ.enable_single_use_vmrs:
-        raise Forbidden("single-use VMRs are not enabled", "feature_disabled")
-    try:
-        fields = await _meeting_fields(request)
-        # checked as a render would check them, before an alias is reserved: a request that
-        # cannot be answered must not leave an alias reserved behind it
-        renderer_for(integ).check_values(
-            "single_use_joining_instructions_template", {**sample_variables_for(integ), **fields}
-        )
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from exc
-    except Exception as exc:
-        log.exception("cannot render joining instructions for %s", integ.name)
-        raise BadRequest("the meeting details cannot be used in the instructions") from exc
-    record = await service.reserve(integ.name, RESERVE_TIMEOUT, who)
-    request.app[RESERVED_LOG].add(integ.name, record["alias"], who.user)
-    values = answers.variables(integ, None, record)
-    values.update(fields)
-    instructions = renderer_for(integ).render("single_use_joining_instructions_template", values)
-    body = {
-        "alias": record["alias"],
-        "numeric_alias": record["numeric_alias"],
-        "alias_id": aliases.alias_id_token(record["alias_id"]),
-        "joining_instructions": instructions,
-        "room_name": integ.exchange.mailbox_name,
-        "room_email": integ.exchange.mailbox_email,
-    }
-    return web.Response(body=orjson.dumps(body), status=201, content_type="application/json")
 
 
 STATIC_FILES = {
@@ -510,6 +390,11 @@ async def vendor_file(request: web.Request) -> web.Response:
     )
 
 
+async def _flush_reserved_log(app: web.Application) -> None:
+    """What the last turn reserved is logged even when the server stops right after it."""
+    app[SERVICE].flush_reserved_log()
+
+
 async def _session_context(app: web.Application) -> Any:
     app[SESSION] = aiohttp.ClientSession()
     yield
@@ -520,7 +405,6 @@ def setup(app: web.Application) -> None:
     service = app[SERVICE]
     app[LIMITER] = RateLimiter(service.config.server.rate_limit_per_minute)
     app[COUNTERS] = {}
-    app[RESERVED_LOG] = ReservedLog()
     app.on_cleanup.append(_flush_reserved_log)
     service.use_http_client(lambda: app[SESSION])
     app.cleanup_ctx.append(_session_context)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from datetime import UTC, datetime
 
 import jinja2
 from aiohttp import web
@@ -130,25 +129,6 @@ def origin_of(url: str) -> str:
 
 def integration_or_404(request: web.Request) -> IntegrationConfig:
     return request.app[SERVICE].integration(request.match_info["integration"])
-
-
-def parse_time(value: object, key: str) -> datetime:
-    """An ISO 8601 time with a zone offset from a JSON body, or ValueError naming the key."""
-    if not isinstance(value, str):
-        raise ValueError(f"{key} must be an ISO 8601 string")
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ValueError(f"{key} is not an ISO 8601 time") from exc
-    if moment.tzinfo is None:
-        raise ValueError(f"{key} needs a time zone offset")
-    if not 1900 <= moment.year <= 2999:  # as written; the API spec says the same
-        raise ValueError(f"{key} is outside the years 1900-2999")
-    try:
-        moment.astimezone(UTC)
-    except (OverflowError, ValueError) as exc:
-        raise ValueError(f"{key} cannot be converted to UTC") from exc
-    return moment
 
 
 SECURITY_HEADERS = {

@@ -16,7 +16,8 @@ from aiohttp import web
 from vmrsched import invites
 from vmrsched.config import IntegrationConfig
 from vmrsched.errors import BadRequest, Forbidden
-from vmrsched.http.common import SERVICE, integration_or_404, parse_time
+from vmrsched.http.common import SERVICE, integration_or_404
+from vmrsched.service.addin import parse_time
 
 MAX_SUBJECT = 255
 MAX_ATTENDEES = 100

@@ -1,0 +1,197 @@
+"""The running service's core: the actor tree it started, the config it runs (replaced by a
+reload), the data directory's lock, readiness, and what every use case shares: the integration
+lookup, the one renderer cache and the way to ask an integration's allocator.
+
+Every use case module (add-in, admin, sign-ins, organizer, Graph push, policy) holds this
+object and reads `config` when it acts, never a copy: a reload swaps it here and nowhere
+else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+from vmrsched import config as config_mod
+from vmrsched.actors.bridge import ask_async
+from vmrsched.actors.context import Context
+from vmrsched.actors.messages import Reload
+from vmrsched.actors.registry import ActorUnavailable
+from vmrsched.actors.service import ReloadResult, ServiceSupervisor, supervisor_proxy
+from vmrsched.config import Config, IntegrationConfig, PerConfig
+from vmrsched.errors import NotFound, Unavailable
+from vmrsched.store import lock_directory
+from vmrsched.telemetry import CONFIG_INVALID, NOT_READY, Alarms, Metrics, PolicyActivity
+from vmrsched.templating import Renderer
+
+log = logging.getLogger("vmrsched.service")
+
+THREAD_STACK = 512 * 1024  # hundreds of integrations x 3 children must fit
+
+
+def renderer_cache() -> PerConfig[Renderer]:
+    """Compiled templates per integration, built once per config object (a reload brings a
+    new one). The service keeps one of these for every path (the add-in, personal VMRs, the
+    admin's and the organizer's views); the actors build their own in their threads."""
+    return PerConfig(IntegrationConfig.renderer)
+
+
+class Runtime:
+    """The actor tree and the config it runs. `Service` (facade.py) is this plus one part per
+    use case."""
+
+    def __init__(
+        self,
+        config: Config,
+        ctx: Context,
+        supervisor: pykka.ActorRef[ServiceSupervisor],
+        lock_fd: int = -1,
+    ) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.supervisor = supervisor
+        self.lock_fd = lock_fd  # the data directory's lock, held while the service runs
+        self.started_at = time.time()
+        self.policy_activity = PolicyActivity()  # what the policy endpoint answered
+        self.renderers = renderer_cache()  # the one cache every use case renders with
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.ctx.metrics
+
+    @property
+    def base_dir(self) -> Path:
+        """Where the config's relative paths (CA files, directory files) start."""
+        return self.config.path.parent if self.config.path else Path(".")
+
+    def integration_names(self) -> list[str]:
+        return [i.name for i in self.config.integrations]
+
+    def integration(self, name: str) -> IntegrationConfig:
+        integ = self.config.integration(name)
+        if integ is None:
+            raise NotFound("unknown integration", "unknown_integration")
+        return integ
+
+    async def ask_allocator(self, name: str, payload: Any) -> Any:
+        """Ask the integration's allocator (the store's owner) from the event loop; Unavailable
+        while the integration does not run or does not answer within a minute."""
+        self.integration(name)
+        state = self.ctx.status.state(name)
+        try:
+            if state != "running":
+                raise ActorUnavailable(f"integration {name} is {state or 'not running'}")
+            allocator = self.ctx.registry.get(name, "allocator")
+            return await ask_async(allocator, payload, timeout=60)
+        except (ActorUnavailable, TimeoutError) as exc:
+            raise Unavailable(f"integration {name} cannot take requests right now") from exc
+
+    # --- reload -----------------------------------------------------------------------------
+
+    def _load_for_reload(self, path: Path | None) -> Config | None:
+        source = path or self.config.path
+        if source is None:
+            raise ValueError("no config file to reload from")
+        try:
+            new = config_mod.load(source)
+        except config_mod.ConfigError as exc:
+            for problem in exc.problems:
+                log.error("config reload refused: %s", problem)
+            self.ctx.alarms.raise_("service", CONFIG_INVALID, "; ".join(exc.problems))
+            self.ctx.metrics.config_reloads.labels("invalid").inc()
+            return None
+        self.ctx.alarms.clear("service", CONFIG_INVALID)
+        return new
+
+    def reload(self, path: Path | None = None) -> ReloadResult | None:
+        """Re-read the config file and apply it. An invalid file keeps the old config running,
+        logs every problem and raises the `config_invalid` alarm. Blocking: not for the loop."""
+        new = self._load_for_reload(path)
+        if new is None:
+            return None
+        result: ReloadResult = supervisor_proxy(self.supervisor).reload(new).get(timeout=300)
+        return self._applied(new, result)
+
+    async def reload_async(self, path: Path | None = None) -> ReloadResult | None:
+        """`reload` for the event loop: the file is read in a worker thread and the supervisor
+        answers through a future (bridge.ask_async)."""
+        new = await asyncio.to_thread(self._load_for_reload, path)
+        if new is None:
+            return None
+        result: ReloadResult = await ask_async(self.supervisor, Reload(new), timeout=300)
+        return self._applied(new, result)
+
+    def _applied(self, new: Config, result: ReloadResult) -> ReloadResult:
+        self.config = new
+        self.ctx.metrics.config_reloads.labels("applied").inc()
+        log.info(
+            "config reloaded: changed=%s added=%s removed=%s",
+            result.changed,
+            result.added,
+            result.removed,
+        )
+        return result
+
+    # --- readiness and stop -------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether every integration runs with a sound store, and the state of each."""
+        states = self.ctx.status.snapshot()
+        integrations = {
+            name: {
+                "state": states.get(name, {}).get("state", "starting"),
+                "restarts": states.get(name, {}).get("restarts", 0),
+                "error": states.get(name, {}).get("error", ""),
+                "alarms": [a.name for a in self.ctx.alarms.active(name)],
+            }
+            for name in self.integration_names()
+        }
+        ready = bool(integrations) and all(
+            i["state"] == "running" and not NOT_READY.intersection(i["alarms"])
+            for i in integrations.values()
+        )
+        body = {
+            "status": "ready" if ready else "not_ready",
+            "integrations": integrations,
+            "alarms": [a.name for a in self.ctx.alarms.active("service")],
+        }
+        return ready, body
+
+    def stop(self) -> None:
+        """Stop every actor this service started, whether or not its root is still alive."""
+        try:
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                self.supervisor.stop(block=True, timeout=120)
+            for ref in list(self.ctx.supervisors.values()):
+                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                    ref.stop(block=True, timeout=60)
+            self.ctx.scheduler.stop()
+        finally:
+            if self.lock_fd >= 0:
+                os.close(self.lock_fd)
+                self.lock_fd = -1
+
+
+def boot(config: Config, **context: Any) -> tuple[Context, pykka.ActorRef[ServiceSupervisor], int]:
+    """Lock the data directory (one service per data directory for the life of the process:
+    StoreInUseError otherwise) and start the actor tree: (its context, its root, the lock)."""
+    data_dir = Path(config.server.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock_fd = lock_directory(data_dir, f"the data directory {data_dir}")
+    threading.stack_size(THREAD_STACK)
+    metrics = context.pop("metrics", None) or Metrics()
+    ctx = Context(
+        server=config.server,
+        data_dir=Path(config.server.data_dir),
+        metrics=metrics,
+        alarms=Alarms(metrics),
+        **context,
+    )
+    return ctx, ServiceSupervisor.start(config, ctx), lock_fd
