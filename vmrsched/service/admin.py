@@ -53,7 +53,7 @@ class Admin(Protocol[Views, One, MessageId]):
     alias, organizer or subject, touching a day), delete one (declined from then on, its
     organizer told), resend an organizer's joining instructions, search the decisions log.
     Served online (the answers arrive on the event loop: `OnlinePort`) or offline (at once:
-    `OfflinePort`); what comes back is the same views either way. `who` acted is logged."""
+    `OfflinePort`); what comes back is the same views either way. Who acted (`by`) is logged."""
 
     def find_aliases(
         self, name: str, query: str = "", day: str = "", limit: int = 100
