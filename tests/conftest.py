@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pykka
 import pytest
 
+from tests import pgcluster
 from tests.configs import Running, spool_config
 from vmrsched import service
 
@@ -21,6 +25,35 @@ def running(tmp_path: Path) -> Iterator[Running]:
         yield Running(svc, cfg)
     finally:
         svc.stop()
+
+
+# --- a real PostgreSQL: one throwaway cluster per session (tests/pgcluster.py), a fresh
+# database per test; skipped, with the reason, only where Debian's server binaries are absent
+# (`.ci/run` installs them)
+
+_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[pgcluster.Cluster]:
+    if pgcluster.binaries() is None:
+        pytest.skip(pgcluster.missing_reason())
+    with pgcluster.running() as running:
+        yield running
+
+
+@pytest.fixture
+def dsn(cluster: pgcluster.Cluster) -> str:
+    """A new empty database's connection string."""
+    return cluster.create_database(f"test_{next(_numbers)}")
+
+
+@pytest.fixture
+def connect(dsn: str) -> Callable[[], psycopg.Connection[Any]]:
+    def connect() -> psycopg.Connection[Any]:
+        return psycopg.connect(dsn, autocommit=True)
+
+    return connect
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -7,8 +7,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
 from tinydb import TinyDB
@@ -17,8 +19,11 @@ from tests.filestate import snapshot
 from vmrsched import aliases
 from vmrsched.meetings import Action, Decision, Meeting
 from vmrsched.pexip.policy import AliasIndex, Room, RoomSettings
+from vmrsched.postgres import migrations
+from vmrsched.postgres.records import Records
 from vmrsched.recurrence import Schedule
 from vmrsched.store import (
+    DatabaseStore,
     Store,
     StoreBrokenError,
     StoreCorruptError,
@@ -26,6 +31,7 @@ from vmrsched.store import (
     decode_schedule,
     encode_schedule,
 )
+from vmrsched.store.writes import StoreWrites
 from vmrsched.store_repair import check, repair
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -40,11 +46,60 @@ class Clock:
         return self.now
 
 
-def make(tmp_path: Path, clock: Clock | None = None, **kw: object) -> Store:
+def make_file(tmp_path: Path, clock: Clock | None = None, **kw: object) -> Store:
     return Store(tmp_path, clock=clock or Clock(), rng=random.Random(3), **kw)  # type: ignore[arg-type]
 
 
-def bind(store: Store, alias_id: str, uid: str = "uid-1", days: int = 1, seq: int = 0) -> None:
+class Opener(Protocol):
+    """Opens the store of integration "alpha" on one backend (again: as after a restart)."""
+
+    def __call__(self, clock: Clock | None = None, **kw: Any) -> StoreWrites: ...
+
+    def archived_ids(self) -> list[str]: ...
+
+
+class FileOpener:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def __call__(self, clock: Clock | None = None, **kw: Any) -> StoreWrites:
+        return make_file(self.directory, clock, **kw)
+
+    def archived_ids(self) -> list[str]:
+        archive = TinyDB(self.directory / "archive.json").table("archive").all()
+        return [d["alias_id"] for d in archive]
+
+
+class DatabaseOpener:
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self.connect = connect
+
+    def __call__(self, clock: Clock | None = None, **kw: Any) -> StoreWrites:
+        records = Records(self.connect, "alpha")
+        return DatabaseStore(records, clock=clock or Clock(), rng=random.Random(3), **kw)
+
+    def archived_ids(self) -> list[str]:
+        with self.connect() as conn:
+            rows = conn.execute(
+                "SELECT alias_id FROM vmrsched_records WHERE archived ORDER BY alias_id"
+            ).fetchall()
+        return [str(row[0]) for row in rows]
+
+
+@pytest.fixture(params=["file", "postgresql"])
+def make(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """The store's behaviour is the same on both backends: these tests run on each."""
+    if request.param == "file":
+        return FileOpener(tmp_path)
+    connect = request.getfixturevalue("connect")
+    with connect() as conn:
+        migrations.migrate(conn)
+    return DatabaseOpener(connect)
+
+
+def bind(
+    store: StoreWrites, alias_id: str, uid: str = "uid-1", days: int = 1, seq: int = 0
+) -> None:
     start = NOW + timedelta(days=days)
     store.apply(
         Action(
@@ -58,12 +113,12 @@ def bind(store: Store, alias_id: str, uid: str = "uid-1", days: int = 1, seq: in
     )
 
 
-def test_reserve_indexes_and_survives_reopen(tmp_path: Path) -> None:
-    store = make(tmp_path)
+def test_reserve_indexes_and_survives_reopen(make: Opener) -> None:
+    store = make()
     rec = store.reserve("vmr", 6, "video.example.com")
     store.commit()
     store.close(compact=False)
-    again = make(tmp_path)
+    again = make()
     assert again.get(rec["alias_id"]) == rec
     assert again.by_alias(rec["alias"].upper()) == rec
     assert again.by_alias("sip:" + rec["alias"]) == rec
@@ -71,8 +126,8 @@ def test_reserve_indexes_and_survives_reopen(tmp_path: Path) -> None:
     assert again.numeric_taken(rec["numeric_alias"])
 
 
-def test_bind_and_lookups_by_uid_and_token(tmp_path: Path) -> None:
-    store = make(tmp_path)
+def test_bind_and_lookups_by_uid_and_token(make: Opener) -> None:
+    store = make()
     rec = store.reserve("vmr", 6, "d")
     bind(store, rec["alias_id"], "meeting-1")
     state = store.state_for(aliases.Token("PXPS", rec["alias_id"]), "meeting-1")
@@ -81,8 +136,8 @@ def test_bind_and_lookups_by_uid_and_token(tmp_path: Path) -> None:
     assert store.by_meeting_uid("meeting-1")["name"] == "Standup"  # type: ignore[index]
 
 
-def test_conference_names_are_unique(tmp_path: Path) -> None:
-    store = make(tmp_path)
+def test_conference_names_are_unique(make: Opener) -> None:
+    store = make()
     a, b = store.reserve("v", 6, "d"), store.reserve("v", 6, "d")
     bind(store, a["alias_id"], "m1")
     bind(store, b["alias_id"], "m2")
@@ -92,8 +147,8 @@ def test_conference_names_are_unique(tmp_path: Path) -> None:
     assert store.get(a["alias_id"])["name"] == "Standup"  # type: ignore[index]
 
 
-def test_cancel_makes_the_alias_deleted_even_after_archiving(tmp_path: Path) -> None:
-    store = make(tmp_path)
+def test_cancel_makes_the_alias_deleted_even_after_archiving(make: Opener) -> None:
+    store = make()
     rec = store.reserve("v", 6, "d")
     bind(store, rec["alias_id"])
     store.apply(Action("cancel", alias_id=rec["alias_id"], meeting_uid="uid-1", sequence=1))
@@ -103,16 +158,15 @@ def test_cancel_makes_the_alias_deleted_even_after_archiving(tmp_path: Path) -> 
     assert state.token_record is not None and state.token_record.status == "deleted"
     assert store.numeric_taken(rec["numeric_alias"])  # never handed out again
     store.close()
-    again = make(tmp_path)
+    again = make()
     assert again.archived(rec["alias_id"]) is not None
     assert again.numeric_taken(rec["numeric_alias"])
-    archive = TinyDB(tmp_path / "archive.json").table("archive").all()
-    assert [d["alias_id"] for d in archive] == [rec["alias_id"]]
+    assert make.archived_ids() == [rec["alias_id"]]
 
 
-def test_reservations_expire_after_the_ttl(tmp_path: Path) -> None:
+def test_reservations_expire_after_the_ttl(make: Opener) -> None:
     clock = Clock()
-    store = make(tmp_path, clock, reservation_ttl=timedelta(days=30))
+    store = make(clock, reservation_ttl=timedelta(days=30))
     rec = store.reserve("v", 6, "d")
     clock.now = NOW + timedelta(days=29)
     assert store.sweep() == 0
@@ -122,9 +176,9 @@ def test_reservations_expire_after_the_ttl(tmp_path: Path) -> None:
     assert state.token_record is not None and state.token_record.status == "deleted"
 
 
-def test_finished_conferences_move_to_the_archive_after_grace(tmp_path: Path) -> None:
+def test_finished_conferences_move_to_the_archive_after_grace(make: Opener) -> None:
     clock = Clock()
-    store = make(tmp_path, clock)
+    store = make(clock)
     rec = store.reserve("v", 6, "d")
     bind(store, rec["alias_id"], days=1)
     clock.now = NOW + timedelta(days=3)
@@ -138,11 +192,9 @@ def test_finished_conferences_move_to_the_archive_after_grace(tmp_path: Path) ->
     assert store.get(rec["alias_id"])["status"] == "bound"  # type: ignore[index]
 
 
-def test_a_bound_meetings_organizer_is_known_to_the_rules_live_and_archived(
-    tmp_path: Path,
-) -> None:
+def test_a_bound_meetings_organizer_is_known_to_the_rules_live_and_archived(make: Opener) -> None:
     clock = Clock()
-    store = make(tmp_path, clock)
+    store = make(clock)
     rec = store.reserve("v", 6, "d")
     start = NOW + timedelta(days=1)
     action = Action(
@@ -153,14 +205,14 @@ def test_a_bound_meetings_organizer_is_known_to_the_rules_live_and_archived(
     clock.now = NOW + timedelta(days=10)
     assert store.sweep() == 1
     store.close()
-    again = make(tmp_path, clock)
+    again = make(clock)
     # a finished meeting is found by its token (moved into the future, it comes back)
     token = aliases.Token("PXPS", rec["alias_id"])
     assert again.state_for(token, "uid-1").token_record.organizer == "olga@example.com"  # type: ignore[union-attr]
 
 
 def test_snapshot_is_a_tinydb_database_and_journals_are_dropped(tmp_path: Path) -> None:
-    store = make(tmp_path)
+    store = make_file(tmp_path)
     ids = [store.reserve("v", 6, "d")["alias_id"] for _ in range(10)]
     store.commit()
     store.compact()
@@ -168,36 +220,36 @@ def test_snapshot_is_a_tinydb_database_and_journals_are_dropped(tmp_path: Path) 
     docs = TinyDB(tmp_path / "store.json").table("aliases").all()
     assert sorted(d["alias_id"] for d in docs) == sorted(ids)
     store.close()
-    assert len(make(tmp_path)) == 10
+    assert len(make_file(tmp_path)) == 10
 
 
 def test_background_compaction_keeps_concurrent_writes(tmp_path: Path) -> None:
-    store = make(tmp_path, compact_after=50)
+    store = make_file(tmp_path, compact_after=50)
     ids = []
     for _ in range(20):
         for _ in range(10):
             ids.append(store.reserve("v", 8, "d")["alias_id"])
         store.commit()
     store.close(compact=False)
-    again = make(tmp_path)
+    again = make_file(tmp_path)
     assert sorted(r["alias_id"] for r in again.records()) == sorted(ids)
 
 
 def test_torn_journal_tail_is_ignored(tmp_path: Path) -> None:
-    store = make(tmp_path)
+    store = make_file(tmp_path)
     keep = store.reserve("v", 6, "d")
     store.commit()
     store.close(compact=False)
     journal = next(tmp_path.glob("journal.*.log"))
     with open(journal, "ab") as handle:
         handle.write(b'1234abcd {"op":"put","r":{"alias_id":"torn"')  # crash mid-line
-    again = make(tmp_path)
+    again = make_file(tmp_path)
     assert again.get(keep["alias_id"]) is not None and len(again) == 1
 
 
 def _hundred(tmp_path: Path) -> tuple[Store, list[str]]:
     """A store with 100 reservations, each committed (acknowledged) on its own."""
-    store = make(tmp_path)
+    store = make_file(tmp_path)
     ids = []
     for _ in range(100):
         ids.append(store.reserve("v", 8, "d")["alias_id"])
@@ -220,12 +272,12 @@ def test_a_damaged_line_in_the_middle_refuses_to_open_and_repair_salvages(
     journal.write_bytes(b"\n".join(lines))
     before = _files(tmp_path)
     with pytest.raises(StoreCorruptError, match="damaged line"):
-        make(tmp_path)
+        make_file(tmp_path)
     assert _files(tmp_path) == before  # nothing dropped, nothing rewritten
     assert check(tmp_path).damaged
     report = repair(tmp_path)
     assert report.damaged
-    again = make(tmp_path)
+    again = make_file(tmp_path)
     kept = {r["alias_id"] for r in again.records()}
     assert kept == set(ids) - {ids[29]}  # every record but the one on the damaged line
     assert list(tmp_path.glob("damaged-*/journal.*.log"))  # the evidence is kept
@@ -244,7 +296,7 @@ def test_junk_appended_to_the_live_journal_loses_nothing_acknowledged(tmp_path: 
     with pytest.raises(StoreCorruptError):
         Store(tmp_path)
     repair(tmp_path)
-    again = make(tmp_path)
+    again = make_file(tmp_path)
     assert {r["alias_id"] for r in again.records()} == set(ids) | set(later)
 
 
@@ -255,7 +307,7 @@ def test_an_empty_or_damaged_snapshot_is_never_read_as_an_empty_store(tmp_path: 
     good = snapshot.read_bytes()
     snapshot.write_bytes(b"")
     with pytest.raises(StoreCorruptError, match="empty or not JSON"):
-        make(tmp_path)
+        make_file(tmp_path)
     assert snapshot.read_bytes() == b""  # not overwritten
     # one byte changed inside one record: it parses, but its checksum names it
     at = good.index(ids[10].encode()) + 3
@@ -265,25 +317,25 @@ def test_an_empty_or_damaged_snapshot_is_never_read_as_an_empty_store(tmp_path: 
         else good[:at] + b"1" + good[at + 1 :]
     )
     with pytest.raises(StoreCorruptError, match="fail their checksum"):
-        make(tmp_path)
+        make_file(tmp_path)
     repair(tmp_path)
-    again = make(tmp_path)
+    again = make_file(tmp_path)
     assert {r["alias_id"] for r in again.records()} == set(ids) - {ids[10]}
 
 
 def test_the_lock_is_on_the_directory_not_a_file(tmp_path: Path) -> None:
-    store = make(tmp_path)
+    store = make_file(tmp_path)
     for path in tmp_path.iterdir():
         if path.name == "lock":
             path.unlink()
     with pytest.raises(StoreInUseError):
-        make(tmp_path)
+        make_file(tmp_path)
     store.close()
-    make(tmp_path).close()
+    make_file(tmp_path).close()
 
 
 def test_close_releases_the_lock_when_the_disk_fails(tmp_path: Path) -> None:
-    store = make(tmp_path)
+    store = make_file(tmp_path)
     store.reserve("v", 8, "d")
 
     def failing() -> None:  # (a full disk takes the writes back instead: test_storage_full.py)
@@ -295,12 +347,12 @@ def test_close_releases_the_lock_when_the_disk_fails(tmp_path: Path) -> None:
     with pytest.raises(StoreBrokenError):
         store.reserve("v", 8, "d")  # memory may be ahead of disk: no more use
     store.close()  # does not raise, releases the lock
-    again = make(tmp_path)  # not "in use by another process"
+    again = make_file(tmp_path)  # not "in use by another process"
     assert len(again) <= 1  # never acknowledged: it may or may not have reached the disk
 
 
 def test_a_write_that_cannot_be_encoded_changes_nothing(tmp_path: Path) -> None:
-    store = make(tmp_path)
+    store = make_file(tmp_path)
     rec = store.reserve("v", 8, "d")
     store.commit()
     with pytest.raises(TypeError):
@@ -314,30 +366,30 @@ def test_a_write_that_cannot_be_encoded_changes_nothing(tmp_path: Path) -> None:
 def test_a_journal_cut_short_after_it_was_sealed_is_refused(tmp_path: Path) -> None:
     store, _ = _hundred(tmp_path)
     store.close(compact=False)
-    make(tmp_path).close(compact=False)  # the second open seals the first journal
+    make_file(tmp_path).close(compact=False)  # the second open seals the first journal
     first = tmp_path / "journal.1.log"
     data = first.read_bytes()
     first.write_bytes(data[: len(data) // 2])
     with pytest.raises(StoreCorruptError, match="cut short"):
-        make(tmp_path)
+        make_file(tmp_path)
 
 
 def test_replaying_a_journal_twice_is_harmless(tmp_path: Path) -> None:
-    store = make(tmp_path)
+    store = make_file(tmp_path)
     rec = store.reserve("v", 6, "d")
     bind(store, rec["alias_id"])
     store.commit()
     store.close(compact=False)
     journal = next(tmp_path.glob("journal.*.log"))
     (tmp_path / "journal.0.log").write_bytes(journal.read_bytes())  # as if compaction died
-    again = make(tmp_path)
+    again = make_file(tmp_path)
     assert len(again) == 1 and again.get(rec["alias_id"])["status"] == "bound"  # type: ignore[index]
 
 
 def test_the_admin_lookup_finds_an_alias_in_every_form_a_node_dials_it(tmp_path: Path) -> None:
     """One rule (aliases.normalise) for the admin's lookup and the policy index: whatever form
     finds a room for a node finds the record for an admin."""
-    store = make(tmp_path)
+    store = make_file(tmp_path)
     rec = store.reserve("vmr", 6, "Video.Example.com")
     index = AliasIndex()
     settings = RoomSettings("alpha", timedelta(0), timedelta(0))
@@ -402,7 +454,7 @@ def test_redelivered_messages_get_the_same_answer(tmp_path: Path) -> None:
     """Reprocessing after a crash is idempotent: same UID and SEQUENCE, same answer, same
     binding, including the organizer update of the placeholder path."""
 
-    store = make(tmp_path)
+    store = make_file(tmp_path)
     start = NOW + timedelta(days=1)
     tok = Meeting(
         uid="m-tok",
@@ -452,9 +504,9 @@ def test_a_damaged_document_key_loses_only_that_document(tmp_path: Path) -> None
     raw = raw.replace(b'"12":{"alias_id"', b'"11":{"alias_id"', 1)  # a key now used twice
     snapshot.write_bytes(raw)
     with pytest.raises(StoreCorruptError):
-        make(tmp_path)
+        make_file(tmp_path)
     repair(tmp_path)
-    again = make(tmp_path)
+    again = make_file(tmp_path)
     assert {r["alias_id"] for r in again.records()} == set(ids)  # the record itself was intact
 
 
@@ -485,17 +537,17 @@ def test_a_restart_with_nothing_written_leaves_the_files_as_they_were(tmp_path: 
     compacts nothing."""
     from vmrsched.journal import scan
 
-    store = make(tmp_path)
+    store = make_file(tmp_path)
     first = store.reserve("v", 8, "d")
     store.commit()
     store.close()
     before = snapshot(tmp_path)
     for _ in range(3):
-        again = make(tmp_path)
+        again = make_file(tmp_path)
         assert again.get(first["alias_id"]) is not None
         again.close()
     assert snapshot(tmp_path) == before
-    again = make(tmp_path)
+    again = make_file(tmp_path)
     second = again.reserve("v", 8, "d")
     again.commit()
     [live] = set(snapshot(tmp_path)) - set(before)
@@ -504,20 +556,20 @@ def test_a_restart_with_nothing_written_leaves_the_files_as_they_were(tmp_path: 
         name for name in before if name.startswith("journal.")
     }
     os.close(again._lock_fd)  # a crash: nothing closed or compacted
-    crashed = make(tmp_path)
+    crashed = make_file(tmp_path)
     assert {r["alias_id"] for r in crashed.records()} == {first["alias_id"], second["alias_id"]}
     crashed.close()
 
 
 def test_a_fresh_store_creates_no_journal_until_written(tmp_path: Path) -> None:
-    make(tmp_path).close()
+    make_file(tmp_path).close()
     assert not list(tmp_path.glob("journal.*")) and not (tmp_path / "store.json").exists()
-    store = make(tmp_path)
+    store = make_file(tmp_path)
     rec = store.reserve("v", 8, "d")
     store.commit()
     store.compact()  # then a journal sealing the first, and the snapshot
     store.close()
-    assert make(tmp_path).get(rec["alias_id"]) is not None
+    assert make_file(tmp_path).get(rec["alias_id"]) is not None
 
 
 def test_a_schedule_reads_back_the_same_whether_just_encoded_or_long_ago() -> None:
@@ -575,7 +627,7 @@ def test_open_reservations_are_counted_per_user_and_rebuilt_at_open(tmp_path: Pa
     """The allocator's quota asks the store how many reservations a user holds that are not in
     a meeting yet: an index kept with every write, counted again from the files at open."""
     clock = Clock()
-    store = make(tmp_path, clock, reservation_ttl=timedelta(days=30))
+    store = make_file(tmp_path, clock, reservation_ttl=timedelta(days=30))
     olga = [store.reserve("v", 6, "d", user="olga") for _ in range(4)]
     store.reserve("v", 6, "d", user="ivan")
     store.reserve("v", 6, "d")  # no user: not counted
@@ -586,11 +638,11 @@ def test_open_reservations_are_counted_per_user_and_rebuilt_at_open(tmp_path: Pa
     assert store.open_reservations("olga") == 2
     store.commit()
     store.close(compact=False)  # read back from the journal
-    again = make(tmp_path, clock, reservation_ttl=timedelta(days=30))
+    again = make_file(tmp_path, clock, reservation_ttl=timedelta(days=30))
     assert [again.open_reservations(u) for u in ("olga", "ivan")] == [2, 1]
     again.sweep()  # archives the released one: the count stays
     again.close()  # and from the snapshot
-    again = make(tmp_path, clock, reservation_ttl=timedelta(days=30))
+    again = make_file(tmp_path, clock, reservation_ttl=timedelta(days=30))
     assert [again.open_reservations(u) for u in ("olga", "ivan")] == [2, 1]
     clock.now = NOW + timedelta(days=31)
     again.sweep()  # the unused ones expire
@@ -599,7 +651,7 @@ def test_open_reservations_are_counted_per_user_and_rebuilt_at_open(tmp_path: Pa
 
 def test_aliases_taken_counts_archived_ones_that_are_never_drawn_again(tmp_path: Path) -> None:
     clock = Clock()
-    store = make(tmp_path, clock)
+    store = make_file(tmp_path, clock)
     records = [store.reserve("v", 6, "d") for _ in range(5)]
     bind(store, records[0]["alias_id"], days=1)
     store.delete(records[1]["alias_id"], "released")
@@ -610,4 +662,4 @@ def test_aliases_taken_counts_archived_ones_that_are_never_drawn_again(tmp_path:
     bind(store, records[0]["alias_id"], days=20, seq=2)  # brought back from the archive
     assert store.aliases_taken() == 5
     store.close()
-    assert make(tmp_path, clock).aliases_taken() == 5
+    assert make_file(tmp_path, clock).aliases_taken() == 5

@@ -25,10 +25,12 @@ from typing import Any
 
 import psycopg
 
+from vmrsched.store import OwnershipLostError
+
 Connect = Callable[[], psycopg.Connection[Any]]
 
 
-class LeaseLost(RuntimeError):
+class LeaseLost(OwnershipLostError):
     """This instance no longer holds the integration's lease: it must write nothing more and
     stop the integration's actors."""
 

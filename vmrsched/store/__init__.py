@@ -13,15 +13,20 @@ actor uses a Store.
 
 The package: `records.py` (the record and its schedule), `files.py` (file names, the directory
 lock, the errors), `index.py` (the indexes and queries), `archive.py` (the archive file) and
-`journaled.py` (Store: loading, writes, commits, compaction, the sweep). Import from here.
+`writes.py` (what every write does, whatever keeps it), `journaled.py` (Store, the file
+backend: loading, commits, compaction) and `database.py` (DatabaseStore, a shared database
+through a Backend). Import from here.
 """
 
 from vmrsched.store.archive import ARCHIVE_GRACE
+from vmrsched.store.database import Backend, DatabaseStore
 from vmrsched.store.files import (
     ARCHIVE,
     JOURNAL_RE,
     SNAPSHOT,
+    OwnershipLostError,
     StorageFullError,
+    StorageUnavailableError,
     StoreBrokenError,
     StoreCorruptError,
     StoreInUseError,
@@ -48,10 +53,14 @@ __all__ = [
     "MAX_ANSWERS",
     "SNAPSHOT",
     "ArchivedInfo",
+    "Backend",
     "Clock",
+    "DatabaseStore",
+    "OwnershipLostError",
     "Record",
     "RecordStatus",
     "StorageFullError",
+    "StorageUnavailableError",
     "Store",
     "StoreBrokenError",
     "StoreCorruptError",

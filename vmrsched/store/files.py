@@ -38,6 +38,17 @@ class StorageFullError(RuntimeError):
     on, and the next commit tries the disk again."""
 
 
+class StorageUnavailableError(StorageFullError):
+    """The database did not take a commit (unreachable, restarting, failing over to a new
+    primary, or refusing an alias another record holds): as with a full disk, every write since
+    the last commit is taken back and the next commit tries again."""
+
+
+class OwnershipLostError(StoreBrokenError):
+    """Another instance owns the integration now (this one's lease expired or was taken): the
+    store refuses every further write, and the integration stops here."""
+
+
 def lock_directory(directory: Path, what: str = "") -> int:
     """An exclusive advisory lock on the directory itself (flock on an open descriptor of it),
     held until the descriptor is closed. Deleting or recreating any file inside cannot break it,

@@ -12,9 +12,9 @@ import threading
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from vmrsched import aliases, recurrence
+from vmrsched import recurrence
 from vmrsched.aliases import RandomSource
 from vmrsched.journal import (
     AtomicJSONStorage,
@@ -24,7 +24,6 @@ from vmrsched.journal import (
     scan,
     sealed_lengths,
 )
-from vmrsched.meetings import Action
 from vmrsched.store import archive
 from vmrsched.store.files import (
     GC_PAUSE,
@@ -36,24 +35,17 @@ from vmrsched.store.files import (
     journal_path,
     lock_directory,
 )
-from vmrsched.store.index import StoreIndex
-from vmrsched.store.records import (
-    ArchivedInfo,
-    Clock,
-    StoredRecord,
-    StoreStats,
-    encode_schedule,
-    reserved_record,
-    ts,
-    utc_now,
-)
+from vmrsched.store.records import Clock, StoredRecord, StoreStats, utc_now
+from vmrsched.store.writes import MAX_ANSWERS, StoreWrites
 
 log = logging.getLogger("vmrsched.store")
 
-MAX_ANSWERS = 16
+__all__ = ["MAX_ANSWERS", "Store"]
 
 
-class Store(StoreIndex):
+class Store(StoreWrites):
+    """The file backend: the records of one integration under its own directory."""
+
     def __init__(
         self,
         directory: Path,
@@ -63,20 +55,11 @@ class Store(StoreIndex):
         compact_after: int = 200_000,
         horizon: timedelta = recurrence.DEFAULT_HORIZON,
     ) -> None:
-        super().__init__(rng)
+        super().__init__(clock, rng, reservation_ttl, horizon)
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.clock = clock
-        self.reservation_ttl = reservation_ttl
         self.compact_after = compact_after
-        self.horizon = horizon
         self._compactor: threading.Thread | None = None
-        self._broken: BaseException | None = None
-        # what the writes since the last commit replaced, to take them back when the disk
-        # refuses them: alias id -> its record before (None: there was none), and archived
-        # aliases brought back
-        self._undo: dict[str, StoredRecord | None] = {}
-        self._unarchived: dict[str, ArchivedInfo] = {}
         self._lock_fd = lock_directory(self.directory)
         GC_PAUSE.enter()  # loading creates millions of objects and no cycles: skip GC passes
         try:
@@ -169,136 +152,36 @@ class Store(StoreIndex):
 
     # --- writes (durable only after commit) ----------------------------------------------------
 
-    def _put(self, record: Mapping[str, Any]) -> StoredRecord:
-        """Journal and index a whole record; keys whose value is None or {} are left out."""
-        self._check()
-        stored = cast(StoredRecord, {k: v for k, v in record.items() if v is not None and v != {}})
-        # journal first: a record that cannot be written (say, a value JSON cannot hold) must
-        # not change what this process believes
+    @property
+    def where(self) -> str:
+        return str(self.directory)
+
+    def _keep(self, record: StoredRecord) -> None:
         try:
-            self._journal.append({"op": "put", "r": stored})
+            self._journal.append({"op": "put", "r": record})
         except OSError as exc:  # the journal's file could not be created
             if disk_full(exc):
                 self._take_back()
                 raise StorageFullError(f"{self.directory}: the disk is full: {exc}") from exc
             raise
-        alias_id = stored["alias_id"]
-        if alias_id not in self._undo:
-            self._undo[alias_id] = self._records.get(alias_id)
-        self._index(stored)
-        return stored
 
-    def _take_back(self) -> None:
-        """Forget every write since the last commit, in the journal and in memory: a group of
-        writes the disk refused is as if never asked for."""
+    def _discard(self) -> None:
         self._journal.rollback()
-        undo, self._undo = self._undo, {}
-        for alias_id, before in undo.items():
-            if before is None:
-                self._unindex(alias_id)
-                self._changed.pop(alias_id, None)
-            else:
-                self._index(before)
-        for alias_id, info in self._unarchived.items():
-            self._archived[alias_id] = info
-        self._unarchived = {}
-        self._drawn.clear()
 
-    def _check(self) -> None:
-        if self._broken is not None:
-            raise StoreBrokenError(
-                f"{self.directory}: a write failed earlier ({self._broken}); reopen the store"
-            )
+    def _find_archived(self, alias_id: str) -> StoredRecord | None:
+        return archive.find(self.directory, alias_id)
 
-    def reserve(self, prefix: str, suffix_length: int, domain: str, **extra: Any) -> StoredRecord:
-        """A new alias in state `reserved`, expiring after the reservation TTL unless bound.
-        `user=` (who reserved it) counts it in `open_reservations` until then."""
-        alias = aliases.generate_alias(prefix, suffix_length, domain, self.numeric_taken, self.rng)
-        now = self.clock()
-        record = reserved_record(alias, now)
-        record["expires"] = ts(now + self.reservation_ttl)
-        record.update(extra)
-        return self._put(record)
-
-    def apply(self, action: Action, fields: Mapping[str, Any] | None = None) -> StoredRecord | None:
-        """Carry out a decision's action; returns the record the meeting is now bound to."""
-        extra = dict(fields or {})
-        if action.kind == "none":
-            return None
-        if action.kind in ("cancel", "cancel_occurrence", "bind") and action.alias_id:
-            self._restore(action.alias_id)
-        if action.kind == "cancel":
-            assert action.alias_id is not None
-            return self.delete(action.alias_id, "cancelled", sequence=action.sequence)
-        if action.kind == "bind_new":
-            return self._bind(self._store_drawn(action), action, extra)
-        if action.alias_id is None:
-            raise ValueError(f"{action.kind} needs an alias id")
-        record = self._records.get(action.alias_id)
-        if record is None:
-            raise KeyError(f"alias {action.alias_id} is not in the store")
-        if action.kind == "cancel_occurrence":
-            return self._bind(record, action, {})
-        if action.release_alias_id and action.release_alias_id in self._records:
-            self.delete(action.release_alias_id, "replaced")
-        return self._bind(record, action, extra)
-
-    def _store_drawn(self, action: Action) -> StoredRecord:
-        alias = self._drawn.pop(action.alias_id or "", None)
-        if alias is None:
-            raise KeyError(f"alias {action.alias_id} was not drawn by this store")
-        if self.numeric_taken(alias.numeric_alias):
-            raise ValueError(f"drawn alias {alias.numeric_alias} was taken since")
-        record = reserved_record(alias, self.clock())
-        if action.placeholder_id:
-            record["placeholder_id"] = action.placeholder_id
-        return self._put(record)
-
-    def _bind(self, record: StoredRecord, action: Action, extra: Mapping[str, Any]) -> StoredRecord:
-        assert action.schedule is not None
-        occ_seq = dict(record.get("occ_seq") or {})
-        sequence = record.get("sequence", -1)
-        if action.occurrence_key is not None:
-            occ_seq[action.occurrence_key] = max(
-                action.sequence, occ_seq.get(action.occurrence_key, -1)
-            )
-        else:
-            sequence = max(sequence, action.sequence)
-        answered = dict(record.get("answered") or {})
-        if action.answer is not None:
-            answered[action.answer[0]] = action.answer[1]
-            while len(answered) > MAX_ANSWERS:  # keep the most recent
-                del answered[next(iter(answered))]
-        last = recurrence.last_end(action.schedule, self.clock(), self.horizon)
-        new: dict[str, Any] = dict(record)
-        new.update(extra)
-        wanted = extra.get("name")
-        if wanted:  # a conference keeps its first (unique) name across meeting edits
-            new["name"] = record.get("name") or self.unique_name(wanted)
-        new.update(
-            status="bound",
-            meeting_uid=action.meeting_uid,
-            sequence=sequence,
-            occ_seq=occ_seq,
-            answered=answered,
-            schedule=encode_schedule(action.schedule),
-            valid_until=ts(last) if last is not None else None,
-            expires=None,
-        )
-        return self._put(new)
-
-    def delete(
-        self, alias_id: str, reason: str, sequence: int | None = None
-    ) -> StoredRecord | None:
-        record = self._records.get(alias_id)
-        if record is None:
-            return None
-        new: dict[str, Any] = dict(
-            record, status="deleted", reason=reason, deleted=ts(self.clock())
-        )
-        if sequence is not None:
-            new["sequence"] = max(record.get("sequence", -1), sequence)
-        return self._put(new)
+    def _archive(self, moving: list[StoredRecord]) -> None:
+        # archive first: a crash before the journal entry only duplicates
+        archive.append(self.directory, moving)
+        for record in moving:
+            self._note_archived(record)
+        try:
+            self._journal.append({"op": "archive", "records": moving})
+        except OSError as exc:
+            if disk_full(exc):
+                raise StorageFullError(f"{self.directory}: the disk is full: {exc}") from exc
+            raise
 
     def commit(self) -> None:
         """Make every write so far durable (one fsync). Acknowledge only after this returns.
@@ -313,9 +196,7 @@ class Store(StoreIndex):
                 raise StorageFullError(f"{self.directory}: the disk is full: {exc}") from exc
             self._broken = exc
             raise StoreBrokenError(f"{self.directory}: cannot write the journal: {exc}") from exc
-        if self._undo:
-            self._undo = {}
-        self._unarchived = {}
+        self._committed()
         if self._journal.entries >= self.compact_after:
             self.compact(background=True)
 
@@ -339,51 +220,6 @@ class Store(StoreIndex):
         return True
 
     # --- housekeeping -------------------------------------------------------------------------
-
-    def sweep(self, join_after: timedelta = timedelta(0)) -> int:
-        """Expire old reservations and move deleted and finished aliases to the archive.
-        Returns how many records moved. Commits (StorageFullError when the disk is full:
-        the expiries are then taken back, and what moved to the archive file stays moved)."""
-        now = self.clock()
-        now_ts = ts(now)
-        for record in list(self._records.values()):
-            if (
-                record["status"] == "reserved"
-                and record.get("expires")
-                and (record["expires"] <= now_ts)
-            ):
-                self.delete(record["alias_id"], "expired")
-        self.commit()
-        moving = archive.due(self._records.values(), now, join_after)
-        if not moving:
-            return 0
-        # archive first: a crash before the journal entry only duplicates
-        archive.append(self.directory, moving)
-        for record in moving:
-            self._note_archived(record)
-        try:
-            self._journal.append({"op": "archive", "records": moving})
-        except OSError as exc:
-            if disk_full(exc):
-                raise StorageFullError(f"{self.directory}: the disk is full: {exc}") from exc
-            raise
-        self.commit()
-        return len(moving)
-
-    def _restore(self, alias_id: str) -> None:
-        """Bring an archived alias back (a finished meeting moved into the future)."""
-        if alias_id in self._records or alias_id not in self._archived:
-            return
-        record = archive.find(self.directory, alias_id)
-        if record is None:
-            return
-        info = self._archived.pop(alias_id)
-        try:
-            self._put(dict(record))
-        except BaseException:
-            self._archived[alias_id] = info
-            raise
-        self._unarchived[alias_id] = info
 
     def compact(self, background: bool = False) -> None:
         """Write the snapshot and drop the journals it covers. With `background`, the snapshot is
