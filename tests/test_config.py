@@ -313,6 +313,7 @@ def test_full_example_documents_every_key() -> None:
     text = (ROOT / "config" / "examples" / "full.toml").read_text()
     for cls in (
         config.ServerConfig,
+        config.StorageConfig,
         config.AdminSignInConfig,
         config.IntegrationConfig,
         config.ExchangeConfig,
@@ -328,6 +329,32 @@ def test_full_example_documents_every_key() -> None:
     ):
         for f in dataclasses.fields(cls):
             assert f"{f.name}" in text, f"{cls.__name__}.{f.name} missing from full.toml"
+
+
+def test_the_storage_backend_and_its_connection_string() -> None:
+    assert config.parse(minimal()).storage.backend == "file"
+    shared = config.parse(
+        {**minimal(), "storage": {"backend": "postgresql", "dsn_env": "DSN"}},
+        environ={"DSN": "host=db.example.com dbname=vmrsched password=s3cret"},
+    )
+    assert shared.storage.backend == "postgresql" and shared.storage.dsn is not None
+    assert "s3cret" not in repr(shared.storage)
+    with pytest.raises(config.ConfigError) as refused:
+        config.parse(
+            {
+                **minimal(),
+                "storage": {
+                    "backend": "postgresql",
+                    "dsn": "host=db password=s3cret",
+                    "lease_seconds": 1,
+                },
+            }
+        )
+    assert [p.split(":")[0] for p in refused.value.problems] == [
+        "storage.dsn",
+        "storage.lease_seconds",
+        "storage.dsn_env",
+    ]
 
 
 def test_newcomer_mistakes_are_named() -> None:

@@ -434,10 +434,22 @@ def _register_service_commands(sub: argparse._SubParsersAction) -> None:  # type
         "store",
         help="check a store for damage, or repair it from every valid record (store_corrupt)",
     )
-    store.add_argument("action", choices=("check", "repair"), help="check reads; repair rewrites")
+    store.add_argument(
+        "action",
+        choices=("check", "repair", "migrate"),
+        help="check reads; repair rewrites; migrate copies to the other backend (--to)",
+    )
     store.add_argument("name", nargs="?", help="integration name (default: all)")
     _add_config(store)
     store.add_argument("--data-dir", type=Path, help="this data directory instead of the config's")
+    store.add_argument(
+        "--to",
+        choices=("postgresql", "file"),
+        help="migrate: into the database [storage] names, or back into files under data_dir",
+    )
+    store.add_argument(
+        "--replace", action="store_true", help="migrate --to postgresql: overwrite what it holds"
+    )
     store.set_defaults(func=cmd_store)
 
     failed = sub.add_parser(
@@ -463,8 +475,42 @@ def _subdirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
 
+def cmd_store_migrate(args: argparse.Namespace) -> int:
+    """Copy every (or one) integration's records to the other backend, checked on arrival."""
+    from vmrsched.errors import ServiceError
+    from vmrsched.service.storage import TransferError, migrate_store
+    from vmrsched.store import StoreCorruptError, StoreInUseError
+
+    if args.to is None:
+        print("store migrate: say where to, --to postgresql or --to file", file=sys.stderr)
+        return 2
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    names = [i.name for i in cfg.integrations]
+    if args.name:
+        if args.name not in names:
+            print(f"no integration {args.name!r} in the config", file=sys.stderr)
+            return 1
+        names = [args.name]
+    try:
+        moved = migrate_store(cfg, args.to, names, replace=args.replace)
+    except StoreInUseError as exc:
+        print(f"{exc}: stop the service first", file=sys.stderr)
+        return 1
+    except (TransferError, StoreCorruptError, ServiceError) as exc:
+        print(f"store migrate: {exc}", file=sys.stderr)
+        return 1
+    for item in moved:
+        print(f"{item.integration}: {item.source} -> arrived: {item.arrived}")
+    print(f"{len(moved)} integration(s) moved to {args.to}; every record arrived")
+    return 0
+
+
 def cmd_store(args: argparse.Namespace) -> int:
     """check: read-only, safe beside a running service; repair: needs the service stopped."""
+    if args.action == "migrate":
+        return cmd_store_migrate(args)
     from vmrsched.store import StoreInUseError
     from vmrsched.store_repair import check, check_state, repair
 

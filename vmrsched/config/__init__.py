@@ -34,6 +34,7 @@ from vmrsched.config.schema import (
     ServerConfig,
     SingleUseConfig,
     SpoolConfig,
+    StorageConfig,
 )
 from vmrsched.config.service_checks import MIN_POLICY_PASSWORD, alias_space
 from vmrsched.config.tables import PATH_KEYS
@@ -65,6 +66,7 @@ __all__ = [
     "ServerConfig",
     "SingleUseConfig",
     "SpoolConfig",
+    "StorageConfig",
     "alias_space",
     "certificate_problem",
     "is_loopback_host",

@@ -74,5 +74,6 @@ SECRET_KEYS = frozenset(
         "policy_password",
         "management_password",
         "client_secret",
+        "dsn",  # [storage]: a libpq connection string may hold the database password
     }
 )

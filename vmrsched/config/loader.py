@@ -19,7 +19,7 @@ from typing import Any
 
 from vmrsched.config.addresses import _loopback_url, split_listen
 from vmrsched.config.checks import _check_integration
-from vmrsched.config.schema import Config, IntegrationConfig, ServerConfig
+from vmrsched.config.schema import Config, IntegrationConfig, ServerConfig, StorageConfig
 from vmrsched.config.service_checks import (
     _check_admin_sign_in,
     _check_alias_spaces,
@@ -51,12 +51,21 @@ def parse(
     """Validate a parsed TOML document. Raises ConfigError listing every problem."""
     loader = _Loader(base_dir, os.environ if environ is None else environ)
     for key in document:
-        if key not in ("server", "integrations"):
-            close = difflib.get_close_matches(key, ["integrations", "server"], n=1, cutoff=0.75)
+        if key not in ("server", "integrations", "storage"):
+            close = difflib.get_close_matches(
+                key, ["integrations", "server", "storage"], n=1, cutoff=0.75
+            )
             loader.error(
                 key, f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
             )
     server = loader.build(ServerConfig, document.get("server", {}), "server")
+    storage = loader.build(StorageConfig, document.get("storage", {}), "storage")
+    if storage.backend == "postgresql" and storage.dsn is None:
+        loader.error(
+            "storage.dsn_env",
+            'backend "postgresql" needs the database\'s connection string: set dsn_env (an '
+            "environment variable) or dsn_file (a file) holding it",
+        )
     try:
         split_listen(server.listen)
     except ValueError as exc:
@@ -109,7 +118,7 @@ def parse(
         loader.warnings.append("server.demo: demo mode is on (loopback only)")
     if loader.problems:
         raise ConfigError(loader.problems)
-    return Config(server, tuple(integrations), path, tuple(loader.warnings))
+    return Config(server, tuple(integrations), path, tuple(loader.warnings), storage)
 
 
 def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:

@@ -355,11 +355,29 @@ class IntegrationConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """Where the service keeps its state. `file`: the journaled files under data_dir (the
+    embedded default; one instance). `postgresql`: one database shared by two or more
+    instances, each integration run by one of them at a time under a lease."""
+
+    backend: str = _f("file", choices=("file", "postgresql"))
+    # a libpq connection string ("host=db.example.com dbname=vmrsched user=vmrsched ..." or a
+    # postgresql:// URL), from dsn_env or dsn_file only: it may carry the password
+    dsn: Secret | None = _f(None)
+    # an integration's owner renews its lease; when it stops, another instance takes the
+    # integration over after at most this long
+    lease_seconds: float = _f(15.0, minimum=2, maximum=300)
+    # this instance's name in the leases and metrics (default: host name and process id)
+    instance: str = _f("", max_len=_TEXT)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig
     integrations: tuple[IntegrationConfig, ...]
     path: Path | None = None
     warnings: tuple[str, ...] = ()
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     @property
     def data_dir(self) -> Path:

@@ -10,7 +10,8 @@
   and the JSON views the admin sees;
 - `organizer`: organizer self-service;
 - `policy`, `graph_push`: Pexip's policy answers and Graph's change notifications;
-- `offline`: check-online and recover, beside a stopped service.
+- `offline`: check-online and recover, beside a stopped service;
+- `storage`: moving the records between the file store and the shared database.
 
 Front ends import this package and core modules, never an actor or a gateway, so what an actor
 or a backend looks like can change without touching them."""

@@ -1,0 +1,52 @@
+"""Where the service's state lives, as the admin moves it: `vmrsched store migrate --to
+postgresql|file` copies each integration's records between its file store and the database the
+config's `[storage]` names, and proves every record arrived (counts and checksums, both sides).
+The service must be stopped; the database's schema is brought to this release's first."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from vmrsched.config import Config, store_dir
+from vmrsched.errors import BadRequest, Unavailable
+from vmrsched.postgres import migrations
+from vmrsched.postgres.transfer import Moved, TransferError, to_files, to_postgresql
+
+__all__ = ["Moved", "TransferError", "database", "migrate_store"]
+
+
+def database(cfg: Config) -> Callable[[], psycopg.Connection[Any]]:
+    """Connections to the config's database (autocommit: every unit of work is an explicit
+    transaction). BadRequest when the config names none."""
+    if cfg.storage.dsn is None:
+        raise BadRequest(
+            "[storage] names no database: set dsn_env or dsn_file", "no_database_configured"
+        )
+    dsn = cfg.storage.dsn.reveal()
+
+    def connect() -> psycopg.Connection[Any]:
+        return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+
+    return connect
+
+
+def migrate_store(cfg: Config, to: str, names: list[str], replace: bool = False) -> list[Moved]:
+    """Move the named integrations' records `to` "postgresql" or "file"; TransferError on the
+    first that cannot move or did not arrive whole (what moved before it stays moved)."""
+    connect = database(cfg)
+    moved: list[Moved] = []
+    try:
+        with connect() as conn:
+            migrations.migrate(conn)
+        for name in names:
+            directory = store_dir(cfg.data_dir, name)
+            if to == "postgresql":
+                moved.append(to_postgresql(connect, name, directory, replace=replace))
+            else:
+                moved.append(to_files(connect, name, directory))
+    except psycopg.Error as exc:
+        raise Unavailable(f"the database did not answer: {exc}", "database_unavailable") from exc
+    return moved
