@@ -6,13 +6,14 @@ seeded source instead so that runs are repeatable.
 
 from __future__ import annotations
 
-import html
 import re
 import secrets
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
+
+from vmrsched import htmltext
 
 ALIAS_ID_PREFIX = "PXPS:-"
 PLACEHOLDER_PREFIX = "TOK:-"
@@ -25,8 +26,6 @@ TokenKind = Literal["PXPS", "TOK"]
 _TOKEN_RE = re.compile(
     r"(PXPS|TOK):-([0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12})#"
 )
-_TAG_RE = re.compile(r"<[^>]*>")
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
 
 
 class RandomSource(Protocol):
@@ -194,11 +193,6 @@ def _search(text: str) -> Token | None:
     return Token(kind=kind, id=_canonical(match.group(2)))
 
 
-def html_to_text(body: str) -> str:
-    """Visible text of an HTML body: tags dropped, entities decoded, invisible characters gone."""
-    return html.unescape(_TAG_RE.sub("", body)).translate(_INVISIBLE)
-
-
 def find_token(body: str) -> Token | None:
     """The first alias-ID (`PXPS:-…#`) or placeholder (`TOK:-…#`) token in a text or HTML body.
 
@@ -210,7 +204,7 @@ def find_token(body: str) -> Token | None:
     found = _search(body)
     if found is not None:
         return found
-    visible = html_to_text(body)
+    visible = htmltext.visible(body)
     found = _search(visible)
     if found is not None:
         return found

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from vmrsched import aliases, calendars, recurrence
+from vmrsched import aliases, calendars, htmltext, recurrence
 from vmrsched.config import IntegrationConfig
 from vmrsched.meetings import (
     AliasRecord,
@@ -274,7 +274,7 @@ def organizer_update(
         reason="placeholder_replaced",
         correlation_id=decision.correlation_id,
         meeting_uid=meeting.uid,
-        calendar=calendars.update_calendar(meeting, body, aliases.html_to_text(body)),
+        calendar=calendars.update_calendar(meeting, body, htmltext.text_of(body)),
         extra={
             "alias_id": record["alias_id"],
             "start": meeting.start.isoformat(),

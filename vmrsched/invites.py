@@ -14,7 +14,7 @@ from pathlib import Path
 
 import icalendar
 
-from vmrsched import aliases
+from vmrsched import aliases, htmltext
 from vmrsched.calendars import PRODID
 from vmrsched.config import IntegrationConfig
 
@@ -100,7 +100,7 @@ def build(
         body = options.html_body
     else:
         body = f"<p>{html.escape(options.subject)}</p>" + (f"<p>{token}</p>" if token else "")
-    event.add("description", aliases.html_to_text(body))
+    event.add("description", htmltext.text_of(body))
     event.add("x-alt-desc", icalendar.vText(body), parameters={"FMTTYPE": "text/html"})
     if options.cancel:
         event.add("status", "CANCELLED")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import html
-import re
 from datetime import UTC, datetime
 from email import quoprimime
 from email.header import Header
 from email.utils import format_datetime, formataddr
 
 from vmrsched.calendars import clean_header
+from vmrsched.htmltext import text_of
 from vmrsched.meetings import is_address
 from vmrsched.outgoing import Outgoing
 
@@ -45,30 +44,6 @@ def _part(text: str, subtype: str, boundary: str, params: str = "") -> str:
         f'Content-Type: text/{subtype}; charset="{charset}"{params}\r\n'
         f"Content-Transfer-Encoding: {encoding}\r\n\r\n{body}\r\n"
     )
-
-
-_BREAKS = re.compile(r"<br\s*/?>|</(?:p|div|li|tr|h[1-6]|table|ul|ol)\s*>", re.IGNORECASE)
-_LINK = re.compile(r'<a\s[^>]*href="([^"]*)"[^>]*>(.*?)</a\s*>', re.IGNORECASE | re.DOTALL)
-_TAGS = re.compile(r"<[^>]+>")
-
-
-def text_of(body: str) -> str:
-    """The text/plain alternative of an HTML body: block ends become line breaks, a link shows
-    its address where its text does not."""
-
-    def link(match: re.Match[str]) -> str:
-        href, label = html.unescape(match.group(1)), _TAGS.sub("", match.group(2)).strip()
-        return label if href in (label, f"mailto:{label}") or not href else f"{label} <{href}>"
-
-    text = _LINK.sub(link, body)
-    text = _BREAKS.sub("\n", text)
-    text = html.unescape(_TAGS.sub("", text))
-    lines = [" ".join(line.split()) for line in text.splitlines()]
-    out: list[str] = []
-    for line in lines:
-        if line or (out and out[-1]):
-            out.append(line)
-    return "\n".join(out).strip() + "\n"
 
 
 def to_eml(message: Outgoing) -> bytes:

@@ -4,14 +4,10 @@ response comment as text. Pure functions: no calls, no state, safe from any thre
 
 from __future__ import annotations
 
-import html
-import re
 from datetime import UTC, datetime
 from typing import Any
 
 from vmrsched.meetings import Meeting, is_address
-
-_TAGS = re.compile(r"<[^>]+>")
 
 _DAYS = {
     "sunday": "SU",
@@ -110,10 +106,3 @@ def when(value: Any) -> datetime:
         return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return datetime.now(UTC)
-
-
-def text_of(body: str) -> str:
-    """The response comment: Graph takes text, our templates are HTML."""
-    text = re.sub(r"<br\s*/?>|</p>|</div>|</li>", "\n", body, flags=re.IGNORECASE)
-    text = html.unescape(_TAGS.sub("", text))
-    return "\n".join(line.strip() for line in text.splitlines() if line.strip())

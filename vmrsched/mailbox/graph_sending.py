@@ -22,8 +22,8 @@ from typing import Any
 from urllib.parse import quote
 
 from vmrsched.config import IntegrationConfig
+from vmrsched.htmltext import text_of
 from vmrsched.mailbox.base import GatewayError, Mailbox, Outgoing
-from vmrsched.mailbox.graph_convert import text_of
 from vmrsched.mailbox.graph_http import GraphClient
 from vmrsched.telemetry import Metrics
 
