@@ -5,7 +5,6 @@ allocator, the poller (through the allocator) and recovery all go through `plan`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import traceback
 import uuid
@@ -15,7 +14,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from vmrsched import aliases, calendars, htmltext, recurrence
+from vmrsched import aliases, calendars, htmltext, outgoing, recurrence
 from vmrsched.config import IntegrationConfig
 from vmrsched.meetings import (
     AliasRecord,
@@ -303,7 +302,7 @@ def unreadable_reply(
     }
     body = renderer.render("reject_general_error_template", values)
     return Outgoing(
-        id=hashlib.sha256(f"unreadable\0{correlation_id}".encode()).hexdigest()[:32],
+        id=outgoing.message_id("unreadable", correlation_id),
         kind="reply",
         sender=integ.exchange.mailbox_email,
         sender_name=integ.exchange.mailbox_name,
@@ -385,7 +384,7 @@ def admin_notice(
     room = integ.exchange
     key = f"{integ.name}\0{record.get('alias_id')}\0{kind}\0{serial}"
     return Outgoing(
-        id=hashlib.sha256(key.encode()).hexdigest()[:32],
+        id=outgoing.message_id(integ.name, str(record.get("alias_id")), kind, serial),
         kind="notice",
         sender=room.mailbox_email,
         sender_name=room.mailbox_name,

@@ -4,13 +4,13 @@ bodies of organizer updates. Pure text building, shared by answers, recovery and
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import html
 import re
 from datetime import UTC, datetime
 
 import icalendar
 
+from vmrsched import outgoing
 from vmrsched.meetings import Meeting, occurrence_key
 
 PRODID = "-//vmrsched//vmrsched 0.1//EN"
@@ -20,8 +20,7 @@ def message_id(integration: str, meeting: Meeting, kind: str, outcome: str) -> s
     """Stable for the same meeting, sequence, occurrence and outcome: reprocessing after a crash
     produces the same id, so a resend replaces the earlier copy where the backend allows."""
     rid = occurrence_key(meeting.recurrence_id) if meeting.recurrence_id else "series"
-    key = f"{integration}\0{meeting.uid}\0{rid}\0{meeting.sequence}\0{kind}\0{outcome}"
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
+    return outgoing.message_id(integration, meeting.uid, rid, str(meeting.sequence), kind, outcome)
 
 
 def _event_base(meeting: Meeting, sequence: int) -> icalendar.Event:

@@ -3,6 +3,7 @@ and every backend delivers them."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -10,6 +11,14 @@ from typing import Any, Literal
 # instructions (sent as the organizer); notice: a plain mail from the room to the organizer
 # (the joining instructions when their meeting could not be updated)
 OutgoingKind = Literal["reply", "update", "notice"]
+
+
+def message_id(*parts: str) -> str:
+    """A message's id from what makes it that message (the integration, the meeting and its
+    sequence, the kind, the outcome…): the same parts give the same id after a crash, so a resend
+    replaces the earlier copy where the backend allows, and the queue holds it once. Ids already
+    queued stay valid: the parts are joined as every version has joined them."""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
