@@ -13,7 +13,6 @@ import pykka
 
 from vmrsched.actors.messages import Poll
 from vmrsched.actors.registry import ActorUnavailable
-from vmrsched.mailbox.graph import GraphMailbox
 from vmrsched.service.runtime import Runtime
 
 log = logging.getLogger("vmrsched.service")
@@ -35,10 +34,11 @@ class GraphPush:
         ctx = self.runtime.ctx
         gateway = ctx.mailboxes.get(name)
         counter = ctx.metrics.graph_notifications
-        if not isinstance(gateway, GraphMailbox):
+        result = gateway.notified(notifications) if gateway is not None else None
+        if result is None:  # no such integration, or its mailbox takes no notifications
             counter.labels(name[:64], "unknown").inc(len(notifications))
             return
-        accepted, refused = gateway.notified(notifications)
+        accepted, refused = result
         counter.labels(name, "accepted").inc(accepted)
         if refused:
             counter.labels(name, "refused").inc(refused)

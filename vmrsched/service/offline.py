@@ -35,11 +35,7 @@ def check_online(
         checks.append((False, str(exc)))
     else:
         try:
-            probe = getattr(gateway, "probe", None)
-            if probe is not None:
-                wanted = {"organizer": organizer, "outside": outside}
-                exchange = integ.backend in ("ews", "graph")  # the spool has no scope
-                checks.extend(probe(**{k: v for k, v in wanted.items() if v and exchange}))
+            checks.extend(gateway.probe(organizer=organizer, outside=outside))
         finally:
             gateway.close()
     if integ.pexip.mode == "management_api" or integ.pexip.management_url:
