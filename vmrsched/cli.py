@@ -326,6 +326,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_invite(args: argparse.Namespace) -> int:
     from vmrsched import invites
+    from vmrsched.service import drop_invite
 
     cfg = _load(args.config, secrets=False)
     integ = _integration(cfg, args.integration) if cfg else None
@@ -335,7 +336,7 @@ def cmd_invite(args: argparse.Namespace) -> int:
         print(f"{integ.name} uses the {integ.backend} backend; invite needs spool", file=sys.stderr)
         return 1
     try:
-        path, uid = invites.drop(integ, cfg.data_dir, invites.InviteOptions.from_args(args))
+        path, uid = drop_invite(integ, cfg.data_dir, invites.InviteOptions.from_args(args))
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 1

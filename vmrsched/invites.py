@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import argparse
 import html
-import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parseaddr
-from pathlib import Path
 
 import icalendar
 
@@ -106,15 +104,3 @@ def build(
         event.add("status", "CANCELLED")
     cal.add_component(event)
     return cal.to_ical(), uid
-
-
-def drop(integ: IntegrationConfig, data_dir: Path, options: InviteOptions) -> tuple[Path, str]:
-    """Write the request next to the inbox, then rename it in (the spool contract)."""
-    data, uid = build(integ, options)
-    inbox = integ.spool_dir(data_dir) / "inbox"
-    inbox.mkdir(parents=True, exist_ok=True)
-    name = f"invite-{uuid.uuid4().hex[:12]}.ics"
-    tmp = inbox / f".{name}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, inbox / name)
-    return inbox / name, uid

@@ -6,10 +6,7 @@ gets the meeting only when it is one of the attendees the pane shows."""
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import json
-from pathlib import Path
 
 from aiohttp import web
 
@@ -17,6 +14,7 @@ from vmrsched import invites
 from vmrsched.config import IntegrationConfig
 from vmrsched.errors import BadRequest, Forbidden
 from vmrsched.http.common import SERVICE, integration_or_404
+from vmrsched.service import drop_invite, spool_replies
 from vmrsched.service.addin import parse_time
 
 MAX_SUBJECT = 255
@@ -68,34 +66,10 @@ async def send(request: web.Request) -> web.Response:
         html_body=html_body,
     )
     try:
-        path, uid = await asyncio.to_thread(invites.drop, integ, service.config.data_dir, options)
+        path, uid = await asyncio.to_thread(drop_invite, integ, service.config.data_dir, options)
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
     return web.json_response({"uid": uid, "queued": path.name, "delivered": True}, status=202)
-
-
-def _read_outbox(outbox: Path, uid: str) -> list[dict[str, str]]:
-    found = []
-    for path in sorted(outbox.glob("*.eml"), key=lambda p: p.stat().st_mtime_ns):
-        raw = path.read_bytes()
-        if uid.encode() not in raw:
-            continue
-        msg = email.message_from_bytes(raw, policy=email.policy.default)
-        if msg.get("X-Vmrsched-Meeting-Uid") != uid:
-            continue
-        body = msg.get_body(("html",))
-        found.append(
-            {
-                "subject": str(msg.get("Subject", "")),
-                "from": str(msg.get("From", "")),
-                "to": str(msg.get("To", "")),
-                "outcome": str(msg.get("X-Vmrsched-Outcome", "")),
-                "reason": str(msg.get("X-Vmrsched-Reason", "")),
-                "correlation_id": str(msg.get("X-Vmrsched-Correlation-Id", "")),
-                "html": body.get_content() if body is not None else "",
-            }
-        )
-    return found
 
 
 async def replies(request: web.Request) -> web.Response:
@@ -103,8 +77,8 @@ async def replies(request: web.Request) -> web.Response:
     uid = request.query.get("uid", "")
     if not uid or len(uid) > 512:
         raise BadRequest("uid is required")
-    outbox = integ.spool_dir(request.app[SERVICE].config.data_dir) / "outbox"
-    found = await asyncio.to_thread(_read_outbox, outbox, uid)
+    data_dir = request.app[SERVICE].config.data_dir
+    found = await asyncio.to_thread(spool_replies, integ, data_dir, uid)
     return web.json_response({"uid": uid, "replies": found})
 
 

@@ -11,7 +11,8 @@
 - `organizer`: organizer self-service;
 - `policy`, `graph_push`: Pexip's policy answers and Graph's change notifications;
 - `offline`: check-online and recover, beside a stopped service;
-- `storage`: moving the records between the file store and the shared database.
+- `storage`: moving the records between the file store and the shared database;
+- `spooled`: meeting requests made by hand into a spool, and what it sent back.
 
 Front ends import this package and core modules, never an actor or a gateway, so what an actor
 or a backend looks like can change without touching them."""
@@ -22,6 +23,7 @@ from vmrsched.service.facade import ReloadResult, Service, start
 from vmrsched.service.offline import Recovered, check_online, recover_integration
 from vmrsched.service.organizer import Organizer
 from vmrsched.service.sign_ins import SignInRefused
+from vmrsched.service.spooled import drop_invite, spool_replies
 
 __all__ = [
     "Admin",
@@ -34,6 +36,8 @@ __all__ = [
     "Service",
     "SignInRefused",
     "check_online",
+    "drop_invite",
     "recover_integration",
+    "spool_replies",
     "start",
 ]
