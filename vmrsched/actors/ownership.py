@@ -1,0 +1,233 @@
+"""Which integrations run on this instance, when several share one database
+(`[storage] backend = "postgresql"`).
+
+`Ownership` is one actor per process. Every third of a lease it says this instance is alive,
+renews the leases it holds, and takes free ones up to its fair share of the integrations (the
+instances alive share them evenly; each prefers a different order, so two instances starting
+together do not reach for the same ones). It gives up what is over its share one at a time, so
+the integrations spread again when an instance joins, and takes over an instance's
+integrations once their leases expire after it died.
+
+What it decides reaches the service supervisor as `Gained` (start the integration, its store
+fenced by the new lease) and `Lost` (stop it at once: another instance owns it or will). A
+lease that could not be renewed is given up before it can expire here, so that this instance
+stops before another may start."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import pykka
+
+from vmrsched.postgres.leases import Lease, LeaseLost, Leases, fair_share
+from vmrsched.postgres.records import Connect, Records
+from vmrsched.store import StorageUnavailableError
+
+log = logging.getLogger("vmrsched.ownership")
+
+
+@dataclass(frozen=True)
+class Gained:
+    """To the service supervisor: this instance owns the integration now; start it."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Lost:
+    """To the service supervisor: this instance no longer owns the integration (or is about
+    to give it up); stop it at once. `release`: give the lease up once stopped (a clean
+    hand-over to another instance), rather than let it expire."""
+
+    name: str
+    release: bool = False
+
+
+@dataclass(frozen=True)
+class _Tick:
+    pass
+
+
+@dataclass
+class SharedStorage:
+    """The shared database as the actors use it: connections, this instance's name, and the
+    leases it holds now (the allocator fences its store's commits with its integration's)."""
+
+    connect: Connect
+    instance: str
+    lease_seconds: float
+    held: dict[str, Lease] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def records_for(self, name: str) -> Records:
+        """The integration's records, fenced by the lease this instance holds for it."""
+        records = Records(self.connect, name)
+        with self.lock:
+            records.lease = self.held.get(name)
+        return records
+
+    def lease(self, name: str) -> Lease | None:
+        with self.lock:
+            return self.held.get(name)
+
+    def owns(self, name: str) -> bool:
+        with self.lock:
+            return name in self.held
+
+
+def preference(instance: str, name: str) -> str:
+    """The order in which `instance` reaches for free integrations (rendezvous hashing): each
+    instance its own order, the same every time."""
+    return hashlib.sha256(f"{instance}\0{name}".encode()).hexdigest()
+
+
+def plan(
+    instance: str,
+    wanted: Iterable[str],
+    held: Iterable[str],
+    holders: dict[str, Lease],
+    instances: int,
+) -> tuple[list[str], list[str]]:
+    """(what to take, what to give up) this tick: free integrations up to the fair share, in
+    this instance's order of preference; one beyond the share, if any, given up."""
+    names = sorted(set(wanted))
+    mine = sorted(n for n in held if n in names)
+    share = fair_share(len(names), instances)
+    free = [n for n in names if n not in holders and n not in mine]
+    free.sort(key=lambda n: preference(instance, n))
+    take = free[: max(0, share - len(mine))]
+    surplus = sorted(mine, key=lambda n: preference(instance, n), reverse=True)
+    give = surplus[:1] if len(mine) > share else []
+    return take, give
+
+
+class Ownership(pykka.ThreadingActor):
+    def __init__(
+        self,
+        shared: SharedStorage,
+        wanted: Callable[[], list[str]],
+        tell: Callable[[Gained | Lost], None],
+        schedule: Callable[[float, Callable[[], None]], None],
+    ) -> None:
+        super().__init__()
+        self.shared = shared
+        self.leases = Leases(shared.connect, shared.instance, shared.lease_seconds)
+        self.wanted = wanted  # the configured integrations (a reload changes them)
+        self.tell = tell
+        self.schedule = schedule
+        self.every = shared.lease_seconds / 3
+        self._deadlines: dict[str, float] = {}  # local monotonic: renew before, or give up
+        self._stopping = False
+
+    def on_start(self) -> None:
+        self._tick()
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _Tick):
+            self._tick()
+        return None
+
+    def _tick(self) -> None:
+        if self._stopping:
+            return
+        try:
+            self._step()
+        except (psycopg.Error, StorageUnavailableError) as exc:
+            log.warning("shared database: %s", exc)
+            self._expire_unrenewed()
+        finally:
+            self.schedule(self.every, self._tell_tick)
+
+    def _tell_tick(self) -> None:
+        self.actor_ref.tell(_Tick())
+
+    def _step(self) -> None:
+        instances = self.leases.heartbeat()
+        for name, lease in list(self._held().items()):
+            try:
+                renewed = self.leases.renew(lease)
+            except LeaseLost:
+                log.error(
+                    "lost the lease of integration %s: another instance owns it; stopping it here",
+                    name,
+                    extra={"integration": name},
+                )
+                self._drop(name)
+                self.tell(Lost(name))
+                continue
+            with self.shared.lock:
+                self.shared.held[name] = renewed
+            self._deadlines[name] = time.monotonic() + self.shared.lease_seconds
+        holders = self.leases.holders()
+        take, give = plan(self.shared.instance, self.wanted(), self._held(), holders, instances)
+        for name in take:
+            taken = self.leases.acquire(name)
+            if taken is None:
+                continue  # another instance was quicker
+            with self.shared.lock:
+                self.shared.held[name] = taken
+            self._deadlines[name] = time.monotonic() + self.shared.lease_seconds
+            log.info(
+                "this instance (%s) owns integration %s now (lease %d)",
+                self.shared.instance,
+                name,
+                taken.token,
+                extra={"integration": name},
+            )
+            self.tell(Gained(name))
+        for name in give:
+            log.info(
+                "handing integration %s over: more instances share the integrations now",
+                name,
+                extra={"integration": name},
+            )
+            self.tell(Lost(name, release=True))
+
+    def _expire_unrenewed(self) -> None:
+        """The database did not answer: a lease this instance cannot renew in time is given up
+        before it expires, so another instance never starts while this one still runs it."""
+        margin = self.every
+        now = time.monotonic()
+        for name in list(self._held()):
+            if self._deadlines.get(name, 0.0) - margin <= now:
+                log.error(
+                    "cannot renew the lease of integration %s (the database does not "
+                    "answer): stopping it here before the lease runs out",
+                    name,
+                    extra={"integration": name},
+                )
+                self._drop(name)
+                self.tell(Lost(name))
+
+    def _held(self) -> dict[str, Lease]:
+        with self.shared.lock:
+            return dict(self.shared.held)
+
+    def _drop(self, name: str) -> None:
+        with self.shared.lock:
+            self.shared.held.pop(name, None)
+        self._deadlines.pop(name, None)
+
+    def release(self, name: str) -> None:
+        """Give the lease up now (the integration has stopped here): another instance may take
+        it at once."""
+        lease = self._held().get(name)
+        self._drop(name)
+        if lease is not None:
+            try:
+                self.leases.release(lease)
+            except (psycopg.Error, StorageUnavailableError) as exc:
+                log.warning("could not release the lease of %s (%s): it expires", name, exc)
+
+    def release_all(self) -> None:
+        """A clean stop: every lease given up, after the integrations stopped."""
+        self._stopping = True
+        for name in list(self._held()):
+            self.release(name)
