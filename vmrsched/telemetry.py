@@ -121,6 +121,32 @@ class Metrics:
         self.config_reloads = Counter(
             "vmrsched_config_reloads_total", "Configuration reloads", ["result"], registry=r
         )
+        # instances sharing one database ([storage] backend = "postgresql")
+        self.integration_owned = Gauge(
+            "vmrsched_integration_owned",
+            "1 while this instance holds the integration's lease (runs its actors)",
+            ["integration", "instance"],
+            registry=r,
+        )
+        self.lease_renewals = Counter(
+            "vmrsched_lease_renewals_total",
+            "Lease renewals by result (renewed, lost: another instance owns it now, "
+            "unreachable: the database did not answer)",
+            ["result"],
+            registry=r,
+        )
+        self.lease_changes = Counter(
+            "vmrsched_lease_changes_total",
+            "Integrations this instance took (gained) or gave up (lost, handed_over)",
+            ["change"],
+            registry=r,
+        )
+        self.database_seconds = Histogram(
+            "vmrsched_database_seconds",
+            "Time of one round of lease work on the shared database (heartbeat, renewals)",
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
 
     def forget_integration(self, name: str) -> None:
         """Drop the per-integration gauges of a removed integration."""
@@ -156,10 +182,12 @@ PEXIP_REFUSED = "pexip_refused"  # the Management Node refused a conference (4xx
 ALIAS_SPACE_LOW = "alias_space_low"  # most of an integration's alias range is used up
 STATE_DAMAGED = "state_damaged"  # a file the service keeps was damaged; kept aside, store check
 STORAGE_FULL = "storage_full"  # the disk refused a write for want of space; 503 until it has room
+# the shared database did not take a commit (unreachable, failing over); 503 until it answers
+STORAGE_UNAVAILABLE = "storage_unavailable"
 
 
 # Alarms that make the integration not ready (/readyz): its store cannot be trusted or written.
-NOT_READY = frozenset({STORE_CORRUPT, STORAGE_FULL})
+NOT_READY = frozenset({STORE_CORRUPT, STORAGE_FULL, STORAGE_UNAVAILABLE})
 
 
 class Alarms:

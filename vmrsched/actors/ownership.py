@@ -28,7 +28,8 @@ import pykka
 
 from vmrsched.postgres.leases import Lease, LeaseLost, Leases, fair_share
 from vmrsched.postgres.records import Connect, Records
-from vmrsched.store import StorageUnavailableError
+from vmrsched.store import OwnershipLostError, StorageUnavailableError
+from vmrsched.telemetry import Metrics
 
 log = logging.getLogger("vmrsched.ownership")
 
@@ -67,10 +68,14 @@ class SharedStorage:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def records_for(self, name: str) -> Records:
-        """The integration's records, fenced by the lease this instance holds for it."""
-        records = Records(self.connect, name)
+        """The integration's records, fenced by the lease this instance holds for it;
+        OwnershipLostError when it holds none (never a store that writes unfenced)."""
         with self.lock:
-            records.lease = self.held.get(name)
+            lease = self.held.get(name)
+        if lease is None:
+            raise OwnershipLostError(f"{name}: this instance ({self.instance}) holds no lease")
+        records = Records(self.connect, name)
+        records.lease = lease
         return records
 
     def lease(self, name: str) -> Lease | None:
@@ -115,9 +120,11 @@ class Ownership(pykka.ThreadingActor):
         wanted: Callable[[], list[str]],
         tell: Callable[[Gained | Lost], None],
         schedule: Callable[[float, Callable[[], None]], None],
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
         self.shared = shared
+        self.metrics = metrics or Metrics()
         self.leases = Leases(shared.connect, shared.instance, shared.lease_seconds)
         self.wanted = wanted  # the configured integrations (a reload changes them)
         self.tell = tell
@@ -137,12 +144,15 @@ class Ownership(pykka.ThreadingActor):
     def _tick(self) -> None:
         if self._stopping:
             return
+        started = time.monotonic()
         try:
             self._step()
         except (psycopg.Error, StorageUnavailableError) as exc:
             log.warning("shared database: %s", exc)
+            self.metrics.lease_renewals.labels("unreachable").inc()
             self._expire_unrenewed()
         finally:
+            self.metrics.database_seconds.observe(time.monotonic() - started)
             self.schedule(self.every, self._tell_tick)
 
     def _tell_tick(self) -> None:
@@ -159,9 +169,11 @@ class Ownership(pykka.ThreadingActor):
                     name,
                     extra={"integration": name},
                 )
+                self.metrics.lease_renewals.labels("lost").inc()
                 self._drop(name)
                 self.tell(Lost(name))
                 continue
+            self.metrics.lease_renewals.labels("renewed").inc()
             with self.shared.lock:
                 self.shared.held[name] = renewed
             self._deadlines[name] = time.monotonic() + self.shared.lease_seconds
@@ -174,6 +186,8 @@ class Ownership(pykka.ThreadingActor):
             with self.shared.lock:
                 self.shared.held[name] = taken
             self._deadlines[name] = time.monotonic() + self.shared.lease_seconds
+            self.metrics.lease_changes.labels("gained").inc()
+            self.metrics.integration_owned.labels(name, self.shared.instance).set(1)
             log.info(
                 "this instance (%s) owns integration %s now (lease %d)",
                 self.shared.instance,
@@ -188,6 +202,7 @@ class Ownership(pykka.ThreadingActor):
                 name,
                 extra={"integration": name},
             )
+            self.metrics.lease_changes.labels("handed_over").inc()
             self.tell(Lost(name, release=True))
 
     def _expire_unrenewed(self) -> None:
@@ -212,8 +227,11 @@ class Ownership(pykka.ThreadingActor):
 
     def _drop(self, name: str) -> None:
         with self.shared.lock:
-            self.shared.held.pop(name, None)
+            held = self.shared.held.pop(name, None)
         self._deadlines.pop(name, None)
+        if held is not None:
+            self.metrics.lease_changes.labels("lost").inc()
+            self.metrics.integration_owned.labels(name, self.shared.instance).set(0)
 
     def release(self, name: str) -> None:
         """Give the lease up now (the integration has stopped here): another instance may take
