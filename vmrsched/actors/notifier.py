@@ -31,6 +31,7 @@ from pykka.typing import ActorMemberMixin, proxy_method
 
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Flush
+from vmrsched.actors.outage import Outage
 from vmrsched.actors.supervision import Backoff
 from vmrsched.mailbox.base import GatewayError, Mailbox, Outgoing
 from vmrsched.outqueue import OutQueue
@@ -57,10 +58,14 @@ class Notifier(SupervisedChild):
         self.gateway = gateway
         self.alarm: str = gateway.alarm
         self._flush_queued = False
-        self._backoff = 0.0  # the wait of a mailbox outage now; 0.0 when sending works
-        self._failures = 0
-        self._outage = Backoff(0.5, self.ctx.policy.mailbox_max)
-        self._raised = self.alarm
+        # the mailbox unreachable or throttling: the whole queue waits, from half a second
+        self._outage = Outage(
+            self.ctx.alarms,
+            self.integ.name,
+            self.alarm,
+            Backoff(0.5, self.ctx.policy.mailbox_max),
+            "the mailbox (sending)",
+        )
         self._retries: dict[str, _Retry] = {}
         self._wake_at: float | None = None
         self._replaced = False  # a failed message was replaced: flush again for the new one
@@ -102,7 +107,7 @@ class Notifier(SupervisedChild):
         return len(self.queue.failed())
 
     def _request_flush(self) -> None:
-        if not self._flush_queued and self._backoff == 0.0:
+        if not self._flush_queued and not self._outage.down:
             self._flush_queued = True
             self.actor_ref.tell(Flush())
 
@@ -156,11 +161,7 @@ class Notifier(SupervisedChild):
                 self._settle(outgoing, error, now, waiting, sent)
         except GatewayError as exc:
             self._record(sent)
-            self._failures += 1
-            delay = exc.retry_after or self._outage.delay(self._failures)
-            self._backoff = delay
-            self._raised = exc.alarm or self.alarm
-            self.ctx.alarms.raise_(self.integ.name, self._raised, str(exc))
+            delay = self._outage.failed(str(exc), exc.retry_after, exc.alarm)
             log.warning(
                 "sending failed, retrying in %.1fs: %s",
                 delay,
@@ -171,10 +172,7 @@ class Notifier(SupervisedChild):
             self.ctx.scheduler.call_later(delay, self._retry_later)
             return
         self._record(sent)
-        if self._backoff:
-            self._backoff = 0.0
-            self._failures = 0
-            self.ctx.alarms.clear(self.integ.name, self._raised)
+        self._outage.recovered()
         if attempted >= CHUNK or self._replaced:
             self._replaced = False
             self._request_flush()

@@ -14,6 +14,7 @@ from vmrsched.actors.allocator import allocator_proxy
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Poll
 from vmrsched.actors.notifier import notifier_proxy
+from vmrsched.actors.outage import Outage
 from vmrsched.actors.supervision import Backoff
 from vmrsched.answers import Step
 from vmrsched.decisions import DecisionLog
@@ -33,10 +34,16 @@ class MailboxPoller(SupervisedChild):
         self.gateway = gateway
         self.interval = gateway.poll_interval(self.integ)
         self.alarm: str = gateway.alarm
-        self._failures = 0
+        # the mailbox unreachable: the gateway's alarm (or the one its error names) from the
+        # first failed poll, polls backing off from twice the interval
+        self._outage = Outage(
+            self.ctx.alarms,
+            self.integ.name,
+            self.alarm,
+            Backoff(self.interval * 2, self.ctx.policy.mailbox_max),
+            "the mailbox (reading)",
+        )
         self._full = 0  # polls in a row the disk was full for
-        self._backoff = Backoff(self.interval * 2, self.ctx.policy.mailbox_max)
-        self._raised = self.alarm
 
     def setup(self) -> None:
         self.renderer = self.integ.renderer()
@@ -57,22 +64,18 @@ class MailboxPoller(SupervisedChild):
             try:
                 handled = self.poll_once()
             except GatewayError as exc:
-                self._failures += 1
-                delay = exc.retry_after or self._backoff.delay(self._failures)
-                self._raised = exc.alarm or self.alarm
-                self.ctx.alarms.raise_(self.integ.name, self._raised, str(exc))
+                delay = self._outage.failed(str(exc), exc.retry_after, exc.alarm)
                 self.ctx.scheduler.call_later(delay, self._tell_poll)
                 return None
             except StorageFull:
                 # the allocator took the batch back and holds the storage_full alarm: nothing
                 # was answered or marked, so the same items are read again once there is room
                 self._full += 1
-                self.ctx.scheduler.call_later(self._backoff.delay(self._full), self._tell_poll)
+                delay = self._outage.backoff.delay(self._full)
+                self.ctx.scheduler.call_later(delay, self._tell_poll)
                 return None
             self._full = 0
-            if self._failures:
-                self._failures = 0
-                self.ctx.alarms.clear(self.integ.name, self._raised)
+            self._outage.recovered()
             if handled >= self.ctx.poll_batch:
                 self.actor_ref.tell(Poll())  # more waiting: go on at once
             else:

@@ -37,6 +37,7 @@ import requests
 from vmrsched import recurrence
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Poke, Reconcile
+from vmrsched.actors.outage import Outage
 from vmrsched.actors.supervision import Backoff
 from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnavailable
 from vmrsched.pexip.policy import FIELD_MAX, Room, clip, non_idp
@@ -82,8 +83,15 @@ class Provisioner(SupervisedChild):
         self.actual: dict[str, dict[str, Any]] | None = None  # alias id -> conference
         self.extra: list[dict[str, Any]] = []  # more conferences with a tag already seen
         self.refused: dict[str, float] = {}  # alias id -> monotonic time to try again
-        self.failures = 0
-        self.backoff = Backoff(2.0, self.ctx.policy.mailbox_max)
+        # Pexip unreachable, busy or refusing to list: pexip_unreachable from the first failed
+        # pass, passes backing off from two seconds
+        self.outage = Outage(
+            self.ctx.alarms,
+            self.integ.name,
+            PEXIP_UNREACHABLE,
+            Backoff(2.0, self.ctx.policy.mailbox_max),
+            "Pexip's management API",
+        )
         self.last_full = 0.0
         self.poked = False
         self.armed = 0  # the one timer's generation (a newer arming cancels an older)
@@ -100,7 +108,7 @@ class Provisioner(SupervisedChild):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Poke):
             # while backing off, the retry already scheduled picks the change up
-            if not self.poked and not self.failures and self.provisions:
+            if not self.poked and not self.outage.down and self.provisions:
                 self.poked = True
                 self.ctx.scheduler.call_later(POKE_DELAY, self._tell_reconcile)
         elif isinstance(message, _Tick):
@@ -108,7 +116,7 @@ class Provisioner(SupervisedChild):
                 self._pass(message.full)
         elif isinstance(message, Reconcile):
             self.poked = False
-            if self.failures and not message.full:
+            if self.outage.down and not message.full:
                 return None  # the retry timer runs the next pass
             self._pass(message.full)
         return None
@@ -128,11 +136,9 @@ class Provisioner(SupervisedChild):
             done = self.reconcile(full)
         except (PexipUnavailable, PexipRefused) as exc:
             # a refused list (say, a proxy's error page) is Pexip's problem too: never ours
-            self.failures += 1
             self.actual = None  # read everything back once it answers again
             retry = exc.retry_after if isinstance(exc, PexipUnavailable) else None
-            delay = retry or self.backoff.delay(self.failures)
-            self.ctx.alarms.raise_(self.integ.name, PEXIP_UNREACHABLE, str(exc))
+            delay = self.outage.failed(str(exc), retry)
             log.warning(
                 "Pexip management API unavailable, retrying in %.0fs: %s",
                 delay,
@@ -141,9 +147,7 @@ class Provisioner(SupervisedChild):
             )
             self._schedule(delay, full=True)
             return
-        if self.failures:
-            self.failures = 0
-            self.ctx.alarms.clear(self.integ.name, PEXIP_UNREACHABLE)
+        self.outage.recovered()
         if not any(until > time.monotonic() for until in self.refused.values()):
             self.ctx.alarms.clear(self.integ.name, PEXIP_REFUSED)
         if done:
