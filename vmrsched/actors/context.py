@@ -10,6 +10,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pykka
+
 from vmrsched import config
 from vmrsched.actors.registry import Registry
 from vmrsched.actors.supervision import RestartPolicy
@@ -17,7 +19,7 @@ from vmrsched.actors.timer import Scheduler
 from vmrsched.aliases import RandomSource
 from vmrsched.config import IntegrationConfig, ServerConfig
 from vmrsched.mailbox.backends import TokenSources, make_gateway
-from vmrsched.mailbox.base import Gateway
+from vmrsched.mailbox.base import Mailbox
 from vmrsched.pexip.policy import AliasIndex
 from vmrsched.store import utc_now
 from vmrsched.telemetry import Alarms, Metrics
@@ -48,7 +50,7 @@ class StatusBoard:
             return {k: dict(v) for k, v in self._states.items()}
 
 
-def default_gateway(integ: IntegrationConfig, ctx: Context) -> Gateway:
+def default_gateway(integ: IntegrationConfig, ctx: Context) -> Mailbox:
     return make_gateway(integ, ctx.data_dir, ctx.metrics, ctx.tokens, exclusive=True)
 
 
@@ -64,14 +66,14 @@ class Context:
     clock: Callable[[], datetime] = utc_now
     rng: RandomSource | None = None
     policy: RestartPolicy = field(default_factory=RestartPolicy)
-    gateway_factory: Callable[[IntegrationConfig, Context], Gateway] = default_gateway
+    gateway_factory: Callable[[IntegrationConfig, Context], Mailbox] = default_gateway
     tokens: TokenSources = field(init=False)
     # every integration's aliases for the Pexip policy answer, published by the allocators
     alias_index: AliasIndex = field(default_factory=AliasIndex)
     # every running integration's mailbox gateway by name (change notifications reach it)
-    mailboxes: dict[str, Any] = field(default_factory=dict)
+    mailboxes: dict[str, Mailbox] = field(default_factory=dict)
     # every running integration supervisor by name (for Service.stop when the root is gone)
-    supervisors: dict[str, Any] = field(default_factory=dict)
+    supervisors: dict[str, pykka.ActorRef[Any]] = field(default_factory=dict)
     poll_batch: int = 100
     sweep_interval: float = 3600.0
     provision_interval: float = 30.0  # seconds between the provisioner's passes

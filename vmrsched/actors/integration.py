@@ -1,10 +1,16 @@
-"""IntegrationSupervisor: starts one integration's children and restarts them one_for_one.
-More than `max_restarts` restarts within `within_seconds` marks the integration failed, raises
-the `integration_failed` alarm and retries the whole integration with exponential backoff."""
+"""IntegrationSupervisor: starts one integration's children and restarts them one_for_one (a
+Supervisor, supervision.py). More than `max_restarts` restarts within `within_seconds` marks
+the integration failed, raises the `integration_failed` alarm and retries the whole
+integration with exponential backoff; the other integrations never notice.
+
+one_for_one, not rest_for_one, although the poller hands work to the allocator and the
+notifier: it looks both up in the registry for every batch, so a restarted sibling is simply
+the one it finds next time, and a notifier crash need not cost a poll in progress."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -14,28 +20,22 @@ import pykka
 from vmrsched.actors.allocator import AliasAllocator
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.context import Context
-from vmrsched.actors.messages import (
-    ChildFailed,
-    ChildReady,
-    Crash,
-    RestartChild,
-    RetryIntegration,
-)
+from vmrsched.actors.messages import ChildFailed, ChildReady, IntegrationFailed, RetryIntegration
 from vmrsched.actors.notifier import Notifier
 from vmrsched.actors.poller import MailboxPoller
 from vmrsched.actors.provisioner import Provisioner
-from vmrsched.actors.supervision import RestartIntensity
+from vmrsched.actors.supervision import ChildSpec, Supervisor
 from vmrsched.config import IntegrationConfig
-from vmrsched.mailbox.base import Gateway
+from vmrsched.mailbox.base import Mailbox
 from vmrsched.telemetry import INTEGRATION_FAILED
 
 log = logging.getLogger("vmrsched.supervisor")
 
 
 @dataclass(frozen=True)
-class ChildSpec:
-    """How to start one child (OTP's child specification): its role, its actor class and
-    whether it shares the integration's mailbox gateway."""
+class ChildKind:
+    """One kind of child an integration runs: its role (the child's id and its name in the
+    registry), its actor class and whether it shares the integration's mailbox gateway."""
 
     role: str
     actor: type[SupervisedChild]
@@ -44,14 +44,14 @@ class ChildSpec:
 
 # in start order; stopped in reverse
 CHILDREN = (
-    ChildSpec("allocator", AliasAllocator),
-    ChildSpec("notifier", Notifier, uses_gateway=True),
-    ChildSpec("poller", MailboxPoller, uses_gateway=True),
+    ChildKind("allocator", AliasAllocator),
+    ChildKind("notifier", Notifier, uses_gateway=True),
+    ChildKind("poller", MailboxPoller, uses_gateway=True),
 )
-PROVISIONER = ChildSpec("provisioner", Provisioner)
+PROVISIONER = ChildKind("provisioner", Provisioner)
 
 
-def child_specs(integ: IntegrationConfig) -> tuple[ChildSpec, ...]:
+def child_kinds(integ: IntegrationConfig) -> tuple[ChildKind, ...]:
     """An integration's children: the provisioner where the service creates conferences, or
     reads Pexip's own services' names and aliases (the management API configured in policy
     mode) so that it hands out none of them."""
@@ -65,8 +65,9 @@ ALARM = INTEGRATION_FAILED
 STOP_TIMEOUT = 30.0
 
 
-class IntegrationSupervisor(pykka.ThreadingActor):
+class IntegrationSupervisor(Supervisor):
     use_daemon_thread = True
+    strategy = "one_for_one"
 
     def __init__(
         self,
@@ -75,23 +76,29 @@ class IntegrationSupervisor(pykka.ThreadingActor):
         parent: pykka.ActorRef[Any] | None = None,
         generation: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(ctx.scheduler, ctx.policy)
         self.integ = integ
         self.ctx = ctx
         self.parent = parent  # the ServiceSupervisor, told when this supervisor dies
         self.own_generation = generation
         self.name = integ.name
-        self.children: dict[str, pykka.ActorRef[Any]] = {}
-        self.specs = {spec.role: spec for spec in child_specs(integ)}  # in start order
-        self.generation: dict[str, int] = dict.fromkeys(self.specs, 0)
-        self.intensity = RestartIntensity(ctx.policy)
-        self.gateway: Gateway | None = None
+        self.label = f"integration supervisor of {self.name}"
+        for kind in child_kinds(integ):
+            start = functools.partial(self._start_kind, kind)
+            self.specs[kind.role] = ChildSpec(kind.role, start, "permanent", STOP_TIMEOUT)
+        self.gateway: Mailbox | None = None
         self._starting: set[str] = set()  # children whose start-up is not done yet
         self.state = "starting"
 
     def on_start(self) -> None:
         self.ctx.status.set(self.name, state="starting", restarts=0, error="")
         self._start_all()
+
+    def _start_kind(
+        self, kind: ChildKind, supervisor: pykka.ActorRef[Any], generation: int
+    ) -> pykka.ActorRef[Any]:
+        extra = {"gateway": self.gateway} if kind.uses_gateway else {}
+        return kind.actor.start(self.integ, self.ctx, supervisor, generation, **extra)
 
     def _start_all(self) -> None:
         try:
@@ -100,30 +107,39 @@ class IntegrationSupervisor(pykka.ThreadingActor):
                 self.ctx.mailboxes[self.name] = self.gateway
             self._set_state("starting")
             self._starting = set(self.specs)
-            for role in self.specs:
-                self._start_child(role)
+            self.start_all()
         except Exception as exc:
             log.exception("integration %s could not start", self.name)
             self._enter_failed(repr(exc))
             return
         # running (and ready) once every child has finished its start-up (ChildReady)
 
-    def _start_child(self, role: str) -> None:
-        self.generation[role] += 1
-        args = (self.integ, self.ctx, self.actor_ref, self.generation[role])
-        spec = self.specs[role]
-        extra = {"gateway": self.gateway} if spec.uses_gateway else {}
-        ref: pykka.ActorRef[Any] = spec.actor.start(*args, **extra)
-        self.children[role] = ref
-        self.ctx.registry.set(self.name, role, ref)
+    # --- the Supervisor's hooks -----------------------------------------------------------------
 
-    def _stop_children(self) -> None:
-        for role in reversed(self.specs):
-            ref = self.children.pop(role, None)
-            self.ctx.registry.set(self.name, role, None)
-            if ref is not None:
-                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                    ref.stop(block=True, timeout=STOP_TIMEOUT)
+    def child_started(self, child_id: str, ref: pykka.ActorRef[Any]) -> None:
+        self.ctx.registry.set(self.name, child_id, ref)
+
+    def child_stopped(self, child_id: str) -> None:
+        self.ctx.registry.set(self.name, child_id, None)
+
+    def child_exited(self, child_id: str, error: str) -> None:
+        self.ctx.metrics.actor_restarts.labels(self.name, child_id).inc()
+        restarts = int(self.ctx.status.snapshot().get(self.name, {}).get("restarts", 0)) + 1
+        self.ctx.status.set(self.name, restarts=restarts)
+
+    def may_restart(self) -> bool:
+        return self.state in ("running", "starting")
+
+    def intensity_exceeded(self, child_id: str, error: str) -> None:
+        self._enter_failed(f"{child_id} restarted too often: {error}")
+
+    def restart_failed(self, child_id: str, error: Exception) -> None:
+        self._enter_failed(repr(error))
+
+    def describe(self, child_id: str) -> str:
+        return f"{child_id} of {self.name}"
+
+    # --- states ---------------------------------------------------------------------------------
 
     def _set_state(self, state: str, error: str = "") -> None:
         self.state = state
@@ -133,7 +149,7 @@ class IntegrationSupervisor(pykka.ThreadingActor):
             self.ctx.alarms.clear(self.name, ALARM)
 
     def _enter_failed(self, error: str) -> None:
-        self._stop_children()
+        self.terminate_all()
         delay = self.intensity.next_backoff()
         self._set_state("failed", error)
         self.ctx.alarms.raise_(self.name, ALARM, error)
@@ -144,45 +160,20 @@ class IntegrationSupervisor(pykka.ThreadingActor):
         self.actor_ref.tell(RetryIntegration())
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Crash):
-            raise RuntimeError(f"integration supervisor of {self.name} told to crash")
         if isinstance(message, ChildReady):
-            if message.generation == self.generation.get(message.role) and self._starting:
+            if message.generation == self.generations.get(message.role) and self._starting:
                 self._starting.discard(message.role)
                 if not self._starting and self.state == "starting":
                     self._set_state("running")
         elif isinstance(message, ChildFailed):
-            self._child_failed(message)
-        elif isinstance(message, RestartChild):
-            if self.state in ("running", "starting") and message.role not in self.children:
-                try:
-                    self._start_child(message.role)
-                except Exception as exc:
-                    self._enter_failed(repr(exc))
-        elif isinstance(message, RetryIntegration) and self.state == "failed":
-            self.intensity.reset_window()
-            self._start_all()
+            self.child_died(message.role, message.generation, message.error)
+        elif isinstance(message, RetryIntegration):
+            if self.state == "failed":
+                self.intensity.reset_window()
+                self._start_all()
+        else:
+            return super().on_receive(message)  # Crash, RestartChild
         return None
-
-    def _child_failed(self, message: ChildFailed) -> None:
-        if message.generation != self.generation.get(message.role) or self.state not in (
-            "running",
-            "starting",
-        ):
-            return  # a report from a child already replaced or stopped
-        self.children.pop(message.role, None)
-        self.ctx.registry.set(self.name, message.role, None)
-        self.ctx.metrics.actor_restarts.labels(self.name, message.role).inc()
-        restarts = int(self.ctx.status.snapshot().get(self.name, {}).get("restarts", 0)) + 1
-        self.ctx.status.set(self.name, restarts=restarts)
-        if self.intensity.record():
-            self._enter_failed(f"{message.role} restarted too often: {message.error}")
-            return
-        log.warning("restarting %s of %s after: %s", message.role, self.name, message.error)
-        self.ctx.scheduler.call_later(
-            self.ctx.policy.restart_delay,
-            lambda: self.actor_ref.tell(RestartChild(message.role)),
-        )
 
     def on_stop(self) -> None:
         self._shut_down()
@@ -198,11 +189,11 @@ class IntegrationSupervisor(pykka.ThreadingActor):
         finally:
             if self.parent is not None:
                 with contextlib.suppress(pykka.ActorDeadError):
-                    self.parent.tell(ChildFailed(self.name, self.own_generation, error))
+                    self.parent.tell(IntegrationFailed(self.name, self.own_generation, error))
 
     def _shut_down(self) -> None:
         try:
-            self._stop_children()
+            self.terminate_all()
         finally:
             if self.gateway is not None:
                 gateway, self.gateway = self.gateway, None

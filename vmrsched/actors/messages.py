@@ -45,7 +45,19 @@ class Crash:
 
 @dataclass(frozen=True)
 class ChildFailed:
+    """Told by a child of an IntegrationSupervisor that died (actors/child.py)."""
+
     role: str
+    generation: int
+    error: str
+
+
+@dataclass(frozen=True)
+class IntegrationFailed:
+    """Told by an IntegrationSupervisor that died (its children with it) to the service
+    supervisor, which starts the integration again."""
+
+    name: str
     generation: int
     error: str
 
@@ -61,7 +73,9 @@ class ChildReady:
 
 @dataclass(frozen=True)
 class RestartChild:
-    role: str
+    """Told by a supervisor to itself (through the timer) when a child's restart is due."""
+
+    child: str
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,9 @@
-"""ServiceSupervisor: one per process. Starts an IntegrationSupervisor per configured
-integration and applies config reloads: changed integrations restart, added ones start, removed
-ones stop, the rest never notice."""
+"""ServiceSupervisor: one per process, a Supervisor (supervision.py) whose children are the
+IntegrationSupervisors, one per configured integration. It applies config reloads: changed
+integrations restart, added ones start, removed ones stop, the rest never notice."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -14,20 +13,21 @@ from pykka.typing import ActorMemberMixin, proxy_method
 
 from vmrsched.actors import futex
 from vmrsched.actors.context import Context
-from vmrsched.actors.integration import IntegrationSupervisor, child_specs
-from vmrsched.actors.messages import ChildFailed, Crash, Reload, Request, RestartChild
-from vmrsched.actors.supervision import RestartIntensity
+from vmrsched.actors.integration import IntegrationSupervisor, child_kinds
+from vmrsched.actors.messages import IntegrationFailed, Reload, Request
+from vmrsched.actors.supervision import ChildSpec, Supervisor
 from vmrsched.config import Config, IntegrationConfig
 from vmrsched.telemetry import SUPERVISOR_FAILED
 
 log = logging.getLogger("vmrsched.service")
 OTHER_THREADS = 64  # beside the actors: the event loop, the timer, worker pools
+STOP_TIMEOUT = 60.0  # an integration's stop: its children's, one after the other
 
 
 def threads_for(config: Config) -> int:
     """The threads the service runs with this config: each integration's supervisor and
     children, and the rest."""
-    return OTHER_THREADS + sum(1 + len(child_specs(integ)) for integ in config.integrations)
+    return OTHER_THREADS + sum(1 + len(child_kinds(integ)) for integ in config.integrations)
 
 
 @dataclass(frozen=True)
@@ -37,15 +37,20 @@ class ReloadResult:
     removed: list[str] = field(default_factory=list)
 
 
-class ServiceSupervisor(pykka.ThreadingActor):
+class ServiceSupervisor(Supervisor):
+    """The root: one child per integration (an IntegrationSupervisor), each with a restart
+    intensity of its own so that one integration dying over and over never delays another's
+    restart; past it, the integration starts again after a backoff. Nothing supervises the
+    root: when it dies, it stops everything (on_failure)."""
+
+    intensity_per_child = True
+    label = "service supervisor"
+
     def __init__(self, config: Config, ctx: Context) -> None:
-        super().__init__()
+        super().__init__(ctx.scheduler, ctx.policy)
         self.config = config
         self.ctx = ctx
-        self.integrations: dict[str, pykka.ActorRef[Any]] = {}
         self.configs: dict[str, IntegrationConfig] = {}
-        self.generations: dict[str, int] = {}
-        self.intensity: dict[str, RestartIntensity] = {}
 
     def on_start(self) -> None:
         futex.size_futex_hash(threads_for(self.config))
@@ -54,19 +59,31 @@ class ServiceSupervisor(pykka.ThreadingActor):
 
     def _start_integration(self, integ: IntegrationConfig) -> None:
         self.configs[integ.name] = integ
-        generation = self.generations.get(integ.name, 0) + 1
-        self.generations[integ.name] = generation
-        ref = IntegrationSupervisor.start(integ, self.ctx, self.actor_ref, generation)
-        self.integrations[integ.name] = ref
-        self.ctx.supervisors[integ.name] = ref
+
+        def start(parent: pykka.ActorRef[Any], generation: int) -> pykka.ActorRef[Any]:
+            return IntegrationSupervisor.start(integ, self.ctx, parent, generation)
+
+        self.add_child(ChildSpec(integ.name, start, "permanent", STOP_TIMEOUT))
 
     def _stop_integration(self, name: str) -> None:
-        ref = self.integrations.pop(name, None)
-        self.ctx.supervisors.pop(name, None)
         self.configs.pop(name, None)
-        if ref is not None:
-            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                ref.stop(block=True, timeout=60)
+        self.delete_child(name)
+
+    # --- the Supervisor's hooks -----------------------------------------------------------------
+
+    def child_started(self, child_id: str, ref: pykka.ActorRef[Any]) -> None:
+        self.ctx.supervisors[child_id] = ref
+
+    def child_stopped(self, child_id: str) -> None:
+        self.ctx.supervisors.pop(child_id, None)
+
+    def child_exited(self, child_id: str, error: str) -> None:
+        self.ctx.metrics.actor_restarts.labels(child_id, "supervisor").inc()
+
+    def describe(self, child_id: str) -> str:
+        return f"integration {child_id}"
+
+    # --- reload ---------------------------------------------------------------------------------
 
     def reload(self, new: Config) -> ReloadResult:
         old_names = set(self.configs)
@@ -93,39 +110,18 @@ class ServiceSupervisor(pykka.ThreadingActor):
         return result
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Crash):
-            raise RuntimeError("service supervisor told to crash")
-        if isinstance(message, ChildFailed):
-            self._integration_failed(message)
-            return None
-        if isinstance(message, RestartChild):
-            integ = self.configs.get(message.role)
-            if integ is not None and message.role not in self.integrations:
-                self._start_integration(integ)
-            return None
-        if isinstance(message, Request) and isinstance(message.payload, Reload):
+        if isinstance(message, IntegrationFailed):
+            self.child_died(message.name, message.generation, message.error)
+        elif isinstance(message, Request) and isinstance(message.payload, Reload):
             try:
                 result = self.reload(message.payload.config)
             except Exception as exc:
                 message.reply(None, exc)
-                raise
+                raise  # the tree may be half changed: the root stops it all (on_failure)
             message.reply(result, None)
+        else:
+            return super().on_receive(message)  # Crash, RestartChild
         return None
-
-    def _integration_failed(self, message: ChildFailed) -> None:
-        """An integration supervisor died (its children with it): start it again, within the
-        same restart intensity as children; past it, after a backoff."""
-        name = message.role
-        if message.generation != self.generations.get(name) or name not in self.configs:
-            return  # an integration replaced or removed meanwhile
-        self.integrations.pop(name, None)
-        self.ctx.supervisors.pop(name, None)
-        self.ctx.metrics.actor_restarts.labels(name, "supervisor").inc()
-        intensity = self.intensity.setdefault(name, RestartIntensity(self.ctx.policy))
-        delay = intensity.next_backoff() if intensity.record() else self.ctx.policy.restart_delay
-        log.warning("restarting integration %s in %.1fs after: %s", name, delay, message.error)
-        ref = self.actor_ref
-        self.ctx.scheduler.call_later(delay, lambda: ref.tell(RestartChild(name)))
 
     def on_failure(self, *exc_info: Any) -> None:
         """The root died: stop everything under it (nothing runs unsupervised) and say so;
@@ -133,12 +129,12 @@ class ServiceSupervisor(pykka.ThreadingActor):
         error = repr(exc_info[1]) if len(exc_info) > 1 else "crashed"
         log.error("service supervisor crashed: %s; stopping every integration", error)
         self.ctx.alarms.raise_("service", SUPERVISOR_FAILED, error)
-        for name in list(self.integrations):
+        for name in list(self.children):
             self._stop_integration(name)
             self.ctx.status.set(name, state="stopped", error=f"service supervisor crashed: {error}")
 
     def on_stop(self) -> None:
-        for name in list(self.integrations):
+        for name in list(self.children):
             self._stop_integration(name)
 
 
