@@ -1,32 +1,46 @@
-"""From the event loop to an actor without blocking: tell a Request whose reply resolves an
-asyncio future through loop.call_soon_threadsafe (never future.get() on the loop).
+"""The one way to ask an actor: tell it a Request (messages.py) whose reply resolves a future.
+
+From the event loop (`ask_async`) the future is the loop's, resolved through
+loop.call_soon_threadsafe: the loop never blocks (never future.get() on it, never a thread
+waiting on a pykka future for it). From any other thread (the CLI, tests) `ask` waits on a
+concurrent future. Payloads are typed (`Ask[R]`): the answer is an R.
 
 Actors that answer many requests at once (the allocator's group commit) hand all replies to
 `deliver`, which wakes each event loop once for the whole batch instead of once per reply.
-"""
+
+Actors ask each other through typed pykka proxies instead (allocator_proxy, notifier_proxy):
+an actor thread may block on another actor, and a proxy's future carries the callee's
+exception back to the caller without stopping the callee."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import Any
+import concurrent.futures
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pykka
 
-from vmrsched.actors.messages import Request, Reserve
+from vmrsched.actors.messages import Ask, Request, Reserve
 from vmrsched.actors.registry import ActorUnavailable
 
+if TYPE_CHECKING:
+    from vmrsched.actors.allocator import QuotaReached
+    from vmrsched.store import Record
 
-class LoopReply:
+R = TypeVar("R")
+
+
+class LoopReply(Generic[R]):
     """The reply of a Request made by `ask_async`: resolves a future on its event loop."""
 
     __slots__ = ("future", "loop")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[R]) -> None:
         self.loop = loop
         self.future = future
 
-    def __call__(self, result: Any, error: BaseException | None) -> None:
+    def __call__(self, result: R | None, error: BaseException | None) -> None:
         self.loop.call_soon_threadsafe(_resolve, self.future, result, error)
 
 
@@ -44,7 +58,7 @@ def _resolve_many(batch: list[tuple[asyncio.Future[Any], Any, BaseException | No
         _resolve(future, result, error)
 
 
-def deliver(replies: Iterable[tuple[Request, Any, BaseException | None]]) -> None:
+def deliver(replies: Iterable[tuple[Request[Any], Any, BaseException | None]]) -> None:
     """Answer many requests: one wake-up per event loop, plain calls for other replies."""
     by_loop: dict[
         asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]
@@ -59,12 +73,40 @@ def deliver(replies: Iterable[tuple[Request, Any, BaseException | None]]) -> Non
         loop.call_soon_threadsafe(_resolve_many, batch)
 
 
-async def ask_async(ref: pykka.ActorRef[Any], payload: Any, timeout: float = 10.0) -> Any:
+def answer(request: Request[R], work: Callable[[], R]) -> None:
+    """Reply to `request` with what `work` returns, or with the exception it raised: a request
+    never takes the actor that answers it down."""
+    try:
+        result = work()
+    except Exception as exc:
+        request.reply(None, exc)
+    else:
+        request.reply(result, None)
+
+
+async def ask_async(ref: pykka.ActorRef[Any], payload: Ask[R], timeout: float = 10.0) -> R:
+    """Ask from the event loop: the actor's answer, or its exception; TimeoutError after
+    `timeout` seconds; pykka.ActorDeadError when the actor is gone."""
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
+    future: asyncio.Future[R] = loop.create_future()
     ref.tell(Request(payload, LoopReply(loop, future)))
     async with asyncio.timeout(timeout):
         return await future
+
+
+def ask(ref: pykka.ActorRef[Any], payload: Ask[R], timeout: float = 10.0) -> R:
+    """Ask from a thread that may block (never the event loop's, never an actor's own): as
+    `ask_async`, waiting on a concurrent future."""
+    done: concurrent.futures.Future[R] = concurrent.futures.Future()
+
+    def reply(result: R | None, error: BaseException | None) -> None:
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]  # (result, None): an R
+
+    ref.tell(Request(payload, reply))
+    return done.result(timeout)
 
 
 class ReservationBatcher:
@@ -75,16 +117,18 @@ class ReservationBatcher:
     per batch bounds the wait (TimeoutError), not an asyncio.timeout per request."""
 
     def __init__(self) -> None:
-        self._waiting: list[asyncio.Future[Any]] = []
+        self._waiting: list[asyncio.Future[Record]] = []
         self._users: list[str] = []
         self._timeout = 0.0
         self._scheduled = False
 
-    async def reserve(self, allocator: Any, timeout: float, user: str = "") -> Any:
+    async def reserve(
+        self, allocator: pykka.ActorRef[Any], timeout: float, user: str = ""
+    ) -> Record:
         """One alias for `user` ("" when no quota applies to the caller), or TimeoutError
         after `timeout` seconds (the shortest of its batch's)."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[Record] = loop.create_future()
         self._waiting.append(future)
         self._users.append(user)
         if not self._scheduled:
@@ -95,11 +139,11 @@ class ReservationBatcher:
             self._timeout = timeout
         return await future
 
-    def _send(self, allocator: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def _send(self, allocator: pykka.ActorRef[Any], loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = False
         waiting, self._waiting = self._waiting, []
         users, self._users = tuple(self._users), []
-        batch: asyncio.Future[Any] = loop.create_future()
+        batch: asyncio.Future[list[Record | QuotaReached]] = loop.create_future()
 
         def expire() -> None:
             for future in waiting:
@@ -108,16 +152,18 @@ class ReservationBatcher:
 
         timer = loop.call_later(self._timeout, expire)
 
-        def settle(done: asyncio.Future[Any]) -> None:
+        def settle(done: asyncio.Future[list[Record | QuotaReached]]) -> None:
             timer.cancel()
             error = done.exception()
-            results = done.result() if error is None else [None] * len(waiting)
-            for future, result in zip(waiting, results, strict=True):
+            if error is not None:
+                for future in waiting:
+                    if not future.done():  # timed out or cancelled meanwhile
+                        future.set_exception(error)
+                return
+            for future, result in zip(waiting, done.result(), strict=True):
                 if future.done():
                     continue  # timed out or cancelled meanwhile; its alias expires unused
-                if error is not None:
-                    future.set_exception(error)
-                elif isinstance(result, BaseException):
+                if isinstance(result, BaseException):
                     future.set_exception(result)
                 else:
                     future.set_result(result)

@@ -1,12 +1,36 @@
-"""Every message actors tell each other and the front ends tell actors: typed, immutable."""
+"""Every message actors tell each other and the front ends tell actors: typed, immutable.
+
+Asking an actor (from the event loop, see bridge.py) is telling it a `Request`: a payload and
+the callable that takes its reply. Every payload is an `Ask[R]`, R being what the reply carries,
+so `bridge.ask_async(ref, FindAliases(...))` is known to return `list[Record]`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, Literal
 
 from vmrsched.config import Config
+from vmrsched.outqueue import Failed, Queued
+from vmrsched.store import Record
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    # R defaults to Any, so an actor handling requests of every kind may name the bare
+    # `Request`; typing.TypeVar takes a default from Python 3.13 only
+    from typing_extensions import TypeVar
+
+    from vmrsched.actors.allocator import QuotaReached
+
+    R = TypeVar("R", default=Any)
+    # one user's reservation: the record, or the quota that refused it (the allocator's
+    # QuotaReached, named here for the type checker only: the allocator imports this module)
+    Reserved: TypeAlias = Record | QuotaReached
+else:
+    from typing import TypeVar
+
+    R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -83,8 +107,14 @@ class RetryIntegration:
     pass
 
 
+class Ask(Generic[R]):
+    """The base of every payload of a Request: R is the type of the reply."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True)
-class Reserve:
+class Reserve(Ask["list[Reserved]"]):
     """Payload of a Request from the add-in API: reserve an alias for each of `users` (the
     requests that arrived together; "" for a caller no quota applies to); the reply lists, in
     the same order, each one's record or the QuotaReached of a user at the cap."""
@@ -93,7 +123,7 @@ class Reserve:
 
 
 @dataclass(frozen=True)
-class FindAliases:
+class FindAliases(Ask[list[Record]]):
     """Payload of a Request to an allocator from the admin API: the records matching `query`
     (every word in the alias, numeric alias, organizer, subject or meeting UID) whose schedule
     touches `day` (ISO date, optional); the reply is a list of records, newest first."""
@@ -104,7 +134,7 @@ class FindAliases:
 
 
 @dataclass(frozen=True)
-class DeleteAlias:
+class DeleteAlias(Ask[Record | None]):
     """Payload: delete an alias (an admin's act: `by`). Declined from then on, refused by the
     policy endpoint, its conference removed where provisioned; the organizer of a booked
     meeting is told. The reply is the deleted record, or None when no such alias exists."""
@@ -117,7 +147,7 @@ class DeleteAlias:
 
 
 @dataclass(frozen=True)
-class ResendInstructions:
+class ResendInstructions(Ask[str | None]):
     """Payload: mail a booked meeting's joining instructions to its organizer again; the reply
     is the queued message's id, or None when the alias is not booked."""
 
@@ -126,7 +156,16 @@ class ResendInstructions:
 
 
 @dataclass(frozen=True)
-class Reload:
+class ReloadResult:
+    """The reply to Reload: the integrations restarted, started and stopped."""
+
+    changed: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Reload(Ask[ReloadResult]):
     """Payload of a Request to the service supervisor: apply this (validated) configuration;
     the reply is a ReloadResult."""
 
@@ -134,9 +173,30 @@ class Reload:
 
 
 @dataclass(frozen=True)
-class Request:
-    """A request from the event loop: `payload` is handled by the actor and `reply` is called with
-    (result, error) from the actor's thread; see bridge.py."""
+class QueueContents(Ask[tuple[list[Queued], list[Failed]]]):
+    """Payload of a Request to a notifier from the admin API: what its queue holds (queued,
+    oldest first, and failed)."""
 
-    payload: Reserve | Reload | FindAliases | DeleteAlias | ResendInstructions
-    reply: Callable[[Any, BaseException | None], None]
+
+@dataclass(frozen=True)
+class QueueAct(Ask[tuple[bool, list[Failed]]]):
+    """Payload: an admin's retry (a failed message back in the queue) or discard (a failed or
+    queued message dropped) of one message, durable before the reply: whether there was such
+    a message, and the failed messages after the act (the delivery_failed alarm follows them).
+    A retried message goes out with the next flush (tell the notifier Flush)."""
+
+    act: Literal["retry", "discard"]
+    message_id: str
+
+
+# Called from the actor's thread with (result, None) or (None, error).
+Reply = Callable[[R | None, BaseException | None], None]
+
+
+@dataclass(frozen=True)
+class Request(Generic[R]):
+    """A request to an actor: `payload` is handled by the actor and `reply` is called with
+    (result, error) from the actor's thread, never raising into it; see bridge.py."""
+
+    payload: Ask[R]
+    reply: Reply[R]

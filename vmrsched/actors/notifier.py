@@ -29,12 +29,13 @@ from typing import Any, cast
 import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
+from vmrsched.actors.bridge import answer
 from vmrsched.actors.child import SupervisedChild
-from vmrsched.actors.messages import Flush
+from vmrsched.actors.messages import Flush, QueueAct, QueueContents, Request
 from vmrsched.actors.outage import Outage
 from vmrsched.actors.supervision import Backoff
 from vmrsched.mailbox.base import GatewayError, Mailbox, Outgoing
-from vmrsched.outqueue import OutQueue
+from vmrsched.outqueue import Failed, OutQueue
 from vmrsched.telemetry import DELIVERY_FAILED
 
 log = logging.getLogger("vmrsched.notifier")
@@ -120,7 +121,29 @@ class Notifier(SupervisedChild):
         if isinstance(message, Flush):
             self._flush_queued = False
             self._flush()
+        elif isinstance(message, Request):
+            self._answer(message)
         return None
+
+    def _answer(self, request: Request[Any]) -> None:
+        """An admin's question or act about the queue (asked from the event loop): answered in
+        this thread, which owns the queue; an error goes back to the asker."""
+        ask = request.payload
+        if isinstance(ask, QueueContents):
+            answer(request, lambda: self.queue.contents())
+        elif isinstance(ask, QueueAct):
+            answer(request, lambda: self._queue_act(ask))
+        else:
+            request.reply(None, ValueError(f"unknown request {ask!r}"))
+
+    def _queue_act(self, ask: QueueAct) -> tuple[bool, list[Failed]]:
+        """An admin's retry or discard, durable: whether there was such a message, and the
+        failed messages after it."""
+        if ask.act == "retry":
+            done = self.queue.retry(ask.message_id)
+        else:
+            done = self.queue.discard(ask.message_id)
+        return done, self.queue.failed()
 
     def _flush(self) -> None:
         now = time.monotonic()

@@ -5,7 +5,6 @@ integrations restart, added ones start, removed ones stop, the rest never notice
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pykka
@@ -15,6 +14,7 @@ from vmrsched.actors import futex
 from vmrsched.actors.context import Context
 from vmrsched.actors.integration import IntegrationSupervisor, child_kinds
 from vmrsched.actors.messages import IntegrationFailed, Reload, Request
+from vmrsched.actors.messages import ReloadResult as ReloadResult  # where the service finds it
 from vmrsched.actors.supervision import ChildSpec, Supervisor
 from vmrsched.config import Config, IntegrationConfig
 from vmrsched.telemetry import SUPERVISOR_FAILED
@@ -28,13 +28,6 @@ def threads_for(config: Config) -> int:
     """The threads the service runs with this config: each integration's supervisor and
     children, and the rest."""
     return OTHER_THREADS + sum(1 + len(child_kinds(integ)) for integ in config.integrations)
-
-
-@dataclass(frozen=True)
-class ReloadResult:
-    changed: list[str] = field(default_factory=list)
-    added: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
 
 
 class ServiceSupervisor(Supervisor):
@@ -139,7 +132,9 @@ class ServiceSupervisor(Supervisor):
 
 
 class ServiceSupervisorProxy(ActorMemberMixin, pykka.ActorProxy[ServiceSupervisor]):
-    """The typed proxy: what may be asked of the actor from another actor's thread."""
+    """The typed proxy of the blocking reload (Runtime.reload, tests). bridge.ask(ref,
+    Reload(config)) asks the same through the one ask channel; the event loop asks with
+    bridge.ask_async."""
 
     reload = proxy_method(ServiceSupervisor.reload)
 
