@@ -1,20 +1,27 @@
 """The notifier's durable queue across restarts: an id once queued is never queued again, what
 is pending or failed survives, and a restart with nothing to send writes nothing (its journal
-starts at the first change, carrying the state over, never appended to an old one)."""
+starts at the first change, carrying the state over, never appended to an old one).
+
+What the queue promises is tested on both backends (`reopen`: the journal, and PostgreSQL when
+its server binaries are installed); the journal's own file format, damage and full disk below
+them. PostgreSQL's own promises (takeover, restarts) are in tests/postgres/test_outqueue_pg.py."""
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.filestate import snapshot
-from vmrsched import journal
+from vmrsched import journal, outqueue
 from vmrsched.outgoing import Outgoing
-from vmrsched.outqueue import OutQueue, read_failed
+from vmrsched.outqueue import SEEN_DAYS, MessageQueue, OutQueue, read_failed
+from vmrsched.postgres import migrations
+from vmrsched.postgres import outqueue as pg_outqueue
 from vmrsched.telemetry import STATE_DAMAGED, Alarms, Metrics
 
 NOW = 1_800_000_000.0
@@ -43,19 +50,201 @@ def opened(directory: Path) -> OutQueue:
 
 def queue_with_history(directory: Path) -> None:
     """Delivered "sent", pending "waiting", failed "refused" (with a replacement pending)."""
-    queue = opened(directory)
+    history(opened(directory))
+
+
+def history(queue: MessageQueue) -> None:
     queue.add([message("sent"), message("waiting"), message("refused")])
     queue.done(["sent"])
     queue.fail("refused", "ErrorInvalidRecipients", replacement=message("notice"))
     queue.close()
 
 
-def state(queue: OutQueue) -> tuple[list[str], list[tuple[str, str]], bool]:
+def state(queue: MessageQueue) -> tuple[list[str], list[tuple[str, str]], bool]:
     return (
         sorted(m.id for m in queue.pending()),
         [(f.message.id, f.reason) for f in queue.failed()],
         queue.seen("sent"),
     )
+
+
+# --- what the queue promises, on both backends ---------------------------------------------
+
+Opener = Callable[..., MessageQueue]
+
+
+@pytest.fixture(params=["journal", "postgresql"])
+def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens integration alpha's queue (again: as after a restart), on one backend; the
+    clock is NOW unless given."""
+    made: list[MessageQueue] = []
+    if request.param == "journal":
+
+        def make(clock: Callable[[], float] = lambda: NOW) -> MessageQueue:
+            return OutQueue(tmp_path / "queue" / "alpha", clock=clock)
+
+    else:
+        connect = request.getfixturevalue("connect")  # skipped without the server binaries
+        with connect() as conn:
+            migrations.migrate(conn)
+
+        def make(clock: Callable[[], float] = lambda: NOW) -> MessageQueue:
+            return pg_outqueue.DatabaseOutQueue(connect, "alpha", clock=clock)
+
+    def opener(*args: Any, **kwargs: Any) -> MessageQueue:
+        queue = make(*args, **kwargs)
+        made.append(queue)
+        return queue
+
+    yield opener
+    for queue in made:
+        queue.close()
+
+
+def test_an_id_once_queued_is_never_queued_again(reopen: Opener) -> None:
+    queue = reopen()
+    assert len(queue) == 0 and not queue.seen("a")
+    assert queue.add([message("a"), message("b")]) == {"a", "b"}
+    assert queue.add([message("a")]) == {"a"}  # pending still, for the same item
+    assert [m.id for m in queue.pending()] == ["a", "b"] and len(queue) == 2
+    queue.done(["a"])
+    assert queue.add([message("a")]) == set()  # delivered: seen, never queued again
+    assert queue.seen("a") and queue.seen("b")
+    queue.close()
+    again = reopen()
+    assert again.add([message("a"), message("b"), message("c")]) == {"b", "c"}
+    assert [m.id for m in again.pending()] == ["b", "c"]
+    assert again.seen("a")
+
+
+def test_add_names_only_what_is_pending_for_the_same_item(reopen: Opener) -> None:
+    """The poller marks an item handled only when the reply pending is the one for it."""
+    queue = reopen()
+    assert queue.add([message("x", item="item-1")]) == {"x"}
+    assert queue.add([message("x", item="item-2")]) == set()
+    assert [m.extra["item_id"] for m in queue.pending()] == ["item-1"]
+    # one id twice in one call: the first copy is queued, the second names it when its item
+    # is the same
+    assert queue.add([message("y", item="one"), message("y", item="two")]) == {"y"}
+    assert [m.extra["item_id"] for m in queue.pending() if m.id == "y"] == ["one"]
+    assert queue.add([]) == set()
+
+
+def test_pending_failed_and_seen_survive_a_restart(reopen: Opener) -> None:
+    history(reopen())
+    again = reopen()
+    assert state(again) == (["notice", "waiting"], [("refused", "ErrorInvalidRecipients")], True)
+    assert [m.id for m in again.pending()] == ["waiting", "notice"]  # in queue order
+    [failed] = again.failed()
+    assert failed.message == message("refused") and failed.at == NOW
+    assert again.add([message("sent"), message("refused"), message("new")]) == {"new"}
+    assert again.pending() == [message("waiting"), message("notice"), message("new")]
+
+
+def test_a_failure_keeps_the_message_and_queues_its_replacement_once(reopen: Opener) -> None:
+    queue = reopen()
+    queue.add([message("a"), message("b"), message("old-notice")])
+    queue.fail("nothing", "no such message")  # not queued: nothing happens
+    queue.fail("a", "refused", replacement=message("notice"))
+    assert [(f.message.id, f.reason) for f in queue.failed()] == [("a", "refused")]
+    assert [m.id for m in queue.pending()] == ["b", "old-notice", "notice"]
+    queue.done(["old-notice"])
+    queue.fail("b", "refused too", replacement=message("old-notice"))  # seen: not again
+    assert [m.id for m in queue.pending()] == ["notice"]
+    queue.fail("a", "twice")  # failed already, not pending: nothing happens
+    assert [(f.message.id, f.reason) for f in queue.failed()] == [
+        ("a", "refused"),
+        ("b", "refused too"),
+    ]
+    queue.close()
+    assert [(f.message.id, f.reason) for f in reopen().failed()] == [
+        ("a", "refused"),
+        ("b", "refused too"),
+    ]
+
+
+def test_an_admin_retries_and_discards(reopen: Opener) -> None:
+    now = [NOW]
+    queue = reopen(clock=lambda: now[0])
+    queue.add([message("a"), message("b"), message("c")])
+    queue.fail("a", "refused")
+    now[0] += 60
+    assert not queue.retry("b")  # pending, not failed
+    assert not queue.retry("nothing") and not queue.discard("nothing")
+    assert queue.retry("a")
+    assert queue.failed() == [] and [m.id for m in queue.pending()] == ["b", "c", "a"]
+    queued, failed = queue.contents()
+    assert [(q.message.id, q.at) for q in queued] == [("b", NOW), ("c", NOW), ("a", NOW + 60)]
+    assert failed == []
+    queue.fail("c", "refused")
+    assert queue.discard("c")  # a failed one
+    assert queue.discard("b")  # a queued one
+    assert not queue.discard("b")
+    assert queue.add([message("b"), message("c")]) == set()  # dropped for good: still seen
+    queue.close()
+    again = reopen(clock=lambda: now[0])
+    assert [m.id for m in again.pending()] == ["a"] and again.failed() == []
+    assert again.seen("b") and again.seen("c")
+
+
+def test_contents_lists_the_queue_oldest_first(reopen: Opener) -> None:
+    now = [NOW]
+    queue = reopen(clock=lambda: now[0])
+    for name in ("first", "second", "third"):
+        queue.add([message(name)])
+        now[0] += 1
+    queue.fail("first", "refused")
+    queue.retry("first")  # back in the queue: queued again, now
+    queued, failed = queue.contents()
+    assert [(q.message.id, q.at) for q in queued] == [
+        ("second", NOW + 1),
+        ("third", NOW + 2),
+        ("first", NOW + 3),
+    ]
+    assert failed == [] and queued[0].message == message("second")
+
+
+def test_seen_ids_are_forgotten_after_seen_days(reopen: Opener) -> None:
+    now = [NOW]
+    queue = reopen(clock=lambda: now[0])
+    queue.add([message("old")])
+    queue.done(["old"])
+    queue.close()
+    now[0] += (SEEN_DAYS + 1) * 86400
+    later = reopen(clock=lambda: now[0])
+    later.add([message("new")])
+    assert not later.seen("old") and later.seen("new")
+    assert later.add([message("old")]) == {"old"}  # a month on, the same id is a new message
+
+
+def test_failures_beyond_failed_max_forget_the_oldest(
+    reopen: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outqueue, "FAILED_MAX", 2)
+    monkeypatch.setattr(pg_outqueue, "FAILED_MAX", 2)
+    queue = reopen()
+    queue.add([message(name) for name in "abcd"])
+    for name in "abc":
+        queue.fail(name, f"refused {name}")
+    assert [f.message.id for f in queue.failed()] == ["b", "c"]
+    assert queue.seen("a")
+    queue.close()
+    assert [f.message.id for f in reopen().failed()] == ["b", "c"]
+
+
+def test_done_forgets_only_what_is_queued(reopen: Opener) -> None:
+    queue = reopen()
+    queue.add([message("a"), message("b")])
+    queue.fail("b", "refused")
+    queue.done(i for i in ["a", "b", "nothing", "a"])  # any iterable; once each
+    assert queue.pending() == [] and [f.message.id for f in queue.failed()] == ["b"]
+    queue.done([])
+    queue.close()
+    again = reopen()
+    assert again.pending() == [] and len(again) == 0 and again.seen("a")
+
+
+# --- the journal's own files ------------------------------------------------------------------
 
 
 def test_a_queue_that_never_queued_anything_creates_nothing(tmp_path: Path) -> None:

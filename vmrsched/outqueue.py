@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from vmrsched.journal import Journal, Scan, fsync_dir, scan, set_aside
 from vmrsched.outgoing import Outgoing
@@ -60,7 +61,36 @@ class Queued:
     at: float  # unix time it was queued (or put back by an admin)
 
 
-class OutQueue:
+class MessageQueue(Protocol):
+    """What the notifier asks of its durable queue, whichever backend keeps it: this file's
+    journal (`OutQueue`) or the shared database (`postgres.outqueue.DatabaseOutQueue`). Both
+    keep the promises above (an id seen is never queued again; every change durable when it
+    returns), so the notifier holds either."""
+
+    def add(self, messages: Iterable[Outgoing]) -> set[str]: ...
+
+    def seen(self, message_id: str) -> bool: ...
+
+    def done(self, ids: Iterable[str]) -> None: ...
+
+    def fail(self, message_id: str, reason: str, replacement: Outgoing | None = None) -> None: ...
+
+    def retry(self, message_id: str) -> bool: ...
+
+    def discard(self, message_id: str) -> bool: ...
+
+    def contents(self) -> tuple[list[Queued], list[Failed]]: ...
+
+    def pending(self) -> list[Outgoing]: ...
+
+    def failed(self) -> list[Failed]: ...
+
+    def __len__(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class OutQueue(MessageQueue):
     # the notifier's proxy may call the queue's methods (in the notifier's thread): the admin
     # pages list, retry and discard through it
     pykka_traversable = True

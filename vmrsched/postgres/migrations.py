@@ -68,6 +68,51 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX vmrsched_records_live ON vmrsched_records (integration) WHERE NOT archived;
         """,
     ),
+    Migration(
+        2,
+        "the notifier's out-queue: seen ids, queued and failed messages",
+        # Every queued or failed message's id is a row of vmrsched_outqueue_seen (foreign
+        # keys), and a message is queued only in the transaction that inserted its seen row: the
+        # seen table's primary key is what makes an id never queued twice, whichever instance
+        # tries. Seen rows of messages still queued or failed are never pruned (the keys refuse
+        # it). `seq` orders the queue and the failures as they came; the CHECKs keep the id
+        # columns and the messages they key in step. Times are the owner's clock, as the file
+        # queue's are.
+        """
+        CREATE TABLE vmrsched_outqueue_seen (
+            integration text NOT NULL,
+            id text NOT NULL,
+            seen timestamptz NOT NULL,
+            PRIMARY KEY (integration, id)
+        );
+        CREATE INDEX vmrsched_outqueue_seen_age ON vmrsched_outqueue_seen (integration, seen);
+        CREATE TABLE vmrsched_outqueue (
+            integration text NOT NULL,
+            id text NOT NULL,
+            message jsonb NOT NULL CHECK (message ->> 'id' = id),
+            queued timestamptz NOT NULL,
+            seq bigint GENERATED ALWAYS AS IDENTITY,
+            PRIMARY KEY (integration, id),
+            FOREIGN KEY (integration, id) REFERENCES vmrsched_outqueue_seen (integration, id)
+        );
+        CREATE INDEX vmrsched_outqueue_order ON vmrsched_outqueue (integration, seq);
+        CREATE TABLE vmrsched_outqueue_failed (
+            integration text NOT NULL,
+            id text NOT NULL,
+            message jsonb NOT NULL CHECK (message ->> 'id' = id),
+            reason text NOT NULL,
+            failed timestamptz NOT NULL,
+            replacement text,
+            seq bigint GENERATED ALWAYS AS IDENTITY,
+            PRIMARY KEY (integration, id),
+            FOREIGN KEY (integration, id) REFERENCES vmrsched_outqueue_seen (integration, id)
+        );
+        CREATE INDEX vmrsched_outqueue_failed_order
+            ON vmrsched_outqueue_failed (integration, seq);
+        COMMENT ON COLUMN vmrsched_outqueue_failed.replacement IS
+            'id of the message queued in its stead (the joining instructions by mail), if any';
+        """,
+    ),
 )
 
 
