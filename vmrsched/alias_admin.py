@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from vmrsched import answers, recurrence
 from vmrsched.config import IntegrationConfig
 from vmrsched.outgoing import Outgoing
-from vmrsched.store import Record, Store, decode_schedule
+from vmrsched.store import Record, StoreWrites, decode_schedule
 from vmrsched.templating import Renderer
 
 # the subject is the conference subject, what the admin sees (never the meeting's own)
@@ -71,7 +71,7 @@ class InUse(ValueError):
 
 
 def delete(
-    store: Store,
+    store: StoreWrites,
     integ: IntegrationConfig,
     renderer: Renderer,
     alias: str,
@@ -100,7 +100,7 @@ def delete(
 
 
 def resend(
-    store: Store, integ: IntegrationConfig, renderer: Renderer, alias: str, now: datetime
+    store: StoreWrites, integ: IntegrationConfig, renderer: Renderer, alias: str, now: datetime
 ) -> tuple[Record, Outgoing] | None:
     """The joining instructions of a booked alias again, for its organizer; None when the
     alias is not booked for a meeting with an organizer."""

@@ -48,14 +48,17 @@ from vmrsched.meetings import Meeting, general_error
 from vmrsched.outgoing import Outgoing
 from vmrsched.pexip.policy import FIELD_MAX, AliasIndex, Room, RoomSettings, clip
 from vmrsched.store import (
+    DatabaseStore,
     Record,
     StorageFullError,
+    StorageUnavailableError,
     Store,
     StoreBrokenError,
     StoreCorruptError,
+    StoreWrites,
     decode_schedule,
 )
-from vmrsched.telemetry import ALIAS_SPACE_LOW, STORAGE_FULL, STORE_CORRUPT
+from vmrsched.telemetry import ALIAS_SPACE_LOW, STORAGE_FULL, STORAGE_UNAVAILABLE, STORE_CORRUPT
 
 log = logging.getLogger("vmrsched.allocator")
 CORRUPT_ALARM = STORE_CORRUPT
@@ -87,6 +90,17 @@ class _ServiceStore(Store):
         return super().numeric_taken(numeric_alias) or self._services.alias_taken(numeric_alias)
 
 
+class _ServiceDatabaseStore(DatabaseStore):
+    """The same on the shared database."""
+
+    def __init__(self, *args: Any, index: AliasIndex, **kwargs: Any) -> None:
+        self._services = index
+        super().__init__(*args, **kwargs)
+
+    def numeric_taken(self, numeric_alias: str) -> bool:
+        return super().numeric_taken(numeric_alias) or self._services.alias_taken(numeric_alias)
+
+
 # room left in a name for the number appended when it is taken (" " + six digits)
 NAME_SUFFIX = 7
 
@@ -111,15 +125,20 @@ class AliasAllocator(SupervisedChild):
 
     def setup(self) -> None:
         self.renderer = self.integ.renderer()
+        settings: dict[str, Any] = {
+            "index": self.ctx.alias_index,
+            "clock": self.ctx.clock,
+            "rng": self.ctx.rng,
+            "reservation_ttl": timedelta(days=self.integ.reservation_ttl_days),
+            "horizon": timedelta(days=self.integ.booking_horizon_days),
+        }
         try:
-            self.store = _ServiceStore(
-                self.ctx.store_dir(self.integ.name),
-                index=self.ctx.alias_index,
-                clock=self.ctx.clock,
-                rng=self.ctx.rng,
-                reservation_ttl=timedelta(days=self.integ.reservation_ttl_days),
-                horizon=timedelta(days=self.integ.booking_horizon_days),
-            )
+            self.store: StoreWrites
+            if self.ctx.shared is not None:  # fenced by this instance's lease
+                records = self.ctx.shared.records_for(self.integ.name)
+                self.store = _ServiceDatabaseStore(records, **settings)
+            else:
+                self.store = _ServiceStore(self.ctx.store_dir(self.integ.name), **settings)
         except StoreCorruptError as exc:
             # refuse to run on it, change nothing, and tell the admin what to do
             self.ctx.alarms.raise_(self.integ.name, CORRUPT_ALARM, str(exc))
@@ -360,15 +379,31 @@ class AliasAllocator(SupervisedChild):
         """The store took back every write since its last commit: so were the reservations
         waiting for that commit, whose requests are answered now. The alarm stays until a
         probe finds room."""
+        database = isinstance(exc, StorageUnavailableError)
         if not self._full:
             self._full = True
-            self.ctx.alarms.raise_(
-                self.integ.name,
-                STORAGE_FULL,
-                f"the disk is full ({exc}): reservations are refused (503 storage_full) and "
-                "meetings wait until there is room again",
+            if database:
+                self.ctx.alarms.raise_(
+                    self.integ.name,
+                    STORAGE_UNAVAILABLE,
+                    f"the shared database did not take a commit ({exc}): reservations are "
+                    "refused (503 storage_unavailable) and meetings wait until it answers",
+                )
+            else:
+                self.ctx.alarms.raise_(
+                    self.integ.name,
+                    STORAGE_FULL,
+                    f"the disk is full ({exc}): reservations are refused (503 storage_full) "
+                    "and meetings wait until there is room again",
+                )
+        error = (
+            StorageFull(
+                "the booking service's database does not answer; try again later",
+                "storage_unavailable",
             )
-        error = StorageFull("the booking service's disk is full; try again later")
+            if database
+            else StorageFull("the booking service's disk is full; try again later")
+        )
         waiting, self._pending_replies = self._pending_replies, []
         deliver((request, None, error) for request, _ in waiting)
         if not self._probing:
@@ -390,7 +425,8 @@ class AliasAllocator(SupervisedChild):
             return
         self._full = False
         self.ctx.alarms.clear(self.integ.name, STORAGE_FULL)
-        log.info("the disk has room again", extra={"integration": self.integ.name})
+        self.ctx.alarms.clear(self.integ.name, STORAGE_UNAVAILABLE)
+        log.info("the store takes writes again", extra={"integration": self.integ.name})
 
     def _handle_request(self, request: Request) -> None:
         """Group commit for requests from the event loop: reserve now, answer after the fsync

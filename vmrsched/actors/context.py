@@ -13,6 +13,7 @@ from typing import Any
 import pykka
 
 from vmrsched import config
+from vmrsched.actors.ownership import SharedStorage
 from vmrsched.actors.registry import Registry
 from vmrsched.actors.supervision import RestartPolicy
 from vmrsched.actors.timer import Scheduler
@@ -77,6 +78,8 @@ class Context:
     poll_batch: int = 100
     sweep_interval: float = 3600.0
     provision_interval: float = 30.0  # seconds between the provisioner's passes
+    # the database instances share ([storage] backend = "postgresql"); None: the file store
+    shared: SharedStorage | None = None
 
     def __post_init__(self) -> None:
         self.tokens = TokenSources(self.data_dir)

@@ -45,6 +45,7 @@ from vmrsched.store.records import (
     to_alias_record,
     utc_now,
 )
+from vmrsched.store.writes import StoreWrites
 
 __all__ = [
     "ARCHIVE",
@@ -66,6 +67,7 @@ __all__ = [
     "StoreCorruptError",
     "StoreInUseError",
     "StoreStats",
+    "StoreWrites",
     "StoredRecord",
     "decode_schedule",
     "encode_schedule",
