@@ -28,6 +28,21 @@ class Outage:
     [0, 1)), so that many integrations failing together do not all retry together; 0 (the
     default) keeps the delays exact. A Retry-After the server sent is waited as it is."""
 
+    __slots__ = (
+        "alarm",
+        "alarms",
+        "backoff",
+        "clock",
+        "failures",
+        "integration",
+        "jitter",
+        "raised",
+        "rng",
+        "since",
+        "threshold",
+        "what",
+    )
+
     def __init__(
         self,
         alarms: Alarms,

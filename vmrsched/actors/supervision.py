@@ -97,7 +97,7 @@ Strategy = Literal["one_for_one", "rest_for_one"]
 StartFunction = Callable[[pykka.ActorRef[Any], int], pykka.ActorRef[Any]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChildSpec:
     """How to start one child and what to do when it dies (OTP's child specification)."""
 
