@@ -59,8 +59,8 @@ class Instance:
                 self.running.add(message.name)
             else:
                 self.running.discard(message.name)
-        if isinstance(message, Lost) and message.release:
-            self.ref.proxy().release(message.name)
+        if isinstance(message, Lost) and message.then is not None:
+            message.then()  # stopped here: the lease is handed over
 
     def owned(self) -> set[str]:
         with self.lock:

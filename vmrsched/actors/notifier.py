@@ -35,7 +35,8 @@ from vmrsched.actors.messages import Flush, QueueAct, QueueContents, Request
 from vmrsched.actors.outage import Outage
 from vmrsched.actors.supervision import Backoff
 from vmrsched.mailbox.base import GatewayError, Mailbox, Outgoing
-from vmrsched.outqueue import Failed, OutQueue
+from vmrsched.outqueue import Failed, MessageQueue, OutQueue
+from vmrsched.postgres.outqueue import DatabaseOutQueue
 from vmrsched.telemetry import DELIVERY_FAILED
 
 log = logging.getLogger("vmrsched.notifier")
@@ -72,7 +73,14 @@ class Notifier(SupervisedChild):
         self._replaced = False  # a failed message was replaced: flush again for the new one
 
     def setup(self) -> None:
-        self.queue = OutQueue(self.ctx.queue_dir(self.integ.name))
+        self.queue: MessageQueue
+        if self.ctx.shared is not None:  # in the shared database, fenced by this lease
+            shared = self.ctx.shared
+            self.queue = DatabaseOutQueue(
+                shared.connect, self.integ.name, lease=shared.require_lease(self.integ.name)
+            )
+        else:
+            self.queue = OutQueue(self.ctx.queue_dir(self.integ.name))
         # Messages that may have reached the mailbox without our knowing: queued before a
         # restart (the crash may have come just after the mailbox took them), and later any
         # whose call got no answer. Each is checked (gateway.delivered) before it is sent again.

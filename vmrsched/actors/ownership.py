@@ -15,6 +15,7 @@ stops before another may start."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -49,11 +50,18 @@ class Lost:
 
     name: str
     release: bool = False
+    # run by the supervisor once the integration stopped here (the lease handed over then)
+    then: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
 class _Tick:
     pass
+
+
+@dataclass(frozen=True)
+class _Release:
+    name: str
 
 
 @dataclass
@@ -67,15 +75,19 @@ class SharedStorage:
     held: dict[str, Lease] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def records_for(self, name: str) -> Records:
-        """The integration's records, fenced by the lease this instance holds for it;
-        OwnershipLostError when it holds none (never a store that writes unfenced)."""
+    def require_lease(self, name: str) -> Lease:
+        """The lease this instance holds for the integration; OwnershipLostError when it holds
+        none (nothing of it may be written unfenced)."""
         with self.lock:
             lease = self.held.get(name)
         if lease is None:
             raise OwnershipLostError(f"{name}: this instance ({self.instance}) holds no lease")
+        return lease
+
+    def records_for(self, name: str) -> Records:
+        """The integration's records, fenced by the lease this instance holds for it."""
         records = Records(self.connect, name)
-        records.lease = lease
+        records.lease = self.require_lease(name)
         return records
 
     def lease(self, name: str) -> Lease | None:
@@ -85,6 +97,10 @@ class SharedStorage:
     def owns(self, name: str) -> bool:
         with self.lock:
             return name in self.held
+
+    def owned(self) -> list[str]:
+        with self.lock:
+            return sorted(self.held)
 
 
 def preference(instance: str, name: str) -> str:
@@ -132,6 +148,7 @@ class Ownership(pykka.ThreadingActor):
         self.every = shared.lease_seconds / 3
         self._deadlines: dict[str, float] = {}  # local monotonic: renew before, or give up
         self._stopping = False
+        self._stopping_soon = False
 
     def on_start(self) -> None:
         self._tick()
@@ -139,7 +156,13 @@ class Ownership(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, _Tick):
             self._tick()
+        elif isinstance(message, _Release):
+            self.release(message.name)
         return None
+
+    def set_wanted(self, wanted: Callable[[], list[str]]) -> None:
+        """The configured integrations changed (a reload)."""
+        self.wanted = wanted
 
     def _tick(self) -> None:
         if self._stopping:
@@ -177,8 +200,14 @@ class Ownership(pykka.ThreadingActor):
             with self.shared.lock:
                 self.shared.held[name] = renewed
             self._deadlines[name] = time.monotonic() + self.shared.lease_seconds
+        wanted = self.wanted()
+        for name in self._held():
+            if name not in wanted:  # removed from the config: stopped there, hand it over
+                self.tell(Lost(name, release=True, then=self._later_release(name)))
         holders = self.leases.holders()
-        take, give = plan(self.shared.instance, self.wanted(), self._held(), holders, instances)
+        take, give = plan(self.shared.instance, wanted, self._held(), holders, instances)
+        if self._stopping_soon:
+            take, give = [], []
         for name in take:
             taken = self.leases.acquire(name)
             if taken is None:
@@ -203,7 +232,7 @@ class Ownership(pykka.ThreadingActor):
                 extra={"integration": name},
             )
             self.metrics.lease_changes.labels("handed_over").inc()
-            self.tell(Lost(name, release=True))
+            self.tell(Lost(name, release=True, then=self._later_release(name)))
 
     def _expire_unrenewed(self) -> None:
         """The database did not answer: a lease this instance cannot renew in time is given up
@@ -220,6 +249,15 @@ class Ownership(pykka.ThreadingActor):
                 )
                 self._drop(name)
                 self.tell(Lost(name))
+
+    def _later_release(self, name: str) -> Callable[[], None]:
+        ref = self.actor_ref
+
+        def release() -> None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(_Release(name))
+
+        return release
 
     def _held(self) -> dict[str, Lease]:
         with self.shared.lock:
@@ -243,6 +281,11 @@ class Ownership(pykka.ThreadingActor):
                 self.leases.release(lease)
             except (psycopg.Error, StorageUnavailableError) as exc:
                 log.warning("could not release the lease of %s (%s): it expires", name, exc)
+
+    def stopping(self) -> None:
+        """The service stops: take nothing more (leases held are still renewed until
+        release_all, so nothing runs here unfenced meanwhile)."""
+        self._stopping_soon = True
 
     def release_all(self) -> None:
         """A clean stop: every lease given up, after the integrations stopped."""

@@ -15,6 +15,7 @@ from vmrsched.actors.context import Context
 from vmrsched.actors.integration import IntegrationSupervisor, child_kinds
 from vmrsched.actors.messages import IntegrationFailed, Reload, Request
 from vmrsched.actors.messages import ReloadResult as ReloadResult  # where the service finds it
+from vmrsched.actors.ownership import Gained, Lost
 from vmrsched.actors.supervision import ChildSpec, Supervisor
 from vmrsched.config import Config, IntegrationConfig
 from vmrsched.telemetry import SUPERVISOR_FAILED
@@ -47,8 +48,35 @@ class ServiceSupervisor(Supervisor):
 
     def on_start(self) -> None:
         futex.size_futex_hash(threads_for(self.config))
+        if self.ctx.shared is not None:
+            # instances share the integrations: each starts when this instance gains its
+            # lease (Gained, from the Ownership actor), none before
+            for integ in self.config.integrations:
+                self.ctx.status.set(integ.name, state="elsewhere")
+            return
         for integ in self.config.integrations:
             self._start_integration(integ)
+
+    def _gained(self, name: str) -> None:
+        integ = next((i for i in self.config.integrations if i.name == name), None)
+        if integ is not None and name not in self.configs:
+            log.info("integration %s starts here (this instance holds its lease)", name)
+            self._start_integration(integ)
+
+    def _lost(self, message: Lost) -> None:
+        """Stop at once: another instance owns the integration, or will once this one hands
+        the lease over (`then`, after the stop)."""
+        if message.name in self.configs:
+            log.warning(
+                "integration %s stops here: %s",
+                message.name,
+                "handed over to another instance" if message.release else "its lease is lost",
+                extra={"integration": message.name},
+            )
+            self._stop_integration(message.name)
+        self.ctx.status.set(message.name, state="elsewhere")
+        if message.then is not None:
+            message.then()
 
     def _start_integration(self, integ: IntegrationConfig) -> None:
         self.configs[integ.name] = integ
@@ -89,9 +117,13 @@ class ServiceSupervisor(Supervisor):
             self.ctx.metrics.forget_integration(name)
             self.ctx.alias_index.drop(name)
             result.removed.append(name)
+        shared = self.ctx.shared is not None
         for name, integ in new_by_name.items():
             if name not in old_names:
-                self._start_integration(integ)
+                if shared:  # started where its lease is taken (maybe here, at the next tick)
+                    self.ctx.status.set(name, state="elsewhere")
+                else:
+                    self._start_integration(integ)
                 result.added.append(name)
             elif integ != self.configs[name]:
                 self._stop_integration(name)
@@ -103,7 +135,11 @@ class ServiceSupervisor(Supervisor):
         return result
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, IntegrationFailed):
+        if isinstance(message, Gained):
+            self._gained(message.name)
+        elif isinstance(message, Lost):
+            self._lost(message)
+        elif isinstance(message, IntegrationFailed):
             self.child_died(message.name, message.generation, message.error)
         elif isinstance(message, Request) and isinstance(message.payload, Reload):
             try:

@@ -21,6 +21,7 @@ import pykka
 
 from vmrsched import identity, user_sign_in
 from vmrsched.actors.context import Context
+from vmrsched.actors.ownership import Ownership
 from vmrsched.actors.service import ReloadResult, ServiceSupervisor
 from vmrsched.config import Config, IntegrationConfig
 from vmrsched.service.addin import Personal, Reservation, SingleUse
@@ -30,6 +31,7 @@ from vmrsched.service.organizer import Organizer, SelfService
 from vmrsched.service.policy import PolicyAnswers
 from vmrsched.service.runtime import Runtime, boot
 from vmrsched.service.sign_ins import SignIns, organizer_page_path
+from vmrsched.service.storage import open_shared
 from vmrsched.service.views import View
 from vmrsched.store import Record
 
@@ -235,7 +237,19 @@ class Service(Runtime):
 def start(config: Config, **context: Any) -> Service:
     """Start the service on `config`: the data directory locked, the actor tree running, the
     personal rooms of file directories published to the policy index."""
+    if config.storage.backend == "postgresql" and "shared" not in context:
+        context["shared"] = open_shared(config)
     ctx, ref, lock_fd = boot(config, **context)
     svc = Service(config, ctx, ref, lock_fd)
+    if ctx.shared is not None:
+        svc.own(
+            Ownership.start(
+                ctx.shared,
+                svc.integration_names,
+                ref.tell,
+                ctx.scheduler.call_later,
+                ctx.metrics,
+            )
+        )
     svc.refresh_personal()
     return svc

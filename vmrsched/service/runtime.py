@@ -23,6 +23,7 @@ from vmrsched import config as config_mod
 from vmrsched.actors.bridge import ask_async
 from vmrsched.actors.context import Context
 from vmrsched.actors.messages import Reload
+from vmrsched.actors.ownership import Ownership
 from vmrsched.actors.registry import ActorUnavailable
 from vmrsched.actors.service import ReloadResult, ServiceSupervisor, supervisor_proxy
 from vmrsched.config import Config, IntegrationConfig, PerConfig
@@ -61,6 +62,11 @@ class Runtime:
         self.started_at = time.time()
         self.policy_activity = PolicyActivity()  # what the policy endpoint answered
         self.renderers = renderer_cache()  # the one cache every use case renders with
+        # which integrations run here, when instances share a database (facade.start)
+        self.ownership: pykka.ActorRef[Ownership] | None = None
+
+    def own(self, ownership: pykka.ActorRef[Ownership]) -> None:
+        self.ownership = ownership
 
     @property
     def metrics(self) -> Metrics:
@@ -153,25 +159,44 @@ class Runtime:
             }
             for name in self.integration_names()
         }
+        # with a shared database an instance answers for what it runs: an integration
+        # another instance owns ("elsewhere") is that instance's to report
+        here = {
+            name: i
+            for name, i in integrations.items()
+            if self.ctx.shared is None or i["state"] != "elsewhere"
+        }
         ready = bool(integrations) and all(
             i["state"] == "running" and not NOT_READY.intersection(i["alarms"])
-            for i in integrations.values()
+            for i in here.values()
         )
-        body = {
+        body: dict[str, Any] = {
             "status": "ready" if ready else "not_ready",
             "integrations": integrations,
             "alarms": [a.name for a in self.ctx.alarms.active("service")],
         }
+        if self.ctx.shared is not None:
+            body["instance"] = self.ctx.shared.instance
+            body["owned"] = self.ctx.shared.owned()
         return ready, body
 
     def stop(self) -> None:
         """Stop every actor this service started, whether or not its root is still alive."""
         try:
+            ownership, self.ownership = self.ownership, None
+            if ownership is not None:  # no more integrations taken while stopping
+                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                    ownership.proxy().stopping().get(timeout=30)
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 self.supervisor.stop(block=True, timeout=120)
             for ref in list(self.ctx.supervisors.values()):
                 with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                     ref.stop(block=True, timeout=60)
+            if ownership is not None:  # every integration stopped here: hand them over now
+                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                    ownership.proxy().release_all().get(timeout=30)
+                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                    ownership.stop(block=True, timeout=30)
             self.ctx.scheduler.stop()
         finally:
             if self.lock_fd >= 0:

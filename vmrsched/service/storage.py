@@ -5,17 +5,21 @@ The service must be stopped; the database's schema is brought to this release's 
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
+from vmrsched.actors.ownership import SharedStorage
 from vmrsched.config import Config, store_dir
 from vmrsched.errors import BadRequest, Unavailable
 from vmrsched.postgres import migrations
 from vmrsched.postgres.transfer import Moved, TransferError, to_files, to_postgresql
 
-__all__ = ["Moved", "TransferError", "database", "migrate_store"]
+__all__ = ["Moved", "TransferError", "database", "migrate_store", "open_shared"]
 
 
 def database(cfg: Config) -> Callable[[], psycopg.Connection[Any]]:
@@ -50,3 +54,20 @@ def migrate_store(cfg: Config, to: str, names: list[str], replace: bool = False)
     except psycopg.Error as exc:
         raise Unavailable(f"the database did not answer: {exc}", "database_unavailable") from exc
     return moved
+
+
+def open_shared(cfg: Config) -> SharedStorage:
+    """The shared database for a starting instance: reachable, its schema at this release's
+    version, and this instance's name (the config's, else host name, process id and a random
+    part: unique per process run, so a restarted instance never passes for its old self).
+    Unavailable when the database does not answer: the service does not start without it."""
+    connect = database(cfg)
+    try:
+        with connect() as conn:
+            migrations.migrate(conn)
+    except psycopg.Error as exc:
+        raise Unavailable(f"the database did not answer: {exc}", "database_unavailable") from exc
+    instance = cfg.storage.instance or (
+        f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+    )
+    return SharedStorage(connect, instance, cfg.storage.lease_seconds)
