@@ -43,6 +43,7 @@ from vmrsched.actors.messages import (
 from vmrsched.actors.notifier import notifier_proxy
 from vmrsched.actors.registry import ActorUnavailable
 from vmrsched.answers import Step
+from vmrsched.config import IntegrationConfig
 from vmrsched.errors import StorageFull
 from vmrsched.meetings import Meeting, general_error
 from vmrsched.outgoing import Outgoing
@@ -76,6 +77,35 @@ def uptime() -> float:
     if hasattr(time, "CLOCK_BOOTTIME"):
         return time.clock_gettime(time.CLOCK_BOOTTIME)
     return time.monotonic()
+
+
+def room_settings(integ: IntegrationConfig) -> RoomSettings:
+    """What the integration's config says about all of its rooms on Pexip."""
+    su = integ.single_use
+    return RoomSettings(
+        integ.name,
+        timedelta(minutes=su.join_before_minutes),
+        timedelta(minutes=su.join_after_minutes),
+        su.theme,
+        su.identity_provider_group,
+        su.other_participants,
+    )
+
+
+def room_of(record: Record, settings: RoomSettings, archived: bool = False) -> Room:
+    """A stored record as the policy index holds it (an archived one: refused)."""
+    status = "archived" if archived else record["status"]
+    raw = record.get("schedule") if status == "bound" else None
+    return Room(
+        record["alias_id"],
+        record.get("alias", ""),
+        record.get("numeric_alias", ""),
+        status,
+        settings,
+        decode_schedule(raw) if raw else None,
+        record.get("name", ""),
+        record.get("description", ""),
+    )
 
 
 class _ServiceStore(Store):
@@ -150,14 +180,7 @@ class AliasAllocator(SupervisedChild):
         self._spec = (spec.alias_prefix, spec.alias_suffix_length, spec.alias_domain)
         self._space_used = self.ctx.metrics.alias_space_used.labels(self.integ.name)
         self._space_low: bool | None = None  # unknown: the first look raises or clears
-        self._settings = RoomSettings(
-            self.integ.name,
-            timedelta(minutes=self.integ.single_use.join_before_minutes),
-            timedelta(minutes=self.integ.single_use.join_after_minutes),
-            self.integ.single_use.theme,
-            self.integ.single_use.identity_provider_group,
-            self.integ.single_use.other_participants,
-        )
+        self._settings = room_settings(self.integ)
         self._publish_all()
         # The loaded store and its published index are millions of long-lived objects; left in
         # the collected generations, every full GC pass walks them all (tens of ms, on the
@@ -231,18 +254,7 @@ class AliasAllocator(SupervisedChild):
             self.ctx.registry.get(self.integ.name, "provisioner").tell(Poke())
 
     def _room(self, record: Record) -> Room:
-        status = record["status"]
-        raw = record.get("schedule") if status == "bound" else None
-        return Room(
-            record["alias_id"],
-            record.get("alias", ""),
-            record.get("numeric_alias", ""),
-            status,
-            self._settings,
-            decode_schedule(raw) if raw else None,
-            record.get("name", ""),
-            record.get("description", ""),
-        )
+        return room_of(record, self._settings)
 
     def _publish(self) -> None:
         stats = self.store.stats()

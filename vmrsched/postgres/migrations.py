@@ -113,6 +113,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             'id of the message queued in its stead (the joining instructions by mail), if any';
         """,
     ),
+    Migration(
+        3,
+        "a change number per record write, for the instances that follow what others own",
+        # Every insert or update of a record takes the next number of one sequence, so an
+        # instance keeps its policy index of the integrations other instances run current by
+        # reading what changed since the highest number it has seen.
+        """
+        CREATE SEQUENCE vmrsched_records_changes;
+        ALTER TABLE vmrsched_records
+            ADD COLUMN changed bigint NOT NULL DEFAULT nextval('vmrsched_records_changes');
+        CREATE INDEX vmrsched_records_changed ON vmrsched_records (changed);
+        CREATE FUNCTION vmrsched_records_touch() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            NEW.changed := nextval('vmrsched_records_changes');
+            RETURN NEW;
+        END
+        $$;
+        CREATE TRIGGER vmrsched_records_touch BEFORE UPDATE ON vmrsched_records
+            FOR EACH ROW EXECUTE FUNCTION vmrsched_records_touch();
+        """,
+    ),
 )
 
 

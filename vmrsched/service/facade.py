@@ -21,6 +21,7 @@ import pykka
 
 from vmrsched import identity, user_sign_in
 from vmrsched.actors.context import Context
+from vmrsched.actors.follower import Follower
 from vmrsched.actors.ownership import Ownership
 from vmrsched.actors.service import ReloadResult, ServiceSupervisor
 from vmrsched.config import Config, IntegrationConfig
@@ -249,7 +250,13 @@ def start(config: Config, **context: Any) -> Service:
                 ref.tell,
                 ctx.scheduler.call_later,
                 ctx.metrics,
-            )
+            ),
+            Follower.start(
+                ctx.shared,
+                lambda: svc.config.integrations,
+                ctx.alias_index,
+                ctx.scheduler.call_later,
+            ),
         )
     svc.refresh_personal()
     return svc

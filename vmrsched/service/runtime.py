@@ -22,6 +22,7 @@ import pykka
 from vmrsched import config as config_mod
 from vmrsched.actors.bridge import ask_async
 from vmrsched.actors.context import Context
+from vmrsched.actors.follower import Follower
 from vmrsched.actors.messages import Reload
 from vmrsched.actors.ownership import Ownership
 from vmrsched.actors.registry import ActorUnavailable
@@ -64,9 +65,13 @@ class Runtime:
         self.renderers = renderer_cache()  # the one cache every use case renders with
         # which integrations run here, when instances share a database (facade.start)
         self.ownership: pykka.ActorRef[Ownership] | None = None
+        self.follower: pykka.ActorRef[Follower] | None = None
 
-    def own(self, ownership: pykka.ActorRef[Ownership]) -> None:
+    def own(self, ownership: pykka.ActorRef[Ownership], follower: pykka.ActorRef[Follower]) -> None:
+        """With a shared database: who decides what runs here, and who keeps the policy index
+        of the rest current."""
         self.ownership = ownership
+        self.follower = follower
 
     @property
     def metrics(self) -> Metrics:
@@ -184,6 +189,10 @@ class Runtime:
         """Stop every actor this service started, whether or not its root is still alive."""
         try:
             ownership, self.ownership = self.ownership, None
+            follower, self.follower = self.follower, None
+            if follower is not None:
+                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                    follower.stop(block=True, timeout=30)
             if ownership is not None:  # no more integrations taken while stopping
                 with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                     ownership.proxy().stopping().get(timeout=30)
