@@ -39,10 +39,14 @@ class Metrics:
         )
         self.mailbox_lag = Gauge(
             "vmrsched_mailbox_lag_seconds",
-            "Age of the oldest item handled in the last poll",
+            "How far the mailbox side is behind: the age of the oldest meeting request in the "
+            "last poll or of the oldest answer still waiting to be sent, whichever is older",
             ["integration"],
             registry=r,
         )
+        # per integration: (incoming, outgoing) lag, of which the gauge shows the larger
+        self._lags: dict[str, tuple[float, float]] = {}
+        self._lags_lock = threading.Lock()
         self.exchange_requests = Counter(
             "vmrsched_exchange_requests_total",
             "Calls to Exchange (EWS or Graph)",
@@ -148,6 +152,23 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
 
+    def set_lag(
+        self, name: str, incoming: float | None = None, outgoing: float | None = None
+    ) -> float:
+        """One side's lag (the poller's incoming, the notifier's outgoing); the gauge shows the
+        larger, which is returned: an answer that cannot be sent is lag as much as a request
+        not yet read."""
+        with self._lags_lock:
+            before_in, before_out = self._lags.get(name, (0.0, 0.0))
+            now = (
+                before_in if incoming is None else incoming,
+                before_out if outgoing is None else outgoing,
+            )
+            self._lags[name] = now
+        lag = max(now)
+        self.mailbox_lag.labels(name).set(lag)
+        return lag
+
     def forget_integration(self, name: str) -> None:
         """Drop the per-integration gauges of a removed integration."""
         for gauge in (
@@ -158,6 +179,8 @@ class Metrics:
         ):
             with contextlib.suppress(KeyError):
                 gauge.remove(name)
+        with self._lags_lock:
+            self._lags.pop(name, None)
 
 
 @dataclass(frozen=True)

@@ -159,3 +159,46 @@ def test_an_update_the_instructions_by_mail_stand_in_for_raises_no_alarm(tmp_pat
 
 
 TOK = "TOK:-00000000-0000-4000-8000-0000000000aa#"
+
+
+class DownMailbox(SpoolMailbox):
+    """The spool, its sending side down until `up` is set (the mailbox refuses every message
+    as Exchange does while its store is unavailable)."""
+
+    up = False
+
+    def send(self, message: Outgoing) -> None:
+        if not DownMailbox.up:
+            raise GatewayError("ErrorMailboxStoreUnavailable", code="ErrorMailboxStoreUnavailable")
+        super().send(message)
+
+
+def down(integ: config.IntegrationConfig, ctx: Context) -> Any:
+    return DownMailbox(integ.spool_dir(ctx.data_dir), integ.name, integ.timezone)
+
+
+def test_an_answer_that_cannot_be_sent_shows_as_mailbox_lag(tmp_path: Path) -> None:
+    """The request was read at once (no incoming lag), but its answer waits: the lag is how
+    long it has waited, and back to nothing once it went out."""
+    DownMailbox.up = False
+    cfg = spool_config(tmp_path)
+    svc = service.start(cfg, gateway_factory=down)
+
+    def lag() -> float:
+        value = svc.ctx.metrics.registry.get_sample_value(
+            "vmrsched_mailbox_lag_seconds", {"integration": "alpha"}
+        )
+        return float(value or 0.0)
+
+    try:
+        running = Running(svc, cfg)
+        data, uid = spoolkit.request(body="<p>no token</p>")
+        spoolkit.wait_handled(running.spool, spoolkit.drop(running.inbox, data))
+        spoolkit.wait_for(lambda: lag() >= 1.0, timeout=10)
+        assert svc.ctx.status.snapshot()["alpha"]["lag"] >= 1.0
+        DownMailbox.up = True
+        spoolkit.wait_for(lambda: bool(spoolkit.answers_for(running.spool, uid)), timeout=20)
+        spoolkit.wait_for(lambda: lag() == 0.0, timeout=10)
+    finally:
+        DownMailbox.up = True
+        svc.stop()

@@ -154,6 +154,20 @@ class Notifier(SupervisedChild):
         return done, self.queue.failed()
 
     def _flush(self) -> None:
+        try:
+            self._send_ready()
+        finally:
+            self._note_lag()
+
+    def _note_lag(self) -> None:
+        """The outgoing side of the mailbox lag: how long the oldest answer has waited to be
+        sent (0 when none waits), so a reply that cannot go out shows as lag."""
+        queued, _ = self.queue.contents()
+        waited = max(0.0, time.time() - min(q.at for q in queued)) if queued else 0.0
+        lag = self.ctx.metrics.set_lag(self.integ.name, outgoing=waited)
+        self.ctx.status.set(self.integ.name, lag=lag)
+
+    def _send_ready(self) -> None:
         now = time.monotonic()
         sent: list[Outgoing] = []
         waiting: list[float] = []

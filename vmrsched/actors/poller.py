@@ -85,15 +85,14 @@ class MailboxPoller(SupervisedChild):
     def poll_once(self) -> int:
         items = self.gateway.fetch(self.ctx.poll_batch)
         if not items:
-            self.ctx.metrics.mailbox_lag.labels(self.integ.name).set(0)
-            self.ctx.status.set(self.integ.name, lag=0.0, polled=self.ctx.clock().isoformat())
+            lag = self.ctx.metrics.set_lag(self.integ.name, incoming=0.0)
+            self.ctx.status.set(self.integ.name, lag=lag, polled=self.ctx.clock().isoformat())
             return 0
         started = time.perf_counter()
         now = self.ctx.clock()
         name = self.integ.name
         oldest = min(item.received for item in items)
-        lag = max(0.0, (now - oldest).total_seconds())
-        self.ctx.metrics.mailbox_lag.labels(name).set(lag)
+        lag = self.ctx.metrics.set_lag(name, incoming=max(0.0, (now - oldest).total_seconds()))
         self.ctx.status.set(name, lag=lag, polled=now.isoformat())
 
         items = [_answerable(item) for item in items]
