@@ -5,6 +5,7 @@ allocator, the poller (through the allocator) and recovery all go through `plan`
 
 from __future__ import annotations
 
+import html
 import json
 import traceback
 import uuid
@@ -396,4 +397,36 @@ def admin_notice(
         # one shape with the meetings' (a UUID), whichever act and clock made the serial
         correlation_id=str(uuid.uuid5(uuid.NAMESPACE_OID, key)),
         meeting_uid=str(record.get("meeting_uid", "")),
+    )
+
+
+def notice_id(update: Outgoing) -> str:
+    """The id of the mail with the joining instructions that replaces a failed update."""
+    return outgoing.message_id(update.id, "notice")
+
+
+def instructions_by_mail(integ: IntegrationConfig, update: Outgoing) -> Outgoing:
+    """The organizer's meeting could not be updated (the organizer is outside the service's
+    reach, or the meeting was gone): a mail from the room telling the organizer what to paste
+    into it. The subject comes from a meeting request: escaped."""
+    instructions = str(update.extra.get("instructions") or update.html_body)
+    subject = update.subject or "your meeting"
+    body = (
+        f"<p>The video meeting details could not be added to your meeting "
+        f"&quot;{html.escape(subject)}&quot; automatically. Please add them to the meeting "
+        f"and send the update to its attendees:</p>\n{instructions}"
+    )
+    room = integ.exchange
+    return Outgoing(
+        id=notice_id(update),
+        kind="notice",
+        sender=room.mailbox_email,
+        sender_name=room.mailbox_name,
+        recipients=(update.sender,),
+        subject=f"Joining details: {update.subject}" if update.subject else "Joining details",
+        html_body=body,
+        outcome="instructions",
+        reason="update_failed",
+        correlation_id=update.correlation_id,
+        meeting_uid=update.meeting_uid,
     )

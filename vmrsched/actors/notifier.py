@@ -19,8 +19,6 @@ succeeds on its own:
 
 from __future__ import annotations
 
-import hashlib
-import html
 import logging
 import time
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from typing import Any, cast
 import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
+from vmrsched import answers
 from vmrsched.actors.bridge import answer
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Flush, QueueAct, QueueContents, Request
@@ -351,32 +350,12 @@ class Notifier(SupervisedChild):
         both count)."""
         failed = self.queue.failed()
         gone = {f.message.id for f in failed}
-        return sum(1 for f in failed if f.message.kind != "update" or _notice_id(f.message) in gone)
+        return sum(
+            1 for f in failed if f.message.kind != "update" or answers.notice_id(f.message) in gone
+        )
 
     def _instructions_by_mail(self, update: Outgoing) -> Outgoing:
-        """The organizer's meeting could not be updated: tell the organizer, from the room,
-        what to paste into it."""
-        instructions = str(update.extra.get("instructions") or update.html_body)
-        subject = update.subject or "your meeting"
-        body = (
-            f"<p>The video meeting details could not be added to your meeting "
-            f"&quot;{html.escape(subject)}&quot; automatically. Please add them to the meeting "
-            f"and send the update to its attendees:</p>\n{instructions}"
-        )
-        room = self.integ.exchange
-        return Outgoing(
-            id=_notice_id(update),
-            kind="notice",
-            sender=room.mailbox_email,
-            sender_name=room.mailbox_name,
-            recipients=(update.sender,),
-            subject=f"Joining details: {update.subject}" if update.subject else "Joining details",
-            html_body=body,
-            outcome="instructions",
-            reason="update_failed",
-            correlation_id=update.correlation_id,
-            meeting_uid=update.meeting_uid,
-        )
+        return answers.instructions_by_mail(self.integ, update)
 
     def _record(self, sent: list[Outgoing]) -> None:
         if not sent:
@@ -399,11 +378,6 @@ class Notifier(SupervisedChild):
                     "reason": message.reason,
                 },
             )
-
-
-def _notice_id(update: Outgoing) -> str:
-    """The id of the mail with the joining instructions that replaces a failed update."""
-    return hashlib.sha256(f"{update.id}\0notice".encode()).hexdigest()[:32]
 
 
 def _responds(outgoing: Outgoing) -> bool:

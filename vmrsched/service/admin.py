@@ -22,8 +22,8 @@ import pykka
 
 from vmrsched import alias_admin, decisions
 from vmrsched.actors.messages import DeleteAlias, FindAliases, Flush, ResendInstructions
-from vmrsched.actors.notifier import _notice_id as notice_id
 from vmrsched.actors.registry import ActorUnavailable
+from vmrsched.answers import notice_id
 from vmrsched.config import Config, IntegrationConfig, queue_dir, store_dir
 from vmrsched.errors import BadRequest, NotFound, Unavailable
 from vmrsched.outgoing import Outgoing
