@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import pykka
 
 from vmrsched import alias_admin, decisions
-from vmrsched.actors.messages import DeleteAlias, FindAliases, Flush, ResendInstructions
+from vmrsched.actors.bridge import ask_async
+from vmrsched.actors.messages import (
+    DeleteAlias,
+    FindAliases,
+    Flush,
+    QueueAct,
+    QueueContents,
+    ResendInstructions,
+)
 from vmrsched.actors.registry import ActorUnavailable
 from vmrsched.answers import notice_id
 from vmrsched.config import Config, IntegrationConfig, queue_dir, store_dir
@@ -194,11 +202,10 @@ class OnlineAdmin:
         except ActorUnavailable:
             notifier = None
         if notifier is not None:
-            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout, AttributeError):
-                found: tuple[list[Queued], list[Failed]] = await asyncio.to_thread(
-                    lambda: notifier.proxy().queue.contents().get(timeout=10)
-                )
-                return found
+            with contextlib.suppress(pykka.ActorDeadError, TimeoutError):
+                return await ask_async(notifier, QueueContents(), timeout=10)
+        if self.runtime.ctx.shared is not None:
+            return [], []  # run by another instance: its admin page shows its queue
         where = queue_dir(self.runtime.config.data_dir, integ.name)
         return await asyncio.to_thread(read_contents, where)
 
@@ -227,14 +234,10 @@ class OnlineAdmin:
             if ctx.status.state(name) != "running":
                 raise ActorUnavailable(name)
             notifier = ctx.registry.get(name, "notifier")
-
-            def run() -> tuple[bool, list[Failed]]:
-                queue = notifier.proxy().queue
-                done = bool(getattr(queue, act)(message_id).get(timeout=30))
-                return done, queue.contents().get(timeout=30)[1]
-
-            done, failed = await asyncio.to_thread(run)
-        except (ActorUnavailable, pykka.ActorDeadError, pykka.Timeout) as exc:
+            done, failed = await ask_async(
+                notifier, QueueAct("retry" if act == "retry" else "discard", message_id), timeout=30
+            )
+        except (ActorUnavailable, pykka.ActorDeadError, TimeoutError) as exc:
             raise Unavailable(f"integration {name} cannot take requests right now") from exc
         if not done:
             what = "failed message" if act == "retry" else "failed or queued message"
