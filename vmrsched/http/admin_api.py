@@ -12,7 +12,7 @@ import logging
 from aiohttp import web
 
 from vmrsched.errors import BadRequest, Unavailable
-from vmrsched.http.admin import WHO, admin_only
+from vmrsched.http.admin_auth import WHO, admin_only
 from vmrsched.http.common import SERVICE
 
 log = logging.getLogger("vmrsched.admin")
