@@ -185,3 +185,26 @@ def test_an_owner_paused_past_its_lease_writes_nothing_and_steps_down(
             (mine[0], token[0] if token else 0),
         ).fetchone()
     assert stale is not None and stale[0] == 0  # nothing of the burst under the old lease
+
+
+def test_a_database_restart_mid_burst_loses_nothing_and_both_recover(
+    tmp_path: Path, dsn: str, pair: tuple[dict[str, object], ...], cluster: Cluster
+) -> None:
+    one, two = pair
+    wait_for(lambda: len(owned(one["port"])) == 1 and len(owned(two["port"])) == 1)  # type: ignore[arg-type]
+    made = burst(tmp_path, 200)
+    time.sleep(0.3)  # mid-burst
+    cluster.restart()
+    wait_for(
+        lambda: (
+            len(answered(tmp_path, made)) == len(made)
+            and all(n >= 1 for n in answered(tmp_path, made).values())
+        ),
+        timeout=90,
+    )
+    assert set(answered(tmp_path, made).values()) == {1}
+    both = lambda: sorted(owned(one["port"]) + owned(two["port"]))  # type: ignore[arg-type]  # noqa: E731
+    wait_for(lambda: both() == list(NAMES), timeout=6 * LEASE)
+    for item in (one, two):
+        status, _ = serving.get(item["port"], "/readyz")  # type: ignore[arg-type]
+        assert status == 200
