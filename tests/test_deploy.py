@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -226,3 +227,176 @@ def test_the_scrape_job_is_the_one_the_rules_name(tmp_path: Path) -> None:
     )
     out = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --- two instances on one PostgreSQL database (deploy/two-instances/, docs/high-availability.md)
+
+TWO = DEPLOY / "two-instances"
+SECRET_NAME = re.compile(r"PASSWORD|TOKEN|DSN|SECRET")
+DATA_DIR = "/var/lib/vmrsched"
+
+
+def compose() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((TWO / "compose.yaml").read_text())
+    return doc
+
+
+def instances(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The vmrsched services of the compose file: those that run `serve`."""
+    return {name: s for name, s in doc["services"].items() if "serve" in s.get("command", [])}
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """A service's volumes: target -> source (short syntax, as the example writes them)."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = volume.split(":")
+        found[target] = source
+    return found
+
+
+def test_the_compose_file_runs_postgresql_and_two_instances_with_their_own_data() -> None:
+    doc = compose()
+    services = doc["services"]
+    [postgres] = [s for s in services.values() if s.get("image", "").startswith("postgres:")]
+    assert postgres["image"] == "postgres:15"
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+    assert mounts(postgres)["/var/lib/postgresql/data"] in doc["volumes"]
+    found = instances(doc)
+    assert len(found) == 2, sorted(found)
+    data = [mounts(s)[DATA_DIR] for s in found.values()]
+    assert len(set(data)) == 2 and set(data) <= set(doc["volumes"])  # each its own volume
+    assert len({s["hostname"] for s in found.values()}) == 2  # the instances' names differ
+    for service in found.values():
+        build = service["build"]
+        assert (TWO / build["context"] / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
+        config = service["command"][service["command"].index("--config") + 1]
+        assert mounts(service)[config] == "./vmrsched.toml"
+        check = " ".join(service["healthcheck"]["test"])
+        assert "http://127.0.0.1:8080/readyz" in check
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # nginx in front reaches both, and only nginx is published beyond the host's loopback
+    [nginx] = [s for s in services.values() if s.get("image", "").startswith("nginx:")]
+    assert mounts(nginx)["/etc/nginx/conf.d/default.conf"] == "./nginx.conf"
+    site = (TWO / "nginx.conf").read_text()
+    for name in found:
+        assert f"server {name}:8080 " in site, name
+        assert all(p.startswith("127.0.0.1:") for p in found[name].get("ports", []))
+    assert "proxy_next_upstream error timeout http_503" in site
+
+
+def test_the_compose_file_holds_no_secret_and_names_where_they_come_from() -> None:
+    text = (TWO / "compose.yaml").read_text()
+    assert not re.search(r"postgres(ql)?://", text)  # no DSN as a URL
+    assert not re.search(r"\b(host|password|user)=", text)  # nor in keyword form
+    interpolated = set(re.findall(r"\$\{([A-Z_]+)", text))
+    for service in compose()["services"].values():
+        environment = service.get("environment", {})
+        assert isinstance(environment, dict)
+        for name, value in environment.items():
+            if SECRET_NAME.search(name):  # from .env, and Compose refuses to start without it
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", str(value)), name
+    # env.example names every variable the compose file takes, and .env stays out of git
+    example = (TWO / "env.example").read_text()
+    given = set(re.findall(r"^([A-Z_]+)=", example, re.MULTILINE))
+    assert interpolated and interpolated <= given, interpolated - given
+    assert ".env" in (TWO / ".gitignore").read_text().split()
+
+
+def test_the_two_instance_config_loads_on_the_shared_database() -> None:
+    from vmrsched.config import load
+
+    text = (TWO / "vmrsched.toml").read_text()
+    named = set(re.findall(r'_env = "([A-Z_]+)"', text))
+    assert "VMRSCHED_DSN" in named and "dsn =" not in text
+    dsn = "host=postgres port=5432 dbname=vmrsched user=vmrsched password=dummy"
+    environ = {name: "s" * 32 for name in named} | {"VMRSCHED_DSN": dsn}
+    cfg = load(TWO / "vmrsched.toml", environ=environ)
+    assert cfg.storage.backend == "postgresql"
+    assert cfg.storage.dsn is not None and cfg.storage.dsn.reveal() == dsn
+    assert cfg.storage.instance == ""  # host name and process id: one file for both
+    assert cfg.server.data_dir == DATA_DIR
+    # compose.yaml gives both instances every variable the config names
+    for service in instances(compose()).values():
+        assert named <= set(service["environment"]), named - set(service["environment"])
+        # a spool is on a volume both instances mount, never in an instance's own data_dir
+        shared = {t for t, s in mounts(service).items() if t != DATA_DIR and not s.startswith(".")}
+        for integ in cfg.integrations:
+            if integ.backend == "spool":
+                assert any(integ.spool.directory.startswith(t + "/") for t in shared)
+
+
+def test_nginx_accepts_the_two_instance_site(tmp_path: Path) -> None:
+    nginx = needs("nginx")
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=vmr.example.com", "-keyout", str(tmp_path / "key.pem")),
+            *("-out", str(tmp_path / "cert.pem")),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    site = (TWO / "nginx.conf").read_text()
+    site = site.replace("/etc/nginx/tls/fullchain.pem", str(tmp_path / "cert.pem"))
+    site = site.replace("/etc/nginx/tls/privkey.pem", str(tmp_path / "key.pem"))
+    # the instances' names resolve on the compose network only; nginx -t resolves them
+    for port, name in enumerate(instances(compose()), start=18081):
+        site = site.replace(f"server {name}:8080", f"server 127.0.0.1:{port}")
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n    include {tmp_path}/site.conf;\n}}\n"
+    )
+    out = subprocess.run(
+        [nginx, "-t", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "[warn]" not in out.stderr, out.stderr
+
+
+def test_the_shared_database_rules_name_only_exported_metrics() -> None:
+    text = (TWO / "prometheus-rules-shared.yml").read_text()
+    unknown = {m for m in referenced(text) if m not in exported()}
+    assert not unknown, unknown
+    for metric in ("vmrsched_integration_owned", "vmrsched_lease_renewals_total"):
+        assert metric in text
+    rules = [r for group in yaml.safe_load(text)["groups"] for r in group["rules"]]
+    for rule in rules:
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations", "keep_firing_for"}
+        assert rule["alert"] and rule["expr"] and rule["labels"]["severity"]
+        assert rule["annotations"]["summary"]
+    # no rule of the same name as one in deploy/prometheus-rules.yml: both files load together
+    others = yaml.safe_load((DEPLOY / "prometheus-rules.yml").read_text())
+    taken = {r["alert"] for group in others["groups"] for r in group["rules"]}
+    assert not taken & {r["alert"] for r in rules}
+
+
+def test_promtool_loads_the_two_instance_scrape_job_with_both_rule_files(tmp_path: Path) -> None:
+    scrape = yaml.safe_load((TWO / "prometheus-scrape.yml").read_text())
+    [job] = scrape["scrape_configs"]
+    assert job["job_name"] == "vmrsched"  # what VmrschedDown looks for
+    [targets] = job["static_configs"]
+    published = {
+        p.rsplit(":", 1)[0] for s in instances(compose()).values() for p in s.get("ports", [])
+    }
+    assert set(targets["targets"]) == published  # every instance, each on its own
+    promtool = needs("promtool")
+    files = [DEPLOY / "prometheus-rules.yml", TWO / "prometheus-rules-shared.yml"]
+    for rules in files:
+        shutil.copy(rules, tmp_path / rules.name)
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump({**scrape, "rule_files": [f.name for f in files]}, sort_keys=False)
+    )
+    out = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_high_availability_guide_names_files_that_exist() -> None:
+    guide = (ROOT / "docs" / "high-availability.md").read_text()
+    named = set(re.findall(r"deploy/two-instances/([\w.-]+)", guide))
+    assert {"compose.yaml", "nginx.conf", "prometheus-rules-shared.yml"} <= named
+    assert all((TWO / name).is_file() for name in named), named
