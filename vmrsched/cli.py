@@ -208,6 +208,7 @@ async def _serve(cfg: config.Config) -> int:
     from aiohttp import web
 
     from vmrsched import service as service_mod
+    from vmrsched.errors import ServiceError
     from vmrsched.http.app import create_app
     from vmrsched.http.guard import (
         Limits,
@@ -231,6 +232,10 @@ async def _serve(cfg: config.Config) -> int:
     except StoreInUseError as exc:
         sock.close()
         log.error("%s: is another vmrsched serving it?", exc)
+        return 1
+    except ServiceError as exc:  # the shared database does not answer: one line, not a trace
+        sock.close()
+        log.error("cannot start: %s", exc.message)
         return 1
     except OSError as exc:  # the data directory cannot be made or written: one line, not a trace
         sock.close()
@@ -484,6 +489,13 @@ def cmd_store_migrate(args: argparse.Namespace) -> int:
 
     if args.to is None:
         print("store migrate: say where to, --to postgresql or --to file", file=sys.stderr)
+        return 2
+    if args.data_dir is not None:
+        print(
+            "store migrate: the stores are the config's (data_dir); --data-dir is for check "
+            "and repair",
+            file=sys.stderr,
+        )
         return 2
     cfg = _load(args.config)
     if cfg is None:

@@ -128,8 +128,9 @@ class Metrics:
         # instances sharing one database ([storage] backend = "postgresql")
         self.integration_owned = Gauge(
             "vmrsched_integration_owned",
-            "1 while this instance holds the integration's lease (runs its actors)",
-            ["integration", "instance"],
+            "1 while this instance holds the integration's lease (runs its actors); `owner` is "
+            "the instance's name ([storage] instance)",
+            ["integration", "owner"],
             registry=r,
         )
         self.lease_renewals = Counter(
@@ -141,7 +142,8 @@ class Metrics:
         )
         self.lease_changes = Counter(
             "vmrsched_lease_changes_total",
-            "Integrations this instance took (gained) or gave up (lost, handed_over)",
+            "Integrations this instance took (gained), lost (another took it, or the database "
+            "did not answer in time) or handed over (a clean stop, or a share for a new instance)",
             ["change"],
             registry=r,
         )

@@ -74,6 +74,8 @@ class SharedStorage:
     lease_seconds: float
     held: dict[str, Lease] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # whether the last round of lease work reached the database (readiness says so)
+    reachable: bool = True
 
     def require_lease(self, name: str) -> Lease:
         """The lease this instance holds for the integration; OwnershipLostError when it holds
@@ -170,7 +172,9 @@ class Ownership(pykka.ThreadingActor):
         started = time.monotonic()
         try:
             self._step()
+            self.shared.reachable = True
         except (psycopg.Error, StorageUnavailableError) as exc:
+            self.shared.reachable = False
             log.warning("shared database: %s", exc)
             self.metrics.lease_renewals.labels("unreachable").inc()
             self._expire_unrenewed()
@@ -231,7 +235,6 @@ class Ownership(pykka.ThreadingActor):
                 name,
                 extra={"integration": name},
             )
-            self.metrics.lease_changes.labels("handed_over").inc()
             self.tell(Lost(name, release=True, then=self._later_release(name)))
 
     def _expire_unrenewed(self) -> None:
@@ -263,19 +266,19 @@ class Ownership(pykka.ThreadingActor):
         with self.shared.lock:
             return dict(self.shared.held)
 
-    def _drop(self, name: str) -> None:
+    def _drop(self, name: str, change: str = "lost") -> None:
         with self.shared.lock:
             held = self.shared.held.pop(name, None)
         self._deadlines.pop(name, None)
         if held is not None:
-            self.metrics.lease_changes.labels("lost").inc()
+            self.metrics.lease_changes.labels(change).inc()
             self.metrics.integration_owned.labels(name, self.shared.instance).set(0)
 
     def release(self, name: str) -> None:
         """Give the lease up now (the integration has stopped here): another instance may take
         it at once."""
         lease = self._held().get(name)
-        self._drop(name)
+        self._drop(name, "handed_over")
         if lease is not None:
             try:
                 self.leases.release(lease)

@@ -18,7 +18,12 @@ from vmrsched.actors.messages import ReloadResult as ReloadResult  # where the s
 from vmrsched.actors.ownership import Gained, Lost
 from vmrsched.actors.supervision import ChildSpec, Supervisor
 from vmrsched.config import Config, IntegrationConfig
-from vmrsched.telemetry import SUPERVISOR_FAILED
+from vmrsched.telemetry import (
+    STORAGE_FULL,
+    STORAGE_UNAVAILABLE,
+    STORE_CORRUPT,
+    SUPERVISOR_FAILED,
+)
 
 log = logging.getLogger("vmrsched.service")
 OTHER_THREADS = 64  # beside the actors: the event loop, the timer, worker pools
@@ -74,6 +79,9 @@ class ServiceSupervisor(Supervisor):
                 extra={"integration": message.name},
             )
             self._stop_integration(message.name)
+        # what this instance said about the integration's store is no longer its to say
+        for alarm in (STORAGE_FULL, STORAGE_UNAVAILABLE, STORE_CORRUPT):
+            self.ctx.alarms.clear(message.name, alarm)
         self.ctx.status.set(message.name, state="elsewhere")
         if message.then is not None:
             message.then()

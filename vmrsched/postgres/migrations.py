@@ -1,5 +1,5 @@
-"""Versioned schema migrations, applied at start (or by `vmrsched store migrate-schema`), never
-by hand.
+"""Versioned schema migrations, applied when an instance starts (and by `vmrsched store migrate`),
+never by hand.
 
 Each migration is a number, a title and SQL; the database records which it has applied, with a
 checksum of the SQL, in `vmrsched_schema`. Several instances may start at once: a transaction-

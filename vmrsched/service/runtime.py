@@ -175,6 +175,8 @@ class Runtime:
             i["state"] == "running" and not NOT_READY.intersection(i["alarms"])
             for i in here.values()
         )
+        if self.ctx.shared is not None and not self.ctx.shared.reachable:
+            ready = False  # cut off from the database: it runs nothing, and says so
         body: dict[str, Any] = {
             "status": "ready" if ready else "not_ready",
             "integrations": integrations,

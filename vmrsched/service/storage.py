@@ -30,9 +30,12 @@ def database(cfg: Config) -> Callable[[], psycopg.Connection[Any]]:
             "[storage] names no database: set dsn_env or dsn_file", "no_database_configured"
         )
     dsn = cfg.storage.dsn.reveal()
+    # a connection that cannot be made gives up within a third of a lease, so that an instance
+    # cut off from the database still gives its integrations up before its leases run out
+    timeout = max(1, min(10, int(cfg.storage.lease_seconds / 3)))
 
     def connect() -> psycopg.Connection[Any]:
-        return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        return psycopg.connect(dsn, autocommit=True, connect_timeout=timeout)
 
     return connect
 
