@@ -7,6 +7,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,19 +15,20 @@ from tests import spoolkit
 from tests.configs import Running, spool_config, spool_toml
 from vmrsched import answers, recovery, service
 from vmrsched.mailbox.spool import SpoolMailbox
-from vmrsched.store import Store
+from vmrsched.store import Record, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def test_recover_on_the_spool(tmp_path: Path) -> None:
-    cfg = spool_config(tmp_path)
+def accepted_then_lost(cfg: Any, **request: Any) -> tuple[str, Record]:
+    """A meeting booked offline (a placeholder) accepted by the service, then its record lost
+    from the store: (its UID, the lost record)."""
     spool = cfg.integrations[0].spool_dir(cfg.data_dir)
     svc = service.start(cfg)
     try:
         data, uid = spoolkit.request(
-            body="<p>TOK:-00000000-0000-4000-8000-00000000beef#</p>", rrule="FREQ=WEEKLY;COUNT=3"
+            body="<p>TOK:-00000000-0000-4000-8000-00000000beef#</p>", **request
         )
         name = spoolkit.drop(spool / "inbox", data)
         spoolkit.wait_handled(spool, name)
@@ -39,6 +41,13 @@ def test_recover_on_the_spool(tmp_path: Path) -> None:
     store.delete(lost["alias_id"], "lost in a test")
     store.sweep()
     store.close()
+    return uid, lost
+
+
+def test_recover_on_the_spool(tmp_path: Path) -> None:
+    cfg = spool_config(tmp_path)
+    spool = cfg.integrations[0].spool_dir(cfg.data_dir)
+    uid, lost = accepted_then_lost(cfg, rrule="FREQ=WEEKLY;COUNT=3")
 
     config_file = tmp_path / "vmrsched.toml"
     config_file.write_text(spool_toml(cfg.data_dir, name="alpha"))
@@ -124,21 +133,8 @@ def test_the_recovery_report_shows_the_conference_subject_not_the_raw_one(tmp_pa
     cfg = spool_config(tmp_path, single_use={"conference_subject_template": "Private"})
     integ = cfg.integrations[0]
     spool = integ.spool_dir(cfg.data_dir)
-    svc = service.start(cfg)
-    try:
-        data, uid = spoolkit.request(
-            body="<p>TOK:-00000000-0000-4000-8000-00000000beef#</p>", subject="Secret merger"
-        )
-        name = spoolkit.drop(spool / "inbox", data)
-        spoolkit.wait_handled(spool, name)
-        spoolkit.wait_for(lambda: len(spoolkit.answers_for(spool, uid)) == 2)
-    finally:
-        svc.stop()
+    accepted_then_lost(cfg, subject="Secret merger")
     store = Store(cfg.data_dir / "store" / "alpha")
-    lost = store.by_meeting_uid(uid)
-    assert lost is not None
-    store.delete(lost["alias_id"], "lost in a test")
-    store.sweep()
     gateway = SpoolMailbox(spool, "alpha", integ.timezone)
     done = recovery.recover(integ, gateway, store, datetime.now(UTC), dry_run=True)
     gateway.close()

@@ -19,9 +19,9 @@ from tests.test_outqueue import NOW, message
 from vmrsched.outqueue import SEEN_DAYS
 from vmrsched.postgres import migrations
 from vmrsched.postgres import outqueue as pg_outqueue
+from vmrsched.postgres.connection import DatabaseUnavailable
 from vmrsched.postgres.leases import Lease, LeaseLost, Leases
 from vmrsched.postgres.outqueue import DatabaseOutQueue, read_contents, read_failed
-from vmrsched.postgres.records import DatabaseUnavailable
 
 Connect = Callable[[], psycopg.Connection[Any]]
 LEASE = 0.5  # seconds

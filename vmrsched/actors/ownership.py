@@ -27,8 +27,9 @@ from typing import Any
 import psycopg
 import pykka
 
+from vmrsched.postgres.connection import Connect
 from vmrsched.postgres.leases import Lease, LeaseLost, Leases, fair_share
-from vmrsched.postgres.records import Connect, Records
+from vmrsched.postgres.records import Records
 from vmrsched.store import OwnershipLostError, StorageUnavailableError
 from vmrsched.telemetry import Metrics
 

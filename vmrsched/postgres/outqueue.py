@@ -40,8 +40,8 @@ from psycopg.types.json import Jsonb
 
 from vmrsched.outgoing import Outgoing
 from vmrsched.outqueue import FAILED_MAX, SEEN_DAYS, SEEN_MAX, Failed, MessageQueue, Queued
+from vmrsched.postgres.connection import Connect, DatabaseUnavailable, OwnConnection
 from vmrsched.postgres.leases import Lease, LeaseLost, fence
-from vmrsched.postgres.records import Connect, DatabaseUnavailable
 
 # The seen ids are pruned in an `add` at most this often (seconds), or once a tenth of
 # SEEN_MAX ids were seen since: often enough to stay near SEEN_MAX, rarely enough that the
@@ -69,7 +69,7 @@ def _tenure(lease: Lease | None) -> tuple[str, int] | None:
     return None if lease is None else (lease.owner, lease.token)
 
 
-class DatabaseOutQueue(MessageQueue):
+class DatabaseOutQueue(OwnConnection, MessageQueue):
     """One integration's out-queue in the shared database; the same methods, return values and
     promises as `OutQueue`."""
 
@@ -88,10 +88,9 @@ class DatabaseOutQueue(MessageQueue):
         LeaseLost when `lease` no longer holds). Open it under the lease that makes this
         instance the owner: a view read before the takeover could miss what the previous owner
         committed up to it."""
-        self.connect = connect
+        super().__init__(connect)
         self.integration = integration
         self.clock = clock
-        self._conn: psycopg.Connection[Any] | None = None
         self._lease = lease
         self._pending: dict[str, Queued] = {}  # in queue order
         self._failed: dict[str, Failed] = {}  # in the order they failed
@@ -112,25 +111,6 @@ class DatabaseOutQueue(MessageQueue):
         if _tenure(lease) != _tenure(self._lease):
             self._stale = True
         self._lease = lease
-
-    # --- the connection (as records.Records keeps its own) ---------------------------------
-
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            try:
-                self._conn = self.connect()
-            except psycopg.Error as exc:
-                raise DatabaseUnavailable(f"the database cannot be reached: {exc}") from exc
-        return self._conn
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                conn.close()
-
-    def close(self) -> None:
-        self._drop()
 
     # --- reading the view, and writing --------------------------------------------------------
 

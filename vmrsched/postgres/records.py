@@ -10,18 +10,16 @@ was, and the store takes the group back as it does when a disk is full."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
+from vmrsched.postgres.connection import Connect, DatabaseUnavailable, OwnConnection
 from vmrsched.postgres.leases import Lease, LeaseLost, fence
 from vmrsched.store import StorageUnavailableError, StoredRecord
-
-Connect = Callable[[], psycopg.Connection[Any]]
 
 
 class AliasConflict(StorageUnavailableError):
@@ -29,45 +27,23 @@ class AliasConflict(StorageUnavailableError):
     another integration): nothing of the commit was written."""
 
 
-class DatabaseUnavailable(StorageUnavailableError):
-    """The database could not be reached or failed the commit: nothing of it was written."""
-
-
 def _dumps(record: Mapping[str, Any]) -> Jsonb:
     return Jsonb(record, dumps=lambda value: orjson.dumps(value).decode())
 
 
-class Records:
+class Records(OwnConnection):
     """One integration's records, through one connection of its own (the allocator's thread is
     the only user). A failed call drops the connection; the next call opens a new one, so a
     database that restarted or failed over to a new primary is found again."""
 
     def __init__(self, connect: Connect, integration: str) -> None:
-        self.connect = connect
+        super().__init__(connect)
         self.integration = integration
-        self._conn: psycopg.Connection[Any] | None = None
         self.lease: Lease | None = None  # set by the lease's holder; None: no leases in use
-
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            try:
-                self._conn = self.connect()
-            except psycopg.Error as exc:
-                raise DatabaseUnavailable(f"the database cannot be reached: {exc}") from exc
-        return self._conn
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                conn.close()
 
     @property
     def where(self) -> str:
         return f"the database (integration {self.integration})"
-
-    def close(self) -> None:
-        self._drop()
 
     def reachable(self) -> bool:
         try:

@@ -21,7 +21,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from vmrsched.journal import AtomicJSONStorage
-from vmrsched.postgres.records import Connect
+from vmrsched.postgres.connection import Connect
 from vmrsched.store import SNAPSHOT, Store, archive
 
 
