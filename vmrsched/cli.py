@@ -530,7 +530,7 @@ def cmd_store(args: argparse.Namespace) -> int:
     data_dir = _data_dir(args)
     if data_dir is None:
         return 1
-    stores = data_dir / "store"
+    stores = config.DataLayout(data_dir).stores
     names = _subdirs(stores)
     if args.name:
         if args.name not in names:
@@ -583,7 +583,7 @@ def cmd_failed(args: argparse.Namespace) -> int:
     data_dir = _data_dir(args)
     if data_dir is None:
         return 1
-    queues = data_dir / "queue"
+    queues = config.DataLayout(data_dir).queues
     names = _subdirs(queues)
     if args.integration:
         names = [n for n in names if n == args.integration]

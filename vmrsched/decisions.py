@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from vmrsched.config import DataLayout
 from vmrsched.journal import atomic_write
 from vmrsched.telemetry import report_damaged
 
@@ -40,7 +41,7 @@ EMPTY: dict[str, Any] = dict.fromkeys(("time", *FIELDS), "")
 
 
 def log_path(data_dir: Path, integration: str) -> Path:
-    return Path(data_dir) / "decisions" / f"{integration}.jsonl"
+    return DataLayout(data_dir).decisions(integration)
 
 
 class DecisionLog:

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 from cryptography.fernet import Fernet
 
+from vmrsched.config import DataLayout
 from vmrsched.journal import (
     CRC_TABLE,
     DAMAGED_SUFFIX,
@@ -280,23 +281,24 @@ def check_state(data_dir: Path, integration: str | None = None) -> list[StateFil
     def mine(name: str) -> bool:
         return integration is None or name == integration
 
-    queues = data_dir / "queue"
+    layout = DataLayout(data_dir)
+    queues = layout.queues
     for folder in sorted(p for p in _entries(queues) if p.is_dir() and mine(p.name)):
         for path in sorted(_entries(folder), key=_generation):
             if path.name.startswith("outgoing."):
                 found.append(_journal_state(data_dir, path))
-    for path in sorted(_entries(data_dir / "decisions")):
+    for path in sorted(_entries(layout.decisions_dir)):
         if path.name.endswith(".jsonl") and mine(path.name[: -len(".jsonl")]):
             found.append(_decisions_state(data_dir, path))
-    for path in sorted(_entries(data_dir / "sign-in")):
+    for path in sorted(_entries(layout.sign_in)):
         if path.name == "key":
             found.append(_key_state(data_dir, path))
         elif path.name.endswith(".json") and mine(path.stem):
             found.append(_sessions_state(data_dir, path))
-    for path in sorted(_entries(data_dir / "oauth")):
+    for path in sorted(_entries(layout.oauth_dir)):
         if path.name.endswith(".json") and mine(path.stem):
             found.append(_cache_state(data_dir, path))
-    for folder in (data_dir / "sign-in", data_dir / "oauth", data_dir / "decisions"):
+    for folder in (layout.sign_in, layout.oauth_dir, layout.decisions_dir):
         for path in sorted(_entries(folder)):
             owner = DAMAGED_SUFFIX.sub("", path.name).split(".")[0]
             if DAMAGED_SUFFIX.search(path.name) and (owner == "key" or mine(owner)):

@@ -31,7 +31,7 @@ import requests
 from cryptography.fernet import Fernet, InvalidToken
 
 from vmrsched import oidc
-from vmrsched.config import IntegrationConfig
+from vmrsched.config import DataLayout, IntegrationConfig
 from vmrsched.errors import Unauthorized
 from vmrsched.journal import atomic_write, salvage_members, set_aside
 from vmrsched.oidc import SignInRefused
@@ -98,7 +98,7 @@ class UserSignIn:
         clock: Callable[[], float] = time.time,
         http_for: Callable[[IntegrationConfig], requests.Session] | None = None,
     ) -> None:
-        self.directory = Path(data_dir) / "sign-in"
+        self.directory = DataLayout(data_dir).sign_in
         self.environ = os.environ if environ is None else environ
         self.clock = clock
         plain = requests.Session()

@@ -16,7 +16,7 @@ re-exported here: `from vmrsched.config import IntegrationConfig` and `config.lo
 from vmrsched.config.addresses import DOMAIN_RE, HOST_PORT_RE, is_loopback_host, split_listen
 from vmrsched.config.checks import EMAIL_RE, ICON_SIZE, NAME_RE, certificate_problem, png_size
 from vmrsched.config.fields import SECRET_KEYS, Secret
-from vmrsched.config.layout import queue_dir, store_dir
+from vmrsched.config.layout import DataLayout, queue_dir, store_dir
 from vmrsched.config.loader import MIN_ADMIN_TOKEN, ConfigError, load, parse
 from vmrsched.config.reloading import PerConfig
 from vmrsched.config.schema import (
@@ -54,6 +54,7 @@ __all__ = [
     "AdvancedConfig",
     "Config",
     "ConfigError",
+    "DataLayout",
     "EmailConfig",
     "ExchangeConfig",
     "GraphConfig",

@@ -18,6 +18,7 @@ from typing import Any, get_type_hints
 from vmrsched import templating
 from vmrsched.config.addresses import is_loopback_host, split_listen
 from vmrsched.config.fields import _TEXT, Secret, _f
+from vmrsched.config.layout import DataLayout
 
 
 def _template(name: str) -> Any:
@@ -350,7 +351,9 @@ class IntegrationConfig:
 
     def spool_dir(self, data_dir: Path) -> Path:
         return (
-            Path(self.spool.directory) if self.spool.directory else data_dir / "spool" / self.name
+            Path(self.spool.directory)
+            if self.spool.directory
+            else DataLayout(data_dir).spool(self.name)
         )
 
 

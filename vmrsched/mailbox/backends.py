@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from vmrsched.config import IntegrationConfig
+from vmrsched.config import DataLayout, IntegrationConfig
 from vmrsched.mailbox.base import Mailbox
 from vmrsched.telemetry import Metrics
 
@@ -33,7 +33,7 @@ def make_gateway(
     if integ.backend == "graph":
         from vmrsched.mailbox.graph import GraphMailbox
 
-        return GraphMailbox(integ, metrics, data_dir / "graph" / integ.name)
+        return GraphMailbox(integ, metrics, DataLayout(data_dir).graph(integ.name))
     raise RuntimeError(f"backend {integ.backend!r} is not available in this version")
 
 

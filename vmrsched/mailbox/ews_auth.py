@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msal
 import requests
 
-from vmrsched.config import ExchangeConfig
+from vmrsched.config import DataLayout, ExchangeConfig
 from vmrsched.mailbox.base import GatewayError
 from vmrsched.mailbox.sessions import CaSession
 from vmrsched.proxies import use_rule
@@ -313,5 +313,5 @@ def token_source(
     if ex.authentication == "oauth_app":
         return AppTokens(ex, direct)
     if ex.authentication == "oauth_delegated":
-        return DelegatedTokens(ex, data_dir / "oauth" / f"{name}.json", direct)
+        return DelegatedTokens(ex, DataLayout(data_dir).oauth(name), direct)
     return None
