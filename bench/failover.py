@@ -59,6 +59,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from harness import free_port, pct
 
+from tests import sharedkit
+
 NAMES = ("alpha", "beta")
 PASSWORD = "bench-policy-password"
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"node:{PASSWORD}".encode()).decode()}
@@ -71,45 +73,9 @@ def log(*args: object) -> None:
 
 
 def write_config(tmp: Path, instance: str, port: int, lease: float) -> Path:
-    """One instance's config: its own data directory and port, the shared spools and
-    database, the policy endpoint's credentials."""
-    folder = tmp / instance
-    folder.mkdir(exist_ok=True)
-    integrations = "".join(
-        f"""
-[[integrations]]
-name = "{name}"
-[integrations.exchange]
-mailbox_name = "Video Room {name}"
-mailbox_email = "vmr-{name}@example.com"
-[integrations.addin]
-token_validation = "none"
-server_fqdn = "vc.example.com"
-[integrations.single_use]
-alias_prefix = "{index + 81}"
-[integrations.spool]
-directory = "{tmp / "spool" / name}"
-poll_interval_seconds = 0.05
-"""
-        for index, name in enumerate(NAMES)
-    )
-    config = folder / "vmrsched.toml"
-    config.write_text(
-        f"""
-[server]
-listen = "127.0.0.1:{port}"
-data_dir = "{folder / "data"}"
-log_format = "json"
-policy_username = "node"
-policy_password_env = "BENCH_POLICY_PW"
-[storage]
-backend = "postgresql"
-dsn_env = "VMRSCHED_DSN"
-lease_seconds = {lease}
-instance = "{instance}"
-{integrations}"""
-    )
-    return config
+    """One instance's config, with the policy endpoint's credentials."""
+    server = 'policy_username = "node"\npolicy_password_env = "BENCH_POLICY_PW"'
+    return sharedkit.write_config(tmp, instance, port, lease, NAMES, server)
 
 
 class Instance:
@@ -508,10 +474,10 @@ def scenario(
         "seconds": args.seconds,
         "cpus": os.cpu_count(),
         "loadavg_at_start": loadavg,
-        "note": "in this release an instance's policy index holds only the integrations it "
-        "owns: with two instances each is asked only about its own integration's aliases (the "
-        "burst's, live now); with one, the survivor owns both and is asked about all. Clients, "
-        "both servers and PostgreSQL share this machine's CPUs",
+        "note": "with two instances each is asked about its own integration's aliases (the "
+        "burst's, live now; every instance also answers for the others' from the database); "
+        "with one, the survivor owns both and is asked about all. Clients, both servers and "
+        "PostgreSQL share this machine's CPUs",
     }
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from tests import serving, spoolkit
 from tests.pgcluster import Cluster
+from tests.sharedkit import write_config
 
 pytestmark = pytest.mark.slow
 LEASE = 2.0
@@ -27,43 +28,7 @@ NAMES = ("alpha", "beta")
 
 
 def write(tmp: Path, instance: str, port: int) -> Path:
-    """One instance's config: its own data directory and port, the shared spools and
-    database."""
-    folder = tmp / instance
-    folder.mkdir()
-    integrations = "".join(
-        f"""
-[[integrations]]
-name = "{name}"
-[integrations.exchange]
-mailbox_name = "Video Room {name}"
-mailbox_email = "vmr-{name}@example.com"
-[integrations.addin]
-token_validation = "none"
-server_fqdn = "vc.example.com"
-[integrations.single_use]
-alias_prefix = "{index + 81}"
-[integrations.spool]
-directory = "{tmp / "spool" / name}"
-poll_interval_seconds = 0.05
-"""
-        for index, name in enumerate(NAMES)
-    )
-    config = folder / "vmrsched.toml"
-    config.write_text(
-        f"""
-[server]
-listen = "127.0.0.1:{port}"
-data_dir = "{folder / "data"}"
-log_format = "json"
-[storage]
-backend = "postgresql"
-dsn_env = "VMRSCHED_DSN"
-lease_seconds = {LEASE}
-instance = "{instance}"
-{integrations}"""
-    )
-    return config
+    return write_config(tmp, instance, port, LEASE, NAMES)
 
 
 def owned(port: int) -> list[str]:
