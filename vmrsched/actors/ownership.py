@@ -75,8 +75,9 @@ class SharedStorage:
     lease_seconds: float
     held: dict[str, Lease] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    # whether the last round of lease work reached the database (readiness says so)
-    reachable: bool = True
+    # whether the last round of lease work reached the database (readiness says so): not
+    # before the first round, when what this instance runs is not known yet
+    reachable: bool = False
 
     def require_lease(self, name: str) -> Lease:
         """The lease this instance holds for the integration; OwnershipLostError when it holds

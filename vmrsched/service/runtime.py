@@ -166,11 +166,8 @@ class Runtime:
         }
         # with a shared database an instance answers for what it runs: an integration
         # another instance owns ("elsewhere") is that instance's to report
-        here = {
-            name: i
-            for name, i in integrations.items()
-            if self.ctx.shared is None or i["state"] != "elsewhere"
-        }
+        owned = None if self.ctx.shared is None else set(self.ctx.shared.owned())
+        here = {name: i for name, i in integrations.items() if owned is None or name in owned}
         ready = bool(integrations) and all(
             i["state"] == "running" and not NOT_READY.intersection(i["alarms"])
             for i in here.values()
