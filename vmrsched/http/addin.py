@@ -10,7 +10,9 @@ and the allocator answers only after the alias is on disk.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from typing import Any
 
@@ -32,6 +34,7 @@ from vmrsched.http.common import (
     status_of,
 )
 from vmrsched.http.ratelimit import RateLimiter
+from vmrsched.service import Service
 from vmrsched.templating import plain_text
 
 STATIC = resources.files("vmrsched.http") / "static"
@@ -307,34 +310,66 @@ def _count(request: web.Request, integ: IntegrationConfig, route: str, status: i
     counter.inc()
 
 
-async def single_use_vmrs(request: web.Request) -> web.Response:
-    """Reserve a single-use VMR (service/addin.py: the meeting details checked, its joining
-    instructions rendered). Every answer, an error included, is counted by status in
-    vmrsched_addin_requests_total. One coroutine, not two: each frame of the chain is resumed
-    again whenever the reservation's await resumes."""
-    service = request.app[SERVICE]
-    integ = integration_or_404(request)
-    status = 500
-    try:
-        who = await service.verify_addin_token(integ, _bearer(request))
-        wait = request.app[LIMITER].allow(f"{integ.name}\0{who.user}")
-        if wait:
-            raise RateLimited("too many requests; try again shortly", wait)
-        # the use case reads the meeting details once it may serve the request
-        reservation = await service.single_use_vmr(
-            integ, who, request.read if request.can_read_body else None
-        )
-        # a frozen dataclass: orjson writes its fields in order, the API's JSON as it always was
-        response = web.Response(
-            body=orjson.dumps(reservation), status=201, content_type="application/json"
-        )
-        status = response.status
-        return response
-    except ServiceError as exc:
-        status = status_of(exc)
-        raise
-    finally:
-        _count(request, integ, "single-use-vmrs", status)
+async def read_body(request: web.Request) -> bytes:
+    """The request's body, as `request.read()` gives it, bounded as it bounds it (the app's
+    client_max_size: 413). A body already received whole (the add-in's small JSON arrives with
+    its headers) is taken from the buffer in one call instead of request.read()'s loop of
+    reads."""
+    content = request.content
+    if not content.is_eof():
+        return await request.read()
+    body = content.read_nowait()
+    limit = request.client_max_size
+    if limit and len(body) > limit:
+        raise web.HTTPRequestEntityTooLarge(limit, len(body))
+    return body
+
+
+def single_use_handler(
+    service: Service, limiter: RateLimiter, counters: dict[tuple[str, str, int], Any]
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The add-in API's reservation, POST /api/addin/v1/{integration}/single-use-vmrs, with
+    what it needs bound once (the service, the rate limiter, the per-status counters) rather
+    than looked up in the app for every request."""
+    requests = service.metrics.addin_requests
+
+    def count(integ: IntegrationConfig, status: int) -> None:
+        key = (integ.name, "single-use-vmrs", status)
+        counter = counters.get(key)
+        if counter is None:
+            counter = counters[key] = requests.labels(integ.name, "single-use-vmrs", str(status))
+        counter.inc()
+
+    async def single_use_vmrs(request: web.Request) -> web.Response:
+        """Reserve a single-use VMR (service/addin.py: the meeting details checked, its joining
+        instructions rendered). Every answer, an error included, is counted by status in
+        vmrsched_addin_requests_total. One coroutine, not two: each frame of the chain is
+        resumed again whenever the reservation's await resumes."""
+        integ = service.integration(request.match_info["integration"])
+        status = 500
+        try:
+            who = await service.verify_addin_token(integ, _bearer(request))
+            wait = limiter.allow(f"{integ.name}\0{who.user}")
+            if wait:
+                raise RateLimited("too many requests; try again shortly", wait)
+            # the use case reads the meeting details once it may serve the request
+            reservation = await service.single_use_vmr(
+                integ, who, partial(read_body, request) if request.can_read_body else None
+            )
+            # a frozen dataclass: orjson writes its fields in order, the API's JSON as it always
+            # was
+            response = web.Response(
+                body=orjson.dumps(reservation), status=201, content_type="application/json"
+            )
+            status = 201
+            return response
+        except ServiceError as exc:
+            status = status_of(exc)
+            raise
+        finally:
+            count(integ, status)
+
+    return single_use_vmrs
 
 
 STATIC_FILES = {
@@ -403,8 +438,9 @@ async def _session_context(app: web.Application) -> Any:
 
 def setup(app: web.Application) -> None:
     service = app[SERVICE]
-    app[LIMITER] = RateLimiter(service.config.server.rate_limit_per_minute)
-    app[COUNTERS] = {}
+    app[LIMITER] = limiter = RateLimiter(service.config.server.rate_limit_per_minute)
+    counters: dict[tuple[str, str, int], Any] = {}
+    app[COUNTERS] = counters
     app.on_cleanup.append(_flush_reserved_log)
     service.use_http_client(lambda: app[SESSION])
     app.cleanup_ctx.append(_session_context)
@@ -417,4 +453,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/addin/{integration}/support", support)
     app.router.add_get("/addin/static/{name}", static_file)
     app.router.add_get("/addin/static/vendor/{name}", vendor_file)
-    app.router.add_post("/api/addin/v1/{integration}/single-use-vmrs", single_use_vmrs)
+    app.router.add_post(
+        "/api/addin/v1/{integration}/single-use-vmrs",
+        single_use_handler(service, limiter, counters),
+    )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
+from time import perf_counter
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
 from vmrsched.errors import ServiceError
@@ -39,57 +40,68 @@ TIMERS = web.AppKey("route_timers", RouteTimers)
 __all__ = ["SERVICE", "create_app"]
 
 
-@web.middleware
-async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One middleware (each layer costs a coroutine per request): API guards (our own origin
-    only, no CORS for anyone else; bounded bodies), JSON errors, and request timing."""
-    started = time.perf_counter()
-    app = request.app
-    server = app[SERVICE].config.server
-    try:
-        if request.path.startswith(GUARDED):
-            hosts = _hosts(app)
-            if hosts is not None and hostname(request.host) not in hosts:
-                return error(421, "host_not_allowed", "this server does not answer to that name")
-        if request.path.startswith("/api/"):
-            origin = request.headers.get("Origin")
-            if origin is not None and origin.lower() not in {
-                origin_of(server.base_url),
-                f"{request.scheme}://{request.host}".lower(),
-            }:
-                return error(403, "origin_not_allowed", "cross-origin requests are not allowed")
-            if request.content_length is not None and request.content_length > (
-                server.max_body_bytes
-            ):
-                return _too_large(server.max_body_bytes)
-        return await handler(request)
-    except web.HTTPRequestEntityTooLarge:
-        return _too_large(server.max_body_bytes)
-    except ServiceError as exc:
-        return service_error(exc)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return http_error(exc)
-    finally:
-        resource = request.match_info.route.resource
-        name = resource.canonical if resource is not None else "unmatched"
-        app[TIMERS](name).observe(time.perf_counter() - started)
+def pipeline(service: Service, timers: RouteTimers) -> Middleware:
+    """The one middleware (each layer costs a coroutine per request, resumed again whenever the
+    handler's await resumes): API guards (our own origin only, no CORS for anyone else; bounded
+    bodies), JSON errors, and request timing. What it needs per request is bound here once:
+    the service, the route timers (each route's timer found by its route object), and the
+    allowed Host names of the running config (recomputed when a reload replaces it)."""
+    hosts_of: list[Any] = [None, None]  # the config they were computed for, the names
+    route_timers: dict[web.AbstractRoute, Any] = {}
+
+    @web.middleware
+    async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = perf_counter()
+        server = service.config.server
+        try:
+            path = request.path
+            if path.startswith(GUARDED):
+                config = service.config
+                if hosts_of[0] is not config:
+                    hosts_of[:] = [config, allowed_hosts(config)]
+                hosts: frozenset[str] | None = hosts_of[1]
+                if hosts is not None and hostname(request.host) not in hosts:
+                    return error(
+                        421, "host_not_allowed", "this server does not answer to that name"
+                    )
+                if path.startswith("/api/"):
+                    origin = request.headers.get("Origin")
+                    if origin is not None and origin.lower() not in {
+                        origin_of(server.base_url),
+                        f"{request.scheme}://{request.host}".lower(),
+                    }:
+                        return error(
+                            403, "origin_not_allowed", "cross-origin requests are not allowed"
+                        )
+                    length = request.content_length
+                    if length is not None and length > server.max_body_bytes:
+                        return _too_large(server.max_body_bytes)
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            return _too_large(server.max_body_bytes)
+        except ServiceError as exc:
+            return service_error(exc)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return http_error(exc)
+        finally:
+            route = request.match_info.route
+            timer = route_timers.get(route)
+            if timer is None:
+                resource = route.resource
+                if resource is None:  # unmatched: a route of its own for every request
+                    timer = timers("unmatched")
+                else:
+                    timer = route_timers[route] = timers(resource.canonical)
+            timer.observe(perf_counter() - started)
+
+    return guarded
 
 
-# what a page under a hostile name must not reach (health and metrics answer to any name)
+# what a page under a hostile name must not reach (health and metrics answer to any name); the
+# API's own checks (origin, body size) apply under /api/, which is one of them
 GUARDED = ("/api/", "/addin/", "/admin", "/my/")
-HOSTS = web.AppKey("allowed_hosts", dict)
-
-
-def _hosts(app: web.Application) -> frozenset[str] | None:
-    """Allowed Host names, computed once per configuration (reloads replace it)."""
-    config = app[SERVICE].config
-    cache = app[HOSTS]
-    if cache.get("config") is not config:
-        cache["config"], cache["hosts"] = config, allowed_hosts(config)
-    hosts: frozenset[str] | None = cache["hosts"]
-    return hosts
 
 
 def _too_large(limit: int) -> web.Response:
@@ -143,12 +155,13 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def create_app(service: Service) -> web.Application:
+    timers = RouteTimers(service.metrics.http_duration)
     app = web.Application(
-        middlewares=[pipeline], client_max_size=service.config.server.max_body_bytes
+        middlewares=[pipeline(service, timers)],
+        client_max_size=service.config.server.max_body_bytes,
     )
     app[SERVICE] = service
-    app[TIMERS] = RouteTimers(service.metrics.http_duration)
-    app[HOSTS] = {}
+    app[TIMERS] = timers
     app.router.add_get("/", home)
     app.router.add_get("/healthz", healthz)
     app.on_response_prepare.append(_server_header)

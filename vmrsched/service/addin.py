@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import pykka
 
 from vmrsched import aliases, answers, directory
 from vmrsched.actors.allocator import QuotaReached
@@ -35,7 +36,7 @@ from vmrsched.errors import (
 from vmrsched.identity import Identity
 from vmrsched.service.runtime import Runtime
 from vmrsched.store import Record
-from vmrsched.templating import plain_text
+from vmrsched.templating import Renderer, plain_text
 
 log = logging.getLogger("vmrsched.service")
 reserved_log = logging.getLogger("vmrsched.addin")  # the name the add-in's log lines had
@@ -146,6 +147,28 @@ class ReservedLog:
                 )
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """What every reservation of one integration's config answers with, built once per config:
+    its renderer, the sample variables the meeting details are checked with, the variables
+    that do not depend on the alias (answers.variables without a record), and its room."""
+
+    renderer: Renderer
+    samples: dict[str, Any]
+    base: dict[str, Any]
+    room_name: str
+    room_email: str
+
+
+def _capped_user(who: Identity | None) -> str:
+    """Whose quota a reservation counts against: "" for unverified callers (not capped)."""
+    return who.user if who is not None and who.kind != "none" else ""
+
+
+def _unavailable() -> Unavailable:
+    return Unavailable("the booking service cannot take requests right now")
+
+
 class SingleUse:
     """Single-use VMRs: reserve an alias (durable before it returns) and answer the add-in."""
 
@@ -153,8 +176,14 @@ class SingleUse:
         self.runtime = runtime
         self._renderers = runtime.renderers
         self._batchers: dict[str, ReservationBatcher] = {}
-        self._samples: PerConfig[dict[str, Any]] = PerConfig(
-            lambda integ: answers.variables(integ, None, _SAMPLE_RECORD)
+        self._answers: PerConfig[_Answer] = PerConfig(
+            lambda integ: _Answer(
+                self._renderers(integ),
+                answers.variables(integ, None, _SAMPLE_RECORD),
+                answers.variables(integ, None, None),
+                integ.exchange.mailbox_name,
+                integ.exchange.mailbox_email,
+            )
         )
         self.reserved_log = ReservedLog()
 
@@ -172,26 +201,47 @@ class SingleUse:
         it. Forbidden (feature off), BadRequest (details), and whatever `reserve` raises."""
         if not integ.enable_single_use_vmrs:
             raise Forbidden("single-use VMRs are not enabled", "feature_disabled")
-        renderer = self._renderers(integ)
+        answer = self._answers(integ)
+        renderer = answer.renderer
         try:
             fields = meeting_details(await read()) if read is not None else {}
-            renderer.check_values(INSTRUCTIONS, {**self._samples(integ), **fields})
+            # check_values never changes what it is given: the samples as they are without
+            # details
+            renderer.check_values(
+                INSTRUCTIONS, {**answer.samples, **fields} if fields else answer.samples
+            )
         except ValueError as exc:
             raise BadRequest(str(exc)) from exc
         except Exception as exc:
             log.exception("cannot render joining instructions for %s", integ.name)
             raise BadRequest("the meeting details cannot be used in the instructions") from exc
-        record = await self.reserve(integ.name, RESERVE_TIMEOUT, who)
-        self.reserved_log.add(integ.name, record["alias"], who.user)
-        values = answers.variables(integ, None, record)
-        values.update(fields)
+        try:  # as `reserve`
+            allocator, batcher = self._allocator(integ.name)
+            record: Record = await batcher.reserve(allocator, RESERVE_TIMEOUT, _capped_user(who))
+        except (ActorUnavailable, TimeoutError) as exc:
+            raise _unavailable() from exc
+        except QuotaReached as exc:
+            raise self._quota_exceeded(integ.name, exc) from exc
+        alias = record["alias"]
+        numeric_alias = record["numeric_alias"]
+        alias_id = aliases.alias_id_token(record["alias_id"])
+        self.reserved_log.add(integ.name, alias, who.user)
+        # answers.variables(integ, None, record) updated with the details, the part that does
+        # not depend on the record computed once per config
+        values = {
+            **answer.base,
+            "alias": alias,
+            "numeric_alias": numeric_alias,
+            "alias_uuid": alias_id if record["alias_id"] else "",
+            **fields,
+        }
         return Reservation(
-            record["alias"],
-            record["numeric_alias"],
-            aliases.alias_id_token(record["alias_id"]),
+            alias,
+            numeric_alias,
+            alias_id,
             renderer.render(INSTRUCTIONS, values),
-            integ.exchange.mailbox_name,
-            integ.exchange.mailbox_email,
+            answer.room_name,
+            answer.room_email,
         )
 
     async def reserve(self, name: str, timeout: float, who: Identity | None = None) -> Record:
@@ -199,23 +249,29 @@ class SingleUse:
         arriving in the same event-loop turn share one message and one fsync
         (ReservationBatcher). A verified user holding the integration's cap of open
         reservations gets QuotaExceeded; unverified callers (token validation "none": every
-        one of them is "anonymous", on loopback only) are not capped."""
-        ctx = self.runtime.ctx
-        state = ctx.status.state(name)
-        user = who.user if who is not None and who.kind != "none" else ""
+        one of them is "anonymous", on loopback only) are not capped. (`single_use_vmr` does
+        the same in its own frame: one coroutine fewer to resume.)"""
         try:
-            if state != "running":
-                raise ActorUnavailable(f"integration {name} is {state or 'not running'}")
-            allocator = ctx.registry.get(name, "allocator")
-            batcher = self._batchers.get(name)
-            if batcher is None:
-                batcher = self._batchers[name] = ReservationBatcher()
-            record: Record = await batcher.reserve(allocator, timeout, user)
+            allocator, batcher = self._allocator(name)
+            record: Record = await batcher.reserve(allocator, timeout, _capped_user(who))
         except (ActorUnavailable, TimeoutError) as exc:
-            raise Unavailable("the booking service cannot take requests right now") from exc
+            raise _unavailable() from exc
         except QuotaReached as exc:
             raise self._quota_exceeded(name, exc) from exc
         return record
+
+    def _allocator(self, name: str) -> tuple[pykka.ActorRef[Any], ReservationBatcher]:
+        """The integration's allocator and the batcher of its reservations; ActorUnavailable
+        while the integration does not run."""
+        ctx = self.runtime.ctx
+        state = ctx.status.state(name)
+        if state != "running":
+            raise ActorUnavailable(f"integration {name} is {state or 'not running'}")
+        allocator = ctx.registry.get(name, "allocator")
+        batcher = self._batchers.get(name)
+        if batcher is None:
+            batcher = self._batchers[name] = ReservationBatcher()
+        return allocator, batcher
 
     def _quota_exceeded(self, name: str, reached: QuotaReached) -> QuotaExceeded:
         """What a user at the cap is told: how many they hold, and how slots come free."""
