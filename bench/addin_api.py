@@ -2,14 +2,19 @@
 for 10 s against `vmrsched serve` (a real process) whose store holds 100,000 conferences; in the
 same run the same load against a bare aiohttp handler in its own process, and the ratio.
 
+This machine's speed drifts by up to a factor of two within a minute, so the two are loaded in
+alternating rounds (service, bare, service, bare, …; --rounds of seconds/rounds each) and the
+ratio reported is the median of the rounds' ratios; the rates are the means over the rounds,
+the percentiles over all their requests.
+
 Then the personal-VMR case, against a fresh server for at most 8 s: the same clients asking for
 the personal VMRs of random users of a 10,000-user directory file.
 
 Prints one JSON line:
 {"reservations_per_s": …, "p50_ms": …, "p99_ms": …, "bare_per_s": …, "ratio": …,
- "personal_per_s": …, "personal_p99_ms": …, …}
+ "ratios": […], "personal_per_s": …, "personal_p99_ms": …, …}
 Usage: python bench/addin_api.py [--conferences 100000] [--users 10000] [--clients 64]
-       [--seconds 10]
+       [--seconds 10] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import asyncio
 import json
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -51,7 +57,8 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
 async def load(
     url: str, clients: int, seconds: float, personal: list[str] | None = None
 ) -> tuple[int, list[float]]:
-    """`personal`: ask for these users' personal VMRs (GET) instead of reserving (POST)."""
+    """(requests answered per second, their latencies sorted); `personal`: ask for these users'
+    personal VMRs (GET) instead of reserving (POST)."""
     latencies: list[float] = []
     errors = 0
     connector = aiohttp.TCPConnector(limit=clients)
@@ -88,7 +95,7 @@ async def load(
     return int(len(latencies) / elapsed), sorted(latencies)
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, float]:
+async def main_async(args: argparse.Namespace) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="vmrsched-bench-") as tmp:
         data = Path(tmp) / "data"
         store = Store(data / "store" / "default", rng=random.Random(5))
@@ -108,8 +115,19 @@ async def main_async(args: argparse.Namespace) -> dict[str, float]:
         )
         async with servers(config, port, BARE) as (url, bare_url):
             await load(url, args.clients, 1.0)  # warm up
-            rate, latencies = await load(url, args.clients, args.seconds)
-            bare_rate, bare_latencies = await load(bare_url, args.clients, args.seconds)
+            await load(bare_url, args.clients, 0.5)
+            rounds = [
+                (
+                    await load(url, args.clients, args.seconds / args.rounds),
+                    await load(bare_url, args.clients, args.seconds / args.rounds),
+                )
+                for _ in range(args.rounds)
+            ]
+        rate = round(statistics.fmean(r for (r, _), _ in rounds))
+        latencies = sorted(t for (_, ts), _ in rounds for t in ts)
+        bare_rate = round(statistics.fmean(r for _, (r, _) in rounds))
+        bare_latencies = sorted(t for _, (_, ts) in rounds for t in ts)
+        ratios = [round(r / b, 3) for (r, _), (b, _) in rounds]
         # Every request is one user's, and the per-user limit (100,000 a minute at most, bursts
         # included) ran out in the personal phase once the service answered 5,000 a second:
         # that phase gets a fresh server and lasts at most PERSONAL_SECONDS.
@@ -123,7 +141,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, float]:
         "p50_ms": pct(latencies, 0.50),
         "p99_ms": pct(latencies, 0.99),
         "bare_per_s": bare_rate,
-        "ratio": round(rate / bare_rate, 3),
+        "ratio": round(statistics.median(ratios), 3),
+        "ratios": ratios,
         "bare_p99_ms": pct(bare_latencies, 0.99),
         "personal_per_s": personal_rate,
         "personal_p50_ms": pct(personal, 0.50),
@@ -132,6 +151,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, float]:
         "conferences": args.conferences,
         "clients": args.clients,
         "seconds": args.seconds,
+        "rounds": args.rounds,
     }
 
 
@@ -159,6 +179,7 @@ def main() -> None:
     parser.add_argument("--conferences", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=5)
     print(json.dumps(asyncio.run(main_async(parser.parse_args()))))
 
 
