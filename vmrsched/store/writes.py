@@ -10,6 +10,7 @@ records after the same acts."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, cast
@@ -34,7 +35,7 @@ from vmrsched.store.records import (
 MAX_ANSWERS = 16
 
 
-class StoreWrites(StoreIndex):
+class StoreWrites(StoreIndex, ABC):
     def __init__(
         self,
         clock: Clock = utc_now,
@@ -56,36 +57,45 @@ class StoreWrites(StoreIndex):
     # --- what each backend provides -----------------------------------------------------------
 
     @property
+    @abstractmethod
     def where(self) -> str:
         """Where the records are kept, for messages (a directory, a database)."""
         raise NotImplementedError
 
+    @abstractmethod
     def _keep(self, record: StoredRecord) -> None:
         """Keep one whole record until the commit (or raise, and nothing changed)."""
         raise NotImplementedError
 
+    @abstractmethod
     def _discard(self) -> None:
         """Forget what `_keep` and `_archive` kept since the last commit."""
         raise NotImplementedError
 
+    @abstractmethod
     def _archive(self, moving: list[StoredRecord]) -> None:
         """Move `moving` to the archive (durable at the next commit at the latest)."""
         raise NotImplementedError
 
+    @abstractmethod
     def _find_archived(self, alias_id: str) -> StoredRecord | None:
         raise NotImplementedError
 
+    @abstractmethod
     def commit(self) -> None:
         """Make every write so far durable; acknowledge nothing before this returns."""
         raise NotImplementedError
 
+    @abstractmethod
     def has_room(self, size: int = 65536) -> bool:
         """Whether a commit could work again after one could not be made durable."""
         raise NotImplementedError
 
+    @abstractmethod
     def stats(self) -> StoreStats:
         raise NotImplementedError
 
+    @abstractmethod
     def close(self, compact: bool = True) -> None:
         raise NotImplementedError
 
