@@ -134,6 +134,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             FOR EACH ROW EXECUTE FUNCTION vmrsched_records_touch();
         """,
     ),
+    Migration(
+        4,
+        "where each instance serves, and the secrets the instances share",
+        # An instance that is asked for an integration another one owns passes the request on
+        # to the owner's address; the instances prove to each other that a passed-on request
+        # comes from one of them with a key only the database holds (created once by the first
+        # instance that needs it, from the operating system's random source).
+        """
+        ALTER TABLE vmrsched_instances ADD COLUMN url text NOT NULL DEFAULT '';
+        CREATE TABLE vmrsched_secrets (
+            name text PRIMARY KEY,
+            value bytea NOT NULL,
+            created timestamptz NOT NULL DEFAULT now()
+        );
+        """,
+    ),
 )
 
 
