@@ -372,6 +372,28 @@ class StorageConfig:
     lease_seconds: float = _f(15.0, minimum=2, maximum=300)
     # this instance's name in the leases and metrics (default: host name and process id)
     instance: str = _f("", max_len=_TEXT)
+    # where the other instances reach this one, to pass it the add-in's and the admin's requests
+    # for the integrations it runs: an http(s) URL, `{hostname}` standing for this machine's host
+    # name (one file for every instance); default http://<[server] listen> when that names one
+    # host (not 0.0.0.0 or ::) and a port
+    advertise_url: str = _f("", max_len=_TEXT)
+
+    def advertised(self, server: ServerConfig, hostname: str) -> str:
+        """This instance's URL for the others (`hostname`: the machine's, for `{hostname}`);
+        empty when neither advertise_url nor the listen address names one."""
+        if self.advertise_url:
+            return self.advertise_url.replace("{hostname}", hostname).rstrip("/")
+        try:
+            host, port = split_listen(server.listen)
+        except ValueError:
+            return ""
+        if host in WILDCARD_HOSTS or port == 0:
+            return ""
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+# listen addresses that name every interface, not one host the other instances could reach
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,10 @@ directories, alias ranges that could hand out the same alias).
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from vmrsched import aliases
-from vmrsched.config.schema import IntegrationConfig, ServerConfig
+from vmrsched.config.schema import IntegrationConfig, ServerConfig, StorageConfig
 from vmrsched.config.tables import _Loader
 
 
@@ -85,6 +86,38 @@ def _check_policy_credentials(
             f"listening on {server.listen} serves the policy endpoint of {', '.join(served)} "
             "(meeting names and organizer addresses) to anyone: set policy_username and "
             "policy_password_env (or _file), as in Pexip's policy profile",
+        )
+
+
+def _check_advertise_url(loader: _Loader, server: ServerConfig, storage: StorageConfig) -> None:
+    """[storage] advertise_url: an http(s) URL of scheme, host and port only (the others append
+    the request's path to it). Instances sharing a database pass one another requests, so one
+    listening on every interface must say where the others reach it."""
+    key = "storage.advertise_url"
+    url = storage.advertise_url
+    if url:
+        parts = urlsplit(url.replace("{hostname}", "host"))
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a port that is not one
+            port_ok = True
+        except ValueError:
+            port_ok = False
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            loader.error(key, f"must be an http or https URL with a host, got {url!r}")
+        elif not port_ok:
+            loader.error(key, f"has a port that is not a number from 0 to 65535: {url!r}")
+        elif parts.username or parts.password or parts.query or parts.fragment:
+            loader.error(key, f"must hold no user, query or fragment, got {url!r}")
+        elif parts.path not in ("", "/"):
+            loader.error(
+                key, f"must be the server's root (scheme, host and port only), got {url!r}"
+            )
+    elif storage.backend == "postgresql" and not storage.advertised(server, "host"):
+        loader.error(
+            key,
+            f"[server] listen = {server.listen!r} names no one address the other instances "
+            'can reach: set advertise_url (e.g. "http://{hostname}:8080"), the URL where '
+            "they pass this instance the requests for the integrations it runs",
         )
 
 
