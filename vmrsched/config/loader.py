@@ -22,6 +22,7 @@ from vmrsched.config.checks import _check_integration
 from vmrsched.config.schema import Config, IntegrationConfig, ServerConfig, StorageConfig
 from vmrsched.config.service_checks import (
     _check_admin_sign_in,
+    _check_advertise_url,
     _check_alias_spaces,
     _check_policy_credentials,
     _check_spools,
@@ -70,6 +71,7 @@ def parse(
         split_listen(server.listen)
     except ValueError as exc:
         loader.error("server.listen", str(exc))
+    _check_advertise_url(loader, server, storage)
     raw_integrations = document.get("integrations", [])
     integrations: list[IntegrationConfig] = []
     if not isinstance(raw_integrations, list) or not raw_integrations:
