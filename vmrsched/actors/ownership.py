@@ -78,6 +78,8 @@ class SharedStorage:
     # whether the last round of lease work reached the database (readiness says so): not
     # before the first round, when what this instance runs is not known yet
     reachable: bool = False
+    # where the other instances reach this one (`[storage] advertise_url`; heartbeats write it)
+    url: str = ""
 
     def require_lease(self, name: str) -> Lease:
         """The lease this instance holds for the integration; OwnershipLostError when it holds
@@ -145,7 +147,7 @@ class Ownership(pykka.ThreadingActor):
         super().__init__()
         self.shared = shared
         self.metrics = metrics or Metrics()
-        self.leases = Leases(shared.connect, shared.instance, shared.lease_seconds)
+        self.leases = Leases(shared.connect, shared.instance, shared.lease_seconds, shared.url)
         self.wanted = wanted  # the configured integrations (a reload changes them)
         self.tell = tell
         self.schedule = schedule

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 from vmrsched.errors import ServiceError
 from vmrsched.http import addin, admin, admin_api, demo, graph, organizer, personal, policy
 from vmrsched.http.common import PAGES, SERVICE, error, http_error, origin_of, service_error
+from vmrsched.http.forwarding import ROUTES, Forwarder, forwarder
 from vmrsched.http.hosts import allowed_hosts, hostname
 from vmrsched.service import Service
 
@@ -40,14 +41,17 @@ TIMERS = web.AppKey("route_timers", RouteTimers)
 __all__ = ["SERVICE", "create_app"]
 
 
-def pipeline(service: Service, timers: RouteTimers) -> Middleware:
+def pipeline(service: Service, timers: RouteTimers, forward: Forwarder | None = None) -> Middleware:
     """The one middleware (each layer costs a coroutine per request, resumed again whenever the
     handler's await resumes): API guards (our own origin only, no CORS for anyone else; bounded
-    bodies), JSON errors, and request timing. What it needs per request is bound here once:
-    the service, the route timers (each route's timer found by its route object), and the
-    allowed Host names of the running config (recomputed when a reload replaces it)."""
+    bodies), passing a request on to the instance that runs its integration (`forward`, with a
+    shared database), JSON errors, and request timing. What it needs per request is bound here
+    once: the service, the route timers (each route's timer found by its route object), the
+    routes passed on, and the allowed Host names of the running config (recomputed when a
+    reload replaces it)."""
     hosts_of: list[Any] = [None, None]  # the config they were computed for, the names
     route_timers: dict[web.AbstractRoute, Any] = {}
+    passed_on: dict[web.AbstractRoute, bool] = {}  # whether a route is one forward handles
 
     @web.middleware
     async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -76,6 +80,18 @@ def pipeline(service: Service, timers: RouteTimers) -> Middleware:
                     length = request.content_length
                     if length is not None and length > server.max_body_bytes:
                         return _too_large(server.max_body_bytes)
+                    if forward is not None:
+                        route = request.match_info.route
+                        handled = passed_on.get(route)
+                        if handled is None:
+                            resource = route.resource
+                            handled = passed_on[route] = (
+                                resource is not None and resource.canonical in ROUTES
+                            )
+                        if handled:
+                            answer = await forward(request)
+                            if answer is not None:
+                                return answer
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
             return _too_large(server.max_body_bytes)
@@ -156,11 +172,14 @@ async def openapi(request: web.Request) -> web.Response:
 
 def create_app(service: Service) -> web.Application:
     timers = RouteTimers(service.metrics.http_duration)
+    forward = forwarder(service)
     app = web.Application(
-        middlewares=[pipeline(service, timers)],
+        middlewares=[pipeline(service, timers, forward)],
         client_max_size=service.config.server.max_body_bytes,
     )
     app[SERVICE] = service
+    if forward is not None:
+        app.cleanup_ctx.append(forward.context)
     app[TIMERS] = timers
     app.router.add_get("/", home)
     app.router.add_get("/healthz", healthz)

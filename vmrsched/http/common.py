@@ -24,6 +24,8 @@ from vmrsched.errors import (
 from vmrsched.service import Service
 
 SERVICE = web.AppKey("service", Service)
+# the client's address another instance proved it passed this request on for (forwarding.py)
+FORWARDED_CLIENT = web.RequestKey("forwarded_client", str)
 # our own HTML pages (the pane, admin login): autoescaped, and a missing value is an error
 PAGES = jinja2.Environment(
     loader=jinja2.PackageLoader("vmrsched.http", "templates"),
@@ -52,7 +54,10 @@ def client_address(request: web.Request) -> str:
     """Who is asking: the TCP peer, or, when that peer is one of `[server] trusted_proxies`, the
     nearest address in X-Forwarded-For that is not a trusted proxy itself (read right to left:
     the left part is whatever the client wrote). Behind the shipped nginx every peer is
-    127.0.0.1; without this, one client's login attempts would lock out every admin."""
+    127.0.0.1; without this, one client's login attempts would lock out every admin. A request
+    another instance passed on with a proof that holds (forwarding.py) names its client so."""
+    if FORWARDED_CLIENT in request:
+        return request[FORWARDED_CLIENT]
     peer = request.remote or "unknown"
     networks = _networks(request.app[SERVICE].config.server.trusted_proxies)
     if not networks or not _trusted(peer, networks):

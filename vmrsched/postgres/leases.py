@@ -66,21 +66,25 @@ def fair_share(integrations: int, instances: int) -> int:
 class Leases:
     """One instance's side of the leases: heartbeat, take, renew, give up."""
 
-    def __init__(self, connect: Connect, instance: str, lease_seconds: float) -> None:
+    def __init__(
+        self, connect: Connect, instance: str, lease_seconds: float, url: str = ""
+    ) -> None:
         self.connect = connect
         self.instance = instance
         self.lease_seconds = lease_seconds
+        self.url = url  # where the other instances reach this one (`[storage] advertise_url`)
 
     def heartbeat(self) -> int:
-        """Say this instance is alive; the number of live instances (seen within a lease)."""
+        """Say this instance is alive, and where the others reach it (they pass it requests
+        for the integrations it runs); the number of live instances (seen within a lease)."""
         with self.connect() as conn, conn.transaction(), conn.cursor() as cur:
             cur.execute(
                 """
-                INSERT INTO vmrsched_instances (instance, seen, started)
-                VALUES (%s, clock_timestamp(), clock_timestamp())
-                ON CONFLICT (instance) DO UPDATE SET seen = EXCLUDED.seen
+                INSERT INTO vmrsched_instances (instance, seen, started, url)
+                VALUES (%s, clock_timestamp(), clock_timestamp(), %s)
+                ON CONFLICT (instance) DO UPDATE SET seen = EXCLUDED.seen, url = EXCLUDED.url
                 """,
-                (self.instance,),
+                (self.instance, self.url),
             )
             cur.execute(
                 """

@@ -13,6 +13,8 @@ add-in's reservation and the policy answer are hot paths (bench/addin_api.py, be
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,6 +27,7 @@ from vmrsched.actors.follower import Follower
 from vmrsched.actors.ownership import Ownership
 from vmrsched.actors.service import ReloadResult, ServiceSupervisor
 from vmrsched.config import Config, IntegrationConfig
+from vmrsched.postgres.peers import Peers
 from vmrsched.service.addin import Personal, Reservation, SingleUse
 from vmrsched.service.admin import OnlineAdmin
 from vmrsched.service.graph_push import GraphPush
@@ -57,6 +60,8 @@ class Service(Runtime):
         self.graph = GraphPush(self)
         self.admin = OnlineAdmin(self)
         self.self_service = SelfService(self, self.sign_ins, self.admin)
+        # with a shared database: who runs each integration, where, and the instances' key
+        self.peers = None if ctx.shared is None else Peers(ctx.shared.connect)
 
     # --- the add-in ---------------------------------------------------------------------------
 
@@ -185,6 +190,46 @@ class Service(Runtime):
     def _ask_allocator(self, name: str, payload: Any) -> Awaitable[Any]:
         return self.ask_allocator(name, payload)
 
+    # --- instances sharing a database: requests passed on to an integration's owner ----------
+
+    @property
+    def shares_database(self) -> bool:
+        return self.ctx.shared is not None
+
+    @property
+    def instance_name(self) -> str:
+        return "" if self.ctx.shared is None else self.ctx.shared.instance
+
+    def runs_elsewhere(self, name: str) -> bool:
+        """Whether `name` is a configured integration this instance holds no lease for (with a
+        shared database): another instance runs it, or will once a takeover is done."""
+        shared = self.ctx.shared
+        return (
+            shared is not None
+            and self.config.integration(name) is not None
+            and not shared.owns(name)
+        )
+
+    async def owner_of(self, name: str) -> tuple[str, str] | None:
+        """(instance, URL) of the other instance that runs `name` now; None when none does or it
+        advertised no URL. Read in a worker thread, kept a second (Peers)."""
+        if self.peers is None:
+            return None
+        owner = await asyncio.to_thread(self.peers.owner, name)
+        if owner is None or not owner.url or owner.instance == self.instance_name:
+            return None
+        return owner.instance, owner.url
+
+    def forget_owner(self, name: str) -> None:
+        if self.peers is not None:
+            self.peers.forget(name)
+
+    async def forwarding_key(self) -> bytes:
+        """The key every instance proves passed-on requests with (made once, in the database)."""
+        if self.peers is None:
+            raise LookupError("no shared database: nothing is passed on")
+        return await asyncio.to_thread(self.peers.key)
+
     # --- organizer self-service (DESIGN "Organizer self-service") ----------------------------
 
     def organizer_page_path(self, integ: IntegrationConfig) -> str:
@@ -241,6 +286,8 @@ def start(config: Config, **context: Any) -> Service:
     if config.storage.backend == "postgresql" and "shared" not in context:
         context["shared"] = open_shared(config)
     ctx, ref, lock_fd = boot(config, **context)
+    if ctx.shared is not None and not ctx.shared.url:  # heartbeats tell the others
+        ctx.shared.url = config.storage.advertised(config.server, socket.gethostname())
     svc = Service(config, ctx, ref, lock_fd)
     if ctx.shared is not None:
         svc.own(

@@ -1,0 +1,295 @@
+"""Any instance answers the add-in and the admin API (issue 30): two `vmrsched serve` processes
+on one PostgreSQL, each running one of the two integrations. A request sent to the instance that
+does not run its integration is passed on to the one that does, whose answer comes back as it
+gave it; the owner believes who the client is only with a proof from another instance."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests import serving, spoolkit
+from tests.sharedkit import write_config
+from vmrsched.http.forwarding import Proofs
+from vmrsched.postgres.peers import shared_key
+
+pytestmark = pytest.mark.slow
+LEASE = 2.0
+NAMES = ("alpha", "beta")
+TOKEN = "forwarding-test-admin-token-0123456789"
+SERVER = 'admin_token_env = "VMRSCHED_ADMIN_TOKEN"\nrate_limit_per_minute = 100000\n'
+
+
+def call(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=body, method=method, headers=headers or {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            return answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def reserve(port: int, name: str) -> tuple[int, dict[str, str], dict[str, Any]]:
+    status, headers, body = call(
+        port,
+        "POST",
+        f"/api/addin/v1/{name}/single-use-vmrs",
+        b'{"subject": "Weekly"}',
+        {"Content-Type": "application/json"},
+    )
+    return status, headers, json.loads(body)
+
+
+def owned(port: int) -> list[str]:
+    try:
+        status, body = serving.get(port, "/readyz")
+    except OSError:
+        return []
+    found: list[str] = json.loads(body).get("owned", []) if status in (200, 503) else []
+    return found
+
+
+def counted(port: int, name: str, outcome: str) -> float:
+    """vmrsched_forwarded_requests_total{integration=name,outcome=outcome} on that instance."""
+    _, text = serving.get(port, "/metrics")
+    pattern = (
+        rf'^vmrsched_forwarded_requests_total\{{integration="{name}",outcome="{outcome}"\}} (\S+)$'
+    )
+    found = re.search(pattern, text.decode(), re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+class Pair:
+    def __init__(self, tmp: Path, dsn: str) -> None:
+        self.dsn = dsn
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        env = {"VMRSCHED_DSN": dsn, "VMRSCHED_ADMIN_TOKEN": TOKEN}
+        self.ports: list[int] = []
+        for instance in ("one", "two"):
+            port = serving.free_port()
+            config = write_config(tmp, instance, port, LEASE, NAMES, server=SERVER)
+            self.procs[port] = serving.start(config, env)
+            self.ports.append(port)
+            if instance == "one":  # one takes both before two starts: then they spread
+                spoolkit.wait_for(lambda p=port: owned(p) == list(NAMES))
+        spoolkit.wait_for(lambda: all(len(owned(p)) == 1 for p in self.ports), timeout=20)
+        for port in self.ports:
+            serving.wait_ready(port)
+
+    def owner(self, name: str) -> int:
+        return next(p for p in self.ports if name in owned(p))
+
+    def other(self, name: str) -> int:
+        return next(p for p in self.ports if name not in owned(p))
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.terminate()
+                proc.wait(30)
+
+    def record(self, name: str, alias: str) -> dict[str, Any] | None:
+        with psycopg.connect(self.dsn) as conn:
+            row = conn.execute(
+                "SELECT record FROM vmrsched_records WHERE integration = %s"
+                " AND record->>'alias' = %s",
+                (name, alias),
+            ).fetchone()
+        return None if row is None else dict(row[0])
+
+    def key(self) -> bytes:
+        """The instances' key, as an instance gets it (made by whoever asks first)."""
+        return shared_key(lambda: psycopg.connect(self.dsn, autocommit=True))
+
+    def instance(self, port: int) -> str:
+        _, body = serving.get(port, "/readyz")
+        return str(json.loads(body)["instance"])
+
+
+@pytest.fixture
+def pair(tmp_path: Path, dsn: str) -> Iterator[Pair]:
+    started = Pair(tmp_path, dsn)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def test_a_reservation_sent_to_the_other_instance_is_made_and_answered_by_the_owner(
+    pair: Pair,
+) -> None:
+    owner, other = pair.owner("alpha"), pair.other("alpha")
+    status, headers, body = reserve(other, "alpha")
+    assert status == 201, body
+    assert headers["Content-Type"].startswith("application/json")
+    assert set(body) >= {"alias", "numeric_alias", "alias_id", "joining_instructions"}
+    record = pair.record("alpha", body["alias"])  # committed by the owner, in the database
+    assert record is not None and f"PXPS:-{record['alias_id']}#" == body["alias_id"]
+    assert counted(other, "alpha", "relayed") == 1
+    assert counted(owner, "alpha", "received") == 1
+    # the owner's own answer to an error comes back as it gave it
+    status, _, raw = call(other, "POST", "/api/addin/v1/alpha/single-use-vmrs", b"[1]")
+    assert status == 400 and json.loads(raw)["error"]["code"]
+    assert counted(other, "alpha", "relayed") == 2
+    # a body over the limit is refused before anything is passed on (its headers say so)
+    conn = http.client.HTTPConnection("127.0.0.1", other, timeout=10)
+    conn.putrequest("POST", "/api/addin/v1/alpha/single-use-vmrs")
+    conn.putheader("Content-Length", str(65536 + 1))
+    conn.endheaders()
+    answer = conn.getresponse()
+    assert answer.status == 413
+    assert json.loads(answer.read())["error"]["code"] == "payload_too_large"
+    conn.close()
+    assert counted(other, "alpha", "relayed") == 2
+
+
+def test_reservations_on_both_instances_at_once_never_collide(pair: Pair) -> None:
+    results: list[tuple[str, int, dict[str, Any]]] = []
+    lock = threading.Lock()
+
+    def work(port: int, name: str) -> None:
+        for _ in range(25):
+            status, _, body = reserve(port, name)
+            with lock:
+                results.append((name, status, body))
+
+    threads = [
+        threading.Thread(target=work, args=(port, name))
+        for port in pair.ports
+        for name in NAMES
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [s for _, s, _ in results] == [201] * 200
+    aliases = [b["alias"] for _, _, b in results]
+    assert len(set(aliases)) == len(aliases)
+    with psycopg.connect(pair.dsn) as conn:
+        rows = conn.execute(
+            "SELECT integration, record->>'alias', record->>'alias_id' FROM vmrsched_records"
+        ).fetchall()
+    assert {(n, b["alias"], b["alias_id"]) for n, _, b in results} == {
+        (n, alias, f"PXPS:-{alias_id}#") for n, alias, alias_id in rows
+    }
+
+
+def test_an_admin_deletes_an_alias_through_the_instance_that_does_not_run_it(
+    pair: Pair,
+) -> None:
+    owner, other = pair.owner("beta"), pair.other("beta")
+    _, _, made = reserve(owner, "beta")
+    path = f"/api/admin/v1/integrations/beta/aliases/{made['alias']}"
+    status, _, raw = call(other, "DELETE", path)  # the owner checks the token: none here
+    assert status == 401 and json.loads(raw)["error"]["code"] == "admin_token_required"
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    status, _, raw = call(other, "DELETE", path, headers=bearer)
+    assert status == 200, raw
+    record = pair.record("beta", made["alias"])
+    assert record is not None and record["status"] == "deleted"
+    status, _, raw = call(other, "GET", "/api/admin/v1/integrations/beta/aliases", headers=bearer)
+    assert status == 200 and made["alias"] in raw.decode()
+    assert counted(other, "beta", "relayed") == 3
+
+
+def _deleted_by(pair: Pair, name: str, alias: str) -> str:
+    record = pair.record(name, alias)
+    assert record is not None and record["status"] == "deleted"
+    return json.dumps(record)
+
+
+def test_only_a_proof_from_an_instance_names_the_client(pair: Pair) -> None:
+    owner, other = pair.owner("alpha"), pair.other("alpha")
+    me = pair.instance(owner)
+    key = pair.key()
+    claimed = "203.0.113.9"
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+
+    # a proof made with the instances' key, for the owner, now: the owner names the client so
+    _, _, made = reserve(owner, "alpha")
+    path = f"/api/admin/v1/integrations/alpha/aliases/{made['alias']}"
+    proof = Proofs().sign(key, "DELETE", path, claimed, me)
+    status, _, _ = call(owner, "DELETE", path, headers={**bearer, **proof})
+    assert status == 200
+    assert f"from {claimed}" in _deleted_by(pair, "alpha", made["alias"])
+    assert counted(owner, "alpha", "received") == 1
+    # the same proof again (a replay), on a request of its own: an ordinary client's request
+    status, _, _ = call(owner, "DELETE", path, headers={**bearer, **proof})
+    assert status == 200  # deleting a deleted alias answers as before, the address unclaimed
+    assert counted(owner, "alpha", "received") == 1
+
+    forged = {**proof, "X-Vmrsched-Forwarded-Proof": "0" * 64}
+    expired_proofs = Proofs(clock=lambda: time.time() - 120)
+    for headers in (
+        forged,
+        {"X-Vmrsched-Forwarded-For": claimed},  # no proof at all
+        Proofs().sign(b"k" * 32, "DELETE", "/elsewhere", claimed, me),  # another key
+    ):
+        _, _, made = reserve(owner, "alpha")
+        path = f"/api/admin/v1/integrations/alpha/aliases/{made['alias']}"
+        status, _, _ = call(owner, "DELETE", path, headers={**bearer, **headers})
+        assert status == 200
+        kept = _deleted_by(pair, "alpha", made["alias"])
+        assert claimed not in kept and "from 127.0.0.1" in kept
+    _, _, made = reserve(owner, "alpha")
+    path = f"/api/admin/v1/integrations/alpha/aliases/{made['alias']}"
+    expired = expired_proofs.sign(key, "DELETE", path, claimed, me)
+    status, _, _ = call(owner, "DELETE", path, headers={**bearer, **expired})
+    assert status == 200 and claimed not in _deleted_by(pair, "alpha", made["alias"])
+    # made for another path, or another instance: not this request's proof
+    _, _, made = reserve(owner, "alpha")
+    path = f"/api/admin/v1/integrations/alpha/aliases/{made['alias']}"
+    elsewhere = Proofs().sign(key, "DELETE", path, claimed, pair.instance(other))
+    status, _, _ = call(owner, "DELETE", path, headers={**bearer, **elsewhere})
+    assert status == 200 and claimed not in _deleted_by(pair, "alpha", made["alias"])
+    assert counted(owner, "alpha", "received") == 1
+
+
+def test_a_request_passed_on_is_never_passed_on_again(pair: Pair) -> None:
+    other = pair.other("alpha")
+    key = pair.key()
+    path = "/api/addin/v1/alpha/single-use-vmrs"
+    # proven as passed on to `other`, which does not run alpha: 503, not a second hop
+    proof = Proofs().sign(key, "POST", path, "198.51.100.7", pair.instance(other))
+    status, headers, raw = call(other, "POST", path, b"{}", proof)
+    assert status == 503 and json.loads(raw)["error"]["code"] == "not_owner"
+    assert "Retry-After" in headers
+    assert counted(other, "alpha", "not_owner") == 1
+    assert counted(other, "alpha", "relayed") == 0
+
+
+def test_with_its_owner_gone_an_integration_is_unavailable_then_taken_over(pair: Pair) -> None:
+    owner, other = pair.owner("alpha"), pair.other("alpha")
+    assert reserve(other, "alpha")[0] == 201
+    pair.procs[owner].send_signal(signal.SIGKILL)
+    pair.procs[owner].wait(10)
+    status, headers, body = reserve(other, "alpha")  # its lease has not run out yet
+    assert status == 503 and body["error"]["code"] == "owner_unavailable", body
+    assert headers["Retry-After"] == str(int(LEASE))
+    assert counted(other, "alpha", "unreachable") >= 1
+    spoolkit.wait_for(lambda: owned(other) == list(NAMES), timeout=4 * LEASE)
+    spoolkit.wait_for(lambda: reserve(other, "alpha")[0] == 201, timeout=10)
