@@ -44,8 +44,11 @@ CLIENT = "X-Vmrsched-Forwarded-For"
 AT = "X-Vmrsched-Forwarded-At"
 NONCE = "X-Vmrsched-Forwarded-Nonce"
 PREFIX = "x-vmrsched-forwarded-"
-WINDOW = 30.0  # seconds a proof is good for, either way of the receiver's clock
-MAX_SEEN = 100_000  # proofs remembered against replay; past it, proofs are refused until some age
+WINDOW = 10.0  # seconds a proof is good for, either way of the receiver's clock
+# proofs remembered against replay (each until its window ends: 20 s at most); past it, proofs
+# are refused (their requests served as a client's) until some age out
+MAX_SEEN = 200_000
+PRUNE_EVERY = 4096  # accepted proofs between two sweeps of the expired ones
 CONNECT_TIMEOUT = 3.0
 TOTAL_TIMEOUT = 30.0  # the add-in's reservation waits on the owner's store, then gives up
 
@@ -109,10 +112,17 @@ class Proofs:
     """Making and checking proofs; remembers the ones it accepted for their WINDOW, so that a
     request passed on is served once however often it is sent."""
 
-    def __init__(self, window: float = WINDOW, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        window: float = WINDOW,
+        clock: Callable[[], float] = time.time,
+        max_seen: int = MAX_SEEN,
+    ) -> None:
         self.window = window
         self.clock = clock
+        self.max_seen = max_seen
         self._seen: dict[str, float] = {}  # proof -> until when it is remembered
+        self._accepted = 0
 
     def sign(self, key: bytes, method: str, target: str, client: str, to: str) -> dict[str, str]:
         """The headers that prove a request passed on to instance `to` comes from an instance."""
@@ -148,10 +158,11 @@ class Proofs:
             return None
         if sent in self._seen:
             return None  # a replay
-        if len(self._seen) >= MAX_SEEN:
+        if len(self._seen) >= self.max_seen or self._accepted % PRUNE_EVERY == 0:
             self._seen = {p: until for p, until in self._seen.items() if until > now}
-            if len(self._seen) >= MAX_SEEN:
+            if len(self._seen) >= self.max_seen:
                 return None
+        self._accepted += 1
         self._seen[sent] = stamped + self.window
         return client
 
