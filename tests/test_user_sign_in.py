@@ -194,8 +194,10 @@ def test_the_provider_checks_the_pkce_verifier(world: World) -> None:
     sign_in = sign_in_for(world)
     query = authorize(world, sign_in.start(integ, REDIRECT))
     state = query["state"]
-    attempts = sign_in._attempts._pending
-    attempts[state] = dataclasses.replace(attempts[state], verifier="x" * 64)
+    store = sign_in._attempts.store
+    kept = store.take(state)
+    assert kept is not None
+    store.put(state, dataclasses.replace(kept, verifier="x" * 64))
     with pytest.raises(SignInRefused, match="PKCE verification failed"):
         sign_in.finish(integ, query, REDIRECT)
 

@@ -1,8 +1,16 @@
 """The decisions log of one integration: every answer the service gave a meeting (time, subject,
 organizer, sender, outcome, reason, correlation id, alias), for admins asking "why was my meeting
-declined?". One JSON line per decision in `<data_dir>/decisions/<integration>.jsonl`, written by
-the poller once per batch with one fsync, bounded: when it holds twice `keep` entries it is
-rewritten (atomically) with the newest `keep`. Readers (the admin API, the CLI) only read.
+declined?". Written by the poller once per batch, durable before the batch's items count as
+handled, bounded to the newest `keep` entries; readers (the admin API, the organizer page, the
+CLI) only read, newest first.
+
+Where it is kept is one port, `Decisions` (a writer per integration, a reader for any): in files
+(`FileDecisions`, below: the default) or in the shared database
+(`vmrsched.postgres.decisions.DatabaseDecisions`, fenced by the integration's lease), chosen once
+where the service is wired.
+
+In files: one JSON line per decision in `<data_dir>/decisions/<integration>.jsonl`, one fsync per
+batch; when it holds twice `keep` entries it is rewritten (atomically) with the newest `keep`.
 
 A last line without its newline is a batch a crash cut short (never fsynced, so decided again):
 the writer cuts it off before appending. Any other line that does not read is damage: readers
@@ -16,7 +24,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from vmrsched.config import DataLayout
 from vmrsched.journal import atomic_write
@@ -42,6 +50,60 @@ EMPTY: dict[str, Any] = dict.fromkeys(("time", *FIELDS), "")
 
 def log_path(data_dir: Path, integration: str) -> Path:
     return DataLayout(data_dir).decisions(integration)
+
+
+def encode(entry: Mapping[str, Any]) -> str:
+    """One decision as JSON, as every backend keeps it (what JSON cannot hold, as text)."""
+    return json.dumps(dict(entry), ensure_ascii=False, default=str)
+
+
+class DecisionWriter(Protocol):
+    """One integration's log as its poller writes it."""
+
+    def append(self, entries: Iterable[Mapping[str, Any]]) -> None:
+        """Write a batch, durable when this returns; the oldest beyond `keep` may go."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Decisions(Protocol):
+    """Every integration's decisions log: written by the integration's poller, read by anyone."""
+
+    def writer(self, integration: str) -> DecisionWriter: ...
+
+    def read(self, integration: str) -> Iterator[dict[str, Any]]:
+        """The integration's decisions, newest first (a generator: stop when you have enough)."""
+        ...
+
+
+class FileDecisions:
+    """The decisions logs in files under the data directory (DataLayout.decisions)."""
+
+    def __init__(self, data_dir: Path, keep: int = KEEP) -> None:
+        self.layout = DataLayout(data_dir)
+        self.keep = keep
+
+    def writer(self, integration: str) -> DecisionLog:
+        return DecisionLog(self.layout.decisions(integration), self.keep)
+
+    def read(self, integration: str) -> Iterator[dict[str, Any]]:
+        return read(self.layout.decisions(integration))
+
+    def integrations(self) -> list[str]:
+        """The integrations with a log (for moving them between backends)."""
+        folder = self.layout.decisions_dir
+        return sorted(p.stem for p in folder.glob("*.jsonl")) if folder.is_dir() else []
+
+
+def search(
+    path: Path,
+    query: str = "",
+    limit: int = 100,
+    view: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """`search_entries` over the log file at `path`."""
+    return search_entries(read(path), query, limit, view)
 
 
 class DecisionLog:
@@ -72,10 +134,7 @@ class DecisionLog:
 
     def append(self, entries: Iterable[Mapping[str, Any]]) -> None:
         """Write a batch and make it durable (one fsync)."""
-        data = b"".join(
-            json.dumps(dict(entry), ensure_ascii=False, default=str).encode() + b"\n"
-            for entry in entries
-        )
+        data = b"".join(encode(entry).encode() + b"\n" for entry in entries)
         if not data:
             return
         with self._lock:
@@ -153,19 +212,19 @@ def read(path: Path) -> Iterator[dict[str, Any]]:
             )
 
 
-def search(
-    path: Path,
+def search_entries(
+    entries: Iterable[dict[str, Any]],
     query: str = "",
     limit: int = 100,
     view: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """The newest `limit` decisions whose subject, organizer, sender, outcome, reason,
-    correlation id, alias or meeting UID contains every word of `query` (case-insensitive).
-    `view` makes each entry what the reader sees (the admins: the conference subject as the
-    subject), and the search looks in that."""
+    """The first `limit` of `entries` (newest first, as `read` gives them) whose subject,
+    organizer, sender, outcome, reason, correlation id, alias or meeting UID contains every
+    word of `query` (case-insensitive). `view` makes each entry what the reader sees (the
+    admins: the conference subject as the subject), and the search looks in that."""
     words = query.lower().split()
     found: list[dict[str, Any]] = []
-    for raw in read(path):
+    for raw in entries:
         entry = view(raw) if view is not None else raw
         text = " ".join(str(entry.get(key, "")) for key in FIELDS).lower()
         if all(word in text for word in words):

@@ -1,6 +1,7 @@
 """The OpenID Connect authorization code flow with PKCE, as two sign-ins use it: a user's for
 personal VMRs (user_sign_in.py) and an admin's for the console (admin_sign_in.py). It keeps
-the attempts in progress (state, nonce, verifier; in memory, ten minutes, one use each), builds
+the attempts in progress (state, nonce, verifier; ten minutes, one use each; in memory, or in the
+shared database through an `AttemptStore`), builds
 the authorization URL, redeems the code and reads the ID token.
 
 The ID token's signature is verified against the provider's published keys where they are
@@ -21,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import jwt
@@ -163,13 +164,73 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-class Attempts:
-    """Sign-ins in progress, keyed by their state (never outlive a restart)."""
+class AttemptStore(Protocol):
+    """Where the sign-ins in progress wait for their callback: in this process's memory
+    (`MemoryAttempts`, one instance) or in the shared database
+    (`vmrsched.postgres.sessions.DatabaseAttempts`), so that a callback reaching another
+    instance than the one that started the attempt finds it."""
+
+    def put(self, state: str, attempt: Attempt) -> None:
+        """Keep an attempt under its state. Quick: the front end calls it on its event loop.
+        Unavailable (busy) when too many are in progress."""
+        ...
+
+    def take(self, state: str) -> Attempt | None:
+        """The attempt kept under `state`, removed (one use; None when unknown, taken
+        already, or past PENDING_SECONDS by its own `created`). Blocking: a worker thread."""
+        ...
+
+
+class MemoryAttempts:
+    """Attempts in this process only: they never outlive a restart."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self._pending: dict[str, Attempt] = {}
         self._lock = threading.Lock()
+
+    def put(self, state: str, attempt: Attempt) -> None:
+        with self._lock:
+            self._expire(attempt.created)
+            if len(self._pending) >= MAX_PENDING:
+                raise Unavailable("too many sign-ins in progress; try again shortly", "busy")
+            self._pending[state] = attempt
+
+    def take(self, state: str) -> Attempt | None:
+        with self._lock:
+            self._expire(self.clock())
+            return self._pending.pop(state, None)
+
+    def _expire(self, now: float) -> None:
+        stale = [s for s, a in self._pending.items() if now - a.created > PENDING_SECONDS]
+        for state in stale:
+            del self._pending[state]
+
+
+def attempt_to_json(attempt: Attempt) -> dict[str, Any]:
+    return {
+        "context": attempt.context,
+        "verifier": attempt.verifier,
+        "nonce": attempt.nonce,
+        "created": attempt.created,
+    }
+
+
+def attempt_from_json(data: Mapping[str, Any]) -> Attempt:
+    return Attempt(
+        str(data["context"]), str(data["verifier"]), str(data["nonce"]), float(data["created"])
+    )
+
+
+class Attempts:
+    """Sign-ins in progress, keyed by their state, kept in `store` (this process's memory
+    unless another is given)."""
+
+    def __init__(
+        self, clock: Callable[[], float] = time.time, store: AttemptStore | None = None
+    ) -> None:
+        self.clock = clock
+        self.store: AttemptStore = store if store is not None else MemoryAttempts(clock)
 
     def start(self, client: Client, redirect_uri: str, context: str, **extra: str) -> str:
         """The authorization URL for a new attempt: state, nonce and an S256 code challenge
@@ -177,12 +238,7 @@ class Attempts:
         verifier = b64(secrets.token_bytes(48))
         state = b64(secrets.token_bytes(24))
         nonce = b64(secrets.token_bytes(16))
-        now = self.clock()
-        with self._lock:
-            self._expire(now)
-            if len(self._pending) >= MAX_PENDING:
-                raise Unavailable("too many sign-ins in progress; try again shortly", "busy")
-            self._pending[state] = Attempt(context, verifier, nonce, now)
+        self.store.put(state, Attempt(context, verifier, nonce, self.clock()))
         query = {
             "client_id": client.client_id,
             "response_type": "code",
@@ -201,7 +257,8 @@ class Attempts:
 
     def take(self, query: Mapping[str, str], context: str) -> tuple[Attempt, str]:
         """The attempt a redirect answers (removed: one use) and its code. SignInRefused for
-        a provider's error, an unknown, expired or foreign state, or no code."""
+        a provider's error, an unknown, expired or foreign state, or no code. Blocking (the
+        store may be a database): a worker thread."""
         if query.get("error"):
             # the provider's words arrive through the browser's address bar, where anyone can
             # write them: logged for the admin, never put on our page
@@ -213,20 +270,15 @@ class Attempts:
             )
             raise SignInRefused(f"the identity provider refused the sign-in{_codes(query)}")
         state = query.get("state", "")
-        with self._lock:
-            self._expire(self.clock())
-            attempt = self._pending.pop(state, None) if state else None
+        attempt = self.store.take(state) if state else None
+        if attempt is not None and self.clock() - attempt.created > PENDING_SECONDS:
+            attempt = None
         if attempt is None or attempt.context != context:
             raise SignInRefused("unknown or expired sign-in attempt; start again")
         code = query.get("code", "")
         if not code:
             raise SignInRefused("the identity provider sent no code")
         return attempt, code
-
-    def _expire(self, now: float) -> None:
-        stale = [s for s, a in self._pending.items() if now - a.created > PENDING_SECONDS]
-        for state in stale:
-            del self._pending[state]
 
 
 def token_request(

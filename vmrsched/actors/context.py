@@ -1,5 +1,6 @@
 """What every actor of one service shares: config, metrics, alarms, the registry of child refs,
-the timer, the clock and where data lives."""
+the timer, the clock, where data lives and where the state beside the records is kept
+(`Stores`)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,52 @@ from vmrsched.actors.ownership import SharedStorage
 from vmrsched.actors.registry import Registry
 from vmrsched.actors.supervision import RestartPolicy
 from vmrsched.actors.timer import Scheduler
+from vmrsched.admin_sign_in import AdminSessions, MemoryAdminSessions
 from vmrsched.aliases import RandomSource
 from vmrsched.config import IntegrationConfig, ServerConfig
+from vmrsched.decisions import Decisions, FileDecisions
 from vmrsched.mailbox.backends import TokenSources, make_gateway
 from vmrsched.mailbox.base import Mailbox
+from vmrsched.mailbox.ews_auth import TokenCacheStore
+from vmrsched.mailbox.graph_notifications import GraphStateStore
+from vmrsched.oidc import AttemptStore, MemoryAttempts
 from vmrsched.pexip.policy import AliasIndex
 from vmrsched.store import utc_now
 from vmrsched.telemetry import Alarms, Metrics
+from vmrsched.user_sign_in import FileSessions, SessionStore
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass
+class Stores:
+    """Where the service keeps what it owns beside the records and the out-queue, one port per
+    kind: files under data_dir (`file_stores`, the default) or the shared database
+    (service/runtime.py chooses, once, where the service is wired). The integration-owned ones
+    (decisions, token caches, Graph state) are written by the integration's owner only; the
+    sign-ins' are the whole service's."""
+
+    decisions: Decisions
+    user_sessions: SessionStore
+    admin_sessions: AdminSessions
+    attempts: AttemptStore  # sign-ins between the redirect and the callback
+    # an integration's delegated token cache and Graph state (None: files under data_dir)
+    token_cache: Callable[[str], TokenCacheStore] | None = None
+    graph_state: Callable[[str], GraphStateStore] | None = None
+    close: Callable[[], None] = _nothing
+
+
+def file_stores(data_dir: Path) -> Stores:
+    """Everything in files under data_dir, as one instance always kept it (the console's
+    sessions and the attempts in progress in memory)."""
+    return Stores(
+        decisions=FileDecisions(data_dir),
+        user_sessions=FileSessions(data_dir),
+        admin_sessions=MemoryAdminSessions(),
+        attempts=MemoryAttempts(),
+    )
 
 
 class StatusBoard:
@@ -52,7 +92,15 @@ class StatusBoard:
 
 
 def default_gateway(integ: IntegrationConfig, ctx: Context) -> Mailbox:
-    return make_gateway(integ, ctx.data_dir, ctx.metrics, ctx.tokens, exclusive=True)
+    state = ctx.stores.graph_state
+    return make_gateway(
+        integ,
+        ctx.data_dir,
+        ctx.metrics,
+        ctx.tokens,
+        exclusive=True,
+        graph_state=state(integ.name) if state is not None and integ.backend == "graph" else None,
+    )
 
 
 @dataclass
@@ -80,9 +128,13 @@ class Context:
     provision_interval: float = 30.0  # seconds between the provisioner's passes
     # the database instances share ([storage] backend = "postgresql"); None: the file store
     shared: SharedStorage | None = None
+    # the state beside the records (None: files under data_dir)
+    stores: Stores = None  # type: ignore[assignment]  # set in __post_init__
 
     def __post_init__(self) -> None:
-        self.tokens = TokenSources(self.data_dir)
+        if self.stores is None:
+            self.stores = file_stores(self.data_dir)
+        self.tokens = TokenSources(self.data_dir, self.stores.token_cache)
 
     def store_dir(self, name: str) -> Path:
         return config.store_dir(self.data_dir, name)

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-from vmrsched import answers, decisions
+from vmrsched import answers
 from vmrsched.actors.allocator import allocator_proxy
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Poll
@@ -17,7 +17,7 @@ from vmrsched.actors.notifier import notifier_proxy
 from vmrsched.actors.outage import Outage
 from vmrsched.actors.supervision import Backoff
 from vmrsched.answers import Step
-from vmrsched.decisions import DecisionLog
+from vmrsched.decisions import DecisionWriter
 from vmrsched.errors import StorageFull
 from vmrsched.mailbox.base import GatewayError, InboxItem, Mailbox, Outgoing
 from vmrsched.meetings import Meeting, is_address
@@ -47,7 +47,8 @@ class MailboxPoller(SupervisedChild):
 
     def setup(self) -> None:
         self.renderer = self.integ.renderer()
-        self.decisions = DecisionLog(decisions.log_path(self.ctx.data_dir, self.integ.name))
+        # in files or the shared database (fenced by this instance's lease there)
+        self.decisions: DecisionWriter = self.ctx.stores.decisions.writer(self.integ.name)
         self._entries: list[dict[str, Any]] = []
         self.actor_ref.tell(Poll())
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmrsched.config import DataLayout, IntegrationConfig
 from vmrsched.mailbox.base import Mailbox
 from vmrsched.telemetry import Metrics
+
+if TYPE_CHECKING:
+    from vmrsched.mailbox.ews_auth import TokenCacheStore
+    from vmrsched.mailbox.graph_notifications import GraphStateStore
 
 
 def make_gateway(
@@ -17,10 +22,13 @@ def make_gateway(
     metrics: Metrics,
     tokens: TokenSources | None = None,
     exclusive: bool = False,
+    graph_state: GraphStateStore | None = None,
 ) -> Mailbox:
     """The mailbox backend an integration is configured with (`exclusive`: the running
     service's own, locked against a second process). The running service builds one per
-    integration and its poller and notifier share it from their two threads (see base)."""
+    integration and its poller and notifier share it from their two threads (see base).
+    `graph_state`: where the Graph backend keeps its subscription and delta link (files under
+    data_dir unless given)."""
     if integ.backend == "spool":
         from vmrsched.mailbox.spool import SpoolMailbox
 
@@ -29,11 +37,15 @@ def make_gateway(
         from vmrsched.mailbox.ews import EwsMailbox
 
         source = (tokens or TokenSources(data_dir)).get(integ)
+        reload = getattr(source, "reload", None)
+        if exclusive and reload is not None:
+            reload()  # starting here: from what the last owner kept, not what was read before
         return EwsMailbox(integ, metrics, source)
     if integ.backend == "graph":
         from vmrsched.mailbox.graph import GraphMailbox
 
-        return GraphMailbox(integ, metrics, DataLayout(data_dir).graph(integ.name))
+        state = graph_state if graph_state is not None else DataLayout(data_dir).graph(integ.name)
+        return GraphMailbox(integ, metrics, state)
     raise RuntimeError(f"backend {integ.backend!r} is not available in this version")
 
 
@@ -41,8 +53,11 @@ class TokenSources:
     """One OAuth token source per integration, shared by its EWS gateway (actor threads) and
     the admin sign-in pages (event loop); rebuilt when a reload changes the integration."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(
+        self, data_dir: Path, caches: Callable[[str], TokenCacheStore] | None = None
+    ) -> None:
         self.data_dir = data_dir
+        self.caches = caches  # where delegated caches are kept (files under data_dir: None)
         self._lock = threading.Lock()
         self._sources: dict[str, tuple[IntegrationConfig, Any]] = {}
 
@@ -53,6 +68,9 @@ class TokenSources:
             entry = self._sources.get(integ.name)
             if entry is None or entry[0] is not integ:
                 direct = integ.advanced.disable_web_proxy
-                entry = (integ, token_source(integ.exchange, self.data_dir, integ.name, direct))
+                source = token_source(
+                    integ.exchange, self.data_dir, integ.name, direct, self.caches
+                )
+                entry = (integ, source)
                 self._sources[integ.name] = entry
             return entry[1]

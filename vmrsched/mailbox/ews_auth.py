@@ -2,9 +2,11 @@
 
 - oauth_app: the client credentials grant; msal caches the token until it nearly expires.
 - oauth_delegated: the service account signs in once in a browser (authorization code flow,
-  started from the admin page); msal's token cache, with the refresh token, is kept under
-  data_dir with file mode 0600 and refreshes the access token on its own. When the refresh
-  fails the service needs a new sign-in: `SignInRequired` carries the alarm name for that.
+  started from the admin page); msal's token cache, with the refresh token, is kept in a
+  `TokenCacheStore` (under data_dir with file mode 0600: `FileTokenCache`; or in the shared
+  database, written by the integration's owner only: `vmrsched.postgres.tokens`) and refreshes
+  the access token on its own. When the refresh fails the service needs a new sign-in:
+  `SignInRequired` carries the alarm name for that.
 
 An identity platform that cannot serve (unreachable, answering 5xx) is an outage like Exchange's
 own, never a crash nor a lost sign-in: msal talks to it through `IdentityHttp`, which gives each
@@ -15,10 +17,12 @@ becomes a transient GatewayError carrying the platform's Retry-After.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -30,6 +34,7 @@ from vmrsched.config import DataLayout, ExchangeConfig
 from vmrsched.mailbox.base import GatewayError
 from vmrsched.mailbox.sessions import CaSession
 from vmrsched.proxies import use_rule
+from vmrsched.store import OwnershipLostError
 from vmrsched.store_repair import read_or_set_aside
 from vmrsched.telemetry import SIGN_IN_REQUIRED
 
@@ -169,23 +174,94 @@ class AppTokens:
             return _token(result, "client credentials grant")
 
 
+class TokenCacheStore(Protocol):
+    """Where one integration's delegated token cache is kept, with whose it is (the app, the
+    token endpoint, the account). Blocking: actor or worker threads."""
+
+    def load(self) -> tuple[str | None, dict[str, str] | None]:
+        """The serialized cache (None: none kept) and the identity recorded with it (None:
+        none recorded)."""
+        ...
+
+    def save(self, cache: str, identity: dict[str, str]) -> None:
+        """Keep the cache, durable when this returns. In a shared database only the
+        integration's owner writes: OwnershipLostError (nothing written) elsewhere."""
+        ...
+
+    def drop(self) -> None:
+        """Forget the cache (it belonged to another service account)."""
+        ...
+
+
+class FileTokenCache:
+    """`<data_dir>/oauth/<integration>.json` (mode 0600) and `<integration>.identity.json`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def identity_path(self) -> Path:
+        return self.path.with_name(f"{self.path.stem}.identity.json")
+
+    def load(self) -> tuple[str | None, dict[str, str] | None]:
+        # a damaged cache is set aside (alarm state_damaged) and the account signs in again
+        raw = read_or_set_aside(
+            self.path, json.loads, self.path.stem, "the service account must sign in again"
+        )
+        try:
+            recorded = json.loads(self.identity_path.read_text())
+        except (OSError, ValueError):
+            recorded = None
+        identity = (
+            {str(k): str(v) for k, v in recorded.items()} if isinstance(recorded, dict) else None
+        )
+        return (raw.decode() if raw is not None else None), identity
+
+    def save(self, cache: str, identity: dict[str, str]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(cache)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+        os.chmod(self.path, 0o600)
+        self.identity_path.write_text(json.dumps(identity))
+
+    def drop(self) -> None:
+        for path in (self.path, self.identity_path):
+            path.unlink(missing_ok=True)
+
+
 class DelegatedTokens:
-    def __init__(self, ex: ExchangeConfig, cache_path: Path, direct: bool = False) -> None:
+    def __init__(
+        self, ex: ExchangeConfig, cache: Path | TokenCacheStore, direct: bool = False
+    ) -> None:
         self.ex = ex
         self.direct = direct
         self.scope = default_scope(ex, delegated=True)
-        self.cache_path = cache_path
+        self.store: TokenCacheStore = FileTokenCache(cache) if isinstance(cache, Path) else cache
+        self.name = cache.stem if isinstance(cache, Path) else str(getattr(cache, "name", ""))
         self._lock = threading.Lock()
-        self._cache = msal.SerializableTokenCache()
-        # a damaged cache is set aside (alarm state_damaged) and the account signs in again
-        raw = read_or_set_aside(
-            cache_path, json.loads, cache_path.stem, "the service account must sign in again"
-        )
-        if raw is not None:
-            self._cache.deserialize(raw.decode())
-        self._drop_another_identity()
         self._client: Any = None
         self._flows: dict[str, dict[str, Any]] = {}
+        self._load()
+
+    def _load(self) -> None:
+        self._cache = msal.SerializableTokenCache()
+        raw, recorded = self.store.load()
+        if raw is not None:
+            self._cache.deserialize(raw)
+        self._drop_another_identity(recorded)
+        self._client = None  # msal's app holds the cache it was built with
+
+    def reload(self) -> None:
+        """Read the cache again: this instance starts running the integration, and the cache
+        it read before (for the admin's sign-in page, say) may be behind what the previous
+        owner kept."""
+        with self._lock:
+            self._load()
 
     @property
     def identity(self) -> dict[str, str]:
@@ -196,18 +272,10 @@ class DelegatedTokens:
             "username": self.ex.service_account_username.lower(),
         }
 
-    @property
-    def _identity_path(self) -> Path:
-        return self.cache_path.with_name(f"{self.cache_path.stem}.identity.json")
-
-    def _drop_another_identity(self) -> None:
+    def _drop_another_identity(self, recorded: dict[str, str] | None) -> None:
         """A cache belongs to one service account: when the config names another app or account,
         its tokens (which Exchange would accept for the old one) are dropped and the new account
         signs in (the sign_in_required alarm says so)."""
-        try:
-            recorded = json.loads(self._identity_path.read_text())
-        except (OSError, ValueError):
-            recorded = None
         if recorded is None:  # a cache from before identities were recorded: check its account
             wanted = self.identity["username"]
             names = {str(a.get("username", "")).lower() for a in _accounts(self._cache)}
@@ -218,13 +286,14 @@ class DelegatedTokens:
             log.warning(
                 "%s: the service account changed (%s): its cached sign-in is dropped; sign in "
                 "again as %s",
-                self.cache_path.stem,
+                self.name,
                 recorded or "another account",
                 self.ex.service_account_username or "the new account",
             )
             self._cache = msal.SerializableTokenCache()
-            for path in (self.cache_path, self._identity_path):
-                path.unlink(missing_ok=True)
+            # not this instance's to write (a shared database): its owner drops it
+            with contextlib.suppress(OwnershipLostError):
+                self.store.drop()
 
     @property
     def _app(self) -> Any:
@@ -235,16 +304,12 @@ class DelegatedTokens:
     def _persist(self) -> None:
         if not self._cache.has_state_changed:
             return
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_path.with_name(f".{self.cache_path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(self._cache.serialize())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.cache_path)
-        os.chmod(self.cache_path, 0o600)
-        self._identity_path.write_text(json.dumps(self.identity))
+        data = self._cache.serialize()  # marks the cache unchanged
+        try:
+            self.store.save(data, self.identity)
+        except BaseException:
+            self._cache.has_state_changed = True  # not kept: try again at the next change
+            raise
 
     # --- the browser sign-in --------------------------------------------------------------
     def start_sign_in(self, redirect_uri: str) -> str:
@@ -307,11 +372,17 @@ def _accounts(cache: Any) -> list[dict[str, Any]]:
 
 
 def token_source(
-    ex: ExchangeConfig, data_dir: Path, name: str, direct: bool = False
+    ex: ExchangeConfig,
+    data_dir: Path,
+    name: str,
+    direct: bool = False,
+    caches: Callable[[str], TokenCacheStore] | None = None,
 ) -> TokenSource | None:
-    """The integration's OAuth tokens; `direct`: its web proxy is turned off."""
+    """The integration's OAuth tokens; `direct`: its web proxy is turned off; `caches`: where
+    a delegated cache is kept (files under data_dir unless given)."""
     if ex.authentication == "oauth_app":
         return AppTokens(ex, direct)
     if ex.authentication == "oauth_delegated":
-        return DelegatedTokens(ex, DataLayout(data_dir).oauth(name), direct)
+        cache = caches(name) if caches is not None else DataLayout(data_dir).oauth(name)
+        return DelegatedTokens(ex, cache, direct)
     return None

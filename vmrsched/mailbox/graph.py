@@ -26,7 +26,7 @@ from vmrsched.config import IntegrationConfig
 from vmrsched.mailbox import itip
 from vmrsched.mailbox.base import CalendarEntry, Check, GatewayError, InboxItem
 from vmrsched.mailbox.graph_convert import address_of, is_meeting, meeting_of, rrule_of, when
-from vmrsched.mailbox.graph_notifications import InboxWatch
+from vmrsched.mailbox.graph_notifications import GraphStateStore, InboxWatch
 from vmrsched.mailbox.graph_sending import GraphSending, Removal
 from vmrsched.meetings import Meeting
 from vmrsched.telemetry import EXCHANGE_UNREACHABLE, Metrics
@@ -50,11 +50,13 @@ class GraphMailbox(GraphSending):
 
     alarm = EXCHANGE_UNREACHABLE
 
-    def __init__(self, integ: IntegrationConfig, metrics: Metrics, state_dir: Path) -> None:
+    def __init__(
+        self, integ: IntegrationConfig, metrics: Metrics, state: Path | GraphStateStore
+    ) -> None:
         super().__init__(integ, metrics)
         self._cancels: set[str] = set()  # messages that are cancellations
         self._backlog = False
-        self.watch = InboxWatch(self, integ.graph.notification_url, state_dir)
+        self.watch = InboxWatch(self, integ.graph.notification_url, state)
 
     def poll_interval(self, integ: IntegrationConfig) -> float:
         return integ.graph.poll_interval_seconds

@@ -5,6 +5,12 @@ safety net, a delta query on the inbox at least every CATCH_UP_SECONDS, from a d
 across restarts. Without a notification URL, or while Graph refuses the subscription, the inbox
 is simply listed at every poll.
 
+The delta link and the subscription (its id, lifetime and clientState) are kept in a
+`GraphStateStore`: a file under data_dir (`FileGraphState`), or the shared database
+(`vmrsched.postgres.tokens.DatabaseGraphState`, written by the integration's owner only), so the
+instance that takes the integration over continues the same subscription and delta link
+instead of subscribing again and listing the whole inbox.
+
 Threads: `should_list` and everything it calls (the subscription, the delta link) run on the
 poller's thread only. `notified` runs on the HTTP front end's event loop: it only sets Events
 (and forgets a subscription Graph removed, one assignment), so it never waits for a call.
@@ -22,7 +28,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vmrsched.mailbox.base import GatewayError
 from vmrsched.mailbox.graph_convert import when
@@ -35,12 +41,66 @@ RENEW_BEFORE = 0.5  # renew once less than this share of the lifetime is left
 SUBSCRIBE_RETRY = 60.0  # seconds before trying again to subscribe after a refusal
 
 
+class GraphStateStore(Protocol):
+    """Where one integration's Graph state is kept. Blocking: the poller's thread."""
+
+    def load(self) -> dict[str, Any]:
+        """What was kept ({} when nothing, or nothing readable)."""
+        ...
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Keep `state`, durable when this returns. In a shared database only the
+        integration's owner writes: OwnershipLostError (nothing written) elsewhere."""
+        ...
+
+
+class FileGraphState:
+    """`<data_dir>/graph/<integration>/inbox-delta.json`, written atomically."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "inbox-delta.json"
+
+    def load(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        # mode 0600: the subscription's clientState is what proves a notification is Graph's
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(state, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, self.path)
+
+
+def _subscription_of(state: dict[str, Any], url: str) -> tuple[str, datetime, datetime, str] | None:
+    """A kept subscription still worth renewing: for this notification URL, not lapsed."""
+    kept = state.get("subscription")
+    if not isinstance(kept, dict) or not url or kept.get("url") != url:
+        return None
+    try:
+        since = datetime.fromisoformat(str(kept["since"]))
+        until = datetime.fromisoformat(str(kept["until"]))
+        found = (str(kept["id"]), since, until, str(kept["client_state"]))
+    except (KeyError, ValueError):
+        return None
+    return found if until > datetime.now(UTC) and found[0] and found[3] else None
+
+
 class InboxWatch:
     """When a room's inbox is worth listing: always without change notifications; with them,
     when a notification came, when the last listing was full, or when the catch-up found
     something."""
 
-    def __init__(self, client: GraphClient, notification_url: str, state_dir: Path) -> None:
+    def __init__(
+        self, client: GraphClient, notification_url: str, state: Path | GraphStateStore
+    ) -> None:
         self.client = client
         self.name = client.name
         self.room = client.room
@@ -50,15 +110,21 @@ class InboxWatch:
             if notification_url
             else ""
         )
-        self.client_state = secrets.token_urlsafe(32)
-        self._subscription: tuple[str, datetime, datetime] | None = None  # id, from, until
+        self.store: GraphStateStore = FileGraphState(state) if isinstance(state, Path) else state
+        kept = self.store.load()
+        link = kept.get("delta_link")
+        # the inbox's delta link, kept across restarts: the catch-up asks only what changed
+        self._delta_link: str | None = str(link) if link else None
+        resumed = _subscription_of(kept, self.notification_url)
+        self.client_state = resumed[3] if resumed else secrets.token_urlsafe(32)
+        # id, from, until: the one kept by the last owner (renewed as ours), else none yet
+        self._subscription: tuple[str, datetime, datetime] | None = resumed[:3] if resumed else None
         self._subscribe_after = 0.0  # monotonic: not before this after a refusal
         self._notified = threading.Event()  # something arrived: list the inbox now
         self._renew = threading.Event()  # Graph asked for reauthorization
         self._listed_at = 0.0
-        # the inbox's delta link, kept across restarts: the catch-up asks only what changed
-        self._delta_file = state_dir / "inbox-delta.json"
-        self._delta_link: str | None = self._read_delta_link()
+        if resumed:
+            self._notified.set()  # catch up on what arrived before this instance ran it
 
     def should_list(self, backlog: bool) -> bool:
         """Whether fetch lists the inbox now (`backlog`: the last listing was full). With
@@ -87,16 +153,19 @@ class InboxWatch:
                 if self._renew.is_set() or now >= until - (until - since) * RENEW_BEFORE:
                     self._renew.clear()
                     self._subscription = self._renew_subscription(subscription_id, now)
+                    self._save()
                 return self._subscription is not None
             if time.monotonic() < self._subscribe_after:
                 return False
             self._subscription = self._subscribe(now)
+            self._save()
             self._notified.set()  # catch up on what arrived without notifications
             return True
         except GatewayError as exc:
             if not exc.permanent:
                 raise
             self._subscription = None
+            self._save()
             self._subscribe_after = time.monotonic() + SUBSCRIBE_RETRY
             log.warning(
                 "change notifications unavailable, polling the inbox instead: %s",
@@ -172,22 +241,23 @@ class InboxWatch:
         self._save_delta_link(page.get("@odata.deltaLink"))
         return added or self._delta_link is None
 
-    def _read_delta_link(self) -> str | None:
-        try:
-            link = json.loads(self._delta_file.read_text()).get("delta_link")
-        except (OSError, ValueError, AttributeError):
-            return None
-        return str(link) if link else None
-
     def _save_delta_link(self, link: str | None) -> None:
         self._delta_link = link
-        self._delta_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self._delta_file.with_suffix(".tmp")
-        with open(temporary, "w") as out:
-            json.dump({"delta_link": link}, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, self._delta_file)
+        self._save()
+
+    def _save(self) -> None:
+        """Keep the delta link and the subscription for a restart or the next owner."""
+        state: dict[str, Any] = {"delta_link": self._delta_link}
+        current = self._subscription
+        if current is not None and self.notification_url:
+            state["subscription"] = {
+                "id": current[0],
+                "since": current[1].isoformat(),
+                "until": current[2].isoformat(),
+                "client_state": self.client_state,
+                "url": self.notification_url,
+            }
+        self.store.save(state)
 
     def notified(self, notifications: Sequence[dict[str, Any]]) -> tuple[int, int]:
         """Change and lifecycle notifications posted to our notification URL: (accepted,

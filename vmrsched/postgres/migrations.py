@@ -150,6 +150,62 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        5,
+        "every other piece of state the service owns: decisions, sign-ins, token caches, Graph",
+        # What each instance kept in its data_dir until now, so that any instance serves any
+        # request and the owner after a takeover continues from what the last one wrote:
+        # - the decisions log of each integration (bounded by the writer to its newest entries;
+        #   `seq` orders them as they were written);
+        # - the user sign-in's sessions (by the SHA-256 of their token, never the token; the
+        #   refresh token inside encrypted with the key in vmrsched_secrets) and the admins'
+        #   console sessions (by digest too), each with the time it can be cleaned up after;
+        # - the sign-ins in progress between the redirect to the provider and its callback (by
+        #   the digest of their state; taken once, by whichever instance the callback reaches);
+        # - each integration's service-account token cache (msal's, EWS oauth_delegated) with
+        #   the identity it belongs to, and the Graph backend's state (subscription, delta
+        #   link): written by the integration's owner only, fenced by its lease.
+        """
+        CREATE TABLE vmrsched_decisions (
+            integration text NOT NULL,
+            seq bigint GENERATED ALWAYS AS IDENTITY,
+            entry jsonb NOT NULL,
+            PRIMARY KEY (integration, seq)
+        );
+        CREATE TABLE vmrsched_user_sessions (
+            integration text NOT NULL,
+            digest text NOT NULL,
+            entry jsonb NOT NULL,
+            touched timestamptz NOT NULL,
+            PRIMARY KEY (integration, digest)
+        );
+        CREATE INDEX vmrsched_user_sessions_age ON vmrsched_user_sessions (touched);
+        CREATE TABLE vmrsched_admin_sessions (
+            digest text PRIMARY KEY,
+            who text NOT NULL,
+            expires timestamptz NOT NULL
+        );
+        CREATE INDEX vmrsched_admin_sessions_expiry ON vmrsched_admin_sessions (expires);
+        CREATE TABLE vmrsched_sign_in_attempts (
+            digest text PRIMARY KEY,
+            context text NOT NULL,
+            attempt jsonb NOT NULL,
+            expires timestamptz NOT NULL
+        );
+        CREATE INDEX vmrsched_sign_in_attempts_expiry ON vmrsched_sign_in_attempts (expires);
+        CREATE TABLE vmrsched_token_caches (
+            integration text PRIMARY KEY,
+            cache text NOT NULL,
+            identity jsonb,
+            written timestamptz NOT NULL
+        );
+        CREATE TABLE vmrsched_graph_state (
+            integration text PRIMARY KEY,
+            state jsonb NOT NULL,
+            written timestamptz NOT NULL
+        );
+        """,
+    ),
 )
 
 

@@ -22,14 +22,19 @@ import pykka
 
 from vmrsched import config as config_mod
 from vmrsched.actors.bridge import ask_async
-from vmrsched.actors.context import Context
+from vmrsched.actors.context import Context, Stores, file_stores
 from vmrsched.actors.follower import Follower
 from vmrsched.actors.messages import Reload
-from vmrsched.actors.ownership import Ownership
+from vmrsched.actors.ownership import Ownership, SharedStorage
 from vmrsched.actors.registry import ActorUnavailable
 from vmrsched.actors.service import ReloadResult, ServiceSupervisor, supervisor_proxy
 from vmrsched.config import Config, IntegrationConfig, PerConfig
 from vmrsched.errors import NotFound, Unavailable
+from vmrsched.postgres.connection import Connect
+from vmrsched.postgres.decisions import DatabaseDecisions
+from vmrsched.postgres.pool import LeaseOf, Pool
+from vmrsched.postgres.sessions import DatabaseAdminSessions, DatabaseAttempts, DatabaseSessions
+from vmrsched.postgres.tokens import DatabaseGraphState, DatabaseTokenCache
 from vmrsched.store import lock_directory
 from vmrsched.telemetry import CONFIG_INVALID, NOT_READY, Alarms, Metrics, PolicyActivity
 from vmrsched.templating import Renderer
@@ -215,6 +220,7 @@ class Runtime:
                 with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                     ownership.stop(block=True, timeout=30)
             self.ctx.scheduler.stop()
+            self.ctx.stores.close()
         finally:
             if self.lock_fd >= 0:
                 os.close(self.lock_fd)
@@ -229,6 +235,37 @@ def _collect_less_often() -> None:
         gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
+def database_stores(connect: Connect, lease_of: LeaseOf | None) -> Stores:
+    """Everything in the shared database: the integration-owned state fenced by `lease_of`
+    (the lease this instance holds for an integration; None: unfenced, for the offline tools
+    with every instance stopped), the sign-ins' for every instance alike."""
+    pool = Pool(connect)
+    attempts = DatabaseAttempts(pool)
+
+    def close() -> None:
+        attempts.close()
+        pool.close()
+
+    return Stores(
+        decisions=DatabaseDecisions(pool, lease_of),
+        user_sessions=DatabaseSessions(pool),
+        admin_sessions=DatabaseAdminSessions(pool),
+        attempts=attempts,
+        token_cache=lambda name: DatabaseTokenCache(pool, name, lease_of),
+        graph_state=lambda name: DatabaseGraphState(pool, name, lease_of),
+        close=close,
+    )
+
+
+def state_stores(config: Config, shared: SharedStorage | None) -> Stores:
+    """Where this service keeps the state beside its records, chosen once: the shared database
+    with `[storage] backend = "postgresql"` (writes of an integration's state fenced by the
+    lease this instance holds for it), else files under data_dir, as always."""
+    if shared is None:
+        return file_stores(Path(config.server.data_dir))
+    return database_stores(shared.connect, shared.require_lease)
+
+
 def boot(config: Config, **context: Any) -> tuple[Context, pykka.ActorRef[ServiceSupervisor], int]:
     """Lock the data directory (one service per data directory for the life of the process:
     StoreInUseError otherwise) and start the actor tree: (its context, its root, the lock)."""
@@ -238,6 +275,8 @@ def boot(config: Config, **context: Any) -> tuple[Context, pykka.ActorRef[Servic
     threading.stack_size(THREAD_STACK)
     _collect_less_often()
     metrics = context.pop("metrics", None) or Metrics()
+    if context.get("stores") is None:
+        context["stores"] = state_stores(config, context.get("shared"))
     ctx = Context(
         server=config.server,
         data_dir=Path(config.server.data_dir),

@@ -4,7 +4,13 @@ of sessions, two callbacks), the admins' OpenID Connect sign-in, and the service
 delegated sign-in for Exchange (exchange.authentication = oauth_delegated).
 
 The verifiers, sessions and HTTP clients are built on first use and follow each integration's
-config across reloads (PerConfig): a front end that never signs anyone in pays for none of it."""
+config across reloads (PerConfig): a front end that never signs anyone in pays for none of it.
+
+The sessions (the user sign-in's and the admins' console sessions) and the attempts in progress
+are kept where the runtime's stores say (ctx.stores): files and memory with one instance, the
+shared database with several, where a session opened through one instance is accepted by every
+other and a callback may reach any of them. A store that is a database is only ever called from
+a worker thread (asyncio.to_thread), never on the event loop."""
 
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from vmrsched.mailbox.ews_auth import SIGN_IN_ALARM, DelegatedTokens
 from vmrsched.mailbox.sessions import CaSession
 from vmrsched.proxies import use_rule
 from vmrsched.service.runtime import Runtime
+from vmrsched.store import OwnershipLostError
 
 log = logging.getLogger("vmrsched.service")
 
@@ -76,11 +83,23 @@ class SignIns:
         if token is None or not token.startswith(user_sign_in.TOKEN_PREFIX):
             return await self.verify_addin_token(integ, token)
         sessions = self.user_sessions()
-        if sessions.needs_refresh(integ, token):
+        if self._sessions_block() or sessions.needs_refresh(integ, token):
             email = await asyncio.to_thread(sessions.email, integ, token)
         else:
             email = sessions.email(integ, token)
         return identity.Identity(f"session:{email}", email, kind="session")
+
+    async def session_user(self, integ: IntegrationConfig, token: str) -> str:
+        """The add-in's name for a session's user (user_sign_in.Session.user), "" if unknown."""
+        sessions = self.user_sessions()
+        if self._sessions_block():
+            return await asyncio.to_thread(sessions.user, integ, token)
+        return sessions.user(integ, token)
+
+    def _sessions_block(self) -> bool:
+        """Whether a session lookup may wait on something (a database): only in a worker
+        thread then. The files are read once and looked up in memory."""
+        return not isinstance(self.runtime.ctx.stores.user_sessions, user_sign_in.FileSessions)
 
     # --- the user sign-in (personal VMRs and the organizer page) -------------------------------
 
@@ -94,8 +113,12 @@ class SignIns:
                 use_rule(made, integ.advanced.disable_web_proxy)  # one proxy rule for all calls
                 return made
 
+            stores = self.runtime.ctx.stores
             self._user_sign_in = user_sign_in.UserSignIn(
-                self.runtime.config.data_dir, http_for=PerConfig(session)
+                self.runtime.config.data_dir,
+                http_for=PerConfig(session),
+                store=stores.user_sessions,
+                attempts=stores.attempts,
             )
         return self._user_sign_in
 
@@ -182,7 +205,9 @@ class SignIns:
                 ca = str(base / cfg.tls_ca_file) if cfg.tls_ca_file else ""
                 return sessions.setdefault(ca, CaSession(ca))
 
-            self._admin_sign_in = admin_sign_in.AdminSignIn(session)
+            self._admin_sign_in = admin_sign_in.AdminSignIn(
+                session, attempts=self.runtime.ctx.stores.attempts
+            )
         return self._admin_sign_in
 
     def start_admin_sign_in(self) -> str:
@@ -201,6 +226,33 @@ class SignIns:
             query,
             self.admin_redirect_uri(),
         )
+
+    # --- the admins' console sessions ------------------------------------------------------------
+    # Kept in this process's memory with one instance, in the shared database with several: a
+    # console session opened through one instance is accepted by every other. Each call runs in
+    # a worker thread (the store may be a database).
+
+    @property
+    def admin_sessions(self) -> admin_sign_in.AdminSessions:
+        return self.runtime.ctx.stores.admin_sessions
+
+    async def open_admin_session(self, who: str) -> str:
+        """A console session for `who` (signed in, or holding the admin token): its id."""
+        return await asyncio.to_thread(self.admin_sessions.create, who)
+
+    async def admin_session(self, sid: str) -> str | None:
+        """Who opened the console session `sid`, while it lives (None otherwise)."""
+        if not sid:
+            return None
+        return await asyncio.to_thread(self.admin_sessions.who, sid)
+
+    async def end_admin_session(self, sid: str) -> None:
+        if sid:
+            await asyncio.to_thread(self.admin_sessions.end, sid)
+
+    async def admin_csrf(self, sid: str) -> str:
+        """The CSRF token every change made with the session's cookie must carry."""
+        return await asyncio.to_thread(self.admin_sessions.csrf, sid)
 
     # --- the service account's delegated sign-in -------------------------------------------------
 
@@ -233,6 +285,13 @@ class SignIns:
                 account = await asyncio.to_thread(tokens.finish_sign_in, query)
             except GatewayError as exc:
                 raise SignInRefused(str(exc), integ.name) from exc
+            except OwnershipLostError as exc:
+                # the token cache is its owner's to write (a shared database): sign in there
+                raise Unavailable(
+                    f"{integ.name} runs on another instance: sign the service account in "
+                    "through that instance's admin pages",
+                    "integration_elsewhere",
+                ) from exc
             self.runtime.ctx.alarms.clear(integ.name, SIGN_IN_ALARM)
             return integ.name, account
         raise SignInRefused("unknown or expired sign-in attempt; start again")
