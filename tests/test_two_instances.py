@@ -3,7 +3,10 @@ directory per integration shared by both (as a mail server would be), each insta
 data directory. The integrations spread over the instances by leases; a burst of meetings is
 answered exactly once whatever happens to the owner: SIGKILL mid-burst (the other takes over
 within the lease), SIGSTOP past its lease and SIGCONT (the old owner writes nothing and steps
-down). Aliases are unique by the database's constraint; none acknowledged is lost."""
+down). Aliases are unique by the database's constraint; none acknowledged is lost. The add-in
+books rooms on both instances all along (each passes on what the other runs, issue 30): no room
+handed out twice, none handed out and then lost, and the survivor books for both after a
+takeover."""
 
 from __future__ import annotations
 
@@ -11,9 +14,13 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -28,7 +35,47 @@ NAMES = ("alpha", "beta")
 
 
 def write(tmp: Path, instance: str, port: int) -> Path:
-    return write_config(tmp, instance, port, LEASE, NAMES)
+    # the add-in's test user books far more than a person would
+    return write_config(tmp, instance, port, LEASE, NAMES, "rate_limit_per_minute = 100000")
+
+
+def reserve(port: int, name: str) -> tuple[int, dict[str, Any]]:
+    """The add-in's reservation on one instance: (status, JSON answer); (0, {}) when the
+    instance cannot be reached."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/addin/v1/{name}/single-use-vmrs", data=b"{}", method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=40) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    except OSError:
+        return 0, {}
+
+
+class Booker(threading.Thread):
+    """Books rooms for both integrations on both instances in turn until stopped: what each
+    request got, as (port, integration, status, answer)."""
+
+    def __init__(self, ports: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.ports = ports
+        self.done = threading.Event()
+        self.got: list[tuple[int, str, int, dict[str, Any]]] = []
+
+    def run(self) -> None:
+        n = 0
+        while not self.done.is_set():
+            port, name = self.ports[n % 2], NAMES[(n // 2) % 2]
+            self.got.append((port, name, *reserve(port, name)))
+            n += 1
+            time.sleep(0.005)
+
+    def stop(self) -> list[tuple[int, str, int, dict[str, Any]]]:
+        self.done.set()
+        self.join(60)
+        return self.got
 
 
 def owned(port: int) -> list[str]:
@@ -94,8 +141,12 @@ def test_the_integrations_spread_and_a_killed_owner_is_taken_over_exactly_once(
 ) -> None:
     one, two = pair
     wait_for(lambda: len(owned(one["port"])) == 1 and len(owned(two["port"])) == 1)  # type: ignore[arg-type]
+    booker = Booker([one["port"], two["port"]])  # type: ignore[list-item]
+    booker.start()
     made = burst(tmp_path, 200)
     time.sleep(0.5)  # mid-burst
+    # both instances have booked for both integrations: each passed the other's on
+    wait_for(lambda: len({(p, n) for p, n, status, _ in booker.got if status == 201}) == 4)
     proc: subprocess.Popen[bytes] = one["proc"]  # type: ignore[assignment]
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
@@ -112,11 +163,32 @@ def test_the_integrations_spread_and_a_killed_owner_is_taken_over_exactly_once(
     )
     counts = answered(tmp_path, made)
     assert set(counts.values()) == {1}, [uid for uid, n in counts.items() if n != 1][:5]
+    got = booker.stop()
+    # the survivor books for both integrations once it runs them
+    after = [reserve(two["port"], name) for name in NAMES for _ in range(10)]  # type: ignore[arg-type]
+    assert [status for status, _ in after] == [201] * 20, after
     with psycopg.connect(dsn) as conn:
         bound = conn.execute(
             "SELECT count(*) FROM vmrsched_records WHERE record->>'status' = 'bound'"
         ).fetchone()
+        kept = {
+            (name, alias, f"PXPS:-{alias_id}#")
+            for name, alias, alias_id in conn.execute(
+                "SELECT integration, record->>'alias', record->>'alias_id' FROM vmrsched_records"
+            ).fetchall()
+        }
     assert bound is not None and bound[0] == len(made)  # every meeting's alias kept
+    # meanwhile only rooms, or 503 (an owner gone, a takeover) and the killed instance silent
+    assert {status for _, _, status, _ in got} <= {201, 503, 0}
+    assert all(port == one["port"] for port, _, status, _ in got if status == 0)
+    booked = [(name, a["alias"], a["alias_id"]) for _, name, status, a in got if status == 201]
+    booked += [
+        (name, a["alias"], a["alias_id"])
+        for name, (_, a) in zip([n for n in NAMES for _ in range(10)], after, strict=True)
+    ]
+    assert len(booked) > 40
+    assert len({alias for _, alias, _ in booked}) == len(booked)  # none handed out twice
+    assert set(booked) <= kept  # none handed out and lost
 
 
 def test_an_owner_paused_past_its_lease_writes_nothing_and_steps_down(
