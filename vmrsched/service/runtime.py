@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pykka
 
 from vmrsched import config as config_mod
@@ -29,7 +30,7 @@ from vmrsched.actors.ownership import Ownership, SharedStorage
 from vmrsched.actors.registry import ActorUnavailable
 from vmrsched.actors.service import ReloadResult, ServiceSupervisor, supervisor_proxy
 from vmrsched.config import Config, IntegrationConfig, PerConfig
-from vmrsched.errors import NotFound, Unavailable
+from vmrsched.errors import BadRequest, NotFound, Unavailable
 from vmrsched.postgres.connection import Connect
 from vmrsched.postgres.decisions import DatabaseDecisions
 from vmrsched.postgres.pool import LeaseOf, Pool
@@ -255,6 +256,32 @@ def database_stores(connect: Connect, lease_of: LeaseOf | None) -> Stores:
         graph_state=lambda name: DatabaseGraphState(pool, name, lease_of),
         close=close,
     )
+
+
+def database(cfg: Config) -> Connect:
+    """Connections to the config's database (autocommit: every unit of work is an explicit
+    transaction). BadRequest when the config names none."""
+    if cfg.storage.dsn is None:
+        raise BadRequest(
+            "[storage] names no database: set dsn_env or dsn_file", "no_database_configured"
+        )
+    dsn = cfg.storage.dsn.reveal()
+    # a connection that cannot be made gives up within a third of a lease, so that an instance
+    # cut off from the database still gives its integrations up before its leases run out
+    timeout = max(1, min(10, int(cfg.storage.lease_seconds / 3)))
+
+    def connect() -> psycopg.Connection[Any]:
+        return psycopg.connect(dsn, autocommit=True, connect_timeout=timeout)
+
+    return connect
+
+
+def offline_stores(cfg: Config) -> Stores:
+    """The stores for a tool beside the service (the CLI): the config's backend, nothing
+    fenced (such a tool only reads, or runs while every instance is stopped). Close it after."""
+    if cfg.storage.backend == "postgresql":
+        return database_stores(database(cfg), None)
+    return file_stores(Path(cfg.server.data_dir))
 
 
 def state_stores(config: Config, shared: SharedStorage | None) -> Stores:

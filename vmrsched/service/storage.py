@@ -8,36 +8,17 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Callable
-from typing import Any
 
 import psycopg
 
 from vmrsched.actors.ownership import SharedStorage
 from vmrsched.config import Config, store_dir
-from vmrsched.errors import BadRequest, Unavailable
+from vmrsched.errors import Unavailable
 from vmrsched.postgres import migrations
 from vmrsched.postgres.transfer import Moved, TransferError, to_files, to_postgresql
+from vmrsched.service.runtime import database
 
 __all__ = ["Moved", "TransferError", "database", "migrate_store", "open_shared"]
-
-
-def database(cfg: Config) -> Callable[[], psycopg.Connection[Any]]:
-    """Connections to the config's database (autocommit: every unit of work is an explicit
-    transaction). BadRequest when the config names none."""
-    if cfg.storage.dsn is None:
-        raise BadRequest(
-            "[storage] names no database: set dsn_env or dsn_file", "no_database_configured"
-        )
-    dsn = cfg.storage.dsn.reveal()
-    # a connection that cannot be made gives up within a third of a lease, so that an instance
-    # cut off from the database still gives its integrations up before its leases run out
-    timeout = max(1, min(10, int(cfg.storage.lease_seconds / 3)))
-
-    def connect() -> psycopg.Connection[Any]:
-        return psycopg.connect(dsn, autocommit=True, connect_timeout=timeout)
-
-    return connect
 
 
 def migrate_store(cfg: Config, to: str, names: list[str], replace: bool = False) -> list[Moved]:
