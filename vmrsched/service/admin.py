@@ -36,7 +36,7 @@ from vmrsched.config import Config, IntegrationConfig, queue_dir, store_dir
 from vmrsched.errors import BadRequest, NotFound, Unavailable
 from vmrsched.outgoing import Outgoing
 from vmrsched.outqueue import Failed, OutQueue, Queued, read_contents
-from vmrsched.service.runtime import Runtime, renderer_cache
+from vmrsched.service.runtime import Runtime, offline_stores, renderer_cache
 from vmrsched.service.views import (
     View,
     admin_view,
@@ -122,9 +122,13 @@ class OnlineAdmin:
 
     async def decisions(self, name: str, query: str = "", limit: int = 100) -> list[View]:
         integ = self.runtime.integration(name)
-        path = decisions.log_path(self.runtime.config.data_dir, integ.name)
         view = decision_view(integ, self._renderers(integ))
-        return await asyncio.to_thread(decisions.search, path, query, limit, view)
+        logs = self.runtime.ctx.stores.decisions  # files, or the database every instance reads
+
+        def search() -> list[View]:
+            return decisions.search_entries(logs.read(integ.name), query, limit, view)
+
+        return await asyncio.to_thread(search)
 
     # --- what only a running service knows ------------------------------------------------------
 
@@ -347,8 +351,12 @@ class OfflineAdmin:
 
     def decisions(self, name: str, query: str = "", limit: int = 100) -> list[View]:
         integ = self._integration(name)
-        path = decisions.log_path(self.config.data_dir, integ.name)
-        return decisions.search(path, query, limit, decision_view(integ, self._renderers(integ)))
+        view = decision_view(integ, self._renderers(integ))
+        stores = offline_stores(self.config)  # the config's backend: files or the database
+        try:
+            return decisions.search_entries(stores.decisions.read(integ.name), query, limit, view)
+        finally:
+            stores.close()
 
 
 if TYPE_CHECKING:  # both serve the one port: mypy checks it here
