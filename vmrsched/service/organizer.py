@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from typing import Any
 
-from vmrsched import alias_admin, decisions, user_sign_in
+from vmrsched import alias_admin, user_sign_in
 from vmrsched.actors.messages import DeleteAlias, FindAliases
 from vmrsched.config import IntegrationConfig
 from vmrsched.errors import BadRequest, NotFound, Unauthorized
@@ -154,7 +154,7 @@ def _shown(renderer: Renderer, iso: str | None) -> str:
 
 
 def own_declines(
-    path: Path,
+    entries: Iterable[dict[str, Any]],
     email: str,
     since: datetime,
     view: Callable[[View], View],
@@ -163,7 +163,7 @@ def own_declines(
     """The declines of meetings organized by `email` logged since `since`, newest first (the
     log is read from its end and left where it reaches older entries)."""
     found: list[View] = []
-    for entry in decisions.read(path):
+    for entry in entries:
         try:
             when = datetime.fromisoformat(str(entry.get("time", "")))
         except ValueError:
@@ -218,7 +218,7 @@ class SelfService:
         user owns no reservation (none records a user)."""
         if token is not None and token.startswith(user_sign_in.TOKEN_PREFIX):
             who = await self.sign_ins.personal_identity(integ, token)
-            user = self.sign_ins.user_sessions().user(integ, token)
+            user = await self.sign_ins.session_user(integ, token)
             return Organizer(who.email.lower(), frozenset({user} - {""}), f"{who.email}")
         verified = await self.sign_ins.verify_addin_token(integ, token)
         if verified.kind == "none":
@@ -256,11 +256,13 @@ class SelfService:
         integ = self.runtime.integration(name)
         if not who.email:
             return []
-        path = decisions.log_path(self.runtime.config.data_dir, integ.name)
         since = self.runtime.ctx.clock() - timedelta(days=days)
         renderer = self._renderers(integ)
+        logs = self.runtime.ctx.stores.decisions  # files, or the database every instance reads
         found = await asyncio.to_thread(
-            own_declines, path, who.email, since, decision_view(integ, renderer)
+            lambda: own_declines(
+                logs.read(integ.name), who.email, since, decision_view(integ, renderer)
+            )
         )
         for decline in found:
             decline["shown"] = _shown(renderer, decline["time"])
