@@ -407,6 +407,47 @@ def read_failed(directory: Path) -> list[Failed]:
     return OutQueue(directory, read_only=True).failed()
 
 
+def read_state(directory: Path) -> tuple[dict[str, float], list[Queued], list[Failed]]:
+    """Everything a queue directory holds, read without writing (moving it to another
+    backend): the seen ids with when, the queued messages in queue order, the failed ones in
+    the order they failed."""
+    queue = OutQueue(directory, read_only=True)
+    queued = [Queued(m, queue._seen.get(m.id, 0.0)) for m in queue._pending.values()]
+    return dict(queue._seen), queued, list(queue._failed.values())
+
+
+def write_state(
+    directory: Path, seen: dict[str, float], queued: list[Queued], failed: list[Failed]
+) -> None:
+    """A queue directory holding exactly these (what `read_state` reads back), as a journal
+    written the way a rotation starts one. FileExistsError when it holds a journal already."""
+    if _generations(directory):
+        raise FileExistsError(f"{directory} already holds a queue")
+    directory.mkdir(parents=True, exist_ok=True)
+    pending = {q.message.id for q in queued}
+    journal = Journal(directory / "outgoing.1.log")
+    try:
+        for message_id, at in seen.items():
+            if message_id not in pending:
+                journal.append({"op": "seen", "id": message_id, "t": at})
+        for item in queued:
+            journal.append({"op": "add", "m": item.message.to_json(), "t": item.at})
+        for gone in failed:
+            journal.append(
+                {
+                    "op": "fail",
+                    "id": gone.message.id,
+                    "m": gone.message.to_json(),
+                    "reason": gone.reason,
+                    "t": gone.at,
+                }
+            )
+        journal.sync()
+    finally:
+        journal.close()
+    fsync_dir(directory)
+
+
 def _generations(directory: Path) -> list[int]:
     """The journal generations in a queue directory, oldest first (none before its first)."""
     try:
