@@ -70,16 +70,18 @@ def fill(store: StoreWrites, count: int) -> None:
     store.compact()
 
 
-def measure(
-    store: StoreWrites, requesters: int, seconds: float
-) -> tuple[list[float], list[int], float]:
-    """(sorted latencies, batch sizes, elapsed) of `requesters` asking one group-committing
-    writer for reservations during `seconds`."""
+Run = tuple[list[float], list[int], float, list[float]]
+
+
+def measure(store: StoreWrites, requesters: int, seconds: float) -> Run:
+    """(sorted latencies, batch sizes, elapsed, commit times) of `requesters` asking one
+    group-committing writer for reservations during `seconds`."""
     requests: queue.Queue[tuple[float, threading.Event, list[float]] | None] = queue.Queue()
     stop = threading.Event()
     latencies: list[float] = []
     lock = threading.Lock()
     batches: list[int] = []
+    commits: list[float] = []
     failed: list[BaseException] = []
 
     def writer() -> None:
@@ -100,7 +102,9 @@ def measure(
             try:
                 for _ in batch:
                     store.reserve("vmr", 9, "video.example.com")
+                t0 = time.perf_counter()
                 store.commit()  # durable before any of them is answered
+                commits.append(time.perf_counter() - t0)
             except BaseException as exc:  # let the requesters go, then fail the run
                 failed.append(exc)
                 stop.set()
@@ -138,10 +142,12 @@ def measure(
     if failed:
         raise SystemExit(f"the writer failed: {failed[0]!r}")
     latencies.sort()
-    return latencies, batches, elapsed
+    return latencies, batches, elapsed, commits
 
 
-def figures(latencies: list[float], batches: list[int], elapsed: float) -> dict[str, Any]:
+def figures(
+    latencies: list[float], batches: list[int], elapsed: float, commits: list[float]
+) -> dict[str, Any]:
     p99 = latencies[int(len(latencies) * 0.99) - 1]
     return {
         "reservations_per_s": round(len(latencies) / elapsed, 1),
@@ -149,6 +155,8 @@ def figures(latencies: list[float], batches: list[int], elapsed: float) -> dict[
         "p50_ms": round(statistics.median(latencies) * 1000, 2),
         "mean_batch": round(statistics.mean(batches), 1),
         "reservations": len(latencies),
+        # the writer's own time in store.commit() (a batch's durable write, nothing else)
+        "commit_p50_ms": round(statistics.median(commits) * 1000, 2),
     }
 
 
@@ -160,7 +168,7 @@ def run(conferences: int, requesters: int, seconds: float) -> dict[str, float]:
         t0 = time.perf_counter()
         fill(store, conferences)
         fill_s = time.perf_counter() - t0
-        latencies, batches, elapsed = measure(store, requesters, seconds)
+        latencies, batches, elapsed, commits = measure(store, requesters, seconds)
         store.close(compact=False)  # reload must read the snapshot plus the journal
 
         t0 = time.perf_counter()
@@ -169,13 +177,14 @@ def run(conferences: int, requesters: int, seconds: float) -> dict[str, float]:
         assert len(reloaded) == conferences + len(latencies), "lost reservations"
         reloaded.close(compact=False)
 
-    got = figures(latencies, batches, elapsed)
+    got = figures(latencies, batches, elapsed, commits)
     return {
         "reservations_per_s": got["reservations_per_s"],
         "p99_ms": got["p99_ms"],
         "reload_s": round(reload_s, 3),
         "p50_ms": got["p50_ms"],
         "mean_batch": got["mean_batch"],
+        "commit_p50_ms": got["commit_p50_ms"],
         "reservations": got["reservations"],
         "conferences": conferences,
         "requesters": requesters,
@@ -215,7 +224,7 @@ def run_postgresql(
         raise SystemExit(pgcluster.missing_reason())
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
     loadavg = [round(x, 2) for x in os.getloadavg()]
-    runs: dict[str, list[tuple[list[float], list[int], float]]] = {"postgresql": [], "file": []}
+    runs: dict[str, list[Run]] = {"postgresql": [], "file": []}
     with (
         pgcluster.running() as cluster,
         tempfile.TemporaryDirectory(prefix="vmrsched-bench-") as tmp,
@@ -283,7 +292,12 @@ def run_postgresql(
     def pooled(backend: str) -> dict[str, Any]:
         done = runs[backend]
         latencies = sorted(x for r in done for x in r[0])
-        got = figures(latencies, [b for r in done for b in r[1]], sum(r[2] for r in done))
+        got = figures(
+            latencies,
+            [b for r in done for b in r[1]],
+            sum(r[2] for r in done),
+            [c for r in done for c in r[3]],
+        )
         got["rounds"] = [[figures(*r)["reservations_per_s"], figures(*r)["p99_ms"]] for r in done]
         return got
 
@@ -300,6 +314,7 @@ def run_postgresql(
         "reload_s": round(reload_s, 3),
         "p50_ms": pg["p50_ms"],
         "mean_batch": pg["mean_batch"],
+        "commit_p50_ms": pg["commit_p50_ms"],
         "reservations": pg["reservations"],
         "rounds": pg["rounds"],
         "conferences": conferences,
