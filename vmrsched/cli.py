@@ -484,7 +484,7 @@ def _subdirs(folder: Path) -> list[str]:
 def cmd_store_migrate(args: argparse.Namespace) -> int:
     """Copy every (or one) integration's records to the other backend, checked on arrival."""
     from vmrsched.errors import ServiceError
-    from vmrsched.service.storage import TransferError, migrate_store
+    from vmrsched.service.storage import Moved, TransferError, migrate_store
     from vmrsched.store import StoreCorruptError, StoreInUseError
 
     if args.to is None:
@@ -514,9 +514,16 @@ def cmd_store_migrate(args: argparse.Namespace) -> int:
     except (TransferError, StoreCorruptError, ServiceError) as exc:
         print(f"store migrate: {exc}", file=sys.stderr)
         return 1
+    records = [item for item in moved if isinstance(item, Moved)]
     for item in moved:
-        print(f"{item.integration}: {item.source} -> arrived: {item.arrived}")
-    print(f"{len(moved)} integration(s) moved to {args.to}; every record arrived")
+        if isinstance(item, Moved):
+            print(f"{item.integration}: {item.source} -> arrived: {item.arrived}")
+        else:
+            print(f"{item.what}: {item.source} -> arrived: {item.arrived}")
+    print(
+        f"{len(records)} integration(s) moved to {args.to}; every record, queue, decisions log, "
+        "token cache, Graph state and sign-in arrived"
+    )
     return 0
 
 
@@ -578,18 +585,35 @@ def cmd_failed(args: argparse.Namespace) -> int:
     """Read-only: safe beside a running service."""
     from datetime import UTC, datetime
 
-    from vmrsched.outqueue import read_failed
+    from vmrsched.outqueue import Failed, read_failed
 
-    data_dir = _data_dir(args)
-    if data_dir is None:
-        return 1
-    queues = config.DataLayout(data_dir).queues
-    names = _subdirs(queues)
+    found: dict[str, list[Failed]]
+    if args.data_dir is None:
+        cfg = _load(args.config, secrets=False)
+        if cfg is None:
+            return 1
+        data_dir: Path | None = cfg.data_dir
+        if cfg.storage.backend == "postgresql":  # the queues are in the shared database
+            from vmrsched.errors import ServiceError
+            from vmrsched.service.storage import failed_messages
+
+            try:
+                found = failed_messages(cfg)
+            except ServiceError as exc:
+                print(f"failed: {exc}", file=sys.stderr)
+                return 1
+            data_dir = None
+    else:
+        data_dir = Path(args.data_dir)
+    if data_dir is not None:
+        queues = config.DataLayout(data_dir).queues
+        found = {name: read_failed(queues / name) for name in _subdirs(queues)}
+    names = sorted(found)
     if args.integration:
         names = [n for n in names if n == args.integration]
     total = 0
     for name in names:
-        for item in sorted(read_failed(queues / name), key=lambda f: f.at):
+        for item in sorted(found[name], key=lambda f: f.at):
             total += 1
             when = datetime.fromtimestamp(item.at, UTC).isoformat(timespec="seconds")
             m = item.message

@@ -422,3 +422,22 @@ def read_failed(connect: Connect, integration: str) -> list[Failed]:
     """Failed messages of an integration's queue, read without owning it (`vmrsched failed`
     beside a running service)."""
     return read_contents(connect, integration)[1]
+
+
+def failed_everywhere(connect: Connect) -> dict[str, list[Failed]]:
+    """Every integration's failed messages in the order they failed (`vmrsched failed` on the
+    database backend: a read, beside running instances, no lease needed)."""
+    found: dict[str, list[Failed]] = {}
+    try:
+        with connect() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute(
+                "SELECT integration, message, reason, failed FROM vmrsched_outqueue_failed"
+                " ORDER BY integration, seq"
+            )
+            for integration, raw, reason, at in cur.fetchall():
+                found.setdefault(str(integration), []).append(
+                    Failed(Outgoing.from_json(raw), str(reason), at.timestamp())
+                )
+    except psycopg.Error as exc:
+        raise DatabaseUnavailable(f"the out-queues cannot be read: {exc}") from exc
+    return found
