@@ -15,6 +15,7 @@ refresh token unused for 90 days) are deleted by the writes that come after."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -41,6 +42,9 @@ ADMIN_KEY = "admin-csrf-key"  # vmrsched_secrets: what the console's CSRF tokens
 SESSION_IDLE_DAYS = 90
 ADMIN_SESSION_SECONDS = 8 * 3600  # as admin_sign_in.SESSION_SECONDS
 CLEAN_EVERY = 3600.0  # seconds between the clean-ups a writer makes on its way
+# an attempt not found at its callback is looked for once more after this long (seconds): the
+# instance that started it may still be writing it (it does so after answering the redirect)
+TAKE_GRACE = 0.5
 
 
 def _digest(text: str) -> str:
@@ -210,11 +214,13 @@ class DatabaseAttempts:
     """`oidc.AttemptStore` in the database.
 
     `put` is called by the front end on its event loop (the redirect to the provider), which
-    must not wait for a database: the row is written by a thread of its own and `put` returns
-    at once. The callback comes back only after the user went through the provider's pages,
-    and `take` (in a worker thread) first waits for this instance's own writes still on their
-    way, so an attempt is found wherever its callback lands. An attempt whose write failed (the
-    database down) is refused at its callback, as after a restart: the user starts again."""
+    must not wait for a database: there the row is written by a thread of its own and `put`
+    returns at once (elsewhere it is written before `put` returns). The callback comes back
+    only after the user went through the provider's pages; `take` (in a worker thread) first
+    waits for this instance's own writes still on their way, and looks once more after
+    TAKE_GRACE for one another instance may still be writing, so an attempt is found wherever
+    its callback lands. An attempt whose write failed (the database down) is refused at its
+    callback, as after a restart: the user starts again."""
 
     def __init__(self, pool: Pool, clock: Callable[[], float] = time.time) -> None:
         self.pool = pool
@@ -225,6 +231,9 @@ class DatabaseAttempts:
 
     def put(self, state: str, attempt: oidc.Attempt) -> None:
         digest = _digest(state)
+        if not _on_event_loop():  # a worker thread may wait: written when this returns
+            self._insert(digest, attempt)
+            return
         written = self._writer.submit(self._insert, digest, attempt)
         with self._lock:
             self._writing[digest] = written
@@ -260,11 +269,10 @@ class DatabaseAttempts:
             writing = self._writing.get(digest)
         if writing is not None:
             writing.result()  # never raises: _insert logs its failure
-        with self.pool.connection("the sign-in attempts") as conn, conn.transaction():
-            row = conn.execute(
-                "DELETE FROM vmrsched_sign_in_attempts WHERE digest = %s RETURNING attempt",
-                (digest,),
-            ).fetchone()
+        row = self._delete(digest)
+        if row is None:  # maybe still on its way from the instance that started it
+            time.sleep(TAKE_GRACE)
+            row = self._delete(digest)
         if row is None:
             return None
         attempt = oidc.attempt_from_json(row[0])
@@ -272,5 +280,20 @@ class DatabaseAttempts:
             return None
         return attempt
 
+    def _delete(self, digest: str) -> Any:
+        with self.pool.connection("the sign-in attempts") as conn, conn.transaction():
+            return conn.execute(
+                "DELETE FROM vmrsched_sign_in_attempts WHERE digest = %s RETURNING attempt",
+                (digest,),
+            ).fetchone()
+
     def close(self) -> None:
         self._writer.shutdown(wait=True)
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
