@@ -90,11 +90,6 @@ class FileDecisions:
     def read(self, integration: str) -> Iterator[dict[str, Any]]:
         return read(self.layout.decisions(integration))
 
-    def integrations(self) -> list[str]:
-        """The integrations with a log (for moving them between backends)."""
-        folder = self.layout.decisions_dir
-        return sorted(p.stem for p in folder.glob("*.jsonl")) if folder.is_dir() else []
-
 
 def search(
     path: Path,

@@ -24,7 +24,7 @@ class DatabaseDecisions:
 
     def __init__(self, pool: Pool, lease_of: LeaseOf | None, keep: int = KEEP) -> None:
         self.pool = pool
-        self.lease_of = lease_of  # None: unfenced (moving the logs with the service stopped)
+        self.lease_of = lease_of  # None: unfenced (the offline tools, every instance stopped)
         self.keep = keep
 
     def writer(self, integration: str) -> DatabaseDecisionLog:
@@ -46,20 +46,6 @@ class DatabaseDecisions:
                     yield entry
             if len(rows) < PAGE:
                 return
-
-    def integrations(self) -> list[str]:
-        with self.pool.reading() as cur:
-            cur.execute("SELECT DISTINCT integration FROM vmrsched_decisions ORDER BY 1")
-            return [str(row[0]) for row in cur.fetchall()]
-
-    def replace(self, integration: str, oldest_first: Iterable[Mapping[str, Any]]) -> None:
-        """The whole log of an integration, as given (moving it between backends)."""
-        with self.pool.fenced(integration, self.lease_of, "the decisions log") as cur:
-            cur.execute("DELETE FROM vmrsched_decisions WHERE integration = %s", (integration,))
-            cur.executemany(
-                "INSERT INTO vmrsched_decisions (integration, entry) VALUES (%s, %s::jsonb)",
-                [(integration, encode(entry)) for entry in oldest_first],
-            )
 
 
 class DatabaseDecisionLog:

@@ -70,16 +70,6 @@ def secret(pool: Pool, name: str, size: int = 32) -> bytes:
     return bytes(row[0])
 
 
-def set_secret(pool: Pool, name: str, value: bytes) -> None:
-    """Replace the secret `name` (moving the user sign-in's key between backends)."""
-    with pool.connection("the shared secrets") as conn, conn.transaction():
-        conn.execute(
-            "INSERT INTO vmrsched_secrets (name, value) VALUES (%s, %s)"
-            " ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, created = now()",
-            (name, value),
-        )
-
-
 def fernet_key(raw: bytes) -> str:
     """A Fernet key (what `user_sign_in` encrypts with) from 32 random bytes."""
     return base64.urlsafe_b64encode(raw).decode()
@@ -137,36 +127,6 @@ class DatabaseSessions:
         if self._key is None:
             self._key = fernet_key(secret(self.pool, USER_KEY))
         return self._key
-
-    def set_key(self, key: str) -> None:
-        set_secret(self.pool, USER_KEY, raw_key(key))
-        self._key = None
-
-    def integrations(self) -> list[str]:
-        with self.pool.reading() as cur:
-            cur.execute("SELECT DISTINCT integration FROM vmrsched_user_sessions ORDER BY 1")
-            return [str(row[0]) for row in cur.fetchall()]
-
-    def sessions(self, integration: str) -> dict[str, dict[str, Any]]:
-        with self.pool.reading() as cur:
-            cur.execute(
-                "SELECT digest, entry FROM vmrsched_user_sessions WHERE integration = %s",
-                (integration,),
-            )
-            return {str(d): dict(e) for d, e in cur.fetchall()}
-
-    def replace(self, integration: str, sessions: dict[str, dict[str, Any]]) -> None:
-        now = _when(self.clock())
-        with self.pool.connection("the sign-in sessions") as conn, conn.transaction():
-            conn.execute(
-                "DELETE FROM vmrsched_user_sessions WHERE integration = %s", (integration,)
-            )
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO vmrsched_user_sessions (integration, digest, entry, touched)"
-                    " VALUES (%s, %s, %s, %s)",
-                    [(integration, d, Jsonb(e), now) for d, e in sessions.items()],
-                )
 
 
 class DatabaseAdminSessions:

@@ -36,7 +36,7 @@ class DatabaseTokenCache:
     ) -> None:
         self.pool = pool
         self.name = integration
-        self.lease_of = lease_of  # None: unfenced (moving it with the service stopped)
+        self.lease_of = lease_of  # None: unfenced (the offline tools, every instance stopped)
         self.clock = clock
 
     def load(self) -> tuple[str | None, dict[str, str] | None]:
@@ -100,12 +100,3 @@ class DatabaseGraphState:
                 " SET state = EXCLUDED.state, written = EXCLUDED.written",
                 (self.name, Jsonb(state), _now(self.clock)),
             )
-
-
-def integrations(pool: Pool, table: str) -> list[str]:
-    """The integrations `table` (vmrsched_token_caches, vmrsched_graph_state) holds a row of."""
-    if table not in ("vmrsched_token_caches", "vmrsched_graph_state"):
-        raise ValueError(table)
-    with pool.reading() as cur:
-        cur.execute(f"SELECT integration FROM {table} ORDER BY 1")  # one of two names above
-        return [str(row[0]) for row in cur.fetchall()]
