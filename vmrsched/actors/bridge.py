@@ -41,7 +41,11 @@ class LoopReply(Generic[R]):
         self.future = future
 
     def __call__(self, result: R | None, error: BaseException | None) -> None:
-        self.loop.call_soon_threadsafe(_resolve, self.future, result, error)
+        self.loop.call_soon_threadsafe(self.settle, result, error)
+
+    def settle(self, result: R | None, error: BaseException | None) -> None:
+        """In the loop's thread: the answer arrived."""
+        _resolve(self.future, result, error)
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -53,24 +57,24 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
         future.set_result(result)
 
 
-def _resolve_many(batch: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, result, error in batch:
-        _resolve(future, result, error)
+def _settle_many(batch: list[tuple[LoopReply[Any], Any, BaseException | None]]) -> None:
+    for reply, result, error in batch:
+        reply.settle(result, error)
 
 
 def deliver(replies: Iterable[tuple[Request[Any], Any, BaseException | None]]) -> None:
     """Answer many requests: one wake-up per event loop, plain calls for other replies."""
     by_loop: dict[
-        asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+        asyncio.AbstractEventLoop, list[tuple[LoopReply[Any], Any, BaseException | None]]
     ] = {}
     for request, result, error in replies:
         reply = request.reply
         if isinstance(reply, LoopReply):
-            by_loop.setdefault(reply.loop, []).append((reply.future, result, error))
+            by_loop.setdefault(reply.loop, []).append((reply, result, error))
         else:
             reply(result, error)
     for loop, batch in by_loop.items():
-        loop.call_soon_threadsafe(_resolve_many, batch)
+        loop.call_soon_threadsafe(_settle_many, batch)
 
 
 def answer(request: Request[R], work: Callable[[], R]) -> None:
@@ -112,9 +116,11 @@ def ask(ref: pykka.ActorRef[Any], payload: Ask[R], timeout: float = 10.0) -> R:
 class ReservationBatcher:
     """Coalesces the reservations of one event-loop iteration into one message to the
     allocator: one tell, one actor turn and one fsync for the lot, instead of one per request.
-    The reply resolves every waiting request's future (never blocking the loop); an error in
-    the reply's place of one request (a user at the quota) fails that request only. One timer
-    per batch bounds the wait (TimeoutError), not an asyncio.timeout per request."""
+    The reply settles every waiting request's future in the loop callback that carries it
+    (never blocking the loop, and no intermediate future whose callbacks would cost another
+    loop iteration before the handlers run); an error in the reply's place of one request (a
+    user at the quota) fails that request only. One timer per batch bounds the wait
+    (TimeoutError), not an asyncio.timeout per request."""
 
     def __init__(self) -> None:
         self._waiting: list[asyncio.Future[Record]] = []
@@ -143,33 +149,44 @@ class ReservationBatcher:
         self._scheduled = False
         waiting, self._waiting = self._waiting, []
         users, self._users = tuple(self._users), []
-        batch: asyncio.Future[list[Record | QuotaReached]] = loop.create_future()
-
-        def expire() -> None:
-            for future in waiting:
-                if not future.done():  # its alias, should one come, simply expires unused
-                    future.set_exception(TimeoutError())
-
-        timer = loop.call_later(self._timeout, expire)
-
-        def settle(done: asyncio.Future[list[Record | QuotaReached]]) -> None:
-            timer.cancel()
-            error = done.exception()
-            if error is not None:
-                for future in waiting:
-                    if not future.done():  # timed out or cancelled meanwhile
-                        future.set_exception(error)
-                return
-            for future, result in zip(waiting, done.result(), strict=True):
-                if future.done():
-                    continue  # timed out or cancelled meanwhile; its alias expires unused
-                if isinstance(result, BaseException):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
-
-        batch.add_done_callback(settle)
+        reply = _BatchReply(loop, waiting, self._timeout)
         try:
-            allocator.tell(Request(Reserve(users), LoopReply(loop, batch)))
+            allocator.tell(Request(Reserve(users), reply))
         except pykka.ActorDeadError:
-            batch.set_exception(ActorUnavailable("the allocator stopped"))
+            reply.settle(None, ActorUnavailable("the allocator stopped"))
+
+
+class _BatchReply(LoopReply[list["Record | QuotaReached"]]):
+    """The allocator's answer to one batch, settling each waiting request's own future."""
+
+    __slots__ = ("timer", "waiting")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, waiting: list[asyncio.Future[Record]], timeout: float
+    ) -> None:
+        self.loop = loop  # no future of its own: settle() answers the waiting requests
+        self.waiting = waiting
+        self.timer = loop.call_later(timeout, self._expire)
+
+    def _expire(self) -> None:
+        for future in self.waiting:
+            if not future.done():  # its alias, should one come, simply expires unused
+                future.set_exception(TimeoutError())
+
+    def settle(
+        self, result: list[Record | QuotaReached] | None, error: BaseException | None
+    ) -> None:
+        self.timer.cancel()
+        if error is not None or result is None:
+            failure = error or RuntimeError("the allocator answered nothing")
+            for future in self.waiting:
+                if not future.done():  # timed out or cancelled meanwhile
+                    future.set_exception(failure)
+            return
+        for future, outcome in zip(self.waiting, result, strict=True):
+            if future.done():
+                continue  # timed out or cancelled meanwhile; its alias expires unused
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
