@@ -152,12 +152,14 @@ def verify_signature(client: Client, id_token: str, session: requests.Session) -
 
 @dataclass(frozen=True)
 class Attempt:
-    """A sign-in in progress; `context` names what it is for (an integration, "admin")."""
+    """A sign-in in progress; `context` names what it is for (an integration, "admin", or
+    "ews:<integration>": the service account's sign-in, whose msal `flow` rides along)."""
 
     context: str
     verifier: str
     nonce: str
     created: float
+    flow: Mapping[str, Any] | None = None
 
 
 def b64(data: bytes) -> str:
@@ -178,6 +180,11 @@ class AttemptStore(Protocol):
     def take(self, state: str) -> Attempt | None:
         """The attempt kept under `state`, removed (one use; None when unknown, taken
         already, or past PENDING_SECONDS by its own `created`). Blocking: a worker thread."""
+        ...
+
+    def context(self, state: str) -> str | None:
+        """What the attempt kept under `state` is for, leaving it in place (None: unknown).
+        Blocking: a worker thread."""
         ...
 
 
@@ -201,6 +208,11 @@ class MemoryAttempts:
             self._expire(self.clock())
             return self._pending.pop(state, None)
 
+    def context(self, state: str) -> str | None:
+        with self._lock:
+            found = self._pending.get(state)
+        return found.context if found is not None else None
+
     def _expire(self, now: float) -> None:
         stale = [s for s, a in self._pending.items() if now - a.created > PENDING_SECONDS]
         for state in stale:
@@ -213,12 +225,18 @@ def attempt_to_json(attempt: Attempt) -> dict[str, Any]:
         "verifier": attempt.verifier,
         "nonce": attempt.nonce,
         "created": attempt.created,
+        **({"flow": dict(attempt.flow)} if attempt.flow is not None else {}),
     }
 
 
 def attempt_from_json(data: Mapping[str, Any]) -> Attempt:
+    flow = data.get("flow")
     return Attempt(
-        str(data["context"]), str(data["verifier"]), str(data["nonce"]), float(data["created"])
+        str(data["context"]),
+        str(data["verifier"]),
+        str(data["nonce"]),
+        float(data["created"]),
+        dict(flow) if isinstance(flow, Mapping) else None,
     )
 
 

@@ -325,10 +325,18 @@ class DelegatedTokens:
             self._flows[flow["state"]] = flow
             return authorization_url(self.ex.oauth_authorization_endpoint, str(flow["auth_uri"]))
 
-    def finish_sign_in(self, query: dict[str, str]) -> str:
-        """Complete the flow with the redirect's query; returns the signed-in account."""
+    def take_flow(self, state: str) -> dict[str, Any] | None:
+        """The flow `start_sign_in` began under `state`, no longer kept here (the service keeps
+        it where every instance finds it: the callback may reach another one)."""
         with self._lock:
-            flow = self._flows.pop(query.get("state", ""), None)
+            return self._flows.pop(state, None)
+
+    def finish_sign_in(self, query: dict[str, str], flow: dict[str, Any] | None = None) -> str:
+        """Complete the flow (the one begun here under the query's state, unless given) with
+        the redirect's query; returns the signed-in account."""
+        with self._lock:
+            if flow is None:
+                flow = self._flows.pop(query.get("state", ""), None)
             if flow is None:
                 raise SignInRequired("unknown or expired sign-in attempt; start again")
             try:

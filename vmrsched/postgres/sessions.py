@@ -240,6 +240,20 @@ class DatabaseAttempts:
             return None
         return attempt
 
+    def context(self, state: str) -> str | None:
+        digest = _digest(state)
+        with self._lock:
+            writing = self._writing.get(digest)
+        if writing is not None:
+            writing.result()
+        with self.pool.reading("the sign-in attempts") as cur:
+            cur.execute(
+                "SELECT context FROM vmrsched_sign_in_attempts WHERE digest = %s AND expires > %s",
+                (digest, _when(self.clock())),
+            )
+            row = cur.fetchone()
+        return str(row[0]) if row is not None else None
+
     def _delete(self, digest: str) -> Any:
         with self.pool.connection("the sign-in attempts") as conn, conn.transaction():
             return conn.execute(

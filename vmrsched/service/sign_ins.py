@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 
-from vmrsched import admin_sign_in, identity, user_sign_in
+from vmrsched import admin_sign_in, identity, oidc, user_sign_in
 from vmrsched.config import AdminSignInConfig, IntegrationConfig, PerConfig
 from vmrsched.errors import BadRequest, Forbidden, Unavailable, UpstreamError
 from vmrsched.mailbox.base import GatewayError
@@ -31,6 +33,7 @@ from vmrsched.service.runtime import Runtime
 from vmrsched.store import OwnershipLostError
 
 log = logging.getLogger("vmrsched.service")
+DELEGATED = "ews:"  # the context of a service account's sign-in attempt: "ews:<integration>"
 
 
 class SignInRefused(BadRequest):
@@ -261,7 +264,8 @@ class SignIns:
         return source if isinstance(source, DelegatedTokens) else None
 
     async def start_sign_in(self, name: str) -> str:
-        """The identity provider's URL where the service account signs in (oauth_delegated)."""
+        """The identity provider's URL where the service account signs in (oauth_delegated).
+        The attempt is kept where every instance finds it (the callback may reach another)."""
         integ = self.runtime.integration(name)
         tokens = self._delegated(integ)
         if tokens is None:
@@ -269,29 +273,57 @@ class SignIns:
                 f"{integ.name} does not use exchange.authentication = oauth_delegated",
                 "not_delegated",
             )
+        attempts = self.runtime.ctx.stores.attempts
+
+        def start() -> str:
+            url = tokens.start_sign_in(integ.exchange.oauth_redirect_uri)
+            state = parse_qs(urlsplit(url).query).get("state", [""])[0]
+            flow = tokens.take_flow(state)
+            if flow is not None:
+                verifier, nonce = str(flow.get("code_verifier", "")), str(flow.get("nonce", ""))
+                made = oidc.Attempt(DELEGATED + integ.name, verifier, nonce, time.time(), flow)
+                attempts.put(state, made)
+            return url
+
         try:
-            return await asyncio.to_thread(tokens.start_sign_in, integ.exchange.oauth_redirect_uri)
+            return await asyncio.to_thread(start)
         except GatewayError as exc:
             raise UpstreamError(str(exc), "identity_provider_unreachable") from exc
 
+    async def service_account_sign_in_of(self, state: str) -> str | None:
+        """The integration whose service-account sign-in `state` belongs to (left in place),
+        or None: for passing a callback on to the instance that runs that integration."""
+        context = await asyncio.to_thread(self.runtime.ctx.stores.attempts.context, state)
+        return (
+            context.removeprefix(DELEGATED) if context and context.startswith(DELEGATED) else None
+        )
+
     async def finish_sign_in(self, query: dict[str, str]) -> tuple[str, str]:
         """Complete the sign-in the identity provider redirected back from: (integration,
-        account). BadRequest for an unknown or expired attempt or a refused code."""
-        for integ in self.runtime.config.integrations:
-            tokens = self._delegated(integ)
-            if tokens is None or query.get("state") not in tokens.pending_states():
-                continue
-            try:
-                account = await asyncio.to_thread(tokens.finish_sign_in, query)
-            except GatewayError as exc:
-                raise SignInRefused(str(exc), integ.name) from exc
-            except OwnershipLostError as exc:
-                # the token cache is its owner's to write (a shared database): sign in there
-                raise Unavailable(
-                    f"{integ.name} runs on another instance: sign the service account in "
-                    "through that instance's admin pages",
-                    "integration_elsewhere",
-                ) from exc
-            self.runtime.ctx.alarms.clear(integ.name, SIGN_IN_ALARM)
-            return integ.name, account
-        raise SignInRefused("unknown or expired sign-in attempt; start again")
+        account). BadRequest for an unknown or expired attempt or a refused code; Unavailable
+        where the integration runs on another instance (its token cache is the owner's)."""
+        state = query.get("state", "")
+        attempt = (
+            await asyncio.to_thread(self.runtime.ctx.stores.attempts.take, state) if state else None
+        )
+        fresh = attempt is not None and time.time() - attempt.created <= oidc.PENDING_SECONDS
+        integ = None
+        if attempt is not None and fresh and attempt.context.startswith(DELEGATED):
+            integ = self.runtime.config.integration(attempt.context.removeprefix(DELEGATED))
+        tokens = self._delegated(integ) if integ is not None else None
+        if attempt is None or integ is None or tokens is None:
+            raise SignInRefused("unknown or expired sign-in attempt; start again")
+        flow = dict(attempt.flow) if attempt.flow is not None else None
+        try:
+            account = await asyncio.to_thread(tokens.finish_sign_in, query, flow)
+        except GatewayError as exc:
+            raise SignInRefused(str(exc), integ.name) from exc
+        except OwnershipLostError as exc:
+            # the token cache is its owner's to write (a shared database): sign in there
+            raise Unavailable(
+                f"{integ.name} runs on another instance: sign the service account in "
+                "through that instance's admin pages",
+                "integration_elsewhere",
+            ) from exc
+        self.runtime.ctx.alarms.clear(integ.name, SIGN_IN_ALARM)
+        return integ.name, account
