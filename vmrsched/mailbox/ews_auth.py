@@ -348,10 +348,6 @@ class DelegatedTokens:
             claims = result.get("id_token_claims") or {}
             return str(claims.get("preferred_username") or self.ex.service_account_username)
 
-    def pending_states(self) -> set[str]:
-        with self._lock:
-            return set(self._flows)
-
     def get(self, force: bool = False) -> str:
         with self._lock:
             accounts = self._app.get_accounts()
