@@ -33,6 +33,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter
+from yarl import URL
 
 from vmrsched.http.common import FORWARDED_CLIENT, client_address, error
 from vmrsched.service import Service
@@ -290,7 +291,8 @@ class Forwarder:
         try:
             async with session.request(
                 request.method,
-                url + request.raw_path,
+                # as the client sent it: the proof covers these very bytes
+                URL(url + request.raw_path, encoded=True),
                 data=body if body else None,
                 headers=headers,
                 allow_redirects=False,
