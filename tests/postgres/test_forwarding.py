@@ -302,3 +302,59 @@ def test_with_its_owner_gone_an_integration_is_unavailable_then_taken_over(pair:
     assert counted(other, "alpha", "unreachable") >= 1
     spoolkit.wait_for(lambda: owned(other) == list(NAMES), timeout=4 * LEASE)
     spoolkit.wait_for(lambda: reserve(other, "alpha")[0] == 201, timeout=10)
+
+
+def raw(
+    port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One request as sent, redirects not followed."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        conn.request(method, path, body=body or None, headers=headers or {})
+        answer = conn.getresponse()
+        return answer.status, dict(answer.getheaders()), answer.read()
+    finally:
+        conn.close()
+
+
+def test_the_organizer_page_and_its_forms_work_through_either_instance(
+    tmp_path: Path, pair: Pair
+) -> None:
+    owner, other = pair.owner("alpha"), pair.other("alpha")
+    # Olga books a meeting offline: the room binds it (the service draws the alias)
+    data, _ = spoolkit.request(body="<p>TOK:-00000001-0000-4000-8000-000000000000#</p>")
+    spoolkit.drop(tmp_path / "spool" / "alpha" / "inbox", data)
+    spoolkit.wait_for(lambda: _bound(pair, "alpha") is not None, timeout=20)
+    alias = _bound(pair, "alpha")
+    assert alias is not None
+    # her page, asked of the instance that does not run alpha: the owner's bookings
+    status, _, page = raw(other, "GET", "/my/alpha?user=olga%40example.com")
+    assert status == 200 and alias in page.decode()
+    assert counted(other, "alpha", "relayed") == 1
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', page.decode())
+    assert found is not None
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    fields = f"csrf={found.group(1)}&user=olga%40example.com".encode()
+    # resending the joining details through the other instance: the owner takes the form
+    resend = f"/my/alpha/bookings/{quote(alias, safe='')}/resend"
+    status, headers, _ = raw(other, "POST", resend, fields, form)
+    assert status == 303 and "done=resent" in headers["Location"]
+    assert counted(other, "alpha", "relayed") == 2
+    # the page's CSRF token holds on every instance (their key is shared): either signs out
+    for port in (owner, other):
+        status, headers, _ = raw(port, "POST", "/my/alpha/sign-out", fields, form)
+        assert status == 303 and "done=signed_out" in headers["Location"]
+    status, _, _ = raw(
+        other, "POST", "/my/alpha/sign-out", b"csrf=00&user=olga%40example.com", form
+    )
+    assert status == 403
+
+
+def _bound(pair: Pair, name: str) -> str | None:
+    with psycopg.connect(pair.dsn) as conn:
+        row = conn.execute(
+            "SELECT record->>'alias' FROM vmrsched_records WHERE integration = %s"
+            " AND record->>'status' = 'bound'",
+            (name,),
+        ).fetchone()
+    return None if row is None else str(row[0])

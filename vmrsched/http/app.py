@@ -80,18 +80,18 @@ def pipeline(service: Service, timers: RouteTimers, forward: Forwarder | None = 
                     length = request.content_length
                     if length is not None and length > server.max_body_bytes:
                         return _too_large(server.max_body_bytes)
-                    if forward is not None:
-                        route = request.match_info.route
-                        handled = passed_on.get(route)
-                        if handled is None:
-                            resource = route.resource
-                            handled = passed_on[route] = (
-                                resource is not None and resource.canonical in ROUTES
-                            )
-                        if handled:
-                            answer = await forward(request)
-                            if answer is not None:
-                                return answer
+                if forward is not None:
+                    route = request.match_info.route
+                    handled = passed_on.get(route)
+                    if handled is None:
+                        resource = route.resource
+                        handled = passed_on[route] = (
+                            resource is not None and resource.canonical in ROUTES
+                        )
+                    if handled:
+                        answer = await forward(request)
+                        if answer is not None:
+                            return answer
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
             return _too_large(server.max_body_bytes)

@@ -54,10 +54,15 @@ CONNECT_TIMEOUT = 3.0
 TOTAL_TIMEOUT = 30.0  # the add-in's reservation waits on the owner's store, then gives up
 
 # The routes an instance serves only for the integrations it runs (they ask its actors). The
-# console's and the organizer page's acts are not among them: their sign-in sessions are kept
-# per instance, so the owner could not tell who signed in (docs/high-availability.md).
+# admin console's acts are not among them yet: its sessions are this process's, so the owner
+# could not tell who signed in (docs/high-availability.md). The organizer's page is: its
+# sessions are in the database, and its forms' CSRF tokens come from the instance that served
+# the page, which is the one that takes the form too (both are passed on to the owner).
 ROUTES = frozenset(
     {
+        "/my/{integration}",
+        "/my/{integration}/bookings/{alias}/resend",
+        "/my/{integration}/bookings/{alias}/cancel",
         "/api/addin/v1/{integration}/single-use-vmrs",
         "/api/admin/v1/integrations/{integration}/messages",
         "/api/admin/v1/integrations/{integration}/messages/{message_id}",

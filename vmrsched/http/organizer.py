@@ -45,7 +45,10 @@ from vmrsched.service import Organizer
 log = logging.getLogger("vmrsched.organizer")
 
 COOKIE = "vmrsched_my_session"
-CSRF_KEY = web.AppKey("organizer_csrf_key", bytes)
+# the key the page's CSRF tokens are made with: this process's, or with a shared database the
+# one every instance holds (a form may reach another instance than the page came from)
+CSRF_KEY = web.AppKey("organizer_csrf_key", bytearray)
+SHARED_CSRF_KEY = "organizer-csrf-key"  # its name in the instances' shared secrets
 # as strict as the admin console's, and stricter: nothing but our style sheet, forms to us
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
@@ -335,8 +338,15 @@ async def style(request: web.Request) -> web.Response:
     )
 
 
+async def _shared_csrf_key(app: web.Application) -> None:
+    """With a shared database, the CSRF key every instance holds (made by the first one)."""
+    app[CSRF_KEY][:] = await app[SERVICE].shared_secret(SHARED_CSRF_KEY)
+
+
 def setup(app: web.Application) -> None:
-    app[CSRF_KEY] = secrets.token_bytes(32)
+    app[CSRF_KEY] = bytearray(secrets.token_bytes(32))
+    if app[SERVICE].shares_database:
+        app.on_startup.append(_shared_csrf_key)
     app.router.add_get("/my/static/organizer.css", style)
     app.router.add_get("/my/{integration}", page)
     app.router.add_get("/my/{integration}/sign-in", sign_in)

@@ -27,7 +27,7 @@ from vmrsched.actors.follower import Follower
 from vmrsched.actors.ownership import Ownership
 from vmrsched.actors.service import ReloadResult, ServiceSupervisor
 from vmrsched.config import Config, IntegrationConfig
-from vmrsched.postgres.peers import Peers
+from vmrsched.postgres.peers import Peers, shared_key
 from vmrsched.service.addin import Personal, Reservation, SingleUse
 from vmrsched.service.admin import OnlineAdmin
 from vmrsched.service.graph_push import GraphPush
@@ -223,6 +223,12 @@ class Service(Runtime):
     def forget_owner(self, name: str) -> None:
         if self.peers is not None:
             self.peers.forget(name)
+
+    async def shared_secret(self, name: str) -> bytes:
+        """The instances' shared secret `name` (made by the first instance that asks)."""
+        if self.ctx.shared is None:
+            raise LookupError("no shared database: no shared secrets")
+        return await asyncio.to_thread(shared_key, self.ctx.shared.connect, name)
 
     async def forwarding_key(self) -> bytes:
         """The key every instance proves passed-on requests with (made once, in the database)."""
