@@ -92,8 +92,11 @@ HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
-NOT_ASKED = HOP_BY_HOP | {"accept-encoding"}  # the relay reads the owner's answer as sent
-NOT_RELAYED = HOP_BY_HOP | {"content-encoding", "server", "date"}
+# the owner is asked for its answer uncompressed, and the body is relayed as it came (with its
+# Content-Encoding, should it have one); the relay's own server says Server and Date
+NOT_ASKED = HOP_BY_HOP | {"accept-encoding"}
+NOT_RELAYED = HOP_BY_HOP | {"server", "date"}
+QUIET_SECONDS = 10.0  # one log line per integration at most this often while its owner is away
 
 
 def proof(key: bytes, method: str, target: str, at: str, client: str, nonce: str, to: str) -> str:
@@ -207,6 +210,7 @@ class Forwarder:
         self.counter = forwarded_counter(service.metrics.registry)
         self.session: aiohttp.ClientSession | None = None
         self._key: bytes | None = None
+        self._logged: dict[str, float] = {}  # integration -> when its owner's absence was logged
 
     async def context(self, app: web.Application) -> AsyncIterator[None]:
         """The app's cleanup context: one client session for every request passed on (its
@@ -229,6 +233,14 @@ class Forwarder:
 
     def count(self, name: str, outcome: str) -> None:
         self.counter.labels(name, outcome).inc()
+
+    def _warn(self, name: str, message: str, *args: object) -> None:
+        """Logged once per QUIET_SECONDS per integration: a dead owner is asked by every
+        request until its lease runs out."""
+        now = time.monotonic()
+        if now - self._logged.get(name, -QUIET_SECONDS) >= QUIET_SECONDS:
+            self._logged[name] = now
+            log.warning(message, *args, extra={"integration": name})
 
     async def __call__(self, request: web.Request) -> web.StreamResponse | None:
         """The owner's answer when another instance runs the request's integration; None when
@@ -269,8 +281,9 @@ class Forwarder:
         service = self.service
         try:
             owner = await service.owner_of(name)
-        except Exception as exc:
-            log.warning("cannot find who runs integration %s: %s", name, exc)
+            key = await self.key()
+        except Exception as exc:  # the database did not answer
+            self._warn(name, "cannot find who runs integration %s: %s", name, exc)
             owner = None
         if owner is None:
             self.count(name, "no_owner")
@@ -280,7 +293,6 @@ class Forwarder:
         instance, url = owner
         # bounded as the handler would bound it (client_max_size: 413), before anything is sent
         body = await request.read() if request.can_read_body else b""
-        key = await self.key()
         headers: CIMultiDict[str] = CIMultiDict(
             (k, v)
             for k, v in request.headers.items()
@@ -311,13 +323,13 @@ class Forwarder:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             service.forget_owner(name)
             self.count(name, "unreachable")
-            log.warning(
+            self._warn(
+                name,
                 "instance %s (%s), which runs integration %s, did not answer: %s",
                 instance,
                 url,
                 name,
                 exc or type(exc).__name__,
-                extra={"integration": name},
             )
             return owner_unavailable(
                 service, f"the instance that runs integration {name} does not answer right now"
