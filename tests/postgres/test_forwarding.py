@@ -358,3 +358,48 @@ def _bound(pair: Pair, name: str) -> str | None:
             (name,),
         ).fetchone()
     return None if row is None else str(row[0])
+
+
+class Ghost(threading.Thread):
+    """Another instance as the database sees it: alive (its heartbeat kept fresh), running
+    nothing. The real instance then holds only its fair share, half of the integrations."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self.done.is_set():
+                conn.execute(
+                    "INSERT INTO vmrsched_instances (instance, seen, started, url)"
+                    " VALUES ('ghost', clock_timestamp(), clock_timestamp(), '')"
+                    " ON CONFLICT (instance) DO UPDATE SET seen = EXCLUDED.seen"
+                )
+                self.done.wait(0.2)
+
+
+def test_an_integration_no_instance_runs_is_owner_unavailable_until_one_takes_it(
+    tmp_path: Path, dsn: str
+) -> None:
+    port = serving.free_port()
+    config = write_config(tmp_path, "solo", port, LEASE, NAMES, server=SERVER)
+    proc = serving.start(config, {"VMRSCHED_DSN": dsn, "VMRSCHED_ADMIN_TOKEN": TOKEN})
+    ghost = Ghost(dsn)
+    try:
+        spoolkit.wait_for(lambda: owned(port) == list(NAMES), timeout=40)
+        ghost.start()  # a second live instance: this one hands one integration back
+        spoolkit.wait_for(lambda: len(owned(port)) == 1, timeout=10 * LEASE)
+        [free] = [n for n in NAMES if n not in owned(port)]
+        status, headers, body = reserve(port, free)
+        assert status == 503 and body["error"]["code"] == "owner_unavailable", body
+        assert headers["Retry-After"] == str(int(LEASE))
+        assert counted(port, free, "no_owner") == 1
+        ghost.done.set()  # gone: once it is no longer counted live, this one takes it
+        spoolkit.wait_for(lambda: owned(port) == list(NAMES), timeout=10 * LEASE)
+        spoolkit.wait_for(lambda: reserve(port, free)[0] == 201, timeout=10)
+    finally:
+        ghost.done.set()
+        proc.terminate()
+        proc.wait(30)
