@@ -104,9 +104,8 @@ async def test_the_instructions_are_the_template_with_the_record_and_the_details
 async def test_a_body_without_a_length_is_refused_past_the_limit(
     client: TestClient[Any, Any], svc: service.Service
 ) -> None:
-    """As before the body was taken from the buffer: a chunked body past max_body_bytes is
-    refused before any alias is reserved, as the use case refuses details it cannot read (400;
-    one with a Content-Length past the limit never reaches it: 413)."""
+    """A chunked body past max_body_bytes is refused before any alias is reserved, as one
+    with a Content-Length past the limit is: 413 payload_too_large."""
 
     async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
         for part in parts:
@@ -120,8 +119,8 @@ async def test_a_body_without_a_length_is_refused_past_the_limit(
     assert "<p>CHUNKED</p>" in (await small.json())["joining_instructions"]
     for parts in ([b'{"subject": "' + b"x" * 1100 + b'"}'], [b'{"subject": "', b"y" * 1100, b'"}']):
         large = await client.post(API.format("fancy"), data=chunks(*parts), headers=headers)
-        assert large.status == 400
-        assert (await large.json())["error"]["code"] == "bad_request"
+        assert large.status == 413
+        assert (await large.json())["error"]["code"] == "payload_too_large"
     assert (
         svc.metrics.registry.get_sample_value(
             "vmrsched_addin_requests_total",

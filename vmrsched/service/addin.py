@@ -203,8 +203,10 @@ class SingleUse:
             raise Forbidden("single-use VMRs are not enabled", "feature_disabled")
         answer = self._answers(integ)
         renderer = answer.renderer
+        # reading is the front end's: a body past its bound is its answer (413), not a detail
+        raw = await read() if read is not None else None
         try:
-            fields = meeting_details(await read()) if read is not None else {}
+            fields = meeting_details(raw) if raw is not None else {}
             # check_values never changes what it is given: the samples as they are without
             # details
             renderer.check_values(
