@@ -27,10 +27,8 @@ from vmrsched.http.admin_auth import (
     LOGIN_ATTEMPTS_PER_MINUTE_ALL,
     LOGIN_LIMITS,
     REDIRECT_PATH,
-    SESSIONS,
     SIGN_IN_PATH,
     STATIC,
-    AdminSessions,
     _login_page,
     _page,
     _who_or_login,
@@ -126,9 +124,13 @@ def _zone(service: Any, integration: str) -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
-def _csrf(request: web.Request) -> str:
+async def _csrf(request: web.Request) -> str:
+    """The CSRF token of the request's console session ("" without a live one). The key is
+    the service's: shared by every instance with a shared database, so a form served by one
+    instance may be taken by another."""
+    sign_ins = request.app[SERVICE].sign_ins
     sid = request.cookies.get(COOKIE, "")
-    return request.app[SESSIONS].csrf(sid) if request.app[SESSIONS].valid(sid) else ""
+    return await sign_ins.admin_csrf(sid) if await sign_ins.admin_session(sid) else ""
 
 
 def _health(item: dict[str, Any]) -> tuple[str, str]:
@@ -151,7 +153,7 @@ async def console(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     if not service.config.server.admin_enabled and wants_html(request):
         return _login_page(request, "/admin", 403)  # a page saying how to turn them on
-    who = _who_or_login(request)
+    who = await _who_or_login(request)
     overview = await service.admin_status()
     names = [i["name"] for i in overview]
     integration = request.query.get("integration", "")
@@ -187,7 +189,7 @@ async def console(request: web.Request) -> web.Response:
         decisions=decisions,
         messages=messages,
         reasons=REASONS,
-        csrf=_csrf(request),
+        csrf=await _csrf(request),
         notice=notice,
         notice_level=notice_level,
         who=who,
@@ -199,7 +201,7 @@ async def console(request: web.Request) -> web.Response:
 
 async def _form_act(request: web.Request) -> str:
     form = await request.post()
-    return _who_or_login(request, csrf=str(form.get("csrf", "")))
+    return await _who_or_login(request, csrf=str(form.get("csrf", "")))
 
 
 async def _where(request: web.Request) -> dict[str, str]:
@@ -252,7 +254,7 @@ def _notice(request: web.Request, integ: IntegrationConfig | None) -> tuple[str,
     return text, level
 
 
-def _confirm_page(request: web.Request, where: dict[str, str], alias: str) -> web.Response:
+async def _confirm_page(request: web.Request, where: dict[str, str], alias: str) -> web.Response:
     """Deleting asks first (as the CLI's --yes does): a page that says what deleting does,
     with the one button that does it. No script needed."""
     return _page(
@@ -260,17 +262,17 @@ def _confirm_page(request: web.Request, where: dict[str, str], alias: str) -> we
         integration=where["integration"],
         alias=alias,
         where=where,
-        csrf=_csrf(request),
+        csrf=await _csrf(request),
         back="/admin?" + urlencode({k: v for k, v in where.items() if v}),
     )
 
 
 async def console_confirm_delete(request: web.Request) -> web.Response:
-    _who_or_login(request)
+    await _who_or_login(request)
     where = {key: request.query.get(key, "")[:500] for key in ("q", "day")}
     where["integration"] = request.match_info["integration"]
     request.app[SERVICE].integration(where["integration"])
-    return _confirm_page(request, where, request.match_info["alias"])
+    return await _confirm_page(request, where, request.match_info["alias"])
 
 
 async def console_delete(request: web.Request) -> web.Response:
@@ -278,7 +280,7 @@ async def console_delete(request: web.Request) -> web.Response:
     where = await _where(request)
     name, alias = request.match_info["integration"], request.match_info["alias"]
     if (await request.post()).get("confirm") != "yes":
-        return _confirm_page(request, where, alias)
+        return await _confirm_page(request, where, alias)
     await request.app[SERVICE].admin_delete_alias(name, alias, who)
     raise _back(where, "deleted", alias)
 
@@ -321,7 +323,7 @@ async def console_reload(request: web.Request) -> web.Response:
 
 async def console_logout(request: web.Request) -> web.Response:
     who = await _form_act(request)
-    request.app[SESSIONS].end(request.cookies.get(COOKIE, ""))
+    await request.app[SERVICE].sign_ins.end_admin_session(request.cookies.get(COOKIE, ""))
     log.info("%s logged out", who)
     response = web.HTTPSeeOther("/admin/login")
     response.del_cookie(COOKIE, path="/admin")
@@ -337,7 +339,6 @@ async def console_css(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app[SESSIONS] = AdminSessions()
     app[LOGIN_LIMITS] = (
         RateLimiter(LOGIN_ATTEMPTS_PER_MINUTE),
         RateLimiter(LOGIN_ATTEMPTS_PER_MINUTE_ALL),

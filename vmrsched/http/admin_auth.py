@@ -13,14 +13,13 @@ import hashlib
 import hmac
 import logging
 import re
-import secrets
-import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
+from vmrsched.admin_sign_in import SESSION_SECONDS
 from vmrsched.errors import (
     BadRequest,
     Forbidden,
@@ -41,50 +40,10 @@ REDIRECT_PATH = "/admin/platform/msexchangeconnector/oauth_redirect/"
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-SESSION_SECONDS = 8 * 3600
-MAX_SESSIONS = 1000
 LOGIN_ATTEMPTS_PER_MINUTE = 5  # per client address
 LOGIN_ATTEMPTS_PER_MINUTE_ALL = 30  # across all addresses: no distributed guessing either
 
 
-class AdminSessions:
-    """Admin browser sessions: a random id in the cookie (never the admin token itself),
-    expiring after SESSION_SECONDS; kept in memory, so a restart logs everyone out."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._sessions: dict[str, tuple[float, str]] = {}  # id -> (expiry, who)
-        self._key = secrets.token_bytes(32)
-
-    def create(self, who: str) -> str:
-        now = self.clock()
-        for sid, (expires, _) in list(self._sessions.items()):
-            if expires <= now:
-                del self._sessions[sid]
-        while len(self._sessions) >= MAX_SESSIONS:
-            del self._sessions[next(iter(self._sessions))]  # the oldest
-        sid = secrets.token_urlsafe(32)
-        self._sessions[sid] = (now + SESSION_SECONDS, who)
-        return sid
-
-    def who(self, sid: str) -> str | None:
-        """Who logged in with this session, while it lives."""
-        entry = self._sessions.get(sid)
-        return entry[1] if entry is not None and entry[0] > self.clock() else None
-
-    def valid(self, sid: str) -> bool:
-        return self.who(sid) is not None
-
-    def end(self, sid: str) -> None:
-        self._sessions.pop(sid, None)
-
-    def csrf(self, sid: str) -> str:
-        """The CSRF token of a session: every form and every cookie-authenticated change must
-        carry it (a bearer token cannot be sent by another site, a cookie can)."""
-        return hmac.new(self._key, sid.encode(), "sha256").hexdigest()
-
-
-SESSIONS = web.AppKey("admin_sessions", AdminSessions)
 WHO = web.RequestKey("admin_who", str)
 LOGIN_LIMITS = web.AppKey("admin_login_limits", tuple)
 
@@ -94,11 +53,13 @@ def _expected(request: web.Request) -> str | None:
     return secret.reveal() if secret is not None else None
 
 
-def check_admin(request: web.Request, csrf: str | None = None) -> str:
+async def check_admin(request: web.Request, csrf: str | None = None) -> str:
     """Passes when the request is an admin's: `Authorization: Bearer <admin token>` (scripts,
     compared in constant time) or a live session cookie from /admin/login (browsers); a change
     (not GET/HEAD) made with the cookie must carry the session's CSRF token (`X-CSRF-Token` or
-    the form's `csrf` field, checked by the handler for forms). Returns who: for the log."""
+    the form's `csrf` field, checked by the handler for forms). Returns who: for the log.
+    Sessions are the service's (sign_ins.py): in memory with one instance, in the shared
+    database with several, so a session opened through one instance holds on every other."""
     if not request.app[SERVICE].config.server.admin_enabled:
         raise Forbidden(
             "admin pages are off: set [server] admin_token_env or admin_token_file, or "
@@ -112,12 +73,14 @@ def check_admin(request: web.Request, csrf: str | None = None) -> str:
         if expected is not None and hmac.compare_digest(token.strip().encode(), expected.encode()):
             return f"admin token from {client}"
     else:
+        service = request.app[SERVICE]
         sid = request.cookies.get(COOKIE, "")
-        who = request.app[SESSIONS].who(sid)
+        who = await service.sign_ins.admin_session(sid)
         if who is not None:
             if request.method not in ("GET", "HEAD"):
                 sent = csrf if csrf is not None else request.headers.get("X-CSRF-Token", "")
-                if not hmac.compare_digest(sent.encode(), request.app[SESSIONS].csrf(sid).encode()):
+                expected_csrf = await service.sign_ins.admin_csrf(sid)
+                if not hmac.compare_digest(sent.encode(), expected_csrf.encode()):
                     raise Forbidden("missing or wrong CSRF token", "csrf_failed")
             session = hashlib.sha256(sid.encode()).hexdigest()[:8]
             return f"{who} (session {session}) from {client}"
@@ -129,7 +92,7 @@ def admin_only(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def guarded(request: web.Request) -> web.StreamResponse:
-        request[WHO] = check_admin(request)
+        request[WHO] = await check_admin(request)
         return await handler(request)
 
     return guarded
@@ -176,11 +139,11 @@ def _count_attempt(request: web.Request) -> None:
         raise RateLimited("too many login attempts; try again shortly", wait)
 
 
-def _open_session(request: web.Request, who: str, target: str) -> web.HTTPSeeOther:
+async def _open_session(request: web.Request, who: str, target: str) -> web.HTTPSeeOther:
     response = web.HTTPSeeOther(target)
     response.set_cookie(
         COOKIE,
-        request.app[SESSIONS].create(who),
+        await request.app[SERVICE].sign_ins.open_admin_session(who),
         httponly=True,
         samesite="Lax",
         path="/admin",
@@ -201,7 +164,7 @@ async def login(request: web.Request) -> web.Response:
         log.warning("admin login failed from %s", client)
         return _login_page(request, target, 401, "That token is not right.")
     log.info("admin login with the admin token from %s", client)
-    raise _open_session(request, "admin token", target)
+    raise await _open_session(request, "admin token", target)
 
 
 async def oidc_start(request: web.Request) -> web.Response:
@@ -229,7 +192,7 @@ async def oidc_callback(request: web.Request) -> web.Response:
         log.warning("admin sign-in refused from %s: %s", client, exc.message)
         return _login_page(request, "/admin", status_of(exc), exc.message)
     log.info("admin sign-in by %s from %s", who, client)
-    response = _open_session(request, who, "/admin")
+    response = await _open_session(request, who, "/admin")
     sign_in_state.forget(response, SIGN_IN_PATH)
     raise response
 
@@ -299,9 +262,9 @@ def wants_html(request: web.Request) -> bool:
     return "text/html" in request.headers.get("Accept", "")
 
 
-def _who_or_login(request: web.Request, csrf: str | None = None) -> str:
+async def _who_or_login(request: web.Request, csrf: str | None = None) -> str:
     """An admin's request, or (for a browser without a session) off to the login page."""
     try:
-        return check_admin(request, csrf)
+        return await check_admin(request, csrf)
     except Unauthorized:
         raise web.HTTPSeeOther("/admin/login?next=/admin") from None
