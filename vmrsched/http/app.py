@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 from vmrsched.errors import ServiceError
 from vmrsched.http import addin, admin, admin_api, demo, graph, organizer, personal, policy
 from vmrsched.http.common import PAGES, SERVICE, error, http_error, origin_of, service_error
-from vmrsched.http.forwarding import ROUTES, Forwarder, forwarder
+from vmrsched.http.forwarding import FORWARDER, ROUTES, Forwarder, forwarder
 from vmrsched.http.hosts import allowed_hosts, hostname
 from vmrsched.service import Service
 
@@ -179,6 +179,7 @@ def create_app(service: Service) -> web.Application:
     )
     app[SERVICE] = service
     if forward is not None:
+        app[FORWARDER] = forward  # Graph's notifications are passed on by graph.py
         app.cleanup_ctx.append(forward.context)
     app[TIMERS] = timers
     app.router.add_get("/", home)

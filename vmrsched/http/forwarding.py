@@ -19,6 +19,7 @@ about a lease: the add-in pane then inserts its placeholder, as when the integra
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -35,6 +36,7 @@ from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter
 from yarl import URL
 
+from vmrsched.http.admin_auth import REDIRECT_PATH
 from vmrsched.http.common import FORWARDED_CLIENT, client_address, error
 from vmrsched.service import Service
 
@@ -53,13 +55,23 @@ PRUNE_EVERY = 4096  # accepted proofs between two sweeps of the expired ones
 CONNECT_TIMEOUT = 3.0
 TOTAL_TIMEOUT = 30.0  # the add-in's reservation waits on the owner's store, then gives up
 
-# The routes an instance serves only for the integrations it runs (they ask its actors). The
-# admin console's acts are not among them yet: its sessions are this process's, so the owner
-# could not tell who signed in (docs/high-availability.md). The organizer's page is: its
-# sessions are in the database, and its forms' CSRF tokens come from the instance that served
-# the page, which is the one that takes the form too (both are passed on to the owner).
+# The routes an instance serves only for the integrations it runs (they ask its actors). Most
+# name their integration in the path; the console's page names it in the query string
+# (CONSOLE, `/admin?integration=X`: the first integration without one, as the page shows), and
+# the service account's sign-in callback (SIGN_IN_CALLBACK) in the sign-in attempt its state
+# names (kept in the database). The console's and the organizer's sessions are in the database
+# and their forms' CSRF tokens are made with a key every instance holds, so the owner knows the
+# admin or organizer whichever instance served the page.
+CONSOLE = "/admin"
+SIGN_IN_CALLBACK = REDIRECT_PATH
 ROUTES = frozenset(
     {
+        CONSOLE,
+        "/admin/integrations/{integration}/aliases/{alias}/delete",
+        "/admin/integrations/{integration}/aliases/{alias}/resend",
+        "/admin/integrations/{integration}/messages/{message_id}/retry",
+        "/admin/integrations/{integration}/messages/{message_id}/discard",
+        SIGN_IN_CALLBACK,
         "/my/{integration}",
         "/my/{integration}/bookings/{alias}/resend",
         "/my/{integration}/bookings/{alias}/cancel",
@@ -75,6 +87,11 @@ ROUTES = frozenset(
         "/api/self/v1/{integration}/bookings/{alias}/cancel",
     }
 )
+# served here when their owner cannot be reached: the console's page then shows what this
+# instance knows (every integration's state, the decisions log) rather than an error
+SERVED_WITHOUT_OWNER = frozenset({CONSOLE})
+MAX_STATE = 512  # longer than any state we make: not looked up
+BACKGROUND_TIMEOUT = 10.0  # a notification passed on in the background gives up after this
 
 # headers of one connection (RFC 9110 7.6.1), and those the relay sets itself
 HOP_BY_HOP = frozenset(
@@ -201,8 +218,19 @@ def owner_unavailable(service: Service, message: str) -> web.Response:
     return response
 
 
+class Unreached(Exception):
+    """No answer from the integration's owner: none runs it (`outcome` no_owner) or it did not
+    answer (unreachable). Counted and logged where raised; `response` is the client's 503."""
+
+    def __init__(self, outcome: str, response: web.Response) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+        self.response = response
+
+
 class Forwarder:
-    """Stands in front of the routes in ROUTES when instances share a database."""
+    """Stands in front of the routes in ROUTES when instances share a database, and passes
+    Microsoft Graph's notifications on to the owner (graph.py) in the background."""
 
     def __init__(self, service: Service, proofs: Proofs | None = None) -> None:
         self.service = service
@@ -211,6 +239,7 @@ class Forwarder:
         self.session: aiohttp.ClientSession | None = None
         self._key: bytes | None = None
         self._logged: dict[str, float] = {}  # integration -> when its owner's absence was logged
+        self._background: set[asyncio.Task[None]] = set()
 
     async def context(self, app: web.Application) -> AsyncIterator[None]:
         """The app's cleanup context: one client session for every request passed on (its
@@ -223,6 +252,10 @@ class Forwarder:
         try:
             yield
         finally:
+            for task in list(self._background):
+                task.cancel()
+            if self._background:
+                await asyncio.gather(*self._background, return_exceptions=True)
             session, self.session = self.session, None
             await session.close()
 
@@ -242,42 +275,97 @@ class Forwarder:
             self._logged[name] = now
             log.warning(message, *args, extra={"integration": name})
 
+    async def proven(self, request: web.Request) -> str | None:
+        """The client's address when the request proves it was passed on by another instance
+        (then also noted on the request, for the rate limits and the log); None otherwise."""
+        if PROOF not in request.headers:
+            return None
+        try:
+            key = await self.key()
+        except Exception as exc:  # the database did not answer: nothing is proven
+            log.warning("cannot read the instances' shared key: %s", exc)
+            return None
+        proven = self.proofs.verify(
+            key, request.method, request.raw_path, request.headers, self.service.instance_name
+        )
+        if proven is not None:
+            request[FORWARDED_CLIENT] = proven
+        return proven
+
+    async def integration_of(self, request: web.Request) -> str:
+        """The integration a request in ROUTES is for: named in its path, or (the console's
+        page) in its query, or (the service account's sign-in callback) by its state."""
+        resource = request.match_info.route.resource
+        canonical = resource.canonical if resource is not None else ""
+        if canonical == CONSOLE:
+            config = self.service.config
+            asked = request.query.get("integration", "")
+            if config.integration(asked) is None:  # the page shows the first one then
+                asked = config.integrations[0].name if config.integrations else ""
+            return asked
+        if canonical == SIGN_IN_CALLBACK:
+            state = request.query.get("state", "")
+            if not state or len(state) > MAX_STATE:
+                return ""
+            try:
+                found = await self.service.sign_ins.service_account_sign_in_of(state)
+            except Exception as exc:  # the database did not answer: finished here, or not
+                log.warning("cannot look up the service account's sign-in: %s", exc)
+                return ""
+            return found or ""
+        return request.match_info.get("integration", "")
+
     async def __call__(self, request: web.Request) -> web.StreamResponse | None:
         """The owner's answer when another instance runs the request's integration; None when
-        this instance serves it (it runs the integration, or no such integration exists)."""
-        name = request.match_info.get("integration", "")
-        proven = None
-        if PROOF in request.headers:
-            try:
-                key = await self.key()
-            except Exception as exc:  # the database did not answer: nothing is proven
-                log.warning("cannot read the instances' shared key: %s", exc)
-            else:
-                proven = self.proofs.verify(
-                    key,
-                    request.method,
-                    request.raw_path,
-                    request.headers,
-                    self.service.instance_name,
-                )
-            if proven is not None:
-                request[FORWARDED_CLIENT] = proven
+        this instance serves it (it runs the integration, or no such integration exists, or
+        the console's page whose owner cannot be reached)."""
+        proven = await self.proven(request)
+        name = await self.integration_of(request)
         if not self.service.runs_elsewhere(name):
             if proven is not None:
                 self.count(name, "received")
             return None
         if proven is not None:  # never passed on twice
-            self.count(name, "not_owner")
-            response = error(
-                503,
-                "not_owner",
-                f"this instance does not run integration {name} either; try again shortly",
-            )
-            response.headers["Retry-After"] = "1"
-            return response
-        return await self.relay(request, name)
+            return self.not_owner(name)
+        try:
+            return await self.relay(request, name)
+        except Unreached as exc:
+            resource = request.match_info.route.resource
+            if resource is not None and resource.canonical in SERVED_WITHOUT_OWNER:
+                return None
+            return exc.response
 
-    async def relay(self, request: web.Request, name: str) -> web.StreamResponse:
+    def not_owner(self, name: str) -> web.Response:
+        self.count(name, "not_owner")
+        response = error(
+            503,
+            "not_owner",
+            f"this instance does not run integration {name} either; try again shortly",
+        )
+        response.headers["Retry-After"] = "1"
+        return response
+
+    async def relay(self, request: web.Request, name: str) -> web.Response:
+        """The owner's answer to the request (Unreached without one)."""
+        # bounded as the handler would bound it (client_max_size: 413), before anything is sent
+        body = await request.read() if request.can_read_body else b""
+        status, headers, data = await self.send(
+            name, request.method, request.raw_path, request.headers, body, client_address(request)
+        )
+        return web.Response(status=status, body=data, headers=headers)
+
+    async def send(
+        self,
+        name: str,
+        method: str,
+        target: str,
+        asked: Mapping[str, str],
+        body: bytes,
+        client: str,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> tuple[int, CIMultiDict[str], bytes]:
+        """Sends a request on to the owner of `name`, proven: its status, headers and body
+        (Unreached, counted and logged, when no owner answers)."""
         service = self.service
         try:
             owner = await service.owner_of(name)
@@ -287,33 +375,31 @@ class Forwarder:
             owner = None
         if owner is None:
             self.count(name, "no_owner")
-            return owner_unavailable(
-                service, f"no instance runs integration {name} right now; try again shortly"
+            raise Unreached(
+                "no_owner",
+                owner_unavailable(
+                    service, f"no instance runs integration {name} right now; try again shortly"
+                ),
             )
         instance, url = owner
-        # bounded as the handler would bound it (client_max_size: 413), before anything is sent
-        body = await request.read() if request.can_read_body else b""
         headers: CIMultiDict[str] = CIMultiDict(
             (k, v)
-            for k, v in request.headers.items()
+            for k, v in asked.items()
             if k.lower() not in NOT_ASKED and not k.lower().startswith(PREFIX)
         )
-        headers.update(
-            self.proofs.sign(
-                key, request.method, request.raw_path, client_address(request), instance
-            )
-        )
+        headers.update(self.proofs.sign(key, method, target, client, instance))
         session = self.session
         assert session is not None, "the forwarder's cleanup context is not running"
         try:
             async with session.request(
-                request.method,
+                method,
                 # as the client sent it: the proof covers these very bytes
-                URL(url + request.raw_path, encoded=True),
+                URL(url + target, encoded=True),
                 data=body if body else None,
                 headers=headers,
                 allow_redirects=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+                timeout=timeout if timeout is not None else session.timeout,
             ) as answer:
                 data = await answer.read()
                 relayed: CIMultiDict[str] = CIMultiDict(
@@ -331,13 +417,47 @@ class Forwarder:
                 name,
                 exc or type(exc).__name__,
             )
-            return owner_unavailable(
-                service, f"the instance that runs integration {name} does not answer right now"
-            )
+            raise Unreached(
+                "unreachable",
+                owner_unavailable(
+                    service, f"the instance that runs integration {name} does not answer right now"
+                ),
+            ) from exc
         if status == 503:
             service.forget_owner(name)  # it may have handed the integration on: ask again
         self.count(name, "relayed")
-        return web.Response(status=status, body=data, headers=relayed)
+        return status, relayed, data
+
+    def pass_on_later(self, request: web.Request, name: str, body: bytes) -> None:
+        """Sends the request on to the owner of `name` in the background, its answer unused:
+        for Microsoft Graph's notifications, which must be answered at once whoever runs the
+        integration. One the owner never gets is made up for by the owner's catch-up (it
+        reads what changed from its delta link at every poll)."""
+        method, target, client = request.method, request.raw_path, client_address(request)
+        asked = CIMultiDict(request.headers)
+
+        async def send() -> None:
+            try:
+                status, _, _ = await self.send(
+                    name,
+                    method,
+                    target,
+                    asked,
+                    body,
+                    client,
+                    aiohttp.ClientTimeout(total=BACKGROUND_TIMEOUT, sock_connect=CONNECT_TIMEOUT),
+                )
+            except Unreached:
+                return  # counted and logged
+            if status >= 300:
+                self._warn(name, "the owner of %s answered %d to a notification", name, status)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+FORWARDER = web.AppKey("forwarder", Forwarder)
 
 
 def forwarder(service: Service) -> Forwarder | None:

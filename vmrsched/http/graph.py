@@ -1,7 +1,13 @@
 """POST /graph/notifications/{integration}: where Microsoft Graph delivers change and lifecycle
 notifications for a room's inbox. A validation request (`?validationToken=…`, when a subscription
 is created or renewed) is answered with the token as text/plain at once; notifications are handed
-to the service (clientState checked there) and answered 202 without waiting for anything."""
+to the service (clientState checked there) and answered 202 without waiting for anything.
+
+With a shared database, Graph reaches whichever instance the notification URL leads to (the
+load balancer's choice). One that does not run the integration answers 202 all the same and
+passes the notifications on to the instance that does in the background (forwarding.py), which
+checks the clientState and polls at once. Should the owner not be reached, nothing is lost: the
+owner reads what changed from its delta link at every poll."""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from aiohttp import web
 
 from vmrsched.errors import BadRequest, NotFound
 from vmrsched.http.common import SERVICE
+from vmrsched.http.forwarding import FORWARDER
 
 MAX_TOKEN = 1024
 
@@ -34,6 +41,17 @@ async def notifications(request: web.Request) -> web.Response:
         raise BadRequest("not a Graph notification collection: nested too deep") from exc
     except (ValueError, KeyError, TypeError) as exc:
         raise BadRequest(f"not a Graph notification collection: {exc}") from exc
+    forward = request.app.get(FORWARDER)
+    if forward is not None:
+        proven = await forward.proven(request)
+        if service.runs_elsewhere(name):
+            if proven is None:
+                forward.pass_on_later(request, name, await request.read())
+            else:  # never passed on twice: the owner changed meanwhile, its catch-up covers it
+                forward.not_owner(name)
+            return web.Response(status=202)
+        if proven is not None:
+            forward.count(name, "received")
     service.graph_notification(name, batch)
     return web.Response(status=202)
 
