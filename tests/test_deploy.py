@@ -286,6 +286,8 @@ def test_the_compose_file_runs_postgresql_and_two_instances_with_their_own_data(
     # over, and a POST already sent is never sent twice
     assert "proxy_next_upstream error timeout;" in site
     assert not re.search(r"proxy_next_upstream[^;]*(http_503|non_idempotent)", site)
+    # and a browser needs no instance of its own: sessions and sign-ins are in the database
+    assert not re.search(r"^\s*(ip_hash|hash|sticky)\b", site, re.MULTILINE)
 
 
 def test_the_compose_file_holds_no_secret_and_names_where_they_come_from() -> None:
