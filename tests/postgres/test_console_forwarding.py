@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -136,6 +137,17 @@ def test_the_console_searches_and_acts_on_an_integration_the_other_instance_runs
     status, _, _ = raw(here, "POST", resend, b"csrf=00", {**FORM, "Cookie": cookie})
     assert status == 403
     assert counted(here, "beta", "relayed") == 4
+
+    # with beta's owner gone, `here` shows the console itself rather than an error; an act on
+    # beta is 503 owner_unavailable until `here` takes beta over
+    pair.procs[owner].send_signal(signal.SIGKILL)
+    pair.procs[owner].wait(10)
+    status, html, _ = page(here, cookie, "?integration=beta")
+    assert status == 200 and "Signed in: admin token" in html
+    assert counted(here, "beta", "unreachable") == 1
+    status, headers, body = raw(here, "POST", resend, form, {**FORM, "Cookie": cookie})
+    assert status == 503 and json.loads(body)["error"]["code"] == "owner_unavailable"
+    assert "Retry-After" in headers
 
 
 def _bound(pair: Pair, name: str) -> str | None:
