@@ -3,8 +3,13 @@ each instance its own data directory and port, the spool directories and the dat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+from vmrsched import config
+from vmrsched.postgres.leases import Lease
+from vmrsched.store import OwnershipLostError
 
 
 def write_config(
@@ -53,3 +58,32 @@ instance = "{instance}"
 {integrations}"""
     )
     return config
+
+
+def one_integration(tmp: Path, dsn: str) -> config.Config:
+    """A service on the shared database with one spool integration, "alpha" (lease 2 s)."""
+    doc: dict[str, Any] = {
+        "server": {"data_dir": str(tmp / "data")},
+        "storage": {"backend": "postgresql", "dsn_env": "DSN", "lease_seconds": 2},
+        "integrations": [
+            {
+                "name": "alpha",
+                "exchange": {"mailbox_name": "Video Room", "mailbox_email": "vmr@example.com"},
+                "addin": {"token_validation": "none", "server_fqdn": "vc.example.com"},
+                "spool": {"poll_interval_seconds": 0.05},
+            }
+        ],
+    }
+    return config.parse(doc, tmp, {"DSN": dsn})
+
+
+def holder(held: dict[str, Lease]) -> Callable[[str], Lease]:
+    """A lease_of over `held`: the lease of an integration in it, OwnershipLostError for any
+    other (as an instance that does not, or no longer, hold it)."""
+
+    def lease_of(name: str) -> Lease:
+        if name not in held:
+            raise OwnershipLostError(name)
+        return held[name]
+
+    return lease_of

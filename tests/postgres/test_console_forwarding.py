@@ -30,6 +30,7 @@ from tests.postgres.test_forwarding import (
     SERVER,
     TOKEN,
     Pair,
+    bound,
     counted,
     owned,
     pair,
@@ -120,8 +121,8 @@ def test_the_console_searches_and_acts_on_an_integration_the_other_instance_runs
     # resending the joining details of a booked meeting of beta through `here`
     data, _ = spoolkit.request(body="<p>TOK:-00000001-0000-4000-8000-000000000000#</p>")
     spoolkit.drop(tmp_path / "spool" / "beta" / "inbox", data)
-    spoolkit.wait_for(lambda: _bound(pair, "beta") is not None, timeout=20)
-    booked = _bound(pair, "beta")
+    spoolkit.wait_for(lambda: bound(pair, "beta") is not None, timeout=20)
+    booked = bound(pair, "beta")
     assert booked is not None
     spool = tmp_path / "spool" / "beta"
     spoolkit.wait_for(lambda: len(spoolkit.outbox(spool)) >= 1, timeout=20)
@@ -148,16 +149,6 @@ def test_the_console_searches_and_acts_on_an_integration_the_other_instance_runs
     status, headers, body = raw(here, "POST", resend, form, {**FORM, "Cookie": cookie})
     assert status == 503 and json.loads(body)["error"]["code"] == "owner_unavailable"
     assert "Retry-After" in headers
-
-
-def _bound(pair: Pair, name: str) -> str | None:
-    with psycopg.connect(pair.dsn) as conn:
-        row = conn.execute(
-            "SELECT record->>'alias' FROM vmrsched_records WHERE integration = %s"
-            " AND record->>'status' = 'bound'",
-            (name,),
-        ).fetchone()
-    return None if row is None else str(row[0])
 
 
 # --- the service account's sign-in (EWS oauth_delegated) ------------------------------------

@@ -324,8 +324,8 @@ def test_the_organizer_page_and_its_forms_work_through_either_instance(
     # Olga books a meeting offline: the room binds it (the service draws the alias)
     data, _ = spoolkit.request(body="<p>TOK:-00000001-0000-4000-8000-000000000000#</p>")
     spoolkit.drop(tmp_path / "spool" / "alpha" / "inbox", data)
-    spoolkit.wait_for(lambda: _bound(pair, "alpha") is not None, timeout=20)
-    alias = _bound(pair, "alpha")
+    spoolkit.wait_for(lambda: bound(pair, "alpha") is not None, timeout=20)
+    alias = bound(pair, "alpha")
     assert alias is not None
     # her page, asked of the instance that does not run alpha: the owner's bookings
     status, _, page = raw(other, "GET", "/my/alpha?user=olga%40example.com")
@@ -350,7 +350,8 @@ def test_the_organizer_page_and_its_forms_work_through_either_instance(
     assert status == 403
 
 
-def _bound(pair: Pair, name: str) -> str | None:
+def bound(pair: Pair, name: str) -> str | None:
+    """The alias of the integration's bound meeting in the database (None: none yet)."""
     with psycopg.connect(pair.dsn) as conn:
         row = conn.execute(
             "SELECT record->>'alias' FROM vmrsched_records WHERE integration = %s"

@@ -15,13 +15,13 @@ from aiohttp import web
 
 from tests.fakes.threaded import ThreadedServer
 from tests.graphkit import SECRET, GraphWorld, graph_world
+from tests.sharedkit import holder
 from vmrsched import config
 from vmrsched.mailbox.graph import GraphMailbox
 from vmrsched.postgres import migrations
 from vmrsched.postgres.leases import Lease, LeaseLost, Leases
 from vmrsched.postgres.pool import Pool
 from vmrsched.postgres.tokens import DatabaseGraphState
-from vmrsched.store import OwnershipLostError
 from vmrsched.telemetry import Metrics
 
 Connect = Callable[[], psycopg.Connection[Any]]
@@ -48,15 +48,6 @@ def world(tmp_path: Path) -> Iterator[tuple[GraphWorld, str]]:
             yield running, endpoint.url
     finally:
         endpoint.stop()
-
-
-def holder(held: dict[str, Lease]) -> Callable[[str], Lease]:
-    def lease_of(name: str) -> Lease:
-        if name not in held:
-            raise OwnershipLostError(name)
-        return held[name]
-
-    return lease_of
 
 
 def test_the_next_owner_continues_the_subscription_and_the_delta_link(

@@ -12,7 +12,8 @@ from typing import Any
 import psycopg
 
 from tests.configs import Running, stored_record
-from vmrsched import aliases, config, service
+from tests.sharedkit import one_integration
+from vmrsched import aliases, service
 from vmrsched.postgres import migrations
 from vmrsched.postgres.records import Records
 from vmrsched.store import DatabaseStore
@@ -20,22 +21,6 @@ from vmrsched.store import DatabaseStore
 Connect = Callable[[], psycopg.Connection[Any]]
 SEED = 5  # the random source of the allocator and of the other integration's store alike
 PREFIX, DIGITS, DOMAIN = "vmr", 6, "video.example.com"  # the config's defaults
-
-
-def make(tmp: Path, dsn: str) -> config.Config:
-    doc: dict[str, Any] = {
-        "server": {"data_dir": str(tmp / "data")},
-        "storage": {"backend": "postgresql", "dsn_env": "DSN", "lease_seconds": 2},
-        "integrations": [
-            {
-                "name": "alpha",
-                "exchange": {"mailbox_name": "Video Room", "mailbox_email": "vmr@example.com"},
-                "addin": {"token_validation": "none", "server_fqdn": "vc.example.com"},
-                "spool": {"poll_interval_seconds": 0.05},
-            }
-        ],
-    }
-    return config.parse(doc, tmp, {"DSN": dsn})
 
 
 def test_the_add_in_gets_the_alias_the_database_holds(
@@ -50,7 +35,7 @@ def test_the_add_in_gets_the_alias_the_database_holds(
     beta.close()
     assert theirs["numeric_alias"] == first.numeric_alias
 
-    cfg = make(tmp_path, dsn)
+    cfg = one_integration(tmp_path, dsn)
     svc = service.start(cfg, rng=random.Random(SEED))
     try:
         running = Running(svc, cfg)

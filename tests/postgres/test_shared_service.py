@@ -5,36 +5,20 @@ service started while the database is down refuses with one clear error."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests import spoolkit
 from tests.pgcluster import Cluster
-from vmrsched import config, service
+from tests.sharedkit import one_integration
+from vmrsched import service
 from vmrsched.errors import Unavailable
-
-
-def make(tmp: Path, dsn: str) -> config.Config:
-    doc: dict[str, Any] = {
-        "server": {"data_dir": str(tmp / "data")},
-        "storage": {"backend": "postgresql", "dsn_env": "DSN", "lease_seconds": 2},
-        "integrations": [
-            {
-                "name": "alpha",
-                "exchange": {"mailbox_name": "Video Room", "mailbox_email": "vmr@example.com"},
-                "addin": {"token_validation": "none", "server_fqdn": "vc.example.com"},
-                "spool": {"poll_interval_seconds": 0.05},
-            }
-        ],
-    }
-    return config.parse(doc, tmp, {"DSN": dsn})
 
 
 def test_cut_off_from_the_database_it_is_not_ready_and_recovers(
     tmp_path: Path, dsn: str, cluster: Cluster
 ) -> None:
-    svc = service.start(make(tmp_path, dsn))
+    svc = service.start(one_integration(tmp_path, dsn))
     try:
         spoolkit.wait_for(lambda: svc.readiness()[0])
         assert svc.readiness()[1]["owned"] == ["alpha"]
@@ -56,6 +40,6 @@ def test_a_service_started_while_the_database_is_down_refuses_clearly(
     cluster.stop()
     try:
         with pytest.raises(Unavailable, match="the database did not answer"):
-            service.start(make(tmp_path, dsn))
+            service.start(one_integration(tmp_path, dsn))
     finally:
         cluster.start()

@@ -20,6 +20,7 @@ import requests
 
 from tests import spoolkit
 from tests.mailbox.test_ews import OAuthEnv, oauth, oauth_config
+from tests.sharedkit import holder
 from vmrsched import config, service
 from vmrsched.config.fields import Secret
 from vmrsched.errors import Unavailable
@@ -34,15 +35,6 @@ from vmrsched.store import OwnershipLostError
 __all__ = ["oauth"]  # the fixture, shared with the EWS tests
 
 Connect = Callable[[], psycopg.Connection[Any]]
-
-
-def holder(held: dict[str, Lease]) -> Callable[[str], Lease]:
-    def lease_of(name: str) -> Lease:
-        if name not in held:
-            raise OwnershipLostError(name)
-        return held[name]
-
-    return lease_of
 
 
 def test_the_next_owner_uses_the_service_accounts_sign_in_without_a_new_one(

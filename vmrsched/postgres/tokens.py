@@ -24,8 +24,8 @@ def _now(clock: Callable[[], float]) -> datetime:
     return datetime.fromtimestamp(clock(), UTC)
 
 
-class DatabaseTokenCache:
-    """One integration's delegated token cache (`ews_auth.TokenCacheStore`)."""
+class _IntegrationRow:
+    """One integration's row of a table only its owner writes (fenced by its lease)."""
 
     def __init__(
         self,
@@ -38,6 +38,10 @@ class DatabaseTokenCache:
         self.name = integration
         self.lease_of = lease_of  # None: unfenced (the offline tools, every instance stopped)
         self.clock = clock
+
+
+class DatabaseTokenCache(_IntegrationRow):
+    """One integration's delegated token cache (`ews_auth.TokenCacheStore`)."""
 
     def load(self) -> tuple[str | None, dict[str, str] | None]:
         with self.pool.reading(f"{self.name}: the token cache") as cur:
@@ -69,20 +73,8 @@ class DatabaseTokenCache:
             cur.execute("DELETE FROM vmrsched_token_caches WHERE integration = %s", (self.name,))
 
 
-class DatabaseGraphState:
+class DatabaseGraphState(_IntegrationRow):
     """One integration's Graph state (`graph_notifications.GraphStateStore`)."""
-
-    def __init__(
-        self,
-        pool: Pool,
-        integration: str,
-        lease_of: LeaseOf | None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.pool = pool
-        self.name = integration
-        self.lease_of = lease_of
-        self.clock = clock
 
     def load(self) -> dict[str, Any]:
         with self.pool.reading(f"{self.name}: the Graph state") as cur:
