@@ -60,44 +60,38 @@ class StoreWrites(StoreIndex, ABC):
     @abstractmethod
     def where(self) -> str:
         """Where the records are kept, for messages (a directory, a database)."""
-        raise NotImplementedError
 
     @abstractmethod
     def _keep(self, record: StoredRecord) -> None:
         """Keep one whole record until the commit (or raise, and nothing changed)."""
-        raise NotImplementedError
 
     @abstractmethod
     def _discard(self) -> None:
         """Forget what `_keep` and `_archive` kept since the last commit."""
-        raise NotImplementedError
 
     @abstractmethod
     def _archive(self, moving: list[StoredRecord]) -> None:
         """Move `moving` to the archive (durable at the next commit at the latest)."""
-        raise NotImplementedError
 
     @abstractmethod
     def _find_archived(self, alias_id: str) -> StoredRecord | None:
-        raise NotImplementedError
+        """The archived record of `alias_id` as the backend keeps it (None: not archived)."""
 
     @abstractmethod
     def commit(self) -> None:
         """Make every write so far durable; acknowledge nothing before this returns."""
-        raise NotImplementedError
 
     @abstractmethod
     def has_room(self, size: int = 65536) -> bool:
         """Whether a commit could work again after one could not be made durable."""
-        raise NotImplementedError
 
     @abstractmethod
     def stats(self) -> StoreStats:
-        raise NotImplementedError
+        """How many records of each kind the store holds, for the status and the gauges."""
 
     @abstractmethod
     def close(self, compact: bool = True) -> None:
-        raise NotImplementedError
+        """Make what is kept durable and let go of the files or the database."""
 
     # --- writes (durable only after commit) ----------------------------------------------------
 
