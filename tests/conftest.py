@@ -13,6 +13,7 @@ import pytest
 
 from tests import pgcluster
 from tests.configs import Running, spool_config
+from tests.needs import unavailable
 from vmrsched import service
 
 
@@ -37,7 +38,7 @@ _numbers = itertools.count(1)
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[pgcluster.Cluster]:
     if pgcluster.binaries() is None:
-        pytest.skip(pgcluster.missing_reason())
+        unavailable(pgcluster.missing_reason())
     with pgcluster.running() as running:
         yield running
 

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from tests.needs import unavailable
 from vmrsched import telemetry
 from vmrsched.telemetry import Metrics
 
@@ -107,12 +107,12 @@ def needs(tool: str) -> str:
         f"/usr/sbin/{tool}" if Path(f"/usr/sbin/{tool}").exists() else ""
     )
     if not found:
-        pytest.skip(f"{tool} is not installed (scripts/test installs it when run as root)")
+        unavailable(f"{tool} is not installed (scripts/test installs it when run as root)")
     return found
 
 
-def test_nginx_accepts_the_shipped_site(tmp_path: Path) -> None:
-    nginx = needs("nginx")
+def make_certificate(tmp_path: Path) -> None:
+    """A throwaway self-signed certificate and key (cert.pem, key.pem) for nginx -t."""
     subprocess.run(
         [
             *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
@@ -122,9 +122,10 @@ def test_nginx_accepts_the_shipped_site(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    site = (DEPLOY / "nginx.conf").read_text()
-    site = site.replace("/etc/ssl/vmr.example.com/fullchain.pem", str(tmp_path / "cert.pem"))
-    site = site.replace("/etc/ssl/vmr.example.com/privkey.pem", str(tmp_path / "key.pem"))
+
+
+def assert_nginx_accepts(nginx: str, site: str, tmp_path: Path) -> None:
+    """`nginx -t` accepts `site` inside a minimal main config, without a warning."""
     (tmp_path / "site.conf").write_text(site)
     (tmp_path / "nginx.conf").write_text(
         f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
@@ -137,6 +138,15 @@ def test_nginx_accepts_the_shipped_site(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "[warn]" not in out.stderr, out.stderr
+
+
+def test_nginx_accepts_the_shipped_site(tmp_path: Path) -> None:
+    nginx = needs("nginx")
+    make_certificate(tmp_path)
+    site = (DEPLOY / "nginx.conf").read_text()
+    site = site.replace("/etc/ssl/vmr.example.com/fullchain.pem", str(tmp_path / "cert.pem"))
+    site = site.replace("/etc/ssl/vmr.example.com/privkey.pem", str(tmp_path / "key.pem"))
+    assert_nginx_accepts(nginx, site, tmp_path)
 
 
 def test_promtool_loads_the_rules() -> None:
@@ -338,33 +348,14 @@ def test_the_two_instance_config_loads_on_the_shared_database() -> None:
 
 def test_nginx_accepts_the_two_instance_site(tmp_path: Path) -> None:
     nginx = needs("nginx")
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=vmr.example.com", "-keyout", str(tmp_path / "key.pem")),
-            *("-out", str(tmp_path / "cert.pem")),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    make_certificate(tmp_path)
     site = (TWO / "nginx.conf").read_text()
     site = site.replace("/etc/nginx/tls/fullchain.pem", str(tmp_path / "cert.pem"))
     site = site.replace("/etc/nginx/tls/privkey.pem", str(tmp_path / "key.pem"))
     # the instances' names resolve on the compose network only; nginx -t resolves them
     for port, name in enumerate(instances(compose()), start=18081):
         site = site.replace(f"server {name}:8080", f"server 127.0.0.1:{port}")
-    (tmp_path / "site.conf").write_text(site)
-    (tmp_path / "nginx.conf").write_text(
-        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
-        f"http {{\n    include {tmp_path}/site.conf;\n}}\n"
-    )
-    out = subprocess.run(
-        [nginx, "-t", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "[warn]" not in out.stderr, out.stderr
+    assert_nginx_accepts(nginx, site, tmp_path)
 
 
 def test_the_shared_database_rules_name_only_exported_metrics() -> None:

@@ -24,6 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from tests import spoolkit
 from tests.configs import spool_config
+from tests.needs import unavailable
 from vmrsched import journal, service
 from vmrsched.http.app import create_app
 from vmrsched.store import StorageFullError, Store
@@ -85,7 +86,7 @@ def test_a_write_the_disk_refuses_leaves_nothing_behind_and_the_store_goes_on(
 @contextlib.contextmanager
 def small_file_system(where: Path, size: str = "4m") -> Iterator[Path]:
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs to fill needs root (CI runs as root)")
+        unavailable("mounting a tmpfs to fill needs root (CI runs as root)")
     where.mkdir()
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
@@ -93,7 +94,7 @@ def small_file_system(where: Path, size: str = "4m") -> Iterator[Path]:
         text=True,
     )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+        unavailable(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
         yield where
     finally:
