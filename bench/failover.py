@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from harness import free_port, pct
+from policy import params
 
 from tests import sharedkit
 
@@ -194,19 +195,6 @@ def prepare(count: int, start: datetime) -> list[tuple[str, str, bytes]]:
 
 
 # --- the policy load, in worker processes ----------------------------------------------------
-
-
-def params(alias: str) -> dict[str, str]:
-    return {
-        "protocol": "sip",
-        "node_ip": "10.0.0.11",
-        "remote_address": "198.51.100.7",
-        "version_id": "36",
-        "local_alias": alias,
-        "remote_alias": "sip:alice@example.com",
-        "call_direction": "dial_in",
-        "trigger": "invite",
-    }
 
 
 async def _load(
