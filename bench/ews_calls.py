@@ -25,7 +25,7 @@ from tests.configs import ROOM, ews_config, reserve_alias
 from tests.fakes.ews_server import FakeExchange
 from tests.fakes.threaded import ThreadedServer
 from vmrsched import service
-from vmrsched.meetings import Meeting
+from vmrsched.rules.meetings import Meeting
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from tests import spoolkit
 from tests.configs import reserve_alias
 from tests.graphkit import ROOM, SECRET, graph_world
 from vmrsched import config, service
-from vmrsched.meetings import Meeting
+from vmrsched.rules.meetings import Meeting
 
 
 def main() -> None:

@@ -30,10 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests import spoolkit
 from tests.configs import reserve_alias
-from vmrsched import answers, config, service
+from vmrsched import config, service
 from vmrsched.mailbox import itip
 from vmrsched.mailbox.spool import SpoolMailbox
-from vmrsched.meetings import AliasRecord, MeetingState
+from vmrsched.messages import answers
+from vmrsched.rules.meetings import AliasRecord, MeetingState
 
 
 def make_config(data_dir: Path) -> config.Config:

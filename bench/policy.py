@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from harness import free_port, pct, servers
 
 from tests.configs import spool_toml
-from vmrsched.meetings import Action
-from vmrsched.recurrence import Schedule
+from vmrsched.rules.meetings import Action
+from vmrsched.rules.recurrence import Schedule
 from vmrsched.store import Store
 
 PASSWORD = "bench-policy-password"

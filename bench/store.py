@@ -39,8 +39,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vmrsched.meetings import Action
-from vmrsched.recurrence import Schedule
+from vmrsched.rules.meetings import Action
+from vmrsched.rules.recurrence import Schedule
 from vmrsched.store import Store, StoreWrites
 
 # the targets for the shared database

@@ -13,7 +13,7 @@ from typing import Any
 from tests.fakes.graph_server import FakeGraph
 from tests.fakes.identity_platform import IdentityPlatform, server_context, tls_files
 from tests.fakes.threaded import ThreadedServer
-from vmrsched.meetings import Meeting
+from vmrsched.rules.meetings import Meeting
 
 ROOM = "room@contoso.example"
 ORGANIZER = "olga@contoso.example"

@@ -20,7 +20,7 @@ from tests.fakes.threaded import ThreadedServer
 from tests.graphkit import ROOM as GRAPH_ROOM
 from tests.graphkit import SECRET, graph_world
 from tests.serving import free_port, sends, start, wait_ready, write_config
-from vmrsched.meetings import Meeting
+from vmrsched.rules.meetings import Meeting
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOM = "room@example.com"

@@ -12,10 +12,11 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vmrsched import answers, config
+from vmrsched import config
 from vmrsched.mailbox import compose, itip
-from vmrsched.meetings import AliasRecord, MeetingState
-from vmrsched.recurrence import Schedule
+from vmrsched.messages import answers
+from vmrsched.rules.meetings import AliasRecord, MeetingState
+from vmrsched.rules.recurrence import Schedule
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 BUDGET = 2.0  # seconds for one item: parse, decide, render, compose

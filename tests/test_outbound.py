@@ -22,9 +22,9 @@ from tests.fakes.ews_server import FakeExchange
 from tests.fakes.identity_provider import IdentityProvider
 from tests.fakes.threaded import ThreadedServer
 from vmrsched import config
-from vmrsched.identity import ExchangeIdentityVerifier, TokenError
 from vmrsched.mailbox.ews import EwsMailbox
 from vmrsched.proxies import proxy_for, use_rule
+from vmrsched.signin.identity import ExchangeIdentityVerifier, TokenError
 
 AUDIENCE = "https://vmr.example.com/addin/onprem/taskpane.html"
 
@@ -154,7 +154,7 @@ async def test_a_metadata_url_with_its_own_path_is_fetched_and_no_other(
 
 
 def test_metadata_entries_as_documents() -> None:
-    from vmrsched.identity import trusted_documents
+    from vmrsched.signin.identity import trusted_documents
 
     documents = trusted_documents(
         ("mail.contoso.example", "https://hybrid.contoso.example/", "https://x.example/m/1")

@@ -13,8 +13,9 @@ import pytest
 
 from tests import spoolkit
 from tests.configs import Running, spool_config, spool_toml
-from vmrsched import answers, recovery, service
+from vmrsched import recovery, service
 from vmrsched.mailbox.spool import SpoolMailbox
+from vmrsched.messages import answers
 from vmrsched.store import Record, Store
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,10 +11,11 @@ import pytest
 
 from tests import spoolkit
 from tests.configs import spool_config
-from vmrsched import cli, config, service
+from vmrsched import config, service
+from vmrsched.cli import main as cli
 from vmrsched.outgoing import Outgoing
-from vmrsched.outqueue import OutQueue
-from vmrsched.store_repair import read_or_set_aside
+from vmrsched.store.outqueue import OutQueue
+from vmrsched.store.repair import read_or_set_aside
 from vmrsched.telemetry import STATE_DAMAGED, Alarms, Metrics
 
 

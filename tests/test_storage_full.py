@@ -25,9 +25,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from tests import spoolkit
 from tests.configs import spool_config
 from tests.needs import unavailable
-from vmrsched import journal, service
+from vmrsched import service
 from vmrsched.http.app import create_app
-from vmrsched.store import StorageFullError, Store
+from vmrsched.store import StorageFullError, Store, journal
 from vmrsched.telemetry import STORAGE_FULL
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

@@ -1,5 +1,5 @@
 import sys
 
-from vmrsched.cli import main
+from vmrsched.cli.main import main
 
 sys.exit(main())

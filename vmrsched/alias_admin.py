@@ -9,9 +9,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from vmrsched import answers, recurrence
 from vmrsched.config import IntegrationConfig
+from vmrsched.messages import answers
 from vmrsched.outgoing import Outgoing
+from vmrsched.rules import recurrence
 from vmrsched.store import Record, StoreWrites, decode_schedule
 from vmrsched.templating import Renderer
 

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from vmrsched import answers, recurrence
 from vmrsched.config import IntegrationConfig
 from vmrsched.mailbox.base import Gateway, GatewayError
-from vmrsched.meetings import MeetingState, recovered
+from vmrsched.messages import answers
+from vmrsched.rules import recurrence
+from vmrsched.rules.meetings import MeetingState, recovered
 from vmrsched.store import Store
 
 HORIZON = timedelta(days=366)

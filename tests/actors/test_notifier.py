@@ -15,7 +15,7 @@ from vmrsched import config, service
 from vmrsched.actors.context import Context
 from vmrsched.mailbox.base import GatewayError, Outgoing
 from vmrsched.mailbox.spool import SpoolMailbox
-from vmrsched.outqueue import OutQueue
+from vmrsched.store.outqueue import OutQueue
 
 
 class PickyMailbox(SpoolMailbox):

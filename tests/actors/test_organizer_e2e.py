@@ -11,8 +11,7 @@ import icalendar
 from tests import spoolkit
 from tests.configs import Running, pxps, stored_record
 from tests.spoolkit import drop, request, wait_handled
-from vmrsched import decisions
-from vmrsched.store import Record
+from vmrsched.store import Record, decisions
 
 OLGA = "olga@example.com"
 MALLORY = "mallory@evil.example"

@@ -22,7 +22,8 @@ from tests import spoolkit
 from tests.configs import Running, pxps, spool_toml, stored_record
 from tests.fakes.pexip_server import FakePexip
 from tests.fakes.threaded import ThreadedServer
-from vmrsched import aliases, config, service
+from vmrsched import config, service
+from vmrsched.rules import aliases
 
 PASSWORD = "pexip-secret"
 TAG = "vmrsched/alpha/"

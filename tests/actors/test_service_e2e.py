@@ -199,13 +199,13 @@ def test_metrics_count_decisions(running: Running) -> None:
 def test_one_log_line_per_decision_names_meeting_organizer_alias_and_reason(
     running: Running, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level("INFO", logger="vmrsched.decisions")
+    caplog.set_level("INFO", logger="vmrsched.store.decisions")
     rec = running.reserve()
     data, uid = request(body=pxps(rec), subject="Budget review")
     running.send(data)
     cancel, _ = request(uid, method="CANCEL", sequence=1, subject="Budget review")
     running.send(cancel)
-    lines = [r for r in caplog.records if r.name == "vmrsched.decisions"]
+    lines = [r for r in caplog.records if r.name == "vmrsched.store.decisions"]
     assert [r.getMessage() for r in lines] == [
         f"accepted (new_single), alias {rec['alias']}: 'Budget review' from olga@example.com",
         f"released {rec['alias']}: meeting cancelled: 'Budget review' from olga@example.com",

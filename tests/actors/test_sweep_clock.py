@@ -19,8 +19,8 @@ from tests.configs import spool_config
 from vmrsched import service
 from vmrsched.actors import allocator
 from vmrsched.actors.messages import Sweep
-from vmrsched.meetings import Action
-from vmrsched.recurrence import Schedule
+from vmrsched.rules.meetings import Action
+from vmrsched.rules.recurrence import Schedule
 from vmrsched.store import Store
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

@@ -42,7 +42,7 @@ from aiohttp import web
 from lxml import etree
 
 from tests.fakes import ntlm
-from vmrsched.meetings import Meeting
+from vmrsched.rules.meetings import Meeting
 
 S = "http://schemas.xmlsoap.org/soap/envelope/"
 M = "http://schemas.microsoft.com/exchange/services/2006/messages"

@@ -51,7 +51,7 @@ from aiohttp import web
 from dateutil.rrule import rrulestr
 
 from tests.fakes.ews_server import meeting_to_imip
-from vmrsched.meetings import Meeting
+from vmrsched.rules.meetings import Meeting
 
 
 def new_id(prefix: str) -> str:

@@ -15,8 +15,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from tests import spoolkit
-from vmrsched import answers, config, service
+from vmrsched import config, service
 from vmrsched.http.app import create_app
+from vmrsched.messages import answers
 from vmrsched.service.addin import INSTRUCTIONS, meeting_details
 
 API = "/api/addin/v1/{}/single-use-vmrs"

@@ -21,7 +21,7 @@ from tests.browsing import OUTPUT
 from tests.configs import spool_toml
 from tests.serving import free_port, start, wait_ready
 from vmrsched.outgoing import Outgoing
-from vmrsched.outqueue import OutQueue
+from vmrsched.store.outqueue import OutQueue
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import pytest
 from tests import spoolkit
 from tests.configs import Running
 from tests.shared import FIXTURES
-from vmrsched.calendars import replace_placeholder
 from vmrsched.mailbox import compose, itip
+from vmrsched.messages.calendars import replace_placeholder
 from vmrsched.outgoing import Outgoing
 
 BLOCKS = {"p", "div", "table", "ul", "ol", "li", "h1", "h2", "h3", "h4", "blockquote", "pre"}

@@ -19,8 +19,8 @@ from vmrsched.mailbox.base import CalendarEntry, GatewayError, InboxItem, Mailbo
 from vmrsched.mailbox.ews import EwsMailbox
 from vmrsched.mailbox.graph import GraphMailbox
 from vmrsched.mailbox.spool import SpoolMailbox
-from vmrsched.meetings import Meeting
 from vmrsched.outgoing import Outgoing
+from vmrsched.rules.meetings import Meeting
 from vmrsched.telemetry import EXCHANGE_UNREACHABLE, MAILBOX_UNREACHABLE
 
 

@@ -20,10 +20,11 @@ from tests import spoolkit
 from tests.configs import PW, ROOM, ews_config, reserve_alias, stored_record, write_toml
 from tests.fakes.ews_server import FakeExchange, FakeItem
 from tests.fakes.threaded import ThreadedServer
-from vmrsched import answers, config, recovery, service
+from vmrsched import config, recovery, service
 from vmrsched.actors.supervision import RestartPolicy
 from vmrsched.mailbox.backends import make_gateway
-from vmrsched.meetings import Meeting
+from vmrsched.messages import answers
+from vmrsched.rules.meetings import Meeting
 from vmrsched.store import Store
 from vmrsched.telemetry import Metrics
 

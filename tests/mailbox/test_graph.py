@@ -25,7 +25,7 @@ from tests.fakes.threaded import ThreadedServer
 from tests.graphkit import ORGANIZER, ROOM, SECRET, GraphWorld, graph_world, meeting, pxps
 from vmrsched import config, service
 from vmrsched.actors.supervision import RestartPolicy
-from vmrsched.meetings import Meeting
+from vmrsched.rules.meetings import Meeting
 
 
 @dataclass

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.shared import CORPUS, needs_corpus
-from vmrsched import recurrence
 from vmrsched.mailbox import itip
+from vmrsched.rules import recurrence
 
 FILES = sorted(p for p in CORPUS.glob("*") if p.suffix in (".ics", ".eml"))
 
@@ -131,8 +131,8 @@ def test_x_alt_desc_text_escapes_are_undone() -> None:
 def test_reply_calendar_round_trips_through_the_parser() -> None:
     from datetime import timedelta
 
-    from vmrsched import calendars
-    from vmrsched.meetings import Meeting
+    from vmrsched.messages import calendars
+    from vmrsched.rules.meetings import Meeting
 
     start = datetime(2030, 5, 6, 9, 30, tzinfo=UTC)
     meeting = Meeting(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from vmrsched.mailbox import itip
-from vmrsched.meetings import is_address
+from vmrsched.rules.meetings import is_address
 
 OLGA = "olga@example.com"
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from vmrsched.pexip.policy import AliasIndex, Room, RoomSettings, answer, normalise
-from vmrsched.recurrence import Schedule
+from vmrsched.rules.recurrence import Schedule
 
 START = datetime(2030, 6, 3, 9, 0, tzinfo=UTC)  # a Monday
 SETTINGS = RoomSettings("hq", timedelta(minutes=30), timedelta(minutes=60))

@@ -1,5 +1,5 @@
 """The database backend's own promises, on a real PostgreSQL (the behaviour both backends share
-is in tests/test_store.py): a commit lands whole or not at all; a database that cannot take it
+is in tests/store/test_store.py): a commit lands whole or not at all; a database that cannot take it
 takes the group back and the next commit works once it is back; an owner whose lease is lost
 writes nothing more; aliases are unique across integrations by constraint, and a reservation
 whose alias another instance's integration drew at the same moment gets another one, unseen by
@@ -18,11 +18,11 @@ import psycopg
 import pytest
 
 from tests.pgcluster import Cluster
-from vmrsched.meetings import Action
 from vmrsched.postgres import migrations
 from vmrsched.postgres.leases import Leases
 from vmrsched.postgres.records import AliasConflict, Records
-from vmrsched.recurrence import Schedule
+from vmrsched.rules.meetings import Action
+from vmrsched.rules.recurrence import Schedule
 from vmrsched.store import DatabaseStore, OwnershipLostError, StorageUnavailableError, StoredRecord
 from vmrsched.store.database import ALIAS_RETRIES
 

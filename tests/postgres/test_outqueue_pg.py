@@ -1,5 +1,5 @@
 """The out-queue in PostgreSQL, its own promises on a real server (what both backends promise is
-in tests/test_outqueue.py): when another instance takes an integration over, the old owner's
+in tests/store/test_outqueue.py): when another instance takes an integration over, the old owner's
 writes land nothing and the new owner's queue holds exactly what the old one committed, so a
 delivered message is never sent again; a database that restarts loses nothing and duplicates
 nothing; the schema itself refuses a second queuing of an id."""
@@ -15,13 +15,13 @@ import psycopg
 import pytest
 
 from tests.pgcluster import Cluster
-from tests.test_outqueue import NOW, message
-from vmrsched.outqueue import SEEN_DAYS
+from tests.store.test_outqueue import NOW, message
 from vmrsched.postgres import migrations
 from vmrsched.postgres import outqueue as pg_outqueue
 from vmrsched.postgres.connection import DatabaseUnavailable
 from vmrsched.postgres.leases import Lease, LeaseLost, Leases
 from vmrsched.postgres.outqueue import DatabaseOutQueue, read_contents, read_failed
+from vmrsched.store.outqueue import SEEN_DAYS
 
 Connect = Callable[[], psycopg.Connection[Any]]
 LEASE = 0.5  # seconds

@@ -13,9 +13,10 @@ import psycopg
 
 from tests.configs import Running, stored_record
 from tests.sharedkit import one_integration
-from vmrsched import aliases, service
+from vmrsched import service
 from vmrsched.postgres import migrations
 from vmrsched.postgres.records import Records
+from vmrsched.rules import aliases
 from vmrsched.store import DatabaseStore
 
 Connect = Callable[[], psycopg.Connection[Any]]

@@ -19,7 +19,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from vmrsched import decisions, oidc
 from vmrsched.actors.context import Stores, file_stores
 from vmrsched.mailbox.ews_auth import FileTokenCache, TokenCacheStore
 from vmrsched.mailbox.graph_notifications import FileGraphState, GraphStateStore
@@ -33,7 +32,8 @@ from vmrsched.postgres.sessions import (
     secret,
 )
 from vmrsched.service.runtime import database_stores
-from vmrsched.store import OwnershipLostError
+from vmrsched.signin import oidc
+from vmrsched.store import OwnershipLostError, decisions
 
 Connect = Callable[[], psycopg.Connection[Any]]
 
@@ -178,7 +178,7 @@ def test_the_key_is_made_once_and_kept(kit: Kit) -> None:
 
 def admin_sessions(kit: Kit, clock: Clock) -> Any:
     if kit.backend == "file":
-        from vmrsched.admin_sign_in import MemoryAdminSessions
+        from vmrsched.signin.admins import MemoryAdminSessions
 
         return MemoryAdminSessions(clock)
     assert isinstance(kit.stores.admin_sessions, DatabaseAdminSessions)

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.configs import spool_toml
-from vmrsched.meetings import Action
 from vmrsched.postgres.transfer import read_files, tally
-from vmrsched.recurrence import Schedule
+from vmrsched.rules.meetings import Action
+from vmrsched.rules.recurrence import Schedule
 from vmrsched.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,17 +18,17 @@ import pytest
 from cryptography.fernet import Fernet
 
 from tests.configs import spool_toml
-from tests.test_outqueue import message
-from vmrsched import decisions, outqueue
+from tests.store.test_outqueue import message
 from vmrsched.config import DataLayout
 from vmrsched.mailbox.ews_auth import FileTokenCache
 from vmrsched.mailbox.graph_notifications import FileGraphState
-from vmrsched.outqueue import OutQueue
 from vmrsched.postgres import migrations
 from vmrsched.postgres.outqueue import DatabaseOutQueue
 from vmrsched.postgres.sessions import USER_KEY, fernet_key, raw_key
 from vmrsched.service.runtime import database_stores
-from vmrsched.user_sign_in import FileSessions
+from vmrsched.signin.users import FileSessions
+from vmrsched.store import decisions, outqueue
+from vmrsched.store.outqueue import OutQueue
 
 ROOT = Path(__file__).resolve().parents[2]
 Connect = Callable[[], psycopg.Connection[Any]]

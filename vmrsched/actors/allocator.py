@@ -27,7 +27,7 @@ from typing import Any, cast
 import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
-from vmrsched import alias_admin, answers
+from vmrsched import alias_admin
 from vmrsched.actors.bridge import deliver
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import (
@@ -42,12 +42,13 @@ from vmrsched.actors.messages import (
 )
 from vmrsched.actors.notifier import notifier_proxy
 from vmrsched.actors.registry import ActorUnavailable
-from vmrsched.answers import Step
 from vmrsched.config import IntegrationConfig
 from vmrsched.errors import StorageFull
-from vmrsched.meetings import Meeting, general_error
+from vmrsched.messages import answers
+from vmrsched.messages.answers import Step
 from vmrsched.outgoing import Outgoing
 from vmrsched.pexip.policy import FIELD_MAX, AliasIndex, Room, RoomSettings, clip
+from vmrsched.rules.meetings import Meeting, general_error
 from vmrsched.store import (
     DatabaseStore,
     Record,

@@ -18,19 +18,19 @@ from vmrsched.actors.ownership import SharedStorage
 from vmrsched.actors.registry import Registry
 from vmrsched.actors.supervision import RestartPolicy
 from vmrsched.actors.timer import Scheduler
-from vmrsched.admin_sign_in import AdminSessions, MemoryAdminSessions
-from vmrsched.aliases import RandomSource
 from vmrsched.config import IntegrationConfig, ServerConfig
-from vmrsched.decisions import Decisions, FileDecisions
 from vmrsched.mailbox.backends import TokenSources, make_gateway
 from vmrsched.mailbox.base import Mailbox
 from vmrsched.mailbox.ews_auth import TokenCacheStore
 from vmrsched.mailbox.graph_notifications import GraphStateStore
-from vmrsched.oidc import AttemptStore, MemoryAttempts
 from vmrsched.pexip.policy import AliasIndex
+from vmrsched.rules.aliases import RandomSource
+from vmrsched.signin.admins import AdminSessions, MemoryAdminSessions
+from vmrsched.signin.oidc import AttemptStore, MemoryAttempts
+from vmrsched.signin.users import FileSessions, SessionStore
 from vmrsched.store import utc_now
+from vmrsched.store.decisions import Decisions, FileDecisions
 from vmrsched.telemetry import Alarms, Metrics
-from vmrsched.user_sign_in import FileSessions, SessionStore
 
 
 def _nothing() -> None:

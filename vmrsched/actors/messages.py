@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal
 
 from vmrsched.config import Config
-from vmrsched.outqueue import Failed, Queued
 from vmrsched.store import Record
+from vmrsched.store.outqueue import Failed, Queued
 
 if TYPE_CHECKING:
     from typing import TypeAlias

@@ -27,15 +27,15 @@ from typing import Any, cast
 import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
-from vmrsched import answers
 from vmrsched.actors.bridge import answer
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Flush, QueueAct, QueueContents, Request
 from vmrsched.actors.outage import Outage
 from vmrsched.actors.supervision import Backoff
 from vmrsched.mailbox.base import GatewayError, Mailbox, Outgoing
-from vmrsched.outqueue import Failed, MessageQueue, OutQueue
+from vmrsched.messages import answers
 from vmrsched.postgres.outqueue import DatabaseOutQueue
+from vmrsched.store.outqueue import Failed, MessageQueue, OutQueue
 from vmrsched.telemetry import DELIVERY_FAILED
 
 log = logging.getLogger("vmrsched.notifier")

@@ -9,20 +9,20 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-from vmrsched import answers
 from vmrsched.actors.allocator import allocator_proxy
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Poll
 from vmrsched.actors.notifier import notifier_proxy
 from vmrsched.actors.outage import Outage
 from vmrsched.actors.supervision import Backoff
-from vmrsched.answers import Step
-from vmrsched.decisions import DecisionWriter
 from vmrsched.errors import StorageFull
 from vmrsched.mailbox.base import GatewayError, InboxItem, Mailbox, Outgoing
-from vmrsched.meetings import Meeting, is_address
+from vmrsched.messages import answers
+from vmrsched.messages.answers import Step
+from vmrsched.rules.meetings import Meeting, is_address
+from vmrsched.store.decisions import DecisionWriter
 
-log = logging.getLogger("vmrsched.decisions")
+log = logging.getLogger("vmrsched.store.decisions")
 ASK_TIMEOUT = 60.0
 
 

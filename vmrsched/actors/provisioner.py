@@ -34,7 +34,6 @@ from typing import Any
 
 import requests
 
-from vmrsched import recurrence
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Poke, Reconcile
 from vmrsched.actors.outage import Outage
@@ -42,6 +41,7 @@ from vmrsched.actors.supervision import Backoff
 from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnavailable
 from vmrsched.pexip.policy import FIELD_MAX, Room, clip, non_idp
 from vmrsched.proxies import use_rule
+from vmrsched.rules import recurrence
 from vmrsched.telemetry import PEXIP_REFUSED, PEXIP_UNREACHABLE
 
 log = logging.getLogger("vmrsched.provisioner")

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from vmrsched import aliases
 from vmrsched.config.schema import IntegrationConfig, ServerConfig, StorageConfig
 from vmrsched.config.tables import _Loader
+from vmrsched.rules import aliases
 
 
 def _check_admin_sign_in(loader: _Loader, server: ServerConfig) -> None:

@@ -205,7 +205,7 @@ async def support(request: web.Request) -> web.Response:
 def entra_settings(integ: IntegrationConfig) -> dict[str, str]:
     """What MSAL.js needs to ask for a token the server's verifier accepts: the add-in API's
     scope `api://<server_fqdn>/<client id>/<scope>` (an Entra ID access token for it carries that
-    application ID URI or the client id as audience, both of which identity.py accepts)."""
+    application ID URI or the client id as audience, both of which signin/identity.py accepts)."""
     ad = integ.addin
     return {
         "tenantId": ad.entra_tenant_id,

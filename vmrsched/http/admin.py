@@ -17,7 +17,6 @@ from aiohttp import web
 from markupsafe import Markup
 
 from vmrsched.config import IntegrationConfig
-from vmrsched.decisions import EMPTY as EMPTY_DECISION
 from vmrsched.errors import (
     ServiceError,
 )
@@ -42,6 +41,7 @@ from vmrsched.http.admin_auth import (
 )
 from vmrsched.http.common import SERVICE
 from vmrsched.http.ratelimit import RateLimiter
+from vmrsched.store.decisions import EMPTY as EMPTY_DECISION
 
 log = logging.getLogger("vmrsched.admin")
 

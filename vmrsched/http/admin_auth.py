@@ -39,7 +39,7 @@ REDIRECT_PATH = "/admin/platform/msexchangeconnector/oauth_redirect/"
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-SESSION_SECONDS = 8 * 3600  # the cookie's life: as long as the session (admin_sign_in.py)
+SESSION_SECONDS = 8 * 3600  # the cookie's life: as long as the session (signin/admins.py)
 LOGIN_ATTEMPTS_PER_MINUTE = 5  # per client address
 LOGIN_ATTEMPTS_PER_MINUTE_ALL = 30  # across all addresses: no distributed guessing either
 

@@ -10,10 +10,10 @@ import json
 
 from aiohttp import web
 
-from vmrsched import invites
 from vmrsched.config import IntegrationConfig
 from vmrsched.errors import BadRequest, Forbidden
 from vmrsched.http.common import SERVICE, integration_or_404
+from vmrsched.messages import invites
 from vmrsched.service import drop_invite, spool_replies
 from vmrsched.service.addin import parse_time
 

@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Any
 import requests
 import urllib3.exceptions
 
-from vmrsched.meetings import Meeting
 from vmrsched.outgoing import Outgoing
+from vmrsched.rules.meetings import Meeting
 from vmrsched.telemetry import MAILBOX_UNREACHABLE
 
 if TYPE_CHECKING:

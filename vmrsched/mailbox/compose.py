@@ -7,10 +7,10 @@ from email import quoprimime
 from email.header import Header
 from email.utils import format_datetime, formataddr
 
-from vmrsched.calendars import clean_header
 from vmrsched.htmltext import text_of
-from vmrsched.meetings import is_address
+from vmrsched.messages.calendars import clean_header
 from vmrsched.outgoing import Outgoing
+from vmrsched.rules.meetings import is_address
 
 
 def _header(value: str) -> str:

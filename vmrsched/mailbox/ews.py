@@ -53,7 +53,7 @@ from vmrsched.mailbox.ews_convert import (
     calendar_entries,
     inbox_item,
 )
-from vmrsched.meetings import Meeting
+from vmrsched.rules.meetings import Meeting
 from vmrsched.telemetry import EXCHANGE_UNREACHABLE, Metrics
 
 log = logging.getLogger("vmrsched.ews")

@@ -35,7 +35,7 @@ from vmrsched.mailbox.base import GatewayError
 from vmrsched.mailbox.sessions import CaSession
 from vmrsched.proxies import use_rule
 from vmrsched.store import OwnershipLostError
-from vmrsched.store_repair import read_or_set_aside
+from vmrsched.store.repair import read_or_set_aside
 from vmrsched.telemetry import SIGN_IN_REQUIRED
 
 log = logging.getLogger("vmrsched.exchange")

@@ -14,7 +14,7 @@ from typing import Any
 
 from vmrsched.mailbox import itip
 from vmrsched.mailbox.base import CalendarEntry, InboxItem
-from vmrsched.meetings import is_address
+from vmrsched.rules.meetings import is_address
 
 log = logging.getLogger("vmrsched.ews")
 

@@ -28,7 +28,7 @@ from vmrsched.mailbox.base import CalendarEntry, Check, GatewayError, InboxItem
 from vmrsched.mailbox.graph_convert import address_of, is_meeting, meeting_of, rrule_of, when
 from vmrsched.mailbox.graph_notifications import GraphStateStore, InboxWatch
 from vmrsched.mailbox.graph_sending import GraphSending, Removal
-from vmrsched.meetings import Meeting
+from vmrsched.rules.meetings import Meeting
 from vmrsched.telemetry import EXCHANGE_UNREACHABLE, Metrics
 
 __all__ = ["GraphMailbox", "rrule_of"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from vmrsched.meetings import Meeting, is_address
+from vmrsched.rules.meetings import Meeting, is_address
 
 _DAYS = {
     "sunday": "SU",

@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import icalendar
 from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
 
-from vmrsched.meetings import Meeting, Method, is_address
+from vmrsched.rules.meetings import Meeting, Method, is_address
 
 BOM = b"\xef\xbb\xbf"
 _MAILTO = re.compile(r"^mailto:", re.IGNORECASE)

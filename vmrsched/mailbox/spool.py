@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, BinaryIO
 import orjson
 
 from vmrsched import libc
-from vmrsched.journal import atomic_write, fsync_dir
 from vmrsched.mailbox import compose, itip
 from vmrsched.mailbox.base import (
     CalendarEntry,
@@ -40,8 +39,9 @@ from vmrsched.mailbox.base import (
     Mailbox,
     Outgoing,
 )
-from vmrsched.meetings import Meeting, meeting_from_json, meeting_to_json
+from vmrsched.rules.meetings import Meeting, meeting_from_json, meeting_to_json
 from vmrsched.store import lock_directory
+from vmrsched.store.journal import atomic_write, fsync_dir
 from vmrsched.telemetry import MAILBOX_UNREACHABLE
 
 if TYPE_CHECKING:

@@ -12,9 +12,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from vmrsched import recurrence
-from vmrsched.aliases import normalise as normalise  # dialled aliases keyed as the store keys them
-from vmrsched.recurrence import Schedule
+from vmrsched.rules import recurrence
+from vmrsched.rules.aliases import (
+    normalise as normalise,  # dialled aliases keyed as the store keys them
+)
+from vmrsched.rules.recurrence import Schedule
 
 # Answers are shared objects: they are serialised, never changed.
 CONTINUE_ELSEWHERE: dict[str, Any] = {"status": "success", "action": "continue", "result": {}}

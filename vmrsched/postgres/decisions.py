@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from vmrsched.decisions import KEEP, encode
 from vmrsched.postgres.pool import LeaseOf, Pool
+from vmrsched.store.decisions import KEEP, encode
 
 PAGE = 500  # entries read per round trip while a reader walks back through the log
 

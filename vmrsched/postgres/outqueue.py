@@ -1,5 +1,5 @@
 """The notifier's durable queue of outgoing messages in PostgreSQL (`[storage] backend =
-"postgresql"`): what `vmrsched.outqueue.OutQueue` keeps in a journal, kept where any instance
+"postgresql"`): what `vmrsched.store.outqueue.OutQueue` keeps in a journal, kept where any instance
 that takes the integration over finds it.
 
 The promises are the file queue's (see its docstring), with the database keeping them:
@@ -39,9 +39,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from vmrsched.outgoing import Outgoing
-from vmrsched.outqueue import FAILED_MAX, SEEN_DAYS, SEEN_MAX, Failed, MessageQueue, Queued
 from vmrsched.postgres.connection import Connect, DatabaseUnavailable, OwnConnection
 from vmrsched.postgres.leases import Lease, LeaseLost, fence
+from vmrsched.store.outqueue import FAILED_MAX, SEEN_DAYS, SEEN_MAX, Failed, MessageQueue, Queued
 
 # The seen ids are pruned in an `add` at most this often (seconds), or once a tenth of
 # SEEN_MAX ids were seen since: often enough to stay near SEEN_MAX, rarely enough that the

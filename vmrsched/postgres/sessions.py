@@ -31,8 +31,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from vmrsched import oidc
 from vmrsched.postgres.pool import Pool
+from vmrsched.signin import oidc
 from vmrsched.store import StorageUnavailableError
 
 log = logging.getLogger("vmrsched.sign_in")
@@ -40,7 +40,7 @@ log = logging.getLogger("vmrsched.sign_in")
 USER_KEY = "user-sign-in-key"  # vmrsched_secrets: the Fernet key of the refresh tokens
 ADMIN_KEY = "admin-csrf-key"  # vmrsched_secrets: what the console's CSRF tokens are made with
 SESSION_IDLE_DAYS = 90
-ADMIN_SESSION_SECONDS = 8 * 3600  # as admin_sign_in.SESSION_SECONDS
+ADMIN_SESSION_SECONDS = 8 * 3600  # as signin.admins.SESSION_SECONDS
 CLEAN_EVERY = 3600.0  # seconds between the clean-ups a writer makes on its way
 # an attempt not found at its callback is looked for once more after this long (seconds): the
 # instance that started it may still be writing it (it does so after answering the redirect)
@@ -71,7 +71,7 @@ def secret(pool: Pool, name: str, size: int = 32) -> bytes:
 
 
 def fernet_key(raw: bytes) -> str:
-    """A Fernet key (what `user_sign_in` encrypts with) from 32 random bytes."""
+    """A Fernet key (what `signin.users` encrypts with) from 32 random bytes."""
     return base64.urlsafe_b64encode(raw).decode()
 
 
@@ -81,7 +81,7 @@ def raw_key(key: str) -> bytes:
 
 
 class DatabaseSessions:
-    """`user_sign_in.SessionStore` in the database."""
+    """`signin.users.SessionStore` in the database."""
 
     def __init__(self, pool: Pool, clock: Callable[[], float] = time.time) -> None:
         self.pool = pool
@@ -130,7 +130,7 @@ class DatabaseSessions:
 
 
 class DatabaseAdminSessions:
-    """`admin_sign_in.AdminSessions` in the database. Expiry is judged by the injected clock
+    """`signin.admins.AdminSessions` in the database. Expiry is judged by the injected clock
     (the wall clock: every instance's must agree within seconds, as a lease's does not need)."""
 
     def __init__(self, pool: Pool, clock: Callable[[], float] = time.time) -> None:

@@ -20,9 +20,9 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
-from vmrsched.journal import AtomicJSONStorage
 from vmrsched.postgres.connection import Connect
 from vmrsched.store import SNAPSHOT, Store, archive
+from vmrsched.store.journal import AtomicJSONStorage
 
 
 class TransferError(RuntimeError):

@@ -23,7 +23,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from vmrsched.outgoing import Outgoing
-from vmrsched.outqueue import Failed, Queued
+from vmrsched.store.outqueue import Failed, Queued
 
 
 def _when(at: float) -> datetime:

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pykka
 
-from vmrsched import aliases, answers, directory
+from vmrsched import directory
 from vmrsched.actors.allocator import QuotaReached
 from vmrsched.actors.bridge import ReservationBatcher
 from vmrsched.actors.registry import ActorUnavailable
@@ -33,8 +33,10 @@ from vmrsched.errors import (
     Unauthorized,
     Unavailable,
 )
-from vmrsched.identity import Identity
+from vmrsched.messages import answers
+from vmrsched.rules import aliases
 from vmrsched.service.runtime import Runtime
+from vmrsched.signin.identity import Identity
 from vmrsched.store import Record
 from vmrsched.templating import Renderer, plain_text
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import pykka
 
-from vmrsched import alias_admin, decisions
+from vmrsched import alias_admin
 from vmrsched.actors.bridge import ask_async
 from vmrsched.actors.messages import (
     DeleteAlias,
@@ -31,11 +31,10 @@ from vmrsched.actors.messages import (
     ResendInstructions,
 )
 from vmrsched.actors.registry import ActorUnavailable
-from vmrsched.answers import notice_id
 from vmrsched.config import Config, IntegrationConfig, queue_dir, store_dir
 from vmrsched.errors import BadRequest, NotFound, Unavailable
+from vmrsched.messages.answers import notice_id
 from vmrsched.outgoing import Outgoing
-from vmrsched.outqueue import Failed, OutQueue, Queued, read_contents
 from vmrsched.service.runtime import Runtime, offline_stores, renderer_cache
 from vmrsched.service.views import (
     View,
@@ -46,7 +45,8 @@ from vmrsched.service.views import (
     message_view,
     version,
 )
-from vmrsched.store import Store, lock_directory
+from vmrsched.store import Store, decisions, lock_directory
+from vmrsched.store.outqueue import Failed, OutQueue, Queued, read_contents
 from vmrsched.telemetry import DELIVERY_FAILED
 
 log = logging.getLogger("vmrsched.service")

@@ -1,4 +1,4 @@
-"""`Service`: the one object the front ends (http/, cli.py) hold. It is the runtime (the actor
+"""`Service`: the one object the front ends (http/, cli/) hold. It is the runtime (the actor
 tree, the config, readiness, reload, stop) composed with one part per use case, and it keeps
 the names the front ends and tests have always called, each handing over to its part:
 
@@ -21,7 +21,6 @@ from typing import Any
 import aiohttp
 import pykka
 
-from vmrsched import identity, user_sign_in
 from vmrsched.actors.context import Context
 from vmrsched.actors.follower import Follower
 from vmrsched.actors.ownership import Ownership
@@ -37,6 +36,7 @@ from vmrsched.service.runtime import Runtime, boot
 from vmrsched.service.sign_ins import SignIns, organizer_page_path
 from vmrsched.service.storage import open_shared
 from vmrsched.service.views import View
+from vmrsched.signin import identity, users
 from vmrsched.store import Record
 
 __all__ = ["ReloadResult", "Service", "start"]
@@ -107,7 +107,7 @@ class Service(Runtime):
     ) -> Awaitable[identity.Identity]:
         return self.sign_ins.personal_identity(integ, token)
 
-    def user_sessions(self) -> user_sign_in.UserSignIn:
+    def user_sessions(self) -> users.UserSignIn:
         return self.sign_ins.user_sessions()
 
     def personal_redirect_uri(self, integ: IntegrationConfig) -> str:
@@ -116,9 +116,7 @@ class Service(Runtime):
     def start_personal_sign_in(self, name: str) -> str:
         return self.sign_ins.start_personal_sign_in(name)
 
-    def finish_personal_sign_in(
-        self, name: str, query: dict[str, str]
-    ) -> Awaitable[user_sign_in.Session]:
+    def finish_personal_sign_in(self, name: str, query: dict[str, str]) -> Awaitable[users.Session]:
         return self.sign_ins.finish_personal_sign_in(name, query)
 
     def personal_sign_out(self, name: str, token: str | None) -> Awaitable[None]:
@@ -252,7 +250,7 @@ class Service(Runtime):
 
     def finish_organizer_sign_in(
         self, name: str, query: dict[str, str]
-    ) -> Awaitable[user_sign_in.Session]:
+    ) -> Awaitable[users.Session]:
         return self.sign_ins.finish_organizer_sign_in(name, query)
 
     def organizer(

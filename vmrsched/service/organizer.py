@@ -15,15 +15,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from vmrsched import alias_admin, user_sign_in
+from vmrsched import alias_admin
 from vmrsched.actors.messages import DeleteAlias, FindAliases
 from vmrsched.config import IntegrationConfig
 from vmrsched.errors import BadRequest, NotFound, Unauthorized
-from vmrsched.meetings import is_address
+from vmrsched.rules.meetings import is_address
 from vmrsched.service.admin import OnlineAdmin
 from vmrsched.service.runtime import Runtime
 from vmrsched.service.sign_ins import SignIns
 from vmrsched.service.views import View, admin_view, decision_view
+from vmrsched.signin import users
 from vmrsched.store import Record
 from vmrsched.templating import Renderer
 
@@ -216,7 +217,7 @@ class SelfService:
         token (an Entra ID token names the user and their email). With token validation "none"
         (loopback trials only) the caller names a demo user, as the preview pane does; such a
         user owns no reservation (none records a user)."""
-        if token is not None and token.startswith(user_sign_in.TOKEN_PREFIX):
+        if token is not None and token.startswith(users.TOKEN_PREFIX):
             who = await self.sign_ins.personal_identity(integ, token)
             user = await self.sign_ins.session_user(integ, token)
             return Organizer(who.email.lower(), frozenset({user} - {""}), f"{who.email}")

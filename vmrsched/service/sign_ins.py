@@ -22,7 +22,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 
-from vmrsched import admin_sign_in, identity, oidc, user_sign_in
 from vmrsched.config import AdminSignInConfig, IntegrationConfig, PerConfig
 from vmrsched.errors import BadRequest, Forbidden, Unavailable, UpstreamError
 from vmrsched.mailbox.base import GatewayError
@@ -30,6 +29,7 @@ from vmrsched.mailbox.ews_auth import SIGN_IN_ALARM, DelegatedTokens
 from vmrsched.mailbox.sessions import CaSession
 from vmrsched.proxies import use_rule
 from vmrsched.service.runtime import Runtime
+from vmrsched.signin import admins, identity, oidc, users
 from vmrsched.store import OwnershipLostError
 
 log = logging.getLogger("vmrsched.service")
@@ -56,8 +56,8 @@ class SignIns:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._verifiers: PerConfig[identity.Verifier] | None = None
-        self._user_sign_in: user_sign_in.UserSignIn | None = None
-        self._admin_sign_in: admin_sign_in.AdminSignIn | None = None
+        self._user_sign_in: users.UserSignIn | None = None
+        self._admin_sign_in: admins.AdminSignIn | None = None
 
     # --- add-in tokens ----------------------------------------------------------------------
 
@@ -83,7 +83,7 @@ class SignIns:
     ) -> identity.Identity:
         """Who asks for personal VMRs: a session of the explicit sign-in (its token starts
         `vms1.`), else the host's add-in token as for every add-in request."""
-        if token is None or not token.startswith(user_sign_in.TOKEN_PREFIX):
+        if token is None or not token.startswith(users.TOKEN_PREFIX):
             return await self.verify_addin_token(integ, token)
         sessions = self.user_sessions()
         if self._sessions_block() or sessions.needs_refresh(integ, token):
@@ -93,7 +93,7 @@ class SignIns:
         return identity.Identity(f"session:{email}", email, kind="session")
 
     async def session_user(self, integ: IntegrationConfig, token: str) -> str:
-        """The add-in's name for a session's user (user_sign_in.Session.user), "" if unknown."""
+        """The add-in's name for a session's user (users.Session.user), "" if unknown."""
         sessions = self.user_sessions()
         if self._sessions_block():
             return await asyncio.to_thread(sessions.user, integ, token)
@@ -102,11 +102,11 @@ class SignIns:
     def _sessions_block(self) -> bool:
         """Whether a session lookup may wait on something (a database): only in a worker
         thread then. The files are read once and looked up in memory."""
-        return not isinstance(self.runtime.ctx.stores.user_sessions, user_sign_in.FileSessions)
+        return not isinstance(self.runtime.ctx.stores.user_sessions, users.FileSessions)
 
     # --- the user sign-in (personal VMRs and the organizer page) -------------------------------
 
-    def user_sessions(self) -> user_sign_in.UserSignIn:
+    def user_sessions(self) -> users.UserSignIn:
         if self._user_sign_in is None:
             base = self.runtime.base_dir
 
@@ -117,7 +117,7 @@ class SignIns:
                 return made
 
             stores = self.runtime.ctx.stores
-            self._user_sign_in = user_sign_in.UserSignIn(
+            self._user_sign_in = users.UserSignIn(
                 self.runtime.config.data_dir,
                 http_for=PerConfig(session),
                 store=stores.user_sessions,
@@ -141,11 +141,9 @@ class SignIns:
         integ = self._sign_in_integration(name)
         return self.user_sessions().start(integ, self.personal_redirect_uri(integ))
 
-    async def finish_personal_sign_in(
-        self, name: str, query: dict[str, str]
-    ) -> user_sign_in.Session:
+    async def finish_personal_sign_in(self, name: str, query: dict[str, str]) -> users.Session:
         """The provider redirected back: state and PKCE checked, code redeemed, session made
-        (user_sign_in.SignInRefused, a BadRequest, otherwise)."""
+        (users.SignInRefused, a BadRequest, otherwise)."""
         integ = self._sign_in_integration(name)
         return await asyncio.to_thread(
             self.user_sessions().finish, integ, query, self.personal_redirect_uri(integ)
@@ -153,7 +151,7 @@ class SignIns:
 
     async def personal_sign_out(self, name: str, token: str | None) -> None:
         integ = self.runtime.integration(name)
-        if token and token.startswith(user_sign_in.TOKEN_PREFIX):
+        if token and token.startswith(users.TOKEN_PREFIX):
             await asyncio.to_thread(self.user_sessions().sign_out, integ, token)
 
     def organizer_redirect_uri(self, integ: IntegrationConfig) -> str:
@@ -175,9 +173,7 @@ class SignIns:
         integ = self._organizer_sign_in_integration(name)
         return self.user_sessions().start(integ, self.organizer_redirect_uri(integ))
 
-    async def finish_organizer_sign_in(
-        self, name: str, query: dict[str, str]
-    ) -> user_sign_in.Session:
+    async def finish_organizer_sign_in(self, name: str, query: dict[str, str]) -> users.Session:
         integ = self._organizer_sign_in_integration(name)
         session = await asyncio.to_thread(
             self.user_sessions().finish, integ, query, self.organizer_redirect_uri(integ)
@@ -197,7 +193,7 @@ class SignIns:
     def admin_redirect_uri(self) -> str:
         return f"{self.runtime.config.server.base_url}/admin/sign-in/callback"
 
-    def _admin_sign_ins(self) -> admin_sign_in.AdminSignIn:
+    def _admin_sign_ins(self) -> admins.AdminSignIn:
         if not self.admin_sign_in_enabled():
             raise Forbidden("no admin sign-in is configured", "feature_disabled")
         if self._admin_sign_in is None:
@@ -208,7 +204,7 @@ class SignIns:
                 ca = str(base / cfg.tls_ca_file) if cfg.tls_ca_file else ""
                 return sessions.setdefault(ca, CaSession(ca))
 
-            self._admin_sign_in = admin_sign_in.AdminSignIn(
+            self._admin_sign_in = admins.AdminSignIn(
                 session, attempts=self.runtime.ctx.stores.attempts
             )
         return self._admin_sign_in
@@ -221,7 +217,7 @@ class SignIns:
 
     async def finish_admin_sign_in(self, query: dict[str, str]) -> str:
         """Who signed in, when a member of the admin group (SignInRefused, a BadRequest, for
-        a bad answer; admin_sign_in.NotAnAdmin, a Forbidden, for anyone else)."""
+        a bad answer; admins.NotAnAdmin, a Forbidden, for anyone else)."""
         sign_ins = self._admin_sign_ins()
         return await asyncio.to_thread(
             sign_ins.finish,
@@ -236,7 +232,7 @@ class SignIns:
     # a worker thread (the store may be a database).
 
     @property
-    def admin_sessions(self) -> admin_sign_in.AdminSessions:
+    def admin_sessions(self) -> admins.AdminSessions:
         return self.runtime.ctx.stores.admin_sessions
 
     async def open_admin_session(self, who: str) -> str:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from vmrsched import invites
 from vmrsched.config import IntegrationConfig
 from vmrsched.mailbox import spool
+from vmrsched.messages import invites
 
 __all__ = ["drop_invite", "spool_replies"]
 

@@ -21,11 +21,9 @@ from typing import Any
 import psycopg
 from cryptography.fernet import Fernet, InvalidToken
 
-from vmrsched import decisions, outqueue
 from vmrsched.actors.ownership import SharedStorage
 from vmrsched.config import Config, DataLayout, store_dir
 from vmrsched.errors import Unavailable
-from vmrsched.journal import atomic_write
 from vmrsched.mailbox.ews_auth import FileTokenCache
 from vmrsched.mailbox.graph_notifications import FileGraphState
 from vmrsched.postgres import migrations, transfer_state
@@ -41,8 +39,9 @@ from vmrsched.postgres.transfer_state import (
     StateTally,
 )
 from vmrsched.service.runtime import database
-from vmrsched.store import StorageUnavailableError, lock_directory
-from vmrsched.user_sign_in import KEY_ENV, FileSessions
+from vmrsched.signin.users import KEY_ENV, FileSessions
+from vmrsched.store import StorageUnavailableError, decisions, lock_directory, outqueue
+from vmrsched.store.journal import atomic_write
 
 __all__ = ["Moved", "StateMoved", "TransferError", "database", "migrate_store", "open_shared"]
 

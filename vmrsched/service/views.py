@@ -15,9 +15,10 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
 
-from vmrsched import answers, recurrence
 from vmrsched.config import IntegrationConfig
+from vmrsched.messages import answers
 from vmrsched.outgoing import Outgoing
+from vmrsched.rules import recurrence
 from vmrsched.store import Record, decode_schedule
 from vmrsched.telemetry import Alarm
 from vmrsched.templating import Renderer

@@ -16,6 +16,11 @@ lock, the errors), `index.py` (the indexes and queries), `archive.py` (the archi
 `writes.py` (what every write does, whatever keeps it), `journaled.py` (Store, the file
 backend: loading, commits, compaction) and `database.py` (DatabaseStore, a shared database
 through a Backend). Import from here.
+
+Beside the store, what else the service keeps, each as its own module: `journal.py` (the
+checksummed journal file, atomic writes and setting damaged files aside, which every one of
+them is written with), `outqueue.py` (the outgoing messages, durable until delivered),
+`decisions.py` (the log of every decision) and `repair.py` (the offline check and repair).
 """
 
 from vmrsched.store.archive import ARCHIVE_GRACE

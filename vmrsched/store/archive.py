@@ -10,8 +10,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from vmrsched.journal import AtomicJSONStorage, disk_full
 from vmrsched.store.files import ARCHIVE, StorageFullError
+from vmrsched.store.journal import AtomicJSONStorage, disk_full
 from vmrsched.store.records import StoredRecord, ts
 
 # Archive finished conferences this long after their last window closes: late updates to a

@@ -23,8 +23,8 @@ from collections.abc import Collection
 from datetime import timedelta
 from typing import Any, Protocol
 
-from vmrsched import aliases, recurrence
-from vmrsched.aliases import RandomSource
+from vmrsched.rules import aliases, recurrence
+from vmrsched.rules.aliases import RandomSource
 from vmrsched.store.files import OwnershipLostError, StorageUnavailableError, StoreBrokenError
 from vmrsched.store.records import Clock, StoredRecord, StoreStats, utc_now
 from vmrsched.store.writes import StoreWrites

@@ -11,7 +11,7 @@ import re
 import threading
 from pathlib import Path
 
-from vmrsched.journal import CorruptError
+from vmrsched.store.journal import CorruptError
 
 SNAPSHOT = "store.json"
 ARCHIVE = "archive.json"

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from vmrsched import aliases
-from vmrsched.aliases import RandomSource
-from vmrsched.meetings import AliasRecord, MeetingState, Status
+from vmrsched.rules import aliases
+from vmrsched.rules.aliases import RandomSource
+from vmrsched.rules.meetings import AliasRecord, MeetingState, Status
 from vmrsched.store.records import ArchivedInfo, StoredRecord, archived_info, to_alias_record
 
 

@@ -14,16 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from vmrsched import recurrence
-from vmrsched.aliases import RandomSource
-from vmrsched.journal import (
-    AtomicJSONStorage,
-    CorruptError,
-    Journal,
-    disk_full,
-    scan,
-    sealed_lengths,
-)
+from vmrsched.rules import recurrence
+from vmrsched.rules.aliases import RandomSource
 from vmrsched.store import archive
 from vmrsched.store.files import (
     GC_PAUSE,
@@ -34,6 +26,14 @@ from vmrsched.store.files import (
     journal_generations,
     journal_path,
     lock_directory,
+)
+from vmrsched.store.journal import (
+    AtomicJSONStorage,
+    CorruptError,
+    Journal,
+    disk_full,
+    scan,
+    sealed_lengths,
 )
 from vmrsched.store.records import Clock, StoredRecord, StoreStats, utc_now
 from vmrsched.store.writes import MAX_ANSWERS, StoreWrites

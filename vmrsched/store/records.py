@@ -11,8 +11,8 @@ from typing import Any, Literal, Required, TypedDict, cast
 
 import orjson
 
-from vmrsched import aliases, recurrence
-from vmrsched.meetings import AliasRecord, Status
+from vmrsched.rules import aliases, recurrence
+from vmrsched.rules.meetings import AliasRecord, Status
 
 Clock = Callable[[], datetime]
 

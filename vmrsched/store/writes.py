@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, cast
 
-from vmrsched import aliases, recurrence
-from vmrsched.aliases import RandomSource
-from vmrsched.meetings import Action
+from vmrsched.rules import aliases, recurrence
+from vmrsched.rules.aliases import RandomSource
+from vmrsched.rules.meetings import Action
 from vmrsched.store import archive
 from vmrsched.store.files import OwnershipLostError, StoreBrokenError
 from vmrsched.store.index import StoreIndex

@@ -1,0 +1,322 @@
+"""The explicit sign-in for personal VMRs against the fake identity platform over real TLS: the
+authorization URL (state, nonce, S256 challenge; AD FS's resource), the callback (state checked
+once and per integration, the PKCE verifier checked by the provider, the ID token's audience and
+nonce), sessions (email only by token digest, refresh tokens encrypted at rest, refreshed once a
+day, forgotten when the provider refuses the refresh or the user signs out)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.fakes import identity_platform
+from tests.fakes.identity_platform import IdentityPlatform
+from vmrsched import config
+from vmrsched.errors import Unauthorized
+from vmrsched.mailbox.sessions import CaSession
+from vmrsched.signin.users import SignInRefused, UserSignIn
+from vmrsched.telemetry import STATE_DAMAGED, Alarms, Metrics
+
+REDIRECT = "https://vmr.example.com/addin/room/sign-in/callback"
+
+
+@dataclass
+class World:
+    platform: IdentityPlatform
+    ca_file: Path
+    tmp: Path
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    with identity_platform.running(
+        tmp_path, "Olga@Example.com", client_id="pane-client", client_secret="pane-secret"
+    ) as (platform, ca):
+        yield World(platform, ca, tmp_path)
+
+
+def integration(world: World, name: str = "room", **personal: Any) -> config.IntegrationConfig:
+    p = world.platform
+    secret = (
+        {}
+        if personal.get("authentication_provider") == "adfs"
+        else {"azure_client_secret_env": "PANE_SECRET"}
+    )
+    doc = {
+        "server": {"data_dir": str(world.tmp / "data")},
+        "integrations": [
+            {
+                "name": name,
+                "exchange": {"mailbox_name": "Room", "mailbox_email": f"{name}@example.com"},
+                "addin": {"token_validation": "exchange"},
+                "metadata": {"exchange_metadata_urls": ["https://mail.example.com/"]},
+                "enable_personal_vmrs": True,
+                "personal": {
+                    "directory_file": str(Path(__file__).parents[2] / "config" / "vmrs.toml"),
+                    "user_oauth_authorization_uri": f"{p.authority}/oauth2/v2.0/authorize",
+                    "user_oauth_token_uri": f"{p.authority}/oauth2/v2.0/token",
+                    "user_oauth_client_id": "pane-client",
+                    **secret,
+                    "tls_ca_file": str(world.ca_file),
+                    **personal,
+                },
+            }
+        ],
+    }
+    return config.parse(doc, world.tmp, {"PANE_SECRET": "pane-secret"}).integrations[0]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_900_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def sign_in_for(world: World, clock: Clock | None = None) -> UserSignIn:
+    return UserSignIn(
+        world.tmp / "data",
+        environ={},
+        clock=clock or Clock(),
+        http_for=lambda integ: CaSession(integ.personal.tls_ca_file),
+    )
+
+
+def authorize(world: World, url: str) -> dict[str, str]:
+    """The user signs in at the provider; the query it redirects back with."""
+    response = requests.get(url, allow_redirects=False, verify=str(world.ca_file), timeout=10)
+    assert response.status_code == 302, response.text
+    location = response.headers["Location"]
+    assert location.startswith(REDIRECT + "?")
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))
+
+
+def test_the_authorization_url_carries_state_nonce_and_an_s256_challenge(world: World) -> None:
+    integ = integration(world)
+    url = sign_in_for(world).start(integ, REDIRECT)
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+    assert url.startswith(integ.personal.user_oauth_authorization_uri + "?")
+    assert query["client_id"] == "pane-client" and query["redirect_uri"] == REDIRECT
+    assert query["response_type"] == "code" and query["code_challenge_method"] == "S256"
+    assert len(query["code_challenge"]) == 43 and len(query["state"]) >= 32
+    assert "offline_access" in query["scope"].split() and query["nonce"]
+    assert "resource" not in query
+
+    adfs = integration(
+        world,
+        authentication_provider="adfs",
+        adfs_resource_identifier="urn:vmrsched",
+    )
+    adfs_query = dict(
+        urllib.parse.parse_qsl(
+            urllib.parse.urlsplit(sign_in_for(world).start(adfs, REDIRECT)).query
+        )
+    )
+    assert adfs_query["resource"] == "urn:vmrsched"
+
+
+def test_a_sign_in_opens_a_session_naming_the_user(world: World) -> None:
+    integ = integration(world)
+    sign_in = sign_in_for(world)
+    session = sign_in.finish(integ, authorize(world, sign_in.start(integ, REDIRECT)), REDIRECT)
+    assert session.email == "olga@example.com" and session.token.startswith("vms1.")
+    assert sign_in.email(integ, session.token) == "olga@example.com"
+    assert world.platform.grants == ["authorization_code"]
+
+    stored = (world.tmp / "data" / "sign-in" / "room.json").read_text()
+    assert session.token not in stored  # only its digest
+    refresh = next(iter(world.platform.refresh_tokens))
+    assert refresh not in stored  # encrypted at rest
+    key = world.tmp / "data" / "sign-in" / "key"
+    assert key.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_id_token_not_signed_by_the_providers_keys_opens_no_session(world: World) -> None:
+    """Whoever answers the token endpoint, the ID token must be signed with a key the
+    provider publishes: a forged one naming another user gets nobody's session."""
+    integ = integration(world)
+    sign_in = sign_in_for(world)
+    world.platform.forge_with = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with pytest.raises(SignInRefused, match="signature does not verify"):
+        sign_in.finish(integ, authorize(world, sign_in.start(integ, REDIRECT)), REDIRECT)
+    world.platform.forge_with = None
+    session = sign_in.finish(integ, authorize(world, sign_in.start(integ, REDIRECT)), REDIRECT)
+    assert session.email == "olga@example.com"
+
+
+def test_a_wrong_reused_or_foreign_state_is_refused(world: World) -> None:
+    integ = integration(world)
+    other = integration(world, name="other")
+    sign_in = sign_in_for(world)
+    query = authorize(world, sign_in.start(integ, REDIRECT))
+    with pytest.raises(SignInRefused, match="unknown or expired"):
+        sign_in.finish(integ, {**query, "state": query["state"][:-2] + "xx"}, REDIRECT)
+    with pytest.raises(SignInRefused, match="unknown or expired"):
+        sign_in.finish(other, query, REDIRECT)  # the attempt was another integration's
+    # the state is spent by a refused attempt too: a second try must start again
+    with pytest.raises(SignInRefused, match="unknown or expired"):
+        sign_in.finish(integ, query, REDIRECT)
+    with pytest.raises(SignInRefused, match="refused the sign-in"):
+        sign_in.finish(integ, {"error": "access_denied", "state": "s"}, REDIRECT)
+    # the provider's words come through the address bar: never on our page
+    forged = {"error": "x", "error_description": "Call +1 555 0100 to unlock", "state": "s"}
+    with pytest.raises(SignInRefused) as refused:
+        sign_in.finish(integ, forged, REDIRECT)
+    assert "555" not in refused.value.message
+
+
+def test_an_attempt_expires_after_ten_minutes(world: World) -> None:
+    integ = integration(world)
+    clock = Clock()
+    sign_in = sign_in_for(world, clock)
+    query = authorize(world, sign_in.start(integ, REDIRECT))
+    clock.now += 601
+    with pytest.raises(SignInRefused, match="unknown or expired"):
+        sign_in.finish(integ, query, REDIRECT)
+
+
+def test_the_provider_checks_the_pkce_verifier(world: World) -> None:
+    """A code redeemed with another verifier (an intercepted code) is refused."""
+    integ = integration(world)
+    sign_in = sign_in_for(world)
+    query = authorize(world, sign_in.start(integ, REDIRECT))
+    state = query["state"]
+    store = sign_in._attempts.store
+    kept = store.take(state)
+    assert kept is not None
+    store.put(state, dataclasses.replace(kept, verifier="x" * 64))
+    with pytest.raises(SignInRefused, match="PKCE verification failed"):
+        sign_in.finish(integ, query, REDIRECT)
+
+
+def test_sessions_are_refreshed_daily_and_forgotten_when_refused_or_signed_out(
+    world: World,
+) -> None:
+    integ = integration(world)
+    clock = Clock()
+    sign_in = sign_in_for(world, clock)
+    session = sign_in.finish(integ, authorize(world, sign_in.start(integ, REDIRECT)), REDIRECT)
+
+    clock.now += 23 * 3600
+    assert not sign_in.needs_refresh(integ, session.token)
+    assert sign_in.email(integ, session.token) == "olga@example.com"
+    assert world.platform.grants == ["authorization_code"]
+
+    clock.now += 2 * 3600
+    assert sign_in.needs_refresh(integ, session.token)
+    assert sign_in.email(integ, session.token) == "olga@example.com"
+    assert world.platform.grants == ["authorization_code", "refresh_token"]
+    assert not sign_in.needs_refresh(integ, session.token)
+
+    clock.now += 25 * 3600
+    world.platform.refuse_refresh = True
+    with pytest.raises(Unauthorized) as refused:
+        sign_in.email(integ, session.token)
+    assert refused.value.code == "sign_in_required"
+    with pytest.raises(Unauthorized):  # forgotten, not asked again
+        sign_in.email(integ, session.token)
+    assert world.platform.grants.count("refresh_token") == 2
+
+    world.platform.refuse_refresh = False
+    again = sign_in.finish(integ, authorize(world, sign_in.start(integ, REDIRECT)), REDIRECT)
+    sign_in.sign_out(integ, again.token)
+    with pytest.raises(Unauthorized):
+        sign_in.email(integ, again.token)
+    assert json.loads((world.tmp / "data" / "sign-in" / "room.json").read_text()) == {}
+
+
+def test_a_session_key_from_the_environment_is_used_and_a_changed_key_loses_sessions(
+    world: World,
+) -> None:
+    from cryptography.fernet import Fernet
+
+    integ = integration(world)
+    clock = Clock()
+    key = Fernet.generate_key().decode()
+    first = UserSignIn(
+        world.tmp / "data",
+        environ={"VMRSCHED_SESSION_KEY": key},
+        clock=clock,
+        http_for=lambda i: CaSession(i.personal.tls_ca_file),
+    )
+    session = first.finish(integ, authorize(world, first.start(integ, REDIRECT)), REDIRECT)
+    assert not (world.tmp / "data" / "sign-in" / "key").exists()
+
+    clock.now += 2 * 24 * 3600
+    changed = UserSignIn(
+        world.tmp / "data",
+        environ={"VMRSCHED_SESSION_KEY": Fernet.generate_key().decode()},
+        clock=clock,
+        http_for=lambda i: CaSession(i.personal.tls_ca_file),
+    )
+    with pytest.raises(Unauthorized):
+        changed.email(integ, session.token)
+
+
+# --- damage (DESIGN "Storage": kept aside, alarm, nothing readable lost) ----------------------
+
+
+def damage_alarms(alarms: Alarms) -> dict[str, str]:
+    return {a.integration: a.message for a in alarms.active() if a.name == STATE_DAMAGED}
+
+
+def test_a_damaged_sign_in_key_is_replaced_kept_aside_and_said_plainly(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A garbage key file: a new key (sessions made with the old one must sign in again), the
+    old file kept, one clear log line, the alarm; never a 500 on every sign-in."""
+    alarms = Alarms(Metrics())
+    integ = integration(world)
+    folder = world.tmp / "data" / "sign-in"
+    folder.mkdir(parents=True)
+    (folder / "key").write_text("this is not a Fernet key\n")
+    sign_in = sign_in_for(world)
+    with caplog.at_level(logging.ERROR, "vmrsched"):
+        session = sign_in.finish(integ, authorize(world, sign_in.start(integ, REDIRECT)), REDIRECT)
+    assert sign_in.email(integ, session.token) == "olga@example.com"
+    [aside] = folder.glob("key.damaged-*")
+    assert aside.read_text() == "this is not a Fernet key\n"
+    Fernet((folder / "key").read_text().strip().encode())  # a usable key now
+    [line] = [r.getMessage() for r in caplog.records if "key" in r.getMessage()]
+    assert "new key" in line and "sign in again" in line
+    assert str(aside) in damage_alarms(alarms)["service"]
+
+
+def test_a_cut_sessions_file_keeps_every_readable_session(world: World) -> None:
+    alarms = Alarms(Metrics())
+    integ = integration(world)
+    clock = Clock()
+    sign_in = sign_in_for(world, clock)
+    sessions = [
+        sign_in.finish(integ, authorize(world, sign_in.start(integ, REDIRECT)), REDIRECT)
+        for _ in range(3)
+    ]
+    path = world.tmp / "data" / "sign-in" / "room.json"
+    original = path.read_bytes()
+    path.write_bytes(original[: len(original) - 20])  # the last session (by digest) is cut
+    last = max(sessions, key=lambda s: hashlib.sha256(s.token.encode()).hexdigest())
+
+    again = sign_in_for(world, clock)
+    for session in sessions:
+        if session is last:
+            with pytest.raises(Unauthorized):
+                again.email(integ, session.token)
+        else:
+            assert again.email(integ, session.token) == "olga@example.com"
+    [aside] = path.parent.glob("room.json.damaged-*")
+    assert aside.read_bytes() == original[: len(original) - 20]
+    assert len(json.loads(path.read_text())) == 2  # what was readable, written whole again
+    assert str(aside) in damage_alarms(alarms)["room"]

@@ -1,0 +1,5 @@
+import sys
+
+from vmrsched.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,415 @@
+"""`vmrsched store check|repair`: what a damaged store still holds, and a new store made of every
+valid record in it.
+
+A store refuses to open when its files hold damage a crash cannot explain (store_corrupt). Check
+reads every file without changing any; repair (with the service stopped: it takes the store's
+lock) moves the damaged files aside into `damaged-<time>/`, keeping every byte, and writes a fresh
+snapshot and archive from every record that can be read: the snapshot's documents that pass their
+checksum (or, when it no longer parses, each document that still decodes on its own), then every
+valid journal entry in order, including entries found behind junk on a damaged line.
+
+Check also reads every other file the service keeps (queue journals, decisions logs, sign-in key
+and sessions, token caches) and lists the ones that are damaged, and the damaged files the
+service set aside (`<name>.damaged-<time>`) once it had kept what they still held.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.fernet import Fernet
+
+from vmrsched.config import DataLayout
+from vmrsched.store import ARCHIVE, JOURNAL_RE, SNAPSHOT, lock_directory
+from vmrsched.store.journal import (
+    CRC_TABLE,
+    DAMAGED_SUFFIX,
+    AtomicJSONStorage,
+    damaged_documents,
+    document_crc,
+    fsync_dir,
+    salvage_members,
+    scan,
+    sealed_lengths,
+    set_aside,
+)
+from vmrsched.telemetry import report_damaged
+
+log = logging.getLogger("vmrsched.storage")
+
+_RECORD_START = re.compile(r'\{"alias_id":')
+
+
+@dataclass
+class FileReport:
+    name: str
+    records: int = 0  # records or entries read
+    problems: list[str] = field(default_factory=list)
+    lost: int = 0  # records or lines that could not be read
+
+
+@dataclass
+class Report:
+    directory: Path
+    files: list[FileReport] = field(default_factory=list)
+    active: int = 0
+    archived: int = 0
+
+    @property
+    def damaged(self) -> bool:
+        return any(f.problems for f in self.files)
+
+    def lines(self) -> list[str]:
+        out = [f"{self.directory}: {'DAMAGED' if self.damaged else 'ok'}"]
+        for f in self.files:
+            status = "; ".join(f.problems) if f.problems else "ok"
+            lost = f", {f.lost} unreadable" if f.lost else ""
+            out.append(f"  {f.name}: {f.records} readable{lost}: {status}")
+        out.append(f"  readable now: {self.active} active and {self.archived} archived aliases")
+        return out
+
+
+def _salvage_documents(raw: bytes, table: str) -> tuple[dict[str, Any], list[str]]:
+    """Documents of one table from a file that no longer parses as a whole: each document that
+    still decodes on its own (and passes its checksum, when the checksums are readable)."""
+    text = raw.decode("utf-8", errors="replace")
+    decoder = json.JSONDecoder()
+    found: dict[str, Any] = {}
+    problems: list[str] = []
+    position = 0
+    for match in _RECORD_START.finditer(text):
+        if match.start() < position:
+            continue
+        try:
+            doc, end = decoder.raw_decode(text, match.start())
+        except ValueError:
+            continue
+        position = end
+        if isinstance(doc, dict) and "alias_id" in doc:
+            found[str(len(found) + 1)] = doc
+    crcs: dict[str, int] = {}
+    tail = text.rfind(f'"{CRC_TABLE}":')
+    if tail >= 0:
+        try:
+            crcs_all, _ = decoder.raw_decode(text, tail + len(CRC_TABLE) + 3)
+            crcs = dict(crcs_all.get(table, {}))
+        except (ValueError, AttributeError):
+            crcs = {}
+    if crcs:
+        valid = {crc for doc_id, crc in crcs.items() if doc_id != "*"}
+        kept = {k: v for k, v in found.items() if document_crc(v) in valid}
+        if len(kept) != len(found):
+            problems.append(f"{len(found) - len(kept)} decodable document(s) fail their checksum")
+        found = kept
+    return found, problems
+
+
+def _read_table(directory: Path, name: str, table: str, report: Report) -> dict[str, Any]:
+    path = directory / name
+    entry = FileReport(name)
+    report.files.append(entry)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    try:
+        data = orjson.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except ValueError:
+        docs, problems = _salvage_documents(raw, table)
+        entry.problems.append("empty or not JSON" if not raw.strip() else "does not parse")
+        entry.problems.extend(problems)
+        entry.records = len(docs)
+        return docs
+    bad = damaged_documents(data)
+    docs = dict(data.get(table, {}))
+    if bad:
+        entry.problems.append(
+            f"{len(bad)} document(s) fail their checksum ({', '.join(d for _, d in bad[:5])})"
+        )
+        # read the documents one by one from the text, not from the parsed table: a damaged
+        # key can make two documents share one, and parsing keeps only the later of them
+        docs, problems = _salvage_documents(raw, table)
+        entry.problems.extend(problems)
+        crcs = data.get(CRC_TABLE, {}).get(table, {})
+        entry.lost = max(0, len([k for k in crcs if k != "*"]) - len(docs))
+    entry.records = len(docs)
+    return docs
+
+
+def _analyse(directory: Path) -> tuple[Report, dict[str, Any], dict[str, Any]]:
+    report = Report(directory)
+    active: dict[str, Any] = {}
+    archived: dict[str, Any] = {}
+    for doc in _read_table(directory, SNAPSHOT, "aliases", report).values():
+        active[doc["alias_id"]] = doc
+    for doc in _read_table(directory, ARCHIVE, "archive", report).values():
+        archived[doc["alias_id"]] = doc
+    gens = sorted(int(m.group(1)) for p in directory.iterdir() if (m := JOURNAL_RE.match(p.name)))
+    scans = [(gen, scan(directory / f"journal.{gen}.log")) for gen in gens]
+    sealed = sealed_lengths(result for _, result in scans)
+    for gen, result in scans:
+        name = f"journal.{gen}.log"
+        entry = FileReport(name, records=len(result.entries) + len(result.salvaged))
+        report.files.append(entry)
+        if len(result.entries) < sealed.get(gen, 0):
+            entry.problems.append(
+                f"cut short: holds {len(result.entries)} of the {sealed[gen]} entries it had"
+            )
+            entry.lost = sealed[gen] - len(result.entries)
+        if result.bad_lines:
+            entry.problems.append(
+                f"damaged line(s) {', '.join(map(str, result.bad_lines[:10]))}"
+                + (
+                    f"; {len(result.salvaged)} entr(y/ies) recovered from them"
+                    if result.salvaged
+                    else ""
+                )
+            )
+            entry.lost = len(result.bad_lines) - len(result.salvaged)
+        for item in result.ordered:
+            if item.get("op") == "put":
+                record = item["r"]
+                active[record["alias_id"]] = record
+                archived.pop(record["alias_id"], None)
+            elif item.get("op") == "archive":
+                for record in item["records"]:
+                    active.pop(record["alias_id"], None)
+                    archived[record["alias_id"]] = record
+    report.active = len(active)
+    report.archived = len(archived)
+    return report, active, archived
+
+
+def check(directory: Path) -> Report:
+    """Read everything, change nothing (safe beside a running service)."""
+    return _analyse(Path(directory))[0]
+
+
+def repair(directory: Path, now: datetime | None = None) -> Report:
+    """Rebuild the store from every valid record; the old files move to damaged-<time>/."""
+    directory = Path(directory)
+    fd = lock_directory(directory, f"the store {directory}")
+    try:
+        report, active, archived = _analyse(directory)
+        if not report.damaged:
+            return report  # nothing to repair; nothing is touched
+        stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+        aside = directory / f"damaged-{stamp}"
+        suffix = 1
+        while aside.exists():
+            suffix += 1
+            aside = directory / f"damaged-{stamp}-{suffix}"
+        aside.mkdir()
+        for path in list(directory.iterdir()):
+            if path.is_file() and (path.name in (SNAPSHOT, ARCHIVE) or JOURNAL_RE.match(path.name)):
+                shutil.move(str(path), aside / path.name)
+        fsync_dir(aside)
+        AtomicJSONStorage(directory / ARCHIVE).write(
+            {"archive": {str(i): r for i, r in enumerate(archived.values(), 1)}}
+        )
+        AtomicJSONStorage(directory / SNAPSHOT).write(
+            {"aliases": {str(i): r for i, r in enumerate(active.values(), 1)}}
+        )
+        fsync_dir(directory)
+        return report
+    finally:
+        os.close(fd)
+
+
+# --- the other files the service keeps ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateFile:
+    """One file of the service's state other than a store: `path` relative to the data
+    directory; `damaged` when it needs the admin (damaged, or set aside damaged)."""
+
+    path: str
+    detail: str
+    damaged: bool = False
+
+
+def read_or_set_aside(
+    path: Path, check: Callable[[bytes], object], integration: str, loss: str
+) -> bytes | None:
+    """A state file's bytes, when `check` accepts them (it raises ValueError when not); None
+    when there is no such file. A file `check` refuses is damage (state files are written
+    atomically): it is set aside (every byte kept), logged with `loss` (what going on without
+    it means), state_damaged is raised, and None returned: the owner starts afresh."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        check(raw)
+    except ValueError as exc:
+        aside = set_aside(path)
+        log.error("%s is damaged (%s), kept as %s: %s", path, exc, aside.name, loss)
+        report_damaged(integration, aside, f"{exc}; {loss}")
+        return None
+    return raw
+
+
+def usable_key(text: str) -> bool:
+    """Whether `text` is a sign-in key (a Fernet key: 32 url-safe base64-encoded bytes)."""
+    try:
+        Fernet(text.encode())
+    except ValueError:
+        return False
+    return True
+
+
+def check_state(data_dir: Path, integration: str | None = None) -> list[StateFile]:
+    """Every queue journal, decisions log, sign-in sessions file, token cache and the sign-in
+    key under `data_dir` (those of `integration` and the shared key, when named), and every
+    damaged file set aside beside them. Reads only (safe beside a running service)."""
+    data_dir = Path(data_dir)
+    found: list[StateFile] = []
+
+    def mine(name: str) -> bool:
+        return integration is None or name == integration
+
+    layout = DataLayout(data_dir)
+    queues = layout.queues
+    for folder in sorted(p for p in _entries(queues) if p.is_dir() and mine(p.name)):
+        for path in sorted(_entries(folder), key=_generation):
+            if path.name.startswith("outgoing."):
+                found.append(_journal_state(data_dir, path))
+    for path in sorted(_entries(layout.decisions_dir)):
+        if path.name.endswith(".jsonl") and mine(path.name[: -len(".jsonl")]):
+            found.append(_decisions_state(data_dir, path))
+    for path in sorted(_entries(layout.sign_in)):
+        if path.name == "key":
+            found.append(_key_state(data_dir, path))
+        elif path.name.endswith(".json") and mine(path.stem):
+            found.append(_sessions_state(data_dir, path))
+    for path in sorted(_entries(layout.oauth_dir)):
+        if path.name.endswith(".json") and mine(path.stem):
+            found.append(_cache_state(data_dir, path))
+    for folder in (layout.sign_in, layout.oauth_dir, layout.decisions_dir):
+        for path in sorted(_entries(folder)):
+            owner = DAMAGED_SUFFIX.sub("", path.name).split(".")[0]
+            if DAMAGED_SUFFIX.search(path.name) and (owner == "key" or mine(owner)):
+                found.append(_aside(data_dir, path))
+    return found
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _generation(path: Path) -> tuple[int, str]:
+    parts = path.name.split(".")
+    return (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0, path.name)
+
+
+def _aside(data_dir: Path, path: Path) -> StateFile:
+    return StateFile(
+        str(path.relative_to(data_dir)),
+        "kept aside, damaged (what it still held was kept): look at it, then delete it",
+        damaged=True,
+    )
+
+
+def _journal_state(data_dir: Path, path: Path) -> StateFile:
+    if DAMAGED_SUFFIX.search(path.name):
+        return _aside(data_dir, path)
+    result = scan(path)
+    name = str(path.relative_to(data_dir))
+    readable = len(result.entries) + len(result.salvaged)
+    if result.corrupt:
+        lines = ", ".join(map(str, result.bad_lines[:10]))
+        return StateFile(
+            name,
+            f"damaged line(s) {lines}: {readable} entries readable, "
+            f"{len(result.unreadable)} line(s) unreadable (the service keeps what reads and "
+            "sets the journal aside when it opens it)",
+            damaged=True,
+        )
+    torn = "; a torn last line (a crash mid-write: never acknowledged)" if result.torn_tail else ""
+    return StateFile(name, f"ok: {readable} entries{torn}")
+
+
+def _decisions_state(data_dir: Path, path: Path) -> StateFile:
+    name = str(path.relative_to(data_dir))
+    lines = path.read_bytes().split(b"\n")
+    complete, last = lines[:-1], lines[-1]
+    bad = []
+    for number, line in enumerate(complete, 1):
+        if not line:
+            continue
+        try:
+            if not isinstance(json.loads(line), dict):
+                bad.append(number)
+        except ValueError:
+            bad.append(number)
+    torn = "; a torn last line (a crash mid-write)" if last else ""
+    if bad:
+        return StateFile(
+            name,
+            f"unreadable line(s) {', '.join(map(str, bad[:10]))}: "
+            f"{sum(map(bool, complete)) - len(bad)} decisions readable (searches skip the "
+            "others)",
+            damaged=True,
+        )
+    return StateFile(name, f"ok: {sum(map(bool, complete))} decisions{torn}")
+
+
+def _sessions_state(data_dir: Path, path: Path) -> StateFile:
+    name = str(path.relative_to(data_dir))
+    raw = path.read_bytes()
+    try:
+        data = json.loads(raw)
+        if isinstance(data, dict) and all(isinstance(v, dict) for v in data.values()):
+            return StateFile(name, f"ok: {len(data)} session(s)")
+    except ValueError:
+        pass
+    readable = salvage_members(raw)
+    return StateFile(
+        name,
+        f"does not parse: {len(readable)} readable session(s) (the service keeps them and sets "
+        "the file aside when it reads it; the others sign in again)",
+        damaged=True,
+    )
+
+
+def _key_state(data_dir: Path, path: Path) -> StateFile:
+    text = path.read_bytes().decode("ascii", errors="replace").strip()
+    if usable_key(text):
+        return StateFile(str(path.relative_to(data_dir)), "ok")
+    return StateFile(
+        str(path.relative_to(data_dir)),
+        "not a usable key (the service sets it aside and makes a new one; personal-VMR "
+        "sign-ins made before sign in again)",
+        damaged=True,
+    )
+
+
+def _cache_state(data_dir: Path, path: Path) -> StateFile:
+    name = str(path.relative_to(data_dir))
+    try:
+        if isinstance(json.loads(path.read_bytes()), dict):
+            return StateFile(name, "ok")
+    except ValueError:
+        pass
+    return StateFile(
+        name,
+        "does not parse (the service account must sign in again: /admin/integrations/<name>/"
+        "sign-in)",
+        damaged=True,
+    )
