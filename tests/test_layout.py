@@ -21,3 +21,13 @@ def test_the_readme_names_every_module() -> None:
     folders = sorted(f"{p.name}/" for p in package.iterdir() if (p / "__init__.py").is_file())
     for folder in folders:
         assert f"`{folder}`" in layout
+
+
+def test_no_module_is_over_600_lines() -> None:
+    """A module past 600 lines holds more than one thing: split it by what each part holds."""
+    long = {
+        str(path.relative_to(ROOT)): n
+        for path in sorted((ROOT / "vmrsched").rglob("*.py"))
+        if (n := len(path.read_text().splitlines())) > 600
+    }
+    assert not long, f"over 600 lines: {long}"

@@ -92,14 +92,13 @@ class StatusBoard:
 
 
 def default_gateway(integ: IntegrationConfig, ctx: Context) -> Mailbox:
-    state = ctx.stores.graph_state
     return make_gateway(
         integ,
         ctx.data_dir,
         ctx.metrics,
         ctx.tokens,
         exclusive=True,
-        graph_state=state(integ.name) if state is not None and integ.backend == "graph" else None,
+        graph_states=ctx.stores.graph_state,
     )
 
 

@@ -349,6 +349,12 @@ class IntegrationConfig:
             for name, spec in templating.TEMPLATES.items()
         }
 
+    @property
+    def graph_notifications(self) -> bool:
+        """Whether Graph pushes change notifications to this integration (a Graph mailbox with
+        a notification_url): only those answer Graph's validation token."""
+        return self.backend == "graph" and bool(self.graph.notification_url)
+
     def spool_dir(self, data_dir: Path) -> Path:
         return (
             Path(self.spool.directory)

@@ -22,13 +22,13 @@ def make_gateway(
     metrics: Metrics,
     tokens: TokenSources | None = None,
     exclusive: bool = False,
-    graph_state: GraphStateStore | None = None,
+    graph_states: Callable[[str], GraphStateStore] | None = None,
 ) -> Mailbox:
     """The mailbox backend an integration is configured with (`exclusive`: the running
     service's own, locked against a second process). The running service builds one per
     integration and its poller and notifier share it from their two threads (see base).
-    `graph_state`: where the Graph backend keeps its subscription and delta link (files under
-    data_dir unless given)."""
+    `graph_states`: where the Graph backend keeps an integration's subscription and delta link,
+    by its name (files under data_dir unless given); the other backends keep no such state."""
     if integ.backend == "spool":
         from vmrsched.mailbox.spool import SpoolMailbox
 
@@ -44,7 +44,11 @@ def make_gateway(
     if integ.backend == "graph":
         from vmrsched.mailbox.graph import GraphMailbox
 
-        state = graph_state if graph_state is not None else DataLayout(data_dir).graph(integ.name)
+        state = (
+            graph_states(integ.name)
+            if graph_states is not None
+            else DataLayout(data_dir).graph(integ.name)
+        )
         return GraphMailbox(integ, metrics, state)
     raise RuntimeError(f"backend {integ.backend!r} is not available in this version")
 

@@ -26,7 +26,7 @@ class GraphPush:
         """Whether `name` is a Graph integration expecting change notifications (only those
         echo Graph's validation token)."""
         integ = self.runtime.config.integration(name)
-        return integ is not None and integ.backend == "graph" and bool(integ.graph.notification_url)
+        return integ is not None and integ.graph_notifications
 
     def graph_notification(self, name: str, notifications: list[dict[str, Any]]) -> None:
         """Change or lifecycle notifications for a Graph integration: its gateway checks the

@@ -30,7 +30,6 @@ class PolicyAnswers:
         room = self.runtime.ctx.alias_index.lookup(policy.normalise(local_alias))
         if room is None:
             return "not one of ours"
-        status = getattr(room, "status", "")
-        if status != "bound" or getattr(room, "schedule", None) is None:
-            return f"not booked for a meeting (it is {status or 'unknown'})"
+        if room.status != "bound" or room.schedule is None:
+            return f"not booked for a meeting (it is {room.status or 'unknown'})"
         return "outside its join window (too early or too late to join)"
