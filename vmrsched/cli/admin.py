@@ -12,7 +12,7 @@ import getpass
 import json
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from vmrsched.config import Config, ServerConfig
@@ -22,28 +22,16 @@ if TYPE_CHECKING:  # imported when a command runs: `vmrsched --help` stays quick
     import requests
 
     from vmrsched.service import OfflineAdmin
+    from vmrsched.service.admin import OfflinePort
 
 API = "/api/admin/v1"
 TIMEOUT = 60.0
 
 
-class Admin(Protocol):
-    """What both ways of reaching the data offer."""
-
-    def find_aliases(
-        self, name: str, query: str = "", day: str = "", limit: int = 100
-    ) -> list[dict[str, Any]]: ...
-
-    def delete_alias(self, name: str, alias: str, by: str) -> dict[str, Any]: ...
-
-    def resend(self, name: str, alias: str, by: str) -> str: ...
-
-    def decisions(self, name: str, query: str = "", limit: int = 100) -> list[dict[str, Any]]: ...
-
-
 class ApiAdmin:
-    """The running service's admin API. Its errors come back as ServiceError with the API's
-    code and message; who acted is logged by the service (the admin token and this address)."""
+    """The admin port (service/admin.py's `Admin`, answering at once like `OfflinePort`) served
+    by the running service's admin API. Its errors come back as ServiceError with the API's code
+    and message; who acted is logged by the service (the admin token and this address)."""
 
     def __init__(self, base_url: str, token: str, session: requests.Session | None = None) -> None:
         import requests
@@ -110,7 +98,7 @@ def local_url(server: ServerConfig) -> str:
 
 
 @contextlib.contextmanager
-def admin_for(cfg: Config, url: str | None) -> Iterator[tuple[Admin, str]]:
+def admin_for(cfg: Config, url: str | None) -> Iterator[tuple[OfflinePort, str]]:
     """The way to the data and its name: the API when `url` is given or the service runs,
     the data directory otherwise."""
     from vmrsched.service import OfflineAdmin
