@@ -56,7 +56,9 @@ from tests import spoolkit
 from tests.configs import spool_config
 from vmrsched import service
 from vmrsched.actors import futex
-from vmrsched.actors.service import supervisor_proxy, threads_for
+from vmrsched.actors.bridge import ask
+from vmrsched.actors.messages import Reload
+from vmrsched.actors.service import threads_for
 
 def integrations(count):
     return spool_config(Path(sys.argv[1]), names=tuple(f"i{n}" for n in range(count)))
@@ -67,7 +69,7 @@ spoolkit.wait_for(lambda: svc.ctx.status.state(first.integrations[-1].name) == "
 print(futex.current_slots(), futex.slots_for(threads_for(first)))
 if len(sys.argv) > 3:
     grown = integrations(int(sys.argv[3]))
-    supervisor_proxy(svc.supervisor).reload(grown).get(timeout=60)
+    ask(svc.supervisor, Reload(grown), timeout=60)
     print(futex.current_slots(), futex.slots_for(threads_for(grown)))
 svc.stop()
 """

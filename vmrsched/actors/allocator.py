@@ -22,25 +22,25 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import pykka
-from pykka.typing import ActorMemberMixin, proxy_method
 
 from vmrsched import alias_admin
-from vmrsched.actors.bridge import deliver
+from vmrsched.actors.bridge import ask, deliver
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import (
     Crash,
     DeleteAlias,
+    Enqueue,
     FindAliases,
     Poke,
+    ProcessMeetings,
     Request,
     ResendInstructions,
     Reserve,
     Sweep,
 )
-from vmrsched.actors.notifier import notifier_proxy
 from vmrsched.actors.registry import ActorUnavailable
 from vmrsched.config import IntegrationConfig
 from vmrsched.errors import StorageFull
@@ -442,8 +442,9 @@ class AliasAllocator(SupervisedChild):
         log.info("the store takes writes again", extra={"integration": self.integ.name})
 
     def _handle_request(self, request: Request) -> None:
-        """Group commit for requests from the event loop: reserve now, answer after the fsync
-        that covers every request waiting in the inbox."""
+        """Every ask of this actor: the poller's meetings (answered once durable), an admin's
+        acts, and reservations from the event loop, in group commit: reserved now, answered
+        after the fsync that covers every request waiting in the inbox."""
         try:
             if isinstance(request.payload, Reserve):
                 try:
@@ -453,6 +454,8 @@ class AliasAllocator(SupervisedChild):
                     return
                 self._pending_replies.append((request, results))
 
+            elif isinstance(request.payload, ProcessMeetings):
+                request.reply(self.process(request.payload.meetings, request.payload.now), None)
             elif isinstance(request.payload, FindAliases):
                 request.reply(self._find(request.payload), None)
             elif isinstance(request.payload, DeleteAlias):
@@ -519,7 +522,7 @@ class AliasAllocator(SupervisedChild):
     def _queue(self, message: Outgoing) -> None:
         """Durably queued with the notifier before the admin is told it is done."""
         notifier = self.ctx.registry.get(self.integ.name, "notifier")
-        notifier_proxy(notifier).enqueue([message]).get(timeout=30)
+        ask(notifier, Enqueue([message]), timeout=30)
 
     def _flush_replies(self) -> None:
         """Commit, publish, then answer: a Pexip node asked about an alias right after the
@@ -543,13 +546,3 @@ class AliasAllocator(SupervisedChild):
             self._publish_changes()
         finally:  # what is on disk is answered, whatever publishing did
             deliver((request, result, None) for request, result in pending)
-
-
-class AliasAllocatorProxy(ActorMemberMixin, pykka.ActorProxy[AliasAllocator]):
-    """The typed proxy: what may be asked of the actor from another actor's thread."""
-
-    process = proxy_method(AliasAllocator.process)
-
-
-def allocator_proxy(ref: pykka.ActorRef[Any]) -> AliasAllocatorProxy:
-    return cast(AliasAllocatorProxy, ref.proxy())

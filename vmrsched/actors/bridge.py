@@ -2,20 +2,19 @@
 
 From the event loop (`ask_async`) the future is the loop's, resolved through
 loop.call_soon_threadsafe: the loop never blocks (never future.get() on it, never a thread
-waiting on a pykka future for it). From any other thread (the CLI, tests) `ask` waits on a
-concurrent future. Payloads are typed (`Ask[R]`): the answer is an R.
+waiting on a pykka future for it). From any other thread that may block (another actor's, the
+CLI's, a test's) `ask` waits on a concurrent future. Payloads are typed (`Ask[R]`): the answer
+is an R. An actor answers with `answer`, which carries its error back to the asker without
+stopping it.
 
 Actors that answer many requests at once (the allocator's group commit) hand all replies to
-`deliver`, which wakes each event loop once for the whole batch instead of once per reply.
-
-Actors ask each other through typed pykka proxies instead (allocator_proxy, notifier_proxy):
-an actor thread may block on another actor, and a proxy's future carries the callee's
-exception back to the caller without stopping the callee."""
+`deliver`, which wakes each event loop once for the whole batch instead of once per reply."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -29,6 +28,9 @@ if TYPE_CHECKING:
     from vmrsched.store import Record
 
 R = TypeVar("R")
+
+# how often a blocked `ask` looks whether the asked actor still runs
+ALIVE_CHECK_SECONDS = 0.25
 
 
 class LoopReply(Generic[R]):
@@ -99,8 +101,11 @@ async def ask_async(ref: pykka.ActorRef[Any], payload: Ask[R], timeout: float = 
 
 
 def ask(ref: pykka.ActorRef[Any], payload: Ask[R], timeout: float = 10.0) -> R:
-    """Ask from a thread that may block (never the event loop's, never an actor's own): as
-    `ask_async`, waiting on a concurrent future."""
+    """Ask from a thread that may block (another actor's, never the event loop's, never the
+    asked actor's own): as `ask_async`, waiting on a concurrent future. An actor that stops
+    before answering drops the Request with its inbox: that is ActorDeadError as soon as it is
+    seen (within ALIVE_CHECK_SECONDS), not a wait to the timeout (TimeoutError), so that a
+    supervisor restarting the asked actor need not wait for its asker either."""
     done: concurrent.futures.Future[R] = concurrent.futures.Future()
 
     def reply(result: R | None, error: BaseException | None) -> None:
@@ -110,7 +115,15 @@ def ask(ref: pykka.ActorRef[Any], payload: Ask[R], timeout: float = 10.0) -> R:
             done.set_result(result)  # type: ignore[arg-type]  # (result, None): an R
 
     ref.tell(Request(payload, reply))
-    return done.result(timeout)
+    deadline = time.monotonic() + timeout
+    while not done.done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"{type(payload).__name__}: no answer in {timeout:g} s")
+        concurrent.futures.wait([done], timeout=min(left, ALIVE_CHECK_SECONDS))
+        if not done.done() and not ref.is_alive():
+            raise pykka.ActorDeadError(f"{ref} stopped before answering {type(payload).__name__}")
+    return done.result()
 
 
 class ReservationBatcher:

@@ -1,16 +1,21 @@
 """Every message actors tell each other and the front ends tell actors: typed, immutable.
 
-Asking an actor (from the event loop, see bridge.py) is telling it a `Request`: a payload and
-the callable that takes its reply. Every payload is an `Ask[R]`, R being what the reply carries,
-so `bridge.ask_async(ref, FindAliases(...))` is known to return `list[Record]`."""
+Asking an actor (from the event loop, another actor's thread or the CLI; see bridge.py) is
+telling it a `Request`: a payload and the callable that takes its reply. Every payload is an
+`Ask[R]`, R being what the reply carries, so `bridge.ask_async(ref, FindAliases(...))` is known
+to return `list[Record]`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal
 
 from vmrsched.config import Config
+from vmrsched.messages.answers import Step
+from vmrsched.outgoing import Outgoing
+from vmrsched.rules.meetings import Meeting
 from vmrsched.store import Record
 from vmrsched.store.outqueue import Failed, Queued
 
@@ -153,6 +158,37 @@ class ResendInstructions(Ask[str | None]):
 
     alias: str
     by: str
+
+
+@dataclass(frozen=True)
+class ProcessMeetings(Ask[list[Step]]):
+    """Payload of a Request from the poller to its allocator: plan and apply each meeting
+    (with the id of the inbox item it came in) on the store's view, one after the other; the
+    reply, once all of it is durable (one fsync), is each one's Step, in order."""
+
+    meetings: Sequence[tuple[Meeting, str]]
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Enqueue(Ask[set[str]]):
+    """Payload of a Request to a notifier (from the poller, or the allocator for an admin's
+    act): queue these messages durably, each id once; the reply, once fsynced, is the ids of
+    the given messages now pending."""
+
+    messages: list[Outgoing]
+
+
+@dataclass(frozen=True)
+class StopTaking(Ask[None]):
+    """Payload of a Request to the ownership actor: the service stops, take no integration
+    more (the leases held are renewed until ReleaseAll)."""
+
+
+@dataclass(frozen=True)
+class ReleaseAll(Ask[None]):
+    """Payload of a Request to the ownership actor: every integration stopped here, give
+    every lease up (a clean stop hands them over at once)."""
 
 
 @dataclass(frozen=True)

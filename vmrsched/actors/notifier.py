@@ -22,14 +22,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, cast
-
-import pykka
-from pykka.typing import ActorMemberMixin, proxy_method
+from typing import Any
 
 from vmrsched.actors.bridge import answer
 from vmrsched.actors.child import SupervisedChild
-from vmrsched.actors.messages import Flush, QueueAct, QueueContents, Request
+from vmrsched.actors.messages import Enqueue, Flush, QueueAct, QueueContents, Request
 from vmrsched.actors.outage import Outage
 from vmrsched.actors.supervision import Backoff
 from vmrsched.mailbox.base import GatewayError, Mailbox, Outgoing
@@ -133,10 +130,13 @@ class Notifier(SupervisedChild):
         return None
 
     def _answer(self, request: Request[Any]) -> None:
-        """An admin's question or act about the queue (asked from the event loop): answered in
-        this thread, which owns the queue; an error goes back to the asker."""
+        """Messages to queue (from the poller or the allocator), or an admin's question or act
+        about the queue (from the event loop): answered in this thread, which owns the queue;
+        an error goes back to the asker."""
         ask = request.payload
-        if isinstance(ask, QueueContents):
+        if isinstance(ask, Enqueue):
+            answer(request, lambda: self.enqueue(ask.messages))
+        elif isinstance(ask, QueueContents):
             answer(request, lambda: self.queue.contents())
         elif isinstance(ask, QueueAct):
             answer(request, lambda: self._queue_act(ask))
@@ -383,13 +383,3 @@ class Notifier(SupervisedChild):
 def _responds(outgoing: Outgoing) -> bool:
     """A reply that answers the request item itself (EWS AcceptItem/DeclineItem)."""
     return outgoing.kind == "reply" and bool(outgoing.extra.get("item_id"))
-
-
-class NotifierProxy(ActorMemberMixin, pykka.ActorProxy[Notifier]):
-    """The typed proxy: what may be asked of the actor from another actor's thread."""
-
-    enqueue = proxy_method(Notifier.enqueue)
-
-
-def notifier_proxy(ref: pykka.ActorRef[Any]) -> NotifierProxy:
-    return cast(NotifierProxy, ref.proxy())

@@ -27,6 +27,8 @@ from typing import Any
 import psycopg
 import pykka
 
+from vmrsched.actors.bridge import answer
+from vmrsched.actors.messages import ReleaseAll, Request, StopTaking
 from vmrsched.postgres.connection import Connect
 from vmrsched.postgres.leases import Lease, LeaseLost, Leases, fair_share
 from vmrsched.postgres.records import Records
@@ -164,6 +166,10 @@ class Ownership(pykka.ThreadingActor):
             self._tick()
         elif isinstance(message, _Release):
             self.release(message.name)
+        elif isinstance(message, Request) and isinstance(message.payload, StopTaking):
+            answer(message, self.stopping)
+        elif isinstance(message, Request) and isinstance(message.payload, ReleaseAll):
+            answer(message, self.release_all)
         return None
 
     def set_wanted(self, wanted: Callable[[], list[str]]) -> None:

@@ -9,16 +9,14 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-from vmrsched.actors.allocator import allocator_proxy
+from vmrsched.actors.bridge import ask
 from vmrsched.actors.child import SupervisedChild
-from vmrsched.actors.messages import Poll
-from vmrsched.actors.notifier import notifier_proxy
+from vmrsched.actors.messages import Enqueue, Poll, ProcessMeetings
 from vmrsched.actors.outage import Outage
 from vmrsched.actors.supervision import Backoff
 from vmrsched.errors import StorageFull
 from vmrsched.mailbox.base import GatewayError, InboxItem, Mailbox, Outgoing
 from vmrsched.messages import answers
-from vmrsched.messages.answers import Step
 from vmrsched.rules.meetings import Meeting, is_address
 from vmrsched.store.decisions import DecisionWriter
 
@@ -101,7 +99,7 @@ class MailboxPoller(SupervisedChild):
         batch = [(_with_correlation(m), item.id) for item in readable for m in item.meetings]
 
         allocator = self.ctx.registry.get(name, "allocator")
-        steps: list[Step] = allocator_proxy(allocator).process(batch, now).get(timeout=ASK_TIMEOUT)
+        steps = ask(allocator, ProcessMeetings(batch, now), timeout=ASK_TIMEOUT)
 
         # Count and log each decision as it is made, before any of its effects can be seen.
         outgoing: list[Outgoing] = []
@@ -150,7 +148,7 @@ class MailboxPoller(SupervisedChild):
 
         notifier = self.ctx.registry.get(name, "notifier")
         # durable before handled; ids already queued once (a re-read, an echo) are not queued again
-        pending: set[str] = notifier_proxy(notifier).enqueue(outgoing).get(timeout=ASK_TIMEOUT)
+        pending = ask(notifier, Enqueue(outgoing), timeout=ASK_TIMEOUT)
 
         for meeting in accepted:
             self.gateway.record_accepted(meeting)

@@ -5,10 +5,9 @@ integrations restart, added ones start, removed ones stop, the rest never notice
 from __future__ import annotations
 
 import logging
-from typing import Any, cast
+from typing import Any
 
 import pykka
-from pykka.typing import ActorMemberMixin, proxy_method
 
 from vmrsched.actors import futex
 from vmrsched.actors.context import Context
@@ -173,15 +172,3 @@ class ServiceSupervisor(Supervisor):
     def on_stop(self) -> None:
         for name in list(self.children):
             self._stop_integration(name)
-
-
-class ServiceSupervisorProxy(ActorMemberMixin, pykka.ActorProxy[ServiceSupervisor]):
-    """The typed proxy of the blocking reload (Runtime.reload, tests). bridge.ask(ref,
-    Reload(config)) asks the same through the one ask channel; the event loop asks with
-    bridge.ask_async."""
-
-    reload = proxy_method(ServiceSupervisor.reload)
-
-
-def supervisor_proxy(ref: pykka.ActorRef[Any]) -> ServiceSupervisorProxy:
-    return cast(ServiceSupervisorProxy, ref.proxy())

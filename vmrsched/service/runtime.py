@@ -22,13 +22,13 @@ import psycopg
 import pykka
 
 from vmrsched import config as config_mod
-from vmrsched.actors.bridge import ask_async
+from vmrsched.actors.bridge import ask, ask_async
 from vmrsched.actors.context import Context, Stores, file_stores
 from vmrsched.actors.follower import Follower
-from vmrsched.actors.messages import Reload
+from vmrsched.actors.messages import ReleaseAll, Reload, StopTaking
 from vmrsched.actors.ownership import Ownership, SharedStorage
 from vmrsched.actors.registry import ActorUnavailable
-from vmrsched.actors.service import ReloadResult, ServiceSupervisor, supervisor_proxy
+from vmrsched.actors.service import ReloadResult, ServiceSupervisor
 from vmrsched.config import Config, IntegrationConfig, PerConfig
 from vmrsched.errors import BadRequest, NotFound, Unavailable
 from vmrsched.postgres.connection import Connect
@@ -142,7 +142,7 @@ class Runtime:
         new = self._load_for_reload(path)
         if new is None:
             return None
-        result: ReloadResult = supervisor_proxy(self.supervisor).reload(new).get(timeout=300)
+        result = ask(self.supervisor, Reload(new), timeout=300)
         return self._applied(new, result)
 
     async def reload_async(self, path: Path | None = None) -> ReloadResult | None:
@@ -208,16 +208,16 @@ class Runtime:
                 with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                     follower.stop(block=True, timeout=30)
             if ownership is not None:  # no more integrations taken while stopping
-                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                    ownership.proxy().stopping().get(timeout=30)
+                with contextlib.suppress(pykka.ActorDeadError, TimeoutError):
+                    ask(ownership, StopTaking(), timeout=30)
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 self.supervisor.stop(block=True, timeout=120)
             for ref in list(self.ctx.supervisors.values()):
                 with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                     ref.stop(block=True, timeout=60)
             if ownership is not None:  # every integration stopped here: hand them over now
-                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                    ownership.proxy().release_all().get(timeout=30)
+                with contextlib.suppress(pykka.ActorDeadError, TimeoutError):
+                    ask(ownership, ReleaseAll(), timeout=30)
                 with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                     ownership.stop(block=True, timeout=30)
             self.ctx.scheduler.stop()
