@@ -37,6 +37,7 @@ class ApiAdmin:
         import requests
 
         self.base = base_url.rstrip("/") + API
+        self.unreachable_hint = ""  # what to do when nothing answers at base
         self.http = session or requests.Session()
         self.http.headers["Authorization"] = f"Bearer {token}"
 
@@ -48,7 +49,10 @@ class ApiAdmin:
                 method, self.base + path, params=params or None, timeout=TIMEOUT
             )
         except requests.RequestException as exc:
-            raise ServiceError(f"the service cannot be reached at {self.base}: {exc}") from exc
+            raise ServiceError(
+                f"the service cannot be reached at {self.base}: {exc}{self.unreachable_hint}",
+                "unreachable",
+            ) from exc
         try:
             body = response.json()
         except ValueError:
@@ -100,12 +104,14 @@ def local_url(server: ServerConfig) -> str:
 @contextlib.contextmanager
 def admin_for(cfg: Config, url: str | None) -> Iterator[tuple[OfflinePort, str]]:
     """The way to the data and its name: the API when `url` is given or the service runs,
-    the data directory otherwise."""
+    the data directory otherwise; with the shared database always an instance's API (the
+    records are not in the data directory)."""
     from vmrsched.service import OfflineAdmin
     from vmrsched.store import StoreInUseError
 
+    shared = cfg.storage.backend == "postgresql"
     offline: OfflineAdmin | None = None
-    if url is None:
+    if url is None and not shared:
         with contextlib.suppress(StoreInUseError):  # held: the service runs
             offline = OfflineAdmin(cfg)
     if offline is not None:
@@ -115,12 +121,21 @@ def admin_for(cfg: Config, url: str | None) -> Iterator[tuple[OfflinePort, str]]
     token = cfg.server.admin_token
     if token is None:
         raise ServiceError(
-            "the service is running: set [server] admin_token_env (or admin_token_file) so "
-            "this command can use its admin API, or stop the service",
+            "the records are in the shared database: set [server] admin_token_env (or "
+            "admin_token_file) so this command can use a running instance's admin API"
+            if shared
+            else "the service is running: set [server] admin_token_env (or admin_token_file) "
+            "so this command can use its admin API, or stop the service",
             "admin_token_required",
         )
     base = url or local_url(cfg.server)
-    yield ApiAdmin(base, token.reveal()), f"through the admin API at {base}"
+    api = ApiAdmin(base, token.reveal())
+    if shared and url is None:
+        api.unreachable_hint = (
+            "; the records are in the shared database, so these commands need a running "
+            "instance: start this one, or give another's address with --url"
+        )
+    yield api, f"through the admin API at {base}"
 
 
 def _who() -> str:

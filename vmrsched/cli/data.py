@@ -53,6 +53,13 @@ def _data_dir(args: argparse.Namespace) -> Path | None:
     return cfg.data_dir if cfg is not None else None
 
 
+def cfg_backend(args: argparse.Namespace) -> str | None:
+    """The storage backend the config names (None when it does not load: _data_dir then
+    prints its problems)."""
+    cfg = load(args.config, secrets=False) if args.config.exists() else None
+    return cfg.storage.backend if cfg is not None else None
+
+
 def _subdirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
@@ -110,6 +117,15 @@ def cmd_store(args: argparse.Namespace) -> int:
     from vmrsched.store import StoreInUseError
     from vmrsched.store.repair import check, check_state, repair
 
+    if args.data_dir is None and cfg_backend(args) == "postgresql":
+        print(
+            f"store {args.action}: the config keeps the records in the shared database "
+            '([storage] backend = "postgresql"), where each commit is one transaction and there '
+            "are no files to check or repair; --data-dir DIR checks file stores (such as the ones "
+            "migrated from)",
+            file=sys.stderr,
+        )
+        return 2
     data_dir = _data_dir(args)
     if data_dir is None:
         return 1

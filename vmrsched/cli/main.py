@@ -209,6 +209,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 def cmd_recover(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
+    from vmrsched.errors import ServiceError
     from vmrsched.service import Recovered, recover_integration
     from vmrsched.store import StoreInUseError
 
@@ -228,6 +229,9 @@ def cmd_recover(args: argparse.Namespace) -> int:
         done = recover_integration(cfg, integ, datetime.now(UTC), args.dry_run, report)
     except StoreInUseError as exc:
         print(f"{exc}: stop the service first", file=sys.stderr)
+        return 1
+    except ServiceError as exc:
+        print(f"{exc.message} ({exc.code})", file=sys.stderr)
         return 1
     counts: dict[str, int] = {}
     for entry in done:

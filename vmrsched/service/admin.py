@@ -35,7 +35,12 @@ from vmrsched.config import Config, IntegrationConfig, queue_dir, store_dir
 from vmrsched.errors import BadRequest, NotFound, Unavailable
 from vmrsched.messages.answers import notice_id
 from vmrsched.outgoing import Outgoing
-from vmrsched.service.runtime import Runtime, offline_stores, renderer_cache
+from vmrsched.service.runtime import (
+    Runtime,
+    offline_stores,
+    refuse_shared_records,
+    renderer_cache,
+)
 from vmrsched.service.views import (
     View,
     admin_view,
@@ -271,6 +276,7 @@ class OfflineAdmin:
     starts, which also publishes the deletion to the policy index and the provisioner."""
 
     def __init__(self, cfg: Config, clock: Callable[[], datetime] | None = None) -> None:
+        refuse_shared_records(cfg, "the offline admin (a running instance's admin API does not)")
         self.config = cfg
         self.clock = clock or (lambda: datetime.now(UTC))
         self._renderers = renderer_cache()

@@ -15,6 +15,7 @@ from vmrsched.mailbox.backends import make_gateway
 from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnavailable
 from vmrsched.proxies import use_rule
 from vmrsched.recovery import Recovered, recover
+from vmrsched.service.runtime import refuse_shared_records
 from vmrsched.store import Store
 from vmrsched.telemetry import Metrics
 
@@ -69,7 +70,13 @@ def recover_integration(
     report: Callable[[Recovered], None],
 ) -> list[Recovered]:
     """Run recovery against the store and mailbox of a stopped service (StoreInUseError
-    while it runs)."""
+    while it runs; ServiceError when the records are in the shared database, see
+    refuse_shared_records)."""
+    refuse_shared_records(
+        cfg,
+        "recover (run it on a file store: stop every instance, `vmrsched store migrate --to "
+        "file`, recover, then migrate back)",
+    )
     store = Store(store_dir(cfg.data_dir, integ.name))
     try:
         gateway = make_gateway(integ, cfg.data_dir, Metrics())

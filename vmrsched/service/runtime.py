@@ -30,7 +30,7 @@ from vmrsched.actors.ownership import Ownership, SharedStorage
 from vmrsched.actors.registry import ActorUnavailable
 from vmrsched.actors.service import ReloadResult, ServiceSupervisor
 from vmrsched.config import Config, IntegrationConfig, PerConfig
-from vmrsched.errors import BadRequest, NotFound, Unavailable
+from vmrsched.errors import BadRequest, NotFound, ServiceError, Unavailable
 from vmrsched.postgres.connection import Connect
 from vmrsched.postgres.decisions import DatabaseDecisions
 from vmrsched.postgres.pool import LeaseOf, Pool
@@ -274,6 +274,18 @@ def database(cfg: Config) -> Connect:
         return psycopg.connect(dsn, autocommit=True, connect_timeout=timeout)
 
     return connect
+
+
+def refuse_shared_records(cfg: Config, what: str) -> None:
+    """ServiceError (shared_storage) when the records are in the shared database: the offline
+    tools work on the files under data_dir, which that service never reads, so working on them
+    would answer from, or write into, records nobody uses."""
+    if cfg.storage.backend == "postgresql":
+        raise ServiceError(
+            f"{what} works on the files under data_dir, and this config keeps the records in "
+            'the shared database ([storage] backend = "postgresql")',
+            "shared_storage",
+        )
 
 
 def offline_stores(cfg: Config) -> Stores:
