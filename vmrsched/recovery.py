@@ -15,7 +15,7 @@ from vmrsched.mailbox.base import Gateway, GatewayError
 from vmrsched.messages import answers
 from vmrsched.rules import recurrence
 from vmrsched.rules.meetings import MeetingState, recovered
-from vmrsched.store import Store
+from vmrsched.store import StoreWrites
 
 HORIZON = timedelta(days=366)
 
@@ -33,7 +33,7 @@ class Recovered:
 def recover(
     integ: IntegrationConfig,
     gateway: Gateway,
-    store: Store,
+    store: StoreWrites,
     now: datetime,
     dry_run: bool = False,
     report: Callable[[Recovered], None] = lambda _: None,

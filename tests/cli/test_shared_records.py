@@ -1,7 +1,8 @@
-"""The offline tools and a config whose records are in the shared database: they work on the
-files under data_dir, which such a service never reads, so each says so instead of answering
-from (or writing into) records nobody uses. The admin commands go to a running instance's admin
-API instead. Nothing here needs the database: every refusal comes before a connection."""
+"""The offline tools and a config whose records are in the shared database: the ones that work
+on the files under data_dir, which such a service never reads, say so instead of answering from
+(or writing into) records nobody uses; the admin commands go to a running instance's admin API
+instead; recover works on the database (tests/postgres/test_recover_shared.py) and never on
+files. Nothing here needs the database: no database answers at the configured address."""
 
 from __future__ import annotations
 
@@ -69,10 +70,11 @@ def test_without_an_admin_token_the_command_says_what_to_set(tmp_path: Path) -> 
         pass
 
 
-def test_recover_refuses_shared_records_and_names_the_way(tmp_path: Path) -> None:
+def test_recover_without_the_database_says_so_and_touches_no_file(tmp_path: Path) -> None:
     done = cli(shared_config(tmp_path), "recover", "alpha")
     assert done.returncode == 1
-    assert "store migrate --to file" in done.stderr and "(shared_storage)" in done.stderr
+    assert "the database did not answer" in done.stderr
+    assert "(database_unavailable)" in done.stderr
     # and no file store was made on the way
     assert not config.DataLayout(tmp_path / "a" / "data").store("alpha").exists()
 

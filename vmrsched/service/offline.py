@@ -5,18 +5,26 @@ and closes it; none starts an actor."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
+import contextlib
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 
+import psycopg
 import requests
 
 from vmrsched.config import Config, IntegrationConfig, store_dir
-from vmrsched.mailbox.backends import make_gateway
+from vmrsched.errors import Unavailable
+from vmrsched.mailbox.backends import TokenSources, make_gateway
 from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnavailable
+from vmrsched.postgres import migrations
+from vmrsched.postgres.leases import Lease, LeaseLost, Leases
+from vmrsched.postgres.records import Records
 from vmrsched.proxies import use_rule
 from vmrsched.recovery import Recovered, recover
-from vmrsched.service.runtime import refuse_shared_records
-from vmrsched.store import Store
+from vmrsched.service.runtime import database, database_stores
+from vmrsched.store import DatabaseStore, Store, StoreInUseError
 from vmrsched.telemetry import Metrics
 
 __all__ = ["Recovered", "check_online", "recover_integration"]
@@ -70,13 +78,10 @@ def recover_integration(
     report: Callable[[Recovered], None],
 ) -> list[Recovered]:
     """Run recovery against the store and mailbox of a stopped service (StoreInUseError
-    while it runs; ServiceError when the records are in the shared database, see
-    refuse_shared_records)."""
-    refuse_shared_records(
-        cfg,
-        "recover (run it on a file store: stop every instance, `vmrsched store migrate --to "
-        "file`, recover, then migrate back)",
-    )
+    while it runs). With the shared database, against the integration's records there, under
+    its lease (StoreInUseError while an instance runs it)."""
+    if cfg.storage.backend == "postgresql":
+        return _recover_shared(cfg, integ, now, dry_run, report)
     store = Store(store_dir(cfg.data_dir, integ.name))
     try:
         gateway = make_gateway(integ, cfg.data_dir, Metrics())
@@ -86,3 +91,71 @@ def recover_integration(
             gateway.close()
     finally:
         store.close()
+
+
+def _recover_shared(
+    cfg: Config,
+    integ: IntegrationConfig,
+    now: datetime,
+    dry_run: bool,
+    report: Callable[[Recovered], None],
+) -> list[Recovered]:
+    """Recovery on the shared database: the integration's lease is taken for as long as it
+    runs, so that no instance runs the integration meanwhile and every commit is fenced by it
+    (a lease lost midway refuses the next commit: nothing is written unfenced)."""
+    connect = database(cfg)
+    try:
+        with connect() as conn:
+            migrations.migrate(conn)
+        leases = Leases(connect, f"recover@{socket.gethostname()}", cfg.storage.lease_seconds)
+        lease = leases.acquire(integ.name)
+    except psycopg.Error as exc:
+        raise Unavailable(f"the database did not answer: {exc}", "database_unavailable") from exc
+    if lease is None:
+        raise StoreInUseError(f"{integ.name}: an instance runs it (it holds its lease)")
+    records = Records(connect, integ.name)
+    records.lease = lease
+    stores = database_stores(connect, lambda name: lease)
+    try:
+        with _renewed(leases, lease, cfg.storage.lease_seconds / 3):
+            store = DatabaseStore(
+                records,
+                reservation_ttl=timedelta(days=integ.reservation_ttl_days),
+                horizon=timedelta(days=integ.booking_horizon_days),
+            )
+            try:
+                tokens = TokenSources(cfg.data_dir, stores.token_cache)
+                gateway = make_gateway(
+                    integ, cfg.data_dir, Metrics(), tokens, graph_states=stores.graph_state
+                )
+                try:
+                    return recover(integ, gateway, store, now, dry_run, report)
+                finally:
+                    gateway.close()
+            finally:
+                store.close()
+    finally:
+        stores.close()
+        with contextlib.suppress(psycopg.Error):
+            leases.release(lease)
+
+
+@contextlib.contextmanager
+def _renewed(leases: Leases, lease: Lease, every: float) -> Iterator[None]:
+    """Keep `lease` renewed while the block runs (it may take longer than one lease)."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(every):
+            try:
+                leases.renew(lease)
+            except (LeaseLost, psycopg.Error):
+                return  # the fence refuses the next commit
+
+    thread = threading.Thread(target=renew, name="recover-lease", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
