@@ -196,3 +196,29 @@ def test_asking_a_dead_actor_fails_at_once(worker: pykka.ActorRef[Worker]) -> No
     worker.stop()
     with pytest.raises(pykka.ActorDeadError):
         ask(worker, Double(1))
+
+
+async def test_from_the_event_loop_too_an_actor_dying_before_it_answers_is_dead_at_once(
+    worker: pykka.ActorRef[Worker],
+) -> None:
+    release = threading.Event()
+    worker.tell(Request(Block(release, crash=True), lambda result, error: None))
+    asking = asyncio.ensure_future(ask_async(worker, Double(1), timeout=30))
+    await asyncio.sleep(0.05)  # the question is in the inbox, behind Block
+    started = time.monotonic()
+    release.set()
+    with pytest.raises(pykka.ActorDeadError):
+        await asyncio.wait_for(asking, 10)
+    assert time.monotonic() - started < 5
+
+
+async def test_from_the_event_loop_no_answer_in_time_is_a_timeout(
+    worker: pykka.ActorRef[Worker],
+) -> None:
+    release = threading.Event()
+    worker.tell(Request(Block(release), lambda result, error: None))
+    try:
+        with pytest.raises(TimeoutError, match=r"Double: no answer in 0\.3 s"):
+            await ask_async(worker, Double(1), timeout=0.3)
+    finally:
+        release.set()

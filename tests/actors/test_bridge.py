@@ -108,6 +108,34 @@ async def test_a_stopped_allocator_is_unavailable_not_a_hang() -> None:
         await asyncio.wait_for(ReservationBatcher().reserve(ref, 5.0, "a"), 5)
 
 
+class Crashing(pykka.ThreadingActor):
+    """An allocator that dies on its first message: what waits behind it is dropped with its
+    inbox (pykka answers nothing told to an actor that stops)."""
+
+    def __init__(self, release: threading.Event) -> None:
+        super().__init__()
+        self.release = release
+
+    def on_receive(self, message: Any) -> None:
+        self.release.wait(5)
+        raise RuntimeError("the allocator crashes")
+
+
+async def test_an_allocator_dying_with_a_batch_in_its_inbox_fails_it_at_once() -> None:
+    """Not a wait to the batch's 30 s timeout: the batch's timer sees the allocator gone."""
+    release = threading.Event()
+    ref = Crashing.start(release)
+    ref.tell("the message it dies of")
+    batcher = ReservationBatcher()
+    waiting = asyncio.ensure_future(batcher.reserve(ref, 30.0, "a"))
+    await asyncio.sleep(0.05)  # the batch is told, behind the fatal message
+    started = asyncio.get_running_loop().time()
+    release.set()
+    with pytest.raises(ActorUnavailable, match="stopped before answering"):
+        await asyncio.wait_for(waiting, 10)
+    assert asyncio.get_running_loop().time() - started < 5
+
+
 async def test_the_reply_resumes_the_waiting_handlers_in_the_next_loop_iteration(
     allocator: pykka.ActorRef[Allocator],
 ) -> None:

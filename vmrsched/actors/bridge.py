@@ -92,12 +92,25 @@ def answer(request: Request[R], work: Callable[[], R]) -> None:
 
 async def ask_async(ref: pykka.ActorRef[Any], payload: Ask[R], timeout: float = 10.0) -> R:
     """Ask from the event loop: the actor's answer, or its exception; TimeoutError after
-    `timeout` seconds; pykka.ActorDeadError when the actor is gone."""
+    `timeout` seconds; pykka.ActorDeadError when the actor is gone, or goes with the Request
+    still in its inbox (seen within ALIVE_CHECK_SECONDS, as `ask` sees it)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[R] = loop.create_future()
     ref.tell(Request(payload, LoopReply(loop, future)))
-    async with asyncio.timeout(timeout):
-        return await future
+    deadline = loop.time() + timeout
+    try:
+        while not future.done():
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError(f"{type(payload).__name__}: no answer in {timeout:g} s")
+            await asyncio.wait((future,), timeout=min(left, ALIVE_CHECK_SECONDS))
+            if not future.done() and not ref.is_alive():
+                raise pykka.ActorDeadError(
+                    f"{ref} stopped before answering {type(payload).__name__}"
+                )
+    finally:
+        future.cancel()  # no-op once answered; a late answer then finds it done
+    return future.result()
 
 
 def ask(ref: pykka.ActorRef[Any], payload: Ask[R], timeout: float = 10.0) -> R:
@@ -162,7 +175,7 @@ class ReservationBatcher:
         self._scheduled = False
         waiting, self._waiting = self._waiting, []
         users, self._users = tuple(self._users), []
-        reply = _BatchReply(loop, waiting, self._timeout)
+        reply = _BatchReply(loop, waiting, self._timeout, allocator)
         try:
             allocator.tell(Request(Reserve(users), reply))
         except pykka.ActorDeadError:
@@ -170,21 +183,39 @@ class ReservationBatcher:
 
 
 class _BatchReply(LoopReply[list["Record | QuotaReached"]]):
-    """The allocator's answer to one batch, settling each waiting request's own future."""
+    """The allocator's answer to one batch, settling each waiting request's own future. Its one
+    timer looks every ALIVE_CHECK_SECONDS (a batch answered sooner never sees it fire) whether
+    the allocator still runs: one that stopped with the batch in its inbox fails it at once
+    (ActorUnavailable), and the deadline fails it with TimeoutError."""
 
-    __slots__ = ("timer", "waiting")
+    __slots__ = ("allocator", "deadline", "timer", "waiting")
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, waiting: list[asyncio.Future[Record]], timeout: float
+        self,
+        loop: asyncio.AbstractEventLoop,
+        waiting: list[asyncio.Future[Record]],
+        timeout: float,
+        allocator: pykka.ActorRef[Any],
     ) -> None:
         self.loop = loop  # no future of its own: settle() answers the waiting requests
         self.waiting = waiting
-        self.timer = loop.call_later(timeout, self._expire)
+        self.allocator = allocator
+        self.deadline = loop.time() + timeout
+        self.timer = loop.call_later(min(timeout, ALIVE_CHECK_SECONDS), self._check)
 
-    def _expire(self) -> None:
+    def _check(self) -> None:
+        left = self.deadline - self.loop.time()
+        if left <= 0:
+            self._fail(TimeoutError())  # its alias, should one come, simply expires unused
+        elif not self.allocator.is_alive():
+            self._fail(ActorUnavailable("the allocator stopped before answering"))
+        else:
+            self.timer = self.loop.call_later(min(left, ALIVE_CHECK_SECONDS), self._check)
+
+    def _fail(self, error: BaseException) -> None:
         for future in self.waiting:
-            if not future.done():  # its alias, should one come, simply expires unused
-                future.set_exception(TimeoutError())
+            if not future.done():
+                future.set_exception(error)
 
     def settle(
         self, result: list[Record | QuotaReached] | None, error: BaseException | None

@@ -116,7 +116,7 @@ class Runtime:
                 raise ActorUnavailable(f"integration {name} is {state or 'not running'}")
             allocator = self.ctx.registry.get(name, "allocator")
             return await ask_async(allocator, payload, timeout=60)
-        except (ActorUnavailable, TimeoutError) as exc:
+        except (ActorUnavailable, pykka.ActorDeadError, TimeoutError) as exc:
             raise Unavailable(f"integration {name} cannot take requests right now") from exc
 
     # --- reload -----------------------------------------------------------------------------
