@@ -10,6 +10,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from functools import partial
 
 import psycopg
 import requests
@@ -17,6 +18,7 @@ import requests
 from vmrsched.config import Config, IntegrationConfig, store_dir
 from vmrsched.errors import Unavailable
 from vmrsched.mailbox.backends import TokenSources, make_gateway
+from vmrsched.mailbox.base import Mailbox
 from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnavailable
 from vmrsched.postgres import migrations
 from vmrsched.postgres.leases import Lease, LeaseLost, Leases
@@ -24,7 +26,7 @@ from vmrsched.postgres.records import Records
 from vmrsched.proxies import use_rule
 from vmrsched.recovery import Recovered, recover
 from vmrsched.service.runtime import database, database_stores
-from vmrsched.store import DatabaseStore, Store, StoreInUseError
+from vmrsched.store import DatabaseStore, Store, StoreInUseError, StoreWrites
 from vmrsched.telemetry import Metrics
 
 __all__ = ["Recovered", "check_online", "recover_integration"]
@@ -83,8 +85,21 @@ def recover_integration(
     if cfg.storage.backend == "postgresql":
         return _recover_shared(cfg, integ, now, dry_run, report)
     store = Store(store_dir(cfg.data_dir, integ.name))
+    gateway = partial(make_gateway, integ, cfg.data_dir, Metrics())
+    return _recover_closing(integ, store, gateway, now, dry_run, report)
+
+
+def _recover_closing(
+    integ: IntegrationConfig,
+    store: StoreWrites,
+    open_gateway: Callable[[], Mailbox],
+    now: datetime,
+    dry_run: bool,
+    report: Callable[[Recovered], None],
+) -> list[Recovered]:
+    """`recover` on `store` with the gateway `open_gateway` makes; both closed after."""
     try:
-        gateway = make_gateway(integ, cfg.data_dir, Metrics())
+        gateway = open_gateway()
         try:
             return recover(integ, gateway, store, now, dry_run, report)
         finally:
@@ -123,17 +138,16 @@ def _recover_shared(
                 reservation_ttl=timedelta(days=integ.reservation_ttl_days),
                 horizon=timedelta(days=integ.booking_horizon_days),
             )
-            try:
-                tokens = TokenSources(cfg.data_dir, stores.token_cache)
-                gateway = make_gateway(
-                    integ, cfg.data_dir, Metrics(), tokens, graph_states=stores.graph_state
-                )
-                try:
-                    return recover(integ, gateway, store, now, dry_run, report)
-                finally:
-                    gateway.close()
-            finally:
-                store.close()
+            tokens = TokenSources(cfg.data_dir, stores.token_cache)
+            gateway = partial(
+                make_gateway,
+                integ,
+                cfg.data_dir,
+                Metrics(),
+                tokens,
+                graph_states=stores.graph_state,
+            )
+            return _recover_closing(integ, store, gateway, now, dry_run, report)
     finally:
         stores.close()
         with contextlib.suppress(psycopg.Error):
