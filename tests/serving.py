@@ -26,6 +26,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def command(
+    config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`vmrsched ARGS --config CONFIG` as an admin runs it: a real process from the project's
+    folder, with `env` added to this one's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "vmrsched", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
 def write_config(path: Path, port: int, extra: str = "") -> None:
     path.write_text(
         spool_toml(

@@ -18,7 +18,7 @@ import pytest
 
 from tests import spoolkit
 from tests.configs import spool_toml
-from tests.serving import ROOT, free_port, start, wait_ready
+from tests.serving import ROOT, command, free_port, start, wait_ready
 from vmrsched import config
 from vmrsched.cli import admin as cli_admin
 from vmrsched.errors import ServiceError
@@ -41,14 +41,7 @@ def write(tmp_path: Path, port: int, token: bool = True) -> Path:
 
 
 def cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vmrsched", *args, "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        env={**os.environ, "VMRSCHED_ADMIN_TOKEN": TOKEN},
-    )
+    return command(cfg, *args, env={"VMRSCHED_ADMIN_TOKEN": TOKEN})
 
 
 def book(port: int, spool: Path, subject: str, days: int) -> tuple[str, str]:

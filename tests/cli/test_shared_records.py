@@ -6,14 +6,12 @@ files. Nothing here needs the database: no database answers at the configured ad
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.serving import ROOT, free_port
+from tests.serving import command, free_port
 from tests.sharedkit import write_config
 from vmrsched import config
 from vmrsched.cli import admin as cli_admin
@@ -30,14 +28,7 @@ def shared_config(tmp_path: Path, token: bool = True) -> Path:
 
 
 def cli(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vmrsched", *args, "--config", str(path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **ENV},
-        timeout=60,
-    )
+    return command(path, *args, env=ENV)
 
 
 def test_the_offline_admin_refuses_shared_records(tmp_path: Path) -> None:

@@ -4,9 +4,7 @@ lease given back at the end), as it works on a file store with the service stopp
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,7 @@ import psycopg
 import pytest
 
 from tests import spoolkit
-from tests.serving import ROOT, free_port
+from tests.serving import command, free_port
 from tests.sharedkit import write_config
 from vmrsched import config, service
 
@@ -23,14 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 def recover(path: Path, dsn: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vmrsched", "recover", "alpha", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "VMRSCHED_DSN": dsn},
-        timeout=120,
-    )
+    return command(path, "recover", "alpha", env={"VMRSCHED_DSN": dsn}, timeout=120)
 
 
 def live(connect: Callable[[], psycopg.Connection[Any]], uid: str) -> list[str]:
