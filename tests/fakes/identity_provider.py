@@ -67,14 +67,23 @@ class IdentityProvider:
     tenant: str = "11111111-2222-3333-4444-555555555555"
     base: str = ""
     requests: list[str] = field(default_factory=list)
+    down: bool = False  # an outage: every document answers 503, as a server in trouble does
 
     # --- HTTP -----------------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._outage])
         app.router.add_get("/autodiscover/metadata/json/1", self._metadata)
         app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", self._discovery)
         app.router.add_get("/{tenant}/discovery/v2.0/keys", self._jwks)
         return app
+
+    @web.middleware
+    async def _outage(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.down:
+            self.requests.append(request.path)
+            return web.Response(status=503, text="Service Unavailable")
+        response: web.StreamResponse = await handler(request)
+        return response
 
     async def _metadata(self, request: web.Request) -> web.Response:
         self.requests.append(request.path)

@@ -198,6 +198,34 @@ async def test_amurl_on_an_unconfigured_host_is_refused_without_a_request(
         await server.close()
 
 
+async def test_a_401_says_how_to_authenticate(client: TestClient[Any, Any]) -> None:
+    """RFC 9110 §15.5.2 and RFC 6750 §3: a Bearer challenge, with error="invalid_token" only
+    when a token was given."""
+    missing = await client.post(API.format("onprem"))
+    assert missing.status == 401
+    assert missing.headers["WWW-Authenticate"] == 'Bearer realm="vmrsched"'
+    bad = await client.post(API.format("onprem"), headers={"Authorization": "Bearer x.y.z"})
+    assert bad.status == 401
+    assert bad.headers["WWW-Authenticate"] == 'Bearer realm="vmrsched", error="invalid_token"'
+
+
+@pytest.mark.parametrize("integration", ["onprem", "online"])
+async def test_keys_that_cannot_be_fetched_are_503_so_the_pane_inserts_its_placeholder(
+    client: TestClient[Any, Any], idp: IdentityProvider, integration: str
+) -> None:
+    """An outage of the identity provider (or of Exchange's metadata) says nothing against the
+    caller's token: 503 metadata_unavailable, on which the pane falls back to its placeholder
+    and the meeting is still booked; a 401 would tell the user to sign in again."""
+    idp.down = True
+    token = (
+        idp.exchange_token(PANE) if integration == "onprem" else idp.entra_token("app-client-id")
+    )
+    status, body = await post(client, integration, token)
+    assert status == 503 and body["error"]["code"] == "metadata_unavailable", body
+    idp.down = False
+    assert (await post(client, integration, token))[0] == 201
+
+
 # --- Entra ID tokens -------------------------------------------------------------------------
 
 
@@ -305,11 +333,19 @@ async def test_the_answer_is_compact_json_in_the_documented_order(
     assert (body["room_name"], body["room_email"]) == ("Room open", "c@example.com")
 
 
-async def test_foreign_origin_is_refused(client: TestClient[Any, Any]) -> None:
-    status, body = await post(client, "open", headers={"Origin": "https://evil.example"})
-    assert status == 403 and body["error"]["code"] == "origin_not_allowed"
-    status, _ = await post(client, "open", headers={"Origin": PUBLIC})
-    assert status == 201
+async def test_a_foreign_origin_is_misdirected_and_our_own_names_are_not(
+    client: TestClient[Any, Any],
+) -> None:
+    """DESIGN: 421 host_not_allowed for a Host or an Origin the config does not name. Our own
+    pages may come under the public URL, the Host the request names, or another name the
+    config gives the server (a loopback name on a loopback server) on the same port."""
+    port = client.port
+    for origin in ("https://evil.example", f"http://evil.example:{port}", "null"):
+        status, body = await post(client, "open", headers={"Origin": origin})
+        assert status == 421 and body["error"]["code"] == "host_not_allowed", origin
+    assert (await post(client, "open", headers={"Origin": "http://localhost:1"}))[0] == 421
+    for origin in (PUBLIC, f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
+        assert (await post(client, "open", headers={"Origin": origin}))[0] == 201, origin
 
 
 async def test_integration_not_running_is_503(

@@ -135,6 +135,11 @@ async def test_a_body_without_a_length_is_refused_past_the_limit(
         "code": "payload_too_large",
         "message": "request bodies are limited to 1024 bytes",
     }
+    refused = {"integration": "fancy", "route": "single-use-vmrs", "status": "413"}
+    assert svc.metrics.registry.get_sample_value("vmrsched_addin_requests_total", refused) == 3
+    assert not svc.metrics.registry.get_sample_value(
+        "vmrsched_addin_requests_total", {**refused, "status": "500"}
+    )
 
 
 async def test_requests_are_timed_by_route_and_answers_counted_by_status(

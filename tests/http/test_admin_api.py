@@ -114,6 +114,12 @@ async def test_overview_decisions_and_aliases(
     assert (await get(client, "/integrations/hq/aliases", day=other_day))["aliases"] == []
     bad = await client.get("/api/admin/v1/integrations/hq/aliases?day=monday", headers=BEARER)
     assert (bad.status, (await bad.json())["error"]["code"]) == (400, "bad_day")
+    for limit in ("0", "1001", "ten"):  # openapi.yaml: 1 to 1000
+        bad = await client.get(
+            f"/api/admin/v1/integrations/hq/aliases?limit={limit}", headers=BEARER
+        )
+        assert (bad.status, (await bad.json())["error"]["code"]) == (400, "bad_limit")
+    assert len((await get(client, "/integrations/hq/aliases", limit="1000"))["aliases"]) == 1
 
 
 async def test_resend_then_delete_an_alias(

@@ -19,10 +19,15 @@ async def ok(_: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
+async def length(request: web.Request) -> web.Response:
+    return web.Response(text=str(len(await request.read())))
+
+
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[int, Limits]]:
-    app = web.Application()
+    app = web.Application(client_max_size=1024 * 1024)
     app.router.add_get("/healthz", ok)
+    app.router.add_post("/length", length)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     limits = Limits(cap=20, header_timeout=30.0)
@@ -88,6 +93,32 @@ async def test_headers_that_never_end_are_cut_off(
     assert limits.head_bytes == 0 and not limits.waiting
     writer.close()
     assert (await health(port)).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("size", [60_000, 65_536, 200_000])
+async def test_a_body_sent_in_the_same_write_as_its_headers_is_not_taken_for_headers(
+    served: tuple[int, Limits], size: int
+) -> None:
+    port, _ = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"POST /length HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {size}\r\n"
+    writer.write(head.encode() + b"Connection: close\r\n\r\n" + b"a" * size)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(str(size).encode())
+
+
+async def test_the_end_of_the_headers_may_straddle_two_reads(served: tuple[int, Limits]) -> None:
+    port, limits = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r")
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.write(b"\n")
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200") and not limits.waiting
 
 
 async def test_half_sent_headers_over_all_connections_are_bounded(

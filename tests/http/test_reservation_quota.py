@@ -103,8 +103,9 @@ async def test_past_the_cap_a_user_gets_429_others_201_and_a_used_or_released_on
     await svc.admin_delete_alias("onprem", olga[1][1]["alias"], "admin")
     assert (await reserve(client, idp, "olga"))[0] == 201
     assert (await reserve(client, idp, "olga"))[0] == 429
-    text = await (await client.get("/metrics")).text()
-    assert 'route="single-use-vmrs",status="429"} 4.0' in text
+    metrics = await client.get("/metrics")
+    assert metrics.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert 'route="single-use-vmrs",status="429"} 4.0' in await metrics.text()
 
 
 async def test_the_count_survives_a_restart(tmp_path: Path, idp: IdentityProvider) -> None:

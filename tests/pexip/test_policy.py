@@ -285,3 +285,19 @@ def test_names_are_unique_across_integrations_and_pexips_own_services() -> None:
     index.set_foreign("hq", ["The CEO's room"], ["ceo@example.com", "81555555@video.example.com"])
     assert index.name_taken("the ceo's room", "hq")
     assert index.alias_taken("81555555") and not index.alias_taken("81555556")
+
+
+def test_a_personal_vmrs_alias_is_never_handed_out_as_a_single_use_one() -> None:
+    """DESIGN: an alias and a numeric alias are unique across the whole service. A file
+    directory's personal rooms count as taken (whole, or as digits at any domain) while the
+    directory holds them."""
+    from vmrsched.pexip.policy import PersonalRoom
+
+    index = AliasIndex()
+    index.publish_personal(
+        "hq", [PersonalRoom("hq", "Olga's room", ("meet.olga@x", "81100001", "81100002@x"))]
+    )
+    assert index.alias_taken("81100001") and index.alias_taken("81100002")
+    assert not index.alias_taken("81100003")
+    index.publish_personal("hq", ())
+    assert not index.alias_taken("81100001")

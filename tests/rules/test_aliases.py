@@ -173,6 +173,8 @@ def test_overlaps_are_found_among_many_spaces_without_comparing_every_pair() -> 
         ("sips:vmr1@d", "vmr1@d"),
         ("tel:+4412345", "+4412345"),
         ("<sip:vmr1@d>", "vmr1@d"),
+        ("SIP:<Vmr1@d>", "vmr1@d"),  # the scheme outside the brackets
+        ('"Room One" <sip:vmr1@d;transport=tls>', "vmr1@d"),  # a name-addr
         ("vmr1@d;transport=tls", "vmr1@d"),
         ("vmr1@d:5061", "vmr1@d:5061"),  # a colon after the `@` is no scheme's
         (":vmr1", ":vmr1"),  # nor is an empty head

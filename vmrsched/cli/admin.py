@@ -276,6 +276,17 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     return result
 
 
+def _limit(text: str) -> int:
+    """--limit as the admin API takes it: a whole number from 1 to 1,000."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 1000, got {value}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction, add_config: Any) -> None:  # type: ignore[type-arg]
     def common(parser: argparse.ArgumentParser) -> None:
         add_config(parser)
@@ -300,7 +311,7 @@ def register(sub: argparse._SubParsersAction, add_config: Any) -> None:  # type:
     common(aliases)
     aliases.add_argument("--query", "-q", help="list: words in alias, organizer, subject or UID")
     aliases.add_argument("--day", help="list: meetings taking place on this day (YYYY-MM-DD, UTC)")
-    aliases.add_argument("--limit", type=int, default=100, help="list: at most (default 100)")
+    aliases.add_argument("--limit", type=_limit, default=100, help="list: at most (default 100)")
     aliases.add_argument("--yes", action="store_true", help="delete: no second thoughts")
     aliases.set_defaults(admin_command=cmd_aliases)
 
@@ -309,5 +320,5 @@ def register(sub: argparse._SubParsersAction, add_config: Any) -> None:  # type:
     )
     common(found)
     found.add_argument("--query", "-q", help="words in subject, organizer, reason, alias, id…")
-    found.add_argument("--limit", type=int, default=50, help="at most (default 50)")
+    found.add_argument("--limit", type=_limit, default=50, help="at most (default 50)")
     found.set_defaults(admin_command=cmd_decisions)

@@ -310,6 +310,21 @@ def _count(request: web.Request, integ: IntegrationConfig, route: str, status: i
     counter.inc()
 
 
+ADDIN_API = "/api/addin/v1/{integration}/"
+
+
+def refused(request: web.Request, response: web.Response) -> web.Response:
+    """An answer given before the handler ran (a name or origin not ours, a body too large):
+    counted in vmrsched_addin_requests_total like every other answer of the add-in API."""
+    resource = request.match_info.route.resource
+    canonical = resource.canonical if resource is not None else ""
+    if canonical.startswith(ADDIN_API):
+        integ = request.app[SERVICE].config.integration(request.match_info["integration"])
+        if integ is not None:
+            _count(request, integ, canonical[len(ADDIN_API) :], response.status)
+    return response
+
+
 async def read_body(request: web.Request) -> bytes:
     """The request's body, as `request.read()` gives it, bounded as it bounds it (the app's
     client_max_size: 413). A body already received whole (the add-in's small JSON arrives with
@@ -365,6 +380,9 @@ def single_use_handler(
             return response
         except ServiceError as exc:
             status = status_of(exc)
+            raise
+        except web.HTTPException as exc:  # a body over the limit (413)
+            status = exc.status
             raise
         finally:
             count(integ, status)

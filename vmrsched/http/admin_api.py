@@ -25,7 +25,9 @@ def _limit(request: web.Request, default: int = 100) -> int:
         value = int(raw)
     except ValueError as exc:
         raise BadRequest("limit must be a whole number", "bad_limit") from exc
-    return max(1, min(value, MAX_LIMIT))
+    if not 1 <= value <= MAX_LIMIT:  # openapi.yaml's range: refused, not quietly clamped
+        raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}", "bad_limit")
+    return value
 
 
 @admin_only

@@ -9,17 +9,21 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
+from prometheus_client import Histogram, generate_latest
 
 from vmrsched.errors import ServiceError
 from vmrsched.http import addin, admin, admin_api, demo, graph, organizer, personal, policy
+from vmrsched.http.addin import refused
 from vmrsched.http.common import PAGES, SERVICE, error, http_error, origin_of, service_error
 from vmrsched.http.forwarding import FORWARDER, ROUTES, Forwarder, forwarder
-from vmrsched.http.hosts import allowed_hosts, hostname
+from vmrsched.http.hosts import allowed_hosts, hostname, own_origin
 from vmrsched.service import Service
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPENAPI = resources.files("vmrsched.http") / "openapi.yaml"
+# what generate_latest writes: the text exposition format 0.0.4, its version named as
+# Prometheus negotiates it
+EXPOSITION = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class RouteTimers:
@@ -65,21 +69,20 @@ def pipeline(service: Service, timers: RouteTimers, forward: Forwarder | None = 
                     hosts_of[:] = [config, allowed_hosts(config)]
                 hosts: frozenset[str] | None = hosts_of[1]
                 if hosts is not None and hostname(request.host) not in hosts:
-                    return error(
-                        421, "host_not_allowed", "this server does not answer to that name"
+                    return refused(
+                        request, _misdirected("this server does not answer to that name")
                     )
                 if path.startswith("/api/"):
                     origin = request.headers.get("Origin")
-                    if origin is not None and origin.lower() not in {
-                        origin_of(server.base_url),
-                        f"{request.scheme}://{request.host}".lower(),
-                    }:
-                        return error(
-                            403, "origin_not_allowed", "cross-origin requests are not allowed"
+                    if origin is not None and not own_origin(
+                        origin, request, origin_of(server.base_url), hosts
+                    ):
+                        return refused(
+                            request, _misdirected("cross-origin requests are not allowed")
                         )
                     length = request.content_length
                     if length is not None and length > server.max_body_bytes:
-                        return _too_large(server.max_body_bytes)
+                        return refused(request, _too_large(server.max_body_bytes))
                 if forward is not None:
                     route = request.match_info.route
                     handled = passed_on.get(route)
@@ -118,6 +121,11 @@ def pipeline(service: Service, timers: RouteTimers, forward: Forwarder | None = 
 # what a page under a hostile name must not reach (health and metrics answer to any name); the
 # API's own checks (origin, body size) apply under /api/, which is one of them
 GUARDED = ("/api/", "/addin/", "/admin", "/my/")
+
+
+def _misdirected(message: str) -> web.Response:
+    """DESIGN's 421 for a Host or an Origin the config does not name."""
+    return error(421, "host_not_allowed", message)
 
 
 def _too_large(limit: int) -> web.Response:
@@ -161,9 +169,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     registry = request.app[SERVICE].metrics.registry
-    response = web.Response(body=generate_latest(registry))
-    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-    return response
+    return web.Response(body=generate_latest(registry), headers={"Content-Type": EXPOSITION})
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -111,10 +111,21 @@ def status_of(exc: ServiceError) -> int:
     return 500
 
 
+# 401s that mean "no credentials were given": RFC 6750 §3.1 names no error for them
+_NO_CREDENTIALS = frozenset(
+    {"missing_token", "sign_in_required", "admin_token_required", "user_required"}
+)
+
+
 def service_error(exc: ServiceError) -> web.Response:
     response = error(status_of(exc), exc.code, exc.message)
     if isinstance(exc, RateLimited):
         response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    elif isinstance(exc, Unauthorized):  # RFC 9110 §15.5.2: a 401 says how to authenticate
+        challenge = 'Bearer realm="vmrsched"'
+        if exc.code not in _NO_CREDENTIALS:
+            challenge += ', error="invalid_token"'
+        response.headers["WWW-Authenticate"] = challenge
     return response
 
 

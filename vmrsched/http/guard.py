@@ -23,7 +23,6 @@ from typing import Any
 
 log = logging.getLogger("vmrsched.http")
 FD_RESERVE = 512  # descriptors kept for stores, spool files, Exchange connections, logs
-HEADER_LIMIT = 16 * 1024  # bytes of the first request's head looked at for its end
 HEAD_BYTES_PER_CONNECTION = 64 * 1024  # more before the headers end: not an HTTP client of ours
 HEAD_BYTES_TOTAL = 16 * 1024 * 1024  # over all waiting connections; the oldest are shed past it
 
@@ -135,10 +134,14 @@ class _Guard(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.timer is not None:
-            self.head = (self.head + data)[-HEADER_LIMIT:]
-            if b"\r\n\r\n" in self.head:  # the first request's headers are complete
+            # the headers' end is looked for in the whole chunk (a body sent with its headers
+            # may follow them in the same read); only the last 3 bytes are kept, for an end
+            # that straddles two reads
+            seen = self.head + data
+            if b"\r\n\r\n" in seen:  # the first request's headers are complete
                 self.head_done()
             else:
+                self.head = seen[-3:]
                 self.received += len(data)
                 self.limits.head_bytes += len(data)
                 if self.received > HEAD_BYTES_PER_CONNECTION:

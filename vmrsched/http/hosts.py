@@ -6,10 +6,13 @@ from __future__ import annotations
 from functools import lru_cache
 from urllib.parse import urlsplit
 
+from aiohttp import web
+
 from vmrsched.config import Config, is_loopback_host
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _WILDCARD = frozenset({"0.0.0.0", "::", ""})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def allowed_hosts(config: Config) -> frozenset[str] | None:
@@ -41,3 +44,24 @@ def hostname(host_header: str) -> str:
         return (urlsplit(f"//{host_header}").hostname or "").lower()
     except ValueError:
         return ""
+
+
+def own_origin(
+    origin: str, request: web.Request, public: str, hosts: frozenset[str] | None
+) -> bool:
+    """Whether a request's Origin is one of this server's own pages: the public URL's origin,
+    the origin the request itself names (its Host), or a name the config gives this server
+    (loopback names on a loopback server) on the same scheme and port. A browser sends the
+    origin of the page that made the request; any other page is cross-origin."""
+    origin = origin.lower()
+    if origin in (public, f"{request.scheme}://{request.host}".lower()):
+        return True
+    if hosts is None:
+        return False
+    try:
+        parts = urlsplit(origin)
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+        ours = urlsplit(f"//{request.host}").port or _DEFAULT_PORTS.get(request.scheme)
+    except ValueError:
+        return False
+    return parts.scheme == request.scheme and port == ours and (parts.hostname or "") in hosts

@@ -113,6 +113,7 @@ class AliasIndex:
         self._foreign_names: dict[str, frozenset[str]] = {}
         self._foreign_aliases: dict[str, frozenset[str]] = {}
         self._personal: dict[str, PersonalRoom] = {}  # file-directory personal VMRs by key
+        self._personal_taken: frozenset[str] = frozenset()  # their aliases and user parts
 
     def publish(self, rooms: Iterable[Room]) -> list[tuple[str, str, str]]:
         """Add or replace rooms. An alias belongs to the integration that published it first
@@ -183,9 +184,12 @@ class AliasIndex:
         return any(folded in names for names in self._foreign_names.values())
 
     def alias_taken(self, numeric_alias: str) -> bool:
-        """Whether Pexip's own services already route this alias (as digits, or as digits at
-        any domain)."""
+        """Whether Pexip's own services or a personal VMR of a file directory already route
+        this alias (as digits, or as digits at any domain): a single-use alias never takes
+        it."""
         key = numeric_alias.casefold()
+        if key in self._personal_taken:
+            return True
         return any(key in found for found in self._foreign_aliases.values())
 
     def set_foreign(self, integration: str, names: Iterable[str], aliases: Iterable[str]) -> None:
@@ -225,7 +229,9 @@ class AliasIndex:
                 key = normalise(alias)
                 if key:
                     fresh.setdefault(key, room)
+        taken = frozenset(fresh) | {key.split("@", 1)[0] for key in fresh}
         self._personal = fresh  # one assignment: readers see the old map or the new one
+        self._personal_taken = taken
 
     def personal(self, key: str) -> PersonalRoom | None:
         return self._personal.get(key)

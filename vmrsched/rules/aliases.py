@@ -167,13 +167,15 @@ _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 def normalise(alias: str) -> str:
     """An alias as every lookup keys it, whether a Pexip node dialled it (the policy request's
-    local_alias) or an admin typed it: without angle brackets (`<sip:…>`), a URI scheme
+    local_alias) or an admin typed it: the address inside angle brackets (`<sip:…>`,
+    `SIP:<…>`, `"Name" <sip:…>`), without a URI scheme
     (`sip:`, `h323:`, `tel:`: a scheme-shaped part before the first colon, with no `@`, so
     `1234:5` keeps its colon) and `;parameters`, trimmed and case-folded. So
     `<SIP:VMR123@Example.COM;transport=tls>` is `vmr123@example.com`."""
     text = alias.strip()
-    if text.startswith("<") and ">" in text:
-        text = text[1 : text.index(">")]
+    opening = text.find("<")  # `<sip:…>`, `SIP:<…>` or a name-addr (`"Bob" <sip:…>`)
+    if opening >= 0 and ">" in text[opening:]:
+        text = text[opening + 1 : text.index(">", opening)]
     head, sep, rest = text.partition(":")
     if sep and _SCHEME_RE.fullmatch(head):
         text = rest

@@ -32,7 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from vmrsched.config import IntegrationConfig
-from vmrsched.errors import Unauthorized
+from vmrsched.errors import Unauthorized, Unavailable
 from vmrsched.proxies import proxy_for
 
 LEEWAY_SECONDS = 60
@@ -46,6 +46,14 @@ class TokenError(Unauthorized):
     """The request's token is missing or not acceptable."""
 
     default_code = "invalid_token"
+
+
+class MetadataUnavailable(Unavailable):
+    """The keys a token is checked against cannot be fetched now (the identity provider or the
+    Exchange server is down or answers wrongly): nothing is wrong with the caller's token, so
+    this is a 503, on which the pane inserts its placeholder and the booking goes on."""
+
+    default_code = "metadata_unavailable"
 
 
 @dataclass(frozen=True)
@@ -97,18 +105,18 @@ def _header(token: str) -> dict[str, Any]:
 async def _get_json(
     session: aiohttp.ClientSession, url: str, direct: bool = False
 ) -> dict[str, Any]:
-    """A JSON document from a key host; any failure is a 401 for the caller, never a 5xx."""
+    """A JSON document from a key host; any failure is MetadataUnavailable (503)."""
     try:
         async with session.get(
             url, timeout=FETCH_TIMEOUT, allow_redirects=False, proxy=proxy_for(url, direct)
         ) as response:
             if response.status != 200:
-                raise TokenError(f"{url} answered {response.status}", "metadata_unavailable")
+                raise MetadataUnavailable(f"{url} answered {response.status}")
             data = await response.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise TokenError(f"{url} unavailable: {exc}", "metadata_unavailable") from exc
+        raise MetadataUnavailable(f"{url} unavailable: {exc}") from exc
     if not isinstance(data, dict):
-        raise TokenError(f"{url} is not a JSON object", "metadata_unavailable")
+        raise MetadataUnavailable(f"{url} is not a JSON object")
     return data
 
 
