@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from tests import spoolkit
+from tests.backups import restore_without
 from tests.configs import Running, spool_config, spool_toml
-from vmrsched import recovery, service
+from vmrsched import alias_admin, recovery, service
 from vmrsched.mailbox.spool import SpoolMailbox
 from vmrsched.messages import answers
 from vmrsched.store import Record, Store
@@ -36,13 +37,7 @@ def accepted_then_lost(cfg: Any, **request: Any) -> tuple[str, Record]:
         spoolkit.wait_for(lambda: len(spoolkit.answers_for(spool, uid)) == 2)
     finally:
         svc.stop()
-    store = Store(cfg.data_dir / "store" / "alpha")
-    lost = store.by_meeting_uid(uid)
-    assert lost is not None
-    store.delete(lost["alias_id"], "lost in a test")
-    store.sweep()
-    store.close()
-    return uid, lost
+    return uid, restore_without(cfg.data_dir / "store" / "alpha", uid)
 
 
 def test_recover_on_the_spool(tmp_path: Path) -> None:
@@ -79,6 +74,41 @@ def test_recover_on_the_spool(tmp_path: Path) -> None:
     assert any(rebound["alias_id"] in m.html for m in updates)
 
 
+def test_recover_leaves_alone_a_meeting_whose_alias_an_admin_deleted(tmp_path: Path) -> None:
+    """Deleting an alias means it is declined from then on (docs/administration.md); recovery
+    gives a new alias only to meetings the store has lost, not to one it knows as deleted,
+    whether still among its records or archived."""
+    cfg = spool_config(tmp_path)
+    integ = cfg.integrations[0]
+    spool = integ.spool_dir(cfg.data_dir)
+    svc = service.start(cfg)
+    try:
+        running = Running(svc, cfg)
+        data, uid = spoolkit.request(body=f"<p>PXPS:-{running.reserve()['alias_id']}#</p>")
+        running.send(data)
+    finally:
+        svc.stop()
+    answered = len(spoolkit.answers_for(spool, uid))
+    store = Store(cfg.data_dir / "store" / "alpha")
+    try:
+        booked = store.by_meeting_uid(uid)
+        assert booked is not None
+        now = datetime.now(UTC)
+        assert alias_admin.delete(store, integ, integ.renderer(), booked["alias"], "admin", now)
+        store.commit()
+        for archived in (False, True):
+            if archived:
+                assert store.sweep() == 1  # the deleted alias moves to the archive
+            gateway = SpoolMailbox(spool, "alpha", integ.timezone)
+            done = recovery.recover(integ, gateway, store, datetime.now(UTC))
+            gateway.close()
+            assert [(d.uid, d.action) for d in done] == [(uid, "known")]
+            assert store.by_meeting_uid(uid) is None
+    finally:
+        store.close()
+    assert len(spoolkit.answers_for(spool, uid)) == answered  # no organizer update sent
+
+
 def test_recover_a_pxps_booking_on_the_spool(tmp_path: Path) -> None:
     """The update holds only the new instructions, and the update coming back to the room (as
     Exchange would deliver it) gets no reply."""
@@ -97,9 +127,8 @@ def test_recover_a_pxps_booking_on_the_spool(tmp_path: Path) -> None:
         running.send(data)
     finally:
         svc.stop()
+    restore_without(cfg.data_dir / "store" / "alpha", uid)
     store = Store(cfg.data_dir / "store" / "alpha")
-    store.delete(old["alias_id"], "lost in a test")
-    store.sweep()
     gateway = SpoolMailbox(spool, "alpha", integ.timezone)
     done = recovery.recover(integ, gateway, store, datetime.now(UTC))
     gateway.close()

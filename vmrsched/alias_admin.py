@@ -37,13 +37,22 @@ def search(records: Iterable[Record], query: str, day: str, limit: int) -> list[
     return found[:limit]
 
 
+def parse_day(day: str) -> datetime:
+    """The start (UTC) of a day written YYYY-MM-DD, in the years a meeting may have (1900 to
+    2999); ValueError for anything else (9999-12-31 has no day after it to end on)."""
+    start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
+    if not 1900 <= start.year <= 2999:
+        raise ValueError(f"{day}: a day from 1900 to 2999")
+    return start
+
+
 def on_day(record: Record, day: str) -> bool:
     """Whether a booking's schedule has an occurrence on `day` (YYYY-MM-DD, UTC), or its
     reservation was made that day; any record when `day` is empty."""
     if not day:
         return True
     try:
-        start = datetime.fromisoformat(day).replace(tzinfo=UTC)
+        start = parse_day(day)
     except ValueError:
         return False
     end = start + timedelta(days=1)

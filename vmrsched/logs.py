@@ -40,15 +40,36 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+# what may not reach a text log line raw: a meeting's UID, subject or an address comes from
+# whoever sent the request, and a line break in it would write a line of their choosing
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F] if c != 0x09} | {
+    0x0A: "\\n",
+    0x0D: "\\r",
+}
+
+
+def one_line(text: object) -> str:
+    """`text` with line breaks and other control characters written as escapes."""
+    return str(text).translate(_CONTROL)
+
+
 class TextFormatter(logging.Formatter):
+    """One line per record (the message and the decision fields escaped); a traceback follows
+    on lines of its own, each indented, so no line of it reads as a record."""
+
     def format(self, record: logging.LogRecord) -> str:
-        base = super().format(record)
+        flat = logging.makeLogRecord(record.__dict__)
+        flat.msg, flat.args = one_line(record.getMessage()), None
+        head, _, trace = super().format(flat).partition("\n")
         extras = " ".join(
-            f"{key}={getattr(record, key)}"
+            f"{key}={one_line(getattr(record, key))}"
             for key in FIELDS
             if getattr(record, key, None) not in (None, "")
         )
-        return f"{base} {extras}".rstrip()
+        line = f"{head} {extras}".rstrip()
+        if trace:
+            line += "\n" + "\n".join(f"  {part}" for part in trace.split("\n"))
+        return line
 
 
 def setup(log_format: str = "text", level: str = "info") -> None:

@@ -25,7 +25,7 @@ class Recovered:
     uid: str
     subject: str  # as the conference subject template shows it, never the raw subject
     organizer: str
-    action: str  # bound | would_bind | already_bound | past | failed
+    action: str  # bound | would_bind | already_bound | known | past | failed
     alias: str = ""
     detail: str = ""
 
@@ -46,6 +46,7 @@ def recover(
         report(entry)
 
     spec = integ.single_use
+    known = store.meeting_uids()
     for entry in gateway.calendar(now, now + HORIZON):
         meeting = replace(entry.meeting, correlation_id=str(uuid.uuid4()))
         who = meeting.organizer_email
@@ -54,6 +55,9 @@ def recover(
         shown = answers.shown_subject(integ, renderer, meeting)
         if store.by_meeting_uid(meeting.uid) is not None:
             note(Recovered(meeting.uid, shown, who, "already_bound"))
+            continue
+        if meeting.uid in known:  # cancelled, or its alias deleted by an admin: not lost
+            note(Recovered(meeting.uid, shown, who, "known", detail="the store knows it, unbound"))
             continue
         if recurrence.next_occurrence(meeting.schedule, now) is None:
             note(Recovered(meeting.uid, shown, who, "past"))

@@ -4,12 +4,15 @@ running it, and a clear refusal of a port that cannot exist."""
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
 
 from vmrsched.cli.main import build_parser
 
@@ -110,3 +113,25 @@ def test_a_port_in_use_leaves_nothing_behind(tmp_path: Path) -> None:
         served = run("-m", "vmrsched", "serve", "--config", str(config))
     assert served.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in served.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_store_repair_refuses_while_a_service_holds_the_data_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/guarantees.md: `store repair` refuses while the service runs. A running service
+    holds the data directory's lock for its life, also while one integration's store, refused
+    as damaged, is let go of (its own lock free)."""
+    from vmrsched.cli import main as cli
+    from vmrsched.store import Store
+    from vmrsched.store.files import lock_directory
+
+    data_dir = tmp_path / "data"
+    (data_dir / "store").mkdir(parents=True)
+    Store(data_dir / "store" / "alpha").close()
+    held = lock_directory(data_dir)  # as `vmrsched serve` holds it
+    try:
+        assert cli.main(["store", "repair", "--data-dir", str(data_dir)]) == 1
+        assert "stop the service first" in capsys.readouterr().err
+    finally:
+        os.close(held)
+    assert cli.main(["store", "repair", "--data-dir", str(data_dir)]) == 0

@@ -107,6 +107,9 @@ class IdentityPlatform:
     )
     kid: str = "platform-key-1"
     forge_with: rsa.RSAPrivateKey | None = None
+    # claims of the next ID tokens replaced (None: left out), as a misbehaving or hostile
+    # token endpoint would write them
+    claims_changed: dict[str, object] = field(default_factory=dict)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -125,6 +128,8 @@ class IdentityPlatform:
         return web.json_response({"keys": [{**jwk, "kid": self.kid, "use": "sig", "alg": "RS256"}]})
 
     def _signed(self, claims: dict[str, object]) -> str:
+        claims = {**claims, **self.claims_changed}
+        claims = {name: value for name, value in claims.items() if value is not None}
         key = self.forge_with or self.signing_key
         return jwt.encode(claims, key, algorithm="RS256", headers={"kid": self.kid})
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import urllib.parse
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -114,6 +115,9 @@ async def test_overview_decisions_and_aliases(
     assert (await get(client, "/integrations/hq/aliases", day=other_day))["aliases"] == []
     bad = await client.get("/api/admin/v1/integrations/hq/aliases?day=monday", headers=BEARER)
     assert (bad.status, (await bad.json())["error"]["code"]) == (400, "bad_day")
+    for day in ("9999-12-31", "0001-01-01", "2026-13-01"):  # no 500 past the calendar's ends
+        bad = await client.get(f"/api/admin/v1/integrations/hq/aliases?day={day}", headers=BEARER)
+        assert (bad.status, (await bad.json())["error"]["code"]) == (400, "bad_day"), day
     for limit in ("0", "1001", "ten"):  # openapi.yaml: 1 to 1000
         bad = await client.get(
             f"/api/admin/v1/integrations/hq/aliases?limit={limit}", headers=BEARER
@@ -242,6 +246,41 @@ async def test_login_attempts_are_rate_limited(client: TestClient[Any, Any]) -> 
         for _ in range(7)
     ]
     assert statuses[:5] == [401] * 5 and statuses[-1] == 429
+
+
+async def test_a_form_posted_from_another_sites_page_is_refused(
+    client: TestClient[Any, Any],
+) -> None:
+    """Login CSRF: another site's page could post the admin token form (or any console or
+    organizer form) with a browser's cookies; its Origin gives it away (DESIGN: 421
+    host_not_allowed for an Origin the config does not name)."""
+    evil = {"Origin": "https://evil.example"}
+    for path in ("/admin/login", "/admin/reload", "/admin/logout"):
+        posted = await client.post(path, data={"token": ADMIN}, headers=evil)
+        assert posted.status == 421, path
+        assert (await posted.json())["error"]["code"] == "host_not_allowed"
+    own = {"Origin": f"http://127.0.0.1:{client.port}"}
+    login = await client.post(
+        "/admin/login", data={"token": ADMIN}, headers=own, allow_redirects=False
+    )
+    assert login.status == 303
+    assert (await client.get("/admin/login", headers=evil)).status == 200  # reading is no act
+
+
+async def test_wrong_admin_tokens_on_the_api_are_login_attempts_limited_and_logged(
+    client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/administration.md: attempts by either way are rate-limited and logged. A client
+    out of attempts is refused even the right token, so guessing through the API is no
+    faster than through the form."""
+    url = "/api/admin/v1/service"
+    wrong = {"Authorization": "Bearer not-the-admin-token-at-all"}
+    with caplog.at_level(logging.WARNING, logger="vmrsched.admin"):
+        statuses = [(await client.get(url, headers=wrong)).status for _ in range(7)]
+    assert statuses[:5] == [401] * 5 and statuses[-1] == 429
+    assert sum("admin token refused" in r.getMessage() for r in caplog.records) == 7
+    refused = await client.get(url, headers=BEARER)
+    assert refused.status == 429 and int(refused.headers["Retry-After"]) >= 1
 
 
 async def login(client: TestClient[Any, Any]) -> None:

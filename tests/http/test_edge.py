@@ -3,6 +3,7 @@ impossible dates, control characters in the manifest, version banners, unhardene
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -124,6 +125,28 @@ async def test_a_foreign_host_name_is_refused(client: TestClient[Any, Any]) -> N
     assert response.status == 421
     assert (await client.get("/healthz", headers={"Host": "10.1.2.3:8080"})).status == 200
     assert (await client.post(API, json={})).status == 201  # under its own name
+
+
+async def test_a_fault_of_ours_is_a_500_in_json_naming_a_logged_correlation_id(
+    client: TestClient[Any, Any],
+    svc: service.Service,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """DESIGN: errors are JSON with a code, a bug included; the id leads to the traceback."""
+
+    def broken() -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(svc, "readiness", broken)
+    with caplog.at_level(logging.ERROR, logger="vmrsched.http"):
+        response = await client.get("/readyz")
+    assert response.status == 500
+    error = (await response.json())["error"]
+    assert error["code"] == "internal_error"
+    [logged] = [r for r in caplog.records if r.exc_info]
+    assert logged.correlation_id in error["message"]  # type: ignore[attr-defined]
+    assert "a bug" not in error["message"]  # what failed inside stays in the log
 
 
 async def test_an_impossible_date_is_a_400_and_reserves_nothing(

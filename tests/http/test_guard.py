@@ -109,6 +109,24 @@ async def test_a_body_sent_in_the_same_write_as_its_headers_is_not_taken_for_hea
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(str(size).encode())
 
 
+@pytest.mark.parametrize("at_once", [True, False])
+async def test_a_head_over_the_limit_is_cut_off_however_it_arrives(
+    served: tuple[int, Limits], at_once: bool
+) -> None:
+    port, limits = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    pad = b"X-Pad: " + b"a" * guard.HEAD_BYTES_PER_CONNECTION + b"\r\n"
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + pad + b"\r\n"
+    for part in [head] if at_once else [head[:1000], head[1000:]]:
+        writer.write(part)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+    assert await closed(reader)
+    writer.close()
+    assert limits.head_bytes == 0 and not limits.waiting
+    assert (await health(port)).startswith(b"HTTP/1.1 200")
+
+
 async def test_the_end_of_the_headers_may_straddle_two_reads(served: tuple[int, Limits]) -> None:
     port, limits = served
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

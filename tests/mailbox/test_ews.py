@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests import spoolkit
+from tests.backups import restore_without
 from tests.configs import PW, ROOM, ews_config, reserve_alias, stored_record, write_toml
 from tests.fakes.ews_server import FakeExchange, FakeItem
 from tests.fakes.threaded import ThreadedServer
@@ -276,12 +277,7 @@ def test_recovery_rebinds_meetings_missing_from_the_store(tmp_path: Path) -> Non
     try:
         integ = cfg.integrations[0]
         store_dir = cfg.data_dir / "store" / "onprem"
-        store = Store(store_dir)
-        lost = store.by_meeting_uid("lost")
-        assert lost is not None
-        store.delete(lost["alias_id"], "lost in a test")  # as if restored from an old backup
-        store.sweep()
-        store.close()
+        lost = restore_without(store_dir, "lost")
 
         out = subprocess.run(
             [
@@ -861,9 +857,8 @@ def test_recovery_of_a_pxps_booking_replaces_the_dead_instructions_and_its_echo_
     finally:
         svc.stop()
     try:
+        restore_without(cfg.data_dir / "store" / "onprem", "pxps-lost")
         store = Store(cfg.data_dir / "store" / "onprem")
-        store.delete(old["alias_id"], "lost in a test")
-        store.sweep()
         gateway = make_gateway(integ, cfg.data_dir, Metrics())
         done = recovery.recover(integ, gateway, store, datetime.now(UTC))
         gateway.close()

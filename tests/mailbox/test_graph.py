@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests import spoolkit
+from tests.backups import restore_without
 from tests.configs import reserve_alias, stored_record
 from tests.fakes.graph_server import FakeGraph, Message
 from tests.fakes.identity_platform import IdentityPlatform, tls_files
@@ -238,12 +239,7 @@ def test_recovery_rebinds_meetings_the_store_lost(env: Env) -> None:
     env.settle()
     cfg, integ = env.svc.config, env.svc.config.integrations[0]
     env.svc.stop()
-    store = Store(cfg.data_dir / "store" / "online")
-    lost = store.by_meeting_uid("lost")
-    assert lost is not None
-    store.delete(lost["alias_id"], "lost in a test")  # as if restored from an old backup
-    store.sweep()
-    store.close()
+    lost = restore_without(cfg.data_dir / "store" / "online", "lost")
     patches_before = len(env.fake.patches)
 
     done = service.recover_integration(cfg, integ, datetime.now(UTC), False, lambda _: None)

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from vmrsched.rules import recurrence
 from vmrsched.rules.meetings import (
     TEMPLATE_FOR_REASON,
     AliasRecord,
@@ -264,6 +265,51 @@ def test_lower_sequence_is_outdated_and_not_answered() -> None:
     assert not d.replies and d.action.kind == "none"
 
 
+def test_an_unchanged_update_is_remembered_so_an_older_request_after_it_is_outdated() -> None:
+    """The rules table: a lower SEQUENCE than one already processed is `outdated`, also when
+    that one changed nothing. Left unremembered, a stale SEQUENCE 0 copy read after an
+    informational SEQUENCE 1 would move the booking back to its old times."""
+    rec = replace(bound(sequence=0), answered={answer_key(meeting()): "new_single"})
+    informational = meeting(sequence=1, html_body=f"<p>Agenda</p><p>PXPS:-{AID}#</p>")
+    d = decide(informational, MeetingState(rec, rec), NOW)
+    assert (d.outcome, d.reason, d.replies) == ("ignored", "unchanged", False)
+    assert d.action.kind == "bind" and d.action.sequence == 1
+    assert d.action.schedule == rec.schedule  # nothing about the meeting changes
+    assert d.action.answer == (answer_key(informational), "unchanged")
+    applied = replace(rec, sequence=1, answered={**rec.answered, "series@1": "unchanged"})
+    stale = meeting(sequence=0, start=NOW + timedelta(hours=20), end=NOW + timedelta(hours=21))
+    assert decide(stale, MeetingState(applied, applied), NOW).reason == "outdated"
+    again = decide(informational, MeetingState(applied, applied), NOW)
+    assert (again.outcome, again.reason, again.action.kind) == ("ignored", "unchanged", "none")
+
+
+def test_times_moved_at_a_sequence_already_answered_are_an_edit_answered_no_second_time() -> None:
+    """Not a redelivery: the stored schedule moves and the log says edited_single; the answer
+    for that SEQUENCE and outcome went out once and is not sent again (same message id)."""
+    first = meeting(sequence=0)
+    rec = replace(bound(sequence=0), answered={answer_key(first): "new_single"})
+    moved = meeting(sequence=0, start=NOW + timedelta(days=3), end=NOW + timedelta(days=3, hours=1))
+    d = decide(moved, MeetingState(rec, rec), NOW)
+    assert (d.outcome, d.reason) == ("accepted", "edited_single")
+    assert d.action.kind == "bind" and d.action.schedule == moved.schedule
+
+
+def test_a_cancelled_occurrence_requested_again_is_back_in_the_schedule() -> None:
+    """RFC 5546: a REQUEST for an occurrence the organizer cancelled re-instates it; an accept
+    must mean the conference is scheduled for it again."""
+    series = meeting(rrule="FREQ=DAILY;COUNT=5").schedule
+    rid = series.start + timedelta(days=2)
+    cancelled = replace(
+        bound(schedule=series.with_exdate(rid)), occurrence_sequences={occurrence_key(rid): 1}
+    )
+    again = meeting(recurrence_id=rid, start=rid, end=rid + timedelta(hours=1), sequence=2)
+    d = decide(again, MeetingState(cancelled, cancelled), NOW)
+    assert (d.outcome, d.reason) == ("accepted", "edited_occurrence")
+    assert d.action.schedule is not None and rid not in d.action.schedule.exdates
+    assert recurrence.occurrence_of(d.action.schedule, rid) is not None
+    assert recurrence.occurrence_of(cancelled.schedule or series, rid) is None
+
+
 def test_outdated_occurrence_edit_compares_with_that_occurrence() -> None:
     series = meeting(rrule="FREQ=DAILY;COUNT=5").schedule
     rid = series.start + timedelta(days=1)
@@ -473,6 +519,32 @@ def test_a_meeting_handed_over_counts_only_when_sent_by_its_organizer() -> None:
     assert decide(moved(organizer_email=new), owned(), NOW).reason == "not_organizer"
     handed = moved(organizer_email=new, organizer_sent_by=OLGA, mail_from=new, mail_sender=OLGA)
     assert decide(handed, owned(), NOW).reason == "edited_single"
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        pytest.param({"mail_from": MALLORY}, id="a mail Mallory sent herself"),
+        pytest.param({"mail_from": MALLORY, "mail_sender": MALLORY}, id="Sender Mallory"),
+        pytest.param({}, id="a bare .ics"),
+    ],
+)
+@pytest.mark.parametrize("method", ["REQUEST", "CANCEL"])
+def test_a_hand_over_claimed_by_sent_by_alone_is_not_the_organizers(
+    forged: dict[str, str], method: str
+) -> None:
+    """SENT-BY is text anyone can write into a calendar: `ORGANIZER;SENT-BY=olga:mallory`
+    from Mallory's own mailbox would otherwise move or cancel Olga's booking."""
+    m = moved(method=method, organizer_email=MALLORY, organizer_sent_by=OLGA, **forged)
+    d = decide(m, owned(), NOW)
+    assert (d.reason, d.action.kind) == ("not_organizer", "none")
+
+
+def test_addresses_compare_without_ascii_case_only() -> None:
+    """A Unicode case fold would make a look-alike (the Kelvin sign) the organizer."""
+    assert decide(moved(organizer_email="OLGA@example.COM"), owned(), NOW).reason == "edited_single"
+    look_alike = moved(organizer_email="\u212aate@example.com")  # KELVIN SIGN, then "ate"
+    assert decide(look_alike, owned(organizer="kate@example.com"), NOW).reason == "not_organizer"
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from tests.fakes.identity_platform import IdentityPlatform
 from vmrsched import config
 from vmrsched.errors import Unauthorized
 from vmrsched.mailbox.sessions import CaSession
+from vmrsched.signin.oidc import expected_issuer
 from vmrsched.signin.users import SignInRefused, UserSignIn
 from vmrsched.telemetry import STATE_DAMAGED, Alarms, Metrics
 
@@ -155,6 +156,45 @@ def test_an_id_token_not_signed_by_the_providers_keys_opens_no_session(world: Wo
     world.platform.forge_with = None
     session = sign_in.finish(integ, authorize(world, sign_in.start(integ, REDIRECT)), REDIRECT)
     assert session.email == "olga@example.com"
+
+
+@pytest.mark.parametrize(
+    ("changed", "why"),
+    [
+        pytest.param({"nonce": None}, "nonce", id="no nonce"),
+        pytest.param({"nonce": "another-attempts-nonce"}, "nonce", id="another nonce"),
+        pytest.param({"exp": None}, "expires", id="no expiry"),
+        pytest.param({"iss": None}, "issuer", id="no issuer"),
+        pytest.param({"iss": "https://login.example/other/v2.0"}, "issuer", id="another issuer"),
+        pytest.param({"tid": None}, "issuer", id="no tenant"),
+    ],
+)
+def test_an_id_token_must_name_its_issuer_expiry_and_this_attempts_nonce(
+    world: World, changed: dict[str, object], why: str
+) -> None:
+    """DESIGN: every ID token's signature, issuer, audience, nonce and expiry are verified;
+    a claim left out is not a claim that holds (OpenID Connect Core 3.1.3.7)."""
+    integ = integration(world)
+    sign_in = sign_in_for(world)
+    world.platform.claims_changed = changed
+    with pytest.raises(SignInRefused, match=why):
+        sign_in.finish(integ, authorize(world, sign_in.start(integ, REDIRECT)), REDIRECT)
+
+
+def test_the_issuer_is_the_configured_tenant_or_the_tokens_own_under_a_domain_name() -> None:
+    """Entra ID names the tenant id in `iss` whatever the authorize URL names; AD FS its
+    /adfs root. A token of another tenant does not pass for the configured one."""
+    guid = "11111111-2222-3333-4444-555555555555"
+    entra = f"https://login.microsoftonline.com/{guid}/oauth2/v2.0/authorize"
+    mine = {"tid": guid}
+    assert expected_issuer(entra, mine) == f"https://login.microsoftonline.com/{guid}/v2.0"
+    other = {"tid": "99999999-2222-3333-4444-555555555555"}
+    assert expected_issuer(entra, other) == f"https://login.microsoftonline.com/{guid}/v2.0"
+    named = "https://login.microsoftonline.com/contoso.com/oauth2/v2.0/authorize"
+    assert expected_issuer(named, mine) == f"https://login.microsoftonline.com/{guid}/v2.0"
+    adfs = "https://sts.contoso.com/adfs/oauth2/authorize"
+    assert expected_issuer(adfs, {}) == "https://sts.contoso.com/adfs"
+    assert expected_issuer("https://idp.example/authorize", mine) is None
 
 
 def test_a_wrong_reused_or_foreign_state_is_refused(world: World) -> None:

@@ -4,6 +4,7 @@ repair and migrate a store; list the messages that could not be delivered)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -110,12 +111,40 @@ def cmd_store_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _repair(data_dir: Path, stores: Path, names: list[str]) -> int:
+    """Repair with the service stopped: under the data directory's lock, which a running
+    service holds for its whole life. A store's own lock is not enough: an integration whose
+    store was refused as damaged has let go of it while the service still runs, and would
+    read the repaired files back on its next retry."""
+    from vmrsched.store import StoreInUseError
+    from vmrsched.store.files import lock_directory
+    from vmrsched.store.repair import repair
+
+    try:
+        held = lock_directory(data_dir, f"the data directory {data_dir}")
+    except StoreInUseError as exc:
+        print(f"{exc}: stop the service first", file=sys.stderr)
+        return 1
+    try:
+        for name in names:
+            try:
+                report = repair(stores / name)
+            except StoreInUseError as exc:
+                print(f"{exc}: stop the service first", file=sys.stderr)
+                return 1
+            print("\n".join(report.lines()))
+            if report.damaged:
+                print(f"  repaired: the damaged files are kept in {stores / name}/damaged-*/")
+        return 0
+    finally:
+        os.close(held)
+
+
 def cmd_store(args: argparse.Namespace) -> int:
     """check: read-only, safe beside a running service; repair: needs the service stopped."""
     if args.action == "migrate":
         return cmd_store_migrate(args)
-    from vmrsched.store import StoreInUseError
-    from vmrsched.store.repair import check, check_state, repair
+    from vmrsched.store.repair import check, check_state
 
     if args.data_dir is None and cfg_backend(args) == "postgresql":
         print(
@@ -136,22 +165,13 @@ def cmd_store(args: argparse.Namespace) -> int:
             print(f"no store for integration {args.name!r} under {stores}", file=sys.stderr)
             return 1
         names = [args.name]
+    if args.action == "repair":
+        return _repair(data_dir, stores, names)
     damaged = False
     for name in names:
-        if args.action == "check":
-            report = check(stores / name)
-        else:
-            try:
-                report = repair(stores / name)
-            except StoreInUseError as exc:
-                print(f"{exc}: stop the service first", file=sys.stderr)
-                return 1
+        report = check(stores / name)
         damaged = damaged or report.damaged
         print("\n".join(report.lines()))
-        if args.action == "repair" and report.damaged:
-            print(f"  repaired: the damaged files are kept in {stores / name}/damaged-*/")
-    if args.action != "check":
-        return 0
     others = check_state(data_dir, args.name)
     if others:
         print(f"{data_dir}: queues, decisions, sign-in and token caches")

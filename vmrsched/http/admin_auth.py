@@ -70,8 +70,16 @@ async def check_admin(request: web.Request, csrf: str | None = None) -> str:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     client = client_address(request)
     if scheme.lower() == "bearer" and token.strip():
+        per_client, _ = request.app[LOGIN_LIMITS]
+        wait = per_client.waiting(client)  # out of attempts: not even a right token is tried
+        if wait:
+            log.warning("admin token refused: too many wrong ones from %s", client)
+            raise RateLimited("too many login attempts; try again shortly", wait)
         if expected is not None and hmac.compare_digest(token.strip().encode(), expected.encode()):
             return f"admin token from {client}"
+        # a wrong token is a login attempt like one typed into the form: limited and logged
+        log.warning("admin token refused: a wrong one from %s", client)
+        _count_attempt(request)
     else:
         service = request.app[SERVICE]
         sid = request.cookies.get(COOKIE, "")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from time import perf_counter
@@ -17,8 +19,10 @@ from vmrsched.http.addin import refused
 from vmrsched.http.common import PAGES, SERVICE, error, http_error, origin_of, service_error
 from vmrsched.http.forwarding import FORWARDER, ROUTES, Forwarder, forwarder
 from vmrsched.http.hosts import allowed_hosts, hostname, own_origin
+from vmrsched.logs import one_line
 from vmrsched.service import Service
 
+log = logging.getLogger("vmrsched.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPENAPI = resources.files("vmrsched.http") / "openapi.yaml"
 # what generate_latest writes: the text exposition format 0.0.4, its version named as
@@ -72,7 +76,10 @@ def pipeline(service: Service, timers: RouteTimers, forward: Forwarder | None = 
                     return refused(
                         request, _misdirected("this server does not answer to that name")
                     )
-                if path.startswith("/api/"):
+                api = path.startswith("/api/")
+                # the API from our own pages only; a form posted to the console or the
+                # organizer page from another site's page (login CSRF) neither
+                if api or request.method not in SAFE_METHODS:
                     origin = request.headers.get("Origin")
                     if origin is not None and not own_origin(
                         origin, request, origin_of(server.base_url), hosts
@@ -80,6 +87,7 @@ def pipeline(service: Service, timers: RouteTimers, forward: Forwarder | None = 
                         return refused(
                             request, _misdirected("cross-origin requests are not allowed")
                         )
+                if api:
                     length = request.content_length
                     if length is not None and length > server.max_body_bytes:
                         return refused(request, _too_large(server.max_body_bytes))
@@ -104,6 +112,19 @@ def pipeline(service: Service, timers: RouteTimers, forward: Forwarder | None = 
             if exc.status < 400:
                 raise
             return http_error(exc)
+        except Exception:  # a fault of ours: logged with an id the answer names, and JSON
+            correlation_id = str(uuid.uuid4())
+            log.exception(
+                "%s %s failed",
+                request.method,
+                one_line(request.path[:500]),
+                extra={"correlation_id": correlation_id},
+            )
+            return error(
+                500,
+                "internal_error",
+                f"the server could not answer this request (correlation id {correlation_id})",
+            )
         finally:
             route = request.match_info.route
             timer = route_timers.get(route)
@@ -121,6 +142,7 @@ def pipeline(service: Service, timers: RouteTimers, forward: Forwarder | None = 
 # what a page under a hostile name must not reach (health and metrics answer to any name); the
 # API's own checks (origin, body size) apply under /api/, which is one of them
 GUARDED = ("/api/", "/addin/", "/admin", "/my/")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def _misdirected(message: str) -> web.Response:

@@ -138,7 +138,12 @@ class _Guard(asyncio.Protocol):
             # may follow them in the same read); only the last 3 bytes are kept, for an end
             # that straddles two reads
             seen = self.head + data
-            if b"\r\n\r\n" in seen:  # the first request's headers are complete
+            end = seen.find(b"\r\n\r\n")
+            if end >= 0:  # the first request's headers are complete
+                head = self.received + end + 4 - len(self.head)
+                if head > HEAD_BYTES_PER_CONNECTION:  # docs/guarantees.md: a head holds 64 KiB
+                    self.close()
+                    return
                 self.head_done()
             else:
                 self.head = seen[-3:]

@@ -29,6 +29,14 @@ class RateLimiter:
         self._buckets[key] = (tokens - 1.0, now)
         return 0.0
 
+    def waiting(self, key: str) -> float:
+        """What `allow` would answer, without spending anything: 0 while `key` has a request
+        left, else the seconds until it has."""
+        now = self.clock()
+        tokens, last = self._buckets.get(key, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - last) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
     def _prune(self, now: float) -> None:
         full_after = self.capacity / self.rate
         for key, (_, last) in list(self._buckets.items()):

@@ -251,26 +251,43 @@ def _declined(message: Meeting, reason: str, record: AliasRecord | None = None) 
 
 def from_organizer(message: Meeting, organizer: str) -> bool:
     """Whether `message` may change or cancel the meeting `organizer` booked (DESIGN.md: only
-    its organizer may). It may when its ORGANIZER is that organizer (sent by them, or SENT-BY
-    a delegate acting for them) or it comes SENT-BY that organizer (handing the meeting to the
-    new ORGANIZER); and, when it came in a mail, the mail is From that ORGANIZER and its
-    Sender, if any, is that ORGANIZER or that SENT-BY: the shape Exchange gives a message the
-    organizer or their delegate sent (and lets only them send from its own mailboxes), so a
-    delegate claimed by SENT-BY alone, From someone else, does not count. A bare .ics has no
-    mail around it: there ORGANIZER and SENT-BY are all there is. A booking that names no
-    organizer (kept before organizers were) cannot be checked."""
+    its organizer may).
+
+    - Its ORGANIZER is that organizer, sent by them or SENT-BY a delegate acting for them; in
+      a mail, the mail is From that ORGANIZER and its Sender, if any, is that ORGANIZER or that
+      SENT-BY: the shape Exchange gives a message the organizer or their delegate sent (and lets
+      only them send from its mailboxes). A delegate claimed by SENT-BY alone, From someone
+      else, does not count.
+    - Or the organizer handed the meeting to the new ORGANIZER: then it comes SENT-BY the
+      organizer, and only a mail can show that they sent it: From the new ORGANIZER with the
+      organizer as its Sender. SENT-BY is text anyone can write into a calendar, so without
+      that Sender (a bare .ics, or a mail the new ORGANIZER sent themselves) a hand-over does
+      not count.
+
+    A booking that names no organizer (kept before organizers were) cannot be checked.
+    Addresses compare without ASCII case only: `\u212aate@…` (a Kelvin sign) is not kate."""
     if not organizer:
         return True
-    parties = {a.casefold() for a in (message.organizer_email, message.organizer_sent_by) if a}
-    if organizer.casefold() not in parties:
-        return False
-    if message.mail_from is None:
-        return True
-    sender = message.mail_sender or message.mail_from
-    return (
-        message.mail_from.casefold() == message.organizer_email.casefold()
-        and sender.casefold() in parties
-    )
+    bound = fold_address(organizer)
+    named = fold_address(message.organizer_email)
+    sent_by = fold_address(message.organizer_sent_by)
+    sender = fold_address(message.mail_sender or message.mail_from or "")
+    if bound == named:
+        if message.mail_from is None:
+            return True
+        return fold_address(message.mail_from) == named and sender in {named, sent_by} - {""}
+    if bound == sent_by and message.mail_from is not None:
+        return fold_address(message.mail_from) == named and sender == bound
+    return False
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def fold_address(address: str) -> str:
+    """A mail address as compared: ASCII letters without case, everything else exactly (a
+    Unicode case fold would make look-alikes such as the Kelvin sign equal to a letter)."""
+    return address.strip().translate(_ASCII_LOWER)
 
 
 def _not_organizer(message: Meeting, record: AliasRecord) -> Decision:
@@ -395,11 +412,16 @@ def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Dec
         )
 
     was_bound = target.status == "bound" and target.meeting_uid == message.uid
-    if remembered is None and was_bound and bound is not None and _unchanged(message, bound):
+    if (
+        remembered in (None, "unchanged")
+        and was_bound
+        and bound is not None
+        and _unchanged(message, bound)
+    ):
         # An informational update that changes nothing the rules care about (time,
         # recurrence, token): above all the organizer update this service sent, which
         # Exchange delivers to every attendee, the room included. No reply, no update.
-        return Decision("ignored", "unchanged", message.correlation_id, record=bound)
+        return _unchanged_decision(message, bound, key)
     if (
         message.recurrence_id is not None
         and was_bound
@@ -412,10 +434,13 @@ def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Dec
     else:
         reason = "new_recurring" if schedule.recurring else "new_single"
     update = False
-    if remembered is not None:  # the same message again (redelivery after a crash)
+    if remembered is not None and (bound is None or _unchanged(message, bound)):
+        # the same message again (redelivery after a crash): the answer it got the first time
         reason, _, flag = remembered.partition("+")
         # the placeholder is replaced once: a body that carries our token has nothing to replace
         update = flag == "update" and token.kind == "TOK"
+    # otherwise times changed at a SEQUENCE already answered: an edit (reason as above), whose
+    # answer was sent once for that SEQUENCE and outcome and is not sent again
     release = bound.alias_id if bound is not None and bound.alias_id != target.alias_id else None
     action = Action(
         "bind",
@@ -436,6 +461,25 @@ def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Dec
         occurrence=occurrence,
         organizer_update=update,
     )
+
+
+def _unchanged_decision(message: Meeting, bound: AliasRecord, key: str | None) -> Decision:
+    """`unchanged`, with its SEQUENCE remembered when it is the highest yet: an older request
+    read after it (a lower SEQUENCE) is then `outdated` and moves nothing, as the rules table
+    says."""
+    seen = bound.occurrence_sequences.get(key, -1) if key is not None else bound.sequence
+    action = NO_ACTION
+    if message.sequence > seen and bound.schedule is not None:
+        action = Action(
+            "bind",
+            alias_id=bound.alias_id,
+            meeting_uid=message.uid,
+            sequence=message.sequence,
+            occurrence_key=key,
+            schedule=bound.schedule,
+            answer=(answer_key(message), "unchanged"),
+        )
+    return Decision("ignored", "unchanged", message.correlation_id, action=action, record=bound)
 
 
 def _bound_to(message: Meeting, record: AliasRecord | None) -> AliasRecord | None:

@@ -65,9 +65,12 @@ class Schedule:
         return self.end - self.start
 
     def with_override(self, recurrence_id: datetime, start: datetime, end: datetime) -> Schedule:
+        """The occurrence `recurrence_id` moved to start..end; one that was cancelled (an
+        EXDATE) is back: a request for an occurrence re-instates it (RFC 5546 §2.1.5)."""
         key = _utc(recurrence_id)
         kept = tuple(o for o in self.overrides if _utc(o[0]) != key)
-        return replace(self, overrides=(*kept, (recurrence_id, start, end)))
+        exdates = tuple(d for d in self.exdates if _utc(d) != key)
+        return replace(self, exdates=exdates, overrides=(*kept, (recurrence_id, start, end)))
 
     def with_exdate(self, recurrence_id: datetime) -> Schedule:
         key = _utc(recurrence_id)

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import pykka
@@ -99,11 +99,7 @@ class OnlineAdmin:
         self, name: str, query: str = "", day: str = "", limit: int = 100
     ) -> list[View]:
         """Conferences and reservations matching `query` (and touching `day`), with windows."""
-        if day:
-            try:
-                date.fromisoformat(day)
-            except ValueError as exc:
-                raise BadRequest("day must be YYYY-MM-DD", "bad_day") from exc
+        _check_day(day)
         integ = self.runtime.integration(name)
         found = await self.runtime.ask_allocator(name, FindAliases(query, day, _limited(limit)))
         now = self.runtime.ctx.clock()
@@ -323,6 +319,7 @@ class OfflineAdmin:
     def find_aliases(
         self, name: str, query: str = "", day: str = "", limit: int = 100
     ) -> list[View]:
+        _check_day(day)
         integ = self._integration(name)
         with self._store(integ) as store:
             found = alias_admin.search(store.records(), query, day, _limited(limit))
@@ -369,3 +366,12 @@ if TYPE_CHECKING:  # both serve the one port: mypy checks it here
 
     def _serve_the_port(runtime: Runtime, cfg: Config) -> tuple[OnlinePort, OfflinePort]:
         return OnlineAdmin(runtime), OfflineAdmin(cfg)
+
+
+def _check_day(day: str) -> None:
+    """BadRequest for a `day` that is not YYYY-MM-DD from 1900 to 2999 ("" is any day)."""
+    if day:
+        try:
+            alias_admin.parse_day(day)
+        except ValueError as exc:
+            raise BadRequest("day must be YYYY-MM-DD, from 1900 to 2999", "bad_day") from exc

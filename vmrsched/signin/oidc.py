@@ -382,14 +382,47 @@ def id_token_claims(
     audiences = {str(a) for a in (audience if isinstance(audience, list) else [audience])}
     if not ({client.client_id} | client.audiences) & audiences:
         raise SignInRefused("the ID token is for another application")
-    if client.issuer and claims.get("iss") != client.issuer:
+    issuer = client.issuer or expected_issuer(client.authorization_uri, claims)
+    if issuer is not None and (not issuer or claims.get("iss") != issuer):
         raise SignInRefused(f"the ID token comes from another issuer ({claims.get('iss')!r})")
     expires = claims.get("exp")
-    if isinstance(expires, int | float) and expires + CLOCK_SKEW_SECONDS < time.time():
+    if not isinstance(expires, int | float):
+        raise SignInRefused("the ID token says not when it expires (exp)")
+    if expires + CLOCK_SKEW_SECONDS < time.time():
         raise SignInRefused("the ID token has expired (is this server's clock right?)")
-    if "nonce" in claims and claims["nonce"] != attempt.nonce:
+    # OpenID Connect Core 3.1.3.7: a nonce sent must come back, unchanged; a token without
+    # one could answer any sign-in
+    if claims.get("nonce") != attempt.nonce:
         raise SignInRefused("the ID token answers another sign-in (nonce)")
     return claims
+
+
+_GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+
+
+def expected_issuer(authorization_uri: str, claims: Mapping[str, Any]) -> str | None:
+    """The `iss` an ID token from the provider behind `authorization_uri` must carry, or None
+    for a provider whose issuer we cannot tell (then `issuer` must be configured to check it);
+    "" when no issuer would do.
+
+    - Entra ID (…/{tenant}/oauth2/v2.0/authorize): `https://host/{tid}/v2.0` for the token's
+      own tenant id, which must be the configured tenant when that is a tenant id (a domain
+      name, `organizations` or `common` name no id to compare);
+    - AD FS (…/adfs/oauth2/authorize): `https://host/adfs`."""
+    base, _, _ = authorization_uri.partition("?")
+    entra = "/oauth2/v2.0/authorize"
+    if base.endswith(entra):
+        root, _, tenant = base[: -len(entra)].rpartition("/")
+        tid = str(claims.get("tid") or "")
+        if not tid:
+            return ""  # Entra ID's tokens always name their tenant: this one matches nothing
+        if _GUID.fullmatch(tenant) and tid.lower() != tenant.lower():
+            return f"{root}/{tenant}/v2.0"  # what no token of another tenant carries
+        return f"{root}/{tid}/v2.0"
+    adfs = "/adfs/oauth2/authorize"
+    if base.endswith(adfs):
+        return base[: -len(adfs)] + "/adfs"
+    return None
 
 
 def email_of(claims: Mapping[str, Any]) -> str:

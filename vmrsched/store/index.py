@@ -115,6 +115,14 @@ class StoreIndex:
         alias_id = self._by_uid.get(uid)
         return self._records.get(alias_id) if alias_id else None
 
+    def meeting_uids(self) -> set[str]:
+        """Every meeting UID the store holds a record of, whatever became of it (bound,
+        cancelled, deleted by an admin, archived): recovery re-binds only meetings the store
+        has lost, never one whose alias was deleted on purpose."""
+        uids = {r["meeting_uid"] for r in self._records.values() if r.get("meeting_uid")}
+        uids.update(i.meeting_uid for i in self._archived.values() if i.meeting_uid)
+        return uids
+
     def by_alias(self, alias: str) -> StoredRecord | None:
         """The record of an alias or numeric alias as an admin types it or a node dials it
         (`sip:VMR123@Example.com`, `<h323:vmr123>`: see aliases.normalise)."""
