@@ -135,3 +135,19 @@ def test_store_repair_refuses_while_a_service_holds_the_data_directory(
     finally:
         os.close(held)
     assert cli.main(["store", "repair", "--data-dir", str(data_dir)]) == 0
+
+
+def test_bad_input_to_the_offline_commands_is_said_plainly(tmp_path: Path) -> None:
+    """A typo must not read as "all is well": an unknown integration or a data directory that
+    is not there is an error, a meeting of minus five minutes or a manifest for ftp:// too."""
+    config_file = str(ROOT / "config" / "vmrsched.toml")
+    unknown = run("-m", "vmrsched", "failed", "--integration", "nosuch", "--config", config_file)
+    assert unknown.returncode == 1 and "no integration 'nosuch'" in unknown.stderr
+    nowhere = run("-m", "vmrsched", "failed", "--data-dir", str(tmp_path / "nowhere"))
+    assert nowhere.returncode == 1 and "no data directory" in nowhere.stderr
+    negative = run("-m", "vmrsched", "invite", "--duration", "-5", "--config", config_file)
+    assert negative.returncode == 2 and "at least a minute" in negative.stderr
+    ftp = run(
+        "-m", "vmrsched", "manifest", "default", "--base-url", "ftp://x", "--config", config_file
+    )
+    assert ftp.returncode == 2 and "no http(s) URL" in ftp.stderr and not ftp.stdout

@@ -180,6 +180,8 @@ async def test_no_versions_in_server_and_support_is_hardened(
 ) -> None:
     response = await client.get("/addin/default/support")
     assert response.headers["Server"] == "vmrsched"
+    for path in ("/admin/login", "/", "/healthz", "/nowhere"):  # every answer, errors too
+        assert (await client.get(path)).headers["X-Content-Type-Options"] == "nosniff", path
     assert "default-src 'none'" in response.headers["Content-Security-Policy"]
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["Referrer-Policy"] == "no-referrer"

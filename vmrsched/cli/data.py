@@ -199,6 +199,9 @@ def cmd_failed(args: argparse.Namespace) -> int:
         cfg = load(args.config, secrets=False)
         if cfg is None:
             return 1
+        if args.integration and cfg.integration(args.integration) is None:
+            print(f"failed: the config has no integration {args.integration!r}", file=sys.stderr)
+            return 1
         data_dir: Path | None = cfg.data_dir
         if cfg.storage.backend == "postgresql":  # the queues are in the shared database
             from vmrsched.errors import ServiceError
@@ -212,9 +215,18 @@ def cmd_failed(args: argparse.Namespace) -> int:
             data_dir = None
     else:
         data_dir = Path(args.data_dir)
+        if not data_dir.is_dir():
+            print(f"failed: no data directory at {data_dir}", file=sys.stderr)
+            return 1
     if data_dir is not None:
         queues = config.DataLayout(data_dir).queues
         found = {name: read_failed(queues / name) for name in _subdirs(queues)}
+        if args.data_dir is not None and args.integration and args.integration not in found:
+            print(
+                f"failed: no queue of integration {args.integration!r} under {queues}",
+                file=sys.stderr,
+            )
+            return 1
     names = sorted(found)
     if args.integration:
         names = [n for n in names if n == args.integration]

@@ -196,6 +196,10 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     if cfg is None or integ is None:
         return 1
     base = args.base_url or cfg.server.base_url
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        print(f"manifest: {base!r} is no http(s) URL of this server", file=sys.stderr)
+        return 2
     if not base.startswith("https://"):
         print(
             f"warning: {base} is not https; Outlook installs add-ins from https only "
@@ -241,6 +245,17 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 1 if counts.get("failed") else 0
 
 
+def _minutes(text: str) -> int:
+    """A meeting's length in whole minutes: at least one (it ends after it starts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of minutes: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a meeting lasts at least a minute, got {value}")
+    return value
+
+
 def _register_service_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve = sub.add_parser("serve", help="run the service")
     add_config(serve)
@@ -252,7 +267,9 @@ def _register_service_commands(sub: argparse._SubParsersAction) -> None:  # type
     invite.add_argument("--integration", required=True, help="integration (spool backend)")
     invite.add_argument("--subject", default="Video meeting", help="SUMMARY (default: %(default)s)")
     invite.add_argument("--start", help="ISO time, e.g. 2026-12-01T10:00+01:00 (default: in 1 h)")
-    invite.add_argument("--duration", type=int, default=30, help="minutes (default 30)")
+    invite.add_argument(
+        "--duration", type=_minutes, default=30, help="minutes, at least 1 (default 30)"
+    )
     invite.add_argument("--rrule", help="e.g. FREQ=WEEKLY;COUNT=10")
     invite.add_argument("--token", help="PXPS:-…# or TOK:-…# (default: a fresh TOK placeholder)")
     invite.add_argument("--no-token", action="store_true", help="send a body without a token")

@@ -155,8 +155,11 @@ def _too_large(limit: int) -> web.Response:
 
 
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
-    """No versions in the Server header (aiohttp names itself and Python)."""
+    """No versions in the Server header (aiohttp names itself and Python), and no answer a
+    browser may read as another type than it says (the console's pages, a Graph validation
+    token echoed as text)."""
     response.headers["Server"] = "vmrsched"
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
 
 
 async def home(request: web.Request) -> web.Response:
