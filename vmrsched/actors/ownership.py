@@ -33,7 +33,7 @@ from vmrsched.postgres.connection import Connect
 from vmrsched.postgres.leases import Lease, LeaseLost, Leases, fair_share
 from vmrsched.postgres.records import Records
 from vmrsched.store import OwnershipLostError, StorageUnavailableError
-from vmrsched.telemetry import Metrics
+from vmrsched.telemetry import STORAGE_UNAVAILABLE, Alarms, Metrics
 
 log = logging.getLogger("vmrsched.ownership")
 
@@ -145,10 +145,12 @@ class Ownership(pykka.ThreadingActor):
         tell: Callable[[Gained | Lost], None],
         schedule: Callable[[float, Callable[[], None]], None],
         metrics: Metrics | None = None,
+        alarms: Alarms | None = None,
     ) -> None:
         super().__init__()
         self.shared = shared
         self.metrics = metrics or Metrics()
+        self.alarms = alarms
         self.leases = Leases(shared.connect, shared.instance, shared.lease_seconds, shared.url)
         self.wanted = wanted  # the configured integrations (a reload changes them)
         self.tell = tell
@@ -183,11 +185,20 @@ class Ownership(pykka.ThreadingActor):
         try:
             self._step()
             self.shared.reachable = True
+            if self.alarms is not None:
+                self.alarms.clear("service", STORAGE_UNAVAILABLE)
         except (psycopg.Error, StorageUnavailableError) as exc:
             self.shared.reachable = False
             log.warning("shared database: %s", exc)
             self.metrics.lease_renewals.labels("unreachable").inc()
             self._expire_unrenewed()
+            if self.alarms is not None:  # for as long as it lasts, leases given up or not
+                self.alarms.raise_(
+                    "service",
+                    STORAGE_UNAVAILABLE,
+                    "the shared database does not answer: this instance runs no integration "
+                    f"until it does ({type(exc).__name__})",
+                )
         finally:
             self.metrics.database_seconds.observe(time.monotonic() - started)
             self.schedule(self.every, self._tell_tick)

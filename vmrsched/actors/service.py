@@ -18,9 +18,6 @@ from vmrsched.actors.ownership import Gained, Lost
 from vmrsched.actors.supervision import ChildSpec, Supervisor
 from vmrsched.config import Config, IntegrationConfig
 from vmrsched.telemetry import (
-    STORAGE_FULL,
-    STORAGE_UNAVAILABLE,
-    STORE_CORRUPT,
     SUPERVISOR_FAILED,
 )
 
@@ -78,9 +75,10 @@ class ServiceSupervisor(Supervisor):
                 extra={"integration": message.name},
             )
             self._stop_integration(message.name)
-        # what this instance said about the integration's store is no longer its to say
-        for alarm in (STORAGE_FULL, STORAGE_UNAVAILABLE, STORE_CORRUPT):
-            self.ctx.alarms.clear(message.name, alarm)
+        # what this instance said about the integration (its store, its failed start, its
+        # mailbox) is no longer its to say: the owner reports on it now
+        for alarm in self.ctx.alarms.active(message.name):
+            self.ctx.alarms.clear(message.name, alarm.name)
         self.ctx.status.set(message.name, state="elsewhere")
         if message.then is not None:
             message.then()

@@ -301,6 +301,7 @@ def start(config: Config, **context: Any) -> Service:
                 ref.tell,
                 ctx.scheduler.call_later,
                 ctx.metrics,
+                ctx.alarms,
             ),
             Follower.start(
                 ctx.shared,
