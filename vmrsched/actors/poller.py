@@ -22,6 +22,11 @@ from vmrsched.store.decisions import DecisionWriter
 
 log = logging.getLogger("vmrsched.store.decisions")
 ASK_TIMEOUT = 60.0
+SET_ASIDE = "set_aside"  # the outcome of an item that is not answered and not decided
+AUTOMATIC_MAIL = (
+    "automatic mail (RFC 3834 Auto-Submitted, Precedence bulk/list, List-Id or a delivery "
+    "report): set aside, never answered"
+)
 
 
 class MailboxPoller(SupervisedChild):
@@ -95,7 +100,12 @@ class MailboxPoller(SupervisedChild):
         self.ctx.status.set(name, lag=lag, polled=now.isoformat())
 
         items = [_answerable(item) for item in items]
-        readable = [item for item in items if item.error is None and not item.not_meeting]
+        # automatic mail is never answered (RFC 3834), whatever it carries: it is not decided
+        readable = [
+            item
+            for item in items
+            if item.error is None and not item.not_meeting and not item.auto_submitted
+        ]
         batch = [(_with_correlation(m), item.id) for item in readable for m in item.meetings]
 
         allocator = self.ctx.registry.get(name, "allocator")
@@ -139,8 +149,11 @@ class MailboxPoller(SupervisedChild):
                     item.subject,
                     extra={"integration": name, "item": item.id, "detail": item.error or ""},
                 )
+                self.ctx.metrics.meeting_requests.labels(name, SET_ASIDE, "not_meeting").inc()
             elif item.error is not None:
                 quarantined.append((item, self._unreadable(item, outgoing)))
+            elif item.auto_submitted:
+                quarantined.append((item, self._automatic(item)))
 
         # the decisions log (for admins) is durable before the items count as handled
         entries, self._entries = self._entries, []
@@ -167,6 +180,20 @@ class MailboxPoller(SupervisedChild):
         for _ in items:
             self.ctx.metrics.meeting_processing.labels(name).observe(per_item)
         return len(items)
+
+    def _automatic(self, item: InboxItem) -> str:
+        """Set aside a meeting message sent as automatic mail (RFC 3834 Auto-Submitted other
+        than "no", Precedence bulk/list/junk, List-Id, a delivery report): whatever it asks,
+        an answer to it could start a mail loop or go to a list, so it is neither decided nor
+        answered; the decisions log and the log say so, with its sender and subject."""
+        reason = AUTOMATIC_MAIL
+        for meeting in item.meetings:
+            shown = answers.shown_subject(self.integ, self.renderer, meeting)
+            self._log_decision(
+                meeting, SET_ASIDE, "automatic", "", reason, item.id, item, "", shown
+            )
+        self.ctx.metrics.meeting_requests.labels(self.integ.name, SET_ASIDE, "automatic").inc()
+        return reason
 
     def _unreadable(self, item: InboxItem, outgoing: list[Outgoing]) -> str:
         """Quarantine reason for an item that cannot be read; its sender, when known and not an

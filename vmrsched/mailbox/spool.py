@@ -291,10 +291,13 @@ class SpoolMailbox(Mailbox):
                 sender_name=exc.organizer_name,
                 subject=exc.subject,
                 uid=exc.uid,
+                sequence=exc.sequence,
                 not_meeting=exc.not_meeting,
                 auto_submitted=exc.auto_submitted,
             )
-        return InboxItem(name, received, meetings=parsed.meetings)
+        return InboxItem(
+            name, received, meetings=parsed.meetings, auto_submitted=parsed.auto_submitted
+        )
 
     def _move(self, item_id: str, folder: Path) -> None:
         self._forget(item_id)
