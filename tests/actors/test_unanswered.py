@@ -2,7 +2,9 @@
 running actor tree and the spool mailbox.
 
 - an attendee's response or any iTIP method but REQUEST and CANCEL: set aside, unanswered;
-- automatic mail (RFC 3834): set aside, unanswered, whatever meeting it carries.
+- automatic mail (RFC 3834): set aside, unanswered, whatever meeting it carries;
+- a request refused past its UID and ORGANIZER: declined with a METHOD:REPLY part and a
+  "Declined: <subject>" Subject, as every other decline is.
 """
 
 from __future__ import annotations
@@ -111,3 +113,71 @@ def test_auto_submitted_no_is_a_person_and_is_answered(running: Running) -> None
     drop_and_wait(running, mail(calendar, headers="Auto-Submitted: no\r\n"))
     [decline] = running.answers(uid)
     assert decline.reason == "invalid_alias_id"
+
+
+def ics(uid: str, event: str, summary: str | None = "Board meeting") -> bytes:
+    title = f"SUMMARY:{summary}\r\n" if summary is not None else ""
+    return (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//tests//EN\r\nMETHOD:REQUEST\r\n"
+        f"BEGIN:VEVENT\r\nUID:{uid}\r\nSEQUENCE:3\r\n{title}{event}"
+        "ORGANIZER;CN=Olga Organizer:mailto:olga@example.com\r\n"
+        "ATTENDEE:mailto:vmr@example.com\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("uid", "event", "why"),
+    [
+        ("tz-1", f"DTSTART;TZID=Mars/Olympus:{soon()[:-1]}\r\nDURATION:PT1H\r\n", "time zone"),
+        ("nostart-1", "DURATION:PT1H\r\n", "no DTSTART"),
+        ("y3500-1", "DTSTART:35000101T100000Z\r\nDURATION:PT1H\r\n", "1900-2999"),
+    ],
+)
+def test_a_half_read_request_is_declined_with_a_reply_calendar(
+    running: Running, uid: str, event: str, why: str
+) -> None:
+    """Quarantined but readable as far as UID and ORGANIZER: the decline is the spool
+    contract's (text/html and a METHOD:REPLY with PARTSTAT=DECLINED naming the UID, SEQUENCE
+    and organizer; Subject "Declined: <subject>"), before: words only."""
+    name = drop_and_wait(running, ics(uid, event), ".ics")
+    assert why in note(running, name)
+    [decline] = running.answers(uid)
+    assert (decline.outcome, decline.reason) == ("declined", "general_error")
+    assert decline.headers["Subject"] == "Declined: Board meeting"
+    calendar = decline.calendar.replace("\r\n ", "")
+    assert "METHOD:REPLY" in calendar and f"UID:{uid}" in calendar
+    assert "SEQUENCE:3" in calendar
+    assert "ORGANIZER;CN=Olga Organizer:mailto:olga@example.com" in calendar
+    assert "ATTENDEE;PARTSTAT=DECLINED;CN=Video Room:mailto:vmr@example.com" in calendar
+    assert 'method="REPLY"' in decline.headers.get("Content-Type", "") or "REPLY" in calendar
+
+
+def test_a_subject_over_the_limit_is_declined_under_it(running: Running) -> None:
+    """Subject over 1,000 characters: declined "Declined: <subject cut at a word, …>" with a
+    REPLY (before: a bare "Declined" without one)."""
+    long = "Quarterly planning " * 80  # 1,520 characters
+    uid = "long-subject-1"
+    drop_and_wait(running, ics(uid, f"DTSTART:{soon()}\r\nDURATION:PT1H\r\n", long), ".ics")
+    [decline] = running.answers(uid)
+    subject = decline.headers["Subject"]
+    assert subject.startswith("Declined: Quarterly planning Quarterly")
+    assert subject.endswith("\u2026") and len(subject) <= len("Declined: ") + 1000
+    assert "METHOD:REPLY" in decline.calendar and "PARTSTAT=DECLINED" in decline.calendar
+
+
+def test_without_summary_the_mails_subject_names_the_decline(running: Running) -> None:
+    uid = "mail-subject-1"
+    event = f"DTSTART;TZID=Mars/Olympus:{soon()[:-1]}\r\nDURATION:PT1H\r\n"
+    drop_and_wait(running, mail(ics(uid, event, summary=None)))
+    [decline] = running.answers(uid)
+    assert decline.headers["Subject"] == "Declined: Weekly sync"
+    assert "METHOD:REPLY" in decline.calendar
+
+
+def test_a_request_without_uid_is_declined_in_words_alone(running: Running) -> None:
+    """Nothing a REPLY could name: the decline stays text and HTML."""
+    data = ics("", f"DTSTART:{soon()}\r\nDURATION:PT1H\r\n").replace(b"UID:\r\n", b"")
+    drop_and_wait(running, data, ".ics")
+    [decline] = spoolkit.outbox(running.spool)
+    assert decline.reason == "general_error" and decline.calendar == ""
+    assert decline.headers["Subject"] == "Declined: Board meeting"

@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmrsched.actors.bridge import ask
 from vmrsched.actors.child import SupervisedChild
@@ -16,9 +16,12 @@ from vmrsched.actors.outage import Outage
 from vmrsched.actors.supervision import Backoff
 from vmrsched.errors import StorageFull
 from vmrsched.mailbox.base import GatewayError, InboxItem, Mailbox, Outgoing
-from vmrsched.messages import answers
+from vmrsched.messages import answers, calendars
 from vmrsched.rules.meetings import Meeting, is_address
 from vmrsched.store.decisions import DecisionWriter
+
+if TYPE_CHECKING:
+    from vmrsched.config import ExchangeConfig
 
 log = logging.getLogger("vmrsched.store.decisions")
 ASK_TIMEOUT = 60.0
@@ -204,17 +207,16 @@ class MailboxPoller(SupervisedChild):
         outcome = "quarantined"
         if is_address(item.sender_email) and not item.auto_submitted:
             try:
-                outgoing.append(
-                    answers.unreadable_reply(
-                        self.integ,
-                        self.renderer,
-                        correlation_id,
-                        item.sender_email,
-                        item.sender_name,
-                        item.subject,
-                        item.uid,
-                    )
+                decline = answers.unreadable_reply(
+                    self.integ,
+                    self.renderer,
+                    correlation_id,
+                    item.sender_email,
+                    item.sender_name,
+                    item.subject,
+                    item.uid,
                 )
+                outgoing.append(_with_reply_calendar(decline, item, self.integ.exchange))
                 outcome = "declined"
             except Exception:
                 log.exception("cannot answer unreadable item %s", item.id)
@@ -315,6 +317,23 @@ def _answerable(item: InboxItem) -> InboxItem:
             uid=item.meetings[0].uid,
         )
     return item
+
+
+def _with_reply_calendar(decline: Outgoing, item: InboxItem, room: ExchangeConfig) -> Outgoing:
+    """The decline of a request that was read as far as its UID and ORGANIZER, with the
+    METHOD:REPLY part every other decline carries (PARTSTAT=DECLINED), so the organizer's
+    calendar shows the room declined; a request read less far than that has nothing a REPLY
+    could name and is declined in words alone."""
+    if not item.uid or not is_address(item.sender_email) or decline.calendar:
+        return decline
+    calendar = calendars.decline_calendar(
+        item.uid,
+        item.sequence,
+        item.subject,
+        (item.sender_email, item.sender_name),
+        (room.mailbox_email, room.mailbox_name),
+    )
+    return replace(decline, calendar=calendar)
 
 
 def _with_correlation(meeting: Meeting) -> Meeting:
