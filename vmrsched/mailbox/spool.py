@@ -13,9 +13,11 @@ module's business.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import hashlib
+import logging
 import os
 import re
 import threading
@@ -45,6 +47,8 @@ from vmrsched.telemetry import MAILBOX_UNREACHABLE
 
 if TYPE_CHECKING:
     from vmrsched.config import IntegrationConfig
+
+log = logging.getLogger("vmrsched.spool")
 
 INBOX = "inbox"
 OUTBOX = "outbox"
@@ -172,6 +176,15 @@ def _free_name(folder: Path, name: str, with_note: bool = False) -> str:
         number += 1
 
 
+# What a crash leaves of the gateway's own writes: the temp file of an outbox mail (written,
+# then renamed to its name; atomic_write's adds the writer's pid) and of an error note. Each is
+# named for this module's own files only, so nothing another writer made matches.
+_OUTBOX_TEMP = re.compile(
+    r"^\.\d{8}T\d{6}\.\d{6}Z-[a-z_]+-[a-z0-9-]*-[0-9a-f]{32}\.eml(\.\d+)?\.tmp$"
+)
+_NOTE_TEMP = re.compile(r"^\..+\.error\.txt\.\d+\.tmp$")
+
+
 # Linux syncfs(2): one call makes every write on the file system durable, which lets a batch
 # of outbox files share one flush instead of paying an fsync each
 _SYNCFS: Callable[[int], int] | None = libc.function("syncfs")
@@ -233,6 +246,26 @@ class SpoolMailbox(Mailbox):
         # the service owns its spool alone: a second process reading the same inbox would
         # answer its meetings twice (tools that only look, like check-config, do not lock)
         self._lock_fd = lock_directory(self.root, f"the spool {self.root}") if exclusive else None
+        if self._lock_fd is not None:
+            self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """Delete the temp files a crash (SIGKILL, power loss) left of this gateway's own
+        writes: an outbox mail it was writing, an error note. Only under the spool's lock, so
+        no other process can be writing them; only in the folders the gateway alone writes
+        (never the inbox, where others write their own temp files); only names of its own
+        making. A mail's temp file never counted as sent (only `<name>.eml` does), so the
+        notifier, which had not marked that message delivered, writes it again: once."""
+        for folder, pattern in ((self.outbox, _OUTBOX_TEMP), (self.failed, _NOTE_TEMP)):
+            for entry in os.scandir(folder):
+                if pattern.match(entry.name) and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                    log.warning(
+                        "removed %s, a file half-written before a crash",
+                        entry.path,
+                        extra={"integration": self.name},
+                    )
 
     def poll_interval(self, integ: IntegrationConfig) -> float:
         return integ.spool.poll_interval_seconds
@@ -393,8 +426,12 @@ class SpoolMailbox(Mailbox):
                 atomic_write(path, data)
             else:
                 tmp = path.with_name(f".{path.name}.tmp")
-                tmp.write_bytes(data)
-                os.replace(tmp, path)
+                try:
+                    tmp.write_bytes(data)
+                    os.replace(tmp, path)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)  # a full disk keeps no half-written copy
+                    raise
         except OSError as exc:
             raise GatewayError(f"cannot write to {self.outbox}: {exc}") from exc
         sent.add(message.id)
