@@ -343,6 +343,40 @@ def test_an_unreadable_meeting_message_is_declined_with_a_correlation_id(env: En
     assert env.count("declined", "general_error") == 1
 
 
+def replaced_mime(env: Env, uid: str, change: Any) -> Message:
+    """A meeting message delivered to the room with its MIME content changed by `change`."""
+    with env.fake.lock:
+        message = env.fake._deliver(ROOM, meeting(uid, "<p>no token</p>"), True)
+        message.mime = change(message.mime)
+    spoolkit.wait_for(lambda: not env.fake.mailbox(ROOM).inbox)
+    env.settle()
+    return message
+
+
+def test_an_attendees_response_is_set_aside_unanswered(env: Env) -> None:
+    """Graph lists a response as an eventMessage too: its iTIP method (REPLY) says it asks
+    nothing, as on the other backends (before: a general_error decline to the organizer)."""
+    reply, _ = spoolkit.request("reply-1", method="REPLY", organizer=ORGANIZER)
+    mime = (
+        b"From: Bob <bob@contoso.example>\r\nSubject: Accepted: Weekly sync\r\n"
+        b"Content-Type: text/calendar; method=REPLY\r\n\r\n" + reply
+    )
+    message = replaced_mime(env, "reply-1", lambda _: mime)
+    assert any(m.id == message.id for m in env.fake.mailbox(ROOM).deleted)  # set aside
+    assert env.fake.responses == [] and env.fake.mails == [] and env.fake.patches == []
+    assert env.count("set_aside", "not_meeting") == 1
+
+
+def test_a_meeting_request_in_automatic_mail_is_set_aside_unanswered(env: Env) -> None:
+    message = replaced_mime(
+        env, "auto-1", lambda mime: b"Auto-Submitted: auto-generated\r\n" + mime
+    )
+    assert any(m.id == message.id for m in env.fake.mailbox(ROOM).deleted)  # set aside
+    assert env.fake.responses == [] and env.fake.mails == [] and env.fake.patches == []
+    assert env.count("set_aside", "automatic") == 1
+    assert env.count("declined", "invalid_alias_id") == 0
+
+
 def test_check_online_reports_the_token_the_room_and_an_organizers_scope(env: Env) -> None:
     cfg, integ = env.svc.config, env.svc.config.integrations[0]
     env.fake.scope = {ROOM, "in.scope@contoso.example"}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import spoolkit
 from tests.shared import CORPUS, needs_corpus
 from vmrsched.mailbox import itip
 from vmrsched.rules import recurrence
@@ -18,7 +19,11 @@ REFUSED = {
     "08-notes-style-request-tzid-without-vtimezone-no-method.eml": "unknown time zone 'FLE'",
     "13-exchange-cdo-request-daily-until-no-uid.ics": "meeting has no UID",
     "15-exchange2010-request-biweekly-seq7-broken-folding.ics": "meeting has no UID",
-    "19-exchange-owa-publish-tzid-without-vtimezone.ics": "meeting has no UID",
+    "19-exchange-owa-publish-tzid-without-vtimezone.ics": "iTIP method PUBLISH",
+    # a calendar published for reading (RFC 5546 PUBLISH) is no meeting request: set aside
+    "17-exchange2010-publish-allday-recurring-with-exceptions.ics": "iTIP method PUBLISH",
+    "18-exchange2010-publish-exdate-tzid-without-vtimezone.ics": "iTIP method PUBLISH",
+    "23-macos-calendar-recurring-count-with-exception.ics": "iTIP method PUBLISH",
 }
 
 
@@ -74,7 +79,9 @@ def test_cancel_without_dtstart_still_names_the_series() -> None:
 def test_occurrence_only_request_and_series_with_exceptions() -> None:
     m = read("09-thunderbird-fixture-request-single-occurrence-recurrence-id.eml").meetings[0]
     assert m.recurrence_id is not None and m.sequence == 2
-    series = read("23-macos-calendar-recurring-count-with-exception.ics").meetings[0]
+    # macOS exports it as PUBLISH: read here as a calendar item is (a message would be set aside)
+    macos = (CORPUS / "23-macos-calendar-recurring-count-with-exception.ics").read_bytes()
+    series = itip.parse_calendar(macos, "Europe/London", any_method=True).meetings[0]
     assert series.rrule and len(series.overrides) == 1
     cancelled = read("25-thunderbird-recurring-count-cancelled-occurrence.ics").meetings[0]
     assert len(cancelled.exdates) == 1
@@ -108,13 +115,96 @@ def test_mail_without_calendar_is_refused_with_sender() -> None:
     assert info.value.organizer_email == "ann@example.com"
 
 
-def test_unsupported_method_is_refused() -> None:
+@pytest.mark.parametrize(
+    "method", ["REPLY", "COUNTER", "REFRESH", "DECLINECOUNTER", "ADD", "PUBLISH", "X-ODD"]
+)
+def test_every_method_but_request_and_cancel_is_no_meeting_message(method: str) -> None:
+    """An attendee's response or a published calendar asks nothing of the room: it is set
+    aside unanswered (not_meeting), however broken the rest of it is (a long subject here)."""
     cal = (
-        b"BEGIN:VCALENDAR\r\nMETHOD:REPLY\r\nBEGIN:VEVENT\r\nUID:x\r\n"
-        b"DTSTART:20300101T100000Z\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
-    )
-    with pytest.raises(itip.ParseError, match="unsupported iTIP method REPLY"):
+        f"BEGIN:VCALENDAR\r\nMETHOD:{method}\r\nBEGIN:VEVENT\r\nUID:x\r\n"
+        f"SUMMARY:{'s' * 2000}\r\nORGANIZER:mailto:olga@example.com\r\n"
+        "ATTENDEE;PARTSTAT=ACCEPTED:mailto:bob@example.com\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    ).encode()
+    with pytest.raises(itip.ParseError, match=f"iTIP method {method}") as info:
         itip.parse_calendar(cal)
+    assert info.value.not_meeting
+    mail = (
+        b"From: Bob <bob@example.com>\r\nSubject: Accepted: Weekly sync\r\n"
+        b"Content-Type: text/calendar; method=" + method.encode() + b"\r\n\r\n" + cal
+    )
+    with pytest.raises(itip.ParseError) as info:
+        itip.parse_mail(mail)
+    assert info.value.not_meeting
+
+
+def test_a_calendar_item_is_read_whatever_method_its_export_names() -> None:
+    """The room's calendar as Exchange exports it (recovery) is read, PUBLISH or not."""
+    cal = (
+        b"BEGIN:VCALENDAR\r\nMETHOD:PUBLISH\r\nBEGIN:VEVENT\r\nUID:x\r\n"
+        b"DTSTART:20300101T100000Z\r\nORGANIZER:mailto:olga@example.com\r\n"
+        b"END:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+    [meeting] = itip.parse_calendar(cal, any_method=True).meetings
+    assert (meeting.uid, meeting.method) == ("x", "REQUEST")
+
+
+def test_automatic_mail_is_read_and_marked_as_such() -> None:
+    """RFC 3834: the meetings of automatic mail are read, and the item says it is automatic
+    (the poller then sets it aside unanswered); a person's mail is not."""
+    cal, _ = spoolkit.request("auto-1")
+    for header, automatic in [
+        (b"Auto-Submitted: auto-generated\r\n", True),
+        (b"Precedence: bulk\r\n", True),
+        (b"List-Id: <team.example.com>\r\n", True),
+        (b"Auto-Submitted: no\r\n", False),
+        (b"", False),
+    ]:
+        mail = (
+            b"From: Olga <olga@example.com>\r\nSubject: Weekly sync\r\n"
+            + header
+            + b"Content-Type: text/calendar; method=REQUEST\r\n\r\n"
+            + cal
+        )
+        parsed = itip.parse_mail(mail)
+        assert [m.uid for m in parsed.meetings] == ["auto-1"]
+        assert parsed.auto_submitted is automatic, header
+
+
+def test_an_unreadable_request_names_what_a_decline_needs() -> None:
+    """A request refused past its UID and ORGANIZER names them, its SEQUENCE, and a subject
+    (SUMMARY, else the mail's Subject) cut to the limit, so its decline can carry a REPLY."""
+    long = "word " * 300  # 1,500 characters
+    cal = (
+        "BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nBEGIN:VEVENT\r\nUID:long-1\r\nSEQUENCE:4\r\n"
+        f"SUMMARY:{long}\r\nDTSTART:20300101T100000Z\r\n"
+        "ORGANIZER;CN=Olga:mailto:olga@example.com\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    ).encode()
+    with pytest.raises(itip.ParseError, match="subject longer than 1000") as info:
+        itip.parse_calendar(cal)
+    err = info.value
+    assert (err.uid, err.organizer_email, err.organizer_name, err.sequence) == (
+        "long-1",
+        "olga@example.com",
+        "Olga",
+        4,
+    )
+    assert len(err.subject) <= 1000 and err.subject.startswith("word word")
+    assert err.subject.endswith("word\u2026")
+    no_summary = cal.replace(f"SUMMARY:{long}\r\n".encode(), b"").replace(
+        b"DTSTART:20300101T100000Z", b"DTSTART;TZID=Mars/Olympus:20300101T100000"
+    )
+    mail = (
+        b"From: Olga <olga@example.com>\r\nSubject: Board meeting\r\n"
+        b"Content-Type: text/calendar; method=REQUEST\r\n\r\n" + no_summary
+    )
+    with pytest.raises(itip.ParseError, match="unknown time zone") as info:
+        itip.parse_mail(mail)
+    assert (info.value.uid, info.value.subject, info.value.sequence) == (
+        "long-1",
+        "Board meeting",
+        4,
+    )
 
 
 def test_x_alt_desc_text_escapes_are_undone() -> None:

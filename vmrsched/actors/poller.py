@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmrsched.actors.bridge import ask
 from vmrsched.actors.child import SupervisedChild
@@ -16,12 +16,20 @@ from vmrsched.actors.outage import Outage
 from vmrsched.actors.supervision import Backoff
 from vmrsched.errors import StorageFull
 from vmrsched.mailbox.base import GatewayError, InboxItem, Mailbox, Outgoing
-from vmrsched.messages import answers
+from vmrsched.messages import answers, calendars
 from vmrsched.rules.meetings import Meeting, is_address
 from vmrsched.store.decisions import DecisionWriter
 
+if TYPE_CHECKING:
+    from vmrsched.config import ExchangeConfig
+
 log = logging.getLogger("vmrsched.store.decisions")
 ASK_TIMEOUT = 60.0
+SET_ASIDE = "set_aside"  # the outcome of an item that is not answered and not decided
+AUTOMATIC_MAIL = (
+    "automatic mail (RFC 3834 Auto-Submitted, Precedence bulk/list, List-Id or a delivery "
+    "report): set aside, never answered"
+)
 
 
 class MailboxPoller(SupervisedChild):
@@ -95,7 +103,12 @@ class MailboxPoller(SupervisedChild):
         self.ctx.status.set(name, lag=lag, polled=now.isoformat())
 
         items = [_answerable(item) for item in items]
-        readable = [item for item in items if item.error is None and not item.not_meeting]
+        # automatic mail is never answered (RFC 3834), whatever it carries: it is not decided
+        readable = [
+            item
+            for item in items
+            if item.error is None and not item.not_meeting and not item.auto_submitted
+        ]
         batch = [(_with_correlation(m), item.id) for item in readable for m in item.meetings]
 
         allocator = self.ctx.registry.get(name, "allocator")
@@ -139,8 +152,11 @@ class MailboxPoller(SupervisedChild):
                     item.subject,
                     extra={"integration": name, "item": item.id, "detail": item.error or ""},
                 )
+                self.ctx.metrics.meeting_requests.labels(name, SET_ASIDE, "not_meeting").inc()
             elif item.error is not None:
                 quarantined.append((item, self._unreadable(item, outgoing)))
+            elif item.auto_submitted:
+                quarantined.append((item, self._automatic(item)))
 
         # the decisions log (for admins) is durable before the items count as handled
         entries, self._entries = self._entries, []
@@ -168,6 +184,20 @@ class MailboxPoller(SupervisedChild):
             self.ctx.metrics.meeting_processing.labels(name).observe(per_item)
         return len(items)
 
+    def _automatic(self, item: InboxItem) -> str:
+        """Set aside a meeting message sent as automatic mail (RFC 3834 Auto-Submitted other
+        than "no", Precedence bulk/list/junk, List-Id, a delivery report): whatever it asks,
+        an answer to it could start a mail loop or go to a list, so it is neither decided nor
+        answered; the decisions log and the log say so, with its sender and subject."""
+        reason = AUTOMATIC_MAIL
+        for meeting in item.meetings:
+            shown = answers.shown_subject(self.integ, self.renderer, meeting)
+            self._log_decision(
+                meeting, SET_ASIDE, "automatic", "", reason, item.id, item, "", shown
+            )
+        self.ctx.metrics.meeting_requests.labels(self.integ.name, SET_ASIDE, "automatic").inc()
+        return reason
+
     def _unreadable(self, item: InboxItem, outgoing: list[Outgoing]) -> str:
         """Quarantine reason for an item that cannot be read; its sender, when known and not an
         automatic mail, gets a general_error decline (one per item, however often it is read)."""
@@ -177,17 +207,16 @@ class MailboxPoller(SupervisedChild):
         outcome = "quarantined"
         if is_address(item.sender_email) and not item.auto_submitted:
             try:
-                outgoing.append(
-                    answers.unreadable_reply(
-                        self.integ,
-                        self.renderer,
-                        correlation_id,
-                        item.sender_email,
-                        item.sender_name,
-                        item.subject,
-                        item.uid,
-                    )
+                decline = answers.unreadable_reply(
+                    self.integ,
+                    self.renderer,
+                    correlation_id,
+                    item.sender_email,
+                    item.sender_name,
+                    item.subject,
+                    item.uid,
                 )
+                outgoing.append(_with_reply_calendar(decline, item, self.integ.exchange))
                 outcome = "declined"
             except Exception:
                 log.exception("cannot answer unreadable item %s", item.id)
@@ -288,6 +317,23 @@ def _answerable(item: InboxItem) -> InboxItem:
             uid=item.meetings[0].uid,
         )
     return item
+
+
+def _with_reply_calendar(decline: Outgoing, item: InboxItem, room: ExchangeConfig) -> Outgoing:
+    """The decline of a request that was read as far as its UID and ORGANIZER, with the
+    METHOD:REPLY part every other decline carries (PARTSTAT=DECLINED), so the organizer's
+    calendar shows the room declined; a request read less far than that has nothing a REPLY
+    could name and is declined in words alone."""
+    if not item.uid or not is_address(item.sender_email) or decline.calendar:
+        return decline
+    calendar = calendars.decline_calendar(
+        item.uid,
+        item.sequence,
+        item.subject,
+        (item.sender_email, item.sender_name),
+        (room.mailbox_email, room.mailbox_name),
+    )
+    return replace(decline, calendar=calendar)
 
 
 def _with_correlation(meeting: Meeting) -> Meeting:

@@ -153,10 +153,12 @@ class InboxItem:
     sender_name: str = ""
     subject: str = ""
     uid: str = ""
-    # not a meeting message at all (an out-of-office, a newsletter, a bounce): set aside,
-    # never answered
+    sequence: int = 0  # the unreadable request's SEQUENCE, where it could be read
+    # not a meeting message at all (an out-of-office, a newsletter, a bounce, an attendee's
+    # response: any iTIP method but REQUEST and CANCEL): set aside, never answered
     not_meeting: bool = False
-    # the mail asks not to be answered (RFC 3834 Auto-Submitted other than "no")
+    # the mail asks not to be answered (RFC 3834 Auto-Submitted other than "no", a list, a
+    # delivery report): set aside unanswered, whatever it carries
     auto_submitted: bool = False
 
 

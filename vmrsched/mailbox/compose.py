@@ -8,7 +8,8 @@ from email.header import Header
 from email.utils import format_datetime, formataddr
 
 from vmrsched.htmltext import text_of
-from vmrsched.messages.calendars import clean_header
+from vmrsched.mailbox.icalvalues import shortened
+from vmrsched.messages.calendars import MAX_HEADER, clean_header
 from vmrsched.outgoing import Outgoing
 from vmrsched.rules.meetings import is_address
 
@@ -17,6 +18,13 @@ def _header(value: str) -> str:
     """Non-ASCII header values as RFC 2047 encoded words."""
     value = clean_header(value)
     return value if value.isascii() else Header(value, "utf-8").encode()
+
+
+def _subject(value: str) -> str:
+    """A Subject that fits one header line: a long one (a SUMMARY of up to 1,000 characters,
+    "Declined: " before it) is cut at a word break and marked with an ellipsis, rather than
+    mid-word where clean_header would cut any header."""
+    return _header(shortened(value.strip(), MAX_HEADER))
 
 
 def _address(name: str, address: str) -> str:
@@ -59,7 +67,7 @@ def to_eml(message: Outgoing) -> bytes:
     headers = [
         ("From", _address(clean_header(message.sender_name), clean_header(message.sender))),
         ("To", ", ".join(_address("", clean_header(r)) for r in message.recipients)),
-        ("Subject", _header(message.subject)),
+        ("Subject", _subject(message.subject)),
         ("Date", format_datetime(datetime.now(UTC))),
         ("Message-ID", f"<{message.id}@vmrsched.invalid>"),
         ("MIME-Version", "1.0"),

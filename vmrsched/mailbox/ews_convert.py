@@ -30,7 +30,8 @@ def inbox_item(item_id: str, item: Any, timezone: str) -> InboxItem:
     sender_email = getattr(sender, "email_address", "") or ""
     sender_name = getattr(sender, "name", "") or ""
     if not item_class.startswith(MEETING_CLASSES):
-        # an out-of-office, a bounce, a newsletter, a meeting response: never answered
+        # an out-of-office, a bounce, a newsletter, a meeting response: never answered (a
+        # request item whose iCalendar says another iTIP method is set aside by itip alike)
         return InboxItem(
             item_id,
             received,
@@ -53,6 +54,7 @@ def inbox_item(item_id: str, item: Any, timezone: str) -> InboxItem:
             sender_name=exc.organizer_name or sender_name,
             subject=exc.subject or item.subject or "",
             uid=exc.uid,
+            sequence=exc.sequence,
             not_meeting=exc.not_meeting,
             auto_submitted=exc.auto_submitted,
         )
@@ -60,7 +62,9 @@ def inbox_item(item_id: str, item: Any, timezone: str) -> InboxItem:
     # message may change a booking; an address Exchange gives in another form than SMTP
     # leaves the MIME headers' word
     parsed = itip.sent_in_mail(parsed, smtp(getattr(item, "author", None)), smtp(sender))
-    return InboxItem(item_id, received, meetings=parsed.meetings)
+    return InboxItem(
+        item_id, received, meetings=parsed.meetings, auto_submitted=parsed.auto_submitted
+    )
 
 
 def calendar_entries(
@@ -74,7 +78,8 @@ def calendar_entries(
         if isinstance(item, Exception) or not item.mime_content:
             continue
         try:
-            parsed = itip.parse_mail(item.mime_content, timezone)
+            # a calendar item, not a message: whatever method its export names
+            parsed = itip.parse_mail(item.mime_content, timezone, any_method=True)
         except itip.ParseError as exc:
             log.warning(
                 "unreadable calendar item: %s",

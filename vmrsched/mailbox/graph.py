@@ -137,6 +137,7 @@ class GraphMailbox(GraphSending):
                 sender_name=exc.organizer_name or sender_name,
                 subject=exc.subject or subject,
                 uid=exc.uid,
+                sequence=exc.sequence,
                 not_meeting=exc.not_meeting,
                 auto_submitted=exc.auto_submitted,
             )
@@ -147,7 +148,9 @@ class GraphMailbox(GraphSending):
         parsed = itip.sent_in_mail(
             parsed, address_of(message, "from"), address_of(message, "sender")
         )
-        return InboxItem(message_id, received, meetings=parsed.meetings)
+        return InboxItem(
+            message_id, received, meetings=parsed.meetings, auto_submitted=parsed.auto_submitted
+        )
 
     # --- handling ------------------------------------------------------------------------------
 

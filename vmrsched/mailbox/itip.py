@@ -10,244 +10,52 @@ from __future__ import annotations
 import email
 import email.policy
 import email.utils
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import datetime, tzinfo
 from email.message import EmailMessage, Message
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import icalendar
-from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
 
+from vmrsched.mailbox.icalvalues import (
+    BOM,
+    MAX_ATTENDEES,
+    MAX_BODY,
+    MAX_CALENDAR_BYTES,
+    MAX_EVENTS,
+    MAX_SUBJECT,
+    MAX_UID,
+    ParseError,
+    answerable,
+    as_datetime,
+    cal_address,
+    date_list,
+    event_body,
+    event_times,
+    fallback_tz,
+    known_sequence,
+    prop_text,
+    rrule_of,
+    sent_by_of,
+    sequence_of,
+    shortened,
+)
 from vmrsched.rules.meetings import Meeting, Method, is_address
 
-BOM = b"\xef\xbb\xbf"
-_MAILTO = re.compile(r"^mailto:", re.IGNORECASE)
-
-# Limits on one item's work: a meeting request is a few kilobytes; these leave generous room for
-# real ones (Outlook's HTML bodies, large attendee lists) and refuse what only an attack or a
-# broken generator sends.
-MAX_CALENDAR_BYTES = 1024 * 1024
-MAX_EVENTS = 50  # VEVENTs in one calendar (a series and its exceptions)
-MAX_SUBJECT = 1000  # characters
-MAX_BODY = 512 * 1024  # characters of HTML body
-MAX_ATTENDEES = 1000
-MAX_DATES = 1000  # RDATEs or EXDATEs of one event
-MAX_UID = 1000  # characters
-# Dates the rules can use: anything else is refused with a reason, never stored.
-EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
-LATEST = datetime(2999, 12, 31, tzinfo=UTC)
-
-
-class ParseError(ValueError):
-    """The input cannot be turned into a meeting. `organizer` is set when we know whom to tell."""
-
-    def __init__(
-        self,
-        reason: str,
-        organizer_email: str = "",
-        organizer_name: str = "",
-        subject: str = "",
-        uid: str = "",
-        not_meeting: bool = False,
-        auto_submitted: bool = False,
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.organizer_email = organizer_email
-        self.organizer_name = organizer_name
-        self.subject = subject
-        self.uid = uid
-        self.not_meeting = not_meeting  # a mail with no meeting in it: set aside, never answered
-        self.auto_submitted = auto_submitted  # RFC 3834: never answer it
+# The iTIP methods that make a meeting message (RFC 5546): a request (new or changed) and a
+# cancellation. Every other method (REPLY, COUNTER, REFRESH, DECLINECOUNTER, ADD, PUBLISH, …)
+# is an attendee's response or no scheduling message at all: never answered.
+MEETING_METHODS = ("REQUEST", "CANCEL")
 
 
 @dataclass(frozen=True)
 class Parsed:
     meetings: tuple[Meeting, ...]
     method: str
-
-
-def _zone_for(value: datetime, default_tz: tzinfo) -> datetime:
-    """Give every datetime a zone we can store: IANA keys stay, Windows names map to IANA,
-    floating times take the integration's zone."""
-    tz = value.tzinfo
-    if tz is None:
-        return value.replace(tzinfo=default_tz)
-    if isinstance(getattr(tz, "key", None), str):
-        return value
-    name = str(getattr(tz, "_tzid", "") or getattr(tz, "zone", "") or "")
-    olson = WINDOWS_TO_OLSON.get(name.strip('"'))
-    for candidate in (olson, name):
-        if candidate:
-            try:
-                return value.replace(tzinfo=ZoneInfo(candidate))
-            except (ZoneInfoNotFoundError, ValueError):
-                continue
-    return value
-
-
-def _as_datetime(raw: Any, default_tz: tzinfo) -> datetime:
-    value = getattr(raw, "dt", raw)
-    if isinstance(value, datetime):
-        tzid = str(getattr(raw, "params", {}).get("TZID", "") or "")
-        if value.tzinfo is None and tzid:
-            # icalendar leaves a time naive when neither a VTIMEZONE nor a known name defines
-            # its zone; reading it in some default zone would move the meeting silently
-            raise ParseError(f"unknown time zone {tzid[:80]!r} (no VTIMEZONE defines it)")
-        return _checked(_zone_for(value, default_tz))
-    if isinstance(value, date):
-        return _checked(datetime(value.year, value.month, value.day, tzinfo=default_tz))
-    raise ParseError(f"not a date or time: {str(raw)[:80]!r}")
-
-
-def _checked(value: datetime) -> datetime:
-    try:
-        inside = EARLIEST <= value <= LATEST
-    except (OverflowError, ValueError):
-        inside = False
-    if not inside:
-        raise ParseError(f"date {value.isoformat()[:40]} is outside 1900-2999")
-    return value
-
-
-def _date_list(component: Any, key: str, default_tz: tzinfo) -> tuple[datetime, ...]:
-    raw = component.get(key)
-    if raw is None:
-        return ()
-    items = raw if isinstance(raw, list) else [raw]
-    out: list[datetime] = []
-    for item in items:
-        entries = getattr(item, "dts", [item])
-        if len(out) + len(entries) > MAX_DATES:
-            raise ParseError(f"more than {MAX_DATES} {key} values")
-        for entry in entries:
-            value = getattr(entry, "dt", entry)
-            if isinstance(value, tuple):  # RDATE;VALUE=PERIOD
-                value = value[0]
-            out.append(_as_datetime(value, default_tz))
-    return tuple(out)
-
-
-def _text(component: Any, key: str) -> str:
-    value = component.get(key)
-    return "" if value is None else str(value)
-
-
-def _address(value: Any) -> tuple[str, str]:
-    if value is None:
-        return "", ""
-    if isinstance(value, list):  # the property given more than once: not one address
-        return "", ", ".join(_address(v)[1] for v in value)
-    addr = _mailto(str(value))
-    params = getattr(value, "params", {})
-    name = str(params.get("CN", "")).strip('"')
-    if not addr and "EMAIL" in params:
-        addr = str(params["EMAIL"])
-    return name, addr
-
-
-def _mailto(value: str) -> str:
-    return _MAILTO.sub("", value.strip().strip('"')).strip()
-
-
-def _sent_by(value: Any) -> str:
-    """ORGANIZER's SENT-BY (a delegate sending for the organizer), when it is one address;
-    anything else is no delegate at all, which only narrows who may change the meeting."""
-    raw = getattr(value, "params", {}).get("SENT-BY") if value is not None else None
-    if raw is None or isinstance(value, list):
-        return ""
-    address = _mailto(str(raw))
-    return address if is_address(address) else ""
-
-
-def _answerable(address: str) -> str:
-    """`address` when a decline may go to it, else "" (a ParseError names whom to tell; a list
-    of addresses is nobody to tell)."""
-    return address if is_address(address) else ""
-
-
-def _rrule(component: Any) -> str | None:
-    raw = component.get("RRULE")
-    if raw is None:
-        return None
-    if isinstance(raw, list):
-        raw = raw[0]
-    text = raw.to_ical().decode() if hasattr(raw, "to_ical") else str(raw)
-    return text.replace("\\;", ";").replace("\\,", ",")
-
-
-# A cancellation need not say when the meeting was (Thunderbird omits DTSTART); the UID and
-# RECURRENCE-ID identify what is cancelled, so such a cancellation gets this placeholder time.
-UNKNOWN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _times(component: Any, default_tz: tzinfo, cancel: bool = False) -> tuple[datetime, datetime]:
-    start_raw = component.get("DTSTART")
-    if start_raw is None:
-        rid = component.get("RECURRENCE-ID")
-        if rid is None:
-            if cancel:
-                return UNKNOWN_TIME, UNKNOWN_TIME
-            raise ParseError("meeting has no DTSTART")
-        start_raw = rid
-    all_day = not isinstance(start_raw.dt, datetime)
-    start = _as_datetime(start_raw, default_tz)
-    if component.get("DTEND") is not None:
-        end = _as_datetime(component.get("DTEND"), default_tz)
-    elif component.get("DURATION") is not None:
-        try:
-            end = _checked(start + component.get("DURATION").dt)
-        except (OverflowError, TypeError, AttributeError) as exc:
-            raise ParseError(f"unusable DURATION: {exc}") from exc
-    else:
-        end = start + (timedelta(days=1) if all_day else timedelta(0))
-    if end < start:
-        end = start
-    return start, end
-
-
-MAX_SEQUENCE = 2**31 - 1  # RFC 5545 says "integer": a signed 32-bit value
-
-
-def _sequence(component: Any) -> int:
-    for key in ("SEQUENCE", "X-MICROSOFT-CDO-APPT-SEQUENCE"):
-        raw = component.get(key)
-        if raw is not None:
-            try:
-                value = int(str(raw).strip()[:20])
-            except ValueError:
-                continue
-            if not 0 <= value <= MAX_SEQUENCE:
-                raise ParseError(f"SEQUENCE {str(raw)[:30]} is outside 0-{MAX_SEQUENCE}")
-            return value
-    return 0
-
-
-def _body(component: Any) -> str:
-    alt = component.get("X-ALT-DESC")
-    if alt is not None:
-        params = getattr(alt, "params", {})
-        if str(params.get("FMTTYPE", "")).lower() == "text/html":
-            return _unescape_text(str(alt))
-    return _text(component, "DESCRIPTION")
-
-
-_TEXT_ESCAPE = re.compile(r"\\([\\;,nN])")
-
-
-def _unescape_text(value: str) -> str:
-    """RFC 5545 TEXT unescaping, for X- properties icalendar leaves raw (Outlook's X-ALT-DESC)."""
-    return _TEXT_ESCAPE.sub(lambda m: "\n" if m.group(1) in "nN" else m.group(1), value)
-
-
-def _fallback_tz(name: str) -> tzinfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return UTC
+    # the mail asks not to be answered (RFC 3834 Auto-Submitted other than "no", a list, a
+    # delivery report): what it carries is read, and it is never answered
+    auto_submitted: bool = False
 
 
 def parse_calendar(
@@ -256,11 +64,16 @@ def parse_calendar(
     html_body: str | None = None,
     method_hint: str | None = None,
     correlation_id: str = "",
+    *,
+    any_method: bool = False,
 ) -> Parsed:
     """Meetings in one iCalendar object. A master VEVENT and its RECURRENCE-ID exceptions become
     one series meeting (exceptions as overrides, cancelled ones as EXDATEs); exceptions without
-    a master become occurrence meetings."""
-    default_tz = _fallback_tz(default_timezone)
+    a master become occurrence meetings. A message whose METHOD is not one of MEETING_METHODS
+    is no meeting message (ParseError with `not_meeting`); `any_method`: the object is a
+    calendar item rather than a message (the room's calendar as Exchange exports it), read
+    whatever method its export names."""
+    default_tz = fallback_tz(default_timezone)
     if data.startswith(BOM):
         data = data[len(BOM) :]
     if len(data) > MAX_CALENDAR_BYTES:
@@ -268,7 +81,7 @@ def parse_calendar(
     if data.upper().count(b"BEGIN:VEVENT") > MAX_EVENTS:
         raise ParseError(f"more than {MAX_EVENTS} VEVENTs in one calendar")
     try:
-        return _parse_calendar(data, default_tz, html_body, method_hint, correlation_id)
+        return _parse_calendar(data, default_tz, html_body, method_hint, correlation_id, any_method)
     except ParseError:
         raise
     except Exception as exc:  # whatever a library raises on hostile input is this item's error
@@ -285,6 +98,7 @@ def _parse_calendar(
     html_body: str | None,
     method_hint: str | None,
     correlation_id: str,
+    any_method: bool,
 ) -> Parsed:
     try:
         cal = icalendar.Calendar.from_ical(data)
@@ -300,16 +114,34 @@ def _parse_calendar(
     vtimezones = tuple(
         tz.to_ical().decode("utf-8", errors="replace") for tz in cal.walk("VTIMEZONE")
     )
+    first = events[0] if events else {}
+    organizer_name, organizer_email = cal_address(first.get("ORGANIZER"))
+    organizer_email = answerable(organizer_email)
+    subject = prop_text(first, "SUMMARY")
+    uid = prop_text(first, "UID").strip()
+    uid = uid if len(uid) <= MAX_UID else ""  # a UID cut short would name another meeting
+    if method not in MEETING_METHODS and not any_method:
+        # an attendee's response (REPLY, COUNTER, REFRESH) or a calendar published for
+        # reading: nothing to decide, and nobody who expects an answer
+        raise ParseError(
+            f"not a meeting message (iTIP method {method[:40]})",
+            organizer_email,
+            organizer_name,
+            subject[:MAX_SUBJECT],
+            uid,
+            not_meeting=True,
+        )
     if not events:
         raise ParseError("calendar holds no VEVENT")
-    organizer_name, organizer_email = _address(events[0].get("ORGANIZER"))
-    organizer_email = _answerable(organizer_email)
-    subject = _text(events[0], "SUMMARY")
     if len(subject) > MAX_SUBJECT:
-        raise ParseError(f"subject longer than {MAX_SUBJECT} characters", organizer_email)
-    if method not in ("REQUEST", "CANCEL", "PUBLISH"):
+        # still answerable: the decline names the subject, cut to the limit
         raise ParseError(
-            f"unsupported iTIP method {method}", organizer_email, organizer_name, subject
+            f"subject longer than {MAX_SUBJECT} characters",
+            organizer_email,
+            organizer_name,
+            shortened(subject),
+            uid,
+            sequence=known_sequence(first),
         )
     if html_body is not None and len(html_body) > MAX_BODY:
         raise ParseError(
@@ -318,7 +150,7 @@ def _parse_calendar(
     meeting_method: Method = "CANCEL" if method == "CANCEL" else "REQUEST"
     by_uid: dict[str, list[Any]] = {}
     for event in events:
-        uid = _text(event, "UID").strip()
+        uid = prop_text(event, "UID").strip()
         if not uid:
             raise ParseError("meeting has no UID", organizer_email, organizer_name, subject)
         if len(uid) > MAX_UID:
@@ -371,43 +203,58 @@ def _meeting(
     correlation_id: str,
     vtimezones: tuple[str, ...] = (),
 ) -> Meeting:
-    name, addr = _address(event.get("ORGANIZER"))
-    sent_by = _sent_by(event.get("ORGANIZER"))
-    subject = _text(event, "SUMMARY")
+    name, addr = cal_address(event.get("ORGANIZER"))
+    sent_by = sent_by_of(event.get("ORGANIZER"))
+    subject = prop_text(event, "SUMMARY")
     try:
-        start, end = _times(event, default_tz, cancel=(method == "CANCEL"))
+        start, end = event_times(event, default_tz, cancel=(method == "CANCEL"))
         rid_raw = event.get("RECURRENCE-ID")
-        recurrence_id = _as_datetime(rid_raw, default_tz) if rid_raw is not None else None
-        exdates = list(_date_list(event, "EXDATE", default_tz))
+        recurrence_id = as_datetime(rid_raw, default_tz) if rid_raw is not None else None
+        exdates = list(date_list(event, "EXDATE", default_tz))
         overrides: list[tuple[datetime, datetime, datetime]] = []
         for exc_event in exceptions:
-            rid = _as_datetime(exc_event.get("RECURRENCE-ID"), default_tz)
-            if _text(exc_event, "STATUS").upper() == "CANCELLED":
+            rid = as_datetime(exc_event.get("RECURRENCE-ID"), default_tz)
+            if prop_text(exc_event, "STATUS").upper() == "CANCELLED":
                 exdates.append(rid)
             else:
-                o_start, o_end = _times(exc_event, default_tz, cancel=(method == "CANCEL"))
+                o_start, o_end = event_times(exc_event, default_tz, cancel=(method == "CANCEL"))
                 overrides.append((rid, o_start, o_end))
-        rdates = _date_list(event, "RDATE", default_tz)
+        rdates = date_list(event, "RDATE", default_tz)
         attendees_raw = event.get("ATTENDEE") or []
         if not isinstance(attendees_raw, list):
             attendees_raw = [attendees_raw]
         if len(attendees_raw) > MAX_ATTENDEES:
             raise ParseError(f"more than {MAX_ATTENDEES} attendees")
-        body = html_body if html_body is not None else _body(event)
+        body = html_body if html_body is not None else event_body(event)
         if len(body) > MAX_BODY:
             raise ParseError(f"body longer than {MAX_BODY} characters")
         # an attendee that is not one address is nobody an organizer update could go to
         attendee_params = tuple(
-            (_address(x)[1], tuple((str(k), str(v)) for k, v in getattr(x, "params", {}).items()))
+            (
+                cal_address(x)[1],
+                tuple((str(k), str(v)) for k, v in getattr(x, "params", {}).items()),
+            )
             for x in attendees_raw
-            if is_address(_address(x)[1])
+            if is_address(cal_address(x)[1])
         )
         attendees = tuple(a for a, _ in attendee_params)
     except ParseError as exc:
-        raise ParseError(exc.reason, _answerable(addr), name, subject, uid) from exc
+        raise ParseError(
+            exc.reason,
+            answerable(addr),
+            name,
+            shortened(subject),
+            uid,
+            sequence=known_sequence(event),
+        ) from exc
     except (ValueError, TypeError, AttributeError, OverflowError) as exc:
         raise ParseError(
-            f"unreadable meeting times: {exc}", _answerable(addr), name, subject, uid
+            f"unreadable meeting times: {exc}",
+            answerable(addr),
+            name,
+            shortened(subject),
+            uid,
+            sequence=known_sequence(event),
         ) from exc
     if recurrence_id is not None and rdates and len(rdates) == 1:
         rdates = ()  # Notes repeats a rescheduled instance as a one-period RDATE
@@ -416,9 +263,9 @@ def _meeting(
         method=method,
         start=start,
         end=end,
-        sequence=_sequence(event),
+        sequence=sequence_of(event),
         recurrence_id=recurrence_id,
-        rrule=_rrule(event) if recurrence_id is None else None,
+        rrule=rrule_of(event) if recurrence_id is None else None,
         rdates=rdates if recurrence_id is None else (),
         exdates=tuple(exdates),
         overrides=tuple(overrides),
@@ -468,8 +315,15 @@ def auto_submitted(message: Message) -> bool:
     )
 
 
-def parse_mail(data: bytes, default_timezone: str = "UTC", correlation_id: str = "") -> Parsed:
-    """Meetings in an iMIP mail: the text/calendar part, with the text/html part as body."""
+def parse_mail(
+    data: bytes,
+    default_timezone: str = "UTC",
+    correlation_id: str = "",
+    *,
+    any_method: bool = False,
+) -> Parsed:
+    """Meetings in an iMIP mail: the text/calendar part, with the text/html part as body
+    (`any_method`: a calendar item's export, as parse_calendar says)."""
     if data.startswith(BOM):
         data = data[len(BOM) :]
     try:
@@ -477,7 +331,7 @@ def parse_mail(data: bytes, default_timezone: str = "UTC", correlation_id: str =
         automatic = auto_submitted(message)
         sender = email.utils.parseaddr(_clean(str(message.get("From", ""))))
         mail_from, mail_sender = mail_senders(message)
-        subject = _clean(str(message.get("Subject", "")))[:MAX_SUBJECT]
+        subject = shortened(_clean(str(message.get("Subject", "")))[: MAX_SUBJECT * 2])
         part = _calendar_part(message)
     except Exception as exc:  # the email package is lenient, but not about everything
         raise ParseError(f"unreadable mail: {type(exc).__name__}: {str(exc)[:200]}") from exc
@@ -513,13 +367,16 @@ def parse_mail(data: bytes, default_timezone: str = "UTC", correlation_id: str =
             html_body=html,
             method_hint=str(method_hint) if isinstance(method_hint, str) else None,
             correlation_id=correlation_id,
+            any_method=any_method,
         )
     except ParseError as exc:
         exc.auto_submitted = automatic
         if not exc.organizer_email and is_address(sender[1]):
             exc.organizer_email, exc.organizer_name = sender[1], exc.organizer_name or sender[0]
+        exc.subject = exc.subject or subject  # no SUMMARY: the mail's Subject names it
         raise
-    return sent_in_mail(parsed, mail_from, mail_sender)
+    parsed = sent_in_mail(parsed, mail_from, mail_sender)
+    return replace(parsed, auto_submitted=automatic)
 
 
 def mail_senders(message: Message) -> tuple[str, str]:
@@ -551,7 +408,7 @@ def sent_in_mail(parsed: Parsed, mail_from: str = "", mail_sender: str = "") -> 
         if sender.casefold() == sent_from.casefold():
             sender = ""  # sent by the one it is from: nothing to tell apart
         meetings.append(replace(meeting, mail_from=sent_from, mail_sender=sender))
-    return Parsed(tuple(meetings), parsed.method)
+    return replace(parsed, meetings=tuple(meetings))
 
 
 def _clean(value: str) -> str:

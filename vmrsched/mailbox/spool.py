@@ -13,10 +13,11 @@ module's business.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
-import errno
 import hashlib
+import logging
 import os
 import re
 import threading
@@ -46,6 +47,8 @@ from vmrsched.telemetry import MAILBOX_UNREACHABLE
 
 if TYPE_CHECKING:
     from vmrsched.config import IntegrationConfig
+
+log = logging.getLogger("vmrsched.spool")
 
 INBOX = "inbox"
 OUTBOX = "outbox"
@@ -137,6 +140,51 @@ def _read_regular(path: str) -> bytes:
         os.close(fd)
 
 
+def _note_name(name: str) -> str:
+    """The error note of a file in failed/: `<name>.error.txt`, or for a name too long to take
+    the suffix, a shortened one made unique by a digest of the name."""
+    note = f"{name}.error.txt"
+    if len(note.encode()) > NAME_MAX:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+        note = f"{name.encode()[:100].decode(errors='ignore')}-{digest}.error.txt"
+    return note
+
+
+def _free_name(folder: Path, name: str, with_note: bool = False) -> str:
+    """`name`, or when something in `folder` holds it already (a file of the same name handled
+    before), `<stem>.<n><suffix>` for the first n from 2 that is free (`with_note`: its error
+    note too), so nothing there is replaced. Only the poller's thread moves files into the
+    spool's folders, and no other process while the gateway holds the spool's lock."""
+
+    def taken(candidate: str) -> bool:
+        if os.path.lexists(folder / candidate):
+            return True
+        return with_note and os.path.lexists(folder / _note_name(candidate))
+
+    if not taken(name):
+        return name
+    stem, suffix = os.path.splitext(name)
+    if len(suffix) > 16:  # not a suffix, a name with a dot in it
+        stem, suffix = name, ""
+    number = 2
+    while True:
+        tail = f".{number}{suffix}"
+        room = NAME_MAX - len(tail.encode())
+        candidate = stem.encode()[:room].decode(errors="ignore") + tail
+        if not taken(candidate):
+            return candidate
+        number += 1
+
+
+# What a crash leaves of the gateway's own writes: the temp file of an outbox mail (written,
+# then renamed to its name; atomic_write's adds the writer's pid) and of an error note. Each is
+# named for this module's own files only, so nothing another writer made matches.
+_OUTBOX_TEMP = re.compile(
+    r"^\.\d{8}T\d{6}\.\d{6}Z-[a-z_]+-[a-z0-9-]*-[0-9a-f]{32}\.eml(\.\d+)?\.tmp$"
+)
+_NOTE_TEMP = re.compile(r"^\..+\.error\.txt\.\d+\.tmp$")
+
+
 # Linux syncfs(2): one call makes every write on the file system durable, which lets a batch
 # of outbox files share one flush instead of paying an fsync each
 _SYNCFS: Callable[[int], int] | None = libc.function("syncfs")
@@ -198,6 +246,26 @@ class SpoolMailbox(Mailbox):
         # the service owns its spool alone: a second process reading the same inbox would
         # answer its meetings twice (tools that only look, like check-config, do not lock)
         self._lock_fd = lock_directory(self.root, f"the spool {self.root}") if exclusive else None
+        if self._lock_fd is not None:
+            self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """Delete the temp files a crash (SIGKILL, power loss) left of this gateway's own
+        writes: an outbox mail it was writing, an error note. Only under the spool's lock, so
+        no other process can be writing them; only in the folders the gateway alone writes
+        (never the inbox, where others write their own temp files); only names of its own
+        making. A mail's temp file never counted as sent (only `<name>.eml` does), so the
+        notifier, which had not marked that message delivered, writes it again: once."""
+        for folder, pattern in ((self.outbox, _OUTBOX_TEMP), (self.failed, _NOTE_TEMP)):
+            for entry in os.scandir(folder):
+                if pattern.match(entry.name) and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                    log.warning(
+                        "removed %s, a file half-written before a crash",
+                        entry.path,
+                        extra={"integration": self.name},
+                    )
 
     def poll_interval(self, integ: IntegrationConfig) -> float:
         return integ.spool.poll_interval_seconds
@@ -291,42 +359,53 @@ class SpoolMailbox(Mailbox):
                 sender_name=exc.organizer_name,
                 subject=exc.subject,
                 uid=exc.uid,
+                sequence=exc.sequence,
                 not_meeting=exc.not_meeting,
                 auto_submitted=exc.auto_submitted,
             )
-        return InboxItem(name, received, meetings=parsed.meetings)
+        return InboxItem(
+            name, received, meetings=parsed.meetings, auto_submitted=parsed.auto_submitted
+        )
 
-    def _move(self, item_id: str, folder: Path) -> None:
+    def _move(self, item_id: str, folder: Path, target: str | None = None) -> None:
+        """Move an inbox item into `folder` as `target` (default: a name free there, see
+        `_free_name`): a file that is there already is never replaced."""
         self._forget(item_id)
+        source = self.inbox / item_id
         try:
-            os.replace(self.inbox / item_id, folder / item_id)
+            if target is None:
+                if not os.path.lexists(source):
+                    return  # already moved (reprocessing after a crash)
+                target = _free_name(folder, item_id)
+            os.replace(source, folder / target)
         except FileNotFoundError:
             return  # already moved (reprocessing after a crash)
         except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
-                raise GatewayError(f"cannot move {item_id}: {exc}") from exc
-            # something of that name is there already and cannot be replaced (a directory)
-            try:
-                os.replace(self.inbox / item_id, folder / f"{item_id[:200]}.{time.time_ns()}")
-            except OSError as again:
-                raise GatewayError(f"cannot move {item_id}: {again}") from again
+            raise GatewayError(f"cannot move {item_id}: {exc}") from exc
 
     def mark_handled(self, item_id: str, replied: bool = False, refused: bool = False) -> None:
         self._move(item_id, self.processed)
 
     def quarantine(self, item_id: str, reason: str) -> None:
-        """Move the item to failed/ with `<name>.error.txt` beside it. A name too long for
-        the suffix gets a shortened error file name, which the file itself names."""
-        note = f"{item_id}.error.txt"
-        if len(note.encode()) > NAME_MAX:
-            digest = hashlib.sha256(item_id.encode()).hexdigest()[:16]
-            note = f"{item_id.encode()[:100].decode(errors='ignore')}-{digest}.error.txt"
-            reason = f"{reason}\nitem: {item_id}"
+        """Move the item to failed/ with `<name>.error.txt` beside it, under a name free there
+        (both the file's and its note's: a second file of the same name keeps the first and
+        its note). A name too long for the suffix gets a shortened error file name, which the
+        file itself names."""
+        try:
+            if not os.path.lexists(self.inbox / item_id):
+                self._forget(item_id)
+                return  # already moved (reprocessing after a crash)
+            target = _free_name(self.failed, item_id, with_note=True)
+        except OSError as exc:
+            raise GatewayError(f"cannot quarantine {item_id}: {exc}") from exc
+        note = _note_name(target)
+        if note != f"{target}.error.txt":
+            reason = f"{reason}\nitem: {target}"
         try:
             atomic_write(self.failed / note, (reason + "\n").encode())
         except OSError as exc:
             raise GatewayError(f"cannot write {note} in {self.failed}: {exc}") from exc
-        self._move(item_id, self.failed)
+        self._move(item_id, self.failed, target)
 
     def send(self, message: Outgoing) -> None:
         """Write the mail (temp file, rename) as `<time>-<outcome>-<subject>-<id>.eml`, names
@@ -347,8 +426,12 @@ class SpoolMailbox(Mailbox):
                 atomic_write(path, data)
             else:
                 tmp = path.with_name(f".{path.name}.tmp")
-                tmp.write_bytes(data)
-                os.replace(tmp, path)
+                try:
+                    tmp.write_bytes(data)
+                    os.replace(tmp, path)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)  # a full disk keeps no half-written copy
+                    raise
         except OSError as exc:
             raise GatewayError(f"cannot write to {self.outbox}: {exc}") from exc
         sent.add(message.id)

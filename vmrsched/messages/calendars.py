@@ -109,7 +109,44 @@ def _utc(value: datetime) -> str:
 def reply_calendar(meeting: Meeting, accepted: bool, room_email: str, room_name: str) -> str:
     """An iTIP REPLY from the room. Written directly (a fixed shape, on the hot path of every
     answer); values are escaped and lines folded as RFC 5545 says."""
-    partstat = "ACCEPTED" if accepted else "DECLINED"
+    times = [f"DTSTART:{_utc(meeting.start)}", f"DTEND:{_utc(meeting.end)}"]
+    if meeting.recurrence_id is not None:
+        times.append(f"RECURRENCE-ID:{_utc(meeting.recurrence_id)}")
+    return _reply(
+        meeting.uid,
+        meeting.sequence,
+        times,
+        meeting.subject,
+        (meeting.organizer_email, meeting.organizer_name),
+        "ACCEPTED" if accepted else "DECLINED",
+        (room_email, room_name),
+    )
+
+
+def decline_calendar(
+    uid: str,
+    sequence: int,
+    subject: str,
+    organizer: tuple[str, str],
+    room: tuple[str, str],
+) -> str:
+    """An iTIP REPLY declining a request that could not be read through (an unknown zone, no
+    or impossible times) but whose UID and ORGANIZER could: the organizer's calendar shows
+    the room declined. Without its times, which RFC 5546 (3.2.3) lets a REPLY leave out.
+    `organizer` and `room` are (address, name)."""
+    return _reply(uid, sequence, [], subject, organizer, "DECLINED", room)
+
+
+def _reply(
+    uid: str,
+    sequence: int,
+    times: list[str],
+    subject: str,
+    organizer: tuple[str, str],
+    partstat: str,
+    room: tuple[str, str],
+) -> str:
+    (organizer_email, organizer_name), (room_email, room_name) = organizer, room
     cn = f";CN={_param(room_name)}" if room_name else ""
     lines = [
         "BEGIN:VCALENDAR",
@@ -117,19 +154,16 @@ def reply_calendar(meeting: Meeting, accepted: bool, room_email: str, room_name:
         "VERSION:2.0",
         "METHOD:REPLY",
         "BEGIN:VEVENT",
-        f"UID:{_escape(meeting.uid)}",
-        f"SEQUENCE:{meeting.sequence}",
+        f"UID:{_escape(uid)}",
+        f"SEQUENCE:{sequence}",
         f"DTSTAMP:{_utc(datetime.now(UTC))}",
-        f"DTSTART:{_utc(meeting.start)}",
-        f"DTEND:{_utc(meeting.end)}",
+        *times,
     ]
-    if meeting.recurrence_id is not None:
-        lines.append(f"RECURRENCE-ID:{_utc(meeting.recurrence_id)}")
-    if meeting.subject:
-        lines.append(f"SUMMARY:{_escape(meeting.subject)}")
-    if meeting.organizer_email:
-        org_cn = f";CN={_param(meeting.organizer_name)}" if meeting.organizer_name else ""
-        lines.append(f"ORGANIZER{org_cn}:mailto:{_address(meeting.organizer_email)}")
+    if subject:
+        lines.append(f"SUMMARY:{_escape(subject)}")
+    if organizer_email:
+        org_cn = f";CN={_param(organizer_name)}" if organizer_name else ""
+        lines.append(f"ORGANIZER{org_cn}:mailto:{_address(organizer_email)}")
     lines.append(f"ATTENDEE;PARTSTAT={partstat}{cn}:mailto:{_address(room_email)}")
     lines += ["END:VEVENT", "END:VCALENDAR"]
     return "\r\n".join(_fold(line) for line in lines) + "\r\n"
