@@ -348,6 +348,22 @@ async def test_a_foreign_origin_is_misdirected_and_our_own_names_are_not(
         assert (await post(client, "open", headers={"Origin": origin}))[0] == 201, origin
 
 
+async def test_a_commit_refused_for_a_lost_lease_is_503_so_the_pane_inserts_its_placeholder(
+    client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance that resumes after its lease ran out (a paused machine) has its commits
+    refused: the reservation is not there, which the add-in hears as 503, not as a 500."""
+    from vmrsched.actors.bridge import ReservationBatcher
+    from vmrsched.store import OwnershipLostError
+
+    async def refused(*_: Any, **__: Any) -> Any:
+        raise OwnershipLostError("another instance owns the integration now")
+
+    monkeypatch.setattr(ReservationBatcher, "reserve", refused)
+    status, body = await post(client, "open")
+    assert status == 503 and body["error"]["code"] == "unavailable"
+
+
 async def test_integration_not_running_is_503(
     client: TestClient[Any, Any], running_service: service.Service
 ) -> None:

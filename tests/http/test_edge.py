@@ -184,4 +184,4 @@ async def test_no_versions_in_server_and_support_is_hardened(
         assert (await client.get(path)).headers["X-Content-Type-Options"] == "nosniff", path
     assert "default-src 'none'" in response.headers["Content-Security-Policy"]
     assert response.headers["X-Content-Type-Options"] == "nosniff"
-    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["Referrer-Policy"] == "same-origin"

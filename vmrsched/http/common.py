@@ -149,7 +149,10 @@ def integration_or_404(request: web.Request) -> IntegrationConfig:
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # no address leaves for another site; "no-referrer" would also make a browser send
+    # `Origin: null` with our own forms, which the origin check must refuse (another site's
+    # page can send that too)
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 

@@ -37,7 +37,7 @@ from vmrsched.messages import answers
 from vmrsched.rules import aliases
 from vmrsched.service.runtime import Runtime
 from vmrsched.signin.identity import Identity
-from vmrsched.store import Record
+from vmrsched.store import Record, StoreBrokenError
 from vmrsched.templating import Renderer, plain_text
 
 log = logging.getLogger("vmrsched.service")
@@ -222,7 +222,7 @@ class SingleUse:
         try:  # as `reserve`
             allocator, batcher = self._allocator(integ.name)
             record: Record = await batcher.reserve(allocator, RESERVE_TIMEOUT, _capped_user(who))
-        except (ActorUnavailable, TimeoutError) as exc:
+        except (ActorUnavailable, TimeoutError, StoreBrokenError) as exc:
             raise _unavailable() from exc
         except QuotaReached as exc:
             raise self._quota_exceeded(integ.name, exc) from exc
@@ -258,7 +258,7 @@ class SingleUse:
         try:
             allocator, batcher = self._allocator(name)
             record: Record = await batcher.reserve(allocator, timeout, _capped_user(who))
-        except (ActorUnavailable, TimeoutError) as exc:
+        except (ActorUnavailable, TimeoutError, StoreBrokenError) as exc:
             raise _unavailable() from exc
         except QuotaReached as exc:
             raise self._quota_exceeded(name, exc) from exc

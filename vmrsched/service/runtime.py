@@ -271,7 +271,19 @@ def database(cfg: Config) -> Connect:
     timeout = max(1, min(10, int(cfg.storage.lease_seconds / 3)))
 
     def connect() -> psycopg.Connection[Any]:
-        return psycopg.connect(dsn, autocommit=True, connect_timeout=timeout)
+        # and one whose peer stops answering (packets lost, a machine gone) fails within the
+        # same time instead of waiting out the kernel's minutes of retransmissions: a call
+        # stuck there would keep the integration, and its spool, from stopping
+        return psycopg.connect(
+            dsn,
+            autocommit=True,
+            connect_timeout=timeout,
+            keepalives=1,
+            keepalives_idle=timeout,
+            keepalives_interval=1,
+            keepalives_count=3,
+            tcp_user_timeout=timeout * 1000,
+        )
 
     return connect
 
