@@ -1,5 +1,5 @@
 """Values that parse but cannot work are refused with their key path: a poll interval that
-would spin a core."""
+would spin a core, an alias prefix no dialler takes unescaped."""
 
 from __future__ import annotations
 
@@ -56,3 +56,18 @@ def test_the_full_example_documents_the_poll_interval_range() -> None:
     text = (ROOT / "config" / "examples" / "full.toml").read_text()
     lines = [line for line in text.splitlines() if line.startswith("poll_interval_seconds")]
     assert lines and all("# 0.01-3600" in line for line in lines)
+
+
+@pytest.mark.parametrize("prefix", ["a@b", "8 1", "é", "vmr:", "a;b", "<v>", "x\t"])
+def test_an_alias_prefix_a_dialler_cannot_take_unescaped_is_refused(prefix: str) -> None:
+    assert problems(doc(single_use={"alias_prefix": prefix})) == [
+        "integrations[0].single_use.alias_prefix: must be ASCII letters, digits, '.', '_' or '-' "
+        "only (aliases are dialled as SIP/H.323 user parts: prefix + digits + @ + domain), got "
+        f"{prefix!r}"
+    ]
+
+
+def test_letters_digits_dots_underscores_and_hyphens_make_a_prefix() -> None:
+    for prefix in ("81", "vmr", "Meet.", "a_b-c"):
+        cfg = config.parse(doc(single_use={"alias_prefix": prefix}), Path("."), {})
+        assert cfg.integrations[0].single_use.alias_prefix == prefix

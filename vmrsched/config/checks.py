@@ -20,6 +20,10 @@ from vmrsched.config.tables import _Loader
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# An alias is prefix + digits + "@" + domain and is dialled as a SIP or H.323 user part: the
+# prefix holds only what such a part takes unescaped in every dialler (RFC 3261 "unreserved"
+# letters, digits and . _ -), never @, spaces, : ; < > or letters outside ASCII.
+ALIAS_PREFIX_RE = re.compile(r"[A-Za-z0-9._-]+")
 ICON_SIZE = 80
 
 
@@ -107,6 +111,13 @@ def _check_integration(loader: _Loader, integ: IntegrationConfig, path: str) -> 
             err(
                 f"{path}.single_use.alias_domain",
                 f"must be a domain name (letters, digits, dots, hyphens), got {domain!r}",
+            )
+        prefix = integ.single_use.alias_prefix
+        if not ALIAS_PREFIX_RE.fullmatch(prefix):
+            err(
+                f"{path}.single_use.alias_prefix",
+                "must be ASCII letters, digits, '.', '_' or '-' only (aliases are dialled as "
+                f"SIP/H.323 user parts: prefix + digits + @ + domain), got {prefix!r}",
             )
         phone = "numeric_alias" in integ.email.single_use_joining_instructions_template
         if phone and not integ.single_use.alias_prefix.isdigit():
