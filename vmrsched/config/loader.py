@@ -19,6 +19,7 @@ from typing import Any
 
 from vmrsched.config.addresses import _loopback_url, split_listen
 from vmrsched.config.checks import _check_integration
+from vmrsched.config.credentials import _check_pairs
 from vmrsched.config.schema import Config, IntegrationConfig, ServerConfig, StorageConfig
 from vmrsched.config.service_checks import (
     _check_admin_sign_in,
@@ -82,6 +83,7 @@ def parse(
         integ = loader.build(IntegrationConfig, raw, ipath)
         _check_integration(loader, integ, ipath)
         integrations.append(integ)
+    _check_pairs(loader, server.admin_sign_in, integrations)
     _check_unique(loader, integrations)
     _check_alias_spaces(loader, integrations)
     if server.demo and not _safe_on_loopback(server):
