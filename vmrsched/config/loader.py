@@ -26,6 +26,7 @@ from vmrsched.config.service_checks import (
     _check_advertise_url,
     _check_alias_spaces,
     _check_policy_credentials,
+    _check_public_url,
     _check_spools,
     _check_unique,
     _safe_on_loopback,
@@ -73,6 +74,7 @@ def parse(
     except ValueError as exc:
         loader.error("server.listen", str(exc))
     _check_advertise_url(loader, server, storage)
+    _check_public_url(loader, server)
     raw_integrations = document.get("integrations", [])
     integrations: list[IntegrationConfig] = []
     if not isinstance(raw_integrations, list) or not raw_integrations:
