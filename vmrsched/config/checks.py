@@ -117,22 +117,10 @@ def _check_integration(loader: _Loader, integ: IntegrationConfig, path: str) -> 
                 "must be ASCII letters, digits, '.', '_' or '-' only (aliases are dialled as "
                 f"SIP/H.323 user parts: prefix + digits + @ + domain), got {prefix!r}",
             )
-        phone = "numeric_alias" in integ.email.single_use_joining_instructions_template
-        if phone and not integ.single_use.alias_prefix.isdigit():
-            loader.warnings.append(
-                f"{path}.single_use.alias_prefix: {integ.single_use.alias_prefix!r} is not "
-                "numeric, but the joining instructions offer phone dial-in, and the numeric "
-                "alias is prefix + digits: use a numeric prefix so phones can dial it"
-            )
         if integ.backend == "ews":
             _check_ews(loader, ex, f"{path}.exchange")
         if integ.backend == "graph":
             _check_graph(loader, integ.graph, f"{path}.graph")
-        if "alias_uuid" not in integ.email.single_use_joining_instructions_template:
-            err(
-                f"{path}.email.single_use_joining_instructions_template",
-                "must contain {{alias_uuid}} (the alias ID the service recognises meetings by)",
-            )
     _check_identity_urls(loader, integ, path)
     _check_ca_files(loader, integ, path)
     if integ.enable_personal_vmrs:

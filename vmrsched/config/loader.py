@@ -32,6 +32,7 @@ from vmrsched.config.service_checks import (
     _safe_on_loopback,
 )
 from vmrsched.config.tables import _Loader
+from vmrsched.config.template_checks import _check_templates
 
 
 class ConfigError(Exception):
@@ -84,6 +85,7 @@ def parse(
         ipath = f"integrations[{index}]"
         integ = loader.build(IntegrationConfig, raw, ipath)
         _check_integration(loader, integ, ipath)
+        _check_templates(loader, integ, ipath)
         integrations.append(integ)
     _check_pairs(loader, server.admin_sign_in, integrations)
     _check_unique(loader, integrations)
