@@ -133,3 +133,16 @@ def test_whole_pairs_pass_and_a_half_pair_the_backend_needs_is_reported_once() -
         "integrations[0].exchange.service_account_password_env: basic needs the password "
         "(service_account_password_env or _file)"
     ]
+
+
+def test_a_half_pair_the_mode_needs_is_named_once() -> None:
+    """management_api needs both: with one of them written, the missing half is the one
+    problem, not also the mode's "needs management_username and management_password"."""
+    pexip = {"mode": "management_api", "management_url": "https://pexmgr.example.com"}
+    assert problems(doc(pexip={**pexip, "management_username": "admin"})) == [
+        "integrations[0].pexip.management_password_env: management_username is set, so its "
+        "management_password is needed (management_password_env or management_password_file): "
+        "credentials come in pairs"
+    ]
+    (neither,) = problems(doc(pexip=pexip))
+    assert neither.startswith("integrations[0].pexip: mode 'management_api' needs")

@@ -56,7 +56,7 @@ def _check_pexip(loader: _Loader, px: PexipConfig, path: str) -> None:
         loader.warnings.append(
             f"{path}.management_url: plain http sends the management password unencrypted"
         )
-    if not px.management_username or px.management_password is None:
+    if not px.management_username and px.management_password is None:  # half: `credentials`
         err(
             path,
             "mode 'management_api' needs management_username and management_password_env "
