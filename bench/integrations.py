@@ -12,10 +12,11 @@ directories per integration; on ext4 without a journal, as on the benchmark mach
 each new inode skips every inode deleted in the last minute, which the previous run's clean-up
 leaves by the thousand: compare with TMPDIR on tmpfs or a journaled file system).
 
-Prints one JSON line: {"integrations": 200, "start_s": …, "start_cpu_s": …, "rss_mb": …,
-"threads": …}; start_cpu_s is the process's CPU time (all threads) until all are running, steadier
-than start_s on a noisy machine; idle_cpu is the CPU-seconds per second the running
-integrations then use with nothing to do (two seconds of it).
+Prints one JSON line: {"integrations": 200, "parse_s": …, "start_s": …, "start_cpu_s": …,
+"rss_mb": …, "threads": …}; parse_s is the config's parse and checks (the templates' dry runs
+included), before the start; start_cpu_s is the process's CPU time (all threads) until all are
+running, steadier than start_s on a noisy machine; idle_cpu is the CPU-seconds per second the
+running integrations then use with nothing to do (two seconds of it).
 Usage: python bench/integrations.py [--integrations 200] [--decisions 0] [--restart]
 """
 
@@ -104,7 +105,9 @@ def main() -> None:
                 for i in range(args.integrations)
             ],
         }
-        cfg = config.parse(doc, Path(tmp), {})
+        parsing = time.perf_counter()
+        cfg = config.parse(doc, Path(tmp), {})  # every check, the templates' dry runs included
+        parse_s = time.perf_counter() - parsing
         if args.restart:
             start_and_wait(cfg).stop()
         rss_before = rss_mb()
@@ -121,6 +124,7 @@ def main() -> None:
             "integrations": args.integrations,
             "decisions": args.decisions,
             "restart": args.restart,
+            "parse_s": round(parse_s, 2),
             "start_s": round(start_s, 2),
             "start_cpu_s": round(start_cpu_s, 2),
             "idle_cpu": round(idle, 3),

@@ -264,6 +264,12 @@ def check(name: str, source: str) -> list[str]:
     return []
 
 
+def used_variables(name: str, source: str) -> frozenset[str]:
+    """The variables a template's code reads (parsed: text, comments and raw blocks that
+    merely spell a name do not count). Raises jinja2.TemplateSyntaxError."""
+    return _undeclared(TEMPLATES[name].kind, source)
+
+
 @lru_cache(maxsize=4096)
 def _undeclared(kind: Kind, source: str) -> frozenset[str]:
     return frozenset(meta.find_undeclared_variables(environment(kind).parse(source)))

@@ -76,7 +76,7 @@ def test_a_data_directory_that_cannot_be_used_is_one_line_everywhere(tmp_path: P
     config = tmp_path / "vmrsched.toml"
     shutil.copy(ROOT / "config" / "vmrs.toml", tmp_path / "vmrs.toml")
     text = (ROOT / "config" / "vmrsched.toml").read_text()
-    config.write_text(text.replace('data_dir = "./data"', f'data_dir = "{tmp_path}/file/data"'))
+    config.write_text(text.replace('data_dir = "../data"', f'data_dir = "{tmp_path}/file/data"'))
     checked = run("-m", "vmrsched", "check-config", str(config))
     assert checked.returncode == 1
     assert f"server.data_dir: {tmp_path}/file/data cannot be made" in checked.stderr
@@ -108,7 +108,7 @@ def test_a_port_in_use_leaves_nothing_behind(tmp_path: Path) -> None:
         config = tmp_path / "vmrsched.toml"
         shutil.copy(ROOT / "config" / "vmrs.toml", tmp_path / "vmrs.toml")
         text = (ROOT / "config" / "vmrsched.toml").read_text()
-        text = text.replace('data_dir = "./data"', f'data_dir = "{tmp_path}/data"')
+        text = text.replace('data_dir = "../data"', f'data_dir = "{tmp_path}/data"')
         config.write_text(text.replace('listen = "127.0.0.1:8080"', f'listen = "127.0.0.1:{port}"'))
         served = run("-m", "vmrsched", "serve", "--config", str(config))
     assert served.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in served.stderr

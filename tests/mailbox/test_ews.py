@@ -396,6 +396,8 @@ def oauth_config(
         ],
     }
     settings = doc["integrations"][0]["exchange"]
+    if mode == "oauth_app":  # client credentials: no service account (a user alone is half a pair)
+        del settings["service_account_username"]
     settings.update(exchange)
     for key in [k for k, v in exchange.items() if v is None]:
         del settings[key]

@@ -34,7 +34,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     if args.online:
         return _check_online(cfg, args.organizer or "", args.outside or "")
-    print(f"{path}: OK, listening on {cfg.server.listen}, data in {cfg.server.data_dir}")
+    print(f"{path}: OK, listening on {cfg.server.listen}, data in {cfg.data_dir.absolute()}")
     for integ in cfg.integrations:
         kinds = [
             k

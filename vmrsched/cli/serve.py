@@ -92,8 +92,9 @@ async def _serve(cfg: config.Config) -> int:
     loop.add_signal_handler(signal.SIGINT, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
     log.info(
-        "vmrsched listening on http://%s (integrations: %s)",
+        "vmrsched listening on http://%s, data in %s (integrations: %s)",
         cfg.server.listen,
+        cfg.data_dir.absolute(),
         ", ".join(service.integration_names()),
     )
     await stopping.wait()

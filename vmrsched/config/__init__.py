@@ -7,7 +7,8 @@ default and rule of a key are written in one place.
 
 The package, top to bottom (imports go one way; pyproject's import contract checks it):
 `loader` (`load`, `parse`, `ConfigError`); `checks` (one integration), `service_checks` (the
-whole file) and `reloading` (`PerConfig`); `schema` (the dataclasses) and `tables` (TOML tables
+whole file), `credentials` (credentials come in pairs), `template_checks` (templates rendered on
+sample values) and `reloading` (`PerConfig`); `schema` (the dataclasses) and `tables` (TOML tables
 into dataclasses); `fields` (`_f`, `Secret`), `addresses` (hosts, listen addresses, URLs) and
 `layout` (where an integration's state lives). Every name the rest of the service uses is
 re-exported here: `from vmrsched.config import IntegrationConfig` and `config.load(...)`.

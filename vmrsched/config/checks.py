@@ -20,6 +20,10 @@ from vmrsched.config.tables import _Loader
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# An alias is prefix + digits + "@" + domain and is dialled as a SIP or H.323 user part: the
+# prefix holds only what such a part takes unescaped in every dialler (RFC 3261 "unreserved"
+# letters, digits and . _ -), never @, spaces, : ; < > or letters outside ASCII.
+ALIAS_PREFIX_RE = re.compile(r"[A-Za-z0-9._-]+")
 ICON_SIZE = 80
 
 
@@ -52,14 +56,12 @@ def _check_pexip(loader: _Loader, px: PexipConfig, path: str) -> None:
         loader.warnings.append(
             f"{path}.management_url: plain http sends the management password unencrypted"
         )
-    if not px.management_username or px.management_password is None:
+    if not px.management_username and px.management_password is None:  # half: `credentials`
         err(
             path,
             "mode 'management_api' needs management_username and management_password_env "
             "(or management_password_file)",
         )
-    if px.tls_ca_file and not (loader.base_dir / px.tls_ca_file).is_file():
-        err(f"{path}.tls_ca_file", f"no such file: {px.tls_ca_file}")
 
 
 def _check_pexip_rooms(loader: _Loader, integ: IntegrationConfig, path: str) -> None:
@@ -108,23 +110,19 @@ def _check_integration(loader: _Loader, integ: IntegrationConfig, path: str) -> 
                 f"{path}.single_use.alias_domain",
                 f"must be a domain name (letters, digits, dots, hyphens), got {domain!r}",
             )
-        phone = "numeric_alias" in integ.email.single_use_joining_instructions_template
-        if phone and not integ.single_use.alias_prefix.isdigit():
-            loader.warnings.append(
-                f"{path}.single_use.alias_prefix: {integ.single_use.alias_prefix!r} is not "
-                "numeric, but the joining instructions offer phone dial-in, and the numeric "
-                "alias is prefix + digits: use a numeric prefix so phones can dial it"
+        prefix = integ.single_use.alias_prefix
+        if not ALIAS_PREFIX_RE.fullmatch(prefix):
+            err(
+                f"{path}.single_use.alias_prefix",
+                "must be ASCII letters, digits, '.', '_' or '-' only (aliases are dialled as "
+                f"SIP/H.323 user parts: prefix + digits + @ + domain), got {prefix!r}",
             )
         if integ.backend == "ews":
             _check_ews(loader, ex, f"{path}.exchange")
         if integ.backend == "graph":
             _check_graph(loader, integ.graph, f"{path}.graph")
-        if "alias_uuid" not in integ.email.single_use_joining_instructions_template:
-            err(
-                f"{path}.email.single_use_joining_instructions_template",
-                "must contain {{alias_uuid}} (the alias ID the service recognises meetings by)",
-            )
     _check_identity_urls(loader, integ, path)
+    _check_ca_files(loader, integ, path)
     if integ.enable_personal_vmrs:
         _check_personal(loader, integ, f"{path}.personal")
     _check_pexip(loader, integ.pexip, f"{path}.pexip")
@@ -158,9 +156,36 @@ def _check_integration(loader: _Loader, integ: IntegrationConfig, path: str) -> 
             f"{path}.metadata.exchange_metadata_urls",
             "token_validation 'exchange' needs at least one trusted metadata host",
         )
+    _check_addin_sources(loader, integ, path)
+
+
+def _check_addin_sources(loader: _Loader, integ: IntegrationConfig, path: str) -> None:
+    """The pane loads its scripts from these origins (its CSP allows exactly them): a script
+    fetched over plain http can be swapped on the way and then runs with the user's mailbox
+    (config/examples/full.toml: "from its own https host")."""
     adv = integ.advanced
     if adv.use_custom_addin_sources and not adv.office_js_url.startswith("https://"):
-        err(f"{path}.advanced.office_js_url", "custom add-in sources must be https URLs")
+        loader.error(f"{path}.advanced.office_js_url", "custom add-in sources must be https URLs")
+    for index, url in enumerate(adv.additional_script_sources):
+        if not re.match(r"^https://[^/\s]+", url):
+            loader.error(
+                f"{path}.advanced.additional_script_sources[{index}]",
+                f"must be an https URL (scripts come from their own https host), got {url!r}",
+            )
+
+
+def _check_ca_files(loader: _Loader, integ: IntegrationConfig, path: str) -> None:
+    """Every CA bundle the integration names must exist, whether or not its backend or mode
+    reads it today: a missing one turns every call of that feature into a TLS failure."""
+    named = {
+        "exchange": integ.exchange.tls_ca_file,
+        "graph": integ.graph.tls_ca_file,
+        "pexip": integ.pexip.tls_ca_file,
+        "personal": integ.personal.tls_ca_file,
+    }
+    for table, name in named.items():
+        if name and not (loader.base_dir / name).is_file():
+            loader.error(f"{path}.{table}.tls_ca_file", f"no such file: {name}")
 
 
 def certificate_problem(path: Path) -> str:
@@ -195,8 +220,6 @@ def _check_graph(loader: _Loader, graph: GraphConfig, path: str) -> None:
             err(f"{path}.{key}", f"must be https://host without a path, got {value!r}")
         elif value.startswith("http://"):
             loader.warnings.append(f"{path}.{key}: plain http carries tokens unencrypted")
-    if graph.tls_ca_file and not (loader.base_dir / graph.tls_ca_file).is_file():
-        err(f"{path}.tls_ca_file", f"no such file: {graph.tls_ca_file}")
     if graph.notification_url:
         if not re.match(r"^https?://[^/\s]+(/[^\s]*)?$", graph.notification_url):
             err(f"{path}.notification_url", f"must be an https URL, got {graph.notification_url!r}")
@@ -258,8 +281,6 @@ def _check_personal(loader: _Loader, integ: IntegrationConfig, path: str) -> Non
             loader.error(
                 f"{path}.azure_client_secret_env", "needed for Azure (or azure_client_secret_file)"
             )
-    if p.tls_ca_file and not (loader.base_dir / p.tls_ca_file).is_file():
-        loader.error(f"{path}.tls_ca_file", f"no such file: {p.tls_ca_file}")
     if p.source == "file":
         directory = Path(p.directory_file)
         directory = directory if directory.is_absolute() else loader.base_dir / directory

@@ -19,17 +19,20 @@ from typing import Any
 
 from vmrsched.config.addresses import _loopback_url, split_listen
 from vmrsched.config.checks import _check_integration
+from vmrsched.config.credentials import _check_pairs
 from vmrsched.config.schema import Config, IntegrationConfig, ServerConfig, StorageConfig
 from vmrsched.config.service_checks import (
     _check_admin_sign_in,
     _check_advertise_url,
     _check_alias_spaces,
     _check_policy_credentials,
+    _check_public_url,
     _check_spools,
     _check_unique,
     _safe_on_loopback,
 )
 from vmrsched.config.tables import _Loader
+from vmrsched.config.template_checks import _check_templates
 
 
 class ConfigError(Exception):
@@ -72,6 +75,7 @@ def parse(
     except ValueError as exc:
         loader.error("server.listen", str(exc))
     _check_advertise_url(loader, server, storage)
+    _check_public_url(loader, server)
     raw_integrations = document.get("integrations", [])
     integrations: list[IntegrationConfig] = []
     if not isinstance(raw_integrations, list) or not raw_integrations:
@@ -81,7 +85,9 @@ def parse(
         ipath = f"integrations[{index}]"
         integ = loader.build(IntegrationConfig, raw, ipath)
         _check_integration(loader, integ, ipath)
+        _check_templates(loader, integ, ipath)
         integrations.append(integ)
+    _check_pairs(loader, server.admin_sign_in, integrations)
     _check_unique(loader, integrations)
     _check_alias_spaces(loader, integrations)
     if server.demo and not _safe_on_loopback(server):

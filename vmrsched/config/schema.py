@@ -20,6 +20,12 @@ from vmrsched.config.addresses import is_loopback_host, split_listen
 from vmrsched.config.fields import _TEXT, Secret, _f
 from vmrsched.config.layout import DataLayout
 
+# A mailbox poll loop sleeps this long between rounds: 0 (or less) would spin a core, so the
+# floor is the Graph backend's long-standing one (tests poll fakes every 0.05 s), and an hour is
+# the most a mailbox may lag. Every poll interval shares the range (config/examples/full.toml).
+MIN_POLL_SECONDS = 0.01
+MAX_POLL_SECONDS = 3600.0
+
 
 def _template(name: str) -> Any:
     """A template key: its default is the template table's (`vmrsched.templating.TEMPLATES`)."""
@@ -108,7 +114,7 @@ class ExchangeConfig:
     tls_ca_file: str = _f("")  # CA bundle for EWS and the token endpoints (internal CAs)
     mailbox_name: str = _f("", max_len=_TEXT)
     mailbox_email: str = _f("")
-    poll_interval_seconds: float = _f(10.0)
+    poll_interval_seconds: float = _f(10.0, minimum=MIN_POLL_SECONDS, maximum=MAX_POLL_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -126,7 +132,7 @@ class GraphConfig:
     authority: str = _f("https://login.microsoftonline.com")
     graph_url: str = _f("https://graph.microsoft.com")
     tls_ca_file: str = _f("")  # CA bundle for Graph and the token endpoint (inspecting proxies)
-    poll_interval_seconds: float = _f(10.0, minimum=0.01, maximum=3600.0)
+    poll_interval_seconds: float = _f(10.0, minimum=MIN_POLL_SECONDS, maximum=MAX_POLL_SECONDS)
     max_concurrent_requests: int = _f(4, minimum=1, maximum=4)  # Graph allows 4 per mailbox
     # this service's public https base URL as Graph reaches it: change notifications arrive at
     # <notification_url>/graph/notifications/<integration>; empty: poll the inbox
@@ -136,7 +142,7 @@ class GraphConfig:
 @dataclass(frozen=True)
 class SpoolConfig:
     directory: str = _f("")  # default: <data_dir>/spool/<integration name>
-    poll_interval_seconds: float = _f(0.5)
+    poll_interval_seconds: float = _f(0.5, minimum=MIN_POLL_SECONDS, maximum=MAX_POLL_SECONDS)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from vmrsched.config.addresses import _loopback_url
 from vmrsched.config.schema import IntegrationConfig, ServerConfig, StorageConfig
 from vmrsched.config.tables import _Loader
 from vmrsched.rules import aliases
@@ -18,6 +19,9 @@ from vmrsched.rules import aliases
 def _check_admin_sign_in(loader: _Loader, server: ServerConfig) -> None:
     s = server.admin_sign_in
     path = "server.admin_sign_in"
+    # a CA bundle named is checked even with the sign-in off: it fails the day it is switched on
+    if s.tls_ca_file and not (loader.base_dir / s.tls_ca_file).is_file():
+        loader.error(f"{path}.tls_ca_file", f"no such file: {s.tls_ca_file}")
     if not s.enabled:
         return
     for key in ("authorization_uri", "token_uri", "client_id", "admin_group"):
@@ -29,13 +33,28 @@ def _check_admin_sign_in(loader: _Loader, server: ServerConfig) -> None:
             loader.error(f"{path}.{key}", f"must be an https URL, got {value!r}")
     if "openid" not in s.scope.split():
         loader.error(f"{path}.scope", "must include openid (the ID token names the admin)")
-    if s.tls_ca_file and not (loader.base_dir / s.tls_ca_file).is_file():
-        loader.error(f"{path}.tls_ca_file", f"no such file: {s.tls_ca_file}")
     if not server.public_url.startswith("https://") and not _safe_on_loopback(server):
         loader.error(
             f"{path}",
             "the identity provider redirects admins back to public_url: set [server] "
             "public_url to this server's https URL",
+        )
+
+
+def _check_public_url(loader: _Loader, server: ServerConfig) -> None:
+    """public_url is "the public https URL" (docs/production.md) users, identity providers and
+    Graph come back to: sign-in redirects and session cookies over plain http can be read on
+    the way, so http is only for this machine (a trial, a test)."""
+    url = server.public_url
+    if not url:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        loader.error("server.public_url", f"must be an https URL with a host, got {url!r}")
+    elif parts.scheme == "http" and not _loopback_url(url):
+        loader.error(
+            "server.public_url",
+            f"must be https (http only to a loopback address such as 127.0.0.1), got {url!r}",
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,8 +18,15 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from vmrsched.config.fields import SECRET_KEYS, Secret
 
-# keys naming a file the service reads: relative paths are relative to the config file
-PATH_KEYS = frozenset({"tls_ca_file", "client_certificate_file", "directory_file", "directory"})
+# keys naming a file or directory the service uses: relative paths are relative to the config
+# file (DESIGN, "Security rules"), [server] data_dir included, so a file means the same data
+# whatever directory the service starts in (systemd: its WorkingDirectory)
+PATH_KEYS = frozenset(
+    {"tls_ca_file", "client_certificate_file", "directory_file", "directory", "data_dir"}
+)
+# of those, the ones shown as they resolve (check-config's "data in …", serve's log): the
+# shipped config's "../data" reads as the checkout's data directory, not as config/../data
+_NORMALISED = frozenset({"data_dir"})
 
 
 class _Loader:
@@ -90,7 +98,7 @@ class _Loader:
                 continue
             if name not in table:
                 if name in PATH_KEYS and f.default:  # a default file, e.g. vmrs.toml
-                    values[name] = self.resolve(str(f.default))
+                    values[name] = self.resolve(str(f.default), name)
                 continue
             raw = table[name]
             if isinstance(hint, type) and dataclasses.is_dataclass(hint):
@@ -98,13 +106,14 @@ class _Loader:
                 continue
             value = self.convert(hint, raw, key_path)
             if value is not _INVALID and self.check_rule(f.metadata, value, key_path):
-                values[name] = self.resolve(value) if name in PATH_KEYS else value
+                values[name] = self.resolve(value, name) if name in PATH_KEYS else value
         return cls(**values)
 
-    def resolve(self, value: str) -> str:
+    def resolve(self, value: str, key: str = "") -> str:
         """A file named in the config, relative to the config file's directory: read the same
         by check-config and by the service whatever directory it runs in (systemd: /)."""
-        return str(self.base_dir / value) if value and not Path(value).is_absolute() else value
+        resolved = str(self.base_dir / value) if value and not Path(value).is_absolute() else value
+        return os.path.normpath(resolved) if key in _NORMALISED and resolved else resolved
 
     def convert(self, hint: Any, raw: Any, path: str) -> Any:
         origin = get_origin(hint)
