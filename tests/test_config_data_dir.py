@@ -88,3 +88,29 @@ def test_check_config_names_the_resolved_absolute_data_directory(tmp_path: Path)
     assert f"{Path('etc/vmrsched.toml')}: OK, listening on 127.0.0.1:8080, data in " in out.stdout
     assert f"data in {tmp_path / 'var' / 'vmrsched'}\n" in out.stdout
     assert path.exists()
+
+
+def test_a_data_directory_left_where_an_earlier_release_read_it_is_not_started_over(
+    tmp_path: Path,
+) -> None:
+    """Upgrading: a relative data_dir used to be read from the working directory. Started on
+    the now empty directory beside the config, the service would hand out its aliases again:
+    every command refuses instead and names the absolute path to write."""
+    write(tmp_path / "etc", 'data_dir = "data"')
+    (tmp_path / "data" / "store" / "hq").mkdir(parents=True)  # an earlier release's state
+
+    def run(config_file: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "vmrsched", "failed", "--config", config_file],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            check=False,
+        )
+
+    refused = run("etc/vmrsched.toml")
+    assert refused.returncode == 1
+    assert f'Set data_dir = "{tmp_path / "data"}"' in refused.stderr
+    write(tmp_path / "etc", f'data_dir = "{tmp_path / "data"}"')
+    assert run("etc/vmrsched.toml").returncode == 0
