@@ -146,3 +146,37 @@ def test_public_url_is_the_public_https_url(url: str, why: str) -> None:
 )
 def test_https_and_loopback_http_public_urls_are_taken(url: str) -> None:
     assert config.parse(verified(url), Path("."), {}).server.public_url == url
+
+
+def test_identity_providers_are_reached_over_https_only() -> None:
+    """DESIGN: identity providers over https only, loopback aside: the Graph app's authority
+    and the EWS OAuth token endpoint carry client secrets and tokens."""
+    graph = doc(
+        backend="graph",
+        graph={
+            "tenant_id": "11111111-2222-3333-4444-555555555555",
+            "client_id": "app",
+            "client_secret_env": "GRAPH_SECRET",
+            "authority": "http://login.evil.example",
+        },
+    )
+    graph["integrations"][0]["backend"] = "graph"
+    found = problems(graph)
+    assert any(p.startswith("integrations[0].graph.authority: must be https") for p in found)
+    ews = doc(
+        exchange={
+            "mailbox_name": "VMR",
+            "mailbox_email": "vmr@example.com",
+            "ews_url": "https://mail.example.com/EWS/Exchange.asmx",
+            "authentication": "oauth_app",
+            "oauth_client_id": "app",
+            "oauth_client_secret_env": "EWS_SECRET",
+            "oauth_token_endpoint": "http://192.0.2.2/token",
+        }
+    )
+    ews["integrations"][0]["backend"] = "ews"
+    found = problems(ews)
+    assert any(
+        p.startswith("integrations[0].exchange.oauth_token_endpoint: must be an https URL")
+        for p in found
+    )

@@ -218,6 +218,8 @@ def _check_graph(loader: _Loader, graph: GraphConfig, path: str) -> None:
         value = getattr(graph, key)
         if not re.match(r"^https?://[^/\s]+/?$", value):
             err(f"{path}.{key}", f"must be https://host without a path, got {value!r}")
+        elif key == "authority" and not _secure_url(value):  # an identity provider: https only
+            err(f"{path}.{key}", f"must be https (http only to loopback), got {value!r}")
         elif value.startswith("http://"):
             loader.warnings.append(f"{path}.{key}: plain http carries tokens unencrypted")
     if graph.notification_url:
@@ -250,6 +252,12 @@ def _check_ews(loader: _Loader, ex: ExchangeConfig, path: str) -> None:
         for key in ("oauth_client_id", "oauth_token_endpoint"):
             if not getattr(ex, key):
                 err(f"{path}.{key}", f"needed for {ex.authentication}")
+        token_endpoint = ex.oauth_token_endpoint
+        if token_endpoint and not _secure_url(token_endpoint):  # an identity provider
+            err(
+                f"{path}.oauth_token_endpoint",
+                f"must be an https URL (http only to loopback), got {token_endpoint!r}",
+            )
         if ex.oauth_client_secret is None:
             err(f"{path}.oauth_client_secret_env", f"{ex.authentication} needs the client secret")
         if ex.authentication == "oauth_delegated":
