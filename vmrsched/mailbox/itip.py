@@ -238,18 +238,10 @@ def _meeting(
             if is_address(cal_address(x)[1])
         )
         attendees = tuple(a for a, _ in attendee_params)
-    except ParseError as exc:
+    except (ParseError, ValueError, TypeError, AttributeError, OverflowError) as exc:
+        # what is known of the request so far goes with the error: its decline can answer it
         raise ParseError(
-            exc.reason,
-            answerable(addr),
-            name,
-            shortened(subject),
-            uid,
-            sequence=known_sequence(event),
-        ) from exc
-    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
-        raise ParseError(
-            f"unreadable meeting times: {exc}",
+            exc.reason if isinstance(exc, ParseError) else f"unreadable meeting times: {exc}",
             answerable(addr),
             name,
             shortened(subject),
