@@ -10,6 +10,7 @@ from vmrsched.logs import JsonFormatter, TextFormatter
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FORGED = "uid-1\n2026-12-06 21:00:00,000 CRITICAL vmrsched.admin: forged\r\x1b[2J"
+UNICODE_BREAKS = "uid-2\u2028forged\x85forged\u2029forged"
 
 
 def record(message: str, *args: object, **fields: object) -> logging.LogRecord:
@@ -28,6 +29,13 @@ def test_a_line_break_in_what_a_sender_wrote_cannot_start_a_line_of_its_own() ->
     assert text.endswith(
         "meeting_uid=uid-1\\n2026-12-06 21:00:00,000 CRITICAL vmrsched.admin: forged\\r\\x1b[2J"
     )
+
+
+def test_unicode_line_breaks_are_escaped_too() -> None:
+    """U+2028, U+2029 and NEL end a line for many log readers (and str.splitlines)."""
+    text = TextFormatter(FORMAT).format(record("handled %s", UNICODE_BREAKS))
+    assert len(text.splitlines()) == 1
+    assert "uid-2\\u2028forged\\x85forged\\u2029forged" in text
 
 
 def test_a_traceback_follows_indented_so_no_line_of_it_reads_as_a_record() -> None:

@@ -42,14 +42,17 @@ class JsonFormatter(logging.Formatter):
 
 # what may not reach a text log line raw: a meeting's UID, subject or an address comes from
 # whoever sent the request, and a line break in it would write a line of their choosing
-_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F] if c != 0x09} | {
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)] if c != 0x09} | {
     0x0A: "\\n",
     0x0D: "\\r",
+    0x2028: "\\u2028",  # LINE SEPARATOR and PARAGRAPH SEPARATOR: line breaks to many readers
+    0x2029: "\\u2029",
 }
 
 
 def one_line(text: object) -> str:
-    """`text` with line breaks and other control characters written as escapes."""
+    """`text` with line breaks (U+2028 and NEL included) and other control characters written
+    as escapes."""
     return str(text).translate(_CONTROL)
 
 

@@ -272,3 +272,20 @@ def test_non_ascii_subjects_survive_the_mail() -> None:
     assert msg["Subject"] == "Accepted: Встреча"
     assert "Переговорная" in str(msg["From"])
     assert msg.get_body(("html",)).get_content() == "<p>é</p>"  # type: ignore[union-attr]
+
+
+def test_a_sender_written_in_utf8_is_read_as_written() -> None:
+    """RFC 6532 lets a header carry raw UTF-8: the address is logged as the mail names it (a
+    look-alike of the organizer shows as one, never as garbage or as the real organizer)."""
+    import email
+    import email.policy
+
+    from vmrsched.mailbox.itip import mail_senders
+
+    def senders(from_: str) -> tuple[str, str]:
+        raw = f"From: {from_}\r\nSender: Bob <bob@example.com>\r\n\r\nbody".encode()
+        return mail_senders(email.message_from_bytes(raw, policy=email.policy.compat32))
+
+    assert senders("\u212aate@example.com") == ("\u212aate@example.com", "bob@example.com")
+    assert senders("Käte <käte@example.com>") == ("käte@example.com", "bob@example.com")
+    assert senders("Kate <kate@example.com>") == ("kate@example.com", "bob@example.com")

@@ -228,8 +228,11 @@ def test_an_attempt_expires_after_ten_minutes(world: World) -> None:
         sign_in.finish(integ, query, REDIRECT)
 
 
-def test_the_provider_checks_the_pkce_verifier(world: World) -> None:
-    """A code redeemed with another verifier (an intercepted code) is refused."""
+def test_the_provider_checks_the_pkce_verifier(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A code redeemed with another verifier (an intercepted code) is refused; the page shows
+    the provider's OAuth code, the log its words (docs/guarantees.md: our own words only)."""
     integ = integration(world)
     sign_in = sign_in_for(world)
     query = authorize(world, sign_in.start(integ, REDIRECT))
@@ -238,8 +241,10 @@ def test_the_provider_checks_the_pkce_verifier(world: World) -> None:
     kept = store.take(state)
     assert kept is not None
     store.put(state, dataclasses.replace(kept, verifier="x" * 64))
-    with pytest.raises(SignInRefused, match="PKCE verification failed"):
+    with pytest.raises(SignInRefused, match=r"refused the code \(invalid_grant;") as refused:
         sign_in.finish(integ, query, REDIRECT)
+    assert "PKCE" not in str(refused.value)
+    assert any("PKCE verification failed" in r.getMessage() for r in caplog.records)
 
 
 def test_sessions_are_refreshed_daily_and_forgotten_when_refused_or_signed_out(
@@ -360,3 +365,16 @@ def test_a_cut_sessions_file_keeps_every_readable_session(world: World) -> None:
     assert aside.read_bytes() == original[: len(original) - 20]
     assert len(json.loads(path.read_text())) == 2  # what was readable, written whole again
     assert str(aside) in damage_alarms(alarms)["room"]
+
+
+def test_an_email_the_token_marks_unverified_names_nobody() -> None:
+    """Bookings are their organizer's by address: an `email` claim its issuer did not verify
+    (OpenID's email_verified, Entra ID's xms_edov) is not taken for the user's."""
+    from vmrsched.signin.oidc import email_of
+
+    unverified = {"email": "alice@example.com", "preferred_username": "mallory@example.com"}
+    assert email_of({**unverified, "email_verified": False}) == "mallory@example.com"
+    assert email_of({**unverified, "xms_edov": False}) == "mallory@example.com"
+    assert email_of({"email": "alice@example.com", "xms_edov": False}) == ""
+    assert email_of({**unverified, "email_verified": True}) == "alice@example.com"
+    assert email_of({"email": " Alice@Example.com "}) == "alice@example.com"

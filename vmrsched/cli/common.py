@@ -43,7 +43,7 @@ def load(path: Path, secrets: bool = True) -> config.Config | None:
         print(
             f"{path}: [server] data_dir is relative to this file now, as every path in it: "
             f"{cfg.data_dir} holds no store, but {moved} (where earlier releases read it, from "
-            f"the directory the command started in) does. Set data_dir = \"{moved}\" to keep "
+            f'the directory the command started in) does. Set data_dir = "{moved}" to keep '
             "using it; starting on an empty data directory would hand its aliases out again",
             file=sys.stderr,
         )

@@ -21,6 +21,7 @@ async def _serve(cfg: config.Config) -> int:
     from vmrsched.errors import ServiceError
     from vmrsched.http.app import create_app
     from vmrsched.http.guard import (
+        HEAD_BYTES_PER_CONNECTION,
         Limits,
         RateLimitedLog,
         connection_cap,
@@ -66,6 +67,10 @@ async def _serve(cfg: config.Config) -> int:
         access_log=None,
         handle_signals=False,
         keepalive_timeout=server.keepalive_timeout_seconds,
+        # a head may hold 64 KiB (docs/guarantees.md), one long line of it too; the guard
+        # answers 431 past that
+        max_line_size=HEAD_BYTES_PER_CONNECTION,
+        max_field_size=HEAD_BYTES_PER_CONNECTION,
     )
     await runner.setup()
     loop = asyncio.get_running_loop()

@@ -25,6 +25,18 @@ log = logging.getLogger("vmrsched.http")
 FD_RESERVE = 512  # descriptors kept for stores, spool files, Exchange connections, logs
 HEAD_BYTES_PER_CONNECTION = 64 * 1024  # more before the headers end: not an HTTP client of ours
 HEAD_BYTES_TOTAL = 16 * 1024 * 1024  # over all waiting connections; the oldest are shed past it
+_HEAD_ERROR = (
+    b'{"error": {"code": "headers_too_large", "message": "a request\'s head may hold '
+    + str(HEAD_BYTES_PER_CONNECTION).encode()
+    + b' bytes"}}'
+)
+HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"Content-Type: application/json; charset=utf-8\r\n"
+    + f"Content-Length: {len(_HEAD_ERROR)}\r\n".encode()
+    + b"Connection: close\r\n\r\n"
+    + _HEAD_ERROR
+)
 
 
 def raise_fd_limit() -> int:
@@ -117,6 +129,17 @@ class _Guard(asyncio.Protocol):
             self.limits.report()
             _abort(self.transport)
 
+    def head_too_large(self) -> None:
+        """431 in the API's JSON, then the connection closed: a head over the limit is not
+        read further (docs/guarantees.md: a request's head may hold 64 KiB)."""
+        transport = self.transport
+        if transport is None:
+            return
+        self.limits.report()
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(HEAD_TOO_LARGE)
+        transport.close()
+
     def _too_slow(self) -> None:
         self.timer = None
         if self.transport is not None:
@@ -142,7 +165,7 @@ class _Guard(asyncio.Protocol):
             if end >= 0:  # the first request's headers are complete
                 head = self.received + end + 4 - len(self.head)
                 if head > HEAD_BYTES_PER_CONNECTION:  # docs/guarantees.md: a head holds 64 KiB
-                    self.close()
+                    self.head_too_large()
                     return
                 self.head_done()
             else:
@@ -150,7 +173,7 @@ class _Guard(asyncio.Protocol):
                 self.received += len(data)
                 self.limits.head_bytes += len(data)
                 if self.received > HEAD_BYTES_PER_CONNECTION:
-                    self.close()
+                    self.head_too_large()
                     return
                 while self.limits.head_bytes > HEAD_BYTES_TOTAL and self.limits.shed_oldest():
                     pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import email
 import email.policy
 import email.utils
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, tzinfo
@@ -377,15 +378,30 @@ def mail_senders(message: Message) -> tuple[str, str]:
     which decides whether it may change a booking (meetings.from_organizer)."""
     found: list[str] = []
     for header in ("From", "Sender"):
-        values = message.get_all(header) or []
+        # raw: compat32 turns a value with 8-bit bytes into a Header whose str() is garbage
+        values = [v for name, v in message.raw_items() if name.lower() == header.lower()]
         text = _clean(" ".join(str(v) for v in values))
-        addresses = email.utils.getaddresses([text]) if text else []
-        one = addresses[0][1].strip() if len(addresses) == 1 else ""
+        one = _one_address(text)
         found.append(one if is_address(one) else text[:MAX_HEADER_ADDRESS])
     return found[0], found[1]
 
 
 MAX_HEADER_ADDRESS = 400  # characters of an unusable From or Sender kept for the log
+# a name-addr or a bare address, as far as it can be told without rewriting what it says
+_NAME_ADDR = re.compile(r"(?:[^<>]*<)?\s*([^<>\s,;]+@[^<>\s,;]+)\s*>?")
+
+
+def _one_address(text: str) -> str:
+    """The one address a From or Sender names, "" when it names none or several. Only ASCII
+    goes through the standard library's parser: it folds look-alikes into letters (the Kelvin
+    sign into K), which would log a forged sender as the real one."""
+    if not text:
+        return ""
+    if text.isascii():
+        addresses = email.utils.getaddresses([text])
+        return addresses[0][1].strip() if len(addresses) == 1 else ""
+    found = _NAME_ADDR.fullmatch(text)
+    return found.group(1) if found else ""
 
 
 def sent_in_mail(parsed: Parsed, mail_from: str = "", mail_sender: str = "") -> Parsed:
@@ -404,8 +420,11 @@ def sent_in_mail(parsed: Parsed, mail_from: str = "", mail_sender: str = "") -> 
 
 
 def _clean(value: str) -> str:
-    """A header value on one line."""
-    return " ".join(value.split())
+    """A header value on one line, its raw UTF-8 (RFC 6532: an address such as
+    `\u212aate@example.com` written unencoded) read as UTF-8: the parser keeps such bytes as
+    surrogates, which would log as garbage instead of the address the mail names."""
+    text = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return " ".join(text.split())
 
 
 def parse_file(

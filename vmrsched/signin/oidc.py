@@ -119,7 +119,7 @@ def verify_signature(client: Client, id_token: str, session: requests.Session) -
     except jwt.PyJWTError as exc:
         raise SignInRefused("the identity provider's ID token cannot be read") from exc
     if header.get("alg") not in SIGNING_ALGORITHMS:
-        raise SignInRefused(f"the ID token is not signed ({header.get('alg')!r})")
+        raise SignInRefused("the ID token is not signed with an algorithm we take")
     kid = header.get("kid")
     for refresh in (False, True):
         found = [
@@ -134,7 +134,7 @@ def verify_signature(client: Client, id_token: str, session: requests.Session) -
             "the ID token is signed with a key the identity provider does not publish"
         )
     if header.get("alg") not in SIGNING_ALGORITHMS:
-        raise SignInRefused(f"the ID token is not signed ({header.get('alg')!r})")
+        raise SignInRefused("the ID token is not signed with an algorithm we take")
     for jwk in found:
         try:
             key = jwt.PyJWK.from_dict(jwk).key
@@ -323,12 +323,15 @@ def token_request(
             "identity_provider_unreachable",
         )
     if response.status_code != 200 or not isinstance(answer, dict):
-        why = ""
-        if isinstance(answer, dict):
-            why = ": ".join(
-                str(answer[k])[:300] for k in ("error", "error_description") if answer.get(k)
-            )
-        raise SignInRefused(f"the identity provider refused the code ({why or 'no reason'})")
+        said = {k: str(answer.get(k, ""))[:300] for k in ("error", "error_description")}
+        log.warning(
+            "the identity provider refused the code: %s",
+            said if isinstance(answer, dict) else response.status_code,
+        )
+        raise SignInRefused(
+            "the identity provider refused the code"
+            + _codes(said if isinstance(answer, dict) else {})
+        )
     return answer
 
 
@@ -384,7 +387,8 @@ def id_token_claims(
         raise SignInRefused("the ID token is for another application")
     issuer = client.issuer or expected_issuer(client.authorization_uri, claims)
     if issuer is not None and (not issuer or claims.get("iss") != issuer):
-        raise SignInRefused(f"the ID token comes from another issuer ({claims.get('iss')!r})")
+        log.warning("an ID token from %r, not %r, refused", claims.get("iss"), issuer)
+        raise SignInRefused("the ID token comes from another issuer (the log says which)")
     expires = claims.get("exp")
     if not isinstance(expires, int | float):
         raise SignInRefused("the ID token says not when it expires (exp)")
@@ -427,8 +431,13 @@ def expected_issuer(authorization_uri: str, claims: Mapping[str, Any]) -> str | 
 
 def email_of(claims: Mapping[str, Any]) -> str:
     """The user's email: Entra ID puts it in `email` or `preferred_username`, AD FS in `upn`,
-    `email` or `unique_name`."""
+    `email` or `unique_name`. An `email` the token itself marks as unverified (OpenID's
+    `email_verified`, Entra ID's `xms_edov`: a domain its tenant does not own) names nobody:
+    anyone could have typed it, and bookings are their organizer's by address."""
+    unverified = claims.get("email_verified") is False or claims.get("xms_edov") is False
     for key in ("email", "preferred_username", "upn", "unique_name"):
+        if key == "email" and unverified:
+            continue
         value = claims.get(key)
         if isinstance(value, str) and "@" in value:
             return value.strip().lower()
