@@ -434,11 +434,15 @@ def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Dec
     else:
         reason = "new_recurring" if schedule.recurring else "new_single"
     update = False
+    detail = ""
     if remembered is not None and (bound is None or _unchanged(message, bound)):
         # the same message again (redelivery after a crash): the answer it got the first time
         reason, _, flag = remembered.partition("+")
         # the placeholder is replaced once: a body that carries our token has nothing to replace
         update = flag == "update" and token.kind == "TOK"
+        # or an informational update that kept the SEQUENCE (an attendee added, say): the two
+        # look alike, and either way that answer goes out once (same message id)
+        detail = "answered before at this SEQUENCE: the same answer, sent once"
     # otherwise times changed at a SEQUENCE already answered: an edit (reason as above), whose
     # answer was sent once for that SEQUENCE and outcome and is not sent again
     release = bound.alias_id if bound is not None and bound.alias_id != target.alias_id else None
@@ -460,6 +464,7 @@ def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Dec
         record=target,
         occurrence=occurrence,
         organizer_update=update,
+        detail=detail,
     )
 
 
