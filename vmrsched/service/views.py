@@ -105,8 +105,13 @@ def admin_view(integ: IntegrationConfig, record: Record, now: datetime, renderer
     raw = record.get("schedule")
     if raw and record.get("status") == "bound":
         try:
-            upcoming = recurrence.occurrences_after(decode_schedule(raw), now - after)
-            for occurrence in itertools.islice(upcoming, 5):
+            schedule = decode_schedule(raw)
+            # moved occurrences come first from the walk, wherever they moved to: the next
+            # five in time order are among five regular ones and every moved one
+            upcoming = itertools.islice(
+                recurrence.occurrences_after(schedule, now - after), 5 + len(schedule.overrides)
+            )
+            for occurrence in sorted(upcoming, key=lambda o: o.start)[:5]:
                 windows.append(
                     {
                         "start": occurrence.start.isoformat(),
