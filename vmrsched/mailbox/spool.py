@@ -40,7 +40,8 @@ from vmrsched.mailbox.base import (
     Mailbox,
     Outgoing,
 )
-from vmrsched.rules.meetings import Meeting, meeting_from_json, meeting_to_json
+from vmrsched.rules.meetings import Meeting
+from vmrsched.rules.stored_meetings import meeting_from_json, meeting_to_json
 from vmrsched.store import lock_directory
 from vmrsched.store.journal import atomic_write, fsync_dir
 from vmrsched.telemetry import MAILBOX_UNREACHABLE
