@@ -168,6 +168,7 @@ class IdentityProvider:
         issuer: str | None = None,
         lifetime: int = 3600,
         key: SigningKey | None = None,
+        scp: str | None = "access_as_user",  # None: no scp claim (an ID token, an app token)
     ) -> str:
         tenant = tenant or self.tenant
         key = key or self.entra_keys[kid]
@@ -181,6 +182,6 @@ class IdentityProvider:
             "iat": now - 60,
             "oid": "00000000-aaaa-bbbb-cccc-000000000001",
             "preferred_username": "ann@contoso.example",
-            "scp": "access_as_user",
+            **({"scp": scp} if scp is not None else {}),
         }
         return jwt.encode(claims, key.pem, algorithm="RS256", headers={"kid": kid})

@@ -238,6 +238,18 @@ async def test_valid_entra_token_gets_201(
     assert status == 201
 
 
+async def test_an_entra_token_must_grant_the_panes_scope(
+    client: TestClient[Any, Any], idp: IdentityProvider
+) -> None:
+    """Microsoft: an API validates `scp`. An ID token of the same app (its audience the client
+    id) or an app-only token names no delegated scope; neither is the user's grant to the pane."""
+    for scp in (None, "Mail.Read", "access_as_user_not"):
+        status, body = await post(client, "online", idp.entra_token("app-client-id", scp=scp))
+        assert status == 401 and body["error"]["code"] == "invalid_scope", scp
+    token = idp.entra_token("app-client-id", scp="openid access_as_user profile")
+    assert (await post(client, "online", token))[0] == 201
+
+
 @pytest.mark.parametrize(
     "case",
     ["wrong_audience", "other_tenant", "wrong_issuer", "expired", "unknown_kid", "bad_signature"],

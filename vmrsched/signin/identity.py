@@ -270,10 +270,12 @@ class EntraVerifier:
         session: Callable[[], aiohttp.ClientSession],
         clock: Callable[[], float] = time.time,
         direct: bool = False,
+        scope: str = "",
     ) -> None:
         self.direct = direct  # the integration turned the web proxy off
         self.tenant_id = tenant_id
         self.audiences = audiences
+        self.scope = scope  # the delegated permission the pane asks for (`scp` must name it)
         self.discovery_url = (
             f"{authority.rstrip('/')}/{tenant_id}/v2.0/.well-known/openid-configuration"
         )
@@ -323,6 +325,10 @@ class EntraVerifier:
         claims = _decode(token, keys.keys[kid], self.audiences, issuer)
         if claims.get("tid") != self.tenant_id:
             raise TokenError("token is from another tenant", "invalid_issuer")
+        # an access token the user granted the pane: an ID token of the same app (aud its
+        # client id) or an app-only token carries no such scope (Microsoft: validate scp)
+        if self.scope and self.scope not in str(claims.get("scp") or "").split():
+            raise TokenError(f"token does not grant the {self.scope} scope", "invalid_scope")
         user = claims.get("oid") or claims.get("sub")
         email = claims.get("preferred_username") or claims.get("upn") or ""
         return Identity(f"entra:{self.tenant_id}:{user}", str(email), kind="entra")
@@ -341,6 +347,11 @@ def verifier_for(
     if ad.token_validation == "entra":
         audiences = [ad.entra_client_id, f"api://{ad.server_fqdn}/{ad.entra_client_id}"]
         return EntraVerifier(
-            ad.entra_tenant_id, audiences, ad.entra_authority, session, direct=direct
+            ad.entra_tenant_id,
+            audiences,
+            ad.entra_authority,
+            session,
+            direct=direct,
+            scope=ad.entra_scope,
         )
     return AnonymousVerifier()
