@@ -378,3 +378,24 @@ def test_an_email_the_token_marks_unverified_names_nobody() -> None:
     assert email_of({"email": "alice@example.com", "xms_edov": False}) == ""
     assert email_of({**unverified, "email_verified": True}) == "alice@example.com"
     assert email_of({"email": " Alice@Example.com "}) == "alice@example.com"
+
+
+def test_a_refusal_that_is_not_a_json_object_is_still_a_refusal() -> None:
+    """A token endpoint answering 400 with a JSON array (or anything not an object) is a
+    refusal like any other, not a fault of ours."""
+    import json as jsonlib
+
+    import requests
+
+    from vmrsched.signin.oidc import Client, token_request
+
+    class Endpoint(requests.Session):
+        def post(self, *_: object, **__: object) -> requests.Response:  # type: ignore[override]
+            answer = requests.Response()
+            answer.status_code = 400
+            answer._content = jsonlib.dumps(["invalid_grant"]).encode()
+            return answer
+
+    client = Client("https://idp.example/authorize", "https://idp.example/token", "app")
+    with pytest.raises(SignInRefused, match="refused the code"):
+        token_request(Endpoint(), client, {"grant_type": "authorization_code"})

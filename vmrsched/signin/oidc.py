@@ -323,15 +323,10 @@ def token_request(
             "identity_provider_unreachable",
         )
     if response.status_code != 200 or not isinstance(answer, dict):
-        said = {k: str(answer.get(k, ""))[:300] for k in ("error", "error_description")}
-        log.warning(
-            "the identity provider refused the code: %s",
-            said if isinstance(answer, dict) else response.status_code,
-        )
-        raise SignInRefused(
-            "the identity provider refused the code"
-            + _codes(said if isinstance(answer, dict) else {})
-        )
+        said = answer if isinstance(answer, dict) else {}
+        shown = {k: str(said.get(k, ""))[:300] for k in ("error", "error_description")}
+        log.warning("the identity provider refused the code (%s): %s", response.status_code, shown)
+        raise SignInRefused("the identity provider refused the code" + _codes(shown))
     return answer
 
 
