@@ -12,13 +12,14 @@ from typing import Any
 import pykka
 
 from vmrsched.actors.context import Context
+from vmrsched.actors.inbox import Actor
 from vmrsched.actors.messages import ChildFailed, ChildReady
 from vmrsched.config import IntegrationConfig
 
 log = logging.getLogger("vmrsched.actors")
 
 
-class SupervisedChild(pykka.ThreadingActor):
+class SupervisedChild(Actor):
     role = "child"
     use_daemon_thread = True
 

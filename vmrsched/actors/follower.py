@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-import pykka
 
 from vmrsched.actors.allocator import room_of, room_settings
+from vmrsched.actors.inbox import Actor
 from vmrsched.actors.ownership import SharedStorage
 from vmrsched.config import IntegrationConfig
 from vmrsched.pexip.policy import AliasIndex, Room
@@ -32,7 +32,7 @@ class _Tick:
     pass
 
 
-class Follower(pykka.ThreadingActor):
+class Follower(Actor):
     def __init__(
         self,
         shared: SharedStorage,

@@ -28,6 +28,7 @@ import psycopg
 import pykka
 
 from vmrsched.actors.bridge import answer
+from vmrsched.actors.inbox import Actor
 from vmrsched.actors.messages import ReleaseAll, Request, StopTaking
 from vmrsched.postgres.connection import Connect
 from vmrsched.postgres.leases import Lease, LeaseLost, Leases, fair_share
@@ -137,7 +138,7 @@ def plan(
     return take, give
 
 
-class Ownership(pykka.ThreadingActor):
+class Ownership(Actor):
     def __init__(
         self,
         shared: SharedStorage,

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import pykka
 
+from vmrsched.actors.inbox import Actor
 from vmrsched.actors.messages import Crash, RestartChild
 from vmrsched.actors.timer import Scheduler
 
@@ -107,7 +108,7 @@ class ChildSpec:
     shutdown: float = 30.0  # seconds its stop may take before the supervisor goes on without it
 
 
-class Supervisor(pykka.ThreadingActor):
+class Supervisor(Actor):
     """The base of both supervisors. Everything here runs in the supervisor's own thread.
 
     Subclasses pass their death messages to `child_died` and everything else they do not
