@@ -31,7 +31,7 @@ import msal
 import requests
 
 from vmrsched.config import DataLayout, ExchangeConfig
-from vmrsched.mailbox.base import GatewayError
+from vmrsched.mailbox.base import GatewayError, retry_after_seconds
 from vmrsched.mailbox.sessions import CaSession
 from vmrsched.proxies import use_rule
 from vmrsched.store import OwnershipLostError
@@ -84,7 +84,7 @@ def identity_failure(exc: BaseException, what: str) -> GatewayError:
     integration's usual alarm, its backoff), waiting as long as the platform asked."""
     response = getattr(exc, "response", None)
     value = str(response.headers.get("Retry-After", "")) if response is not None else ""
-    return GatewayError(f"{what}: {exc}", retry_after=float(value) if value.isdigit() else None)
+    return GatewayError(f"{what}: {exc}", retry_after=retry_after_seconds(value))
 
 
 class SignInRequired(GatewayError):
