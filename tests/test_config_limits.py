@@ -180,3 +180,40 @@ def test_identity_providers_are_reached_over_https_only() -> None:
         p.startswith("integrations[0].exchange.oauth_token_endpoint: must be an https URL")
         for p in found
     )
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "refused"),
+    [
+        ("https://localhost:47201/token", True),
+        ("https://login.example.com/oauth2/v2.0/token", True),  # no tenant
+        ("https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token", False),
+        ("https://adfs.contoso.com/adfs/oauth2/token", False),
+    ],
+)
+def test_a_token_endpoint_the_service_cannot_sign_in_with_is_refused(
+    endpoint: str, refused: bool
+) -> None:
+    """msal signs in through the token endpoint's authority (its parent): an endpoint of
+    another form passed check-config and then failed every sign-in at run time."""
+    ews = doc(
+        exchange={
+            "mailbox_name": "VMR",
+            "mailbox_email": "vmr@example.com",
+            "ews_url": "https://mail.example.com/EWS/Exchange.asmx",
+            "authentication": "oauth_app",
+            "oauth_client_id": "app",
+            "oauth_client_secret_env": "EWS_SECRET",
+            "oauth_token_endpoint": endpoint,
+        }
+    )
+    ews["integrations"][0]["backend"] = "ews"
+    found = [p for p in problems(ews) if "oauth_token_endpoint" in p]
+    if refused:
+        assert found == [
+            f"integrations[0].exchange.oauth_token_endpoint: must be "
+            f"https://<host>/<tenant>/oauth2/v2.0/token (Entra ID) or "
+            f"https://<host>/adfs/oauth2/token (AD FS), got {endpoint!r}"
+        ]
+    else:
+        assert not found

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import sys
+from pathlib import Path
+from typing import Any
 
+from vmrsched import logs
 from vmrsched.logs import JsonFormatter, TextFormatter
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -53,3 +57,43 @@ def test_a_traceback_follows_indented_so_no_line_of_it_reads_as_a_record() -> No
 def test_json_lines_hold_it_as_data() -> None:
     line = JsonFormatter().format(record("handled %s", FORGED, meeting_uid=FORGED))
     assert "\n" not in line and json.loads(line)["meeting_uid"] == FORGED
+
+
+def test_no_secret_reaches_the_log_at_debug(tmp_path: Path, capsys: Any) -> None:
+    """log_level = "debug" with Basic authentication against EWS (the fake, over real HTTP):
+    exchangelib's debug lines would carry each request's Authorization header; neither the
+    password nor its Base64 reaches the log, and a token a library writes is blanked too."""
+    from tests.configs import PW, ews_config
+    from tests.fakes.ews_server import FakeExchange
+    from tests.fakes.threaded import ThreadedServer
+    from vmrsched.mailbox.backends import make_gateway
+    from vmrsched.telemetry import Metrics
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    levels = {name: logging.getLogger(name).level for name in logs.CHATTY}
+    password = PW["VMRSCHED_EWS_PASSWORD"]
+    fake = FakeExchange()
+    server = ThreadedServer(fake.app()).start()
+    try:
+        logs.setup("text", "debug")
+        cfg = ews_config(tmp_path, server.url)
+        gateway = make_gateway(cfg.integrations[0], cfg.data_dir, Metrics())
+        gateway.fetch(10)
+        gateway.close()
+        logging.getLogger("requests_oauthlib").warning(
+            "token answer {'access_token': 'eyJhbGciOi.x.y', 'refresh_token': 'r-123'}"
+        )
+        logging.getLogger("vmrsched.test").debug("sent Authorization: Bearer eyJ0eXAi.a.b")
+    finally:
+        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        server.stop()
+    err = capsys.readouterr().err
+    assert "vmrsched" in err and "DEBUG" in err  # debug logging was on
+    user = cfg.integrations[0].exchange.service_account_username
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    assert password not in err and basic not in err
+    assert "eyJ" not in err and "r-123" not in err
+    assert "Bearer <redacted>" in err

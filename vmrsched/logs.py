@@ -1,10 +1,17 @@
 """Logging: text (key=value) or JSON lines, with the decision fields (integration, meeting_uid,
-outcome, reason, correlation_id) as first-class keys."""
+outcome, reason, correlation_id) as first-class keys.
+
+Secrets never reach a log (DESIGN's security rules), at any level: the libraries whose debug
+lines carry credentials (exchangelib writes each request's headers, Authorization included; the
+OAuth and NTLM libraries their tokens) log at info at most, and every record passes `Redact`,
+which blanks what still looks like a credential (an Authorization header's value, a token, a
+password or client secret in a form or JSON) wherever it came from."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 
@@ -75,8 +82,56 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+# libraries that write credentials in their debug lines: capped at info, whatever log_level says
+CHATTY = (
+    "exchangelib",
+    "msal",
+    "urllib3",
+    "requests_oauthlib",
+    "oauthlib",
+    "requests_ntlm",
+    "spnego",
+    "ntlm_auth",
+)
+_AUTH_HEADER = re.compile(
+    r"((?:Proxy-)?Authorization['\"]?\s*[:=]\s*['\"]?)"
+    r"(?:(Basic|Bearer|NTLM|Negotiate|Digest)\s+)?[^'\",\s}]+",
+    re.IGNORECASE,
+)
+_SECRET_FIELD = re.compile(
+    r"((?:access_token|refresh_token|id_token|client_secret|client_assertion|password|"
+    r"passwd|assertion|code_verifier)['\"]?\s*[:=]\s*['\"]?)[^'\"&,\s}]+",
+    re.IGNORECASE,
+)
+REDACTED = "<redacted>"
+
+
+def redact(text: str) -> str:
+    """`text` with what looks like a credential replaced by <redacted> (the scheme of an
+    Authorization header kept, so a line still says how a request signed in)."""
+    text = _AUTH_HEADER.sub(
+        lambda m: f"{m.group(1)}{m.group(2) + ' ' if m.group(2) else ''}{REDACTED}", text
+    )
+    return _SECRET_FIELD.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
+
+
+class Redact(logging.Filter):
+    """Blanks credentials in every record's message before any formatter sees it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's bad format string: leave it to logging's own report
+            return True
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
 def setup(log_format: str = "text", level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(Redact())
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
@@ -86,3 +141,5 @@ def setup(log_format: str = "text", level: str = "info") -> None:
     root.setLevel(level.upper())
     logging.getLogger("pykka").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tests import spoolkit
 from tests.configs import Running, spool_config
@@ -202,3 +202,75 @@ def test_an_answer_that_cannot_be_sent_shows_as_mailbox_lag(tmp_path: Path) -> N
     finally:
         DownMailbox.up = True
         svc.stop()
+
+
+class RecordingMailbox(SpoolMailbox):
+    """A mailbox where a resend is not harmless (EWS, Graph): it answers requests in bulk and
+    records what it was asked to send, in order, with the queue's delivery marks."""
+
+    idempotent_send = False
+    bulk_send = True
+    events: ClassVar[list[tuple[str, list[str]]]] = []
+
+    def send_many(self, messages: Any) -> list[BaseException | None]:
+        RecordingMailbox.events.append(("send", [m.id for m in messages]))
+        return [None] * len(messages)
+
+    def send(self, message: Outgoing) -> None:
+        RecordingMailbox.events.append(("send", [message.id]))
+
+
+def recording(integ: config.IntegrationConfig, ctx: Context) -> Any:
+    return RecordingMailbox(integ.spool_dir(ctx.data_dir), integ.name, integ.timezone)
+
+
+def _outgoing(id: str, kind: Any, extra: dict[str, Any]) -> Outgoing:
+    return Outgoing(
+        id=id,
+        kind=kind,
+        sender="room@example.com",
+        sender_name="Room",
+        recipients=("olga@example.com",),
+        subject="s",
+        html_body="<p>b</p>",
+        outcome="accepted",
+        reason="",
+        correlation_id="c",
+        meeting_uid="uid-1",
+        extra=extra,
+    )
+
+
+def test_each_delivery_is_marked_before_the_next_send_where_a_resend_is_not_harmless(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The audit's crash: Exchange took the accept, the organizer update was on its way, and
+    SIGKILL. The accept's delivery mark must be durable before the update is sent, or the
+    restart sends the accept again (docs/guarantees.md: each delivery is marked before the
+    next one on Exchange)."""
+    events = RecordingMailbox.events = []
+    done = OutQueue.done
+
+    def recorded_done(self: OutQueue, ids: Any) -> None:
+        ids = list(ids)
+        events.append(("done", ids))
+        done(self, ids)
+
+    monkeypatch.setattr(OutQueue, "done", recorded_done)
+    cfg = spool_config(tmp_path)
+    svc = service.start(cfg, gateway_factory=recording)
+    try:
+        spoolkit.wait_for(lambda: svc.ctx.status.state("alpha") == "running")
+        notifier = svc.ctx.registry.get("alpha", "notifier")
+        reply = _outgoing("reply-1", "reply", {"item_id": "item-1"})
+        update = _outgoing("update-1", "update", {"alias_id": "a1"})
+        notifier.proxy().enqueue([reply, update]).get(timeout=5)
+        spoolkit.wait_for(lambda: notifier.proxy().pending().get(timeout=5) == 0)
+    finally:
+        svc.stop()
+    assert events == [
+        ("send", ["reply-1"]),
+        ("done", ["reply-1"]),
+        ("send", ["update-1"]),
+        ("done", ["update-1"]),
+    ]

@@ -17,7 +17,14 @@ impersonates someone outside the scope is refused with the ErrorImpersonateUserD
 that impersonates an address without a mailbox with ErrorNonExistentMailbox, one without the
 header under an app-only token with ErrorInvalidExchangeImpersonationHeaderData; one that reaches
 into another mailbox without FullAccess (delegate access) gets ErrorAccessDenied for each item.
-Faults on demand: HTTP 503, ErrorServerBusy, or the whole server stopped; and an answer lost
+Where items go as Exchange puts them: a request or cancellation responded to moves to Deleted
+Items, and a copy of the response is saved in Sent Items (MessageDisposition SendAndSaveCopy);
+DeleteItem with DeleteType MoveToDeletedItems moves the item to Deleted Items, HardDelete purges
+it (`purged`). A moved item gets a new id, so its old one is ErrorItemNotFound, unless
+`immutable_ids` (Exchange Online's immutable identifiers, which survive a move): then GetItem
+still finds it, with Deleted Items as its ParentFolderId, and it can still be responded to.
+Faults on demand: HTTP 503 (with `retry_after` as its Retry-After header), ErrorServerBusy, or
+the whole server stopped; and an answer lost
 (`lose_answer`): the operation is carried out, then its answer held longer than the client waits
 or the connection closed without one.
 """
@@ -97,7 +104,8 @@ class Mailbox:
     inbox: dict[str, FakeItem] = field(default_factory=dict)
     calendar: dict[str, FakeItem] = field(default_factory=dict)
     sent: list[FakeItem] = field(default_factory=list)
-    deleted: list[FakeItem] = field(default_factory=list)
+    deleted: list[FakeItem] = field(default_factory=list)  # Deleted Items
+    purged: list[FakeItem] = field(default_factory=list)  # HardDelete: past recovery
     events: list[str] = field(default_factory=list)  # ids of items that arrived in the inbox
 
 
@@ -123,6 +131,9 @@ class FakeExchange:
         self.requests: list[str] = []  # operation names, in order
         self.impersonated: list[str] = []
         self.fail_next: list[str] = []  # "503" | "busy" | "invalid"
+        self.retry_after = ""  # the Retry-After header of a 503 (seconds or an HTTP-date)
+        self.immutable_ids = False  # an item keeps its id when it moves (see the docstring)
+        self.delete_types: list[str] = []  # DeleteItem's DeleteType, in order
         # the service account's rights. The documented set-up: ApplicationImpersonation over a
         # scope holding the room and the organizers (None: an assignment without a scope, every
         # mailbox; an empty set: no assignment), and no FullAccess anywhere.
@@ -304,7 +315,8 @@ class FakeExchange:
             if self.fail_next:
                 fault = self.fail_next.pop(0)
                 if fault == "503":
-                    return web.Response(status=503, text="Service Unavailable")
+                    headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+                    return web.Response(status=503, text="Service Unavailable", headers=headers)
                 if fault == "busy":
                     return self._server_busy()
             header = document.find("s:Header", NS)
@@ -465,10 +477,18 @@ class FakeExchange:
 
     def _find(self, item_id: str) -> tuple[Mailbox, dict[str, FakeItem], FakeItem] | None:
         for box in self.mailboxes.values():
-            for folder in (box.inbox, box.calendar):
+            folders = [box.inbox, box.calendar]
+            if self.immutable_ids:  # a moved item is still found under its id
+                folders.append({i.id: i for i in box.deleted})
+            for folder in folders:
                 if item_id in folder:
                     return box, folder, folder[item_id]
         return None
+
+    def _folder_name(self, box: Mailbox, folder: dict[str, FakeItem]) -> str:
+        if folder is box.inbox:
+            return "inbox"
+        return "calendar" if folder is box.calendar else "deleteditems"
 
     def _response(self, operation: str, messages: Iterable[str]) -> str:
         return (
@@ -644,9 +664,10 @@ class FakeExchange:
             if found is None:
                 messages.append(self._not_found("GetItem"))
                 continue
-            box, _, item = found
+            box, folder, item = found
+            parent = self._folder_id(box.address, self._folder_name(box, folder))
             messages.append(
-                self._ok("GetItem", f"<m:Items>{_item_xml(item, box.address)}</m:Items>")
+                self._ok("GetItem", f"<m:Items>{_item_xml(item, box.address, parent)}</m:Items>")
             )
         return self._response("GetItem", messages)
 
@@ -698,8 +719,9 @@ class FakeExchange:
             else:
                 messages.append(self._error("CreateItem", "ErrorInvalidRequest", kind))
                 continue
-            folder.pop(item.id, None)  # a responded-to request leaves the inbox
-            box.deleted.append(item)
+            if folder is box.inbox or folder is box.calendar:  # a responded-to request
+                del folder[item.id]  # leaves the inbox, for Deleted Items
+                box.deleted.append(item)
             messages.append(self._ok("CreateItem", "<m:Items/>"))
         return self._response("CreateItem", messages)
 
@@ -780,14 +802,20 @@ class FakeExchange:
 
     def _op_DeleteItem(self, request: Any, acting: str | None) -> str:
         messages = []
+        delete_type = request.get("DeleteType", "")
+        self.delete_types.append(delete_type)
         for item_id in request.find("m:ItemIds", NS):
             found = self._find(item_id.get("Id"))
             if found is None:
                 messages.append(self._not_found("DeleteItem"))
                 continue
             box, folder, item = found
-            del folder[item.id]
-            box.deleted.append(item)
+            if folder is box.inbox or folder is box.calendar:
+                del folder[item.id]
+                (box.purged if delete_type == "HardDelete" else box.deleted).append(item)
+            else:  # deleting in Deleted Items purges
+                box.deleted.remove(item)
+                box.purged.append(item)
             messages.append(self._ok("DeleteItem"))
         return self._response("DeleteItem", messages)
 
@@ -871,7 +899,7 @@ def meeting_to_imip(meeting: Meeting, room: str, sender: str = "") -> bytes:
     return mail.as_bytes()
 
 
-def _item_xml(item: FakeItem, room: str) -> str:
+def _item_xml(item: FakeItem, room: str, parent: str = "") -> str:
     meeting = item.meeting
     tag = item.kind
     item_class = {
@@ -881,6 +909,8 @@ def _item_xml(item: FakeItem, room: str) -> str:
         "Message": "IPM.Note",
     }[tag]
     parts = [f'<t:ItemId Id="{item.id}" ChangeKey="{item.changekey}"/>']
+    if parent:
+        parts.append(f'<t:ParentFolderId Id="{parent}" ChangeKey="AQAAAA=="/>')
     if meeting is not None:
         mime = base64.b64encode(meeting_to_imip(meeting, room, item.sender)).decode()
         parts.insert(0, f'<t:MimeContent CharacterSet="UTF-8">{mime}</t:MimeContent>')

@@ -1050,3 +1050,83 @@ def test_a_changed_service_account_does_not_use_the_old_accounts_tokens(
     assert (tmp_path / "cache.json").exists()
     DelegatedTokens(replace(ex, oauth_client_id="another-app"), tmp_path / "cache.json")
     assert not (tmp_path / "cache.json").exists()  # another app: the same account signs in again
+
+
+# --- the EWS audit: a reply after a crash, Deleted Items, a request deleted before its reply -----
+
+
+def _reply_to(item: FakeItem, outcome: str = "accepted") -> Any:
+    from vmrsched.mailbox.base import Outgoing
+
+    assert item.meeting is not None
+    return Outgoing(
+        id=f"reply-{item.id}",
+        kind="reply",
+        sender=ROOM,
+        sender_name="Room",
+        recipients=(item.meeting.organizer_email,),
+        subject=f"Accepted: {item.subject}",
+        html_body="<p>ok</p>",
+        outcome=outcome,
+        reason="",
+        correlation_id="c",
+        meeting_uid=item.meeting.uid,
+        extra={"item_id": item.id},
+    )
+
+
+@pytest.mark.parametrize("immutable_ids", [False, True])
+def test_a_reply_whose_request_left_the_inbox_was_delivered_and_is_not_sent_again(
+    tmp_path: Path, immutable_ids: bool
+) -> None:
+    """After a crash between Exchange carrying out an AcceptItem and the delivery mark, the
+    notifier asks `delivered` before sending again. Exchange moved the answered request to
+    Deleted Items: under a new id (ErrorItemNotFound for the old one) or, with immutable ids,
+    under the same id with Deleted Items as its parent folder. Either way it was answered; a
+    request still in the inbox was not."""
+    fake = FakeExchange()
+    fake.immutable_ids = immutable_ids
+    server = ThreadedServer(fake.app()).start()
+    try:
+        cfg = ews_config(tmp_path, server.url)
+        gateway = make_gateway(cfg.integrations[0], cfg.data_dir, Metrics())
+        item = fake.deliver(ROOM, meeting("crash", "<p>x</p>"))
+        reply = _reply_to(item)
+        assert gateway.delivered(reply) is False  # still in the inbox: not answered
+        assert gateway.send_many([reply]) == [None]  # the send the crash forgot
+        assert item in fake.mailbox(ROOM).deleted
+        assert gateway.delivered(reply) is True
+        sent = len(env_replies := fake.replies(ROOM))
+        assert sent == 1 and env_replies[0].response == "Accept"
+        gateway.close()
+    finally:
+        server.stop()
+
+
+def test_a_request_deleted_before_its_reply_fails_the_reply(env: Env) -> None:
+    """Within one run nothing was sent for a request Exchange no longer has: its reply fails
+    (`vmrsched failed`, delivery_failed), it is not logged as answered."""
+    env.send(meeting("warm", "<p>x</p>"))
+    item = env.fake.deliver(ROOM, meeting("deleted", "<p>no token</p>"))
+    env.fake.refuse_responses[item.id] = "ErrorItemNotFound"  # deleted before the CreateItem
+    notifier = env.svc.ctx.registry.get("onprem", "notifier")
+    spoolkit.wait_for(lambda: notifier.proxy().failed().get(timeout=5) == 1, timeout=20)
+    assert "delivery_failed" in _alarms(env.svc)
+    assert not env.replies("deleted")
+
+
+def test_items_set_aside_go_to_deleted_items_never_hard_deleted(env: Env) -> None:
+    """A plain mail, an unreadable request and the room's own update coming back are moved to
+    Deleted Items (DeleteType MoveToDeletedItems), where an admin can still find them."""
+    env.send(meeting("warm", "<p>x</p>"))
+    plain = FakeItem(env.fake.new_id("in"), "Message", None, "Hello", "<p>hi</p>", "a@example.com")
+    env.fake.put_in_inbox(ROOM, plain)
+    unreadable = FakeItem(
+        env.fake.new_id("in"), "MeetingRequest", None, "No calendar", "<p>?</p>", "a@example.com"
+    )
+    env.fake.put_in_inbox(ROOM, unreadable)
+    box = env.fake.mailbox(ROOM)
+    spoolkit.wait_for(lambda: plain.id not in box.inbox and unreadable.id not in box.inbox)
+    assert plain in box.deleted and unreadable in box.deleted
+    assert not box.purged
+    assert env.fake.delete_types and set(env.fake.delete_types) == {"MoveToDeletedItems"}

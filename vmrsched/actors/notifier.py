@@ -1,8 +1,10 @@
 """Notifier: the sole sender of replies and organizer updates.
 
 Messages arrive in a durable queue (fsynced before `enqueue` returns) and leave it only after the
-gateway accepted them, with the delivery mark fsynced once per batch. Each message fails or
-succeeds on its own:
+gateway accepted them. The delivery mark is fsynced before the next send where a resend would
+send twice (each message, or each bulk send's lot, on Exchange and Graph), once per batch where it
+would not (the spool): a crash can only ever leave the message in flight unsure. Each message
+fails or succeeds on its own:
 - the mailbox unreachable or throttling (a transient error without a per-message code): the
   whole batch waits with exponential backoff and `mailbox_unreachable`/`exchange_unreachable`;
 - a transient refusal of one message: that message waits (its own backoff) while the others go
@@ -194,7 +196,11 @@ class Notifier(SupervisedChild):
                             self._unsure |= bulk_ids
                         raise
                     for outgoing, outcome in zip(bulk, outcomes, strict=True):
-                        self._settle(outgoing, outcome, now, waiting, sent)
+                        self._settle(outgoing, outcome, now, waiting, sent, bulk=True)
+                    # the lot's delivery marks are durable before anything else goes out: a
+                    # crash during the next send must not leave them to be sent again
+                    self._record(sent)
+                    sent.clear()
             for outgoing in ready:
                 error: BaseException | None = None
                 try:
@@ -235,17 +241,22 @@ class Notifier(SupervisedChild):
         now: float,
         waiting: list[float],
         sent: list[Outgoing],
+        bulk: bool = False,
     ) -> None:
         """What one message's attempt means: delivered, retried alone, failed for good, or (by
-        raising the GatewayError) the whole mailbox backing off."""
+        raising the GatewayError) the whole mailbox backing off. `bulk`: one of a send_many's
+        lot, whose marks the caller records together."""
         if isinstance(error, GatewayError) and error.outcome_unknown:
             self._unsure.add(outgoing.id)  # it may have gone out: asked before the next try
         if error is None:
             self._retries.pop(outgoing.id, None)
-            if self._idempotent or self._checkable(outgoing):
-                sent.append(outgoing)  # one delivery mark for the batch
-            else:
-                self._record([outgoing])  # durable before the next send
+            # one delivery mark for the batch where a resend sends nothing twice, or for a
+            # bulk send's lot (recorded as soon as the lot is settled); otherwise durable
+            # before the next send, as docs/guarantees.md says
+            sent.append(outgoing)
+            if not (self._idempotent or bulk):
+                self._record(sent)
+                sent.clear()
         elif isinstance(error, GatewayError):
             if error.permanent:
                 self._give_up(outgoing, str(error))
@@ -261,13 +272,6 @@ class Notifier(SupervisedChild):
                 extra={"integration": self.integ.name},
             )
             self._give_up(outgoing, f"cannot be sent: {type(error).__name__}: {error}")
-
-    def _checkable(self, outgoing: Outgoing) -> bool:
-        """Whether a resend after a crash can be recognised by the mailbox itself: a response
-        to a request item (gone once answered) or an organizer update (the meeting already
-        carries the alias). Those share one delivery mark per batch; plain mails get their own
-        fsync before the next send."""
-        return outgoing.kind == "update" or _responds(outgoing)
 
     def _already_delivered(self, outgoing: Outgoing) -> bool:
         """For a message that may have gone out already: whether the mailbox has it (then it is

@@ -47,3 +47,23 @@ def _secure_url(url: str) -> bool:
     hosts whose keys verify tokens are never reached in the clear."""
     parts = urlsplit(url)
     return parts.scheme == "https" or (parts.scheme == "http" and _loopback_url(url))
+
+
+# The token endpoints msal can be given (it wants an authority, the token endpoint's parent, and
+# reads the endpoints from the authority's OpenID Connect document): Entra ID's and AD FS's.
+TOKEN_ENDPOINT_FORMS = (
+    "https://<host>/<tenant>/oauth2/v2.0/token (Entra ID)",
+    "https://<host>/adfs/oauth2/token (AD FS)",
+)
+_TOKEN_SUFFIXES = ("/oauth2/v2.0/token", "/oauth2/token")
+
+
+def token_authority(token_endpoint: str) -> str | None:
+    """The OAuth authority a token endpoint belongs to (Entra: …/<tenant>/oauth2/v2.0/token ->
+    …/<tenant>; AD FS: …/adfs/oauth2/token -> …/adfs), or None when it has neither form: the
+    service could not sign in with it, so check-config says so."""
+    path = urlsplit(token_endpoint).path
+    for suffix in _TOKEN_SUFFIXES:
+        if path.endswith(suffix) and len(path) > len(suffix) and not urlsplit(token_endpoint).query:
+            return token_endpoint[: -len(suffix)]
+    return None

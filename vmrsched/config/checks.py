@@ -14,7 +14,13 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from vmrsched import templating
-from vmrsched.config.addresses import DOMAIN_RE, HOST_PORT_RE, _secure_url
+from vmrsched.config.addresses import (
+    DOMAIN_RE,
+    HOST_PORT_RE,
+    TOKEN_ENDPOINT_FORMS,
+    _secure_url,
+    token_authority,
+)
 from vmrsched.config.schema import ExchangeConfig, GraphConfig, IntegrationConfig, PexipConfig
 from vmrsched.config.tables import _Loader
 
@@ -257,6 +263,13 @@ def _check_ews(loader: _Loader, ex: ExchangeConfig, path: str) -> None:
             err(
                 f"{path}.oauth_token_endpoint",
                 f"must be an https URL (http only to loopback), got {token_endpoint!r}",
+            )
+        elif token_endpoint and token_authority(token_endpoint) is None:
+            # msal signs in through the endpoint's authority, its parent: any other URL would
+            # pass here and then fail every sign-in (exchange_unreachable) at run time
+            err(
+                f"{path}.oauth_token_endpoint",
+                f"must be {' or '.join(TOKEN_ENDPOINT_FORMS)}, got {token_endpoint!r}",
             )
         if ex.oauth_client_secret is None:
             err(f"{path}.oauth_client_secret_env", f"{ex.authentication} needs the client secret")

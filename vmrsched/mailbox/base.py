@@ -40,7 +40,8 @@ import socket
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -62,7 +63,12 @@ __all__ = [
     "Mailbox",
     "Outgoing",
     "outcome_unknown",
+    "retry_after_seconds",
 ]
+
+# The longest wait a server's Retry-After is taken at its word for: a longer one (a misconfigured
+# proxy's, a date far ahead) is cut to this, so a mailbox is tried again within five minutes.
+MAX_RETRY_AFTER = 300.0
 
 
 class GatewayError(Exception):
@@ -126,6 +132,28 @@ def outcome_unknown(exc: BaseException) -> bool:
     if any(isinstance(e, _NEVER_SENT) for e in chain):
         return False
     return any(isinstance(e, _IN_TRANSIT) for e in chain)
+
+
+def retry_after_seconds(value: str, now: datetime | None = None) -> float | None:
+    """The wait an HTTP Retry-After header asks for (RFC 9110 10.2.3: delay-seconds or an
+    HTTP-date), at most MAX_RETRY_AFTER; None when it says nothing usable (absent, malformed,
+    a date already past), so the caller's own backoff applies."""
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # an HTTP-date is always GMT
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds <= 0:
+        return None
+    return min(seconds, MAX_RETRY_AFTER)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

@@ -27,6 +27,7 @@ from exchangelib.errors import (
     EWSError,
 )
 from exchangelib.items import (
+    MOVE_TO_DELETED_ITEMS,
     SEND_AND_SAVE_COPY,
     SEND_TO_NONE,
     AcceptItem,
@@ -188,7 +189,9 @@ class EwsMailbox(EwsClient, Mailbox):
                         save_copy=False
                     )
                 else:
-                    account.bulk_delete(ids=[(item_id, None)])
+                    # Deleted Items, as docs/guarantees.md says: an admin can still look at
+                    # what was set aside (HardDelete would purge it past the recycle bin)
+                    account.bulk_delete(ids=[(item_id, None)], delete_type=MOVE_TO_DELETED_ITEMS)
             except ErrorItemNotFound:
                 pass  # already gone (reprocessing after a crash)
         with self._state:
@@ -232,8 +235,10 @@ class EwsMailbox(EwsClient, Mailbox):
 
     def _responses(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
         """AcceptItem/DeclineItem for each message's request item, in one CreateItem. A request
-        no longer in the inbox was answered before a restart (only a response removes it, or
-        someone by hand): a second answer would be a duplicate, so nothing is sent for it."""
+        Exchange no longer has (ErrorItemNotFound) fails that message: the notifier asks
+        `delivered` before it sends anything that may have gone out already (after a restart,
+        or an answer lost), so here the request was removed by someone else before its answer
+        went out, and the organizer got none: `vmrsched failed` and delivery_failed say so."""
         account = self.account()
         items = [
             (AcceptItem if m.outcome == "accepted" else DeclineItem)(
@@ -259,12 +264,14 @@ class EwsMailbox(EwsClient, Mailbox):
                 self._handed_off.discard(item_id)
                 self._classes.pop(item_id, None)
             if isinstance(result, ErrorItemNotFound):
-                log.info(
-                    "meeting request %s is gone; answered before a restart, not answered again",
+                log.warning(
+                    "meeting request %s was removed from the room's mailbox before its %s "
+                    "went out (by hand, or by another client); the organizer got no answer",
                     item_id,
+                    "acceptance" if message.outcome == "accepted" else "decline",
                     extra={"integration": self.name, "meeting_uid": message.meeting_uid},
                 )
-                outcomes.append(None)
+                outcomes.append(translate(result))
             elif isinstance(result, Exception):
                 outcomes.append(translate(result))
             else:
@@ -281,9 +288,10 @@ class EwsMailbox(EwsClient, Mailbox):
     def delivered(self, message: Outgoing) -> bool:
         """Whether a message whose sending may have taken effect already did (queued before a
         restart, or its request got no answer): an organizer update is there when the
-        organizer's meeting already carries the new alias. A response needs no asking here:
-        sent again, it finds its request gone from the inbox (ErrorItemNotFound), which
-        counts as answered."""
+        organizer's meeting already carries the new alias; a response when its request left
+        the inbox (see `_answered`)."""
+        if message.kind == "reply" and message.extra.get("item_id"):
+            return self._answered(message)
         if message.kind != "update" or not message.extra.get("alias_id"):
             return False
         with self._calling():
@@ -293,6 +301,38 @@ class EwsMailbox(EwsClient, Mailbox):
             [full] = list(self._as(message.sender).fetch(ids=[item], only_fields=("body",)))
         body = "" if isinstance(full, Exception) else str(full.body or "")
         return f"PXPS:-{message.extra['alias_id']}#" in body
+
+    def _answered(self, message: Outgoing) -> bool:
+        """Whether the request a response answers was answered already. Exchange moves a
+        request it carried a response for out of the inbox (to Deleted Items), so a request
+        Exchange no longer finds under its id (an item's id changes when it moves, unless ids
+        are immutable) or finds in another folder was answered, and sending again would answer
+        the organizer twice. The price, as docs/guarantees.md says: a request someone deleted
+        by hand in the instant before a crash is not answered again."""
+        item_id = str(message.extra["item_id"])
+        account = self.account()
+        with self._calling():
+            [item] = list(account.fetch(ids=[(item_id, None)], only_fields=("parent_folder_id",)))
+            inbox = account.inbox.id
+        if isinstance(item, ErrorItemNotFound):
+            where = "is gone from the room's mailbox"
+        elif isinstance(item, Exception):
+            raise translate(item)
+        elif item.parent_folder_id is not None and item.parent_folder_id.id != inbox:
+            where = "has left the inbox (Deleted Items)"
+        else:
+            return False
+        log.info(
+            "meeting request %s %s: it was answered (before a restart, or an answer lost); "
+            "not answered again",
+            item_id,
+            where,
+            extra={"integration": self.name, "meeting_uid": message.meeting_uid},
+        )
+        with self._state:
+            self._handed_off.discard(item_id)
+            self._classes.pop(item_id, None)
+        return True
 
     def _respond(self, message: Outgoing) -> None:
         [outcome] = self._responses([message])

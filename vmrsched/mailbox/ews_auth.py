@@ -31,7 +31,8 @@ import msal
 import requests
 
 from vmrsched.config import DataLayout, ExchangeConfig
-from vmrsched.mailbox.base import GatewayError
+from vmrsched.config.addresses import TOKEN_ENDPOINT_FORMS, token_authority
+from vmrsched.mailbox.base import GatewayError, retry_after_seconds
 from vmrsched.mailbox.sessions import CaSession
 from vmrsched.proxies import use_rule
 from vmrsched.store import OwnershipLostError
@@ -84,7 +85,7 @@ def identity_failure(exc: BaseException, what: str) -> GatewayError:
     integration's usual alarm, its backoff), waiting as long as the platform asked."""
     response = getattr(exc, "response", None)
     value = str(response.headers.get("Retry-After", "")) if response is not None else ""
-    return GatewayError(f"{what}: {exc}", retry_after=float(value) if value.isdigit() else None)
+    return GatewayError(f"{what}: {exc}", retry_after=retry_after_seconds(value))
 
 
 class SignInRequired(GatewayError):
@@ -99,12 +100,15 @@ class TokenSource(Protocol):
 
 
 def authority_of(token_endpoint: str) -> str:
-    """msal wants the authority; admins configure endpoints. Entra: …/<tenant>/oauth2/v2.0/token
-    -> …/<tenant>; AD FS: …/adfs/oauth2/token -> …/adfs."""
-    for suffix in ("/oauth2/v2.0/token", "/oauth2/token"):
-        if token_endpoint.endswith(suffix):
-            return token_endpoint[: -len(suffix)]
-    raise ValueError(f"cannot tell the authority from token endpoint {token_endpoint!r}")
+    """msal wants the authority; admins configure endpoints (the forms check-config accepts,
+    vmrsched.config.addresses.token_authority)."""
+    authority = token_authority(token_endpoint)
+    if authority is None:
+        raise GatewayError(
+            f"cannot tell the authority from token endpoint {token_endpoint!r}: it must be "
+            + " or ".join(TOKEN_ENDPOINT_FORMS)
+        )
+    return authority
 
 
 def authorization_url(endpoint: str, auth_uri: str) -> str:

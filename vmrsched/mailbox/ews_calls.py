@@ -2,8 +2,10 @@
 
 Every request passes `CountingAdapter`, exchangelib's HTTP adapter for all integrations: it is
 counted in vmrsched_exchange_requests_total by operation and result, gets the integration's OAuth
-bearer token (retried once with a fresh one on 401), its CA bundle and its proxy rule.
-`translate` turns exchangelib's failures into the GatewayErrors the actors act on. `EwsClient`
+bearer token (retried once with a fresh one on 401), its CA bundle and its proxy rule, and the
+Retry-After of a 503 or 429 is kept for the call's error (exchangelib's own errors drop it, and
+docs/supervision.md promises the wait the server asked for). `translate` turns exchangelib's
+failures into the GatewayErrors the actors act on. `EwsClient`
 opens the room's and the organizers' mailboxes, always by impersonation (the ExchangeImpersonation
 header on every request): the documented set-up grants the service account ApplicationImpersonation
 over the room and the organizers, nothing else (no FullAccess on the room), and an app-only
@@ -53,7 +55,7 @@ from exchangelib.transport import NOAUTH
 from exchangelib.version import Build, Version
 
 from vmrsched.config import IntegrationConfig
-from vmrsched.mailbox.base import GatewayError, outcome_unknown
+from vmrsched.mailbox.base import GatewayError, outcome_unknown, retry_after_seconds
 from vmrsched.mailbox.ews_auth import TokenSource
 from vmrsched.telemetry import Metrics
 
@@ -101,6 +103,10 @@ class CountingAdapter(requests.adapters.HTTPAdapter):
                     counter(operation, "error")
                 raise
             result = "ok" if response.status_code < 400 else str(response.status_code)
+            if response.status_code in (429, 503):
+                _current.retry_after = retry_after_seconds(
+                    str(response.headers.get("Retry-After", ""))
+                )
             if counter is not None:
                 counter(operation, result)
             if response.status_code != 401 or attempt + 1 == attempts:
@@ -219,6 +225,7 @@ class EwsClient:
         _current.counter, _current.tokens = self._count, self.tokens
         _current.ca_file = self.integ.exchange.tls_ca_file or None
         _current.direct = self.integ.advanced.disable_web_proxy
+        _current.retry_after = None
         try:
             yield
         except GatewayError:
@@ -226,7 +233,12 @@ class EwsClient:
         except ErrorItemNotFound:
             raise  # the caller knows what a missing item means where it asked
         except RETRYABLE as exc:
-            raise translate(exc) from exc
+            error = translate(exc)
+            asked = getattr(_current, "retry_after", None)
+            if asked and not error.permanent:  # Exchange (or its proxy) said how long to wait
+                error.retry_after = asked
+                error.args = (f"{error} (Retry-After: {asked:g} s)",)
+            raise error from exc
         finally:
             _current.counter, _current.tokens, _current.ca_file, _current.direct = saved
 

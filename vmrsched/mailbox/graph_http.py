@@ -29,7 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from vmrsched.config import GraphConfig, IntegrationConfig
-from vmrsched.mailbox.base import GatewayError, outcome_unknown
+from vmrsched.mailbox.base import GatewayError, outcome_unknown, retry_after_seconds
 from vmrsched.mailbox.ews_auth import IDENTITY_ERRORS, IdentityHttp, identity_failure
 from vmrsched.mailbox.graph_batch import (
     Answer,
@@ -162,7 +162,7 @@ class GraphClient:
             retry = response.headers.get("Retry-After", "")
             raise GatewayError(
                 f"Microsoft Graph is throttling or busy: {what}",
-                retry_after=float(retry) if retry.isdigit() else None,
+                retry_after=retry_after_seconds(retry),
             )
         if status >= 500:
             raise GatewayError(what)
@@ -230,7 +230,7 @@ class GraphClient:
             retry = str(headers.get("Retry-After", ""))
             return GatewayError(
                 f"Microsoft Graph is throttling or busy: {text}",
-                retry_after=float(retry) if retry.isdigit() else None,
+                retry_after=retry_after_seconds(retry),
             )
         if status >= 500 or status == 401:
             return GatewayError(text)
