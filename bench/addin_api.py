@@ -7,12 +7,19 @@ alternating rounds (service, bare, service, bare, …; --rounds of seconds/round
 ratio reported is the median of the rounds' ratios; the rates are the means over the rounds,
 the percentiles over all their requests.
 
+A third server in the same rounds, `durable`, is the least a durable reservation can cost in
+Python: the bare handler, but its answer waits for a group commit in a worker thread (every
+request of one event-loop turn handed over at once; the thread writes the batch's JSON lines,
+fsyncs them, and wakes the loop once per batch), with no actor, store, check or rendering. Its
+ratio to bare (`durable_ratio`) shows what durability and the thread hop cost by themselves on
+this machine, so that the service's ratio can be read against it.
+
 Then the personal-VMR case, against a fresh server for at most 8 s: the same clients asking for
 the personal VMRs of random users of a 10,000-user directory file.
 
 Prints one JSON line:
 {"reservations_per_s": …, "p50_ms": …, "p99_ms": …, "bare_per_s": …, "ratio": …,
- "ratios": […], "personal_per_s": …, "personal_p99_ms": …, …}
+ "ratios": […], "durable_per_s": …, "durable_ratio": …, "personal_per_s": …, …}
 Usage: python bench/addin_api.py [--conferences 100000] [--users 10000] [--clients 64]
        [--seconds 10] [--rounds 5]
 """
@@ -24,6 +31,7 @@ import asyncio
 import json
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from harness import free_port, pct, servers
+from harness import free_port, pct, servers, wait_ready
 from store import fill
 
 from tests.configs import spool_toml
@@ -48,6 +56,48 @@ from aiohttp import web
 async def handler(request):
     return web.json_response({"alias": "vmr123456@video.example.com"}, status=201)
 app = web.Application()
+app.router.add_post("/api/addin/v1/default/single-use-vmrs", handler)
+app.router.add_get("/readyz", lambda r: web.json_response({}))
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+DURABLE = """
+import asyncio, json, os, queue, sys, threading, uuid
+from aiohttp import web
+handed: "queue.SimpleQueue[list[asyncio.Future[dict[str, str]]]]" = queue.SimpleQueue()
+waiting: list[asyncio.Future[dict[str, str]]] = []
+def commit(loop, fd):
+    while True:
+        batch = handed.get()
+        while not handed.empty():
+            batch += handed.get()
+        records = [{"alias_id": str(uuid.uuid4())} for _ in batch]
+        os.write(fd, b"".join(json.dumps(r).encode() + b"\\n" for r in records))
+        os.fsync(fd)
+        loop.call_soon_threadsafe(settle, list(zip(batch, records)))
+def settle(done):
+    for future, record in done:
+        if not future.done():
+            future.set_result(record)
+def hand_over():
+    global waiting
+    batch, waiting = waiting, []
+    handed.put(batch)
+async def handler(request):
+    await request.read()
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+    if not waiting:
+        loop.call_soon(hand_over)
+    waiting.append(future)
+    return web.json_response(await future, status=201)
+async def start(app):
+    fd = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    loop = asyncio.get_running_loop()
+    threading.Thread(target=commit, args=(loop, fd), daemon=True).start()
+app = web.Application()
+app.on_startup.append(start)
 app.router.add_post("/api/addin/v1/default/single-use-vmrs", handler)
 app.router.add_get("/readyz", lambda r: web.json_response({}))
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
@@ -113,21 +163,36 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         config.write_text(
             text.replace('name = "default"', 'name = "default"\nenable_personal_vmrs = true', 1)
         )
-        async with servers(config, port, BARE) as (url, bare_url):
-            await load(url, args.clients, 1.0)  # warm up
-            await load(bare_url, args.clients, 0.5)
-            rounds = [
-                (
-                    await load(url, args.clients, args.seconds / args.rounds),
-                    await load(bare_url, args.clients, args.seconds / args.rounds),
-                )
-                for _ in range(args.rounds)
-            ]
-        rate = round(statistics.fmean(r for (r, _), _ in rounds))
-        latencies = sorted(t for (_, ts), _ in rounds for t in ts)
-        bare_rate = round(statistics.fmean(r for _, (r, _) in rounds))
-        bare_latencies = sorted(t for _, (_, ts) in rounds for t in ts)
-        ratios = [round(r / b, 3) for (r, _), (b, _) in rounds]
+        durable_port = free_port()
+        durable = subprocess.Popen(
+            [sys.executable, "-c", DURABLE, str(durable_port), str(Path(tmp) / "journal")]
+        )
+        try:
+            durable_url = f"http://127.0.0.1:{durable_port}"
+            await wait_ready(durable_url)
+            async with servers(config, port, BARE) as (url, bare_url):
+                await load(url, args.clients, 1.0)  # warm up
+                await load(bare_url, args.clients, 0.5)
+                await load(durable_url, args.clients, 0.5)
+                share = args.seconds / args.rounds
+                rounds = [
+                    (
+                        await load(url, args.clients, share),
+                        await load(bare_url, args.clients, share),
+                        await load(durable_url, args.clients, share),
+                    )
+                    for _ in range(args.rounds)
+                ]
+        finally:
+            durable.terminate()
+            durable.wait(timeout=10)
+        rate = round(statistics.fmean(r for (r, _), _, _ in rounds))
+        latencies = sorted(t for (_, ts), _, _ in rounds for t in ts)
+        bare_rate = round(statistics.fmean(r for _, (r, _), _ in rounds))
+        bare_latencies = sorted(t for _, (_, ts), _ in rounds for t in ts)
+        ratios = [round(r / b, 3) for (r, _), (b, _), _ in rounds]
+        durable_ratios = [round(d / b, 3) for _, (b, _), (d, _) in rounds]
+        durable_latencies = sorted(t for _, _, (_, ts) in rounds for t in ts)
         # Every request is one user's, and the per-user limit (100,000 a minute at most, bursts
         # included) ran out in the personal phase once the service answered 5,000 a second:
         # that phase gets a fresh server and lasts at most PERSONAL_SECONDS.
@@ -144,6 +209,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "ratio": round(statistics.median(ratios), 3),
         "ratios": ratios,
         "bare_p99_ms": pct(bare_latencies, 0.99),
+        "durable_per_s": round(statistics.fmean(d for _, _, (d, _) in rounds)),
+        "durable_ratio": round(statistics.median(durable_ratios), 3),
+        "durable_p99_ms": pct(durable_latencies, 0.99),
         "personal_per_s": personal_rate,
         "personal_p50_ms": pct(personal, 0.50),
         "personal_p99_ms": pct(personal, 0.99),
