@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -235,15 +235,6 @@ class GraphClient:
         if status >= 500 or status == 401:
             return GatewayError(text)
         return GatewayError(text, permanent=True, code=code or f"http_{status}")
-
-    @staticmethod
-    def _ignore_gone(call: Callable[[], Any]) -> None:
-        """Make the call; a refusal saying its item is gone already counts as done."""
-        try:
-            call()
-        except GatewayError as exc:
-            if not (exc.permanent and exc.code in ("ErrorItemNotFound", "http_404")):
-                raise
 
     def close(self) -> None:
         self.session.close()
