@@ -108,6 +108,34 @@ def test_an_answer_carried_out_is_not_sent_again_when_its_removal_is_throttled(e
     assert "delivery_failed" not in env.alarms()
 
 
+def test_a_throttled_removal_in_a_batch_holds_every_call_for_its_retry_after(env: Env) -> None:
+    """Graph answers the removal of an answered message, a part of a $batch, 429 with
+    Retry-After in that part's own headers: nothing is sent to the mailbox before the wait has
+    passed, neither the removal again nor a listing (finding 2)."""
+    bodies = [env.reserve() for _ in range(3)]
+    env.fake.throttle("DELETE", r"/messages/", retry_after=2)
+    env.handled(*(meeting(f"ra-{i}", body) for i, body in enumerate(bodies)))
+    assert env.fake.throttled_at, "the removal was never throttled"
+    assert env.calls_while_held(2) == []
+    for i in range(3):
+        assert [r.action for r in env.fake.responses_for(f"ra-{i}")] == ["accept"]
+
+
+def test_a_throttled_answer_holds_reading_as_well_as_sending(env: Env) -> None:
+    """Graph throttles the accepts (429 with Retry-After on the first, in the answers' $batch):
+    throttling is per app and mailbox, so the poller stops listing the inbox too, and no other
+    meeting's answer or removal goes out, until the Retry-After has passed; then each meeting
+    is answered once (finding 3)."""
+    bodies = [env.reserve() for _ in range(3)]
+    env.fake.throttle("POST", r"/events/[^/]+/accept$", retry_after=2)
+    env.handled(*(meeting(f"busy-{i}", body) for i, body in enumerate(bodies)))
+    assert env.fake.throttled_at, "the accept was never throttled"
+    assert env.calls_while_held(2) == []
+    for i in range(3):
+        assert [r.action for r in env.fake.responses_for(f"busy-{i}")] == ["accept"]
+    spoolkit.wait_for(lambda: "exchange_unreachable" not in env.alarms())
+
+
 def _reply(item_id: str, uid: str) -> Outgoing:
     return Outgoing(
         id=f"reply-{uid}",
