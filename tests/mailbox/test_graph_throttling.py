@@ -136,6 +136,20 @@ def test_a_throttled_answer_holds_reading_as_well_as_sending(env: Env) -> None:
     spoolkit.wait_for(lambda: "exchange_unreachable" not in env.alarms())
 
 
+def test_a_request_whose_room_event_comes_late_is_answered_once_it_is_there(env: Env) -> None:
+    """The Calendar Attendant puts the request on the room's calendar 1.5 s after the message
+    arrives: until then there is nothing to accept. That is transient: the answer is retried on
+    its own (the message's backoff) and goes out once the event is there, not failed for good
+    (finding 4)."""
+    body = env.reserve()
+    env.fake.calendar_lag = 1.5
+    env.handled(meeting("late-event", body))
+    assert [r.action for r in env.fake.responses_for("late-event")] == ["accept"]
+    notifier = env.svc.ctx.registry.get("online", "notifier")
+    assert notifier.proxy().failed().get(timeout=5) == 0
+    assert "delivery_failed" not in env.alarms()
+
+
 def _reply(item_id: str, uid: str) -> Outgoing:
     return Outgoing(
         id=f"reply-{uid}",

@@ -296,10 +296,12 @@ class GraphSending(GraphClient, Mailbox):
         ).json()
         event = message.get("event") or {}
         if not event.get("id"):
+            # The Calendar Attendant puts the request on the room's calendar a moment after the
+            # message arrives: retried on its own with the message's backoff, and failed only
+            # once the retries are spent (then: is the room's AutomateProcessing AutoUpdate?)
             raise GatewayError(
-                "the meeting message has no event in the room's calendar (is the room's "
+                "the meeting message has no event in the room's calendar yet (is the room's "
                 "AutomateProcessing AutoUpdate?)",
-                permanent=True,
                 code="NoRoomEvent",
             )
         return str(event["id"])
