@@ -5,7 +5,10 @@ real HTTP so the service's own Graph client runs unmodified:
   expired or unknown one is answered 401 InvalidAuthenticationToken.
 - A meeting request delivered to a room arrives in its inbox as an eventMessageRequest and,
   as the Calendar Attendant does with AutomateProcessing AutoUpdate, puts a tentative event in
-  the room's calendar (the same event for later updates of the meeting); the organizer's own
+  the room's calendar (the same event for later updates of the meeting). The attendant works
+  on its own time: with `calendar_lag` the event appears that many seconds after the message
+  (until then the message's `event` is absent and the event unknown), or when
+  `calendar_catch_up` is called; the organizer's own
   calendar holds the organizer's event. A cancellation arrives as an eventMessage with
   meetingMessageType meetingCancelled.
 - GET messages (with $top, $expand of the eventMessage's event, @odata.type per message),
@@ -21,8 +24,10 @@ real HTTP so the service's own Graph client runs unmodified:
   A mailbox out of reach is answered 403 ErrorAccessDenied on every call.
 - $batch: up to 20 parts, run concurrently, or one after another when they name the parts they
   depend on (dependsOn; a part after a failed one answered 424 Failed Dependency).
-- Throttling: `throttle_next` requests (or the calls given to `throttle`) answered 429
-  TooManyRequests with Retry-After; more than
+- Throttling: `throttle_next` requests (or the calls given to `throttle`, with the Retry-After
+  given) answered 429 TooManyRequests with Retry-After, a part of a $batch on its own (the
+  batch 200, the part 429 with Retry-After in its own headers); `timeline` keeps when each
+  request and sub-request arrived, `throttled_at` when each 429 went out; more than
   4 concurrent requests for one mailbox are answered 429 too (Graph's limit), and counted.
 - Unknown items: 404 ErrorItemNotFound.
 - An answer lost on demand (`lose_answer`): the call is carried out, then its answer is held
@@ -39,6 +44,7 @@ import json
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -88,6 +94,7 @@ class Mailbox:
     changes: list[tuple[str, str]] = field(default_factory=list)  # (created|removed, id)
     events: dict[str, Event] = field(default_factory=dict)
     deleted: list[Message] = field(default_factory=list)
+    arriving: dict[str, Event] = field(default_factory=dict)  # not on the calendar yet
 
 
 @dataclass
@@ -113,7 +120,12 @@ class FakeGraph:
         self.scope: set[str] | None = None
         self.tenant_wide_consent = False
         self.throttle_next = 0
-        self.throttling: list[tuple[str, str]] = []  # (method, path pattern): one 429 each
+        # (method, path pattern, Retry-After): one 429 each
+        self.throttling: list[tuple[str, str, str]] = []
+        self.timeline: list[tuple[float, str, str, bool]] = []  # (monotonic, method, path, batched)
+        # when each 429 left: its own answer, or the $batch answer carrying it (monotonic)
+        self.throttled_at: list[float] = []
+        self.calendar_lag = 0.0  # seconds before the Calendar Attendant adds a request's event
         self.requests: list[tuple[str, str]] = []  # HTTP requests made to Graph
         self.batched = 0  # sub-requests that arrived inside a $batch
         self.batched_calls: list[tuple[str, str]] = []  # (method, path) of those sub-requests
@@ -154,10 +166,18 @@ class FakeGraph:
     ) -> Message:
         box = self.mailbox(room)
         cancel = meeting.method == "CANCEL"
-        event = next((e for e in box.events.values() if e.uid == meeting.uid), None)
+        known = [*box.events.values(), *box.arriving.values()]
+        event = next((e for e in known if e.uid == meeting.uid), None)
         if event is None and not cancel:
             event = Event(new_id("AAMkEv"), meeting.uid, meeting)
-            box.events[event.id] = event
+            if self.calendar_lag > 0:  # the Calendar Attendant gets to it in a moment
+                box.arriving[event.id] = event
+                if self.calendar_lag < 3600:
+                    timer = threading.Timer(self.calendar_lag, self.calendar_catch_up)
+                    timer.daemon = True
+                    timer.start()
+            else:
+                box.events[event.id] = event
         elif event is not None:
             if cancel:
                 event.cancelled = True
@@ -186,6 +206,13 @@ class FakeGraph:
             else:
                 mine.meeting = meeting
         return message
+
+    def calendar_catch_up(self) -> None:
+        """The Calendar Attendant puts the requests waiting for it on their rooms' calendars."""
+        with self.lock:
+            for box in self.mailboxes.values():
+                box.events.update(box.arriving)
+                box.arriving.clear()
 
     def _notify(self, box: Mailbox, message: Message) -> None:
         """Change notifications for a new message in a subscribed inbox, posted from another
@@ -263,19 +290,21 @@ class FakeGraph:
                     return how
         return None
 
-    def throttle(self, method: str, path: str, times: int = 1) -> None:
+    def throttle(self, method: str, path: str, times: int = 1, retry_after: int = 1) -> None:
         """The next `times` calls of `method` on a path matching `path` (a regular expression
-        searched in it), on their own or inside a $batch, are answered 429 with Retry-After."""
+        searched in it), on their own or inside a $batch, are answered 429 with Retry-After
+        `retry_after` seconds."""
         with self.lock:
-            self.throttling.extend([(method.upper(), path)] * times)
+            self.throttling.extend([(method.upper(), path, str(retry_after))] * times)
 
-    def _throttled(self, request: web.Request) -> bool:
+    def _throttled(self, request: web.Request) -> str | None:
+        """The Retry-After of the throttling rule this request uses up, if one matches."""
         with self.lock:
-            for index, (method, pattern) in enumerate(self.throttling):
+            for index, (method, pattern, wait) in enumerate(self.throttling):
                 if request.method == method and re.search(pattern, request.path):
                     del self.throttling[index]
-                    return True
-        return False
+                    return wait
+        return None
 
     def expire_delta_tokens(self) -> None:
         with self.lock:
@@ -325,19 +354,24 @@ class FakeGraph:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if "X-Fake-Batch" in request.headers:
+        batched = "X-Fake-Batch" in request.headers
+        if batched:
             self.batched += 1  # a sub-request of a $batch: not a request of its own
             self.batched_calls.append((request.method, request.path))
         else:
             self.requests.append((request.method, request.path))
+        self.timeline.append((time.monotonic(), request.method, request.path, batched))
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme != "Bearer" or not self.valid_token(token):
             return _error(
                 401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid."
             )
-        if self.throttle_next > 0 or self._throttled(request):
+        wait = "1" if self.throttle_next > 0 else self._throttled(request)
+        if wait is not None:
             self.throttle_next = max(0, self.throttle_next - 1)
-            return _error(429, "TooManyRequests", "Too many requests.", {"Retry-After": "1"})
+            if not batched:  # a part's 429 leaves with its batch's answer
+                self.throttled_at.append(time.monotonic())
+            return _error(429, "TooManyRequests", "Too many requests.", {"Retry-After": wait})
         lose: str | None = None
         user = unquote(request.match_info.get("user", "")).lower()
         if user and not self.reaches(user):
@@ -671,6 +705,8 @@ class FakeGraph:
                         answer = await run(session, part)
                     status[str(part["id"])] = int(answer["status"])
                     answers.append(answer)
+        if any(answer["status"] == 429 for answer in answers):
+            self.throttled_at.append(time.monotonic())
         return web.json_response({"responses": answers})
 
     async def _subscribe(self, request: web.Request) -> web.Response:

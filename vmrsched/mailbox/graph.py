@@ -65,11 +65,16 @@ class GraphMailbox(GraphSending):
 
     def fetch(self, limit: int) -> Sequence[InboxItem]:
         """New items, oldest first. With change notifications the inbox is listed only when a
-        notification came, when the last listing was full, or every CATCH_UP_SECONDS."""
+        notification came, when the last listing was full, or every CATCH_UP_SECONDS. Removals
+        an earlier sync could not make go out first (the listing leaves their messages out)."""
+        with self._state:
+            leftover = bool(self._pending)
+        if leftover:
+            self.sync()
         if not self.watch.should_list(self._backlog):
             return []
         with self._state:
-            handed_off = set(self._handed_off)
+            handed_off = self._skipped()  # answered or on their way out: not read again
         top = min(MAX_PAGE, limit + len(handed_off))
         listing = self.call(
             "GET",
@@ -164,11 +169,11 @@ class GraphMailbox(GraphSending):
                 return
             event_id = self._events.pop(item_id, None)
             if event_id is not None and item_id in self._cancels and not refused:
-                self._pending.append(
+                self._queue_removal(
                     Removal("delete_event", "DELETE", f"{self.base}/events/{event_id}")
                 )
             self._cancels.discard(item_id)
-            self._pending.append(self._removal(item_id))
+            self._queue_removal(self._removal(item_id))
 
     def quarantine(self, item_id: str, reason: str) -> None:
         """To Deleted Items at the next sync (with the poll's other removals)."""
@@ -178,7 +183,7 @@ class GraphMailbox(GraphSending):
             extra={"integration": self.name, "item": item_id},
         )
         with self._state:
-            self._pending.append(
+            self._queue_removal(
                 Removal(
                     "move_message",
                     "POST",

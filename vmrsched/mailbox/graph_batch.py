@@ -15,15 +15,19 @@ wait); after a refusal of that one call (404, 403, 400…) they go out again in 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmrsched.mailbox.base import GatewayError
+from vmrsched.mailbox.base import GatewayError, retry_after_seconds
 
 BATCH_MAX = 20  # parts in one $batch (Graph's limit)
 FAILED_DEPENDENCY = 424
+# the longest wait a Retry-After may impose: past it Graph is asked again (and says again, if
+# the wait really is that long); a broken or hostile header never stops the mailbox for hours
+MAX_HOLD = 300.0
 
 Call = tuple[str, str, Any]  # method, URL, JSON body (None: no body)
 
@@ -61,6 +65,44 @@ class Slots:
             with self._cond:
                 self._free += n
                 self._cond.notify_all()
+
+
+class Hold:
+    """The mailbox's one back-off. Graph throttles an app per mailbox: a Retry-After on any call
+    (a whole response, or one part of a $batch) says when the mailbox may be called again, for
+    reading and for sending alike. Every call asks `remaining` first and is not made before
+    then. Shared by the poller's and the notifier's threads and a batch's chains: one lock."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._until = 0.0
+        self._lock = threading.Lock()
+
+    def extend(self, seconds: float) -> bool:
+        """No call before `seconds` (capped at MAX_HOLD) from now, unless a hold already lasts
+        longer. True when this starts a hold (none was on): the one to log."""
+        seconds = min(max(seconds, 0.0), MAX_HOLD)
+        with self._lock:
+            now = self.clock()
+            started = self._until <= now
+            self._until = max(self._until, now + seconds)
+            return started and seconds > 0
+
+    def remaining(self) -> float:
+        """Seconds before the mailbox may be called again (0: now)."""
+        with self._lock:
+            return max(0.0, self._until - self.clock())
+
+
+def retry_after(status: int, headers: Any) -> float | None:
+    """The wait a throttled or busy answer (429, 503, 504) asks for, in seconds (capped at
+    MAX_HOLD), from its Retry-After header (delay-seconds, as Graph sends it, or an HTTP-date);
+    None otherwise."""
+    if status not in (429, 503, 504):
+        return None
+    value = next((str(v) for k, v in dict(headers).items() if k.lower() == "retry-after"), "")
+    wait = retry_after_seconds(value)
+    return None if wait is None else min(wait, MAX_HOLD)
 
 
 def chain_body(calls: Sequence[Call], api: str) -> dict[str, Any]:

@@ -2,23 +2,27 @@
 msal), one pooled HTTPS session under the service's proxy rule, at most
 `max_concurrent_requests` calls in flight, Graph's answers as GatewayErrors, and $batch.
 
-Throttling: Retry-After on 429/503/504 backs the mailbox off; an expired token is refreshed once
-and the call retried. An identity platform that cannot issue tokens is an outage like Graph's
-own (backoff, exchange_unreachable). A call that changes something and got no answer
+Throttling: Graph throttles per app and mailbox, so a Retry-After on 429/503/504, whether on a
+whole answer or on one part of a $batch, holds every call to the mailbox (reading and sending:
+`Hold`) until it has passed; a call asked for meanwhile is not made but refused at once with the
+wait left, which backs its actor off. An expired token is refreshed once and the call
+retried. An identity platform that cannot issue tokens is an outage like Graph's own (backoff,
+exchange_unreachable). A call that changes something and got no answer
 (REQUEST_TIMEOUT passed, the connection dropped) may have been carried out: its GatewayError
 says so (outcome_unknown).
 
 Threads: a GraphClient is used by the poller's and the notifier's threads at once, and a $batch
 runs its chains on threads of its own. The session's connection pool holds as many connections
 as calls may be in flight; `Slots` (a condition) caps those; the token source renews under its
-own lock; nothing else here changes after construction.
+own lock; the mailbox's `Hold` under its own; nothing else here changes after construction.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -29,13 +33,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from vmrsched.config import GraphConfig, IntegrationConfig
-from vmrsched.mailbox.base import GatewayError, outcome_unknown, retry_after_seconds
+from vmrsched.mailbox.base import GatewayError, outcome_unknown
 from vmrsched.mailbox.ews_auth import IDENTITY_ERRORS, IdentityHttp, identity_failure
 from vmrsched.mailbox.graph_batch import (
     Answer,
+    Hold,
     Slots,
     answers_of,
     chain_body,
+    retry_after,
     run_together,
     settle,
     split,
@@ -43,6 +49,8 @@ from vmrsched.mailbox.graph_batch import (
 from vmrsched.mailbox.sessions import CaSession
 from vmrsched.proxies import use_rule
 from vmrsched.telemetry import Metrics
+
+log = logging.getLogger("vmrsched.graph")
 
 REQUEST_TIMEOUT = 30.0  # seconds to wait for Graph's answer to one call
 
@@ -111,6 +119,7 @@ class GraphClient:
         self.session.mount("http://", adapter)
         self.tokens = GraphTokens(graph, self.session)
         self._slots = Slots(graph.max_concurrent_requests)
+        self._hold = Hold()  # the mailbox's back-off: Graph's Retry-After, for every call
 
     def _count(self, operation: str, result: str) -> None:
         self.metrics.exchange_requests.labels(self.name, operation, result).inc()
@@ -133,6 +142,7 @@ class GraphClient:
             headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
             try:
                 with self._slots.take(parts):
+                    self._wait_over(operation)
                     response = self.session.request(
                         method, url, json=json, headers=headers, timeout=REQUEST_TIMEOUT, **kwargs
                     )
@@ -159,11 +169,8 @@ class GraphClient:
         code, message = _graph_error(response)
         what = f"Graph {method} {url.removeprefix(self.api)} answered {status} {code}: {message}"
         if status in (429, 503, 504):
-            retry = response.headers.get("Retry-After", "")
-            raise GatewayError(
-                f"Microsoft Graph is throttling or busy: {what}",
-                retry_after=retry_after_seconds(retry),
-            )
+            wait = self._held(status, response.headers, what)
+            raise GatewayError(f"Microsoft Graph is throttling or busy: {what}", retry_after=wait)
         if status >= 500:
             raise GatewayError(what)
         if status == 401:
@@ -214,8 +221,37 @@ class GraphClient:
                 "POST", f"{self.api}/$batch", operation, json=chain_body(calls, self.api)
             ).json()
             out[:] = answers_of(reply, len(calls))
+            for (method, url, _), answer in zip(calls, out, strict=True):
+                what = f"{method} {url.removeprefix(self.api)} in a $batch"
+                self._held(answer.status, answer.headers, what)
         except GatewayError as exc:
             out[:] = [Answer(400 if exc.permanent else 503, None, {}, exc)] * len(calls)
+
+    def _wait_over(self, operation: str) -> None:
+        """Refuse a call while Graph's Retry-After holds the mailbox: the caller backs off for
+        the wait left (a transient GatewayError about the whole mailbox), nothing is sent."""
+        wait = self._hold.remaining()
+        if wait > 0:
+            raise GatewayError(
+                f"Microsoft Graph asked us to wait: {operation} not sent, the mailbox is held "
+                f"for {wait:.1f} s more",
+                retry_after=max(wait, 0.05),
+            )
+
+    def _held(self, status: int, headers: Any, what: str) -> float | None:
+        """Hold every call to the mailbox for the Retry-After a throttled or busy answer asked
+        for (logged once, when the hold starts); returns that wait (None: none asked)."""
+        wait = retry_after(status, headers)
+        if wait is not None and self._hold.extend(wait):
+            log.warning(
+                "Microsoft Graph asked for a wait of %.0f s (%s answered %d): no call to the "
+                "mailbox until then",
+                wait,
+                what,
+                status,
+                extra={"integration": self.name},
+            )
+        return wait
 
     @staticmethod
     def _part_error(answer: Answer, what: str) -> GatewayError:
@@ -227,23 +263,13 @@ class GraphClient:
         code, message = str(error.get("code", "")), str(error.get("message", ""))
         text = f"Graph {what} answered {status} {code}: {message}"
         if status in (429, 503, 504):
-            retry = str(headers.get("Retry-After", ""))
             return GatewayError(
                 f"Microsoft Graph is throttling or busy: {text}",
-                retry_after=retry_after_seconds(retry),
+                retry_after=retry_after(status, headers),
             )
         if status >= 500 or status == 401:
             return GatewayError(text)
         return GatewayError(text, permanent=True, code=code or f"http_{status}")
-
-    @staticmethod
-    def _ignore_gone(call: Callable[[], Any]) -> None:
-        """Make the call; a refusal saying its item is gone already counts as done."""
-        try:
-            call()
-        except GatewayError as exc:
-            if not (exc.permanent and exc.code in ("ErrorItemNotFound", "http_404")):
-                raise
 
     def close(self) -> None:
         self.session.close()

@@ -7,13 +7,18 @@ instead); plain mails through sendMail; whether a message whose answer was lost 
 (`delivered`). An answered message then leaves the inbox, with the other removals the poller
 marked, at the next `sync`.
 
+Exactly once: an answer Graph carried out (202) is noted at once (`_answered`) and its message's
+removal queued; the call reports the message delivered, so the notifier marks it durably before
+anything else is tried. The removal is only ever retried by `sync`, alone: a throttled or failed
+removal never sends the answer again. Each removal is queued once, however many paths ask for
+it (the answer, `delivered` after a restart, the poller re-reading the message).
+
 `GraphSending` holds what reading and answering share about the inbox's messages; the gateway,
 `graph.GraphMailbox`, adds the reading.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -28,6 +33,8 @@ from vmrsched.mailbox.graph_http import GraphClient
 from vmrsched.telemetry import Metrics
 
 log = logging.getLogger("vmrsched.graph")
+
+REMEMBERED = 4096  # messages removed lately, remembered so that nothing removes them again
 
 
 @dataclass(frozen=True)
@@ -64,25 +71,55 @@ class GraphSending(GraphClient, Mailbox):
         self._pending: list[Removal] = []  # removals for sync()
         self._handed_off: set[str] = set()  # answered by a queued reply: not fetched again
         self._answered: set[str] = set()  # answered here; the message's removal still pending
+        self._removing: dict[str, str] = {}  # removals a sync is making now: URL -> item id
+        self._removed: dict[str, None] = {}  # messages removed lately (oldest first)
 
     # --- removals ------------------------------------------------------------------------------
 
     def _removal(self, item_id: str) -> Removal:
         return Removal("delete_message", "DELETE", f"{self.base}/messages/{item_id}", item_id)
 
+    def _queue_removal(self, removal: Removal) -> None:
+        """Queue a removal for `sync` unless it is queued, being made or done already: two
+        paths can ask for the same one (a reply's answer or `delivered`, and the poller reading
+        the message again after a restart), and one call each is enough. Under `_state`."""
+        if (
+            removal.url in self._removing
+            or any(r.url == removal.url for r in self._pending)
+            or (removal.item_id and removal.item_id in self._removed)
+        ):
+            return
+        self._pending.append(removal)
+
+    def _skipped(self) -> set[str]:
+        """Messages the listing leaves out: handed off to a reply, answered, or on their way out
+        of the inbox (their removal queued, being made or just made). Under `_state`."""
+        leaving = {r.item_id for r in self._pending if r.item_id}
+        leaving |= {item_id for item_id in self._removing.values() if item_id}
+        return self._handed_off | self._answered | leaving | set(self._removed)
+
     def sync(self) -> None:
         """The removals (and moves to Deleted Items) marked since the last sync, in batches.
-        Items already gone are fine (reprocessing after a crash); anything else is retried with
-        the next sync. A removed message is no longer skipped by the listing."""
+        Items already gone are fine (reprocessing after a crash); anything else stays queued for
+        the next sync (a throttled one waits out Graph's Retry-After with every other call) and
+        is logged, never raised: what is left is tidying the inbox, and it must not stand in the
+        way of the notifier's durable delivery mark (the answers went out already). A removed
+        message is no longer skipped by the listing."""
         with self._state:
             pending, self._pending = self._pending, []
+            self._removing.update((r.url, r.item_id) for r in pending)
         if not pending:
             return
-        results = self.batch(
-            [(r.method, r.url, r.body) for r in pending],
-            "delete",
-            [r.operation for r in pending],
-        )
+        try:
+            results = self.batch(
+                [(r.method, r.url, r.body) for r in pending],
+                "delete",
+                [r.operation for r in pending],
+            )
+        finally:
+            with self._state:
+                for removal in pending:
+                    self._removing.pop(removal.url, None)
         failed = [
             (removal, answer)
             for removal, answer in zip(pending, results, strict=True)
@@ -93,14 +130,30 @@ class GraphSending(GraphClient, Mailbox):
             self._pending[:0] = [removal for removal, _ in failed]
             self._handed_off -= gone
             self._answered -= gone
+            for item_id in gone:
+                self._removed[item_id] = None
+            while len(self._removed) > REMEMBERED:
+                del self._removed[next(iter(self._removed))]
         if failed:
             removal, answer = failed[0]
             first = self._part_error(answer, f"{removal.method} {removal.url}")
-            raise GatewayError(
-                f"{len(failed)} handled messages could not be removed yet: {first}",
-                retry_after=first.retry_after,
-                outcome_unknown=first.outcome_unknown,
+            log.log(
+                # a wait Graph asked for is logged once, when it starts (GraphClient._held)
+                logging.DEBUG if first.retry_after else logging.WARNING,
+                "%d handled messages could not be removed yet, retried with the next sync: %s",
+                len(failed),
+                first,
+                extra={"integration": self.name},
             )
+
+    def _answered_now(self, item_ids: Sequence[str]) -> None:
+        """Graph carried out these messages' answers: never answered again by this process
+        (skipped by the listing, and by a retry of the sending), their removal queued."""
+        with self._state:
+            self._answered.update(item_ids)
+            for item_id in item_ids:
+                self._events.pop(item_id, None)
+                self._queue_removal(self._removal(item_id))
 
     # --- sending -------------------------------------------------------------------------------
 
@@ -148,14 +201,8 @@ class GraphSending(GraphClient, Mailbox):
             else:
                 outcomes[index] = self._part_error(answer, f"POST {url}")
         if answered:
-            with self._state:
-                # never answered again by this process; skipped by the listing until removed
-                self._answered.update(answered)
-                for item_id in answered:
-                    self._events.pop(item_id, None)
-                self._pending.extend(self._removal(item_id) for item_id in answered)
-            with contextlib.suppress(GatewayError):  # left for the next sync
-                self.sync()
+            self._answered_now(answered)
+            self.sync()
         if unknown is not None:
             raise unknown  # some of the lot may have gone out unseen: each is checked first
         return outcomes
@@ -168,8 +215,13 @@ class GraphSending(GraphClient, Mailbox):
         return None
 
     def _respond(self, message: Outgoing) -> None:
+        """Accept or decline the message's room event. Once Graph has carried it out the answer
+        is noted and the message's removal queued for `sync`: nothing after the answer can
+        fail this send, so the answer is never made twice by retrying it."""
         item_id = str(message.extra["item_id"])
         with self._state:
+            if item_id in self._answered:
+                return  # carried out already; only its removal is left (the next sync)
             event_id = self._events.get(item_id)
         try:
             if event_id is None:
@@ -191,10 +243,7 @@ class GraphSending(GraphClient, Mailbox):
                 self._forget(item_id)
                 return
             raise
-        self._ignore_gone(
-            lambda: self.call("DELETE", f"{self.base}/messages/{item_id}", "delete_message")
-        )
-        self._forget(item_id)
+        self._answered_now([item_id])
 
     def delivered(self, message: Outgoing) -> bool:
         """Whether a message whose sending may have taken effect already did: one queued before
@@ -205,6 +254,8 @@ class GraphSending(GraphClient, Mailbox):
         if message.kind == "reply" and message.extra.get("item_id"):
             item_id = str(message.extra["item_id"])
             with self._state:
+                if item_id in self._answered:
+                    return True  # carried out by this process (Graph said 202)
                 known = self._events.get(item_id)
             try:
                 event_id = known or self._event_of(item_id)
@@ -221,10 +272,7 @@ class GraphSending(GraphClient, Mailbox):
             wanted = "accepted" if message.outcome == "accepted" else "declined"
             if (event.get("responseStatus") or {}).get("response") != wanted:
                 return False
-            self._ignore_gone(
-                lambda: self.call("DELETE", f"{self.base}/messages/{item_id}", "delete_message")
-            )
-            self._forget(item_id)
+            self._answered_now([item_id])  # only the message is left to remove
             return True
         if message.kind == "update" and message.extra.get("alias_id"):
             for event in self._organizer_events(message, "id,body"):
@@ -248,10 +296,12 @@ class GraphSending(GraphClient, Mailbox):
         ).json()
         event = message.get("event") or {}
         if not event.get("id"):
+            # The Calendar Attendant puts the request on the room's calendar a moment after the
+            # message arrives: retried on its own with the message's backoff, and failed only
+            # once the retries are spent (then: is the room's AutomateProcessing AutoUpdate?)
             raise GatewayError(
-                "the meeting message has no event in the room's calendar (is the room's "
+                "the meeting message has no event in the room's calendar yet (is the room's "
                 "AutomateProcessing AutoUpdate?)",
-                permanent=True,
                 code="NoRoomEvent",
             )
         return str(event["id"])
