@@ -1,8 +1,9 @@
 """A small client of the Pexip Infinity management API (configuration resources on the Management
 Node): Basic auth, tastypie lists with paging, POST/PATCH/DELETE, and Pexip's error shapes turned
 into two kinds of failure: the node is unreachable or busy (retry later, whole integration) or it
-refused one request (a 4xx with field errors: that conference only). Synchronous, for the
-provisioner's actor thread."""
+refused one request (a 4xx with field errors: that conference only). Every server the client
+reaches is checked against the configured CA file, whatever REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE
+say. Synchronous, for the provisioner's actor thread."""
 
 from __future__ import annotations
 
@@ -55,8 +56,11 @@ class ManagementClient:
         self.session = session or requests.Session()
         self.session.auth = (settings.management_username, password)
         self.session.headers["Accept"] = "application/json"
-        if settings.tls_ca_file:
-            self.session.verify = str(settings.tls_ca_file)
+        # given with every request, not set on the session: requests lets REQUESTS_CA_BUNDLE and
+        # CURL_CA_BUNDLE override `Session.verify` (its environment merge runs after it), and
+        # an internal CA configured for Pexip must hold whatever the environment names for the
+        # rest of the host; the environment's proxies still apply (the session trusts it)
+        self.verify: str | None = str(settings.tls_ca_file) if settings.tls_ca_file else None
         self.on_request = on_request  # (operation, result) -> None, for the metrics
 
     def close(self) -> None:
@@ -109,6 +113,8 @@ class ManagementClient:
         return urljoin(self.base, uri)
 
     def _call(self, method: str, url: str, operation: str, **kwargs: Any) -> requests.Response:
+        if self.verify is not None:
+            kwargs["verify"] = self.verify
         try:
             response = self.session.request(method, url, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
