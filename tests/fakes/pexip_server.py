@@ -9,7 +9,10 @@ does not take (disallow_all, allow_if_trusted), on an identity provider group or
 not hold and on an alias a registered device (configuration/v1/device) holds; 400 on a second
 end user with one primary email address; 404 for unknown objects.
 `down` answers 503 to everything (an outage); `fail_next` fails the next requests with a status;
-`fail_lists` answers list requests with that status and an HTML page (a proxy in the way);
+`retry_after` adds that Retry-After header to those failures (a load balancer in front of the
+node); `fail_lists` answers list requests with that status and an HTML page (a proxy in the way);
+`list_body` answers them 200 with that (content type, body) instead: not what Pexip documents
+(a proxy's login page, a body cut off, another shape);
 `refuse` adds per-field refusals to every conference created (say, a rule Pexip enforces)."""
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class FakePexip:
         self.down = False
         self.fail_next: list[int] = []
         self.fail_lists = 0  # a status for every list request (0: none)
+        self.retry_after = ""  # a Retry-After header on injected failures and outages
+        self.list_body: tuple[str, str] | None = None  # (content type, body) for every list
         self.refuse: dict[str, list[str]] = {}
         self.latency = 0.0  # seconds each collection request takes (races show)
         self.requests: list[tuple[str, str]] = []  # (method, path)
@@ -121,10 +126,12 @@ class FakePexip:
 
     def _check(self, request: web.Request) -> web.Response | None:
         self.requests.append((request.method, request.path))
+        headers = {"Retry-After": self.retry_after} if self.retry_after else {}
         if self.down:
-            return web.Response(status=503, text="Service Unavailable")
+            return web.Response(status=503, text="Service Unavailable", headers=headers)
         if self.fail_next:
-            return web.Response(status=self.fail_next.pop(0), text="injected failure")
+            status = self.fail_next.pop(0)
+            return web.Response(status=status, text="injected failure", headers=headers)
         expected = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
         if request.headers.get("Authorization", "") != f"Basic {expected}":
             return web.Response(status=401, text="Authorization Required")
@@ -154,6 +161,9 @@ class FakePexip:
                 return web.Response(
                     status=self.fail_lists, text="<html><body>Bad Request</body></html>"
                 )
+            if self.list_body is not None:
+                kind, text = self.list_body
+                return web.Response(status=200, text=text, content_type=kind)
             return self._list(request, resource, table)
         if request.method == "POST" and resource == "end_user":
             body = await request.json()

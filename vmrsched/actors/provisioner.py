@@ -38,7 +38,12 @@ from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Poke, Reconcile
 from vmrsched.actors.outage import Outage
 from vmrsched.actors.supervision import Backoff
-from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnavailable
+from vmrsched.pexip.management import (
+    ManagementClient,
+    PexipRefused,
+    PexipUnavailable,
+    alias_strings,
+)
 from vmrsched.pexip.policy import FIELD_MAX, Room, clip, non_idp
 from vmrsched.proxies import use_rule
 from vmrsched.rules import recurrence
@@ -253,10 +258,11 @@ class Provisioner(SupervisedChild):
             tag = str(conference.get("tag") or "")
             if not tag.startswith(OUR_TAGS):  # Pexip's own service
                 names.append(str(conference.get("name", "")))
-                aliases.extend(str(a.get("alias", "")) for a in conference.get("aliases") or [])
+                aliases.extend(alias_strings(conference))
                 continue
             if not tag.startswith(self.prefix):
                 continue
+            alias_strings(conference)  # a conference to compare must be in Pexip's shape
             alias_id = tag[len(self.prefix) :]
             kept = found.get(alias_id)
             if kept is None:
@@ -269,7 +275,7 @@ class Provisioner(SupervisedChild):
         self.extra = extra
         # a device registered to Pexip owns its alias too: a call to it rings the device, so a
         # room handed out with that alias could never be joined
-        aliases.extend(str(d.get("alias", "")) for d in self.client.list("device"))
+        aliases.extend(str(d.get("alias") or "") for d in self.client.list("device"))
         self.ctx.alias_index.set_foreign(self.integ.name, names, aliases)
         return found
 
