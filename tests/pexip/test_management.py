@@ -141,3 +141,21 @@ def test_retry_after_is_read_in_seconds_or_as_an_http_date(
     assert management.retry_after("soon", now) is None
     assert management.retry_after("", now) is None
 
+
+def test_conference_aliases_are_added_and_removed_as_their_own_objects(
+    fake: tuple[FakePexip, ThreadedServer],
+) -> None:
+    """Pexip's "Adding a Virtual Meeting Room alias": POST conference_alias with the alias and
+    the conference's URI; an alias is removed by a DELETE of its own URI."""
+    pexip, server = fake
+    api = client(server.url)
+    uri = api.create("conference", {"name": "A", "aliases": [{"alias": "a@example.com"}]})
+    added = api.create("conference_alias", {"alias": "81000001", "conference": uri})
+    assert added.startswith(API + "conference_alias/")
+    (conference,) = api.list("conference")
+    assert [a["alias"] for a in conference["aliases"]] == ["a@example.com", "81000001"]
+    with pytest.raises(PexipRefused) as taken:
+        api.create("conference_alias", {"alias": "A@example.com", "conference": uri})
+    assert taken.value.about("alias")
+    api.delete(added)
+    assert pexip.alias_set() == {"a@example.com"}
