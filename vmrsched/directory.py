@@ -18,7 +18,12 @@ from typing import Any, Protocol
 import requests
 
 from vmrsched.config import IntegrationConfig
-from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnavailable
+from vmrsched.pexip.management import (
+    ManagementClient,
+    PexipRefused,
+    PexipUnavailable,
+    alias_strings,
+)
 from vmrsched.pexip.policy import PersonalRoom
 from vmrsched.proxies import use_rule
 
@@ -197,7 +202,7 @@ class PexipDirectory:
         for conference in self.client.list("conference", primary_owner_email_address__iexact=email):
             if str(conference.get("primary_owner_email_address", "")).lower() != email:
                 continue
-            aliases = [a.get("alias", "") for a in conference.get("aliases") or []]
+            aliases = alias_strings(conference)  # Pexip's shape, or the node is unavailable
             vmr = _vmr(
                 {
                     "name": conference.get("name", ""),

@@ -1,7 +1,7 @@
 """The Outage helper (actors/outage.py) the poller, the notifier and the provisioner share:
 the alarm from the threshold on, delays on the capped exponential backoff (exact without
-jitter, within the jitter's share below it with), the server's Retry-After as it is, and one
-"recovered after N s" line when it is over."""
+jitter, within the jitter's share below it with), the server's Retry-After (up to the longest
+wait), and one "recovered after N s" line when it is over."""
 
 from __future__ import annotations
 
@@ -57,12 +57,14 @@ def test_the_alarm_delays_and_the_recovery(caplog: pytest.LogCaptureFixture) -> 
     assert down.down and down.failures == 10
     assert names(alarms) == {"mailbox_unreachable"}
     assert down.failed("throttled", retry_after=7.0) == 7.0  # the server's word
+    # ... up to the longest wait: one `Retry-After: 3600` must not stop the actor for an hour
+    assert down.failed("throttled", retry_after=3600.0) == 60.0
     clock.now += 95.0
     assert down.recovered()
     assert not down.down and names(alarms) == set()
     assert not down.recovered()  # once
     lines = [r.getMessage() for r in caplog.records if r.name == "vmrsched.outage"]
-    assert lines == ["the mailbox recovered after 95 s (11 failed tries)"]
+    assert lines == ["the mailbox recovered after 95 s (12 failed tries)"]
     assert down.failed("again") == 0.5  # a new outage starts from the start
 
 

@@ -3,13 +3,21 @@ resources under /api/admin/configuration/v1/): Basic auth (401 otherwise); tasty
 `meta` envelope (limit, offset, next, previous, total_count) and `objects`, paged (default limit
 20); exact filters on the fields it knows and unknown filters silently ignored, as Pexip does;
 POST answers 201 with an empty body and the new object's URL in Location; PATCH 202; DELETE 204;
+a conference's aliases are conference_alias objects (configuration/v1/conference_alias: alias,
+conference, description, id), nested in the conference as Pexip lists them, added with a POST
+of {"alias", "conference": <conference URI>} and removed with a DELETE of their own URI (Pexip's
+"Adding a Virtual Meeting Room alias"); a PATCH of a conference checks what it changes as a POST
+does and replaces the aliases when it names them;
 400 with per-field errors on a duplicate conference name or alias, on a field over its documented
 length (name, description, tag, alias: 250 characters), on a non_idp_participants value Pexip
 does not take (disallow_all, allow_if_trusted), on an identity provider group or theme it does
 not hold and on an alias a registered device (configuration/v1/device) holds; 400 on a second
 end user with one primary email address; 404 for unknown objects.
 `down` answers 503 to everything (an outage); `fail_next` fails the next requests with a status;
-`fail_lists` answers list requests with that status and an HTML page (a proxy in the way);
+`retry_after` adds that Retry-After header to those failures (a load balancer in front of the
+node); `fail_lists` answers list requests with that status and an HTML page (a proxy in the way);
+`list_body` answers them 200 with that (content type, body) instead: not what Pexip documents
+(a proxy's login page, a body cut off, another shape);
 `refuse` adds per-field refusals to every conference created (say, a rule Pexip enforces)."""
 
 from __future__ import annotations
@@ -30,9 +38,18 @@ FILTERS = {
     "identity_provider_group": {"name"},
     "end_user": {"primary_email_address"},
     "device": {"alias"},
+    "conference_alias": {"alias", "conference"},
 }
 MAX_LENGTH = 250  # name, description, tag, alias
 NON_IDP = ("disallow_all", "allow_if_trusted")
+
+
+def _alias_values(body: dict[str, Any]) -> list[str]:
+    """The aliases a POST or PATCH of a conference names (objects, or plain strings)."""
+    return [
+        str(a.get("alias", "")) if isinstance(a, dict) else str(a)
+        for a in body.get("aliases") or []
+    ]
 
 
 def _too_long(value: str) -> list[str]:
@@ -52,6 +69,8 @@ class FakePexip:
         self.down = False
         self.fail_next: list[int] = []
         self.fail_lists = 0  # a status for every list request (0: none)
+        self.retry_after = ""  # a Retry-After header on injected failures and outages
+        self.list_body: tuple[str, str] | None = None  # (content type, body) for every list
         self.refuse: dict[str, list[str]] = {}
         self.latency = 0.0  # seconds each collection request takes (races show)
         self.requests: list[tuple[str, str]] = []  # (method, path)
@@ -121,10 +140,12 @@ class FakePexip:
 
     def _check(self, request: web.Request) -> web.Response | None:
         self.requests.append((request.method, request.path))
+        headers = {"Retry-After": self.retry_after} if self.retry_after else {}
         if self.down:
-            return web.Response(status=503, text="Service Unavailable")
+            return web.Response(status=503, text="Service Unavailable", headers=headers)
         if self.fail_next:
-            return web.Response(status=self.fail_next.pop(0), text="injected failure")
+            status = self.fail_next.pop(0)
+            return web.Response(status=status, text="injected failure", headers=headers)
         expected = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
         if request.headers.get("Authorization", "") != f"Basic {expected}":
             return web.Response(status=401, text="Authorization Required")
@@ -137,7 +158,16 @@ class FakePexip:
             "identity_provider_group": self.groups,
             "end_user": self.end_users,
             "device": self.devices,
+            "conference_alias": self._aliases(),
         }.get(resource)
+
+    def _aliases(self) -> dict[int, dict[str, Any]]:
+        """Every conference_alias object by id (a view of the conferences' nested aliases)."""
+        return {
+            a["id"]: {**a, "resource_uri": f"{API}conference_alias/{a['id']}/"}
+            for c in self.conferences.values()
+            for a in c["aliases"]
+        }
 
     async def _collection(self, request: web.Request) -> web.StreamResponse:
         refused = self._check(request)
@@ -154,7 +184,20 @@ class FakePexip:
                 return web.Response(
                     status=self.fail_lists, text="<html><body>Bad Request</body></html>"
                 )
+            if self.list_body is not None:
+                kind, text = self.list_body
+                return web.Response(status=200, text=text, content_type=kind)
             return self._list(request, resource, table)
+        if request.method == "POST" and resource == "conference_alias":
+            body = await request.json()
+            with self.lock:
+                errors, conference = self._validate_alias(body)
+                if errors or conference is None:
+                    return web.json_response({"conference_alias": errors}, status=400)
+                alias = self._new_alias(str(body["alias"]), conference["resource_uri"])
+                conference["aliases"].append(alias)
+            location = f"{request.scheme}://{request.host}{API}conference_alias/{alias['id']}/"
+            return web.Response(status=201, headers={"Location": location})
         if request.method == "POST" and resource == "end_user":
             body = await request.json()
             email = str(body.get("primary_email_address", ""))
@@ -222,30 +265,49 @@ class FakePexip:
             return web.json_response(table[item_id])
         if request.method == "DELETE":
             with self.lock:
-                del table[item_id]
+                if request.match_info["resource"] == "conference_alias":
+                    for conference in self.conferences.values():
+                        conference["aliases"] = [
+                            a for a in conference["aliases"] if a["id"] != item_id
+                        ]
+                else:
+                    del table[item_id]
             return web.Response(status=204)
         if request.method == "PATCH":
             body = await request.json()
             with self.lock:
+                if request.match_info["resource"] == "conference":
+                    errors = self._validate(body, own=item_id)
+                    if errors:
+                        return web.json_response({"conference": errors}, status=400)
+                    if "aliases" in body:
+                        uri = table[item_id]["resource_uri"]
+                        table[item_id]["aliases"] = [
+                            self._new_alias(a, uri) for a in _alias_values(body)
+                        ]
                 table[item_id].update({k: v for k, v in body.items() if k != "aliases"})
             return web.Response(status=202)
         return web.Response(status=405)
 
-    def _validate(self, body: dict[str, Any]) -> dict[str, Any]:
-        errors: dict[str, Any] = {k: list(v) for k, v in self.refuse.items()}
+    def _validate(self, body: dict[str, Any], own: int | None = None) -> dict[str, Any]:
+        """A POST's errors; with `own`, a PATCH of that conference's (only what it names)."""
+        errors: dict[str, Any] = {k: list(v) for k, v in self.refuse.items()} if own is None else {}
+        others = [c for i, c in self.conferences.items() if i != own]
         name = str(body.get("name", ""))
-        if not name:
+        if own is not None and "name" not in body:
+            pass
+        elif not name:
             errors["name"] = ["This field is required."]
         elif len(name) > MAX_LENGTH:
             errors["name"] = _too_long(name)
-        elif any(c["name"].lower() == name.lower() for c in self.conferences.values()):
+        elif any(c["name"].lower() == name.lower() for c in others):
             errors["name"] = ["Conference with this Name already exists."]
         for key in ("description", "tag"):
-            if len(str(body.get(key, ""))) > MAX_LENGTH:
+            if len(str(body.get(key) or "")) > MAX_LENGTH:
                 errors[key] = _too_long(str(body[key]))
-        taken = {a["alias"].lower() for c in self.conferences.values() for a in c["aliases"]}
+        taken = {a["alias"].lower() for c in others for a in c["aliases"]}
         devices = {d["alias"].lower() for d in self.devices.values()}
-        wanted = [a.get("alias", "") if isinstance(a, dict) else a for a in body.get("aliases", [])]
+        wanted = _alias_values(body)
         if any(a.lower() in taken for a in wanted):
             errors["aliases"] = [{"alias": ["Conference alias with this Alias already exists."]}]
         elif any(a.lower() in devices for a in wanted):
@@ -260,16 +322,45 @@ class FakePexip:
             if group and not any(g["resource_uri"] == group for g in self.groups.values()):
                 errors[key] = ["Could not find the identity provider group."]
         non_idp = body.get("non_idp_participants", "disallow_all")
-        if non_idp not in NON_IDP:
+        if (own is None or "non_idp_participants" in body) and non_idp not in NON_IDP:
             errors["non_idp_participants"] = [
                 f"Select a valid choice. {non_idp} is not one of the available choices."
             ]
         return errors
 
+    def _validate_alias(self, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """A conference_alias POST's errors, and the conference it is for."""
+        alias = str(body.get("alias") or "")
+        target = str(body.get("conference") or "")
+        conference = next(
+            (c for c in self.conferences.values() if c["resource_uri"] == target), None
+        )
+        errors: dict[str, Any] = {}
+        taken = {a["alias"].lower() for c in self.conferences.values() for a in c["aliases"]}
+        if not alias:
+            errors["alias"] = ["This field is required."]
+        elif len(alias) > MAX_LENGTH:
+            errors["alias"] = _too_long(alias)
+        elif alias.lower() in taken:
+            errors["alias"] = ["Conference alias with this Alias already exists."]
+        elif alias.lower() in {d["alias"].lower() for d in self.devices.values()}:
+            errors["alias"] = ["This alias is already in use by a device."]
+        if conference is None:
+            errors["conference"] = ["Could not find the conference."]
+        return errors, conference
+
+    def _new_alias(self, alias: str, conference_uri: str) -> dict[str, Any]:
+        return {
+            "alias": alias,
+            "conference": conference_uri,
+            "description": "",
+            "id": next(self.ids),
+        }
+
     def _store_conference(self, body: dict[str, Any]) -> dict[str, Any]:
         conference_id = next(self.ids)
         uri = f"{API}conference/{conference_id}/"
-        aliases = [a.get("alias", "") if isinstance(a, dict) else a for a in body["aliases"]]
+        aliases = _alias_values(body)
         conference = {
             "id": conference_id,
             "name": body["name"],
@@ -284,10 +375,7 @@ class FakePexip:
             "host_identity_provider_group": body.get("host_identity_provider_group"),
             "guest_identity_provider_group": body.get("guest_identity_provider_group"),
             "non_idp_participants": body.get("non_idp_participants", "disallow_all"),
-            "aliases": [
-                {"alias": a, "conference": uri, "description": "", "id": next(self.ids)}
-                for a in aliases
-            ],
+            "aliases": [self._new_alias(a, uri) for a in aliases],
             "resource_uri": uri,
         }
         self.conferences[conference_id] = conference

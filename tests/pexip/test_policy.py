@@ -301,3 +301,28 @@ def test_a_personal_vmrs_alias_is_never_handed_out_as_a_single_use_one() -> None
     assert not index.alias_taken("81100003")
     index.publish_personal("hq", ())
     assert not index.alias_taken("81100001")
+
+
+def test_a_personal_rooms_numeric_alias_is_matched_at_any_domain() -> None:
+    """docs/pexip.md: the numeric alias matches at any domain, as a phone gateway dials it
+    (`<digits>@<its own domain or address>`), for a file directory's personal room as for a
+    single-use one; its other aliases only as they are."""
+    from vmrsched.pexip.policy import PersonalRoom
+
+    index = AliasIndex()
+    index.publish_personal(
+        "hq", [PersonalRoom("hq", "Olga's room", ("meet.olga@video.example.com", "71100001"))]
+    )
+    for dialled in (
+        "71100001",
+        "h323:71100001",
+        "sip:71100001@video.example.com",
+        "71100001@10.0.0.5",
+        "<SIP:71100001@Gateway.Example.NET;transport=tls>",
+        "meet.olga@video.example.com",
+    ):
+        label, body = answer(dialled, START, index)
+        assert label == "personal", dialled
+        assert body["result"]["name"] == "Olga's room"  # type: ignore[index]
+    for dialled in ("meet.olga@elsewhere.example.com", "71100002@video.example.com", "7110@x"):
+        assert answer(dialled, START, index)[0] == "not_ours", dialled

@@ -1,7 +1,7 @@
 """An outage of something an actor depends on (the mailbox for the poller and the notifier, the
 Pexip management API for the provisioner), tracked the one way: since when, how many failures
 in a row, the wait before the next try (capped exponential backoff, or the server's own
-Retry-After), the alarm while it lasts, and one log line when it is over.
+Retry-After under the same cap), the alarm while it lasts, and one log line when it is over.
 
 The actor keeps its own loop: it calls `failed` when a try fails (and waits the delay it
 returns) and `recovered` when one works. Nothing here schedules, sleeps or takes a lock: each
@@ -26,7 +26,10 @@ class Outage:
     the threshold raises nothing). `jitter`: a share of each backoff delay taken off at random
     (0.3: the delay lies between 70 % and 100 % of the backoff), drawn from `rng` (uniform in
     [0, 1)), so that many integrations failing together do not all retry together; 0 (the
-    default) keeps the delays exact. A Retry-After the server sent is waited as it is."""
+    default) keeps the delays exact. A Retry-After the server sent is waited as it is, up to
+    the backoff's maximum: the longest wait is the longest wait, whoever names it (one 503
+    with `Retry-After: 3600` from a proxy would otherwise stop the actor for an hour after
+    the dependency is back)."""
 
     __slots__ = (
         "alarm",
@@ -81,14 +84,16 @@ class Outage:
         """One more failure in a row: from the threshold on, the alarm (`alarm`, else this
         outage's) is raised (an alarm already active keeps the message it was raised with).
         Returns the seconds to wait before the next try: `retry_after` when the server named
-        it, else the backoff's."""
+        it (at most the backoff's maximum), else the backoff's."""
         self.failures += 1
         if self.since is None:
             self.since = self.clock()
         if self.failures >= self.threshold:
             self.raised = alarm or self.alarm
             self.alarms.raise_(self.integration, self.raised, error)
-        return retry_after or self.delay()
+        if retry_after:
+            return min(retry_after, self.backoff.maximum)
+        return self.delay()
 
     def delay(self) -> float:
         """The backoff after the failures so far, less its jitter."""

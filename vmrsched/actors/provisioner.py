@@ -16,7 +16,9 @@ missing. Conferences are tagged `vmrsched/<integration>/<alias id>`; Pexip ignor
 does not know, so every listed conference's tag is checked here, and conferences without our
 tag are never touched. Nothing is deleted before the allocator has published its whole store
 (a restart, a reload or a takeover must not cut off calls in progress); a second conference
-carrying one alias's tag is removed like a stray.
+carrying one alias's tag is removed like a stray. A conference of ours that differs from the
+store (a hand edit on the Management Node) is put back, fields and aliases alike: the store is
+the one truth, and an alias dropped by hand would silently cut off the room's phone route.
 
 A Pexip problem never takes the integration down: unreachable, busy or refusing to list, the
 provisioner raises an alarm and tries again with backoff (one timer: changes made meanwhile
@@ -38,8 +40,14 @@ from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Poke, Reconcile
 from vmrsched.actors.outage import Outage
 from vmrsched.actors.supervision import Backoff
-from vmrsched.pexip.management import ManagementClient, PexipRefused, PexipUnavailable
-from vmrsched.pexip.policy import FIELD_MAX, Room, clip, non_idp
+from vmrsched.pexip.conference import alias_changes, differences, numbered, ours
+from vmrsched.pexip.management import (
+    ManagementClient,
+    PexipRefused,
+    PexipUnavailable,
+    alias_strings,
+)
+from vmrsched.pexip.policy import Room, clip, non_idp
 from vmrsched.proxies import use_rule
 from vmrsched.rules import recurrence
 from vmrsched.telemetry import PEXIP_REFUSED, PEXIP_UNREACHABLE
@@ -50,7 +58,6 @@ REFUSED_RETRY = 600.0  # a refused conference is tried again after this long (co
 POKE_DELAY = 1.0  # a burst of commits becomes one pass
 NOT_LOADED_RETRY = 1.0  # the allocator has not published its store yet: look again this soon
 OUR_TAGS = "vmrsched/"
-SUFFIX = 7  # " " + six digits appended to a name Pexip already has
 DUPLICATE = "already exists"  # how Pexip words a uniqueness refusal
 
 
@@ -167,7 +174,8 @@ class Provisioner(SupervisedChild):
 
     def reconcile(self, full: bool) -> tuple[int, int, int] | None:
         """Create what is missing, delete what is over (once the whole store is published),
-        update changed descriptions. Returns the counts when something was done."""
+        put back what differs from the store (a changed description, a hand edit). Returns
+        the counts when something was done."""
         if full or self.actual is None:
             self.actual = self._read_back()
             self.last_full = time.monotonic()
@@ -190,20 +198,12 @@ class Provisioner(SupervisedChild):
                     deleted += 1
         clock = time.monotonic()
         for alias_id, room in wanted.items():
-            existing = self.actual.get(alias_id)
-            if existing is not None:
-                held = str(existing.get("name", ""))
-                if held and held != room.name:  # Pexip's name is the one name served
-                    index.set_pexip_name(self.integ.name, alias_id, held)
-                description = clip(room.description)
-                if existing.get("description", "") != description:
-                    self.client.update(existing["resource_uri"], {"description": description})
-                    existing["description"] = description
-                    updated += 1
-                continue
             if self.refused.get(alias_id, 0.0) > clock:
                 continue
-            if self._create(room):
+            existing = self.actual.get(alias_id)
+            if existing is not None:
+                updated += self._restore(room, existing)
+            elif self._create(room):
                 created += 1
         return (created, deleted, updated) if created or deleted or updated else None
 
@@ -253,10 +253,11 @@ class Provisioner(SupervisedChild):
             tag = str(conference.get("tag") or "")
             if not tag.startswith(OUR_TAGS):  # Pexip's own service
                 names.append(str(conference.get("name", "")))
-                aliases.extend(str(a.get("alias", "")) for a in conference.get("aliases") or [])
+                aliases.extend(alias_strings(conference))
                 continue
             if not tag.startswith(self.prefix):
                 continue
+            alias_strings(conference)  # a conference to compare must be in Pexip's shape
             alias_id = tag[len(self.prefix) :]
             kept = found.get(alias_id)
             if kept is None:
@@ -269,7 +270,7 @@ class Provisioner(SupervisedChild):
         self.extra = extra
         # a device registered to Pexip owns its alias too: a call to it rings the device, so a
         # room handed out with that alias could never be joined
-        aliases.extend(str(d.get("alias", "")) for d in self.client.list("device"))
+        aliases.extend(str(d.get("alias") or "") for d in self.client.list("device"))
         self.ctx.alias_index.set_foreign(self.integ.name, names, aliases)
         return found
 
@@ -288,33 +289,44 @@ class Provisioner(SupervisedChild):
 
         return routes(one) and not routes(other)
 
-    def _create(self, room: Room) -> bool:
-        assert self.actual is not None
-        base = clip(room.name or room.alias)
+    def _wanted(self, room: Room) -> dict[str, Any]:
+        """The fields of the room's conference the service owns (aliases aside): what is
+        created, and what a reconcile puts back where Pexip holds something else."""
         fields: dict[str, Any] = {
-            "name": base,
+            "name": clip(room.name or room.alias),
             "service_type": "conference",
             "description": clip(room.description),
             "tag": clip(self.prefix + room.alias_id),
-            "aliases": [{"alias": a} for a in dict.fromkeys((room.alias, room.numeric_alias)) if a],
+            "ivr_theme": self._uri("ivr_theme", self.integ.single_use.theme),
+            "host_identity_provider_group": None,
         }
-        theme = self._uri("ivr_theme", self.integ.single_use.theme)
-        if theme:
-            fields["ivr_theme"] = theme
         group = self._uri("identity_provider_group", self.integ.single_use.identity_provider_group)
         if group:
             # as the policy answer: hosts authenticate with the group's identity providers,
             # other devices are let in (or not) as configured
             fields["host_identity_provider_group"] = group
             fields["non_idp_participants"] = non_idp(self.integ.single_use.other_participants)
+        return fields
+
+    @staticmethod
+    def _aliases(room: Room) -> list[str]:
+        return [a for a in dict.fromkeys((room.alias, room.numeric_alias)) if a]
+
+    def _create(self, room: Room) -> bool:
+        assert self.actual is not None
+        base = clip(room.name or room.alias)
+        fields = self._wanted(room)
+        fields["aliases"] = [{"alias": a} for a in self._aliases(room)]
+        for key in ("ivr_theme", "host_identity_provider_group"):
+            if fields[key] is None:
+                del fields[key]  # Pexip's default: none
         for _ in range(5):
             try:
                 uri = self.client.create("conference", fields)
             except PexipRefused as exc:
                 if exc.about("name") and DUPLICATE in str(exc.fields.get("name")):
                     # a name another service took since we checked: a number, as Pexip's own
-                    short = clip(base, FIELD_MAX - SUFFIX)
-                    fields["name"] = f"{short} {self.rng.randrange(10**6):06d}"
+                    fields["name"] = numbered(base, self.rng.randrange(10**6))
                     continue
                 self._refused(room, str(exc))
                 return False
@@ -325,6 +337,61 @@ class Provisioner(SupervisedChild):
             return True
         self._refused(room, "every name tried is taken on Pexip")
         return False
+
+    def _restore(self, room: Room, existing: dict[str, Any]) -> int:
+        """Put the room's existing conference back in line with the store: every owned field
+        and both aliases (a hand edit on Pexip, a description changed since). 1 when
+        something was changed. A refusal (an alias taken meanwhile) is the room's, as for a
+        create."""
+        wanted = self._wanted(room)
+        uri = str(existing["resource_uri"])
+        changed = differences(existing, wanted)
+        held = str(existing.get("name", ""))
+        if not ours(held, wanted["name"]):
+            changed["name"] = wanted["name"]
+        aliases = alias_changes(existing, self._aliases(room))
+        if not changed and not aliases:
+            if held != room.name:  # Pexip's name (numbered) is the one name served
+                self.ctx.alias_index.set_pexip_name(self.integ.name, room.alias_id, held)
+            return 0
+        log.warning(
+            "Pexip's conference of %s differs from the store (%s): put back",
+            room.alias,
+            ", ".join([*changed, *(["aliases"] if aliases else [])]),
+            extra={"integration": self.integ.name, "alias": room.alias},
+        )
+        try:
+            if changed:
+                self._update(uri, changed, room)
+                existing.update(changed)
+            for extra in aliases.extra:
+                self.client.delete(extra)
+            for alias in aliases.missing:
+                self.client.create("conference_alias", {"alias": alias, "conference": uri})
+        except PexipRefused as exc:
+            self.last_full = 0.0  # half done, perhaps: the next pass reads Pexip back
+            self._refused(room, str(exc))
+            return 0
+        if aliases:
+            existing["aliases"] = [{"alias": a} for a in self._aliases(room)]
+        name = str(existing.get("name", ""))
+        if name != room.name:
+            self.ctx.alias_index.set_pexip_name(self.integ.name, room.alias_id, name)
+        return 1
+
+    def _update(self, uri: str, changed: dict[str, Any], room: Room) -> None:
+        """PATCH the changed fields; a name taken meanwhile gets a number, as on create."""
+        for _ in range(5):
+            try:
+                self.client.update(uri, changed)
+                return
+            except PexipRefused as exc:
+                if "name" not in changed or not (
+                    exc.about("name") and DUPLICATE in str(exc.fields.get("name"))
+                ):
+                    raise
+                changed["name"] = numbered(room.name or room.alias, self.rng.randrange(10**6))
+        raise PexipRefused("every name tried is taken on Pexip", 400, {})
 
     def _refused(self, room: Room, why: str) -> None:
         self.refused[room.alias_id] = time.monotonic() + REFUSED_RETRY

@@ -1,13 +1,19 @@
 """A small client of the Pexip Infinity management API (configuration resources on the Management
 Node): Basic auth, tastypie lists with paging, POST/PATCH/DELETE, and Pexip's error shapes turned
 into two kinds of failure: the node is unreachable or busy (retry later, whole integration) or it
-refused one request (a 4xx with field errors: that conference only). Synchronous, for the
-provisioner's actor thread."""
+refused one request (a 4xx with field errors: that conference only). An answer that is not the
+JSON Pexip documents (a proxy's or load balancer's HTML page with status 200, a body cut off, an
+envelope or object of another shape) is the first kind: whatever stands between us and the node
+is not answering as the node would, so nothing in it is trusted or acted on. Every server the
+client reaches is checked against the configured CA file, whatever REQUESTS_CA_BUNDLE or
+CURL_CA_BUNDLE say. Synchronous, for the provisioner's actor thread."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -55,8 +61,11 @@ class ManagementClient:
         self.session = session or requests.Session()
         self.session.auth = (settings.management_username, password)
         self.session.headers["Accept"] = "application/json"
-        if settings.tls_ca_file:
-            self.session.verify = str(settings.tls_ca_file)
+        # given with every request, not set on the session: requests lets REQUESTS_CA_BUNDLE and
+        # CURL_CA_BUNDLE override `Session.verify` (its environment merge runs after it), and
+        # an internal CA configured for Pexip must hold whatever the environment names for the
+        # rest of the host; the environment's proxies still apply (the session trusts it)
+        self.verify: str | None = str(settings.tls_ca_file) if settings.tls_ca_file else None
         self.on_request = on_request  # (operation, result) -> None, for the metrics
 
     def close(self) -> None:
@@ -70,9 +79,9 @@ class ManagementClient:
         url: str | None = urljoin(self.base, f"{resource}/")
         params: dict[str, Any] | None = {**filters, "limit": PAGE, "offset": 0}
         while url is not None:
-            body = self._call("GET", url, f"list_{resource}", params=params).json()
-            yield from body.get("objects", [])
-            following = (body.get("meta") or {}).get("next")
+            response = self._call("GET", url, f"list_{resource}", params=params)
+            objects, following = _page(response, f"the {resource} list")
+            yield from objects
             url = urljoin(self.base, following) if following else None
             params = None  # `next` carries the query
 
@@ -100,7 +109,7 @@ class ManagementClient:
         groups are referred to by URI in a conference)."""
         for obj in self.list(resource, name=name):
             if obj.get("name") == name:
-                return str(obj["resource_uri"])
+                return str(obj["resource_uri"])  # every listed object has one (_page)
         return None
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -109,6 +118,8 @@ class ManagementClient:
         return urljoin(self.base, uri)
 
     def _call(self, method: str, url: str, operation: str, **kwargs: Any) -> requests.Response:
+        if self.verify is not None:
+            kwargs["verify"] = self.verify
         try:
             response = self.session.request(method, url, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
@@ -120,10 +131,9 @@ class ManagementClient:
             return response
         if status in (401, 403) or status >= 500 or status == 429:
             self._count(operation, f"http_{status}")
-            retry = response.headers.get("Retry-After", "")
             raise PexipUnavailable(
                 f"the Management Node answered {status} to {method} {url}: {response.text[:300]}",
-                float(retry) if retry.isdigit() else None,
+                retry_after(response.headers.get("Retry-After", "")),
             )
         self._count(operation, f"http_{status}")
         fields: dict[str, Any] = {}
@@ -147,3 +157,67 @@ class ManagementClient:
     def _count(self, operation: str, result: str) -> None:
         if self.on_request is not None:
             self.on_request(operation, result)
+
+
+# --- what the answers must look like ---------------------------------------------------------
+
+
+def _page(response: requests.Response, what: str) -> tuple[list[dict[str, Any]], str | None]:
+    """One tastypie list page: its objects (each a JSON object with its `resource_uri`, as
+    every Pexip resource has) and the `next` link. Anything else is PexipUnavailable: a page
+    whose objects cannot be trusted must not be acted on (a missing conference would be
+    created twice, a missing tag would hide a stray)."""
+    try:
+        body = response.json()
+    except ValueError as exc:  # HTML, an empty or cut-off body (requests' JSONDecodeError too)
+        raise _malformed(response, what, f"not JSON ({exc})") from exc
+    if not isinstance(body, dict):
+        raise _malformed(response, what, "not a JSON object")
+    objects = body.get("objects")
+    meta = body.get("meta")
+    if not isinstance(objects, list) or not isinstance(meta, dict | None):
+        raise _malformed(response, what, "no `objects` list under its `meta`")
+    following = (meta or {}).get("next")
+    if following is not None and not isinstance(following, str):
+        raise _malformed(response, what, "a `next` link that is not a string")
+    for obj in objects:
+        if not isinstance(obj, dict) or not isinstance(obj.get("resource_uri"), str):
+            raise _malformed(response, what, "an object without its resource_uri")
+    return objects, following
+
+
+def alias_strings(conference: dict[str, Any]) -> list[str]:
+    """A listed conference's aliases (Pexip nests conference_alias objects under `aliases`);
+    PexipUnavailable when they are not in that shape, for the same reason as `_page`."""
+    aliases = conference.get("aliases") or []
+    if not isinstance(aliases, list) or not all(
+        isinstance(a, dict) and isinstance(a.get("alias"), str) for a in aliases
+    ):
+        raise PexipUnavailable(
+            f"the Management Node listed conference {conference.get('resource_uri')} with "
+            "aliases that are not conference_alias objects"
+        )
+    return [a["alias"] for a in aliases]
+
+
+def _malformed(response: requests.Response, what: str, why: str) -> PexipUnavailable:
+    kind = response.headers.get("Content-Type", "no content type")
+    return PexipUnavailable(
+        f"the Management Node (or something in front of it) answered {what} with "
+        f"{response.status_code} {kind}, {why}: {response.text[:200]!r}"
+    )
+
+
+def retry_after(value: str, now: datetime | None = None) -> float | None:
+    """A Retry-After header in seconds (delta-seconds or an HTTP-date, RFC 9110 10.2.3); None
+    when absent or unreadable. How long is honoured is the outage's to cap."""
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0) or None

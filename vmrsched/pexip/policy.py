@@ -234,7 +234,16 @@ class AliasIndex:
         self._personal_taken = taken
 
     def personal(self, key: str) -> PersonalRoom | None:
-        return self._personal.get(key)
+        """The file-directory personal room a normalised alias reaches: one of its aliases,
+        or one of its numeric aliases (digits only) at any domain, as single-use numeric
+        aliases are matched: a phone gateway dials `<digits>@<its own domain or address>`,
+        and the node would otherwise look in its own database, where these rooms are not."""
+        room = self._personal.get(key)
+        if room is None and "@" in key:
+            user = key.split("@", 1)[0]
+            if user.isascii() and user.isdigit():
+                room = self._personal.get(user)
+        return room
 
     def drop(self, integration: str) -> None:
         """Forget an integration's aliases (it was removed from the config)."""
