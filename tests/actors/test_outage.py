@@ -6,12 +6,19 @@ wait), and one "recovered after N s" line when it is over."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from tests import spoolkit
+from tests.configs import ews_config
+from tests.fakes.ews_server import FakeExchange
+from tests.fakes.threaded import ThreadedServer
+from vmrsched import service
 from vmrsched.actors.outage import Outage
-from vmrsched.actors.supervision import Backoff
+from vmrsched.actors.supervision import Backoff, RestartPolicy
 from vmrsched.telemetry import Alarms, Metrics
 
 
@@ -98,3 +105,46 @@ def test_jitter_takes_up_to_its_share_off_the_backoff() -> None:
     assert 2.0 * 0.8 < down.failed("x") < 2.0
     with pytest.raises(ValueError):
         outage(Alarms(Metrics()), Clock(), jitter=0.2)
+
+
+def test_a_longer_retry_after_cap_waits_what_the_server_named_up_to_it() -> None:
+    """The mailbox actors' cap: Exchange and Graph ask to be left alone for what they name."""
+    alarms = Alarms(Metrics())
+    down = Outage(
+        alarms,
+        "alpha",
+        "exchange_unreachable",
+        Backoff(0.5, 60.0),
+        "the mailbox",
+        retry_after_cap=300.0,
+    )
+    assert down.failed("throttled", retry_after=120.0) == 120.0
+    assert down.failed("throttled", retry_after=3600.0) == 300.0
+    assert down.failed("no answer") == 2.0  # the backoff itself keeps its own maximum
+
+
+def test_the_poller_waits_an_exchange_retry_after_longer_than_its_longest_backoff(
+    tmp_path: Path,
+) -> None:
+    """Exchange answers 503 with Retry-After: 3 while the poller's longest backoff is 0.2 s:
+    nothing is asked of Exchange for those 3 s (Microsoft: retrying sooner only prolongs the
+    throttling), and polling resumes after them."""
+    fake = FakeExchange()
+    server = ThreadedServer(fake.app()).start()
+    svc = service.start(ews_config(tmp_path, server.url), policy=RestartPolicy(mailbox_max=0.2))
+    try:
+        spoolkit.wait_for(lambda: fake.requests.count("GetEvents") >= 2, timeout=20)
+        with fake.lock:
+            fake.retry_after = "3"
+            fake.fail_next.append("503")
+            asked = len(fake.requests)
+        spoolkit.wait_for(lambda: len(fake.requests) > asked, timeout=5)  # the refused poll
+        refused_at = time.monotonic()
+        after = len(fake.requests)
+        time.sleep(2.0)
+        assert len(fake.requests) == after, fake.requests[after:]
+        spoolkit.wait_for(lambda: len(fake.requests) > after, timeout=5)
+        assert time.monotonic() - refused_at >= 2.5
+    finally:
+        svc.stop()
+        server.stop()

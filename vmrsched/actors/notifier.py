@@ -31,7 +31,7 @@ from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.messages import Enqueue, Flush, QueueAct, QueueContents, Request
 from vmrsched.actors.outage import Outage
 from vmrsched.actors.supervision import Backoff
-from vmrsched.mailbox.base import GatewayError, Mailbox, Outgoing
+from vmrsched.mailbox.base import MAX_RETRY_AFTER, GatewayError, Mailbox, Outgoing
 from vmrsched.messages import answers
 from vmrsched.postgres.outqueue import DatabaseOutQueue
 from vmrsched.store.outqueue import Failed, MessageQueue, OutQueue
@@ -65,6 +65,7 @@ class Notifier(SupervisedChild):
             self.alarm,
             Backoff(0.5, self.ctx.policy.mailbox_max),
             "the mailbox (sending)",
+            retry_after_cap=MAX_RETRY_AFTER,
         )
         self._retries: dict[str, _Retry] = {}
         self._wake_at: float | None = None

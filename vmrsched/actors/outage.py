@@ -27,9 +27,10 @@ class Outage:
     (0.3: the delay lies between 70 % and 100 % of the backoff), drawn from `rng` (uniform in
     [0, 1)), so that many integrations failing together do not all retry together; 0 (the
     default) keeps the delays exact. A Retry-After the server sent is waited as it is, up to
-    the backoff's maximum: the longest wait is the longest wait, whoever names it (one 503
-    with `Retry-After: 3600` from a proxy would otherwise stop the actor for an hour after
-    the dependency is back)."""
+    `retry_after_cap` (the backoff's maximum unless given): one 503 with `Retry-After: 3600`
+    from a proxy must not stop an actor for an hour after the dependency is back. The mailbox
+    actors give a longer cap (mailbox.base.MAX_RETRY_AFTER): Microsoft asks clients to wait
+    what Exchange and Graph name, and retrying sooner only prolongs their throttling."""
 
     __slots__ = (
         "alarm",
@@ -40,6 +41,7 @@ class Outage:
         "integration",
         "jitter",
         "raised",
+        "retry_after_cap",
         "rng",
         "since",
         "threshold",
@@ -58,6 +60,7 @@ class Outage:
         jitter: float = 0.0,
         rng: Callable[[], float] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        retry_after_cap: float | None = None,
     ) -> None:
         if jitter and rng is None:
             raise ValueError("jitter needs a random source")
@@ -65,6 +68,7 @@ class Outage:
         self.integration = integration
         self.alarm = alarm  # raised unless a failure names another
         self.backoff = backoff
+        self.retry_after_cap = backoff.maximum if retry_after_cap is None else retry_after_cap
         self.what = what  # for the log: "the mailbox (sending)", "Pexip's management API"
         self.threshold = threshold
         self.jitter = jitter
@@ -84,7 +88,7 @@ class Outage:
         """One more failure in a row: from the threshold on, the alarm (`alarm`, else this
         outage's) is raised (an alarm already active keeps the message it was raised with).
         Returns the seconds to wait before the next try: `retry_after` when the server named
-        it (at most the backoff's maximum), else the backoff's."""
+        it (at most `retry_after_cap`), else the backoff's."""
         self.failures += 1
         if self.since is None:
             self.since = self.clock()
@@ -92,7 +96,7 @@ class Outage:
             self.raised = alarm or self.alarm
             self.alarms.raise_(self.integration, self.raised, error)
         if retry_after:
-            return min(retry_after, self.backoff.maximum)
+            return min(retry_after, self.retry_after_cap)
         return self.delay()
 
     def delay(self) -> float:

@@ -15,7 +15,7 @@ from vmrsched.actors.messages import Enqueue, Poll, ProcessMeetings
 from vmrsched.actors.outage import Outage
 from vmrsched.actors.supervision import Backoff
 from vmrsched.errors import StorageFull
-from vmrsched.mailbox.base import GatewayError, InboxItem, Mailbox, Outgoing
+from vmrsched.mailbox.base import MAX_RETRY_AFTER, GatewayError, InboxItem, Mailbox, Outgoing
 from vmrsched.messages import answers, calendars
 from vmrsched.rules.meetings import Meeting, is_address
 from vmrsched.store.decisions import DecisionWriter
@@ -48,6 +48,7 @@ class MailboxPoller(SupervisedChild):
             self.alarm,
             Backoff(self.interval * 2, self.ctx.policy.mailbox_max),
             "the mailbox (reading)",
+            retry_after_cap=MAX_RETRY_AFTER,
         )
         self._full = 0  # polls in a row the disk was full for
 
