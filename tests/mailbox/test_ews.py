@@ -213,17 +213,31 @@ def test_a_plain_message_is_set_aside_without_a_reply(env: Env) -> None:
 
 
 def test_every_ews_request_is_counted(env: Env) -> None:
+    """Every request Exchange received is counted once its answer is back. The poller keeps
+    polling, so a request may be on its way while the two are compared: they must agree
+    whenever none is."""
     env.send(meeting("counted", "<p>no token</p>"))
     registry = env.svc.ctx.metrics.registry
-    total = sum(
-        registry.get_sample_value(
-            "vmrsched_exchange_requests_total",
-            {"integration": "onprem", "operation": op, "result": "ok"},
+
+    def counted() -> tuple[float, int]:
+        """(requests counted, requests Exchange received), read in that order: a request is
+        received before its answer is counted, so the second is never below the first."""
+        total = sum(
+            registry.get_sample_value(
+                "vmrsched_exchange_requests_total",
+                {"integration": "onprem", "operation": op, "result": "ok"},
+            )
+            or 0
+            for op in set(env.fake.requests)
         )
-        or 0
-        for op in set(env.fake.requests)
-    )
-    assert total == len(env.fake.requests)
+        return total, len(env.fake.requests)
+
+    def agree() -> bool:
+        total, received = counted()
+        assert total <= received  # never one counted that Exchange did not see
+        return total == received > 0
+
+    spoolkit.wait_for(agree, timeout=10)
 
 
 def test_faults_raise_the_alarm_and_lose_nothing(env: Env) -> None:
