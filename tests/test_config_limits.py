@@ -217,3 +217,35 @@ def test_a_token_endpoint_the_service_cannot_sign_in_with_is_refused(
         ]
     else:
         assert not found
+
+
+def test_a_provider_name_the_manifest_schema_refuses_is_refused() -> None:
+    """The manifest's ProviderName is a ShortString (125 characters): longer would make the
+    served manifest fail the schema."""
+    assert problems(doc(addin={"token_validation": "none", "provider_name": "p" * 126})) == [
+        "integrations[0].addin.provider_name: must be at most 125 characters, got 126"
+    ]
+    cfg = config.parse(
+        doc(addin={"token_validation": "none", "provider_name": "p" * 125}), Path("."), {}
+    )
+    assert cfg.integrations[0].addin.provider_name == "p" * 125
+    assert problems(
+        doc(addin={"token_validation": "none", "send_check_button_label": "b" * 21})
+    ) == ["integrations[0].addin.send_check_button_label: must be at most 20 characters, got 21"]
+
+
+def test_the_default_notification_texts_fit_outlooks_150_characters() -> None:
+    """On iOS and Android these go to the notification bar, which takes 150 characters."""
+    addin = config.AddinConfig()
+    for key in (
+        "success_message",
+        "already_assigned_message",
+        "unavailable_message",
+        "error_inserting_single_use_message",
+        "meeting_ends_before_start_message",
+        "meeting_in_past_message",
+        "error_signing_in_message",
+        "error_too_many_requests_message",
+        "error_quota_exceeded_message",
+    ):
+        assert len(getattr(addin, key).replace("{seconds}", "3600")) <= 150, key

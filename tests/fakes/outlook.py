@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import email.policy
+import html
 import json
 import os
 import re
@@ -199,6 +200,14 @@ def html_document(content: str) -> str:
     )
 
 
+def _content(page_state: dict[str, Any]) -> str:
+    """The body as HTML: a plain-text body (bodyType "text") becomes escaped lines."""
+    content = str(page_state.get("bodyContent", ""))
+    if page_state.get("bodyType") == "text":
+        return "<br>\n".join(html.escape(line) for line in content.split("\n"))
+    return content
+
+
 def _attendees(page_state: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     rows = [("REQ-PARTICIPANT", a) for a in page_state.get("requiredAttendees", [])]
     rows += [("OPT-PARTICIPANT", a) for a in page_state.get("optionalAttendees", [])]
@@ -216,7 +225,7 @@ def calendar(
 ) -> str:
     """The VCALENDAR (METHOD:REQUEST, one VEVENT) of the meeting request."""
     name, address = organizer
-    content = str(page_state.get("bodyContent", ""))
+    content = _content(page_state)
     org = f"ORGANIZER;CN={_param(name)}"
     if sent_by:
         org += f';SENT-BY="mailto:{sent_by}"'
@@ -283,7 +292,7 @@ def send(
         raise ValueError("dtstamp must carry a time zone")
     name, address = organizer
     the_uid = uid or outlook_uid(dtstamp)
-    content = str(page_state.get("bodyContent", ""))
+    content = _content(page_state)
     ical = calendar(
         page_state,
         organizer=organizer,

@@ -476,7 +476,7 @@ async def test_manifest_declares_the_send_check_shared_calendars_and_the_mobile_
         u.get("id"): u.get("DefaultValue") for u in document.iterfind(".//m:Resources//bt:Url", ns)
     }
     assert urls["commandsUrl"] == f"{PUBLIC}/addin/onprem/commands.html"
-    assert urls["commandsJsUrl"] == f"{PUBLIC}/addin/static/commands.js"
+    assert urls["commandsJsUrl"] == f"{PUBLIC}/addin/onprem/commands.js"
     runtime = host.find("m:Runtimes/m:Runtime", ns)
     assert runtime is not None and runtime.get("resid") == "commandsUrl"
     override = runtime.find("m:Override", ns)
@@ -487,6 +487,12 @@ async def test_manifest_declares_the_send_check_shared_calendars_and_the_mobile_
     commands_js = await (await client.get("/addin/static/commands.js")).text()
     for name in ("onAppointmentSend", "addSingleUseRoom"):
         assert f'associate("{name}"' in commands_js
+    # the JavaScript-only runtime loads the integration's script alone: its settings come first
+    alone = await client.get("/addin/onprem/commands.js")
+    assert alone.status == 200 and alone.content_type == "text/javascript"
+    first, _, rest = (await alone.text()).partition("\n")
+    assert first.startswith("globalThis.vmrschedSettings = {") and rest == commands_js
+    assert (await client.get("/addin/nope/commands.js")).status == 404
     page = await client.get("/addin/onprem/commands.html")
     assert page.status == 200
     assert "commands.js" in await page.text()

@@ -379,10 +379,11 @@ def test_the_send_check_stops_a_meeting_whose_room_was_removed(
     assert verdict["cancelLabel"] == "Add the room back"
     assert verdict["commandId"] == "vmrschedOpenPane"
 
-    # "Add the room back" opens the pane, which invites the room again
+    # "Add the room back" opens the pane with the alert's contextData: it invites the room again
     item = item_of(state, requiredAttendees=others)
-    page = open_pane(browser, service, host_config("OfficeOnline", item=item))
-    expect(page.locator("#vmr-status-message")).to_contain_text("invited again")
+    config = host_config("OfficeOnline", item=item, initializationContext=verdict["contextData"])
+    page = open_pane(browser, service, config)
+    expect(page.locator("#vmr-status-message")).to_contain_text("attendee again")
     assert ROOM in addresses(outlook.state(page))
     shot(page, "outlook-room-added-back.png")
 

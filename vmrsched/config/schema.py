@@ -221,7 +221,8 @@ class AddinConfig:
     entra_authority: str = _f("https://login.microsoftonline.com")
     # the scope the add-in API exposes in its app registration (Expose an API)
     entra_scope: str = _f("access_as_user", max_len=100)
-    provider_name: str = _f("Video meeting rooms", max_len=_TEXT)
+    # the manifest schema's ShortString: ProviderName, DisplayName and the ribbon's labels hold 125
+    provider_name: str = _f("Video meeting rooms", max_len=125)
     display_name: str = _f("Video meeting", max_len=125)
     description: str = _f("Adds a video meeting room to your meeting.", max_len=_TEXT)
     group_label: str = _f("Video meeting", max_len=125)
@@ -239,6 +240,7 @@ class AddinConfig:
     single_use_button_label: str = _f("Add a one-time video room", max_len=_TEXT)
     personal_button_label: str = _f("Use my personal room", max_len=_TEXT)
     sign_in_button_label: str = _f("Sign in", max_len=_TEXT)
+    sign_out_button_label: str = _f("Sign out", max_len=_TEXT)
     success_heading: str = _f("Video room added", max_len=_TEXT)
     success_message: str = _f(
         "The joining details are in the meeting body. Send the invitation to book the room.",
@@ -249,14 +251,28 @@ class AddinConfig:
         "This meeting already has video joining details; nothing was changed.", max_len=_TEXT
     )
     unavailable_heading: str = _f("Booking service unavailable", max_len=_TEXT)
+    # the texts the mobile button shows in Outlook's notification bar (success, already,
+    # unavailable and the error messages) are cut there at 150 characters (Outlook's limit):
+    # the defaults fit
     unavailable_message: str = _f(
-        "The booking service could not be reached. A reference was added to the meeting; the "
-        "joining details will be sent to you shortly after you send the invitation.",
+        "The booking service could not be reached. A reference was added; the joining details "
+        "are sent to you after you send the invitation.",
         max_len=_TEXT,
     )
     error_heading: str = _f("Something went wrong", max_len=_TEXT)
     error_inserting_single_use_message: str = _f(
         "The video room could not be added to this meeting. Please try again.", max_len=_TEXT
+    )
+    # 429 from the add-in API: {seconds} is replaced by the wait its Retry-After asks for
+    error_too_many_requests_message: str = _f(
+        "Too many video rooms were asked for just now. Please try again in {seconds} seconds.",
+        max_len=_TEXT,
+    )
+    # the user holds as many unused reservations as allowed: waiting a moment does not help
+    error_quota_exceeded_message: str = _f(
+        "You hold as many unused video rooms as allowed. Send or delete a meeting that has one, "
+        "or wait until one expires.",
+        max_len=_TEXT,
     )
     meeting_ends_before_start_message: str = _f(
         "This meeting ends before it starts. Correct its times, then add the video room.",
@@ -274,6 +290,29 @@ class AddinConfig:
     error_inserting_personal_vmr_message: str = _f(
         "Your personal room could not be added to this meeting. Please try again.", max_len=_TEXT
     )
+    # the pane, opened from the send check's button, invited the room again
+    room_invited_again_message: str = _f(
+        "The video room is an attendee again, so it is booked when you send the meeting.",
+        max_len=_TEXT,
+    )
+    # the send check (Smart Alert when the organizer sends): plain text, what the pane can do
+    send_check_details_removed_message: str = _f(
+        "The video room's joining details were removed from this meeting, so nobody can join "
+        "it. Add a video room again, or send anyway.",
+        max_len=_TEXT,
+    )
+    send_check_room_removed_message: str = _f(
+        "The video room is no longer an attendee of this meeting, so it will not be booked. "
+        "Add the room back, or send anyway.",
+        max_len=_TEXT,
+    )
+    send_check_foreign_token_message: str = _f(
+        "This meeting carries the joining details of another meeting's video room. Remove them "
+        "and add a room of its own, or send anyway.",
+        max_len=_TEXT,
+    )
+    # the Smart Alert's button that opens the pane (Outlook takes at most 20 characters)
+    send_check_button_label: str = _f("Add the room back", max_len=20)
     icon: str = _f("")  # path to an 80x80 PNG; empty = the built-in icon
 
 

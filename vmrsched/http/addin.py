@@ -48,6 +48,7 @@ PANE_TEXTS = (
     "single_use_button_label",
     "personal_button_label",
     "sign_in_button_label",
+    "sign_out_button_label",
     "success_heading",
     "success_message",
     "already_assigned_heading",
@@ -63,6 +64,14 @@ PANE_TEXTS = (
     "error_getting_personal_vmrs_message",
     "error_signing_in_message",
     "error_inserting_personal_vmr_message",
+    "error_too_many_requests_message",
+    "error_quota_exceeded_message",
+    "room_invited_again_message",
+    # the send check's Smart Alert: plain text (Outlook shows errorMessage as text)
+    "send_check_details_removed_message",
+    "send_check_room_removed_message",
+    "send_check_foreign_token_message",
+    "send_check_button_label",
 )
 
 # The texts that may hold HTML (the product's texts may): the safe subset of links, emphasis and
@@ -81,6 +90,9 @@ HTML_TEXTS = frozenset(
         "error_getting_personal_vmrs_message",
         "error_signing_in_message",
         "error_inserting_personal_vmr_message",
+        "error_too_many_requests_message",
+        "error_quota_exceeded_message",
+        "room_invited_again_message",
     }
 )
 SAFE_TAGS = frozenset({"a", "b", "br", "em", "i", "p", "strong", "u", "span"})
@@ -183,7 +195,8 @@ async def icon(request: web.Request) -> web.Response:
 
 
 async def small_icon(request: web.Request) -> web.Response:
-    """The ribbon button's 16 and 32 px icons (the configured icon is 80 px; these are ours)."""
+    """The ribbon button's 16 and 32 px icons, and the manifest's 64 px IconUrl and 128 px
+    HighResolutionIconUrl of a mail add-in (the configured icon is 80 px; these are ours)."""
     integration_or_404(request)
     data = (STATIC / f"icon-{request.match_info['size']}.png").read_bytes()
     return web.Response(
@@ -281,6 +294,23 @@ async def commands(request: web.Request) -> web.Response:
     """The function file: the send check (event-based activation) and the mobile button."""
     integ = integration_or_404(request)
     return _page(integ, "commands.html", settings=json.dumps(pane_settings(request, integ)))
+
+
+async def commands_script(request: web.Request) -> web.Response:
+    """The function file's script as classic Outlook on Windows loads it: alone, in a
+    JavaScript-only runtime with no DOM, so the settings (the send check's texts among them)
+    cannot come from commands.html and are put in front of commands.js instead."""
+    integ = integration_or_404(request)
+    settings = json.dumps(pane_settings(request, integ))
+    body = (
+        f"globalThis.vmrschedSettings = {settings};\n".encode()
+        + (STATIC / "commands.js").read_bytes()
+    )
+    return web.Response(
+        body=body,
+        content_type="text/javascript",
+        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 async def entra_sign_in(request: web.Request) -> web.Response:
@@ -467,10 +497,12 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/addin/{integration}/commands.html", commands)
     app.router.add_get("/addin/{integration}/entra-sign-in.html", entra_sign_in)
     app.router.add_get("/addin/{integration}/icon.png", icon)
-    app.router.add_get("/addin/{integration}/icon-{size:16|32}.png", small_icon)
+    app.router.add_get("/addin/{integration}/icon-{size:16|32|64|128}.png", small_icon)
     app.router.add_get("/addin/{integration}/support", support)
     app.router.add_get("/addin/static/{name}", static_file)
     app.router.add_get("/addin/static/vendor/{name}", vendor_file)
+    # after /addin/static/…: "static" is not an integration's script
+    app.router.add_get("/addin/{integration}/commands.js", commands_script)
     app.router.add_post(
         "/api/addin/v1/{integration}/single-use-vmrs",
         single_use_handler(service, limiter, counters),

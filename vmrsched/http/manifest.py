@@ -4,11 +4,15 @@ in 1.1 also the send check (LaunchEvent OnAppointmentSend), shared calendars and
 online-meeting button.
 
 The add-in Id is a UUIDv5 of the integration name and server host, so it never changes across
-restarts (Outlook identifies installed add-ins by it) and differs between integrations.
+restarts (Outlook identifies installed add-ins by it) and differs between integrations. Its
+Version is drawn from the manifest's own content: the same manifest keeps its version, and a
+changed one (a label, a URL, an icon) gets another, which is what makes centralized deployment
+and Exchange's app catalogue take it up again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 import xml.etree.ElementTree as ET
@@ -21,7 +25,7 @@ NS_BT = "http://schemas.microsoft.com/office/officeappbasictypes/1.0"
 NS_MO = "http://schemas.microsoft.com/office/mailappversionoverrides"
 NS_MO11 = "http://schemas.microsoft.com/office/mailappversionoverrides/1.1"
 ID_NAMESPACE = uuid.UUID("9f0c5a8e-3c43-4d55-9b7e-6a2f8c1d4e70")
-VERSION = "1.0.0.0"
+VERSION_PREFIX = "1.0"  # then two parts from the content's digest (each at most 5 digits)
 
 ET.register_namespace("", NS_APP)
 ET.register_namespace("xsi", NS_XSI)
@@ -63,6 +67,10 @@ def xml_text(value: str) -> str:
     return _NOT_XML.sub("", value)
 
 
+def _sized(icon: str, size: str) -> str:
+    return icon.replace("/icon.png", f"/icon-{size}.png")
+
+
 def build(integ: IntegrationConfig, base_url: str) -> bytes:
     """The manifest XML. `base_url` is the public https origin the pane is served from."""
     base = base_url.rstrip("/")
@@ -74,13 +82,16 @@ def build(integ: IntegrationConfig, base_url: str) -> bytes:
     root = ET.Element(_q(NS_APP, "OfficeApp"))
     _xsi_type(root, "MailApp")
     _sub(root, NS_APP, "Id", addin_id(integ, host))
-    _sub(root, NS_APP, "Version", VERSION)
+    version = _sub(root, NS_APP, "Version", f"{VERSION_PREFIX}.0.0")
     _sub(root, NS_APP, "ProviderName", ad.provider_name)
     _sub(root, NS_APP, "DefaultLocale", "en-US")
     _sub(root, NS_APP, "DisplayName", DefaultValue=ad.display_name)
     _sub(root, NS_APP, "Description", DefaultValue=ad.description)
-    _sub(root, NS_APP, "IconUrl", DefaultValue=icon)
-    _sub(root, NS_APP, "HighResolutionIconUrl", DefaultValue=icon)
+    # a mail add-in's IconUrl is 64x64 and its HighResolutionIconUrl 128x128 (Microsoft's manifest
+    # reference): the built-in icon comes in both; a configured icon is one 80x80 image
+    sized = ad.icon == ""
+    _sub(root, NS_APP, "IconUrl", DefaultValue=_sized(icon, "64") if sized else icon)
+    _sub(root, NS_APP, "HighResolutionIconUrl", DefaultValue=_sized(icon, "128") if sized else icon)
     _sub(root, NS_APP, "SupportUrl", DefaultValue=f"{base}/addin/{integ.name}/support")
     domains = _sub(root, NS_APP, "AppDomains")
     _sub(domains, NS_APP, "AppDomain", base)
@@ -109,8 +120,17 @@ def build(integ: IntegrationConfig, base_url: str) -> bytes:
     _overrides_body(inner, NS_MO11, integ, base, pane, icon)
 
     ET.indent(root)
+    version.text = content_version(ET.tostring(root, encoding="utf-8"))
     data: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
     return data
+
+
+def content_version(document: bytes) -> str:
+    """The manifest's Version for this content (its Version left at 0.0): two 16-bit parts of its
+    SHA-256, so any change of content changes the version."""
+    digest = hashlib.sha256(document).digest()
+    high, low = int.from_bytes(digest[:2], "big"), int.from_bytes(digest[2:4], "big")
+    return f"{VERSION_PREFIX}.{high}.{low}"
 
 
 def _overrides_body(
@@ -167,7 +187,9 @@ def _overrides_body(
     _sub(urls, NS_BT, "Url", id="paneUrl", DefaultValue=pane)
     if v11:
         commands = f"{base}/addin/{integ.name}/commands.html"
-        script = f"{base}/addin/static/commands.js"
+        # the integration's own script: the JavaScript-only runtime gets no page, so its
+        # settings (the send check's texts) come inside it
+        script = f"{base}/addin/{integ.name}/commands.js"
         _sub(urls, NS_BT, "Url", id="commandsUrl", DefaultValue=commands)
         _sub(urls, NS_BT, "Url", id="commandsJsUrl", DefaultValue=script)
     short = _sub(resources, NS_BT, "ShortStrings")

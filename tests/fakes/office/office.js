@@ -28,6 +28,9 @@
   var MAX_CUSTOM_PROPERTIES_JSON = 2500;
   var MAX_ALERT_MESSAGE_CHARS = 500;
   var MAX_CANCEL_LABEL_CHARS = 20;
+  var MAX_NOTIFICATION_CHARS = 150;
+  var MAX_NOTIFICATION_KEY_CHARS = 32;
+  var MAX_NOTIFICATIONS = 5;
   var FIRE_TIMEOUT_MS = 5000;
   var OIDC_SCOPES = ["openid", "profile", "offline_access", "email"];
   var BRIDGE_STATUSES = [
@@ -182,6 +185,12 @@
       Declined: "declined",
     },
     SendModeOverride: { PromptUser: "promptUser" },
+    ItemNotificationMessageType: {
+      ProgressIndicator: "progressIndicator",
+      InformationalMessage: "informationalMessage",
+      ErrorMessage: "errorMessage",
+      InsightMessage: "insightMessage",
+    },
     DelegatePermissions: {
       Read: 1,
       Write: 2,
@@ -220,6 +229,8 @@
     InvalidFormatError: 2006,
     InvalidCoercionType: 1000,
     NumberOfRecipientsExceeded: 9037,
+    NumberOfNotificationMessagesExceeded: 9041,
+    KeyNotFound: 9042,
     InvalidEndTime: 9038,
     ItemNotSaved: 9039,
     ItemNotShared: 9040,
@@ -641,6 +652,8 @@
     },
     isNew: itemConfig.isNew !== false,
     customProperties: JSON.parse(JSON.stringify(itemConfig.customProperties || {})),
+    // the item's notification bar: key -> NotificationMessageDetails, in the order added
+    notifications: {},
     itemId: itemConfig.itemId || null,
     paneClosed: false,
   };
@@ -1037,6 +1050,75 @@
 
   // ---------------------------------------------------------------- the item object
 
+  // ---------------------------------------------------------------- notification messages
+
+  // NotificationMessageDetails as documented: a message of at most 150 characters (longer throws
+  // ArgumentOutOfRange), icon and persistent only for InformationalMessage (which needs both),
+  // a key of at most 32 characters, at most 5 notifications per item.
+  var NOTIFICATION_TYPES = ["informationalMessage", "errorMessage", "progressIndicator", "insightMessage"];
+
+  function checkNotification(api, key, details) {
+    requireString(api, key, "key");
+    if (key.length > MAX_NOTIFICATION_KEY_CHARS) {
+      throw new Error(api + ": ArgumentOutOfRange: the key can't be longer than 32 characters");
+    }
+    if (!details || typeof details !== "object") {
+      throw new Error(api + ": JSONmessage must be a NotificationMessageDetails object");
+    }
+    if (NOTIFICATION_TYPES.indexOf(details.type) < 0) {
+      throw new Error(api + ": unknown notification type " + JSON.stringify(details.type));
+    }
+    requireString(api, details.message, "message");
+    if (details.message.length > MAX_NOTIFICATION_CHARS) {
+      throw new Error(api + ": ArgumentOutOfRange: message is longer than 150 characters");
+    }
+    var informational = details.type === "informationalMessage";
+    if (!informational && ("icon" in details || "persistent" in details)) {
+      throw new Error(api + ": ArgumentException: icon and persistent apply to InformationalMessage only");
+    }
+    if (informational && (typeof details.icon !== "string" || typeof details.persistent !== "boolean")) {
+      throw new Error(api + ": an InformationalMessage needs icon and persistent");
+    }
+  }
+
+  function stored(details) {
+    var kept = { type: details.type, message: details.message };
+    if (details.type === "informationalMessage") {
+      kept.icon = details.icon;
+      kept.persistent = details.persistent;
+    }
+    return kept;
+  }
+
+  var notificationMessages = {
+    addAsync: asyncMethod("notificationMessages.addAsync", 2, checkNotification.bind(null, "notificationMessages.addAsync"), function (key, details) {
+      if (Object.keys(item.notifications).length >= MAX_NOTIFICATIONS) {
+        throw fail("NumberOfNotificationMessagesExceeded", "There are a maximum of 5 notifications per message.");
+      }
+      item.notifications[key] = stored(details);
+    }),
+    replaceAsync: asyncMethod("notificationMessages.replaceAsync", 2, checkNotification.bind(null, "notificationMessages.replaceAsync"), function (key, details) {
+      // a key that doesn't exist yet: the message is added
+      if (!(key in item.notifications) && Object.keys(item.notifications).length >= MAX_NOTIFICATIONS) {
+        throw fail("NumberOfNotificationMessagesExceeded", "There are a maximum of 5 notifications per message.");
+      }
+      item.notifications[key] = stored(details);
+    }),
+    removeAsync: asyncMethod("notificationMessages.removeAsync", 1, null, function (key) {
+      if (!(key in item.notifications)) {
+        throw fail("KeyNotFound", "The key for the notification message doesn't exist.");
+      }
+      delete item.notifications[key];
+    }),
+    getAllAsync: asyncMethod("notificationMessages.getAllAsync", 0, null, function () {
+      return Object.keys(item.notifications).map(function (k) {
+        var d = JSON.parse(JSON.stringify(item.notifications[k]));
+        d.key = k;
+        return d;
+      });
+    }),
+  };
+
   function newItemId() {
     var bytes = new Uint8Array(48);
     crypto.getRandomValues(bytes);
@@ -1108,6 +1190,17 @@
         record("item.close", []);
         item.paneClosed = true;
       };
+    }
+    if (mailbox("1.3")) {
+      it.notificationMessages = notificationMessages;
+    }
+    if (mailbox("1.8")) {
+      // the data a Smart Alerts button (commandId + contextData) handed the pane it opened; an
+      // empty string when the pane was opened otherwise
+      it.getInitializationContextAsync = asyncMethod("item.getInitializationContextAsync", 0, null, function () {
+        var data = config.initializationContext;
+        return data === undefined || data === null ? "" : String(data);
+      });
     }
     if (mailbox("1.7")) {
       it.organizer = {
@@ -1864,6 +1957,7 @@
           emailAddress: item.organizer.emailAddress,
         },
         customProperties: JSON.parse(JSON.stringify(item.customProperties)),
+        notifications: JSON.parse(JSON.stringify(item.notifications)),
         shared: shared ? JSON.parse(JSON.stringify(shared)) : null,
         itemId: item.itemId,
         paneClosed: item.paneClosed,

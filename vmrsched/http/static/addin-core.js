@@ -7,6 +7,10 @@
 // - body.getAsync(Html) returns a whole HTML document on Windows and Mac, a fragment on the web and
 //   on mobile: new content goes inside <body>, never after </html>.
 // - location holds at most 255 characters.
+// - a body can be plain text (tablets and phones may report Text): body.getTypeAsync says which,
+//   and Html into a Text body fails, so such a body gets the instructions as text.
+// - Mailbox 1.1 and 1.2 hosts have no body.setAsync (1.3): nothing can append to the end there,
+//   so the instructions go at the top (prependAsync).
 // - what the add-in put in a meeting is remembered in the item's custom properties, which travel
 //   with the item, so the send check (commands.js) and a reopened pane know it.
 "use strict";
@@ -15,6 +19,11 @@
   const TOKEN_RE = /(PXPS|TOK):-[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}#/;
   const MAX_LOCATION = 255;
   const PROPERTY = "vmrsched";
+  // Longer than this and the service counts as unreachable: well under what Outlook gives a
+  // function command or an event handler, and a person waiting on a button.
+  const API_TIMEOUT_MS = 10000;
+  // what the send check hands the pane with its button (Smart Alerts contextData)
+  const ADD_ROOM_BACK = "add_room_back";
 
   function uuid4() {
     if (root.crypto && crypto.randomUUID) return crypto.randomUUID();
@@ -39,6 +48,33 @@
       if (at >= 0) return current.slice(0, at) + html + current.slice(at);
     }
     return current + html;
+  }
+
+  // A plain-text rendering of instructions written as HTML, for a body that is plain text: one
+  // line per block, links with their address after the text when it differs.
+  const BLOCKS = new Set(["P", "DIV", "LI", "TR", "H1", "H2", "H3", "H4", "H5", "H6", "TABLE", "UL", "OL", "BLOCKQUOTE", "PRE"]);
+  function htmlToText(html) {
+    const doc = new DOMParser().parseFromString(html, "text/html");
+    const out = [];
+    const walk = (node) => {
+      if (node.nodeType === 3) { out.push(node.nodeValue.replace(/\s+/g, " ")); return; }
+      if (node.nodeType !== 1) return;
+      const tag = node.tagName;
+      if (tag === "SCRIPT" || tag === "STYLE" || tag === "HEAD") return;
+      if (tag === "BR") { out.push("\n"); return; }
+      const block = BLOCKS.has(tag);
+      if (block) out.push("\n");
+      node.childNodes.forEach(walk);
+      if (tag === "A") {
+        const href = (node.getAttribute("href") || "").replace(/^mailto:/i, "");
+        const text = (node.textContent || "").trim();
+        if (href && href !== text) out.push(` <${href}>`);
+      }
+      if (block) out.push("\n");
+    };
+    walk(doc.body);
+    return out.join("").split("\n").map((l) => l.trim()).filter((l, i, all) => l || (i > 0 && all[i - 1]))
+      .join("\n").trim();
   }
 
   const sameAddress = (a, b) => String(a || "").trim().toLowerCase() === String(b || "").trim().toLowerCase();
@@ -124,9 +160,19 @@
       // Mailbox 1.1 and 1.2 hosts cannot read the body: the custom property alone tells a room
       getBody: async () => (item.body.getAsync ? officeCall((cb) => item.body.getAsync(Office.CoercionType.Html, cb)) : null),
       insert: async (fragment) => {
+        // the body's own type: Html into a plain-text body fails (Insert data in the body)
+        const type = item.body.getTypeAsync ? await officeCall((cb) => item.body.getTypeAsync(cb)) : Office.CoercionType.Html;
+        const text = type === Office.CoercionType.Text;
+        const as = { coercionType: text ? Office.CoercionType.Text : Office.CoercionType.Html };
+        const data = text ? htmlToText(fragment) : fragment;
         if (!item.body.setAsync) {
           // Mailbox 1.1 and 1.2 hosts cannot replace the body: the instructions go at its top
-          return officeCall((cb) => item.body.prependAsync(fragment, html, cb));
+          return officeCall((cb) => item.body.prependAsync(text ? data + "\n\n" : data, as, cb));
+        }
+        if (text) {
+          const body = await officeCall((cb) => item.body.getAsync(Office.CoercionType.Text, cb));
+          const kept = String(body || "").replace(/\s+$/, "");
+          return officeCall((cb) => item.body.setAsync(kept ? `${kept}\n\n${data}` : data, as, cb));
         }
         const body = await officeCall((cb) => item.body.getAsync(Office.CoercionType.Html, cb));
         return officeCall((cb) => item.body.setAsync(insertIntoBody(body, fragment), html, cb));
@@ -142,6 +188,16 @@
       recall: async () => {
         const raw = (await loadProperties()).get(PROPERTY);
         try { return raw ? JSON.parse(raw) : null; } catch (e) { return null; }
+      },
+      // the send check's contextData when its button opened this pane, else null
+      openedWith: async () => {
+        if (!item.getInitializationContextAsync) return null;
+        try {
+          const raw = await officeCall((cb) => item.getInitializationContextAsync(cb));
+          return raw ? JSON.parse(raw) : null;
+        } catch (e) {
+          return null;  // no context (older hosts answer an error), or not ours
+        }
       },
       remember: async (record) => {
         const props = await loadProperties();
@@ -191,6 +247,48 @@
     return null;
   }
 
+  // One call to the service with a deadline. `ours` is the service's own JSON (a reservation, or
+  // {error: {code}}); anything else (a proxy's 502/504 page, a timeout, no connection) is null.
+  async function callApi(url, init, log) {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), API_TIMEOUT_MS);
+    try {
+      const response = await fetch(url, { ...init, credentials: "same-origin", signal: controller.signal });
+      let ours = null;
+      try { ours = await response.json(); } catch (e) { ours = null; }  // not JSON: not the service
+      if (ours !== null && typeof ours !== "object") ours = null;
+      return { status: response.status, ours, retryAfter: response.headers.get("Retry-After") };
+    } catch (e) {
+      log("no answer", String(e && (e.name || e.message) || e));
+      return { status: 0, ours: null, retryAfter: null };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  // Retry-After is seconds or an HTTP date (RFC 9110); missing or unreadable: a minute.
+  function secondsOf(retryAfter) {
+    const value = String(retryAfter || "").trim();
+    let seconds = /^\d+$/.test(value) ? Number(value) : (Date.parse(value) - Date.now()) / 1000;
+    if (!Number.isFinite(seconds)) seconds = 60;
+    return Math.min(3600, Math.max(1, Math.ceil(seconds)));
+  }
+
+  // The configured text for an error the service answered with.
+  function apiError(answer, texts) {
+    const code = (answer.ours.error && answer.ours.error.code) || "";
+    let key = "error_inserting_single_use_message";
+    let seconds = 0;
+    if (answer.status === 401) key = "error_signing_in_message";
+    else if (code === "quota_exceeded") key = "error_quota_exceeded_message";
+    else if (answer.status === 429) {
+      key = "error_too_many_requests_message";
+      seconds = secondsOf(answer.retryAfter);
+    }
+    const fill = (text) => String(text).replace(/\{seconds\}/g, String(seconds));
+    return { kind: "error", key, code, seconds, fill, message: fill(texts[key]) };
+  }
+
   async function insertPlaceholder(host, settings, log) {
     const token = `TOK:-${uuid4()}#`;
     await host.insert(`${settings.placeholderHtml}<p>${token}</p>`);
@@ -200,8 +298,13 @@
     return { kind: "placeholder" };
   }
 
+  // A reservation the service made whose details are not in the meeting yet (the insertion
+  // failed): the next try in this pane uses it instead of reserving another.
+  let reserved = null;
+
   // Outcomes: added | placeholder | already | error (with the message to show as text, and the
-  // key of the configured text it is, whose HTML the pane may show).
+  // key of the configured text it is, whose HTML the pane may show; `fill` puts the same values
+  // into that HTML; `seconds` to wait on a 429).
   async function addSingleUse(host, settings, log) {
     const texts = settings.texts;
     if (await holdsRoom(host)) {
@@ -214,37 +317,32 @@
       log("impossible meeting", problem);
       return { kind: "error", message: texts[problem], key: problem };
     }
-    let token = null;
-    try {
-      token = await host.token();
-    } catch (e) {
-      log("token failed", String(e && (e.message || e.code) || e));
-      return { kind: "error", message: texts.error_signing_in_message, key: "error_signing_in_message" };
+    let vmr = reserved;
+    if (vmr) {
+      log("using the reservation not yet in the meeting", vmr.alias);
+    } else {
+      let token = null;
+      try {
+        token = await host.token();
+      } catch (e) {
+        log("token failed", String(e && (e.message || e.code) || e));
+        return { kind: "error", message: texts.error_signing_in_message, key: "error_signing_in_message" };
+      }
+      const headers = { "Content-Type": "application/json" };
+      if (token) headers.Authorization = "Bearer " + token;
+      const answer = await callApi(settings.api, { method: "POST", headers, body: JSON.stringify(meeting) }, log);
+      log("API answered", answer.status);
+      // unreachable: no answer, not the service's JSON, or the service saying it is unavailable
+      if (!answer.ours || answer.status === 503) return insertPlaceholder(host, settings, log);
+      if (answer.status !== 201 || !answer.ours.alias) {
+        const outcome = apiError(answer, texts);
+        log("API error", outcome.code);
+        return outcome;
+      }
+      vmr = reserved = answer.ours;
     }
-    const headers = { "Content-Type": "application/json" };
-    if (token) headers.Authorization = "Bearer " + token;
-    let response;
-    try {
-      response = await fetch(settings.api, {
-        method: "POST", headers, body: JSON.stringify(meeting), credentials: "same-origin",
-      });
-    } catch (e) {
-      log("network error", String(e));
-      return insertPlaceholder(host, settings, log);
-    }
-    log("API answered", response.status);
-    if (response.status === 503) return insertPlaceholder(host, settings, log);
-    if (response.status !== 201) {
-      let detail = "";
-      try { detail = (await response.json()).error.code; } catch (e) { /* not JSON */ }
-      log("API error", detail);
-      return {
-        kind: "error", message: texts.error_inserting_single_use_message,
-        key: "error_inserting_single_use_message", code: detail,
-      };
-    }
-    const vmr = await response.json();
     await host.insert(vmr.joining_instructions);
+    reserved = null;
     await host.setLocation(vmr.alias);
     await host.invite(settings.room);
     await host.remember({ kind: "single_use", token: vmr.alias_id, alias: vmr.alias, room: settings.room.email });
@@ -266,17 +364,24 @@
     return { kind: "added" };
   }
 
-  // The send check stopped the meeting because its room attendee is gone: put it back.
+  // The send check stopped the meeting because its room attendee is gone and the organizer chose
+  // its "Add the room back" (the pane opens with its contextData): put the room back. Opened any
+  // other way, the pane never re-invites a room: the organizer may have removed it on purpose.
+  // Nor where the joining details are gone too: the room would only decline the meeting.
   async function repair(host, settings, log) {
+    const context = await host.openedWith();
+    if (!context || context.vmrsched !== ADD_ROOM_BACK) return false;
     const record = await host.recall();
     if (!record || record.kind !== "single_use" || !settings.room.email) return false;
+    const body = await host.getBody();
+    if (body !== null && !TOKEN_RE.test(body) && !TOKEN_RE.test(visibleText(body))) return false;
     const invited = await host.invite(settings.room);
     if (invited) log("invited the room again", settings.room.email);
     return invited;
   }
 
   root.vmrsched = {
-    TOKEN_RE, MAX_LOCATION, PROPERTY, uuid4, visibleText, insertIntoBody, sameAddress, officeCall,
-    outlookHost, holdsRoom, addSingleUse, addPersonal, repair,
+    TOKEN_RE, MAX_LOCATION, PROPERTY, ADD_ROOM_BACK, uuid4, visibleText, htmlToText, insertIntoBody,
+    sameAddress, officeCall, callApi, outlookHost, holdsRoom, addSingleUse, addPersonal, repair,
   };
 })(window);

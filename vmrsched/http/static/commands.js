@@ -1,22 +1,31 @@
 // vmrsched function commands and event handlers, run by Outlook without the task pane:
 // - onAppointmentSend (event-based activation, Smart Alerts): stops a meeting whose video room was
 //   broken after the add-in put it in (joining details removed, room attendee removed, or a token
-//   pasted from another meeting) and offers "Add the room back" (opens the pane, which invites the
-//   room again) or "Send anyway". A meeting without a video room is never stopped.
+//   pasted from another meeting) and advises only what the pane then does: "Add the room back"
+//   opens the pane, which invites the room again (room removed) or takes a new one (details
+//   removed); another meeting's details must go first (the pane adds no second room), so that
+//   alert has no button. "Send anyway" always works. A meeting without a video room is never
+//   stopped. Every text comes from the integration's configuration.
 // - addSingleUseRoom (Outlook on iOS and Android, the online-meeting button): the pane's
 //   single-use flow, reported in the item's notification bar.
 // Classic Outlook on Windows loads this file alone in a JavaScript-only runtime (no DOM, no other
-// script): the send check needs nothing but Office.js and the item's custom properties.
+// script): the send check needs nothing but Office.js and the item's custom properties, and its
+// texts come in globalThis.vmrschedSettings, which the service puts in front of this file there
+// (/addin/<integration>/commands.js); in commands.html they come with the page.
 "use strict";
 
 (function (root) {
   const TOKEN_RE = /(PXPS|TOK):-[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}#/g;
   const PROPERTY = "vmrsched";
-  const MESSAGES = {
-    detailsRemoved: "The video room's joining details were removed from this meeting, so nobody can join it. Add the room back, or send anyway.",
-    roomRemoved: "The video room is no longer an attendee of this meeting, so it will not be booked. Add the room back, or send anyway.",
-    foreignToken: "This meeting carries the joining details of another meeting's video room. Add a room of its own, or send anyway.",
-  };
+  // Outlook's notification bar takes at most 150 characters (a longer message throws)
+  const MAX_NOTIFICATION = 150;
+  const ADD_ROOM_BACK = "add_room_back";
+
+  function settingsOf() {
+    if (root.vmrschedSettings) return root.vmrschedSettings;
+    const element = root.document && root.document.getElementById("vmr-commands");
+    return element ? JSON.parse(element.dataset.settings) : null;
+  }
 
   function call(fn) {
     return new Promise((resolve, reject) => fn((result) => {
@@ -45,27 +54,35 @@
   };
   const normal = (token) => String(token || "").toUpperCase().replace(/-/g, "");
 
-  // The send check's verdict: null to let the meeting go, else the message to stop it with.
+  // The send check's verdict: null to let the meeting go, else what broke (detailsRemoved,
+  // roomRemoved, foreignToken).
   function verdict(record, body, attendees) {
     const tokens = tokensIn(body);
     if (!record || record.kind !== "single_use") {
       // no single-use room was added here: a token in the body came from another meeting
-      return tokens.size ? MESSAGES.foreignToken : null;
+      return tokens.size ? "foreignToken" : null;
     }
     const own = normal(record.token);
     const replaced = own.startsWith("TOK") && [...tokens].some((t) => t.startsWith("PXPS"));
     if (!tokens.has(own) && !replaced) {
-      return tokens.size ? MESSAGES.foreignToken : MESSAGES.detailsRemoved;
+      return tokens.size ? "foreignToken" : "detailsRemoved";
     }
     if ([...tokens].some((t) => t !== own && !(replaced && t.startsWith("PXPS")))) {
-      return MESSAGES.foreignToken;
+      return "foreignToken";
     }
     const room = String(record.room || "").toLowerCase();
     if (room && !attendees.some((a) => String(a.emailAddress || "").toLowerCase() === room)) {
-      return MESSAGES.roomRemoved;
+      return "roomRemoved";
     }
     return null;
   }
+
+  // What each verdict says (the integration's texts), and whether the pane can act on it.
+  const ALERTS = {
+    detailsRemoved: { text: "send_check_details_removed_message", pane: true },
+    roomRemoved: { text: "send_check_room_removed_message", pane: true },
+    foreignToken: { text: "send_check_foreign_token_message", pane: false },
+  };
 
   const supports = (set, version) => {
     const req = Office.context && Office.context.requirements;
@@ -73,8 +90,10 @@
   };
 
   async function onAppointmentSend(event) {
-    let message = null;
+    let broken = null;
+    let texts = null;
     try {
+      texts = settingsOf().texts;
       const item = Office.context.mailbox.item;
       const properties = await call((cb) => item.loadCustomPropertiesAsync(cb));
       let record = null;
@@ -82,18 +101,21 @@
       const body = await call((cb) => item.body.getAsync(Office.CoercionType.Html, cb));
       const lists = await Promise.all([item.requiredAttendees, item.optionalAttendees]
         .filter(Boolean).map((r) => call((cb) => r.getAsync(cb))));
-      message = verdict(record, body, lists.flat());
+      broken = verdict(record, body, lists.flat());
     } catch (e) {
-      message = null;  // a check that cannot run never holds a meeting back
+      broken = null;  // a check that cannot run never holds a meeting back
     }
-    if (!message) {
+    if (!broken) {
       event.completed({ allowEvent: true });
       return;
     }
-    const options = { allowEvent: false, errorMessage: message };
-    if (supports("Mailbox", "1.14")) {
-      options.cancelLabel = "Add the room back";
+    const alert = ALERTS[broken];
+    const options = { allowEvent: false, errorMessage: texts[alert.text] };
+    if (alert.pane && supports("Mailbox", "1.14")) {
+      // the button opens the pane; only "Add the room back" of a removed room has it re-invite
+      options.cancelLabel = texts.send_check_button_label;
       options.commandId = "vmrschedOpenPane";
+      if (broken === "roomRemoved") options.contextData = JSON.stringify({ vmrsched: ADD_ROOM_BACK });
       if (Office.MailboxEnums && Office.MailboxEnums.SendModeOverride) {
         options.sendModeOverride = Office.MailboxEnums.SendModeOverride.PromptUser;
       }
@@ -101,10 +123,20 @@
     event.completed(options);
   }
 
-  function notify(kind, message) {
+  // At most 150 characters, cut at a word where one is near, with an ellipsis.
+  function clip(message) {
+    const text = String(message || "").replace(/\s+/g, " ").trim();
+    if (text.length <= MAX_NOTIFICATION) return text;
+    const cut = text.slice(0, MAX_NOTIFICATION - 1);
+    const space = cut.lastIndexOf(" ");
+    return (space > MAX_NOTIFICATION * 0.6 ? cut.slice(0, space) : cut).replace(/[\s.,;:]+$/, "") + "\u2026";
+  }
+
+  function notify(kind, text) {
     const item = Office.context.mailbox.item;
     if (!item.notificationMessages) return Promise.resolve();
     const type = Office.MailboxEnums && Office.MailboxEnums.ItemNotificationMessageType;
+    const message = clip(text);
     const details = kind === "error"
       ? { type: type ? type.ErrorMessage : "errorMessage", message }
       : { type: type ? type.InformationalMessage : "informationalMessage", message, icon: "icon16", persistent: false };
@@ -113,10 +145,10 @@
 
   // Outlook on iOS and Android: the online-meeting button adds a single-use room, as the pane does.
   async function addSingleUseRoom(event) {
-    const element = root.document && root.document.getElementById("vmr-commands");
+    let texts = null;
     try {
-      const settings = JSON.parse(element.dataset.settings);
-      const texts = settings.texts;
+      const settings = settingsOf();
+      texts = settings.texts;
       const log = () => {};
       const core = root.vmrsched;
       const outcome = await core.addSingleUse(core.outlookHost(settings, log), settings, log);
@@ -125,12 +157,12 @@
       else if (outcome.kind === "error") await notify("error", outcome.message);
       else await notify("info", texts.success_message);
     } catch (e) {
-      await notify("error", "The video room could not be added.");
+      if (texts) await notify("error", texts.error_inserting_single_use_message);
     }
     event.completed();
   }
 
-  root.vmrschedCommands = { verdict, textOf };
+  root.vmrschedCommands = { verdict, textOf, clip };
   if (root.Office && Office.actions && Office.actions.associate) {
     Office.actions.associate("onAppointmentSend", onAppointmentSend);
     Office.actions.associate("addSingleUseRoom", addSingleUseRoom);

@@ -68,6 +68,7 @@
         return true;
       },
       recall: async () => remembered,
+      openedWith: async () => null,
       remember: async (record) => { remembered = record; },
       meeting: async () => ({ subject: $("vmr-subject").value, start: iso("vmr-start"), end: iso("vmr-end") }),
       token: async () => null,
@@ -76,12 +77,19 @@
   }
 
   // --- the single-use flow -------------------------------------------------------------------
+  // Returns how many seconds the button waits before it takes another click (a 429's Retry-After).
   async function addSingleUse(host) {
     const outcome = await core.addSingleUse(host, settings, log);
     if (outcome.kind === "already") show("info", texts.already_assigned_heading, rich("already_assigned_message"));
     else if (outcome.kind === "placeholder") show("warning", texts.unavailable_heading, rich("unavailable_message"));
-    else if (outcome.kind === "error") show("error", texts.error_heading, outcome.key ? rich(outcome.key) : outcome.message);
-    else show("success", texts.success_heading, rich("success_message"));
+    else if (outcome.kind === "error") {
+      const message = outcome.key ? rich(outcome.key) : outcome.message;
+      const filled = outcome.fill && typeof message === "object" ? { html: outcome.fill(message.html) }
+        : outcome.fill ? outcome.fill(message) : message;
+      show("error", texts.error_heading, filled);
+      return outcome.seconds || 0;
+    } else show("success", texts.success_heading, rich("success_message"));
+    return 0;
   }
 
   // --- personal VMRs ---------------------------------------------------------------------------
@@ -156,16 +164,9 @@
     if (token) headers.Authorization = "Bearer " + token;
     const user = host.user();
     const url = settings.personalApi + (user ? `?user=${encodeURIComponent(user)}` : "");
-    let response;
-    try {
-      response = await fetch(url, { headers, credentials: "same-origin" });
-    } catch (e) {
-      log("network error", String(e));
-      show("error", texts.error_heading, rich("error_getting_personal_vmrs_message"));
-      return;
-    }
-    log("personal VMRs answered", response.status);
-    if (response.status === 401) {
+    const answer = await core.callApi(url, { headers }, log);
+    log("personal VMRs answered", answer.status);
+    if (answer.status === 401 && answer.ours) {
       if (storedSession()) storeSession("");  // signed out or expired on the service's side
       if (settings.signIn) {  // the host's token does not name the user: sign in explicitly
         const button = $("vmr-sign-in");
@@ -177,11 +178,12 @@
       }
       return;
     }
-    if (response.status !== 200) {
+    // no answer in time, a proxy's error page, or an error of the service's
+    if (answer.status !== 200 || !answer.ours || !Array.isArray(answer.ours.vmrs)) {
       show("error", texts.error_heading, rich("error_getting_personal_vmrs_message"));
       return;
     }
-    const { vmrs } = await response.json();
+    const { vmrs } = answer.ours;
     $("vmr-sign-in").hidden = true;
     if (!vmrs.length) {
       show("info", "", rich("no_personal_vmr_message"));
@@ -251,11 +253,10 @@
     hidePersonal();
     $("vmr-signed-in-as").hidden = true;
     if (session) {
-      try {
-        await fetch(settings.sessionApi, {
-          method: "DELETE", headers: { Authorization: "Bearer " + session }, credentials: "same-origin",
-        });
-      } catch (e) { log("sign-out", String(e)); }
+      const answer = await core.callApi(settings.sessionApi, {
+        method: "DELETE", headers: { Authorization: "Bearer " + session },
+      }, log);
+      log("sign-out answered", answer.status);
     }
     if (settings.signIn) $("vmr-sign-in").hidden = false;
     show("info", "", "");
@@ -318,17 +319,20 @@
     }
   }
 
-  // A button that does one thing at a time; anything unexpected shows `failure`.
+  // A button that does one thing at a time; anything unexpected shows `failure`. An action may
+  // answer a number of seconds the button then stays disabled (the service asked to wait).
   function onClick(button, failure, action) {
     button.addEventListener("click", async () => {
       button.disabled = true;
+      let wait = 0;
       try {
-        await action();
+        wait = Number(await action()) || 0;
       } catch (e) {
-        log("unexpected", String(e));
+        log("unexpected", String(e && (e.message || e.name) || e));
         show("error", texts.error_heading, failure);
       } finally {
-        button.disabled = false;
+        if (wait > 0) setTimeout(() => { button.disabled = false; }, wait * 1000);
+        else button.disabled = false;
       }
     });
   }
@@ -360,9 +364,10 @@
     }
     app.dataset.ready = host.name;
     if (host.name === "outlook" && settings.singleUse) {
-      // opened from the send check's "Add the room back": the room this pane added is gone
+      // opened from the send check's "Add the room back" (its contextData says so): the room this
+      // pane added is gone; opened any other way, nothing is changed
       core.repair(host, settings, log).then((invited) => {
-        if (invited) show("success", texts.success_heading, `${settings.room.name || settings.room.email} is invited again.`);
+        if (invited) show("success", texts.success_heading, rich("room_invited_again_message"));
       }).catch((e) => log("repair", String(e)));
     }
   }
