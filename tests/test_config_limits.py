@@ -187,6 +187,8 @@ def test_identity_providers_are_reached_over_https_only() -> None:
     [
         ("https://localhost:47201/token", True),
         ("https://login.example.com/oauth2/v2.0/token", True),  # no tenant
+        ("https://login.example.com//oauth2/v2.0/token", True),  # an empty tenant
+        ("https://adfs.contoso.com/adfs/oauth2/token#x", True),
         ("https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token", False),
         ("https://adfs.contoso.com/adfs/oauth2/token", False),
     ],

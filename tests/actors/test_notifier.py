@@ -274,3 +274,39 @@ def test_each_delivery_is_marked_before_the_next_send_where_a_resend_is_not_harm
         ("send", ["update-1"]),
         ("done", ["update-1"]),
     ]
+
+
+class DeliveredMailbox(RecordingMailbox):
+    """A mailbox that already has every message it is asked about (sent before a crash)."""
+
+    def delivered(self, message: Outgoing) -> bool:
+        RecordingMailbox.events.append(("asked", [message.id]))
+        return True
+
+
+def delivered_already(integ: config.IntegrationConfig, ctx: Context) -> Any:
+    return DeliveredMailbox(integ.spool_dir(ctx.data_dir), integ.name, integ.timezone)
+
+
+def test_a_message_found_in_the_mailbox_after_a_restart_is_not_logged_as_sent(
+    tmp_path: Path, caplog: Any
+) -> None:
+    """Queued before a crash and found delivered on the restart: marked done, logged as found,
+    and not logged as "sent" (nothing went out this time)."""
+    caplog.set_level("INFO", logger="vmrsched.notifier")
+    RecordingMailbox.events = []
+    cfg = spool_config(tmp_path)
+    queue = OutQueue(config.queue_dir(cfg.data_dir, "alpha"))
+    queue.add([_outgoing("reply-1", "reply", {"item_id": "item-1"})])
+    queue.close()
+    svc = service.start(cfg, gateway_factory=delivered_already)
+    try:
+        spoolkit.wait_for(lambda: svc.ctx.status.state("alpha") == "running")
+        notifier = svc.ctx.registry.get("alpha", "notifier")
+        spoolkit.wait_for(lambda: notifier.proxy().pending().get(timeout=5) == 0)
+    finally:
+        svc.stop()
+    assert RecordingMailbox.events == [("asked", ["reply-1"])]
+    lines = [r.getMessage() for r in caplog.records if r.name == "vmrsched.notifier"]
+    assert any("had reached the mailbox" in line for line in lines)
+    assert not any(line.startswith("sent ") for line in lines), lines

@@ -135,6 +135,7 @@ def test_retry_after_is_read_in_seconds_or_as_an_http_date(
     with pytest.raises(PexipUnavailable) as raised:
         list(client(server.url).list("conference"))
     assert raised.value.retry_after == 3600.0  # what it said: the outage caps it
+    assert "503 (Retry-After: 3600)" in str(raised.value)  # named in the logged error
     now = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
     assert management.retry_after("Mon, 02 Nov 2026 08:00:30 GMT", now) == 30.0
     assert management.retry_after("Mon, 02 Nov 2026 07:00:00 GMT", now) is None  # passed

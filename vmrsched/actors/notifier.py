@@ -84,6 +84,8 @@ class Notifier(SupervisedChild):
         # restart (the crash may have come just after the mailbox took them), and later any
         # whose call got no answer. Each is checked (gateway.delivered) before it is sent again.
         self._unsure = {m.id for m in self.queue.pending()}
+        # found in the mailbox already (not sent by this try): recorded as done, not "sent"
+        self._reached: set[str] = set()
         self._idempotent = self.gateway.idempotent_send
         unresolved = self._unresolved()
         if unresolved:
@@ -282,6 +284,7 @@ class Notifier(SupervisedChild):
         done = bool(self.gateway.delivered(outgoing))
         self._unsure.discard(outgoing.id)
         if done:
+            self._reached.add(outgoing.id)
             log.info(
                 "%s %s had reached the mailbox (after a restart, or an answer lost); "
                 "not sent again",
@@ -368,6 +371,9 @@ class Notifier(SupervisedChild):
         self.gateway.sync()
         self.queue.done(m.id for m in sent)
         for message in sent:
+            if message.id in self._reached:  # logged when found: nothing went out now
+                self._reached.discard(message.id)
+                continue
             log.info(
                 "sent %s %s %s to %s",
                 message.kind,

@@ -62,8 +62,14 @@ def token_authority(token_endpoint: str) -> str | None:
     """The OAuth authority a token endpoint belongs to (Entra: …/<tenant>/oauth2/v2.0/token ->
     …/<tenant>; AD FS: …/adfs/oauth2/token -> …/adfs), or None when it has neither form: the
     service could not sign in with it, so check-config says so."""
-    path = urlsplit(token_endpoint).path
+    parts = urlsplit(token_endpoint)
+    if parts.query or parts.fragment:
+        return None
     for suffix in _TOKEN_SUFFIXES:
-        if path.endswith(suffix) and len(path) > len(suffix) and not urlsplit(token_endpoint).query:
+        if not parts.path.endswith(suffix):
+            continue
+        # the authority's path: one segment or more, none empty (`//oauth2/…` names no tenant)
+        segments = parts.path[: -len(suffix)].split("/")[1:]
+        if segments and all(segments):
             return token_endpoint[: -len(suffix)]
     return None

@@ -319,7 +319,7 @@ class EwsMailbox(EwsClient, Mailbox):
         elif isinstance(item, Exception):
             raise translate(item)
         elif item.parent_folder_id is not None and item.parent_folder_id.id != inbox:
-            where = "has left the inbox (Deleted Items)"
+            where = "has left the inbox"
         else:
             return False
         log.info(

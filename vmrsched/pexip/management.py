@@ -131,9 +131,12 @@ class ManagementClient:
             return response
         if status in (401, 403) or status >= 500 or status == 429:
             self._count(operation, f"http_{status}")
+            header = response.headers.get("Retry-After", "")
+            asked = f" (Retry-After: {header[:40]})" if header else ""
             raise PexipUnavailable(
-                f"the Management Node answered {status} to {method} {url}: {response.text[:300]}",
-                retry_after(response.headers.get("Retry-After", "")),
+                f"the Management Node answered {status}{asked} to {method} {url}: "
+                f"{response.text[:300]}",
+                retry_after(header),
             )
         self._count(operation, f"http_{status}")
         fields: dict[str, Any] = {}
