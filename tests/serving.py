@@ -72,14 +72,21 @@ def start(
 
 def sends(config: Path) -> Counter[tuple[str, str]]:
     """(meeting uid, kind) -> how many times the service handed such a message to the mailbox,
-    over every run, from its JSON log."""
+    over every run, from its JSON log: a "sent" line each, or, for one handed over just before
+    a SIGKILL took the process before its "sent" line, the next run's "had reached the
+    mailbox" (a message logged as sent is marked done first, so it is never found again)."""
     counts: Counter[tuple[str, str]] = Counter()
     for line in (config.parent / "server.log").read_text().splitlines():
         if not line.startswith("{"):
             continue
         entry = json.loads(line)
-        if entry.get("logger") == "vmrsched.notifier" and entry["message"].startswith("sent "):
-            counts[(entry["meeting_uid"], entry["message"].split()[1])] += 1
+        if entry.get("logger") != "vmrsched.notifier":
+            continue
+        words = entry["message"].split()
+        if words[0] == "sent":
+            counts[(entry["meeting_uid"], words[1])] += 1
+        elif "had reached the mailbox" in entry["message"]:
+            counts[(entry["meeting_uid"], words[0])] += 1
     return counts
 
 
