@@ -13,6 +13,8 @@ from typing import Any
 from tests.fakes.graph_server import FakeGraph
 from tests.fakes.identity_platform import IdentityPlatform, server_context, tls_files
 from tests.fakes.threaded import ThreadedServer
+from vmrsched import config, service
+from vmrsched.actors.supervision import RestartPolicy
 from vmrsched.rules.meetings import Meeting
 
 ROOM = "room@contoso.example"
@@ -121,3 +123,14 @@ def meeting(
 
 def pxps(record: dict[str, Any]) -> str:
     return f"<p>Join</p><p>PXPS:-{record['alias_id']}#</p>"
+
+
+def start_service(world: GraphWorld, directory: Path) -> service.Service:
+    """The service with one Graph integration on `world`, polling every 50 ms, its mailbox
+    backoff capped at 1 s (the Graph tests' service)."""
+    doc = {
+        "server": {"data_dir": str(directory / "data")},
+        "integrations": [world.integration(poll_interval_seconds=0.05)],
+    }
+    cfg = config.parse(doc, directory, {"GRAPH_SECRET": SECRET})
+    return service.start(cfg, policy=RestartPolicy(mailbox_max=1.0))

@@ -33,6 +33,23 @@ def problems(document: dict[str, Any], base: Path = Path(".")) -> list[str]:
     return info.value.problems
 
 
+def ews_oauth(token_endpoint: str) -> dict[str, Any]:
+    """One EWS integration signing in with an app's OAuth secret at `token_endpoint`."""
+    ews = doc(
+        exchange={
+            "mailbox_name": "VMR",
+            "mailbox_email": "vmr@example.com",
+            "ews_url": "https://mail.example.com/EWS/Exchange.asmx",
+            "authentication": "oauth_app",
+            "oauth_client_id": "app",
+            "oauth_client_secret_env": "EWS_SECRET",
+            "oauth_token_endpoint": token_endpoint,
+        }
+    )
+    ews["integrations"][0]["backend"] = "ews"
+    return ews
+
+
 @pytest.mark.parametrize("table", ["spool", "exchange", "graph"])
 @pytest.mark.parametrize("interval", [0, -1, 0.001])
 def test_a_poll_interval_that_would_spin_a_core_is_refused(table: str, interval: float) -> None:
@@ -163,18 +180,7 @@ def test_identity_providers_are_reached_over_https_only() -> None:
     graph["integrations"][0]["backend"] = "graph"
     found = problems(graph)
     assert any(p.startswith("integrations[0].graph.authority: must be https") for p in found)
-    ews = doc(
-        exchange={
-            "mailbox_name": "VMR",
-            "mailbox_email": "vmr@example.com",
-            "ews_url": "https://mail.example.com/EWS/Exchange.asmx",
-            "authentication": "oauth_app",
-            "oauth_client_id": "app",
-            "oauth_client_secret_env": "EWS_SECRET",
-            "oauth_token_endpoint": "http://192.0.2.2/token",
-        }
-    )
-    ews["integrations"][0]["backend"] = "ews"
+    ews = ews_oauth("http://192.0.2.2/token")
     found = problems(ews)
     assert any(
         p.startswith("integrations[0].exchange.oauth_token_endpoint: must be an https URL")
@@ -198,18 +204,7 @@ def test_a_token_endpoint_the_service_cannot_sign_in_with_is_refused(
 ) -> None:
     """msal signs in through the token endpoint's authority (its parent): an endpoint of
     another form passed check-config and then failed every sign-in at run time."""
-    ews = doc(
-        exchange={
-            "mailbox_name": "VMR",
-            "mailbox_email": "vmr@example.com",
-            "ews_url": "https://mail.example.com/EWS/Exchange.asmx",
-            "authentication": "oauth_app",
-            "oauth_client_id": "app",
-            "oauth_client_secret_env": "EWS_SECRET",
-            "oauth_token_endpoint": endpoint,
-        }
-    )
-    ews["integrations"][0]["backend"] = "ews"
+    ews = ews_oauth(endpoint)
     found = [p for p in problems(ews) if "oauth_token_endpoint" in p]
     if refused:
         assert found == [

@@ -23,7 +23,16 @@ from tests.configs import reserve_alias, stored_record
 from tests.fakes.graph_server import FakeGraph, Message
 from tests.fakes.identity_platform import IdentityPlatform, tls_files
 from tests.fakes.threaded import ThreadedServer
-from tests.graphkit import ORGANIZER, ROOM, SECRET, GraphWorld, graph_world, meeting, pxps
+from tests.graphkit import (
+    ORGANIZER,
+    ROOM,
+    SECRET,
+    GraphWorld,
+    graph_world,
+    meeting,
+    pxps,
+    start_service,
+)
 from vmrsched import config, service
 from vmrsched.actors.supervision import RestartPolicy
 from vmrsched.rules.meetings import Meeting
@@ -69,12 +78,7 @@ class Env:
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
     with graph_world(tmp_path) as world:
-        doc = {
-            "server": {"data_dir": str(tmp_path / "data")},
-            "integrations": [world.integration(poll_interval_seconds=0.05)],
-        }
-        cfg = config.parse(doc, tmp_path, {"GRAPH_SECRET": SECRET})
-        env = Env(world, service.start(cfg, policy=RestartPolicy(mailbox_max=1.0)))
+        env = Env(world, start_service(world, tmp_path))
         try:
             yield env
         finally:
