@@ -40,13 +40,13 @@ import socket
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import requests
 import urllib3.exceptions
 
+from vmrsched import retry_after
 from vmrsched.outgoing import Outgoing
 from vmrsched.rules.meetings import Meeting
 from vmrsched.telemetry import MAILBOX_UNREACHABLE
@@ -135,25 +135,10 @@ def outcome_unknown(exc: BaseException) -> bool:
 
 
 def retry_after_seconds(value: str, now: datetime | None = None) -> float | None:
-    """The wait an HTTP Retry-After header asks for (RFC 9110 10.2.3: delay-seconds or an
-    HTTP-date), at most MAX_RETRY_AFTER; None when it says nothing usable (absent, malformed,
-    a date already past), so the caller's own backoff applies."""
-    value = value.strip()
-    if not value:
-        return None
-    if value.isdigit():
-        seconds = float(value)
-    else:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # an HTTP-date is always GMT
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if seconds <= 0:
-        return None
-    return min(seconds, MAX_RETRY_AFTER)
+    """The wait an HTTP Retry-After header asks for, at most MAX_RETRY_AFTER; None when it
+    says nothing usable, so the caller's own backoff applies."""
+    wait = retry_after.seconds(value, now)
+    return None if wait is None else min(wait, MAX_RETRY_AFTER)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

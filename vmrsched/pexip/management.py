@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from vmrsched import retry_after as waits
 from vmrsched.config import PexipConfig
 
 log = logging.getLogger("vmrsched.pexip")
@@ -212,15 +212,6 @@ def _malformed(response: requests.Response, what: str, why: str) -> PexipUnavail
 
 
 def retry_after(value: str, now: datetime | None = None) -> float | None:
-    """A Retry-After header in seconds (delta-seconds or an HTTP-date, RFC 9110 10.2.3); None
-    when absent or unreadable. How long is honoured is the outage's to cap."""
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0) or None
+    """A Retry-After header in seconds (vmrsched.retry_after); how long is honoured is the
+    outage's to cap."""
+    return waits.seconds(value, now)
