@@ -22,6 +22,7 @@ ORGANIZER = "olga@contoso.example"
 
 CLIENT_ID = "graph-app"
 SECRET = "graph-secret"
+ADMIN_TOKEN = "graph-tests-admin-token-0123456789abcdef"
 
 
 @dataclass
@@ -125,12 +126,13 @@ def pxps(record: dict[str, Any]) -> str:
     return f"<p>Join</p><p>PXPS:-{record['alias_id']}#</p>"
 
 
-def start_service(world: GraphWorld, directory: Path) -> service.Service:
+def start_service(world: GraphWorld, directory: Path, **server: Any) -> service.Service:
     """The service with one Graph integration on `world`, polling every 50 ms, its mailbox
-    backoff capped at 1 s (the Graph tests' service)."""
+    backoff capped at 1 s (the Graph tests' service). `server`: more [server] keys; the
+    environment holds ADMIN_TOKEN for `admin_token_env = "ADMIN_TOKEN"`."""
     doc = {
-        "server": {"data_dir": str(directory / "data")},
+        "server": {"data_dir": str(directory / "data"), **server},
         "integrations": [world.integration(poll_interval_seconds=0.05)],
     }
-    cfg = config.parse(doc, directory, {"GRAPH_SECRET": SECRET})
+    cfg = config.parse(doc, directory, {"GRAPH_SECRET": SECRET, "ADMIN_TOKEN": ADMIN_TOKEN})
     return service.start(cfg, policy=RestartPolicy(mailbox_max=1.0))

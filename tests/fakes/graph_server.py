@@ -29,6 +29,8 @@ real HTTP so the service's own Graph client runs unmodified:
   batch 200, the part 429 with Retry-After in its own headers); `timeline` keeps when each
   request and sub-request arrived, `throttled_at` when each 429 went out; more than
   4 concurrent requests for one mailbox are answered 429 too (Graph's limit), and counted.
+- A refusal on demand (`refuse`): the calls given answered with the status and error code given
+  (say 400 ErrorInvalidRequest, which no retry changes), on their own or inside a $batch.
 - Unknown items: 404 ErrorItemNotFound.
 - An answer lost on demand (`lose_answer`): the call is carried out, then its answer is held
   longer than the client waits (`hold_seconds`), or the connection is dropped before any answer
@@ -122,6 +124,8 @@ class FakeGraph:
         self.throttle_next = 0
         # (method, path pattern, Retry-After): one 429 each
         self.throttling: list[tuple[str, str, str]] = []
+        # (method, path pattern, status, code): one refusal each, nothing carried out
+        self.refusing: list[tuple[str, str, int, str]] = []
         self.timeline: list[tuple[float, str, str, bool]] = []  # (monotonic, method, path, batched)
         # when each 429 left: its own answer, or the $batch answer carrying it (monotonic)
         self.throttled_at: list[float] = []
@@ -306,6 +310,22 @@ class FakeGraph:
                     return wait
         return None
 
+    def refuse(self, method: str, path: str, status: int, code: str, times: int = 1) -> None:
+        """The next `times` calls of `method` on a path matching `path` (a regular expression
+        searched in it), on their own or inside a $batch, are answered `status` with the error
+        `code`, and not carried out."""
+        with self.lock:
+            self.refusing.extend([(method.upper(), path, status, code)] * times)
+
+    def _refused(self, request: web.Request) -> tuple[int, str] | None:
+        """The status and code of the refusal rule this request uses up, if one matches."""
+        with self.lock:
+            for index, (method, pattern, status, code) in enumerate(self.refusing):
+                if request.method == method and re.search(pattern, request.path):
+                    del self.refusing[index]
+                    return status, code
+        return None
+
     def expire_delta_tokens(self) -> None:
         with self.lock:
             self.delta_epoch += 1
@@ -372,6 +392,9 @@ class FakeGraph:
             if not batched:  # a part's 429 leaves with its batch's answer
                 self.throttled_at.append(time.monotonic())
             return _error(429, "TooManyRequests", "Too many requests.", {"Retry-After": wait})
+        refusal = self._refused(request)
+        if refusal is not None:
+            return _error(*refusal, "The request is refused.")
         lose: str | None = None
         user = unquote(request.match_info.get("user", "")).lower()
         if user and not self.reaches(user):
