@@ -5,6 +5,7 @@ crashes the notifier."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -310,3 +311,53 @@ def test_a_message_found_in_the_mailbox_after_a_restart_is_not_logged_as_sent(
     lines = [r.getMessage() for r in caplog.records if r.name == "vmrsched.notifier"]
     assert any("had reached the mailbox" in line for line in lines)
     assert not any(line.startswith("sent ") for line in lines), lines
+
+
+class RefusingFirst(SpoolMailbox):
+    """The spool, refusing for good the first message this process asks it to send."""
+
+    refused: ClassVar[list[str]] = []
+
+    def send(self, message: Outgoing) -> None:
+        if not RefusingFirst.refused:
+            RefusingFirst.refused.append(message.id)
+            raise GatewayError(
+                "ErrorInvalidRecipients", permanent=True, code="ErrorInvalidRecipients"
+            )
+        super().send(message)
+
+
+def refusing_first(integ: config.IntegrationConfig, ctx: Context) -> Any:
+    return RefusingFirst(integ.spool_dir(ctx.data_dir), integ.name, integ.timezone)
+
+
+def test_a_reply_failed_for_good_is_sent_by_the_admins_retry_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """On the spool a reply is a mail of its own, and its request left the inbox when it was
+    read: after a clean restart `failed` still lists the reply, and the admin's retry writes it
+    to the outbox, once."""
+    RefusingFirst.refused = []
+    cfg = spool_config(tmp_path)
+    svc = service.start(cfg, gateway_factory=refusing_first)
+    try:
+        running = Running(svc, cfg)
+        data, uid = spoolkit.request(body="<p>no token</p>")
+        running.send(data)
+        notifier = svc.ctx.registry.get("alpha", "notifier")
+        spoolkit.wait_for(lambda: notifier.proxy().failed().get(timeout=5) == 1)
+    finally:
+        svc.stop()
+    svc = service.start(cfg)
+    try:
+        running = Running(svc, cfg)
+        spoolkit.wait_for(lambda: svc.ctx.status.state("alpha") == "running")
+        failed = asyncio.run(svc.admin_messages("alpha"))["failed"]
+        assert [f["id"] for f in failed] == RefusingFirst.refused
+        assert not running.answers(uid)
+        asyncio.run(svc.admin_retry_message("alpha", failed[0]["id"], "admin@example.com"))
+        running.settle()
+        assert len(running.answers(uid)) == 1
+        assert asyncio.run(svc.admin_messages("alpha"))["failed"] == []
+    finally:
+        svc.stop()

@@ -174,7 +174,7 @@ class ProcessMeetings(Ask[list[Step]]):
 class Enqueue(Ask[set[str]]):
     """Payload of a Request to a notifier (from the poller, or the allocator for an admin's
     act): queue these messages durably, each id once; the reply, once fsynced, is the ids of
-    the given messages now pending."""
+    the given messages still to be sent (pending, or failed and kept for an admin's retry)."""
 
     messages: list[Outgoing]
 

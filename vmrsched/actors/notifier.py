@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,11 +105,26 @@ class Notifier(SupervisedChild):
 
     def enqueue(self, messages: list[Outgoing]) -> set[str]:
         """Queue durably the messages never queued before; returns once fsynced, with the ids
-        of the given messages now pending (see OutQueue.add). Delivery happens afterwards."""
+        of the given messages still to be sent: pending (see OutQueue.add), or failed and kept
+        for an admin's retry. The poller leaves the items these answer in the mailbox, so a
+        request read again after a restart is not taken for answered while its reply waits
+        for an admin. Delivery happens afterwards."""
         pending = self.queue.add(messages) if messages else set()
         if pending:
             self._request_flush()
-        return pending
+        return pending | self._held(m for m in messages if m.id not in pending)
+
+    def _held(self, messages: Iterable[Outgoing]) -> set[str]:
+        """The ids of `messages` failed and kept for an admin, each with the same inbox item
+        as the kept copy (the one an admin's retry sends)."""
+        wanted = {m.id: m.extra.get("item_id") for m in messages}
+        if not wanted:
+            return set()
+        return {
+            f.message.id
+            for f in self.queue.failed()
+            if f.message.id in wanted and f.message.extra.get("item_id") == wanted[f.message.id]
+        }
 
     def pending(self) -> int:
         return len(self.queue)

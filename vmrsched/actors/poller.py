@@ -164,13 +164,15 @@ class MailboxPoller(SupervisedChild):
         self.decisions.append(entries)
 
         notifier = self.ctx.registry.get(name, "notifier")
-        # durable before handled; ids already queued once (a re-read, an echo) are not queued again
-        pending = ask(notifier, Enqueue(outgoing), timeout=ASK_TIMEOUT)
+        # durable before handled; ids already queued once (a re-read, an echo) are not queued
+        # again. An item stays unanswered while a reply to it is still to be sent: pending, or
+        # failed and waiting for an admin's retry (read again after a restart too)
+        to_send = ask(notifier, Enqueue(outgoing), timeout=ASK_TIMEOUT)
 
         for meeting in accepted:
             self.gateway.record_accepted(meeting)
         for item in readable:
-            replied = any(i in pending for i in replies.get(item.id, ()))
+            replied = any(i in to_send for i in replies.get(item.id, ()))
             if item.id in refused:  # removed, and the room's calendar left as it is
                 self.gateway.mark_handled(item.id, replied=replied, refused=True)
             else:
