@@ -1,11 +1,13 @@
 """A reply that failed for good through Graph waits for an admin, across restarts: `failed` lists
 it, its meeting request stays in the room's inbox (it is still unanswered), and the admin's retry
-over the admin API answers it, once. Against the fake Graph and identity platform over real
-HTTP(S), the service restarted as an admin restarts it (stopped cleanly, started again)."""
+over the admin API answers it, once; a retry that cannot answer it (its message deleted
+meanwhile) fails the reply again, never reporting it sent. Against the fake Graph and identity
+platform over real HTTP(S), the service restarted as an admin restarts it (stopped cleanly,
+started again)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +48,10 @@ class Admin:
         self.http.stop()
         self.svc.stop()
 
-    def restart(self) -> None:
+    def restart(self, meanwhile: Callable[[], object] = lambda: None) -> None:
+        """Stop, do `meanwhile` (what happens while the service is down), start again."""
         self.stop()
+        meanwhile()
         self._start()
 
     def api(self, method: str, path: str) -> requests.Response:
@@ -106,3 +110,26 @@ def test_a_reply_failed_for_good_is_answered_by_the_admins_retry_after_a_restart
     assert admin.failed() == []
     event = next(e for e in fake.mailbox(ROOM).events.values() if e.uid == "refused")
     assert event.response == "accepted"
+
+
+def test_a_retry_whose_request_is_gone_fails_again_and_is_not_reported_sent(
+    admin: Admin,
+) -> None:
+    """The failed reply's meeting message is deleted by hand while the service is stopped: the
+    admin's retry cannot answer it, so the reply is failed again with that reason (listed, the
+    alarm raised), never marked sent."""
+    fake = admin.world.fake
+    rec = reserve_alias(admin.svc.ctx.registry.get("online", "allocator"))
+    fake.refuse("POST", r"/events/[^/]+/accept$", 400, "ErrorInvalidRequest")
+    request = fake.deliver(ROOM, meeting("deleted", pxps(rec)))
+    spoolkit.wait_for(lambda: len(admin.failed()) == 1, timeout=20)
+    [failed] = admin.failed()
+    admin.restart(meanwhile=lambda: fake.mailbox(ROOM).inbox.pop(request.id))
+
+    retried = admin.api("POST", f"/messages/{failed['id']}/retry")
+    assert retried.status_code == 202, retried.text
+    spoolkit.wait_for(lambda: bool(admin.failed()) and admin.failed()[0]["at"] != failed["at"])
+    [again] = admin.failed()
+    assert again["id"] == failed["id"] and "ErrorItemNotFound" in again["failure"]
+    assert "delivery_failed" in {a.name for a in admin.svc.ctx.alarms.active("online")}
+    assert fake.responses_for("deleted") == []

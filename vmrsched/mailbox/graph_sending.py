@@ -217,16 +217,19 @@ class GraphSending(GraphClient, Mailbox):
     def _respond(self, message: Outgoing) -> None:
         """Accept or decline the message's room event. Once Graph has carried it out the answer
         is noted and the message's removal queued for `sync`: nothing after the answer can
-        fail this send, so the answer is never made twice by retrying it."""
+        fail this send, so the answer is never made twice by retrying it. A message Graph no
+        longer has fails the send (ErrorItemNotFound, permanent): the notifier asks `delivered`
+        first about any message that may have been answered already, so here nothing was
+        answered, and the organizer got no answer."""
         item_id = str(message.extra["item_id"])
         with self._state:
             if item_id in self._answered:
                 return  # carried out already; only its removal is left (the next sync)
             event_id = self._events.get(item_id)
+        action = "accept" if message.outcome == "accepted" else "decline"
+        if event_id is None:
+            event_id = self._event_of_unanswered(item_id, action)
         try:
-            if event_id is None:
-                event_id = self._event_of(item_id)
-            action = "accept" if message.outcome == "accepted" else "decline"
             self.call(
                 "POST",
                 f"{self.base}/events/{event_id}/{action}",
@@ -234,9 +237,9 @@ class GraphSending(GraphClient, Mailbox):
                 json={"comment": text_of(message.html_body), "sendResponse": True},
             )
         except GatewayError as exc:
-            if exc.permanent and exc.code in ("ErrorItemNotFound", "http_404"):
+            if _not_found(exc):
                 log.info(
-                    "meeting message %s is gone; answered before a restart, not answered again",
+                    "the room's event for %s is gone; not answered again",
                     item_id,
                     extra={"integration": self.name, "meeting_uid": message.meeting_uid},
                 )
@@ -245,41 +248,83 @@ class GraphSending(GraphClient, Mailbox):
             raise
         self._answered_now([item_id])
 
+    def _event_of_unanswered(self, item_id: str, action: str) -> str:
+        """The room event of a message not answered yet; the message gone is that send's
+        permanent failure."""
+        try:
+            return self._event_of(item_id)
+        except GatewayError as exc:
+            if not _not_found(exc):
+                raise
+            self._forget(item_id)
+            raise GatewayError(
+                f"meeting message {item_id} is gone (ErrorItemNotFound): removed from the "
+                f"room's mailbox (by hand, or by another client) before its {action} went out; "
+                "the organizer got no answer",
+                permanent=True,
+                code="ErrorItemNotFound",
+            ) from exc
+
     def delivered(self, message: Outgoing) -> bool:
         """Whether a message whose sending may have taken effect already did: one queued before
         a restart (the crash came between Graph's answer and the queue's delivery mark), or one
         whose call got no answer (a timeout, a connection dropped). A reply: the room's event
-        already carries that response (then only the message is left to remove). An organizer
-        update: the organizer's meeting already carries the new alias."""
+        already carries that response (then only the message is left to remove), or the message
+        is gone. An organizer update: the organizer's meeting already carries the new alias."""
         if message.kind == "reply" and message.extra.get("item_id"):
-            item_id = str(message.extra["item_id"])
-            with self._state:
-                if item_id in self._answered:
-                    return True  # carried out by this process (Graph said 202)
-                known = self._events.get(item_id)
-            try:
-                event_id = known or self._event_of(item_id)
-                event = self.call(
-                    "GET",
-                    f"{self.base}/events/{event_id}",
-                    "get_event",
-                    params={"$select": "responseStatus"},
-                ).json()
-            except GatewayError as exc:
-                if exc.permanent:
-                    return False  # gone or unknown: sending finds out and says so
-                raise
-            wanted = "accepted" if message.outcome == "accepted" else "declined"
-            if (event.get("responseStatus") or {}).get("response") != wanted:
-                return False
-            self._answered_now([item_id])  # only the message is left to remove
-            return True
+            return self._reply_delivered(message)
         if message.kind == "update" and message.extra.get("alias_id"):
             for event in self._organizer_events(message, "id,body"):
                 content = str((event.get("body") or {}).get("content", ""))
                 if f"PXPS:-{message.extra['alias_id']}#" in content:
                     return True
         return False
+
+    def _reply_delivered(self, message: Outgoing) -> bool:
+        """A reply: the room's event carries its response, or its message is gone from the
+        room's mailbox. An answered message leaves the inbox, so a message Graph no longer has
+        was answered (before a restart, or an answer lost) and is not answered again; the price,
+        as docs/guarantees.md says: one someone deleted by hand in that instant is not either."""
+        item_id = str(message.extra["item_id"])
+        with self._state:
+            if item_id in self._answered:
+                return True  # carried out by this process (Graph said 202)
+            known = self._events.get(item_id)
+        try:
+            event_id = known or self._event_of(item_id)
+        except GatewayError as exc:
+            if not _not_found(exc):
+                return self._unknown(exc)
+            log.info(
+                "meeting message %s is gone from the room's mailbox: it was answered (before a "
+                "restart, or an answer lost); not answered again",
+                item_id,
+                extra={"integration": self.name, "meeting_uid": message.meeting_uid},
+            )
+            self._forget(item_id)
+            return True
+        try:
+            event = self.call(
+                "GET",
+                f"{self.base}/events/{event_id}",
+                "get_event",
+                params={"$select": "responseStatus"},
+            ).json()
+        except GatewayError as exc:
+            return self._unknown(exc)
+        wanted = "accepted" if message.outcome == "accepted" else "declined"
+        if (event.get("responseStatus") or {}).get("response") != wanted:
+            return False
+        self._answered_now([item_id])  # only the message is left to remove
+        return True
+
+    @staticmethod
+    def _unknown(exc: GatewayError) -> bool:
+        """A refusal while asking: not delivered as far as can be told (sending finds out and
+        says so); anything else is raised, to be asked again."""
+        if exc.permanent:
+            return False
+        raise exc
 
     def _forget(self, item_id: str) -> None:
         with self._state:
@@ -353,3 +398,8 @@ class GraphSending(GraphClient, Mailbox):
                 "saveToSentItems": True,
             },
         )
+
+
+def _not_found(exc: GatewayError) -> bool:
+    """Graph no longer has what was asked for (404 ErrorItemNotFound)."""
+    return exc.permanent and exc.code in ("ErrorItemNotFound", "http_404")
