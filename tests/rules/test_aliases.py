@@ -207,3 +207,57 @@ def test_every_form_of_one_of_our_aliases_normalises_to_the_alias(
         text = scheme + (plain.upper() if upper else plain) + params
         form = f" <{text}> " if bracket else text
         assert aliases.normalise(form) == plain.casefold()
+
+
+@given(st.integers(min_value=0, max_value=2**32))
+def test_an_alias_id_is_a_canonical_version_4_uuid(seed: int) -> None:
+    """What uuid.UUID(int=…, version=4) prints for the same 128 bits."""
+    bits = random.Random(seed).getrandbits(128)
+    made = aliases.new_uuid(random.Random(seed))
+    assert made == str(uuid.UUID(int=bits, version=4))
+    assert uuid.UUID(made).version == 4 and uuid.UUID(made).variant == uuid.RFC_4122
+
+
+def test_the_system_source_hands_each_byte_of_the_os_csprng_out_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Read from os.urandom a pool at a time; consecutive draws never share a byte, and a
+    draw larger than what is left comes from a fresh read."""
+    reads: list[int] = []
+    counter = iter(range(1, 1 << 30))
+
+    def urandom(count: int) -> bytes:
+        reads.append(count)
+        return bytes(next(counter) % 256 for _ in range(count))
+
+    monkeypatch.setattr(aliases.os, "urandom", urandom)
+    source = aliases.PooledSystemRandom()
+    assert source.getrandbits(16) == 0x0102 and source.getrandbits(8) == 0x03
+    assert source.getrandbits(12) == 0x0405 >> 4  # whole bytes, the surplus bits dropped
+    assert source.getrandbits(0) == 0
+    assert reads == [source.POOL_BYTES]
+    source.getrandbits(8 * (source.POOL_BYTES - 5))  # the pool is used up exactly
+    assert reads == [source.POOL_BYTES]
+    source.getrandbits(8)
+    assert reads == [source.POOL_BYTES, source.POOL_BYTES]
+    assert 0.0 <= source.random() < 1.0
+    with pytest.raises(NotImplementedError):
+        source.getstate()
+
+
+def test_a_forked_child_does_not_repeat_its_parents_draws() -> None:
+    """The pool is the process's: a child starts from its own read of the OS's generator."""
+    import os
+
+    source = aliases.PooledSystemRandom()
+    source.getrandbits(8)  # the pool is filled
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        os.write(write_end, source.getrandbits(256).to_bytes(32, "big"))
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(child, 0)
+    theirs = os.read(read_end, 32)
+    os.close(read_end)
+    assert theirs != source.getrandbits(256).to_bytes(32, "big")

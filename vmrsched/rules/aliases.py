@@ -1,13 +1,15 @@
 """Alias, numeric alias and alias-ID generation, and finding alias-ID tokens in meeting bodies.
 
-Aliases are dialled by strangers, so their digits come from a CSPRNG (`secrets`); tests inject a
-seeded source instead so that runs are repeatable.
+Aliases are dialled by strangers, so their digits come from the operating system's CSPRNG;
+tests inject a seeded source instead so that runs are repeatable.
 """
 
 from __future__ import annotations
 
+import os
+import random
 import re
-import secrets
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +39,54 @@ class RandomSource(Protocol):
     def getrandbits(self, k: int, /) -> int: ...
 
 
-_SYSTEM_RANDOM: RandomSource = secrets.SystemRandom()
+class PooledSystemRandom(random.Random):
+    """The operating system's CSPRNG (os.urandom, as `secrets` reads it), fetched POOL_BYTES
+    at a time. `secrets.SystemRandom` makes a system call per draw and an alias takes two
+    (its digits and its UUID): a third of the allocator's work per reservation. Every byte is
+    handed out once, to one draw, whichever thread asks; a forked child starts from a fresh
+    pool so that it never repeats its parent's draws. Like SystemRandom it has no state to
+    seed, save or restore."""
+
+    POOL_BYTES = 4096
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+        self._lock = threading.Lock()
+        super().__init__()
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._pool, self._at, self._lock = b"", 0, threading.Lock()
+
+    def _bytes(self, count: int) -> bytes:
+        with self._lock:
+            start = self._at
+            if start + count > len(self._pool):
+                self._pool, start = os.urandom(max(self.POOL_BYTES, count)), 0
+            self._at = start + count
+            return self._pool[start : self._at]
+
+    def getrandbits(self, k: int, /) -> int:
+        if k < 0:
+            raise ValueError("number of bits must be non-negative")
+        count = (k + 7) // 8
+        return int.from_bytes(self._bytes(count), "big") >> (count * 8 - k)
+
+    def random(self) -> float:
+        return (int.from_bytes(self._bytes(7), "big") >> 3) * 2.0**-53
+
+    def seed(self, *args: object, **kwargs: object) -> None:
+        """No state: the operating system's generator is not seeded from here."""
+
+    def getstate(self) -> tuple[object, ...]:
+        raise NotImplementedError("a CSPRNG has no state to save")
+
+    def setstate(self, state: tuple[object, ...]) -> None:
+        raise NotImplementedError("a CSPRNG has no state to restore")
+
+
+_SYSTEM_RANDOM: RandomSource = PooledSystemRandom()
 
 
 class AliasExhaustedError(RuntimeError):
@@ -62,10 +111,16 @@ class Token:
         return f"{prefix}{self.id}{TOKEN_SUFFIX}"
 
 
+_UUID_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
+_UUID_SET = (0x8000 << 48) | (4 << 76)  # the RFC 4122 variant; version 4
+
+
 def new_uuid(rng: RandomSource | None = None) -> str:
-    """A version-4 UUID drawn from `rng` (the system CSPRNG by default)."""
+    """A version-4 UUID drawn from `rng` (the system CSPRNG by default), in its canonical text
+    (what str(uuid.UUID(int=…, version=4)) gives, without building the object)."""
     source = rng or _SYSTEM_RANDOM
-    return str(uuid.UUID(int=source.getrandbits(128), version=4))
+    text = "%032x" % (source.getrandbits(128) & _UUID_CLEAR | _UUID_SET)
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def alias_id_token(alias_id: str) -> str:
@@ -173,6 +228,8 @@ def normalise(alias: str) -> str:
     `1234:5` keeps its colon) and `;parameters`, trimmed and case-folded. So
     `<SIP:VMR123@Example.COM;transport=tls>` is `vmr123@example.com`."""
     text = alias.strip()
+    if "<" not in text and ":" not in text and ";" not in text:
+        return text.casefold()  # the common case (the forms we hand out): nothing to take off
     opening = text.find("<")  # `<sip:…>`, `SIP:<…>` or a name-addr (`"Bob" <sip:…>`)
     if opening >= 0 and ">" in text[opening:]:
         text = text[opening + 1 : text.index(">", opening)]
