@@ -97,3 +97,22 @@ def test_no_secret_reaches_the_log_at_debug(tmp_path: Path, capsys: Any) -> None
     assert password not in err and basic not in err
     assert "eyJ" not in err and "r-123" not in err
     assert "Bearer <redacted>" in err
+
+
+def test_a_credential_is_blanked_however_its_name_is_written() -> None:
+    """Lines are looked at closely only when they name a credential; that look-out folds case
+    as the patterns do (an "ı" or "ſ" is an "i" or "s" to them), so no spelling slips past it,
+    and a line naming none comes back as it was."""
+    for line, secret in [
+        ("AUTHORIZATION: Bearer abc.def", "abc.def"),
+        ("authorızation: Basic dXNlcjpwdw==", "dXNlcjpwdw=="),
+        ("{'Access_Token': 'eyJ0.x'}", "eyJ0.x"),
+        ("paſſword=hunter2", "hunter2"),
+        ("CLIENT_SECRET=s3cret&grant_type=x", "s3cret"),
+        ("code_Verifier=v3rifier", "v3rifier"),
+        ("client_assertion: 'jwt.jwt.jwt'", "jwt.jwt.jwt"),
+    ]:
+        assert secret not in logs.redact(line), line
+        assert logs.REDACTED in logs.redact(line), line
+    plain = "reserved 2 aliases: vmr123@video.example.com for ann@example.com, vmr124 for bo"
+    assert logs.redact(plain) is plain
