@@ -6,6 +6,7 @@ restarts it (stopped cleanly, started again)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -118,3 +119,41 @@ def test_a_reply_failed_for_good_is_answered_by_the_admins_retry_after_a_restart
     assert running.replies("refused") == ["Accept"]
     assert running.failed() == []
     assert item.id not in fake.mailbox(ROOM).inbox
+
+
+@pytest.mark.parametrize("others", [0, 3])
+def test_a_reply_refused_with_error_invalid_request_fails_alone_and_for_good(
+    tmp_path: Path, others: int
+) -> None:
+    """Exchange refuses one response (its CreateItemResponseMessage has ResponseClass Error and
+    ResponseCode ErrorInvalidRequest), alone in its poll or beside others in the same
+    CreateItem. That reply fails for good (`failed` lists it, delivery_failed), Exchange is not
+    taken for down (no exchange_unreachable, no endless retries), and every other reply of the
+    poll goes out once and counts as delivered. The requests are in the inbox before the
+    service starts, so its first poll answers them together."""
+    fake = FakeExchange()
+    server = ThreadedServer(fake.app()).start()
+    refused = fake.deliver(ROOM, request("refused", "<p>no token</p>"))
+    fake.refuse_responses[refused.id] = "ErrorInvalidRequest"
+    for n in range(others):
+        fake.deliver(ROOM, request(f"other-{n}", "<p>no token</p>"))
+    started = Running(fake, ews_config(tmp_path, server.url))
+    try:
+        spoolkit.wait_for(lambda: len(started.failed()) >= 1, timeout=20)
+        notifier = started.svc.ctx.registry.get("onprem", "notifier")
+        spoolkit.wait_for(lambda: notifier.proxy().pending().get(timeout=5) == 0, timeout=20)
+        create_items = fake.requests.count("CreateItem")
+        time.sleep(1.5)  # long enough for several rounds of an outage's backoff here
+        assert fake.requests.count("CreateItem") == create_items  # nothing retried
+        [failed] = started.failed()
+        assert failed["kind"] == "reply" and failed["meeting_uid"] == "refused"
+        assert "ErrorInvalidRequest" in failed["failure"]
+        alarms = {a.name for a in started.svc.ctx.alarms.active("onprem")}
+        assert "delivery_failed" in alarms and "exchange_unreachable" not in alarms
+        assert started.replies("refused") == []
+        assert refused.id in fake.mailbox(ROOM).inbox  # unanswered: waiting for an admin
+        for n in range(others):
+            assert started.replies(f"other-{n}") == ["Decline"]
+    finally:
+        started.svc.stop()
+        server.stop()

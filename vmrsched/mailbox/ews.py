@@ -35,7 +35,6 @@ from exchangelib.items import (
     DeclineItem,
 )
 from exchangelib.properties import ReferenceItemId
-from exchangelib.services import CreateItem
 
 from vmrsched.config import IntegrationConfig
 from vmrsched.mailbox.base import (
@@ -47,7 +46,7 @@ from vmrsched.mailbox.base import (
     Outgoing,
 )
 from vmrsched.mailbox.ews_auth import TokenSource
-from vmrsched.mailbox.ews_calls import EwsClient, RemoveItem, translate
+from vmrsched.mailbox.ews_calls import EwsClient, RemoveItem, RespondToItems, translate
 from vmrsched.mailbox.ews_convert import (
     FETCH_FIELDS,
     MEETING_CLASSES,
@@ -224,21 +223,27 @@ class EwsMailbox(EwsClient, Mailbox):
     def send_many(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
         """Responses to request items, all in one CreateItem (exchangelib chunks it): one EWS
         request for a poll's worth of answers instead of one each. Returns each message's
-        outcome (None: delivered). A refusal Exchange gives for the batch as a whole makes each
-        message go on its own, so one bad item cannot fail the others."""
+        outcome (None: delivered), and raises only for the mailbox as a whole, as the
+        contract says. A refusal Exchange gives for the request as a whole is about some item
+        in it: a lot of one takes it as its outcome, a larger lot sends each message on its
+        own, so one bad item cannot fail the others."""
         try:
             return self._responses(messages)
         except GatewayError as exc:
-            if exc.code and not exc.retry_after and len(messages) > 1:  # about some item
-                return [self._send_one(m) for m in messages]
-            raise
+            if exc.whole_mailbox:
+                raise
+            if len(messages) == 1:
+                return [exc]
+            return [self._send_one(m) for m in messages]
 
     def _responses(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
-        """AcceptItem/DeclineItem for each message's request item, in one CreateItem. A request
-        Exchange no longer has (ErrorItemNotFound) fails that message: the notifier asks
-        `delivered` before it sends anything that may have gone out already (after a restart,
-        or an answer lost), so here the request was removed by someone else before its answer
-        went out, and the organizer got none: `vmrsched failed` and delivery_failed say so."""
+        """AcceptItem/DeclineItem for each message's request item, in one CreateItem whose
+        answer says what became of each (RespondToItems: an item's refusal is that message's
+        outcome, the others' stand). A request Exchange no longer has (ErrorItemNotFound)
+        fails that message: the notifier asks `delivered` before it sends anything that may
+        have gone out already (after a restart, or an answer lost), so here the request was
+        removed by someone else before its answer went out, and the organizer got none:
+        `vmrsched failed` and delivery_failed say so."""
         account = self.account()
         items = [
             (AcceptItem if m.outcome == "accepted" else DeclineItem)(
@@ -250,7 +255,7 @@ class EwsMailbox(EwsClient, Mailbox):
         ]
         with self._calling():
             results = list(
-                CreateItem(account=account).call(
+                RespondToItems(account=account).call(
                     items=items,
                     folder=None,
                     message_disposition=SEND_AND_SAVE_COPY,

@@ -37,10 +37,12 @@ from exchangelib import (
     FailFast,
 )
 from exchangelib.errors import (
+    ErrorExceededConnectionCount,
     ErrorInternalServerTransientError,
     ErrorItemNotFound,
     ErrorServerBusy,
     ErrorTimeoutExpired,
+    ErrorTooManyObjectsOpened,
     EWSError,
     RateLimitError,
     ResponseMessageError,
@@ -51,6 +53,7 @@ from exchangelib.ewsdatetime import UTC as EWS_UTC
 from exchangelib.items.base import BaseReplyItem
 from exchangelib.properties import Fields
 from exchangelib.protocol import BaseProtocol
+from exchangelib.services import CreateItem
 from exchangelib.transport import NOAUTH
 from exchangelib.version import Build, Version
 
@@ -72,6 +75,36 @@ class RemoveItem(BaseReplyItem):  # type: ignore[misc]
 
     ELEMENT_NAME = "RemoveItem"
     FIELDS = Fields(BaseReplyItem.FIELDS[BaseReplyItem.FIELDS.index_by_name("reference_item_id")])
+
+
+# What exchangelib acts on itself for the whole request when an answer carries it (it lowers its
+# connection count and backs off, or, under FailFast, raises): the server is strained, which is
+# no refusal of one item.
+_STRAINED = (
+    ErrorServerBusy,
+    ErrorExceededConnectionCount,
+    ErrorTimeoutExpired,
+    ErrorTooManyObjectsOpened,
+    ErrorInternalServerTransientError,
+)
+
+
+class RespondToItems(CreateItem):  # type: ignore[misc]
+    """CreateItem for responses to request items, one ResponseMessage per item in its answer.
+    exchangelib hands back only some response codes as that item's result and raises the others
+    (ErrorInvalidRequest, ErrorAccessDenied, …) for the whole request, which throws away what
+    Exchange did with every other item of it: responses it carried out would be sent again
+    (refused as ErrorItemNotFound, their requests having left the inbox, or, with immutable
+    ids, answering the organizer twice). Here each item's refusal is that item's result, as
+    Exchange gave it; a strained server still stops the request as exchangelib has it."""
+
+    def _get_element_container(self, message: Any, name: Any = None) -> Any:
+        try:
+            return super()._get_element_container(message=message, name=name)
+        except _STRAINED:
+            raise
+        except ResponseMessageError as exc:
+            return exc
 
 
 class CountingAdapter(requests.adapters.HTTPAdapter):
@@ -152,6 +185,19 @@ PERMANENT_CODES = frozenset(
 )
 
 
+# Response codes about the schema version a request speaks, never about one item (Microsoft's
+# EWS response code reference): the server takes no request of that version, so the mailbox
+# waits as in an outage. exchangelib raises one of them too when every version it tried was
+# refused.
+VERSION_CODES = frozenset(
+    {
+        "ErrorInvalidServerVersion",
+        "ErrorIncorrectSchemaVersion",
+        "ErrorInvalidSchemaVersionForMailboxVersion",
+    }
+)
+
+
 def translate(exc: Exception) -> GatewayError:
     """exchangelib's failures as the gateway error the actors act on: throttling and outages
     back the whole mailbox off; a response code about one message fails or retries it alone.
@@ -179,6 +225,8 @@ def translate(exc: Exception) -> GatewayError:
         return GatewayError(f"Exchange is throttling: {exc}", retry_after=wait or None)
     if isinstance(exc, UnauthorizedError):
         return GatewayError(f"Exchange refused the service account: {exc}")
+    if code in VERSION_CODES:
+        return GatewayError(f"Exchange refuses the request version: {code}: {exc}")
     if code in PERMANENT_CODES:
         return GatewayError(f"Exchange refused: {code}: {exc}", permanent=True, code=code)
     if isinstance(exc, ResponseMessageError) and code:
