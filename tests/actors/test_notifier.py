@@ -361,3 +361,55 @@ def test_a_reply_failed_for_good_is_sent_by_the_admins_retry_after_a_restart(
         assert asyncio.run(svc.admin_messages("alpha"))["failed"] == []
     finally:
         svc.stop()
+
+
+class ThrottledMidLot(RecordingMailbox):
+    """A bulk send whose second answer is a throttling refusal about the whole mailbox (a $batch
+    part answered 429) while the first and third were carried out."""
+
+    def send_many(self, messages: Any) -> list[BaseException | None]:
+        RecordingMailbox.events.append(("send", [m.id for m in messages]))
+        if len(messages) < 3:
+            return [None] * len(messages)
+        return [
+            None,
+            GatewayError("throttled", retry_after=0.2),
+            None,
+            *[None] * (len(messages) - 3),
+        ]
+
+
+def throttled_mid_lot(integ: config.IntegrationConfig, ctx: Context) -> Any:
+    return ThrottledMidLot(integ.spool_dir(ctx.data_dir), integ.name, integ.timezone)
+
+
+def test_answers_carried_out_beside_a_throttled_one_are_marked_and_not_sent_again(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The mailbox backs off for the throttled answer alone: the others of its lot are marked
+    delivered before the wait, so only the throttled one goes out again."""
+    events = RecordingMailbox.events = []
+    done = OutQueue.done
+
+    def recorded_done(self: OutQueue, ids: Any) -> None:
+        ids = list(ids)
+        events.append(("done", ids))
+        done(self, ids)
+
+    monkeypatch.setattr(OutQueue, "done", recorded_done)
+    cfg = spool_config(tmp_path)
+    svc = service.start(cfg, gateway_factory=throttled_mid_lot)
+    try:
+        spoolkit.wait_for(lambda: svc.ctx.status.state("alpha") == "running")
+        notifier = svc.ctx.registry.get("alpha", "notifier")
+        replies = [_outgoing(f"reply-{i}", "reply", {"item_id": f"item-{i}"}) for i in (1, 2, 3)]
+        notifier.proxy().enqueue(replies).get(timeout=5)
+        spoolkit.wait_for(lambda: notifier.proxy().pending().get(timeout=5) == 0, timeout=20)
+    finally:
+        svc.stop()
+    assert events == [
+        ("send", ["reply-1", "reply-2", "reply-3"]),
+        ("done", ["reply-1", "reply-3"]),
+        ("send", ["reply-2"]),
+        ("done", ["reply-2"]),
+    ]

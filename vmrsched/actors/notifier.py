@@ -214,12 +214,18 @@ class Notifier(SupervisedChild):
                         if exc.outcome_unknown:  # the lot may have gone out: ask first
                             self._unsure |= bulk_ids
                         raise
+                    backoff: GatewayError | None = None
                     for outgoing, outcome in zip(bulk, outcomes, strict=True):
-                        self._settle(outgoing, outcome, now, waiting, sent, bulk=True)
+                        try:
+                            self._settle(outgoing, outcome, now, waiting, sent, bulk=True)
+                        except GatewayError as exc:  # that one waits with the mailbox; the
+                            backoff = backoff or exc  # lot's other outcomes stand all the same
                     # the lot's delivery marks are durable before anything else goes out: a
                     # crash during the next send must not leave them to be sent again
                     self._record(sent)
                     sent.clear()
+                    if backoff is not None:
+                        raise backoff
             for outgoing in ready:
                 error: BaseException | None = None
                 try:
