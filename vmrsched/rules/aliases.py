@@ -13,7 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, NoReturn, Protocol
 
 from vmrsched import htmltext
 
@@ -79,10 +79,10 @@ class PooledSystemRandom(random.Random):
     def seed(self, *args: object, **kwargs: object) -> None:
         """No state: the operating system's generator is not seeded from here."""
 
-    def getstate(self) -> tuple[object, ...]:
+    def getstate(self) -> NoReturn:
         raise NotImplementedError("a CSPRNG has no state to save")
 
-    def setstate(self, state: tuple[object, ...]) -> None:
+    def setstate(self, state: Any) -> NoReturn:
         raise NotImplementedError("a CSPRNG has no state to restore")
 
 
