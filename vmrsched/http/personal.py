@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 
 from vmrsched.errors import BadRequest, RateLimited, ServiceError
-from vmrsched.http import sign_in_state
+from vmrsched.http import refusals, sign_in_state
 from vmrsched.http.addin import LIMITER, _bearer, _count, content_security_policy
 from vmrsched.http.common import PAGES, SERVICE, integration_or_404, page_headers, status_of
 
@@ -66,12 +66,16 @@ async def sign_in_callback(request: web.Request) -> web.Response:
     try:
         if not sign_in_state.started_here(request):
             raise BadRequest(
-                "this sign-in was not started in this window; start again", "sign_in_refused"
+                "this sign-in was not started in this window; start again",
+                "sign_in_refused",
+                detail="not started in this browser: a callback forwarded or altered",
             )
         session = await service.finish_personal_sign_in(integ.name, dict(request.query))
         result = {"session": session.token, "email": session.email}
         status = 200
     except ServiceError as exc:
+        why = refusals.why(exc)
+        refusals.refused(request, refusals.PERSONAL, integ.name, "personal VMR sign-in", why)
         result = {"error": exc.code, "message": exc.message}
         status = status_of(exc)
     page = PAGES.get_template("user_signed_in.html").render(

@@ -279,14 +279,12 @@ class Attempts:
         store may be a database): a worker thread."""
         if query.get("error"):
             # the provider's words arrive through the browser's address bar, where anyone can
-            # write them: logged for the admin, never put on our page
-            log.warning(
-                "the identity provider refused a sign-in (%s): %s: %s",
-                context,
-                query["error"][:100],
-                query.get("error_description", "")[:300],
+            # write them: for the log (the caller's one line about the refusal), never our page
+            said = f"{query['error'][:100]}: {query.get('error_description', '')[:300]}"
+            raise SignInRefused(
+                f"the identity provider refused the sign-in{_codes(query)}",
+                detail=f"the identity provider said {said}",
             )
-            raise SignInRefused(f"the identity provider refused the sign-in{_codes(query)}")
         state = query.get("state", "")
         attempt = self.store.take(state) if state else None
         if attempt is not None and self.clock() - attempt.created > PENDING_SECONDS:
@@ -382,8 +380,10 @@ def id_token_claims(
         raise SignInRefused("the ID token is for another application")
     issuer = client.issuer or expected_issuer(client.authorization_uri, claims)
     if issuer is not None and (not issuer or claims.get("iss") != issuer):
-        log.warning("an ID token from %r, not %r, refused", claims.get("iss"), issuer)
-        raise SignInRefused("the ID token comes from another issuer (the log says which)")
+        raise SignInRefused(
+            "the ID token comes from another issuer (the log says which)",
+            detail=f"an ID token from {str(claims.get('iss'))[:300]!r}, not {issuer!r}",
+        )
     expires = claims.get("exp")
     if not isinstance(expires, int | float):
         raise SignInRefused("the ID token says not when it expires (exp)")
