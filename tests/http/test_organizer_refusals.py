@@ -5,6 +5,7 @@ of refusals writes a bounded number of lines and counts the rest."""
 
 from __future__ import annotations
 
+import html
 import logging
 import time
 import urllib.parse
@@ -253,3 +254,19 @@ def test_a_flood_of_refusals_writes_a_bounded_number_of_lines_and_counts_the_res
     summary, line = caplog.records
     assert "7" in summary.message and "not logged" in summary.message
     assert line.message == "refusal 10"
+
+
+async def test_an_email_marked_unverified_is_refused_in_plain_words_and_logged(
+    client: TestClient[Any, Any],
+    platform: tuple[IdentityPlatform, Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Audit M1: an ID token whose `xms_edov` says the email's domain is not verified signs
+    nobody in (the page says why in plain words) and the log names the address."""
+    idp, ca = platform
+    idp.claims_changed = {"xms_edov": False}
+    walked = await walk(client, ca)
+    assert walked.status == 400
+    assert "domain your organization has not verified" in html.unescape(walked.text)
+    [line] = refusal_lines(caplog)
+    assert OLGA in line.message and "xms_edov" in line.message
