@@ -49,14 +49,18 @@ def platform(tmp_path: Path, idp: IdentityProvider) -> Iterator[tuple[IdentityPl
 
 @pytest.fixture
 def svc(
-    tmp_path: Path, idp: IdentityProvider, platform: tuple[IdentityPlatform, Path]
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    idp: IdentityProvider,
+    platform: tuple[IdentityPlatform, Path],
 ) -> Iterator[service.Service]:
-    """The service behind a trusted proxy on this host (the test client's address)."""
+    """The service behind a trusted proxy on this host (the test client's address); its
+    rate limit a minute is the test's parameter, if it gives one."""
     doc = {
         "server": {
             "data_dir": str(tmp_path / "data"),
             "public_url": PUBLIC,
-            "rate_limit_per_minute": 1000,
+            "rate_limit_per_minute": getattr(request, "param", 1000),
             "trusted_proxies": ["127.0.0.1", "::1"],
         },
         "integrations": [integration(idp, *platform)],
@@ -270,3 +274,34 @@ async def test_an_email_marked_unverified_is_refused_in_plain_words_and_logged(
     assert "domain your organization has not verified" in html.unescape(walked.text)
     [line] = refusal_lines(caplog)
     assert OLGA in line.message and "xms_edov" in line.message
+
+
+# --- starting a sign-in (audit L2) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("svc", [5], indirect=True)
+async def test_sign_in_starts_are_limited_per_client_address_and_logged(
+    client: TestClient[Any, Any], svc: service.Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each start keeps an attempt for ten minutes: starts from one address are limited as the
+    page's other requests are ([server] rate_limit_per_minute), each one logged, the refusal a
+    page (the browser is navigating) with Retry-After."""
+    caplog.set_level(logging.INFO, "vmrsched")
+    for _ in range(5):
+        started = await client.get("/my/online/sign-in", headers=VIA_PROXY, allow_redirects=False)
+        assert started.status == 302
+    started_lines = [r for r in caplog.records if "sign-in started from" in r.message]
+    assert len(started_lines) == 5 and all(CLIENT in r.message for r in started_lines)
+
+    caplog.clear()
+    refused = await client.get("/my/online/sign-in", headers=VIA_PROXY, allow_redirects=False)
+    assert refused.status == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert refused.content_type == "text/html"
+    assert "Too many sign-ins" in await refused.text()
+    assert "vmrsched_sign_in_state" not in refused.cookies
+    [line] = refusal_lines(caplog)
+    assert "too many sign-ins" in line.message
+
+    elsewhere = {"X-Forwarded-For": "198.51.100.9"}  # another browser: its own allowance
+    started = await client.get("/my/online/sign-in", headers=elsewhere, allow_redirects=False)
+    assert started.status == 302

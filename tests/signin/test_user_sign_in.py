@@ -486,3 +486,26 @@ def test_ad_fs_still_names_the_user_by_upn(world: World) -> None:
     world.platform.public_clients = {"pane-client"}
     claims = {"email": None, "preferred_username": None, "upn": "Olga@Example.com"}
     assert sign_in_with(world, integ, **claims) == "olga@example.com"
+
+
+# --- sign-ins in progress (audit L2: a flood of starts cannot grow memory) ----------------------
+
+
+def test_attempts_in_progress_are_bounded_the_oldest_dropped_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past MAX_PENDING attempts the oldest goes: memory stays bounded, and a flood of starts
+    does not turn away the next real user (who then comes back within seconds) for ten
+    minutes."""
+    from vmrsched.signin import oidc
+
+    monkeypatch.setattr(oidc, "MAX_PENDING", 5)
+    clock = Clock()
+    attempts = oidc.MemoryAttempts(clock)
+    for n in range(8):
+        clock.now += 1
+        attempts.put(f"state-{n}", oidc.Attempt("room", "v", "n", clock.now))
+    assert attempts.take("state-2") is None  # among the three oldest, dropped
+    kept = attempts.take("state-7")
+    assert kept is not None and kept.context == "room"
+    assert len(attempts._pending) == 4

@@ -283,10 +283,35 @@ async def sign_out_form(request: web.Request) -> web.Response:
 
 
 async def sign_in(request: web.Request) -> web.Response:
+    """Off to the identity provider (back to the callback in this browser only); a client
+    that started too many sign-ins gets a page saying so (429, Retry-After)."""
     service = request.app[SERVICE]
     integ = integration_or_404(request)
+    try:
+        sign_in_state.check_start(request)
+    except RateLimited as exc:
+        _refused(request, integ, "organizer page sign-in", "too many sign-ins started")
+        return _too_many_sign_ins(integ, exc)
     url = service.start_organizer_sign_in(integ.name)
+    log.info(
+        "organizer page sign-in started from %s",
+        client_address(request),
+        extra={"integration": integ.name},
+    )
     raise sign_in_state.redirect_bound(request, url, _sign_in_path(integ))
+
+
+def _too_many_sign_ins(integ: IntegrationConfig, exc: RateLimited) -> web.Response:
+    response = _render(
+        integ,
+        status=429,
+        who=None,
+        sign_in=_sign_in_path(integ),
+        demo=False,
+        notice=("error", "Too many sign-ins were started from your address; try again shortly."),
+    )
+    response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return response
 
 
 async def sign_in_callback(request: web.Request) -> web.Response:

@@ -46,7 +46,7 @@ def _codes(query: Mapping[str, str]) -> str:
 
 
 PENDING_SECONDS = 600  # an attempt must come back within ten minutes
-MAX_PENDING = 10_000
+MAX_PENDING = 10_000  # kept in memory at most: beyond, the oldest goes
 HTTP_TIMEOUT = 15.0
 CLOCK_SKEW_SECONDS = 300
 
@@ -174,7 +174,8 @@ class AttemptStore(Protocol):
 
     def put(self, state: str, attempt: Attempt) -> None:
         """Keep an attempt under its state. Quick: the front end calls it on its event loop.
-        Unavailable (busy) when too many are in progress."""
+        Bounded: a store that can keep no more drops its oldest attempts, or raises
+        Unavailable (busy)."""
         ...
 
     def take(self, state: str) -> Attempt | None:
@@ -189,18 +190,21 @@ class AttemptStore(Protocol):
 
 
 class MemoryAttempts:
-    """Attempts in this process only: they never outlive a restart."""
+    """Attempts in this process only: they never outlive a restart. At most MAX_PENDING are
+    kept, the oldest dropped first: anyone can start sign-ins, and a flood of starts must
+    neither grow memory nor turn away the next real user (whose attempt, the newest, is kept;
+    one dropped answers "unknown or expired, start again" like one past its ten minutes)."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self._pending: dict[str, Attempt] = {}
+        self._pending: dict[str, Attempt] = {}  # in the order they were put: oldest first
         self._lock = threading.Lock()
 
     def put(self, state: str, attempt: Attempt) -> None:
         with self._lock:
             self._expire(attempt.created)
-            if len(self._pending) >= MAX_PENDING:
-                raise Unavailable("too many sign-ins in progress; try again shortly", "busy")
+            while len(self._pending) >= MAX_PENDING:
+                del self._pending[next(iter(self._pending))]
             self._pending[state] = attempt
 
     def take(self, state: str) -> Attempt | None:
@@ -214,9 +218,14 @@ class MemoryAttempts:
         return found.context if found is not None else None
 
     def _expire(self, now: float) -> None:
-        stale = [s for s, a in self._pending.items() if now - a.created > PENDING_SECONDS]
-        for state in stale:
-            del self._pending[state]
+        """Drop the attempts past their ten minutes, from the oldest until a fresh one: they
+        were put in the order of their `created` (one missed after the clock stepped back is
+        still refused when taken, and goes as the oldest in time)."""
+        while self._pending:
+            oldest = next(iter(self._pending))
+            if now - self._pending[oldest].created <= PENDING_SECONDS:
+                break
+            del self._pending[oldest]
 
 
 def attempt_to_json(attempt: Attempt) -> dict[str, Any]:
