@@ -675,3 +675,14 @@ def test_the_user_sign_in_must_name_one_tenant(tenant: str) -> None:
     assert all("one tenant" in p and tenant in p for p in found)
     config.parse(signing_in_at("contoso.onmicrosoft.com"), DATA, {"S": "secret"})
     config.parse(signing_in_at("11111111-2222-3333-4444-555555555555"), DATA, {"S": "secret"})
+
+
+def test_an_integration_takes_its_public_url_from_the_server_and_from_nowhere_else() -> None:
+    """What is written from one integration's config alone (a decline's {{self_service_url}})
+    needs the server's public_url: the loader copies it in, and no table may set it."""
+    doc = minimal()
+    doc["server"]["public_url"] = "http://127.0.0.1:8080/"
+    assert config.parse(doc, DATA, {}).integrations[0].public_url == "http://127.0.0.1:8080"
+    assert problems(minimal(public_url="https://elsewhere.example")) == [
+        "integrations[0].public_url: unknown key"
+    ]
