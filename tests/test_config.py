@@ -644,3 +644,45 @@ def test_a_misspelt_key_is_named_with_the_key_it_may_mean() -> None:
     )
     assert problems({**minimal(), "sever": {}})[0] == "sever: unknown key (did you mean 'server'?)"
     assert problems({**minimal(), "logging": {}})[0] == "logging: unknown key"
+
+
+@pytest.mark.parametrize(
+    "tenant", ["common", "organizations", "consumers", "9188040d-6c67-4c5b-b112-36a304b66dad"]
+)
+def test_the_user_sign_in_must_name_one_tenant(tenant: str) -> None:
+    """Bookings are their organizer's by email, and an email is only as good as the tenant
+    that vouches for it: a multi-tenant authority would let any organization's users sign in."""
+
+    def signing_in_at(name: str) -> dict[str, Any]:
+        return minimal(
+            enable_personal_vmrs=True,
+            personal={
+                "user_oauth_authorization_uri": f"https://login.microsoftonline.com/{name}"
+                "/oauth2/v2.0/authorize",
+                "user_oauth_token_uri": f"https://login.microsoftonline.com/{name}"
+                "/oauth2/v2.0/token",
+                "user_oauth_client_id": "pane",
+                "azure_client_secret_env": "S",
+                "directory_file": str(ROOT / "config" / "vmrs.toml"),
+            },
+        )
+
+    found = problems(signing_in_at(tenant), {"S": "secret"})
+    assert sorted(p.split(":")[0] for p in found) == [
+        "integrations[0].personal.user_oauth_authorization_uri",
+        "integrations[0].personal.user_oauth_token_uri",
+    ]
+    assert all("one tenant" in p and tenant in p for p in found)
+    config.parse(signing_in_at("contoso.onmicrosoft.com"), DATA, {"S": "secret"})
+    config.parse(signing_in_at("11111111-2222-3333-4444-555555555555"), DATA, {"S": "secret"})
+
+
+def test_an_integration_takes_its_public_url_from_the_server_and_from_nowhere_else() -> None:
+    """What is written from one integration's config alone (a decline's {{self_service_url}})
+    needs the server's public_url: the loader copies it in, and no table may set it."""
+    doc = minimal()
+    doc["server"]["public_url"] = "http://127.0.0.1:8080/"
+    assert config.parse(doc, DATA, {}).integrations[0].public_url == "http://127.0.0.1:8080"
+    assert problems(minimal(public_url="https://elsewhere.example")) == [
+        "integrations[0].public_url: unknown key"
+    ]

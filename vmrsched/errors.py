@@ -6,14 +6,17 @@ from __future__ import annotations
 
 
 class ServiceError(Exception):
-    """A request the service cannot carry out; `code` is a stable snake_case word."""
+    """A request the service cannot carry out; `code` is a stable snake_case word. `detail`
+    is for the log only (which issuer, what the identity provider said): never shown to the
+    caller, whose page says only what the message says."""
 
     default_code = "error"
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(self, message: str, code: str | None = None, *, detail: str = "") -> None:
         super().__init__(message)
         self.code = code or self.default_code
         self.message = message
+        self.detail = detail
 
 
 class BadRequest(ServiceError):

@@ -26,7 +26,9 @@ from tests.fakes.identity_provider import IdentityProvider
 from vmrsched import config, service
 from vmrsched.actors.messages import FindAliases
 
-PUBLIC = "https://localhost:8443"
+# where the service answers, at the integration's server_fqdn as in a real deployment (the
+# decline mails' {{self_service_url}} is built from it)
+PUBLIC = "https://vmr.example.com"
 API = "/api/self/v1/online"
 # the fake identity platform's one user: this object id in the ID tokens it issues
 PLATFORM_OID = "00000000-0000-0000-0000-00000000abcd"

@@ -157,3 +157,18 @@ async def test_without_a_configured_sign_in_there_is_none(client: TestClient[Any
     assert (await response.json())["error"]["code"] == "feature_disabled"
     response = await client.get("/addin/nowhere/sign-in", allow_redirects=False)
     assert response.status == 404
+
+
+async def test_sign_in_starts_are_limited_per_client_address(
+    client: TestClient[Any, Any], svc: service.Service
+) -> None:
+    """Each start keeps an attempt for ten minutes: no more starts a minute from one address
+    than [server] rate_limit_per_minute (60 here); the dialog then shows why and hands the
+    pane the error."""
+    limit = svc.config.server.rate_limit_per_minute
+    for _ in range(limit):
+        started = await client.get("/addin/onprem/sign-in", allow_redirects=False)
+        assert started.status == 302
+    refused = await client.get("/addin/onprem/sign-in", allow_redirects=False)
+    assert refused.status == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert result_of(await refused.text())["error"] == "rate_limited"

@@ -248,3 +248,43 @@ def test_the_conference_fields_render_the_alias_and_keep_the_subject_only_as_the
     assert answers.shown_subject(integ, integ.renderer(), secret, step.decision) == (
         "Meeting in 8100001"
     )
+
+
+@pytest.mark.parametrize(
+    ("server", "page"),
+    [
+        pytest.param(
+            {"public_url": "http://127.0.0.1:47300/"},
+            "http://127.0.0.1:47300/my/room",
+            id="the loopback trial's plain http",
+        ),
+        pytest.param(
+            {"public_url": "https://vmr.example.com/video"},
+            "https://vmr.example.com/video/my/room",
+            id="https under a path",
+        ),
+        pytest.param({}, "https://fqdn.example.com/my/room", id="no public_url: server_fqdn"),
+    ],
+)
+def test_a_declines_self_service_url_is_where_the_page_answers(
+    tmp_path: Path, server: dict[str, str], page: str
+) -> None:
+    """Audit L3: {{self_service_url}} is built as the sign-in's redirect URI is, from
+    [server] public_url when set (https://<server_fqdn> otherwise), so the link opens the page."""
+    doc = {
+        "server": {"data_dir": str(tmp_path), **server},
+        "integrations": [
+            {
+                "name": "room",
+                "exchange": {"mailbox_name": "Video Room", "mailbox_email": "vmr@example.com"},
+                "addin": {"token_validation": "exchange", "server_fqdn": "fqdn.example.com"},
+                "metadata": {"exchange_metadata_urls": ["https://mail.example.com/"]},
+                "email": {"reject_invalid_alias_id_text": '<a href="{{self_service_url}}">x</a>'},
+            }
+        ],
+    }
+    integ = config.parse(doc, tmp_path, {}).integrations[0]
+    assert answers.self_service_url(integ) == page
+    step = answers.plan(integ, integ.renderer(), meeting("<p>no token</p>"), MeetingState(), NOW)
+    [decline] = step.messages
+    assert f'href="{page}"' in decline.html_body

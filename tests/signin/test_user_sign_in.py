@@ -399,3 +399,113 @@ def test_a_refusal_that_is_not_a_json_object_is_still_a_refusal() -> None:
     client = Client("https://idp.example/authorize", "https://idp.example/token", "app")
     with pytest.raises(SignInRefused, match="refused the code"):
         token_request(Endpoint(), client, {"grant_type": "authorization_code"})
+
+
+# --- whom the sign-in names (audit M1: only the configured tenant; the `email` claim alone) ----
+
+TENANT_ID = "22222222-3333-4444-5555-666666666666"
+OTHER_TENANT_ID = "99999999-3333-4444-5555-666666666666"
+
+
+@pytest.fixture
+def by_tenant_id(tmp_path: Path) -> Iterator[World]:
+    """The platform under a tenant id (a GUID), as most admins configure the authority."""
+    with identity_platform.running(
+        tmp_path,
+        "Olga@Example.com",
+        client_id="pane-client",
+        client_secret="pane-secret",
+        tenant=TENANT_ID,
+    ) as (platform, ca):
+        yield World(platform, ca, tmp_path)
+
+
+def sign_in_with(world: World, integ: config.IntegrationConfig, **claims: object) -> str:
+    """Olga signs in and the platform's ID token has `claims` changed: the session's email."""
+    world.platform.claims_changed = dict(claims)
+    sign_in = sign_in_for(world)
+    return sign_in.finish(integ, authorize(world, sign_in.start(integ, REDIRECT)), REDIRECT).email
+
+
+def test_an_id_token_of_another_tenant_is_refused_even_when_its_issuer_is_ours(
+    by_tenant_id: World,
+) -> None:
+    """Microsoft: always check that the token's `tid` is the tenant the data belongs to. A
+    token naming another tenant in `tid` gets nobody's session, whatever `iss` says."""
+    integ = integration(by_tenant_id)
+    with pytest.raises(SignInRefused, match="another organization") as refused:
+        sign_in_with(by_tenant_id, integ, tid=OTHER_TENANT_ID)
+    assert OTHER_TENANT_ID in refused.value.detail
+    assert sign_in_with(by_tenant_id, integ) == "olga@example.com"
+
+
+def test_under_a_domain_name_the_tenant_is_the_one_its_openid_configuration_names(
+    world: World,
+) -> None:
+    """The authority may name the tenant by a domain (contoso.example here): its OpenID
+    configuration names the tenant's id, and a token of another tenant, consistent in itself
+    (its `iss` its own `tid`'s), is still refused."""
+    integ = integration(world)
+    other = f"{world.platform.base}/fabrikam.example/v2.0"
+    with pytest.raises(SignInRefused, match="another organization"):
+        sign_in_with(world, integ, tid="fabrikam.example", iss=other)
+    assert sign_in_with(world, integ) == "olga@example.com"
+
+
+def test_an_email_the_token_marks_unverified_refuses_the_sign_in_in_plain_words(
+    world: World,
+) -> None:
+    """`xms_edov` false: the email's domain is not verified by its owner, so anyone could have
+    typed it; the sign-in is refused (not taken as `preferred_username` instead), and the
+    error's log-only detail names the address."""
+    integ = integration(world)
+    for unverified in ({"xms_edov": False}, {"xms_edov": "false"}, {"email_verified": False}):
+        with pytest.raises(SignInRefused, match="not verified") as refused:
+            sign_in_with(world, integ, **unverified)
+        assert "olga@example.com" in refused.value.detail.lower()
+    assert sign_in_with(world, integ, xms_edov=True) == "olga@example.com"
+
+
+def test_without_the_email_claim_nobody_is_signed_in_and_the_refusal_says_what_to_configure(
+    world: World,
+) -> None:
+    """`preferred_username` is mutable and Microsoft says it cannot be used for authorization:
+    it never stands in for the email. The refusal says what the admin must configure."""
+    integ = integration(world)
+    with pytest.raises(SignInRefused) as refused:
+        sign_in_with(world, integ, email=None, preferred_username="bob@example.com")
+    assert "optional claim" in refused.value.message and '"email"' in refused.value.message
+
+
+def test_ad_fs_still_names_the_user_by_upn(world: World) -> None:
+    """AD FS is the organization's own token service (no tenants, no `xms_edov`): its `upn`
+    still names the user when no `email` claim is issued."""
+    integ = integration(
+        world, authentication_provider="adfs", adfs_resource_identifier="urn:vmrsched"
+    )
+    world.platform.public_clients = {"pane-client"}
+    claims = {"email": None, "preferred_username": None, "upn": "Olga@Example.com"}
+    assert sign_in_with(world, integ, **claims) == "olga@example.com"
+
+
+# --- sign-ins in progress (audit L2: a flood of starts cannot grow memory) ----------------------
+
+
+def test_attempts_in_progress_are_bounded_the_oldest_dropped_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past MAX_PENDING attempts the oldest goes: memory stays bounded, and a flood of starts
+    does not turn away the next real user (who then comes back within seconds) for ten
+    minutes."""
+    from vmrsched.signin import oidc
+
+    monkeypatch.setattr(oidc, "MAX_PENDING", 5)
+    clock = Clock()
+    attempts = oidc.MemoryAttempts(clock)
+    for n in range(8):
+        clock.now += 1
+        attempts.put(f"state-{n}", oidc.Attempt("room", "v", "n", clock.now))
+    assert attempts.take("state-2") is None  # among the three oldest, dropped
+    kept = attempts.take("state-7")
+    assert kept is not None and kept.context == "room"
+    assert len(attempts._pending) == 4

@@ -14,7 +14,14 @@ into dataclasses); `fields` (`_f`, `Secret`), `addresses` (hosts, listen address
 re-exported here: `from vmrsched.config import IntegrationConfig` and `config.load(...)`.
 """
 
-from vmrsched.config.addresses import DOMAIN_RE, HOST_PORT_RE, is_loopback_host, split_listen
+from vmrsched.config.addresses import (
+    DOMAIN_RE,
+    HOST_PORT_RE,
+    MULTI_TENANT,
+    entra_tenant,
+    is_loopback_host,
+    split_listen,
+)
 from vmrsched.config.checks import EMAIL_RE, ICON_SIZE, NAME_RE, certificate_problem, png_size
 from vmrsched.config.fields import SECRET_KEYS, Secret
 from vmrsched.config.layout import DataLayout, queue_dir, store_dir
@@ -47,6 +54,7 @@ __all__ = [
     "ICON_SIZE",
     "MIN_ADMIN_TOKEN",
     "MIN_POLICY_PASSWORD",
+    "MULTI_TENANT",
     "NAME_RE",
     "PATH_KEYS",
     "SECRET_KEYS",
@@ -71,6 +79,7 @@ __all__ = [
     "StorageConfig",
     "alias_space",
     "certificate_problem",
+    "entra_tenant",
     "is_loopback_host",
     "load",
     "parse",

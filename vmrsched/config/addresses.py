@@ -73,3 +73,21 @@ def token_authority(token_endpoint: str) -> str | None:
         if segments and all(segments):
             return token_endpoint[: -len(suffix)]
     return None
+
+
+# Entra ID authorities that sign in the users of any tenant, not one organization's: `common`,
+# `organizations`, `consumers` and the consumer tenant's own id (personal Microsoft accounts)
+MULTI_TENANT = frozenset(
+    {"common", "organizations", "consumers", "9188040d-6c67-4c5b-b112-36a304b66dad"}
+)
+_ENTRA_ENDPOINT = re.compile(r"(https?://[^/?#]+)/([^/?#]+)/oauth2/(?:v2\.0/)?(?:authorize|token)")
+
+
+def entra_tenant(url: str) -> tuple[str, str] | None:
+    """(root, tenant) of an Entra ID endpoint, https://<host>/<tenant>/oauth2/v2.0/authorize or
+    …/token (v1.0's without /v2.0): the tenant as the admin wrote it, an id or a domain name.
+    None for any other URL, AD FS's /adfs/oauth2/… included."""
+    match = _ENTRA_ENDPOINT.fullmatch(url.partition("?")[0].rstrip("/"))
+    if match is None or match.group(2).lower() == "adfs":
+        return None
+    return match.group(1), match.group(2)

@@ -17,11 +17,19 @@ from vmrsched import templating
 from vmrsched.config.addresses import (
     DOMAIN_RE,
     HOST_PORT_RE,
+    MULTI_TENANT,
     TOKEN_ENDPOINT_FORMS,
     _secure_url,
+    entra_tenant,
     token_authority,
 )
-from vmrsched.config.schema import ExchangeConfig, GraphConfig, IntegrationConfig, PexipConfig
+from vmrsched.config.schema import (
+    ExchangeConfig,
+    GraphConfig,
+    IntegrationConfig,
+    PersonalConfig,
+    PexipConfig,
+)
 from vmrsched.config.tables import _Loader
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
@@ -302,6 +310,8 @@ def _check_personal(loader: _Loader, integ: IntegrationConfig, path: str) -> Non
             loader.error(
                 f"{path}.azure_client_secret_env", "needed for Azure (or azure_client_secret_file)"
             )
+        if p.authentication_provider == "azure":
+            _check_one_tenant(loader, p, path)
     if p.source == "file":
         directory = Path(p.directory_file)
         directory = directory if directory.is_absolute() else loader.base_dir / directory
@@ -313,6 +323,20 @@ def _check_personal(loader: _Loader, integ: IntegrationConfig, path: str) -> Non
             "'pexip' reads the Management Node: set [integrations.pexip] management_url, "
             "management_username and management_password_env",
         )
+
+
+def _check_one_tenant(loader: _Loader, p: PersonalConfig, path: str) -> None:
+    """The user sign-in names people by their email, and an email is only as good as the
+    tenant that vouches for it: an authority open to every tenant (`common`, …) would let any
+    organization's users sign in as whatever address their own admins gave them."""
+    for key in ("user_oauth_authorization_uri", "user_oauth_token_uri"):
+        found = entra_tenant(getattr(p, key))
+        if found is not None and found[1].lower() in MULTI_TENANT:
+            loader.error(
+                f"{path}.{key}",
+                f"must name one tenant (its id, or a domain of it), not {found[1]!r}: the "
+                "organizer page and personal VMRs trust the email of your own tenant's users only",
+            )
 
 
 def _check_identity_urls(loader: _Loader, integ: IntegrationConfig, path: str) -> None:

@@ -9,6 +9,7 @@ below) add theirs to the same list.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import os
@@ -84,6 +85,7 @@ def parse(
     for index, raw in enumerate(raw_integrations):
         ipath = f"integrations[{index}]"
         integ = loader.build(IntegrationConfig, raw, ipath)
+        integ = dataclasses.replace(integ, public_url=server.public_url.rstrip("/"))
         _check_integration(loader, integ, ipath)
         _check_templates(loader, integ, ipath)
         integrations.append(integ)

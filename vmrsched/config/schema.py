@@ -379,6 +379,10 @@ class IntegrationConfig:
     email: EmailConfig = field(default_factory=EmailConfig)
     advanced: AdvancedConfig = field(default_factory=AdvancedConfig)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
+    # [server] public_url (no trailing slash), copied in by the loader and never a key of the
+    # table: what is written from one integration's config alone, a decline's
+    # {{self_service_url}}, must name the page where the service answers
+    public_url: str = field(default="", metadata={"derived": True})
 
     def renderer(self) -> templating.Renderer:
         """This integration's compiled templates, in its zone, language and time format."""

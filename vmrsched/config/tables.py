@@ -73,7 +73,8 @@ class _Loader:
             self.error(path, f"must be a table, got {type(table).__name__}")
             return cls()
         hints = get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        # a derived field is the loader's to fill (from another table), never the file's
+        fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("derived")}
         known = set(fields)
         for key in fields:
             if key in SECRET_KEYS:

@@ -27,7 +27,7 @@ from vmrsched.errors import (
     Unavailable,
     UpstreamError,
 )
-from vmrsched.http import sign_in_state
+from vmrsched.http import refusals, sign_in_state
 from vmrsched.http.common import PAGES, SERVICE, client_address, status_of
 from vmrsched.service import SignInRefused
 
@@ -197,7 +197,7 @@ async def oidc_callback(request: web.Request) -> web.Response:
     try:
         who = await request.app[SERVICE].finish_admin_sign_in(dict(request.query))
     except (BadRequest, Forbidden, Unavailable, UpstreamError) as exc:
-        log.warning("admin sign-in refused from %s: %s", client, exc.message)
+        log.warning("admin sign-in refused from %s: %s", client, refusals.why(exc))
         return _login_page(request, "/admin", status_of(exc), exc.message)
     log.info("admin sign-in by %s from %s", who, client)
     response = await _open_session(request, who, "/admin")

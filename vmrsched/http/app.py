@@ -84,6 +84,7 @@ def pipeline(service: Service, timers: RouteTimers, forward: Forwarder | None = 
                     if origin is not None and not own_origin(
                         origin, request, origin_of(server.base_url), hosts
                     ):
+                        organizer.cross_origin_refused(request, origin)
                         return refused(
                             request, _misdirected("cross-origin requests are not allowed")
                         )

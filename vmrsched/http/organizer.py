@@ -12,7 +12,9 @@ declines, signed in with the personal-VMR user sign-in, and its JSON equivalents
   or Exchange identity token, or a `vms1.` session token); no cookie, so no CSRF token.
 
 Only the signed-in user's own bookings are shown or acted on; an alias that is not theirs gets
-404 (as one that does not exist), so a guess confirms nothing. Every act is logged with who.
+404 (as one that does not exist), so a guess confirms nothing. Every act is logged with who,
+every refusal (a sign-in, a form without its CSRF token, someone else's alias) with why and
+from where (refusals.py).
 With token validation "none" (loopback trials only) the caller names a demo user (`?user=`),
 as the preview pane does."""
 
@@ -22,6 +24,8 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 from urllib.parse import urlencode
@@ -29,8 +33,15 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from vmrsched.config import IntegrationConfig
-from vmrsched.errors import BadRequest, Forbidden, RateLimited, ServiceError, Unauthorized
-from vmrsched.http import sign_in_state
+from vmrsched.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    ServiceError,
+    Unauthorized,
+)
+from vmrsched.http import refusals, sign_in_state
 from vmrsched.http.addin import LIMITER, _bearer
 from vmrsched.http.common import (
     PAGES,
@@ -65,6 +76,19 @@ NOTICES: dict[str, tuple[str, str]] = {
 }
 
 
+# where the page and its API answer: what the app's origin check refuses there is logged here
+PATHS = ("/my/", "/api/self/")
+
+
+def cross_origin_refused(request: web.Request, origin: str) -> None:
+    """The log line for a form or API call from another site's page, which the app's origin
+    check refused before any handler ran (a login CSRF, or a page trying the API)."""
+    if request.path.startswith(PATHS):
+        reason = f"a cross-origin {request.method} from {origin[:200]!r}"
+        name = request.match_info.get("integration", "")[:100]  # as the caller wrote it
+        refusals.refused(request, refusals.ORGANIZER, name, "organizer page", reason)
+
+
 def page_path(integ: IntegrationConfig) -> str:
     return f"/my/{integ.name}"
 
@@ -85,7 +109,27 @@ def _demo_user(request: web.Request | None, form: Any = None) -> str:
 def _allow(request: web.Request, integ: IntegrationConfig, who: Organizer) -> None:
     wait = request.app[LIMITER].allow(f"{integ.name}\0self\0{who.email or who.shown}")
     if wait:
+        _refused(request, integ, "organizer page", f"too many requests by {who.shown}")
         raise RateLimited("too many requests; try again shortly", wait)
+
+
+def _refused(request: web.Request, integ: IntegrationConfig, what: str, reason: str) -> None:
+    refusals.refused(request, refusals.ORGANIZER, integ.name, what, reason)
+
+
+@contextmanager
+def _not_theirs_logged(
+    request: web.Request, integ: IntegrationConfig, who: Organizer, alias: str
+) -> Iterator[None]:
+    """An alias that is not the organizer's (or does not exist) answers 404 as always, and the
+    log says who asked for it: someone trying addresses shows up there."""
+    try:
+        yield
+    except NotFound as exc:
+        if exc.code == "unknown_booking":
+            reason = f"{who.shown} asked for {alias[:200]!r}: not theirs, or no such booking"
+            _refused(request, integ, "organizer page", reason)
+        raise
 
 
 def _by(request: web.Request, who: Organizer) -> str:
@@ -170,6 +214,8 @@ async def _form_user(request: web.Request, integ: IntegrationConfig) -> tuple[Or
         raise Unauthorized("sign in first", "sign_in_required")
     sent = str(form.get("csrf", ""))
     if not hmac.compare_digest(sent.encode(), _csrf(request, secret).encode()):
+        why = "a missing CSRF token" if not sent else "a wrong CSRF token"
+        _refused(request, integ, "organizer page form", f"{who.shown} sent {why}")
         raise Forbidden("missing or wrong CSRF token", "csrf_failed")
     _allow(request, integ, who)
     return who, form
@@ -192,12 +238,13 @@ async def _act(request: web.Request, act: str) -> web.Response:
     form: Any = {}
     try:
         who, form = await _form_user(request, integ)
-        if act == "resend":
-            await service.organizer_resend(integ.name, alias, who, _by(request, who))
-        else:
-            if form.get("confirm") != "yes":
-                raise BadRequest("tick the box to confirm the cancellation", "not_confirmed")
-            await service.organizer_cancel(integ.name, alias, who, _by(request, who))
+        with _not_theirs_logged(request, integ, who, alias):
+            if act == "resend":
+                await service.organizer_resend(integ.name, alias, who, _by(request, who))
+            else:
+                if form.get("confirm") != "yes":
+                    raise BadRequest("tick the box to confirm the cancellation", "not_confirmed")
+                await service.organizer_cancel(integ.name, alias, who, _by(request, who))
     except ServiceError as exc:
         return _render(
             integ,
@@ -236,10 +283,35 @@ async def sign_out_form(request: web.Request) -> web.Response:
 
 
 async def sign_in(request: web.Request) -> web.Response:
+    """Off to the identity provider (back to the callback in this browser only); a client
+    that started too many sign-ins gets a page saying so (429, Retry-After)."""
     service = request.app[SERVICE]
     integ = integration_or_404(request)
+    try:
+        sign_in_state.check_start(request)
+    except RateLimited as exc:
+        _refused(request, integ, "organizer page sign-in", "too many sign-ins started")
+        return _too_many_sign_ins(integ, exc)
     url = service.start_organizer_sign_in(integ.name)
+    log.info(
+        "organizer page sign-in started from %s",
+        client_address(request),
+        extra={"integration": integ.name},
+    )
     raise sign_in_state.redirect_bound(request, url, _sign_in_path(integ))
+
+
+def _too_many_sign_ins(integ: IntegrationConfig, exc: RateLimited) -> web.Response:
+    response = _render(
+        integ,
+        status=429,
+        who=None,
+        sign_in=_sign_in_path(integ),
+        demo=False,
+        notice=("error", "Too many sign-ins were started from your address; try again shortly."),
+    )
+    response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return response
 
 
 async def sign_in_callback(request: web.Request) -> web.Response:
@@ -250,10 +322,13 @@ async def sign_in_callback(request: web.Request) -> web.Response:
     try:
         if not sign_in_state.started_here(request):
             raise BadRequest(
-                "this sign-in was not started in this window; start again", "sign_in_refused"
+                "this sign-in was not started in this window; start again",
+                "sign_in_refused",
+                detail="not started in this browser: a callback forwarded or altered",
             )
         session = await service.finish_organizer_sign_in(integ.name, dict(request.query))
     except ServiceError as exc:
+        _refused(request, integ, "organizer page sign-in", refusals.why(exc))
         response = _render(
             integ,
             status=status_of(exc),
@@ -314,7 +389,8 @@ async def api_resend(request: web.Request) -> web.Response:
     integ = integration_or_404(request)
     who = await _api_user(request, integ)
     alias = request.match_info["alias"]
-    message_id = await service.organizer_resend(integ.name, alias, who, _by(request, who))
+    with _not_theirs_logged(request, integ, who, alias):
+        message_id = await service.organizer_resend(integ.name, alias, who, _by(request, who))
     return web.json_response({"message_id": message_id}, status=202)
 
 
@@ -323,7 +399,8 @@ async def api_cancel(request: web.Request) -> web.Response:
     integ = integration_or_404(request)
     who = await _api_user(request, integ)
     alias = request.match_info["alias"]
-    booking = await service.organizer_cancel(integ.name, alias, who, _by(request, who))
+    with _not_theirs_logged(request, integ, who, alias):
+        booking = await service.organizer_cancel(integ.name, alias, who, _by(request, who))
     return web.json_response({"booking": booking})
 
 

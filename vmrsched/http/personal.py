@@ -6,14 +6,25 @@ to the pane)."""
 from __future__ import annotations
 
 import json
+import logging
 
 import orjson
 from aiohttp import web
 
+from vmrsched.config import IntegrationConfig
 from vmrsched.errors import BadRequest, RateLimited, ServiceError
-from vmrsched.http import sign_in_state
+from vmrsched.http import refusals, sign_in_state
 from vmrsched.http.addin import LIMITER, _bearer, _count, content_security_policy
-from vmrsched.http.common import PAGES, SERVICE, integration_or_404, page_headers, status_of
+from vmrsched.http.common import (
+    PAGES,
+    SERVICE,
+    client_address,
+    integration_or_404,
+    page_headers,
+    status_of,
+)
+
+log = logging.getLogger("vmrsched.sign_in")
 
 
 async def personal_vmrs(request: web.Request) -> web.Response:
@@ -51,11 +62,37 @@ def _sign_in_path(name: str) -> str:
 
 
 async def sign_in(request: web.Request) -> web.Response:
-    """The dialog's first page: off to the identity provider (back in this dialog only)."""
+    """The dialog's first page: off to the identity provider (back in this dialog only). A
+    client that started too many sign-ins gets the result page with the error (429), which
+    hands it to the pane."""
     service = request.app[SERVICE]
     name = request.match_info["integration"]
+    try:
+        sign_in_state.check_start(request)
+    except RateLimited as exc:
+        integ = integration_or_404(request)
+        reason = "too many sign-ins started"
+        refusals.refused(request, refusals.PERSONAL, name, "personal VMR sign-in", reason)
+        response = _result_page(integ, {"error": exc.code, "message": exc.message}, 429)
+        response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        return response
     url = service.start_personal_sign_in(name)
+    log.info(
+        "personal VMR sign-in started from %s",
+        client_address(request),
+        extra={"integration": name},
+    )
     raise sign_in_state.redirect_bound(request, url, _sign_in_path(name))
+
+
+def _result_page(integ: IntegrationConfig, result: dict[str, str], status: int) -> web.Response:
+    """The dialog's last page: it hands `result` (a session, or an error) to the pane."""
+    page = PAGES.get_template("user_signed_in.html").render(
+        integ=integ, result=json.dumps(result), ok=status == 200, detail=result.get("message", "")
+    )
+    headers = page_headers(content_security_policy(integ))
+    headers["Cache-Control"] = "no-store"
+    return web.Response(text=page, content_type="text/html", status=status, headers=headers)
 
 
 async def sign_in_callback(request: web.Request) -> web.Response:
@@ -66,20 +103,19 @@ async def sign_in_callback(request: web.Request) -> web.Response:
     try:
         if not sign_in_state.started_here(request):
             raise BadRequest(
-                "this sign-in was not started in this window; start again", "sign_in_refused"
+                "this sign-in was not started in this window; start again",
+                "sign_in_refused",
+                detail="not started in this browser: a callback forwarded or altered",
             )
         session = await service.finish_personal_sign_in(integ.name, dict(request.query))
         result = {"session": session.token, "email": session.email}
         status = 200
     except ServiceError as exc:
+        why = refusals.why(exc)
+        refusals.refused(request, refusals.PERSONAL, integ.name, "personal VMR sign-in", why)
         result = {"error": exc.code, "message": exc.message}
         status = status_of(exc)
-    page = PAGES.get_template("user_signed_in.html").render(
-        integ=integ, result=json.dumps(result), ok=status == 200, detail=result.get("message", "")
-    )
-    headers = page_headers(content_security_policy(integ))
-    headers["Cache-Control"] = "no-store"
-    response = web.Response(text=page, content_type="text/html", status=status, headers=headers)
+    response = _result_page(integ, result, status)
     sign_in_state.forget(response, _sign_in_path(integ.name))
     return response
 

@@ -3,7 +3,10 @@ attempt's state; the same state also rides in a short-lived cookie set when the 
 starts, and the callback goes on only when the two agree. Without it, a callback URL someone
 forwards (or plants in a link) would finish their sign-in in the victim's browser: an admin
 session in their name, or a pane showing their personal rooms to insert into the victim's
-meetings."""
+meetings.
+
+Starting a sign-in keeps an attempt for ten minutes, so starts are limited per client address
+(`check_start`), as the pages' other requests are limited per user."""
 
 from __future__ import annotations
 
@@ -12,10 +15,21 @@ from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import web
 
-from vmrsched.http.common import SERVICE
+from vmrsched.errors import RateLimited
+from vmrsched.http.addin import LIMITER
+from vmrsched.http.common import SERVICE, client_address
 
 COOKIE = "vmrsched_sign_in_state"
 MAX_AGE = 600  # as long as the service keeps an attempt
+
+
+def check_start(request: web.Request) -> None:
+    """RateLimited when the request's client has started more user sign-ins this minute than
+    [server] rate_limit_per_minute (the organizer page's and the pane's alike: one allowance
+    per address, whichever integration)."""
+    wait = request.app[LIMITER].allow(f"sign-in\0{client_address(request)}")
+    if wait:
+        raise RateLimited("too many sign-ins started from your address; try again shortly", wait)
 
 
 def secure_cookies(request: web.Request) -> bool:

@@ -116,9 +116,12 @@ def joining_domain(integ: IntegrationConfig) -> str:
 
 
 def self_service_url(integ: IntegrationConfig) -> str:
-    """What {{self_service_url}} stands for in declines: the organizer page's public URL (the
-    service answers the add-in at server_fqdn; the page is /my/<integration> there)."""
-    return f"https://{integ.addin.server_fqdn}/my/{quote(integ.name, safe='')}"
+    """What {{self_service_url}} stands for in declines: the organizer page's public URL,
+    /my/<integration> where the service answers: [server] public_url when set (as the page's
+    sign-in redirect URI is built; on a loopback trial plain http), else https at server_fqdn,
+    where it answers the add-in."""
+    base = integ.public_url or f"https://{integ.addin.server_fqdn}"
+    return f"{base}/my/{quote(integ.name, safe='')}"
 
 
 def variables(

@@ -46,7 +46,7 @@ def _codes(query: Mapping[str, str]) -> str:
 
 
 PENDING_SECONDS = 600  # an attempt must come back within ten minutes
-MAX_PENDING = 10_000
+MAX_PENDING = 10_000  # kept in memory at most: beyond, the oldest goes
 HTTP_TIMEOUT = 15.0
 CLOCK_SKEW_SECONDS = 300
 
@@ -174,7 +174,8 @@ class AttemptStore(Protocol):
 
     def put(self, state: str, attempt: Attempt) -> None:
         """Keep an attempt under its state. Quick: the front end calls it on its event loop.
-        Unavailable (busy) when too many are in progress."""
+        Bounded: a store that can keep no more drops its oldest attempts, or raises
+        Unavailable (busy)."""
         ...
 
     def take(self, state: str) -> Attempt | None:
@@ -189,18 +190,21 @@ class AttemptStore(Protocol):
 
 
 class MemoryAttempts:
-    """Attempts in this process only: they never outlive a restart."""
+    """Attempts in this process only: they never outlive a restart. At most MAX_PENDING are
+    kept, the oldest dropped first: anyone can start sign-ins, and a flood of starts must
+    neither grow memory nor turn away the next real user (whose attempt, the newest, is kept;
+    one dropped answers "unknown or expired, start again" like one past its ten minutes)."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self._pending: dict[str, Attempt] = {}
+        self._pending: dict[str, Attempt] = {}  # in the order they were put: oldest first
         self._lock = threading.Lock()
 
     def put(self, state: str, attempt: Attempt) -> None:
         with self._lock:
             self._expire(attempt.created)
-            if len(self._pending) >= MAX_PENDING:
-                raise Unavailable("too many sign-ins in progress; try again shortly", "busy")
+            while len(self._pending) >= MAX_PENDING:
+                del self._pending[next(iter(self._pending))]
             self._pending[state] = attempt
 
     def take(self, state: str) -> Attempt | None:
@@ -214,9 +218,14 @@ class MemoryAttempts:
         return found.context if found is not None else None
 
     def _expire(self, now: float) -> None:
-        stale = [s for s, a in self._pending.items() if now - a.created > PENDING_SECONDS]
-        for state in stale:
-            del self._pending[state]
+        """Drop the attempts past their ten minutes, from the oldest until a fresh one: they
+        were put in the order of their `created` (one missed after the clock stepped back is
+        still refused when taken, and goes as the oldest in time)."""
+        while self._pending:
+            oldest = next(iter(self._pending))
+            if now - self._pending[oldest].created <= PENDING_SECONDS:
+                break
+            del self._pending[oldest]
 
 
 def attempt_to_json(attempt: Attempt) -> dict[str, Any]:
@@ -279,14 +288,12 @@ class Attempts:
         store may be a database): a worker thread."""
         if query.get("error"):
             # the provider's words arrive through the browser's address bar, where anyone can
-            # write them: logged for the admin, never put on our page
-            log.warning(
-                "the identity provider refused a sign-in (%s): %s: %s",
-                context,
-                query["error"][:100],
-                query.get("error_description", "")[:300],
+            # write them: for the log (the caller's one line about the refusal), never our page
+            said = f"{query['error'][:100]}: {query.get('error_description', '')[:300]}"
+            raise SignInRefused(
+                f"the identity provider refused the sign-in{_codes(query)}",
+                detail=f"the identity provider said {said}",
             )
-            raise SignInRefused(f"the identity provider refused the sign-in{_codes(query)}")
         state = query.get("state", "")
         attempt = self.store.take(state) if state else None
         if attempt is not None and self.clock() - attempt.created > PENDING_SECONDS:
@@ -382,8 +389,10 @@ def id_token_claims(
         raise SignInRefused("the ID token is for another application")
     issuer = client.issuer or expected_issuer(client.authorization_uri, claims)
     if issuer is not None and (not issuer or claims.get("iss") != issuer):
-        log.warning("an ID token from %r, not %r, refused", claims.get("iss"), issuer)
-        raise SignInRefused("the ID token comes from another issuer (the log says which)")
+        raise SignInRefused(
+            "the ID token comes from another issuer (the log says which)",
+            detail=f"an ID token from {str(claims.get('iss'))[:300]!r}, not {issuer!r}",
+        )
     expires = claims.get("exp")
     if not isinstance(expires, int | float):
         raise SignInRefused("the ID token says not when it expires (exp)")
@@ -428,7 +437,9 @@ def email_of(claims: Mapping[str, Any]) -> str:
     """The user's email: Entra ID puts it in `email` or `preferred_username`, AD FS in `upn`,
     `email` or `unique_name`. An `email` the token itself marks as unverified (OpenID's
     `email_verified`, Entra ID's `xms_edov`: a domain its tenant does not own) names nobody:
-    anyone could have typed it, and bookings are their organizer's by address."""
+    anyone could have typed it, and bookings are their organizer's by address. The admins'
+    sign-in names its user so (the admin group decides, not the address); the user sign-in
+    takes it only from AD FS, and from Entra ID `users.trusted_email` alone."""
     unverified = claims.get("email_verified") is False or claims.get("xms_edov") is False
     for key in ("email", "preferred_username", "upn", "unique_name"):
         if key == "email" and unverified:

@@ -37,7 +37,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from vmrsched.config import DataLayout, IntegrationConfig
 from vmrsched.errors import Unauthorized
-from vmrsched.signin import oidc
+from vmrsched.signin import oidc, tenants
 from vmrsched.signin.oidc import SignInRefused
 from vmrsched.store.journal import atomic_write, salvage_members, set_aside
 from vmrsched.store.repair import usable_key
@@ -66,6 +66,48 @@ def user_of(claims: Mapping[str, Any]) -> str:
     if isinstance(tid, str) and isinstance(oid, str) and tid and oid:
         return f"entra:{tid}:{oid}"
     return ""
+
+
+UNVERIFIED_EMAIL = (
+    "your account's email address is in a domain your organization has not verified, so this "
+    "service cannot take it as yours: ask your administrator to give your account an address "
+    "in one of the organization's verified domains"
+)
+NO_EMAIL = (
+    "the identity provider did not send your email address, which this service knows you by: "
+    "your account may have none, or the app registration does not include it. Your "
+    'administrator can add the optional claim "email" to the ID token (app registration, '
+    "Token configuration)"
+)
+
+
+def trusted_email(claims: Mapping[str, Any], adfs: bool) -> str:
+    """The address a sign-in names its user by: bookings are their organizer's by address, so
+    this one claim decides whose bookings a session sees and acts on (SignInRefused when it
+    cannot be trusted). Entra ID: `email` alone, from the one tenant `tenants.check` admits,
+    and refused when the token marks it unverified (`xms_edov`, or OpenID's `email_verified`,
+    false). Never `preferred_username`: Microsoft says it is mutable and cannot be used for
+    authorization. AD FS, the organization's own token service with no tenants and no
+    `xms_edov`: `email`, else `upn` or `unique_name`, as its claim rules issue them."""
+    if adfs:
+        email = oidc.email_of(claims)
+        if not email:
+            raise SignInRefused("the identity provider did not say who signed in (no email)")
+        return email
+    address = claims.get("email")
+    shown = str(address)[:254] if address is not None else ""
+    if _says_false(claims.get("xms_edov")) or _says_false(claims.get("email_verified")):
+        raise SignInRefused(
+            UNVERIFIED_EMAIL, detail=f"the ID token marks {shown!r} unverified (xms_edov)"
+        )
+    if not isinstance(address, str) or "@" not in address:
+        raise SignInRefused(NO_EMAIL, detail="no email claim in the ID token")
+    return address.strip().lower()
+
+
+def _says_false(value: object) -> bool:
+    """A boolean claim that says false (Entra ID writes true/false; a string is read alike)."""
+    return value is False or (isinstance(value, str) and value.strip().lower() == "false")
 
 
 def _digest(token: str) -> str:
@@ -273,15 +315,18 @@ class UserSignIn:
         self, integ: IntegrationConfig, query: Mapping[str, str], redirect_uri: str
     ) -> Session:
         """Check the state (one use, not expired, this integration's), redeem the code with
-        the PKCE verifier, read the user's email, open a session. Blocking (HTTP): call it
-        from a worker thread."""
+        the PKCE verifier, check the ID token (oidc; Entra ID: of the configured tenant only),
+        take the user's email from it (`trusted_email`), open a session. Blocking (HTTP): call
+        it from a worker thread."""
         attempt, code = self._attempts.take(query, integ.name)
         client = client_of(integ)
-        answer = oidc.redeem(self.http_for(integ), client, attempt, code, redirect_uri)
-        claims = oidc.id_token_claims(client, answer, attempt, self.http_for(integ))
-        email = oidc.email_of(claims)
-        if not email:
-            raise SignInRefused("the identity provider did not say who signed in (no email)")
+        http = self.http_for(integ)
+        answer = oidc.redeem(http, client, attempt, code, redirect_uri)
+        claims = oidc.id_token_claims(client, answer, attempt, http)
+        adfs = integ.personal.authentication_provider == "adfs"
+        if not adfs:
+            tenants.check(client.authorization_uri, claims, http)
+        email = trusted_email(claims, adfs)
         token = TOKEN_PREFIX + oidc.b64(secrets.token_bytes(32))
         user = user_of(claims)
         self._save(integ.name, token, email, str(answer.get("refresh_token", "")), user)
