@@ -305,3 +305,34 @@ async def test_sign_in_starts_are_limited_per_client_address_and_logged(
     elsewhere = {"X-Forwarded-For": "198.51.100.9"}  # another browser: its own allowance
     started = await client.get("/my/online/sign-in", headers=elsewhere, allow_redirects=False)
     assert started.status == 302
+
+
+def test_one_clients_flood_of_one_refusal_keeps_no_other_out_of_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The re-check's floods: a client's cross-origin posts, or one user's tries at others'
+    aliases, use up their own minute only; another kind from that client, and the same kind
+    from another client, are still written; past the ceiling for all, nothing more is."""
+    from vmrsched.http import refusals
+
+    clock = Clock()
+    bounded = refusals.Bounded(
+        logging.getLogger("vmrsched.organizer"), per_minute=3, clock=clock, ceiling=8
+    )
+    for n in range(10):
+        bounded.warning("flood %d", n, key=("cross-origin", "203.0.113.9"))
+    bounded.warning("sign-in refused", key=("organizer page sign-in", "203.0.113.9"))
+    bounded.warning("from elsewhere", key=("cross-origin", "198.51.100.7"))
+    messages = [r.message for r in caplog.records]
+    assert messages == ["flood 0", "flood 1", "flood 2", "sign-in refused", "from elsewhere"]
+
+    for n in range(10):  # many clients at once: the ceiling holds
+        bounded.warning("client %d", n, key=("cross-origin", f"192.0.2.{n}"))
+    assert len(caplog.records) == 8
+
+    caplog.clear()
+    clock.now += 61
+    bounded.warning("flood again", key=("cross-origin", "203.0.113.9"))
+    summary, line = caplog.records
+    assert "7 more refusals of cross-origin from 203.0.113.9" in summary.message
+    assert line.message == "flood again"

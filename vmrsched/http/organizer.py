@@ -86,7 +86,9 @@ def cross_origin_refused(request: web.Request, origin: str) -> None:
     if request.path.startswith(PATHS):
         reason = f"a cross-origin {request.method} from {origin[:200]!r}"
         name = request.match_info.get("integration", "")[:100]  # as the caller wrote it
-        refusals.refused(request, refusals.ORGANIZER, name, "organizer page", reason)
+        refusals.refused(
+            request, refusals.ORGANIZER, name, "organizer page", reason, kind="cross-origin"
+        )
 
 
 def page_path(integ: IntegrationConfig) -> str:
@@ -109,12 +111,16 @@ def _demo_user(request: web.Request | None, form: Any = None) -> str:
 def _allow(request: web.Request, integ: IntegrationConfig, who: Organizer) -> None:
     wait = request.app[LIMITER].allow(f"{integ.name}\0self\0{who.email or who.shown}")
     if wait:
-        _refused(request, integ, "organizer page", f"too many requests by {who.shown}")
+        _refused(
+            request, integ, "organizer page", f"too many requests by {who.shown}", "rate limit"
+        )
         raise RateLimited("too many requests; try again shortly", wait)
 
 
-def _refused(request: web.Request, integ: IntegrationConfig, what: str, reason: str) -> None:
-    refusals.refused(request, refusals.ORGANIZER, integ.name, what, reason)
+def _refused(
+    request: web.Request, integ: IntegrationConfig, what: str, reason: str, kind: str = ""
+) -> None:
+    refusals.refused(request, refusals.ORGANIZER, integ.name, what, reason, kind)
 
 
 @contextmanager
@@ -128,7 +134,7 @@ def _not_theirs_logged(
     except NotFound as exc:
         if exc.code == "unknown_booking":
             reason = f"{who.shown} asked for {alias[:200]!r}: not theirs, or no such booking"
-            _refused(request, integ, "organizer page", reason)
+            _refused(request, integ, "organizer page", reason, "not theirs")
         raise
 
 
