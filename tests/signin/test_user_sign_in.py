@@ -509,3 +509,19 @@ def test_attempts_in_progress_are_bounded_the_oldest_dropped_first(
     kept = attempts.take("state-7")
     assert kept is not None and kept.context == "room"
     assert len(attempts._pending) == 4
+
+
+def test_an_email_claim_that_is_not_one_address_names_nobody(world: World) -> None:
+    """The re-check signed in as "bob@contoso.test\\r\\nFAKE LOG LINE": a session is keyed by
+    an organizer's address, so a claim with line breaks, spaces, a display name or a second
+    "@" is refused; an address is taken trimmed and in lower case."""
+    integ = integration(world)
+    for odd in (
+        "olga@example.com\r\nFAKE LOG LINE",
+        "Olga <olga@example.com>",
+        "olga @example.com",
+        "olga@example.com@evil.example",
+    ):
+        with pytest.raises(SignInRefused, match="not one email address"):
+            sign_in_with(world, integ, email=odd)
+    assert sign_in_with(world, integ, email=" Olga@Example.COM ") == "olga@example.com"

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -93,7 +94,7 @@ def trusted_email(claims: Mapping[str, Any], adfs: bool) -> str:
         email = oidc.email_of(claims)
         if not email:
             raise SignInRefused("the identity provider did not say who signed in (no email)")
-        return email
+        return _one_address(email)
     address = claims.get("email")
     shown = str(address)[:254] if address is not None else ""
     if _says_false(claims.get("xms_edov")) or _says_false(claims.get("email_verified")):
@@ -102,7 +103,23 @@ def trusted_email(claims: Mapping[str, Any], adfs: bool) -> str:
         )
     if not isinstance(address, str) or "@" not in address:
         raise SignInRefused(NO_EMAIL, detail="no email claim in the ID token")
-    return address.strip().lower()
+    return _one_address(address)
+
+
+# one address and nothing else: no spaces or line breaks, no second address, no display name
+_ADDRESS = re.compile(r"[^\s@<>(),;:\"\\]+@[^\s@<>(),;:\"\\]+")
+
+
+def _one_address(claim: str) -> str:
+    """The claim as the address bookings are keyed by (lower case), or SignInRefused when it is
+    not one address: a name no meeting's organizer can have must not name a session."""
+    address = claim.strip().lower()
+    if not _ADDRESS.fullmatch(address):
+        raise SignInRefused(
+            "the identity provider named the user by something that is not one email address",
+            detail=f"the ID token's email is {claim[:254]!r}",
+        )
+    return address
 
 
 def _says_false(value: object) -> bool:
