@@ -269,3 +269,38 @@ def test_an_alias_may_follow_the_options(tmp_path: Path) -> None:
     )
     assert "unrecognized arguments" not in out.stderr
     assert alias in out.stdout + out.stderr
+
+
+def test_an_offline_delete_of_a_deleted_alias_changes_nothing(tmp_path: Path) -> None:
+    """On the data directory of a stopped service too: the second delete is refused as an
+    unknown alias that was deleted already, and queues no second notice."""
+    from vmrsched.errors import NotFound
+    from vmrsched.rules.meetings import Action
+    from vmrsched.rules.recurrence import Schedule
+    from vmrsched.store import Store
+    from vmrsched.store.outqueue import read_contents
+
+    cfg = config.load(write(tmp_path, free_port(), token=False), environ={})
+    store = Store(config.store_dir(cfg.data_dir, "default"))
+    record = store.reserve("vmr", 6, "video.example.com")
+    start_at = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    store.apply(
+        Action(
+            "bind",
+            alias_id=record["alias_id"],
+            meeting_uid="uid-twice",
+            schedule=Schedule(start_at, start_at + timedelta(hours=1)),
+        ),
+        {"name": "Twice", "organizer_email": "ann@example.com"},
+    )
+    store.commit()
+    store.close()
+    with OfflineAdmin(cfg) as admin:
+        first = admin.delete_alias("default", record["alias"], "test")
+        assert first["status"] == "deleted"
+        with pytest.raises(NotFound, match="deleted already") as refused:
+            admin.delete_alias("default", record["alias"], "test")
+        assert refused.value.code == "unknown_alias"
+        assert admin.find_aliases("default", record["alias"])[0]["deleted"] == first["deleted"]
+    queued, _ = read_contents(config.queue_dir(cfg.data_dir, "default"))
+    assert [m.message.outcome for m in queued] == ["deleted"]

@@ -445,3 +445,28 @@ async def test_admins_see_the_conference_subject_never_the_meetings_own(tmp_path
     for path in config.store_dir(tmp_path / "data", "hq").rglob("*"):
         if path.is_file():
             assert b"Secret merger" not in path.read_bytes(), path
+
+
+async def test_deleting_a_deleted_alias_changes_nothing(
+    client: TestClient[Any, Any], svc: service.Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second delete of the same alias is 404 `unknown_alias` (openapi.yaml's 404 for this
+    route; the alias is no longer one that can be deleted): nothing is written, logged or sent
+    again, and the answer says it was deleted already."""
+    vmr, _ = await book(client, svc, datetime.now(UTC) + timedelta(days=1), "Twice deleted")
+    url = f"/api/admin/v1/integrations/hq/aliases/{vmr['alias']}"
+    with caplog.at_level(logging.WARNING, logger="vmrsched.allocator"):
+        first = await client.delete(url, headers=BEARER)
+        assert first.status == 200
+        again = await client.delete(url, headers=BEARER)
+    error = (await again.json())["error"]
+    assert (again.status, error["code"]) == (404, "unknown_alias")
+    assert "deleted already" in error["message"]
+    deletions = [r for r in caplog.records if "deleted by" in r.getMessage()]
+    assert len(deletions) == 1
+    messages = await get(client, "/integrations/hq/messages")
+    queued = [m for m in messages["queued"] + messages["failed"] if m["outcome"] == "deleted"]
+    sent = [m for m in spoolkit.outbox(spool_of(svc)) if m.outcome == "deleted"]
+    assert len(queued) + len(sent) == 1  # one organizer notice, from the first delete
+    aliases = (await get(client, "/integrations/hq/aliases", q="twice"))["aliases"]
+    assert aliases[0]["deleted"] == (await first.json())["alias"]["deleted"]

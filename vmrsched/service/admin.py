@@ -50,7 +50,7 @@ from vmrsched.service.views import (
     message_view,
     version,
 )
-from vmrsched.store import Store, decisions, lock_directory
+from vmrsched.store import Record, Store, decisions, lock_directory
 from vmrsched.store.outqueue import Failed, OutQueue, Queued, read_contents
 from vmrsched.telemetry import DELIVERY_FAILED
 
@@ -108,7 +108,10 @@ class OnlineAdmin:
 
     async def delete_alias(self, name: str, alias: str, by: str) -> View:
         integ = self.runtime.integration(name)
-        record = await self.runtime.ask_allocator(name, DeleteAlias(alias, by))
+        try:
+            record = await self.runtime.ask_allocator(name, DeleteAlias(alias, by))
+        except alias_admin.AlreadyDeleted as exc:
+            raise _deleted_already(name, alias, exc.record) from exc
         if record is None:
             raise NotFound(f"no alias {alias} in {name}", "unknown_alias")
         return admin_view(integ, record, self.runtime.ctx.clock(), self._renderers(integ))
@@ -330,11 +333,13 @@ class OfflineAdmin:
         integ = self._integration(name)
         renderer = self._renderers(integ)
         with self._store(integ) as store:
-            done = alias_admin.delete(store, integ, renderer, alias, by, self.clock())
+            try:
+                done = alias_admin.delete(store, integ, renderer, alias, by, self.clock())
+            except alias_admin.AlreadyDeleted as exc:
+                raise _deleted_already(name, alias, exc.record) from exc
             if done is None:
                 raise NotFound(f"no alias {alias} in {name}", "unknown_alias")
-            if done.changed:
-                store.commit()
+            store.commit()
         if done.notice is not None:
             self._queue(integ, done.notice)
         log.warning("alias %s of %s deleted by %s (offline)", alias, name, by)
@@ -366,6 +371,17 @@ if TYPE_CHECKING:  # both serve the one port: mypy checks it here
 
     def _serve_the_port(runtime: Runtime, cfg: Config) -> tuple[OnlinePort, OfflinePort]:
         return OnlineAdmin(runtime), OfflineAdmin(cfg)
+
+
+def _deleted_already(name: str, alias: str, record: Record) -> NotFound:
+    """A second delete of one alias: not found among the aliases that can be deleted (404
+    `unknown_alias`, as openapi.yaml gives this route), saying when and by whom it went."""
+    when = iso_or_none(record.get("deleted")) or "earlier"
+    why = str(record.get("reason") or "deleted")
+    return NotFound(
+        f"{alias} in {name} was deleted already ({why}, {when}): nothing changed",
+        "unknown_alias",
+    )
 
 
 def _check_day(day: str) -> None:
