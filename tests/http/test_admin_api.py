@@ -470,3 +470,38 @@ async def test_deleting_a_deleted_alias_changes_nothing(
     assert len(queued) + len(sent) == 1  # one organizer notice, from the first delete
     aliases = (await get(client, "/integrations/hq/aliases", q="twice"))["aliases"]
     assert aliases[0]["deleted"] == (await first.json())["alias"]["deleted"]
+
+
+async def test_a_reload_of_an_invalid_file_is_409_config_invalid_with_every_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DESIGN keeps 503 for an integration that does not run or storage that is unavailable;
+    an invalid file is a request that cannot be carried out in the state the file is in
+    (RFC 9110 15.5.10, 409 Conflict): fixing the file and asking again succeeds. Every problem
+    is named with its key path, and the running config stays."""
+    monkeypatch.setenv("ADMIN", ADMIN)
+    path = tmp_path / "vmrsched.toml"
+    good = (
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\nadmin_token_env = "ADMIN"\n'
+        '[[integrations]]\nname = "hq"\n[integrations.exchange]\nmailbox_name = "Room"\n'
+        'mailbox_email = "vmr@example.com"\n[integrations.addin]\ntoken_validation = "none"\n'
+    )
+    path.write_text(good)
+    svc = service.start(config.load(path))
+    try:
+        async with TestClient(TestServer(create_app(svc))) as client:
+            path.write_text(
+                good + '[integrations.single_use]\nalias_prefix = "ABCDEFGHIJ"\n'
+                "alias_suffix_length = 3\n"
+            )
+            refused = await client.post("/api/admin/v1/reload", headers=BEARER)
+            error = (await refused.json())["error"]
+            assert (refused.status, error["code"]) == (409, "config_invalid")
+            assert "integrations[0].single_use.alias_prefix" in error["message"]
+            assert "integrations[0].single_use.alias_suffix_length" in error["message"]
+            assert svc.integration_names() == ["hq"]
+            path.write_text(good)
+            applied = await client.post("/api/admin/v1/reload", headers=BEARER)
+            assert applied.status == 200
+    finally:
+        svc.stop()
