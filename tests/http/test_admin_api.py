@@ -505,3 +505,29 @@ async def test_a_reload_of_an_invalid_file_is_409_config_invalid_with_every_prob
             assert applied.status == 200
     finally:
         svc.stop()
+
+
+HIDDEN = "\u202egnitteem\u202c zero\u200bwidth \u2066isolate"
+
+
+async def test_the_console_isolates_and_shows_format_characters_of_subjects(
+    client: TestClient[Any, Any], svc: service.Service
+) -> None:
+    """A subject is the attacker's text: in the console its direction is isolated from the
+    cells around it (<bdi>, as the HTML standard describes for text of unknown direction) and
+    the characters that reorder or hide text are shown by their code points, never applied."""
+    vmr, _ = await book(client, svc, datetime.now(UTC) + timedelta(days=1), f"Bidi {HIDDEN}")
+    unused = await (await client.post("/api/addin/v1/hq/single-use-vmrs", json={})).json()
+    dialled = {"local_alias": f'"x{HIDDEN}" <sip:{unused["alias"]}>', "call_direction": "dial_in"}
+    refused = await client.get("/policy/v1/service/configuration", params=dialled, headers=NODE)
+    assert (await refused.json())["action"] == "reject"  # reserved, not booked: refused
+    await login(client)
+    page = await (await client.get("/admin", params={"q": "bidi"})).text()
+    assert vmr["alias"] in page
+    for hidden in "\u202e\u202c\u200b\u2066":
+        assert hidden not in page
+        assert f"U+{ord(hidden):04X}" in page
+    assert "<code><bdi>&#34;x" in page  # the last alias a caller dialled, refused
+    cells = page.count('<td data-label="Subject"><bdi>')
+    assert cells == 2  # the conference and its decision
+    assert page.count('<td data-label="Organizer"><bdi>olga@example.com</bdi>') == 2

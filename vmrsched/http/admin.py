@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +15,7 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from vmrsched.config import IntegrationConfig
 from vmrsched.errors import (
@@ -72,6 +73,30 @@ REASONS: dict[str, str] = {
     "update_failed": "The organizer's meeting could not be updated; the joining details "
     "went out by mail instead.",
 }
+
+
+# characters that move or hide text rather than show it: controls, format characters (the
+# bidi embeddings, overrides, isolates and marks; zero-width spaces and joiners), separators
+_UNSEEN = frozenset({"Cc", "Cf", "Zl", "Zp"})
+_NOT_PLAIN_ASCII = re.compile(r"[^\x20-\x7e]")
+
+
+def text_shown(value: Any) -> Markup:
+    """Text from a meeting request (a subject, an organizer, a failure naming them) in a
+    console cell: autoescaped, its direction isolated from the cells around it in a <bdi>
+    (the HTML standard's element for text whose direction is not known), and every character
+    that would reorder or hide text shown by its code point instead of applied."""
+    escaped = str(escape("" if value is None else value))
+    return Markup("<bdi>{}</bdi>").format(Markup(_NOT_PLAIN_ASCII.sub(_code_point, escaped)))
+
+
+def _code_point(match: re.Match[str]) -> str:
+    """An unseen character as a visible mark naming it; any other as it is."""
+    char = match.group()
+    if unicodedata.category(char) not in _UNSEEN:
+        return char
+    name = unicodedata.name(char, "control character")
+    return f'<span class="unseen" title="{name}">U+{ord(char):04X}</span>'
 
 
 def time_shown(zone: ZoneInfo) -> Callable[[Any], Markup]:
@@ -195,6 +220,7 @@ async def console(request: web.Request) -> web.Response:
         who=who,
         when=time_shown(zone),
         duration=duration_shown,
+        text=text_shown,
         zone=zone.key,
     )
 
