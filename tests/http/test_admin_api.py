@@ -531,3 +531,24 @@ async def test_the_console_isolates_and_shows_format_characters_of_subjects(
     cells = page.count('<td data-label="Subject"><bdi>')
     assert cells == 2  # the conference and its decision
     assert page.count('<td data-label="Organizer"><bdi>olga@example.com</bdi>') == 2
+
+
+async def test_a_quarantined_request_shows_as_quarantined_with_its_cause(
+    client: TestClient[Any, Any], svc: service.Service
+) -> None:
+    """A request nobody can be answered for is set aside unanswered (the spool's failed/): the
+    console says so, not "Declined", with its cause (as `vmrsched decisions` prints it), and
+    says where such requests are kept, since its failed messages are our outgoing ones."""
+    spool = spool_of(svc)
+    name = spoolkit.drop(spool / "inbox", b"this is not a calendar", suffix=".ics")
+    spoolkit.wait_handled(spool, name)
+    assert (spool / "failed" / name).exists()
+    spoolkit.wait_for(lambda: (svc.config.data_dir / "decisions" / "hq.jsonl").exists())
+    await login(client)
+    page = await (await client.get("/admin", params={"q": "quarantined"})).text()
+    row = page.split('<span class="status status-quarantined">quarantined</span>', 1)[1]
+    row = row.split("</tr>", 1)[0]
+    title = row.split('title="', 1)[1].split('"', 1)[0]
+    assert title.startswith("Quarantined") and "Declined" not in title
+    assert "not an iCalendar object" in row  # the cause
+    assert "failed/" in page and "as quarantined" in page  # where such requests are
