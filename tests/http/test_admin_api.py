@@ -552,3 +552,19 @@ async def test_a_quarantined_request_shows_as_quarantined_with_its_cause(
     assert title.startswith("Quarantined") and "Declined" not in title
     assert "not an iCalendar object" in row  # the cause
     assert "failed/" in page and "as quarantined" in page  # where such requests are
+
+
+async def test_an_admins_deletion_is_a_line_of_the_decisions_log(
+    client: TestClient[Any, Any], svc: service.Service
+) -> None:
+    """The decisions log outlives a store's damage; `recover` reads a deletion there."""
+    vmr, uid = await book(client, svc, datetime.now(UTC) + timedelta(days=1), "Logged delete")
+    url = f"/api/admin/v1/integrations/hq/aliases/{vmr['alias']}"
+    assert (await client.delete(url, headers=BEARER)).status == 200
+    [entry] = (await get(client, "/integrations/hq/decisions", q="deleted admin"))["decisions"]
+    assert (entry["alias"], entry["meeting_uid"], entry["subject"]) == (
+        vmr["alias"],
+        uid,
+        "Logged delete",
+    )
+    assert entry["detail"].startswith("deleted by admin token")

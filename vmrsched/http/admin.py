@@ -74,6 +74,8 @@ REASONS: dict[str, str] = {
     "went out by mail instead.",
     "automatic": "No reply: automatic mail (an auto-reply, a mailing list, a delivery report) "
     "is set aside unanswered, so no mail loop can start.",
+    "admin": "An admin deleted the alias (who: below); its organizer is told, its meetings are "
+    "declined from then on, and recovery never binds them again.",
 }
 # A request set aside unanswered is no decline, whatever its reason code says: the meaning
 # shown for it, and beside it the cause the log kept (`vmrsched decisions` prints it too).
@@ -181,7 +183,7 @@ def explained(entry: dict[str, Any]) -> dict[str, Any]:
     outcome, reason = str(entry.get("outcome", "")), str(entry.get("reason", ""))
     meaning = SET_ASIDE_MEANINGS.get(outcome) or REASONS.get(reason, "")
     cause = ""
-    if outcome in SET_ASIDE_MEANINGS or reason == "general_error":
+    if outcome in SET_ASIDE_MEANINGS or outcome == "deleted" or reason == "general_error":
         lines = [line for line in str(entry.get("detail") or "").splitlines() if line.strip()]
         cause = lines[-1].strip()[:500] if lines else ""
     return {**entry, "meaning": meaning, "cause": cause}
