@@ -29,3 +29,23 @@ def restore_without(store_dir: Path, uid: str) -> Record:
     finally:
         restored.close()
     return lost
+
+
+def lose_record(store_dir: Path, alias_id: str) -> None:
+    """Replace the file store in `store_dir` by one that never held the record `alias_id`
+    (whatever its state: bound, deleted), as `store repair` leaves a store whose document of
+    it was damaged; every other live record kept as it is."""
+    old = Store(store_dir)
+    try:
+        assert old.get(alias_id) is not None, f"{alias_id} is not in {store_dir}"
+        kept = [dict(r) for r in old.records() if r["alias_id"] != alias_id]
+    finally:
+        old.close()
+    shutil.rmtree(store_dir)
+    restored = Store(store_dir)
+    try:
+        for record in kept:
+            restored._put(record)
+        restored.commit()
+    finally:
+        restored.close()

@@ -3,18 +3,20 @@ that the store no longer knows get a new alias and an organizer update in the ou
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests import spoolkit
-from tests.backups import restore_without
+from tests.backups import lose_record, restore_without
 from tests.configs import Running, spool_config, spool_toml
 from vmrsched import alias_admin, recovery, service
+from vmrsched.config import Config
 from vmrsched.mailbox.spool import SpoolMailbox
 from vmrsched.messages import answers
 from vmrsched.store import Record, Store
@@ -170,3 +172,176 @@ def test_the_recovery_report_shows_the_conference_subject_not_the_raw_one(tmp_pa
     gateway.close()
     store.close()
     assert [(d.action, d.subject) for d in done] == [("would_bind", "Private")]
+
+
+def booked(cfg: Config, **request: Any) -> tuple[str, Record]:
+    """A meeting booked with a reserved alias (PXPS token) and accepted: (its UID, its
+    record). The service is stopped after."""
+    svc = service.start(cfg)
+    try:
+        running = Running(svc, cfg)
+        reserved = running.reserve()
+        data, uid = spoolkit.request(body=f"<p>PXPS:-{reserved['alias_id']}#</p>", **request)
+        running.send(data)
+    finally:
+        svc.stop()
+    store = Store(cfg.data_dir / "store" / "alpha")
+    try:
+        record = store.by_meeting_uid(uid)
+    finally:
+        store.close()
+    assert record is not None
+    return uid, record
+
+
+def recover_alpha(cfg: Config, dry_run: bool = False) -> list[recovery.Recovered]:
+    return service.recover_integration(
+        cfg, cfg.integrations[0], datetime.now(UTC), dry_run, lambda _: None
+    )
+
+
+def test_recover_does_not_undo_an_admins_deletion_whose_record_was_lost(tmp_path: Path) -> None:
+    """The audit's case: an admin deletes a booked meeting's alias, then `store repair` loses
+    that record (its document was damaged). The decisions log, which no store damage touches,
+    says an admin deleted it: recover leaves the meeting alone, binds nothing, mails no one,
+    and its dry run says why."""
+    cfg = spool_config(tmp_path)
+    spool = cfg.integrations[0].spool_dir(cfg.data_dir)
+    uid, record = booked(cfg, subject="Deleted on purpose")
+    svc = service.start(cfg)
+    try:
+        Running(svc, cfg).reserve()  # running
+        deleted = asyncio.run(svc.admin_delete_alias("alpha", record["alias"], "admin token"))
+        assert deleted["status"] == "deleted"
+        Running(svc, cfg).settle()
+    finally:
+        svc.stop()
+    answered = len(spoolkit.answers_for(spool, uid))
+    lose_record(cfg.data_dir / "store" / "alpha", record["alias_id"])
+
+    [dry] = recover_alpha(cfg, dry_run=True)
+    assert (dry.uid, dry.action) == (uid, "skipped")
+    assert "deleted by an admin" in dry.detail and record["alias"] in dry.detail
+    [done] = recover_alpha(cfg)
+    assert (done.uid, done.action) == (uid, "skipped")
+    store = Store(cfg.data_dir / "store" / "alpha")
+    try:
+        assert store.by_meeting_uid(uid) is None
+    finally:
+        store.close()
+    assert len(spoolkit.answers_for(spool, uid)) == answered  # no organizer update
+
+    config = tmp_path / "vmrsched.toml"
+    config.write_text(spool_toml(cfg.data_dir, name="alpha"))
+    out = subprocess.run(
+        [sys.executable, "-m", "vmrsched", "recover", "alpha", "--dry-run", "--config", config],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"skipped       {uid}" in out.stdout and "deleted by an admin" in out.stdout
+
+
+def test_recover_leaves_a_meeting_whose_last_answer_was_a_decline(tmp_path: Path) -> None:
+    """Deleted without a trace in the decisions log (by a version before deletions were
+    logged), then the organizer's update declined alias_deleted, then the record lost: the
+    organizer's last answer was a decline, and recovery does not contradict it."""
+    cfg = spool_config(tmp_path)
+    integ = cfg.integrations[0]
+    spool = integ.spool_dir(cfg.data_dir)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=2)
+    uid, record = booked(cfg, start=start)
+    store = Store(cfg.data_dir / "store" / "alpha")
+    try:
+        assert alias_admin.delete(store, integ, integ.renderer(), record["alias"], "x", start)
+        store.commit()
+    finally:
+        store.close()
+    svc = service.start(cfg)
+    try:
+        running = Running(svc, cfg)
+        running.reserve()
+        data, _ = spoolkit.request(
+            uid, body=f"<p>PXPS:-{record['alias_id']}#</p>", start=start, sequence=1
+        )
+        running.send(data)
+        assert any(m.reason == "alias_deleted" for m in running.answers(uid))
+    finally:
+        svc.stop()
+    lose_record(cfg.data_dir / "store" / "alpha", record["alias_id"])
+    [done] = recover_alpha(cfg)
+    assert (done.action, done.uid) == ("skipped", uid)
+    assert "declined" in done.detail and "alias_deleted" in done.detail
+    assert not [m for m in spoolkit.answers_for(spool, uid) if m.outcome == "updated"]
+
+
+def test_recover_leaves_a_cancelled_meeting_and_binds_a_series_with_one_occurrence_off(
+    tmp_path: Path,
+) -> None:
+    """A meeting its organizer cancelled stays cancelled (the spool's calendar still lists
+    it, as a calendar that keeps cancelled meetings would); a series with one occurrence
+    cancelled is still booked, and is bound again when its record is lost."""
+    cfg = spool_config(tmp_path)
+    start = datetime.now(UTC).replace(microsecond=0, second=0, minute=0) + timedelta(days=2)
+    cancelled_uid, cancelled = booked(cfg, start=start, subject="Called off")
+    series_uid, series = booked(cfg, start=start, subject="Weekly", rrule="FREQ=WEEKLY;COUNT=4")
+    svc = service.start(cfg)
+    try:
+        running = Running(svc, cfg)
+        running.reserve()
+        whole, _ = spoolkit.request(cancelled_uid, method="CANCEL", start=start, sequence=1)
+        running.send(whole)
+        one, _ = spoolkit.request(
+            series_uid,
+            method="CANCEL",
+            start=start + timedelta(days=7),
+            recurrence_id=start + timedelta(days=7),
+            sequence=1,
+        )
+        running.send(one)
+    finally:
+        svc.stop()
+    for record in (cancelled, series):
+        lose_record(cfg.data_dir / "store" / "alpha", record["alias_id"])
+    done = {d.uid: d for d in recover_alpha(cfg)}
+    assert done[cancelled_uid].action == "skipped" and "cancelled" in done[cancelled_uid].detail
+    assert done[series_uid].action == "bound"
+
+
+def test_an_offline_deletion_is_kept_for_recovery_too(tmp_path: Path) -> None:
+    cfg = spool_config(tmp_path)
+    uid, record = booked(cfg)
+    with service.OfflineAdmin(cfg) as admin:
+        admin.delete_alias("alpha", record["alias"], "someone (vmrsched CLI)")
+    lose_record(cfg.data_dir / "store" / "alpha", record["alias_id"])
+    [done] = recover_alpha(cfg, dry_run=True)
+    assert (done.action, done.uid) == ("skipped", uid)
+    assert "deleted by an admin" in done.detail
+
+
+def test_the_standing_of_a_meeting_is_its_newest_decision_about_the_whole_meeting() -> None:
+    """Newest first, as the log reads: what someone other than the organizer sent, an
+    unchanged or outdated copy, and an answer about one occurrence say nothing about the
+    meeting as a whole; an accept, a decline, a cancellation and a deletion do."""
+
+    def entry(uid: str, outcome: str, reason: str, occurrence: str = "") -> dict[str, str]:
+        return {"meeting_uid": uid, "outcome": outcome, "reason": reason, "occurrence": occurrence}
+
+    history = [
+        entry("a", "ignored", "not_organizer"),
+        entry("a", "ignored", "unchanged"),
+        entry("a", "declined", "single_in_past", occurrence="20270101T090000Z"),
+        entry("a", "accepted", "edited_recurring"),
+        entry("a", "declined", "alias_deleted"),
+        entry("b", "ignored", "cancelled"),
+        entry("b", "accepted", "new_single"),
+        entry("c", "deleted", "admin"),
+        entry("d", "quarantined", "general_error"),
+    ]
+    standing = recovery.standing(history)
+    assert {uid: (e["outcome"], e["reason"]) for uid, e in standing.items()} == {
+        "a": ("accepted", "edited_recurring"),
+        "b": ("ignored", "cancelled"),
+        "c": ("deleted", "admin"),
+    }

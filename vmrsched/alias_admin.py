@@ -72,12 +72,21 @@ def on_day(record: Record, day: str) -> bool:
 @dataclass(frozen=True)
 class Deleted:
     record: Record  # as it is now
-    changed: bool  # False when it was deleted already: nothing to commit or publish
+    changed: bool  # the store changed: commit and publish (an alias deleted already raises)
     notice: Outgoing | None  # to the organizer of a booked meeting
 
 
 class InUse(ValueError):
     """The alias is booked for a meeting (or already gone): not cancellable as a reservation."""
+
+
+class AlreadyDeleted(ValueError):
+    """The alias was deleted before: a second delete changes nothing, so nothing is committed,
+    logged as a deletion or sent to its organizer again. `record` says when and by whom."""
+
+    def __init__(self, record: Record) -> None:
+        super().__init__(f"{record.get('alias', '')} was deleted already")
+        self.record = record
 
 
 def delete(
@@ -90,23 +99,25 @@ def delete(
     unused_only: bool = False,
 ) -> Deleted | None:
     """Mark `alias` deleted (not yet committed) and write its organizer's notice; None when
-    the store has no such alias. With `unused_only`, InUse for an alias a meeting holds and
-    nothing changes: the check and the delete are one step in the allocator's thread."""
+    the store has no such alias, AlreadyDeleted when it was deleted before (the allocator
+    answers the error without committing or logging a deletion). With `unused_only`, InUse
+    for an alias a meeting holds and nothing changes: the check and the delete are one step in
+    the allocator's thread."""
     record = store.by_alias(alias)
     if record is None:
         return None
     if unused_only and (record["status"] != "reserved" or record.get("organizer_email")):
         raise InUse(f"{alias} is {record['status']}, not a reservation no meeting uses")
+    if record["status"] == "deleted":
+        raise AlreadyDeleted(record.copy())
     before = record.copy()
-    changed = record["status"] != "deleted"
-    if changed:
-        store.delete(record["alias_id"], f"deleted by {by}")
+    store.delete(record["alias_id"], f"deleted by {by}")
     deleted = store.get(record["alias_id"]) or record
     notice = None
     if before["status"] == "bound":
         serial = str(deleted.get("deleted", ""))
         notice = answers.admin_notice(integ, renderer, before, "deleted", now, serial)
-    return Deleted(deleted, changed, notice)
+    return Deleted(deleted, True, notice)
 
 
 def resend(

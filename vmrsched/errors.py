@@ -39,6 +39,14 @@ class NotFound(ServiceError):
     default_code = "not_found"
 
 
+class Conflict(ServiceError):
+    """The request is understood but cannot be carried out in the state something it depends
+    on is in (a config file that does not validate); changing that state and asking again
+    succeeds. Not an outage: nothing is unavailable."""
+
+    default_code = "conflict"
+
+
 class RateLimited(ServiceError):
     default_code = "rate_limited"
 

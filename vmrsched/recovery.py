@@ -1,14 +1,21 @@
 """Recovery: when the store was lost or restored from an old backup, meetings on the room's
 calendar may have aliases nobody knows any more. For each accepted future meeting missing from
 the store, give it a new alias, bind it, and send the organizer an update with the new joining
-instructions (as the organizer, through the mailbox backend)."""
+instructions (as the organizer, through the mailbox backend).
+
+Missing from the store is not enough: a record `store repair` could not keep may be that of a
+meeting whose alias an admin deleted, or that was declined or cancelled. The decisions log,
+which no damage to a store touches, says which: a meeting whose newest decision about it as a
+whole was a decline, a cancellation or an admin's deletion is left as it is, and the report
+says why."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from vmrsched.config import IntegrationConfig
 from vmrsched.mailbox.base import Gateway, GatewayError
@@ -25,9 +32,46 @@ class Recovered:
     uid: str
     subject: str  # as the conference subject template shows it, never the raw subject
     organizer: str
-    action: str  # bound | would_bind | already_bound | known | past | failed
+    action: str  # bound | would_bind | already_bound | known | skipped | past | failed
     alias: str = ""
     detail: str = ""
+
+
+# What a decision says about a meeting as a whole, when it is not about one occurrence only:
+# an accept (it is booked), a decline or cancellation (it is not), an admin's deletion (its
+# alias must not come back). Anything else (ignored as outdated or unchanged, refused as not
+# from its organizer, set aside) left the meeting as it was.
+_STANDING_OUTCOMES = frozenset({"accepted", "declined", "deleted"})
+
+
+def standing(history: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """Each meeting's newest decision about it as a whole, by meeting UID, from a decisions
+    log read newest first."""
+    found: dict[str, Mapping[str, Any]] = {}
+    for entry in history:
+        uid = str(entry.get("meeting_uid") or "")
+        if not uid or uid in found or entry.get("occurrence"):
+            continue
+        outcome, reason = entry.get("outcome"), entry.get("reason")
+        if outcome in _STANDING_OUTCOMES or (outcome == "ignored" and reason == "cancelled"):
+            found[uid] = entry
+    return found
+
+
+def _left_alone(entry: Mapping[str, Any] | None) -> str:
+    """Why a lost meeting is not bound again (its newest decision as a whole), or ""."""
+    if entry is None:
+        return ""
+    when = str(entry.get("time") or "an unknown time")
+    outcome, reason = entry.get("outcome"), entry.get("reason")
+    if outcome == "deleted":
+        by = f", {entry['detail']}" if entry.get("detail") else ""
+        return f"its alias {entry.get('alias', '')} was deleted by an admin ({when}{by})"
+    if outcome == "declined":
+        return f"its last request was declined ({reason}, {when})"
+    if outcome == "ignored":
+        return f"cancelled by its organizer ({when})"
+    return ""
 
 
 def recover(
@@ -37,9 +81,13 @@ def recover(
     now: datetime,
     dry_run: bool = False,
     report: Callable[[Recovered], None] = lambda _: None,
+    history: Iterable[Mapping[str, Any]] = (),
 ) -> list[Recovered]:
+    """Bind every accepted future meeting the store lost, unless `history` (the integration's
+    decisions log, newest first) says it was declined, cancelled or its alias deleted."""
     renderer = integ.renderer()
     done: list[Recovered] = []
+    standings = standing(history)
 
     def note(entry: Recovered) -> None:
         done.append(entry)
@@ -58,6 +106,10 @@ def recover(
             continue
         if meeting.uid in known:  # cancelled, or its alias deleted by an admin: not lost
             note(Recovered(meeting.uid, shown, who, "known", detail="the store knows it, unbound"))
+            continue
+        why = _left_alone(standings.get(meeting.uid[:300]))
+        if why:
+            note(Recovered(meeting.uid, shown, who, "skipped", detail=f"{why}: not bound again"))
             continue
         if recurrence.next_occurrence(meeting.schedule, now) is None:
             note(Recovered(meeting.uid, shown, who, "past"))

@@ -151,3 +151,25 @@ def test_bad_input_to_the_offline_commands_is_said_plainly(tmp_path: Path) -> No
         "-m", "vmrsched", "manifest", "default", "--base-url", "ftp://x", "--config", config_file
     )
     assert ftp.returncode == 2 and "no http(s) URL" in ftp.stderr and not ftp.stdout
+
+
+def test_invite_refuses_an_organizer_that_is_not_one_address(tmp_path: Path) -> None:
+    """`Doe, John <john@example.com>` is one address with a comma in its name; `a, b` is two:
+    refused with the reason and exit status 1, and nothing is dropped in the spool."""
+    config = tmp_path / "vmrsched.toml"
+    shutil.copy(ROOT / "config" / "vmrs.toml", tmp_path / "vmrs.toml")
+    text = (ROOT / "config" / "vmrsched.toml").read_text()
+    config.write_text(text.replace('data_dir = "../data"', f'data_dir = "{tmp_path}/data"'))
+    out = run(
+        "-m", "vmrsched", "invite", "--integration", "default", "--config", str(config),
+        "--organizer", "a@example.com, b@example.com",
+    )  # fmt: skip
+    assert out.returncode == 1 and "--organizer: not one address" in out.stderr
+    assert not out.stdout and not list(tmp_path.glob("data/spool/*/inbox/*"))
+    named = run(
+        "-m", "vmrsched", "invite", "--integration", "default", "--config", str(config),
+        "--organizer", "Doe, John <john@example.com>",
+    )  # fmt: skip
+    assert named.returncode == 0, named.stderr
+    [dropped] = tmp_path.glob("data/spool/default/inbox/*.ics")
+    assert b'ORGANIZER;CN="Doe, John":mailto:john@example.com' in dropped.read_bytes()

@@ -269,3 +269,88 @@ def test_an_alias_may_follow_the_options(tmp_path: Path) -> None:
     )
     assert "unrecognized arguments" not in out.stderr
     assert alias in out.stdout + out.stderr
+
+
+def test_an_offline_delete_of_a_deleted_alias_changes_nothing(tmp_path: Path) -> None:
+    """On the data directory of a stopped service too: the second delete is refused as an
+    unknown alias that was deleted already, and queues no second notice."""
+    from vmrsched.errors import NotFound
+    from vmrsched.rules.meetings import Action
+    from vmrsched.rules.recurrence import Schedule
+    from vmrsched.store import Store
+    from vmrsched.store.outqueue import read_contents
+
+    cfg = config.load(write(tmp_path, free_port(), token=False), environ={})
+    store = Store(config.store_dir(cfg.data_dir, "default"))
+    record = store.reserve("vmr", 6, "video.example.com")
+    start_at = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    store.apply(
+        Action(
+            "bind",
+            alias_id=record["alias_id"],
+            meeting_uid="uid-twice",
+            schedule=Schedule(start_at, start_at + timedelta(hours=1)),
+        ),
+        {"name": "Twice", "organizer_email": "ann@example.com"},
+    )
+    store.commit()
+    store.close()
+    with OfflineAdmin(cfg) as admin:
+        first = admin.delete_alias("default", record["alias"], "test")
+        assert first["status"] == "deleted"
+        with pytest.raises(NotFound, match="deleted already") as refused:
+            admin.delete_alias("default", record["alias"], "test")
+        assert refused.value.code == "unknown_alias"
+        assert admin.find_aliases("default", record["alias"])[0]["deleted"] == first["deleted"]
+    queued, _ = read_contents(config.queue_dir(cfg.data_dir, "default"))
+    assert [m.message.outcome for m in queued] == ["deleted"]
+
+
+def test_the_terminal_never_gets_a_subjects_bidi_or_zero_width_characters(
+    tmp_path: Path,
+) -> None:
+    """A subject is the attacker's text: `aliases list`, `aliases show` and `decisions` print
+    every character that would reorder or hide text on the admin's terminal as its escape
+    (one helper for all of them), the rest as it is."""
+    from vmrsched.cli.common import terminal
+    from vmrsched.rules.meetings import Action
+    from vmrsched.rules.recurrence import Schedule
+    from vmrsched.store import Store
+
+    hidden = "Plan \u202egnitteem\u202c zero\u200bwidth \u2066x\u2069 \x1b[2J ok\\"
+    escaped = "Plan \\u202egnitteem\\u202c zero\\u200bwidth \\u2066x\\u2069 \\x1b[2J ok\\\\"
+    assert terminal(hidden) == escaped and terminal("Réunion 会議") == "Réunion 会議"
+    cfg = tmp_path / "vmrsched.toml"
+    cfg.write_text(spool_toml(tmp_path / "data"))
+    data = tmp_path / "data"
+    log = data / "decisions" / "default.jsonl"
+    log.parent.mkdir(parents=True)
+    entry = {
+        "time": "2026-01-01T09:00:00+00:00",
+        "conference_subject": hidden,
+        "organizer": "ann@example.com",
+        "outcome": "declined",
+        "reason": "invalid_alias_id",
+        "correlation_id": "c-1",
+        "detail": hidden,
+    }
+    log.write_text(json.dumps(entry) + "\n")
+    store = Store(config.store_dir(data, "default"))
+    record = store.reserve("vmr", 6, "video.example.com")
+    start_at = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    store.apply(
+        Action(
+            "bind",
+            alias_id=record["alias_id"],
+            meeting_uid="uid-hidden",
+            schedule=Schedule(start_at, start_at + timedelta(hours=1)),
+        ),
+        {"name": "Hidden", "conference_subject": hidden, "organizer_email": "ann@example.com"},
+    )
+    store.commit()
+    store.close()
+    for args in (("aliases", "list"), ("aliases", "show", record["alias"]), ("decisions",)):
+        out = cli(cfg, *args)
+        assert out.returncode == 0, out.stderr
+        assert escaped in out.stdout, args
+        assert not any(c in out.stdout for c in "\u202e\u202c\u200b\u2066\u2069\x1b"), args

@@ -445,3 +445,126 @@ async def test_admins_see_the_conference_subject_never_the_meetings_own(tmp_path
     for path in config.store_dir(tmp_path / "data", "hq").rglob("*"):
         if path.is_file():
             assert b"Secret merger" not in path.read_bytes(), path
+
+
+async def test_deleting_a_deleted_alias_changes_nothing(
+    client: TestClient[Any, Any], svc: service.Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second delete of the same alias is 404 `unknown_alias` (openapi.yaml's 404 for this
+    route; the alias is no longer one that can be deleted): nothing is written, logged or sent
+    again, and the answer says it was deleted already."""
+    vmr, _ = await book(client, svc, datetime.now(UTC) + timedelta(days=1), "Twice deleted")
+    url = f"/api/admin/v1/integrations/hq/aliases/{vmr['alias']}"
+    with caplog.at_level(logging.WARNING, logger="vmrsched.allocator"):
+        first = await client.delete(url, headers=BEARER)
+        assert first.status == 200
+        again = await client.delete(url, headers=BEARER)
+    error = (await again.json())["error"]
+    assert (again.status, error["code"]) == (404, "unknown_alias")
+    assert "deleted already" in error["message"]
+    deletions = [r for r in caplog.records if "deleted by" in r.getMessage()]
+    assert len(deletions) == 1
+    messages = await get(client, "/integrations/hq/messages")
+    queued = [m for m in messages["queued"] + messages["failed"] if m["outcome"] == "deleted"]
+    sent = [m for m in spoolkit.outbox(spool_of(svc)) if m.outcome == "deleted"]
+    assert len(queued) + len(sent) == 1  # one organizer notice, from the first delete
+    aliases = (await get(client, "/integrations/hq/aliases", q="twice"))["aliases"]
+    assert aliases[0]["deleted"] == (await first.json())["alias"]["deleted"]
+
+
+async def test_a_reload_of_an_invalid_file_is_409_config_invalid_with_every_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DESIGN keeps 503 for an integration that does not run or storage that is unavailable;
+    an invalid file is a request that cannot be carried out in the state the file is in
+    (RFC 9110 15.5.10, 409 Conflict): fixing the file and asking again succeeds. Every problem
+    is named with its key path, and the running config stays."""
+    monkeypatch.setenv("ADMIN", ADMIN)
+    path = tmp_path / "vmrsched.toml"
+    good = (
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\nadmin_token_env = "ADMIN"\n'
+        '[[integrations]]\nname = "hq"\n[integrations.exchange]\nmailbox_name = "Room"\n'
+        'mailbox_email = "vmr@example.com"\n[integrations.addin]\ntoken_validation = "none"\n'
+    )
+    path.write_text(good)
+    svc = service.start(config.load(path))
+    try:
+        async with TestClient(TestServer(create_app(svc))) as client:
+            path.write_text(
+                good + '[integrations.single_use]\nalias_prefix = "ABCDEFGHIJ"\n'
+                "alias_suffix_length = 3\n"
+            )
+            refused = await client.post("/api/admin/v1/reload", headers=BEARER)
+            error = (await refused.json())["error"]
+            assert (refused.status, error["code"]) == (409, "config_invalid")
+            assert "integrations[0].single_use.alias_prefix" in error["message"]
+            assert "integrations[0].single_use.alias_suffix_length" in error["message"]
+            assert svc.integration_names() == ["hq"]
+            path.write_text(good)
+            applied = await client.post("/api/admin/v1/reload", headers=BEARER)
+            assert applied.status == 200
+    finally:
+        svc.stop()
+
+
+HIDDEN = "\u202egnitteem\u202c zero\u200bwidth \u2066isolate"
+
+
+async def test_the_console_isolates_and_shows_format_characters_of_subjects(
+    client: TestClient[Any, Any], svc: service.Service
+) -> None:
+    """A subject is the attacker's text: in the console its direction is isolated from the
+    cells around it (<bdi>, as the HTML standard describes for text of unknown direction) and
+    the characters that reorder or hide text are shown by their code points, never applied."""
+    vmr, _ = await book(client, svc, datetime.now(UTC) + timedelta(days=1), f"Bidi {HIDDEN}")
+    unused = await (await client.post("/api/addin/v1/hq/single-use-vmrs", json={})).json()
+    dialled = {"local_alias": f'"x{HIDDEN}" <sip:{unused["alias"]}>', "call_direction": "dial_in"}
+    refused = await client.get("/policy/v1/service/configuration", params=dialled, headers=NODE)
+    assert (await refused.json())["action"] == "reject"  # reserved, not booked: refused
+    await login(client)
+    page = await (await client.get("/admin", params={"q": "bidi"})).text()
+    assert vmr["alias"] in page
+    for hidden in "\u202e\u202c\u200b\u2066":
+        assert hidden not in page
+        assert f"U+{ord(hidden):04X}" in page
+    assert "<code><bdi>&#34;x" in page  # the last alias a caller dialled, refused
+    cells = page.count('<td data-label="Subject"><bdi>')
+    assert cells == 2  # the conference and its decision
+    assert page.count('<td data-label="Organizer"><bdi>olga@example.com</bdi>') == 2
+
+
+async def test_a_quarantined_request_shows_as_quarantined_with_its_cause(
+    client: TestClient[Any, Any], svc: service.Service
+) -> None:
+    """A request nobody can be answered for is set aside unanswered (the spool's failed/): the
+    console says so, not "Declined", with its cause (as `vmrsched decisions` prints it), and
+    says where such requests are kept, since its failed messages are our outgoing ones."""
+    spool = spool_of(svc)
+    name = spoolkit.drop(spool / "inbox", b"this is not a calendar", suffix=".ics")
+    spoolkit.wait_handled(spool, name)
+    assert (spool / "failed" / name).exists()
+    spoolkit.wait_for(lambda: (svc.config.data_dir / "decisions" / "hq.jsonl").exists())
+    await login(client)
+    page = await (await client.get("/admin", params={"q": "quarantined"})).text()
+    row = page.split('<span class="status status-quarantined">quarantined</span>', 1)[1]
+    row = row.split("</tr>", 1)[0]
+    title = row.split('title="', 1)[1].split('"', 1)[0]
+    assert title.startswith("Quarantined") and "Declined" not in title
+    assert "not an iCalendar object" in row  # the cause
+    assert "failed/" in page and "as quarantined" in page  # where such requests are
+
+
+async def test_an_admins_deletion_is_a_line_of_the_decisions_log(
+    client: TestClient[Any, Any], svc: service.Service
+) -> None:
+    """The decisions log outlives a store's damage; `recover` reads a deletion there."""
+    vmr, uid = await book(client, svc, datetime.now(UTC) + timedelta(days=1), "Logged delete")
+    url = f"/api/admin/v1/integrations/hq/aliases/{vmr['alias']}"
+    assert (await client.delete(url, headers=BEARER)).status == 200
+    [entry] = (await get(client, "/integrations/hq/decisions", q="deleted admin"))["decisions"]
+    assert (entry["alias"], entry["meeting_uid"], entry["subject"]) == (
+        vmr["alias"],
+        uid,
+        "Logged delete",
+    )
+    assert entry["detail"].startswith("deleted by admin token")

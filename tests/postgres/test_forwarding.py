@@ -248,7 +248,7 @@ def test_only_a_proof_from_an_instance_names_the_client(pair: Pair) -> None:
     assert counted(owner, "alpha", "received") == 1
     # the same proof again (a replay), on a request of its own: an ordinary client's request
     status, _, _ = call(owner, "DELETE", path, headers={**bearer, **proof})
-    assert status == 200  # deleting a deleted alias answers as before, the address unclaimed
+    assert status == 404  # a deleted alias is unknown_alias to a second delete, unclaimed
     assert counted(owner, "alpha", "received") == 1
 
     forged = {**proof, "X-Vmrsched-Forwarded-Proof": "0" * 64}

@@ -663,3 +663,94 @@ def test_aliases_taken_counts_archived_ones_that_are_never_drawn_again(tmp_path:
     assert store.aliases_taken() == 5
     store.close()
     assert make_file(tmp_path, clock).aliases_taken() == 5
+
+
+def _booked_then_deleted(tmp_path: Path) -> tuple[Store, dict[str, Any]]:
+    """A store of 20 reservations and one booked meeting whose alias an admin deleted."""
+    store, _ = _hundred_of(tmp_path, 20)
+    record = store.reserve("v", 8, "d")
+    bind(store, record["alias_id"], uid="uid-deleted-meeting")
+    store.delete(record["alias_id"], "deleted by admin token")
+    store.commit()
+    found = store.get(record["alias_id"])
+    assert found is not None
+    return store, found
+
+
+def _hundred_of(tmp_path: Path, count: int) -> tuple[Store, list[str]]:
+    store = make_file(tmp_path)
+    ids = [store.reserve("v", 8, "d")["alias_id"] for _ in range(count)]
+    store.commit()
+    return store, ids
+
+
+def _lost_lines(lines: list[str]) -> list[str]:
+    return [line.strip() for line in lines if line.strip().startswith(("lost:", "damaged:"))]
+
+
+def test_check_and_repair_name_a_lost_snapshot_record_by_what_it_still_says(
+    tmp_path: Path,
+) -> None:
+    """docs/guarantees.md: only the records on damaged documents are lost, "and the report
+    names them": by alias, alias id and meeting UID as the damaged text still reads (probably:
+    it failed its checksum), not only by document number."""
+    store, deleted = _booked_then_deleted(tmp_path)
+    store.close()  # compacted into store.json
+    snapshot = tmp_path / "store.json"
+    raw = snapshot.read_text()
+    at = raw.index('"created":', raw.index(f'"alias_id":"{deleted["alias_id"]}"')) + 12
+    snapshot.write_text(raw[:at] + ("0" if raw[at] != "0" else "1") + raw[at + 1 :])
+    for report in (check(tmp_path), repair(tmp_path)):
+        [named] = _lost_lines(report.lines())
+        assert named.startswith("lost: document ")
+        assert f"probably alias {deleted['alias']}" in named
+        assert f"alias id {deleted['alias_id']}" in named
+        assert "meeting uid-deleted-meeting" in named and "deleted" in named
+
+
+def test_a_snapshot_document_that_no_longer_decodes_is_named_from_its_text(
+    tmp_path: Path,
+) -> None:
+    store, deleted = _booked_then_deleted(tmp_path)
+    store.close()
+    snapshot = tmp_path / "store.json"
+    raw = snapshot.read_text()
+    at = raw.index('"status":', raw.index(f'"alias_id":"{deleted["alias_id"]}"'))
+    snapshot.write_text(raw[:at] + "\x00" + raw[at + 1 :])  # the document no longer parses
+    [named] = _lost_lines(check(tmp_path).lines())
+    assert named.startswith("lost: document ")
+    assert f"probably alias {deleted['alias']}" in named and "uid-deleted-meeting" in named
+
+
+def test_a_damaged_journal_line_is_named_and_said_lost_or_kept_in_another_copy(
+    tmp_path: Path,
+) -> None:
+    store, ids = _hundred(tmp_path)
+    bind(store, ids[50], uid="uid-changed")
+    store.commit()  # the journal's last line: ids[50] bound
+    store.close(compact=False)
+    [journal] = tmp_path.glob("journal.*.log")
+    lines = journal.read_bytes().split(b"\n")
+    for number in (29, len(lines) - 2):
+        lines[number] = lines[number][:20] + b"\x01" + lines[number][21:]
+    journal.write_bytes(b"\n".join(lines))
+    named = _lost_lines(check(tmp_path).lines())
+    assert len(named) == 2
+    assert named[0].startswith("lost: line 30") and f"alias id {ids[29]}" in named[0]
+    assert named[1].startswith(f"damaged: line {len(lines) - 1}")
+    assert f"alias id {ids[50]}" in named[1] and "uid-changed" in named[1]
+    assert "another copy of it reads and is kept" in named[1]
+
+
+def test_damage_holding_no_record_is_reported_without_a_name(tmp_path: Path) -> None:
+    """A snapshot cut before its first record, and a damaged journal line that held no
+    record: the report says what it can (nothing names a record), and repair goes on."""
+    store, _ = _hundred_of(tmp_path, 3)
+    store.close()
+    snapshot = tmp_path / "store.json"
+    snapshot.write_bytes(snapshot.read_bytes()[:12])  # '{"aliases":{' and no record
+    [journal] = tmp_path.glob("journal.*.log")
+    journal.write_bytes(b"0000000x not an entry\n" + journal.read_bytes())
+    report = repair(tmp_path)
+    assert report.damaged
+    assert "lost: line 1, nothing in it still names a record" in _lost_lines(report.lines())

@@ -17,7 +17,7 @@ from vmrsched.actors.supervision import Backoff
 from vmrsched.errors import StorageFull
 from vmrsched.mailbox.base import MAX_RETRY_AFTER, GatewayError, InboxItem, Mailbox, Outgoing
 from vmrsched.messages import answers, calendars
-from vmrsched.rules.meetings import Meeting, is_address
+from vmrsched.rules.meetings import Meeting, is_address, occurrence_key
 from vmrsched.store.decisions import DecisionWriter
 
 if TYPE_CHECKING:
@@ -245,9 +245,11 @@ class MailboxPoller(SupervisedChild):
         subject: str = "",
     ) -> None:
         """One line per decision: what, why, which meeting (by its conference subject, the
-        subject as admins see it; the UID is a field of its own), who organised it and which
-        alias it is about."""
+        subject as admins see it; the UID is a field of its own, and the occurrence when it
+        is about one occurrence only: recovery reads a meeting's standing from the series'
+        own decisions), who organised it and which alias it is about."""
         uid = meeting.uid if meeting is not None else (item.uid if item is not None else "")
+        rid = meeting.recurrence_id if meeting is not None else None
         if reason == "unchanged":
             level = logging.DEBUG  # the room's own organizer update coming back, and the like
         elif reason == "general_error":
@@ -273,6 +275,7 @@ class MailboxPoller(SupervisedChild):
                 "correlation_id": correlation_id,
                 "alias": alias,
                 "meeting_uid": uid[:300],
+                "occurrence": occurrence_key(rid) if rid is not None else "",
                 "item": item_id[:300],
                 "detail": detail[:500],
             }

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from vmrsched.cli.common import terminal
 from vmrsched.config import Config, ServerConfig
 from vmrsched.errors import NotFound, ServiceError
 
@@ -179,7 +180,7 @@ def _print_alias(view: dict[str, Any]) -> None:
         "deleted",
     ):
         if view.get(key):
-            print(f"{key + ':':17} {view[key]}")
+            print(f"{key + ':':17} {terminal(view[key])}")
     for window in view.get("windows") or []:
         print(
             f"{'window:':17} {window['start']} - {window['end']} "
@@ -205,8 +206,10 @@ def cmd_aliases(args: argparse.Namespace, cfg: Config) -> int:
                 return 0
             for view in found:
                 print(
-                    f"{view['alias']:40} {view['status']:9} {_next_window(view):26} "
-                    f"{view.get('organizer_email') or '-':30} {view.get('subject') or ''}"
+                    f"{terminal(view['alias']):40} {terminal(view['status']):9} "
+                    f"{terminal(_next_window(view)):26} "
+                    f"{terminal(view.get('organizer_email') or '-'):30} "
+                    f"{terminal(view.get('subject') or '')}"
                 )
             print(f"{len(found)} alias(es) in {name} ({how})", file=sys.stderr)
             return 0
@@ -222,8 +225,10 @@ def cmd_aliases(args: argparse.Namespace, cfg: Config) -> int:
                 _print_alias(shown)
                 for entry in admin.decisions(name, shown["alias"], 20):
                     print(
-                        f"{'decision:':17} {entry.get('time', '')} {entry.get('outcome', '')} "
-                        f"({entry.get('reason', '')}) correlation {entry.get('correlation_id', '')}"
+                        f"{'decision:':17} {terminal(entry.get('time', ''))} "
+                        f"{terminal(entry.get('outcome', ''))} "
+                        f"({terminal(entry.get('reason', ''))}) "
+                        f"correlation {terminal(entry.get('correlation_id', ''))}"
                     )
             return 0
         if args.action == "delete":
@@ -234,10 +239,10 @@ def cmd_aliases(args: argparse.Namespace, cfg: Config) -> int:
                     "confirmation_needed",
                 )
             view = admin.delete_alias(name, args.alias, _who())
-            print(f"{view['alias']} deleted ({how}); its organizer is told")
+            print(f"{terminal(view['alias'])} deleted ({how}); its organizer is told")
             return 0
         message_id = admin.resend(name, args.alias, _who())
-        print(f"joining instructions of {args.alias} queued as {message_id} ({how})")
+        print(f"joining instructions of {terminal(args.alias)} queued as {message_id} ({how})")
         return 0
 
 
@@ -249,14 +254,15 @@ def cmd_decisions(args: argparse.Namespace, cfg: Config) -> int:
         print(json.dumps(found, indent=2, ensure_ascii=False))
         return 0
     for entry in found:
-        alias = f" {entry['alias']}" if entry.get("alias") else ""
+        shown = {key: terminal(entry.get(key) or "") for key in entry}
+        alias = f" {shown['alias']}" if shown.get("alias") else ""
         print(
-            f"{entry.get('time', '')}  {entry.get('outcome', '')} ({entry.get('reason', '')})"
-            f"{alias}  {entry.get('subject', '')!r} from {entry.get('organizer') or '-'}  "
-            f"correlation {entry.get('correlation_id', '')}"
+            f"{shown.get('time', '')}  {shown.get('outcome', '')} ({shown.get('reason', '')})"
+            f"{alias}  '{shown.get('subject', '')}' from {shown.get('organizer') or '-'}  "
+            f"correlation {shown.get('correlation_id', '')}"
         )
-        if entry.get("detail"):
-            print(f"    {entry['detail']}")
+        if shown.get("detail"):
+            print(f"    {shown['detail']}")
     print(f"{len(found)} decision(s) in {name} ({how})", file=sys.stderr)
     return 0
 
@@ -268,7 +274,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     try:
         result: int = args.admin_command(args, cfg)
     except ServiceError as exc:
-        print(f"{exc.message} ({exc.code})", file=sys.stderr)
+        print(f"{terminal(exc.message)} ({terminal(exc.code)})", file=sys.stderr)
         return 1
     except StoreInUseError as exc:  # the service started between the check and the work
         print(f"{exc}: try again", file=sys.stderr)

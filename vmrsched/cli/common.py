@@ -14,6 +14,18 @@ from vmrsched import config
 DEFAULT_CONFIG = Path("config/vmrsched.toml")
 
 
+def terminal(value: object) -> str:
+    """`value` as every command prints text that came from outside (a meeting's subject, an
+    organizer, a damaged file): each character that is not printable (controls such as ESC,
+    and the format characters that reorder or hide text: bidi overrides and isolates, zero
+    width ones, line and paragraph separators) and the backslash written as Python escapes
+    them, the rest as it is. What a subject holds can then neither move nor hide text on the
+    admin's terminal, nor pass for an escape it is not."""
+    return "".join(
+        char if char.isprintable() and char != "\\" else repr(char)[1:-1] for char in str(value)
+    )
+
+
 def add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, default=DEFAULT_CONFIG, help="TOML file (default: %(default)s)"

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from vmrsched import config
-from vmrsched.cli.common import add_config, load
+from vmrsched.cli.common import add_config, load, terminal
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -132,7 +132,7 @@ def _repair(data_dir: Path, stores: Path, names: list[str]) -> int:
             except StoreInUseError as exc:
                 print(f"{exc}: stop the service first", file=sys.stderr)
                 return 1
-            print("\n".join(report.lines()))
+            print("\n".join(map(terminal, report.lines())))
             if report.damaged:
                 print(f"  repaired: the damaged files are kept in {stores / name}/damaged-*/")
         return 0
@@ -171,7 +171,7 @@ def cmd_store(args: argparse.Namespace) -> int:
     for name in names:
         report = check(stores / name)
         damaged = damaged or report.damaged
-        print("\n".join(report.lines()))
+        print("\n".join(map(terminal, report.lines())))
     others = check_state(data_dir, args.name)
     if others:
         print(f"{data_dir}: queues, decisions, sign-in and token caches")
@@ -237,8 +237,9 @@ def cmd_failed(args: argparse.Namespace) -> int:
             when = datetime.fromtimestamp(item.at, UTC).isoformat(timespec="seconds")
             m = item.message
             print(
-                f"{when}  {name}  {m.kind} {m.outcome}  meeting {m.meeting_uid}  "
-                f"to {', '.join(m.recipients)}  correlation {m.correlation_id}\n    {item.reason}"
+                f"{when}  {name}  {m.kind} {m.outcome}  meeting {terminal(m.meeting_uid)}  "
+                f"to {terminal(', '.join(m.recipients))}  correlation {m.correlation_id}\n"
+                f"    {terminal(item.reason)}"
             )
     print(f"{total} failed message(s)")
     return 0

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from vmrsched import config
 from vmrsched.cli import admin as cli_admin
 from vmrsched.cli import data
-from vmrsched.cli.common import add_config, integration, load
+from vmrsched.cli.common import add_config, integration, load, terminal
 from vmrsched.cli.serve import cmd_serve
 
 
@@ -223,10 +223,11 @@ def cmd_recover(args: argparse.Namespace) -> int:
         return 1
 
     def report(entry: Recovered) -> None:
-        alias = f" -> {entry.alias}" if entry.alias else ""
-        detail = f" ({entry.detail})" if entry.detail else ""
+        alias = f" -> {terminal(entry.alias)}" if entry.alias else ""
+        detail = f" ({terminal(entry.detail)})" if entry.detail else ""
         print(
-            f"{entry.action:13} {entry.uid}  {entry.subject!r} by {entry.organizer}{alias}{detail}"
+            f"{entry.action:13} {terminal(entry.uid)}  '{terminal(entry.subject)}' by "
+            f"{terminal(entry.organizer)}{alias}{detail}"
         )
 
     try:

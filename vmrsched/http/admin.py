@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +15,7 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from vmrsched.config import IntegrationConfig
 from vmrsched.errors import (
@@ -71,7 +72,49 @@ REASONS: dict[str, str] = {
     "under the correlation id.",
     "update_failed": "The organizer's meeting could not be updated; the joining details "
     "went out by mail instead.",
+    "automatic": "No reply: automatic mail (an auto-reply, a mailing list, a delivery report) "
+    "is set aside unanswered, so no mail loop can start.",
+    "admin": "An admin deleted the alias (who: below); its organizer is told, its meetings are "
+    "declined from then on, and recovery never binds them again.",
 }
+# A request set aside unanswered is no decline, whatever its reason code says: the meaning
+# shown for it, and beside it the cause the log kept (`vmrsched decisions` prints it too).
+SET_ASIDE_MEANINGS: dict[str, str] = {
+    "quarantined": "Quarantined, no reply: the request could not be read, or named nobody "
+    "who could be answered; the message is kept aside with its cause.",
+    "set_aside": "Set aside, no reply: the message is kept aside with its cause.",
+}
+# Where the messages set aside are kept, by backend: not among the failed messages, which
+# are our own replies and updates that could not be sent.
+SET_ASIDE_PLACES: dict[str, str] = {
+    "spool": "the spool's failed/ folder, each beside a .error.txt note saying why",
+    "ews": "the room mailbox's Deleted Items",
+    "graph": "the room mailbox's Deleted Items",
+}
+
+
+# characters that move or hide text rather than show it: controls, format characters (the
+# bidi embeddings, overrides, isolates and marks; zero-width spaces and joiners), separators
+_UNSEEN = frozenset({"Cc", "Cf", "Zl", "Zp"})
+_NOT_PLAIN_ASCII = re.compile(r"[^\x20-\x7e]")
+
+
+def text_shown(value: Any) -> Markup:
+    """Text from a meeting request (a subject, an organizer, a failure naming them) in a
+    console cell: autoescaped, its direction isolated from the cells around it in a <bdi>
+    (the HTML standard's element for text whose direction is not known), and every character
+    that would reorder or hide text shown by its code point instead of applied."""
+    escaped = str(escape("" if value is None else value))
+    return Markup("<bdi>{}</bdi>").format(Markup(_NOT_PLAIN_ASCII.sub(_code_point, escaped)))
+
+
+def _code_point(match: re.Match[str]) -> str:
+    """An unseen character as a visible mark naming it; any other as it is."""
+    char = match.group()
+    if unicodedata.category(char) not in _UNSEEN:
+        return char
+    name = unicodedata.name(char, "control character")
+    return f'<span class="unseen" title="{name}">U+{ord(char):04X}</span>'
 
 
 def time_shown(zone: ZoneInfo) -> Callable[[Any], Markup]:
@@ -133,6 +176,19 @@ async def _csrf(request: web.Request) -> str:
     return await sign_ins.admin_csrf(sid) if await sign_ins.admin_session(sid) else ""
 
 
+def explained(entry: dict[str, Any]) -> dict[str, Any]:
+    """A decision as the console lists it: `meaning`, what its outcome and reason code mean
+    together (a request set aside is not the decline its reason code names), and `cause`,
+    the last line of the detail the log kept, for what went wrong or was set aside."""
+    outcome, reason = str(entry.get("outcome", "")), str(entry.get("reason", ""))
+    meaning = SET_ASIDE_MEANINGS.get(outcome) or REASONS.get(reason, "")
+    cause = ""
+    if outcome in SET_ASIDE_MEANINGS or outcome == "deleted" or reason == "general_error":
+        lines = [line for line in str(entry.get("detail") or "").splitlines() if line.strip()]
+        cause = lines[-1].strip()[:500] if lines else ""
+    return {**entry, "meaning": meaning, "cause": cause}
+
+
 def _health(item: dict[str, Any]) -> tuple[str, str]:
     """The state of an integration at a glance: running, degraded (and why), or failed."""
     state = str(item.get("state", ""))
@@ -173,11 +229,12 @@ async def console(request: web.Request) -> web.Response:
             notice_level = notice_level or "error"
         # a line missing a field (an older version's, or edited by hand) shows it empty
         found = await service.admin_decisions(integration, q, 200)
-        decisions = [{**EMPTY_DECISION, **d} for d in found]
+        decisions = [explained({**EMPTY_DECISION, **d}) for d in found]
         messages = await service.admin_messages(integration, 200)
     for item in overview:
         item["health"], item["health_why"] = _health(item)
     zone = _zone(service, integration)
+    backend = next((i["backend"] for i in overview if i["name"] == integration), "")
     return _page(
         "admin.html",
         service=service.admin_service(),
@@ -188,13 +245,16 @@ async def console(request: web.Request) -> web.Response:
         aliases=aliases,
         decisions=decisions,
         messages=messages,
+        set_aside_place=SET_ASIDE_PLACES.get(backend, "the room's mailbox"),
         reasons=REASONS,
+        outcomes=SET_ASIDE_MEANINGS,
         csrf=await _csrf(request),
         notice=notice,
         notice_level=notice_level,
         who=who,
         when=time_shown(zone),
         duration=duration_shown,
+        text=text_shown,
         zone=zone.key,
     )
 

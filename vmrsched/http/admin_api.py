@@ -11,7 +11,7 @@ import logging
 
 from aiohttp import web
 
-from vmrsched.errors import BadRequest, Unavailable
+from vmrsched.errors import BadRequest, Conflict
 from vmrsched.http.admin_auth import WHO, admin_only
 from vmrsched.http.common import SERVICE
 
@@ -110,7 +110,9 @@ async def resend(request: web.Request) -> web.Response:
 
 @admin_only
 async def reload(request: web.Request) -> web.Response:
-    """The same as SIGHUP: an invalid file keeps the running config and says why."""
+    """The same as SIGHUP: an invalid file keeps the running config and says why, as 409
+    `config_invalid` (the file's state stands in the way; fixed, the same request succeeds),
+    never 503, which says an integration or its storage is unavailable."""
     service = request.app[SERVICE]
     who = request[WHO]
     log.info("%s asked for a config reload", who)
@@ -120,7 +122,7 @@ async def reload(request: web.Request) -> web.Response:
         raise BadRequest(str(exc), "no_config_file") from exc
     if result is None:
         alarms = [a.message for a in service.ctx.alarms.active("service")]
-        raise Unavailable(
+        raise Conflict(
             "the config file is invalid; the running config stays: " + "; ".join(alarms),
             "config_invalid",
         )

@@ -12,6 +12,7 @@ from aiohttp import web
 from vmrsched.config import IntegrationConfig
 from vmrsched.errors import (
     BadRequest,
+    Conflict,
     Forbidden,
     NotFound,
     QuotaExceeded,
@@ -82,6 +83,7 @@ STATUS: dict[type[ServiceError], int] = {
     Unauthorized: 401,
     Forbidden: 403,
     NotFound: 404,
+    Conflict: 409,
     RateLimited: 429,
     QuotaExceeded: 429,
     UpstreamError: 502,

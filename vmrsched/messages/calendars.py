@@ -38,11 +38,19 @@ def _event_base(meeting: Meeting, sequence: int) -> icalendar.Event:
     if meeting.subject:
         event.add("summary", _text(meeting.subject))
     if meeting.organizer_email:
-        organizer = icalendar.vCalAddress(f"mailto:{_address(meeting.organizer_email)}")
-        if meeting.organizer_name:
-            organizer.params["CN"] = _text(meeting.organizer_name)
+        organizer = calendar_address(meeting.organizer_email, meeting.organizer_name)
         event.add("organizer", organizer)
     return event
+
+
+def calendar_address(address: str, name: str = "") -> icalendar.vCalAddress:
+    """A CAL-ADDRESS as every calendar we write has it: `mailto:` and an address holding
+    nothing that could end the line, and the name as CN, which icalendar quotes where RFC 5545
+    asks and encodes as RFC 6868 says (what no value may hold is taken out first)."""
+    value = icalendar.vCalAddress(f"mailto:{_address(address)}")
+    if name:
+        value.params["CN"] = _text(name)
+    return value
 
 
 # Characters no iCalendar value may hold (RFC 5545 CONTROL: every C0 control but HTAB, and
@@ -191,7 +199,7 @@ def update_calendar(meeting: Meeting, html_body: str, text_body: str) -> str:
     event.add("x-alt-desc", alt, parameters={"FMTTYPE": "text/html"})
     params = dict(meeting.attendee_params)
     for attendee in meeting.attendees:
-        address = icalendar.vCalAddress(f"mailto:{_address(attendee)}")
+        address = calendar_address(attendee)
         for key, value in params.get(attendee, ()):
             # CUTYPE, CN, ROLE, PARTSTAT, RSVP, … as the request had them (values encoded)
             if _PARAM_NAME.fullmatch(key):

@@ -5,17 +5,27 @@ from __future__ import annotations
 
 import argparse
 import html
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import parseaddr
+from email.errors import MessageError
+from email.headerregistry import AddressHeader, HeaderRegistry
+from email.utils import unquote
 
 import icalendar
 
 from vmrsched import htmltext
 from vmrsched.config import IntegrationConfig
-from vmrsched.messages.calendars import PRODID
+from vmrsched.messages.calendars import PRODID, calendar_address
 from vmrsched.rules import aliases
+from vmrsched.rules.meetings import is_address
+
+# "Name <address>" where the name is typed as people write it ("Doe, John", "O'Brien (IT)"):
+# no angle bracket in it, so it cannot hide a second address
+_NAMED = re.compile(r"\s*([^<>]*?)\s*<([^<>]*)>\s*", re.DOTALL)
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)  # one RFC 5322 quoted-string
+_HEADERS = HeaderRegistry()
 
 
 @dataclass(frozen=True)
@@ -66,9 +76,8 @@ def build(
         # a bare offset (+01:00) has no zone name a calendar can resolve: write UTC instead
         start = start.astimezone(UTC)
     uid = options.uid or f"{uuid.uuid4()}@vmrsched-invite"
-    name, email = parseaddr(options.organizer)
-    if not email:
-        raise ValueError(f"--organizer: not an address: {options.organizer!r}")
+    name, email = one_address(options.organizer, "--organizer")
+    guests = [one_address(attendee, "--attendee")[1] for attendee in options.attendees]
     token = options.token if options.token is not None else aliases.placeholder_token()
     if token and aliases.find_token(token) is None:
         raise ValueError(f"--token: not a PXPS:-<uuid># or TOK:-<uuid># token: {token!r}")
@@ -85,16 +94,13 @@ def build(
     event.add("summary", options.subject)
     if options.rrule:
         event.add("rrule", icalendar.vRecur.from_ical(options.rrule))
-    organizer = icalendar.vCalAddress(f"mailto:{email}")
-    if name:
-        organizer.params["CN"] = name
-    event.add("organizer", organizer)
-    room = icalendar.vCalAddress(f"mailto:{integ.exchange.mailbox_email}")
+    event.add("organizer", calendar_address(email, name))
+    room = calendar_address(integ.exchange.mailbox_email)
     room.params["CUTYPE"] = "RESOURCE"
     room.params["PARTSTAT"] = "NEEDS-ACTION"
     event.add("attendee", room)
-    for attendee in options.attendees:
-        event.add("attendee", icalendar.vCalAddress(f"mailto:{parseaddr(attendee)[1]}"))
+    for guest in guests:
+        event.add("attendee", calendar_address(guest))
     if options.html_body is not None:
         body = options.html_body
     else:
@@ -105,3 +111,44 @@ def build(
         event.add("status", "CANCELLED")
     cal.add_component(event)
     return cal.to_ical(), uid
+
+
+def one_address(text: str, option: str) -> tuple[str, str]:
+    """(name, address) of `text`, written "Name <address>" (the name as typed, commas and
+    parentheses included, or quoted as RFC 5322 quotes it) or as the bare address. ValueError,
+    naming `option`, for anything else: a list, a group, an unquoted name holding angle
+    brackets, no address at all. A meeting's organizer is one address (DESIGN, Security)."""
+    named = _NAMED.fullmatch(text)
+    if named is not None:
+        name, address = _unquoted(named.group(1)), named.group(2).strip()
+    else:
+        name, address = _parsed(text)
+    if not is_address(address):
+        raise ValueError(
+            f"{option}: not one address: {text!r} (write 'Name <address>' or the address; "
+            "quote a name that holds < or >)"
+        )
+    return name, address
+
+
+def _unquoted(name: str) -> str:
+    """A name as RFC 5322 quotes it ("Smith, Ann") without its quotes; any other as typed."""
+    return unquote(name) if _QUOTED.fullmatch(name) else name
+
+
+def _parsed(text: str) -> tuple[str, str]:
+    """(name, address) as a mail header reads `text` when it is exactly one address outside
+    any group and read without a defect; ("", "") otherwise."""
+    try:
+        header = _HEADERS("To", text)
+    except (ValueError, MessageError):
+        return "", ""
+    if not isinstance(header, AddressHeader):
+        return "", ""
+    groups = header.groups
+    if header.defects or len(groups) != 1 or groups[0].display_name is not None:
+        return "", ""
+    if len(groups[0].addresses) != 1:
+        return "", ""
+    found = groups[0].addresses[0]
+    return found.display_name, found.addr_spec

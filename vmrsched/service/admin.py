@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import pykka
 
@@ -50,7 +50,7 @@ from vmrsched.service.views import (
     message_view,
     version,
 )
-from vmrsched.store import Store, decisions, lock_directory
+from vmrsched.store import Record, Store, decisions, lock_directory
 from vmrsched.store.outqueue import Failed, OutQueue, Queued, read_contents
 from vmrsched.telemetry import DELIVERY_FAILED
 
@@ -108,10 +108,17 @@ class OnlineAdmin:
 
     async def delete_alias(self, name: str, alias: str, by: str) -> View:
         integ = self.runtime.integration(name)
-        record = await self.runtime.ask_allocator(name, DeleteAlias(alias, by))
+        try:
+            record = await self.runtime.ask_allocator(name, DeleteAlias(alias, by))
+        except alias_admin.AlreadyDeleted as exc:
+            raise _deleted_already(name, alias, exc.record) from exc
         if record is None:
             raise NotFound(f"no alias {alias} in {name}", "unknown_alias")
-        return admin_view(integ, record, self.runtime.ctx.clock(), self._renderers(integ))
+        now = self.runtime.ctx.clock()
+        view = admin_view(integ, record, now, self._renderers(integ))
+        writer = self.runtime.ctx.stores.decisions.writer(name)
+        await asyncio.to_thread(_log_deletion, writer, deletion_entry(view, by, now))
+        return view
 
     async def resend(self, name: str, alias: str, by: str) -> str:
         message_id = await self.runtime.ask_allocator(name, ResendInstructions(alias, by))
@@ -330,15 +337,24 @@ class OfflineAdmin:
         integ = self._integration(name)
         renderer = self._renderers(integ)
         with self._store(integ) as store:
-            done = alias_admin.delete(store, integ, renderer, alias, by, self.clock())
+            try:
+                done = alias_admin.delete(store, integ, renderer, alias, by, self.clock())
+            except alias_admin.AlreadyDeleted as exc:
+                raise _deleted_already(name, alias, exc.record) from exc
             if done is None:
                 raise NotFound(f"no alias {alias} in {name}", "unknown_alias")
-            if done.changed:
-                store.commit()
+            store.commit()
         if done.notice is not None:
             self._queue(integ, done.notice)
         log.warning("alias %s of %s deleted by %s (offline)", alias, name, by)
-        return admin_view(integ, done.record, self.clock(), renderer)
+        now = self.clock()
+        view = admin_view(integ, done.record, now, renderer)
+        writer = decisions.FileDecisions(self.config.data_dir).writer(name)
+        try:
+            _log_deletion(writer, deletion_entry(view, by, now))
+        finally:
+            writer.close()
+        return view
 
     def resend(self, name: str, alias: str, by: str) -> str:
         integ = self._integration(name)
@@ -366,6 +382,50 @@ if TYPE_CHECKING:  # both serve the one port: mypy checks it here
 
     def _serve_the_port(runtime: Runtime, cfg: Config) -> tuple[OnlinePort, OfflinePort]:
         return OnlineAdmin(runtime), OfflineAdmin(cfg)
+
+
+def deletion_entry(view: View, by: str, when: datetime) -> dict[str, Any]:
+    """An admin's deletion of an alias as a line of the decisions log, beside the poller's
+    answers: the log survives what a store may lose (a record `store repair` could not keep),
+    and `recover` reads it, so that a deleted alias's meeting is never bound again."""
+    return {
+        "time": when.isoformat(),
+        "conference_subject": view.get("subject", ""),
+        "organizer": view.get("organizer_email", ""),
+        "sender": "",
+        "outcome": "deleted",
+        "reason": "admin",
+        "correlation_id": "",
+        "alias": view.get("alias", ""),
+        "meeting_uid": str(view.get("meeting_uid", ""))[:300],
+        "occurrence": "",
+        "item": "",
+        "detail": f"deleted by {by}"[:500],
+    }
+
+
+def _log_deletion(writer: decisions.DecisionWriter, entry: dict[str, Any]) -> None:
+    """Append a deletion to the decisions log. The deletion is durable already and stands
+    whatever happens here; a log that does not take it is said in the service's log, since
+    `recover` could then bind that meeting again were its record lost."""
+    try:
+        writer.append([entry])
+    except Exception:
+        log.exception(
+            "the decisions log did not take the deletion of %s (the alias is deleted)",
+            entry["alias"],
+        )
+
+
+def _deleted_already(name: str, alias: str, record: Record) -> NotFound:
+    """A second delete of one alias: not found among the aliases that can be deleted (404
+    `unknown_alias`, as openapi.yaml gives this route), saying when and by whom it went."""
+    when = iso_or_none(record.get("deleted")) or "earlier"
+    why = str(record.get("reason") or "deleted")
+    return NotFound(
+        f"{alias} in {name} was deleted already ({why}, {when}): nothing changed",
+        "unknown_alias",
+    )
 
 
 def _check_day(day: str) -> None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 import psycopg
 import requests
@@ -27,6 +28,7 @@ from vmrsched.proxies import use_rule
 from vmrsched.recovery import Recovered, recover
 from vmrsched.service.runtime import database, database_stores
 from vmrsched.store import DatabaseStore, Store, StoreInUseError, StoreWrites
+from vmrsched.store.decisions import FileDecisions
 from vmrsched.telemetry import Metrics
 
 __all__ = ["Recovered", "check_online", "recover_integration"]
@@ -86,7 +88,8 @@ def recover_integration(
         return _recover_shared(cfg, integ, now, dry_run, report)
     store = Store(store_dir(cfg.data_dir, integ.name))
     gateway = partial(make_gateway, integ, cfg.data_dir, Metrics())
-    return _recover_closing(integ, store, gateway, now, dry_run, report)
+    history = FileDecisions(cfg.data_dir).read(integ.name)
+    return _recover_closing(integ, store, gateway, now, dry_run, report, history)
 
 
 def _recover_closing(
@@ -96,12 +99,14 @@ def _recover_closing(
     now: datetime,
     dry_run: bool,
     report: Callable[[Recovered], None],
+    history: Iterable[Mapping[str, Any]],
 ) -> list[Recovered]:
-    """`recover` on `store` with the gateway `open_gateway` makes; both closed after."""
+    """`recover` on `store` with the gateway `open_gateway` makes, reading the integration's
+    decisions log (`history`, newest first); the store and the gateway closed after."""
     try:
         gateway = open_gateway()
         try:
-            return recover(integ, gateway, store, now, dry_run, report)
+            return recover(integ, gateway, store, now, dry_run, report, history)
         finally:
             gateway.close()
     finally:
@@ -147,7 +152,8 @@ def _recover_shared(
                 tokens,
                 graph_states=stores.graph_state,
             )
-            return _recover_closing(integ, store, gateway, now, dry_run, report)
+            history = stores.decisions.read(integ.name)
+            return _recover_closing(integ, store, gateway, now, dry_run, report, history)
     finally:
         stores.close()
         with contextlib.suppress(psycopg.Error):

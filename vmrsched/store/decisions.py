@@ -83,9 +83,19 @@ class FileDecisions:
     def __init__(self, data_dir: Path, keep: int = KEEP) -> None:
         self.layout = DataLayout(data_dir)
         self.keep = keep
+        self._writers: dict[str, DecisionLog] = {}
+        self._lock = threading.Lock()
 
     def writer(self, integration: str) -> DecisionLog:
-        return DecisionLog(self.layout.decisions(integration), self.keep)
+        """The one writer of the integration's file: the poller's decisions and an admin's
+        deletions go through the same lock, so neither can take a line the other is still
+        writing for a torn one and cut it off."""
+        with self._lock:
+            log = self._writers.get(integration)
+            if log is None:
+                log = DecisionLog(self.layout.decisions(integration), self.keep)
+                self._writers[integration] = log
+            return log
 
     def read(self, integration: str) -> Iterator[dict[str, Any]]:
         return read(self.layout.decisions(integration))

@@ -35,6 +35,7 @@ from vmrsched.store.journal import (
     CRC_TABLE,
     DAMAGED_SUFFIX,
     AtomicJSONStorage,
+    Scan,
     damaged_documents,
     document_crc,
     fsync_dir,
@@ -48,6 +49,37 @@ from vmrsched.telemetry import report_damaged
 log = logging.getLogger("vmrsched.storage")
 
 _RECORD_START = re.compile(r'\{"alias_id":')
+_DOCUMENT_KEY = re.compile(r'"((?:[^"\\]|\\.){1,40})":\s*$')
+_NAMING_FIELD = re.compile(r'"(alias|alias_id|meeting_uid|status)":\s*"((?:[^"\\]|\\.){0,300})"')
+
+
+@dataclass(frozen=True)
+class Named:
+    """What a damaged document or journal line still says about a record it held (read from
+    text that failed its checksum: probably, not surely), and whether another copy of that
+    record reads (then only this version is lost)."""
+
+    where: str  # "document 7", "line 30"
+    fields: tuple[tuple[str, str], ...]  # (alias|alias_id|meeting_uid|status, value) as read
+    kept: bool = False
+
+    @property
+    def alias_id(self) -> str:
+        return dict(self.fields).get("alias_id", "")
+
+    def line(self) -> str:
+        """The report's line for it: the admin learns which booking to look after."""
+        said = dict(self.fields)
+        parts = [f"alias id {said['alias_id']}"] if said.get("alias_id") else []
+        parts += [f"meeting {said['meeting_uid']}"] if said.get("meeting_uid") else []
+        parts += [said["status"]] if said.get("status") else []
+        what = f"probably alias {said['alias']}" if said.get("alias") else "probably a record"
+        what += f" ({', '.join(parts)})" if parts else ""
+        if not said:
+            what = "nothing in it still names a record"
+        if self.kept:
+            return f"damaged: {self.where}, {what}: another copy of it reads and is kept"
+        return f"lost: {self.where}, {what}"
 
 
 @dataclass
@@ -56,6 +88,7 @@ class FileReport:
     records: int = 0  # records or entries read
     problems: list[str] = field(default_factory=list)
     lost: int = 0  # records or lines that could not be read
+    named: list[Named] = field(default_factory=list)  # what the damaged parts held
 
 
 @dataclass
@@ -75,27 +108,36 @@ class Report:
             status = "; ".join(f.problems) if f.problems else "ok"
             lost = f", {f.lost} unreadable" if f.lost else ""
             out.append(f"  {f.name}: {f.records} readable{lost}: {status}")
+            out.extend(f"    {named.line()}" for named in f.named)
         out.append(f"  readable now: {self.active} active and {self.archived} archived aliases")
         return out
 
 
-def _salvage_documents(raw: bytes, table: str) -> tuple[dict[str, Any], list[str]]:
+def _salvage_documents(
+    raw: bytes, table: str, named: list[Named] | None = None
+) -> tuple[dict[str, Any], list[str]]:
     """Documents of one table from a file that no longer parses as a whole: each document that
-    still decodes on its own (and passes its checksum, when the checksums are readable)."""
+    still decodes on its own (and passes its checksum, when the checksums are readable). What
+    the others still say is added to `named`."""
     text = raw.decode("utf-8", errors="replace")
     decoder = json.JSONDecoder()
     found: dict[str, Any] = {}
+    keys: dict[str, str] = {}  # our number of a found document -> its key in the file
+    lost = named if named is not None else []
     problems: list[str] = []
     position = 0
-    for match in _RECORD_START.finditer(text):
-        if match.start() < position:
+    for start, after in _record_spans(text):
+        if start < position:
             continue
+        key = _document_key(text, start)
         try:
-            doc, end = decoder.raw_decode(text, match.start())
+            doc, end = decoder.raw_decode(text, start)
         except ValueError:
+            lost.append(Named(f"document {key}", _fields_in(text[start:after])))
             continue
         position = end
         if isinstance(doc, dict) and "alias_id" in doc:
+            keys[str(len(found) + 1)] = key
             found[str(len(found) + 1)] = doc
     crcs: dict[str, int] = {}
     tail = text.rfind(f'"{CRC_TABLE}":')
@@ -110,8 +152,66 @@ def _salvage_documents(raw: bytes, table: str) -> tuple[dict[str, Any], list[str
         kept = {k: v for k, v in found.items() if document_crc(v) in valid}
         if len(kept) != len(found):
             problems.append(f"{len(found) - len(kept)} decodable document(s) fail their checksum")
+        lost.extend(
+            Named(f"document {keys[k]}", _fields_of(doc))
+            for k, doc in found.items()
+            if k not in kept
+        )
         found = kept
     return found, problems
+
+
+def _document_key(text: str, start: int) -> str:
+    """The key a document at `start` stands under in its table ("?" where it does not read)."""
+    key = _DOCUMENT_KEY.search(text, max(0, start - 48), start)
+    return key.group(1) if key is not None else "?"
+
+
+def _fields_of(record: Any) -> tuple[tuple[str, str], ...]:
+    """The naming fields of a record read whole (from text that failed its checksum)."""
+    if not isinstance(record, dict):
+        return ()
+    return tuple(
+        (name, str(record[name]))
+        for name in ("alias", "alias_id", "meeting_uid", "status")
+        if record.get(name)
+    )
+
+
+def _fields_in(text: str) -> tuple[tuple[str, str], ...]:
+    """The naming fields still legible in the text of a record that does not decode: the
+    first value of each, as written."""
+    said: dict[str, str] = {}
+    for match in _NAMING_FIELD.finditer(text):
+        said.setdefault(match.group(1), match.group(2))
+    return tuple(
+        (name, said[name])
+        for name in ("alias", "alias_id", "meeting_uid", "status")
+        if said.get(name)
+    )
+
+
+def _records_on_line(
+    line: bytes, entry: dict[str, Any] | None
+) -> list[tuple[tuple[str, str], ...]]:
+    """What one damaged journal line held: the records of its entry where its text still
+    parses, else whatever each record's text still names."""
+    if entry is not None:
+        if entry.get("op") == "put":
+            return [_fields_of(entry.get("r"))]
+        if entry.get("op") == "archive" and isinstance(entry.get("records"), list):
+            return [_fields_of(record) for record in entry["records"]]
+        return []
+    text = line.decode("utf-8", errors="replace")
+    pieces = [text[start:after] for start, after in _record_spans(text)]
+    return [_fields_in(piece) for piece in pieces] or [_fields_in(text)]
+
+
+def _record_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of the text of each record in `text`: from where one starts to where the
+    next does (or the text ends)."""
+    starts = [match.start() for match in _RECORD_START.finditer(text)]
+    return list(zip(starts, [*starts[1:], len(text)][: len(starts)], strict=True))
 
 
 def _read_table(directory: Path, name: str, table: str, report: Report) -> dict[str, Any]:
@@ -127,7 +227,7 @@ def _read_table(directory: Path, name: str, table: str, report: Report) -> dict[
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
     except ValueError:
-        docs, problems = _salvage_documents(raw, table)
+        docs, problems = _salvage_documents(raw, table, entry.named)
         entry.problems.append("empty or not JSON" if not raw.strip() else "does not parse")
         entry.problems.extend(problems)
         entry.records = len(docs)
@@ -140,7 +240,7 @@ def _read_table(directory: Path, name: str, table: str, report: Report) -> dict[
         )
         # read the documents one by one from the text, not from the parsed table: a damaged
         # key can make two documents share one, and parsing keeps only the later of them
-        docs, problems = _salvage_documents(raw, table)
+        docs, problems = _salvage_documents(raw, table, entry.named)
         entry.problems.extend(problems)
         crcs = data.get(CRC_TABLE, {}).get(table, {})
         entry.lost = max(0, len([k for k in crcs if k != "*"]) - len(docs))
@@ -178,6 +278,7 @@ def _analyse(directory: Path) -> tuple[Report, dict[str, Any], dict[str, Any]]:
                 )
             )
             entry.lost = len(result.bad_lines) - len(result.salvaged)
+            entry.named.extend(_named_lines(directory / name, result))
         for item in result.ordered:
             if item.get("op") == "put":
                 record = item["r"]
@@ -189,7 +290,23 @@ def _analyse(directory: Path) -> tuple[Report, dict[str, Any], dict[str, Any]]:
                     archived[record["alias_id"]] = record
     report.active = len(active)
     report.archived = len(archived)
+    for entry in report.files:
+        entry.named = [
+            Named(n.where, n.fields, kept=n.alias_id in active or n.alias_id in archived)
+            for n in entry.named
+        ]
     return report, active, archived
+
+
+def _named_lines(path: Path, result: Scan) -> list[Named]:
+    """What each damaged journal line with nothing whole in it still names."""
+    parsed = {number: entry for number, _, entry in result.unverified}
+    lines = path.read_bytes().split(b"\n")
+    return [
+        Named(f"line {number}", fields)
+        for number in result.unreadable
+        for fields in _records_on_line(lines[number - 1], parsed.get(number))
+    ]
 
 
 def check(directory: Path) -> Report:
