@@ -226,11 +226,16 @@ class Alarms:
         with _LIVE_LOCK:
             _LIVE.add(self)
 
-    def raise_(self, integration: str, name: str, message: str) -> None:
+    def raise_(self, integration: str, name: str, message: str, restate: bool = False) -> None:
+        """Raise the alarm; one already raised stays as it was, unless `restate`: then a new
+        message replaces its old one (the time it was raised kept), so that what the alarm says
+        is the condition now (a config file fixed in one place and broken in another)."""
         with self._lock:
-            if (integration, name) in self._active:
+            earlier = self._active.get((integration, name))
+            if earlier is not None and (not restate or earlier.message == message):
                 return
-            self._active[(integration, name)] = Alarm(integration, name, message, time.time())
+            raised_at = earlier.raised_at if earlier is not None else time.time()
+            self._active[(integration, name)] = Alarm(integration, name, message, raised_at)
         self._metrics.alarm_active.labels(integration, name).set(1)
         log.warning(
             "alarm raised", extra={"integration": integration, "alarm": name, "detail": message}

@@ -507,6 +507,39 @@ async def test_a_reload_of_an_invalid_file_is_409_config_invalid_with_every_prob
         svc.stop()
 
 
+async def test_a_second_invalid_reload_names_the_files_mistakes_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-check fixed one mistake and made another: the answer and the config_invalid
+    alarm still named the first. Both say what the file holds now (the alarm keeps the time it
+    was first raised)."""
+    monkeypatch.setenv("ADMIN", ADMIN)
+    path = tmp_path / "vmrsched.toml"
+    good = (
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\nadmin_token_env = "ADMIN"\n'
+        '[[integrations]]\nname = "hq"\n[integrations.exchange]\nmailbox_name = "Room"\n'
+        'mailbox_email = "vmr@example.com"\n[integrations.addin]\ntoken_validation = "none"\n'
+    )
+    path.write_text(good)
+    svc = service.start(config.load(path))
+    try:
+        async with TestClient(TestServer(create_app(svc))) as client:
+            path.write_text(good.replace('name = "hq"', 'name = "hq"\ntimezone = "Nowhere/Land"'))
+            first = await (await client.post("/api/admin/v1/reload", headers=BEARER)).json()
+            assert "timezone" in first["error"]["message"]
+            [alarm] = svc.ctx.alarms.active("service")
+            path.write_text(good + '[integrations.single_use]\nalias_prefix = "ABCDEFGHIJ"\n')
+            second = await client.post("/api/admin/v1/reload", headers=BEARER)
+            message = (await second.json())["error"]["message"]
+            assert second.status == 409
+            assert "alias_prefix" in message and "timezone" not in message
+            [now] = svc.ctx.alarms.active("service")
+            assert "alias_prefix" in now.message and "timezone" not in now.message
+            assert now.raised_at == alarm.raised_at
+    finally:
+        svc.stop()
+
+
 HIDDEN = "\u202egnitteem\u202c zero\u200bwidth \u2066isolate"
 
 

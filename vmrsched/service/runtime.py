@@ -130,7 +130,7 @@ class Runtime:
         except config_mod.ConfigError as exc:
             for problem in exc.problems:
                 log.error("config reload refused: %s", problem)
-            self.ctx.alarms.raise_("service", CONFIG_INVALID, "; ".join(exc.problems))
+            self.ctx.alarms.raise_("service", CONFIG_INVALID, "; ".join(exc.problems), restate=True)
             self.ctx.metrics.config_reloads.labels("invalid").inc()
             return None
         self.ctx.alarms.clear("service", CONFIG_INVALID)
