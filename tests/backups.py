@@ -17,17 +17,9 @@ def restore_without(store_dir: Path, uid: str) -> Record:
     try:
         lost = old.by_meeting_uid(uid)
         assert lost is not None, f"{uid} is not bound in {store_dir}"
-        kept = [dict(r) for r in old.records() if r["alias_id"] != lost["alias_id"]]
     finally:
         old.close()
-    shutil.rmtree(store_dir)
-    restored = Store(store_dir)
-    try:
-        for record in kept:
-            restored._put(record)
-        restored.commit()
-    finally:
-        restored.close()
+    lose_record(store_dir, lost["alias_id"])
     return lost
 
 

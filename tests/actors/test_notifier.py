@@ -242,13 +242,12 @@ def _outgoing(id: str, kind: Any, extra: dict[str, Any]) -> Outgoing:
     )
 
 
-def test_each_delivery_is_marked_before_the_next_send_where_a_resend_is_not_harmless(
-    tmp_path: Path, monkeypatch: Any
-) -> None:
-    """The audit's crash: Exchange took the accept, the organizer update was on its way, and
-    SIGKILL. The accept's delivery mark must be durable before the update is sent, or the
-    restart sends the accept again (docs/guarantees.md: each delivery is marked before the
-    next one on Exchange)."""
+def sent_and_marked(
+    tmp_path: Path, monkeypatch: Any, factory: Any, messages: list[Outgoing]
+) -> list[tuple[str, list[str]]]:
+    """Queue `messages` with a service whose mailbox `factory` makes (a RecordingMailbox), wait
+    until none is pending: what the mailbox was asked to send and the queue's delivery marks,
+    in the order they happened."""
     events = RecordingMailbox.events = []
     done = OutQueue.done
 
@@ -258,17 +257,27 @@ def test_each_delivery_is_marked_before_the_next_send_where_a_resend_is_not_harm
         done(self, ids)
 
     monkeypatch.setattr(OutQueue, "done", recorded_done)
-    cfg = spool_config(tmp_path)
-    svc = service.start(cfg, gateway_factory=recording)
+    svc = service.start(spool_config(tmp_path), gateway_factory=factory)
     try:
         spoolkit.wait_for(lambda: svc.ctx.status.state("alpha") == "running")
         notifier = svc.ctx.registry.get("alpha", "notifier")
-        reply = _outgoing("reply-1", "reply", {"item_id": "item-1"})
-        update = _outgoing("update-1", "update", {"alias_id": "a1"})
-        notifier.proxy().enqueue([reply, update]).get(timeout=5)
-        spoolkit.wait_for(lambda: notifier.proxy().pending().get(timeout=5) == 0)
+        notifier.proxy().enqueue(messages).get(timeout=5)
+        spoolkit.wait_for(lambda: notifier.proxy().pending().get(timeout=5) == 0, timeout=20)
     finally:
         svc.stop()
+    return events
+
+
+def test_each_delivery_is_marked_before_the_next_send_where_a_resend_is_not_harmless(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The audit's crash: Exchange took the accept, the organizer update was on its way, and
+    SIGKILL. The accept's delivery mark must be durable before the update is sent, or the
+    restart sends the accept again (docs/guarantees.md: each delivery is marked before the
+    next one on Exchange)."""
+    reply = _outgoing("reply-1", "reply", {"item_id": "item-1"})
+    update = _outgoing("update-1", "update", {"alias_id": "a1"})
+    events = sent_and_marked(tmp_path, monkeypatch, recording, [reply, update])
     assert events == [
         ("send", ["reply-1"]),
         ("done", ["reply-1"]),
@@ -388,25 +397,8 @@ def test_answers_carried_out_beside_a_throttled_one_are_marked_and_not_sent_agai
 ) -> None:
     """The mailbox backs off for the throttled answer alone: the others of its lot are marked
     delivered before the wait, so only the throttled one goes out again."""
-    events = RecordingMailbox.events = []
-    done = OutQueue.done
-
-    def recorded_done(self: OutQueue, ids: Any) -> None:
-        ids = list(ids)
-        events.append(("done", ids))
-        done(self, ids)
-
-    monkeypatch.setattr(OutQueue, "done", recorded_done)
-    cfg = spool_config(tmp_path)
-    svc = service.start(cfg, gateway_factory=throttled_mid_lot)
-    try:
-        spoolkit.wait_for(lambda: svc.ctx.status.state("alpha") == "running")
-        notifier = svc.ctx.registry.get("alpha", "notifier")
-        replies = [_outgoing(f"reply-{i}", "reply", {"item_id": f"item-{i}"}) for i in (1, 2, 3)]
-        notifier.proxy().enqueue(replies).get(timeout=5)
-        spoolkit.wait_for(lambda: notifier.proxy().pending().get(timeout=5) == 0, timeout=20)
-    finally:
-        svc.stop()
+    replies = [_outgoing(f"reply-{i}", "reply", {"item_id": f"item-{i}"}) for i in (1, 2, 3)]
+    events = sent_and_marked(tmp_path, monkeypatch, throttled_mid_lot, replies)
     assert events == [
         ("send", ["reply-1", "reply-2", "reply-3"]),
         ("done", ["reply-1", "reply-3"]),

@@ -13,6 +13,7 @@ import sys
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,6 +67,36 @@ def subjects(spool: Path) -> list[str]:
 
 
 @pytest.mark.slow
+def offline_booking(
+    data: Path, decision: dict[str, Any], uid: str, fields: dict[str, Any]
+) -> dict[str, Any]:
+    """The integration "default" under `data` as an older release left it, written with the
+    service stopped: one line of its decisions log, and meeting `uid` bound tomorrow with
+    `fields`. Returns the bound record."""
+    from vmrsched.rules.meetings import Action
+    from vmrsched.rules.recurrence import Schedule
+    from vmrsched.store import Store
+
+    log = data / "decisions" / "default.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text(json.dumps(decision) + "\n")
+    store = Store(config.store_dir(data, "default"))
+    record = store.reserve("vmr", 6, "video.example.com")
+    start_at = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    store.apply(
+        Action(
+            "bind",
+            alias_id=record["alias_id"],
+            meeting_uid=uid,
+            schedule=Schedule(start_at, start_at + timedelta(hours=1)),
+        ),
+        fields,
+    )
+    store.commit()
+    store.close()
+    return dict(record)
+
+
 def test_aliases_and_decisions_through_the_api_then_offline(tmp_path: Path) -> None:
     port = free_port()
     cfg = write(tmp_path, port)
@@ -174,9 +205,6 @@ def test_the_cli_shows_and_searches_the_conference_subject_of_records_and_logs_f
     """Offline, on a data directory an older version wrote (its decisions log and its store
     hold raw subjects): `decisions` and `aliases list` show the conference subject, rendered
     with the template where nothing rendered was kept, and a search finds only what is shown."""
-    from vmrsched.rules.meetings import Action
-    from vmrsched.rules.recurrence import Schedule
-    from vmrsched.store import Store
 
     cfg = tmp_path / "vmrsched.toml"
     cfg.write_text(
@@ -185,28 +213,17 @@ def test_the_cli_shows_and_searches_the_conference_subject_of_records_and_logs_f
             integration='[integrations.single_use]\nconference_subject_template = "Private"\n',
         )
     )
-    data = tmp_path / "data"
-    log = data / "decisions" / "default.jsonl"
-    log.parent.mkdir(parents=True)
-    entry = {
-        "time": "2026-01-01T09:00:00+00:00",
-        "subject": "Secret merger talks",
-        "organizer": "ann@example.com",
-        "outcome": "declined",
-        "reason": "invalid_alias_id",
-        "correlation_id": "c-legacy",
-    }
-    log.write_text(json.dumps(entry) + "\n")
-    store = Store(config.store_dir(data, "default"))
-    record = store.reserve("vmr", 6, "video.example.com")
-    start_at = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
-    store.apply(
-        Action(
-            "bind",
-            alias_id=record["alias_id"],
-            meeting_uid="uid-legacy",
-            schedule=Schedule(start_at, start_at + timedelta(hours=1)),
-        ),
+    record = offline_booking(
+        tmp_path / "data",
+        {
+            "time": "2026-01-01T09:00:00+00:00",
+            "subject": "Secret merger talks",
+            "organizer": "ann@example.com",
+            "outcome": "declined",
+            "reason": "invalid_alias_id",
+            "correlation_id": "c-legacy",
+        },
+        "uid-legacy",
         {
             "name": "Legacy",
             "conference_subject": "Legacy conference subject",
@@ -214,8 +231,6 @@ def test_the_cli_shows_and_searches_the_conference_subject_of_records_and_logs_f
             "organizer_email": "ann@example.com",
         },
     )
-    store.commit()
-    store.close()
 
     shown = cli(cfg, "decisions")
     assert shown.returncode == 0, shown.stderr
@@ -313,42 +328,26 @@ def test_the_terminal_never_gets_a_subjects_bidi_or_zero_width_characters(
     every character that would reorder or hide text on the admin's terminal as its escape
     (one helper for all of them), the rest as it is."""
     from vmrsched.cli.common import terminal
-    from vmrsched.rules.meetings import Action
-    from vmrsched.rules.recurrence import Schedule
-    from vmrsched.store import Store
 
     hidden = "Plan \u202egnitteem\u202c zero\u200bwidth \u2066x\u2069 \x1b[2J ok\\"
     escaped = "Plan \\u202egnitteem\\u202c zero\\u200bwidth \\u2066x\\u2069 \\x1b[2J ok\\\\"
     assert terminal(hidden) == escaped and terminal("Réunion 会議") == "Réunion 会議"
     cfg = tmp_path / "vmrsched.toml"
     cfg.write_text(spool_toml(tmp_path / "data"))
-    data = tmp_path / "data"
-    log = data / "decisions" / "default.jsonl"
-    log.parent.mkdir(parents=True)
-    entry = {
-        "time": "2026-01-01T09:00:00+00:00",
-        "conference_subject": hidden,
-        "organizer": "ann@example.com",
-        "outcome": "declined",
-        "reason": "invalid_alias_id",
-        "correlation_id": "c-1",
-        "detail": hidden,
-    }
-    log.write_text(json.dumps(entry) + "\n")
-    store = Store(config.store_dir(data, "default"))
-    record = store.reserve("vmr", 6, "video.example.com")
-    start_at = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
-    store.apply(
-        Action(
-            "bind",
-            alias_id=record["alias_id"],
-            meeting_uid="uid-hidden",
-            schedule=Schedule(start_at, start_at + timedelta(hours=1)),
-        ),
+    record = offline_booking(
+        tmp_path / "data",
+        {
+            "time": "2026-01-01T09:00:00+00:00",
+            "conference_subject": hidden,
+            "organizer": "ann@example.com",
+            "outcome": "declined",
+            "reason": "invalid_alias_id",
+            "correlation_id": "c-1",
+            "detail": hidden,
+        },
+        "uid-hidden",
         {"name": "Hidden", "conference_subject": hidden, "organizer_email": "ann@example.com"},
     )
-    store.commit()
-    store.close()
     for args in (("aliases", "list"), ("aliases", "show", record["alias"]), ("decisions",)):
         out = cli(cfg, *args)
         assert out.returncode == 0, out.stderr

@@ -472,6 +472,15 @@ async def test_deleting_a_deleted_alias_changes_nothing(
     assert aliases[0]["deleted"] == (await first.json())["alias"]["deleted"]
 
 
+def hq_toml(tmp_path: Path) -> str:
+    """A valid config file's text: one integration, "hq", its admin token from $ADMIN."""
+    return (
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\nadmin_token_env = "ADMIN"\n'
+        '[[integrations]]\nname = "hq"\n[integrations.exchange]\nmailbox_name = "Room"\n'
+        'mailbox_email = "vmr@example.com"\n[integrations.addin]\ntoken_validation = "none"\n'
+    )
+
+
 async def test_a_reload_of_an_invalid_file_is_409_config_invalid_with_every_problem(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -481,11 +490,7 @@ async def test_a_reload_of_an_invalid_file_is_409_config_invalid_with_every_prob
     is named with its key path, and the running config stays."""
     monkeypatch.setenv("ADMIN", ADMIN)
     path = tmp_path / "vmrsched.toml"
-    good = (
-        f'[server]\ndata_dir = "{tmp_path / "data"}"\nadmin_token_env = "ADMIN"\n'
-        '[[integrations]]\nname = "hq"\n[integrations.exchange]\nmailbox_name = "Room"\n'
-        'mailbox_email = "vmr@example.com"\n[integrations.addin]\ntoken_validation = "none"\n'
-    )
+    good = hq_toml(tmp_path)
     path.write_text(good)
     svc = service.start(config.load(path))
     try:
@@ -515,11 +520,7 @@ async def test_a_second_invalid_reload_names_the_files_mistakes_now(
     was first raised)."""
     monkeypatch.setenv("ADMIN", ADMIN)
     path = tmp_path / "vmrsched.toml"
-    good = (
-        f'[server]\ndata_dir = "{tmp_path / "data"}"\nadmin_token_env = "ADMIN"\n'
-        '[[integrations]]\nname = "hq"\n[integrations.exchange]\nmailbox_name = "Room"\n'
-        'mailbox_email = "vmr@example.com"\n[integrations.addin]\ntoken_validation = "none"\n'
-    )
+    good = hq_toml(tmp_path)
     path.write_text(good)
     svc = service.start(config.load(path))
     try:
