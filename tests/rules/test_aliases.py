@@ -243,6 +243,8 @@ def test_the_system_source_hands_each_byte_of_the_os_csprng_out_once(
     assert 0.0 <= source.random() < 1.0
     with pytest.raises(NotImplementedError):
         source.getstate()
+    with pytest.raises(NotImplementedError):
+        source.setstate(())
 
 
 def test_a_forked_child_does_not_repeat_its_parents_draws() -> None:

@@ -79,11 +79,13 @@ class PooledSystemRandom(random.Random):
     def seed(self, *args: object, **kwargs: object) -> None:
         """No state: the operating system's generator is not seeded from here."""
 
-    def getstate(self) -> NoReturn:
-        raise NotImplementedError("a CSPRNG has no state to save")
+    def _stateless(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """getstate and setstate, refused for good, as random.SystemRandom refuses them (with
+        the same exception, NotImplementedError): the bytes come from the operating system,
+        so there is no state here to save, and restoring one must not seem to repeat draws."""
+        raise NotImplementedError("the operating system's CSPRNG has no state to save or restore")
 
-    def setstate(self, state: Any) -> NoReturn:
-        raise NotImplementedError("a CSPRNG has no state to restore")
+    getstate = setstate = _stateless
 
 
 _SYSTEM_RANDOM: RandomSource = PooledSystemRandom()
