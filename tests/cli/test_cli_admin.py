@@ -73,17 +73,23 @@ def offline_booking(
     """The integration "default" under `data` as an older release left it, written with the
     service stopped: one line of its decisions log, and meeting `uid` bound tomorrow with
     `fields`. Returns the bound record."""
+    log = data / "decisions" / "default.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text(json.dumps(decision) + "\n")
+    return bound_tomorrow(config.store_dir(data, "default"), uid, fields)
+
+
+def bound_tomorrow(store_dir: Path, uid: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """Meeting `uid` bound tomorrow for an hour in the file store at `store_dir` (the service
+    stopped), with `fields`: the bound record."""
     from vmrsched.rules.meetings import Action
     from vmrsched.rules.recurrence import Schedule
     from vmrsched.store import Store
 
-    log = data / "decisions" / "default.jsonl"
-    log.parent.mkdir(parents=True)
-    log.write_text(json.dumps(decision) + "\n")
-    store = Store(config.store_dir(data, "default"))
+    store = Store(store_dir)
     record = store.reserve("vmr", 6, "video.example.com")
     start_at = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
-    store.apply(
+    bound = store.apply(
         Action(
             "bind",
             alias_id=record["alias_id"],
@@ -94,7 +100,7 @@ def offline_booking(
     )
     store.commit()
     store.close()
-    return dict(record)
+    return dict(bound or record)
 
 
 def test_aliases_and_decisions_through_the_api_then_offline(tmp_path: Path) -> None:
@@ -290,26 +296,14 @@ def test_an_offline_delete_of_a_deleted_alias_changes_nothing(tmp_path: Path) ->
     """On the data directory of a stopped service too: the second delete is refused as an
     unknown alias that was deleted already, and queues no second notice."""
     from vmrsched.errors import NotFound
-    from vmrsched.rules.meetings import Action
-    from vmrsched.rules.recurrence import Schedule
-    from vmrsched.store import Store
     from vmrsched.store.outqueue import read_contents
 
     cfg = config.load(write(tmp_path, free_port(), token=False), environ={})
-    store = Store(config.store_dir(cfg.data_dir, "default"))
-    record = store.reserve("vmr", 6, "video.example.com")
-    start_at = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
-    store.apply(
-        Action(
-            "bind",
-            alias_id=record["alias_id"],
-            meeting_uid="uid-twice",
-            schedule=Schedule(start_at, start_at + timedelta(hours=1)),
-        ),
+    record = bound_tomorrow(
+        config.store_dir(cfg.data_dir, "default"),
+        "uid-twice",
         {"name": "Twice", "organizer_email": "ann@example.com"},
     )
-    store.commit()
-    store.close()
     with OfflineAdmin(cfg) as admin:
         first = admin.delete_alias("default", record["alias"], "test")
         assert first["status"] == "deleted"

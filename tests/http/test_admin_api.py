@@ -7,10 +7,11 @@ the auth cases (no token, wrong token, cookie without CSRF token, login rate lim
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -481,13 +482,12 @@ def hq_toml(tmp_path: Path) -> str:
     )
 
 
-async def test_a_reload_of_an_invalid_file_is_409_config_invalid_with_every_problem(
+@contextlib.asynccontextmanager
+async def hq_service(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """DESIGN keeps 503 for an integration that does not run or storage that is unavailable;
-    an invalid file is a request that cannot be carried out in the state the file is in
-    (RFC 9110 15.5.10, 409 Conflict): fixing the file and asking again succeeds. Every problem
-    is named with its key path, and the running config stays."""
+) -> AsyncIterator[tuple[Path, str, service.Service, TestClient[Any, Any]]]:
+    """The service started from a file holding hq_toml, and a client of its app: the file's
+    path, its valid text, the service, the client."""
     monkeypatch.setenv("ADMIN", ADMIN)
     path = tmp_path / "vmrsched.toml"
     good = hq_toml(tmp_path)
@@ -495,21 +495,32 @@ async def test_a_reload_of_an_invalid_file_is_409_config_invalid_with_every_prob
     svc = service.start(config.load(path))
     try:
         async with TestClient(TestServer(create_app(svc))) as client:
-            path.write_text(
-                good + '[integrations.single_use]\nalias_prefix = "ABCDEFGHIJ"\n'
-                "alias_suffix_length = 3\n"
-            )
-            refused = await client.post("/api/admin/v1/reload", headers=BEARER)
-            error = (await refused.json())["error"]
-            assert (refused.status, error["code"]) == (409, "config_invalid")
-            assert "integrations[0].single_use.alias_prefix" in error["message"]
-            assert "integrations[0].single_use.alias_suffix_length" in error["message"]
-            assert svc.integration_names() == ["hq"]
-            path.write_text(good)
-            applied = await client.post("/api/admin/v1/reload", headers=BEARER)
-            assert applied.status == 200
+            yield path, good, svc, client
     finally:
         svc.stop()
+
+
+async def test_a_reload_of_an_invalid_file_is_409_config_invalid_with_every_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DESIGN keeps 503 for an integration that does not run or storage that is unavailable;
+    an invalid file is a request that cannot be carried out in the state the file is in
+    (RFC 9110 15.5.10, 409 Conflict): fixing the file and asking again succeeds. Every problem
+    is named with its key path, and the running config stays."""
+    async with hq_service(tmp_path, monkeypatch) as (path, good, svc, client):
+        path.write_text(
+            good + '[integrations.single_use]\nalias_prefix = "ABCDEFGHIJ"\n'
+            "alias_suffix_length = 3\n"
+        )
+        refused = await client.post("/api/admin/v1/reload", headers=BEARER)
+        error = (await refused.json())["error"]
+        assert (refused.status, error["code"]) == (409, "config_invalid")
+        assert "integrations[0].single_use.alias_prefix" in error["message"]
+        assert "integrations[0].single_use.alias_suffix_length" in error["message"]
+        assert svc.integration_names() == ["hq"]
+        path.write_text(good)
+        applied = await client.post("/api/admin/v1/reload", headers=BEARER)
+        assert applied.status == 200
 
 
 async def test_a_second_invalid_reload_names_the_files_mistakes_now(
@@ -518,27 +529,19 @@ async def test_a_second_invalid_reload_names_the_files_mistakes_now(
     """The re-check fixed one mistake and made another: the answer and the config_invalid
     alarm still named the first. Both say what the file holds now (the alarm keeps the time it
     was first raised)."""
-    monkeypatch.setenv("ADMIN", ADMIN)
-    path = tmp_path / "vmrsched.toml"
-    good = hq_toml(tmp_path)
-    path.write_text(good)
-    svc = service.start(config.load(path))
-    try:
-        async with TestClient(TestServer(create_app(svc))) as client:
-            path.write_text(good.replace('name = "hq"', 'name = "hq"\ntimezone = "Nowhere/Land"'))
-            first = await (await client.post("/api/admin/v1/reload", headers=BEARER)).json()
-            assert "timezone" in first["error"]["message"]
-            [alarm] = svc.ctx.alarms.active("service")
-            path.write_text(good + '[integrations.single_use]\nalias_prefix = "ABCDEFGHIJ"\n')
-            second = await client.post("/api/admin/v1/reload", headers=BEARER)
-            message = (await second.json())["error"]["message"]
-            assert second.status == 409
-            assert "alias_prefix" in message and "timezone" not in message
-            [now] = svc.ctx.alarms.active("service")
-            assert "alias_prefix" in now.message and "timezone" not in now.message
-            assert now.raised_at == alarm.raised_at
-    finally:
-        svc.stop()
+    async with hq_service(tmp_path, monkeypatch) as (path, good, svc, client):
+        path.write_text(good.replace('name = "hq"', 'name = "hq"\ntimezone = "Nowhere/Land"'))
+        first = await (await client.post("/api/admin/v1/reload", headers=BEARER)).json()
+        assert "timezone" in first["error"]["message"]
+        [alarm] = svc.ctx.alarms.active("service")
+        path.write_text(good + '[integrations.single_use]\nalias_prefix = "ABCDEFGHIJ"\n')
+        second = await client.post("/api/admin/v1/reload", headers=BEARER)
+        message = (await second.json())["error"]["message"]
+        assert second.status == 409
+        assert "alias_prefix" in message and "timezone" not in message
+        [now] = svc.ctx.alarms.active("service")
+        assert "alias_prefix" in now.message and "timezone" not in now.message
+        assert now.raised_at == alarm.raised_at
 
 
 HIDDEN = "\u202egnitteem\u202c zero\u200bwidth \u2066isolate"
