@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import threading
 import time
@@ -38,6 +37,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from vmrsched.config import DataLayout, IntegrationConfig
 from vmrsched.errors import Unauthorized
+from vmrsched.rules.meetings import is_address
 from vmrsched.signin import oidc, tenants
 from vmrsched.signin.oidc import SignInRefused
 from vmrsched.store.journal import atomic_write, salvage_members, set_aside
@@ -106,15 +106,11 @@ def trusted_email(claims: Mapping[str, Any], adfs: bool) -> str:
     return _one_address(address)
 
 
-# one address and nothing else: no spaces or line breaks, no second address, no display name
-_ADDRESS = re.compile(r"[^\s@<>(),;:\"\\]+@[^\s@<>(),;:\"\\]+")
-
-
 def _one_address(claim: str) -> str:
     """The claim as the address bookings are keyed by (lower case), or SignInRefused when it is
     not one address: a name no meeting's organizer can have must not name a session."""
     address = claim.strip().lower()
-    if not _ADDRESS.fullmatch(address):
+    if not is_address(address):
         raise SignInRefused(
             "the identity provider named the user by something that is not one email address",
             detail=f"the ID token's email is {claim[:254]!r}",
