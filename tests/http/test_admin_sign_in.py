@@ -197,6 +197,39 @@ async def test_a_token_from_another_issuer_is_refused(
     assert "vmrsched_admin" not in answer.cookies
 
 
+async def test_an_admin_of_another_tenant_is_not_an_admin_here(
+    tmp_path: Path, platform: tuple[IdentityPlatform, Path]
+) -> None:
+    """An app role is a name the application declares: every tenant the application is
+    registered in can grant it. With no issuer configured and the tenant named by a domain, a
+    token of another tenant, consistent in itself (its `iss` its own `tid`'s) and granting the
+    role, is still refused."""
+    from aiohttp.test_utils import TestServer
+
+    from vmrsched.http.app import create_app
+
+    idp, ca = platform
+    idp.claims_changed = {
+        "tid": "fabrikam.example",
+        "iss": f"{idp.base}/fabrikam.example/v2.0",
+        "roles": ["VmrschedAdmin"],
+    }
+    cfg = configured(
+        tmp_path, idp, ca, issuer="", admin_group="VmrschedAdmin", groups_claim="roles"
+    )
+    running = service.start(cfg)
+    try:
+        async with TestClient(TestServer(create_app(running))) as other:
+            status, body, answer = await sign_in(other, ca)
+            assert status == 400 and "another organization" in body
+            assert "vmrsched_admin" not in answer.cookies
+            idp.claims_changed = {"roles": ["VmrschedAdmin"]}  # the configured tenant's admin
+            status, _, answer = await sign_in(other, ca)
+            assert status == 303 and "vmrsched_admin" in answer.cookies
+    finally:
+        running.stop()
+
+
 async def test_sign_in_attempts_count_against_the_login_limit(
     client: TestClient[Any, Any], platform: tuple[IdentityPlatform, Path]
 ) -> None:
@@ -224,8 +257,10 @@ def test_the_sign_in_config_is_checked_with_key_paths(
             admin_group="",
             scope="email profile",
             tls_ca_file="missing.pem",
+            authorization_uri="https://login.microsoftonline.com/common/oauth2/v2.0/authorize",
         )
     problems = "\n".join(caught.value.problems)
+    assert "server.admin_sign_in.authorization_uri: must name one tenant" in problems
     assert "server.admin_sign_in.token_uri: must be an https URL" in problems
     assert "server.admin_sign_in.admin_group: needed for the admin sign-in" in problems
     assert "server.admin_sign_in.scope: must include openid" in problems

@@ -91,3 +91,10 @@ def entra_tenant(url: str) -> tuple[str, str] | None:
     if match is None or match.group(2).lower() == "adfs":
         return None
     return match.group(1), match.group(2)
+
+
+def open_to_every_tenant(url: str) -> str | None:
+    """The authority an Entra ID endpoint names when it signs in the users of any tenant
+    (`common`, …), as written; None for one tenant's endpoint and for any other URL."""
+    found = entra_tenant(url)
+    return found[1] if found is not None and found[1].lower() in MULTI_TENANT else None

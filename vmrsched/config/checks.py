@@ -17,10 +17,9 @@ from vmrsched import templating
 from vmrsched.config.addresses import (
     DOMAIN_RE,
     HOST_PORT_RE,
-    MULTI_TENANT,
     TOKEN_ENDPOINT_FORMS,
     _secure_url,
-    entra_tenant,
+    open_to_every_tenant,
     token_authority,
 )
 from vmrsched.config.schema import (
@@ -330,11 +329,11 @@ def _check_one_tenant(loader: _Loader, p: PersonalConfig, path: str) -> None:
     tenant that vouches for it: an authority open to every tenant (`common`, …) would let any
     organization's users sign in as whatever address their own admins gave them."""
     for key in ("user_oauth_authorization_uri", "user_oauth_token_uri"):
-        found = entra_tenant(getattr(p, key))
-        if found is not None and found[1].lower() in MULTI_TENANT:
+        tenant = open_to_every_tenant(getattr(p, key))
+        if tenant is not None:
             loader.error(
                 f"{path}.{key}",
-                f"must name one tenant (its id, or a domain of it), not {found[1]!r}: the "
+                f"must name one tenant (its id, or a domain of it), not {tenant!r}: the "
                 "organizer page and personal VMRs trust the email of your own tenant's users only",
             )
 

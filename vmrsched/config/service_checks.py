@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from vmrsched.config.addresses import _loopback_url
+from vmrsched.config.addresses import _loopback_url, open_to_every_tenant
 from vmrsched.config.schema import IntegrationConfig, ServerConfig, StorageConfig
 from vmrsched.config.tables import _Loader
 from vmrsched.rules import aliases
@@ -31,6 +31,14 @@ def _check_admin_sign_in(loader: _Loader, server: ServerConfig) -> None:
         value = getattr(s, key)
         if value and not value.startswith("https://"):
             loader.error(f"{path}.{key}", f"must be an https URL, got {value!r}")
+    for key in ("authorization_uri", "token_uri"):
+        tenant = open_to_every_tenant(getattr(s, key))
+        if tenant is not None:
+            loader.error(
+                f"{path}.{key}",
+                f"must name one tenant (its id, or a domain of it), not {tenant!r}: an app role "
+                "or group of any other tenant the application is registered in would make an admin",
+            )
     if "openid" not in s.scope.split():
         loader.error(f"{path}.scope", "must include openid (the ID token names the admin)")
     if not server.public_url.startswith("https://") and not _safe_on_loopback(server):

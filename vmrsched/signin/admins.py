@@ -27,7 +27,7 @@ import requests
 
 from vmrsched.config import AdminSignInConfig
 from vmrsched.errors import Forbidden
-from vmrsched.signin import oidc
+from vmrsched.signin import oidc, tenants
 from vmrsched.signin.oidc import SignInRefused
 
 log = logging.getLogger("vmrsched.admin")
@@ -158,10 +158,14 @@ class AdminSignIn:
         bad attempt or answer, NotAnAdmin for anyone else. Blocking (HTTP)."""
         attempt, code = self._attempts.take(query, CONTEXT)
         client = client_of(cfg)
-        answer = oidc.redeem(self.http_for(cfg), client, attempt, code, redirect_uri)
+        http = self.http_for(cfg)
+        answer = oidc.redeem(http, client, attempt, code, redirect_uri)
         if not answer.get("id_token"):
             raise SignInRefused("the identity provider sent no ID token (is openid in scope?)")
-        claims = oidc.id_token_claims(client, answer, attempt, self.http_for(cfg))
+        claims = oidc.id_token_claims(client, answer, attempt, http)
+        # an app role is a name the application declares, so any tenant the app is registered
+        # in can grant it: on Entra ID only the configured tenant's admins are admins here
+        tenants.check(client.authorization_uri, claims, http)
         who = oidc.email_of(claims) or str(claims.get("sub", ""))
         if not who:
             raise SignInRefused("the identity provider did not say who signed in")
