@@ -135,6 +135,9 @@ def test_sign_in_see_ones_own_resend_and_cancel(browser: Browser, world: World) 
     expect(declines).to_have_count(1)
     expect(declines).to_contain_text("no video room reference")
     expect(declines).to_contain_text("What to do:")
+    # a subject is the organizer's text, of any direction: isolated from the page around it
+    expect(card(page, world.booked["alias"]).locator("h3 > bdi")).to_have_text("Board")
+    expect(declines.locator("h3 > bdi")).to_have_text("Budget review")
     assert "Ann's" not in page.content()
     # nothing wider than the phone
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
