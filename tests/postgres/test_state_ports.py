@@ -224,6 +224,22 @@ def test_an_attempt_past_ten_minutes_is_refused(kit: Kit) -> None:
     assert store.take("late") is None
 
 
+def test_a_flood_of_attempts_keeps_the_newest_and_drops_the_oldest(kit: Kit) -> None:
+    """Anyone can start sign-ins, from any number of addresses: the attempts kept are bounded,
+    the oldest going first, so a flood neither grows the store nor turns away the next user."""
+    clock = Clock()
+    store: oidc.AttemptStore
+    if kit.backend == "file":
+        store = oidc.MemoryAttempts(clock, cap=3)
+    else:
+        assert isinstance(kit.stores.attempts, DatabaseAttempts)
+        store = DatabaseAttempts(kit.stores.attempts.pool, clock, cap=3)
+    for n in range(5):
+        clock.now += 1
+        store.put(f"state-{n}", oidc.Attempt("alpha", "v", "n", clock.now))
+    assert [store.take(f"state-{n}") is not None for n in range(5)] == [False, False] + [True] * 3
+
+
 # --- what the owner of an integration keeps: token cache, Graph state -------------------------
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from vmrsched.errors import Unavailable
 from vmrsched.postgres.pool import Pool
 from vmrsched.signin import oidc
 from vmrsched.store import StorageUnavailableError
@@ -45,6 +46,7 @@ CLEAN_EVERY = 3600.0  # seconds between the clean-ups a writer makes on its way
 # an attempt not found at its callback is looked for once more after this long (seconds): the
 # instance that started it may still be writing it (it does so after answering the redirect)
 TAKE_GRACE = 0.5
+MAX_WRITING = 1000  # attempts waiting to be written while the database is slow
 
 
 def _digest(text: str) -> str:
@@ -180,11 +182,18 @@ class DatabaseAttempts:
     waits for this instance's own writes still on their way, and looks once more after
     TAKE_GRACE for one another instance may still be writing, so an attempt is found wherever
     its callback lands. An attempt whose write failed (the database down) is refused at its
-    callback, as after a restart: the user starts again."""
+    callback, as after a restart: the user starts again.
 
-    def __init__(self, pool: Pool, clock: Callable[[], float] = time.time) -> None:
+    Bounded as the memory's are: at most `cap` attempts are kept, the oldest deleted first
+    (anyone can start sign-ins, from any number of addresses), and while the database is slow
+    at most MAX_WRITING wait to be written; beyond that a start is refused as busy."""
+
+    def __init__(
+        self, pool: Pool, clock: Callable[[], float] = time.time, cap: int = oidc.MAX_PENDING
+    ) -> None:
         self.pool = pool
         self.clock = clock
+        self.cap = cap
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="vmrsched-sign-in-attempts")
         self._writing: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
@@ -194,8 +203,12 @@ class DatabaseAttempts:
         if not _on_event_loop():  # a worker thread may wait: written when this returns
             self._insert(digest, attempt)
             return
-        written = self._writer.submit(self._insert, digest, attempt)
         with self._lock:
+            if len(self._writing) >= MAX_WRITING:
+                raise Unavailable(
+                    "too many sign-ins are starting while the database is slow: try again"
+                )
+            written = self._writer.submit(self._insert, digest, attempt)
             self._writing[digest] = written
         written.add_done_callback(lambda _: self._done(digest))
 
@@ -219,6 +232,11 @@ class DatabaseAttempts:
                         Jsonb(oidc.attempt_to_json(attempt)),
                         _when(attempt.created + oidc.PENDING_SECONDS),
                     ),
+                )
+                conn.execute(
+                    "DELETE FROM vmrsched_sign_in_attempts WHERE digest IN (SELECT digest FROM"
+                    " vmrsched_sign_in_attempts ORDER BY expires DESC, digest OFFSET %s)",
+                    (self.cap,),
                 )
         except (StorageUnavailableError, psycopg.Error) as exc:
             log.error("a sign-in attempt could not be kept (it will be refused): %s", exc)

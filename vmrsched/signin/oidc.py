@@ -195,15 +195,16 @@ class MemoryAttempts:
     neither grow memory nor turn away the next real user (whose attempt, the newest, is kept;
     one dropped answers "unknown or expired, start again" like one past its ten minutes)."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, cap: int = MAX_PENDING) -> None:
         self.clock = clock
+        self.cap = cap
         self._pending: dict[str, Attempt] = {}  # in the order they were put: oldest first
         self._lock = threading.Lock()
 
     def put(self, state: str, attempt: Attempt) -> None:
         with self._lock:
             self._expire(attempt.created)
-            while len(self._pending) >= MAX_PENDING:
+            while len(self._pending) >= self.cap:
                 del self._pending[next(iter(self._pending))]
             self._pending[state] = attempt
 
