@@ -239,6 +239,13 @@ async def test_the_console_needs_a_login_and_its_forms_the_csrf_token(
     aliases = (await get(client, "/integrations/hq/aliases", q="console"))["aliases"]
     assert aliases[0]["status"] == "deleted"
     assert aliases[0]["reason"].startswith("deleted by admin token (session ")
+    # a second click (or another admin first): the console says nothing was done
+    again = await client.post(
+        action, data={"csrf": token, "confirm": "yes", "q": "console"}, allow_redirects=False
+    )
+    assert again.status == 303 and "done=unknown_alias" in again.headers["Location"]
+    shown = await (await client.get(again.headers["Location"])).text()
+    assert f"{vmr['alias']} is not an alias that can be deleted" in shown
 
 
 async def test_login_attempts_are_rate_limited(client: TestClient[Any, Any]) -> None:

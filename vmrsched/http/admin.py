@@ -19,6 +19,7 @@ from markupsafe import Markup, escape
 
 from vmrsched.config import IntegrationConfig
 from vmrsched.errors import (
+    NotFound,
     ServiceError,
 )
 from vmrsched.http.admin_auth import (
@@ -287,6 +288,15 @@ NOTICES: dict[str, tuple[str, str]] = {
     "retried": ("ok", "The message is back in the queue; it goes out at once if it can."),
     "discarded": ("ok", "The message is discarded: it will not be sent."),
     "not_deleted": ("ok", "Nothing deleted."),
+    "unknown_alias": (
+        "error",
+        "{alias} is not an alias that can be deleted (deleted already, or never handed out): "
+        "nothing done.",
+    ),
+    "not_booked": (
+        "error",
+        "{alias} is not booked for a meeting with an organizer: nothing sent.",
+    ),
 }
 
 
@@ -294,6 +304,12 @@ def _back(where: dict[str, str], done: str, alias: str = "") -> web.HTTPSeeOther
     kept = {key: value for key, value in where.items() if value}
     query = kept | {"done": done} | ({"alias": alias} if alias else {})
     return web.HTTPSeeOther(f"/admin?{urlencode(query)}")
+
+
+def _missed(where: dict[str, str], exc: NotFound, alias: str) -> Exception:
+    """An act on an alias that is not (or no more) there to act on: back to the console with
+    the notice saying so, rather than an error page; any other NotFound as it is."""
+    return _back(where, exc.code, alias) if exc.code in NOTICES else exc
 
 
 def _notice(request: web.Request, integ: IntegrationConfig | None) -> tuple[str, str]:
@@ -341,15 +357,22 @@ async def console_delete(request: web.Request) -> web.Response:
     name, alias = request.match_info["integration"], request.match_info["alias"]
     if (await request.post()).get("confirm") != "yes":
         return await _confirm_page(request, where, alias)
-    await request.app[SERVICE].admin_delete_alias(name, alias, who)
+    try:
+        await request.app[SERVICE].admin_delete_alias(name, alias, who)
+    except NotFound as exc:  # a second click, another admin first: said on the console
+        raise _missed(where, exc, alias) from exc
     raise _back(where, "deleted", alias)
 
 
 async def console_resend(request: web.Request) -> web.Response:
     who = await _form_act(request)
     name, alias = request.match_info["integration"], request.match_info["alias"]
-    await request.app[SERVICE].admin_resend(name, alias, who)
-    raise _back(await _where(request), "resent", alias)
+    where = await _where(request)
+    try:
+        await request.app[SERVICE].admin_resend(name, alias, who)
+    except NotFound as exc:
+        raise _missed(where, exc, alias) from exc
+    raise _back(where, "resent", alias)
 
 
 async def console_retry(request: web.Request) -> web.Response:
