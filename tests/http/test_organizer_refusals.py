@@ -151,6 +151,19 @@ async def test_a_refused_id_token_is_logged_once_with_the_integration_client_and
     assert walked.code not in caplog.text and walked.state not in caplog.text
 
 
+async def test_a_sign_in_is_one_line_naming_who_the_session_and_where_from(
+    client: TestClient[Any, Any],
+    platform: tuple[IdentityPlatform, Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "vmrsched")
+    walked = await walk(client, platform[1])
+    assert walked.status == 303
+    [line] = [r for r in caplog.records if "signed in" in r.getMessage()]
+    assert line.getMessage().startswith(f"{OLGA} signed in to the organizer page (session ")
+    assert line.getMessage().endswith(f" from {CLIENT}")
+
+
 async def test_forwarded_tampered_and_provider_refused_callbacks_are_logged(
     client: TestClient[Any, Any],
     platform: tuple[IdentityPlatform, Path],

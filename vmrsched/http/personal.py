@@ -110,6 +110,12 @@ async def sign_in_callback(request: web.Request) -> web.Response:
         session = await service.finish_personal_sign_in(integ.name, dict(request.query))
         result = {"session": session.token, "email": session.email}
         status = 200
+        log.info(
+            "%s signed in for personal VMRs from %s",
+            session.email,
+            client_address(request),
+            extra={"integration": integ.name},
+        )
     except ServiceError as exc:
         why = refusals.why(exc)
         refusals.refused(request, refusals.PERSONAL, integ.name, "personal VMR sign-in", why)

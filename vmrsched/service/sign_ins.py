@@ -15,7 +15,6 @@ a worker thread (asyncio.to_thread), never on the event loop."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
@@ -32,7 +31,6 @@ from vmrsched.service.runtime import Runtime
 from vmrsched.signin import admins, identity, oidc, users
 from vmrsched.store import OwnershipLostError
 
-log = logging.getLogger("vmrsched.service")
 DELEGATED = "ews:"  # the context of a service account's sign-in attempt: "ews:<integration>"
 
 
@@ -175,15 +173,9 @@ class SignIns:
 
     async def finish_organizer_sign_in(self, name: str, query: dict[str, str]) -> users.Session:
         integ = self._organizer_sign_in_integration(name)
-        session = await asyncio.to_thread(
+        return await asyncio.to_thread(
             self.user_sessions().finish, integ, query, self.organizer_redirect_uri(integ)
         )
-        log.info(
-            "%s signed in to the organizer page",
-            session.email,
-            extra={"integration": integ.name},
-        )
-        return session
 
     # --- the admins' sign-in --------------------------------------------------------------------
 

@@ -195,9 +195,9 @@ class MemoryAttempts:
     neither grow memory nor turn away the next real user (whose attempt, the newest, is kept;
     one dropped answers "unknown or expired, start again" like one past its ten minutes)."""
 
-    def __init__(self, clock: Callable[[], float] = time.time, cap: int = MAX_PENDING) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, cap: int | None = None) -> None:
         self.clock = clock
-        self.cap = cap
+        self.cap = MAX_PENDING if cap is None else cap
         self._pending: dict[str, Attempt] = {}  # in the order they were put: oldest first
         self._lock = threading.Lock()
 

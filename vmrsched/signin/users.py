@@ -343,7 +343,6 @@ class UserSignIn:
         token = TOKEN_PREFIX + oidc.b64(secrets.token_bytes(32))
         user = user_of(claims)
         self._save(integ.name, token, email, str(answer.get("refresh_token", "")), user)
-        log.info("%s signed in for personal VMRs", email, extra={"integration": integ.name})
         return Session(token, email, user)
 
     # --- sessions --------------------------------------------------------------------------------
