@@ -370,7 +370,7 @@ def test_a_cut_sessions_file_keeps_every_readable_session(world: World) -> None:
 def test_an_email_the_token_marks_unverified_names_nobody() -> None:
     """Bookings are their organizer's by address: an `email` claim its issuer did not verify
     (OpenID's email_verified, Entra ID's xms_edov) is not taken for the user's."""
-    from vmrsched.signin.oidc import email_of
+    from vmrsched.signin.claims import email_of
 
     unverified = {"email": "alice@example.com", "preferred_username": "mallory@example.com"}
     assert email_of({**unverified, "email_verified": False}) == "mallory@example.com"

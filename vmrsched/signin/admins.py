@@ -28,6 +28,7 @@ import requests
 from vmrsched.config import AdminSignInConfig
 from vmrsched.errors import Forbidden
 from vmrsched.signin import oidc, tenants
+from vmrsched.signin.claims import email_of
 from vmrsched.signin.oidc import SignInRefused
 
 log = logging.getLogger("vmrsched.admin")
@@ -166,7 +167,7 @@ class AdminSignIn:
         # an app role is a name the application declares, so any tenant the app is registered
         # in can grant it: on Entra ID only the configured tenant's admins are admins here
         tenants.check(client.authorization_uri, claims, http)
-        who = oidc.email_of(claims) or str(claims.get("sub", ""))
+        who = email_of(claims) or str(claims.get("sub", ""))
         if not who:
             raise SignInRefused("the identity provider did not say who signed in")
         wanted = cfg.admin_group.casefold()

@@ -34,6 +34,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from vmrsched.config import IntegrationConfig
 from vmrsched.errors import Unauthorized, Unavailable
 from vmrsched.proxies import proxy_for
+from vmrsched.rules.meetings import is_address
+from vmrsched.signin.claims import email_of
 
 LEEWAY_SECONDS = 60
 CACHE_SECONDS = 24 * 3600
@@ -330,8 +332,13 @@ class EntraVerifier:
         if self.scope and self.scope not in str(claims.get("scp") or "").split():
             raise TokenError(f"token does not grant the {self.scope} scope", "invalid_scope")
         user = claims.get("oid") or claims.get("sub")
-        email = claims.get("preferred_username") or claims.get("upn") or ""
-        return Identity(f"entra:{self.tenant_id}:{user}", str(email), kind="entra")
+        # the address a sign-in of the same person would give (`email`, unless the token
+        # marks it unverified), else the tenant's own name of them: a UPN's domain is one the
+        # tenant verified. Something that is not one address names nobody.
+        email = email_of(claims)
+        return Identity(
+            f"entra:{self.tenant_id}:{user}", email if is_address(email) else "", kind="entra"
+        )
 
 
 def verifier_for(

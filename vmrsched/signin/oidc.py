@@ -432,20 +432,3 @@ def expected_issuer(authorization_uri: str, claims: Mapping[str, Any]) -> str | 
     if base.endswith(adfs):
         return base[: -len(adfs)] + "/adfs"
     return None
-
-
-def email_of(claims: Mapping[str, Any]) -> str:
-    """The user's email: Entra ID puts it in `email` or `preferred_username`, AD FS in `upn`,
-    `email` or `unique_name`. An `email` the token itself marks as unverified (OpenID's
-    `email_verified`, Entra ID's `xms_edov`: a domain its tenant does not own) names nobody:
-    anyone could have typed it, and bookings are their organizer's by address. The admins'
-    sign-in names its user so (the admin group decides, not the address); the user sign-in
-    takes it only from AD FS, and from Entra ID `users.trusted_email` alone."""
-    unverified = claims.get("email_verified") is False or claims.get("xms_edov") is False
-    for key in ("email", "preferred_username", "upn", "unique_name"):
-        if key == "email" and unverified:
-            continue
-        value = claims.get(key)
-        if isinstance(value, str) and "@" in value:
-            return value.strip().lower()
-    return ""

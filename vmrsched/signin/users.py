@@ -39,6 +39,7 @@ from vmrsched.config import DataLayout, IntegrationConfig
 from vmrsched.errors import Unauthorized
 from vmrsched.rules.meetings import is_address
 from vmrsched.signin import oidc, tenants
+from vmrsched.signin.claims import email_of, says_false
 from vmrsched.signin.oidc import SignInRefused
 from vmrsched.store.journal import atomic_write, salvage_members, set_aside
 from vmrsched.store.repair import usable_key
@@ -91,13 +92,13 @@ def trusted_email(claims: Mapping[str, Any], adfs: bool) -> str:
     authorization. AD FS, the organization's own token service with no tenants and no
     `xms_edov`: `email`, else `upn` or `unique_name`, as its claim rules issue them."""
     if adfs:
-        email = oidc.email_of(claims)
+        email = email_of(claims)
         if not email:
             raise SignInRefused("the identity provider did not say who signed in (no email)")
         return _one_address(email)
     address = claims.get("email")
     shown = str(address)[:254] if address is not None else ""
-    if _says_false(claims.get("xms_edov")) or _says_false(claims.get("email_verified")):
+    if says_false(claims.get("xms_edov")) or says_false(claims.get("email_verified")):
         raise SignInRefused(
             UNVERIFIED_EMAIL, detail=f"the ID token marks {shown!r} unverified (xms_edov)"
         )
@@ -116,11 +117,6 @@ def _one_address(claim: str) -> str:
             detail=f"the ID token's email is {claim[:254]!r}",
         )
     return address
-
-
-def _says_false(value: object) -> bool:
-    """A boolean claim that says false (Entra ID writes true/false; a string is read alike)."""
-    return value is False or (isinstance(value, str) and value.strip().lower() == "false")
 
 
 def _digest(token: str) -> str:
