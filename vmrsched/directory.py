@@ -1,6 +1,9 @@
 """Personal VMRs: where a user's rooms come from, behind one small interface.
 
-`file`: a TOML directory (config/vmrs.toml: users and their rooms), re-read when it changes.
+`file`: a TOML directory (config/vmrs.toml: users and their rooms), read and checked as
+check-config checks it (`config.checks.read_directory`) and read again when it changes. A change
+with problems leaves the last good directory in use, with one warning naming them, until the
+file is fixed; with no good one yet, the directory is unavailable.
 `pexip`: the Pexip management API: the end user found by email (case-insensitive), created when
 allow_new_users is on, and the conferences whose owner email is theirs, each with at least one
 alias; answers are cached briefly, and an outage is an error the add-in shows, never a hang.
@@ -8,9 +11,9 @@ alias; answers are cached briefly, and an outage is an error the add-in shows, n
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +21,7 @@ from typing import Any, Protocol
 import requests
 
 from vmrsched.config import IntegrationConfig
+from vmrsched.config.checks import SERVICE_TYPES, read_directory
 from vmrsched.pexip.management import (
     ManagementClient,
     PexipRefused,
@@ -27,8 +31,9 @@ from vmrsched.pexip.management import (
 from vmrsched.pexip.policy import PersonalRoom
 from vmrsched.proxies import use_rule
 
+log = logging.getLogger("vmrsched.directory")
 CACHE_SECONDS = 60.0
-SERVICE_TYPES = ("conference", "lecture", "two_stage_dialing")
+MAX_SHOWN = 20  # problems of a directory file named in one warning
 
 
 class UserUnknown(LookupError):
@@ -81,53 +86,93 @@ def _vmr(raw: dict[str, Any], owner: str) -> PersonalVmr | None:
 
 class FileDirectory:
     """[[users]] with email and [[users.vmrs]] (name, description, aliases, pin, guest_pin,
-    allow_guests, service_type). Read again when the file changes."""
+    allow_guests, service_type). Read again when the file changes (its modification time,
+    size or inode); a faulty file is not taken: the last good one stays in use."""
 
     def __init__(self, path: Path, allow_new_users: bool) -> None:
         self.path = path
         self.allow_new_users = allow_new_users
-        self._lock = threading.Lock()
-        self._stamp: tuple[float, int] | None = None
-        self._users: dict[str, list[PersonalVmr]] = {}
-        self._published = False
+        self._lock = threading.Lock()  # the state below
+        self._reading = threading.Lock()  # one read of the file at a time
+        self._seen: tuple[object, ...] | None = None  # the file as last read (`_stamp`)
+        self._users: dict[str, list[PersonalVmr]] | None = None  # in use: the last good file's
+        self._problem = ""  # why the file as last read is not in use ("" when it is)
+        self._version = 0  # taken good files
+        self._published = -1  # the version `rooms` gave out last
 
-    def _load(self) -> dict[str, list[PersonalVmr]]:
+    def _stamp(self) -> tuple[object, ...]:
         try:
             stat = self.path.stat()
-            stamp = (stat.st_mtime, stat.st_size)
+        except OSError as exc:
+            return ("unreadable", exc.errno)
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+    def _in_use(self) -> dict[str, list[PersonalVmr]]:
+        if self._users is None:
+            raise DirectoryUnavailable(self._problem)
+        return self._users
+
+    def _load(self) -> dict[str, list[PersonalVmr]]:
+        with self._reading:
+            stamp = self._stamp()
             with self._lock:
-                if stamp == self._stamp:
-                    return self._users
-            document = tomllib.loads(self.path.read_text())
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise DirectoryUnavailable(f"the directory {self.path} cannot be read: {exc}") from exc
-        users: dict[str, list[PersonalVmr]] = {}
-        for user in document.get("users", []):
-            email = str(user.get("email", "")).strip().lower()
-            if email:
-                vmrs = [_vmr(v, email) for v in user.get("vmrs", [])]
-                users[email] = [v for v in vmrs if v is not None]
-        with self._lock:
-            self._stamp, self._users = stamp, users
-        return users
+                if stamp == self._seen:
+                    return self._in_use()
+            found, problems = read_directory(self.path, self.path.name)
+            users = {
+                email: [PersonalVmr(owner_email=email, **room) for room in rooms]
+                for email, rooms in found.items()
+            }
+            with self._lock:
+                self._seen = stamp
+                if problems:
+                    self._refuse(problems)
+                else:
+                    if self._problem:
+                        log.info(
+                            "personal VMRs: the directory file %s is fixed: in use again, %d users",
+                            self.path,
+                            len(users),
+                        )
+                    self._users, self._problem = users, ""
+                    self._version += 1
+                return self._in_use()
+
+    def _refuse(self, problems: list[str]) -> None:
+        """A faulty file: said once (a request, a peek and the policy index's refresh all
+        look again), and again only when its problems change."""
+        said = "; ".join(problems[:MAX_SHOWN])
+        if len(problems) > MAX_SHOWN:
+            said += f"; and {len(problems) - MAX_SHOWN} more (check-config lists them all)"
+        if self._users is None:
+            problem = f"the directory file {self.path} cannot be used: {said}"
+        else:
+            problem = (
+                f"the directory file {self.path} changed and cannot be used; the last good one "
+                f"stays in use until it is fixed: {said}"
+            )
+        if problem != self._problem:
+            log.warning("personal VMRs: %s", problem)
+        self._problem = problem
 
     def rooms(self) -> list[PersonalVmr] | None:
-        """Every user's rooms, read again only when the file changed; None when unchanged
-        since the last call (for the policy index, which a timer keeps current)."""
-        before = self._stamp
-        users = self._load()
-        if self._stamp == before and self._published:
-            return None
-        self._published = True
+        """Every user's rooms when the directory in use changed since the last call, else
+        None (for the policy index, which a timer keeps current; a faulty file changes
+        nothing there)."""
+        try:
+            users = self._load()
+        except DirectoryUnavailable:
+            return None  # warned already; there is nothing to serve
+        with self._lock:
+            if self._published == self._version:
+                return None
+            self._published = self._version
         return [vmr for vmrs in users.values() for vmr in vmrs]
 
     def peek(self, email: str) -> list[PersonalVmr] | None:
-        try:
-            stat = self.path.stat()  # one stat: cheap enough for the loop
-        except OSError:
-            return None
+        stamp = self._stamp()  # one stat: cheap enough for the loop
         with self._lock:
-            if (stat.st_mtime, stat.st_size) != self._stamp:
+            if stamp != self._seen or self._users is None:
                 return None
             found = self._users.get(email.strip().lower())
         if found is None:
