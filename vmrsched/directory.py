@@ -6,7 +6,9 @@ with problems leaves the last good directory in use, with one warning naming the
 file is fixed; with no good one yet, the directory is unavailable.
 `pexip`: the Pexip management API: the end user found by email (case-insensitive), created when
 allow_new_users is on, and the conferences whose owner email is theirs, each with at least one
-alias; answers are cached briefly, and an outage is an error the add-in shows, never a hang.
+alias; answers are cached briefly. One lookup (every page, and the user's creation) ends by its
+deadline, and an outage or a refused creation is an error the add-in shows, never a hang nor
+"no rooms".
 """
 
 from __future__ import annotations
@@ -23,16 +25,22 @@ import requests
 from vmrsched.config import IntegrationConfig
 from vmrsched.config.checks import SERVICE_TYPES, read_directory
 from vmrsched.pexip.management import (
+    Deadline,
     ManagementClient,
     PexipRefused,
     PexipUnavailable,
     alias_strings,
+    watch_deadlines,
 )
 from vmrsched.pexip.policy import PersonalRoom
 from vmrsched.proxies import use_rule
 
 log = logging.getLogger("vmrsched.directory")
 CACHE_SECONDS = 60.0
+# The most one Pexip lookup may take, whatever request_timeout_seconds allows: the pane gives
+# up on the add-in API after 10 s (addin-core.js API_TIMEOUT_MS), and the answer still has to
+# be rendered and carried there.
+PANE_BUDGET = 7.0
 MAX_SHOWN = 20  # problems of a directory file named in one warning
 
 
@@ -65,23 +73,6 @@ class Directory(Protocol):
         """The answer when it is at hand without waiting (cached or unchanged), else None:
         callers on the event loop ask this first and `vmrs_of` in a thread otherwise."""
         ...
-
-
-def _vmr(raw: dict[str, Any], owner: str) -> PersonalVmr | None:
-    aliases = tuple(str(a) for a in raw.get("aliases") or [] if str(a).strip())
-    if not aliases:
-        return None  # a room nobody can dial is not offered
-    service_type = str(raw.get("service_type", "conference"))
-    return PersonalVmr(
-        name=str(raw.get("name", "")) or aliases[0],
-        aliases=aliases,
-        description=str(raw.get("description", "")),
-        owner_email=str(raw.get("owner_email", owner)),
-        pin=str(raw.get("pin", "")),
-        guest_pin=str(raw.get("guest_pin", "")),
-        allow_guests=bool(raw.get("allow_guests", False)),
-        service_type=service_type if service_type in SERVICE_TYPES else "conference",
-    )
 
 
 class FileDirectory:
@@ -190,11 +181,16 @@ class FileDirectory:
 
 
 class PexipDirectory:
-    """The Pexip management API as the directory (shares the provisioner's client)."""
+    """The Pexip management API as the directory, on a client of its own (`directory_for`):
+    its session's calls are watched for each lookup's deadline."""
 
     def __init__(self, client: ManagementClient, allow_new_users: bool) -> None:
         self.client = client
         self.allow_new_users = allow_new_users
+        # one lookup, all its calls together: request_timeout_seconds, and never so long that
+        # the pane gives up first
+        self.budget = min(client.timeout, PANE_BUDGET)
+        watch_deadlines(client.session)
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, list[PersonalVmr] | None]] = {}
         # one read of Pexip per user at a time: a new user's first requests arrive together,
@@ -209,59 +205,84 @@ class PexipDirectory:
         return list(cached[1])
 
     def vmrs_of(self, email: str) -> list[PersonalVmr]:
+        deadline = Deadline(self.budget, "a personal lookup")
         key = email.strip().lower()
         with self._lock:
             reading = self._reading.setdefault(key, threading.Lock())
-        with reading:
+        if not reading.acquire(timeout=max(deadline.remaining(), 0.0)):
+            raise DirectoryUnavailable(
+                f"Pexip cannot list personal VMRs: the lookup of {key} before this one is "
+                f"still waiting for the Management Node after {self.budget:g} s"
+            )
+        try:
             with self._lock:
                 cached = self._cache.get(key)
             if cached is None or time.monotonic() - cached[0] >= CACHE_SECONDS:
                 try:
-                    cached = (time.monotonic(), self._read(key))
+                    cached = (time.monotonic(), self._read(key, deadline))
                 except (PexipUnavailable, PexipRefused) as exc:
                     raise DirectoryUnavailable(f"Pexip cannot list personal VMRs: {exc}") from exc
                 with self._lock:
                     self._cache[key] = cached
                     self._reading.pop(key, None)  # later readers find the cache
+        finally:
+            reading.release()
         if cached[1] is None:
             raise UserUnknown(email)
         return list(cached[1])
 
-    def _read(self, email: str) -> list[PersonalVmr] | None:
+    def _exists(self, email: str, deadline: Deadline) -> bool:
         # Pexip ignores filters it does not know: every answer is checked here as well
-        users = [
-            u
-            for u in self.client.list("end_user", primary_email_address__iexact=email)
-            if str(u.get("primary_email_address", "")).lower() == email
-        ]
-        if not users:
+        return any(
+            str(u.get("primary_email_address", "")).lower() == email
+            for u in self.client.list("end_user", deadline, primary_email_address__iexact=email)
+        )
+
+    def _create(self, email: str, deadline: Deadline) -> None:
+        """The end user created; DirectoryUnavailable, naming what Pexip said, when it was
+        not, unless it is there now all the same (another instance or Pexip's own sync created
+        it meanwhile, whatever the refusal says)."""
+        try:
+            self.client.create("end_user", {"primary_email_address": email}, deadline)
+        except (PexipRefused, PexipUnavailable) as exc:
+            try:
+                there = self._exists(email, deadline)
+            except PexipUnavailable:
+                there = False
+            if there:
+                return
+            status = f" ({exc.status})" if exc.status else ""
+            raise DirectoryUnavailable(
+                f"Pexip did not create the end user {email}{status}: {exc.answer or exc}"
+            ) from exc
+
+    def _read(self, email: str, deadline: Deadline) -> list[PersonalVmr] | None:
+        if not self._exists(email, deadline):
             if not self.allow_new_users:
                 return None
-            try:
-                self.client.create("end_user", {"primary_email_address": email})
-            except PexipRefused as exc:
-                # created meanwhile (another instance, or Pexip's own sync): that is the user
-                if not exc.about("primary_email_address"):
-                    raise
+            self._create(email, deadline)
         vmrs: list[PersonalVmr] = []
-        for conference in self.client.list("conference", primary_owner_email_address__iexact=email):
+        listed = self.client.list("conference", deadline, primary_owner_email_address__iexact=email)
+        for conference in listed:
             if str(conference.get("primary_owner_email_address", "")).lower() != email:
                 continue
-            aliases = alias_strings(conference)  # Pexip's shape, or the node is unavailable
-            vmr = _vmr(
-                {
-                    "name": conference.get("name", ""),
-                    "description": conference.get("description", ""),
-                    "aliases": aliases,
-                    "pin": conference.get("pin", ""),
-                    "guest_pin": conference.get("guest_pin", ""),
-                    "allow_guests": conference.get("allow_guests", False),
-                    "service_type": conference.get("service_type", "conference"),
-                },
-                email,
+            # Pexip's shape, or the node is unavailable
+            aliases = [a for a in alias_strings(conference) if a.strip()]
+            if not aliases:
+                continue  # a room nobody can dial is not offered
+            service_type = str(conference.get("service_type", "conference"))
+            vmrs.append(
+                PersonalVmr(
+                    name=str(conference.get("name", "")) or aliases[0],
+                    aliases=tuple(aliases),
+                    description=str(conference.get("description", "")),
+                    owner_email=email,
+                    pin=str(conference.get("pin", "")),
+                    guest_pin=str(conference.get("guest_pin", "")),
+                    allow_guests=bool(conference.get("allow_guests", False)),
+                    service_type=service_type if service_type in SERVICE_TYPES else "conference",
+                )
             )
-            if vmr is not None:
-                vmrs.append(vmr)
         return vmrs
 
 
