@@ -1,6 +1,7 @@
 """Where personal VMRs come from: the TOML directory file, and the Pexip management API (the fake
 Management Node over HTTP): user found, created, not allowed, no VMRs, a VMR without alias
-dropped, an outage; and the template variables of one VMR."""
+dropped, an outage; and the template variables of one VMR. (A faulty directory file:
+test_directory_file.py; a Management Node too slow or refusing a user: test_directory_pexip.py.)"""
 
 from __future__ import annotations
 
@@ -36,19 +37,17 @@ def test_the_shipped_directory_file_serves_its_demo_users() -> None:
     assert FileDirectory(ROOT / "config" / "vmrs.toml", True).vmrs_of("stranger@example.com") == []
 
 
-def test_a_changed_file_is_read_again_and_a_broken_one_is_unavailable(tmp_path: Path) -> None:
+def test_a_changed_file_is_read_again(tmp_path: Path) -> None:
+    """(A faulty change, and what it leaves in use: tests/test_directory_file.py.)"""
     path = tmp_path / "vmrs.toml"
-    path.write_text('[[users]]\nemail = "a@example.com"\n[[users.vmrs]]\nname = "No alias"\n')
+    path.write_text('[[users]]\nemail = "a@example.com"\n')
     directory = FileDirectory(path, allow_new_users=False)
-    assert directory.vmrs_of("a@example.com") == []  # a VMR without alias is dropped
+    assert directory.vmrs_of("a@example.com") == []
     path.write_text(
         '[[users]]\nemail = "a@example.com"\n[[users.vmrs]]\nname = "Room"\naliases = ["r@x"]\n'
-        "# longer now\n"
     )
     assert [v.aliases for v in directory.vmrs_of("a@example.com")] == [("r@x",)]
-    path.write_text("[[users]\nbroken")
-    with pytest.raises(DirectoryUnavailable):
-        directory.vmrs_of("a@example.com")
+    assert directory.vmrs_of("a@example.com")[0].owner_email == "a@example.com"
 
 
 def test_template_values_split_the_aliases() -> None:

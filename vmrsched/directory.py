@@ -1,16 +1,21 @@
 """Personal VMRs: where a user's rooms come from, behind one small interface.
 
-`file`: a TOML directory (config/vmrs.toml: users and their rooms), re-read when it changes.
+`file`: a TOML directory (config/vmrs.toml: users and their rooms), read and checked as
+check-config checks it (`config.checks.read_directory`) and read again when it changes. A change
+with problems leaves the last good directory in use, with one warning naming them, until the
+file is fixed; with no good one yet, the directory is unavailable.
 `pexip`: the Pexip management API: the end user found by email (case-insensitive), created when
 allow_new_users is on, and the conferences whose owner email is theirs, each with at least one
-alias; answers are cached briefly, and an outage is an error the add-in shows, never a hang.
+alias; answers are cached briefly. One lookup (every page, and the user's creation) ends by its
+deadline, and an outage or a refused creation is an error the add-in shows, never a hang nor
+"no rooms".
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,17 +23,25 @@ from typing import Any, Protocol
 import requests
 
 from vmrsched.config import IntegrationConfig
+from vmrsched.config.checks import SERVICE_TYPES, read_directory
 from vmrsched.pexip.management import (
+    Deadline,
     ManagementClient,
     PexipRefused,
     PexipUnavailable,
     alias_strings,
+    watch_deadlines,
 )
 from vmrsched.pexip.policy import PersonalRoom
 from vmrsched.proxies import use_rule
 
+log = logging.getLogger("vmrsched.directory")
 CACHE_SECONDS = 60.0
-SERVICE_TYPES = ("conference", "lecture", "two_stage_dialing")
+# The most one Pexip lookup may take, whatever request_timeout_seconds allows: the pane gives
+# up on the add-in API after 10 s (addin-core.js API_TIMEOUT_MS), and the answer still has to
+# be rendered and carried there.
+PANE_BUDGET = 7.0
+MAX_SHOWN = 20  # problems of a directory file named in one warning
 
 
 class UserUnknown(LookupError):
@@ -62,72 +75,95 @@ class Directory(Protocol):
         ...
 
 
-def _vmr(raw: dict[str, Any], owner: str) -> PersonalVmr | None:
-    aliases = tuple(str(a) for a in raw.get("aliases") or [] if str(a).strip())
-    if not aliases:
-        return None  # a room nobody can dial is not offered
-    service_type = str(raw.get("service_type", "conference"))
-    return PersonalVmr(
-        name=str(raw.get("name", "")) or aliases[0],
-        aliases=aliases,
-        description=str(raw.get("description", "")),
-        owner_email=str(raw.get("owner_email", owner)),
-        pin=str(raw.get("pin", "")),
-        guest_pin=str(raw.get("guest_pin", "")),
-        allow_guests=bool(raw.get("allow_guests", False)),
-        service_type=service_type if service_type in SERVICE_TYPES else "conference",
-    )
-
-
 class FileDirectory:
     """[[users]] with email and [[users.vmrs]] (name, description, aliases, pin, guest_pin,
-    allow_guests, service_type). Read again when the file changes."""
+    allow_guests, service_type). Read again when the file changes (its modification time,
+    size or inode); a faulty file is not taken: the last good one stays in use."""
 
     def __init__(self, path: Path, allow_new_users: bool) -> None:
         self.path = path
         self.allow_new_users = allow_new_users
-        self._lock = threading.Lock()
-        self._stamp: tuple[float, int] | None = None
-        self._users: dict[str, list[PersonalVmr]] = {}
-        self._published = False
+        self._lock = threading.Lock()  # the state below
+        self._reading = threading.Lock()  # one read of the file at a time
+        self._seen: tuple[object, ...] | None = None  # the file as last read (`_stamp`)
+        self._users: dict[str, list[PersonalVmr]] | None = None  # in use: the last good file's
+        self._problem = ""  # why the file as last read is not in use ("" when it is)
+        self._version = 0  # taken good files
+        self._published = -1  # the version `rooms` gave out last
 
-    def _load(self) -> dict[str, list[PersonalVmr]]:
+    def _stamp(self) -> tuple[object, ...]:
         try:
             stat = self.path.stat()
-            stamp = (stat.st_mtime, stat.st_size)
+        except OSError as exc:
+            return ("unreadable", exc.errno)
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+    def _in_use(self) -> dict[str, list[PersonalVmr]]:
+        if self._users is None:
+            raise DirectoryUnavailable(self._problem)
+        return self._users
+
+    def _load(self) -> dict[str, list[PersonalVmr]]:
+        with self._reading:
+            stamp = self._stamp()
             with self._lock:
-                if stamp == self._stamp:
-                    return self._users
-            document = tomllib.loads(self.path.read_text())
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise DirectoryUnavailable(f"the directory {self.path} cannot be read: {exc}") from exc
-        users: dict[str, list[PersonalVmr]] = {}
-        for user in document.get("users", []):
-            email = str(user.get("email", "")).strip().lower()
-            if email:
-                vmrs = [_vmr(v, email) for v in user.get("vmrs", [])]
-                users[email] = [v for v in vmrs if v is not None]
-        with self._lock:
-            self._stamp, self._users = stamp, users
-        return users
+                if stamp == self._seen:
+                    return self._in_use()
+            found, problems = read_directory(self.path, self.path.name)
+            users = {
+                email: [PersonalVmr(owner_email=email, **room) for room in rooms]
+                for email, rooms in found.items()
+            }
+            with self._lock:
+                self._seen = stamp
+                if problems:
+                    self._refuse(problems)
+                else:
+                    if self._problem:
+                        log.info(
+                            "personal VMRs: the directory file %s is fixed: in use again, %d users",
+                            self.path,
+                            len(users),
+                        )
+                    self._users, self._problem = users, ""
+                    self._version += 1
+                return self._in_use()
+
+    def _refuse(self, problems: list[str]) -> None:
+        """A faulty file: said once (a request, a peek and the policy index's refresh all
+        look again), and again only when its problems change."""
+        said = "; ".join(problems[:MAX_SHOWN])
+        if len(problems) > MAX_SHOWN:
+            said += f"; and {len(problems) - MAX_SHOWN} more (check-config lists them all)"
+        if self._users is None:
+            problem = f"the directory file {self.path} cannot be used: {said}"
+        else:
+            problem = (
+                f"the directory file {self.path} changed and cannot be used; the last good one "
+                f"stays in use until it is fixed: {said}"
+            )
+        if problem != self._problem:
+            log.warning("personal VMRs: %s", problem)
+        self._problem = problem
 
     def rooms(self) -> list[PersonalVmr] | None:
-        """Every user's rooms, read again only when the file changed; None when unchanged
-        since the last call (for the policy index, which a timer keeps current)."""
-        before = self._stamp
-        users = self._load()
-        if self._stamp == before and self._published:
-            return None
-        self._published = True
+        """Every user's rooms when the directory in use changed since the last call, else
+        None (for the policy index, which a timer keeps current; a faulty file changes
+        nothing there)."""
+        try:
+            users = self._load()
+        except DirectoryUnavailable:
+            return None  # warned already; there is nothing to serve
+        with self._lock:
+            if self._published == self._version:
+                return None
+            self._published = self._version
         return [vmr for vmrs in users.values() for vmr in vmrs]
 
     def peek(self, email: str) -> list[PersonalVmr] | None:
-        try:
-            stat = self.path.stat()  # one stat: cheap enough for the loop
-        except OSError:
-            return None
+        stamp = self._stamp()  # one stat: cheap enough for the loop
         with self._lock:
-            if (stat.st_mtime, stat.st_size) != self._stamp:
+            if stamp != self._seen or self._users is None:
                 return None
             found = self._users.get(email.strip().lower())
         if found is None:
@@ -145,11 +181,16 @@ class FileDirectory:
 
 
 class PexipDirectory:
-    """The Pexip management API as the directory (shares the provisioner's client)."""
+    """The Pexip management API as the directory, on a client of its own (`directory_for`):
+    its session's calls are watched for each lookup's deadline."""
 
     def __init__(self, client: ManagementClient, allow_new_users: bool) -> None:
         self.client = client
         self.allow_new_users = allow_new_users
+        # one lookup, all its calls together: request_timeout_seconds, and never so long that
+        # the pane gives up first
+        self.budget = min(client.timeout, PANE_BUDGET)
+        watch_deadlines(client.session)
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, list[PersonalVmr] | None]] = {}
         # one read of Pexip per user at a time: a new user's first requests arrive together,
@@ -164,59 +205,84 @@ class PexipDirectory:
         return list(cached[1])
 
     def vmrs_of(self, email: str) -> list[PersonalVmr]:
+        deadline = Deadline(self.budget, "a personal lookup")
         key = email.strip().lower()
         with self._lock:
             reading = self._reading.setdefault(key, threading.Lock())
-        with reading:
+        if not reading.acquire(timeout=max(deadline.remaining(), 0.0)):
+            raise DirectoryUnavailable(
+                f"Pexip cannot list personal VMRs: the lookup of {key} before this one is "
+                f"still waiting for the Management Node after {self.budget:g} s"
+            )
+        try:
             with self._lock:
                 cached = self._cache.get(key)
             if cached is None or time.monotonic() - cached[0] >= CACHE_SECONDS:
                 try:
-                    cached = (time.monotonic(), self._read(key))
+                    cached = (time.monotonic(), self._read(key, deadline))
                 except (PexipUnavailable, PexipRefused) as exc:
                     raise DirectoryUnavailable(f"Pexip cannot list personal VMRs: {exc}") from exc
                 with self._lock:
                     self._cache[key] = cached
                     self._reading.pop(key, None)  # later readers find the cache
+        finally:
+            reading.release()
         if cached[1] is None:
             raise UserUnknown(email)
         return list(cached[1])
 
-    def _read(self, email: str) -> list[PersonalVmr] | None:
+    def _exists(self, email: str, deadline: Deadline) -> bool:
         # Pexip ignores filters it does not know: every answer is checked here as well
-        users = [
-            u
-            for u in self.client.list("end_user", primary_email_address__iexact=email)
-            if str(u.get("primary_email_address", "")).lower() == email
-        ]
-        if not users:
+        return any(
+            str(u.get("primary_email_address", "")).lower() == email
+            for u in self.client.list("end_user", deadline, primary_email_address__iexact=email)
+        )
+
+    def _create(self, email: str, deadline: Deadline) -> None:
+        """The end user created; DirectoryUnavailable, naming what Pexip said, when it was
+        not, unless it is there now all the same (another instance or Pexip's own sync created
+        it meanwhile, whatever the refusal says)."""
+        try:
+            self.client.create("end_user", {"primary_email_address": email}, deadline)
+        except (PexipRefused, PexipUnavailable) as exc:
+            try:
+                there = self._exists(email, deadline)
+            except PexipUnavailable:
+                there = False
+            if there:
+                return
+            status = f" ({exc.status})" if exc.status else ""
+            raise DirectoryUnavailable(
+                f"Pexip did not create the end user {email}{status}: {exc.answer or exc}"
+            ) from exc
+
+    def _read(self, email: str, deadline: Deadline) -> list[PersonalVmr] | None:
+        if not self._exists(email, deadline):
             if not self.allow_new_users:
                 return None
-            try:
-                self.client.create("end_user", {"primary_email_address": email})
-            except PexipRefused as exc:
-                # created meanwhile (another instance, or Pexip's own sync): that is the user
-                if not exc.about("primary_email_address"):
-                    raise
+            self._create(email, deadline)
         vmrs: list[PersonalVmr] = []
-        for conference in self.client.list("conference", primary_owner_email_address__iexact=email):
+        listed = self.client.list("conference", deadline, primary_owner_email_address__iexact=email)
+        for conference in listed:
             if str(conference.get("primary_owner_email_address", "")).lower() != email:
                 continue
-            aliases = alias_strings(conference)  # Pexip's shape, or the node is unavailable
-            vmr = _vmr(
-                {
-                    "name": conference.get("name", ""),
-                    "description": conference.get("description", ""),
-                    "aliases": aliases,
-                    "pin": conference.get("pin", ""),
-                    "guest_pin": conference.get("guest_pin", ""),
-                    "allow_guests": conference.get("allow_guests", False),
-                    "service_type": conference.get("service_type", "conference"),
-                },
-                email,
+            # Pexip's shape, or the node is unavailable
+            aliases = [a for a in alias_strings(conference) if a.strip()]
+            if not aliases:
+                continue  # a room nobody can dial is not offered
+            service_type = str(conference.get("service_type", "conference"))
+            vmrs.append(
+                PersonalVmr(
+                    name=str(conference.get("name", "")) or aliases[0],
+                    aliases=tuple(aliases),
+                    description=str(conference.get("description", "")),
+                    owner_email=email,
+                    pin=str(conference.get("pin", "")),
+                    guest_pin=str(conference.get("guest_pin", "")),
+                    allow_guests=bool(conference.get("allow_guests", False)),
+                    service_type=service_type if service_type in SERVICE_TYPES else "conference",
+                )
             )
-            if vmr is not None:
-                vmrs.append(vmr)
         return vmrs
 
 

@@ -1,6 +1,7 @@
 """The checks of one integration's tables beyond each key's own rule: what its backend, its
 sign-ins, Pexip and the add-in need, which URLs may carry tokens, and the files it names (a PEM
-credential, the add-in's 80x80 PNG icon).
+credential, the add-in's 80x80 PNG icon, the personal VMRs' directory file: `read_directory`,
+which the running service reads the file with too).
 
 They read one `IntegrationConfig` at a time; the checks that need the whole file (the server
 table, integrations against each other) are in `service_checks`.
@@ -8,9 +9,12 @@ table, integrations against each other) are in `service_checks`.
 
 from __future__ import annotations
 
+import difflib
 import re
 import struct
+import tomllib
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from vmrsched import templating
@@ -30,6 +34,8 @@ from vmrsched.config.schema import (
     PexipConfig,
 )
 from vmrsched.config.tables import _Loader
+from vmrsched.rules.aliases import normalise
+from vmrsched.rules.meetings import is_address
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -316,6 +322,14 @@ def _check_personal(loader: _Loader, integ: IntegrationConfig, path: str) -> Non
         directory = directory if directory.is_absolute() else loader.base_dir / directory
         if not directory.is_file():
             loader.error(f"{path}.directory_file", f"no such file: {directory}")
+            return
+        try:  # shown as the admin wrote it, beside the config file
+            shown = str(directory.relative_to(loader.base_dir))
+        except ValueError:
+            shown = str(directory)
+        for problem in read_directory(directory, shown)[1]:
+            if problem not in loader.problems:  # one file, two integrations: said once
+                loader.problems.append(problem)
     elif not integ.pexip.management_url or integ.pexip.management_password is None:
         loader.error(
             f"{path}.source",
@@ -358,3 +372,191 @@ def _check_identity_urls(loader: _Loader, integ: IntegrationConfig, path: str) -
             continue  # a trusted host name: its metadata is fetched over https
         if url and not _secure_url(url):
             loader.error(key, f"must be an https URL (http only to loopback), got {url!r}")
+
+
+# --- the personal VMRs' directory file (vmrs.toml) ----------------------------------------
+
+SERVICE_TYPES = ("conference", "lecture", "two_stage_dialing")
+ROOM_KEYS = ("name", "description", "aliases", "pin", "guest_pin", "allow_guests", "service_type")
+ROOM_TEXT = 250  # Pexip: a conference's name and description, and an alias, hold 250 characters
+PIN_RE = re.compile(r"[0-9]{4,20}#?")  # Pexip: 4-20 digits, which may end with #
+
+
+def read_directory(path: Path, shown: str) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+    """vmrs.toml (`[[users]]` with `email` and `[[users.vmrs]]` rooms) read and checked: the
+    users by their email in lower case, each with their rooms (every key of ROOM_KEYS typed and
+    filled in), and every problem found, each `shown: key path: what`. The users are only to
+    be used when there is no problem; whatever the file holds, this never raises."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return {}, [f"{shown}: cannot read: {exc.strerror or exc}"]
+    except UnicodeDecodeError as exc:
+        return {}, [f"{shown}: not UTF-8: {exc}"]
+    except tomllib.TOMLDecodeError as exc:  # says the line and column
+        return {}, [f"{shown}: not valid TOML: {exc}"]
+    reader = _DirectoryReader(shown)
+    return reader.users(document), reader.problems
+
+
+def _kind(value: object) -> str:
+    kinds = {bool: "a boolean", str: "a string", int: "an integer", float: "a number"}
+    kinds.update({list: "a list", dict: "a table"})
+    return kinds.get(type(value), "a date or time")
+
+
+class _DirectoryReader:
+    """One read of a directory file: every problem, and the emails and aliases seen so far
+    (both must be unique in the file, ignoring case)."""
+
+    def __init__(self, shown: str) -> None:
+        self.shown = shown
+        self.problems: list[str] = []
+        self.emails: dict[str, str] = {}  # lower-cased email -> the user's key path
+        self.aliases: dict[str, str] = {}  # normalised alias -> the room's key path
+
+    def error(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.shown}: {key}: {message}")
+
+    def unknown(self, table: dict[str, Any], known: tuple[str, ...], prefix: str) -> None:
+        for key in table:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                self.error(f"{prefix}{key}", f"unknown key{hint}")
+
+    def users(self, document: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+        self.unknown(document, ("users",), "")
+        listed = document.get("users", [])
+        if not isinstance(listed, list):
+            self.error("users", f"must be [[users]] tables, got {_kind(listed)}")
+            return {}
+        users: dict[str, list[dict[str, Any]]] = {}
+        for index, user in enumerate(listed):
+            path = f"users[{index}]"
+            if not isinstance(user, dict):
+                self.error(path, f"must be a table, got {_kind(user)}")
+                continue
+            self.unknown(user, ("email", "vmrs"), f"{path}.")
+            email = self.email(user, path)
+            rooms = self.rooms(user.get("vmrs", []), f"{path}.vmrs")
+            if email:
+                users[email] = rooms
+        return users
+
+    def email(self, user: dict[str, Any], path: str) -> str:
+        key = f"{path}.email"
+        if "email" not in user:
+            self.error(key, "missing: every user is named by their email address")
+            return ""
+        value = user["email"]
+        if not isinstance(value, str):
+            self.error(key, f"must be a string, got {_kind(value)}")
+            return ""
+        address = value.strip()
+        if not (is_address(address) and EMAIL_RE.match(address)):
+            self.error(key, f"must be one email address (name@domain), got {value[:200]!r}")
+            return ""
+        folded = address.lower()
+        if folded in self.emails:
+            self.error(
+                key,
+                f"{value!r} is {self.emails[folded]}'s email too (emails are compared ignoring "
+                "case)",
+            )
+            return ""
+        self.emails[folded] = path
+        return folded
+
+    def rooms(self, listed: object, path: str) -> list[dict[str, Any]]:
+        if not isinstance(listed, list):
+            self.error(path, f"must be [[users.vmrs]] tables, got {_kind(listed)}")
+            return []
+        rooms = []
+        for index, room in enumerate(listed):
+            if not isinstance(room, dict):
+                self.error(f"{path}[{index}]", f"must be a table, got {_kind(room)}")
+                continue
+            rooms.append(self.room(room, f"{path}[{index}]"))
+        return rooms
+
+    def room(self, room: dict[str, Any], path: str) -> dict[str, Any]:
+        self.unknown(room, ROOM_KEYS, f"{path}.")
+        aliases = self.room_aliases(room, path)
+        pin, guest_pin = self.pin(room, "pin", path), self.pin(room, "guest_pin", path)
+        if pin and pin == guest_pin:
+            self.error(
+                f"{path}.guest_pin", "must differ from pin (hosts and guests are told by their PIN)"
+            )
+        allow_guests = room.get("allow_guests", False)
+        if not isinstance(allow_guests, bool):
+            self.error(f"{path}.allow_guests", f"must be true or false, got {_kind(allow_guests)}")
+        service_type = room.get("service_type", "conference")
+        if service_type not in SERVICE_TYPES:
+            shown = repr(service_type) if isinstance(service_type, str) else _kind(service_type)
+            self.error(
+                f"{path}.service_type", f"must be one of {', '.join(SERVICE_TYPES)}, got {shown}"
+            )
+        return {
+            "name": self.text(room, "name", path) or (aliases[0] if aliases else ""),
+            "description": self.text(room, "description", path),
+            "aliases": tuple(aliases),
+            "pin": pin,
+            "guest_pin": guest_pin,
+            "allow_guests": allow_guests is True,
+            "service_type": service_type,
+        }
+
+    def room_aliases(self, room: dict[str, Any], path: str) -> list[str]:
+        key = f"{path}.aliases"
+        if "aliases" not in room:
+            self.error(key, "missing: a room needs at least one alias")
+            return []
+        listed = room["aliases"]
+        if not isinstance(listed, list):
+            self.error(key, f"must be a list of strings, got {_kind(listed)}")
+            return []
+        if not listed:
+            self.error(key, "must hold at least one alias")
+        aliases = []
+        for index, alias in enumerate(listed):
+            at = f"{key}[{index}]"
+            if not isinstance(alias, str):
+                self.error(at, f"must be a string, got {_kind(alias)}")
+            elif not normalise(alias):
+                self.error(at, "must not be empty")
+            elif len(alias) > ROOM_TEXT or not alias.isprintable():
+                self.error(at, f"must be at most {ROOM_TEXT} printable characters")
+            elif normalise(alias) in self.aliases:
+                self.error(
+                    at,
+                    f"{alias!r} is an alias of {self.aliases[normalise(alias)]} too (aliases "
+                    "are dialled ignoring case)",
+                )
+            else:
+                self.aliases[normalise(alias)] = path
+                aliases.append(alias.strip())
+        return aliases
+
+    def text(self, room: dict[str, Any], name: str, path: str) -> str:
+        value = room.get(name, "")
+        if not isinstance(value, str):
+            self.error(f"{path}.{name}", f"must be a string, got {_kind(value)}")
+            return ""
+        if len(value) > ROOM_TEXT:
+            self.error(
+                f"{path}.{name}", f"must be at most {ROOM_TEXT} characters, got {len(value)}"
+            )
+        return value
+
+    def pin(self, room: dict[str, Any], name: str, path: str) -> str:
+        value = room.get(name, "")
+        if not isinstance(value, str):
+            self.error(
+                f"{path}.{name}",
+                f'must be a string (in quotes: {name} = "1234"), got {_kind(value)}',
+            )
+            return ""
+        if value and not PIN_RE.fullmatch(value):
+            self.error(f"{path}.{name}", "must be 4-20 digits (a final # allowed)")
+        return value
