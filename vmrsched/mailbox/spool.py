@@ -95,12 +95,14 @@ def read_outbox(spool_dir: Path, meeting_uid: str) -> list[dict[str, str]]:
     from, to, outcome, reason, correlation_id and the HTML body of each."""
     found = []
     outbox = Path(spool_dir) / OUTBOX
+    # the header as compose writes it: mails about other meetings are passed over unparsed
+    written = compose.whole_header(compose.UID_HEADER, meeting_uid).encode("ascii")
     for path in sorted(outbox.glob("*.eml"), key=lambda p: p.stat().st_mtime_ns):
         raw = path.read_bytes()
-        if meeting_uid.encode() not in raw:
+        if written not in raw:
             continue
         msg = email.message_from_bytes(raw, policy=email.policy.default)
-        if msg.get("X-Vmrsched-Meeting-Uid") != meeting_uid:
+        if msg.get(compose.UID_HEADER) != meeting_uid:
             continue
         body = msg.get_body(("html",))
         found.append(
