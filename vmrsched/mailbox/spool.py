@@ -196,7 +196,7 @@ _SYNCFS: Callable[[int], int] | None = libc.function("syncfs")
 class SpoolMailbox(Mailbox):
     """The spool directory as the equipment mailbox.
 
-    Threads: the poller's state (the inbox listing, arrival times, the backlog) is touched only
+    Threads: the poller's state (the inbox listing, the backlog in arrival order) is touched only
     by fetch, mark_handled and quarantine, which only the poller calls; the notifier's (the ids
     in the outbox) only by send and delivered. What both reach is the file system, whose
     renames are atomic, and the calendar file and spool directory descriptor that `sync` (both
@@ -233,11 +233,10 @@ class SpoolMailbox(Mailbox):
         self._fd: int | None = None
         self._opening = threading.Lock()  # the calendar file and self._fd: opened once
         self._sent_ids: set[str] | None = None
-        # inbox name -> (mtime ns, inode) when first listed: the arrival order, without a stat
-        # of every waiting file on every poll (a backlog of n files cost n stats per poll)
-        self._arrived: dict[str, tuple[int, int]] = {}
-        # the names of the last listing, oldest first, less those handled since
-        self._backlog: dict[str, None] = {}
+        # the names of the last listing less those handled since, in the order first seen
+        # waiting, each with its inode (a file replaced under its name is a new arrival): a
+        # listing looks closer (a stat) only at what is new to it, never at the whole backlog
+        self._backlog: dict[str, int] = {}
         self.relist_seconds = relist_seconds
         self._monotonic = monotonic
         self._relist_at = monotonic()
@@ -274,10 +273,10 @@ class SpoolMailbox(Mailbox):
         return integ.spool.poll_interval_seconds
 
     def fetch(self, limit: int) -> Sequence[InboxItem]:
-        """The `limit` oldest items (by the time they were first seen waiting, then name).
-        A backlog of n files is listed again only when fewer than two batches of it are left
-        or `relist_seconds` have passed: listing it for every batch cost n/limit listings of
-        up to n entries each (5,000 waiting: 50 listings, 125,000 entries)."""
+        """The `limit` items first seen waiting (`_relist` says the order). A backlog of n
+        files is listed again only when fewer than two batches of it are left or
+        `relist_seconds` have passed: listing it for every batch cost n/limit listings of up
+        to n entries each (5,000 waiting: 50 listings, 125,000 entries)."""
         try:
             if len(self._backlog) < 2 * limit or self._monotonic() >= self._relist_at:
                 self._relist()
@@ -300,7 +299,15 @@ class SpoolMailbox(Mailbox):
     def _relist(self) -> None:
         """List the inbox again, unless its timestamps say nothing came or went since the
         last listing: then one stat(2) does instead of open, two getdents and close, which
-        was most of what 1,000 idle integrations cost (and a quarter of their start-up)."""
+        was most of what 1,000 idle integrations cost (and a quarter of their start-up).
+
+        The order is when the service first saw each file: what a listing finds new goes
+        after everything already waiting; among themselves, the newcomers of one listing
+        (all the files waiting at start, too) by the time they arrived, their change time
+        (ctime: the rename into the inbox sets it, and nothing sets it back, unlike the mtime
+        that `mv` keeps from elsewhere), then by name. So a restart keeps the order the files
+        had, on file systems whose rename sets the change time (ext4, XFS, Btrfs, tmpfs).
+        A listing stats only its newcomers and sorts only them."""
         now = self._monotonic()
         inbox = os.stat(self._inbox_path)
         listed_as = (inbox.st_ino, inbox.st_dev, inbox.st_mtime_ns, inbox.st_ctime_ns)
@@ -312,26 +319,30 @@ class SpoolMailbox(Mailbox):
             self._listed_as, self._trusted_until = listed_as, now + TRUST_UNCHANGED_SECONDS
         else:
             self._listed_as = None  # a change later in the same tick would keep this timestamp
-        known = self._arrived
-        arrived = {}
+        known = self._backlog
+        still: set[str] = set()
+        new: list[tuple[int, str, int]] = []
         for entry in os.scandir(self.inbox):
             name = entry.name
             if name.startswith("."):
                 continue
-            seen = known.get(name)
-            if seen is None or seen[1] != entry.inode():  # new, or replaced under its name
-                try:
-                    seen = (entry.stat(follow_symlinks=False).st_mtime_ns, entry.inode())
-                except FileNotFoundError:
-                    continue  # gone between listing and stat
-            arrived[name] = seen
-        self._arrived = arrived
-        self._backlog = dict.fromkeys(sorted(arrived, key=lambda name: (arrived[name][0], name)))
+            inode = entry.inode()
+            if known.get(name) == inode:
+                still.add(name)
+                continue
+            try:  # new, or replaced under its name
+                changed = entry.stat(follow_symlinks=False).st_ctime_ns
+            except FileNotFoundError:
+                continue  # gone between listing and stat
+            new.append((changed, name, inode))
+        backlog = {name: inode for name, inode in known.items() if name in still}
+        new.sort()
+        backlog.update((name, inode) for _, name, inode in new)
+        self._backlog = backlog
         self._relist_at = now + self.relist_seconds
 
     def _forget(self, name: str) -> None:
         self._backlog.pop(name, None)
-        self._arrived.pop(name, None)
 
     def _read(self, name: str, stat: os.stat_result) -> InboxItem:
         """One inbox file as an item. An .eml carries its sender (the From and Sender headers),
