@@ -4,7 +4,8 @@ inbox/      meeting requests dropped in (.ics or iMIP .eml; write elsewhere, the
 outbox/     one RFC 5322 .eml per reply or organizer update, named by its stable message id
 processed/  handled inbox files
 failed/     unreadable inbox files, each with <name>.error.txt saying why
-calendar/   accepted meetings (the resource calendar the recovery tool reads)
+calendar/   accepted meetings (the resource calendar the recovery tool reads): accepted.jsonl,
+            a checksummed JSON line per acceptance (lines written before checksums still read)
 
 What lies outside the gateway and touches the spool (`vmrsched invite`, the demo pane) goes
 through `deliver` (into the inbox) and `read_outbox` (the answers), so the folders stay this
@@ -28,8 +29,6 @@ from pathlib import Path
 from stat import S_ISLNK, S_ISREG
 from typing import TYPE_CHECKING, BinaryIO
 
-import orjson
-
 from vmrsched import libc
 from vmrsched.mailbox import compose, itip
 from vmrsched.mailbox.base import (
@@ -43,8 +42,8 @@ from vmrsched.mailbox.base import (
 from vmrsched.rules.meetings import Meeting
 from vmrsched.rules.stored_meetings import meeting_from_json, meeting_to_json
 from vmrsched.store import lock_directory
-from vmrsched.store.journal import atomic_write, fsync_dir
-from vmrsched.telemetry import MAILBOX_UNREACHABLE
+from vmrsched.store.journal import atomic_write, encode_entry, fsync_dir, scan, settle
+from vmrsched.telemetry import MAILBOX_UNREACHABLE, report_damaged
 
 if TYPE_CHECKING:
     from vmrsched.config import IntegrationConfig
@@ -186,6 +185,7 @@ _OUTBOX_TEMP = re.compile(
     r"^\.\d{8}T\d{6}\.\d{6}Z-[a-z_]+-[a-z0-9-]*-[0-9a-f]{32}\.eml(\.\d+)?\.tmp$"
 )
 _NOTE_TEMP = re.compile(r"^\..+\.error\.txt\.\d+\.tmp$")
+_CALENDAR_TEMP = re.compile(r"^\.accepted\.jsonl(\.damaged-[0-9TZ-]+)?\.\d+\.tmp$")  # its rewrite
 
 
 # Linux syncfs(2): one call makes every write on the file system durable, which lets a batch
@@ -230,6 +230,7 @@ class SpoolMailbox(Mailbox):
         for folder in (self.inbox, self.outbox, self.processed, self.failed):
             folder.mkdir(parents=True, exist_ok=True)
         self._calendar: BinaryIO | None = None
+        self._settled = False  # the calendar file checked, ready for appends (_settle_calendar)
         self._fd: int | None = None
         self._opening = threading.Lock()  # the calendar file and self._fd: opened once
         self._sent_ids: set[str] | None = None
@@ -250,15 +251,28 @@ class SpoolMailbox(Mailbox):
         self._lock_fd = lock_directory(self.root, f"the spool {self.root}") if exclusive else None
         if self._lock_fd is not None:
             self._remove_leftovers()
+            try:
+                self._settle_calendar()  # at the start, so that damage is said at once
+            except OSError as exc:  # tried again before the first append
+                log.error(
+                    "cannot check %s: %s", self.calendar_dir, exc, extra={"integration": name}
+                )
 
     def _remove_leftovers(self) -> None:
         """Delete the temp files a crash (SIGKILL, power loss) left of this gateway's own
-        writes: an outbox mail it was writing, an error note. Only under the spool's lock, so
+        writes: an outbox mail it was writing, an error note, the calendar file it was
+        rewriting after damage (with its copy). Only under the spool's lock, so
         no other process can be writing them; only in the folders the gateway alone writes
         (never the inbox, where others write their own temp files); only names of its own
         making. A mail's temp file never counted as sent (only `<name>.eml` does), so the
         notifier, which had not marked that message delivered, writes it again: once."""
-        for folder, pattern in ((self.outbox, _OUTBOX_TEMP), (self.failed, _NOTE_TEMP)):
+        for folder, pattern in (
+            (self.outbox, _OUTBOX_TEMP),
+            (self.failed, _NOTE_TEMP),
+            (self.calendar_dir, _CALENDAR_TEMP),
+        ):
+            if not folder.is_dir():
+                continue  # calendar/ before the first acceptance
             for entry in os.scandir(folder):
                 if pattern.match(entry.name) and entry.is_file(follow_symlinks=False):
                     with contextlib.suppress(FileNotFoundError):
@@ -485,30 +499,70 @@ class SpoolMailbox(Mailbox):
     def _calendar_file(self) -> BinaryIO:
         calendar = self._calendar
         if calendar is None:
-            with self._opening:  # sync (both threads) and record_accepted: one file object
+            with self._opening:  # one file object, whichever thread comes first
                 if self._calendar is None:
+                    if not self._settled:
+                        self._settle_calendar()
                     self.calendar_dir.mkdir(exist_ok=True)
                     self._calendar = open(self.calendar_dir / CALENDAR_FILE, "ab")  # noqa: SIM115
                 calendar = self._calendar
         return calendar
 
+    def _settle_calendar(self) -> None:
+        """Make the calendar file ready for appends, as every file the service keeps: a torn
+        last line (a crash mid-write) cut off and logged; damage (a complete line failing
+        its checksum, or an old line that does not parse) copied aside as
+        `accepted.jsonl.damaged-<time>`, every readable line kept in the file, logged, and
+        state_damaged raised (`vmrsched store check` lists both). Once: at the service's
+        start, or before the first append of a gateway that is not the service's."""
+        path = self.calendar_dir / CALENDAR_FILE
+        settled = settle(path, plain=True)
+        self._settled = True
+        extra = {"integration": self.name}
+        if settled.dropped:
+            log.warning(
+                "%s: dropped a torn last line (%d bytes: an acceptance a crash cut short)",
+                path,
+                settled.dropped,
+                extra=extra,
+            )
+        if settled.aside is not None:
+            what = settled.scan.damage()
+            log.error(
+                "%s: %s; every readable line (%d) is kept in it, the damaged file as %s",
+                path,
+                what,
+                len(settled.scan.ordered),
+                settled.aside.name,
+                extra=extra,
+            )
+            report_damaged(self.name, settled.aside, what)
+
     def record_accepted(self, meeting: Meeting) -> None:
-        """Keep the accepted meeting in the resource calendar: a JSON line per acceptance, the
-        latest line for a UID and occurrence wins. Durable with the next `sync`."""
-        self._calendar_file().write(orjson.dumps(meeting_to_json(meeting)) + b"\n")
+        """Keep the accepted meeting in the resource calendar: a checksummed JSON line per
+        acceptance, the latest line for a UID and occurrence wins. Durable with the next
+        `sync`."""
+        self._calendar_file().write(encode_entry(meeting_to_json(meeting)))
 
     def calendar(self, start: datetime, end: datetime) -> Sequence[CalendarEntry]:
+        """The accepted meetings from every line that reads (a damaged file not yet set
+        right by the service's start, too: the damage is logged, the rest read)."""
         latest: dict[tuple[str, str], Meeting] = {}
         path = self.calendar_dir / CALENDAR_FILE
-        if path.exists():
-            self._calendar_file().flush()
-            for line in path.read_bytes().splitlines():
-                try:
-                    meeting = meeting_from_json(orjson.loads(line))
-                except (ValueError, KeyError, TypeError):
-                    continue  # a torn last line after a crash
-                rid = meeting.recurrence_id.isoformat() if meeting.recurrence_id else ""
-                latest[(meeting.uid, rid)] = meeting
+        if self._calendar is not None:
+            self._calendar.flush()
+        result = scan(path, plain=True)
+        extra = {"integration": self.name}
+        if result.corrupt or result.torn_tail:
+            log.warning("%s: %s; every other line is read", path, result.damage(), extra=extra)
+        for number, raw in enumerate(result.ordered, 1):
+            try:
+                meeting = meeting_from_json(raw)
+            except (ValueError, KeyError, TypeError, AssertionError):
+                log.warning("%s: entry %d is not a meeting", path, number, extra=extra)
+                continue
+            rid = meeting.recurrence_id.isoformat() if meeting.recurrence_id else ""
+            latest[(meeting.uid, rid)] = meeting
         entries: list[CalendarEntry] = []
         for (uid, rid), meeting in latest.items():
             if meeting.is_series or (meeting.end >= start and meeting.start <= end):
