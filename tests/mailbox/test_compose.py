@@ -7,6 +7,7 @@ from __future__ import annotations
 import email
 import email.policy
 from dataclasses import replace
+from email.header import decode_header, make_header
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from tests import spoolkit
 from tests.configs import Running
 from tests.shared import FIXTURES
 from vmrsched.mailbox import compose, itip
+from vmrsched.mailbox.icalvalues import MAX_UID
+from vmrsched.mailbox.spool import SpoolMailbox, read_outbox
 from vmrsched.messages.calendars import replace_placeholder
 from vmrsched.outgoing import Outgoing
 
@@ -138,3 +141,99 @@ def test_a_recipient_that_is_a_list_is_refused_not_sent_to_everyone_on_it() -> N
     for listed in ("olga@example.com, eve@evil.example", "olga@example.com,mailto:e@evil.example"):
         with pytest.raises(ValueError, match="not one address"):
             compose.to_eml(replace(message, recipients=(listed,)))
+
+
+def _uid_header_lines(raw: bytes) -> list[bytes]:
+    """The X-Vmrsched-Meeting-Uid header as written: its line and its folded continuations."""
+    lines = raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith(b"X-Vmrsched-Meeting-Uid:"))
+    end = start + 1
+    while end < len(lines) and lines[end][:1] in (b" ", b"\t"):
+        end += 1
+    return lines[start:end]
+
+
+@pytest.mark.parametrize(
+    "uid",
+    [
+        "u" * MAX_UID,  # the longest UID a request may carry, with nowhere to fold
+        "u" * 990 + "abcdefghi",
+        "040000008200E00074C5B7101A82E008 " * 30,  # spaces to fold at, a run of them at the end
+        "Réunion-équipe-☕-" * 60,  # not ASCII, long
+        "=?utf-8?q?looks_encoded?=",  # text a MIME parser would decode if written as it is
+        "two  spaces\tand a tab",
+    ],
+    ids=["longest", "999", "spaces", "unicode", "looks-encoded", "whitespace"],
+)
+def test_the_meeting_uid_header_carries_the_whole_uid_within_the_line_limit(uid: str) -> None:
+    """X-Vmrsched-Meeting-Uid is how a reader of the outbox finds a meeting's mails: it holds the
+    whole UID (up to MAX_UID characters), folded as RFC 5322 asks (lines of at most 78
+    characters once it does not fit one line of 998) with RFC 2047 encoded words where the text
+    cannot be written as it is, and both of Python's parsers read back exactly the UID."""
+    message = Outgoing(
+        id="0" * 32,
+        kind="reply",
+        sender="vmr@example.com",
+        sender_name="Video Room",
+        recipients=("olga@example.com",),
+        subject="Accepted: Sync",
+        html_body="<p>ok</p>",
+        outcome="accepted",
+        reason="new_single",
+        correlation_id="c",
+        meeting_uid=uid,
+    )
+    raw = compose.to_eml(message)
+    assert b"\n" not in raw.replace(b"\r\n", b"") and b"\r" not in raw.replace(b"\r\n", b"")
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    written = _uid_header_lines(raw)
+    if len(written) > 1 or b"=?" in written[0]:
+        assert all(len(line) <= 78 for line in written), written
+    modern = email.message_from_bytes(raw, policy=email.policy.default)
+    assert str(modern["X-Vmrsched-Meeting-Uid"]) == uid
+    legacy = email.message_from_bytes(raw)  # compat32: encoded words decoded by hand
+    decoded = make_header(decode_header(legacy["X-Vmrsched-Meeting-Uid"]))
+    assert str(decoded) == uid
+
+
+def test_a_short_ascii_uid_is_written_as_it_is() -> None:
+    message = Outgoing(
+        id="0" * 32,
+        kind="reply",
+        sender="vmr@example.com",
+        sender_name="Video Room",
+        recipients=("olga@example.com",),
+        subject="Accepted: Sync",
+        html_body="<p>ok</p>",
+        outcome="accepted",
+        reason="new_single",
+        correlation_id="c",
+        meeting_uid="040000008200E00074C5B7101A82E008",
+    )
+    raw = compose.to_eml(message)
+    assert b"\r\nX-Vmrsched-Meeting-Uid: 040000008200E00074C5B7101A82E008\r\n" in raw
+
+
+def test_the_spool_finds_the_mails_of_a_meeting_with_the_longest_uid(tmp_path: Path) -> None:
+    """read_outbox (the demo pane, `vmrsched invite`) matches the whole UID: a mail about
+    another meeting whose UID starts the same is not this meeting's."""
+    spool = SpoolMailbox(tmp_path)
+    uid = "u" * (MAX_UID - 1) + "1"
+    for n, meeting_uid in enumerate([uid, uid[:-1] + "2", uid[:900]]):
+        spool.send(
+            Outgoing(
+                id=f"{n:032x}",
+                kind="reply",
+                sender="vmr@example.com",
+                sender_name="Video Room",
+                recipients=("olga@example.com",),
+                subject=f"Accepted: Sync {n}",
+                html_body="<p>ok</p>",
+                outcome="accepted",
+                reason="new_single",
+                correlation_id=f"c{n}",
+                meeting_uid=meeting_uid,
+            )
+        )
+    spool.close()
+    assert [mail["subject"] for mail in read_outbox(tmp_path, uid)] == ["Accepted: Sync 0"]

@@ -1,5 +1,6 @@
-"""The spool inbox's order: oldest first by the time an item was first seen waiting, without a
-stat of the whole backlog on every poll, an item replaced under its name read afresh, and a long
+"""The spool inbox's order: oldest first by the time an item was first seen waiting (never by
+an mtime a file kept from elsewhere), across restarts too, without a stat of the whole backlog
+on every poll, an item replaced under its name read afresh, and a long
 backlog drained from one listing (listed again after relist_seconds or near its end), and an
 idle inbox not listed again while its timestamps say nothing changed; the calendar folder made
 with the first accepted meeting."""
@@ -20,30 +21,63 @@ from vmrsched.mailbox import itip
 from vmrsched.mailbox.spool import TRUST_UNCHANGED_SECONDS, SpoolMailbox, outbox_name
 from vmrsched.outgoing import Outgoing
 
+YEAR_2000 = 946_684_800 * 10**9
+
 
 def _put(inbox: Path, name: str, mtime_ns: int, uid: str) -> None:
+    """Write elsewhere with the given mtime, then rename in (as `mv` does, keeping the mtime);
+    returns once a later arrival would get a later change time (ctime), which the rename set."""
     data, _ = spoolkit.request(uid=uid, body="<p>PXPS:-x#</p>")
     tmp = inbox / f".{name}"
     tmp.write_bytes(data)
     os.utime(tmp, ns=(mtime_ns, mtime_ns))
     os.replace(tmp, inbox / name)
+    arrived = (inbox / name).stat().st_ctime_ns
+    probe = inbox.parent / ".probe"
+    while True:  # a coarse file system clock: wait for its next tick
+        probe.write_bytes(b"")
+        if probe.stat().st_ctime_ns > arrived:
+            break
+        time.sleep(0.001)
 
 
-def test_oldest_first_by_first_sight_and_a_replaced_item_is_read_afresh(tmp_path: Path) -> None:
+def test_oldest_first_by_first_sight_whatever_the_mtime(tmp_path: Path) -> None:
+    """The order is when the service first saw a file waiting: the files of one listing by the
+    time they arrived (their change time, which the rename into the inbox set; an mtime `mv`
+    kept from elsewhere says nothing), then anything a later listing finds, after them."""
     spool = SpoolMailbox(tmp_path, "room")
     base = 1_700_000_000 * 10**9
     for i, name in enumerate(["c.ics", "a.ics", "b.ics"]):
-        _put(spool.inbox, name, base + (2 - i) * 10**9, f"uid-{name}")
-    assert [item.id for item in spool.fetch(2)] == ["b.ics", "a.ics"]
+        _put(spool.inbox, name, base + (2 - i) * 10**9, f"uid-{name}")  # newest mtime first
+    assert [item.id for item in spool.fetch(2)] == ["c.ics", "a.ics"]
 
-    spool.mark_handled("b.ics", replied=False)
-    _put(spool.inbox, "d.ics", base - 10**9, "uid-d")  # arrives later, with an older time
-    assert [item.id for item in spool.fetch(3)] == ["d.ics", "a.ics", "c.ics"]
-    # replaced under its name (a new file): its own time counts, and its new content
-    _put(spool.inbox, "d.ics", base + 10 * 10**9, "uid-d2")
+    spool.mark_handled("c.ics", replied=False)
+    _put(spool.inbox, "d.ics", YEAR_2000, "uid-d")  # arrives later, with an ancient mtime
+    assert [item.id for item in spool.fetch(3)] == ["a.ics", "b.ics", "d.ics"]
+    # replaced under its name (a new file): it arrived last, and its new content is read
+    _put(spool.inbox, "a.ics", YEAR_2000, "uid-a2")
     items = spool.fetch(3)
-    assert [item.id for item in items] == ["a.ics", "c.ics", "d.ics"]
-    assert items[2].meetings[0].uid == "uid-d2"
+    assert [item.id for item in items] == ["b.ics", "d.ics", "a.ics"]
+    assert items[2].meetings[0].uid == "uid-a2"
+
+
+def test_the_order_holds_across_restarts(tmp_path: Path) -> None:
+    """A restart keeps the order: the files waiting at start are ordered by the time they
+    arrived, which the file system keeps (a file renamed in late, with an old mtime, stays
+    behind the ones that waited longer), and a second restart gives the same order again."""
+    spool = SpoolMailbox(tmp_path, "room", exclusive=True)
+    base = 1_700_000_000 * 10**9
+    for i in range(3):
+        _put(spool.inbox, f"early-{i}.ics", base + i * 10**9, f"uid-{i}")
+    assert [item.id for item in spool.fetch(1)] == ["early-0.ics"]
+    _put(spool.inbox, "0-late.ics", YEAR_2000, "uid-late")  # sorts first by name and by mtime
+    assert [item.id for item in spool.fetch(10)][-1] == "0-late.ics"
+    spool.close()
+    expected = ["early-0.ics", "early-1.ics", "early-2.ics", "0-late.ics"]
+    for _ in range(2):
+        again = SpoolMailbox(tmp_path, "room", exclusive=True)
+        assert [item.id for item in again.fetch(10)] == expected
+        again.close()
 
 
 def test_a_backlog_is_drained_from_its_listing_and_listed_again_in_time(tmp_path: Path) -> None:
@@ -57,7 +91,7 @@ def test_a_backlog_is_drained_from_its_listing_and_listed_again_in_time(tmp_path
     spool.quarantine("01.ics", "test")
 
     # more than two batches left: the next batch comes from the listing, not a new one
-    _put(spool.inbox, "new.ics", base - 10**9, "uid-new")  # older time, arrived later
+    _put(spool.inbox, "new.ics", base - 10**9, "uid-new")  # older mtime, arrived later
     (spool.inbox / "03.ics").unlink()  # taken away by hand since it was listed
     items = spool.fetch(2)
     assert [item.id for item in items] == ["02.ics", "04.ics"]
@@ -65,8 +99,9 @@ def test_a_backlog_is_drained_from_its_listing_and_listed_again_in_time(tmp_path
     for item in items:
         spool.mark_handled(item.id)
 
-    now[0] = 1.0  # time to look again: the newcomer is the oldest waiting
-    assert [item.id for item in spool.fetch(2)] == ["new.ics", "05.ics"]
+    now[0] = 1.0  # time to look again: the newcomer is seen, behind those that waited longer
+    assert [item.id for item in spool.fetch(2)] == ["05.ics", "06.ics"]
+    assert [item.id for item in spool.fetch(10)][-1] == "new.ics"
 
 
 def test_a_short_backlog_is_listed_on_every_fetch(tmp_path: Path) -> None:
@@ -75,8 +110,49 @@ def test_a_short_backlog_is_listed_on_every_fetch(tmp_path: Path) -> None:
     for i in range(3):
         _put(spool.inbox, f"{i}.ics", base + i * 10**9, f"uid-{i}")
     assert [item.id for item in spool.fetch(2)] == ["0.ics", "1.ics"]
+    spool.mark_handled("0.ics")
     _put(spool.inbox, "new.ics", base - 10**9, "uid-new")
-    assert [item.id for item in spool.fetch(2)] == ["new.ics", "0.ics"]
+    assert [item.id for item in spool.fetch(3)] == ["1.ics", "2.ics", "new.ics"]
+
+
+class _CountedEntry:
+    """An os.DirEntry whose stat calls are counted."""
+
+    def __init__(self, entry: os.DirEntry[str], stats: list[str]) -> None:
+        self._entry, self._stats, self.name = entry, stats, entry.name
+
+    def inode(self) -> int:
+        return self._entry.inode()
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        self._stats.append(self.name)
+        return self._entry.stat(follow_symlinks=follow_symlinks)
+
+
+def test_a_listing_looks_closer_only_at_the_files_new_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listing a long backlog again stats only what came since (a stat per waiting file on
+    every listing cost a large inbox dearly), and keeps the order of what it saw before."""
+    now = [0.0]
+    spool = SpoolMailbox(tmp_path, "room", relist_seconds=1.0, monotonic=lambda: now[0])
+    for i in range(2_000):
+        (spool.inbox / f"{i:04d}.ics").write_bytes(b"")
+    stats: list[str] = []
+    scandir = os.scandir
+
+    def counting(path: Any) -> list[_CountedEntry]:
+        with scandir(path) as entries:
+            return [_CountedEntry(entry, stats) for entry in entries]
+
+    monkeypatch.setattr(os, "scandir", counting)
+    first = [item.id for item in spool.fetch(2)]
+    assert len(stats) == 2_000
+    stats.clear()
+    _put(spool.inbox, "new.ics", YEAR_2000, "uid-new")
+    now[0] = 1.0
+    assert [item.id for item in spool.fetch(2)] == first
+    assert stats == ["new.ics"]
 
 
 def test_items_of_every_size_are_read_whole(tmp_path: Path) -> None:

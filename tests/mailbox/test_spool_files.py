@@ -109,9 +109,11 @@ def message(n: int = 1) -> Outgoing:
 
 def crash_leftovers(root: Path) -> dict[str, Path]:
     """The temp files SIGKILL leaves mid-write: an outbox mail (the syncfs path's and
-    atomic_write's form) and an error note; and files of the same shape that are not ours."""
+    atomic_write's form), an error note, the calendar's rewrite after damage and its copy;
+    and files of the same shape that are not ours."""
     outbox, failed, inbox = root / "outbox", root / "failed", root / "inbox"
-    for folder in (outbox, failed, inbox):
+    calendar = root / "calendar"
+    for folder in (outbox, failed, inbox, calendar):
         folder.mkdir(parents=True, exist_ok=True)
     name = outbox_name(message(1), datetime(2026, 12, 6, 21, 5, 13, 428731, tzinfo=UTC))
     other = outbox_name(message(2), datetime(2026, 12, 6, 21, 5, 14, tzinfo=UTC))
@@ -119,6 +121,9 @@ def crash_leftovers(root: Path) -> dict[str, Path]:
         "mail": outbox / f".{name}.tmp",
         "mail_pid": outbox / f".{other}.4242.tmp",
         "note": failed / ".bad.ics.error.txt.4242.tmp",
+        "calendar": calendar / ".accepted.jsonl.4242.tmp",
+        "calendar_copy": calendar / ".accepted.jsonl.damaged-20261206T210513Z-2.4242.tmp",
+        "calendar_foreign": calendar / ".notes.4242.tmp",
         # not ours: someone's own temp file in the outbox, and any writer's in the inbox
         "foreign": outbox / ".notes.eml.tmp",
         "inbox": inbox / f".{name}.tmp",
@@ -133,7 +138,7 @@ def test_a_start_removes_what_a_crash_left_half_written_and_only_that(tmp_path: 
     spool = SpoolMailbox(tmp_path, "room", exclusive=True)
     try:
         gone = {key for key, path in files.items() if not path.exists()}
-        assert gone == {"mail", "mail_pid", "note"}
+        assert gone == {"mail", "mail_pid", "note", "calendar", "calendar_copy"}
     finally:
         spool.close()
 

@@ -172,9 +172,9 @@ def cmd_store(args: argparse.Namespace) -> int:
         report = check(stores / name)
         damaged = damaged or report.damaged
         print("\n".join(map(terminal, report.lines())))
-    others = check_state(data_dir, args.name)
+    others = check_state(data_dir, args.name, _spools(args))
     if others:
-        print(f"{data_dir}: queues, decisions, sign-in and token caches")
+        print(f"{data_dir}: queues, decisions, sign-in, token caches and spool calendars")
         for item in others:
             print(f"  {item.path}: {'DAMAGED: ' if item.damaged else ''}{item.detail}")
     if damaged:
@@ -186,6 +186,17 @@ def cmd_store(args: argparse.Namespace) -> int:
             "delete them"
         )
     return 1 if damaged or any(item.damaged for item in others) else 0
+
+
+def _spools(args: argparse.Namespace) -> dict[str, Path]:
+    """The spool directories the config names (none with --data-dir: those under it are
+    found without a config)."""
+    if args.data_dir is not None:
+        return {}
+    cfg = load(args.config, secrets=False)
+    if cfg is None:
+        return {}
+    return {i.name: i.spool_dir(cfg.data_dir) for i in cfg.integrations if i.backend == "spool"}
 
 
 def cmd_failed(args: argparse.Namespace) -> int:

@@ -13,11 +13,51 @@ from vmrsched.messages.calendars import MAX_HEADER, clean_header
 from vmrsched.outgoing import Outgoing
 from vmrsched.rules.meetings import is_address
 
+LINE_LIMIT = 998  # RFC 5322: octets a line MUST NOT exceed
+FOLD_AT = 78  # RFC 5322: ... and SHOULD NOT exceed
+_WORD_OVERHEAD = len("=?utf-8?q??=")
+_WORD_MAX = 75  # RFC 2047: characters of one encoded word
+UID_HEADER = "X-Vmrsched-Meeting-Uid"  # the whole meeting UID (whole_header)
+
 
 def _header(value: str) -> str:
-    """Non-ASCII header values as RFC 2047 encoded words."""
+    """Non-ASCII header values as RFC 2047 encoded words (folded with CRLF, as every line of
+    the mail ends)."""
     value = clean_header(value)
-    return value if value.isascii() else Header(value, "utf-8").encode()
+    return value if value.isascii() else Header(value, "utf-8").encode(linesep="\r\n")
+
+
+def whole_header(name: str, value: str) -> str:
+    """The value of header `name` carrying every character of `value`, whatever its length
+    (the meeting UID: up to 1,000 characters, one line's limit is no reason to cut it).
+    Written as it is when it is printable ASCII that fits one line and that no parser would
+    change (no leading or trailing blank, nothing that reads as an encoded word); else as RFC
+    2047 encoded words (UTF-8, Q: ASCII stays readable), one to a folded line of at most 78
+    characters. A MIME parser joins adjacent encoded words without the folding between them
+    (RFC 2047 section 6.2), so it reads back exactly `value`: control characters too."""
+    if (
+        all(" " <= ch <= "~" for ch in value)
+        and value == value.strip()
+        and "=?" not in value
+        and len(name) + 2 + len(value) <= LINE_LIMIT
+    ):
+        return value
+    words: list[str] = []
+    chunk: list[bytes] = []
+    size = 0
+    room = FOLD_AT - len(name) - 2 - _WORD_OVERHEAD  # the first word shares the name's line
+    for ch in value:
+        octets = ch.encode("utf-8")
+        width = quoprimime.header_length(octets)
+        if chunk and size + width > room:
+            words.append(quoprimime.header_encode(b"".join(chunk), "utf-8"))
+            chunk, size = [], 0
+            room = min(_WORD_MAX, FOLD_AT - 1) - _WORD_OVERHEAD
+        chunk.append(octets)
+        size += width
+    if chunk:
+        words.append(quoprimime.header_encode(b"".join(chunk), "utf-8"))
+    return "\r\n ".join(words)
 
 
 def _subject(value: str) -> str:
@@ -75,7 +115,7 @@ def to_eml(message: Outgoing) -> bytes:
         ("X-Vmrsched-Outcome", clean_header(message.outcome)),
         ("X-Vmrsched-Reason", clean_header(message.reason)),
         ("X-Vmrsched-Correlation-Id", clean_header(message.correlation_id)),
-        ("X-Vmrsched-Meeting-Uid", _header(message.meeting_uid)),
+        (UID_HEADER, whole_header(UID_HEADER, message.meeting_uid)),
     ]
     out = [f"{name}: {value}\r\n" for name, value in headers]
     out.append("\r\n")

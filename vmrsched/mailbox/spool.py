@@ -4,7 +4,8 @@ inbox/      meeting requests dropped in (.ics or iMIP .eml; write elsewhere, the
 outbox/     one RFC 5322 .eml per reply or organizer update, named by its stable message id
 processed/  handled inbox files
 failed/     unreadable inbox files, each with <name>.error.txt saying why
-calendar/   accepted meetings (the resource calendar the recovery tool reads)
+calendar/   accepted meetings (the resource calendar the recovery tool reads): accepted.jsonl,
+            a checksummed JSON line per acceptance (lines written before checksums still read)
 
 What lies outside the gateway and touches the spool (`vmrsched invite`, the demo pane) goes
 through `deliver` (into the inbox) and `read_outbox` (the answers), so the folders stay this
@@ -28,8 +29,6 @@ from pathlib import Path
 from stat import S_ISLNK, S_ISREG
 from typing import TYPE_CHECKING, BinaryIO
 
-import orjson
-
 from vmrsched import libc
 from vmrsched.mailbox import compose, itip
 from vmrsched.mailbox.base import (
@@ -43,8 +42,8 @@ from vmrsched.mailbox.base import (
 from vmrsched.rules.meetings import Meeting
 from vmrsched.rules.stored_meetings import meeting_from_json, meeting_to_json
 from vmrsched.store import lock_directory
-from vmrsched.store.journal import atomic_write, fsync_dir
-from vmrsched.telemetry import MAILBOX_UNREACHABLE
+from vmrsched.store.journal import atomic_write, encode_entry, fsync_dir, scan, settle
+from vmrsched.telemetry import MAILBOX_UNREACHABLE, report_damaged
 
 if TYPE_CHECKING:
     from vmrsched.config import IntegrationConfig
@@ -95,12 +94,14 @@ def read_outbox(spool_dir: Path, meeting_uid: str) -> list[dict[str, str]]:
     from, to, outcome, reason, correlation_id and the HTML body of each."""
     found = []
     outbox = Path(spool_dir) / OUTBOX
+    # the header as compose writes it: mails about other meetings are passed over unparsed
+    written = compose.whole_header(compose.UID_HEADER, meeting_uid).encode("ascii")
     for path in sorted(outbox.glob("*.eml"), key=lambda p: p.stat().st_mtime_ns):
         raw = path.read_bytes()
-        if meeting_uid.encode() not in raw:
+        if written not in raw:
             continue
         msg = email.message_from_bytes(raw, policy=email.policy.default)
-        if msg.get("X-Vmrsched-Meeting-Uid") != meeting_uid:
+        if msg.get(compose.UID_HEADER) != meeting_uid:
             continue
         body = msg.get_body(("html",))
         found.append(
@@ -184,6 +185,7 @@ _OUTBOX_TEMP = re.compile(
     r"^\.\d{8}T\d{6}\.\d{6}Z-[a-z_]+-[a-z0-9-]*-[0-9a-f]{32}\.eml(\.\d+)?\.tmp$"
 )
 _NOTE_TEMP = re.compile(r"^\..+\.error\.txt\.\d+\.tmp$")
+_CALENDAR_TEMP = re.compile(r"^\.accepted\.jsonl(\.damaged-[0-9TZ-]+)?\.\d+\.tmp$")  # its rewrite
 
 
 # Linux syncfs(2): one call makes every write on the file system durable, which lets a batch
@@ -194,7 +196,7 @@ _SYNCFS: Callable[[int], int] | None = libc.function("syncfs")
 class SpoolMailbox(Mailbox):
     """The spool directory as the equipment mailbox.
 
-    Threads: the poller's state (the inbox listing, arrival times, the backlog) is touched only
+    Threads: the poller's state (the inbox listing, the backlog in arrival order) is touched only
     by fetch, mark_handled and quarantine, which only the poller calls; the notifier's (the ids
     in the outbox) only by send and delivered. What both reach is the file system, whose
     renames are atomic, and the calendar file and spool directory descriptor that `sync` (both
@@ -228,14 +230,14 @@ class SpoolMailbox(Mailbox):
         for folder in (self.inbox, self.outbox, self.processed, self.failed):
             folder.mkdir(parents=True, exist_ok=True)
         self._calendar: BinaryIO | None = None
+        self._settled = False  # the calendar file checked, ready for appends (_settle_calendar)
         self._fd: int | None = None
         self._opening = threading.Lock()  # the calendar file and self._fd: opened once
         self._sent_ids: set[str] | None = None
-        # inbox name -> (mtime ns, inode) when first listed: the arrival order, without a stat
-        # of every waiting file on every poll (a backlog of n files cost n stats per poll)
-        self._arrived: dict[str, tuple[int, int]] = {}
-        # the names of the last listing, oldest first, less those handled since
-        self._backlog: dict[str, None] = {}
+        # the names of the last listing less those handled since, in the order first seen
+        # waiting, each with its inode (a file replaced under its name is a new arrival): a
+        # listing looks closer (a stat) only at what is new to it, never at the whole backlog
+        self._backlog: dict[str, int] = {}
         self.relist_seconds = relist_seconds
         self._monotonic = monotonic
         self._relist_at = monotonic()
@@ -249,15 +251,28 @@ class SpoolMailbox(Mailbox):
         self._lock_fd = lock_directory(self.root, f"the spool {self.root}") if exclusive else None
         if self._lock_fd is not None:
             self._remove_leftovers()
+            try:
+                self._settle_calendar()  # at the start, so that damage is said at once
+            except OSError as exc:  # tried again before the first append
+                log.error(
+                    "cannot check %s: %s", self.calendar_dir, exc, extra={"integration": name}
+                )
 
     def _remove_leftovers(self) -> None:
         """Delete the temp files a crash (SIGKILL, power loss) left of this gateway's own
-        writes: an outbox mail it was writing, an error note. Only under the spool's lock, so
+        writes: an outbox mail it was writing, an error note, the calendar file it was
+        rewriting after damage (with its copy). Only under the spool's lock, so
         no other process can be writing them; only in the folders the gateway alone writes
         (never the inbox, where others write their own temp files); only names of its own
         making. A mail's temp file never counted as sent (only `<name>.eml` does), so the
         notifier, which had not marked that message delivered, writes it again: once."""
-        for folder, pattern in ((self.outbox, _OUTBOX_TEMP), (self.failed, _NOTE_TEMP)):
+        for folder, pattern in (
+            (self.outbox, _OUTBOX_TEMP),
+            (self.failed, _NOTE_TEMP),
+            (self.calendar_dir, _CALENDAR_TEMP),
+        ):
+            if not folder.is_dir():
+                continue  # calendar/ before the first acceptance
             for entry in os.scandir(folder):
                 if pattern.match(entry.name) and entry.is_file(follow_symlinks=False):
                     with contextlib.suppress(FileNotFoundError):
@@ -272,10 +287,10 @@ class SpoolMailbox(Mailbox):
         return integ.spool.poll_interval_seconds
 
     def fetch(self, limit: int) -> Sequence[InboxItem]:
-        """The `limit` oldest items (by the time they were first seen waiting, then name).
-        A backlog of n files is listed again only when fewer than two batches of it are left
-        or `relist_seconds` have passed: listing it for every batch cost n/limit listings of
-        up to n entries each (5,000 waiting: 50 listings, 125,000 entries)."""
+        """The `limit` items first seen waiting (`_relist` says the order). A backlog of n
+        files is listed again only when fewer than two batches of it are left or
+        `relist_seconds` have passed: listing it for every batch cost n/limit listings of up
+        to n entries each (5,000 waiting: 50 listings, 125,000 entries)."""
         try:
             if len(self._backlog) < 2 * limit or self._monotonic() >= self._relist_at:
                 self._relist()
@@ -298,7 +313,15 @@ class SpoolMailbox(Mailbox):
     def _relist(self) -> None:
         """List the inbox again, unless its timestamps say nothing came or went since the
         last listing: then one stat(2) does instead of open, two getdents and close, which
-        was most of what 1,000 idle integrations cost (and a quarter of their start-up)."""
+        was most of what 1,000 idle integrations cost (and a quarter of their start-up).
+
+        The order is when the service first saw each file: what a listing finds new goes
+        after everything already waiting; among themselves, the newcomers of one listing
+        (all the files waiting at start, too) by the time they arrived, their change time
+        (ctime: the rename into the inbox sets it, and nothing sets it back, unlike the mtime
+        that `mv` keeps from elsewhere), then by name. So a restart keeps the order the files
+        had, on file systems whose rename sets the change time (ext4, XFS, Btrfs, tmpfs).
+        A listing stats only its newcomers and sorts only them."""
         now = self._monotonic()
         inbox = os.stat(self._inbox_path)
         listed_as = (inbox.st_ino, inbox.st_dev, inbox.st_mtime_ns, inbox.st_ctime_ns)
@@ -310,26 +333,30 @@ class SpoolMailbox(Mailbox):
             self._listed_as, self._trusted_until = listed_as, now + TRUST_UNCHANGED_SECONDS
         else:
             self._listed_as = None  # a change later in the same tick would keep this timestamp
-        known = self._arrived
-        arrived = {}
+        known = self._backlog
+        still: set[str] = set()
+        new: list[tuple[int, str, int]] = []
         for entry in os.scandir(self.inbox):
             name = entry.name
             if name.startswith("."):
                 continue
-            seen = known.get(name)
-            if seen is None or seen[1] != entry.inode():  # new, or replaced under its name
-                try:
-                    seen = (entry.stat(follow_symlinks=False).st_mtime_ns, entry.inode())
-                except FileNotFoundError:
-                    continue  # gone between listing and stat
-            arrived[name] = seen
-        self._arrived = arrived
-        self._backlog = dict.fromkeys(sorted(arrived, key=lambda name: (arrived[name][0], name)))
+            inode = entry.inode()
+            if known.get(name) == inode:
+                still.add(name)
+                continue
+            try:  # new, or replaced under its name
+                changed = entry.stat(follow_symlinks=False).st_ctime_ns
+            except FileNotFoundError:
+                continue  # gone between listing and stat
+            new.append((changed, name, inode))
+        backlog = {name: inode for name, inode in known.items() if name in still}
+        new.sort()
+        backlog.update((name, inode) for _, name, inode in new)
+        self._backlog = backlog
         self._relist_at = now + self.relist_seconds
 
     def _forget(self, name: str) -> None:
         self._backlog.pop(name, None)
-        self._arrived.pop(name, None)
 
     def _read(self, name: str, stat: os.stat_result) -> InboxItem:
         """One inbox file as an item. An .eml carries its sender (the From and Sender headers),
@@ -472,30 +499,70 @@ class SpoolMailbox(Mailbox):
     def _calendar_file(self) -> BinaryIO:
         calendar = self._calendar
         if calendar is None:
-            with self._opening:  # sync (both threads) and record_accepted: one file object
+            with self._opening:  # one file object, whichever thread comes first
                 if self._calendar is None:
+                    if not self._settled:
+                        self._settle_calendar()
                     self.calendar_dir.mkdir(exist_ok=True)
                     self._calendar = open(self.calendar_dir / CALENDAR_FILE, "ab")  # noqa: SIM115
                 calendar = self._calendar
         return calendar
 
+    def _settle_calendar(self) -> None:
+        """Make the calendar file ready for appends, as every file the service keeps: a torn
+        last line (a crash mid-write) cut off and logged; damage (a complete line failing
+        its checksum, or an old line that does not parse) copied aside as
+        `accepted.jsonl.damaged-<time>`, every readable line kept in the file, logged, and
+        state_damaged raised (`vmrsched store check` lists both). Once: at the service's
+        start, or before the first append of a gateway that is not the service's."""
+        path = self.calendar_dir / CALENDAR_FILE
+        settled = settle(path, plain=True)
+        self._settled = True
+        extra = {"integration": self.name}
+        if settled.dropped:
+            log.warning(
+                "%s: dropped a torn last line (%d bytes: an acceptance a crash cut short)",
+                path,
+                settled.dropped,
+                extra=extra,
+            )
+        if settled.aside is not None:
+            what = settled.scan.damage()
+            log.error(
+                "%s: %s; every readable line (%d) is kept in it, the damaged file as %s",
+                path,
+                what,
+                len(settled.scan.ordered),
+                settled.aside.name,
+                extra=extra,
+            )
+            report_damaged(self.name, settled.aside, what)
+
     def record_accepted(self, meeting: Meeting) -> None:
-        """Keep the accepted meeting in the resource calendar: a JSON line per acceptance, the
-        latest line for a UID and occurrence wins. Durable with the next `sync`."""
-        self._calendar_file().write(orjson.dumps(meeting_to_json(meeting)) + b"\n")
+        """Keep the accepted meeting in the resource calendar: a checksummed JSON line per
+        acceptance, the latest line for a UID and occurrence wins. Durable with the next
+        `sync`."""
+        self._calendar_file().write(encode_entry(meeting_to_json(meeting)))
 
     def calendar(self, start: datetime, end: datetime) -> Sequence[CalendarEntry]:
+        """The accepted meetings from every line that reads (a damaged file not yet set
+        right by the service's start, too: the damage is logged, the rest read)."""
         latest: dict[tuple[str, str], Meeting] = {}
         path = self.calendar_dir / CALENDAR_FILE
-        if path.exists():
-            self._calendar_file().flush()
-            for line in path.read_bytes().splitlines():
-                try:
-                    meeting = meeting_from_json(orjson.loads(line))
-                except (ValueError, KeyError, TypeError):
-                    continue  # a torn last line after a crash
-                rid = meeting.recurrence_id.isoformat() if meeting.recurrence_id else ""
-                latest[(meeting.uid, rid)] = meeting
+        if self._calendar is not None:
+            self._calendar.flush()
+        result = scan(path, plain=True)
+        extra = {"integration": self.name}
+        if result.corrupt or result.torn_tail:
+            log.warning("%s: %s; every other line is read", path, result.damage(), extra=extra)
+        for number, raw in enumerate(result.ordered, 1):
+            try:
+                meeting = meeting_from_json(raw)
+            except (ValueError, KeyError, TypeError, AssertionError):
+                log.warning("%s: entry %d is not a meeting", path, number, extra=extra)
+                continue
+            rid = meeting.recurrence_id.isoformat() if meeting.recurrence_id else ""
+            latest[(meeting.uid, rid)] = meeting
         entries: list[CalendarEntry] = []
         for (uid, rid), meeting in latest.items():
             if meeting.is_series or (meeting.end >= start and meeting.start <= end):

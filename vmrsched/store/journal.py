@@ -55,16 +55,36 @@ def disk_full(exc: BaseException) -> bool:
 DAMAGED_SUFFIX = re.compile(r"\.damaged-\d{8}T\d{6}Z(?:-\d+)?$")
 
 
-def set_aside(path: Path, now: float | None = None) -> Path:
-    """Move a damaged file out of its owner's way, every byte kept, as `<name>.damaged-<UTC
-    time>` beside it (`vmrsched store check` lists such files). Returns where it went."""
+def _aside_name(path: Path, now: float | None) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
     target = path.with_name(f"{path.name}.damaged-{stamp}")
     number = 1
     while target.exists():
         number += 1
         target = path.with_name(f"{path.name}.damaged-{stamp}-{number}")
+    return target
+
+
+def set_aside(path: Path, now: float | None = None) -> Path:
+    """Move a damaged file out of its owner's way, every byte kept, as `<name>.damaged-<UTC
+    time>` beside it (`vmrsched store check` lists such files). Returns where it went."""
+    target = _aside_name(path, now)
     os.rename(path, target)
+    fsync_dir(path.parent)
+    return target
+
+
+def copy_aside(path: Path, now: float | None = None) -> Path:
+    """Keep a copy of a damaged file beside it, every byte, named as `set_aside` names it,
+    while the file stays where it is until its owner replaces it (atomic_write): there is no
+    moment without it. A hard link where the file system has them, else a copy."""
+    target = _aside_name(path, now)
+    try:
+        os.link(path, target)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        atomic_write(target, path.read_bytes())
     fsync_dir(path.parent)
     return target
 
@@ -198,6 +218,20 @@ class Scan:
     def corrupt(self) -> bool:
         return bool(self.bad_lines)
 
+    def damage(self) -> str:
+        """What is wrong with the file, in a few words ("" when nothing is)."""
+        said = []
+        if self.bad_lines:
+            lines = ", ".join(map(str, self.bad_lines[:10]))
+            lost = len(self.unreadable) - len(self.unverified)
+            notes = [f"{lost} with nothing whole left in it"] if lost else []
+            if self.unverified:
+                notes.append(f"{len(self.unverified)} that parses but fails its checksum")
+            said.append(f"damaged line(s) {lines}" + (f" ({', '.join(notes)})" if notes else ""))
+        if self.torn_tail:
+            said.append("a torn last line (a crash mid-write)")
+        return "; ".join(said)
+
 
 def _decode(line: bytes) -> dict[str, Any] | None:
     if len(line) < 10 or line[8:9] != b" ":
@@ -263,20 +297,41 @@ def _recover(line: bytes) -> list[dict[str, Any]]:
 _ENTRY_START = re.compile(rb"[0-9a-f]{8} [{]")
 
 
-def scan(path: Path) -> Scan:
+def _plain(line: bytes) -> dict[str, Any] | None:
+    """A line that is a JSON object without a checksum (written before lines carried one)."""
+    if line[:1] != b"{":
+        return None
+    try:
+        entry = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
+def scan(path: Path, *, plain: bool = False) -> Scan:
     """Read a journal, telling a torn tail (an incomplete last line: what a crash in the middle
     of a write leaves, never acknowledged) from corruption (a complete line that fails its
-    checksum: no crash does that, so the file cannot be trusted to be whole)."""
-    result = Scan()
+    checksum: no crash does that, so the file cannot be trusted to be whole). `plain`: a
+    line that is a JSON object without a checksum is an entry too (a file whose older lines
+    were written before lines carried checksums; damage to such a line is found only where
+    it no longer parses)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return result
+        return Scan()
+    return scan_bytes(data, plain=plain)
+
+
+def scan_bytes(data: bytes, *, plain: bool = False) -> Scan:
+    """`scan` of a journal's bytes."""
+    result = Scan()
     lines = data.split(b"\n")
     complete, last = lines[:-1], lines[-1]
     bad: list[int] = []
     for number, line in enumerate(complete, 1):
         entry = _decode(line)
+        if entry is None and plain:
+            entry = _plain(line)
         if entry is not None:
             result.entries.append(entry)
             result.ordered.append(entry)
@@ -295,7 +350,7 @@ def scan(path: Path) -> Scan:
     if last:
         # no newline at the end: the last write did not finish (a crash mid-write), unless
         # the piece is a whole entry (only its newline missing or damaged): then keep it
-        entry = _decode(last) or _decode(last[:-1])
+        entry = _decode(last) or _decode(last[:-1]) or (_plain(last) if plain else None)
         if entry is not None:
             result.entries.append(entry)
             result.ordered.append(entry)
@@ -303,6 +358,46 @@ def scan(path: Path) -> Scan:
             result.torn_tail = True
     result.bad_lines = bad
     return result
+
+
+@dataclass
+class Settled:
+    """What `settle` found in a file, and did to it."""
+
+    scan: Scan
+    dropped: int = 0  # bytes of a torn last line cut off
+    aside: Path | None = None  # where a copy of the damaged file was kept
+
+
+def settle(path: Path, *, plain: bool = False, now: float | None = None) -> Settled:
+    """Make a file of checksummed lines, only ever appended to, ready for its next append
+    (`plain`: as `scan`). A torn last line (a crash mid-write: never durable) is cut off, so
+    that the next line does not land on it; a whole last line lacking only its newline gets
+    it. A file with damaged lines (no crash does that) is copied aside (`copy_aside`), then
+    rewritten with every entry that still reads, in order, each line with its checksum. The
+    caller says so (log, alarm) from what is returned. No file: nothing to do."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return Settled(Scan())
+    result = scan_bytes(data, plain=plain)
+    tail = len(data) - (data.rfind(b"\n") + 1)
+    dropped = tail if result.torn_tail else 0
+    if result.corrupt:
+        aside = copy_aside(path, now)
+        atomic_write(path, b"".join(encode_entry(entry) for entry in result.ordered))
+        return Settled(result, dropped, aside)
+    if tail:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            if dropped:
+                os.ftruncate(fd, len(data) - tail)
+            else:
+                os.write(fd, b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return Settled(result, dropped)
 
 
 def sealed_lengths(scans: Iterable[Scan]) -> dict[int, int]:

@@ -9,8 +9,9 @@ checksum (or, when it no longer parses, each document that still decodes on its 
 valid journal entry in order, including entries found behind junk on a damaged line.
 
 Check also reads every other file the service keeps (queue journals, decisions logs, sign-in key
-and sessions, token caches) and lists the ones that are damaged, and the damaged files the
-service set aside (`<name>.damaged-<time>`) once it had kept what they still held.
+and sessions, token caches, the spool's calendars) and lists the ones that are damaged, and the
+damaged files the service set aside (`<name>.damaged-<time>`) once it had kept what they still
+held.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +51,8 @@ log = logging.getLogger("vmrsched.storage")
 
 _RECORD_START = re.compile(r'\{"alias_id":')
 _DOCUMENT_KEY = re.compile(r'"((?:[^"\\]|\\.){1,40})":\s*$')
+# the spool's calendar under its directory (vmrsched/mailbox/spool.py writes it)
+SPOOL_CALENDAR = Path("calendar", "accepted.jsonl")
 _NAMING_FIELD = re.compile(r'"(alias|alias_id|meeting_uid|status)":\s*"((?:[^"\\]|\\.){0,300})"')
 
 
@@ -388,10 +391,14 @@ def usable_key(text: str) -> bool:
     return True
 
 
-def check_state(data_dir: Path, integration: str | None = None) -> list[StateFile]:
-    """Every queue journal, decisions log, sign-in sessions file, token cache and the sign-in
-    key under `data_dir` (those of `integration` and the shared key, when named), and every
-    damaged file set aside beside them. Reads only (safe beside a running service)."""
+def check_state(
+    data_dir: Path, integration: str | None = None, spools: Mapping[str, Path] | None = None
+) -> list[StateFile]:
+    """Every queue journal, decisions log, sign-in sessions file, token cache, spool calendar
+    and the sign-in key under `data_dir` (those of `integration` and the shared key, when
+    named), and every damaged file set aside beside them. `spools`: the spool directories by
+    integration that the config keeps elsewhere than under `data_dir`. Reads only (safe
+    beside a running service)."""
     data_dir = Path(data_dir)
     found: list[StateFile] = []
 
@@ -420,6 +427,15 @@ def check_state(data_dir: Path, integration: str | None = None) -> list[StateFil
             owner = DAMAGED_SUFFIX.sub("", path.name).split(".")[0]
             if DAMAGED_SUFFIX.search(path.name) and (owner == "key" or mine(owner)):
                 found.append(_aside(data_dir, path))
+    directories = {p.name: p for p in _entries(layout.root / "spool") if p.is_dir()}
+    directories.update(spools or {})
+    for name, spool in sorted(directories.items()):
+        calendar = spool / SPOOL_CALENDAR
+        for path in sorted(_entries(calendar.parent)) if mine(name) else []:
+            if path.name == calendar.name or (
+                path.name.startswith(f"{calendar.name}.") and DAMAGED_SUFFIX.search(path.name)
+            ):
+                found.append(_calendar_state(data_dir, path))
     return found
 
 
@@ -435,9 +451,14 @@ def _generation(path: Path) -> tuple[int, str]:
     return (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0, path.name)
 
 
+def _shown(data_dir: Path, path: Path) -> str:
+    """`path` relative to the data directory, or whole when it lies elsewhere."""
+    return str(path.relative_to(data_dir)) if path.is_relative_to(data_dir) else str(path)
+
+
 def _aside(data_dir: Path, path: Path) -> StateFile:
     return StateFile(
-        str(path.relative_to(data_dir)),
+        _shown(data_dir, path),
         "kept aside, damaged (what it still held was kept): look at it, then delete it",
         damaged=True,
     )
@@ -460,6 +481,26 @@ def _journal_state(data_dir: Path, path: Path) -> StateFile:
         )
     torn = "; a torn last line (a crash mid-write: never acknowledged)" if result.torn_tail else ""
     return StateFile(name, f"ok: {readable} entries{torn}")
+
+
+def _calendar_state(data_dir: Path, path: Path) -> StateFile:
+    if DAMAGED_SUFFIX.search(path.name):
+        return _aside(data_dir, path)
+    result = scan(path, plain=True)
+    name = _shown(data_dir, path)
+    if result.corrupt:
+        lines = ", ".join(map(str, result.bad_lines[:10]))
+        return StateFile(
+            name,
+            f"damaged line(s) {lines}: {len(result.ordered)} entries readable, "
+            f"{len(result.unreadable)} line(s) unreadable (the service keeps what reads and "
+            "copies the file aside when it starts; `vmrsched recover` reads what reads)",
+            damaged=True,
+        )
+    torn = (
+        "; a torn last line (a crash mid-write: the service drops it)" if result.torn_tail else ""
+    )
+    return StateFile(name, f"ok: {len(result.ordered)} entries{torn}")
 
 
 def _decisions_state(data_dir: Path, path: Path) -> StateFile:
