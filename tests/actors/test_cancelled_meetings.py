@@ -1,10 +1,11 @@
 """A meeting cancelled soon after it was booked, through the running actor tree and the spool:
-the organizer update that would restore it at the attendees is not sent (docs/guarantees.md,
-DESIGN.md "Meeting processing rules")."""
+its request read again gets no second answer, the organizer update that would restore it at the
+attendees is not sent (docs/guarantees.md, DESIGN.md "Meeting processing rules")."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -76,6 +77,23 @@ def test_an_organizer_update_is_not_sent_for_a_meeting_cancelled_in_the_same_bat
     running, _, uid = same_batch
     assert outcomes(running, uid) == [("accepted", "new_single")]
     assert not [m for m in spoolkit.outbox(running.spool) if m.outcome == "updated"]
+
+
+def test_a_request_and_its_cancellation_read_again_send_nothing_new(
+    same_batch: tuple[Running, list[str], str],
+) -> None:
+    """The state a SIGKILL leaves between queueing the answers and moving the items: both
+    decided (accepted, then cancelled), both still in the inbox. Read again, the request is
+    older than the cancellation already applied: no "Declined: alias_deleted" after the
+    "Accepted" for the same SEQUENCE, and no update."""
+    running, names, uid = same_batch
+    before = outcomes(running, uid)
+    for name in names:  # back into the inbox, as they were before they were marked handled
+        shutil.move(running.spool / "processed" / name, running.inbox / name)
+    for name in names:
+        spoolkit.wait_handled(running.spool, name)
+    running.settle()
+    assert outcomes(running, uid) == before == [("accepted", "new_single")]
 
 
 class HoldingUpdates(SpoolMailbox):
