@@ -1,6 +1,7 @@
 """A meeting cancelled soon after it was booked, through the running actor tree and the spool:
 its request read again gets no second answer, the organizer update that would restore it at the
-attendees is not sent (docs/guarantees.md, DESIGN.md "Meeting processing rules")."""
+attendees is not sent, and the log says what a cancellation did to the alias (docs/guarantees.md,
+DESIGN.md "Meeting processing rules")."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
 from tests import spoolkit
-from tests.configs import Running, spool_config
+from tests.configs import Running, pxps, spool_config
 from vmrsched import config, service
 from vmrsched.actors.context import Context
 from vmrsched.mailbox.base import GatewayError, Outgoing
@@ -145,4 +147,32 @@ def test_an_organizer_update_of_a_meeting_still_booked_is_sent(running: Running)
     assert outcomes(running, uid) == [
         ("accepted", "new_single"),
         ("updated", "placeholder_replaced"),
+    ]
+
+
+def test_the_log_says_a_cancelled_occurrence_leaves_the_alias_bound(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The audit's r18: cancelling one occurrence was logged as "released <alias>: meeting
+    cancelled" although the alias stays bound to the series."""
+    caplog.set_level("INFO", logger="vmrsched.store.decisions")
+    rec = running.reserve()
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    series, uid = spoolkit.request(
+        body=pxps(rec), start=start, rrule="FREQ=DAILY;COUNT=5", subject="Daily"
+    )
+    running.send(series)
+    rid = start + timedelta(days=2)
+    one, _ = spoolkit.request(
+        uid, method="CANCEL", sequence=1, start=rid, recurrence_id=rid, subject="Daily"
+    )
+    running.send(one)
+    whole, _ = spoolkit.request(uid, method="CANCEL", sequence=2, start=start, subject="Daily")
+    running.send(whole)
+    lines = [r.getMessage() for r in caplog.records if r.name == "vmrsched.store.decisions"]
+    alias = rec["alias"]
+    assert lines[1:] == [
+        f"cancelled occurrence {rid:%Y%m%dT%H%M%SZ} of {alias}, which stays bound: 'Daily' "
+        "from olga@example.com",
+        f"released {alias}: meeting cancelled: 'Daily' from olga@example.com",
     ]
