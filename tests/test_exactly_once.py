@@ -4,9 +4,11 @@ answer and one organizer update, on the spool and against the fake Exchange over
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
+from collections import Counter
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -71,6 +73,100 @@ def test_spool_sigkill_when_idle_resends_nothing(tmp_path: Path) -> None:
     for uid in uids:
         assert counts[(uid, "reply")] == 1 and counts[(uid, "update")] == 1, counts
     assert sum(counts.values()) == 6
+
+
+def placeholder_then_cancel(inbox: Path, pairs: int) -> list[str]:
+    """`pairs` meetings booked offline (a placeholder request), each cancelled right after
+    (SEQUENCE 1), all in the inbox before the service reads it, each request older than its
+    cancellation (the spool takes the oldest first)."""
+    oldest = time.time() - 600
+    uids = []
+    for i in range(pairs):
+        request, uid = spoolkit.request(body=f"<p>{tok(100 + i)}</p>")
+        cancel, _ = spoolkit.request(uid, method="CANCEL", sequence=1)
+        for j, data in enumerate((request, cancel)):
+            name = spoolkit.drop(inbox, data, f"{i:03d}-{j}.ics")
+            stamp = oldest + 2 * i + j
+            os.utime(inbox / name, (stamp, stamp))
+        uids.append(uid)
+    return uids
+
+
+def answers_by_meeting(spool: Path) -> Counter[tuple[str, str, str]]:
+    return Counter(
+        (m.headers["X-Vmrsched-Meeting-Uid"], m.outcome, m.reason) for m in spoolkit.outbox(spool)
+    )
+
+
+def test_spool_sigkill_before_a_request_and_its_cancellation_were_moved_sends_nothing_new(
+    tmp_path: Path,
+) -> None:
+    """The audit's crash3.py, made exact: a request and its CANCEL decided in one batch
+    (accepted, then cancelled), and SIGKILL before the two inbox files were moved, which leaves
+    both in the inbox (put back here after the kill). After the restart they are read and
+    decided again: the organizer has the one "Accepted" for SEQUENCE 0 and nothing else (no
+    "Declined: alias_deleted" contradicting it, no update restoring the cancelled meeting)."""
+    port = free_port()
+    config = tmp_path / "vmrsched.toml"
+    write_config(config, port)
+    spool = tmp_path / "data" / "spool" / "default"
+    uids = placeholder_then_cancel(spool / "inbox", 3)
+    names = sorted(p.name for p in (spool / "inbox").iterdir())
+    proc = start(config)
+    try:
+        wait_ready(port)
+        spoolkit.wait_for(lambda: not any((spool / "inbox").iterdir()), timeout=30)
+        spoolkit.wait_for(lambda: sum(sends(config).values()) >= 3, timeout=30)
+        time.sleep(0.5)
+        kill(proc)
+        for name in names:  # as a kill between queueing the answers and the moves leaves them
+            os.replace(spool / "processed" / name, spool / "inbox" / name)
+        proc = start(config)
+        wait_ready(port)
+        spoolkit.wait_for(lambda: not any((spool / "inbox").iterdir()), timeout=30)
+        time.sleep(1.5)
+        stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert answers_by_meeting(spool) == Counter(
+        {(uid, "accepted", "new_single"): 1 for uid in uids}
+    )
+    assert sends(config) == Counter({(uid, "reply"): 1 for uid in uids})
+
+
+def test_spool_sigkill_mid_burst_of_cancelled_bookings_answers_each_request_once(
+    tmp_path: Path,
+) -> None:
+    """The same with a real kill's timing: 40 requests each followed by their CANCEL, SIGKILL
+    as the first file reaches processed/ (the audit found 27 of 150 meetings answered twice so),
+    then a restart that reads the rest and whatever the kill left. Each request is answered
+    once, accepted (it was decided before its cancellation) or, if the kill came before its
+    answer was queued, not at all; none is declined and no organizer update goes out."""
+    port = free_port()
+    config = tmp_path / "vmrsched.toml"
+    write_config(config, port)
+    spool = tmp_path / "data" / "spool" / "default"
+    uids = placeholder_then_cancel(spool / "inbox", 40)
+    proc = start(config)
+    try:
+        spoolkit.wait_for(
+            lambda: any((spool / "processed").glob("*.ics")), timeout=30, interval=0.002
+        )
+        kill(proc)
+        proc = start(config)
+        wait_ready(port)
+        spoolkit.wait_for(lambda: not any((spool / "inbox").iterdir()), timeout=60)
+        time.sleep(1.5)
+        stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    got = answers_by_meeting(spool)
+    assert all(n == 1 for n in got.values()), got
+    assert {(outcome, reason) for _, outcome, reason in got} <= {("accepted", "new_single")}, got
+    assert {uid for uid, _, _ in got} <= set(uids)
+    assert all(kind == "reply" and n == 1 for (_, kind), n in sends(config).items())
 
 
 # --- Exchange (the fake, over HTTP) -----------------------------------------------------------

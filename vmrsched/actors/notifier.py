@@ -35,6 +35,7 @@ from vmrsched.actors.supervision import Backoff
 from vmrsched.mailbox.base import MAX_RETRY_AFTER, GatewayError, Mailbox, Outgoing
 from vmrsched.messages import answers
 from vmrsched.postgres.outqueue import DatabaseOutQueue
+from vmrsched.rules.aliases import normalise
 from vmrsched.store.outqueue import Failed, MessageQueue, OutQueue
 from vmrsched.telemetry import DELIVERY_FAILED
 
@@ -43,6 +44,9 @@ log = logging.getLogger("vmrsched.notifier")
 CHUNK = 200
 FAILED_ALARM = DELIVERY_FAILED
 MAX_ATTEMPTS = 8
+# how soon a message that waits on its alias's state asks again while the integration's
+# aliases are not all published yet (its allocator is starting)
+NOT_LOADED_RETRY = 0.5
 
 
 @dataclass
@@ -193,6 +197,7 @@ class Notifier(SupervisedChild):
         waiting: list[float] = []
         try:
             ready: list[Outgoing] = []
+            dropped: list[tuple[Outgoing, str]] = []
             for outgoing in self.queue.pending():
                 if len(ready) >= CHUNK:
                     break
@@ -200,7 +205,14 @@ class Notifier(SupervisedChild):
                 if retry is not None and retry.not_before > now:
                     waiting.append(retry.not_before)
                     continue
-                ready.append(outgoing)
+                why = self._withdrawn(outgoing)
+                if why is None:
+                    waiting.append(now + NOT_LOADED_RETRY)
+                elif why:
+                    dropped.append((outgoing, why))
+                else:
+                    ready.append(outgoing)
+            self._drop(dropped)
             attempted = len(ready)
             if self.gateway.bulk_send:
                 # responses to request items go out together (one EWS request for the lot)
@@ -253,6 +265,49 @@ class Notifier(SupervisedChild):
             self._request_flush()
         elif waiting:
             self._wake(min(waiting) - time.monotonic())
+
+    def _withdrawn(self, outgoing: Outgoing) -> str | None:
+        """answers.withdrawn, asked of the alias's state now: the policy index, which the
+        allocator publishes after each commit (so a cancellation decided in the batch that
+        queued an update is there before the update is). None while the integration's aliases
+        are not all published yet (its allocator is starting): the message waits."""
+        if answers.waits_on(outgoing) is None:
+            return ""
+        index = self.ctx.alias_index
+        if not index.loaded(self.integ.name):
+            return None
+
+        def status(alias_id: str, alias: str) -> str | None:
+            room = index.lookup(normalise(alias))
+            return room.status if room is not None and room.alias_id == alias_id else None
+
+        return answers.withdrawn(outgoing, status)
+
+    def _drop(self, dropped: list[tuple[Outgoing, str]]) -> None:
+        """Messages withdrawn before they went out: done with, never sent (their ids stay
+        seen, so a request read again queues none of them again)."""
+        if not dropped:
+            return
+        self.queue.done(m.id for m, _ in dropped)
+        for message, why in dropped:
+            self._retries.pop(message.id, None)
+            self._unsure.discard(message.id)
+            log.info(
+                "%s %s %s for %s withdrawn: %s",
+                message.kind,
+                message.outcome,
+                message.reason,
+                ", ".join(message.recipients),
+                why,
+                extra={
+                    "integration": self.integ.name,
+                    "meeting_uid": message.meeting_uid,
+                    "message_id": message.id,
+                    "correlation_id": message.correlation_id,
+                    "outcome": message.outcome,
+                    "reason": message.reason,
+                },
+            )
 
     def _bulk(self, outgoing: Outgoing) -> bool:
         """Sent with others: a response to a request item, unless it may have gone out already

@@ -136,6 +136,7 @@ class MailboxPoller(SupervisedChild):
                 None,
                 step.alias,
                 shown,
+                d.action.kind,
             )
             replies.setdefault(item_id, []).extend(m.id for m in step.messages if m.kind == "reply")
             outgoing.extend(step.messages)
@@ -243,11 +244,13 @@ class MailboxPoller(SupervisedChild):
         item: InboxItem | None = None,
         alias: str = "",
         subject: str = "",
+        action: str = "",
     ) -> None:
         """One line per decision: what, why, which meeting (by its conference subject, the
         subject as admins see it; the UID is a field of its own, and the occurrence when it
         is about one occurrence only: recovery reads a meeting's standing from the series'
-        own decisions), who organised it and which alias it is about."""
+        own decisions), who organised it, which alias it is about and, for a cancellation,
+        what became of the alias (released, or bound still without the one occurrence)."""
         uid = meeting.uid if meeting is not None else (item.uid if item is not None else "")
         rid = meeting.recurrence_id if meeting is not None else None
         if reason == "unchanged":
@@ -260,8 +263,10 @@ class MailboxPoller(SupervisedChild):
         if item is not None and not organizer:
             organizer = item.sender_email
         sender = meeting.sent_by if meeting is not None else ""
-        if reason == "cancelled" and alias:
+        if action == "cancel":
             what = f"released {alias}: meeting cancelled"
+        elif action == "cancel_occurrence" and rid is not None:
+            what = f"cancelled occurrence {occurrence_key(rid)} of {alias}, which stays bound"
         else:
             what = f"{outcome} ({reason})" + (f", alias {alias}" if alias else "")
         self._entries.append(

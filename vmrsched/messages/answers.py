@@ -282,6 +282,7 @@ def organizer_update(
         calendar=calendars.update_calendar(meeting, body, htmltext.text_of(body)),
         extra={
             "alias_id": record["alias_id"],
+            "alias": record.get("alias", ""),  # what it waits on: see `withdrawn`
             "start": meeting.start.isoformat(),
             "instructions": instructions,  # mailed to the organizer if the update fails
         },
@@ -434,4 +435,38 @@ def instructions_by_mail(integ: IntegrationConfig, update: Outgoing) -> Outgoing
         reason="update_failed",
         correlation_id=update.correlation_id,
         meeting_uid=update.meeting_uid,
+        # the same joining instructions: sent only while the same alias is bound
+        extra={k: update.extra[k] for k in ("alias_id", "alias") if k in update.extra},
     )
+
+
+def waits_on(message: Outgoing) -> tuple[str, str] | None:
+    """(alias id, alias) of the alias `message` is sent only while it is bound: an organizer
+    update, or the mail standing in for a failed one (see `withdrawn`); None for the others."""
+    alias_id = str(message.extra.get("alias_id") or "")
+    alias = str(message.extra.get("alias") or "")
+    carries = message.kind == "update" or (
+        message.kind == "notice" and message.outcome == "instructions"
+    )
+    return (alias_id, alias) if carries and alias_id and alias else None
+
+
+def withdrawn(message: Outgoing, status: Callable[[str, str], str | None]) -> str:
+    """Why `message` must not go out any more ("" when it must), asked just before it is sent.
+
+    An organizer update, or the mail standing in for a failed one, carries an alias's joining
+    instructions; the update is a METHOD:REQUEST from the organizer of one higher SEQUENCE, so
+    an attendee's client takes it over a cancellation of the same SEQUENCE (RFC 5546 2.1.5:
+    the later DTSTAMP wins) and restores the meeting, with a dead room. So each goes out only
+    while its alias is still bound: not once the meeting was cancelled (in the same batch, or
+    while the message waited), the alias deleted by an admin, or the meeting finished and
+    archived. `status(alias_id, alias)` is the alias's state now (reserved | bound | deleted |
+    archived), None when it cannot be told: then the message goes out, as before."""
+    carried = waits_on(message)
+    if carried is None:
+        return ""
+    now = status(*carried)
+    if now is None or now == "bound":
+        return ""
+    why = "its meeting cancelled or the alias deleted" if now == "deleted" else now
+    return f"alias {carried[1]} is no longer bound ({why}): not sent"

@@ -136,6 +136,8 @@ class AliasRecord:
     # answer_key(message) -> reason (with "+update" when the organizer was updated): lets a
     # redelivered message get exactly the answer it got the first time
     answered: Mapping[str, str] = field(default_factory=dict)
+    # why a deleted alias was deleted: cancelled, replaced, expired, deleted by <who>
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -357,6 +359,9 @@ def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Dec
         return _not_organizer(message, owned)
     if _is_outdated(message, bound):
         return Decision("ignored", "outdated", message.correlation_id, record=bound)
+    ended = _ended(message, state.token_record)
+    if ended is not None:
+        return ended
 
     token = message.token
     if token is None:
@@ -384,6 +389,9 @@ def _decide_request(message: Meeting, state: MeetingState, now: datetime) -> Dec
         # answered with an organizer update, and now the body carries our token instead of
         # the placeholder: this is that update coming back, not the request read again
         remembered = None
+    again = _read_again(message, bound, target, remembered, now)
+    if again is not None:
+        return again
     if target is None:
         # TOK path: the add-in could not reach us; allocate now and fix the organizer's copy.
         assert token.kind == "TOK"
@@ -485,6 +493,63 @@ def _unchanged_decision(message: Meeting, bound: AliasRecord, key: str | None) -
             answer=(answer_key(message), "unchanged"),
         )
     return Decision("ignored", "unchanged", message.correlation_id, action=action, record=bound)
+
+
+def _ended(message: Meeting, record: AliasRecord | None) -> Decision | None:
+    """`outdated` for a request of a meeting whose alias was deleted since (the meeting
+    cancelled, the alias deleted by an admin), of a SEQUENCE no higher than the last message
+    applied to it. RFC 5546 orders one meeting's messages by SEQUENCE, then DTSTAMP: a lower
+    SEQUENCE than the cancellation's is older. An equal one is, as far as the store can tell,
+    the request read again (after a crash, or kept in the inbox while its reply waits), and
+    the cancellation came after it. Either way no second answer, which would contradict the
+    first ("Accepted", then "Declined: alias_deleted"); a higher SEQUENCE is alias_deleted."""
+    if record is None or record.status != "deleted" or record.meeting_uid != message.uid:
+        return None
+    seen = record.sequence
+    if message.recurrence_id is not None:
+        seen = max(seen, record.occurrence_sequences.get(occurrence_key(message.recurrence_id), -1))
+    if message.sequence > seen:
+        return None
+    why = f" ({record.reason})" if record.reason else ""
+    detail = f"SEQUENCE {message.sequence}; its alias was deleted{why} at SEQUENCE {seen}"
+    return Decision("ignored", "outdated", message.correlation_id, record=record, detail=detail)
+
+
+def _read_again(
+    message: Meeting,
+    bound: AliasRecord | None,
+    target: AliasRecord | None,
+    remembered: str | None,
+    now: datetime,
+) -> Decision | None:
+    """A series request answered before (the same meeting and SEQUENCE: read again) after a
+    message of the same or a higher SEQUENCE changed one of its occurrences (cancelled or moved
+    it): the answer it got the first time (the same messages), and the store keeps that change;
+    applying the series again would open a cancelled occurrence's window on Pexip again."""
+    if remembered is None or bound is None or bound.schedule is None or target is None:
+        return None
+    if target.alias_id != bound.alias_id or message.recurrence_id is not None:
+        return None
+    later = [(s, k) for k, s in bound.occurrence_sequences.items() if s >= message.sequence]
+    if not later:
+        return None
+    cid = message.correlation_id
+    detail = "answered before at this SEQUENCE; occurrence {1} changed since (SEQUENCE {0})"
+    detail = detail.format(*max(later)) + " and stays so: the same answer, sent once"
+    reason, _, flag = remembered.partition("+")
+    if TEMPLATE_FOR_REASON.get(reason) is None:  # "unchanged" remembered
+        return Decision("ignored", "unchanged", cid, record=bound, detail=detail)
+    token = message.token
+    return Decision(
+        "accepted",
+        reason,
+        cid,
+        record=bound,
+        occurrence=recurrence.next_occurrence(bound.schedule, now)
+        or recurrence.next_occurrence(message.schedule, now),
+        organizer_update=flag == "update" and token is not None and token.kind == "TOK",
+        detail=detail,
+    )
 
 
 def _bound_to(message: Meeting, record: AliasRecord | None) -> AliasRecord | None:

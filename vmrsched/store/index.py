@@ -175,7 +175,14 @@ class StoreIndex:
             return None
         status: Status = "bound" if info.status == "bound" else "deleted"
         return AliasRecord(
-            alias_id, "", "", status, meeting_uid=info.meeting_uid, organizer=info.organizer
+            alias_id,
+            "",
+            "",
+            status,
+            meeting_uid=info.meeting_uid,
+            sequence=info.sequence,
+            organizer=info.organizer,
+            reason=info.reason,
         )
 
     def state_for(

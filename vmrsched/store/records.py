@@ -73,6 +73,9 @@ class ArchivedInfo:
     alias: str = ""
     numeric_alias: str = ""
     organizer: str = ""  # of a bound meeting: who may still move it back into the future
+    # the highest SEQUENCE applied to its meeting (a cancellation's included): a request of
+    # that meeting read again later is still known as older (outdated) once the alias is here
+    sequence: int = -1
 
 
 @dataclass
@@ -104,6 +107,7 @@ def archived_info(record: Mapping[str, Any]) -> ArchivedInfo:
         record.get("alias", ""),
         record.get("numeric_alias", ""),
         record.get("organizer_email", "") if record.get("status") == "bound" else "",
+        record.get("sequence", -1) if record.get("meeting_uid") else -1,
     )
 
 
@@ -122,6 +126,7 @@ def to_alias_record(record: StoredRecord) -> AliasRecord:
         placeholder_id=record.get("placeholder_id"),
         organizer=record.get("organizer_email", ""),
         answered=record.get("answered") or {},
+        reason=record.get("reason", ""),
     )
 
 
