@@ -1,5 +1,5 @@
-"""One connection owned by one actor thread, for the records and the queue of one integration,
-and whether a connection kept idle may still be used.
+"""One connection owned by one actor thread, for the records and the queue of one integration;
+whether a connection kept idle may still be used; and what a failed attempt to connect means.
 
 A failed call drops the connection and the next call opens a new one, so a database that
 restarted, or failed over to a new primary the DSN also names, is found again without a
@@ -11,6 +11,7 @@ idle (a restart, a failover, an admin ending sessions) is noticed before anythin
 from __future__ import annotations
 
 import contextlib
+import re
 import select
 from collections.abc import Callable
 from typing import Any
@@ -66,3 +67,69 @@ class OwnConnection:
 
     def close(self) -> None:
         self._drop()
+
+
+# --- why a database cannot be used, in one line and without its secrets ----------------------
+
+# what libpq says when the server refused this client, rather than not answering
+_REFUSED = re.compile(
+    r"authentication failed|no pg_hba\.conf entry|password is required|no password supplied|"
+    r"(role|database) \"[^\"]*\" does not exist|permission denied for database|"
+    r"not permitted to log in",
+    re.IGNORECASE,
+)
+# what libpq says of a connection string it cannot read
+_MALFORMED = re.compile(r"connection option|connection info string|URI|invalid .*value")
+_QUOTED = re.compile(r'"([^"]*)"')
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _masked(message: str, dsn: str) -> str:
+    """libpq's words about a connection string it cannot read, with every quoted part of the
+    string it echoes left out ("…") unless the string names it as a key (`hostx=`, `?hostx=`)
+    or it is the one character of syntax libpq looked for: such an echo may be the password,
+    or the whole URL that holds it."""
+
+    def keep(found: re.Match[str]) -> str:
+        fragment = found.group(1)
+        if len(fragment) == 1 and not fragment.isalnum():
+            return found.group(0)  # the syntax libpq expected: "=", "]"
+        key = re.compile(rf"(^|[\s?&]){re.escape(fragment)}\s*=")
+        return found.group(0) if fragment and key.search(dsn) else '"…"'
+
+    return _QUOTED.sub(keep, message)
+
+
+def _password(dsn: str) -> str:
+    try:
+        return str(psycopg.conninfo.conninfo_to_dict(dsn).get("password") or "")
+    except psycopg.Error:
+        return ""
+
+
+def why_not(exc: psycopg.Error, dsn: str) -> str:
+    """What a failed attempt to connect (or a first call) means, in one line for an admin:
+    the connection string is malformed, the database refused this instance (its credentials,
+    or the database or role it names), or the database did not answer. Never the password:
+    libpq's words about a malformed string keep only the keys it names, and the password the
+    string holds is masked wherever else it might appear."""
+    text = (
+        _one_line(str(exc)).removeprefix("connection failed: ").removeprefix("connection is bad: ")
+    )
+    if isinstance(exc, psycopg.ProgrammingError) or _MALFORMED.search(text):
+        what = (
+            "the database's connection string ([storage] dsn_env or dsn_file) is malformed: "
+            f"{_masked(text, dsn)}"
+        )
+    elif _REFUSED.search(text):
+        what = f"the database refused this instance: {text}"
+    else:
+        what = f"the database did not answer: {text}"
+    secret = _password(dsn)
+    if not secret:
+        return what
+    alone = rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])"  # not inside another word
+    return re.sub(alone, "…", what)

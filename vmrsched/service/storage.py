@@ -23,11 +23,11 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from vmrsched.actors.ownership import SharedStorage
 from vmrsched.config import Config, DataLayout, store_dir
-from vmrsched.errors import Unavailable
+from vmrsched.errors import Conflict, ServiceError, Unavailable
 from vmrsched.mailbox.ews_auth import FileTokenCache
 from vmrsched.mailbox.graph_notifications import FileGraphState
 from vmrsched.postgres import migrations, transfer_state
-from vmrsched.postgres.connection import Connect
+from vmrsched.postgres.connection import Connect, why_not
 from vmrsched.postgres.outqueue import failed_everywhere
 from vmrsched.postgres.sessions import USER_KEY, fernet_key, raw_key
 from vmrsched.postgres.transfer import Moved, TransferError, to_files, to_postgresql
@@ -72,8 +72,7 @@ def migrate_store(
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_directory(cfg.data_dir, f"the data directory {cfg.data_dir}")
     try:
-        with connect() as conn:
-            migrations.migrate(conn)
+        _migrated(cfg, connect)
         if not replace:
             _refuse_held(connect, cfg, to, names)
         for name in names:
@@ -86,10 +85,29 @@ def migrate_store(
                 moved.append(_state_to_files(connect, cfg, name))
         moved.append(_sign_ins(connect, cfg, to, names, env))
     except psycopg.Error as exc:
-        raise Unavailable(f"the database did not answer: {exc}", "database_unavailable") from exc
+        raise unusable(cfg, exc) from exc
     finally:
         os.close(lock)
     return moved
+
+
+def unusable(cfg: Config, exc: psycopg.Error) -> ServiceError:
+    """The database cannot be used, as one line for the admin (connection.why_not): its
+    connection string is malformed, it refused this instance, or it did not answer."""
+    dsn = cfg.storage.dsn.reveal() if cfg.storage.dsn is not None else ""
+    return Unavailable(why_not(exc, dsn), "database_unavailable")
+
+
+def _migrated(cfg: Config, connect: Connect) -> None:
+    """The database's schema brought to this release's version. Conflict (one line) when a
+    newer release migrated it, or a migration was edited; `unusable` when it cannot be used."""
+    try:
+        with connect() as conn:
+            migrations.migrate(conn)
+    except migrations.SchemaError as exc:
+        raise Conflict(str(exc), "database_schema") from exc
+    except psycopg.Error as exc:
+        raise unusable(cfg, exc) from exc
 
 
 # --- each integration's state ------------------------------------------------------------------
@@ -306,13 +324,11 @@ def open_shared(cfg: Config) -> SharedStorage:
     """The shared database for a starting instance: reachable, its schema at this release's
     version, and this instance's name (the config's, else host name, process id and a random
     part: unique per process run, so a restarted instance never passes for its old self).
-    Unavailable when the database does not answer: the service does not start without it."""
+    A ServiceError, said in one line, when the database cannot be used (it does not answer,
+    refuses this instance, is named by a malformed string, or holds a schema this release does
+    not know): the service does not start without it."""
     connect = database(cfg)
-    try:
-        with connect() as conn:
-            migrations.migrate(conn)
-    except psycopg.Error as exc:
-        raise Unavailable(f"the database did not answer: {exc}", "database_unavailable") from exc
+    _migrated(cfg, connect)
     instance = cfg.storage.instance or (
         f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
     )
