@@ -157,11 +157,16 @@ class Runtime:
     def _applied(self, new: Config, result: ReloadResult) -> ReloadResult:
         self.config = new
         self.ctx.metrics.config_reloads.labels("applied").inc()
+        # what changed in the file; with a shared database also what this instance runs (a
+        # changed integration restarted here only if it runs here, an added one starts where
+        # its lease is taken)
+        here = "" if self.ctx.shared is None else f"; running here: {self.ctx.shared.owned()}"
         log.info(
-            "config reloaded: changed=%s added=%s removed=%s",
+            "config reloaded: changed=%s added=%s removed=%s%s",
             result.changed,
             result.added,
             result.removed,
+            here,
         )
         return result
 
