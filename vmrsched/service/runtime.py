@@ -263,9 +263,16 @@ def database_stores(connect: Connect, lease_of: LeaseOf | None) -> Stores:
     )
 
 
-def database(cfg: Config) -> Connect:
+def database(cfg: Config, service: bool = False) -> Connect:
     """Connections to the config's database (autocommit: every unit of work is an explicit
-    transaction). BadRequest when the config names none."""
+    transaction). BadRequest when the config names none.
+
+    `service`: the running service's own, whose transactions are short. The database ends a
+    session of theirs left idle inside a transaction for a lease
+    (idle_in_transaction_session_timeout): a process paused (SIGSTOP, a frozen VM) in the middle
+    of a fenced write holds a share lock on its lease row, which would keep every other
+    instance from taking the lease over until it resumes. The offline tools (`store migrate`)
+    may think longer between two statements of one transaction, and get no such limit."""
     if cfg.storage.dsn is None:
         raise BadRequest(
             "[storage] names no database: set dsn_env or dsn_file", "no_database_configured"
@@ -274,8 +281,13 @@ def database(cfg: Config) -> Connect:
     # a connection that cannot be made gives up within a third of a lease, so that an instance
     # cut off from the database still gives its integrations up before its leases run out
     timeout = max(1, min(10, int(cfg.storage.lease_seconds / 3)))
+    idle = int(cfg.storage.lease_seconds * 1000)
 
     def connect() -> psycopg.Connection[Any]:
+        extra: dict[str, Any] = {}
+        if service:  # beside any options the DSN gives
+            given = psycopg.conninfo.conninfo_to_dict(dsn).get("options") or ""
+            extra["options"] = f"{given} -c idle_in_transaction_session_timeout={idle}".strip()
         # and one whose peer stops answering (packets lost, a machine gone) fails within the
         # same time instead of waiting out the kernel's minutes of retransmissions: a call
         # stuck there would keep the integration, and its spool, from stopping
@@ -288,6 +300,7 @@ def database(cfg: Config) -> Connect:
             keepalives_interval=1,
             keepalives_count=3,
             tcp_user_timeout=timeout * 1000,
+            **extra,
         )
 
     return connect

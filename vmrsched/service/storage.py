@@ -327,7 +327,7 @@ def open_shared(cfg: Config) -> SharedStorage:
     A ServiceError, said in one line, when the database cannot be used (it does not answer,
     refuses this instance, is named by a malformed string, or holds a schema this release does
     not know): the service does not start without it."""
-    connect = database(cfg)
+    connect = database(cfg, service=True)
     _migrated(cfg, connect)
     instance = cfg.storage.instance or (
         f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
