@@ -192,16 +192,19 @@ class Runtime:
             i["state"] == "running" and not NOT_READY.intersection(i["alarms"])
             for i in here.values()
         )
-        if self.ctx.shared is not None and not self.ctx.shared.reachable:
-            ready = False  # cut off from the database: it runs nothing, and says so
+        shared = self.ctx.shared
+        if shared is not None and (not shared.reachable or shared.name_taken):
+            ready = False  # cut off from the database, or its name taken: it runs nothing
         body: dict[str, Any] = {
             "status": "ready" if ready else "not_ready",
             "integrations": integrations,
             "alarms": [a.name for a in self.ctx.alarms.active("service")],
         }
-        if self.ctx.shared is not None:
-            body["instance"] = self.ctx.shared.instance
-            body["owned"] = self.ctx.shared.owned()
+        if shared is not None:
+            body["instance"] = shared.instance
+            body["owned"] = shared.owned()
+            if shared.name_taken:
+                body["error"] = shared.name_taken
         return ready, body
 
     def stop(self) -> None:

@@ -11,9 +11,11 @@ backend: they do not outlive a restart either), and the spool (the mail server's
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,7 @@ from vmrsched.mailbox.ews_auth import FileTokenCache
 from vmrsched.mailbox.graph_notifications import FileGraphState
 from vmrsched.postgres import migrations, transfer_state
 from vmrsched.postgres.connection import Connect, why_not
+from vmrsched.postgres.leases import Leases, NameInUse
 from vmrsched.postgres.outqueue import failed_everywhere
 from vmrsched.postgres.sessions import USER_KEY, fernet_key, raw_key
 from vmrsched.postgres.transfer import Moved, TransferError, to_files, to_postgresql
@@ -42,6 +45,8 @@ from vmrsched.service.runtime import database
 from vmrsched.signin.users import KEY_ENV, FileSessions
 from vmrsched.store import StorageUnavailableError, decisions, lock_directory, outqueue
 from vmrsched.store.journal import atomic_write
+
+log = logging.getLogger("vmrsched.service")
 
 __all__ = ["Moved", "StateMoved", "TransferError", "database", "migrate_store", "open_shared"]
 
@@ -320,16 +325,55 @@ def failed_messages(cfg: Config) -> dict[str, list[outqueue.Failed]]:
         raise Unavailable(str(exc), "database_unavailable") from exc
 
 
-def open_shared(cfg: Config) -> SharedStorage:
+def open_shared(cfg: Config, sleep: Callable[[float], None] = time.sleep) -> SharedStorage:
     """The shared database for a starting instance: reachable, its schema at this release's
     version, and this instance's name (the config's, else host name, process id and a random
-    part: unique per process run, so a restarted instance never passes for its old self).
-    A ServiceError, said in one line, when the database cannot be used (it does not answer,
-    refuses this instance, is named by a malformed string, or holds a schema this release does
-    not know): the service does not start without it."""
+    part: unique per process run, so a restarted instance never passes for its old self),
+    taken for this process run (`take_name`). A ServiceError, said in one line, when the
+    database cannot be used (it does not answer, refuses this instance, is named by a malformed
+    string, or holds a schema this release does not know), or when another instance that is
+    alive holds the name: the service does not start without it."""
     connect = database(cfg, service=True)
     _migrated(cfg, connect)
-    instance = cfg.storage.instance or (
-        f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-    )
-    return SharedStorage(connect, instance, cfg.storage.lease_seconds)
+    host = socket.gethostname()
+    instance = cfg.storage.instance or f"{host}-{os.getpid()}-{secrets.token_hex(2)}"
+    url = cfg.storage.advertised(cfg.server, host)
+    leases = Leases(connect, instance, cfg.storage.lease_seconds, url)
+    try:
+        take_name(leases, sleep)
+    except psycopg.Error as exc:
+        raise unusable(cfg, exc) from exc
+    return SharedStorage(connect, instance, cfg.storage.lease_seconds, url=url, run=leases.run)
+
+
+def take_name(leases: Leases, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Take the instance's name for this process run (its first heartbeat). While the name's
+    last holder was heard from within a lease, watch it: a holder that heartbeats again (every
+    third of a lease) is another instance running under the same name, and the start is
+    refused (Conflict, naming where it serves and when it was last heard from); one that stays
+    silent is a run that died (a crash and a restart within the lease, on this machine or
+    another), and the name is taken once it has been silent for a lease."""
+    first: NameInUse | None = None
+    while True:
+        try:
+            leases.heartbeat()
+            return
+        except NameInUse as held:
+            if first is None:
+                first = held
+                log.warning(
+                    "the instance name %r was last heard from %.1f s ago, at %s: waiting up "
+                    "to %.1f s to see whether that instance still runs (after a crash, it "
+                    "does not)",
+                    held.instance,
+                    held.age,
+                    held.url or "no advertised URL",
+                    max(0.0, leases.lease_seconds - held.age),
+                )
+            elif (held.seen, held.started) != (first.seen, first.started):
+                raise Conflict(
+                    f"{held}: give every instance a name of its own ([storage] instance), or "
+                    "leave it empty",
+                    "instance_name_in_use",
+                ) from held
+        sleep(min(1.0, leases.lease_seconds / 6))
