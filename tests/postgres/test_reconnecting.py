@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.pgcluster import Cluster
 from vmrsched.postgres import migrations
 from vmrsched.postgres.connection import DatabaseUnavailable
 from vmrsched.postgres.pool import Pool
@@ -63,6 +64,20 @@ def test_an_admin_session_opened_after_the_database_ended_every_connection_is_op
     first = sessions.create("ada")  # the pool keeps the connection it used
     assert end_every_other_session(migrated) >= 1
     second = sessions.create("ada")  # not DatabaseUnavailable: the dead connection is left
+    assert sessions.who(first) == sessions.who(second) == "ada"
+    pool.close()
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_an_admin_session_opened_after_a_database_restart_is_opened(
+    migrated: Connect, cluster: Cluster, mode: str
+) -> None:
+    pool = Pool(migrated)
+    sessions = DatabaseAdminSessions(pool)
+    first = sessions.create("ada")
+    cluster.stop(mode)  # pg_ctl stop -m fast|immediate, then start: the audit's restart
+    cluster.start()
+    second = sessions.create("ada")
     assert sessions.who(first) == sessions.who(second) == "ada"
     pool.close()
 
