@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -26,6 +27,7 @@ import pytest
 from tests import serving, spoolkit
 from tests.sharedkit import write_config
 from vmrsched.http.forwarding import Proofs
+from vmrsched.postgres import migrations
 from vmrsched.postgres.peers import shared_key
 
 pytestmark = pytest.mark.slow
@@ -404,3 +406,72 @@ def test_an_integration_no_instance_runs_is_owner_unavailable_until_one_takes_it
         ghost.done.set()
         proc.terminate()
         proc.wait(30)
+
+
+PANE_SECONDS = 10.0  # the add-in pane gives up on an answer after this (docs/outlook-add-in.md)
+
+
+def held_by(dsn: str, name: str, owner: str, url: str) -> None:
+    """The database says `owner` holds the integration's lease for the next hour and serves at
+    `url`: an owner that stopped answering without dying (SIGSTOP, a frozen VM) before its
+    lease ran out."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        migrations.migrate(conn)
+        conn.execute(
+            "INSERT INTO vmrsched_instances (instance, seen, started, url)"
+            " VALUES (%s, now(), now(), %s)",
+            (owner, url),
+        )
+        conn.execute(
+            "INSERT INTO vmrsched_leases (integration, owner, token, expires, acquired)"
+            " VALUES (%s, %s, 1, now() + interval '1 hour', now())",
+            (name, owner),
+        )
+
+
+def timed_reserve(port: int, name: str) -> tuple[float, int, dict[str, str], dict[str, Any]]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/addin/v1/{name}/single-use-vmrs", data=b"{}", method="POST"
+    )
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            status, headers, body = answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as exc:
+        status, headers, body = exc.code, dict(exc.headers), exc.read()
+    return time.monotonic() - started, status, headers, json.loads(body)
+
+
+def test_an_owner_that_does_not_answer_costs_the_pane_less_than_its_10_seconds(
+    tmp_path: Path, dsn: str
+) -> None:
+    # alpha's owner accepts connections and never answers (a paused process: the kernel
+    # still completes the handshake); beta's accepts none (its queue of connections is full)
+    paused = socket.create_server(("127.0.0.1", 0), backlog=8)
+    frozen = socket.create_server(("127.0.0.1", 0), backlog=0)
+    fillers = []
+    for _ in range(4):  # until the kernel takes no more: a new connection then never completes
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(frozen.getsockname())
+        fillers.append(filler)
+    time.sleep(0.2)
+    held_by(dsn, "alpha", "paused", f"http://127.0.0.1:{paused.getsockname()[1]}")
+    held_by(dsn, "beta", "frozen", f"http://127.0.0.1:{frozen.getsockname()[1]}")
+    port = serving.free_port()
+    config = write_config(tmp_path, "solo", port, LEASE, NAMES, server=SERVER)
+    proc = serving.start(config, {"VMRSCHED_DSN": dsn, "VMRSCHED_ADMIN_TOKEN": TOKEN})
+    try:
+        serving.wait_ready(port, timeout=40)
+        assert owned(port) == []
+        for name in NAMES:
+            took, status, headers, body = timed_reserve(port, name)
+            assert status == 503 and body["error"]["code"] == "owner_unavailable", body
+            assert headers["Retry-After"] == str(int(LEASE))
+            assert took < PANE_SECONDS - 1, f"{name}: {took:.1f} s"
+        assert counted(port, "alpha", "unreachable") == counted(port, "beta", "unreachable") == 1
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        for sock in (paused, frozen, *fillers):
+            sock.close()

@@ -144,15 +144,12 @@ def test_a_database_restart_between_calls_loses_and_duplicates_nothing(
 ) -> None:
     queue = opened()
     assert queue.add([message("a"), message("b")]) == {"a", "b"}
-    cluster.restart()  # the queue's connection is cut
-    with pytest.raises(DatabaseUnavailable):
-        queue.add([message("c")])
-    assert queue.add([message("c")]) == {"c"}  # a new connection; the same call again
+    cluster.restart()  # the queue's idle connection is ended: seen before the next call
+    assert queue.add([message("c")]) == {"c"}  # on a new connection
     assert queue.add([message("a"), message("c")]) == {"a", "c"}  # queued once each
     cluster.restart()
-    with pytest.raises(DatabaseUnavailable):
-        queue.done(["a"])
     queue.done(["a"])
+    queue.done(["a"])  # the same call again changes nothing
     assert [m.id for m in queue.pending()] == ["b", "c"]
     assert rows(connect) == {
         "vmrsched_outqueue": ["b", "c"],

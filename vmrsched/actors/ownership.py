@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -31,7 +32,7 @@ from vmrsched.actors.bridge import answer
 from vmrsched.actors.inbox import Actor
 from vmrsched.actors.messages import ReleaseAll, Request, StopTaking
 from vmrsched.postgres.connection import Connect
-from vmrsched.postgres.leases import Lease, LeaseLost, Leases, fair_share
+from vmrsched.postgres.leases import Lease, LeaseLost, Leases, NameInUse, fair_share
 from vmrsched.postgres.records import Records
 from vmrsched.store import OwnershipLostError, StorageUnavailableError
 from vmrsched.telemetry import STORAGE_UNAVAILABLE, Alarms, Metrics
@@ -83,6 +84,13 @@ class SharedStorage:
     reachable: bool = False
     # where the other instances reach this one (`[storage] advertise_url`; heartbeats write it)
     url: str = ""
+    # when this process run took the instance's name (leases.py: one run holds a name at a
+    # time); None until the first heartbeat
+    run: datetime | None = None
+    # why this instance runs nothing though the database answers: another process run holds
+    # its name (it was paused or cut off past a lease, and a new one took the name); empty
+    # while it holds its name
+    name_taken: str = ""
 
     def require_lease(self, name: str) -> Lease:
         """The lease this instance holds for the integration; OwnershipLostError when it holds
@@ -152,7 +160,9 @@ class Ownership(Actor):
         self.shared = shared
         self.metrics = metrics or Metrics()
         self.alarms = alarms
-        self.leases = Leases(shared.connect, shared.instance, shared.lease_seconds, shared.url)
+        self.leases = Leases(
+            shared.connect, shared.instance, shared.lease_seconds, shared.url, shared.run
+        )
         self.wanted = wanted  # the configured integrations (a reload changes them)
         self.tell = tell
         self.schedule = schedule
@@ -188,6 +198,11 @@ class Ownership(Actor):
             self.shared.reachable = True
             if self.alarms is not None:
                 self.alarms.clear("service", STORAGE_UNAVAILABLE)
+        except NameInUse as exc:
+            self.shared.reachable = True
+            if self.alarms is not None:
+                self.alarms.clear("service", STORAGE_UNAVAILABLE)
+            self._name_taken(exc)
         except (psycopg.Error, StorageUnavailableError) as exc:
             self.shared.reachable = False
             log.warning("shared database: %s", exc)
@@ -208,7 +223,15 @@ class Ownership(Actor):
         self.actor_ref.tell(_Tick())
 
     def _step(self) -> None:
-        instances = self.leases.heartbeat()
+        instances = self.leases.heartbeat()  # NameInUse: another run holds this name
+        if self.shared.name_taken:
+            log.warning(
+                "this instance (%s) holds its name again: the other process under it has not "
+                "been heard from for a lease",
+                self.shared.instance,
+            )
+            self.shared.name_taken = ""
+        self.shared.run = self.leases.run
         for name, lease in list(self._held().items()):
             try:
                 renewed = self.leases.renew(lease)
@@ -258,6 +281,23 @@ class Ownership(Actor):
                 extra={"integration": name},
             )
             self.tell(Lost(name, release=True, then=self._later_release(name)))
+
+    def _name_taken(self, exc: NameInUse) -> None:
+        """Another process run holds this instance's name: it took it while this one was not
+        heard from for a lease (paused, cut off), and runs under it now. This one runs nothing
+        and takes nothing while that one lives (its leases lapsed meanwhile, and their tokens
+        fence whatever it still tries); its heartbeats take the name back once that one is not
+        heard from for a lease."""
+        if not self.shared.name_taken:
+            log.error(
+                "%s: this process stops running integrations while that one lives; give every "
+                "instance a name of its own ([storage] instance), or leave it empty",
+                exc,
+            )
+        self.shared.name_taken = str(exc)
+        for name in list(self._held()):
+            self._drop(name)
+            self.tell(Lost(name))
 
     def _expire_unrenewed(self) -> None:
         """The database did not answer: a lease this instance cannot renew in time is given up

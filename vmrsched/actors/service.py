@@ -112,27 +112,36 @@ class ServiceSupervisor(Supervisor):
     # --- reload ---------------------------------------------------------------------------------
 
     def reload(self, new: Config) -> ReloadResult:
-        old_names = set(self.configs)
+        """Apply a new config: what the result names is what changed in the file against the
+        config this instance ran (the same on every instance that reads the same file), and it
+        acts only on what runs here. An integration this instance runs restarts when changed
+        and stops when removed; one added starts here at once with one instance, and where its
+        lease is taken with several. With several, an integration another instance runs is
+        only noted: changed, it starts here (should its lease come here) with the new config;
+        removed, it is forgotten here."""
+        old_by_name = {i.name: i for i in self.config.integrations}
         new_by_name = {i.name: i for i in new.integrations}
         futex.size_futex_hash(threads_for(new))
         result = ReloadResult()
-        for name in sorted(old_names - set(new_by_name)):
-            self._stop_integration(name)
+        for name in sorted(old_by_name.keys() - new_by_name.keys()):
+            if name in self.configs:
+                self._stop_integration(name)
             self.ctx.status.drop(name)
             self.ctx.metrics.forget_integration(name)
             self.ctx.alias_index.drop(name)
             result.removed.append(name)
         shared = self.ctx.shared is not None
         for name, integ in new_by_name.items():
-            if name not in old_names:
+            if name not in old_by_name:
                 if shared:  # started where its lease is taken (maybe here, at the next tick)
                     self.ctx.status.set(name, state="elsewhere")
                 else:
                     self._start_integration(integ)
                 result.added.append(name)
-            elif integ != self.configs[name]:
-                self._stop_integration(name)
-                self._start_integration(integ)
+            elif integ != old_by_name[name]:
+                if name in self.configs:  # runs here: again, on the new config
+                    self._stop_integration(name)
+                    self._start_integration(integ)
                 result.changed.append(name)
         if new.server != self.config.server:
             log.warning("[server] changes take effect after a restart")

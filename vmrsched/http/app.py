@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -21,6 +23,7 @@ from vmrsched.http.forwarding import FORWARDER, ROUTES, Forwarder, forwarder
 from vmrsched.http.hosts import allowed_hosts, hostname, own_origin
 from vmrsched.logs import one_line
 from vmrsched.service import Service
+from vmrsched.store import StorageUnavailableError
 
 log = logging.getLogger("vmrsched.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -113,6 +116,8 @@ def pipeline(service: Service, timers: RouteTimers, forward: Forwarder | None = 
             if exc.status < 400:
                 raise
             return http_error(exc)
+        except StorageUnavailableError as exc:  # the shared database: an outage, not a fault
+            return storage_unavailable(request, exc)
         except Exception:  # a fault of ours: logged with an id the answer names, and JSON
             correlation_id = str(uuid.uuid4())
             log.exception(
@@ -138,6 +143,34 @@ def pipeline(service: Service, timers: RouteTimers, forward: Forwarder | None = 
             timer.observe(perf_counter() - started)
 
     return guarded
+
+
+QUIET_SECONDS = 10.0  # one log line at most this often while the database does not answer
+_quiet_until = [0.0]
+
+
+def storage_unavailable(request: web.Request, exc: StorageUnavailableError) -> web.Response:
+    """DESIGN's 503 for storage that is unavailable (the shared database does not answer, or
+    failed the call): `storage_unavailable`, to be asked again after a third of a lease, when
+    the instance looks at the database again. Logged as one line, at most every
+    QUIET_SECONDS (each request of an outage would say the same)."""
+    now = time.monotonic()
+    if now >= _quiet_until[0]:
+        _quiet_until[0] = now + QUIET_SECONDS
+        log.warning(
+            "%s %s: 503, storage unavailable: %s",
+            request.method,
+            one_line(request.path[:500]),
+            " ".join(str(exc).split()),
+        )
+    response = error(
+        503,
+        "storage_unavailable",
+        "the service's storage does not answer right now; try again shortly",
+    )
+    lease = request.app[SERVICE].config.storage.lease_seconds
+    response.headers["Retry-After"] = str(max(1, math.ceil(lease / 3)))
+    return response
 
 
 # what a page under a hostile name must not reach (health and metrics answer to any name); the

@@ -52,8 +52,13 @@ WINDOW = 10.0  # seconds a proof is good for, either way of the receiver's clock
 # are refused (their requests served as a client's) until some age out
 MAX_SEEN = 200_000
 PRUNE_EVERY = 4096  # accepted proofs between two sweeps of the expired ones
-CONNECT_TIMEOUT = 3.0
-TOTAL_TIMEOUT = 30.0  # the add-in's reservation waits on the owner's store, then gives up
+# A request passed on is given up (503 owner_unavailable) before the add-in pane gives up on
+# its answer (10 s, docs/outlook-add-in.md), so that the pane gets the JSON that makes it insert
+# its placeholder rather than an error of its own: an owner that accepts no connection (a
+# machine gone, a full queue) within CONNECT_TIMEOUT, or does not answer (a paused process,
+# whose kernel still accepts) within TOTAL_TIMEOUT.
+CONNECT_TIMEOUT = 2.0
+TOTAL_TIMEOUT = 8.0
 
 # The routes an instance serves only for the integrations it runs (they ask its actors). Most
 # name their integration in the path; the console's page names it in the query string

@@ -13,14 +13,22 @@ before the takeover, made under a lease that was valid, or refused: an instance 
 or cut off past its lease writes nothing afterwards (`LeaseLost`), and stops that integration.
 
 Instances say they are alive in `vmrsched_instances`; each takes at most its fair share of the
-integrations (`fair_share`), so they spread over the instances and move when one dies."""
+integrations (`fair_share`), so they spread over the instances and move when one dies.
+
+An instance's name is held by one process run at a time: the row's `started` says which (when
+that run took the name, on the database's clock). A heartbeat writes the row only for the run
+that holds it, or takes the name for a new run once the holder has not been heard from for a
+lease (it died, or was paused or cut off that long); while the holder is alive another run
+under the same name is refused (`NameInUse`) and never takes over the row, nor the URL where
+the other instances reach the name's owner. Its leases are no help to a new run either: they
+are fenced by their tokens, which it does not hold."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -28,6 +36,26 @@ import psycopg
 from vmrsched.store import OwnershipLostError
 
 Connect = Callable[[], psycopg.Connection[Any]]
+
+
+class NameInUse(Exception):
+    """Another process run holds this instance's name and was heard from within a lease:
+    `url` where it serves, `seen` its last heartbeat (the database's clock), `age` seconds ago,
+    `started` when it took the name."""
+
+    def __init__(
+        self, instance: str, url: str, seen: datetime, age: float, started: datetime
+    ) -> None:
+        super().__init__(
+            f"the instance name {instance!r} is in use by another running instance, at "
+            f"{url or 'no advertised URL'} (its last heartbeat {age:.1f} s ago, "
+            f"{seen.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC)"
+        )
+        self.instance = instance
+        self.url = url
+        self.seen = seen
+        self.age = age
+        self.started = started
 
 
 class LeaseLost(OwnershipLostError):
@@ -67,25 +95,55 @@ class Leases:
     """One instance's side of the leases: heartbeat, take, renew, give up."""
 
     def __init__(
-        self, connect: Connect, instance: str, lease_seconds: float, url: str = ""
+        self,
+        connect: Connect,
+        instance: str,
+        lease_seconds: float,
+        url: str = "",
+        run: datetime | None = None,
     ) -> None:
         self.connect = connect
         self.instance = instance
         self.lease_seconds = lease_seconds
         self.url = url  # where the other instances reach this one (`[storage] advertise_url`)
+        self.run = run  # when this process run took the name (None: not yet)
 
     def heartbeat(self) -> int:
         """Say this instance is alive, and where the others reach it (they pass it requests
-        for the integrations it runs); the number of live instances (seen within a lease)."""
+        for the integrations it runs); the number of live instances (seen within a lease).
+        The first heartbeat of a run takes the name, and so does one after another run held
+        it and went silent for a lease; NameInUse while another run under the same name is
+        alive (nothing is written then)."""
         with self.connect() as conn, conn.transaction(), conn.cursor() as cur:
             cur.execute(
                 """
-                INSERT INTO vmrsched_instances (instance, seen, started, url)
-                VALUES (%s, clock_timestamp(), clock_timestamp(), %s)
-                ON CONFLICT (instance) DO UPDATE SET seen = EXCLUDED.seen, url = EXCLUDED.url
+                INSERT INTO vmrsched_instances AS i (instance, seen, started, url)
+                VALUES (%(i)s, clock_timestamp(), clock_timestamp(), %(u)s)
+                ON CONFLICT (instance) DO UPDATE
+                   SET seen = EXCLUDED.seen, url = EXCLUDED.url,
+                       started = CASE WHEN i.started = %(run)s::timestamptz THEN i.started
+                                      ELSE EXCLUDED.started END
+                 WHERE i.started = %(run)s::timestamptz
+                    OR i.seen <= clock_timestamp() - make_interval(secs => %(s)s)
+                RETURNING started
                 """,
-                (self.instance, self.url),
+                {"i": self.instance, "u": self.url, "run": self.run, "s": self.lease_seconds},
             )
+            taken = cur.fetchone()
+            if taken is None:
+                cur.execute(
+                    """
+                    SELECT url, seen, extract(epoch FROM clock_timestamp() - seen), started
+                      FROM vmrsched_instances WHERE instance = %s
+                    """,
+                    (self.instance,),
+                )
+                held = cur.fetchone()
+                if held is None:  # pragma: no cover - the row the INSERT met, locked until now
+                    raise LookupError(f"no row of instance {self.instance!r}")
+                url, seen, age, started = held
+                raise NameInUse(self.instance, str(url), seen, float(age), started)
+            self.run = taken[0]
             cur.execute(
                 """
                 SELECT count(*) FROM vmrsched_instances

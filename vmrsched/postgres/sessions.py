@@ -59,7 +59,7 @@ def _when(at: float) -> datetime:
 
 def secret(pool: Pool, name: str, size: int = 32) -> bytes:
     """The service-wide secret `name`, made at the first need (`size` random bytes)."""
-    with pool.connection("the shared secrets") as conn, conn.transaction(), conn.cursor() as cur:
+    with pool.transaction("the shared secrets") as conn, conn.cursor() as cur:
         cur.execute(
             "INSERT INTO vmrsched_secrets (name, value) VALUES (%s, %s)"
             " ON CONFLICT (name) DO NOTHING",
@@ -103,7 +103,7 @@ class DatabaseSessions:
     def put(self, integration: str, digest: str, entry: dict[str, Any]) -> None:
         now = self.clock()
         clean = self._cleaned_at is None or now - self._cleaned_at >= CLEAN_EVERY
-        with self.pool.connection("the sign-in sessions") as conn, conn.transaction():
+        with self.pool.transaction("the sign-in sessions") as conn:
             conn.execute(
                 "INSERT INTO vmrsched_user_sessions (integration, digest, entry, touched)"
                 " VALUES (%s, %s, %s, %s) ON CONFLICT (integration, digest)"
@@ -119,7 +119,7 @@ class DatabaseSessions:
             self._cleaned_at = now
 
     def delete(self, integration: str, digest: str) -> None:
-        with self.pool.connection("the sign-in sessions") as conn, conn.transaction():
+        with self.pool.transaction("the sign-in sessions") as conn:
             conn.execute(
                 "DELETE FROM vmrsched_user_sessions WHERE integration = %s AND digest = %s",
                 (integration, digest),
@@ -143,7 +143,7 @@ class DatabaseAdminSessions:
     def create(self, who: str) -> str:
         now = self.clock()
         sid = secrets.token_urlsafe(32)
-        with self.pool.connection("the admin sessions") as conn, conn.transaction():
+        with self.pool.transaction("the admin sessions") as conn:
             conn.execute("DELETE FROM vmrsched_admin_sessions WHERE expires <= %s", (_when(now),))
             conn.execute(
                 "INSERT INTO vmrsched_admin_sessions (digest, who, expires) VALUES (%s, %s, %s)",
@@ -163,7 +163,7 @@ class DatabaseAdminSessions:
         return str(row[0]) if row is not None else None
 
     def end(self, sid: str) -> None:
-        with self.pool.connection("the admin sessions") as conn, conn.transaction():
+        with self.pool.transaction("the admin sessions") as conn:
             conn.execute("DELETE FROM vmrsched_admin_sessions WHERE digest = %s", (_digest(sid),))
 
     def csrf(self, sid: str) -> str:
@@ -218,7 +218,7 @@ class DatabaseAttempts:
 
     def _insert(self, digest: str, attempt: oidc.Attempt) -> None:
         try:
-            with self.pool.connection("the sign-in attempts") as conn, conn.transaction():
+            with self.pool.transaction("the sign-in attempts") as conn:
                 conn.execute(
                     "DELETE FROM vmrsched_sign_in_attempts WHERE expires < %s",
                     (_when(self.clock()),),
@@ -273,7 +273,7 @@ class DatabaseAttempts:
         return str(row[0]) if row is not None else None
 
     def _delete(self, digest: str) -> Any:
-        with self.pool.connection("the sign-in attempts") as conn, conn.transaction():
+        with self.pool.transaction("the sign-in attempts") as conn:
             return conn.execute(
                 "DELETE FROM vmrsched_sign_in_attempts WHERE digest = %s RETURNING attempt",
                 (digest,),

@@ -157,11 +157,16 @@ class Runtime:
     def _applied(self, new: Config, result: ReloadResult) -> ReloadResult:
         self.config = new
         self.ctx.metrics.config_reloads.labels("applied").inc()
+        # what changed in the file; with a shared database also what this instance runs (a
+        # changed integration restarted here only if it runs here, an added one starts where
+        # its lease is taken)
+        here = "" if self.ctx.shared is None else f"; running here: {self.ctx.shared.owned()}"
         log.info(
-            "config reloaded: changed=%s added=%s removed=%s",
+            "config reloaded: changed=%s added=%s removed=%s%s",
             result.changed,
             result.added,
             result.removed,
+            here,
         )
         return result
 
@@ -187,16 +192,19 @@ class Runtime:
             i["state"] == "running" and not NOT_READY.intersection(i["alarms"])
             for i in here.values()
         )
-        if self.ctx.shared is not None and not self.ctx.shared.reachable:
-            ready = False  # cut off from the database: it runs nothing, and says so
+        shared = self.ctx.shared
+        if shared is not None and (not shared.reachable or shared.name_taken):
+            ready = False  # cut off from the database, or its name taken: it runs nothing
         body: dict[str, Any] = {
             "status": "ready" if ready else "not_ready",
             "integrations": integrations,
             "alarms": [a.name for a in self.ctx.alarms.active("service")],
         }
-        if self.ctx.shared is not None:
-            body["instance"] = self.ctx.shared.instance
-            body["owned"] = self.ctx.shared.owned()
+        if shared is not None:
+            body["instance"] = shared.instance
+            body["owned"] = shared.owned()
+            if shared.name_taken:
+                body["error"] = shared.name_taken
         return ready, body
 
     def stop(self) -> None:
@@ -258,9 +266,16 @@ def database_stores(connect: Connect, lease_of: LeaseOf | None) -> Stores:
     )
 
 
-def database(cfg: Config) -> Connect:
+def database(cfg: Config, service: bool = False) -> Connect:
     """Connections to the config's database (autocommit: every unit of work is an explicit
-    transaction). BadRequest when the config names none."""
+    transaction). BadRequest when the config names none.
+
+    `service`: the running service's own, whose transactions are short. The database ends a
+    session of theirs left idle inside a transaction for a lease
+    (idle_in_transaction_session_timeout): a process paused (SIGSTOP, a frozen VM) in the middle
+    of a fenced write holds a share lock on its lease row, which would keep every other
+    instance from taking the lease over until it resumes. The offline tools (`store migrate`)
+    may think longer between two statements of one transaction, and get no such limit."""
     if cfg.storage.dsn is None:
         raise BadRequest(
             "[storage] names no database: set dsn_env or dsn_file", "no_database_configured"
@@ -269,8 +284,13 @@ def database(cfg: Config) -> Connect:
     # a connection that cannot be made gives up within a third of a lease, so that an instance
     # cut off from the database still gives its integrations up before its leases run out
     timeout = max(1, min(10, int(cfg.storage.lease_seconds / 3)))
+    idle = int(cfg.storage.lease_seconds * 1000)
 
     def connect() -> psycopg.Connection[Any]:
+        extra: dict[str, Any] = {}
+        if service:  # beside any options the DSN gives
+            given = psycopg.conninfo.conninfo_to_dict(dsn).get("options") or ""
+            extra["options"] = f"{given} -c idle_in_transaction_session_timeout={idle}".strip()
         # and one whose peer stops answering (packets lost, a machine gone) fails within the
         # same time instead of waiting out the kernel's minutes of retransmissions: a call
         # stuck there would keep the integration, and its spool, from stopping
@@ -283,6 +303,7 @@ def database(cfg: Config) -> Connect:
             keepalives_interval=1,
             keepalives_count=3,
             tcp_user_timeout=timeout * 1000,
+            **extra,
         )
 
     return connect

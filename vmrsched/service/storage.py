@@ -11,9 +11,11 @@ backend: they do not outlive a restart either), and the spool (the mail server's
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,11 +25,12 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from vmrsched.actors.ownership import SharedStorage
 from vmrsched.config import Config, DataLayout, store_dir
-from vmrsched.errors import Unavailable
+from vmrsched.errors import Conflict, ServiceError, Unavailable
 from vmrsched.mailbox.ews_auth import FileTokenCache
 from vmrsched.mailbox.graph_notifications import FileGraphState
 from vmrsched.postgres import migrations, transfer_state
-from vmrsched.postgres.connection import Connect
+from vmrsched.postgres.connection import Connect, why_not
+from vmrsched.postgres.leases import Leases, NameInUse
 from vmrsched.postgres.outqueue import failed_everywhere
 from vmrsched.postgres.sessions import USER_KEY, fernet_key, raw_key
 from vmrsched.postgres.transfer import Moved, TransferError, to_files, to_postgresql
@@ -42,6 +45,8 @@ from vmrsched.service.runtime import database
 from vmrsched.signin.users import KEY_ENV, FileSessions
 from vmrsched.store import StorageUnavailableError, decisions, lock_directory, outqueue
 from vmrsched.store.journal import atomic_write
+
+log = logging.getLogger("vmrsched.service")
 
 __all__ = ["Moved", "StateMoved", "TransferError", "database", "migrate_store", "open_shared"]
 
@@ -72,8 +77,7 @@ def migrate_store(
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_directory(cfg.data_dir, f"the data directory {cfg.data_dir}")
     try:
-        with connect() as conn:
-            migrations.migrate(conn)
+        _migrated(cfg, connect)
         if not replace:
             _refuse_held(connect, cfg, to, names)
         for name in names:
@@ -86,10 +90,29 @@ def migrate_store(
                 moved.append(_state_to_files(connect, cfg, name))
         moved.append(_sign_ins(connect, cfg, to, names, env))
     except psycopg.Error as exc:
-        raise Unavailable(f"the database did not answer: {exc}", "database_unavailable") from exc
+        raise unusable(cfg, exc) from exc
     finally:
         os.close(lock)
     return moved
+
+
+def unusable(cfg: Config, exc: psycopg.Error) -> ServiceError:
+    """The database cannot be used, as one line for the admin (connection.why_not): its
+    connection string is malformed, it refused this instance, or it did not answer."""
+    dsn = cfg.storage.dsn.reveal() if cfg.storage.dsn is not None else ""
+    return Unavailable(why_not(exc, dsn), "database_unavailable")
+
+
+def _migrated(cfg: Config, connect: Connect) -> None:
+    """The database's schema brought to this release's version. Conflict (one line) when a
+    newer release migrated it, or a migration was edited; `unusable` when it cannot be used."""
+    try:
+        with connect() as conn:
+            migrations.migrate(conn)
+    except migrations.SchemaError as exc:
+        raise Conflict(str(exc), "database_schema") from exc
+    except psycopg.Error as exc:
+        raise unusable(cfg, exc) from exc
 
 
 # --- each integration's state ------------------------------------------------------------------
@@ -302,18 +325,55 @@ def failed_messages(cfg: Config) -> dict[str, list[outqueue.Failed]]:
         raise Unavailable(str(exc), "database_unavailable") from exc
 
 
-def open_shared(cfg: Config) -> SharedStorage:
+def open_shared(cfg: Config, sleep: Callable[[float], None] = time.sleep) -> SharedStorage:
     """The shared database for a starting instance: reachable, its schema at this release's
     version, and this instance's name (the config's, else host name, process id and a random
-    part: unique per process run, so a restarted instance never passes for its old self).
-    Unavailable when the database does not answer: the service does not start without it."""
-    connect = database(cfg)
+    part: unique per process run, so a restarted instance never passes for its old self),
+    taken for this process run (`take_name`). A ServiceError, said in one line, when the
+    database cannot be used (it does not answer, refuses this instance, is named by a malformed
+    string, or holds a schema this release does not know), or when another instance that is
+    alive holds the name: the service does not start without it."""
+    connect = database(cfg, service=True)
+    _migrated(cfg, connect)
+    host = socket.gethostname()
+    instance = cfg.storage.instance or f"{host}-{os.getpid()}-{secrets.token_hex(2)}"
+    url = cfg.storage.advertised(cfg.server, host)
+    leases = Leases(connect, instance, cfg.storage.lease_seconds, url)
     try:
-        with connect() as conn:
-            migrations.migrate(conn)
+        take_name(leases, sleep)
     except psycopg.Error as exc:
-        raise Unavailable(f"the database did not answer: {exc}", "database_unavailable") from exc
-    instance = cfg.storage.instance or (
-        f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-    )
-    return SharedStorage(connect, instance, cfg.storage.lease_seconds)
+        raise unusable(cfg, exc) from exc
+    return SharedStorage(connect, instance, cfg.storage.lease_seconds, url=url, run=leases.run)
+
+
+def take_name(leases: Leases, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Take the instance's name for this process run (its first heartbeat). While the name's
+    last holder was heard from within a lease, watch it: a holder that heartbeats again (every
+    third of a lease) is another instance running under the same name, and the start is
+    refused (Conflict, naming where it serves and when it was last heard from); one that stays
+    silent is a run that died (a crash and a restart within the lease, on this machine or
+    another), and the name is taken once it has been silent for a lease."""
+    first: NameInUse | None = None
+    while True:
+        try:
+            leases.heartbeat()
+            return
+        except NameInUse as held:
+            if first is None:
+                first = held
+                log.warning(
+                    "the instance name %r was last heard from %.1f s ago, at %s: waiting up "
+                    "to %.1f s to see whether that instance still runs (after a crash, it "
+                    "does not)",
+                    held.instance,
+                    held.age,
+                    held.url or "no advertised URL",
+                    max(0.0, leases.lease_seconds - held.age),
+                )
+            elif (held.seen, held.started) != (first.seen, first.started):
+                raise Conflict(
+                    f"{held}: give every instance a name of its own ([storage] instance), or "
+                    "leave it empty",
+                    "instance_name_in_use",
+                ) from held
+        sleep(min(1.0, leases.lease_seconds / 6))
