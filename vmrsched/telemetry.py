@@ -209,6 +209,8 @@ STATE_DAMAGED = "state_damaged"  # a file the service keeps was damaged; kept as
 STORAGE_FULL = "storage_full"  # the disk refused a write for want of space; 503 until it has room
 # the shared database did not take a commit (unreachable, failing over); 503 until it answers
 STORAGE_UNAVAILABLE = "storage_unavailable"
+# another process runs under this instance's name ([storage] instance): this one runs nothing
+INSTANCE_NAME_TAKEN = "instance_name_taken"
 
 
 # Alarms that make the integration not ready (/readyz): its store cannot be trusted or written.

@@ -186,6 +186,13 @@ def test_serve_refuses_a_live_name_starts_after_a_crash_and_a_paused_one_stands_
     spoolkit.wait_for(lambda: "in use" in readyz(second_port).get("error", ""), timeout=20)
     paused = readyz(second_port)
     assert paused["status"] == "not_ready" and paused["owned"] == []
+    assert "instance_name_taken" in paused["alarms"]  # the admin's pager says so too
     time.sleep(2 * LEASE)  # and it stays so while the new run lives
     assert readyz(second_port)["owned"] == [] and readyz(third_port)["owned"] == list(NAMES)
     assert url_of(dsn, "inst-a") == f"http://127.0.0.1:{third_port}"
+
+    # the new run gone for a lease, the paused one holds its name again: the alarm is cleared
+    processes[2].kill()
+    processes[2].wait()
+    spoolkit.wait_for(lambda: readyz(second_port).get("owned") == list(NAMES), timeout=40)
+    assert "instance_name_taken" not in readyz(second_port)["alarms"]

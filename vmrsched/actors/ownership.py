@@ -35,7 +35,7 @@ from vmrsched.postgres.connection import Connect
 from vmrsched.postgres.leases import Lease, LeaseLost, Leases, NameInUse, fair_share
 from vmrsched.postgres.records import Records
 from vmrsched.store import OwnershipLostError, StorageUnavailableError
-from vmrsched.telemetry import STORAGE_UNAVAILABLE, Alarms, Metrics
+from vmrsched.telemetry import INSTANCE_NAME_TAKEN, STORAGE_UNAVAILABLE, Alarms, Metrics
 
 log = logging.getLogger("vmrsched.ownership")
 
@@ -231,6 +231,8 @@ class Ownership(Actor):
                 self.shared.instance,
             )
             self.shared.name_taken = ""
+            if self.alarms is not None:
+                self.alarms.clear("service", INSTANCE_NAME_TAKEN)
         self.shared.run = self.leases.run
         for name, lease in list(self._held().items()):
             try:
@@ -295,6 +297,12 @@ class Ownership(Actor):
                 exc,
             )
         self.shared.name_taken = str(exc)
+        if self.alarms is not None:
+            self.alarms.raise_(
+                "service",
+                INSTANCE_NAME_TAKEN,
+                f"{exc}: this instance runs no integration while that one lives",
+            )
         for name in list(self._held()):
             self._drop(name)
             self.tell(Lost(name))
