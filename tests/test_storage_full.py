@@ -161,6 +161,9 @@ async def test_a_full_disk_is_a_503_storage_full_at_once_until_space_returns(
         assert took < 2.0
     alarms = {a.name: a.message for a in full_service.ctx.alarms.active("alpha")}
     assert "full" in alarms[STORAGE_FULL]
+    # and says when asking again may work: the allocator's next look for room
+    again = await client.post(API, json={})
+    assert (again.status, again.headers.get("Retry-After")) == (503, "2")
 
     filler.unlink()
     spoolkit.wait_for(

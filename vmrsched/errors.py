@@ -63,9 +63,21 @@ class QuotaExceeded(ServiceError):
 
 
 class Unavailable(ServiceError):
-    """The integration cannot take requests now (starting, restarting, failed, or slow)."""
+    """The integration cannot take requests now (starting, restarting, failed, or slow).
+    `retry_after`: when asking again may work (seconds), where the service knows."""
 
     default_code = "unavailable"
+
+    def __init__(
+        self,
+        message: str,
+        code: str | None = None,
+        *,
+        detail: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, code, detail=detail)
+        self.retry_after = retry_after
 
 
 class StorageFull(Unavailable):

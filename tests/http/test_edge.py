@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from lxml import etree
 
@@ -147,6 +148,30 @@ async def test_a_fault_of_ours_is_a_500_in_json_naming_a_logged_correlation_id(
     [logged] = [r for r in caplog.records if r.exc_info]
     assert logged.correlation_id in error["message"]  # type: ignore[attr-defined]
     assert "a bug" not in error["message"]  # what failed inside stays in the log
+
+
+async def test_a_client_that_hangs_up_mid_request_is_no_fault_of_ours(
+    svc: service.Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client gone while its request was on its way (a pane that gave up; an instance that
+    stopped waiting for the one it passed the request to, seen by that one once it runs
+    again): aiohttp's reading of the body raises ConnectionResetError, which is one info line,
+    no traceback, and not a 500 of ours. A route of the real app, behind the real middleware,
+    meets that error as aiohttp raises it."""
+
+    async def hung_up(request: web.Request) -> web.Response:
+        await request.read()
+        raise ConnectionResetError("Connection lost")  # aiohttp's StreamReader, on a lost peer
+
+    app = create_app(svc)
+    app.router.add_post("/api/addin/v1/default/hung-up", hung_up)
+    caplog.set_level(logging.INFO, logger="vmrsched.http")
+    async with TestClient(TestServer(app)) as client:
+        answer = await client.post("/api/addin/v1/default/hung-up", json={})
+        assert answer.status == 499 and (await answer.json())["error"]["code"] == "client_gone"
+        assert (await client.post(API, json={})).status == 201  # and the next one is served
+    assert "the client went away before its request was read" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
 async def test_an_impossible_date_is_a_400_and_reserves_nothing(

@@ -409,13 +409,18 @@ class AliasAllocator(SupervisedChild):
                     f"the disk is full ({exc}): reservations are refused (503 storage_full) "
                     "and meetings wait until there is room again",
                 )
+        # asking again may work once the next probe found room (or the database answering)
         error = (
             StorageFull(
                 "the booking service's database does not answer; try again later",
                 "storage_unavailable",
+                retry_after=SPACE_PROBE_SECONDS,
             )
             if database
-            else StorageFull("the booking service's disk is full; try again later")
+            else StorageFull(
+                "the booking service's disk is full; try again later",
+                retry_after=SPACE_PROBE_SECONDS,
+            )
         )
         waiting, self._pending_replies = self._pending_replies, []
         deliver((request, None, error) for request, _ in waiting)

@@ -118,6 +118,14 @@ def pipeline(service: Service, timers: RouteTimers, forward: Forwarder | None = 
             return http_error(exc)
         except StorageUnavailableError as exc:  # the shared database: an outage, not a fault
             return storage_unavailable(request, exc)
+        except ConnectionResetError:  # the client hung up before its request was read
+            log.info(
+                "%s %s: the client went away before its request was read; nothing done",
+                request.method,
+                one_line(request.path[:500]),
+            )
+            # nobody reads it: nginx's "client closed request", for the counts and the log
+            return error(499, "client_gone", "the client closed the connection")
         except Exception:  # a fault of ours: logged with an id the answer names, and JSON
             correlation_id = str(uuid.uuid4())
             log.exception(

@@ -121,7 +121,7 @@ _NO_CREDENTIALS = frozenset(
 
 def service_error(exc: ServiceError) -> web.Response:
     response = error(status_of(exc), exc.code, exc.message)
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, RateLimited | Unavailable) and exc.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     elif isinstance(exc, Unauthorized):  # RFC 9110 §15.5.2: a 401 says how to authenticate
         challenge = 'Bearer realm="vmrsched"'

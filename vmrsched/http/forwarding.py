@@ -420,7 +420,7 @@ class Forwarder:
                 instance,
                 url,
                 name,
-                exc or type(exc).__name__,
+                str(exc) or type(exc).__name__,  # a timeout says nothing of itself
             )
             raise Unreached(
                 "unreachable",
