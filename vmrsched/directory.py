@@ -80,9 +80,11 @@ class FileDirectory:
     allow_guests, service_type). Read again when the file changes (its modification time,
     size or inode); a faulty file is not taken: the last good one stays in use."""
 
-    def __init__(self, path: Path, allow_new_users: bool) -> None:
+    def __init__(self, path: Path, allow_new_users: bool, integration: str = "") -> None:
         self.path = path
         self.allow_new_users = allow_new_users
+        # for the log: integrations may share one file, and each says what it does about it
+        self._said = {"integration": integration} if integration else {}
         self._lock = threading.Lock()  # the state below
         self._reading = threading.Lock()  # one read of the file at a time
         self._seen: tuple[object, ...] | None = None  # the file as last read (`_stamp`)
@@ -124,6 +126,7 @@ class FileDirectory:
                             "personal VMRs: the directory file %s is fixed: in use again, %d users",
                             self.path,
                             len(users),
+                            extra=self._said,
                         )
                     self._users, self._problem = users, ""
                     self._version += 1
@@ -143,7 +146,7 @@ class FileDirectory:
                 f"stays in use until it is fixed: {said}"
             )
         if problem != self._problem:
-            log.warning("personal VMRs: %s", problem)
+            log.warning("personal VMRs: %s", problem, extra=self._said)
         self._problem = problem
 
     def rooms(self) -> list[PersonalVmr] | None:
@@ -295,7 +298,9 @@ def directory_for(integ: IntegrationConfig, base_dir: Path) -> Directory:
         client = ManagementClient(px, password, session=session)
         return PexipDirectory(client, personal.allow_new_users)
     path = Path(personal.directory_file)
-    return FileDirectory(path if path.is_absolute() else base_dir / path, personal.allow_new_users)
+    return FileDirectory(
+        path if path.is_absolute() else base_dir / path, personal.allow_new_users, integ.name
+    )
 
 
 def policy_room(integration: str, vmr: PersonalVmr) -> PersonalRoom:
