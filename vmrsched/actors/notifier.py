@@ -296,10 +296,12 @@ class Notifier(SupervisedChild):
 
     def _drop(self, dropped: list[tuple[Outgoing, str]]) -> None:
         """Messages withdrawn before they went out: done with, never sent (their ids stay
-        seen, so a request read again queues none of them again)."""
+        seen, so a request read again queues none of them again). Each is logged before it is
+        marked done: a crash between the two leaves it queued, and the restart withdraws and
+        logs it again (at least once, docs/guarantees.md), where the other order could leave a
+        withdrawal nobody was told of."""
         if not dropped:
             return
-        self.queue.done(m.id for m, _ in dropped)
         for message, why in dropped:
             self._retries.pop(message.id, None)
             self._unsure.discard(message.id)
@@ -319,6 +321,7 @@ class Notifier(SupervisedChild):
                     "reason": message.reason,
                 },
             )
+        self.queue.done(m.id for m, _ in dropped)
 
     def _bulk(self, outgoing: Outgoing) -> bool:
         """Sent with others: a response to a request item, unless it may have gone out already
