@@ -4,9 +4,11 @@ answer and one organizer update, on the spool and against the fake Exchange over
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -167,6 +169,68 @@ def test_spool_sigkill_mid_burst_of_cancelled_bookings_answers_each_request_once
     assert {(outcome, reason) for _, outcome, reason in got} <= {("accepted", "new_single")}, got
     assert {uid for uid, _, _ in got} <= set(uids)
     assert all(kind == "reply" and n == 1 for (_, kind), n in sends(config).items())
+
+
+# The service, dying (SIGKILL, by its own hand) the instant a withdrawal's mark is durable: the
+# queue's `done` for an organizer update, which only a withdrawal marks when no update is sent.
+DIES_AFTER_A_WITHDRAWAL = """
+import os, signal, sys
+from vmrsched.cli.main import main
+from vmrsched.store.outqueue import OutQueue
+done = OutQueue.done
+def done_then_die(self, ids):
+    ids = list(ids)
+    updates = [i for i in ids if i in self._pending and self._pending[i].kind == "update"]
+    done(self, ids)
+    if updates:
+        os.kill(os.getpid(), signal.SIGKILL)
+OutQueue.done = done_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def withdrawals(config: Path) -> Counter[str]:
+    """meeting uid -> how many times the log says its update was withdrawn, over every run."""
+    counts: Counter[str] = Counter()
+    for line in (config.parent / "server.log").read_text().splitlines():
+        if line.startswith("{") and " withdrawn: " in (entry := json.loads(line))["message"]:
+            counts[entry["meeting_uid"]] += 1
+    return counts
+
+
+def test_spool_a_withdrawal_is_logged_though_the_process_dies_right_after_marking_it(
+    tmp_path: Path,
+) -> None:
+    """The audit's crash3_snap.py, made exact: a request booked offline and its CANCEL in one
+    batch, so the organizer update is withdrawn; the process dies by SIGKILL the instant the
+    withdrawal is durable in the queue. The log still says it was withdrawn (the line is
+    written before the mark; docs/guarantees.md), and after the restart the update is never
+    sent."""
+    port = free_port()
+    config = tmp_path / "vmrsched.toml"
+    write_config(config, port)
+    spool = tmp_path / "data" / "spool" / "default"
+    [uid] = placeholder_then_cancel(spool / "inbox", 1)
+    with open(config.parent / "server.log", "ab") as log:
+        dying = subprocess.run(
+            [sys.executable, "-c", DIES_AFTER_A_WITHDRAWAL, "serve", "--config", str(config)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=60,
+        )
+    assert dying.returncode == -signal.SIGKILL
+    proc = start(config)
+    try:
+        wait_ready(port)
+        spoolkit.wait_for(lambda: not any((spool / "inbox").iterdir()), timeout=30)
+        time.sleep(1)
+        stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert withdrawals(config)[uid] >= 1
+    assert answers_by_meeting(spool) == Counter({(uid, "accepted", "new_single"): 1})
 
 
 # --- Exchange (the fake, over HTTP) -----------------------------------------------------------

@@ -60,6 +60,7 @@ from vmrsched.store import (
     StoreWrites,
     decode_schedule,
 )
+from vmrsched.store.records import highest_sequence
 from vmrsched.telemetry import ALIAS_SPACE_LOW, STORAGE_FULL, STORAGE_UNAVAILABLE, STORE_CORRUPT
 
 log = logging.getLogger("vmrsched.allocator")
@@ -106,6 +107,7 @@ def room_of(record: Record, settings: RoomSettings, archived: bool = False) -> R
         decode_schedule(raw) if raw else None,
         record.get("name", ""),
         record.get("description", ""),
+        highest_sequence(record) if status == "bound" else -1,
     )
 
 

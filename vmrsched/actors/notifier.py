@@ -198,6 +198,7 @@ class Notifier(SupervisedChild):
         try:
             ready: list[Outgoing] = []
             dropped: list[tuple[Outgoing, str]] = []
+            broken: list[tuple[Outgoing, Exception]] = []
             for outgoing in self.queue.pending():
                 if len(ready) >= CHUNK:
                     break
@@ -205,14 +206,20 @@ class Notifier(SupervisedChild):
                 if retry is not None and retry.not_before > now:
                     waiting.append(retry.not_before)
                     continue
-                why = self._withdrawn(outgoing)
-                if why is None:
+                try:
+                    current = self._as_it_stands(outgoing)
+                except Exception as exc:  # cannot be restated: a poison message
+                    broken.append((outgoing, exc))
+                    continue
+                if current is None:
                     waiting.append(now + NOT_LOADED_RETRY)
-                elif why:
-                    dropped.append((outgoing, why))
+                elif isinstance(current, str):
+                    dropped.append((outgoing, current))
                 else:
-                    ready.append(outgoing)
+                    ready.append(current)
             self._drop(dropped)
+            for outgoing, poison in broken:
+                self._settle(outgoing, poison, now, waiting, sent)
             attempted = len(ready)
             if self.gateway.bulk_send:
                 # responses to request items go out together (one EWS request for the lot)
@@ -266,29 +273,35 @@ class Notifier(SupervisedChild):
         elif waiting:
             self._wake(min(waiting) - time.monotonic())
 
-    def _withdrawn(self, outgoing: Outgoing) -> str | None:
-        """answers.withdrawn, asked of the alias's state now: the policy index, which the
+    def _as_it_stands(self, outgoing: Outgoing) -> Outgoing | str | None:
+        """answers.as_it_stands, asked of the alias's state now: the policy index, which the
         allocator publishes after each commit (so a cancellation decided in the batch that
-        queued an update is there before the update is). None while the integration's aliases
-        are not all published yet (its allocator is starting): the message waits."""
+        queued an update is there before the update is). The message to send (an organizer
+        update restated when its meeting changed since), or why it is withdrawn; None while
+        the integration's aliases are not all published yet (its allocator is starting): the
+        message waits."""
         if answers.waits_on(outgoing) is None:
-            return ""
+            return outgoing
         index = self.ctx.alias_index
         if not index.loaded(self.integ.name):
             return None
 
-        def status(alias_id: str, alias: str) -> str | None:
+        def booking(alias_id: str, alias: str) -> answers.Booking | None:
             room = index.lookup(normalise(alias))
-            return room.status if room is not None and room.alias_id == alias_id else None
+            if room is None or room.alias_id != alias_id:
+                return None
+            return answers.Booking(room.status, room.schedule, room.sequence)
 
-        return answers.withdrawn(outgoing, status)
+        return answers.as_it_stands(outgoing, booking)
 
     def _drop(self, dropped: list[tuple[Outgoing, str]]) -> None:
         """Messages withdrawn before they went out: done with, never sent (their ids stay
-        seen, so a request read again queues none of them again)."""
+        seen, so a request read again queues none of them again). Each is logged before it is
+        marked done: a crash between the two leaves it queued, and the restart withdraws and
+        logs it again (at least once, docs/guarantees.md), where the other order could leave a
+        withdrawal nobody was told of."""
         if not dropped:
             return
-        self.queue.done(m.id for m, _ in dropped)
         for message, why in dropped:
             self._retries.pop(message.id, None)
             self._unsure.discard(message.id)
@@ -308,6 +321,7 @@ class Notifier(SupervisedChild):
                     "reason": message.reason,
                 },
             )
+        self.queue.done(m.id for m, _ in dropped)
 
     def _bulk(self, outgoing: Outgoing) -> bool:
         """Sent with others: a response to a request item, unless it may have gone out already

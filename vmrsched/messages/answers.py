@@ -29,6 +29,7 @@ from vmrsched.rules.meetings import (
     general_error,
     is_address,
 )
+from vmrsched.rules.recurrence import Schedule
 from vmrsched.store import Record
 from vmrsched.templating import Renderer
 
@@ -284,6 +285,9 @@ def organizer_update(
             "alias_id": record["alias_id"],
             "alias": record.get("alias", ""),  # what it waits on: see `withdrawn`
             "start": meeting.start.isoformat(),
+            # the SEQUENCE it was composed from: a later message of the meeting applied before
+            # it goes out makes it restated (see `as_it_stands`)
+            "sequence": meeting.sequence,
             "instructions": instructions,  # mailed to the organizer if the update fails
         },
     )
@@ -470,3 +474,59 @@ def withdrawn(message: Outgoing, status: Callable[[str, str], str | None]) -> st
         return ""
     why = "its meeting cancelled or the alias deleted" if now == "deleted" else now
     return f"alias {carried[1]} is no longer bound ({why}): not sent"
+
+
+@dataclass(frozen=True)
+class Booking:
+    """An alias as it stands when a message waiting on it is about to go out: its status
+    (reserved | bound | deleted | archived) and, while bound, its meeting's schedule and the
+    highest SEQUENCE applied to that meeting, an occurrence's included (-1: not known)."""
+
+    status: str
+    schedule: Schedule | None = None
+    sequence: int = -1
+
+
+def as_it_stands(
+    message: Outgoing, booking: Callable[[str, str], Booking | None]
+) -> Outgoing | str:
+    """`message` as it must go out now, or why it must not (see `withdrawn`), asked just before
+    it is sent. `booking(alias_id, alias)` is the alias's state now, None when it cannot be
+    told: then the message goes out as it was composed.
+
+    An organizer update restores at every attendee the meeting it carries (a METHOD:REQUEST
+    from the organizer, one SEQUENCE above the last message applied). One composed before a
+    later message of its meeting was applied (an occurrence cancelled or moved, the series
+    changed: in the same batch, or while it waited) would undo that message: it goes out
+    restated from the meeting as the store now keeps it, with cancelled occurrences as EXDATEs,
+    moved ones as VEVENTs of their own, and SEQUENCE one above the highest applied. An
+    attendee's client then takes it over the organizer's messages it already has, and the
+    organizer's next message, of at least that SEQUENCE and a later DTSTAMP, over it
+    (RFC 5546 2.1.5). An update of one occurrence that was cancelled since is withdrawn."""
+    carried = waits_on(message)
+    if carried is None:
+        return message
+    now = booking(*carried)
+    why = withdrawn(message, lambda *_: now.status if now is not None else None)
+    if why:
+        return why
+    return restated(message, now) if now is not None else message
+
+
+def restated(message: Outgoing, now: Booking) -> Outgoing | str:
+    """An organizer update brought up to date with `now` (see `as_it_stands`): unchanged while
+    no message of a higher SEQUENCE than the one it answers was applied (a lone request's
+    update, or one queued before updates said what they answer)."""
+    base = message.extra.get("sequence")
+    if (
+        message.kind != "update"
+        or not message.calendar
+        or not isinstance(base, int)
+        or now.schedule is None
+        or now.sequence <= base
+    ):
+        return message
+    calendar = calendars.restate(message.calendar, now.schedule, now.sequence + 1)
+    if calendar is None:
+        return f"its occurrence was cancelled since (SEQUENCE {now.sequence}): not sent"
+    return replace(message, calendar=calendar)

@@ -11,7 +11,9 @@ from datetime import UTC, datetime
 import icalendar
 
 from vmrsched import outgoing
+from vmrsched.rules import recurrence
 from vmrsched.rules.meetings import Meeting, occurrence_key
+from vmrsched.rules.recurrence import Schedule
 
 PRODID = "-//vmrsched//vmrsched 0.1//EN"
 
@@ -178,7 +180,9 @@ def _reply(
 
 
 def update_calendar(meeting: Meeting, html_body: str, text_body: str) -> str:
-    """The organizer's meeting re-sent with the real joining instructions (one higher SEQUENCE)."""
+    """The organizer's meeting re-sent with the real joining instructions (one higher SEQUENCE):
+    the series (or single meeting) and a VEVENT of its own for each moved occurrence, as the
+    request had them; `restate` brings it up to date with what the organizer did since."""
     cal = icalendar.Calendar()
     cal.add("prodid", PRODID)
     cal.add("version", "2.0")
@@ -192,6 +196,8 @@ def update_calendar(meeting: Meeting, html_body: str, text_body: str) -> str:
     event = _event_base(meeting, meeting.sequence + 1)
     if meeting.rrule:
         event.add("rrule", icalendar.vRecur.from_ical(meeting.rrule))
+    for rdate in meeting.rdates:
+        event.add("rdate", rdate)
     for exdate in meeting.exdates:
         event.add("exdate", exdate)
     event.add("description", _text(text_body))
@@ -206,6 +212,87 @@ def update_calendar(meeting: Meeting, html_body: str, text_body: str) -> str:
                 address.params[key] = _text(value)
         event.add("attendee", address)
     cal.add_component(event)
+    if meeting.recurrence_id is None:
+        _add_moved(cal, event, meeting.overrides)
+    return _finished(cal)
+
+
+# what says when a meeting happens and which of its versions an event is (RFC 5546 2.1.5)
+_WHEN = ("SEQUENCE", "DTSTAMP", "DTSTART", "DTEND", "DURATION", "RRULE", "RDATE", "EXDATE")
+
+
+def restate(calendar: str, schedule: Schedule, sequence: int) -> str | None:
+    """An organizer update composed earlier (`update_calendar`) as the meeting stands now: its
+    times, recurrence, cancelled occurrences (EXDATE) and moved ones (a VEVENT of their own with
+    their RECURRENCE-ID and new times) from `schedule`, and SEQUENCE `sequence`. Everything
+    else (subject, attendees, the body with the joining instructions) stays as composed. None
+    for an update of one occurrence that the meeting no longer has (it was cancelled)."""
+    cal = icalendar.Calendar.from_ical(calendar)
+    events = [c for c in cal.subcomponents if c.name == "VEVENT"]
+    cal.subcomponents = [c for c in cal.subcomponents if c.name != "VEVENT"]
+    master = next((e for e in events if "RECURRENCE-ID" not in e), None)
+    if master is None:  # an update of one occurrence (the meeting booked by it alone)
+        event = events[0]
+        when = _occurrence_now(schedule, event.decoded("RECURRENCE-ID"))
+        if when is None:
+            return None
+        _set_when(event, sequence, when[0], when[1])
+        cal.add_component(event)
+        return _finished(cal)
+    _set_when(master, sequence, schedule.start, schedule.end)
+    if schedule.rrule:
+        master.add("rrule", icalendar.vRecur.from_ical(schedule.rrule))
+    for rdate in schedule.rdates:
+        master.add("rdate", rdate)
+    for exdate in schedule.exdates:
+        master.add("exdate", exdate)
+    cal.add_component(master)
+    _add_moved(cal, master, schedule.overrides)
+    return _finished(cal)
+
+
+def _occurrence_now(
+    schedule: Schedule, recurrence_id: datetime
+) -> tuple[datetime, datetime] | None:
+    if not schedule.recurring:
+        return schedule.start, schedule.end
+    found = recurrence.occurrence_of(schedule, recurrence_id)
+    return (found.start, found.end) if found is not None else None
+
+
+def _set_when(
+    event: icalendar.cal.Component, sequence: int, start: datetime, end: datetime
+) -> None:
+    for name in _WHEN:
+        event.pop(name, None)
+    event.add("sequence", sequence)
+    event.add("dtstamp", datetime.now(UTC))
+    event.add("dtstart", start)
+    event.add("dtend", end)
+
+
+_SERIES_ONLY = ("RRULE", "RDATE", "EXDATE", "DTSTART", "DTEND", "DURATION", "RECURRENCE-ID")
+
+
+def _add_moved(
+    cal: icalendar.Calendar,
+    master: icalendar.cal.Component,
+    moved: tuple[tuple[datetime, datetime, datetime], ...],
+) -> None:
+    """A VEVENT for each moved occurrence (recurrence id, start, end): the master's own
+    properties (the body with the joining instructions, the attendees) at its new times."""
+    for recurrence_id, start, end in moved:
+        event = icalendar.Event()
+        for name, value in master.items():
+            if name not in _SERIES_ONLY:
+                event[name] = value
+        event.add("recurrence-id", recurrence_id)
+        event.add("dtstart", start)
+        event.add("dtend", end)
+        cal.add_component(event)
+
+
+def _finished(cal: icalendar.Calendar) -> str:
     with contextlib.suppress(Exception):  # an unusual zone: its TZID still names it
         cal.add_missing_timezones()  # a VTIMEZONE for every IANA zone the times use
     return str(cal.to_ical().decode())

@@ -70,6 +70,9 @@ class Room:
     schedule: Schedule | None = None
     name: str = ""
     description: str = ""
+    # the highest SEQUENCE applied to its meeting (-1 unless bound): an organizer update
+    # waiting to go out is restated above it (messages.answers.as_it_stands)
+    sequence: int = -1
 
     def index_keys(self) -> tuple[str, ...]:
         """The normalised forms a node may ask for: the alias, the numeric alias, and the

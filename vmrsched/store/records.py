@@ -111,6 +111,15 @@ def archived_info(record: Mapping[str, Any]) -> ArchivedInfo:
     )
 
 
+def highest_sequence(record: Mapping[str, Any]) -> int:
+    """The highest SEQUENCE applied to a bound record's meeting, an occurrence's included
+    (-1 when none was): what an organizer update sent now must go one above."""
+    if not record.get("meeting_uid"):
+        return -1
+    occurrences = record.get("occ_seq") or {}
+    return max([int(record.get("sequence", -1)), *(int(s) for s in occurrences.values())])
+
+
 def to_alias_record(record: StoredRecord) -> AliasRecord:
     schedule = record.get("schedule")
     return AliasRecord(
