@@ -7,7 +7,6 @@ answer, and nothing is cached."""
 
 from __future__ import annotations
 
-import asyncio
 import socketserver
 import threading
 import time
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.fakes.pexip_server import FakePexip
+from tests.fakes.pexip_server import FakePexip, trickled
 from tests.fakes.threaded import ThreadedServer
 from vmrsched.config import PexipConfig
 from vmrsched.directory import DirectoryUnavailable, PexipDirectory
@@ -68,15 +67,7 @@ async def trickle(request: web.Request, handler: Handler) -> web.StreamResponse:
     answer = await handler(request)
     if request.method != "GET" or not isinstance(answer, web.Response) or answer.status != 200:
         return answer
-    body = bytes(answer.body)  # type: ignore[arg-type]
-    slow = web.StreamResponse(
-        headers={"Content-Type": "application/json", "Content-Length": str(len(body))}
-    )
-    await slow.prepare(request)
-    for i in range(len(body)):
-        await slow.write(body[i : i + 1])
-        await asyncio.sleep(0.05)
-    return slow
+    return await trickled(request, answer)
 
 
 def test_a_trickling_answer_ends_the_lookup_at_its_deadline(fake: FakePexip) -> None:

@@ -56,6 +56,20 @@ def _too_long(value: str) -> list[str]:
     return [f"Ensure this value has at most {MAX_LENGTH} characters (it has {len(value)})."]
 
 
+async def trickled(request: web.Request, answer: web.Response) -> web.StreamResponse:
+    """`answer` as a slow Management Node (or the link to it) sends it: one byte every 50 ms,
+    each within any read timeout, the whole far beyond it."""
+    body = bytes(answer.body)  # type: ignore[arg-type]
+    slow = web.StreamResponse(
+        headers={"Content-Type": "application/json", "Content-Length": str(len(body))}
+    )
+    await slow.prepare(request)
+    for i in range(len(body)):
+        await slow.write(body[i : i + 1])
+        await asyncio.sleep(0.05)
+    return slow
+
+
 class FakePexip:
     def __init__(self, username: str = "admin", password: str = "pexip-secret") -> None:
         self.username, self.password = username, password

@@ -5,7 +5,6 @@ time, the log says why, and the next request asks Pexip again."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests import spoolkit
-from tests.fakes.pexip_server import FakePexip
+from tests.fakes.pexip_server import FakePexip, trickled
 from tests.fakes.threaded import ThreadedServer
 from vmrsched import config, service
 
@@ -49,15 +48,7 @@ class Misbehaving:
         answer = await handler(request)
         if not self.trickle or not isinstance(answer, web.Response):
             return answer
-        body = bytes(answer.body)  # type: ignore[arg-type]
-        slow = web.StreamResponse(
-            headers={"Content-Type": "application/json", "Content-Length": str(len(body))}
-        )
-        await slow.prepare(request)
-        for i in range(len(body)):
-            await slow.write(body[i : i + 1])
-            await asyncio.sleep(0.05)
-        return slow
+        return await trickled(request, answer)
 
 
 @pytest.fixture

@@ -123,8 +123,9 @@ def test_an_organizer_update_keeps_zone_definitions_and_attendee_parameters(
     }
 
 
-def test_a_recipient_that_is_a_list_is_refused_not_sent_to_everyone_on_it() -> None:
-    message = Outgoing(
+def accepted(meeting_uid: str) -> Outgoing:
+    """The room's acceptance of one meeting, as the spool writes it."""
+    return Outgoing(
         id="0" * 32,
         kind="reply",
         sender="vmr@example.com",
@@ -135,8 +136,12 @@ def test_a_recipient_that_is_a_list_is_refused_not_sent_to_everyone_on_it() -> N
         outcome="accepted",
         reason="new_single",
         correlation_id="c",
-        meeting_uid="u",
+        meeting_uid=meeting_uid,
     )
+
+
+def test_a_recipient_that_is_a_list_is_refused_not_sent_to_everyone_on_it() -> None:
+    message = accepted("u")
     assert b"\r\nTo: olga@example.com\r\n" in compose.to_eml(message)
     for listed in ("olga@example.com, eve@evil.example", "olga@example.com,mailto:e@evil.example"):
         with pytest.raises(ValueError, match="not one address"):
@@ -170,19 +175,7 @@ def test_the_meeting_uid_header_carries_the_whole_uid_within_the_line_limit(uid:
     whole UID (up to MAX_UID characters), folded as RFC 5322 asks (lines of at most 78
     characters once it does not fit one line of 998) with RFC 2047 encoded words where the text
     cannot be written as it is, and both of Python's parsers read back exactly the UID."""
-    message = Outgoing(
-        id="0" * 32,
-        kind="reply",
-        sender="vmr@example.com",
-        sender_name="Video Room",
-        recipients=("olga@example.com",),
-        subject="Accepted: Sync",
-        html_body="<p>ok</p>",
-        outcome="accepted",
-        reason="new_single",
-        correlation_id="c",
-        meeting_uid=uid,
-    )
+    message = accepted(uid)
     raw = compose.to_eml(message)
     assert b"\n" not in raw.replace(b"\r\n", b"") and b"\r" not in raw.replace(b"\r\n", b"")
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
@@ -197,19 +190,7 @@ def test_the_meeting_uid_header_carries_the_whole_uid_within_the_line_limit(uid:
 
 
 def test_a_short_ascii_uid_is_written_as_it_is() -> None:
-    message = Outgoing(
-        id="0" * 32,
-        kind="reply",
-        sender="vmr@example.com",
-        sender_name="Video Room",
-        recipients=("olga@example.com",),
-        subject="Accepted: Sync",
-        html_body="<p>ok</p>",
-        outcome="accepted",
-        reason="new_single",
-        correlation_id="c",
-        meeting_uid="040000008200E00074C5B7101A82E008",
-    )
+    message = accepted("040000008200E00074C5B7101A82E008")
     raw = compose.to_eml(message)
     assert b"\r\nX-Vmrsched-Meeting-Uid: 040000008200E00074C5B7101A82E008\r\n" in raw
 
@@ -221,18 +202,11 @@ def test_the_spool_finds_the_mails_of_a_meeting_with_the_longest_uid(tmp_path: P
     uid = "u" * (MAX_UID - 1) + "1"
     for n, meeting_uid in enumerate([uid, uid[:-1] + "2", uid[:900]]):
         spool.send(
-            Outgoing(
+            replace(
+                accepted(meeting_uid),
                 id=f"{n:032x}",
-                kind="reply",
-                sender="vmr@example.com",
-                sender_name="Video Room",
-                recipients=("olga@example.com",),
                 subject=f"Accepted: Sync {n}",
-                html_body="<p>ok</p>",
-                outcome="accepted",
-                reason="new_single",
                 correlation_id=f"c{n}",
-                meeting_uid=meeting_uid,
             )
         )
     spool.close()

@@ -312,14 +312,7 @@ class Notifier(SupervisedChild):
                 message.reason,
                 ", ".join(message.recipients),
                 why,
-                extra={
-                    "integration": self.integ.name,
-                    "meeting_uid": message.meeting_uid,
-                    "message_id": message.id,
-                    "correlation_id": message.correlation_id,
-                    "outcome": message.outcome,
-                    "reason": message.reason,
-                },
+                extra=self._fields(message),
             )
         self.queue.done(m.id for m, _ in dropped)
 
@@ -443,6 +436,17 @@ class Notifier(SupervisedChild):
                 f"latest: {outgoing.kind} for {outgoing.meeting_uid}: {reason}",
             )
 
+    def _fields(self, message: Outgoing) -> dict[str, str]:
+        """What a line about one message carries for the log's readers (JSON logs, searches)."""
+        return {
+            "integration": self.integ.name,
+            "meeting_uid": message.meeting_uid,
+            "message_id": message.id,
+            "correlation_id": message.correlation_id,
+            "outcome": message.outcome,
+            "reason": message.reason,
+        }
+
     def _unresolved(self) -> int:
         """Failed messages that still need an admin: all but organizer updates whose joining
         instructions by mail went out instead (or are on their way; if that mail fails too,
@@ -471,14 +475,7 @@ class Notifier(SupervisedChild):
                 message.outcome,
                 message.reason,
                 ", ".join(message.recipients),
-                extra={
-                    "integration": self.integ.name,
-                    "meeting_uid": message.meeting_uid,
-                    "message_id": message.id,
-                    "correlation_id": message.correlation_id,
-                    "outcome": message.outcome,
-                    "reason": message.reason,
-                },
+                extra=self._fields(message),
             )
 
 
