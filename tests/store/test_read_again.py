@@ -6,27 +6,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
-from tests.store.test_store import NOW, Clock, DatabaseOpener, FileOpener, Opener
-from vmrsched.postgres import migrations
+from tests.store.test_store import NOW, Clock, Opener
 from vmrsched.rules.meetings import Decision, Meeting, decide
 from vmrsched.rules.recurrence import occurrence_of
 from vmrsched.store import StoreWrites, decode_schedule
 
 PLACEHOLDER = "TOK:-00000000-0000-4000-8000-0000000000aa#"
-
-
-@pytest.fixture(params=["file", "postgresql"])
-def make(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    if request.param == "file":
-        return FileOpener(tmp_path)
-    connect = request.getfixturevalue("connect")
-    with connect() as conn:
-        migrations.migrate(conn)
-    return DatabaseOpener(connect)
 
 
 def handle(store: StoreWrites, message: Meeting) -> Decision:

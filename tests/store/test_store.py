@@ -17,7 +17,6 @@ from tinydb import TinyDB
 
 from tests.filestate import snapshot
 from vmrsched.pexip.policy import AliasIndex, Room, RoomSettings
-from vmrsched.postgres import migrations
 from vmrsched.postgres.records import Records
 from vmrsched.rules import aliases
 from vmrsched.rules.meetings import Action, Decision, Meeting
@@ -84,17 +83,6 @@ class DatabaseOpener:
                 "SELECT alias_id FROM vmrsched_records WHERE archived ORDER BY alias_id"
             ).fetchall()
         return [str(row[0]) for row in rows]
-
-
-@pytest.fixture(params=["file", "postgresql"])
-def make(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    """The store's behaviour is the same on both backends: these tests run on each."""
-    if request.param == "file":
-        return FileOpener(tmp_path)
-    connect = request.getfixturevalue("connect")
-    with connect() as conn:
-        migrations.migrate(conn)
-    return DatabaseOpener(connect)
 
 
 def bind(
