@@ -59,6 +59,10 @@ def test_overrides_and_exdates() -> None:
     occ = recurrence.next_occurrence(gone, after_first)
     assert occ is not None and occ.start == start + timedelta(days=2)
     assert gone.overrides == ()
+    # a cancellation applied again (a copy of the CANCEL, a message read again after a
+    # crash), in another zone even, excludes the occurrence once
+    again = gone.with_exdate(second.astimezone(LONDON)).with_exdate(second)
+    assert again.exdates == (second,)
 
 
 def test_an_override_moved_before_other_occurrences_is_found_first() -> None:

@@ -73,8 +73,13 @@ class Schedule:
         return replace(self, exdates=exdates, overrides=(*kept, (recurrence_id, start, end)))
 
     def with_exdate(self, recurrence_id: datetime) -> Schedule:
+        """The occurrence `recurrence_id` cancelled: excluded once however often its
+        cancellation is applied (a copy of the CANCEL, a message read again after a crash),
+        and no longer moved."""
         key = _utc(recurrence_id)
         kept = tuple(o for o in self.overrides if _utc(o[0]) != key)
+        if any(_utc(e) == key for e in self.exdates):
+            return replace(self, overrides=kept)
         return replace(self, exdates=(*self.exdates, recurrence_id), overrides=kept)
 
 
