@@ -49,6 +49,12 @@ def token(idp: IdentityProvider, **claims: Any) -> str:
             "",
             id="unverified email and nothing else",
         ),
+        pytest.param(
+            {"email": "olga@elsewhere.example", "xms_edov": 0, "upn": "olga@contoso.example"},
+            "olga@contoso.example",
+            id="unverified as 0",
+        ),
+        pytest.param({"unique_name": "olga@contoso.example"}, "", id="v1.0 unique_name alone"),
         pytest.param({"preferred_username": "olga@contoso.example"}, "olga@contoso.example"),
         pytest.param({"upn": "olga@contoso.example"}, "olga@contoso.example", id="v1.0 upn"),
         pytest.param(

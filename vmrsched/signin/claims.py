@@ -7,8 +7,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+# where each provider names its user, in the order they are trusted: Entra ID's v1.0
+# `unique_name` is a display value Microsoft does not promise to be unique, so only AD FS's counts
+NAMED_BY = ("email", "preferred_username", "upn", "unique_name")
+ENTRA_NAMED_BY = ("email", "preferred_username", "upn")
 
-def email_of(claims: Mapping[str, Any]) -> str:
+
+def email_of(claims: Mapping[str, Any], named_by: tuple[str, ...] = NAMED_BY) -> str:
     """The user's email: Entra ID puts it in `email` or `preferred_username` (`upn` in v1.0
     tokens), AD FS in `upn`, `email` or `unique_name`. An `email` the token itself marks as
     unverified (OpenID's `email_verified`, Entra ID's `xms_edov`: a domain its tenant does not
@@ -17,7 +22,7 @@ def email_of(claims: Mapping[str, Any]) -> str:
     the group decides, not the address); the user sign-in takes it only from AD FS, and from
     Entra ID `users.trusted_email` alone."""
     unverified = says_false(claims.get("email_verified")) or says_false(claims.get("xms_edov"))
-    for key in ("email", "preferred_username", "upn", "unique_name"):
+    for key in named_by:
         if key == "email" and unverified:
             continue
         value = claims.get(key)
@@ -27,5 +32,8 @@ def email_of(claims: Mapping[str, Any]) -> str:
 
 
 def says_false(value: object) -> bool:
-    """A boolean claim that says false (Entra ID writes true/false; a string is read alike)."""
-    return value is False or (isinstance(value, str) and value.strip().lower() == "false")
+    """A boolean claim that says false (Entra ID writes true/false; a string, or 0, is read
+    alike: a claim that may say "unverified" is never taken for "verified")."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("false", "0")
+    return value is False or (type(value) is int and value == 0)

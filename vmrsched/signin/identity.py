@@ -35,7 +35,7 @@ from vmrsched.config import IntegrationConfig
 from vmrsched.errors import Unauthorized, Unavailable
 from vmrsched.proxies import proxy_for
 from vmrsched.rules.meetings import is_address
-from vmrsched.signin.claims import email_of
+from vmrsched.signin.claims import ENTRA_NAMED_BY, email_of
 
 LEEWAY_SECONDS = 60
 CACHE_SECONDS = 24 * 3600
@@ -335,7 +335,7 @@ class EntraVerifier:
         # the address a sign-in of the same person would give (`email`, unless the token
         # marks it unverified), else the tenant's own name of them: a UPN's domain is one the
         # tenant verified. Something that is not one address names nobody.
-        email = email_of(claims)
+        email = email_of(claims, ENTRA_NAMED_BY)
         return Identity(
             f"entra:{self.tenant_id}:{user}", email if is_address(email) else "", kind="entra"
         )
