@@ -251,7 +251,11 @@ class Forwarder:
         own: instance to instance, never through a proxy from the environment)."""
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256),
-            timeout=aiohttp.ClientTimeout(total=TOTAL_TIMEOUT, sock_connect=CONNECT_TIMEOUT),
+            # to the moment: aiohttp rounds a timeout of 5 s or more up to a whole second of
+            # the loop's clock (ceil_threshold), which could take 8 s to 9, close to the pane's 10
+            timeout=aiohttp.ClientTimeout(
+                total=TOTAL_TIMEOUT, sock_connect=CONNECT_TIMEOUT, ceil_threshold=TOTAL_TIMEOUT + 1
+            ),
             auto_decompress=False,
         )
         try:
