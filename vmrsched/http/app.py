@@ -19,6 +19,7 @@ from vmrsched.errors import ServiceError
 from vmrsched.http import addin, admin, admin_api, demo, graph, organizer, personal, policy
 from vmrsched.http.addin import refused
 from vmrsched.http.common import PAGES, SERVICE, error, http_error, origin_of, service_error
+from vmrsched.http.error_pages import for_browser
 from vmrsched.http.forwarding import FORWARDER, ROUTES, Forwarder, forwarder
 from vmrsched.http.hosts import allowed_hosts, hostname, own_origin
 from vmrsched.logs import one_line
@@ -77,7 +78,10 @@ def pipeline(service: Service, timers: RouteTimers, forward: Forwarder | None = 
                 hosts: frozenset[str] | None = hosts_of[1]
                 if hosts is not None and hostname(request.host) not in hosts:
                     return refused(
-                        request, _misdirected("this server does not answer to that name")
+                        request,
+                        for_browser(
+                            request, _misdirected("this server does not answer to that name")
+                        ),
                     )
                 api = path.startswith("/api/")
                 # the API from our own pages only; a form posted to the console or the
@@ -89,7 +93,10 @@ def pipeline(service: Service, timers: RouteTimers, forward: Forwarder | None = 
                     ):
                         organizer.cross_origin_refused(request, origin)
                         return refused(
-                            request, _misdirected("cross-origin requests are not allowed")
+                            request,
+                            for_browser(
+                                request, _misdirected("cross-origin requests are not allowed")
+                            ),
                         )
                 if api:
                     length = request.content_length
@@ -109,15 +116,15 @@ def pipeline(service: Service, timers: RouteTimers, forward: Forwarder | None = 
                             return answer
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
-            return _too_large(server.max_body_bytes)
+            return for_browser(request, _too_large(server.max_body_bytes))
         except ServiceError as exc:
-            return service_error(exc)
+            return for_browser(request, service_error(exc))
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return http_error(exc)
+            return for_browser(request, http_error(exc))
         except StorageUnavailableError as exc:  # the shared database: an outage, not a fault
-            return storage_unavailable(request, exc)
+            return for_browser(request, storage_unavailable(request, exc))
         except ConnectionResetError:  # the client hung up before its request was read
             log.info(
                 "%s %s: the client went away before its request was read; nothing done",
@@ -134,10 +141,13 @@ def pipeline(service: Service, timers: RouteTimers, forward: Forwarder | None = 
                 one_line(request.path[:500]),
                 extra={"correlation_id": correlation_id},
             )
-            return error(
-                500,
-                "internal_error",
-                f"the server could not answer this request (correlation id {correlation_id})",
+            return for_browser(
+                request,
+                error(
+                    500,
+                    "internal_error",
+                    f"the server could not answer this request (correlation id {correlation_id})",
+                ),
             )
         finally:
             route = request.match_info.route
