@@ -61,6 +61,16 @@ def test_oldest_first_by_first_sight_whatever_the_mtime(tmp_path: Path) -> None:
     assert items[2].meetings[0].uid == "uid-a2"
 
 
+def test_an_item_was_received_when_it_arrived_not_at_its_old_mtime(tmp_path: Path) -> None:
+    """What the mailbox lag metric (and its alert after 5 minutes) is measured from: a file
+    moved in with an mtime of 2000 arrived now."""
+    spool = SpoolMailbox(tmp_path, "room")
+    before = datetime.now(UTC) - timedelta(seconds=5)
+    _put(spool.inbox, "old.ics", YEAR_2000, "uid-old")
+    (item,) = spool.fetch(1)
+    assert before <= item.received <= datetime.now(UTC) + timedelta(seconds=5)
+
+
 def test_the_order_holds_across_restarts(tmp_path: Path) -> None:
     """A restart keeps the order: the files waiting at start are ordered by the time they
     arrived, which the file system keeps (a file renamed in late, with an old mtime, stays

@@ -363,7 +363,10 @@ class SpoolMailbox(Mailbox):
         which must be the organizer or their delegate for an update or cancellation to count;
         a bare .ics has no sender, so there only ORGANIZER (and its SENT-BY) says who sent it
         (meetings.from_organizer)."""
-        received = datetime.fromtimestamp(stat.st_mtime, UTC)
+        # when it arrived: the change time its rename into the inbox set (never earlier than
+        # its mtime), not an mtime `mv` kept from elsewhere: the lag metric and its alert
+        # must not read years for a file copied in with its old time
+        received = datetime.fromtimestamp(stat.st_ctime_ns / 1e9, UTC)
         if not S_ISREG(stat.st_mode):
             # never followed: a link could point at secrets (/proc/self/environ) or loop
             kind = "a symbolic link" if S_ISLNK(stat.st_mode) else "not a regular file"
