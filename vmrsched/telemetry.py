@@ -211,6 +211,9 @@ STORAGE_FULL = "storage_full"  # the disk refused a write for want of space; 503
 STORAGE_UNAVAILABLE = "storage_unavailable"
 # another process runs under this instance's name ([storage] instance): this one runs nothing
 INSTANCE_NAME_TAKEN = "instance_name_taken"
+# handled messages stay in the mailbox's inbox: their removal keeps being refused (read again at
+# every restart, never answered twice)
+INBOX_NOT_EMPTIED = "inbox_not_emptied"
 
 
 # Alarms that make the integration not ready (/readyz): its store cannot be trusted or written.

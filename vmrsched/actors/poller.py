@@ -19,6 +19,7 @@ from vmrsched.mailbox.base import MAX_RETRY_AFTER, GatewayError, InboxItem, Mail
 from vmrsched.messages import answers, calendars
 from vmrsched.rules.meetings import Meeting, is_address, occurrence_key
 from vmrsched.store.decisions import DecisionWriter
+from vmrsched.telemetry import INBOX_NOT_EMPTIED
 
 if TYPE_CHECKING:
     from vmrsched.config import ExchangeConfig
@@ -51,6 +52,7 @@ class MailboxPoller(SupervisedChild):
             retry_after_cap=MAX_RETRY_AFTER,
         )
         self._full = 0  # polls in a row the disk was full for
+        self._untidy_raised = False  # inbox_not_emptied raised by this poller
 
     def setup(self) -> None:
         self.renderer = self.integ.renderer()
@@ -181,12 +183,23 @@ class MailboxPoller(SupervisedChild):
         for item, reason in quarantined:
             self.gateway.quarantine(item.id, reason)
         self.gateway.sync()
+        self._untidy(self.gateway.untidy())
 
         elapsed = time.perf_counter() - started
         per_item = elapsed / max(1, len(items))
         for _ in items:
             self.ctx.metrics.meeting_processing.labels(name).observe(per_item)
         return len(items)
+
+    def _untidy(self, why: str | None) -> None:
+        """The inbox_not_emptied alarm while the gateway says handled messages stay in the
+        inbox (as it first said why), cleared once they leave it."""
+        if why:
+            self.ctx.alarms.raise_(self.integ.name, INBOX_NOT_EMPTIED, why)
+            self._untidy_raised = True
+        elif self._untidy_raised:
+            self.ctx.alarms.clear(self.integ.name, INBOX_NOT_EMPTIED)
+            self._untidy_raised = False
 
     def _automatic(self, item: InboxItem) -> str:
         """Set aside a meeting message sent as automatic mail (RFC 3834 Auto-Submitted other

@@ -17,6 +17,7 @@ Required (abstract): `fetch`, `mark_handled`, `quarantine`, `send`, `record_acce
     send_many(messages)  send() each in turn, stopping at an outage of the mailbox
     delivered(message)   None: the backend cannot tell
     sync()               nothing to make durable
+    untidy()             None: handled messages always leave the inbox
     probe(...)           one warning: no online check for this backend
     notified(...)        None: the backend takes no push notifications
     close()              nothing to release
@@ -274,6 +275,14 @@ class Mailbox(ABC):
         """Make durable what the last calls changed (the poller calls it after marking a batch
         handled, the notifier before it forgets sent messages). Default: nothing to do, every
         call is durable when it returns. Called from both actor threads."""
+        return None
+
+    def untidy(self) -> str | None:
+        """Why handled messages stay in the inbox, while removing them keeps being refused for
+        a reason other than throttling (a 403, a server error): nothing is answered twice, but
+        the inbox grows and every restart reads them again, so the poller raises
+        `inbox_not_emptied` with this text until a removal works. Default: never (every
+        backend that removes in `mark_handled` reports a failure there). Both threads."""
         return None
 
     def probe(self, organizer: str = "", outside: str = "") -> list[Check]:

@@ -34,6 +34,7 @@ from vmrsched.telemetry import Metrics
 
 log = logging.getLogger("vmrsched.graph")
 
+REFUSALS_BEFORE_ALARM = 3  # syncs in a row whose removals were refused before `untidy` says so
 REMEMBERED = 4096  # messages removed lately, remembered so that nothing removes them again
 
 
@@ -73,6 +74,9 @@ class GraphSending(GraphClient, Mailbox):
         self._answered: set[str] = set()  # answered here; the message's removal still pending
         self._removing: dict[str, str] = {}  # removals a sync is making now: URL -> item id
         self._removed: dict[str, None] = {}  # messages removed lately (oldest first)
+        # syncs in a row whose removals were refused (not throttled), and the latest refusal
+        self._refusals = 0
+        self._refusal = ""
 
     # --- removals ------------------------------------------------------------------------------
 
@@ -137,6 +141,16 @@ class GraphSending(GraphClient, Mailbox):
         if failed:
             removal, answer = failed[0]
             first = self._part_error(answer, f"{removal.method} {removal.url}")
+        with self._state:
+            if not failed:
+                self._refusals, self._refusal = 0, ""
+            elif not first.retry_after:  # throttling is waited out, not reported
+                self._refusals += 1
+                self._refusal = (
+                    f"{len(failed)} handled messages could not be removed from the inbox "
+                    f"({self._refusals} tries in a row): {first}"
+                )
+        if failed:
             log.log(
                 # a wait Graph asked for is logged once, when it starts (GraphClient._held)
                 logging.DEBUG if first.retry_after else logging.WARNING,
@@ -145,6 +159,12 @@ class GraphSending(GraphClient, Mailbox):
                 first,
                 extra={"integration": self.name},
             )
+
+    def untidy(self) -> str | None:
+        """The removals' refusal once REFUSALS_BEFORE_ALARM syncs in a row were refused (a
+        blip of one server error reports nothing)."""
+        with self._state:
+            return self._refusal if self._refusals >= REFUSALS_BEFORE_ALARM else None
 
     def _answered_now(self, item_ids: Sequence[str]) -> None:
         """Graph carried out these messages' answers: never answered again by this process
