@@ -4,26 +4,14 @@ browser what to do (Allow, Retry-After); what every other client gets stays DESI
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestClient
 
-from tests import spoolkit
-from tests.http.test_edge import make_config
-from vmrsched import service
+# the started service of the HTTP edge's tests (one integration, "default", token "none")
+from tests.http.test_edge import svc  # noqa: F401
 
 BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
-
-
-@pytest.fixture
-def svc(tmp_path: Path) -> Iterator[service.Service]:
-    running = service.start(make_config(tmp_path))
-    spoolkit.wait_for(lambda: running.ctx.status.state("default") == "running")
-    yield running
-    running.stop()
 
 
 async def test_a_console_page_that_does_not_exist_is_a_page_for_a_browser(
