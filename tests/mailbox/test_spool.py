@@ -18,6 +18,7 @@ import pytest
 
 from tests import spoolkit
 from vmrsched.mailbox import itip
+from vmrsched.mailbox.base import GatewayError
 from vmrsched.mailbox.spool import TRUST_UNCHANGED_SECONDS, SpoolMailbox, outbox_name
 from vmrsched.outgoing import Outgoing
 
@@ -257,3 +258,35 @@ def test_an_outbox_name_says_the_outcome_once() -> None:
     )
     name = outbox_name(message, datetime(2026, 12, 6, 9, 28, tzinfo=UTC))
     assert name == f"20261206T092800.000000Z-accepted-weekly-sync-{'0' * 32}.eml"
+
+
+def test_an_inbox_that_cannot_be_listed_fails_every_fetch_until_it_can(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`chmod 000` on the inbox (the service runs unprivileged): every fetch fails, so the
+    mailbox_unreachable alarm stays raised for as long as it lasts; never taken for an
+    unchanged, empty inbox by the listing's timestamps (which the failed listing must not
+    trust). The kernel's refusal for a non-root user is stood in for: tests run as root,
+    whom a mode of 000 does not stop."""
+    scandir = os.scandir
+
+    def as_unprivileged(path: Any) -> Any:
+        if os.stat(path).st_mode & 0o777 == 0:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", as_unprivileged)
+    now = [0.0]
+    later = time.time_ns() + 3600 * 10**9  # an hour on: every change so far has settled
+    spool = SpoolMailbox(tmp_path, "room", monotonic=lambda: now[0], wall_ns=lambda: later)
+    assert spool.fetch(10) == []
+    os.chmod(spool.inbox, 0)
+    try:
+        for _ in range(3):
+            with pytest.raises(GatewayError, match="Permission denied"):
+                spool.fetch(10)
+            now[0] += 1.0
+    finally:
+        os.chmod(spool.inbox, 0o700)
+    _put(spool.inbox, "a.ics", YEAR_2000, "uid-a")
+    assert [item.id for item in spool.fetch(10)] == ["a.ics"]

@@ -328,11 +328,11 @@ class SpoolMailbox(Mailbox):
         if listed_as == self._listed_as and now < self._trusted_until:
             self._relist_at = now + self.relist_seconds
             return
-        # stat before listing: a change during the listing shows as a new timestamp next time
-        if self._wall_ns() - max(inbox.st_mtime_ns, inbox.st_ctime_ns) > SETTLED_NS:
-            self._listed_as, self._trusted_until = listed_as, now + TRUST_UNCHANGED_SECONDS
-        else:
-            self._listed_as = None  # a change later in the same tick would keep this timestamp
+        # stat before listing: a change during the listing shows as a new timestamp next time;
+        # trusted only once the listing worked (an inbox that cannot be listed now, chmod 000,
+        # must fail every fetch, not be taken as unchanged and empty)
+        settled = self._wall_ns() - max(inbox.st_mtime_ns, inbox.st_ctime_ns) > SETTLED_NS
+        self._listed_as = None
         known = self._backlog
         still: set[str] = set()
         new: list[tuple[int, str, int]] = []
@@ -354,6 +354,8 @@ class SpoolMailbox(Mailbox):
         backlog.update((name, inode) for _, name, inode in new)
         self._backlog = backlog
         self._relist_at = now + self.relist_seconds
+        if settled:  # else a change later in the same tick would keep this timestamp
+            self._listed_as, self._trusted_until = listed_as, now + TRUST_UNCHANGED_SECONDS
 
     def _forget(self, name: str) -> None:
         self._backlog.pop(name, None)
