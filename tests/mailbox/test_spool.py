@@ -290,3 +290,47 @@ def test_an_inbox_that_cannot_be_listed_fails_every_fetch_until_it_can(
         os.chmod(spool.inbox, 0o700)
     _put(spool.inbox, "a.ics", YEAR_2000, "uid-a")
     assert [item.id for item in spool.fetch(10)] == ["a.ics"]
+
+
+def test_an_outbox_that_cannot_be_listed_is_an_outage_not_a_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`chmod 000` on the outbox: sending fails as the mailbox being out of reach (the notifier
+    waits and sends again by itself), never as a refusal of the message (failed for good,
+    waiting for an admin's retry). As above, the kernel's refusal for a non-root user is stood
+    in for."""
+    listdir = os.listdir
+
+    def as_unprivileged(path: Any) -> Any:
+        if os.stat(path).st_mode & 0o777 == 0:
+            raise PermissionError(13, "Permission denied", str(path))
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", as_unprivileged)
+    spool = SpoolMailbox(tmp_path, "room")
+    message = Outgoing(
+        id="1" * 32,
+        kind="reply",
+        sender="vmr@example.com",
+        sender_name="Room",
+        recipients=("olga@example.com",),
+        subject="Accepted: Weekly sync",
+        html_body="<p>Join</p>",
+        outcome="accepted",
+        reason="new_single",
+        correlation_id="c",
+        meeting_uid="u",
+    )
+    os.chmod(spool.outbox, 0)
+    try:
+        with pytest.raises(GatewayError, match="Permission denied") as raised:
+            spool.send(message)
+        assert not raised.value.permanent
+        with pytest.raises(GatewayError) as asked:
+            spool.delivered(message)
+        assert not asked.value.permanent
+    finally:
+        os.chmod(spool.outbox, 0o700)
+    spool.send(message)
+    assert spool.delivered(message)
+    assert len(list(spool.outbox.glob(f"*{'1' * 32}.eml"))) == 1

@@ -472,9 +472,11 @@ class SpoolMailbox(Mailbox):
     def _sent(self) -> set[str]:
         """Ids of the messages in the outbox (listed once, then kept up to date)."""
         if self._sent_ids is None:
-            self._sent_ids = {
-                m.group(1) for name in os.listdir(self.outbox) if (m := _OUT_ID.search(name))
-            }
+            try:
+                names = os.listdir(self.outbox)
+            except OSError as exc:  # an outage of the mailbox (chmod 000), never one message's
+                raise GatewayError(f"cannot list {self.outbox}: {exc}") from exc
+            self._sent_ids = {m.group(1) for name in names if (m := _OUT_ID.search(name))}
         return self._sent_ids
 
     def delivered(self, message: Outgoing) -> bool:
