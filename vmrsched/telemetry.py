@@ -228,6 +228,8 @@ class Alarms:
         self._lock = threading.Lock()
         self._active: dict[tuple[str, str], Alarm] = {}
         self._damaged: dict[str, dict[str, str]] = {}  # integration -> damaged file -> what
+        # every (integration, alarm) with a vmrsched_alarm_active series, raised or cleared
+        self._series: set[tuple[str, str]] = set()
         with _LIVE_LOCK:
             _LIVE.add(self)
 
@@ -241,6 +243,7 @@ class Alarms:
                 return
             raised_at = earlier.raised_at if earlier is not None else time.time()
             self._active[(integration, name)] = Alarm(integration, name, message, raised_at)
+            self._series.add((integration, name))
         self._metrics.alarm_active.labels(integration, name).set(1)
         log.warning(
             "alarm raised", extra={"integration": integration, "alarm": name, "detail": message}
@@ -265,6 +268,7 @@ class Alarms:
                 message,
                 earlier.raised_at if earlier is not None else time.time(),
             )
+            self._series.add((integration, STATE_DAMAGED))
         self._metrics.alarm_active.labels(integration, STATE_DAMAGED).set(1)
         log.warning(
             "alarm raised",
@@ -279,6 +283,25 @@ class Alarms:
                 return
         self._metrics.alarm_active.labels(integration, name).set(0)
         log.info("alarm cleared", extra={"integration": integration, "alarm": name})
+
+    def forget(self, integration: str) -> None:
+        """An integration removed from the config: its alarms go, series and all (an alert on
+        an integration that no longer exists could be neither explained nor cleared)."""
+        with self._lock:
+            gone = [key for key in self._series if key[0] == integration]
+            self._series.difference_update(gone)
+            raised = [name for (owner, name) in self._active if owner == integration]
+            for name in raised:
+                del self._active[(integration, name)]
+            self._damaged.pop(integration, None)
+        for key in gone:
+            with contextlib.suppress(KeyError):
+                self._metrics.alarm_active.remove(*key)
+        for name in sorted(raised):
+            log.info(
+                "alarm cleared: the integration was removed from the config",
+                extra={"integration": integration, "alarm": name},
+            )
 
     def active(self, integration: str | None = None) -> list[Alarm]:
         with self._lock:

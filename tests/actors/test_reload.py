@@ -116,3 +116,37 @@ def test_reload_changed_added_removed_and_invalid(
         assert not svc.ctx.alarms.active("service")
     finally:
         svc.stop()
+
+
+def test_a_removed_integration_takes_its_alarms_with_it(tmp_path: Path) -> None:
+    """An alarm of an integration a reload removed is neither shown nor exported (its alert
+    would fire for ever for something that is not there); the others' stay."""
+    path = tmp_path / "vmrsched.toml"
+    write(path, integration("alpha", "a@example.com"), integration("beta", "b@example.com"))
+    svc = service.start(config.load(path))
+    try:
+        spoolkit.wait_for(lambda: running(svc, "alpha") and running(svc, "beta"))
+        svc.ctx.alarms.raise_("alpha", "delivery_failed", "a reply failed for good")
+        svc.ctx.alarms.raise_("alpha", "pexip_unreachable", "no answer")
+        svc.ctx.alarms.clear("alpha", "pexip_unreachable")  # a series at 0 goes too
+        svc.ctx.alarms.raise_("beta", "delivery_failed", "a reply failed for good")
+        registry = svc.ctx.metrics.registry
+
+        def exported(name: str, alarm: str) -> float | None:
+            return registry.get_sample_value(
+                "vmrsched_alarm_active", {"integration": name, "alarm": alarm}
+            )
+
+        assert exported("alpha", "delivery_failed") == 1.0
+        assert exported("alpha", "pexip_unreachable") == 0.0
+
+        write(path, integration("beta", "b@example.com"))
+        result = svc.reload()
+        assert result is not None and result.removed == ["alpha"]
+        assert svc.ctx.alarms.active("alpha") == []
+        assert exported("alpha", "delivery_failed") is None
+        assert exported("alpha", "pexip_unreachable") is None
+        assert exported("beta", "delivery_failed") == 1.0
+        assert [a.name for a in svc.ctx.alarms.active("beta")] == ["delivery_failed"]
+    finally:
+        svc.stop()

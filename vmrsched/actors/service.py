@@ -128,6 +128,7 @@ class ServiceSupervisor(Supervisor):
                 self._stop_integration(name)
             self.ctx.status.drop(name)
             self.ctx.metrics.forget_integration(name)
+            self.ctx.alarms.forget(name)
             self.ctx.alias_index.drop(name)
             result.removed.append(name)
         shared = self.ctx.shared is not None
