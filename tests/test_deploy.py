@@ -159,6 +159,16 @@ def test_promtool_loads_the_rules() -> None:
     assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
 
 
+def test_promtool_loads_the_scrape_config() -> None:
+    promtool = needs("promtool")
+    out = subprocess.run(
+        [promtool, "check", "config", str(DEPLOY / "prometheus-scrape.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
+
+
 def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     analyze = needs("systemd-analyze")
     unit = (DEPLOY / "vmrsched.service").read_text()
