@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
@@ -149,22 +150,13 @@ def test_nginx_accepts_the_shipped_site(tmp_path: Path) -> None:
     assert_nginx_accepts(nginx, site, tmp_path)
 
 
-def test_promtool_loads_the_rules() -> None:
+@pytest.mark.parametrize(
+    ("what", "file"), [("rules", "prometheus-rules.yml"), ("config", "prometheus-scrape.yml")]
+)
+def test_promtool_loads_the_rules_and_the_scrape_config(what: str, file: str) -> None:
     promtool = needs("promtool")
     out = subprocess.run(
-        [promtool, "check", "rules", str(DEPLOY / "prometheus-rules.yml")],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
-
-
-def test_promtool_loads_the_scrape_config() -> None:
-    promtool = needs("promtool")
-    out = subprocess.run(
-        [promtool, "check", "config", str(DEPLOY / "prometheus-scrape.yml")],
-        capture_output=True,
-        text=True,
+        [promtool, "check", what, str(DEPLOY / file)], capture_output=True, text=True
     )
     assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
 

@@ -242,22 +242,40 @@ def test_the_calendar_folder_is_made_with_the_first_accepted_meeting(tmp_path: P
     again.close()
 
 
-def test_an_outbox_name_says_the_outcome_once() -> None:
-    message = Outgoing(
-        id="0" * 32,
+def _accepted(message_id: str) -> Outgoing:
+    """The room's acceptance of olga's "Weekly sync", under the given id."""
+    return Outgoing(
+        id=message_id,
         kind="reply",
         sender="vmr@example.com",
         sender_name="Room",
         recipients=("olga@example.com",),
         subject="Accepted: Weekly sync",
-        html_body="",
+        html_body="<p>Join</p>",
         outcome="accepted",
         reason="new_single",
         correlation_id="c",
         meeting_uid="u",
     )
+
+
+def test_an_outbox_name_says_the_outcome_once() -> None:
+    message = _accepted("0" * 32)
     name = outbox_name(message, datetime(2026, 12, 6, 9, 28, tzinfo=UTC))
     assert name == f"20261206T092800.000000Z-accepted-weekly-sync-{'0' * 32}.eml"
+
+
+def _as_unprivileged(monkeypatch: pytest.MonkeyPatch, listing: str) -> None:
+    """`os.<listing>` refuses a directory of mode 000 as the kernel does for anyone but root
+    (the tests run as root)."""
+    lists = getattr(os, listing)
+
+    def refusing(path: Any) -> Any:
+        if os.stat(path).st_mode & 0o777 == 0:
+            raise PermissionError(13, "Permission denied", str(path))
+        return lists(path)
+
+    monkeypatch.setattr(os, listing, refusing)
 
 
 def test_an_inbox_that_cannot_be_listed_fails_every_fetch_until_it_can(
@@ -268,14 +286,7 @@ def test_an_inbox_that_cannot_be_listed_fails_every_fetch_until_it_can(
     unchanged, empty inbox by the listing's timestamps (which the failed listing must not
     trust). The kernel's refusal for a non-root user is stood in for: tests run as root,
     whom a mode of 000 does not stop."""
-    scandir = os.scandir
-
-    def as_unprivileged(path: Any) -> Any:
-        if os.stat(path).st_mode & 0o777 == 0:
-            raise PermissionError(13, "Permission denied", str(path))
-        return scandir(path)
-
-    monkeypatch.setattr(os, "scandir", as_unprivileged)
+    _as_unprivileged(monkeypatch, "scandir")
     now = [0.0]
     later = time.time_ns() + 3600 * 10**9  # an hour on: every change so far has settled
     spool = SpoolMailbox(tmp_path, "room", monotonic=lambda: now[0], wall_ns=lambda: later)
@@ -299,28 +310,9 @@ def test_an_outbox_that_cannot_be_listed_is_an_outage_not_a_refusal(
     waits and sends again by itself), never as a refusal of the message (failed for good,
     waiting for an admin's retry). As above, the kernel's refusal for a non-root user is stood
     in for."""
-    listdir = os.listdir
-
-    def as_unprivileged(path: Any) -> Any:
-        if os.stat(path).st_mode & 0o777 == 0:
-            raise PermissionError(13, "Permission denied", str(path))
-        return listdir(path)
-
-    monkeypatch.setattr(os, "listdir", as_unprivileged)
+    _as_unprivileged(monkeypatch, "listdir")
     spool = SpoolMailbox(tmp_path, "room")
-    message = Outgoing(
-        id="1" * 32,
-        kind="reply",
-        sender="vmr@example.com",
-        sender_name="Room",
-        recipients=("olga@example.com",),
-        subject="Accepted: Weekly sync",
-        html_body="<p>Join</p>",
-        outcome="accepted",
-        reason="new_single",
-        correlation_id="c",
-        meeting_uid="u",
-    )
+    message = _accepted("1" * 32)
     os.chmod(spool.outbox, 0)
     try:
         with pytest.raises(GatewayError, match="Permission denied") as raised:
