@@ -365,9 +365,7 @@ class SpoolMailbox(Mailbox):
         which must be the organizer or their delegate for an update or cancellation to count;
         a bare .ics has no sender, so there only ORGANIZER (and its SENT-BY) says who sent it
         (meetings.from_organizer)."""
-        # when it arrived: the change time its rename into the inbox set (never earlier than
-        # its mtime), not an mtime `mv` kept from elsewhere: the lag metric and its alert
-        # must not read years for a file copied in with its old time
+        # arrived when its rename set its ctime (not at an mtime `mv` kept): what lag reads
         received = datetime.fromtimestamp(stat.st_ctime_ns / 1e9, UTC)
         if not S_ISREG(stat.st_mode):
             # never followed: a link could point at secrets (/proc/self/environ) or loop
