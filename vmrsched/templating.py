@@ -372,9 +372,18 @@ def check_time_format(locale: str, time_format: str) -> list[str]:
     try:
         parsed = babel.Locale.parse(locale)
     except (ValueError, babel.UnknownLocaleError) as exc:
-        return [f"unknown locale {locale!r}: {exc}"]
+        said = str(exc)
+        return [said if locale in said else f"unknown locale {locale!r}: {said}"]
+    example = "a CLDR pattern such as HH:mm 'on' dd/MM/yyyy"
+    if not time_format.strip():
+        return [f"must not be empty: {{{{start_time}}}} would print no time; use {example}"]
     if "%" in time_format:
-        return ["looks like a strftime format; use a CLDR pattern such as HH:mm 'on' dd/MM/yyyy"]
+        return [f"looks like a strftime format; use {example}"]
+    if time_format.replace("''", "").count("'") % 2:
+        return [
+            "has a quote that is never closed (text in quotes is printed as it is, up to the "
+            f"next quote, and '' is a quote): everything after it would be dropped; use {example}"
+        ]
     try:
         babel.dates.format_datetime(datetime(2030, 1, 2, 3, 4), time_format, locale=parsed)
     except (ValueError, KeyError, AttributeError) as exc:

@@ -46,6 +46,20 @@ ALIAS_PREFIX_RE = re.compile(r"[A-Za-z0-9._-]+")
 ICON_SIZE = 80
 
 
+# RFC 2606 and RFC 6761: names no deployment can own (example.com/.net/.org, and the .example,
+# .test, .invalid and .localhost top-level domains)
+_PLACEHOLDER_DOMAINS = ("example.com", "example.net", "example.org")
+_PLACEHOLDER_TLDS = ("example", "test", "invalid", "localhost")
+
+
+def placeholder_domain(domain: str) -> bool:
+    """Whether a domain is one reserved for examples (a value copied from a sample config)."""
+    name = domain.casefold().rstrip(".")
+    return name.rsplit(".", 1)[-1] in _PLACEHOLDER_TLDS or any(
+        name == d or name.endswith(f".{d}") for d in _PLACEHOLDER_DOMAINS
+    )
+
+
 def png_size(data: bytes) -> tuple[int, int] | None:
     """Width and height of a PNG, or None if `data` is not one."""
     if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
@@ -128,6 +142,12 @@ def _check_integration(loader: _Loader, integ: IntegrationConfig, path: str) -> 
             err(
                 f"{path}.single_use.alias_domain",
                 f"must be a domain name (letters, digits, dots, hyphens), got {domain!r}",
+            )
+        elif placeholder_domain(domain):
+            loader.warnings.append(
+                f"{path}.single_use.alias_domain: {domain!r} is a domain reserved for examples "
+                f"(the default is video.example.com): every alias is dialled as "
+                f"{integ.single_use.alias_prefix}…@{domain}; set your video platform's own domain"
             )
         prefix = integ.single_use.alias_prefix
         if not ALIAS_PREFIX_RE.fullmatch(prefix):
@@ -327,9 +347,17 @@ def _check_personal(loader: _Loader, integ: IntegrationConfig, path: str) -> Non
             shown = str(directory.relative_to(loader.base_dir))
         except ValueError:
             shown = str(directory)
-        for problem in read_directory(directory, shown)[1]:
+        users, problems = read_directory(directory, shown)
+        for problem in problems:
             if problem not in loader.problems:  # one file, two integrations: said once
                 loader.problems.append(problem)
+        if not problems:
+            loader.directory_aliases[path] = [
+                (alias, f"{shown}: {email}'s room {room['name']!r}")
+                for email, rooms in users.items()
+                for room in rooms
+                for alias in room["aliases"]
+            ]
     elif not integ.pexip.management_url or integ.pexip.management_password is None:
         loader.error(
             f"{path}.source",

@@ -26,6 +26,7 @@ from vmrsched.config.service_checks import (
     _check_admin_sign_in,
     _check_advertise_url,
     _check_alias_spaces,
+    _check_directory_aliases,
     _check_policy_credentials,
     _check_public_url,
     _check_spools,
@@ -92,6 +93,7 @@ def parse(
     _check_pairs(loader, server.admin_sign_in, integrations)
     _check_unique(loader, integrations)
     _check_alias_spaces(loader, integrations)
+    _check_directory_aliases(loader, integrations)
     if server.demo and not _safe_on_loopback(server):
         loader.error("server.demo", "demo mode is allowed only when listening on loopback")
     if server.admin_token is not None and len(server.admin_token.reveal()) < MIN_ADMIN_TOKEN:

@@ -213,6 +213,38 @@ def _check_alias_spaces(loader: _Loader, integrations: list[IntegrationConfig]) 
         loader.error(f"integrations[{index}].single_use", _overlap(integrations, index, earlier))
 
 
+def _check_directory_aliases(loader: _Loader, integrations: list[IntegrationConfig]) -> None:
+    """A personal room's alias (from a directory file) that a single-use range can produce
+    would reach two rooms once that alias is handed out: refused like two ranges that meet.
+    Ranges are found by the alias's length and its first characters (a prefix is 1-8 long),
+    so a large directory is checked against hundreds of integrations without comparing each
+    alias with each range."""
+    ranges: dict[tuple[int, str], IntegrationConfig] = {}
+    for integ in integrations:
+        if integ.enable_single_use_vmrs:
+            su = integ.single_use
+            key = (len(su.alias_prefix) + su.alias_suffix_length, su.alias_prefix.casefold())
+            ranges.setdefault(key, integ)
+    lengths = sorted({len(prefix) for _, prefix in ranges})
+    for path, rooms in loader.directory_aliases.items():
+        for alias, whose in rooms:
+            local = aliases.normalise(alias).split("@", 1)[0]
+            for length in lengths:
+                owner = ranges.get((len(local), local[:length]))
+                digits = local[length:]
+                if owner is None or not (digits.isascii() and digits.isdigit()):
+                    continue
+                su = owner.single_use
+                loader.error(
+                    f"{path}.directory_file",
+                    f"{whose}: alias {alias!r} lies in the single-use range of integration "
+                    f"{owner.name!r} (alias_prefix {su.alias_prefix!r} + "
+                    f"{su.alias_suffix_length} digits): once a meeting is given it, one alias "
+                    "would reach two rooms; give the room an alias outside every single-use range",
+                )
+                break  # one range is enough to say so
+
+
 def _overlap(
     integrations: list[IntegrationConfig], index: int, earlier: list[tuple[int, str]]
 ) -> str:

@@ -33,6 +33,9 @@ class _Loader:
     def __init__(self, base_dir: Path, environ: Mapping[str, str]) -> None:
         self.problems: list[str] = []
         self.warnings: list[str] = []
+        # the rooms' aliases of each integration's directory file, read by its own checks, for
+        # the service-wide check against every single-use range: key path -> (alias, whose)
+        self.directory_aliases: dict[str, list[tuple[str, str]]] = {}
         self.base_dir = base_dir
         self.environ = environ
 
@@ -61,10 +64,18 @@ class _Loader:
                 return None
             file_path = self.base_dir / name
             try:
-                return Secret(file_path.read_text().strip(), f"file {name}")
+                value = file_path.read_text().strip()
             except OSError as exc:
                 self.error(f"{path}.{file_key}", f"cannot read {file_path}: {exc.strerror}")
                 return None
+            if "\n" in value or "\r" in value:  # never taken whole: what it holds stays unsaid
+                self.error(
+                    f"{path}.{file_key}",
+                    f"{file_path} holds more than one line: a secret file holds the secret "
+                    "alone, on one line (a final newline is fine)",
+                )
+                return None
+            return Secret(value, f"file {name}")
         return None
 
     def build(self, cls: type[Any], table: Any, path: str) -> Any:

@@ -158,6 +158,33 @@ def _check_templates(loader: _Loader, integ: IntegrationConfig, path: str) -> No
         problem = _dry_run(name, source)
         if problem:
             loader.error(key, problem)
+    _check_link_host(loader, integ, path)
+
+
+def _check_link_host(loader: _Loader, integ: IntegrationConfig, path: str) -> None:
+    """{{addin_server_domain}} is the host of the joining links (Pexip's web app): webapp_fqdn,
+    or else the add-in's server_fqdn. With neither, every link would read https:///webapp/…"""
+    if integ.pexip.webapp_fqdn or integ.addin.server_fqdn:
+        return
+    using = []
+    for name, source in integ.template_sources().items():
+        if name == INSTRUCTIONS and not integ.enable_single_use_vmrs:
+            continue
+        if templating.TEMPLATES[name].group == "personal" and not integ.enable_personal_vmrs:
+            continue
+        try:
+            if "addin_server_domain" in templating.used_variables(name, source):
+                using.append(name)
+        except jinja2.TemplateError:
+            continue  # refused already, with its own problem
+    if using:
+        shown = ", ".join(using[:3]) + (f" and {len(using) - 3} more" if len(using) > 3 else "")
+        loader.warnings.append(
+            f"{path}.pexip.webapp_fqdn: joining links would have no host (https:///…): "
+            f"{shown} use {{{{addin_server_domain}}}}, which is [integrations.pexip] "
+            "webapp_fqdn, or else [integrations.addin] server_fqdn, and both are empty; set "
+            "webapp_fqdn to the Conferencing Node (or reverse proxy) serving Pexip's web app"
+        )
 
 
 def _check_instructions(loader: _Loader, integ: IntegrationConfig, key: str, source: str) -> bool:
