@@ -10,6 +10,7 @@ import pytest
 
 from tests import spoolkit
 from vmrsched import config, service
+from vmrsched.logs import redact
 
 
 def integration(name: str, mailbox: str, description: str = "") -> str:
@@ -148,5 +149,74 @@ def test_a_removed_integration_takes_its_alarms_with_it(tmp_path: Path) -> None:
         assert exported("alpha", "pexip_unreachable") is None
         assert exported("beta", "delivery_failed") == 1.0
         assert [a.name for a in svc.ctx.alarms.active("beta")] == ["delivery_failed"]
+    finally:
+        svc.stop()
+
+
+def test_server_keys_a_reload_cannot_apply_wait_for_a_restart_and_are_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rotated admin token (or policy password, or the trusted proxies) applies at once; keys
+    read when the service starts (listen, max_body_bytes, …) keep their running value until a
+    restart, and the reload names them, in the log and in its result (the admin API's answer),
+    instead of one sentence that was wrong for the keys that did apply."""
+    path = tmp_path / "vmrsched.toml"
+    token = tmp_path / "admin.token"
+    token.write_text("first-admin-token-0123456789abcdef\n")
+
+    def server(listen: str, body: int) -> str:
+        return (
+            f'[server]\nlisten = "{listen}"\ndata_dir = "{tmp_path / "data"}"\n'
+            f'admin_token_file = "admin.token"\nmax_body_bytes = {body}\n'
+        )
+
+    path.write_text(server("127.0.0.1:0", 65536) + integration("alpha", "a@example.com"))
+    svc = service.start(config.load(path))
+    try:
+        spoolkit.wait_for(lambda: running(svc, "alpha"))
+        alpha = svc.ctx.registry.get("alpha", "allocator")
+        token.write_text("second-admin-token-0123456789abcdef\n")
+        path.write_text(server("127.0.0.1:1", 2048) + integration("alpha", "a@example.com"))
+        with caplog.at_level(logging.INFO):
+            result = svc.reload()
+        assert result is not None
+        assert result.restart_needed == ["server.listen", "server.max_body_bytes"]
+        assert (result.changed, result.added, result.removed) == ([], [], [])
+        running_server = svc.config.server
+        assert running_server.admin_token is not None
+        assert running_server.admin_token.reveal() == "second-admin-token-0123456789abcdef"
+        assert (running_server.listen, running_server.max_body_bytes) == ("127.0.0.1:0", 65536)
+        assert svc.ctx.registry.get("alpha", "allocator") is alpha  # nothing restarted
+        logged = caplog.text
+        assert "server.admin_token: applied" in logged
+        assert (
+            "server.listen, server.max_body_bytes: take effect after a restart (the running "
+            "values stay until then)" in logged
+        )
+        assert "changes take effect after a restart" not in logged
+    finally:
+        svc.stop()
+
+
+def test_a_refused_reload_says_the_running_config_stays_in_words_the_redaction_keeps(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "vmrsched.toml"
+    write(path, integration("alpha", "a@example.com"))
+    svc = service.start(config.load(path))
+    try:
+        spoolkit.wait_for(lambda: running(svc, "alpha"))
+        text = path.read_text().replace(
+            "[integrations.spool]",
+            '[integrations.pexip]\nmanagement_password = "hunter2-inline"\n[integrations.spool]',
+        )
+        path.write_text(text)
+        with caplog.at_level(logging.ERROR):
+            assert svc.reload() is None
+        (line,) = [r.getMessage() for r in caplog.records if "reload refused" in r.getMessage()]
+        assert line.startswith("config reload refused, the running config stays: ")
+        assert "integrations[0].pexip.management_password — " in line
+        assert redact(line) == line  # nothing in it is taken for a credential and blanked
+        assert "hunter2-inline" not in caplog.text
     finally:
         svc.stop()

@@ -198,6 +198,8 @@ class ReloadResult:
     changed: list[str] = field(default_factory=list)
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    # [server] keys the file changed that wait for a restart (the running values stay)
+    restart_needed: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -144,8 +144,6 @@ class ServiceSupervisor(Supervisor):
                     self._stop_integration(name)
                     self._start_integration(integ)
                 result.changed.append(name)
-        if new.server != self.config.server:
-            log.warning("[server] changes take effect after a restart")
         self.config = new
         return result
 

@@ -26,7 +26,7 @@ from vmrsched.config.checks import EMAIL_RE, ICON_SIZE, NAME_RE, certificate_pro
 from vmrsched.config.fields import SECRET_KEYS, Secret
 from vmrsched.config.layout import DataLayout, queue_dir, store_dir
 from vmrsched.config.loader import MIN_ADMIN_TOKEN, ConfigError, load, parse
-from vmrsched.config.reloading import PerConfig
+from vmrsched.config.reloading import PerConfig, ServerChanges, as_reloaded
 from vmrsched.config.schema import (
     AddinConfig,
     AdminSignInConfig,
@@ -73,11 +73,13 @@ __all__ = [
     "PersonalConfig",
     "PexipConfig",
     "Secret",
+    "ServerChanges",
     "ServerConfig",
     "SingleUseConfig",
     "SpoolConfig",
     "StorageConfig",
     "alias_space",
+    "as_reloaded",
     "certificate_problem",
     "entra_tenant",
     "is_loopback_host",

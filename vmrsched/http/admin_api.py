@@ -127,7 +127,12 @@ async def reload(request: web.Request) -> web.Response:
             "config_invalid",
         )
     return web.json_response(
-        {"changed": result.changed, "added": result.added, "removed": result.removed}
+        {
+            "changed": result.changed,
+            "added": result.added,
+            "removed": result.removed,
+            "restart_needed": result.restart_needed,
+        }
     )
 
 

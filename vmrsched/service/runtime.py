@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -29,7 +30,7 @@ from vmrsched.actors.messages import ReleaseAll, Reload, StopTaking
 from vmrsched.actors.ownership import Ownership, SharedStorage
 from vmrsched.actors.registry import ActorUnavailable
 from vmrsched.actors.service import ReloadResult, ServiceSupervisor
-from vmrsched.config import Config, IntegrationConfig, PerConfig
+from vmrsched.config import Config, IntegrationConfig, PerConfig, ServerChanges, as_reloaded
 from vmrsched.errors import BadRequest, NotFound, ServiceError, Unavailable
 from vmrsched.postgres.connection import Connect
 from vmrsched.postgres.decisions import DatabaseDecisions
@@ -129,7 +130,13 @@ class Runtime:
             new = config_mod.load(source)
         except config_mod.ConfigError as exc:
             for problem in exc.problems:
-                log.error("config reload refused: %s", problem)
+                # "key — what": a key ending in "password" followed by ": " would have its
+                # first word taken for a credential by the log's redaction
+                key, sep, what = problem.partition(": ")
+                log.error(
+                    "config reload refused, the running config stays: %s",
+                    f"{key} — {what}" if sep else problem,
+                )
             self.ctx.alarms.raise_("service", CONFIG_INVALID, "; ".join(exc.problems), restate=True)
             self.ctx.metrics.config_reloads.labels("invalid").inc()
             return None
@@ -142,8 +149,9 @@ class Runtime:
         new = self._load_for_reload(path)
         if new is None:
             return None
+        new, server = as_reloaded(self.config, new)
         result = ask(self.supervisor, Reload(new), timeout=300)
-        return self._applied(new, result)
+        return self._applied(new, result, server)
 
     async def reload_async(self, path: Path | None = None) -> ReloadResult | None:
         """`reload` for the event loop: the file is read in a worker thread and the supervisor
@@ -151,12 +159,21 @@ class Runtime:
         new = await asyncio.to_thread(self._load_for_reload, path)
         if new is None:
             return None
+        new, server = as_reloaded(self.config, new)
         result: ReloadResult = await ask_async(self.supervisor, Reload(new), timeout=300)
-        return self._applied(new, result)
+        return self._applied(new, result, server)
 
-    def _applied(self, new: Config, result: ReloadResult) -> ReloadResult:
+    def _applied(self, new: Config, result: ReloadResult, server: ServerChanges) -> ReloadResult:
         self.config = new
         self.ctx.metrics.config_reloads.labels("applied").inc()
+        result = dataclasses.replace(result, restart_needed=list(server.pending))
+        if server.applied:
+            log.info("%s: applied", ", ".join(server.applied))
+        if server.pending:
+            log.warning(
+                "%s: take effect after a restart (the running values stay until then)",
+                ", ".join(server.pending),
+            )
         # what changed in the file; with a shared database also what this instance runs (a
         # changed integration restarted here only if it runs here, an added one starts where
         # its lease is taken)
