@@ -2,7 +2,8 @@
 fault of the file at once, each under its key path in the file; `serve` refuses to start on
 such a file the way it refuses any other config problem (every problem printed, exit 1, never a
 service left half-started); and a file that turns faulty while the service runs leaves the last
-good directory in use, with one warning naming the problems, until it is fixed."""
+good directory in use, with one warning naming the problems, until it is fixed (a config reload
+in between included)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests import spoolkit
 from tests.serving import free_port
-from vmrsched import config
+from vmrsched import config, service
 from vmrsched.directory import DirectoryUnavailable, FileDirectory
+from vmrsched.errors import Unavailable
+from vmrsched.signin.identity import Identity
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -290,3 +295,83 @@ def test_a_file_that_goes_away_keeps_the_last_good_directory(tmp_path: Path) -> 
     assert directory.vmrs_of("alice@contoso.test")
     path.unlink()
     assert [v.name for v in directory.vmrs_of("alice@contoso.test")] == ["A"]
+
+
+BAD = 'users = "alice@contoso.test"\n'
+
+
+def names(vmrs: list[Any] | None) -> list[str]:
+    return [v.name for v in vmrs or []]
+
+
+def test_a_directory_built_anew_for_the_same_file_starts_from_its_last_good_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A config reload builds each integration's directory anew; the last good directory is
+    the process's, per file: a mistake saved before the new one first reads the file leaves the
+    last good one in use, with the warning it has without a reload. Another file starts from
+    nothing of this one's."""
+    path = tmp_path / "vmrs.toml"
+    path.write_text(GOOD)
+    before = FileDirectory(path, allow_new_users=False, integration="hq")
+    assert names(before.vmrs_of("alice@contoso.test")) == ["A"]
+
+    unchanged = FileDirectory(path, allow_new_users=False, integration="hq")
+    assert names(unchanged.peek("alice@contoso.test")) == ["A"]  # at hand: the file unchanged
+    assert names(unchanged.rooms()) == ["A"]  # and for the policy index
+
+    caplog.set_level(logging.INFO, logger="vmrsched")
+    path.write_text(BAD)
+    # the same file, however the config names it
+    (tmp_path / "sub").mkdir()
+    after = FileDirectory(tmp_path / "sub" / ".." / "vmrs.toml", False, integration="hq")
+    for _ in range(2):
+        assert names(after.vmrs_of("alice@contoso.test")) == ["A"]
+        assert after.peek("alice@contoso.test") is not None
+    assert names(after.rooms()) == ["A"]  # the new directory's first answer to the index
+    assert after.rooms() is None
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "changed and cannot be used; the last good one stays in use" in warning, warning
+
+    other = tmp_path / "other.toml"  # a reload that names another file
+    other.write_text(BAD)
+    with pytest.raises(DirectoryUnavailable, match=r"other\.toml cannot be used: "):
+        FileDirectory(other, allow_new_users=False).vmrs_of("alice@contoso.test")
+
+    caplog.clear()
+    path.write_text(FIXED)
+    assert names(after.vmrs_of("alice@contoso.test")) == ["B"]
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert names(FileDirectory(path, False).vmrs_of("alice@contoso.test")) == ["B"]
+    assert names(before.vmrs_of("alice@contoso.test")) == ["B"]
+
+
+async def test_a_mistake_saved_just_after_a_reload_keeps_the_last_good_rooms(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The audit's case: a reload restarts the integration (its config changed) and vmrs.toml is
+    saved with a mistake before the new config's directory read it. The pane still gets the
+    last good rooms, not 503 directory_unavailable."""
+    path = write(tmp_path, GOOD)
+    svc = service.start(config.load(path))
+    try:
+        spoolkit.wait_for(lambda: svc.ctx.status.state("alpha") == "running")
+        who = Identity("anonymous", kind="none")
+        served = await svc.personal_vmrs(svc.integration("alpha"), who, "alice@contoso.test")
+        assert [v["name"] for v in served] == ["A"]
+
+        changed = 'name = "alpha"\ndescription = "changed"\n'
+        path.write_text(path.read_text().replace('name = "alpha"\n', changed))
+        result = await svc.reload_async()
+        assert result is not None and result.changed == ["alpha"]
+        caplog.set_level(logging.INFO, logger="vmrsched")
+        (tmp_path / "vmrs.toml").write_text(BAD)
+        try:
+            after = await svc.personal_vmrs(svc.integration("alpha"), who, "alice@contoso.test")
+        except Unavailable as exc:
+            pytest.fail(f"503 {exc.code}: the last good directory was not kept over the reload")
+        assert after == served
+        said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("changed and cannot be used; the last good one stays" in s for s in said), said
+    finally:
+        svc.stop()

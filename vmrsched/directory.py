@@ -3,7 +3,9 @@
 `file`: a TOML directory (config/vmrs.toml: users and their rooms), read and checked as
 check-config checks it (`config.checks.read_directory`) and read again when it changes. A change
 with problems leaves the last good directory in use, with one warning naming them, until the
-file is fixed; with no good one yet, the directory is unavailable.
+file is fixed; with no good one yet, the directory is unavailable. The last good directory is
+the process's, per file: a directory built anew for the same file (a config reload builds one
+for every integration) starts from it, so a bad save just after a reload changes nothing either.
 `pexip`: the Pexip management API: the end user found by email (case-insensitive), created when
 allow_new_users is on, and the conferences whose owner email is theirs, each with at least one
 alias; answers are cached briefly. One lookup (every page, and the user's creation) ends by its
@@ -13,7 +15,9 @@ deadline, and an outage or a refused creation is an error the add-in shows, neve
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -75,13 +79,50 @@ class Directory(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class _Good:
+    """A directory file's last good read in this process."""
+
+    read: int  # which read (`_reads`): a later read's content wins over an earlier one's
+    stamp: tuple[object, ...]  # the file as it was read (`FileDirectory._stamp`)
+    users: dict[str, list[PersonalVmr]]
+
+
+# Per file (its absolute path), the last good content any FileDirectory of this process read:
+# a new FileDirectory for the same file (a reload builds new ones) starts from it, so the last
+# good directory outlives the object that read it. A file no longer named by the config keeps
+# its entry (a few per process): named again, it starts from it too, until read good again.
+_last_good: dict[str, _Good] = {}
+_last_good_lock = threading.Lock()
+_reads = itertools.count(1)
+
+
+def _next_read() -> int:
+    with _last_good_lock:
+        return next(_reads)
+
+
+def _kept(key: str) -> _Good | None:
+    with _last_good_lock:
+        return _last_good.get(key)
+
+
+def _keep(key: str, good: _Good) -> None:
+    with _last_good_lock:
+        kept = _last_good.get(key)
+        if kept is None or kept.read < good.read:
+            _last_good[key] = good
+
+
 class FileDirectory:
     """[[users]] with email and [[users.vmrs]] (name, description, aliases, pin, guest_pin,
     allow_guests, service_type). Read again when the file changes (its modification time,
-    size or inode); a faulty file is not taken: the last good one stays in use."""
+    size or inode); a faulty file is not taken: the last good one stays in use, the last good
+    one this process read of the same file even when another FileDirectory read it."""
 
     def __init__(self, path: Path, allow_new_users: bool, integration: str = "") -> None:
         self.path = path
+        self._key = os.path.abspath(path)  # the file, for `_last_good`
         self.allow_new_users = allow_new_users
         # for the log: integrations may share one file, and each says what it does about it
         self._said = {"integration": integration} if integration else {}
@@ -92,6 +133,9 @@ class FileDirectory:
         self._problem = ""  # why the file as last read is not in use ("" when it is)
         self._version = 0  # taken good files
         self._published = -1  # the version `rooms` gave out last
+        kept = _kept(self._key)
+        if kept is not None:  # in use until the file reads good again; unchanged, not read
+            self._seen, self._users, self._version = kept.stamp, kept.users, 1
 
     def _stamp(self) -> tuple[object, ...]:
         try:
@@ -111,11 +155,14 @@ class FileDirectory:
             with self._lock:
                 if stamp == self._seen:
                     return self._in_use()
+            read = _next_read()
             found, problems = read_directory(self.path, self.path.name)
             users = {
                 email: [PersonalVmr(owner_email=email, **room) for room in rooms]
                 for email, rooms in found.items()
             }
+            if not problems:
+                _keep(self._key, _Good(read, stamp, users))
             with self._lock:
                 self._seen = stamp
                 if problems:
