@@ -4,6 +4,10 @@ Subjects and organizer names come from meeting requests and are attacker-control
 template renders in a SandboxedEnvironment and HTML templates autoescape. StrictUndefined turns a
 typo in an admin's template into an error at config-check time instead of an empty string in a
 customer's mail.
+
+What a render may build is bounded too (`sandbox.Sandbox`: MAX_BUILT characters or list items,
+integers of MAX_INT_BITS bits, MAX_OUTPUT characters printed): past a limit it raises
+TemplateLimitError, at check time and at run time alike.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ import nh3
 from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup, escape
+
+from vmrsched.sandbox import Sandbox, finalize
+from vmrsched.sandbox import TemplateLimitError as TemplateLimitError
 
 # Babel (CLDR) date pattern of {{start_time}}/{{end_time}}; the zone's name is added after it
 TIME_FORMAT = "HH:mm 'on' dd/MM/yyyy"
@@ -222,16 +229,12 @@ class TemplateError(ValueError):
     """A template does not compile or uses a variable it may not use."""
 
 
-def _finalize(value: Any) -> Any:
-    return "" if value is None else value
-
-
 @lru_cache(maxsize=2)
 def environment(kind: Kind) -> SandboxedEnvironment:
-    return SandboxedEnvironment(
+    return Sandbox(
         autoescape=(kind == "html"),
         undefined=jinja2.StrictUndefined,
-        finalize=_finalize,
+        finalize=finalize,
         keep_trailing_newline=False,
     )
 

@@ -133,6 +133,8 @@ def _dry_run(name: str, source: str) -> str:
             f"takes longer than {DRY_RUN_SECONDS} s to render with sample values (the service "
             "renders it for every booking): remove the long loop"
         )
+    except templating.TemplateLimitError as exc:
+        problem = f"goes over a template limit with sample values: {exc}"
     except (templating.TemplateError, jinja2.TemplateSyntaxError):
         problem = ""  # reported by templating.check in its own words
     except Exception as exc:
