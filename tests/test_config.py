@@ -10,6 +10,7 @@ import pytest
 
 from vmrsched import config
 from vmrsched.config import ConfigError
+from vmrsched.logs import redact
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parent.parent
@@ -570,9 +571,13 @@ def test_policy_credentials_come_as_a_pair_and_are_required_off_loopback() -> No
     alone = minimal()
     alone["server"]["policy_username"] = "pexip-node"
     assert problems(alone) == [
-        "server.policy_password: policy_username needs a password: set policy_password_env "
-        "or policy_password_file"
+        "server.policy_password: policy_username needs a password (policy_password_env or "
+        "policy_password_file)"
     ]
+    # as a refused reload logs it ("key — what"), nothing in it is taken for a credential by
+    # the log's redaction ("password: set" was)
+    key, _, what = problems(alone)[0].partition(": ")
+    assert redact(f"{key} — {what}") == f"{key} — {what}"
     short = minimal()
     short["server"].update(policy_username="pexip-node", policy_password_env="PW")
     assert [p.split(":")[0] for p in problems(short, {"PW": "pexip"})] == ["server.policy_password"]

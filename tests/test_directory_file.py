@@ -375,3 +375,80 @@ async def test_a_mistake_saved_just_after_a_reload_keeps_the_last_good_rooms(
         assert any("changed and cannot be used; the last good one stays" in s for s in said), said
     finally:
         svc.stop()
+
+
+BOTH = """\
+[server]
+listen = "127.0.0.1:{port}"
+data_dir = "data"
+
+[[integrations]]
+name = "alpha"
+enable_personal_vmrs = true
+[integrations.exchange]
+mailbox_name = "Room"
+mailbox_email = "room@contoso.test"
+[integrations.single_use]
+alias_prefix = "{prefix}"
+alias_domain = "v.test"
+[integrations.spool]
+poll_interval_seconds = 0.05
+[integrations.addin]
+token_validation = "none"
+"""
+
+
+def room_with(alias: str) -> str:
+    return (
+        '[[users]]\nemail = "alice@contoso.test"\n[[users.vmrs]]\nname = "C"\n'
+        f'aliases = ["{alias}"]\n'
+    )
+
+
+async def test_a_running_change_with_an_alias_a_single_use_room_can_get_is_not_taken(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What check-config refuses at the next start is refused when the running service reads
+    the changed file, and the last good directory stays: an alias inside a single-use range
+    of the running config, or one a booking still holds (handed out under a prefix since
+    changed). Taken, it would be served twice now, and the next start would refuse the whole
+    config."""
+    port = free_port()
+    path = tmp_path / "vmrsched.toml"
+    path.write_text(BOTH.format(port=port, prefix="81"))
+    (tmp_path / "vmrs.toml").write_text(GOOD)
+    svc = service.start(config.load(path))
+    try:
+        spoolkit.wait_for(lambda: svc.ctx.status.state("alpha") == "running")
+        integ = svc.integration("alpha")
+        who = Identity("anonymous", kind="none")
+        served = await svc.personal_vmrs(integ, who, "alice@contoso.test")
+        assert [v["name"] for v in served] == ["A"]
+        caplog.set_level(logging.WARNING, logger="vmrsched")
+
+        (tmp_path / "vmrs.toml").write_text(room_with("81123456@v.test"))
+        assert await svc.personal_vmrs(integ, who, "alice@contoso.test") == served
+        said = " ".join(r.getMessage() for r in caplog.records)
+        assert "the last good one stays in use" in said
+        assert "alias '81123456@v.test' lies in the single-use range of integration 'alpha'" in said
+
+        held = await svc.reserve("alpha", 10.0)  # an alias under prefix 81 ...
+        path.write_text(BOTH.format(port=port, prefix="82"))  # ... which alpha no longer has
+        result = await svc.reload_async()
+        assert result is not None and result.changed == ["alpha"]
+        spoolkit.wait_for(lambda: svc.ctx.status.state("alpha") == "running")
+        spoolkit.wait_for(lambda: svc.ctx.alias_index.owner(held["numeric_alias"]) == "alpha")
+        caplog.clear()
+        (tmp_path / "vmrs.toml").write_text(room_with(held["numeric_alias"]))
+        integ = svc.integration("alpha")
+        assert await svc.personal_vmrs(integ, who, "alice@contoso.test") == served
+        said = " ".join(r.getMessage() for r in caplog.records)
+        assert f"alias '{held['numeric_alias']}' is a single-use alias of integration 'alpha'" in (
+            said
+        )
+
+        (tmp_path / "vmrs.toml").write_text(FIXED)  # outside every range, held by nobody
+        fixed = await svc.personal_vmrs(integ, who, "alice@contoso.test")
+        assert [v["name"] for v in fixed] == ["B"]
+    finally:
+        svc.stop()

@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -120,8 +121,17 @@ class FileDirectory:
     size or inode); a faulty file is not taken: the last good one stays in use, the last good
     one this process read of the same file even when another FileDirectory read it."""
 
-    def __init__(self, path: Path, allow_new_users: bool, integration: str = "") -> None:
+    def __init__(
+        self,
+        path: Path,
+        allow_new_users: bool,
+        integration: str = "",
+        vet: Callable[[dict[str, list[PersonalVmr]]], list[str]] | None = None,
+    ) -> None:
         self.path = path
+        # what the service checks of a file's rooms beyond the file itself (an alias a
+        # single-use range or a booking holds): problems that keep the file from being taken
+        self._vet = vet
         self._key = os.path.abspath(path)  # the file, for `_last_good`
         self.allow_new_users = allow_new_users
         # for the log: integrations may share one file, and each says what it does about it
@@ -161,6 +171,8 @@ class FileDirectory:
                 email: [PersonalVmr(owner_email=email, **room) for room in rooms]
                 for email, rooms in found.items()
             }
+            if not problems and self._vet is not None:
+                problems = self._vet(users)
             if not problems:
                 _keep(self._key, _Good(read, stamp, users))
             with self._lock:
@@ -336,7 +348,13 @@ class PexipDirectory:
         return vmrs
 
 
-def directory_for(integ: IntegrationConfig, base_dir: Path) -> Directory:
+def directory_for(
+    integ: IntegrationConfig,
+    base_dir: Path,
+    vet: Callable[[dict[str, list[PersonalVmr]]], list[str]] | None = None,
+) -> Directory:
+    """The integration's personal-VMR directory; `vet`: the service's checks of a directory
+    file's rooms beyond the file (FileDirectory)."""
     personal = integ.personal
     if personal.source == "pexip":
         px = integ.pexip
@@ -346,7 +364,7 @@ def directory_for(integ: IntegrationConfig, base_dir: Path) -> Directory:
         return PexipDirectory(client, personal.allow_new_users)
     path = Path(personal.directory_file)
     return FileDirectory(
-        path if path.is_absolute() else base_dir / path, personal.allow_new_users, integ.name
+        path if path.is_absolute() else base_dir / path, personal.allow_new_users, integ.name, vet
     )
 
 

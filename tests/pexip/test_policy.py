@@ -326,3 +326,20 @@ def test_a_personal_rooms_numeric_alias_is_matched_at_any_domain() -> None:
         assert body["result"]["name"] == "Olga's room"  # type: ignore[index]
     for dialled in ("meet.olga@elsewhere.example.com", "71100002@video.example.com", "7110@x"):
         assert answer(dialled, START, index)[0] == "not_ours", dialled
+
+
+def test_an_alias_any_integration_handed_out_is_never_handed_out_again() -> None:
+    """An integration whose range now covers aliases another one (or itself, under a prefix
+    since changed) handed out never draws them: reserved, bound and archived alike, as digits
+    and at any domain; the owner of each form is known, for the directory's check."""
+    index = AliasIndex()
+    index.publish([room(1), room(2, status="reserved"), room(3, status="archived")])
+    for n in (1, 2, 3):
+        assert index.alias_taken(f"81{n:06d}")
+    assert not index.alias_taken("81000004")
+    assert index.owner("81000001") == "hq"
+    assert index.owner("SIP:81000001@Video.Example.COM") == "hq"
+    assert index.owner("81000001@gateway.example.net") == "hq"  # digits at any domain
+    assert index.owner("81000004") is None
+    index.drop("hq")
+    assert not index.alias_taken("81000001") and index.owner("81000001") is None

@@ -44,7 +44,7 @@ from vmrsched.config.schema import (
     SpoolConfig,
     StorageConfig,
 )
-from vmrsched.config.service_checks import MIN_POLICY_PASSWORD, alias_space
+from vmrsched.config.service_checks import MIN_POLICY_PASSWORD, alias_space, range_clashes
 from vmrsched.config.tables import PATH_KEYS
 
 __all__ = [
@@ -87,6 +87,7 @@ __all__ = [
     "parse",
     "png_size",
     "queue_dir",
+    "range_clashes",
     "split_listen",
     "store_dir",
 ]

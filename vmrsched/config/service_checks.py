@@ -7,6 +7,7 @@ directories, alias ranges that could hand out the same alias).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -85,7 +86,7 @@ def _check_policy_credentials(
     if server.policy_username and server.policy_password is None:
         loader.error(
             "server.policy_password",
-            "policy_username needs a password: set policy_password_env or policy_password_file",
+            "policy_username needs a password (policy_password_env or policy_password_file)",
         )
     elif server.policy_password is not None and not server.policy_username:
         loader.error("server.policy_username", "a policy password needs its username")
@@ -215,10 +216,19 @@ def _check_alias_spaces(loader: _Loader, integrations: list[IntegrationConfig]) 
 
 def _check_directory_aliases(loader: _Loader, integrations: list[IntegrationConfig]) -> None:
     """A personal room's alias (from a directory file) that a single-use range can produce
-    would reach two rooms once that alias is handed out: refused like two ranges that meet.
+    would reach two rooms once that alias is handed out: refused like two ranges that meet."""
+    for path, rooms in loader.directory_aliases.items():
+        for problem in range_clashes(rooms, integrations):
+            loader.error(f"{path}.directory_file", problem)
+
+
+def range_clashes(
+    rooms: Iterable[tuple[str, str]], integrations: Sequence[IntegrationConfig]
+) -> list[str]:
+    """For each (alias, whose room) a single-use range can produce, what to tell the admin.
     Ranges are found by the alias's length and its first characters (a prefix is 1-8 long),
     so a large directory is checked against hundreds of integrations without comparing each
-    alias with each range."""
+    alias with each range. The service runs it again whenever it reads a changed directory."""
     ranges: dict[tuple[int, str], IntegrationConfig] = {}
     for integ in integrations:
         if integ.enable_single_use_vmrs:
@@ -226,23 +236,23 @@ def _check_directory_aliases(loader: _Loader, integrations: list[IntegrationConf
             key = (len(su.alias_prefix) + su.alias_suffix_length, su.alias_prefix.casefold())
             ranges.setdefault(key, integ)
     lengths = sorted({len(prefix) for _, prefix in ranges})
-    for path, rooms in loader.directory_aliases.items():
-        for alias, whose in rooms:
-            local = aliases.normalise(alias).split("@", 1)[0]
-            for length in lengths:
-                owner = ranges.get((len(local), local[:length]))
-                digits = local[length:]
-                if owner is None or not (digits.isascii() and digits.isdigit()):
-                    continue
-                su = owner.single_use
-                loader.error(
-                    f"{path}.directory_file",
-                    f"{whose}: alias {alias!r} lies in the single-use range of integration "
-                    f"{owner.name!r} (alias_prefix {su.alias_prefix!r} + "
-                    f"{su.alias_suffix_length} digits): once a meeting is given it, one alias "
-                    "would reach two rooms; give the room an alias outside every single-use range",
-                )
-                break  # one range is enough to say so
+    problems = []
+    for alias, whose in rooms:
+        local = aliases.normalise(alias).split("@", 1)[0]
+        for length in lengths:
+            owner = ranges.get((len(local), local[:length]))
+            digits = local[length:]
+            if owner is None or not (digits.isascii() and digits.isdigit()):
+                continue
+            su = owner.single_use
+            problems.append(
+                f"{whose}: alias {alias!r} lies in the single-use range of integration "
+                f"{owner.name!r} (alias_prefix {su.alias_prefix!r} + "
+                f"{su.alias_suffix_length} digits): once a meeting is given it, one alias "
+                "would reach two rooms; give the room an alias outside every single-use range"
+            )
+            break  # one range is enough to say so
+    return problems
 
 
 def _overlap(

@@ -187,13 +187,25 @@ class AliasIndex:
         return any(folded in names for names in self._foreign_names.values())
 
     def alias_taken(self, numeric_alias: str) -> bool:
-        """Whether Pexip's own services or a personal VMR of a file directory already route
-        this alias (as digits, or as digits at any domain): a single-use alias never takes
-        it."""
+        """Whether Pexip's own services, a personal VMR of a file directory, or an alias of
+        any integration (reserved, bound, or archived: one handed out under a prefix an
+        integration no longer has, or by another integration whose range now covers it)
+        already route this alias (as digits, or as digits at any domain): a single-use alias
+        never takes it."""
         key = numeric_alias.casefold()
-        if key in self._personal_taken:
+        if key in self._personal_taken or key in self._owner:
             return True
         return any(key in found for found in self._foreign_aliases.values())
+
+    def owner(self, alias: str) -> str | None:
+        """The integration one of whose single-use aliases this is (any form a node dials;
+        `<digits>@<any domain>` by its digits), or None."""
+        key = normalise(alias)
+        owner = self._owner.get(key)
+        if owner is None and "@" in key:
+            room = self.lookup(key)
+            owner = room.settings.integration if room is not None else None
+        return owner
 
     def set_foreign(self, integration: str, names: Iterable[str], aliases: Iterable[str]) -> None:
         """What a provisioner read of Pexip's own services (names, and every alias with its

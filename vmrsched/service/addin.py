@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import orjson
@@ -24,7 +25,8 @@ from vmrsched import directory
 from vmrsched.actors.allocator import QuotaReached
 from vmrsched.actors.bridge import ReservationBatcher
 from vmrsched.actors.registry import ActorUnavailable
-from vmrsched.config import IntegrationConfig, PerConfig
+from vmrsched.config import IntegrationConfig, PerConfig, range_clashes
+from vmrsched.directory import PersonalVmr
 from vmrsched.errors import (
     BadRequest,
     Forbidden,
@@ -363,8 +365,35 @@ class Personal:
     def directory(self, integ: IntegrationConfig) -> directory.Directory:
         if self._directories is None:
             base = self.runtime.base_dir
-            self._directories = PerConfig(lambda i: directory.directory_for(i, base))
+            self._directories = PerConfig(
+                lambda i: directory.directory_for(i, base, partial(self._clashes, i.name))
+            )
         return self._directories(integ)
+
+    def _clashes(self, name: str, users: dict[str, list[PersonalVmr]]) -> list[str]:
+        """What keeps a changed directory file from being taken beyond the file itself, as
+        check-config would refuse it at the next start: a room's alias inside a single-use
+        range of the running config, or one a single-use booking holds (handed out under a
+        prefix since changed)."""
+        integ = self.runtime.config.integration(name)
+        shown = integ.personal.directory_file if integ is not None else "the directory file"
+        rooms = [
+            (alias, f"{shown}: {email}'s room {vmr.name!r}")
+            for email, vmrs in users.items()
+            for vmr in vmrs
+            for alias in vmr.aliases
+        ]
+        problems = range_clashes(rooms, self.runtime.config.integrations)
+        index = self.runtime.ctx.alias_index
+        for alias, whose in rooms:
+            owner = index.owner(alias)
+            if owner is not None:
+                problems.append(
+                    f"{whose}: alias {alias!r} is a single-use alias of integration "
+                    f"{owner!r} (reserved, in a meeting, or kept after it): one alias would "
+                    "reach two rooms; give the room another alias"
+                )
+        return problems
 
     def refresh(self) -> None:
         """The personal VMRs of file directories to the policy index, so that a node asking
