@@ -504,7 +504,10 @@ class Renderer:
                     values[key] = self.format_time(values[key])
             for key in spec.variables - values.keys():
                 values[key] = ""
-            out = self._compiled[name].render(values)
+            try:
+                out = self._compiled[name].render(values)
+            except TemplateLimitError as exc:  # which template, for the admin who must fix it
+                raise TemplateLimitError(f"{name}: {exc}") from None
         if spec.one_line:
             out = " ".join(out.split())
         return out

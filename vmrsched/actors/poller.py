@@ -295,15 +295,18 @@ class MailboxPoller(SupervisedChild):
                 "meeting_uid": uid[:300],
                 "occurrence": occurrence_key(rid) if rid is not None else "",
                 "item": item_id[:300],
-                "detail": detail[:500],
+                "detail": _clipped(detail),
             }
         )
+        # a general_error says why in its line (a traceback by its last line: the error)
+        why = detail.strip().splitlines()[-1][:300] if reason == "general_error" and detail else ""
         log.log(
             level,
-            "%s: %r from %s",
+            "%s: %r from %s%s",
             what,
             subject[:200],
             organizer or "nobody",
+            f" ({why})" if why else "",
             extra={
                 "integration": self.integ.name,
                 "meeting_uid": uid,
@@ -317,6 +320,14 @@ class MailboxPoller(SupervisedChild):
                 "alias": alias,
             },
         )
+
+
+def _clipped(detail: str, limit: int = 500) -> str:
+    """A decision's detail for the decisions log: whole when short, else its start and its end
+    (a traceback's last line is the error itself)."""
+    if len(detail) <= limit:
+        return detail
+    return f"{detail[: limit // 4]} … {detail[-(limit - limit // 4 - 3) :]}"
 
 
 def _answerable(item: InboxItem) -> InboxItem:

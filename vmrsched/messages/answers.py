@@ -31,7 +31,7 @@ from vmrsched.rules.meetings import (
 )
 from vmrsched.rules.recurrence import Schedule
 from vmrsched.store import Record
-from vmrsched.templating import Renderer
+from vmrsched.templating import Renderer, TemplateLimitError
 
 Rule = Callable[[Meeting, MeetingState, datetime], Decision]
 
@@ -73,6 +73,8 @@ def plan(
             else {}
         )
         messages = _messages(integ, renderer, meeting, decision, _values(decision.record), item_id)
+    except TemplateLimitError as exc:  # the admin's template on this meeting's values: say which
+        return failed(integ, renderer, meeting, f"TemplateLimitError: {exc}", item_id, decision)
     except Exception:
         return failed(integ, renderer, meeting, traceback.format_exc(), item_id, decision)
     return Step(meeting, decision, fields, tuple(messages))
