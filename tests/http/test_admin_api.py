@@ -612,3 +612,41 @@ async def test_an_admins_deletion_is_a_line_of_the_decisions_log(
         "Logged delete",
     )
     assert entry["detail"].startswith("deleted by admin token")
+
+
+async def test_a_reload_from_the_console_names_the_keys_that_wait_for_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The console's reload says what the API's `restart_needed` says: which [server] keys the
+    file changed that the running service keeps until a restart."""
+    monkeypatch.setenv("ADMIN", ADMIN)
+    path = tmp_path / "vmrsched.toml"
+    body = (
+        '[server]\ndata_dir = "data"\nadmin_token_env = "ADMIN"\nmax_body_bytes = {}\n'
+        '[[integrations]]\nname = "hq"\n[integrations.exchange]\nmailbox_name = "Video Room"\n'
+        'mailbox_email = "vmr@example.com"\n[integrations.addin]\ntoken_validation = "none"\n'
+    )
+    path.write_text(body.format(65536))
+    running = service.start(config.load(path))
+    try:
+        async with TestClient(TestServer(create_app(running))) as client:
+            await login(client)
+            page = await (await client.get("/admin")).text()
+            csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+            path.write_text(body.format(2048))
+            reloaded = await client.post(
+                "/admin/reload", data={"csrf": csrf}, allow_redirects=False
+            )
+            assert reloaded.status == 303
+            assert "done=reloaded_restart" in reloaded.headers["Location"]
+            page = await (await client.get(reloaded.headers["Location"])).text()
+            assert (
+                "Configuration reloaded. These keys take effect after a restart (what runs keeps "
+                "the values it started with until then): server.max_body_bytes." in page
+            )
+            answer = await client.post(
+                "/api/admin/v1/reload", headers={"Authorization": f"Bearer {ADMIN}"}
+            )
+            assert (await answer.json())["restart_needed"] == ["server.max_body_bytes"]
+    finally:
+        running.stop()

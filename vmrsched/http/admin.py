@@ -280,6 +280,11 @@ NOTICES: dict[str, tuple[str, str]] = {
     "deleted": ("ok", "{alias} deleted; its organizer is told."),
     "resent": ("ok", "The joining instructions of {alias} are on their way to its organizer."),
     "reloaded": ("ok", "Configuration reloaded."),
+    "reloaded_restart": (
+        "ok",
+        "Configuration reloaded. These keys take effect after a restart (what runs keeps the "
+        "values it started with until then): {keys}.",
+    ),
     "reload_invalid": (
         "error",
         "Not reloaded: the config file is invalid (see the config_invalid alarm).",
@@ -327,6 +332,8 @@ def _notice(request: web.Request, integ: IntegrationConfig | None) -> tuple[str,
         )
         ours = bool(shape) and re.fullmatch(shape, alias, re.IGNORECASE) is not None
         text = text.format(alias=alias if ours else "Alias")
+    if "{keys}" in text:  # the running service's own list, never text from the link
+        text = text.format(keys=", ".join(request.app[SERVICE].restart_needed) or "none")
     return text, level
 
 
@@ -401,7 +408,7 @@ async def console_reload(request: web.Request) -> web.Response:
         raise _back(where, "reload_failed") from exc
     if result is None:
         raise _back(where, "reload_invalid")
-    raise _back(where, "reloaded")
+    raise _back(where, "reloaded_restart" if result.restart_needed else "reloaded")
 
 
 async def console_logout(request: web.Request) -> web.Response:

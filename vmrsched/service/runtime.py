@@ -77,6 +77,9 @@ class Runtime:
         self.supervisor = supervisor
         self.lock_fd = lock_fd  # the data directory's lock, held while the service runs
         self.started_at = time.time()
+        # the [server] and [storage] keys the file changed that wait for a restart (as the
+        # last reload found them: what runs still has the values the service started with)
+        self.restart_needed: tuple[str, ...] = ()
         self.policy_activity = PolicyActivity()  # what the policy endpoint answered
         self.renderers = renderer_cache()  # the one cache every use case renders with
         # which integrations run here, when instances share a database (facade.start)
@@ -167,6 +170,7 @@ class Runtime:
         self.config = new
         self.ctx.metrics.config_reloads.labels("applied").inc()
         result = dataclasses.replace(result, restart_needed=list(server.pending))
+        self.restart_needed = server.pending
         if server.applied:
             log.info("%s: applied", ", ".join(server.applied))
         if server.pending:
