@@ -452,3 +452,51 @@ async def test_a_running_change_with_an_alias_a_single_use_room_can_get_is_not_t
         assert [v["name"] for v in fixed] == ["B"]
     finally:
         svc.stop()
+
+
+async def test_an_alias_a_booking_holds_is_never_offered_as_a_personal_room(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At a start the directory may be read before the integrations' aliases are loaded into
+    the policy index, so its check could not see a booking holding one of its aliases (handed
+    out under a prefix since changed). The policy endpoint answers such an alias for the
+    booking; the pane never offers it as the user's room: the room without it, or not at
+    all, and the log says so once."""
+    from datetime import timedelta
+
+    from vmrsched.pexip.policy import Room, RoomSettings
+
+    port = free_port()
+    path = tmp_path / "vmrsched.toml"
+    path.write_text(BOTH.format(port=port, prefix="82"))
+    (tmp_path / "vmrs.toml").write_text(
+        '[[users]]\nemail = "alice@contoso.test"\n'
+        '[[users.vmrs]]\nname = "Both"\naliases = ["81999999", "alice@v.test"]\n'
+        '[[users.vmrs]]\nname = "Only"\naliases = ["81999998@v.test"]\n'
+    )
+    svc = service.start(config.load(path))
+    try:
+        spoolkit.wait_for(lambda: svc.ctx.status.state("alpha") == "running")
+        integ = svc.integration("alpha")
+        who = Identity("anonymous", kind="none")
+        before = await svc.personal_vmrs(integ, who, "alice@contoso.test")
+        assert [(v["name"], v["aliases"]) for v in before] == [
+            ("Both", ["81999999", "alice@v.test"]),
+            ("Only", ["81999998@v.test"]),
+        ]
+        settings = RoomSettings("alpha", timedelta(minutes=30), timedelta(minutes=60))
+        svc.ctx.alias_index.publish(  # what alpha's store publishes once it is loaded
+            [
+                Room(f"id-{n}", f"8199999{n}@v.test", f"8199999{n}", "bound", settings)
+                for n in (8, 9)
+            ]
+        )
+        caplog.set_level(logging.WARNING, logger="vmrsched")
+        for _ in range(2):
+            after = await svc.personal_vmrs(integ, who, "alice@contoso.test")
+            assert [(v["name"], v["aliases"]) for v in after] == [("Both", ["alice@v.test"])]
+        said = [r.getMessage() for r in caplog.records if "is not offered" in r.getMessage()]
+        assert len(said) == 2  # once per alias
+        assert "alias '81999999': a single-use alias of integration 'alpha'" in said[0]
+    finally:
+        svc.stop()

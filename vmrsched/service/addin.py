@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -45,6 +45,7 @@ from vmrsched.templating import Renderer, plain_text
 log = logging.getLogger("vmrsched.service")
 reserved_log = logging.getLogger("vmrsched.addin")  # the name the add-in's log lines had
 
+MAX_SAID = 10_000  # held personal aliases warned of, remembered so each is said once
 RESERVE_TIMEOUT = 10.0  # seconds a reservation may wait for the allocator's batch
 PERSONAL_REFRESH = 5.0  # seconds between looks at the personal directory files
 INSTRUCTIONS = "single_use_joining_instructions_template"
@@ -307,6 +308,7 @@ class Personal:
         self._directories: PerConfig[directory.Directory] | None = None
         self._rendered: dict[tuple[int, Any], tuple[IntegrationConfig, dict[str, Any]]] = {}
         self._served: set[str] = set()
+        self._said_held: set[tuple[str, str]] = set()  # (integration, alias) warned of
 
     async def personal_vmrs(
         self, integ: IntegrationConfig, who: Identity, demo_user: str = ""
@@ -338,7 +340,38 @@ class Personal:
                 plain_text(integ.addin.error_getting_personal_vmrs_message),
                 "directory_unavailable",
             ) from exc
-        return [self._rendered_vmr(integ, vmr) for vmr in vmrs]
+        return [self._rendered_vmr(integ, vmr) for vmr in self._unheld(integ.name, vmrs)]
+
+    def _unheld(self, name: str, vmrs: list[PersonalVmr]) -> list[PersonalVmr]:
+        """The rooms without any alias a single-use booking holds: the policy endpoint answers
+        such an alias for the booking, so the pane must not offer it as the user's room. A
+        directory read before the integrations' aliases were loaded (at a start) was checked
+        without them; each request looks again. Logged once per alias; a room left with no
+        alias is not offered."""
+        index = self.runtime.ctx.alias_index
+        kept: list[PersonalVmr] = []
+        for vmr in vmrs:
+            held = [alias for alias in vmr.aliases if index.owner(alias) is not None]
+            if not held:
+                kept.append(vmr)
+                continue
+            for alias in held:
+                if (name, alias) not in self._said_held and len(self._said_held) < MAX_SAID:
+                    self._said_held.add((name, alias))
+                    log.warning(
+                        "personal VMRs: %s's room %r is not offered with alias %r: a single-use "
+                        "alias of integration %r (a booking holds it); give the room another "
+                        "alias in the directory",
+                        vmr.owner_email,
+                        vmr.name,
+                        alias,
+                        index.owner(alias),
+                        extra={"integration": name},
+                    )
+            rest = tuple(alias for alias in vmr.aliases if alias not in held)
+            if rest:
+                kept.append(replace(vmr, aliases=rest))
+        return kept
 
     def _rendered_vmr(self, integ: IntegrationConfig, vmr: directory.PersonalVmr) -> dict[str, Any]:
         """A VMR rendered with the integration's personal templates, remembered (the same VMR
