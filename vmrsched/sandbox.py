@@ -62,7 +62,9 @@ MAX_INT_BITS = 4096  # integers `*`, `**`, `//` and `%` make or divide (about 1,
 
 class TemplateLimitError(SecurityError):
     """A render would go over MAX_BUILT, MAX_OUTPUT or MAX_INT_BITS; refused before the
-    operation ran."""
+    operation ran. `template`: which template, where the renderer knows (for the admin)."""
+
+    template = ""
 
 
 class _Context(Context):

@@ -507,7 +507,8 @@ class Renderer:
             try:
                 out = self._compiled[name].render(values)
             except TemplateLimitError as exc:  # which template, for the admin who must fix it
-                raise TemplateLimitError(f"{name}: {exc}") from None
+                exc.template = name
+                raise
         if spec.one_line:
             out = " ".join(out.split())
         return out

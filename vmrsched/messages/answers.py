@@ -74,7 +74,8 @@ def plan(
         )
         messages = _messages(integ, renderer, meeting, decision, _values(decision.record), item_id)
     except TemplateLimitError as exc:  # the admin's template on this meeting's values: say which
-        return failed(integ, renderer, meeting, f"TemplateLimitError: {exc}", item_id, decision)
+        why = f"TemplateLimitError: {exc.template}: {exc}" if exc.template else repr(exc)
+        return failed(integ, renderer, meeting, why, item_id, decision)
     except Exception:
         return failed(integ, renderer, meeting, traceback.format_exc(), item_id, decision)
     return Step(meeting, decision, fields, tuple(messages))
