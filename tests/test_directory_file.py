@@ -7,12 +7,14 @@ in between included)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +108,20 @@ EXPECTED = [
     "vmrs.toml: users[3].vmrs[0].guest_pin: must be 4-20 digits (a final # allowed)",
     "vmrs.toml: users[3].vmrs[0].allow_guests: must be true or false, got a string",
 ]
+
+
+WHO = Identity("anonymous", kind="none")  # the pane's caller with token_validation "none"
+
+
+@contextlib.contextmanager
+def serving(path: Path) -> Iterator[service.Service]:
+    """The service on the config at `path`, its integration "alpha" running; stopped after."""
+    svc = service.start(config.load(path))
+    try:
+        spoolkit.wait_for(lambda: svc.ctx.status.state("alpha") == "running")
+        yield svc
+    finally:
+        svc.stop()
 
 
 def write(folder: Path, directory: str | None) -> Path:
@@ -353,11 +369,8 @@ async def test_a_mistake_saved_just_after_a_reload_keeps_the_last_good_rooms(
     saved with a mistake before the new config's directory read it. The pane still gets the
     last good rooms, not 503 directory_unavailable."""
     path = write(tmp_path, GOOD)
-    svc = service.start(config.load(path))
-    try:
-        spoolkit.wait_for(lambda: svc.ctx.status.state("alpha") == "running")
-        who = Identity("anonymous", kind="none")
-        served = await svc.personal_vmrs(svc.integration("alpha"), who, "alice@contoso.test")
+    with serving(path) as svc:
+        served = await svc.personal_vmrs(svc.integration("alpha"), WHO, "alice@contoso.test")
         assert [v["name"] for v in served] == ["A"]
 
         changed = 'name = "alpha"\ndescription = "changed"\n'
@@ -367,14 +380,12 @@ async def test_a_mistake_saved_just_after_a_reload_keeps_the_last_good_rooms(
         caplog.set_level(logging.INFO, logger="vmrsched")
         (tmp_path / "vmrs.toml").write_text(BAD)
         try:
-            after = await svc.personal_vmrs(svc.integration("alpha"), who, "alice@contoso.test")
+            after = await svc.personal_vmrs(svc.integration("alpha"), WHO, "alice@contoso.test")
         except Unavailable as exc:
             pytest.fail(f"503 {exc.code}: the last good directory was not kept over the reload")
         assert after == served
         said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert any("changed and cannot be used; the last good one stays" in s for s in said), said
-    finally:
-        svc.stop()
 
 
 BOTH = """\
@@ -417,17 +428,14 @@ async def test_a_running_change_with_an_alias_a_single_use_room_can_get_is_not_t
     path = tmp_path / "vmrsched.toml"
     path.write_text(BOTH.format(port=port, prefix="81"))
     (tmp_path / "vmrs.toml").write_text(GOOD)
-    svc = service.start(config.load(path))
-    try:
-        spoolkit.wait_for(lambda: svc.ctx.status.state("alpha") == "running")
+    with serving(path) as svc:
         integ = svc.integration("alpha")
-        who = Identity("anonymous", kind="none")
-        served = await svc.personal_vmrs(integ, who, "alice@contoso.test")
+        served = await svc.personal_vmrs(integ, WHO, "alice@contoso.test")
         assert [v["name"] for v in served] == ["A"]
         caplog.set_level(logging.WARNING, logger="vmrsched")
 
         (tmp_path / "vmrs.toml").write_text(room_with("81123456@v.test"))
-        assert await svc.personal_vmrs(integ, who, "alice@contoso.test") == served
+        assert await svc.personal_vmrs(integ, WHO, "alice@contoso.test") == served
         said = " ".join(r.getMessage() for r in caplog.records)
         assert "the last good one stays in use" in said
         assert "alias '81123456@v.test' lies in the single-use range of integration 'alpha'" in said
@@ -441,17 +449,15 @@ async def test_a_running_change_with_an_alias_a_single_use_room_can_get_is_not_t
         caplog.clear()
         (tmp_path / "vmrs.toml").write_text(room_with(held["numeric_alias"]))
         integ = svc.integration("alpha")
-        assert await svc.personal_vmrs(integ, who, "alice@contoso.test") == served
+        assert await svc.personal_vmrs(integ, WHO, "alice@contoso.test") == served
         said = " ".join(r.getMessage() for r in caplog.records)
         assert f"alias '{held['numeric_alias']}' is a single-use alias of integration 'alpha'" in (
             said
         )
 
         (tmp_path / "vmrs.toml").write_text(FIXED)  # outside every range, held by nobody
-        fixed = await svc.personal_vmrs(integ, who, "alice@contoso.test")
+        fixed = await svc.personal_vmrs(integ, WHO, "alice@contoso.test")
         assert [v["name"] for v in fixed] == ["B"]
-    finally:
-        svc.stop()
 
 
 async def test_an_alias_a_booking_holds_is_never_offered_as_a_personal_room(
@@ -474,12 +480,9 @@ async def test_an_alias_a_booking_holds_is_never_offered_as_a_personal_room(
         '[[users.vmrs]]\nname = "Both"\naliases = ["81999999", "alice@v.test"]\n'
         '[[users.vmrs]]\nname = "Only"\naliases = ["81999998@v.test"]\n'
     )
-    svc = service.start(config.load(path))
-    try:
-        spoolkit.wait_for(lambda: svc.ctx.status.state("alpha") == "running")
+    with serving(path) as svc:
         integ = svc.integration("alpha")
-        who = Identity("anonymous", kind="none")
-        before = await svc.personal_vmrs(integ, who, "alice@contoso.test")
+        before = await svc.personal_vmrs(integ, WHO, "alice@contoso.test")
         assert [(v["name"], v["aliases"]) for v in before] == [
             ("Both", ["81999999", "alice@v.test"]),
             ("Only", ["81999998@v.test"]),
@@ -493,10 +496,8 @@ async def test_an_alias_a_booking_holds_is_never_offered_as_a_personal_room(
         )
         caplog.set_level(logging.WARNING, logger="vmrsched")
         for _ in range(2):
-            after = await svc.personal_vmrs(integ, who, "alice@contoso.test")
+            after = await svc.personal_vmrs(integ, WHO, "alice@contoso.test")
             assert [(v["name"], v["aliases"]) for v in after] == [("Both", ["alice@v.test"])]
         said = [r.getMessage() for r in caplog.records if "is not offered" in r.getMessage()]
         assert len(said) == 2  # once per alias
         assert "alias '81999999': a single-use alias of integration 'alpha'" in said[0]
-    finally:
-        svc.stop()

@@ -351,7 +351,8 @@ class Personal:
         index = self.runtime.ctx.alias_index
         kept: list[PersonalVmr] = []
         for vmr in vmrs:
-            held = [alias for alias in vmr.aliases if index.owner(alias) is not None]
+            owners = {alias: index.owner(alias) for alias in vmr.aliases}
+            held = [alias for alias, owner in owners.items() if owner is not None]
             if not held:
                 kept.append(vmr)
                 continue
@@ -365,7 +366,7 @@ class Personal:
                         vmr.owner_email,
                         vmr.name,
                         alias,
-                        index.owner(alias),
+                        owners[alias],
                         extra={"integration": name},
                     )
             rest = tuple(alias for alias in vmr.aliases if alias not in held)
