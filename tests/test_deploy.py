@@ -403,3 +403,59 @@ def test_the_high_availability_guide_names_files_that_exist() -> None:
     named = set(re.findall(r"deploy/two-instances/([\w.-]+)", guide))
     assert {"compose.yaml", "nginx.conf", "prometheus-rules-shared.yml"} <= named
     assert all((TWO / name).is_file() for name in named), named
+
+
+def general_errors_test(outcome: str) -> dict[str, Any]:
+    """A `promtool test rules` case: one integration answering 10 meetings a minute and as many
+    items of `outcome` with reason general_error, for 40 minutes."""
+    return {
+        "interval": "1m",
+        "input_series": [
+            {
+                "series": 'vmrsched_meeting_requests_total{integration="alpha",'
+                'outcome="accepted",reason="new_single"}',
+                "values": "0+10x40",
+            },
+            {
+                "series": 'vmrsched_meeting_requests_total{integration="alpha",'
+                f'outcome="{outcome}",reason="general_error"}}',
+                "values": "0+10x40",
+            },
+        ],
+        "alert_rule_test": [
+            {
+                "eval_time": "40m",
+                "alertname": "VmrschedGeneralErrors",
+                "exp_alerts": []
+                if outcome == "quarantined"
+                else [
+                    {
+                        "exp_labels": {"integration": "alpha", "severity": "warning"},
+                        "exp_annotations": {
+                            "summary": "over 5% of meetings on alpha get a general_error decline",
+                            "description": "Look up the correlation ids in the admin console "
+                            "(Recent decisions) or the log.",
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def test_the_general_error_rule_counts_declines_not_quarantined_items(tmp_path: Path) -> None:
+    """A file in the spool's inbox that is no meeting request at all is quarantined (counted as
+    outcome quarantined, reason general_error) and gets no decline: it must not page anyone as
+    meetings declined for an unexpected error do."""
+    promtool = needs("promtool")
+    shutil.copy(DEPLOY / "prometheus-rules.yml", tmp_path / "prometheus-rules.yml")
+    tests = {
+        "rule_files": ["prometheus-rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [general_errors_test("declined"), general_errors_test("quarantined")],
+    }
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    out = subprocess.run(
+        [promtool, "test", "rules", "tests.yml"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr

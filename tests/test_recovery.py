@@ -4,6 +4,8 @@ that the store no longer knows get a new alias and an organizer update in the ou
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -19,7 +21,8 @@ from vmrsched import alias_admin, recovery, service
 from vmrsched.config import Config
 from vmrsched.mailbox.spool import SpoolMailbox
 from vmrsched.messages import answers
-from vmrsched.store import Record, Store
+from vmrsched.store import Record, Store, lock_directory
+from vmrsched.store.records import decode_schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -345,3 +348,153 @@ def test_the_standing_of_a_meeting_is_its_newest_decision_about_the_whole_meetin
         "b": ("ignored", "cancelled"),
         "c": ("deleted", "admin"),
     }
+
+
+def run_recover(config_file: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vmrsched", "recover", "alpha", "--config", str(config_file)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+def test_recover_refuses_a_damaged_store_with_a_message_and_waits_for_a_stopped_service(
+    tmp_path: Path,
+) -> None:
+    """A store refused as damaged is let go by the running service (it retries it later), so its
+    own lock is free: recover takes the data directory's lock, as `store repair` does, and
+    refuses while the service runs. Stopped, it names the damage and the tools for it (no
+    traceback), and changes no file."""
+    cfg = spool_config(tmp_path)
+    config_file = tmp_path / "vmrsched.toml"
+    config_file.write_text(spool_toml(cfg.data_dir, name="alpha"))
+    directory = cfg.data_dir / "store" / "alpha"
+    store = Store(directory)
+    for _ in range(3):
+        store.reserve("81", 6, "video.example.com")
+    store.commit()
+    store.close(compact=False)
+    (journal,) = directory.glob("journal.*.log")
+    text = journal.read_bytes()
+    middle = text.index(b'"alias"', text.index(b"\n") + 1)
+    journal.write_bytes(text[:middle] + b"X" + text[middle + 1 :])
+    before = {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+
+    held = lock_directory(cfg.data_dir, "the data directory")  # as a running service holds it
+    try:
+        busy = run_recover(config_file)
+    finally:
+        os.close(held)
+    assert busy.returncode == 1 and "stop the service first" in busy.stderr, busy.stderr
+
+    stopped = run_recover(config_file)
+    assert stopped.returncode == 1
+    assert "Traceback" not in stopped.stderr
+    assert "damaged" in stopped.stderr and "vmrsched store repair" in stopped.stderr
+    assert {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()} == before
+
+
+def test_after_a_restore_recover_ends_bookings_deleted_or_cancelled_since_the_backup(
+    tmp_path: Path,
+) -> None:
+    """docs/production.md's restore: the store comes back from a backup older than an admin's
+    deletion of one booking's alias and an organizer's cancellation of another, while the
+    decisions log is the current one (kept aside and put back, as the guide says). The
+    restored store holds both bookings as bound; recover ends them again, quietly (their
+    organizers were told the first time), and says so in its dry run first. A booking the
+    decisions log says nothing newer about stays bound."""
+    cfg = spool_config(tmp_path)
+    spool = cfg.integrations[0].spool_dir(cfg.data_dir)
+    start = datetime.now(UTC).replace(microsecond=0, second=0, minute=0) + timedelta(days=2)
+    deleted_uid, deleted = booked(cfg, start=start, subject="Deleted after the backup")
+    cancelled_uid, cancelled = booked(cfg, start=start, subject="Cancelled after the backup")
+    kept_uid, kept = booked(cfg, start=start, subject="Unchanged")
+    store_dir = cfg.data_dir / "store" / "alpha"
+    backup = tmp_path / "backup"
+    shutil.copytree(store_dir, backup)
+
+    svc = service.start(cfg)
+    try:
+        running = Running(svc, cfg)
+        running.reserve()
+        asyncio.run(svc.admin_delete_alias("alpha", deleted["alias"], "admin token"))
+        data, _ = spoolkit.request(cancelled_uid, method="CANCEL", start=start, sequence=1)
+        running.send(data)
+        running.settle()
+    finally:
+        svc.stop()
+    shutil.rmtree(store_dir)
+    shutil.copytree(backup, store_dir)
+    answered = {uid: len(spoolkit.answers_for(spool, uid)) for uid in (deleted_uid, cancelled_uid)}
+
+    dry = {d.uid: d for d in recover_alpha(cfg, dry_run=True)}
+    assert dry[deleted_uid].action == "would_release"
+    assert "deleted by an admin" in dry[deleted_uid].detail
+    assert dry[cancelled_uid].action == "would_release"
+    assert "cancelled by its organizer" in dry[cancelled_uid].detail
+    assert dry[kept_uid].action == "already_bound"
+
+    done = {d.uid: d for d in recover_alpha(cfg)}
+    assert done[deleted_uid].action == done[cancelled_uid].action == "released"
+    assert done[kept_uid].action == "already_bound"
+    store = Store(store_dir)
+    try:
+        assert store.by_meeting_uid(deleted_uid) is None
+        assert store.by_meeting_uid(cancelled_uid) is None
+        assert (store.by_alias(deleted["alias"]) or {}).get("status") == "deleted"
+        assert (store.by_alias(cancelled["alias"]) or {}).get("status") == "deleted"
+        assert (store.by_meeting_uid(kept_uid) or {}).get("alias") == kept["alias"]
+    finally:
+        store.close()
+    assert {uid: len(spoolkit.answers_for(spool, uid)) for uid in answered} == answered
+    [again] = [d for d in recover_alpha(cfg) if d.uid == deleted_uid]
+    assert again.action == "known"
+
+
+def test_after_a_restore_recover_moves_a_booking_to_the_time_the_calendar_holds(
+    tmp_path: Path,
+) -> None:
+    """The store comes back from a backup taken before the organizer moved the meeting a day
+    (SEQUENCE 1, accepted). Its conference window would still be the old one (calls at the new
+    time refused); recover takes the calendar's newer SEQUENCE as the rules take an update,
+    without a second accept to the organizer, and says so in its dry run first."""
+    cfg = spool_config(tmp_path)
+    spool = cfg.integrations[0].spool_dir(cfg.data_dir)
+    start = datetime.now(UTC).replace(microsecond=0, second=0, minute=0) + timedelta(days=2)
+    uid, record = booked(cfg, start=start, subject="Moved after the backup")
+    store_dir = cfg.data_dir / "store" / "alpha"
+    backup = tmp_path / "backup"
+    shutil.copytree(store_dir, backup)
+    moved = start + timedelta(days=1)
+    svc = service.start(cfg)
+    try:
+        running = Running(svc, cfg)
+        running.reserve()
+        data, _ = spoolkit.request(
+            uid, body=f"<p>PXPS:-{record['alias_id']}#</p>", start=moved, sequence=1
+        )
+        running.send(data)
+        assert any(m.reason == "edited_single" for m in running.answers(uid))
+    finally:
+        svc.stop()
+    shutil.rmtree(store_dir)
+    shutil.copytree(backup, store_dir)
+    answered = len(spoolkit.answers_for(spool, uid))
+
+    [dry] = [d for d in recover_alpha(cfg, dry_run=True) if d.uid == uid]
+    assert (dry.action, dry.alias) == ("would_update", record["alias"])
+    assert "SEQUENCE 1" in dry.detail
+    [done] = [d for d in recover_alpha(cfg) if d.uid == uid]
+    assert done.action == "updated"
+    store = Store(store_dir)
+    try:
+        now_bound = store.by_meeting_uid(uid)
+        assert now_bound is not None and now_bound["alias"] == record["alias"]
+        assert now_bound["sequence"] == 1 and now_bound.get("name") == record.get("name")
+        assert decode_schedule(now_bound["schedule"]).start == moved
+    finally:
+        store.close()
+    assert len(spoolkit.answers_for(spool, uid)) == answered
+    [again] = [d for d in recover_alpha(cfg) if d.uid == uid]
+    assert again.action == "already_bound"

@@ -7,7 +7,10 @@ Missing from the store is not enough: a record `store repair` could not keep may
 meeting whose alias an admin deleted, or that was declined or cancelled. The decisions log,
 which no damage to a store touches, says which: a meeting whose newest decision about it as a
 whole was a decline, a cancellation or an admin's deletion is left as it is, and the report
-says why."""
+says why. The other way round, a store restored from a backup may still hold as bound a meeting
+whose alias an admin deleted, or whose organizer cancelled it, after the backup: the decisions
+log (kept current through the restore) says so, and its binding is ended again, quietly (its
+organizer was told the first time)."""
 
 from __future__ import annotations
 
@@ -21,8 +24,9 @@ from vmrsched.config import IntegrationConfig
 from vmrsched.mailbox.base import Gateway, GatewayError
 from vmrsched.messages import answers
 from vmrsched.rules import recurrence
-from vmrsched.rules.meetings import MeetingState, recovered
+from vmrsched.rules.meetings import Meeting, MeetingState, recovered
 from vmrsched.store import StoreWrites
+from vmrsched.templating import Renderer
 
 HORIZON = timedelta(days=366)
 
@@ -32,7 +36,11 @@ class Recovered:
     uid: str
     subject: str  # as the conference subject template shows it, never the raw subject
     organizer: str
-    action: str  # bound | would_bind | already_bound | known | skipped | past | failed
+    # bound | would_bind | already_bound | known | skipped | past | failed; and where a store
+    # restored from a backup is behind: released | would_release (a bound meeting its
+    # decisions log says is over since), updated | would_update (the calendar holds a newer
+    # SEQUENCE of a bound meeting)
+    action: str
     alias: str = ""
     detail: str = ""
 
@@ -74,6 +82,60 @@ def _left_alone(entry: Mapping[str, Any] | None) -> str:
     return ""
 
 
+def _ended_since(entry: Mapping[str, Any] | None, bound: Mapping[str, Any]) -> str:
+    """Why a meeting the store holds as bound is over after all, or "": its newest decision as
+    a whole ended this very binding (an admin deleted its alias, its organizer cancelled it).
+    Only a store older than its decisions log holds that: one restored from a backup taken
+    before, with the current log put back (docs/production.md)."""
+    if entry is None or entry.get("alias") != bound.get("alias"):
+        return ""
+    if entry.get("outcome") == "deleted" or (
+        entry.get("outcome") == "ignored" and entry.get("reason") == "cancelled"
+    ):
+        return _left_alone(entry)
+    return ""
+
+
+def _caught_up(
+    integ: IntegrationConfig,
+    renderer: Renderer,
+    store: StoreWrites,
+    meeting: Meeting,
+    bound: Mapping[str, Any],
+    now: datetime,
+    dry_run: bool,
+    shown: str,
+) -> Recovered:
+    """A meeting the store holds as bound, at a SEQUENCE below the calendar's: the store came
+    from a backup taken before the organizer's update (a move, say), which the room accepted.
+    The binding takes the calendar's meeting as the rules take an update, quietly: the
+    organizer had the answer then. Otherwise (or if the rules would not accept the update
+    now) it stays as it is: `already_bound`."""
+    who = meeting.organizer_email
+    if meeting.sequence <= int(bound.get("sequence", -1)):
+        return Recovered(meeting.uid, shown, who, "already_bound")
+    state = store.state_for(meeting.token, meeting.uid)
+    step = answers.plan(integ, renderer, meeting, state, now)
+    action = step.decision.action
+    if step.decision.outcome != "accepted" or action.kind != "bind":
+        return Recovered(
+            meeting.uid,
+            shown,
+            who,
+            "already_bound",
+            bound["alias"],
+            f"the calendar's SEQUENCE {meeting.sequence} is not taken: {step.decision.reason}",
+        )
+    detail = f"as the calendar holds it (SEQUENCE {meeting.sequence}): {step.decision.reason}"
+    if dry_run:
+        return Recovered(meeting.uid, shown, who, "would_update", bound["alias"], detail)
+    # the conference keeps its name: names are unique per integration, and this one is taken
+    fields = {**step.fields, "name": bound["name"]} if bound.get("name") else step.fields
+    store.apply(action, fields)
+    store.commit()
+    return Recovered(meeting.uid, shown, who, "updated", bound["alias"], detail)
+
+
 def recover(
     integ: IntegrationConfig,
     gateway: Gateway,
@@ -101,8 +163,22 @@ def recover(
         # What the report shows is the subject as admins see it (the conference subject template),
         # never the raw one: a template that blanks subjects for privacy blanks them here too.
         shown = answers.shown_subject(integ, renderer, meeting)
-        if store.by_meeting_uid(meeting.uid) is not None:
-            note(Recovered(meeting.uid, shown, who, "already_bound"))
+        bound = store.by_meeting_uid(meeting.uid)
+        if bound is not None:
+            ended = _ended_since(standings.get(meeting.uid[:300]), bound)
+            if not ended:
+                note(_caught_up(integ, renderer, store, meeting, bound, now, dry_run, shown))
+            elif dry_run:
+                note(Recovered(meeting.uid, shown, who, "would_release", bound["alias"], ended))
+            else:
+                decision = standings[meeting.uid[:300]]
+                # the reason the first ending gave the record, as the store words it
+                reason = (
+                    "cancelled" if decision.get("outcome") == "ignored" else decision.get("detail")
+                )
+                store.delete(bound["alias_id"], str(reason or "deleted by an admin"))
+                store.commit()
+                note(Recovered(meeting.uid, shown, who, "released", bound["alias"], ended))
             continue
         if meeting.uid in known:  # cancelled, or its alias deleted by an admin: not lost
             note(Recovered(meeting.uid, shown, who, "known", detail="the store knows it, unbound"))

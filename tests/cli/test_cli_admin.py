@@ -347,3 +347,23 @@ def test_the_terminal_never_gets_a_subjects_bidi_or_zero_width_characters(
         assert out.returncode == 0, out.stderr
         assert escaped in out.stdout, args
         assert not any(c in out.stdout for c in "\u202e\u202c\u200b\u2066\u2069\x1b"), args
+
+
+def test_a_token_the_running_service_refuses_is_named_as_refused(tmp_path: Path) -> None:
+    """The admin's token does not match the running service's (rotated in one place only): the
+    command says the service refused it and where this token came from, not how to log in with
+    a browser."""
+    port = free_port()
+    cfg = write(tmp_path, port)
+    server = start(cfg, {"VMRSCHED_ADMIN_TOKEN": TOKEN})
+    try:
+        wait_ready(port)
+        refused = command(
+            cfg, "aliases", "list", env={"VMRSCHED_ADMIN_TOKEN": "another-token-" + "x" * 24}
+        )
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    assert refused.returncode == 1
+    assert "refused the admin token" in refused.stderr, refused.stderr
+    assert "VMRSCHED_ADMIN_TOKEN" in refused.stderr and "/admin/login" not in refused.stderr

@@ -34,11 +34,18 @@ class ApiAdmin:
     by the running service's admin API. Its errors come back as ServiceError with the API's code
     and message; who acted is logged by the service (the admin token and this address)."""
 
-    def __init__(self, base_url: str, token: str, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        session: requests.Session | None = None,
+        token_source: str = "the config",
+    ) -> None:
         import requests
 
         self.base = base_url.rstrip("/") + API
         self.unreachable_hint = ""  # what to do when nothing answers at base
+        self.token_source = token_source  # where the token came from: named when it is refused
         self.http = session or requests.Session()
         self.http.headers["Authorization"] = f"Bearer {token}"
 
@@ -58,6 +65,12 @@ class ApiAdmin:
             body = response.json()
         except ValueError:
             body = {}
+        if response.status_code == 401:  # a token was sent: the service does not hold it
+            raise ServiceError(
+                f"the service at {self.base} refused the admin token from {self.token_source}: "
+                "it is not the running service's (changed in one place only?)",
+                "admin_token_refused",
+            )
         if response.status_code >= 400:
             error = body.get("error", {}) if isinstance(body, dict) else {}
             raise ServiceError(
@@ -130,7 +143,7 @@ def admin_for(cfg: Config, url: str | None) -> Iterator[tuple[OfflinePort, str]]
             "admin_token_required",
         )
     base = url or local_url(cfg.server)
-    api = ApiAdmin(base, token.reveal())
+    api = ApiAdmin(base, token.reveal(), token_source=token.source)
     if shared and url is None:
         api.unreachable_hint = (
             "; the records are in the shared database, so these commands need a running "

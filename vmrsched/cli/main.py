@@ -215,7 +215,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
     from vmrsched.errors import ServiceError
     from vmrsched.service import Recovered, recover_integration
-    from vmrsched.store import StoreInUseError
+    from vmrsched.store import StoreCorruptError, StoreInUseError
 
     cfg = load(args.config)
     integ = integration(cfg, args.name) if cfg else None
@@ -234,6 +234,9 @@ def cmd_recover(args: argparse.Namespace) -> int:
         done = recover_integration(cfg, integ, datetime.now(UTC), args.dry_run, report)
     except StoreInUseError as exc:
         print(f"{exc}: stop the service first", file=sys.stderr)
+        return 1
+    except StoreCorruptError as exc:  # its message names the files and the tools for them
+        print(f"the store is damaged, nothing was recovered: {terminal(str(exc))}", file=sys.stderr)
         return 1
     except ServiceError as exc:
         print(f"{exc.message} ({exc.code})", file=sys.stderr)

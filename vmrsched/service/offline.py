@@ -6,6 +6,7 @@ and closes it; none starts an actor."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -27,7 +28,7 @@ from vmrsched.postgres.records import Records
 from vmrsched.proxies import use_rule
 from vmrsched.recovery import Recovered, recover
 from vmrsched.service.runtime import database, database_stores
-from vmrsched.store import DatabaseStore, Store, StoreInUseError, StoreWrites
+from vmrsched.store import DatabaseStore, Store, StoreInUseError, StoreWrites, lock_directory
 from vmrsched.store.decisions import FileDecisions
 from vmrsched.telemetry import Metrics
 
@@ -86,10 +87,17 @@ def recover_integration(
     its lease (StoreInUseError while an instance runs it)."""
     if cfg.storage.backend == "postgresql":
         return _recover_shared(cfg, integ, now, dry_run, report)
-    store = Store(store_dir(cfg.data_dir, integ.name))
-    gateway = partial(make_gateway, integ, cfg.data_dir, Metrics())
-    history = FileDecisions(cfg.data_dir).read(integ.name)
-    return _recover_closing(integ, store, gateway, now, dry_run, report, history)
+    # the data directory's lock, which a running service holds for its whole life: a store
+    # the service refused as damaged is let go while it runs (and retried), so the store's own
+    # lock would not keep recover and the service apart
+    held = lock_directory(cfg.data_dir, f"the data directory {cfg.data_dir}")
+    try:
+        store = Store(store_dir(cfg.data_dir, integ.name))
+        gateway = partial(make_gateway, integ, cfg.data_dir, Metrics())
+        history = FileDecisions(cfg.data_dir).read(integ.name)
+        return _recover_closing(integ, store, gateway, now, dry_run, report, history)
+    finally:
+        os.close(held)
 
 
 def _recover_closing(
