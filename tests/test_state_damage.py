@@ -5,9 +5,11 @@ is listed by `vmrsched store check`, is kept aside, and loses nothing readable."
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from tests import spoolkit
 from tests.configs import spool_config
@@ -64,6 +66,54 @@ def test_a_damaged_queue_journal_raises_the_alarm_and_its_reply_still_goes_out(
         svc.stop()
     subjects = sorted(m.headers["Subject"] for m in spoolkit.outbox(spool))
     assert subjects == [f"Joining instructions {i}" for i in ("after", "before", "pending")]
+
+
+def test_the_alarm_clears_once_the_damaged_files_kept_aside_are_deleted(tmp_path: Path) -> None:
+    """docs/guarantees.md: once a file kept aside has been looked at, delete it. The alarm
+    names what is left, then clears (its series to 0) once nothing is: an alert must not go on
+    firing about files that are gone, nor wait for a restart."""
+    cfg = spool_config(tmp_path)
+    queue_dir = cfg.data_dir / "queue" / "alpha"
+    queue = OutQueue(queue_dir)
+    queue.add([reply("one"), reply("two")])
+    queue.close()
+    [journal] = queue_dir.glob("outgoing.*.log")
+    damage_checksum(journal, b'"id":"one"')
+    svc = service.start(cfg, damage_recheck_interval=0.05)
+    try:
+        spoolkit.wait_for(lambda: damage_alarm(svc, "alpha") is not None)
+        [aside] = queue_dir.glob("*.damaged-*")
+        assert str(aside) in (damage_alarm(svc, "alpha") or "")
+        aside.unlink()
+        spoolkit.wait_for(lambda: damage_alarm(svc, "alpha") is None)
+        scraped = generate_latest(svc.ctx.metrics.registry).decode()
+        assert 'vmrsched_alarm_active{alarm="state_damaged",integration="alpha"} 0.0' in scraped
+    finally:
+        svc.stop()
+
+
+def damage_alarm(svc: service.Service, integration: str) -> str | None:
+    found = [a.message for a in svc.ctx.alarms.active(integration) if a.name == STATE_DAMAGED]
+    return found[0] if found else None
+
+
+def test_a_deleted_damaged_file_leaves_the_alarm_naming_the_others() -> None:
+    alarms = Alarms(Metrics(CollectorRegistry()))
+    with tempfile.TemporaryDirectory() as tmp:
+        first, second = Path(tmp) / "a.damaged-1", Path(tmp) / "b.damaged-2"
+        first.write_text("x")
+        second.write_text("y")
+        alarms.damaged("alpha", first, "checksum")
+        alarms.damaged("alpha", second, "checksum")
+        [raised] = alarms.active("alpha")
+        first.unlink()
+        alarms.recheck_damaged()
+        [left] = alarms.active("alpha")
+        assert str(first) not in left.message and str(second) in left.message
+        assert left.raised_at == raised.raised_at
+        second.unlink()
+        alarms.recheck_damaged()
+        assert alarms.active("alpha") == []
 
 
 def check(data_dir: Path, capsys: pytest.CaptureFixture[str], *name: str) -> tuple[int, str]:

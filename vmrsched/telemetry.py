@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 import weakref
@@ -255,25 +256,61 @@ class Alarms:
         with self._lock:
             files = self._damaged.setdefault(integration, {})
             files[str(path)] = detail
-            earlier = self._active.get((integration, STATE_DAMAGED))
-            message = (
-                "; ".join(f"{name}: {what}" for name, what in list(files.items())[-5:])
-                + (f" (and {len(files) - 5} more)" if len(files) > 5 else "")
-                + "; damaged files are kept aside as <name>.damaged-<time>, `vmrsched store "
-                "check` lists them"
-            )
-            self._active[(integration, STATE_DAMAGED)] = Alarm(
-                integration,
-                STATE_DAMAGED,
-                message,
-                earlier.raised_at if earlier is not None else time.time(),
-            )
-            self._series.add((integration, STATE_DAMAGED))
+            message = self._name_damaged(integration, files)
         self._metrics.alarm_active.labels(integration, STATE_DAMAGED).set(1)
         log.warning(
             "alarm raised",
             extra={"integration": integration, "alarm": STATE_DAMAGED, "detail": message},
         )
+
+    def _name_damaged(self, integration: str, files: dict[str, str]) -> str:
+        """state_damaged's alarm for `files` (the lock held): its message, raised since the
+        first of them."""
+        earlier = self._active.get((integration, STATE_DAMAGED))
+        message = (
+            "; ".join(f"{name}: {what}" for name, what in list(files.items())[-5:])
+            + (f" (and {len(files) - 5} more)" if len(files) > 5 else "")
+            + "; damaged files are kept aside as <name>.damaged-<time>, `vmrsched store "
+            "check` lists them; the alarm clears once they are deleted"
+        )
+        self._active[(integration, STATE_DAMAGED)] = Alarm(
+            integration,
+            STATE_DAMAGED,
+            message,
+            earlier.raised_at if earlier is not None else time.time(),
+        )
+        self._series.add((integration, STATE_DAMAGED))
+        return message
+
+    def recheck_damaged(self) -> None:
+        """Forget the damaged files that are gone: the guide's last step is to look at a file
+        kept aside, then delete it, and the alarm clears once none of an integration's is
+        left (or names only those still there). Called on a timer and at a reload."""
+        with self._lock:
+            named = {owner: list(files) for owner, files in self._damaged.items()}
+        gone = {
+            owner: [p for p in paths if not os.path.lexists(p)] for owner, paths in named.items()
+        }
+        for owner, paths in gone.items():
+            if not paths:
+                continue
+            with self._lock:  # one step: a file found damaged meanwhile keeps the alarm
+                files = self._damaged.get(owner, {})
+                for path in paths:
+                    files.pop(path, None)
+                if files:
+                    self._name_damaged(owner, files)
+                else:
+                    self._damaged.pop(owner, None)
+                    self._active.pop((owner, STATE_DAMAGED), None)
+            log.info(
+                "damaged file(s) deleted: %s",
+                ", ".join(paths),
+                extra={"integration": owner, "alarm": STATE_DAMAGED},
+            )
+            if not files:
+                self._metrics.alarm_active.labels(owner, STATE_DAMAGED).set(0)
+                log.info("alarm cleared", extra={"integration": owner, "alarm": STATE_DAMAGED})
 
     def clear(self, integration: str, name: str) -> None:
         with self._lock:

@@ -144,3 +144,26 @@ def test_an_integration_that_cannot_start_is_failed_not_fatal(tmp_path: Path) ->
         assert "dead disk" in svc.ctx.status.snapshot()["alpha"]["error"]
     finally:
         svc.stop()
+
+
+def test_a_store_that_cannot_be_opened_is_named_in_the_alarm(tmp_path: Path) -> None:
+    """An allocator that dies opening its store over and over (here a file stands where the
+    store's directory belongs; in the field, a directory made immutable or owned by another
+    user): the integration_failed alarm names the path the OS refused, which the exception's
+    repr leaves out."""
+    cfg = spool_config(tmp_path)
+    blocked = cfg.data_dir / "store" / "alpha"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("not a directory")
+    policy = RestartPolicy(
+        max_restarts=2, within_seconds=60, restart_delay=0.01, integration=Backoff(30.0, 300.0)
+    )
+    svc = service.start(cfg, policy=policy)
+    try:
+        spoolkit.wait_for(
+            lambda: svc.ctx.status.snapshot().get("alpha", {}).get("state") == "failed"
+        )
+        [alarm] = [a for a in svc.ctx.alarms.active("alpha") if a.name == "integration_failed"]
+        assert str(blocked) in alarm.message, alarm.message
+    finally:
+        svc.stop()

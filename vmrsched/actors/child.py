@@ -13,7 +13,7 @@ import pykka
 
 from vmrsched.actors.context import Context
 from vmrsched.actors.inbox import Actor
-from vmrsched.actors.messages import ChildFailed, ChildReady
+from vmrsched.actors.messages import ChildFailed, ChildReady, error_text
 from vmrsched.config import IntegrationConfig
 
 log = logging.getLogger("vmrsched.actors")
@@ -69,4 +69,4 @@ class SupervisedChild(Actor):
 
     def _report(self, error: BaseException | None) -> None:
         with contextlib.suppress(pykka.ActorDeadError):
-            self.supervisor.tell(ChildFailed(self.role, self.generation, repr(error)))
+            self.supervisor.tell(ChildFailed(self.role, self.generation, error_text(error)))

@@ -125,6 +125,8 @@ class Context:
     poll_batch: int = 100
     sweep_interval: float = 3600.0
     provision_interval: float = 30.0  # seconds between the provisioner's passes
+    # seconds between looks at the damaged files state_damaged names (deleted ones clear it)
+    damage_recheck_interval: float = 30.0
     # the database instances share ([storage] backend = "postgresql"); None: the file store
     shared: SharedStorage | None = None
     # the state beside the records (None: files under data_dir)

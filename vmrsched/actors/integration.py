@@ -20,7 +20,13 @@ import pykka
 from vmrsched.actors.allocator import AliasAllocator
 from vmrsched.actors.child import SupervisedChild
 from vmrsched.actors.context import Context
-from vmrsched.actors.messages import ChildFailed, ChildReady, IntegrationFailed, RetryIntegration
+from vmrsched.actors.messages import (
+    ChildFailed,
+    ChildReady,
+    IntegrationFailed,
+    RetryIntegration,
+    error_text,
+)
 from vmrsched.actors.notifier import Notifier
 from vmrsched.actors.poller import MailboxPoller
 from vmrsched.actors.provisioner import Provisioner
@@ -110,7 +116,7 @@ class IntegrationSupervisor(Supervisor):
             self.start_all()
         except Exception as exc:
             log.exception("integration %s could not start", self.name)
-            self._enter_failed(repr(exc))
+            self._enter_failed(error_text(exc))
             return
         # running (and ready) once every child has finished its start-up (ChildReady)
 
@@ -134,7 +140,7 @@ class IntegrationSupervisor(Supervisor):
         self._enter_failed(f"{child_id} restarted too often: {error}")
 
     def restart_failed(self, child_id: str, error: Exception) -> None:
-        self._enter_failed(repr(error))
+        self._enter_failed(error_text(error))
 
     def describe(self, child_id: str) -> str:
         return f"{child_id} of {self.name}"
@@ -181,7 +187,7 @@ class IntegrationSupervisor(Supervisor):
     def on_failure(self, *exc_info: Any) -> None:
         """A supervisor that dies takes its children with it (a closed tree), says so on the
         status board and tells its own supervisor, which restarts it."""
-        error = repr(exc_info[1]) if len(exc_info) > 1 else "crashed"
+        error = error_text(exc_info[1]) if len(exc_info) > 1 else "crashed"
         log.error("integration supervisor of %s crashed: %s", self.name, error)
         try:
             self._shut_down()

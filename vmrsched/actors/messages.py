@@ -72,6 +72,15 @@ class Crash:
     the actor stops and its supervisor starts a fresh one."""
 
 
+def error_text(error: BaseException | None) -> str:
+    """What a death says in the log, the status and the alarm: the exception's repr, except
+    for an OSError naming a file, whose repr leaves the file out (PermissionError(1, 'Operation
+    not permitted')): then its type and text, which name it."""
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{type(error).__name__}: {error}"
+    return repr(error)
+
+
 @dataclass(frozen=True)
 class ChildFailed:
     """Told by a child of an IntegrationSupervisor that died (actors/child.py)."""

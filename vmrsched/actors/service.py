@@ -12,7 +12,7 @@ import pykka
 from vmrsched.actors import futex
 from vmrsched.actors.context import Context
 from vmrsched.actors.integration import IntegrationSupervisor, child_kinds
-from vmrsched.actors.messages import IntegrationFailed, Reload, Request
+from vmrsched.actors.messages import IntegrationFailed, Reload, Request, error_text
 from vmrsched.actors.messages import ReloadResult as ReloadResult  # where the service finds it
 from vmrsched.actors.ownership import Gained, Lost
 from vmrsched.actors.supervision import ChildSpec, Supervisor
@@ -49,6 +49,7 @@ class ServiceSupervisor(Supervisor):
 
     def on_start(self) -> None:
         futex.size_futex_hash(threads_for(self.config))
+        self.ctx.scheduler.call_later(self.ctx.damage_recheck_interval, self._recheck_damaged)
         if self.ctx.shared is not None:
             # instances share the integrations: each starts when this instance gains its
             # lease (Gained, from the Ownership actor), none before
@@ -111,6 +112,15 @@ class ServiceSupervisor(Supervisor):
 
     # --- reload ---------------------------------------------------------------------------------
 
+    def _recheck_damaged(self) -> None:
+        """On the timer's thread (a look at a few paths, under the alarms' own lock): files
+        kept aside as damaged that an admin has deleted clear state_damaged. Not again once
+        the root has stopped."""
+        if not self.actor_ref.is_alive():
+            return
+        self.ctx.alarms.recheck_damaged()
+        self.ctx.scheduler.call_later(self.ctx.damage_recheck_interval, self._recheck_damaged)
+
     def reload(self, new: Config) -> ReloadResult:
         """Apply a new config: what the result names is what changed in the file against the
         config this instance ran (the same on every instance that reads the same file), and it
@@ -122,6 +132,7 @@ class ServiceSupervisor(Supervisor):
         old_by_name = {i.name: i for i in self.config.integrations}
         new_by_name = {i.name: i for i in new.integrations}
         futex.size_futex_hash(threads_for(new))
+        self.ctx.alarms.recheck_damaged()  # an admin's reload after deleting one clears it now
         result = ReloadResult()
         for name in sorted(old_by_name.keys() - new_by_name.keys()):
             if name in self.configs:
@@ -168,7 +179,7 @@ class ServiceSupervisor(Supervisor):
     def on_failure(self, *exc_info: Any) -> None:
         """The root died: stop everything under it (nothing runs unsupervised) and say so;
         readiness then reports every integration stopped."""
-        error = repr(exc_info[1]) if len(exc_info) > 1 else "crashed"
+        error = error_text(exc_info[1]) if len(exc_info) > 1 else "crashed"
         log.error("service supervisor crashed: %s; stopping every integration", error)
         self.ctx.alarms.raise_("service", SUPERVISOR_FAILED, error)
         for name in list(self.children):
