@@ -3,7 +3,6 @@ an entry to a line torn by a crash."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from vmrsched.store import decisions
@@ -87,10 +86,7 @@ def test_a_torn_last_line_is_cut_off_before_the_next_entry(tmp_path: Path) -> No
     log = DecisionLog(path)
     log.append(entries(0, 1))
     log.close()
-    assert (
-        path.read_bytes()
-        == b'{"subject": "whole"}\n' + json.dumps(entries(0, 1)[0]).encode() + b"\n"
-    )
+    assert path.read_bytes() == b'{"subject": "whole"}\n' + decisions.line(entries(0, 1)[0])
 
 
 def test_a_damaged_line_is_skipped_and_raises_the_alarm(tmp_path: Path) -> None:

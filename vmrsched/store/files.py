@@ -1,5 +1,6 @@
 """The store's files and what can go wrong with them: their names, the directory lock that keeps
-a second process out, the errors a store raises, and the garbage collector paused while stores
+a second process out, the errors a store raises, which journals must be there (a journal that is
+gone is told from one a compaction removed), and the garbage collector paused while stores
 load."""
 
 from __future__ import annotations
@@ -9,13 +10,19 @@ import gc
 import os
 import re
 import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from vmrsched.store.journal import CorruptError
+from vmrsched.store.journal import CorruptError, Scan
 
 SNAPSHOT = "store.json"
 ARCHIVE = "archive.json"
 JOURNAL_RE = re.compile(r"^journal\.(\d+)\.log$")
+# the snapshot's table saying which journals it holds: {"1": {"through": G}}, every entry of
+# every journal up to generation G (written with the snapshot, checksummed like its records)
+COVERS = "journals"
 
 
 class StoreInUseError(RuntimeError):
@@ -73,6 +80,96 @@ def journal_generations(directory: Path) -> list[int]:
         if match:
             gens.append(int(match.group(1)))
     return sorted(gens)
+
+
+def covers(through: int) -> dict[str, dict[str, Any]]:
+    """The snapshot's table saying it holds every journal up to generation `through`."""
+    return {COVERS: {"1": {"through": through}}}
+
+
+def covered_through(snapshot: Mapping[str, Any] | None) -> int | None:
+    """The newest journal generation a snapshot holds whole: 0 when there is no snapshot
+    (None given), None when the snapshot does not say (written before snapshots said so: then
+    a journal that is gone cannot be told from one a compaction removed)."""
+    if snapshot is None:
+        return 0
+    table = snapshot.get(COVERS)
+    document = table.get("1") if isinstance(table, dict) else None
+    through = document.get("through") if isinstance(document, dict) else None
+    return through if isinstance(through, int) and not isinstance(through, bool) else None
+
+
+@dataclass(frozen=True)
+class MissingJournals:
+    """Journals (generations `first` to `last`) that the store's other files say existed and
+    that no file holds now: removed by hand, not by a compaction."""
+
+    first: int
+    last: int
+    said: str  # what says they existed
+    entries: int  # the entries their seals give them (0 where no seal is left)
+
+    @property
+    def name(self) -> str:
+        first, last = journal_name(self.first), journal_name(self.last)
+        return first if self.first == self.last else f"{first} to {last}"
+
+
+def journal_name(generation: int) -> str:
+    return f"journal.{generation}.log"
+
+
+def missing_journals(
+    scans: Sequence[tuple[int, Scan]], through: int | None, snapshot: bool
+) -> list[MissingJournals]:
+    """The journals that must be in the directory and are not. Generations only grow, a new
+    journal is born with the seals of the ones before it, and a compaction removes journals
+    only once the snapshot it wrote says it holds them (`through`, the snapshot's COVERS): so
+    every generation after `through` up to the newest journal present must be there, unless a
+    seal says it held nothing. No snapshot: `through` is 0, and journals that only a snapshot
+    could hold now are missing (with store.json, maybe). `through` None (a snapshot written
+    before it said what it holds): nothing can be told, nothing is missing."""
+    if through is None or not scans:
+        return []
+    present = {gen for gen, _ in scans}
+    sealed: dict[int, tuple[int, int]] = {}  # generation -> (entries, the journal sealing it)
+    for gen, result in scans:
+        for entry in result.entries:
+            if entry.get("op") == "seal":
+                sealed.setdefault(int(entry["gen"]), (int(entry["entries"]), gen))
+    gone = [
+        gen
+        for gen in range(through + 1, max(present))
+        if gen not in present and sealed.get(gen, (1, 0))[0] > 0
+    ]
+    runs: list[list[int]] = []
+    for gen in gone:
+        if runs and runs[-1][-1] == gen - 1:
+            runs[-1].append(gen)
+        else:
+            runs.append([gen])
+    cover = (
+        f"{SNAPSHOT} holds the journals up to generation {through} only"
+        if snapshot
+        else f"there is no {SNAPSHOT} to hold {{them}}"
+    )
+    found = []
+    for run in runs:
+        them = "it" if len(run) == 1 else "them"
+        seals = [(gen, *sealed[gen]) for gen in run if gen in sealed]
+        said = [
+            f"{journal_name(by)} seals {journal_name(gen)} with {entries} entries"
+            for gen, entries, by in seals[:3]
+        ] or [f"{journal_name(min(g for g in present if g > run[-1]))} comes after {them}"]
+        found.append(
+            MissingJournals(
+                run[0],
+                run[-1],
+                "; ".join(said) + ", and " + cover.format(them=them),
+                sum(entries for _, entries, _ in seals),
+            )
+        )
+    return found
 
 
 class _GcPause:

@@ -187,8 +187,22 @@ def damaged_documents(data: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def encode_entry(entry: dict[str, Any]) -> bytes:
-    body = orjson.dumps(entry)
+    return encode_line(orjson.dumps(entry))
+
+
+def encode_line(body: bytes) -> bytes:
+    """A journal line: the checksum of `body` (a JSON object, however it was encoded), the
+    body, a newline."""
     return b"%08x " % zlib.crc32(body) + body + b"\n"
+
+
+def decode_line(line: bytes, *, plain: bool = False) -> dict[str, Any] | None:
+    """The entry on one complete journal line, None when it does not pass its checksum
+    (`plain`: a JSON object without a checksum reads too, as `scan` reads it)."""
+    entry = _decode(line)
+    if entry is None and plain:
+        entry = _plain(line)
+    return entry
 
 
 class CorruptError(RuntimeError):

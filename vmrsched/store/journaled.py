@@ -1,8 +1,8 @@
 """Store: the index (index.py) kept on disk. Loading reads the snapshot, the archive and the
-journals since; every write goes to the journal before the index; `commit()` makes a group of
-them durable with one fsync, or takes the whole group back when the disk is full; compaction
-writes a new snapshot and drops the journals it covers; the sweep moves what is over to the
-archive (archive.py)."""
+journals since, and refuses when a journal they say existed is gone; every write goes to the
+journal before the index; `commit()` makes a group of them durable with one fsync, or takes the
+whole group back when the disk is full; compaction writes a new snapshot, saying which journals
+it holds, and drops them; the sweep moves what is over to the archive (archive.py)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,12 @@ from vmrsched.store.files import (
     StorageFullError,
     StoreBrokenError,
     StoreCorruptError,
+    covered_through,
+    covers,
     journal_generations,
     journal_path,
     lock_directory,
+    missing_journals,
 )
 from vmrsched.store.journal import (
     AtomicJSONStorage,
@@ -65,7 +68,10 @@ class Store(StoreWrites):
         try:
             self._load()
             self._loaded = True  # from here on changes are noted for publishing
-            self._generation = (self._seals[-1][0] if self._seals else 0) + 1
+            # generations only grow, past those the snapshot holds too: a journal is never
+            # taken for one the snapshot holds (when it is gone, that is noticed)
+            newest = self._seals[-1][0] if self._seals else 0
+            self._generation = max(newest, self._through or 0) + 1
             # what each earlier journal holds, so that cutting one short later is noticed;
             # journals holding nothing but seals (as a clean close leaves them) have nothing
             # to protect, so the next one waits for the first write
@@ -92,10 +98,12 @@ class Store(StoreWrites):
 
     def _load(self) -> None:
         """Load snapshot, archive and journals, or refuse (StoreCorruptError) without changing
-        a byte when any of them holds damage a crash cannot explain."""
+        a byte when any of them holds damage a crash cannot explain: a damaged line, a journal
+        cut short, or one that is gone though another file says it existed (files.py,
+        `missing_journals`)."""
         hint = f"run `vmrsched store check` and `vmrsched store repair` on {self.directory}"
         try:
-            snapshot = AtomicJSONStorage(self.directory / SNAPSHOT).read() or {}
+            stored = AtomicJSONStorage(self.directory / SNAPSHOT).read()
             archived = archive.read(self.directory)
         except CorruptError as exc:
             raise StoreCorruptError(f"{exc}; {hint}") from exc
@@ -114,6 +122,13 @@ class Store(StoreWrites):
                     f"{self._journal_path(gen)} holds {len(result.entries)} entries but had "
                     f"{sealed[gen]} when it was closed: it was cut short; {hint}"
                 )
+        snapshot = stored or {}
+        self._through: int | None = covered_through(stored)
+        for missing in missing_journals(scans, self._through, stored is not None):
+            are = "is" if missing.first == missing.last else "are"
+            raise StoreCorruptError(
+                f"{self.directory / missing.name} {are} missing: {missing.said}; {hint}"
+            )
         self._seals = [(gen, len(result.entries)) for gen, result in scans]
         # whether the journals hold anything the snapshot does not (or a torn write): then
         # the next journal seals them at once, and closing compacts them
@@ -231,7 +246,10 @@ class Store(StoreWrites):
         created = self._journal.created
         seal = [{"op": "seal", "gen": self._generation, "entries": self._journal.entries}]
         covered = journal_generations(self.directory)
-        self._generation = (covered[-1] if covered else self._generation - 1) + 1
+        # the next generation (this one again when it was never created); the snapshot holds
+        # every journal before it, and says so
+        self._generation = max([*covered, self._generation - 1]) + 1
+        through = self._generation - 1
         path = self._journal_path(self._generation)
         try:
             self._journal = Journal(path, seal if created else [], lazy=not created)
@@ -243,8 +261,11 @@ class Store(StoreWrites):
 
         def write() -> None:
             tables: dict[str, dict[str, Any]] = {
-                "aliases": {str(i): r for i, r in enumerate(snapshot, 1)}
+                "aliases": {str(i): r for i, r in enumerate(snapshot, 1)},
+                **covers(through),
             }
+            # written before the journals it holds go: a crash between the two leaves them
+            # replayed onto it (harmless), never missing
             AtomicJSONStorage(self.directory / SNAPSHOT).write(tables)
             for gen in covered:
                 self._journal_path(gen).unlink(missing_ok=True)

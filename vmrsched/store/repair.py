@@ -1,12 +1,14 @@
 """`vmrsched store check|repair`: what a damaged store still holds, and a new store made of every
 valid record in it.
 
-A store refuses to open when its files hold damage a crash cannot explain (store_corrupt). Check
-reads every file without changing any; repair (with the service stopped: it takes the store's
-lock) moves the damaged files aside into `damaged-<time>/`, keeping every byte, and writes a fresh
-snapshot and archive from every record that can be read: the snapshot's documents that pass their
-checksum (or, when it no longer parses, each document that still decodes on its own), then every
-valid journal entry in order, including entries found behind junk on a damaged line.
+A store refuses to open when its files hold damage a crash cannot explain (store_corrupt), a
+journal that is gone though another file says it existed included. Check reads every file
+without changing any, and names the missing ones; repair (with the service stopped: it takes
+the store's lock) moves the damaged files aside into `damaged-<time>/`, keeping every byte, and
+writes a fresh snapshot (saying it holds every journal the old files named) and archive from
+every record that can be read: the snapshot's documents that pass their checksum (or, when it
+no longer parses, each document that still decodes on its own), then every valid journal entry
+in order, including entries found behind junk on a damaged line.
 
 Check also reads every other file the service keeps (queue journals, decisions logs, sign-in key
 and sessions, token caches, the spool's calendars) and lists the ones that are damaged, and the
@@ -32,6 +34,7 @@ from cryptography.fernet import Fernet
 
 from vmrsched.config import DataLayout
 from vmrsched.store import ARCHIVE, JOURNAL_RE, SNAPSHOT, lock_directory
+from vmrsched.store.files import covered_through, covers, missing_journals
 from vmrsched.store.journal import (
     CRC_TABLE,
     DAMAGED_SUFFIX,
@@ -100,6 +103,7 @@ class Report:
     files: list[FileReport] = field(default_factory=list)
     active: int = 0
     archived: int = 0
+    generation: int = 0  # the newest journal generation the files name (or the snapshot holds)
 
     @property
     def damaged(self) -> bool:
@@ -217,14 +221,18 @@ def _record_spans(text: str) -> list[tuple[int, int]]:
     return list(zip(starts, [*starts[1:], len(text)][: len(starts)], strict=True))
 
 
-def _read_table(directory: Path, name: str, table: str, report: Report) -> dict[str, Any]:
+def _read_table(
+    directory: Path, name: str, table: str, report: Report
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The documents of `table` that read, and the file as parsed (None when there is no
+    such file, {} when it does not parse)."""
     path = directory / name
     entry = FileReport(name)
     report.files.append(entry)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        return {}
+        return {}, None
     try:
         data = orjson.loads(raw)
         if not isinstance(data, dict):
@@ -234,7 +242,7 @@ def _read_table(directory: Path, name: str, table: str, report: Report) -> dict[
         entry.problems.append("empty or not JSON" if not raw.strip() else "does not parse")
         entry.problems.extend(problems)
         entry.records = len(docs)
-        return docs
+        return docs, {}
     bad = damaged_documents(data)
     docs = dict(data.get(table, {}))
     if bad:
@@ -248,16 +256,18 @@ def _read_table(directory: Path, name: str, table: str, report: Report) -> dict[
         crcs = data.get(CRC_TABLE, {}).get(table, {})
         entry.lost = max(0, len([k for k in crcs if k != "*"]) - len(docs))
     entry.records = len(docs)
-    return docs
+    return docs, data
 
 
 def _analyse(directory: Path) -> tuple[Report, dict[str, Any], dict[str, Any]]:
     report = Report(directory)
     active: dict[str, Any] = {}
     archived: dict[str, Any] = {}
-    for doc in _read_table(directory, SNAPSHOT, "aliases", report).values():
+    docs, stored = _read_table(directory, SNAPSHOT, "aliases", report)
+    snapshot = report.files[-1]
+    for doc in docs.values():
         active[doc["alias_id"]] = doc
-    for doc in _read_table(directory, ARCHIVE, "archive", report).values():
+    for doc in _read_table(directory, ARCHIVE, "archive", report)[0].values():
         archived[doc["alias_id"]] = doc
     gens = sorted(int(m.group(1)) for p in directory.iterdir() if (m := JOURNAL_RE.match(p.name)))
     scans = [(gen, scan(directory / f"journal.{gen}.log")) for gen in gens]
@@ -291,6 +301,18 @@ def _analyse(directory: Path) -> tuple[Report, dict[str, Any], dict[str, Any]]:
                 for record in item["records"]:
                     active.pop(record["alias_id"], None)
                     archived[record["alias_id"]] = record
+    through = covered_through(stored)
+    missing = missing_journals(scans, through, stored is not None)
+    for gone in missing:
+        report.files.append(
+            FileReport(gone.name, problems=[f"missing: {gone.said}"], lost=gone.entries)
+        )
+    if missing and stored is None:
+        snapshot.problems.append(
+            "missing, or the journals named below are: a compaction writes it before it "
+            "removes the journals it holds"
+        )
+    report.generation = max([*gens, *sealed, through or 0])
     report.active = len(active)
     report.archived = len(archived)
     for entry in report.files:
@@ -339,8 +361,12 @@ def repair(directory: Path, now: datetime | None = None) -> Report:
         AtomicJSONStorage(directory / ARCHIVE).write(
             {"archive": {str(i): r for i, r in enumerate(archived.values(), 1)}}
         )
+        # holding every journal the old files named: the next one comes after them all
         AtomicJSONStorage(directory / SNAPSHOT).write(
-            {"aliases": {str(i): r for i, r in enumerate(active.values(), 1)}}
+            {
+                "aliases": {str(i): r for i, r in enumerate(active.values(), 1)},
+                **covers(report.generation),
+            }
         )
         fsync_dir(directory)
         return report
@@ -505,27 +531,24 @@ def _calendar_state(data_dir: Path, path: Path) -> StateFile:
 
 def _decisions_state(data_dir: Path, path: Path) -> StateFile:
     name = str(path.relative_to(data_dir))
-    lines = path.read_bytes().split(b"\n")
-    complete, last = lines[:-1], lines[-1]
-    bad = []
-    for number, line in enumerate(complete, 1):
-        if not line:
-            continue
-        try:
-            if not isinstance(json.loads(line), dict):
-                bad.append(number)
-        except ValueError:
-            bad.append(number)
-    torn = "; a torn last line (a crash mid-write)" if last else ""
-    if bad:
+    result = scan(path, plain=True)  # its lines are journal lines (older ones plain JSON)
+    torn = "; a torn last line (a crash mid-write)" if result.torn_tail else ""
+    if result.corrupt:
+        lines = ", ".join(map(str, result.bad_lines[:10]))
+        unverified = (
+            f", {len(result.unverified)} of them still parsing but failing the checksum (not "
+            "trusted)"
+            if result.unverified
+            else ""
+        )
         return StateFile(
             name,
-            f"unreadable line(s) {', '.join(map(str, bad[:10]))}: "
-            f"{sum(map(bool, complete)) - len(bad)} decisions readable (searches skip the "
-            "others)",
+            f"unreadable line(s) {lines}{unverified}: {len(result.ordered)} decisions readable "
+            "(the service keeps them and copies the log aside when it starts; searches skip "
+            "the others)",
             damaged=True,
         )
-    return StateFile(name, f"ok: {sum(map(bool, complete))} decisions{torn}")
+    return StateFile(name, f"ok: {len(result.ordered)} decisions{torn}")
 
 
 def _sessions_state(data_dir: Path, path: Path) -> StateFile:
