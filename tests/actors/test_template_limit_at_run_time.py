@@ -14,6 +14,7 @@ import pytest
 from tests import spoolkit
 from tests.configs import Running, pxps, spool_config
 from vmrsched import service
+from vmrsched.store import decisions as store_decisions
 
 # builds 31 × 30,000 characters on the sample subject (under the million a render may build);
 # a 1,000-character subject builds 30 million
@@ -40,7 +41,7 @@ def test_a_real_subject_that_takes_a_template_over_its_limit_is_named(
         assert "(TemplateLimitError: accept_new_single_meeting_template: " in line
         assert "Traceback" not in line
         decisions = cfg.data_dir / "decisions" / "alpha.jsonl"
-        logged = [json.loads(x) for x in decisions.read_text().splitlines() if uid in x]
+        logged = [e for e in store_decisions.read(decisions) if uid in json.dumps(e)]
         detail = json.dumps(logged)
         assert "TemplateLimitError: accept_new_single_meeting_template: " in detail
     finally:

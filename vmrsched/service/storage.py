@@ -173,7 +173,7 @@ def write_file_state(layout: DataLayout, name: str, state: IntegrationState) -> 
     log = layout.decisions(name)
     if state.decisions:
         log.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(log, b"".join(decisions.encode(e).encode() + b"\n" for e in state.decisions))
+        atomic_write(log, b"".join(map(decisions.line, state.decisions)))
     else:
         log.unlink(missing_ok=True)
     tokens = FileTokenCache(layout.oauth(name))
