@@ -1,12 +1,23 @@
 """MailboxPoller: reads the equipment mailbox, has the allocator decide and apply each meeting,
-hands the answers to the notifier, and only then marks the items handled."""
+hands the answers to the notifier, and only then marks the items handled.
+
+An item decided and answered whose removal the mailbox refuses (a spool folder made read-only,
+EACCES or EPERM) is held: it is never decided, counted or logged again while it waits, only its
+removal is tried again, on the mailbox outage's backoff, and that outage (its alarm naming the
+item and the refusal, and the lag counting the item's age) lasts until the removal works. The
+hold is this process's: after a restart the item is read, and decided, again (its answer has
+the same id, and is not sent twice).
+
+The decisions log is for admins; the answer is what the organizer waits for. A log the disk
+refuses (ENOSPC) does not stop the batch: the loss is logged once, with the correlation ids,
+and the batch is answered and marked as it would have been."""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from vmrsched.actors.bridge import ask
@@ -33,6 +44,17 @@ AUTOMATIC_MAIL = (
 )
 
 
+@dataclass(frozen=True)
+class _Held:
+    """An item decided and answered that the mailbox would not let go of yet: how to remove it
+    (`reason`: set aside with it; None: marked handled, `replied` and `refused` as then)."""
+
+    item: InboxItem
+    reason: str | None = None
+    replied: bool = False
+    refused: bool = False
+
+
 class MailboxPoller(SupervisedChild):
     role = "poller"
 
@@ -53,6 +75,10 @@ class MailboxPoller(SupervisedChild):
         )
         self._full = 0  # polls in a row the disk was full for
         self._untidy_raised = False  # inbox_not_emptied raised by this poller
+        # decided and answered, but still in the mailbox: by item id, in the order held
+        self._held: dict[str, _Held] = {}
+        self._remove_at = 0.0  # when the held items' removal is tried again (the outage's clock)
+        self._unlogged = False  # the decisions log refused the last batch
 
     def setup(self) -> None:
         self.renderer = self.integ.renderer()
@@ -64,7 +90,14 @@ class MailboxPoller(SupervisedChild):
     def teardown(self) -> None:
         log_ = getattr(self, "decisions", None)
         if log_ is not None:
-            log_.close()
+            try:
+                log_.close()
+            except (OSError, ValueError) as exc:  # its last lines could not be written
+                log.error(
+                    "the decisions log could not be closed: %s",
+                    exc,
+                    extra={"integration": self.integ.name},
+                )
 
     def _tell_poll(self) -> None:
         self.actor_ref.tell(Poll())
@@ -85,7 +118,8 @@ class MailboxPoller(SupervisedChild):
                 self.ctx.scheduler.call_later(delay, self._tell_poll)
                 return None
             self._full = 0
-            self._outage.recovered()
+            if not self._held:  # else the mailbox still refuses to let go of an item
+                self._outage.recovered()
             if handled >= self.ctx.poll_batch:
                 self.actor_ref.tell(Poll())  # more waiting: go on at once
             else:
@@ -93,17 +127,23 @@ class MailboxPoller(SupervisedChild):
         return None
 
     def poll_once(self) -> int:
-        items = self.gateway.fetch(self.ctx.poll_batch)
-        if not items:
-            lag = self.ctx.metrics.set_lag(self.integ.name, incoming=0.0)
-            self.ctx.status.set(self.integ.name, lag=lag, polled=self.ctx.clock().isoformat())
-            return 0
-        started = time.perf_counter()
+        self._remove_held()
+        # the held items may come back in the listing: a batch of new ones beside them
+        items = [
+            item
+            for item in self.gateway.fetch(self.ctx.poll_batch + len(self._held))
+            if self._new(item)
+        ]
         now = self.ctx.clock()
         name = self.integ.name
-        oldest = min(item.received for item in items)
-        lag = self.ctx.metrics.set_lag(name, incoming=max(0.0, (now - oldest).total_seconds()))
+        waiting = [item.received for item in items]
+        waiting += [held.item.received for held in self._held.values()]
+        oldest = max(0.0, (now - min(waiting)).total_seconds()) if waiting else 0.0
+        lag = self.ctx.metrics.set_lag(name, incoming=oldest)
         self.ctx.status.set(name, lag=lag, polled=now.isoformat())
+        if not items:
+            return 0
+        started = time.perf_counter()
 
         items = [_answerable(item) for item in items]
         # automatic mail is never answered (RFC 3834), whatever it carries: it is not decided
@@ -164,7 +204,7 @@ class MailboxPoller(SupervisedChild):
 
         # the decisions log (for admins) is durable before the items count as handled
         entries, self._entries = self._entries, []
-        self.decisions.append(entries)
+        self._write_decisions(entries)
 
         notifier = self.ctx.registry.get(name, "notifier")
         # durable before handled; ids already queued once (a re-read, an echo) are not queued
@@ -174,14 +214,16 @@ class MailboxPoller(SupervisedChild):
 
         for meeting in accepted:
             self.gateway.record_accepted(meeting)
-        for item in readable:
-            replied = any(i in to_send for i in replies.get(item.id, ()))
-            if item.id in refused:  # removed, and the room's calendar left as it is
-                self.gateway.mark_handled(item.id, replied=replied, refused=True)
-            else:
-                self.gateway.mark_handled(item.id, replied=replied)
-        for item, reason in quarantined:
-            self.gateway.quarantine(item.id, reason)
+        removals = [
+            _Held(
+                item, None, any(i in to_send for i in replies.get(item.id, ())), item.id in refused
+            )
+            for item in readable
+        ]
+        removals += [_Held(item, reason) for item, reason in quarantined]
+        refusals = self._remove_each(removals)
+        if refusals:
+            self._kept(refusals)
         self.gateway.sync()
         self._untidy(self.gateway.untidy())
 
@@ -190,6 +232,116 @@ class MailboxPoller(SupervisedChild):
         for _ in items:
             self.ctx.metrics.meeting_processing.labels(name).observe(per_item)
         return len(items)
+
+    def _new(self, item: InboxItem) -> bool:
+        """Whether a fetched item is to be decided: not when it is a held one, already decided
+        and answered (known by its id and arrival time). Another item under a held one's id
+        (a file dropped again under its name) means the held one is gone."""
+        held = self._held.get(item.id)
+        if held is None:
+            return True
+        if held.item.received == item.received:
+            return False
+        del self._held[item.id]
+        return True
+
+    def _remove(self, held: _Held) -> GatewayError | None:
+        """Mark one item handled or set it aside, as `held` says; the mailbox's refusal, the
+        item then held (a second refusal leaves it so), or None and the item let go."""
+        item_id = held.item.id
+        try:
+            if held.reason is not None:
+                self.gateway.quarantine(item_id, held.reason)
+            elif held.refused:  # removed, and the room's calendar left as it is
+                self.gateway.mark_handled(item_id, replied=held.replied, refused=True)
+            else:
+                self.gateway.mark_handled(item_id, replied=held.replied)
+        except GatewayError as exc:
+            self._held[item_id] = held
+            return exc
+        self._held.pop(item_id, None)
+        return None
+
+    def _remove_each(self, removals: list[_Held]) -> list[tuple[_Held, GatewayError]]:
+        """Remove each item; the refusals. Each is tried on its own (one file the spool cannot
+        move holds up no other), unless the mailbox asked to be left alone (a Retry-After) or a
+        call went unanswered (a timeout): then the rest are held untried, for the retry."""
+        refusals: list[tuple[_Held, GatewayError]] = []
+        for index, held in enumerate(removals):
+            exc = self._remove(held)
+            if exc is None:
+                continue
+            refusals.append((held, exc))
+            if exc.retry_after or exc.outcome_unknown:
+                for rest in removals[index + 1 :]:
+                    self._held[rest.item.id] = rest
+                    refusals.append((rest, exc))
+                break
+        return refusals
+
+    def _kept(self, refusals: list[tuple[_Held, GatewayError]]) -> None:
+        """The mailbox refused to let go of items just decided: each is held (logged once),
+        and the outage goes on, its alarm naming the first, until every removal works."""
+        for held, exc in refusals:
+            log.warning(
+                "%s was handled, but the mailbox keeps it: %s; it is not decided again, only "
+                "its removal is tried again",
+                held.item.id,
+                exc,
+                extra={"integration": self.integ.name, "item": held.item.id},
+            )
+        self._refused_again(refusals[0])
+
+    def _refused_again(self, first: tuple[_Held, GatewayError]) -> None:
+        """The outage goes on (its alarm, once raised, keeps naming the first item held) and
+        the held items' removal is tried again after its next backoff."""
+        held, exc = first
+        why = f"{held.item.id} was handled but cannot leave the inbox: {exc}"
+        if len(self._held) > 1:
+            why += f" ({len(self._held)} items held)"
+        delay = self._outage.failed(why, exc.retry_after, exc.alarm)
+        self._remove_at = self._outage.clock() + delay
+
+    def _remove_held(self) -> None:
+        """Try the held items' removal again once the backoff has passed; the outage ends with
+        the poll after the last one goes."""
+        if not self._held or self._outage.clock() < self._remove_at:
+            return
+        held = list(self._held.values())
+        refusals = self._remove_each(held)
+        if len(refusals) < len(held):
+            self.gateway.sync()  # the removals that worked, durable
+        if refusals:
+            self._refused_again(refusals[0])
+            return
+        log.info(
+            "every handled item the mailbox kept has left it now",
+            extra={"integration": self.integ.name},
+        )
+
+    def _write_decisions(self, entries: list[dict[str, Any]]) -> None:
+        """Append the batch's decisions; a log the disk refuses (ENOSPC, EDQUOT, or a file the
+        writer can no longer use) costs the log those lines, never the answers: the loss is
+        logged once, with their correlation ids, and the batch goes on."""
+        try:
+            self.decisions.append(entries)
+        except (OSError, ValueError) as exc:
+            ids = sorted({str(e["correlation_id"]) for e in entries if e["correlation_id"]})
+            log.error(
+                "the decisions log did not take %d decisions (%s): they were answered all the "
+                "same, and are missing from it (correlation ids: %s)",
+                len(entries),
+                exc,
+                ", ".join(ids) or "none",
+                extra={"integration": self.integ.name},
+            )
+            self._unlogged = True
+            return
+        if self._unlogged and entries:
+            self._unlogged = False
+            log.info(
+                "the decisions log takes decisions again", extra={"integration": self.integ.name}
+            )
 
     def _untidy(self, why: str | None) -> None:
         """The inbox_not_emptied alarm while the gateway says handled messages stay in the
