@@ -3,7 +3,12 @@ an entry to a line torn by a crash."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
+
+import pytest
+
+from tests.test_storage_full import fill, small_file_system
 
 from vmrsched.store import decisions
 from vmrsched.store.decisions import DecisionLog
@@ -102,3 +107,26 @@ def test_a_damaged_line_is_skipped_and_raises_the_alarm(tmp_path: Path) -> None:
     [alarm] = alarms.active("alpha")
     assert alarm.name == STATE_DAMAGED and str(path) in alarm.message
     assert "line 2" in alarm.message
+
+
+def test_a_batch_the_disk_refuses_leaves_the_log_as_it_was_and_the_next_one_is_written(
+    tmp_path: Path,
+) -> None:
+    """A full disk refuses a batch of any size: the file keeps exactly what it held (no part of
+    the batch, so no line glued to the next batch's), the error reaches the caller (who says
+    which decisions were lost), and once there is room the next batch is written whole."""
+    with small_file_system(tmp_path / "small", "64k") as folder:
+        log = DecisionLog(folder / "alpha.jsonl")
+        log.append([{"correlation_id": "before", "outcome": "accepted"}])
+        held = (folder / "alpha.jsonl").read_bytes()
+        filler = fill(folder)
+        refused = [{"correlation_id": f"lost-{i}", "detail": "x" * 200} for i in range(60)]
+        with pytest.raises(OSError) as caught:
+            log.append(refused)
+        assert caught.value.errno == errno.ENOSPC
+        assert (folder / "alpha.jsonl").read_bytes() == held
+        filler.unlink()
+        log.append([{"correlation_id": "after", "outcome": "accepted"}])
+        log.close()
+        ids = [e["correlation_id"] for e in decisions.read(folder / "alpha.jsonl")]
+        assert ids == ["after", "before"]

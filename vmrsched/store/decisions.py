@@ -28,6 +28,7 @@ set aside."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -199,7 +200,9 @@ class DecisionLog:
         """The log, appended to; opened for reading too, for its last line only."""
         if self._handle is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(self.path, "a+b")  # noqa: SIM115 (kept open; closed in close())
+            # unbuffered: a batch is on its way to the disk whole or taken back whole (append),
+            # never left in a buffer to come out with a later batch, or half
+            handle = open(self.path, "a+b", buffering=0)  # noqa: SIM115 (closed in close())
             fd = handle.fileno()
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -216,10 +219,19 @@ class DecisionLog:
         if not data:
             return
         with self._lock:
-            handle = self._open()
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            fd = self._open().fileno()
+            size = os.fstat(fd).st_size
+            try:
+                written = 0
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+                os.fsync(fd)
+            except BaseException:
+                # a full disk or an I/O error: the batch is taken back whole (best effort), so
+                # that the caller's "not logged" is exact and no later line is glued to a part
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
             if self._lines is None:
                 self._lines = _count_lines(self.path)
             else:
@@ -239,9 +251,11 @@ class DecisionLog:
             self._close_file()
 
     def _close_file(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        # forgotten first: a close that fails (a flush on a full disk) still closes the file,
+        # and the next append must open it again rather than write to a closed one
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.close()
 
 
 def _last_line_end(fd: int, size: int) -> int:
