@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from tests.test_storage_full import fill, small_file_system
-
 from vmrsched.store import decisions
 from vmrsched.store.decisions import DecisionLog
 from vmrsched.telemetry import STATE_DAMAGED, Alarms, Metrics
