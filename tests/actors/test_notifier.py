@@ -243,11 +243,15 @@ def _outgoing(id: str, kind: Any, extra: dict[str, Any]) -> Outgoing:
 
 
 def sent_and_marked(
-    tmp_path: Path, monkeypatch: Any, factory: Any, messages: list[Outgoing]
+    tmp_path: Path,
+    monkeypatch: Any,
+    factory: Any,
+    messages: list[Outgoing],
+    restarts: list[float] | None = None,
 ) -> list[tuple[str, list[str]]]:
     """Queue `messages` with a service whose mailbox `factory` makes (a RecordingMailbox), wait
     until none is pending: what the mailbox was asked to send and the queue's delivery marks,
-    in the order they happened."""
+    in the order they happened (and the notifier's restarts appended to `restarts`)."""
     events = RecordingMailbox.events = []
     done = OutQueue.done
 
@@ -263,6 +267,13 @@ def sent_and_marked(
         notifier = svc.ctx.registry.get("alpha", "notifier")
         notifier.proxy().enqueue(messages).get(timeout=5)
         spoolkit.wait_for(lambda: notifier.proxy().pending().get(timeout=5) == 0, timeout=20)
+        if restarts is not None:
+            restarts.append(
+                svc.ctx.metrics.registry.get_sample_value(
+                    "vmrsched_actor_restarts_total", {"integration": "alpha", "actor": "notifier"}
+                )
+                or 0.0
+            )
     finally:
         svc.stop()
     return events
@@ -405,3 +416,35 @@ def test_answers_carried_out_beside_a_throttled_one_are_marked_and_not_sent_agai
         ("send", ["reply-2"]),
         ("done", ["reply-2"]),
     ]
+
+
+class FullWhenThrottled(ThrottledMidLot):
+    """The throttled lot of ThrottledMidLot, and the first sync after it refused as a spool on a
+    full disk refuses it (a GatewayError since the spool maps ENOSPC to an outage)."""
+
+    idempotent_send = True  # as the spool: a message sent again is the same file
+    syncs_refused = 2  # the lot's sync, then the one in the outage's handler
+
+    def sync(self) -> None:
+        if FullWhenThrottled.syncs_refused and any(e[0] == "send" for e in self.events):
+            FullWhenThrottled.syncs_refused -= 1
+            raise GatewayError("the spool's disk is full")
+        super().sync()
+
+
+def full_when_throttled(integ: config.IntegrationConfig, ctx: Context) -> Any:
+    return FullWhenThrottled(integ.spool_dir(ctx.data_dir), integ.name, integ.timezone)
+
+
+def test_a_sync_refused_during_an_outage_backs_off_without_a_crash(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The lot's delivery marks cannot be made durable (the disk is full) just as the mailbox
+    throttles: the notifier backs off like for any outage, without dying, and every message is
+    delivered and marked in the end (those carried out before go again: idempotent)."""
+    replies = [_outgoing(f"reply-{i}", "reply", {"item_id": f"item-{i}"}) for i in (1, 2, 3)]
+    restarts: list[float] = []
+    events = sent_and_marked(tmp_path, monkeypatch, full_when_throttled, replies, restarts)
+    assert restarts == [0.0]
+    marked = [i for kind, ids in events if kind == "done" for i in ids]
+    assert sorted(set(marked)) == ["reply-1", "reply-2", "reply-3"]

@@ -254,7 +254,18 @@ class Notifier(SupervisedChild):
                     error = exc
                 self._settle(outgoing, error, now, waiting, sent)
         except GatewayError as exc:
-            self._record(sent)
+            try:
+                self._record(sent)
+            except GatewayError as unrecorded:
+                # the mailbox cannot make its writes durable either (a spool on a full disk:
+                # only the spool's sync refuses, Exchange's and Graph's never raise): the
+                # messages stay queued and go again after the wait, the same files again
+                log.warning(
+                    "%d delivered message(s) not marked yet, sent again later: %s",
+                    len(sent),
+                    unrecorded,
+                    extra={"integration": self.integ.name},
+                )
             delay = self._outage.failed(str(exc), exc.retry_after, exc.alarm)
             log.warning(
                 "sending failed, retrying in %.1fs: %s",
