@@ -50,8 +50,8 @@ from vmrsched.mailbox.spool_inbox import (
 from vmrsched.rules.meetings import Meeting
 from vmrsched.rules.stored_meetings import meeting_from_json, meeting_to_json
 from vmrsched.store import lock_directory
-from vmrsched.store.journal import atomic_write, encode_entry, fsync_dir, scan, settle
-from vmrsched.telemetry import MAILBOX_UNREACHABLE, report_damaged
+from vmrsched.store.journal import announce, atomic_write, encode_entry, fsync_dir, scan, settle
+from vmrsched.telemetry import MAILBOX_UNREACHABLE
 
 if TYPE_CHECKING:
     from vmrsched.config import IntegrationConfig
@@ -312,25 +312,7 @@ class SpoolMailbox(SpoolInbox, Mailbox):
         path = self.calendar_dir / CALENDAR_FILE
         settled = settle(path, plain=True)
         self._settled = True
-        extra = {"integration": self.name}
-        if settled.dropped:
-            log.warning(
-                "%s: dropped a torn last line (%d bytes: an acceptance a crash cut short)",
-                path,
-                settled.dropped,
-                extra=extra,
-            )
-        if settled.aside is not None:
-            what = settled.scan.damage()
-            log.error(
-                "%s: %s; every readable line (%d) is kept in it, the damaged file as %s",
-                path,
-                what,
-                len(settled.scan.ordered),
-                settled.aside.name,
-                extra=extra,
-            )
-            report_damaged(self.name, settled.aside, what)
+        announce(settled, path, self.name, "an acceptance a crash cut short", log)
 
     def record_accepted(self, meeting: Meeting) -> None:
         """Keep the accepted meeting in the resource calendar: a checksummed JSON line per

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from vmrsched.config import DataLayout
-from vmrsched.store.journal import atomic_write, decode_line, encode_line
+from vmrsched.store.journal import announce, atomic_write, decode_line, encode_line
 from vmrsched.store.journal import settle as settle_file
 from vmrsched.telemetry import report_damaged
 
@@ -173,27 +173,13 @@ class DecisionLog:
             settled = settle_file(self.path, plain=True)
             self._settled = True
             self._lines = len(settled.scan.ordered)
-        integration = self.path.name.removesuffix(".jsonl")
-        extra = {"integration": integration}
-        if settled.dropped:
-            log.warning(
-                "%s: dropped a torn last line (%d bytes: a batch a crash cut short, never "
-                "durable, so decided again)",
-                self.path,
-                settled.dropped,
-                extra=extra,
-            )
-        if settled.aside is not None:
-            what = settled.scan.damage()
-            log.error(
-                "%s: %s; every readable line (%d) is kept in it, the damaged file as %s",
-                self.path,
-                what,
-                len(settled.scan.ordered),
-                settled.aside.name,
-                extra=extra,
-            )
-            report_damaged(integration, settled.aside, what)
+        announce(
+            settled,
+            self.path,
+            self.path.name.removesuffix(".jsonl"),
+            "a batch a crash cut short, never durable, so decided again",
+            log,
+        )
         return True
 
     def _open(self) -> BinaryIO:

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import itertools
 import json
+import logging
 import os
 import re
 import time
@@ -22,6 +23,8 @@ from typing import Any
 
 import orjson
 from tinydb.storages import Storage
+
+from vmrsched.telemetry import report_damaged
 
 
 def fsync_dir(path: Path) -> None:
@@ -381,6 +384,30 @@ class Settled:
     scan: Scan
     dropped: int = 0  # bytes of a torn last line cut off
     aside: Path | None = None  # where a copy of the damaged file was kept
+
+
+def announce(
+    settled: Settled, path: Path, integration: str, torn: str, logger: logging.Logger
+) -> None:
+    """Say what `settle` did to `path`, one integration's file: a torn last line cut off (a
+    warning saying what such a line held, `torn`), damage kept aside (an error, and the alarm
+    state_damaged naming the copy)."""
+    extra = {"integration": integration}
+    if settled.dropped:
+        logger.warning(
+            "%s: dropped a torn last line (%d bytes: %s)", path, settled.dropped, torn, extra=extra
+        )
+    if settled.aside is not None:
+        what = settled.scan.damage()
+        logger.error(
+            "%s: %s; every readable line (%d) is kept in it, the damaged file as %s",
+            path,
+            what,
+            len(settled.scan.ordered),
+            settled.aside.name,
+            extra=extra,
+        )
+        report_damaged(integration, settled.aside, what)
 
 
 def settle(path: Path, *, plain: bool = False, now: float | None = None) -> Settled:
