@@ -261,3 +261,23 @@ def test_repair_of_a_missing_journal_leaves_a_store_that_grows_past_it(tmp_path:
     assert ids_in(tmp_path) == kept
     shutil.rmtree(aside)
     assert not check(tmp_path).damaged
+
+
+def test_a_run_of_missing_journals_whose_seals_are_gone_too_has_no_count(tmp_path: Path) -> None:
+    """An older store.json put back over a store compacted twice since: the journals between
+    are gone, and only the newest one's seal is left (in the live journal). How many entries
+    the run held is not known, and `store check` says so rather than give that one's count as
+    if it were the run's."""
+    store = Store(tmp_path)
+    reserve(store)
+    store.close()  # store.json holding journal.1.log
+    older = (tmp_path / "store.json").read_bytes()
+    for _ in range(2):
+        store = Store(tmp_path)
+        reserve(store, 3)
+        store.close()
+    [live] = journals(tmp_path)
+    (tmp_path / "store.json").write_bytes(older)
+    [line] = [x for x in lines(tmp_path) if "missing:" in x]
+    assert line.startswith("  journal.2.log to journal.") and f"missing: {live} seals" in line
+    assert "unreadable" not in line and "how many entries: not known" in line

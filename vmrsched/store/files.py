@@ -107,7 +107,9 @@ class MissingJournals:
     first: int
     last: int
     said: str  # what says they existed
-    entries: int  # the entries their seals give them (0 where no seal is left)
+    # the entries their seals give them, or None when a seal is gone too (then how many they
+    # held is not known: a count of some of them would read as the whole loss)
+    entries: int | None
 
     @property
     def name(self) -> str:
@@ -166,7 +168,7 @@ def missing_journals(
                 run[0],
                 run[-1],
                 "; ".join(said) + ", and " + cover.format(them=them),
-                sum(entries for _, entries, _ in seals),
+                sum(entries for _, entries, _ in seals) if len(seals) == len(run) else None,
             )
         )
     return found

@@ -304,8 +304,11 @@ def _analyse(directory: Path) -> tuple[Report, dict[str, Any], dict[str, Any]]:
     through = covered_through(stored)
     missing = missing_journals(scans, through, stored is not None)
     for gone in missing:
+        unknown = "" if gone.entries is not None else " (how many entries: not known)"
         report.files.append(
-            FileReport(gone.name, problems=[f"missing: {gone.said}"], lost=gone.entries)
+            FileReport(
+                gone.name, problems=[f"missing: {gone.said}{unknown}"], lost=gone.entries or 0
+            )
         )
     if missing and stored is None:
         snapshot.problems.append(
