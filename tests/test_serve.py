@@ -238,3 +238,28 @@ def test_idle_connections_cannot_starve_health_checks_or_the_mailbox(tmp_path: P
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     assert (tmp_path / "server.log").stat().st_size < 200_000
+
+
+def test_a_request_on_a_connection_opened_before_sigterm_is_answered(
+    server: tuple[subprocess.Popen[bytes], int, Path],
+) -> None:
+    """A client connected just before SIGTERM and sends its reservation just after (the crash
+    audit's race: its request hung to the client's timeout and the stop took 12 s). The
+    connection was taken, so its request is answered (and durable), and the stop is prompt."""
+    proc, port, _ = server
+    wait_ready(port)
+    body = b"{}"
+    request = (
+        b"POST /api/addin/v1/default/single-use-vmrs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n" + body
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        time.sleep(0.2)  # accepted by the service, nothing sent yet
+        stopping = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.1)
+        sock.sendall(request)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:200]
+    assert proc.wait(timeout=30) == 0
+    assert time.monotonic() - stopping < 5

@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import argparse
 import socket
+from typing import TYPE_CHECKING
 
 from vmrsched import config
 from vmrsched.cli.common import load
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from vmrsched.http.guard import Limits
 
 
 async def _serve(cfg: config.Config) -> int:
@@ -105,10 +111,27 @@ async def _serve(cfg: config.Config) -> int:
     await stopping.wait()
     log.info("shutting down")
     listener.close()
+    await _arrivals(limits, loop)
     await runner.cleanup()
     service.stop()  # nothing else runs on the loop any more; flushes queues and stores
     log.info("stopped")
     return 0
+
+
+ARRIVAL_SECONDS = 1.0  # the longest a stop waits for the requests of connections it took
+
+
+async def _arrivals(limits: Limits, loop: asyncio.AbstractEventLoop) -> None:
+    """Before the HTTP server shuts down, the connections it took whose first request has not
+    arrived yet get a moment for it (no longer than ARRIVAL_SECONDS). aiohttp's shutdown
+    ignores what a connection sends once it began, so a client that connected just before the
+    stop and sent its reservation just after would wait for an answer that never comes, to its
+    own timeout; arrived, the request is in progress and the shutdown waits for its answer."""
+    import asyncio
+
+    deadline = loop.time() + ARRIVAL_SECONDS
+    while limits.waiting and loop.time() < deadline:
+        await asyncio.sleep(0.01)
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
