@@ -498,3 +498,42 @@ def test_after_a_restore_recover_moves_a_booking_to_the_time_the_calendar_holds(
     assert len(spoolkit.answers_for(spool, uid)) == answered
     [again] = [d for d in recover_alpha(cfg) if d.uid == uid]
     assert again.action == "already_bound"
+
+
+def test_after_a_restore_a_cancellation_followed_by_a_decline_still_ends_the_booking(
+    tmp_path: Path,
+) -> None:
+    """The re-check's case: after the backup the organizer cancels the meeting, then sends it
+    again (declined: its alias was let go with the cancellation). The newest decision is that
+    decline, but the binding the restored store holds ended with the cancellation, and an
+    ended binding never comes back: recover ends it again."""
+    cfg = spool_config(tmp_path)
+    start = datetime.now(UTC).replace(microsecond=0, second=0, minute=0) + timedelta(days=2)
+    uid, record = booked(cfg, start=start, subject="Cancelled, then sent again")
+    store_dir = cfg.data_dir / "store" / "alpha"
+    backup = tmp_path / "backup"
+    shutil.copytree(store_dir, backup)
+    svc = service.start(cfg)
+    try:
+        running = Running(svc, cfg)
+        running.reserve()
+        cancel, _ = spoolkit.request(uid, method="CANCEL", start=start, sequence=1)
+        running.send(cancel)
+        again, _ = spoolkit.request(
+            uid, body=f"<p>PXPS:-{record['alias_id']}#</p>", start=start, sequence=2
+        )
+        running.send(again)
+        assert any(m.reason == "alias_deleted" for m in running.answers(uid))
+    finally:
+        svc.stop()
+    shutil.rmtree(store_dir)
+    shutil.copytree(backup, store_dir)
+
+    [done] = [d for d in recover_alpha(cfg) if d.uid == uid]
+    assert done.action == "released" and "cancelled by its organizer" in done.detail
+    store = Store(store_dir)
+    try:
+        assert store.by_meeting_uid(uid) is None
+        assert (store.by_alias(record["alias"]) or {}).get("status") == "deleted"
+    finally:
+        store.close()

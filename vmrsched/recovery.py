@@ -82,18 +82,33 @@ def _left_alone(entry: Mapping[str, Any] | None) -> str:
     return ""
 
 
-def _ended_since(entry: Mapping[str, Any] | None, bound: Mapping[str, Any]) -> str:
-    """Why a meeting the store holds as bound is over after all, or "": its newest decision as
-    a whole ended this very binding (an admin deleted its alias, its organizer cancelled it).
-    Only a store older than its decisions log holds that: one restored from a backup taken
-    before, with the current log put back (docs/production.md)."""
-    if entry is None or entry.get("alias") != bound.get("alias"):
-        return ""
-    if entry.get("outcome") == "deleted" or (
+def _ends(entry: Mapping[str, Any]) -> bool:
+    """Whether a decision ended the binding it names: an admin's deletion of its alias, or
+    its organizer's cancellation of the whole meeting."""
+    if entry.get("occurrence"):
+        return False
+    return entry.get("outcome") == "deleted" or (
         entry.get("outcome") == "ignored" and entry.get("reason") == "cancelled"
-    ):
-        return _left_alone(entry)
-    return ""
+    )
+
+
+def endings(history: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Mapping[str, Any]]:
+    """The decision that ended each binding, by (meeting UID, alias), from a decisions log read
+    newest first. Once ended a binding never comes back (its alias is deleted: a request naming
+    it again is declined alias_deleted), so later decisions about the meeting do not undo it."""
+    found: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for entry in history:
+        key = (str(entry.get("meeting_uid") or ""), str(entry.get("alias") or ""))
+        if all(key) and key not in found and _ends(entry):
+            found[key] = entry
+    return found
+
+
+def _ended_since(entry: Mapping[str, Any] | None) -> str:
+    """Why a meeting the store holds as bound is over after all, or "": a decision ended this
+    very binding (`endings`). Only a store older than its decisions log holds that: one
+    restored from a backup taken before, with the current log put back (docs/production.md)."""
+    return _left_alone(entry) if entry is not None else ""
 
 
 def _caught_up(
@@ -149,7 +164,9 @@ def recover(
     decisions log, newest first) says it was declined, cancelled or its alias deleted."""
     renderer = integ.renderer()
     done: list[Recovered] = []
+    history = list(history)
     standings = standing(history)
+    ends = endings(history)
 
     def note(entry: Recovered) -> None:
         done.append(entry)
@@ -165,13 +182,14 @@ def recover(
         shown = answers.shown_subject(integ, renderer, meeting)
         bound = store.by_meeting_uid(meeting.uid)
         if bound is not None:
-            ended = _ended_since(standings.get(meeting.uid[:300]), bound)
+            ending = ends.get((meeting.uid[:300], str(bound.get("alias", ""))))
+            ended = _ended_since(ending)
             if not ended:
                 note(_caught_up(integ, renderer, store, meeting, bound, now, dry_run, shown))
             elif dry_run:
                 note(Recovered(meeting.uid, shown, who, "would_release", bound["alias"], ended))
             else:
-                decision = standings[meeting.uid[:300]]
+                decision = ending or {}
                 # the reason the first ending gave the record, as the store words it
                 reason = (
                     "cancelled" if decision.get("outcome") == "ignored" else decision.get("detail")
