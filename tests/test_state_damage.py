@@ -224,3 +224,25 @@ def test_a_cut_token_cache_is_set_aside_and_the_service_account_signs_in_again(
     DelegatedTokens(ex, path)  # today: a ValueError, the integration down, the page a 500
     [aside] = path.parent.glob("onprem.json.damaged-*")
     assert STATE_DAMAGED in {a.name for a in alarms.active("onprem")} and aside.exists()
+
+
+def test_files_kept_aside_before_a_restart_are_named_again_after_it(tmp_path: Path) -> None:
+    """The re-check's case: damage set aside, then the service restarted (an upgrade, say)
+    before anyone looked. The start names the kept files again (the alarm must not go with the
+    restart while `store check` still lists them), and clears once they are deleted."""
+    cfg = spool_config(tmp_path)
+    queue_aside = cfg.data_dir / "queue" / "alpha" / "outgoing.1.log.damaged-20261201T000000Z"
+    log_aside = cfg.data_dir / "decisions" / "alpha.jsonl.damaged-20261201T000000Z"
+    for path in (queue_aside, log_aside):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"kept\n")
+    svc = service.start(cfg, damage_recheck_interval=0.05)
+    try:
+        spoolkit.wait_for(lambda: damage_alarm(svc, "alpha") is not None)
+        named = damage_alarm(svc, "alpha") or ""
+        assert str(queue_aside) in named and str(log_aside) in named
+        queue_aside.unlink()
+        log_aside.unlink()
+        spoolkit.wait_for(lambda: damage_alarm(svc, "alpha") is None)
+    finally:
+        svc.stop()

@@ -145,11 +145,17 @@ def test_a_damaged_calendar_raises_state_damaged_and_loses_nothing_readable(
         svc.stop()
     assert read_uids(spool_dir) == sorted(["four", "one", "three", uid])
 
-    svc = service.start(cfg)  # dealt with once: the next start finds a sound file
+    # dealt with once: the next start finds a sound file (no second copy set aside), and names
+    # the copy kept before it until an admin has looked at it and deleted it
+    svc = service.start(cfg, damage_recheck_interval=0.05)
     try:
         spoolkit.wait_handled(spool_dir, spoolkit.drop(spool_dir / "inbox", data))
-        assert [a for a in svc.ctx.alarms.active() if a.name == STATE_DAMAGED] == []
         assert len(list(calendar.parent.glob("accepted.jsonl.damaged-*"))) == 1
+        spoolkit.wait_for(lambda: any(a.name == STATE_DAMAGED for a in svc.ctx.alarms.active()))
+        [kept] = [a.message for a in svc.ctx.alarms.active() if a.name == STATE_DAMAGED]
+        assert str(aside) in kept and "kept aside before this start" in kept
+        aside.unlink()
+        spoolkit.wait_for(lambda: not any(a.name == STATE_DAMAGED for a in svc.ctx.alarms.active()))
     finally:
         svc.stop()
 

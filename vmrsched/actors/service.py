@@ -17,6 +17,7 @@ from vmrsched.actors.messages import ReloadResult as ReloadResult  # where the s
 from vmrsched.actors.ownership import Gained, Lost
 from vmrsched.actors.supervision import ChildSpec, Supervisor
 from vmrsched.config import Config, IntegrationConfig
+from vmrsched.store.files import SPOOL_CALENDAR, kept_aside
 from vmrsched.telemetry import (
     SUPERVISOR_FAILED,
 )
@@ -49,7 +50,7 @@ class ServiceSupervisor(Supervisor):
 
     def on_start(self) -> None:
         futex.size_futex_hash(threads_for(self.config))
-        self.ctx.scheduler.call_later(self.ctx.damage_recheck_interval, self._recheck_damaged)
+        self.ctx.scheduler.call_later(0, self._find_kept_aside)
         if self.ctx.shared is not None:
             # instances share the integrations: each starts when this instance gains its
             # lease (Gained, from the Ownership actor), none before
@@ -111,6 +112,22 @@ class ServiceSupervisor(Supervisor):
         return f"integration {child_id}"
 
     # --- reload ---------------------------------------------------------------------------------
+
+    def _find_kept_aside(self) -> None:
+        """On the timer's thread, once at start: the damaged files kept aside before it are
+        named in state_damaged again (a restart must not hide them before anyone looked);
+        then the looks at them that clear the alarm once they are deleted."""
+        if not self.actor_ref.is_alive():
+            return
+        calendars = {
+            integ.name: integ.spool_dir(self.ctx.data_dir) / SPOOL_CALENDAR
+            for integ in self.config.integrations
+            if integ.backend == "spool"
+        }
+        names = [integ.name for integ in self.config.integrations]
+        for owner, path in kept_aside(self.ctx.data_dir, names, calendars):
+            self.ctx.alarms.damaged(owner, path, "kept aside before this start: look at it")
+        self._recheck_damaged()
 
     def _recheck_damaged(self) -> None:
         """On the timer's thread (a look at a few paths, under the alarms' own lock): files

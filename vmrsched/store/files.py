@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmrsched.store.journal import CorruptError, Scan
+from vmrsched.config.layout import DataLayout
+from vmrsched.store.journal import DAMAGED_SUFFIX, CorruptError, Scan
 
 SNAPSHOT = "store.json"
 ARCHIVE = "archive.json"
 JOURNAL_RE = re.compile(r"^journal\.(\d+)\.log$")
+SPOOL_CALENDAR = Path("calendar", "accepted.jsonl")  # in a spool directory: what it accepted
 # the snapshot's table saying which journals it holds: {"1": {"through": G}}, every entry of
 # every journal up to generation G (written with the snapshot, checksummed like its records)
 COVERS = "journals"
@@ -170,6 +172,39 @@ def missing_journals(
                 "; ".join(said) + ", and " + cover.format(them=them),
                 sum(entries for _, entries, _ in seals) if len(seals) == len(run) else None,
             )
+        )
+    return found
+
+
+def kept_aside(
+    data_dir: Path, integrations: Sequence[str], calendars: Mapping[str, Path]
+) -> list[tuple[str, Path]]:
+    """The damaged files set aside (`<name>.damaged-<time>`) that are still there, each with
+    the integration it belongs to ("service" for the sign-in key): a start finds them again,
+    so that state_damaged does not go away with a restart before anyone looked. Directory
+    listings only (the files are not read): the queue folder of each integration in
+    `integrations`, the decisions, sign-in and token-cache folders, and the folders of the
+    spool calendars `calendars` names (integration -> the calendar file)."""
+    layout = DataLayout(data_dir)
+    found: list[tuple[str, Path]] = []
+
+    def listed(folder: Path) -> list[Path]:
+        try:
+            return sorted(p for p in folder.iterdir() if DAMAGED_SUFFIX.search(p.name))
+        except OSError:
+            return []
+
+    for name in integrations:
+        found.extend((name, path) for path in listed(layout.queue(name)))
+    for folder in (layout.decisions_dir, layout.sign_in, layout.oauth_dir):
+        for path in listed(folder):
+            owner = DAMAGED_SUFFIX.sub("", path.name).split(".")[0]
+            found.append(("service" if owner == "key" else owner, path))
+    for name, calendar in calendars.items():
+        found.extend(
+            (name, path)
+            for path in listed(calendar.parent)
+            if path.name.startswith(f"{calendar.name}.")
         )
     return found
 

@@ -34,7 +34,7 @@ from cryptography.fernet import Fernet
 
 from vmrsched.config import DataLayout
 from vmrsched.store import ARCHIVE, JOURNAL_RE, SNAPSHOT, lock_directory
-from vmrsched.store.files import covered_through, covers, missing_journals
+from vmrsched.store.files import SPOOL_CALENDAR, covered_through, covers, missing_journals
 from vmrsched.store.journal import (
     CRC_TABLE,
     DAMAGED_SUFFIX,
@@ -55,7 +55,6 @@ log = logging.getLogger("vmrsched.storage")
 _RECORD_START = re.compile(r'\{"alias_id":')
 _DOCUMENT_KEY = re.compile(r'"((?:[^"\\]|\\.){1,40})":\s*$')
 # the spool's calendar under its directory (vmrsched/mailbox/spool.py writes it)
-SPOOL_CALENDAR = Path("calendar", "accepted.jsonl")
 _NAMING_FIELD = re.compile(r'"(alias|alias_id|meeting_uid|status)":\s*"((?:[^"\\]|\\.){0,300})"')
 
 
