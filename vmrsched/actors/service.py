@@ -33,6 +33,9 @@ def threads_for(config: Config) -> int:
     return OTHER_THREADS + sum(1 + len(child_kinds(integ)) for integ in config.integrations)
 
 
+KEPT_ASIDE_DELAY = 2.0  # seconds after the start when the damaged files kept aside are named
+
+
 class ServiceSupervisor(Supervisor):
     """The root: one child per integration (an IntegrationSupervisor), each with a restart
     intensity of its own so that one integration dying over and over never delays another's
@@ -50,7 +53,9 @@ class ServiceSupervisor(Supervisor):
 
     def on_start(self) -> None:
         futex.size_futex_hash(threads_for(self.config))
-        self.ctx.scheduler.call_later(0, self._find_kept_aside)
+        # soon, not at once: past the start of the integrations, which it would only slow
+        first = min(self.ctx.damage_recheck_interval, KEPT_ASIDE_DELAY)
+        self.ctx.scheduler.call_later(first, self._find_kept_aside)
         if self.ctx.shared is not None:
             # instances share the integrations: each starts when this instance gains its
             # lease (Gained, from the Ownership actor), none before
