@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -395,6 +396,27 @@ def test_recover_refuses_a_damaged_store_with_a_message_and_waits_for_a_stopped_
     assert {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()} == before
 
 
+def restored_after(
+    cfg: Config, backup: Path, act: Callable[[service.Service, Running], None]
+) -> Path:
+    """docs/production.md's restore: the store backed up to `backup`, the service run doing
+    `act` (what happens after the backup), stopped, and the backup put back over the store;
+    the decisions log and the spool's calendar stay current, as the guide keeps them. Returns
+    the store's directory."""
+    store_dir = cfg.data_dir / "store" / "alpha"
+    shutil.copytree(store_dir, backup)
+    svc = service.start(cfg)
+    try:
+        running = Running(svc, cfg)
+        running.reserve()
+        act(svc, running)
+    finally:
+        svc.stop()
+    shutil.rmtree(store_dir)
+    shutil.copytree(backup, store_dir)
+    return store_dir
+
+
 def test_after_a_restore_recover_ends_bookings_deleted_or_cancelled_since_the_backup(
     tmp_path: Path,
 ) -> None:
@@ -410,22 +432,14 @@ def test_after_a_restore_recover_ends_bookings_deleted_or_cancelled_since_the_ba
     deleted_uid, deleted = booked(cfg, start=start, subject="Deleted after the backup")
     cancelled_uid, cancelled = booked(cfg, start=start, subject="Cancelled after the backup")
     kept_uid, kept = booked(cfg, start=start, subject="Unchanged")
-    store_dir = cfg.data_dir / "store" / "alpha"
-    backup = tmp_path / "backup"
-    shutil.copytree(store_dir, backup)
 
-    svc = service.start(cfg)
-    try:
-        running = Running(svc, cfg)
-        running.reserve()
+    def after_the_backup(svc: service.Service, running: Running) -> None:
         asyncio.run(svc.admin_delete_alias("alpha", deleted["alias"], "admin token"))
         data, _ = spoolkit.request(cancelled_uid, method="CANCEL", start=start, sequence=1)
         running.send(data)
         running.settle()
-    finally:
-        svc.stop()
-    shutil.rmtree(store_dir)
-    shutil.copytree(backup, store_dir)
+
+    store_dir = restored_after(cfg, tmp_path / "backup", after_the_backup)
     answered = {uid: len(spoolkit.answers_for(spool, uid)) for uid in (deleted_uid, cancelled_uid)}
 
     dry = {d.uid: d for d in recover_alpha(cfg, dry_run=True)}
@@ -463,23 +477,16 @@ def test_after_a_restore_recover_moves_a_booking_to_the_time_the_calendar_holds(
     spool = cfg.integrations[0].spool_dir(cfg.data_dir)
     start = datetime.now(UTC).replace(microsecond=0, second=0, minute=0) + timedelta(days=2)
     uid, record = booked(cfg, start=start, subject="Moved after the backup")
-    store_dir = cfg.data_dir / "store" / "alpha"
-    backup = tmp_path / "backup"
-    shutil.copytree(store_dir, backup)
     moved = start + timedelta(days=1)
-    svc = service.start(cfg)
-    try:
-        running = Running(svc, cfg)
-        running.reserve()
+
+    def after_the_backup(_: service.Service, running: Running) -> None:
         data, _ = spoolkit.request(
             uid, body=f"<p>PXPS:-{record['alias_id']}#</p>", start=moved, sequence=1
         )
         running.send(data)
         assert any(m.reason == "edited_single" for m in running.answers(uid))
-    finally:
-        svc.stop()
-    shutil.rmtree(store_dir)
-    shutil.copytree(backup, store_dir)
+
+    store_dir = restored_after(cfg, tmp_path / "backup", after_the_backup)
     answered = len(spoolkit.answers_for(spool, uid))
 
     [dry] = [d for d in recover_alpha(cfg, dry_run=True) if d.uid == uid]
@@ -510,13 +517,8 @@ def test_after_a_restore_a_cancellation_followed_by_a_decline_still_ends_the_boo
     cfg = spool_config(tmp_path)
     start = datetime.now(UTC).replace(microsecond=0, second=0, minute=0) + timedelta(days=2)
     uid, record = booked(cfg, start=start, subject="Cancelled, then sent again")
-    store_dir = cfg.data_dir / "store" / "alpha"
-    backup = tmp_path / "backup"
-    shutil.copytree(store_dir, backup)
-    svc = service.start(cfg)
-    try:
-        running = Running(svc, cfg)
-        running.reserve()
+
+    def after_the_backup(_: service.Service, running: Running) -> None:
         cancel, _ = spoolkit.request(uid, method="CANCEL", start=start, sequence=1)
         running.send(cancel)
         again, _ = spoolkit.request(
@@ -524,10 +526,8 @@ def test_after_a_restore_a_cancellation_followed_by_a_decline_still_ends_the_boo
         )
         running.send(again)
         assert any(m.reason == "alias_deleted" for m in running.answers(uid))
-    finally:
-        svc.stop()
-    shutil.rmtree(store_dir)
-    shutil.copytree(backup, store_dir)
+
+    store_dir = restored_after(cfg, tmp_path / "backup", after_the_backup)
 
     [done] = [d for d in recover_alpha(cfg) if d.uid == uid]
     assert done.action == "released" and "cancelled by its organizer" in done.detail
